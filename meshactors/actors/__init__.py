@@ -1,0 +1,1 @@
+"""The actor runtime: actors with bounded inboxes, ask with deadlines, supervisors, the inspect registry."""

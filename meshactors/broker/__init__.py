@@ -1,0 +1,1 @@
+"""The WebSocket relay that routes sealed frames between daemons of one network."""

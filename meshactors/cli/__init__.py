@@ -1,0 +1,6 @@
+"""The `meshactors` command line."""
+
+
+def main() -> None:
+    """Entry point of the `meshactors` console script."""
+    raise SystemExit("not implemented yet")

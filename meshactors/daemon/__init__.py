@@ -1,0 +1,1 @@
+"""The daemon process: its root supervisor, control socket, lifecycle and locking."""

@@ -1,0 +1,1 @@
+"""One supervisor per joined network: broker link, peers, RPC and channel pumps."""

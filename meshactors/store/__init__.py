@@ -1,0 +1,1 @@
+"""The SQLite state database and the repository functions that run against it."""
