@@ -1,0 +1,40 @@
+"""Device ids: the unpadded lowercase base32 of a device's 32-byte Ed25519 public key."""
+
+import base64
+import binascii
+
+PUBLIC_KEY_BYTES = 32
+DEVICE_ID_LENGTH = 52  # ceil(32 * 8 / 5) base32 characters, no padding
+
+
+class InvalidDeviceId(ValueError):
+    """Raised when a string is not a well-formed device id."""
+
+
+def device_id_from_public_key(public_key: bytes) -> str:
+    """Encode a raw Ed25519 public key as its device id."""
+    if len(public_key) != PUBLIC_KEY_BYTES:
+        raise InvalidDeviceId(f"public key must be {PUBLIC_KEY_BYTES} bytes, got {len(public_key)}")
+    return base64.b32encode(public_key).decode("ascii").rstrip("=").lower()
+
+
+def public_key_from_device_id(device_id: str) -> bytes:
+    """Decode a device id back to the raw public key; strict about case, length and alphabet."""
+    if len(device_id) != DEVICE_ID_LENGTH or device_id != device_id.lower():
+        raise InvalidDeviceId(f"not a device id: {device_id[:60]!r}")
+    try:
+        raw = base64.b32decode(device_id.upper() + "====", casefold=False)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidDeviceId(f"not a device id: {device_id!r}") from exc
+    if device_id_from_public_key(raw) != device_id:
+        raise InvalidDeviceId(f"not a canonical device id: {device_id!r}")
+    return raw
+
+
+def is_device_id(value: str) -> bool:
+    """True when `value` is a canonical device id."""
+    try:
+        public_key_from_device_id(value)
+    except InvalidDeviceId:
+        return False
+    return True
