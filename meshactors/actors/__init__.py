@@ -1,1 +1,37 @@
-"""The actor runtime: actors with bounded inboxes, ask with deadlines, supervisors, the inspect registry."""
+"""The actor runtime: bounded inboxes, ask with deadlines, supervisors, the live registry."""
+
+from meshactors.actors._actor import DEFAULT_INBOX_CAPACITY, Actor, Inbox, cleanup_scope
+from meshactors.actors._ask import ActorGone, AskTimeout, Reply, ask
+from meshactors.actors._registry import ActorState, Node, current_node
+from meshactors.actors._supervisor import (
+    ChildSpec,
+    ChildStartFailed,
+    Restart,
+    RestartLimits,
+    Strategy,
+    Supervisor,
+    SupervisorEscalation,
+    run_root,
+)
+
+__all__ = [
+    "DEFAULT_INBOX_CAPACITY",
+    "Actor",
+    "ActorGone",
+    "ActorState",
+    "AskTimeout",
+    "ChildSpec",
+    "ChildStartFailed",
+    "Inbox",
+    "Node",
+    "Reply",
+    "Restart",
+    "RestartLimits",
+    "Strategy",
+    "Supervisor",
+    "SupervisorEscalation",
+    "ask",
+    "cleanup_scope",
+    "current_node",
+    "run_root",
+]

@@ -1,1 +1,1 @@
-"""Wire protocols: local IPC and daemon-to-daemon frames, each a strict cattrs converter over attrs classes."""
+"""Wire protocols: local IPC and peer frames, each a strict cattrs converter over attrs."""

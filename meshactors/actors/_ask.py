@@ -1,0 +1,82 @@
+"""Request/response between actors: a message carries its own one-shot reply channel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import attrs
+import trio
+
+T = TypeVar("T")
+M = TypeVar("M")
+
+
+class AskTimeout(Exception):
+    """The asked actor did not answer before the deadline."""
+
+    def __init__(self, what: str, timeout: float) -> None:
+        super().__init__(f"{what}: no answer within {timeout:g}s")
+        self.what = what
+        self.timeout = timeout
+
+
+class ActorGone(Exception):
+    """The asked actor's inbox is closed: it stopped or was never started."""
+
+
+@attrs.frozen
+class _Answer(Generic[T]):
+    """Either a value or the error the actor chose to report."""
+
+    value: T | None = None
+    error: Exception | None = None
+
+    def unwrap(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]
+
+
+@attrs.frozen
+class Reply(Generic[T]):
+    """The answering end of an ask; answering after the asker gave up is harmless."""
+
+    _channel: trio.MemorySendChannel[_Answer[T]]
+
+    def ok(self, value: T) -> None:
+        """Answer with a value."""
+        self._deliver(_Answer(value=value))
+
+    def fail(self, error: Exception) -> None:
+        """Answer with an error, raised in the asker."""
+        self._deliver(_Answer(error=error))
+
+    def _deliver(self, answer: _Answer[T]) -> None:
+        try:
+            self._channel.send_nowait(answer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+            pass  # the asker timed out or answered already: nobody is listening
+        finally:
+            self._channel.close()
+
+
+async def ask(
+    inbox: trio.MemorySendChannel[M],
+    build: Callable[[Reply[T]], M],
+    *,
+    timeout: float,
+    what: str,
+) -> T:
+    """Send `build(reply)` to `inbox` and wait for the answer, at most `timeout` seconds in all."""
+    send, receive = trio.open_memory_channel[_Answer[T]](1)
+    with receive:
+        try:
+            with trio.fail_after(timeout):
+                await inbox.send(build(Reply(send)))
+                answer = await receive.receive()
+        except trio.TooSlowError:
+            raise AskTimeout(what, timeout) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
+            raise ActorGone(f"{what}: the actor is not running") from None
+    return answer.unwrap()

@@ -1,0 +1,386 @@
+"""OTP-style supervisors: ordered start, reverse stop, restart strategies and intensity."""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from collections.abc import Sequence
+from typing import ClassVar
+
+import attrs
+import structlog
+import trio
+
+from meshactors.actors._actor import Actor, Inbox
+from meshactors.actors._ask import Reply
+from meshactors.actors._registry import ActorState, Node, current_node, set_current_node
+
+log = structlog.get_logger("meshactors.actors")
+
+STOP_GRACE = 1.0  # seconds a supervisor waits beyond a child's shutdown timeout before moving on
+ASK_TIMEOUT = 30.0  # seconds to wait for a supervisor to start or stop a dynamic child
+
+
+class Restart(enum.StrEnum):
+    """When a child that exited is started again."""
+
+    PERMANENT = "permanent"  # always
+    TRANSIENT = "transient"  # only after a crash
+    TEMPORARY = "temporary"  # never; the child is forgotten when it exits
+
+
+class Strategy(enum.StrEnum):
+    """Which siblings restart with a crashed child."""
+
+    ONE_FOR_ONE = "one_for_one"  # only the child
+    ONE_FOR_ALL = "one_for_all"  # every child
+    REST_FOR_ONE = "rest_for_one"  # the child and those started after it
+
+
+@attrs.frozen
+class ChildSpec:
+    """How to run one child: the actor, its restart type and its cleanup budget."""
+
+    name: str
+    actor: Actor
+    restart: Restart = Restart.PERMANENT
+    shutdown_timeout: float = 5.0
+
+
+@attrs.frozen
+class RestartLimits:
+    """At most `intensity` restarts within `period` seconds, each after an exponential backoff."""
+
+    intensity: int = 5
+    period: float = 10.0
+    backoff_initial: float = 0.1
+    backoff_max: float = 5.0
+
+    def backoff(self, recent_restarts: int) -> float:
+        """Delay before a restart, doubling with the restarts already in the window."""
+        doublings = max(0, recent_restarts - 1)
+        return float(min(self.backoff_max, self.backoff_initial * 2.0**doublings))
+
+
+class SupervisorEscalation(Exception):
+    """Restart intensity exceeded: the supervisor gives up so that its parent decides."""
+
+
+class ChildStartFailed(Exception):
+    """A child raised before it called `task_status.started()`."""
+
+
+@attrs.frozen
+class StartChild:
+    """Ask a supervisor to add and start a child."""
+
+    spec: ChildSpec
+    reply: Reply[None]
+
+
+@attrs.frozen
+class StopChild:
+    """Ask a supervisor to stop a child and forget it; answers whether it existed."""
+
+    name: str
+    reply: Reply[bool]
+
+
+SupervisorRequest = StartChild | StopChild
+
+
+@attrs.frozen
+class _ChildExited:
+    name: str
+    generation: int
+    error: Exception | None
+
+
+@attrs.frozen
+class _RestartDue:
+    names: tuple[str, ...]
+
+
+_Control = SupervisorRequest | _ChildExited | _RestartDue
+
+
+@attrs.define(eq=False)
+class _Child:
+    """A supervisor's bookkeeping for one child across its restarts."""
+
+    spec: ChildSpec
+    node: Node
+    generation: int = 0
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def running(self) -> bool:
+        return self.generation > 0 and not self.done.is_set()
+
+
+@attrs.define
+class _StartSignal:
+    """Forwards `started()` to the supervisor and remembers that it happened."""
+
+    task_status: trio.TaskStatus[Exception | None]
+    called: bool = False
+
+    def started(self, value: None = None) -> None:
+        self.called = True
+        self.task_status.started(None)
+
+
+@attrs.define(eq=False)
+class Supervisor(Actor):
+    """Runs child actors in order, restarts them per strategy, stops them in reverse."""
+
+    kind: ClassVar[str] = "supervisor"
+
+    children: Sequence[ChildSpec] = ()
+    strategy: Strategy = Strategy.ONE_FOR_ONE
+    limits: RestartLimits = RestartLimits()
+    inbox: Inbox[SupervisorRequest] = attrs.field(factory=Inbox)
+    _running: dict[str, _Child] = attrs.field(factory=dict, init=False)
+    _restart_times: deque[float] = attrs.field(factory=deque, init=False)
+    _control: trio.MemorySendChannel[_Control] | None = attrs.field(default=None, init=False)
+    _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
+
+    async def start_child(self, spec: ChildSpec) -> None:
+        """Add a child at runtime; returns once it is running, raises if it failed to start."""
+        await self.inbox.ask(
+            lambda reply: StartChild(spec, reply), timeout=ASK_TIMEOUT, what=f"start {spec.name}"
+        )
+
+    async def stop_child(self, name: str) -> bool:
+        """Stop a child and forget it; False when there was no such child."""
+        return await self.inbox.ask(
+            lambda reply: StopChild(name, reply), timeout=ASK_TIMEOUT, what=f"stop {name}"
+        )
+
+    def figures(self) -> dict[str, object]:
+        return {"strategy": self.strategy.value, "restarts_in_window": len(self._restart_times)}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        node = current_node()
+        self._running = {}
+        self._restart_times.clear()
+        control_send, control_receive = trio.open_memory_channel[_Control](math.inf)
+        self._control = control_send
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                for spec in self.children:
+                    await self._add(spec, node)
+                nursery.start_soon(self._forward_requests, control_send)
+                task_status.started()
+                async for message in control_receive:
+                    await self._handle(message, node)
+            except (SupervisorEscalation, ChildStartFailed) as exc:
+                failure = exc
+            finally:
+                await self._stop_all()
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    async def _forward_requests(self, control: trio.MemorySendChannel[_Control]) -> None:
+        """Move asks from the bounded public inbox onto the control channel, in order."""
+        async for request in self.inbox.receiver:
+            control.send_nowait(request)
+
+    async def _handle(self, message: _Control, node: Node) -> None:
+        match message:
+            case StartChild(spec=spec, reply=reply):
+                await self._handle_start(spec, reply, node)
+            case StopChild(name=name, reply=reply):
+                child = self._running.pop(name, None)
+                if child is not None:
+                    await self._stop(child)
+                    child.node.detach()
+                reply.ok(child is not None)
+            case _ChildExited(name=name, generation=generation, error=error):
+                child = self._running.get(name)
+                if child is not None and child.generation == generation:
+                    await self._on_exit(child, error)
+            case _RestartDue(names=names):
+                for name in names:
+                    child = self._running.get(name)
+                    if child is not None and not child.running:
+                        await self._relaunch(child)
+
+    async def _handle_start(self, spec: ChildSpec, reply: Reply[None], node: Node) -> None:
+        if spec.name in self._running:
+            reply.fail(ValueError(f"{node.path} already has a child named {spec.name!r}"))
+            return
+        try:
+            await self._add(spec, node)
+        except ChildStartFailed as exc:
+            reply.fail(exc)
+        else:
+            reply.ok(None)
+
+    async def _add(self, spec: ChildSpec, node: Node) -> None:
+        """Register a new child and start it; forget it again if it failed to start."""
+        child = _Child(spec, node.add_child(spec.name, spec.actor.kind, spec.shutdown_timeout))
+        child.node.figures = spec.actor.figures
+        child.node.inbox_statistics = spec.actor.inbox_statistics
+        self._running[spec.name] = child
+        try:
+            await self._launch(child)
+        except ChildStartFailed:
+            del self._running[spec.name]
+            child.node.detach()
+            raise
+
+    async def _relaunch(self, child: _Child) -> None:
+        """Start a child again after its backoff; a failed start counts as another crash."""
+        try:
+            await self._launch(child)
+        except ChildStartFailed as exc:
+            await self._on_exit(child, exc)
+
+    async def _launch(self, child: _Child) -> None:
+        assert self._nursery is not None
+        child.generation += 1
+        child.scope = trio.CancelScope(shield=True)  # only this supervisor stops it, in order
+        child.done = trio.Event()
+        child.node.state = ActorState.STARTING
+        error = await self._nursery.start(self._child_main, child, child.generation)
+        if error is not None:
+            child.node.state = ActorState.CRASHED
+            raise ChildStartFailed(f"{child.node.path} failed to start: {error!r}") from error
+        child.node.mark_running()
+
+    async def _child_main(
+        self,
+        child: _Child,
+        generation: int,
+        *,
+        task_status: trio.TaskStatus[Exception | None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        set_current_node(child.node)
+        structlog.contextvars.bind_contextvars(actor=child.node.path)
+        signal = _StartSignal(task_status)
+        error: Exception | None = None
+        try:
+            with child.scope:
+                await child.spec.actor.run(task_status=signal)
+        except Exception as exc:
+            error = exc
+        finally:
+            child.done.set()
+        if not signal.called:
+            task_status.started(error or RuntimeError("returned before it started"))
+        elif not child.scope.cancel_called and self._control is not None:
+            self._control.send_nowait(_ChildExited(child.spec.name, generation, error))
+
+    async def _on_exit(self, child: _Child, error: Exception | None) -> None:
+        path = child.node.path
+        if error is None:
+            child.node.state = ActorState.STOPPED
+            log.info("actor exited", actor=path)
+        else:
+            child.node.state = ActorState.CRASHED
+            log.error("actor crashed", actor=path, exc_info=error)
+        if not _restarts(child.spec.restart, error):
+            del self._running[child.spec.name]
+            child.node.detach()
+            return
+        now = trio.current_time()
+        self._restart_times.append(now)
+        while self._restart_times and self._restart_times[0] < now - self.limits.period:
+            self._restart_times.popleft()
+        if len(self._restart_times) > self.limits.intensity:
+            raise SupervisorEscalation(
+                f"{current_node().path}: more than {self.limits.intensity} restarts in "
+                f"{self.limits.period:g}s, last by {path}"
+            ) from error
+        affected = self._affected_by(child)
+        for sibling in reversed(affected):
+            if sibling is not child and sibling.running:
+                await self._stop(sibling)
+        names = []
+        for sibling in affected:
+            if sibling is not child and sibling.spec.restart is Restart.TEMPORARY:
+                del self._running[sibling.spec.name]
+                sibling.node.detach()
+                continue
+            sibling.node.state = ActorState.RESTARTING
+            sibling.node.restarts += 1
+            names.append(sibling.spec.name)
+        assert self._nursery is not None
+        delay = self.limits.backoff(len(self._restart_times))
+        self._nursery.start_soon(self._restart_later, tuple(names), delay)
+
+    def _affected_by(self, child: _Child) -> list[_Child]:
+        """The children a crash of `child` restarts, in start order."""
+        order = list(self._running.values())
+        match self.strategy:
+            case Strategy.ONE_FOR_ONE:
+                return [child]
+            case Strategy.ONE_FOR_ALL:
+                return order
+            case Strategy.REST_FOR_ONE:
+                return order[order.index(child) :]
+
+    async def _restart_later(self, names: tuple[str, ...], delay: float) -> None:
+        await trio.sleep(delay)
+        if self._control is not None:
+            self._control.send_nowait(_RestartDue(names))
+
+    async def _stop(self, child: _Child) -> None:
+        """Cancel one child and wait for its bounded cleanup."""
+        child.node.state = ActorState.STOPPING
+        child.scope.cancel()
+        with trio.move_on_after(child.spec.shutdown_timeout + STOP_GRACE, shield=True):
+            await child.done.wait()
+        if not child.done.is_set():
+            log.error("actor ignored its shutdown timeout", actor=child.node.path)
+        child.node.state = ActorState.STOPPED
+
+    async def _stop_all(self) -> None:
+        """Stop every running child, last started first."""
+        for child in reversed(list(self._running.values())):
+            if child.running:
+                await self._stop(child)
+
+
+def _restarts(restart: Restart, error: Exception | None) -> bool:
+    """Whether a child with this restart type starts again after this exit."""
+    if restart is Restart.PERMANENT:
+        return True
+    return restart is Restart.TRANSIENT and error is not None
+
+
+async def run_root(
+    actor: Actor,
+    node: Node,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the root actor of a tree under `node` (which has no parent)."""
+    set_current_node(node)
+    structlog.contextvars.bind_contextvars(actor=node.path)
+    node.figures = actor.figures
+    node.inbox_statistics = actor.inbox_statistics
+
+    signal = _RootSignal(task_status, node)
+    try:
+        await actor.run(task_status=signal)
+    finally:
+        node.state = ActorState.STOPPED
+
+
+@attrs.define
+class _RootSignal:
+    """Marks the root node running when the root actor has started."""
+
+    task_status: trio.TaskStatus[None]
+    node: Node
+
+    def started(self, value: None = None) -> None:
+        self.node.mark_running()
+        self.task_status.started()

@@ -1,0 +1,235 @@
+"""Supervisor semantics: ordered start, reverse stop, restarts, strategies, intensity."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from meshactors.actors import (
+    ActorState,
+    ChildSpec,
+    ChildStartFailed,
+    Node,
+    Restart,
+    RestartLimits,
+    Strategy,
+    Supervisor,
+    SupervisorEscalation,
+    run_root,
+)
+from tests.actors.conftest import Journal, Probe
+
+FAST = RestartLimits(intensity=3, period=10.0, backoff_initial=0.1, backoff_max=1.0)
+
+
+def probes(journal: Journal, *names: str, restart: Restart = Restart.PERMANENT) -> list[Probe]:
+    return [Probe(name, journal) for name in names]
+
+
+def specs(children: list[Probe], restart: Restart = Restart.PERMANENT) -> list[ChildSpec]:
+    return [ChildSpec(p.name, p, restart=restart) for p in children]
+
+
+async def test_starts_in_order_and_stops_in_reverse(journal: Journal, root: Node) -> None:
+    children = probes(journal, "a", "b", "c")
+    sup = Supervisor(children=specs(children))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        assert journal.events == ["start a", "start b", "start c"]
+        assert [n.state for n in root.children.values()] == [ActorState.RUNNING] * 3
+        nursery.cancel_scope.cancel()
+    assert journal.events[3:] == ["stop c", "stop b", "stop a"]
+
+
+async def test_one_for_one_restarts_only_the_crashed_child(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, c = probes(journal, "a", "b", "c")
+    sup = Supervisor(children=specs([a, b, c]), limits=FAST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        await b.inbox.sender.send("crash")
+        await journal.wait_count("start b", 2)
+        assert journal.events[3:] == ["stop b", "start b"]
+        assert root.children["b"].restarts == 1
+        assert root.children["a"].restarts == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_one_for_all_restarts_every_child_in_order(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, c = probes(journal, "a", "b", "c")
+    sup = Supervisor(children=specs([a, b, c]), strategy=Strategy.ONE_FOR_ALL, limits=FAST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        await b.inbox.sender.send("crash")
+        await journal.wait_count("start c", 2)
+        assert journal.events[3:] == ["stop b", "stop c", "stop a", "start a", "start b", "start c"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_rest_for_one_restarts_the_child_and_later_ones(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, c = probes(journal, "a", "b", "c")
+    sup = Supervisor(children=specs([a, b, c]), strategy=Strategy.REST_FOR_ONE, limits=FAST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        await b.inbox.sender.send("crash")
+        await journal.wait_count("start c", 2)
+        assert journal.events[3:] == ["stop b", "stop c", "start b", "start c"]
+        assert root.children["a"].restarts == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_restart_waits_for_backoff(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    (a,) = probes(journal, "a")
+    limits = RestartLimits(intensity=10, period=100.0, backoff_initial=2.0, backoff_max=5.0)
+    sup = Supervisor(children=specs([a]), limits=limits)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        crashed_at = trio.current_time()
+        await a.inbox.sender.send("crash")
+        await journal.wait_count("start a", 2)
+        assert trio.current_time() - crashed_at == pytest.approx(2.0)
+        crashed_at = trio.current_time()
+        await a.inbox.sender.send("crash")
+        await journal.wait_count("start a", 3)
+        assert trio.current_time() - crashed_at == pytest.approx(4.0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_intensity_exceeded_escalates_to_the_parent(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    (a,) = probes(journal, "a")
+    inner = Supervisor(children=specs([a]), limits=FAST)
+    outer = Supervisor(
+        children=[ChildSpec("inner", inner)], limits=RestartLimits(intensity=0, period=10.0)
+    )
+
+    async def crash_until_inner_gives_up() -> None:
+        for crashes in range(1, FAST.intensity + 2):
+            await a.inbox.sender.send("crash")
+            if crashes <= FAST.intensity:
+                await journal.wait_count("start a", crashes + 1)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(crash_until_inner_gives_up)
+        with pytest.raises(SupervisorEscalation, match=r"^root: more than 0 restarts") as caught:
+            await run_root(outer, root)
+    inner_failure = caught.value.__cause__
+    assert isinstance(inner_failure, SupervisorEscalation)
+    assert str(inner_failure).startswith("root/inner: more than 3 restarts in 10s, last by")
+    assert journal.events.count("start a") == FAST.intensity + 1
+
+
+async def test_transient_restarts_after_crash_but_not_after_normal_exit(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    (a,) = probes(journal, "a")
+    sup = Supervisor(children=specs([a], Restart.TRANSIENT), limits=FAST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        await a.inbox.sender.send("crash")
+        await journal.wait_count("start a", 2)
+        await a.inbox.sender.send("exit")
+        await journal.wait_count("stop a", 2)
+        await trio.sleep(60)  # MockClock: any restart would have happened by now
+        assert journal.events.count("start a") == 2
+        assert "a" not in root.children
+        nursery.cancel_scope.cancel()
+
+
+async def test_temporary_child_is_never_restarted(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    (a,) = probes(journal, "a")
+    sup = Supervisor(children=specs([a], Restart.TEMPORARY), limits=FAST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        await a.inbox.sender.send("crash")
+        await journal.wait_count("stop a", 1)
+        await trio.sleep(60)
+        assert journal.events == ["start a", "stop a"]
+        assert "a" not in root.children
+        nursery.cancel_scope.cancel()
+
+
+async def test_permanent_child_restarts_after_normal_exit(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    (a,) = probes(journal, "a")
+    sup = Supervisor(children=specs([a]), limits=FAST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        await a.inbox.sender.send("exit")
+        await journal.wait_count("start a", 2)
+        nursery.cancel_scope.cancel()
+
+
+async def test_shutdown_timeout_bounds_a_slow_cleanup(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    slow = Probe("slow", journal, cleanup_seconds=1000.0)
+    sup = Supervisor(children=[ChildSpec("slow", slow, shutdown_timeout=3.0)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        began = trio.current_time()
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() - began == pytest.approx(3.0)
+    assert journal.events == ["start slow", "stop slow"]
+
+
+async def test_dynamic_children_start_and_stop(journal: Journal, root: Node) -> None:
+    sup = Supervisor()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        await sup.start_child(ChildSpec("x", Probe("x", journal), restart=Restart.TEMPORARY))
+        assert root.children["x"].state is ActorState.RUNNING
+        with pytest.raises(ValueError, match="already has a child named 'x'"):
+            await sup.start_child(ChildSpec("x", Probe("x", journal)))
+        assert await sup.stop_child("x") is True
+        assert await sup.stop_child("x") is False
+        assert "x" not in root.children
+        assert journal.events == ["start x", "stop x"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_child_that_fails_to_start_is_reported_to_the_caller(
+    journal: Journal, root: Node
+) -> None:
+    sup = Supervisor()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        with pytest.raises(ChildStartFailed, match="root/bad failed to start"):
+            await sup.start_child(ChildSpec("bad", Probe("bad", journal, fail_start=True)))
+        assert "bad" not in root.children
+        nursery.cancel_scope.cancel()
+
+
+async def test_initial_child_failing_to_start_fails_the_supervisor(
+    journal: Journal, root: Node
+) -> None:
+    good, bad = Probe("good", journal), Probe("bad", journal, fail_start=True)
+    sup = Supervisor(children=specs([good, bad]))
+    with pytest.raises(ChildStartFailed, match="root/bad failed to start"):
+        await run_root(sup, root)
+    assert journal.events == ["start good", "fail bad", "stop good"]
+
+
+async def test_inspect_snapshot_shows_the_tree(journal: Journal, root: Node) -> None:
+    sup = Supervisor(children=specs(probes(journal, "a")))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        snap = root.snapshot()
+        assert snap["name"] == "root" and snap["state"] == "running"
+        (child,) = snap["children"]
+        assert child["path"] == "root/a"
+        assert child["kind"] == "probe"
+        assert child["inbox"] == {"used": 0, "size": 64, "waiting_senders": 0}
+        assert snap["figures"]["strategy"] == "one_for_one"
+        nursery.cancel_scope.cancel()
