@@ -1,0 +1,205 @@
+"""Open the state database (WAL, checked, migrated) and run explicit write transactions on it."""
+
+import contextlib
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+BUSY_TIMEOUT_MS = 5000  # how long a writer waits for another connection's lock before failing
+PROBE_BYTES = 64 * 1024  # written beside the database to learn why the OS refuses it
+
+# Schema migrations, applied in order; PRAGMA user_version counts the ones already applied.
+# Never edit a released entry: append a new one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE networks (
+            id TEXT PRIMARY KEY,
+            config_json TEXT NOT NULL,
+            added_at INTEGER NOT NULL
+        )""",
+        """CREATE TABLE roster (
+            network TEXT NOT NULL REFERENCES networks(id) ON DELETE CASCADE,
+            device_id TEXT NOT NULL,
+            label TEXT,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'denied')),
+            updated_at INTEGER NOT NULL,
+            PRIMARY KEY (network, device_id)
+        )""",
+        """CREATE TABLE local_settings (
+            network TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value_json TEXT NOT NULL,
+            PRIMARY KEY (network, key)
+        )""",
+        """CREATE TABLE outbox (
+            id TEXT PRIMARY KEY,
+            network TEXT NOT NULL,
+            client_message_id TEXT NOT NULL,
+            request_fingerprint BLOB NOT NULL,
+            destination_kind TEXT NOT NULL CHECK (destination_kind IN ('peer', 'all', 'tag')),
+            destination_ref TEXT NOT NULL,
+            priority TEXT NOT NULL CHECK (priority IN ('now', 'next', 'low')),
+            message TEXT NOT NULL,
+            meta_json TEXT NOT NULL,
+            reply_to_id TEXT,
+            status TEXT NOT NULL
+                CHECK (status IN ('pending', 'inflight', 'done', 'dead', 'aborted')),
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            last_error TEXT,
+            superseded_by TEXT,
+            UNIQUE (network, client_message_id)
+        )""",
+        "CREATE INDEX outbox_by_status ON outbox (status, created_at)",
+        """CREATE TABLE deliveries (
+            outbox_id TEXT NOT NULL REFERENCES outbox(id) ON DELETE CASCADE,
+            recipient TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('pending', 'inflight', 'done', 'dead')),
+            attempts INTEGER NOT NULL,
+            next_attempt_at INTEGER NOT NULL,
+            last_error TEXT,
+            PRIMARY KEY (outbox_id, recipient)
+        )""",
+        "CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending'",
+        "CREATE INDEX deliveries_inflight ON deliveries (outbox_id) WHERE status = 'inflight'",
+        """CREATE TABLE inbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            network TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            client_message_id TEXT NOT NULL,
+            message TEXT NOT NULL,
+            meta_json TEXT NOT NULL,
+            priority TEXT NOT NULL,
+            reply_to_id TEXT,
+            sent_at INTEGER NOT NULL,
+            received_at INTEGER NOT NULL,
+            UNIQUE (network, sender, client_message_id)
+        )""",
+        """CREATE TABLE events (
+            event_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            data_json TEXT NOT NULL,
+            at_ms INTEGER NOT NULL
+        )""",
+    ),
+)
+
+_CORRUPTION_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+class StoreError(Exception):
+    """The state database cannot be used: damaged, foreign, too new, or refused by the OS."""
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """Open (creating if absent) and migrate the state database at `path`.
+
+    The parent directory must exist. An existing file is checked before anything is written
+    to it; a damaged or foreign file raises StoreError and is never overwritten or repaired.
+    """
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise _refused(path, exc) from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        _check_integrity(conn, path)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        _migrate(conn, path)
+    except StoreError:
+        conn.close()
+        raise
+    except sqlite3.Error as exc:
+        conn.close()
+        if exc.sqlite_errorcode & 0xFF in _CORRUPTION_CODES:
+            raise _damaged(path, str(exc)) from exc
+        raise _refused(path, exc) from exc
+    return conn
+
+
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """Run the block in one BEGIN IMMEDIATE transaction: COMMIT on success, ROLLBACK on error.
+
+    IMMEDIATE takes the write lock up front, so concurrent writers queue on busy_timeout
+    instead of failing halfway through a read-then-write. Not reentrant.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def to_json(value: Any) -> str:
+    """Compact JSON text for a JSON column."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def from_json(text: str) -> Any:
+    """The value stored in a JSON column."""
+    return json.loads(text)
+
+
+def checked_limit(limit: int, maximum: int) -> int:
+    """A positive page size capped at `maximum`, so no call reads an unbounded result."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    return min(limit, maximum)
+
+
+def _check_integrity(conn: sqlite3.Connection, path: Path) -> None:
+    """Run PRAGMA quick_check before the first write so a damaged file is refused untouched."""
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+    if problems != ["ok"]:
+        raise _damaged(path, "; ".join(problems[:3]))
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Apply the migrations this file lacks, all in one transaction."""
+    with immediate(conn):
+        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"state database {path} has schema version {version}, newer than this "
+                f"meshactors understands ({len(MIGRATIONS)}); it was left untouched"
+            )
+        for statements in MIGRATIONS[version:]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+
+
+def _damaged(path: Path, detail: str) -> StoreError:
+    return StoreError(
+        f"state database {path} is damaged or not a SQLite database ({detail}); "
+        "it was left untouched: move it aside or restore a backup"
+    )
+
+
+def _refused(path: Path, exc: sqlite3.Error) -> StoreError:
+    reason = _os_reason(path) or str(exc)
+    return StoreError(f"cannot use state database {path}: {reason}")
+
+
+def _os_reason(path: Path) -> str | None:
+    """Why the OS refuses the database, in its own words: reopen the file, write beside it."""
+    try:
+        if path.exists():
+            os.close(os.open(path, os.O_RDWR))
+        with tempfile.TemporaryFile(dir=path.parent) as probe:
+            probe.write(bytes(PROBE_BYTES))
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None

@@ -1,0 +1,82 @@
+"""The event log: recent daemon events kept for replay to clients that subscribe late."""
+
+import sqlite3
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from meshactors.store.db import checked_limit, from_json, immediate, to_json
+
+EVENT_LOG_LIMIT = 10_000  # events kept for replay; older ones are pruned
+PRUNE_BATCH = 500  # events dropped per prune, so only every 500th append deletes anything
+MAX_REPLAY = 1_000  # events one `since` call returns
+
+
+@attrs.frozen
+class Event:
+    """One logged event; event_id increases and is never reused."""
+
+    event_id: int
+    kind: str
+    data: dict[str, Any]
+    at_ms: int
+
+
+@attrs.frozen
+class SinceResult:
+    """Events after a client's last seen id, and whether pruning left a hole before them."""
+
+    events: tuple[Event, ...]
+    gap: bool  # events right after the asked id were pruned and cannot be replayed
+    oldest_kept: int | None  # the oldest event_id still in the log (None: log empty)
+
+
+def append(conn: sqlite3.Connection, kind: str, data: Mapping[str, Any], now_ms: int) -> int:
+    """Log an event and return its id; keeps at most EVENT_LOG_LIMIT events.
+
+    When the log is full, the oldest are dropped in one batch down to
+    EVENT_LOG_LIMIT - PRUNE_BATCH, so deletes happen once per PRUNE_BATCH appends.
+    """
+    with immediate(conn):
+        event_id = conn.execute(
+            "INSERT INTO events (kind, data_json, at_ms) VALUES (?, ?, ?)",
+            (kind, to_json(dict(data)), now_ms),
+        ).lastrowid
+        assert event_id is not None  # an INSERT into a rowid table always sets it
+        oldest: int = conn.execute("SELECT min(event_id) FROM events").fetchone()[0]
+        if event_id - oldest >= EVENT_LOG_LIMIT:
+            conn.execute(
+                "DELETE FROM events WHERE event_id <= ?",
+                (event_id - EVENT_LOG_LIMIT + PRUNE_BATCH,),
+            )
+    return event_id
+
+
+def since(conn: sqlite3.Connection, event_id: int, limit: int) -> SinceResult:
+    """Up to `limit` (capped at MAX_REPLAY) events after `event_id`, oldest first.
+
+    `gap` is True when some events after `event_id` were already pruned: the client
+    missed them for good and must resynchronise some other way. Pass 0 to mean "from
+    the beginning of time".
+    """
+    if event_id < 0:
+        raise ValueError(f"event_id must be at least 0, got {event_id}")
+    rows = conn.execute(
+        "SELECT event_id, kind, data_json, at_ms FROM events WHERE event_id > ?"
+        " ORDER BY event_id LIMIT ?",
+        (event_id, checked_limit(limit, MAX_REPLAY)),
+    ).fetchall()
+    oldest_kept: int | None = conn.execute("SELECT min(event_id) FROM events").fetchone()[0]
+    first_replayable = last_event_id(conn) + 1 if oldest_kept is None else oldest_kept
+    return SinceResult(
+        events=tuple(Event(row[0], row[1], from_json(row[2]), row[3]) for row in rows),
+        gap=first_replayable > event_id + 1,
+        oldest_kept=oldest_kept,
+    )
+
+
+def last_event_id(conn: sqlite3.Connection) -> int:
+    """The id of the newest event ever logged, pruned or not (0 before the first)."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    return 0 if row is None else int(row[0])

@@ -1,0 +1,122 @@
+"""The inbox: messages from peers, stored once per sender's client_message_id, paged by cursor."""
+
+import sqlite3
+from typing import Any
+
+import attrs
+
+from meshactors.store.db import checked_limit, from_json, immediate, to_json
+
+MAX_PAGE = 500  # messages one page returns, bounding one answer on the socket
+
+_COLUMNS = (
+    "seq, network, sender, client_message_id, message, meta_json, priority, reply_to_id,"
+    " sent_at, received_at"
+)
+
+
+@attrs.frozen
+class InboxMessage:
+    """A received message; `seq` is its place in the inbox and the paging cursor."""
+
+    seq: int
+    network: str
+    sender: str
+    client_message_id: str
+    message: str
+    meta: dict[str, Any] | None
+    priority: str
+    reply_to_id: str | None
+    sent_at: int  # the sender's clock
+    received_at: int  # ours
+
+
+def store_message(
+    conn: sqlite3.Connection,
+    *,
+    network: str,
+    sender: str,
+    client_message_id: str,
+    message: str,
+    meta: dict[str, Any] | None,
+    priority: str,
+    reply_to_id: str | None,
+    sent_at: int,
+    now_ms: int,
+) -> tuple[InboxMessage, bool]:
+    """Store a received message unless (network, sender, client_message_id) is already here.
+
+    Returns the stored row and True, or for a redelivery the row stored first (its content
+    wins) and False.
+    """
+    with immediate(conn):
+        cursor = conn.execute(
+            f"INSERT INTO inbox ({_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (network, sender, client_message_id) DO NOTHING",
+            (
+                network,
+                sender,
+                client_message_id,
+                message,
+                to_json(meta),
+                priority,
+                reply_to_id,
+                sent_at,
+                now_ms,
+            ),
+        )
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM inbox"
+            " WHERE network = ? AND sender = ? AND client_message_id = ?",
+            (network, sender, client_message_id),
+        ).fetchone()
+    return _message(row), cursor.rowcount == 1
+
+
+def page(
+    conn: sqlite3.Connection,
+    *,
+    network: str | None = None,
+    sender: str | None = None,
+    since_ms: int | None = None,
+    limit: int,
+    cursor: int | None,
+) -> tuple[list[InboxMessage], int | None]:
+    """One page of the inbox, oldest first (by seq), after `cursor` (None: from the start).
+
+    Filters are optional; `since_ms` keeps messages received at or after it (our clock).
+    Returns the messages and the cursor for the next page: the last seq returned, or the
+    given cursor when nothing new matched, so polling with it never skips or repeats.
+    `limit` is capped at MAX_PAGE.
+    """
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM inbox WHERE seq > :cursor"
+        " AND (:network IS NULL OR network = :network)"
+        " AND (:sender IS NULL OR sender = :sender)"
+        " AND (:since IS NULL OR received_at >= :since)"
+        " ORDER BY seq LIMIT :limit",
+        {
+            "cursor": 0 if cursor is None else cursor,
+            "network": network,
+            "sender": sender,
+            "since": since_ms,
+            "limit": checked_limit(limit, MAX_PAGE),
+        },
+    ).fetchall()
+    messages = [_message(row) for row in rows]
+    return messages, messages[-1].seq if messages else cursor
+
+
+def _message(row: tuple[Any, ...]) -> InboxMessage:
+    return InboxMessage(
+        seq=row[0],
+        network=row[1],
+        sender=row[2],
+        client_message_id=row[3],
+        message=row[4],
+        meta=from_json(row[5]),
+        priority=row[6],
+        reply_to_id=row[7],
+        sent_at=row[8],
+        received_at=row[9],
+    )

@@ -1,0 +1,117 @@
+"""What the daemon was told about its networks, kept across restarts: config, roster, settings."""
+
+import sqlite3
+from typing import Any
+
+import attrs
+
+from meshactors.store.db import from_json, immediate, to_json
+
+ROSTER_STATES = ("pending", "approved", "denied")
+GLOBAL = ""  # the settings "network" of values that apply to every network (the global profile)
+
+
+class UnknownNetwork(LookupError):
+    """A roster change named a network that was never saved (or was deleted)."""
+
+
+@attrs.frozen
+class RosterEntry:
+    """A device's standing in one network."""
+
+    network: str
+    device_id: str
+    label: str | None
+    state: str  # one of ROSTER_STATES
+    updated_at: int
+
+
+def save_network(
+    conn: sqlite3.Connection, network_id: str, config: dict[str, Any], now_ms: int
+) -> None:
+    """Add a network, or replace the config of a known one (its added_at stays)."""
+    conn.execute(
+        "INSERT INTO networks (id, config_json, added_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (id) DO UPDATE SET config_json = excluded.config_json",
+        (network_id, to_json(config), now_ms),
+    )
+
+
+def delete_network(conn: sqlite3.Connection, network_id: str, purge: bool) -> bool:
+    """Forget a network and its roster; with `purge` also its settings, inbox and outbox.
+
+    Without purge the network's messages and settings stay, for a later rejoin or export.
+    Purging a network that was already deleted still removes its leftovers. Returns
+    whether the network was known.
+    """
+    with immediate(conn):
+        # The roster goes with the networks row (ON DELETE CASCADE).
+        known = conn.execute("DELETE FROM networks WHERE id = ?", (network_id,)).rowcount > 0
+        if purge:
+            for table in ("local_settings", "inbox", "outbox"):
+                conn.execute(f"DELETE FROM {table} WHERE network = ?", (network_id,))
+    return known
+
+
+def load_networks(conn: sqlite3.Connection) -> list[tuple[str, dict[str, Any]]]:
+    """Every saved network and its config, in the order they were added."""
+    rows = conn.execute("SELECT id, config_json FROM networks ORDER BY added_at, id")
+    return [(network_id, from_json(config)) for network_id, config in rows]
+
+
+def set_roster_state(
+    conn: sqlite3.Connection,
+    network: str,
+    device_id: str,
+    state: str,
+    label: str | None,
+    now_ms: int,
+) -> None:
+    """Record a device's state in a network; a None label keeps the one already known."""
+    if state not in ROSTER_STATES:
+        raise ValueError(f"roster state must be one of {', '.join(ROSTER_STATES)}: {state!r}")
+    try:
+        conn.execute(
+            "INSERT INTO roster (network, device_id, label, state, updated_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (network, device_id) DO UPDATE SET"
+            " label = coalesce(excluded.label, label), state = excluded.state,"
+            " updated_at = excluded.updated_at",
+            (network, device_id, label, state, now_ms),
+        )
+    except sqlite3.IntegrityError as exc:
+        raise UnknownNetwork(f"no network {network!r}") from exc
+
+
+def roster(conn: sqlite3.Connection, network: str) -> list[RosterEntry]:
+    """The devices known in a network, by device id."""
+    rows = conn.execute(
+        "SELECT network, device_id, label, state, updated_at FROM roster"
+        " WHERE network = ? ORDER BY device_id",
+        (network,),
+    )
+    return [RosterEntry(*row) for row in rows]
+
+
+def remove_roster(conn: sqlite3.Connection, network: str, device_id: str) -> bool:
+    """Forget a device in a network; returns whether it was known."""
+    cursor = conn.execute(
+        "DELETE FROM roster WHERE network = ? AND device_id = ?", (network, device_id)
+    )
+    return cursor.rowcount > 0
+
+
+def put_setting(conn: sqlite3.Connection, network: str, key: str, value: Any) -> None:
+    """Store one of our settings (a capability, a profile field) for a network or GLOBAL."""
+    conn.execute(
+        "INSERT INTO local_settings (network, key, value_json) VALUES (?, ?, ?)"
+        " ON CONFLICT (network, key) DO UPDATE SET value_json = excluded.value_json",
+        (network, key, to_json(value)),
+    )
+
+
+def get_settings(conn: sqlite3.Connection, network: str) -> dict[str, Any]:
+    """All our settings for a network (or GLOBAL), by key."""
+    rows = conn.execute(
+        "SELECT key, value_json FROM local_settings WHERE network = ? ORDER BY key", (network,)
+    )
+    return {key: from_json(value) for key, value in rows}

@@ -1,0 +1,527 @@
+"""The durable outbox: idempotent accept, per-recipient deliveries with backoff, recovery, requeue.
+
+A send is one `outbox` row plus one `deliveries` row per recipient. The row's status is
+derived from its deliveries (see `derive_status`) and stored, except `aborted`, which only
+`requeue` sets and nothing changes afterwards.
+"""
+
+import random
+import sqlite3
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any, Literal
+
+import attrs
+
+from meshactors.store.db import checked_limit, from_json, immediate, to_json
+from meshactors.store.fingerprint import (
+    fingerprint_prefix,
+    mint_client_message_id,
+    request_fingerprint,
+)
+
+DESTINATION_KINDS = ("peer", "all", "tag")
+PRIORITIES = ("now", "next", "low")  # draining order: every due 'now' before any 'next'
+ROW_STATUSES = ("pending", "inflight", "done", "dead", "aborted")
+MAX_ATTEMPTS = 20  # a delivery that failed this many times is dead
+TTL_MS = 7 * 24 * 60 * 60 * 1000  # a send older than a week is dead at its next failure
+BACKOFF_BASE_MS = 500  # ceiling of the first retry's random wait; doubles per attempt
+BACKOFF_CAP_MS = 5 * 60 * 1000  # no retry waits longer than five minutes
+MAX_RECIPIENTS = 4096  # deliveries rows one accept may write, bounding its transaction
+MAX_CLIENT_MESSAGE_ID_CHARS = 128  # caller-chosen idempotency keys (a minted ULID has 26)
+MAX_LIST_ROWS = 500  # rows one list_rows call returns
+SUPERSEDED = "superseded"  # last_error of the deliveries that requeue closes
+
+_PRIORITY_RANK = "CASE o.priority WHEN 'now' THEN 0 WHEN 'next' THEN 1 ELSE 2 END"
+_ROW_COLUMNS = (
+    "id, network, client_message_id, request_fingerprint, destination_kind, destination_ref,"
+    " priority, message, meta_json, reply_to_id, status, created_at, updated_at, last_error,"
+    " superseded_by"
+)
+
+
+class SendError(Exception):
+    """A send that cannot be accepted, found or requeued; `code` is stable for clients.
+
+    Codes: no_recipients, invalid_request, conflict, not_found, not_requeueable.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@attrs.frozen
+class AcceptOutcome:
+    """What `accept` decided: a new or matching send (accepted), an already-sent one
+    (duplicate), or a reuse of the key that cannot be honoured (conflict, with `reason`)."""
+
+    outcome: Literal["accepted", "duplicate", "conflict"]
+    id: str  # the outbox row holding this client_message_id
+    client_message_id: str
+    status: str  # that row's status
+    reason: str | None  # '<status>_fingerprint_match' or '..._mismatch' for a conflict
+    fingerprint_prefix: str  # of the request just made
+
+
+@attrs.frozen
+class DeliveryKey:
+    """Names one recipient's copy of a send."""
+
+    outbox_id: str
+    recipient: str
+
+
+@attrs.frozen
+class Delivery:
+    """A due delivery with everything the drainer needs to send it."""
+
+    outbox_id: str
+    recipient: str
+    network: str
+    client_message_id: str
+    destination_kind: str
+    destination_ref: str
+    priority: str
+    message: str
+    meta: dict[str, Any] | None
+    reply_to_id: str | None
+    attempts: int
+    created_at: int
+
+    @property
+    def key(self) -> DeliveryKey:
+        """The key mark_inflight takes."""
+        return DeliveryKey(self.outbox_id, self.recipient)
+
+
+@attrs.frozen
+class RecipientState:
+    """How one recipient's delivery of a send stands."""
+
+    recipient: str
+    status: str
+    attempts: int
+    next_attempt_at: int
+    last_error: str | None
+
+
+@attrs.frozen
+class OutboxRow:
+    """One send as the operator sees it, with each recipient's delivery."""
+
+    id: str
+    network: str
+    client_message_id: str
+    request_fingerprint: bytes
+    destination_kind: str
+    destination_ref: str
+    priority: str
+    message: str
+    meta: dict[str, Any] | None
+    reply_to_id: str | None
+    status: str
+    created_at: int
+    updated_at: int
+    last_error: str | None
+    superseded_by: str | None
+    deliveries: tuple[RecipientState, ...]
+
+
+def accept(
+    conn: sqlite3.Connection,
+    *,
+    network: str,
+    recipients: Sequence[str],
+    destination_kind: str,
+    destination_ref: str,
+    message: str,
+    priority: str,
+    meta: dict[str, Any] | None,
+    reply_to_id: str | None,
+    client_message_id: str | None,
+    now_ms: int,
+) -> AcceptOutcome:
+    """Durably accept a send, or answer a repeat of one by the lookup table below.
+
+    An existing row with the same (network, client_message_id) decides, by its status and
+    whether the new request's fingerprint matches: pending/inflight + match → accepted;
+    done + match → duplicate; every other cell → conflict '<status>_fingerprint_<match|mismatch>'.
+    Only a new row needs recipients (device ids resolved by the caller); a missing
+    client_message_id is minted.
+    """
+    _check_choice("destination_kind", destination_kind, DESTINATION_KINDS)
+    _check_choice("priority", priority, PRIORITIES)
+    if client_message_id is not None:
+        _check_client_message_id(client_message_id)
+    unique_recipients = list(dict.fromkeys(recipients))
+    if len(unique_recipients) > MAX_RECIPIENTS:
+        raise SendError(
+            "invalid_request", f"{len(unique_recipients)} recipients, at most {MAX_RECIPIENTS}"
+        )
+    fp = request_fingerprint(
+        destination_kind=destination_kind,
+        destination_ref=destination_ref,
+        reply_to_id=reply_to_id,
+        priority=priority,
+        meta=meta,
+        body=message.encode("utf-8"),
+    )
+    key = client_message_id if client_message_id is not None else mint_client_message_id(now_ms)
+    with immediate(conn):
+        existing = conn.execute(
+            "SELECT id, status, request_fingerprint FROM outbox"
+            " WHERE network = ? AND client_message_id = ?",
+            (network, key),
+        ).fetchone()
+        if existing is not None:
+            row_id, status, stored_fp = existing
+            return _decide(row_id, key, status, stored_fp == fp, fingerprint_prefix(fp))
+        if not unique_recipients:
+            raise SendError(
+                "no_recipients", f"no recipients for {destination_kind} {destination_ref!r}"
+            )
+        row_id = _insert_send(
+            conn,
+            network=network,
+            client_message_id=key,
+            fingerprint=fp,
+            destination_kind=destination_kind,
+            destination_ref=destination_ref,
+            priority=priority,
+            message=message,
+            meta_json=to_json(meta),
+            reply_to_id=reply_to_id,
+            recipients=unique_recipients,
+            now_ms=now_ms,
+        )
+    return AcceptOutcome("accepted", row_id, key, "pending", None, fingerprint_prefix(fp))
+
+
+def derive_status(delivery_statuses: Collection[str]) -> str:
+    """A row's status from its deliveries' statuses: any inflight → inflight; all done → done;
+    all terminal (done or dead) with at least one dead → dead; otherwise pending."""
+    if "inflight" in delivery_statuses:
+        return "inflight"
+    if all(status == "done" for status in delivery_statuses):
+        return "done"
+    if all(status in ("done", "dead") for status in delivery_statuses):
+        return "dead"
+    return "pending"
+
+
+def due_deliveries(
+    conn: sqlite3.Connection, *, now_ms: int, limit: int, network: str | None = None
+) -> list[Delivery]:
+    """Pending deliveries whose next attempt is due, by priority ('now' first) then age."""
+    rows = conn.execute(
+        "SELECT d.outbox_id, d.recipient, o.network, o.client_message_id, o.destination_kind,"
+        " o.destination_ref, o.priority, o.message, o.meta_json, o.reply_to_id, d.attempts,"
+        " o.created_at"
+        " FROM deliveries d JOIN outbox o ON o.id = d.outbox_id"
+        " WHERE d.status = 'pending' AND d.next_attempt_at <= :now"
+        " AND (:network IS NULL OR o.network = :network)"
+        f" ORDER BY {_PRIORITY_RANK}, o.created_at, o.id, d.recipient LIMIT :limit",
+        {"now": now_ms, "network": network, "limit": checked_limit(limit, MAX_LIST_ROWS)},
+    ).fetchall()
+    return [
+        Delivery(
+            outbox_id=row[0],
+            recipient=row[1],
+            network=row[2],
+            client_message_id=row[3],
+            destination_kind=row[4],
+            destination_ref=row[5],
+            priority=row[6],
+            message=row[7],
+            meta=from_json(row[8]),
+            reply_to_id=row[9],
+            attempts=row[10],
+            created_at=row[11],
+        )
+        for row in rows
+    ]
+
+
+def mark_inflight(
+    conn: sqlite3.Connection, keys: Iterable[DeliveryKey], now_ms: int
+) -> list[DeliveryKey]:
+    """Claim pending deliveries for sending; returns the ones claimed (send only those)."""
+    claimed = []
+    with immediate(conn):
+        for key in keys:
+            cursor = conn.execute(
+                "UPDATE deliveries SET status = 'inflight'"
+                " WHERE outbox_id = ? AND recipient = ? AND status = 'pending'",
+                (key.outbox_id, key.recipient),
+            )
+            if cursor.rowcount:
+                claimed.append(key)
+        for outbox_id in {key.outbox_id for key in claimed}:
+            _refresh_status(conn, outbox_id, now_ms)
+    return claimed
+
+
+def mark_delivered(conn: sqlite3.Connection, outbox_id: str, recipient: str, now_ms: int) -> bool:
+    """Record that the recipient has the message; False when no such delivery exists."""
+    with immediate(conn):
+        cursor = conn.execute(
+            "UPDATE deliveries SET status = 'done' WHERE outbox_id = ? AND recipient = ?",
+            (outbox_id, recipient),
+        )
+        if cursor.rowcount:
+            _refresh_status(conn, outbox_id, now_ms)
+    return bool(cursor.rowcount)
+
+
+def backoff_ms(attempts: int, rand: Callable[[], float]) -> int:
+    """Full-jitter exponential backoff: a uniform wait below min(cap, base * 2**(attempts-1))."""
+    ceiling = min(BACKOFF_CAP_MS, BACKOFF_BASE_MS << min(max(attempts - 1, 0), 32))
+    return int(rand() * ceiling)
+
+
+def mark_failed(
+    conn: sqlite3.Connection,
+    outbox_id: str,
+    recipient: str,
+    *,
+    error_code: str,
+    permanent: bool,
+    now_ms: int,
+    max_attempts: int = MAX_ATTEMPTS,
+    ttl_ms: int = TTL_MS,
+    rand: Callable[[], float] = random.random,
+) -> str | None:
+    """Record a failed attempt: retry later with backoff, or give up (dead, with last_error)
+    when the error is permanent, attempts reach max_attempts or the send outlived ttl_ms.
+
+    Returns the delivery's new status, or None when no such delivery exists. A finished
+    (done or dead) delivery is left as it is.
+    """
+    with immediate(conn):
+        found = conn.execute(
+            "SELECT d.status, d.attempts, d.next_attempt_at, o.created_at"
+            " FROM deliveries d JOIN outbox o ON o.id = d.outbox_id"
+            " WHERE d.outbox_id = ? AND d.recipient = ?",
+            (outbox_id, recipient),
+        ).fetchone()
+        if found is None:
+            return None
+        status, attempts, next_attempt_at, created_at = found
+        if status in ("done", "dead"):
+            return str(status)
+        attempts += 1
+        if permanent or attempts >= max_attempts or created_at + ttl_ms < now_ms:
+            status = "dead"
+        else:
+            status, next_attempt_at = "pending", now_ms + backoff_ms(attempts, rand)
+        conn.execute(
+            "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?"
+            " WHERE outbox_id = ? AND recipient = ?",
+            (status, attempts, next_attempt_at, error_code, outbox_id, recipient),
+        )
+        _refresh_status(conn, outbox_id, now_ms, last_error=error_code)
+    return str(status)
+
+
+def recover_inflight(conn: sqlite3.Connection, now_ms: int) -> int:
+    """At startup, put every delivery left inflight by a crash back to pending, due now.
+
+    Whether those attempts arrived is unknown; receivers dedupe by client_message_id.
+    Returns how many deliveries were recovered.
+    """
+    with immediate(conn):
+        outbox_ids = [
+            row[0]
+            for row in conn.execute(
+                "SELECT DISTINCT outbox_id FROM deliveries WHERE status = 'inflight'"
+            )
+        ]
+        cursor = conn.execute(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?"
+            " WHERE status = 'inflight'",
+            (now_ms,),
+        )
+        for outbox_id in outbox_ids:
+            _refresh_status(conn, outbox_id, now_ms)
+    return cursor.rowcount
+
+
+def list_rows(
+    conn: sqlite3.Connection, *, status: str | None, network: str | None, limit: int
+) -> list[OutboxRow]:
+    """Sends for the operator, newest first, optionally of one status and/or network."""
+    if status is not None:
+        _check_choice("status", status, ROW_STATUSES)
+    rows = conn.execute(
+        f"SELECT {_ROW_COLUMNS} FROM outbox"
+        " WHERE (:status IS NULL OR status = :status)"
+        " AND (:network IS NULL OR network = :network)"
+        " ORDER BY created_at DESC, id DESC LIMIT :limit",
+        {"status": status, "network": network, "limit": checked_limit(limit, MAX_LIST_ROWS)},
+    ).fetchall()
+    return [_outbox_row(conn, row) for row in rows]
+
+
+def requeue(
+    conn: sqlite3.Connection, row_id: str, *, new_client_message_id: str | None, now_ms: int
+) -> OutboxRow:
+    """Send a dead or stuck pending row again as a new row with the same routing and content.
+
+    The new row goes to the recipients that have not received the original, under a fresh
+    (or the given) client_message_id; the old row becomes aborted with superseded_by set
+    and its open deliveries are closed. Returns the new row.
+    """
+    if new_client_message_id is not None:
+        _check_client_message_id(new_client_message_id)
+    with immediate(conn):
+        old = _load_row(conn, row_id)
+        if old is None:
+            raise SendError("not_found", f"no outbox row {row_id!r}")
+        if old.status not in ("dead", "pending"):
+            raise SendError(
+                "not_requeueable", f"outbox row {row_id} is {old.status}; only dead or pending"
+            )
+        key = new_client_message_id or mint_client_message_id(now_ms)
+        taken = conn.execute(
+            "SELECT id FROM outbox WHERE network = ? AND client_message_id = ?",
+            (old.network, key),
+        ).fetchone()
+        if taken is not None:
+            raise SendError("conflict", f"client_message_id {key!r} is already row {taken[0]}")
+        new_id = _insert_send(
+            conn,
+            network=old.network,
+            client_message_id=key,
+            fingerprint=old.request_fingerprint,
+            destination_kind=old.destination_kind,
+            destination_ref=old.destination_ref,
+            priority=old.priority,
+            message=old.message,
+            meta_json=to_json(old.meta),
+            reply_to_id=old.reply_to_id,
+            recipients=[d.recipient for d in old.deliveries if d.status != "done"],
+            now_ms=now_ms,
+        )
+        conn.execute(
+            "UPDATE deliveries SET status = 'dead', last_error = ?"
+            " WHERE outbox_id = ? AND status IN ('pending', 'inflight')",
+            (SUPERSEDED, row_id),
+        )
+        conn.execute(
+            "UPDATE outbox SET status = 'aborted', superseded_by = ?, updated_at = ? WHERE id = ?",
+            (new_id, now_ms, row_id),
+        )
+        new = _load_row(conn, new_id)
+    assert new is not None  # inserted in this transaction
+    return new
+
+
+def _decide(row_id: str, key: str, status: str, match: bool, prefix: str) -> AcceptOutcome:
+    """The lookup table for a request whose client_message_id already has a row."""
+    if match and status in ("pending", "inflight"):
+        return AcceptOutcome("accepted", row_id, key, status, None, prefix)
+    if match and status == "done":
+        return AcceptOutcome("duplicate", row_id, key, status, None, prefix)
+    reason = f"{status}_fingerprint_{'match' if match else 'mismatch'}"
+    return AcceptOutcome("conflict", row_id, key, status, reason, prefix)
+
+
+def _insert_send(
+    conn: sqlite3.Connection,
+    *,
+    network: str,
+    client_message_id: str,
+    fingerprint: bytes,
+    destination_kind: str,
+    destination_ref: str,
+    priority: str,
+    message: str,
+    meta_json: str,
+    reply_to_id: str | None,
+    recipients: Sequence[str],
+    now_ms: int,
+) -> str:
+    """Insert a pending row and one pending delivery per recipient, due now; returns the id."""
+    row_id = mint_client_message_id(now_ms)
+    conn.execute(
+        f"INSERT INTO outbox ({_ROW_COLUMNS}) VALUES"
+        " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, NULL)",
+        (
+            row_id,
+            network,
+            client_message_id,
+            fingerprint,
+            destination_kind,
+            destination_ref,
+            priority,
+            message,
+            meta_json,
+            reply_to_id,
+            now_ms,
+            now_ms,
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO deliveries (outbox_id, recipient, status, attempts, next_attempt_at)"
+        " VALUES (?, ?, 'pending', 0, ?)",
+        [(row_id, recipient, now_ms) for recipient in recipients],
+    )
+    return row_id
+
+
+def _refresh_status(
+    conn: sqlite3.Connection, outbox_id: str, now_ms: int, *, last_error: str | None = None
+) -> None:
+    """Store the row status derived from its deliveries (an aborted row stays aborted)."""
+    rows = conn.execute("SELECT status FROM deliveries WHERE outbox_id = ?", (outbox_id,))
+    statuses = [row[0] for row in rows]
+    conn.execute(
+        "UPDATE outbox SET status = ?, updated_at = ?, last_error = coalesce(?, last_error)"
+        " WHERE id = ? AND status != 'aborted'",
+        (derive_status(statuses), now_ms, last_error, outbox_id),
+    )
+
+
+def _load_row(conn: sqlite3.Connection, row_id: str) -> OutboxRow | None:
+    row = conn.execute(f"SELECT {_ROW_COLUMNS} FROM outbox WHERE id = ?", (row_id,)).fetchone()
+    return None if row is None else _outbox_row(conn, row)
+
+
+def _outbox_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> OutboxRow:
+    deliveries = conn.execute(
+        "SELECT recipient, status, attempts, next_attempt_at, last_error FROM deliveries"
+        " WHERE outbox_id = ? ORDER BY recipient",
+        (row[0],),
+    ).fetchall()
+    return OutboxRow(
+        id=row[0],
+        network=row[1],
+        client_message_id=row[2],
+        request_fingerprint=row[3],
+        destination_kind=row[4],
+        destination_ref=row[5],
+        priority=row[6],
+        message=row[7],
+        meta=from_json(row[8]),
+        reply_to_id=row[9],
+        status=row[10],
+        created_at=row[11],
+        updated_at=row[12],
+        last_error=row[13],
+        superseded_by=row[14],
+        deliveries=tuple(RecipientState(*delivery) for delivery in deliveries),
+    )
+
+
+def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        allowed = ", ".join(choices)
+        raise SendError("invalid_request", f"{field} must be one of {allowed}: {value!r}")
+
+
+def _check_client_message_id(value: str) -> None:
+    if not 0 < len(value) <= MAX_CLIENT_MESSAGE_ID_CHARS or not value.isprintable():
+        raise SendError(
+            "invalid_request",
+            f"client_message_id must be 1..{MAX_CLIENT_MESSAGE_ID_CHARS} printable characters",
+        )

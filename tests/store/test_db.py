@@ -1,0 +1,123 @@
+"""open_database: pragmas, migrations, refusing damaged files untouched, OS errors; immediate()."""
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from meshactors.store import db
+from meshactors.store.db import MIGRATIONS, StoreError, immediate, open_database
+
+
+def test_open_sets_pragmas_and_schema_version(conn: sqlite3.Connection) -> None:
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert conn.isolation_level is None
+
+
+def test_reopen_keeps_data_and_does_not_reapply_migrations(db_path: Path) -> None:
+    first = open_database(db_path)
+    first.execute("INSERT INTO networks VALUES ('n1', '{}', 1)")
+    first.close()
+    second = open_database(db_path)
+    assert second.execute("SELECT id FROM networks").fetchall() == [("n1",)]
+    second.close()
+
+
+def test_only_missing_migrations_are_applied(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    open_database(db_path).close()
+    extra = ("CREATE TABLE later (x INTEGER)", "INSERT INTO later VALUES (7)")
+    monkeypatch.setattr(db, "MIGRATIONS", (*MIGRATIONS, extra))
+    conn = open_database(db_path)  # re-running migration 1 would fail: its tables exist
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) + 1
+    assert conn.execute("SELECT x FROM later").fetchall() == [(7,)]
+    conn.close()
+
+
+def test_failed_migration_leaves_nothing_behind(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    open_database(db_path).close()
+    broken = ("CREATE TABLE half (x INTEGER)", "THIS IS NOT SQL")
+    monkeypatch.setattr(db, "MIGRATIONS", (*MIGRATIONS, broken))
+    with pytest.raises(StoreError):
+        open_database(db_path)
+    monkeypatch.setattr(db, "MIGRATIONS", MIGRATIONS)
+    conn = open_database(db_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half'").fetchone() is None
+    conn.close()
+
+
+def test_newer_schema_is_refused_untouched(db_path: Path) -> None:
+    open_database(db_path).close()
+    raw = sqlite3.connect(db_path)
+    raw.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 5}")
+    raw.close()
+    before = db_path.read_bytes()
+    with pytest.raises(StoreError, match="newer") as info:
+        open_database(db_path)
+    assert str(db_path) in str(info.value)
+    assert db_path.read_bytes() == before
+
+
+def test_garbage_file_raises_and_stays_byte_identical(db_path: Path) -> None:
+    garbage = os.urandom(8192)
+    db_path.write_bytes(garbage)
+    with pytest.raises(StoreError) as info:
+        open_database(db_path)
+    message = str(info.value)
+    assert str(db_path) in message
+    assert "left untouched" in message
+    assert db_path.read_bytes() == garbage
+
+
+def test_corrupt_pages_behind_a_valid_header_are_refused_untouched(db_path: Path) -> None:
+    conn = open_database(db_path)
+    conn.executemany(
+        "INSERT INTO inbox VALUES (NULL, 'n', 's', ?, ?, 'null', 'next', NULL, 0, 0)",
+        [(str(i), "x" * 500) for i in range(200)],
+    )
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    damaged = bytearray(db_path.read_bytes())
+    page_size = 4096
+    damaged[page_size : 4 * page_size] = os.urandom(3 * page_size)
+    db_path.write_bytes(bytes(damaged))
+    with pytest.raises(StoreError, match="left untouched"):
+        open_database(db_path)
+    assert db_path.read_bytes() == bytes(damaged)
+
+
+def test_missing_directory_reports_the_os_reason(tmp_path: Path) -> None:
+    path = tmp_path / "absent" / "state.db"
+    with pytest.raises(StoreError, match="No such file or directory") as info:
+        open_database(path)
+    assert str(path) in str(info.value)
+
+
+def test_parent_that_is_a_file_reports_the_os_reason(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("not a directory")
+    with pytest.raises(StoreError, match="Not a directory"):
+        open_database(tmp_path / "plain" / "state.db")
+
+
+def test_immediate_commits_on_success(conn: sqlite3.Connection) -> None:
+    with immediate(conn):
+        conn.execute("INSERT INTO networks VALUES ('a', '{}', 1)")
+    assert not conn.in_transaction
+    assert conn.execute("SELECT count(*) FROM networks").fetchone()[0] == 1
+
+
+def test_immediate_rolls_back_on_error(conn: sqlite3.Connection) -> None:
+    with pytest.raises(RuntimeError), immediate(conn):
+        conn.execute("INSERT INTO networks VALUES ('a', '{}', 1)")
+        raise RuntimeError("boom")
+    assert not conn.in_transaction
+    assert conn.execute("SELECT count(*) FROM networks").fetchone()[0] == 0

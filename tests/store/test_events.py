@@ -1,0 +1,86 @@
+"""The event log: replay after an id, pruning in batches, and never hiding a gap."""
+
+import sqlite3
+
+import pytest
+
+from meshactors.store.events import (
+    EVENT_LOG_LIMIT,
+    MAX_REPLAY,
+    PRUNE_BATCH,
+    Event,
+    append,
+    last_event_id,
+    since,
+)
+
+
+def count(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+
+def fill(conn: sqlite3.Connection, n: int) -> None:
+    for i in range(n):
+        append(conn, "tick", {"i": i}, 1000 + i)
+
+
+def test_append_returns_increasing_ids_and_since_replays_after_one(
+    conn: sqlite3.Connection,
+) -> None:
+    assert last_event_id(conn) == 0
+    ids = [append(conn, "peer_join", {"device": f"d{i}", "n": [i]}, 10 + i) for i in range(3)]
+    assert ids == [1, 2, 3]
+    assert last_event_id(conn) == 3
+    result = since(conn, 1, limit=10)
+    assert result.events == (
+        Event(2, "peer_join", {"device": "d1", "n": [1]}, 11),
+        Event(3, "peer_join", {"device": "d2", "n": [2]}, 12),
+    )
+    assert (result.gap, result.oldest_kept) == (False, 1)
+    assert since(conn, 3, limit=10).events == ()
+    assert [e.event_id for e in since(conn, 0, limit=2).events] == [1, 2]
+
+
+def test_an_empty_log_has_no_gap(conn: sqlite3.Connection) -> None:
+    result = since(conn, 0, limit=10)
+    assert (result.events, result.gap, result.oldest_kept) == ((), False, None)
+
+
+def test_the_log_is_pruned_in_batches_and_never_exceeds_its_limit(
+    conn: sqlite3.Connection,
+) -> None:
+    fill(conn, EVENT_LOG_LIMIT)
+    assert count(conn) == EVENT_LOG_LIMIT
+    append(conn, "tick", {}, 99_999)  # one over: a whole batch goes
+    assert count(conn) == EVENT_LOG_LIMIT - PRUNE_BATCH
+    fill(conn, PRUNE_BATCH - 1)  # the next appends delete nothing
+    assert count(conn) == EVENT_LOG_LIMIT - 1
+    append(conn, "tick", {}, 99_999)
+    assert count(conn) == EVENT_LOG_LIMIT
+    append(conn, "tick", {}, 99_999)  # full again: the next batch goes
+    assert count(conn) == EVENT_LOG_LIMIT - PRUNE_BATCH
+    assert last_event_id(conn) == EVENT_LOG_LIMIT + PRUNE_BATCH + 2
+
+
+def test_since_reports_a_gap_when_events_were_pruned(conn: sqlite3.Connection) -> None:
+    fill(conn, EVENT_LOG_LIMIT + 1)
+    oldest = PRUNE_BATCH + 2
+    stale = since(conn, 0, limit=5)
+    assert (stale.gap, stale.oldest_kept) == (True, oldest)
+    assert [e.event_id for e in stale.events] == list(range(oldest, oldest + 5))
+    assert since(conn, oldest - 2, limit=5).gap
+    caught_up = since(conn, oldest - 1, limit=5)
+    assert not caught_up.gap
+    assert caught_up.events[0].event_id == oldest
+
+
+def test_replay_size_is_capped(conn: sqlite3.Connection) -> None:
+    fill(conn, MAX_REPLAY + 1)
+    assert len(since(conn, 0, limit=MAX_REPLAY * 5).events) == MAX_REPLAY
+
+
+def test_bad_arguments_are_refused(conn: sqlite3.Connection) -> None:
+    with pytest.raises(ValueError, match="event_id"):
+        since(conn, -1, limit=10)
+    with pytest.raises(ValueError, match="limit"):
+        since(conn, 0, limit=0)

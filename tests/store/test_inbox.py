@@ -1,0 +1,100 @@
+"""The inbox: dedupe by (network, sender, client_message_id) and oldest-first cursor paging."""
+
+import sqlite3
+from typing import Any
+
+import pytest
+
+from meshactors.store.inbox import MAX_PAGE, InboxMessage, page, store_message
+
+
+def receive(conn: sqlite3.Connection, **changes: Any) -> tuple[InboxMessage, bool]:
+    fields: dict[str, Any] = {
+        "network": "net1",
+        "sender": "dev-a",
+        "client_message_id": "cm-1",
+        "message": "hello",
+        "meta": {"k": [1, 2]},
+        "priority": "next",
+        "reply_to_id": None,
+        "sent_at": 900,
+        "now_ms": 1000,
+    }
+    fields.update(changes)
+    return store_message(conn, **fields)
+
+
+def test_a_new_message_is_stored(conn: sqlite3.Connection) -> None:
+    stored, fresh = receive(conn, reply_to_id="m0")
+    assert fresh
+    assert stored == InboxMessage(
+        seq=stored.seq,
+        network="net1",
+        sender="dev-a",
+        client_message_id="cm-1",
+        message="hello",
+        meta={"k": [1, 2]},
+        priority="next",
+        reply_to_id="m0",
+        sent_at=900,
+        received_at=1000,
+    )
+
+
+def test_a_redelivery_returns_the_first_copy(conn: sqlite3.Connection) -> None:
+    first, _ = receive(conn)
+    again, fresh = receive(conn, message="tampered", now_ms=2000)
+    assert not fresh
+    assert again == first
+    assert conn.execute("SELECT count(*) FROM inbox").fetchone()[0] == 1
+
+
+def test_the_same_id_from_another_sender_or_network_is_a_new_message(
+    conn: sqlite3.Connection,
+) -> None:
+    receive(conn)
+    assert receive(conn, sender="dev-b")[1]
+    assert receive(conn, network="net2")[1]
+
+
+def test_paging_walks_oldest_first_with_the_cursor(conn: sqlite3.Connection) -> None:
+    stored = [receive(conn, client_message_id=f"cm-{i}")[0] for i in range(5)]
+    first, cursor = page(conn, limit=2, cursor=None)
+    assert first == stored[:2]
+    assert cursor == stored[1].seq
+    second, cursor = page(conn, limit=2, cursor=cursor)
+    assert second == stored[2:4]
+    third, cursor = page(conn, limit=2, cursor=cursor)
+    assert third == stored[4:]
+    empty, same = page(conn, limit=2, cursor=cursor)
+    assert (empty, same) == ([], cursor)
+    later = receive(conn, client_message_id="cm-late")[0]
+    assert page(conn, limit=2, cursor=cursor) == ([later], later.seq)
+
+
+def test_an_empty_inbox_pages_to_nothing(conn: sqlite3.Connection) -> None:
+    assert page(conn, limit=10, cursor=None) == ([], None)
+
+
+def test_paging_filters_by_network_sender_and_received_time(conn: sqlite3.Connection) -> None:
+    a_old = receive(conn, client_message_id="1", now_ms=100)[0]
+    b_net2 = receive(conn, client_message_id="2", network="net2", now_ms=200)[0]
+    b_new = receive(conn, client_message_id="3", sender="dev-b", now_ms=300)[0]
+    assert page(conn, network="net1", limit=10, cursor=None)[0] == [a_old, b_new]
+    assert page(conn, sender="dev-b", limit=10, cursor=None)[0] == [b_new]
+    assert page(conn, since_ms=200, limit=10, cursor=None)[0] == [b_net2, b_new]
+    assert page(conn, network="net2", sender="dev-a", limit=10, cursor=None)[0] == [b_net2]
+
+
+def test_the_page_size_is_capped(conn: sqlite3.Connection) -> None:
+    for i in range(MAX_PAGE + 1):
+        receive(conn, client_message_id=str(i))
+    messages, cursor = page(conn, limit=MAX_PAGE * 10, cursor=None)
+    assert len(messages) == MAX_PAGE
+    rest, _ = page(conn, limit=MAX_PAGE, cursor=cursor)
+    assert len(rest) == 1
+
+
+def test_a_non_positive_limit_is_refused(conn: sqlite3.Connection) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        page(conn, limit=0, cursor=None)

@@ -1,0 +1,501 @@
+"""The outbox: the idempotency lookup table, derived row status, retries, recovery, requeue."""
+
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshactors.store import outbox
+from meshactors.store.db import open_database
+from meshactors.store.fingerprint import fingerprint_prefix, request_fingerprint
+from meshactors.store.outbox import (
+    BACKOFF_BASE_MS,
+    BACKOFF_CAP_MS,
+    MAX_LIST_ROWS,
+    SUPERSEDED,
+    TTL_MS,
+    AcceptOutcome,
+    DeliveryKey,
+    SendError,
+    accept,
+    backoff_ms,
+    derive_status,
+    due_deliveries,
+    list_rows,
+    mark_delivered,
+    mark_failed,
+    mark_inflight,
+    recover_inflight,
+    requeue,
+)
+
+T0 = 1_000_000
+
+
+def request(**changes: Any) -> dict[str, Any]:
+    """An accept() request; `changes` override its fields."""
+    fields: dict[str, Any] = {
+        "network": "net1",
+        "recipients": ["dev-a"],
+        "destination_kind": "peer",
+        "destination_ref": "dev-a",
+        "message": "hello",
+        "priority": "next",
+        "meta": {"topic": "greeting", "nested": {"x": 1, "y": 2}},
+        "reply_to_id": None,
+        "client_message_id": "cm-1",
+        "now_ms": T0,
+    }
+    fields.update(changes)
+    return fields
+
+
+def send(conn: sqlite3.Connection, **changes: Any) -> AcceptOutcome:
+    return accept(conn, **request(**changes))
+
+
+def row_of(conn: sqlite3.Connection, row_id: str) -> outbox.OutboxRow:
+    (row,) = [r for r in list_rows(conn, status=None, network=None, limit=500) if r.id == row_id]
+    return row
+
+
+def count(conn: sqlite3.Connection, table: str) -> int:
+    return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def put_in_state(conn: sqlite3.Connection, status: str) -> str:
+    """Accept the default request and drive its row into `status` through the real API."""
+    row_id = send(conn).id
+    key = DeliveryKey(row_id, "dev-a")
+    if status in ("inflight", "done"):
+        assert mark_inflight(conn, [key], T0) == [key]
+    if status == "done":
+        assert mark_delivered(conn, row_id, "dev-a", T0)
+    if status in ("dead", "aborted"):
+        mark_failed(conn, row_id, "dev-a", error_code="rejected", permanent=True, now_ms=T0)
+    if status == "aborted":
+        requeue(conn, row_id, new_client_message_id="cm-2", now_ms=T0)
+    assert row_of(conn, row_id).status == status
+    return row_id
+
+
+LOOKUP_TABLE = [
+    ("pending", True, "accepted", None),
+    ("pending", False, "conflict", "pending_fingerprint_mismatch"),
+    ("inflight", True, "accepted", None),
+    ("inflight", False, "conflict", "inflight_fingerprint_mismatch"),
+    ("done", True, "duplicate", None),
+    ("done", False, "conflict", "done_fingerprint_mismatch"),
+    ("dead", True, "conflict", "dead_fingerprint_match"),
+    ("dead", False, "conflict", "dead_fingerprint_mismatch"),
+    ("aborted", True, "conflict", "aborted_fingerprint_match"),
+    ("aborted", False, "conflict", "aborted_fingerprint_mismatch"),
+]
+
+
+@pytest.mark.parametrize(("status", "match", "outcome", "reason"), LOOKUP_TABLE)
+def test_lookup_table(
+    conn: sqlite3.Connection, status: str, match: bool, outcome: str, reason: str | None
+) -> None:
+    row_id = put_in_state(conn, status)
+    rows_before = count(conn, "outbox")
+    retry = request(now_ms=T0 + 5) if match else request(message="changed", now_ms=T0 + 5)
+    new_fp = request_fingerprint(
+        destination_kind=retry["destination_kind"],
+        destination_ref=retry["destination_ref"],
+        reply_to_id=retry["reply_to_id"],
+        priority=retry["priority"],
+        meta=retry["meta"],
+        body=retry["message"].encode(),
+    )
+    got = accept(conn, **retry)
+    assert (got.outcome, got.id, got.client_message_id, got.status, got.reason) == (
+        outcome,
+        row_id,
+        "cm-1",
+        status,
+        reason,
+    )
+    assert got.fingerprint_prefix == fingerprint_prefix(new_fp)
+    assert count(conn, "outbox") == rows_before
+    assert row_of(conn, row_id).status == status
+
+
+def test_fresh_accept_writes_row_and_one_delivery_per_recipient(conn: sqlite3.Connection) -> None:
+    got = send(
+        conn, recipients=["dev-a", "dev-b", "dev-a"], destination_kind="all", destination_ref="*"
+    )
+    assert (got.outcome, got.status, got.reason) == ("accepted", "pending", None)
+    row = row_of(conn, got.id)
+    assert [d.recipient for d in row.deliveries] == ["dev-a", "dev-b"]
+    assert all(d.status == "pending" and d.attempts == 0 for d in row.deliveries)
+    assert row.meta == {"topic": "greeting", "nested": {"x": 1, "y": 2}}
+
+
+def test_meta_key_order_does_not_make_a_retry_conflict(conn: sqlite3.Connection) -> None:
+    first = send(conn, meta={"a": 1, "b": {"c": 1, "d": [{"e": 1, "f": 2}]}})
+    again = send(conn, meta={"b": {"d": [{"f": 2, "e": 1}], "c": 1}, "a": 1})
+    assert (again.outcome, again.id) == ("accepted", first.id)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"destination_ref": "dev-b"},
+        {"destination_kind": "tag"},
+        {"priority": "now"},
+        {"message": "hello!"},
+        {"reply_to_id": "m0"},
+        {"meta": {"topic": "other"}},
+    ],
+)
+def test_changed_routing_or_content_is_a_mismatch(
+    conn: sqlite3.Connection, change: dict[str, Any]
+) -> None:
+    send(conn)
+    got = send(conn, **change)
+    assert (got.outcome, got.reason) == ("conflict", "pending_fingerprint_mismatch")
+
+
+def test_same_key_in_another_network_is_a_separate_send(conn: sqlite3.Connection) -> None:
+    one = send(conn)
+    two = send(conn, network="net2", message="other")
+    assert two.outcome == "accepted"
+    assert one.id != two.id
+
+
+def test_missing_client_message_id_is_minted_time_ordered(conn: sqlite3.Connection) -> None:
+    first = send(conn, client_message_id=None, now_ms=T0)
+    second = send(conn, client_message_id=None, now_ms=T0 + 1)
+    assert first.outcome == second.outcome == "accepted"
+    assert len(first.client_message_id) == len(second.client_message_id) == 26
+    assert first.client_message_id < second.client_message_id
+    assert count(conn, "outbox") == 2
+
+
+def test_concurrent_accepts_of_one_key_make_one_row(db_path: Path) -> None:
+    open_database(db_path).close()
+    workers = 8
+    connections = [open_database(db_path) for _ in range(workers)]
+    start = threading.Barrier(workers)
+
+    def accept_once(connection: sqlite3.Connection) -> AcceptOutcome:
+        start.wait()
+        return accept(connection, **request(recipients=["dev-a", "dev-b"]))
+
+    with ThreadPoolExecutor(workers) as pool:
+        outcomes = list(pool.map(accept_once, connections))
+    for connection in connections:
+        connection.close()
+    assert {o.outcome for o in outcomes} == {"accepted"}
+    assert len({o.id for o in outcomes}) == 1
+    check = open_database(db_path)
+    assert count(check, "outbox") == 1
+    assert count(check, "deliveries") == 2
+    check.close()
+
+
+def test_empty_recipients_are_refused(conn: sqlite3.Connection) -> None:
+    with pytest.raises(SendError) as info:
+        send(conn, recipients=[])
+    assert info.value.code == "no_recipients"
+    assert count(conn, "outbox") == 0
+
+
+def test_retry_of_an_accepted_send_needs_no_recipients(conn: sqlite3.Connection) -> None:
+    first = send(conn)
+    assert send(conn, recipients=[]).id == first.id
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"priority": "urgent"},
+        {"destination_kind": "everyone"},
+        {"client_message_id": ""},
+        {"client_message_id": "x" * 129},
+        {"client_message_id": "line\nbreak"},
+        {"recipients": [f"dev-{i}" for i in range(outbox.MAX_RECIPIENTS + 1)]},
+    ],
+)
+def test_bad_requests_are_refused_with_a_code(
+    conn: sqlite3.Connection, change: dict[str, Any]
+) -> None:
+    with pytest.raises(SendError) as info:
+        send(conn, **change)
+    assert info.value.code == "invalid_request"
+    assert count(conn, "outbox") == 0
+
+
+@pytest.mark.parametrize(
+    ("statuses", "expected"),
+    [
+        (["pending", "inflight", "done"], "inflight"),
+        (["inflight", "dead"], "inflight"),
+        (["done", "done"], "done"),
+        (["done", "dead"], "dead"),
+        (["dead", "dead"], "dead"),
+        (["done", "pending"], "pending"),
+        (["dead", "pending"], "pending"),
+    ],
+)
+def test_derive_status(statuses: list[str], expected: str) -> None:
+    assert derive_status(statuses) == expected
+
+
+def test_row_status_follows_its_deliveries(conn: sqlite3.Connection) -> None:
+    row_id = send(conn, recipients=["a", "b", "c"], destination_kind="all", destination_ref="*").id
+    assert mark_inflight(conn, [DeliveryKey(row_id, "a")], T0 + 1)
+    assert row_of(conn, row_id).status == "inflight"
+    mark_delivered(conn, row_id, "a", T0 + 2)
+    assert row_of(conn, row_id).status == "pending"
+    mark_delivered(conn, row_id, "b", T0 + 3)
+    mark_failed(conn, row_id, "c", error_code="no_such_peer", permanent=True, now_ms=T0 + 4)
+    row = row_of(conn, row_id)
+    assert (row.status, row.last_error, row.updated_at) == ("dead", "no_such_peer", T0 + 4)
+    assert [d.status for d in row.deliveries] == ["done", "done", "dead"]
+
+
+def test_all_recipients_done_makes_the_row_done(conn: sqlite3.Connection) -> None:
+    row_id = send(conn, recipients=["a", "b"], destination_kind="all", destination_ref="*").id
+    mark_delivered(conn, row_id, "a", T0)
+    assert row_of(conn, row_id).status == "pending"
+    mark_delivered(conn, row_id, "b", T0)
+    assert row_of(conn, row_id).status == "done"
+
+
+def test_due_deliveries_order_by_priority_then_age(conn: sqlite3.Connection) -> None:
+    low = send(conn, client_message_id="low", priority="low", now_ms=T0).id
+    next_old = send(conn, client_message_id="next-old", priority="next", now_ms=T0 + 1).id
+    now = send(conn, client_message_id="now", priority="now", now_ms=T0 + 2).id
+    next_new = send(conn, client_message_id="next-new", priority="next", now_ms=T0 + 3).id
+    due = due_deliveries(conn, now_ms=T0 + 10, limit=10)
+    assert [d.outbox_id for d in due] == [now, next_old, next_new, low]
+    assert [d.outbox_id for d in due_deliveries(conn, now_ms=T0 + 10, limit=2)] == [now, next_old]
+    first = due[0]
+    assert (first.message, first.meta, first.client_message_id) == (
+        "hello",
+        {"topic": "greeting", "nested": {"x": 1, "y": 2}},
+        "now",
+    )
+
+
+def test_due_deliveries_filter_by_time_and_network(conn: sqlite3.Connection) -> None:
+    here = send(conn, now_ms=T0).id
+    there = send(conn, network="net2", now_ms=T0 + 50).id
+    assert due_deliveries(conn, now_ms=T0 - 1, limit=10) == []
+    assert [d.outbox_id for d in due_deliveries(conn, now_ms=T0 + 49, limit=10)] == [here]
+    in_net2 = due_deliveries(conn, now_ms=T0 + 50, limit=10, network="net2")
+    assert [d.outbox_id for d in in_net2] == [there]
+
+
+def test_mark_inflight_claims_only_pending_deliveries(conn: sqlite3.Connection) -> None:
+    row_id = send(conn, recipients=["a", "b"], destination_kind="all", destination_ref="*").id
+    a, b = DeliveryKey(row_id, "a"), DeliveryKey(row_id, "b")
+    assert mark_inflight(conn, [a], T0) == [a]
+    assert mark_inflight(conn, [a, b, DeliveryKey("nope", "a")], T0) == [b]
+    assert due_deliveries(conn, now_ms=T0, limit=10) == []
+
+
+@pytest.mark.parametrize("attempts", [1, 2, 3, 10, 30, 200])
+def test_backoff_is_full_jitter_exponential_and_capped(attempts: int) -> None:
+    ceiling = min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** (attempts - 1))
+    assert backoff_ms(attempts, lambda: 0.0) == 0
+    assert backoff_ms(attempts, lambda: 0.5) == ceiling // 2
+    assert backoff_ms(attempts, lambda: 0.999999) == int(0.999999 * ceiling)
+
+
+def test_a_transient_failure_retries_after_backoff(conn: sqlite3.Connection) -> None:
+    row_id = send(conn).id
+    key = DeliveryKey(row_id, "dev-a")
+    mark_inflight(conn, [key], T0)
+    for attempt, now in enumerate([T0 + 10, T0 + 20, T0 + 30], start=1):
+        status = mark_failed(
+            conn,
+            row_id,
+            "dev-a",
+            error_code="ack_timeout",
+            permanent=False,
+            now_ms=now,
+            rand=lambda: 1.0,
+        )
+        assert status == "pending"
+        delivery = row_of(conn, row_id).deliveries[0]
+        assert delivery.attempts == attempt
+        assert delivery.next_attempt_at == now + BACKOFF_BASE_MS * 2 ** (attempt - 1)
+        assert delivery.last_error == "ack_timeout"
+    assert row_of(conn, row_id).status == "pending"
+    assert due_deliveries(conn, now_ms=T0 + 30 + 4 * BACKOFF_BASE_MS - 1, limit=10) == []
+    (due,) = due_deliveries(conn, now_ms=T0 + 30 + 4 * BACKOFF_BASE_MS, limit=10)
+    assert due.attempts == 3
+
+
+def test_max_attempts_makes_a_delivery_dead(conn: sqlite3.Connection) -> None:
+    row_id = send(conn).id
+    statuses = [
+        mark_failed(
+            conn,
+            row_id,
+            "dev-a",
+            error_code="ack_timeout",
+            permanent=False,
+            now_ms=T0 + i,
+            max_attempts=3,
+        )
+        for i in range(3)
+    ]
+    assert statuses == ["pending", "pending", "dead"]
+    row = row_of(conn, row_id)
+    assert (row.status, row.last_error) == ("dead", "ack_timeout")
+    assert (row.deliveries[0].attempts, row.deliveries[0].last_error) == (3, "ack_timeout")
+    assert due_deliveries(conn, now_ms=T0 + TTL_MS, limit=10) == []
+
+
+def test_a_send_past_its_ttl_dies_at_its_next_failure(conn: sqlite3.Connection) -> None:
+    row_id = send(conn).id
+    at_ttl = mark_failed(
+        conn, row_id, "dev-a", error_code="offline", permanent=False, now_ms=T0 + TTL_MS
+    )
+    assert at_ttl == "pending"
+    past_ttl = mark_failed(
+        conn, row_id, "dev-a", error_code="offline", permanent=False, now_ms=T0 + TTL_MS + 1
+    )
+    assert past_ttl == "dead"
+    assert row_of(conn, row_id).last_error == "offline"
+
+
+def test_a_permanent_error_is_dead_at_once(conn: sqlite3.Connection) -> None:
+    row_id = send(conn).id
+    status = mark_failed(conn, row_id, "dev-a", error_code="denied", permanent=True, now_ms=T0)
+    assert status == "dead"
+    row = row_of(conn, row_id)
+    assert (row.status, row.last_error, row.deliveries[0].attempts) == ("dead", "denied", 1)
+
+
+def test_finished_or_unknown_deliveries_ignore_late_reports(conn: sqlite3.Connection) -> None:
+    row_id = put_in_state(conn, "done")
+    late = mark_failed(conn, row_id, "dev-a", error_code="ack_timeout", permanent=False, now_ms=T0)
+    assert late == "done"
+    assert row_of(conn, row_id).status == "done"
+    assert mark_failed(conn, "nope", "dev-a", error_code="x", permanent=True, now_ms=T0) is None
+    assert mark_delivered(conn, "nope", "dev-a", T0) is False
+
+
+def test_recover_inflight_puts_stranded_deliveries_back(db_path: Path) -> None:
+    conn = open_database(db_path)
+    row_id = send(conn, recipients=["a", "b", "c"], destination_kind="all", destination_ref="*").id
+    mark_inflight(conn, [DeliveryKey(row_id, "a"), DeliveryKey(row_id, "b")], T0)
+    mark_delivered(conn, row_id, "c", T0)
+    conn.close()  # the daemon crashed with two deliveries in flight
+
+    conn = open_database(db_path)
+    assert row_of(conn, row_id).status == "inflight"
+    assert recover_inflight(conn, T0 + 100) == 2
+    row = row_of(conn, row_id)
+    assert row.status == "pending"
+    assert [(d.status, d.attempts) for d in row.deliveries] == [
+        ("pending", 0),
+        ("pending", 0),
+        ("done", 0),
+    ]
+    assert {d.recipient for d in due_deliveries(conn, now_ms=T0 + 100, limit=10)} == {"a", "b"}
+    assert recover_inflight(conn, T0 + 200) == 0
+    conn.close()
+
+
+def test_requeue_keeps_routing_and_supersedes_the_old_row(conn: sqlite3.Connection) -> None:
+    old_id = send(
+        conn,
+        recipients=["a", "b", "c"],
+        destination_kind="tag",
+        destination_ref="builders",
+        priority="now",
+        reply_to_id="m0",
+    ).id
+    mark_delivered(conn, old_id, "a", T0)
+    mark_failed(conn, old_id, "b", error_code="denied", permanent=True, now_ms=T0)
+    mark_failed(conn, old_id, "c", error_code="denied", permanent=True, now_ms=T0)
+    old = row_of(conn, old_id)
+    assert old.status == "dead"
+
+    new = requeue(conn, old_id, new_client_message_id=None, now_ms=T0 + 1000)
+    assert new.id != old_id
+    assert new.client_message_id != old.client_message_id
+    assert (new.status, new.created_at, new.superseded_by) == ("pending", T0 + 1000, None)
+    routing = (
+        "network",
+        "destination_kind",
+        "destination_ref",
+        "priority",
+        "message",
+        "meta",
+        "reply_to_id",
+        "request_fingerprint",
+    )
+    assert [getattr(new, f) for f in routing] == [getattr(old, f) for f in routing]
+    assert [(d.recipient, d.status, d.attempts) for d in new.deliveries] == [
+        ("b", "pending", 0),
+        ("c", "pending", 0),
+    ]
+    aborted = row_of(conn, old_id)
+    assert (aborted.status, aborted.superseded_by) == ("aborted", new.id)
+    assert {d.recipient for d in due_deliveries(conn, now_ms=T0 + 1000, limit=10)} == {"b", "c"}
+
+
+def test_requeue_of_a_stuck_pending_row_closes_its_deliveries(conn: sqlite3.Connection) -> None:
+    old_id = send(conn).id
+    new = requeue(conn, old_id, new_client_message_id="again", now_ms=T0 + 5)
+    assert new.client_message_id == "again"
+    aborted = row_of(conn, old_id)
+    assert aborted.status == "aborted"
+    assert [(d.status, d.last_error) for d in aborted.deliveries] == [("dead", SUPERSEDED)]
+    assert [d.outbox_id for d in due_deliveries(conn, now_ms=T0 + 5, limit=10)] == [new.id]
+    mark_delivered(conn, old_id, "dev-a", T0 + 6)  # a late ack for the old row
+    assert row_of(conn, old_id).status == "aborted"
+
+
+def test_requeue_refuses_a_taken_key_unknown_rows_and_other_states(
+    conn: sqlite3.Connection,
+) -> None:
+    dead_id = put_in_state(conn, "dead")
+    send(conn, client_message_id="taken")
+    with pytest.raises(SendError) as info:
+        requeue(conn, dead_id, new_client_message_id="taken", now_ms=T0)
+    assert info.value.code == "conflict"
+    assert row_of(conn, dead_id).status == "dead"
+    with pytest.raises(SendError) as info:
+        requeue(conn, "no-such-row", new_client_message_id=None, now_ms=T0)
+    assert info.value.code == "not_found"
+    done_id = send(conn, client_message_id="finished").id
+    mark_delivered(conn, done_id, "dev-a", T0)
+    with pytest.raises(SendError) as info:
+        requeue(conn, done_id, new_client_message_id=None, now_ms=T0)
+    assert info.value.code == "not_requeueable"
+    assert count(conn, "outbox") == 3
+
+
+def test_list_rows_filters_newest_first_and_checks_the_limit(conn: sqlite3.Connection) -> None:
+    first = send(conn, client_message_id="1", now_ms=T0).id
+    second = send(conn, client_message_id="2", now_ms=T0 + 1).id
+    other = send(conn, client_message_id="3", network="net2", now_ms=T0 + 2).id
+    mark_delivered(conn, first, "dev-a", T0)
+    every = list_rows(conn, status=None, network=None, limit=10)
+    assert [r.id for r in every] == [other, second, first]
+    assert [r.id for r in list_rows(conn, status="pending", network="net1", limit=10)] == [second]
+    assert [r.id for r in list_rows(conn, status="done", network=None, limit=10)] == [first]
+    assert len(list_rows(conn, status=None, network=None, limit=1)) == 1
+    with pytest.raises(SendError) as info:
+        list_rows(conn, status="lost", network=None, limit=10)
+    assert info.value.code == "invalid_request"
+    with pytest.raises(ValueError, match="limit"):
+        list_rows(conn, status=None, network=None, limit=0)
+
+
+def test_list_rows_and_due_deliveries_are_capped(conn: sqlite3.Connection) -> None:
+    for i in range(MAX_LIST_ROWS + 1):
+        send(conn, client_message_id=f"cm-{i}")
+    assert len(list_rows(conn, status=None, network=None, limit=10_000)) == MAX_LIST_ROWS
+    assert len(due_deliveries(conn, now_ms=T0, limit=10_000)) == MAX_LIST_ROWS
