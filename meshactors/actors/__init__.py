@@ -2,6 +2,7 @@
 
 from meshactors.actors._actor import DEFAULT_INBOX_CAPACITY, Actor, Inbox, cleanup_scope
 from meshactors.actors._ask import ActorGone, AskTimeout, Reply, ask
+from meshactors.actors._fanout import DEFAULT_SUBSCRIBER_CAPACITY, Broadcast, Lagged, Subscriber
 from meshactors.actors._registry import ActorState, Node, current_node
 from meshactors.actors._supervisor import (
     ChildSpec,
@@ -16,18 +17,22 @@ from meshactors.actors._supervisor import (
 
 __all__ = [
     "DEFAULT_INBOX_CAPACITY",
+    "DEFAULT_SUBSCRIBER_CAPACITY",
     "Actor",
     "ActorGone",
     "ActorState",
     "AskTimeout",
+    "Broadcast",
     "ChildSpec",
     "ChildStartFailed",
     "Inbox",
+    "Lagged",
     "Node",
     "Reply",
     "Restart",
     "RestartLimits",
     "Strategy",
+    "Subscriber",
     "Supervisor",
     "SupervisorEscalation",
     "ask",

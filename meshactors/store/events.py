@@ -1,7 +1,7 @@
 """The event log: recent daemon events kept for replay to clients that subscribe late."""
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -51,6 +51,24 @@ def append(conn: sqlite3.Connection, kind: str, data: Mapping[str, Any], now_ms:
                 (event_id - EVENT_LOG_LIMIT + PRUNE_BATCH,),
             )
     return event_id
+
+
+def append_batch(conn: sqlite3.Connection, batch: Sequence[Event]) -> None:
+    """Log events whose ids the caller already assigned (increasing), pruning like `append`."""
+    if not batch:
+        return
+    with immediate(conn):
+        conn.executemany(
+            "INSERT INTO events (event_id, kind, data_json, at_ms) VALUES (?, ?, ?, ?)",
+            [(e.event_id, e.kind, to_json(e.data), e.at_ms) for e in batch],
+        )
+        newest = batch[-1].event_id
+        oldest: int = conn.execute("SELECT min(event_id) FROM events").fetchone()[0]
+        if newest - oldest >= EVENT_LOG_LIMIT:
+            conn.execute(
+                "DELETE FROM events WHERE event_id <= ?",
+                (newest - EVENT_LOG_LIMIT + PRUNE_BATCH,),
+            )
 
 
 def since(conn: sqlite3.Connection, event_id: int, limit: int) -> SinceResult:

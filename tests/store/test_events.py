@@ -10,6 +10,7 @@ from meshactors.store.events import (
     PRUNE_BATCH,
     Event,
     append,
+    append_batch,
     last_event_id,
     since,
 )
@@ -84,3 +85,16 @@ def test_bad_arguments_are_refused(conn: sqlite3.Connection) -> None:
         since(conn, -1, limit=10)
     with pytest.raises(ValueError, match="limit"):
         since(conn, 0, limit=0)
+
+
+def test_append_batch_keeps_the_given_ids_and_continues_the_sequence(
+    conn: sqlite3.Connection,
+) -> None:
+    append_batch(conn, [Event(5, "a", {"n": 1}, 10), Event(6, "b", {}, 11)])
+    assert last_event_id(conn) == 6
+    result = since(conn, 4, 10)
+    assert [(e.event_id, e.kind, e.data) for e in result.events] == [
+        (5, "a", {"n": 1}),
+        (6, "b", {}),
+    ]
+    assert append(conn, "c", {}, 12) == 7

@@ -1,0 +1,125 @@
+"""Fan-out to many subscribers without ever blocking the publisher.
+
+Each subscriber owns a bounded channel filled with `send_nowait`. A subscriber that falls
+behind loses the newest items and is told how many with a `Lagged` marker, so memory stays
+bounded and a slow reader never stalls the pump or the other subscribers.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+import attrs
+import trio
+
+T = TypeVar("T")
+
+DEFAULT_SUBSCRIBER_CAPACITY = 1024  # items a subscriber may have unread before it lags
+
+
+@attrs.frozen
+class Lagged:
+    """Marker: the subscriber missed `skipped` items because it read too slowly."""
+
+    skipped: int
+
+
+@attrs.define(eq=False)
+class Subscriber(Generic[T]):
+    """One reader's bounded queue; iterate it to get items and `Lagged` markers in order."""
+
+    key: int
+    capacity: int
+    _broadcast: Broadcast[T]
+    _sender: trio.MemorySendChannel[T] = attrs.field(init=False)
+    _receiver: trio.MemoryReceiveChannel[T] = attrs.field(init=False)
+    skipped_total: int = 0
+    _skipped_unreported: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        self._sender, self._receiver = trio.open_memory_channel[T](self.capacity)
+
+    def offer(self, item: T) -> bool:
+        """Queue an item without waiting; False (and counted) when the subscriber is full."""
+        try:
+            self._sender.send_nowait(item)
+        except trio.WouldBlock:
+            self.skipped_total += 1
+            self._skipped_unreported += 1
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    async def receive(self) -> T | Lagged:
+        """The next item, or a `Lagged` marker once the queued items before the gap are read."""
+        try:
+            return self._receiver.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        if self._skipped_unreported:
+            marker = Lagged(self._skipped_unreported)
+            self._skipped_unreported = 0
+            return marker
+        return await self._receiver.receive()
+
+    def __aiter__(self) -> Subscriber[T]:
+        return self
+
+    async def __anext__(self) -> T | Lagged:
+        try:
+            return await self.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    @property
+    def queued(self) -> int:
+        """Items waiting to be read."""
+        return self._receiver.statistics().current_buffer_used
+
+    def close(self) -> None:
+        """Leave the broadcast; pending readers see the end of the stream."""
+        self._broadcast.unsubscribe(self)
+        self._sender.close()
+
+    def __enter__(self) -> Subscriber[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@attrs.define(eq=False)
+class Broadcast(Generic[T]):
+    """Publishes each item to every current subscriber, never waiting on any of them."""
+
+    _subscribers: dict[int, Subscriber[T]] = attrs.field(factory=dict)
+    _keys: Iterator[int] = attrs.field(factory=itertools.count)
+    published: int = 0
+
+    def subscribe(self, capacity: int = DEFAULT_SUBSCRIBER_CAPACITY) -> Subscriber[T]:
+        """A new subscriber that sees items published from now on."""
+        subscriber = Subscriber(next(self._keys), capacity, self)
+        self._subscribers[subscriber.key] = subscriber
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber[T]) -> None:
+        """Forget a subscriber (idempotent)."""
+        self._subscribers.pop(subscriber.key, None)
+
+    def publish(self, item: T) -> int:
+        """Offer `item` to every subscriber; returns how many took it."""
+        self.published += 1
+        return sum(subscriber.offer(item) for subscriber in list(self._subscribers.values()))
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many subscribers are attached."""
+        return len(self._subscribers)
+
+    def close(self) -> None:
+        """End every subscriber's stream."""
+        for subscriber in list(self._subscribers.values()):
+            subscriber.close()

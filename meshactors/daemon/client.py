@@ -1,0 +1,200 @@
+"""The `client c<n>` actor: one control-socket connection, its requests, answers and events.
+
+It reads request lines, runs each op in its own task (up to a cap), writes answers and
+events through one bounded outgoing queue, and on disconnect runs the session's cleanups
+(method claims, subscriptions), so a vanished program leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+import structlog
+import trio
+
+from meshactors.actors import Actor, Broadcast, Lagged, Subscriber, cleanup_scope
+from meshactors.daemon.lines import LineReader, Oversized
+from meshactors.daemon.services import Services
+from meshactors.daemon.session import Session
+from meshactors.store.events import Event
+from meshactors.wire.ipc import (
+    MAX_FRAME_BYTES,
+    BadFrame,
+    ErrorCode,
+    OpError,
+    Request,
+    error_frame,
+    event_frame,
+    ok_frame,
+    parse_request,
+)
+
+log = structlog.get_logger("meshactors.client")
+
+MAX_CONCURRENT_REQUESTS = 64  # requests one connection may have in flight
+OUTGOING_CAPACITY = 256  # frames queued for the socket writer
+PUSH_CAPACITY = 4096  # events addressed to this connection, queued before it lags
+EVENT_CAPACITY = 4096  # broadcast events queued before this connection lags
+LAG_DISCONNECT_LIMIT = 65_536  # events a connection may miss in all before it is cut off
+WRITE_BATCH = 256  # frames joined into one socket write
+
+
+class SlowConsumer(Exception):
+    """The connection stopped reading and missed more than LAG_DISCONNECT_LIMIT events."""
+
+
+@attrs.define(eq=False)
+class ClientActor(Actor):
+    """Serves one connection until it closes; its teardown releases what it held."""
+
+    kind: ClassVar[str] = "client"
+
+    client_id: str
+    stream: trio.abc.Stream
+    services: Services
+    prefix: bytes = b""  # bytes the listener already read while sniffing the protocol
+    requests: int = 0
+    errors: int = 0
+    in_flight: int = 0
+    _out_send: trio.MemorySendChannel[bytes] = attrs.field(init=False)
+    _out_receive: trio.MemoryReceiveChannel[bytes] = attrs.field(init=False)
+    _session: Session | None = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._out_send, self._out_receive = trio.open_memory_channel[bytes](OUTGOING_CAPACITY)
+
+    def figures(self) -> dict[str, Any]:
+        session = self._session
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "in_flight": self.in_flight,
+            "events": session.events_subscribed if session else False,
+            "outgoing": self._out_receive.statistics().current_buffer_used,
+            "pushes_queued": session.pushes.queued if session else 0,
+            "lagged": session.pushes.skipped_total if session else 0,
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        pushes: Subscriber[dict[str, Any]] = Broadcast[dict[str, Any]]().subscribe(PUSH_CAPACITY)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._session = Session(self.client_id, self.services, pushes, nursery, self)
+                nursery.start_soon(self._write_frames)
+                nursery.start_soon(self._forward_pushes, pushes)
+                task_status.started()
+                await self._read_requests(nursery)
+                nursery.cancel_scope.cancel()
+        except* SlowConsumer:
+            log.warning("client cut off: it stopped reading", client=self.client_id)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.debug("client hung up mid-write", client=self.client_id)
+        finally:
+            with cleanup_scope():
+                if self._session is not None:
+                    for cleanup in self._session.take_cleanups():
+                        try:
+                            await cleanup()
+                        except Exception:
+                            log.exception("cleanup failed", client=self.client_id)
+                await self.stream.aclose()
+
+    async def _read_requests(self, nursery: trio.Nursery) -> None:
+        reader = LineReader(self.stream, MAX_FRAME_BYTES)
+        reader.feed_prefix(self.prefix)
+        while (line := await reader.next_line()) is not None:
+            if isinstance(line, Oversized):
+                self.errors += 1
+                await self._out_send.send(
+                    error_frame(
+                        None,
+                        OpError(
+                            ErrorCode.FRAME_TOO_LARGE,
+                            f"frame of {line.length} bytes exceeds {MAX_FRAME_BYTES}",
+                        ),
+                    )
+                )
+                continue
+            try:
+                request = parse_request(line)
+            except BadFrame as bad:
+                self.errors += 1
+                await self._out_send.send(error_frame(bad.request_id, bad))
+                continue
+            if self.in_flight >= MAX_CONCURRENT_REQUESTS:
+                self.errors += 1
+                await self._out_send.send(
+                    error_frame(
+                        request.id,
+                        OpError(
+                            ErrorCode.TOO_MANY_REQUESTS,
+                            f"at most {MAX_CONCURRENT_REQUESTS} requests in flight per connection",
+                        ),
+                    )
+                )
+                continue
+            self.in_flight += 1
+            nursery.start_soon(self._answer, request)
+
+    async def _answer(self, request: Request) -> None:
+        assert self._session is not None
+        self.requests += 1
+        try:
+            data = await self.services.ops.dispatch(self._session, request)
+            frame = ok_frame(request.id, data)
+        except OpError as error:
+            self.errors += 1
+            frame = error_frame(request.id, error)
+        except Exception as exc:
+            self.errors += 1
+            log.exception("op failed", op=request.op, client=self.client_id)
+            frame = error_frame(
+                request.id, OpError(ErrorCode.INTERNAL, f"{request.op} failed: {exc!r}")
+            )
+        finally:
+            self.in_flight -= 1
+        await self._out_send.send(frame)
+
+    async def forward_broadcast(self, events: Subscriber[Event], after: int) -> None:
+        """Write broadcast events newer than `after` to this connection as they come."""
+        async for item in events:
+            if isinstance(item, Lagged):
+                await self._lagged(item, events)
+            elif item.event_id > after:
+                await self._out_send.send(event_frame(item.kind, wire_event(item)))
+
+    async def send_event(self, event: Event) -> None:
+        """Write one logged event (used for replay)."""
+        await self._out_send.send(event_frame(event.kind, wire_event(event)))
+
+    async def send_frame(self, kind: str, data: dict[str, Any]) -> None:
+        """Write one event frame that is not logged (e.g. a replay gap notice)."""
+        await self._out_send.send(event_frame(kind, data))
+
+    async def _forward_pushes(self, pushes: Subscriber[dict[str, Any]]) -> None:
+        async for item in pushes:
+            if isinstance(item, Lagged):
+                await self._lagged(item, pushes)
+            else:
+                await self._out_send.send(event_frame(item.pop("kind"), item))
+
+    async def _lagged(self, marker: Lagged, source: Subscriber[Any]) -> None:
+        if source.skipped_total > LAG_DISCONNECT_LIMIT:
+            raise SlowConsumer(self.client_id)
+        await self._out_send.send(event_frame("lagged", {"skipped": marker.skipped}))
+
+    async def _write_frames(self) -> None:
+        while True:
+            batch = [await self._out_receive.receive()]
+            while len(batch) < WRITE_BATCH:
+                try:
+                    batch.append(self._out_receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self.stream.send_all(b"".join(batch))
+
+
+def wire_event(event: Event) -> dict[str, Any]:
+    """A logged event's fields as sent to clients: its id and time, then its data."""
+    return {"event_id": event.event_id, "at_ms": event.at_ms, **event.data}

@@ -1,0 +1,90 @@
+"""The daemon process: checks, the root supervisor, signals, and an orderly stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+
+import attrs
+import structlog
+import trio
+
+from meshactors._version import __version__
+from meshactors.actors import ChildSpec, Node, Strategy, Supervisor, run_root
+from meshactors.daemon import system_ops
+from meshactors.daemon.control import control_supervisor
+from meshactors.daemon.events import EventHub
+from meshactors.daemon.optable import OpTable
+from meshactors.daemon.services import Services
+from meshactors.identity import Identity
+from meshactors.paths import Paths
+from meshactors.store.actor import StoreActor
+
+log = structlog.get_logger("meshactors.daemon")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@attrs.frozen
+class DaemonOptions:
+    """What `daemon up` decided before the event loop starts."""
+
+    paths: Paths
+    identity: Identity
+    ready: Callable[[], None] | None = None  # called once the socket answers (for --detach)
+
+
+def build_ops() -> OpTable:
+    """Every op the daemon answers."""
+    return OpTable.of(system_ops.OPS)
+
+
+async def serve(
+    options: DaemonOptions, *, task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the daemon's actor tree until `shutdown` or a stop signal, then stop it in reverse."""
+    store = StoreActor(options.paths.state_db)
+    events = EventHub(store)
+    tree = Node(name="daemon", kind="supervisor")
+    services = Services(
+        version=__version__,
+        identity=options.identity,
+        paths=options.paths,
+        tree=tree,
+        store=store,
+        events=events,
+        ops=build_ops(),
+        started_at=trio.current_time(),
+    )
+    root = Supervisor(
+        children=[
+            ChildSpec("store", store),
+            ChildSpec("events", events),
+            ChildSpec("control", control_supervisor(options.paths.socket, services)),
+        ],
+        strategy=Strategy.REST_FOR_ONE,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, root, tree)
+        nursery.start_soon(_stop_on_signal, services.shutdown)
+        log.info(
+            "daemon ready",
+            device_id=options.identity.device_id,
+            socket=str(options.paths.socket),
+            pid=os.getpid(),
+        )
+        if options.ready is not None:
+            options.ready()
+        task_status.started(services)
+        await services.shutdown.wait()
+        log.info("daemon stopping")
+        nursery.cancel_scope.cancel()
+    log.info("daemon stopped")
+
+
+async def _stop_on_signal(shutdown: trio.Event) -> None:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        async for signum in signals:
+            log.info("stop signal", signal=signal.Signals(signum).name)
+            shutdown.set()

@@ -1,0 +1,44 @@
+"""What op handlers reach: the daemon's identity, paths, tree and long-lived actors."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from meshactors.actors import Node
+from meshactors.daemon.events import EventHub
+from meshactors.identity import Identity
+from meshactors.paths import Paths
+from meshactors.store.actor import StoreActor
+
+if TYPE_CHECKING:
+    from meshactors.daemon.optable import OpTable
+
+
+@attrs.define(eq=False)
+class Services:
+    """Daemon-wide handles shared by every client session (read-only for handlers)."""
+
+    version: str
+    identity: Identity
+    paths: Paths
+    tree: Node
+    store: StoreActor
+    events: EventHub
+    ops: OpTable
+    started_at: float  # trio.current_time() at start, for uptime
+    shutdown: trio.Event = attrs.field(factory=trio.Event)
+    extras: dict[str, Any] = attrs.field(factory=dict)
+
+    def uptime(self) -> float:
+        """Seconds since the daemon started."""
+        return trio.current_time() - self.started_at
+
+    def client_nodes(self) -> list[Node]:
+        """Tree nodes of the connected clients."""
+        control = self.tree.children.get("control")
+        if control is None:
+            return []
+        return [node for node in control.children.values() if node.kind == "client"]

@@ -1,0 +1,54 @@
+"""A client connection as op handlers see it: its id, pushed events, and close-time cleanups."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from meshactors.actors import Subscriber
+from meshactors.daemon.services import Services
+from meshactors.store.events import Event
+
+Cleanup = Callable[[], Awaitable[None]]
+
+
+class EventSink(Protocol):
+    """Where a session's broadcast events are written: its connection's outgoing queue."""
+
+    async def forward_broadcast(self, events: Subscriber[Event], after: int) -> None:
+        """Write live events newer than `after` until the subscription ends."""
+
+    async def send_event(self, event: Event) -> None:
+        """Write one logged event."""
+
+    async def send_frame(self, kind: str, data: dict[str, Any]) -> None:
+        """Write one unlogged event frame."""
+
+
+@attrs.define(eq=False)
+class Session:
+    """Per-connection state owned by one `client` actor and lent to its op handlers."""
+
+    client_id: str
+    services: Services
+    pushes: Subscriber[dict[str, Any]]
+    nursery: trio.Nursery
+    sink: EventSink
+    events_subscribed: bool = False
+    _cleanups: list[Cleanup] = attrs.field(factory=list)
+
+    def push(self, kind: str, data: dict[str, Any]) -> bool:
+        """Queue an event addressed to this connection only; never waits (lags when full)."""
+        return self.pushes.offer({"kind": kind, **data})
+
+    def on_close(self, cleanup: Cleanup) -> None:
+        """Run `cleanup` when the connection ends (in reverse order of registration)."""
+        self._cleanups.append(cleanup)
+
+    def take_cleanups(self) -> list[Cleanup]:
+        """The registered cleanups, newest first, leaving none behind."""
+        cleanups, self._cleanups = list(reversed(self._cleanups)), []
+        return cleanups

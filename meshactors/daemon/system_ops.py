@@ -1,0 +1,105 @@
+"""Ops about the daemon itself: status, version, inspect, shutdown and the event stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from meshactors.daemon.client import EVENT_CAPACITY
+from meshactors.daemon.optable import NoParams, Op
+from meshactors.daemon.session import Session
+from meshactors.store.events import MAX_REPLAY
+from meshactors.wire.ipc import IPC_API_VERSION, ErrorCode, OpError
+
+FEATURES = ("json-lines", "events", "inspect")  # grows as capabilities land
+
+
+async def status(session: Session, _: NoParams) -> dict[str, Any]:
+    """Who this daemon is and what it is doing."""
+    services = session.services
+    networks = services.extras.get("networks_summary")
+    return {
+        "version": services.version,
+        "device_id": services.identity.device_id,
+        "label": services.identity.label,
+        "uptime_s": round(services.uptime(), 3),
+        "socket": str(services.paths.socket),
+        "networks": networks() if callable(networks) else [],
+        "clients": len(services.client_nodes()),
+        "client_id": session.client_id,
+    }
+
+
+async def version(session: Session, _: NoParams) -> dict[str, Any]:
+    """Daemon and API versions, and every op this daemon answers."""
+    return {
+        "version": session.services.version,
+        "ipc_api": IPC_API_VERSION,
+        "ops": session.services.ops.names(),
+        "features": list(FEATURES),
+    }
+
+
+async def inspect(session: Session, _: NoParams) -> dict[str, Any]:
+    """The live actor tree."""
+    return session.services.tree.snapshot()
+
+
+async def shutdown(session: Session, _: NoParams) -> dict[str, Any]:
+    """Ask the daemon to stop; it answers first, then stops in reverse start order."""
+    session.services.shutdown.set()
+    return {"stopping": True}
+
+
+@attrs.frozen
+class EventsSubscribe:
+    """Params of `events_subscribe`: replay logged events after `since` before live ones."""
+
+    since: int | None = None
+
+
+async def events_subscribe(session: Session, params: EventsSubscribe) -> dict[str, Any]:
+    """Turn this connection into an event stream too (requests keep working on it)."""
+    if session.events_subscribed:
+        raise OpError(ErrorCode.CONFLICT, "this connection already receives events")
+    if params.since is not None and params.since < 0:
+        raise OpError(ErrorCode.INVALID_PARAMS, "`since` must be at least 0")
+    hub = session.services.events
+    live = hub.subscribe(EVENT_CAPACITY)
+    session.events_subscribed = True
+
+    async def unsubscribe() -> None:
+        live.close()
+
+    session.on_close(unsubscribe)
+    last_event_id = hub.last_event_id
+    session.nursery.start_soon(_replay_then_follow, session, live, params.since)
+    return {"client_id": session.client_id, "last_event_id": last_event_id}
+
+
+async def _replay_then_follow(session: Session, live: Any, since: int | None) -> None:
+    """Replay what the log holds after `since`, report any hole, then follow live events."""
+    after = session.services.events.last_event_id if since is None else since
+    if since is not None:
+        while True:
+            result = await session.services.events.replay(after, MAX_REPLAY)
+            if result.gap:
+                await session.sink.send_frame(
+                    "events_gap", {"since": after, "oldest_kept": result.oldest_kept}
+                )
+            for event in result.events:
+                await session.sink.send_event(event)
+                after = event.event_id
+            if len(result.events) < MAX_REPLAY:
+                break
+    await session.sink.forward_broadcast(live, after)
+
+
+OPS: list[Op[Any]] = [
+    Op("status", NoParams, status, "daemon version, device id, uptime, networks, clients"),
+    Op("version", NoParams, version, "daemon version, IPC API version, ops and features"),
+    Op("inspect", NoParams, inspect, "the live actor tree"),
+    Op("shutdown", NoParams, shutdown, "stop the daemon cleanly"),
+    Op("events_subscribe", EventsSubscribe, events_subscribe, "stream events on this connection"),
+]

@@ -1,0 +1,75 @@
+"""The `store` actor: owns the one SQLite connection and runs repository calls one at a time."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import attrs
+import trio
+
+from meshactors.actors import Actor, Inbox, Reply, cleanup_scope
+from meshactors.store.db import open_database
+
+T = TypeVar("T")
+
+STORE_CALL_TIMEOUT = 30.0  # seconds a caller waits for a queued store call (SQLite busy waits 5 s)
+STORE_INBOX_CAPACITY = 256  # queued calls before callers wait
+
+
+@attrs.frozen
+class StoreCall:
+    """Run `fn(conn)` in the store's worker thread and answer with its result."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+    reply: Reply[Any]
+
+
+@attrs.define(eq=False)
+class StoreActor(Actor):
+    """Serialises all database access through one connection and one worker thread."""
+
+    kind: ClassVar[str] = "store"
+
+    path: Path
+    inbox: Inbox[StoreCall] = attrs.field(factory=lambda: Inbox(STORE_INBOX_CAPACITY))
+    calls: int = 0
+    failures: int = 0
+    busy_seconds: float = 0.0
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T], *, what: str) -> T:
+        """Run a repository function against the database and return its result."""
+        result: T = await self.inbox.ask(
+            lambda reply: StoreCall(fn, reply), timeout=STORE_CALL_TIMEOUT, what=f"store: {what}"
+        )
+        return result
+
+    def figures(self) -> dict[str, object]:
+        return {
+            "path": str(self.path),
+            "calls": self.calls,
+            "failures": self.failures,
+            "busy_s": round(self.busy_seconds, 3),
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        conn = await trio.to_thread.run_sync(open_database, self.path)
+        try:
+            task_status.started()
+            async for call in self.inbox.receiver:
+                began = trio.current_time()
+                try:
+                    result = await trio.to_thread.run_sync(call.fn, conn)
+                except Exception as exc:
+                    self.failures += 1
+                    call.reply.fail(exc)
+                else:
+                    call.reply.ok(result)
+                finally:
+                    self.calls += 1
+                    self.busy_seconds += trio.current_time() - began
+        finally:
+            with cleanup_scope():
+                await trio.to_thread.run_sync(conn.close)

@@ -1,0 +1,130 @@
+"""Local IPC framing: newline-delimited JSON requests, answers, errors and events.
+
+A request is `{"id": …, "op": "…", …params}`; the answer is `{"id": …, "ok": true,
+"data": {…}}` or `{"id": …, "ok": false, "error": {"code": "…", "message": "…"}}`; an event
+is `{"kind": "…", …}`. Ids are strings or integers chosen by the client and echoed back.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any
+
+import attrs
+
+IPC_API_VERSION = 1
+MAX_FRAME_BYTES = 1024 * 1024  # one request line, newline included
+MAX_ID_CHARS = 128  # a string request id
+MAX_OP_CHARS = 64
+
+
+class ErrorCode(enum.StrEnum):
+    """Stable error codes on the control socket; clients may branch on them."""
+
+    BAD_JSON = "bad_json"  # the line is not a JSON object
+    FRAME_TOO_LARGE = "frame_too_large"  # the line exceeds MAX_FRAME_BYTES
+    BAD_REQUEST = "bad_request"  # `id` or `op` missing or of the wrong type
+    UNKNOWN_OP = "unknown_op"
+    INVALID_PARAMS = "invalid_params"  # params failed strict validation
+    TOO_MANY_REQUESTS = "too_many_requests"  # the connection's concurrent request cap
+    INTERNAL = "internal"  # a bug: the daemon logged it
+    UNAVAILABLE = "unavailable"  # the daemon is starting or stopping that part
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    TIMEOUT = "timeout"
+    # the mesh
+    NO_SUCH_NETWORK = "no_such_network"
+    NO_SUCH_PEER = "no_such_peer"
+    PEER_NOT_ACTIVE = "peer_not_active"
+    LINK_DOWN = "link_down"
+    # RPC and channels
+    NO_HANDLER = "no_handler"
+    HANDLER_GONE = "handler_gone"
+    REMOTE_ERROR = "remote_error"
+    CANCELLED = "cancelled"
+    UNKNOWN_REQUEST = "unknown_request"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    # durable messages
+    NO_RECIPIENTS = "no_recipients"
+
+
+class OpError(Exception):
+    """An error answer: raised by op handlers, written as `{"ok": false, "error": …}`."""
+
+    def __init__(self, code: ErrorCode, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def to_wire(self) -> dict[str, Any]:
+        """The `error` object of an answer."""
+        return {"code": self.code.value, "message": self.message, **self.details}
+
+
+RequestId = str | int
+
+
+@attrs.frozen
+class Request:
+    """A parsed request line: its id, op name and still-unvalidated params."""
+
+    id: RequestId
+    op: str
+    params: dict[str, Any]
+
+
+class BadFrame(OpError):
+    """A line that could not be read as a request; `request_id` is echoed when it was found."""
+
+    def __init__(self, code: ErrorCode, message: str, request_id: RequestId | None) -> None:
+        super().__init__(code, message)
+        self.request_id = request_id
+
+
+def parse_request(line: bytes) -> Request:
+    """Decode one request line; raises BadFrame with the error to answer."""
+    try:
+        frame = json.loads(line)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadFrame(ErrorCode.BAD_JSON, f"not valid JSON: {exc}", None) from None
+    if not isinstance(frame, dict):
+        raise BadFrame(ErrorCode.BAD_JSON, "a request must be a JSON object", None)
+    request_id = frame.pop("id", None)
+    if not _valid_id(request_id):
+        raise BadFrame(
+            ErrorCode.BAD_REQUEST,
+            f"`id` must be a string of at most {MAX_ID_CHARS} characters or an integer",
+            None,
+        )
+    op = frame.pop("op", None)
+    if not isinstance(op, str) or not op or len(op) > MAX_OP_CHARS:
+        raise BadFrame(ErrorCode.BAD_REQUEST, "`op` must be a non-empty string", request_id)
+    return Request(request_id, op, frame)
+
+
+def _valid_id(value: object) -> bool:
+    if isinstance(value, str):
+        return 0 < len(value) <= MAX_ID_CHARS
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def encode(frame: dict[str, Any]) -> bytes:
+    """One frame as a compact JSON line."""
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def ok_frame(request_id: RequestId | None, data: Any) -> bytes:
+    """A success answer."""
+    return encode({"id": request_id, "ok": True, "data": data})
+
+
+def error_frame(request_id: RequestId | None, error: OpError) -> bytes:
+    """An error answer."""
+    return encode({"id": request_id, "ok": False, "error": error.to_wire()})
+
+
+def event_frame(kind: str, data: dict[str, Any]) -> bytes:
+    """An event pushed to a subscribed connection."""
+    return encode({"kind": kind, **data})

@@ -1,0 +1,54 @@
+"""Broadcast: every subscriber gets every item; a slow one gets a Lagged marker, never blocks."""
+
+from __future__ import annotations
+
+import trio
+
+from meshactors.actors import Broadcast, Lagged
+
+
+async def test_every_subscriber_gets_every_item_in_order() -> None:
+    hub: Broadcast[int] = Broadcast()
+    first, second = hub.subscribe(8), hub.subscribe(8)
+    for item in range(5):
+        assert hub.publish(item) == 2
+    assert [await first.receive() for _ in range(5)] == [0, 1, 2, 3, 4]
+    assert [await second.receive() for _ in range(5)] == [0, 1, 2, 3, 4]
+
+
+async def test_slow_subscriber_lags_without_blocking_the_publisher_or_others() -> None:
+    hub: Broadcast[int] = Broadcast()
+    slow, fast = hub.subscribe(2), hub.subscribe(100)
+    for item in range(10):
+        hub.publish(item)  # never waits, even though `slow` reads nothing
+    assert [await fast.receive() for _ in range(10)] == list(range(10))
+    assert [await slow.receive() for _ in range(3)] == [0, 1, Lagged(8)]
+    assert slow.skipped_total == 8
+    hub.publish(10)
+    assert await slow.receive() == 10
+
+
+async def test_closed_subscriber_ends_its_iteration_and_leaves() -> None:
+    hub: Broadcast[str] = Broadcast()
+    with hub.subscribe(4) as sub:
+        hub.publish("a")
+        assert hub.subscriber_count == 1
+    assert hub.subscriber_count == 0
+    assert [item async for item in sub] == ["a"]
+    assert hub.publish("b") == 0
+
+
+async def test_close_wakes_a_waiting_reader() -> None:
+    hub: Broadcast[str] = Broadcast()
+    sub = hub.subscribe(4)
+    got: list[object] = []
+
+    async def read_all() -> None:
+        got.extend([item async for item in sub])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_all)
+        await trio.testing.wait_all_tasks_blocked()
+        hub.publish("x")
+        hub.close()
+    assert got == ["x"]

@@ -1,0 +1,81 @@
+"""A real daemon tree in-process, in a temporary home, and a line client for its socket."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from meshactors.daemon.main import DaemonOptions, serve
+from meshactors.daemon.services import Services
+from meshactors.identity import load_or_create_identity
+from meshactors.paths import prepare_dirs, resolve_paths
+
+
+@attrs.define
+class LineClient:
+    """Speaks JSON lines to the control socket; answers and events are kept apart."""
+
+    stream: trio.SocketStream
+    buffer: bytearray = attrs.field(factory=bytearray)
+    next_id: int = 1
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def send(self, op: str, **params: Any) -> int:
+        request_id = self.next_id
+        self.next_id += 1
+        await self.send_raw(json.dumps({"id": request_id, "op": op, **params}).encode() + b"\n")
+        return request_id
+
+    async def frame(self) -> dict[str, Any]:
+        while b"\n" not in self.buffer:
+            chunk = await self.stream.receive_some(65536)
+            if not chunk:
+                raise EOFError("daemon closed the connection")
+            self.buffer += chunk
+        line, _, rest = bytes(self.buffer).partition(b"\n")
+        self.buffer = bytearray(rest)
+        frame: dict[str, Any] = json.loads(line)
+        return frame
+
+    async def call(self, op: str, **params: Any) -> dict[str, Any]:
+        request_id = await self.send(op, **params)
+        while True:
+            frame = await self.frame()
+            if frame.get("id") == request_id:
+                return frame
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[Services]:
+    paths = resolve_paths({"MESHACTORS_HOME": str(tmp_path)})
+    prepare_dirs(paths)
+    options = DaemonOptions(paths=paths, identity=load_or_create_identity(paths.identity_file))
+    async with trio.open_nursery() as nursery:
+        services: Services = await nursery.start(serve, options)
+        yield services
+        services.shutdown.set()
+
+
+@pytest.fixture
+async def connect(daemon: Services) -> AsyncIterator[Any]:
+    clients: list[LineClient] = []
+
+    async def open_client() -> LineClient:
+        client = LineClient(await trio.open_unix_socket(str(daemon.paths.socket)))
+        clients.append(client)
+        return client
+
+    yield open_client
+    for client in clients:
+        await client.aclose()

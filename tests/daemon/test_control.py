@@ -1,0 +1,104 @@
+"""The control socket in-process: ops, strict validation, bad frames, concurrency, the tree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from meshactors.daemon.client import MAX_CONCURRENT_REQUESTS
+from meshactors.daemon.services import Services
+from meshactors.wire.ipc import MAX_FRAME_BYTES
+
+
+async def test_status_names_the_daemon(daemon: Services, connect: Any) -> None:
+    client = await connect()
+    answer = await client.call("status")
+    assert answer["ok"] is True
+    data = answer["data"]
+    assert data["device_id"] == daemon.identity.device_id
+    assert data["socket"] == str(daemon.paths.socket)
+    assert data["clients"] == 1
+    assert data["client_id"] == "c1"
+
+
+async def test_version_lists_ops(connect: Any) -> None:
+    data = (await (await connect()).call("version"))["data"]
+    assert {"status", "version", "inspect", "shutdown", "events_subscribe"} <= set(data["ops"])
+    assert data["ipc_api"] == 1
+
+
+async def test_bad_frames_get_errors_and_the_connection_survives(connect: Any) -> None:
+    client = await connect()
+    cases = [
+        (b"{not json\n", "bad_json", None),
+        (b"[1,2]\n", "bad_json", None),
+        (b'{"op":"status"}\n', "bad_request", None),
+        (b'{"id":true,"op":"status"}\n', "bad_request", None),
+        (b'{"id":7}\n', "bad_request", 7),
+        (b'{"id":8,"op":"nope"}\n', "unknown_op", 8),
+        (b'{"id":9,"op":"status","extra":1}\n', "invalid_params", 9),
+        (b'{"id":10,"op":"events_subscribe","since":"12"}\n', "invalid_params", 10),
+        (b"\xff\xfe\n", "bad_json", None),
+    ]
+    for line, code, request_id in cases:
+        await client.send_raw(line)
+        frame = await client.frame()
+        assert frame["ok"] is False, line
+        assert frame["error"]["code"] == code, (line, frame)
+        assert frame["id"] == request_id
+        assert frame["error"]["message"]
+    assert (await client.call("status"))["ok"] is True
+
+
+async def test_oversized_frame_is_refused_and_the_next_one_served(connect: Any) -> None:
+    client = await connect()
+    await client.send_raw(b'{"id":1,"op":"status","pad":"' + b"x" * MAX_FRAME_BYTES + b'"}\n')
+    frame = await client.frame()
+    assert frame["error"]["code"] == "frame_too_large"
+    assert (await client.call("status"))["ok"] is True
+
+
+async def test_invalid_params_message_names_the_field(connect: Any) -> None:
+    frame = await (await connect()).call("events_subscribe", since="12")
+    assert "params.since" in frame["error"]["message"]
+
+
+async def test_requests_run_concurrently_and_answer_by_id(connect: Any) -> None:
+    client = await connect()
+    first = await client.send("inspect")
+    second = await client.send("status")
+    answers = {(await client.frame())["id"], (await client.frame())["id"]}
+    assert answers == {first, second}
+
+
+async def test_concurrency_cap_refuses_the_excess(connect: Any) -> None:
+    client = await connect()
+    lines = b"".join(b'{"id":%d,"op":"status"}\n' % n for n in range(MAX_CONCURRENT_REQUESTS * 3))
+    await client.send_raw(lines)
+    codes = [
+        (await client.frame()).get("error", {}).get("code") for _ in range(len(lines.splitlines()))
+    ]
+    assert codes.count(None) >= MAX_CONCURRENT_REQUESTS
+    assert set(codes) <= {None, "too_many_requests"}
+
+
+async def test_client_actor_appears_in_inspect_and_leaves_on_disconnect(
+    daemon: Services, connect: Any
+) -> None:
+    watcher = await connect()
+    visitor = await connect()
+    await visitor.call("status")
+    tree = (await watcher.call("inspect"))["data"]
+    control = next(c for c in tree["children"] if c["name"] == "control")
+    names = {c["name"] for c in control["children"]}
+    assert {"listener", "client c1", "client c2"} <= names
+    await visitor.aclose()
+    with trio.fail_after(5):
+        while "client c2" in daemon.tree.children["control"].children:
+            await trio.testing.wait_all_tasks_blocked()
+    tree = (await watcher.call("inspect"))["data"]
+    control = next(c for c in tree["children"] if c["name"] == "control")
+    assert "client c2" not in {c["name"] for c in control["children"]}
+    third = await connect()
+    assert (await third.call("status"))["data"]["client_id"] == "c3"
