@@ -50,13 +50,14 @@ async def follow(live: Subscriber[Event], after: int, sink: EventSink) -> None:
 
 
 async def replay_then_follow(
-    hub: EventHub, sink: EventSink, live: Subscriber[Event], since: int | None
+    hub: EventHub, sink: EventSink, live: Subscriber[Event], since: int | None, subscribed_at: int
 ) -> None:
     """Replay what the log holds after `since` (reporting any hole), then follow live events.
 
-    `live` must be subscribed before this is called, so nothing falls between log and live.
+    `live` must be subscribed first, and `subscribed_at` be `hub.last_event_id` at that moment:
+    without `since`, events from then on are sent, even those published before this runs.
     """
-    after = hub.last_event_id if since is None else since
+    after = subscribed_at if since is None else since
     if since is not None:
         while True:
             result = await hub.replay(after, MAX_REPLAY)

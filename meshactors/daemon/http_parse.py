@@ -28,6 +28,7 @@ IDLE_TIMEOUT = 300.0  # seconds a kept-alive connection may wait for its next re
 RECEIVE_CHUNK = 64 * 1024  # bytes asked of the socket per read
 
 KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # these must say how long their body is
 # header fields that must appear at most once (a second one smells of request smuggling)
 SINGLE_HEADERS = frozenset(
     {
@@ -76,14 +77,7 @@ class RequestHead:
 def parse_head(head: bytes) -> RequestHead:
     """Parse a request line and headers (CRLF-separated, blank line excluded) strictly."""
     request_line, *field_lines = head.split(b"\r\n")
-    parts = request_line.split(b" ")
-    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not _TARGET.fullmatch(parts[1]):
-        raise bad_request("malformed request line: expected `METHOD /path HTTP/1.1`")
-    if not _VERSION.fullmatch(parts[2]):
-        raise HttpError(
-            ErrorCode.BAD_REQUEST, "only HTTP/1.1 and HTTP/1.0 are spoken here", status=505
-        )
-    method, target, version = (part.decode("ascii") for part in parts)
+    method, target, version = parse_request_line(request_line)
     if len(field_lines) > MAX_HEADER_COUNT:
         raise HttpError(
             ErrorCode.FRAME_TOO_LARGE, f"more than {MAX_HEADER_COUNT} headers", status=431
@@ -91,6 +85,9 @@ def parse_head(head: bytes) -> RequestHead:
     headers = _parse_fields(field_lines)
     if version == "HTTP/1.1" and "host" not in headers:
         raise bad_request("HTTP/1.1 requests need a Host header")
+    content_length = _content_length(headers)
+    if content_length is None and method in BODY_METHODS:
+        raise HttpError(HttpErrorCode.LENGTH_REQUIRED, f"{method} needs a Content-Length")
     path, _, query = target.partition("?")
     return RequestHead(
         method=method,
@@ -99,8 +96,21 @@ def parse_head(head: bytes) -> RequestHead:
         query=_parse_query(query),
         version=version,
         headers=headers,
-        content_length=_content_length(headers),
+        content_length=content_length,
     )
+
+
+def parse_request_line(line: bytes) -> tuple[str, str, str]:
+    """Method, target and version of a request line (without its CRLF)."""
+    parts = line.split(b" ")
+    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not _TARGET.fullmatch(parts[1]):
+        raise bad_request("malformed request line: expected `METHOD /path HTTP/1.1` and CRLF")
+    if not _VERSION.fullmatch(parts[2]):
+        raise HttpError(
+            ErrorCode.BAD_REQUEST, "only HTTP/1.1 and HTTP/1.0 are spoken here", status=505
+        )
+    method, target, version = (part.decode("ascii") for part in parts)
+    return method, target, version
 
 
 def _parse_fields(lines: list[bytes]) -> dict[str, str]:
@@ -173,6 +183,7 @@ class RequestReader:
         self._deadline = trio.current_time() + REQUEST_TIMEOUT
         with self._in_time():
             while (end := self.buffer.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES)) < 0:
+                self._check_first_line()  # fail fast on what is not HTTP at all
                 if len(self.buffer) >= MAX_HEAD_BYTES:
                     raise _head_too_large()
                 if not await self._receive():
@@ -180,6 +191,13 @@ class RequestReader:
         head = bytes(self.buffer[:end])
         del self.buffer[: end + 4]
         return parse_head(head)
+
+    def _check_first_line(self) -> None:
+        line_end = self.buffer.find(b"\n")
+        if line_end >= 0:
+            if self.buffer[line_end - 1 : line_end] != b"\r":
+                raise bad_request("request lines must end in CRLF")
+            parse_request_line(bytes(self.buffer[: line_end - 1]))
 
     async def read_body(self, head: RequestHead) -> bytes:
         """The body `head` announced (b"" when none), after a `100 Continue` if one was asked."""

@@ -81,12 +81,13 @@ async def serve_events(
 ) -> None:
     """Answer with an event stream until the client hangs up or the hub stops."""
     with hub.subscribe(EVENT_CAPACITY) as live:  # before the replay, so nothing falls between
+        subscribed_at = hub.last_event_id
         sink = SseSink(stream)
         await sink.write(encode_head(200, SSE_HEADERS, close=True))
         async with trio.open_nursery() as nursery:
 
             async def stream_events() -> None:
-                await replay_then_follow(hub, sink, live, since)
+                await replay_then_follow(hub, sink, live, since, subscribed_at)
                 nursery.cancel_scope.cancel()  # the hub stopped: end the response
 
             nursery.start_soon(sink.keepalive, keepalive)

@@ -72,7 +72,9 @@ async def events_subscribe(session: Session, params: EventsSubscribe) -> dict[st
 
     session.on_close(unsubscribe)
     last_event_id = hub.last_event_id
-    session.nursery.start_soon(replay_then_follow, hub, session.sink, live, params.since)
+    session.nursery.start_soon(
+        replay_then_follow, hub, session.sink, live, params.since, last_event_id
+    )
     return {"client_id": session.client_id, "last_event_id": last_event_id}
 
 
