@@ -53,6 +53,7 @@ class ClientActor(Actor):
     services: Services
     prefix: bytes = b""  # bytes already read while telling HTTP from JSON lines
     tcp: TcpAuth | None = None  # a TCP connection: HTTP only, every request authenticated
+    protocol: str = "unknown"  # "json-lines" or "http" once the first bytes tell
     requests: int = 0
     errors: int = 0
     in_flight: int = 0
@@ -66,6 +67,7 @@ class ClientActor(Actor):
     def figures(self) -> dict[str, Any]:
         session = self._session
         return {
+            "protocol": self.protocol,
             "requests": self.requests,
             "errors": self.errors,
             "in_flight": self.in_flight,
@@ -82,10 +84,12 @@ class ClientActor(Actor):
                 self._session = Session(self.client_id, self.services, pushes, nursery, self)
                 task_status.started()
                 if self.tcp is not None or await self._speaks_http():
+                    self.protocol = "http"
                     await HttpConnection(
                         self.stream, self._session, self, self.tcp, self.prefix
                     ).serve()
                 else:
+                    self.protocol = "json-lines"
                     nursery.start_soon(self._write_frames)
                     nursery.start_soon(self._forward_pushes, pushes)
                     await self._read_requests(nursery)

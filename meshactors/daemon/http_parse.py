@@ -58,7 +58,6 @@ class RequestHead:
     """A parsed request line and header block; header names are lower-case."""
 
     method: str
-    target: str
     path: str
     query: tuple[tuple[str, str], ...]
     version: str
@@ -91,7 +90,6 @@ def parse_head(head: bytes) -> RequestHead:
     path, _, query = target.partition("?")
     return RequestHead(
         method=method,
-        target=target,
         path=path,
         query=_parse_query(query),
         version=version,

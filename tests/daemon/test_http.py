@@ -244,6 +244,7 @@ async def test_http_clients_are_client_actors_that_leave_on_close(
     (node,) = [n for n in control.children.values() if n.kind == "client"]
     assert node.figures is not None
     assert node.figures()["requests"] == 1
+    assert node.figures()["protocol"] == "http"
     await client.request("GET", "/nope", Connection="close")
     with trio.fail_after(5):
         while node.name in control.children:

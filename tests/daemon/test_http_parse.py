@@ -215,7 +215,7 @@ async def test_slow_request_is_408(autojump_clock: trio.testing.MockClock) -> No
     assert trio.current_time() - start == pytest.approx(REQUEST_TIMEOUT)
 
 
-def test_parse_head_keeps_raw_target() -> None:
-    head = parse_head(b"GET /v1/peers?all=1 HTTP/1.1\r\nHost: x")
-    assert head.target == "/v1/peers?all=1"
+def test_parse_head_splits_path_and_query() -> None:
+    head = parse_head(b"GET /v1/peers?all=1&network= HTTP/1.1\r\nHost: x")
+    assert (head.path, head.query) == ("/v1/peers", (("all", "1"), ("network", "")))
     assert head.content_length is None

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 from meshactors.actors import Broadcast
+from meshactors.daemon.events import PERSIST_BATCH
 from meshactors.daemon.services import Services
 from meshactors.daemon.sse import KEEPALIVE, KEEPALIVE_INTERVAL, SseSink, sse_message
-from meshactors.store.events import Event
+from meshactors.store.events import EVENT_LOG_LIMIT, PRUNE_BATCH, Event
 from tests.daemon.httptools import RawHttp, encode_request, sse_events
 
 Connect = Callable[[], Awaitable[RawHttp]]
@@ -41,8 +43,8 @@ async def open_events(http: Connect, path: str = "/v1/events", **headers: str) -
     return client
 
 
-async def next_events(client: RawHttp, count: int) -> list[dict[str, object]]:
-    events: list[dict[str, object]] = []
+async def next_events(client: RawHttp, count: int) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
     while len(events) < count:
         events += sse_events(await client.until(b"\n\n"))
     return events
@@ -81,6 +83,21 @@ async def test_last_event_id_wins_over_since(daemon: Services, http: Connect) ->
     client = await open_events(http, "/v1/events?since=0", Last_Event_ID=str(old.event_id))
     (got,) = await next_events(client, 1)
     assert got["id"] == str(new.event_id)
+
+
+async def test_a_pruned_stretch_is_reported_as_events_gap(daemon: Services, http: Connect) -> None:
+    for _ in range((EVENT_LOG_LIMIT + PRUNE_BATCH) // PERSIST_BATCH + 1):
+        for n in range(PERSIST_BATCH):
+            daemon.events.publish("tick", {"n": n})
+        await daemon.events.replay(daemon.events.last_event_id, 1)  # lets the log catch up
+    client = await open_events(http, Last_Event_ID="0")
+    gap, first = await next_events(client, 2)
+    assert gap["event"] == "events_gap"
+    assert "id" not in gap
+    assert gap["data"]["since"] == 0
+    oldest_kept = gap["data"]["oldest_kept"]
+    assert oldest_kept > 1
+    assert first["id"] == str(oldest_kept)
 
 
 async def test_bad_last_event_id_is_400(http: Connect) -> None:
