@@ -33,6 +33,7 @@ class DaemonOptions:
     paths: Paths
     identity: Identity
     ready: Callable[[], None] | None = None  # called once the socket answers (for --detach)
+    tcp_port: int | None = None  # --tcp PORT: also serve HTTP on 127.0.0.1:PORT (bearer token)
 
 
 def build_ops() -> OpTable:
@@ -61,7 +62,9 @@ async def serve(
         children=[
             ChildSpec("store", store),
             ChildSpec("events", events),
-            ChildSpec("control", control_supervisor(options.paths.socket, services)),
+            ChildSpec(
+                "control", control_supervisor(options.paths.socket, services, options.tcp_port)
+            ),
         ],
         strategy=Strategy.REST_FOR_ONE,
     )
