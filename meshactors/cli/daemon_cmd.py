@@ -53,6 +53,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     up = actions.add_parser("up", help="start the daemon (foreground unless --detach)")
     up.add_argument("--detach", action="store_true", help="return once the socket answers")
     up.add_argument("--log-json", action="store_true", help="JSON log lines even on a terminal")
+    up.add_argument(
+        "--tcp", type=int, default=None, metavar="PORT", help="also serve HTTP on 127.0.0.1:PORT"
+    )
     up.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     up.set_defaults(run=run_up)
     down = actions.add_parser("down", help="stop the daemon (SIGTERM if it does not answer)")
@@ -80,7 +83,8 @@ def run_up(args: argparse.Namespace) -> int:
         fail(f"{exc}", EXIT_FAILURE)
     ready = _ready_signal(args.ready_fd)
     try:
-        trio.run(serve, DaemonOptions(paths=paths, identity=identity, ready=ready))
+        options = DaemonOptions(paths=paths, identity=identity, ready=ready, tcp_port=args.tcp)
+        trio.run(serve, options)
     except* ChildStartFailed as group:
         fail(f"the daemon could not start: {_root_cause(group)}", EXIT_STARTUP)
     except* KeyboardInterrupt:
@@ -134,6 +138,8 @@ def _detach(args: argparse.Namespace, paths: Paths) -> int:
     if args.socket:
         command += ["--socket", args.socket]
     command += ["daemon", "up", "--log-json", "--ready-fd", str(write_end)]
+    if args.tcp is not None:
+        command += ["--tcp", str(args.tcp)]
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(
             command,
