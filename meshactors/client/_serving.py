@@ -4,7 +4,7 @@ with its return value (or chunks, for an async generator), or with its error's m
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import attrs
@@ -29,7 +29,7 @@ class RequestContext:
 
 
 Handler = Callable[[Any, RequestContext], Awaitable[Any]]
-StreamHandler = Callable[[Any, RequestContext], AsyncGenerator[Any, None]]
+StreamHandler = Callable[[Any, RequestContext], AsyncIterator[Any]]  # an async generator
 
 
 def is_streaming(handler: Handler | StreamHandler) -> bool:
@@ -100,7 +100,7 @@ class Serving:
             )
         return await self.responder.rpc_respond(context.request_id, result)
 
-    async def _stream(self, chunks: AsyncGenerator[Any, None], context: RequestContext) -> None:
+    async def _stream(self, chunks: AsyncIterator[Any], context: RequestContext) -> None:
         error = None
         try:
             async for chunk in chunks:
@@ -112,7 +112,9 @@ class Serving:
         except Exception as exc:
             error = _message(exc, context)
         finally:
-            await chunks.aclose()
+            aclose = getattr(chunks, "aclose", None)  # run the generator's own cleanup now
+            if aclose is not None:
+                await aclose()
         await self._deliver(self.responder.rpc_stream_end(context.request_id, error=error))
 
     async def _deliver(self, answer: Awaitable[Any]) -> None:
