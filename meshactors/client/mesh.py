@@ -139,7 +139,8 @@ class MeshClient(Ops):
         self, op: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None
     ) -> Data:
         """Run any op with its params and return its data; ClientError carries the code."""
-        return await self._link.call(op, dict(params or {}), timeout or self.call_timeout)
+        deadline = self.call_timeout if timeout is None else timeout
+        return await self._link.call(op, dict(params or {}), deadline)
 
     # events
     def events(self) -> EventStream:
