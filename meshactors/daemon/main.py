@@ -70,7 +70,7 @@ async def serve(
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(run_root, root, tree)
-        nursery.start_soon(_stop_on_signal, services.shutdown)
+        await nursery.start(_stop_on_signal, services.shutdown)
         log.info(
             "daemon ready",
             device_id=options.identity.device_id,
@@ -86,8 +86,12 @@ async def serve(
     log.info("daemon stopped")
 
 
-async def _stop_on_signal(shutdown: trio.Event) -> None:
+async def _stop_on_signal(
+    shutdown: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Turn SIGTERM/SIGINT into a shutdown; started only once the handlers are installed."""
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        task_status.started()
         async for signum in signals:
             log.info("stop signal", signal=signal.Signals(signum).name)
             shutdown.set()
