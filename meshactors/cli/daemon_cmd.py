@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import trio
 
 from meshactors.actors import ChildStartFailed
@@ -24,8 +25,10 @@ from meshactors.cli.common import (
     print_json,
 )
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
+from meshactors.daemon.control import ActivationError, activated_socket
 from meshactors.daemon.lock import AlreadyRunning, DaemonLock, read_running_pid
 from meshactors.daemon.main import DaemonOptions, serve
+from meshactors.daemon.sdnotify import Notifier, NotifyEnvError
 from meshactors.hostguard import (
     HOST_MISMATCH_EXIT_CODE,
     HostCheck,
@@ -74,13 +77,17 @@ def run_up(args: argparse.Namespace) -> int:
     if args.detach:
         return _detach(args, paths)
     configure_logging(json=True if args.log_json else None)
+    options = _service_manager_options(
+        DaemonOptions(paths=paths, identity=identity, ready=_ready_signal(args.ready_fd))
+    )
     try:
-        lock = DaemonLock.acquire(paths.pid_file, paths.socket)
+        lock = DaemonLock.acquire(
+            options.paths.pid_file, options.paths.socket, keep_socket=options.listen_fd is not None
+        )
     except AlreadyRunning as exc:
         fail(f"{exc}", EXIT_FAILURE)
-    ready = _ready_signal(args.ready_fd)
     try:
-        trio.run(serve, DaemonOptions(paths=paths, identity=identity, ready=ready))
+        trio.run(serve, options)
     except* ChildStartFailed as group:
         fail(f"the daemon could not start: {_root_cause(group)}", EXIT_STARTUP)
     except* KeyboardInterrupt:
@@ -88,6 +95,20 @@ def run_up(args: argparse.Namespace) -> int:
     finally:
         lock.release()
     return 0
+
+
+def _service_manager_options(options: DaemonOptions) -> DaemonOptions:
+    """`options` with what systemd passed: a notify socket and watchdog, an activated socket."""
+    try:
+        notifier = Notifier.from_env()
+        activated = activated_socket()
+    except (NotifyEnvError, ActivationError) as exc:
+        fail(f"{exc.code}: {exc}", EXIT_STARTUP)
+    if activated is None:
+        return attrs.evolve(options, notifier=notifier)
+    fd, path = activated
+    paths = attrs.evolve(options.paths, socket=path)
+    return attrs.evolve(options, paths=paths, notifier=notifier, listen_fd=fd)
 
 
 def _checked_identity(paths: Paths) -> Identity:
