@@ -1,4 +1,5 @@
-"""`meshactors daemon up|down|status|version|accept-host`: the daemon's lifecycle."""
+"""`meshactors daemon up|down|status|version|accept-host|install-service|uninstall-service`:
+the daemon's lifecycle."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import attrs
 import trio
 
 from meshactors.actors import ChildStartFailed
+from meshactors.cli import service_cmd
 from meshactors.cli.common import (
     EXIT_FAILURE,
     EXIT_STARTUP,
@@ -68,6 +70,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     version.set_defaults(run=run_version)
     accept = actions.add_parser("accept-host", help="trust this machine for the identity")
     accept.set_defaults(run=run_accept_host)
+    service_cmd.register(actions)
 
 
 def run_up(args: argparse.Namespace) -> int:
