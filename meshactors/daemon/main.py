@@ -74,8 +74,8 @@ async def serve(
         strategy=Strategy.REST_FOR_ONE,
     )
     async with trio.open_nursery() as nursery:
+        await nursery.start(_stop_on_signal, services.shutdown)  # before anyone sees us ready
         await nursery.start(run_root, root, tree)
-        nursery.start_soon(_stop_on_signal, services.shutdown)
         log.info(
             "daemon ready",
             device_id=options.identity.device_id,
@@ -102,8 +102,11 @@ def _select_one(conn: sqlite3.Connection) -> None:
     conn.execute("SELECT 1").fetchone()
 
 
-async def _stop_on_signal(shutdown: trio.Event) -> None:
+async def _stop_on_signal(
+    shutdown: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        task_status.started()
         async for signum in signals:
             log.info("stop signal", signal=signal.Signals(signum).name)
             shutdown.set()
