@@ -61,6 +61,7 @@ def test_user_install_writes_service_and_socket(
     assert "Type=notify\n" in service and "WatchdogSec=" in service
     assert "Restart=on-failure\n" in service
     assert "@MESHACTORS@" not in service
+    assert service.count(sys.executable) == 1  # only ExecStart= names it, no comment
     socket_unit = (unit_dir / "meshactors.socket").read_text()
     assert socket_unit == (CONF_DIR / "meshactors.socket").read_text()
     assert (unit_dir / "meshactors.service").stat().st_mode & 0o777 == 0o644
