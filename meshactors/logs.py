@@ -1,23 +1,52 @@
-"""structlog setup: a console renderer on a terminal, JSON lines otherwise, to stderr."""
+"""structlog setup: a console renderer on a terminal, JSON lines otherwise, to stderr; under
+journald each line starts with its syslog priority (`<3>`…`<7>`) so `journalctl -p` filters."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Callable, Mapping
 from typing import TextIO
 
+import attrs
 import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+JOURNAL_STREAM_ENV = "JOURNAL_STREAM"  # "dev:ino" of the stream systemd connected to journald
+SYSLOG_PRIORITIES = {  # structlog level -> syslog priority (sd-daemon(3) prefixes)
+    "critical": 2,
+    "exception": 3,
+    "error": 3,
+    "warn": 4,
+    "warning": 4,
+    "info": 6,
+    "debug": 7,
+}
+DEFAULT_PRIORITY = 6  # info, for a level the table does not know
+
+Renderer = Callable[[WrappedLogger, str, EventDict], str | bytes]
 
 
 def configure_logging(
-    *, json: bool | None = None, level: str = "info", stream: TextIO | None = None
+    *,
+    json: bool | None = None,
+    level: str = "info",
+    stream: TextIO | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> None:
-    """Configure structlog once per process; actor paths arrive through contextvars."""
+    """Configure structlog once per process; actor paths arrive through contextvars.
+
+    Priority prefixes are added when `stream` is the one `$JOURNAL_STREAM` (from `env`,
+    default os.environ) names, i.e. when systemd connected it to journald.
+    """
     out = stream or sys.stderr
     use_json = not out.isatty() if json is None else json
-    renderer: structlog.typing.Processor = (
+    renderer: Renderer = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     )
+    if is_journal_stream(out, os.environ if env is None else env):
+        renderer = JournalPrefix(renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -30,3 +59,27 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
+
+
+def is_journal_stream(stream: TextIO, env: Mapping[str, str]) -> bool:
+    """Whether `stream` is the journald connection `$JOURNAL_STREAM` ("dev:ino") describes."""
+    expected = env.get(JOURNAL_STREAM_ENV, "")
+    try:
+        status = os.fstat(stream.fileno())
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return False
+    return expected == f"{status.st_dev}:{status.st_ino}"
+
+
+@attrs.frozen
+class JournalPrefix:
+    """Wraps the final renderer so every output line carries the event's syslog priority."""
+
+    renderer: Renderer
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> str:
+        level = str(event_dict.get("level", method_name))  # read before the renderer pops it
+        priority = SYSLOG_PRIORITIES.get(level, DEFAULT_PRIORITY)
+        rendered = self.renderer(logger, method_name, event_dict)
+        text = rendered.decode("utf-8") if isinstance(rendered, bytes) else rendered
+        return "\n".join(f"<{priority}>{line}" for line in text.split("\n"))

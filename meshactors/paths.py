@@ -70,8 +70,10 @@ def resolve_paths(
 ) -> Paths:
     """Resolve all paths from `env` (default: os.environ) and the CLI's --socket.
 
-    MESHACTORS_HOME puts everything in one directory; otherwise the XDG base directories apply
-    (relative or empty XDG values are ignored, as the XDG spec says). The socket is
+    Each directory comes from the first of: MESHACTORS_HOME (everything in one directory); the
+    directory systemd made for the service ($CONFIGURATION_DIRECTORY, $STATE_DIRECTORY,
+    $RUNTIME_DIRECTORY, from ConfigurationDirectory= etc.); the XDG base directory plus
+    `meshactors` (relative or empty XDG values are ignored, as the XDG spec says). The socket is
     `socket_override`, else MESHACTORS_SOCKET, else daemon.sock in the runtime dir.
     """
     if env is None:
@@ -80,22 +82,43 @@ def resolve_paths(
     if home is not None:
         config_dir = state_dir = runtime_dir = home
     else:
-        user_home = _xdg_path(env.get("HOME")) or Path.home()
-        config_base = _xdg_path(env.get("XDG_CONFIG_HOME")) or user_home / ".config"
-        state_base = _xdg_path(env.get("XDG_STATE_HOME")) or user_home / ".local" / "state"
-        runtime_base = _xdg_path(env.get("XDG_RUNTIME_DIR"))
-        config_dir = config_base / APP_NAME
-        state_dir = state_base / APP_NAME
-        if runtime_base is None:
-            runtime_dir = Path(FALLBACK_RUNTIME_DIR.format(uid=os.getuid()))
-        else:
-            runtime_dir = runtime_base / APP_NAME
+        config_dir = _service_dir(env.get("CONFIGURATION_DIRECTORY")) or (
+            user_config_home(env) / APP_NAME
+        )
+        state_dir = _service_dir(env.get("STATE_DIRECTORY")) or (
+            _xdg_base(env, "XDG_STATE_HOME", ".local/state") / APP_NAME
+        )
+        runtime_dir = _service_dir(env.get("RUNTIME_DIRECTORY")) or _xdg_runtime_dir(env)
     socket = (
         _user_path(socket_override)
         or _user_path(env.get("MESHACTORS_SOCKET"))
         or runtime_dir / SOCKET_NAME
     )
     return Paths(config_dir=config_dir, state_dir=state_dir, runtime_dir=runtime_dir, socket=socket)
+
+
+def _service_dir(value: str | None) -> Path | None:
+    """A directory systemd made for the unit: the first of its colon-separated absolute paths."""
+    first = (value or "").split(":", 1)[0]
+    return Path(first) if os.path.isabs(first) else None
+
+
+def user_config_home(env: Mapping[str, str] | None = None) -> Path:
+    """`$XDG_CONFIG_HOME`, or ~/.config: where user-level configuration (and user units) live."""
+    return _xdg_base(os.environ if env is None else env, "XDG_CONFIG_HOME", ".config")
+
+
+def _xdg_base(env: Mapping[str, str], name: str, default: str) -> Path:
+    """An XDG base directory, or its default under the user's home."""
+    return _xdg_path(env.get(name)) or (_xdg_path(env.get("HOME")) or Path.home()) / default
+
+
+def _xdg_runtime_dir(env: Mapping[str, str]) -> Path:
+    """`$XDG_RUNTIME_DIR/meshactors`, or a per-uid directory in /tmp when it is unset."""
+    runtime_base = _xdg_path(env.get("XDG_RUNTIME_DIR"))
+    if runtime_base is None:
+        return Path(FALLBACK_RUNTIME_DIR.format(uid=os.getuid()))
+    return runtime_base / APP_NAME
 
 
 def _user_path(value: str | None) -> Path | None:

@@ -1,4 +1,5 @@
-"""`meshactors daemon up|down|status|version|accept-host`: the daemon's lifecycle."""
+"""`meshactors daemon up|down|status|version|accept-host|install-service|uninstall-service`:
+the daemon's lifecycle."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import trio
 
 from meshactors.actors import ChildStartFailed
+from meshactors.cli import service_cmd
 from meshactors.cli.common import (
     EXIT_FAILURE,
     EXIT_STARTUP,
@@ -24,8 +27,10 @@ from meshactors.cli.common import (
     print_json,
 )
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
+from meshactors.daemon.control import ActivationError, activated_socket
 from meshactors.daemon.lock import AlreadyRunning, DaemonLock, read_running_pid
 from meshactors.daemon.main import DaemonOptions, serve
+from meshactors.daemon.sdnotify import Notifier, NotifyEnvError
 from meshactors.hostguard import (
     HOST_MISMATCH_EXIT_CODE,
     HostCheck,
@@ -68,6 +73,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     version.set_defaults(run=run_version)
     accept = actions.add_parser("accept-host", help="trust this machine for the identity")
     accept.set_defaults(run=run_accept_host)
+    service_cmd.register(actions)
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -77,13 +83,18 @@ def run_up(args: argparse.Namespace) -> int:
     if args.detach:
         return _detach(args, paths)
     configure_logging(json=True if args.log_json else None)
+    options = _service_manager_options(
+        DaemonOptions(
+            paths=paths, identity=identity, ready=_ready_signal(args.ready_fd), tcp_port=args.tcp
+        )
+    )
     try:
-        lock = DaemonLock.acquire(paths.pid_file, paths.socket)
+        lock = DaemonLock.acquire(
+            options.paths.pid_file, options.paths.socket, keep_socket=options.listen_fd is not None
+        )
     except AlreadyRunning as exc:
         fail(f"{exc}", EXIT_FAILURE)
-    ready = _ready_signal(args.ready_fd)
     try:
-        options = DaemonOptions(paths=paths, identity=identity, ready=ready, tcp_port=args.tcp)
         trio.run(serve, options)
     except* ChildStartFailed as group:
         fail(f"the daemon could not start: {_root_cause(group)}", EXIT_STARTUP)
@@ -92,6 +103,20 @@ def run_up(args: argparse.Namespace) -> int:
     finally:
         lock.release()
     return 0
+
+
+def _service_manager_options(options: DaemonOptions) -> DaemonOptions:
+    """`options` with what systemd passed: a notify socket and watchdog, an activated socket."""
+    try:
+        notifier = Notifier.from_env()
+        activated = activated_socket()
+    except (NotifyEnvError, ActivationError) as exc:
+        fail(f"{exc.code}: {exc}", EXIT_STARTUP)
+    if activated is None:
+        return attrs.evolve(options, notifier=notifier)
+    fd, path = activated
+    paths = attrs.evolve(options.paths, socket=path)
+    return attrs.evolve(options, paths=paths, notifier=notifier, listen_fd=fd)
 
 
 def _checked_identity(paths: Paths) -> Identity:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket as stdlib_socket
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -26,10 +26,17 @@ MAX_CLIENTS = 4096  # connections served at once; more are told so and closed
 LISTEN_BACKLOG = 512
 CLIENT_SHUTDOWN_TIMEOUT = 2.0  # seconds a client's cleanup may take (releasing claims etc.)
 SOCKET_MODE = 0o600
+SD_LISTEN_FDS_START = 3  # the first descriptor a socket-activating service manager passes
 
 _BUSY = OpError(ErrorCode.UNAVAILABLE, f"at most {MAX_CLIENTS} clients at once")
 BUSY_LINE = error_frame(None, _BUSY)  # what a socket client is told when the daemon is full
 BUSY_HTTP = error_response(_BUSY).encode(close=True)  # the same as an HTTP answer
+
+
+class ActivationError(ValueError):
+    """`LISTEN_FDS`/`LISTEN_PID` are set for us but do not describe one listening Unix socket."""
+
+    code = "bad_socket_activation"
 
 
 @attrs.define
@@ -89,20 +96,29 @@ class Listener(Actor):
 
     path: Path
     admissions: Admissions
+    inherited_fd: int | None = None  # a socket passed by the service manager, used over `path`
     tally: Tally = attrs.field(factory=Tally)
 
     def figures(self) -> dict[str, object]:
-        return {"socket": str(self.path), **attrs.asdict(self.tally)}
+        return {
+            "socket": str(self.path),
+            "activated": self.inherited_fd is not None,
+            **attrs.asdict(self.tally),
+        }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listener = await bind_unix_listener(self.path)
+        if self.inherited_fd is None:
+            listener = await bind_unix_listener(self.path)
+        else:
+            listener = adopt_unix_listener(self.inherited_fd)
         try:
             task_status.started()
             await self.admissions.accept_forever(listener, BUSY_LINE, None, self.tally)
         finally:
             with cleanup_scope():
                 await listener.aclose()
-                self.path.unlink(missing_ok=True)
+                if self.inherited_fd is None:  # the manager's socket outlives us, by design
+                    self.path.unlink(missing_ok=True)
 
 
 @attrs.define(eq=False)
@@ -154,14 +170,64 @@ async def bind_unix_listener(path: Path) -> trio.SocketListener:
     return trio.SocketListener(sock)
 
 
+def adopt_unix_listener(fd: int) -> trio.SocketListener:
+    """Listen on a copy of the inherited socket `fd`, so a restarted listener can adopt it again."""
+    return trio.SocketListener(
+        trio.socket.fromfd(fd, stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    )
+
+
+def activated_socket(env: MutableMapping[str, str] | None = None) -> tuple[int, Path] | None:
+    """The listening Unix socket systemd passed us (fd 3) and its path, or None when not
+    socket-activated. The LISTEN_* variables are removed from `env` (default: os.environ) so no
+    child process mistakes them for its own; one naming another pid is ignored.
+
+    Raises ActivationError when they are meant for us but describe anything else.
+    """
+    if env is None:
+        env = os.environ
+    count = env.pop("LISTEN_FDS", None)
+    pid = env.pop("LISTEN_PID", None)
+    env.pop("LISTEN_FDNAMES", None)
+    if count is None or pid != str(os.getpid()):
+        return None
+    if count != "1":
+        raise ActivationError(f"LISTEN_FDS={count!r}: expected exactly one socket (the control)")
+    return SD_LISTEN_FDS_START, inherited_socket_path(SD_LISTEN_FDS_START)
+
+
+def inherited_socket_path(fd: int) -> Path:
+    """The path of the listening Unix stream socket `fd`; ActivationError if it is not one."""
+    try:
+        sock = stdlib_socket.socket(fileno=fd)  # detects family and type; detached below
+    except OSError as exc:
+        raise ActivationError(f"descriptor {fd} is not a usable socket: {exc}") from None
+    try:
+        listening = sock.getsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_ACCEPTCONN)
+        name = sock.getsockname()
+        shape = (sock.family, sock.type)
+    finally:
+        sock.detach()
+    if shape != (stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM) or not listening:
+        raise ActivationError(f"descriptor {fd} is not a listening Unix stream socket")
+    if not isinstance(name, str) or not name.startswith("/"):
+        raise ActivationError(f"descriptor {fd} is not bound to a filesystem path ({name!r})")
+    os.set_inheritable(fd, False)  # ours alone, like every descriptor we open ourselves
+    return Path(name)
+
+
 def control_supervisor(
-    socket_path: Path, services: Services, tcp_port: int | None = None
+    socket_path: Path,
+    services: Services,
+    tcp_port: int | None = None,
+    inherited_fd: int | None = None,
 ) -> Supervisor:
-    """The `control` subtree: the socket listener, the optional `tcp` listener, and their
-    connections as siblings."""
+    """The `control` subtree: the socket listener (bound, or adopted from the service manager),
+    the optional `tcp` listener, and their connections as siblings."""
     control = Supervisor()
     admissions = Admissions(control, services)
-    control.children = [ChildSpec("listener", Listener(socket_path, admissions))]
+    listener = Listener(socket_path, admissions, inherited_fd)
+    control.children = [ChildSpec("listener", listener)]
     if tcp_port is not None:
         tcp = TcpListener(tcp_port, services.paths.token_file, admissions)
         control.children.append(ChildSpec("tcp", tcp))

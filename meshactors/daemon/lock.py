@@ -36,8 +36,9 @@ class DaemonLock:
     _fd: int | None = attrs.field(repr=False)
 
     @classmethod
-    def acquire(cls, pid_file: Path, socket: Path) -> Self:
-        """Lock `pid_file`, write our pid in it and remove a dead daemon's socket file at `socket`.
+    def acquire(cls, pid_file: Path, socket: Path, *, keep_socket: bool = False) -> Self:
+        """Lock `pid_file`, write our pid in it and remove a dead daemon's socket file at `socket`
+        (unless `keep_socket`: it is the live one a service manager handed us).
 
         Raises AlreadyRunning when another live process holds the lock.
         """
@@ -45,7 +46,8 @@ class DaemonLock:
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-            _remove_stale_socket(socket)
+            if not keep_socket:
+                _remove_stale_socket(socket)
         except BaseException:
             os.close(fd)
             raise

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 from collections.abc import Callable
+from functools import partial
 
 import attrs
 import structlog
@@ -16,6 +18,7 @@ from meshactors.daemon import system_ops
 from meshactors.daemon.control import control_supervisor
 from meshactors.daemon.events import EventHub
 from meshactors.daemon.optable import OpTable
+from meshactors.daemon.sdnotify import Notifier, NotifierActor
 from meshactors.daemon.services import Services
 from meshactors.identity import Identity
 from meshactors.paths import Paths
@@ -34,6 +37,8 @@ class DaemonOptions:
     identity: Identity
     ready: Callable[[], None] | None = None  # called once the socket answers (for --detach)
     tcp_port: int | None = None  # --tcp PORT: also serve HTTP on 127.0.0.1:PORT (bearer token)
+    notifier: Notifier = attrs.field(factory=Notifier)  # the service manager, if one runs us
+    listen_fd: int | None = None  # a listening socket the service manager passed (activation)
 
 
 def build_ops() -> OpTable:
@@ -63,14 +68,18 @@ async def serve(
             ChildSpec("store", store),
             ChildSpec("events", events),
             ChildSpec(
-                "control", control_supervisor(options.paths.socket, services, options.tcp_port)
+                "control",
+                control_supervisor(
+                    options.paths.socket, services, options.tcp_port, options.listen_fd
+                ),
             ),
+            ChildSpec("notifier", NotifierActor(options.notifier, partial(_probe_store, store))),
         ],
         strategy=Strategy.REST_FOR_ONE,
     )
     async with trio.open_nursery() as nursery:
+        await nursery.start(_stop_on_signal, services.shutdown)  # before anyone sees us ready
         await nursery.start(run_root, root, tree)
-        await nursery.start(_stop_on_signal, services.shutdown)
         log.info(
             "daemon ready",
             device_id=options.identity.device_id,
@@ -79,11 +88,22 @@ async def serve(
         )
         if options.ready is not None:
             options.ready()
+        options.notifier.ready(f"serving on {options.paths.socket}")
         task_status.started(services)
         await services.shutdown.wait()
         log.info("daemon stopping")
+        options.notifier.stopping("stopping")
         nursery.cancel_scope.cancel()
     log.info("daemon stopped")
+
+
+async def _probe_store(store: StoreActor) -> None:
+    """A round trip through the store actor, its worker thread and its connection."""
+    await store.call(_select_one, what="watchdog probe")
+
+
+def _select_one(conn: sqlite3.Connection) -> None:
+    conn.execute("SELECT 1").fetchone()
 
 
 async def _stop_on_signal(

@@ -1,0 +1,78 @@
+"""Log setup: journald priority prefixes when stderr is the stream $JOURNAL_STREAM names."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+import pytest
+import structlog
+
+from meshactors.logs import JournalPrefix, configure_logging, is_journal_stream
+
+
+@pytest.fixture
+def log_file(tmp_path: Path) -> Iterator[TextIO]:
+    """A real file to log into; structlog is reset afterwards."""
+    with open(tmp_path / "log", "w+", encoding="utf-8") as file:
+        yield file
+    structlog.reset_defaults()
+
+
+def stream_id(file: TextIO) -> str:
+    status = os.fstat(file.fileno())
+    return f"{status.st_dev}:{status.st_ino}"
+
+
+def test_journal_stream_must_name_this_very_stream(log_file: TextIO, tmp_path: Path) -> None:
+    with open(tmp_path / "other", "w") as other:
+        assert is_journal_stream(log_file, {"JOURNAL_STREAM": stream_id(log_file)})
+        assert not is_journal_stream(log_file, {"JOURNAL_STREAM": stream_id(other)})
+    assert not is_journal_stream(log_file, {})
+
+
+@pytest.mark.parametrize(
+    ("method", "priority"),
+    [("critical", 2), ("error", 3), ("exception", 3), ("warning", 4), ("info", 6), ("debug", 7)],
+)
+def test_prefix_is_the_syslog_priority_of_the_level(method: str, priority: int) -> None:
+    prefix = JournalPrefix(structlog.processors.JSONRenderer())
+    level = "error" if method == "exception" else method
+
+    line = prefix(None, method, {"event": "hello", "level": level})
+
+    assert line == f'<{priority}>{{"event": "hello", "level": "{level}"}}'
+
+
+def test_every_line_of_a_multi_line_event_is_prefixed() -> None:
+    prefix = JournalPrefix(structlog.dev.ConsoleRenderer(colors=False))
+
+    rendered = prefix(None, "warning", {"event": "first\nsecond", "level": "warning"})
+
+    lines = rendered.split("\n")
+    assert len(lines) == 2
+    assert all(line.startswith("<4>") for line in lines)
+
+
+def test_configured_logging_under_journald_writes_prefixed_json(log_file: TextIO) -> None:
+    configure_logging(json=True, stream=log_file, env={"JOURNAL_STREAM": stream_id(log_file)})
+    log = structlog.get_logger("test")
+    log.warning("disk nearly full", free_mb=12)
+    log.info("fine")
+
+    log_file.seek(0)
+    warning, info = log_file.read().splitlines()
+    assert warning.startswith("<4>{")
+    assert json.loads(warning[3:])["free_mb"] == 12
+    assert info.startswith("<6>{")
+
+
+def test_without_journald_lines_are_plain(log_file: TextIO) -> None:
+    configure_logging(json=True, stream=log_file, env={})
+    structlog.get_logger("test").error("boom")
+
+    log_file.seek(0)
+    assert json.loads(log_file.read())["event"] == "boom"
