@@ -1,1 +1,30 @@
 """The WebSocket relay that routes sealed frames between daemons of one network."""
+
+from meshactors.broker.envelope import MalformedBatch, decode_batch, encode_batch
+from meshactors.broker.hello import (
+    REJECT_CLOSE_CODES,
+    HelloRejected,
+    RejectReason,
+    VerifiedHello,
+    build_hello,
+    verify_hello,
+)
+from meshactors.broker.limits import BrokerConfig
+from meshactors.broker.server import BROKER_PATH, SESSION_CLOSE_CODES, Broker, SessionEnd
+
+__all__ = [
+    "BROKER_PATH",
+    "REJECT_CLOSE_CODES",
+    "SESSION_CLOSE_CODES",
+    "Broker",
+    "BrokerConfig",
+    "HelloRejected",
+    "MalformedBatch",
+    "RejectReason",
+    "SessionEnd",
+    "VerifiedHello",
+    "build_hello",
+    "decode_batch",
+    "encode_batch",
+    "verify_hello",
+]

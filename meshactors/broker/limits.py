@@ -1,0 +1,69 @@
+"""Broker limits: defaults, the BrokerConfig the CLI exposes, and a token bucket for rates."""
+
+from typing import Final
+
+import attrs
+from attrs import validators as v
+
+MAX_MESSAGE_BYTES: Final = 1 << 20  # largest WebSocket message accepted; larger closes 1009
+MESSAGE_RATE_PER_S: Final = 2000.0  # sustained inbound messages per connection
+MESSAGE_BURST: Final = 4000  # token-bucket depth for inbound messages
+MAX_PEERS_PER_NETWORK: Final = 256  # members of one network; one more is network_full
+MAX_CONNECTIONS: Final = 4096  # open WebSockets per broker (incl. before hello); more get HTTP 503
+PING_INTERVAL_S: Final = 20.0  # idle time between keepalive pings
+PONG_TIMEOUT_S: Final = 20.0  # a ping unanswered this long drops the connection
+HANDSHAKE_TIMEOUT_S: Final = 10.0  # for the HTTP upgrade, and again for the hello
+CLOSE_TIMEOUT_S: Final = 5.0  # for the WebSocket closing handshake
+OUTBOUND_QUEUE_MESSAGES: Final = 256  # queued messages to one receiver before slow_consumer
+OUTBOUND_QUEUE_BYTES: Final = 8 << 20  # queued bytes to one receiver before slow_consumer
+NOTICE_RATE_PER_S: Final = 10.0  # undeliverable notices per connection, sustained
+NOTICE_BURST: Final = 20  # undeliverable notices per connection, burst
+
+
+def _at_least_max_message(
+    instance: "BrokerConfig", attribute: "attrs.Attribute[int]", value: int
+) -> None:
+    if value < instance.max_message_bytes:
+        raise ValueError(f"{attribute.name} ({value}) must hold one max_message_bytes message")
+
+
+@attrs.frozen
+class BrokerConfig:
+    """Every tunable limit of one broker; defaults are the module constants."""
+
+    max_message_bytes: int = attrs.field(default=MAX_MESSAGE_BYTES, validator=v.gt(0))
+    message_rate: float = attrs.field(default=MESSAGE_RATE_PER_S, validator=v.gt(0))
+    message_burst: int = attrs.field(default=MESSAGE_BURST, validator=v.ge(1))
+    max_peers: int = attrs.field(default=MAX_PEERS_PER_NETWORK, validator=v.ge(1))
+    max_connections: int = attrs.field(default=MAX_CONNECTIONS, validator=v.ge(1))
+    ping_interval: float = attrs.field(default=PING_INTERVAL_S, validator=v.gt(0))
+    pong_timeout: float = attrs.field(default=PONG_TIMEOUT_S, validator=v.gt(0))
+    handshake_timeout: float = attrs.field(default=HANDSHAKE_TIMEOUT_S, validator=v.gt(0))
+    close_timeout: float = attrs.field(default=CLOSE_TIMEOUT_S, validator=v.gt(0))
+    outbound_queue_messages: int = attrs.field(default=OUTBOUND_QUEUE_MESSAGES, validator=v.ge(1))
+    outbound_queue_bytes: int = attrs.field(
+        default=OUTBOUND_QUEUE_BYTES, validator=_at_least_max_message
+    )
+
+
+@attrs.define
+class TokenBucket:
+    """Allows `rate` events per second on average and `burst` at once; time is passed in."""
+
+    rate: float
+    burst: float
+    _tokens: float = attrs.field(init=False)
+    _stamp: float | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        self._tokens = self.burst
+
+    def take(self, now: float) -> bool:
+        """Spend one token at time `now` (seconds); False when the bucket is empty."""
+        if self._stamp is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True

@@ -1,0 +1,412 @@
+"""The broker: admits daemons by signed hello and relays sealed batches within one network.
+
+One WebSocket connection is one daemon in one network. Each connection runs in its own
+nursery with a reader (rate limit, decode, route), a writer draining a bounded outbound
+queue, and a keepalive. Routing only ever looks inside the sender's own network.
+"""
+
+import collections
+import enum
+import json
+import time
+from collections.abc import Mapping
+from typing import Final
+
+import attrs
+import structlog
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    wrap_server_stream,
+)
+
+from meshactors.broker.envelope import MalformedBatch, decode_batch, encode_batch
+from meshactors.broker.hello import (
+    HELLO_VERSION,
+    HelloRejected,
+    NonceCache,
+    RejectReason,
+    VerifiedHello,
+    verify_hello,
+)
+from meshactors.broker.limits import NOTICE_BURST, NOTICE_RATE_PER_S, BrokerConfig, TokenBucket
+from meshactors.wire.device_id import device_id_from_public_key
+
+BROKER_PATH: Final = "/v1"  # the only WebSocket resource the broker serves
+
+_Logger = structlog.typing.FilteringBoundLogger
+_log: _Logger = structlog.get_logger(__name__)
+
+
+class SessionEnd(enum.StrEnum):
+    """Why an admitted connection ended; the value is the WebSocket close reason sent."""
+
+    CLIENT_CLOSED = "client_closed"
+    REPLACED = "replaced"
+    RATE_LIMITED = "rate_limited"
+    SLOW_CONSUMER = "slow_consumer"
+    PONG_TIMEOUT = "pong_timeout"
+    MALFORMED_BATCH = "malformed_batch"
+    UNEXPECTED_TEXT = "unexpected_text"
+    MESSAGE_TOO_BIG = "message_too_big"
+    GOING_AWAY = "going_away"
+
+
+SESSION_CLOSE_CODES: Final[Mapping[SessionEnd, int]] = {
+    SessionEnd.CLIENT_CLOSED: 1000,  # never sent: the client closed first
+    SessionEnd.REPLACED: 4409,  # the same device connected again to the same network
+    SessionEnd.RATE_LIMITED: 4429,
+    SessionEnd.SLOW_CONSUMER: 4408,
+    SessionEnd.PONG_TIMEOUT: 4408,
+    SessionEnd.MALFORMED_BATCH: 4400,
+    SessionEnd.UNEXPECTED_TEXT: 4400,  # only the hello is TEXT from a daemon
+    SessionEnd.MESSAGE_TOO_BIG: 1009,  # sent by trio-websocket itself
+    SessionEnd.GOING_AWAY: 1001,  # the broker is shutting down
+}
+
+
+@attrs.define(eq=False)
+class _Member:
+    """One admitted connection: its identity in a network and its bounded outbound queue."""
+
+    network: str
+    device_id: str
+    public_key: bytes
+    role: str
+    max_queued_bytes: int
+    outbox: trio.MemorySendChannel[str | bytes]
+    queued: trio.MemoryReceiveChannel[str | bytes]
+    messages: TokenBucket
+    notices: TokenBucket
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    ended: SessionEnd | None = None
+    queued_bytes: int = 0
+
+    def offer(self, message: str | bytes) -> bool:
+        """Queue a message without blocking; a receiver that has fallen behind is ended."""
+        if self.ended is not None:
+            return False
+        if self.queued_bytes + len(message) > self.max_queued_bytes:
+            self.end(SessionEnd.SLOW_CONSUMER)
+            return False
+        try:
+            self.outbox.send_nowait(message)
+        except trio.WouldBlock:
+            self.end(SessionEnd.SLOW_CONSUMER)
+            return False
+        self.queued_bytes += len(message)
+        return True
+
+    def end(self, reason: SessionEnd) -> None:
+        """End the session (first reason wins); its handler departs and closes the socket."""
+        if self.ended is None:
+            self.ended = reason
+            self.scope.cancel()
+
+
+@attrs.define
+class Broker:
+    """A WebSocket relay routing sealed frames between the daemons of each network."""
+
+    config: BrokerConfig = attrs.field(factory=BrokerConfig)
+    _networks: dict[str, dict[bytes, _Member]] = attrs.field(init=False, factory=dict)
+    _nonces: NonceCache = attrs.field(init=False, factory=NonceCache)
+    _counts: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
+    _connections: int = attrs.field(init=False, default=0)
+    _listen: str = attrs.field(init=False, default="")
+    _admissions: set[trio.CancelScope] = attrs.field(init=False, factory=set)
+
+    async def serve(
+        self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Bind host:port (0 picks a free port), report the bound port, serve until cancelled.
+
+        On cancellation it stops accepting and closes every session with 1001 going_away,
+        waiting at most close_timeout for the closing handshakes.
+        """
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound_port: int = listeners[0].socket.getsockname()[1]
+        lifetime, accepting = trio.CancelScope(shield=True), trio.CancelScope()
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(self._accept, listeners, lifetime, accepting)
+                self._listen = f"{host}:{bound_port}"
+                _log.info("broker_listening", listen=self._listen)
+                task_status.started(bound_port)
+                await trio.sleep_forever()
+            finally:
+                self._stop(lifetime, accepting)
+
+    def figures(self) -> dict[str, int | str]:
+        """Flat counters for `inspect`: sizes, traffic, and rejections and closes by reason."""
+        figures: dict[str, int | str] = {
+            "listen": self._listen,
+            "connections": self._connections,
+            "members": sum(len(members) for members in self._networks.values()),
+            "networks": len(self._networks),
+            "nonces_remembered": len(self._nonces),
+        }
+        counted = ["messages_relayed", "frames_relayed", "frames_dropped", "connection_errors"]
+        counted += ["rejected_connection_limit", "rejected_path"]
+        counted += [f"rejected_hello_{reason}" for reason in RejectReason]
+        counted += [f"closed_{reason}" for reason in SessionEnd]
+        figures.update((key, self._counts[key]) for key in counted)
+        return figures
+
+    async def _accept(
+        self,
+        listeners: list[trio.SocketListener],
+        lifetime: trio.CancelScope,
+        accepting: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        """Accept connections until `accepting` is cancelled.
+
+        `lifetime` shields the connections (and their WebSocket readers) from the broker's
+        own cancellation so that sessions can finish their closing handshake; _stop bounds it.
+        """
+        with lifetime:
+            async with trio.open_nursery() as connections:
+                task_status.started()
+                with accepting:
+                    await trio.serve_listeners(
+                        self._connection, listeners, handler_nursery=connections
+                    )
+
+    def _stop(self, lifetime: trio.CancelScope, accepting: trio.CancelScope) -> None:
+        """Stop accepting, drop connections still in their handshake, end every session."""
+        lifetime.deadline = trio.current_time() + self.config.close_timeout
+        accepting.cancel()
+        for admission in self._admissions:
+            admission.cancel()
+        for members in self._networks.values():
+            for member in members.values():
+                member.end(SessionEnd.GOING_AWAY)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        """Own one TCP connection in its own nursery: nothing that fails here reaches another."""
+        log = _log.bind(remote=_peer(stream))
+        admission = trio.CancelScope()  # cancelled by _stop until a session is running
+        self._admissions.add(admission)
+        self._connections += 1
+        try:
+            async with stream, trio.open_nursery() as nursery:
+                with admission:
+                    admitted = await self._open_session(nursery, stream, log)
+                self._admissions.discard(admission)
+                if admitted is not None:
+                    await self._run_session(*admitted, log)
+                nursery.cancel_scope.cancel()  # the WebSocket reader task, once we are done
+        except* ConnectionClosed:
+            pass  # the client vanished during a handshake or a send; nothing to clean up
+        except* Exception:
+            self._counts["connection_errors"] += 1
+            log.exception("connection_failed")
+        finally:
+            self._admissions.discard(admission)
+            self._connections -= 1
+
+    async def _open_session(
+        self, nursery: trio.Nursery, stream: trio.SocketStream, log: _Logger
+    ) -> tuple[WebSocketConnection, _Member] | None:
+        """Upgrade (or refuse) the HTTP request, then admit its hello; None when refused."""
+        request: WebSocketRequest | None = None
+        with trio.move_on_after(self.config.handshake_timeout):
+            request = await wrap_server_stream(
+                nursery, stream, max_message_size=self.config.max_message_bytes
+            )
+        if request is None:
+            return None
+        if request.path != BROKER_PATH:
+            self._counts["rejected_path"] += 1
+            await request.reject(404)
+            return None
+        if self._connections > self.config.max_connections:
+            self._counts["rejected_connection_limit"] += 1
+            await request.reject(503)
+            return None
+        ws = await request.accept()
+        member = await self._admit(ws, log)
+        return None if member is None else (ws, member)
+
+    async def _admit(self, ws: WebSocketConnection, log: _Logger) -> _Member | None:
+        """Check the hello, then join its network; on rejection close the socket and return None."""
+        try:
+            hello = await self._receive_hello(ws)
+            self._nonces.admit(hello, now_ms=_now_ms())
+            members = self._networks.get(hello.network, {})
+            if len(members) >= self.config.max_peers and hello.public_key not in members:
+                raise HelloRejected(RejectReason.NETWORK_FULL)
+        except HelloRejected as rejected:
+            self._counts[f"rejected_hello_{rejected.reason}"] += 1
+            log.info("hello_rejected", reason=str(rejected.reason), detail=rejected.detail)
+            with trio.move_on_after(self.config.close_timeout, shield=True):
+                await ws.aclose(rejected.close_code, rejected.reason)
+            return None
+        return self._join(hello)
+
+    async def _receive_hello(self, ws: WebSocketConnection) -> VerifiedHello:
+        with trio.move_on_after(self.config.handshake_timeout):
+            first = await ws.get_message()
+            if isinstance(first, bytes):
+                raise HelloRejected(RejectReason.MALFORMED_HELLO, "binary message before hello")
+            return verify_hello(first, now_ms=_now_ms())
+        raise HelloRejected(RejectReason.HELLO_TIMEOUT)
+
+    def _join(self, hello: VerifiedHello) -> _Member:
+        """Register the member (replacing an older connection of its device) and announce it."""
+        outbox, queued = trio.open_memory_channel[str | bytes](self.config.outbound_queue_messages)
+        member = _Member(
+            network=hello.network,
+            device_id=hello.device_id,
+            public_key=hello.public_key,
+            role=hello.role,
+            max_queued_bytes=self.config.outbound_queue_bytes,
+            outbox=outbox,
+            queued=queued,
+            messages=TokenBucket(self.config.message_rate, self.config.message_burst),
+            notices=TokenBucket(NOTICE_RATE_PER_S, NOTICE_BURST),
+        )
+        members = self._networks.setdefault(hello.network, {})
+        previous = members.pop(hello.public_key, None)
+        if previous is not None:
+            previous.end(SessionEnd.REPLACED)
+            self._broadcast(
+                members, _notice(type="presence", event="leave", device_id=hello.device_id)
+            )
+        peers = [{"device_id": peer.device_id, "role": peer.role} for peer in members.values()]
+        welcome = _notice(
+            type="welcome",
+            v=HELLO_VERSION,
+            peers=peers,
+            max_message_bytes=self.config.max_message_bytes,
+        )
+        member.offer(welcome)
+        join = _notice(type="presence", event="join", device_id=hello.device_id, role=hello.role)
+        self._broadcast(members, join)
+        members[hello.public_key] = member
+        return member
+
+    def _depart(self, member: _Member) -> None:
+        """Unregister the member if it still holds its slot, and tell the others it left."""
+        members = self._networks.get(member.network, {})
+        if members.get(member.public_key) is not member:
+            return
+        del members[member.public_key]
+        if not members:
+            del self._networks[member.network]
+        self._broadcast(
+            members, _notice(type="presence", event="leave", device_id=member.device_id)
+        )
+
+    async def _run_session(self, ws: WebSocketConnection, member: _Member, log: _Logger) -> None:
+        log = log.bind(network=member.network, device=member.device_id)
+        log.info("member_joined", role=member.role)
+        try:
+            with member.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pump_out, ws, member)
+                    nursery.start_soon(self._pump_in, ws, member)
+                    nursery.start_soon(self._keepalive, ws, member)
+        finally:
+            self._depart(member)
+            reason = member.ended or SessionEnd.GOING_AWAY
+            self._counts[f"closed_{reason}"] += 1
+            log.info("member_left", reason=str(reason))
+            with trio.move_on_after(self.config.close_timeout, shield=True):
+                await ws.aclose(SESSION_CLOSE_CODES[reason], reason)
+
+    async def _pump_in(self, ws: WebSocketConnection, member: _Member) -> None:
+        """Read the member's batches, enforce its message rate, and route them."""
+        while True:
+            try:
+                message = await ws.get_message()
+            except ConnectionClosed:
+                member.end(_closed_by_peer(ws))
+                return
+            if not member.messages.take(trio.current_time()):
+                member.end(SessionEnd.RATE_LIMITED)
+                return
+            if isinstance(message, str):
+                member.end(SessionEnd.UNEXPECTED_TEXT)
+                return
+            try:
+                records = decode_batch(message)
+            except MalformedBatch:
+                member.end(SessionEnd.MALFORMED_BATCH)
+                return
+            self._route(member, records)
+
+    async def _pump_out(self, ws: WebSocketConnection, member: _Member) -> None:
+        """Drain the member's outbound queue onto its socket."""
+        async for message in member.queued:
+            try:
+                await ws.send_message(message)
+            except ConnectionClosed:
+                member.end(_closed_by_peer(ws))
+                return
+            member.queued_bytes -= len(message)
+
+    async def _keepalive(self, ws: WebSocketConnection, member: _Member) -> None:
+        """Ping every interval; end the session when a pong does not come back in time."""
+        while True:
+            await trio.sleep(self.config.ping_interval)
+            with trio.move_on_after(self.config.pong_timeout) as waiting:
+                try:
+                    await ws.ping()
+                except ConnectionClosed:
+                    member.end(_closed_by_peer(ws))
+                    return
+            if waiting.cancelled_caught:
+                member.end(SessionEnd.PONG_TIMEOUT)
+                return
+
+    def _route(self, sender: _Member, records: list[tuple[bytes, bytes]]) -> None:
+        """Give each destination in the sender's network one re-batched message `from` it."""
+        if sender.ended is not None:
+            return  # a replaced or evicted session relays nothing more
+        members = self._networks.get(sender.network, {})
+        by_destination: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        for to, sealed in records:
+            by_destination.setdefault(to, []).append((sender.public_key, sealed))
+        for to, relayed in by_destination.items():
+            destination = members.get(to)
+            if destination is not None and destination.offer(encode_batch(relayed)):
+                self._counts["messages_relayed"] += 1
+                self._counts["frames_relayed"] += len(relayed)
+                continue
+            self._counts["frames_dropped"] += len(relayed)
+            if sender.notices.take(trio.current_time()):
+                device_id = device_id_from_public_key(to)
+                sender.offer(_notice(type="undeliverable", device_id=device_id))
+
+    @staticmethod
+    def _broadcast(members: Mapping[bytes, _Member], notice: str) -> None:
+        for member in members.values():
+            member.offer(notice)
+
+
+def _closed_by_peer(ws: WebSocketConnection) -> SessionEnd:
+    """Name a close the broker did not start: oversize (1009, by trio-websocket) or the client's."""
+    if ws.closed is not None and ws.closed.code == SESSION_CLOSE_CODES[SessionEnd.MESSAGE_TOO_BIG]:
+        return SessionEnd.MESSAGE_TOO_BIG
+    return SessionEnd.CLIENT_CLOSED
+
+
+def _notice(**fields: object) -> str:
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port, *_ = stream.socket.getpeername()
+    except OSError:
+        return "unknown"  # already reset by the peer
+    return f"{host}:{port}"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,97 @@
+"""Test helpers: a broker on 127.0.0.1 port 0 and real trio-websocket clients that join it."""
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+from nacl.signing import SigningKey
+from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection, open_websocket_url
+
+from meshactors.broker import Broker, BrokerConfig, build_hello, decode_batch
+
+WAIT_S = 5.0  # upper bound for any single expected event in these tests
+
+
+async def start_broker(nursery: trio.Nursery, **config: Any) -> tuple[Broker, str]:
+    """Serve a broker with `config` overrides in `nursery`; return it and its /v1 URL."""
+    broker = Broker(BrokerConfig(**config))
+    port = await nursery.start(broker.serve, "127.0.0.1", 0)
+    return broker, f"ws://127.0.0.1:{port}/v1"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def hello(key: SigningKey, network: str, role: str = "daemon") -> str:
+    return build_hello(key, network, role, now_ms=now_ms())
+
+
+@asynccontextmanager
+async def connect(url: str) -> AsyncIterator[WebSocketConnection]:
+    async with open_websocket_url(url, connect_timeout=WAIT_S, disconnect_timeout=WAIT_S) as ws:
+        yield ws
+
+
+@asynccontextmanager
+async def joined(
+    url: str, key: SigningKey, network: str, role: str = "daemon"
+) -> AsyncIterator[tuple[WebSocketConnection, dict[str, Any]]]:
+    """A connection that sent a valid hello; yields it with the welcome it received."""
+    async with connect(url) as ws:
+        await ws.send_message(hello(key, network, role))
+        with trio.fail_after(WAIT_S):
+            welcome = json.loads(await ws.get_message())
+        assert welcome["type"] == "welcome"
+        yield ws, welcome
+
+
+async def closed_with(ws: WebSocketConnection) -> CloseReason:
+    """Wait for the broker to close `ws` and return the close reason (no messages expected)."""
+    with trio.fail_after(WAIT_S):
+        try:
+            message = await ws.get_message()
+        except ConnectionClosed as closed:
+            assert closed.reason is not None
+            return closed.reason
+    raise AssertionError(f"expected a close, got {message!r}")
+
+
+async def drained_to_close(ws: WebSocketConnection) -> CloseReason:
+    """Read and discard messages until the broker closes `ws`; return the close reason."""
+    with trio.fail_after(WAIT_S):
+        while True:
+            try:
+                await ws.get_message()
+            except ConnectionClosed as closed:
+                assert closed.reason is not None
+                return closed.reason
+
+
+async def next_text(
+    ws: WebSocketConnection, wanted: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """Skip messages until a TEXT notice satisfying `wanted` arrives."""
+    with trio.fail_after(WAIT_S):
+        while True:
+            message = await ws.get_message()
+            if isinstance(message, str):
+                notice: dict[str, Any] = json.loads(message)
+                if wanted(notice):
+                    return notice
+
+
+async def next_batch(ws: WebSocketConnection) -> list[tuple[bytes, bytes]]:
+    """Skip TEXT notices until the next BINARY batch arrives; return its records."""
+    with trio.fail_after(WAIT_S):
+        while True:
+            message = await ws.get_message()
+            if isinstance(message, bytes):
+                return decode_batch(message)
+
+
+def left(device_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda notice: notice == {"type": "presence", "event": "leave", "device_id": device_id}

@@ -1,0 +1,30 @@
+"""Token bucket arithmetic and BrokerConfig validation."""
+
+import pytest
+
+from meshactors.broker.limits import BrokerConfig, TokenBucket
+
+
+def test_bucket_allows_the_burst_then_the_rate() -> None:
+    bucket = TokenBucket(rate=2.0, burst=3)
+    assert [bucket.take(10.0) for _ in range(4)] == [True, True, True, False]
+    assert bucket.take(10.25) is False, "half a token has refilled"
+    assert bucket.take(10.5) is True
+    assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False], "capped at burst"
+
+
+def test_config_refuses_nonsense_limits() -> None:
+    with pytest.raises(ValueError):
+        BrokerConfig(max_peers=0)
+    with pytest.raises(ValueError):
+        BrokerConfig(ping_interval=0)
+    with pytest.raises(ValueError, match="outbound_queue_bytes"):
+        BrokerConfig(max_message_bytes=2048, outbound_queue_bytes=1024)
+
+
+def test_config_defaults_match_the_protocol() -> None:
+    config = BrokerConfig()
+    assert config.max_message_bytes == 1 << 20
+    assert (config.message_rate, config.message_burst) == (2000.0, 4000)
+    assert config.max_peers == 256
+    assert (config.ping_interval, config.pong_timeout) == (20.0, 20.0)

@@ -1,0 +1,322 @@
+"""The broker over real loopback WebSockets: admission, presence, routing and limits."""
+
+import json
+import socket
+import struct
+from collections.abc import Callable
+
+import pytest
+import trio
+from nacl.signing import SigningKey
+from trio_websocket import ConnectionClosed, ConnectionRejected
+
+from meshactors.broker import Broker, BrokerConfig, build_hello, encode_batch
+from meshactors.broker.hello import MAX_CLOCK_SKEW_MS
+from meshactors.wire.device_id import device_id_from_public_key
+from tests.broker.support import (
+    closed_with,
+    connect,
+    drained_to_close,
+    hello,
+    joined,
+    left,
+    next_batch,
+    next_text,
+    now_ms,
+    start_broker,
+)
+
+ALICE, BOB, CAROL = (SigningKey(bytes([seed]) * 32) for seed in (1, 2, 3))
+
+
+def pk(key: SigningKey) -> bytes:
+    return key.verify_key.encode()
+
+
+def did(key: SigningKey) -> str:
+    return device_id_from_public_key(pk(key))
+
+
+def tampered_signature() -> str:
+    fields = json.loads(hello(ALICE, "net"))
+    fields["sig"] = json.loads(hello(BOB, "net"))["sig"]
+    return json.dumps(fields)
+
+
+def without_ts() -> str:
+    fields = json.loads(hello(ALICE, "net"))
+    del fields["ts"]
+    return json.dumps(fields)
+
+
+def old_hello() -> str:
+    return build_hello(ALICE, "net", "daemon", now_ms=now_ms() - 2 * MAX_CLOCK_SKEW_MS)
+
+
+@pytest.mark.parametrize(
+    ("first_message", "code", "reason"),
+    [
+        pytest.param(lambda: "{nope", 4400, "malformed_hello", id="malformed-json"),
+        pytest.param(without_ts, 4400, "malformed_hello", id="missing-field"),
+        pytest.param(lambda: b"\x00" * 40, 4400, "malformed_hello", id="binary-hello"),
+        pytest.param(tampered_signature, 4401, "bad_signature", id="bad-signature"),
+        pytest.param(old_hello, 4401, "stale_timestamp", id="old-timestamp"),
+    ],
+)
+async def test_bad_hello_is_closed_with_its_code_and_reason(
+    nursery: trio.Nursery, first_message: Callable[[], str | bytes], code: int, reason: str
+) -> None:
+    broker, url = await start_broker(nursery)
+    async with connect(url) as ws:
+        await ws.send_message(first_message())
+        closed = await closed_with(ws)
+    assert (closed.code, closed.reason) == (code, reason)
+    assert broker.figures()[f"rejected_hello_{reason}"] == 1
+
+
+async def test_replayed_hello_is_refused(nursery: trio.Nursery) -> None:
+    broker, url = await start_broker(nursery)
+    text = hello(ALICE, "net")
+    async with connect(url) as first:
+        await first.send_message(text)
+        assert json.loads(await first.get_message())["type"] == "welcome"
+    async with connect(url) as replay:
+        await replay.send_message(text)
+        closed = await closed_with(replay)
+    assert (closed.code, closed.reason) == (4401, "replayed_nonce")
+    assert broker.figures()["rejected_hello_replayed_nonce"] == 1
+
+
+async def test_network_full_refuses_a_new_device_but_not_a_reconnect(nursery: trio.Nursery) -> None:
+    _, url = await start_broker(nursery, max_peers=1)
+    async with joined(url, ALICE, "net"), connect(url) as bob:
+        await bob.send_message(hello(BOB, "net"))
+        closed = await closed_with(bob)
+        assert (closed.code, closed.reason) == (4409, "network_full")
+        async with joined(url, ALICE, "net") as (_, welcome):
+            assert welcome["peers"] == []
+        async with joined(url, BOB, "other-net"):
+            pass
+
+
+async def test_silent_client_is_closed_after_the_handshake_timeout(nursery: trio.Nursery) -> None:
+    broker, url = await start_broker(nursery, handshake_timeout=0.2)
+    async with connect(url) as ws:
+        closed = await closed_with(ws)
+    assert (closed.code, closed.reason) == (4408, "hello_timeout")
+    assert broker.figures()["rejected_hello_hello_timeout"] == 1
+
+
+async def test_welcome_lists_peers_and_presence_follows_joins_and_leaves(
+    nursery: trio.Nursery,
+) -> None:
+    broker, url = await start_broker(nursery, max_message_bytes=4096, outbound_queue_bytes=4096)
+    async with joined(url, ALICE, "net") as (alice, welcome):
+        assert welcome == {"type": "welcome", "v": 1, "peers": [], "max_message_bytes": 4096}
+        async with joined(url, BOB, "net", role="control-plane") as (_, bob_welcome):
+            assert bob_welcome["peers"] == [{"device_id": did(ALICE), "role": "daemon"}]
+            joined_notice = json.loads(await alice.get_message())
+            assert joined_notice == {
+                "type": "presence",
+                "event": "join",
+                "device_id": did(BOB),
+                "role": "control-plane",
+            }
+            assert broker.figures()["members"] == 2
+        await next_text(alice, left(did(BOB)))
+        assert broker.figures()["closed_client_closed"] == 1
+
+
+async def test_a_batch_reaches_each_destination_as_one_message(nursery: trio.Nursery) -> None:
+    broker, url = await start_broker(nursery)
+    async with (
+        joined(url, ALICE, "net") as (alice, _),
+        joined(url, BOB, "net") as (bob, _),
+        joined(url, CAROL, "net") as (carol, _),
+    ):
+        batch = [(pk(BOB), b"one"), (pk(CAROL), b"for carol"), (pk(BOB), b"two"), (pk(BOB), b"3")]
+        await alice.send_message(encode_batch(batch))
+        assert await next_batch(bob) == [
+            (pk(ALICE), b"one"),
+            (pk(ALICE), b"two"),
+            (pk(ALICE), b"3"),
+        ]
+        assert await next_batch(carol) == [(pk(ALICE), b"for carol")]
+        await alice.send_message(encode_batch([(pk(BOB), b"next")]))
+        assert await next_batch(bob) == [(pk(ALICE), b"next")], "the batch came as one message"
+    figures = broker.figures()
+    assert (figures["messages_relayed"], figures["frames_relayed"]) == (3, 5)
+    assert figures["frames_dropped"] == 0
+
+
+async def test_routing_across_networks_is_impossible(nursery: trio.Nursery) -> None:
+    broker, url = await start_broker(nursery)
+    async with (
+        joined(url, ALICE, "net1") as (alice, _),
+        joined(url, BOB, "net2") as (bob, _),
+        joined(url, CAROL, "net2") as (carol, _),
+    ):
+        await alice.send_message(encode_batch([(pk(BOB), b"leak?"), (pk(BOB), b"leak!")]))
+        notice = await next_text(alice, lambda notice: notice["type"] == "undeliverable")
+        assert notice == {"type": "undeliverable", "device_id": did(BOB)}
+        await carol.send_message(encode_batch([(pk(BOB), b"sentinel")]))
+        assert await next_batch(bob) == [(pk(CAROL), b"sentinel")]
+    assert broker.figures()["frames_dropped"] == 2
+
+
+async def test_oversize_message_closes_1009(nursery: trio.Nursery) -> None:
+    broker, url = await start_broker(nursery, max_message_bytes=1024, outbound_queue_bytes=1024)
+    async with joined(url, BOB, "net") as (bob, _), joined(url, ALICE, "net") as (alice, _):
+        await alice.send_message(encode_batch([(pk(BOB), b"x" * 1024)]))
+        assert (await closed_with(alice)).code == 1009
+        await next_text(bob, left(did(ALICE)))
+    assert broker.figures()["closed_message_too_big"] == 1
+
+
+async def test_message_rate_over_the_bucket_closes_4429(nursery: trio.Nursery) -> None:
+    broker, url = await start_broker(nursery, message_rate=1, message_burst=5)
+    async with joined(url, ALICE, "net") as (alice, _):
+        for _ in range(20):
+            try:
+                await alice.send_message(encode_batch([(pk(ALICE), b"loop")]))
+            except ConnectionClosed:
+                break
+        reason = await drained_to_close(alice)
+    assert (reason.code, reason.reason) == (4429, "rate_limited")
+    assert broker.figures()["frames_relayed"] in (5, 6), "the burst, plus at most 1 s of refill"
+
+
+async def test_second_connection_of_a_device_replaces_the_first(nursery: trio.Nursery) -> None:
+    broker, url = await start_broker(nursery)
+    async with (
+        joined(url, BOB, "net") as (bob, _),
+        joined(url, ALICE, "net", role="old") as (old, _),
+    ):
+        await next_text(bob, lambda notice: notice.get("role") == "old")
+        async with joined(url, ALICE, "net", role="new") as (new, welcome):
+            assert welcome["peers"] == [{"device_id": did(BOB), "role": "daemon"}]
+            closed = await closed_with(old)
+            assert (closed.code, closed.reason) == (4409, "replaced")
+            await next_text(bob, left(did(ALICE)))
+            rejoined = await next_text(bob, lambda notice: notice["type"] == "presence")
+            assert rejoined == {
+                "type": "presence",
+                "event": "join",
+                "device_id": did(ALICE),
+                "role": "new",
+            }
+            await bob.send_message(encode_batch([(pk(ALICE), b"to the new one")]))
+            assert await next_batch(new) == [(pk(BOB), b"to the new one")]
+        assert broker.figures()["closed_replaced"] == 1
+
+
+async def test_bad_batch_or_text_closes_only_its_sender(nursery: trio.Nursery) -> None:
+    broker, url = await start_broker(nursery)
+    async with joined(url, ALICE, "net") as (alice, _), joined(url, BOB, "net") as (bob, _):
+        async with joined(url, CAROL, "net") as (carol, _):
+            await carol.send_message(b"\x01" * 35)
+            closed = await closed_with(carol)
+            assert (closed.code, closed.reason) == (4400, "malformed_batch")
+        async with joined(url, CAROL, "net") as (carol, _):
+            await carol.send_message('{"type":"hello"}')
+            closed = await closed_with(carol)
+            assert (closed.code, closed.reason) == (4400, "unexpected_text")
+        await alice.send_message(encode_batch([(pk(BOB), b"still fine")]))
+        assert await next_batch(bob) == [(pk(ALICE), b"still fine")]
+    figures = broker.figures()
+    assert (figures["closed_malformed_batch"], figures["closed_unexpected_text"]) == (1, 1)
+
+
+async def test_slow_receiver_is_disconnected_not_buffered(nursery: trio.Nursery) -> None:
+    broker, url = await start_broker(
+        nursery, outbound_queue_messages=4, outbound_queue_bytes=2 << 20, close_timeout=0.5
+    )
+    big = encode_batch([(pk(ALICE), bytes(512 << 10))])
+    async with joined(url, ALICE, "net"), joined(url, BOB, "net") as (bob, _):
+        # Alice never reads again: her socket buffers and then her broker queue fill up.
+        alice_gone = trio.Event()
+
+        async def watch() -> None:
+            await next_text(bob, left(did(ALICE)))
+            alice_gone.set()
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(watch)
+            for _ in range(400):
+                if alice_gone.is_set():
+                    break
+                await bob.send_message(big)
+            with trio.fail_after(5):
+                await alice_gone.wait()
+    assert broker.figures()["closed_slow_consumer"] == 1
+
+
+async def test_unanswered_ping_drops_the_connection(nursery: trio.Nursery) -> None:
+    broker, url = await start_broker(nursery, ping_interval=0.1, pong_timeout=0.2)
+    async with joined(url, ALICE, "net") as (alice, _), joined(url, BOB, "net") as (bob, _):
+        # Alice stops reading: two unread messages stall her client's reader, so no pongs.
+        await bob.send_message(encode_batch([(pk(ALICE), b"1")]))
+        await bob.send_message(encode_batch([(pk(ALICE), b"2")]))
+        await next_text(bob, left(did(ALICE)))
+        reason = await drained_to_close(alice)
+    assert (reason.code, reason.reason) == (4408, "pong_timeout")
+    assert broker.figures()["closed_pong_timeout"] == 1
+
+
+async def test_unknown_path_and_connection_limit_are_refused_at_upgrade(
+    nursery: trio.Nursery,
+) -> None:
+    broker, url = await start_broker(nursery, max_connections=1)
+    with pytest.raises(ConnectionRejected) as wrong_path:
+        async with connect(url.replace("/v1", "/v2")):
+            pass
+    assert wrong_path.value.status_code == 404
+    async with connect(url):
+        with pytest.raises(ConnectionRejected) as over_limit:
+            async with connect(url):
+                pass
+        assert over_limit.value.status_code == 503
+    figures = broker.figures()
+    assert (figures["rejected_path"], figures["rejected_connection_limit"]) == (1, 1)
+
+
+async def test_garbage_and_reset_connections_do_not_disturb_the_broker(
+    nursery: trio.Nursery,
+) -> None:
+    broker, url = await start_broker(nursery)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    for _ in range(20):
+        sock = trio.socket.socket()
+        await sock.connect(("127.0.0.1", port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await sock.send(b"NOT HTTP AT ALL\r\n\r\n")
+        sock.close()  # with linger 0: a reset while the broker answers 400
+    async with joined(url, ALICE, "net") as (alice, _), joined(url, BOB, "net") as (bob, _):
+        await alice.send_message(encode_batch([(pk(BOB), b"unharmed")]))
+        assert await next_batch(bob) == [(pk(ALICE), b"unharmed")]
+    assert broker.figures()["connection_errors"] == 0
+
+
+async def test_shutdown_says_going_away_without_waiting_out_the_close_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    broker, shutdown, stopped = (
+        Broker(BrokerConfig(close_timeout=3)),
+        trio.CancelScope(),
+        trio.Event(),
+    )
+
+    async def serve(task_status: trio.TaskStatus[int]) -> None:
+        with shutdown:
+            await broker.serve("127.0.0.1", 0, task_status=task_status)
+        stopped.set()
+
+    url = f"ws://127.0.0.1:{await nursery.start(serve)}/v1"
+    async with joined(url, ALICE, "net") as (alice, _), connect(url) as silent:
+        shutdown.cancel()
+        closed = await closed_with(alice)
+        assert (closed.code, closed.reason) == (1001, "going_away")
+        assert (await closed_with(silent)).code == 1006, "no hello yet: just dropped"
+        with trio.fail_after(1):
+            await stopped.wait()
+    assert broker.figures()["closed_going_away"] == 1
