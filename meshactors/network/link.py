@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import attrs
@@ -236,15 +237,27 @@ class Link(Actor):
         try:
             await self.deliver.send(LinkUp(url, peers))
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write, ws, receive, max_bytes)
-                nursery.start_soon(self._keepalive, ws)
-                await self._read(ws)
+                session = nursery.cancel_scope
+                nursery.start_soon(self._until_closed, session, self._write, ws, receive, max_bytes)
+                nursery.start_soon(self._until_closed, session, self._keepalive, ws)
+                nursery.start_soon(self._until_closed, session, self._read, ws)
         finally:
             self._outbound = None
             send.close()
             self.dropped += _drain(receive)
             with cleanup_scope():
                 await self.deliver.send(LinkLost(self.last_error or "closed"))
+
+    async def _until_closed(
+        self, session: trio.CancelScope, task: Callable[..., Awaitable[None]], *args: Any
+    ) -> None:
+        """Run one of the session's tasks; when the connection closes, end the whole session."""
+        try:
+            await task(*args)
+        except ConnectionClosed as closed:
+            self.last_error = f"closed: {closed.reason}"
+        finally:
+            session.cancel()
 
     async def _read(self, ws: WebSocketConnection) -> None:
         while True:
