@@ -1,0 +1,57 @@
+"""Shared CLI plumbing: resolving paths, reaching the daemon, printing, exiting."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, NoReturn
+
+from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
+from meshactors.paths import Paths, resolve_paths
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # not running, already running, an error answer
+EXIT_USAGE = 2  # argparse's own
+EXIT_STARTUP = 3  # the daemon could not start (identity, database, socket)
+
+
+def paths_of(args: argparse.Namespace) -> Paths:
+    """Paths from the environment and the global `--socket` flag."""
+    return resolve_paths(socket_override=args.socket)
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    """Print `message` to stderr and exit with `code`."""
+    print(f"meshactors: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def connect(args: argparse.Namespace) -> SyncClient:
+    """A connection to the running daemon, or exit 1 saying none runs."""
+    try:
+        return SyncClient.connect(paths_of(args).socket)
+    except DaemonNotRunning as exc:
+        fail(f"{exc.message}; start one with `meshactors daemon up`")
+
+
+def call(args: argparse.Namespace, op: str, **params: Any) -> Any:
+    """Run one op on the daemon and return its data, or exit 1 with its error."""
+    with connect(args) as client:
+        try:
+            return client.call(op, **params)
+        except ClientError as exc:
+            fail(f"{op} failed: {exc.code}: {exc.message}")
+
+
+def print_json(value: Any) -> None:
+    """Pretty JSON on stdout."""
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def parse_json_arg(text: str, what: str) -> Any:
+    """A JSON command-line argument, or exit 2 saying which one is broken."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        fail(f"{what} is not valid JSON: {exc}", EXIT_USAGE)

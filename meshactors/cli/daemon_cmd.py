@@ -1,0 +1,234 @@
+"""`meshactors daemon up|down|status|version|accept-host`: the daemon's lifecycle."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from meshactors.actors import ChildStartFailed
+from meshactors.cli.common import (
+    EXIT_FAILURE,
+    EXIT_STARTUP,
+    call,
+    fail,
+    paths_of,
+    print_json,
+)
+from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
+from meshactors.daemon.lock import AlreadyRunning, DaemonLock, read_running_pid
+from meshactors.daemon.main import DaemonOptions, serve
+from meshactors.hostguard import (
+    HOST_MISMATCH_EXIT_CODE,
+    HostCheck,
+    HostGuardError,
+    accept_host,
+    check_host,
+    mismatch_message,
+    read_host_facts,
+)
+from meshactors.identity import Identity, IdentityError, load_or_create_identity
+from meshactors.logs import configure_logging
+from meshactors.paths import Paths, prepare_dirs
+from meshactors.store.db import StoreError
+
+DETACH_READY_TIMEOUT = 30.0  # seconds `up --detach` waits for the socket to answer
+DOWN_TIMEOUT = 10.0  # seconds `down` waits after asking, before SIGTERM (and again after)
+POLL_INTERVAL = 0.05  # seconds between checks while waiting for a daemon to exit
+LOG_FILE = "daemon.log"  # a detached daemon's log, in the state directory
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `daemon` command group."""
+    parser = commands.add_parser("daemon", help="start, stop and query the daemon")
+    actions = parser.add_subparsers(dest="action", required=True)
+    up = actions.add_parser("up", help="start the daemon (foreground unless --detach)")
+    up.add_argument("--detach", action="store_true", help="return once the socket answers")
+    up.add_argument("--log-json", action="store_true", help="JSON log lines even on a terminal")
+    up.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    up.set_defaults(run=run_up)
+    down = actions.add_parser("down", help="stop the daemon (SIGTERM if it does not answer)")
+    down.set_defaults(run=run_down)
+    status = actions.add_parser("status", help="show the daemon's status (exit 1: not running)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=run_status)
+    version = actions.add_parser("version", help="show the daemon's and the API's versions")
+    version.add_argument("--json", action="store_true")
+    version.set_defaults(run=run_version)
+    accept = actions.add_parser("accept-host", help="trust this machine for the identity")
+    accept.set_defaults(run=run_accept_host)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    paths = paths_of(args)
+    prepare_dirs(paths)
+    identity = _checked_identity(paths)
+    if args.detach:
+        return _detach(args, paths)
+    configure_logging(json=True if args.log_json else None)
+    try:
+        lock = DaemonLock.acquire(paths.pid_file, paths.socket)
+    except AlreadyRunning as exc:
+        fail(f"{exc}", EXIT_FAILURE)
+    ready = _ready_signal(args.ready_fd)
+    try:
+        trio.run(serve, DaemonOptions(paths=paths, identity=identity, ready=ready))
+    except* ChildStartFailed as group:
+        fail(f"the daemon could not start: {_root_cause(group)}", EXIT_STARTUP)
+    except* KeyboardInterrupt:
+        pass
+    finally:
+        lock.release()
+    return 0
+
+
+def _checked_identity(paths: Paths) -> Identity:
+    """The identity, after the host guard agreed this machine may use it."""
+    try:
+        identity = load_or_create_identity(paths.identity_file)
+        verdict = check_host(paths.host_file, read_host_facts())
+    except IdentityError as exc:
+        fail(str(exc), EXIT_STARTUP)
+    except HostGuardError as exc:
+        fail(str(exc), HOST_MISMATCH_EXIT_CODE)
+    if verdict is HostCheck.MISMATCH:
+        fail(mismatch_message(paths.host_file), HOST_MISMATCH_EXIT_CODE)
+    return identity
+
+
+def _root_cause(group: BaseExceptionGroup[ChildStartFailed]) -> str:
+    error: BaseException = group.exceptions[0]
+    while error.__cause__ is not None:
+        error = error.__cause__
+    if isinstance(error, StoreError):
+        return str(error)
+    return f"{error.__class__.__name__}: {error}"
+
+
+def _ready_signal(fd: int | None) -> Callable[[], None] | None:
+    if fd is None:
+        return None
+
+    def ready() -> None:
+        os.write(fd, b"ready\n")
+        os.close(fd)
+
+    return ready
+
+
+def _detach(args: argparse.Namespace, paths: Paths) -> int:
+    """Start the daemon in a new session and wait until it says it serves."""
+    if read_running_pid(paths.pid_file) is not None:
+        fail(f"a daemon is already running for {paths.socket}", EXIT_FAILURE)
+    read_end, write_end = os.pipe()
+    log_path = paths.state_dir / LOG_FILE
+    command = [sys.executable, "-m", "meshactors"]
+    if args.socket:
+        command += ["--socket", args.socket]
+    command += ["daemon", "up", "--log-json", "--ready-fd", str(write_end)]
+    with open(log_path, "ab") as log_file:
+        child = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            pass_fds=(write_end,),
+            start_new_session=True,
+        )
+    os.close(write_end)
+    ready = _wait_ready(read_end, DETACH_READY_TIMEOUT)
+    if not ready:
+        code = child.poll()
+        if code is None:
+            child.terminate()
+            fail(f"the daemon did not become ready in {DETACH_READY_TIMEOUT:g}s; see {log_path}")
+        fail(f"the daemon exited with status {code}; see {log_path}", code or EXIT_STARTUP)
+    print(f"daemon running (pid {child.pid}), socket {paths.socket}, log {log_path}")
+    return 0
+
+
+def _wait_ready(fd: int, timeout: float) -> bool:
+    """True once the child wrote its ready line; False on EOF (it died) or timeout."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    try:
+        while b"\n" not in data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                return False
+            chunk = os.read(fd, 64)
+            if not chunk:
+                return False
+            data += chunk
+    finally:
+        os.close(fd)
+    return data.startswith(b"ready")
+
+
+def run_down(args: argparse.Namespace) -> int:
+    paths = paths_of(args)
+    pid = read_running_pid(paths.pid_file)
+    try:
+        with SyncClient.connect(paths.socket, timeout=DOWN_TIMEOUT) as client:
+            client.call("shutdown")
+    except (DaemonNotRunning, ClientError, OSError):
+        if pid is None:
+            print("no daemon running")
+            return 0
+    if pid is not None and not _wait_exit(paths.pid_file, DOWN_TIMEOUT):
+        os.kill(pid, signal.SIGTERM)
+        if not _wait_exit(paths.pid_file, DOWN_TIMEOUT):
+            fail(f"daemon (pid {pid}) did not stop after SIGTERM")
+    print("daemon stopped")
+    return 0
+
+
+def _wait_exit(pid_file: Path, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while read_running_pid(pid_file) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL_INTERVAL)
+    return True
+
+
+def run_status(args: argparse.Namespace) -> int:
+    status = call(args, "status")
+    if args.json:
+        print_json(status)
+        return 0
+    print(f"device_id  {status['device_id']}")
+    print(f"label      {status['label'] or '-'}")
+    print(f"version    {status['version']}")
+    print(f"uptime     {status['uptime_s']:.1f}s")
+    print(f"socket     {status['socket']}")
+    print(f"clients    {status['clients']}")
+    networks = status.get("networks") or []
+    print(f"networks   {', '.join(n['id'] + ' (' + n['phase'] + ')' for n in networks) or '-'}")
+    return 0
+
+
+def run_version(args: argparse.Namespace) -> int:
+    version = call(args, "version")
+    if args.json:
+        print_json(version)
+    else:
+        print(f"daemon {version['version']}, IPC API {version['ipc_api']}")
+        print(f"ops: {' '.join(version['ops'])}")
+    return 0
+
+
+def run_accept_host(args: argparse.Namespace) -> int:
+    paths = paths_of(args)
+    prepare_dirs(paths)
+    accept_host(paths.host_file, read_host_facts())
+    print(f"this machine is now trusted for the identity in {paths.state_dir}")
+    return 0

@@ -1,0 +1,47 @@
+"""`meshactors identity show|set-label`: this machine's device identity."""
+
+from __future__ import annotations
+
+import argparse
+
+from meshactors.cli.common import EXIT_STARTUP, fail, paths_of, print_json
+from meshactors.identity import IdentityError, load_or_create_identity, set_identity_label
+from meshactors.paths import prepare_dirs
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `identity` command group."""
+    parser = commands.add_parser("identity", help="show or label this device's identity")
+    actions = parser.add_subparsers(dest="action", required=True)
+    show = actions.add_parser("show", help="print the device id and label")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(run=run_show)
+    label = actions.add_parser("set-label", help="set (or with no LABEL, clear) the label")
+    label.add_argument("label", nargs="?", default=None)
+    label.set_defaults(run=run_set_label)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    paths = paths_of(args)
+    prepare_dirs(paths)
+    try:
+        identity = load_or_create_identity(paths.identity_file)
+    except IdentityError as exc:
+        fail(str(exc), EXIT_STARTUP)
+    if args.json:
+        print_json({"device_id": identity.device_id, "label": identity.label})
+    else:
+        print(f"device_id  {identity.device_id}")
+        print(f"label      {identity.label or '-'}")
+    return 0
+
+
+def run_set_label(args: argparse.Namespace) -> int:
+    paths = paths_of(args)
+    prepare_dirs(paths)
+    try:
+        identity = set_identity_label(paths.identity_file, args.label)
+    except (IdentityError, ValueError) as exc:
+        fail(str(exc))
+    print(f"label set to {identity.label or '-'}; a running daemon uses it after a restart")
+    return 0

@@ -1,0 +1,1 @@
+"""Benchmark helpers run by hand from scripts/bench*: baselines, process control, statistics."""

@@ -1,0 +1,109 @@
+"""Measure the raw relay chain (scripts/benchlib/relay.py): round trips and one-way throughput."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import trio
+
+from scripts.benchlib.relay import open_stream
+from scripts.benchlib.stats import latency_summary
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def relay_chain(far_end: str) -> Iterator[str]:
+    """Start echo|sink ← hop ← hop ← hop as four processes; yields the address for client A."""
+    with tempfile.TemporaryDirectory(prefix="relay-") as tmp:
+        far, near = f"unix:{tmp}/b.sock", f"unix:{tmp}/a.sock"
+        broker, daemon_b = f"tcp:{free_port()}", f"tcp:{free_port()}"
+        commands = [
+            [far_end, far],
+            ["hop", daemon_b, far],
+            ["hop", broker, "tcp:127.0.0.1:" + daemon_b.split(":")[1]],
+            ["hop", near, "tcp:127.0.0.1:" + broker.split(":")[1]],
+        ]
+        processes = []
+        try:
+            for args in commands:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "scripts.benchlib.relay", *args],
+                    cwd=ROOT,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                processes.append(process)
+                assert process.stdout is not None and process.stdout.readline() == "ready\n"
+            yield near
+        finally:
+            for process in processes:
+                process.kill()
+                process.wait()
+
+
+async def read_line(stream: trio.abc.Stream, buffer: bytearray) -> bytes:
+    while b"\n" not in buffer:
+        buffer += await stream.receive_some(65536)
+    line, _, rest = bytes(buffer).partition(b"\n")
+    buffer[:] = rest
+    return line
+
+
+async def round_trips(address: str, count: int, size: int) -> list[float]:
+    """Sequential ping-pongs of `size`-byte messages; seconds each."""
+    stream = await open_stream(address)
+    message = b"x" * (size - 1) + b"\n"
+    buffer = bytearray()
+    samples = []
+    for _ in range(count):
+        began = time.perf_counter()
+        await stream.send_all(message)
+        await read_line(stream, buffer)
+        samples.append(time.perf_counter() - began)
+    await stream.aclose()
+    return samples
+
+
+async def one_way(address: str, count: int, size: int) -> float:
+    """Messages per second from client A to client B, counted by B."""
+    stream = await open_stream(address)
+    message = b"x" * (size - 1) + b"\n"
+    batch = message * 256
+    began = time.perf_counter()
+    for _ in range(count // 256):
+        await stream.send_all(batch)
+    await stream.send_all(b"end\n")
+    answer = await read_line(stream, bytearray())
+    elapsed = time.perf_counter() - began
+    await stream.aclose()
+    received = int(answer.split()[1])
+    return received / elapsed
+
+
+def measure_baseline(rtt_count: int, flood_count: int, size: int = 128) -> dict[str, object]:
+    """The baseline's figures for the report."""
+    with relay_chain("echo") as address:
+        samples = trio.run(round_trips, address, rtt_count, size)
+    with relay_chain("sink") as address:
+        rate = trio.run(one_way, address, flood_count, size)
+    return {"rtt": latency_summary(samples[rtt_count // 10 :]), "one_way_msgs_per_s": round(rate)}
+
+
+if __name__ == "__main__":
+    print(measure_baseline(2000, 200_000))

@@ -1,0 +1,127 @@
+"""The daemon as a user runs it: CLI processes, the real socket, signals, the host guard."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from meshactors.hostguard import HostFacts, accept_host
+from tests.e2e.conftest import Home
+from tests.support import LineClient
+
+pytestmark = pytest.mark.e2e
+
+
+def client_names(tree: dict[str, object]) -> set[str]:
+    control = next(c for c in tree["children"] if c["name"] == "control")  # type: ignore[attr-defined]
+    return {c["name"] for c in control["children"] if c["kind"] == "client"}
+
+
+async def test_up_serve_frames_inspect_and_down(home: Home) -> None:
+    home.cli("daemon", "up", "--detach")
+    assert home.daemon_pid() is not None
+    status = json.loads(home.cli("daemon", "status", "--json").stdout)
+    assert status["socket"] == str(home.socket)
+
+    with trio.fail_after(30):
+        client = LineClient(await trio.open_unix_socket(str(home.socket)))
+        await client.send_raw(b"this is not json\n")
+        assert (await client.frame())["error"]["code"] == "bad_json"
+        await client.send_raw(b'{"id":1,"op":"status","surprise":true}\n')
+        assert (await client.frame())["error"]["code"] == "invalid_params"
+        first, second = await client.send("inspect"), await client.send("status")
+        answers = {(await client.frame())["id"], (await client.frame())["id"]}
+        assert answers == {first, second}
+
+        tree = json.loads(home.cli("inspect", "--json").stdout)
+        own_id = (await client.call("status"))["data"]["client_id"]
+        assert f"client {own_id}" in client_names(tree)
+        await client.aclose()
+
+    tree = json.loads(home.cli("inspect", "--json").stdout)
+    assert f"client {own_id}" not in client_names(tree)
+    assert "store" in home.cli("inspect").stdout
+
+    home.cli("daemon", "down")
+    assert home.daemon_pid() is None
+    assert not home.socket.exists()
+    assert home.cli("daemon", "status", check=False).returncode == 1
+
+
+def test_second_up_says_already_running(home: Home) -> None:
+    home.cli("daemon", "up", "--detach")
+    again = home.cli("daemon", "up", "--detach", check=False)
+    assert again.returncode == 1
+    assert "already running" in again.stderr
+
+
+async def test_sigterm_stops_a_foreground_daemon_with_exit_0(home: Home) -> None:
+    with trio.fail_after(30):
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "meshactors", "daemon", "up", "--log-json"],
+            env=home.env,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stderr is not None
+        log = b""
+        while b"daemon ready" not in log:
+            chunk = await process.stderr.receive_some(4096)
+            assert chunk, f"daemon exited before it was ready: {log.decode()}"
+            log += chunk
+        process.send_signal(signal.SIGTERM)
+        while chunk := await process.stderr.receive_some(4096):
+            log += chunk
+        assert await process.wait() == 0
+    assert b"daemon stopped" in log
+    assert b'"level": "error"' not in log
+
+
+def wait_for_lock_release(pid_file: Path) -> None:
+    """Block until no process holds the daemon lock (the kernel drops it when one dies)."""
+    with open(pid_file, "rb") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def test_killed_daemon_leaves_nothing_that_blocks_a_restart(home: Home) -> None:
+    home.cli("daemon", "up", "--detach")
+    pid = home.daemon_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_for_lock_release(home.path / "daemon.pid")
+    assert home.socket.exists()  # the killed daemon left its socket behind
+    home.cli("daemon", "up", "--detach")
+    assert home.cli("daemon", "status").returncode == 0
+    assert home.daemon_pid() not in (None, pid)
+
+
+def test_host_guard_refuses_another_machine_until_accepted(home: Home) -> None:
+    home.cli("identity", "show")
+    home.cli("daemon", "up", "--detach")
+    home.cli("daemon", "down")
+    # the home now looks copied from another machine
+    other = HostFacts(machine_id="a" * 64, mac="b" * 64)
+    accept_host(home.path / "host.json", other)
+    refused = home.cli("daemon", "up", "--detach", check=False)
+    assert refused.returncode == 4
+    assert "meshactors daemon accept-host" in refused.stderr
+    assert home.daemon_pid() is None
+    home.cli("daemon", "accept-host")
+    home.cli("daemon", "up", "--detach")
+    assert home.daemon_pid() is not None
+
+
+def test_corrupt_host_record_is_a_clear_error(home: Home) -> None:
+    home.cli("identity", "show")
+    (home.path / "host.json").write_text("{ definitely not json")
+    refused = home.cli("daemon", "up", "--detach", check=False)
+    assert refused.returncode == 4
+    assert "corrupt" in refused.stderr
