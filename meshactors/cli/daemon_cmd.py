@@ -18,12 +18,14 @@ from meshactors.actors import ChildStartFailed
 from meshactors.cli.common import (
     EXIT_FAILURE,
     EXIT_STARTUP,
+    EXIT_USAGE,
     call,
     fail,
     paths_of,
     print_json,
 )
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
+from meshactors.daemon.broker_actor import parse_listen
 from meshactors.daemon.lock import AlreadyRunning, DaemonLock, read_running_pid
 from meshactors.daemon.main import DaemonOptions, serve
 from meshactors.hostguard import (
@@ -53,6 +55,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     up = actions.add_parser("up", help="start the daemon (foreground unless --detach)")
     up.add_argument("--detach", action="store_true", help="return once the socket answers")
     up.add_argument("--log-json", action="store_true", help="JSON log lines even on a terminal")
+    up.add_argument("--broker-listen", default=None, help="also run a broker on HOST:PORT")
     up.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     up.set_defaults(run=run_up)
     down = actions.add_parser("down", help="stop the daemon (SIGTERM if it does not answer)")
@@ -71,6 +74,10 @@ def run_up(args: argparse.Namespace) -> int:
     paths = paths_of(args)
     prepare_dirs(paths)
     identity = _checked_identity(paths)
+    try:
+        broker_listen = None if args.broker_listen is None else parse_listen(args.broker_listen)
+    except ValueError as exc:
+        fail(f"--broker-listen: {exc}", EXIT_USAGE)
     if args.detach:
         return _detach(args, paths)
     configure_logging(json=True if args.log_json else None)
@@ -80,7 +87,10 @@ def run_up(args: argparse.Namespace) -> int:
         fail(f"{exc}", EXIT_FAILURE)
     ready = _ready_signal(args.ready_fd)
     try:
-        trio.run(serve, DaemonOptions(paths=paths, identity=identity, ready=ready))
+        options = DaemonOptions(
+            paths=paths, identity=identity, ready=ready, broker_listen=broker_listen
+        )
+        trio.run(serve, options)
     except* ChildStartFailed as group:
         fail(f"the daemon could not start: {_root_cause(group)}", EXIT_STARTUP)
     except* KeyboardInterrupt:
@@ -134,6 +144,8 @@ def _detach(args: argparse.Namespace, paths: Paths) -> int:
     if args.socket:
         command += ["--socket", args.socket]
     command += ["daemon", "up", "--log-json", "--ready-fd", str(write_end)]
+    if args.broker_listen:
+        command += ["--broker-listen", args.broker_listen]
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(
             command,

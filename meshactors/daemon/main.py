@@ -79,7 +79,7 @@ async def serve(
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(run_root, root, tree)
-        nursery.start_soon(_stop_on_signal, services.shutdown)
+        await nursery.start(_stop_on_signal, services.shutdown)  # before "ready": no race
         log.info(
             "daemon ready",
             device_id=options.identity.device_id,
@@ -95,8 +95,11 @@ async def serve(
     log.info("daemon stopped")
 
 
-async def _stop_on_signal(shutdown: trio.Event) -> None:
+async def _stop_on_signal(
+    shutdown: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        task_status.started()
         async for signum in signals:
             log.info("stop signal", signal=signal.Signals(signum).name)
             shutdown.set()
