@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from typing import Any, ClassVar
@@ -10,7 +11,7 @@ import attrs
 import structlog
 import trio
 
-from meshactors.actors import ChildSpec, Supervisor
+from meshactors.actors import ActorGone, AskTimeout, ChildSpec, Supervisor
 from meshactors.daemon.events import EventHub
 from meshactors.identity import Identity
 from meshactors.network.config import ConfigError, NetworkConfig
@@ -109,6 +110,8 @@ class NetworkManager(Supervisor):
         async with self._lock:
             network = self._networks.pop(network_id, None)
             if network is not None:
+                with contextlib.suppress(ActorGone, AskTimeout):
+                    await network.peers.say_bye("network removed")
                 await self.stop_child(_child_name(network_id))
             known = await self.store.call(
                 functools.partial(network_db.delete_network, network_id=network_id, purge=purge),

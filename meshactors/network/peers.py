@@ -240,6 +240,10 @@ class Peers(Actor):
         """Use a new global or network profile and tell peers if the effective one changed."""
         await self._ask(lambda: self._set_profile(profile, network_scoped), "set profile")
 
+    async def say_bye(self, reason: str) -> None:
+        """Tell every handshaken peer we are leaving (best effort: the broker also says so)."""
+        await self._ask(lambda: self._tell_handshaken(lambda _: Bye(reason)), "say bye")
+
     async def set_auto_approve(self, value: bool) -> None:
         """Approve devices seen from now on without asking (or stop doing so)."""
 
