@@ -42,6 +42,7 @@ LINK_PING_INTERVAL = 20.0  # seconds between our keepalive pings to the broker
 LINK_PONG_TIMEOUT = 20.0  # seconds a ping may go unanswered before the link is dropped
 OUTBOUND_QUEUE = 8192  # sealed records waiting for the writer; senders wait beyond it
 BATCH_MAX_RECORDS = 1024  # records joined into one WebSocket message
+BATCH_IDLE_PASSES = 3  # scheduler passes without a new record before a batch is sent
 MAX_INBOUND_MESSAGE_BYTES = 4 * 1024 * 1024  # largest message we accept from a broker
 MAX_NOTICE_CHARS = 64 * 1024  # a TEXT notice (welcome with 256 peers is ~20 KB)
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024  # if the welcome does not say
@@ -297,17 +298,22 @@ class Link(Actor):
             if RECORD_HEADER_BYTES + len(first[1]) > max_bytes:
                 self.dropped += 1
                 continue
-            batch, size = [first], RECORD_HEADER_BYTES + len(first[1])
-            while len(batch) < BATCH_MAX_RECORDS:
+            batch, size, idle = [first], RECORD_HEADER_BYTES + len(first[1]), 0
+            while len(batch) < BATCH_MAX_RECORDS and carry is None and idle < BATCH_IDLE_PASSES:
                 try:
                     record = receive.receive_nowait()
                 except trio.WouldBlock:
-                    break
+                    # Let busy senders add more before sending: the batch grows while the
+                    # scheduler's passes bring new records and ends after a few idle ones.
+                    idle += 1
+                    await trio.lowlevel.checkpoint()
+                    continue
+                idle = 0
                 size += RECORD_HEADER_BYTES + len(record[1])
                 if size > max_bytes:
                     carry = record
-                    break
-                batch.append(record)
+                else:
+                    batch.append(record)
             await ws.send_message(encode_batch(batch))
             self.batches_out += 1
             self.frames_out += len(batch)

@@ -166,6 +166,7 @@ class Peers(Actor):
     _global_profile: Profile = attrs.field(factory=Profile)
     _network_profile: Profile | None = None
     _peers: dict[str, PeerState] = attrs.field(factory=dict)
+    _by_key: dict[bytes, PeerState] = attrs.field(factory=dict)  # the same peers, by public key
     _roster: dict[str, roster_db.RosterEntry] = attrs.field(factory=dict)
     _app_handlers: dict[str, AppHandler] = attrs.field(factory=dict)
     _link_was_up: bool = False
@@ -284,7 +285,7 @@ class Peers(Actor):
         self.capabilities = _stored(mine.get(CAPABILITIES_KEY), Capabilities) or Capabilities()
         self._network_profile = _stored(mine.get(PROFILE_KEY), Profile)
         self._global_profile = _stored(shared.get(PROFILE_KEY), Profile) or Profile()
-        self._peers = {}
+        self._peers, self._by_key = {}, {}
         self._link_was_up = False
         self.phase = Phase.CONNECTING
         for device_id in self._roster:
@@ -344,7 +345,13 @@ class Peers(Actor):
             return None
         peer = PeerState(device_id, public_key_from_device_id(device_id), crypto)
         self._peers[device_id] = peer
+        self._by_key[peer.public_key] = peer
         return peer
+
+    def _drop_peer(self, peer: PeerState) -> None:
+        """Forget a peer we keep no roster entry for."""
+        del self._peers[peer.device_id]
+        del self._by_key[peer.public_key]
 
     async def _on_join(self, device_id: str, role: str) -> None:
         peer = self._peer(device_id)
@@ -361,17 +368,18 @@ class Peers(Actor):
         peer.forget_session()
         self._update(peer)
         if device_id not in self._roster:
-            del self._peers[device_id]
+            self._drop_peer(peer)
 
     async def _on_record(self, public_key: bytes, sealed: bytes) -> None:
-        try:
-            device_id = device_id_from_public_key(public_key)
-        except InvalidDeviceId:
-            self.dropped["bad_sender"] += 1
-            return
-        peer = self._peer(device_id)
+        peer = self._by_key.get(public_key)
         if peer is None:
-            return
+            try:
+                peer = self._peer(device_id_from_public_key(public_key))
+            except InvalidDeviceId:
+                self.dropped["bad_sender"] += 1
+                return
+            if peer is None:
+                return
         try:
             frame = decode_frame(peer.crypto.open(sealed))
         except FrameRejected as rejected:
@@ -535,7 +543,7 @@ class Peers(Actor):
                 await self._try_send(peer, Approval("pending"))
             self._update(peer)
             if not peer.present:
-                del self._peers[device_id]
+                self._drop_peer(peer)
         self._update_phase()
         return bool(known)
 
