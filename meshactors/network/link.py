@@ -243,7 +243,7 @@ class Link(Actor):
                 nursery.start_soon(self._until_closed, session, self._keepalive, ws)
                 nursery.start_soon(self._until_closed, session, self._read, ws)
         finally:
-            self._outbound = None
+            self._outbound, self.state = None, "backoff"
             send.close()
             self.dropped += _drain(receive)
             with cleanup_scope():
