@@ -176,7 +176,7 @@ def read_private_record(
     `max_bytes`, not a JSON object, of another `version`, or has other keys than `fields`.
     """
     with path.open("rb") as file:
-        _tighten_mode(file.fileno(), path)
+        tighten_mode(file.fileno(), path)
         raw = file.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise ValueError(f"larger than {max_bytes} bytes")
@@ -194,7 +194,7 @@ def read_private_record(
     return record
 
 
-def _tighten_mode(fd: int, path: Path) -> None:
+def tighten_mode(fd: int, path: Path) -> None:
     """Drop any permission beyond 0600 from an open private file, and say so."""
     mode = stat.S_IMODE(os.fstat(fd).st_mode)
     if mode & ~PRIVATE_FILE_MODE:

@@ -56,6 +56,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     up.add_argument("--detach", action="store_true", help="return once the socket answers")
     up.add_argument("--log-json", action="store_true", help="JSON log lines even on a terminal")
     up.add_argument("--broker-listen", default=None, help="also run a broker on HOST:PORT")
+    up.add_argument(
+        "--tcp", type=int, default=None, metavar="PORT", help="also serve HTTP on 127.0.0.1:PORT"
+    )
     up.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     up.set_defaults(run=run_up)
     down = actions.add_parser("down", help="stop the daemon (SIGTERM if it does not answer)")
@@ -88,7 +91,11 @@ def run_up(args: argparse.Namespace) -> int:
     ready = _ready_signal(args.ready_fd)
     try:
         options = DaemonOptions(
-            paths=paths, identity=identity, ready=ready, broker_listen=broker_listen
+            paths=paths,
+            identity=identity,
+            ready=ready,
+            tcp_port=args.tcp,
+            broker_listen=broker_listen,
         )
         trio.run(serve, options)
     except* ChildStartFailed as group:
@@ -146,6 +153,8 @@ def _detach(args: argparse.Namespace, paths: Paths) -> int:
     command += ["daemon", "up", "--log-json", "--ready-fd", str(write_end)]
     if args.broker_listen:
         command += ["--broker-listen", args.broker_listen]
+    if args.tcp is not None:
+        command += ["--tcp", str(args.tcp)]
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(
             command,

@@ -1,1 +1,35 @@
-"""Client side of the control socket, used by the CLI and by applications."""
+"""Client side of the control socket: `MeshClient` (trio), `SyncMeshClient` (blocking, for
+scripts), `SyncClient` (one plain socket, for the CLI) and their errors."""
+
+from meshactors.actors import Lagged
+from meshactors.client._serving import RequestContext
+from meshactors.client._streams import RpcStream
+from meshactors.client.errors import (
+    ClientClosed,
+    ClientError,
+    ConnectionLost,
+    DaemonNotRunning,
+    DeadlineExceeded,
+    ProtocolError,
+)
+from meshactors.client.mesh import ChannelMessage, EventStream, MeshClient
+from meshactors.client.networks import NetworkSync
+from meshactors.client.sync import SyncClient, SyncMeshClient
+
+__all__ = [
+    "ChannelMessage",
+    "ClientClosed",
+    "ClientError",
+    "ConnectionLost",
+    "DaemonNotRunning",
+    "DeadlineExceeded",
+    "EventStream",
+    "Lagged",
+    "MeshClient",
+    "NetworkSync",
+    "ProtocolError",
+    "RequestContext",
+    "RpcStream",
+    "SyncClient",
+    "SyncMeshClient",
+]

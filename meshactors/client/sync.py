@@ -1,37 +1,34 @@
-"""A small blocking client for the control socket, used by the CLI and simple scripts."""
+"""Blocking clients: `SyncClient`, one plain socket for the CLI, and `SyncMeshClient`, a
+`MeshClient` on its own trio thread for scripts (reconnects, typed ops and all)."""
 
 from __future__ import annotations
 
-import json
 import socket
+import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
+import trio
 
-from meshactors.wire.ipc import MAX_FRAME_BYTES
+from meshactors.client._frames import FrameDecoder, answer_data, encode_request, is_event
+from meshactors.client.errors import (
+    ClientClosed,
+    ClientError,
+    ConnectionLost,
+    DaemonNotRunning,
+)
+from meshactors.client.mesh import DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, MeshClient
+from meshactors.client.networks import NetworkSync
 
-CONNECT_TIMEOUT = 5.0  # seconds to reach the socket
-DEFAULT_CALL_TIMEOUT = 60.0  # seconds to wait for one answer
+CONNECT_TIMEOUT = 5.0  # seconds SyncClient waits to reach the socket (it does not retry)
+RECEIVE_CHUNK = 64 * 1024  # bytes asked of the socket per read
 
+__all__ = ["ClientError", "DaemonNotRunning", "SyncClient", "SyncMeshClient"]
 
-class ClientError(Exception):
-    """The daemon answered with an error; `code` is its stable error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class DaemonNotRunning(ClientError):
-    """Nothing answers on the socket."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__("not_running", f"no daemon answers on {path} ({reason})")
-        self.path = path
+T = TypeVar("T")
 
 
 @attrs.define
@@ -40,13 +37,14 @@ class SyncClient:
 
     sock: socket.socket
     timeout: float = DEFAULT_CALL_TIMEOUT
-    _buffer: bytearray = attrs.field(factory=bytearray)
+    _decoder: FrameDecoder = attrs.field(factory=FrameDecoder)
+    _frames: deque[dict[str, Any]] = attrs.field(factory=deque)
     _events: deque[dict[str, Any]] = attrs.field(factory=deque)
     _next_id: int = 1
 
     @classmethod
     def connect(cls, path: Path, timeout: float = DEFAULT_CALL_TIMEOUT) -> SyncClient:
-        """Connect to the daemon's socket or raise DaemonNotRunning."""
+        """Connect to the daemon's socket or raise DaemonNotRunning at once."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(CONNECT_TIMEOUT)
         try:
@@ -61,16 +59,13 @@ class SyncClient:
         """Run one op and return its `data`; raises ClientError on an error answer."""
         request_id = self._next_id
         self._next_id += 1
-        self.sock.sendall(json.dumps({"id": request_id, "op": op, **params}).encode() + b"\n")
+        self.sock.sendall(encode_request(request_id, op, params))
         while True:
             frame = self._read_frame()
-            if "kind" in frame and "id" not in frame:
+            if is_event(frame):
                 self._events.append(frame)
             elif frame.get("id") == request_id:
-                if frame.get("ok"):
-                    return frame.get("data")
-                error = frame.get("error") or {}
-                raise ClientError(str(error.get("code")), str(error.get("message")))
+                return answer_data(frame)
 
     def events(self) -> Iterator[dict[str, Any]]:
         """Event frames, in order, forever (after `events_subscribe`)."""
@@ -79,21 +74,16 @@ class SyncClient:
             while self._events:
                 yield self._events.popleft()
             frame = self._read_frame()
-            if "kind" in frame:
+            if is_event(frame):
                 yield frame
 
     def _read_frame(self) -> dict[str, Any]:
-        while b"\n" not in self._buffer:
-            if len(self._buffer) > MAX_FRAME_BYTES * 64:
-                raise ClientError("frame_too_large", "the daemon sent an oversized frame")
-            chunk = self.sock.recv(65536)
+        while not self._frames:
+            chunk = self.sock.recv(RECEIVE_CHUNK)
             if not chunk:
-                raise ClientError("closed", "the daemon closed the connection")
-            self._buffer += chunk
-        line, _, rest = bytes(self._buffer).partition(b"\n")
-        self._buffer = bytearray(rest)
-        frame: dict[str, Any] = json.loads(line)
-        return frame
+                raise ConnectionLost()
+            self._frames.extend(self._decoder.feed(chunk))
+        return self._frames.popleft()
 
     def close(self) -> None:
         """Close the connection."""
@@ -101,6 +91,90 @@ class SyncClient:
 
     def __enter__(self) -> SyncClient:
         return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SyncMeshClient:
+    """A MeshClient for blocking code: it runs on a trio thread of its own; `run` reaches any
+    of its methods, and the common ones have blocking twins here."""
+
+    def __init__(
+        self,
+        socket: Path | str | None = None,
+        *,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
+    ) -> None:
+        self.client = MeshClient(socket, connect_timeout=connect_timeout, call_timeout=call_timeout)
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="meshactors-client", daemon=True)
+
+    def start(self) -> SyncMeshClient:
+        """Start the trio thread and connect; raises what MeshClient.start raises."""
+        self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            self._thread.join()
+            raise self._failure
+        return self
+
+    def _main(self) -> None:
+        try:
+            trio.run(self._serve)
+        except BaseException as exc:
+            self._failure = exc
+        finally:
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._stop = trio.Event()
+        async with self.client:
+            self._token = trio.lowlevel.current_trio_token()
+            self._ready.set()
+            await self._stop.wait()
+
+    def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run `fn(*args)` (e.g. `client.peers_list`) on the client's thread and wait for it."""
+        if self._token is None or not self._thread.is_alive():
+            raise ClientClosed()
+        return trio.from_thread.run(fn, *args, trio_token=self._token)
+
+    def call(self, op: str, **params: Any) -> Any:
+        """Run any op and return its data."""
+        return self.run(self.client.call, op, params)
+
+    def ensure_networks(self, desired: Iterable[Mapping[str, Any]]) -> NetworkSync:
+        """Converge the daemon's joined networks to `desired` (see MeshClient.ensure_networks)."""
+        return self.run(self.client.ensure_networks, list(desired))
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """Every event from now on, blocking between them, until the client closes."""
+        if self._token is None:
+            raise ClientClosed()
+        stream = trio.from_thread.run_sync(self.client.events, trio_token=self._token)
+        try:
+            while True:
+                try:
+                    yield self.run(stream.__anext__)
+                except StopAsyncIteration:
+                    return
+        finally:
+            if self._thread.is_alive():
+                trio.from_thread.run_sync(stream.close, trio_token=self._token)
+
+    def close(self) -> None:
+        """Disconnect and stop the thread."""
+        if self._token is not None and self._stop is not None and self._thread.is_alive():
+            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        self._thread.join()
+
+    def __enter__(self) -> SyncMeshClient:
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()

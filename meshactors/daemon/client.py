@@ -14,9 +14,13 @@ import structlog
 import trio
 
 from meshactors.actors import Actor, Broadcast, Lagged, Subscriber, cleanup_scope
-from meshactors.daemon.lines import LineReader, Oversized
+from meshactors.daemon.event_stream import SlowConsumer, follow, report_lag, wire_event
+from meshactors.daemon.http import HttpConnection, looks_like_http
+from meshactors.daemon.lines import RECEIVE_CHUNK, LineReader, Oversized
+from meshactors.daemon.optable import run_request
 from meshactors.daemon.services import Services
 from meshactors.daemon.session import Session
+from meshactors.daemon.tcp_auth import TcpAuth
 from meshactors.store.events import Event
 from meshactors.wire.ipc import (
     MAX_FRAME_BYTES,
@@ -35,13 +39,7 @@ log = structlog.get_logger("meshactors.client")
 MAX_CONCURRENT_REQUESTS = 64  # requests one connection may have in flight
 OUTGOING_CAPACITY = 256  # frames queued for the socket writer
 PUSH_CAPACITY = 4096  # events addressed to this connection, queued before it lags
-EVENT_CAPACITY = 4096  # broadcast events queued before this connection lags
-LAG_DISCONNECT_LIMIT = 65_536  # events a connection may miss in all before it is cut off
 WRITE_BATCH = 256  # frames joined into one socket write
-
-
-class SlowConsumer(Exception):
-    """The connection stopped reading and missed more than LAG_DISCONNECT_LIMIT events."""
 
 
 @attrs.define(eq=False)
@@ -51,9 +49,11 @@ class ClientActor(Actor):
     kind: ClassVar[str] = "client"
 
     client_id: str
-    stream: trio.abc.Stream
+    stream: trio.abc.HalfCloseableStream
     services: Services
-    prefix: bytes = b""  # bytes the listener already read while sniffing the protocol
+    prefix: bytes = b""  # bytes already read while telling HTTP from JSON lines
+    tcp: TcpAuth | None = None  # a TCP connection: HTTP only, every request authenticated
+    protocol: str = "unknown"  # "json-lines" or "http" once the first bytes tell
     requests: int = 0
     errors: int = 0
     in_flight: int = 0
@@ -67,6 +67,7 @@ class ClientActor(Actor):
     def figures(self) -> dict[str, Any]:
         session = self._session
         return {
+            "protocol": self.protocol,
             "requests": self.requests,
             "errors": self.errors,
             "in_flight": self.in_flight,
@@ -81,10 +82,17 @@ class ClientActor(Actor):
         try:
             async with trio.open_nursery() as nursery:
                 self._session = Session(self.client_id, self.services, pushes, nursery, self)
-                nursery.start_soon(self._write_frames)
-                nursery.start_soon(self._forward_pushes, pushes)
                 task_status.started()
-                await self._read_requests(nursery)
+                if self.tcp is not None or await self._speaks_http():
+                    self.protocol = "http"
+                    await HttpConnection(
+                        self.stream, self._session, self, self.tcp, self.prefix
+                    ).serve()
+                else:
+                    self.protocol = "json-lines"
+                    nursery.start_soon(self._write_frames)
+                    nursery.start_soon(self._forward_pushes, pushes)
+                    await self._read_requests(nursery)
                 nursery.cancel_scope.cancel()
         except* SlowConsumer:
             log.warning("client cut off: it stopped reading", client=self.client_id)
@@ -99,6 +107,15 @@ class ClientActor(Actor):
                         except Exception:
                             log.exception("cleanup failed", client=self.client_id)
                 await self.stream.aclose()
+
+    async def _speaks_http(self) -> bool:
+        """Read just enough of the connection's first bytes to tell HTTP from JSON lines."""
+        while (verdict := looks_like_http(self.prefix)) is None:
+            chunk = await self.stream.receive_some(RECEIVE_CHUNK)
+            if not chunk:
+                return False  # the JSON-lines reader sees the same end of stream
+            self.prefix += chunk
+        return verdict
 
     async def _read_requests(self, nursery: trio.Nursery) -> None:
         reader = LineReader(self.stream, MAX_FRAME_BYTES)
@@ -141,28 +158,17 @@ class ClientActor(Actor):
         assert self._session is not None
         self.requests += 1
         try:
-            data = await self.services.ops.dispatch(self._session, request)
-            frame = ok_frame(request.id, data)
+            frame = ok_frame(request.id, await run_request(self._session, request))
         except OpError as error:
             self.errors += 1
             frame = error_frame(request.id, error)
-        except Exception as exc:
-            self.errors += 1
-            log.exception("op failed", op=request.op, client=self.client_id)
-            frame = error_frame(
-                request.id, OpError(ErrorCode.INTERNAL, f"{request.op} failed: {exc!r}")
-            )
         finally:
             self.in_flight -= 1
         await self._out_send.send(frame)
 
     async def forward_broadcast(self, events: Subscriber[Event], after: int) -> None:
         """Write broadcast events newer than `after` to this connection as they come."""
-        async for item in events:
-            if isinstance(item, Lagged):
-                await self._lagged(item, events)
-            elif item.event_id > after:
-                await self._out_send.send(event_frame(item.kind, wire_event(item)))
+        await follow(events, after, self)
 
     async def send_event(self, event: Event) -> None:
         """Write one logged event (used for replay)."""
@@ -175,14 +181,9 @@ class ClientActor(Actor):
     async def _forward_pushes(self, pushes: Subscriber[dict[str, Any]]) -> None:
         async for item in pushes:
             if isinstance(item, Lagged):
-                await self._lagged(item, pushes)
+                await report_lag(item, pushes, self)
             else:
                 await self._out_send.send(event_frame(item.pop("kind"), item))
-
-    async def _lagged(self, marker: Lagged, source: Subscriber[Any]) -> None:
-        if source.skipped_total > LAG_DISCONNECT_LIMIT:
-            raise SlowConsumer(self.client_id)
-        await self._out_send.send(event_frame("lagged", {"skipped": marker.skipped}))
 
     async def _write_frames(self) -> None:
         while True:
@@ -193,8 +194,3 @@ class ClientActor(Actor):
                 except trio.WouldBlock:
                     break
             await self.stream.send_all(b"".join(batch))
-
-
-def wire_event(event: Event) -> dict[str, Any]:
-    """A logged event's fields as sent to clients: its id and time, then its data."""
-    return {"event_id": event.event_id, "at_ms": event.at_ms, **event.data}

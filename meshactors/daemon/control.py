@@ -1,4 +1,4 @@
-"""The `control` supervisor: the socket listener and one temporary `client` child per connection."""
+"""The `control` supervisor: the socket and TCP listeners, one temporary `client` per connection."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ import trio
 
 from meshactors.actors import Actor, ChildSpec, Restart, Supervisor, cleanup_scope
 from meshactors.daemon.client import ClientActor
+from meshactors.daemon.http_response import error_response
 from meshactors.daemon.services import Services
+from meshactors.daemon.tcp_auth import TCP_HOST, TcpAuth, load_or_create_token
 from meshactors.wire.ipc import ErrorCode, OpError, error_frame
 
 log = structlog.get_logger("meshactors.control")
@@ -25,46 +27,39 @@ LISTEN_BACKLOG = 512
 CLIENT_SHUTDOWN_TIMEOUT = 2.0  # seconds a client's cleanup may take (releasing claims etc.)
 SOCKET_MODE = 0o600
 
+_BUSY = OpError(ErrorCode.UNAVAILABLE, f"at most {MAX_CLIENTS} clients at once")
+BUSY_LINE = error_frame(None, _BUSY)  # what a socket client is told when the daemon is full
+BUSY_HTTP = error_response(_BUSY).encode(close=True)  # the same as an HTTP answer
 
-@attrs.define(eq=False)
-class Listener(Actor):
-    """Accepts connections on the Unix socket and asks `control` to start a client for each."""
 
-    kind: ClassVar[str] = "listener"
+@attrs.define
+class Tally:
+    """A listener's connection counts, for `inspect`."""
 
-    path: Path
-    control: Supervisor
-    services: Services
     accepted: int = 0
     refused: int = 0
+
+
+@attrs.define(eq=False)
+class Admissions:
+    """Turns accepted connections into `client c<n>` children of `control`, up to MAX_CLIENTS.
+
+    Shared by every listener, so client ids are unique across the socket and TCP.
+    """
+
+    control: Supervisor
+    services: Services
     _ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
 
-    def figures(self) -> dict[str, object]:
-        return {"socket": str(self.path), "accepted": self.accepted, "refused": self.refused}
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listener = await bind_unix_listener(self.path)
-        try:
-            task_status.started()
-            while True:
-                stream = await listener.accept()
-                await self._serve(stream)
-        finally:
-            with cleanup_scope():
-                await listener.aclose()
-                self.path.unlink(missing_ok=True)
-
-    async def _serve(self, stream: trio.SocketStream) -> None:
+    async def admit(self, stream: trio.SocketStream, busy: bytes, tcp: TcpAuth | None) -> bool:
+        """Start a client actor for `stream`, or send `busy` and close it when full."""
         if len(self.services.client_nodes()) >= MAX_CLIENTS:
-            self.refused += 1
-            busy = OpError(ErrorCode.UNAVAILABLE, f"at most {MAX_CLIENTS} clients at once")
             with trio.move_on_after(1):
-                await stream.send_all(error_frame(None, busy))
+                await stream.send_all(busy)
             await stream.aclose()
-            return
-        self.accepted += 1
+            return False
         client_id = f"c{next(self._ids)}"  # monotonic, never reused while the daemon runs
-        actor = ClientActor(client_id, stream, self.services)
+        actor = ClientActor(client_id, stream, self.services, tcp=tcp)
         spec = ChildSpec(
             f"client {client_id}",
             actor,
@@ -72,6 +67,78 @@ class Listener(Actor):
             shutdown_timeout=CLIENT_SHUTDOWN_TIMEOUT,
         )
         await self.control.start_child(spec)
+        return True
+
+    async def accept_forever(
+        self, listener: trio.SocketListener, busy: bytes, tcp: TcpAuth | None, tally: Tally
+    ) -> None:
+        """Admit every connection `listener` accepts, counting them in `tally`."""
+        while True:
+            stream = await listener.accept()
+            if await self.admit(stream, busy, tcp):
+                tally.accepted += 1
+            else:
+                tally.refused += 1
+
+
+@attrs.define(eq=False)
+class Listener(Actor):
+    """Accepts connections on the Unix socket (JSON lines or HTTP) and admits each as a client."""
+
+    kind: ClassVar[str] = "listener"
+
+    path: Path
+    admissions: Admissions
+    tally: Tally = attrs.field(factory=Tally)
+
+    def figures(self) -> dict[str, object]:
+        return {"socket": str(self.path), **attrs.asdict(self.tally)}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listener = await bind_unix_listener(self.path)
+        try:
+            task_status.started()
+            await self.admissions.accept_forever(listener, BUSY_LINE, None, self.tally)
+        finally:
+            with cleanup_scope():
+                await listener.aclose()
+                self.path.unlink(missing_ok=True)
+
+
+@attrs.define(eq=False)
+class TcpListener(Actor):
+    """Accepts HTTP connections on 127.0.0.1:`port`; each request needs the bearer token."""
+
+    kind: ClassVar[str] = "tcp"
+
+    port: int  # 0 picks a free port; `bound_port` tells which
+    token_file: Path
+    admissions: Admissions
+    bound_port: int | None = None
+    tally: Tally = attrs.field(factory=Tally)
+
+    def figures(self) -> dict[str, object]:
+        return {
+            "host": TCP_HOST,
+            "port": self.bound_port,
+            "token_file": str(self.token_file),
+            **attrs.asdict(self.tally),
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        token = await trio.to_thread.run_sync(load_or_create_token, self.token_file)
+        (listener,) = await trio.open_tcp_listeners(
+            self.port, host=TCP_HOST, backlog=LISTEN_BACKLOG
+        )
+        try:
+            self.bound_port = listener.socket.getsockname()[1]
+            auth = TcpAuth(token, self.bound_port)
+            log.info("tcp listener ready", address=f"{TCP_HOST}:{self.bound_port}")
+            task_status.started()
+            await self.admissions.accept_forever(listener, BUSY_HTTP, auth, self.tally)
+        finally:
+            with cleanup_scope():
+                await listener.aclose()
 
 
 async def bind_unix_listener(path: Path) -> trio.SocketListener:
@@ -87,8 +154,15 @@ async def bind_unix_listener(path: Path) -> trio.SocketListener:
     return trio.SocketListener(sock)
 
 
-def control_supervisor(socket_path: Path, services: Services) -> Supervisor:
-    """The `control` subtree: a listener whose connections become its siblings."""
+def control_supervisor(
+    socket_path: Path, services: Services, tcp_port: int | None = None
+) -> Supervisor:
+    """The `control` subtree: the socket listener, the optional `tcp` listener, and their
+    connections as siblings."""
     control = Supervisor()
-    control.children = [ChildSpec("listener", Listener(socket_path, control, services))]
+    admissions = Admissions(control, services)
+    control.children = [ChildSpec("listener", Listener(socket_path, admissions))]
+    if tcp_port is not None:
+        tcp = TcpListener(tcp_port, services.paths.token_file, admissions)
+        control.children.append(ChildSpec("tcp", tcp))
     return control

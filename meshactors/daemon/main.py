@@ -35,6 +35,7 @@ class DaemonOptions:
     paths: Paths
     identity: Identity
     ready: Callable[[], None] | None = None  # called once the socket answers (for --detach)
+    tcp_port: int | None = None  # --tcp PORT: also serve HTTP on 127.0.0.1:PORT (bearer token)
     broker_listen: tuple[str, int] | None = None  # host, port of an embedded broker
 
 
@@ -73,13 +74,15 @@ async def serve(
             ChildSpec("events", events),
             *embedded,
             ChildSpec("networks", networks),
-            ChildSpec("control", control_supervisor(options.paths.socket, services)),
+            ChildSpec(
+                "control", control_supervisor(options.paths.socket, services, options.tcp_port)
+            ),
         ],
         strategy=Strategy.REST_FOR_ONE,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(run_root, root, tree)
-        await nursery.start(_stop_on_signal, services.shutdown)  # before "ready": no race
+        await nursery.start(_stop_on_signal, services.shutdown)
         log.info(
             "daemon ready",
             device_id=options.identity.device_id,
@@ -98,6 +101,7 @@ async def serve(
 async def _stop_on_signal(
     shutdown: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
+    """Turn SIGTERM/SIGINT into a shutdown; started only once the handlers are installed."""
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         task_status.started()
         async for signum in signals:

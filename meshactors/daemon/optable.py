@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
+import structlog
 
 from meshactors.wire.ipc import ErrorCode, OpError, Request
 from meshactors.wire.strict import describe_error, make_strict_converter
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
     from meshactors.daemon.session import Session
 
 P = TypeVar("P")
+
+log = structlog.get_logger("meshactors.ops")
 
 converter = make_strict_converter()
 
@@ -64,6 +67,17 @@ class OpTable:
         except Exception as exc:
             raise OpError(ErrorCode.INVALID_PARAMS, describe_error(exc)) from None
         return await op.handler(session, params)
+
+
+async def run_request(session: Session, request: Request) -> Any:
+    """Dispatch `request` on the session's op table; a handler's bug becomes an `internal` error."""
+    try:
+        return await session.services.ops.dispatch(session, request)
+    except OpError:
+        raise
+    except Exception as exc:
+        log.exception("op failed", op=request.op, client=session.client_id)
+        raise OpError(ErrorCode.INTERNAL, f"{request.op} failed: {exc!r}") from exc
 
 
 def unstructure(value: Any) -> Any:

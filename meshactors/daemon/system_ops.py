@@ -6,13 +6,12 @@ from typing import Any
 
 import attrs
 
-from meshactors.daemon.client import EVENT_CAPACITY
+from meshactors.daemon.event_stream import EVENT_CAPACITY, check_since, replay_then_follow
 from meshactors.daemon.optable import NoParams, Op
 from meshactors.daemon.session import Session
-from meshactors.store.events import MAX_REPLAY
 from meshactors.wire.ipc import IPC_API_VERSION, ErrorCode, OpError
 
-FEATURES = ("json-lines", "events", "inspect")  # grows as capabilities land
+FEATURES = ("json-lines", "events", "inspect", "http", "sse")  # grows as capabilities land
 
 
 async def status(session: Session, _: NoParams) -> dict[str, Any]:
@@ -62,8 +61,7 @@ async def events_subscribe(session: Session, params: EventsSubscribe) -> dict[st
     """Turn this connection into an event stream too (requests keep working on it)."""
     if session.events_subscribed:
         raise OpError(ErrorCode.CONFLICT, "this connection already receives events")
-    if params.since is not None and params.since < 0:
-        raise OpError(ErrorCode.INVALID_PARAMS, "`since` must be at least 0")
+    check_since(params.since)
     hub = session.services.events
     live = hub.subscribe(EVENT_CAPACITY)
     session.events_subscribed = True
@@ -73,26 +71,10 @@ async def events_subscribe(session: Session, params: EventsSubscribe) -> dict[st
 
     session.on_close(unsubscribe)
     last_event_id = hub.last_event_id
-    session.nursery.start_soon(_replay_then_follow, session, live, params.since)
+    session.nursery.start_soon(
+        replay_then_follow, hub, session.sink, live, params.since, last_event_id
+    )
     return {"client_id": session.client_id, "last_event_id": last_event_id}
-
-
-async def _replay_then_follow(session: Session, live: Any, since: int | None) -> None:
-    """Replay what the log holds after `since`, report any hole, then follow live events."""
-    after = session.services.events.last_event_id if since is None else since
-    if since is not None:
-        while True:
-            result = await session.services.events.replay(after, MAX_REPLAY)
-            if result.gap:
-                await session.sink.send_frame(
-                    "events_gap", {"since": after, "oldest_kept": result.oldest_kept}
-                )
-            for event in result.events:
-                await session.sink.send_event(event)
-                after = event.event_id
-            if len(result.events) < MAX_REPLAY:
-                break
-    await session.sink.forward_broadcast(live, after)
 
 
 OPS: list[Op[Any]] = [

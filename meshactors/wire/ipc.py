@@ -87,7 +87,7 @@ def parse_request(line: bytes) -> Request:
     """Decode one request line; raises BadFrame with the error to answer."""
     try:
         frame = json.loads(line)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BadFrame(ErrorCode.BAD_JSON, f"not valid JSON: {exc}", None) from None
     if not isinstance(frame, dict):
         raise BadFrame(ErrorCode.BAD_JSON, "a request must be a JSON object", None)

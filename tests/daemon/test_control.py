@@ -102,3 +102,11 @@ async def test_client_actor_appears_in_inspect_and_leaves_on_disconnect(
     assert "client c2" not in {c["name"] for c in control["children"]}
     third = await connect()
     assert (await third.call("status"))["data"]["client_id"] == "c3"
+
+
+async def test_deeply_nested_json_is_bad_json_not_a_crash(connect: Any) -> None:
+    client = await connect()
+    await client.send_raw(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    frame = await client.frame()
+    assert frame["error"]["code"] == "bad_json"
+    assert (await client.call("status"))["ok"] is True

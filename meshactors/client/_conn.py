@@ -1,0 +1,182 @@
+"""One connection to the daemon: numbered requests answered by id under per-call deadlines,
+and the event frames it receives, through a bounded buffer that never stalls the answers."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from meshactors.actors import Broadcast, Subscriber
+from meshactors.client._frames import FrameDecoder, answer_data, encode_request, is_event
+from meshactors.client.errors import (
+    ClientError,
+    ConnectionLost,
+    DaemonNotRunning,
+    DeadlineExceeded,
+    ProtocolError,
+)
+from meshactors.wire.ipc import MAX_FRAME_BYTES
+
+CONNECT_RETRY_FIRST = 0.05  # seconds before the second connect attempt; doubles each time
+CONNECT_RETRY_MAX = 1.0  # seconds between connect attempts at most
+MAX_IN_FLIGHT = 64  # requests awaiting answers; the daemon refuses more (too_many_requests)
+OUTGOING_CAPACITY = 256  # request lines queued for the writer task
+EVENT_BUFFER = 4096  # event frames received but not yet routed before the newest are dropped
+RECEIVE_CHUNK = 64 * 1024  # bytes asked of the socket per read
+RETRYABLE_ERRNOS = (errno.ENOENT, errno.ECONNREFUSED)  # no socket yet, or no one listening
+
+Event = dict[str, Any]
+E = TypeVar("E", bound=BaseException)
+
+
+async def connect_unix(path: Path, timeout: float) -> trio.SocketStream:
+    """Connect to the daemon's socket, retrying while it is absent or refuses (it may be
+    starting) with a doubling backoff, for at most `timeout` seconds; then DaemonNotRunning."""
+    deadline = trio.current_time() + timeout
+    delay = CONNECT_RETRY_FIRST
+    while True:
+        try:
+            return await trio.open_unix_socket(str(path))
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if exc.errno not in RETRYABLE_ERRNOS:
+                raise ClientError("connect_failed", f"cannot connect to {path}: {reason}") from None
+            remaining = deadline - trio.current_time()
+            if remaining <= 0:
+                raise DaemonNotRunning(path, reason) from None
+        await trio.sleep(min(delay, remaining))
+        delay = min(delay * 2, CONNECT_RETRY_MAX)
+
+
+@attrs.define(eq=False)
+class _Pending:
+    """A request waiting for its answer frame (or for the connection to fail)."""
+
+    done: trio.Event = attrs.field(factory=trio.Event)
+    frame: dict[str, Any] | None = None
+    error: ClientError | None = None
+
+
+@attrs.define(eq=False)
+class Connection:
+    """A live connection; `call` runs an op, `events` yields event frames and Lagged markers."""
+
+    stream: trio.abc.Stream
+    closed: trio.Event = attrs.field(factory=trio.Event)
+    close_reason: ClientError | None = None
+    _pending: dict[int, _Pending] = attrs.field(factory=dict)
+    _ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
+    _slots: trio.Semaphore = attrs.field(factory=lambda: trio.Semaphore(MAX_IN_FLIGHT))
+    _fanout: Broadcast[Event] = attrs.field(factory=Broadcast)
+    events: Subscriber[Event] = attrs.field(init=False)
+    _out_send: trio.MemorySendChannel[bytes] = attrs.field(init=False)
+    _out_receive: trio.MemoryReceiveChannel[bytes] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.events = self._fanout.subscribe(EVENT_BUFFER)
+        self._out_send, self._out_receive = trio.open_memory_channel[bytes](OUTGOING_CAPACITY)
+
+    async def call(self, op: str, params: dict[str, Any], timeout: float) -> Any:
+        """Run one op and return its `data`; ClientError on an error answer, a lost connection
+        or no answer within `timeout` seconds."""
+        async with self._slots:
+            self._check_open()
+            request_id = next(self._ids)
+            line = encode_request(request_id, op, params)
+            if len(line) > MAX_FRAME_BYTES:
+                raise ClientError(
+                    "frame_too_large", f"{op!r} request of {len(line)} bytes is over the cap"
+                )
+            pending = self._pending[request_id] = _Pending()
+            try:
+                with trio.move_on_after(timeout):
+                    await self._out_send.send(line)
+                    await pending.done.wait()
+            finally:
+                del self._pending[request_id]
+        if pending.frame is not None:
+            return answer_data(pending.frame)
+        if pending.error is not None:
+            raise pending.error
+        raise DeadlineExceeded(op, timeout)
+
+    def _check_open(self) -> None:
+        if self.closed.is_set():
+            raise self.close_reason or ConnectionLost()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read and write until the daemon hangs up or the caller cancels."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write)
+                task_status.started()
+                await self._read()
+                nursery.cancel_scope.cancel()
+        except* ClientError as group:
+            self._close(first_leaf(group))
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
+            self._close(ConnectionLost(f"the connection failed: {first_leaf(group)}"))
+        finally:
+            self._close(ConnectionLost())
+
+    async def _read(self) -> None:
+        decoder = FrameDecoder()
+        while chunk := await self.stream.receive_some(RECEIVE_CHUNK):
+            for frame in decoder.feed(chunk):
+                self._dispatch(frame)
+
+    def _dispatch(self, frame: dict[str, Any]) -> None:
+        if is_event(frame):
+            self._fanout.publish(frame)
+            return
+        request_id = frame.get("id")
+        if request_id is None:  # about the connection itself (e.g. `unavailable`): it ends
+            answer_data(frame)
+            raise ProtocolError(f"an answer without an id: {frame!r}")
+        pending = self._pending.get(request_id) if isinstance(request_id, int) else None
+        if pending is not None:  # else its caller gave up (deadline or cancel): drop it
+            pending.frame = frame
+            pending.done.set()
+
+    async def _write(self) -> None:
+        async for line in self._out_receive:
+            await self.stream.send_all(line)
+
+    def _close(self, reason: ClientError) -> None:
+        if self.closed.is_set():
+            return
+        self.close_reason = reason
+        self.closed.set()
+        for pending in self._pending.values():
+            pending.error = reason
+            pending.done.set()
+        self._fanout.close()
+
+
+def first_leaf(group: BaseExceptionGroup[E]) -> E:
+    """The first exception inside a (possibly nested) exception group."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first  # type: ignore[return-value]  # the group's leaves are all E
+
+
+@asynccontextmanager
+async def open_connection(path: Path, connect_timeout: float) -> AsyncIterator[Connection]:
+    """Connect (retrying up to `connect_timeout`) and serve the connection for the block."""
+    stream = await connect_unix(path, connect_timeout)
+    async with stream:
+        connection = Connection(stream)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(connection.run)
+            try:
+                yield connection
+            finally:
+                nursery.cancel_scope.cancel()

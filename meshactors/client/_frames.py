@@ -1,0 +1,68 @@
+"""Client-side framing shared by the async and blocking clients: encode requests, split the
+daemon's byte stream into frames (bounded), and tell answers from events."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+
+from meshactors.client.errors import ClientError, ProtocolError
+from meshactors.wire.ipc import RequestId, encode
+
+MAX_INCOMING_FRAME = 64 * 1024 * 1024  # one frame from the daemon (inspect, inbox pages)
+
+
+def encode_request(request_id: RequestId, op: str, params: dict[str, Any]) -> bytes:
+    """One request line: `{"id": …, "op": …, …params}`."""
+    if "id" in params or "op" in params:
+        raise ValueError("params may not be named `id` or `op`")
+    return encode({"id": request_id, "op": op, **params})
+
+
+@attrs.define
+class FrameDecoder:
+    """Turns received bytes into decoded JSON objects, one per line, with a size cap."""
+
+    _buffer: bytearray = attrs.field(factory=bytearray)
+
+    def feed(self, data: bytes | bytearray) -> list[dict[str, Any]]:
+        """Add received bytes; return the complete frames they finish, in order."""
+        self._buffer += data
+        frames: list[dict[str, Any]] = []
+        while (newline := self._buffer.find(b"\n")) >= 0:
+            line = bytes(self._buffer[:newline])
+            del self._buffer[: newline + 1]
+            if line.strip():
+                frames.append(decode_frame(line))
+        if len(self._buffer) > MAX_INCOMING_FRAME:
+            raise ProtocolError(f"the daemon sent a frame over {MAX_INCOMING_FRAME} bytes")
+        return frames
+
+
+def decode_frame(line: bytes) -> dict[str, Any]:
+    """One line as a JSON object, or ProtocolError."""
+    try:
+        frame = json.loads(line)
+    except ValueError as exc:
+        raise ProtocolError(f"the daemon sent a line that is not JSON: {exc}") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError("the daemon sent a line that is not a JSON object")
+    return frame
+
+
+def is_event(frame: dict[str, Any]) -> bool:
+    """Events carry `kind` and no `id`; answers carry `id` (null for unreadable requests)."""
+    return "kind" in frame and "id" not in frame
+
+
+def answer_data(frame: dict[str, Any]) -> Any:
+    """The `data` of a success answer; raises ClientError with the daemon's code otherwise."""
+    if frame.get("ok") is True:
+        return frame.get("data")
+    error = frame.get("error")
+    if not isinstance(error, dict):
+        raise ProtocolError(f"an error answer without an error object: {frame!r}")
+    details = {k: v for k, v in error.items() if k not in ("code", "message")}
+    raise ClientError(str(error.get("code")), str(error.get("message")), details)

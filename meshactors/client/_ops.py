@@ -1,0 +1,237 @@
+"""One typed method per control-socket op; each builds the op's params and returns its data.
+
+Optional params left as None are not sent (the daemon validates strictly: a null is not an
+absent key). Answers are the daemon's JSON data, documented with each op in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from typing import Any, Literal
+
+Json = Any
+Data = Any  # an op's answer `data`
+Priority = Literal["now", "next", "low"]
+PresenceStatus = Literal["idle", "working", "dnd"]
+
+RPC_DEADLINE_MARGIN = 5.0  # seconds the client waits past an rpc_call's own timeout_ms
+
+
+def params(**values: Any) -> dict[str, Any]:
+    """Op params with the None values left out."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
+class Ops(abc.ABC):
+    """The typed op methods; subclasses provide `call`."""
+
+    @abc.abstractmethod
+    async def call(
+        self, op: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Data:
+        """Run one op and return its data."""
+
+    # the daemon
+    async def status(self) -> Data:
+        """Version, device id, uptime, networks and clients of the daemon."""
+        return await self.call("status")
+
+    async def version(self) -> Data:
+        """Daemon and IPC API versions and every op the daemon answers."""
+        return await self.call("version")
+
+    async def inspect(self) -> Data:
+        """The daemon's live actor tree."""
+        return await self.call("inspect")
+
+    async def shutdown(self) -> Data:
+        """Ask the daemon to stop."""
+        return await self.call("shutdown")
+
+    # networks, peers, roster
+    async def network_add(self, config: Mapping[str, Json]) -> Data:
+        """Join a network: config `{id, label, brokers: [ws urls], auto_approve}`."""
+        return await self.call("network_add", params(config=dict(config)))
+
+    async def network_remove(self, network: str, *, purge: bool = False) -> Data:
+        """Leave a network; `purge` also deletes what the daemon stored about it."""
+        return await self.call("network_remove", params(network=network, purge=purge))
+
+    async def network_update(self, config: Mapping[str, Json]) -> Data:
+        """Change a joined network's config (reconnects only if the brokers changed)."""
+        return await self.call("network_update", params(config=dict(config)))
+
+    async def networks_list(self) -> Data:
+        """The joined networks with their phases."""
+        return await self.call("networks_list")
+
+    async def peers_list(self, network: str, *, all: bool | None = None) -> Data:
+        """Peers of a network; `all` includes control-plane peers."""
+        return await self.call("peers_list", params(network=network, all=all))
+
+    async def roster_list(self, network: str) -> Data:
+        """The network's roster: approved, pending and denied devices."""
+        return await self.call("roster_list", params(network=network))
+
+    async def roster_approve(self, network: str, device_id: str, label: str | None = None) -> Data:
+        """Approve a device on a network."""
+        return await self.call(
+            "roster_approve", params(network=network, device_id=device_id, label=label)
+        )
+
+    async def roster_deny(self, network: str, device_id: str) -> Data:
+        """Deny a device on a network."""
+        return await self.call("roster_deny", params(network=network, device_id=device_id))
+
+    async def roster_remove(self, network: str, device_id: str) -> Data:
+        """Remove a device from a network's roster (it is cut off at once)."""
+        return await self.call("roster_remove", params(network=network, device_id=device_id))
+
+    async def capabilities_set(self, network: str, capabilities: Mapping[str, Json]) -> Data:
+        """Advertise `{tags, app_version, max_connections, extra}`; `extra` reaches peers as is."""
+        return await self.call(
+            "capabilities_set", params(network=network, capabilities=dict(capabilities))
+        )
+
+    async def profile_set(
+        self,
+        *,
+        display_name: str,
+        status: PresenceStatus,
+        summary: str,
+        visible: bool,
+        network: str | None = None,
+    ) -> Data:
+        """Set the profile peers see (on one network, or all when `network` is None)."""
+        return await self.call(
+            "profile_set",
+            params(
+                network=network,
+                display_name=display_name,
+                status=status,
+                summary=summary,
+                visible=visible,
+            ),
+        )
+
+    # RPC (serving: MeshClient.serve; streaming calls: MeshClient.rpc_call_stream)
+    async def rpc_call(
+        self,
+        network: str,
+        peer: str,
+        method: str,
+        payload: Json = None,
+        *,
+        timeout_ms: int | None = None,
+    ) -> Data:
+        """Call a method on a peer and return its answer."""
+        deadline = None if timeout_ms is None else timeout_ms / 1000 + RPC_DEADLINE_MARGIN
+        return await self.call(
+            "rpc_call",
+            params(network=network, peer=peer, method=method, timeout_ms=timeout_ms)
+            | {"payload": payload},
+            timeout=deadline,
+        )
+
+    async def rpc_cancel(self, request_id: str) -> Data:
+        """Stop an outbound call; the serving side is told."""
+        return await self.call("rpc_cancel", params(request_id=request_id))
+
+    async def rpc_respond(
+        self, request_id: str, payload: Json = None, *, error: str | None = None
+    ) -> Data:
+        """Answer an inbound call with a payload, or with an error message."""
+        if error is not None:
+            return await self.call("rpc_respond", {"request_id": request_id, "error": error})
+        return await self.call("rpc_respond", {"request_id": request_id, "payload": payload})
+
+    async def rpc_stream_chunk(self, request_id: str, payload: Json) -> Data:
+        """Send one chunk of a streamed answer."""
+        return await self.call("rpc_stream_chunk", {"request_id": request_id, "payload": payload})
+
+    async def rpc_stream_end(self, request_id: str, *, error: str | None = None) -> Data:
+        """End a streamed answer, with an error message if it failed."""
+        return await self.call("rpc_stream_end", params(request_id=request_id, error=error))
+
+    # channels (subscribing: MeshClient.subscribe)
+    async def channel_send_to(
+        self, network: str, channel: str, peer: str, payload: Json, *, retain: bool | None = None
+    ) -> Data:
+        """Publish to one peer on a channel; `retain` keeps it for late subscribers."""
+        return await self.call(
+            "channel_send_to",
+            params(network=network, channel=channel, peer=peer, retain=retain)
+            | {"payload": payload},
+        )
+
+    async def channel_send_all(
+        self, network: str, channel: str, payload: Json, *, retain: bool | None = None
+    ) -> Data:
+        """Publish to every active peer on a channel; answers `{dispatched_to}`."""
+        return await self.call(
+            "channel_send_all",
+            params(network=network, channel=channel, retain=retain) | {"payload": payload},
+        )
+
+    async def channel_send_reliable(
+        self, network: str, channel: str, peer: str, payload: Json, *, ttl_ms: int
+    ) -> Data:
+        """Publish to one peer and answer once its daemon acknowledged delivery."""
+        return await self.call(
+            "channel_send_reliable",
+            params(network=network, channel=channel, peer=peer, ttl_ms=ttl_ms)
+            | {"payload": payload},
+        )
+
+    # durable messages
+    async def send(
+        self,
+        network: str,
+        to: str,
+        message: Json,
+        *,
+        priority: Priority = "next",
+        meta: Mapping[str, Json] | None = None,
+        reply_to_id: str | None = None,
+        client_message_id: str | None = None,
+    ) -> Data:
+        """Queue a durable message to a device id, `*` or `@tag`; idempotent per message id."""
+        return await self.call(
+            "send",
+            params(
+                network=network,
+                to=to,
+                priority=priority,
+                meta=None if meta is None else dict(meta),
+                reply_to_id=reply_to_id,
+                client_message_id=client_message_id,
+            )
+            | {"message": message},
+        )
+
+    async def inbox(
+        self,
+        *,
+        limit: int,
+        network: str | None = None,
+        sender: str | None = None,
+        since: int | str | None = None,
+        cursor: str | None = None,
+    ) -> Data:
+        """A page of received messages (`sender` is the op's `from`)."""
+        return await self.call(
+            "inbox",
+            params(network=network, since=since, limit=limit, cursor=cursor)
+            | params(**{"from": sender}),
+        )
+
+    async def outbox_list(self, *, limit: int, status: str | None = None) -> Data:
+        """Queued durable messages, optionally only those in one status."""
+        return await self.call("outbox_list", params(status=status, limit=limit))
+
+    async def outbox_requeue(self, id: int | str, new_client_message_id: str | None = None) -> Data:
+        """Send a dead or stuck message again as a new row, superseding the old one."""
+        return await self.call(
+            "outbox_requeue", params(id=id, new_client_message_id=new_client_message_id)
+        )

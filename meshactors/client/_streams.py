@@ -1,0 +1,109 @@
+"""Outbound streaming calls: route `rpc_call_stream_chunk`/`_end` events to the caller's
+iterator by request id, including chunks that arrive before `rpc_call_stream`'s answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import trio
+
+from meshactors.client.errors import ClientError
+
+STREAM_BUFFER = 1024  # chunks received but not yet read; past it the stream fails as lagged
+EARLY_FRAMES = 1024  # stream events held while their call's answer is still on its way
+
+
+@attrs.define(eq=False)
+class RpcStream:
+    """The chunks of one streamed answer; iteration ends at the end event or raises its error."""
+
+    request_id: str
+    finished: bool = False
+    _failure: ClientError | None = None
+    _send: trio.MemorySendChannel[Any] = attrs.field(init=False)
+    _receive: trio.MemoryReceiveChannel[Any] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._send, self._receive = trio.open_memory_channel[Any](STREAM_BUFFER)
+
+    def __aiter__(self) -> RpcStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            self.finished = True
+            if self._failure is not None:
+                raise self._failure from None
+            raise StopAsyncIteration from None
+
+    def _deliver(self, frame: dict[str, Any]) -> None:
+        if frame["kind"] == "rpc_call_stream_end":
+            if (error := frame.get("error")) is not None:
+                self._end(_remote_error(error))
+            else:
+                self._end(None)
+            return
+        try:
+            self._send.send_nowait(frame.get("payload"))
+        except trio.WouldBlock:
+            self._end(ClientError("lagged", f"more than {STREAM_BUFFER} chunks went unread"))
+        except trio.ClosedResourceError:
+            pass  # already ended (lagged); later chunks are dropped
+
+    def _end(self, failure: ClientError | None) -> None:
+        if self._failure is None:
+            self._failure = failure
+        self._send.close()
+
+
+def _remote_error(error: Any) -> ClientError:
+    if isinstance(error, dict):
+        return ClientError(str(error.get("code", "remote_error")), str(error.get("message")))
+    return ClientError("remote_error", str(error))
+
+
+@attrs.define(eq=False)
+class StreamTable:
+    """Open stream calls by request id, and early events for calls still being answered."""
+
+    opening: int = 0  # rpc_call_stream requests whose answer has not been handled yet
+    streams: dict[str, RpcStream] = attrs.field(factory=dict)
+    _early: list[dict[str, Any]] = attrs.field(factory=list)
+
+    def deliver(self, frame: dict[str, Any]) -> None:
+        """Route one stream event; never waits."""
+        stream = self.streams.get(frame.get("request_id"))  # type: ignore[arg-type]
+        if stream is not None:
+            stream._deliver(frame)
+            if frame["kind"] == "rpc_call_stream_end":
+                del self.streams[stream.request_id]
+        elif self.opening and len(self._early) < EARLY_FRAMES:
+            self._early.append(frame)
+
+    def open(self, request_id: str) -> RpcStream:
+        """The stream for a call just answered, with whatever of it arrived first."""
+        stream = self.streams[request_id] = RpcStream(request_id)
+        early, self._early = self._early, []
+        for frame in early:
+            self.deliver(frame)
+        return stream
+
+    def done_opening(self) -> None:
+        """One rpc_call_stream answer was handled (or failed)."""
+        self.opening -= 1
+        if not self.opening:
+            self._early.clear()
+
+    def forget(self, stream: RpcStream) -> None:
+        """Stop routing to a stream its caller left."""
+        self.streams.pop(stream.request_id, None)
+        stream._end(None)
+
+    def fail_all(self, failure: ClientError) -> None:
+        """End every open stream with `failure` (the connection carrying them is gone)."""
+        for stream in self.streams.values():
+            stream._end(failure)
+        self.streams.clear()

@@ -1,0 +1,63 @@
+"""Errors the client library raises; each has a stable `code` a program may branch on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+START_COMMAND = "meshactors daemon up"  # what DaemonNotRunning tells the user to run
+
+
+class ClientError(Exception):
+    """The daemon answered with an error, or the client could not get an answer.
+
+    `code` is the daemon's stable error code (`no_such_peer`, `timeout`, …) or one of the
+    client's own (`not_running`, `connection_lost`, `deadline`, `protocol`, `closed`).
+    """
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+class DaemonNotRunning(ClientError):
+    """Nothing answers on the socket (after retrying for the connect timeout, if any)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__("not_running", f"no daemon answers on {path} ({reason})")
+        self.path = path
+        self.hint = f"start one with `{START_COMMAND}`"
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}; {self.hint}"
+
+
+class ConnectionLost(ClientError):
+    """The connection closed before the answer came; the op may or may not have run."""
+
+    def __init__(self, message: str = "the daemon closed the connection") -> None:
+        super().__init__("connection_lost", message)
+
+
+class DeadlineExceeded(ClientError):
+    """No answer within the call's deadline (the client's own timer, not the daemon's)."""
+
+    def __init__(self, op: str, seconds: float) -> None:
+        super().__init__("deadline", f"no answer to {op!r} within {seconds:g} s")
+        self.op = op
+
+
+class ProtocolError(ClientError):
+    """The daemon sent something that is not a valid frame; the connection is dropped."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("protocol", message)
+
+
+class ClientClosed(ClientError):
+    """The client was closed; no more calls can be made on it."""
+
+    def __init__(self) -> None:
+        super().__init__("closed", "the client is closed")

@@ -1,0 +1,267 @@
+"""`MeshClient`: the trio-native client. Typed ops, the event stream, serving methods and
+subscribing to channels, over a connection that survives daemon restarts by itself."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import attrs
+import trio
+
+from meshactors.actors import Broadcast, Lagged, Subscriber
+from meshactors.client._ops import Data, Ops, params
+from meshactors.client._serving import Handler, Serving, StreamHandler, is_streaming
+from meshactors.client._streams import RpcStream, StreamTable
+from meshactors.client.errors import ClientClosed, ClientError, ConnectionLost
+from meshactors.client.networks import NetworkSync, converge
+from meshactors.client.reconnect import Link, Want, WantKind
+from meshactors.paths import resolve_paths
+
+DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds the first connect retries while the daemon starts
+DEFAULT_CALL_TIMEOUT = 60.0  # seconds one op may take, waiting for a reconnect included
+EVENT_STREAM_BUFFER = 4096  # events an `events()` reader may leave unread before it lags
+CHANNEL_BUFFER = 1024  # messages a `subscribe` reader may leave unread before it lags
+RELEASE_TIMEOUT = 5.0  # seconds an unsubscribe or a stream cancel may take on the way out
+
+
+@attrs.frozen
+class ChannelMessage:
+    """One message received on a subscribed channel."""
+
+    network: str
+    peer: str  # the sender's device id
+    channel: str
+    payload: Any
+
+
+@attrs.define(eq=False)
+class EventStream:
+    """Every frame the daemon sends this client, in order, plus the client's own
+    (`client_reconnected`, `client_disconnected`, …); a reader that lags gets `lagged`."""
+
+    _subscriber: Subscriber[dict[str, Any]]
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        item = await self._subscriber.__anext__()
+        if isinstance(item, Lagged):
+            return {"kind": "lagged", "skipped": item.skipped, "source": "client"}
+        return item
+
+    def close(self) -> None:
+        """Stop receiving events."""
+        self._subscriber.close()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class MeshClient(Ops):
+    """A client of the local daemon; use `async with MeshClient() as client:`.
+
+    The client keeps a desired state (served methods, subscribed channels, the event stream
+    position) and puts it back by itself whenever it reconnects to a restarted daemon.
+    """
+
+    def __init__(
+        self,
+        socket: Path | str | None = None,
+        *,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        events_since: int | None = None,
+    ) -> None:
+        self.socket = Path(socket) if socket is not None else resolve_paths().socket
+        self.call_timeout = call_timeout
+        self._link = Link(self.socket, connect_timeout, self._route)
+        self._link.desired.last_event_id = events_since
+        self._events: Broadcast[dict[str, Any]] = Broadcast()
+        self._channels: dict[tuple[str, str], Broadcast[ChannelMessage]] = {}
+        self._serving = Serving(self)
+        self._streams = StreamTable()
+        self._networks_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self._exit_stack = contextlib.AsyncExitStack()
+
+    @property
+    def last_event_id(self) -> int | None:
+        """The newest broadcast event received: persist it to resume with `events_since`."""
+        return self._link.desired.last_event_id
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the client reconnected after losing the daemon."""
+        return self._link.reconnects
+
+    async def __aenter__(self) -> MeshClient:
+        self._nursery = await self._exit_stack.enter_async_context(trio.open_nursery())
+        try:
+            await self.start()
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        self._link.close()
+        self._events.close()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        try:
+            return bool(await self._exit_stack.__aexit__(exc_type, exc, traceback))
+        except BaseExceptionGroup as group:  # the body's own error, re-raised unwrapped
+            if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
+                raise exc from None
+            raise
+
+    async def start(self) -> None:
+        """Connect (retrying while the daemon starts) and put the desired state in place.
+        Concurrent and repeated calls share one bring-up; raises DaemonNotRunning."""
+        if self._nursery is None:
+            raise ClientError("not_entered", "use `async with MeshClient(...)` first")
+        await self._link.start(self._nursery)
+
+    async def call(
+        self, op: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Data:
+        """Run any op with its params and return its data; ClientError carries the code."""
+        deadline = self.call_timeout if timeout is None else timeout
+        return await self._link.call(op, dict(params or {}), deadline)
+
+    # events
+    def events(self) -> EventStream:
+        """A new reader of every event from now on (each reader gets its own copy)."""
+        if self._link.closed:
+            raise ClientClosed()
+        return EventStream(self._events.subscribe(EVENT_STREAM_BUFFER))
+
+    def _route(self, item: dict[str, Any] | Lagged) -> None:
+        if isinstance(item, Lagged):
+            item = {"kind": "lagged", "skipped": item.skipped, "source": "client"}
+        kind = item.get("kind")
+        if kind == "rpc_inbound" and self._nursery is not None:
+            self._serving.inbound(item, self._nursery)
+        elif kind == "channel_inbound":
+            self._channel_inbound(item)
+        elif kind in ("rpc_call_stream_chunk", "rpc_call_stream_end"):
+            self._streams.deliver(item)
+        elif kind == "handler_displaced":
+            self._serving.handlers.pop((item.get("network"), item.get("method")), None)  # type: ignore[arg-type]
+            self._link.forget(Want(WantKind.CLAIM, item.get("network"), item.get("method")))  # type: ignore[arg-type]
+        elif kind == "client_disconnected":
+            self._streams.fail_all(ConnectionLost("the daemon went away mid-stream"))
+        self._events.publish(item)
+
+    # serving
+    async def serve(self, network: str, method: str, handler: Handler | StreamHandler) -> None:
+        """Own `method` on `network`: each inbound call runs `handler(payload, ctx)` in its own
+        task; its return value answers (an async generator streams chunks), an exception's
+        message answers as the error. The claim is restored after every reconnect."""
+        want = Want(WantKind.CLAIM, network, method)
+        self._serving.handlers[(network, method)] = handler
+        self._link.desired.claims[want] = is_streaming(handler)
+        try:
+            await self._link.ensure(want, self.call_timeout)
+        except ClientError as error:
+            if not isinstance(error, ConnectionLost):
+                self._serving.handlers.pop((network, method), None)
+                self._link.forget(want)
+            raise
+
+    async def unserve(self, network: str, method: str) -> None:
+        """Give up a method served with `serve`."""
+        want = Want(WantKind.CLAIM, network, method)
+        self._serving.handlers.pop((network, method), None)
+        self._link.desired.claims.pop(want, None)
+        await self._link.release(want, self.call_timeout)
+
+    # channels
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, network: str, channel: str
+    ) -> AsyncIterator[Subscriber[ChannelMessage]]:
+        """Receive a channel's messages for the block: an async iterator of ChannelMessage (and
+        Lagged markers if the reader falls behind); re-subscribed after every reconnect."""
+        want = Want(WantKind.CHANNEL, network, channel)
+        fanout = self._channels.setdefault((network, channel), Broadcast())
+        desired = self._link.desired.channels
+        with fanout.subscribe(CHANNEL_BUFFER) as subscriber:
+            desired[want] = desired.get(want, 0) + 1
+            try:
+                if desired[want] == 1:
+                    await self._link.ensure(want, self.call_timeout)
+                yield subscriber
+            finally:
+                desired[want] -= 1
+                if not desired[want]:
+                    del desired[want]
+                    del self._channels[(network, channel)]
+                    with trio.move_on_after(RELEASE_TIMEOUT, shield=True):
+                        await self._link.release(want, RELEASE_TIMEOUT)
+
+    def _channel_inbound(self, frame: dict[str, Any]) -> None:
+        fanout = self._channels.get((frame.get("network"), frame.get("channel")))  # type: ignore[arg-type]
+        if fanout is not None:
+            fanout.publish(
+                ChannelMessage(
+                    frame.get("network", ""),
+                    frame.get("from", ""),
+                    frame.get("channel", ""),
+                    frame.get("payload"),
+                )
+            )
+
+    # streamed calls
+    @contextlib.asynccontextmanager
+    async def rpc_call_stream(
+        self,
+        network: str,
+        peer: str,
+        method: str,
+        payload: Any = None,
+        *,
+        timeout_ms: int | None = None,
+    ) -> AsyncIterator[RpcStream]:
+        """Call a streaming method: iterate the chunks in the block; leaving the block early
+        cancels the call on the serving side."""
+        self._streams.opening += 1
+        try:
+            answer = await self.call(
+                "rpc_call_stream",
+                params(network=network, peer=peer, method=method, timeout_ms=timeout_ms)
+                | {"payload": payload},
+            )
+            stream = self._streams.open(answer["request_id"])
+        finally:
+            self._streams.done_opening()
+        try:
+            yield stream
+        finally:
+            self._streams.forget(stream)
+            if not stream.finished:
+                with trio.move_on_after(RELEASE_TIMEOUT, shield=True):
+                    with contextlib.suppress(ClientError):
+                        await self.rpc_cancel(stream.request_id)
+
+    # networks
+    async def ensure_networks(
+        self, desired: Iterable[Mapping[str, Any]], *, purge_removed: bool = False
+    ) -> NetworkSync:
+        """Converge the daemon's joined networks to exactly `desired`; idempotent, and
+        serialised so concurrent calls from one client never interleave."""
+        async with self._networks_lock:
+            return await converge(self, desired, purge_removed=purge_removed)

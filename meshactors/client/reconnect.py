@@ -1,0 +1,277 @@
+"""Keeps a client connected: the first connect retries while the daemon starts, later ones
+retry forever with a bounded backoff; every (re)connect replays the client's desired state
+(method claims, channel subscriptions, the event stream from the last event id seen)."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from meshactors.actors import Lagged
+from meshactors.client._conn import Connection, first_leaf, open_connection
+from meshactors.client.errors import (
+    ClientClosed,
+    ClientError,
+    ConnectionLost,
+    DeadlineExceeded,
+)
+
+log = structlog.get_logger("meshactors.client")
+
+RECONNECT_TIMEOUT = math.inf  # seconds a lost daemon is waited for (calls have own deadlines)
+RECONNECT_DELAY_FIRST = 0.05  # seconds before reconnecting after a connection that failed early
+RECONNECT_DELAY_MAX = 1.0  # the reconnect backoff's bound (doubling from the first delay)
+REPLAY_CALL_TIMEOUT = 30.0  # seconds each replayed claim or subscription may take
+
+Frame = dict[str, Any]
+
+
+class WantKind(enum.Enum):
+    """What a desired-state entry asks of the daemon."""
+
+    CLAIM = ("rpc_register", "rpc_unregister", "method")
+    CHANNEL = ("channel_subscribe", "channel_unsubscribe", "channel")
+
+    def __init__(self, apply_op: str, release_op: str, field: str) -> None:
+        self.apply_op = apply_op
+        self.release_op = release_op
+        self.field = field
+
+
+@attrs.frozen
+class Want:
+    """One entry of the desired state: a method claim or a channel subscription."""
+
+    kind: WantKind
+    network: str
+    name: str  # the method or the channel
+
+    def params(self) -> dict[str, Any]:
+        """The op params naming this entry."""
+        return {"network": self.network, self.kind.field: self.name}
+
+
+@attrs.define
+class DesiredState:
+    """What the client wants of whichever daemon it reaches; replayed on every connect."""
+
+    claims: dict[Want, bool] = attrs.field(factory=dict)  # claim -> streaming
+    channels: dict[Want, int] = attrs.field(factory=dict)  # subscription -> local subscribers
+    last_event_id: int | None = None  # newest broadcast event seen; the resume point
+
+    def apply_params(self, want: Want) -> dict[str, Any]:
+        """Params of the op that puts `want` in place."""
+        if want.kind is WantKind.CLAIM:
+            return want.params() | {"streaming": self.claims.get(want, False)}
+        return want.params()
+
+
+@attrs.define(eq=False)
+class _Live:
+    """The current connection and which wants it already carries."""
+
+    conn: Connection
+    applied: set[Want] = attrs.field(factory=set)
+
+
+@attrs.define(eq=False)
+class _Attempt:
+    """One shared bring-up: every concurrent `start` waits on it and sees its outcome."""
+
+    done: trio.Event = attrs.field(factory=trio.Event)
+    error: BaseException | None = None
+
+
+@attrs.define(eq=False)
+class Link:
+    """The client's connection to its daemon, kept up and kept in the desired state."""
+
+    path: Path
+    connect_timeout: float
+    route: Callable[[Frame | Lagged], None]  # every event frame, in order, never blocking
+    desired: DesiredState = attrs.field(factory=DesiredState)
+    reconnects: int = 0
+    _current: _Live | None = None
+    _up: trio.Event = attrs.field(factory=trio.Event)
+    _attempt: _Attempt | None = None
+    _closed: bool = False
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Connect and replay the desired state; concurrent and repeated calls share one
+        bring-up. Raises DaemonNotRunning when no daemon answered within connect_timeout."""
+        if self._closed:
+            raise ClientClosed()
+        attempt = self._attempt
+        if attempt is None:
+            attempt = self._attempt = _Attempt()
+            try:
+                await nursery.start(self._run)
+            except BaseException as exc:
+                attempt.error = exc if isinstance(exc, Exception) else ClientClosed()
+                self._attempt = None  # a later start may try again
+                raise
+            finally:
+                attempt.done.set()
+            return
+        await attempt.done.wait()
+        if attempt.error is not None:
+            raise attempt.error
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Refuse further calls; the owner cancels the nursery that runs the link."""
+        self._closed = True
+        self._up.set()
+
+    async def call(self, op: str, params: dict[str, Any], timeout: float) -> Any:
+        """Run one op on the current connection, waiting (within `timeout`) for one to be up."""
+        deadline = trio.current_time() + timeout
+        with trio.move_on_at(deadline) as scope:
+            live = await self._live()
+        if scope.cancelled_caught:
+            raise DeadlineExceeded(op, timeout)
+        return await live.conn.call(op, params, deadline - trio.current_time())
+
+    async def ensure(self, want: Want, timeout: float) -> None:
+        """Put a desired-state entry in place now (it is replayed on later connects anyway)."""
+        with trio.move_on_after(timeout) as scope:
+            while True:
+                live = await self._live()
+                try:
+                    await self._apply(live, want, timeout)
+                    return
+                except ConnectionLost:
+                    continue  # the replay on the next connection puts it in place
+        if scope.cancelled_caught:
+            raise DeadlineExceeded(want.kind.apply_op, timeout)
+
+    async def release(self, want: Want, timeout: float) -> None:
+        """Undo an entry already dropped from the desired state, if the connection has it."""
+        live = self._current
+        if live is None or want not in live.applied:
+            return
+        live.applied.discard(want)
+        with contextlib.suppress(ConnectionLost):  # the daemon released it with the connection
+            await live.conn.call(want.kind.release_op, want.params(), timeout)
+
+    def forget(self, want: Want) -> None:
+        """Drop an entry the daemon already took away (a displaced claim): never replay it."""
+        self.desired.claims.pop(want, None)
+        if self._current is not None:
+            self._current.applied.discard(want)
+
+    async def _live(self) -> _Live:
+        while True:
+            if self._closed:
+                raise ClientClosed()
+            live = self._current
+            if live is not None and not live.conn.closed.is_set():
+                return live
+            if live is not None:
+                self._mark_down(live)
+            await self._up.wait()
+
+    def _mark_down(self, live: _Live) -> None:
+        if self._current is live:
+            self._current = None
+            self._up = trio.Event()
+
+    async def _apply(self, live: _Live, want: Want, timeout: float) -> None:
+        if want in live.applied:
+            return
+        live.applied.add(want)
+        try:
+            await live.conn.call(want.kind.apply_op, self.desired.apply_params(want), timeout)
+        except BaseException:
+            live.applied.discard(want)
+            raise
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        timeout = self.connect_timeout
+        started = False
+        delay = 0.0
+        while True:
+            await trio.sleep(delay)
+            delay = min(max(delay * 2, RECONNECT_DELAY_FIRST), RECONNECT_DELAY_MAX)
+            failure: ClientError | None = None
+            try:
+                async with open_connection(self.path, timeout) as conn:
+                    if started:
+                        self.reconnects += 1
+                        self.route({"kind": "client_reconnected", "count": self.reconnects})
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._route_events, conn)  # ends once drained
+                        live = _Live(conn)
+                        try:
+                            await self._replay(live)
+                            self._current = live
+                            self._up.set()
+                            delay = 0.0
+                            if not started:
+                                started = True
+                                task_status.started()
+                            await conn.closed.wait()
+                        except BaseException:
+                            nursery.cancel_scope.cancel()
+                            raise
+                        finally:
+                            self._mark_down(live)
+                    self.route({"kind": "client_disconnected", "reason": str(conn.close_reason)})
+            except* ClientError as group:
+                failure = first_leaf(group)
+            if failure is not None:
+                if not started:
+                    raise failure
+                log.info("daemon unreachable; retrying", socket=str(self.path), error=str(failure))
+            timeout = RECONNECT_TIMEOUT
+
+    async def _route_events(self, conn: Connection) -> None:
+        async for item in conn.events:
+            if isinstance(item, dict) and isinstance(event_id := item.get("event_id"), int):
+                last = self.desired.last_event_id
+                if last is not None and event_id <= last:
+                    continue  # already delivered before a reconnect
+                self.desired.last_event_id = event_id
+            self.route(item)
+
+    async def _replay(self, live: _Live) -> None:
+        since = self.desired.last_event_id
+        params = {} if since is None else {"since": since}
+        answer = await live.conn.call("events_subscribe", params, REPLAY_CALL_TIMEOUT)
+        newest = answer["last_event_id"]
+        if since is not None and newest < since:  # a daemon with a younger log (home wiped)
+            self.desired.last_event_id = newest
+            self.route({"kind": "client_events_reset", "since": since, "last_event_id": newest})
+        elif self.desired.last_event_id is None:
+            self.desired.last_event_id = newest
+        for want in [*self.desired.claims, *self.desired.channels]:
+            try:
+                await self._apply(live, want, REPLAY_CALL_TIMEOUT)
+            except ConnectionLost:
+                raise
+            except ClientError as error:
+                self.route(replay_failed(want, error))
+
+
+def replay_failed(want: Want, error: ClientError) -> Frame:
+    """The client-local event telling that a claim or subscription could not be restored."""
+    return {
+        "kind": "client_replay_failed",
+        "op": want.kind.apply_op,
+        "network": want.network,
+        want.kind.field: want.name,
+        "code": error.code,
+        "message": error.message,
+    }

@@ -1,0 +1,209 @@
+"""HTTP routes onto the op table: GET conveniences with typed query strings, POST for every op.
+
+Routes never name an op's params: a GET route's query values are converted to the types the
+op's params class declares, then validated as strictly as a JSON-lines request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any, Union
+
+import attrs
+
+from meshactors.daemon.event_stream import check_since
+from meshactors.daemon.http_errors import HttpError, HttpErrorCode
+from meshactors.daemon.http_parse import RequestHead
+from meshactors.daemon.http_response import HttpResponse, error_response, ok_response
+from meshactors.daemon.optable import converter, run_request
+from meshactors.daemon.session import Session
+from meshactors.daemon.system_ops import EventsSubscribe
+from meshactors.wire.ipc import ErrorCode, OpError, Request
+from meshactors.wire.strict import describe_error
+
+HEALTH_PATH = "/v1/health"
+EVENTS_PATH = "/v1/events"
+GET_OPS = {  # GET path → op answering it from the query string
+    "/v1/version": "version",
+    "/v1/status": "status",
+    "/v1/peers": "peers_list",
+    "/v1/inbox": "inbox",
+    "/v1/outbox": "outbox_list",
+}
+POST_OPS = {"/v1/outbox/requeue": "outbox_requeue"}  # POST paths other than /v1/<op>
+OP_PATH = re.compile(r"/v1/([a-z][a-z0-9_]{0,63})")  # POST /v1/<op>
+STREAM_ONLY_OPS = frozenset({"events_subscribe"})  # need a JSON-lines connection
+SEND_OP = "send"
+IDEMPOTENCY_HEADER = "idempotency-key"
+IDEMPOTENCY_FIELD = "client_message_id"  # a body value wins over the header
+SEND_STATUS = {"accepted": 202, "duplicate": 200}  # `send` answer's outcome → status
+TRUE_WORDS = frozenset({"1", "true"})  # query values read as a boolean true
+FALSE_WORDS = frozenset({"0", "false"})
+INT_QUERY = re.compile(r"-?[0-9]{1,19}")  # query values read as an integer
+
+
+@attrs.frozen
+class EventStream:
+    """Route outcome: answer with server-sent events, replaying the log after `since`."""
+
+    since: int | None
+
+
+async def route(
+    head: RequestHead, body: bytes, session: Session, request_id: int
+) -> HttpResponse | EventStream:
+    """Answer one request; every failure becomes a JSON error response."""
+    try:
+        return await _route(head, body, session, request_id)
+    except (OpError, HttpError) as error:
+        return error_response(error)
+
+
+async def _route(
+    head: RequestHead, body: bytes, session: Session, request_id: int
+) -> HttpResponse | EventStream:
+    allowed = allowed_methods(head.path)
+    if not allowed:
+        raise HttpError(HttpErrorCode.UNKNOWN_ROUTE, f"no route {head.path}")
+    if head.method not in allowed:
+        raise HttpError(
+            HttpErrorCode.METHOD_NOT_ALLOWED,
+            f"{head.path} answers {', '.join(sorted(allowed))}, not {head.method}",
+            headers=(("Allow", ", ".join(sorted(allowed))),),
+        )
+    if head.method == "GET":
+        return await _get(head, session, request_id)
+    if head.query:
+        raise OpError(ErrorCode.BAD_REQUEST, "POST takes params in the JSON body, not the query")
+    op = POST_OPS.get(head.path) or _op_in_path(head.path)
+    assert op is not None  # allowed_methods checked it
+    return await _post(op, head, json_object(body), session, request_id)
+
+
+def allowed_methods(path: str) -> frozenset[str]:
+    """The methods `path` answers (empty: no such route)."""
+    methods = set()
+    if path in (HEALTH_PATH, EVENTS_PATH) or path in GET_OPS:
+        methods.add("GET")
+    if path in POST_OPS or _op_in_path(path) is not None:
+        methods.add("POST")
+    return frozenset(methods)
+
+
+def _op_in_path(path: str) -> str | None:
+    match = OP_PATH.fullmatch(path)
+    return match.group(1) if match else None
+
+
+async def _get(head: RequestHead, session: Session, request_id: int) -> HttpResponse | EventStream:
+    if head.path == HEALTH_PATH:
+        structure_query(head.query, _NoQuery)
+        services = session.services
+        return ok_response(
+            {"status": "ok", "version": services.version, "uptime_s": round(services.uptime(), 3)}
+        )
+    if head.path == EVENTS_PATH:
+        since = structure_query(head.query, EventsSubscribe).since
+        last_event_id = head.headers.get("last-event-id")
+        if last_event_id is not None:  # a reconnecting EventSource: the header wins
+            if not INT_QUERY.fullmatch(last_event_id):
+                raise OpError(ErrorCode.INVALID_PARAMS, "Last-Event-ID must be an event id")
+            since = int(last_event_id)
+        check_since(since)
+        return EventStream(since)
+    name = GET_OPS[head.path]
+    op = session.services.ops.ops.get(name)
+    if op is None:
+        raise OpError(ErrorCode.UNKNOWN_OP, f"unknown op {name!r}")
+    params = query_params(head.query, op.params)
+    return ok_response(await run_request(session, Request(request_id, name, params)))
+
+
+@attrs.frozen
+class _NoQuery:
+    """A route that takes no query parameters."""
+
+
+async def _post(
+    op: str, head: RequestHead, params: dict[str, Any], session: Session, request_id: int
+) -> HttpResponse:
+    if op in STREAM_ONLY_OPS:
+        raise OpError(ErrorCode.BAD_REQUEST, f"{op} needs a JSON-lines connection; GET /v1/events")
+    if op == SEND_OP and IDEMPOTENCY_HEADER in head.headers:
+        params.setdefault(IDEMPOTENCY_FIELD, head.headers[IDEMPOTENCY_HEADER])
+    data = await run_request(session, Request(request_id, op, params))
+    outcome = data.get("outcome") if op == SEND_OP and isinstance(data, dict) else None
+    return ok_response(data, SEND_STATUS.get(outcome, 200) if isinstance(outcome, str) else 200)
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """A POST body as op params: a JSON object, or {} for an empty body."""
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise OpError(ErrorCode.BAD_JSON, f"body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise OpError(ErrorCode.BAD_JSON, "the body must be a JSON object")
+    return value
+
+
+def query_params(query: Sequence[tuple[str, str]], params_type: type) -> dict[str, Any]:
+    """Query pairs as params of `params_type`, each value converted to its field's type."""
+    try:
+        hints = typing.get_type_hints(params_type)
+    except (NameError, TypeError):
+        hints = {}
+    params: dict[str, Any] = {}
+    for key, value in query:
+        if key in params:
+            raise OpError(ErrorCode.INVALID_PARAMS, f"query parameter {key!r} given twice")
+        params[key] = _convert(value, hints.get(key))
+    return params
+
+
+def structure_query(query: Sequence[tuple[str, str]], params_type: type[Any]) -> Any:
+    """Query pairs converted and strictly validated as a `params_type` instance."""
+    try:
+        return converter.structure(query_params(query, params_type), params_type)
+    except OpError:
+        raise
+    except Exception as exc:
+        raise OpError(ErrorCode.INVALID_PARAMS, describe_error(exc)) from None
+
+
+def _convert(value: str, hint: Any) -> Any:
+    """A query string as the field type wants it; left a string when it does not fit (so the
+    strict validation names the field)."""
+    target = _without_none(hint)
+    if target is bool:
+        if value in TRUE_WORDS:
+            return True
+        if value in FALSE_WORDS:
+            return False
+    elif target is int:
+        if INT_QUERY.fullmatch(value):
+            return int(value)
+    elif target is float:
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        if math.isfinite(number):
+            return number
+    return value
+
+
+def _without_none(hint: Any) -> Any:
+    """`X` for `X | None` (or Optional[X]); the hint itself otherwise."""
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint

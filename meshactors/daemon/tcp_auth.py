@@ -1,0 +1,99 @@
+"""The loopback TCP listener's guard: a bearer token kept in a 0600 file, checked per request.
+
+Only programs that can read the token file get in; browsers are kept out by refusing any
+`Origin` and any `Host` but our own loopback address (DNS rebinding), and a token is never
+taken from the query string, where it would end up in logs and shell history.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+from pathlib import Path
+
+import attrs
+
+from meshactors.daemon.http_errors import HttpError, HttpErrorCode
+from meshactors.daemon.http_parse import RequestHead
+from meshactors.paths import tighten_mode, write_private_file
+from meshactors.wire.ipc import ErrorCode
+
+TCP_HOST = "127.0.0.1"  # the TCP listener binds loopback only
+TOKEN_BYTES = 32  # random bytes in a new token (43 urlsafe-base64 characters)
+MAX_TOKEN_FILE_BYTES = 1024  # a larger token file is refused unread
+TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_\-]{32,512}")  # what a usable token looks like
+QUERY_TOKEN_KEYS = frozenset({"token", "access_token"})  # refused: tokens go in a header
+AUTH_CHALLENGE = 'Bearer realm="meshactors"'
+
+
+class TokenFileError(ValueError):
+    """The token file exists but does not hold a usable token; it is left for the owner."""
+
+
+def load_or_create_token(path: Path) -> str:
+    """The bearer token in `path`, created (0600) on first use; a wider mode is tightened."""
+    try:
+        return _read_token(path)
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    try:
+        write_private_file(path, f"{token}\n".encode(), replace=False)
+    except FileExistsError:  # another process made one first: use theirs
+        return _read_token(path)
+    return token
+
+
+def _read_token(path: Path) -> str:
+    with path.open("rb") as file:
+        tighten_mode(file.fileno(), path)
+        raw = file.read(MAX_TOKEN_FILE_BYTES + 1)
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        token = ""
+    if len(raw) > MAX_TOKEN_FILE_BYTES or not TOKEN_SHAPE.fullmatch(token):
+        raise TokenFileError(
+            f"{path} does not hold a bearer token (32-512 urlsafe-base64 characters); "
+            "remove it to have a new one made"
+        )
+    return token
+
+
+@attrs.frozen
+class TcpAuth:
+    """Checks one TCP request's head: no query token, no Origin, our Host, the right bearer."""
+
+    token: str = attrs.field(repr=False)
+    port: int
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        """The Host values this listener answers to."""
+        return frozenset({f"{TCP_HOST}:{self.port}", f"localhost:{self.port}"})
+
+    def check(self, head: RequestHead) -> None:
+        """Raise the HttpError to answer, or return when the request may proceed."""
+        if any(key in QUERY_TOKEN_KEYS for key, _ in head.query):
+            raise HttpError(
+                ErrorCode.BAD_REQUEST,
+                "a token in the query string is refused; send Authorization: Bearer",
+            )
+        if "origin" in head.headers:
+            raise HttpError(HttpErrorCode.FORBIDDEN, "requests with an Origin header are refused")
+        if head.headers.get("host", "").lower() not in self.hosts:
+            raise HttpError(
+                HttpErrorCode.FORBIDDEN,
+                f"Host must be {TCP_HOST}:{self.port} or localhost:{self.port}",
+                status=421,
+            )
+        scheme, _, presented = head.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.strip().encode(), self.token.encode()
+        ):
+            raise HttpError(
+                HttpErrorCode.UNAUTHORIZED,
+                "send Authorization: Bearer <the token in the daemon's token file>",
+                headers=(("WWW-Authenticate", AUTH_CHALLENGE),),
+            )

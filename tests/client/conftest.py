@@ -1,0 +1,80 @@
+"""Daemons for the client tests: in-process ones that can be stopped and started again in the
+same home, and real processes from the CLI (tests/e2e's Home)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from meshactors.daemon.main import DaemonOptions, serve
+from meshactors.daemon.services import Services
+from meshactors.identity import load_or_create_identity
+from meshactors.paths import Paths, prepare_dirs, resolve_paths
+from tests.e2e.conftest import Home
+
+
+@attrs.define(eq=False)
+class LocalDaemon:
+    """A real daemon tree in this trio run, in a temporary home; `stop` then `start` restarts it
+    with the same state database, as a restarted process would."""
+
+    paths: Paths
+    nursery: trio.Nursery
+    services: Services | None = None
+    _stopped: trio.Event = attrs.field(factory=trio.Event)
+
+    async def start(self) -> Services:
+        options = DaemonOptions(
+            paths=self.paths, identity=load_or_create_identity(self.paths.identity_file)
+        )
+        self._stopped = trio.Event()
+        self.services = await self.nursery.start(self._run, options)
+        return self.services
+
+    async def _run(self, options: DaemonOptions, *, task_status: trio.TaskStatus[Services]) -> None:
+        try:
+            await serve(options, task_status=task_status)
+        finally:
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        assert self.services is not None
+        self.services.shutdown.set()
+        await self._stopped.wait()
+        self.services = None
+
+
+@pytest.fixture
+async def local(tmp_path: Path) -> AsyncIterator[LocalDaemon]:
+    """An in-process daemon, not yet started."""
+    paths = resolve_paths({"MESHACTORS_HOME": str(tmp_path)})
+    prepare_dirs(paths)
+    async with trio.open_nursery() as nursery:
+        daemon = LocalDaemon(paths, nursery)
+        yield daemon
+        if daemon.services is not None:
+            await daemon.stop()
+
+
+@pytest.fixture
+async def running(local: LocalDaemon) -> LocalDaemon:
+    """An in-process daemon, started."""
+    await local.start()
+    return local
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Home]:
+    """A temporary home for real daemon processes; whatever daemon it started is stopped."""
+    home = Home(tmp_path)
+    yield home
+    pid = home.daemon_pid()
+    if pid is not None:
+        home.cli("daemon", "down", check=False)
+        if home.daemon_pid() is not None:
+            os.kill(pid, 9)

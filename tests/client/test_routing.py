@@ -1,0 +1,146 @@
+"""The client's own routing, without the daemon ops it serves (they land on other branches):
+handler outcomes become the right answers, and stream events reach their iterator in order."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from meshactors.client import ClientError, RequestContext
+from meshactors.client._serving import Serving
+from meshactors.client._streams import STREAM_BUFFER, StreamTable
+
+
+@attrs.define
+class Answers:
+    """Records the answering ops a Serving table makes, as the daemon would receive them."""
+
+    sent: list[tuple[str, dict[str, Any]]] = attrs.field(factory=list)
+
+    async def rpc_respond(
+        self, request_id: str, payload: Any = None, *, error: str | None = None
+    ) -> Any:
+        self.sent.append(
+            ("rpc_respond", {"request_id": request_id, "payload": payload, "error": error})
+        )
+
+    async def rpc_stream_chunk(self, request_id: str, payload: Any) -> Any:
+        self.sent.append(("rpc_stream_chunk", {"request_id": request_id, "payload": payload}))
+
+    async def rpc_stream_end(self, request_id: str, *, error: str | None = None) -> Any:
+        self.sent.append(("rpc_stream_end", {"request_id": request_id, "error": error}))
+
+
+def inbound(method: str, payload: Any, request_id: str = "r1") -> dict[str, Any]:
+    return {
+        "kind": "rpc_inbound",
+        "network": "lan",
+        "from": "peer-a",
+        "request_id": request_id,
+        "method": method,
+        "payload": payload,
+        "streaming": False,
+    }
+
+
+async def serve_one(serving: Serving, frame: dict[str, Any]) -> None:
+    async with trio.open_nursery() as nursery:
+        serving.inbound(frame, nursery)
+
+
+async def test_a_handler_return_value_answers_and_sees_its_context() -> None:
+    answers = Answers()
+    serving = Serving(answers)
+
+    async def echo(payload: Any, ctx: RequestContext) -> Any:
+        return {"got": payload, "from": ctx.peer, "method": ctx.method}
+
+    serving.handlers[("lan", "echo")] = echo
+    await serve_one(serving, inbound("echo", 7))
+    payload = {"got": 7, "from": "peer-a", "method": "echo"}
+    assert answers.sent == [
+        ("rpc_respond", {"request_id": "r1", "payload": payload, "error": None})
+    ]
+
+
+async def test_a_handler_exception_answers_its_message_as_the_error() -> None:
+    answers = Answers()
+    serving = Serving(answers)
+
+    async def broken(payload: Any, ctx: RequestContext) -> Any:
+        raise ValueError("bad input")
+
+    serving.handlers[("lan", "broken")] = broken
+    await serve_one(serving, inbound("broken", None))
+    await serve_one(serving, inbound("unknown", None, "r2"))
+    assert answers.sent[0][1]["error"] == "bad input"
+    assert "no local handler" in answers.sent[1][1]["error"]
+    assert serving.running == 0
+
+
+async def test_an_async_generator_streams_chunks_then_ends_with_its_error() -> None:
+    answers = Answers()
+    serving = Serving(answers)
+
+    async def count(payload: Any, ctx: RequestContext) -> AsyncIterator[int]:
+        for n in range(payload):
+            yield n
+        raise RuntimeError("ran dry")
+
+    serving.handlers[("lan", "count")] = count
+    await serve_one(serving, inbound("count", 3))
+    assert [op for op, _ in answers.sent] == ["rpc_stream_chunk"] * 3 + ["rpc_stream_end"]
+    assert [fields.get("payload") for _, fields in answers.sent[:3]] == [0, 1, 2]
+    assert answers.sent[-1][1]["error"] == "ran dry"
+
+
+def chunk(request_id: str, payload: Any) -> dict[str, Any]:
+    return {"kind": "rpc_call_stream_chunk", "request_id": request_id, "payload": payload}
+
+
+def end(request_id: str, error: Any = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"kind": "rpc_call_stream_end", "request_id": request_id}
+    return frame | ({"error": error} if error is not None else {})
+
+
+async def test_chunks_that_beat_the_answer_are_kept_for_their_stream() -> None:
+    table = StreamTable(opening=1)
+    table.deliver(chunk("s1", "a"))  # before the rpc_call_stream answer was handled
+    table.deliver(chunk("other", "x"))
+    stream = table.open("s1")
+    table.done_opening()
+    table.deliver(chunk("s1", "b"))
+    table.deliver(end("s1"))
+    assert [item async for item in stream] == ["a", "b"]
+    assert stream.finished
+    assert not table.streams
+
+
+async def test_a_stream_end_with_an_error_raises_it_after_the_chunks() -> None:
+    table = StreamTable()
+    table.opening = 1
+    stream = table.open("s1")
+    table.done_opening()
+    table.deliver(chunk("s1", 1))
+    table.deliver(end("s1", {"code": "handler_gone", "message": "the server left"}))
+    assert await stream.__anext__() == 1
+    with pytest.raises(ClientError) as failure:
+        await stream.__anext__()
+    assert failure.value.code == "handler_gone"
+
+
+async def test_a_reader_that_falls_behind_gets_a_lagged_error_not_a_gap() -> None:
+    table = StreamTable(opening=1)
+    stream = table.open("s1")
+    for n in range(STREAM_BUFFER + 1):
+        table.deliver(chunk("s1", n))
+    received = [await stream.__anext__() for _ in range(STREAM_BUFFER)]
+    assert received == list(range(STREAM_BUFFER))
+    with pytest.raises(ClientError) as failure:
+        await stream.__anext__()
+    assert failure.value.code == "lagged"

@@ -1,0 +1,256 @@
+"""HTTP on the control socket, in-process daemon, raw sockets: routes, statuses, keep-alive."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from meshactors.daemon.http_parse import MAX_BODY_BYTES, MAX_HEAD_BYTES
+from meshactors.daemon.optable import Op
+from meshactors.daemon.services import Services
+from meshactors.daemon.session import Session
+from meshactors.wire.ipc import ErrorCode, OpError
+from tests.daemon.httptools import RawHttp, encode_request
+
+Connect = Callable[[], Awaitable[RawHttp]]
+
+
+@pytest.fixture
+async def http(daemon: Services) -> AsyncIterator[Connect]:
+    streams: list[trio.SocketStream] = []
+
+    async def open_http() -> RawHttp:
+        stream = await trio.open_unix_socket(str(daemon.paths.socket))
+        streams.append(stream)
+        return RawHttp(stream)
+
+    with trio.fail_after(10):
+        yield open_http
+    for stream in streams:
+        await stream.aclose()
+
+
+@attrs.frozen
+class FakeSend:
+    """Params of the stand-in `send` op (the real one lands from another branch)."""
+
+    to: str
+    client_message_id: str | None = None
+
+
+@attrs.frozen
+class Paging:
+    """Params of a stand-in GET op, to check query conversion by declared type."""
+
+    all: bool = False
+    limit: int | None = None
+    ratio: float = 1.0
+    status: str | None = None
+
+
+def add_op(daemon: Services, op: Op[Any]) -> None:
+    daemon.ops.ops[op.name] = op
+
+
+async def test_get_routes_answer_like_the_socket(daemon: Services, http: Connect) -> None:
+    client = await http()
+    version = await client.request("GET", "/v1/version")
+    assert version.status == 200
+    assert version.headers["content-type"] == "application/json"
+    assert "status" in version.json()["data"]["ops"]
+    status = await client.request("GET", "/v1/status")
+    assert status.json()["data"]["device_id"] == daemon.identity.device_id
+    health = await client.request("GET", "/v1/health")
+    assert health.json()["ok"] is True
+    assert health.json()["data"]["status"] == "ok"
+
+
+async def test_keep_alive_serves_several_requests_on_one_connection(
+    daemon: Services, http: Connect
+) -> None:
+    client = await http()
+    await client.send(encode_request("GET", "/v1/health") + encode_request("GET", "/v1/status"))
+    first, second = await client.response(), await client.response()
+    assert (first.status, second.status) == (200, 200)
+    assert second.json()["data"]["clients"] == 1
+    assert "connection" not in first.headers
+    last = await client.request("GET", "/v1/version", Connection="close")
+    assert last.headers["connection"] == "close"
+    assert await client.closed()
+
+
+async def test_post_runs_any_op_with_a_json_body(http: Connect) -> None:
+    client = await http()
+    inspect = await client.request("POST", "/v1/inspect", b"{}")
+    assert inspect.status == 200
+    assert inspect.json()["data"]["name"] == "daemon"
+    empty = await client.request("POST", "/v1/status", b"")
+    assert empty.status == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        ("POST", "/v1/status", b"{not json", 400, "bad_json"),
+        ("POST", "/v1/status", b"[1]", 400, "bad_json"),
+        ("POST", "/v1/status", b"\xff", 400, "bad_json"),
+        ("POST", "/v1/status", b"[" * 100_000, 400, "bad_json"),
+        ("POST", "/v1/status", b'{"extra":1}', 400, "invalid_params"),
+        ("POST", "/v1/no_such_op", b"{}", 404, "unknown_op"),
+        ("POST", "/v1/events_subscribe", b"{}", 400, "bad_request"),
+        ("POST", "/v1/status?x=1", b"{}", 400, "bad_request"),
+        ("GET", "/v1/peers", None, 400, "invalid_params"),  # peers_list needs `network`
+        ("GET", "/v1/status?verbose=1", None, 400, "invalid_params"),
+        ("GET", "/nope", None, 404, "unknown_route"),
+        ("GET", "/v1/a/b", None, 404, "unknown_route"),
+        ("GET", "/v1/inspect", None, 405, "method_not_allowed"),
+        ("DELETE", "/v1/status", None, 405, "method_not_allowed"),
+        ("PUT", "/v1/send", b"{}", 405, "method_not_allowed"),
+        ("GET", "/v1/events?since=x", None, 400, "invalid_params"),
+        ("GET", "/v1/events?since=-1", None, 400, "invalid_params"),
+        ("GET", "/v1/events?since=1&since=2", None, 400, "invalid_params"),
+    ],
+)
+async def test_errors_have_statuses_and_json_bodies(
+    http: Connect, method: str, path: str, body: bytes | None, status: int, code: str
+) -> None:
+    client = await http()
+    response = await client.request(method, path, body)
+    assert (response.status, response.code) == (status, code), response.body
+    assert response.json()["ok"] is False
+    assert response.json()["error"]["message"]
+    assert (await client.request("GET", "/v1/health")).status == 200  # the connection survives
+
+
+async def test_405_names_the_allowed_methods(http: Connect) -> None:
+    response = await (await http()).request("DELETE", "/v1/status")
+    assert response.headers["allow"] == "GET, POST"
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"GET /v1/status HTTP/1.1\r\nHost: x\r\nContent-Length: zz\r\n\r\n", 400),
+        (b"POST /v1/status HTTP/1.1\r\nHost: x\r\n\r\n", 411),
+        (b"POST /v1/status HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", 411),
+        (b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX: " + b"a" * MAX_HEAD_BYTES + b"\r\n\r\n", 431),
+        (
+            b"POST /v1/status HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+            % (MAX_BODY_BYTES + 1),
+            413,
+        ),
+        (b"GET /v1/status HTTP/9.9\r\nHost: x\r\n\r\n", 505),
+        (b"GET /v1/status\r\n\r\n", 400),
+    ],
+)
+async def test_unreadable_requests_are_answered_then_closed(
+    http: Connect, raw: bytes, status: int
+) -> None:
+    client = await http()
+    await client.send(raw)
+    response = await client.response()
+    assert response.status == status
+    assert response.headers["connection"] == "close"
+    assert response.json()["ok"] is False
+    assert await client.closed()
+
+
+async def test_get_query_values_are_converted_by_the_ops_declared_types(
+    daemon: Services, http: Connect
+) -> None:
+    seen: list[Paging] = []
+
+    async def outbox_list(session: Session, params: Paging) -> dict[str, Any]:
+        seen.append(params)
+        return {"rows": []}
+
+    add_op(daemon, Op("outbox_list", Paging, outbox_list, "stand-in"))
+    client = await http()
+    ok = await client.request("GET", "/v1/outbox?all=true&limit=5&ratio=0.5&status=pending")
+    assert ok.status == 200
+    assert seen == [Paging(all=True, limit=5, ratio=0.5, status="pending")]
+    assert (await client.request("GET", "/v1/outbox?all=0")).status == 200
+    assert seen[-1].all is False
+    for query, field in [("all=yes", "all"), ("limit=5x", "limit"), ("ratio=nan", "ratio")]:
+        bad = await client.request("GET", f"/v1/outbox?{query}")
+        assert bad.code == "invalid_params"
+        assert f"params.{field}" in bad.json()["error"]["message"]
+    extra = await client.request("GET", "/v1/outbox?bogus=1")
+    assert extra.code == "invalid_params"
+
+
+async def test_send_statuses_and_the_idempotency_key_rule(daemon: Services, http: Connect) -> None:
+    seen: list[FakeSend] = []
+
+    async def send(session: Session, params: FakeSend) -> dict[str, Any]:
+        seen.append(params)
+        if params.to == "clash":
+            raise OpError(ErrorCode.CONFLICT, "same id, different message")
+        outcome = "duplicate" if params.client_message_id == "again" else "accepted"
+        return {"outcome": outcome, "client_message_id": params.client_message_id}
+
+    add_op(daemon, Op("send", FakeSend, send, "stand-in"))
+    client = await http()
+    accepted = await client.request("POST", "/v1/send", b'{"to":"bob"}', Idempotency_Key="k1")
+    assert accepted.status == 202
+    assert seen[-1].client_message_id == "k1"  # the header fills a missing body field
+    body_wins = await client.request(
+        "POST", "/v1/send", b'{"to":"bob","client_message_id":"body"}', Idempotency_Key="hdr"
+    )
+    assert body_wins.status == 202
+    assert seen[-1].client_message_id == "body"  # the body field wins over the header
+    duplicate = await client.request("POST", "/v1/send", b'{"to":"bob"}', Idempotency_Key="again")
+    assert duplicate.status == 200
+    conflict = await client.request("POST", "/v1/send", b'{"to":"clash"}')
+    assert (conflict.status, conflict.code) == (409, "conflict")
+
+
+async def test_requeue_path_maps_to_its_op(daemon: Services, http: Connect) -> None:
+    @attrs.frozen
+    class Requeue:
+        id: int
+
+    async def outbox_requeue(session: Session, params: Requeue) -> dict[str, Any]:
+        return {"requeued": params.id}
+
+    add_op(daemon, Op("outbox_requeue", Requeue, outbox_requeue, "stand-in"))
+    response = await (await http()).request("POST", "/v1/outbox/requeue", b'{"id":7}')
+    assert response.json() == {"ok": True, "data": {"requeued": 7}}
+
+
+async def test_an_op_that_fails_is_500_and_the_daemon_lives_on(
+    daemon: Services, http: Connect
+) -> None:
+    async def broken(session: Session, params: Any) -> None:
+        raise RuntimeError("boom")
+
+    add_op(daemon, Op("broken", FakeSend, broken, "stand-in"))
+    client = await http()
+    response = await client.request("POST", "/v1/broken", b'{"to":"x"}')
+    assert (response.status, response.code) == (500, "internal")
+    assert (await client.request("GET", "/v1/health")).status == 200
+
+
+async def test_http_clients_are_client_actors_that_leave_on_close(
+    daemon: Services, http: Connect
+) -> None:
+    client = await http()
+    await client.request("GET", "/v1/health")
+    control = daemon.tree.children["control"]
+    (node,) = [n for n in control.children.values() if n.kind == "client"]
+    assert node.figures is not None
+    assert node.figures()["requests"] == 1
+    assert node.figures()["protocol"] == "http"
+    await client.request("GET", "/nope", Connection="close")
+    with trio.fail_after(5):
+        while node.name in control.children:
+            await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_json_lines_still_work_next_to_http(daemon: Services, connect: Any) -> None:
+    lines = await connect()
+    assert (await lines.call("status"))["ok"] is True

@@ -1,0 +1,154 @@
+"""GET /v1/events as server-sent events: format, Last-Event-ID replay, keepalives, lag, hang-up."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from meshactors.actors import Broadcast
+from meshactors.daemon.events import PERSIST_BATCH
+from meshactors.daemon.services import Services
+from meshactors.daemon.sse import KEEPALIVE, KEEPALIVE_INTERVAL, SseSink, sse_message
+from meshactors.store.events import EVENT_LOG_LIMIT, PRUNE_BATCH, Event
+from tests.daemon.httptools import RawHttp, encode_request, sse_events
+
+Connect = Callable[[], Awaitable[RawHttp]]
+
+
+@pytest.fixture
+async def http(daemon: Services) -> AsyncIterator[Connect]:
+    streams: list[trio.SocketStream] = []
+
+    async def open_http() -> RawHttp:
+        stream = await trio.open_unix_socket(str(daemon.paths.socket))
+        streams.append(stream)
+        return RawHttp(stream)
+
+    with trio.fail_after(10):
+        yield open_http
+    for stream in streams:
+        await stream.aclose()
+
+
+async def open_events(http: Connect, path: str = "/v1/events", **headers: str) -> RawHttp:
+    client = await http()
+    await client.send(encode_request("GET", path, **headers))
+    status, response_headers = await client.head()
+    assert status == 200
+    assert response_headers["content-type"].startswith("text/event-stream")
+    return client
+
+
+async def next_events(client: RawHttp, count: int) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    while len(events) < count:
+        events += sse_events(await client.until(b"\n\n"))
+    return events
+
+
+async def test_live_events_carry_id_kind_and_json_data(daemon: Services, http: Connect) -> None:
+    client = await open_events(http)
+    event = daemon.events.publish("peer_join", {"peer": "bob"})
+    (got,) = await next_events(client, 1)
+    assert got["id"] == str(event.event_id)
+    assert got["event"] == "peer_join"
+    assert got["data"] == {"event_id": event.event_id, "at_ms": event.at_ms, "peer": "bob"}
+
+
+async def test_last_event_id_replays_the_log_then_goes_live(
+    daemon: Services, http: Connect
+) -> None:
+    first, second, third = (daemon.events.publish("tick", {"n": n}) for n in range(3))
+    client = await open_events(http, Last_Event_ID=str(first.event_id))
+    replayed = await next_events(client, 2)
+    assert [e["id"] for e in replayed] == [str(second.event_id), str(third.event_id)]
+    live = daemon.events.publish("tick", {"n": 3})
+    (got,) = await next_events(client, 1)
+    assert got["id"] == str(live.event_id)
+
+
+async def test_since_in_the_query_replays_too(daemon: Services, http: Connect) -> None:
+    event = daemon.events.publish("tick", {})
+    client = await open_events(http, f"/v1/events?since={event.event_id - 1}")
+    (got,) = await next_events(client, 1)
+    assert got["id"] == str(event.event_id)
+
+
+async def test_last_event_id_wins_over_since(daemon: Services, http: Connect) -> None:
+    old, new = daemon.events.publish("tick", {}), daemon.events.publish("tick", {})
+    client = await open_events(http, "/v1/events?since=0", Last_Event_ID=str(old.event_id))
+    (got,) = await next_events(client, 1)
+    assert got["id"] == str(new.event_id)
+
+
+async def test_a_pruned_stretch_is_reported_as_events_gap(daemon: Services, http: Connect) -> None:
+    for _ in range((EVENT_LOG_LIMIT + PRUNE_BATCH) // PERSIST_BATCH + 1):
+        for n in range(PERSIST_BATCH):
+            daemon.events.publish("tick", {"n": n})
+        await daemon.events.replay(daemon.events.last_event_id, 1)  # lets the log catch up
+    client = await open_events(http, Last_Event_ID="0")
+    gap, first = await next_events(client, 2)
+    assert gap["event"] == "events_gap"
+    assert "id" not in gap
+    assert gap["data"]["since"] == 0
+    oldest_kept = gap["data"]["oldest_kept"]
+    assert oldest_kept > 1
+    assert first["id"] == str(oldest_kept)
+
+
+async def test_bad_last_event_id_is_400(http: Connect) -> None:
+    response = await (await http()).request("GET", "/v1/events", Last_Event_ID="abc")
+    assert (response.status, response.code) == (400, "invalid_params")
+
+
+async def test_hanging_up_ends_the_subscription(daemon: Services, http: Connect) -> None:
+    client = await open_events(http)
+    assert daemon.events.broadcast.subscriber_count == 1
+    await client.stream.aclose()
+    with trio.fail_after(5):
+        while daemon.events.broadcast.subscriber_count:
+            await trio.testing.wait_all_tasks_blocked()
+    control = daemon.tree.children["control"]
+    with trio.fail_after(5):
+        while any(node.kind == "client" for node in control.children.values()):
+            await trio.testing.wait_all_tasks_blocked()
+
+
+def test_notices_have_no_id_so_reconnects_resume_from_real_events() -> None:
+    assert sse_message("events_gap", {"since": 3, "oldest_kept": 9}) == (
+        b'event: events_gap\ndata: {"since":3,"oldest_kept":9}\n\n'
+    )
+    assert sse_message("tick", {"text": "a\nb"}, 7) == (
+        b'id: 7\nevent: tick\ndata: {"text":"a\\nb"}\n\n'
+    )
+
+
+async def test_keepalive_every_interval(autojump_clock: trio.testing.MockClock) -> None:
+    server, client = trio.testing.memory_stream_pair()
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(SseSink(server).keepalive, KEEPALIVE_INTERVAL)
+        for beat in (1, 2):
+            assert await client.receive_some(100) == KEEPALIVE
+            assert trio.current_time() - start == pytest.approx(beat * KEEPALIVE_INTERVAL)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_lagging_reader_gets_a_lagged_event() -> None:
+    server, client = trio.testing.memory_stream_pair()
+    broadcast = Broadcast[Event]()
+    live = broadcast.subscribe(1)
+    for n in range(1, 4):
+        broadcast.publish(Event(n, "tick", {}, 0))
+    reader = RawHttp(client)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(SseSink(server).forward_broadcast, live, 0)
+            got = await next_events(reader, 2)
+            nursery.cancel_scope.cancel()
+    assert got[0]["id"] == "1"
+    assert got[1] == {"event": "lagged", "data": {"skipped": 2}}

@@ -1,0 +1,194 @@
+"""The loopback TCP listener: token file, bearer auth, and every way a request is turned away."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from meshactors.daemon.main import DaemonOptions, serve
+from meshactors.daemon.services import Services
+from meshactors.daemon.tcp_auth import TokenFileError, load_or_create_token
+from meshactors.identity import load_or_create_identity
+from meshactors.paths import prepare_dirs, resolve_paths
+from tests.daemon.httptools import RawHttp
+
+Connect = Callable[[], Awaitable[RawHttp]]
+
+
+@attrs.frozen
+class TcpDaemon:
+    services: Services
+    port: int
+    token: str
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+async def tcp_daemon(tmp_path: Path) -> AsyncIterator[TcpDaemon]:
+    paths = resolve_paths({"MESHACTORS_HOME": str(tmp_path)})
+    prepare_dirs(paths)
+    identity = load_or_create_identity(paths.identity_file)
+    options = DaemonOptions(paths=paths, identity=identity, tcp_port=0)
+    async with trio.open_nursery() as nursery:
+        services: Services = await nursery.start(serve, options)
+        node = services.tree.find("daemon/control/tcp")
+        assert node is not None and node.figures is not None
+        token = paths.token_file.read_text().strip()
+        yield TcpDaemon(services, node.figures()["port"], token)
+        services.shutdown.set()
+
+
+@pytest.fixture
+async def tcp(tcp_daemon: TcpDaemon) -> AsyncIterator[Connect]:
+    streams: list[trio.SocketStream] = []
+
+    async def open_tcp() -> RawHttp:
+        stream = await trio.open_tcp_stream("127.0.0.1", tcp_daemon.port)
+        streams.append(stream)
+        return RawHttp(stream)
+
+    with trio.fail_after(10):
+        yield open_tcp
+    for stream in streams:
+        await stream.aclose()
+
+
+async def test_token_file_is_private_and_the_right_token_gets_in(
+    tcp_daemon: TcpDaemon, tcp: Connect
+) -> None:
+    token_file = tcp_daemon.services.paths.token_file
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert len(tcp_daemon.token) == 43
+    response = await (await tcp()).request(
+        "GET", "/v1/status", Host=tcp_daemon.host, Authorization=f"Bearer {tcp_daemon.token}"
+    )
+    assert response.status == 200
+    assert response.json()["data"]["device_id"] == tcp_daemon.services.identity.device_id
+
+
+async def test_localhost_host_and_lower_case_scheme_are_accepted(
+    tcp_daemon: TcpDaemon, tcp: Connect
+) -> None:
+    response = await (await tcp()).request(
+        "GET",
+        "/v1/health",
+        Host=f"LOCALHOST:{tcp_daemon.port}",
+        Authorization=f"bearer {tcp_daemon.token}",
+    )
+    assert response.status == 200
+
+
+async def refused(
+    tcp: Connect, path: str = "/v1/status", **headers: str
+) -> tuple[int, str, dict[str, str]]:
+    client = await tcp()
+    response = await client.request("GET", path, **headers)
+    assert response.headers["connection"] == "close"
+    assert await client.closed()
+    return response.status, response.code, response.headers
+
+
+async def test_missing_token_is_401_with_a_challenge(tcp_daemon: TcpDaemon, tcp: Connect) -> None:
+    status, code, headers = await refused(tcp, Host=tcp_daemon.host)
+    assert (status, code) == (401, "unauthorized")
+    assert headers["www-authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(
+    "authorization", ["Bearer wrong", "Basic dXNlcjpwYXNz", "Bearer", "Token {token}", "{token}"]
+)
+async def test_wrong_token_is_401(tcp_daemon: TcpDaemon, tcp: Connect, authorization: str) -> None:
+    status, code, _ = await refused(
+        tcp, Host=tcp_daemon.host, Authorization=authorization.format(token=tcp_daemon.token)
+    )
+    assert (status, code) == (401, "unauthorized")
+
+
+async def test_a_token_prefix_is_not_the_token(tcp_daemon: TcpDaemon, tcp: Connect) -> None:
+    status, _, _ = await refused(
+        tcp, Host=tcp_daemon.host, Authorization=f"Bearer {tcp_daemon.token[:-1]}"
+    )
+    assert status == 401
+
+
+@pytest.mark.parametrize("key", ["token", "access_token"])
+async def test_token_in_the_query_is_400(tcp_daemon: TcpDaemon, tcp: Connect, key: str) -> None:
+    status, code, _ = await refused(
+        tcp,
+        f"/v1/status?{key}={tcp_daemon.token}",
+        Host=tcp_daemon.host,
+        Authorization=f"Bearer {tcp_daemon.token}",
+    )
+    assert (status, code) == (400, "bad_request")
+
+
+@pytest.mark.parametrize("host", ["evil.example:{port}", "127.0.0.1", "localhost:1", ""])
+async def test_foreign_host_is_421(tcp_daemon: TcpDaemon, tcp: Connect, host: str) -> None:
+    status, code, _ = await refused(
+        tcp, Host=host.format(port=tcp_daemon.port), Authorization=f"Bearer {tcp_daemon.token}"
+    )
+    assert (status, code) == (421, "forbidden")
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1"])
+async def test_any_origin_is_403(tcp_daemon: TcpDaemon, tcp: Connect, origin: str) -> None:
+    status, code, _ = await refused(
+        tcp, Host=tcp_daemon.host, Authorization=f"Bearer {tcp_daemon.token}", Origin=origin
+    )
+    assert (status, code) == (403, "forbidden")
+
+
+async def test_json_lines_are_not_spoken_on_tcp(tcp: Connect) -> None:
+    client = await tcp()
+    await client.send(b'{"id":1,"op":"status"}\n')
+    response = await client.response()
+    assert (response.status, response.code) == (400, "bad_request")
+    assert await client.closed()
+
+
+async def test_refused_body_is_not_read(tcp_daemon: TcpDaemon, tcp: Connect) -> None:
+    client = await tcp()
+    await client.send(
+        b"POST /v1/status HTTP/1.1\r\nHost: %s\r\nContent-Length: 100\r\n"
+        b"Expect: 100-continue\r\n\r\n" % tcp_daemon.host.encode()
+    )
+    response = await client.response()  # a 401, never a `100 Continue`
+    assert response.status == 401
+
+
+async def test_tcp_clients_share_the_client_numbering(tcp_daemon: TcpDaemon, tcp: Connect) -> None:
+    unix = RawHttp(await trio.open_unix_socket(str(tcp_daemon.services.paths.socket)))
+    first = (await unix.request("GET", "/v1/status")).json()["data"]["client_id"]
+    second = (
+        await (await tcp()).request(
+            "GET", "/v1/status", Host=tcp_daemon.host, Authorization=f"Bearer {tcp_daemon.token}"
+        )
+    ).json()["data"]["client_id"]
+    assert {first, second} == {"c1", "c2"}
+    await unix.stream.aclose()
+
+
+def test_token_is_reused_and_a_wide_mode_tightened(tmp_path: Path) -> None:
+    path = tmp_path / "http-token"
+    token = load_or_create_token(path)
+    os.chmod(path, 0o644)
+    assert load_or_create_token(path) == token
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("content", [b"short\n", b"\xff" * 40, b"x" * 5000, b"has space" * 8])
+def test_unusable_token_file_is_refused_not_replaced(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "http-token"
+    path.write_bytes(content)
+    with pytest.raises(TokenFileError):
+        load_or_create_token(path)
+    assert path.read_bytes() == content
