@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from meshactors._version import __version__
-from meshactors.cli import daemon_cmd, identity_cmd, inspect_tree
+from meshactors.cli import broker_cmd, daemon_cmd, identity_cmd, inspect_tree, mesh
 
-COMMAND_GROUPS = (daemon_cmd, identity_cmd, inspect_tree)
+COMMAND_GROUPS = (daemon_cmd, identity_cmd, inspect_tree, mesh, broker_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

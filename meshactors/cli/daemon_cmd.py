@@ -21,12 +21,14 @@ from meshactors.cli import service_cmd
 from meshactors.cli.common import (
     EXIT_FAILURE,
     EXIT_STARTUP,
+    EXIT_USAGE,
     call,
     fail,
     paths_of,
     print_json,
 )
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
+from meshactors.daemon.broker_actor import parse_listen
 from meshactors.daemon.control import ActivationError, activated_socket
 from meshactors.daemon.lock import AlreadyRunning, DaemonLock, read_running_pid
 from meshactors.daemon.main import DaemonOptions, serve
@@ -58,6 +60,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     up = actions.add_parser("up", help="start the daemon (foreground unless --detach)")
     up.add_argument("--detach", action="store_true", help="return once the socket answers")
     up.add_argument("--log-json", action="store_true", help="JSON log lines even on a terminal")
+    up.add_argument("--broker-listen", default=None, help="also run a broker on HOST:PORT")
     up.add_argument(
         "--tcp", type=int, default=None, metavar="PORT", help="also serve HTTP on 127.0.0.1:PORT"
     )
@@ -80,12 +83,20 @@ def run_up(args: argparse.Namespace) -> int:
     paths = paths_of(args)
     prepare_dirs(paths)
     identity = _checked_identity(paths)
+    try:
+        broker_listen = None if args.broker_listen is None else parse_listen(args.broker_listen)
+    except ValueError as exc:
+        fail(f"--broker-listen: {exc}", EXIT_USAGE)
     if args.detach:
         return _detach(args, paths)
     configure_logging(json=True if args.log_json else None)
     options = _service_manager_options(
         DaemonOptions(
-            paths=paths, identity=identity, ready=_ready_signal(args.ready_fd), tcp_port=args.tcp
+            paths=paths,
+            identity=identity,
+            ready=_ready_signal(args.ready_fd),
+            tcp_port=args.tcp,
+            broker_listen=broker_listen,
         )
     )
     try:
@@ -163,6 +174,8 @@ def _detach(args: argparse.Namespace, paths: Paths) -> int:
     if args.socket:
         command += ["--socket", args.socket]
     command += ["daemon", "up", "--log-json", "--ready-fd", str(write_end)]
+    if args.broker_listen:
+        command += ["--broker-listen", args.broker_listen]
     if args.tcp is not None:
         command += ["--tcp", str(args.tcp)]
     with open(log_path, "ab") as log_file:

@@ -14,13 +14,15 @@ import trio
 
 from meshactors._version import __version__
 from meshactors.actors import ChildSpec, Node, Strategy, Supervisor, run_root
-from meshactors.daemon import system_ops
+from meshactors.daemon import network_ops, system_ops
+from meshactors.daemon.broker_actor import BrokerActor
 from meshactors.daemon.control import control_supervisor
 from meshactors.daemon.events import EventHub
 from meshactors.daemon.optable import OpTable
 from meshactors.daemon.sdnotify import Notifier, NotifierActor
 from meshactors.daemon.services import Services
 from meshactors.identity import Identity
+from meshactors.network.manager import NetworkManager
 from meshactors.paths import Paths
 from meshactors.store.actor import StoreActor
 
@@ -39,11 +41,12 @@ class DaemonOptions:
     tcp_port: int | None = None  # --tcp PORT: also serve HTTP on 127.0.0.1:PORT (bearer token)
     notifier: Notifier = attrs.field(factory=Notifier)  # the service manager, if one runs us
     listen_fd: int | None = None  # a listening socket the service manager passed (activation)
+    broker_listen: tuple[str, int] | None = None  # host, port of an embedded broker
 
 
 def build_ops() -> OpTable:
     """Every op the daemon answers."""
-    return OpTable.of(system_ops.OPS)
+    return OpTable.of(system_ops.OPS, network_ops.OPS)
 
 
 async def serve(
@@ -53,6 +56,7 @@ async def serve(
     store = StoreActor(options.paths.state_db)
     events = EventHub(store)
     tree = Node(name="daemon", kind="supervisor")
+    networks = NetworkManager(identity=options.identity, store=store, events=events)
     services = Services(
         version=__version__,
         identity=options.identity,
@@ -62,11 +66,19 @@ async def serve(
         events=events,
         ops=build_ops(),
         started_at=trio.current_time(),
+        networks=networks,
+    )
+    embedded = (
+        []
+        if options.broker_listen is None
+        else [ChildSpec("broker", BrokerActor(*options.broker_listen))]
     )
     root = Supervisor(
         children=[
             ChildSpec("store", store),
             ChildSpec("events", events),
+            *embedded,
+            ChildSpec("networks", networks),
             ChildSpec(
                 "control",
                 control_supervisor(

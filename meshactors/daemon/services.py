@@ -10,6 +10,7 @@ import trio
 from meshactors.actors import Node
 from meshactors.daemon.events import EventHub
 from meshactors.identity import Identity
+from meshactors.network.manager import NetworkManager
 from meshactors.paths import Paths
 from meshactors.store.actor import StoreActor
 
@@ -29,6 +30,7 @@ class Services:
     events: EventHub
     ops: OpTable
     started_at: float  # trio.current_time() at start, for uptime
+    networks: NetworkManager | None = None  # the `networks` supervisor, once built
     shutdown: trio.Event = attrs.field(factory=trio.Event)
     extras: dict[str, Any] = attrs.field(factory=dict)
 

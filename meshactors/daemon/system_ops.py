@@ -17,14 +17,13 @@ FEATURES = ("json-lines", "events", "inspect", "http", "sse")  # grows as capabi
 async def status(session: Session, _: NoParams) -> dict[str, Any]:
     """Who this daemon is and what it is doing."""
     services = session.services
-    networks = services.extras.get("networks_summary")
     return {
         "version": services.version,
         "device_id": services.identity.device_id,
         "label": services.identity.label,
         "uptime_s": round(services.uptime(), 3),
         "socket": str(services.paths.socket),
-        "networks": networks() if callable(networks) else [],
+        "networks": services.networks.summaries() if services.networks is not None else [],
         "clients": len(services.client_nodes()),
         "client_id": session.client_id,
     }

@@ -1,0 +1,58 @@
+"""`meshactors broker --listen HOST:PORT`: run a standalone broker in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+
+import structlog
+import trio
+
+from meshactors.broker.limits import BrokerConfig
+from meshactors.broker.server import Broker
+from meshactors.cli.common import EXIT_USAGE, fail
+from meshactors.daemon.broker_actor import parse_listen
+from meshactors.logs import configure_logging
+
+log = structlog.get_logger("meshactors.broker")
+
+DEFAULT_LISTEN = "127.0.0.1:7800"  # loopback unless told otherwise
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `broker` command."""
+    parser = commands.add_parser("broker", help="run a WebSocket relay for daemons")
+    parser.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (port 0: any free)")
+    parser.add_argument("--max-peers", type=int, default=None, help="daemons per network")
+    parser.add_argument("--max-message-bytes", type=int, default=None)
+    parser.add_argument("--log-json", action="store_true", help="JSON log lines even on a tty")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        host, port = parse_listen(args.listen)
+        limits = {
+            key: value
+            for key, value in (
+                ("max_peers", args.max_peers),
+                ("max_message_bytes", args.max_message_bytes),
+            )
+            if value is not None
+        }
+        config = BrokerConfig(**limits)
+    except (ValueError, TypeError) as exc:
+        fail(str(exc), EXIT_USAGE)
+    configure_logging(json=True if args.log_json else None)
+    trio.run(_serve_until_signal, Broker(config), host, port)
+    return 0
+
+
+async def _serve_until_signal(broker: Broker, host: str, port: int) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(broker.serve, host, port)
+            async for signum in signals:
+                log.info("stop signal", signal=signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break

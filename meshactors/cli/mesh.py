@@ -1,0 +1,284 @@
+"""`meshactors network|peers|roster|caps|profile|events`: the mesh from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from typing import Any
+
+from meshactors.cli.common import call, connect, fail, parse_json_arg, print_json
+from meshactors.client.sync import ClientError
+
+SHORT_ID = 12  # device id characters shown in tables (the full id is in --json)
+EVENT_FIELDS_SHOWN = ("network", "phase", "previous", "status", "reason", "purge", "reconnect")
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `network`, `peers`, `roster`, `caps`, `profile` and `events` commands."""
+    _register_network(commands)
+    peers = commands.add_parser("peers", help="a network's peers")
+    _network_arg(peers)
+    peers.add_argument("--all", action="store_true", help="also control planes and invisible")
+    peers.add_argument("--json", action="store_true")
+    peers.set_defaults(run=run_peers)
+    _register_roster(commands)
+    caps = commands.add_parser("caps", help="capability adverts").add_subparsers(
+        dest="action", required=True
+    )
+    caps_set = caps.add_parser("set", help="advertise capabilities in a network")
+    _network_arg(caps_set)
+    caps_set.add_argument("--tag", action="append", default=[], help="repeat for several")
+    caps_set.add_argument("--app-version", default="")
+    caps_set.add_argument("--max-connections", type=int, default=0)
+    caps_set.add_argument("--extra", default="{}", help="any JSON object, passed on untouched")
+    caps_set.set_defaults(run=run_caps_set)
+    profile = commands.add_parser("profile", help="your profile").add_subparsers(
+        dest="action", required=True
+    )
+    profile_set = profile.add_parser("set", help="set the global (or one network's) profile")
+    profile_set.add_argument("-n", "--network", default=None, help="only this network")
+    profile_set.add_argument("--display-name", default="")
+    profile_set.add_argument("--status", choices=("idle", "working", "dnd"), default="idle")
+    profile_set.add_argument("--summary", default="")
+    profile_set.add_argument("--invisible", action="store_true", help="hide from peers' lists")
+    profile_set.set_defaults(run=run_profile_set)
+    events = commands.add_parser("events", help="follow the daemon's events (Ctrl-C stops)")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+    events.add_argument("--since", type=int, default=None, help="replay events after this id")
+    events.set_defaults(run=run_events)
+
+
+def _register_network(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    actions = commands.add_parser("network", help="join, change and leave networks")
+    network = actions.add_subparsers(dest="action", required=True)
+    add = network.add_parser("add", help="join a network through one or more brokers")
+    add.add_argument("id")
+    add.add_argument("--broker", action="append", required=True, help="ws://HOST:PORT/v1")
+    add.add_argument("--label", default=None)
+    add.add_argument("--auto-approve", action="store_true")
+    add.set_defaults(run=run_network_add)
+    update = network.add_parser("update", help="change a joined network's config")
+    update.add_argument("id")
+    update.add_argument("--broker", action="append", default=None, help="replaces the list")
+    update.add_argument("--label", default=None)
+    update.add_argument(
+        "--auto-approve", action=argparse.BooleanOptionalAction, default=None, dest="auto_approve"
+    )
+    update.set_defaults(run=run_network_update)
+    remove = network.add_parser("remove", help="leave a network")
+    remove.add_argument("id")
+    remove.add_argument("--purge", action="store_true", help="also its settings and messages")
+    remove.set_defaults(run=run_network_remove)
+    listing = network.add_parser("list", help="joined networks and their phases")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=run_network_list)
+
+
+def _register_roster(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    roster = commands.add_parser("roster", help="approve, deny and forget devices")
+    actions = roster.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="a network's roster")
+    _network_arg(listing)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=run_roster_list)
+    for name, run, text in (
+        ("approve", run_roster_approve, "approve a device"),
+        ("deny", run_roster_deny, "deny a device"),
+        ("remove", run_roster_remove, "forget a device (cut off at once)"),
+    ):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("device_id")
+        _network_arg(action)
+        if name == "approve":
+            action.add_argument("--label", default=None)
+        action.set_defaults(run=run)
+
+
+def _network_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-n", "--network", default=None, help="network id (default: the only joined one)"
+    )
+
+
+def _network(args: argparse.Namespace) -> str:
+    """The --network given, or the only joined network."""
+    if args.network is not None:
+        return str(args.network)
+    joined = [n["id"] for n in call(args, "networks_list")["networks"]]
+    if len(joined) != 1:
+        fail(f"say which network with --network (joined: {', '.join(joined) or 'none'})")
+    return str(joined[0])
+
+
+def _short(device_id: str) -> str:
+    return device_id[:SHORT_ID]
+
+
+def _table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+def run_network_add(args: argparse.Namespace) -> int:
+    config = {"id": args.id, "brokers": args.broker, "auto_approve": args.auto_approve}
+    if args.label is not None:
+        config["label"] = args.label
+    answer = call(args, "network_add", config=config)
+    print(f"{'joined' if answer['added'] else 'already joined'} {args.id}")
+    return 0
+
+
+def run_network_update(args: argparse.Namespace) -> int:
+    current = next((n for n in call(args, "networks_list")["networks"] if n["id"] == args.id), None)
+    if current is None:
+        fail(f"not joined to a network {args.id!r}")
+    config = {
+        "id": args.id,
+        "brokers": args.broker if args.broker is not None else current["brokers"],
+        "label": args.label if args.label is not None else current["label"],
+        "auto_approve": current["auto_approve"] if args.auto_approve is None else args.auto_approve,
+    }
+    answer = call(args, "network_update", config=config)
+    print(f"updated {args.id}{' (reconnecting)' if answer['reconnect'] else ''}")
+    return 0
+
+
+def run_network_remove(args: argparse.Namespace) -> int:
+    call(args, "network_remove", network=args.id, purge=args.purge)
+    print(f"left {args.id}{' and purged its data' if args.purge else ''}")
+    return 0
+
+
+def run_network_list(args: argparse.Namespace) -> int:
+    networks = call(args, "networks_list")["networks"]
+    if args.json:
+        print_json(networks)
+        return 0
+    if not networks:
+        print("no networks joined")
+        return 0
+    rows = [["ID", "PHASE", "LABEL", "AUTO", "LINK", "ACTIVE", "BROKERS"]]
+    for n in networks:
+        auto = "yes" if n["auto_approve"] else "no"
+        active, brokers = str(n["peers"]["active"]), " ".join(n["brokers"])
+        rows.append([n["id"], n["phase"], n["label"] or "-", auto, n["link"], active, brokers])
+    _table(rows)
+    return 0
+
+
+def run_peers(args: argparse.Namespace) -> int:
+    peers = call(args, "peers_list", network=_network(args), all=args.all)["peers"]
+    if args.json:
+        print_json(peers)
+        return 0
+    if not peers:
+        print("no peers")
+        return 0
+    rows = [["DEVICE", "LABEL", "STATUS", "ROLE", "RTT", "NAME", "TAGS"]]
+    for p in peers:
+        rtt = "-" if p["rtt_ms"] is None else f"{p['rtt_ms']:.1f}ms"
+        name = (p["profile"] or {}).get("display_name") or "-"
+        tags = ",".join((p["capabilities"] or {}).get("tags", [])) or "-"
+        status = p["status"] if not p["incompatible"] else f"incompatible ({p['incompatible']})"
+        rows.append([_short(p["device_id"]), p["label"] or "-", status, p["role"], rtt, name, tags])
+    _table(rows)
+    return 0
+
+
+def run_roster_list(args: argparse.Namespace) -> int:
+    roster = call(args, "roster_list", network=_network(args))["roster"]
+    if args.json:
+        print_json(roster)
+        return 0
+    if not roster:
+        print("roster is empty")
+        return 0
+    rows = [["DEVICE", "LABEL", "STATE", "STATUS"]]
+    rows += [[r["device_id"], r["label"] or "-", r["state"], r["status"]] for r in roster]
+    _table(rows)
+    return 0
+
+
+def run_roster_approve(args: argparse.Namespace) -> int:
+    network = _network(args)
+    peer = call(
+        args, "roster_approve", network=network, device_id=args.device_id, label=args.label
+    )["peer"]
+    print(f"approved {_short(args.device_id)} in {network} (now {peer['status']})")
+    return 0
+
+
+def run_roster_deny(args: argparse.Namespace) -> int:
+    network = _network(args)
+    call(args, "roster_deny", network=network, device_id=args.device_id)
+    print(f"denied {_short(args.device_id)} in {network}")
+    return 0
+
+
+def run_roster_remove(args: argparse.Namespace) -> int:
+    network = _network(args)
+    call(args, "roster_remove", network=network, device_id=args.device_id)
+    print(f"removed {_short(args.device_id)} from {network}")
+    return 0
+
+
+def run_caps_set(args: argparse.Namespace) -> int:
+    extra = parse_json_arg(args.extra, "--extra")
+    capabilities = {
+        "tags": args.tag,
+        "app_version": args.app_version,
+        "max_connections": args.max_connections,
+        "extra": extra,
+    }
+    network = _network(args)
+    call(args, "capabilities_set", network=network, capabilities=capabilities)
+    print(f"capabilities set in {network}")
+    return 0
+
+
+def run_profile_set(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {
+        "display_name": args.display_name,
+        "status": args.status,
+        "summary": args.summary,
+        "visible": not args.invisible,
+    }
+    if args.network is not None:
+        params["network"] = args.network
+    call(args, "profile_set", **params)
+    print(f"profile set{' in ' + args.network if args.network else ''}")
+    return 0
+
+
+def run_events(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        try:
+            params = {} if args.since is None else {"since": args.since}
+            client.call("events_subscribe", **params)
+            for event in client.events():
+                print(format_event(event, as_json=args.json), flush=True)
+        except ClientError as exc:
+            fail(f"event stream ended: {exc.code}: {exc.message}")
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def format_event(event: dict[str, Any], *, as_json: bool) -> str:
+    """One event as a readable line (time, id, kind, the fields that say what happened)."""
+    if as_json:
+        return json.dumps(event, separators=(",", ":"), sort_keys=True)
+    at = event.get("at_ms")
+    when = (
+        datetime.datetime.fromtimestamp(at / 1000).strftime("%H:%M:%S")
+        if isinstance(at, int)
+        else "--:--:--"
+    )
+    parts = [when, f"#{event.get('event_id', '-')}", str(event.get("kind"))]
+    if "device_id" in event:
+        label = event.get("label")
+        parts.append(_short(event["device_id"]) + (f" ({label})" if label else ""))
+    parts += [f"{key}={event[key]}" for key in EVENT_FIELDS_SHOWN if key in event]
+    return "  ".join(parts)

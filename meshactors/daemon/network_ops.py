@@ -1,0 +1,260 @@
+"""Ops about the mesh: networks, peers, the roster, capabilities and the profile."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+import attrs
+
+from meshactors.actors import ActorGone, AskTimeout
+from meshactors.daemon.optable import NoParams, Op
+from meshactors.daemon.session import Session
+from meshactors.identity import validate_label
+from meshactors.network.config import ConfigError, NetworkConfig
+from meshactors.network.manager import NetworkManager
+from meshactors.network.peers import CAPABILITIES_KEY, PROFILE_KEY
+from meshactors.store import networks as network_db
+from meshactors.wire.device_id import is_device_id
+from meshactors.wire.ipc import ErrorCode, OpError
+from meshactors.wire.peer import Capabilities, Profile, converter
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class ConfigParams:
+    """Params of `network_add` and `network_update`: the whole network config."""
+
+    config: dict[str, Any]
+
+
+@attrs.frozen
+class NetworkRemove:
+    """Params of `network_remove`; `purge` also deletes the network's settings and messages."""
+
+    network: str
+    purge: bool = False
+
+
+@attrs.frozen
+class NetworkRef:
+    """Params naming one network."""
+
+    network: str
+
+
+@attrs.frozen
+class PeersList:
+    """Params of `peers_list`; `all` also shows control planes and invisible peers."""
+
+    network: str
+    all: bool = False
+
+
+@attrs.frozen
+class RosterApprove:
+    """Params of `roster_approve`; `label` names the device in our roster."""
+
+    network: str
+    device_id: str
+    label: str | None = None
+
+
+@attrs.frozen
+class RosterDevice:
+    """Params of `roster_deny` and `roster_remove`."""
+
+    network: str
+    device_id: str
+
+
+@attrs.frozen
+class CapabilitiesSet:
+    """Params of `capabilities_set`: {tags, app_version, max_connections, extra}."""
+
+    network: str
+    capabilities: dict[str, Any]
+
+
+@attrs.frozen
+class ProfileSet:
+    """Params of `profile_set`; without `network` it is the profile of every network."""
+
+    display_name: str = ""
+    status: str = "idle"
+    summary: str = ""
+    visible: bool = True
+    network: str | None = None
+
+
+def _manager(session: Session) -> NetworkManager:
+    manager = session.services.networks
+    if manager is None:
+        raise OpError(ErrorCode.UNAVAILABLE, "the networks supervisor is not running")
+    return manager
+
+
+@contextlib.contextmanager
+def _answering() -> Iterator[None]:
+    """Turn an actor that did not answer into an `unavailable` or `timeout` error."""
+    try:
+        yield
+    except ActorGone as exc:
+        raise OpError(ErrorCode.UNAVAILABLE, str(exc)) from None
+    except AskTimeout as exc:
+        raise OpError(ErrorCode.TIMEOUT, str(exc)) from None
+
+
+def _structure(data: dict[str, Any], cls: type[T], what: str) -> T:
+    """Strictly structure a nested object, naming the first invalid field."""
+    try:
+        return converter.structure(data, cls)
+    except Exception as exc:
+        raise OpError(ErrorCode.INVALID_PARAMS, f"{what}: {_first_message(exc)}") from None
+
+
+def _first_message(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return _first_message(exc.exceptions[0])
+    return str(exc)
+
+
+def _config(data: dict[str, Any]) -> NetworkConfig:
+    try:
+        return NetworkConfig.from_json(data)
+    except ConfigError as exc:
+        raise OpError(ErrorCode.INVALID_PARAMS, f"config: {exc}") from None
+
+
+def _device(device_id: str) -> str:
+    if not is_device_id(device_id):
+        raise OpError(ErrorCode.INVALID_PARAMS, f"not a device id: {device_id[:60]!r}")
+    return device_id
+
+
+async def network_add(session: Session, params: ConfigParams) -> dict[str, Any]:
+    """Join a network and keep it across restarts; idempotent for the same config."""
+    network, added = await _manager(session).add(_config(params.config))
+    return {"network": network.summary(), "added": added}
+
+
+async def network_update(session: Session, params: ConfigParams) -> dict[str, Any]:
+    """Change a network's label, auto_approve or brokers; reconnects only for brokers."""
+    manager = _manager(session)
+    config = _config(params.config)
+    with _answering():
+        reconnect = await manager.update(config)
+    return {"network": manager.get(config.id).summary(), "reconnect": reconnect}
+
+
+async def network_remove(session: Session, params: NetworkRemove) -> dict[str, Any]:
+    """Leave a network now and forget it."""
+    await _manager(session).remove(params.network, purge=params.purge)
+    return {"removed": params.network, "purge": params.purge}
+
+
+async def networks_list(session: Session, _: NoParams) -> dict[str, Any]:
+    """Every joined network with its phase."""
+    return {"networks": _manager(session).summaries()}
+
+
+async def peers_list(session: Session, params: PeersList) -> dict[str, Any]:
+    """The peers of a network with status, role, rtt, capabilities and profile."""
+    network = _manager(session).get(params.network)
+    with _answering():
+        peers = await network.peers.list_peers(include_all=params.all)
+    return {"network": params.network, "peers": peers}
+
+
+async def roster_list(session: Session, params: NetworkRef) -> dict[str, Any]:
+    """The devices approved, denied or pending in a network."""
+    network = _manager(session).get(params.network)
+    with _answering():
+        roster = await network.peers.list_roster()
+    return {"network": params.network, "roster": roster}
+
+
+async def roster_approve(session: Session, params: RosterApprove) -> dict[str, Any]:
+    """Approve a device (seen or not yet); it is active once it approves us too."""
+    network = _manager(session).get(params.network)
+    try:
+        label = validate_label(params.label)
+    except ValueError as exc:
+        raise OpError(ErrorCode.INVALID_PARAMS, f"label: {exc}") from None
+    with _answering():
+        peer = await network.peers.approve(_device(params.device_id), label)
+    return {"network": params.network, "peer": peer}
+
+
+async def roster_deny(session: Session, params: RosterDevice) -> dict[str, Any]:
+    """Deny a device: it is never active, and is told so."""
+    network = _manager(session).get(params.network)
+    with _answering():
+        peer = await network.peers.deny(_device(params.device_id))
+    return {"network": params.network, "peer": peer}
+
+
+async def roster_remove(session: Session, params: RosterDevice) -> dict[str, Any]:
+    """Forget a device's approval; its traffic is cut off at once."""
+    network = _manager(session).get(params.network)
+    with _answering():
+        removed = await network.peers.forget(_device(params.device_id))
+    if not removed:
+        raise OpError(ErrorCode.NOT_FOUND, f"{params.device_id} is not in the roster")
+    return {"network": params.network, "removed": params.device_id}
+
+
+async def capabilities_set(session: Session, params: CapabilitiesSet) -> dict[str, Any]:
+    """Advertise capabilities in a network; kept across restarts, sent to peers live."""
+    network = _manager(session).get(params.network)
+    capabilities = _structure(params.capabilities, Capabilities, "capabilities")
+    plain = converter.unstructure(capabilities)
+    await session.services.store.call(
+        functools.partial(
+            network_db.put_setting, network=params.network, key=CAPABILITIES_KEY, value=plain
+        ),
+        what="save capabilities",
+    )
+    with _answering():
+        await network.peers.set_capabilities(capabilities)
+    return {"network": params.network, "capabilities": plain}
+
+
+async def profile_set(session: Session, params: ProfileSet) -> dict[str, Any]:
+    """Set the profile of one network, or (without `network`) the global one."""
+    manager = _manager(session)
+    fields = attrs.asdict(params)
+    network_id = fields.pop("network")
+    profile = _structure(fields, Profile, "profile")
+    targets = [manager.get(network_id)] if network_id is not None else manager.all()
+    await session.services.store.call(
+        functools.partial(
+            network_db.put_setting,
+            network=network_db.GLOBAL if network_id is None else network_id,
+            key=PROFILE_KEY,
+            value=converter.unstructure(profile),
+        ),
+        what="save profile",
+    )
+    with _answering():
+        for network in targets:
+            await network.peers.set_profile(profile, network_scoped=network_id is not None)
+    return {"network": network_id, "profile": converter.unstructure(profile)}
+
+
+OPS: list[Op[Any]] = [
+    Op("network_add", ConfigParams, network_add, "join a network {config}"),
+    Op("network_update", ConfigParams, network_update, "change a joined network's config"),
+    Op("network_remove", NetworkRemove, network_remove, "leave a network {network, purge?}"),
+    Op("networks_list", NoParams, networks_list, "joined networks and their phases"),
+    Op("peers_list", PeersList, peers_list, "a network's peers {network, all?}"),
+    Op("roster_list", NetworkRef, roster_list, "a network's roster {network}"),
+    Op("roster_approve", RosterApprove, roster_approve, "approve a device {network, device_id}"),
+    Op("roster_deny", RosterDevice, roster_deny, "deny a device {network, device_id}"),
+    Op("roster_remove", RosterDevice, roster_remove, "forget a device {network, device_id}"),
+    Op("capabilities_set", CapabilitiesSet, capabilities_set, "advertise capabilities"),
+    Op("profile_set", ProfileSet, profile_set, "set the profile (global or one network)"),
+]

@@ -1,0 +1,141 @@
+"""The `networks` supervisor: joins saved networks at start, adds and removes them at runtime."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from typing import Any, ClassVar
+
+import attrs
+import structlog
+import trio
+
+from meshactors.actors import ActorGone, AskTimeout, ChildSpec, Supervisor
+from meshactors.daemon.events import EventHub
+from meshactors.identity import Identity
+from meshactors.network.config import ConfigError, NetworkConfig
+from meshactors.network.network import Network
+from meshactors.store import networks as network_db
+from meshactors.store.actor import StoreActor
+from meshactors.wire.ipc import ErrorCode, OpError
+
+log = structlog.get_logger("meshactors.networks")
+
+MAX_NETWORKS = 64  # networks one daemon joins at once
+NETWORK_SHUTDOWN_TIMEOUT = 5.0  # seconds a network's subtree may take to stop
+
+
+def _child_name(network_id: str) -> str:
+    return f"network {network_id}"
+
+
+@attrs.define(eq=False, kw_only=True)
+class NetworkManager(Supervisor):
+    """One `network <id>` child per joined network; changes are serialised by a lock."""
+
+    kind: ClassVar[str] = "networks"
+
+    identity: Identity
+    store: StoreActor
+    events: EventHub
+    _networks: dict[str, Network] = attrs.field(factory=dict, init=False)
+    _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        saved = await self.store.call(network_db.load_networks, what="load networks")
+        self._networks = {}
+        for network_id, raw in saved:
+            try:
+                config = NetworkConfig.from_json(raw)
+            except ConfigError as exc:
+                log.error("skipping a saved network", network=network_id, error=str(exc))
+                continue
+            self._networks[network_id] = self._build(config)
+        self.children = [self._spec(network) for network in self._networks.values()]
+        await super().run(task_status=task_status)
+
+    def figures(self) -> dict[str, object]:
+        return {**super().figures(), "networks": len(self._networks)}
+
+    def get(self, network_id: str) -> Network:
+        """The running network, or OpError no_such_network."""
+        network = self._networks.get(network_id)
+        if network is None:
+            raise OpError(ErrorCode.NO_SUCH_NETWORK, f"not joined to a network {network_id!r}")
+        return network
+
+    def all(self) -> list[Network]:
+        """Every joined network, in the order they were added."""
+        return list(self._networks.values())
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """Each network's config, phase, link and peer counts."""
+        return [network.summary() for network in self._networks.values()]
+
+    async def add(self, config: NetworkConfig) -> tuple[Network, bool]:
+        """Join a network and save it; the same config again is a no-op (→ False)."""
+        async with self._lock:
+            existing = self._networks.get(config.id)
+            if existing is not None:
+                if existing.config == config:
+                    return existing, False
+                raise OpError(
+                    ErrorCode.CONFLICT,
+                    f"network {config.id!r} is joined with another config; use network_update",
+                )
+            if len(self._networks) >= MAX_NETWORKS:
+                raise OpError(ErrorCode.CONFLICT, f"at most {MAX_NETWORKS} networks at once")
+            await self._save(config)
+            network = self._build(config)
+            await self.start_child(self._spec(network))
+            self._networks[config.id] = network
+        self.events.publish("network_added", {"network": config.id, "config": config.to_json()})
+        return network, True
+
+    async def update(self, config: NetworkConfig) -> bool:
+        """Apply a new config; returns whether the link reconnects (the brokers changed)."""
+        async with self._lock:
+            network = self.get(config.id)
+            await self._save(config)
+            reconnect = await network.apply(config)
+        self.events.publish(
+            "network_updated",
+            {"network": config.id, "config": config.to_json(), "reconnect": reconnect},
+        )
+        return reconnect
+
+    async def remove(self, network_id: str, *, purge: bool) -> None:
+        """Leave a network at once and forget it (and with `purge` its settings and messages)."""
+        async with self._lock:
+            network = self._networks.pop(network_id, None)
+            if network is not None:
+                with contextlib.suppress(ActorGone, AskTimeout):
+                    await network.peers.say_bye("network removed")
+                await self.stop_child(_child_name(network_id))
+            known = await self.store.call(
+                functools.partial(network_db.delete_network, network_id=network_id, purge=purge),
+                what="delete network",
+            )
+        if network is None and not known:
+            raise OpError(ErrorCode.NO_SUCH_NETWORK, f"not joined to a network {network_id!r}")
+        self.events.publish("network_removed", {"network": network_id, "purge": purge})
+
+    async def _save(self, config: NetworkConfig) -> None:
+        await self.store.call(
+            functools.partial(
+                network_db.save_network,
+                network_id=config.id,
+                config=config.to_json(),
+                now_ms=time.time_ns() // 1_000_000,
+            ),
+            what="save network",
+        )
+
+    def _build(self, config: NetworkConfig) -> Network:
+        return Network.build(config, self.identity, self.store, self.events)
+
+    def _spec(self, network: Network) -> ChildSpec:
+        return ChildSpec(
+            _child_name(network.config.id), network, shutdown_timeout=NETWORK_SHUTDOWN_TIMEOUT
+        )

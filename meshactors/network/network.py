@@ -1,0 +1,106 @@
+"""The `network <id>` supervisor: the `peers`, `link` and `rpc` actors of one joined network."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+import trio
+
+from meshactors.actors import Actor, ChildSpec, Strategy, Supervisor
+from meshactors.daemon.events import EventHub
+from meshactors.identity import Identity
+from meshactors.network.config import NetworkConfig
+from meshactors.network.link import Link
+from meshactors.network.peers import AppHandler, Peers, Phase
+from meshactors.store.actor import StoreActor
+from meshactors.wire.peer import Frame
+
+LINK_SHUTDOWN_TIMEOUT = 3.0  # seconds for the link's closing handshake and last notices
+
+
+@attrs.define(eq=False)
+class RpcPlaceholder(Actor):
+    """Holds the `rpc` slot of the tree until method routing lands (issue 5)."""
+
+    kind: ClassVar[str] = "rpc"
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+
+@attrs.define(eq=False, kw_only=True)
+class Network(Supervisor):
+    """One joined network. Children start peers → link → rpc; a crash restarts the rest.
+
+    `peers` starts first so the link always has somewhere to deliver; when `peers` restarts
+    the link reconnects too, so the fresh peer table hears a new welcome.
+    """
+
+    kind: ClassVar[str] = "network"
+
+    config: NetworkConfig
+    peers: Peers
+    link: Link
+    rpc: Actor
+
+    @classmethod
+    def build(
+        cls, config: NetworkConfig, identity: Identity, store: StoreActor, events: EventHub
+    ) -> Network:
+        """Wire a network's actors together (nothing runs until a supervisor starts it)."""
+        peers = Peers(config.id, identity, store, events, auto_approve=config.auto_approve)
+        link = Link(config.id, list(config.brokers), identity.signing_key, peers.inbox.sender)
+        peers.link = link
+        rpc = RpcPlaceholder()
+        return cls(
+            config=config,
+            peers=peers,
+            link=link,
+            rpc=rpc,
+            children=[
+                ChildSpec("peers", peers),
+                ChildSpec("link", link, shutdown_timeout=LINK_SHUTDOWN_TIMEOUT),
+                ChildSpec("rpc", rpc),
+            ],
+            strategy=Strategy.REST_FOR_ONE,
+        )
+
+    @property
+    def phase(self) -> Phase:
+        """connecting, alone, active or degraded; stopped while the link is not running."""
+        if self.link.state in ("idle", "stopped"):
+            return Phase.STOPPED
+        return self.peers.phase
+
+    def figures(self) -> dict[str, object]:
+        return {**super().figures(), "network": self.config.id, "phase": self.phase.value}
+
+    def register_app_handler(self, tag: str, handler: AppHandler) -> None:
+        """Route application frames of type `tag` from active peers to `handler`."""
+        self.peers.register_app_handler(tag, handler)
+
+    async def send_to_peer(self, device_id: str, frame: Frame) -> None:
+        """Send an application frame to an active peer (OpError no_such_peer, peer_not_active,
+        link_down)."""
+        await self.peers.send_app(device_id, frame)
+
+    async def apply(self, config: NetworkConfig) -> bool:
+        """Take a new config of the same id; reconnects only if the brokers changed (→ True)."""
+        reconnect = config.needs_reconnect_from(self.config)
+        self.config = config
+        await self.peers.set_auto_approve(config.auto_approve)
+        if reconnect:
+            self.link.set_brokers(list(config.brokers))
+        return reconnect
+
+    def summary(self) -> dict[str, Any]:
+        """The network as networks_list and status show it."""
+        return {
+            **self.config.to_json(),
+            "phase": self.phase.value,
+            "link": self.link.state,
+            "broker": self.link.url,
+            "peers": self.peers.figures()["peers"],
+        }

@@ -1,0 +1,703 @@
+"""The `peers` actor: sealed handshake, roster and approval, presence, rtt, capabilities, profile.
+
+It reads everything the link hears (presence, batches of sealed records) and every command
+from ops through one bounded inbox, so the peer table changes in one task only. A peer is
+`active` when both sides approved it, it is present at the broker and speaks our protocol
+major; only active peers' application frames reach the registered handlers.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, TypeVar
+
+import attrs
+import structlog
+import trio
+
+from meshactors._version import __version__
+from meshactors.actors import Actor, Inbox, Reply
+from meshactors.daemon.events import EventHub
+from meshactors.identity import Identity
+from meshactors.network.link import (
+    LINK_ROLE,
+    Inbound,
+    Link,
+    LinkDown,
+    LinkEvent,
+    LinkLost,
+    LinkUp,
+    PresenceJoin,
+    PresenceLeave,
+    Undeliverable,
+)
+from meshactors.network.sealing import FrameRejected, PeerCrypto
+from meshactors.store import networks as roster_db
+from meshactors.store.actor import StoreActor
+from meshactors.wire.device_id import (
+    InvalidDeviceId,
+    device_id_from_public_key,
+    public_key_from_device_id,
+)
+from meshactors.wire.ipc import ErrorCode, OpError
+from meshactors.wire.peer import (
+    FEATURES,
+    PROTOCOL_VERSION,
+    Approval,
+    BadPeerFrame,
+    Bye,
+    Capabilities,
+    Caps,
+    Frame,
+    Hello,
+    IncompatiblePeer,
+    Ping,
+    Pong,
+    Profile,
+    ProfileFrame,
+    converter,
+    decode_frame,
+    encode_frame,
+)
+
+log = structlog.get_logger("meshactors.peers")
+
+T = TypeVar("T")
+
+PEER_PING_INTERVAL = 15.0  # seconds between rtt probes to each handshaken peer
+MAX_PEERS = 1024  # peers tracked per network (the broker admits 256 by default)
+PEERS_INBOX = 1024  # link events and commands queued before the link's reader waits
+COMMAND_TIMEOUT = 10.0  # seconds an op waits for the peers actor to answer
+CONTROL_PLANE_ROLE = "control-plane"  # hidden from peers_list unless `all`
+CAPABILITIES_KEY = "capabilities"  # local_settings key of our advert in a network
+PROFILE_KEY = "profile"  # local_settings key of our profile (per network, or GLOBAL)
+
+AppHandler = Callable[[str, Frame], None]  # (sender device id, frame); must not block
+
+
+class PeerStatus(enum.StrEnum):
+    """Where a peer stands, as peers_list shows it."""
+
+    SIGHTED = "sighted"  # present at the broker, no hello yet
+    PENDING = "pending"  # handshaken, but one side has not approved
+    DENIED = "denied"  # we denied it
+    ACTIVE = "active"  # both approved: application traffic flows
+    INCOMPATIBLE = "incompatible"  # its protocol major differs from ours
+    OFFLINE = "offline"  # known (roster), not present
+
+
+STATUS_EVENTS = {
+    PeerStatus.SIGHTED: "peer_sighted",
+    PeerStatus.PENDING: "peer_pending",
+    PeerStatus.DENIED: "peer_denied",
+    PeerStatus.ACTIVE: "peer_active",
+    PeerStatus.INCOMPATIBLE: "peer_incompatible",
+    PeerStatus.OFFLINE: "peer_left",
+}
+
+
+class Phase(enum.StrEnum):
+    """A network's phase, as networks_list shows it."""
+
+    CONNECTING = "connecting"  # the link has not been up yet
+    ALONE = "alone"  # link up, no active peer
+    ACTIVE = "active"  # link up, at least one active peer
+    DEGRADED = "degraded"  # the link was up and dropped; reconnecting
+    STOPPED = "stopped"  # the network is not running
+
+
+@attrs.define(eq=False)
+class PeerState:
+    """What we know of one peer in this network."""
+
+    device_id: str
+    public_key: bytes
+    crypto: PeerCrypto
+    role: str = LINK_ROLE
+    present: bool = False
+    hello: Hello | None = None
+    capabilities: Capabilities | None = None
+    profile: Profile | None = None
+    remote_approval: str = "pending"
+    incompatible: str | None = None
+    rtt_ms: float | None = None
+    last_seen_ms: int | None = None
+    status: PeerStatus = PeerStatus.OFFLINE
+    dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
+
+    def forget_session(self) -> None:
+        """The peer left the broker: what it told us in this presence no longer holds."""
+        self.present = False
+        self.hello = None
+        self.remote_approval = "pending"
+        self.incompatible = None
+
+
+@attrs.frozen
+class _Call:
+    """Run `fn` inside the actor and answer with its result."""
+
+    fn: Callable[[], Awaitable[Any]]
+    reply: Reply[Any]
+
+
+_Message = LinkEvent | _Call
+
+
+@attrs.define(eq=False)
+class Peers(Actor):
+    """Owns one network's peer table; the link feeds it, ops ask it."""
+
+    kind: ClassVar[str] = "peers"
+
+    network: str
+    identity: Identity
+    store: StoreActor
+    events: EventHub
+    auto_approve: bool = False
+    link: Link | None = None  # set by the network before it starts
+    inbox: Inbox[_Message] = attrs.field(factory=lambda: Inbox(PEERS_INBOX))
+    phase: Phase = Phase.CONNECTING
+    capabilities: Capabilities = attrs.field(factory=Capabilities)
+    _global_profile: Profile = attrs.field(factory=Profile)
+    _network_profile: Profile | None = None
+    _peers: dict[str, PeerState] = attrs.field(factory=dict)
+    _by_key: dict[bytes, PeerState] = attrs.field(factory=dict)  # the same peers, by public key
+    _roster: dict[str, roster_db.RosterEntry] = attrs.field(factory=dict)
+    _app_handlers: dict[str, AppHandler] = attrs.field(factory=dict)
+    _link_was_up: bool = False
+    dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
+
+    @property
+    def profile(self) -> Profile:
+        """Our effective profile here: this network's own, else the global one."""
+        return self._network_profile or self._global_profile
+
+    def figures(self) -> dict[str, object]:
+        by_status = collections.Counter(peer.status.value for peer in self._peers.values())
+        return {
+            "phase": self.phase.value,
+            "peers": {status.value: by_status[status.value] for status in PeerStatus},
+            "roster": len(self._roster),
+            "dropped": dict(self.dropped),
+        }
+
+    # -- the API other actors and ops call -------------------------------------------------
+
+    def register_app_handler(self, tag: str, handler: AppHandler) -> None:
+        """Route application frames of type `tag` from active peers to `handler`."""
+        self._app_handlers[tag] = handler
+
+    async def send_app(self, device_id: str, frame: Frame) -> None:
+        """Seal an application frame to an active peer and queue it on the link.
+
+        Raises OpError no_such_peer, peer_not_active or link_down.
+        """
+        peer = self._peers.get(device_id)
+        if peer is None:
+            raise OpError(ErrorCode.NO_SUCH_PEER, f"no peer {device_id} in {self.network}")
+        if peer.status is not PeerStatus.ACTIVE:
+            raise OpError(
+                ErrorCode.PEER_NOT_ACTIVE, f"peer {device_id} is {peer.status.value}, not active"
+            )
+        try:
+            await self._send(peer, frame)
+        except LinkDown as exc:
+            raise OpError(ErrorCode.LINK_DOWN, str(exc)) from None
+
+    def active_peers(self) -> list[str]:
+        """Device ids of the peers application traffic may go to now."""
+        return [p.device_id for p in self._peers.values() if p.status is PeerStatus.ACTIVE]
+
+    async def list_peers(self, *, include_all: bool) -> list[dict[str, Any]]:
+        """peers_list: visible peers (all of them with `include_all`), by device id."""
+        return await self._ask(lambda: self._list(include_all), "list peers")
+
+    async def list_roster(self) -> list[dict[str, Any]]:
+        """roster_list: every device we approved, denied or saw, with its live status."""
+        return await self._ask(self._roster_view, "list roster")
+
+    async def approve(self, device_id: str, label: str | None) -> dict[str, Any]:
+        """roster_approve: approve a device (seen or not yet); it becomes active once it agrees."""
+        return await self._ask(lambda: self._set_roster(device_id, "approved", label), "approve")
+
+    async def deny(self, device_id: str) -> dict[str, Any]:
+        """roster_deny: refuse a device; it is never active until approved again."""
+        return await self._ask(lambda: self._set_roster(device_id, "denied", None), "deny")
+
+    async def forget(self, device_id: str) -> bool:
+        """roster_remove: forget a device's approval; it is cut off at once."""
+        return await self._ask(lambda: self._forget(device_id), "remove from roster")
+
+    async def set_capabilities(self, capabilities: Capabilities) -> None:
+        """Advertise new capabilities to peers (the caller persisted them)."""
+        await self._ask(lambda: self._set_capabilities(capabilities), "set capabilities")
+
+    async def set_profile(self, profile: Profile, *, network_scoped: bool) -> None:
+        """Use a new global or network profile and tell peers if the effective one changed."""
+        await self._ask(lambda: self._set_profile(profile, network_scoped), "set profile")
+
+    async def say_bye(self, reason: str) -> None:
+        """Tell every handshaken peer we are leaving (best effort: the broker also says so)."""
+        await self._ask(lambda: self._tell_handshaken(lambda _: Bye(reason)), "say bye")
+
+    async def set_auto_approve(self, value: bool) -> None:
+        """Approve devices seen from now on without asking (or stop doing so)."""
+
+        async def apply() -> None:
+            self.auto_approve = value
+
+        await self._ask(apply, "set auto_approve")
+
+    async def _ask(self, fn: Callable[[], Awaitable[T]], what: str) -> T:
+        result: T = await self.inbox.ask(
+            lambda reply: _Call(fn, reply), timeout=COMMAND_TIMEOUT, what=f"{self.network}: {what}"
+        )
+        return result
+
+    # -- the actor ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._load()
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._ping_loop)
+            async for message in self.inbox.receiver:
+                await self._handle(message)
+
+    async def _load(self) -> None:
+        """Roster, capabilities and profiles from the state database; a fresh peer table."""
+        entries = await self.store.call(
+            functools.partial(roster_db.roster, network=self.network), what="load roster"
+        )
+        self._roster = {entry.device_id: entry for entry in entries}
+        mine = await self.store.call(
+            functools.partial(roster_db.get_settings, network=self.network), what="load settings"
+        )
+        shared = await self.store.call(
+            functools.partial(roster_db.get_settings, network=roster_db.GLOBAL),
+            what="load global settings",
+        )
+        self.capabilities = _stored(mine.get(CAPABILITIES_KEY), Capabilities) or Capabilities()
+        self._network_profile = _stored(mine.get(PROFILE_KEY), Profile)
+        self._global_profile = _stored(shared.get(PROFILE_KEY), Profile) or Profile()
+        self._peers, self._by_key = {}, {}
+        self._link_was_up = False
+        self.phase = Phase.CONNECTING
+        for device_id in self._roster:
+            peer = self._peer(device_id)
+            if peer is not None:
+                peer.status = PeerStatus.OFFLINE
+
+    async def _handle(self, message: _Message) -> None:
+        match message:
+            case _Call(fn=fn, reply=reply):
+                try:
+                    reply.ok(await fn())
+                except Exception as exc:
+                    reply.fail(exc)
+            case Inbound(records=records):
+                for public_key, sealed in records:
+                    await self._on_record(public_key, sealed)
+            case PresenceJoin(device_id=device_id, role=role):
+                await self._on_join(device_id, role)
+            case PresenceLeave(device_id=device_id):
+                self._on_leave(device_id)
+            case LinkUp(peers=present):
+                self._link_was_up = True
+                for device_id in list(self._peers):
+                    self._on_leave(device_id)
+                for device_id, role in present:
+                    await self._on_join(device_id, role)
+            case LinkLost():
+                for device_id in list(self._peers):
+                    self._on_leave(device_id)
+            case Undeliverable(device_id=device_id):
+                self.dropped["undeliverable"] += 1
+                self._on_leave(device_id)
+        self._update_phase()
+
+    async def _ping_loop(self) -> None:
+        while True:
+            await trio.sleep(PEER_PING_INTERVAL)
+            for peer in list(self._peers.values()):
+                if peer.present and peer.hello is not None:
+                    await self._try_send(peer, Ping(time.monotonic_ns()))
+
+    # -- presence and frames ------------------------------------------------------------------
+
+    def _peer(self, device_id: str) -> PeerState | None:
+        """The peer's state, created on first sight; None for a bad id or a full table."""
+        peer = self._peers.get(device_id)
+        if peer is not None:
+            return peer
+        if len(self._peers) >= MAX_PEERS:
+            self.dropped["table_full"] += 1
+            return None
+        try:
+            crypto = PeerCrypto.for_peer(self.identity.signing_key, device_id)
+        except InvalidDeviceId:
+            self.dropped["bad_sender"] += 1
+            return None
+        peer = PeerState(device_id, public_key_from_device_id(device_id), crypto)
+        self._peers[device_id] = peer
+        self._by_key[peer.public_key] = peer
+        return peer
+
+    def _drop_peer(self, peer: PeerState) -> None:
+        """Forget a peer we keep no roster entry for."""
+        del self._peers[peer.device_id]
+        del self._by_key[peer.public_key]
+
+    async def _on_join(self, device_id: str, role: str) -> None:
+        peer = self._peer(device_id)
+        if peer is None:
+            return
+        peer.present, peer.role = True, role
+        self._update(peer)
+        await self._try_send(peer, self._hello(peer, answer=False))
+
+    def _on_leave(self, device_id: str) -> None:
+        peer = self._peers.get(device_id)
+        if peer is None or not peer.present:
+            return
+        peer.forget_session()
+        self._update(peer)
+        if device_id not in self._roster:
+            self._drop_peer(peer)
+
+    async def _on_record(self, public_key: bytes, sealed: bytes) -> None:
+        peer = self._by_key.get(public_key)
+        if peer is None:
+            try:
+                peer = self._peer(device_id_from_public_key(public_key))
+            except InvalidDeviceId:
+                self.dropped["bad_sender"] += 1
+                return
+            if peer is None:
+                return
+        try:
+            frame = decode_frame(peer.crypto.open(sealed))
+        except FrameRejected as rejected:
+            self._drop(peer, rejected.reason)
+            return
+        except BadPeerFrame as bad:
+            self._drop(peer, bad.reason)
+            return
+        except IncompatiblePeer as skew:
+            await self._on_incompatible(peer, str(skew))
+            return
+        peer.last_seen_ms = time.time_ns() // 1_000_000
+        peer.present = True
+        await self._on_frame(peer, frame)
+
+    def _drop(self, peer: PeerState, reason: str) -> None:
+        """Count a frame we dropped, per peer and per network."""
+        peer.dropped[reason] += 1
+        self.dropped[reason] += 1
+
+    async def _on_frame(self, peer: PeerState, frame: Frame) -> None:
+        if isinstance(frame, Hello):
+            await self._on_hello(peer, frame)
+            return
+        if peer.hello is None:
+            self._drop(peer, "before_hello")
+            return
+        match frame:
+            case Approval(state=state):
+                peer.remote_approval = state
+            case Caps(capabilities=capabilities):
+                self._set_peer_capabilities(peer, capabilities)
+            case ProfileFrame(profile=profile):
+                self._set_peer_profile(peer, profile)
+            case Ping(token=token):
+                await self._try_send(peer, Pong(token))
+            case Pong(token=token):
+                peer.rtt_ms = round((time.monotonic_ns() - token) / 1e6, 3)
+            case Bye():
+                peer.forget_session()
+            case _ if frame.app:
+                self._route_app(peer, frame)
+        self._update(peer)
+
+    def _route_app(self, peer: PeerState, frame: Frame) -> None:
+        if peer.status is not PeerStatus.ACTIVE:
+            self._drop(peer, "not_active")
+            return
+        handler = self._app_handlers.get(frame.tag)
+        if handler is None:
+            self._drop(peer, "no_handler")
+            return
+        handler(peer.device_id, frame)
+
+    async def _on_hello(self, peer: PeerState, hello: Hello) -> None:
+        first = peer.hello is None
+        peer.hello, peer.role = hello, hello.role
+        peer.remote_approval = hello.approval
+        peer.incompatible = None
+        self._set_peer_capabilities(peer, hello.capabilities, announce=not first)
+        self._set_peer_profile(peer, hello.profile)
+        if peer.device_id not in self._roster:
+            state = "approved" if self.auto_approve else "pending"
+            await self._store_roster(peer.device_id, state, hello.label)
+            if state == "approved":
+                self._publish("peer_approved", peer, auto=True)
+        if not hello.answer:
+            await self._try_send(peer, self._hello(peer, answer=True))
+        await self._try_send(peer, Ping(time.monotonic_ns()))
+        self._update(peer)
+
+    async def _on_incompatible(self, peer: PeerState, reason: str) -> None:
+        peer.present = True
+        if peer.incompatible == reason:
+            return
+        peer.incompatible = reason
+        peer.hello = None
+        self._update(peer)
+        await self._try_send(peer, self._hello(peer, answer=True))
+
+    def _set_peer_capabilities(
+        self, peer: PeerState, capabilities: Capabilities, *, announce: bool = True
+    ) -> None:
+        changed = peer.capabilities != capabilities
+        peer.capabilities = capabilities
+        if changed and announce:
+            self._publish(
+                "peer_capabilities", peer, capabilities=converter.unstructure(capabilities)
+            )
+
+    def _set_peer_profile(self, peer: PeerState, profile: Profile) -> None:
+        if peer.profile is not None and peer.profile != profile:
+            self._publish("peer_profile", peer, profile=converter.unstructure(profile))
+        peer.profile = profile
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _local_approval(self, device_id: str) -> str:
+        entry = self._roster.get(device_id)
+        return "pending" if entry is None else entry.state
+
+    def _hello(self, peer: PeerState, *, answer: bool) -> Hello:
+        return Hello(
+            major=PROTOCOL_VERSION[0],
+            minor=PROTOCOL_VERSION[1],
+            features=list(FEATURES),
+            label=self.identity.label,
+            app_version=__version__,
+            role=self.link.role if self.link is not None else LINK_ROLE,
+            capabilities=self.capabilities,
+            profile=self.profile.as_shown(),
+            approval=self._local_approval(peer.device_id),
+            answer=answer,
+        )
+
+    async def _send(self, peer: PeerState, frame: Frame) -> None:
+        """Seal and queue one frame; LinkDown when there is no link."""
+        if self.link is None:
+            raise LinkDown(f"network {self.network} has no link")
+        await self.link.send(peer.public_key, peer.crypto.seal(encode_frame(frame)))
+
+    async def _try_send(self, peer: PeerState, frame: Frame) -> None:
+        """Send a control frame; if the link is down the next hello makes up for it."""
+        try:
+            await self._send(peer, frame)
+        except LinkDown:
+            self.dropped["link_down"] += 1
+
+    async def _tell_handshaken(self, frame: Callable[[PeerState], Frame]) -> None:
+        """Send a frame to every present, handshaken, not denied peer."""
+        for peer in list(self._peers.values()):
+            if peer.present and peer.hello is not None and peer.status is not PeerStatus.DENIED:
+                await self._try_send(peer, frame(peer))
+
+    # -- commands -----------------------------------------------------------------------------
+
+    async def _set_roster(self, device_id: str, state: str, label: str | None) -> dict[str, Any]:
+        if device_id == self.identity.device_id:
+            raise OpError(ErrorCode.INVALID_PARAMS, "that is this daemon's own device id")
+        peer = self._peer(device_id)
+        if peer is None:
+            raise OpError(ErrorCode.INVALID_PARAMS, f"not a usable device id: {device_id!r}")
+        await self._store_roster(device_id, state, label)
+        if state == "approved":
+            self._publish("peer_approved", peer)
+        if peer.present and peer.hello is not None:
+            await self._try_send(peer, Approval(state))
+        self._update(peer)
+        self._update_phase()
+        return self._describe(peer)
+
+    async def _forget(self, device_id: str) -> bool:
+        known = await self.store.call(
+            functools.partial(roster_db.remove_roster, network=self.network, device_id=device_id),
+            what="remove from roster",
+        )
+        self._roster.pop(device_id, None)
+        peer = self._peers.get(device_id)
+        if peer is not None:
+            if peer.present and peer.hello is not None:
+                await self._try_send(peer, Approval("pending"))
+            self._update(peer)
+            if not peer.present:
+                self._drop_peer(peer)
+        self._update_phase()
+        return bool(known)
+
+    async def _store_roster(self, device_id: str, state: str, label: str | None) -> None:
+        now_ms = time.time_ns() // 1_000_000
+        await self.store.call(
+            functools.partial(
+                roster_db.set_roster_state,
+                network=self.network,
+                device_id=device_id,
+                state=state,
+                label=label,
+                now_ms=now_ms,
+            ),
+            what="save roster entry",
+        )
+        previous = self._roster.get(device_id)
+        kept_label = label if label is not None else previous.label if previous else None
+        self._roster[device_id] = roster_db.RosterEntry(
+            self.network, device_id, kept_label, state, now_ms
+        )
+
+    async def _set_capabilities(self, capabilities: Capabilities) -> None:
+        self.capabilities = capabilities
+        await self._tell_handshaken(lambda _: Caps(capabilities))
+
+    async def _set_profile(self, profile: Profile, network_scoped: bool) -> None:
+        before = self.profile
+        if network_scoped:
+            self._network_profile = profile
+        else:
+            self._global_profile = profile
+        if self.profile != before:
+            shown = self.profile.as_shown()
+            await self._tell_handshaken(lambda _: ProfileFrame(shown))
+
+    # -- status, phase, events, views --------------------------------------------------------
+
+    def _status_of(self, peer: PeerState) -> PeerStatus:
+        local = self._local_approval(peer.device_id)
+        if not peer.present:
+            return PeerStatus.OFFLINE
+        if peer.incompatible is not None:
+            return PeerStatus.INCOMPATIBLE
+        if peer.hello is None:
+            return PeerStatus.SIGHTED
+        if local == "denied":
+            return PeerStatus.DENIED
+        if local == "approved" and peer.remote_approval == "approved":
+            return PeerStatus.ACTIVE
+        return PeerStatus.PENDING
+
+    def _update(self, peer: PeerState) -> None:
+        """Recompute a peer's status and publish the event for a change."""
+        status = self._status_of(peer)
+        if status is peer.status:
+            return
+        peer.status = status
+        extra: dict[str, Any] = {}
+        if status is PeerStatus.INCOMPATIBLE:
+            extra["reason"] = peer.incompatible
+        log.info("peer status", network=self.network, device=peer.device_id, status=status.value)
+        self._publish(STATUS_EVENTS[status], peer, **extra)
+
+    def _update_phase(self) -> None:
+        if self.link is not None and self.link.up:
+            active = any(peer.status is PeerStatus.ACTIVE for peer in self._peers.values())
+            phase = Phase.ACTIVE if active else Phase.ALONE
+        else:
+            phase = Phase.DEGRADED if self._link_was_up else Phase.CONNECTING
+        if phase is not self.phase:
+            previous, self.phase = self.phase, phase
+            self.events.publish(
+                "network_phase",
+                {"network": self.network, "phase": phase.value, "previous": previous.value},
+            )
+
+    def _publish(self, kind: str, peer: PeerState, **extra: Any) -> None:
+        data = {
+            "network": self.network,
+            "device_id": peer.device_id,
+            "label": self._label(peer),
+            "status": peer.status.value,
+            **extra,
+        }
+        self.events.publish(kind, data)
+
+    def _label(self, peer: PeerState) -> str | None:
+        entry = self._roster.get(peer.device_id)
+        if entry is not None and entry.label is not None:
+            return entry.label
+        return peer.hello.label if peer.hello is not None else None
+
+    def _describe(self, peer: PeerState) -> dict[str, Any]:
+        hello = peer.hello
+        return {
+            "device_id": peer.device_id,
+            "label": self._label(peer),
+            "status": peer.status.value,
+            "role": peer.role,
+            "rtt_ms": peer.rtt_ms,
+            "capabilities": _plain(peer.capabilities),
+            "profile": _plain(peer.profile),
+            "last_seen_ms": peer.last_seen_ms,
+            "approval": self._local_approval(peer.device_id),
+            "peer_approval": peer.remote_approval,
+            "incompatible": peer.incompatible,
+            "protocol": None if hello is None else f"{hello.major}.{hello.minor}",
+            "features": None if hello is None else hello.features,
+            "app_version": None if hello is None else hello.app_version,
+            "frames": {**peer.crypto.stats, **peer.dropped},
+        }
+
+    async def _list(self, include_all: bool) -> list[dict[str, Any]]:
+        shown = [
+            self._describe(peer)
+            for peer in sorted(self._peers.values(), key=lambda p: p.device_id)
+            if include_all or _visible(peer)
+        ]
+        return shown
+
+    async def _roster_view(self) -> list[dict[str, Any]]:
+        rows = []
+        for entry in sorted(self._roster.values(), key=lambda e: e.device_id):
+            peer = self._peers.get(entry.device_id)
+            rows.append(
+                {
+                    "device_id": entry.device_id,
+                    "label": entry.label,
+                    "state": entry.state,
+                    "updated_at_ms": entry.updated_at,
+                    "status": peer.status.value if peer else PeerStatus.OFFLINE.value,
+                }
+            )
+        return rows
+
+
+def _visible(peer: PeerState) -> bool:
+    """Shown by peers_list without `all`: not a control plane, not an invisible profile."""
+    if peer.role == CONTROL_PLANE_ROLE:
+        return False
+    return peer.profile is None or peer.profile.visible
+
+
+def _plain(value: Capabilities | Profile | None) -> dict[str, Any] | None:
+    return None if value is None else converter.unstructure(value)
+
+
+def _stored(value: Any, cls: type[T]) -> T | None:
+    """A setting read back from the database, or None if absent or no longer valid."""
+    if value is None:
+        return None
+    try:
+        return converter.structure(value, cls)
+    except Exception:
+        log.warning("ignoring an unreadable stored setting", kind=cls.__name__)
+        return None

@@ -1,0 +1,260 @@
+"""The peer protocol: frames two daemons exchange, JSON-encoded before they are sealed.
+
+A frame is a JSON object whose `t` key names its type; the other keys are the fields of the
+attrs class registered for that tag, structured with the strict converter (no coercion, no
+unknown keys). Control frames (hello, approval, caps, profile, ping, pong, bye) are defined
+here. Application frames (RPC, channels, messages) register themselves with
+`register_frame(tag, app=True)`; the network routes them from active peers only.
+
+Versioning: `hello` always carries `major` and `minor`, and those two keys keep their meaning
+forever, so a peer of another major can be read far enough to be told apart. Within a major,
+a minor release may add frame types (announced in `features`) but never change a field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import attrs
+
+from meshactors.wire.strict import describe_error, make_strict_converter
+
+PROTOCOL_VERSION = (1, 0)  # (major, minor): a different major cannot talk to us
+FEATURES = ("caps", "profile", "ping")  # what this build speaks beyond the core frames
+MAX_PEER_FRAME_BYTES = 256 * 1024  # one frame's JSON, checked before parsing
+MAX_TAGS = 64  # capability tags per advert
+MAX_TAG_CHARS = 64  # one capability tag
+MAX_EXTRA_BYTES = 16 * 1024  # a capability advert's `extra` object, as compact JSON
+MAX_TEXT_CHARS = 280  # profile summary, app_version and similar one-line texts
+MAX_NAME_CHARS = 64  # profile display name, a peer's label
+MAX_FEATURES = 64  # features named in a hello
+PROFILE_STATUSES = ("idle", "working", "dnd")
+APPROVAL_STATES = ("pending", "approved", "denied")  # our roster state of the peer, as told to it
+
+F = TypeVar("F", bound="Frame")
+
+converter = make_strict_converter()
+
+
+class BadPeerFrame(ValueError):
+    """A frame that could not be decoded; `reason` is a stable counter name."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+class IncompatiblePeer(ValueError):
+    """A hello from a peer whose protocol major differs from ours."""
+
+    def __init__(self, major: object, minor: object) -> None:
+        ours = f"{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}"
+        super().__init__(f"peer speaks protocol {major}.{minor}, we speak {ours}")
+        self.major = major
+        self.minor = minor
+
+
+class Frame:
+    """Base of every peer frame; subclasses are attrs classes with a class-level `tag`."""
+
+    tag: ClassVar[str] = ""
+    app: ClassVar[bool] = False  # routed to an application handler, from active peers only
+
+
+_FRAMES: dict[str, type[Frame]] = {}
+
+
+def register_frame(tag: str, *, app: bool = False) -> Callable[[type[F]], type[F]]:
+    """Class decorator: make an attrs Frame subclass decodable under `tag`."""
+
+    def register(cls: type[F]) -> type[F]:
+        if tag in _FRAMES:
+            raise ValueError(f"peer frame tag {tag!r} registered twice")
+        cls.tag = tag
+        cls.app = app
+        _FRAMES[tag] = cls
+        return cls
+
+    return register
+
+
+def frame_class(tag: str) -> type[Frame] | None:
+    """The class registered for `tag`, if any."""
+    return _FRAMES.get(tag)
+
+
+def _check_text(limit: int) -> Callable[[object, attrs.Attribute[str], str], None]:
+    def check(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+        if len(value) > limit or not value.isprintable():
+            raise ValueError(f"{attribute.name} must be printable, at most {limit} characters")
+
+    return check
+
+
+def _check_tags(
+    _instance: object, _attribute: attrs.Attribute[list[str]], value: list[str]
+) -> None:
+    if len(value) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} tags")
+    for tag in value:
+        if not 0 < len(tag) <= MAX_TAG_CHARS or not tag.isprintable():
+            raise ValueError(f"a tag must be 1-{MAX_TAG_CHARS} printable characters: {tag!r}")
+
+
+def _check_extra(
+    _instance: object, _attribute: attrs.Attribute[dict[str, Any]], value: dict[str, Any]
+) -> None:
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"extra must be a JSON object: {exc}") from None
+    if size > MAX_EXTRA_BYTES:
+        raise ValueError(f"extra is {size} bytes as JSON; the limit is {MAX_EXTRA_BYTES}")
+
+
+def _check_count(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 0 <= value <= 2**31:
+        raise ValueError(f"{attribute.name} must be between 0 and 2^31")
+
+
+@attrs.frozen
+class Capabilities:
+    """A daemon's capability advert in one network; `extra` reaches peers untouched."""
+
+    tags: list[str] = attrs.field(factory=list, validator=_check_tags)
+    app_version: str = attrs.field(default="", validator=_check_text(MAX_TEXT_CHARS))
+    max_connections: int = attrs.field(default=0, validator=_check_count)
+    extra: dict[str, Any] = attrs.field(factory=dict, validator=_check_extra)
+
+
+def _check_status(_instance: object, _attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in PROFILE_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(PROFILE_STATUSES)}: {value!r}")
+
+
+@attrs.frozen
+class Profile:
+    """What a daemon shows about its user; an invisible one is hidden from others' lists."""
+
+    display_name: str = attrs.field(default="", validator=_check_text(MAX_NAME_CHARS))
+    status: str = attrs.field(default="idle", validator=_check_status)
+    summary: str = attrs.field(default="", validator=_check_text(MAX_TEXT_CHARS))
+    visible: bool = True
+
+    def as_shown(self) -> Profile:
+        """What peers are sent: an invisible profile reveals nothing but its invisibility."""
+        return self if self.visible else Profile(visible=False)
+
+
+def _check_approval(_instance: object, _attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in APPROVAL_STATES:
+        raise ValueError(f"approval must be one of {', '.join(APPROVAL_STATES)}: {value!r}")
+
+
+def _check_features(
+    _instance: object, _attribute: attrs.Attribute[list[str]], value: list[str]
+) -> None:
+    if len(value) > MAX_FEATURES or any(not 0 < len(f) <= MAX_NAME_CHARS for f in value):
+        raise ValueError(f"at most {MAX_FEATURES} features of 1-{MAX_NAME_CHARS} characters")
+
+
+@register_frame("hello")
+@attrs.frozen
+class Hello(Frame):
+    """Who we are and where we stand with the peer; `answer` marks a reply to its hello."""
+
+    major: int
+    minor: int
+    features: list[str] = attrs.field(validator=_check_features)
+    label: str | None = attrs.field(
+        validator=attrs.validators.optional(_check_text(MAX_NAME_CHARS))
+    )
+    app_version: str = attrs.field(validator=_check_text(MAX_TEXT_CHARS))
+    role: str = attrs.field(validator=_check_text(MAX_NAME_CHARS))
+    capabilities: Capabilities
+    profile: Profile
+    approval: str = attrs.field(validator=_check_approval)
+    answer: bool = False
+
+
+@register_frame("approval")
+@attrs.frozen
+class Approval(Frame):
+    """Our roster state of the peer changed."""
+
+    state: str = attrs.field(validator=_check_approval)
+
+
+@register_frame("caps")
+@attrs.frozen
+class Caps(Frame):
+    """Our capability advert in this network changed."""
+
+    capabilities: Capabilities
+
+
+@register_frame("profile")
+@attrs.frozen
+class ProfileFrame(Frame):
+    """Our profile changed."""
+
+    profile: Profile
+
+
+@register_frame("ping")
+@attrs.frozen
+class Ping(Frame):
+    """Round-trip probe; the peer echoes `token` in a pong."""
+
+    token: int
+
+
+@register_frame("pong")
+@attrs.frozen
+class Pong(Frame):
+    """Answer to a ping."""
+
+    token: int
+
+
+@register_frame("bye")
+@attrs.frozen
+class Bye(Frame):
+    """We are leaving the network (removed, or shutting down)."""
+
+    reason: str = attrs.field(validator=_check_text(MAX_TEXT_CHARS))
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """A frame as compact JSON bytes, ready to seal."""
+    data = converter.unstructure(frame)
+    return json.dumps({"t": frame.tag, **data}, separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode_frame(data: bytes) -> Frame:
+    """Decode opened bytes into a frame.
+
+    Raises IncompatiblePeer for a hello of another major, BadPeerFrame (reason `malformed`,
+    `too_large` or `unknown_frame`) for anything else that is not a frame we know.
+    """
+    if len(data) > MAX_PEER_FRAME_BYTES:
+        raise BadPeerFrame("too_large", f"{len(data)} bytes, limit {MAX_PEER_FRAME_BYTES}")
+    try:
+        fields = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BadPeerFrame("malformed", f"not JSON: {exc}") from None
+    if not isinstance(fields, dict) or not isinstance(fields.get("t"), str):
+        raise BadPeerFrame("malformed", "a frame is a JSON object with a string `t`")
+    tag = fields.pop("t")
+    if tag == "hello" and fields.get("major") != PROTOCOL_VERSION[0]:
+        raise IncompatiblePeer(fields.get("major"), fields.get("minor"))
+    cls = _FRAMES.get(tag)
+    if cls is None:
+        raise BadPeerFrame("unknown_frame", f"no frame type {tag[:40]!r}")
+    try:
+        frame: Frame = converter.structure(fields, cls)
+    except Exception as exc:
+        raise BadPeerFrame("malformed", f"{tag}: {describe_error(exc)}") from None
+    return frame

@@ -1,0 +1,59 @@
+"""The mesh commands parse as documented and print events as readable lines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from meshactors.cli import build_parser
+from meshactors.cli.mesh import format_event
+from meshactors.daemon.broker_actor import parse_listen
+
+DEVICE = "a" * 52
+
+
+def test_mesh_commands_parse() -> None:
+    parser = build_parser()
+    add = parser.parse_args(
+        ["network", "add", "n1", "--broker", "ws://h:1/v1", "--broker", "ws://g:2/v1"]
+    )
+    assert (add.id, add.broker, add.auto_approve) == ("n1", ["ws://h:1/v1", "ws://g:2/v1"], False)
+    update = parser.parse_args(["network", "update", "n1", "--no-auto-approve"])
+    assert (update.broker, update.auto_approve) == (None, False)
+    approve = parser.parse_args(["roster", "approve", DEVICE, "-n", "n1", "--label", "b"])
+    assert (approve.device_id, approve.network, approve.label) == (DEVICE, "n1", "b")
+    peers = parser.parse_args(["peers", "--all", "--json"])
+    assert (peers.all, peers.json, peers.network) == (True, True, None)
+    caps = parser.parse_args(["caps", "set", "--tag", "x", "--tag", "y", "--extra", '{"a":1}'])
+    assert caps.tag == ["x", "y"]
+    profile = parser.parse_args(["profile", "set", "--status", "dnd", "--invisible"])
+    assert (profile.status, profile.invisible, profile.network) == ("dnd", True, None)
+    broker = parser.parse_args(["broker", "--listen", "127.0.0.1:0"])
+    assert broker.listen == "127.0.0.1:0"
+    up = parser.parse_args(["daemon", "up", "--broker-listen", "0.0.0.0:7800"])
+    assert up.broker_listen == "0.0.0.0:7800"
+
+
+def test_events_print_as_readable_lines_or_json() -> None:
+    event = {
+        "kind": "peer_active",
+        "event_id": 7,
+        "at_ms": 0,
+        "network": "n1",
+        "device_id": DEVICE,
+        "label": "b",
+        "status": "active",
+    }
+    line = format_event(event, as_json=False)
+    assert "#7" in line and "peer_active" in line and f"{DEVICE[:12]} (b)" in line
+    assert "network=n1" in line and "status=active" in line
+    assert json.loads(format_event(event, as_json=True)) == event
+
+
+def test_listen_addresses_are_checked() -> None:
+    assert parse_listen("127.0.0.1:0") == ("127.0.0.1", 0)
+    assert parse_listen("[::1]:7800") == ("::1", 7800)
+    for bad in ("7800", "host:", ":80", "h:99999", "h:x"):
+        with pytest.raises(ValueError, match="HOST:PORT"):
+            parse_listen(bad)

@@ -1,0 +1,188 @@
+"""A broker and several real daemons in one trio run, each in its own home with its own key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from meshactors.broker.server import Broker
+from meshactors.daemon.main import DaemonOptions, serve
+from meshactors.daemon.services import Services
+from meshactors.identity import load_or_create_identity
+from meshactors.network.network import Network
+from meshactors.paths import prepare_dirs, resolve_paths
+from tests.daemon.conftest import LineClient
+
+NET = "net1"
+WAIT = 10.0  # seconds any awaited condition may take before the test fails
+
+
+class OpFailed(AssertionError):
+    """An op answered with an error; `code` is its error code."""
+
+    def __init__(self, op: str, error: dict[str, Any]) -> None:
+        super().__init__(f"{op}: {error}")
+        self.code = error["code"]
+
+
+@attrs.define(eq=False)
+class Daemon:
+    """A running daemon, a client for its socket and every event it published since start."""
+
+    name: str
+    home: Path
+    services: Services
+    client: LineClient
+    scope: trio.CancelScope
+    stopped: trio.Event
+    events: list[dict[str, Any]] = attrs.field(factory=list)
+    _changed: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def device_id(self) -> str:
+        return self.services.identity.device_id
+
+    def network(self, network_id: str = NET) -> Network:
+        assert self.services.networks is not None
+        return self.services.networks.get(network_id)
+
+    async def call(self, op: str, **params: Any) -> dict[str, Any]:
+        """Run an op and return its data; OpFailed on an error answer."""
+        answer = await self.client.call(op, **params)
+        if not answer["ok"]:
+            raise OpFailed(op, answer["error"])
+        data: dict[str, Any] = answer["data"]
+        return data
+
+    async def join(self, broker_url: str, network_id: str = NET, **config: Any) -> dict[str, Any]:
+        return await self.call(
+            "network_add", config={"id": network_id, "brokers": [broker_url], **config}
+        )
+
+    async def peer(self, other: Daemon, network_id: str = NET) -> dict[str, Any] | None:
+        peers = (await self.call("peers_list", network=network_id, all=True))["peers"]
+        return next((p for p in peers if p["device_id"] == other.device_id), None)
+
+    async def wait_event(
+        self, kind: str, timeout: float = WAIT, after: int = 0, **match: Any
+    ) -> dict[str, Any]:
+        """The first event of `kind` (newer than event id `after`) whose fields match."""
+        with trio.fail_after(timeout):
+            seen = 0
+            while True:
+                changed = self._changed
+                for event in self.events[seen:]:
+                    if (
+                        event["kind"] == kind
+                        and event["event_id"] > after
+                        and all(event.get(key) == value for key, value in match.items())
+                    ):
+                        return event
+                seen = len(self.events)
+                await changed.wait()
+
+    async def wait_status(self, other: Daemon, status: str, after: int = 0) -> dict[str, Any]:
+        """Wait for the event saying `other` reached `status` here."""
+        kind = {"active": "peer_active", "pending": "peer_pending", "offline": "peer_left"}[status]
+        return await self.wait_event(kind, after=after, device_id=other.device_id)
+
+    @property
+    def last_event_id(self) -> int:
+        return int(self.events[-1]["event_id"]) if self.events else 0
+
+    def record(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def stop(self) -> None:
+        """Stop the daemon as `shutdown` would and wait until it has."""
+        self.services.shutdown.set()
+        with trio.fail_after(WAIT):
+            await self.stopped.wait()
+
+
+@attrs.define(eq=False)
+class Mesh:
+    """Starts brokers and daemons in the test's nursery."""
+
+    root: Path
+    nursery: trio.Nursery
+    broker_port: int = 0
+    broker_scope: trio.CancelScope | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.broker_port}/v1"
+
+    async def start_broker(self, port: int = 0) -> int:
+        """Run a broker (on `port`, or a free one); returns the bound port."""
+        scope = trio.CancelScope()
+
+        async def run(task_status: trio.TaskStatus[int]) -> None:
+            with scope:
+                await Broker().serve("127.0.0.1", port, task_status=task_status)
+
+        self.broker_port = await self.nursery.start(run)
+        self.broker_scope = scope
+        return self.broker_port
+
+    def stop_broker(self) -> None:
+        assert self.broker_scope is not None
+        self.broker_scope.cancel()
+
+    async def daemon(self, name: str, **options: Any) -> Daemon:
+        """Start (or restart) the daemon whose home is `root/name`, labelled `name`."""
+        home = self.root / name
+        paths = resolve_paths({"MESHACTORS_HOME": str(home)})
+        prepare_dirs(paths)
+        identity = attrs.evolve(load_or_create_identity(paths.identity_file), label=name)
+        scope, stopped = trio.CancelScope(), trio.Event()
+
+        async def run(task_status: trio.TaskStatus[Services]) -> None:
+            try:
+                with scope:
+                    await serve(
+                        DaemonOptions(paths=paths, identity=identity, **options),
+                        task_status=task_status,
+                    )
+            finally:
+                stopped.set()
+
+        services: Services = await self.nursery.start(run)
+        client = LineClient(await trio.open_unix_socket(str(paths.socket)))
+        watcher = LineClient(await trio.open_unix_socket(str(paths.socket)))
+        daemon = Daemon(name, home, services, client, scope, stopped)
+        await watcher.call("events_subscribe", since=0)
+        self.nursery.start_soon(_collect, watcher, daemon.record)
+        return daemon
+
+
+async def _collect(watcher: LineClient, record: Callable[[dict[str, Any]], None]) -> None:
+    try:
+        while True:
+            frame = await watcher.frame()
+            if "kind" in frame:
+                record(frame)
+    except (EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path, nursery: trio.Nursery) -> Mesh:
+    mesh = Mesh(tmp_path, nursery)
+    await mesh.start_broker()
+    return mesh
+
+
+async def approve_both(a: Daemon, b: Daemon, network_id: str = NET) -> None:
+    """Each approves the other; returns once both see the other active."""
+    await a.call("roster_approve", network=network_id, device_id=b.device_id)
+    await b.call("roster_approve", network=network_id, device_id=a.device_id)
+    await a.wait_status(b, "active")
+    await b.wait_status(a, "active")

@@ -1,0 +1,114 @@
+"""The link: full-jitter backoff within documented bounds, and a drop fails waiting senders."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+
+import pytest
+import trio
+import trio.testing
+from nacl.signing import SigningKey
+from trio_websocket import WebSocketRequest, serve_websocket
+
+from meshactors.actors import Node, run_root
+from meshactors.network import link as link_module
+from meshactors.network.link import (
+    BACKOFF_BASE,
+    BACKOFF_CAP,
+    Link,
+    LinkDown,
+    LinkEvent,
+    LinkLost,
+    LinkUp,
+    backoff_delay,
+)
+from tests.network.conftest import WAIT
+
+
+def test_backoff_is_full_jitter_under_an_exponential_ceiling() -> None:
+    rng = random.Random(7)
+    for attempt in range(40):
+        ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)
+        delays = [backoff_delay(attempt, rng) for _ in range(200)]
+        assert all(0.0 <= delay <= ceiling for delay in delays)
+        assert max(delays) > ceiling * 0.8  # spread over the whole range, not fixed
+        assert min(delays) < ceiling * 0.2
+    assert backoff_delay(10_000, rng) <= BACKOFF_CAP
+
+
+def _refused_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"ws://127.0.0.1:{port}/v1"
+
+
+async def test_an_unreachable_broker_is_retried_with_backoff_and_sends_fail_clearly(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    send, _receive = trio.open_memory_channel[LinkEvent](10)
+    urls = [_refused_url(), _refused_url()]
+    link = Link("net1", urls, SigningKey.generate(), send, rng=random.Random(1))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, link, Node(name="link", kind="link"))
+        await trio.sleep(60)  # virtual time
+        # Retry k waits at most BACKOFF_BASE * 2**k: 60 s hold the first seven (ceilings sum
+        # to 31.75 s) whatever the jitter draws.
+        assert link.failures >= 7
+        assert link.state in ("backoff", "connecting")
+        assert link.connects == 0
+        assert link.last_error is not None
+        assert not link.up
+        with pytest.raises(LinkDown, match="net1"):
+            await link.send(bytes(32), b"x")
+        nursery.cancel_scope.cancel()
+    assert link.state == "stopped"
+
+
+async def test_senders_waiting_on_a_full_queue_fail_with_link_down_when_it_drops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(link_module, "OUTBOUND_QUEUE", 2)
+    hang_up = trio.Event()
+
+    async def stalled_broker(request: WebSocketRequest) -> None:
+        """Welcomes, then reads nothing until told to close the connection."""
+        ws = await request.accept()
+        await ws.get_message()  # the hello
+        await ws.send_message(json.dumps({"type": "welcome", "v": 1, "peers": []}))
+        await hang_up.wait()
+        await ws.aclose(1011, "gone")
+
+    events, deliveries = trio.open_memory_channel[LinkEvent](100)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, stalled_broker, "127.0.0.1", 0, None)
+        url = f"ws://127.0.0.1:{server.port}/v1"
+        link = Link("net1", [url], SigningKey.generate(), events, rng=random.Random(1))
+        await nursery.start(run_root, link, Node(name="link", kind="link"))
+        with trio.fail_after(WAIT):
+            assert isinstance(await deliveries.receive(), LinkUp)
+        failures: list[str] = []
+
+        async def sender() -> None:
+            try:
+                while True:
+                    await link.send(bytes(32), bytes(256 * 1024))
+            except LinkDown as exc:
+                failures.append(str(exc))
+
+        nursery.start_soon(sender)
+        await trio.testing.wait_all_tasks_blocked()  # the socket is full, then the queue
+        assert link.figures()["queued"] == 2
+        hang_up.set()
+        with trio.fail_after(WAIT):
+            assert isinstance(await deliveries.receive(), LinkLost)
+        await trio.testing.wait_all_tasks_blocked()
+        (failure,) = failures  # blocked in send, or sending as the drop happened
+        assert failure in (
+            "network net1: the broker link dropped",
+            "network net1: the broker link is backoff",
+        )
+        assert not link.up
+        nursery.cancel_scope.cancel()

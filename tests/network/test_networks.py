@@ -1,0 +1,155 @@
+"""Networks as ops: add (idempotent), conflict, update with and without reconnect, remove,
+rejoin after a restart, surviving a broker restart, and the inspect tree."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from tests.network.conftest import NET, WAIT, Mesh, OpFailed, approve_both
+
+
+async def test_add_is_idempotent_and_a_different_config_conflicts(mesh: Mesh) -> None:
+    a = await mesh.daemon("a")
+    first = await a.join(mesh.url)
+    again = await a.join(mesh.url)
+    assert (first["added"], again["added"]) == (True, False)
+    with pytest.raises(OpFailed) as conflict:
+        await a.join(mesh.url, label="other")
+    assert conflict.value.code == "conflict"
+    assert len([e for e in a.events if e["kind"] == "network_added"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("config", "word"),
+    [
+        ({"id": "bad id", "brokers": ["ws://127.0.0.1:1/v1"]}, "network id"),
+        ({"id": "n", "brokers": []}, "brokers"),
+        ({"id": "n", "brokers": ["http://127.0.0.1:1/v1"]}, "ws://"),
+        ({"id": "n", "brokers": ["ws://127.0.0.1:1/v1"], "auto_approve": "yes"}, "auto_approve"),
+        ({"id": "n", "brokers": ["ws://127.0.0.1:1/v1"], "colour": 1}, "colour"),
+        ({"brokers": ["ws://127.0.0.1:1/v1"]}, "id"),
+    ],
+)
+async def test_invalid_configs_are_refused_with_the_field_named(
+    mesh: Mesh, config: dict[str, object], word: str
+) -> None:
+    a = await mesh.daemon("a")
+    with pytest.raises(OpFailed) as refused:
+        await a.call("network_add", config=config)
+    assert refused.value.code == "invalid_params"
+    assert word in str(refused.value)
+    assert (await a.call("networks_list"))["networks"] == []
+
+
+async def test_update_applies_label_and_auto_approve_without_reconnecting(mesh: Mesh) -> None:
+    a, b = await mesh.daemon("a"), await mesh.daemon("b")
+    await a.join(mesh.url)
+    await a.wait_event("network_phase", phase="alone")
+    link = a.network().link
+    answer = await a.call(
+        "network_update",
+        config={"id": NET, "brokers": [mesh.url], "label": "home", "auto_approve": True},
+    )
+    assert answer["reconnect"] is False
+    assert answer["network"]["label"] == "home"
+    assert link.connects == 1
+    await b.join(mesh.url)
+    await a.wait_event("peer_approved", device_id=b.device_id, auto=True)  # auto_approve applied
+    assert link.connects == 1
+
+    other_url = f"ws://localhost:{mesh.broker_port}/v1"
+    after = a.last_event_id
+    answer = await a.call("network_update", config={"id": NET, "brokers": [other_url]})
+    assert answer["reconnect"] is True
+    await a.wait_event("network_phase", after=after, phase="alone")
+    assert (link.connects, link.url) == (2, other_url)
+
+
+async def test_remove_leaves_at_once_and_forgets(mesh: Mesh) -> None:
+    a, b = await mesh.daemon("a"), await mesh.daemon("b")
+    await a.join(mesh.url)
+    await b.join(mesh.url)
+    await approve_both(a, b)
+    await a.call("network_remove", network=NET, purge=True)
+    await b.wait_status(a, "offline")
+    assert (await a.call("networks_list"))["networks"] == []
+    assert "network net1" not in a.services.tree.children["networks"].children
+    await a.wait_event("network_removed", network=NET, purge=True)
+    with pytest.raises(OpFailed) as gone:
+        await a.call("network_remove", network=NET)
+    assert gone.value.code == "no_such_network"
+    with pytest.raises(OpFailed) as unknown:
+        await a.call("peers_list", network=NET)
+    assert unknown.value.code == "no_such_network"
+
+
+async def test_networks_approvals_and_settings_survive_a_restart(mesh: Mesh) -> None:
+    a, b = await mesh.daemon("a"), await mesh.daemon("b")
+    await a.join(mesh.url)
+    await b.join(mesh.url)
+    await approve_both(a, b)
+    caps = {"tags": ["t"], "app_version": "1", "max_connections": 1, "extra": {"k": [1]}}
+    await a.call("capabilities_set", network=NET, capabilities=caps)
+    await a.call("profile_set", display_name="Ann")
+    await a.stop()
+    await b.wait_status(a, "offline")
+    after = b.last_event_id
+    a = await mesh.daemon("a")  # same home: no command given
+    await a.wait_status(b, "active")
+    await b.wait_status(a, "active", after=after)
+    seen = await b.peer(a)
+    assert seen is not None
+    assert seen["capabilities"] == caps
+    assert seen["profile"]["display_name"] == "Ann"
+
+
+async def test_both_peers_are_active_again_after_a_broker_restart(mesh: Mesh) -> None:
+    a, b = await mesh.daemon("a"), await mesh.daemon("b")
+    await a.join(mesh.url)
+    await b.join(mesh.url)
+    await approve_both(a, b)
+    after_a, after_b = a.last_event_id, b.last_event_id
+    port = mesh.broker_port
+    mesh.stop_broker()
+    await a.wait_event("network_phase", after=after_a, phase="degraded")
+    assert (await a.call("networks_list"))["networks"][0]["phase"] == "degraded"
+    await mesh.start_broker(port)
+    await a.wait_status(b, "active", after=after_a)
+    await b.wait_status(a, "active", after=after_b)
+    await a.wait_event("network_phase", after=after_a, phase="active")
+
+
+async def test_inspect_shows_each_network_with_its_children_and_figures(mesh: Mesh) -> None:
+    a, b = await mesh.daemon("a"), await mesh.daemon("b")
+    await a.join(mesh.url)
+    await b.join(mesh.url)
+    await approve_both(a, b)
+    tree = await a.call("inspect")
+    names = [child["name"] for child in tree["children"]]
+    assert names == ["store", "events", "networks", "control", "notifier"]
+    (network,) = next(c for c in tree["children"] if c["name"] == "networks")["children"]
+    assert network["name"] == f"network {NET}"
+    assert network["kind"] == "network"
+    assert network["figures"]["phase"] == "active"
+    children = {child["name"]: child for child in network["children"]}
+    assert list(children) == ["peers", "link", "rpc"]
+    assert children["link"]["figures"]["state"] == "up"
+    assert children["link"]["figures"]["url"] == mesh.url
+    assert children["peers"]["figures"]["peers"]["active"] == 1
+    status = await a.call("status")
+    assert [(n["id"], n["phase"]) for n in status["networks"]] == [(NET, "active")]
+
+
+async def test_an_embedded_broker_serves_the_mesh(mesh: Mesh) -> None:
+    a = await mesh.daemon("a", broker_listen=("127.0.0.1", 0))
+    port = a.services.tree.children["broker"].figures()["port"]  # type: ignore[misc]
+    url = f"ws://127.0.0.1:{port}/v1"
+    b = await mesh.daemon("b")
+    await a.join(url)
+    await b.join(url)
+    await approve_both(a, b)
+    with trio.fail_after(WAIT):
+        tree = await a.call("inspect")
+    broker = next(c for c in tree["children"] if c["name"] == "broker")
+    assert broker["figures"]["members"] == 2

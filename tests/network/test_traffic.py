@@ -1,0 +1,151 @@
+"""Application frames flow between active peers only; capabilities and profile reach them live."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from meshactors.wire.peer import Frame, register_frame
+from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed, approve_both
+
+
+@register_frame("test_note", app=True)
+@attrs.frozen
+class Note(Frame):
+    """A stand-in for the application frames that RPC and channels will add."""
+
+    text: str
+
+
+@attrs.define
+class Inbox:
+    """Notes a daemon's network handed to the registered handler."""
+
+    notes: list[tuple[str, str]] = attrs.field(factory=list)
+    arrived: trio.Event = attrs.field(factory=trio.Event)
+
+    def __call__(self, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, Note)
+        self.notes.append((sender, frame.text))
+        self.arrived.set()
+        self.arrived = trio.Event()
+
+    async def wait_for(self, count: int) -> None:
+        with trio.fail_after(WAIT):
+            while len(self.notes) < count:
+                await self.arrived.wait()
+
+
+async def _pair(mesh: Mesh) -> tuple[Daemon, Daemon]:
+    a, b = await mesh.daemon("a"), await mesh.daemon("b")
+    await a.join(mesh.url)
+    await b.join(mesh.url)
+    await approve_both(a, b)
+    return a, b
+
+
+async def test_active_peers_exchange_app_frames_in_batches(mesh: Mesh) -> None:
+    a, b = await _pair(mesh)
+    inbox = Inbox()
+    b.network().register_app_handler("test_note", inbox)
+    batches_before = a.network().link.batches_out
+    async with trio.open_nursery() as nursery:
+        for i in range(500):
+            nursery.start_soon(a.network().send_to_peer, b.device_id, Note(f"n{i}"))
+    await inbox.wait_for(500)
+    assert {text for _, text in inbox.notes} == {f"n{i}" for i in range(500)}
+    assert {sender for sender, _ in inbox.notes} == {a.device_id}
+    sent_in = a.network().link.batches_out - batches_before
+    assert sent_in <= 50, sent_in  # many frames per WebSocket message
+
+
+async def test_send_to_peer_refuses_peers_that_are_not_active(mesh: Mesh) -> None:
+    a, b = await mesh.daemon("a"), await mesh.daemon("b")
+    await a.join(mesh.url)
+    await b.join(mesh.url)
+    await a.wait_event("peer_pending", device_id=b.device_id)
+    with pytest.raises(Exception) as not_active:
+        await a.network().send_to_peer(b.device_id, Note("too early"))
+    assert getattr(not_active.value, "code", None) == "peer_not_active"
+    with pytest.raises(Exception) as unknown:
+        await a.network().send_to_peer(a.device_id, Note("nobody"))
+    assert getattr(unknown.value, "code", None) == "no_such_peer"
+
+
+async def test_removed_peer_is_cut_off_at_once(mesh: Mesh) -> None:
+    a, b = await _pair(mesh)
+    inbox = Inbox()
+    a.network().register_app_handler("test_note", inbox)
+    await b.network().send_to_peer(a.device_id, Note("before"))
+    await inbox.wait_for(1)
+    after = a.last_event_id
+    await a.call("roster_remove", network=NET, device_id=b.device_id)
+    with pytest.raises(Exception) as cut:
+        await a.network().send_to_peer(b.device_id, Note("after"))
+    assert getattr(cut.value, "code", None) == "peer_not_active"
+    await b.wait_event("peer_pending", device_id=a.device_id)  # b learnt it is no longer approved
+    assert (await a.peer(b) or {})["status"] == "pending"
+    assert a.last_event_id > after
+    with pytest.raises(OpFailed) as again:
+        await a.call("roster_remove", network=NET, device_id=b.device_id)
+    assert again.value.code == "not_found"
+
+
+async def test_capabilities_reach_peers_with_nested_extra_intact(mesh: Mesh) -> None:
+    a, b = await _pair(mesh)
+    extra: dict[str, Any] = {"gpu": {"models": ["x", {"deep": [1, 2.5, None, True]}]}, "n": 3}
+    caps = {"tags": ["render", "cpu"], "app_version": "2.1", "max_connections": 8, "extra": extra}
+    await a.call("capabilities_set", network=NET, capabilities=caps)
+    event = await b.wait_event("peer_capabilities", device_id=a.device_id)
+    assert event["capabilities"] == caps
+    assert (await b.peer(a) or {})["capabilities"] == caps
+
+
+async def test_bad_capabilities_are_refused_with_the_field_named(mesh: Mesh) -> None:
+    a = await mesh.daemon("a")
+    await a.join(mesh.url)
+    for bad, word in [
+        ({"tags": "x"}, "array"),
+        ({"max_connections": "8"}, "int"),
+        ({"extra": {"a": "x" * 20_000}}, "extra"),
+        ({"color": 1}, "color"),
+    ]:
+        with pytest.raises(OpFailed) as refused:
+            await a.call("capabilities_set", network=NET, capabilities=bad)
+        assert refused.value.code == "invalid_params"
+        assert word in str(refused.value)
+
+
+async def test_profile_reaches_peers_and_an_invisible_daemon_still_answers(mesh: Mesh) -> None:
+    a, b = await _pair(mesh)
+    await a.call("profile_set", display_name="Ann", status="working", summary="on it")
+    event = await b.wait_event("peer_profile", device_id=a.device_id)
+    assert event["profile"] == {
+        "display_name": "Ann",
+        "status": "working",
+        "summary": "on it",
+        "visible": True,
+    }
+    after = b.last_event_id
+    await a.call("profile_set", network=NET, display_name="Ann", visible=False)
+    hidden = await b.wait_event("peer_profile", device_id=a.device_id, after=after)
+    assert hidden["profile"]["visible"] is False
+    assert hidden["profile"]["display_name"] == ""  # nothing else is revealed
+    listed = (await b.call("peers_list", network=NET))["peers"]
+    assert a.device_id not in [p["device_id"] for p in listed]
+    assert (await b.peer(a) or {})["status"] == "active"  # `all` still shows it
+    inbox = Inbox()
+    a.network().register_app_handler("test_note", inbox)
+    await b.network().send_to_peer(a.device_id, Note("still there?"))
+    await inbox.wait_for(1)
+
+
+async def test_bad_profile_is_refused(mesh: Mesh) -> None:
+    a = await mesh.daemon("a")
+    with pytest.raises(OpFailed) as refused:
+        await a.call("profile_set", status="asleep")
+    assert refused.value.code == "invalid_params"
+    assert "status" in str(refused.value)
