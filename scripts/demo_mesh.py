@@ -1,0 +1,156 @@
+"""The README's first command: a broker and two daemons, shown working end to end.
+
+Every step runs the real CLI (as a user would type it) against real processes in temporary
+homes on loopback, and the demo stops everything it started, whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+STEP_TIMEOUT = 60  # seconds any one command may take
+BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
+
+
+class Home:
+    """One daemon's MESHACTORS_HOME and the CLI bound to it."""
+
+    def __init__(self, name: str, path: Path) -> None:
+        self.name = name
+        self.path = path
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MESHACTORS_")}
+        self.env["MESHACTORS_HOME"] = str(path)
+
+    def run(self, *args: str, show: bool = True) -> str:
+        """Run `meshactors ARGS…`, echo the command and its output, return stdout."""
+        if show:
+            print(f"{DIM}[{self.name}]{RESET} $ meshactors {shlex.join(args)}")
+        result = subprocess.run(
+            [sys.executable, "-m", "meshactors", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=STEP_TIMEOUT,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise SystemExit(
+                f"demo failed: meshactors {shlex.join(args)} exited {result.returncode}\n"
+                f"{result.stdout}{result.stderr}"
+            )
+        if show and result.stdout.strip():
+            print(result.stdout.rstrip())
+        return result.stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "--json", show=False))
+
+
+def step(title: str) -> None:
+    print(f"\n{BOLD}== {title}{RESET}")
+
+
+@contextmanager
+def broker(workdir: Path) -> Iterator[str]:
+    """A broker process on a free loopback port; yields its ws:// URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "meshactors", "broker", "--listen", "127.0.0.1:0", "--log-json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # the broker's own word that it listens
+            if "broker_listening" in line:
+                break
+        else:
+            raise SystemExit("demo failed: the broker did not start")
+        drain = threading.Thread(target=process.stderr.read, daemon=True)
+        drain.start()  # keep its log pipe flowing
+        yield f"ws://{json.loads(line)['listen']}/v1"
+    finally:
+        process.terminate()
+        process.wait(timeout=STEP_TIMEOUT)
+
+
+@contextmanager
+def daemon(home: Home) -> Iterator[Home]:
+    home.run("daemon", "up", "--detach")
+    try:
+        yield home
+    finally:
+        home.run("daemon", "down", show=False)
+
+
+def wait_for_event(home: Home, kind: str, **match: str) -> dict[str, Any]:
+    """Read the daemon's event log and live stream until an event of `kind` matches `match`."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "meshactors", "events", "--json", "--since", "0"],
+        env=home.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            event: dict[str, Any] = json.loads(line)
+            if event.get("kind") == kind and all(event.get(k) == v for k, v in match.items()):
+                return event
+        raise SystemExit(f"demo failed: {home.name}'s event stream ended before {kind}")
+    finally:
+        process.kill()
+        process.wait()
+
+
+def main() -> None:
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meshactors-demo-")))
+        alice = Home("alice", workdir / "alice")
+        bob = Home("bob", workdir / "bob")
+
+        step("a broker on loopback")
+        url = stack.enter_context(broker(workdir))
+        print(f"broker listening at {url}")
+
+        step("two daemons, each in its own home with its own identity")
+        stack.enter_context(daemon(alice))
+        stack.enter_context(daemon(bob))
+        alice_id = alice.json("identity", "show")["device_id"]
+        bob_id = bob.json("identity", "show")["device_id"]
+
+        step("both join the network `demo`; each approves the other")
+        alice.run("network", "add", "demo", "--broker", url, "--label", "the demo network")
+        bob.run("network", "add", "demo", "--broker", url)
+        alice.run("roster", "approve", "-n", "demo", bob_id, "--label", "bob")
+        bob.run("roster", "approve", "-n", "demo", alice_id, "--label", "alice")
+        wait_for_event(alice, "peer_active", device_id=bob_id)
+        wait_for_event(bob, "peer_active", device_id=alice_id)
+        alice.run("peers", "-n", "demo")
+
+        step("capabilities reach the peer, `extra` untouched")
+        alice.run(
+            "caps", "set", "-n", "demo", "--tag", "gpu", "--extra", '{"models":{"llama":[8]}}'
+        )
+        wait_for_event(bob, "peer_capabilities", device_id=alice_id)
+        (seen,) = bob.json("peers", "-n", "demo")
+        print(f"bob sees alice's capabilities: {json.dumps(seen['capabilities'])}")
+
+        step("the live actor tree of alice's daemon")
+        alice.run("inspect")
+
+        step("done: stopping both daemons and the broker")
+
+
+if __name__ == "__main__":
+    main()
