@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from meshactors.daemon.main import DaemonOptions, serve
 from meshactors.daemon.services import Services
 from meshactors.identity import load_or_create_identity
 from meshactors.paths import prepare_dirs, resolve_paths
+from tests.daemon.httptools import RawHttp
 from tests.support import LineClient
 
 
@@ -39,3 +40,22 @@ async def connect(daemon: Services) -> AsyncIterator[Any]:
     yield open_client
     for client in clients:
         await client.aclose()
+
+
+Connect = Callable[[], Awaitable[RawHttp]]
+
+
+@pytest.fixture
+async def http(daemon: Services) -> AsyncIterator[Connect]:
+    """Raw HTTP connections to the daemon's socket, closed afterwards."""
+    streams: list[trio.SocketStream] = []
+
+    async def open_http() -> RawHttp:
+        stream = await trio.open_unix_socket(str(daemon.paths.socket))
+        streams.append(stream)
+        return RawHttp(stream)
+
+    with trio.fail_after(10):
+        yield open_http
+    for stream in streams:
+        await stream.aclose()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -14,24 +13,8 @@ from meshactors.daemon.optable import Op
 from meshactors.daemon.services import Services
 from meshactors.daemon.session import Session
 from meshactors.wire.ipc import ErrorCode, OpError
-from tests.daemon.httptools import RawHttp, encode_request
-
-Connect = Callable[[], Awaitable[RawHttp]]
-
-
-@pytest.fixture
-async def http(daemon: Services) -> AsyncIterator[Connect]:
-    streams: list[trio.SocketStream] = []
-
-    async def open_http() -> RawHttp:
-        stream = await trio.open_unix_socket(str(daemon.paths.socket))
-        streams.append(stream)
-        return RawHttp(stream)
-
-    with trio.fail_after(10):
-        yield open_http
-    for stream in streams:
-        await stream.aclose()
+from tests.daemon.conftest import Connect
+from tests.daemon.httptools import encode_request
 
 
 @attrs.frozen

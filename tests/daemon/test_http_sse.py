@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -14,24 +13,8 @@ from meshactors.daemon.events import PERSIST_BATCH
 from meshactors.daemon.services import Services
 from meshactors.daemon.sse import KEEPALIVE, KEEPALIVE_INTERVAL, SseSink, sse_message
 from meshactors.store.events import EVENT_LOG_LIMIT, PRUNE_BATCH, Event
+from tests.daemon.conftest import Connect
 from tests.daemon.httptools import RawHttp, encode_request, sse_events
-
-Connect = Callable[[], Awaitable[RawHttp]]
-
-
-@pytest.fixture
-async def http(daemon: Services) -> AsyncIterator[Connect]:
-    streams: list[trio.SocketStream] = []
-
-    async def open_http() -> RawHttp:
-        stream = await trio.open_unix_socket(str(daemon.paths.socket))
-        streams.append(stream)
-        return RawHttp(stream)
-
-    with trio.fail_after(10):
-        yield open_http
-    for stream in streams:
-        await stream.aclose()
 
 
 async def open_events(http: Connect, path: str = "/v1/events", **headers: str) -> RawHttp:
