@@ -101,7 +101,8 @@ def build_hello(
         raise ValueError(f"nonce must be {NONCE_BYTES} bytes, got {len(nonce)}")
     device_id = device_id_from_public_key(signing_key.verify_key.encode())
     nonce_b64 = base64.b64encode(nonce).decode("ascii")
-    signature = signing_key.sign(_signed_bytes(network, device_id, now_ms, nonce_b64)).signature
+    signed = _signed_bytes(network, device_id, now_ms, nonce_b64, role)
+    signature = signing_key.sign(signed).signature
     hello = {
         "type": "hello",
         "v": HELLO_VERSION,
@@ -138,7 +139,9 @@ def verify_hello(text: str, *, now_ms: int) -> VerifiedHello:
     _strict_b64(nonce_b64, NONCE_BYTES, "nonce")
     signature = _strict_b64(sig_b64, SIGNATURE_BYTES, "sig")
     try:
-        VerifyKey(public_key).verify(_signed_bytes(network, device_id, ts, nonce_b64), signature)
+        VerifyKey(public_key).verify(
+            _signed_bytes(network, device_id, ts, nonce_b64, role), signature
+        )
     except CryptoError as exc:
         raise HelloRejected(RejectReason.BAD_SIGNATURE) from exc
     if abs(now_ms - ts) > MAX_CLOCK_SKEW_MS:
@@ -223,5 +226,6 @@ def _is_role(value: str) -> bool:
     return 0 < len(value) <= MAX_ROLE_CHARS and value.isprintable()
 
 
-def _signed_bytes(network: str, device_id: str, ts: int, nonce_b64: str) -> bytes:
-    return HELLO_DOMAIN + "\n".join([network, device_id, str(ts), nonce_b64]).encode()
+def _signed_bytes(network: str, device_id: str, ts: int, nonce_b64: str, role: str) -> bytes:
+    """What the hello's signature covers: the role too, so a relay cannot rewrite it."""
+    return HELLO_DOMAIN + "\n".join([network, device_id, str(ts), nonce_b64, role]).encode()

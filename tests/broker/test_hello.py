@@ -96,6 +96,7 @@ def test_signature_by_another_key_is_refused() -> None:
 def test_signed_fields_cannot_be_changed() -> None:
     assert rejection(json.dumps(hello_fields(network="net-2"))) == RejectReason.BAD_SIGNATURE
     assert rejection(json.dumps(hello_fields(ts=NOW + 1))) == RejectReason.BAD_SIGNATURE
+    assert rejection(json.dumps(hello_fields(role="control-plane"))) == RejectReason.BAD_SIGNATURE
 
 
 @pytest.mark.parametrize("offset", [MAX_CLOCK_SKEW_MS + 1, -(MAX_CLOCK_SKEW_MS + 1)])
