@@ -50,7 +50,13 @@ def test_signature_covers_the_documented_domain_separated_bytes() -> None:
     signed = (
         HELLO_DOMAIN
         + "\n".join(
-            [fields["network"], fields["device_id"], str(fields["ts"]), fields["nonce"]]
+            [
+                fields["network"],
+                fields["device_id"],
+                str(fields["ts"]),
+                fields["nonce"],
+                fields["role"],
+            ]
         ).encode()
     )
     KEY.verify_key.verify(signed, base64.b64decode(fields["sig"]))
