@@ -77,9 +77,10 @@ class OutboxListParams:
 
 @attrs.frozen
 class RequeueParams:
-    """Params of `outbox_requeue`: the row id, optionally the new row's client_message_id."""
+    """Params of `outbox_requeue`: the row's id (`id` itself names the request on the socket),
+    optionally the new row's client_message_id."""
 
-    id: str
+    outbox_id: str
     new_client_message_id: str | None = None
 
 
@@ -295,19 +296,19 @@ async def outbox_requeue(session: Session, params: RequeueParams) -> dict[str, A
         session,
         functools.partial(
             outbox_db.requeue,
-            row_id=params.id,
+            row_id=params.outbox_id,
             new_client_message_id=params.new_client_message_id,
             now_ms=_now_ms(),
         ),
         "requeue",
     )
     _poke_outbox(session)
-    return {"superseded": params.id, "row": row_view(row)}
+    return {"superseded": params.outbox_id, "row": row_view(row)}
 
 
 OPS: list[Op[Any]] = [
     Op("send", SendParams, send, "queue a durable message {network, to, message, ...}"),
-    Op("inbox", InboxParams, inbox, "received messages {network?, from?, since?, limit, cursor?}"),
+    Op("inbox", InboxParams, inbox, "received messages {network?, from?, since?, limit?, cursor?}"),
     Op("outbox_list", OutboxListParams, outbox_list, "queued sends {status?, network?, limit}"),
-    Op("outbox_requeue", RequeueParams, outbox_requeue, "send a dead row again {id}"),
+    Op("outbox_requeue", RequeueParams, outbox_requeue, "send a dead row again {outbox_id}"),
 ]

@@ -343,11 +343,13 @@ class Outbox(Actor):
                 what="record deliveries",
             )
             for item, status in zip(batch, statuses, strict=True):
-                if item.error is None:
-                    self.counts["delivered"] += 1
-                else:
-                    self.counts["failed"] += 1
-                    self.counts["dead"] += status == "dead"
+                self.counts["delivered" if item.error is None else "failed"] += 1
+                self.counts["dead"] += status == "dead"
+                if status in ("done", "dead"):
+                    self.events.publish(
+                        "message_delivered" if status == "done" else "message_dead",
+                        {"id": item.outbox_id, "recipient": item.recipient, "error": item.error},
+                    )
 
     async def _sweep(self) -> None:
         """Make sends past their TTL dead even if their peer never came back; refresh counts."""
