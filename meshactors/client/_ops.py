@@ -189,7 +189,7 @@ class Ops(abc.ABC):
         self,
         network: str,
         to: str,
-        message: Json,
+        message: str,
         *,
         priority: Priority = "next",
         meta: Mapping[str, Json] | None = None,
@@ -216,10 +216,11 @@ class Ops(abc.ABC):
         limit: int,
         network: str | None = None,
         sender: str | None = None,
-        since: int | str | None = None,
+        since: int | None = None,
         cursor: str | None = None,
     ) -> Data:
-        """A page of received messages (`sender` is the op's `from`)."""
+        """A page of received messages (`sender` is the op's `from`; `since` is ms since the
+        epoch; pass the answer's `next_cursor` as `cursor` for the next page)."""
         return await self.call(
             "inbox",
             params(network=network, since=since, limit=limit, cursor=cursor)
@@ -230,8 +231,10 @@ class Ops(abc.ABC):
         """Queued durable messages, optionally only those in one status."""
         return await self.call("outbox_list", params(status=status, limit=limit))
 
-    async def outbox_requeue(self, id: int | str, new_client_message_id: str | None = None) -> Data:
-        """Send a dead or stuck message again as a new row, superseding the old one."""
+    async def outbox_requeue(self, id: str, new_client_message_id: str | None = None) -> Data:
+        """Send a dead or stuck message again as a new row, superseding the old one.
+
+        On the wire the row id is `outbox_id`: `id` names the request itself."""
         return await self.call(
-            "outbox_requeue", params(id=id, new_client_message_id=new_client_message_id)
+            "outbox_requeue", params(outbox_id=id, new_client_message_id=new_client_message_id)
         )

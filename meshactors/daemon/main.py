@@ -14,11 +14,12 @@ import trio
 
 from meshactors._version import __version__
 from meshactors.actors import ChildSpec, Node, Strategy, Supervisor, run_root
-from meshactors.daemon import network_ops, system_ops
+from meshactors.daemon import message_ops, network_ops, system_ops
 from meshactors.daemon.broker_actor import BrokerActor
 from meshactors.daemon.control import control_supervisor
 from meshactors.daemon.events import EventHub
 from meshactors.daemon.optable import OpTable
+from meshactors.daemon.outbox import Outbox
 from meshactors.daemon.sdnotify import Notifier, NotifierActor
 from meshactors.daemon.services import Services
 from meshactors.identity import Identity
@@ -46,7 +47,7 @@ class DaemonOptions:
 
 def build_ops() -> OpTable:
     """Every op the daemon answers."""
-    return OpTable.of(system_ops.OPS, network_ops.OPS)
+    return OpTable.of(system_ops.OPS, network_ops.OPS, message_ops.OPS)
 
 
 async def serve(
@@ -68,6 +69,7 @@ async def serve(
         started_at=trio.current_time(),
         networks=networks,
     )
+    outbox = services.extras[message_ops.OUTBOX_KEY] = Outbox(store, events, networks)
     embedded = (
         []
         if options.broker_listen is None
@@ -79,6 +81,7 @@ async def serve(
             ChildSpec("events", events),
             *embedded,
             ChildSpec("networks", networks),
+            ChildSpec("outbox", outbox),
             ChildSpec(
                 "control",
                 control_supervisor(

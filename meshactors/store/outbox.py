@@ -30,6 +30,7 @@ MAX_RECIPIENTS = 4096  # deliveries rows one accept may write, bounding its tran
 MAX_CLIENT_MESSAGE_ID_CHARS = 128  # caller-chosen idempotency keys (a minted ULID has 26)
 MAX_LIST_ROWS = 500  # rows one list_rows call returns
 SUPERSEDED = "superseded"  # last_error of the deliveries that requeue closes
+EXPIRED = "expired"  # last_error of pending deliveries that outlived TTL_MS (expire_pending)
 
 _PRIORITY_RANK = "CASE o.priority WHEN 'now' THEN 0 WHEN 'next' THEN 1 ELSE 2 END"
 _ROW_COLUMNS = (
@@ -210,9 +211,18 @@ def derive_status(delivery_statuses: Collection[str]) -> str:
 
 
 def due_deliveries(
-    conn: sqlite3.Connection, *, now_ms: int, limit: int, network: str | None = None
+    conn: sqlite3.Connection,
+    *,
+    now_ms: int,
+    limit: int,
+    network: str | None = None,
+    recipients: Collection[str] | None = None,
 ) -> list[Delivery]:
-    """Pending deliveries whose next attempt is due, by priority ('now' first) then age."""
+    """Pending deliveries whose next attempt is due, by priority ('now' first) then age.
+
+    `recipients` keeps only deliveries to those devices (the drainer passes the active
+    peers, so a long queue for an offline peer never hides due work for an online one).
+    """
     rows = conn.execute(
         "SELECT d.outbox_id, d.recipient, o.network, o.client_message_id, o.destination_kind,"
         " o.destination_ref, o.priority, o.message, o.meta_json, o.reply_to_id, d.attempts,"
@@ -220,8 +230,14 @@ def due_deliveries(
         " FROM deliveries d JOIN outbox o ON o.id = d.outbox_id"
         " WHERE d.status = 'pending' AND d.next_attempt_at <= :now"
         " AND (:network IS NULL OR o.network = :network)"
+        " AND (:recipients IS NULL OR d.recipient IN (SELECT value FROM json_each(:recipients)))"
         f" ORDER BY {_PRIORITY_RANK}, o.created_at, o.id, d.recipient LIMIT :limit",
-        {"now": now_ms, "network": network, "limit": checked_limit(limit, MAX_LIST_ROWS)},
+        {
+            "now": now_ms,
+            "network": network,
+            "recipients": None if recipients is None else to_json(sorted(recipients)),
+            "limit": checked_limit(limit, MAX_LIST_ROWS),
+        },
     ).fetchall()
     return [
         Delivery(
@@ -240,6 +256,50 @@ def due_deliveries(
         )
         for row in rows
     ]
+
+
+def next_due_at(
+    conn: sqlite3.Connection, *, network: str, recipients: Collection[str]
+) -> int | None:
+    """When the earliest pending delivery to one of `recipients` in `network` is due (ms),
+    or None when there is none: how long the drainer may sleep."""
+    row = conn.execute(
+        "SELECT min(d.next_attempt_at) FROM deliveries d JOIN outbox o ON o.id = d.outbox_id"
+        " WHERE d.status = 'pending' AND o.network = ?"
+        " AND d.recipient IN (SELECT value FROM json_each(?))",
+        (network, to_json(sorted(recipients))),
+    ).fetchone()
+    return None if row[0] is None else int(row[0])
+
+
+def expire_pending(conn: sqlite3.Connection, *, now_ms: int, ttl_ms: int = TTL_MS) -> int:
+    """Make pending deliveries of sends older than `ttl_ms` dead ('expired'), whether or not
+    their recipient was ever reachable; returns how many sends. A never-active peer ends here."""
+    with immediate(conn):
+        outbox_ids = [
+            row[0]
+            for row in conn.execute(
+                "SELECT DISTINCT d.outbox_id FROM deliveries d JOIN outbox o ON o.id = d.outbox_id"
+                " WHERE d.status = 'pending' AND o.created_at + ? < ?",
+                (ttl_ms, now_ms),
+            )
+        ]
+        for outbox_id in outbox_ids:
+            conn.execute(
+                "UPDATE deliveries SET status = 'dead', last_error = ?"
+                " WHERE outbox_id = ? AND status = 'pending'",
+                (EXPIRED, outbox_id),
+            )
+            _refresh_status(conn, outbox_id, now_ms, last_error=EXPIRED)
+    return len(outbox_ids)
+
+
+def delivery_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """How many deliveries are in each status, for the outbox actor's figures."""
+    counts = dict.fromkeys(("pending", "inflight", "done", "dead"), 0)
+    for status, count in conn.execute("SELECT status, count(*) FROM deliveries GROUP BY status"):
+        counts[status] = count
+    return counts
 
 
 def mark_inflight(

@@ -47,6 +47,7 @@ class ErrorCode(enum.StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     # durable messages
     NO_RECIPIENTS = "no_recipients"
+    NOT_REQUEUEABLE = "not_requeueable"  # only a dead or pending outbox row can be requeued
 
 
 class OpError(Exception):

@@ -1,0 +1,135 @@
+"""`meshactors send|inbox|outbox`: durable messages from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from typing import Any
+
+from meshactors.cli.common import call, parse_json_arg, print_json
+
+STATUS_FLAGS = ("pending", "inflight", "done", "dead", "aborted")  # outbox list filters
+SHORT_ID = 12  # device id characters shown in tables
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `send`, `inbox` and `outbox` commands."""
+    send = commands.add_parser("send", help="queue a durable message (returns at once)")
+    send.add_argument("network")
+    send.add_argument("to", help="a device id, '*' (every approved peer) or '@tag'")
+    send.add_argument("message")
+    send.add_argument("--priority", choices=("now", "next", "low"), default="next")
+    send.add_argument("--meta", default=None, help="a JSON object sent with the message")
+    send.add_argument("--reply-to", default=None, help="client_message_id this answers")
+    send.add_argument("--client-id", default=None, help="idempotency key (default: minted)")
+    send.add_argument("--json", action="store_true")
+    send.set_defaults(run=run_send)
+    inbox = commands.add_parser("inbox", help="received messages, oldest first")
+    inbox.add_argument("-n", "--network", default=None)
+    inbox.add_argument("--from", dest="sender", default=None, help="only from this device id")
+    inbox.add_argument("--since", type=int, default=None, help="received at or after (ms)")
+    inbox.add_argument("--limit", type=int, default=100)
+    inbox.add_argument("--cursor", default=None, help="next_cursor of the previous page")
+    inbox.add_argument("--json", action="store_true")
+    inbox.set_defaults(run=run_inbox)
+    outbox = commands.add_parser("outbox", help="queued sends").add_subparsers(
+        dest="action", required=True
+    )
+    listing = outbox.add_parser("list", help="sends, newest first")
+    flags = listing.add_mutually_exclusive_group()
+    for status in STATUS_FLAGS:
+        flags.add_argument(
+            f"--{status}", dest="status", action="store_const", const=status, default=None
+        )
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=run_outbox_list)
+    requeue = outbox.add_parser("requeue", help="send a dead or stuck row again")
+    requeue.add_argument("id")
+    requeue.add_argument("--new-client-id", default=None)
+    requeue.set_defaults(run=run_outbox_requeue)
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def run_send(args: argparse.Namespace) -> int:
+    meta = None if args.meta is None else parse_json_arg(args.meta, "--meta")
+    answer = call(
+        args,
+        "send",
+        **_params(
+            network=args.network,
+            to=args.to,
+            message=args.message,
+            priority=args.priority,
+            meta=meta,
+            reply_to_id=args.reply_to,
+            client_message_id=args.client_id,
+        ),
+    )
+    if args.json:
+        print_json(answer)
+    else:
+        print(f"{answer['outcome']} {answer['id']} (client id {answer['client_message_id']})")
+    return 0
+
+
+def _when(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def run_inbox(args: argparse.Namespace) -> int:
+    answer = call(
+        args,
+        "inbox",
+        **_params(
+            network=args.network,
+            since=args.since,
+            limit=args.limit,
+            cursor=args.cursor,
+            **{"from": args.sender},
+        ),
+    )
+    if args.json:
+        print_json(answer)
+        return 0
+    for m in answer["messages"]:
+        print(f"{_when(m['received_at'])}  {m['network']}  {m['from'][:SHORT_ID]}  {m['message']}")
+    if answer["next_cursor"] is not None:
+        print(f"(next page: --cursor {answer['next_cursor']})")
+    return 0
+
+
+def run_outbox_list(args: argparse.Namespace) -> int:
+    rows = call(args, "outbox_list", **_params(status=args.status, limit=args.limit))["rows"]
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print("outbox is empty")
+        return 0
+    for row in rows:
+        destination = row["destination"]
+        to = {"all": "*", "tag": "@" + destination["ref"]}.get(
+            destination["kind"], destination["ref"][:SHORT_ID]
+        )
+        done = sum(d["status"] == "done" for d in row["deliveries"])
+        error = f"  last_error={row['last_error']}" if row["last_error"] else ""
+        print(
+            f"{row['id']}  {row['status']:<8}  {row['network']}  to {to}"
+            f"  {done}/{len(row['deliveries'])} delivered{error}"
+        )
+    return 0
+
+
+def run_outbox_requeue(args: argparse.Namespace) -> int:
+    answer = call(
+        args,
+        "outbox_requeue",
+        **_params(outbox_id=args.id, new_client_message_id=args.new_client_id),
+    )
+    row = answer["row"]
+    print(f"requeued {args.id} as {row['id']} (client id {row['client_message_id']})")
+    return 0

@@ -1,0 +1,314 @@
+"""Ops for durable messages: send (idempotent accept), inbox, outbox_list, outbox_requeue.
+
+`send` resolves `to` against the network's approved peers, then `store.outbox.accept` decides
+by the idempotency lookup table (docs/protocol.md); the outbox actor delivers.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from typing import Any
+
+import attrs
+from cattrs.gen import make_dict_structure_fn, override
+
+from meshactors.actors import ActorGone, AskTimeout
+from meshactors.daemon.optable import Op, converter
+from meshactors.daemon.outbox import Outbox, message_view
+from meshactors.daemon.session import Session
+from meshactors.network.delivery import MAX_MESSAGE_BYTES, MAX_META_BYTES
+from meshactors.network.network import Network
+from meshactors.store import inbox as inbox_db
+from meshactors.store import outbox as outbox_db
+from meshactors.store.fingerprint import fingerprint_prefix
+from meshactors.store.outbox import MAX_CLIENT_MESSAGE_ID_CHARS, OutboxRow, SendError
+from meshactors.wire.device_id import is_device_id
+from meshactors.wire.ipc import ErrorCode, OpError
+
+OUTBOX_KEY = "outbox"  # Services.extras key of the outbox actor
+ALL_PEERS = "*"  # `to`: every approved peer
+TAG_PREFIX = "@"  # `to`: approved peers advertising the tag after it
+DEFAULT_PAGE = 100  # inbox and outbox_list rows when no limit is given
+MAX_CURSOR_CHARS = 20  # an inbox cursor is a decimal sequence number
+
+_SEND_ERRORS = {  # store.outbox.SendError code → IPC error code
+    "no_recipients": ErrorCode.NO_RECIPIENTS,
+    "invalid_request": ErrorCode.INVALID_PARAMS,
+    "conflict": ErrorCode.CONFLICT,
+    "not_found": ErrorCode.NOT_FOUND,
+    "not_requeueable": ErrorCode.NOT_REQUEUEABLE,
+}
+
+
+@attrs.frozen
+class SendParams:
+    """Params of `send`: to a device id, `*` or `@tag`; `client_message_id` makes it idempotent."""
+
+    network: str
+    to: str
+    message: str
+    priority: str = "next"
+    meta: dict[str, Any] | None = None
+    reply_to_id: str | None = None
+    client_message_id: str | None = None
+
+
+@attrs.frozen
+class InboxParams:
+    """Params of `inbox` (`from` on the wire is `sender` here); `since` is ms since the epoch."""
+
+    network: str | None = None
+    sender: str | None = None
+    since: int | None = None
+    limit: int = DEFAULT_PAGE
+    cursor: str | None = None
+
+
+@attrs.frozen
+class OutboxListParams:
+    """Params of `outbox_list`."""
+
+    status: str | None = None
+    network: str | None = None
+    limit: int = DEFAULT_PAGE
+
+
+@attrs.frozen
+class RequeueParams:
+    """Params of `outbox_requeue`: the row's id (`id` itself names the request on the socket),
+    optionally the new row's client_message_id."""
+
+    outbox_id: str
+    new_client_message_id: str | None = None
+
+
+converter.register_structure_hook(
+    InboxParams,
+    make_dict_structure_fn(
+        InboxParams, converter, _cattrs_forbid_extra_keys=True, sender=override(rename="from")
+    ),
+)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _send_error(exc: SendError) -> OpError:
+    return OpError(_SEND_ERRORS.get(exc.code, ErrorCode.INVALID_PARAMS), str(exc))
+
+
+async def _store_call(session: Session, fn: Any, what: str) -> Any:
+    """A store call whose SendError becomes the matching OpError."""
+    try:
+        return await session.services.store.call(fn, what=what)
+    except SendError as exc:
+        raise _send_error(exc) from None
+    except ValueError as exc:  # a limit below 1, a bad status
+        raise OpError(ErrorCode.INVALID_PARAMS, str(exc)) from None
+
+
+def _network(session: Session, network_id: str) -> Network:
+    manager = session.services.networks
+    if manager is None:
+        raise OpError(ErrorCode.UNAVAILABLE, "the networks supervisor is not running")
+    return manager.get(network_id)
+
+
+def _poke_outbox(session: Session) -> None:
+    """Tell the outbox actor there is new work (it also polls, so this only saves time)."""
+    outbox = session.services.extras.get(OUTBOX_KEY)
+    if isinstance(outbox, Outbox):
+        outbox.poke()
+
+
+def _check_sizes(params: SendParams) -> None:
+    size = len(params.message.encode())
+    if size > MAX_MESSAGE_BYTES:
+        raise OpError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}",
+        )
+    try:
+        meta = json.dumps(params.meta, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError as exc:
+        raise OpError(ErrorCode.INVALID_PARAMS, f"meta: {exc}") from None
+    if len(meta) > MAX_META_BYTES:
+        raise OpError(
+            ErrorCode.PAYLOAD_TOO_LARGE, f"meta is {len(meta)} bytes; the limit is {MAX_META_BYTES}"
+        )
+    reply = params.reply_to_id
+    if reply is not None and not 0 < len(reply) <= MAX_CLIENT_MESSAGE_ID_CHARS:
+        raise OpError(
+            ErrorCode.INVALID_PARAMS,
+            f"reply_to_id must be 1..{MAX_CLIENT_MESSAGE_ID_CHARS} characters",
+        )
+
+
+async def resolve_recipients(
+    network: Network, to: str, own_device_id: str
+) -> tuple[str, str, list[str]]:
+    """(destination_kind, destination_ref, recipient device ids) for a `to`.
+
+    A device id is taken as is (it may be offline, or approved later); `*` and `@tag` are the
+    approved peers now known (with `@tag`, those whose last advert carries the tag).
+    """
+    if to == ALL_PEERS or to.startswith(TAG_PREFIX):
+        tag = to.removeprefix(TAG_PREFIX) if to != ALL_PEERS else None
+        if tag == "":
+            raise OpError(ErrorCode.INVALID_PARAMS, "`to` '@' needs a tag after it")
+        try:
+            peers = await network.peers.list_peers(include_all=True)
+        except ActorGone as exc:
+            raise OpError(ErrorCode.UNAVAILABLE, str(exc)) from None
+        except AskTimeout as exc:
+            raise OpError(ErrorCode.TIMEOUT, str(exc)) from None
+        recipients = [
+            peer["device_id"]
+            for peer in peers
+            if peer["approval"] == "approved"
+            and (tag is None or tag in (peer["capabilities"] or {}).get("tags", []))
+        ]
+        return ("all", ALL_PEERS, recipients) if tag is None else ("tag", tag, recipients)
+    if not is_device_id(to):
+        raise OpError(
+            ErrorCode.INVALID_PARAMS, f"`to` must be a device id, '*' or '@tag': {to[:60]!r}"
+        )
+    if to == own_device_id:
+        raise OpError(ErrorCode.INVALID_PARAMS, "`to` is this daemon's own device id")
+    return "peer", to, [to]
+
+
+async def send(session: Session, params: SendParams) -> dict[str, Any]:
+    """Durably accept a message for delivery; a repeat of a client_message_id answers by the
+    lookup table (accepted, duplicate, or a conflict error with reason and fingerprint)."""
+    network = _network(session, params.network)
+    _check_sizes(params)
+    kind, ref, recipients = await resolve_recipients(
+        network, params.to, session.services.identity.device_id
+    )
+    outcome = await _store_call(
+        session,
+        functools.partial(
+            outbox_db.accept,
+            network=params.network,
+            recipients=recipients,
+            destination_kind=kind,
+            destination_ref=ref,
+            message=params.message,
+            priority=params.priority,
+            meta=params.meta,
+            reply_to_id=params.reply_to_id,
+            client_message_id=params.client_message_id,
+            now_ms=_now_ms(),
+        ),
+        "accept send",
+    )
+    if outcome.outcome == "conflict":
+        raise OpError(
+            ErrorCode.CONFLICT,
+            f"client_message_id {outcome.client_message_id!r} is taken ({outcome.reason})",
+            reason=outcome.reason,
+            fingerprint_prefix=outcome.fingerprint_prefix,
+            id=outcome.id,
+            client_message_id=outcome.client_message_id,
+            status=outcome.status,
+        )
+    if outcome.status == "pending":
+        _poke_outbox(session)
+    return {
+        "outcome": outcome.outcome,
+        "id": outcome.id,
+        "client_message_id": outcome.client_message_id,
+        "status": outcome.status,
+        "fingerprint_prefix": outcome.fingerprint_prefix,
+        "network": params.network,
+        "destination": {"kind": kind, "ref": ref},
+    }
+
+
+def _cursor(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit() or len(text) > MAX_CURSOR_CHARS:
+        raise OpError(ErrorCode.INVALID_PARAMS, f"not an inbox cursor: {text[:40]!r}")
+    return int(text)
+
+
+async def inbox(session: Session, params: InboxParams) -> dict[str, Any]:
+    """A page of received messages, oldest first; pass `next_cursor` back for the next."""
+    messages, next_cursor = await _store_call(
+        session,
+        functools.partial(
+            inbox_db.page,
+            network=params.network,
+            sender=params.sender,
+            since_ms=params.since,
+            limit=params.limit,
+            cursor=_cursor(params.cursor),
+        ),
+        "read inbox",
+    )
+    return {
+        "messages": [message_view(message) for message in messages],
+        "next_cursor": None if next_cursor is None else str(next_cursor),
+    }
+
+
+def row_view(row: OutboxRow) -> dict[str, Any]:
+    """An outbox row as outbox_list and outbox_requeue show it, with each recipient's delivery."""
+    return {
+        "id": row.id,
+        "network": row.network,
+        "client_message_id": row.client_message_id,
+        "fingerprint_prefix": fingerprint_prefix(row.request_fingerprint),
+        "destination": {"kind": row.destination_kind, "ref": row.destination_ref},
+        "priority": row.priority,
+        "message": row.message,
+        "meta": row.meta,
+        "reply_to_id": row.reply_to_id,
+        "status": row.status,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "last_error": row.last_error,
+        "superseded_by": row.superseded_by,
+        "deliveries": [attrs.asdict(delivery) for delivery in row.deliveries],
+    }
+
+
+async def outbox_list(session: Session, params: OutboxListParams) -> dict[str, Any]:
+    """Sends, newest first, optionally of one status or network."""
+    rows = await _store_call(
+        session,
+        functools.partial(
+            outbox_db.list_rows, status=params.status, network=params.network, limit=params.limit
+        ),
+        "list outbox",
+    )
+    return {"rows": [row_view(row) for row in rows]}
+
+
+async def outbox_requeue(session: Session, params: RequeueParams) -> dict[str, Any]:
+    """Send a dead or stuck row again as a new row (same routing); the old one is aborted."""
+    row = await _store_call(
+        session,
+        functools.partial(
+            outbox_db.requeue,
+            row_id=params.outbox_id,
+            new_client_message_id=params.new_client_message_id,
+            now_ms=_now_ms(),
+        ),
+        "requeue",
+    )
+    _poke_outbox(session)
+    return {"superseded": params.outbox_id, "row": row_view(row)}
+
+
+OPS: list[Op[Any]] = [
+    Op("send", SendParams, send, "queue a durable message {network, to, message, ...}"),
+    Op("inbox", InboxParams, inbox, "received messages {network?, from?, since?, limit?, cursor?}"),
+    Op("outbox_list", OutboxListParams, outbox_list, "queued sends {status?, network?, limit}"),
+    Op("outbox_requeue", RequeueParams, outbox_requeue, "send a dead row again {outbox_id}"),
+]

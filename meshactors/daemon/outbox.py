@@ -1,0 +1,432 @@
+"""The `outbox` actor: drains durable sends to active peers and stores peers' messages.
+
+Sending: each pass claims due deliveries to active peers (at most PEER_WINDOW in flight per
+peer), sends each as a sealed `msg` frame and waits for the recipient's `msg_ack`; only that
+ack marks the delivery done. A failed attempt is recorded with its error code and retried
+with backoff (store.outbox.mark_failed). Passes run on a new accept, a peer becoming active,
+a finished attempt, or the next due retry. Deliveries left inflight by a crash are put back
+to pending at start.
+
+Receiving: `msg` frames are stored in the inbox (deduplicated on sender and
+client_message_id), a `message` event is published only for a new one, and every one is
+acked, so a sender whose earlier ack was lost still finishes.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import attrs
+import structlog
+import trio
+
+from meshactors.actors import Actor, Lagged, Subscriber
+from meshactors.daemon.events import EventHub
+from meshactors.network.delivery import (
+    ACK_TIMEOUT,
+    INVALID_MESSAGE,
+    MAX_MESSAGE_BYTES,
+    MAX_META_BYTES,
+    Msg,
+    MsgAck,
+    is_permanent,
+)
+from meshactors.network.manager import NetworkManager
+from meshactors.network.network import Network
+from meshactors.store import inbox as inbox_db
+from meshactors.store import outbox as outbox_db
+from meshactors.store.actor import StoreActor
+from meshactors.store.events import Event
+from meshactors.store.inbox import InboxMessage
+from meshactors.store.outbox import Delivery
+from meshactors.wire.ipc import OpError
+from meshactors.wire.peer import Frame
+
+log = structlog.get_logger("meshactors.outbox")
+
+ACK_TIMEOUT_S = 30.0  # seconds a sent msg waits for its msg_ack before the attempt fails
+PEER_WINDOW = 64  # deliveries in flight to one peer at once
+CLAIM_BATCH = 256  # due deliveries claimed per network per pass
+IDLE_POLL_S = 60.0  # longest sleep when nothing is due (wake-ups do the real work)
+SWEEP_INTERVAL_S = 60.0  # seconds between TTL sweeps (which also refresh the figures)
+RECEIVE_QUEUE = 4096  # incoming msg frames waiting to be stored; more are dropped (resent)
+RECEIVE_BATCH = 256  # incoming messages stored per store call
+SETTLE_QUEUE = 4096  # finished attempts waiting to be recorded before deliverers wait
+SETTLE_BATCH = 512  # finished attempts recorded per store call
+WATCH_CAPACITY = 1024  # daemon events queued for the wake-up watcher before it lags
+WAKE_EVENTS = frozenset({"peer_active", "network_added"})  # events that may make work due
+EVENT_MESSAGE_BYTES = 4096  # longer texts are left out of `message` events (read the inbox)
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds, the store's time base."""
+    return time.time_ns() // 1_000_000
+
+
+@attrs.frozen
+class _Settled:
+    """One finished attempt: delivered (error None) or failed with an error code."""
+
+    outbox_id: str
+    recipient: str
+    error: str | None
+
+
+@attrs.frozen
+class _Received:
+    """A msg frame from an active peer, waiting to be stored and acked."""
+
+    network: str
+    sender: str
+    frame: Msg
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    """A sent msg waiting for its ack."""
+
+    done: trio.Event = attrs.field(factory=trio.Event)
+    ack: MsgAck | None = None
+
+
+@attrs.frozen
+class _Claim:
+    """What one pass over a network claimed, and when its next delivery falls due."""
+
+    deliveries: list[Delivery]
+    next_due_ms: int | None
+
+
+def claim_due(
+    conn: sqlite3.Connection, *, network: str, windows: Mapping[str, int], now_ms: int
+) -> _Claim:
+    """Claim due deliveries to the peers in `windows` (at most that many each), and say when
+    the next one to a peer with room left is due; one store round trip per network."""
+    due = outbox_db.due_deliveries(
+        conn, now_ms=now_ms, limit=CLAIM_BATCH, network=network, recipients=list(windows)
+    )
+    room = dict(windows)
+    picked = []
+    for delivery in due:
+        if room[delivery.recipient] > 0:
+            room[delivery.recipient] -= 1
+            picked.append(delivery)
+    claimed = set(outbox_db.mark_inflight(conn, [d.key for d in picked], now_ms))
+    open_peers = [peer for peer, left in room.items() if left > 0]
+    next_due = (
+        outbox_db.next_due_at(conn, network=network, recipients=open_peers) if open_peers else None
+    )
+    return _Claim([d for d in picked if d.key in claimed], next_due)
+
+
+def record_settled(conn: sqlite3.Connection, batch: Sequence[_Settled], now_ms: int) -> list[str]:
+    """Mark each attempt delivered or failed; returns each delivery's new status."""
+    statuses = []
+    for item in batch:
+        if item.error is None:
+            outbox_db.mark_delivered(conn, item.outbox_id, item.recipient, now_ms)
+            statuses.append("done")
+        else:
+            status = outbox_db.mark_failed(
+                conn,
+                item.outbox_id,
+                item.recipient,
+                error_code=item.error,
+                permanent=is_permanent(item.error),
+                now_ms=now_ms,
+            )
+            statuses.append(status or "gone")
+    return statuses
+
+
+def store_received(
+    conn: sqlite3.Connection, batch: Sequence[_Received], now_ms: int
+) -> list[tuple[InboxMessage, bool]]:
+    """Store each received message (deduplicated); returns the row and whether it is new."""
+    return [
+        inbox_db.store_message(
+            conn,
+            network=item.network,
+            sender=item.sender,
+            client_message_id=item.frame.client_message_id,
+            message=item.frame.message,
+            meta=item.frame.meta,
+            priority=item.frame.priority,
+            reply_to_id=item.frame.reply_to_id,
+            sent_at=item.frame.sent_at,
+            now_ms=now_ms,
+        )
+        for item in batch
+    ]
+
+
+def message_view(message: InboxMessage, *, full: bool = True) -> dict[str, Any]:
+    """An inbox message as ops and `message` events show it (`from` is the sender)."""
+    view = {
+        "seq": message.seq,
+        "network": message.network,
+        "from": message.sender,
+        "client_message_id": message.client_message_id,
+        "message": message.message,
+        "meta": message.meta,
+        "priority": message.priority,
+        "reply_to_id": message.reply_to_id,
+        "sent_at": message.sent_at,
+        "received_at": message.received_at,
+    }
+    if not full and len(message.message.encode()) > EVENT_MESSAGE_BYTES:
+        view["message"], view["truncated"] = None, True
+    return view
+
+
+def refusal(frame: Msg) -> str | None:
+    """Why a received msg cannot be stored (an error code), or None when it can."""
+    if len(frame.message.encode()) > MAX_MESSAGE_BYTES:
+        return INVALID_MESSAGE
+    meta_bytes = len(json.dumps(frame.meta, separators=(",", ":")).encode())
+    return INVALID_MESSAGE if meta_bytes > MAX_META_BYTES else None
+
+
+@attrs.define(eq=False)
+class Outbox(Actor):
+    """Delivers queued sends with acks, backoff and per-peer windows; stores received ones."""
+
+    kind: ClassVar[str] = "outbox"
+
+    store: StoreActor
+    events: EventHub
+    networks: NetworkManager
+    _wake: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _inflight: collections.Counter[tuple[str, str]] = attrs.field(
+        factory=collections.Counter, init=False
+    )
+    _waiters: dict[tuple[str, str, str], _Waiter] = attrs.field(factory=dict, init=False)
+    _hooked: dict[str, Network] = attrs.field(factory=dict, init=False)
+    _received: tuple[trio.MemorySendChannel[_Received], trio.MemoryReceiveChannel[_Received]] = (
+        attrs.field(init=False)
+    )
+    _settled: tuple[trio.MemorySendChannel[_Settled], trio.MemoryReceiveChannel[_Settled]] = (
+        attrs.field(init=False)
+    )
+    counts: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    stored_counts: dict[str, int] = attrs.field(factory=dict, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._received = trio.open_memory_channel[_Received](RECEIVE_QUEUE)
+        self._settled = trio.open_memory_channel[_Settled](SETTLE_QUEUE)
+
+    def poke(self) -> None:
+        """Run a delivery pass soon (a send was accepted, a peer became active, ...)."""
+        self._wake.set()
+
+    def figures(self) -> dict[str, object]:
+        return {
+            "pending": self.stored_counts.get("pending", 0),
+            "inflight": sum(self._inflight.values()),
+            "delivered": self.counts["delivered"],
+            "failed": self.counts["failed"],
+            "dead": self.counts["dead"],
+            "received": self.counts["received"],
+            "duplicates": self.counts["duplicates"],
+            "dropped": self.counts["dropped"],
+            "acks_unsent": self.counts["acks_unsent"],
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        recovered = await self.store.call(
+            functools.partial(outbox_db.recover_inflight, now_ms=now_ms()), what="recover inflight"
+        )
+        if recovered:
+            log.info("recovered inflight deliveries", count=recovered)
+        self._inflight.clear()
+        self._waiters.clear()
+        self._hooked.clear()
+        self._hook_networks()
+        with self.events.subscribe(WATCH_CAPACITY) as watch:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch, watch)
+                nursery.start_soon(self._store_received)
+                nursery.start_soon(self._record_settled)
+                nursery.start_soon(self._sweep)
+                task_status.started()
+                await self._drain(nursery)
+
+    # -- sending ------------------------------------------------------------------------------
+
+    async def _drain(self, nursery: trio.Nursery) -> None:
+        while True:
+            self._wake = trio.Event()
+            self._hook_networks()
+            next_due = None
+            for network in self.networks.all():
+                due = await self._pass(network, nursery)
+                if due is not None:
+                    next_due = due if next_due is None else min(next_due, due)
+            wait = IDLE_POLL_S if next_due is None else max(0.0, (next_due - now_ms()) / 1000)
+            with trio.move_on_after(min(wait, IDLE_POLL_S)):
+                await self._wake.wait()
+
+    async def _pass(self, network: Network, nursery: trio.Nursery) -> int | None:
+        network_id = network.config.id
+        windows = {
+            peer: PEER_WINDOW - self._inflight[network_id, peer]
+            for peer in network.peers.active_peers()
+        }
+        windows = {peer: room for peer, room in windows.items() if room > 0}
+        if not windows:
+            return None
+        claim = await self.store.call(
+            functools.partial(claim_due, network=network_id, windows=windows, now_ms=now_ms()),
+            what="claim due deliveries",
+        )
+        for delivery in claim.deliveries:
+            self._inflight[network_id, delivery.recipient] += 1
+            nursery.start_soon(self._deliver, network, delivery)
+        return claim.next_due_ms
+
+    async def _deliver(self, network: Network, delivery: Delivery) -> None:
+        network_id = network.config.id
+        key = (network_id, delivery.recipient, delivery.outbox_id)
+        waiter = self._waiters[key] = _Waiter()
+        frame = Msg(
+            ref=delivery.outbox_id,
+            client_message_id=delivery.client_message_id,
+            message=delivery.message,
+            meta=delivery.meta,
+            priority=delivery.priority,
+            reply_to_id=delivery.reply_to_id,
+            sent_at=delivery.created_at,
+        )
+        error: str | None = ACK_TIMEOUT
+        try:
+            with trio.move_on_after(ACK_TIMEOUT_S):
+                try:
+                    await network.send_to_peer(delivery.recipient, frame)
+                except OpError as exc:
+                    error = exc.code.value
+                else:
+                    await waiter.done.wait()
+                    assert waiter.ack is not None
+                    error = waiter.ack.error if waiter.ack.status == "rejected" else None
+        finally:
+            del self._waiters[key]
+            self._inflight[network_id, delivery.recipient] -= 1
+        await self._settled[0].send(_Settled(delivery.outbox_id, delivery.recipient, error))
+        self.poke()
+
+    def _on_ack(self, network_id: str, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, MsgAck)
+        if frame.status == "rejected" and frame.error is None:
+            frame = attrs.evolve(frame, error=INVALID_MESSAGE)
+        waiter = self._waiters.get((network_id, sender, frame.ref))
+        if waiter is not None:
+            waiter.ack = frame
+            waiter.done.set()
+        elif frame.status != "rejected":  # the attempt timed out, but the peer has it now
+            try:
+                self._settled[0].send_nowait(_Settled(frame.ref, sender, None))
+            except trio.WouldBlock:
+                self.counts["dropped"] += 1  # the next attempt will be acked as a duplicate
+
+    async def _record_settled(self) -> None:
+        receiver = self._settled[1]
+        async for first in receiver:
+            batch = [first, *_drain(receiver, SETTLE_BATCH - 1)]
+            statuses = await self.store.call(
+                functools.partial(record_settled, batch=batch, now_ms=now_ms()),
+                what="record deliveries",
+            )
+            for item, status in zip(batch, statuses, strict=True):
+                self.counts["delivered" if item.error is None else "failed"] += 1
+                self.counts["dead"] += status == "dead"
+                if status in ("done", "dead"):
+                    self.events.publish(
+                        "message_delivered" if status == "done" else "message_dead",
+                        {"id": item.outbox_id, "recipient": item.recipient, "error": item.error},
+                    )
+
+    async def _sweep(self) -> None:
+        """Make sends past their TTL dead even if their peer never came back; refresh counts."""
+        while True:
+            await self.store.call(
+                functools.partial(outbox_db.expire_pending, now_ms=now_ms()), what="expire sends"
+            )
+            self.stored_counts = await self.store.call(
+                outbox_db.delivery_counts, what="count deliveries"
+            )
+            await trio.sleep(SWEEP_INTERVAL_S)
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def _on_msg(self, network_id: str, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, Msg)
+        try:
+            self._received[0].send_nowait(_Received(network_id, sender, frame))
+        except trio.WouldBlock:
+            self.counts["dropped"] += 1  # not acked: the sender tries again later
+
+    async def _store_received(self) -> None:
+        receiver = self._received[1]
+        async for first in receiver:
+            batch = [first, *_drain(receiver, RECEIVE_BATCH - 1)]
+            refused = [(item, refusal(item.frame)) for item in batch]
+            storable = [item for item, reason in refused if reason is None]
+            try:
+                stored = await self.store.call(
+                    functools.partial(store_received, batch=storable, now_ms=now_ms()),
+                    what="store received messages",
+                )
+            except Exception:
+                log.exception("could not store received messages", count=len(storable))
+                continue  # not acked: the senders try again
+            for message, new in stored:
+                self.counts["received" if new else "duplicates"] += 1
+                if new:
+                    self.events.publish("message", message_view(message, full=False))
+            results = iter(stored)
+            for item, reason in refused:
+                if reason is not None:
+                    ack = MsgAck(item.frame.ref, "rejected", reason)
+                else:
+                    ack = MsgAck(item.frame.ref, "stored" if next(results)[1] else "duplicate")
+                await self._answer(item, ack)
+
+    async def _answer(self, item: _Received, ack: MsgAck) -> None:
+        try:
+            await self.networks.get(item.network).send_to_peer(item.sender, ack)
+        except OpError:
+            self.counts["acks_unsent"] += 1  # the sender's attempt times out and is resent
+
+    # -- wiring -------------------------------------------------------------------------------
+
+    def _hook_networks(self) -> None:
+        """Register the msg and msg_ack handlers on every network not yet hooked."""
+        for network in self.networks.all():
+            network_id = network.config.id
+            if self._hooked.get(network_id) is network:
+                continue
+            network.register_app_handler("msg", functools.partial(self._on_msg, network_id))
+            network.register_app_handler("msg_ack", functools.partial(self._on_ack, network_id))
+            self._hooked[network_id] = network
+
+    async def _watch(self, watch: Subscriber[Event]) -> None:
+        async for event in watch:
+            if isinstance(event, Lagged) or event.kind in WAKE_EVENTS:
+                self.poke()
+
+
+def _drain(receiver: trio.MemoryReceiveChannel[Any], limit: int) -> list[Any]:
+    """Up to `limit` items already queued, without waiting."""
+    items: list[Any] = []
+    while len(items) < limit:
+        try:
+            items.append(receiver.receive_nowait())
+        except trio.WouldBlock:
+            break
+    return items

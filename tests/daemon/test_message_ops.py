@@ -1,0 +1,144 @@
+"""The durable-message ops on one real daemon: the lookup table through `send`, concurrent
+accepts of one key, validation, outbox listing and inbox paging."""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from typing import Any
+
+import nacl.signing
+import trio
+
+from meshactors.daemon.services import Services
+from meshactors.store import inbox as inbox_db
+from meshactors.wire.device_id import device_id_from_public_key
+
+NET = "n"
+
+
+def new_device() -> str:
+    return device_id_from_public_key(bytes(nacl.signing.SigningKey.generate().verify_key))
+
+
+async def joined(connect: Any) -> Any:
+    client = await connect()
+    answer = await client.call(
+        "network_add", config={"id": NET, "brokers": ["ws://127.0.0.1:9/v1"]}
+    )
+    assert answer["ok"], answer
+    return client
+
+
+async def test_send_answers_by_the_lookup_table(connect: Any, daemon: Services) -> None:
+    client = await joined(connect)
+    peer = new_device()
+    send = functools.partial(client.call, "send", network=NET, to=peer, client_message_id="k1")
+    first = await send(message="hi")
+    assert first["data"]["outcome"] == "accepted"
+    assert first["data"]["status"] == "pending"
+    again = await send(message="hi")
+    assert again["data"]["outcome"] == "accepted"  # pending + match
+    assert again["data"]["id"] == first["data"]["id"]
+    clash = await send(message="changed")
+    assert clash["error"]["code"] == "conflict"
+    assert clash["error"]["reason"] == "pending_fingerprint_mismatch"
+    assert len(clash["error"]["fingerprint_prefix"]) == 16
+
+    def finish(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE deliveries SET status = 'done'")
+        conn.execute("UPDATE outbox SET status = 'done'")
+
+    await daemon.store.call(finish, what="test: mark done")
+    duplicate = await send(message="hi")
+    assert duplicate["data"]["outcome"] == "duplicate"
+    assert duplicate["data"]["id"] == first["data"]["id"]
+    late_clash = await send(message="changed")
+    assert late_clash["error"]["reason"] == "done_fingerprint_mismatch"
+
+
+async def test_one_key_sent_concurrently_from_many_connections_makes_one_row(
+    connect: Any,
+) -> None:
+    await joined(connect)
+    peer = new_device()
+    clients = [await connect() for _ in range(8)]
+    answers: list[dict[str, Any]] = []
+
+    async def send(client: Any) -> None:
+        answers.append(
+            await client.call("send", network=NET, to=peer, message="x", client_message_id="same")
+        )
+
+    async with trio.open_nursery() as nursery:
+        for client in clients:
+            nursery.start_soon(send, client)
+    assert {a["data"]["outcome"] for a in answers} == {"accepted"}
+    assert len({a["data"]["id"] for a in answers}) == 1
+    rows = (await clients[0].call("outbox_list", limit=50))["data"]["rows"]
+    assert len(rows) == 1
+
+
+async def test_bad_sends_are_refused_with_clear_codes(connect: Any, daemon: Services) -> None:
+    client = await joined(connect)
+    peer = new_device()
+    cases = [
+        ({"network": "nope", "to": peer, "message": "x"}, "no_such_network"),
+        ({"network": NET, "to": "bob", "message": "x"}, "invalid_params"),
+        ({"network": NET, "to": daemon.identity.device_id, "message": "x"}, "invalid_params"),
+        ({"network": NET, "to": peer, "message": 5}, "invalid_params"),
+        ({"network": NET, "to": peer, "message": "x", "priority": "urgent"}, "invalid_params"),
+        ({"network": NET, "to": peer, "message": "x" * 200_000}, "payload_too_large"),
+        ({"network": NET, "to": "*", "message": "x"}, "no_recipients"),
+        ({"network": NET, "to": "@", "message": "x"}, "invalid_params"),
+    ]
+    for params, code in cases:
+        answer = await client.call("send", **params)
+        assert answer["error"]["code"] == code, (params, answer)
+
+
+async def test_outbox_list_filters_and_requeue_refuses_what_it_cannot(connect: Any) -> None:
+    client = await joined(connect)
+    sent = (await client.call("send", network=NET, to=new_device(), message="x"))["data"]
+    pending = (await client.call("outbox_list", status="pending", limit=10))["data"]["rows"]
+    assert [row["id"] for row in pending] == [sent["id"]]
+    assert (await client.call("outbox_list", status="done", limit=10))["data"]["rows"] == []
+    bad = await client.call("outbox_list", status="lost", limit=10)
+    assert bad["error"]["code"] == "invalid_params"
+    missing = await client.call("outbox_requeue", outbox_id="nope")
+    assert missing["error"]["code"] == "not_found"
+    requeued = (await client.call("outbox_requeue", outbox_id=sent["id"]))["data"]
+    assert requeued["superseded"] == sent["id"]
+    again = await client.call("outbox_requeue", outbox_id=sent["id"])
+    assert again["error"]["code"] == "not_requeueable"
+
+
+async def test_inbox_pages_by_cursor_and_filters_by_sender(connect: Any, daemon: Services) -> None:
+    client = await connect()
+    senders = [new_device(), new_device()]
+    for i in range(5):
+        await daemon.store.call(
+            functools.partial(
+                inbox_db.store_message,
+                network=NET,
+                sender=senders[i % 2],
+                client_message_id=f"c{i}",
+                message=f"m{i}",
+                meta=None,
+                priority="next",
+                reply_to_id=None,
+                sent_at=i,
+                now_ms=1000 + i,
+            ),
+            what="test: store",
+        )
+    first = (await client.call("inbox", limit=3))["data"]
+    assert [m["message"] for m in first["messages"]] == ["m0", "m1", "m2"]
+    rest = (await client.call("inbox", limit=3, cursor=first["next_cursor"]))["data"]
+    assert [m["message"] for m in rest["messages"]] == ["m3", "m4"]
+    mine = (await client.call("inbox", limit=10, **{"from": senders[1]}))["data"]
+    assert [m["message"] for m in mine["messages"]] == ["m1", "m3"]
+    recent = (await client.call("inbox", limit=10, since=1003))["data"]
+    assert [m["message"] for m in recent["messages"]] == ["m3", "m4"]
+    bad = await client.call("inbox", limit=10, cursor="abc")
+    assert bad["error"]["code"] == "invalid_params"

@@ -1,0 +1,111 @@
+"""Durable messages with real processes: 1,000 messages queued to an offline peer arrive
+exactly once although the sender is killed with SIGKILL while it drains them."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshactors.client.sync import SyncClient
+from tests.e2e.conftest import Home
+from tests.e2e.test_mesh import NET, eventually, free_port, start_broker, when_status
+
+pytestmark = pytest.mark.e2e
+
+MESSAGES = 1000
+KILL_AFTER = 50  # messages the recipient holds when the sender is killed
+
+
+@pytest.fixture
+def homes(tmp_path: Path) -> Iterator[tuple[Home, Home]]:
+    a, b = Home(tmp_path / "a"), Home(tmp_path / "b")
+    for home in (a, b):
+        home.path.mkdir()
+    yield a, b
+    for home in (a, b):
+        home.cli("daemon", "down", check=False)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    process = start_broker(Home(tmp_path), port)
+    yield f"ws://127.0.0.1:{port}/v1"
+    process.kill()
+    process.communicate(timeout=30)
+
+
+def inbox_all(home: Home) -> list[dict[str, Any]]:
+    """Every message in the home's inbox, page by page."""
+    messages: list[dict[str, Any]] = []
+    cursor = None
+    with SyncClient.connect(home.socket) as client:
+        while True:
+            params: dict[str, Any] = {"limit": 500} | ({"cursor": cursor} if cursor else {})
+            page = client.call("inbox", **params)
+            messages += page["messages"]
+            if len(page["messages"]) < 500:
+                return messages
+            cursor = page["next_cursor"]
+
+
+def test_a_thousand_messages_arrive_once_through_a_sigkill_of_the_sender(
+    homes: tuple[Home, Home], broker: str
+) -> None:
+    a, b = homes
+    ids = {}
+    for name, home in (("a", a), ("b", b)):
+        home.cli("daemon", "up", "--detach")
+        home.cli("network", "add", NET, "--broker", broker)
+        with SyncClient.connect(home.socket) as client:
+            ids[name] = client.call("status")["device_id"]
+    eventually(when_status(a, ids["b"], "pending"), "a to see b")
+    a.cli("roster", "approve", ids["b"])
+    b.cli("roster", "approve", ids["a"])
+    eventually(when_status(a, ids["b"], "active"), "a to see b active")
+    b.cli("daemon", "down")
+
+    first = a.cli("send", NET, ids["b"], "m0", "--client-id", "m0").stdout
+    assert first.startswith("accepted ")
+    with SyncClient.connect(a.socket) as client:
+        for i in range(1, MESSAGES):
+            sent = client.call("send", network=NET, to=ids["b"], message=f"m{i}")
+            assert sent["outcome"] == "accepted"
+        again = client.call("send", network=NET, to=ids["b"], message="m0", client_message_id="m0")
+        assert again["outcome"] == "accepted"  # still pending: the same row
+    assert len(a.cli("outbox", "list", "--pending", "--limit", "500").stdout.splitlines()) == 500
+
+    b.cli("daemon", "up", "--detach")
+    eventually(lambda: True if len(inbox_all(b)) >= KILL_AFTER else None, "b to start receiving")
+    pid = a.daemon_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    received_at_kill = len(inbox_all(b))
+    eventually(lambda: True if a.daemon_pid() is None else None, "a's lock to be released")
+    a.cli("daemon", "up", "--detach")
+
+    def all_arrived() -> list[dict[str, Any]] | None:
+        messages = inbox_all(b)
+        return messages if len(messages) >= MESSAGES else None
+
+    messages = eventually(all_arrived, "all messages at b")
+    assert len(messages) == MESSAGES
+    assert len({m["client_message_id"] for m in messages}) == MESSAGES
+    assert sorted(m["message"] for m in messages) == sorted(f"m{i}" for i in range(MESSAGES))
+    assert {m["from"] for m in messages} == {ids["a"]}
+
+    def drained() -> bool | None:
+        with SyncClient.connect(a.socket) as client:
+            pending = client.call("outbox_list", status="pending", limit=1)["rows"]
+            inflight = client.call("outbox_list", status="inflight", limit=1)["rows"]
+        return True if not pending and not inflight else None
+
+    eventually(drained, "a's outbox to drain")
+    assert received_at_kill < MESSAGES, "the sender was killed after it had drained"
+    shown = b.cli("inbox", "--limit", "3").stdout
+    assert "m" in shown and "next page" in shown

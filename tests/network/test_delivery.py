@@ -1,0 +1,184 @@
+"""Durable messages between real daemons through a real broker: delivery acked end to end,
+dedupe, offline recipients, restarts, `*` and `@tag` fan-out, requeue and event replay."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import pytest
+import trio
+
+from meshactors.daemon.outbox import Outbox
+from meshactors.network.delivery import Msg
+from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed, approve_both
+from tests.support import LineClient
+
+
+async def _pair(mesh: Mesh) -> tuple[Daemon, Daemon]:
+    a, b = await mesh.daemon("a"), await mesh.daemon("b")
+    await a.join(mesh.url)
+    await b.join(mesh.url)
+    await approve_both(a, b)
+    return a, b
+
+
+async def inbox_of(daemon: Daemon, count: int) -> list[dict[str, Any]]:
+    """Wait until the daemon's inbox holds `count` messages; returns them all."""
+    with trio.fail_after(WAIT):
+        while True:
+            messages = (await daemon.call("inbox", limit=500))["messages"]
+            if len(messages) >= count:
+                return list(messages)
+            await daemon.wait_event("message", after=daemon.last_event_id)
+
+
+async def outbox_row(daemon: Daemon, row_id: str) -> dict[str, Any]:
+    """The outbox row `row_id` as outbox_list shows it."""
+    rows = (await daemon.call("outbox_list", limit=500))["rows"]
+    return dict(next(r for r in rows if r["id"] == row_id))
+
+
+async def delivered(daemon: Daemon, row_id: str, recipients: int = 1) -> dict[str, Any]:
+    """Wait for `recipients` message_delivered events of row `row_id`; returns the row."""
+    after = 0
+    for _ in range(recipients):
+        event = await daemon.wait_event("message_delivered", after=after, id=row_id)
+        after = event["event_id"]
+    row = await outbox_row(daemon, row_id)
+    assert row["status"] == "done"
+    return row
+
+
+async def test_a_message_reaches_the_peer_inbox_and_the_row_is_done(mesh: Mesh) -> None:
+    a, b = await _pair(mesh)
+    sent = await a.call(
+        "send", network=NET, to=b.device_id, message="hello", meta={"k": [1]}, priority="now"
+    )
+    assert sent["outcome"] == "accepted"
+    event = await b.wait_event("message", client_message_id=sent["client_message_id"])
+    assert event["from"] == a.device_id
+    assert event["message"] == "hello"
+    assert event["meta"] == {"k": [1]}
+    (message,) = await inbox_of(b, 1)
+    assert message["seq"] == event["seq"]
+    row = await delivered(a, sent["id"])
+    assert row["deliveries"][0]["recipient"] == b.device_id
+    again = await a.call(
+        "send",
+        network=NET,
+        to=b.device_id,
+        message="hello",
+        meta={"k": [1]},
+        priority="now",
+        client_message_id=sent["client_message_id"],
+    )
+    assert again["outcome"] == "duplicate"
+    assert again["id"] == sent["id"]
+
+
+async def test_a_redelivered_message_is_stored_once_and_acked_again(mesh: Mesh) -> None:
+    a, b = await _pair(mesh)
+    sent = await a.call("send", network=NET, to=b.device_id, message="once")
+    await delivered(a, sent["id"])
+    receiver = b.services.extras["outbox"]
+    assert isinstance(receiver, Outbox)
+    frame = Msg(sent["id"], sent["client_message_id"], "once", None, "next", None, 1)
+    after = a.last_event_id
+    await a.network().send_to_peer(b.device_id, frame)  # as a retry after a lost ack would
+    await a.wait_event("message_delivered", after=after, id=sent["id"])  # the late ack
+    assert receiver.counts["duplicates"] == 1
+    assert len(await inbox_of(b, 1)) == 1
+    assert [e for e in b.events if e["kind"] == "message"][1:] == []
+
+
+async def test_messages_to_an_offline_peer_wait_then_all_arrive(mesh: Mesh) -> None:
+    a, b = await _pair(mesh)
+    await b.stop()
+    await a.wait_status(b, "offline")
+    ids = [
+        (await a.call("send", network=NET, to=b.device_id, message=f"m{i}"))["id"]
+        for i in range(50)
+    ]
+    rows = (await a.call("outbox_list", status="pending", limit=500))["rows"]
+    assert {r["id"] for r in rows} == set(ids)
+    b = await mesh.daemon("b")  # the same home: roster and identity survive
+    messages = await inbox_of(b, 50)
+    assert sorted(m["message"] for m in messages) == sorted(f"m{i}" for i in range(50))
+    for row_id in ids:
+        await delivered(a, row_id)
+
+
+async def test_inflight_rows_left_by_a_crash_are_sent_again_at_start(mesh: Mesh) -> None:
+    a, b = await _pair(mesh)
+    await b.stop()
+    await a.wait_status(b, "offline")
+    sent = await a.call("send", network=NET, to=b.device_id, message="stranded")
+    await a.stop()
+    conn = sqlite3.connect(a.home / "state.db", isolation_level=None)
+    conn.execute("UPDATE deliveries SET status = 'inflight'")  # as a SIGKILL mid-send leaves it
+    conn.execute("UPDATE outbox SET status = 'inflight'")
+    conn.close()
+    a = await mesh.daemon("a")
+    b = await mesh.daemon("b")
+    (message,) = await inbox_of(b, 1)
+    assert message["message"] == "stranded"
+    await delivered(a, sent["id"])
+
+
+async def test_star_and_tag_fan_out_per_recipient(mesh: Mesh) -> None:
+    a, b = await _pair(mesh)
+    c = await mesh.daemon("c")
+    await c.join(mesh.url)
+    await approve_both(a, c)
+    await c.call("capabilities_set", network=NET, capabilities={"tags": ["gpu"]})
+    await a.wait_event("peer_capabilities", device_id=c.device_id)
+    everyone = await a.call("send", network=NET, to="*", message="all")
+    tagged = await a.call("send", network=NET, to="@gpu", message="gpu only")
+    assert tagged["destination"] == {"kind": "tag", "ref": "gpu"}
+    row = await delivered(a, everyone["id"], recipients=2)
+    assert sorted(d["recipient"] for d in row["deliveries"]) == sorted([b.device_id, c.device_id])
+    tag_row = await delivered(a, tagged["id"])
+    assert [d["recipient"] for d in tag_row["deliveries"]] == [c.device_id]
+    assert sorted(m["message"] for m in await inbox_of(c, 2)) == ["all", "gpu only"]
+    assert [m["message"] for m in await inbox_of(b, 1)] == ["all"]
+    with pytest.raises(OpFailed) as nobody:
+        await a.call("send", network=NET, to="@nothing", message="x")
+    assert nobody.value.code == "no_recipients"
+
+
+async def test_requeue_sends_a_dead_row_again_under_a_new_id(mesh: Mesh) -> None:
+    a, b = await _pair(mesh)
+    await b.stop()
+    await a.wait_status(b, "offline")
+    sent = await a.call("send", network=NET, to=b.device_id, message="again")
+    answer = await a.call("outbox_requeue", outbox_id=sent["id"], new_client_message_id="retry-1")
+    assert answer["row"]["client_message_id"] == "retry-1"
+    assert answer["row"]["destination"] == {"kind": "peer", "ref": b.device_id}
+    old = await outbox_row(a, sent["id"])
+    assert old["status"] == "aborted"
+    assert old["superseded_by"] == answer["row"]["id"]
+    with pytest.raises(OpFailed) as done_twice:
+        await a.call("outbox_requeue", outbox_id=sent["id"])
+    assert done_twice.value.code == "not_requeueable"
+    b = await mesh.daemon("b")
+    (message,) = await inbox_of(b, 1)
+    assert message["client_message_id"] == "retry-1"
+    await delivered(a, answer["row"]["id"])
+
+
+async def test_message_events_replay_after_since_on_a_new_subscription(mesh: Mesh) -> None:
+    a, b = await _pair(mesh)
+    before = b.last_event_id
+    for i in range(3):
+        await a.call("send", network=NET, to=b.device_id, message=f"r{i}")
+    await inbox_of(b, 3)
+    late = LineClient(await trio.open_unix_socket(str(b.home / "daemon.sock")))
+    await late.call("events_subscribe", since=before)
+    replayed = []
+    with trio.fail_after(WAIT):
+        while len(replayed) < 3:
+            frame = await late.frame()
+            if frame.get("kind") == "message":
+                replayed.append(frame["message"])
+    assert sorted(replayed) == ["r0", "r1", "r2"]
