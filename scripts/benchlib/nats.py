@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,22 +19,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from scripts.benchlib.baseline import free_port
+from scripts.benchlib.resources import wait_port
 from scripts.benchlib.stats import latency_summary
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVER_START_TIMEOUT = 10.0  # seconds for nats-server to accept connections
 WORKER_TIMEOUT = 600.0  # seconds the whole measurement may take
 DELIVERY_TIMEOUT = 120.0  # seconds one throughput or fan-out round may take to arrive
 REQUEST_TIMEOUT = 5.0  # seconds one request/reply may take
 WARMUP_FRACTION = 10  # the first 1/N round trips are warm-up, not counted
 SKIPPED = "nats-server not installed; skipped"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
@@ -48,15 +41,7 @@ def nats_server(binary: str) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"nats-server did not start on port {port}") from None
-                time.sleep(0.05)
+        wait_port(port, process)
         yield f"nats://127.0.0.1:{port}"
     finally:
         process.terminate()

@@ -20,6 +20,7 @@ import trio
 import trio.testing
 
 from meshactors.client import MeshClient
+from scripts.benchlib.baseline import free_port
 from scripts.benchlib.stats import latency_summary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,11 +64,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def wait_port(port: int, process: subprocess.Popen[Any]) -> None:
+    """Return once 127.0.0.1:`port` accepts connections; RuntimeError if `process` died first."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{process.args!r} did not listen on {port}") from None
+            time.sleep(0.05)
 
 
 def cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -103,15 +110,7 @@ def running_broker() -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + SETTLE_TIMEOUT
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the broker did not start") from None
-                time.sleep(0.05)
+        wait_port(port, process)
         yield f"ws://127.0.0.1:{port}/v1"
     finally:
         process.terminate()
