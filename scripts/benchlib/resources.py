@@ -146,10 +146,13 @@ async def _status_round_trips(
     async def one(stream: trio.SocketStream) -> None:
         await go.wait()
         began = time.perf_counter()
-        await stream.send_all(b'{"id":1,"op":"status"}\n')
-        answer = b""
-        while not answer.endswith(b"\n"):
-            answer += await stream.receive_some(65536)
+        try:
+            await stream.send_all(b'{"id":1,"op":"status"}\n')
+            answer = b""
+            while not answer.endswith(b"\n"):
+                answer += await stream.receive_some(65536)
+        except trio.BrokenResourceError:
+            return  # counted as a failed client: clients minus samples
         samples.append(time.perf_counter() - began)
 
     with trio.fail_after(SETTLE_TIMEOUT):
@@ -180,6 +183,7 @@ def per_client(counts: list[int]) -> dict[str, Any]:
                 for stream in streams:
                     await stream.aclose()
                 row["status_rtt"] = latency_summary(samples) if samples else None
+                row["failed_clients"] = count - len(samples)
                 row["kib_per_client"] = round((row["rss_kib"] - base) / count, 1) if count else None
                 row["close_cpu_s"] = round(cpu_seconds(pid) - cpu_before, 3)
                 return row
