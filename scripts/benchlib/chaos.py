@@ -1,0 +1,361 @@
+"""Fault scenarios for scripts/chaos: each is bounded in time and ends with a Verdict.
+
+SCENARIOS maps a name to a Scenario; `run_scenario` turns any exception or overrun into a
+FAIL. Scenarios that need RPC streaming or durable messages are registered as `pending` (SKIP
+with the reason) until those features land: replace their `run` and drop `pending`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from meshactors.client import ClientError, MeshClient
+from meshactors.network.config import NetworkConfig
+from scripts.benchlib import resources, swarm
+from scripts.benchlib.stats import latency_summary
+
+SCENARIO_TIMEOUT = 300.0  # seconds any one scenario may run before it is a FAIL
+RSS_BOUND_KIB = 64 * 1024  # growth of daemon RSS a stalled reader may cause at most
+LATENCY_FACTOR = 10.0  # other clients' p99 under the fault may grow at most this much…
+LATENCY_FLOOR_S = 0.05  # …or to this, whichever is larger (a loaded 2-core CI box)
+UNREACHABLE_BROKER = "ws://127.0.0.1:9/v1"  # the discard port: the link stays in backoff
+FULL_TMPFS = "512k"  # size of the "disk full" tmpfs
+BROKER_DOWN_S = 2.0  # how long the broker stays dead in broker_restart
+
+
+@attrs.frozen
+class Verdict:
+    """One scenario's outcome: PASS, FAIL or SKIP, a one-line reason and its figures."""
+
+    name: str
+    status: str
+    detail: str
+    figures: dict[str, Any] = attrs.field(factory=dict)
+
+    def line(self) -> str:
+        return f"{self.status} {self.name}: {self.detail}"
+
+
+Run = Callable[[bool], Verdict]
+
+
+def in_trio(scenario: Callable[[bool], Awaitable[Verdict]]) -> Run:
+    """A scenario written for trio, run in its own trio.run under SCENARIO_TIMEOUT."""
+
+    async def bounded(smoke: bool) -> Verdict:
+        with trio.fail_after(SCENARIO_TIMEOUT):
+            return await scenario(smoke)
+
+    return functools.wraps(scenario)(lambda smoke: trio.run(bounded, smoke))
+
+
+@attrs.frozen
+class Scenario:
+    """A registered fault: `run(smoke)`; `pending` names what it waits for (SKIP until then)."""
+
+    name: str
+    run: Run | None
+    pending: str | None = None
+
+
+def _verdict(name: str, ok: bool, detail: str, **figures: Any) -> Verdict:
+    return Verdict(name, "PASS" if ok else "FAIL", detail, figures)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _digests(home: Path) -> dict[str, str]:
+    return {p.name: _digest(p) for p in sorted(home.iterdir()) if p.is_file()}
+
+
+# -- a client that stops reading --------------------------------------------------------------
+
+
+@in_trio
+async def slow_reader(smoke: bool) -> Verdict:
+    """A client subscribes to events and floods requests, then never reads: the daemon's other
+    clients keep their latency, its RSS stays bounded, the stalled client lags or is cut off."""
+    name, churn = "slow_reader", 300 if smoke else 8000
+    with (
+        tempfile.TemporaryDirectory(prefix="chaos-") as tmp,
+        resources.running_daemon(Path(tmp)) as (pid, sock),
+    ):
+        async with MeshClient(sock) as fast:
+            before = await _rtts(fast, 200)
+            rss_before = resources.rss_kib(pid)
+            stalled = await trio.open_unix_socket(str(sock))
+            await stalled.send_all(b'{"id":0,"op":"events_subscribe"}\n')
+            with trio.move_on_after(2):  # until the daemon stops reading it: backpressure
+                while True:
+                    await stalled.send_all(b'{"id":1,"op":"inspect"}\n' * 64)
+            config = {"id": "churn", "brokers": [UNREACHABLE_BROKER]}
+            await fast.call("network_add", {"config": config})
+            during: list[float] = []
+            for n in range(churn):  # every update is one event for the stalled client
+                await fast.call("network_update", {"config": config | {"label": f"l{n}"}})
+                if n % 10 == 0:
+                    during += await _rtts(fast, 1)
+            clients = _clients((await fast.call("inspect"))["children"])
+            rss_after = resources.rss_kib(pid)
+            await stalled.aclose()
+    base, under = latency_summary(before), latency_summary(during)
+    bound = max(base["p99_us"] * LATENCY_FACTOR, LATENCY_FLOOR_S * 1e6)
+    stalled_figures = next((c for c in clients if c["events"]), None)
+    cut_off_or_lagged = stalled_figures is None or stalled_figures["lagged"] > 0
+    growth = rss_after - rss_before
+    ok = under["p99_us"] <= bound and growth <= RSS_BOUND_KIB and (smoke or cut_off_or_lagged)
+    what = "disconnected" if stalled_figures is None else f"lagged {stalled_figures['lagged']}"
+    return _verdict(
+        name,
+        ok,
+        f"others' status p99 {base['p99_us']:.0f}→{under['p99_us']:.0f} µs, "
+        f"RSS +{growth} KiB after {churn} events, stalled client {what}",
+        status_before=base,
+        status_during=under,
+        rss_growth_kib=growth,
+        stalled=stalled_figures,
+    )
+
+
+async def _rtts(client: MeshClient, count: int) -> list[float]:
+    samples = []
+    for _ in range(count):
+        began = time.perf_counter()
+        await client.call("status")
+        samples.append(time.perf_counter() - began)
+    return samples
+
+
+def _clients(children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The figures of every client actor in an inspect tree."""
+    found = []
+    for child in children:
+        if child["kind"] == "client":
+            found.append(child["figures"])
+        found += _clients(child["children"])
+    return found
+
+
+# -- read-only and full state directories -----------------------------------------------------
+
+
+@contextlib.contextmanager
+def _mounted(args: list[str], target: Path) -> Iterator[str | None]:
+    """Mount (yields None) or yield why it is not possible here."""
+    result = subprocess.run(["mount", *args, str(target)], capture_output=True, text=True)
+    if result.returncode != 0:
+        yield f"mount not permitted here ({result.stderr.strip() or result.returncode})"
+        return
+    try:
+        yield None
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+def read_only_state(smoke: bool) -> Verdict:
+    """`daemon up` on a read-only state directory: a clear error, exit 3, nothing changed."""
+    name = "read_only_state"
+    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+        source, home = Path(tmp) / "src", Path(tmp) / "ro"
+        source.mkdir()
+        home.mkdir()
+        with resources.running_daemon(source):
+            pass  # a home with identity, host record and database, then stopped
+        for leftover in ("daemon.sock", "daemon.pid"):
+            (source / leftover).unlink(missing_ok=True)
+        before = _digests(source)
+        with _mounted(["--bind", "-o", "ro", str(source)], home) as refused:
+            if refused:
+                return Verdict(name, "SKIP", refused)
+            sock = Path(tmp) / "rw" / "daemon.sock"
+            sock.parent.mkdir()
+            result = resources.cli(home, "--socket", str(sock), "daemon", "up", check=False)
+        after = _digests(source)
+    message = (result.stderr.strip().splitlines() or ["(no message)"])[-1]
+    ok = result.returncode == 3 and before == after and "read-only" in message.lower()
+    return _verdict(
+        name, ok, f"exit {result.returncode}: {message!r}; files unchanged: {before == after}"
+    )
+
+
+@in_trio
+async def full_state(smoke: bool) -> Verdict:
+    """The state directory's disk fills while the daemon runs: writes fail with a clear error,
+    the daemon stays up, and once space is back it works and the database is intact."""
+    name = "full_state"
+    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+        home = Path(tmp) / "home"
+        home.mkdir()
+        with _mounted(["-t", "tmpfs", "-o", f"size={FULL_TMPFS}", "tmpfs"], home) as refused:
+            if refused:
+                return Verdict(name, "SKIP", refused)
+            with resources.running_daemon(home) as (_pid, sock):
+                filler = home / "filler"
+                with contextlib.suppress(OSError), filler.open("wb") as out:
+                    while True:
+                        out.write(b"\0" * 4096)
+                        out.flush()
+                errors = []
+                async with MeshClient(sock) as client:
+                    for n in range(20):  # each add writes a config row and an event
+                        config = {"id": f"full{n}", "brokers": [UNREACHABLE_BROKER]}
+                        try:
+                            await client.call("network_add", {"config": config})
+                        except ClientError as exc:
+                            errors.append(exc.code)
+                    status_ok = "device_id" in await client.call("status")
+                    filler.unlink()
+                    await client.call(
+                        "network_add", {"config": {"id": "after", "brokers": [UNREACHABLE_BROKER]}}
+                    )
+                    listed = {n["id"] for n in (await client.call("networks_list"))["networks"]}
+            integrity = _integrity(home / "state.db")
+    ok = bool(errors) and status_ok and "after" in listed and integrity == "ok"
+    return _verdict(
+        name,
+        ok,
+        f"{len(errors)} of 20 writes refused with {sorted(set(errors))}; daemon answered; "
+        f"after freeing space a write worked; integrity_check {integrity}",
+        codes=sorted(set(errors)),
+    )
+
+
+def _integrity(db: Path) -> str:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+# -- a corrupt database at start --------------------------------------------------------------
+
+
+def corrupt_database(smoke: bool) -> Verdict:
+    """Garbage in state.db: `daemon up` exits 3 with a clear message and overwrites nothing."""
+    name = "corrupt_database"
+    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+        home = Path(tmp)
+        (home / "state.db").write_bytes(os.urandom(64 * 1024))
+        before = _digest(home / "state.db")
+        result = resources.cli(home, "daemon", "up", check=False)
+        after = _digest(home / "state.db")
+        extra = sorted(p.name for p in home.iterdir() if p.name.startswith("state.db"))
+    message = (result.stderr.strip().splitlines() or ["(no message)"])[-1]
+    clear = "database" in message.lower()
+    ok = result.returncode == 3 and before == after and clear
+    return _verdict(
+        name,
+        ok,
+        f"exit {result.returncode}: {message!r}; state.db byte-identical: {before == after}; "
+        f"state files {extra}",
+    )
+
+
+# -- broker kill and restart ------------------------------------------------------------------
+
+
+@in_trio
+async def broker_restart(smoke: bool) -> Verdict:
+    """SIGKILL the broker under N connected daemons and restart it on the same port: every
+    daemon comes back by itself, at times spread by the link's jitter."""
+    name, size = "broker_restart", 4 if smoke else 20
+    port = resources.free_port()
+    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+        broker = _start_broker(port)
+        try:
+            async with trio.open_nursery() as nursery:
+                members = [
+                    await swarm._start_member(Path(tmp), i, size, nursery) for i in range(size)
+                ]
+                config = NetworkConfig("chaos", [f"ws://127.0.0.1:{port}/v1"], auto_approve=True)
+                for member in members:
+                    assert member.services.networks is not None
+                    await member.services.networks.add(config)
+                with trio.fail_after(swarm.FORM_TIMEOUT):
+                    await swarm._all_wait(members, lambda e: e.kind == "peer_active", size - 1)
+                broker.kill()
+                broker.wait()
+                with trio.fail_after(swarm.ROUND_TIMEOUT):
+                    await swarm._all_wait(
+                        members,
+                        lambda e: e.kind == "network_phase" and e.data["phase"] == "degraded",
+                        1,
+                    )
+                await trio.sleep(BROKER_DOWN_S)  # the outage: links back off while it lasts
+                broker = _start_broker(port)
+                restarted = time.perf_counter()
+                back: list[float] = []
+
+                async def wait_back(member: swarm.Member) -> None:
+                    await member.wait(
+                        lambda e: e.kind == "network_phase" and e.data["phase"] == "active", 1
+                    )
+                    back.append(time.perf_counter() - restarted)
+
+                with trio.fail_after(swarm.ROUND_TIMEOUT):
+                    async with trio.open_nursery() as waiting:
+                        for member in members:
+                            waiting.start_soon(wait_back, member)
+                nursery.cancel_scope.cancel()
+        finally:
+            broker.kill()
+            broker.wait()
+    spread = max(back) - min(back)
+    ok = len(back) == size
+    return _verdict(
+        name,
+        ok,
+        f"{len(back)}/{size} daemons active again without a command, "
+        f"{min(back):.2f}-{max(back):.2f} s after restart (spread {spread:.2f} s, "
+        f"stdev {statistics.pstdev(back):.2f} s)",
+        reconnect_s=sorted(round(b, 3) for b in back),
+    )
+
+
+def _start_broker(port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "meshactors", "broker", "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    resources.wait_port(port, process)
+    return process
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario("slow_reader", slow_reader),
+        Scenario("read_only_state", read_only_state),
+        Scenario("full_state", full_state),
+        Scenario("corrupt_database", corrupt_database),
+        Scenario("broker_restart", broker_restart),
+        Scenario("sigkill_mid_drain", None, pending="durable messages (issue 6)"),
+        Scenario("broker_restart_under_rpc_stream", None, pending="RPC streaming (issue 5)"),
+    ]
+}
+
+
+def run_scenario(scenario: Scenario, smoke: bool) -> Verdict:
+    """Run one scenario; an exception (a trio one's overrun too) is a FAIL, pending is SKIP."""
+    if scenario.run is None:
+        return Verdict(scenario.name, "SKIP", f"needs {scenario.pending}")
+    try:
+        return scenario.run(smoke)
+    except Exception as exc:
+        return Verdict(scenario.name, "FAIL", f"{type(exc).__name__}: {exc}")

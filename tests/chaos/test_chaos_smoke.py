@@ -1,0 +1,26 @@
+"""CI smoke of scripts/chaos: the quick scenarios at smoke sizes, through the same registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from scripts.benchlib.chaos import SCENARIOS, run_scenario
+
+pytestmark = pytest.mark.e2e
+
+
+def test_corrupt_database_refused_and_untouched() -> None:
+    verdict = run_scenario(SCENARIOS["corrupt_database"], smoke=True)
+    assert verdict.status == "PASS", verdict.line()
+
+
+def test_broker_restart_daemons_come_back_by_themselves() -> None:
+    verdict = run_scenario(SCENARIOS["broker_restart"], smoke=True)
+    assert verdict.status == "PASS", verdict.line()
+    assert len(verdict.figures["reconnect_s"]) == 4
+
+
+def test_pending_scenarios_are_skipped_with_a_reason() -> None:
+    verdict = run_scenario(SCENARIOS["sigkill_mid_drain"], smoke=True)
+    assert verdict.status == "SKIP"
+    assert "durable" in verdict.detail

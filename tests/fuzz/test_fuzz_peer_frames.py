@@ -1,0 +1,62 @@
+"""Fuzz peer-frame decoding: opened bytes become a frame or a BadPeerFrame with a stable reason."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshactors.wire.peer import (
+    MAX_PEER_FRAME_BYTES,
+    BadPeerFrame,
+    Capabilities,
+    Caps,
+    Frame,
+    IncompatiblePeer,
+    Ping,
+    decode_frame,
+    encode_frame,
+)
+from tests.fuzz.conftest import fuzz
+from tests.fuzz.strategies import json_line, json_values, mutated
+
+# The reasons docs/protocol.md ("Frames") documents for a frame that does not decode.
+DOCUMENTED_REASONS = {"malformed", "too_large", "unknown_frame"}
+GOOD_FRAMES = [
+    encode_frame(Ping(token=7)),
+    encode_frame(Caps(capabilities=Capabilities(tags=["a"], extra={"k": [1, None]}))),
+    b'{"t":"approval","state":"approved"}',
+    b'{"t":"bye","reason":"stopping"}',
+]
+TAGS = ["hello", "approval", "caps", "profile", "ping", "pong", "bye", "nope"]
+
+frame_bytes = (
+    st.binary(max_size=300)
+    | json_values.map(json_line)
+    | st.dictionaries(st.text(max_size=12), json_values, max_size=4)
+    .flatmap(lambda fields: st.sampled_from(TAGS).map(lambda tag: {**fields, "t": tag}))
+    .map(json_line)
+    | st.one_of(*(mutated(good) for good in GOOD_FRAMES))
+)
+
+
+@fuzz
+@given(frame_bytes)
+def test_decode_frame_reasons_are_documented(data: bytes) -> None:
+    try:
+        frame = decode_frame(data)
+    except BadPeerFrame as bad:
+        assert bad.reason in DOCUMENTED_REASONS
+    except IncompatiblePeer:
+        assert b"hello" in data
+    else:
+        assert isinstance(frame, Frame)
+        assert decode_frame(encode_frame(frame)) == frame
+
+
+def test_oversized_frame_is_too_large() -> None:
+    try:
+        decode_frame(b" " * (MAX_PEER_FRAME_BYTES + 1))
+    except BadPeerFrame as bad:
+        assert bad.reason == "too_large"
+    else:
+        raise AssertionError("an oversized frame decoded")
