@@ -56,7 +56,7 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=lambda *_: SafePrintLogger(out),
         cache_logger_on_first_use=True,
     )
 
@@ -83,3 +83,19 @@ class JournalPrefix:
         rendered = self.renderer(logger, method_name, event_dict)
         text = rendered.decode("utf-8") if isinstance(rendered, bytes) else rendered
         return "\n".join(f"<{priority}>{line}" for line in text.split("\n"))
+
+
+class SafePrintLogger(structlog.PrintLogger):
+    """A print logger that drops a line it cannot write (a full disk, a closed pipe) rather
+    than raising into the actor that logged it: logging must never crash the daemon."""
+
+    dropped: int = 0
+
+    def msg(self, message: str) -> None:
+        try:
+            super().msg(message)
+        except (OSError, ValueError):
+            SafePrintLogger.dropped += 1
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg

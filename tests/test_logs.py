@@ -76,3 +76,14 @@ def test_without_journald_lines_are_plain(log_file: TextIO) -> None:
 
     log_file.seek(0)
     assert json.loads(log_file.read())["event"] == "boom"
+
+
+def test_a_log_line_that_cannot_be_written_is_dropped_not_raised(tmp_path: Path) -> None:
+    from meshactors.logs import SafePrintLogger
+
+    stream = open(tmp_path / "log", "w")  # noqa: SIM115
+    stream.close()  # writing now raises ValueError, as a full disk raises OSError
+    logger = SafePrintLogger(stream)
+    before = SafePrintLogger.dropped
+    logger.error("the disk is full")
+    assert SafePrintLogger.dropped == before + 1

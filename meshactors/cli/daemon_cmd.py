@@ -81,7 +81,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def run_up(args: argparse.Namespace) -> int:
     paths = paths_of(args)
-    prepare_dirs(paths)
+    try:
+        prepare_dirs(paths)
+    except OSError as exc:
+        fail(
+            f"cannot prepare {exc.filename or paths.state_dir}: {exc.strerror or exc}", EXIT_STARTUP
+        )
     identity = _checked_identity(paths)
     try:
         broker_listen = None if args.broker_listen is None else parse_listen(args.broker_listen)
@@ -105,6 +110,8 @@ def run_up(args: argparse.Namespace) -> int:
         )
     except AlreadyRunning as exc:
         fail(f"{exc}", EXIT_FAILURE)
+    except OSError as exc:
+        fail(f"cannot take the daemon lock {options.paths.pid_file}: {exc.strerror}", EXIT_STARTUP)
     try:
         trio.run(serve, options)
     except* ChildStartFailed as group:

@@ -47,6 +47,7 @@ STATUS_BY_CODE: dict[str, int] = {
     ErrorCode.HANDLER_GONE: 502,
     ErrorCode.REMOTE_ERROR: 502,
     ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.STORAGE: 507,
     ErrorCode.TIMEOUT: 504,
 }
 DEFAULT_ERROR_STATUS = 400  # for codes added later without a row above

@@ -12,11 +12,31 @@ import trio
 
 from meshactors.actors import Actor, Inbox, Reply, cleanup_scope
 from meshactors.store.db import open_database
+from meshactors.wire.ipc import ErrorCode, OpError
 
 T = TypeVar("T")
 
 STORE_CALL_TIMEOUT = 30.0  # seconds a caller waits for a queued store call (SQLite busy waits 5 s)
 STORE_INBOX_CAPACITY = 256  # queued calls before callers wait
+
+
+# SQLite primary result codes that mean the disk, not the request, is at fault
+_STORAGE_FAULTS = {
+    sqlite3.SQLITE_FULL: "the disk is full",
+    sqlite3.SQLITE_READONLY: "the database is read-only",
+    sqlite3.SQLITE_IOERR: "an I/O error",
+    sqlite3.SQLITE_CANTOPEN: "the database file cannot be opened",
+    sqlite3.SQLITE_CORRUPT: "the database is corrupt",
+}
+
+
+def storage_error(exc: sqlite3.Error, path: Path) -> Exception:
+    """An OpError(storage) naming the fault when SQLite says the storage failed, else `exc`."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    reason = None if code is None else _STORAGE_FAULTS.get(code & 0xFF)
+    if reason is None:
+        return exc
+    return OpError(ErrorCode.STORAGE, f"the state database {path} cannot be written: {reason}")
 
 
 @attrs.frozen
@@ -62,6 +82,9 @@ class StoreActor(Actor):
                 began = trio.current_time()
                 try:
                     result = await trio.to_thread.run_sync(call.fn, conn)
+                except sqlite3.Error as exc:
+                    self.failures += 1
+                    call.reply.fail(storage_error(exc, self.path))
                 except Exception as exc:
                     self.failures += 1
                     call.reply.fail(exc)
