@@ -23,7 +23,7 @@ from meshactors.wire.ipc import ErrorCode, OpError, error_frame
 log = structlog.get_logger("meshactors.control")
 
 MAX_CLIENTS = 4096  # connections served at once; more are told so and closed
-LISTEN_BACKLOG = 512
+LISTEN_BACKLOG = 4096  # = MAX_CLIENTS: a burst of connects waits in the kernel, not refused
 CLIENT_SHUTDOWN_TIMEOUT = 2.0  # seconds a client's cleanup may take (releasing claims etc.)
 SOCKET_MODE = 0o600
 SD_LISTEN_FDS_START = 3  # the first descriptor a socket-activating service manager passes

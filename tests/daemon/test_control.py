@@ -9,6 +9,7 @@ import trio
 from meshactors.daemon.client import MAX_CONCURRENT_REQUESTS
 from meshactors.daemon.services import Services
 from meshactors.wire.ipc import MAX_FRAME_BYTES
+from tests.support import LineClient
 
 
 async def test_status_names_the_daemon(daemon: Services, connect: Any) -> None:
@@ -110,3 +111,20 @@ async def test_deeply_nested_json_is_bad_json_not_a_crash(connect: Any) -> None:
     frame = await client.frame()
     assert frame["error"]["code"] == "bad_json"
     assert (await client.call("status"))["ok"] is True
+
+
+async def test_a_burst_of_connections_beyond_the_old_backlog_is_served(daemon: Services) -> None:
+    answered = 0
+
+    async def one() -> None:
+        nonlocal answered
+        client = LineClient(await trio.open_unix_socket(str(daemon.paths.socket)))
+        assert (await client.call("status"))["ok"] is True
+        answered += 1
+        await client.aclose()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for _ in range(600):  # more than a 512-connection listen backlog holds
+                nursery.start_soon(one)
+    assert answered == 600
