@@ -45,6 +45,7 @@ class ErrorCode(enum.StrEnum):
     CANCELLED = "cancelled"
     UNKNOWN_REQUEST = "unknown_request"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    LAGGED = "lagged"  # the connection fell behind a stream it was receiving
     # durable messages
     NO_RECIPIENTS = "no_recipients"
 
