@@ -31,6 +31,11 @@ def _optional_text(limit: int) -> Any:
     return attrs.validators.optional(_text(limit))
 
 
+def _binary(instance: Any, _attribute: attrs.Attribute[bool], value: bool) -> None:
+    if value and not isinstance(instance.payload, str):
+        raise ValueError("a binary payload is base64 text")
+
+
 def _credit(_instance: object, _attribute: attrs.Attribute[int], value: int) -> None:
     if not 0 < value <= MAX_CREDIT:
         raise ValueError(f"credit must be 1-{MAX_CREDIT}")
@@ -58,7 +63,7 @@ class RpcCall(Frame):
     id: str = attrs.field(validator=_text(MAX_ID_CHARS))
     method: str = attrs.field(validator=_text(MAX_NAME_CHARS))
     payload: Any
-    binary: bool
+    binary: bool = attrs.field(validator=_binary)
     stream: bool
     timeout_ms: int
 
@@ -70,7 +75,7 @@ class RpcResult(Frame):
 
     id: str = attrs.field(validator=_text(MAX_ID_CHARS))
     payload: Any = None
-    binary: bool = False
+    binary: bool = attrs.field(default=False, validator=_binary)
     error: WireError | None = None
 
 
@@ -81,7 +86,7 @@ class RpcChunk(Frame):
 
     id: str = attrs.field(validator=_text(MAX_ID_CHARS))
     payload: Any
-    binary: bool = False
+    binary: bool = attrs.field(default=False, validator=_binary)
 
 
 @register_frame("rpc_end", app=True)
@@ -119,7 +124,7 @@ class Chan(Frame):
 
     channel: str = attrs.field(validator=_text(MAX_NAME_CHARS))
     payload: Any
-    binary: bool = False
+    binary: bool = attrs.field(default=False, validator=_binary)
     retain: bool = False
     ack: str | None = attrs.field(default=None, validator=_optional_text(MAX_ID_CHARS))
 

@@ -432,20 +432,25 @@ class Rpc(Actor):
         """Send one chunk of a streamed answer, waiting while the caller has no credit left."""
         call = self._serving(client, request_id, stream=True)
         async with call.lock:
-            while call.credit <= 0 and call.cancelled is None:
+            while call.credit <= 0 and self._inbound.get(call.id) is call:
                 await call.credit_changed.wait()
-            if call.cancelled is not None:
-                raise OpError(ErrorCode.CANCELLED, f"the caller ended the call ({call.cancelled})")
+            self._check_open(call)
             call.credit -= 1
             frame = RpcChunk(call.remote_id, payload.value, payload.binary)
             await self.wire.send(call.caller, frame)
+
+    def _check_open(self, call: Inbound) -> None:
+        """OpError cancelled (the caller ended it) or unknown_request (it finished meanwhile)."""
+        if call.cancelled is not None:
+            raise OpError(ErrorCode.CANCELLED, f"the caller ended the call ({call.cancelled})")
+        if self._inbound.get(call.id) is not call:
+            raise _unknown(call.id)
 
     async def stream_end(self, client: Client, request_id: str, error: str | None) -> None:
         """End a streamed answer (after every chunk sent so far), with an error if it failed."""
         call = self._serving(client, request_id, stream=True)
         async with call.lock:
-            if call.cancelled is not None:
-                raise OpError(ErrorCode.CANCELLED, f"the caller ended the call ({call.cancelled})")
+            self._check_open(call)
             self._forget_inbound(call)
             wire_error = None if error is None else WireError("remote_error", error or "error")
             await self.wire.send(call.caller, RpcEnd(call.remote_id, wire_error))
