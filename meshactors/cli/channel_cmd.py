@@ -52,10 +52,19 @@ def run_sub(args: argparse.Namespace) -> int:
                 if event.get("kind") == "lagged":
                     print(f"meshactors: missed {event.get('skipped')} messages", file=sys.stderr)
                 elif event.get("kind") == "channel_inbound" and event["channel"] == args.channel:
-                    shown = {key: event[key] for key in event if key not in ("kind", "network")}
-                    print(json.dumps(shown), flush=True)
+                    _print_messages(event)
         except ClientError as exc:
             fail(f"{exc.code}: {exc.message}")
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def _print_messages(event: dict[str, Any]) -> None:
+    """One JSON line per message (a batch event holds several, in `payloads`)."""
+    shown = {key: event[key] for key in event if key not in ("kind", "network", "payloads")}
+    for payload in event.get("payloads", []):
+        print(json.dumps(shown | {"payload": payload}))
+    if "payloads" not in event:
+        print(json.dumps(shown))
+    sys.stdout.flush()

@@ -13,7 +13,7 @@ import attrs
 from meshactors.daemon.optable import Op
 from meshactors.daemon.session import Session
 from meshactors.network.network import Network
-from meshactors.network.payload import Payload, check_name, payload_of
+from meshactors.network.payload import Payload, check_name, payload_of, payloads_of
 from meshactors.network.rpc import Rpc, check_timeout
 from meshactors.wire.ipc import ErrorCode, OpError
 
@@ -91,24 +91,26 @@ class ChannelRef:
 
 @attrs.frozen
 class ChannelSendTo:
-    """Params of `channel_send_to`."""
+    """Params of `channel_send_to`; `payloads` sends several messages in one go."""
 
     network: str
     channel: str
     peer: str
     payload: Any = None
     payload_b64: str | None = None
+    payloads: list[Any] | None = None
     retain: bool = False
 
 
 @attrs.frozen
 class ChannelSendAll:
-    """Params of `channel_send_all`."""
+    """Params of `channel_send_all`; `payloads` sends several messages in one go."""
 
     network: str
     channel: str
     payload: Any = None
     payload_b64: str | None = None
+    payloads: list[Any] | None = None
     retain: bool = False
 
 
@@ -228,18 +230,18 @@ async def channel_unsubscribe(session: Session, params: ChannelRef) -> dict[str,
 async def channel_send_to(session: Session, params: ChannelSendTo) -> dict[str, Any]:
     """Publish to one peer (or this daemon); `retain` keeps it for late subscribers."""
     check_name(params.channel, "channel")
-    payload = payload_of(params.payload, params.payload_b64)
+    payloads = payloads_of(params.payload, params.payload_b64, params.payloads)
     channels = _network(session, params.network).channels
-    await channels.send_to(params.peer, params.channel, payload, retain=params.retain)
+    await channels.send_to(params.peer, params.channel, payloads, retain=params.retain)
     return {"dispatched_to": [params.peer]}
 
 
 async def channel_send_all(session: Session, params: ChannelSendAll) -> dict[str, Any]:
     """Publish to every active peer; answers the device ids it went to."""
     check_name(params.channel, "channel")
-    payload = payload_of(params.payload, params.payload_b64)
+    payloads = payloads_of(params.payload, params.payload_b64, params.payloads)
     channels = _network(session, params.network).channels
-    sent = await channels.send_all(params.channel, payload, retain=params.retain)
+    sent = await channels.send_all(params.channel, payloads, retain=params.retain)
     return {"dispatched_to": sent}
 
 

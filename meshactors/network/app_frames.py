@@ -129,6 +129,17 @@ class Chan(Frame):
     ack: str | None = attrs.field(default=None, validator=_optional_text(MAX_ID_CHARS))
 
 
+@register_frame("chan_batch", app=True)
+@attrs.frozen
+class ChanBatch(Frame):
+    """Several messages on one channel, in order (one frame, one seal); with `retain` the last
+    one is kept as the sender's value."""
+
+    channel: str = attrs.field(validator=_text(MAX_NAME_CHARS))
+    payloads: list[Any]
+    retain: bool = False
+
+
 @register_frame("chan_ack", app=True)
 @attrs.frozen
 class ChanAck(Frame):

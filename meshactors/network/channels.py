@@ -18,7 +18,7 @@ import attrs
 import trio
 
 from meshactors.actors import Actor, ChildSpec, Inbox, Restart, Supervisor
-from meshactors.network.app_frames import Chan, ChanAck, payload_of_frame
+from meshactors.network.app_frames import Chan, ChanAck, ChanBatch, payload_of_frame
 from meshactors.network.app_wire import AppWire, Postbox
 from meshactors.network.payload import Payload
 from meshactors.network.peers import PeerStatus
@@ -151,6 +151,7 @@ class Channels(Actor):
     def __attrs_post_init__(self) -> None:
         self.postbox = Postbox(self.wire)
         self.wire.register(Chan.tag, self._on_message)
+        self.wire.register(ChanBatch.tag, self._on_batch)
         self.wire.register(ChanAck.tag, self._on_ack)
 
     def figures(self) -> dict[str, object]:
@@ -225,19 +226,21 @@ class Channels(Actor):
 
     # -- sending ----------------------------------------------------------------------------
 
-    async def send_to(self, peer: str, channel: str, payload: Payload, *, retain: bool) -> None:
-        """Send to one peer (or this daemon); with `retain` it is also sent to the peer when it
-        becomes active again."""
+    async def send_to(
+        self, peer: str, channel: str, payloads: list[Payload], *, retain: bool
+    ) -> None:
+        """Send to one peer (or this daemon); with `retain` the last payload is also sent to
+        the peer whenever it becomes active again."""
         if retain:
-            self.own.put((channel, peer), payload)
-        await self.wire.send(peer, Chan(channel, payload.value, payload.binary, retain))
-        self.counters["sent"] += 1
+            self.own.put((channel, peer), payloads[-1])
+        await self.wire.send(peer, _message_frame(channel, payloads, retain))
+        self.counters["sent"] += len(payloads)
 
-    async def send_all(self, channel: str, payload: Payload, *, retain: bool) -> list[str]:
+    async def send_all(self, channel: str, payloads: list[Payload], *, retain: bool) -> list[str]:
         """Send to every active peer (not this daemon); returns the peers it went to."""
         if retain:
-            self.own.put((channel, ALL), payload)
-        frame = Chan(channel, payload.value, payload.binary, retain)
+            self.own.put((channel, ALL), payloads[-1])
+        frame = _message_frame(channel, payloads, retain)
         sent = []
         for peer in self.wire.active_peers():
             try:
@@ -246,7 +249,7 @@ class Channels(Actor):
                 self.counters[f"send_all_{failed.code.value}"] += 1
                 continue
             sent.append(peer)
-        self.counters["sent"] += len(sent)
+        self.counters["sent"] += len(sent) * len(payloads)
         return sent
 
     async def send_reliable(
@@ -276,23 +279,38 @@ class Channels(Actor):
 
     def _on_message(self, sender: str, frame: Frame) -> None:
         assert isinstance(frame, Chan)
-        self.counters["received"] += 1
         if frame.ack is not None and self._seen(sender, frame.ack):
             return
         payload = payload_of_frame(frame)
         if frame.retain:
             self.received.put((sender, frame.channel), payload)
-        pump = self._pumps.get(frame.channel)
-        subscribers = 0
-        if pump is not None:
-            if not pump.offer(self._event(sender, frame.channel, payload, retained=False)):
-                return  # not accepted: a reliable sender will resend
-            subscribers = len(pump.subscribers)
-        if frame.ack is not None:
+        event = self._event(sender, frame.channel, payload, retained=False)
+        subscribers = self._accept(sender, frame.channel, event, 1)
+        if frame.ack is not None and subscribers is not None:
             self._recent_acks[(sender, frame.ack)] = subscribers
             if len(self._recent_acks) > RECENT_ACKS:
                 self._recent_acks.popitem(last=False)
             self.postbox.post(sender, ChanAck(frame.ack, subscribers))
+
+    def _on_batch(self, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, ChanBatch)
+        event = {"network": self.network, "from": sender, "channel": frame.channel}
+        self._accept(
+            sender, frame.channel, event | {"payloads": frame.payloads}, len(frame.payloads)
+        )
+        if frame.retain:
+            self.received.put((sender, frame.channel), Payload(frame.payloads[-1]))
+
+    def _accept(self, sender: str, channel: str, event: dict[str, Any], count: int) -> int | None:
+        """Hand a message (or a batch of `count`) to the channel's pump; returns how many
+        subscribers it reaches, or None when the pump was full (dropped, counted)."""
+        self.counters["received"] += count
+        pump = self._pumps.get(channel)
+        if pump is None:
+            return 0
+        if not pump.offer(event):
+            return None
+        return len(pump.subscribers)
 
     def _seen(self, sender: str, ack: str) -> bool:
         """A resent reliable message we accepted already: acknowledge it again, drop it."""
@@ -328,6 +346,13 @@ class Channels(Actor):
             return
         for sender, channel in [key for key, _ in self.received.items() if key[0] == device_id]:
             self.received.pop((sender, channel))
+
+
+def _message_frame(channel: str, payloads: list[Payload], retain: bool) -> Chan | ChanBatch:
+    """One `chan` frame for one payload, else a `chan_batch` (JSON payloads only)."""
+    if len(payloads) == 1:
+        return Chan(channel, payloads[0].value, payloads[0].binary, retain)
+    return ChanBatch(channel, [payload.value for payload in payloads], retain)
 
 
 def _pump_name(channel: str) -> str:

@@ -13,6 +13,7 @@ from meshactors.wire.ipc import ErrorCode, OpError
 
 MAX_PAYLOAD_BYTES = 128 * 1024  # a payload as compact JSON (base64 text for binary)
 MAX_NAME_CHARS = 128  # a method or channel name
+MAX_BATCH = 1024  # payloads in one channel send (`payloads`); all of them within MAX_PAYLOAD_BYTES
 
 
 @attrs.frozen
@@ -46,6 +47,19 @@ def payload_of(payload: Any, payload_b64: str | None) -> Payload:
         result = Payload(payload)
     check_size(result)
     return result
+
+
+def payloads_of(payload: Any, payload_b64: str | None, payloads: list[Any] | None) -> list[Payload]:
+    """One payload, or a batch given as `payloads` (JSON values, in order, at most MAX_BATCH
+    and MAX_PAYLOAD_BYTES in all)."""
+    if payloads is None:
+        return [payload_of(payload, payload_b64)]
+    if payload is not None or payload_b64 is not None:
+        raise OpError(ErrorCode.INVALID_PARAMS, "give `payloads` or a single payload, not both")
+    if not 0 < len(payloads) <= MAX_BATCH:
+        raise OpError(ErrorCode.INVALID_PARAMS, f"`payloads` holds 1-{MAX_BATCH} values")
+    check_size(Payload(payloads))
+    return [Payload(value) for value in payloads]
 
 
 def check_size(payload: Payload) -> None:

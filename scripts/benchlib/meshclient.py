@@ -64,7 +64,8 @@ async def sink(socket: str, network: str, channel: str, count: int) -> None:
             if frame.get("kind") == "channel_inbound":
                 if not received:
                     first = time.perf_counter()
-                received += 1
+                payloads = frame.get("payloads")
+                received += len(payloads) if isinstance(payloads, list) else 1
     print(f"count {received} seconds {time.perf_counter() - first:.6f}", flush=True)
 
 

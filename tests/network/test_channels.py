@@ -8,9 +8,10 @@ import pytest
 import trio
 import trio.testing
 
-from meshactors.network.payload import Payload
+from meshactors.client import ChannelMessage, MeshClient
+from meshactors.network.payload import MAX_BATCH, MAX_PAYLOAD_BYTES, Payload
 from tests.network.appclient import AppClient, network_children
-from tests.network.conftest import NET, Daemon, Mesh, OpFailed, approve_both
+from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed, approve_both
 
 UNREACHABLE = "ws://127.0.0.1:9/v1"  # a network whose broker never answers: own device only
 
@@ -79,7 +80,7 @@ async def test_a_late_subscriber_gets_the_retained_value_at_once(
             "channel_send_all", network=NET, channel="presence", payload=value, retain=True
         )
     await sender.call("channel_send_all", network=NET, channel="presence", payload="not kept")
-    await b.network().channels.send_to(b.device_id, "sync", _payload(), retain=False)  # barrier
+    await b.network().channels.send_to(b.device_id, "sync", [_payload()], retain=False)  # barrier
     late = await client_of(b, nursery)
     subscribed = await late.call("channel_subscribe", network=NET, channel="presence")
     assert subscribed["retained"] == 1
@@ -165,7 +166,7 @@ async def test_a_stalled_reader_does_not_slow_another_subscriber(
     count = 12_000
     channels = daemon.network().channels
     for n in range(count):
-        await channels.send_to(daemon.device_id, "flood", _payload(n), retain=False)
+        await channels.send_to(daemon.device_id, "flood", [_payload(n)], retain=False)
         if n % 256 == 255:  # own-device sends never wait: let the pump and reader catch up
             await trio.testing.wait_all_tasks_blocked()
     received = await reader.count("channel_inbound", count, timeout=30)
@@ -201,3 +202,61 @@ async def test_own_device_calls_and_channels_work_without_a_broker(
 
 def _payload(value: object = None) -> Payload:
     return Payload(value)
+
+
+async def test_a_batch_of_payloads_arrives_as_one_event_in_order(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    a, b = await joined(mesh, "a", "b")
+    await approve_both(a, b)
+    sender, reader = await client_of(a, nursery), await client_of(b, nursery)
+    await reader.call("channel_subscribe", network=NET, channel="bulk")
+    batch = [{"n": n} for n in range(500)]
+    sent = await sender.call(
+        "channel_send_to",
+        network=NET,
+        channel="bulk",
+        peer=b.device_id,
+        payloads=batch,
+        retain=True,
+    )
+    assert sent == {"dispatched_to": [b.device_id]}
+    (received,) = await reader.count("channel_inbound", 1)
+    assert received["payloads"] == batch and "payload" not in received
+    assert received["from"] == a.device_id
+    late = await client_of(b, nursery)
+    assert (await late.call("channel_subscribe", network=NET, channel="bulk"))["retained"] == 1
+    assert (await late.event("channel_inbound"))["payload"] == {"n": 499}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"payloads": []},
+        {"payloads": list(range(MAX_BATCH + 1))},
+        {"payloads": [1], "payload": 1},
+        {"payloads": ["x" * MAX_PAYLOAD_BYTES]},
+    ],
+    ids=["empty", "too_many", "both", "too_large"],
+)
+async def test_bad_batches_are_refused(
+    mesh: Mesh, nursery: trio.Nursery, params: dict[str, object]
+) -> None:
+    (a,) = await joined(mesh, "a")
+    sender = await client_of(a, nursery)
+    with pytest.raises(OpFailed) as failure:
+        await sender.call("channel_send_all", network=NET, channel="bulk", **params)
+    assert failure.value.code in ("invalid_params", "payload_too_large")
+
+
+async def test_the_client_library_unpacks_a_batch_into_messages(mesh: Mesh) -> None:
+    daemon = await mesh.daemon("solo")
+    await daemon.join(UNREACHABLE)
+    me = daemon.device_id
+    async with MeshClient(daemon.services.paths.socket) as client:
+        subscription = client.subscribe(NET, "bulk")
+        async with subscription as messages:
+            await client.channel_send_many(NET, "bulk", [1, 2, 3], peer=me)
+            with trio.fail_after(WAIT):
+                got = [await messages.__anext__() for _ in range(3)]
+    assert got == [ChannelMessage(NET, me, "bulk", n) for n in (1, 2, 3)]
