@@ -195,10 +195,15 @@ class Rpc(Actor):
         send, receive = trio.open_memory_channel[Payload | OpError](1)
         call = self._open_call(client, peer, stream=False, timeout_ms=timeout_ms, result=send)
         await self._send_call(call, method, payload, timeout_ms)
+        outcome: Payload | OpError | None = None
         try:
-            outcome = await receive.receive()
+            with trio.move_on_at(call.timer.deadline):  # single calls time out in the op's task
+                outcome = await receive.receive()
+            if outcome is None:
+                self._abandon(call, "timeout")  # no-op if the answer came at the last moment
+                outcome = receive.receive_nowait()
         finally:
-            self._abandon(call, "cancelled")
+            self._abandon(call, "cancelled")  # no-op unless the op itself was cancelled
         if isinstance(outcome, OpError):
             raise outcome
         return outcome
@@ -240,7 +245,8 @@ class Rpc(Actor):
         timer = trio.CancelScope(deadline=trio.current_time() + timeout_ms / 1000)
         call = Outbound(new_request_id(), peer, client, stream, timer, result)
         self._outbound[call.id] = call
-        self._nursery.start_soon(self._expire_outbound, call)
+        if stream:
+            self._nursery.start_soon(self._expire_outbound, call)
         return call
 
     async def _send_call(

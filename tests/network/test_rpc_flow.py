@@ -15,6 +15,7 @@ from meshactors.network.app_wire import AppWire
 from meshactors.network.payload import Payload
 from meshactors.network.peers import AppHandler
 from meshactors.network.rpc import STREAM_WINDOW, Rpc
+from meshactors.wire.ipc import ErrorCode, OpError
 from meshactors.wire.peer import Frame
 
 PEER = "peer-device"
@@ -163,3 +164,17 @@ async def test_a_served_call_is_forgotten_after_the_callers_deadline(
         "rpc_cancelled",
         {"network": "net", "request_id": request_id, "reason": "timeout"},
     )
+
+
+async def test_a_single_call_times_out_at_its_deadline(
+    running: tuple[Rpc, RecordingPeers], autojump_clock: trio.testing.MockClock
+) -> None:
+    rpc, peers = running
+    began = trio.current_time()
+    with pytest.raises(OpError) as failure:
+        await rpc.call(Connection(), PEER, "slow", Payload(), 2_000)
+    assert failure.value.code is ErrorCode.TIMEOUT
+    assert trio.current_time() - began == pytest.approx(2.0)
+    await trio.testing.wait_all_tasks_blocked()
+    assert [c.reason for c in peers.of(RpcCancel)] == ["timeout"]
+    assert not rpc.has_outbound(peers.of(RpcCall)[0].id)
