@@ -45,6 +45,7 @@ MAX_INBOUND_CALLS = 4096  # calls served here at once, per network
 MAX_OUTBOUND_CALLS = 4096  # calls made from here at once, per network
 STREAM_WINDOW = 256  # chunks the serving side may send ahead of the caller's credit
 SERVE_GRACE = 5.0  # seconds past the caller's deadline before the serving side forgets a call
+SWEEP_INTERVAL = 1.0  # seconds between sweeps for served calls past their deadline and grace
 
 Cleanup = Callable[[], Awaitable[None]]
 
@@ -90,7 +91,7 @@ class Inbound:
     remote_id: str
     client: Client
     stream: bool
-    timer: trio.CancelScope
+    forget_at: float  # trio time: the caller gave up by then (deadline + SERVE_GRACE)
     credit: int = STREAM_WINDOW
     credit_changed: trio.Event = attrs.field(factory=trio.Event)
     lock: trio.Lock = attrs.field(factory=trio.Lock)
@@ -151,6 +152,7 @@ class Rpc(Actor):
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self._sweep)
                 task_status.started()
                 await self.postbox.drain()
         finally:
@@ -342,8 +344,8 @@ class Rpc(Actor):
             return
         assert claim is not None and self._nursery is not None
         timeout = min(max(frame.timeout_ms, 1), MAX_TIMEOUT_MS) / 1000
-        timer = trio.CancelScope(deadline=trio.current_time() + timeout + SERVE_GRACE)
-        call = Inbound(new_request_id(), sender, frame.id, claim.client, frame.stream, timer)
+        forget_at = trio.current_time() + timeout + SERVE_GRACE
+        call = Inbound(new_request_id(), sender, frame.id, claim.client, frame.stream, forget_at)
         event = {
             "network": self.network,
             "from": sender,
@@ -359,7 +361,6 @@ class Rpc(Actor):
             return
         self._inbound[call.id] = call
         self._inbound_by_caller[(sender, frame.id)] = call
-        self._nursery.start_soon(self._expire_inbound, call)
 
     def _refusal(self, sender: str, frame: RpcCall, claim: Claim | None) -> WireError | None:
         if claim is None:
@@ -377,11 +378,13 @@ class Rpc(Actor):
         frame: Frame = RpcEnd(remote_id, error) if stream else RpcResult(remote_id, error=error)
         self.postbox.post(caller, frame)
 
-    async def _expire_inbound(self, call: Inbound) -> None:
-        with call.timer:
-            await trio.sleep_forever()
-        if self._inbound.get(call.id) is call:
-            self._drop_inbound(call, "timeout")
+    async def _sweep(self) -> None:
+        """Forget served calls whose caller gave up long ago (its cancel never came)."""
+        while True:
+            await trio.sleep(SWEEP_INTERVAL)
+            now = trio.current_time()
+            for call in [c for c in self._inbound.values() if c.forget_at <= now]:
+                self._drop_inbound(call, "timeout")
 
     def _drop_inbound(self, call: Inbound, reason: str) -> None:
         """Forget a served call the caller no longer waits for, and tell its connection."""
@@ -394,7 +397,6 @@ class Rpc(Actor):
     def _forget_inbound(self, call: Inbound) -> None:
         self._inbound.pop(call.id, None)
         self._inbound_by_caller.pop((call.caller, call.remote_id), None)
-        call.timer.cancel()
         call.credit_changed.set()
 
     def _on_cancel(self, sender: str, frame: Frame) -> None:
