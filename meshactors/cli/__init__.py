@@ -6,9 +6,27 @@ import argparse
 import sys
 
 from meshactors._version import __version__
-from meshactors.cli import broker_cmd, daemon_cmd, identity_cmd, inspect_tree, mesh, message_cmd
+from meshactors.cli import (
+    broker_cmd,
+    channel_cmd,
+    daemon_cmd,
+    identity_cmd,
+    inspect_tree,
+    mesh,
+    message_cmd,
+    rpc_cmd,
+)
 
-COMMAND_GROUPS = (daemon_cmd, identity_cmd, inspect_tree, mesh, broker_cmd, message_cmd)
+COMMAND_GROUPS = (
+    daemon_cmd,
+    identity_cmd,
+    inspect_tree,
+    mesh,
+    broker_cmd,
+    rpc_cmd,
+    channel_cmd,
+    message_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

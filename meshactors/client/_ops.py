@@ -7,7 +7,7 @@ absent key). Answers are the daemon's JSON data, documented with each op in docs
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 Json = Any
@@ -172,6 +172,24 @@ class Ops(abc.ABC):
         return await self.call(
             "channel_send_all",
             params(network=network, channel=channel, retain=retain) | {"payload": payload},
+        )
+
+    async def channel_send_many(
+        self,
+        network: str,
+        channel: str,
+        payloads: Sequence[Json],
+        *,
+        peer: str | None = None,
+        retain: bool | None = None,
+    ) -> Data:
+        """Publish several messages in one request (one frame per peer, one event per
+        subscriber), to `peer` or to every active peer; `retain` keeps the last one."""
+        op = "channel_send_all" if peer is None else "channel_send_to"
+        return await self.call(
+            op,
+            params(network=network, channel=channel, peer=peer, retain=retain)
+            | {"payloads": list(payloads)},
         )
 
     async def channel_send_reliable(

@@ -215,15 +215,12 @@ class MeshClient(Ops):
 
     def _channel_inbound(self, frame: dict[str, Any]) -> None:
         fanout = self._channels.get((frame.get("network"), frame.get("channel")))  # type: ignore[arg-type]
-        if fanout is not None:
-            fanout.publish(
-                ChannelMessage(
-                    frame.get("network", ""),
-                    frame.get("from", ""),
-                    frame.get("channel", ""),
-                    frame.get("payload"),
-                )
-            )
+        if fanout is None:
+            return
+        payloads = frame["payloads"] if "payloads" in frame else [frame.get("payload")]
+        network, sender, channel = frame.get("network", ""), frame.get("from", ""), frame["channel"]
+        for payload in payloads:  # a batch sent with `payloads` arrives as one event
+            fanout.publish(ChannelMessage(network, sender, channel, payload))
 
     # streamed calls
     @contextlib.asynccontextmanager

@@ -14,7 +14,7 @@ import trio
 
 from meshactors._version import __version__
 from meshactors.actors import ChildSpec, Node, Strategy, Supervisor, run_root
-from meshactors.daemon import message_ops, network_ops, system_ops
+from meshactors.daemon import message_ops, network_ops, rpc_ops, system_ops
 from meshactors.daemon.broker_actor import BrokerActor
 from meshactors.daemon.control import control_supervisor
 from meshactors.daemon.events import EventHub
@@ -47,7 +47,7 @@ class DaemonOptions:
 
 def build_ops() -> OpTable:
     """Every op the daemon answers."""
-    return OpTable.of(system_ops.OPS, network_ops.OPS, message_ops.OPS)
+    return OpTable.of(system_ops.OPS, network_ops.OPS, rpc_ops.OPS, message_ops.OPS)
 
 
 async def serve(

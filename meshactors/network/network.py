@@ -1,38 +1,31 @@
-"""The `network <id>` supervisor: the `peers`, `link` and `rpc` actors of one joined network."""
+"""The `network <id>` supervisor: `peers`, `link`, `rpc`, `channels` and the channel pumps of one
+joined network."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
 import attrs
-import trio
 
-from meshactors.actors import Actor, ChildSpec, Strategy, Supervisor
+from meshactors.actors import ChildSpec, Strategy, Supervisor
 from meshactors.daemon.events import EventHub
 from meshactors.identity import Identity
+from meshactors.network.app_wire import AppWire
+from meshactors.network.channels import Channels
 from meshactors.network.config import NetworkConfig
 from meshactors.network.link import Link
 from meshactors.network.peers import AppHandler, Peers, Phase
+from meshactors.network.rpc import Rpc
 from meshactors.store.actor import StoreActor
 from meshactors.wire.peer import Frame
 
 LINK_SHUTDOWN_TIMEOUT = 3.0  # seconds for the link's closing handshake and last notices
 
 
-@attrs.define(eq=False)
-class RpcPlaceholder(Actor):
-    """Holds the `rpc` slot of the tree until method routing lands (issue 5)."""
-
-    kind: ClassVar[str] = "rpc"
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        await trio.sleep_forever()
-
-
 @attrs.define(eq=False, kw_only=True)
 class Network(Supervisor):
-    """One joined network. Children start peers → link → rpc; a crash restarts the rest.
+    """One joined network. Children start peers → link → rpc → channels (then a `channel <name>`
+    pump per subscribed channel); a crash restarts the rest, and pumps are not restarted.
 
     `peers` starts first so the link always has somewhere to deliver; when `peers` restarts
     the link reconnects too, so the fresh peer table hears a new welcome.
@@ -43,7 +36,8 @@ class Network(Supervisor):
     config: NetworkConfig
     peers: Peers
     link: Link
-    rpc: Actor
+    rpc: Rpc
+    channels: Channels
 
     @classmethod
     def build(
@@ -53,19 +47,26 @@ class Network(Supervisor):
         peers = Peers(config.id, identity, store, events, auto_approve=config.auto_approve)
         link = Link(config.id, list(config.brokers), identity.signing_key, peers.inbox.sender)
         peers.link = link
-        rpc = RpcPlaceholder()
-        return cls(
+        wire = AppWire(peers, identity.device_id)
+        rpc = Rpc(config.id, wire)
+        channels = Channels(config.id, wire)
+        peers.status_listeners.extend([rpc.on_peer_status, channels.on_peer_status])
+        network = cls(
             config=config,
             peers=peers,
             link=link,
             rpc=rpc,
+            channels=channels,
             children=[
                 ChildSpec("peers", peers),
                 ChildSpec("link", link, shutdown_timeout=LINK_SHUTDOWN_TIMEOUT),
                 ChildSpec("rpc", rpc),
+                ChildSpec("channels", channels),
             ],
             strategy=Strategy.REST_FOR_ONE,
         )
+        channels.tree = network
+        return network
 
     @property
     def phase(self) -> Phase:

@@ -77,6 +77,7 @@ CAPABILITIES_KEY = "capabilities"  # local_settings key of our advert in a netwo
 PROFILE_KEY = "profile"  # local_settings key of our profile (per network, or GLOBAL)
 
 AppHandler = Callable[[str, Frame], None]  # (sender device id, frame); must not block
+StatusListener = Callable[[str, "PeerStatus"], None]  # (device id, new status); must not block
 
 
 class PeerStatus(enum.StrEnum):
@@ -169,6 +170,7 @@ class Peers(Actor):
     _by_key: dict[bytes, PeerState] = attrs.field(factory=dict)  # the same peers, by public key
     _roster: dict[str, roster_db.RosterEntry] = attrs.field(factory=dict)
     _app_handlers: dict[str, AppHandler] = attrs.field(factory=dict)
+    status_listeners: list[StatusListener] = attrs.field(factory=list)  # told of status changes
     _link_was_up: bool = False
     dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
@@ -607,6 +609,8 @@ class Peers(Actor):
             extra["reason"] = peer.incompatible
         log.info("peer status", network=self.network, device=peer.device_id, status=status.value)
         self._publish(STATUS_EVENTS[status], peer, **extra)
+        for listener in self.status_listeners:
+            listener(peer.device_id, status)
 
     def _update_phase(self) -> None:
         if self.link is not None and self.link.up:

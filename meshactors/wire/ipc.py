@@ -46,6 +46,7 @@ class ErrorCode(enum.StrEnum):
     CANCELLED = "cancelled"
     UNKNOWN_REQUEST = "unknown_request"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    LAGGED = "lagged"  # the connection fell behind a stream it was receiving
     # durable messages
     NO_RECIPIENTS = "no_recipients"
     NOT_REQUEUEABLE = "not_requeueable"  # only a dead or pending outbox row can be requeued

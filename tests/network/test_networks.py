@@ -133,7 +133,7 @@ async def test_inspect_shows_each_network_with_its_children_and_figures(mesh: Me
     assert network["kind"] == "network"
     assert network["figures"]["phase"] == "active"
     children = {child["name"]: child for child in network["children"]}
-    assert list(children) == ["peers", "link", "rpc"]
+    assert list(children) == ["peers", "link", "rpc", "channels"]
     assert children["link"]["figures"]["state"] == "up"
     assert children["link"]["figures"]["url"] == mesh.url
     assert children["peers"]["figures"]["peers"]["active"] == 1

@@ -1,0 +1,275 @@
+"""Ops for RPC and channels: claim and serve methods, call peers, publish and subscribe.
+
+Names and shapes follow docs/protocol.md ("RPC and channels"). A payload is `payload` (any
+JSON value) or `payload_b64` (base64 of binary); answers and events use the same field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from meshactors.daemon.optable import Op
+from meshactors.daemon.session import Session
+from meshactors.network.network import Network
+from meshactors.network.payload import Payload, check_name, payload_of, payloads_of
+from meshactors.network.rpc import Rpc, check_timeout
+from meshactors.wire.ipc import ErrorCode, OpError
+
+
+@attrs.frozen
+class RpcRegister:
+    """Params of `rpc_register`: own `method` on `network` (last claim wins)."""
+
+    network: str
+    method: str
+    streaming: bool = False
+
+
+@attrs.frozen
+class RpcUnregister:
+    """Params of `rpc_unregister`."""
+
+    network: str
+    method: str
+
+
+@attrs.frozen
+class RpcCallParams:
+    """Params of `rpc_call` and `rpc_call_stream`."""
+
+    network: str
+    peer: str
+    method: str
+    payload: Any = None
+    payload_b64: str | None = None
+    timeout_ms: int | None = None
+
+
+@attrs.frozen
+class RequestRef:
+    """Params of `rpc_cancel`."""
+
+    request_id: str
+
+
+@attrs.frozen
+class RpcRespond:
+    """Params of `rpc_respond`: a payload, or an `error` message."""
+
+    request_id: str
+    payload: Any = None
+    payload_b64: str | None = None
+    error: str | None = None
+
+
+@attrs.frozen
+class RpcStreamChunk:
+    """Params of `rpc_stream_chunk`."""
+
+    request_id: str
+    payload: Any = None
+    payload_b64: str | None = None
+
+
+@attrs.frozen
+class RpcStreamEnd:
+    """Params of `rpc_stream_end`; `error` ends the stream as failed."""
+
+    request_id: str
+    error: str | None = None
+
+
+@attrs.frozen
+class ChannelRef:
+    """Params of `channel_subscribe` and `channel_unsubscribe`."""
+
+    network: str
+    channel: str
+
+
+@attrs.frozen
+class ChannelSendTo:
+    """Params of `channel_send_to`; `payloads` sends several messages in one go."""
+
+    network: str
+    channel: str
+    peer: str
+    payload: Any = None
+    payload_b64: str | None = None
+    payloads: list[Any] | None = None
+    retain: bool = False
+
+
+@attrs.frozen
+class ChannelSendAll:
+    """Params of `channel_send_all`; `payloads` sends several messages in one go."""
+
+    network: str
+    channel: str
+    payload: Any = None
+    payload_b64: str | None = None
+    payloads: list[Any] | None = None
+    retain: bool = False
+
+
+@attrs.frozen
+class ChannelSendReliable:
+    """Params of `channel_send_reliable`: answered once the peer's daemon acknowledged."""
+
+    network: str
+    channel: str
+    peer: str
+    ttl_ms: int
+    payload: Any = None
+    payload_b64: str | None = None
+
+
+def _network(session: Session, network_id: str) -> Network:
+    manager = session.services.networks
+    if manager is None:
+        raise OpError(ErrorCode.UNAVAILABLE, "the networks supervisor is not running")
+    return manager.get(network_id)
+
+
+def _rpc_of_request(session: Session, request_id: str, *, served: bool) -> Rpc:
+    """The rpc actor holding a call by id (served here, or made from here)."""
+    manager = session.services.networks
+    for network in manager.all() if manager is not None else []:
+        held = network.rpc.has_inbound if served else network.rpc.has_outbound
+        if held(request_id):
+            return network.rpc
+    raise OpError(
+        ErrorCode.UNKNOWN_REQUEST,
+        f"no call {request_id[:64]!r} in flight (finished, cancelled, timed out or never made)",
+    )
+
+
+async def rpc_register(session: Session, params: RpcRegister) -> dict[str, Any]:
+    """Own a method on a network; the connection that owned it before is told it was displaced."""
+    check_name(params.method, "method")
+    rpc = _network(session, params.network).rpc
+    displaced = rpc.register(session, params.method, params.streaming)
+    return {"network": params.network, "method": params.method, "displaced": displaced}
+
+
+async def rpc_unregister(session: Session, params: RpcUnregister) -> dict[str, Any]:
+    """Give up a method this connection owns."""
+    released = _network(session, params.network).rpc.unregister(session, params.method)
+    return {"released": released}
+
+
+def _call_args(session: Session, params: RpcCallParams) -> tuple[Rpc, Payload, int]:
+    check_name(params.method, "method")
+    rpc = _network(session, params.network).rpc
+    return rpc, payload_of(params.payload, params.payload_b64), check_timeout(params.timeout_ms)
+
+
+async def rpc_call(session: Session, params: RpcCallParams) -> dict[str, Any]:
+    """Call a method on a peer (or this daemon) and answer with its answer."""
+    rpc, payload, timeout_ms = _call_args(session, params)
+    answer = await rpc.call(session, params.peer, params.method, payload, timeout_ms)
+    return answer.fields()
+
+
+async def rpc_call_stream(session: Session, params: RpcCallParams) -> dict[str, Any]:
+    """Call a streaming method; chunks follow as rpc_call_stream_chunk/_end events."""
+    rpc, payload, timeout_ms = _call_args(session, params)
+    request_id = await rpc.call_stream(session, params.peer, params.method, payload, timeout_ms)
+    return {"request_id": request_id}
+
+
+async def rpc_cancel(session: Session, params: RequestRef) -> dict[str, Any]:
+    """Stop a call this connection made; the serving side is told."""
+    _rpc_of_request(session, params.request_id, served=False).cancel(session, params.request_id)
+    return {"cancelled": True}
+
+
+async def rpc_respond(session: Session, params: RpcRespond) -> dict[str, Any]:
+    """Answer a call this connection serves, with a payload or an error message."""
+    answer: Payload | str
+    if params.error is not None:
+        if params.payload is not None or params.payload_b64 is not None:
+            raise OpError(ErrorCode.INVALID_PARAMS, "give a payload or an error, not both")
+        answer = params.error
+    else:
+        answer = payload_of(params.payload, params.payload_b64)
+    rpc = _rpc_of_request(session, params.request_id, served=True)
+    await rpc.respond(session, params.request_id, answer)
+    return {}
+
+
+async def rpc_stream_chunk(session: Session, params: RpcStreamChunk) -> dict[str, Any]:
+    """Send one chunk of a streamed answer (waits while the caller is a window behind)."""
+    payload = payload_of(params.payload, params.payload_b64)
+    rpc = _rpc_of_request(session, params.request_id, served=True)
+    await rpc.stream_chunk(session, params.request_id, payload)
+    return {}
+
+
+async def rpc_stream_end(session: Session, params: RpcStreamEnd) -> dict[str, Any]:
+    """End a streamed answer; an `error` reaches the caller with the end."""
+    rpc = _rpc_of_request(session, params.request_id, served=True)
+    await rpc.stream_end(session, params.request_id, params.error)
+    return {}
+
+
+async def channel_subscribe(session: Session, params: ChannelRef) -> dict[str, Any]:
+    """Receive a channel's messages as channel_inbound events (retained values at once)."""
+    check_name(params.channel, "channel")
+    return await _network(session, params.network).channels.subscribe(session, params.channel)
+
+
+async def channel_unsubscribe(session: Session, params: ChannelRef) -> dict[str, Any]:
+    """Stop receiving a channel."""
+    channels = _network(session, params.network).channels
+    return {"unsubscribed": await channels.unsubscribe(session, params.channel)}
+
+
+async def channel_send_to(session: Session, params: ChannelSendTo) -> dict[str, Any]:
+    """Publish to one peer (or this daemon); `retain` keeps it for late subscribers."""
+    check_name(params.channel, "channel")
+    payloads = payloads_of(params.payload, params.payload_b64, params.payloads)
+    channels = _network(session, params.network).channels
+    await channels.send_to(params.peer, params.channel, payloads, retain=params.retain)
+    return {"dispatched_to": [params.peer]}
+
+
+async def channel_send_all(session: Session, params: ChannelSendAll) -> dict[str, Any]:
+    """Publish to every active peer; answers the device ids it went to."""
+    check_name(params.channel, "channel")
+    payloads = payloads_of(params.payload, params.payload_b64, params.payloads)
+    channels = _network(session, params.network).channels
+    sent = await channels.send_all(params.channel, payloads, retain=params.retain)
+    return {"dispatched_to": sent}
+
+
+async def channel_send_reliable(session: Session, params: ChannelSendReliable) -> dict[str, Any]:
+    """Publish to one peer and answer once its daemon acknowledged (or `timeout` at ttl)."""
+    check_name(params.channel, "channel")
+    payload = payload_of(params.payload, params.payload_b64)
+    channels = _network(session, params.network).channels
+    return await channels.send_reliable(params.peer, params.channel, payload, params.ttl_ms)
+
+
+OPS: list[Op[Any]] = [
+    Op("rpc_register", RpcRegister, rpc_register, "own a method (last claim wins)"),
+    Op("rpc_unregister", RpcUnregister, rpc_unregister, "give up a method"),
+    Op("rpc_call", RpcCallParams, rpc_call, "call a method on a peer and wait for the answer"),
+    Op("rpc_call_stream", RpcCallParams, rpc_call_stream, "call a streaming method"),
+    Op("rpc_cancel", RequestRef, rpc_cancel, "stop a call and tell the serving side"),
+    Op("rpc_respond", RpcRespond, rpc_respond, "answer a served call"),
+    Op("rpc_stream_chunk", RpcStreamChunk, rpc_stream_chunk, "send a chunk of a streamed answer"),
+    Op("rpc_stream_end", RpcStreamEnd, rpc_stream_end, "end a streamed answer"),
+    Op("channel_subscribe", ChannelRef, channel_subscribe, "receive a channel's messages"),
+    Op("channel_unsubscribe", ChannelRef, channel_unsubscribe, "stop receiving a channel"),
+    Op("channel_send_to", ChannelSendTo, channel_send_to, "publish to one peer"),
+    Op("channel_send_all", ChannelSendAll, channel_send_all, "publish to every active peer"),
+    Op(
+        "channel_send_reliable",
+        ChannelSendReliable,
+        channel_send_reliable,
+        "publish to one peer, answered on acknowledgement",
+    ),
+]

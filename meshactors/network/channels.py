@@ -1,0 +1,359 @@
+"""Channels of one network: the `channels` actor and one `channel <name>` pump per subscribed
+channel, made by the first subscriber and stopped after the last.
+
+Received messages go from the frame handler to the channel's pump (a bounded inbox; a full
+one drops and counts), which pushes them to each subscribed connection without waiting: a
+connection that stops reading lags and is cut off by its own actor, never stalling the pump.
+Retained values: the last `retain` message per (sender, channel) is kept here and shown to
+each new subscriber at once; our own retained sends go again to every peer that becomes
+active. Both stores are bounded (RETAINED_*); the oldest entry goes first.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, ClassVar
+
+import attrs
+import trio
+
+from meshactors.actors import Actor, ChildSpec, Inbox, Restart, Supervisor
+from meshactors.network.app_frames import Chan, ChanAck, ChanBatch, payload_of_frame
+from meshactors.network.app_wire import AppWire, Postbox
+from meshactors.network.payload import Payload
+from meshactors.network.peers import PeerStatus
+from meshactors.network.rpc import Client, new_request_id
+from meshactors.wire.ipc import ErrorCode, OpError
+from meshactors.wire.peer import Frame
+
+MAX_CHANNELS = 256  # channels subscribed at once per network (one pump each)
+PUMP_INBOX = 4096  # messages queued for one pump before more are dropped (counted)
+PUMP_SHUTDOWN_TIMEOUT = 1.0  # seconds a pump may take to stop
+RETAINED_MAX_VALUES = 1024  # retained values kept per network, received and own, each
+RETAINED_MAX_BYTES = 8 * 1024 * 1024  # their payloads as JSON, received and own, each
+MAX_TTL_MS = 600_000  # the longest a reliable send may wait for its acknowledgement
+RELIABLE_RESEND = 1.0  # seconds between resends of an unacknowledged reliable message
+MAX_RELIABLE_PENDING = 1024  # reliable sends waiting for an acknowledgement per network
+RECENT_ACKS = 4096  # reliable message ids remembered to drop resent duplicates
+ALL = "*"  # the target of a retained send to every peer
+
+
+@attrs.define(eq=False)
+class RetainedStore:
+    """Last values by key, bounded by count and bytes; the oldest is evicted first."""
+
+    max_values: int = RETAINED_MAX_VALUES
+    max_bytes: int = RETAINED_MAX_BYTES
+    _values: collections.OrderedDict[tuple[str, str], Payload] = attrs.field(
+        factory=collections.OrderedDict
+    )
+    bytes: int = 0
+
+    def put(self, key: tuple[str, str], payload: Payload) -> None:
+        """Keep `payload` as the value of `key`, evicting the oldest values past the limits."""
+        self.pop(key)
+        self._values[key] = payload
+        self.bytes += payload.size
+        while len(self._values) > self.max_values or self.bytes > self.max_bytes:
+            _, oldest = self._values.popitem(last=False)
+            self.bytes -= oldest.size
+
+    def pop(self, key: tuple[str, str]) -> None:
+        """Forget the value of `key`, if any."""
+        old = self._values.pop(key, None)
+        if old is not None:
+            self.bytes -= old.size
+
+    def items(self) -> list[tuple[tuple[str, str], Payload]]:
+        """Every (key, value), oldest first."""
+        return list(self._values.items())
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+@attrs.define(eq=False)
+class ChannelPump(Actor):
+    """Fans one channel's messages out to its subscribed connections, never waiting."""
+
+    kind: ClassVar[str] = "channel"
+
+    network: str
+    channel: str
+    subscribers: dict[str, Client] = attrs.field(factory=dict)
+    inbox: Inbox[dict[str, Any]] = attrs.field(factory=lambda: Inbox(PUMP_INBOX))
+    delivered: int = 0
+    lagged: int = 0
+    dropped: int = 0
+
+    def figures(self) -> dict[str, object]:
+        return {
+            "channel": self.channel,
+            "subscribers": sorted(self.subscribers),
+            "delivered": self.delivered,
+            "lagged": self.lagged,
+            "dropped": self.dropped,
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async for data in self.inbox.receiver:
+            self.fan_out(data)
+
+    def offer(self, data: dict[str, Any]) -> bool:
+        """Queue a message for fan-out without waiting; False (counted) when the pump is full."""
+        try:
+            self.inbox.sender.send_nowait(data)
+        except trio.WouldBlock:
+            self.dropped += 1
+            return False
+        return True
+
+    def fan_out(self, data: dict[str, Any]) -> None:
+        """Push one message to every subscriber; a full connection lags, nobody waits."""
+        for client in list(self.subscribers.values()):
+            if client.push("channel_inbound", data):
+                self.delivered += 1
+            else:
+                self.lagged += 1
+
+
+@attrs.define(eq=False)
+class _Reliable:
+    """A reliable send waiting for its acknowledgement."""
+
+    peer: str
+    acked: trio.Event = attrs.field(factory=trio.Event)
+    subscribers: int = 0
+
+
+@attrs.define(eq=False)
+class Channels(Actor):
+    """One network's channel subscriptions, pumps, retained values and reliable sends."""
+
+    kind: ClassVar[str] = "channels"
+
+    network: str
+    wire: AppWire
+    tree: Supervisor | None = None  # the network supervisor the pumps run under (set by it)
+    postbox: Postbox = attrs.field(init=False)
+    received: RetainedStore = attrs.field(factory=RetainedStore, init=False)  # (sender, channel)
+    own: RetainedStore = attrs.field(factory=RetainedStore, init=False)  # (channel, target)
+    counters: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    _pumps: dict[str, ChannelPump] = attrs.field(factory=dict, init=False)
+    _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
+    _reliable: dict[str, _Reliable] = attrs.field(factory=dict, init=False)
+    _recent_acks: collections.OrderedDict[tuple[str, str], int] = attrs.field(
+        factory=collections.OrderedDict, init=False
+    )
+    _watched: set[str] = attrs.field(factory=set, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.postbox = Postbox(self.wire)
+        self.wire.register(Chan.tag, self._on_message)
+        self.wire.register(ChanBatch.tag, self._on_batch)
+        self.wire.register(ChanAck.tag, self._on_ack)
+
+    def figures(self) -> dict[str, object]:
+        return {
+            "channels": sorted(self._pumps),
+            "retained_received": len(self.received),
+            "retained_own": len(self.own),
+            "reliable_pending": len(self._reliable),
+            "postbox": self.postbox.queued,
+            "counters": dict(self.counters),
+            "dropped": dict(self.postbox.dropped),
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await self.postbox.drain()
+
+    # -- subscribing ------------------------------------------------------------------------
+
+    async def subscribe(self, client: Client, channel: str) -> dict[str, Any]:
+        """Add `client` to `channel` (starting its pump); it gets retained values at once."""
+        async with self._lock:
+            pump = self._pumps.get(channel)
+            if pump is None:
+                pump = await self._start_pump(channel)
+            pump.subscribers[client.client_id] = client
+            self._watch(client)
+        retained = [(key[0], value) for key, value in self.received.items() if key[1] == channel]
+        for sender, payload in retained:
+            client.push("channel_inbound", self._event(sender, channel, payload, retained=True))
+        return {"network": self.network, "channel": channel, "retained": len(retained)}
+
+    async def unsubscribe(self, client: Client, channel: str) -> bool:
+        """Remove `client` from `channel`; the last one out stops the pump. False if absent."""
+        async with self._lock:
+            pump = self._pumps.get(channel)
+            if pump is None or pump.subscribers.pop(client.client_id, None) is None:
+                return False
+            if not pump.subscribers:
+                await self._stop_pump(channel)
+            return True
+
+    async def _start_pump(self, channel: str) -> ChannelPump:
+        if self.tree is None:
+            raise OpError(ErrorCode.UNAVAILABLE, f"channels of {self.network} are not running")
+        if len(self._pumps) >= MAX_CHANNELS:
+            raise OpError(ErrorCode.CONFLICT, f"at most {MAX_CHANNELS} channels per network")
+        pump = ChannelPump(self.network, channel)
+        spec = ChildSpec(
+            _pump_name(channel), pump, Restart.TEMPORARY, shutdown_timeout=PUMP_SHUTDOWN_TIMEOUT
+        )
+        await self.tree.start_child(spec)
+        self._pumps[channel] = pump
+        return pump
+
+    async def _stop_pump(self, channel: str) -> None:
+        del self._pumps[channel]
+        if self.tree is not None:
+            await self.tree.stop_child(_pump_name(channel))
+
+    def _watch(self, client: Client) -> None:
+        if client.client_id in self._watched:
+            return
+        self._watched.add(client.client_id)
+
+        async def closed() -> None:
+            self._watched.discard(client.client_id)
+            for channel in [c for c, p in self._pumps.items() if client.client_id in p.subscribers]:
+                await self.unsubscribe(client, channel)
+
+        client.on_close(closed)
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def send_to(
+        self, peer: str, channel: str, payloads: list[Payload], *, retain: bool
+    ) -> None:
+        """Send to one peer (or this daemon); with `retain` the last payload is also sent to
+        the peer whenever it becomes active again."""
+        if retain:
+            self.own.put((channel, peer), payloads[-1])
+        await self.wire.send(peer, _message_frame(channel, payloads, retain))
+        self.counters["sent"] += len(payloads)
+
+    async def send_all(self, channel: str, payloads: list[Payload], *, retain: bool) -> list[str]:
+        """Send to every active peer (not this daemon); returns the peers it went to."""
+        if retain:
+            self.own.put((channel, ALL), payloads[-1])
+        frame = _message_frame(channel, payloads, retain)
+        sent = []
+        for peer in self.wire.active_peers():
+            try:
+                await self.wire.send(peer, frame)
+            except OpError as failed:  # it left meanwhile
+                self.counters[f"send_all_{failed.code.value}"] += 1
+                continue
+            sent.append(peer)
+        self.counters["sent"] += len(sent) * len(payloads)
+        return sent
+
+    async def send_reliable(
+        self, peer: str, channel: str, payload: Payload, ttl_ms: int
+    ) -> dict[str, Any]:
+        """Send to one peer, resending until its daemon acknowledges or `ttl_ms` passes."""
+        if not 0 < ttl_ms <= MAX_TTL_MS:
+            raise OpError(ErrorCode.INVALID_PARAMS, f"ttl_ms must be 1-{MAX_TTL_MS}")
+        if len(self._reliable) >= MAX_RELIABLE_PENDING:
+            raise OpError(ErrorCode.CONFLICT, f"at most {MAX_RELIABLE_PENDING} reliable sends")
+        ack = new_request_id()
+        pending = self._reliable[ack] = _Reliable(peer)
+        frame = Chan(channel, payload.value, payload.binary, ack=ack)
+        try:
+            with trio.move_on_after(ttl_ms / 1000):
+                while not pending.acked.is_set():
+                    await self.wire.send(peer, frame)
+                    with trio.move_on_after(RELIABLE_RESEND):
+                        await pending.acked.wait()
+        finally:
+            del self._reliable[ack]
+        if not pending.acked.is_set():
+            raise OpError(ErrorCode.TIMEOUT, f"no acknowledgement from {peer} within {ttl_ms} ms")
+        return {"acknowledged": True, "subscribers": pending.subscribers}
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def _on_message(self, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, Chan)
+        if frame.ack is not None and self._seen(sender, frame.ack):
+            return
+        payload = payload_of_frame(frame)
+        if frame.retain:
+            self.received.put((sender, frame.channel), payload)
+        event = self._event(sender, frame.channel, payload, retained=False)
+        subscribers = self._accept(sender, frame.channel, event, 1)
+        if frame.ack is not None and subscribers is not None:
+            self._recent_acks[(sender, frame.ack)] = subscribers
+            if len(self._recent_acks) > RECENT_ACKS:
+                self._recent_acks.popitem(last=False)
+            self.postbox.post(sender, ChanAck(frame.ack, subscribers))
+
+    def _on_batch(self, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, ChanBatch)
+        event = {"network": self.network, "from": sender, "channel": frame.channel}
+        self._accept(
+            sender, frame.channel, event | {"payloads": frame.payloads}, len(frame.payloads)
+        )
+        if frame.retain:
+            self.received.put((sender, frame.channel), Payload(frame.payloads[-1]))
+
+    def _accept(self, sender: str, channel: str, event: dict[str, Any], count: int) -> int | None:
+        """Hand a message (or a batch of `count`) to the channel's pump; returns how many
+        subscribers it reaches, or None when the pump was full (dropped, counted)."""
+        self.counters["received"] += count
+        pump = self._pumps.get(channel)
+        if pump is None:
+            return 0
+        if not pump.offer(event):
+            return None
+        return len(pump.subscribers)
+
+    def _seen(self, sender: str, ack: str) -> bool:
+        """A resent reliable message we accepted already: acknowledge it again, drop it."""
+        subscribers = self._recent_acks.get((sender, ack))
+        if subscribers is None:
+            return False
+        self.counters["duplicates"] += 1
+        self.postbox.post(sender, ChanAck(ack, subscribers))
+        return True
+
+    def _on_ack(self, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, ChanAck)
+        pending = self._reliable.get(frame.ack)
+        if pending is not None and pending.peer == sender:
+            pending.subscribers = frame.subscribers
+            pending.acked.set()
+
+    def _event(
+        self, sender: str, channel: str, payload: Payload, *, retained: bool
+    ) -> dict[str, Any]:
+        data = {"network": self.network, "from": sender, "channel": channel, **payload.fields()}
+        if retained:
+            data["retained"] = True
+        return data
+
+    def on_peer_status(self, device_id: str, status: PeerStatus) -> None:
+        """A peer that becomes active gets our retained values; one that leaves loses its own."""
+        if status is PeerStatus.ACTIVE:
+            for (channel, target), payload in self.own.items():
+                if target in (ALL, device_id):
+                    frame = Chan(channel, payload.value, payload.binary, retain=True)
+                    self.postbox.post(device_id, frame)
+            return
+        for sender, channel in [key for key, _ in self.received.items() if key[0] == device_id]:
+            self.received.pop((sender, channel))
+
+
+def _message_frame(channel: str, payloads: list[Payload], retain: bool) -> Chan | ChanBatch:
+    """One `chan` frame for one payload, else a `chan_batch` (JSON payloads only)."""
+    if len(payloads) == 1:
+        return Chan(channel, payloads[0].value, payloads[0].binary, retain)
+    return ChanBatch(channel, [payload.value for payload in payloads], retain)
+
+
+def _pump_name(channel: str) -> str:
+    return f"channel {channel}"

@@ -1,0 +1,519 @@
+"""The `rpc` actor of one network: method claims, calls served here, calls made from here.
+
+Claims: the last connection to claim a method owns it; the one displaced is told. A served
+call is pushed to the owner as `rpc_inbound` under an id minted here; a call made from here
+waits for `rpc_result` (or `rpc_chunk`… `rpc_end`). Every call has a deadline. When a
+connection goes, its claims go, the callers of its unanswered calls hear `handler_gone` at
+once, and its own calls are cancelled on the serving side.
+
+Streams are flow-controlled by credit: the serving side may be STREAM_WINDOW chunks ahead of
+what the caller's daemon handed to its connection; `rpc_stream_chunk` waits for credit, so a
+producer that outruns its caller waits instead of filling the link or the caller's memory.
+"""
+
+from __future__ import annotations
+
+import collections
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, Protocol
+
+import attrs
+import trio
+
+from meshactors.actors import Actor
+from meshactors.network.app_frames import (
+    RpcCall,
+    RpcCancel,
+    RpcChunk,
+    RpcCredit,
+    RpcEnd,
+    RpcResult,
+    WireError,
+    payload_of_frame,
+)
+from meshactors.network.app_wire import AppWire, Postbox
+from meshactors.network.payload import Payload
+from meshactors.network.peers import PeerStatus
+from meshactors.wire.ipc import ErrorCode, OpError
+from meshactors.wire.peer import Frame
+
+DEFAULT_TIMEOUT_MS = 30_000  # a call's deadline when the caller names none
+MAX_TIMEOUT_MS = 600_000  # the longest deadline a call may ask for
+MAX_CLAIMS = 1024  # methods claimed per network
+MAX_INBOUND_CALLS = 4096  # calls served here at once, per network
+MAX_OUTBOUND_CALLS = 4096  # calls made from here at once, per network
+STREAM_WINDOW = 256  # chunks the serving side may send ahead of the caller's credit
+SERVE_GRACE = 5.0  # seconds past the caller's deadline before the serving side forgets a call
+SWEEP_INTERVAL = 1.0  # seconds between sweeps for served calls past their deadline and grace
+
+Cleanup = Callable[[], Awaitable[None]]
+
+
+class Client(Protocol):
+    """A local connection as RPC and channels see it (a daemon `Session` is one)."""
+
+    client_id: str
+
+    def push(self, kind: str, data: dict[str, Any]) -> bool: ...
+
+    def on_close(self, cleanup: Cleanup) -> None: ...
+
+
+def new_request_id() -> str:
+    """An unguessable id, minted by the daemon."""
+    return secrets.token_urlsafe(16)
+
+
+def check_timeout(timeout_ms: int | None) -> int:
+    """The deadline of a call in ms (OpError invalid_params outside 1..MAX_TIMEOUT_MS)."""
+    if timeout_ms is None:
+        return DEFAULT_TIMEOUT_MS
+    if not 0 < timeout_ms <= MAX_TIMEOUT_MS:
+        raise OpError(ErrorCode.INVALID_PARAMS, f"timeout_ms must be 1-{MAX_TIMEOUT_MS}")
+    return timeout_ms
+
+
+@attrs.define(eq=False)
+class Claim:
+    """Who owns a method, and whether it answers with a stream."""
+
+    client: Client
+    streaming: bool
+
+
+@attrs.define(eq=False)
+class Inbound:
+    """A call served here: the caller's device and id, and the connection answering it."""
+
+    id: str
+    caller: str
+    remote_id: str
+    client: Client
+    stream: bool
+    forget_at: float  # trio time: the caller gave up by then (deadline + SERVE_GRACE)
+    credit: int = STREAM_WINDOW
+    credit_changed: trio.Event = attrs.field(factory=trio.Event)
+    lock: trio.Lock = attrs.field(factory=trio.Lock)
+    cancelled: str | None = None
+
+
+@attrs.define(eq=False)
+class Outbound:
+    """A call made from here for a local connection."""
+
+    id: str
+    peer: str
+    client: Client
+    stream: bool
+    timer: trio.CancelScope
+    result: trio.MemorySendChannel[Payload | OpError] | None = None  # single answers
+    unacknowledged: int = 0  # chunks handed on since the last credit
+    finished: bool = False
+
+
+@attrs.define(eq=False)
+class Rpc(Actor):
+    """Owns one network's method claims and in-flight calls; ops and frame handlers call in."""
+
+    kind: ClassVar[str] = "rpc"
+
+    network: str
+    wire: AppWire
+    postbox: Postbox = attrs.field(init=False)
+    counters: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    _claims: dict[str, Claim] = attrs.field(factory=dict, init=False)
+    _inbound: dict[str, Inbound] = attrs.field(factory=dict, init=False)
+    _inbound_by_caller: dict[tuple[str, str], Inbound] = attrs.field(factory=dict, init=False)
+    _outbound: dict[str, Outbound] = attrs.field(factory=dict, init=False)
+    _watched: set[str] = attrs.field(factory=set, init=False)
+    _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.postbox = Postbox(self.wire)
+        self.wire.register(RpcCall.tag, self._on_call)
+        self.wire.register(RpcResult.tag, self._on_result)
+        self.wire.register(RpcChunk.tag, self._on_chunk)
+        self.wire.register(RpcEnd.tag, self._on_end)
+        self.wire.register(RpcCancel.tag, self._on_cancel)
+        self.wire.register(RpcCredit.tag, self._on_credit)
+
+    def figures(self) -> dict[str, object]:
+        return {
+            "claims": {method: c.client.client_id for method, c in self._claims.items()},
+            "inbound": len(self._inbound),
+            "outbound": len(self._outbound),
+            "postbox": self.postbox.queued,
+            "counters": dict(self.counters),
+            "dropped": dict(self.postbox.dropped),
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._sweep)
+                task_status.started()
+                await self.postbox.drain()
+        finally:
+            self._nursery = None
+            self._stop_calls()
+
+    # -- claims ----------------------------------------------------------------------------
+
+    def register(self, client: Client, method: str, streaming: bool) -> str | None:
+        """Claim `method` for `client`; returns the client id it displaced, if any."""
+        previous = self._claims.get(method)
+        if previous is None and len(self._claims) >= MAX_CLAIMS:
+            raise OpError(ErrorCode.CONFLICT, f"at most {MAX_CLAIMS} methods per network")
+        self._watch(client)
+        self._claims[method] = Claim(client, streaming)
+        if previous is None or previous.client is client:
+            return None
+        by = client.client_id
+        previous.client.push(
+            "handler_displaced", {"network": self.network, "method": method, "by": by}
+        )
+        return previous.client.client_id
+
+    def unregister(self, client: Client, method: str) -> bool:
+        """Give up `client`'s claim on `method`; False when it held none."""
+        claim = self._claims.get(method)
+        if claim is None or claim.client is not client:
+            return False
+        del self._claims[method]
+        return True
+
+    def claims_of(self, client: Client) -> list[str]:
+        """Methods `client` owns here."""
+        return [method for method, claim in self._claims.items() if claim.client is client]
+
+    # -- calling ---------------------------------------------------------------------------
+
+    async def call(
+        self, client: Client, peer: str, method: str, payload: Payload, timeout_ms: int
+    ) -> Payload:
+        """Call `method` on `peer` and wait for its answer (OpError with the failure's code)."""
+        send, receive = trio.open_memory_channel[Payload | OpError](1)
+        call = self._open_call(client, peer, stream=False, timeout_ms=timeout_ms, result=send)
+        await self._send_call(call, method, payload, timeout_ms)
+        outcome: Payload | OpError | None = None
+        try:
+            with trio.move_on_at(call.timer.deadline):  # single calls time out in the op's task
+                outcome = await receive.receive()
+            if outcome is None:
+                self._abandon(call, "timeout")  # no-op if the answer came at the last moment
+                outcome = receive.receive_nowait()
+        finally:
+            self._abandon(call, "cancelled")  # no-op unless the op itself was cancelled
+        if isinstance(outcome, OpError):
+            raise outcome
+        return outcome
+
+    async def call_stream(
+        self, client: Client, peer: str, method: str, payload: Payload, timeout_ms: int
+    ) -> str:
+        """Start a streamed call; its chunks and end reach `client` as events. Returns its id."""
+        call = self._open_call(client, peer, stream=True, timeout_ms=timeout_ms)
+        await self._send_call(call, method, payload, timeout_ms)
+        return call.id
+
+    def has_outbound(self, request_id: str) -> bool:
+        """Whether a call made from here has this id."""
+        return request_id in self._outbound
+
+    def cancel(self, client: Client, request_id: str) -> None:
+        """Stop `client`'s call and tell the serving side (OpError unknown_request)."""
+        call = self._outbound.get(request_id)
+        if call is None or call.client is not client:
+            raise _unknown(request_id)
+        self._finish(call, OpError(ErrorCode.CANCELLED, "the call was cancelled"))
+        self.postbox.post(call.peer, RpcCancel(call.id, "cancelled"))
+
+    def _open_call(
+        self,
+        client: Client,
+        peer: str,
+        *,
+        stream: bool,
+        timeout_ms: int,
+        result: trio.MemorySendChannel[Payload | OpError] | None = None,
+    ) -> Outbound:
+        if self._nursery is None:
+            raise OpError(ErrorCode.UNAVAILABLE, f"rpc of {self.network} is not running")
+        if len(self._outbound) >= MAX_OUTBOUND_CALLS:
+            raise OpError(ErrorCode.CONFLICT, f"at most {MAX_OUTBOUND_CALLS} calls in flight")
+        self._watch(client)
+        timer = trio.CancelScope(deadline=trio.current_time() + timeout_ms / 1000)
+        call = Outbound(new_request_id(), peer, client, stream, timer, result)
+        self._outbound[call.id] = call
+        if stream:
+            self._nursery.start_soon(self._expire_outbound, call)
+        return call
+
+    async def _send_call(
+        self, call: Outbound, method: str, payload: Payload, timeout_ms: int
+    ) -> None:
+        """Send the call frame; if it cannot go, the call is forgotten without a cancel."""
+        frame = RpcCall(call.id, method, payload.value, payload.binary, call.stream, timeout_ms)
+        self.counters["calls_out"] += 1
+        try:
+            await self.wire.send(call.peer, frame)
+        except BaseException:
+            call.finished = True
+            call.timer.cancel()
+            self._outbound.pop(call.id, None)
+            raise
+
+    async def _expire_outbound(self, call: Outbound) -> None:
+        with call.timer:
+            await trio.sleep_forever()
+        if not call.finished:
+            self._abandon(call, "timeout")
+
+    def _abandon(self, call: Outbound, reason: str) -> None:
+        """End a call we stop waiting for, and tell the serving side."""
+        if call.finished:
+            return
+        message = "no answer before the deadline" if reason == "timeout" else "cancelled"
+        self._finish(call, OpError(ErrorCode(reason), message))
+        self.postbox.post(call.peer, RpcCancel(call.id, reason))
+
+    def _finish(self, call: Outbound, outcome: Payload | OpError | None) -> None:
+        """Deliver a call's outcome (None: a stream ended well) and forget it."""
+        if call.finished:
+            return
+        call.finished = True
+        call.timer.cancel()
+        self._outbound.pop(call.id, None)
+        if call.result is not None:
+            call.result.send_nowait(outcome if outcome is not None else Payload())
+            return
+        end: dict[str, Any] = {"network": self.network, "request_id": call.id}
+        if isinstance(outcome, OpError):
+            end["error"] = outcome.to_wire()
+        call.client.push("rpc_call_stream_end", end)
+
+    def _caller_side(self, sender: str, request_id: str, *, stream: bool) -> Outbound | None:
+        call = self._outbound.get(request_id)
+        if call is None or call.peer != sender or call.stream is not stream:
+            self.counters["stray_answers"] += 1
+            return None
+        return call
+
+    def _on_result(self, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, RpcResult)
+        call = self._caller_side(sender, frame.id, stream=False)
+        if call is not None:
+            outcome = payload_of_frame(frame) if frame.error is None else _error(frame.error)
+            self._finish(call, outcome)
+
+    def _on_chunk(self, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, RpcChunk)
+        call = self._caller_side(sender, frame.id, stream=True)
+        if call is None:
+            return
+        data = {"network": self.network, "request_id": call.id, **payload_of_frame(frame).fields()}
+        if not call.client.push("rpc_call_stream_chunk", data):
+            self._abandon_lagged(call)
+            return
+        call.unacknowledged += 1
+        if call.unacknowledged >= STREAM_WINDOW // 2:
+            self.postbox.post(call.peer, RpcCredit(call.id, call.unacknowledged))
+            call.unacknowledged = 0
+
+    def _abandon_lagged(self, call: Outbound) -> None:
+        self._finish(call, OpError(ErrorCode.LAGGED, "the connection fell behind the stream"))
+        self.postbox.post(call.peer, RpcCancel(call.id, "lagged"))
+
+    def _on_end(self, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, RpcEnd)
+        call = self._caller_side(sender, frame.id, stream=True)
+        if call is not None:
+            self._finish(call, None if frame.error is None else _error(frame.error))
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def _on_call(self, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, RpcCall)
+        self.counters["calls_in"] += 1
+        claim = self._claims.get(frame.method)
+        refusal = self._refusal(sender, frame, claim)
+        if refusal is not None:
+            self._answer_error(sender, frame.id, frame.stream, refusal)
+            return
+        assert claim is not None and self._nursery is not None
+        timeout = min(max(frame.timeout_ms, 1), MAX_TIMEOUT_MS) / 1000
+        forget_at = trio.current_time() + timeout + SERVE_GRACE
+        call = Inbound(new_request_id(), sender, frame.id, claim.client, frame.stream, forget_at)
+        event = {
+            "network": self.network,
+            "from": sender,
+            "request_id": call.id,
+            "method": frame.method,
+            "streaming": frame.stream,
+            "timeout_ms": frame.timeout_ms,
+            **payload_of_frame(frame).fields(),
+        }
+        if not claim.client.push("rpc_inbound", event):
+            message = "the serving program is not keeping up"
+            self._answer_error(sender, frame.id, frame.stream, WireError("remote_error", message))
+            return
+        self._inbound[call.id] = call
+        self._inbound_by_caller[(sender, frame.id)] = call
+
+    def _refusal(self, sender: str, frame: RpcCall, claim: Claim | None) -> WireError | None:
+        if claim is None:
+            return WireError("no_handler", f"no one serves {frame.method!r} here")
+        if claim.streaming is not frame.stream:
+            use = "rpc_call_stream" if claim.streaming else "rpc_call"
+            return WireError("no_handler", f"{frame.method!r} is served for {use}")
+        if (sender, frame.id) in self._inbound_by_caller:
+            return WireError("remote_error", "that request id is already in flight")
+        if len(self._inbound) >= MAX_INBOUND_CALLS or self._nursery is None:
+            return WireError("remote_error", "busy: too many calls in flight")
+        return None
+
+    def _answer_error(self, caller: str, remote_id: str, stream: bool, error: WireError) -> None:
+        frame: Frame = RpcEnd(remote_id, error) if stream else RpcResult(remote_id, error=error)
+        self.postbox.post(caller, frame)
+
+    async def _sweep(self) -> None:
+        """Forget served calls whose caller gave up long ago (its cancel never came)."""
+        while True:
+            await trio.sleep(SWEEP_INTERVAL)
+            now = trio.current_time()
+            for call in [c for c in self._inbound.values() if c.forget_at <= now]:
+                self._drop_inbound(call, "timeout")
+
+    def _drop_inbound(self, call: Inbound, reason: str) -> None:
+        """Forget a served call the caller no longer waits for, and tell its connection."""
+        self._forget_inbound(call)
+        call.cancelled = reason
+        call.client.push(
+            "rpc_cancelled", {"network": self.network, "request_id": call.id, "reason": reason}
+        )
+
+    def _forget_inbound(self, call: Inbound) -> None:
+        self._inbound.pop(call.id, None)
+        self._inbound_by_caller.pop((call.caller, call.remote_id), None)
+        call.credit_changed.set()
+
+    def _on_cancel(self, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, RpcCancel)
+        call = self._inbound_by_caller.get((sender, frame.id))
+        if call is not None:
+            self._drop_inbound(call, frame.reason[:64])
+
+    def _on_credit(self, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, RpcCredit)
+        call = self._inbound_by_caller.get((sender, frame.id))
+        if call is not None:
+            call.credit += frame.n
+            call.credit_changed.set()
+            call.credit_changed = trio.Event()
+
+    def has_inbound(self, request_id: str) -> bool:
+        """Whether a call served here has this id."""
+        return request_id in self._inbound
+
+    def _serving(self, client: Client, request_id: str, *, stream: bool) -> Inbound:
+        call = self._inbound.get(request_id)
+        if call is None or call.client is not client:
+            raise _unknown(request_id)
+        if call.stream is not stream:
+            ops = "rpc_stream_chunk/rpc_stream_end" if call.stream else "rpc_respond"
+            raise OpError(ErrorCode.INVALID_PARAMS, f"answer call {request_id} with {ops}")
+        return call
+
+    async def respond(self, client: Client, request_id: str, answer: Payload | str) -> None:
+        """Answer a served call with a payload, or with an error message (str)."""
+        call = self._serving(client, request_id, stream=False)
+        self._forget_inbound(call)
+        if isinstance(answer, str):
+            frame = RpcResult(call.remote_id, error=WireError("remote_error", answer or "error"))
+        else:
+            frame = RpcResult(call.remote_id, answer.value, answer.binary)
+        await self.wire.send(call.caller, frame)
+
+    async def stream_chunk(self, client: Client, request_id: str, payload: Payload) -> None:
+        """Send one chunk of a streamed answer, waiting while the caller has no credit left."""
+        call = self._serving(client, request_id, stream=True)
+        async with call.lock:
+            while call.credit <= 0 and self._inbound.get(call.id) is call:
+                await call.credit_changed.wait()
+            self._check_open(call)
+            call.credit -= 1
+            frame = RpcChunk(call.remote_id, payload.value, payload.binary)
+            await self.wire.send(call.caller, frame)
+
+    def _check_open(self, call: Inbound) -> None:
+        """OpError cancelled (the caller ended it) or unknown_request (it finished meanwhile)."""
+        if call.cancelled is not None:
+            raise OpError(ErrorCode.CANCELLED, f"the caller ended the call ({call.cancelled})")
+        if self._inbound.get(call.id) is not call:
+            raise _unknown(call.id)
+
+    async def stream_end(self, client: Client, request_id: str, error: str | None) -> None:
+        """End a streamed answer (after every chunk sent so far), with an error if it failed."""
+        call = self._serving(client, request_id, stream=True)
+        async with call.lock:
+            self._check_open(call)
+            self._forget_inbound(call)
+            wire_error = None if error is None else WireError("remote_error", error or "error")
+            await self.wire.send(call.caller, RpcEnd(call.remote_id, wire_error))
+
+    # -- connections and peers going away -------------------------------------------------
+
+    def _watch(self, client: Client) -> None:
+        if client.client_id in self._watched:
+            return
+        self._watched.add(client.client_id)
+
+        async def closed() -> None:
+            self.client_gone(client)
+
+        client.on_close(closed)
+
+    def client_gone(self, client: Client) -> None:
+        """Release a closed connection's claims, fail its served calls, cancel its calls."""
+        self._watched.discard(client.client_id)
+        for method in self.claims_of(client):
+            del self._claims[method]
+        gone = WireError("handler_gone", "the serving program disconnected mid-call")
+        for call in [c for c in self._inbound.values() if c.client is client]:
+            self._forget_inbound(call)
+            call.cancelled = "handler_gone"
+            self._answer_error(call.caller, call.remote_id, call.stream, gone)
+        for outbound in [c for c in self._outbound.values() if c.client is client]:
+            self._abandon(outbound, "cancelled")
+
+    def on_peer_status(self, device_id: str, status: PeerStatus) -> None:
+        """A peer that stops being active ends the calls to and from it at once."""
+        if status is PeerStatus.ACTIVE:
+            return
+        left = OpError(ErrorCode.PEER_NOT_ACTIVE, f"peer {device_id} left mid-call")
+        for call in [c for c in self._outbound.values() if c.peer == device_id]:
+            self._finish(call, left)
+        for inbound in [c for c in self._inbound.values() if c.caller == device_id]:
+            self._drop_inbound(inbound, "peer_left")
+
+    def _stop_calls(self) -> None:
+        """The actor stops: every call made from here fails, served calls are forgotten."""
+        stopped = OpError(ErrorCode.UNAVAILABLE, f"rpc of {self.network} stopped")
+        for call in list(self._outbound.values()):
+            self._finish(call, stopped)
+        for inbound in list(self._inbound.values()):
+            self._drop_inbound(inbound, "stopped")
+
+
+def _error(error: WireError) -> OpError:
+    return OpError(ErrorCode(error.known_code), error.message)
+
+
+def _unknown(request_id: str) -> OpError:
+    return OpError(
+        ErrorCode.UNKNOWN_REQUEST,
+        f"no call {request_id[:64]!r} in flight on this connection (finished, cancelled, "
+        "timed out or never made)",
+    )

@@ -1,0 +1,77 @@
+"""Bench client roles on a daemon's socket, speaking raw JSON lines (as little client cost as
+the raw relay's clients): `echo SOCKET NETWORK` serves method `echo`; `sink SOCKET NETWORK
+CHANNEL COUNT` subscribes and prints `count N seconds S` once COUNT messages arrived (or after
+SINK_IDLE seconds without one)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import trio
+
+SINK_IDLE = 5.0  # seconds without a message before the sink reports what it has
+
+
+class Lines:
+    """Newline-delimited JSON over a stream."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.buffer = b""
+        self.next_id = 0
+
+    async def send(self, op: str, **params: object) -> None:
+        self.next_id += 1
+        line = json.dumps({"id": self.next_id, "op": op, **params}) + "\n"
+        await self.stream.send_all(line.encode())
+
+    async def frames(self) -> list[dict[str, object]]:
+        """The next batch of complete frames (at least one)."""
+        while b"\n" not in self.buffer:
+            chunk = await self.stream.receive_some(1 << 20)
+            if not chunk:
+                raise EOFError
+            self.buffer += chunk
+        *lines, self.buffer = self.buffer.split(b"\n")
+        return [json.loads(line) for line in lines]
+
+
+async def echo(socket: str, network: str) -> None:
+    lines = Lines(await trio.open_unix_socket(socket))
+    await lines.send("rpc_register", network=network, method="echo")
+    print("ready", flush=True)
+    while True:
+        for frame in await lines.frames():
+            if frame.get("kind") == "rpc_inbound":
+                await lines.send(
+                    "rpc_respond", request_id=frame["request_id"], payload=frame["payload"]
+                )
+
+
+async def sink(socket: str, network: str, channel: str, count: int) -> None:
+    lines = Lines(await trio.open_unix_socket(socket))
+    await lines.send("channel_subscribe", network=network, channel=channel)
+    print("ready", flush=True)
+    received, first = 0, 0.0
+    while received < count:
+        with trio.move_on_after(SINK_IDLE) as idle:
+            frames = await lines.frames()
+        if idle.cancelled_caught:
+            break
+        for frame in frames:
+            if frame.get("kind") == "channel_inbound":
+                if not received:
+                    first = time.perf_counter()
+                payloads = frame.get("payloads")
+                received += len(payloads) if isinstance(payloads, list) else 1
+    print(f"count {received} seconds {time.perf_counter() - first:.6f}", flush=True)
+
+
+if __name__ == "__main__":
+    role, *args = sys.argv[1:]
+    if role == "echo":
+        trio.run(echo, *args)
+    else:
+        trio.run(sink, args[0], args[1], args[2], int(args[3]))

@@ -1,0 +1,32 @@
+"""`scripts/bench --smoke`: the benchmark harness runs end to end with tiny counts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_benchmark_smoke_run_measures_both_sides(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    doc_before = (ROOT / "docs" / "performance.md").read_text()
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench"), "--smoke", "--out", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    results = json.loads(out.read_text())
+    assert results["mesh"]["rtt"]["samples"] > 0
+    assert results["mesh"]["channel_msgs_per_s"] > 0
+    assert results["mesh"]["channel_msgs_per_s_batched"] > 0
+    assert results["baseline"]["one_way_msgs_per_s"] > 0
+    assert results["ratios"]["rtt_p50"] > 0
+    assert (ROOT / "docs" / "performance.md").read_text() == doc_before

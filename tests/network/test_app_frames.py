@@ -1,0 +1,59 @@
+"""RPC and channel peer frames: they round-trip, and bad ones are refused as malformed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from meshactors.network.app_frames import (
+    Chan,
+    ChanAck,
+    RpcCall,
+    RpcCancel,
+    RpcChunk,
+    RpcCredit,
+    RpcEnd,
+    RpcResult,
+    WireError,
+)
+from meshactors.wire.peer import BadPeerFrame, Frame, decode_frame, encode_frame
+
+FRAMES: list[Frame] = [
+    RpcCall("id1", "echo", {"x": [1, None]}, False, False, 30_000),
+    RpcResult("id1", "QUJD", True),
+    RpcResult("id1", error=WireError("no_handler", "nobody")),
+    RpcChunk("id1", 7),
+    RpcEnd("id1", WireError("remote_error", "boom")),
+    RpcCancel("id1", "timeout"),
+    RpcCredit("id1", 128),
+    Chan("news", "hi", retain=True),
+    Chan("news", None, ack="a1"),
+    ChanAck("a1", 2),
+]
+
+
+@pytest.mark.parametrize("frame", FRAMES, ids=lambda f: f.tag)
+def test_frames_round_trip(frame: Frame) -> None:
+    assert decode_frame(encode_frame(frame)) == frame
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"t": "chan", "channel": "c", "payload": 1, "binary": True},
+        {"t": "chan", "channel": "", "payload": 1},
+        {"t": "rpc_credit", "id": "x", "n": 0},
+        {"t": "rpc_chunk", "id": "", "payload": 1},
+        {"t": "rpc_call", "id": "x", "method": "m", "payload": 1, "binary": False},
+    ],
+)
+def test_bad_frames_are_malformed(fields: dict[str, object]) -> None:
+    with pytest.raises(BadPeerFrame) as bad:
+        decode_frame(json.dumps(fields).encode())
+    assert bad.value.reason == "malformed"
+
+
+def test_an_unknown_remote_error_code_reads_as_remote_error() -> None:
+    assert WireError("weird", "x").known_code == "remote_error"
+    assert WireError("handler_gone", "x").known_code == "handler_gone"

@@ -1,0 +1,262 @@
+"""Channels: subscribe, send to one, to all, reliably; retained values; slow readers; cleanup."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+import trio
+import trio.testing
+
+from meshactors.client import ChannelMessage, MeshClient
+from meshactors.network.payload import MAX_BATCH, MAX_PAYLOAD_BYTES, Payload
+from tests.network.appclient import AppClient, network_children
+from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed, approve_both
+
+UNREACHABLE = "ws://127.0.0.1:9/v1"  # a network whose broker never answers: own device only
+
+
+async def joined(mesh: Mesh, *names: str) -> list[Daemon]:
+    daemons = [await mesh.daemon(name) for name in names]
+    for daemon in daemons:
+        await daemon.join(mesh.url)
+    return daemons
+
+
+async def client_of(daemon: Daemon, nursery: trio.Nursery, *, read: bool = True) -> AppClient:
+    return await AppClient.open(daemon.services.paths.socket, nursery, read=read)
+
+
+async def test_a_message_reaches_the_subscriber_with_its_sender(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    a, b = await joined(mesh, "a", "b")
+    await approve_both(a, b)
+    sender, reader = await client_of(a, nursery), await client_of(b, nursery)
+    subscribed = await reader.call("channel_subscribe", network=NET, channel="news")
+    assert subscribed == {"network": NET, "channel": "news", "retained": 0}
+    sent = await sender.call(
+        "channel_send_to", network=NET, channel="news", peer=b.device_id, payload={"n": 1}
+    )
+    assert sent == {"dispatched_to": [b.device_id]}
+    message = await reader.event("channel_inbound")
+    assert message == {
+        "kind": "channel_inbound",
+        "network": NET,
+        "from": a.device_id,
+        "channel": "news",
+        "payload": {"n": 1},
+    }
+    blob = base64.b64encode(b"\x00\xff").decode()
+    await sender.call(
+        "channel_send_to", network=NET, channel="news", peer=b.device_id, payload_b64=blob
+    )
+    assert (await reader.event("channel_inbound"))["payload_b64"] == blob
+
+
+async def test_send_all_fans_out_to_three_peers(mesh: Mesh, nursery: trio.Nursery) -> None:
+    a, *others = await joined(mesh, "a", "b", "c", "d")
+    for other in others:
+        await approve_both(a, other)
+    readers = [await client_of(other, nursery) for other in others]
+    for reader in readers:
+        await reader.call("channel_subscribe", network=NET, channel="all")
+    sender = await client_of(a, nursery)
+    sent = await sender.call("channel_send_all", network=NET, channel="all", payload="hi")
+    assert sorted(sent["dispatched_to"]) == sorted(o.device_id for o in others)
+    for reader in readers:
+        message = await reader.event("channel_inbound", channel="all")
+        assert (message["from"], message["payload"]) == (a.device_id, "hi")
+
+
+async def test_a_late_subscriber_gets_the_retained_value_at_once(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    a, b = await joined(mesh, "a", "b")
+    await approve_both(a, b)
+    sender = await client_of(a, nursery)
+    for value in ("old", "latest"):
+        await sender.call(
+            "channel_send_all", network=NET, channel="presence", payload=value, retain=True
+        )
+    await sender.call("channel_send_all", network=NET, channel="presence", payload="not kept")
+    await b.network().channels.send_to(b.device_id, "sync", [_payload()], retain=False)  # barrier
+    late = await client_of(b, nursery)
+    subscribed = await late.call("channel_subscribe", network=NET, channel="presence")
+    assert subscribed["retained"] == 1
+    message = await late.event("channel_inbound")
+    assert (message["payload"], message["retained"]) == ("latest", True)
+
+
+async def test_a_peer_that_becomes_active_later_gets_retained_values(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    a, b = await joined(mesh, "a", "b")
+    await approve_both(a, b)
+    sender = await client_of(a, nursery)
+    await sender.call(
+        "channel_send_all", network=NET, channel="presence", payload="here", retain=True
+    )
+    late_peer = (await joined(mesh, "late"))[0]
+    reader = await client_of(late_peer, nursery)
+    await reader.call("channel_subscribe", network=NET, channel="presence")
+    await approve_both(a, late_peer)
+    message = await reader.event("channel_inbound")
+    assert (message["from"], message["payload"]) == (a.device_id, "here")
+
+
+async def test_a_reliable_send_answers_once_acknowledged(mesh: Mesh, nursery: trio.Nursery) -> None:
+    a, b = await joined(mesh, "a", "b")
+    await approve_both(a, b)
+    reader = await client_of(b, nursery)
+    await reader.call("channel_subscribe", network=NET, channel="orders")
+    sender = await client_of(a, nursery)
+    answer = await sender.call(
+        "channel_send_reliable",
+        network=NET,
+        channel="orders",
+        peer=b.device_id,
+        payload="buy",
+        ttl_ms=5000,
+    )
+    assert answer == {"acknowledged": True, "subscribers": 1}
+    assert (await reader.event("channel_inbound"))["payload"] == "buy"
+    with pytest.raises(OpFailed) as failure:
+        await sender.call(
+            "channel_send_reliable",
+            network=NET,
+            channel="orders",
+            peer=b.device_id,
+            payload="x",
+            ttl_ms=0,
+        )
+    assert failure.value.code == "invalid_params"
+
+
+async def test_pumps_come_with_the_first_subscriber_and_go_with_the_last(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    (a,) = await joined(mesh, "a")
+    one, two = await client_of(a, nursery), await client_of(a, nursery)
+    await one.call("channel_subscribe", network=NET, channel="x")
+    await two.call("channel_subscribe", network=NET, channel="x")
+    children = network_children(await one.call("inspect"), NET)
+    assert children["channel x"]["kind"] == "channel"
+    assert len(children["channel x"]["figures"]["subscribers"]) == 2
+    assert await one.call("channel_unsubscribe", network=NET, channel="x") == {"unsubscribed": True}
+    assert "channel x" in network_children(await one.call("inspect"), NET)
+    await two.aclose()
+    with trio.fail_after(5):
+        while "channel x" in network_children(await one.call("inspect"), NET):
+            pass  # each pass asks the daemon again
+    assert await one.call("channel_unsubscribe", network=NET, channel="x") == {
+        "unsubscribed": False
+    }
+
+
+async def test_a_stalled_reader_does_not_slow_another_subscriber(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    daemon = await mesh.daemon("solo")
+    await daemon.join(UNREACHABLE)
+    stalled = await client_of(daemon, nursery, read=False)
+    await stalled.send("channel_subscribe", network=NET, channel="flood")
+    reader, sender = await client_of(daemon, nursery), await client_of(daemon, nursery)
+    await reader.call("channel_subscribe", network=NET, channel="flood")
+    count = 12_000
+    channels = daemon.network().channels
+    for n in range(count):
+        await channels.send_to(daemon.device_id, "flood", [_payload(n)], retain=False)
+        if n % 256 == 255:  # own-device sends never wait: let the pump and reader catch up
+            await trio.testing.wait_all_tasks_blocked()
+    received = await reader.count("channel_inbound", count, timeout=30)
+    assert [m["payload"] for m in received] == list(range(count))
+    pump = network_children(await sender.call("inspect"), NET)["channel flood"]
+    assert pump["figures"]["lagged"] > 0
+    assert pump["figures"]["delivered"] >= count
+
+
+async def test_own_device_calls_and_channels_work_without_a_broker(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    daemon = await mesh.daemon("solo")
+    await daemon.join(UNREACHABLE)
+    me = daemon.device_id
+    server, caller = await client_of(daemon, nursery), await client_of(daemon, nursery)
+    await server.call("rpc_register", network=NET, method="echo")
+    call_id = await caller.send("rpc_call", network=NET, peer=me, method="echo", payload=7)
+    inbound = await server.event("rpc_inbound")
+    assert inbound["from"] == me
+    await server.call("rpc_respond", request_id=inbound["request_id"], payload=inbound["payload"])
+    assert await caller.answer(call_id) == {"payload": 7}
+    await server.call("channel_subscribe", network=NET, channel="local")
+    await caller.call("channel_send_to", network=NET, channel="local", peer=me, payload="hey")
+    assert (await server.event("channel_inbound"))["from"] == me
+    acked = await caller.call(
+        "channel_send_reliable", network=NET, channel="local", peer=me, payload=1, ttl_ms=2000
+    )
+    assert acked == {"acknowledged": True, "subscribers": 1}
+    sent = await caller.call("channel_send_all", network=NET, channel="local", payload=1)
+    assert sent == {"dispatched_to": []}
+
+
+def _payload(value: object = None) -> Payload:
+    return Payload(value)
+
+
+async def test_a_batch_of_payloads_arrives_as_one_event_in_order(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    a, b = await joined(mesh, "a", "b")
+    await approve_both(a, b)
+    sender, reader = await client_of(a, nursery), await client_of(b, nursery)
+    await reader.call("channel_subscribe", network=NET, channel="bulk")
+    batch = [{"n": n} for n in range(500)]
+    sent = await sender.call(
+        "channel_send_to",
+        network=NET,
+        channel="bulk",
+        peer=b.device_id,
+        payloads=batch,
+        retain=True,
+    )
+    assert sent == {"dispatched_to": [b.device_id]}
+    (received,) = await reader.count("channel_inbound", 1)
+    assert received["payloads"] == batch and "payload" not in received
+    assert received["from"] == a.device_id
+    late = await client_of(b, nursery)
+    assert (await late.call("channel_subscribe", network=NET, channel="bulk"))["retained"] == 1
+    assert (await late.event("channel_inbound"))["payload"] == {"n": 499}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"payloads": []},
+        {"payloads": list(range(MAX_BATCH + 1))},
+        {"payloads": [1], "payload": 1},
+        {"payloads": ["x" * MAX_PAYLOAD_BYTES]},
+    ],
+    ids=["empty", "too_many", "both", "too_large"],
+)
+async def test_bad_batches_are_refused(
+    mesh: Mesh, nursery: trio.Nursery, params: dict[str, object]
+) -> None:
+    (a,) = await joined(mesh, "a")
+    sender = await client_of(a, nursery)
+    with pytest.raises(OpFailed) as failure:
+        await sender.call("channel_send_all", network=NET, channel="bulk", **params)
+    assert failure.value.code in ("invalid_params", "payload_too_large")
+
+
+async def test_the_client_library_unpacks_a_batch_into_messages(mesh: Mesh) -> None:
+    daemon = await mesh.daemon("solo")
+    await daemon.join(UNREACHABLE)
+    me = daemon.device_id
+    async with MeshClient(daemon.services.paths.socket) as client:
+        subscription = client.subscribe(NET, "bulk")
+        async with subscription as messages:
+            await client.channel_send_many(NET, "bulk", [1, 2, 3], peer=me)
+            with trio.fail_after(WAIT):
+                got = [await messages.__anext__() for _ in range(3)]
+    assert got == [ChannelMessage(NET, me, "bulk", n) for n in (1, 2, 3)]
