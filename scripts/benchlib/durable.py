@@ -56,7 +56,7 @@ class Sizes:
 
 
 SMOKE = Sizes(baseline_rows=200, accepts=64, connections=(1, 4), online=40, offline=40)
-FULL = Sizes(baseline_rows=20_000, accepts=3000, connections=(1, 4, 16), online=3000, offline=3000)
+FULL = Sizes(baseline_rows=30_000, accepts=5000, connections=(1, 4, 16), online=4000, offline=4000)
 
 
 class BenchError(Exception):
@@ -356,6 +356,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
         "date": datetime.date.today().isoformat(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # before the run: the machine is shared
     }
 
 
@@ -398,11 +399,12 @@ def render(report: dict[str, Any]) -> str:
     return f"""{DOC_BEGIN}
 ## Durable messages
 
-Measured by `scripts/bench_durable` on {m["date"]}: {m["nproc"]} CPUs ({m["cpu"]}), Python
-{m["python"]}, SQLite {m["sqlite"]}. The benchmark client, the broker and the daemons share
-those CPUs. Every figure is divided by the baseline measured in the same run: a raw `sqlite3`
-loop doing one outbox-shaped `INSERT` and `COMMIT` per row in a file opened like the daemon's
-store (WAL, `synchronous=NORMAL`, the same schema).
+Measured by `scripts/bench_durable` on {m["date"]}: {m["nproc"]} CPUs ({m["cpu"]}),
+Python {m["python"]}, SQLite {m["sqlite"]}, load average {m["load_avg_1m"]} when it began;
+the benchmark client, the broker and the daemons share those CPUs. Every rate is divided by
+the baseline measured in the same run: a raw `sqlite3` loop doing one outbox-shaped `INSERT`
+and `COMMIT` per row in a file opened like the daemon's store (WAL, `synchronous=NORMAL`,
+the same schema), {sizes["baseline_rows"]} rows.
 
 | figure | rate | ratio to the baseline |
 |---|---|---|
@@ -411,7 +413,9 @@ store (WAL, `synchronous=NORMAL`, the same schema).
 - An accept is one `send` answered by the daemon, i.e. one committed `BEGIN IMMEDIATE`
   transaction (look-up, outbox row, delivery row). Raw JSON lines over the Unix socket, each
   connection pipelined up to {PIPELINE} requests in flight; {sizes["accepts"]} sends per
-  connection count, to a device id that never comes online (nothing is delivered).
+  connection count, to a device id that never comes online (nothing is delivered). The
+  store runs one call at a time in its worker thread, so more connections do not add
+  accepts; they only keep that thread busy.
 - Delivery: a broker and two approved daemons as processes; {sizes["online"]} messages
   from A to B over {SEND_CONNECTIONS} connections, B's events subscribed before the first send.
   End times are the daemons' event `at_ms`.
