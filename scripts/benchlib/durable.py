@@ -158,7 +158,8 @@ async def connected(socket: Path) -> AsyncIterator[Lines]:
 
 @attrs.frozen
 class Burst:
-    """A timed run of sends: how many, when the first was written, first and last answers."""
+    """A timed run of sends: how many, when the first was written, when the first answer came
+    (wall clock, to compare with event `at_ms`) and when the last did."""
 
     count: int
     began: float  # perf_counter
@@ -167,6 +168,7 @@ class Burst:
 
     @property
     def per_s(self) -> float:
+        """Committed accepts per second over the run."""
         return self.count / (self.ended - self.began)
 
 
