@@ -94,6 +94,7 @@ class ClientActor(Actor):
                 task_status.started()
                 if self.tcp is not None or await self._speaks_http():
                     self.protocol = "http"
+                    self._session.receives_pushes = False
                     await HttpConnection(
                         self.stream, self._session, self, self.tcp, self.prefix
                     ).serve()

@@ -146,8 +146,19 @@ def _rpc_of_request(session: Session, request_id: str, *, served: bool) -> Rpc:
     )
 
 
+def require_pushes(session: Session, op: str) -> None:
+    """Refuse an op whose results arrive as events on a connection that cannot carry them."""
+    if not session.receives_pushes:
+        raise OpError(
+            ErrorCode.BAD_REQUEST,
+            f"{op} delivers events to the connection that asks: use a JSON-lines connection "
+            "(HTTP requests cannot receive them)",
+        )
+
+
 async def rpc_register(session: Session, params: RpcRegister) -> dict[str, Any]:
     """Own a method on a network; the connection that owned it before is told it was displaced."""
+    require_pushes(session, "rpc_register")
     check_name(params.method, "method")
     rpc = _network(session, params.network).rpc
     displaced = rpc.register(session, params.method, params.streaming)
@@ -175,6 +186,7 @@ async def rpc_call(session: Session, params: RpcCallParams) -> dict[str, Any]:
 
 async def rpc_call_stream(session: Session, params: RpcCallParams) -> dict[str, Any]:
     """Call a streaming method; chunks follow as rpc_call_stream_chunk/_end events."""
+    require_pushes(session, "rpc_call_stream")
     rpc, payload, timeout_ms = _call_args(session, params)
     request_id = await rpc.call_stream(session, params.peer, params.method, payload, timeout_ms)
     return {"request_id": request_id}
@@ -217,6 +229,7 @@ async def rpc_stream_end(session: Session, params: RpcStreamEnd) -> dict[str, An
 
 async def channel_subscribe(session: Session, params: ChannelRef) -> dict[str, Any]:
     """Receive a channel's messages as channel_inbound events (retained values at once)."""
+    require_pushes(session, "channel_subscribe")
     check_name(params.channel, "channel")
     return await _network(session, params.network).channels.subscribe(session, params.channel)
 

@@ -38,6 +38,7 @@ class Session:
     nursery: trio.Nursery
     sink: EventSink
     events_subscribed: bool = False
+    receives_pushes: bool = True  # False on HTTP: pushed events have nowhere to go
     _cleanups: list[Cleanup] = attrs.field(factory=list)
 
     def push(self, kind: str, data: dict[str, Any]) -> bool:

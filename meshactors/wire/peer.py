@@ -22,7 +22,7 @@ import attrs
 from meshactors.wire.strict import describe_error, make_strict_converter
 
 PROTOCOL_VERSION = (1, 0)  # (major, minor): a different major cannot talk to us
-FEATURES = ("caps", "profile", "ping")  # what this build speaks beyond the core frames
+FEATURES = ("caps", "profile", "ping", "rpc", "channels", "messages")  # beyond the core frames
 MAX_PEER_FRAME_BYTES = 256 * 1024  # one frame's JSON, checked before parsing
 MAX_TAGS = 64  # capability tags per advert
 MAX_TAG_CHARS = 64  # one capability tag

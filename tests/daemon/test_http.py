@@ -85,6 +85,8 @@ async def test_post_runs_any_op_with_a_json_body(http: Connect) -> None:
         ("POST", "/v1/status", b'{"extra":1}', 400, "invalid_params"),
         ("POST", "/v1/no_such_op", b"{}", 404, "unknown_op"),
         ("POST", "/v1/events_subscribe", b"{}", 400, "bad_request"),
+        ("POST", "/v1/rpc_register", b'{"network":"n","method":"m"}', 400, "bad_request"),
+        ("POST", "/v1/channel_subscribe", b'{"network":"n","channel":"c"}', 400, "bad_request"),
         ("POST", "/v1/status?x=1", b"{}", 400, "bad_request"),
         ("GET", "/v1/peers", None, 400, "invalid_params"),  # peers_list needs `network`
         ("GET", "/v1/status?verbose=1", None, 400, "invalid_params"),
