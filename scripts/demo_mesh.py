@@ -6,9 +6,11 @@ homes on loopback, and the demo stops everything it started, whatever happens.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -113,6 +115,56 @@ def wait_for_event(home: Home, kind: str, **match: str) -> dict[str, Any]:
         process.wait()
 
 
+@contextmanager
+def background(home: Home, *args: str, ready: str) -> Iterator[None]:
+    """A long-running program (a server) started in `home`, stopped on exit."""
+    process = subprocess.Popen(
+        [sys.executable, *args],
+        env=home.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:  # its own word that it serves
+            if ready in line:
+                break
+        else:
+            raise SystemExit(f"demo failed: {shlex.join(args)} exited before serving")
+        threading.Thread(target=process.stdout.read, daemon=True).start()
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=STEP_TIMEOUT)
+
+
+def first_line(home: Home, channel: str) -> str:
+    """Subscribe to `channel` on demo and return the first message line."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "meshactors", "channel", "sub", "demo", channel],
+        env=home.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        return process.stdout.readline().strip()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def kill_daemon(home: Home) -> None:
+    """SIGKILL the daemon of `home` and wait until the kernel released its lock."""
+    pid = int((home.path / "daemon.pid").read_text())
+    print(f"{DIM}[{home.name}]{RESET} $ kill -9 {pid}")
+    os.kill(pid, signal.SIGKILL)
+    with open(home.path / "daemon.pid", "rb") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def main() -> None:
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meshactors-demo-")))
@@ -145,6 +197,44 @@ def main() -> None:
         wait_for_event(bob, "peer_capabilities", device_id=alice_id)
         (seen,) = bob.json("peers", "-n", "demo")
         print(f"bob sees alice's capabilities: {json.dumps(seen['capabilities'])}")
+
+        step("RPC: bob serves `echo` with a shell command, alice calls it")
+        stack.enter_context(
+            background(
+                bob,
+                "-m",
+                "meshactors",
+                "rpc",
+                "serve",
+                "demo",
+                "echo",
+                "--",
+                "cat",
+                ready="serving echo",
+            )
+        )
+        alice.run("rpc", "call", "demo", bob_id, "echo", '{"hello": "bob"}')
+
+        step("streamed RPC: bob serves `count` with a few lines of the Python client library")
+        stack.enter_context(
+            background(bob, "-m", "scripts.demo_counter", "demo", ready="serving count")
+        )
+        alice.run("rpc", "call", "demo", bob_id, "count", "3", "--stream")
+
+        step("a retained channel message reaches a subscriber that comes later")
+        alice.run("channel", "send", "demo", "news", "--retain", '{"headline": "mesh is up"}')
+        print(f"bob subscribes afterwards and gets it at once: {first_line(bob, 'news')}")
+
+        step("a durable message survives a SIGKILL of its sender")
+        bob.run("daemon", "down")
+        wait_for_event(alice, "peer_left", device_id=bob_id)
+        alice.run("send", "demo", bob_id, "sent while bob was away", "--client-id", "demo-1")
+        kill_daemon(alice)
+        alice.run("daemon", "up", "--detach")
+        bob.run("daemon", "up", "--detach")
+        wait_for_event(bob, "message", client_message_id="demo-1")
+        bob.run("inbox", "-n", "demo")
+        alice.run("outbox", "list")
 
         step("the live actor tree of alice's daemon")
         alice.run("inspect")
