@@ -268,6 +268,9 @@ class Outbox(Actor):
                 due = await self._pass(network, nursery)
                 if due is not None:
                     next_due = due if next_due is None else min(next_due, due)
+            self.stored_counts = await self.store.call(
+                outbox_db.delivery_counts, what="count deliveries"
+            )
             wait = IDLE_POLL_S if next_due is None else max(0.0, (next_due - now_ms()) / 1000)
             with trio.move_on_after(min(wait, IDLE_POLL_S)):
                 await self._wake.wait()
@@ -352,13 +355,10 @@ class Outbox(Actor):
                     )
 
     async def _sweep(self) -> None:
-        """Make sends past their TTL dead even if their peer never came back; refresh counts."""
+        """Make sends past their TTL dead even if their peer never came back."""
         while True:
             await self.store.call(
                 functools.partial(outbox_db.expire_pending, now_ms=now_ms()), what="expire sends"
-            )
-            self.stored_counts = await self.store.call(
-                outbox_db.delivery_counts, what="count deliveries"
             )
             await trio.sleep(SWEEP_INTERVAL_S)
 
