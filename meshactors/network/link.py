@@ -42,7 +42,7 @@ LINK_PING_INTERVAL = 20.0  # seconds between our keepalive pings to the broker
 LINK_PONG_TIMEOUT = 20.0  # seconds a ping may go unanswered before the link is dropped
 OUTBOUND_QUEUE = 8192  # sealed records waiting for the writer; senders wait beyond it
 BATCH_MAX_RECORDS = 1024  # records joined into one WebSocket message
-BATCH_IDLE_PASSES = 3  # scheduler passes without a new record before a batch is sent
+BATCH_IDLE_PASSES = 3  # under load: scheduler passes without a new record before a batch goes
 MAX_INBOUND_MESSAGE_BYTES = 4 * 1024 * 1024  # largest message we accept from a broker
 MAX_NOTICE_CHARS = 64 * 1024  # a TEXT notice (welcome with 256 peers is ~20 KB)
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024  # if the welcome does not say
@@ -293,16 +293,26 @@ class Link(Actor):
         """Drain the queue into as few messages as fit under the broker's size limit."""
         carry: tuple[bytes, bytes] | None = None
         while True:
-            first = carry if carry is not None else await receive.receive()
-            carry = None
+            # Under load (a record was already waiting) the batch may wait a few idle scheduler
+            # passes for more; a record that found the queue empty goes out at once.
+            idle_passes = BATCH_IDLE_PASSES
+            if carry is not None:
+                first, carry = carry, None
+            else:
+                try:
+                    first = receive.receive_nowait()
+                except trio.WouldBlock:
+                    first, idle_passes = await receive.receive(), 0
             if RECORD_HEADER_BYTES + len(first[1]) > max_bytes:
                 self.dropped += 1
                 continue
             batch, size, idle = [first], RECORD_HEADER_BYTES + len(first[1]), 0
-            while len(batch) < BATCH_MAX_RECORDS and carry is None and idle < BATCH_IDLE_PASSES:
+            while len(batch) < BATCH_MAX_RECORDS and carry is None:
                 try:
                     record = receive.receive_nowait()
                 except trio.WouldBlock:
+                    if idle >= idle_passes:
+                        break
                     # Let busy senders add more before sending: the batch grows while the
                     # scheduler's passes bring new records and ends after a few idle ones.
                     idle += 1
