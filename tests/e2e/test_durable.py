@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from meshactors.client.sync import SyncClient
-from tests.e2e.conftest import Home
 from tests.e2e.test_mesh import NET, eventually, free_port, start_broker, when_status
+from tests.support import Home
 
 pytestmark = pytest.mark.e2e
 

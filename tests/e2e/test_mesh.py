@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.e2e.conftest import Home
+from tests.support import Home
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.e2e.conftest import Home
-from tests.support import LineClient
+from tests.support import Home, LineClient
 
 pytestmark = pytest.mark.e2e
 
