@@ -16,3 +16,14 @@ def home(tmp_path: Path) -> Iterator[Home]:
     home = Home(tmp_path)
     yield home
     home.stop_daemon()
+
+
+@pytest.fixture
+def homes(tmp_path: Path) -> Iterator[tuple[Home, Home]]:
+    """Two temporary homes, a and b; their daemons are told to stop afterwards."""
+    a, b = Home(tmp_path / "a"), Home(tmp_path / "b")
+    for home in (a, b):
+        home.path.mkdir()
+    yield a, b
+    for home in (a, b):
+        home.cli("daemon", "down", check=False)
