@@ -113,6 +113,14 @@ def test_two_daemons_stay_active_through_a_broker_restart(
     brokers.append(start_broker(a, port))
     ids = join_approved(homes, url)
     assert phase(a) == "active"
+    header, row = a.cli("peers").stdout.splitlines()
+    assert header.split() == ["DEVICE", "LABEL", "STATUS", "ROLE", "RTT", "NAME", "TAGS"]
+    assert row.split()[:3] == [ids["b"][:12], "b", "active"]
+    header, row = a.cli("roster", "list").stdout.splitlines()
+    assert (header.split(), row.split()) == (
+        ["DEVICE", "LABEL", "STATE", "STATUS"],
+        [ids["b"], "b", "approved", "active"],
+    )
 
     brokers[0].send_signal(signal.SIGKILL)
     brokers[0].wait(timeout=DEADLINE)
