@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +111,13 @@ class Home:
             self.cli("daemon", "down", check=False)
             if self.daemon_pid() is not None:
                 os.kill(pid, 9)
+
+
+@contextmanager
+def listening_unix_socket(path: Path) -> Iterator[socket.socket]:
+    """A listening Unix stream socket bound at `path`, as a service manager holds one for socket
+    activation; closed when the block ends."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))
+        sock.listen()
+        yield sock
