@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
+
+from meshactors.daemon.lock import read_running_pid
+
+CLI_TIMEOUT = 60  # seconds any one CLI command may take
 
 
 @attrs.define
@@ -46,3 +57,67 @@ class LineClient:
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+@attrs.frozen
+class Home:
+    """One MESHACTORS_HOME and a way to run the CLI against it."""
+
+    path: Path
+
+    @property
+    def socket(self) -> Path:
+        return self.path / "daemon.sock"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MESHACTORS_")}
+        return env | {"MESHACTORS_HOME": str(self.path)}
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run `meshactors ARGS…` to completion."""
+        result = subprocess.run(
+            [sys.executable, "-m", "meshactors", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"meshactors {' '.join(args)} exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}"
+            )
+        return result
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        """Start `meshactors ARGS…` in the background."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "meshactors", *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def daemon_pid(self) -> int | None:
+        return read_running_pid(self.path / "daemon.pid")
+
+    def stop_daemon(self) -> None:
+        """Stop whatever daemon this home started: `daemon down`, then SIGKILL if it lingers."""
+        pid = self.daemon_pid()
+        if pid is not None:
+            self.cli("daemon", "down", check=False)
+            if self.daemon_pid() is not None:
+                os.kill(pid, 9)
+
+
+@contextmanager
+def listening_unix_socket(path: Path) -> Iterator[socket.socket]:
+    """A listening Unix stream socket bound at `path`, as a service manager holds one for socket
+    activation; closed when the block ends."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))
+        sock.listen()
+        yield sock

@@ -8,7 +8,7 @@ import sys
 from typing import Any, NoReturn
 
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
-from meshactors.paths import Paths, resolve_paths
+from meshactors.paths import Paths, prepare_dirs, resolve_paths
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # not running, already running, an error answer
@@ -19,6 +19,13 @@ EXIT_STARTUP = 3  # the daemon could not start (identity, database, socket)
 def paths_of(args: argparse.Namespace) -> Paths:
     """Paths from the environment and the global `--socket` flag."""
     return resolve_paths(socket_override=args.socket)
+
+
+def prepared_paths(args: argparse.Namespace) -> Paths:
+    """`paths_of(args)` with its directories created, for commands that write state themselves."""
+    paths = paths_of(args)
+    prepare_dirs(paths)
+    return paths
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:

@@ -25,6 +25,7 @@ from meshactors.cli.common import (
     call,
     fail,
     paths_of,
+    prepared_paths,
     print_json,
 )
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
@@ -278,8 +279,7 @@ def run_version(args: argparse.Namespace) -> int:
 
 
 def run_accept_host(args: argparse.Namespace) -> int:
-    paths = paths_of(args)
-    prepare_dirs(paths)
+    paths = prepared_paths(args)
     accept_host(paths.host_file, read_host_facts())
     print(f"this machine is now trusted for the identity in {paths.state_dir}")
     return 0

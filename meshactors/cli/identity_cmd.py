@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from meshactors.cli.common import EXIT_STARTUP, fail, paths_of, print_json
+from meshactors.cli.common import EXIT_STARTUP, fail, prepared_paths, print_json
 from meshactors.identity import IdentityError, load_or_create_identity, set_identity_label
-from meshactors.paths import prepare_dirs
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,8 +21,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def run_show(args: argparse.Namespace) -> int:
-    paths = paths_of(args)
-    prepare_dirs(paths)
+    paths = prepared_paths(args)
     try:
         identity = load_or_create_identity(paths.identity_file)
     except IdentityError as exc:
@@ -37,8 +35,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_set_label(args: argparse.Namespace) -> int:
-    paths = paths_of(args)
-    prepare_dirs(paths)
+    paths = prepared_paths(args)
     try:
         identity = set_identity_label(paths.identity_file, args.label)
     except (IdentityError, ValueError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+from collections.abc import Callable
 from typing import Any
 
 from meshactors.cli.common import call, connect, fail, parse_json_arg, print_json
@@ -115,10 +116,25 @@ def _short(device_id: str) -> str:
     return device_id[:SHORT_ID]
 
 
-def _table(rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+def _listing(
+    args: argparse.Namespace,
+    items: list[dict[str, Any]],
+    empty: str,
+    header: list[str],
+    row: Callable[[dict[str, Any]], list[str]],
+) -> int:
+    """Print `items` as JSON with --json, else as a table of one `row` each (or `empty`)."""
+    if args.json:
+        print_json(items)
+        return 0
+    if not items:
+        print(empty)
+        return 0
+    rows = [header, *map(row, items)]
+    widths = [max(len(cells[i]) for cells in rows) for i in range(len(header))]
+    for cells in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)))
+    return 0
 
 
 def run_network_add(args: argparse.Namespace) -> int:
@@ -153,52 +169,39 @@ def run_network_remove(args: argparse.Namespace) -> int:
 
 def run_network_list(args: argparse.Namespace) -> int:
     networks = call(args, "networks_list")["networks"]
-    if args.json:
-        print_json(networks)
-        return 0
-    if not networks:
-        print("no networks joined")
-        return 0
-    rows = [["ID", "PHASE", "LABEL", "AUTO", "LINK", "ACTIVE", "BROKERS"]]
-    for n in networks:
-        auto = "yes" if n["auto_approve"] else "no"
-        active, brokers = str(n["peers"]["active"]), " ".join(n["brokers"])
-        rows.append([n["id"], n["phase"], n["label"] or "-", auto, n["link"], active, brokers])
-    _table(rows)
-    return 0
+    header = ["ID", "PHASE", "LABEL", "AUTO", "LINK", "ACTIVE", "BROKERS"]
+    return _listing(args, networks, "no networks joined", header, _network_row)
+
+
+def _network_row(n: dict[str, Any]) -> list[str]:
+    auto = "yes" if n["auto_approve"] else "no"
+    active, brokers = str(n["peers"]["active"]), " ".join(n["brokers"])
+    return [n["id"], n["phase"], n["label"] or "-", auto, n["link"], active, brokers]
 
 
 def run_peers(args: argparse.Namespace) -> int:
     peers = call(args, "peers_list", network=_network(args), all=args.all)["peers"]
-    if args.json:
-        print_json(peers)
-        return 0
-    if not peers:
-        print("no peers")
-        return 0
-    rows = [["DEVICE", "LABEL", "STATUS", "ROLE", "RTT", "NAME", "TAGS"]]
-    for p in peers:
-        rtt = "-" if p["rtt_ms"] is None else f"{p['rtt_ms']:.1f}ms"
-        name = (p["profile"] or {}).get("display_name") or "-"
-        tags = ",".join((p["capabilities"] or {}).get("tags", [])) or "-"
-        status = p["status"] if not p["incompatible"] else f"incompatible ({p['incompatible']})"
-        rows.append([_short(p["device_id"]), p["label"] or "-", status, p["role"], rtt, name, tags])
-    _table(rows)
-    return 0
+    header = ["DEVICE", "LABEL", "STATUS", "ROLE", "RTT", "NAME", "TAGS"]
+    return _listing(args, peers, "no peers", header, _peer_row)
+
+
+def _peer_row(p: dict[str, Any]) -> list[str]:
+    rtt = "-" if p["rtt_ms"] is None else f"{p['rtt_ms']:.1f}ms"
+    name = (p["profile"] or {}).get("display_name") or "-"
+    tags = ",".join((p["capabilities"] or {}).get("tags", [])) or "-"
+    status = p["status"] if not p["incompatible"] else f"incompatible ({p['incompatible']})"
+    return [_short(p["device_id"]), p["label"] or "-", status, p["role"], rtt, name, tags]
 
 
 def run_roster_list(args: argparse.Namespace) -> int:
     roster = call(args, "roster_list", network=_network(args))["roster"]
-    if args.json:
-        print_json(roster)
-        return 0
-    if not roster:
-        print("roster is empty")
-        return 0
-    rows = [["DEVICE", "LABEL", "STATE", "STATUS"]]
-    rows += [[r["device_id"], r["label"] or "-", r["state"], r["status"]] for r in roster]
-    _table(rows)
-    return 0
+    return _listing(
+        args,
+        roster,
+        "roster is empty",
+        ["DEVICE", "LABEL", "STATE", "STATUS"],
+        lambda r: [r["device_id"], r["label"] or "-", r["state"], r["status"]],
+    )
 
 
 def run_roster_approve(args: argparse.Namespace) -> int:

@@ -50,24 +50,23 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     requeue.set_defaults(run=run_outbox_requeue)
 
 
-def _params(**values: Any) -> dict[str, Any]:
-    return {key: value for key, value in values.items() if value is not None}
+def _call_given(args: argparse.Namespace, op: str, **values: Any) -> Any:
+    """Call `op` with the options the user gave; a None value is one left out."""
+    return call(args, op, **{key: value for key, value in values.items() if value is not None})
 
 
 def run_send(args: argparse.Namespace) -> int:
     meta = None if args.meta is None else parse_json_arg(args.meta, "--meta")
-    answer = call(
+    answer = _call_given(
         args,
         "send",
-        **_params(
-            network=args.network,
-            to=args.to,
-            message=args.message,
-            priority=args.priority,
-            meta=meta,
-            reply_to_id=args.reply_to,
-            client_message_id=args.client_id,
-        ),
+        network=args.network,
+        to=args.to,
+        message=args.message,
+        priority=args.priority,
+        meta=meta,
+        reply_to_id=args.reply_to,
+        client_message_id=args.client_id,
     )
     if args.json:
         print_json(answer)
@@ -81,16 +80,14 @@ def _when(ms: int) -> str:
 
 
 def run_inbox(args: argparse.Namespace) -> int:
-    answer = call(
+    answer = _call_given(
         args,
         "inbox",
-        **_params(
-            network=args.network,
-            since=args.since,
-            limit=args.limit,
-            cursor=args.cursor,
-            **{"from": args.sender},
-        ),
+        network=args.network,
+        since=args.since,
+        limit=args.limit,
+        cursor=args.cursor,
+        **{"from": args.sender},
     )
     if args.json:
         print_json(answer)
@@ -103,7 +100,7 @@ def run_inbox(args: argparse.Namespace) -> int:
 
 
 def run_outbox_list(args: argparse.Namespace) -> int:
-    rows = call(args, "outbox_list", **_params(status=args.status, limit=args.limit))["rows"]
+    rows = _call_given(args, "outbox_list", status=args.status, limit=args.limit)["rows"]
     if args.json:
         print_json(rows)
         return 0
@@ -125,10 +122,8 @@ def run_outbox_list(args: argparse.Namespace) -> int:
 
 
 def run_outbox_requeue(args: argparse.Namespace) -> int:
-    answer = call(
-        args,
-        "outbox_requeue",
-        **_params(outbox_id=args.id, new_client_message_id=args.new_client_id),
+    answer = _call_given(
+        args, "outbox_requeue", outbox_id=args.id, new_client_message_id=args.new_client_id
     )
     row = answer["row"]
     print(f"requeued {args.id} as {row['id']} (client id {row['client_message_id']})")

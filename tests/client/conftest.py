@@ -1,9 +1,8 @@
 """Daemons for the client tests: in-process ones that can be stopped and started again in the
-same home, and real processes from the CLI (tests/e2e's Home)."""
+same home, and real processes from the CLI (tests.support.Home)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from meshactors.daemon.main import DaemonOptions, serve
 from meshactors.daemon.services import Services
 from meshactors.identity import load_or_create_identity
 from meshactors.paths import Paths, prepare_dirs, resolve_paths
-from tests.e2e.conftest import Home
+from tests.support import Home
 
 
 @attrs.define(eq=False)
@@ -73,8 +72,4 @@ def home(tmp_path: Path) -> Iterator[Home]:
     """A temporary home for real daemon processes; whatever daemon it started is stopped."""
     home = Home(tmp_path)
     yield home
-    pid = home.daemon_pid()
-    if pid is not None:
-        home.cli("daemon", "down", check=False)
-        if home.daemon_pid() is not None:
-            os.kill(pid, 9)
+    home.stop_daemon()

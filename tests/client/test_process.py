@@ -20,7 +20,7 @@ from meshactors.client import (
 )
 from meshactors.daemon.main import build_ops
 from tests.client.test_client import append_events, next_kind
-from tests.e2e.conftest import Home
+from tests.support import Home
 
 pytestmark = pytest.mark.e2e
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +18,45 @@ from meshactors.paths import prepare_dirs, resolve_paths
 from tests.daemon.httptools import RawHttp
 from tests.support import LineClient
 
+Connect = Callable[[], Awaitable[RawHttp]]
+HTTP_DEADLINE = 10  # seconds a test that opens raw HTTP connections may take in all
 
-@pytest.fixture
-async def daemon(tmp_path: Path) -> AsyncIterator[Services]:
-    paths = resolve_paths({"MESHACTORS_HOME": str(tmp_path)})
+
+@asynccontextmanager
+async def serving(home: Path, tcp_port: int | None = None) -> AsyncIterator[Services]:
+    """A daemon tree in `home` (and on loopback TCP if `tcp_port` is given) until the block ends."""
+    paths = resolve_paths({"MESHACTORS_HOME": str(home)})
     prepare_dirs(paths)
-    options = DaemonOptions(paths=paths, identity=load_or_create_identity(paths.identity_file))
+    identity = load_or_create_identity(paths.identity_file)
+    options = DaemonOptions(paths=paths, identity=identity, tcp_port=tcp_port)
     async with trio.open_nursery() as nursery:
         services: Services = await nursery.start(serve, options)
         yield services
         services.shutdown.set()
+
+
+@asynccontextmanager
+async def raw_http(
+    open_stream: Callable[[], Awaitable[trio.SocketStream]],
+) -> AsyncIterator[Connect]:
+    """Opens RawHttp connections on streams from `open_stream`; closes them when the block ends."""
+    streams: list[trio.SocketStream] = []
+
+    async def open_http() -> RawHttp:
+        stream = await open_stream()
+        streams.append(stream)
+        return RawHttp(stream)
+
+    with trio.fail_after(HTTP_DEADLINE):
+        yield open_http
+    for stream in streams:
+        await stream.aclose()
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[Services]:
+    async with serving(tmp_path) as services:
+        yield services
 
 
 @pytest.fixture
@@ -42,20 +73,8 @@ async def connect(daemon: Services) -> AsyncIterator[Any]:
         await client.aclose()
 
 
-Connect = Callable[[], Awaitable[RawHttp]]
-
-
 @pytest.fixture
 async def http(daemon: Services) -> AsyncIterator[Connect]:
     """Raw HTTP connections to the daemon's socket, closed afterwards."""
-    streams: list[trio.SocketStream] = []
-
-    async def open_http() -> RawHttp:
-        stream = await trio.open_unix_socket(str(daemon.paths.socket))
-        streams.append(stream)
-        return RawHttp(stream)
-
-    with trio.fail_after(10):
+    async with raw_http(partial(trio.open_unix_socket, str(daemon.paths.socket))) as open_http:
         yield open_http
-    for stream in streams:
-        await stream.aclose()

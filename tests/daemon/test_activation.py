@@ -16,16 +16,13 @@ from meshactors.daemon.lock import DaemonLock
 from meshactors.daemon.main import DaemonOptions, serve
 from meshactors.identity import load_or_create_identity
 from meshactors.paths import prepare_dirs, resolve_paths
-from tests.support import LineClient
+from tests.support import LineClient, listening_unix_socket
 
 
 @pytest.fixture
 def listening(tmp_path: Path) -> Iterator[socket.socket]:
     """A listening Unix socket, as a service manager would bind it."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(tmp_path / "activated.sock"))
-    sock.listen()
-    with sock:
+    with listening_unix_socket(tmp_path / "activated.sock") as sock:
         yield sock
 
 

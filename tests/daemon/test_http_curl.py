@@ -13,12 +13,10 @@ import attrs
 import pytest
 import trio
 
-from meshactors.daemon.main import DaemonOptions, serve
 from meshactors.daemon.optable import Op
 from meshactors.daemon.services import Services
 from meshactors.daemon.session import Session
-from meshactors.identity import load_or_create_identity
-from meshactors.paths import prepare_dirs, resolve_paths
+from tests.daemon.conftest import serving
 from tests.daemon.httptools import CURL, needs_curl, sse_events
 
 pytestmark = needs_curl
@@ -38,15 +36,8 @@ async def curl(*args: str) -> str:
 
 @pytest.fixture
 async def tcp_daemon(tmp_path: Path) -> AsyncIterator[Services]:
-    paths = resolve_paths({"MESHACTORS_HOME": str(tmp_path)})
-    prepare_dirs(paths)
-    identity = load_or_create_identity(paths.identity_file)
-    async with trio.open_nursery() as nursery:
-        services: Services = await nursery.start(
-            serve, DaemonOptions(paths=paths, identity=identity, tcp_port=0)
-        )
+    async with serving(tmp_path, tcp_port=0) as services:
         yield services
-        services.shutdown.set()
 
 
 def sock(daemon: Services) -> list[str]:

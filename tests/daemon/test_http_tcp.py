@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import attrs
 import pytest
 import trio
 
-from meshactors.daemon.main import DaemonOptions, serve
 from meshactors.daemon.services import Services
 from meshactors.daemon.tcp_auth import TokenFileError, load_or_create_token
-from meshactors.identity import load_or_create_identity
-from meshactors.paths import prepare_dirs, resolve_paths
+from tests.daemon.conftest import Connect, raw_http, serving
 from tests.daemon.httptools import RawHttp
-
-Connect = Callable[[], Awaitable[RawHttp]]
 
 
 @attrs.frozen
@@ -34,32 +31,17 @@ class TcpDaemon:
 
 @pytest.fixture
 async def tcp_daemon(tmp_path: Path) -> AsyncIterator[TcpDaemon]:
-    paths = resolve_paths({"MESHACTORS_HOME": str(tmp_path)})
-    prepare_dirs(paths)
-    identity = load_or_create_identity(paths.identity_file)
-    options = DaemonOptions(paths=paths, identity=identity, tcp_port=0)
-    async with trio.open_nursery() as nursery:
-        services: Services = await nursery.start(serve, options)
+    async with serving(tmp_path, tcp_port=0) as services:
         node = services.tree.find("daemon/control/tcp")
         assert node is not None and node.figures is not None
-        token = paths.token_file.read_text().strip()
+        token = services.paths.token_file.read_text().strip()
         yield TcpDaemon(services, node.figures()["port"], token)
-        services.shutdown.set()
 
 
 @pytest.fixture
 async def tcp(tcp_daemon: TcpDaemon) -> AsyncIterator[Connect]:
-    streams: list[trio.SocketStream] = []
-
-    async def open_tcp() -> RawHttp:
-        stream = await trio.open_tcp_stream("127.0.0.1", tcp_daemon.port)
-        streams.append(stream)
-        return RawHttp(stream)
-
-    with trio.fail_after(10):
+    async with raw_http(partial(trio.open_tcp_stream, "127.0.0.1", tcp_daemon.port)) as open_tcp:
         yield open_tcp
-    for stream in streams:
-        await stream.aclose()
 
 
 async def test_token_file_is_private_and_the_right_token_gets_in(

@@ -14,8 +14,7 @@ import pytest
 import trio
 
 from meshactors.hostguard import HostFacts, accept_host
-from tests.e2e.conftest import Home
-from tests.support import LineClient
+from tests.support import Home, LineClient
 
 pytestmark = pytest.mark.e2e
 

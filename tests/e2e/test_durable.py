@@ -12,23 +12,13 @@ from typing import Any
 import pytest
 
 from meshactors.client.sync import SyncClient
-from tests.e2e.conftest import Home
-from tests.e2e.test_mesh import NET, eventually, free_port, start_broker, when_status
+from tests.e2e.test_mesh import NET, eventually, free_port, join_approved, start_broker
+from tests.support import Home
 
 pytestmark = pytest.mark.e2e
 
 MESSAGES = 1000
 KILL_AFTER = 50  # messages the recipient holds when the sender is killed
-
-
-@pytest.fixture
-def homes(tmp_path: Path) -> Iterator[tuple[Home, Home]]:
-    a, b = Home(tmp_path / "a"), Home(tmp_path / "b")
-    for home in (a, b):
-        home.path.mkdir()
-    yield a, b
-    for home in (a, b):
-        home.cli("daemon", "down", check=False)
 
 
 @pytest.fixture
@@ -58,16 +48,7 @@ def test_a_thousand_messages_arrive_once_through_a_sigkill_of_the_sender(
     homes: tuple[Home, Home], broker: str
 ) -> None:
     a, b = homes
-    ids = {}
-    for name, home in (("a", a), ("b", b)):
-        home.cli("daemon", "up", "--detach")
-        home.cli("network", "add", NET, "--broker", broker)
-        with SyncClient.connect(home.socket) as client:
-            ids[name] = client.call("status")["device_id"]
-    eventually(when_status(a, ids["b"], "pending"), "a to see b")
-    a.cli("roster", "approve", ids["b"])
-    b.cli("roster", "approve", ids["a"])
-    eventually(when_status(a, ids["b"], "active"), "a to see b active")
+    ids = join_approved(homes, broker)
     b.cli("daemon", "down")
 
     first = a.cli("send", NET, ids["b"], "m0", "--client-id", "m0").stdout

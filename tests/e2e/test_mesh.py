@@ -9,12 +9,11 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from tests.e2e.conftest import Home
+from tests.support import Home
 
 pytestmark = pytest.mark.e2e
 
@@ -76,14 +75,23 @@ def phase(home: Home) -> str:
     return str(network["phase"])
 
 
-@pytest.fixture
-def homes(tmp_path: Path) -> Iterator[tuple[Home, Home]]:
-    a, b = Home(tmp_path / "a"), Home(tmp_path / "b")
-    for home in (a, b):
-        home.path.mkdir()
-    yield a, b
-    for home in (a, b):
-        home.cli("daemon", "down", check=False)
+def join_approved(homes: tuple[Home, Home], broker_url: str) -> dict[str, str]:
+    """Start daemons a and b, join both to NET through `broker_url`, approve each other both
+    ways and wait until each sees the other active; returns their device ids by name."""
+    a, b = homes
+    ids = {}
+    for name, home in (("a", a), ("b", b)):
+        home.cli("identity", "set-label", name)
+        home.cli("daemon", "up", "--detach")
+        assert "joined e2e" in home.cli("network", "add", NET, "--broker", broker_url).stdout
+        ids[name] = cli_json(home, "daemon", "status")["device_id"]
+    eventually(when_status(a, ids["b"], "pending"), "a to see b pending")
+    eventually(when_status(b, ids["a"], "pending"), "b to see a pending")
+    a.cli("roster", "approve", ids["b"], "--label", "b")
+    b.cli("roster", "approve", ids["a"], "--label", "a")
+    eventually(when_status(a, ids["b"], "active"), "a to see b active")
+    eventually(when_status(b, ids["a"], "active"), "b to see a active")
+    return ids
 
 
 @pytest.fixture
@@ -103,20 +111,16 @@ def test_two_daemons_stay_active_through_a_broker_restart(
     port = free_port()
     url = f"ws://127.0.0.1:{port}/v1"
     brokers.append(start_broker(a, port))
-    ids = {}
-    for name, home in (("a", a), ("b", b)):
-        home.cli("identity", "set-label", name)
-        home.cli("daemon", "up", "--detach")
-        assert "joined e2e" in home.cli("network", "add", NET, "--broker", url).stdout
-        ids[name] = cli_json(home, "daemon", "status")["device_id"]
-
-    eventually(when_status(a, ids["b"], "pending"), "a to see b pending")
-    eventually(when_status(b, ids["a"], "pending"), "b to see a pending")
-    a.cli("roster", "approve", ids["b"], "--label", "b")
-    b.cli("roster", "approve", ids["a"], "--label", "a")
-    eventually(when_status(a, ids["b"], "active"), "a to see b active")
-    eventually(when_status(b, ids["a"], "active"), "b to see a active")
+    ids = join_approved(homes, url)
     assert phase(a) == "active"
+    header, row = a.cli("peers").stdout.splitlines()
+    assert header.split() == ["DEVICE", "LABEL", "STATUS", "ROLE", "RTT", "NAME", "TAGS"]
+    assert row.split()[:3] == [ids["b"][:12], "b", "active"]
+    header, row = a.cli("roster", "list").stdout.splitlines()
+    assert (header.split(), row.split()) == (
+        ["DEVICE", "LABEL", "STATE", "STATUS"],
+        [ids["b"], "b", "approved", "active"],
+    )
 
     brokers[0].send_signal(signal.SIGKILL)
     brokers[0].wait(timeout=DEADLINE)

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from meshactors.client import MeshClient, RequestContext, SyncClient
-from tests.e2e.conftest import Home
+from tests.support import Home
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.e2e.conftest import Home
-from tests.support import LineClient
+from tests.support import Home, LineClient, listening_unix_socket
 
 pytestmark = pytest.mark.e2e
 
@@ -82,10 +81,7 @@ async def test_ready_watchdog_stopping_and_journald_priorities(home: Home, tmp_p
 @pytest.fixture
 def activation_socket(tmp_path: Path) -> Iterator[socket.socket]:
     """The listening socket a socket unit would hold."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(tmp_path / "activated.sock"))
-    sock.listen()
-    with sock:
+    with listening_unix_socket(tmp_path / "activated.sock") as sock:
         yield sock
 
 

@@ -186,3 +186,12 @@ async def approve_both(a: Daemon, b: Daemon, network_id: str = NET) -> None:
     await b.call("roster_approve", network=network_id, device_id=a.device_id)
     await a.wait_status(b, "active")
     await b.wait_status(a, "active")
+
+
+async def active_pair(mesh: Mesh) -> tuple[Daemon, Daemon]:
+    """Daemons a and b, both joined to NET through the mesh's broker and approved both ways."""
+    a, b = await mesh.daemon("a"), await mesh.daemon("b")
+    await a.join(mesh.url)
+    await b.join(mesh.url)
+    await approve_both(a, b)
+    return a, b

@@ -11,7 +11,7 @@ import trio.testing
 from meshactors.client import ChannelMessage, MeshClient
 from meshactors.network.payload import MAX_BATCH, MAX_PAYLOAD_BYTES, Payload
 from tests.network.appclient import AppClient, network_children
-from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed, approve_both
+from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed, active_pair, approve_both
 
 UNREACHABLE = "ws://127.0.0.1:9/v1"  # a network whose broker never answers: own device only
 
@@ -30,8 +30,7 @@ async def client_of(daemon: Daemon, nursery: trio.Nursery, *, read: bool = True)
 async def test_a_message_reaches_the_subscriber_with_its_sender(
     mesh: Mesh, nursery: trio.Nursery
 ) -> None:
-    a, b = await joined(mesh, "a", "b")
-    await approve_both(a, b)
+    a, b = await active_pair(mesh)
     sender, reader = await client_of(a, nursery), await client_of(b, nursery)
     subscribed = await reader.call("channel_subscribe", network=NET, channel="news")
     assert subscribed == {"network": NET, "channel": "news", "retained": 0}
@@ -72,8 +71,7 @@ async def test_send_all_fans_out_to_three_peers(mesh: Mesh, nursery: trio.Nurser
 async def test_a_late_subscriber_gets_the_retained_value_at_once(
     mesh: Mesh, nursery: trio.Nursery
 ) -> None:
-    a, b = await joined(mesh, "a", "b")
-    await approve_both(a, b)
+    a, b = await active_pair(mesh)
     sender = await client_of(a, nursery)
     for value in ("old", "latest"):
         await sender.call(
@@ -91,8 +89,7 @@ async def test_a_late_subscriber_gets_the_retained_value_at_once(
 async def test_a_peer_that_becomes_active_later_gets_retained_values(
     mesh: Mesh, nursery: trio.Nursery
 ) -> None:
-    a, b = await joined(mesh, "a", "b")
-    await approve_both(a, b)
+    a, _ = await active_pair(mesh)
     sender = await client_of(a, nursery)
     await sender.call(
         "channel_send_all", network=NET, channel="presence", payload="here", retain=True
@@ -106,8 +103,7 @@ async def test_a_peer_that_becomes_active_later_gets_retained_values(
 
 
 async def test_a_reliable_send_answers_once_acknowledged(mesh: Mesh, nursery: trio.Nursery) -> None:
-    a, b = await joined(mesh, "a", "b")
-    await approve_both(a, b)
+    a, b = await active_pair(mesh)
     reader = await client_of(b, nursery)
     await reader.call("channel_subscribe", network=NET, channel="orders")
     sender = await client_of(a, nursery)
@@ -207,8 +203,7 @@ def _payload(value: object = None) -> Payload:
 async def test_a_batch_of_payloads_arrives_as_one_event_in_order(
     mesh: Mesh, nursery: trio.Nursery
 ) -> None:
-    a, b = await joined(mesh, "a", "b")
-    await approve_both(a, b)
+    a, b = await active_pair(mesh)
     sender, reader = await client_of(a, nursery), await client_of(b, nursery)
     await reader.call("channel_subscribe", network=NET, channel="bulk")
     batch = [{"n": n} for n in range(500)]

@@ -11,16 +11,8 @@ import trio
 
 from meshactors.daemon.outbox import Outbox
 from meshactors.network.delivery import Msg
-from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed, approve_both
+from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed, active_pair, approve_both
 from tests.support import LineClient
-
-
-async def _pair(mesh: Mesh) -> tuple[Daemon, Daemon]:
-    a, b = await mesh.daemon("a"), await mesh.daemon("b")
-    await a.join(mesh.url)
-    await b.join(mesh.url)
-    await approve_both(a, b)
-    return a, b
 
 
 async def inbox_of(daemon: Daemon, count: int) -> list[dict[str, Any]]:
@@ -51,7 +43,7 @@ async def delivered(daemon: Daemon, row_id: str, recipients: int = 1) -> dict[st
 
 
 async def test_a_message_reaches_the_peer_inbox_and_the_row_is_done(mesh: Mesh) -> None:
-    a, b = await _pair(mesh)
+    a, b = await active_pair(mesh)
     sent = await a.call(
         "send", network=NET, to=b.device_id, message="hello", meta={"k": [1]}, priority="now"
     )
@@ -78,7 +70,7 @@ async def test_a_message_reaches_the_peer_inbox_and_the_row_is_done(mesh: Mesh) 
 
 
 async def test_a_redelivered_message_is_stored_once_and_acked_again(mesh: Mesh) -> None:
-    a, b = await _pair(mesh)
+    a, b = await active_pair(mesh)
     sent = await a.call("send", network=NET, to=b.device_id, message="once")
     await delivered(a, sent["id"])
     receiver = b.services.extras["outbox"]
@@ -93,7 +85,7 @@ async def test_a_redelivered_message_is_stored_once_and_acked_again(mesh: Mesh) 
 
 
 async def test_messages_to_an_offline_peer_wait_then_all_arrive(mesh: Mesh) -> None:
-    a, b = await _pair(mesh)
+    a, b = await active_pair(mesh)
     await b.stop()
     await a.wait_status(b, "offline")
     ids = [
@@ -110,7 +102,7 @@ async def test_messages_to_an_offline_peer_wait_then_all_arrive(mesh: Mesh) -> N
 
 
 async def test_inflight_rows_left_by_a_crash_are_sent_again_at_start(mesh: Mesh) -> None:
-    a, b = await _pair(mesh)
+    a, b = await active_pair(mesh)
     await b.stop()
     await a.wait_status(b, "offline")
     sent = await a.call("send", network=NET, to=b.device_id, message="stranded")
@@ -127,7 +119,7 @@ async def test_inflight_rows_left_by_a_crash_are_sent_again_at_start(mesh: Mesh)
 
 
 async def test_star_and_tag_fan_out_per_recipient(mesh: Mesh) -> None:
-    a, b = await _pair(mesh)
+    a, b = await active_pair(mesh)
     c = await mesh.daemon("c")
     await c.join(mesh.url)
     await approve_both(a, c)
@@ -148,7 +140,7 @@ async def test_star_and_tag_fan_out_per_recipient(mesh: Mesh) -> None:
 
 
 async def test_requeue_sends_a_dead_row_again_under_a_new_id(mesh: Mesh) -> None:
-    a, b = await _pair(mesh)
+    a, b = await active_pair(mesh)
     await b.stop()
     await a.wait_status(b, "offline")
     sent = await a.call("send", network=NET, to=b.device_id, message="again")
@@ -168,7 +160,7 @@ async def test_requeue_sends_a_dead_row_again_under_a_new_id(mesh: Mesh) -> None
 
 
 async def test_message_events_replay_after_since_on_a_new_subscription(mesh: Mesh) -> None:
-    a, b = await _pair(mesh)
+    a, b = await active_pair(mesh)
     before = b.last_event_id
     for i in range(3):
         await a.call("send", network=NET, to=b.device_id, message=f"r{i}")

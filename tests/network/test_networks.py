@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from tests.network.conftest import NET, WAIT, Mesh, OpFailed, approve_both
+from tests.network.conftest import NET, WAIT, Mesh, OpFailed, active_pair, approve_both
 
 
 async def test_add_is_idempotent_and_a_different_config_conflicts(mesh: Mesh) -> None:
@@ -67,10 +67,7 @@ async def test_update_applies_label_and_auto_approve_without_reconnecting(mesh: 
 
 
 async def test_remove_leaves_at_once_and_forgets(mesh: Mesh) -> None:
-    a, b = await mesh.daemon("a"), await mesh.daemon("b")
-    await a.join(mesh.url)
-    await b.join(mesh.url)
-    await approve_both(a, b)
+    a, b = await active_pair(mesh)
     await a.call("network_remove", network=NET, purge=True)
     await b.wait_status(a, "offline")
     assert (await a.call("networks_list"))["networks"] == []
@@ -85,10 +82,7 @@ async def test_remove_leaves_at_once_and_forgets(mesh: Mesh) -> None:
 
 
 async def test_networks_approvals_and_settings_survive_a_restart(mesh: Mesh) -> None:
-    a, b = await mesh.daemon("a"), await mesh.daemon("b")
-    await a.join(mesh.url)
-    await b.join(mesh.url)
-    await approve_both(a, b)
+    a, b = await active_pair(mesh)
     caps = {"tags": ["t"], "app_version": "1", "max_connections": 1, "extra": {"k": [1]}}
     await a.call("capabilities_set", network=NET, capabilities=caps)
     await a.call("profile_set", display_name="Ann")
@@ -105,10 +99,7 @@ async def test_networks_approvals_and_settings_survive_a_restart(mesh: Mesh) -> 
 
 
 async def test_both_peers_are_active_again_after_a_broker_restart(mesh: Mesh) -> None:
-    a, b = await mesh.daemon("a"), await mesh.daemon("b")
-    await a.join(mesh.url)
-    await b.join(mesh.url)
-    await approve_both(a, b)
+    a, b = await active_pair(mesh)
     after_a, after_b = a.last_event_id, b.last_event_id
     port = mesh.broker_port
     mesh.stop_broker()
@@ -121,10 +112,7 @@ async def test_both_peers_are_active_again_after_a_broker_restart(mesh: Mesh) ->
 
 
 async def test_inspect_shows_each_network_with_its_children_and_figures(mesh: Mesh) -> None:
-    a, b = await mesh.daemon("a"), await mesh.daemon("b")
-    await a.join(mesh.url)
-    await b.join(mesh.url)
-    await approve_both(a, b)
+    a, _ = await active_pair(mesh)
     tree = await a.call("inspect")
     names = [child["name"] for child in tree["children"]]
     assert names == ["store", "events", "networks", "outbox", "control", "notifier"]

@@ -12,7 +12,7 @@ import trio
 from meshactors.network.payload import MAX_PAYLOAD_BYTES
 from meshactors.network.rpc import MAX_TIMEOUT_MS
 from tests.network.appclient import AppClient, network_children
-from tests.network.conftest import NET, Daemon, Mesh, OpFailed, approve_both
+from tests.network.conftest import NET, Daemon, Mesh, OpFailed, active_pair
 
 STREAM_CHUNKS = 10_000
 
@@ -29,10 +29,7 @@ class Pair:
 
 @pytest.fixture
 async def pair(mesh: Mesh, nursery: trio.Nursery) -> Pair:
-    a, b = await mesh.daemon("a"), await mesh.daemon("b")
-    await a.join(mesh.url)
-    await b.join(mesh.url)
-    await approve_both(a, b)
+    a, b = await active_pair(mesh)
     caller = await AppClient.open(a.services.paths.socket, nursery)
     server = await AppClient.open(b.services.paths.socket, nursery)
     return Pair(a, b, caller, server)

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from meshactors.wire.peer import Frame, register_frame
-from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed, approve_both
+from tests.network.conftest import NET, WAIT, Mesh, OpFailed, active_pair
 
 
 @register_frame("test_note", app=True)
@@ -39,16 +39,8 @@ class Inbox:
                 await self.arrived.wait()
 
 
-async def _pair(mesh: Mesh) -> tuple[Daemon, Daemon]:
-    a, b = await mesh.daemon("a"), await mesh.daemon("b")
-    await a.join(mesh.url)
-    await b.join(mesh.url)
-    await approve_both(a, b)
-    return a, b
-
-
 async def test_active_peers_exchange_app_frames_in_batches(mesh: Mesh) -> None:
-    a, b = await _pair(mesh)
+    a, b = await active_pair(mesh)
     inbox = Inbox()
     b.network().register_app_handler("test_note", inbox)
     batches_before = a.network().link.batches_out
@@ -76,7 +68,7 @@ async def test_send_to_peer_refuses_peers_that_are_not_active(mesh: Mesh) -> Non
 
 
 async def test_removed_peer_is_cut_off_at_once(mesh: Mesh) -> None:
-    a, b = await _pair(mesh)
+    a, b = await active_pair(mesh)
     inbox = Inbox()
     a.network().register_app_handler("test_note", inbox)
     await b.network().send_to_peer(a.device_id, Note("before"))
@@ -95,7 +87,7 @@ async def test_removed_peer_is_cut_off_at_once(mesh: Mesh) -> None:
 
 
 async def test_capabilities_reach_peers_with_nested_extra_intact(mesh: Mesh) -> None:
-    a, b = await _pair(mesh)
+    a, b = await active_pair(mesh)
     extra: dict[str, Any] = {"gpu": {"models": ["x", {"deep": [1, 2.5, None, True]}]}, "n": 3}
     caps = {"tags": ["render", "cpu"], "app_version": "2.1", "max_connections": 8, "extra": extra}
     await a.call("capabilities_set", network=NET, capabilities=caps)
@@ -120,7 +112,7 @@ async def test_bad_capabilities_are_refused_with_the_field_named(mesh: Mesh) -> 
 
 
 async def test_profile_reaches_peers_and_an_invisible_daemon_still_answers(mesh: Mesh) -> None:
-    a, b = await _pair(mesh)
+    a, b = await active_pair(mesh)
     await a.call("profile_set", display_name="Ann", status="working", summary="on it")
     event = await b.wait_event("peer_profile", device_id=a.device_id)
     assert event["profile"] == {
