@@ -11,6 +11,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -24,9 +25,10 @@ from typing import Any
 import attrs
 import trio
 
-from meshactors.client import ClientError, MeshClient
+from meshactors.client import ClientError, EventStream, MeshClient
 from meshactors.network.config import NetworkConfig
 from scripts.benchlib import resources, swarm
+from scripts.benchlib.baseline import free_port
 from scripts.benchlib.stats import latency_summary
 
 SCENARIO_TIMEOUT = 300.0  # seconds any one scenario may run before it is a FAIL
@@ -275,7 +277,7 @@ async def broker_restart(smoke: bool) -> Verdict:
     """SIGKILL the broker under N connected daemons and restart it on the same port: every
     daemon comes back by itself, at times spread by the link's jitter."""
     name, size = "broker_restart", 4 if smoke else 20
-    port = resources.free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
         broker = _start_broker(port)
         try:
@@ -338,6 +340,112 @@ def _start_broker(port: int) -> subprocess.Popen[bytes]:
     return process
 
 
+# -- SIGKILL a sender mid-drain -----------------------------------------------------------------
+
+DRAIN_NETWORK = "drain"
+KILL_FRACTION = 0.05  # share of the messages the recipient holds when the sender is killed
+INBOX_PAGE = 500  # messages per inbox page read for the verdict
+
+
+@in_trio
+async def sigkill_mid_drain(smoke: bool) -> Verdict:
+    """N durable sends queued to an offline peer; it comes back, the sender is SIGKILLed
+    mid-drain and restarted: the recipient's inbox holds exactly N distinct messages."""
+    name, total = "sigkill_mid_drain", 100 if smoke else 1000
+    with (
+        tempfile.TemporaryDirectory(prefix="chaos-") as tmp,
+        resources.running_broker() as url,
+        contextlib.ExitStack() as stack,
+    ):
+        sender, recipient = Path(tmp) / "a", Path(tmp) / "b"
+        ids = {}
+        for home in (sender, recipient):
+            home.mkdir()
+            stack.enter_context(resources.running_daemon(home))
+            async with MeshClient(home / "daemon.sock") as client:
+                config = {"id": DRAIN_NETWORK, "brokers": [url], "auto_approve": True}
+                await client.call("network_add", {"config": config})
+                ids[home] = (await client.call("status"))["device_id"]
+        async with MeshClient(sender / "daemon.sock") as client:
+            await _until_active(client, ids[recipient])
+            resources.cli(recipient, "daemon", "down")
+            for n in range(total):
+                params = {"network": DRAIN_NETWORK, "to": ids[recipient], "message": f"m{n}"}
+                await client.call("send", params | {"client_message_id": f"m{n}"})
+        began = time.perf_counter()
+        resources.cli(recipient, "daemon", "up", "--detach")
+        inbox = MeshClient(recipient / "daemon.sock", events_since=0)  # replays from the start
+        events = inbox.events()  # before connecting: no replayed event can be missed
+        async with inbox:
+            arrived: set[str] = set()
+            await _arrivals(events, arrived, max(1, int(total * KILL_FRACTION)))
+            pid = int((sender / "daemon.pid").read_text().split()[0])
+            await _sigkill(pid)
+            at_kill = len(arrived)
+            resources.cli(sender, "daemon", "up", "--detach")
+            await _arrivals(events, arrived, total)
+            drain_s = time.perf_counter() - began
+            stored = await _inbox_all(inbox)
+    ids_stored = [m["client_message_id"] for m in stored]
+    distinct = set(ids_stored)
+    expected = {f"m{n}" for n in range(total)}
+    ok = len(stored) == total and distinct == expected and at_kill < total
+    return _verdict(
+        name,
+        ok,
+        f"{len(stored)} in the inbox, {len(distinct)} distinct of {total} sent "
+        f"(sender SIGKILLed at {at_kill} received); drained in {drain_s:.2f} s",
+        messages=total,
+        received_at_kill=at_kill,
+        inbox=len(stored),
+        distinct=len(distinct),
+        drain_s=round(drain_s, 3),
+    )
+
+
+async def _until_active(client: MeshClient, peer: str) -> None:
+    """Return once `peer` is active in DRAIN_NETWORK as `client`'s daemon sees it."""
+    with client.events() as events, trio.fail_after(swarm.FORM_TIMEOUT):
+        peers = (await client.call("peers_list", {"network": DRAIN_NETWORK}))["peers"]
+        if any(p["device_id"] == peer and p["status"] == "active" for p in peers):
+            return
+        async for event in events:
+            if event["kind"] == "peer_active" and event.get("device_id") == peer:
+                return
+
+
+async def _arrivals(events: EventStream, arrived: set[str], count: int) -> None:
+    """Read `message` events into `arrived` (client message ids) until it holds `count`."""
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        while len(arrived) < count:
+            event = await anext(events)
+            if event["kind"] == "message":
+                arrived.add(event["client_message_id"])
+
+
+async def _sigkill(pid: int) -> None:
+    """SIGKILL `pid` (not our child) and wait until it is gone, via a pidfd."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        with trio.fail_after(resources.CLI_TIMEOUT):
+            await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+
+
+async def _inbox_all(client: MeshClient) -> list[dict[str, Any]]:
+    """Every message in the inbox, page by page."""
+    messages: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = await client.inbox(limit=INBOX_PAGE, cursor=cursor)
+        messages += page["messages"]
+        if len(page["messages"]) < INBOX_PAGE:
+            return messages
+        cursor = page["next_cursor"]
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
@@ -346,7 +454,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("full_state", full_state),
         Scenario("corrupt_database", corrupt_database),
         Scenario("broker_restart", broker_restart),
-        Scenario("sigkill_mid_drain", None, pending="durable messages (issue 6)"),
+        Scenario("sigkill_mid_drain", sigkill_mid_drain),
         Scenario("broker_restart_under_rpc_stream", None, pending="RPC streaming (issue 5)"),
     ]
 }
