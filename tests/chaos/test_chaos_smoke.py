@@ -25,3 +25,10 @@ def test_sigkill_mid_drain_loses_and_duplicates_nothing() -> None:
     assert verdict.status == "PASS", verdict.line()
     assert verdict.figures["inbox"] == verdict.figures["distinct"] == 100
     assert verdict.figures["received_at_kill"] < 100
+
+
+def test_broker_restart_under_rpc_stream_fails_clearly_then_resumes() -> None:
+    verdict = run_scenario(SCENARIOS["broker_restart_under_rpc_stream"], smoke=True)
+    assert verdict.status == "PASS", verdict.line()
+    assert verdict.figures["error_code"] == "peer_not_active"
+    assert verdict.figures["stream_after_restart"] is True
