@@ -35,6 +35,8 @@ class Subscriber(Generic[T]):
     _broadcast: Broadcast[T]
     _sender: trio.MemorySendChannel[T] = attrs.field(init=False)
     _receiver: trio.MemoryReceiveChannel[T] = attrs.field(init=False)
+    lag_limit: int | None = None  # skipped items after which `overflowed` is set
+    overflowed: trio.Event = attrs.field(factory=trio.Event)
     skipped_total: int = 0
     _skipped_unreported: int = 0
 
@@ -48,6 +50,8 @@ class Subscriber(Generic[T]):
         except trio.WouldBlock:
             self.skipped_total += 1
             self._skipped_unreported += 1
+            if self.lag_limit is not None and self.skipped_total > self.lag_limit:
+                self.overflowed.set()
             return False
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
@@ -99,9 +103,12 @@ class Broadcast(Generic[T]):
     _keys: Iterator[int] = attrs.field(factory=itertools.count)
     published: int = 0
 
-    def subscribe(self, capacity: int = DEFAULT_SUBSCRIBER_CAPACITY) -> Subscriber[T]:
-        """A new subscriber that sees items published from now on."""
-        subscriber = Subscriber(next(self._keys), capacity, self)
+    def subscribe(
+        self, capacity: int = DEFAULT_SUBSCRIBER_CAPACITY, lag_limit: int | None = None
+    ) -> Subscriber[T]:
+        """A new subscriber that sees items published from now on; once it has missed more than
+        `lag_limit` items in all, its `overflowed` event is set (even while it reads nothing)."""
+        subscriber = Subscriber(next(self._keys), capacity, self, lag_limit)
         self._subscribers[subscriber.key] = subscriber
         return subscriber
 

@@ -53,8 +53,9 @@ def decode_frame(line: bytes) -> dict[str, Any]:
 
 
 def is_event(frame: dict[str, Any]) -> bool:
-    """Events carry `kind` and no `id`; answers carry `id` (null for unreadable requests)."""
-    return "kind" in frame and "id" not in frame
+    """Events carry `kind` and no `ok`; answers always carry `ok` (an event may have an `id`
+    field of its own, e.g. the outbox row id of `message_delivered`)."""
+    return "kind" in frame and "ok" not in frame
 
 
 def answer_data(frame: dict[str, Any]) -> Any:

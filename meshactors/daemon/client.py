@@ -14,7 +14,14 @@ import structlog
 import trio
 
 from meshactors.actors import Actor, Broadcast, Lagged, Subscriber, cleanup_scope
-from meshactors.daemon.event_stream import SlowConsumer, follow, report_lag, wire_event
+from meshactors.daemon.event_stream import (
+    LAG_DISCONNECT_LIMIT,
+    SlowConsumer,
+    cut_off_when_overflowed,
+    follow,
+    report_lag,
+    wire_event,
+)
 from meshactors.daemon.http import HttpConnection, looks_like_http
 from meshactors.daemon.lines import RECEIVE_CHUNK, LineReader, Oversized
 from meshactors.daemon.optable import run_request
@@ -78,7 +85,9 @@ class ClientActor(Actor):
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        pushes: Subscriber[dict[str, Any]] = Broadcast[dict[str, Any]]().subscribe(PUSH_CAPACITY)
+        pushes: Subscriber[dict[str, Any]] = Broadcast[dict[str, Any]]().subscribe(
+            PUSH_CAPACITY, LAG_DISCONNECT_LIMIT
+        )
         try:
             async with trio.open_nursery() as nursery:
                 self._session = Session(self.client_id, self.services, pushes, nursery, self)
@@ -92,6 +101,7 @@ class ClientActor(Actor):
                     self.protocol = "json-lines"
                     nursery.start_soon(self._write_frames)
                     nursery.start_soon(self._forward_pushes, pushes)
+                    nursery.start_soon(cut_off_when_overflowed, pushes)
                     await self._read_requests(nursery)
                 nursery.cancel_scope.cancel()
         except* SlowConsumer:

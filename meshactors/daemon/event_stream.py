@@ -33,6 +33,13 @@ def check_since(since: int | None) -> None:
         raise OpError(ErrorCode.INVALID_PARAMS, "`since` must be at least 0")
 
 
+async def cut_off_when_overflowed(source: Subscriber[Any]) -> None:
+    """Raise SlowConsumer once `source` has missed more than its lag limit, even while the
+    connection's writer is stuck on a peer that reads nothing."""
+    await source.overflowed.wait()
+    raise SlowConsumer(f"missed {source.skipped_total} events")
+
+
 async def report_lag(marker: Lagged, source: Subscriber[Any], sink: EventSink) -> None:
     """Tell the sink how many items it missed, or cut it off past LAG_DISCONNECT_LIMIT."""
     if source.skipped_total > LAG_DISCONNECT_LIMIT:

@@ -48,9 +48,9 @@ class EventHub(Actor):
             self.unlogged += 1
         return event
 
-    def subscribe(self, capacity: int) -> Subscriber[Event]:
+    def subscribe(self, capacity: int, lag_limit: int | None = None) -> Subscriber[Event]:
         """Live events from now on, through a bounded queue."""
-        return self.broadcast.subscribe(capacity)
+        return self.broadcast.subscribe(capacity, lag_limit)
 
     async def replay(self, since: int, limit: int) -> SinceResult:
         """Logged events after `since`, oldest first, with a flag for a gap the log can't fill."""

@@ -6,7 +6,13 @@ from typing import Any
 
 import attrs
 
-from meshactors.daemon.event_stream import EVENT_CAPACITY, check_since, replay_then_follow
+from meshactors.daemon.event_stream import (
+    EVENT_CAPACITY,
+    LAG_DISCONNECT_LIMIT,
+    check_since,
+    cut_off_when_overflowed,
+    replay_then_follow,
+)
 from meshactors.daemon.optable import NoParams, Op
 from meshactors.daemon.session import Session
 from meshactors.wire.ipc import IPC_API_VERSION, ErrorCode, OpError
@@ -63,8 +69,9 @@ async def events_subscribe(session: Session, params: EventsSubscribe) -> dict[st
         raise OpError(ErrorCode.CONFLICT, "this connection already receives events")
     check_since(params.since)
     hub = session.services.events
-    live = hub.subscribe(EVENT_CAPACITY)
+    live = hub.subscribe(EVENT_CAPACITY, LAG_DISCONNECT_LIMIT)
     session.events_subscribed = True
+    session.nursery.start_soon(cut_off_when_overflowed, live)
 
     async def unsubscribe() -> None:
         live.close()

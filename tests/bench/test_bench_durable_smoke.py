@@ -1,0 +1,72 @@
+"""The durable-messages benchmark: its doc section replaces only its own markers, and a smoke
+run against real processes measures every figure and writes the section."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scripts.benchlib.durable import DOC_BEGIN, DOC_END, ROOT, BenchError, update_doc
+
+SMOKE_TIMEOUT = 60  # seconds the smoke run may take (it takes about 11 s)
+SECTION = f"{DOC_BEGIN}\n## Durable messages\nnew\n{DOC_END}"
+
+
+def test_the_section_between_the_markers_is_replaced_and_the_rest_kept() -> None:
+    old = f"# Performance\n\n## Relay\nfast\n\n{DOC_BEGIN}\nold figures\n{DOC_END}\n\n## Later\nx\n"
+    assert update_doc(old, SECTION) == (
+        f"# Performance\n\n## Relay\nfast\n\n{SECTION}\n\n## Later\nx\n"
+    )
+
+
+def test_a_file_without_markers_gets_the_section_appended() -> None:
+    assert update_doc("# Performance\n\n## Relay\n", SECTION) == (
+        f"# Performance\n\n## Relay\n\n{SECTION}\n"
+    )
+
+
+def test_a_missing_file_gets_a_title_and_the_section() -> None:
+    assert update_doc("", SECTION) == f"# Performance\n\n{SECTION}\n"
+
+
+@pytest.mark.parametrize("text", [f"a\n{DOC_BEGIN}\nb\n", f"a\n{DOC_END}\n{DOC_BEGIN}\n"])
+def test_half_marked_files_are_refused_untouched(text: str) -> None:
+    with pytest.raises(BenchError, match="must both appear"):
+        update_doc(text, SECTION)
+
+
+@pytest.mark.e2e
+def test_a_smoke_run_measures_every_figure_and_writes_its_section(tmp_path: Path) -> None:
+    doc = tmp_path / "performance.md"
+    doc.write_text("# Performance\n\n## Relay\nkept\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts.benchlib.durable", "--smoke", "--doc", str(doc)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    baseline = report["baseline_rows_per_s"]
+    assert baseline > 0
+    figures = [
+        *report["accepts_per_s"].values(),
+        *report["online"].values(),
+        *report["offline"].values(),
+    ]
+    assert len(report["accepts_per_s"]) == len(report["sizes"]["connections"])
+    for figure in figures:
+        assert figure["value"] > 0
+        assert figure["ratio"] == pytest.approx(figure["value"] / baseline, abs=0.01)
+    assert report["drain_first_message_s"] > 0
+    text = doc.read_text()
+    assert text.startswith("# Performance\n\n## Relay\nkept\n\n")
+    assert text.count(DOC_BEGIN) == text.count(DOC_END) == 1
+    assert f"| {baseline:,} /s | 1.000 |" in text
+    assert report["machine"]["python"] in text
