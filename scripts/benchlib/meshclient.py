@@ -95,8 +95,8 @@ async def sink(socket: str, network: str, channel: str, count: int) -> None:
 if __name__ == "__main__":
     role, *args = sys.argv[1:]
     if role == "echo":
-        trio.run(echo, *args)
+        trio.run(echo, args[0], args[1])
     elif role == "streamer":
-        trio.run(streamer, *args)
+        trio.run(streamer, args[0], args[1])
     else:
         trio.run(sink, args[0], args[1], args[2], int(args[3]))
