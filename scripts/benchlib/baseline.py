@@ -16,6 +16,7 @@ from scripts.benchlib.relay import open_stream
 from scripts.benchlib.stats import latency_summary
 
 ROOT = Path(__file__).resolve().parents[2]
+LARGE = 16 * 1024  # bytes of a large message (the 16 KiB throughput figure)
 
 
 def free_port() -> int:
@@ -97,12 +98,22 @@ async def one_way(address: str, count: int, size: int) -> float:
 
 
 def measure_baseline(rtt_count: int, flood_count: int, size: int = 128) -> dict[str, object]:
-    """The baseline's figures for the report."""
+    """The baseline's figures for the report (every kept round trip too, for the plot), one
+    way at `size` and at LARGE bytes."""
     with relay_chain("echo") as address:
         samples = trio.run(round_trips, address, rtt_count, size)
     with relay_chain("sink") as address:
         rate = trio.run(one_way, address, flood_count, size)
-    return {"rtt": latency_summary(samples[rtt_count // 10 :]), "one_way_msgs_per_s": round(rate)}
+    with relay_chain("sink") as address:
+        large = trio.run(one_way, address, max(256, flood_count // (LARGE // size)), LARGE)
+    kept = samples[rtt_count // 10 :]
+    return {
+        "rtt": latency_summary(kept),
+        "rtt_samples_us": [round(s * 1e6, 1) for s in kept],
+        "one_way_msgs_per_s": round(rate),
+        "one_way_16k_msgs_per_s": round(large),
+        "one_way_16k_mb_per_s": round(large * LARGE / 1e6, 1),
+    }
 
 
 if __name__ == "__main__":

@@ -11,22 +11,24 @@ import contextlib
 import functools
 import hashlib
 import os
+import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
-from meshactors.client import ClientError, MeshClient
+from meshactors.client import ClientError, EventStream, MeshClient
 from meshactors.network.config import NetworkConfig
 from scripts.benchlib import resources, swarm
+from scripts.benchlib.baseline import free_port
 from scripts.benchlib.stats import latency_summary
 
 SCENARIO_TIMEOUT = 300.0  # seconds any one scenario may run before it is a FAIL
@@ -269,62 +271,176 @@ def corrupt_database(smoke: bool) -> Verdict:
 
 # -- broker kill and restart ------------------------------------------------------------------
 
+MESH_NETWORK = "chaos"
+STREAM_METHOD = "slow"
+STREAM_CHUNK_EVERY_S = 0.1  # the serving client's pace: a stream that is surely mid-flight
+STREAM_CHUNKS = 20  # chunks of the call made after the restart (it must complete)
+STREAM_ERROR_BOUND_S = 10.0  # the interrupted caller must get its error within this
+STREAM_BREAK_CODES = frozenset({"peer_not_active", "link_down", "handler_gone"})  # documented
+
+
+@attrs.define(eq=False)
+class _Mesh:
+    """N in-process daemons in one network on a broker process that can be killed."""
+
+    port: int
+    broker: subprocess.Popen[bytes]
+    members: list[swarm.Member]
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1"
+
+    def kill(self) -> None:
+        """SIGKILL the broker and reap it."""
+        self.broker.kill()
+        self.broker.wait()
+
+    async def wait_all(self, kind: str, phase: str) -> None:
+        """Until every member saw one `kind` event (of network `phase`, for network_phase)."""
+        with trio.fail_after(swarm.ROUND_TIMEOUT):
+            await swarm._all_wait(
+                self.members, lambda e: e.kind == kind and e.data.get("phase") == phase, 1
+            )
+
+    async def restart(self) -> list[float]:
+        """After BROKER_DOWN_S, start the broker on the same port again: the seconds each
+        member took to be active again by itself."""
+        await trio.sleep(BROKER_DOWN_S)  # the outage: links back off while it lasts
+        self.broker = _start_broker(self.port)
+        restarted = time.perf_counter()
+        back: list[float] = []
+
+        async def wait_back(member: swarm.Member) -> None:
+            await member.wait(
+                lambda e: e.kind == "network_phase" and e.data["phase"] == "active", 1
+            )
+            back.append(time.perf_counter() - restarted)
+
+        with trio.fail_after(swarm.ROUND_TIMEOUT):
+            async with trio.open_nursery() as waiting:
+                for member in self.members:
+                    waiting.start_soon(wait_back, member)
+        return back
+
+
+@contextlib.asynccontextmanager
+async def _mesh(size: int) -> AsyncIterator[_Mesh]:
+    """A broker process and `size` daemons with a fully active mesh, all stopped afterwards."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+        mesh = _Mesh(port, _start_broker(port), [])
+        try:
+            async with trio.open_nursery() as nursery:
+                for i in range(size):
+                    mesh.members.append(await swarm._start_member(Path(tmp), i, size, nursery))
+                config = NetworkConfig(MESH_NETWORK, [mesh.url], auto_approve=True)
+                for member in mesh.members:
+                    assert member.services.networks is not None
+                    await member.services.networks.add(config)
+                with trio.fail_after(swarm.FORM_TIMEOUT):
+                    await swarm._all_wait(mesh.members, lambda e: e.kind == "peer_active", size - 1)
+                yield mesh
+                nursery.cancel_scope.cancel()
+        finally:
+            mesh.kill()
+
+
+def _spread(back: list[float]) -> dict[str, float]:
+    """Reconnect times' min, max and standard deviation, in seconds."""
+    return {
+        "min_s": round(min(back), 3),
+        "max_s": round(max(back), 3),
+        "stdev_s": round(statistics.pstdev(back), 3),
+    }
+
+
+def _spread_text(back: list[float], size: int) -> str:
+    figures = _spread(back)
+    return (
+        f"{len(back)}/{size} daemons active again without a command, "
+        f"{figures['min_s']:.2f}-{figures['max_s']:.2f} s after restart "
+        f"(spread {figures['max_s'] - figures['min_s']:.2f} s, stdev {figures['stdev_s']:.2f} s)"
+    )
+
 
 @in_trio
 async def broker_restart(smoke: bool) -> Verdict:
     """SIGKILL the broker under N connected daemons and restart it on the same port: every
     daemon comes back by itself, at times spread by the link's jitter."""
     name, size = "broker_restart", 4 if smoke else 20
-    port = resources.free_port()
-    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
-        broker = _start_broker(port)
-        try:
-            async with trio.open_nursery() as nursery:
-                members = [
-                    await swarm._start_member(Path(tmp), i, size, nursery) for i in range(size)
-                ]
-                config = NetworkConfig("chaos", [f"ws://127.0.0.1:{port}/v1"], auto_approve=True)
-                for member in members:
-                    assert member.services.networks is not None
-                    await member.services.networks.add(config)
-                with trio.fail_after(swarm.FORM_TIMEOUT):
-                    await swarm._all_wait(members, lambda e: e.kind == "peer_active", size - 1)
-                broker.kill()
-                broker.wait()
-                with trio.fail_after(swarm.ROUND_TIMEOUT):
-                    await swarm._all_wait(
-                        members,
-                        lambda e: e.kind == "network_phase" and e.data["phase"] == "degraded",
-                        1,
-                    )
-                await trio.sleep(BROKER_DOWN_S)  # the outage: links back off while it lasts
-                broker = _start_broker(port)
-                restarted = time.perf_counter()
-                back: list[float] = []
+    async with _mesh(size) as mesh:
+        mesh.kill()
+        await mesh.wait_all("network_phase", "degraded")
+        back = await mesh.restart()
+    return _verdict(
+        name,
+        len(back) == size,
+        _spread_text(back, size),
+        reconnect_s=sorted(round(b, 3) for b in back),
+        reconnect=_spread(back),
+    )
 
-                async def wait_back(member: swarm.Member) -> None:
-                    await member.wait(
-                        lambda e: e.kind == "network_phase" and e.data["phase"] == "active", 1
-                    )
-                    back.append(time.perf_counter() - restarted)
 
-                with trio.fail_after(swarm.ROUND_TIMEOUT):
-                    async with trio.open_nursery() as waiting:
-                        for member in members:
-                            waiting.start_soon(wait_back, member)
-                nursery.cancel_scope.cancel()
-        finally:
-            broker.kill()
-            broker.wait()
-    spread = max(back) - min(back)
-    ok = len(back) == size
+async def _slow_chunks(payload: Any, context: Any) -> AsyncIterator[int]:
+    """The served streaming method: `payload` chunks (forever if null), one per interval."""
+    n = 0
+    while payload is None or n < payload:
+        yield n
+        n += 1
+        await trio.sleep(STREAM_CHUNK_EVERY_S)
+
+
+@in_trio
+async def broker_restart_under_rpc_stream(smoke: bool) -> Verdict:
+    """Kill the broker while a streamed call runs between two daemons: the caller gets a clear
+    error code within STREAM_ERROR_BOUND_S; after the restart the peers are active by
+    themselves, reconnects spread by jitter, and a new streamed call completes."""
+    name, size = "broker_restart_under_rpc_stream", 3 if smoke else 10
+    async with _mesh(size) as mesh:
+        caller_home, server_home = (m.services.paths for m in mesh.members[:2])
+        server_id = mesh.members[1].services.identity.device_id
+        async with (
+            MeshClient(server_home.socket) as server,
+            MeshClient(caller_home.socket) as caller,
+        ):
+            await server.serve(MESH_NETWORK, STREAM_METHOD, _slow_chunks)
+            code, chunks = "(none: the stream went on)", 0
+            async with caller.rpc_call_stream(
+                MESH_NETWORK, server_id, STREAM_METHOD, None, timeout_ms=600_000
+            ) as stream:
+                await anext(stream)
+                mesh.kill()
+                killed = time.perf_counter()
+                with trio.move_on_after(STREAM_ERROR_BOUND_S):
+                    try:
+                        async for _ in stream:
+                            chunks += 1
+                    except ClientError as error:
+                        code = error.code
+                error_s = time.perf_counter() - killed
+            back = await mesh.restart()
+            with trio.fail_after(swarm.ROUND_TIMEOUT):
+                await _until_active(caller, MESH_NETWORK, server_id)
+                async with caller.rpc_call_stream(
+                    MESH_NETWORK, server_id, STREAM_METHOD, STREAM_CHUNKS
+                ) as again:
+                    after = [chunk async for chunk in again]
+    completed = after == list(range(STREAM_CHUNKS))
+    ok = code in STREAM_BREAK_CODES and error_s < STREAM_ERROR_BOUND_S
+    ok = ok and len(back) == size and completed
     return _verdict(
         name,
         ok,
-        f"{len(back)}/{size} daemons active again without a command, "
-        f"{min(back):.2f}-{max(back):.2f} s after restart (spread {spread:.2f} s, "
-        f"stdev {statistics.pstdev(back):.2f} s)",
+        f"caller got {code!r} {error_s:.2f} s after the kill ({chunks} more chunks first); "
+        f"{_spread_text(back, size)}; a new stream of {STREAM_CHUNKS} chunks "
+        f"{'completed' if completed else 'did not complete'}",
+        error_code=code,
+        error_s=round(error_s, 3),
+        chunks_after_kill=chunks,
         reconnect_s=sorted(round(b, 3) for b in back),
+        reconnect=_spread(back),
+        stream_after_restart=completed,
     )
 
 
@@ -338,6 +454,115 @@ def _start_broker(port: int) -> subprocess.Popen[bytes]:
     return process
 
 
+# -- SIGKILL a sender mid-drain -----------------------------------------------------------------
+
+DRAIN_NETWORK = "drain"
+KILL_FRACTION = 0.05  # share of the messages the recipient holds when the sender is killed
+INBOX_PAGE = 500  # messages per inbox page read for the verdict
+
+
+@in_trio
+async def sigkill_mid_drain(smoke: bool) -> Verdict:
+    """N durable sends queued to an offline peer; it comes back, the sender is SIGKILLed
+    mid-drain and restarted: the recipient's inbox holds exactly N distinct messages."""
+    name, total = "sigkill_mid_drain", 100 if smoke else 1000
+    with (
+        tempfile.TemporaryDirectory(prefix="chaos-") as tmp,
+        resources.running_broker() as url,
+        contextlib.ExitStack() as stack,
+    ):
+        sender, recipient = Path(tmp) / "a", Path(tmp) / "b"
+        ids = {}
+        for home in (sender, recipient):
+            home.mkdir()
+            stack.enter_context(resources.running_daemon(home))
+            async with MeshClient(home / "daemon.sock") as client:
+                config = {"id": DRAIN_NETWORK, "brokers": [url], "auto_approve": True}
+                await client.call("network_add", {"config": config})
+                ids[home] = (await client.call("status"))["device_id"]
+        async with MeshClient(sender / "daemon.sock") as client:
+            await _until_active(client, DRAIN_NETWORK, ids[recipient])
+            resources.cli(recipient, "daemon", "down")
+            for n in range(total):
+                params = {"network": DRAIN_NETWORK, "to": ids[recipient], "message": f"m{n}"}
+                await client.call("send", params | {"client_message_id": f"m{n}"})
+        began = time.perf_counter()
+        resources.cli(recipient, "daemon", "up", "--detach")
+        inbox = MeshClient(recipient / "daemon.sock", events_since=0)  # replays from the start
+        events = inbox.events()  # before connecting: no replayed event can be missed
+        async with inbox:
+            arrived: set[str] = set()
+            await _arrivals(events, arrived, max(1, int(total * KILL_FRACTION)))
+            pid = int((sender / "daemon.pid").read_text().split()[0])
+            await _sigkill(pid)
+            at_kill = len(arrived)
+            resources.cli(sender, "daemon", "up", "--detach")
+            await _arrivals(events, arrived, total)
+            drain_s = time.perf_counter() - began
+            stored = await _inbox_all(inbox)
+    ids_stored = [m["client_message_id"] for m in stored]
+    distinct = set(ids_stored)
+    expected = {f"m{n}" for n in range(total)}
+    ok = len(stored) == total and distinct == expected and at_kill < total
+    return _verdict(
+        name,
+        ok,
+        f"{len(stored)} in the inbox, {len(distinct)} distinct of {total} sent "
+        f"(sender SIGKILLed at {at_kill} received); drained in {drain_s:.2f} s",
+        messages=total,
+        received_at_kill=at_kill,
+        inbox=len(stored),
+        distinct=len(distinct),
+        drain_s=round(drain_s, 3),
+    )
+
+
+async def _until_active(client: MeshClient, network: str, peer: str) -> None:
+    """Return once `peer` is active in `network` as `client`'s daemon sees it."""
+    with client.events() as events, trio.fail_after(swarm.FORM_TIMEOUT):
+        peers = (await client.call("peers_list", {"network": network}))["peers"]
+        if any(p["device_id"] == peer and p["status"] == "active" for p in peers):
+            return
+        async for event in events:
+            if event["kind"] == "peer_active" and (event["network"], event["device_id"]) == (
+                network,
+                peer,
+            ):
+                return
+
+
+async def _arrivals(events: EventStream, arrived: set[str], count: int) -> None:
+    """Read `message` events into `arrived` (client message ids) until it holds `count`."""
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        while len(arrived) < count:
+            event = await anext(events)
+            if event["kind"] == "message":
+                arrived.add(event["client_message_id"])
+
+
+async def _sigkill(pid: int) -> None:
+    """SIGKILL `pid` (not our child) and wait until it is gone, via a pidfd."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        with trio.fail_after(resources.CLI_TIMEOUT):
+            await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+
+
+async def _inbox_all(client: MeshClient) -> list[dict[str, Any]]:
+    """Every message in the inbox, page by page."""
+    messages: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = await client.inbox(limit=INBOX_PAGE, cursor=cursor)
+        messages += page["messages"]
+        if len(page["messages"]) < INBOX_PAGE:
+            return messages
+        cursor = page["next_cursor"]
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
@@ -346,8 +571,8 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("full_state", full_state),
         Scenario("corrupt_database", corrupt_database),
         Scenario("broker_restart", broker_restart),
-        Scenario("sigkill_mid_drain", None, pending="durable messages (issue 6)"),
-        Scenario("broker_restart_under_rpc_stream", None, pending="RPC streaming (issue 5)"),
+        Scenario("sigkill_mid_drain", sigkill_mid_drain),
+        Scenario("broker_restart_under_rpc_stream", broker_restart_under_rpc_stream),
     ]
 }
 

@@ -1,5 +1,6 @@
 """Measure the mesh: a broker and two daemons as real processes in temporary homes, a client
-on each side (client A here, client B a process): RPC round trips and channel throughput."""
+on each side (client A here, the others processes): RPC round trips, streamed RPC, channel
+throughput and fan-out."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
+import attrs
 import trio
 
 from meshactors.client import SyncClient
@@ -25,6 +28,8 @@ NETWORK = "bench"
 READY_TIMEOUT = 30.0  # seconds for processes to start and the peers to become active
 IN_FLIGHT = 60  # requests client A keeps outstanding (the daemon allows 64 per connection)
 BATCH = 64  # messages per request in the batched channel run
+LARGE = 16 * 1024  # bytes of a large channel message and of a streamed chunk
+FANOUT_PEERS = 3  # receiving daemons in the fan-out run (A sends to all of them)
 
 
 def _cli(home: Path, *args: str) -> str:
@@ -53,15 +58,23 @@ def _accepting(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _active(home: Path) -> bool:
+def _active(home: Path, peers: int) -> bool:
     with SyncClient.connect(home / "daemon.sock") as client:
-        peers = client.call("peers_list", network=NETWORK)["peers"]
-    return any(peer["status"] == "active" for peer in peers)
+        listed = client.call("peers_list", network=NETWORK)["peers"]
+    return sum(peer["status"] == "active" for peer in listed) >= peers  # type: ignore[no-any-return]
+
+
+@attrs.frozen
+class Mesh:
+    """The daemons of a bench mesh: their sockets and device ids, A first."""
+
+    sockets: list[Path]
+    devices: list[str]
 
 
 @contextmanager
-def mesh_pair() -> Iterator[tuple[Path, Path, str]]:
-    """Broker + daemons A and B, active peers; yields (socket A, socket B, device id of B)."""
+def mesh_of(size: int) -> Iterator[Mesh]:
+    """Broker + `size` daemons (processes), every pair of peers active."""
     with tempfile.TemporaryDirectory(prefix="meshbench-") as tmp:
         port = free_port()
         broker = subprocess.Popen(
@@ -70,7 +83,7 @@ def mesh_pair() -> Iterator[tuple[Path, Path, str]]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        homes = [Path(tmp, "a"), Path(tmp, "b")]
+        homes = [Path(tmp, f"d{n}") for n in range(size)]
         try:
             _wait(lambda: _accepting(port), "the broker listening")
             for home in homes:
@@ -78,10 +91,12 @@ def mesh_pair() -> Iterator[tuple[Path, Path, str]]:
                 url = f"ws://127.0.0.1:{port}/v1"
                 _cli(home, "network", "add", NETWORK, "--broker", url, "--auto-approve")
             for home in homes:
-                _wait(lambda home=home: _active(home), "the peers active")  # type: ignore[misc]
-            with SyncClient.connect(homes[1] / "daemon.sock") as client:
-                device_b = client.call("status")["device_id"]
-            yield homes[0] / "daemon.sock", homes[1] / "daemon.sock", device_b
+                _wait(lambda home=home: _active(home, size - 1), "the peers active")
+            devices = []
+            for home in homes:
+                with SyncClient.connect(home / "daemon.sock") as client:
+                    devices.append(client.call("status")["device_id"])
+            yield Mesh([home / "daemon.sock" for home in homes], devices)
         finally:
             for home in homes:
                 subprocess.run(
@@ -126,9 +141,11 @@ async def rpc_round_trips(sock: Path, peer: str, count: int, size: int) -> list[
     return samples
 
 
-async def channel_flood(sock: Path, peer: str, count: int, size: int, batch: int = 1) -> None:
+async def channel_flood(
+    sock: Path, peer: str | None, count: int, size: int, batch: int = 1
+) -> None:
     """Send `count` channel messages of a `size`-byte payload, `batch` per request (one
-    `payload`, or `payloads`), IN_FLIGHT requests at a time."""
+    `payload`, or `payloads`), IN_FLIGHT requests at a time; to `peer`, or to all if None."""
     lines = Lines(await trio.open_unix_socket(str(sock)))
     payload = "x" * (size - 2)
     slots = trio.Semaphore(IN_FLIGHT)
@@ -136,6 +153,7 @@ async def channel_flood(sock: Path, peer: str, count: int, size: int, batch: int
     message: dict[str, object] = (
         {"payload": payload} if batch == 1 else {"payloads": [payload] * batch}
     )
+    op, target = ("channel_send_all", {}) if peer is None else ("channel_send_to", {"peer": peer})
 
     async def read_answers() -> None:
         answered = 0
@@ -149,38 +167,82 @@ async def channel_flood(sock: Path, peer: str, count: int, size: int, batch: int
         nursery.start_soon(read_answers)
         for _ in range(requests):
             await slots.acquire()
-            await lines.send(
-                "channel_send_to", network=NETWORK, channel="flood", peer=peer, **message
-            )
+            await lines.send(op, network=NETWORK, channel="flood", **target, **message)
 
 
-def _flood_rate(sock_a: Path, sock_b: Path, peer: str, count: int, size: int, batch: int) -> int:
-    """Messages per second from client A to client B's subscription."""
+def _flood_rate(mesh: Mesh, receivers: int, count: int, size: int, batch: int) -> int:
+    """Messages per second received, all `receivers` together, from client A: to B alone
+    (one receiver) or to every peer (channel_send_all)."""
     count -= count % batch
-    with role("sink", str(sock_b), NETWORK, "flood", str(count)) as sink:
+    peer = mesh.devices[1] if receivers == 1 else None
+    with ExitStack() as stack:
+        sinks = [
+            stack.enter_context(role("sink", str(sock), NETWORK, "flood", str(count)))
+            for sock in mesh.sockets[1 : receivers + 1]
+        ]
         began = time.perf_counter()
-        trio.run(channel_flood, sock_a, peer, count, size, batch)
-        assert sink.stdout is not None
-        report = sink.stdout.readline().split()
+        trio.run(channel_flood, mesh.sockets[0], peer, count, size, batch)
+        received = 0
+        for sink in sinks:
+            assert sink.stdout is not None
+            received += int(sink.stdout.readline().split()[1])
         elapsed = time.perf_counter() - began
-    return round(int(report[1]) / elapsed)
+    return round(received / elapsed)
 
 
-def measure_mesh(rtt_count: int, flood_count: int, size: int = 128) -> dict[str, object]:
-    """The mesh's figures for the report: channel throughput one message per request and
-    BATCH per request (`payloads`)."""
-    with mesh_pair() as (sock_a, sock_b, device_b):
-        with role("echo", str(sock_b), NETWORK):
-            samples = trio.run(rpc_round_trips, sock_a, device_b, rtt_count, size)
-        single = _flood_rate(sock_a, sock_b, device_b, flood_count, size, 1)
-        batched = _flood_rate(sock_a, sock_b, device_b, flood_count, size, BATCH)
-    return {
-        "rtt": latency_summary(samples[rtt_count // 10 :]),
-        "channel_msgs_per_s": single,
-        "channel_msgs_per_s_batched": batched,
-        "channel_batch": BATCH,
-        "channel_sent": flood_count,
-    }
+async def stream_throughput(sock: Path, peer: str, chunks: int, size: int) -> float:
+    """Bytes per second of one streamed call of `chunks` chunks of `size` bytes, as received."""
+    lines = Lines(await trio.open_unix_socket(str(sock)))
+    began = time.perf_counter()
+    await lines.send(
+        "rpc_call_stream",
+        network=NETWORK,
+        peer=peer,
+        method="stream",
+        payload={"chunks": chunks, "size": size},
+        timeout_ms=600_000,
+    )
+    received = 0
+    while True:
+        for frame in await lines.frames():
+            if frame.get("kind") == "rpc_call_stream_chunk":
+                received += len(str(frame["payload"]))
+            elif frame.get("kind") == "rpc_call_stream_end":
+                assert frame.get("error") is None, frame
+                return received / (time.perf_counter() - began)
+            else:
+                assert frame.get("ok"), frame
+
+
+def measure_mesh(
+    rtt_count: int, flood_count: int, size: int = 128, fanout_peers: int = FANOUT_PEERS
+) -> dict[str, Any]:
+    """The mesh's figures for the report: RPC round trips (every sample kept for the plot),
+    streamed RPC MB/s, channel throughput at `size` and at LARGE bytes, one message per
+    request and BATCH per request (`payloads`), and fan-out from A to `fanout_peers` peers."""
+    large_count = max(BATCH, flood_count // (LARGE // size))
+    with mesh_of(fanout_peers + 1) as mesh:
+        with role("echo", str(mesh.sockets[1]), NETWORK):
+            samples = trio.run(rpc_round_trips, mesh.sockets[0], mesh.devices[1], rtt_count, size)
+        with role("streamer", str(mesh.sockets[1]), NETWORK):
+            stream_bps = trio.run(
+                stream_throughput, mesh.sockets[0], mesh.devices[1], large_count, LARGE
+            )
+        return {
+            "rtt": latency_summary(samples[rtt_count // 10 :]),
+            "rtt_samples_us": [round(s * 1e6, 1) for s in samples[rtt_count // 10 :]],
+            "stream_mb_per_s": round(stream_bps / 1e6, 1),
+            "stream_chunk_bytes": LARGE,
+            "channel_msgs_per_s": _flood_rate(mesh, 1, flood_count, size, 1),
+            "channel_msgs_per_s_batched": _flood_rate(mesh, 1, flood_count, size, BATCH),
+            "channel_16k_msgs_per_s": _flood_rate(mesh, 1, large_count, LARGE, 1),
+            "fanout_peers": fanout_peers,
+            "fanout_deliveries_per_s_batched": _flood_rate(
+                mesh, fanout_peers, flood_count, size, BATCH
+            ),
+            "channel_batch": BATCH,
+            "channel_sent": flood_count,
+        }
 
 
 if __name__ == "__main__":

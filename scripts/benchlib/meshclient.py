@@ -1,5 +1,6 @@
 """Bench client roles on a daemon's socket, speaking raw JSON lines (as little client cost as
-the raw relay's clients): `echo SOCKET NETWORK` serves method `echo`; `sink SOCKET NETWORK
+the raw relay's clients): `echo SOCKET NETWORK` serves method `echo`; `streamer SOCKET NETWORK`
+serves streaming method `stream` ({chunks, size}); `sink SOCKET NETWORK
 CHANNEL COUNT` subscribes and prints `count N seconds S` once COUNT messages arrived (or after
 SINK_IDLE seconds without one)."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 import trio
 
@@ -50,6 +52,27 @@ async def echo(socket: str, network: str) -> None:
                 )
 
 
+async def streamer(socket: str, network: str) -> None:
+    lines = Lines(await trio.open_unix_socket(socket))
+    await lines.send("rpc_register", network=network, method="stream", streaming=True)
+    print("ready", flush=True)
+    while True:
+        for frame in await lines.frames():
+            if frame.get("kind") == "rpc_inbound":
+                await _stream(lines, frame)
+
+
+async def _stream(lines: Lines, call: dict[str, Any]) -> None:
+    """Answer one call with payload {chunks, size}: chunks sent one after the other's answer."""
+    spec = call["payload"]
+    chunk = "x" * spec["size"]
+    for _ in range(spec["chunks"]):
+        await lines.send("rpc_stream_chunk", request_id=call["request_id"], payload=chunk)
+        while not any(frame.get("id") == lines.next_id for frame in await lines.frames()):
+            pass  # events in between are not for this role
+    await lines.send("rpc_stream_end", request_id=call["request_id"])
+
+
 async def sink(socket: str, network: str, channel: str, count: int) -> None:
     lines = Lines(await trio.open_unix_socket(socket))
     await lines.send("channel_subscribe", network=network, channel=channel)
@@ -72,6 +95,8 @@ async def sink(socket: str, network: str, channel: str, count: int) -> None:
 if __name__ == "__main__":
     role, *args = sys.argv[1:]
     if role == "echo":
-        trio.run(echo, *args)
+        trio.run(echo, args[0], args[1])
+    elif role == "streamer":
+        trio.run(streamer, args[0], args[1])
     else:
         trio.run(sink, args[0], args[1], args[2], int(args[3]))

@@ -20,7 +20,15 @@ def test_broker_restart_daemons_come_back_by_themselves() -> None:
     assert len(verdict.figures["reconnect_s"]) == 4
 
 
-def test_pending_scenarios_are_skipped_with_a_reason() -> None:
+def test_sigkill_mid_drain_loses_and_duplicates_nothing() -> None:
     verdict = run_scenario(SCENARIOS["sigkill_mid_drain"], smoke=True)
-    assert verdict.status == "SKIP"
-    assert "durable" in verdict.detail
+    assert verdict.status == "PASS", verdict.line()
+    assert verdict.figures["inbox"] == verdict.figures["distinct"] == 100
+    assert verdict.figures["received_at_kill"] < 100
+
+
+def test_broker_restart_under_rpc_stream_fails_clearly_then_resumes() -> None:
+    verdict = run_scenario(SCENARIOS["broker_restart_under_rpc_stream"], smoke=True)
+    assert verdict.status == "PASS", verdict.line()
+    assert verdict.figures["error_code"] == "peer_not_active"
+    assert verdict.figures["stream_after_restart"] is True

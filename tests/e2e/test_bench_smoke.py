@@ -27,6 +27,11 @@ def test_the_benchmark_smoke_run_measures_both_sides(tmp_path: Path) -> None:
     assert results["mesh"]["rtt"]["samples"] > 0
     assert results["mesh"]["channel_msgs_per_s"] > 0
     assert results["mesh"]["channel_msgs_per_s_batched"] > 0
+    assert results["mesh"]["stream_mb_per_s"] > 0
+    assert results["mesh"]["channel_16k_msgs_per_s"] > 0
+    assert results["mesh"]["fanout_deliveries_per_s_batched"] > 0
     assert results["baseline"]["one_way_msgs_per_s"] > 0
-    assert results["ratios"]["rtt_p50"] > 0
+    assert results["baseline"]["one_way_16k_mb_per_s"] > 0
+    for part in ("nats", "durable", "resources"):  # CI needs no nats-server nor matplotlib
+        assert "skipped" in results[part]
     assert (ROOT / "docs" / "performance.md").read_text() == doc_before
