@@ -19,8 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from scripts.benchlib.baseline import free_port
-from scripts.benchlib.resources import wait_port
+from scripts.benchlib.resources import server_on_free_port
 from scripts.benchlib.stats import latency_summary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,18 +33,8 @@ SKIPPED = "nats-server not installed; skipped"
 @contextmanager
 def nats_server(binary: str) -> Iterator[str]:
     """Run nats-server on 127.0.0.1 (free port) until the block ends; yields its URL."""
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "-a", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_port(port, process)
+    with server_on_free_port([binary, "-a", "127.0.0.1", "-p", "{port}"]) as port:
         yield f"nats://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def bench_python() -> str:

@@ -103,15 +103,24 @@ def running_daemon(home: Path) -> Iterator[tuple[int, Path]]:
 @contextmanager
 def running_broker() -> Iterator[str]:
     """A standalone `meshactors broker` on a free loopback port; yields its URL."""
+    command = [sys.executable, "-m", "meshactors", "broker", "--listen", "127.0.0.1:{port}"]
+    with server_on_free_port(command) as port:
+        yield f"ws://127.0.0.1:{port}/v1"
+
+
+@contextmanager
+def server_on_free_port(command: list[str]) -> Iterator[int]:
+    """Run `command` (with `{port}` filled in) until the block ends; yields the port once it
+    accepts connections."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "meshactors", "broker", "--listen", f"127.0.0.1:{port}"],
+        [part.format(port=port) for part in command],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         wait_port(port, process)
-        yield f"ws://127.0.0.1:{port}/v1"
+        yield port
     finally:
         process.terminate()
         process.wait(timeout=10)
