@@ -15,12 +15,6 @@ from typing import Final
 import attrs
 import structlog
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    WebSocketConnection,
-    WebSocketRequest,
-    wrap_server_stream,
-)
 
 from meshactors.broker.envelope import MalformedBatch, decode_batch, encode_batch
 from meshactors.broker.hello import (
@@ -32,6 +26,15 @@ from meshactors.broker.hello import (
     verify_hello,
 )
 from meshactors.broker.limits import NOTICE_BURST, NOTICE_RATE_PER_S, BrokerConfig, TokenBucket
+from meshactors.websocket import (
+    CloseCode,
+    ConnectionClosed,
+    HandshakeFailed,
+    WebSocket,
+    accept_response,
+    read_upgrade_request,
+    reject_response,
+)
 from meshactors.wire.device_id import device_id_from_public_key
 
 BROKER_PATH: Final = "/v1"  # the only WebSocket resource the broker serves
@@ -62,7 +65,7 @@ SESSION_CLOSE_CODES: Final[Mapping[SessionEnd, int]] = {
     SessionEnd.PONG_TIMEOUT: 4408,
     SessionEnd.MALFORMED_BATCH: 4400,
     SessionEnd.UNEXPECTED_TEXT: 4400,  # only the hello is TEXT from a daemon
-    SessionEnd.MESSAGE_TOO_BIG: 1009,  # sent by trio-websocket itself
+    SessionEnd.MESSAGE_TOO_BIG: CloseCode.MESSAGE_TOO_BIG,  # sent by the WebSocket layer itself
     SessionEnd.GOING_AWAY: 1001,  # the broker is shutting down
 }
 
@@ -187,22 +190,21 @@ class Broker:
                 member.end(SessionEnd.GOING_AWAY)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        """Own one TCP connection in its own nursery: nothing that fails here reaches another."""
+        """Own one TCP connection: nothing that fails here reaches another."""
         log = _log.bind(remote=_peer(stream))
         admission = trio.CancelScope()  # cancelled by _stop until a session is running
         self._admissions.add(admission)
         self._connections += 1
         try:
-            async with stream, trio.open_nursery() as nursery:
+            async with stream:
                 with admission:
-                    admitted = await self._open_session(nursery, stream, log)
+                    admitted = await self._open_session(stream, log)
                 self._admissions.discard(admission)
                 if admitted is not None:
                     await self._run_session(*admitted, log)
-                nursery.cancel_scope.cancel()  # the WebSocket reader task, once we are done
-        except* ConnectionClosed:
+        except ConnectionClosed:
             pass  # the client vanished during a handshake or a send; nothing to clean up
-        except* Exception:
+        except Exception:
             self._counts["connection_errors"] += 1
             log.exception("connection_failed")
         finally:
@@ -210,29 +212,37 @@ class Broker:
             self._connections -= 1
 
     async def _open_session(
-        self, nursery: trio.Nursery, stream: trio.SocketStream, log: _Logger
-    ) -> tuple[WebSocketConnection, _Member] | None:
+        self, stream: trio.SocketStream, log: _Logger
+    ) -> tuple[WebSocket, _Member] | None:
         """Upgrade (or refuse) the HTTP request, then admit its hello; None when refused."""
-        request: WebSocketRequest | None = None
+        ws: WebSocket | None = None
         with trio.move_on_after(self.config.handshake_timeout):
-            request = await wrap_server_stream(
-                nursery, stream, max_message_size=self.config.max_message_bytes
-            )
-        if request is None:
+            ws = await self._upgrade(stream)
+        if ws is None:
             return None
-        if request.path != BROKER_PATH:
-            self._counts["rejected_path"] += 1
-            await request.reject(404)
-            return None
-        if self._connections > self.config.max_connections:
-            self._counts["rejected_connection_limit"] += 1
-            await request.reject(503)
-            return None
-        ws = await request.accept()
         member = await self._admit(ws, log)
         return None if member is None else (ws, member)
 
-    async def _admit(self, ws: WebSocketConnection, log: _Logger) -> _Member | None:
+    async def _upgrade(self, stream: trio.SocketStream) -> WebSocket | None:
+        """Answer the HTTP upgrade: the WebSocket, or None after refusing the request."""
+        try:
+            request, leftover = await read_upgrade_request(stream)
+        except HandshakeFailed:
+            return None
+        if request.path != BROKER_PATH:
+            self._counts["rejected_path"] += 1
+            await stream.send_all(reject_response(404))
+            return None
+        if self._connections > self.config.max_connections:
+            self._counts["rejected_connection_limit"] += 1
+            await stream.send_all(reject_response(503))
+            return None
+        await stream.send_all(accept_response(request))
+        ws = WebSocket(stream, is_client=False, max_message_bytes=self.config.max_message_bytes)
+        ws.feed(leftover)
+        return ws
+
+    async def _admit(self, ws: WebSocket, log: _Logger) -> _Member | None:
         """Check the hello, then join its network; on rejection close the socket and return None."""
         try:
             hello = await self._receive_hello(ws)
@@ -248,7 +258,7 @@ class Broker:
             return None
         return self._join(hello)
 
-    async def _receive_hello(self, ws: WebSocketConnection) -> VerifiedHello:
+    async def _receive_hello(self, ws: WebSocket) -> VerifiedHello:
         with trio.move_on_after(self.config.handshake_timeout):
             first = await ws.get_message()
             if isinstance(first, bytes):
@@ -302,7 +312,7 @@ class Broker:
             members, _notice(type="presence", event="leave", device_id=member.device_id)
         )
 
-    async def _run_session(self, ws: WebSocketConnection, member: _Member, log: _Logger) -> None:
+    async def _run_session(self, ws: WebSocket, member: _Member, log: _Logger) -> None:
         log = log.bind(network=member.network, device=member.device_id)
         log.info("member_joined", role=member.role)
         try:
@@ -319,7 +329,7 @@ class Broker:
             with trio.move_on_after(self.config.close_timeout, shield=True):
                 await ws.aclose(SESSION_CLOSE_CODES[reason], reason)
 
-    async def _pump_in(self, ws: WebSocketConnection, member: _Member) -> None:
+    async def _pump_in(self, ws: WebSocket, member: _Member) -> None:
         """Read the member's batches, enforce its message rate, and route them."""
         while True:
             try:
@@ -340,7 +350,7 @@ class Broker:
                 return
             self._route(member, records)
 
-    async def _pump_out(self, ws: WebSocketConnection, member: _Member) -> None:
+    async def _pump_out(self, ws: WebSocket, member: _Member) -> None:
         """Drain the member's outbound queue onto its socket."""
         async for message in member.queued:
             try:
@@ -350,7 +360,7 @@ class Broker:
                 return
             member.queued_bytes -= len(message)
 
-    async def _keepalive(self, ws: WebSocketConnection, member: _Member) -> None:
+    async def _keepalive(self, ws: WebSocket, member: _Member) -> None:
         """Ping every interval; end the session when a pong does not come back in time."""
         while True:
             await trio.sleep(self.config.ping_interval)
@@ -389,9 +399,10 @@ class Broker:
             member.offer(notice)
 
 
-def _closed_by_peer(ws: WebSocketConnection) -> SessionEnd:
-    """Name a close the broker did not start: oversize (1009, by trio-websocket) or the client's."""
-    if ws.closed is not None and ws.closed.code == SESSION_CLOSE_CODES[SessionEnd.MESSAGE_TOO_BIG]:
+def _closed_by_peer(ws: WebSocket) -> SessionEnd:
+    """Name a close the broker did not start: oversize (1009, by the WebSocket layer) or the
+    client's."""
+    if ws.closed is not None and ws.closed.code == CloseCode.MESSAGE_TOO_BIG:
         return SessionEnd.MESSAGE_TOO_BIG
     return SessionEnd.CLIENT_CLOSED
 

@@ -19,7 +19,6 @@ import attrs
 import structlog
 import trio
 from nacl.signing import SigningKey
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
 
 from meshactors.actors import Actor, cleanup_scope
 from meshactors.broker.envelope import (
@@ -29,6 +28,7 @@ from meshactors.broker.envelope import (
     encode_batch,
 )
 from meshactors.broker.hello import build_hello
+from meshactors.websocket import ConnectionClosed, HandshakeFailed, WebSocket, open_websocket
 from meshactors.wire.device_id import is_device_id
 
 log = structlog.get_logger("meshactors.link")
@@ -203,11 +203,11 @@ class Link(Actor):
         """One connection's life; returns whether the broker welcomed us."""
         welcomed = False
         try:
-            async with open_websocket_url(
+            async with open_websocket(
                 url,
                 connect_timeout=CONNECT_TIMEOUT,
-                disconnect_timeout=CLOSE_TIMEOUT,
-                max_message_size=MAX_INBOUND_MESSAGE_BYTES,
+                close_timeout=CLOSE_TIMEOUT,
+                max_message_bytes=MAX_INBOUND_MESSAGE_BYTES,
             ) as ws:
                 hello = build_hello(
                     self.signing_key, self.network, self.role, now_ms=time.time_ns() // 1_000_000
@@ -218,15 +218,15 @@ class Link(Actor):
                 welcomed = True
                 await self._serve(ws, url, peers, max_bytes)
         except ConnectionClosed as closed:
-            self.last_error = f"closed: {closed.reason}"
-        except (HandshakeError, OSError, trio.TooSlowError, BrokerProtocolError) as exc:
+            self.last_error = f"closed: {closed}"
+        except (HandshakeFailed, OSError, trio.TooSlowError, BrokerProtocolError) as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
         if self.last_error:
             log.info("broker link down", network=self.network, url=url, error=self.last_error)
         return welcomed
 
     async def _serve(
-        self, ws: WebSocketConnection, url: str, peers: list[tuple[str, str]], max_bytes: int
+        self, ws: WebSocket, url: str, peers: list[tuple[str, str]], max_bytes: int
     ) -> None:
         """Relay until the connection drops; tell `peers` it is up, and that it went down."""
         send, receive = trio.open_memory_channel[tuple[bytes, bytes]](OUTBOUND_QUEUE)
@@ -256,11 +256,11 @@ class Link(Actor):
         try:
             await task(*args)
         except ConnectionClosed as closed:
-            self.last_error = f"closed: {closed.reason}"
+            self.last_error = f"closed: {closed}"
         finally:
             session.cancel()
 
-    async def _read(self, ws: WebSocketConnection) -> None:
+    async def _read(self, ws: WebSocket) -> None:
         while True:
             message = await ws.get_message()
             if isinstance(message, str):
@@ -286,7 +286,7 @@ class Link(Actor):
 
     async def _write(
         self,
-        ws: WebSocketConnection,
+        ws: WebSocket,
         receive: trio.MemoryReceiveChannel[tuple[bytes, bytes]],
         max_bytes: int,
     ) -> None:
@@ -328,7 +328,7 @@ class Link(Actor):
             self.batches_out += 1
             self.frames_out += len(batch)
 
-    async def _keepalive(self, ws: WebSocketConnection) -> None:
+    async def _keepalive(self, ws: WebSocket) -> None:
         """Close a connection whose broker stopped answering pings (a silently dead TCP path)."""
         while True:
             await trio.sleep(LINK_PING_INTERVAL)
