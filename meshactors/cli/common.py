@@ -22,10 +22,19 @@ def paths_of(args: argparse.Namespace) -> Paths:
 
 
 def prepared_paths(args: argparse.Namespace) -> Paths:
-    """`paths_of(args)` with its directories created, for commands that write state themselves."""
+    """`paths_of(args)` with its directories created, for commands that write state themselves;
+    exits 3 with the reason when they cannot be (e.g. a read-only file system)."""
     paths = paths_of(args)
-    prepare_dirs(paths)
+    try:
+        prepare_dirs(paths)
+    except OSError as exc:
+        fail_on_state(exc, paths)
     return paths
+
+
+def fail_on_state(exc: OSError, paths: Paths) -> NoReturn:
+    """Exit 3 naming the state file or directory that could not be read or written."""
+    fail(f"cannot prepare {exc.filename or paths.state_dir}: {exc.strerror or exc}", EXIT_STARTUP)
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:

@@ -24,6 +24,7 @@ from meshactors.cli.common import (
     EXIT_USAGE,
     call,
     fail,
+    fail_on_state,
     paths_of,
     prepared_paths,
     print_json,
@@ -45,7 +46,7 @@ from meshactors.hostguard import (
 )
 from meshactors.identity import Identity, IdentityError, load_or_create_identity
 from meshactors.logs import configure_logging
-from meshactors.paths import Paths, prepare_dirs
+from meshactors.paths import Paths
 from meshactors.store.db import StoreError
 
 DETACH_READY_TIMEOUT = 30.0  # seconds `up --detach` waits for the socket to answer
@@ -81,13 +82,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def run_up(args: argparse.Namespace) -> int:
-    paths = paths_of(args)
-    try:
-        prepare_dirs(paths)
-    except OSError as exc:
-        fail(
-            f"cannot prepare {exc.filename or paths.state_dir}: {exc.strerror or exc}", EXIT_STARTUP
-        )
+    paths = prepared_paths(args)
     identity = _checked_identity(paths)
     try:
         broker_listen = None if args.broker_listen is None else parse_listen(args.broker_listen)
@@ -280,6 +275,9 @@ def run_version(args: argparse.Namespace) -> int:
 
 def run_accept_host(args: argparse.Namespace) -> int:
     paths = prepared_paths(args)
-    accept_host(paths.host_file, read_host_facts())
+    try:
+        accept_host(paths.host_file, read_host_facts())
+    except OSError as exc:
+        fail_on_state(exc, paths)
     print(f"this machine is now trusted for the identity in {paths.state_dir}")
     return 0

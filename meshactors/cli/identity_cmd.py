@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from meshactors.cli.common import EXIT_STARTUP, fail, prepared_paths, print_json
+from meshactors.cli.common import EXIT_STARTUP, fail, fail_on_state, prepared_paths, print_json
 from meshactors.identity import IdentityError, load_or_create_identity, set_identity_label
 
 
@@ -26,6 +26,8 @@ def run_show(args: argparse.Namespace) -> int:
         identity = load_or_create_identity(paths.identity_file)
     except IdentityError as exc:
         fail(str(exc), EXIT_STARTUP)
+    except OSError as exc:
+        fail_on_state(exc, paths)
     if args.json:
         print_json({"device_id": identity.device_id, "label": identity.label})
     else:
@@ -40,5 +42,7 @@ def run_set_label(args: argparse.Namespace) -> int:
         identity = set_identity_label(paths.identity_file, args.label)
     except (IdentityError, ValueError) as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail_on_state(exc, paths)
     print(f"label set to {identity.label or '-'}; a running daemon uses it after a restart")
     return 0
