@@ -1,5 +1,6 @@
 """`meshactors daemon install-service|uninstall-service`: write (or remove) systemd units
-rendered from the templates in conf/ with this installation's command line."""
+rendered from the templates in meshactors/units/ (package data) with this installation's
+command line."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 import attrs
@@ -17,7 +19,7 @@ import attrs
 from meshactors.cli.common import EXIT_FAILURE, fail
 from meshactors.paths import user_config_home
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the unit templates (source tree)
+UNIT_TEMPLATES = resources.files("meshactors") / "units"  # shipped as package data
 COMMAND_PLACEHOLDER = "@MESHACTORS@"  # replaced by the command that runs meshactors
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")  # where administrators' units go
 UNIT_FILE_MODE = 0o644  # units are public; systemd reads them as root anyway
@@ -43,7 +45,7 @@ class Target(enum.Enum):
 
 @attrs.frozen
 class Unit:
-    """One unit file: the name it is installed as and the conf/ template it comes from."""
+    """One unit file: the name it is installed as and the template it comes from."""
 
     name: str
     template: str
@@ -139,8 +141,8 @@ def service_command() -> list[str]:
 
 
 def read_template(unit: Unit) -> str:
-    """The text of `unit`'s template in conf/."""
-    path = CONF_DIR / unit.template
+    """The text of `unit`'s template, from the installed package."""
+    path = UNIT_TEMPLATES / unit.template
     try:
         return path.read_text(encoding="utf-8")
     except OSError as exc:

@@ -1,5 +1,6 @@
-"""`daemon install-service|uninstall-service`: units rendered from conf/, written into a unit
-directory, checked by `systemd-analyze verify` when it is installed, and removed again."""
+"""`daemon install-service|uninstall-service`: units rendered from meshactors/units/, written
+into a unit directory, checked by `systemd-analyze verify` when it is installed, and removed
+again."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from meshactors.cli import main
-from meshactors.cli.service_cmd import CONF_DIR, UnitError, exec_word
+from meshactors.cli.service_cmd import UNIT_TEMPLATES, UnitError, exec_word
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 VERIFY_TIMEOUT = 60  # seconds systemd-analyze may take
@@ -63,7 +64,7 @@ def test_user_install_writes_service_and_socket(
     assert "@MESHACTORS@" not in service
     assert service.count(sys.executable) == 1  # only ExecStart= names it, no comment
     socket_unit = (unit_dir / "meshactors.socket").read_text()
-    assert socket_unit == (CONF_DIR / "meshactors.socket").read_text()
+    assert socket_unit == (UNIT_TEMPLATES / "meshactors.socket").read_text()
     assert (unit_dir / "meshactors.service").stat().st_mode & 0o777 == 0o644
     out = capsys.readouterr().out
     assert "systemctl --user daemon-reload" in out
