@@ -158,6 +158,7 @@ class Rpc(Actor):
         finally:
             self._nursery = None
             self._stop_calls()
+            self._release_claims()
 
     # -- claims ----------------------------------------------------------------------------
 
@@ -505,6 +506,14 @@ class Rpc(Actor):
             self._finish(call, stopped)
         for inbound in list(self._inbound.values()):
             self._drop_inbound(inbound, "stopped")
+
+    def _release_claims(self) -> None:
+        """The actor stops (network removed, or restarted): owners learn their claims ended."""
+        for method, claim in self._claims.items():
+            claim.client.push(
+                "handler_displaced", {"network": self.network, "method": method, "by": None}
+            )
+        self._claims.clear()
 
 
 def _error(error: WireError) -> OpError:

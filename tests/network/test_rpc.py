@@ -97,6 +97,14 @@ async def test_the_last_claim_wins_and_the_displaced_owner_is_told(
     assert not [e for e in pair.server.events if e["kind"] == "rpc_inbound"]
 
 
+async def test_removing_the_network_tells_each_owner_its_claim_ended(pair: Pair) -> None:
+    await pair.server.call("rpc_register", network=NET, method="m1")
+    await pair.server.call("rpc_register", network=NET, method="m2")
+    await pair.server.call("network_remove", network=NET)
+    ended = [await pair.server.event("handler_displaced", method=m) for m in ("m1", "m2")]
+    assert [(e["network"], e["by"]) for e in ended] == [(NET, None), (NET, None)]
+
+
 async def test_unregister_leaves_no_handler(pair: Pair) -> None:
     await pair.server.call("rpc_register", network=NET, method="m")
     assert await pair.server.call("rpc_unregister", network=NET, method="m") == {"released": True}
