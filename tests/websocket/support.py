@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import attrs
 import trio
+import trio.testing
 
 from meshactors.websocket.frames import Frame, FrameParser, Opcode, encode_frame
 
@@ -59,3 +60,12 @@ def close_payload(frame: Frame) -> tuple[int, str]:
     """The code and reason of a close frame the peer received."""
     assert frame.opcode is Opcode.CLOSE
     return int.from_bytes(frame.payload[:2], "big"), frame.payload[2:].decode()
+
+
+async def tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    """Two ends of one real loopback TCP connection."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with listeners[0]:
+        client = await trio.testing.open_stream_to_socket_listener(listeners[0])
+        server = await listeners[0].accept()
+    return client, server
