@@ -116,8 +116,8 @@ class WebSocket:
                     await self._receive_more()
                 elif frame.opcode is Opcode.CLOSE:
                     self._closed(*_close_payload(frame.payload))
-        except (ConnectionClosed, ProtocolViolation):
-            pass
+        except (ConnectionClosed, ProtocolViolation, trio.BusyResourceError):
+            pass  # Busy: another task is reading, and closing the stream below ends its read
         finally:
             if self.closed is None:
                 self._closed(code, reason)
@@ -178,7 +178,8 @@ class WebSocket:
         self._closed(code, reason)
 
     async def _send_close(self, code: int, reason: str, *, control: bool = False) -> None:
-        payload = struct.pack("!H", code) + reason.encode("utf-8")[:MAX_CLOSE_REASON_BYTES]
+        cut = reason.encode("utf-8")[:MAX_CLOSE_REASON_BYTES].decode("utf-8", errors="ignore")
+        payload = struct.pack("!H", code) + cut.encode("utf-8")  # whole characters only
         if control:
             await self._send_control(Opcode.CLOSE, payload)
         else:
@@ -194,13 +195,14 @@ class WebSocket:
             await self._send(opcode, payload)
 
     async def _send(self, opcode: Opcode, payload: bytes) -> None:
+        data = encode_frame(opcode, payload, mask=self.is_client)
+        while self._writing:
+            await self._writers.park()
+        # Checked once it is our turn: the write before ours may have closed or broken the stream.
         if self.closed is not None:
             raise self.closed
         if self._close_sent or self._broken:
             raise ConnectionClosed(CloseCode.NORMAL, "closing")
-        data = encode_frame(opcode, payload, mask=self.is_client)
-        while self._writing:
-            await self._writers.park()
         self._writing = True
         try:
             await self.stream.send_all(data)

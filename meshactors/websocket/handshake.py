@@ -41,13 +41,13 @@ def accept_token(key: str) -> str:
 async def _read_head(stream: trio.abc.ReceiveStream) -> tuple[list[str], bytes]:
     """The header block's lines (status or request line first) and the bytes after it."""
     received = bytearray()
-    while (end := received.find(b"\r\n\r\n")) < 0:
-        if len(received) > MAX_HEAD_BYTES:
-            raise HandshakeFailed(f"header block over {MAX_HEAD_BYTES} bytes")
+    while (end := received.find(b"\r\n\r\n")) < 0 and len(received) <= MAX_HEAD_BYTES:
         chunk = await stream.receive_some(RECEIVE_CHUNK)
         if not chunk:
             raise HandshakeFailed("connection closed during the upgrade")
         received += chunk
+    if not 0 <= end <= MAX_HEAD_BYTES:  # the last chunk may have completed an oversized block
+        raise HandshakeFailed(f"header block over {MAX_HEAD_BYTES} bytes")
     try:
         lines = received[:end].decode("latin-1").split("\r\n")
     except UnicodeDecodeError:
@@ -69,6 +69,14 @@ def _tokens(value: str) -> set[str]:
     return {token.strip().lower() for token in value.split(",")}
 
 
+def _is_nonce(key: str) -> bool:
+    """Whether `key` is the base64 of 16 bytes (RFC 6455 §4.1), so it can be answered."""
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:  # binascii.Error, or a key that is not ASCII
+        return False
+
+
 async def read_upgrade_request(stream: trio.abc.ReceiveStream) -> tuple[UpgradeRequest, bytes]:
     """Read and check a client's upgrade request; raises HandshakeFailed if it is not one."""
     lines, leftover = await _read_head(stream)
@@ -84,6 +92,8 @@ async def read_upgrade_request(stream: trio.abc.ReceiveStream) -> tuple[UpgradeR
         or not headers.get("sec-websocket-key")
     ):
         raise HandshakeFailed("missing or wrong WebSocket upgrade headers")
+    if not _is_nonce(headers["sec-websocket-key"]):
+        raise HandshakeFailed("Sec-WebSocket-Key is not a base64 16-byte nonce")
     return UpgradeRequest(path, headers, headers["sec-websocket-key"]), leftover
 
 
