@@ -336,7 +336,8 @@ class Link(Actor):
                 await ws.ping()
             if waiting.cancelled_caught:
                 self.last_error = "broker did not answer a ping"
-                await ws.aclose(1001, "pong timeout")
+                with trio.move_on_after(CLOSE_TIMEOUT):  # a write stuck on a dead path
+                    await ws.aclose(1001, "pong timeout")
                 return
 
 

@@ -71,7 +71,7 @@ class WebSocket:
         """The next whole message (TEXT as str, BINARY as bytes); raises ConnectionClosed."""
         while True:
             if self.closed is not None:
-                raise self.closed
+                raise self._closed_again()
             try:
                 frame = self._parser.next_frame()
                 if frame is None:
@@ -103,7 +103,7 @@ class WebSocket:
         finally:
             self._pings.pop(payload, None)
         if self.closed is not None:
-            raise self.closed
+            raise self._closed_again()
 
     async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close: send our close frame, wait for the peer's (the caller bounds the wait)."""
@@ -200,7 +200,7 @@ class WebSocket:
             await self._writers.park()
         # Checked once it is our turn: the write before ours may have closed or broken the stream.
         if self.closed is not None:
-            raise self.closed
+            raise self._closed_again()
         if self._close_sent or self._broken:
             raise ConnectionClosed(CloseCode.NORMAL, "closing")
         self._writing = True
@@ -219,12 +219,17 @@ class WebSocket:
             self._writers.unpark()
 
     def _closed(self, code: int, reason: str) -> ConnectionClosed:
-        """Record the first close (waking ping waiters); returns the recorded one."""
+        """Record the first close (waking ping waiters); returns it, fresh, for raising."""
         if self.closed is None:
             self.closed = ConnectionClosed(code, reason)
             for waiter in self._pings.values():
                 waiter.set()
-        return self.closed
+        return self._closed_again()
+
+    def _closed_again(self) -> ConnectionClosed:
+        """A new exception for the recorded close: one per raise, so tracebacks do not pile up."""
+        assert self.closed is not None
+        return ConnectionClosed(self.closed.code, self.closed.reason)
 
 
 def _message(opcode: Opcode | None, payload: bytes) -> bytes | str:

@@ -48,10 +48,7 @@ async def _read_head(stream: trio.abc.ReceiveStream) -> tuple[list[str], bytes]:
         received += chunk
     if not 0 <= end <= MAX_HEAD_BYTES:  # the last chunk may have completed an oversized block
         raise HandshakeFailed(f"header block over {MAX_HEAD_BYTES} bytes")
-    try:
-        lines = received[:end].decode("latin-1").split("\r\n")
-    except UnicodeDecodeError:
-        raise HandshakeFailed("header block is not text") from None
+    lines = received[:end].decode("latin-1").split("\r\n")  # every byte is a latin-1 character
     return lines, bytes(received[end + 4 :])
 
 

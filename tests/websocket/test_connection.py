@@ -30,7 +30,8 @@ async def closed_by(ws: WebSocket) -> ConnectionClosed:
     """The ConnectionClosed that get_message ends with."""
     with trio.fail_after(WAIT_S), pytest.raises(ConnectionClosed) as raised:
         await ws.get_message()
-    assert ws.closed is raised.value
+    assert ws.closed is not None
+    assert (ws.closed.code, ws.closed.reason) == (raised.value.code, raised.value.reason)
     return raised.value
 
 
