@@ -248,11 +248,19 @@ def _echo_code(code: int) -> int:
 
 
 def _close_payload(payload: bytes) -> tuple[int, str]:
-    """The code and reason a close frame carries (1005 when it has none)."""
-    if len(payload) < 2:
+    """The code and reason a close frame carries (1005 when it has none); raises
+    ProtocolViolation for a truncated frame, a code no endpoint may send, or a non-UTF-8 reason."""
+    if not payload:
         return CloseCode.NO_STATUS, ""
+    if len(payload) < 2:
+        raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "close frame with a 1-byte code")
     (code,) = struct.unpack_from("!H", payload)
-    return code, payload[2:].decode("utf-8", errors="replace")
+    if not (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code < 5000):
+        raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, f"close code {code} may not be sent")
+    try:
+        return code, payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolViolation(CloseCode.INVALID_DATA, "close reason is not UTF-8") from None
 
 
 @asynccontextmanager

@@ -131,6 +131,8 @@ class FrameParser:
                 return None
             (length,) = struct.unpack_from("!Q", buffer, start + 2)
             header = 10
+            if length >> 63:
+                raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "64-bit length with the top bit")
         if opcode in _CONTROL_OPCODES and (not fin or length > MAX_CONTROL_PAYLOAD):
             raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "fragmented or long control frame")
         if length > self.max_payload:

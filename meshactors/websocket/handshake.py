@@ -122,6 +122,11 @@ async def upgrade_client(stream: trio.abc.Stream, host: str, path: str) -> bytes
     status = lines[0].split(" ", 2)
     if len(status) < 2 or status[1] != "101":
         raise HandshakeFailed(f"upgrade refused: {lines[0][:60]!r}")
-    if _headers(lines[1:]).get("sec-websocket-accept") != accept_token(key):
+    headers = _headers(lines[1:])
+    if "websocket" not in _tokens(headers.get("upgrade", "")) or "upgrade" not in _tokens(
+        headers.get("connection", "")
+    ):
+        raise HandshakeFailed("101 without Upgrade: websocket and Connection: upgrade")
+    if headers.get("sec-websocket-accept") != accept_token(key):
         raise HandshakeFailed("wrong Sec-WebSocket-Accept")
     return leftover

@@ -167,14 +167,28 @@ async def test_close_started_by_the_peer() -> None:
     assert await peer.receive_eof() == b""
 
 
+async def test_close_without_a_code_is_answered_normally() -> None:
+    ws, peer = server_and_peer()
+    await peer.send(Opcode.CLOSE, b"")
+    assert (await closed_by(ws)).code == 1005
+    assert close_payload(await peer.receive())[0] == 1000
+
+
 @pytest.mark.parametrize(
-    ("payload", "code", "echoed"), [(b"", 1005, 1000), (b"\x03\xee", 1006, 1000)]
+    ("payload", "code"),
+    [
+        (b"\x03", 1002),  # a 1-byte code
+        (b"\x03\xee", 1002),  # 1006 is never sent
+        (b"\x03\xe7", 1002),  # 999
+        (b"\x13\x88", 1002),  # 5000
+        (b"\x03\xe8\xff", 1007),  # a reason that is not UTF-8
+    ],
 )
-async def test_close_without_a_sendable_code(payload: bytes, code: int, echoed: int) -> None:
+async def test_malformed_close_frames_are_refused(payload: bytes, code: int) -> None:
     ws, peer = server_and_peer()
     await peer.send(Opcode.CLOSE, payload)
     assert (await closed_by(ws)).code == code
-    assert close_payload(await peer.receive())[0] == 1000
+    assert close_payload(await peer.receive())[0] == code
 
 
 async def test_close_started_by_us_waits_for_the_peers_answer() -> None:

@@ -121,6 +121,11 @@ def test_oversized_frame_is_refused_from_its_header_alone(length: int) -> None:
     assert _violation(header, max_payload=100) == 1009
 
 
+def test_64_bit_length_with_the_top_bit_is_a_protocol_error() -> None:
+    header = struct.pack("!BBQ", 0x82, 0x80 | 127, 1 << 63)
+    assert _violation(header) == 1002
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     data=st.binary(max_size=400),

@@ -169,6 +169,14 @@ async def test_upgrade_client_refuses_a_wrong_accept_token() -> None:
         await client_answered(wrong)
 
 
+async def test_upgrade_client_refuses_a_101_without_the_upgrade_headers() -> None:
+    answer = (
+        f"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: {accept_token(KEY)}\r\n\r\n"
+    )
+    with pytest.raises(HandshakeFailed, match="101 without Upgrade"):
+        await client_answered(answer.encode())
+
+
 async def test_upgrade_client_refuses_a_garbled_status_line() -> None:
     with pytest.raises(HandshakeFailed, match="upgrade refused"):
         await client_answered(b"SSH-2.0-OpenSSH\r\n\r\n")
