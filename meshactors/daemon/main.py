@@ -81,13 +81,14 @@ async def serve(
             ChildSpec("events", events),
             *embedded,
             ChildSpec("networks", networks),
-            ChildSpec("outbox", outbox),
             ChildSpec(
                 "control",
                 control_supervisor(
                     options.paths.socket, services, options.tcp_port, options.listen_fd
                 ),
             ),
+            # After control: ops only poke it, so its crash and restart leave clients connected.
+            ChildSpec("outbox", outbox),
             ChildSpec("notifier", NotifierActor(options.notifier, partial(_probe_store, store))),
         ],
         strategy=Strategy.REST_FOR_ONE,

@@ -31,8 +31,10 @@ async def serving(home: Path, tcp_port: int | None = None) -> AsyncIterator[Serv
     options = DaemonOptions(paths=paths, identity=identity, tcp_port=tcp_port)
     async with trio.open_nursery() as nursery:
         services: Services = await nursery.start(serve, options)
-        yield services
-        services.shutdown.set()
+        try:
+            yield services
+        finally:
+            services.shutdown.set()  # also when the block fails, or the daemon would outlive it
 
 
 @asynccontextmanager
