@@ -299,7 +299,7 @@ class _Mesh:
     async def wait_all(self, kind: str, phase: str) -> None:
         """Until every member saw one `kind` event (of network `phase`, for network_phase)."""
         with trio.fail_after(swarm.ROUND_TIMEOUT):
-            await swarm._all_wait(
+            await swarm.all_wait(
                 self.members, lambda e: e.kind == kind and e.data.get("phase") == phase, 1
             )
 
@@ -333,13 +333,12 @@ async def _mesh(size: int) -> AsyncIterator[_Mesh]:
         try:
             async with trio.open_nursery() as nursery:
                 for i in range(size):
-                    mesh.members.append(await swarm._start_member(Path(tmp), i, size, nursery))
+                    mesh.members.append(await swarm.start_member(Path(tmp), i, size, nursery))
                 config = NetworkConfig(MESH_NETWORK, [mesh.url], auto_approve=True)
                 for member in mesh.members:
-                    assert member.services.networks is not None
-                    await member.services.networks.add(config)
+                    await member.add_network(config)
                 with trio.fail_after(swarm.FORM_TIMEOUT):
-                    await swarm._all_wait(mesh.members, lambda e: e.kind == "peer_active", size - 1)
+                    await swarm.all_wait(mesh.members, lambda e: e.kind == "peer_active", size - 1)
                 yield mesh
                 nursery.cancel_scope.cancel()
         finally:
