@@ -43,6 +43,9 @@ RTT_EVERY_S = 0.05  # how often the observing client samples its status round tr
 STALL_READ_TIMEOUT = 60.0  # seconds the stalled client may read to its lag marker or the end
 UNREACHABLE_BROKER = "ws://127.0.0.1:9/v1"  # the discard port: the link stays in backoff
 FULL_TMPFS = "512k"  # size of the "disk full" tmpfs
+CORRUPT_BYTES = 64 * 1024  # random bytes written as the "garbage" state.db
+MESSAGE_SHOWN = 160  # characters of the daemon's refusal kept in a verdict
+CORRUPT_EVENTS = 2000  # events logged in a real database before it is damaged (~120 pages)
 BROKER_DOWN_S = 2.0  # how long the broker stays dead in broker_restart
 
 
@@ -340,24 +343,79 @@ def _integrity(db: Path) -> str:
 # -- a corrupt database at start --------------------------------------------------------------
 
 
+def _garbage(db: Path) -> None:
+    """Random bytes where the database was."""
+    db.write_bytes(os.urandom(CORRUPT_BYTES))
+
+
+def _damaged_pages(db: Path) -> None:
+    """A real database whose pages after the first (header and schema) are random bytes."""
+    data = db.read_bytes()
+    page = int.from_bytes(data[16:18], "big") or 65536  # the header's page size (1 means 64K)
+    db.write_bytes(data[:page] + os.urandom(len(data) - page))
+
+
+def _truncated(db: Path) -> None:
+    """A real database cut to half of its pages."""
+    data = db.read_bytes()
+    page = int.from_bytes(data[16:18], "big") or 65536
+    db.write_bytes(data[: page * (len(data) // page // 2)])
+
+
+CORRUPTIONS = {"garbage": _garbage, "damaged_pages": _damaged_pages, "truncated": _truncated}
+
+
+def _populated_home(home: Path) -> None:
+    """A home whose state.db is real (made by a daemon) and holds CORRUPT_EVENTS logged events,
+    checkpointed into the main file; the daemon is stopped again."""
+    with resources.running_daemon(home):
+        pass
+    for leftover in ("daemon.sock", "daemon.pid"):
+        (home / leftover).unlink(missing_ok=True)
+    with contextlib.closing(sqlite3.connect(home / "state.db")) as conn:
+        conn.executemany(
+            "INSERT INTO events (kind, data_json, at_ms) VALUES ('filler', ?, 0)",
+            [(json.dumps({"n": n, "pad": "x" * 200}),) for n in range(CORRUPT_EVENTS)],
+        )
+        conn.commit()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (home / "state.db-wal").unlink(missing_ok=True)
+    (home / "state.db-shm").unlink(missing_ok=True)
+
+
+def _refused_untouched(home: Path) -> tuple[bool, str]:
+    """`daemon up` on a corrupt state.db: whether it refused (exit 3, a message naming the
+    database) and left it byte-identical with no -wal/-shm; and what it said."""
+    before = _digest(home / "state.db")
+    result = resources.cli(home, "daemon", "up", check=False)
+    after = _digest(home / "state.db")
+    extra = sorted(p.name for p in home.iterdir() if p.name.startswith("state.db-"))
+    message = " ".join(result.stderr.split()) or "(no message)"  # may span lines
+    ok = result.returncode == 3 and before == after and not extra and "database" in message.lower()
+    shown = message if len(message) <= MESSAGE_SHOWN else message[: MESSAGE_SHOWN - 1] + "…"
+    return ok, f"exit {result.returncode}: {shown!r}, identical {before == after}, extra {extra}"
+
+
 def corrupt_database(smoke: bool) -> Verdict:
-    """Garbage in state.db: `daemon up` exits 3 with a clear message and overwrites nothing."""
+    """A corrupt state.db at start (random bytes; at full size also a real database with its
+    pages damaged, and one truncated): `daemon up` exits 3 with a clear message each time and
+    overwrites nothing."""
     name = "corrupt_database"
-    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
-        home = Path(tmp)
-        (home / "state.db").write_bytes(os.urandom(64 * 1024))
-        before = _digest(home / "state.db")
-        result = resources.cli(home, "daemon", "up", check=False)
-        after = _digest(home / "state.db")
-        extra = sorted(p.name for p in home.iterdir() if p.name.startswith("state.db"))
-    message = (result.stderr.strip().splitlines() or ["(no message)"])[-1]
-    clear = "database" in message.lower()
-    ok = result.returncode == 3 and before == after and clear
+    outcomes: dict[str, str] = {}
+    passed = []
+    for kind, corrupt in list(CORRUPTIONS.items())[: 1 if smoke else None]:
+        with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+            home = Path(tmp)
+            if kind != "garbage":
+                _populated_home(home)
+            corrupt(home / "state.db")
+            ok, outcomes[kind] = _refused_untouched(home)
+            passed.append(ok)
     return _verdict(
         name,
-        ok,
-        f"exit {result.returncode}: {message!r}; state.db byte-identical: {before == after}; "
-        f"state files {extra}",
+        all(passed),
+        "; ".join(f"{kind}: {outcome}" for kind, outcome in outcomes.items()),
+        **outcomes,
     )
 
 
