@@ -335,14 +335,14 @@ class Peers(Actor):
         self._update_phase()
 
     async def _ping_loop(self) -> None:
-        """Probe the handshaken peers' rtt one at a time, spaced by `ping_gap`: an idle network
+        """Probe the handshaken peers' rtt one at a time, spaced by `_ping_gap`: an idle network
         sends at most PING_RATE probes a second, not one per peer every interval."""
         while True:
             handshaken = [p.device_id for p in self._peers.values() if _handshaken(p)]
             if not handshaken:
                 await trio.sleep(PEER_PING_INTERVAL)
             for device_id in handshaken:
-                await trio.sleep(ping_gap(len(handshaken)))
+                await trio.sleep(_ping_gap(len(handshaken)))
                 peer = self._peers.get(device_id)
                 if peer is not None and _handshaken(peer):
                     await self._try_send(peer, Ping(time.monotonic_ns()))
@@ -717,7 +717,7 @@ class Peers(Actor):
         return rows
 
 
-def ping_gap(handshaken: int) -> float:
+def _ping_gap(handshaken: int) -> float:
     """Seconds between two rtt probes when `handshaken` peers take turns: each peer is probed
     every PEER_PING_INTERVAL while that stays under PING_RATE, less often beyond."""
     return max(PEER_PING_INTERVAL / max(handshaken, 1), 1.0 / PING_RATE)
