@@ -20,7 +20,7 @@ import structlog
 import trio
 
 from meshactors._version import __version__
-from meshactors.actors import Actor, Inbox, Reply
+from meshactors.actors import Actor, Inbox, Reply, cleanup_scope
 from meshactors.daemon.events import EventHub
 from meshactors.identity import Identity
 from meshactors.network.link import (
@@ -68,7 +68,9 @@ log = structlog.get_logger("meshactors.peers")
 
 T = TypeVar("T")
 
-PEER_PING_INTERVAL = 15.0  # seconds between rtt probes to each handshaken peer
+PEER_PING_INTERVAL = 15.0  # seconds between rtt probes to one handshaken peer, at the least
+PING_RATE = 1.0  # rtt probes per second per network at most, however many peers it holds
+ROSTER_BATCH = 256  # auto-approvals held before they are saved, even while link events queue
 MAX_PEERS = 1024  # peers tracked per network (the broker admits 256 by default)
 PEERS_INBOX = 1024  # link events and commands queued before the link's reader waits
 COMMAND_TIMEOUT = 10.0  # seconds an op waits for the peers actor to answer
@@ -169,6 +171,7 @@ class Peers(Actor):
     _peers: dict[str, PeerState] = attrs.field(factory=dict)
     _by_key: dict[bytes, PeerState] = attrs.field(factory=dict)  # the same peers, by public key
     _roster: dict[str, roster_db.RosterEntry] = attrs.field(factory=dict)
+    _unsaved: dict[str, roster_db.RosterEntry] = attrs.field(factory=dict)  # auto-approvals
     _app_handlers: dict[str, AppHandler] = attrs.field(factory=dict)
     status_listeners: list[StatusListener] = attrs.field(factory=list)  # told of status changes
     _link_was_up: bool = False
@@ -266,10 +269,17 @@ class Peers(Actor):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self._load()
         task_status.started()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._ping_loop)
-            async for message in self.inbox.receiver:
-                await self._handle(message)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._ping_loop)
+                async for message in self.inbox.receiver:
+                    await self._handle(message)
+                    queued = self.inbox.statistics().current_buffer_used
+                    if self._unsaved and (not queued or len(self._unsaved) >= ROSTER_BATCH):
+                        await self._save_unsaved()
+        finally:
+            with cleanup_scope():
+                await self._save_unsaved()
 
     async def _load(self) -> None:
         """Roster, capabilities and profiles from the state database; a fresh peer table."""
@@ -277,6 +287,7 @@ class Peers(Actor):
             functools.partial(roster_db.roster, network=self.network), what="load roster"
         )
         self._roster = {entry.device_id: entry for entry in entries}
+        self._unsaved = {}
         mine = await self.store.call(
             functools.partial(roster_db.get_settings, network=self.network), what="load settings"
         )
@@ -324,10 +335,16 @@ class Peers(Actor):
         self._update_phase()
 
     async def _ping_loop(self) -> None:
+        """Probe the handshaken peers' rtt one at a time, spaced by `_ping_gap`: an idle network
+        sends at most PING_RATE probes a second, not one per peer every interval."""
         while True:
-            await trio.sleep(PEER_PING_INTERVAL)
-            for peer in list(self._peers.values()):
-                if peer.present and peer.hello is not None:
+            handshaken = [p.device_id for p in self._peers.values() if _handshaken(p)]
+            if not handshaken:
+                await trio.sleep(PEER_PING_INTERVAL)
+            for device_id in handshaken:
+                await trio.sleep(_ping_gap(len(handshaken)))
+                peer = self._peers.get(device_id)
+                if peer is not None and _handshaken(peer):
                     await self._try_send(peer, Ping(time.monotonic_ns()))
 
     # -- presence and frames ------------------------------------------------------------------
@@ -445,7 +462,8 @@ class Peers(Actor):
         self._set_peer_profile(peer, hello.profile)
         if peer.device_id not in self._roster:
             state = "approved" if self.auto_approve else "pending"
-            await self._store_roster(peer.device_id, state, hello.label)
+            entry = self._roster_entry(peer.device_id, state, hello.label)
+            self._roster[peer.device_id] = self._unsaved[peer.device_id] = entry
             if state == "approved":
                 self._publish("peer_approved", peer, auto=True)
         if not hello.answer:
@@ -513,7 +531,7 @@ class Peers(Actor):
     async def _tell_handshaken(self, frame: Callable[[PeerState], Frame]) -> None:
         """Send a frame to every present, handshaken, not denied peer."""
         for peer in list(self._peers.values()):
-            if peer.present and peer.hello is not None and peer.status is not PeerStatus.DENIED:
+            if _handshaken(peer) and peer.status is not PeerStatus.DENIED:
                 await self._try_send(peer, frame(peer))
 
     # -- commands -----------------------------------------------------------------------------
@@ -534,6 +552,7 @@ class Peers(Actor):
         return self._describe(peer)
 
     async def _forget(self, device_id: str) -> bool:
+        await self._save_unsaved()
         known = await self.store.call(
             functools.partial(roster_db.remove_roster, network=self.network, device_id=device_id),
             what="remove from roster",
@@ -549,23 +568,36 @@ class Peers(Actor):
         self._update_phase()
         return bool(known)
 
-    async def _store_roster(self, device_id: str, state: str, label: str | None) -> None:
-        now_ms = time.time_ns() // 1_000_000
-        await self.store.call(
-            functools.partial(
-                roster_db.set_roster_state,
-                network=self.network,
-                device_id=device_id,
-                state=state,
-                label=label,
-                now_ms=now_ms,
-            ),
-            what="save roster entry",
-        )
+    def _roster_entry(self, device_id: str, state: str, label: str | None) -> roster_db.RosterEntry:
+        """A new roster entry for `device_id`; a None label keeps the one already known."""
         previous = self._roster.get(device_id)
         kept_label = label if label is not None else previous.label if previous else None
-        self._roster[device_id] = roster_db.RosterEntry(
-            self.network, device_id, kept_label, state, now_ms
+        return roster_db.RosterEntry(
+            self.network, device_id, kept_label, state, time.time_ns() // 1_000_000
+        )
+
+    async def _store_roster(self, device_id: str, state: str, label: str | None) -> None:
+        """Save an operator's roster change (with any unsaved auto-approvals), then apply it."""
+        entry = self._roster_entry(device_id, state, label)
+        await self._save_roster([*self._unsaved.values(), entry])
+        self._unsaved.clear()
+        self._roster[device_id] = entry
+
+    async def _save_unsaved(self) -> None:
+        """Save the auto-approvals made since the last save, in one transaction. They are
+        derived from auto_approve, so a failed save is counted and logged, not fatal."""
+        if not self._unsaved:
+            return
+        entries, self._unsaved = list(self._unsaved.values()), {}
+        try:
+            await self._save_roster(entries)
+        except Exception as exc:
+            self.dropped["roster_unsaved"] += len(entries)
+            log.warning("auto-approvals not saved", network=self.network, error=str(exc))
+
+    async def _save_roster(self, entries: list[roster_db.RosterEntry]) -> None:
+        await self.store.call(
+            functools.partial(roster_db.save_roster, entries=entries), what="save roster entries"
         )
 
     async def _set_capabilities(self, capabilities: Capabilities) -> None:
@@ -683,6 +715,16 @@ class Peers(Actor):
                 }
             )
         return rows
+
+
+def _ping_gap(handshaken: int) -> float:
+    """Seconds between two rtt probes when `handshaken` peers take turns: each peer is probed
+    every PEER_PING_INTERVAL while that stays under PING_RATE, less often beyond."""
+    return max(PEER_PING_INTERVAL / max(handshaken, 1), 1.0 / PING_RATE)
+
+
+def _handshaken(peer: PeerState) -> bool:
+    return peer.present and peer.hello is not None
 
 
 def _visible(peer: PeerState) -> bool:

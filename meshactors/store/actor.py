@@ -1,4 +1,5 @@
-"""The `store` actor: owns the one SQLite connection and runs repository calls one at a time."""
+"""The `store` actor: owns the one SQLite connection and runs repository calls one at a time,
+the calls that queued up together in one trip to its worker thread."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ T = TypeVar("T")
 
 STORE_CALL_TIMEOUT = 30.0  # seconds a caller waits for a queued store call (SQLite busy waits 5 s)
 STORE_INBOX_CAPACITY = 256  # queued calls before callers wait
+STORE_TRIP_CALLS = 64  # queued calls run in one worker-thread trip (each still on its own)
 
 
 # SQLite primary result codes that mean the disk, not the request, is at fault
@@ -56,6 +58,7 @@ class StoreActor(Actor):
     path: Path
     inbox: Inbox[StoreCall] = attrs.field(factory=lambda: Inbox(STORE_INBOX_CAPACITY))
     calls: int = 0
+    trips: int = 0  # worker-thread trips the calls took
     failures: int = 0
     busy_seconds: float = 0.0
 
@@ -70,6 +73,7 @@ class StoreActor(Actor):
         return {
             "path": str(self.path),
             "calls": self.calls,
+            "trips": self.trips,
             "failures": self.failures,
             "busy_s": round(self.busy_seconds, 3),
         }
@@ -78,21 +82,48 @@ class StoreActor(Actor):
         conn = await trio.to_thread.run_sync(open_database, self.path)
         try:
             task_status.started()
-            async for call in self.inbox.receiver:
+            async for first in self.inbox.receiver:
+                calls = [first, *_queued(self.inbox.receiver, STORE_TRIP_CALLS - 1)]
                 began = trio.current_time()
                 try:
-                    result = await trio.to_thread.run_sync(call.fn, conn)
-                except sqlite3.Error as exc:
-                    self.failures += 1
-                    call.reply.fail(storage_error(exc, self.path))
-                except Exception as exc:
-                    self.failures += 1
-                    call.reply.fail(exc)
-                else:
-                    call.reply.ok(result)
+                    outcomes = await trio.to_thread.run_sync(_run_calls, calls, conn)
                 finally:
-                    self.calls += 1
+                    self.calls += len(calls)
+                    self.trips += 1
                     self.busy_seconds += trio.current_time() - began
+                for call, (result, error) in zip(calls, outcomes, strict=True):
+                    if error is None:
+                        call.reply.ok(result)
+                        continue
+                    self.failures += 1
+                    if isinstance(error, sqlite3.Error):
+                        error = storage_error(error, self.path)
+                    call.reply.fail(error)
         finally:
             with cleanup_scope():
                 await trio.to_thread.run_sync(conn.close)
+
+
+_Outcome = tuple[Any, Exception | None]
+
+
+def _run_calls(calls: list[StoreCall], conn: sqlite3.Connection) -> list[_Outcome]:
+    """Run each call in turn in the worker thread; one call's failure is its own answer."""
+    outcomes: list[_Outcome] = []
+    for call in calls:
+        try:
+            outcomes.append((call.fn(conn), None))
+        except Exception as exc:
+            outcomes.append((None, exc))
+    return outcomes
+
+
+def _queued(receiver: trio.MemoryReceiveChannel[StoreCall], limit: int) -> list[StoreCall]:
+    """Up to `limit` calls already waiting, without waiting for more."""
+    calls: list[StoreCall] = []
+    while len(calls) < limit:
+        try:
+            calls.append(receiver.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+    return calls

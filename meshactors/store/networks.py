@@ -1,6 +1,7 @@
 """What the daemon was told about its networks, kept across restarts: config, roster, settings."""
 
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -80,6 +81,15 @@ def set_roster_state(
         )
     except sqlite3.IntegrityError as exc:
         raise UnknownNetwork(f"no network {network!r}") from exc
+
+
+def save_roster(conn: sqlite3.Connection, entries: Sequence[RosterEntry]) -> None:
+    """Record several devices' states in one transaction (as set_roster_state does each)."""
+    with immediate(conn):
+        for entry in entries:
+            set_roster_state(
+                conn, entry.network, entry.device_id, entry.state, entry.label, entry.updated_at
+            )
 
 
 def roster(conn: sqlite3.Connection, network: str) -> list[RosterEntry]:

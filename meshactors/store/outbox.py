@@ -305,7 +305,11 @@ def delivery_counts(conn: sqlite3.Connection) -> dict[str, int]:
 def mark_inflight(
     conn: sqlite3.Connection, keys: Iterable[DeliveryKey], now_ms: int
 ) -> list[DeliveryKey]:
-    """Claim pending deliveries for sending; returns the ones claimed (send only those)."""
+    """Claim pending deliveries for sending; returns the ones claimed (send only those).
+    Nothing to claim takes no write lock (the drainer asks after every peer that comes up)."""
+    keys = list(keys)
+    if not keys:
+        return []
     claimed = []
     with immediate(conn):
         for key in keys:

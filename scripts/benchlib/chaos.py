@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import os
 import signal
 import sqlite3
@@ -26,6 +27,7 @@ import attrs
 import trio
 
 from meshactors.client import ClientError, EventStream, MeshClient
+from meshactors.daemon.event_stream import EVENT_CAPACITY, LAG_DISCONNECT_LIMIT
 from meshactors.network.config import NetworkConfig
 from scripts.benchlib import resources, swarm
 from scripts.benchlib.baseline import free_port
@@ -35,8 +37,15 @@ SCENARIO_TIMEOUT = 300.0  # seconds any one scenario may run before it is a FAIL
 RSS_BOUND_KIB = 64 * 1024  # growth of daemon RSS a stalled reader may cause at most
 LATENCY_FACTOR = 10.0  # other clients' p99 under the fault may grow at most this much…
 LATENCY_FLOOR_S = 0.05  # …or to this, whichever is larger (a loaded 2-core CI box)
+STALL_FLOOD_S = 2.0  # seconds the stalled client floods requests before it stops reading
+CHURN_IN_FLIGHT = 16  # network updates the churning client keeps outstanding
+RTT_EVERY_S = 0.05  # how often the observing client samples its status round trip
+STALL_READ_TIMEOUT = 60.0  # seconds the stalled client may read to its lag marker or the end
 UNREACHABLE_BROKER = "ws://127.0.0.1:9/v1"  # the discard port: the link stays in backoff
 FULL_TMPFS = "512k"  # size of the "disk full" tmpfs
+CORRUPT_BYTES = 64 * 1024  # random bytes written as the "garbage" state.db
+MESSAGE_SHOWN = 160  # characters of the daemon's refusal kept in a verdict
+CORRUPT_EVENTS = 2000  # events logged in a real database before it is damaged (~120 pages)
 BROKER_DOWN_S = 2.0  # how long the broker stays dead in broker_restart
 
 
@@ -92,48 +101,130 @@ def _digests(home: Path) -> dict[str, str]:
 
 @in_trio
 async def slow_reader(smoke: bool) -> Verdict:
-    """A client subscribes to events and floods requests, then never reads: the daemon's other
-    clients keep their latency, its RSS stays bounded, the stalled client lags or is cut off."""
-    name, churn = "slow_reader", 300 if smoke else 8000
+    """A client subscribes to events, floods requests, then stops reading while another client
+    makes events. The daemon's other clients keep their latency and its RSS stays bounded; when
+    the stalled client reads again it finds a `lagged` marker; once it has missed more than
+    LAG_DISCONNECT_LIMIT events it is cut off (full size only: ~74,000 events)."""
+    name = "slow_reader"
+    lag_churn = 300 if smoke else 2 * EVENT_CAPACITY
+    cut_churn = 0 if smoke else LAG_DISCONNECT_LIMIT + 2 * EVENT_CAPACITY
+    figures: dict[str, Any] = {}
     with (
         tempfile.TemporaryDirectory(prefix="chaos-") as tmp,
         resources.running_daemon(Path(tmp)) as (pid, sock),
     ):
-        async with MeshClient(sock) as fast:
-            before = await _rtts(fast, 200)
+        async with MeshClient(sock) as churner, MeshClient(sock) as observer:
+            before = await _rtts(observer, 200)
             rss_before = resources.rss_kib(pid)
-            stalled = await trio.open_unix_socket(str(sock))
-            await stalled.send_all(b'{"id":0,"op":"events_subscribe"}\n')
-            with trio.move_on_after(2):  # until the daemon stops reading it: backpressure
-                while True:
-                    await stalled.send_all(b'{"id":1,"op":"inspect"}\n' * 64)
-            config = {"id": "churn", "brokers": [UNREACHABLE_BROKER]}
-            await fast.call("network_add", {"config": config})
+            known = await _client_names(observer)
+            stalled = await _stalled_subscriber(sock)
+            (stalled_name,) = await _client_names(observer) - known
             during: list[float] = []
-            for n in range(churn):  # every update is one event for the stalled client
-                await fast.call("network_update", {"config": config | {"label": f"l{n}"}})
-                if n % 10 == 0:
-                    during += await _rtts(fast, 1)
-            clients = _clients((await fast.call("inspect"))["children"])
-            rss_after = resources.rss_kib(pid)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_sample_rtts, observer, during)
+                await _churn(churner, lag_churn)
+                figures["rss_after_lag_kib"] = resources.rss_kib(pid) - rss_before
+                if not smoke:
+                    figures["lagged_skipped"] = await _read_until_lagged(stalled)
+                    began = time.perf_counter()
+                    await _churn(churner, cut_churn)  # stalled again, now for good
+                    figures["churn_s"] = round(time.perf_counter() - began, 1)
+                    figures["rss_after_cut_kib"] = resources.rss_kib(pid) - rss_before
+                nursery.cancel_scope.cancel()
+            figures["cut_off"] = stalled_name not in await _client_names(observer)
+            if figures["cut_off"]:
+                figures["closed_by_daemon"] = await _read_until_closed(stalled)
             await stalled.aclose()
     base, under = latency_summary(before), latency_summary(during)
     bound = max(base["p99_us"] * LATENCY_FACTOR, LATENCY_FLOOR_S * 1e6)
-    stalled_figures = next((c for c in clients if c["events"]), None)
-    cut_off_or_lagged = stalled_figures is None or stalled_figures["lagged"] > 0
-    growth = rss_after - rss_before
-    ok = under["p99_us"] <= bound and growth <= RSS_BOUND_KIB and (smoke or cut_off_or_lagged)
-    what = "disconnected" if stalled_figures is None else f"lagged {stalled_figures['lagged']}"
+    growth = max(figures["rss_after_lag_kib"], figures.get("rss_after_cut_kib", 0))
+    events = lag_churn + cut_churn
+    ok = under["p99_us"] <= bound and growth <= RSS_BOUND_KIB
+    if not smoke:
+        ok = ok and figures["lagged_skipped"] > 0 and figures.get("closed_by_daemon") is True
+    what = (
+        "at smoke size it neither lags nor is cut off"
+        if smoke
+        else f"read again: `lagged` skipped {figures['lagged_skipped']}; stalled for good: "
+        + ("cut off by the daemon" if figures.get("closed_by_daemon") else "NOT cut off")
+    )
     return _verdict(
         name,
         ok,
-        f"others' status p99 {base['p99_us']:.0f}→{under['p99_us']:.0f} µs, "
-        f"RSS +{growth} KiB after {churn} events, stalled client {what}",
+        f"others' status p99 {base['p99_us']:.0f}→{under['p99_us']:.0f} µs "
+        f"(bound {bound:.0f}); RSS +{growth} KiB over {events} events; stalled client {what}",
         status_before=base,
         status_during=under,
-        rss_growth_kib=growth,
-        stalled=stalled_figures,
+        events=events,
+        **figures,
     )
+
+
+async def _stalled_subscriber(sock: Path) -> trio.SocketStream:
+    """A raw connection that subscribed to events and flooded requests until the daemon
+    stopped reading it (backpressure), and that reads nothing."""
+    stalled = await trio.open_unix_socket(str(sock))
+    await stalled.send_all(b'{"id":0,"op":"events_subscribe"}\n')
+    with trio.move_on_after(STALL_FLOOD_S):
+        while True:
+            await stalled.send_all(b'{"id":1,"op":"inspect"}\n' * 64)
+    return stalled
+
+
+async def _churn(client: MeshClient, count: int) -> None:
+    """`count` events: network updates of an unreachable network, CHURN_IN_FLIGHT at a time."""
+    config = {"id": "churn", "brokers": [UNREACHABLE_BROKER]}
+    with contextlib.suppress(ClientError):  # already added by an earlier churn
+        await client.call("network_add", {"config": config})
+    slots = trio.Semaphore(CHURN_IN_FLIGHT)
+
+    async def update(n: int) -> None:
+        try:
+            await client.call("network_update", {"config": config | {"label": f"l{n}"}})
+        finally:
+            slots.release()
+
+    async with trio.open_nursery() as nursery:
+        for n in range(count):
+            await slots.acquire()
+            nursery.start_soon(update, n)
+
+
+async def _sample_rtts(client: MeshClient, samples: list[float]) -> None:
+    """A status round trip every RTT_EVERY_S until cancelled: the other clients' latency."""
+    while True:
+        samples += await _rtts(client, 1)
+        await trio.sleep(RTT_EVERY_S)
+
+
+async def _frames(stream: trio.SocketStream) -> AsyncIterator[dict[str, Any]]:
+    """The JSON frames the daemon wrote to a raw connection, until it closes."""
+    buffer = b""
+    while chunk := await stream.receive_some(1 << 20):
+        *lines, buffer = (buffer + chunk).split(b"\n")
+        for line in lines:
+            yield json.loads(line)
+
+
+async def _read_until_lagged(stream: trio.SocketStream) -> int:
+    """Read again until the `lagged` marker; how many events it says were skipped (0: none)."""
+    with trio.fail_after(STALL_READ_TIMEOUT):
+        async for frame in _frames(stream):
+            if frame.get("kind") == "lagged":
+                return int(frame["skipped"])
+    return 0
+
+
+async def _read_until_closed(stream: trio.SocketStream) -> bool:
+    """Whether the daemon closed the connection (after what it had already written)."""
+    with trio.move_on_after(STALL_READ_TIMEOUT):
+        try:
+            async for _ in _frames(stream):
+                pass
+        except trio.BrokenResourceError:
+            pass  # reset by the daemon: closed as well
+        return True
+    return False
 
 
 async def _rtts(client: MeshClient, count: int) -> list[float]:
@@ -145,13 +236,17 @@ async def _rtts(client: MeshClient, count: int) -> list[float]:
     return samples
 
 
-def _clients(children: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The figures of every client actor in an inspect tree."""
-    found = []
+async def _client_names(client: MeshClient) -> set[str]:
+    """The names of the daemon's client actors, from its inspect tree."""
+    return _clients((await client.call("inspect"))["children"])
+
+
+def _clients(children: list[dict[str, Any]]) -> set[str]:
+    found = set()
     for child in children:
         if child["kind"] == "client":
-            found.append(child["figures"])
-        found += _clients(child["children"])
+            found.add(child["name"])
+        found |= _clients(child["children"])
     return found
 
 
@@ -248,24 +343,79 @@ def _integrity(db: Path) -> str:
 # -- a corrupt database at start --------------------------------------------------------------
 
 
+def _garbage(db: Path) -> None:
+    """Random bytes where the database was."""
+    db.write_bytes(os.urandom(CORRUPT_BYTES))
+
+
+def _damaged_pages(db: Path) -> None:
+    """A real database whose pages after the first (header and schema) are random bytes."""
+    data = db.read_bytes()
+    page = int.from_bytes(data[16:18], "big") or 65536  # the header's page size (1 means 64K)
+    db.write_bytes(data[:page] + os.urandom(len(data) - page))
+
+
+def _truncated(db: Path) -> None:
+    """A real database cut to half of its pages."""
+    data = db.read_bytes()
+    page = int.from_bytes(data[16:18], "big") or 65536
+    db.write_bytes(data[: page * (len(data) // page // 2)])
+
+
+CORRUPTIONS = {"garbage": _garbage, "damaged_pages": _damaged_pages, "truncated": _truncated}
+
+
+def _populated_home(home: Path) -> None:
+    """A home whose state.db is real (made by a daemon) and holds CORRUPT_EVENTS logged events,
+    checkpointed into the main file; the daemon is stopped again."""
+    with resources.running_daemon(home):
+        pass
+    for leftover in ("daemon.sock", "daemon.pid"):
+        (home / leftover).unlink(missing_ok=True)
+    with contextlib.closing(sqlite3.connect(home / "state.db")) as conn:
+        conn.executemany(
+            "INSERT INTO events (kind, data_json, at_ms) VALUES ('filler', ?, 0)",
+            [(json.dumps({"n": n, "pad": "x" * 200}),) for n in range(CORRUPT_EVENTS)],
+        )
+        conn.commit()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (home / "state.db-wal").unlink(missing_ok=True)
+    (home / "state.db-shm").unlink(missing_ok=True)
+
+
+def _refused_untouched(home: Path) -> tuple[bool, str]:
+    """`daemon up` on a corrupt state.db: whether it refused (exit 3, a message naming the
+    database) and left it byte-identical with no -wal/-shm; and what it said."""
+    before = _digest(home / "state.db")
+    result = resources.cli(home, "daemon", "up", check=False)
+    after = _digest(home / "state.db")
+    extra = sorted(p.name for p in home.iterdir() if p.name.startswith("state.db-"))
+    message = " ".join(result.stderr.split()) or "(no message)"  # may span lines
+    ok = result.returncode == 3 and before == after and not extra and "database" in message.lower()
+    shown = message if len(message) <= MESSAGE_SHOWN else message[: MESSAGE_SHOWN - 1] + "…"
+    return ok, f"exit {result.returncode}: {shown!r}, identical {before == after}, extra {extra}"
+
+
 def corrupt_database(smoke: bool) -> Verdict:
-    """Garbage in state.db: `daemon up` exits 3 with a clear message and overwrites nothing."""
+    """A corrupt state.db at start (random bytes; at full size also a real database with its
+    pages damaged, and one truncated): `daemon up` exits 3 with a clear message each time and
+    overwrites nothing."""
     name = "corrupt_database"
-    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
-        home = Path(tmp)
-        (home / "state.db").write_bytes(os.urandom(64 * 1024))
-        before = _digest(home / "state.db")
-        result = resources.cli(home, "daemon", "up", check=False)
-        after = _digest(home / "state.db")
-        extra = sorted(p.name for p in home.iterdir() if p.name.startswith("state.db"))
-    message = (result.stderr.strip().splitlines() or ["(no message)"])[-1]
-    clear = "database" in message.lower()
-    ok = result.returncode == 3 and before == after and clear
+    outcomes: dict[str, str] = {}
+    passed = []
+    for kind, corrupt in list(CORRUPTIONS.items())[: 1 if smoke else None]:
+        with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+            home = Path(tmp)
+            if kind != "garbage":
+                _populated_home(home)
+            corrupt(home / "state.db")
+            ok, outcomes[kind] = _refused_untouched(home)
+            passed.append(ok)
     return _verdict(
         name,
-        ok,
-        f"exit {result.returncode}: {message!r}; state.db byte-identical: {before == after}; "
-        f"state files {extra}",
+        all(passed),
+        "; ".join(f"{kind}: {outcome}" for kind, outcome in outcomes.items()),
+        **outcomes,
     )
 
 
@@ -299,7 +449,7 @@ class _Mesh:
     async def wait_all(self, kind: str, phase: str) -> None:
         """Until every member saw one `kind` event (of network `phase`, for network_phase)."""
         with trio.fail_after(swarm.ROUND_TIMEOUT):
-            await swarm._all_wait(
+            await swarm.all_wait(
                 self.members, lambda e: e.kind == kind and e.data.get("phase") == phase, 1
             )
 
@@ -333,13 +483,12 @@ async def _mesh(size: int) -> AsyncIterator[_Mesh]:
         try:
             async with trio.open_nursery() as nursery:
                 for i in range(size):
-                    mesh.members.append(await swarm._start_member(Path(tmp), i, size, nursery))
+                    mesh.members.append(await swarm.start_member(Path(tmp), i, size, nursery))
                 config = NetworkConfig(MESH_NETWORK, [mesh.url], auto_approve=True)
                 for member in mesh.members:
-                    assert member.services.networks is not None
-                    await member.services.networks.add(config)
+                    await member.add_network(config)
                 with trio.fail_after(swarm.FORM_TIMEOUT):
-                    await swarm._all_wait(mesh.members, lambda e: e.kind == "peer_active", size - 1)
+                    await swarm.all_wait(mesh.members, lambda e: e.kind == "peer_active", size - 1)
                 yield mesh
                 nursery.cancel_scope.cancel()
         finally:

@@ -12,6 +12,13 @@ pytestmark = pytest.mark.e2e
 def test_corrupt_database_refused_and_untouched() -> None:
     verdict = run_scenario(SCENARIOS["corrupt_database"], smoke=True)
     assert verdict.status == "PASS", verdict.line()
+    assert "identical True" in verdict.figures["garbage"]
+
+
+def test_slow_reader_leaves_the_others_alone() -> None:
+    verdict = run_scenario(SCENARIOS["slow_reader"], smoke=True)
+    assert verdict.status == "PASS", verdict.line()
+    assert verdict.figures["status_during"]["samples"] > 0
 
 
 def test_broker_restart_daemons_come_back_by_themselves() -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import trio
 
-from scripts.benchlib import resources, swarm
+from scripts.benchlib import resources, swarmscale
 
 pytestmark = pytest.mark.e2e
 
@@ -19,7 +18,16 @@ def test_per_client_rss_and_status_round_trips() -> None:
     assert report["rows"][1]["status_rtt"]["samples"] == 5
 
 
-def test_swarm_forms_and_counts_deliveries(tmp_path: Path) -> None:
-    figures = trio.run(swarm.measure_swarm, tmp_path, 3, 2, 0.1)
-    assert figures["daemons"] == 3
-    assert figures["cpu_us_per_delivery"] > 0
+def test_swarm_of_host_processes_forms_and_measures_messages(tmp_path: Path) -> None:
+    figures = swarmscale.measure_swarm(tmp_path, 3, 2, 0.2, 10)
+    assert figures["formed"] is True
+    assert figures["active_sessions"] == figures["sessions_wanted"] == 6
+    assert figures["hosts"] == 3
+    assert figures["directed"]["rtt"]["samples"] == 10
+    assert figures["broker_errors"] == 0
+
+
+def test_directed_message_with_several_networks_joined(tmp_path: Path) -> None:
+    figures = swarmscale.measure_networks(tmp_path, 2, 0.2, 10)
+    assert figures["networks"] == 2
+    assert figures["directed"]["rtt"]["samples"] == 10
