@@ -1,12 +1,15 @@
 """The `client c<n>` actor: one control-socket connection, its requests, answers and events.
 
-It reads request lines, runs each op in its own task (up to a cap), writes answers and
-events through one bounded outgoing queue, and on disconnect runs the session's cleanups
-(method claims, subscriptions), so a vanished program leaves nothing behind.
+It reads request lines, runs each op in its own task (up to a cap) except channel sends,
+which one in-order task runs as they come (consecutive ones merged: see daemon/optable.py),
+writes answers and events through one bounded outgoing queue, and on disconnect runs the
+session's cleanups (method claims, subscriptions), so a vanished program leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -24,7 +27,7 @@ from meshactors.daemon.event_stream import (
 )
 from meshactors.daemon.http import HttpConnection, looks_like_http
 from meshactors.daemon.lines import RECEIVE_CHUNK, LineReader, Oversized
-from meshactors.daemon.optable import run_request
+from meshactors.daemon.optable import Outcome, run_request
 from meshactors.daemon.services import Services
 from meshactors.daemon.session import Session
 from meshactors.daemon.tcp_auth import TcpAuth
@@ -35,6 +38,7 @@ from meshactors.wire.ipc import (
     ErrorCode,
     OpError,
     Request,
+    RequestId,
     error_frame,
     event_frame,
     ok_frame,
@@ -47,6 +51,7 @@ MAX_CONCURRENT_REQUESTS = 64  # requests one connection may have in flight
 OUTGOING_CAPACITY = 256  # frames queued for the socket writer
 PUSH_CAPACITY = 4096  # events addressed to this connection, queued before it lags
 WRITE_BATCH = 256  # frames joined into one socket write
+PUSH_BATCH = 256  # queued events encoded into one outgoing frame (one socket write)
 
 
 @attrs.define(eq=False)
@@ -66,10 +71,16 @@ class ClientActor(Actor):
     in_flight: int = 0
     _out_send: trio.MemorySendChannel[bytes] = attrs.field(init=False)
     _out_receive: trio.MemoryReceiveChannel[bytes] = attrs.field(init=False)
+    _in_order_send: trio.MemorySendChannel[Request] = attrs.field(init=False)
+    _in_order_receive: trio.MemoryReceiveChannel[Request] = attrs.field(init=False)
     _session: Session | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._out_send, self._out_receive = trio.open_memory_channel[bytes](OUTGOING_CAPACITY)
+        # never full: every request queued here counts against MAX_CONCURRENT_REQUESTS
+        self._in_order_send, self._in_order_receive = trio.open_memory_channel[Request](
+            MAX_CONCURRENT_REQUESTS
+        )
 
     def figures(self) -> dict[str, Any]:
         session = self._session
@@ -101,6 +112,7 @@ class ClientActor(Actor):
                 else:
                     self.protocol = "json-lines"
                     nursery.start_soon(self._write_frames)
+                    nursery.start_soon(self._run_in_order)
                     nursery.start_soon(self._forward_pushes, pushes)
                     nursery.start_soon(cut_off_when_overflowed, pushes)
                     await self._read_requests(nursery)
@@ -163,7 +175,10 @@ class ClientActor(Actor):
                 )
                 continue
             self.in_flight += 1
-            nursery.start_soon(self._answer, request)
+            if self.services.ops.in_order(request):
+                self._in_order_send.send_nowait(request)
+            else:
+                nursery.start_soon(self._answer, request)
 
     async def _answer(self, request: Request) -> None:
         assert self._session is not None
@@ -176,6 +191,30 @@ class ClientActor(Actor):
         finally:
             self.in_flight -= 1
         await self._out_send.send(frame)
+
+    async def _run_in_order(self) -> None:
+        """Run in-order requests as they come: all those queued at once go to the op table
+        together, so consecutive channel sends run as one."""
+        assert self._session is not None
+        async for first in self._in_order_receive:
+            queued = [first]
+            while len(queued) < MAX_CONCURRENT_REQUESTS:
+                try:
+                    queued.append(self._in_order_receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self.services.ops.run_in_order(self._session, queued, self._answer_all)
+
+    async def _answer_all(self, requests: Sequence[Request], outcome: Outcome) -> None:
+        """Answer requests that share one outcome, in order, in one outgoing frame."""
+        self.requests += len(requests)
+        self.in_flight -= len(requests)
+        if isinstance(outcome, OpError):
+            self.errors += len(requests)
+            await self._out_send.send(b"".join(error_frame(r.id, outcome) for r in requests))
+            return
+        after_id = ok_frame(None, outcome)[len(_NULL_ID) :]
+        await self._out_send.send(b"".join(_id_head(request.id) + after_id for request in requests))
 
     async def forward_broadcast(self, events: Subscriber[Event], after: int) -> None:
         """Write broadcast events newer than `after` to this connection as they come."""
@@ -190,11 +229,17 @@ class ClientActor(Actor):
         await self._out_send.send(event_frame(kind, data))
 
     async def _forward_pushes(self, pushes: Subscriber[dict[str, Any]]) -> None:
+        """Write pushed events, all those queued (up to PUSH_BATCH) in one outgoing frame."""
         async for item in pushes:
             if isinstance(item, Lagged):
                 await report_lag(item, pushes, self)
-            else:
-                await self._out_send.send(event_frame(item.pop("kind"), item))
+                continue
+            frames = [event_frame(item.pop("kind"), item)]
+            while pushes.queued and len(frames) < PUSH_BATCH:
+                event = await pushes.receive()  # queued: answers without waiting or a marker
+                assert not isinstance(event, Lagged)
+                frames.append(event_frame(event.pop("kind"), event))
+            await self._out_send.send(b"".join(frames))
 
     async def _write_frames(self) -> None:
         while True:
@@ -205,3 +250,11 @@ class ClientActor(Actor):
                 except trio.WouldBlock:
                     break
             await self.stream.send_all(b"".join(batch))
+
+
+_NULL_ID = b'{"id":null'  # how every answer frame begins when its id is None
+
+
+def _id_head(request_id: RequestId) -> bytes:
+    """The start of an answer frame with this id, as `ok_frame` writes it."""
+    return b'{"id":' + json.dumps(request_id, ensure_ascii=False).encode()

@@ -206,8 +206,10 @@ class Peers(Actor):
             raise OpError(
                 ErrorCode.PEER_NOT_ACTIVE, f"peer {device_id} is {peer.status.value}, not active"
             )
+        older = frame.feature is not None and not _announces(peer, frame.feature)
         try:
-            await self._send(peer, frame)
+            for each in frame.downgrade() if older else [frame]:
+                await self._send(peer, each)
         except LinkDown as exc:
             raise OpError(ErrorCode.LINK_DOWN, str(exc)) from None
 
@@ -683,6 +685,11 @@ class Peers(Actor):
                 }
             )
         return rows
+
+
+def _announces(peer: PeerState, feature: str) -> bool:
+    """Whether the peer's hello names `feature` (a frame type newer than its major's first)."""
+    return peer.hello is not None and feature in peer.hello.features
 
 
 def _visible(peer: PeerState) -> bool:

@@ -22,7 +22,8 @@ import attrs
 from meshactors.wire.strict import describe_error, make_strict_converter
 
 PROTOCOL_VERSION = (1, 0)  # (major, minor): a different major cannot talk to us
-FEATURES = ("caps", "profile", "ping", "rpc", "channels", "messages")  # beyond the core frames
+# beyond the core frames; a frame type added within a major is sent only to peers naming its feature
+FEATURES = ("caps", "profile", "ping", "rpc", "channels", "messages", "chan_run")
 MAX_PEER_FRAME_BYTES = 256 * 1024  # one frame's JSON, checked before parsing
 MAX_TAGS = 64  # capability tags per advert
 MAX_TAG_CHARS = 64  # one capability tag
@@ -61,19 +62,28 @@ class Frame:
 
     tag: ClassVar[str] = ""
     app: ClassVar[bool] = False  # routed to an application handler, from active peers only
+    feature: ClassVar[str | None] = None  # a peer must announce it in `features` to be sent this
+
+    def downgrade(self) -> list[Frame]:
+        """Frames saying the same to a peer that does not announce `feature` (frames with one)."""
+        raise NotImplementedError(f"{self.tag} has no older form")
 
 
 _FRAMES: dict[str, type[Frame]] = {}
 
 
-def register_frame(tag: str, *, app: bool = False) -> Callable[[type[F]], type[F]]:
-    """Class decorator: make an attrs Frame subclass decodable under `tag`."""
+def register_frame(
+    tag: str, *, app: bool = False, feature: str | None = None
+) -> Callable[[type[F]], type[F]]:
+    """Class decorator: make an attrs Frame subclass decodable under `tag`; a frame type with a
+    `feature` (listed in FEATURES) goes only to peers announcing it, others get `downgrade()`."""
 
     def register(cls: type[F]) -> type[F]:
         if tag in _FRAMES:
             raise ValueError(f"peer frame tag {tag!r} registered twice")
         cls.tag = tag
         cls.app = app
+        cls.feature = feature
         _FRAMES[tag] = cls
         return cls
 
