@@ -96,9 +96,7 @@ class ClientActor(Actor):
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        pushes: Subscriber[dict[str, Any]] = Broadcast[dict[str, Any]]().subscribe(
-            PUSH_CAPACITY, LAG_DISCONNECT_LIMIT
-        )
+        pushes = Broadcast[dict[str, Any] | bytes]().subscribe(PUSH_CAPACITY, LAG_DISCONNECT_LIMIT)
         try:
             async with trio.open_nursery() as nursery:
                 self._session = Session(self.client_id, self.services, pushes, nursery, self)
@@ -228,17 +226,17 @@ class ClientActor(Actor):
         """Write one event frame that is not logged (e.g. a replay gap notice)."""
         await self._out_send.send(event_frame(kind, data))
 
-    async def _forward_pushes(self, pushes: Subscriber[dict[str, Any]]) -> None:
+    async def _forward_pushes(self, pushes: Subscriber[dict[str, Any] | bytes]) -> None:
         """Write pushed events, all those queued (up to PUSH_BATCH) in one outgoing frame."""
         async for item in pushes:
             if isinstance(item, Lagged):
                 await report_lag(item, pushes, self)
                 continue
-            frames = [event_frame(item.pop("kind"), item)]
-            while pushes.queued and len(frames) < PUSH_BATCH:
-                event = await pushes.receive()  # queued: answers without waiting or a marker
+            frames = [_encoded(item)]
+            for _ in range(min(pushes.queued, PUSH_BATCH - 1)):
+                event = await pushes.receive()  # queued: answers at once, never a marker
                 assert not isinstance(event, Lagged)
-                frames.append(event_frame(event.pop("kind"), event))
+                frames.append(_encoded(event))
             await self._out_send.send(b"".join(frames))
 
     async def _write_frames(self) -> None:
@@ -255,6 +253,15 @@ class ClientActor(Actor):
 _NULL_ID = b'{"id":null'  # how every answer frame begins when its id is None
 
 
+def _encoded(push: dict[str, Any] | bytes) -> bytes:
+    """A pushed event as a line: encoded already, or an event dict with its `kind`."""
+    if isinstance(push, bytes):
+        return push
+    return event_frame(push.pop("kind"), push)
+
+
 def _id_head(request_id: RequestId) -> bytes:
     """The start of an answer frame with this id, as `ok_frame` writes it."""
+    if isinstance(request_id, int):
+        return b'{"id":%d' % request_id
     return b'{"id":' + json.dumps(request_id, ensure_ascii=False).encode()

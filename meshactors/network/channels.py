@@ -1,10 +1,11 @@
 """Channels of one network: the `channels` actor and one `channel <name>` pump per subscribed
 channel, made by the first subscriber and stopped after the last.
 
-Received messages go from the frame handler to the channel's pump (a bounded inbox of
-frames' worth of events; a full one drops and counts), which pushes them to each subscribed
-connection without waiting: a connection that stops reading lags and is cut off by its own
-actor, never stalling the pump.
+Received messages go from the frame handler to the channel's pump as event lines, encoded
+once per frame whatever the number of subscribers (a bounded inbox of frames' worth of
+events; a full one drops and counts), which pushes them to each subscribed connection without
+waiting: a connection that stops reading lags and is cut off by its own actor, never stalling
+the pump.
 Retained values: the last `retain` message per (sender, channel) is kept here and shown to
 each new subscriber at once; our own retained sends go again to every peer that becomes
 active. Both stores are bounded (RETAINED_*); the oldest entry goes first.
@@ -13,7 +14,9 @@ active. Both stores are bounded (RETAINED_*); the oldest entry goes first.
 from __future__ import annotations
 
 import collections
-from typing import Any, ClassVar
+import json
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
 
 import attrs
 import trio
@@ -23,8 +26,8 @@ from meshactors.network.app_frames import Chan, ChanAck, ChanBatch, ChanRun, pay
 from meshactors.network.app_wire import AppWire, Postbox
 from meshactors.network.payload import MAX_BATCH, MAX_PAYLOAD_BYTES, Payload
 from meshactors.network.peers import PeerStatus
-from meshactors.network.rpc import Client, new_request_id
-from meshactors.wire.ipc import ErrorCode, OpError
+from meshactors.network.rpc import Cleanup, new_request_id
+from meshactors.wire.ipc import ErrorCode, OpError, event_frame
 from meshactors.wire.peer import Frame
 
 MAX_CHANNELS = 256  # channels subscribed at once per network (one pump each)
@@ -38,6 +41,20 @@ RELIABLE_RESEND = 1.0  # seconds between resends of an unacknowledged reliable m
 MAX_RELIABLE_PENDING = 1024  # reliable sends waiting for an acknowledgement per network
 RECENT_ACKS = 4096  # reliable message ids remembered to drop resent duplicates
 ALL = "*"  # the target of a retained send to every peer
+INBOUND = "channel_inbound"  # the event kind of a received message
+_PAYLOAD_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # as ipc.encode
+
+
+class Client(Protocol):
+    """A local connection as channels see it (a daemon `Session` is one)."""
+
+    client_id: str
+
+    def push(self, kind: str, data: dict[str, Any]) -> bool: ...
+
+    def push_frames(self, frames: list[bytes]) -> int: ...
+
+    def on_close(self, cleanup: Cleanup) -> None: ...
 
 
 @attrs.define(eq=False)
@@ -83,7 +100,7 @@ class ChannelPump(Actor):
     network: str
     channel: str
     subscribers: dict[str, Client] = attrs.field(factory=dict)
-    inbox: Inbox[list[dict[str, Any]]] = attrs.field(factory=lambda: Inbox(PUMP_INBOX))
+    inbox: Inbox[list[bytes]] = attrs.field(factory=lambda: Inbox(PUMP_INBOX))
     delivered: int = 0
     lagged: int = 0
     dropped: int = 0
@@ -102,9 +119,9 @@ class ChannelPump(Actor):
         async for events in self.inbox.receiver:
             self.fan_out(events)
 
-    def offer(self, events: list[dict[str, Any]]) -> bool:
-        """Queue one frame's events for fan-out without waiting; False (each counted) when the
-        pump is full."""
+    def offer(self, events: list[bytes]) -> bool:
+        """Queue one frame's event lines for fan-out without waiting; False (each counted)
+        when the pump is full."""
         try:
             self.inbox.sender.send_nowait(events)
         except trio.WouldBlock:
@@ -112,14 +129,13 @@ class ChannelPump(Actor):
             return False
         return True
 
-    def fan_out(self, events: list[dict[str, Any]]) -> None:
-        """Push events, in order, to every subscriber; a full connection lags, nobody waits."""
+    def fan_out(self, events: list[bytes]) -> None:
+        """Push event lines, in order, to every subscriber; a full connection lags (per event),
+        nobody waits."""
         for client in list(self.subscribers.values()):
-            for data in events:
-                if client.push("channel_inbound", data):
-                    self.delivered += 1
-                else:
-                    self.lagged += 1
+            taken = client.push_frames(events)
+            self.delivered += taken
+            self.lagged += len(events) - taken
 
 
 @attrs.define(eq=False)
@@ -186,7 +202,7 @@ class Channels(Actor):
             self._watch(client)
         retained = [(key[0], value) for key, value in self.received.items() if key[1] == channel]
         for sender, payload in retained:
-            client.push("channel_inbound", self._event(sender, channel, payload, retained=True))
+            client.push(INBOUND, self._event(sender, channel, payload, retained=True))
         return {"network": self.network, "channel": channel, "retained": len(retained)}
 
     async def unsubscribe(self, client: Client, channel: str) -> bool:
@@ -301,8 +317,9 @@ class Channels(Actor):
         payload = payload_of_frame(frame)
         if frame.retain:
             self.received.put((sender, frame.channel), payload)
-        event = self._event(sender, frame.channel, payload, retained=False)
-        subscribers = self._accept(frame.channel, [event], 1)
+        ((field, value),) = payload.fields().items()
+        head = self._head(sender, frame.channel)
+        subscribers = self._accept(frame.channel, 1, lambda: _event_lines(head, field, [value]))
         if frame.ack is not None and subscribers is not None:
             self._recent_acks[(sender, frame.ack)] = subscribers
             if len(self._recent_acks) > RECENT_ACKS:
@@ -311,28 +328,30 @@ class Channels(Actor):
 
     def _on_batch(self, sender: str, frame: Frame) -> None:
         assert isinstance(frame, ChanBatch)
-        event = {"network": self.network, "from": sender, "channel": frame.channel}
-        self._accept(frame.channel, [event | {"payloads": frame.payloads}], len(frame.payloads))
+        event = self._head(sender, frame.channel) | {"payloads": frame.payloads}
+        self._accept(frame.channel, len(frame.payloads), lambda: [event_frame(INBOUND, event)])
         if frame.retain:
             self.received.put((sender, frame.channel), Payload(frame.payloads[-1]))
 
     def _on_run(self, sender: str, frame: Frame) -> None:
         assert isinstance(frame, ChanRun)
         field = "payload_b64" if frame.binary else "payload"
-        head = {"network": self.network, "from": sender, "channel": frame.channel}
-        events = [head | {field: payload} for payload in frame.payloads]
-        self._accept(frame.channel, events, len(events))
+        head = self._head(sender, frame.channel)
+        self._accept(
+            frame.channel, len(frame.payloads), lambda: _event_lines(head, field, frame.payloads)
+        )
         if frame.retain:
             self.received.put((sender, frame.channel), Payload(frame.payloads[-1], frame.binary))
 
-    def _accept(self, channel: str, events: list[dict[str, Any]], count: int) -> int | None:
-        """Hand one frame's events (`count` messages) to the channel's pump; returns how many
-        subscribers they reach, or None when the pump was full (dropped, counted)."""
+    def _accept(self, channel: str, count: int, events: Callable[[], list[bytes]]) -> int | None:
+        """Hand one frame's `count` messages to the channel's pump as event lines (encoded
+        only if someone subscribes); returns how many subscribers they reach, or None when the
+        pump was full (dropped, counted)."""
         self.counters["received"] += count
         pump = self._pumps.get(channel)
         if pump is None:
             return 0
-        if not pump.offer(events):
+        if not pump.offer(events()):
             return None
         return len(pump.subscribers)
 
@@ -352,10 +371,14 @@ class Channels(Actor):
             pending.subscribers = frame.subscribers
             pending.acked.set()
 
+    def _head(self, sender: str, channel: str) -> dict[str, Any]:
+        """The fields every message event of `sender` on `channel` begins with."""
+        return {"network": self.network, "from": sender, "channel": channel}
+
     def _event(
         self, sender: str, channel: str, payload: Payload, *, retained: bool
     ) -> dict[str, Any]:
-        data = {"network": self.network, "from": sender, "channel": channel, **payload.fields()}
+        data = self._head(sender, channel) | payload.fields()
         if retained:
             data["retained"] = True
         return data
@@ -382,6 +405,10 @@ def _message_frames(
         return [Chan(channel, payloads[0].value, payloads[0].binary, retain)]
     if not separate:
         return [ChanBatch(channel, [payload.value for payload in payloads], retain)]
+    binary = payloads[0].binary
+    values = [payload.value for payload in payloads]
+    if len(values) <= MAX_BATCH and Payload(values).size <= RUN_FRAME_BYTES:
+        return [ChanRun(channel, values, binary, retain)]  # the usual case: one size check
     runs: list[list[Any]] = [[]]
     size = 0
     for payload in payloads:
@@ -390,7 +417,14 @@ def _message_frames(
             runs.append([])
             size = payload.size
         runs[-1].append(payload.value)
-    return [ChanRun(channel, run, payloads[0].binary, retain) for run in runs]
+    return [ChanRun(channel, run, binary, retain) for run in runs]
+
+
+def _event_lines(head: dict[str, Any], field: str, values: list[Any]) -> list[bytes]:
+    """One `channel_inbound` event line per value (under `field`), as `event_frame` writes
+    them, with the head they share encoded once."""
+    start = event_frame(INBOUND, head | {field: None})[: -len(b"null}\n")]
+    return [start + _PAYLOAD_JSON.encode(value).encode() + b"}\n" for value in values]
 
 
 def _pump_name(channel: str) -> str:
