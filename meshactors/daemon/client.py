@@ -51,7 +51,8 @@ MAX_CONCURRENT_REQUESTS = 64  # requests one connection may have in flight
 OUTGOING_CAPACITY = 256  # frames queued for the socket writer
 PUSH_CAPACITY = 4096  # events addressed to this connection, queued before it lags
 WRITE_BATCH = 256  # frames joined into one socket write
-PUSH_BATCH = 256  # queued events encoded into one outgoing frame (one socket write)
+PUSH_BATCH = 64  # queued events joined into one outgoing frame (a frame's worth)
+PUSH_BATCH_BYTES = 64 * 1024  # ... and their bytes: the joining stops once past this
 
 
 @attrs.define(eq=False)
@@ -227,16 +228,21 @@ class ClientActor(Actor):
         await self._out_send.send(event_frame(kind, data))
 
     async def _forward_pushes(self, pushes: Subscriber[dict[str, Any] | bytes]) -> None:
-        """Write pushed events, all those queued (up to PUSH_BATCH) in one outgoing frame."""
+        """Write pushed events, those queued together (up to PUSH_BATCH, PUSH_BATCH_BYTES) in
+        one outgoing frame: one queue pass for a received frame's worth of events."""
         async for item in pushes:
             if isinstance(item, Lagged):
                 await report_lag(item, pushes, self)
                 continue
             frames = [_encoded(item)]
+            size = len(frames[0])
             for _ in range(min(pushes.queued, PUSH_BATCH - 1)):
+                if size >= PUSH_BATCH_BYTES:
+                    break
                 event = await pushes.receive()  # queued: answers at once, never a marker
                 assert not isinstance(event, Lagged)
                 frames.append(_encoded(event))
+                size += len(frames[-1])
             await self._out_send.send(b"".join(frames))
 
     async def _write_frames(self) -> None:
