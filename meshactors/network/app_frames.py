@@ -156,7 +156,8 @@ def _run_length(
 @attrs.frozen
 class ChanRun(Frame):
     """Separate messages on one channel, in order, in one frame (one seal): each reaches the
-    subscribers as its own event. A peer without the `chan_run` feature gets one `chan` each."""
+    subscribers as its own event. A peer without the `chan_run` feature gets one `chan` each;
+    a run too large for one frame goes as two halves."""
 
     channel: str = attrs.field(validator=_text(MAX_NAME_CHARS))
     payloads: list[Any] = attrs.field(validator=_run_length)
@@ -165,6 +166,15 @@ class ChanRun(Frame):
 
     def downgrade(self) -> list[Frame]:
         return [Chan(self.channel, payload, self.binary, self.retain) for payload in self.payloads]
+
+    def split(self) -> list[Frame]:
+        half = len(self.payloads) // 2
+        if not half:
+            return self.downgrade()
+        return [
+            attrs.evolve(self, payloads=self.payloads[:half]),
+            attrs.evolve(self, payloads=self.payloads[half:]),
+        ]
 
 
 @register_frame("chan_ack", app=True)

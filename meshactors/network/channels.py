@@ -24,7 +24,7 @@ import trio
 from meshactors.actors import Actor, ChildSpec, Inbox, Restart, Supervisor
 from meshactors.network.app_frames import Chan, ChanAck, ChanBatch, ChanRun, payload_of_frame
 from meshactors.network.app_wire import AppWire, Postbox
-from meshactors.network.payload import MAX_BATCH, MAX_PAYLOAD_BYTES, Payload
+from meshactors.network.payload import MAX_BATCH, Payload
 from meshactors.network.peers import PeerStatus
 from meshactors.network.rpc import Cleanup, new_request_id
 from meshactors.wire.ipc import ErrorCode, OpError, event_frame
@@ -32,7 +32,6 @@ from meshactors.wire.peer import Frame
 
 MAX_CHANNELS = 256  # channels subscribed at once per network (one pump each)
 PUMP_INBOX = 4096  # frames' events queued for one pump before more are dropped (counted)
-RUN_FRAME_BYTES = MAX_PAYLOAD_BYTES  # payloads (as JSON) in one `chan_run` frame; more split
 PUMP_SHUTDOWN_TIMEOUT = 1.0  # seconds a pump may take to stop
 RETAINED_MAX_VALUES = 1024  # retained values kept per network, received and own, each
 RETAINED_MAX_BYTES = 8 * 1024 * 1024  # their payloads as JSON, received and own, each
@@ -399,25 +398,18 @@ def _message_frames(
     channel: str, payloads: list[Payload], retain: bool, separate: bool
 ) -> list[Frame]:
     """One `chan` frame for one payload; several as one `chan_batch` (JSON payloads only), or,
-    when `separate` (all binary or none), as `chan_run` frames of at most MAX_BATCH messages
-    and RUN_FRAME_BYTES of payloads each."""
+    when `separate` (all binary or none), as `chan_run` frames of at most MAX_BATCH each (the
+    peers actor splits one too large to send)."""
     if len(payloads) == 1:
         return [Chan(channel, payloads[0].value, payloads[0].binary, retain)]
-    if not separate:
-        return [ChanBatch(channel, [payload.value for payload in payloads], retain)]
-    binary = payloads[0].binary
     values = [payload.value for payload in payloads]
-    if len(values) <= MAX_BATCH and Payload(values).size <= RUN_FRAME_BYTES:
-        return [ChanRun(channel, values, binary, retain)]  # the usual case: one size check
-    runs: list[list[Any]] = [[]]
-    size = 0
-    for payload in payloads:
-        size += payload.size
-        if runs[-1] and (size > RUN_FRAME_BYTES or len(runs[-1]) >= MAX_BATCH):
-            runs.append([])
-            size = payload.size
-        runs[-1].append(payload.value)
-    return [ChanRun(channel, run, binary, retain) for run in runs]
+    if not separate:
+        return [ChanBatch(channel, values, retain)]
+    binary = payloads[0].binary
+    return [
+        ChanRun(channel, values[start : start + MAX_BATCH], binary, retain)
+        for start in range(0, len(values), MAX_BATCH)
+    ]
 
 
 def _event_lines(head: dict[str, Any], field: str, values: list[Any]) -> list[bytes]:

@@ -61,6 +61,7 @@ from meshactors.wire.peer import (
     ProfileFrame,
     converter,
     decode_frame,
+    encode_for,
     encode_frame,
 )
 
@@ -206,10 +207,10 @@ class Peers(Actor):
             raise OpError(
                 ErrorCode.PEER_NOT_ACTIVE, f"peer {device_id} is {peer.status.value}, not active"
             )
-        older = frame.feature is not None and not _announces(peer, frame.feature)
+        features = peer.hello.features if peer.hello is not None else []
         try:
-            for each in frame.downgrade() if older else [frame]:
-                await self._send(peer, each)
+            for data in encode_for(frame, features):
+                await self._send_encoded(peer, data)
         except LinkDown as exc:
             raise OpError(ErrorCode.LINK_DOWN, str(exc)) from None
 
@@ -501,9 +502,13 @@ class Peers(Actor):
 
     async def _send(self, peer: PeerState, frame: Frame) -> None:
         """Seal and queue one frame; LinkDown when there is no link."""
+        await self._send_encoded(peer, encode_frame(frame))
+
+    async def _send_encoded(self, peer: PeerState, data: bytes) -> None:
+        """Seal and queue one encoded frame; LinkDown when there is no link."""
         if self.link is None:
             raise LinkDown(f"network {self.network} has no link")
-        await self.link.send(peer.public_key, peer.crypto.seal(encode_frame(frame)))
+        await self.link.send(peer.public_key, peer.crypto.seal(data))
 
     async def _try_send(self, peer: PeerState, frame: Frame) -> None:
         """Send a control frame; if the link is down the next hello makes up for it."""
@@ -685,11 +690,6 @@ class Peers(Actor):
                 }
             )
         return rows
-
-
-def _announces(peer: PeerState, feature: str) -> bool:
-    """Whether the peer's hello names `feature` (a frame type newer than its major's first)."""
-    return peer.hello is not None and feature in peer.hello.features
 
 
 def _visible(peer: PeerState) -> bool:

@@ -14,7 +14,7 @@ a minor release may add frame types (announced in `features`) but never change a
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, ClassVar, TypeVar
 
 import attrs
@@ -67,6 +67,11 @@ class Frame:
     def downgrade(self) -> list[Frame]:
         """Frames saying the same to a peer that does not announce `feature` (frames with one)."""
         raise NotImplementedError(f"{self.tag} has no older form")
+
+    def split(self) -> list[Frame]:
+        """Smaller frames saying the same, in order, for one too large to send; [] if it cannot
+        be split."""
+        return []
 
 
 _FRAMES: dict[str, type[Frame]] = {}
@@ -241,6 +246,18 @@ def encode_frame(frame: Frame) -> bytes:
     """A frame as compact JSON bytes, ready to seal."""
     data = converter.unstructure(frame)
     return json.dumps({"t": frame.tag, **data}, separators=(",", ":"), allow_nan=False).encode()
+
+
+def encode_for(frame: Frame, features: Collection[str]) -> list[bytes]:
+    """`frame` encoded for a peer announcing `features`: as its older frames if the peer lacks
+    its feature, and split (when it can be) until each part fits MAX_PEER_FRAME_BYTES."""
+    if frame.feature is not None and frame.feature not in features:
+        return [data for older in frame.downgrade() for data in encode_for(older, features)]
+    data = encode_frame(frame)
+    parts = frame.split() if len(data) > MAX_PEER_FRAME_BYTES else []
+    if not parts:
+        return [data]
+    return [data for part in parts for data in encode_for(part, features)]
 
 
 def decode_frame(data: bytes) -> Frame:

@@ -18,7 +18,15 @@ from meshactors.network.app_frames import (
     RpcResult,
     WireError,
 )
-from meshactors.wire.peer import BadPeerFrame, Frame, decode_frame, encode_frame
+from meshactors.wire.peer import (
+    FEATURES,
+    MAX_PEER_FRAME_BYTES,
+    BadPeerFrame,
+    Frame,
+    decode_frame,
+    encode_for,
+    encode_frame,
+)
 
 FRAMES: list[Frame] = [
     RpcCall("id1", "echo", {"x": [1, None]}, False, False, 30_000),
@@ -73,3 +81,15 @@ def test_a_run_reads_as_one_chan_per_message_for_a_peer_without_the_feature() ->
         Chan("news", "AA==", binary=True, retain=True),
     ]
     assert Chan.feature is None  # frames of the first 1.x go to every peer as they are
+
+
+def test_a_run_too_large_for_one_frame_is_encoded_as_halves_in_order() -> None:
+    values = [[n, "z" * (MAX_PEER_FRAME_BYTES // 3)] for n in range(7)]
+    parts = encode_for(ChanRun("big", values), FEATURES)
+    assert all(len(part) <= MAX_PEER_FRAME_BYTES for part in parts)
+    decoded = [decode_frame(part) for part in parts]
+    assert [len(frame.payloads) for frame in decoded if isinstance(frame, ChanRun)] == [1, 2, 2, 2]
+    assert [value for frame in decoded for value in frame.payloads] == values
+    alone = ChanRun("big", ["z" * MAX_PEER_FRAME_BYTES])  # one message too large to split
+    assert encode_for(alone, FEATURES) == [encode_frame(Chan("big", "z" * MAX_PEER_FRAME_BYTES))]
+    assert encode_for(ChanRun("c", [1, 2]), []) == [encode_frame(Chan("c", n)) for n in (1, 2)]

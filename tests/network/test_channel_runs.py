@@ -13,8 +13,9 @@ import trio
 import trio.testing
 
 from meshactors.network.app_frames import Chan, ChanRun
-from meshactors.network.channels import RUN_FRAME_BYTES, _message_frames
+from meshactors.network.channels import _message_frames
 from meshactors.network.payload import MAX_PAYLOAD_BYTES, Payload
+from meshactors.wire.peer import MAX_PEER_FRAME_BYTES
 from tests.network.appclient import AppClient, network_children
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair
 
@@ -186,11 +187,24 @@ async def test_a_stalled_subscriber_lags_per_event_when_events_come_in_runs(
     assert (pump["delivered"], pump["lagged"]) == (len(got), skipped)
 
 
-def test_a_long_run_is_split_into_frames_under_the_size_limit() -> None:
-    big = [Payload("x" * (RUN_FRAME_BYTES // 3)) for _ in range(7)]
-    frames = _message_frames("run", big, retain=False, separate=True)
-    assert [len(frame.payloads) for frame in frames if isinstance(frame, ChanRun)] == [2, 2, 2, 1]
+async def test_a_run_too_large_for_one_frame_arrives_whole_in_several(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    a, b = await active_pair(mesh)
+    reader = await AppClient.open(b.services.paths.socket, nursery)
+    await reader.call("channel_subscribe", network=NET, channel="run")
+    sealed = await _sealed_to(a, b)
+    big = "y" * (MAX_PEER_FRAME_BYTES // 8)
+    run = [Payload([n, big]) for n in range(40)]  # ~5 frames' worth
+    await a.network().channels.send_to(b.device_id, "run", run, retain=False, separate=True)
+    received = await reader.count("channel_inbound", 40)
+    assert [event["payload"] for event in received] == [[n, big] for n in range(40)]
+    assert await _sealed_to(a, b) == sealed + 8  # halved three times: 40, 20, 10, 5 each
+
+
+def test_one_payload_is_a_chan_frame_and_several_a_run() -> None:
     small = [Payload(n) for n in range(3)]
-    (frame,) = _message_frames("run", small, retain=True, separate=True)
-    assert frame == ChanRun("run", [0, 1, 2], binary=False, retain=True)
+    assert _message_frames("run", small, retain=True, separate=True) == [
+        ChanRun("run", [0, 1, 2], binary=False, retain=True)
+    ]
     assert _message_frames("run", small[:1], retain=False, separate=True) == [Chan("run", 0)]
