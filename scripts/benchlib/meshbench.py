@@ -5,7 +5,6 @@ throughput and fan-out."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import subprocess
@@ -148,8 +147,9 @@ async def channel_flood(
     """Send `count` channel messages of a `size`-byte payload, `batch` per request (one
     `payload`, or `payloads`), IN_FLIGHT requests at a time; to `peer`, or to all if None.
 
-    Requests are pre-encoded lines, written as many at once as answers free slots; answers are
-    checked in bulk (every one must be ok) so that this client is not the bottleneck.
+    Requests are pre-encoded lines, written as many at once as answers free slots, by the task
+    that reads the answers; answers are checked in bulk (every one must be ok) so that this
+    client is not the bottleneck.
     """
     lines = Lines(await trio.open_unix_socket(str(sock)))
     payload = "x" * (size - 2)
@@ -160,37 +160,23 @@ async def channel_flood(
     op, target = ("channel_send_all", {}) if peer is None else ("channel_send_to", {"peer": peer})
     rest = json.dumps({"op": op, "network": NETWORK, "channel": "flood", **target, **message})
     head, tail = b'{"id":', ("," + rest[1:] + "\n").encode()
-    send_slots, slots = trio.open_memory_channel[int](math.inf)
-    send_slots.send_nowait(IN_FLIGHT)
 
-    async def read_answers() -> None:
-        answered = 0
-        while answered < requests:
-            answers = await lines.complete()
-            answered_now = answers.count(b"\n")
-            if answers.count(b'"ok":true') != answered_now:
-                bad = [line for line in answers.splitlines() if b'"ok":true' not in line]
-                raise AssertionError(bad[0].decode())
-            answered += answered_now
-            send_slots.send_nowait(answered_now)
+    async def send(ids: range) -> None:
+        await lines.stream.send_all(b"".join(head + b"%d" % n + tail for n in ids))
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(read_answers)
-        sent = 0
-        while sent < requests:
-            free = await slots.receive()
-            while (more := _ready(slots)) is not None:
-                free += more
-            ids = range(sent, min(sent + free, requests))
-            await lines.stream.send_all(b"".join(head + b"%d" % n + tail for n in ids))
-            sent += len(ids)
-
-
-def _ready(channel: trio.MemoryReceiveChannel[int]) -> int | None:
-    try:
-        return channel.receive_nowait()
-    except trio.WouldBlock:
-        return None
+    sent = min(IN_FLIGHT, requests)
+    await send(range(sent))
+    answered = 0
+    while answered < requests:
+        answers = await lines.complete()
+        count = answers.count(b"\n")
+        if answers.count(b'"ok":true') != count:
+            bad = [line for line in answers.splitlines() if b'"ok":true' not in line]
+            raise AssertionError(bad[0].decode())
+        answered += count
+        more = min(count, requests - sent)
+        await send(range(sent, sent + more))
+        sent += more
 
 
 def _flood_rate(mesh: Mesh, receivers: int, count: int, size: int, batch: int) -> int:
