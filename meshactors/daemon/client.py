@@ -1,12 +1,15 @@
 """The `client c<n>` actor: one control-socket connection, its requests, answers and events.
 
-It reads request lines, runs each op in its own task (up to a cap), writes answers and
-events through one bounded outgoing queue, and on disconnect runs the session's cleanups
-(method claims, subscriptions), so a vanished program leaves nothing behind.
+It reads request lines, runs each op in its own task (up to a cap) except channel sends,
+which one in-order task runs as they come (consecutive ones merged: see daemon/optable.py),
+writes answers and events through one bounded outgoing queue, and on disconnect runs the
+session's cleanups (method claims, subscriptions), so a vanished program leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -24,7 +27,7 @@ from meshactors.daemon.event_stream import (
 )
 from meshactors.daemon.http import HttpConnection, looks_like_http
 from meshactors.daemon.lines import RECEIVE_CHUNK, LineReader, Oversized
-from meshactors.daemon.optable import run_request
+from meshactors.daemon.optable import Outcome, run_request
 from meshactors.daemon.services import Services
 from meshactors.daemon.session import Session
 from meshactors.daemon.tcp_auth import TcpAuth
@@ -35,6 +38,7 @@ from meshactors.wire.ipc import (
     ErrorCode,
     OpError,
     Request,
+    RequestId,
     error_frame,
     event_frame,
     ok_frame,
@@ -47,6 +51,8 @@ MAX_CONCURRENT_REQUESTS = 64  # requests one connection may have in flight
 OUTGOING_CAPACITY = 256  # frames queued for the socket writer
 PUSH_CAPACITY = 4096  # events addressed to this connection, queued before it lags
 WRITE_BATCH = 256  # frames joined into one socket write
+PUSH_BATCH = 64  # queued events joined into one outgoing frame (a frame's worth)
+PUSH_BATCH_BYTES = 64 * 1024  # ... and their bytes: the joining stops once past this
 
 
 @attrs.define(eq=False)
@@ -66,10 +72,16 @@ class ClientActor(Actor):
     in_flight: int = 0
     _out_send: trio.MemorySendChannel[bytes] = attrs.field(init=False)
     _out_receive: trio.MemoryReceiveChannel[bytes] = attrs.field(init=False)
+    _in_order_send: trio.MemorySendChannel[Request] = attrs.field(init=False)
+    _in_order_receive: trio.MemoryReceiveChannel[Request] = attrs.field(init=False)
     _session: Session | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._out_send, self._out_receive = trio.open_memory_channel[bytes](OUTGOING_CAPACITY)
+        # never full: every request queued here counts against MAX_CONCURRENT_REQUESTS
+        self._in_order_send, self._in_order_receive = trio.open_memory_channel[Request](
+            MAX_CONCURRENT_REQUESTS
+        )
 
     def figures(self) -> dict[str, Any]:
         session = self._session
@@ -85,9 +97,7 @@ class ClientActor(Actor):
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        pushes: Subscriber[dict[str, Any]] = Broadcast[dict[str, Any]]().subscribe(
-            PUSH_CAPACITY, LAG_DISCONNECT_LIMIT
-        )
+        pushes = Broadcast[dict[str, Any] | bytes]().subscribe(PUSH_CAPACITY, LAG_DISCONNECT_LIMIT)
         try:
             async with trio.open_nursery() as nursery:
                 self._session = Session(self.client_id, self.services, pushes, nursery, self)
@@ -101,6 +111,7 @@ class ClientActor(Actor):
                 else:
                     self.protocol = "json-lines"
                     nursery.start_soon(self._write_frames)
+                    nursery.start_soon(self._run_in_order)
                     nursery.start_soon(self._forward_pushes, pushes)
                     nursery.start_soon(cut_off_when_overflowed, pushes)
                     await self._read_requests(nursery)
@@ -163,7 +174,10 @@ class ClientActor(Actor):
                 )
                 continue
             self.in_flight += 1
-            nursery.start_soon(self._answer, request)
+            if self.services.ops.in_order(request):
+                self._in_order_send.send_nowait(request)
+            else:
+                nursery.start_soon(self._answer, request)
 
     async def _answer(self, request: Request) -> None:
         assert self._session is not None
@@ -177,6 +191,30 @@ class ClientActor(Actor):
             self.in_flight -= 1
         await self._out_send.send(frame)
 
+    async def _run_in_order(self) -> None:
+        """Run in-order requests as they come: all those queued at once go to the op table
+        together, so consecutive channel sends run as one."""
+        assert self._session is not None
+        async for first in self._in_order_receive:
+            queued = [first]
+            while len(queued) < MAX_CONCURRENT_REQUESTS:
+                try:
+                    queued.append(self._in_order_receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self.services.ops.run_in_order(self._session, queued, self._answer_all)
+
+    async def _answer_all(self, requests: Sequence[Request], outcome: Outcome) -> None:
+        """Answer requests that share one outcome, in order, in one outgoing frame."""
+        self.requests += len(requests)
+        self.in_flight -= len(requests)
+        if isinstance(outcome, OpError):
+            self.errors += len(requests)
+            await self._out_send.send(b"".join(error_frame(r.id, outcome) for r in requests))
+            return
+        after_id = ok_frame(None, outcome)[len(_NULL_ID) :]
+        await self._out_send.send(b"".join(_id_head(request.id) + after_id for request in requests))
+
     async def forward_broadcast(self, events: Subscriber[Event], after: int) -> None:
         """Write broadcast events newer than `after` to this connection as they come."""
         await follow(events, after, self)
@@ -189,12 +227,23 @@ class ClientActor(Actor):
         """Write one event frame that is not logged (e.g. a replay gap notice)."""
         await self._out_send.send(event_frame(kind, data))
 
-    async def _forward_pushes(self, pushes: Subscriber[dict[str, Any]]) -> None:
+    async def _forward_pushes(self, pushes: Subscriber[dict[str, Any] | bytes]) -> None:
+        """Write pushed events, those queued together (up to PUSH_BATCH, PUSH_BATCH_BYTES) in
+        one outgoing frame: one queue pass for a received frame's worth of events."""
         async for item in pushes:
             if isinstance(item, Lagged):
                 await report_lag(item, pushes, self)
-            else:
-                await self._out_send.send(event_frame(item.pop("kind"), item))
+                continue
+            frames = [_encoded(item)]
+            size = len(frames[0])
+            for _ in range(min(pushes.queued, PUSH_BATCH - 1)):
+                if size >= PUSH_BATCH_BYTES:
+                    break
+                event = await pushes.receive()  # queued: answers at once, never a marker
+                assert not isinstance(event, Lagged)
+                frames.append(_encoded(event))
+                size += len(frames[-1])
+            await self._out_send.send(b"".join(frames))
 
     async def _write_frames(self) -> None:
         while True:
@@ -205,3 +254,20 @@ class ClientActor(Actor):
                 except trio.WouldBlock:
                     break
             await self.stream.send_all(b"".join(batch))
+
+
+_NULL_ID = b'{"id":null'  # how every answer frame begins when its id is None
+
+
+def _encoded(push: dict[str, Any] | bytes) -> bytes:
+    """A pushed event as a line: encoded already, or an event dict with its `kind`."""
+    if isinstance(push, bytes):
+        return push
+    return event_frame(push.pop("kind"), push)
+
+
+def _id_head(request_id: RequestId) -> bytes:
+    """The start of an answer frame with this id, as `ok_frame` writes it."""
+    if isinstance(request_id, int):
+        return b'{"id":%d' % request_id
+    return b'{"id":' + json.dumps(request_id, ensure_ascii=False).encode()

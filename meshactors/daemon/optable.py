@@ -1,8 +1,13 @@
-"""The op table: each control-socket op's params class, handler and one-line summary."""
+"""The op table: each control-socket op's params class, handler and one-line summary.
+
+Ops with a `Merge` are run in order, one request after another, by the connection's in-order
+runner; consecutive requests with equal run keys run as one (e.g. one frame and seal for many
+channel messages) and each still gets its own answer, in order.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
@@ -27,13 +32,41 @@ class NoParams:
 
 
 @attrs.frozen
+class Merge(Generic[P]):
+    """How consecutive requests of one op run as one: `item` checks a request's params (an
+    OpError answers that request alone) and gives its run key and item, or None to run it
+    alone with the op's handler; `run` takes the run's first params and every item, in order,
+    and gives the answer all of them share."""
+
+    item: Callable[[P], tuple[Hashable, Any] | None]
+    run: Callable[[Session, P, list[Any]], Awaitable[Any]]
+
+
+@attrs.frozen
 class Op(Generic[P]):
-    """One op: validated params of type `params`, answered by `handler`."""
+    """One op: validated params of type `params`, answered by `handler`; with `merge` it is
+    run in order and consecutive requests may run as one."""
 
     name: str
     params: type[P]
     handler: Callable[[Session, P], Awaitable[Any]]
     summary: str
+    merge: Merge[P] | None = None
+
+
+Outcome = Any  # an answer's data, or the OpError it failed with
+Answer = Callable[[Sequence[Request], Outcome], Awaitable[None]]
+
+
+@attrs.define
+class _Run:
+    """Requests of one op with equal run keys, waiting to run as one."""
+
+    op: Op[Any]
+    key: Hashable
+    params: Any  # the first request's
+    requests: list[Request]
+    items: list[Any]
 
 
 @attrs.define
@@ -57,27 +90,80 @@ class OpTable:
         """Op names, sorted, for the `version` op."""
         return sorted(self.ops)
 
-    async def dispatch(self, session: Session, request: Request) -> Any:
-        """Validate the request's params strictly and run its handler."""
+    def in_order(self, request: Request) -> bool:
+        """Whether `request` goes to the connection's in-order runner (`run_in_order`)."""
+        op = self.ops.get(request.op)
+        return op is not None and op.merge is not None
+
+    def validate(self, request: Request) -> tuple[Op[Any], Any]:
+        """The request's op and its params, validated strictly (OpError otherwise)."""
         op = self.ops.get(request.op)
         if op is None:
             raise OpError(ErrorCode.UNKNOWN_OP, f"unknown op {request.op!r}")
         try:
-            params = converter.structure(request.params, op.params)
+            return op, converter.structure(request.params, op.params)
         except Exception as exc:
             raise OpError(ErrorCode.INVALID_PARAMS, describe_error(exc)) from None
+
+    async def dispatch(self, session: Session, request: Request) -> Any:
+        """Validate the request's params strictly and run its handler."""
+        op, params = self.validate(request)
         return await op.handler(session, params)
+
+    async def run_in_order(
+        self, session: Session, requests: Sequence[Request], answer: Answer
+    ) -> None:
+        """Run `requests` one after another, merging consecutive ones of equal run key, and
+        pass every outcome to `answer` in request order (a run's requests share one)."""
+        run: _Run | None = None
+        for request in requests:
+            try:
+                op, params = self.validate(request)
+                merged = None if op.merge is None else op.merge.item(params)
+            except OpError as error:
+                await self._finish(session, run, answer)
+                run = None
+                await answer([request], error)
+                continue
+            if run is not None and (merged is None or (op.name, merged[0]) != run.key):
+                await self._finish(session, run, answer)
+                run = None
+            if merged is None:
+                outcome = await _guarded(session, request.op, op.handler(session, params))
+                await answer([request], outcome)
+            elif run is None:
+                run = _Run(op, (op.name, merged[0]), params, [request], [merged[1]])
+            else:
+                run.requests.append(request)
+                run.items.append(merged[1])
+        await self._finish(session, run, answer)
+
+    async def _finish(self, session: Session, run: _Run | None, answer: Answer) -> None:
+        """Run a pending run, if any, and answer its requests."""
+        if run is None:
+            return
+        assert run.op.merge is not None
+        work = run.op.merge.run(session, run.params, run.items)
+        await answer(run.requests, await _guarded(session, run.op.name, work))
+
+
+async def _guarded(session: Session, op: str, work: Awaitable[Any]) -> Outcome:
+    """The result of `work`, or the OpError it raised; a handler's bug becomes `internal`."""
+    try:
+        return await work
+    except OpError as error:
+        return error
+    except Exception as exc:
+        log.exception("op failed", op=op, client=session.client_id)
+        return OpError(ErrorCode.INTERNAL, f"{op} failed: {exc!r}")
 
 
 async def run_request(session: Session, request: Request) -> Any:
     """Dispatch `request` on the session's op table; a handler's bug becomes an `internal` error."""
-    try:
-        return await session.services.ops.dispatch(session, request)
-    except OpError:
-        raise
-    except Exception as exc:
-        log.exception("op failed", op=request.op, client=session.client_id)
-        raise OpError(ErrorCode.INTERNAL, f"{request.op} failed: {exc!r}") from exc
+    outcome = await _guarded(session, request.op, session.services.ops.dispatch(session, request))
+    if isinstance(outcome, OpError):
+        raise outcome
+    return outcome
 
 
 def unstructure(value: Any) -> Any:

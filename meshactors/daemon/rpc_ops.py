@@ -6,11 +6,13 @@ JSON value) or `payload_b64` (base64 of binary); answers and events use the same
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Hashable
 from typing import Any
 
 import attrs
 
-from meshactors.daemon.optable import Op
+from meshactors.daemon.optable import Merge, Op
 from meshactors.daemon.session import Session
 from meshactors.network.network import Network
 from meshactors.network.payload import Payload, check_name, payload_of, payloads_of
@@ -244,8 +246,16 @@ async def channel_send_to(session: Session, params: ChannelSendTo) -> dict[str, 
     """Publish to one peer (or this daemon); `retain` keeps it for late subscribers."""
     check_name(params.channel, "channel")
     payloads = payloads_of(params.payload, params.payload_b64, params.payloads)
+    return await _send_to(session, params, payloads, separate=False)
+
+
+async def _send_to(
+    session: Session, params: ChannelSendTo, payloads: list[Payload], *, separate: bool
+) -> dict[str, Any]:
     channels = _network(session, params.network).channels
-    await channels.send_to(params.peer, params.channel, payloads, retain=params.retain)
+    await channels.send_to(
+        params.peer, params.channel, payloads, retain=params.retain, separate=separate
+    )
     return {"dispatched_to": [params.peer]}
 
 
@@ -253,9 +263,31 @@ async def channel_send_all(session: Session, params: ChannelSendAll) -> dict[str
     """Publish to every active peer; answers the device ids it went to."""
     check_name(params.channel, "channel")
     payloads = payloads_of(params.payload, params.payload_b64, params.payloads)
+    return await _send_all(session, params, payloads, separate=False)
+
+
+async def _send_all(
+    session: Session, params: ChannelSendAll, payloads: list[Payload], *, separate: bool
+) -> dict[str, Any]:
     channels = _network(session, params.network).channels
-    sent = await channels.send_all(params.channel, payloads, retain=params.retain)
+    sent = await channels.send_all(
+        params.channel, payloads, retain=params.retain, separate=separate
+    )
     return {"dispatched_to": sent}
+
+
+def _one_message(params: ChannelSendTo | ChannelSendAll) -> tuple[Hashable, Payload] | None:
+    """A one-message send's run key and payload; a `payloads` batch runs alone (None).
+
+    Consecutive sends to the same network, channel and target, alike in `retain` and in being
+    binary, go as one `chan_run` frame: one seal, one event per message at the receiver.
+    """
+    if params.payloads is not None:
+        return None
+    check_name(params.channel, "channel")
+    payload = payload_of(params.payload, params.payload_b64)
+    peer = params.peer if isinstance(params, ChannelSendTo) else None
+    return (params.network, params.channel, peer, params.retain, payload.binary), payload
 
 
 async def channel_send_reliable(session: Session, params: ChannelSendReliable) -> dict[str, Any]:
@@ -277,8 +309,20 @@ OPS: list[Op[Any]] = [
     Op("rpc_stream_end", RpcStreamEnd, rpc_stream_end, "end a streamed answer"),
     Op("channel_subscribe", ChannelRef, channel_subscribe, "receive a channel's messages"),
     Op("channel_unsubscribe", ChannelRef, channel_unsubscribe, "stop receiving a channel"),
-    Op("channel_send_to", ChannelSendTo, channel_send_to, "publish to one peer"),
-    Op("channel_send_all", ChannelSendAll, channel_send_all, "publish to every active peer"),
+    Op(
+        "channel_send_to",
+        ChannelSendTo,
+        channel_send_to,
+        "publish to one peer",
+        Merge(_one_message, functools.partial(_send_to, separate=True)),
+    ),
+    Op(
+        "channel_send_all",
+        ChannelSendAll,
+        channel_send_all,
+        "publish to every active peer",
+        Merge(_one_message, functools.partial(_send_all, separate=True)),
+    ),
     Op(
         "channel_send_reliable",
         ChannelSendReliable,

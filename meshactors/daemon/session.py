@@ -34,7 +34,7 @@ class Session:
 
     client_id: str
     services: Services
-    pushes: Subscriber[dict[str, Any]]
+    pushes: Subscriber[dict[str, Any] | bytes]  # events, or event lines encoded already
     nursery: trio.Nursery
     sink: EventSink
     events_subscribed: bool = False
@@ -44,6 +44,11 @@ class Session:
     def push(self, kind: str, data: dict[str, Any]) -> bool:
         """Queue an event addressed to this connection only; never waits (lags when full)."""
         return self.pushes.offer({"kind": kind, **data})
+
+    def push_frames(self, frames: list[bytes]) -> int:
+        """Queue encoded event lines, in order, without waiting; returns how many were taken
+        (each one that was not counts as skipped, as with `push`)."""
+        return sum(self.pushes.offer(frame) for frame in frames)
 
     def on_close(self, cleanup: Cleanup) -> None:
         """Run `cleanup` when the connection ends (in reverse order of registration)."""

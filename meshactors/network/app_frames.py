@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 
-from meshactors.network.payload import MAX_NAME_CHARS, Payload
+from meshactors.network.payload import MAX_BATCH, MAX_NAME_CHARS, Payload
 from meshactors.wire.peer import Frame, register_frame
 
 MAX_ID_CHARS = 64  # a request or acknowledgement id on the wire
@@ -138,6 +138,43 @@ class ChanBatch(Frame):
     channel: str = attrs.field(validator=_text(MAX_NAME_CHARS))
     payloads: list[Any]
     retain: bool = False
+
+
+def _binary_each(instance: Any, _attribute: attrs.Attribute[bool], value: bool) -> None:
+    if value and not all(isinstance(payload, str) for payload in instance.payloads):
+        raise ValueError("binary payloads are base64 text")
+
+
+def _run_length(
+    _instance: object, _attribute: attrs.Attribute[list[Any]], value: list[Any]
+) -> None:
+    if not 0 < len(value) <= MAX_BATCH:
+        raise ValueError(f"a run holds 1-{MAX_BATCH} messages")
+
+
+@register_frame("chan_run", app=True, feature="chan_run")
+@attrs.frozen
+class ChanRun(Frame):
+    """Separate messages on one channel, in order, in one frame (one seal): each reaches the
+    subscribers as its own event. A peer without the `chan_run` feature gets one `chan` each;
+    a run too large for one frame goes as two halves."""
+
+    channel: str = attrs.field(validator=_text(MAX_NAME_CHARS))
+    payloads: list[Any] = attrs.field(validator=_run_length)
+    binary: bool = attrs.field(default=False, validator=_binary_each)
+    retain: bool = False
+
+    def downgrade(self) -> list[Frame]:
+        return [Chan(self.channel, payload, self.binary, self.retain) for payload in self.payloads]
+
+    def split(self) -> list[Frame]:
+        half = len(self.payloads) // 2
+        if not half:
+            return self.downgrade()
+        return [
+            attrs.evolve(self, payloads=self.payloads[:half]),
+            attrs.evolve(self, payloads=self.payloads[half:]),
+        ]
 
 
 @register_frame("chan_ack", app=True)

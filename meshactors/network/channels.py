@@ -1,9 +1,11 @@
 """Channels of one network: the `channels` actor and one `channel <name>` pump per subscribed
 channel, made by the first subscriber and stopped after the last.
 
-Received messages go from the frame handler to the channel's pump (a bounded inbox; a full
-one drops and counts), which pushes them to each subscribed connection without waiting: a
-connection that stops reading lags and is cut off by its own actor, never stalling the pump.
+Received messages go from the frame handler to the channel's pump as event lines, encoded
+once per frame whatever the number of subscribers (a bounded inbox of frames' worth of
+events; a full one drops and counts), which pushes them to each subscribed connection without
+waiting: a connection that stops reading lags and is cut off by its own actor, never stalling
+the pump.
 Retained values: the last `retain` message per (sender, channel) is kept here and shown to
 each new subscriber at once; our own retained sends go again to every peer that becomes
 active. Both stores are bounded (RETAINED_*); the oldest entry goes first.
@@ -12,22 +14,24 @@ active. Both stores are bounded (RETAINED_*); the oldest entry goes first.
 from __future__ import annotations
 
 import collections
-from typing import Any, ClassVar
+import json
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
 
 import attrs
 import trio
 
 from meshactors.actors import Actor, ChildSpec, Inbox, Restart, Supervisor
-from meshactors.network.app_frames import Chan, ChanAck, ChanBatch, payload_of_frame
+from meshactors.network.app_frames import Chan, ChanAck, ChanBatch, ChanRun, payload_of_frame
 from meshactors.network.app_wire import AppWire, Postbox
-from meshactors.network.payload import Payload
+from meshactors.network.payload import MAX_BATCH, Payload
 from meshactors.network.peers import PeerStatus
-from meshactors.network.rpc import Client, new_request_id
-from meshactors.wire.ipc import ErrorCode, OpError
+from meshactors.network.rpc import Cleanup, new_request_id
+from meshactors.wire.ipc import ErrorCode, OpError, event_frame
 from meshactors.wire.peer import Frame
 
 MAX_CHANNELS = 256  # channels subscribed at once per network (one pump each)
-PUMP_INBOX = 4096  # messages queued for one pump before more are dropped (counted)
+PUMP_INBOX = 4096  # frames' events queued for one pump before more are dropped (counted)
 PUMP_SHUTDOWN_TIMEOUT = 1.0  # seconds a pump may take to stop
 RETAINED_MAX_VALUES = 1024  # retained values kept per network, received and own, each
 RETAINED_MAX_BYTES = 8 * 1024 * 1024  # their payloads as JSON, received and own, each
@@ -36,6 +40,20 @@ RELIABLE_RESEND = 1.0  # seconds between resends of an unacknowledged reliable m
 MAX_RELIABLE_PENDING = 1024  # reliable sends waiting for an acknowledgement per network
 RECENT_ACKS = 4096  # reliable message ids remembered to drop resent duplicates
 ALL = "*"  # the target of a retained send to every peer
+INBOUND = "channel_inbound"  # the event kind of a received message
+_PAYLOAD_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # as ipc.encode
+
+
+class Client(Protocol):
+    """A local connection as channels see it (a daemon `Session` is one)."""
+
+    client_id: str
+
+    def push(self, kind: str, data: dict[str, Any]) -> bool: ...
+
+    def push_frames(self, frames: list[bytes]) -> int: ...
+
+    def on_close(self, cleanup: Cleanup) -> None: ...
 
 
 @attrs.define(eq=False)
@@ -81,7 +99,7 @@ class ChannelPump(Actor):
     network: str
     channel: str
     subscribers: dict[str, Client] = attrs.field(factory=dict)
-    inbox: Inbox[dict[str, Any]] = attrs.field(factory=lambda: Inbox(PUMP_INBOX))
+    inbox: Inbox[list[bytes]] = attrs.field(factory=lambda: Inbox(PUMP_INBOX))
     delivered: int = 0
     lagged: int = 0
     dropped: int = 0
@@ -97,25 +115,26 @@ class ChannelPump(Actor):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        async for data in self.inbox.receiver:
-            self.fan_out(data)
+        async for events in self.inbox.receiver:
+            self.fan_out(events)
 
-    def offer(self, data: dict[str, Any]) -> bool:
-        """Queue a message for fan-out without waiting; False (counted) when the pump is full."""
+    def offer(self, events: list[bytes]) -> bool:
+        """Queue one frame's event lines for fan-out without waiting; False (each counted)
+        when the pump is full."""
         try:
-            self.inbox.sender.send_nowait(data)
+            self.inbox.sender.send_nowait(events)
         except trio.WouldBlock:
-            self.dropped += 1
+            self.dropped += len(events)
             return False
         return True
 
-    def fan_out(self, data: dict[str, Any]) -> None:
-        """Push one message to every subscriber; a full connection lags, nobody waits."""
+    def fan_out(self, events: list[bytes]) -> None:
+        """Push event lines, in order, to every subscriber; a full connection lags (per event),
+        nobody waits."""
         for client in list(self.subscribers.values()):
-            if client.push("channel_inbound", data):
-                self.delivered += 1
-            else:
-                self.lagged += 1
+            taken = client.push_frames(events)
+            self.delivered += taken
+            self.lagged += len(events) - taken
 
 
 @attrs.define(eq=False)
@@ -152,6 +171,7 @@ class Channels(Actor):
         self.postbox = Postbox(self.wire)
         self.wire.register(Chan.tag, self._on_message)
         self.wire.register(ChanBatch.tag, self._on_batch)
+        self.wire.register(ChanRun.tag, self._on_run)
         self.wire.register(ChanAck.tag, self._on_ack)
 
     def figures(self) -> dict[str, object]:
@@ -181,7 +201,7 @@ class Channels(Actor):
             self._watch(client)
         retained = [(key[0], value) for key, value in self.received.items() if key[1] == channel]
         for sender, payload in retained:
-            client.push("channel_inbound", self._event(sender, channel, payload, retained=True))
+            client.push(INBOUND, self._event(sender, channel, payload, retained=True))
         return {"network": self.network, "channel": channel, "retained": len(retained)}
 
     async def unsubscribe(self, client: Client, channel: str) -> bool:
@@ -227,24 +247,36 @@ class Channels(Actor):
     # -- sending ----------------------------------------------------------------------------
 
     async def send_to(
-        self, peer: str, channel: str, payloads: list[Payload], *, retain: bool
+        self,
+        peer: str,
+        channel: str,
+        payloads: list[Payload],
+        *,
+        retain: bool,
+        separate: bool = False,
     ) -> None:
-        """Send to one peer (or this daemon); with `retain` the last payload is also sent to
-        the peer whenever it becomes active again."""
+        """Send to one peer (or this daemon): several payloads as one batch event, or with
+        `separate` as one event each; with `retain` the last payload is also sent to the peer
+        whenever it becomes active again."""
         if retain:
             self.own.put((channel, peer), payloads[-1])
-        await self.wire.send(peer, _message_frame(channel, payloads, retain))
+        for frame in _message_frames(channel, payloads, retain, separate):
+            await self.wire.send(peer, frame)
         self.counters["sent"] += len(payloads)
 
-    async def send_all(self, channel: str, payloads: list[Payload], *, retain: bool) -> list[str]:
-        """Send to every active peer (not this daemon); returns the peers it went to."""
+    async def send_all(
+        self, channel: str, payloads: list[Payload], *, retain: bool, separate: bool = False
+    ) -> list[str]:
+        """Send to every active peer (not this daemon), as `send_to` does; returns the peers it
+        went to."""
         if retain:
             self.own.put((channel, ALL), payloads[-1])
-        frame = _message_frame(channel, payloads, retain)
+        frames = _message_frames(channel, payloads, retain, separate)
         sent = []
         for peer in self.wire.active_peers():
             try:
-                await self.wire.send(peer, frame)
+                for frame in frames:
+                    await self.wire.send(peer, frame)
             except OpError as failed:  # it left meanwhile
                 self.counters[f"send_all_{failed.code.value}"] += 1
                 continue
@@ -284,8 +316,9 @@ class Channels(Actor):
         payload = payload_of_frame(frame)
         if frame.retain:
             self.received.put((sender, frame.channel), payload)
-        event = self._event(sender, frame.channel, payload, retained=False)
-        subscribers = self._accept(sender, frame.channel, event, 1)
+        ((field, value),) = payload.fields().items()
+        head = self._head(sender, frame.channel)
+        subscribers = self._accept(frame.channel, 1, lambda: _event_lines(head, field, [value]))
         if frame.ack is not None and subscribers is not None:
             self._recent_acks[(sender, frame.ack)] = subscribers
             if len(self._recent_acks) > RECENT_ACKS:
@@ -294,21 +327,30 @@ class Channels(Actor):
 
     def _on_batch(self, sender: str, frame: Frame) -> None:
         assert isinstance(frame, ChanBatch)
-        event = {"network": self.network, "from": sender, "channel": frame.channel}
-        self._accept(
-            sender, frame.channel, event | {"payloads": frame.payloads}, len(frame.payloads)
-        )
+        event = self._head(sender, frame.channel) | {"payloads": frame.payloads}
+        self._accept(frame.channel, len(frame.payloads), lambda: [event_frame(INBOUND, event)])
         if frame.retain:
             self.received.put((sender, frame.channel), Payload(frame.payloads[-1]))
 
-    def _accept(self, sender: str, channel: str, event: dict[str, Any], count: int) -> int | None:
-        """Hand a message (or a batch of `count`) to the channel's pump; returns how many
-        subscribers it reaches, or None when the pump was full (dropped, counted)."""
+    def _on_run(self, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, ChanRun)
+        field = "payload_b64" if frame.binary else "payload"
+        head = self._head(sender, frame.channel)
+        self._accept(
+            frame.channel, len(frame.payloads), lambda: _event_lines(head, field, frame.payloads)
+        )
+        if frame.retain:
+            self.received.put((sender, frame.channel), Payload(frame.payloads[-1], frame.binary))
+
+    def _accept(self, channel: str, count: int, events: Callable[[], list[bytes]]) -> int | None:
+        """Hand one frame's `count` messages to the channel's pump as event lines (encoded
+        only if someone subscribes); returns how many subscribers they reach, or None when the
+        pump was full (dropped, counted)."""
         self.counters["received"] += count
         pump = self._pumps.get(channel)
         if pump is None:
             return 0
-        if not pump.offer(event):
+        if not pump.offer(events()):
             return None
         return len(pump.subscribers)
 
@@ -328,10 +370,14 @@ class Channels(Actor):
             pending.subscribers = frame.subscribers
             pending.acked.set()
 
+    def _head(self, sender: str, channel: str) -> dict[str, Any]:
+        """The fields every message event of `sender` on `channel` begins with."""
+        return {"network": self.network, "from": sender, "channel": channel}
+
     def _event(
         self, sender: str, channel: str, payload: Payload, *, retained: bool
     ) -> dict[str, Any]:
-        data = {"network": self.network, "from": sender, "channel": channel, **payload.fields()}
+        data = self._head(sender, channel) | payload.fields()
         if retained:
             data["retained"] = True
         return data
@@ -348,11 +394,29 @@ class Channels(Actor):
             self.received.pop((sender, channel))
 
 
-def _message_frame(channel: str, payloads: list[Payload], retain: bool) -> Chan | ChanBatch:
-    """One `chan` frame for one payload, else a `chan_batch` (JSON payloads only)."""
+def _message_frames(
+    channel: str, payloads: list[Payload], retain: bool, separate: bool
+) -> list[Frame]:
+    """One `chan` frame for one payload; several as one `chan_batch` (JSON payloads only), or,
+    when `separate` (all binary or none), as `chan_run` frames of at most MAX_BATCH each (the
+    peers actor splits one too large to send)."""
     if len(payloads) == 1:
-        return Chan(channel, payloads[0].value, payloads[0].binary, retain)
-    return ChanBatch(channel, [payload.value for payload in payloads], retain)
+        return [Chan(channel, payloads[0].value, payloads[0].binary, retain)]
+    values = [payload.value for payload in payloads]
+    if not separate:
+        return [ChanBatch(channel, values, retain)]
+    binary = payloads[0].binary
+    return [
+        ChanRun(channel, values[start : start + MAX_BATCH], binary, retain)
+        for start in range(0, len(values), MAX_BATCH)
+    ]
+
+
+def _event_lines(head: dict[str, Any], field: str, values: list[Any]) -> list[bytes]:
+    """One `channel_inbound` event line per value (under `field`), as `event_frame` writes
+    them, with the head they share encoded once."""
+    start = event_frame(INBOUND, head | {field: None})[: -len(b"null}\n")]
+    return [start + _PAYLOAD_JSON.encode(value).encode() + b"}\n" for value in values]
 
 
 def _pump_name(channel: str) -> str:

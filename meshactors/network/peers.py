@@ -61,6 +61,7 @@ from meshactors.wire.peer import (
     ProfileFrame,
     converter,
     decode_frame,
+    encode_for,
     encode_frame,
 )
 
@@ -209,8 +210,10 @@ class Peers(Actor):
             raise OpError(
                 ErrorCode.PEER_NOT_ACTIVE, f"peer {device_id} is {peer.status.value}, not active"
             )
+        features = peer.hello.features if peer.hello is not None else []
         try:
-            await self._send(peer, frame)
+            for data in encode_for(frame, features):
+                await self._send_encoded(peer, data)
         except LinkDown as exc:
             raise OpError(ErrorCode.LINK_DOWN, str(exc)) from None
 
@@ -517,9 +520,13 @@ class Peers(Actor):
 
     async def _send(self, peer: PeerState, frame: Frame) -> None:
         """Seal and queue one frame; LinkDown when there is no link."""
+        await self._send_encoded(peer, encode_frame(frame))
+
+    async def _send_encoded(self, peer: PeerState, data: bytes) -> None:
+        """Seal and queue one encoded frame; LinkDown when there is no link."""
         if self.link is None:
             raise LinkDown(f"network {self.network} has no link")
-        await self.link.send(peer.public_key, peer.crypto.seal(encode_frame(frame)))
+        await self.link.send(peer.public_key, peer.crypto.seal(data))
 
     async def _try_send(self, peer: PeerState, frame: Frame) -> None:
         """Send a control frame; if the link is down the next hello makes up for it."""

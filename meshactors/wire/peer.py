@@ -14,7 +14,7 @@ a minor release may add frame types (announced in `features`) but never change a
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, ClassVar, TypeVar
 
 import attrs
@@ -22,7 +22,8 @@ import attrs
 from meshactors.wire.strict import describe_error, make_strict_converter
 
 PROTOCOL_VERSION = (1, 0)  # (major, minor): a different major cannot talk to us
-FEATURES = ("caps", "profile", "ping", "rpc", "channels", "messages")  # beyond the core frames
+# beyond the core frames; a frame type added within a major is sent only to peers naming its feature
+FEATURES = ("caps", "profile", "ping", "rpc", "channels", "messages", "chan_run")
 MAX_PEER_FRAME_BYTES = 256 * 1024  # one frame's JSON, checked before parsing
 MAX_TAGS = 64  # capability tags per advert
 MAX_TAG_CHARS = 64  # one capability tag
@@ -61,19 +62,33 @@ class Frame:
 
     tag: ClassVar[str] = ""
     app: ClassVar[bool] = False  # routed to an application handler, from active peers only
+    feature: ClassVar[str | None] = None  # a peer must announce it in `features` to be sent this
+
+    def downgrade(self) -> list[Frame]:
+        """Frames saying the same to a peer that does not announce `feature` (frames with one)."""
+        raise NotImplementedError(f"{self.tag} has no older form")
+
+    def split(self) -> list[Frame]:
+        """Smaller frames saying the same, in order, for one too large to send; [] if it cannot
+        be split."""
+        return []
 
 
 _FRAMES: dict[str, type[Frame]] = {}
 
 
-def register_frame(tag: str, *, app: bool = False) -> Callable[[type[F]], type[F]]:
-    """Class decorator: make an attrs Frame subclass decodable under `tag`."""
+def register_frame(
+    tag: str, *, app: bool = False, feature: str | None = None
+) -> Callable[[type[F]], type[F]]:
+    """Class decorator: make an attrs Frame subclass decodable under `tag`; a frame type with a
+    `feature` (listed in FEATURES) goes only to peers announcing it, others get `downgrade()`."""
 
     def register(cls: type[F]) -> type[F]:
         if tag in _FRAMES:
             raise ValueError(f"peer frame tag {tag!r} registered twice")
         cls.tag = tag
         cls.app = app
+        cls.feature = feature
         _FRAMES[tag] = cls
         return cls
 
@@ -231,6 +246,18 @@ def encode_frame(frame: Frame) -> bytes:
     """A frame as compact JSON bytes, ready to seal."""
     data = converter.unstructure(frame)
     return json.dumps({"t": frame.tag, **data}, separators=(",", ":"), allow_nan=False).encode()
+
+
+def encode_for(frame: Frame, features: Collection[str]) -> list[bytes]:
+    """`frame` encoded for a peer announcing `features`: as its older frames if the peer lacks
+    its feature, and split (when it can be) until each part fits MAX_PEER_FRAME_BYTES."""
+    if frame.feature is not None and frame.feature not in features:
+        return [data for older in frame.downgrade() for data in encode_for(older, features)]
+    data = encode_frame(frame)
+    parts = frame.split() if len(data) > MAX_PEER_FRAME_BYTES else []
+    if not parts:
+        return [data]
+    return [data for part in parts for data in encode_for(part, features)]
 
 
 def decode_frame(data: bytes) -> Frame:
