@@ -115,7 +115,7 @@ async def test_inspect_shows_each_network_with_its_children_and_figures(mesh: Me
     a, _ = await active_pair(mesh)
     tree = await a.call("inspect")
     names = [child["name"] for child in tree["children"]]
-    assert names == ["store", "events", "networks", "outbox", "control", "notifier"]
+    assert names == ["store", "events", "networks", "control", "outbox", "notifier"]
     (network,) = next(c for c in tree["children"] if c["name"] == "networks")["children"]
     assert network["name"] == f"network {NET}"
     assert network["kind"] == "network"
