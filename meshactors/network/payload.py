@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any
 
 import attrs
 
+from meshactors.wire.compact import json_size
 from meshactors.wire.ipc import ErrorCode, OpError
 
 MAX_PAYLOAD_BYTES = 128 * 1024  # a payload as compact JSON (base64 text for binary)
@@ -82,6 +82,6 @@ def check_name(value: str, what: str) -> None:
 
 def _json_size(value: Any) -> int:
     try:
-        return len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
+        return json_size(value)
     except (TypeError, ValueError) as exc:
         raise OpError(ErrorCode.INVALID_PARAMS, f"payload is not JSON: {exc}") from None
