@@ -2,8 +2,10 @@
 
 It reads request lines, runs each op in its own task (up to a cap) except channel sends,
 which one in-order task runs as they come (consecutive ones merged: see daemon/optable.py),
-writes answers and events through one bounded outgoing queue, and on disconnect runs the
-session's cleanups (method claims, subscriptions), so a vanished program leaves nothing behind.
+writes each answer or event from the task that made it when nothing is queued or being written
+(one scheduler pass fewer), else through one bounded outgoing queue that keeps the order, and
+on disconnect runs the session's cleanups (method claims, subscriptions), so a vanished
+program leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ class ClientActor(Actor):
     _in_order_send: trio.MemorySendChannel[Request] = attrs.field(init=False)
     _in_order_receive: trio.MemoryReceiveChannel[Request] = attrs.field(init=False)
     _session: Session | None = attrs.field(default=None, init=False)
+    _unwritten: int = attrs.field(default=0, init=False)  # frames queued and not yet written
+    _writing: bool = attrs.field(default=False, init=False)
+    _written: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._out_send, self._out_receive = trio.open_memory_channel[bytes](OUTGOING_CAPACITY)
@@ -145,7 +150,7 @@ class ClientActor(Actor):
         while (line := await reader.next_line()) is not None:
             if isinstance(line, Oversized):
                 self.errors += 1
-                await self._out_send.send(
+                await self._emit(
                     error_frame(
                         None,
                         OpError(
@@ -159,11 +164,11 @@ class ClientActor(Actor):
                 request = parse_request(line)
             except BadFrame as bad:
                 self.errors += 1
-                await self._out_send.send(error_frame(bad.request_id, bad))
+                await self._emit(error_frame(bad.request_id, bad))
                 continue
             if self.in_flight >= MAX_CONCURRENT_REQUESTS:
                 self.errors += 1
-                await self._out_send.send(
+                await self._emit(
                     error_frame(
                         request.id,
                         OpError(
@@ -189,7 +194,7 @@ class ClientActor(Actor):
             frame = error_frame(request.id, error)
         finally:
             self.in_flight -= 1
-        await self._out_send.send(frame)
+        await self._emit(frame)
 
     async def _run_in_order(self) -> None:
         """Run in-order requests as they come: all those queued at once go to the op table
@@ -210,10 +215,10 @@ class ClientActor(Actor):
         self.in_flight -= len(requests)
         if isinstance(outcome, OpError):
             self.errors += len(requests)
-            await self._out_send.send(b"".join(error_frame(r.id, outcome) for r in requests))
+            await self._emit(b"".join(error_frame(r.id, outcome) for r in requests))
             return
         after_id = ok_frame(None, outcome)[len(_NULL_ID) :]
-        await self._out_send.send(b"".join(_id_head(request.id) + after_id for request in requests))
+        await self._emit(b"".join(_id_head(request.id) + after_id for request in requests))
 
     async def forward_broadcast(self, events: Subscriber[Event], after: int) -> None:
         """Write broadcast events newer than `after` to this connection as they come."""
@@ -221,11 +226,11 @@ class ClientActor(Actor):
 
     async def send_event(self, event: Event) -> None:
         """Write one logged event (used for replay)."""
-        await self._out_send.send(event_frame(event.kind, wire_event(event)))
+        await self._emit(event_frame(event.kind, wire_event(event)))
 
     async def send_frame(self, kind: str, data: dict[str, Any]) -> None:
         """Write one event frame that is not logged (e.g. a replay gap notice)."""
-        await self._out_send.send(event_frame(kind, data))
+        await self._emit(event_frame(kind, data))
 
     async def _forward_pushes(self, pushes: Subscriber[dict[str, Any] | bytes]) -> None:
         """Write pushed events, those queued together (up to PUSH_BATCH, PUSH_BATCH_BYTES) in
@@ -243,17 +248,41 @@ class ClientActor(Actor):
                 assert not isinstance(event, Lagged)
                 frames.append(_encoded(event))
                 size += len(frames[-1])
-            await self._out_send.send(b"".join(frames))
+            await self._emit(b"".join(frames))
+
+    async def _emit(self, frame: bytes) -> None:
+        """Write `frame` now from this task when nothing is queued or being written (saves a
+        scheduler pass per answer); else queue it for the writer, keeping the order."""
+        if self._unwritten == 0 and not self._writing:
+            await self._write(frame)
+            return
+        self._unwritten += 1
+        await self._out_send.send(frame)
 
     async def _write_frames(self) -> None:
         while True:
             batch = [await self._out_receive.receive()]
+            while self._writing:
+                await self._written.park()
             while len(batch) < WRITE_BATCH:
                 try:
                     batch.append(self._out_receive.receive_nowait())
                 except trio.WouldBlock:
                     break
-            await self.stream.send_all(b"".join(batch))
+            await self._write(b"".join(batch))
+            self._unwritten -= len(batch)
+
+    async def _write(self, data: bytes) -> None:
+        """The one place bytes reach the socket; other writers wait (the writer task parks)."""
+        self._writing = True
+        try:
+            await self.stream.send_all(data)
+        except trio.Cancelled:
+            await trio.aclose_forcefully(self.stream)  # a frame may be cut: nothing may follow it
+            raise
+        finally:
+            self._writing = False
+            self._written.unpark_all()
 
 
 _NULL_ID = b'{"id":null'  # how every answer frame begins when its id is None

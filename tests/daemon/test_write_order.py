@@ -1,0 +1,53 @@
+"""Answers and events written directly by the tasks that made them, and those queued behind a
+blocked write, reach the client whole and each once: a connection that stops reading and then
+resumes loses nothing and gets no cut frame."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import trio
+import trio.testing
+
+from meshactors.daemon.services import Services
+from tests.support import LineClient
+
+SENDS = 60  # own-device channel sends of PAYLOAD_CHARS each: more than the socket buffers hold
+PAYLOAD_CHARS = 32 * 1024
+WAIT = 20.0  # seconds to read everything back
+
+
+async def test_a_reader_that_stalls_then_resumes_gets_every_frame_whole(
+    daemon: Services,
+) -> None:
+    client = LineClient(await trio.open_unix_socket(str(daemon.paths.socket)))
+    with trio.fail_after(WAIT):
+        config = {"id": "n", "brokers": ["ws://127.0.0.1:9/v1"]}  # own-device needs no broker
+        assert (await client.call("network_add", config=config))["ok"]
+        assert (await client.call("channel_subscribe", network="n", channel="c"))["ok"]
+    me = daemon.identity.device_id
+    sends = [
+        {
+            "id": n,
+            "op": "channel_send_to",
+            "network": "n",
+            "channel": "c",
+            "peer": me,
+            "payload": f"{n:04d}" + "x" * PAYLOAD_CHARS,
+        }
+        for n in range(SENDS)
+    ]
+    await client.send_raw(b"".join(json.dumps(send).encode() + b"\n" for send in sends))
+    await trio.testing.wait_all_tasks_blocked()  # the daemon's writes fill the socket, then wait
+    frames: list[dict[str, Any]] = []
+    with trio.fail_after(WAIT):
+        while len(frames) < 2 * SENDS:
+            frames.append(await client.frame())
+    answers = [frame for frame in frames if "ok" in frame]
+    events = [frame for frame in frames if frame.get("kind") == "channel_inbound"]
+    assert sorted(answer["id"] for answer in answers) == list(range(SENDS))
+    assert all(answer["ok"] for answer in answers)
+    assert [event["payload"][:4] for event in events] == [f"{n:04d}" for n in range(SENDS)]
+    assert all(len(event["payload"]) == PAYLOAD_CHARS + 4 for event in events)
+    await client.aclose()
