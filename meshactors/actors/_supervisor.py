@@ -245,10 +245,13 @@ class Supervisor(Actor):
     async def _launch(self, child: _Child) -> None:
         assert self._nursery is not None
         child.generation += 1
-        child.scope = trio.CancelScope(shield=True)  # only this supervisor stops it, in order
+        # Unshielded while starting: if this supervisor is stopped meanwhile, trio leaves the child
+        # in `start`'s cancelled nursery and `start` waits for it, so the stop must reach it.
+        child.scope = trio.CancelScope()
         child.done = trio.Event()
         child.node.state = ActorState.STARTING
         error = await self._nursery.start(self._child_main, child, child.generation)
+        child.scope.shield = True  # running in our nursery: only this supervisor stops it, in order
         if error is not None:
             child.node.state = ActorState.CRASHED
             raise ChildStartFailed(f"{child.node.path} failed to start: {error!r}") from error
