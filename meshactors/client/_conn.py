@@ -26,7 +26,7 @@ from meshactors.wire.ipc import MAX_FRAME_BYTES
 
 CONNECT_RETRY_FIRST = 0.05  # seconds before the second connect attempt; doubles each time
 CONNECT_RETRY_MAX = 1.0  # seconds between connect attempts at most
-MAX_IN_FLIGHT = 64  # requests awaiting answers; the daemon refuses more (too_many_requests)
+MAX_IN_FLIGHT = 128  # requests awaiting answers; the daemon refuses more (too_many_requests)
 OUTGOING_CAPACITY = 256  # request lines queued for the writer task
 EVENT_BUFFER = 4096  # event frames received but not yet routed before the newest are dropped
 RECEIVE_CHUNK = 64 * 1024  # bytes asked of the socket per read

@@ -49,7 +49,7 @@ from meshactors.wire.ipc import (
 
 log = structlog.get_logger("meshactors.client")
 
-MAX_CONCURRENT_REQUESTS = 64  # requests one connection may have in flight
+MAX_CONCURRENT_REQUESTS = 128  # requests one connection may have in flight (each line ≤ 1 MiB)
 OUTGOING_CAPACITY = 256  # frames queued for the socket writer
 PUSH_CAPACITY = 4096  # events addressed to this connection, queued before it lags
 WRITE_BATCH = 256  # frames joined into one socket write

@@ -26,7 +26,7 @@ from scripts.benchlib.stats import latency_summary
 
 NETWORK = "bench"
 READY_TIMEOUT = 30.0  # seconds for processes to start and the peers to become active
-IN_FLIGHT = 60  # requests client A keeps outstanding (the daemon allows 64 per connection)
+IN_FLIGHT = 120  # requests client A keeps outstanding (the daemon allows 128 per connection)
 BATCH = 64  # messages per request in the batched channel run
 LARGE = 16 * 1024  # bytes of a large channel message and of a streamed chunk
 FANOUT_PEERS = 3  # receiving daemons in the fan-out run (A sends to all of them)
