@@ -188,6 +188,16 @@ async def approve_both(a: Daemon, b: Daemon, network_id: str = NET) -> None:
     await b.wait_status(a, "active")
 
 
+UNREACHABLE = "ws://127.0.0.1:9/v1"  # a broker that never answers: own-device routing only
+
+
+async def solo_daemon(mesh: Mesh) -> Daemon:
+    """A daemon joined to NET through a broker that never answers: it reaches only itself."""
+    daemon = await mesh.daemon("solo")
+    await daemon.join(UNREACHABLE)
+    return daemon
+
+
 async def active_pair(mesh: Mesh) -> tuple[Daemon, Daemon]:
     """Daemons a and b, both joined to NET through the mesh's broker and approved both ways."""
     a, b = await mesh.daemon("a"), await mesh.daemon("b")

@@ -17,9 +17,7 @@ from meshactors.network.channels import _message_frames
 from meshactors.network.payload import MAX_PAYLOAD_BYTES, Payload
 from meshactors.wire.peer import MAX_PEER_FRAME_BYTES
 from tests.network.appclient import AppClient, network_children
-from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair
-
-UNREACHABLE = "ws://127.0.0.1:9/v1"  # a network whose broker never answers: own device only
+from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair, solo_daemon
 
 
 @attrs.define(eq=False)
@@ -58,12 +56,18 @@ async def _sealed_to(sender: Daemon, receiver: Daemon) -> int:
     return int(peer["frames"]["sealed"])
 
 
-async def test_pipelined_sends_go_as_one_frame_and_arrive_as_events_in_order(
-    mesh: Mesh, nursery: trio.Nursery
-) -> None:
+async def _pair_reading_run(mesh: Mesh, nursery: trio.Nursery) -> tuple[Daemon, Daemon, AppClient]:
+    """An active pair and a client on b subscribed to channel `run`."""
     a, b = await active_pair(mesh)
     reader = await AppClient.open(b.services.paths.socket, nursery)
     await reader.call("channel_subscribe", network=NET, channel="run")
+    return a, b, reader
+
+
+async def test_pipelined_sends_go_as_one_frame_and_arrive_as_events_in_order(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    a, b, reader = await _pair_reading_run(mesh, nursery)
     sender = await Pipeline.open(a)
     sealed = await _sealed_to(a, b)
     await sender.send([_send_to(b.device_id, payload={"n": n}) for n in range(20)])
@@ -85,8 +89,7 @@ async def test_pipelined_sends_go_as_one_frame_and_arrive_as_events_in_order(
 async def test_errors_inside_a_run_are_answered_alone_in_their_place(
     mesh: Mesh, nursery: trio.Nursery
 ) -> None:
-    daemon = await mesh.daemon("solo")
-    await daemon.join(UNREACHABLE)
+    daemon = await solo_daemon(mesh)
     me = daemon.device_id
     reader = await AppClient.open(daemon.services.paths.socket, nursery)
     await reader.call("channel_subscribe", network=NET, channel="run")
@@ -155,8 +158,7 @@ async def test_a_peer_without_the_feature_gets_one_chan_frame_per_message(
 async def test_a_stalled_subscriber_lags_per_event_when_events_come_in_runs(
     mesh: Mesh, nursery: trio.Nursery
 ) -> None:
-    daemon = await mesh.daemon("solo")
-    await daemon.join(UNREACHABLE)
+    daemon = await solo_daemon(mesh)
     me = daemon.device_id
     stalled = await AppClient.open(daemon.services.paths.socket, nursery, read=False)
     await stalled.send("channel_subscribe", network=NET, channel="flood")
@@ -190,9 +192,7 @@ async def test_a_stalled_subscriber_lags_per_event_when_events_come_in_runs(
 async def test_a_run_too_large_for_one_frame_arrives_whole_in_several(
     mesh: Mesh, nursery: trio.Nursery
 ) -> None:
-    a, b = await active_pair(mesh)
-    reader = await AppClient.open(b.services.paths.socket, nursery)
-    await reader.call("channel_subscribe", network=NET, channel="run")
+    a, b, reader = await _pair_reading_run(mesh, nursery)
     sealed = await _sealed_to(a, b)
     big = "y" * (MAX_PEER_FRAME_BYTES // 8)
     run = [Payload([n, big]) for n in range(40)]  # ~5 frames' worth

@@ -11,9 +11,16 @@ import trio.testing
 from meshactors.client import ChannelMessage, MeshClient
 from meshactors.network.payload import MAX_BATCH, MAX_PAYLOAD_BYTES, Payload
 from tests.network.appclient import AppClient, network_children
-from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed, active_pair, approve_both
-
-UNREACHABLE = "ws://127.0.0.1:9/v1"  # a network whose broker never answers: own device only
+from tests.network.conftest import (
+    NET,
+    WAIT,
+    Daemon,
+    Mesh,
+    OpFailed,
+    active_pair,
+    approve_both,
+    solo_daemon,
+)
 
 
 async def joined(mesh: Mesh, *names: str) -> list[Daemon]:
@@ -153,8 +160,7 @@ async def test_pumps_come_with_the_first_subscriber_and_go_with_the_last(
 async def test_a_stalled_reader_does_not_slow_another_subscriber(
     mesh: Mesh, nursery: trio.Nursery
 ) -> None:
-    daemon = await mesh.daemon("solo")
-    await daemon.join(UNREACHABLE)
+    daemon = await solo_daemon(mesh)
     stalled = await client_of(daemon, nursery, read=False)
     await stalled.send("channel_subscribe", network=NET, channel="flood")
     reader, sender = await client_of(daemon, nursery), await client_of(daemon, nursery)
@@ -175,8 +181,7 @@ async def test_a_stalled_reader_does_not_slow_another_subscriber(
 async def test_own_device_calls_and_channels_work_without_a_broker(
     mesh: Mesh, nursery: trio.Nursery
 ) -> None:
-    daemon = await mesh.daemon("solo")
-    await daemon.join(UNREACHABLE)
+    daemon = await solo_daemon(mesh)
     me = daemon.device_id
     server, caller = await client_of(daemon, nursery), await client_of(daemon, nursery)
     await server.call("rpc_register", network=NET, method="echo")
@@ -245,8 +250,7 @@ async def test_bad_batches_are_refused(
 
 
 async def test_the_client_library_unpacks_a_batch_into_messages(mesh: Mesh) -> None:
-    daemon = await mesh.daemon("solo")
-    await daemon.join(UNREACHABLE)
+    daemon = await solo_daemon(mesh)
     me = daemon.device_id
     async with MeshClient(daemon.services.paths.socket) as client:
         subscription = client.subscribe(NET, "bulk")
