@@ -149,8 +149,8 @@ def _checked_identity(paths: Paths) -> Identity:
 
 def _root_cause(group: BaseExceptionGroup[ChildStartFailed]) -> str:
     error: BaseException = group.exceptions[0]
-    while error.__cause__ is not None:
-        error = error.__cause__
+    while not isinstance(error, StoreError) and error.__cause__ is not None:
+        error = error.__cause__  # a StoreError already says it best; else the deepest cause
     if isinstance(error, StoreError):
         return str(error)
     return f"{error.__class__.__name__}: {error}"

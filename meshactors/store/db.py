@@ -179,7 +179,11 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
 
 
+MAX_DAMAGE_DETAIL = 200  # characters of SQLite's own words kept in the message, on one line
+
+
 def _damaged(path: Path, detail: str) -> StoreError:
+    detail = " ".join(detail.split())[:MAX_DAMAGE_DETAIL]
     return StoreError(
         f"state database {path} is damaged or not a SQLite database ({detail}); "
         "it was left untouched: move it aside or restore a backup"

@@ -124,3 +124,14 @@ def test_corrupt_host_record_is_a_clear_error(home: Home) -> None:
     refused = home.cli("daemon", "up", "--detach", check=False)
     assert refused.returncode == 4
     assert "corrupt" in refused.stderr
+
+
+def test_a_damaged_database_is_refused_in_the_stores_own_words(home: Home) -> None:
+    home.cli("identity", "show")
+    garbage = bytes(range(256)) * 256
+    (home.path / "state.db").write_bytes(garbage)
+    refused = home.cli("daemon", "up", check=False)
+    assert refused.returncode == 3
+    assert "is damaged or not a SQLite database" in refused.stderr
+    assert "left untouched" in refused.stderr
+    assert (home.path / "state.db").read_bytes() == garbage
