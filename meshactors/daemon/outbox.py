@@ -207,7 +207,6 @@ class Outbox(Actor):
         factory=collections.Counter, init=False
     )
     _waiters: dict[tuple[str, str, str], _Waiter] = attrs.field(factory=dict, init=False)
-    _hooked: dict[str, Network] = attrs.field(factory=dict, init=False)
     _received: tuple[trio.MemorySendChannel[_Received], trio.MemoryReceiveChannel[_Received]] = (
         attrs.field(init=False)
     )
@@ -220,6 +219,9 @@ class Outbox(Actor):
     def __attrs_post_init__(self) -> None:
         self._received = trio.open_memory_channel[_Received](RECEIVE_QUEUE)
         self._settled = trio.open_memory_channel[_Settled](SETTLE_QUEUE)
+        self.networks.on_build.append(self._hook)  # before any network starts: no msg is missed
+        for network in self.networks.all():
+            self._hook(network)
 
     def poke(self) -> None:
         """Run a delivery pass soon (a send was accepted, a peer became active, ...)."""
@@ -246,8 +248,6 @@ class Outbox(Actor):
             log.info("recovered inflight deliveries", count=recovered)
         self._inflight.clear()
         self._waiters.clear()
-        self._hooked.clear()
-        self._hook_networks()
         with self.events.subscribe(WATCH_CAPACITY) as watch:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch, watch)
@@ -262,7 +262,6 @@ class Outbox(Actor):
     async def _drain(self, nursery: trio.Nursery) -> None:
         while True:
             self._wake = trio.Event()
-            self._hook_networks()
             next_due = None
             for network in self.networks.all():
                 due = await self._pass(network, nursery)
@@ -405,15 +404,12 @@ class Outbox(Actor):
 
     # -- wiring -------------------------------------------------------------------------------
 
-    def _hook_networks(self) -> None:
-        """Register the msg and msg_ack handlers on every network not yet hooked."""
-        for network in self.networks.all():
-            network_id = network.config.id
-            if self._hooked.get(network_id) is network:
-                continue
-            network.register_app_handler("msg", functools.partial(self._on_msg, network_id))
-            network.register_app_handler("msg_ack", functools.partial(self._on_ack, network_id))
-            self._hooked[network_id] = network
+    def _hook(self, network: Network) -> None:
+        """Register the msg and msg_ack handlers on a network as it is built, before it starts;
+        what arrives while this actor is down waits in its bounded queues."""
+        network_id = network.config.id
+        network.register_app_handler("msg", functools.partial(self._on_msg, network_id))
+        network.register_app_handler("msg_ack", functools.partial(self._on_ack, network_id))
 
     async def _watch(self, watch: Subscriber[Event]) -> None:
         async for event in watch:

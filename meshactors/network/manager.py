@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import attrs
@@ -39,6 +40,7 @@ class NetworkManager(Supervisor):
     identity: Identity
     store: StoreActor
     events: EventHub
+    on_build: list[Callable[[Network], None]] = attrs.field(factory=list)  # e.g. app handlers
     _networks: dict[str, Network] = attrs.field(factory=dict, init=False)
     _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
 
@@ -133,7 +135,10 @@ class NetworkManager(Supervisor):
         )
 
     def _build(self, config: NetworkConfig) -> Network:
-        return Network.build(config, self.identity, self.store, self.events)
+        network = Network.build(config, self.identity, self.store, self.events)
+        for hook in self.on_build:
+            hook(network)
+        return network
 
     def _spec(self, network: Network) -> ChildSpec:
         return ChildSpec(
