@@ -17,12 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_benchmark_smoke_run_measures_both_sides(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     doc_before = (ROOT / "docs" / "performance.md").read_text()
-    subprocess.run(
+    run = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench"), "--smoke", "--out", str(out)],
-        check=True,
         capture_output=True,
+        text=True,
         timeout=180,
     )
+    assert run.returncode == 0, f"scripts/bench --smoke failed:\n{run.stderr[-4000:]}"
     results = json.loads(out.read_text())
     assert results["mesh"]["rtt"]["samples"] > 0
     assert results["mesh"]["channel_msgs_per_s"] > 0
