@@ -220,8 +220,6 @@ class Outbox(Actor):
         self._received = trio.open_memory_channel[_Received](RECEIVE_QUEUE)
         self._settled = trio.open_memory_channel[_Settled](SETTLE_QUEUE)
         self.networks.on_build.append(self._hook)  # before any network starts: no msg is missed
-        for network in self.networks.all():
-            self._hook(network)
 
     def poke(self) -> None:
         """Run a delivery pass soon (a send was accepted, a peer became active, ...)."""
