@@ -2,7 +2,8 @@
 
 One WebSocket connection is one daemon in one network. Each connection runs in its own
 nursery with a reader (rate limit, decode, route), a writer draining a bounded outbound
-queue, and a keepalive. Routing only ever looks inside the sender's own network.
+queue, and a keepalive. A batch routed to a member whose writer is idle is written straight
+to its socket by the routing task. Routing only ever looks inside the sender's own network.
 """
 
 import collections
@@ -78,19 +79,28 @@ class _Member:
     device_id: str
     public_key: bytes
     role: str
+    ws: WebSocket
     max_queued_bytes: int
-    outbox: trio.MemorySendChannel[str | bytes]
-    queued: trio.MemoryReceiveChannel[str | bytes]
+    outbox: trio.MemorySendChannel[str | bytes | None]
+    queued: trio.MemoryReceiveChannel[str | bytes | None]  # None: flush a cut direct write
     messages: TokenBucket
     notices: TokenBucket
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     ended: SessionEnd | None = None
     queued_bytes: int = 0
+    writer_idle: bool = False  # its writer waits on an empty queue
 
     def offer(self, message: str | bytes) -> bool:
-        """Queue a message without blocking; a receiver that has fallen behind is ended."""
+        """Send or queue a message without blocking; a receiver that has fallen behind is ended."""
         if self.ended is not None:
             return False
+        if self.writer_idle:
+            if isinstance(message, bytes) and self.ws.send_nowait(message):
+                if self.ws.unsent:  # the socket took part of it: the writer finishes it
+                    self.writer_idle = False
+                    self.outbox.send_nowait(None)
+                return True
+            self.writer_idle = False  # queued below: later messages must queue behind it
         if self.queued_bytes + len(message) > self.max_queued_bytes:
             self.end(SessionEnd.SLOW_CONSUMER)
             return False
@@ -256,7 +266,7 @@ class Broker:
             with trio.move_on_after(self.config.close_timeout, shield=True):
                 await ws.aclose(rejected.close_code, rejected.reason)
             return None
-        return self._join(hello)
+        return self._join(hello, ws)
 
     async def _receive_hello(self, ws: WebSocket) -> VerifiedHello:
         with trio.move_on_after(self.config.handshake_timeout):
@@ -266,14 +276,17 @@ class Broker:
             return verify_hello(first, now_ms=_now_ms())
         raise HelloRejected(RejectReason.HELLO_TIMEOUT)
 
-    def _join(self, hello: VerifiedHello) -> _Member:
+    def _join(self, hello: VerifiedHello, ws: WebSocket) -> _Member:
         """Register the member (replacing an older connection of its device) and announce it."""
-        outbox, queued = trio.open_memory_channel[str | bytes](self.config.outbound_queue_messages)
+        outbox, queued = trio.open_memory_channel[str | bytes | None](
+            self.config.outbound_queue_messages
+        )
         member = _Member(
             network=hello.network,
             device_id=hello.device_id,
             public_key=hello.public_key,
             role=hello.role,
+            ws=ws,
             max_queued_bytes=self.config.outbound_queue_bytes,
             outbox=outbox,
             queued=queued,
@@ -352,8 +365,16 @@ class Broker:
 
     async def _pump_out(self, ws: WebSocket, member: _Member) -> None:
         """Drain the member's outbound queue onto its socket."""
-        async for message in member.queued:
+        while True:
             try:
+                message = member.queued.receive_nowait()
+            except trio.WouldBlock:
+                member.writer_idle = True
+                message = await member.queued.receive()
+            try:
+                if message is None:
+                    await ws.flush()
+                    continue
                 await ws.send_message(message)
             except ConnectionClosed:
                 member.end(_closed_by_peer(ws))

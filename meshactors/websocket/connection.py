@@ -2,7 +2,8 @@
 
 There is no background reader: control frames (ping, pong, close) are handled inside
 `get_message`, so a received message reaches its reader without a task hop. Writers from
-several tasks take turns; an uncontended write costs no extra scheduler pass.
+several tasks take turns; an uncontended write costs no extra scheduler pass, and
+`send_nowait` writes from a task without yielding at all when the socket takes the bytes.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class WebSocket:
     _close_sent: bool = attrs.field(default=False, init=False)
     _broken: bool = attrs.field(default=False, init=False)  # a write was cut mid-frame
     _writing: bool = attrs.field(default=False, init=False)
+    _unsent: bytes = attrs.field(default=b"", init=False)  # a `send_nowait` the socket cut short
+    _fd: int | None = attrs.field(default=None, init=False)  # a plain socket's, for send_nowait
     _writers: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
     _pings: dict[bytes, trio.Event] = attrs.field(factory=dict, init=False)
     _pending_control: list[bytes] = attrs.field(factory=list, init=False)  # after this write
@@ -62,6 +65,8 @@ class WebSocket:
 
     def __attrs_post_init__(self) -> None:
         self._parser = FrameParser(not self.is_client, self.max_message_bytes)
+        if isinstance(self.stream, trio.SocketStream):
+            self._fd = self.stream.socket.fileno()
 
     def feed(self, data: bytes | bytearray) -> None:
         """Bytes read past the upgrade, which already belong to the WebSocket."""
@@ -93,6 +98,35 @@ class WebSocket:
         else:
             await self._send(Opcode.BINARY, message)
 
+    def send_nowait(self, message: bytes) -> bool:
+        """Write a BINARY message from the calling task without yielding, if no write is under
+        way and the stream is a plain socket that takes the bytes now; False: nothing was sent.
+
+        When the socket takes only part of the frame, the rest waits in the connection (other
+        writes wait behind it) and the owner must call `flush` soon.
+        """
+        if self._fd is None or self._writing or self._close_sent or self._broken or self.closed:
+            return False
+        data = encode_frame(Opcode.BINARY, message, mask=self.is_client)
+        try:
+            sent = os.write(self._fd, data)
+        except OSError:  # would block, or the connection is gone: the queued path finds out
+            return False
+        if sent < len(data):
+            self._unsent, self._writing = data[sent:], True
+        return True
+
+    @property
+    def unsent(self) -> bool:
+        """Whether a `send_nowait` left part of its frame for `flush`."""
+        return bool(self._unsent)
+
+    async def flush(self) -> None:
+        """Finish writing what a `send_nowait` left unsent (nothing when it sent all)."""
+        if self._unsent:
+            rest, self._unsent = self._unsent, b""
+            await self._write_held(rest)
+
     async def ping(self) -> None:
         """Send a ping and wait for its pong; raises ConnectionClosed if the connection ends."""
         payload = os.urandom(8)
@@ -107,6 +141,8 @@ class WebSocket:
 
     async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close: send our close frame, wait for the peer's (the caller bounds the wait)."""
+        if self._unsent:
+            self._broken = True  # its owner never finished the frame: nothing may follow it
         try:
             if not self._close_sent and not self._broken and self.closed is None:
                 await self._send_close(code, reason)
@@ -204,6 +240,10 @@ class WebSocket:
         if self._close_sent or self._broken:
             raise ConnectionClosed(CloseCode.NORMAL, "closing")
         self._writing = True
+        await self._write_held(data)
+
+    async def _write_held(self, data: bytes) -> None:
+        """Write `data` while holding the write turn (`_writing`), then pass the turn on."""
         try:
             await self.stream.send_all(data)
             while self._pending_control:
