@@ -28,6 +28,8 @@ class PeerSender(Protocol):
 
     async def send_app(self, device_id: str, frame: Frame) -> None: ...
 
+    def send_app_nowait(self, device_id: str, frame: Frame) -> bool: ...
+
     def active_peers(self) -> list[str]: ...
 
 
@@ -50,6 +52,13 @@ class AppWire:
             self._handlers[frame.tag](self.own_id, frame)
         else:
             await self.peers.send_app(device_id, frame)
+
+    def send_nowait(self, device_id: str, frame: Frame) -> bool:
+        """Deliver `frame` without waiting; False (nothing sent) when `send` must do it."""
+        if device_id == self.own_id:
+            self._handlers[frame.tag](self.own_id, frame)
+            return True
+        return self.peers.send_app_nowait(device_id, frame)
 
     def active_peers(self) -> list[str]:
         """Peers application frames may go to now (never ourselves)."""

@@ -2,7 +2,8 @@
 
 It connects to the configured broker URLs in turn, sends the signed hello, waits for the
 welcome, then relays: binary batches in (to the `peers` actor, one message per batch) and
-sealed records out (drained from a bounded queue, several per WebSocket message). When the
+sealed records out (drained from a bounded queue, several per WebSocket message; a record sent
+while the writer is idle goes straight to the socket from the sender's task). When the
 connection drops, senders waiting on the queue fail with LinkDown and the link reconnects
 after a full-jitter exponential backoff, reset by the next welcome.
 """
@@ -13,7 +14,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import attrs
 import structlog
@@ -100,6 +101,15 @@ class Undeliverable:
 LinkEvent = LinkUp | LinkLost | PresenceJoin | PresenceLeave | Inbound | Undeliverable
 
 
+_Queued = tuple[bytes, bytes] | None  # a record for the writer; None: one went out directly
+
+
+class EventSink(Protocol):
+    """Where the link delivers what it hears: the peers actor's inbox."""
+
+    async def put(self, event: LinkEvent, /) -> None: ...
+
+
 class BrokerProtocolError(Exception):
     """The broker said something we cannot read where a welcome or notice was due."""
 
@@ -118,7 +128,7 @@ class Link(Actor):
     network: str
     brokers: list[str]
     signing_key: SigningKey = attrs.field(repr=False)
-    deliver: trio.MemorySendChannel[LinkEvent]  # the peers actor's inbox
+    deliver: EventSink
     role: str = LINK_ROLE
     rng: random.Random = attrs.field(factory=random.Random)
     state: str = "idle"  # idle, connecting, up, backoff, stopped
@@ -134,7 +144,10 @@ class Link(Actor):
     last_error: str | None = None
     _attempt: int = 0
     _next_url: int = 0
-    _outbound: trio.MemorySendChannel[tuple[bytes, bytes]] | None = None
+    _outbound: trio.MemorySendChannel[_Queued] | None = None
+    _ws: WebSocket | None = None
+    _max_bytes: int = 0  # the broker's message size limit, from its welcome
+    _writer_idle: bool = False  # the writer waits on an empty queue and holds no batch
     _cycle: trio.CancelScope | None = None
 
     @property
@@ -159,18 +172,56 @@ class Link(Actor):
             "last_error": self.last_error,
         }
 
-    async def send(self, to: bytes, sealed: bytes) -> None:
-        """Queue one sealed record for the broker; waits while the queue is full.
+    def send_nowait(self, to: bytes, sealed: bytes) -> bool:
+        """Hand one sealed record to the broker without waiting or yielding: written at once
+        while the writer idles, else queued; False when the queue is full (use `send`).
 
-        Raises LinkDown when the link is not up, or drops while this waits.
+        Raises LinkDown when the link is not up.
         """
         outbound = self._outbound
         if outbound is None:
             raise LinkDown(f"network {self.network}: the broker link is {self.state}")
+        if self._writer_idle:
+            self._writer_idle = False  # whatever happens below, the writer has work first
+            if self._send_direct(to, sealed):
+                outbound.send_nowait(None)  # the writer flushes a cut write, then idles again
+                return True
+        try:
+            outbound.send_nowait((to, sealed))
+        except trio.WouldBlock:
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise LinkDown(f"network {self.network}: the broker link dropped") from None
+        return True
+
+    async def send(self, to: bytes, sealed: bytes) -> None:
+        """Queue one sealed record for the broker; waits while the queue is full.
+
+        A record the writer is idle for goes out at once without a yield. Raises LinkDown when
+        the link is not up, or drops while this waits.
+        """
+        direct = self._writer_idle
+        if self.send_nowait(to, sealed):
+            if not direct:
+                await trio.lowlevel.checkpoint()  # as a queue send would: senders take turns
+            return
+        outbound = self._outbound
+        assert outbound is not None  # send_nowait raised LinkDown otherwise
         try:
             await outbound.send((to, sealed))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise LinkDown(f"network {self.network}: the broker link dropped") from None
+
+    def _send_direct(self, to: bytes, sealed: bytes) -> bool:
+        """Write one record as its own message now, without yielding (the latency path: no
+        scheduler pass for the writer); False when the socket would not take it at once."""
+        if self._ws is None or RECORD_HEADER_BYTES + len(sealed) > self._max_bytes:
+            return False
+        if not self._ws.send_nowait(encode_batch([(to, sealed)])):
+            return False
+        self.batches_out += 1
+        self.frames_out += 1
+        return True
 
     def set_brokers(self, brokers: list[str]) -> None:
         """Use a new broker list: drop the current connection and connect again at once."""
@@ -229,25 +280,25 @@ class Link(Actor):
         self, ws: WebSocket, url: str, peers: list[tuple[str, str]], max_bytes: int
     ) -> None:
         """Relay until the connection drops; tell `peers` it is up, and that it went down."""
-        send, receive = trio.open_memory_channel[tuple[bytes, bytes]](OUTBOUND_QUEUE)
+        send, receive = trio.open_memory_channel[_Queued](OUTBOUND_QUEUE)
         self._attempt = 0
         self.connects += 1
         self.state, self.url, self.last_error = "up", url, None
-        self._outbound = send
+        self._outbound, self._ws, self._max_bytes = send, ws, max_bytes
         log.info("broker link up", network=self.network, url=url, peers=len(peers))
         try:
-            await self.deliver.send(LinkUp(url, peers))
+            await self.deliver.put(LinkUp(url, peers))
             async with trio.open_nursery() as nursery:
                 session = nursery.cancel_scope
                 nursery.start_soon(self._until_closed, session, self._write, ws, receive, max_bytes)
                 nursery.start_soon(self._until_closed, session, self._keepalive, ws)
                 nursery.start_soon(self._until_closed, session, self._read, ws)
         finally:
-            self._outbound, self.state = None, "backoff"
+            self._outbound, self._ws, self._writer_idle, self.state = None, None, False, "backoff"
             send.close()
             self.dropped += _drain(receive)
             with cleanup_scope():
-                await self.deliver.send(LinkLost(self.last_error or "closed"))
+                await self.deliver.put(LinkLost(self.last_error or "closed"))
 
     async def _until_closed(
         self, session: trio.CancelScope, task: Callable[..., Awaitable[None]], *args: Any
@@ -266,7 +317,7 @@ class Link(Actor):
             if isinstance(message, str):
                 event = self._notice(message)
                 if event is not None:
-                    await self.deliver.send(event)
+                    await self.deliver.put(event)
                 continue
             try:
                 records = decode_batch(message)
@@ -275,7 +326,7 @@ class Link(Actor):
                 continue
             self.batches_in += 1
             self.frames_in += len(records)
-            await self.deliver.send(Inbound(records))
+            await self.deliver.put(Inbound(records))
 
     def _notice(self, text: str) -> LinkEvent | None:
         try:
@@ -287,7 +338,7 @@ class Link(Actor):
     async def _write(
         self,
         ws: WebSocket,
-        receive: trio.MemoryReceiveChannel[tuple[bytes, bytes]],
+        receive: trio.MemoryReceiveChannel[_Queued],
         max_bytes: int,
     ) -> None:
         """Drain the queue into as few messages as fit under the broker's size limit."""
@@ -297,12 +348,18 @@ class Link(Actor):
             # passes for more; a record that found the queue empty goes out at once.
             idle_passes = BATCH_IDLE_PASSES
             if carry is not None:
-                first, carry = carry, None
+                queued: _Queued = carry
+                carry = None
             else:
                 try:
-                    first = receive.receive_nowait()
+                    queued = receive.receive_nowait()
                 except trio.WouldBlock:
-                    first, idle_passes = await receive.receive(), 0
+                    self._writer_idle = True
+                    queued, idle_passes = await receive.receive(), 0
+            if queued is None:  # a record went out directly: finish it if the socket cut it
+                await ws.flush()
+                continue
+            first = queued
             if RECORD_HEADER_BYTES + len(first[1]) > max_bytes:
                 self.dropped += 1
                 continue
@@ -318,6 +375,8 @@ class Link(Actor):
                     idle += 1
                     await trio.lowlevel.checkpoint()
                     continue
+                if record is None:
+                    continue  # only ever queued while the writer idles: never mid-batch
                 idle = 0
                 size += RECORD_HEADER_BYTES + len(record[1])
                 if size > max_bytes:
@@ -341,16 +400,16 @@ class Link(Actor):
                 return
 
 
-def _drain(receive: trio.MemoryReceiveChannel[tuple[bytes, bytes]]) -> int:
+def _drain(receive: trio.MemoryReceiveChannel[_Queued]) -> int:
     """Empty a closed queue; returns how many records it held."""
     count = 0
     while True:
         try:
-            receive.receive_nowait()
+            queued = receive.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
             receive.close()
             return count
-        count += 1
+        count += queued is not None
 
 
 def _load(text: object) -> dict[str, Any]:

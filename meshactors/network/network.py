@@ -45,7 +45,7 @@ class Network(Supervisor):
     ) -> Network:
         """Wire a network's actors together (nothing runs until a supervisor starts it)."""
         peers = Peers(config.id, identity, store, events, auto_approve=config.auto_approve)
-        link = Link(config.id, list(config.brokers), identity.signing_key, peers.inbox.sender)
+        link = Link(config.id, list(config.brokers), identity.signing_key, peers.inbox)
         peers.link = link
         wire = AppWire(peers, identity.device_id)
         rpc = Rpc(config.id, wire)

@@ -203,6 +203,30 @@ class Peers(Actor):
 
         Raises OpError no_such_peer, peer_not_active or link_down.
         """
+        peer = self._active_peer(device_id)
+        try:
+            for data in encode_for(frame, _features(peer)):
+                await self._send_encoded(peer, data)
+        except LinkDown as exc:
+            raise OpError(ErrorCode.LINK_DOWN, str(exc)) from None
+
+    def send_app_nowait(self, device_id: str, frame: Frame) -> bool:
+        """Seal an application frame to an active peer and hand it to the link without
+        waiting; False (nothing sent) when that would take a wait or several records.
+
+        Raises OpError no_such_peer, peer_not_active or link_down.
+        """
+        peer = self._active_peer(device_id)
+        encoded = encode_for(frame, _features(peer))
+        if len(encoded) != 1:
+            return False
+        try:
+            return self._link().send_nowait(peer.public_key, peer.crypto.seal(encoded[0]))
+        except LinkDown as exc:
+            raise OpError(ErrorCode.LINK_DOWN, str(exc)) from None
+
+    def _active_peer(self, device_id: str) -> PeerState:
+        """The peer application frames may go to (OpError no_such_peer, peer_not_active)."""
         peer = self._peers.get(device_id)
         if peer is None:
             raise OpError(ErrorCode.NO_SUCH_PEER, f"no peer {device_id} in {self.network}")
@@ -210,12 +234,7 @@ class Peers(Actor):
             raise OpError(
                 ErrorCode.PEER_NOT_ACTIVE, f"peer {device_id} is {peer.status.value}, not active"
             )
-        features = peer.hello.features if peer.hello is not None else []
-        try:
-            for data in encode_for(frame, features):
-                await self._send_encoded(peer, data)
-        except LinkDown as exc:
-            raise OpError(ErrorCode.LINK_DOWN, str(exc)) from None
+        return peer
 
     def active_peers(self) -> list[str]:
         """Device ids of the peers application traffic may go to now."""
@@ -275,11 +294,7 @@ class Peers(Actor):
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._ping_loop)
-                async for message in self.inbox.receiver:
-                    await self._handle(message)
-                    queued = self.inbox.statistics().current_buffer_used
-                    if self._unsaved and (not queued or len(self._unsaved) >= ROSTER_BATCH):
-                        await self._save_unsaved()
+                await self.inbox.serve(self._handle_then_save)
         finally:
             with cleanup_scope():
                 await self._save_unsaved()
@@ -308,6 +323,13 @@ class Peers(Actor):
             peer = self._peer(device_id)
             if peer is not None:
                 peer.status = PeerStatus.OFFLINE
+
+    async def _handle_then_save(self, message: _Message) -> None:
+        """Handle one message; save held auto-approvals once the inbox is empty (or many)."""
+        await self._handle(message)
+        queued = self.inbox.statistics().current_buffer_used
+        if self._unsaved and (not queued or len(self._unsaved) >= ROSTER_BATCH):
+            await self._save_unsaved()
 
     async def _handle(self, message: _Message) -> None:
         match message:
@@ -524,9 +546,12 @@ class Peers(Actor):
 
     async def _send_encoded(self, peer: PeerState, data: bytes) -> None:
         """Seal and queue one encoded frame; LinkDown when there is no link."""
+        await self._link().send(peer.public_key, peer.crypto.seal(data))
+
+    def _link(self) -> Link:
         if self.link is None:
             raise LinkDown(f"network {self.network} has no link")
-        await self.link.send(peer.public_key, peer.crypto.seal(data))
+        return self.link
 
     async def _try_send(self, peer: PeerState, frame: Frame) -> None:
         """Send a control frame; if the link is down the next hello makes up for it."""
@@ -728,6 +753,11 @@ def _ping_gap(handshaken: int) -> float:
     """Seconds between two rtt probes when `handshaken` peers take turns: each peer is probed
     every PEER_PING_INTERVAL while that stays under PING_RATE, less often beyond."""
     return max(PEER_PING_INTERVAL / max(handshaken, 1), 1.0 / PING_RATE)
+
+
+def _features(peer: PeerState) -> list[str]:
+    """The features a peer announced in its hello (none before it)."""
+    return peer.hello.features if peer.hello is not None else []
 
 
 def _handshaken(peer: PeerState) -> bool:

@@ -12,7 +12,7 @@ import trio.testing
 from nacl.signing import SigningKey
 from trio_websocket import WebSocketRequest, serve_websocket
 
-from meshactors.actors import Node, run_root
+from meshactors.actors import Inbox, Node, run_root
 from meshactors.network import link as link_module
 from meshactors.network.link import (
     BACKOFF_BASE,
@@ -48,9 +48,8 @@ def _refused_url() -> str:
 async def test_an_unreachable_broker_is_retried_with_backoff_and_sends_fail_clearly(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    send, _receive = trio.open_memory_channel[LinkEvent](10)
     urls = [_refused_url(), _refused_url()]
-    link = Link("net1", urls, SigningKey.generate(), send, rng=random.Random(1))
+    link = Link("net1", urls, SigningKey.generate(), Inbox[LinkEvent](10), rng=random.Random(1))
     async with trio.open_nursery() as nursery:
         await nursery.start(run_root, link, Node(name="link", kind="link"))
         await trio.sleep(60)  # virtual time
@@ -81,7 +80,8 @@ async def test_senders_waiting_on_a_full_queue_fail_with_link_down_when_it_drops
         await hang_up.wait()
         await ws.aclose(1011, "gone")
 
-    events, deliveries = trio.open_memory_channel[LinkEvent](100)
+    events = Inbox[LinkEvent](100)
+    deliveries = events.receiver
     async with trio.open_nursery() as nursery:
         server = await nursery.start(serve_websocket, stalled_broker, "127.0.0.1", 0, None)
         url = f"ws://127.0.0.1:{server.port}/v1"

@@ -35,6 +35,10 @@ class RecordingPeers:
     async def send_app(self, device_id: str, frame: Frame) -> None:
         self.sent.append((device_id, frame))
 
+    def send_app_nowait(self, device_id: str, frame: Frame) -> bool:
+        self.sent.append((device_id, frame))
+        return True
+
     def active_peers(self) -> list[str]:
         return [PEER]
 
