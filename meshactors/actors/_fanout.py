@@ -83,6 +83,11 @@ class Subscriber(Generic[T]):
         """Items waiting to be read."""
         return self._receiver.statistics().current_buffer_used
 
+    @property
+    def drained(self) -> bool:
+        """Nothing to read: no item queued and no lag left to report."""
+        return not self._skipped_unreported and self.queued == 0
+
     def close(self) -> None:
         """Leave the broadcast; pending readers see the end of the stream."""
         self._broadcast.unsubscribe(self)

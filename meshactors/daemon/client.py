@@ -3,7 +3,8 @@
 It reads request lines, runs each op in its own task (up to a cap) except channel sends,
 which one in-order task runs as they come (consecutive ones merged: see daemon/optable.py),
 writes each answer or event from the task that made it when nothing is queued or being written
-(one scheduler pass fewer), else through one bounded outgoing queue that keeps the order, and
+(one scheduler pass fewer; a pushed event is written without yielding at all when the socket
+takes it), else through one bounded outgoing queue that keeps the order, and
 on disconnect runs the session's cleanups (method claims, subscriptions), so a vanished
 program leaves nothing behind.
 """
@@ -11,7 +12,8 @@ program leaves nothing behind.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -29,9 +31,9 @@ from meshactors.daemon.event_stream import (
 )
 from meshactors.daemon.http import HttpConnection, looks_like_http
 from meshactors.daemon.lines import RECEIVE_CHUNK, LineReader, Oversized
-from meshactors.daemon.optable import Outcome, run_request
+from meshactors.daemon.optable import Outcome, finish
 from meshactors.daemon.services import Services
-from meshactors.daemon.session import Session
+from meshactors.daemon.session import Push, Session
 from meshactors.daemon.tcp_auth import TcpAuth
 from meshactors.store.events import Event
 from meshactors.wire.ipc import (
@@ -79,6 +81,8 @@ class ClientActor(Actor):
     _session: Session | None = attrs.field(default=None, init=False)
     _unwritten: int = attrs.field(default=0, init=False)  # frames queued and not yet written
     _writing: bool = attrs.field(default=False, init=False)
+    _pushes_idle: bool = attrs.field(default=False, init=False)  # their forwarder has none
+    _fd: int | None = attrs.field(default=None, init=False)  # a plain socket's, for write_now
     _written: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -87,6 +91,8 @@ class ClientActor(Actor):
         self._in_order_send, self._in_order_receive = trio.open_memory_channel[Request](
             MAX_CONCURRENT_REQUESTS
         )
+        if isinstance(self.stream, trio.SocketStream):
+            self._fd = self.stream.socket.fileno()
 
     def figures(self) -> dict[str, Any]:
         session = self._session
@@ -102,10 +108,12 @@ class ClientActor(Actor):
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        pushes = Broadcast[dict[str, Any] | bytes]().subscribe(PUSH_CAPACITY, LAG_DISCONNECT_LIMIT)
+        pushes = Broadcast[Push]().subscribe(PUSH_CAPACITY, LAG_DISCONNECT_LIMIT)
         try:
             async with trio.open_nursery() as nursery:
-                self._session = Session(self.client_id, self.services, pushes, nursery, self)
+                self._session = Session(
+                    self.client_id, self.services, pushes, self._offer_push, nursery, self
+                )
                 task_status.started()
                 if self.tcp is not None or await self._speaks_http():
                     self.protocol = "http"
@@ -181,14 +189,23 @@ class ClientActor(Actor):
             self.in_flight += 1
             if self.services.ops.in_order(request):
                 self._in_order_send.send_nowait(request)
-            else:
-                nursery.start_soon(self._answer, request)
+                continue
+            assert self._session is not None
+            try:
+                work = self.services.ops.begin(self._session, request)
+            except OpError as error:
+                await self._answer(request, error)
+                continue
+            nursery.start_soon(self._answer, request, work)
 
-    async def _answer(self, request: Request) -> None:
+    async def _answer(self, request: Request, work: Awaitable[Any] | OpError) -> None:
+        """Answer `request` with the outcome of its begun `work` (or the error it began with)."""
         assert self._session is not None
         self.requests += 1
         try:
-            frame = ok_frame(request.id, await run_request(self._session, request))
+            if isinstance(work, OpError):
+                raise work
+            frame = ok_frame(request.id, await finish(self._session, request, work))
         except OpError as error:
             self.errors += 1
             frame = error_frame(request.id, error)
@@ -232,10 +249,43 @@ class ClientActor(Actor):
         """Write one event frame that is not logged (e.g. a replay gap notice)."""
         await self._emit(event_frame(kind, data))
 
-    async def _forward_pushes(self, pushes: Subscriber[dict[str, Any] | bytes]) -> None:
+    def _offer_push(self, item: Push) -> bool:
+        """Write a pushed event now if nothing is waiting before it, else queue it for
+        `_forward_pushes`; False (counted as skipped) when the queue is full."""
+        assert self._session is not None
+        if self._pushes_idle:
+            self._pushes_idle = False  # queued below, or written: either way it goes first
+            if self._unwritten == 0 and not self._writing:
+                item = _encoded(item)
+                if self._write_now(item):
+                    self._pushes_idle = True
+                    return True
+        return self._session.pushes.offer(item)
+
+    def _write_now(self, frame: bytes) -> bool:
+        """Write `frame` to a plain socket without yielding; what the socket does not take at
+        once heads the outgoing queue. False: nothing written (would block, or gone)."""
+        if self._fd is None:
+            return False
+        try:
+            sent = os.write(self._fd, frame)
+        except OSError:
+            return False
+        if sent < len(frame):
+            self._unwritten += 1
+            self._out_send.send_nowait(frame[sent:])  # the queue was empty: never full
+        return True
+
+    async def _forward_pushes(self, pushes: Subscriber[Push]) -> None:
         """Write pushed events, those queued together (up to PUSH_BATCH, PUSH_BATCH_BYTES) in
         one outgoing frame: one queue pass for a received frame's worth of events."""
-        async for item in pushes:
+        while True:
+            self._pushes_idle = pushes.drained
+            try:
+                item = await pushes.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            self._pushes_idle = False
             if isinstance(item, Lagged):
                 await report_lag(item, pushes, self)
                 continue
@@ -288,7 +338,7 @@ class ClientActor(Actor):
 _NULL_ID = b'{"id":null'  # how every answer frame begins when its id is None
 
 
-def _encoded(push: dict[str, Any] | bytes) -> bytes:
+def _encoded(push: Push) -> bytes:
     """A pushed event as a line: encoded already, or an event dict with its `kind`."""
     if isinstance(push, bytes):
         return push

@@ -105,10 +105,15 @@ class OpTable:
         except Exception as exc:
             raise OpError(ErrorCode.INVALID_PARAMS, describe_error(exc)) from None
 
-    async def dispatch(self, session: Session, request: Request) -> Any:
-        """Validate the request's params strictly and run its handler."""
+    def begin(self, session: Session, request: Request) -> Awaitable[Any]:
+        """Validate the request strictly and start its handler: a handler that is a plain
+        function returning an awaitable does its first part now, in the caller's task (so an
+        RPC frame leaves without waiting for a new task to run); the rest is the awaitable.
+
+        Raises OpError; a handler's bug is logged and becomes `internal`.
+        """
         op, params = self.validate(request)
-        return await op.handler(session, params)
+        return _started(session, op, params)
 
     async def run_in_order(
         self, session: Session, requests: Sequence[Request], answer: Answer
@@ -129,8 +134,12 @@ class OpTable:
                 await self._finish(session, run, answer)
                 run = None
             if merged is None:
-                outcome = await _guarded(session, request.op, op.handler(session, params))
-                await answer([request], outcome)
+                try:
+                    work = _started(session, op, params)
+                except OpError as error:
+                    await answer([request], error)
+                    continue
+                await answer([request], await _guarded(session, request.op, work))
             elif run is None:
                 run = _Run(op, (op.name, merged[0]), params, [request], [merged[1]])
             else:
@@ -147,6 +156,16 @@ class OpTable:
         await answer(run.requests, await _guarded(session, run.op.name, work))
 
 
+def _started(session: Session, op: Op[P], params: P) -> Awaitable[Any]:
+    """`op`'s handler called (see OpTable.begin); raises OpError."""
+    try:
+        return op.handler(session, params)
+    except OpError:
+        raise
+    except Exception as exc:
+        raise _internal(session, op.name, exc) from None
+
+
 async def _guarded(session: Session, op: str, work: Awaitable[Any]) -> Outcome:
     """The result of `work`, or the OpError it raised; a handler's bug becomes `internal`."""
     try:
@@ -154,16 +173,26 @@ async def _guarded(session: Session, op: str, work: Awaitable[Any]) -> Outcome:
     except OpError as error:
         return error
     except Exception as exc:
-        log.exception("op failed", op=op, client=session.client_id)
-        return OpError(ErrorCode.INTERNAL, f"{op} failed: {exc!r}")
+        return _internal(session, op, exc)
 
 
-async def run_request(session: Session, request: Request) -> Any:
-    """Dispatch `request` on the session's op table; a handler's bug becomes an `internal` error."""
-    outcome = await _guarded(session, request.op, session.services.ops.dispatch(session, request))
+def _internal(session: Session, op: str, bug: Exception) -> OpError:
+    """Log a handler's bug; the `internal` error its request is answered with."""
+    log.error("op failed", op=op, client=session.client_id, exc_info=bug)
+    return OpError(ErrorCode.INTERNAL, f"{op} failed: {bug!r}")
+
+
+async def finish(session: Session, request: Request, work: Awaitable[Any]) -> Any:
+    """The answer of a begun request (see OpTable.begin); raises OpError."""
+    outcome = await _guarded(session, request.op, work)
     if isinstance(outcome, OpError):
         raise outcome
     return outcome
+
+
+async def run_request(session: Session, request: Request) -> Any:
+    """Begin and finish `request` on the session's op table; raises OpError."""
+    return await finish(session, request, session.services.ops.begin(session, request))
 
 
 def unstructure(value: Any) -> Any:

@@ -7,7 +7,7 @@ JSON value) or `payload_b64` (base64 of binary); answers and events use the same
 from __future__ import annotations
 
 import functools
-from collections.abc import Hashable
+from collections.abc import Awaitable, Hashable
 from typing import Any
 
 import attrs
@@ -179,11 +179,15 @@ def _call_args(session: Session, params: RpcCallParams) -> tuple[Rpc, Payload, i
     return rpc, payload_of(params.payload, params.payload_b64), check_timeout(params.timeout_ms)
 
 
-async def rpc_call(session: Session, params: RpcCallParams) -> dict[str, Any]:
-    """Call a method on a peer (or this daemon) and answer with its answer."""
+def rpc_call(session: Session, params: RpcCallParams) -> Awaitable[dict[str, Any]]:
+    """Call a method on a peer (or this daemon) and answer with its answer. The call frame
+    leaves from the connection's reader when it can (see OpTable.begin)."""
     rpc, payload, timeout_ms = _call_args(session, params)
-    answer = await rpc.call(session, params.peer, params.method, payload, timeout_ms)
-    return answer.fields()
+    return _fields(rpc.call(session, params.peer, params.method, payload, timeout_ms))
+
+
+async def _fields(answer: Awaitable[Payload]) -> dict[str, Any]:
+    return (await answer).fields()
 
 
 async def rpc_call_stream(session: Session, params: RpcCallParams) -> dict[str, Any]:
@@ -200,8 +204,9 @@ async def rpc_cancel(session: Session, params: RequestRef) -> dict[str, Any]:
     return {"cancelled": True}
 
 
-async def rpc_respond(session: Session, params: RpcRespond) -> dict[str, Any]:
-    """Answer a call this connection serves, with a payload or an error message."""
+def rpc_respond(session: Session, params: RpcRespond) -> Awaitable[dict[str, Any]]:
+    """Answer a call this connection serves, with a payload or an error message. The answer
+    leaves from the connection's reader when it can (see OpTable.begin)."""
     answer: Payload | str
     if params.error is not None:
         if params.payload is not None or params.payload_b64 is not None:
@@ -210,7 +215,11 @@ async def rpc_respond(session: Session, params: RpcRespond) -> dict[str, Any]:
     else:
         answer = payload_of(params.payload, params.payload_b64)
     rpc = _rpc_of_request(session, params.request_id, served=True)
-    await rpc.respond(session, params.request_id, answer)
+    return _empty(rpc.respond(session, params.request_id, answer))
+
+
+async def _empty(sent: Awaitable[None]) -> dict[str, Any]:
+    await sent
     return {}
 
 

@@ -13,6 +13,7 @@ from meshactors.daemon.services import Services
 from meshactors.store.events import Event
 
 Cleanup = Callable[[], Awaitable[None]]
+Push = dict[str, Any] | bytes  # an event with its `kind`, or an event line encoded already
 
 
 class EventSink(Protocol):
@@ -34,7 +35,8 @@ class Session:
 
     client_id: str
     services: Services
-    pushes: Subscriber[dict[str, Any] | bytes]  # events, or event lines encoded already
+    pushes: Subscriber[Push]  # where pushed events wait for the connection's writer
+    offer: Callable[[Push], bool]  # how a push reaches the connection (maybe written at once)
     nursery: trio.Nursery
     sink: EventSink
     events_subscribed: bool = False
@@ -43,12 +45,12 @@ class Session:
 
     def push(self, kind: str, data: dict[str, Any]) -> bool:
         """Queue an event addressed to this connection only; never waits (lags when full)."""
-        return self.pushes.offer({"kind": kind, **data})
+        return self.offer({"kind": kind, **data})
 
     def push_frames(self, frames: list[bytes]) -> int:
         """Queue encoded event lines, in order, without waiting; returns how many were taken
         (each one that was not counts as skipped, as with `push`)."""
-        return sum(self.pushes.offer(frame) for frame in frames)
+        return sum(self.offer(frame) for frame in frames)
 
     def on_close(self, cleanup: Cleanup) -> None:
         """Run `cleanup` when the connection ends (in reverse order of registration)."""

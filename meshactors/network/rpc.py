@@ -14,8 +14,9 @@ producer that outruns its caller waits instead of filling the link or the caller
 from __future__ import annotations
 
 import collections
+import contextlib
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, ClassVar, Protocol
 
 import attrs
@@ -191,13 +192,29 @@ class Rpc(Actor):
 
     # -- calling ---------------------------------------------------------------------------
 
-    async def call(
+    def call(
         self, client: Client, peer: str, method: str, payload: Payload, timeout_ms: int
-    ) -> Payload:
-        """Call `method` on `peer` and wait for its answer (OpError with the failure's code)."""
+    ) -> Awaitable[Payload]:
+        """Call `method` on `peer`; the call frame leaves now when that takes no wait. The
+        awaitable gives the answer (OpError with the failure's code)."""
         send, receive = trio.open_memory_channel[Payload | OpError](1)
         call = self._open_call(client, peer, stream=False, timeout_ms=timeout_ms, result=send)
-        await self._send_call(call, method, payload, timeout_ms)
+        frame = RpcCall(call.id, method, payload.value, payload.binary, False, timeout_ms)
+        self.counters["calls_out"] += 1
+        with self._forgotten_if_unsent(call):
+            sent = self.wire.send_nowait(peer, frame)
+        return self._answer_of(call, receive, None if sent else frame)
+
+    async def _answer_of(
+        self,
+        call: Outbound,
+        receive: trio.MemoryReceiveChannel[Payload | OpError],
+        unsent: RpcCall | None,
+    ) -> Payload:
+        """Send the call frame if it is still `unsent`, then wait for the answer or deadline."""
+        if unsent is not None:
+            with self._forgotten_if_unsent(call):
+                await self.wire.send(call.peer, unsent)
         outcome: Payload | OpError | None = None
         try:
             with trio.move_on_at(call.timer.deadline):  # single calls time out in the op's task
@@ -258,8 +275,14 @@ class Rpc(Actor):
         """Send the call frame; if it cannot go, the call is forgotten without a cancel."""
         frame = RpcCall(call.id, method, payload.value, payload.binary, call.stream, timeout_ms)
         self.counters["calls_out"] += 1
-        try:
+        with self._forgotten_if_unsent(call):
             await self.wire.send(call.peer, frame)
+
+    @contextlib.contextmanager
+    def _forgotten_if_unsent(self, call: Outbound) -> Iterator[None]:
+        """Forget `call`, without a cancel to the peer, if its frame fails to go."""
+        try:
+            yield
         except BaseException:
             call.finished = True
             call.timer.cancel()
@@ -427,15 +450,18 @@ class Rpc(Actor):
             raise OpError(ErrorCode.INVALID_PARAMS, f"answer call {request_id} with {ops}")
         return call
 
-    async def respond(self, client: Client, request_id: str, answer: Payload | str) -> None:
-        """Answer a served call with a payload, or with an error message (str)."""
+    def respond(self, client: Client, request_id: str, answer: Payload | str) -> Awaitable[None]:
+        """Answer a served call with a payload, or with an error message (str); the answer
+        leaves now when that takes no wait, else when the awaitable runs."""
         call = self._serving(client, request_id, stream=False)
         self._forget_inbound(call)
         if isinstance(answer, str):
             frame = RpcResult(call.remote_id, error=WireError("remote_error", answer or "error"))
         else:
             frame = RpcResult(call.remote_id, answer.value, answer.binary)
-        await self.wire.send(call.caller, frame)
+        if self.wire.send_nowait(call.caller, frame):
+            return _done()
+        return self.wire.send(call.caller, frame)
 
     async def stream_chunk(self, client: Client, request_id: str, payload: Payload) -> None:
         """Send one chunk of a streamed answer, waiting while the caller has no credit left."""
@@ -514,6 +540,10 @@ class Rpc(Actor):
                 "handler_displaced", {"network": self.network, "method": method, "by": None}
             )
         self._claims.clear()
+
+
+async def _done() -> None:
+    """An awaitable with nothing left to do."""
 
 
 def _error(error: WireError) -> OpError:
