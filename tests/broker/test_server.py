@@ -251,6 +251,21 @@ async def test_slow_receiver_is_disconnected_not_buffered(nursery: trio.Nursery)
     assert broker.figures()["closed_slow_consumer"] == 1
 
 
+async def test_big_batches_to_a_member_that_pauses_arrive_whole_and_in_order(
+    nursery: trio.Nursery,
+) -> None:
+    """The first batch is written straight to Alice's socket, which takes only part of it; the
+    broker's writer finishes it before the batches queued behind it."""
+    _broker, url = await start_broker(nursery)
+    batches = [encode_batch([(pk(ALICE), bytes([n]) * (512 << 10))]) for n in range(6)]
+    async with joined(url, ALICE, "net") as (alice, _), joined(url, BOB, "net") as (bob, _):
+        for batch in batches:  # Alice reads nothing meanwhile
+            await bob.send_message(batch)
+        for n in range(6):
+            with trio.fail_after(5):
+                assert await next_batch(alice) == [(pk(BOB), bytes([n]) * (512 << 10))]
+
+
 async def test_unanswered_ping_drops_the_connection(nursery: trio.Nursery) -> None:
     broker, url = await start_broker(nursery, ping_interval=0.1, pong_timeout=0.2)
     async with joined(url, ALICE, "net") as (alice, _), joined(url, BOB, "net") as (bob, _):

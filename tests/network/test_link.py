@@ -13,6 +13,7 @@ from nacl.signing import SigningKey
 from trio_websocket import WebSocketRequest, serve_websocket
 
 from meshactors.actors import Inbox, Node, run_root
+from meshactors.broker.envelope import decode_batch
 from meshactors.network import link as link_module
 from meshactors.network.link import (
     BACKOFF_BASE,
@@ -111,4 +112,47 @@ async def test_senders_waiting_on_a_full_queue_fail_with_link_down_when_it_drops
             "network net1: the broker link is backoff",
         )
         assert not link.up
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_lone_record_leaves_at_once_and_a_burst_still_goes_in_few_messages() -> None:
+    received: trio.MemorySendChannel[list[tuple[bytes, bytes]]]
+    received, batches = trio.open_memory_channel[list[tuple[bytes, bytes]]](1000)
+
+    async def recording_broker(request: WebSocketRequest) -> None:
+        """Welcomes, then passes on every batch it reads."""
+        ws = await request.accept()
+        await ws.get_message()  # the hello
+        await ws.send_message(json.dumps({"type": "welcome", "v": 1, "peers": []}))
+        while True:
+            message = await ws.get_message()
+            assert isinstance(message, bytes)
+            await received.send(decode_batch(message))
+
+    events = Inbox[LinkEvent](100)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, recording_broker, "127.0.0.1", 0, None)
+        link = Link("net1", [f"ws://127.0.0.1:{server.port}/v1"], SigningKey.generate(), events)
+        await nursery.start(run_root, link, Node(name="link", kind="link"))
+        with trio.fail_after(WAIT):
+            assert isinstance(await events.receiver.receive(), LinkUp)
+        to = bytes(32)
+        await trio.testing.wait_all_tasks_blocked()  # the writer idles
+        with trio.CancelScope() as scope:
+            scope.cancel()  # a queue hand-off would checkpoint and raise Cancelled here
+            await link.send(to, b"alone")
+        assert not scope.cancelled_caught
+        with trio.fail_after(WAIT):
+            assert await batches.receive() == [(to, b"alone")]
+        await trio.testing.wait_all_tasks_blocked()
+        burst = [b"%d" % n for n in range(200)]
+        assert all(link.send_nowait(to, sealed) for sealed in burst)  # no yield between them
+        got: list[bytes] = []
+        messages = 0
+        with trio.fail_after(WAIT):
+            while len(got) < len(burst):
+                got += [sealed for _, sealed in await batches.receive()]
+                messages += 1
+        assert got == burst
+        assert messages <= 2  # the first record alone, the rest as one batch
         nursery.cancel_scope.cancel()
