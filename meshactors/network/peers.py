@@ -327,8 +327,9 @@ class Peers(Actor):
     async def _handle_then_save(self, message: _Message) -> None:
         """Handle one message; save held auto-approvals once the inbox is empty (or many)."""
         await self._handle(message)
-        queued = self.inbox.statistics().current_buffer_used
-        if self._unsaved and (not queued or len(self._unsaved) >= ROSTER_BATCH):
+        if self._unsaved and (
+            not self.inbox.statistics().current_buffer_used or len(self._unsaved) >= ROSTER_BATCH
+        ):
             await self._save_unsaved()
 
     async def _handle(self, message: _Message) -> None:
