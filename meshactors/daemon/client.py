@@ -205,10 +205,14 @@ class ClientActor(Actor):
         try:
             if isinstance(work, OpError):
                 raise work
-            frame = ok_frame(request.id, await finish(self._session, request, work))
+            data = await finish(self._session, request, work)
         except OpError as error:
             self.errors += 1
             frame = error_frame(request.id, error)
+        else:
+            if request.id is None:
+                return  # a notification that succeeded: no answer
+            frame = ok_frame(request.id, data)
         finally:
             self.in_flight -= 1
         await self._emit(frame)
@@ -234,8 +238,10 @@ class ClientActor(Actor):
             self.errors += len(requests)
             await self._emit(b"".join(error_frame(r.id, outcome) for r in requests))
             return
-        after_id = ok_frame(None, outcome)[len(_NULL_ID) :]
-        await self._emit(b"".join(_id_head(request.id) + after_id for request in requests))
+        answered = [request.id for request in requests if request.id is not None]
+        if answered:  # notifications that succeeded get no answer
+            after_id = ok_frame(None, outcome)[len(_NULL_ID) :]
+            await self._emit(b"".join(_id_head(request_id) + after_id for request_id in answered))
 
     async def forward_broadcast(self, events: Subscriber[Event], after: int) -> None:
         """Write broadcast events newer than `after` to this connection as they come."""

@@ -1,6 +1,7 @@
 """Local IPC framing: newline-delimited JSON requests, answers, errors and events.
 
-A request is `{"id": …, "op": "…", …params}`; the answer is `{"id": …, "ok": true,
+A request is `{"id": …, "op": "…", …params}` (without `id`: a notification, answered only
+if it fails); the answer is `{"id": …, "ok": true,
 "data": {…}}` or `{"id": …, "ok": false, "error": {"code": "…", "message": "…"}}`; an event
 is `{"kind": "…", …}`. Ids are strings or integers chosen by the client and echoed back.
 """
@@ -26,7 +27,7 @@ class ErrorCode(enum.StrEnum):
 
     BAD_JSON = "bad_json"  # the line is not a JSON object
     FRAME_TOO_LARGE = "frame_too_large"  # the line exceeds MAX_FRAME_BYTES
-    BAD_REQUEST = "bad_request"  # `id` or `op` missing or of the wrong type
+    BAD_REQUEST = "bad_request"  # `op` missing, or `id` or `op` of the wrong type
     UNKNOWN_OP = "unknown_op"
     INVALID_PARAMS = "invalid_params"  # params failed strict validation
     TOO_MANY_REQUESTS = "too_many_requests"  # the connection's concurrent request cap
@@ -73,9 +74,10 @@ RequestId = str | int
 
 @attrs.frozen
 class Request:
-    """A parsed request line: its id, op name and still-unvalidated params."""
+    """A parsed request line: its id (None: a notification), op name and still-unvalidated
+    params."""
 
-    id: RequestId
+    id: RequestId | None
     op: str
     params: dict[str, Any]
 
@@ -96,11 +98,13 @@ def parse_request(line: bytes) -> Request:
         raise BadFrame(ErrorCode.BAD_JSON, f"not valid JSON: {exc}", None) from None
     if not isinstance(frame, dict):
         raise BadFrame(ErrorCode.BAD_JSON, "a request must be a JSON object", None)
+    notification = "id" not in frame
     request_id = frame.pop("id", None)
-    if not _valid_id(request_id):
+    if not notification and not _valid_id(request_id):
         raise BadFrame(
             ErrorCode.BAD_REQUEST,
-            f"`id` must be a string of at most {MAX_ID_CHARS} characters or an integer",
+            f"`id` must be a string of at most {MAX_ID_CHARS} characters or an integer "
+            "(or be left out: a notification)",
             None,
         )
     op = frame.pop("op", None)

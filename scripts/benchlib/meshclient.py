@@ -30,6 +30,10 @@ class Lines:
         line = json.dumps({"id": self.next_id, "op": op, **params}) + "\n"
         await self.stream.send_all(line.encode())
 
+    async def notify(self, op: str, **params: object) -> None:
+        """Send a request without `id`: no answer comes unless it fails."""
+        await self.stream.send_all((json.dumps({"op": op, **params}) + "\n").encode())
+
     async def complete(self) -> bytes:
         """The next complete lines (at least one), newlines included, as they arrived."""
         while (end := self.buffer.rfind(b"\n") + 1) == 0:
@@ -67,7 +71,7 @@ async def echo(socket: str, network: str) -> None:
     while True:
         for frame in await lines.frames():
             if frame.get("kind") == "rpc_inbound":
-                await lines.send(
+                await lines.notify(
                     "rpc_respond", request_id=frame["request_id"], payload=frame["payload"]
                 )
 

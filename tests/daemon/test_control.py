@@ -34,7 +34,7 @@ async def test_bad_frames_get_errors_and_the_connection_survives(connect: Any) -
     cases = [
         (b"{not json\n", "bad_json", None),
         (b"[1,2]\n", "bad_json", None),
-        (b'{"op":"status"}\n', "bad_request", None),
+        (b'{"id":null,"op":"status"}\n', "bad_request", None),
         (b'{"id":true,"op":"status"}\n', "bad_request", None),
         (b'{"id":7}\n', "bad_request", 7),
         (b'{"id":8,"op":"nope"}\n', "unknown_op", 8),
@@ -50,6 +50,28 @@ async def test_bad_frames_get_errors_and_the_connection_survives(connect: Any) -
         assert frame["id"] == request_id
         assert frame["error"]["message"]
     assert (await client.call("status"))["ok"] is True
+
+
+async def test_a_notification_runs_unanswered_unless_it_fails(connect: Any) -> None:
+    client = await connect()
+    await client.send_raw(b'{"op":"events_subscribe"}\n')  # no id: a notification
+    await client.send_raw(b'{"op":"nope"}\n')
+    failed = await client.frame()
+    assert (failed["id"], failed["ok"], failed["error"]["code"]) == (None, False, "unknown_op")
+    status = await client.call("status")  # the next frame answers this: no answer came before
+    assert status["ok"] is True
+    inspected = await client.call("inspect")
+    name = "client " + status["data"]["client_id"]
+    (me,) = [node for node in _clients(inspected["data"]) if node["name"] == name]
+    assert me["figures"]["events"] is True  # the notification ran
+
+
+def _clients(tree: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every `client` node of an inspect tree."""
+    found = [tree] if tree.get("kind") == "client" else []
+    for child in tree.get("children", []):
+        found += _clients(child)
+    return found
 
 
 async def test_oversized_frame_is_refused_and_the_next_one_served(connect: Any) -> None:

@@ -51,3 +51,30 @@ async def test_a_reader_that_stalls_then_resumes_gets_every_frame_whole(
     assert [event["payload"][:4] for event in events] == [f"{n:04d}" for n in range(SENDS)]
     assert all(len(event["payload"]) == PAYLOAD_CHARS + 4 for event in events)
     await client.aclose()
+
+
+async def test_channel_sends_sent_as_notifications_run_in_order_unanswered(
+    daemon: Services,
+) -> None:
+    client = LineClient(await trio.open_unix_socket(str(daemon.paths.socket)))
+    with trio.fail_after(WAIT):
+        config = {"id": "n", "brokers": ["ws://127.0.0.1:9/v1"]}  # own-device needs no broker
+        assert (await client.call("network_add", config=config))["ok"]
+        assert (await client.call("channel_subscribe", network="n", channel="c"))["ok"]
+    me = daemon.identity.device_id
+    sends = [
+        {"op": "channel_send_to", "network": "n", "channel": "c", "peer": me, "payload": n}
+        for n in range(4)
+    ]
+    sends[0]["id"], sends[2]["id"] = "a", "c"  # 1 and 3 are notifications
+    await client.send_raw(b"".join(json.dumps(send).encode() + b"\n" for send in sends))
+    frames: list[dict[str, Any]] = []
+    with trio.fail_after(WAIT):
+        while len(frames) < 6:
+            frames.append(await client.frame())
+    assert [frame["id"] for frame in frames if "ok" in frame] == ["a", "c"]
+    events = [frame["payload"] for frame in frames if frame.get("kind") == "channel_inbound"]
+    assert events == [0, 1, 2, 3]
+    status = await client.call("status")  # the next frame: no answer was left queued
+    assert "client_id" in status["data"]
+    await client.aclose()
