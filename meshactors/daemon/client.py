@@ -12,7 +12,6 @@ program leaves nothing behind.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar
 
@@ -35,6 +34,7 @@ from meshactors.daemon.optable import Outcome, finish
 from meshactors.daemon.services import Services
 from meshactors.daemon.session import Push, Session
 from meshactors.daemon.tcp_auth import TcpAuth
+from meshactors.socket_io import plain_socket, write_nowait
 from meshactors.store.events import Event
 from meshactors.wire.ipc import (
     MAX_FRAME_BYTES,
@@ -82,7 +82,7 @@ class ClientActor(Actor):
     _unwritten: int = attrs.field(default=0, init=False)  # frames queued and not yet written
     _writing: bool = attrs.field(default=False, init=False)
     _pushes_idle: bool = attrs.field(default=False, init=False)  # their forwarder has none
-    _fd: int | None = attrs.field(default=None, init=False)  # a plain socket's, for write_now
+    _socket: trio.socket.SocketType | None = attrs.field(default=None, init=False)  # if plain
     _written: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -91,8 +91,7 @@ class ClientActor(Actor):
         self._in_order_send, self._in_order_receive = trio.open_memory_channel[Request](
             MAX_CONCURRENT_REQUESTS
         )
-        if isinstance(self.stream, trio.SocketStream):
-            self._fd = self.stream.socket.fileno()
+        self._socket = plain_socket(self.stream)
 
     def figures(self) -> dict[str, Any]:
         session = self._session
@@ -271,11 +270,8 @@ class ClientActor(Actor):
     def _write_now(self, frame: bytes) -> bool:
         """Write `frame` to a plain socket without yielding; what the socket does not take at
         once heads the outgoing queue. False: nothing written (would block, or gone)."""
-        if self._fd is None:
-            return False
-        try:
-            sent = os.write(self._fd, frame)
-        except OSError:
+        sent = None if self._socket is None else write_nowait(self._socket, frame)
+        if sent is None:
             return False
         if sent < len(frame):
             self._unwritten += 1
@@ -285,6 +281,13 @@ class ClientActor(Actor):
     async def _forward_pushes(self, pushes: Subscriber[Push]) -> None:
         """Write pushed events, those queued together (up to PUSH_BATCH, PUSH_BATCH_BYTES) in
         one outgoing frame: one queue pass for a received frame's worth of events."""
+        try:
+            await self._forward_each(pushes)
+        finally:
+            self._pushes_idle = False  # nobody forwards now: pushes must queue (and go unread)
+
+    async def _forward_each(self, pushes: Subscriber[Push]) -> None:
+        """The forwarding loop: idle (so pushes are written at once) while nothing is queued."""
         while True:
             self._pushes_idle = pushes.drained
             try:

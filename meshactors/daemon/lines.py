@@ -5,6 +5,8 @@ from __future__ import annotations
 import attrs
 import trio
 
+from meshactors.socket_io import receive_some
+
 RECEIVE_CHUNK = 64 * 1024  # bytes asked of the socket per read
 
 
@@ -47,7 +49,7 @@ class LineReader:
             if len(self.buffer) >= self.max_line or self._skipping:
                 self._skipping += len(self.buffer)
                 self.buffer.clear()
-            chunk = await self.stream.receive_some(RECEIVE_CHUNK)
+            chunk = await receive_some(self.stream, RECEIVE_CHUNK)
             if not chunk:
                 return None
             self.buffer += chunk

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
+from meshactors.socket_io import plain_socket, receive_some, write_nowait
 from meshactors.websocket.frames import (
     CloseCode,
     Frame,
@@ -55,7 +56,7 @@ class WebSocket:
     _broken: bool = attrs.field(default=False, init=False)  # a write was cut mid-frame
     _writing: bool = attrs.field(default=False, init=False)
     _unsent: bytes = attrs.field(default=b"", init=False)  # a `send_nowait` the socket cut short
-    _fd: int | None = attrs.field(default=None, init=False)  # a plain socket's, for send_nowait
+    _socket: trio.socket.SocketType | None = attrs.field(default=None, init=False)  # if plain
     _writers: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
     _pings: dict[bytes, trio.Event] = attrs.field(factory=dict, init=False)
     _pending_control: list[bytes] = attrs.field(factory=list, init=False)  # after this write
@@ -65,8 +66,7 @@ class WebSocket:
 
     def __attrs_post_init__(self) -> None:
         self._parser = FrameParser(not self.is_client, self.max_message_bytes)
-        if isinstance(self.stream, trio.SocketStream):
-            self._fd = self.stream.socket.fileno()
+        self._socket = plain_socket(self.stream)
 
     def feed(self, data: bytes | bytearray) -> None:
         """Bytes read past the upgrade, which already belong to the WebSocket."""
@@ -105,12 +105,13 @@ class WebSocket:
         When the socket takes only part of the frame, the rest waits in the connection (other
         writes wait behind it) and the owner must call `flush` soon.
         """
-        if self._fd is None or self._writing or self._close_sent or self._broken or self.closed:
+        if self._socket is None or self._writing or self._close_sent or self._broken:
+            return False
+        if self.closed is not None:
             return False
         data = encode_frame(Opcode.BINARY, message, mask=self.is_client)
-        try:
-            sent = os.write(self._fd, data)
-        except OSError:  # would block, or the connection is gone: the queued path finds out
+        sent = write_nowait(self._socket, data)
+        if sent is None:  # would block, or the connection is gone: the queued path finds out
             return False
         if sent < len(data):
             self._unsent, self._writing = data[sent:], True
@@ -161,7 +162,7 @@ class WebSocket:
 
     async def _receive_more(self) -> None:
         try:
-            data = await self.stream.receive_some(RECEIVE_CHUNK)
+            data = await receive_some(self.stream, RECEIVE_CHUNK)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             data = b""
         if not data:

@@ -1,0 +1,96 @@
+"""`socket_io`: reads that skip trio's extra schedule point only when they already waited,
+and writes from sync code that never touch a closed socket."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+import trio.testing
+
+from meshactors.socket_io import plain_socket, receive_some, write_nowait
+
+WAIT_S = 5.0
+
+
+async def unix_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    left, right = socket.socketpair()
+    return (
+        trio.SocketStream(trio.socket.from_stdlib_socket(left)),
+        trio.SocketStream(trio.socket.from_stdlib_socket(right)),
+    )
+
+
+async def test_a_cancelled_read_takes_no_bytes() -> None:
+    ours, theirs = await unix_pair()
+    await theirs.send_all(b"ready")
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await receive_some(ours, 100)
+    assert scope.cancelled_caught
+    assert await receive_some(ours, 100) == b"ready"  # nothing was lost
+
+
+async def test_bytes_already_there_are_read_at_a_schedule_point() -> None:
+    ours, theirs = await unix_pair()
+    await theirs.send_all(b"ready")
+    with trio.testing.assert_checkpoints():  # a busy socket starves no other task
+        assert await receive_some(ours, 100) == b"ready"
+
+
+async def test_a_read_waits_for_bytes_that_come_later() -> None:
+    ours, theirs = await unix_pair()
+    got: list[bytes | bytearray] = []
+    async with trio.open_nursery() as nursery:
+
+        async def read() -> None:
+            got.append(await receive_some(ours, 100))
+
+        nursery.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []  # parked until the socket is readable
+        await theirs.send_all(b"late")
+    assert got == [b"late"]
+
+
+async def test_end_of_stream_closed_and_broken_sockets() -> None:
+    ours, theirs = await unix_pair()
+    await theirs.aclose()
+    with trio.fail_after(WAIT_S):
+        assert await receive_some(ours, 100) == b""
+    await ours.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await receive_some(ours, 100)
+
+
+async def test_a_reset_connection_is_broken() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    client = await trio.testing.open_stream_to_socket_listener(listeners[0])
+    server = await listeners[0].accept()
+    server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, bytes([1, 0, 0, 0, 0, 0, 0, 0]))
+    await client.send_all(b"x")
+    await server.aclose()  # linger 0 with unread bytes: the peer sees a reset
+    with trio.fail_after(WAIT_S), pytest.raises(trio.BrokenResourceError):
+        while True:
+            await receive_some(client, 100)
+    await listeners[0].aclose()
+
+
+async def test_other_streams_read_through_trio() -> None:
+    ours, theirs = trio.testing.memory_stream_pair()
+    assert plain_socket(ours) is None
+    await theirs.send_all(b"mem")
+    assert await receive_some(ours, 100) == b"mem"
+
+
+async def test_write_nowait_writes_what_fits_and_never_a_closed_socket() -> None:
+    ours, theirs = await unix_pair()
+    assert write_nowait(ours.socket, b"now") == 3
+    assert await receive_some(theirs, 100) == b"now"
+    big = b"z" * (16 << 20)
+    written = write_nowait(ours.socket, big)
+    assert written is not None and 0 < written < len(big)  # the socket buffer filled up
+    assert write_nowait(ours.socket, b"more") is None  # it would block
+    await ours.aclose()
+    assert write_nowait(ours.socket, b"gone") is None
