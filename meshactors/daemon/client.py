@@ -310,10 +310,12 @@ class ClientActor(Actor):
             await self._emit(b"".join(frames))
 
     async def _emit(self, frame: bytes) -> None:
-        """Write `frame` now from this task when nothing is queued or being written (saves a
-        scheduler pass per answer); else queue it for the writer, keeping the order."""
+        """Write `frame` now from this task when nothing is queued or being written (without a
+        yield when the socket takes it at once); else queue it for the writer, keeping the
+        order."""
         if self._unwritten == 0 and not self._writing:
-            await self._write(frame)
+            if not self._write_now(frame):
+                await self._write(frame)
             return
         self._unwritten += 1
         await self._out_send.send(frame)
