@@ -27,12 +27,18 @@ class Handled:
         self.seen.append((message, trio.lowlevel.current_task()))
 
 
-async def test_a_message_put_while_the_reader_idles_is_handled_in_the_senders_task() -> None:
+async def idle_reader(nursery: trio.Nursery, handled: Handled) -> Inbox[str]:
+    """An inbox whose reader serves `handled` and is now waiting for a message."""
     inbox: Inbox[str] = Inbox(capacity=4)
+    nursery.start_soon(inbox.serve, handled.handle)
+    await trio.testing.wait_all_tasks_blocked()
+    return inbox
+
+
+async def test_a_message_put_while_the_reader_idles_is_handled_in_the_senders_task() -> None:
     handled = Handled()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(inbox.serve, handled.handle)
-        await trio.testing.wait_all_tasks_blocked()
+        inbox = await idle_reader(nursery, handled)
         with trio.CancelScope() as scope:
             scope.cancel()  # a queue hand-off would checkpoint and raise Cancelled here
             await inbox.put("now")
@@ -62,11 +68,9 @@ async def test_messages_put_while_the_reader_is_busy_queue_and_keep_their_order(
 
 
 async def test_a_message_queued_before_an_inline_one_is_never_overtaken() -> None:
-    inbox: Inbox[str] = Inbox(capacity=4)
     handled = Handled()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(inbox.serve, handled.handle)
-        await trio.testing.wait_all_tasks_blocked()
+        inbox = await idle_reader(nursery, handled)
         inbox.sender.send_nowait("first")  # handed to the waiting reader, not yet run
         await inbox.put("second")  # so this one queues behind it
         with trio.fail_after(WAIT_S):

@@ -18,14 +18,20 @@ PAYLOAD_CHARS = 32 * 1024
 WAIT = 20.0  # seconds to read everything back
 
 
+async def subscribed_client(daemon: Services) -> LineClient:
+    """A connection subscribed to channel `c` of network `n` (own-device sends need no broker)."""
+    client = LineClient(await trio.open_unix_socket(str(daemon.paths.socket)))
+    with trio.fail_after(WAIT):
+        config = {"id": "n", "brokers": ["ws://127.0.0.1:9/v1"]}
+        assert (await client.call("network_add", config=config))["ok"]
+        assert (await client.call("channel_subscribe", network="n", channel="c"))["ok"]
+    return client
+
+
 async def test_a_reader_that_stalls_then_resumes_gets_every_frame_whole(
     daemon: Services,
 ) -> None:
-    client = LineClient(await trio.open_unix_socket(str(daemon.paths.socket)))
-    with trio.fail_after(WAIT):
-        config = {"id": "n", "brokers": ["ws://127.0.0.1:9/v1"]}  # own-device needs no broker
-        assert (await client.call("network_add", config=config))["ok"]
-        assert (await client.call("channel_subscribe", network="n", channel="c"))["ok"]
+    client = await subscribed_client(daemon)
     me = daemon.identity.device_id
     sends = [
         {
@@ -56,11 +62,7 @@ async def test_a_reader_that_stalls_then_resumes_gets_every_frame_whole(
 async def test_channel_sends_sent_as_notifications_run_in_order_unanswered(
     daemon: Services,
 ) -> None:
-    client = LineClient(await trio.open_unix_socket(str(daemon.paths.socket)))
-    with trio.fail_after(WAIT):
-        config = {"id": "n", "brokers": ["ws://127.0.0.1:9/v1"]}  # own-device needs no broker
-        assert (await client.call("network_add", config=config))["ok"]
-        assert (await client.call("channel_subscribe", network="n", channel="c"))["ok"]
+    client = await subscribed_client(daemon)
     me = daemon.identity.device_id
     sends = [
         {"op": "channel_send_to", "network": "n", "channel": "c", "peer": me, "payload": n}
