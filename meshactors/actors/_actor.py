@@ -16,6 +16,7 @@ M = TypeVar("M")
 T = TypeVar("T")
 
 DEFAULT_INBOX_CAPACITY = 64  # messages an actor may have queued before senders wait
+INLINE_STOP_TIMEOUT = 5.0  # seconds a stopping reader waits for a handler a sender runs
 
 
 @attrs.define(eq=False)
@@ -35,6 +36,7 @@ class Inbox(Generic[M]):
     _handing: bool = attrs.field(default=False, init=False)  # a sender runs the handler
     _handed: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
     _failure: Exception | None = attrs.field(default=None, init=False)
+    _carried: list[M] = attrs.field(factory=list, init=False)  # taken, not yet handled (0 or 1)
 
     def __attrs_post_init__(self) -> None:
         self.sender, self.receiver = trio.open_memory_channel[M](self.capacity)
@@ -63,7 +65,9 @@ class Inbox(Generic[M]):
         return self._waiting is not None and stats.tasks_waiting_receive > 0
 
     async def serve(self, handle: Callable[[M], Awaitable[None]]) -> NoReturn:
-        """Read and handle messages one at a time, for ever (see the class docstring)."""
+        """Read and handle messages one at a time, for ever (see the class docstring). When it
+        stops, a handler still running in a sender's task is waited for (INLINE_STOP_TIMEOUT),
+        so the actor's own cleanup never overlaps it."""
         self._failure = None
         self._handler = handle
         try:
@@ -71,22 +75,28 @@ class Inbox(Generic[M]):
                 await handle(await self._next())
         finally:
             self._handler = None
+            with trio.move_on_after(INLINE_STOP_TIMEOUT, shield=True):
+                while self._handing:
+                    await self._handed.park()
 
     async def _next(self) -> M:
-        """The next message once no sender is running the handler; raises a sender's failure."""
-        message: M | None = None
-        with trio.CancelScope() as self._waiting:  # cancelled by a failing sender
-            try:
-                message = self.receiver.receive_nowait()
-            except trio.WouldBlock:
-                message = await self.receiver.receive()
-        self._waiting = None
+        """The next message once no sender is running the handler; raises a sender's failure.
+
+        A message taken while a sender runs the handler is carried (across a failure, a
+        cancellation, a restart) until it is returned: the inbox never loses one it took."""
+        if not self._carried:
+            with trio.CancelScope() as self._waiting:  # cancelled by a failing sender
+                try:
+                    self._carried.append(self.receiver.receive_nowait())
+                except trio.WouldBlock:
+                    self._carried.append(await self.receiver.receive())
+            self._waiting = None
         while self._handing:
             await self._handed.park()
         if self._failure is not None:
             failure, self._failure = self._failure, None
             raise failure
-        return message  # type: ignore[return-value]  # None only when cancelled, raised above
+        return self._carried.pop()
 
     async def ask(self, build: Callable[[Reply[T]], M], *, timeout: float, what: str) -> T:
         """Ask the owning actor and wait for its answer under a deadline."""

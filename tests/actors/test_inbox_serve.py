@@ -92,3 +92,55 @@ async def test_a_failure_in_the_senders_task_is_raised_by_serve_not_put() -> Non
     (failure,) = raised.value.exceptions
     assert isinstance(failure, ValueError) and str(failure) == "boom"
     assert [message for message, _ in handled.seen] == ["put returned"]
+
+
+async def test_a_message_the_reader_took_survives_a_failing_inline_handler() -> None:
+    """m1 reaches the reader while a sender runs the handler for m0, which then fails: serve
+    raises the failure, and the restarted reader handles m1."""
+    inbox: Inbox[str] = Inbox(capacity=4)
+    seen: list[str] = []
+    gate = trio.Event()
+
+    async def handle(message: str) -> None:
+        if message == "m0":
+            await gate.wait()
+            raise ValueError("m0 failed")
+        seen.append(message)
+
+    with pytest.raises(ExceptionGroup) as raised:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(inbox.serve, handle)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(inbox.put, "m0")  # handled in that task, waiting on the gate
+            await trio.testing.wait_all_tasks_blocked()
+            await inbox.sender.send("m1")  # handed straight to the waiting reader
+            await trio.testing.wait_all_tasks_blocked()
+            gate.set()
+    (failure,) = raised.value.exceptions
+    assert str(failure) == "m0 failed"
+    async with trio.open_nursery() as nursery:  # the restarted actor
+        nursery.start_soon(inbox.serve, handle)
+        with trio.fail_after(WAIT_S):
+            while not seen:
+                await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert seen == ["m1"]
+
+
+async def test_a_stopping_reader_waits_for_the_handler_a_sender_runs() -> None:
+    handled = Handled()
+    handled.gate = trio.Event()
+    async with trio.open_nursery() as outer:
+        async with trio.open_nursery() as actor:
+            inbox = await idle_reader(actor, handled)
+            outer.start_soon(inbox.put, "hold")
+            await trio.testing.wait_all_tasks_blocked()
+            actor.cancel_scope.cancel()
+            outer.start_soon(_open_gate_soon, handled.gate)
+        # the reader's task ends only once the handler run in the sender's task is done
+        assert [message for message, _ in handled.seen] == ["hold"]
+
+
+async def _open_gate_soon(gate: trio.Event) -> None:
+    await trio.testing.wait_all_tasks_blocked()
+    gate.set()
