@@ -43,6 +43,7 @@ from meshactors.wire.ipc import (
     OpError,
     Request,
     RequestId,
+    encode,
     error_frame,
     event_frame,
     ok_frame,
@@ -261,7 +262,10 @@ class ClientActor(Actor):
         if self._pushes_idle:
             self._pushes_idle = False  # queued below, or written: either way it goes first
             if self._unwritten == 0 and not self._writing:
-                item = _encoded(item)
+                try:
+                    item = _encoded(item)
+                except (TypeError, ValueError):  # not JSON: the forwarder meets it, not the pusher
+                    return self._session.pushes.offer(item)
                 if self._write_now(item):
                     self._pushes_idle = True
                     return True
@@ -350,10 +354,9 @@ _NULL_ID = b'{"id":null'  # how every answer frame begins when its id is None
 
 
 def _encoded(push: Push) -> bytes:
-    """A pushed event as a line: encoded already, or an event dict with its `kind`."""
-    if isinstance(push, bytes):
-        return push
-    return event_frame(push.pop("kind"), push)
+    """A pushed event as a line: encoded already, or an event dict, `kind` first (the dict is
+    left as it was)."""
+    return push if isinstance(push, bytes) else encode(push)
 
 
 def _id_head(request_id: RequestId) -> bytes:

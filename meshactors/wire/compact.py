@@ -8,6 +8,7 @@ from typing import Any
 
 STRICT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # ASCII, no NaN: peer frames
 UTF8 = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # IPC lines
+ASCII = json.JSONEncoder(separators=(",", ":"))  # IPC lines holding what UTF-8 cannot carry
 
 
 def json_size(value: Any) -> int:

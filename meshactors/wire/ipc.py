@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from meshactors.wire.compact import UTF8
+from meshactors.wire.compact import ASCII, UTF8
 
 IPC_API_VERSION = 1
 MAX_FRAME_BYTES = 1024 * 1024  # one request line, newline included
@@ -120,8 +120,12 @@ def _valid_id(value: object) -> bool:
 
 
 def encode(frame: dict[str, Any]) -> bytes:
-    """One frame as a compact JSON line."""
-    return UTF8.encode(frame).encode() + b"\n"
+    """One frame as a compact JSON line (escaped to ASCII when it holds a lone surrogate, which
+    JSON may carry as `\\udXXX` but UTF-8 cannot)."""
+    try:
+        return UTF8.encode(frame).encode() + b"\n"
+    except UnicodeEncodeError:
+        return ASCII.encode(frame).encode() + b"\n"
 
 
 def ok_frame(request_id: RequestId | None, data: Any) -> bytes:

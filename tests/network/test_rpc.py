@@ -68,6 +68,22 @@ async def test_the_inbound_event_names_caller_method_and_payload(pair: Pair) -> 
     assert await pair.caller.answer(call_id) == {"payload": None}
 
 
+async def test_a_lone_surrogate_travels_both_ways_and_restarts_nothing(pair: Pair) -> None:
+    """JSON may carry "\\ud800" though UTF-8 cannot: such lines are written escaped to ASCII,
+    and pushing one (from the peers handler, in the link's task) crashes no actor."""
+    await pair.server.call("rpc_register", network=NET, method="echo")
+    odd = "x\ud800y"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_once, pair.server, "echo", odd)
+        answer = await pair.caller.call(
+            "rpc_call", network=NET, peer=pair.b.device_id, method="echo", payload=odd
+        )
+    assert answer == {"payload": odd}
+    for client in (pair.server, pair.caller):
+        children = network_children(await client.call("inspect"), NET)
+        assert all(child["restarts"] == 0 for child in children.values())
+
+
 async def test_binary_payloads_travel_as_base64(pair: Pair) -> None:
     blob = base64.b64encode(bytes(range(256))).decode()
     await pair.server.call("rpc_register", network=NET, method="blob")
