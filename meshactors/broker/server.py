@@ -365,6 +365,13 @@ class Broker:
 
     async def _pump_out(self, ws: WebSocket, member: _Member) -> None:
         """Drain the member's outbound queue onto its socket."""
+        try:
+            await self._drain_outbox(ws, member)
+        finally:
+            member.writer_idle = False  # nobody writes now: offers must queue
+
+    async def _drain_outbox(self, ws: WebSocket, member: _Member) -> None:
+        """The writer's loop; a message that found it idle went out directly (see offer)."""
         while True:
             try:
                 message = member.queued.receive_nowait()

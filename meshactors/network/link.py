@@ -342,6 +342,18 @@ class Link(Actor):
         max_bytes: int,
     ) -> None:
         """Drain the queue into as few messages as fit under the broker's size limit."""
+        try:
+            await self._write_batches(ws, receive, max_bytes)
+        finally:
+            self._writer_idle = False  # nobody writes now: records must queue (and be dropped)
+
+    async def _write_batches(
+        self,
+        ws: WebSocket,
+        receive: trio.MemoryReceiveChannel[_Queued],
+        max_bytes: int,
+    ) -> None:
+        """The writer's loop; a record that found it idle went out directly (see send_nowait)."""
         carry: tuple[bytes, bytes] | None = None
         while True:
             # Under load (a record was already waiting) the batch may wait a few idle scheduler

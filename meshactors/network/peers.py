@@ -627,6 +627,9 @@ class Peers(Actor):
         except Exception as exc:
             self.dropped["roster_unsaved"] += len(entries)
             log.warning("auto-approvals not saved", network=self.network, error=str(exc))
+        except BaseException:  # cancelled (e.g. in the link's task): save them next time
+            self._unsaved = {entry.device_id: entry for entry in entries} | self._unsaved
+            raise
 
     async def _save_roster(self, entries: list[roster_db.RosterEntry]) -> None:
         await self.store.call(

@@ -55,6 +55,7 @@ class WebSocket:
     _close_sent: bool = attrs.field(default=False, init=False)
     _broken: bool = attrs.field(default=False, init=False)  # a write was cut mid-frame
     _writing: bool = attrs.field(default=False, init=False)
+    _reading: bool = attrs.field(default=False, init=False)  # a task is in _receive_more
     _unsent: bytes = attrs.field(default=b"", init=False)  # a `send_nowait` the socket cut short
     _socket: trio.socket.SocketType | None = attrs.field(default=None, init=False)  # if plain
     _writers: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
@@ -147,24 +148,29 @@ class WebSocket:
         try:
             if not self._close_sent and not self._broken and self.closed is None:
                 await self._send_close(code, reason)
-            while self.closed is None and not self._broken:
+            # another task reading: closing the stream below ends its read, and what it reads
+            # is its own (its frames are not ours to drop while we wait for the peer's close)
+            while self.closed is None and not self._broken and not self._reading:
                 frame = self._parser.next_frame()
                 if frame is None:
                     await self._receive_more()
                 elif frame.opcode is Opcode.CLOSE:
                     self._closed(*_close_payload(frame.payload))
         except (ConnectionClosed, ProtocolViolation, trio.BusyResourceError):
-            pass  # Busy: another task is reading, and closing the stream below ends its read
+            pass  # Busy: another task is reading (TLS streams say so themselves)
         finally:
             if self.closed is None:
                 self._closed(code, reason)
             await self.stream.aclose()
 
     async def _receive_more(self) -> None:
+        self._reading = True
         try:
             data = await receive_some(self.stream, RECEIVE_CHUNK)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             data = b""
+        finally:
+            self._reading = False
         if not data:
             raise self._closed(CloseCode.ABNORMAL, "connection lost")
         self._parser.feed(data)
