@@ -199,8 +199,7 @@ class Rpc(Actor):
         awaitable gives the answer (OpError with the failure's code)."""
         send, receive = trio.open_memory_channel[Payload | OpError](1)
         call = self._open_call(client, peer, stream=False, timeout_ms=timeout_ms, result=send)
-        frame = RpcCall(call.id, method, payload.value, payload.binary, False, timeout_ms)
-        self.counters["calls_out"] += 1
+        frame = self._call_frame(call, method, payload, timeout_ms)
         with self._forgotten_if_unsent(call):
             sent = self.wire.send_nowait(peer, frame)
         return self._answer_of(call, receive, None if sent else frame)
@@ -213,8 +212,7 @@ class Rpc(Actor):
     ) -> Payload:
         """Send the call frame if it is still `unsent`, then wait for the answer or deadline."""
         if unsent is not None:
-            with self._forgotten_if_unsent(call):
-                await self.wire.send(call.peer, unsent)
+            await self._send_call(call, unsent)
         outcome: Payload | OpError | None = None
         try:
             with trio.move_on_at(call.timer.deadline):  # single calls time out in the op's task
@@ -233,7 +231,7 @@ class Rpc(Actor):
     ) -> str:
         """Start a streamed call; its chunks and end reach `client` as events. Returns its id."""
         call = self._open_call(client, peer, stream=True, timeout_ms=timeout_ms)
-        await self._send_call(call, method, payload, timeout_ms)
+        await self._send_call(call, self._call_frame(call, method, payload, timeout_ms))
         return call.id
 
     def has_outbound(self, request_id: str) -> bool:
@@ -269,12 +267,15 @@ class Rpc(Actor):
             self._nursery.start_soon(self._expire_outbound, call)
         return call
 
-    async def _send_call(
+    def _call_frame(
         self, call: Outbound, method: str, payload: Payload, timeout_ms: int
-    ) -> None:
-        """Send the call frame; if it cannot go, the call is forgotten without a cancel."""
-        frame = RpcCall(call.id, method, payload.value, payload.binary, call.stream, timeout_ms)
+    ) -> RpcCall:
+        """The frame that makes `call` on its peer (counted as a call made)."""
         self.counters["calls_out"] += 1
+        return RpcCall(call.id, method, payload.value, payload.binary, call.stream, timeout_ms)
+
+    async def _send_call(self, call: Outbound, frame: RpcCall) -> None:
+        """Send the call frame; if it cannot go, the call is forgotten without a cancel."""
         with self._forgotten_if_unsent(call):
             await self.wire.send(call.peer, frame)
 
