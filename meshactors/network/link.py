@@ -3,7 +3,9 @@
 It connects to the configured broker URLs in turn, sends the signed hello, waits for the
 welcome, then relays: binary batches in (to the `peers` actor, one message per batch) and
 sealed records out (drained from a bounded queue, several per WebSocket message; a record sent
-while the writer is idle goes straight to the socket from the sender's task). When the
+while the writer is idle goes straight to the socket from the sender's task, unless another
+went that way less than DIRECT_GAP before: then it is a burst, and the writer batches it with
+the rest). When the
 connection drops, senders waiting on the queue fail with LinkDown and the link reconnects
 after a full-jitter exponential backoff, reset by the next welcome.
 """
@@ -44,6 +46,7 @@ LINK_PONG_TIMEOUT = 20.0  # seconds a ping may go unanswered before the link is 
 OUTBOUND_QUEUE = 8192  # sealed records waiting for the writer; senders wait beyond it
 BATCH_MAX_RECORDS = 1024  # records joined into one WebSocket message
 BATCH_IDLE_PASSES = 3  # under load: scheduler passes without a new record before a batch goes
+DIRECT_GAP = 100e-6  # seconds: a record this soon after one written at once queues (a burst)
 MAX_INBOUND_MESSAGE_BYTES = 4 * 1024 * 1024  # largest message we accept from a broker
 MAX_NOTICE_CHARS = 64 * 1024  # a TEXT notice (welcome with 256 peers is ~20 KB)
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024  # if the welcome does not say
@@ -148,6 +151,7 @@ class Link(Actor):
     _ws: WebSocket | None = None
     _max_bytes: int = 0  # the broker's message size limit, from its welcome
     _writer_idle: bool = False  # the writer waits on an empty queue and holds no batch
+    _direct_at: float = float("-inf")  # trio time of the last record written at once
     _cycle: trio.CancelScope | None = None
 
     @property
@@ -174,24 +178,39 @@ class Link(Actor):
 
     def send_nowait(self, to: bytes, sealed: bytes) -> bool:
         """Hand one sealed record to the broker without waiting or yielding: written at once
-        while the writer idles, else queued; False when the queue is full (use `send`).
+        while the writer idles (and no burst is under way), else queued; False when the queue is
+        full (use `send`).
 
         Raises LinkDown when the link is not up.
         """
-        outbound = self._outbound
-        if outbound is None:
-            raise LinkDown(f"network {self.network}: the broker link is {self.state}")
-        if self._writer_idle:
-            self._writer_idle = False  # whatever happens below, the writer has work first
-            if self._send_direct(to, sealed):
-                outbound.send_nowait(None)  # the writer flushes a cut write, then idles again
-                return True
+        return self._write_now(to, sealed) or self._queue_nowait(to, sealed)
+
+    def _write_now(self, to: bytes, sealed: bytes) -> bool:
+        """Write the record from the caller's task if the writer idles and no burst is under
+        way; False: it must queue. Raises LinkDown when the link is not up."""
+        outbound = self._queue()
+        now = trio.current_time()
+        if not self._writer_idle or now - self._direct_at < DIRECT_GAP:
+            return False
+        self._writer_idle = False  # whatever happens below, the writer has work first
+        if not self._send_direct(to, sealed):
+            return False
+        self._direct_at = now
+        if self._ws is not None and self._ws.unsent:
+            outbound.send_nowait(None)  # the writer finishes the cut write, then idles again
+        else:
+            self._writer_idle = True  # no task switch: the writer never knew
+        return True
+
+    def _queue_nowait(self, to: bytes, sealed: bytes) -> bool:
+        """Queue the record for the writer; False when the queue is full."""
         try:
-            outbound.send_nowait((to, sealed))
+            self._queue().send_nowait((to, sealed))
         except trio.WouldBlock:
             return False
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise LinkDown(f"network {self.network}: the broker link dropped") from None
+        self._writer_idle = False  # it has work now: later records queue behind this one
         return True
 
     async def send(self, to: bytes, sealed: bytes) -> None:
@@ -200,17 +219,21 @@ class Link(Actor):
         A record the writer is idle for goes out at once without a yield. Raises LinkDown when
         the link is not up, or drops while this waits.
         """
-        direct = self._writer_idle
-        if self.send_nowait(to, sealed):
-            if not direct:
-                await trio.lowlevel.checkpoint()  # as a queue send would: senders take turns
+        if self._write_now(to, sealed):
             return
-        outbound = self._outbound
-        assert outbound is not None  # send_nowait raised LinkDown otherwise
+        if self._queue_nowait(to, sealed):
+            await trio.lowlevel.checkpoint()  # as a queue send would: senders take turns
+            return
         try:
-            await outbound.send((to, sealed))
+            await self._queue().send((to, sealed))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise LinkDown(f"network {self.network}: the broker link dropped") from None
+
+    def _queue(self) -> trio.MemorySendChannel[_Queued]:
+        """The writer's queue; LinkDown when the link is not up."""
+        if self._outbound is None:
+            raise LinkDown(f"network {self.network}: the broker link is {self.state}")
+        return self._outbound
 
     def _send_direct(self, to: bytes, sealed: bytes) -> bool:
         """Write one record as its own message now, without yielding (the latency path: no

@@ -18,6 +18,7 @@ from meshactors.network import link as link_module
 from meshactors.network.link import (
     BACKOFF_BASE,
     BACKOFF_CAP,
+    DIRECT_GAP,
     Link,
     LinkDown,
     LinkEvent,
@@ -115,12 +116,14 @@ async def test_senders_waiting_on_a_full_queue_fail_with_link_down_when_it_drops
         nursery.cancel_scope.cancel()
 
 
-async def test_a_lone_record_leaves_at_once_and_a_burst_still_goes_in_few_messages() -> None:
-    received: trio.MemorySendChannel[list[tuple[bytes, bytes]]]
+Batches = trio.MemoryReceiveChannel[list[tuple[bytes, bytes]]]
+
+
+async def _recorded_link(nursery: trio.Nursery) -> tuple[Link, Batches]:
+    """A link that is up, to a broker passing on every batch it reads."""
     received, batches = trio.open_memory_channel[list[tuple[bytes, bytes]]](1000)
 
     async def recording_broker(request: WebSocketRequest) -> None:
-        """Welcomes, then passes on every batch it reads."""
         ws = await request.accept()
         await ws.get_message()  # the hello
         await ws.send_message(json.dumps({"type": "welcome", "v": 1, "peers": []}))
@@ -130,18 +133,28 @@ async def test_a_lone_record_leaves_at_once_and_a_burst_still_goes_in_few_messag
             await received.send(decode_batch(message))
 
     events = Inbox[LinkEvent](100)
+    server = await nursery.start(serve_websocket, recording_broker, "127.0.0.1", 0, None)
+    link = Link("net1", [f"ws://127.0.0.1:{server.port}/v1"], SigningKey.generate(), events)
+    await nursery.start(run_root, link, Node(name="link", kind="link"))
+    with trio.fail_after(WAIT):
+        assert isinstance(await events.receiver.receive(), LinkUp)
+    return link, batches
+
+
+async def _sent_without_yielding(link: Link, sealed: bytes) -> bool:
+    """Send a record; True when it went out without a checkpoint (written at once)."""
+    with trio.CancelScope() as scope:
+        scope.cancel()  # a queue hand-off would checkpoint and raise Cancelled here
+        await link.send(bytes(32), sealed)
+    return not scope.cancelled_caught
+
+
+async def test_a_lone_record_leaves_at_once_and_a_burst_still_goes_in_few_messages() -> None:
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_websocket, recording_broker, "127.0.0.1", 0, None)
-        link = Link("net1", [f"ws://127.0.0.1:{server.port}/v1"], SigningKey.generate(), events)
-        await nursery.start(run_root, link, Node(name="link", kind="link"))
-        with trio.fail_after(WAIT):
-            assert isinstance(await events.receiver.receive(), LinkUp)
+        link, batches = await _recorded_link(nursery)
         to = bytes(32)
         await trio.testing.wait_all_tasks_blocked()  # the writer idles
-        with trio.CancelScope() as scope:
-            scope.cancel()  # a queue hand-off would checkpoint and raise Cancelled here
-            await link.send(to, b"alone")
-        assert not scope.cancelled_caught
+        assert await _sent_without_yielding(link, b"alone")
         with trio.fail_after(WAIT):
             assert await batches.receive() == [(to, b"alone")]
         await trio.testing.wait_all_tasks_blocked()
@@ -155,4 +168,28 @@ async def test_a_lone_record_leaves_at_once_and_a_burst_still_goes_in_few_messag
                 messages += 1
         assert got == burst
         assert messages <= 2  # the first record alone, the rest as one batch
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_record_soon_after_one_written_at_once_queues_as_a_burst(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        link, batches = await _recorded_link(nursery)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(DIRECT_GAP)
+        assert await _sent_without_yielding(link, b"first")
+        assert not await _sent_without_yielding(link, b"soon after")  # queued: the writer sends
+        with trio.fail_after(WAIT):
+            assert [sealed for _, sealed in await batches.receive()] == [b"first"]
+            assert [sealed for _, sealed in await batches.receive()] == [b"soon after"]
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(DIRECT_GAP / 2)
+        assert not await _sent_without_yielding(link, b"still soon")
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(DIRECT_GAP / 2)
+        assert await _sent_without_yielding(link, b"later")
+        with trio.fail_after(WAIT):
+            assert [sealed for _, sealed in await batches.receive()] == [b"still soon"]
+            assert [sealed for _, sealed in await batches.receive()] == [b"later"]
         nursery.cancel_scope.cancel()
