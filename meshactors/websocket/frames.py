@@ -7,10 +7,11 @@ without buffering it.
 from __future__ import annotations
 
 import enum
-import os
 import struct
 
 import attrs
+
+from meshactors.entropy import random_bytes
 
 MAX_CONTROL_PAYLOAD = 125  # bytes: RFC 6455 §5.5
 COMPACT_AFTER = 64 * 1024  # consumed bytes kept at the buffer's front before it is compacted
@@ -82,7 +83,7 @@ def encode_frame(opcode: Opcode, payload: bytes, *, mask: bool) -> bytes:
         head = struct.pack("!BBQ", first, mask_bit | 127, length)
     if not mask:
         return head + payload
-    key = os.urandom(4)
+    key = random_bytes(4)
     return head + key + apply_mask(payload, key)
 
 
