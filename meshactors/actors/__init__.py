@@ -3,6 +3,7 @@
 from meshactors.actors._actor import DEFAULT_INBOX_CAPACITY, Actor, Inbox, cleanup_scope
 from meshactors.actors._ask import ActorGone, AskTimeout, Reply, ask
 from meshactors.actors._fanout import DEFAULT_SUBSCRIBER_CAPACITY, Broadcast, Lagged, Subscriber
+from meshactors.actors._pending import Pending
 from meshactors.actors._registry import ActorState, Node, current_node
 from meshactors.actors._supervisor import (
     ChildSpec,
@@ -28,6 +29,7 @@ __all__ = [
     "Inbox",
     "Lagged",
     "Node",
+    "Pending",
     "Reply",
     "Restart",
     "RestartLimits",

@@ -11,6 +11,7 @@ program leaves nothing behind.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar
@@ -19,7 +20,7 @@ import attrs
 import structlog
 import trio
 
-from meshactors.actors import Actor, Broadcast, Lagged, Subscriber, cleanup_scope
+from meshactors.actors import Actor, Broadcast, Lagged, Pending, Subscriber, cleanup_scope
 from meshactors.daemon.event_stream import (
     LAG_DISCONNECT_LIMIT,
     SlowConsumer,
@@ -30,7 +31,7 @@ from meshactors.daemon.event_stream import (
 )
 from meshactors.daemon.http import HttpConnection, looks_like_http
 from meshactors.daemon.lines import RECEIVE_CHUNK, LineReader, Oversized
-from meshactors.daemon.optable import Outcome, finish
+from meshactors.daemon.optable import Outcome, as_op_error, finish
 from meshactors.daemon.services import Services
 from meshactors.daemon.session import Push, Session
 from meshactors.daemon.tcp_auth import TcpAuth
@@ -83,6 +84,7 @@ class ClientActor(Actor):
     _unwritten: int = attrs.field(default=0, init=False)  # frames queued and not yet written
     _writing: bool = attrs.field(default=False, init=False)
     _pushes_idle: bool = attrs.field(default=False, init=False)  # their forwarder has none
+    _answering: bool = attrs.field(default=False, init=False)  # settled requests may be answered
     _socket: trio.socket.SocketType | None = attrs.field(default=None, init=False)  # if plain
     _written: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
 
@@ -123,6 +125,7 @@ class ClientActor(Actor):
                     ).serve()
                 else:
                     self.protocol = "json-lines"
+                    self._answering = True
                     nursery.start_soon(self._write_frames)
                     nursery.start_soon(self._run_in_order)
                     nursery.start_soon(self._forward_pushes, pushes)
@@ -134,6 +137,7 @@ class ClientActor(Actor):
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
             log.debug("client hung up mid-write", client=self.client_id)
         finally:
+            self._answering = False
             with cleanup_scope():
                 if self._session is not None:
                     for cleanup in self._session.take_cleanups():
@@ -196,7 +200,26 @@ class ClientActor(Actor):
             except OpError as error:
                 await self._answer(request, error)
                 continue
-            nursery.start_soon(self._answer, request, work)
+            if isinstance(work, Pending):  # answered by the task that settles it: none waits
+                work.on_settled(functools.partial(self._settled, request))
+            else:
+                nursery.start_soon(self._answer, request, work)
+
+    def _settled(self, request: Request, outcome: Any) -> None:
+        """Answer a request whose Pending settled, from the task that settled it."""
+        self.requests += 1
+        self.in_flight -= 1
+        if not self._answering:
+            return  # the connection is closing: nobody reads answers now
+        if isinstance(outcome, Exception):
+            self.errors += 1
+            assert self._session is not None
+            frame = error_frame(request.id, as_op_error(self._session, request.op, outcome))
+        elif request.id is None:
+            return  # a notification that succeeded: no answer
+        else:
+            frame = ok_frame(request.id, outcome)
+        self._emit_nowait(frame)
 
     async def _answer(self, request: Request, work: Awaitable[Any] | OpError) -> None:
         """Answer `request` with the outcome of its begun `work` (or the error it began with)."""
@@ -312,6 +335,19 @@ class ClientActor(Actor):
                 frames.append(_encoded(event))
                 size += len(frames[-1])
             await self._emit(b"".join(frames))
+
+    def _emit_nowait(self, frame: bytes) -> None:
+        """`_emit` from code that cannot wait: written now, or queued, or (the queue is full)
+        handed to a task."""
+        if self._unwritten == 0 and not self._writing and self._write_now(frame):
+            return
+        try:
+            self._out_send.send_nowait(frame)
+        except trio.WouldBlock:
+            assert self._session is not None
+            self._session.nursery.start_soon(self._emit, frame)
+        else:
+            self._unwritten += 1
 
     async def _emit(self, frame: bytes) -> None:
         """Write `frame` now from this task when nothing is queued or being written (without a

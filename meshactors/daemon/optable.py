@@ -170,10 +170,14 @@ async def _guarded(session: Session, op: str, work: Awaitable[Any]) -> Outcome:
     """The result of `work`, or the OpError it raised; a handler's bug becomes `internal`."""
     try:
         return await work
-    except OpError as error:
-        return error
     except Exception as exc:
-        return _internal(session, op, exc)
+        return as_op_error(session, op, exc)
+
+
+def as_op_error(session: Session, op: str, error: Exception) -> OpError:
+    """The error to answer `op` with: an OpError as it is; anything else is a handler's bug,
+    logged, and answered as `internal`."""
+    return error if isinstance(error, OpError) else _internal(session, op, error)
 
 
 def _internal(session: Session, op: str, bug: Exception) -> OpError:

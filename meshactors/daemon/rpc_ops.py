@@ -7,11 +7,12 @@ JSON value) or `payload_b64` (base64 of binary); answers and events use the same
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Hashable
+from collections.abc import Hashable
 from typing import Any
 
 import attrs
 
+from meshactors.actors import Pending
 from meshactors.daemon.optable import Merge, Op
 from meshactors.daemon.session import Session
 from meshactors.network.network import Network
@@ -179,15 +180,12 @@ def _call_args(session: Session, params: RpcCallParams) -> tuple[Rpc, Payload, i
     return rpc, payload_of(params.payload, params.payload_b64), check_timeout(params.timeout_ms)
 
 
-def rpc_call(session: Session, params: RpcCallParams) -> Awaitable[dict[str, Any]]:
+def rpc_call(session: Session, params: RpcCallParams) -> Pending[dict[str, Any]]:
     """Call a method on a peer (or this daemon) and answer with its answer. The call frame
-    leaves from the connection's reader when it can (see OpTable.begin)."""
+    leaves from the connection's reader when it can, and the answer is written by the task
+    that receives it (see OpTable.begin)."""
     rpc, payload, timeout_ms = _call_args(session, params)
-    return _fields(rpc.call(session, params.peer, params.method, payload, timeout_ms))
-
-
-async def _fields(answer: Awaitable[Payload]) -> dict[str, Any]:
-    return (await answer).fields()
+    return rpc.call(session, params.peer, params.method, payload, timeout_ms)
 
 
 async def rpc_call_stream(session: Session, params: RpcCallParams) -> dict[str, Any]:
@@ -204,7 +202,7 @@ async def rpc_cancel(session: Session, params: RequestRef) -> dict[str, Any]:
     return {"cancelled": True}
 
 
-def rpc_respond(session: Session, params: RpcRespond) -> Awaitable[dict[str, Any]]:
+def rpc_respond(session: Session, params: RpcRespond) -> Pending[dict[str, Any]]:
     """Answer a call this connection serves, with a payload or an error message. The answer
     leaves from the connection's reader when it can (see OpTable.begin)."""
     answer: Payload | str
@@ -215,12 +213,7 @@ def rpc_respond(session: Session, params: RpcRespond) -> Awaitable[dict[str, Any
     else:
         answer = payload_of(params.payload, params.payload_b64)
     rpc = _rpc_of_request(session, params.request_id, served=True)
-    return _empty(rpc.respond(session, params.request_id, answer))
-
-
-async def _empty(sent: Awaitable[None]) -> dict[str, Any]:
-    await sent
-    return {}
+    return rpc.respond(session, params.request_id, answer)
 
 
 async def rpc_stream_chunk(session: Session, params: RpcStreamChunk) -> dict[str, Any]:

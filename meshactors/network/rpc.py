@@ -13,16 +13,19 @@ producer that outruns its caller waits instead of filling the link or the caller
 
 from __future__ import annotations
 
+import base64
 import collections
-import contextlib
-import secrets
-from collections.abc import Awaitable, Callable, Iterator
+import functools
+import heapq
+import math
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Protocol
 
 import attrs
 import trio
 
-from meshactors.actors import Actor
+from meshactors.actors import Actor, Pending
+from meshactors.entropy import random_bytes
 from meshactors.network.app_frames import (
     RpcCall,
     RpcCancel,
@@ -47,6 +50,7 @@ MAX_OUTBOUND_CALLS = 4096  # calls made from here at once, per network
 STREAM_WINDOW = 256  # chunks the serving side may send ahead of the caller's credit
 SERVE_GRACE = 5.0  # seconds past the caller's deadline before the serving side forgets a call
 SWEEP_INTERVAL = 1.0  # seconds between sweeps for served calls past their deadline and grace
+EXPIRY_SLACK = 1024  # stale deadlines (of finished calls) kept beyond 2x those in flight
 
 Cleanup = Callable[[], Awaitable[None]]
 
@@ -62,8 +66,8 @@ class Client(Protocol):
 
 
 def new_request_id() -> str:
-    """An unguessable id, minted by the daemon."""
-    return secrets.token_urlsafe(16)
+    """An unguessable id, minted by the daemon (as `secrets.token_urlsafe(16)` would be)."""
+    return base64.urlsafe_b64encode(random_bytes(16)).rstrip(b"=").decode()
 
 
 def check_timeout(timeout_ms: int | None) -> int:
@@ -107,8 +111,8 @@ class Outbound:
     peer: str
     client: Client
     stream: bool
-    timer: trio.CancelScope
-    result: trio.MemorySendChannel[Payload | OpError] | None = None  # single answers
+    deadline: float  # trio time
+    answer: Pending[dict[str, Any]] | None = None  # single calls: the answer, as the op gives it
     unacknowledged: int = 0  # chunks handed on since the last credit
     finished: bool = False
 
@@ -128,6 +132,8 @@ class Rpc(Actor):
     _inbound_by_caller: dict[tuple[str, str], Inbound] = attrs.field(factory=dict, init=False)
     _outbound: dict[str, Outbound] = attrs.field(factory=dict, init=False)
     _watched: set[str] = attrs.field(factory=set, init=False)
+    _deadlines: list[tuple[float, str]] = attrs.field(factory=list, init=False)  # a heap
+    _expiry: trio.CancelScope | None = attrs.field(default=None, init=False)  # wakes the expirer
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -154,6 +160,7 @@ class Rpc(Actor):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._sweep)
+                nursery.start_soon(self._expire_calls)
                 task_status.started()
                 await self.postbox.drain()
         finally:
@@ -194,37 +201,41 @@ class Rpc(Actor):
 
     def call(
         self, client: Client, peer: str, method: str, payload: Payload, timeout_ms: int
-    ) -> Awaitable[Payload]:
+    ) -> Pending[dict[str, Any]]:
         """Call `method` on `peer`; the call frame leaves now when that takes no wait. The
-        awaitable gives the answer (OpError with the failure's code)."""
-        send, receive = trio.open_memory_channel[Payload | OpError](1)
-        call = self._open_call(client, peer, stream=False, timeout_ms=timeout_ms, result=send)
+        answer (`payload` or `payload_b64`, or OpError with the failure's code) settles the
+        returned Pending from the task that receives it; a waiter that gives up cancels the
+        call."""
+        call = self._open_call(client, peer, stream=False, timeout_ms=timeout_ms)
+        answer = call.answer = Pending[dict[str, Any]](lambda: self._abandon(call, "cancelled"))
         frame = self._call_frame(call, method, payload, timeout_ms)
-        with self._forgotten_if_unsent(call):
-            sent = self.wire.send_nowait(peer, frame)
-        return self._answer_of(call, receive, None if sent else frame)
-
-    async def _answer_of(
-        self,
-        call: Outbound,
-        receive: trio.MemoryReceiveChannel[Payload | OpError],
-        unsent: RpcCall | None,
-    ) -> Payload:
-        """Send the call frame if it is still `unsent`, then wait for the answer or deadline."""
-        if unsent is not None:
-            await self._send_call(call, unsent)
-        outcome: Payload | OpError | None = None
         try:
-            with trio.move_on_at(call.timer.deadline):  # single calls time out in the op's task
-                outcome = await receive.receive()
-            if outcome is None:
-                self._abandon(call, "timeout")  # no-op if the answer came at the last moment
-                outcome = receive.receive_nowait()
-        finally:
-            self._abandon(call, "cancelled")  # no-op unless the op itself was cancelled
-        if isinstance(outcome, OpError):
-            raise outcome
-        return outcome
+            sent = self.wire.send_nowait(peer, frame)
+        except BaseException:
+            self._forget_outbound(call)
+            raise
+        if not sent:
+            assert self._nursery is not None  # _open_call checked
+            fail = functools.partial(self._finish, call)
+            self._nursery.start_soon(self._send_later, peer, frame, fail, None)
+        return answer
+
+    async def _send_later(
+        self,
+        peer: str,
+        frame: Frame,
+        fail: Callable[[OpError], None],
+        sent: Pending[dict[str, Any]] | None,
+    ) -> None:
+        """Send a frame that had to wait; then settle `sent`, or `fail` with why it could not
+        go."""
+        try:
+            await self.wire.send(peer, frame)
+        except OpError as error:
+            fail(error)
+        else:
+            if sent is not None:
+                sent.resolve({})
 
     async def call_stream(
         self, client: Client, peer: str, method: str, payload: Payload, timeout_ms: int
@@ -253,18 +264,16 @@ class Rpc(Actor):
         *,
         stream: bool,
         timeout_ms: int,
-        result: trio.MemorySendChannel[Payload | OpError] | None = None,
     ) -> Outbound:
         if self._nursery is None:
             raise OpError(ErrorCode.UNAVAILABLE, f"rpc of {self.network} is not running")
         if len(self._outbound) >= MAX_OUTBOUND_CALLS:
             raise OpError(ErrorCode.CONFLICT, f"at most {MAX_OUTBOUND_CALLS} calls in flight")
         self._watch(client)
-        timer = trio.CancelScope(deadline=trio.current_time() + timeout_ms / 1000)
-        call = Outbound(new_request_id(), peer, client, stream, timer, result)
+        deadline = trio.current_time() + timeout_ms / 1000
+        call = Outbound(new_request_id(), peer, client, stream, deadline)
         self._outbound[call.id] = call
-        if stream:
-            self._nursery.start_soon(self._expire_outbound, call)
+        self._expire_at(deadline, call.id)
         return call
 
     def _call_frame(
@@ -276,25 +285,39 @@ class Rpc(Actor):
 
     async def _send_call(self, call: Outbound, frame: RpcCall) -> None:
         """Send the call frame; if it cannot go, the call is forgotten without a cancel."""
-        with self._forgotten_if_unsent(call):
-            await self.wire.send(call.peer, frame)
-
-    @contextlib.contextmanager
-    def _forgotten_if_unsent(self, call: Outbound) -> Iterator[None]:
-        """Forget `call`, without a cancel to the peer, if its frame fails to go."""
         try:
-            yield
+            await self.wire.send(call.peer, frame)
         except BaseException:
-            call.finished = True
-            call.timer.cancel()
-            self._outbound.pop(call.id, None)
+            self._forget_outbound(call)
             raise
 
-    async def _expire_outbound(self, call: Outbound) -> None:
-        with call.timer:
-            await trio.sleep_forever()
-        if not call.finished:
-            self._abandon(call, "timeout")
+    def _forget_outbound(self, call: Outbound) -> None:
+        """Mark a call finished and forget it, telling no one (its frame failed to go, or
+        `_finish` delivers its outcome)."""
+        call.finished = True
+        self._outbound.pop(call.id, None)
+
+    def _expire_at(self, deadline: float, call_id: str) -> None:
+        """Have the expirer time the call out at `deadline` unless it finished before."""
+        if len(self._deadlines) > 2 * len(self._outbound) + EXPIRY_SLACK:  # mostly finished
+            self._deadlines = [(c.deadline, c.id) for c in self._outbound.values()]
+            heapq.heapify(self._deadlines)
+        else:
+            heapq.heappush(self._deadlines, (deadline, call_id))
+        if self._expiry is not None and deadline < self._expiry.deadline:
+            self._expiry.deadline = deadline
+
+    async def _expire_calls(self) -> None:
+        """Time out calls made from here at their deadlines: one task for all of them."""
+        while True:
+            deadline = self._deadlines[0][0] if self._deadlines else math.inf
+            with trio.CancelScope(deadline=deadline) as self._expiry:
+                await trio.sleep_forever()
+            now = trio.current_time()
+            while self._deadlines and self._deadlines[0][0] <= now:
+                call = self._outbound.get(heapq.heappop(self._deadlines)[1])
+                if call is not None:
+                    self._abandon(call, "timeout")
 
     def _abandon(self, call: Outbound, reason: str) -> None:
         """End a call we stop waiting for, and tell the serving side."""
@@ -308,11 +331,12 @@ class Rpc(Actor):
         """Deliver a call's outcome (None: a stream ended well) and forget it."""
         if call.finished:
             return
-        call.finished = True
-        call.timer.cancel()
-        self._outbound.pop(call.id, None)
-        if call.result is not None:
-            call.result.send_nowait(outcome if outcome is not None else Payload())
+        self._forget_outbound(call)
+        if call.answer is not None:
+            if isinstance(outcome, OpError):
+                call.answer.fail(outcome)
+            else:
+                call.answer.resolve((outcome if outcome is not None else Payload()).fields())
             return
         end: dict[str, Any] = {"network": self.network, "request_id": call.id}
         if isinstance(outcome, OpError):
@@ -451,18 +475,26 @@ class Rpc(Actor):
             raise OpError(ErrorCode.INVALID_PARAMS, f"answer call {request_id} with {ops}")
         return call
 
-    def respond(self, client: Client, request_id: str, answer: Payload | str) -> Awaitable[None]:
-        """Answer a served call with a payload, or with an error message (str); the answer
-        leaves now when that takes no wait, else when the awaitable runs."""
+    def respond(
+        self, client: Client, request_id: str, answer: Payload | str
+    ) -> Pending[dict[str, Any]]:
+        """Answer a served call with a payload, or with an error message (str). The answer
+        leaves now when that takes no wait (the Pending is settled already), else from a task
+        (settled once it left, or with the OpError that kept it from leaving)."""
         call = self._serving(client, request_id, stream=False)
         self._forget_inbound(call)
         if isinstance(answer, str):
             frame = RpcResult(call.remote_id, error=WireError("remote_error", answer or "error"))
         else:
             frame = RpcResult(call.remote_id, answer.value, answer.binary)
+        sent = Pending[dict[str, Any]]()
         if self.wire.send_nowait(call.caller, frame):
-            return _done()
-        return self.wire.send(call.caller, frame)
+            sent.resolve({})
+        elif self._nursery is None:
+            raise OpError(ErrorCode.UNAVAILABLE, f"rpc of {self.network} is not running")
+        else:
+            self._nursery.start_soon(self._send_later, call.caller, frame, sent.fail, sent)
+        return sent
 
     async def stream_chunk(self, client: Client, request_id: str, payload: Payload) -> None:
         """Send one chunk of a streamed answer, waiting while the caller has no credit left."""
@@ -541,10 +573,6 @@ class Rpc(Actor):
                 "handler_displaced", {"network": self.network, "method": method, "by": None}
             )
         self._claims.clear()
-
-
-async def _done() -> None:
-    """An awaitable with nothing left to do."""
 
 
 def _error(error: WireError) -> OpError:

@@ -168,6 +168,30 @@ async def test_a_call_times_out_at_its_deadline_and_the_server_hears_of_it(pair:
     assert late.value.code == "unknown_request"
 
 
+async def test_a_short_deadline_made_after_a_long_one_still_times_out_on_time(
+    pair: Pair, nursery: trio.Nursery
+) -> None:
+    await pair.server.call("rpc_register", network=NET, method="slow")
+    long_call = trio.Event()
+
+    async def call_long() -> None:
+        with pytest.raises(OpFailed):
+            await pair.caller.call(
+                "rpc_call", network=NET, peer=pair.b.device_id, method="slow", timeout_ms=60_000
+            )
+        long_call.set()
+
+    nursery.start_soon(call_long)
+    await pair.server.event("rpc_inbound")  # the long call is in flight
+    with trio.fail_after(5):  # the expirer, asleep until 60 s from now, wakes for this one
+        with pytest.raises(OpFailed) as failure:
+            await pair.caller.call(
+                "rpc_call", network=NET, peer=pair.b.device_id, method="slow", timeout_ms=300
+            )
+    assert failure.value.code == "timeout"
+    assert not long_call.is_set()
+
+
 @pytest.mark.parametrize("timeout_ms", [0, -1, MAX_TIMEOUT_MS + 1])
 async def test_a_deadline_outside_the_limits_is_invalid(pair: Pair, timeout_ms: int) -> None:
     with pytest.raises(OpFailed) as failure:
