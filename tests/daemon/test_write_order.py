@@ -28,28 +28,36 @@ async def subscribed_client(daemon: Services) -> LineClient:
     return client
 
 
+def send_to_self(daemon: Services, payload: Any) -> dict[str, Any]:
+    """A `channel_send_to` of `payload` to channel `c` on this device (no id: a notification)."""
+    me = daemon.identity.device_id
+    return {"op": "channel_send_to", "network": "n", "channel": "c", "peer": me, "payload": payload}
+
+
+async def send_lines(client: LineClient, requests: list[dict[str, Any]]) -> None:
+    """Write every request as its line, in one write."""
+    await client.send_raw(b"".join(json.dumps(request).encode() + b"\n" for request in requests))
+
+
+async def read_frames(client: LineClient, count: int) -> list[dict[str, Any]]:
+    """The next `count` frames the connection gets."""
+    frames: list[dict[str, Any]] = []
+    with trio.fail_after(WAIT):
+        while len(frames) < count:
+            frames.append(await client.frame())
+    return frames
+
+
 async def test_a_reader_that_stalls_then_resumes_gets_every_frame_whole(
     daemon: Services,
 ) -> None:
     client = await subscribed_client(daemon)
-    me = daemon.identity.device_id
     sends = [
-        {
-            "id": n,
-            "op": "channel_send_to",
-            "network": "n",
-            "channel": "c",
-            "peer": me,
-            "payload": f"{n:04d}" + "x" * PAYLOAD_CHARS,
-        }
-        for n in range(SENDS)
+        {"id": n, **send_to_self(daemon, f"{n:04d}" + "x" * PAYLOAD_CHARS)} for n in range(SENDS)
     ]
-    await client.send_raw(b"".join(json.dumps(send).encode() + b"\n" for send in sends))
+    await send_lines(client, sends)
     await trio.testing.wait_all_tasks_blocked()  # the daemon's writes fill the socket, then wait
-    frames: list[dict[str, Any]] = []
-    with trio.fail_after(WAIT):
-        while len(frames) < 2 * SENDS:
-            frames.append(await client.frame())
+    frames = await read_frames(client, 2 * SENDS)
     answers = [frame for frame in frames if "ok" in frame]
     events = [frame for frame in frames if frame.get("kind") == "channel_inbound"]
     assert sorted(answer["id"] for answer in answers) == list(range(SENDS))
@@ -63,17 +71,10 @@ async def test_channel_sends_sent_as_notifications_run_in_order_unanswered(
     daemon: Services,
 ) -> None:
     client = await subscribed_client(daemon)
-    me = daemon.identity.device_id
-    sends = [
-        {"op": "channel_send_to", "network": "n", "channel": "c", "peer": me, "payload": n}
-        for n in range(4)
-    ]
+    sends = [send_to_self(daemon, n) for n in range(4)]
     sends[0]["id"], sends[2]["id"] = "a", "c"  # 1 and 3 are notifications
-    await client.send_raw(b"".join(json.dumps(send).encode() + b"\n" for send in sends))
-    frames: list[dict[str, Any]] = []
-    with trio.fail_after(WAIT):
-        while len(frames) < 6:
-            frames.append(await client.frame())
+    await send_lines(client, sends)
+    frames = await read_frames(client, 6)
     assert [frame["id"] for frame in frames if "ok" in frame] == ["a", "c"]
     events = [frame["payload"] for frame in frames if frame.get("kind") == "channel_inbound"]
     assert events == [0, 1, 2, 3]
