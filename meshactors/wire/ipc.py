@@ -9,12 +9,11 @@ is `{"kind": "…", …}`. Ids are strings or integers chosen by the client and 
 from __future__ import annotations
 
 import enum
-import json
 from typing import Any
 
 import attrs
 
-from meshactors.wire.compact import ASCII, UTF8
+from meshactors.wire.compact import dumps_ascii, dumps_utf8, loads
 
 IPC_API_VERSION = 1
 MAX_FRAME_BYTES = 1024 * 1024  # one request line, newline included
@@ -93,7 +92,7 @@ class BadFrame(OpError):
 def parse_request(line: bytes) -> Request:
     """Decode one request line; raises BadFrame with the error to answer."""
     try:
-        frame = json.loads(line.decode("utf-8"))  # str parses faster than bytes
+        frame = loads(line.decode("utf-8"))  # str parses faster than bytes
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BadFrame(ErrorCode.BAD_JSON, f"not valid JSON: {exc}", None) from None
     if not isinstance(frame, dict):
@@ -123,9 +122,9 @@ def encode(frame: dict[str, Any]) -> bytes:
     """One frame as a compact JSON line (escaped to ASCII when it holds a lone surrogate, which
     JSON may carry as `\\udXXX` but UTF-8 cannot)."""
     try:
-        return UTF8.encode(frame).encode() + b"\n"
+        return dumps_utf8(frame).encode() + b"\n"
     except UnicodeEncodeError:
-        return ASCII.encode(frame).encode() + b"\n"
+        return dumps_ascii(frame).encode() + b"\n"
 
 
 def ok_frame(request_id: RequestId | None, data: Any) -> bytes:

@@ -13,13 +13,12 @@ a minor release may add frame types (announced in `features`) but never change a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection
 from typing import Any, ClassVar, TypeVar
 
 import attrs
 
-from meshactors.wire.compact import STRICT, json_size
+from meshactors.wire.compact import dumps_strict, json_size, loads
 from meshactors.wire.strict import describe_error, make_strict_converter
 
 PROTOCOL_VERSION = (1, 0)  # (major, minor): a different major cannot talk to us
@@ -246,7 +245,7 @@ class Bye(Frame):
 def encode_frame(frame: Frame) -> bytes:
     """A frame as compact JSON bytes, ready to seal."""
     data = converter.unstructure(frame)
-    return STRICT.encode({"t": frame.tag, **data}).encode()
+    return dumps_strict({"t": frame.tag, **data}).encode()
 
 
 def encode_for(frame: Frame, features: Collection[str]) -> list[bytes]:
@@ -270,7 +269,7 @@ def decode_frame(data: bytes) -> Frame:
     if len(data) > MAX_PEER_FRAME_BYTES:
         raise BadPeerFrame("too_large", f"{len(data)} bytes, limit {MAX_PEER_FRAME_BYTES}")
     try:
-        fields = json.loads(data.decode("utf-8"))  # str parses faster than bytes
+        fields = loads(data.decode("utf-8"))  # str parses faster than bytes
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BadPeerFrame("malformed", f"not JSON: {exc}") from None
     if not isinstance(fields, dict) or not isinstance(fields.get("t"), str):
