@@ -1,9 +1,19 @@
-"""A cattrs converter for untrusted input: no coercion, no unknown keys, readable errors."""
+"""A cattrs converter for untrusted input: no coercion, no unknown keys, readable errors.
+
+Flat attrs classes (every field a string, integer, boolean, list, any JSON value, or optional
+of one of those or of an attrs class) get a lean hook: well-formed input is checked by exact
+type in one loop and passed to the class, which runs its validators; anything that fails a
+check goes to cattrs' own hook, so errors read the same. It is several times cheaper than the
+generated hook on the hot requests and frames.
+"""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar, get_args, get_origin
+import types
+from collections.abc import Callable
+from typing import Any, TypeVar, Union, get_args, get_origin
 
+import attrs
 import cattrs
 
 T = TypeVar("T")
@@ -63,6 +73,69 @@ def _strict_lists(converter: cattrs.Converter) -> None:
     converter.register_structure_hook_func(is_list, structure)
 
 
+class _OnlyNone:
+    """The exact type of no JSON value: an optional attrs-class field takes only None fast."""
+
+
+FieldCheck = tuple[type | None, bool]  # (exact type, or None for any value; None allowed too)
+
+
+def _field_check(field_type: Any) -> FieldCheck | None:
+    """How the lean hook checks a field of this type; None when it cannot."""
+    if field_type is Any:
+        return None, True
+    if field_type in (str, int, bool, list) or get_origin(field_type) is list:
+        return get_origin(field_type) or field_type, False
+    args = get_args(field_type)
+    if get_origin(field_type) in (Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        check = _field_check(inner)
+        if check is not None and check[0] is not None:
+            return check[0], True
+        if attrs.has(inner):
+            return _OnlyNone, True
+    return None
+
+
+def _field_checks(cls: type) -> dict[str, FieldCheck] | None:
+    """Each init field's check, when the lean hook can take the class (else None)."""
+    if not attrs.has(cls):
+        return None
+    attrs.resolve_types(cls)
+    checks: dict[str, FieldCheck] = {}
+    for field in attrs.fields(cls):
+        check = _field_check(field.type)
+        if check is None or not field.init or field.alias != field.name:
+            return None
+        checks[field.name] = check
+    return checks
+
+
+def _lean_hook(converter: cattrs.Converter, cls: type) -> Callable[[Any, type], Any]:
+    """A structure hook for a flat attrs class: exact type checks, then the class itself;
+    whatever fails goes through cattrs' hook, which raises the error it always raised."""
+    checks = _field_checks(cls)
+    assert checks is not None
+    required = frozenset(f.name for f in attrs.fields(cls) if f.default is attrs.NOTHING)
+    allowed = frozenset(checks)
+    explain: Callable[[Any, type], Any] = converter.gen_structure_attrs_fromdict(cls)
+
+    def structure(value: Any, type_: type) -> Any:
+        if type(value) is dict and value.keys() <= allowed and required <= value.keys():
+            for key, item in value.items():
+                kind, optional = checks[key]
+                if not (kind is None or type(item) is kind or (item is None and optional)):
+                    break
+            else:
+                try:
+                    return cls(**value)
+                except (TypeError, ValueError):
+                    pass  # a validator said no: cattrs says it again, in its words
+        return explain(value, type_)
+
+    return structure
+
+
 def make_strict_converter() -> cattrs.Converter:
     """A converter that rejects extra keys and never turns "12" into 12 or 1 into True."""
     converter = cattrs.Converter(forbid_extra_keys=True)
@@ -72,6 +145,10 @@ def make_strict_converter() -> cattrs.Converter:
     converter.register_structure_hook(float, _structure_float)
     converter.register_structure_hook_func(lambda t: t == dict[str, Any], _structure_object)
     _strict_lists(converter)
+    converter.register_structure_hook_factory(
+        lambda cls: _field_checks(cls) is not None,
+        lambda cls: _lean_hook(converter, cls),
+    )
     return converter
 
 
