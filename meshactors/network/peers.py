@@ -171,6 +171,7 @@ class Peers(Actor):
     _network_profile: Profile | None = None
     _peers: dict[str, PeerState] = attrs.field(factory=dict)
     _by_key: dict[bytes, PeerState] = attrs.field(factory=dict)  # the same peers, by public key
+    _active: set[str] = attrs.field(factory=set)  # device ids of the active peers
     _roster: dict[str, roster_db.RosterEntry] = attrs.field(factory=dict)
     _unsaved: dict[str, roster_db.RosterEntry] = attrs.field(factory=dict)  # auto-approvals
     _app_handlers: dict[str, AppHandler] = attrs.field(factory=dict)
@@ -316,7 +317,7 @@ class Peers(Actor):
         self.capabilities = _stored(mine.get(CAPABILITIES_KEY), Capabilities) or Capabilities()
         self._network_profile = _stored(mine.get(PROFILE_KEY), Profile)
         self._global_profile = _stored(shared.get(PROFILE_KEY), Profile) or Profile()
-        self._peers, self._by_key = {}, {}
+        self._peers, self._by_key, self._active = {}, {}, set()
         self._link_was_up = False
         self.phase = Phase.CONNECTING
         for device_id in self._roster:
@@ -397,6 +398,7 @@ class Peers(Actor):
         """Forget a peer we keep no roster entry for."""
         del self._peers[peer.device_id]
         del self._by_key[peer.public_key]
+        self._active.discard(peer.device_id)
 
     async def _on_join(self, device_id: str, role: str) -> None:
         peer = self._peer(device_id)
@@ -437,6 +439,9 @@ class Peers(Actor):
             await self._on_incompatible(peer, str(skew))
             return
         peer.last_seen_ms = time.time_ns() // 1_000_000
+        if frame.app and peer.status is PeerStatus.ACTIVE:
+            self._route_app(peer, frame)  # an active peer's traffic changes no status
+            return
         peer.present = True
         await self._on_frame(peer, frame)
 
@@ -672,6 +677,10 @@ class Peers(Actor):
         if status is peer.status:
             return
         peer.status = status
+        if status is PeerStatus.ACTIVE:
+            self._active.add(peer.device_id)
+        else:
+            self._active.discard(peer.device_id)
         extra: dict[str, Any] = {}
         if status is PeerStatus.INCOMPATIBLE:
             extra["reason"] = peer.incompatible
@@ -682,8 +691,7 @@ class Peers(Actor):
 
     def _update_phase(self) -> None:
         if self.link is not None and self.link.up:
-            active = any(peer.status is PeerStatus.ACTIVE for peer in self._peers.values())
-            phase = Phase.ACTIVE if active else Phase.ALONE
+            phase = Phase.ACTIVE if self._active else Phase.ALONE
         else:
             phase = Phase.DEGRADED if self._link_was_up else Phase.CONNECTING
         if phase is not self.phase:
