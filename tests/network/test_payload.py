@@ -1,0 +1,31 @@
+"""The payload size cap: measured as strict compact JSON, whatever path the check takes."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshactors.network.payload import MAX_PAYLOAD_BYTES, Payload, check_size
+from meshactors.wire.ipc import OpError
+
+WIDEST = "\U0001f600"  # escaped as a surrogate pair: 12 bytes of JSON for one character
+
+
+def test_the_widest_string_that_fits_is_taken() -> None:
+    fitting = WIDEST * ((MAX_PAYLOAD_BYTES - 2) // 12)
+    assert Payload(fitting).size <= MAX_PAYLOAD_BYTES
+    check_size(Payload(fitting))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        WIDEST * ((MAX_PAYLOAD_BYTES - 2) // 12 + 1),  # short in characters, long as JSON
+        "x" * (MAX_PAYLOAD_BYTES - 1),  # 2 bytes of quotes over
+        {"list": ["y" * 1000] * 132},
+    ],
+)
+def test_a_payload_over_the_cap_is_refused(value: object) -> None:
+    assert Payload(value).size > MAX_PAYLOAD_BYTES
+    with pytest.raises(OpError) as refused:
+        check_size(Payload(value))
+    assert refused.value.code == "payload_too_large"
