@@ -52,6 +52,11 @@ class Op(Generic[P]):
     handler: Callable[[Session, P], Awaitable[Any]]
     summary: str
     merge: Merge[P] | None = None
+    structure: Callable[[Any, type[P]], P] = attrs.field(
+        init=False,
+        default=attrs.Factory(lambda op: converter.get_structure_hook(op.params), takes_self=True),
+        repr=False,
+    )  # the converter's hook for `params`, looked up once
 
 
 Outcome = Any  # an answer's data, or the OpError it failed with
@@ -101,7 +106,7 @@ class OpTable:
         if op is None:
             raise OpError(ErrorCode.UNKNOWN_OP, f"unknown op {request.op!r}")
         try:
-            return op, converter.structure(request.params, op.params)
+            return op, op.structure(request.params, op.params)
         except Exception as exc:
             raise OpError(ErrorCode.INVALID_PARAMS, describe_error(exc)) from None
 
