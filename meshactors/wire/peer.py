@@ -242,9 +242,29 @@ class Bye(Frame):
     reason: str = attrs.field(validator=_check_text(MAX_TEXT_CHARS))
 
 
+_UNSTRUCTURE: dict[type[Frame], Callable[[Frame], dict[str, Any]]] = {}
+_STRUCTURE: dict[type[Frame], Callable[[Any, type[Frame]], Frame]] = {}
+
+
+def _unstructure_hook(cls: type[Frame]) -> Callable[[Frame], dict[str, Any]]:
+    """The converter's unstructure hook for a frame class, looked up once."""
+    hook = _UNSTRUCTURE.get(cls)
+    if hook is None:
+        hook = _UNSTRUCTURE[cls] = converter.get_unstructure_hook(cls)
+    return hook
+
+
+def _structure_hook(cls: type[Frame]) -> Callable[[Any, type[Frame]], Frame]:
+    """The converter's structure hook for a frame class, looked up once."""
+    hook = _STRUCTURE.get(cls)
+    if hook is None:
+        hook = _STRUCTURE[cls] = converter.get_structure_hook(cls)
+    return hook
+
+
 def encode_frame(frame: Frame) -> bytes:
     """A frame as compact JSON bytes, ready to seal."""
-    data = converter.unstructure(frame)
+    data = _unstructure_hook(type(frame))(frame)
     return dumps_strict({"t": frame.tag, **data}).encode()
 
 
@@ -281,7 +301,7 @@ def decode_frame(data: bytes) -> Frame:
     if cls is None:
         raise BadPeerFrame("unknown_frame", f"no frame type {tag[:40]!r}")
     try:
-        frame: Frame = converter.structure(fields, cls)
+        frame: Frame = _structure_hook(cls)(fields, cls)
     except Exception as exc:
         raise BadPeerFrame("malformed", f"{tag}: {describe_error(exc)}") from None
     return frame
