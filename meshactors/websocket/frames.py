@@ -42,6 +42,7 @@ class CloseCode(enum.IntEnum):
 
 _DATA_OPCODES = frozenset({Opcode.CONTINUATION, Opcode.TEXT, Opcode.BINARY})
 _CONTROL_OPCODES = frozenset({Opcode.CLOSE, Opcode.PING, Opcode.PONG})
+_OPCODES = {opcode.value: opcode for opcode in Opcode}  # a dict lookup: Opcode(n) costs ~0.5 µs
 
 
 class ProtocolViolation(Exception):
@@ -114,11 +115,9 @@ class FrameParser:
         masked, length = second & 0x80, second & 0x7F
         if first & 0x70:
             raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "reserved bits set")
-        try:
-            opcode = Opcode(opcode_value)
-        except ValueError:
-            unknown = f"unknown opcode {opcode_value}"
-            raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, unknown) from None
+        opcode = _OPCODES.get(opcode_value)
+        if opcode is None:
+            raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode_value}")
         if bool(masked) != self.expect_masked:
             raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "wrong masking for this direction")
         header = 2
