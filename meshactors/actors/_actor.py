@@ -58,7 +58,8 @@ class Inbox(Generic[M]):
                 self._waiting.cancel()
         finally:
             self._handing = False
-            self._handed.unpark_all()
+            if self._handed:  # the reader, or a stopping serve, waits for this handler
+                self._handed.unpark_all()
 
     def _reader_waits(self) -> bool:
         stats = self.receiver.statistics()
