@@ -13,7 +13,6 @@ from pathlib import Path
 import trio
 
 from scripts.benchlib.relay import open_stream
-from scripts.benchlib.stats import latency_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 LARGE = 16 * 1024  # bytes of a large message (the 16 KiB throughput figure)
@@ -69,15 +68,22 @@ async def read_line(stream: trio.abc.Stream, buffer: bytearray) -> bytes:
 async def round_trips(address: str, count: int, size: int) -> list[float]:
     """Sequential ping-pongs of `size`-byte messages; seconds each."""
     stream = await open_stream(address)
+    samples = await relay_block(stream, bytearray(), count, size)
+    await stream.aclose()
+    return samples
+
+
+async def relay_block(
+    stream: trio.abc.Stream, buffer: bytearray, count: int, size: int
+) -> list[float]:
+    """`count` ping-pongs of `size`-byte messages on an open stream; seconds each."""
     message = b"x" * (size - 1) + b"\n"
-    buffer = bytearray()
     samples = []
     for _ in range(count):
         began = time.perf_counter()
         await stream.send_all(message)
         await read_line(stream, buffer)
         samples.append(time.perf_counter() - began)
-    await stream.aclose()
     return samples
 
 
@@ -97,19 +103,14 @@ async def one_way(address: str, count: int, size: int) -> float:
     return received / elapsed
 
 
-def measure_baseline(rtt_count: int, flood_count: int, size: int = 128) -> dict[str, object]:
-    """The baseline's figures for the report (every kept round trip too, for the plot), one
-    way at `size` and at LARGE bytes."""
-    with relay_chain("echo") as address:
-        samples = trio.run(round_trips, address, rtt_count, size)
+def measure_baseline(flood_count: int, size: int = 128) -> dict[str, object]:
+    """The baseline's one-way figures for the report, at `size` and at LARGE bytes (its round
+    trips are measured beside the mesh's: scripts/benchlib/rpcpair.py)."""
     with relay_chain("sink") as address:
         rate = trio.run(one_way, address, flood_count, size)
     with relay_chain("sink") as address:
         large = trio.run(one_way, address, max(256, flood_count // (LARGE // size)), LARGE)
-    kept = samples[rtt_count // 10 :]
     return {
-        "rtt": latency_summary(kept),
-        "rtt_samples_us": [round(s * 1e6, 1) for s in kept],
         "one_way_msgs_per_s": round(rate),
         "one_way_16k_msgs_per_s": round(large),
         "one_way_16k_mb_per_s": round(large * LARGE / 1e6, 1),
@@ -117,4 +118,4 @@ def measure_baseline(rtt_count: int, flood_count: int, size: int = 128) -> dict[
 
 
 if __name__ == "__main__":
-    print(measure_baseline(2000, 200_000))
+    print(measure_baseline(200_000))

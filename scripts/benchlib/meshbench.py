@@ -22,7 +22,6 @@ import trio
 from meshactors.client import SyncClient
 from scripts.benchlib.baseline import ROOT, free_port
 from scripts.benchlib.meshclient import Lines
-from scripts.benchlib.stats import latency_summary
 
 NETWORK = "bench"
 READY_TIMEOUT = 30.0  # seconds for processes to start and the peers to become active
@@ -129,7 +128,11 @@ def role(*args: str) -> Iterator[subprocess.Popen[str]]:
 
 async def rpc_round_trips(sock: Path, peer: str, count: int, size: int) -> list[float]:
     """Sequential rpc_call echo round trips of a `size`-byte payload; seconds each."""
-    lines = Lines(await trio.open_unix_socket(str(sock)))
+    return await rpc_block(Lines(await trio.open_unix_socket(str(sock))), peer, count, size)
+
+
+async def rpc_block(lines: Lines, peer: str, count: int, size: int) -> list[float]:
+    """`count` rpc_call echo round trips on an open connection; seconds each."""
     payload = "x" * (size - 2)  # as JSON: two quotes and the text
     samples = []
     for _ in range(count):
@@ -224,22 +227,18 @@ async def stream_throughput(sock: Path, peer: str, chunks: int, size: int) -> fl
 
 
 def measure_mesh(
-    rtt_count: int, flood_count: int, size: int = 128, fanout_peers: int = FANOUT_PEERS
+    flood_count: int, size: int = 128, fanout_peers: int = FANOUT_PEERS
 ) -> dict[str, Any]:
-    """The mesh's figures for the report: RPC round trips (every sample kept for the plot),
-    streamed RPC MB/s, channel throughput at `size` and at LARGE bytes, one message per
-    request and BATCH per request (`payloads`), and fan-out from A to `fanout_peers` peers."""
+    """The mesh's throughput figures for the report: streamed RPC MB/s, channel throughput at
+    `size` and at LARGE bytes, one message per request and BATCH per request (`payloads`),
+    and fan-out from A to `fanout_peers` peers (its round trips: scripts/benchlib/rpcpair.py)."""
     large_count = max(BATCH, flood_count // (LARGE // size))
     with mesh_of(fanout_peers + 1) as mesh:
-        with role("echo", str(mesh.sockets[1]), NETWORK):
-            samples = trio.run(rpc_round_trips, mesh.sockets[0], mesh.devices[1], rtt_count, size)
         with role("streamer", str(mesh.sockets[1]), NETWORK):
             stream_bps = trio.run(
                 stream_throughput, mesh.sockets[0], mesh.devices[1], large_count, LARGE
             )
         return {
-            "rtt": latency_summary(samples[rtt_count // 10 :]),
-            "rtt_samples_us": [round(s * 1e6, 1) for s in samples[rtt_count // 10 :]],
             "stream_mb_per_s": round(stream_bps / 1e6, 1),
             "stream_chunk_bytes": LARGE,
             "channel_msgs_per_s": _flood_rate(mesh, 1, flood_count, size, 1),
@@ -255,4 +254,4 @@ def measure_mesh(
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure_mesh(2000, 50_000), indent=2))
+    print(json.dumps(measure_mesh(50_000), indent=2))
