@@ -16,7 +16,7 @@ def _positive(_instance: object, _attribute: "attrs.Attribute[int]", value: int)
         raise ValueError(f"replay window size must be at least 1, got {value}")
 
 
-@attrs.define
+@attrs.define(on_setattr=attrs.setters.NO_OP)  # `size` is checked once: marks set no validator
 class ReplayWindow:
     """Which frame counters of one sender session were already accepted, within `size` of the top.
 
