@@ -30,6 +30,16 @@ class Lines:
         line = json.dumps({"id": self.next_id, "op": op, **params}) + "\n"
         await self.stream.send_all(line.encode())
 
+    async def call(self, op: str, **params: object) -> None:
+        """Send a request and wait for its answer, which must be a success (events that come
+        before it are dropped)."""
+        await self.send(op, **params)
+        while True:
+            for frame in await self.frames():
+                if frame.get("id") == self.next_id:
+                    assert frame.get("ok"), frame
+                    return
+
     async def notify(self, op: str, **params: object) -> None:
         """Send a request without `id`: no answer comes unless it fails."""
         await self.stream.send_all((json.dumps({"op": op, **params}) + "\n").encode())
@@ -66,7 +76,7 @@ def channel_messages(lines: bytes) -> int:
 
 async def echo(socket: str, network: str) -> None:
     lines = Lines(await trio.open_unix_socket(socket))
-    await lines.send("rpc_register", network=network, method="echo")
+    await lines.call("rpc_register", network=network, method="echo")
     print("ready", flush=True)
     while True:
         for frame in await lines.frames():
@@ -78,7 +88,7 @@ async def echo(socket: str, network: str) -> None:
 
 async def streamer(socket: str, network: str) -> None:
     lines = Lines(await trio.open_unix_socket(socket))
-    await lines.send("rpc_register", network=network, method="stream", streaming=True)
+    await lines.call("rpc_register", network=network, method="stream", streaming=True)
     print("ready", flush=True)
     while True:
         for frame in await lines.frames():
@@ -91,15 +101,13 @@ async def _stream(lines: Lines, call: dict[str, Any]) -> None:
     spec = call["payload"]
     chunk = "x" * spec["size"]
     for _ in range(spec["chunks"]):
-        await lines.send("rpc_stream_chunk", request_id=call["request_id"], payload=chunk)
-        while not any(frame.get("id") == lines.next_id for frame in await lines.frames()):
-            pass  # events in between are not for this role
+        await lines.call("rpc_stream_chunk", request_id=call["request_id"], payload=chunk)
     await lines.send("rpc_stream_end", request_id=call["request_id"])
 
 
 async def sink(socket: str, network: str, channel: str, count: int) -> None:
     lines = Lines(await trio.open_unix_socket(socket))
-    await lines.send("channel_subscribe", network=network, channel=channel)
+    await lines.call("channel_subscribe", network=network, channel=channel)
     print("ready", flush=True)
     received, first = 0, 0.0
     while received < count:
