@@ -84,8 +84,8 @@ def _field_check(field_type: Any) -> FieldCheck | None:
     """How the lean hook checks a field of this type; None when it cannot."""
     if field_type is Any:
         return None, True
-    if field_type in (str, int, bool, list) or get_origin(field_type) is list:
-        return get_origin(field_type) or field_type, False
+    if field_type in (str, int, bool, list, list[Any]):  # a list's items: any JSON value
+        return list if field_type == list[Any] else field_type, False
     args = get_args(field_type)
     if get_origin(field_type) in (Union, types.UnionType) and len(args) == 2 and type(None) in args:
         (inner,) = [arg for arg in args if arg is not type(None)]

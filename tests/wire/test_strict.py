@@ -85,3 +85,14 @@ def test_a_failure_still_names_the_field() -> None:
     with pytest.raises(cattrs.ClassValidationError) as failed:
         converter.structure({"name": "a", "count": "1", "on": True}, Flat)
     assert describe_error(failed.value) == "invalid value for type, expected int @ params.count"
+
+
+@attrs.frozen
+class Tagged:
+    tags: list[str]
+
+
+def test_a_list_of_typed_items_keeps_cattrs_checking_each_item() -> None:
+    assert not converter.get_structure_hook(Tagged).__qualname__.startswith("_lean_hook")
+    with pytest.raises(cattrs.ClassValidationError):
+        converter.structure({"tags": ["a", 1]}, Tagged)
