@@ -96,3 +96,18 @@ def test_a_list_of_typed_items_keeps_cattrs_checking_each_item() -> None:
     assert not converter.get_structure_hook(Tagged).__qualname__.startswith("_lean_hook")
     with pytest.raises(cattrs.ClassValidationError):
         converter.structure({"tags": ["a", 1]}, Tagged)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        Flat("a", 1, True),
+        Flat("a", 2, False, {"x": [1, {"y": None}]}, "n", [1, "two"], Inner("c")),
+    ],
+)
+def test_flat_classes_unstructure_as_cattrs_would(value: Flat) -> None:
+    reference = cattrs.Converter().gen_unstructure_attrs_fromdict(Flat)(value)
+    unstructured = converter.unstructure(value)
+    assert unstructured == reference
+    assert list(unstructured) == list(reference)  # the same key order too
+    assert converter.get_unstructure_hook(Flat).__qualname__.startswith("_lean_unstructure")
