@@ -14,7 +14,7 @@ PING_INTERVAL_S: Final = 20.0  # idle time between keepalive pings
 PONG_TIMEOUT_S: Final = 20.0  # a ping unanswered this long drops the connection
 HANDSHAKE_TIMEOUT_S: Final = 10.0  # for the HTTP upgrade, and again for the hello
 CLOSE_TIMEOUT_S: Final = 5.0  # for the WebSocket closing handshake
-OUTBOUND_QUEUE_MESSAGES: Final = 256  # queued messages to one receiver before slow_consumer
+OUTBOUND_QUEUE_MESSAGES: Final = 4096  # queued messages to one receiver before slow_consumer
 OUTBOUND_QUEUE_BYTES: Final = 8 << 20  # queued bytes to one receiver before slow_consumer
 NOTICE_RATE_PER_S: Final = 10.0  # undeliverable notices per connection, sustained
 NOTICE_BURST: Final = 20  # undeliverable notices per connection, burst
@@ -60,10 +60,24 @@ class TokenBucket:
 
     def take(self, now: float) -> bool:
         """Spend one token at time `now` (seconds); False when the bucket is empty."""
-        if self._stamp is not None:
-            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
+        self._refill(now)
         if self._tokens < 1:
             return False
         self._tokens -= 1
         return True
+
+    def delay(self, now: float) -> float:
+        """Seconds from `now` until a token can be taken (0: one can be now)."""
+        self._refill(now)
+        return max(0.0, (1 - self._tokens) / self.rate)
+
+    def spend(self, now: float) -> None:
+        """Spend one token even if the bucket holds less (after waiting `delay`, rounding may
+        leave a hair under one); the debt delays the next token."""
+        self._refill(now)
+        self._tokens -= 1
+
+    def _refill(self, now: float) -> None:
+        if self._stamp is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now

@@ -306,6 +306,8 @@ class Broker:
             v=HELLO_VERSION,
             peers=peers,
             max_message_bytes=self.config.max_message_bytes,
+            message_rate=self.config.message_rate,
+            message_burst=self.config.message_burst,
         )
         member.offer(welcome)
         join = _notice(type="presence", event="join", device_id=hello.device_id, role=hello.role)

@@ -5,9 +5,11 @@ welcome, then relays: binary batches in (to the `peers` actor, one message per b
 sealed records out (drained from a bounded queue, several per WebSocket message; a record sent
 while the writer is idle goes straight to the socket from the sender's task, unless another
 went that way less than DIRECT_GAP before: then it is a burst, and the writer batches it with
-the rest). When the
-connection drops, senders waiting on the queue fail with LinkDown and the link reconnects
-after a full-jitter exponential backoff, reset by the next welcome.
+the rest). Messages to the broker keep within PACE_SHARE of the rate and burst its welcome
+announces (a broker closes a connection that exceeds them): past that, records wait in the
+queue and leave together in the next message the rate allows. When the connection drops,
+senders waiting on the queue fail with LinkDown and the link reconnects after a full-jitter
+exponential backoff, reset by the next welcome.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from meshactors.broker.envelope import (
     encode_batch,
 )
 from meshactors.broker.hello import build_hello
+from meshactors.broker.limits import MESSAGE_BURST, MESSAGE_RATE_PER_S, TokenBucket
 from meshactors.websocket import ConnectionClosed, HandshakeFailed, WebSocket, open_websocket
 from meshactors.wire.device_id import is_device_id
 
@@ -50,11 +53,27 @@ DIRECT_GAP = 100e-6  # seconds: a record this soon after one written at once que
 MAX_INBOUND_MESSAGE_BYTES = 4 * 1024 * 1024  # largest message we accept from a broker
 MAX_NOTICE_CHARS = 64 * 1024  # a TEXT notice (welcome with 256 peers is ~20 KB)
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024  # if the welcome does not say
+PACE_SHARE = 0.9  # of the broker's message rate and burst we use: jitter never trips its limit
 LINK_ROLE = "daemon"
 
 
 class LinkDown(Exception):
     """The network's broker link is not up: the frame was not sent."""
+
+
+@attrs.frozen
+class Welcome:
+    """What a broker's welcome tells: who is present, and the limits our messages must keep."""
+
+    peers: list[tuple[str, str]]  # (device_id, role)
+    max_bytes: int  # one message
+    message_rate: float = MESSAGE_RATE_PER_S  # messages per second, sustained
+    message_burst: int = MESSAGE_BURST  # messages at once
+
+    def pace(self) -> TokenBucket:
+        """The bucket our messages are drawn from: PACE_SHARE of the broker's."""
+        rate, burst = self.message_rate * PACE_SHARE, self.message_burst * PACE_SHARE
+        return TokenBucket(rate, max(1.0, burst))
 
 
 @attrs.frozen
@@ -152,6 +171,7 @@ class Link(Actor):
     _max_bytes: int = 0  # the broker's message size limit, from its welcome
     _writer_idle: bool = False  # the writer waits on an empty queue and holds no batch
     _direct_at: float = float("-inf")  # trio time of the last record written at once
+    _pace: TokenBucket = attrs.field(factory=lambda: Welcome([], 0).pace())  # messages we may send
     _cycle: trio.CancelScope | None = None
 
     @property
@@ -192,6 +212,8 @@ class Link(Actor):
         now = trio.current_time()
         if not self._writer_idle or now - self._direct_at < DIRECT_GAP:
             return False
+        if not self._pace.take(now):
+            return False  # over the broker's rate: the writer sends it once the rate allows
         self._writer_idle = False  # whatever happens below, the writer has work first
         if not self._send_direct(to, sealed):
             return False
@@ -288,9 +310,9 @@ class Link(Actor):
                 )
                 await ws.send_message(hello)
                 with trio.fail_after(WELCOME_TIMEOUT):
-                    peers, max_bytes = _parse_welcome(await ws.get_message())
+                    welcome = parse_welcome(await ws.get_message())
                 welcomed = True
-                await self._serve(ws, url, peers, max_bytes)
+                await self._serve(ws, url, welcome)
         except ConnectionClosed as closed:
             self.last_error = f"closed: {closed}"
         except (HandshakeFailed, OSError, trio.TooSlowError, BrokerProtocolError) as exc:
@@ -299,21 +321,22 @@ class Link(Actor):
             log.info("broker link down", network=self.network, url=url, error=self.last_error)
         return welcomed
 
-    async def _serve(
-        self, ws: WebSocket, url: str, peers: list[tuple[str, str]], max_bytes: int
-    ) -> None:
+    async def _serve(self, ws: WebSocket, url: str, welcome: Welcome) -> None:
         """Relay until the connection drops; tell `peers` it is up, and that it went down."""
         send, receive = trio.open_memory_channel[_Queued](OUTBOUND_QUEUE)
         self._attempt = 0
         self.connects += 1
         self.state, self.url, self.last_error = "up", url, None
-        self._outbound, self._ws, self._max_bytes = send, ws, max_bytes
-        log.info("broker link up", network=self.network, url=url, peers=len(peers))
+        self._outbound, self._ws, self._max_bytes = send, ws, welcome.max_bytes
+        self._pace = welcome.pace()
+        log.info("broker link up", network=self.network, url=url, peers=len(welcome.peers))
         try:
-            await self.deliver.put(LinkUp(url, peers))
+            await self.deliver.put(LinkUp(url, welcome.peers))
             async with trio.open_nursery() as nursery:
                 session = nursery.cancel_scope
-                nursery.start_soon(self._until_closed, session, self._write, ws, receive, max_bytes)
+                nursery.start_soon(
+                    self._until_closed, session, self._write, ws, receive, welcome.max_bytes
+                )
                 nursery.start_soon(self._until_closed, session, self._keepalive, ws)
                 nursery.start_soon(self._until_closed, session, self._read, ws)
         finally:
@@ -398,6 +421,9 @@ class Link(Actor):
             if RECORD_HEADER_BYTES + len(first[1]) > max_bytes:
                 self.dropped += 1
                 continue
+            if (wait := self._pace.delay(trio.current_time())) > 0:
+                await trio.sleep(wait)  # over the broker's rate: records queued meanwhile join
+            self._pace.spend(trio.current_time())
             batch, size, idle = [first], RECORD_HEADER_BYTES + len(first[1]), 0
             while len(batch) < BATCH_MAX_RECORDS and carry is None:
                 try:
@@ -470,8 +496,9 @@ def _member(entry: object) -> tuple[str, str]:
     raise BrokerProtocolError("welcome lists a malformed peer")
 
 
-def _parse_welcome(text: object) -> tuple[list[tuple[str, str]], int]:
-    """The peers present and the broker's message size limit, from a welcome."""
+def parse_welcome(text: object) -> Welcome:
+    """The peers present and the broker's limits, from a welcome (a limit it leaves out is
+    the documented default)."""
     data = _load(text)
     peers = data.get("peers")
     if data.get("type") != "welcome" or not isinstance(peers, list):
@@ -479,7 +506,14 @@ def _parse_welcome(text: object) -> tuple[list[tuple[str, str]], int]:
     limit = data.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)
     if type(limit) is not int or limit <= RECORD_HEADER_BYTES:
         raise BrokerProtocolError("welcome has a bad max_message_bytes")
-    return [_member(entry) for entry in peers], min(limit, MAX_INBOUND_MESSAGE_BYTES)
+    rate = data.get("message_rate", MESSAGE_RATE_PER_S)
+    if type(rate) not in (int, float) or not 0 < rate < float("inf"):
+        raise BrokerProtocolError("welcome has a bad message_rate")
+    burst = data.get("message_burst", MESSAGE_BURST)
+    if type(burst) is not int or burst < 1:
+        raise BrokerProtocolError("welcome has a bad message_burst")
+    members = [_member(entry) for entry in peers]
+    return Welcome(members, min(limit, MAX_INBOUND_MESSAGE_BYTES), float(rate), burst)
 
 
 def _parse_notice(text: str) -> LinkEvent | None:

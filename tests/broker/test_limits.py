@@ -13,6 +13,18 @@ def test_bucket_allows_the_burst_then_the_rate() -> None:
     assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False], "capped at burst"
 
 
+def test_delay_says_when_the_next_token_comes_and_spending_may_borrow() -> None:
+    bucket = TokenBucket(rate=4.0, burst=1)
+    assert bucket.delay(10.0) == 0.0
+    bucket.spend(10.0)
+    assert bucket.delay(10.0) == pytest.approx(0.25)
+    assert bucket.delay(10.1) == pytest.approx(0.15)
+    bucket.spend(10.1)  # a hair early: the debt pushes the next token further out
+    assert bucket.delay(10.1) == pytest.approx(0.40)
+    assert not bucket.take(10.45)
+    assert bucket.take(10.5)
+
+
 def test_config_refuses_nonsense_limits() -> None:
     with pytest.raises(ValueError):
         BrokerConfig(max_peers=0)
@@ -26,5 +38,6 @@ def test_config_defaults_match_the_protocol() -> None:
     config = BrokerConfig()
     assert config.max_message_bytes == 1 << 20
     assert (config.message_rate, config.message_burst) == (2000.0, 4000)
+    assert (config.outbound_queue_messages, config.outbound_queue_bytes) == (4096, 8 << 20)
     assert config.max_peers == 256
     assert (config.ping_interval, config.pong_timeout) == (20.0, 20.0)

@@ -110,9 +110,18 @@ async def test_silent_client_is_closed_after_the_handshake_timeout(nursery: trio
 async def test_welcome_lists_peers_and_presence_follows_joins_and_leaves(
     nursery: trio.Nursery,
 ) -> None:
-    broker, url = await start_broker(nursery, max_message_bytes=4096, outbound_queue_bytes=4096)
+    broker, url = await start_broker(
+        nursery, max_message_bytes=4096, outbound_queue_bytes=4096, message_rate=50, message_burst=9
+    )
     async with joined(url, ALICE, "net") as (alice, welcome):
-        assert welcome == {"type": "welcome", "v": 1, "peers": [], "max_message_bytes": 4096}
+        assert welcome == {
+            "type": "welcome",
+            "v": 1,
+            "peers": [],
+            "max_message_bytes": 4096,
+            "message_rate": 50,
+            "message_burst": 9,
+        }
         async with joined(url, BOB, "net", role="control-plane") as (_, bob_welcome):
             assert bob_welcome["peers"] == [{"device_id": did(ALICE), "role": "daemon"}]
             joined_notice = json.loads(await alice.get_message())

@@ -14,17 +14,21 @@ from trio_websocket import WebSocketRequest, serve_websocket
 
 from meshactors.actors import Inbox, Node, run_root
 from meshactors.broker.envelope import decode_batch
+from meshactors.broker.limits import MESSAGE_BURST, MESSAGE_RATE_PER_S
 from meshactors.network import link as link_module
 from meshactors.network.link import (
     BACKOFF_BASE,
     BACKOFF_CAP,
     DIRECT_GAP,
+    PACE_SHARE,
+    BrokerProtocolError,
     Link,
     LinkDown,
     LinkEvent,
     LinkLost,
     LinkUp,
     backoff_delay,
+    parse_welcome,
 )
 from tests.network.conftest import WAIT
 
@@ -119,14 +123,15 @@ async def test_senders_waiting_on_a_full_queue_fail_with_link_down_when_it_drops
 Batches = trio.MemoryReceiveChannel[list[tuple[bytes, bytes]]]
 
 
-async def _recorded_link(nursery: trio.Nursery) -> tuple[Link, Batches]:
-    """A link that is up, to a broker passing on every batch it reads."""
+async def _recorded_link(nursery: trio.Nursery, **limits: int) -> tuple[Link, Batches]:
+    """A link that is up, to a broker (announcing `limits` in its welcome) passing on every
+    batch it reads."""
     received, batches = trio.open_memory_channel[list[tuple[bytes, bytes]]](1000)
 
     async def recording_broker(request: WebSocketRequest) -> None:
         ws = await request.accept()
         await ws.get_message()  # the hello
-        await ws.send_message(json.dumps({"type": "welcome", "v": 1, "peers": []}))
+        await ws.send_message(json.dumps({"type": "welcome", "v": 1, "peers": [], **limits}))
         while True:
             message = await ws.get_message()
             assert isinstance(message, bytes)
@@ -193,3 +198,50 @@ async def test_a_record_soon_after_one_written_at_once_queues_as_a_burst(
             assert [sealed for _, sealed in await batches.receive()] == [b"still soon"]
             assert [sealed for _, sealed in await batches.receive()] == [b"later"]
         nursery.cancel_scope.cancel()
+
+
+async def test_messages_keep_to_the_share_of_the_rate_the_welcome_announces(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        # ours: PACE_SHARE of 20 messages/s and a burst of 3: 18/s, and 2 whole tokens at once
+        link, batches = await _recorded_link(nursery, message_rate=20, message_burst=3)
+        assert 2 <= 3 * PACE_SHARE < 3
+        await trio.testing.wait_all_tasks_blocked()
+        for sealed in (b"0", b"1"):  # the burst: each written at once
+            mock_clock.jump(DIRECT_GAP)
+            assert await _sent_without_yielding(link, sealed)
+        mock_clock.jump(DIRECT_GAP)
+        later = [b"2", b"3", b"4", b"5"]
+        assert all(link.send_nowait(bytes(32), sealed) for sealed in later)  # queued
+        with trio.fail_after(WAIT):
+            assert [sealed for _, sealed in await batches.receive()] == [b"0"]
+            assert [sealed for _, sealed in await batches.receive()] == [b"1"]
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.WouldBlock):
+            batches.receive_nowait()  # no token for a third message yet
+        mock_clock.jump(1 / (20 * PACE_SHARE))  # one more token
+        with trio.fail_after(WAIT):
+            assert [sealed for _, sealed in await batches.receive()] == later  # one message
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("limits", "reason"),
+    [
+        ({"message_rate": 0}, "message_rate"),
+        ({"message_rate": "2000"}, "message_rate"),
+        ({"message_rate": True}, "message_rate"),
+        ({"message_burst": 0}, "message_burst"),
+        ({"message_burst": 2.5}, "message_burst"),
+    ],
+)
+def test_a_welcome_with_bad_limits_is_refused(limits: dict[str, object], reason: str) -> None:
+    welcome = json.dumps({"type": "welcome", "v": 1, "peers": [], **limits})
+    with pytest.raises(BrokerProtocolError, match=reason):
+        parse_welcome(welcome)
+
+
+def test_a_welcome_without_rate_limits_gets_the_documented_defaults() -> None:
+    welcome = parse_welcome(json.dumps({"type": "welcome", "v": 1, "peers": []}))
+    assert (welcome.message_rate, welcome.message_burst) == (MESSAGE_RATE_PER_S, MESSAGE_BURST)
