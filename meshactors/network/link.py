@@ -212,11 +212,12 @@ class Link(Actor):
         now = trio.current_time()
         if not self._writer_idle or now - self._direct_at < DIRECT_GAP:
             return False
-        if not self._pace.take(now):
+        if self._pace.delay(now) > 0:
             return False  # over the broker's rate: the writer sends it once the rate allows
         self._writer_idle = False  # whatever happens below, the writer has work first
         if not self._send_direct(to, sealed):
-            return False
+            return False  # queued: the writer spends the token when it sends the record
+        self._pace.spend(now)
         self._direct_at = now
         if self._ws is not None and self._ws.unsent:
             outbound.send_nowait(None)  # the writer finishes the cut write, then idles again
