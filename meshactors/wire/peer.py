@@ -242,29 +242,23 @@ class Bye(Frame):
     reason: str = attrs.field(validator=_check_text(MAX_TEXT_CHARS))
 
 
+H = TypeVar("H")
 _UNSTRUCTURE: dict[type[Frame], Callable[[Frame], dict[str, Any]]] = {}
 _STRUCTURE: dict[type[Frame], Callable[[Any, type[Frame]], Frame]] = {}
 
 
-def _unstructure_hook(cls: type[Frame]) -> Callable[[Frame], dict[str, Any]]:
-    """The converter's unstructure hook for a frame class, looked up once."""
-    hook = _UNSTRUCTURE.get(cls)
+def _hook(hooks: dict[type[Frame], H], cls: type[Frame], look_up: Callable[[type[Frame]], H]) -> H:
+    """The converter's hook for a frame class from `hooks`, looked up (and kept) the first
+    time: cattrs dispatches on the type at every call otherwise."""
+    hook = hooks.get(cls)
     if hook is None:
-        hook = _UNSTRUCTURE[cls] = converter.get_unstructure_hook(cls)
-    return hook
-
-
-def _structure_hook(cls: type[Frame]) -> Callable[[Any, type[Frame]], Frame]:
-    """The converter's structure hook for a frame class, looked up once."""
-    hook = _STRUCTURE.get(cls)
-    if hook is None:
-        hook = _STRUCTURE[cls] = converter.get_structure_hook(cls)
+        hook = hooks[cls] = look_up(cls)
     return hook
 
 
 def encode_frame(frame: Frame) -> bytes:
     """A frame as compact JSON bytes, ready to seal."""
-    data = _unstructure_hook(type(frame))(frame)
+    data = _hook(_UNSTRUCTURE, type(frame), converter.get_unstructure_hook)(frame)
     return dumps_strict({"t": frame.tag, **data}).encode()
 
 
@@ -301,7 +295,7 @@ def decode_frame(data: bytes) -> Frame:
     if cls is None:
         raise BadPeerFrame("unknown_frame", f"no frame type {tag[:40]!r}")
     try:
-        frame: Frame = _structure_hook(cls)(fields, cls)
+        frame: Frame = _hook(_STRUCTURE, cls, converter.get_structure_hook)(fields, cls)
     except Exception as exc:
         raise BadPeerFrame("malformed", f"{tag}: {describe_error(exc)}") from None
     return frame
