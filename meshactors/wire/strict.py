@@ -10,6 +10,7 @@ copied once per frame.
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Callable
 from typing import Any, TypeVar, Union, get_args, get_origin
@@ -98,10 +99,10 @@ def _field_check(field_type: Any) -> FieldCheck | None:
     return None
 
 
+@functools.cache
 def _field_checks(cls: type) -> dict[str, FieldCheck] | None:
-    """Each init field's check, when the lean hook can take the class (else None)."""
-    if not attrs.has(cls):
-        return None
+    """Each init field's check, when the lean hooks can take the attrs class (else None);
+    worked out once per class, for both hook factories."""
     attrs.resolve_types(cls)
     checks: dict[str, FieldCheck] = {}
     for field in attrs.fields(cls):
@@ -110,6 +111,11 @@ def _field_checks(cls: type) -> dict[str, FieldCheck] | None:
             return None
         checks[field.name] = check
     return checks
+
+
+def _is_flat(cls: Any) -> bool:
+    """Whether the lean hooks take `cls`: an attrs class whose every field they can check."""
+    return attrs.has(cls) and _field_checks(cls) is not None
 
 
 def _lean_hook(converter: cattrs.Converter, cls: type) -> Callable[[Any, type], Any]:
@@ -165,13 +171,9 @@ def make_strict_converter() -> cattrs.Converter:
     converter.register_structure_hook(float, _structure_float)
     converter.register_structure_hook_func(lambda t: t == dict[str, Any], _structure_object)
     _strict_lists(converter)
-    converter.register_structure_hook_factory(
-        lambda cls: _field_checks(cls) is not None,
-        lambda cls: _lean_hook(converter, cls),
-    )
+    converter.register_structure_hook_factory(_is_flat, lambda cls: _lean_hook(converter, cls))
     converter.register_unstructure_hook_factory(
-        lambda cls: _field_checks(cls) is not None,
-        lambda cls: _lean_unstructure(converter, cls),
+        _is_flat, lambda cls: _lean_unstructure(converter, cls)
     )
     return converter
 
