@@ -4,7 +4,8 @@ It reads request lines, runs each op in its own task (up to a cap) except channe
 which one in-order task runs as they come (consecutive ones merged: see daemon/optable.py),
 writes each answer or event from the task that made it when nothing is queued or being written
 (one scheduler pass fewer; a pushed event is written without yielding at all when the socket
-takes it), else through one bounded outgoing queue that keeps the order, and
+takes it, and a received frame's channel messages in one write), else through one bounded
+outgoing queue that keeps the order, and
 on disconnect runs the session's cleanups (method claims, subscriptions), so a vanished
 program leaves nothing behind.
 """
@@ -114,7 +115,13 @@ class ClientActor(Actor):
         try:
             async with trio.open_nursery() as nursery:
                 self._session = Session(
-                    self.client_id, self.services, pushes, self._offer_push, nursery, self
+                    self.client_id,
+                    self.services,
+                    pushes,
+                    self._offer_push,
+                    self._offer_lines,
+                    nursery,
+                    self,
                 )
                 task_status.started()
                 if self.tcp is not None or await self._speaks_http():
@@ -293,6 +300,18 @@ class ClientActor(Actor):
                     self._pushes_idle = True
                     return True
         return self._session.pushes.offer(item)
+
+    def _offer_lines(self, lines: list[bytes]) -> int:
+        """Push encoded event lines, in order: written in one go if nothing is waiting before
+        them (one write for a received frame's worth of channel messages, not one each), else
+        queued one by one; returns how many were taken (see `_offer_push`)."""
+        assert self._session is not None
+        if lines and self._pushes_idle and self._unwritten == 0 and not self._writing:
+            self._pushes_idle = False  # queued below, or written: either way they go first
+            if self._write_now(b"".join(lines)):
+                self._pushes_idle = True
+                return len(lines)
+        return sum(self._session.pushes.offer(line) for line in lines)
 
     def _write_now(self, frame: bytes) -> bool:
         """Write `frame` to a plain socket without yielding; what the socket does not take at

@@ -37,6 +37,7 @@ class Session:
     services: Services
     pushes: Subscriber[Push]  # where pushed events wait for the connection's writer
     offer: Callable[[Push], bool]  # how a push reaches the connection (maybe written at once)
+    offer_lines: Callable[[list[bytes]], int]  # ... and encoded event lines (written together)
     nursery: trio.Nursery
     sink: EventSink
     events_subscribed: bool = False
@@ -50,7 +51,7 @@ class Session:
     def push_frames(self, frames: list[bytes]) -> int:
         """Queue encoded event lines, in order, without waiting; returns how many were taken
         (each one that was not counts as skipped, as with `push`)."""
-        return sum(self.offer(frame) for frame in frames)
+        return self.offer_lines(frames)
 
     def on_close(self, cleanup: Cleanup) -> None:
         """Run `cleanup` when the connection ends (in reverse order of registration)."""

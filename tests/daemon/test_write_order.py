@@ -1,21 +1,26 @@
 """Answers and events written directly by the tasks that made them, and those queued behind a
 blocked write, reach the client whole and each once: a connection that stops reading and then
-resumes loses nothing and gets no cut frame."""
+resumes loses nothing and gets no cut frame. A run of channel messages goes out in one write,
+not one per message."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
+from meshactors.daemon import client as client_module
 from meshactors.daemon.services import Services
+from meshactors.socket_io import write_nowait
 from tests.support import LineClient
 
 SENDS = 60  # own-device channel sends of PAYLOAD_CHARS each: more than the socket buffers hold
 PAYLOAD_CHARS = 32 * 1024
 WAIT = 20.0  # seconds to read everything back
+RUN = 40  # channel notifications sent in one write, run as one
 
 
 async def subscribed_client(daemon: Services) -> LineClient:
@@ -80,4 +85,23 @@ async def test_channel_sends_sent_as_notifications_run_in_order_unanswered(
     assert events == [0, 1, 2, 3]
     status = await client.call("status")  # the next frame: no answer was left queued
     assert "client_id" in status["data"]
+    await client.aclose()
+
+
+async def test_a_run_of_channel_messages_reaches_a_subscriber_in_one_write(
+    daemon: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await subscribed_client(daemon)
+    writes: list[int] = []
+
+    def counted_write(sock: trio.socket.SocketType, data: bytes) -> int | None:
+        writes.append(data.count(b'"kind":"channel_inbound"'))
+        return write_nowait(sock, data)
+
+    monkeypatch.setattr(client_module, "write_nowait", counted_write)
+    await send_lines(client, [send_to_self(daemon, n) for n in range(RUN)])
+    frames = await read_frames(client, RUN)
+    assert [frame["payload"] for frame in frames] == list(range(RUN))
+    assert max(writes) > RUN // 2  # one write carried most of the run (else one each)
+    assert len(writes) < RUN // 2
     await client.aclose()
