@@ -50,6 +50,19 @@ def machine() -> dict[str, Any]:
     }
 
 
+def cpu_ticks() -> list[int]:
+    """The machine's CPU time so far, in ticks per state: user, nice, system, idle, iowait,
+    irq, softirq, steal (the `cpu` line of /proc/stat)."""
+    return [int(field) for field in Path("/proc/stat").read_text().split()[1:9]]
+
+
+def steal_percent(before: list[int], after: list[int]) -> float:
+    """Of the CPU time between two `cpu_ticks` readings, the share the hypervisor gave other
+    guests (steal): how busy the host was, which the relay's figures only show indirectly."""
+    spent = [later - earlier for earlier, later in zip(before, after, strict=True)]
+    return round(100 * spent[7] / max(1, sum(spent)), 1)
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of `pid` in KiB (VmRSS)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
