@@ -289,16 +289,13 @@ class ClientActor(Actor):
         """Write a pushed event now if nothing is waiting before it, else queue it for
         `_forward_pushes`; False (counted as skipped) when the queue is full."""
         assert self._session is not None
-        if self._pushes_idle:
-            self._pushes_idle = False  # queued below, or written: either way it goes first
-            if self._unwritten == 0 and not self._writing:
-                try:
-                    item = _encoded(item)
-                except (TypeError, ValueError):  # not JSON: the forwarder meets it, not the pusher
-                    return self._session.pushes.offer(item)
-                if self._write_now(item):
-                    self._pushes_idle = True
-                    return True
+        if self._may_write_push():
+            try:
+                item = _encoded(item)
+            except (TypeError, ValueError):  # not JSON: the forwarder meets it, not the pusher
+                return self._session.pushes.offer(item)
+            if self._write_push(item):
+                return True
         return self._session.pushes.offer(item)
 
     def _offer_lines(self, lines: list[bytes]) -> int:
@@ -306,12 +303,23 @@ class ClientActor(Actor):
         them (one write for a received frame's worth of channel messages, not one each), else
         queued one by one; returns how many were taken (see `_offer_push`)."""
         assert self._session is not None
-        if lines and self._pushes_idle and self._unwritten == 0 and not self._writing:
-            self._pushes_idle = False  # queued below, or written: either way they go first
-            if self._write_now(b"".join(lines)):
-                self._pushes_idle = True
-                return len(lines)
+        if lines and self._may_write_push() and self._write_push(b"".join(lines)):
+            return len(lines)
         return sum(self._session.pushes.offer(line) for line in lines)
+
+    def _may_write_push(self) -> bool:
+        """Whether a push may be written now: its forwarder idles and nothing is queued or being
+        written. Either way the forwarder stops idling: what the caller writes or queues now
+        goes before any later push."""
+        idle, self._pushes_idle = self._pushes_idle, False
+        return idle and self._unwritten == 0 and not self._writing
+
+    def _write_push(self, line: bytes) -> bool:
+        """Write what `_may_write_push` allowed; once written, the forwarder idles again."""
+        if not self._write_now(line):
+            return False
+        self._pushes_idle = True
+        return True
 
     def _write_now(self, frame: bytes) -> bool:
         """Write `frame` to a plain socket without yielding; what the socket does not take at

@@ -58,7 +58,7 @@ def cpu_ticks() -> list[int]:
 
 def steal_percent(before: list[int], after: list[int]) -> float:
     """Of the CPU time between two `cpu_ticks` readings, the share the hypervisor gave other
-    guests (steal): how busy the host was, which the relay's figures only show indirectly."""
+    guests (steal): one way a busy host shows, though not the only one (docs/performance.md)."""
     spent = [later - earlier for earlier, later in zip(before, after, strict=True)]
     return round(100 * spent[7] / max(1, sum(spent)), 1)
 
