@@ -10,6 +10,7 @@ from meshactors._version import __version__
 from meshactors.cli import (
     broker_cmd,
     channel_cmd,
+    config_cmd,
     daemon_cmd,
     identity_cmd,
     inspect_tree,
@@ -21,6 +22,7 @@ from meshactors.cli.common import EXIT_USAGE, CommandFailed
 
 COMMAND_GROUPS = (
     daemon_cmd,
+    config_cmd,
     identity_cmd,
     inspect_tree,
     mesh,

@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from meshactors.actors import ChildStartFailed
-from meshactors.cli import service_cmd
+from meshactors.cli import service_cmd, settings
 from meshactors.cli.common import (
     EXIT_FAILURE,
     EXIT_STARTUP,
@@ -66,6 +66,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     up.add_argument(
         "--tcp", type=int, default=None, metavar="PORT", help="also serve HTTP on 127.0.0.1:PORT"
     )
+    up.add_argument("--log-level", default=None, choices=settings.LOG_LEVELS, help="default info")
+    settings.config_option(up)
     up.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     up.set_defaults(run=run_up)
     down = actions.add_parser("down", help="stop the daemon (SIGTERM if it does not answer)")
@@ -83,6 +85,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def run_up(args: argparse.Namespace) -> int:
     paths = prepared_paths(args)
+    try:
+        effective = settings.effective(args, paths.config_file)
+        broker_config = effective.broker_config()
+    except settings.SettingsError as exc:
+        fail(str(exc), EXIT_STARTUP, "bad_config")
+    settings.apply_to_flags(args, effective)  # daemon.toml's values act as the flags would
     identity = _checked_identity(paths)
     try:
         broker_listen = None if args.broker_listen is None else parse_listen(args.broker_listen)
@@ -90,7 +98,7 @@ def run_up(args: argparse.Namespace) -> int:
         fail(f"--broker-listen: {exc}", EXIT_USAGE)
     if args.detach:
         return _detach(args, paths)
-    configure_logging(json=True if args.log_json else None)
+    configure_logging(json=True if args.log_json else None, level=args.log_level)
     options = _service_manager_options(
         DaemonOptions(
             paths=paths,
@@ -98,6 +106,7 @@ def run_up(args: argparse.Namespace) -> int:
             ready=_ready_signal(args.ready_fd),
             tcp_port=args.tcp,
             broker_listen=broker_listen,
+            broker_config=broker_config,
         )
     )
     try:
@@ -181,6 +190,9 @@ def _detach(args: argparse.Namespace, paths: Paths) -> int:
         command += ["--broker-listen", args.broker_listen]
     if args.tcp is not None:
         command += ["--tcp", str(args.tcp)]
+    command += ["--log-level", args.log_level]  # daemon.toml's values came as flags
+    if args.config is not None:  # the child reads it again (the flags above win)
+        command += ["--config", str(args.config)]
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(
             command,

@@ -93,3 +93,22 @@ def test_a_device_is_named_by_a_prefix_or_a_label_and_ambiguity_lists_candidates
     nobody = lan.cli("roster", "remove", "zzzzzzzzzz", "--json", check=False)
     assert nobody.returncode == EXIT_NOT_FOUND
     assert error_of(nobody)["code"] == "no_such_peer"
+
+
+def test_daemon_toml_is_read_flags_win_and_a_bad_one_stops_start_up(home: Home) -> None:
+    (home.path / "daemon.toml").write_text('broker_listen = "127.0.0.1:0"\nrole = "edge"\n')
+    shown = json.loads(home.cli("config", "show", "--json").stdout)["settings"]
+    assert shown["role"] == {"value": "edge", "source": f"file {home.path / 'daemon.toml'}"}
+    assert shown["tcp"] == {"value": None, "source": "default"}
+    home.cli("daemon", "up", "--detach")
+    tree = json.loads(home.cli("inspect", "--json").stdout)
+    assert "broker" in [child["name"] for child in tree["children"]]  # from the file
+    home.cli("daemon", "down")
+    bad = home.path / "bad.toml"
+    bad.write_text("tcp = -1\n")
+    refused = home.cli("daemon", "up", "--detach", "--config", str(bad), check=False)
+    assert refused.returncode == 3
+    assert refused.stderr.splitlines() == [
+        f"meshactors: {bad}: tcp = -1: expected a port number 0-65535"
+    ]
+    assert home.daemon_pid() is None
