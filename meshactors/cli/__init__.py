@@ -10,6 +10,7 @@ from meshactors._version import __version__
 from meshactors.cli import (
     broker_cmd,
     channel_cmd,
+    completion_cmd,
     config_cmd,
     daemon_cmd,
     identity_cmd,
@@ -30,6 +31,7 @@ COMMAND_GROUPS = (
     rpc_cmd,
     channel_cmd,
     message_cmd,
+    completion_cmd,
 )
 
 

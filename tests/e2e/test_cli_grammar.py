@@ -112,3 +112,13 @@ def test_daemon_toml_is_read_flags_win_and_a_bad_one_stops_start_up(home: Home) 
         f"meshactors: {bad}: tcp = -1: expected a port number 0-65535"
     ]
     assert home.daemon_pid() is None
+
+
+def test_inspect_shows_one_subtree_within_80_columns(lan: Home) -> None:
+    link = lan.cli("inspect", "networks/network lan/link", "--width", "80").stdout.splitlines()
+    assert link[0].startswith("link  [link]") and max(map(len, link)) <= 80
+    assert "state=backoff" in "\n".join(link) and "store" not in "\n".join(link)
+    whole = lan.cli("inspect", "--width", "80", "--verbose").stdout.splitlines()
+    assert max(map(len, whole)) <= 80
+    nowhere = lan.cli("inspect", "nowhere", check=False)
+    assert nowhere.returncode == EXIT_NOT_FOUND and "daemon/networks" in nowhere.stderr
