@@ -28,6 +28,7 @@ from meshactors.cli.common import (
     paths_of,
     prepared_paths,
     print_json,
+    report,
 )
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
 from meshactors.daemon.broker_actor import parse_listen
@@ -210,8 +211,8 @@ def _detach(args: argparse.Namespace, paths: Paths) -> int:
             child.terminate()
             fail(f"the daemon did not become ready in {DETACH_READY_TIMEOUT:g}s; see {log_path}")
         fail(f"the daemon exited with status {code}; see {log_path}", code or EXIT_STARTUP)
-    print(f"daemon running (pid {child.pid}), socket {paths.socket}, log {log_path}")
-    return 0
+    text = f"daemon running (pid {child.pid}), socket {paths.socket}, log {log_path}"
+    return report(args, {"pid": child.pid, "socket": str(paths.socket), "log": str(log_path)}, text)
 
 
 def _wait_ready(fd: int, timeout: float) -> bool:
@@ -240,14 +241,12 @@ def run_down(args: argparse.Namespace) -> int:
             client.call("shutdown")
     except (DaemonNotRunning, ClientError, OSError):
         if pid is None:
-            print("no daemon running")
-            return 0
+            return report(args, {"stopped": False}, "no daemon running")
     if pid is not None and not _wait_exit(paths.pid_file, DOWN_TIMEOUT):
         os.kill(pid, signal.SIGTERM)
         if not _wait_exit(paths.pid_file, DOWN_TIMEOUT):
             fail(f"daemon (pid {pid}) did not stop after SIGTERM")
-    print("daemon stopped")
-    return 0
+    return report(args, {"stopped": True}, "daemon stopped")
 
 
 def _wait_exit(pid_file: Path, timeout: float) -> bool:
@@ -291,5 +290,5 @@ def run_accept_host(args: argparse.Namespace) -> int:
         accept_host(paths.host_file, read_host_facts())
     except OSError as exc:
         fail_on_state(exc, paths)
-    print(f"this machine is now trusted for the identity in {paths.state_dir}")
-    return 0
+    text = f"this machine is now trusted for the identity in {paths.state_dir}"
+    return report(args, {"accepted": True, "state_dir": str(paths.state_dir)}, text)

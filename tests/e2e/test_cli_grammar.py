@@ -122,3 +122,14 @@ def test_inspect_shows_one_subtree_within_80_columns(lan: Home) -> None:
     assert max(map(len, whole)) <= 80
     nowhere = lan.cli("inspect", "nowhere", check=False)
     assert nowhere.returncode == EXIT_NOT_FOUND and "daemon/networks" in nowhere.stderr
+
+
+def test_lifecycle_commands_answer_json_under_json(home: Home) -> None:
+    labelled = json.loads(home.cli("identity", "set-label", "box", "--json").stdout)
+    assert labelled["label"] == "box" and len(labelled["device_id"]) == 52
+    bad = home.cli("identity", "set-label", "\x01", "--json", check=False)
+    assert bad.returncode == EXIT_USAGE and error_of(bad)["code"] == "invalid_label"
+    up = json.loads(home.cli("daemon", "up", "--detach", "--json").stdout)
+    assert up["pid"] == home.daemon_pid() and up["socket"] == str(home.socket)
+    assert json.loads(home.cli("daemon", "down", "--json").stdout) == {"stopped": True}
+    assert json.loads(home.cli("daemon", "down", "--json").stdout) == {"stopped": False}
