@@ -75,7 +75,12 @@ class CommandFailed(SystemExit):
         if as_json:
             print(json.dumps({"error": {"code": self.error_code, "message": self.message}}))
         else:
-            print(f"meshactors: {self.line}", file=sys.stderr)
+            print(f"meshactors: {one_line(self.line)}", file=sys.stderr)
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: its non-blank lines joined by " | " (a remote stderr has several)."""
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def paths_of(args: argparse.Namespace) -> Paths:

@@ -21,6 +21,7 @@ from meshactors.cli.common import (
     legacy_network,
     network_of,
     network_option,
+    one_line,
     parse_json_arg,
     paths_of,
 )
@@ -138,7 +139,7 @@ class OneLine(logging.Formatter):
     """`meshactors: MESSAGE` without the traceback: a failed command is not a bug here."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"meshactors: {record.getMessage()}"
+        return f"meshactors: {one_line(record.getMessage())}"
 
 
 def _log_failures_in_one_line() -> None:

@@ -19,7 +19,7 @@ from tests.support import Home
 pytestmark = pytest.mark.e2e
 
 UPPER = "import sys, json; print(json.dumps(json.load(sys.stdin).upper()))"
-BROKEN = "import sys; sys.stderr.write('cannot do that'); sys.exit(3)"
+BROKEN = "import sys; sys.stderr.write('first\\ncannot do that'); sys.exit(3)"
 
 
 @pytest.fixture
@@ -56,13 +56,14 @@ async def test_rpc_serve_answers_rpc_call_with_its_commands_output(home: Home, m
         assert failed.returncode == 1
         error = json.loads(failed.stdout)["error"]
         assert error["code"] == "remote_error"
-        assert "exited 3: cannot do that" in error["message"]
+        assert error["message"].endswith("exited 3: first\ncannot do that")
     finally:
         for process in (server, broken):
             process.kill()
             process.wait()
     _, served_errors = broken.communicate()
-    assert served_errors.splitlines() == [f"meshactors: broken on lan failed: {error['message']}"]
+    said = error["message"].replace("\n", " | ")
+    assert served_errors.splitlines() == [f"meshactors: broken on lan failed: {said}"]
 
 
 async def test_rpc_call_in_the_old_positional_form_still_answers(home: Home, me: str) -> None:
