@@ -57,6 +57,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         flags.add_argument(
             f"--{status}", dest="status", action="store_const", const=status, default=None
         )
+    network_option(listing, "only this network")
     listing.add_argument("--limit", type=int, default=100)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=run_outbox_list)
@@ -142,7 +143,9 @@ def _has_next_page(args: argparse.Namespace, page: dict[str, Any], sender: str |
 
 
 def run_outbox_list(args: argparse.Namespace) -> int:
-    rows = _call_given(args, "outbox_list", status=args.status, limit=args.limit)["rows"]
+    rows = _call_given(
+        args, "outbox_list", status=args.status, network=args.network, limit=args.limit
+    )["rows"]
     if args.json:
         print_json(rows)
         return 0

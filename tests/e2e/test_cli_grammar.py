@@ -133,3 +133,11 @@ def test_lifecycle_commands_answer_json_under_json(home: Home) -> None:
     assert up["pid"] == home.daemon_pid() and up["socket"] == str(home.socket)
     assert json.loads(home.cli("daemon", "down", "--json").stdout) == {"stopped": True}
     assert json.loads(home.cli("daemon", "down", "--json").stdout) == {"stopped": False}
+
+
+def test_outbox_list_filters_by_network(lan: Home) -> None:
+    lan.cli("network", "add", "wan", "--broker", BROKER)
+    lan.cli("send", "-n", "wan", new_device(), "to wan")
+    assert json.loads(lan.cli("outbox", "list", "-n", "lan", "--json").stdout) == []
+    (row,) = json.loads(lan.cli("outbox", "list", "-n", "wan", "--json").stdout)
+    assert row["network"] == "wan"
