@@ -142,7 +142,7 @@ def background(home: Home, *args: str, ready: str) -> Iterator[None]:
 def first_line(home: Home, channel: str) -> str:
     """Subscribe to `channel` on demo and return the first message line."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "meshactors", "channel", "sub", "demo", channel],
+        [sys.executable, "-m", "meshactors", "channel", "subscribe", "-n", "demo", channel],
         env=home.env,
         stdout=subprocess.PIPE,
         text=True,
@@ -206,6 +206,7 @@ def main() -> None:
                 "meshactors",
                 "rpc",
                 "serve",
+                "-n",
                 "demo",
                 "echo",
                 "--",
@@ -213,22 +214,22 @@ def main() -> None:
                 ready="serving echo",
             )
         )
-        alice.run("rpc", "call", "demo", bob_id, "echo", '{"hello": "bob"}')
+        alice.run("rpc", "call", "-n", "demo", bob_id, "echo", '{"hello": "bob"}')
 
         step("streamed RPC: bob serves `count` with a few lines of the Python client library")
         stack.enter_context(
             background(bob, "-m", "scripts.demo_counter", "demo", ready="serving count")
         )
-        alice.run("rpc", "call", "demo", bob_id, "count", "3", "--stream")
+        alice.run("rpc", "call", "-n", "demo", bob_id, "count", "3", "--stream")
 
         step("a retained channel message reaches a subscriber that comes later")
-        alice.run("channel", "send", "demo", "news", "--retain", '{"headline": "mesh is up"}')
+        alice.run("channel", "send", "-n", "demo", "news", "--retain", '{"headline": "mesh is up"}')
         print(f"bob subscribes afterwards and gets it at once: {first_line(bob, 'news')}")
 
         step("a durable message survives a SIGKILL of its sender")
         bob.run("daemon", "down")
         wait_for_event(alice, "peer_left", device_id=bob_id)
-        alice.run("send", "demo", bob_id, "sent while bob was away", "--client-id", "demo-1")
+        alice.run("send", "-n", "demo", bob_id, "sent while bob was away", "--client-id", "demo-1")
         kill_daemon(alice)
         alice.run("daemon", "up", "--detach")
         bob.run("daemon", "up", "--detach")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from meshactors._version import __version__
 from meshactors.cli import (
     broker_cmd,
     channel_cmd,
+    completion_cmd,
+    config_cmd,
     daemon_cmd,
     identity_cmd,
     inspect_tree,
@@ -16,9 +19,11 @@ from meshactors.cli import (
     message_cmd,
     rpc_cmd,
 )
+from meshactors.cli.common import EXIT_USAGE, CommandFailed
 
 COMMAND_GROUPS = (
     daemon_cmd,
+    config_cmd,
     identity_cmd,
     inspect_tree,
     mesh,
@@ -26,14 +31,22 @@ COMMAND_GROUPS = (
     rpc_cmd,
     channel_cmd,
     message_cmd,
+    completion_cmd,
 )
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors end like every other failure (JSON under --json)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        command = self.prog.removeprefix("meshactors").strip()  # e.g. "rpc call"
+        raise CommandFailed("usage", f"{command}: {message}" if command else message, EXIT_USAGE)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="meshactors", description="A mesh daemon shared by local programs."
-    )
+    parser = Parser(prog="meshactors", description="A mesh daemon shared by local programs.")
     parser.add_argument("--version", action="version", version=f"meshactors {__version__}")
     parser.add_argument(
         "--socket", default=None, help="control socket path (default: MESHACTORS_SOCKET or home)"
@@ -41,10 +54,54 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for group in COMMAND_GROUPS:
         group.register(commands)
+    for command in leaf_parsers(parser):
+        if "--json" not in command._option_string_actions:
+            command.add_argument("--json", action="store_true", help="JSON output and errors")
     return parser
+
+
+def leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser that runs a command (one with no sub-commands), each once."""
+    groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not groups:
+        return [parser]
+    found: dict[int, argparse.ArgumentParser] = {}
+    for group in groups:
+        for child in group.choices.values():
+            for leaf in leaf_parsers(child):
+                found[id(leaf)] = leaf  # an alias names the same parser again
+    return list(found.values())
+
+
+def parse(parser: argparse.ArgumentParser, words: list[str]) -> argparse.Namespace:
+    """`parser.parse_args(words)`, except that a command's free words (`words`) may also follow
+    its options (`channel send NET CH --retain PAYLOAD`), which argparse alone refuses."""
+    args, extra = parser.parse_known_args(words)
+    if extra and isinstance(getattr(args, "words", None), list) and not any(map(_is_flag, extra)):
+        args.words += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _is_flag(word: str) -> bool:
+    if not word.startswith("-"):
+        return False
+    try:
+        float(word)  # a negative number is a value, as argparse itself takes it
+    except ValueError:
+        return True
+    return False
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `meshactors` console script."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    raise SystemExit(args.run(args))
+    words = sys.argv[1:] if argv is None else argv
+    args = None
+    try:
+        args = parse(build_parser(), words)
+        status = args.run(args)
+    except CommandFailed as failed:
+        failed.render(as_json=args.json if args is not None else "--json" in words)
+        raise SystemExit(failed.code) from None
+    raise SystemExit(status)

@@ -1,4 +1,4 @@
-"""`meshactors channel send|sub`: publish on a channel, or print what arrives on one."""
+"""`meshactors channel send|subscribe`: publish on a channel, or print what arrives on one."""
 
 from __future__ import annotations
 
@@ -7,54 +7,81 @@ import json
 import sys
 from typing import Any
 
-from meshactors.cli.common import call, connect, fail, parse_json_arg
+from meshactors.cli.common import (
+    EXIT_USAGE,
+    call,
+    connect,
+    fail,
+    fail_with,
+    legacy_network,
+    network_of,
+    network_option,
+    parse_json_arg,
+)
+from meshactors.cli.devices import resolve_device
 from meshactors.client import ClientError
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `channel send` and `channel sub` commands."""
+    """Add the `channel send` and `channel subscribe` (alias `sub`) commands."""
     channel = commands.add_parser("channel", help="publish and subscribe").add_subparsers(
         dest="action", required=True
     )
     send = channel.add_parser("send", help="publish JSON to every active peer, or --to one")
-    send.add_argument("network")
-    send.add_argument("channel")
-    send.add_argument("payload", help="JSON")
-    send.add_argument("--to", default=None, metavar="PEER", help="only this device id")
+    network_option(send)
+    send.add_argument("words", nargs="+", metavar="CHANNEL PAYLOAD", help="PAYLOAD: JSON")
+    send.add_argument("--to", default=None, metavar="PEER", help="only this device (id or label)")
     send.add_argument("--retain", action="store_true", help="late subscribers get it too")
     send.set_defaults(run=run_send)
-    sub = channel.add_parser("sub", help="print each message as a JSON line (Ctrl-C stops)")
-    sub.add_argument("network")
-    sub.add_argument("channel")
+    sub = channel.add_parser(
+        "subscribe", aliases=["sub"], help="print each message as a JSON line (Ctrl-C stops)"
+    )
+    network_option(sub)
+    sub.add_argument("words", nargs="+", metavar="CHANNEL")
     sub.set_defaults(run=run_sub)
 
 
 def run_send(args: argparse.Namespace) -> int:
+    words = args.words
+    if len(words) == 3:
+        old, new = "channel send NET CHANNEL PAYLOAD", "channel send -n NET CHANNEL PAYLOAD"
+        words = legacy_network(args, words, old, new)
+    if len(words) != 2:
+        fail("give CHANNEL and PAYLOAD (and -n NET unless one network is joined)", EXIT_USAGE)
+    network = network_of(args)
     params: dict[str, Any] = {
-        "network": args.network,
-        "channel": args.channel,
-        "payload": parse_json_arg(args.payload, "the payload"),
+        "network": network,
+        "channel": words[0],
+        "payload": parse_json_arg(words[1], "the payload"),
         "retain": args.retain,
     }
     if args.to is None:
         answer = call(args, "channel_send_all", **params)
     else:
-        answer = call(args, "channel_send_to", peer=args.to, **params)
+        peer = resolve_device(args, args.to, network)
+        answer = call(args, "channel_send_to", peer=peer, **params)
     print(json.dumps(answer))
     return 0
 
 
 def run_sub(args: argparse.Namespace) -> int:
+    words = args.words
+    if len(words) == 2:
+        old, new = "channel sub NET CHANNEL", "channel subscribe -n NET CHANNEL"
+        words = legacy_network(args, words, old, new)
+    if len(words) != 1:
+        fail("give one CHANNEL (and -n NET unless one network is joined)", EXIT_USAGE)
+    network, channel = network_of(args), words[0]
     with connect(args) as client:
         try:
-            client.call("channel_subscribe", network=args.network, channel=args.channel)
+            client.call("channel_subscribe", network=network, channel=channel)
             for event in client.events():
                 if event.get("kind") == "lagged":
                     print(f"meshactors: missed {event.get('skipped')} messages", file=sys.stderr)
-                elif event.get("kind") == "channel_inbound" and event["channel"] == args.channel:
+                elif event.get("kind") == "channel_inbound" and event["channel"] == channel:
                     _print_messages(event)
         except ClientError as exc:
-            fail(f"{exc.code}: {exc.message}")
+            fail_with(exc)
         except KeyboardInterrupt:
             pass
     return 0

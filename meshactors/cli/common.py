@@ -8,12 +8,79 @@ import sys
 from typing import Any, NoReturn
 
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
+from meshactors.hostguard import HOST_MISMATCH_EXIT_CODE
 from meshactors.paths import Paths, prepare_dirs, resolve_paths
 
+# The exit codes of every command (docs/operations.md, "Exit codes", is the same table).
 EXIT_OK = 0
-EXIT_FAILURE = 1  # not running, already running, an error answer
-EXIT_USAGE = 2  # argparse's own
-EXIT_STARTUP = 3  # the daemon could not start (identity, database, socket)
+EXIT_FAILURE = 1  # an error of no class below (e.g. remote_error), or already running
+EXIT_USAGE = 2  # bad arguments: argparse's own, a bad JSON argument, an ambiguous device
+EXIT_STARTUP = 3  # the daemon could not start (identity, database, socket, daemon.toml)
+EXIT_HOST = HOST_MISMATCH_EXIT_CODE  # 4: the host guard refused this machine
+EXIT_NOT_RUNNING = 5  # no daemon answers on the socket
+EXIT_NOT_FOUND = 6  # no such network, peer, method, request or row
+EXIT_REFUSED = 7  # the daemon refused it in its current state
+EXIT_TIMEOUT = 8  # no answer before the deadline
+
+ERROR_CODE_BY_EXIT = {  # the `code` of a failure the CLI itself detects, by its exit code
+    EXIT_FAILURE: "failed",
+    EXIT_USAGE: "usage",
+    EXIT_STARTUP: "startup",
+    EXIT_HOST: "host_mismatch",
+    EXIT_NOT_RUNNING: "not_running",
+    EXIT_NOT_FOUND: "not_found",
+    EXIT_REFUSED: "refused",
+    EXIT_TIMEOUT: "timeout",
+}
+
+EXIT_BY_ERROR_CODE = {  # a daemon's (or the client library's) error code -> exit code
+    "bad_json": EXIT_USAGE,
+    "bad_request": EXIT_USAGE,
+    "invalid_params": EXIT_USAGE,
+    "payload_too_large": EXIT_USAGE,
+    "frame_too_large": EXIT_USAGE,
+    "not_running": EXIT_NOT_RUNNING,
+    "connection_lost": EXIT_NOT_RUNNING,
+    "unknown_op": EXIT_NOT_FOUND,
+    "not_found": EXIT_NOT_FOUND,
+    "no_such_network": EXIT_NOT_FOUND,
+    "no_such_peer": EXIT_NOT_FOUND,
+    "no_handler": EXIT_NOT_FOUND,
+    "unknown_request": EXIT_NOT_FOUND,
+    "no_recipients": EXIT_NOT_FOUND,
+    "conflict": EXIT_REFUSED,
+    "unavailable": EXIT_REFUSED,
+    "too_many_requests": EXIT_REFUSED,
+    "peer_not_active": EXIT_REFUSED,
+    "link_down": EXIT_REFUSED,
+    "not_requeueable": EXIT_REFUSED,
+    "storage": EXIT_REFUSED,
+    "timeout": EXIT_TIMEOUT,
+    "deadline": EXIT_TIMEOUT,
+}
+
+
+class CommandFailed(SystemExit):
+    """A command's failure: its exit status, a stable `code` and a one-line message; `main`
+    prints it (as `{"error": …}` on stdout under --json, else on stderr)."""
+
+    def __init__(self, code: str, message: str, status: int, line: str | None = None) -> None:
+        super().__init__(status)
+        self.error_code = code
+        self.message = message
+        self.line = message if line is None else line  # what stderr says, when not --json
+
+    def render(self, *, as_json: bool) -> None:
+        """Print the failure where the caller's output mode says."""
+        if as_json:
+            print(json.dumps({"error": {"code": self.error_code, "message": self.message}}))
+        else:
+            print(f"meshactors: {one_line(self.line)}", file=sys.stderr)
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: its non-blank lines joined by " | " (a remote stderr has several)."""
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def paths_of(args: argparse.Namespace) -> Paths:
@@ -37,32 +104,49 @@ def fail_on_state(exc: OSError, paths: Paths) -> NoReturn:
     fail(f"cannot prepare {exc.filename or paths.state_dir}: {exc.strerror or exc}", EXIT_STARTUP)
 
 
-def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
-    """Print `message` to stderr and exit with `code`."""
-    print(f"meshactors: {message}", file=sys.stderr)
-    raise SystemExit(code)
+def fail(message: str, status: int = EXIT_FAILURE, code: str | None = None) -> NoReturn:
+    """End the command with `message` and exit status `status` (`code`: the error's name)."""
+    raise CommandFailed(code or ERROR_CODE_BY_EXIT.get(status, "failed"), message, status)
+
+
+def fail_with(exc: ClientError, context: str = "") -> NoReturn:
+    """End the command with a daemon's (or the client's) error, its exit code from its code."""
+    if isinstance(exc, DaemonNotRunning):
+        message = line = f"{exc.message}; {exc.hint}"
+    else:
+        message, line = exc.message, f"{context}{exc.code}: {exc.message}"
+    raise CommandFailed(exc.code, message, EXIT_BY_ERROR_CODE.get(exc.code, EXIT_FAILURE), line)
 
 
 def connect(args: argparse.Namespace) -> SyncClient:
-    """A connection to the running daemon, or exit 1 saying none runs."""
+    """A connection to the running daemon, or exit 5 saying none runs."""
     try:
         return SyncClient.connect(paths_of(args).socket)
     except DaemonNotRunning as exc:
-        fail(f"{exc.message}; start one with `meshactors daemon up`")
+        fail_with(exc)
 
 
 def call(args: argparse.Namespace, op: str, **params: Any) -> Any:
-    """Run one op on the daemon and return its data, or exit 1 with its error."""
+    """Run one op on the daemon and return its data, or exit with its error."""
     with connect(args) as client:
         try:
             return client.call(op, **params)
         except ClientError as exc:
-            fail(f"{op} failed: {exc.code}: {exc.message}")
+            fail_with(exc, f"{op} failed: ")
 
 
 def print_json(value: Any) -> None:
     """Pretty JSON on stdout."""
     print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def report(args: argparse.Namespace, data: Any, text: str) -> int:
+    """A command's result: `data` as JSON under --json, else the line `text`; exit 0."""
+    if getattr(args, "json", False):
+        print_json(data)
+    else:
+        print(text)
+    return EXIT_OK
 
 
 def parse_json_arg(text: str, what: str) -> Any:
@@ -71,3 +155,38 @@ def parse_json_arg(text: str, what: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         fail(f"{what} is not valid JSON: {exc}", EXIT_USAGE)
+
+
+def network_option(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """The `-n/--network` option every command working on one network takes."""
+    parser.add_argument(
+        "-n", "--network", default=None, help=help or "network id (default: the only joined one)"
+    )
+
+
+def joined_networks(args: argparse.Namespace) -> list[str]:
+    """The ids of the networks the daemon has joined."""
+    return [str(n["id"]) for n in call(args, "networks_list")["networks"]]
+
+
+def network_of(args: argparse.Namespace) -> str:
+    """The --network given, or the only joined network (exit 2 listing them if several)."""
+    if args.network is not None:
+        return str(args.network)
+    joined = joined_networks(args)
+    if len(joined) != 1:
+        fail(
+            f"say which network with -n/--network (joined: {', '.join(joined) or 'none'})",
+            EXIT_USAGE,
+        )
+    return joined[0]
+
+
+def legacy_network(args: argparse.Namespace, words: list[str], old: str, new: str) -> list[str]:
+    """`words` without a leading network id given in the old positional form (deprecated for
+    one release: a note on stderr says the new form); sets `args.network` from it."""
+    if args.network is not None:
+        fail(f"give the network once: either -n/--network or as the first word of {old}")
+    args.network = words[0]
+    print(f"meshactors: `{old}` is deprecated; use `{new}`", file=sys.stderr)
+    return words[1:]

@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from meshactors.actors import ChildStartFailed
-from meshactors.cli import service_cmd
+from meshactors.cli import service_cmd, settings
 from meshactors.cli.common import (
     EXIT_FAILURE,
     EXIT_STARTUP,
@@ -28,6 +28,7 @@ from meshactors.cli.common import (
     paths_of,
     prepared_paths,
     print_json,
+    report,
 )
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
 from meshactors.daemon.broker_actor import parse_listen
@@ -66,6 +67,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     up.add_argument(
         "--tcp", type=int, default=None, metavar="PORT", help="also serve HTTP on 127.0.0.1:PORT"
     )
+    up.add_argument("--log-level", default=None, choices=settings.LOG_LEVELS, help="default info")
+    settings.config_option(up)
     up.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     up.set_defaults(run=run_up)
     down = actions.add_parser("down", help="stop the daemon (SIGTERM if it does not answer)")
@@ -83,6 +86,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def run_up(args: argparse.Namespace) -> int:
     paths = prepared_paths(args)
+    try:
+        effective = settings.effective(args, paths.config_file)
+        broker_config = effective.broker_config()
+    except settings.SettingsError as exc:
+        fail(str(exc), EXIT_STARTUP, "bad_config")
+    settings.apply_to_flags(args, effective)  # daemon.toml's values act as the flags would
     identity = _checked_identity(paths)
     try:
         broker_listen = None if args.broker_listen is None else parse_listen(args.broker_listen)
@@ -90,7 +99,7 @@ def run_up(args: argparse.Namespace) -> int:
         fail(f"--broker-listen: {exc}", EXIT_USAGE)
     if args.detach:
         return _detach(args, paths)
-    configure_logging(json=True if args.log_json else None)
+    configure_logging(json=True if args.log_json else None, level=args.log_level)
     options = _service_manager_options(
         DaemonOptions(
             paths=paths,
@@ -98,6 +107,7 @@ def run_up(args: argparse.Namespace) -> int:
             ready=_ready_signal(args.ready_fd),
             tcp_port=args.tcp,
             broker_listen=broker_listen,
+            broker_config=broker_config,
         )
     )
     try:
@@ -181,6 +191,9 @@ def _detach(args: argparse.Namespace, paths: Paths) -> int:
         command += ["--broker-listen", args.broker_listen]
     if args.tcp is not None:
         command += ["--tcp", str(args.tcp)]
+    command += ["--log-level", args.log_level]  # daemon.toml's values came as flags
+    if args.config is not None:  # the child reads it again (the flags above win)
+        command += ["--config", str(args.config)]
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(
             command,
@@ -198,8 +211,8 @@ def _detach(args: argparse.Namespace, paths: Paths) -> int:
             child.terminate()
             fail(f"the daemon did not become ready in {DETACH_READY_TIMEOUT:g}s; see {log_path}")
         fail(f"the daemon exited with status {code}; see {log_path}", code or EXIT_STARTUP)
-    print(f"daemon running (pid {child.pid}), socket {paths.socket}, log {log_path}")
-    return 0
+    text = f"daemon running (pid {child.pid}), socket {paths.socket}, log {log_path}"
+    return report(args, {"pid": child.pid, "socket": str(paths.socket), "log": str(log_path)}, text)
 
 
 def _wait_ready(fd: int, timeout: float) -> bool:
@@ -228,14 +241,12 @@ def run_down(args: argparse.Namespace) -> int:
             client.call("shutdown")
     except (DaemonNotRunning, ClientError, OSError):
         if pid is None:
-            print("no daemon running")
-            return 0
+            return report(args, {"stopped": False}, "no daemon running")
     if pid is not None and not _wait_exit(paths.pid_file, DOWN_TIMEOUT):
         os.kill(pid, signal.SIGTERM)
         if not _wait_exit(paths.pid_file, DOWN_TIMEOUT):
             fail(f"daemon (pid {pid}) did not stop after SIGTERM")
-    print("daemon stopped")
-    return 0
+    return report(args, {"stopped": True}, "daemon stopped")
 
 
 def _wait_exit(pid_file: Path, timeout: float) -> bool:
@@ -279,5 +290,5 @@ def run_accept_host(args: argparse.Namespace) -> int:
         accept_host(paths.host_file, read_host_facts())
     except OSError as exc:
         fail_on_state(exc, paths)
-    print(f"this machine is now trusted for the identity in {paths.state_dir}")
-    return 0
+    text = f"this machine is now trusted for the identity in {paths.state_dir}"
+    return report(args, {"accepted": True, "state_dir": str(paths.state_dir)}, text)

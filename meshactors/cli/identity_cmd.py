@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from meshactors.cli.common import EXIT_STARTUP, fail, fail_on_state, prepared_paths, print_json
+from meshactors.cli.common import (
+    EXIT_STARTUP,
+    EXIT_USAGE,
+    fail,
+    fail_on_state,
+    prepared_paths,
+    print_json,
+    report,
+)
 from meshactors.identity import IdentityError, load_or_create_identity, set_identity_label
 
 
@@ -41,8 +49,8 @@ def run_set_label(args: argparse.Namespace) -> int:
     try:
         identity = set_identity_label(paths.identity_file, args.label)
     except (IdentityError, ValueError) as exc:
-        fail(str(exc))
+        fail(str(exc), EXIT_USAGE, "invalid_label")
     except OSError as exc:
         fail_on_state(exc, paths)
-    print(f"label set to {identity.label or '-'}; a running daemon uses it after a restart")
-    return 0
+    text = f"label set to {identity.label or '-'}; a running daemon uses it after a restart"
+    return report(args, {"device_id": identity.device_id, "label": identity.label}, text)

@@ -8,7 +8,19 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from meshactors.cli.common import call, connect, fail, parse_json_arg, print_json
+from meshactors.cli.common import (
+    EXIT_NOT_FOUND,
+    call,
+    connect,
+    fail,
+    fail_with,
+    network_of,
+    network_option,
+    parse_json_arg,
+    print_json,
+    report,
+)
+from meshactors.cli.devices import resolve_device
 from meshactors.client.sync import ClientError
 
 SHORT_ID = 12  # device id characters shown in tables (the full id is in --json)
@@ -19,16 +31,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     """Add the `network`, `peers`, `roster`, `caps`, `profile` and `events` commands."""
     _register_network(commands)
     peers = commands.add_parser("peers", help="a network's peers")
-    _network_arg(peers)
+    network_option(peers)
     peers.add_argument("--all", action="store_true", help="also control planes and invisible")
     peers.add_argument("--json", action="store_true")
     peers.set_defaults(run=run_peers)
     _register_roster(commands)
-    caps = commands.add_parser("caps", help="capability adverts").add_subparsers(
-        dest="action", required=True
-    )
+    caps_parser = commands.add_parser("caps", aliases=["capabilities"], help="capability adverts")
+    caps = caps_parser.add_subparsers(dest="action", required=True)
     caps_set = caps.add_parser("set", help="advertise capabilities in a network")
-    _network_arg(caps_set)
+    network_option(caps_set)
     caps_set.add_argument("--tag", action="append", default=[], help="repeat for several")
     caps_set.add_argument("--app-version", default="")
     caps_set.add_argument("--max-connections", type=int, default=0)
@@ -80,7 +91,7 @@ def _register_roster(commands: argparse._SubParsersAction[argparse.ArgumentParse
     roster = commands.add_parser("roster", help="approve, deny and forget devices")
     actions = roster.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="a network's roster")
-    _network_arg(listing)
+    network_option(listing)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=run_roster_list)
     for name, run, text in (
@@ -89,27 +100,11 @@ def _register_roster(commands: argparse._SubParsersAction[argparse.ArgumentParse
         ("remove", run_roster_remove, "forget a device (cut off at once)"),
     ):
         action = actions.add_parser(name, help=text)
-        action.add_argument("device_id")
-        _network_arg(action)
+        action.add_argument("device_id", help="a device id, its first 8+ characters, or a label")
+        network_option(action)
         if name == "approve":
             action.add_argument("--label", default=None)
         action.set_defaults(run=run)
-
-
-def _network_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-n", "--network", default=None, help="network id (default: the only joined one)"
-    )
-
-
-def _network(args: argparse.Namespace) -> str:
-    """The --network given, or the only joined network."""
-    if args.network is not None:
-        return str(args.network)
-    joined = [n["id"] for n in call(args, "networks_list")["networks"]]
-    if len(joined) != 1:
-        fail(f"say which network with --network (joined: {', '.join(joined) or 'none'})")
-    return str(joined[0])
 
 
 def _short(device_id: str) -> str:
@@ -142,14 +137,13 @@ def run_network_add(args: argparse.Namespace) -> int:
     if args.label is not None:
         config["label"] = args.label
     answer = call(args, "network_add", config=config)
-    print(f"{'joined' if answer['added'] else 'already joined'} {args.id}")
-    return 0
+    return report(args, answer, f"{'joined' if answer['added'] else 'already joined'} {args.id}")
 
 
 def run_network_update(args: argparse.Namespace) -> int:
     current = next((n for n in call(args, "networks_list")["networks"] if n["id"] == args.id), None)
     if current is None:
-        fail(f"not joined to a network {args.id!r}")
+        fail(f"not joined to a network {args.id!r}", EXIT_NOT_FOUND, "no_such_network")
     config = {
         "id": args.id,
         "brokers": args.broker if args.broker is not None else current["brokers"],
@@ -157,14 +151,13 @@ def run_network_update(args: argparse.Namespace) -> int:
         "auto_approve": current["auto_approve"] if args.auto_approve is None else args.auto_approve,
     }
     answer = call(args, "network_update", config=config)
-    print(f"updated {args.id}{' (reconnecting)' if answer['reconnect'] else ''}")
-    return 0
+    text = f"updated {args.id}{' (reconnecting)' if answer['reconnect'] else ''}"
+    return report(args, answer, text)
 
 
 def run_network_remove(args: argparse.Namespace) -> int:
-    call(args, "network_remove", network=args.id, purge=args.purge)
-    print(f"left {args.id}{' and purged its data' if args.purge else ''}")
-    return 0
+    answer = call(args, "network_remove", network=args.id, purge=args.purge)
+    return report(args, answer, f"left {args.id}{' and purged its data' if args.purge else ''}")
 
 
 def run_network_list(args: argparse.Namespace) -> int:
@@ -180,7 +173,7 @@ def _network_row(n: dict[str, Any]) -> list[str]:
 
 
 def run_peers(args: argparse.Namespace) -> int:
-    peers = call(args, "peers_list", network=_network(args), all=args.all)["peers"]
+    peers = call(args, "peers_list", network=network_of(args), all=args.all)["peers"]
     header = ["DEVICE", "LABEL", "STATUS", "ROLE", "RTT", "NAME", "TAGS"]
     return _listing(args, peers, "no peers", header, _peer_row)
 
@@ -194,7 +187,7 @@ def _peer_row(p: dict[str, Any]) -> list[str]:
 
 
 def run_roster_list(args: argparse.Namespace) -> int:
-    roster = call(args, "roster_list", network=_network(args))["roster"]
+    roster = call(args, "roster_list", network=network_of(args))["roster"]
     return _listing(
         args,
         roster,
@@ -205,26 +198,25 @@ def run_roster_list(args: argparse.Namespace) -> int:
 
 
 def run_roster_approve(args: argparse.Namespace) -> int:
-    network = _network(args)
-    peer = call(
-        args, "roster_approve", network=network, device_id=args.device_id, label=args.label
-    )["peer"]
-    print(f"approved {_short(args.device_id)} in {network} (now {peer['status']})")
-    return 0
+    network = network_of(args)
+    device = resolve_device(args, args.device_id, network)
+    answer = call(args, "roster_approve", network=network, device_id=device, label=args.label)
+    text = f"approved {_short(device)} in {network} (now {answer['peer']['status']})"
+    return report(args, answer, text)
 
 
 def run_roster_deny(args: argparse.Namespace) -> int:
-    network = _network(args)
-    call(args, "roster_deny", network=network, device_id=args.device_id)
-    print(f"denied {_short(args.device_id)} in {network}")
-    return 0
+    network = network_of(args)
+    device = resolve_device(args, args.device_id, network)
+    answer = call(args, "roster_deny", network=network, device_id=device)
+    return report(args, answer, f"denied {_short(device)} in {network}")
 
 
 def run_roster_remove(args: argparse.Namespace) -> int:
-    network = _network(args)
-    call(args, "roster_remove", network=network, device_id=args.device_id)
-    print(f"removed {_short(args.device_id)} from {network}")
-    return 0
+    network = network_of(args)
+    device = resolve_device(args, args.device_id, network)
+    answer = call(args, "roster_remove", network=network, device_id=device)
+    return report(args, answer, f"removed {_short(device)} from {network}")
 
 
 def run_caps_set(args: argparse.Namespace) -> int:
@@ -235,10 +227,9 @@ def run_caps_set(args: argparse.Namespace) -> int:
         "max_connections": args.max_connections,
         "extra": extra,
     }
-    network = _network(args)
-    call(args, "capabilities_set", network=network, capabilities=capabilities)
-    print(f"capabilities set in {network}")
-    return 0
+    network = network_of(args)
+    answer = call(args, "capabilities_set", network=network, capabilities=capabilities)
+    return report(args, answer, f"capabilities set in {network}")
 
 
 def run_profile_set(args: argparse.Namespace) -> int:
@@ -250,9 +241,8 @@ def run_profile_set(args: argparse.Namespace) -> int:
     }
     if args.network is not None:
         params["network"] = args.network
-    call(args, "profile_set", **params)
-    print(f"profile set{' in ' + args.network if args.network else ''}")
-    return 0
+    answer = call(args, "profile_set", **params)
+    return report(args, answer, f"profile set{' in ' + args.network if args.network else ''}")
 
 
 def run_events(args: argparse.Namespace) -> int:
@@ -263,7 +253,7 @@ def run_events(args: argparse.Namespace) -> int:
             for event in client.events():
                 print(format_event(event, as_json=args.json), flush=True)
         except ClientError as exc:
-            fail(f"event stream ended: {exc.code}: {exc.message}")
+            fail_with(exc, "event stream ended: ")
         except KeyboardInterrupt:
             pass
     return 0

@@ -6,7 +6,18 @@ import argparse
 import datetime
 from typing import Any
 
-from meshactors.cli.common import call, parse_json_arg, print_json
+from meshactors.cli.common import (
+    EXIT_USAGE,
+    call,
+    fail,
+    legacy_network,
+    network_of,
+    network_option,
+    parse_json_arg,
+    print_json,
+    report,
+)
+from meshactors.cli.devices import resolve_device
 
 STATUS_FLAGS = ("pending", "inflight", "done", "dead", "aborted")  # outbox list filters
 SHORT_ID = 12  # device id characters shown in tables
@@ -15,9 +26,14 @@ SHORT_ID = 12  # device id characters shown in tables
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `send`, `inbox` and `outbox` commands."""
     send = commands.add_parser("send", help="queue a durable message (returns at once)")
-    send.add_argument("network")
-    send.add_argument("to", help="a device id, '*' (every approved peer) or '@tag'")
-    send.add_argument("message")
+    network_option(send)
+    send.add_argument(
+        "words",
+        nargs="+",
+        metavar="TO MESSAGE",
+        help="TO: a device (id, 8+ characters of it, "
+        "or label), '*' (every approved peer) or '@tag'",
+    )
     send.add_argument("--priority", choices=("now", "next", "low"), default="next")
     send.add_argument("--meta", default=None, help="a JSON object sent with the message")
     send.add_argument("--reply-to", default=None, help="client_message_id this answers")
@@ -25,8 +41,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     send.add_argument("--json", action="store_true")
     send.set_defaults(run=run_send)
     inbox = commands.add_parser("inbox", help="received messages, oldest first")
-    inbox.add_argument("-n", "--network", default=None)
-    inbox.add_argument("--from", dest="sender", default=None, help="only from this device id")
+    network_option(inbox, "only this network")
+    inbox.add_argument("--from", dest="sender", default=None, help="only from this device")
     inbox.add_argument("--since", type=int, default=None, help="received at or after (ms)")
     inbox.add_argument("--limit", type=int, default=100)
     inbox.add_argument("--cursor", default=None, help="next_cursor of the previous page")
@@ -41,6 +57,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         flags.add_argument(
             f"--{status}", dest="status", action="store_const", const=status, default=None
         )
+    network_option(listing, "only this network")
     listing.add_argument("--limit", type=int, default=100)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=run_outbox_list)
@@ -56,13 +73,22 @@ def _call_given(args: argparse.Namespace, op: str, **values: Any) -> Any:
 
 
 def run_send(args: argparse.Namespace) -> int:
+    words = args.words
+    if len(words) == 3:
+        words = legacy_network(args, words, "send NET TO MESSAGE", "send -n NET TO MESSAGE")
+    if len(words) != 2:
+        fail("give TO and MESSAGE (and -n NET unless one network is joined)", EXIT_USAGE)
+    to, message = words
     meta = None if args.meta is None else parse_json_arg(args.meta, "--meta")
+    network = network_of(args)
+    if to != "*" and not to.startswith("@"):
+        to = resolve_device(args, to, network)
     answer = _call_given(
         args,
         "send",
-        network=args.network,
-        to=args.to,
-        message=args.message,
+        network=network,
+        to=to,
+        message=message,
         priority=args.priority,
         meta=meta,
         reply_to_id=args.reply_to,
@@ -80,6 +106,7 @@ def _when(ms: int) -> str:
 
 
 def run_inbox(args: argparse.Namespace) -> int:
+    sender = None if args.sender is None else resolve_device(args, args.sender)
     answer = _call_given(
         args,
         "inbox",
@@ -87,20 +114,38 @@ def run_inbox(args: argparse.Namespace) -> int:
         since=args.since,
         limit=args.limit,
         cursor=args.cursor,
-        **{"from": args.sender},
+        **{"from": sender},
     )
     if args.json:
         print_json(answer)
         return 0
     for m in answer["messages"]:
         print(f"{_when(m['received_at'])}  {m['network']}  {m['from'][:SHORT_ID]}  {m['message']}")
-    if answer["next_cursor"] is not None:
+    if _has_next_page(args, answer, sender):
         print(f"(next page: --cursor {answer['next_cursor']})")
     return 0
 
 
+def _has_next_page(args: argparse.Namespace, page: dict[str, Any], sender: str | None) -> bool:
+    """Whether a message follows `page` (the daemon gives a cursor after every page)."""
+    if page["next_cursor"] is None or len(page["messages"]) < args.limit:
+        return False
+    after = _call_given(
+        args,
+        "inbox",
+        network=args.network,
+        since=args.since,
+        limit=1,
+        cursor=page["next_cursor"],
+        **{"from": sender},
+    )
+    return bool(after["messages"])
+
+
 def run_outbox_list(args: argparse.Namespace) -> int:
-    rows = _call_given(args, "outbox_list", status=args.status, limit=args.limit)["rows"]
+    rows = _call_given(
+        args, "outbox_list", status=args.status, network=args.network, limit=args.limit
+    )["rows"]
     if args.json:
         print_json(rows)
         return 0
@@ -126,5 +171,5 @@ def run_outbox_requeue(args: argparse.Namespace) -> int:
         args, "outbox_requeue", outbox_id=args.id, new_client_message_id=args.new_client_id
     )
     row = answer["row"]
-    print(f"requeued {args.id} as {row['id']} (client id {row['client_message_id']})")
-    return 0
+    text = f"requeued {args.id} as {row['id']} (client id {row['client_message_id']})"
+    return report(args, answer, text)

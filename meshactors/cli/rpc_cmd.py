@@ -4,16 +4,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import shutil
 import sys
 from typing import Any
 
 import trio
 
-from meshactors.cli.common import connect, fail, parse_json_arg, paths_of
+from meshactors.cli.common import (
+    EXIT_NOT_FOUND,
+    EXIT_USAGE,
+    connect,
+    fail,
+    fail_with,
+    joined_networks,
+    legacy_network,
+    network_of,
+    network_option,
+    one_line,
+    parse_json_arg,
+    paths_of,
+)
+from meshactors.cli.devices import resolve_device
 from meshactors.client import ClientError, MeshClient, RequestContext
 
 SERVE_COMMAND_TIMEOUT = 30.0  # seconds a served command may run before it is killed (default)
 MAX_ERROR_CHARS = 2000  # stderr of a failed command sent back as the error message
+CLIENT_LOGGER = "meshactors.client"  # the client library's logger (one line per failure here)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,29 +39,48 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         dest="action", required=True
     )
     call = rpc.add_parser("call", help="call METHOD on PEER and print its answer's payload as JSON")
-    call.add_argument("network")
-    call.add_argument("peer", help="a device id (this daemon's own works too)")
-    call.add_argument("method")
-    call.add_argument("payload", nargs="?", default="null", help="JSON (default null)")
+    network_option(call)
+    call.add_argument(
+        "words",
+        nargs="+",
+        metavar="PEER METHOD [PAYLOAD]",
+        help="PEER: a device id, 8+ characters of it or a label (this daemon's own works too); "
+        "PAYLOAD: JSON (default null)",
+    )
     call.add_argument("--stream", action="store_true", help="print each chunk on its own line")
     call.add_argument("--timeout", type=float, default=None, help="seconds (daemon default 30)")
     call.set_defaults(run=run_call)
     serve = rpc.add_parser(
         "serve", help="serve METHOD: run CMD per call, payload JSON on stdin, stdout answers"
     )
-    serve.add_argument("network")
+    network_option(serve)
     serve.add_argument("method")
     serve.add_argument("--timeout", type=float, default=SERVE_COMMAND_TIMEOUT)
     serve.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…")
     serve.set_defaults(run=run_serve)
 
 
+def _call_words(args: argparse.Namespace) -> list[str]:
+    """PEER METHOD [PAYLOAD], after taking a network given first in the old form."""
+    words: list[str] = args.words
+    old, new = "rpc call NET PEER METHOD", "rpc call -n NET PEER METHOD"
+    if len(words) == 4 or (
+        len(words) == 3 and args.network is None and words[0] in joined_networks(args)
+    ):
+        words = legacy_network(args, words, old, new)
+    if len(words) not in (2, 3):
+        fail("give PEER METHOD [PAYLOAD] (and -n NET unless one network is joined)", EXIT_USAGE)
+    return words
+
+
 def run_call(args: argparse.Namespace) -> int:
-    payload = parse_json_arg(args.payload, "the payload")
+    peer, method, *rest = _call_words(args)
+    payload = parse_json_arg(rest[0] if rest else "null", "the payload")
+    network = network_of(args)
     params: dict[str, Any] = {
-        "network": args.network,
-        "peer": args.peer,
-        "method": args.method,
+        "network": network,
+        "peer": resolve_device(args, peer, network),
+        "method": method,
         "payload": payload,
     }
     if args.timeout is not None:
@@ -64,10 +100,11 @@ def run_call(args: argparse.Namespace) -> int:
                 elif event["kind"] == "rpc_call_stream_end":
                     if "error" in event:
                         error = event["error"]
-                        fail(f"stream failed: {error['code']}: {error['message']}")
+                        failed = ClientError(error["code"], error["message"])
+                        fail_with(failed, "stream failed: ")
                     return 0
         except ClientError as exc:
-            fail(f"{exc.code}: {exc.message}")
+            fail_with(exc)
     return 0
 
 
@@ -77,31 +114,60 @@ def _payload_of(event: dict[str, Any]) -> Any:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    method, command = args.method, args.command
+    if len(command) > 1 and command[1] == "--":  # NET METHOD -- CMD, the old form
+        old, new = "rpc serve NET METHOD -- CMD", "rpc serve -n NET METHOD -- CMD"
+        method, command = legacy_network(args, [method, *command[:1]], old, new)[0], command[2:]
+    command = command[1:] if command[:1] == ["--"] else command
     if not command:
-        fail("give the command to run after --", 2)
+        fail("give the command to run after --", EXIT_USAGE)
+    if shutil.which(command[0]) is None:
+        what = f"cannot run {command[0]!r}: not found or not executable"
+        fail(what, EXIT_NOT_FOUND, "command_not_found")
+    network = network_of(args)
+    _log_failures_in_one_line()
     try:
-        trio.run(_serve, args, command)
+        trio.run(_serve, args, network, method, command)
     except ClientError as exc:
-        fail(f"{exc.code}: {exc.message}")
+        fail_with(exc)
     except KeyboardInterrupt:
         pass
     return 0
 
 
-async def _serve(args: argparse.Namespace, command: list[str]) -> None:
+class OneLine(logging.Formatter):
+    """`meshactors: MESSAGE` without the traceback: a failed command is not a bug here."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"meshactors: {one_line(record.getMessage())}"
+
+
+def _log_failures_in_one_line() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLine())
+    logger = logging.getLogger(CLIENT_LOGGER)
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+
+
+async def _serve(args: argparse.Namespace, network: str, method: str, command: list[str]) -> None:
     async def handle(payload: Any, ctx: RequestContext) -> Any:
         return await run_command(command, payload, args.timeout)
 
     async with MeshClient(paths_of(args).socket) as client:
-        await client.serve(args.network, args.method, handle)
-        print(f"serving {args.method} on {args.network}; Ctrl-C stops", file=sys.stderr)
+        await client.serve(network, method, handle)
+        print(f"serving {method} on {network}; Ctrl-C stops", file=sys.stderr, flush=True)
         await trio.sleep_forever()
+
+
+class ServedCommandFailed(Exception):
+    """The served command failed; the message (exit status, stderr's tail) answers the caller."""
 
 
 async def run_command(command: list[str], payload: Any, timeout: float) -> Any:
     """Run `command` with `payload` as JSON on stdin; its stdout (JSON, else text) answers, a
-    failure raises with its stderr as the message."""
+    failure raises with its exit status and the tail of its stderr as the message."""
     with trio.move_on_after(timeout) as scope:
         done = await trio.run_process(
             command,
@@ -111,10 +177,10 @@ async def run_command(command: list[str], payload: Any, timeout: float) -> Any:
             check=False,
         )
     if scope.cancelled_caught:
-        raise RuntimeError(f"{command[0]} ran longer than {timeout:g}s")
+        raise ServedCommandFailed(f"{command[0]} ran longer than {timeout:g}s and was killed")
     if done.returncode != 0:
-        detail = done.stderr.decode(errors="replace").strip()[-MAX_ERROR_CHARS:]
-        raise RuntimeError(detail or f"{command[0]} exited {done.returncode}")
+        detail = done.stderr.decode(errors="replace").strip()[-MAX_ERROR_CHARS:] or "(no stderr)"
+        raise ServedCommandFailed(f"{command[0]} exited {done.returncode}: {detail}")
     text = done.stdout.decode(errors="replace")
     try:
         return json.loads(text)

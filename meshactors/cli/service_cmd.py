@@ -16,7 +16,7 @@ from pathlib import Path
 
 import attrs
 
-from meshactors.cli.common import EXIT_FAILURE, fail
+from meshactors.cli.common import EXIT_FAILURE, fail, report
 from meshactors.paths import user_config_home
 
 UNIT_TEMPLATES = resources.files("meshactors") / "units"  # shipped as package data
@@ -85,21 +85,25 @@ def run_install(args: argparse.Namespace) -> int:
     try:
         rendered = {unit.name: render_unit(read_template(unit), command) for unit in UNITS[target]}
         if args.dry_run:
-            for name, text in rendered.items():
-                print(f"# {unit_dir / name}\n{text}")
-            return 0
+            units = {str(unit_dir / name): text for name, text in rendered.items()}
+            shown = "\n".join(f"# {path}\n{text}" for path, text in units.items())
+            return report(args, units, shown)
         for name, text in rendered.items():
             write_unit(unit_dir / name, text)
-            print(f"wrote {unit_dir / name}")
     except UnitError as exc:
-        fail(f"{exc.code}: {exc}", EXIT_FAILURE)
+        fail(f"{exc.code}: {exc}", EXIT_FAILURE, exc.code)
+    lines = [f"wrote {unit_dir / name}" for name in rendered]
+    warning = None
     if target is not Target.USER and _hidden_from_system(Path(command[0])):
-        print(f"warning: {command[0]} is under {' or '.join(HIDDEN_FROM_SYSTEM)}, which the unit")
-        print("hides (ProtectHome=yes); install meshactors elsewhere (e.g. a venv in /opt).")
-    print("then run:")
-    for line in _enable_commands(target):
-        print(f"  {line}")
-    return 0
+        warning = (
+            f"{command[0]} is under {' or '.join(HIDDEN_FROM_SYSTEM)}, which the unit hides"
+            " (ProtectHome=yes); install meshactors elsewhere (e.g. a venv in /opt)."
+        )
+        lines.append(f"warning: {warning}")
+    then = _enable_commands(target)
+    written = [str(unit_dir / name) for name in rendered]
+    text = "\n".join([*lines, "then run:", *(f"  {line}" for line in then)])
+    return report(args, {"written": written, "warning": warning, "then": then}, text)
 
 
 def run_uninstall(args: argparse.Namespace) -> int:
@@ -110,16 +114,13 @@ def run_uninstall(args: argparse.Namespace) -> int:
         removed = remove_units(unit_dir, names)
     except OSError as exc:
         fail(f"could not remove units from {unit_dir}: {exc}", EXIT_FAILURE)
-    for path in removed:
-        print(f"removed {path}")
-    if not removed:
-        print(f"no meshactors units in {unit_dir}")
-        return 0
     systemctl = _systemctl(target)
-    print("then run:")
-    print(f"  {systemctl} stop {' '.join(names)}")
-    print(f"  {systemctl} daemon-reload")
-    return 0
+    then = [f"{systemctl} stop {' '.join(names)}", f"{systemctl} daemon-reload"] if removed else []
+    lines = [f"removed {path}" for path in removed] or [f"no meshactors units in {unit_dir}"]
+    if then:
+        lines += ["then run:", *(f"  {line}" for line in then)]
+    answer = {"removed": [str(path) for path in removed], "then": then}
+    return report(args, answer, "\n".join(lines))
 
 
 def _target(args: argparse.Namespace) -> Target:

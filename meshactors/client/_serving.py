@@ -4,16 +4,16 @@ with its return value (or chunks, for an async generator), or with its error's m
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import attrs
-import structlog
 import trio
 
 from meshactors.client.errors import ClientError
 
-log = structlog.get_logger("meshactors.client")
+log = logging.getLogger("meshactors.client")  # the application decides where it goes
 
 MAX_HANDLER_TASKS = 256  # inbound calls handled at once; more are answered "busy" at once
 
@@ -64,7 +64,7 @@ class Serving:
                 frame["network"], frame["from"], frame["method"], frame["request_id"]
             )
         except KeyError as missing:
-            log.warning("rpc_inbound without a field", field=str(missing))
+            log.warning("rpc_inbound without the field %s", missing)
             return
         handler = self.handlers.get((context.network, context.method))
         if handler is None:
@@ -107,7 +107,7 @@ class Serving:
                 try:
                     await self.responder.rpc_stream_chunk(context.request_id, chunk)
                 except ClientError as failed:  # the caller is gone: cancelled, timed out, left
-                    log.debug("stream stopped", request_id=context.request_id, code=failed.code)
+                    log.debug("stream %s stopped: %s", context.request_id, failed.code)
                     return
         except Exception as exc:
             error = _message(exc, context)
@@ -121,9 +121,9 @@ class Serving:
         try:
             await answer
         except ClientError as failed:  # the call ended meanwhile; its caller was told
-            log.debug("answer not delivered", code=failed.code, message=failed.message)
+            log.debug("answer not delivered: %s", failed)
 
 
 def _message(exc: Exception, context: RequestContext) -> str:
-    log.warning("handler failed", network=context.network, method=context.method, exc_info=exc)
+    log.warning("%s on %s failed: %s", context.method, context.network, exc, exc_info=exc)
     return str(exc) or type(exc).__name__

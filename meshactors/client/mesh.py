@@ -258,7 +258,8 @@ class MeshClient(Ops):
     async def ensure_networks(
         self, desired: Iterable[Mapping[str, Any]], *, purge_removed: bool = False
     ) -> NetworkSync:
-        """Converge the daemon's joined networks to exactly `desired`; idempotent, and
-        serialised so concurrent calls from one client never interleave."""
+        """Converge the daemon's joined networks to exactly `desired`: missing ones are added,
+        changed ones updated, and every joined network NOT in `desired` is removed. Idempotent,
+        and serialised so concurrent calls from one client never interleave."""
         async with self._networks_lock:
             return await converge(self, desired, purge_removed=purge_removed)

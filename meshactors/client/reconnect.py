@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
-import structlog
 import trio
 
 from meshactors.actors import Lagged
@@ -24,7 +24,7 @@ from meshactors.client.errors import (
     DeadlineExceeded,
 )
 
-log = structlog.get_logger("meshactors.client")
+log = logging.getLogger("meshactors.client")  # the application decides where it goes
 
 RECONNECT_TIMEOUT = math.inf  # seconds a lost daemon is waited for (calls have own deadlines)
 RECONNECT_DELAY_FIRST = 0.05  # seconds before reconnecting after a connection that failed early
@@ -234,7 +234,7 @@ class Link:
             if failure is not None:
                 if not started:
                     raise failure
-                log.info("daemon unreachable; retrying", socket=str(self.path), error=str(failure))
+                log.info("daemon unreachable on %s; retrying: %s", self.path, failure)
             timeout = RECONNECT_TIMEOUT
 
     async def _route_events(self, conn: Connection) -> None:

@@ -14,6 +14,7 @@ import trio
 
 from meshactors._version import __version__
 from meshactors.actors import ChildSpec, Node, Strategy, Supervisor, run_root
+from meshactors.broker.limits import BrokerConfig
 from meshactors.daemon import message_ops, network_ops, rpc_ops, system_ops
 from meshactors.daemon.broker_actor import BrokerActor
 from meshactors.daemon.control import control_supervisor
@@ -43,6 +44,7 @@ class DaemonOptions:
     notifier: Notifier = attrs.field(factory=Notifier)  # the service manager, if one runs us
     listen_fd: int | None = None  # a listening socket the service manager passed (activation)
     broker_listen: tuple[str, int] | None = None  # host, port of an embedded broker
+    broker_config: BrokerConfig = attrs.field(factory=BrokerConfig)  # its limits (daemon.toml)
 
 
 def build_ops() -> OpTable:
@@ -73,7 +75,9 @@ async def serve(
     embedded = (
         []
         if options.broker_listen is None
-        else [ChildSpec("broker", BrokerActor(*options.broker_listen))]
+        else [
+            ChildSpec("broker", BrokerActor(*options.broker_listen, config=options.broker_config))
+        ]
     )
     root = Supervisor(
         children=[

@@ -24,7 +24,7 @@ from meshactors.store import inbox as inbox_db
 from meshactors.store import outbox as outbox_db
 from meshactors.store.fingerprint import fingerprint_prefix
 from meshactors.store.outbox import MAX_CLIENT_MESSAGE_ID_CHARS, OutboxRow, SendError
-from meshactors.wire.device_id import is_device_id
+from meshactors.wire.device_id import is_device_id, is_usable_device_id
 from meshactors.wire.ipc import ErrorCode, OpError
 
 OUTBOX_KEY = "outbox"  # Services.extras key of the outbox actor
@@ -178,6 +178,8 @@ async def resolve_recipients(
         )
     if to == own_device_id:
         raise OpError(ErrorCode.INVALID_PARAMS, "`to` is this daemon's own device id")
+    if not is_usable_device_id(to):  # as roster_approve/deny refuse it: it can never be a peer
+        raise OpError(ErrorCode.INVALID_PARAMS, f"`to` is not a usable device id: {to!r}")
     return "peer", to, [to]
 
 

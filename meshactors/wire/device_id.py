@@ -3,6 +3,9 @@
 import base64
 import binascii
 
+from nacl.exceptions import CryptoError
+from nacl.signing import VerifyKey
+
 PUBLIC_KEY_BYTES = 32
 DEVICE_ID_LENGTH = 52  # ceil(32 * 8 / 5) base32 characters, no padding
 
@@ -36,5 +39,17 @@ def is_device_id(value: str) -> bool:
     try:
         public_key_from_device_id(value)
     except InvalidDeviceId:
+        return False
+    return True
+
+
+def is_usable_device_id(value: str) -> bool:
+    """True when `value` is a device id whose key can seal frames (a point on the curve): a
+    well-formed id that is not can never be a peer, so sending to it is refused, not queued."""
+    if not is_device_id(value):
+        return False
+    try:
+        VerifyKey(public_key_from_device_id(value)).to_curve25519_public_key()
+    except (CryptoError, ValueError):
         return False
     return True

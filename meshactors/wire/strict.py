@@ -17,6 +17,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin
 
 import attrs
 import cattrs
+import cattrs.v
 
 T = TypeVar("T")
 
@@ -179,7 +180,41 @@ def make_strict_converter() -> cattrs.Converter:
 
 
 def describe_error(exc: Exception) -> str:
-    """One line naming every field that failed and why."""
+    """One line naming every field that failed and why, in JSON's words (never a Python type
+    name: `expected an object or null`, not `expected dict[str, typing.Any] | None`)."""
     if isinstance(exc, cattrs.BaseValidationError):
-        return "; ".join(cattrs.transform_error(exc, path="params"))
+        return "; ".join(cattrs.transform_error(exc, path="params", format_exception=_in_json))
     return str(exc)
+
+
+def _in_json(exc: BaseException, expected: Any) -> str:
+    """cattrs' message for one field, with the expected type named as JSON names it."""
+    if isinstance(exc, TypeError | ValueError) and expected is not None:
+        _, got, found = str(exc).partition(", got ")  # the strict hooks name what came
+        return f"expected {_json_kind(expected)}" + (f", got {found}" if got else "")
+    return cattrs.v.format_exception(exc, expected)
+
+
+_JSON_KINDS = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    dict: "an object",
+    list: "an array",
+    type(None): "null",
+}
+
+
+def _json_kind(type_: Any) -> str:
+    """What JSON value a field of `type_` takes, in words."""
+    if type_ is Any:
+        return "any JSON value"
+    origin = get_origin(type_)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_json_kind(arg) for arg in get_args(type_))
+    if attrs.has(type_) or origin is dict:
+        return "an object"
+    if origin is list:
+        return "an array"
+    return _JSON_KINDS.get(type_, "a valid value")

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from meshactors.cli import build_parser
+from meshactors.cli import build_parser, leaf_parsers, parse
+from meshactors.cli.common import EXIT_USAGE
 from meshactors.cli.mesh import format_event
 from meshactors.daemon.broker_actor import parse_listen
 
@@ -57,3 +58,23 @@ def test_listen_addresses_are_checked() -> None:
     for bad in ("7800", "host:", ":80", "h:99999", "h:x"):
         with pytest.raises(ValueError, match="HOST:PORT"):
             parse_listen(bad)
+
+
+def test_every_command_takes_json_and_names_match_ops() -> None:
+    parser = build_parser()
+    leaves = leaf_parsers(parser)
+    assert len(leaves) > 25
+    assert all("--json" in leaf._option_string_actions for leaf in leaves)
+    subscribe = parser.parse_args(["channel", "subscribe", "news", "-n", "lan"])
+    alias = parser.parse_args(["channel", "sub", "news", "-n", "lan"])
+    assert subscribe.run is alias.run and (alias.words, alias.network) == (["news"], "lan")
+
+
+def test_free_words_may_follow_options() -> None:
+    args = parse(build_parser(), ["channel", "send", "lan", "news", "--retain", '{"n": 1}'])
+    assert (args.words, args.retain) == (["lan", "news", '{"n": 1}'], True)
+    negative = parse(build_parser(), ["rpc", "call", "peer", "--stream", "m", "-1"])
+    assert negative.words == ["peer", "m", "-1"]
+    with pytest.raises(SystemExit) as refused:
+        parse(build_parser(), ["channel", "send", "news", "1", "--bogus"])
+    assert refused.value.code == EXIT_USAGE

@@ -4,6 +4,7 @@ again."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -177,3 +178,15 @@ def test_verify_would_notice_a_broken_unit(tmp_path: Path) -> None:
     result = verify(tmp_path / "units", user=True, tmp_path=tmp_path)
 
     assert "notifyy" in result.stderr
+
+
+def test_install_and_uninstall_answer_json_under_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli("daemon", "install-service", "--unit-dir", str(tmp_path), "--json") == 0
+    installed = json.loads(capsys.readouterr().out)
+    units = [str(tmp_path / "meshactors.service"), str(tmp_path / "meshactors.socket")]
+    assert installed["written"] == units
+    assert "systemctl --user daemon-reload" in installed["then"]
+    assert cli("daemon", "uninstall-service", "--unit-dir", str(tmp_path), "--json") == 0
+    assert json.loads(capsys.readouterr().out)["removed"] == installed["written"]

@@ -5,6 +5,8 @@ re-claimed, channels re-subscribed)."""
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -167,3 +169,42 @@ async def test_channels_are_resubscribed_after_a_daemon_restart(home: Home) -> N
                 second = await news.__anext__()
                 assert isinstance(second, ChannelMessage)
                 assert second.payload == "after"
+
+
+RAISING_HANDLER = """
+import sys, trio
+from meshactors.client import ClientError, MeshClient
+
+async def boom(payload, ctx):
+    raise ValueError("boom")
+
+async def main():
+    async with MeshClient(sys.argv[1]) as client:
+        me = (await client.status())["device_id"]
+        await client.serve("lan", "boom", boom)
+        try:
+            await client.rpc_call("lan", me, "boom")
+        except ClientError as exc:
+            sys.stderr.write(f"caller got {exc.code}\\n")
+
+trio.run(main)
+"""
+
+
+async def test_a_raising_handler_logs_through_logging_never_to_stdout(home: Home) -> None:
+    await cli(home, "daemon", "up", "--detach")
+    await cli(home, "network", "add", "lan", "--broker", "ws://127.0.0.1:9/v1")
+    script = functools.partial(
+        subprocess.run,
+        [sys.executable, "-c", RAISING_HANDLER, str(home.socket)],
+        env=home.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    with trio.fail_after(60):
+        done = await trio.to_thread.run_sync(script)
+    assert done.stdout == ""
+    assert "boom on lan failed: boom" in done.stderr  # logging's last-resort handler: stderr
+    assert "caller got remote_error" in done.stderr

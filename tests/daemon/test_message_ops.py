@@ -142,3 +142,17 @@ async def test_inbox_pages_by_cursor_and_filters_by_sender(connect: Any, daemon:
     assert [m["message"] for m in recent["messages"]] == ["m3", "m4"]
     bad = await client.call("inbox", limit=10, cursor="abc")
     assert bad["error"]["code"] == "invalid_params"
+
+
+async def test_send_refuses_a_well_formed_id_that_roster_deny_calls_unusable(
+    connect: Any,
+) -> None:
+    client = await joined(connect)
+    unusable = "a" * 52  # canonical base32, but no curve point: no session can ever be sealed
+    denied = await client.call("roster_deny", network=NET, device_id=unusable)
+    assert denied["error"]["code"] == "invalid_params"
+    sent = await client.call("send", network=NET, to=unusable, message="x")
+    assert sent["error"]["code"] == "invalid_params"
+    assert "not a usable device id" in sent["error"]["message"]
+    listed = await client.call("outbox_list")
+    assert listed["data"]["rows"] == []

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from meshactors.cli.common import EXIT_NOT_RUNNING
 from meshactors.hostguard import HostFacts, accept_host
 from tests.support import Home, LineClient
 
@@ -52,7 +53,7 @@ async def test_up_serve_frames_inspect_and_down(home: Home) -> None:
     home.cli("daemon", "down")
     assert home.daemon_pid() is None
     assert not home.socket.exists()
-    assert home.cli("daemon", "status", check=False).returncode == 1
+    assert home.cli("daemon", "status", check=False).returncode == EXIT_NOT_RUNNING
 
 
 def test_second_up_says_already_running(home: Home) -> None:

@@ -90,3 +90,8 @@ def test_a_thousand_messages_arrive_once_through_a_sigkill_of_the_sender(
     assert received_at_kill < MESSAGES, "the sender was killed after it had drained"
     shown = b.cli("inbox", "--limit", "3").stdout
     assert "m" in shown and "next page" in shown
+    with SyncClient.connect(b.socket) as client:
+        first = client.call("inbox", limit=500)
+        cursor = client.call("inbox", limit=MESSAGES - 503, cursor=first["next_cursor"])
+    last = b.cli("inbox", "--limit", "3", "--cursor", cursor["next_cursor"]).stdout.splitlines()
+    assert len(last) == 3, "the last page is full and nothing follows it: no next-page hint"

@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 import trio
 
+from meshactors.cli.common import EXIT_NOT_FOUND
 from meshactors.client import MeshClient, RequestContext, SyncClient
 from tests.support import Home
 
 pytestmark = pytest.mark.e2e
 
 UPPER = "import sys, json; print(json.dumps(json.load(sys.stdin).upper()))"
-BROKEN = "import sys; sys.stderr.write('cannot do that'); sys.exit(3)"
+BROKEN = "import sys; sys.stderr.write('first\\ncannot do that'); sys.exit(3)"
 
 
 @pytest.fixture
@@ -38,26 +39,56 @@ def started(process: subprocess.Popen[str], line_from: str) -> str:
 
 
 async def test_rpc_serve_answers_rpc_call_with_its_commands_output(home: Home, me: str) -> None:
-    server = home.popen("rpc", "serve", "lan", "upper", "--", sys.executable, "-c", UPPER)
-    broken = home.popen("rpc", "serve", "lan", "broken", "--", sys.executable, "-c", BROKEN)
+    server = home.popen("rpc", "serve", "-n", "lan", "upper", "--", sys.executable, "-c", UPPER)
+    broken = home.popen("rpc", "serve", "broken", "--", sys.executable, "-c", BROKEN)
     try:
         with trio.fail_after(30):
             for process in (server, broken):
                 line = await trio.to_thread.run_sync(started, process, "stderr")
                 assert line.startswith("serving")
             answer = await trio.to_thread.run_sync(
-                functools.partial(home.cli, "rpc", "call", "lan", me, "upper", '"abc"')
+                functools.partial(home.cli, "rpc", "call", me[:8], "upper", '"abc"')
             )
             assert json.loads(answer.stdout) == "ABC"
             failed = await trio.to_thread.run_sync(
-                functools.partial(home.cli, "rpc", "call", "lan", me, "broken", check=False)
+                functools.partial(home.cli, "rpc", "call", me, "broken", "--json", check=False)
             )
         assert failed.returncode == 1
-        assert "remote_error" in failed.stderr and "cannot do that" in failed.stderr
+        error = json.loads(failed.stdout)["error"]
+        assert error["code"] == "remote_error"
+        assert error["message"].endswith("exited 3: first\ncannot do that")
     finally:
         for process in (server, broken):
             process.kill()
             process.wait()
+    _, served_errors = broken.communicate()
+    said = error["message"].replace("\n", " | ")
+    assert served_errors.splitlines() == [f"meshactors: broken on lan failed: {said}"]
+
+
+async def test_rpc_call_in_the_old_positional_form_still_answers(home: Home, me: str) -> None:
+    server = home.popen("rpc", "serve", "lan", "upper", "--", sys.executable, "-c", UPPER)
+    try:
+        with trio.fail_after(30):
+            line = await trio.to_thread.run_sync(started, server, "stderr")
+            assert "`rpc serve NET METHOD -- CMD` is deprecated" in line
+            assert (await trio.to_thread.run_sync(started, server, "stderr")).startswith("serving")
+            answer = await trio.to_thread.run_sync(
+                functools.partial(home.cli, "rpc", "call", "lan", me, "upper", '"x"')
+            )
+        assert json.loads(answer.stdout) == "X"
+        assert "`rpc call NET PEER METHOD` is deprecated" in answer.stderr
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_rpc_serve_refuses_a_command_that_cannot_be_run(home: Home, me: str) -> None:
+    refused = home.cli("rpc", "serve", "m", "--", "/no/such/binary", check=False)
+    assert refused.returncode == EXIT_NOT_FOUND
+    assert refused.stderr.splitlines() == [
+        "meshactors: cannot run '/no/such/binary': not found or not executable"
+    ]
 
 
 async def test_rpc_call_stream_prints_each_chunk(home: Home, me: str) -> None:
@@ -76,13 +107,13 @@ async def test_rpc_call_stream_prints_each_chunk(home: Home, me: str) -> None:
 
 async def test_channel_send_reaches_channel_sub(home: Home, me: str) -> None:
     home.cli("channel", "send", "lan", "news", "--to", me, "--retain", '{"n": 1}')
-    reader = home.popen("channel", "sub", "lan", "news")
+    reader = home.popen("channel", "subscribe", "news")
     try:
         with trio.fail_after(30):
             first = json.loads(await trio.to_thread.run_sync(started, reader, "stdout"))
             assert first == {"from": me, "channel": "news", "payload": {"n": 1}, "retained": True}
             sent = await trio.to_thread.run_sync(
-                functools.partial(home.cli, "channel", "send", "lan", "news", "--to", me, "2")
+                functools.partial(home.cli, "channel", "send", "news", "--to", me[:10], "2")
             )
             assert json.loads(sent.stdout) == {"dispatched_to": [me]}
             second = json.loads(await trio.to_thread.run_sync(started, reader, "stdout"))

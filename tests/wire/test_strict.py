@@ -84,7 +84,22 @@ def test_the_lean_hook_agrees_with_cattrs(value: Any) -> None:
 def test_a_failure_still_names_the_field() -> None:
     with pytest.raises(cattrs.ClassValidationError) as failed:
         converter.structure({"name": "a", "count": "1", "on": True}, Flat)
-    assert describe_error(failed.value) == "invalid value for type, expected int @ params.count"
+    assert describe_error(failed.value) == "expected an integer, got string @ params.count"
+
+
+@attrs.frozen
+class WithMeta:
+    meta: dict[str, Any] | None = None
+    at: int | None = None
+
+
+def test_a_failure_names_json_types_never_python_ones() -> None:
+    with pytest.raises(cattrs.ClassValidationError) as failed:
+        converter.structure({"meta": [1], "at": "now"}, WithMeta)
+    said = describe_error(failed.value)
+    assert "expected an object or null, got array @ params.meta" in said
+    assert "expected an integer or null, got string @ params.at" in said
+    assert "typing" not in said and "dict[" not in said and "None" not in said
 
 
 @attrs.frozen

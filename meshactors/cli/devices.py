@@ -1,0 +1,56 @@
+"""Device ids as people type them: a full id, a unique prefix of at least 8 characters, or a
+label (a peer's, a roster entry's, or this daemon's own), resolved against the daemon."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE, call, fail, network_of
+from meshactors.wire.device_id import is_device_id
+
+MIN_PREFIX = 8  # characters a device id prefix needs (fewer would match too much by chance)
+
+
+def resolve_device(args: argparse.Namespace, text: str, network: str | None = None) -> str:
+    """The one device id `text` names in `network` (default: --network or the only joined one);
+    exit 6 if none, 2 listing the candidates if several. A full, well-formed id is taken as it is
+    (a device not seen yet may be named)."""
+    if is_device_id(text):
+        return text
+    network = network or network_of(args)
+    known = _known_devices(args, network)
+    by_label = {d for d, labels in known.items() if text in labels}
+    by_prefix = {d for d in known if len(text) >= MIN_PREFIX and d.startswith(text.lower())}
+    matches = sorted(by_label or by_prefix)
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        listed = ", ".join(_described(d, known[d]) for d in matches)
+        fail(f"{text!r} names several devices in {network}: {listed}", EXIT_USAGE, "ambiguous")
+    if len(text) < MIN_PREFIX:
+        hint = f"give a device id, its first {MIN_PREFIX}+ characters, or a label"
+        fail(f"{text!r} is no label in {network}; {hint}", EXIT_NOT_FOUND, "no_such_peer")
+    fail(f"no device in {network} matches {text!r}", EXIT_NOT_FOUND, "no_such_peer")
+
+
+def _known_devices(args: argparse.Namespace, network: str) -> dict[str, set[str]]:
+    """Every device id the daemon knows in `network` (peers, roster, itself) -> its labels."""
+    known: dict[str, set[str]] = {}
+    me = call(args, "status")
+    _note(known, me["device_id"], me.get("label"))
+    for peer in call(args, "peers_list", network=network, all=True)["peers"]:
+        _note(known, peer["device_id"], peer.get("label"))
+    for entry in call(args, "roster_list", network=network)["roster"]:
+        _note(known, entry["device_id"], entry.get("label"))
+    return known
+
+
+def _note(known: dict[str, set[str]], device_id: str, label: Any) -> None:
+    labels = known.setdefault(device_id, set())
+    if isinstance(label, str) and label:
+        labels.add(label)
+
+
+def _described(device_id: str, labels: set[str]) -> str:
+    return device_id + (f" ({', '.join(sorted(labels))})" if labels else "")

@@ -1,0 +1,190 @@
+"""`daemon.toml`: the daemon's start-up settings, read from the config directory (or
+`--config PATH`), each overridden by its `daemon up` flag; one table says which key is which flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import stat
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from meshactors.broker.hello import MAX_ROLE_CHARS
+from meshactors.broker.limits import BrokerConfig
+from meshactors.daemon.broker_actor import parse_listen
+
+MAX_CONFIG_BYTES = 64 * 1024  # a larger daemon.toml is refused unread
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+Source = str  # "default", "file PATH" or "flag --NAME"
+
+
+class SettingsError(Exception):
+    """daemon.toml cannot be read, or holds an unknown key or a bad value; one line says which."""
+
+
+def _listen(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string HOST:PORT")
+    parse_listen(value)
+    return value
+
+
+def _port(value: Any) -> int:
+    if type(value) is not int or not 0 <= value <= 65535:
+        raise ValueError("expected a port number 0-65535")
+    return value
+
+
+def _role(value: Any) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ROLE_CHARS:
+        raise ValueError(f"expected a string of 1-{MAX_ROLE_CHARS} characters")
+    if not value.isprintable():
+        raise ValueError("expected printable characters")
+    return value
+
+
+def _log_level(value: Any) -> str:
+    if value not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+    return str(value)
+
+
+def _flag(value: Any) -> bool:
+    if type(value) is not bool:
+        raise ValueError("expected true or false")
+    return value
+
+
+def _positive(value: Any) -> int:
+    if type(value) is not int or value < 1:
+        raise ValueError("expected a whole number of at least 1")
+    return value
+
+
+@attrs.frozen
+class Setting:
+    """One key of daemon.toml: how its value is checked, and the `daemon up` flag (argparse
+    dest) that overrides it, if any."""
+
+    key: str  # "tcp", or "table.key"
+    check: Callable[[Any], Any]
+    default: Any
+    flag: str | None = None  # the argparse dest of `daemon up`'s flag
+
+
+SETTINGS = (
+    Setting("broker_listen", _listen, None, "broker_listen"),
+    Setting("tcp", _port, None, "tcp"),
+    Setting("role", _role, None, "role"),
+    Setting("log_level", _log_level, "info", "log_level"),
+    Setting("log_json", _flag, False, "log_json"),
+    Setting("broker.max_peers", _positive, BrokerConfig().max_peers),
+    Setting("broker.max_message_bytes", _positive, BrokerConfig().max_message_bytes),
+    Setting("broker.max_connections", _positive, BrokerConfig().max_connections),
+)
+BY_KEY = {setting.key: setting for setting in SETTINGS}
+
+
+@attrs.frozen
+class Effective:
+    """The value of every setting and where it came from."""
+
+    values: dict[str, Any]
+    sources: dict[str, Source]
+
+    def broker_config(self) -> BrokerConfig:
+        """The embedded broker's limits."""
+        prefix = "broker."
+        limits = {k.removeprefix(prefix): v for k, v in self.values.items() if k.startswith(prefix)}
+        try:
+            return BrokerConfig(**limits)
+        except ValueError as exc:
+            raise SettingsError(f"[broker]: {exc}") from None
+
+
+def read_file(path: Path, *, follow: bool) -> dict[str, Any]:
+    """The checked values `path` sets ({} if there is no such file and it was not named);
+    `follow=False` refuses a symlink (the file in the home is never followed through one)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        if follow:
+            raise SettingsError(f"{path}: no such file") from None
+        return {}
+    except OSError as exc:
+        reason = "a symlink, not followed" if exc.errno == errno.ELOOP else exc.strerror
+        raise SettingsError(f"{path}: {reason}") from None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise SettingsError(f"{path}: not a regular file")
+        raw = file.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise SettingsError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+    return check_document(document, path)
+
+
+def check_document(document: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The values of a parsed daemon.toml by dotted key; SettingsError names the first bad one."""
+    flat: dict[str, Any] = {}
+    for name, value in document.items():
+        if isinstance(value, dict):
+            flat.update({f"{name}.{key}": item for key, item in value.items()})
+        else:
+            flat[name] = value
+    checked = {}
+    for key, value in flat.items():
+        setting = BY_KEY.get(key)
+        if setting is None:
+            known = ", ".join(BY_KEY)
+            raise SettingsError(f"{path}: unknown key {key!r} (known keys: {known})")
+        try:
+            checked[key] = setting.check(value)
+        except ValueError as exc:
+            raise SettingsError(f"{path}: {key} = {value!r}: {exc}") from None
+    return checked
+
+
+def config_option(parser: argparse.ArgumentParser) -> None:
+    """`--config PATH`: daemon.toml somewhere else than the config directory."""
+    parser.add_argument(
+        "--config", type=Path, default=None, help="daemon.toml to read (default: config dir)"
+    )
+
+
+def effective(args: argparse.Namespace, default_path: Path) -> Effective:
+    """Defaults, then the file (`--config`, else `default_path` if it exists), then the flags
+    `args` carries that were given."""
+    named = args.config is not None
+    path = args.config if named else default_path
+    from_file = read_file(path, follow=named)
+    values: dict[str, Any] = {}
+    sources: dict[str, Source] = {}
+    for setting in SETTINGS:
+        flag = None if setting.flag is None else getattr(args, setting.flag, None)
+        if flag not in (None, False):
+            values[setting.key] = flag
+            sources[setting.key] = f"flag --{str(setting.flag).replace('_', '-')}"
+        elif setting.key in from_file:
+            values[setting.key], sources[setting.key] = from_file[setting.key], f"file {path}"
+        else:
+            values[setting.key], sources[setting.key] = setting.default, "default"
+    return Effective(values, sources)
+
+
+def apply_to_flags(args: argparse.Namespace, settings: Effective) -> None:
+    """Set each `daemon up` flag to its effective value, so the file acts as the flag would."""
+    for setting in SETTINGS:
+        if setting.flag is not None:
+            setattr(args, setting.flag, settings.values[setting.key])

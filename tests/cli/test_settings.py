@@ -1,0 +1,71 @@
+"""daemon.toml: every key checked where it is read, one line naming the file and key for a bad
+one, and the flags of `daemon up` winning over the file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from meshactors.cli.settings import SettingsError, effective, read_file
+
+GOOD = """
+broker_listen = "127.0.0.1:0"
+tcp = 7448
+role = "edge"
+log_level = "debug"
+log_json = true
+[broker]
+max_peers = 3
+"""
+
+
+def flags(**given: object) -> argparse.Namespace:
+    return argparse.Namespace(config=None, **given)
+
+
+def test_values_come_from_the_file_unless_a_flag_is_given(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.toml"
+    path.write_text(GOOD)
+    settings = effective(flags(tcp=9000, broker_listen=None, log_json=False), path)
+    assert settings.values["tcp"] == 9000 and settings.sources["tcp"] == "flag --tcp"
+    assert settings.values["role"] == "edge" and settings.sources["role"] == f"file {path}"
+    assert settings.values["log_json"] is True
+    assert settings.broker_config().max_peers == 3
+    assert settings.sources["broker.max_connections"] == "default"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("tpc = 1", "unknown key 'tpc'"),
+        ('tcp = "7448"', "tcp = '7448': expected a port number"),
+        ("tcp = 70000", "expected a port number"),
+        ('log_level = "loud"', "expected one of debug, info, warning, error"),
+        ('broker_listen = "nowhere"', "HOST:PORT"),
+        ("log_json = 1", "expected true or false"),
+        ("[broker]\nmax_peers = 0", "broker.max_peers = 0"),
+        ("[broker]\nmax_sockets = 1", "unknown key 'broker.max_sockets'"),
+        ("tcp = [", "not valid TOML"),
+    ],
+)
+def test_a_bad_key_or_value_is_one_line_naming_it(tmp_path: Path, text: str, says: str) -> None:
+    path = tmp_path / "daemon.toml"
+    path.write_text(text)
+    with pytest.raises(SettingsError) as bad:
+        read_file(path, follow=False)
+    assert says in str(bad.value) and str(path) in str(bad.value)
+    assert "\n" not in str(bad.value)
+
+
+def test_the_home_file_is_optional_and_never_followed_through_a_symlink(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.toml"
+    assert read_file(path, follow=False) == {}
+    with pytest.raises(SettingsError, match="no such file"):
+        read_file(path, follow=True)  # named with --config: it must exist
+    target = tmp_path / "elsewhere.toml"
+    target.write_text("tcp = 1")
+    path.symlink_to(target)
+    with pytest.raises(SettingsError, match="symlink"):
+        read_file(path, follow=False)
