@@ -81,6 +81,29 @@ async def test_remove_leaves_at_once_and_forgets(mesh: Mesh) -> None:
     assert unknown.value.code == "no_such_network"
 
 
+async def test_a_rejoin_after_remove_is_active_again_without_approvals(mesh: Mesh) -> None:
+    a, b = await active_pair(mesh)
+    await a.call("network_remove", network=NET)
+    await b.wait_status(a, "offline")
+    after_a, after_b = a.last_event_id, b.last_event_id
+    await a.join(mesh.url)
+    await a.wait_status(b, "active", after=after_a)
+    await b.wait_status(a, "active", after=after_b)
+    roster = (await a.call("roster_list", network=NET))["roster"]
+    assert [(r["device_id"], r["state"]) for r in roster] == [(b.device_id, "approved")]
+
+
+async def test_a_rejoin_after_purge_asks_for_approval_again(mesh: Mesh) -> None:
+    a, b = await active_pair(mesh)
+    await a.call("network_remove", network=NET, purge=True)
+    await b.wait_status(a, "offline")
+    after_a = a.last_event_id
+    await a.join(mesh.url)
+    await a.wait_status(b, "pending", after=after_a)
+    roster = (await a.call("roster_list", network=NET))["roster"]
+    assert [(r["device_id"], r["state"]) for r in roster] == [(b.device_id, "pending")]
+
+
 async def test_networks_approvals_and_settings_survive_a_restart(mesh: Mesh) -> None:
     a, b = await active_pair(mesh)
     caps = {"tags": ["t"], "app_version": "1", "max_connections": 1, "extra": {"k": [1]}}
