@@ -314,9 +314,11 @@ class Peers(Actor):
             functools.partial(roster_db.get_settings, network=roster_db.GLOBAL),
             what="load global settings",
         )
-        self.capabilities = _stored(mine.get(CAPABILITIES_KEY), Capabilities) or Capabilities()
-        self._network_profile = _stored(mine.get(PROFILE_KEY), Profile)
-        self._global_profile = _stored(shared.get(PROFILE_KEY), Profile) or Profile()
+        self.capabilities = (
+            stored_setting(mine.get(CAPABILITIES_KEY), Capabilities) or Capabilities()
+        )
+        self._network_profile = stored_setting(mine.get(PROFILE_KEY), Profile)
+        self._global_profile = stored_setting(shared.get(PROFILE_KEY), Profile) or Profile()
         self._peers, self._by_key, self._active = {}, {}, set()
         self._link_was_up = False
         self.phase = Phase.CONNECTING
@@ -787,7 +789,7 @@ def _plain(value: Capabilities | Profile | None) -> dict[str, Any] | None:
     return None if value is None else converter.unstructure(value)
 
 
-def _stored(value: Any, cls: type[T]) -> T | None:
+def stored_setting(value: Any, cls: type[T]) -> T | None:
     """A setting read back from the database, or None if absent or no longer valid."""
     if value is None:
         return None
