@@ -46,6 +46,7 @@ from meshactors.hostguard import (
 )
 from meshactors.identity import Identity, IdentityError, load_or_create_identity
 from meshactors.logs import configure_logging
+from meshactors.network.link import ROLES
 from meshactors.paths import Paths
 from meshactors.store.db import StoreError
 
@@ -65,6 +66,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     up.add_argument("--broker-listen", default=None, help="also run a broker on HOST:PORT")
     up.add_argument(
         "--tcp", type=int, default=None, metavar="PORT", help="also serve HTTP on 127.0.0.1:PORT"
+    )
+    up.add_argument(
+        "--role",
+        choices=ROLES,
+        default=None,
+        help="the role announced to peers, kept for later starts (first start: daemon)",
     )
     up.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     up.set_defaults(run=run_up)
@@ -98,6 +105,7 @@ def run_up(args: argparse.Namespace) -> int:
             ready=_ready_signal(args.ready_fd),
             tcp_port=args.tcp,
             broker_listen=broker_listen,
+            role=args.role,
         )
     )
     try:
@@ -181,6 +189,8 @@ def _detach(args: argparse.Namespace, paths: Paths) -> int:
         command += ["--broker-listen", args.broker_listen]
     if args.tcp is not None:
         command += ["--tcp", str(args.tcp)]
+    if args.role is not None:
+        command += ["--role", args.role]
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(
             command,
@@ -254,6 +264,7 @@ def run_status(args: argparse.Namespace) -> int:
         return 0
     print(f"device_id  {status['device_id']}")
     print(f"label      {status['label'] or '-'}")
+    print(f"role       {status['role']}")
     print(f"version    {status['version']}")
     print(f"uptime     {status['uptime_s']:.1f}s")
     print(f"socket     {status['socket']}")

@@ -43,6 +43,7 @@ class DaemonOptions:
     notifier: Notifier = attrs.field(factory=Notifier)  # the service manager, if one runs us
     listen_fd: int | None = None  # a listening socket the service manager passed (activation)
     broker_listen: tuple[str, int] | None = None  # host, port of an embedded broker
+    role: str | None = None  # --role: announced to peers and kept; None keeps the last one
 
 
 def build_ops() -> OpTable:
@@ -57,7 +58,9 @@ async def serve(
     store = StoreActor(options.paths.state_db)
     events = EventHub(store)
     tree = Node(name="daemon", kind="supervisor")
-    networks = NetworkManager(identity=options.identity, store=store, events=events)
+    networks = NetworkManager(
+        identity=options.identity, store=store, events=events, declared_role=options.role
+    )
     services = Services(
         version=__version__,
         identity=options.identity,

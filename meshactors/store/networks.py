@@ -10,6 +10,7 @@ from meshactors.store.db import from_json, immediate, to_json
 
 ROSTER_STATES = ("pending", "approved", "denied")
 GLOBAL = ""  # the settings "network" of values that apply to every network (the global profile)
+ROLE_KEY = "role"  # GLOBAL setting: the role this daemon announces in every network
 
 
 class UnknownNetwork(LookupError):
@@ -114,6 +115,16 @@ def remove_roster(conn: sqlite3.Connection, network: str, device_id: str) -> boo
         "DELETE FROM roster WHERE network = ? AND device_id = ?", (network, device_id)
     )
     return cursor.rowcount > 0
+
+
+def settle_role(conn: sqlite3.Connection, declared: str | None, default: str) -> str:
+    """The role this daemon announces: `declared` (kept for the next starts), else the one
+    kept from an earlier start, else `default`."""
+    if declared is not None:
+        put_setting(conn, GLOBAL, ROLE_KEY, declared)
+        return declared
+    kept = get_settings(conn, GLOBAL).get(ROLE_KEY)
+    return kept if isinstance(kept, str) else default
 
 
 def put_setting(conn: sqlite3.Connection, network: str, key: str, value: Any) -> None:

@@ -121,6 +121,31 @@ async def test_networks_approvals_and_settings_survive_a_restart(mesh: Mesh) -> 
     assert seen["profile"]["display_name"] == "Ann"
 
 
+async def test_roles_are_declared_kept_and_remembered_for_offline_peers(mesh: Mesh) -> None:
+    a = await mesh.daemon("a")
+    b = await mesh.daemon("b", role="control-plane")
+    for daemon in (a, b):
+        await daemon.join(mesh.url)
+    await approve_both(a, b)
+    assert (await b.call("status"))["role"] == "control-plane"
+    assert (await a.call("status"))["role"] == "daemon"
+    assert (await a.peer(b) or {})["role"] == "control-plane"
+    await b.stop()
+    await a.wait_status(b, "offline")
+    await a.stop()
+    a = await mesh.daemon("a")
+    seen = await a.peer(b)
+    assert seen is not None
+    assert (seen["status"], seen["role"]) == ("offline", "control-plane")
+    assert (await a.call("peers_list", network=NET))["peers"] == []  # a control plane is hidden
+    roster = (await a.call("roster_list", network=NET))["roster"]
+    assert [r["role"] for r in roster] == ["control-plane"]
+    b = await mesh.daemon("b")  # no role given: the one declared before
+    assert (await b.call("status"))["role"] == "control-plane"
+    await a.wait_status(b, "active")
+    assert (await a.peer(b) or {})["role"] == "control-plane"
+
+
 async def test_both_peers_are_active_again_after_a_broker_restart(mesh: Mesh) -> None:
     a, b = await active_pair(mesh)
     after_a, after_b = a.last_event_id, b.last_event_id
