@@ -242,6 +242,11 @@ async def profile_set(session: Session, params: ProfileSet) -> dict[str, Any]:
     changes = {key: value for key, value in fields.items() if value is not None}
     _structure(changes, Profile, "profile")  # each field is checked alone: any merge is valid
     targets = [manager.get(network_id)] if network_id is not None else manager.all()
+    if not changes:  # nothing to change (and no network copy of the global profile to make)
+        profile, _ = await session.services.store.call(
+            functools.partial(_own_profile, network=network_id), what="read profile"
+        )
+        return {"network": network_id, "profile": converter.unstructure(profile)}
     profile = await session.services.store.call(
         functools.partial(_change_profile, network=network_id, changes=changes),
         what="save profile",

@@ -147,6 +147,8 @@ async def test_profile_set_changes_only_the_fields_given_and_reads_back(mesh: Me
         "inherited": True,
     }
     await b.wait_event("peer_profile", device_id=a.device_id, profile=ann)  # peers see it too
+    assert (await a.call("profile_set", network=NET))["profile"] == ann  # nothing to change
+    assert (await a.call("profile_get", network=NET))["inherited"] is True
     await a.call("profile_set", network=NET, summary="")  # "" clears; starts from the global one
     mine = await a.call("profile_get", network=NET)
     assert (mine["profile"], mine["inherited"]) == ({**ann, "summary": ""}, False)
