@@ -23,6 +23,7 @@ from meshactors.daemon.outbox import Outbox
 from meshactors.daemon.sdnotify import Notifier, NotifierActor
 from meshactors.daemon.services import Services
 from meshactors.identity import Identity
+from meshactors.network.link import ROLES
 from meshactors.network.manager import NetworkManager
 from meshactors.paths import Paths
 from meshactors.store.actor import StoreActor
@@ -43,7 +44,9 @@ class DaemonOptions:
     notifier: Notifier = attrs.field(factory=Notifier)  # the service manager, if one runs us
     listen_fd: int | None = None  # a listening socket the service manager passed (activation)
     broker_listen: tuple[str, int] | None = None  # host, port of an embedded broker
-    role: str | None = None  # --role: announced to peers and kept; None keeps the last one
+    role: str | None = attrs.field(  # --role: announced to peers and kept; None: the last one
+        default=None, validator=attrs.validators.optional(attrs.validators.in_(ROLES))
+    )
 
 
 def build_ops() -> OpTable:

@@ -16,7 +16,7 @@ from meshactors.actors import ActorGone, AskTimeout, ChildSpec, Supervisor
 from meshactors.daemon.events import EventHub
 from meshactors.identity import Identity
 from meshactors.network.config import ConfigError, NetworkConfig
-from meshactors.network.link import LINK_ROLE
+from meshactors.network.link import LINK_ROLE, ROLES
 from meshactors.network.network import Network
 from meshactors.store import networks as network_db
 from meshactors.store.actor import StoreActor
@@ -49,9 +49,7 @@ class NetworkManager(Supervisor):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.role = await self.store.call(
-            functools.partial(
-                network_db.settle_role, declared=self.declared_role, default=LINK_ROLE
-            ),
+            functools.partial(network_db.settle_role, declared=self.declared_role, roles=ROLES),
             what="settle the role",
         )
         saved = await self.store.call(network_db.load_networks, what="load networks")

@@ -117,14 +117,14 @@ def remove_roster(conn: sqlite3.Connection, network: str, device_id: str) -> boo
     return cursor.rowcount > 0
 
 
-def settle_role(conn: sqlite3.Connection, declared: str | None, default: str) -> str:
+def settle_role(conn: sqlite3.Connection, declared: str | None, roles: Sequence[str]) -> str:
     """The role this daemon announces: `declared` (kept for the next starts), else the one
-    kept from an earlier start, else `default`."""
+    kept from an earlier start if still one of `roles`, else the first of `roles`."""
     if declared is not None:
         put_setting(conn, GLOBAL, ROLE_KEY, declared)
         return declared
     kept = get_settings(conn, GLOBAL).get(ROLE_KEY)
-    return kept if isinstance(kept, str) else default
+    return kept if isinstance(kept, str) and kept in roles else roles[0]
 
 
 def put_setting(conn: sqlite3.Connection, network: str, key: str, value: Any) -> None:

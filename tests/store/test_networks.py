@@ -19,6 +19,7 @@ from meshactors.store.networks import (
     roster,
     save_network,
     set_roster_state,
+    settle_role,
 )
 from meshactors.store.outbox import accept, list_rows
 
@@ -196,3 +197,12 @@ def test_a_version_1_database_keeps_its_roster_and_no_longer_cascades(db_path: P
     assert [entry.device_id for entry in roster(conn, "net1")] == ["dev-a"]
     with pytest.raises(UnknownNetwork):
         set_roster_state(conn, "net1", "dev-a", "denied", None, 3)
+
+
+def test_the_declared_role_is_kept_for_later_starts(conn: sqlite3.Connection) -> None:
+    roles = ("daemon", "service", "control-plane")
+    assert settle_role(conn, None, roles) == "daemon"
+    assert settle_role(conn, "service", roles) == "service"
+    assert settle_role(conn, None, roles) == "service"
+    put_setting(conn, GLOBAL, "role", "emperor")  # not a role (any more): the default
+    assert settle_role(conn, None, roles) == "daemon"
