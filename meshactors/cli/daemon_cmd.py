@@ -47,6 +47,7 @@ from meshactors.hostguard import (
 )
 from meshactors.identity import Identity, IdentityError, load_or_create_identity
 from meshactors.logs import configure_logging
+from meshactors.network.link import ROLES
 from meshactors.paths import Paths
 from meshactors.store.db import StoreError
 
@@ -69,11 +70,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     up.add_argument("--log-level", default=None, choices=settings.LOG_LEVELS, help="default info")
     settings.config_option(up)
+    up.add_argument(
+        "--role",
+        choices=ROLES,
+        default=None,
+        help="the role announced to peers, kept for later starts (first start: daemon)",
+    )
     up.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     up.set_defaults(run=run_up)
     down = actions.add_parser("down", help="stop the daemon (SIGTERM if it does not answer)")
     down.set_defaults(run=run_down)
-    status = actions.add_parser("status", help="show the daemon's status (exit 1: not running)")
+    status = actions.add_parser("status", help="show the daemon's status (exit 5: not running)")
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=run_status)
     version = actions.add_parser("version", help="show the daemon's and the API's versions")
@@ -108,6 +115,7 @@ def run_up(args: argparse.Namespace) -> int:
             tcp_port=args.tcp,
             broker_listen=broker_listen,
             broker_config=broker_config,
+            role=args.role,
         )
     )
     try:
@@ -194,6 +202,8 @@ def _detach(args: argparse.Namespace, paths: Paths) -> int:
     command += ["--log-level", args.log_level]  # daemon.toml's values came as flags
     if args.config is not None:  # the child reads it again (the flags above win)
         command += ["--config", str(args.config)]
+    if args.role is not None:
+        command += ["--role", args.role]
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(
             command,
@@ -265,6 +275,7 @@ def run_status(args: argparse.Namespace) -> int:
         return 0
     print(f"device_id  {status['device_id']}")
     print(f"label      {status['label'] or '-'}")
+    print(f"role       {status['role']}")
     print(f"version    {status['version']}")
     print(f"uptime     {status['uptime_s']:.1f}s")
     print(f"socket     {status['socket']}")

@@ -48,13 +48,23 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     profile = commands.add_parser("profile", help="your profile").add_subparsers(
         dest="action", required=True
     )
-    profile_set = profile.add_parser("set", help="set the global (or one network's) profile")
+    profile_set = profile.add_parser(
+        "set", help="change the global (or one network's) profile; fields not given are kept"
+    )
     profile_set.add_argument("-n", "--network", default=None, help="only this network")
-    profile_set.add_argument("--display-name", default="")
-    profile_set.add_argument("--status", choices=("idle", "working", "dnd"), default="idle")
-    profile_set.add_argument("--summary", default="")
-    profile_set.add_argument("--invisible", action="store_true", help="hide from peers' lists")
-    profile_set.set_defaults(run=run_profile_set)
+    profile_set.add_argument("--display-name", default=None, help='"" clears it')
+    profile_set.add_argument("--status", choices=("idle", "working", "dnd"), default=None)
+    profile_set.add_argument("--summary", default=None, help='"" clears it')
+    shown = profile_set.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--invisible", dest="visible", action="store_false", help="hide from peers' lists"
+    )
+    shown.add_argument("--visible", dest="visible", action="store_true", help="show again")
+    profile_set.set_defaults(run=run_profile_set, visible=None)
+    profile_show = profile.add_parser("show", help="your global (or one network's) profile")
+    profile_show.add_argument("-n", "--network", default=None, help="in this network")
+    profile_show.add_argument("--json", action="store_true")
+    profile_show.set_defaults(run=run_profile_show)
     events = commands.add_parser("events", help="follow the daemon's events (Ctrl-C stops)")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     events.add_argument("--since", type=int, default=None, help="replay events after this id")
@@ -233,16 +243,32 @@ def run_caps_set(args: argparse.Namespace) -> int:
 
 
 def run_profile_set(args: argparse.Namespace) -> int:
-    params: dict[str, Any] = {
+    given = {
         "display_name": args.display_name,
         "status": args.status,
         "summary": args.summary,
-        "visible": not args.invisible,
+        "visible": args.visible,
+        "network": args.network,
     }
-    if args.network is not None:
-        params["network"] = args.network
+    params = {key: value for key, value in given.items() if value is not None}
     answer = call(args, "profile_set", **params)
     return report(args, answer, f"profile set{' in ' + args.network if args.network else ''}")
+
+
+def run_profile_show(args: argparse.Namespace) -> int:
+    params = {} if args.network is None else {"network": args.network}
+    shown = call(args, "profile_get", **params)
+    if args.json:
+        print_json(shown)
+        return 0
+    profile = shown["profile"]
+    scope = "global" if args.network is None or shown["inherited"] else args.network
+    print(f"display_name  {profile['display_name'] or '-'}")
+    print(f"status        {profile['status']}")
+    print(f"summary       {profile['summary'] or '-'}")
+    print(f"visible       {'yes' if profile['visible'] else 'no'}")
+    print(f"scope         {scope}")
+    return 0
 
 
 def run_events(args: argparse.Namespace) -> int:

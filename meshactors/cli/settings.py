@@ -15,9 +15,9 @@ from typing import Any
 
 import attrs
 
-from meshactors.broker.hello import MAX_ROLE_CHARS
 from meshactors.broker.limits import BrokerConfig
 from meshactors.daemon.broker_actor import parse_listen
+from meshactors.network.link import ROLES
 
 MAX_CONFIG_BYTES = 64 * 1024  # a larger daemon.toml is refused unread
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -43,11 +43,9 @@ def _port(value: Any) -> int:
 
 
 def _role(value: Any) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ROLE_CHARS:
-        raise ValueError(f"expected a string of 1-{MAX_ROLE_CHARS} characters")
-    if not value.isprintable():
-        raise ValueError("expected printable characters")
-    return value
+    if value not in ROLES:
+        raise ValueError(f"expected one of {', '.join(ROLES)}")
+    return str(value)
 
 
 def _log_level(value: Any) -> str:

@@ -97,13 +97,14 @@ class Ops(abc.ABC):
     async def profile_set(
         self,
         *,
-        display_name: str,
-        status: PresenceStatus,
-        summary: str,
-        visible: bool,
+        display_name: str | None = None,
+        status: PresenceStatus | None = None,
+        summary: str | None = None,
+        visible: bool | None = None,
         network: str | None = None,
     ) -> Data:
-        """Set the profile peers see (on one network, or all when `network` is None)."""
+        """Change the profile peers see (on one network, or all when `network` is None): only
+        the fields given change; "" clears a text field."""
         return await self.call(
             "profile_set",
             params(
@@ -114,6 +115,10 @@ class Ops(abc.ABC):
                 visible=visible,
             ),
         )
+
+    async def profile_get(self, network: str | None = None) -> Data:
+        """Our own profile: one network's (its own, else the global one), or the global one."""
+        return await self.call("profile_get", params(network=network))
 
     # RPC (serving: MeshClient.serve; streaming calls: MeshClient.rpc_call_stream)
     async def rpc_call(

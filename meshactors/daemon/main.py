@@ -24,6 +24,7 @@ from meshactors.daemon.outbox import Outbox
 from meshactors.daemon.sdnotify import Notifier, NotifierActor
 from meshactors.daemon.services import Services
 from meshactors.identity import Identity
+from meshactors.network.link import ROLES
 from meshactors.network.manager import NetworkManager
 from meshactors.paths import Paths
 from meshactors.store.actor import StoreActor
@@ -45,6 +46,9 @@ class DaemonOptions:
     listen_fd: int | None = None  # a listening socket the service manager passed (activation)
     broker_listen: tuple[str, int] | None = None  # host, port of an embedded broker
     broker_config: BrokerConfig = attrs.field(factory=BrokerConfig)  # its limits (daemon.toml)
+    role: str | None = attrs.field(  # --role: announced to peers and kept; None: the last one
+        default=None, validator=attrs.validators.optional(attrs.validators.in_(ROLES))
+    )
 
 
 def build_ops() -> OpTable:
@@ -59,7 +63,9 @@ async def serve(
     store = StoreActor(options.paths.state_db)
     events = EventHub(store)
     tree = Node(name="daemon", kind="supervisor")
-    networks = NetworkManager(identity=options.identity, store=store, events=events)
+    networks = NetworkManager(
+        identity=options.identity, store=store, events=events, declared_role=options.role
+    )
     services = Services(
         version=__version__,
         identity=options.identity,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sqlite3
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -15,8 +16,9 @@ from meshactors.daemon.session import Session
 from meshactors.identity import validate_label
 from meshactors.network.config import ConfigError, NetworkConfig
 from meshactors.network.manager import NetworkManager
-from meshactors.network.peers import CAPABILITIES_KEY, PROFILE_KEY
+from meshactors.network.peers import CAPABILITIES_KEY, PROFILE_KEY, stored_setting
 from meshactors.store import networks as network_db
+from meshactors.store.db import immediate
 from meshactors.wire.device_id import is_device_id
 from meshactors.wire.ipc import ErrorCode, OpError
 from meshactors.wire.peer import Capabilities, Profile, converter
@@ -81,12 +83,20 @@ class CapabilitiesSet:
 
 @attrs.frozen
 class ProfileSet:
-    """Params of `profile_set`; without `network` it is the profile of every network."""
+    """Params of `profile_set`: the fields given change, absent or null ones keep their value;
+    without `network` it is the profile of every network."""
 
-    display_name: str = ""
-    status: str = "idle"
-    summary: str = ""
-    visible: bool = True
+    display_name: str | None = None
+    status: str | None = None
+    summary: str | None = None
+    visible: bool | None = None
+    network: str | None = None
+
+
+@attrs.frozen
+class ProfileGet:
+    """Params of `profile_get`; without `network` it reads the global profile."""
+
     network: str | None = None
 
 
@@ -224,25 +234,70 @@ async def capabilities_set(session: Session, params: CapabilitiesSet) -> dict[st
 
 
 async def profile_set(session: Session, params: ProfileSet) -> dict[str, Any]:
-    """Set the profile of one network, or (without `network`) the global one."""
+    """Change the given fields of one network's profile, or (without `network`) the global
+    one; a network without its own profile starts from the global one."""
     manager = _manager(session)
     fields = attrs.asdict(params)
     network_id = fields.pop("network")
-    profile = _structure(fields, Profile, "profile")
+    changes = {key: value for key, value in fields.items() if value is not None}
+    _structure(changes, Profile, "profile")  # each field is checked alone: any merge is valid
     targets = [manager.get(network_id)] if network_id is not None else manager.all()
-    await session.services.store.call(
-        functools.partial(
-            network_db.put_setting,
-            network=network_db.GLOBAL if network_id is None else network_id,
-            key=PROFILE_KEY,
-            value=converter.unstructure(profile),
-        ),
+    if not changes:  # nothing to change (and no network copy of the global profile to make)
+        profile, _ = await session.services.store.call(
+            functools.partial(_own_profile, network=network_id), what="read profile"
+        )
+        return {"network": network_id, "profile": converter.unstructure(profile)}
+    profile = await session.services.store.call(
+        functools.partial(_change_profile, network=network_id, changes=changes),
         what="save profile",
     )
     with _answering():
         for network in targets:
             await network.peers.set_profile(profile, network_scoped=network_id is not None)
     return {"network": network_id, "profile": converter.unstructure(profile)}
+
+
+async def profile_get(session: Session, params: ProfileGet) -> dict[str, Any]:
+    """Our profile in one network (its own, else the global one), or the global one."""
+    if params.network is not None:
+        _manager(session).get(params.network)
+    profile, scope = await session.services.store.call(
+        functools.partial(_own_profile, network=params.network), what="read profile"
+    )
+    return {
+        "network": params.network,
+        "profile": converter.unstructure(profile),
+        "inherited": scope != params.network,
+    }
+
+
+def _own_profile(conn: sqlite3.Connection, network: str | None) -> tuple[Profile, str | None]:
+    """Our profile in `network` (its own, else the global one) or the global one, with the
+    network it is stored for (None: the global one)."""
+    scopes = [network, None] if network is not None else [None]
+    for scope in scopes:
+        stored = network_db.get_settings(conn, network_db.GLOBAL if scope is None else scope)
+        profile = stored_setting(stored.get(PROFILE_KEY), Profile)
+        if profile is not None:
+            return profile, scope
+    return Profile(), None
+
+
+def _change_profile(
+    conn: sqlite3.Connection, network: str | None, changes: dict[str, Any]
+) -> Profile:
+    """Apply `changes` to our stored profile of `network` (or the global one) in one
+    transaction, so two changes at once both count; returns the new profile."""
+    with immediate(conn):
+        current, _ = _own_profile(conn, network)
+        profile = attrs.evolve(current, **changes)
+        network_db.put_setting(
+            conn,
+            network_db.GLOBAL if network is None else network,
+            PROFILE_KEY,
+            converter.unstructure(profile),
+        )
+    return profile
 
 
 OPS: list[Op[Any]] = [
@@ -256,5 +311,6 @@ OPS: list[Op[Any]] = [
     Op("roster_deny", RosterDevice, roster_deny, "deny a device {network, device_id}"),
     Op("roster_remove", RosterDevice, roster_remove, "forget a device {network, device_id}"),
     Op("capabilities_set", CapabilitiesSet, capabilities_set, "advertise capabilities"),
-    Op("profile_set", ProfileSet, profile_set, "set the profile (global or one network)"),
+    Op("profile_set", ProfileSet, profile_set, "change profile fields (global or one network)"),
+    Op("profile_get", ProfileGet, profile_get, "read our profile back {network?}"),
 ]

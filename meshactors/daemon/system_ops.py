@@ -15,6 +15,7 @@ from meshactors.daemon.event_stream import (
 )
 from meshactors.daemon.optable import NoParams, Op
 from meshactors.daemon.session import Session
+from meshactors.network.link import LINK_ROLE
 from meshactors.wire.ipc import IPC_API_VERSION, ErrorCode, OpError
 
 FEATURES = ("json-lines", "events", "inspect", "http", "sse")  # grows as capabilities land
@@ -27,6 +28,7 @@ async def status(session: Session, _: NoParams) -> dict[str, Any]:
         "version": services.version,
         "device_id": services.identity.device_id,
         "label": services.identity.label,
+        "role": services.networks.role if services.networks is not None else LINK_ROLE,
         "uptime_s": round(services.uptime(), 3),
         "socket": str(services.paths.socket),
         "networks": services.networks.summaries() if services.networks is not None else [],

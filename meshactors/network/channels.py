@@ -14,8 +14,9 @@ active. Both stores are bounded (RETAINED_*); the oldest entry goes first.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Protocol
 
 import attrs
@@ -75,6 +76,17 @@ class RetainedStore:
         while len(self._values) > self.max_values or self.bytes > self.max_bytes:
             _, oldest = self._values.popitem(last=False)
             self.bytes -= oldest.size
+
+    def get(self, key: tuple[str, str]) -> Payload | None:
+        """The value of `key`, if any."""
+        return self._values.get(key)
+
+    def restore(self, key: tuple[str, str], previous: Payload | None) -> None:
+        """Put back what `get(key)` gave before a change: that value, or nothing."""
+        if previous is None:
+            self.pop(key)
+        else:
+            self.put(key, previous)
 
     def pop(self, key: tuple[str, str]) -> None:
         """Forget the value of `key`, if any."""
@@ -257,11 +269,10 @@ class Channels(Actor):
     ) -> None:
         """Send to one peer (or this daemon): several payloads as one batch event, or with
         `separate` as one event each; with `retain` the last payload is also sent to the peer
-        whenever it becomes active again."""
-        if retain:
-            self.own.put((channel, peer), payloads[-1])
-        for frame in _message_frames(channel, payloads, retain, separate):
-            await self.wire.send(peer, frame)
+        whenever it becomes active again (unless this send fails)."""
+        with self._retaining((channel, peer), payloads[-1] if retain else None):
+            for frame in _message_frames(channel, payloads, retain, separate):
+                await self.wire.send(peer, frame)
         self.counters["sent"] += len(payloads)
 
     async def send_all(
@@ -269,20 +280,35 @@ class Channels(Actor):
     ) -> list[str]:
         """Send to every active peer (not this daemon), as `send_to` does; returns the peers it
         went to."""
-        if retain:
-            self.own.put((channel, ALL), payloads[-1])
         frames = _message_frames(channel, payloads, retain, separate)
         sent = []
-        for peer in self.wire.active_peers():
-            try:
-                for frame in frames:
-                    await self.wire.send(peer, frame)
-            except OpError as failed:  # it left meanwhile
-                self.counters[f"send_all_{failed.code.value}"] += 1
-                continue
-            sent.append(peer)
+        with self._retaining((channel, ALL), payloads[-1] if retain else None):
+            for peer in self.wire.active_peers():
+                try:
+                    for frame in frames:
+                        await self.wire.send(peer, frame)
+                except OpError as failed:  # it left meanwhile
+                    self.counters[f"send_all_{failed.code.value}"] += 1
+                    continue
+                sent.append(peer)
         self.counters["sent"] += len(sent) * len(payloads)
         return sent
+
+    @contextlib.contextmanager
+    def _retaining(self, key: tuple[str, str], payload: Payload | None) -> Iterator[None]:
+        """Keep `payload` (unless None) as our retained value of `key` from the start of a
+        send, so a peer that becomes active meanwhile gets it; a send that fails or is
+        cancelled puts back the value there was, so a caller's retry sends no duplicate."""
+        if payload is None:
+            yield
+            return
+        previous = self.own.get(key)
+        self.own.put(key, payload)
+        try:
+            yield
+        except BaseException:
+            self.own.restore(key, previous)
+            raise
 
     async def send_reliable(
         self, peer: str, channel: str, payload: Payload, ttl_ms: int

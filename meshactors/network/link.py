@@ -54,7 +54,8 @@ MAX_INBOUND_MESSAGE_BYTES = 4 * 1024 * 1024  # largest message we accept from a 
 MAX_NOTICE_CHARS = 64 * 1024  # a TEXT notice (welcome with 256 peers is ~20 KB)
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024  # if the welcome does not say
 PACE_SHARE = 0.9  # of the broker's message rate and burst we use: jitter never trips its limit
-LINK_ROLE = "daemon"
+LINK_ROLE = "daemon"  # the role announced when none was declared
+ROLES = (LINK_ROLE, "service", "control-plane")  # the roles `daemon up --role` may declare
 
 
 class LinkDown(Exception):

@@ -16,6 +16,7 @@ from meshactors.actors import ActorGone, AskTimeout, ChildSpec, Supervisor
 from meshactors.daemon.events import EventHub
 from meshactors.identity import Identity
 from meshactors.network.config import ConfigError, NetworkConfig
+from meshactors.network.link import LINK_ROLE, ROLES
 from meshactors.network.network import Network
 from meshactors.store import networks as network_db
 from meshactors.store.actor import StoreActor
@@ -41,10 +42,16 @@ class NetworkManager(Supervisor):
     store: StoreActor
     events: EventHub
     on_build: list[Callable[[Network], None]] = attrs.field(factory=list)  # e.g. app handlers
+    declared_role: str | None = None  # `daemon up --role`; None: the role kept from before
+    role: str = attrs.field(default=LINK_ROLE, init=False)  # the role announced, once settled
     _networks: dict[str, Network] = attrs.field(factory=dict, init=False)
     _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.role = await self.store.call(
+            functools.partial(network_db.settle_role, declared=self.declared_role, roles=ROLES),
+            what="settle the role",
+        )
         saved = await self.store.call(network_db.load_networks, what="load networks")
         self._networks = {}
         for network_id, raw in saved:
@@ -135,7 +142,7 @@ class NetworkManager(Supervisor):
         )
 
     def _build(self, config: NetworkConfig) -> Network:
-        network = Network.build(config, self.identity, self.store, self.events)
+        network = Network.build(config, self.identity, self.store, self.events, self.role)
         for hook in self.on_build:
             hook(network)
         return network

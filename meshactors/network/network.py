@@ -13,7 +13,7 @@ from meshactors.identity import Identity
 from meshactors.network.app_wire import AppWire
 from meshactors.network.channels import Channels
 from meshactors.network.config import NetworkConfig
-from meshactors.network.link import Link
+from meshactors.network.link import LINK_ROLE, Link
 from meshactors.network.peers import AppHandler, Peers, Phase
 from meshactors.network.rpc import Rpc
 from meshactors.store.actor import StoreActor
@@ -41,11 +41,17 @@ class Network(Supervisor):
 
     @classmethod
     def build(
-        cls, config: NetworkConfig, identity: Identity, store: StoreActor, events: EventHub
+        cls,
+        config: NetworkConfig,
+        identity: Identity,
+        store: StoreActor,
+        events: EventHub,
+        role: str = LINK_ROLE,
     ) -> Network:
-        """Wire a network's actors together (nothing runs until a supervisor starts it)."""
+        """Wire a network's actors together (nothing runs until a supervisor starts it); the
+        link announces `role` to the broker and peers."""
         peers = Peers(config.id, identity, store, events, auto_approve=config.auto_approve)
-        link = Link(config.id, list(config.brokers), identity.signing_key, peers.inbox)
+        link = Link(config.id, list(config.brokers), identity.signing_key, peers.inbox, role=role)
         peers.link = link
         wire = AppWire(peers, identity.device_id)
         rpc = Rpc(config.id, wire)

@@ -173,7 +173,8 @@ class Peers(Actor):
     _by_key: dict[bytes, PeerState] = attrs.field(factory=dict)  # the same peers, by public key
     _active: set[str] = attrs.field(factory=set)  # device ids of the active peers
     _roster: dict[str, roster_db.RosterEntry] = attrs.field(factory=dict)
-    _unsaved: dict[str, roster_db.RosterEntry] = attrs.field(factory=dict)  # auto-approvals
+    # auto-approvals and the roles peers announced, not saved yet (saved in batches)
+    _unsaved: dict[str, roster_db.RosterEntry] = attrs.field(factory=dict)
     _app_handlers: dict[str, AppHandler] = attrs.field(factory=dict)
     status_listeners: list[StatusListener] = attrs.field(factory=list)  # told of status changes
     _link_was_up: bool = False
@@ -314,16 +315,19 @@ class Peers(Actor):
             functools.partial(roster_db.get_settings, network=roster_db.GLOBAL),
             what="load global settings",
         )
-        self.capabilities = _stored(mine.get(CAPABILITIES_KEY), Capabilities) or Capabilities()
-        self._network_profile = _stored(mine.get(PROFILE_KEY), Profile)
-        self._global_profile = _stored(shared.get(PROFILE_KEY), Profile) or Profile()
+        self.capabilities = (
+            stored_setting(mine.get(CAPABILITIES_KEY), Capabilities) or Capabilities()
+        )
+        self._network_profile = stored_setting(mine.get(PROFILE_KEY), Profile)
+        self._global_profile = stored_setting(shared.get(PROFILE_KEY), Profile) or Profile()
         self._peers, self._by_key, self._active = {}, {}, set()
         self._link_was_up = False
         self.phase = Phase.CONNECTING
-        for device_id in self._roster:
+        for device_id, entry in self._roster.items():
             peer = self._peer(device_id)
             if peer is not None:
                 peer.status = PeerStatus.OFFLINE
+                peer.role = entry.role or LINK_ROLE
 
     async def _handle_then_save(self, message: _Message) -> None:
         """Handle one message; save held auto-approvals once the inbox is empty (or many)."""
@@ -404,7 +408,8 @@ class Peers(Actor):
         peer = self._peer(device_id)
         if peer is None:
             return
-        peer.present, peer.role = True, role
+        peer.present = True
+        self._set_role(peer, role)
         self._update(peer)
         await self._try_send(peer, self._hello(peer, answer=False))
 
@@ -486,14 +491,17 @@ class Peers(Actor):
 
     async def _on_hello(self, peer: PeerState, hello: Hello) -> None:
         first = peer.hello is None
-        peer.hello, peer.role = hello, hello.role
+        peer.hello = hello
+        self._set_role(peer, hello.role)
         peer.remote_approval = hello.approval
         peer.incompatible = None
         self._set_peer_capabilities(peer, hello.capabilities, announce=not first)
         self._set_peer_profile(peer, hello.profile)
         if peer.device_id not in self._roster:
             state = "approved" if self.auto_approve else "pending"
-            entry = self._roster_entry(peer.device_id, state, hello.label)
+            entry = attrs.evolve(
+                self._roster_entry(peer.device_id, state, hello.label), role=hello.role
+            )
             self._roster[peer.device_id] = self._unsaved[peer.device_id] = entry
             if state == "approved":
                 self._publish("peer_approved", peer, auto=True)
@@ -510,6 +518,14 @@ class Peers(Actor):
         peer.hello = None
         self._update(peer)
         await self._try_send(peer, self._hello(peer, answer=True))
+
+    def _set_role(self, peer: PeerState, role: str) -> None:
+        """Use the role a peer announced; a device in the roster keeps it across restarts."""
+        peer.role = role
+        entry = self._roster.get(peer.device_id)
+        if entry is not None and entry.role != role:
+            entry = attrs.evolve(entry, role=role)
+            self._roster[peer.device_id] = self._unsaved[peer.device_id] = entry
 
     def _set_peer_capabilities(
         self, peer: PeerState, capabilities: Capabilities, *, announce: bool = True
@@ -611,7 +627,12 @@ class Peers(Actor):
         previous = self._roster.get(device_id)
         kept_label = label if label is not None else previous.label if previous else None
         return roster_db.RosterEntry(
-            self.network, device_id, kept_label, state, time.time_ns() // 1_000_000
+            self.network,
+            device_id,
+            kept_label,
+            state,
+            time.time_ns() // 1_000_000,
+            previous.role if previous else None,
         )
 
     async def _store_roster(self, device_id: str, state: str, label: str | None) -> None:
@@ -622,8 +643,9 @@ class Peers(Actor):
         self._roster[device_id] = entry
 
     async def _save_unsaved(self) -> None:
-        """Save the auto-approvals made since the last save, in one transaction. They are
-        derived from auto_approve, so a failed save is counted and logged, not fatal."""
+        """Save the auto-approvals and roles heard since the last save, in one transaction.
+        Both come again (auto_approve, the next hello), so a failed save is counted and
+        logged, not fatal."""
         if not self._unsaved:
             return
         entries, self._unsaved = list(self._unsaved.values()), {}
@@ -755,6 +777,7 @@ class Peers(Actor):
                     "label": entry.label,
                     "state": entry.state,
                     "updated_at_ms": entry.updated_at,
+                    "role": entry.role,
                     "status": peer.status.value if peer else PeerStatus.OFFLINE.value,
                 }
             )
@@ -787,7 +810,7 @@ def _plain(value: Capabilities | Profile | None) -> dict[str, Any] | None:
     return None if value is None else converter.unstructure(value)
 
 
-def _stored(value: Any, cls: type[T]) -> T | None:
+def stored_setting(value: Any, cls: type[T]) -> T | None:
     """A setting read back from the database, or None if absent or no longer valid."""
     if value is None:
         return None

@@ -86,6 +86,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             at_ms INTEGER NOT NULL
         )""",
     ),
+    # 2: the roster outlives its networks row (kept for a rejoin, gone only with a purge) and
+    # keeps the role each device announced.
+    (
+        """CREATE TABLE roster_v2 (
+            network TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            label TEXT,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'denied')),
+            updated_at INTEGER NOT NULL,
+            role TEXT,
+            PRIMARY KEY (network, device_id)
+        )""",
+        """INSERT INTO roster_v2 (network, device_id, label, state, updated_at)
+            SELECT network, device_id, label, state, updated_at FROM roster""",
+        "DROP TABLE roster",
+        "ALTER TABLE roster_v2 RENAME TO roster",
+    ),
 )
 
 _CORRUPTION_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})

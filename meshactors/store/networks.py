@@ -10,6 +10,7 @@ from meshactors.store.db import from_json, immediate, to_json
 
 ROSTER_STATES = ("pending", "approved", "denied")
 GLOBAL = ""  # the settings "network" of values that apply to every network (the global profile)
+ROLE_KEY = "role"  # GLOBAL setting: the role this daemon announces in every network
 
 
 class UnknownNetwork(LookupError):
@@ -25,6 +26,7 @@ class RosterEntry:
     label: str | None
     state: str  # one of ROSTER_STATES
     updated_at: int
+    role: str | None = None  # the role the device last announced, once heard
 
 
 def save_network(
@@ -39,17 +41,16 @@ def save_network(
 
 
 def delete_network(conn: sqlite3.Connection, network_id: str, purge: bool) -> bool:
-    """Forget a network and its roster; with `purge` also its settings, inbox and outbox.
+    """Forget a network's config; with `purge` also its roster, settings, inbox and outbox.
 
-    Without purge the network's messages and settings stay, for a later rejoin or export.
-    Purging a network that was already deleted still removes its leftovers. Returns
-    whether the network was known.
+    Without purge the roster, messages and settings stay, so a rejoin with the same id finds
+    its approvals again. Purging a network that was already deleted still removes its
+    leftovers. Returns whether the network was known.
     """
     with immediate(conn):
-        # The roster goes with the networks row (ON DELETE CASCADE).
         known = conn.execute("DELETE FROM networks WHERE id = ?", (network_id,)).rowcount > 0
         if purge:
-            for table in ("local_settings", "inbox", "outbox"):
+            for table in ("roster", "local_settings", "inbox", "outbox"):
                 conn.execute(f"DELETE FROM {table} WHERE network = ?", (network_id,))
     return known
 
@@ -67,20 +68,20 @@ def set_roster_state(
     state: str,
     label: str | None,
     now_ms: int,
+    role: str | None = None,
 ) -> None:
-    """Record a device's state in a network; a None label keeps the one already known."""
+    """Record a device's state in a network; a None label or role keeps the one known."""
     if state not in ROSTER_STATES:
         raise ValueError(f"roster state must be one of {', '.join(ROSTER_STATES)}: {state!r}")
-    try:
-        conn.execute(
-            "INSERT INTO roster (network, device_id, label, state, updated_at)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (network, device_id) DO UPDATE SET"
-            " label = coalesce(excluded.label, label), state = excluded.state,"
-            " updated_at = excluded.updated_at",
-            (network, device_id, label, state, now_ms),
-        )
-    except sqlite3.IntegrityError as exc:
-        raise UnknownNetwork(f"no network {network!r}") from exc
+    if conn.execute("SELECT 1 FROM networks WHERE id = ?", (network,)).fetchone() is None:
+        raise UnknownNetwork(f"no network {network!r}")
+    conn.execute(
+        "INSERT INTO roster (network, device_id, label, state, updated_at, role)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (network, device_id) DO UPDATE SET"
+        " label = coalesce(excluded.label, label), state = excluded.state,"
+        " updated_at = excluded.updated_at, role = coalesce(excluded.role, role)",
+        (network, device_id, label, state, now_ms, role),
+    )
 
 
 def save_roster(conn: sqlite3.Connection, entries: Sequence[RosterEntry]) -> None:
@@ -88,14 +89,20 @@ def save_roster(conn: sqlite3.Connection, entries: Sequence[RosterEntry]) -> Non
     with immediate(conn):
         for entry in entries:
             set_roster_state(
-                conn, entry.network, entry.device_id, entry.state, entry.label, entry.updated_at
+                conn,
+                entry.network,
+                entry.device_id,
+                entry.state,
+                entry.label,
+                entry.updated_at,
+                entry.role,
             )
 
 
 def roster(conn: sqlite3.Connection, network: str) -> list[RosterEntry]:
     """The devices known in a network, by device id."""
     rows = conn.execute(
-        "SELECT network, device_id, label, state, updated_at FROM roster"
+        "SELECT network, device_id, label, state, updated_at, role FROM roster"
         " WHERE network = ? ORDER BY device_id",
         (network,),
     )
@@ -108,6 +115,16 @@ def remove_roster(conn: sqlite3.Connection, network: str, device_id: str) -> boo
         "DELETE FROM roster WHERE network = ? AND device_id = ?", (network, device_id)
     )
     return cursor.rowcount > 0
+
+
+def settle_role(conn: sqlite3.Connection, declared: str | None, roles: Sequence[str]) -> str:
+    """The role this daemon announces: `declared` (kept for the next starts), else the one
+    kept from an earlier start if still one of `roles`, else the first of `roles`."""
+    if declared is not None:
+        put_setting(conn, GLOBAL, ROLE_KEY, declared)
+        return declared
+    kept = get_settings(conn, GLOBAL).get(ROLE_KEY)
+    return kept if isinstance(kept, str) and kept in roles else roles[0]
 
 
 def put_setting(conn: sqlite3.Connection, network: str, key: str, value: Any) -> None:

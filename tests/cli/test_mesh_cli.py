@@ -29,7 +29,11 @@ def test_mesh_commands_parse() -> None:
     caps = parser.parse_args(["caps", "set", "--tag", "x", "--tag", "y", "--extra", '{"a":1}'])
     assert caps.tag == ["x", "y"]
     profile = parser.parse_args(["profile", "set", "--status", "dnd", "--invisible"])
-    assert (profile.status, profile.invisible, profile.network) == ("dnd", True, None)
+    assert (profile.status, profile.visible, profile.network) == ("dnd", False, None)
+    kept = parser.parse_args(["profile", "set", "--summary", ""])
+    assert (kept.display_name, kept.status, kept.summary, kept.visible) == (None, None, "", None)
+    show = parser.parse_args(["profile", "show", "-n", "n1", "--json"])
+    assert (show.network, show.json) == ("n1", True)
     broker = parser.parse_args(["broker", "--listen", "127.0.0.1:0"])
     assert broker.listen == "127.0.0.1:0"
     up = parser.parse_args(["daemon", "up", "--broker-listen", "0.0.0.0:7800"])

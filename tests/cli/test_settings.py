@@ -13,7 +13,7 @@ from meshactors.cli.settings import SettingsError, effective, read_file
 GOOD = """
 broker_listen = "127.0.0.1:0"
 tcp = 7448
-role = "edge"
+role = "service"
 log_level = "debug"
 log_json = true
 [broker]
@@ -30,7 +30,7 @@ def test_values_come_from_the_file_unless_a_flag_is_given(tmp_path: Path) -> Non
     path.write_text(GOOD)
     settings = effective(flags(tcp=9000, broker_listen=None, log_json=False), path)
     assert settings.values["tcp"] == 9000 and settings.sources["tcp"] == "flag --tcp"
-    assert settings.values["role"] == "edge" and settings.sources["role"] == f"file {path}"
+    assert settings.values["role"] == "service" and settings.sources["role"] == f"file {path}"
     assert settings.values["log_json"] is True
     assert settings.broker_config().max_peers == 3
     assert settings.sources["broker.max_connections"] == "default"

@@ -96,9 +96,9 @@ def test_a_device_is_named_by_a_prefix_or_a_label_and_ambiguity_lists_candidates
 
 
 def test_daemon_toml_is_read_flags_win_and_a_bad_one_stops_start_up(home: Home) -> None:
-    (home.path / "daemon.toml").write_text('broker_listen = "127.0.0.1:0"\nrole = "edge"\n')
+    (home.path / "daemon.toml").write_text('broker_listen = "127.0.0.1:0"\nrole = "service"\n')
     shown = json.loads(home.cli("config", "show", "--json").stdout)["settings"]
-    assert shown["role"] == {"value": "edge", "source": f"file {home.path / 'daemon.toml'}"}
+    assert shown["role"] == {"value": "service", "source": f"file {home.path / 'daemon.toml'}"}
     assert shown["tcp"] == {"value": None, "source": "default"}
     home.cli("daemon", "up", "--detach")
     tree = json.loads(home.cli("inspect", "--json").stdout)

@@ -109,6 +109,34 @@ async def test_a_peer_that_becomes_active_later_gets_retained_values(
     assert (message["from"], message["payload"]) == (a.device_id, "here")
 
 
+async def test_a_retained_send_that_failed_is_never_delivered_later(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    a, late = await joined(mesh, "a", "late")
+    await a.wait_status(late, "pending")
+    reader = await client_of(late, nursery)
+    await reader.call("channel_subscribe", network=NET, channel="presence")
+    sender = await client_of(a, nursery)
+    with pytest.raises(OpFailed) as failed:
+        await sender.call(
+            "channel_send_to",
+            network=NET,
+            channel="presence",
+            peer=late.device_id,
+            payload="lost",
+            retain=True,
+        )
+    assert failed.value.code == "peer_not_active"
+    await sender.call(
+        "channel_send_all", network=NET, channel="presence", payload="kept", retain=True
+    )
+    assert a.network().channels.figures()["retained_own"] == 1
+    await approve_both(a, late)
+    # Retained values go to a newly active peer oldest first: "lost" would come before "kept".
+    message = await reader.event("channel_inbound")
+    assert (message["from"], message["payload"]) == (a.device_id, "kept")
+
+
 async def test_a_reliable_send_answers_once_acknowledged(mesh: Mesh, nursery: trio.Nursery) -> None:
     a, b = await active_pair(mesh)
     reader = await client_of(b, nursery)

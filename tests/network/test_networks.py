@@ -81,6 +81,29 @@ async def test_remove_leaves_at_once_and_forgets(mesh: Mesh) -> None:
     assert unknown.value.code == "no_such_network"
 
 
+async def test_a_rejoin_after_remove_is_active_again_without_approvals(mesh: Mesh) -> None:
+    a, b = await active_pair(mesh)
+    await a.call("network_remove", network=NET)
+    await b.wait_status(a, "offline")
+    after_a, after_b = a.last_event_id, b.last_event_id
+    await a.join(mesh.url)
+    await a.wait_status(b, "active", after=after_a)
+    await b.wait_status(a, "active", after=after_b)
+    roster = (await a.call("roster_list", network=NET))["roster"]
+    assert [(r["device_id"], r["state"]) for r in roster] == [(b.device_id, "approved")]
+
+
+async def test_a_rejoin_after_purge_asks_for_approval_again(mesh: Mesh) -> None:
+    a, b = await active_pair(mesh)
+    await a.call("network_remove", network=NET, purge=True)
+    await b.wait_status(a, "offline")
+    after_a = a.last_event_id
+    await a.join(mesh.url)
+    await a.wait_status(b, "pending", after=after_a)
+    roster = (await a.call("roster_list", network=NET))["roster"]
+    assert [(r["device_id"], r["state"]) for r in roster] == [(b.device_id, "pending")]
+
+
 async def test_networks_approvals_and_settings_survive_a_restart(mesh: Mesh) -> None:
     a, b = await active_pair(mesh)
     caps = {"tags": ["t"], "app_version": "1", "max_connections": 1, "extra": {"k": [1]}}
@@ -96,6 +119,31 @@ async def test_networks_approvals_and_settings_survive_a_restart(mesh: Mesh) -> 
     assert seen is not None
     assert seen["capabilities"] == caps
     assert seen["profile"]["display_name"] == "Ann"
+
+
+async def test_roles_are_declared_kept_and_remembered_for_offline_peers(mesh: Mesh) -> None:
+    a = await mesh.daemon("a")
+    b = await mesh.daemon("b", role="control-plane")
+    for daemon in (a, b):
+        await daemon.join(mesh.url)
+    await approve_both(a, b)
+    assert (await b.call("status"))["role"] == "control-plane"
+    assert (await a.call("status"))["role"] == "daemon"
+    assert (await a.peer(b) or {})["role"] == "control-plane"
+    await b.stop()
+    await a.wait_status(b, "offline")
+    await a.stop()
+    a = await mesh.daemon("a")
+    seen = await a.peer(b)
+    assert seen is not None
+    assert (seen["status"], seen["role"]) == ("offline", "control-plane")
+    assert (await a.call("peers_list", network=NET))["peers"] == []  # a control plane is hidden
+    roster = (await a.call("roster_list", network=NET))["roster"]
+    assert [r["role"] for r in roster] == ["control-plane"]
+    b = await mesh.daemon("b")  # no role given: the one declared before
+    assert (await b.call("status"))["role"] == "control-plane"
+    await a.wait_status(b, "active")
+    assert (await a.peer(b) or {})["role"] == "control-plane"
 
 
 async def test_both_peers_are_active_again_after_a_broker_restart(mesh: Mesh) -> None:

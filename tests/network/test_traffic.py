@@ -135,6 +135,29 @@ async def test_profile_reaches_peers_and_an_invisible_daemon_still_answers(mesh:
     await inbox.wait_for(1)
 
 
+async def test_profile_set_changes_only_the_fields_given_and_reads_back(mesh: Mesh) -> None:
+    a, b = await active_pair(mesh)
+    await a.call("profile_set", display_name="Ann", summary="on it")
+    await a.call("profile_set", status="dnd", display_name=None)  # null keeps it too
+    ann = {"display_name": "Ann", "status": "dnd", "summary": "on it", "visible": True}
+    assert await a.call("profile_get") == {"network": None, "profile": ann, "inherited": False}
+    assert await a.call("profile_get", network=NET) == {
+        "network": NET,
+        "profile": ann,
+        "inherited": True,
+    }
+    await b.wait_event("peer_profile", device_id=a.device_id, profile=ann)  # peers see it too
+    assert (await a.call("profile_set", network=NET))["profile"] == ann  # nothing to change
+    assert (await a.call("profile_get", network=NET))["inherited"] is True
+    await a.call("profile_set", network=NET, summary="")  # "" clears; starts from the global one
+    mine = await a.call("profile_get", network=NET)
+    assert (mine["profile"], mine["inherited"]) == ({**ann, "summary": ""}, False)
+    assert (await a.call("profile_get"))["profile"] == ann
+    with pytest.raises(OpFailed) as unknown:
+        await a.call("profile_get", network="elsewhere")
+    assert unknown.value.code == "no_such_network"
+
+
 async def test_bad_profile_is_refused(mesh: Mesh) -> None:
     a = await mesh.daemon("a")
     with pytest.raises(OpFailed) as refused:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from meshactors.store.db import open_database
+from meshactors.store.db import MIGRATIONS, open_database
 from meshactors.store.inbox import page, store_message
 from meshactors.store.networks import (
     GLOBAL,
@@ -19,6 +19,7 @@ from meshactors.store.networks import (
     roster,
     save_network,
     set_roster_state,
+    settle_role,
 )
 from meshactors.store.outbox import accept, list_rows
 
@@ -111,6 +112,11 @@ def test_roster_state_changes_keep_the_label_unless_given(conn: sqlite3.Connecti
         RosterEntry("net1", "dev-a", "phone", "denied", 13),
         RosterEntry("net1", "dev-b", "desk", "approved", 12),
     ]
+    set_roster_state(conn, "net1", "dev-b", "approved", None, 14, role="control-plane")
+    set_roster_state(conn, "net1", "dev-b", "approved", None, 15)
+    assert roster(conn, "net1")[1] == RosterEntry(
+        "net1", "dev-b", "desk", "approved", 15, "control-plane"
+    )
     assert remove_roster(conn, "net1", "dev-a")
     assert not remove_roster(conn, "net1", "dev-a")
     assert [e.device_id for e in roster(conn, "net1")] == ["dev-b"]
@@ -133,20 +139,20 @@ def test_put_setting_overwrites(conn: sqlite3.Connection) -> None:
     assert get_settings(conn, "net2") == {}
 
 
-def test_delete_without_purge_forgets_the_network_and_roster_only(
-    conn: sqlite3.Connection,
-) -> None:
+def test_delete_without_purge_forgets_the_config_only(conn: sqlite3.Connection) -> None:
     populate(conn, "net1")
     assert delete_network(conn, "net1", purge=False)
     assert load_networks(conn) == []
     assert leftovers(conn, "net1") == {
-        "roster": 0,
+        "roster": 1,
         "local_settings": 1,
         "inbox": 1,
         "outbox": 1,
         "deliveries": 1,
     }
     assert len(page(conn, network="net1", limit=10, cursor=None)[0]) == 1
+    save_network(conn, "net1", {"broker": "ws://127.0.0.1:1"}, 30)  # a rejoin
+    assert roster(conn, "net1") == [RosterEntry("net1", "dev-a", "laptop", "approved", 20)]
 
 
 def test_purge_removes_everything_of_that_network_only(conn: sqlite3.Connection) -> None:
@@ -172,3 +178,31 @@ def test_purging_an_already_deleted_network_removes_its_leftovers(
     delete_network(conn, "net1", purge=False)
     assert not delete_network(conn, "net1", purge=True)
     assert sum(leftovers(conn, "net1").values()) == 0
+
+
+def test_a_version_1_database_keeps_its_roster_and_no_longer_cascades(db_path: Path) -> None:
+    old = sqlite3.connect(db_path, isolation_level=None)
+    old.execute("PRAGMA foreign_keys = ON")
+    for statement in MIGRATIONS[0]:
+        old.execute(statement)
+    old.execute("PRAGMA user_version = 1")
+    old.execute("INSERT INTO networks VALUES ('net1', '{}', 1)")
+    old.execute("INSERT INTO roster VALUES ('net1', 'dev-a', 'laptop', 'approved', 2)")
+    old.close()
+
+    conn = open_database(db_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert roster(conn, "net1") == [RosterEntry("net1", "dev-a", "laptop", "approved", 2)]
+    delete_network(conn, "net1", purge=False)
+    assert [entry.device_id for entry in roster(conn, "net1")] == ["dev-a"]
+    with pytest.raises(UnknownNetwork):
+        set_roster_state(conn, "net1", "dev-a", "denied", None, 3)
+
+
+def test_the_declared_role_is_kept_for_later_starts(conn: sqlite3.Connection) -> None:
+    roles = ("daemon", "service", "control-plane")
+    assert settle_role(conn, None, roles) == "daemon"
+    assert settle_role(conn, "service", roles) == "service"
+    assert settle_role(conn, None, roles) == "service"
+    put_setting(conn, GLOBAL, "role", "emperor")  # not a role (any more): the default
+    assert settle_role(conn, None, roles) == "daemon"
