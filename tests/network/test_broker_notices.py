@@ -22,7 +22,7 @@ def test_a_welcome_listing_a_good_role_is_read() -> None:
     assert parse_welcome(welcome("control-plane")).peers == [(DEVICE, "control-plane")]
 
 
-@pytest.mark.parametrize("role", ["\ud800", "", "line\nbreak", "r" * 65])
+@pytest.mark.parametrize("role", ["\ud800", "", "line\nbreak", "r" * 33])
 def test_a_role_a_hello_could_not_carry_is_refused(role: str) -> None:
     with pytest.raises(BrokerProtocolError):
         parse_welcome(welcome(role))
