@@ -1,6 +1,7 @@
 """Fuzz a live daemon from an approved peer: generated JSON values (lone surrogates, huge
-integers, NaN, deep nesting among ordinary ones) as channel payloads, RPC payloads and answers
-and capability extras crash no actor, and the peer stays active.
+integers, NaN, deep nesting among ordinary ones) as channel payloads (single, and twice in a
+retained run), RPC call payloads and answers and capability extras crash no actor, and the
+peer stays active.
 
 At least MIN_VALUES values go out in all: each example holds enough of them for the run's
 FUZZ_EXAMPLES examples to reach it (one each past that)."""
@@ -32,6 +33,7 @@ def frames_for(index: int, value: Any) -> list[bytes]:
     extra = value if isinstance(value, dict) else {"v": value}
     frames = [
         {"t": "chan", "channel": "fuzz", "payload": value},
+        {"t": "chan_run", "channel": "fuzz", "payloads": [value, value], "retain": True},
         {
             "t": "rpc_call",
             "id": f"c{index}",
@@ -93,7 +95,8 @@ async def test_generated_values_from_a_peer_crash_nothing(
         received = [e["payload"] for e in client.events if e["kind"] == "channel_inbound"]
         client.events.clear()
         assert all(map(passes, received)), "a value no daemon can pass on reached a client"
-        sent = iter(values)  # what arrived is what was sent, in order, less what was dropped
+        sent = iter([value for value in values for _ in range(3)])  # the chan, then the run
+        # what arrived is what was sent, in order, less what was dropped
         assert all(any(value == payload for value in sent) for payload in received)
         assert message["from"] == raw.device_id
 
