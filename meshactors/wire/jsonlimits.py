@@ -32,41 +32,40 @@ class BadJson(ValueError):
 def check_json(value: Any) -> None:
     """Raise BadJson unless every string in `value` (keys too) encodes as UTF-8, every integer
     is signed 64-bit, every float is finite and it nests at most MAX_JSON_DEPTH deep."""
-    if type(value) is dict or type(value) is list:
-        _check_container(value, 1)
-    else:
-        _check_items((value,), 0)
-
-
-def _check_container(container: dict[str, Any] | list[Any], depth: int) -> None:
-    if depth > MAX_JSON_DEPTH:
-        raise BadJson("too_deep", f"nested deeper than {MAX_JSON_DEPTH} arrays and objects")
-    if type(container) is dict:
-        if not all(map(str.isascii, container)):  # str.isascii is O(1): the common case is free
-            for key in container:
-                _check_text(key)
-        _check_items(container.values(), depth)
-    else:
-        _check_items(container, depth)
+    _check_items((value,), 0)
 
 
 def _check_items(items: Any, depth: int) -> None:
-    """Check the values of one container (its depth `depth`), descending into nested ones."""
+    """Check values found `depth` containers deep, descending into the containers among them
+    (one call per container: this runs on every frame a peer sends)."""
     for item in items:
         kind = type(item)
         if kind is str:
-            if not item.isascii():
+            if not item.isascii():  # O(1): ASCII text needs no encoding to know it fits
                 _check_text(item)
+        elif kind is dict:
+            if depth >= MAX_JSON_DEPTH:
+                raise _too_deep()
+            if not all(map(str.isascii, item)):
+                for key in item:
+                    _check_text(key)
+            _check_items(item.values(), depth + 1)
+        elif kind is list:
+            if depth >= MAX_JSON_DEPTH:
+                raise _too_deep()
+            _check_items(item, depth + 1)
         elif kind is int:
             if not MIN_JSON_INT <= item <= MAX_JSON_INT:
                 raise BadJson("bad_value", "an integer beyond 64 bits")
-        elif kind is dict or kind is list:
-            _check_container(item, depth + 1)
         elif kind is float:
             if not math.isfinite(item):
                 raise BadJson("bad_value", "a number that is not finite")
         elif item is not None and kind is not bool:
             raise BadJson("bad_value", f"not a JSON value: {kind.__name__}")
+
+
+def _too_deep() -> BadJson:
+    return BadJson("too_deep", f"nested deeper than {MAX_JSON_DEPTH} arrays and objects")
 
 
 def _check_text(text: str) -> None:
