@@ -114,6 +114,7 @@ class _Child:
     generation: int = 0
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     done: trio.Event = attrs.field(factory=trio.Event)
+    restart_times: deque[float] = attrs.field(factory=deque)  # its own window, when contained
 
     @property
     def running(self) -> bool:
@@ -137,6 +138,10 @@ class Supervisor(Actor):
     """Runs child actors in order, restarts them per strategy, stops them in reverse."""
 
     kind: ClassVar[str] = "supervisor"
+    # Children that must not take each other down (ONE_FOR_ONE): each has its own restart
+    # window, and one past the intensity is restarted alone (its backoff growing to the longest)
+    # instead of escalating (which restarts this supervisor and what its parent started after it).
+    contains: ClassVar[bool] = False
 
     children: Sequence[ChildSpec] = ()
     strategy: Strategy = Strategy.ONE_FOR_ONE
@@ -160,7 +165,10 @@ class Supervisor(Actor):
         )
 
     def figures(self) -> dict[str, object]:
-        return {"strategy": self.strategy.value, "restarts_in_window": len(self._restart_times)}
+        in_window = len(self._restart_times) + sum(
+            len(child.restart_times) for child in self._running.values()
+        )
+        return {"strategy": self.strategy.value, "restarts_in_window": in_window}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         node = current_node()
@@ -293,14 +301,17 @@ class Supervisor(Actor):
             child.node.detach()
             return
         now = trio.current_time()
-        self._restart_times.append(now)
-        while self._restart_times and self._restart_times[0] < now - self.limits.period:
-            self._restart_times.popleft()
-        if len(self._restart_times) > self.limits.intensity:
-            raise SupervisorEscalation(
-                f"{current_node().path}: more than {self.limits.intensity} restarts in "
-                f"{self.limits.period:g}s, last by {path}"
-            ) from error
+        window = child.restart_times if self.contains else self._restart_times
+        window.append(now)
+        while window and window[0] < now - self.limits.period:
+            window.popleft()
+        if len(window) > self.limits.intensity:
+            if not self.contains:
+                raise SupervisorEscalation(
+                    f"{current_node().path}: more than {self.limits.intensity} restarts in "
+                    f"{self.limits.period:g}s, last by {path}"
+                ) from error
+            log.error("actor keeps crashing: restarted alone, not escalated", actor=path)
         affected = self._affected_by(child)
         for sibling in reversed(affected):
             if sibling is not child and sibling.running:
@@ -315,7 +326,7 @@ class Supervisor(Actor):
             sibling.node.restarts += 1
             names.append(sibling.spec.name)
         assert self._nursery is not None
-        delay = self.limits.backoff(len(self._restart_times))
+        delay = self.limits.backoff(len(window))
         self._nursery.start_soon(self._restart_later, tuple(names), delay)
 
     def _affected_by(self, child: _Child) -> list[_Child]:

@@ -94,7 +94,7 @@ def build_hello(
     """Return the hello text a daemon sends first, signed with its device key."""
     if not is_network_id(network):
         raise ValueError(f"network must be 1-64 chars of [A-Za-z0-9._-], got {network!r}")
-    if not _is_role(role):
+    if not is_role(role):
         raise ValueError(f"role must be 1-{MAX_ROLE_CHARS} printable chars, got {role!r}")
     nonce = secrets.token_bytes(NONCE_BYTES) if nonce is None else nonce
     if len(nonce) != NONCE_BYTES:
@@ -131,7 +131,7 @@ def verify_hello(text: str, *, now_ms: int) -> VerifiedHello:
         raise HelloRejected(RejectReason.MALFORMED_HELLO, "not a v1 hello")
     if not (isinstance(network, str) and is_network_id(network)):
         raise HelloRejected(RejectReason.MALFORMED_HELLO, "bad network")
-    if not (isinstance(role, str) and _is_role(role)):
+    if not (isinstance(role, str) and is_role(role)):
         raise HelloRejected(RejectReason.MALFORMED_HELLO, "bad role")
     if type(ts) is not int:
         raise HelloRejected(RejectReason.MALFORMED_HELLO, "ts must be an integer")
@@ -222,7 +222,8 @@ def _strict_b64(value: object, size: int, name: str) -> bytes:
     return raw
 
 
-def _is_role(value: str) -> bool:
+def is_role(value: str) -> bool:
+    """Whether `value` is a role a hello may carry: 1-MAX_ROLE_CHARS printable characters."""
     return 0 < len(value) <= MAX_ROLE_CHARS and value.isprintable()
 
 

@@ -129,6 +129,13 @@ class Chan(Frame):
     ack: str | None = attrs.field(default=None, validator=_optional_text(MAX_ID_CHARS))
 
 
+def _run_length(
+    _instance: object, _attribute: attrs.Attribute[list[Any]], value: list[Any]
+) -> None:
+    if not 0 < len(value) <= MAX_BATCH:
+        raise ValueError(f"a batch or run holds 1-{MAX_BATCH} messages")
+
+
 @register_frame("chan_batch", app=True)
 @attrs.frozen
 class ChanBatch(Frame):
@@ -136,20 +143,13 @@ class ChanBatch(Frame):
     one is kept as the sender's value."""
 
     channel: str = attrs.field(validator=_text(MAX_NAME_CHARS))
-    payloads: list[Any]
+    payloads: list[Any] = attrs.field(validator=_run_length)
     retain: bool = False
 
 
 def _binary_each(instance: Any, _attribute: attrs.Attribute[bool], value: bool) -> None:
     if value and not all(isinstance(payload, str) for payload in instance.payloads):
         raise ValueError("binary payloads are base64 text")
-
-
-def _run_length(
-    _instance: object, _attribute: attrs.Attribute[list[Any]], value: list[Any]
-) -> None:
-    if not 0 < len(value) <= MAX_BATCH:
-        raise ValueError(f"a run holds 1-{MAX_BATCH} messages")
 
 
 @register_frame("chan_run", app=True, feature="chan_run")

@@ -32,10 +32,11 @@ from meshactors.broker.envelope import (
     decode_batch,
     encode_batch,
 )
-from meshactors.broker.hello import build_hello
+from meshactors.broker.hello import build_hello, is_role
 from meshactors.broker.limits import MESSAGE_BURST, MESSAGE_RATE_PER_S, TokenBucket
 from meshactors.websocket import ConnectionClosed, HandshakeFailed, WebSocket, open_websocket
 from meshactors.wire.device_id import is_device_id
+from meshactors.wire.jsonlimits import BadJson, check_json
 
 log = structlog.get_logger("meshactors.link")
 
@@ -480,7 +481,10 @@ def _load(text: object) -> dict[str, Any]:
         raise BrokerProtocolError("expected a TEXT notice")
     try:
         data = json.loads(text)
-    except ValueError:
+        check_json(data)  # what we read from it may reach events, the roster and clients
+    except BadJson as bad:
+        raise BrokerProtocolError(f"notice holds a value we cannot pass on: {bad}") from None
+    except (ValueError, RecursionError):
         raise BrokerProtocolError("notice is not JSON") from None
     if not isinstance(data, dict):
         raise BrokerProtocolError("notice is not a JSON object")
@@ -493,6 +497,7 @@ def _member(entry: object) -> tuple[str, str]:
         and isinstance(entry.get("device_id"), str)
         and is_device_id(entry["device_id"])
         and isinstance(entry.get("role"), str)
+        and is_role(entry["role"])
     ):
         return entry["device_id"], entry["role"]
     raise BrokerProtocolError("welcome lists a malformed peer")

@@ -34,9 +34,12 @@ def _child_name(network_id: str) -> str:
 
 @attrs.define(eq=False, kw_only=True)
 class NetworkManager(Supervisor):
-    """One `network <id>` child per joined network; changes are serialised by a lock."""
+    """One `network <id>` child per joined network; changes are serialised by a lock. A network
+    that keeps crashing is restarted alone however often (`contains`): it never takes the other
+    networks, the control plane or the client connections down with it."""
 
     kind: ClassVar[str] = "networks"
+    contains: ClassVar[bool] = True
 
     identity: Identity
     store: StoreActor

@@ -35,6 +35,7 @@ from meshactors.network.link import (
     PresenceLeave,
     Undeliverable,
 )
+from meshactors.network.rejected import RejectedFrames
 from meshactors.network.sealing import FrameRejected, PeerCrypto
 from meshactors.store import networks as roster_db
 from meshactors.store.actor import StoreActor
@@ -132,6 +133,7 @@ class PeerState:
     last_seen_ms: int | None = None
     status: PeerStatus = PeerStatus.OFFLINE
     dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    rejected: RejectedFrames = attrs.field(factory=RejectedFrames)  # bad frames it sent
 
     def forget_session(self) -> None:
         """The peer left the broker: what it told us in this presence no longer holds."""
@@ -179,6 +181,7 @@ class Peers(Actor):
     status_listeners: list[StatusListener] = attrs.field(factory=list)  # told of status changes
     _link_was_up: bool = False
     dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    rejected_frames: int = 0  # frames that failed to open or decode, from every peer
 
     @property
     def profile(self) -> Profile:
@@ -192,6 +195,7 @@ class Peers(Actor):
             "peers": {status.value: by_status[status.value] for status in PeerStatus},
             "roster": len(self._roster),
             "dropped": dict(self.dropped),
+            "rejected_frames": self.rejected_frames,
         }
 
     # -- the API other actors and ops call -------------------------------------------------
@@ -435,10 +439,10 @@ class Peers(Actor):
         try:
             frame = decode_frame(peer.crypto.open(sealed))
         except FrameRejected as rejected:
-            self._drop(peer, rejected.reason)
+            self._reject(peer, rejected.reason)
             return
         except BadPeerFrame as bad:
-            self._drop(peer, bad.reason)
+            self._reject(peer, bad.reason)
             return
         except IncompatiblePeer as skew:
             await self._on_incompatible(peer, str(skew))
@@ -454,6 +458,16 @@ class Peers(Actor):
         """Count a frame we dropped, per peer and per network."""
         peer.dropped[reason] += 1
         self.dropped[reason] += 1
+
+    def _reject(self, peer: PeerState, reason: str) -> None:
+        """Count a bad frame (it failed to open or to decode: no handler saw it) as dropped and
+        rejected, and tell subscribers by a `peer_frame_rejected` event at most every
+        REJECT_EVENT_INTERVAL per peer."""
+        self._drop(peer, reason)
+        self.rejected_frames += 1
+        report = peer.rejected.count(reason, trio.current_time())
+        if report is not None:
+            self._publish("peer_frame_rejected", peer, **report)
 
     async def _on_frame(self, peer: PeerState, frame: Frame) -> None:
         if isinstance(frame, Hello):
@@ -757,6 +771,7 @@ class Peers(Actor):
             "features": None if hello is None else hello.features,
             "app_version": None if hello is None else hello.app_version,
             "frames": {**peer.crypto.stats, **peer.dropped},
+            "rejected_frames": peer.rejected.total,
         }
 
     async def _list(self, include_all: bool) -> list[dict[str, Any]]:

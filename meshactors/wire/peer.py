@@ -19,6 +19,7 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 
 from meshactors.wire.compact import dumps_strict, json_size, loads
+from meshactors.wire.jsonlimits import BadJson, check_json
 from meshactors.wire.strict import describe_error, make_strict_converter
 
 PROTOCOL_VERSION = (1, 0)  # (major, minor): a different major cannot talk to us
@@ -278,14 +279,22 @@ def decode_frame(data: bytes) -> Frame:
     """Decode opened bytes into a frame.
 
     Raises IncompatiblePeer for a hello of another major, BadPeerFrame (reason `malformed`,
-    `too_large` or `unknown_frame`) for anything else that is not a frame we know.
+    `too_large`, `unknown_frame`, or from `check_json` `bad_value` or `too_deep`) for anything
+    else that is not a frame we know. Whatever it returns holds only values `check_json` takes:
+    no handler ever sees a string, number or nesting it cannot pass on.
     """
     if len(data) > MAX_PEER_FRAME_BYTES:
         raise BadPeerFrame("too_large", f"{len(data)} bytes, limit {MAX_PEER_FRAME_BYTES}")
     try:
         fields = loads(data.decode("utf-8"))  # str parses faster than bytes
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:
         raise BadPeerFrame("malformed", f"not JSON: {exc}") from None
+    except RecursionError:
+        raise BadPeerFrame("too_deep", "nested too deep to parse") from None
+    try:
+        check_json(fields)
+    except BadJson as bad:
+        raise BadPeerFrame(bad.reason, bad.detail) from None
     if not isinstance(fields, dict) or not isinstance(fields.get("t"), str):
         raise BadPeerFrame("malformed", "a frame is a JSON object with a string `t`")
     tag = fields.pop("t")

@@ -7,6 +7,7 @@ import os
 from hypothesis import HealthCheck, settings
 
 from tests.daemon.conftest import connect, daemon
+from tests.network.conftest import mesh
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 
@@ -18,4 +19,4 @@ settings.register_profile(
 )
 fuzz = settings.get_profile("fuzz")
 
-__all__ = ["connect", "daemon", "fuzz"]
+__all__ = ["connect", "daemon", "fuzz", "mesh"]

@@ -7,6 +7,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from meshactors.wire.jsonlimits import MAX_JSON_DEPTH
+
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 json_values: st.SearchStrategy[Any] = st.recursive(
     json_scalars,
@@ -15,6 +17,37 @@ json_values: st.SearchStrategy[Any] = st.recursive(
     ),
     max_leaves=12,
 )
+
+# Text with lone surrogates (which st.text leaves out), and the JSON no daemon can pass on:
+# integers beyond 64 bits, NaN and infinities, nesting past MAX_JSON_DEPTH.
+odd_text = st.text(st.characters(exclude_categories=()), max_size=12) | st.sampled_from(
+    ["\ud800", "x\udfffy", "\ud83d", "\U0001f600", "é", ""]
+)
+hostile_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=2**63)
+    | st.integers(max_value=-(2**63) - 1)
+    | st.floats()
+    | odd_text
+)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 0
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+hostile_json: st.SearchStrategy[Any] = st.recursive(
+    hostile_scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(odd_text, children, max_size=4)
+    ),
+    max_leaves=12,
+) | st.integers(1, 3 * MAX_JSON_DEPTH).map(_nested)
 
 
 def mutated(good: bytes) -> st.SearchStrategy[bytes]:

@@ -17,10 +17,10 @@ from meshactors.wire.peer import (
     encode_frame,
 )
 from tests.fuzz.conftest import fuzz
-from tests.fuzz.strategies import json_line, json_values, mutated
+from tests.fuzz.strategies import hostile_json, json_line, json_values, mutated
 
 # The reasons docs/protocol.md ("Frames") documents for a frame that does not decode.
-DOCUMENTED_REASONS = {"malformed", "too_large", "unknown_frame"}
+DOCUMENTED_REASONS = {"malformed", "too_large", "unknown_frame", "bad_value", "too_deep"}
 GOOD_FRAMES = [
     encode_frame(Ping(token=7)),
     encode_frame(Caps(capabilities=Capabilities(tags=["a"], extra={"k": [1, None]}))),
@@ -32,7 +32,7 @@ TAGS = ["hello", "approval", "caps", "profile", "ping", "pong", "bye", "nope"]
 frame_bytes = (
     st.binary(max_size=300)
     | json_values.map(json_line)
-    | st.dictionaries(st.text(max_size=12), json_values, max_size=4)
+    | st.dictionaries(st.text(max_size=12), json_values | hostile_json, max_size=4)
     .flatmap(lambda fields: st.sampled_from(TAGS).map(lambda tag: {**fields, "t": tag}))
     .map(json_line)
     | st.one_of(*(mutated(good) for good in GOOD_FRAMES))

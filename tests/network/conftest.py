@@ -10,6 +10,7 @@ import attrs
 import pytest
 import trio
 
+from meshactors.actors import ActorState
 from meshactors.broker.server import Broker
 from meshactors.daemon.main import DaemonOptions, serve
 from meshactors.daemon.services import Services
@@ -64,9 +65,11 @@ class Daemon:
             "network_add", config={"id": network_id, "brokers": [broker_url], **config}
         )
 
-    async def peer(self, other: Daemon, network_id: str = NET) -> dict[str, Any] | None:
+    async def peer(self, other: Daemon | str, network_id: str = NET) -> dict[str, Any] | None:
+        """What peers_list shows of `other` (a daemon or a device id), if anything."""
+        device_id = other if isinstance(other, str) else other.device_id
         peers = (await self.call("peers_list", network=network_id, all=True))["peers"]
-        return next((p for p in peers if p["device_id"] == other.device_id), None)
+        return next((p for p in peers if p["device_id"] == device_id), None)
 
     async def wait_event(
         self, kind: str, timeout: float = WAIT, after: int = 0, **match: Any
@@ -99,6 +102,18 @@ class Daemon:
         self.events.append(event)
         self._changed.set()
         self._changed = trio.Event()
+
+    def crashes(self) -> dict[str, str]:
+        """Every actor in the registry that ever restarted or is not running, by path (what
+        a crash leaves behind), each with its state and restarts."""
+        found: dict[str, str] = {}
+        nodes = [self.services.tree]
+        while nodes:
+            node = nodes.pop()
+            if node.restarts or node.state is not ActorState.RUNNING:
+                found[node.path] = f"{node.state.value}, {node.restarts} restarts"
+            nodes.extend(node.children.values())
+        return found
 
     async def stop(self) -> None:
         """Stop the daemon as `shutdown` would and wait until it has."""

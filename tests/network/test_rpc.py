@@ -9,6 +9,7 @@ import attrs
 import pytest
 import trio
 
+from meshactors.network.app_frames import RpcCall
 from meshactors.network.payload import MAX_PAYLOAD_BYTES
 from meshactors.network.rpc import MAX_TIMEOUT_MS
 from tests.network.appclient import AppClient, network_children
@@ -68,20 +69,22 @@ async def test_the_inbound_event_names_caller_method_and_payload(pair: Pair) -> 
     assert await pair.caller.answer(call_id) == {"payload": None}
 
 
-async def test_a_lone_surrogate_travels_both_ways_and_restarts_nothing(pair: Pair) -> None:
-    """JSON may carry "\\ud800" though UTF-8 cannot: such lines are written escaped to ASCII,
-    and pushing one (from the peers handler, in the link's task) crashes no actor."""
+async def test_a_lone_surrogate_in_a_peers_call_is_dropped_and_restarts_nothing(pair: Pair) -> None:
+    """JSON may carry "\\ud800" though UTF-8 cannot: a call holding one is dropped where the
+    receiving daemon decodes it and counted; the next call is served as usual."""
     await pair.server.call("rpc_register", network=NET, method="echo")
-    odd = "x\ud800y"
+    odd = RpcCall("odd", "echo", "x\ud800y", binary=False, stream=False, timeout_ms=1000)
+    await pair.a.network().send_to_peer(pair.b.device_id, odd)  # past a's own op checks
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(serve_once, pair.server, "echo", odd)
+        nursery.start_soon(serve_once, pair.server, "echo", "fine")
         answer = await pair.caller.call(
-            "rpc_call", network=NET, peer=pair.b.device_id, method="echo", payload=odd
+            "rpc_call", network=NET, peer=pair.b.device_id, method="echo", payload="fine"
         )
-    assert answer == {"payload": odd}
-    for client in (pair.server, pair.caller):
-        children = network_children(await client.call("inspect"), NET)
-        assert all(child["restarts"] == 0 for child in children.values())
+    assert answer == {"payload": "fine"}
+    assert [event for event in pair.server.events if event["kind"] == "rpc_inbound"] == []
+    seen = await pair.b.peer(pair.a)
+    assert seen is not None and seen["rejected_frames"] == 1
+    assert pair.a.crashes() == pair.b.crashes() == {}
 
 
 async def test_binary_payloads_travel_as_base64(pair: Pair) -> None:

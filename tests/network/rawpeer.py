@@ -1,0 +1,85 @@
+"""A peer made by hand for tests: its own key, a real `Link` to the broker, and frames sealed
+from any bytes, so it can send what no daemon would (NaN, lone surrogates, huge integers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import nacl.signing
+import trio
+
+from meshactors.actors import Node, run_root
+from meshactors.network.link import Link, LinkEvent, LinkUp
+from meshactors.network.sealing import PeerCrypto
+from meshactors.wire.device_id import device_id_from_public_key, public_key_from_device_id
+from meshactors.wire.peer import (
+    FEATURES,
+    PROTOCOL_VERSION,
+    Capabilities,
+    Frame,
+    Hello,
+    Profile,
+    encode_frame,
+)
+from tests.network.conftest import WAIT
+
+
+@attrs.define(eq=False)
+class _Heard:
+    """The raw peer's link sink: notes that the link is up, reads nothing else."""
+
+    up: trio.Event = attrs.field(factory=trio.Event)
+
+    async def put(self, event: LinkEvent, /) -> None:
+        if isinstance(event, LinkUp):
+            self.up.set()
+
+
+@attrs.define(eq=False)
+class RawPeer:
+    """Joins `network` at a broker and seals whatever bytes a test gives it to one device."""
+
+    network: str
+    key: nacl.signing.SigningKey = attrs.field(factory=nacl.signing.SigningKey.generate)
+    _heard: _Heard = attrs.field(factory=_Heard)
+    _link: Link | None = None
+    _sealers: dict[str, PeerCrypto] = attrs.field(factory=dict)
+
+    @property
+    def device_id(self) -> str:
+        return device_id_from_public_key(bytes(self.key.verify_key))
+
+    async def join(self, url: str, nursery: trio.Nursery) -> None:
+        """Connect to the broker at `url` and wait for its welcome."""
+        self._link = Link(self.network, [url], self.key, self._heard)
+        await nursery.start(run_root, self._link, Node(name="raw peer", kind="link"))
+        with trio.fail_after(WAIT):
+            await self._heard.up.wait()
+
+    async def hello(self, device_id: str, **fields: Any) -> None:
+        """Send `device_id` the hello of a daemon that approved it (fields override)."""
+        hello = Hello(
+            major=PROTOCOL_VERSION[0],
+            minor=PROTOCOL_VERSION[1],
+            features=list(FEATURES),
+            label="raw",
+            app_version="0",
+            role="daemon",
+            capabilities=Capabilities(),
+            profile=Profile(),
+            approval="approved",
+            answer=False,
+        )
+        await self.send_frame(device_id, attrs.evolve(hello, **fields))
+
+    async def send_frame(self, device_id: str, frame: Frame) -> None:
+        await self.send_raw(device_id, encode_frame(frame))
+
+    async def send_raw(self, device_id: str, data: bytes) -> None:
+        """Seal `data` as it is (any bytes) to `device_id` and queue it on the link."""
+        sealer = self._sealers.get(device_id)
+        if sealer is None:
+            sealer = self._sealers[device_id] = PeerCrypto.for_peer(self.key, device_id)
+        assert self._link is not None, "join first"
+        await self._link.send(public_key_from_device_id(device_id), sealer.seal(data))

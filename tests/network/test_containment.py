@@ -1,0 +1,69 @@
+"""A network whose actors keep crashing, past its own restart intensity and past the one its
+parent would allow, is restarted alone: the daemon's other networks, the control plane and
+connected clients never notice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from meshactors.actors import RestartLimits
+from meshactors.network.peers import Peers
+from meshactors.network.rpc import Rpc
+from tests.network.appclient import AppClient
+from tests.network.conftest import WAIT, Mesh, approve_both
+
+FAST = RestartLimits(backoff_initial=0.001, backoff_max=0.001)  # the same intensity, no waiting
+STARTS = 8  # starts of the doomed network to wait for: past `networks`' intensity of 5
+
+
+async def test_a_network_crashing_for_good_leaves_the_other_network_and_clients_alone(
+    mesh: Mesh, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = await mesh.daemon("a"), await mesh.daemon("b")
+    await a.join(mesh.url, "fine")
+    await b.join(mesh.url, "fine")
+    await approve_both(a, b, "fine")
+    client = await AppClient.open(b.services.paths.socket, nursery)
+    before = await client.call("status")
+
+    starts: list[float] = []
+    started_often = trio.Event()
+    load, run = Peers._load, Rpc.run
+
+    async def counted_load(self: Peers) -> None:
+        if self.network == "doomed":
+            starts.append(trio.current_time())
+            if len(starts) == STARTS:
+                started_often.set()
+        await load(self)
+
+    async def crash_once_started(self: Rpc, **kwargs: Any) -> None:
+        if self.network != "doomed":
+            return await run(self, **kwargs)
+        kwargs["task_status"].started()
+        await trio.lowlevel.checkpoint()
+        raise RuntimeError("injected: the doomed network's rpc actor crashes as it starts")
+
+    monkeypatch.setattr(Peers, "_load", counted_load)
+    monkeypatch.setattr(Rpc, "run", crash_once_started)
+    assert b.services.networks is not None
+    b.services.networks.limits = FAST
+    await b.join(mesh.url, "doomed")
+    b.network("doomed").limits = FAST
+    with trio.fail_after(WAIT):
+        await started_often.wait()
+
+    after = await client.call("status")
+    assert after["client_id"] == before["client_id"]
+    tree = b.services.tree
+    assert tree.children["networks"].restarts == 0
+    assert tree.children["control"].restarts == 0
+    assert tree.children["networks"].children["network doomed"].restarts >= STARTS - 1
+    assert [path for path in b.crashes() if "network doomed" not in path] == []
+    seen = await b.peer(a, "fine")
+    assert seen is not None and seen["status"] == "active"
+    listed = await client.call("peers_list", network="fine")
+    assert [peer["device_id"] for peer in listed["peers"]] == [a.device_id]
