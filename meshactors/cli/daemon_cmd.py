@@ -34,6 +34,7 @@ from meshactors.daemon.broker_actor import parse_listen
 from meshactors.daemon.control import ActivationError, activated_socket
 from meshactors.daemon.lock import AlreadyRunning, DaemonLock, read_running_pid
 from meshactors.daemon.main import DaemonOptions, serve
+from meshactors.daemon.outbox import ACK_TIMEOUT_S, DurableSettings
 from meshactors.daemon.sdnotify import Notifier, NotifyEnvError
 from meshactors.hostguard import (
     HOST_MISMATCH_EXIT_CODE,
@@ -48,6 +49,7 @@ from meshactors.identity import Identity, IdentityError, load_or_create_identity
 from meshactors.logs import configure_logging
 from meshactors.paths import Paths
 from meshactors.store.db import StoreError
+from meshactors.store.retention import RETENTION_DAYS, RETENTION_ROWS, Retention
 
 DETACH_READY_TIMEOUT = 30.0  # seconds `up --detach` waits for the socket to answer
 DOWN_TIMEOUT = 10.0  # seconds `down` waits after asking, before SIGTERM (and again after)
@@ -65,6 +67,27 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     up.add_argument("--broker-listen", default=None, help="also run a broker on HOST:PORT")
     up.add_argument(
         "--tcp", type=int, default=None, metavar="PORT", help="also serve HTTP on 127.0.0.1:PORT"
+    )
+    up.add_argument(
+        "--retention-days",
+        type=float,
+        default=None,
+        metavar="DAYS",
+        help=f"keep finished history this long (default {RETENTION_DAYS:g})",
+    )
+    up.add_argument(
+        "--retention-rows",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"keep at most N rows of each finished history (default {RETENTION_ROWS})",
+    )
+    up.add_argument(
+        "--ack-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"wait this long for a peer's msg_ack before retrying (default {ACK_TIMEOUT_S:g})",
     )
     up.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     up.set_defaults(run=run_up)
@@ -88,6 +111,7 @@ def run_up(args: argparse.Namespace) -> int:
         broker_listen = None if args.broker_listen is None else parse_listen(args.broker_listen)
     except ValueError as exc:
         fail(f"--broker-listen: {exc}", EXIT_USAGE)
+    durable = _durable_settings(args)
     if args.detach:
         return _detach(args, paths)
     configure_logging(json=True if args.log_json else None)
@@ -98,6 +122,7 @@ def run_up(args: argparse.Namespace) -> int:
             ready=_ready_signal(args.ready_fd),
             tcp_port=args.tcp,
             broker_listen=broker_listen,
+            durable=durable,
         )
     )
     try:
@@ -167,6 +192,22 @@ def _ready_signal(fd: int | None) -> Callable[[], None] | None:
     return ready
 
 
+def _durable_settings(args: argparse.Namespace) -> DurableSettings:
+    """The durable-message settings the flags ask for (defaults for the rest); exit 2 if bad."""
+    retention = {
+        field: value
+        for field, value in (("days", args.retention_days), ("rows", args.retention_rows))
+        if value is not None
+    }
+    try:
+        return DurableSettings(
+            retention=Retention(**retention),
+            **({} if args.ack_timeout is None else {"ack_timeout_s": args.ack_timeout}),
+        )
+    except ValueError as exc:
+        fail(f"daemon up: {exc}", EXIT_USAGE)
+
+
 def _detach(args: argparse.Namespace, paths: Paths) -> int:
     """Start the daemon in a new session and wait until it says it serves."""
     if read_running_pid(paths.pid_file) is not None:
@@ -181,6 +222,9 @@ def _detach(args: argparse.Namespace, paths: Paths) -> int:
         command += ["--broker-listen", args.broker_listen]
     if args.tcp is not None:
         command += ["--tcp", str(args.tcp)]
+    for flag in ("retention_days", "retention_rows", "ack_timeout"):
+        if getattr(args, flag) is not None:
+            command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(
             command,

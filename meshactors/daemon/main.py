@@ -19,7 +19,7 @@ from meshactors.daemon.broker_actor import BrokerActor
 from meshactors.daemon.control import control_supervisor
 from meshactors.daemon.events import EventHub
 from meshactors.daemon.optable import OpTable
-from meshactors.daemon.outbox import Outbox
+from meshactors.daemon.outbox import DurableSettings, Outbox
 from meshactors.daemon.sdnotify import Notifier, NotifierActor
 from meshactors.daemon.services import Services
 from meshactors.identity import Identity
@@ -43,6 +43,7 @@ class DaemonOptions:
     notifier: Notifier = attrs.field(factory=Notifier)  # the service manager, if one runs us
     listen_fd: int | None = None  # a listening socket the service manager passed (activation)
     broker_listen: tuple[str, int] | None = None  # host, port of an embedded broker
+    durable: DurableSettings = attrs.field(factory=DurableSettings)  # retention, ack timeout
 
 
 def build_ops() -> OpTable:
@@ -69,7 +70,9 @@ async def serve(
         started_at=trio.current_time(),
         networks=networks,
     )
-    outbox = services.extras[message_ops.OUTBOX_KEY] = Outbox(store, events, networks)
+    outbox = services.extras[message_ops.OUTBOX_KEY] = Outbox(
+        store, events, networks, options.durable
+    )
     embedded = (
         []
         if options.broker_listen is None
