@@ -194,18 +194,14 @@ def _ready_signal(fd: int | None) -> Callable[[], None] | None:
 
 def _durable_settings(args: argparse.Namespace) -> DurableSettings:
     """The durable-message settings the flags ask for (defaults for the rest); exit 2 if bad."""
-    retention = {
-        field: value
-        for field, value in (("days", args.retention_days), ("rows", args.retention_rows))
-        if value is not None
-    }
-    try:
-        return DurableSettings(
-            retention=Retention(**retention),
-            **({} if args.ack_timeout is None else {"ack_timeout_s": args.ack_timeout}),
-        )
-    except ValueError as exc:
-        fail(f"daemon up: {exc}", EXIT_USAGE)
+    flags = {"retention_days": "days", "retention_rows": "rows", "ack_timeout": "ack_timeout_s"}
+    given = {flag: getattr(args, flag) for flag in flags if getattr(args, flag) is not None}
+    for flag, value in given.items():
+        if not value > 0:
+            fail(f"--{flag.replace('_', '-')} must be positive, got {value:g}", EXIT_USAGE)
+    retention = {flags[f]: v for f, v in given.items() if f != "ack_timeout"}
+    timeout = {flags[f]: v for f, v in given.items() if f == "ack_timeout"}
+    return DurableSettings(retention=Retention(**retention), **timeout)
 
 
 def _detach(args: argparse.Namespace, paths: Paths) -> int:

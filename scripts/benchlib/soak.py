@@ -237,7 +237,7 @@ async def _faults(soak: Soak, seconds: float) -> None:
     soak.events.append(f"broker SIGKILLed at {seconds * BROKER_KILL_AT / 60:.1f} min")
     await trio.sleep(BROKER_DOWN_S)
     soak.broker = await trio.to_thread.run_sync(chaos._start_broker, soak.port)
-    await trio.sleep(seconds * (DAEMON_RESTART_AT - BROKER_KILL_AT) - BROKER_DOWN_S)
+    await trio.sleep(max(0.0, seconds * (DAEMON_RESTART_AT - BROKER_KILL_AT) - BROKER_DOWN_S))
     await trio.to_thread.run_sync(lambda: resources.cli(soak.home("b"), "daemon", "down"))
     await trio.to_thread.run_sync(lambda: resources.cli(soak.home("b"), "daemon", "up", "--detach"))
     soak.events.append(f"daemon b restarted at {seconds * DAEMON_RESTART_AT / 60:.1f} min")
