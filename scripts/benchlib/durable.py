@@ -431,16 +431,18 @@ def _pair(figure: dict[str, Any]) -> tuple[int, float]:
     return figure["value"], figure["ratio"]
 
 
-def update_doc(text: str, section: str) -> str:
-    """`text` with everything from DOC_BEGIN to DOC_END replaced by `section`, or `section`
-    appended when the markers are absent; a half-marked file is refused, never clobbered."""
-    begin, end = text.find(DOC_BEGIN), text.find(DOC_END)
+def update_doc(text: str, section: str, markers: tuple[str, str] = (DOC_BEGIN, DOC_END)) -> str:
+    """`text` with everything from the begin to the end marker replaced by `section`, or
+    `section` appended when the markers are absent; a half-marked file is refused, never
+    clobbered."""
+    begin_marker, end_marker = markers
+    begin, end = text.find(begin_marker), text.find(end_marker)
     if begin < 0 and end < 0:
         head = text.rstrip("\n")
         return f"{head}\n\n{section}\n" if head else f"# Performance\n\n{section}\n"
     if begin < 0 or end < begin:
-        raise BenchError(f"{DOC_BEGIN} and {DOC_END} must both appear, in that order")
-    return text[:begin] + section + text[end + len(DOC_END) :]
+        raise BenchError(f"{begin_marker} and {end_marker} must both appear, in that order")
+    return text[:begin] + section + text[end + len(end_marker) :]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -448,7 +450,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="scripts/bench_durable", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; writes no doc")
     parser.add_argument("--doc", type=Path, default=None, help=f"the file to update ({DOC})")
+    parser.add_argument(
+        "--history", action="store_true", help="only the cost with 0 and 1,000,000 rows of history"
+    )
     args = parser.parse_args(argv)
+    if args.history:
+        from scripts.benchlib import durable_history  # it imports this module's helpers
+
+        durable_history.main(args.smoke, args.doc if args.doc is not None or args.smoke else DOC)
+        return
     report = {"machine": machine(), **with_ratios(measure(SMOKE if args.smoke else FULL))}
     print(json.dumps(report, indent=2))
     doc: Path | None = args.doc if args.doc is not None or args.smoke else DOC
