@@ -373,6 +373,7 @@ class Outbox(Actor):
             for item, status in zip(batch, statuses, strict=True):
                 if item.error == PEER_CHANGED:
                     self.counts["redue"] += 1
+                    self.poke()  # due now in the store: a pass that ran before this misses it
                     continue
                 self.counts["delivered" if item.error is None else "failed"] += 1
                 self.counts["dead"] += status == "dead"
