@@ -15,7 +15,8 @@ PROBE_BYTES = 64 * 1024  # written beside the database to learn why the OS refus
 
 def _counted(table: str, status: str) -> tuple[str, ...]:
     """Statements that fill row_counts for `table` by its `status` expression and keep it
-    current with triggers, so counts are read in O(1) instead of by scanning the table."""
+    current with triggers, so counts are read in O(1) instead of by scanning the table.
+    Migration 2 is built from it: never change what it returns (append a migration)."""
     new, old = status.replace("status", "NEW.status"), status.replace("status", "OLD.status")
     bump = (
         "INSERT INTO row_counts (tbl, status, n) VALUES ('{t}', {s}, {d})"
