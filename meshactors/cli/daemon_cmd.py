@@ -35,6 +35,7 @@ from meshactors.daemon.broker_actor import parse_listen
 from meshactors.daemon.control import ActivationError, activated_socket
 from meshactors.daemon.lock import AlreadyRunning, DaemonLock, read_running_pid
 from meshactors.daemon.main import DaemonOptions, serve
+from meshactors.daemon.outbox import ACK_TIMEOUT_S, DurableSettings
 from meshactors.daemon.sdnotify import Notifier, NotifyEnvError
 from meshactors.hostguard import (
     HOST_MISMATCH_EXIT_CODE,
@@ -50,6 +51,7 @@ from meshactors.logs import configure_logging
 from meshactors.network.link import ROLES
 from meshactors.paths import Paths
 from meshactors.store.db import StoreError
+from meshactors.store.retention import RETENTION_DAYS, RETENTION_ROWS, Retention
 
 DETACH_READY_TIMEOUT = 30.0  # seconds `up --detach` waits for the socket to answer
 DOWN_TIMEOUT = 10.0  # seconds `down` waits after asking, before SIGTERM (and again after)
@@ -75,6 +77,27 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         choices=ROLES,
         default=None,
         help="the role announced to peers, kept for later starts (first start: daemon)",
+    )
+    up.add_argument(
+        "--retention-days",
+        type=float,
+        default=None,
+        metavar="DAYS",
+        help=f"keep finished history this long (default {RETENTION_DAYS:g})",
+    )
+    up.add_argument(
+        "--retention-rows",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"keep at most N rows of each finished history (default {RETENTION_ROWS})",
+    )
+    up.add_argument(
+        "--ack-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"wait this long for a peer's msg_ack before retrying (default {ACK_TIMEOUT_S:g})",
     )
     up.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     up.set_defaults(run=run_up)
@@ -104,6 +127,7 @@ def run_up(args: argparse.Namespace) -> int:
         broker_listen = None if args.broker_listen is None else parse_listen(args.broker_listen)
     except ValueError as exc:
         fail(f"--broker-listen: {exc}", EXIT_USAGE)
+    durable = _durable_settings(args)
     if args.detach:
         return _detach(args, paths)
     configure_logging(json=True if args.log_json else None, level=args.log_level)
@@ -116,6 +140,7 @@ def run_up(args: argparse.Namespace) -> int:
             broker_listen=broker_listen,
             broker_config=broker_config,
             role=args.role,
+            durable=durable,
         )
     )
     try:
@@ -185,6 +210,18 @@ def _ready_signal(fd: int | None) -> Callable[[], None] | None:
     return ready
 
 
+def _durable_settings(args: argparse.Namespace) -> DurableSettings:
+    """The durable-message settings the flags ask for (defaults for the rest); exit 2 if bad."""
+    flags = {"retention_days": "days", "retention_rows": "rows", "ack_timeout": "ack_timeout_s"}
+    given = {flag: getattr(args, flag) for flag in flags if getattr(args, flag) is not None}
+    for flag, value in given.items():
+        if not value > 0:
+            fail(f"--{flag.replace('_', '-')} must be positive, got {value:g}", EXIT_USAGE)
+    retention = {flags[f]: v for f, v in given.items() if f != "ack_timeout"}
+    timeout = {flags[f]: v for f, v in given.items() if f == "ack_timeout"}
+    return DurableSettings(retention=Retention(**retention), **timeout)
+
+
 def _detach(args: argparse.Namespace, paths: Paths) -> int:
     """Start the daemon in a new session and wait until it says it serves."""
     if read_running_pid(paths.pid_file) is not None:
@@ -204,6 +241,9 @@ def _detach(args: argparse.Namespace, paths: Paths) -> int:
         command += ["--config", str(args.config)]
     if args.role is not None:
         command += ["--role", args.role]
+    for flag in ("retention_days", "retention_rows", "ack_timeout"):
+        if getattr(args, flag) is not None:
+            command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(
             command,

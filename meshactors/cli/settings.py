@@ -17,7 +17,9 @@ import attrs
 
 from meshactors.broker.limits import BrokerConfig
 from meshactors.daemon.broker_actor import parse_listen
+from meshactors.daemon.outbox import ACK_TIMEOUT_S
 from meshactors.network.link import ROLES
+from meshactors.store.retention import RETENTION_DAYS, RETENTION_ROWS
 
 MAX_CONFIG_BYTES = 64 * 1024  # a larger daemon.toml is refused unread
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -60,6 +62,12 @@ def _flag(value: Any) -> bool:
     return value
 
 
+def _positive_number(value: Any) -> float:
+    if type(value) not in (int, float) or not value > 0:
+        raise ValueError("expected a number greater than 0")
+    return float(value)
+
+
 def _positive(value: Any) -> int:
     if type(value) is not int or value < 1:
         raise ValueError("expected a whole number of at least 1")
@@ -83,6 +91,9 @@ SETTINGS = (
     Setting("role", _role, None, "role"),
     Setting("log_level", _log_level, "info", "log_level"),
     Setting("log_json", _flag, False, "log_json"),
+    Setting("durable.retention_days", _positive_number, RETENTION_DAYS, "retention_days"),
+    Setting("durable.retention_rows", _positive, RETENTION_ROWS, "retention_rows"),
+    Setting("durable.ack_timeout_s", _positive_number, ACK_TIMEOUT_S, "ack_timeout"),
     Setting("broker.max_peers", _positive, BrokerConfig().max_peers),
     Setting("broker.max_message_bytes", _positive, BrokerConfig().max_message_bytes),
     Setting("broker.max_connections", _positive, BrokerConfig().max_connections),

@@ -20,7 +20,7 @@ from meshactors.daemon.broker_actor import BrokerActor
 from meshactors.daemon.control import control_supervisor
 from meshactors.daemon.events import EventHub
 from meshactors.daemon.optable import OpTable
-from meshactors.daemon.outbox import Outbox
+from meshactors.daemon.outbox import DurableSettings, Outbox
 from meshactors.daemon.sdnotify import Notifier, NotifierActor
 from meshactors.daemon.services import Services
 from meshactors.identity import Identity
@@ -49,6 +49,7 @@ class DaemonOptions:
     role: str | None = attrs.field(  # --role: announced to peers and kept; None: the last one
         default=None, validator=attrs.validators.optional(attrs.validators.in_(ROLES))
     )
+    durable: DurableSettings = attrs.field(factory=DurableSettings)  # retention, ack timeout
 
 
 def build_ops() -> OpTable:
@@ -77,7 +78,9 @@ async def serve(
         started_at=trio.current_time(),
         networks=networks,
     )
-    outbox = services.extras[message_ops.OUTBOX_KEY] = Outbox(store, events, networks)
+    outbox = services.extras[message_ops.OUTBOX_KEY] = Outbox(
+        store, events, networks, options.durable
+    )
     embedded = (
         []
         if options.broker_listen is None

@@ -5,7 +5,12 @@ peer), sends each as a sealed `msg` frame and waits for the recipient's `msg_ack
 ack marks the delivery done. A failed attempt is recorded with its error code and retried
 with backoff (store.outbox.mark_failed). Passes run on a new accept, a peer becoming active,
 a finished attempt, or the next due retry. Deliveries left inflight by a crash are put back
-to pending at start.
+to pending at start. An attempt in flight to a peer that leaves or comes back (a peer status
+event) is not waited out to the ack timeout: it is made due again at once, without counting
+as a failure, and sent when the peer is active (the recipient dedupes).
+
+Housekeeping: a sweep makes sends past their TTL dead, and a prune loop deletes history past
+the retention in small batches (store.retention), both off the drain path.
 
 Receiving: `msg` frames are stored in the inbox (deduplicated on sender and
 client_message_id), a `message` event is published only for a new one, and every one is
@@ -39,34 +44,47 @@ from meshactors.network.delivery import (
 )
 from meshactors.network.manager import NetworkManager
 from meshactors.network.network import Network
+from meshactors.network.peers import STATUS_EVENTS
 from meshactors.store import inbox as inbox_db
 from meshactors.store import outbox as outbox_db
 from meshactors.store.actor import StoreActor
 from meshactors.store.events import Event
 from meshactors.store.inbox import InboxMessage
-from meshactors.store.outbox import Delivery
+from meshactors.store.outbox import EXPIRE_BATCH, Delivery
+from meshactors.store.retention import Retention, prune_step
 from meshactors.wire.ipc import OpError
 from meshactors.wire.peer import Frame
 
 log = structlog.get_logger("meshactors.outbox")
 
-ACK_TIMEOUT_S = 30.0  # seconds a sent msg waits for its msg_ack before the attempt fails
+ACK_TIMEOUT_S = 30.0  # default seconds a sent msg waits for its msg_ack before it fails
 PEER_WINDOW = 64  # deliveries in flight to one peer at once
 CLAIM_BATCH = 256  # due deliveries claimed per network per pass
 IDLE_POLL_S = 60.0  # longest sleep when nothing is due (wake-ups do the real work)
-SWEEP_INTERVAL_S = 60.0  # seconds between TTL sweeps (which also refresh the figures)
+SWEEP_INTERVAL_S = 60.0  # seconds between TTL sweeps and retention passes
+PRUNE_PAUSE_S = 0.1  # seconds between prune batches while a retention pass has work
 RECEIVE_QUEUE = 4096  # incoming msg frames waiting to be stored; more are dropped (resent)
 RECEIVE_BATCH = 256  # incoming messages stored per store call
 SETTLE_QUEUE = 4096  # finished attempts waiting to be recorded before deliverers wait
 SETTLE_BATCH = 512  # finished attempts recorded per store call
 WATCH_CAPACITY = 1024  # daemon events queued for the wake-up watcher before it lags
 WAKE_EVENTS = frozenset({"peer_active", "network_added"})  # events that may make work due
+PEER_CHANGE_EVENTS = frozenset(STATUS_EVENTS.values())  # a peer's session began or ended
+PEER_CHANGED = "peer_changed"  # settles an attempt whose peer left or came back: due again now
 EVENT_MESSAGE_BYTES = 4096  # longer texts are left out of `message` events (read the inbox)
 
 
 def now_ms() -> int:
     """Wall-clock milliseconds, the store's time base."""
     return time.time_ns() // 1_000_000
+
+
+@attrs.frozen
+class DurableSettings:
+    """The durable-message knobs a daemon runs with (`daemon up` flags set them)."""
+
+    retention: Retention = attrs.field(factory=Retention)
+    ack_timeout_s: float = attrs.field(default=ACK_TIMEOUT_S, validator=attrs.validators.gt(0))
 
 
 @attrs.frozen
@@ -89,10 +107,10 @@ class _Received:
 
 @attrs.define(eq=False)
 class _Waiter:
-    """A sent msg waiting for its ack."""
+    """A sent msg waiting for its ack, or for its peer to leave or come back."""
 
     done: trio.Event = attrs.field(factory=trio.Event)
-    ack: MsgAck | None = None
+    ack: MsgAck | None = None  # None once done: the peer changed before it acked
 
 
 @attrs.frozen
@@ -126,12 +144,16 @@ def claim_due(
 
 
 def record_settled(conn: sqlite3.Connection, batch: Sequence[_Settled], now_ms: int) -> list[str]:
-    """Mark each attempt delivered or failed; returns each delivery's new status."""
+    """Mark each attempt delivered, failed or (its peer changed) due again; returns each
+    delivery's new status."""
     statuses = []
     for item in batch:
         if item.error is None:
             outbox_db.mark_delivered(conn, item.outbox_id, item.recipient, now_ms)
             statuses.append("done")
+        elif item.error == PEER_CHANGED:
+            outbox_db.mark_due_now(conn, item.outbox_id, item.recipient, now_ms)
+            statuses.append("pending")
         else:
             status = outbox_db.mark_failed(
                 conn,
@@ -202,6 +224,7 @@ class Outbox(Actor):
     store: StoreActor
     events: EventHub
     networks: NetworkManager
+    settings: DurableSettings = attrs.field(factory=DurableSettings)
     _wake: trio.Event = attrs.field(factory=trio.Event, init=False)
     _inflight: collections.Counter[tuple[str, str]] = attrs.field(
         factory=collections.Counter, init=False
@@ -236,6 +259,8 @@ class Outbox(Actor):
             "duplicates": self.counts["duplicates"],
             "dropped": self.counts["dropped"],
             "acks_unsent": self.counts["acks_unsent"],
+            "redue": self.counts["redue"],
+            "pruned": self.counts["pruned"],
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -252,6 +277,7 @@ class Outbox(Actor):
                 nursery.start_soon(self._store_received)
                 nursery.start_soon(self._record_settled)
                 nursery.start_soon(self._sweep)
+                nursery.start_soon(self._prune)
                 task_status.started()
                 await self._drain(nursery)
 
@@ -305,15 +331,17 @@ class Outbox(Actor):
         )
         error: str | None = ACK_TIMEOUT
         try:
-            with trio.move_on_after(ACK_TIMEOUT_S):
+            with trio.move_on_after(self.settings.ack_timeout_s):
                 try:
                     await network.send_to_peer(delivery.recipient, frame)
                 except OpError as exc:
                     error = exc.code.value
                 else:
                     await waiter.done.wait()
-                    assert waiter.ack is not None
-                    error = waiter.ack.error if waiter.ack.status == "rejected" else None
+                    if waiter.ack is None:
+                        error = PEER_CHANGED
+                    else:
+                        error = waiter.ack.error if waiter.ack.status == "rejected" else None
         finally:
             del self._waiters[key]
             self._inflight[network_id, delivery.recipient] -= 1
@@ -343,6 +371,10 @@ class Outbox(Actor):
                 what="record deliveries",
             )
             for item, status in zip(batch, statuses, strict=True):
+                if item.error == PEER_CHANGED:
+                    self.counts["redue"] += 1
+                    self.poke()  # due now in the store: a pass that ran before this misses it
+                    continue
                 self.counts["delivered" if item.error is None else "failed"] += 1
                 self.counts["dead"] += status == "dead"
                 if status in ("done", "dead"):
@@ -354,9 +386,25 @@ class Outbox(Actor):
     async def _sweep(self) -> None:
         """Make sends past their TTL dead even if their peer never came back."""
         while True:
-            await self.store.call(
-                functools.partial(outbox_db.expire_pending, now_ms=now_ms()), what="expire sends"
-            )
+            expired = EXPIRE_BATCH
+            while expired == EXPIRE_BATCH:
+                expired = await self.store.call(
+                    functools.partial(outbox_db.expire_pending, now_ms=now_ms()),
+                    what="expire sends",
+                )
+            await trio.sleep(SWEEP_INTERVAL_S)
+
+    async def _prune(self) -> None:
+        """Every SWEEP_INTERVAL_S, delete history past the retention, one small batch at a
+        time with a pause between, so the drain path never waits long for the store."""
+        retention = self.settings.retention
+        while True:
+            while deleted := await self.store.call(
+                functools.partial(prune_step, retention=retention, now_ms=now_ms()),
+                what="prune history",
+            ):
+                self.counts["pruned"] += deleted
+                await trio.sleep(PRUNE_PAUSE_S)
             await trio.sleep(SWEEP_INTERVAL_S)
 
     # -- receiving ----------------------------------------------------------------------------
@@ -411,8 +459,17 @@ class Outbox(Actor):
 
     async def _watch(self, watch: Subscriber[Event]) -> None:
         async for event in watch:
+            if not isinstance(event, Lagged) and event.kind in PEER_CHANGE_EVENTS:
+                self._peer_changed(event.data["network"], event.data["device_id"])
             if isinstance(event, Lagged) or event.kind in WAKE_EVENTS:
                 self.poke()
+
+    def _peer_changed(self, network_id: str, peer: str) -> None:
+        """Release the attempts in flight to a peer that left or came back: their acks will
+        not come, so they are due again now instead of at the ack timeout."""
+        for (network, recipient, _), waiter in self._waiters.items():
+            if (network, recipient) == (network_id, peer):
+                waiter.done.set()
 
 
 def _drain(receiver: trio.MemoryReceiveChannel[Any], limit: int) -> list[Any]:

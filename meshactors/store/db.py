@@ -12,6 +12,38 @@ from typing import Any
 BUSY_TIMEOUT_MS = 5000  # how long a writer waits for another connection's lock before failing
 PROBE_BYTES = 64 * 1024  # written beside the database to learn why the OS refuses it
 
+
+def _counted(table: str, status: str) -> tuple[str, ...]:
+    """Statements that fill row_counts for `table` by its `status` expression and keep it
+    current with triggers, so counts are read in O(1) instead of by scanning the table.
+    Migration 3 is built from it: never change what it returns (append a migration)."""
+    new, old = status.replace("status", "NEW.status"), status.replace("status", "OLD.status")
+    bump = (
+        "INSERT INTO row_counts (tbl, status, n) VALUES ('{t}', {s}, {d})"
+        " ON CONFLICT (tbl, status) DO UPDATE SET n = n + {d}"
+    )
+    statements = [
+        f"INSERT INTO row_counts (tbl, status, n) SELECT '{table}', {status}, count(*)"
+        f" FROM {table} GROUP BY 1, 2",
+        f"CREATE TRIGGER {table}_counted_insert AFTER INSERT ON {table} BEGIN "
+        + bump.format(t=table, s=new, d=1)
+        + "; END",
+        f"CREATE TRIGGER {table}_counted_delete AFTER DELETE ON {table} BEGIN "
+        + bump.format(t=table, s=old, d=-1)
+        + "; END",
+    ]
+    if status == "status":
+        statements.append(
+            f"CREATE TRIGGER {table}_counted_update AFTER UPDATE OF status ON {table}"
+            " WHEN OLD.status != NEW.status BEGIN "
+            + bump.format(t=table, s=old, d=-1)
+            + "; "
+            + bump.format(t=table, s=new, d=1)
+            + "; END"
+        )
+    return tuple(statements)
+
+
 # Schema migrations, applied in order; PRAGMA user_version counts the ones already applied.
 # Never edit a released entry: append a new one.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -103,6 +135,25 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP TABLE roster",
         "ALTER TABLE roster_v2 RENAME TO roster",
     ),
+    # 3: hot-path indexes bounded by the work due, and row counts kept by triggers (issue 22)
+    (
+        "CREATE INDEX deliveries_pending ON deliveries (recipient, next_attempt_at)"
+        " WHERE status = 'pending'",
+        "DROP INDEX outbox_by_status",
+        "CREATE INDEX outbox_by_status ON outbox (status, created_at, id)",
+        "CREATE INDEX outbox_recent ON outbox (created_at, id)",
+        """CREATE TABLE row_counts (
+            tbl TEXT NOT NULL,
+            status TEXT NOT NULL,
+            n INTEGER NOT NULL,
+            PRIMARY KEY (tbl, status)
+        ) WITHOUT ROWID""",
+        *(
+            statement
+            for table, status in (("outbox", "status"), ("deliveries", "status"), ("inbox", "''"))
+            for statement in _counted(table, status)
+        ),
+    ),
 )
 
 _CORRUPTION_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
@@ -172,6 +223,15 @@ def checked_limit(limit: int, maximum: int) -> int:
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     return min(limit, maximum)
+
+
+def row_counts(conn: sqlite3.Connection, table: str, statuses: tuple[str, ...]) -> dict[str, int]:
+    """How many rows of `table` are in each status, from the row_counts the triggers keep."""
+    counts = dict.fromkeys(statuses, 0)
+    for status, n in conn.execute("SELECT status, n FROM row_counts WHERE tbl = ?", (table,)):
+        if status in counts:
+            counts[status] = n
+    return counts
 
 
 def _check_integrity(conn: sqlite3.Connection, path: Path) -> None:

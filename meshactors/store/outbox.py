@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import attrs
 
-from meshactors.store.db import checked_limit, from_json, immediate, to_json
+from meshactors.store.db import checked_limit, from_json, immediate, row_counts, to_json
 from meshactors.store.fingerprint import (
     fingerprint_prefix,
     mint_client_message_id,
@@ -29,6 +29,7 @@ BACKOFF_CAP_MS = 5 * 60 * 1000  # no retry waits longer than five minutes
 MAX_RECIPIENTS = 4096  # deliveries rows one accept may write, bounding its transaction
 MAX_CLIENT_MESSAGE_ID_CHARS = 128  # caller-chosen idempotency keys (a minted ULID has 26)
 MAX_LIST_ROWS = 500  # rows one list_rows call returns
+EXPIRE_BATCH = 500  # sends one expire_pending call makes dead, bounding its transaction
 SUPERSEDED = "superseded"  # last_error of the deliveries that requeue closes
 EXPIRED = "expired"  # last_error of pending deliveries that outlived TTL_MS (expire_pending)
 
@@ -221,16 +222,22 @@ def due_deliveries(
     """Pending deliveries whose next attempt is due, by priority ('now' first) then age.
 
     `recipients` keeps only deliveries to those devices (the drainer passes the active
-    peers, so a long queue for an offline peer never hides due work for an online one).
+    peers, so a long queue for an offline peer never hides due work for an online one); with
+    it the query walks only those peers' due deliveries (index deliveries_pending), without
+    it every due one (deliveries_due), never the history of finished sends.
     """
+    if recipients is None:
+        source, where = "deliveries d INDEXED BY deliveries_due", ""
+    else:
+        source = "deliveries d INDEXED BY deliveries_pending"
+        where = " AND d.recipient IN (SELECT value FROM json_each(:recipients))"
     rows = conn.execute(
         "SELECT d.outbox_id, d.recipient, o.network, o.client_message_id, o.destination_kind,"
         " o.destination_ref, o.priority, o.message, o.meta_json, o.reply_to_id, d.attempts,"
         " o.created_at"
-        " FROM deliveries d JOIN outbox o ON o.id = d.outbox_id"
-        " WHERE d.status = 'pending' AND d.next_attempt_at <= :now"
+        f" FROM {source} CROSS JOIN outbox o ON o.id = d.outbox_id"
+        f" WHERE d.status = 'pending' AND d.next_attempt_at <= :now{where}"
         " AND (:network IS NULL OR o.network = :network)"
-        " AND (:recipients IS NULL OR d.recipient IN (SELECT value FROM json_each(:recipients)))"
         f" ORDER BY {_PRIORITY_RANK}, o.created_at, o.id, d.recipient LIMIT :limit",
         {
             "now": now_ms,
@@ -262,9 +269,11 @@ def next_due_at(
     conn: sqlite3.Connection, *, network: str, recipients: Collection[str]
 ) -> int | None:
     """When the earliest pending delivery to one of `recipients` in `network` is due (ms),
-    or None when there is none: how long the drainer may sleep."""
+    or None when there is none: how long the drainer may sleep. Walks only those peers'
+    pending deliveries (index deliveries_pending), never finished ones."""
     row = conn.execute(
-        "SELECT min(d.next_attempt_at) FROM deliveries d JOIN outbox o ON o.id = d.outbox_id"
+        "SELECT min(d.next_attempt_at) FROM deliveries d INDEXED BY deliveries_pending"
+        " CROSS JOIN outbox o ON o.id = d.outbox_id"
         " WHERE d.status = 'pending' AND o.network = ?"
         " AND d.recipient IN (SELECT value FROM json_each(?))",
         (network, to_json(sorted(recipients))),
@@ -272,34 +281,55 @@ def next_due_at(
     return None if row[0] is None else int(row[0])
 
 
-def expire_pending(conn: sqlite3.Connection, *, now_ms: int, ttl_ms: int = TTL_MS) -> int:
-    """Make pending deliveries of sends older than `ttl_ms` dead ('expired'), whether or not
-    their recipient was ever reachable; returns how many sends. A never-active peer ends here."""
+def expire_pending(
+    conn: sqlite3.Connection, *, now_ms: int, ttl_ms: int = TTL_MS, batch: int = EXPIRE_BATCH
+) -> int:
+    """Make pending deliveries of up to `batch` sends older than `ttl_ms` dead ('expired'),
+    whether or not their recipient was ever reachable; returns how many sends (call again
+    while it returns `batch`). A never-active peer ends here. Only open rows are walked, by
+    index outbox_by_status: pending deliveries exist only in pending or inflight rows."""
     with immediate(conn):
         outbox_ids = [
             row[0]
+            for status in ("pending", "inflight")
             for row in conn.execute(
-                "SELECT DISTINCT d.outbox_id FROM deliveries d JOIN outbox o ON o.id = d.outbox_id"
-                " WHERE d.status = 'pending' AND o.created_at + ? < ?",
-                (ttl_ms, now_ms),
+                "SELECT id FROM outbox WHERE status = ? AND created_at < ?"
+                " ORDER BY created_at LIMIT ?",
+                (status, now_ms - ttl_ms, batch),
             )
-        ]
+        ][:batch]
+        expired = 0
         for outbox_id in outbox_ids:
-            conn.execute(
+            cursor = conn.execute(
                 "UPDATE deliveries SET status = 'dead', last_error = ?"
                 " WHERE outbox_id = ? AND status = 'pending'",
                 (EXPIRED, outbox_id),
             )
-            _refresh_status(conn, outbox_id, now_ms, last_error=EXPIRED)
-    return len(outbox_ids)
+            if cursor.rowcount:
+                expired += 1
+                _refresh_status(conn, outbox_id, now_ms, last_error=EXPIRED)
+    return expired
 
 
 def delivery_counts(conn: sqlite3.Connection) -> dict[str, int]:
-    """How many deliveries are in each status, for the outbox actor's figures."""
-    counts = dict.fromkeys(("pending", "inflight", "done", "dead"), 0)
-    for status, count in conn.execute("SELECT status, count(*) FROM deliveries GROUP BY status"):
-        counts[status] = count
-    return counts
+    """How many deliveries (kept) are in each status, for the outbox actor's figures; read
+    from the counts triggers keep, so the cost does not grow with the rows kept."""
+    return row_counts(conn, "deliveries", ("pending", "inflight", "done", "dead"))
+
+
+def mark_due_now(conn: sqlite3.Connection, outbox_id: str, recipient: str, now_ms: int) -> bool:
+    """Put an inflight delivery back to pending, due now, without counting a failed attempt:
+    its peer left or came back, so the attempt's ack will not come. False when it was not
+    inflight (already settled). The recipient dedupes if the attempt did arrive."""
+    with immediate(conn):
+        cursor = conn.execute(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?"
+            " WHERE outbox_id = ? AND recipient = ? AND status = 'inflight'",
+            (now_ms, outbox_id, recipient),
+        )
+        if cursor.rowcount:
+            _refresh_status(conn, outbox_id, now_ms)
+    return bool(cursor.rowcount)
 
 
 def mark_inflight(
@@ -397,7 +427,8 @@ def recover_inflight(conn: sqlite3.Connection, now_ms: int) -> int:
         outbox_ids = [
             row[0]
             for row in conn.execute(
-                "SELECT DISTINCT outbox_id FROM deliveries WHERE status = 'inflight'"
+                "SELECT DISTINCT outbox_id FROM deliveries INDEXED BY deliveries_inflight"
+                " WHERE status = 'inflight'"
             )
         ]
         cursor = conn.execute(
@@ -413,13 +444,16 @@ def recover_inflight(conn: sqlite3.Connection, now_ms: int) -> int:
 def list_rows(
     conn: sqlite3.Connection, *, status: str | None, network: str | None, limit: int
 ) -> list[OutboxRow]:
-    """Sends for the operator, newest first, optionally of one status and/or network."""
+    """Sends for the operator, newest first, optionally of one status and/or network; walks
+    index outbox_by_status (one status) or outbox_recent (all) from the newest end."""
     if status is not None:
         _check_choice("status", status, ROW_STATUSES)
+    index, where = (
+        ("outbox_recent", "1") if status is None else ("outbox_by_status", "status = :status")
+    )
     rows = conn.execute(
-        f"SELECT {_ROW_COLUMNS} FROM outbox"
-        " WHERE (:status IS NULL OR status = :status)"
-        " AND (:network IS NULL OR network = :network)"
+        f"SELECT {_ROW_COLUMNS} FROM outbox INDEXED BY {index}"
+        f" WHERE {where} AND (:network IS NULL OR network = :network)"
         " ORDER BY created_at DESC, id DESC LIMIT :limit",
         {"status": status, "network": network, "limit": checked_limit(limit, MAX_LIST_ROWS)},
     ).fetchall()

@@ -25,11 +25,12 @@ from typing import Any
 
 import attrs
 import trio
+from nacl.signing import SigningKey
 
 from meshactors.client._frames import FrameDecoder, answer_data, encode_request
 from meshactors.daemon.client import MAX_CONCURRENT_REQUESTS
 from meshactors.store.db import open_database
-from meshactors.wire.device_id import PUBLIC_KEY_BYTES, device_id_from_public_key
+from meshactors.wire.device_id import device_id_from_public_key
 from scripts.demo_mesh import Home, broker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,8 +102,8 @@ def socket_of(home: Home) -> Path:
 
 
 def ghost_device_id() -> str:
-    """A well-formed device id nobody holds: sends to it are accepted and never attempted."""
-    return device_id_from_public_key(os.urandom(PUBLIC_KEY_BYTES))
+    """The id of a fresh key no daemon runs: sends to it are accepted and never attempted."""
+    return device_id_from_public_key(bytes(SigningKey.generate().verify_key))
 
 
 @attrs.define(eq=False)
@@ -431,16 +432,18 @@ def _pair(figure: dict[str, Any]) -> tuple[int, float]:
     return figure["value"], figure["ratio"]
 
 
-def update_doc(text: str, section: str) -> str:
-    """`text` with everything from DOC_BEGIN to DOC_END replaced by `section`, or `section`
-    appended when the markers are absent; a half-marked file is refused, never clobbered."""
-    begin, end = text.find(DOC_BEGIN), text.find(DOC_END)
+def update_doc(text: str, section: str, markers: tuple[str, str] = (DOC_BEGIN, DOC_END)) -> str:
+    """`text` with everything from the begin to the end marker replaced by `section`, or
+    `section` appended when the markers are absent; a half-marked file is refused, never
+    clobbered."""
+    begin_marker, end_marker = markers
+    begin, end = text.find(begin_marker), text.find(end_marker)
     if begin < 0 and end < 0:
         head = text.rstrip("\n")
         return f"{head}\n\n{section}\n" if head else f"# Performance\n\n{section}\n"
     if begin < 0 or end < begin:
-        raise BenchError(f"{DOC_BEGIN} and {DOC_END} must both appear, in that order")
-    return text[:begin] + section + text[end + len(DOC_END) :]
+        raise BenchError(f"{begin_marker} and {end_marker} must both appear, in that order")
+    return text[:begin] + section + text[end + len(end_marker) :]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -448,7 +451,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="scripts/bench_durable", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; writes no doc")
     parser.add_argument("--doc", type=Path, default=None, help=f"the file to update ({DOC})")
+    parser.add_argument(
+        "--history", action="store_true", help="only the cost with 0 and 1,000,000 rows of history"
+    )
     args = parser.parse_args(argv)
+    if args.history:
+        from scripts.benchlib import durable_history  # it imports this module's helpers
+
+        durable_history.main(args.smoke, args.doc if args.doc is not None or args.smoke else DOC)
+        return
     report = {"machine": machine(), **with_ratios(measure(SMOKE if args.smoke else FULL))}
     print(json.dumps(report, indent=2))
     doc: Path | None = args.doc if args.doc is not None or args.smoke else DOC

@@ -70,3 +70,35 @@ def test_a_smoke_run_measures_every_figure_and_writes_its_section(tmp_path: Path
     assert text.count(DOC_BEGIN) == text.count(DOC_END) == 1
     assert f"| {baseline:,} /s | 1.000 |" in text
     assert report["machine"]["python"] in text
+
+
+@pytest.mark.e2e
+def test_a_history_smoke_run_measures_both_sizes_and_writes_only_its_section(
+    tmp_path: Path,
+) -> None:
+    doc = tmp_path / "performance.md"
+    doc.write_text(f"# Performance\n\n{SECTION}\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.benchlib.durable",
+            "--history",
+            "--smoke",
+            "--doc",
+            str(doc),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)["history"]
+    rows = figures["history_rows"]
+    assert figures[str(rows)]["outbox_rows"] == figures["0"]["outbox_rows"] + rows  # all kept
+    for size in ("0", str(rows)):
+        assert figures[size]["accepts_per_s"] > 0 and figures[size]["drain_pass_cpu_ms"] > 0
+    text = doc.read_text()
+    assert SECTION in text and "## Durable messages with a million rows of history" in text

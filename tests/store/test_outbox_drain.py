@@ -45,3 +45,15 @@ def test_expire_pending_kills_sends_past_the_ttl_only(conn: sqlite3.Connection) 
     assert rows[old.id].last_error == outbox.EXPIRED
     assert rows[young.id].status == "pending"
     assert outbox.delivery_counts(conn) == {"pending": 1, "inflight": 0, "done": 0, "dead": 1}
+
+
+def test_mark_due_now_puts_an_inflight_delivery_back_without_an_attempt(
+    conn: sqlite3.Connection,
+) -> None:
+    sent = send(conn)
+    assert not outbox.mark_due_now(conn, sent.id, "dev-a", T0 + 5)  # pending: nothing to do
+    outbox.mark_inflight(conn, [outbox.DeliveryKey(sent.id, "dev-a")], T0)
+    assert outbox.mark_due_now(conn, sent.id, "dev-a", T0 + 5)
+    (due,) = outbox.due_deliveries(conn, now_ms=T0 + 5, limit=10, recipients=["dev-a"])
+    assert (due.outbox_id, due.attempts) == (sent.id, 0)
+    assert outbox.delivery_counts(conn)["inflight"] == 0
