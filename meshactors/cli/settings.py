@@ -182,7 +182,7 @@ def effective(args: argparse.Namespace, default_path: Path) -> Effective:
     sources: dict[str, Source] = {}
     for setting in SETTINGS:
         flag = None if setting.flag is None else getattr(args, setting.flag, None)
-        if flag not in (None, False):
+        if flag is not None and flag is not False:  # 0 is a given value; False an unset switch
             values[setting.key] = flag
             sources[setting.key] = f"flag --{str(setting.flag).replace('_', '-')}"
         elif setting.key in from_file:

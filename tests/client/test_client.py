@@ -4,6 +4,7 @@ bring-up, events, and resuming the event stream across a daemon restart."""
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -148,10 +149,12 @@ async def test_events_reach_every_reader_in_order(running: LocalDaemon) -> None:
 
 
 def append_events(db: Path, count: int) -> list[int]:
-    """Log events straight into a stopped daemon's database, as if it had published them."""
+    """Log events straight into a stopped daemon's database, as if it had published them now
+    (an event from 1970 would be past retention and pruned at start)."""
     conn = open_database(db)
+    now_ms = int(time.time() * 1000)
     try:
-        return [event_log.append(conn, "test_event", {"n": n}, 0) for n in range(count)]
+        return [event_log.append(conn, "test_event", {"n": n}, now_ms) for n in range(count)]
     finally:
         conn.close()
 
