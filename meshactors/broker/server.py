@@ -27,6 +27,7 @@ from meshactors.broker.hello import (
     verify_hello,
 )
 from meshactors.broker.limits import NOTICE_BURST, NOTICE_RATE_PER_S, BrokerConfig, TokenBucket
+from meshactors.listen import open_tcp_listeners
 from meshactors.websocket import (
     CloseCode,
     ConnectionClosed,
@@ -139,7 +140,7 @@ class Broker:
         On cancellation it stops accepting and closes every session with 1001 going_away,
         waiting at most close_timeout for the closing handshakes.
         """
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        listeners = await open_tcp_listeners(host, port)
         bound_port: int = listeners[0].socket.getsockname()[1]
         lifetime, accepting = trio.CancelScope(shield=True), trio.CancelScope()
         async with trio.open_nursery() as nursery:

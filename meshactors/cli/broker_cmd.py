@@ -10,8 +10,9 @@ import trio
 
 from meshactors.broker.limits import BrokerConfig
 from meshactors.broker.server import Broker
-from meshactors.cli.common import EXIT_USAGE, fail
+from meshactors.cli.common import EXIT_STARTUP, EXIT_USAGE, fail
 from meshactors.daemon.broker_actor import parse_listen
+from meshactors.listen import ListenError
 from meshactors.logs import configure_logging
 
 log = structlog.get_logger("meshactors.broker")
@@ -44,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:
         fail(str(exc), EXIT_USAGE)
     configure_logging(json=True if args.log_json else None)
-    trio.run(_serve_until_signal, Broker(config), host, port)
+    try:
+        trio.run(_serve_until_signal, Broker(config), host, port)
+    except* ListenError as group:
+        fail(str(group.exceptions[0]), EXIT_STARTUP)
     return 0
 
 

@@ -47,13 +47,17 @@ from meshactors.hostguard import (
     read_host_facts,
 )
 from meshactors.identity import Identity, IdentityError, load_or_create_identity
+from meshactors.listen import ListenError
 from meshactors.logs import configure_logging
 from meshactors.network.link import ROLES
-from meshactors.paths import Paths
+from meshactors.paths import Paths, SymlinkRefused, open_private, tighten_mode
 from meshactors.store.db import StoreError
 from meshactors.store.retention import RETENTION_DAYS, RETENTION_ROWS, Retention
 
 DETACH_READY_TIMEOUT = 30.0  # seconds `up --detach` waits for the socket to answer
+SAYS_IT_BEST = (StoreError, ListenError, SymlinkRefused)  # their message is the line to show
+DETACH_EXIT_TIMEOUT = 10.0  # seconds `up --detach` waits for a child that closed its pipe to exit
+MAX_FAILURE_SCAN_BYTES = 1 << 20  # of the log a failed child wrote, searched for its reason
 DOWN_TIMEOUT = 10.0  # seconds `down` waits after asking, before SIGTERM (and again after)
 POLL_INTERVAL = 0.05  # seconds between checks while waiting for a daemon to exit
 LOG_FILE = "daemon.log"  # a detached daemon's log, in the state directory
@@ -191,12 +195,15 @@ def _checked_identity(paths: Paths) -> Identity:
 
 
 def _root_cause(group: BaseExceptionGroup[ChildStartFailed]) -> str:
+    """One line for why the daemon could not start: an error made to be shown as it is (a
+    taken port, a refused symlink, the database), else the deepest cause."""
     error: BaseException = group.exceptions[0]
-    while not isinstance(error, StoreError) and error.__cause__ is not None:
-        error = error.__cause__  # a StoreError already says it best; else the deepest cause
-    if isinstance(error, StoreError):
-        return str(error)
-    return f"{error.__class__.__name__}: {error}"
+    while not isinstance(error, SAYS_IT_BEST):
+        inner = error.exceptions[0] if isinstance(error, BaseExceptionGroup) else error.__cause__
+        if inner is None:
+            return f"{error.__class__.__name__}: {error}"
+        error = inner
+    return str(error)
 
 
 def _ready_signal(fd: int | None) -> Callable[[], None] | None:
@@ -244,36 +251,44 @@ def _detach(args: argparse.Namespace, paths: Paths) -> int:
     for flag in ("retention_days", "retention_rows", "ack_timeout"):
         if getattr(args, flag) is not None:
             command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    with open(log_path, "ab") as log_file:
+    with os.fdopen(open_private(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as log:
+        tighten_mode(log.fileno(), log_path)
+        started_at = log.seek(0, os.SEEK_END)
         child = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
+            stdout=log,
+            stderr=log,
             pass_fds=(write_end,),
             start_new_session=True,
         )
     os.close(write_end)
     ready = _wait_ready(read_end, DETACH_READY_TIMEOUT)
-    if not ready:
-        code = child.poll()
-        if code is None:
+    if ready is None:
+        child.terminate()
+        fail(f"the daemon did not become ready in {DETACH_READY_TIMEOUT:g}s; see {log_path}")
+    if not ready:  # it closed the pipe: it is exiting, so its status comes (no poll race)
+        try:
+            code = child.wait(DETACH_EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
             child.terminate()
-            fail(f"the daemon did not become ready in {DETACH_READY_TIMEOUT:g}s; see {log_path}")
-        fail(f"the daemon exited with status {code}; see {log_path}", code or EXIT_STARTUP)
+            fail(f"the daemon stopped answering while starting; see {log_path}")
+        reason = _failure_line(log_path, started_at) or f"the daemon exited with status {code}"
+        fail(f"{reason} (see {log_path})", code or EXIT_STARTUP)
     text = f"daemon running (pid {child.pid}), socket {paths.socket}, log {log_path}"
     return report(args, {"pid": child.pid, "socket": str(paths.socket), "log": str(log_path)}, text)
 
 
-def _wait_ready(fd: int, timeout: float) -> bool:
-    """True once the child wrote its ready line; False on EOF (it died) or timeout."""
+def _wait_ready(fd: int, timeout: float) -> bool | None:
+    """True once the child wrote its ready line, False on EOF (it is exiting), None on
+    timeout."""
     deadline = time.monotonic() + timeout
     data = b""
     try:
         while b"\n" not in data:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                return False
+                return None
             chunk = os.read(fd, 64)
             if not chunk:
                 return False
@@ -281,6 +296,17 @@ def _wait_ready(fd: int, timeout: float) -> bool:
     finally:
         os.close(fd)
     return data.startswith(b"ready")
+
+
+def _failure_line(log_path: Path, offset: int) -> str | None:
+    """The child's own one-line reason (`meshactors: …` on its stderr), from the log it wrote
+    since `offset`, or None when it wrote none."""
+    with os.fdopen(open_private(log_path, os.O_RDONLY), "rb") as log:
+        log.seek(offset)
+        written = log.read(MAX_FAILURE_SCAN_BYTES)
+    lines = written.decode("utf-8", "replace").splitlines()
+    said = [line.removeprefix("meshactors: ") for line in lines if line.startswith("meshactors: ")]
+    return said[-1] if said else None
 
 
 def run_down(args: argparse.Namespace) -> int:

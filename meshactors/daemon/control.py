@@ -18,6 +18,7 @@ from meshactors.daemon.client import ClientActor
 from meshactors.daemon.http_response import error_response
 from meshactors.daemon.services import Services
 from meshactors.daemon.tcp_auth import TCP_HOST, TcpAuth, load_or_create_token
+from meshactors.listen import open_tcp_listeners
 from meshactors.wire.ipc import ErrorCode, OpError, error_frame
 
 log = structlog.get_logger("meshactors.control")
@@ -143,9 +144,7 @@ class TcpListener(Actor):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         token = await trio.to_thread.run_sync(load_or_create_token, self.token_file)
-        (listener,) = await trio.open_tcp_listeners(
-            self.port, host=TCP_HOST, backlog=LISTEN_BACKLOG
-        )
+        (listener,) = await open_tcp_listeners(TCP_HOST, self.port, backlog=LISTEN_BACKLOG)
         try:
             self.bound_port = listener.socket.getsockname()[1]
             auth = TcpAuth(token, self.bound_port)

@@ -1,0 +1,53 @@
+"""A daemon or broker that cannot start says why in one line, with exit 3, in the foreground
+and with --detach: a taken port names the address and the OS's reason."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import Home
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port: int = holder.getsockname()[1]
+        yield port
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("daemon", "up", "--broker-listen", "127.0.0.1:{port}"),
+        ("daemon", "up", "--tcp", "{port}"),
+        ("daemon", "up", "--detach", "--broker-listen", "127.0.0.1:{port}"),
+        ("daemon", "up", "--detach", "--tcp", "{port}"),
+        ("broker", "--listen", "127.0.0.1:{port}"),
+    ],
+    ids=["broker-listen", "tcp", "detach-broker-listen", "detach-tcp", "broker"],
+)
+def test_a_taken_port_is_one_line_and_exit_3(
+    home: Home, taken_port: int, command: tuple[str, ...]
+) -> None:
+    result = home.cli(*(word.format(port=taken_port) for word in command), check=False)
+    said = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert result.returncode == 3, result.stderr
+    assert len(said) == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{taken_port}: address already in use" in said[0]
+    assert "Traceback" not in result.stderr and "ExceptionGroup" not in result.stderr
+
+
+def test_a_corrupt_database_with_detach_reports_the_childs_reason(home: Home) -> None:
+    home.cli("identity", "show")
+    (home.path / "state.db").write_bytes(b"this is not a SQLite database" * 100)
+    for _ in range(5):  # the parent once polled a child that had not exited yet
+        result = home.cli("daemon", "up", "--detach", check=False)
+        assert result.returncode == 3, result.stderr
+        assert "damaged or not a SQLite database" in result.stderr, result.stderr
