@@ -1,6 +1,7 @@
 """Where the daemon keeps its files (MESHACTORS_HOME or the XDG directories), and how the private
 ones (identity, host record, tokens) are read and written there: owner-only and atomically."""
 
+import errno
 import json
 import os
 import secrets
@@ -23,6 +24,42 @@ log = structlog.get_logger(__name__)
 
 class UnsafeDirectory(PermissionError):
     """A private directory already exists but belongs to another user: we refuse to use it."""
+
+
+class SymlinkRefused(PermissionError):
+    """A file the daemon keeps in its home is a symlink: it is never followed (a link could
+    make the daemon read, write or chmod a file outside the home)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            errno.ELOOP,
+            f"{path} is a symlink, which meshactors never follows: "
+            "replace it with a regular file (or remove it to have a new one made)",
+        )
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def open_private(path: Path, flags: int, mode: int = PRIVATE_FILE_MODE) -> int:
+    """`os.open` for a file in the home that never follows a symlink (SymlinkRefused)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SymlinkRefused(path) from None
+        raise
+
+
+def refuse_symlink(path: Path) -> None:
+    """Raise SymlinkRefused if `path` is a symlink (for files opened by others, e.g. SQLite)."""
+    try:
+        is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if is_link:
+        raise SymlinkRefused(path)
 
 
 @attrs.frozen
@@ -198,9 +235,7 @@ def read_private_record(
     Raises OSError when the file cannot be read, and ValueError when it is larger than
     `max_bytes`, not a JSON object, of another `version`, or has other keys than `fields`.
     """
-    with path.open("rb") as file:
-        tighten_mode(file.fileno(), path)
-        raw = file.read(max_bytes + 1)
+    raw = read_private_bytes(path, max_bytes + 1)
     if len(raw) > max_bytes:
         raise ValueError(f"larger than {max_bytes} bytes")
     try:
@@ -215,6 +250,14 @@ def read_private_record(
     if record.keys() != fields:
         raise ValueError(f"expected keys {sorted(fields)}, found {sorted(record)}")
     return record
+
+
+def read_private_bytes(path: Path, max_bytes: int) -> bytes:
+    """At most `max_bytes` of a private file, never through a symlink, its mode tightened to
+    0600 first (the file's own, never a link target's)."""
+    with os.fdopen(open_private(path, os.O_RDONLY), "rb") as file:
+        tighten_mode(file.fileno(), path)
+        return file.read(max_bytes)
 
 
 def tighten_mode(fd: int, path: Path) -> None:

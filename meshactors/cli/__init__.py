@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import NoReturn
 
@@ -19,7 +20,8 @@ from meshactors.cli import (
     message_cmd,
     rpc_cmd,
 )
-from meshactors.cli.common import EXIT_USAGE, CommandFailed
+from meshactors.cli.common import EXIT_STARTUP, EXIT_USAGE, CommandFailed
+from meshactors.paths import SymlinkRefused
 
 COMMAND_GROUPS = (
     daemon_cmd,
@@ -99,9 +101,23 @@ def main(argv: list[str] | None = None) -> None:
     words = sys.argv[1:] if argv is None else argv
     args = None
     try:
-        args = parse(build_parser(), words)
-        status = args.run(args)
+        try:
+            args = parse(build_parser(), words)
+            status = args.run(args)
+        except SymlinkRefused as exc:  # a file in the home: refused wherever it is met
+            raise CommandFailed("symlink_refused", str(exc), EXIT_STARTUP) from None
+        sys.stdout.flush()  # a closed pipe shows up here for output still buffered
     except CommandFailed as failed:
         failed.render(as_json=args.json if args is not None else "--json" in words)
         raise SystemExit(failed.code) from None
+    except BrokenPipeError:
+        _quiet_stdout()
+        status = 0  # the reader (e.g. `| head`) has all it wanted: not an error
     raise SystemExit(status)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's own last flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

@@ -13,7 +13,9 @@ from typing import Self
 
 import attrs
 
-PID_FILE_MODE = 0o644  # readable so `daemon down` can find the pid; the runtime dir is 0700
+from meshactors.paths import open_private, tighten_mode
+
+PID_FILE_MODE = 0o600  # private like every file in the home (`down` runs as the same user)
 PID_FILE_MAX_BYTES = 32  # a pid is at most 7 digits on Linux; never read more than this
 ACQUIRE_ATTEMPTS = 5  # reopen a pid file unlinked under us (by a releasing daemon) this often
 
@@ -79,7 +81,7 @@ class DaemonLock:
 def read_running_pid(pid_file: Path) -> int | None:
     """The pid of the live daemon holding `pid_file`'s lock, or None when no process holds it."""
     try:
-        fd = os.open(pid_file, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_private(pid_file, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
@@ -99,8 +101,9 @@ def _lock_pid_file(pid_file: Path, socket: Path) -> int:
     unlinked file; then we retry on the new one, or two daemons could each hold "the" lock.
     """
     for _ in range(ACQUIRE_ATTEMPTS):
-        fd = os.open(pid_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PID_FILE_MODE)
+        fd = open_private(pid_file, os.O_RDWR | os.O_CREAT, PID_FILE_MODE)
         try:
+            tighten_mode(fd, pid_file)  # one an older version made 0644
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             pid = _read_pid(fd)

@@ -16,7 +16,7 @@ import attrs
 
 from meshactors.daemon.http_errors import HttpError, HttpErrorCode
 from meshactors.daemon.http_parse import RequestHead
-from meshactors.paths import tighten_mode, write_private_file
+from meshactors.paths import read_private_bytes, write_private_file
 from meshactors.wire.ipc import ErrorCode
 
 TCP_HOST = "127.0.0.1"  # the TCP listener binds loopback only
@@ -46,9 +46,7 @@ def load_or_create_token(path: Path) -> str:
 
 
 def _read_token(path: Path) -> str:
-    with path.open("rb") as file:
-        tighten_mode(file.fileno(), path)
-        raw = file.read(MAX_TOKEN_FILE_BYTES + 1)
+    raw = read_private_bytes(path, MAX_TOKEN_FILE_BYTES + 1)
     try:
         token = raw.decode("ascii").strip()
     except UnicodeDecodeError:

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from meshactors.paths import SymlinkRefused, open_private, refuse_symlink, tighten_mode
+
 BUSY_TIMEOUT_MS = 5000  # how long a writer waits for another connection's lock before failing
 PROBE_BYTES = 64 * 1024  # written beside the database to learn why the OS refuses it
 
@@ -170,6 +172,10 @@ def open_database(path: Path) -> sqlite3.Connection:
     to it; a damaged or foreign file raises StoreError and is never overwritten or repaired.
     """
     try:
+        _make_private(path)
+    except SymlinkRefused as exc:
+        raise StoreError(str(exc)) from None
+    try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
         raise _refused(path, exc) from exc
@@ -189,6 +195,24 @@ def open_database(path: Path) -> sqlite3.Connection:
             raise _damaged(path, str(exc)) from exc
         raise _refused(path, exc) from exc
     return conn
+
+
+def _make_private(path: Path) -> None:
+    """Refuse a database, WAL or SHM file that is a symlink, and create the database 0600
+    (SQLite gives its WAL and SHM files the database's mode). What the OS refuses otherwise is
+    left for SQLite's own open to report."""
+    for each in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        refuse_symlink(each)
+    try:
+        fd = open_private(path, os.O_RDWR | os.O_CREAT)
+    except SymlinkRefused:
+        raise
+    except OSError:
+        return
+    try:
+        tighten_mode(fd, path)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -276,7 +300,7 @@ def _os_reason(path: Path) -> str | None:
     """Why the OS refuses the database, in its own words: reopen the file, write beside it."""
     try:
         if path.exists():
-            os.close(os.open(path, os.O_RDWR))
+            os.close(open_private(path, os.O_RDWR))
         with tempfile.TemporaryFile(dir=path.parent) as probe:
             probe.write(bytes(PROBE_BYTES))
             probe.flush()

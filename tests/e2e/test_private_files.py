@@ -1,0 +1,88 @@
+"""Files the daemon keeps in its home are never followed through a symlink: a link is refused
+with one line and exit 3, and the file it points at (outside the home) keeps its mode."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.support import Home
+
+pytestmark = pytest.mark.e2e
+
+OUTSIDE_MODE = 0o644
+
+# name in the home -> the `daemon up` arguments that make the daemon open it
+PRIVATE_FILES = {
+    "identity.json": (),
+    "host.json": (),
+    "http-token": ("--tcp", "FREE_PORT"),
+    "state.db": (),
+    "state.db-wal": (),
+    "state.db-shm": (),
+    "daemon.pid": (),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def outside_target(tmp_path: Path) -> Path:
+    target = tmp_path / "outside" / "precious"
+    target.parent.mkdir()
+    target.write_text("not the daemon's\n")
+    target.chmod(OUTSIDE_MODE)
+    return target
+
+
+@pytest.mark.parametrize("name", sorted(PRIVATE_FILES))
+def test_a_symlinked_private_file_is_refused_and_its_target_untouched(
+    home: Home, tmp_path: Path, name: str
+) -> None:
+    if name not in ("identity.json", "host.json"):
+        home.cli("identity", "show")  # the identity and host record exist: the link is next
+        home.cli("daemon", "accept-host", check=False)
+    target = outside_target(tmp_path)
+    link = home.path / name
+    link.unlink(missing_ok=True)
+    link.symlink_to(target)
+    args = [str(free_port()) if arg == "FREE_PORT" else arg for arg in PRIVATE_FILES[name]]
+    result = home.cli("daemon", "up", *args, check=False)
+    was_link = link.is_symlink()
+    link.unlink()  # the fixture's clean-up reads daemon.pid
+    assert result.returncode == 3, result.stderr
+    assert "symlink" in result.stderr and str(link) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert stat.S_IMODE(target.stat().st_mode) == OUTSIDE_MODE
+    assert target.read_text() == "not the daemon's\n"
+    assert was_link
+
+
+def test_a_detached_daemon_reports_the_childs_own_reason(home: Home, tmp_path: Path) -> None:
+    home.cli("identity", "show")
+    link = home.path / "state.db"
+    link.symlink_to(outside_target(tmp_path))
+    for _ in range(5):  # the parent once polled a child that had not exited yet: no race now
+        result = home.cli("daemon", "up", "--detach", check=False)
+        assert result.returncode == 3, result.stderr
+        assert "symlink" in result.stderr, result.stderr
+        assert "did not become ready" not in result.stderr
+
+
+def test_the_log_and_pid_file_are_private(home: Home) -> None:
+    home.cli("daemon", "up", "--detach")
+    try:
+        for name in ("daemon.log", "daemon.pid", "state.db", "identity.json", "host.json"):
+            mode = stat.S_IMODE(os.lstat(home.path / name).st_mode)
+            assert mode == 0o600, (name, oct(mode))
+    finally:
+        home.stop_daemon()
