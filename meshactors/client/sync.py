@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 from collections import deque
@@ -98,7 +99,7 @@ class SyncClient:
 
 class SyncMeshClient:
     """A MeshClient for blocking code: it runs on a trio thread of its own; `run` reaches any
-    of its methods, and the common ones have blocking twins here."""
+    of its methods, and the common ones have blocking twins here, taking the same arguments."""
 
     def __init__(
         self,
@@ -106,8 +107,14 @@ class SyncMeshClient:
         *,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        events_since: int | None = None,
     ) -> None:
-        self.client = MeshClient(socket, connect_timeout=connect_timeout, call_timeout=call_timeout)
+        self.client = MeshClient(
+            socket,
+            connect_timeout=connect_timeout,
+            call_timeout=call_timeout,
+            events_since=events_since,
+        )
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
         self._ready = threading.Event()
@@ -144,13 +151,21 @@ class SyncMeshClient:
             raise ClientClosed()
         return trio.from_thread.run(fn, *args, trio_token=self._token)
 
-    def call(self, op: str, **params: Any) -> Any:
-        """Run any op and return its data."""
-        return self.run(self.client.call, op, params)
+    def call(
+        self, op: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        """Run any op with its params and return its data (see MeshClient.call)."""
+        return self.run(functools.partial(self.client.call, op, params, timeout=timeout))
 
-    def ensure_networks(self, desired: Iterable[Mapping[str, Any]]) -> NetworkSync:
+    def ensure_networks(
+        self, desired: Iterable[Mapping[str, Any]], *, purge_removed: bool = False
+    ) -> NetworkSync:
         """Converge the daemon's joined networks to `desired` (see MeshClient.ensure_networks)."""
-        return self.run(self.client.ensure_networks, list(desired))
+        return self.run(
+            functools.partial(
+                self.client.ensure_networks, list(desired), purge_removed=purge_removed
+            )
+        )
 
     def events(self) -> Iterator[dict[str, Any]]:
         """Every event from now on, blocking between them, until the client closes."""

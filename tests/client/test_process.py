@@ -83,17 +83,20 @@ async def test_events_resume_across_a_daemon_process_restart(home: Home) -> None
         assert client.last_event_id == missed[-1]
 
 
-def sync_script(home: Home) -> tuple[Any, Any]:
+def sync_script(home: Home) -> tuple[Any, Any, Any]:
     with SyncMeshClient(home.socket) as client:
-        return client.call("status"), client.run(client.client.version)
+        status = client.call("status", {}, timeout=10)
+        synced = client.ensure_networks([NETWORK], purge_removed=True)
+        return status, client.run(client.client.version), synced
 
 
 async def test_sync_facade_for_scripts(home: Home) -> None:
     await cli(home, "daemon", "up", "--detach")
     with trio.fail_after(30):
-        status, version = await trio.to_thread.run_sync(sync_script, home)
+        status, version, synced = await trio.to_thread.run_sync(sync_script, home)
     assert status["socket"] == str(home.socket)
     assert "status" in version["ops"]
+    assert synced.added == ("lan",)
 
 
 @needs("network_add", "networks_list", "network_remove", "network_update")
