@@ -102,11 +102,13 @@ def _digests(home: Path) -> dict[str, str]:
 @in_trio
 async def slow_reader(smoke: bool) -> Verdict:
     """A client subscribes to events, floods requests, then stops reading while another client
-    makes events. The daemon's other clients keep their latency and its RSS stays bounded; when
+    makes events. The other client gets every answer and the daemon's RSS stays bounded; when
     the stalled client reads again it finds a `lagged` marker; once it has missed more than
-    LAG_DISCONNECT_LIMIT events it is cut off (full size only: ~74,000 events)."""
+    LAG_DISCONNECT_LIMIT events it is cut off (full size only: ~74,000 events). The others'
+    latency is reported at every size but bounded only at full size (scripts/chaos): a bound
+    on time belongs to a run by hand, not to the test suite on a machine of any load."""
     name = "slow_reader"
-    lag_churn = 300 if smoke else 2 * EVENT_CAPACITY
+    lag_churn = 2 * EVENT_CAPACITY  # past the subscriber's queue and the socket's buffers
     cut_churn = 0 if smoke else LAG_DISCONNECT_LIMIT + 2 * EVENT_CAPACITY
     figures: dict[str, Any] = {}
     with (
@@ -124,8 +126,8 @@ async def slow_reader(smoke: bool) -> Verdict:
                 nursery.start_soon(_sample_rtts, observer, during)
                 await _churn(churner, lag_churn)
                 figures["rss_after_lag_kib"] = resources.rss_kib(pid) - rss_before
+                figures["lagged_skipped"] = await _read_until_lagged(stalled)
                 if not smoke:
-                    figures["lagged_skipped"] = await _read_until_lagged(stalled)
                     began = time.perf_counter()
                     await _churn(churner, cut_churn)  # stalled again, now for good
                     figures["churn_s"] = round(time.perf_counter() - began, 1)
@@ -139,20 +141,21 @@ async def slow_reader(smoke: bool) -> Verdict:
     bound = max(base["p99_us"] * LATENCY_FACTOR, LATENCY_FLOOR_S * 1e6)
     growth = max(figures["rss_after_lag_kib"], figures.get("rss_after_cut_kib", 0))
     events = lag_churn + cut_churn
-    ok = under["p99_us"] <= bound and growth <= RSS_BOUND_KIB
+    ok = growth <= RSS_BOUND_KIB and figures["lagged_skipped"] > 0 and len(during) > 0
     if not smoke:
-        ok = ok and figures["lagged_skipped"] > 0 and figures.get("closed_by_daemon") is True
-    what = (
-        "at smoke size it neither lags nor is cut off"
+        ok = ok and under["p99_us"] <= bound and figures.get("closed_by_daemon") is True
+    what = f"read again: `lagged` skipped {figures['lagged_skipped']}" + (
+        ""
         if smoke
-        else f"read again: `lagged` skipped {figures['lagged_skipped']}; stalled for good: "
+        else "; stalled for good: "
         + ("cut off by the daemon" if figures.get("closed_by_daemon") else "NOT cut off")
     )
     return _verdict(
         name,
         ok,
         f"others' status p99 {base['p99_us']:.0f}→{under['p99_us']:.0f} µs "
-        f"(bound {bound:.0f}); RSS +{growth} KiB over {events} events; stalled client {what}",
+        f"(bound {bound:.0f}{', not applied at smoke size' if smoke else ''}); "
+        f"RSS +{growth} KiB over {events} events; stalled client {what}",
         status_before=base,
         status_during=under,
         events=events,
