@@ -1,9 +1,9 @@
 """The broker: admits daemons by signed hello and relays sealed batches within one network.
 
-One WebSocket connection is one daemon in one network. Each connection runs in its own
-nursery with a reader (rate limit, decode, route), a writer draining a bounded outbound
-queue, and a keepalive. A batch routed to a member whose writer is idle is written straight
-to its socket by the routing task. Routing only ever looks inside the sender's own network.
+One WebSocket (trio-websocket) connection is one daemon in one network. Each connection runs
+in its own nursery with trio-websocket's reader task, our reader (rate limit, decode, route),
+the one writer (draining a bounded outbound queue, batches joined into one message), and a
+keepalive. Routing only ever looks inside the sender's own network.
 """
 
 import collections
@@ -16,6 +16,13 @@ from typing import Final
 import attrs
 import structlog
 import trio
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    wrap_server_stream,
+)
+from wsproto.utilities import LocalProtocolError
 
 from meshactors.broker.envelope import MalformedBatch, decode_batch, encode_batch
 from meshactors.broker.hello import (
@@ -28,18 +35,11 @@ from meshactors.broker.hello import (
 )
 from meshactors.broker.limits import NOTICE_BURST, NOTICE_RATE_PER_S, BrokerConfig, TokenBucket
 from meshactors.listen import open_tcp_listeners
-from meshactors.websocket import (
-    CloseCode,
-    ConnectionClosed,
-    HandshakeFailed,
-    WebSocket,
-    accept_response,
-    read_upgrade_request,
-    reject_response,
-)
 from meshactors.wire.device_id import device_id_from_public_key
 
 BROKER_PATH: Final = "/v1"  # the only WebSocket resource the broker serves
+MESSAGE_TOO_BIG: Final = 1009  # the close code trio-websocket sends for an oversize message
+RECEIVE_BUFFER_BYTES: Final = 64 * 1024  # bytes trio-websocket's reader asks the socket for
 
 _Logger = structlog.typing.FilteringBoundLogger
 _log: _Logger = structlog.get_logger(__name__)
@@ -67,7 +67,7 @@ SESSION_CLOSE_CODES: Final[Mapping[SessionEnd, int]] = {
     SessionEnd.PONG_TIMEOUT: 4408,
     SessionEnd.MALFORMED_BATCH: 4400,
     SessionEnd.UNEXPECTED_TEXT: 4400,  # only the hello is TEXT from a daemon
-    SessionEnd.MESSAGE_TOO_BIG: CloseCode.MESSAGE_TOO_BIG,  # sent by the WebSocket layer itself
+    SessionEnd.MESSAGE_TOO_BIG: MESSAGE_TOO_BIG,  # sent by trio-websocket itself
     SessionEnd.GOING_AWAY: 1001,  # the broker is shutting down
 }
 
@@ -80,28 +80,20 @@ class _Member:
     device_id: str
     public_key: bytes
     role: str
-    ws: WebSocket
     max_queued_bytes: int
-    outbox: trio.MemorySendChannel[str | bytes | None]
-    queued: trio.MemoryReceiveChannel[str | bytes | None]  # None: flush a cut direct write
+    outbox: trio.MemorySendChannel[str | bytes]
+    queued: trio.MemoryReceiveChannel[str | bytes]
     messages: TokenBucket
     notices: TokenBucket
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     ended: SessionEnd | None = None
     queued_bytes: int = 0
-    writer_idle: bool = False  # its writer waits on an empty queue
 
     def offer(self, message: str | bytes) -> bool:
-        """Send or queue a message without blocking; a receiver that has fallen behind is ended."""
+        """Queue a message for the member's writer without blocking; a receiver that has fallen
+        behind is ended."""
         if self.ended is not None:
             return False
-        if self.writer_idle:
-            if isinstance(message, bytes) and self.ws.send_nowait(message):
-                if self.ws.unsent:  # the socket took part of it: the writer finishes it
-                    self.writer_idle = False
-                    self.outbox.send_nowait(None)
-                return True
-            self.writer_idle = False  # queued below: later messages must queue behind it
         if self.queued_bytes + len(message) > self.max_queued_bytes:
             self.end(SessionEnd.SLOW_CONSUMER)
             return False
@@ -201,21 +193,31 @@ class Broker:
                 member.end(SessionEnd.GOING_AWAY)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        """Own one TCP connection: nothing that fails here reaches another."""
+        """Own one TCP connection in its own nursery: nothing that fails here reaches another.
+
+        The stream is ours, not trio-websocket's, so it is closed when the connection ends even
+        where trio-websocket leaves it open (see docs/architecture.md, the WebSocket layer).
+        """
         log = _log.bind(remote=_peer(stream))
         admission = trio.CancelScope()  # cancelled by _stop until a session is running
         self._admissions.add(admission)
         self._connections += 1
         try:
-            async with stream:
-                with admission:
-                    admitted = await self._open_session(stream, log)
-                self._admissions.discard(admission)
-                if admitted is not None:
-                    await self._run_session(*admitted, log)
-        except ConnectionClosed:
+            async with stream, trio.open_nursery() as nursery:
+                try:
+                    admitted = None
+                    with admission:
+                        admitted = await self._open_session(nursery, stream, log)
+                    self._admissions.discard(admission)
+                    if admitted is not None:
+                        await self._run_session(*admitted, log)
+                finally:
+                    nursery.cancel_scope.cancel()  # trio-websocket's reader, however we end
+        except* ConnectionClosed:
             pass  # the client vanished during a handshake or a send; nothing to clean up
-        except Exception:
+        except* LocalProtocolError:
+            pass  # trio-websocket's reader refusing an oversize message after our close began
+        except* Exception:
             self._counts["connection_errors"] += 1
             log.exception("connection_failed")
         finally:
@@ -223,37 +225,36 @@ class Broker:
             self._connections -= 1
 
     async def _open_session(
-        self, stream: trio.SocketStream, log: _Logger
-    ) -> tuple[WebSocket, _Member] | None:
+        self, nursery: trio.Nursery, stream: trio.SocketStream, log: _Logger
+    ) -> tuple[WebSocketConnection, _Member] | None:
         """Upgrade (or refuse) the HTTP request, then admit its hello; None when refused."""
-        ws: WebSocket | None = None
+        ws: WebSocketConnection | None = None
         with trio.move_on_after(self.config.handshake_timeout):
-            ws = await self._upgrade(stream)
+            request = await wrap_server_stream(
+                nursery,
+                stream,
+                max_message_size=self.config.max_message_bytes,
+                receive_buffer_size=RECEIVE_BUFFER_BYTES,
+            )
+            ws = await self._upgrade(request)
         if ws is None:
             return None
         member = await self._admit(ws, log)
         return None if member is None else (ws, member)
 
-    async def _upgrade(self, stream: trio.SocketStream) -> WebSocket | None:
+    async def _upgrade(self, request: WebSocketRequest) -> WebSocketConnection | None:
         """Answer the HTTP upgrade: the WebSocket, or None after refusing the request."""
-        try:
-            request, leftover = await read_upgrade_request(stream)
-        except HandshakeFailed:
-            return None
         if request.path != BROKER_PATH:
             self._counts["rejected_path"] += 1
-            await stream.send_all(reject_response(404))
+            await request.reject(404)
             return None
         if self._connections > self.config.max_connections:
             self._counts["rejected_connection_limit"] += 1
-            await stream.send_all(reject_response(503))
+            await request.reject(503)
             return None
-        await stream.send_all(accept_response(request))
-        ws = WebSocket(stream, is_client=False, max_message_bytes=self.config.max_message_bytes)
-        ws.feed(leftover)
-        return ws
+        return await request.accept()
 
-    async def _admit(self, ws: WebSocket, log: _Logger) -> _Member | None:
+    async def _admit(self, ws: WebSocketConnection, log: _Logger) -> _Member | None:
         """Check the hello, then join its network; on rejection close the socket and return None."""
         try:
             hello = await self._receive_hello(ws)
@@ -267,9 +268,9 @@ class Broker:
             with trio.move_on_after(self.config.close_timeout, shield=True):
                 await ws.aclose(rejected.close_code, rejected.reason)
             return None
-        return self._join(hello, ws)
+        return self._join(hello)
 
-    async def _receive_hello(self, ws: WebSocket) -> VerifiedHello:
+    async def _receive_hello(self, ws: WebSocketConnection) -> VerifiedHello:
         with trio.move_on_after(self.config.handshake_timeout):
             first = await ws.get_message()
             if isinstance(first, bytes):
@@ -277,17 +278,14 @@ class Broker:
             return verify_hello(first, now_ms=_now_ms())
         raise HelloRejected(RejectReason.HELLO_TIMEOUT)
 
-    def _join(self, hello: VerifiedHello, ws: WebSocket) -> _Member:
+    def _join(self, hello: VerifiedHello) -> _Member:
         """Register the member (replacing an older connection of its device) and announce it."""
-        outbox, queued = trio.open_memory_channel[str | bytes | None](
-            self.config.outbound_queue_messages
-        )
+        outbox, queued = trio.open_memory_channel[str | bytes](self.config.outbound_queue_messages)
         member = _Member(
             network=hello.network,
             device_id=hello.device_id,
             public_key=hello.public_key,
             role=hello.role,
-            ws=ws,
             max_queued_bytes=self.config.outbound_queue_bytes,
             outbox=outbox,
             queued=queued,
@@ -328,7 +326,7 @@ class Broker:
             members, _notice(type="presence", event="leave", device_id=member.device_id)
         )
 
-    async def _run_session(self, ws: WebSocket, member: _Member, log: _Logger) -> None:
+    async def _run_session(self, ws: WebSocketConnection, member: _Member, log: _Logger) -> None:
         log = log.bind(network=member.network, device=member.device_id)
         log.info("member_joined", role=member.role)
         try:
@@ -345,7 +343,7 @@ class Broker:
             with trio.move_on_after(self.config.close_timeout, shield=True):
                 await ws.aclose(SESSION_CLOSE_CODES[reason], reason)
 
-    async def _pump_in(self, ws: WebSocket, member: _Member) -> None:
+    async def _pump_in(self, ws: WebSocketConnection, member: _Member) -> None:
         """Read the member's batches, enforce its message rate, and route them."""
         while True:
             try:
@@ -366,32 +364,38 @@ class Broker:
                 return
             self._route(member, records)
 
-    async def _pump_out(self, ws: WebSocket, member: _Member) -> None:
-        """Drain the member's outbound queue onto its socket."""
-        try:
-            await self._drain_outbox(ws, member)
-        finally:
-            member.writer_idle = False  # nobody writes now: offers must queue
-
-    async def _drain_outbox(self, ws: WebSocket, member: _Member) -> None:
-        """The writer's loop; a message that found it idle went out directly (see offer)."""
+    async def _pump_out(self, ws: WebSocketConnection, member: _Member) -> None:
+        """The member's one writer: each message joins the batches queued behind it (up to
+        max_message_bytes) into one WebSocket message; notices go one each, in order."""
+        carry: str | bytes | None = None
         while True:
+            first = carry if carry is not None else await member.queued.receive()
+            carry = None
+            message, size = first, len(first)
+            if isinstance(first, bytes):
+                parts = [first]
+                while True:
+                    try:
+                        queued = member.queued.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    if (
+                        isinstance(queued, str)
+                        or size + len(queued) > self.config.max_message_bytes
+                    ):
+                        carry = queued
+                        break
+                    parts.append(queued)
+                    size += len(queued)
+                message = b"".join(parts)  # batches are record lists: joined, they are one batch
             try:
-                message = member.queued.receive_nowait()
-            except trio.WouldBlock:
-                member.writer_idle = True
-                message = await member.queued.receive()
-            try:
-                if message is None:
-                    await ws.flush()
-                    continue
                 await ws.send_message(message)
             except ConnectionClosed:
                 member.end(_closed_by_peer(ws))
                 return
-            member.queued_bytes -= len(message)
+            member.queued_bytes -= size
 
-    async def _keepalive(self, ws: WebSocket, member: _Member) -> None:
+    async def _keepalive(self, ws: WebSocketConnection, member: _Member) -> None:
         """Ping every interval; end the session when a pong does not come back in time."""
         while True:
             await trio.sleep(self.config.ping_interval)
@@ -430,10 +434,10 @@ class Broker:
             member.offer(notice)
 
 
-def _closed_by_peer(ws: WebSocket) -> SessionEnd:
-    """Name a close the broker did not start: oversize (1009, by the WebSocket layer) or the
+def _closed_by_peer(ws: WebSocketConnection) -> SessionEnd:
+    """Name a close the broker did not start: oversize (1009, by trio-websocket) or the
     client's."""
-    if ws.closed is not None and ws.closed.code == CloseCode.MESSAGE_TOO_BIG:
+    if ws.closed is not None and ws.closed.code == MESSAGE_TOO_BIG:
         return SessionEnd.MESSAGE_TOO_BIG
     return SessionEnd.CLIENT_CLOSED
 

@@ -1,11 +1,9 @@
 """The `link` actor: one network's WebSocket to a broker, kept up with backoff.
 
 It connects to the configured broker URLs in turn, sends the signed hello, waits for the
-welcome, then relays: binary batches in (to the `peers` actor, one message per batch) and
-sealed records out (drained from a bounded queue, several per WebSocket message; a record sent
-while the writer is idle goes straight to the socket from the sender's task, unless another
-went that way less than DIRECT_GAP before: then it is a burst, and the writer batches it with
-the rest). Messages to the broker keep within PACE_SHARE of the rate and burst its welcome
+welcome, then relays over trio-websocket: binary batches in (to the `peers` actor, one message
+per batch) and sealed records out (the one writer drains a bounded queue, several records per
+WebSocket message). Messages to the broker keep within PACE_SHARE of the rate and burst its welcome
 announces (a broker closes a connection that exceeds them): past that, records wait in the
 queue and leave together in the next message the rate allows. When the connection drops,
 senders waiting on the queue fail with LinkDown and the link reconnects after a full-jitter
@@ -24,6 +22,12 @@ import attrs
 import structlog
 import trio
 from nacl.signing import SigningKey
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
 
 from meshactors.actors import Actor, cleanup_scope
 from meshactors.broker.envelope import (
@@ -34,7 +38,6 @@ from meshactors.broker.envelope import (
 )
 from meshactors.broker.hello import build_hello, is_role
 from meshactors.broker.limits import MESSAGE_BURST, MESSAGE_RATE_PER_S, TokenBucket
-from meshactors.websocket import ConnectionClosed, HandshakeFailed, WebSocket, open_websocket
 from meshactors.wire.device_id import is_device_id
 from meshactors.wire.jsonlimits import BadJson, check_json
 
@@ -50,8 +53,8 @@ LINK_PONG_TIMEOUT = 20.0  # seconds a ping may go unanswered before the link is 
 OUTBOUND_QUEUE = 8192  # sealed records waiting for the writer; senders wait beyond it
 BATCH_MAX_RECORDS = 1024  # records joined into one WebSocket message
 BATCH_IDLE_PASSES = 3  # under load: scheduler passes without a new record before a batch goes
-DIRECT_GAP = 100e-6  # seconds: a record this soon after one written at once queues (a burst)
 MAX_INBOUND_MESSAGE_BYTES = 4 * 1024 * 1024  # largest message we accept from a broker
+RECEIVE_BUFFER_BYTES = 64 * 1024  # bytes trio-websocket's reader asks the socket for at a time
 MAX_NOTICE_CHARS = 64 * 1024  # a TEXT notice (welcome with 256 peers is ~20 KB)
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024  # if the welcome does not say
 PACE_SHARE = 0.9  # of the broker's message rate and burst we use: jitter never trips its limit
@@ -125,7 +128,7 @@ class Undeliverable:
 LinkEvent = LinkUp | LinkLost | PresenceJoin | PresenceLeave | Inbound | Undeliverable
 
 
-_Queued = tuple[bytes, bytes] | None  # a record for the writer; None: one went out directly
+_Queued = tuple[bytes, bytes]  # (destination public key, sealed bytes) for the writer
 
 
 class EventSink(Protocol):
@@ -169,10 +172,6 @@ class Link(Actor):
     _attempt: int = 0
     _next_url: int = 0
     _outbound: trio.MemorySendChannel[_Queued] | None = None
-    _ws: WebSocket | None = None
-    _max_bytes: int = 0  # the broker's message size limit, from its welcome
-    _writer_idle: bool = False  # the writer waits on an empty queue and holds no batch
-    _direct_at: float = float("-inf")  # trio time of the last record written at once
     _pace: TokenBucket = attrs.field(factory=lambda: Welcome([], 0).pace())  # messages we may send
     _cycle: trio.CancelScope | None = None
 
@@ -199,56 +198,21 @@ class Link(Actor):
         }
 
     def send_nowait(self, to: bytes, sealed: bytes) -> bool:
-        """Hand one sealed record to the broker without waiting or yielding: written at once
-        while the writer idles (and no burst is under way), else queued; False when the queue is
-        full (use `send`).
-
-        Raises LinkDown when the link is not up.
-        """
-        return self._write_now(to, sealed) or self._queue_nowait(to, sealed)
-
-    def _write_now(self, to: bytes, sealed: bytes) -> bool:
-        """Write the record from the caller's task if the writer idles and no burst is under
-        way; False: it must queue. Raises LinkDown when the link is not up."""
-        outbound = self._queue()
-        now = trio.current_time()
-        if not self._writer_idle or now - self._direct_at < DIRECT_GAP:
-            return False
-        if self._pace.delay(now) > 0:
-            return False  # over the broker's rate: the writer sends it once the rate allows
-        self._writer_idle = False  # whatever happens below, the writer has work first
-        if not self._send_direct(to, sealed):
-            return False  # queued: the writer spends the token when it sends the record
-        self._pace.spend(now)
-        self._direct_at = now
-        if self._ws is not None and self._ws.unsent:
-            outbound.send_nowait(None)  # the writer finishes the cut write, then idles again
-        else:
-            self._writer_idle = True  # no task switch: the writer never knew
-        return True
-
-    def _queue_nowait(self, to: bytes, sealed: bytes) -> bool:
-        """Queue the record for the writer; False when the queue is full."""
+        """Queue one sealed record for the writer without waiting; False when the queue is full
+        (use `send`). Raises LinkDown when the link is not up."""
         try:
             self._queue().send_nowait((to, sealed))
         except trio.WouldBlock:
             return False
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise LinkDown(f"network {self.network}: the broker link dropped") from None
-        self._writer_idle = False  # it has work now: later records queue behind this one
         return True
 
     async def send(self, to: bytes, sealed: bytes) -> None:
-        """Queue one sealed record for the broker; waits while the queue is full.
+        """Queue one sealed record for the writer; waits while the queue is full.
 
-        A record the writer is idle for goes out at once without a yield. Raises LinkDown when
-        the link is not up, or drops while this waits.
+        Raises LinkDown when the link is not up, or drops while this waits.
         """
-        if self._write_now(to, sealed):
-            return
-        if self._queue_nowait(to, sealed):
-            await trio.lowlevel.checkpoint()  # as a queue send would: senders take turns
-            return
         try:
             await self._queue().send((to, sealed))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -259,17 +223,6 @@ class Link(Actor):
         if self._outbound is None:
             raise LinkDown(f"network {self.network}: the broker link is {self.state}")
         return self._outbound
-
-    def _send_direct(self, to: bytes, sealed: bytes) -> bool:
-        """Write one record as its own message now, without yielding (the latency path: no
-        scheduler pass for the writer); False when the socket would not take it at once."""
-        if self._ws is None or RECORD_HEADER_BYTES + len(sealed) > self._max_bytes:
-            return False
-        if not self._ws.send_nowait(encode_batch([(to, sealed)])):
-            return False
-        self.batches_out += 1
-        self.frames_out += 1
-        return True
 
     def set_brokers(self, brokers: list[str]) -> None:
         """Use a new broker list: drop the current connection and connect again at once."""
@@ -302,11 +255,12 @@ class Link(Actor):
         """One connection's life; returns whether the broker welcomed us."""
         welcomed = False
         try:
-            async with open_websocket(
+            async with open_websocket_url(
                 url,
                 connect_timeout=CONNECT_TIMEOUT,
-                close_timeout=CLOSE_TIMEOUT,
-                max_message_bytes=MAX_INBOUND_MESSAGE_BYTES,
+                disconnect_timeout=CLOSE_TIMEOUT,
+                max_message_size=MAX_INBOUND_MESSAGE_BYTES,
+                receive_buffer_size=RECEIVE_BUFFER_BYTES,
             ) as ws:
                 hello = build_hello(
                     self.signing_key, self.network, self.role, now_ms=time.time_ns() // 1_000_000
@@ -318,19 +272,19 @@ class Link(Actor):
                 await self._serve(ws, url, welcome)
         except ConnectionClosed as closed:
             self.last_error = f"closed: {closed}"
-        except (HandshakeFailed, OSError, trio.TooSlowError, BrokerProtocolError) as exc:
+        except (HandshakeError, OSError, trio.TooSlowError, BrokerProtocolError) as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
         if self.last_error:
             log.info("broker link down", network=self.network, url=url, error=self.last_error)
         return welcomed
 
-    async def _serve(self, ws: WebSocket, url: str, welcome: Welcome) -> None:
+    async def _serve(self, ws: WebSocketConnection, url: str, welcome: Welcome) -> None:
         """Relay until the connection drops; tell `peers` it is up, and that it went down."""
         send, receive = trio.open_memory_channel[_Queued](OUTBOUND_QUEUE)
         self._attempt = 0
         self.connects += 1
         self.state, self.url, self.last_error = "up", url, None
-        self._outbound, self._ws, self._max_bytes = send, ws, welcome.max_bytes
+        self._outbound = send
         self._pace = welcome.pace()
         log.info("broker link up", network=self.network, url=url, peers=len(welcome.peers))
         try:
@@ -343,7 +297,7 @@ class Link(Actor):
                 nursery.start_soon(self._until_closed, session, self._keepalive, ws)
                 nursery.start_soon(self._until_closed, session, self._read, ws)
         finally:
-            self._outbound, self._ws, self._writer_idle, self.state = None, None, False, "backoff"
+            self._outbound, self.state = None, "backoff"
             send.close()
             self.dropped += _drain(receive)
             with cleanup_scope():
@@ -360,7 +314,7 @@ class Link(Actor):
         finally:
             session.cancel()
 
-    async def _read(self, ws: WebSocket) -> None:
+    async def _read(self, ws: WebSocketConnection) -> None:
         while True:
             message = await ws.get_message()
             if isinstance(message, str):
@@ -386,41 +340,24 @@ class Link(Actor):
 
     async def _write(
         self,
-        ws: WebSocket,
+        ws: WebSocketConnection,
         receive: trio.MemoryReceiveChannel[_Queued],
         max_bytes: int,
     ) -> None:
-        """Drain the queue into as few messages as fit under the broker's size limit."""
-        try:
-            await self._write_batches(ws, receive, max_bytes)
-        finally:
-            self._writer_idle = False  # nobody writes now: records must queue (and be dropped)
-
-    async def _write_batches(
-        self,
-        ws: WebSocket,
-        receive: trio.MemoryReceiveChannel[_Queued],
-        max_bytes: int,
-    ) -> None:
-        """The writer's loop; a record that found it idle went out directly (see send_nowait)."""
-        carry: tuple[bytes, bytes] | None = None
+        """The one writer: drain the queue into as few messages as fit under the broker's size
+        limit, at the pace its welcome allows."""
+        carry: _Queued | None = None
         while True:
             # Under load (a record was already waiting) the batch may wait a few idle scheduler
             # passes for more; a record that found the queue empty goes out at once.
             idle_passes = BATCH_IDLE_PASSES
             if carry is not None:
-                queued: _Queued = carry
-                carry = None
+                first, carry = carry, None
             else:
                 try:
-                    queued = receive.receive_nowait()
+                    first = receive.receive_nowait()
                 except trio.WouldBlock:
-                    self._writer_idle = True
-                    queued, idle_passes = await receive.receive(), 0
-            if queued is None:  # a record went out directly: finish it if the socket cut it
-                await ws.flush()
-                continue
-            first = queued
+                    first, idle_passes = await receive.receive(), 0
             if RECORD_HEADER_BYTES + len(first[1]) > max_bytes:
                 self.dropped += 1
                 continue
@@ -439,8 +376,6 @@ class Link(Actor):
                     idle += 1
                     await trio.lowlevel.checkpoint()
                     continue
-                if record is None:
-                    continue  # only ever queued while the writer idles: never mid-batch
                 idle = 0
                 size += RECORD_HEADER_BYTES + len(record[1])
                 if size > max_bytes:
@@ -451,7 +386,7 @@ class Link(Actor):
             self.batches_out += 1
             self.frames_out += len(batch)
 
-    async def _keepalive(self, ws: WebSocket) -> None:
+    async def _keepalive(self, ws: WebSocketConnection) -> None:
         """Close a connection whose broker stopped answering pings (a silently dead TCP path)."""
         while True:
             await trio.sleep(LINK_PING_INTERVAL)
@@ -469,11 +404,11 @@ def _drain(receive: trio.MemoryReceiveChannel[_Queued]) -> int:
     count = 0
     while True:
         try:
-            queued = receive.receive_nowait()
+            receive.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
             receive.close()
             return count
-        count += queued is not None
+        count += 1
 
 
 def _load(text: object) -> dict[str, Any]:

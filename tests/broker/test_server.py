@@ -263,8 +263,8 @@ async def test_slow_receiver_is_disconnected_not_buffered(nursery: trio.Nursery)
 async def test_big_batches_to_a_member_that_pauses_arrive_whole_and_in_order(
     nursery: trio.Nursery,
 ) -> None:
-    """The first batch is written straight to Alice's socket, which takes only part of it; the
-    broker's writer finishes it before the batches queued behind it."""
+    """Alice's socket takes only part of what her one writer sends; the batches queued behind it
+    follow whole and in order."""
     _broker, url = await start_broker(nursery)
     batches = [encode_batch([(pk(ALICE), bytes([n]) * (512 << 10))]) for n in range(6)]
     async with joined(url, ALICE, "net") as (alice, _), joined(url, BOB, "net") as (bob, _):
@@ -344,3 +344,49 @@ async def test_shutdown_says_going_away_without_waiting_out_the_close_timeout(
         with trio.fail_after(1):
             await stopped.wait()
     assert broker.figures()["closed_going_away"] == 1
+
+
+async def _raw_upgrade(port: int, path: str) -> trio.SocketStream:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    return stream
+
+
+async def _read_to_eof(stream: trio.SocketStream) -> bytes:
+    """Everything the broker sends until it closes the connection (the client stays silent)."""
+    received = b""
+    with trio.fail_after(5):
+        while chunk := await stream.receive_some():
+            received += chunk
+    return received
+
+
+async def test_refused_upgrade_and_oversize_close_end_the_tcp_connection(
+    nursery: trio.Nursery,
+) -> None:
+    """trio-websocket leaves the stream open after these; the broker closes it itself."""
+    _broker, url = await start_broker(nursery, max_message_bytes=1024, outbound_queue_bytes=1024)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    refused = await _raw_upgrade(port, "/v2")
+    assert (await _read_to_eof(refused)).startswith(b"HTTP/1.1 404")
+    oversize = await _raw_upgrade(port, "/v1")
+    accepted = b""
+    with trio.fail_after(5):  # RFC 6455 4.1: a client sends nothing more until the server answers
+        while b"\r\n\r\n" not in accepted:
+            accepted += await oversize.receive_some()
+    assert accepted.startswith(b"HTTP/1.1 101")
+    header = struct.pack("!BBH", 0x82, 0x80 | 126, 2048) + bytes(4)  # masked, 2048 bytes
+    await oversize.send_all(header + bytes(2048))
+    received = await _read_to_eof(oversize)
+    assert b"\x88" in received and struct.pack("!H", 1009) in received  # the close frame, then EOF
+
+
+async def test_a_bad_upgrade_request_is_refused_with_400(nursery: trio.Nursery) -> None:
+    _broker, url = await start_broker(nursery, handshake_timeout=0.5)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"GET /v1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
+    assert (await _read_to_eof(stream)).startswith(b"HTTP/1.1 400")

@@ -79,13 +79,15 @@ async def test_a_late_subscriber_gets_the_retained_value_at_once(
     mesh: Mesh, nursery: trio.Nursery
 ) -> None:
     a, b = await active_pair(mesh)
-    sender = await client_of(a, nursery)
+    sender, syncer = await client_of(a, nursery), await client_of(b, nursery)
+    await syncer.call("channel_subscribe", network=NET, channel="sync")
     for value in ("old", "latest"):
         await sender.call(
             "channel_send_all", network=NET, channel="presence", payload=value, retain=True
         )
     await sender.call("channel_send_all", network=NET, channel="presence", payload="not kept")
-    await b.network().channels.send_to(b.device_id, "sync", [_payload()], retain=False)  # barrier
+    await sender.call("channel_send_all", network=NET, channel="sync", payload="barrier")
+    await syncer.event("channel_inbound", channel="sync")  # a's frames arrive in order
     late = await client_of(b, nursery)
     subscribed = await late.call("channel_subscribe", network=NET, channel="presence")
     assert subscribed["retained"] == 1

@@ -19,7 +19,6 @@ from meshactors.network import link as link_module
 from meshactors.network.link import (
     BACKOFF_BASE,
     BACKOFF_CAP,
-    DIRECT_GAP,
     PACE_SHARE,
     BrokerProtocolError,
     Link,
@@ -146,57 +145,20 @@ async def _recorded_link(nursery: trio.Nursery, **limits: int) -> tuple[Link, Ba
     return link, batches
 
 
-async def _sent_without_yielding(link: Link, sealed: bytes) -> bool:
-    """Send a record; True when it went out without a checkpoint (written at once)."""
-    with trio.CancelScope() as scope:
-        scope.cancel()  # a queue hand-off would checkpoint and raise Cancelled here
-        await link.send(bytes(32), sealed)
-    return not scope.cancelled_caught
-
-
-async def test_a_lone_record_leaves_at_once_and_a_burst_still_goes_in_few_messages() -> None:
+async def test_records_go_through_the_one_writer_and_a_burst_leaves_as_one_message() -> None:
     async with trio.open_nursery() as nursery:
         link, batches = await _recorded_link(nursery)
         to = bytes(32)
         await trio.testing.wait_all_tasks_blocked()  # the writer idles
-        assert await _sent_without_yielding(link, b"alone")
+        assert link.send_nowait(to, b"alone")
+        assert link.figures()["batches_out"] == 0, "the sender's task never writes to the socket"
         with trio.fail_after(WAIT):
             assert await batches.receive() == [(to, b"alone")]
         await trio.testing.wait_all_tasks_blocked()
         burst = [b"%d" % n for n in range(200)]
         assert all(link.send_nowait(to, sealed) for sealed in burst)  # no yield between them
-        got: list[bytes] = []
-        messages = 0
         with trio.fail_after(WAIT):
-            while len(got) < len(burst):
-                got += [sealed for _, sealed in await batches.receive()]
-                messages += 1
-        assert got == burst
-        assert messages <= 2  # the first record alone, the rest as one batch
-        nursery.cancel_scope.cancel()
-
-
-async def test_a_record_soon_after_one_written_at_once_queues_as_a_burst(
-    mock_clock: trio.testing.MockClock,
-) -> None:
-    async with trio.open_nursery() as nursery:
-        link, batches = await _recorded_link(nursery)
-        await trio.testing.wait_all_tasks_blocked()
-        mock_clock.jump(DIRECT_GAP)
-        assert await _sent_without_yielding(link, b"first")
-        assert not await _sent_without_yielding(link, b"soon after")  # queued: the writer sends
-        with trio.fail_after(WAIT):
-            assert [sealed for _, sealed in await batches.receive()] == [b"first"]
-            assert [sealed for _, sealed in await batches.receive()] == [b"soon after"]
-        await trio.testing.wait_all_tasks_blocked()
-        mock_clock.jump(DIRECT_GAP / 2)
-        assert not await _sent_without_yielding(link, b"still soon")
-        await trio.testing.wait_all_tasks_blocked()
-        mock_clock.jump(DIRECT_GAP / 2)
-        assert await _sent_without_yielding(link, b"later")
-        with trio.fail_after(WAIT):
-            assert [sealed for _, sealed in await batches.receive()] == [b"still soon"]
-            assert [sealed for _, sealed in await batches.receive()] == [b"later"]
+            assert [sealed for _, sealed in await batches.receive()] == burst  # one message
         nursery.cancel_scope.cancel()
 
 
@@ -207,16 +169,13 @@ async def test_messages_keep_to_the_share_of_the_rate_the_welcome_announces(
         # ours: PACE_SHARE of 20 messages/s and a burst of 3: 18/s, and 2 whole tokens at once
         link, batches = await _recorded_link(nursery, message_rate=20, message_burst=3)
         assert 2 <= 3 * PACE_SHARE < 3
-        await trio.testing.wait_all_tasks_blocked()
-        for sealed in (b"0", b"1"):  # the burst: each written at once
-            mock_clock.jump(DIRECT_GAP)
-            assert await _sent_without_yielding(link, sealed)
-        mock_clock.jump(DIRECT_GAP)
+        for sealed in (b"0", b"1"):  # the burst: each its own message
+            await trio.testing.wait_all_tasks_blocked()
+            assert link.send_nowait(bytes(32), sealed)
+            with trio.fail_after(WAIT):
+                assert [sealed for _, sealed in await batches.receive()] == [sealed]
         later = [b"2", b"3", b"4", b"5"]
-        assert all(link.send_nowait(bytes(32), sealed) for sealed in later)  # queued
-        with trio.fail_after(WAIT):
-            assert [sealed for _, sealed in await batches.receive()] == [b"0"]
-            assert [sealed for _, sealed in await batches.receive()] == [b"1"]
+        assert all(link.send_nowait(bytes(32), sealed) for sealed in later)
         await trio.testing.wait_all_tasks_blocked()
         with pytest.raises(trio.WouldBlock):
             batches.receive_nowait()  # no token for a third message yet
