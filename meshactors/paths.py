@@ -56,8 +56,8 @@ def refuse_symlink(path: Path) -> None:
     """Raise SymlinkRefused if `path` is a symlink (for files opened by others, e.g. SQLite)."""
     try:
         is_link = stat.S_ISLNK(os.lstat(path).st_mode)
-    except FileNotFoundError:
-        return
+    except OSError:
+        return  # absent, or unreachable: the open that follows reports why
     if is_link:
         raise SymlinkRefused(path)
 
