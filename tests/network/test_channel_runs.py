@@ -200,7 +200,7 @@ async def test_a_run_too_large_for_one_frame_arrives_whole_in_several(
     await a.network().channels.send_to(b.device_id, "run", run, retain=False, separate=True)
     received = await reader.count("channel_inbound", 40)
     assert [event["payload"] for event in received] == [[n, big] for n in range(40)]
-    assert await _frames_received(b, nursery) == frames + 8  # halved three times: 40, 20, 10, 5 each
+    assert await _frames_received(b, nursery) == frames + 8  # halved thrice: 40, 20, 10, 5 each
 
 
 def test_one_payload_is_a_chan_frame_and_several_a_run() -> None:
