@@ -21,6 +21,8 @@ from meshactors.cli.common import (
 from meshactors.cli.devices import resolve_device
 from meshactors.client import ClientError
 
+RELIABLE_TTL_S = 10.0  # seconds `channel send --reliable` resends before answering `timeout`
+
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `channel send` and `channel subscribe` (alias `sub`) commands."""
@@ -32,6 +34,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     send.add_argument("words", nargs="+", metavar="CHANNEL PAYLOAD", help="PAYLOAD: JSON")
     send.add_argument("--to", default=None, metavar="PEER", help="only this device (id or label)")
     send.add_argument("--retain", action="store_true", help="late subscribers get it too")
+    send.add_argument(
+        "--reliable",
+        action="store_true",
+        help="with --to: resend until the peer's daemon acknowledges, answer who received it",
+    )
+    send.add_argument(
+        "--ttl",
+        type=float,
+        default=RELIABLE_TTL_S,
+        metavar="SECONDS",
+        help=f"how long --reliable keeps resending (default {RELIABLE_TTL_S:g})",
+    )
     send.set_defaults(run=run_send)
     sub = channel.add_parser(
         "subscribe", aliases=["sub"], help="print each message as a JSON line (Ctrl-C stops)"
@@ -48,13 +62,21 @@ def run_send(args: argparse.Namespace) -> int:
         words = legacy_network(args, words, old, new)
     if len(words) != 2:
         fail("give CHANNEL and PAYLOAD (and -n NET unless one network is joined)", EXIT_USAGE)
+    if args.reliable and (args.to is None or args.retain):
+        fail("--reliable goes to one peer: give --to PEER (and no --retain)", EXIT_USAGE)
     network = network_of(args)
     params: dict[str, Any] = {
         "network": network,
         "channel": words[0],
         "payload": parse_json_arg(words[1], "the payload"),
-        "retain": args.retain,
     }
+    if args.reliable:
+        peer = resolve_device(args, args.to, network)
+        ttl_ms = max(1, round(args.ttl * 1000))
+        answer = call(args, "channel_send_reliable", peer=peer, ttl_ms=ttl_ms, **params)
+        print(json.dumps(answer))
+        return 0
+    params["retain"] = args.retain
     if args.to is None:
         answer = call(args, "channel_send_all", **params)
     else:

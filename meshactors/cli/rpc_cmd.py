@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
@@ -26,10 +27,10 @@ from meshactors.cli.common import (
     paths_of,
 )
 from meshactors.cli.devices import resolve_device
+from meshactors.cli.served import run_command, stream_command
 from meshactors.client import ClientError, MeshClient, RequestContext
 
 SERVE_COMMAND_TIMEOUT = 30.0  # seconds a served command may run before it is killed (default)
-MAX_ERROR_CHARS = 2000  # stderr of a failed command sent back as the error message
 CLIENT_LOGGER = "meshactors.client"  # the client library's logger (one line per failure here)
 
 
@@ -56,6 +57,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     network_option(serve)
     serve.add_argument("method")
     serve.add_argument("--timeout", type=float, default=SERVE_COMMAND_TIMEOUT)
+    serve.add_argument(
+        "--stream", action="store_true", help="each line CMD writes answers as one stream chunk"
+    )
     serve.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…")
     serve.set_defaults(run=run_serve)
 
@@ -115,6 +119,8 @@ def _payload_of(event: dict[str, Any]) -> Any:
 
 def run_serve(args: argparse.Namespace) -> int:
     method, command = args.method, args.command
+    if command and command[0] != "--" and command[0].startswith("-"):
+        fail(f"options go before METHOD: rpc serve {command[0]} … {method} -- CMD", EXIT_USAGE)
     if len(command) > 1 and command[1] == "--":  # NET METHOD -- CMD, the old form
         old, new = "rpc serve NET METHOD -- CMD", "rpc serve -n NET METHOD -- CMD"
         method, command = legacy_network(args, [method, *command[:1]], old, new)[0], command[2:]
@@ -155,34 +161,11 @@ async def _serve(args: argparse.Namespace, network: str, method: str, command: l
     async def handle(payload: Any, ctx: RequestContext) -> Any:
         return await run_command(command, payload, args.timeout)
 
+    async def handle_stream(payload: Any, ctx: RequestContext) -> AsyncIterator[Any]:
+        async for chunk in stream_command(command, payload, args.timeout):
+            yield chunk
+
     async with MeshClient(paths_of(args).socket) as client:
-        await client.serve(network, method, handle)
+        await client.serve(network, method, handle_stream if args.stream else handle)
         print(f"serving {method} on {network}; Ctrl-C stops", file=sys.stderr, flush=True)
         await trio.sleep_forever()
-
-
-class ServedCommandFailed(Exception):
-    """The served command failed; the message (exit status, stderr's tail) answers the caller."""
-
-
-async def run_command(command: list[str], payload: Any, timeout: float) -> Any:
-    """Run `command` with `payload` as JSON on stdin; its stdout (JSON, else text) answers, a
-    failure raises with its exit status and the tail of its stderr as the message."""
-    with trio.move_on_after(timeout) as scope:
-        done = await trio.run_process(
-            command,
-            stdin=json.dumps(payload).encode(),
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
-    if scope.cancelled_caught:
-        raise ServedCommandFailed(f"{command[0]} ran longer than {timeout:g}s and was killed")
-    if done.returncode != 0:
-        detail = done.stderr.decode(errors="replace").strip()[-MAX_ERROR_CHARS:] or "(no stderr)"
-        raise ServedCommandFailed(f"{command[0]} exited {done.returncode}: {detail}")
-    text = done.stdout.decode(errors="replace")
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text

@@ -309,8 +309,32 @@ async def outbox_requeue(session: Session, params: RequeueParams) -> dict[str, A
 
 
 OPS: list[Op[Any]] = [
-    Op("send", SendParams, send, "queue a durable message {network, to, message, ...}"),
-    Op("inbox", InboxParams, inbox, "received messages {network?, from?, since?, limit?, cursor?}"),
-    Op("outbox_list", OutboxListParams, outbox_list, "queued sends {status?, network?, limit}"),
-    Op("outbox_requeue", RequeueParams, outbox_requeue, "send a dead row again {outbox_id}"),
+    Op(
+        "send",
+        SendParams,
+        send,
+        "queue a durable message {network, to, message, ...}",
+        command="send",
+    ),
+    Op(
+        "inbox",
+        InboxParams,
+        inbox,
+        "received messages {network?, from?, since?, limit?, cursor?}",
+        command="inbox",
+    ),
+    Op(
+        "outbox_list",
+        OutboxListParams,
+        outbox_list,
+        "queued sends {status?, network?, limit}",
+        command="outbox list",
+    ),
+    Op(
+        "outbox_requeue",
+        RequeueParams,
+        outbox_requeue,
+        "send a dead row again {outbox_id}",
+        command="outbox requeue",
+    ),
 ]

@@ -45,13 +45,19 @@ class Merge(Generic[P]):
 @attrs.frozen
 class Op(Generic[P]):
     """One op: validated params of type `params`, answered by `handler`; with `merge` it is
-    run in order and consecutive requests may run as one."""
+    run in order and consecutive requests may run as one. `command` is the CLI command a user
+    reaches it with and `client` the MeshClient method (the op's name unless given);
+    tests/test_op_registry.py checks both exist and that docs/protocol.md describes the op."""
 
     name: str
     params: type[P]
     handler: Callable[[Session, P], Awaitable[Any]]
     summary: str
     merge: Merge[P] | None = None
+    command: str = attrs.field(kw_only=True, default="")  # "" only for tests' stand-ins
+    client: str = attrs.field(
+        kw_only=True, default=attrs.Factory(lambda op: op.name, takes_self=True)
+    )
     structure: Callable[[Any, type[P]], P] = attrs.field(
         init=False,
         default=attrs.Factory(lambda op: converter.get_structure_hook(op.params), takes_self=True),

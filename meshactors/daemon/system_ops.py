@@ -87,9 +87,28 @@ async def events_subscribe(session: Session, params: EventsSubscribe) -> dict[st
 
 
 OPS: list[Op[Any]] = [
-    Op("status", NoParams, status, "daemon version, device id, uptime, networks, clients"),
-    Op("version", NoParams, version, "daemon version, IPC API version, ops and features"),
-    Op("inspect", NoParams, inspect, "the live actor tree"),
-    Op("shutdown", NoParams, shutdown, "stop the daemon cleanly"),
-    Op("events_subscribe", EventsSubscribe, events_subscribe, "stream events on this connection"),
+    Op(
+        "status",
+        NoParams,
+        status,
+        "daemon version, device id, uptime, networks, clients",
+        command="daemon status",
+    ),
+    Op(
+        "version",
+        NoParams,
+        version,
+        "daemon version, IPC API version, ops and features",
+        command="daemon version",
+    ),
+    Op("inspect", NoParams, inspect, "the live actor tree", command="inspect"),
+    Op("shutdown", NoParams, shutdown, "stop the daemon cleanly", command="daemon down"),
+    Op(
+        "events_subscribe",
+        EventsSubscribe,
+        events_subscribe,
+        "stream events on this connection",
+        command="events",
+        client="events",
+    ),
 ]

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from meshactors.cli.common import EXIT_NOT_FOUND
+from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE
 from meshactors.client import MeshClient, RequestContext, SyncClient
 from tests.support import Home
 
@@ -123,3 +125,65 @@ async def test_channel_send_reaches_channel_sub(home: Home, me: str) -> None:
     finally:
         reader.kill()
         reader.wait()
+
+
+CHUNKS = """
+import json, sys
+n = json.load(sys.stdin)
+print(json.dumps({"first": n}), flush=True)
+open(sys.argv[1]).read()  # a FIFO: the rest comes once the caller has seen the first chunk
+print("plain text")
+print(json.dumps([n, n]))
+sys.stderr.write("halfway there")
+sys.exit(int(sys.argv[2]))
+"""
+
+
+async def test_rpc_serve_stream_answers_each_line_as_it_is_written(
+    home: Home, me: str, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    args = ("--", sys.executable, "-c", CHUNKS, str(fifo))
+    good = home.popen("rpc", "serve", "--stream", "good", *args, "0")
+    bad = home.popen("rpc", "serve", "--stream", "bad", *args, "4")
+    try:
+        with trio.fail_after(30):
+            for server in (good, bad):
+                assert (await trio.to_thread.run_sync(started, server, "stderr")).startswith(
+                    "serving"
+                )
+            for method, status in (("good", 0), ("bad", 1)):
+                caller = home.popen("rpc", "call", me, method, "7", "--stream", "--json")
+                first = await trio.to_thread.run_sync(started, caller, "stdout")
+                assert json.loads(first) == {"first": 7}  # while the command still runs
+                await trio.to_thread.run_sync(fifo.write_text, "go")
+                rest, _ = await trio.to_thread.run_sync(caller.communicate)
+                assert caller.returncode == status
+                lines = rest.splitlines()
+                assert [json.loads(line) for line in lines[:2]] == ["plain text", [7, 7]]
+                if status:
+                    error = json.loads(lines[2])["error"]
+                    assert error["code"] == "remote_error"
+                    assert error["message"].endswith("exited 4: halfway there")
+    finally:
+        for server in (good, bad):
+            server.kill()
+            server.wait()
+
+
+def test_channel_send_reliable_answers_once_acknowledged(home: Home, me: str) -> None:
+    reader = home.popen("channel", "subscribe", "news")
+    try:
+        sent = home.cli("channel", "send", "news", "--to", me, "--reliable", '"sure"')
+        assert json.loads(sent.stdout)["acknowledged"] is True
+        assert json.loads(started(reader, "stdout"))["payload"] == "sure"
+    finally:
+        reader.kill()
+        reader.wait()
+    refused = home.cli("channel", "send", "news", "--reliable", '"x"', check=False)
+    assert refused.returncode == EXIT_USAGE
+    assert "give --to PEER" in refused.stderr
+    misplaced = home.cli("rpc", "serve", "m", "--stream", "--", "cat", check=False)
+    assert misplaced.returncode == EXIT_USAGE
+    assert "options go before METHOD" in misplaced.stderr

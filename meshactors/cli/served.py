@@ -1,0 +1,111 @@
+"""Running the command `meshactors rpc serve` serves: once per call, its stdout answering
+whole, or (with `--stream`) each line it writes answering as one chunk while it runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator
+from typing import IO, Any
+
+import trio
+
+from meshactors.network.payload import MAX_PAYLOAD_BYTES
+
+MAX_ERROR_CHARS = 2000  # stderr of a failed command sent back as the error message
+
+
+class ServedCommandFailed(Exception):
+    """The served command failed; the message (exit status, stderr's tail) answers the caller."""
+
+
+async def run_command(command: list[str], payload: Any, timeout: float) -> Any:
+    """Run `command` with `payload` as JSON on stdin; its stdout (JSON, else text) answers, a
+    failure raises with its exit status and the tail of its stderr as the message."""
+    with trio.move_on_after(timeout) as scope:
+        done = await trio.run_process(
+            command,
+            stdin=json.dumps(payload).encode(),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    if scope.cancelled_caught:
+        raise _too_long(command, timeout)
+    if done.returncode != 0:
+        raise _failed(command, done.returncode, done.stderr)
+    return _decoded(done.stdout)
+
+
+async def stream_command(command: list[str], payload: Any, timeout: float) -> AsyncIterator[Any]:
+    """Run `command` as `run_command` does, yielding each line of its stdout (JSON, else text)
+    as soon as it is written; stdin and stderr are files, so no second task is needed."""
+    deadline = trio.current_time() + timeout
+    with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as stderr:
+        stdin.write(json.dumps(payload).encode())
+        stdin.seek(0)
+        process = await trio.lowlevel.open_process(
+            command, stdin=stdin, stdout=subprocess.PIPE, stderr=stderr
+        )
+        try:
+            assert process.stdout is not None
+            async for line in _lines(process.stdout, deadline, command, timeout):
+                yield _decoded(line)
+            with trio.move_on_at(deadline):
+                await process.wait()
+            if process.returncode is None:
+                raise _too_long(command, timeout)
+            if process.returncode != 0:
+                raise _failed(command, process.returncode, _tail(stderr))
+        finally:
+            if process.returncode is None:
+                process.kill()
+                with trio.CancelScope(shield=True):
+                    await process.wait()
+
+
+async def _lines(
+    stdout: trio.abc.ReceiveStream, deadline: float, command: list[str], timeout: float
+) -> AsyncIterator[bytes]:
+    """The non-blank lines of `stdout` until it closes, each at most MAX_PAYLOAD_BYTES."""
+    buffer = b""
+    while True:
+        data = None
+        with trio.move_on_at(deadline):
+            data = await stdout.receive_some()
+        if data is None:
+            raise _too_long(command, timeout)
+        *complete, buffer = (buffer + data).split(b"\n") if data else [buffer, b""]
+        for line in complete:
+            if line.strip():
+                yield line
+        if not data:
+            return
+        if len(buffer) > MAX_PAYLOAD_BYTES:
+            raise ServedCommandFailed(f"{command[0]} wrote a line over {MAX_PAYLOAD_BYTES} bytes")
+
+
+def _decoded(text: bytes) -> Any:
+    """JSON if it parses, else the text as it is."""
+    decoded = text.decode(errors="replace")
+    try:
+        return json.loads(decoded)
+    except ValueError:
+        return decoded
+
+
+def _tail(stderr: IO[bytes]) -> bytes:
+    """The last MAX_ERROR_CHARS or so bytes of a command's stderr file."""
+    stderr.seek(0, 2)
+    stderr.seek(max(0, stderr.tell() - 4 * MAX_ERROR_CHARS))
+    return stderr.read()
+
+
+def _failed(command: list[str], status: int, stderr: bytes) -> ServedCommandFailed:
+    detail = stderr.decode(errors="replace").strip()[-MAX_ERROR_CHARS:] or "(no stderr)"
+    return ServedCommandFailed(f"{command[0]} exited {status}: {detail}")
+
+
+def _too_long(command: list[str], timeout: float) -> ServedCommandFailed:
+    return ServedCommandFailed(f"{command[0]} ran longer than {timeout:g}s and was killed")
