@@ -14,6 +14,7 @@ import attrs
 import structlog
 
 from meshactors.wire.ipc import ErrorCode, OpError, Request
+from meshactors.wire.jsonlimits import bad_json_path
 from meshactors.wire.strict import describe_error, make_strict_converter
 
 if TYPE_CHECKING:
@@ -111,6 +112,10 @@ class OpTable:
         op = self.ops.get(request.op)
         if op is None:
             raise OpError(ErrorCode.UNKNOWN_OP, f"unknown op {request.op!r}")
+        bad = bad_json_path(request.params, "params")
+        if bad is not None:  # what no store, counter, line or peer could take, refused here
+            where, why = bad
+            raise OpError(ErrorCode.INVALID_PARAMS, f"{where}: {why.detail}")
         try:
             return op, op.structure(request.params, op.params)
         except Exception as exc:

@@ -243,10 +243,12 @@ def from_json(text: str) -> Any:
 
 
 def checked_limit(limit: int, maximum: int) -> int:
-    """A positive page size capped at `maximum`, so no call reads an unbounded result."""
-    if limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit}")
-    return min(limit, maximum)
+    """A page size from 1 to `maximum`, so no call reads an unbounded result; one beyond is
+    refused (ValueError, answered `invalid_params`), not cut, so a caller never mistakes a
+    short page for the end."""
+    if not 1 <= limit <= maximum:
+        raise ValueError(f"limit must be 1-{maximum}, got {limit}")
+    return limit
 
 
 def row_counts(conn: sqlite3.Connection, table: str, statuses: tuple[str, ...]) -> dict[str, int]:

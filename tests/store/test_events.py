@@ -77,7 +77,9 @@ def test_since_reports_a_gap_when_events_were_pruned(conn: sqlite3.Connection) -
 
 def test_replay_size_is_capped(conn: sqlite3.Connection) -> None:
     fill(conn, MAX_REPLAY + 1)
-    assert len(since(conn, 0, limit=MAX_REPLAY * 5).events) == MAX_REPLAY
+    assert len(since(conn, 0, limit=MAX_REPLAY).events) == MAX_REPLAY
+    with pytest.raises(ValueError, match="limit"):
+        since(conn, 0, limit=MAX_REPLAY + 1)
 
 
 def test_bad_arguments_are_refused(conn: sqlite3.Connection) -> None:

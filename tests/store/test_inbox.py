@@ -89,7 +89,9 @@ def test_paging_filters_by_network_sender_and_received_time(conn: sqlite3.Connec
 def test_the_page_size_is_capped(conn: sqlite3.Connection) -> None:
     for i in range(MAX_PAGE + 1):
         receive(conn, client_message_id=str(i))
-    messages, cursor = page(conn, limit=MAX_PAGE * 10, cursor=None)
+    with pytest.raises(ValueError, match=f"limit must be 1-{MAX_PAGE}"):
+        page(conn, limit=MAX_PAGE + 1, cursor=None)  # refused, not cut
+    messages, cursor = page(conn, limit=MAX_PAGE, cursor=None)
     assert len(messages) == MAX_PAGE
     rest, _ = page(conn, limit=MAX_PAGE, cursor=cursor)
     assert len(rest) == 1

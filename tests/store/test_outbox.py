@@ -497,5 +497,7 @@ def test_list_rows_filters_newest_first_and_checks_the_limit(conn: sqlite3.Conne
 def test_list_rows_and_due_deliveries_are_capped(conn: sqlite3.Connection) -> None:
     for i in range(MAX_LIST_ROWS + 1):
         send(conn, client_message_id=f"cm-{i}")
-    assert len(list_rows(conn, status=None, network=None, limit=10_000)) == MAX_LIST_ROWS
-    assert len(due_deliveries(conn, now_ms=T0, limit=10_000)) == MAX_LIST_ROWS
+    assert len(list_rows(conn, status=None, network=None, limit=MAX_LIST_ROWS)) == MAX_LIST_ROWS
+    assert len(due_deliveries(conn, now_ms=T0, limit=MAX_LIST_ROWS)) == MAX_LIST_ROWS
+    with pytest.raises(ValueError, match=f"limit must be 1-{MAX_LIST_ROWS}, got 10000"):
+        list_rows(conn, status=None, network=None, limit=10_000)  # refused, not cut
