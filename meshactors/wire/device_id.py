@@ -2,18 +2,21 @@
 
 import base64
 import binascii
+import functools
 
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
 PUBLIC_KEY_BYTES = 32
 DEVICE_ID_LENGTH = 52  # ceil(32 * 8 / 5) base32 characters, no padding
+CONVERSION_CACHE = 4096  # ids and keys whose conversions are remembered (a send checks ~4)
 
 
 class InvalidDeviceId(ValueError):
     """Raised when a string is not a well-formed device id."""
 
 
+@functools.lru_cache(maxsize=CONVERSION_CACHE)
 def device_id_from_public_key(public_key: bytes) -> str:
     """Encode a raw Ed25519 public key as its device id."""
     if len(public_key) != PUBLIC_KEY_BYTES:
@@ -21,6 +24,7 @@ def device_id_from_public_key(public_key: bytes) -> str:
     return base64.b32encode(public_key).decode("ascii").rstrip("=").lower()
 
 
+@functools.lru_cache(maxsize=CONVERSION_CACHE)
 def public_key_from_device_id(device_id: str) -> bytes:
     """Decode a device id back to the raw public key; strict about case, length and alphabet."""
     if len(device_id) != DEVICE_ID_LENGTH or device_id != device_id.lower():
@@ -43,6 +47,7 @@ def is_device_id(value: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=CONVERSION_CACHE)
 def is_usable_device_id(value: str) -> bool:
     """True when `value` is a device id whose key can seal frames (a point on the curve): a
     well-formed id that is not can never be a peer, so sending to it is refused, not queued."""
