@@ -1,5 +1,5 @@
 """The `store` actor: owns the one SQLite connection and runs repository calls one at a time,
-the calls that queued up together in one trip to its worker thread."""
+the calls that queued up together in one trip to its worker thread and one transaction."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 STORE_CALL_TIMEOUT = 30.0  # seconds a caller waits for a queued store call (SQLite busy waits 5 s)
 STORE_INBOX_CAPACITY = 256  # queued calls before callers wait
-STORE_TRIP_CALLS = 64  # queued calls run in one worker-thread trip (each still on its own)
+STORE_TRIP_CALLS = 64  # queued calls run in one worker-thread trip and one transaction
 
 
 # SQLite primary result codes that mean the disk, not the request, is at fault
@@ -108,14 +108,52 @@ _Outcome = tuple[Any, Exception | None]
 
 
 def _run_calls(calls: list[StoreCall], conn: sqlite3.Connection) -> list[_Outcome]:
-    """Run each call in turn in the worker thread; one call's failure is its own answer."""
+    """Run the calls in turn in the worker thread, in one transaction: group commit, one
+    commit for all that queued together. Each call is a savepoint, so its failure is its own
+    answer and undoes only its own writes; nobody is answered before the commit, and a commit
+    that fails fails them all."""
+    if len(calls) == 1:
+        return [_alone(calls[0], conn)]
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error:
+        return [_alone(call, conn) for call in calls]
     outcomes: list[_Outcome] = []
-    for call in calls:
-        try:
-            outcomes.append((call.fn(conn), None))
-        except Exception as exc:
-            outcomes.append((None, exc))
+    for index, call in enumerate(calls):
+        outcomes.append(_in_savepoint(call, conn))
+        if not conn.in_transaction:  # SQLite rolled it all back itself (a full disk, I/O)
+            lost = outcomes[-1][1] or sqlite3.OperationalError("the transaction was rolled back")
+            rest = [_alone(later, conn) for later in calls[index + 1 :]]
+            return [(None, lost)] * (index + 1) + rest
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        return [(None, exc)] * len(calls)
     return outcomes
+
+
+def _alone(call: StoreCall, conn: sqlite3.Connection) -> _Outcome:
+    """One call on its own (its repository function opens its own transaction if it writes)."""
+    try:
+        return (call.fn(conn), None)
+    except Exception as exc:
+        return (None, exc)
+
+
+def _in_savepoint(call: StoreCall, conn: sqlite3.Connection) -> _Outcome:
+    """One call inside the group's transaction, undone alone if it fails."""
+    conn.execute("SAVEPOINT call")
+    try:
+        result = call.fn(conn)
+    except Exception as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK TO call")
+            conn.execute("RELEASE call")
+        return (None, exc)
+    conn.execute("RELEASE call")
+    return (result, None)
 
 
 def _queued(receiver: trio.MemoryReceiveChannel[StoreCall], limit: int) -> list[StoreCall]:

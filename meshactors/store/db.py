@@ -220,8 +220,13 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """Run the block in one BEGIN IMMEDIATE transaction: COMMIT on success, ROLLBACK on error.
 
     IMMEDIATE takes the write lock up front, so concurrent writers queue on busy_timeout
-    instead of failing halfway through a read-then-write. Not reentrant.
+    instead of failing halfway through a read-then-write. Inside a transaction already open
+    (the store actor's group commit) the block is a savepoint: all of it or none of it.
     """
+    if conn.in_transaction:
+        with savepoint(conn):
+            yield conn
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
@@ -230,6 +235,19 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+@contextlib.contextmanager
+def savepoint(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """Run the block inside the open transaction so that an error undoes only the block."""
+    conn.execute("SAVEPOINT block")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK TO block")
+        conn.execute("RELEASE block")
+        raise
+    conn.execute("RELEASE block")
 
 
 def to_json(value: Any) -> str:

@@ -413,12 +413,12 @@ the same schema), {sizes["baseline_rows"]} rows.
 |---|---|---|
 {table}
 
-- An accept is one `send` answered by the daemon, i.e. one committed `BEGIN IMMEDIATE`
-  transaction (look-up, outbox row, delivery row). Raw JSON lines over the Unix socket, each
-  connection pipelined up to {PIPELINE} requests in flight; {sizes["accepts"]} sends per
-  connection count, to a device id that never comes online (nothing is delivered). The
-  store runs one call at a time in its worker thread, so more connections do not add
-  accepts; they only keep that thread busy.
+- An accept is one `send` answered by the daemon once its writes (look-up, outbox row,
+  delivery row) are committed; accepts that queue together commit in one transaction. Raw
+  JSON lines over the Unix socket, each connection pipelined up to {PIPELINE} requests in
+  flight; {sizes["accepts"]} sends per connection count, to a device id that never comes
+  online (nothing is delivered). The store runs one call at a time in its worker thread,
+  so more connections add accepts only by letting more of them share a commit.
 - Delivery: a broker and two approved daemons as processes; {sizes["online"]} messages
   from A to B over {SEND_CONNECTIONS} connections, B's events subscribed before the first send.
   End times are the daemons' event `at_ms`.

@@ -1,8 +1,11 @@
 """Durable messages with real processes: 1,000 messages queued to an offline peer arrive
-exactly once although the sender is killed with SIGKILL while it drains them."""
+exactly once although the sender is killed with SIGKILL while it drains them, and no accept
+answered before a SIGKILL is lost although accepts commit in groups."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import signal
 from collections.abc import Iterator
@@ -10,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
+from nacl.signing import SigningKey
 
 from meshactors.client.sync import SyncClient
+from meshactors.wire.device_id import device_id_from_public_key
 from tests.e2e.test_mesh import NET, eventually, free_port, join_approved, start_broker
-from tests.support import Home
+from tests.support import Home, LineClient
 
 pytestmark = pytest.mark.e2e
 
@@ -95,3 +101,52 @@ def test_a_thousand_messages_arrive_once_through_a_sigkill_of_the_sender(
         cursor = client.call("inbox", limit=MESSAGES - 503, cursor=first["next_cursor"])
     last = b.cli("inbox", "--limit", "3", "--cursor", cursor["next_cursor"]).stdout.splitlines()
     assert len(last) == 3, "the last page is full and nothing follows it: no next-page hint"
+
+
+WRITERS = 8  # connections sending at once, so accepts queue up and commit in groups
+IN_FLIGHT = 32  # requests each keeps outstanding
+KILL_AT = 300  # accepts answered before the daemon is killed
+
+
+async def test_a_sigkill_among_group_commits_loses_no_answered_accept(home: Home) -> None:
+    home.cli("daemon", "up", "--detach")
+    home.cli("network", "add", NET, "--broker", "ws://127.0.0.1:9/v1")
+    to = device_id_from_public_key(bytes(SigningKey.generate().verify_key))
+    answered: dict[str, str] = {}  # client_message_id → outbox id, for every accept answered
+    enough = trio.Event()
+
+    async def writer(n: int) -> None:
+        client = LineClient(await trio.open_unix_socket(str(home.socket)))
+        sent = itertools.count()
+
+        async def send_one() -> None:
+            key = f"w{n}-{next(sent)}"
+            await client.send("send", network=NET, to=to, message=key, client_message_id=key)
+
+        with contextlib.suppress(EOFError, trio.BrokenResourceError, OSError):
+            for _ in range(IN_FLIGHT):
+                await send_one()
+            while True:
+                frame = await client.frame()
+                assert frame["ok"], frame
+                answered[frame["data"]["client_message_id"]] = frame["data"]["id"]
+                if len(answered) >= KILL_AT:
+                    enough.set()
+                await send_one()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for n in range(WRITERS):
+                nursery.start_soon(writer, n)
+            await enough.wait()
+            pid = home.daemon_pid()
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)  # the writers end as their connections break
+    await trio.to_thread.run_sync(
+        eventually, lambda: True if home.daemon_pid() is None else None, "the lock released"
+    )
+    home.cli("daemon", "up", "--detach")
+    with SyncClient.connect(home.socket) as client:
+        for key, row_id in answered.items():
+            again = client.call("send", network=NET, to=to, message=key, client_message_id=key)
+            assert (again["outcome"], again["id"]) == ("accepted", row_id), key  # still there

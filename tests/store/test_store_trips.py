@@ -1,14 +1,18 @@
-"""The store actor runs calls that queued up together in one worker-thread trip, each with its
-own answer: a failing call fails alone, and the order of calls is kept."""
+"""The store actor runs calls that queued up together in one worker-thread trip and one
+transaction, each with its own answer: a failing call fails alone and undoes only its own
+writes, the order of calls is kept, and nobody is told of a write SQLite rolled back."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from meshactors.actors import Node, run_root
 from meshactors.store.actor import STORE_TRIP_CALLS, StoreActor
@@ -79,3 +83,69 @@ async def test_a_storage_fault_in_a_trip_is_a_storage_error(tmp_path: Path) -> N
             assert await store.call(_keys, what="still serving") == []
             nursery.cancel_scope.cancel()
     assert refused.value.code == "storage"
+
+
+async def run_grouped(
+    tmp_path: Path, calls: list[Callable[[sqlite3.Connection], object]]
+) -> tuple[list[object], list[str], list[str]]:
+    """Run `calls` in one trip (queued behind a call that holds the worker thread until all
+    are queued): each call's result or error, the keys kept, and the statements SQLite ran."""
+    store = StoreActor(tmp_path / "state.db")
+    release, statements = threading.Event(), []
+    results: list[object] = [None] * len(calls)
+
+    def hold(conn: sqlite3.Connection) -> None:
+        conn.set_trace_callback(statements.append)
+        release.wait(WAIT)
+
+    async def call(index: int) -> None:
+        try:
+            results[index] = await store.call(calls[index], what=f"call {index}")
+        except Exception as exc:
+            results[index] = exc
+
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_root, store, Node(name="store", kind="store"))
+            async with trio.open_nursery() as callers:
+                callers.start_soon(partial(store.call, hold, what="hold"))
+                await trio.testing.wait_all_tasks_blocked()
+                for index in range(len(calls)):
+                    callers.start_soon(call, index)
+                    await trio.lowlevel.checkpoint()
+                await trio.testing.wait_all_tasks_blocked()
+                release.set()
+            keys = await store.call(_keys, what="keys")
+            nursery.cancel_scope.cancel()
+    return results, keys, statements
+
+
+def _insert_then_fail(conn: sqlite3.Connection) -> None:
+    _insert(99)(conn)
+    raise ValueError("refused after writing")
+
+
+async def test_a_trip_commits_once_and_a_failing_call_undoes_only_its_own_writes(
+    tmp_path: Path,
+) -> None:
+    results, keys, statements = await run_grouped(
+        tmp_path, [_insert(1), _insert_then_fail, _insert(2), _broken_sql, _insert(3)]
+    )
+    assert results[0::2] == [1, 2, 3]
+    assert isinstance(results[1], ValueError) and isinstance(results[3], sqlite3.Error)
+    assert keys == ["k1", "k2", "k3"]  # k99 undone with the call that wrote it
+    assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
+
+
+def _rolls_everything_back(conn: sqlite3.Connection) -> None:
+    conn.execute("ROLLBACK")  # what SQLite does itself on a full disk or an I/O error
+    raise sqlite3.OperationalError("database or disk is full")
+
+
+async def test_when_sqlite_rolls_a_trip_back_the_calls_before_are_told_and_the_rest_run_alone(
+    tmp_path: Path,
+) -> None:
+    results, keys, _ = await run_grouped(tmp_path, [_insert(1), _rolls_everything_back, _insert(2)])
+    assert all(isinstance(result, sqlite3.Error) for result in results[:2])  # k1 was lost
+    assert results[2] == 2
+    assert keys == ["k2"]
