@@ -651,7 +651,7 @@ async def sigkill_mid_drain(smoke: bool) -> Verdict:
             resources.cli(sender, "daemon", "up", "--detach")
             await _arrivals(events, arrived, total)
             drain_s = time.perf_counter() - began
-            stored = await _inbox_all(inbox)
+            stored = await inbox_all(inbox)
     ids_stored = [m["client_message_id"] for m in stored]
     distinct = set(ids_stored)
     expected = {f"m{n}" for n in range(total)}
@@ -703,7 +703,7 @@ async def _sigkill(pid: int) -> None:
         os.close(pidfd)
 
 
-async def _inbox_all(client: MeshClient) -> list[dict[str, Any]]:
+async def inbox_all(client: MeshClient) -> list[dict[str, Any]]:
     """Every message in the inbox, page by page."""
     messages: list[dict[str, Any]] = []
     cursor = None

@@ -50,7 +50,6 @@ WINDOW_MIN = 10.0  # minutes in each of the first and last CPU windows (shorter 
 WARMUP_MIN = 2.0  # minutes left out of the RSS slope (shorter runs: a fifth)
 CPU_BOUND = 0.10  # last window's CPU per message within this share of the first's
 DRAIN_TIMEOUT = 600.0  # seconds for the outbox to empty after the load stops
-INBOX_PAGE = 500
 
 
 @attrs.define
@@ -314,17 +313,6 @@ def _last_pid(samples: list[Sample], name: str) -> int | None:
     return next((s.procs[name]["pid"] for s in reversed(samples) if name in s.procs), None)
 
 
-async def _inbox_all(client: MeshClient) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        page = await client.inbox(limit=INBOX_PAGE, cursor=cursor)
-        messages += page["messages"]
-        if len(page["messages"]) < INBOX_PAGE:
-            return messages
-        cursor = page["next_cursor"]
-
-
 async def _drained(client: MeshClient) -> None:
     """Return once the sender's outbox has nothing pending or in flight."""
     with trio.fail_after(DRAIN_TIMEOUT):
@@ -384,7 +372,7 @@ async def _soak(minutes: float) -> chaos.Verdict:
                     stop.set()
                     load.cancel_scope.deadline = trio.current_time() + 30  # faults, stragglers
                 await _drained(clients["a"])
-                stored = await _inbox_all(clients["b"])
+                stored = await chaos.inbox_all(clients["b"])
                 nursery.cancel_scope.cancel()
     return _verdict(soak, minutes, stored)
 
