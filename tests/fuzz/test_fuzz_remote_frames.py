@@ -21,7 +21,7 @@ from tests.fuzz.conftest import FUZZ_EXAMPLES, fuzz
 from tests.fuzz.strategies import hostile_json
 from tests.network.appclient import AppClient
 from tests.network.conftest import NET, Mesh
-from tests.network.rawpeer import RawPeer
+from tests.network.rawpeer import approved_raw_peer
 
 MIN_VALUES = 10_000
 PER_EXAMPLE = max(1, math.ceil(MIN_VALUES * 1.2 / FUZZ_EXAMPLES))  # a margin for invalid draws
@@ -70,13 +70,7 @@ async def test_generated_values_from_a_peer_crash_nothing(
     record()  # collect the examples synchronously; hypothesis cannot drive the sockets itself
     assert sum(map(len, examples)) >= MIN_VALUES
 
-    b = await mesh.daemon("b")
-    await b.join(mesh.url)
-    raw = RawPeer(NET)
-    await raw.join(mesh.url, nursery)
-    await raw.hello(b.device_id)
-    await b.call("roster_approve", network=NET, device_id=raw.device_id)
-    await b.wait_event("peer_active", device_id=raw.device_id)
+    b, raw = await approved_raw_peer(mesh, nursery)
     client = await AppClient.open(b.services.paths.socket, nursery)
     await client.call("channel_subscribe", network=NET, channel="fuzz")
     await client.call("rpc_register", network=NET, method="fuzz")

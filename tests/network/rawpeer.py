@@ -22,7 +22,7 @@ from meshactors.wire.peer import (
     Profile,
     encode_frame,
 )
-from tests.network.conftest import WAIT
+from tests.network.conftest import NET, WAIT, Daemon, Mesh
 
 
 @attrs.define(eq=False)
@@ -83,3 +83,15 @@ class RawPeer:
             sealer = self._sealers[device_id] = PeerCrypto.for_peer(self.key, device_id)
         assert self._link is not None, "join first"
         await self._link.send(public_key_from_device_id(device_id), sealer.seal(data))
+
+
+async def approved_raw_peer(mesh: Mesh, nursery: trio.Nursery) -> tuple[Daemon, RawPeer]:
+    """A daemon `b` on NET and a hand-made peer it has approved and sees active."""
+    b = await mesh.daemon("b")
+    await b.join(mesh.url)
+    raw = RawPeer(NET)
+    await raw.join(mesh.url, nursery)
+    await raw.hello(b.device_id)
+    await b.call("roster_approve", network=NET, device_id=raw.device_id)
+    await b.wait_event("peer_active", device_id=raw.device_id)
+    return b, raw

@@ -13,7 +13,7 @@ from meshactors.network.payload import Payload
 from meshactors.wire.jsonlimits import MAX_JSON_DEPTH
 from tests.network.appclient import AppClient, network_children
 from tests.network.conftest import NET, Daemon, Mesh, active_pair
-from tests.network.rawpeer import RawPeer
+from tests.network.rawpeer import approved_raw_peer
 
 
 async def subscriber(daemon: Daemon, nursery: trio.Nursery, *channels: str) -> AppClient:
@@ -132,13 +132,7 @@ BAD_FRAMES = {
 async def test_every_payload_path_drops_what_no_daemon_can_pass_on(
     mesh: Mesh, nursery: trio.Nursery
 ) -> None:
-    b = await mesh.daemon("b")
-    await b.join(mesh.url)
-    raw = RawPeer(NET)
-    await raw.join(mesh.url, nursery)
-    await raw.hello(b.device_id)
-    await b.call("roster_approve", network=NET, device_id=raw.device_id)
-    await b.wait_event("peer_active", device_id=raw.device_id)
+    b, raw = await approved_raw_peer(mesh, nursery)
     reader = await subscriber(b, nursery, "c")
     await reader.call("rpc_register", network=NET, method="m")
     for data in BAD_FRAMES.values():
