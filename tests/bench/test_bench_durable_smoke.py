@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,12 +40,10 @@ def test_half_marked_files_are_refused_untouched(text: str) -> None:
         update_doc(text, SECTION)
 
 
-@pytest.mark.e2e
-def test_a_smoke_run_measures_every_figure_and_writes_its_section(tmp_path: Path) -> None:
-    doc = tmp_path / "performance.md"
-    doc.write_text("# Performance\n\n## Relay\nkept\n")
+def bench_durable(*args: str) -> Any:
+    """Run `scripts/bench_durable ARGS` as CI would; its JSON report."""
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.benchlib.durable", "--smoke", "--doc", str(doc)],
+        [sys.executable, "-m", "scripts.benchlib.durable", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -52,7 +51,14 @@ def test_a_smoke_run_measures_every_figure_and_writes_its_section(tmp_path: Path
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+@pytest.mark.e2e
+def test_a_smoke_run_measures_every_figure_and_writes_its_section(tmp_path: Path) -> None:
+    doc = tmp_path / "performance.md"
+    doc.write_text("# Performance\n\n## Relay\nkept\n")
+    report = bench_durable("--smoke", "--doc", str(doc))
     baseline = report["baseline_rows_per_s"]
     assert baseline > 0
     figures = [
@@ -78,24 +84,7 @@ def test_a_history_smoke_run_measures_both_sizes_and_writes_only_its_section(
 ) -> None:
     doc = tmp_path / "performance.md"
     doc.write_text(f"# Performance\n\n{SECTION}\n")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scripts.benchlib.durable",
-            "--history",
-            "--smoke",
-            "--doc",
-            str(doc),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=SMOKE_TIMEOUT,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    figures = json.loads(result.stdout)["history"]
+    figures = bench_durable("--history", "--smoke", "--doc", str(doc))["history"]
     rows = figures["history_rows"]
     assert figures[str(rows)]["outbox_rows"] == figures["0"]["outbox_rows"] + rows  # all kept
     for size in ("0", str(rows)):
