@@ -128,7 +128,7 @@ class ClientActor(Actor):
                     self.protocol = "http"
                     self._session.receives_pushes = False
                     await HttpConnection(
-                        self.stream, self._session, self, self.tcp, self.prefix
+                        self.stream, self._session, self, self._write, self.tcp, self.prefix
                     ).serve()
                 else:
                     self.protocol = "json-lines"

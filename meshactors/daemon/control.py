@@ -15,7 +15,7 @@ import trio
 
 from meshactors.actors import Actor, ChildSpec, Restart, Supervisor, cleanup_scope
 from meshactors.daemon.client import ClientActor
-from meshactors.daemon.http_response import error_response
+from meshactors.daemon.http_response import encode_alone, error_response
 from meshactors.daemon.services import Services
 from meshactors.daemon.tcp_auth import TCP_HOST, TcpAuth, load_or_create_token
 from meshactors.listen import open_tcp_listeners
@@ -31,7 +31,7 @@ SD_LISTEN_FDS_START = 3  # the first descriptor a socket-activating service mana
 
 _BUSY = OpError(ErrorCode.UNAVAILABLE, f"at most {MAX_CLIENTS} clients at once")
 BUSY_LINE = error_frame(None, _BUSY)  # what a socket client is told when the daemon is full
-BUSY_HTTP = error_response(_BUSY).encode(close=True)  # the same as an HTTP answer
+BUSY_HTTP = encode_alone(error_response(_BUSY))  # the same as an HTTP answer
 
 
 class ActivationError(ValueError):

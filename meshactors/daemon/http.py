@@ -1,37 +1,56 @@
-"""HTTP/1.1 on a control connection: telling it from JSON lines, and serving one connection.
+"""HTTP/1.1 on a control connection, on h11: telling it from JSON lines, and serving one
+connection.
 
 Requests on a connection are answered one after the other (keep-alive unless the client says
-`Connection: close`); a request that cannot be read is answered once and the connection closed.
+`Connection: close` or speaks HTTP/1.0); a request that cannot be read is answered once and
+the connection closed. Every byte goes out through `_send`, in order, to the client actor's
+one writing path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
 
 import attrs
+import h11
 import structlog
 import trio
 
-from meshactors.daemon.http_errors import HttpError
+from meshactors.daemon.http_errors import HttpError, HttpErrorCode
 from meshactors.daemon.http_parse import (
-    KNOWN_METHODS,
+    IDLE_TIMEOUT,
     MAX_BODY_BYTES,
     MAX_HEAD_BYTES,
     RECEIVE_CHUNK,
-    RequestReader,
+    REQUEST_TIMEOUT,
+    RequestHead,
+    bad_request,
+    protocol_error,
+    request_head,
 )
-from meshactors.daemon.http_response import WRITE_TIMEOUT, HttpResponse, error_response
+from meshactors.daemon.http_response import (
+    WRITE_TIMEOUT,
+    Headers,
+    HttpResponse,
+    error_response,
+    response_head,
+)
 from meshactors.daemon.http_routes import EventStream, route
 from meshactors.daemon.session import Session
 from meshactors.daemon.sse import serve_events
 from meshactors.daemon.tcp_auth import TcpAuth
+from meshactors.wire.ipc import ErrorCode
 
 log = structlog.get_logger("meshactors.http")
 
 CLOSE_LINGER = 1.0  # seconds a closing connection is drained, so unread input can't reset it
 MAX_LINGER_BYTES = MAX_HEAD_BYTES + MAX_BODY_BYTES  # input drained at most while closing
+KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
 HTTP_PREFIXES = tuple(f"{method} ".encode() for method in KNOWN_METHODS)
+CONTINUE = 100  # the interim answer to `Expect: 100-continue`
 
 
 def looks_like_http(prefix: bytes) -> bool | None:
@@ -51,6 +70,11 @@ class Counters(Protocol):
     errors: int
 
 
+@attrs.frozen
+class Closed:
+    """The client hung up, or idled out, between requests."""
+
+
 @attrs.define(eq=False)
 class HttpConnection:
     """Serves HTTP requests on one stream until the client closes or asks to."""
@@ -58,49 +82,140 @@ class HttpConnection:
     stream: trio.abc.HalfCloseableStream
     session: Session
     counters: Counters
+    write: Callable[[bytes], Awaitable[None]]  # the connection's one writing path
     auth: TcpAuth | None = None  # set on the TCP listener: every request must pass it
     prefix: bytes = b""  # bytes already read while telling HTTP from JSON lines
+    _h11: h11.Connection = attrs.field(
+        factory=lambda: h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES),
+        init=False,
+    )
+    _sending: trio.Lock = attrs.field(factory=trio.Lock, init=False)
+    _with_body: bool = attrs.field(default=True, init=False)  # False answering a HEAD
 
     async def serve(self) -> None:
         """Answer requests in order; returns when the connection is done."""
+        if self.prefix:  # (empty data would tell h11 the client hung up)
+            self._h11.receive_data(self.prefix)
         try:
             await self._serve()
         except trio.TooSlowError:
             log.info("http client stopped reading", client=self.session.client_id)
 
     async def _serve(self) -> None:
-        reader = RequestReader(self.stream, bytearray(self.prefix))
         for request_id in itertools.count(1):
             try:
-                head = await reader.read_head()
-                if head is None:
+                request = await self._read_request()
+                if isinstance(request, Closed):
                     return
-                self.counters.requests += 1
-                if self.auth is not None:
-                    self.auth.check(head)  # before the body: strangers don't get to upload
-                body = await reader.read_body(head)
+                head, body = request
             except HttpError as error:
                 self.counters.errors += 1
                 await self._finish(error_response(error))
                 return
             answer = await route(head, body, self.session, request_id)
             if isinstance(answer, EventStream):
-                await serve_events(self.stream, self.session.services.events, answer.since)
+                await serve_events(self, self.session.services.events, answer.since)
                 return
             if answer.status >= 400:
                 self.counters.errors += 1
-            if not head.keep_alive:
-                await self._finish(answer)
+            await self._send(*answer.events(close=False, with_body=self._with_body))
+            if self._h11.our_state is h11.MUST_CLOSE:
+                await self._linger()
                 return
-            await self._write(answer.encode(close=False))
+            self._h11.start_next_cycle()
 
-    async def _write(self, data: bytes) -> None:
-        with trio.fail_after(WRITE_TIMEOUT):
-            await self.stream.send_all(data)
+    async def _read_request(self) -> tuple[RequestHead, bytes] | Closed:
+        """The next request's head and body; its checks (and the TCP guard's) raise HttpError."""
+        with trio.move_on_after(IDLE_TIMEOUT) as idle:
+            while self._h11.trailing_data == (b"", False):
+                await self._receive()
+        if idle.cancelled_caught:
+            return Closed()
+        with self._in_time(trio.current_time() + REQUEST_TIMEOUT):
+            event = await self._next_event()
+            if isinstance(event, h11.ConnectionClosed):
+                return Closed()
+            assert isinstance(event, h11.Request)
+            self.counters.requests += 1
+            self._with_body = event.method != b"HEAD"
+            head = request_head(event)
+            if self.auth is not None:
+                self.auth.check(head)  # before the body: strangers don't get to upload
+            return head, await self._read_body(head)
+
+    async def _read_body(self, head: RequestHead) -> bytes:
+        """The body `head` announced, after a `100 Continue` if one was asked."""
+        expect = head.headers.get("expect")
+        if expect is not None and expect.lower() != "100-continue":
+            raise HttpError(ErrorCode.BAD_REQUEST, f"cannot meet Expect: {expect}", status=417)
+        body = bytearray()
+        while True:
+            if self._h11.they_are_waiting_for_100_continue and not self._h11.trailing_data[0]:
+                await self._send(h11.InformationalResponse(status_code=CONTINUE, headers=[]))
+            event = await self._next_event()
+            if isinstance(event, h11.EndOfMessage):
+                return bytes(body)
+            if not isinstance(event, h11.Data):
+                raise bad_request("connection closed inside the request body")
+            body += event.data  # at most Content-Length bytes, which request_head capped
+
+    async def _next_event(self) -> h11.Event:
+        """h11's next event, reading as it needs; a request it refuses raises HttpError."""
+        while True:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as error:
+                raise protocol_error(error) from None
+            if isinstance(event, h11.Event):
+                return event
+            assert event is h11.NEED_DATA  # never PAUSED: a cycle starts once answered
+            pending = self._h11.trailing_data[0]
+            if self._h11.their_state is h11.IDLE and looks_like_http(pending) is False:
+                raise bad_request("not an HTTP request: expected `METHOD /path HTTP/1.1`")
+            await self._receive()
+
+    async def _receive(self) -> None:
+        self._h11.receive_data(bytes(await self.stream.receive_some(RECEIVE_CHUNK)))
+
+    @contextlib.contextmanager
+    def _in_time(self, deadline: float) -> Iterator[None]:
+        """Turns the request's deadline running out into a 408 answer."""
+        try:
+            with trio.fail_at(deadline):
+                yield
+        except trio.TooSlowError:
+            raise HttpError(
+                HttpErrorCode.REQUEST_TIMEOUT, f"request not received within {REQUEST_TIMEOUT} s"
+            ) from None
+
+    async def _send(self, *events: h11.Event) -> None:
+        """Encode `events` and write them, in order, one sender at a time, time-bounded."""
+        async with self._sending:
+            data = b"".join(self._h11.send(event) or b"" for event in events)
+            with trio.fail_after(WRITE_TIMEOUT):
+                await self.write(data)
+
+    async def start_events(self, headers: Headers) -> None:
+        """Start an endless answer (server-sent events); the connection ends with it."""
+        await self._send(response_head(200, headers, close=True))
+
+    async def write_body(self, data: bytes) -> None:
+        """Write part of an endless answer's body."""
+        await self._send(h11.Data(data=data))
+
+    async def until_hangup(self) -> None:
+        """Read and drop whatever the client sends until it closes its side."""
+        while await self.stream.receive_some(RECEIVE_CHUNK):
+            pass
 
     async def _finish(self, answer: HttpResponse) -> None:
-        """Send the last answer, half-close, and drain briefly so a reset can't eat the answer."""
-        await self._write(answer.encode(close=True))
+        """Answer a request that cannot be served, then close."""
+        if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            await self._send(*answer.events(close=True, with_body=self._with_body))
+        await self._linger()
+
+    async def _linger(self) -> None:
+        """Half-close, and drain briefly so a reset can't eat the answer."""
         await self.stream.send_eof()
         drained = 0
         with trio.move_on_after(CLOSE_LINGER):

@@ -1,4 +1,4 @@
-"""HTTP answers: status line, headers, and JSON bodies in the socket's `{"ok": …}` shape."""
+"""HTTP answers as h11 events, with JSON bodies in the socket's `{"ok": …}` shape."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from http import HTTPStatus
 from typing import Any
 
 import attrs
+import h11
 
 from meshactors.daemon.http_errors import HttpError, status_for
 from meshactors.wire.ipc import OpError
 
 SERVER_NAME = "meshactors"  # the Server header
 WRITE_TIMEOUT = 30.0  # seconds one write to a client may take before it is dropped
+Headers = tuple[tuple[str, str], ...]
 
 
 @attrs.frozen
@@ -22,28 +24,30 @@ class HttpResponse:
     status: int
     body: bytes
     content_type: str = "application/json"
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: Headers = ()
 
-    def encode(self, *, close: bool) -> bytes:
-        """Status line, headers and body, ready for the socket."""
-        return encode_head(
-            self.status,
-            (
-                ("Content-Type", self.content_type),
-                ("Content-Length", str(len(self.body))),
-                *self.headers,
-            ),
-            close=close,
-        ) + (self.body)
+    def events(self, *, close: bool, with_body: bool = True) -> list[h11.Event]:
+        """The h11 events of this answer (no body bytes for a HEAD request)."""
+        framing = (("Content-Type", self.content_type), ("Content-Length", str(len(self.body))))
+        head = response_head(self.status, (*framing, *self.headers), close=close)
+        body = [h11.Data(data=self.body)] if with_body and self.body else []
+        return [head, *body, h11.EndOfMessage()]
 
 
-def encode_head(status: int, headers: tuple[tuple[str, str], ...], *, close: bool) -> bytes:
-    """A response's status line and header block, ending in the blank line."""
-    lines = [f"HTTP/1.1 {status} {_reason(status)}", f"Server: {SERVER_NAME}"]
-    lines += [f"{name}: {value}" for name, value in headers]
-    if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+def response_head(status: int, headers: Headers, *, close: bool) -> h11.Response:
+    """A response head with the Server header (and `Connection: close` when `close`)."""
+    extra = (("Connection", "close"),) if close else ()
+    return h11.Response(
+        status_code=status,
+        headers=[("Server", SERVER_NAME), *headers, *extra],
+        reason=_reason(status).encode("ascii"),
+    )
+
+
+def encode_alone(response: HttpResponse) -> bytes:
+    """`response` as bytes for a connection no request was read from (the daemon is full)."""
+    connection = h11.Connection(h11.SERVER)
+    return b"".join(connection.send(event) or b"" for event in response.events(close=True))
 
 
 def _reason(status: int) -> str:

@@ -11,7 +11,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import Any, Union
 
 import attrs
@@ -67,7 +67,7 @@ async def route(
 async def _route(
     head: RequestHead, body: bytes, session: Session, request_id: int
 ) -> HttpResponse | EventStream:
-    allowed = allowed_methods(head.path)
+    allowed = allowed_methods(head.path, session.services.ops.ops)
     if not allowed:
         raise HttpError(HttpErrorCode.UNKNOWN_ROUTE, f"no route {head.path}")
     if head.method not in allowed:
@@ -80,24 +80,25 @@ async def _route(
         return await _get(head, session, request_id)
     if head.query:
         raise OpError(ErrorCode.BAD_REQUEST, "POST takes params in the JSON body, not the query")
-    op = POST_OPS.get(head.path) or _op_in_path(head.path)
+    op = POST_OPS.get(head.path) or _op_in_path(head.path, session.services.ops.ops)
     assert op is not None  # allowed_methods checked it
     return await _post(op, head, json_object(body), session, request_id)
 
 
-def allowed_methods(path: str) -> frozenset[str]:
-    """The methods `path` answers (empty: no such route)."""
+def allowed_methods(path: str, ops: Container[str]) -> frozenset[str]:
+    """The methods `path` answers, given the op table's names (empty: no such route)."""
     methods = set()
     if path in (HEALTH_PATH, EVENTS_PATH) or path in GET_OPS:
         methods.add("GET")
-    if path in POST_OPS or _op_in_path(path) is not None:
+    if path in POST_OPS or _op_in_path(path, ops) is not None:
         methods.add("POST")
     return frozenset(methods)
 
 
-def _op_in_path(path: str) -> str | None:
+def _op_in_path(path: str, ops: Container[str]) -> str | None:
+    """The op `POST path` runs: `/v1/<op>` for an op in the table."""
     match = OP_PATH.fullmatch(path)
-    return match.group(1) if match else None
+    return match.group(1) if match and match.group(1) in ops else None
 
 
 async def _get(head: RequestHead, session: Session, request_id: int) -> HttpResponse | EventStream:

@@ -7,7 +7,8 @@ logged (`events_gap`, `lagged`) carry no `id:`, so a reconnect resumes from the 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -20,8 +21,6 @@ from meshactors.daemon.event_stream import (
     wire_event,
 )
 from meshactors.daemon.events import EventHub
-from meshactors.daemon.http_parse import RECEIVE_CHUNK
-from meshactors.daemon.http_response import WRITE_TIMEOUT, encode_head
 from meshactors.store.events import Event
 
 KEEPALIVE_INTERVAL = 15.0  # seconds between `: keepalive` comments, so proxies and peers see life
@@ -40,18 +39,24 @@ def sse_message(kind: str, data: dict[str, Any], event_id: int | None = None) ->
     return ("\n".join(lines) + "\n\n").encode()
 
 
+class EventResponse(Protocol):
+    """The HTTP connection an event stream answers on: its one writing path and its input."""
+
+    async def start_events(self, headers: tuple[tuple[str, str], ...]) -> None:
+        """Write the response head."""
+
+    async def write_body(self, data: bytes) -> None:
+        """Write part of the response body (serialised and time-bounded by the connection)."""
+
+    async def until_hangup(self) -> None:
+        """Return when the client closes its side."""
+
+
 @attrs.define(eq=False)
 class SseSink:
-    """An EventSink writing server-sent events; writes are serialised and time-bounded."""
+    """An EventSink writing server-sent events through the connection's writing path."""
 
-    stream: trio.abc.SendStream
-    _lock: trio.Lock = attrs.field(factory=trio.Lock)
-
-    async def write(self, data: bytes) -> None:
-        """Write raw bytes, one writer at a time, dropping a client that stopped reading."""
-        async with self._lock:
-            with trio.fail_after(WRITE_TIMEOUT):
-                await self.stream.send_all(data)
+    write: Callable[[bytes], Awaitable[None]]
 
     async def forward_broadcast(self, events: Subscriber[Event], after: int) -> None:
         """Write live events newer than `after` until the subscription ends."""
@@ -73,7 +78,7 @@ class SseSink:
 
 
 async def serve_events(
-    stream: trio.abc.Stream,
+    response: EventResponse,
     hub: EventHub,
     since: int | None,
     *,
@@ -82,8 +87,8 @@ async def serve_events(
     """Answer with an event stream until the client hangs up or the hub stops."""
     with hub.subscribe(EVENT_CAPACITY) as live:  # before the replay, so nothing falls between
         subscribed_at = hub.last_event_id
-        sink = SseSink(stream)
-        await sink.write(encode_head(200, SSE_HEADERS, close=True))
+        sink = SseSink(response.write_body)
+        await response.start_events(SSE_HEADERS)
         async with trio.open_nursery() as nursery:
 
             async def stream_events() -> None:
@@ -92,11 +97,5 @@ async def serve_events(
 
             nursery.start_soon(sink.keepalive, keepalive)
             nursery.start_soon(stream_events)
-            await _until_hangup(stream)
+            await response.until_hangup()
             nursery.cancel_scope.cancel()
-
-
-async def _until_hangup(stream: trio.abc.ReceiveStream) -> None:
-    """Read and drop whatever the client sends until it closes its side."""
-    while await stream.receive_some(RECEIVE_CHUNK):
-        pass

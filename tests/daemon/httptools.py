@@ -1,4 +1,5 @@
-"""A raw HTTP/1.1 client for tests: sends bytes as given, reads responses by Content-Length."""
+"""A raw HTTP/1.1 client for tests: sends bytes as given, reads responses by Content-Length
+(and streamed bodies chunk by chunk)."""
 
 from __future__ import annotations
 
@@ -90,6 +91,16 @@ class RawHttp:
         index = self.buffer.index(marker) + len(marker)
         data = bytes(self.buffer[:index])
         del self.buffer[:index]
+        return data
+
+    async def chunk(self) -> bytes:
+        """The next chunk of a chunked body (b"" for the last)."""
+        size = int(await self.until(b"\r\n"), 16)
+        while len(self.buffer) < size + 2:
+            await self._fill()
+        data = bytes(self.buffer[:size])
+        assert self.buffer[size : size + 2] == b"\r\n"
+        del self.buffer[: size + 2]
         return data
 
 

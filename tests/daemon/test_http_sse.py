@@ -23,13 +23,17 @@ async def open_events(http: Connect, path: str = "/v1/events", **headers: str) -
     status, response_headers = await client.head()
     assert status == 200
     assert response_headers["content-type"].startswith("text/event-stream")
+    assert response_headers["transfer-encoding"] == "chunked"
     return client
 
 
 async def next_events(client: RawHttp, count: int) -> list[dict[str, Any]]:
+    """The next `count` events of a chunked event stream (one message or comment a chunk)."""
     events: list[dict[str, Any]] = []
     while len(events) < count:
-        events += sse_events(await client.until(b"\n\n"))
+        message = await client.chunk()
+        assert message.endswith(b"\n\n")
+        events += sse_events(message)
     return events
 
 
@@ -115,7 +119,7 @@ async def test_keepalive_every_interval(autojump_clock: trio.testing.MockClock) 
     server, client = trio.testing.memory_stream_pair()
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(SseSink(server).keepalive, KEEPALIVE_INTERVAL)
+        nursery.start_soon(SseSink(server.send_all).keepalive, KEEPALIVE_INTERVAL)
         for beat in (1, 2):
             assert await client.receive_some(100) == KEEPALIVE
             assert trio.current_time() - start == pytest.approx(beat * KEEPALIVE_INTERVAL)
@@ -131,8 +135,8 @@ async def test_a_lagging_reader_gets_a_lagged_event() -> None:
     reader = RawHttp(client)
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(SseSink(server).forward_broadcast, live, 0)
-            got = await next_events(reader, 2)
+            nursery.start_soon(SseSink(server.send_all).forward_broadcast, live, 0)
+            got = sse_events(await reader.until(b"\n\n") + await reader.until(b"\n\n"))
             nursery.cancel_scope.cancel()
     assert got[0]["id"] == "1"
     assert got[1] == {"event": "lagged", "data": {"skipped": 2}}
