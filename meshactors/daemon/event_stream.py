@@ -13,6 +13,7 @@ from meshactors.daemon.events import EventHub
 from meshactors.daemon.session import EventSink
 from meshactors.store.events import MAX_REPLAY, Event
 from meshactors.wire.ipc import ErrorCode, OpError
+from meshactors.wire.jsonlimits import MAX_JSON_INT
 
 EVENT_CAPACITY = 4096  # live events queued for one subscriber before it lags
 LAG_DISCONNECT_LIMIT = 65_536  # events a connection may miss in all before it is cut off
@@ -28,9 +29,10 @@ def wire_event(event: Event) -> dict[str, Any]:
 
 
 def check_since(since: int | None) -> None:
-    """Refuse a negative replay start (`since`), whichever way it arrived."""
-    if since is not None and since < 0:
-        raise OpError(ErrorCode.INVALID_PARAMS, "`since` must be at least 0")
+    """Refuse a replay start (`since`) no event id can be, whichever way it arrived (an SSE
+    query or `Last-Event-ID` header does not pass the op table's params check)."""
+    if since is not None and not 0 <= since <= MAX_JSON_INT:
+        raise OpError(ErrorCode.INVALID_PARAMS, f"params.since: must be 0-{MAX_JSON_INT}")
 
 
 async def cut_off_when_overflowed(source: Subscriber[Any]) -> None:

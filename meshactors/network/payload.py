@@ -10,12 +10,16 @@ import attrs
 
 from meshactors.wire.compact import json_size
 from meshactors.wire.ipc import ErrorCode, OpError
+from meshactors.wire.jsonlimits import MAX_JSON_DEPTH, BadJson, check_json
 
 MAX_PAYLOAD_BYTES = 128 * 1024  # a payload as compact JSON (base64 text for binary)
 MAX_NAME_CHARS = 128  # a method or channel name
 # a string's strict JSON is 2 quotes and at most 12 bytes a character (a surrogate pair's escapes)
 _SURELY_FITTING_CHARS = (MAX_PAYLOAD_BYTES - 2) // 12
 MAX_BATCH = 1024  # payloads in one channel send (`payloads`); all of them within MAX_PAYLOAD_BYTES
+# a payload sits up to 2 containers deep in a peer frame (a `chan_run`'s list of payloads),
+# and a peer counts the frame's depth against MAX_JSON_DEPTH: nested deeper, it is dropped there
+MAX_PAYLOAD_DEPTH = MAX_JSON_DEPTH - 2
 
 
 @attrs.frozen
@@ -46,6 +50,10 @@ def payload_of(payload: Any, payload_b64: str | None) -> Payload:
             raise OpError(ErrorCode.INVALID_PARAMS, "`payload_b64` is not valid base64") from None
         result = Payload(payload_b64, binary=True)
     else:
+        try:
+            check_json(payload, MAX_PAYLOAD_DEPTH)  # the rest was checked with the params
+        except BadJson as bad:
+            raise OpError(ErrorCode.INVALID_PARAMS, f"params.payload: {bad.detail}") from None
         result = Payload(payload)
     check_size(result)
     return result

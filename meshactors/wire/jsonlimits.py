@@ -29,13 +29,13 @@ class BadJson(ValueError):
         self.detail = detail
 
 
-def check_json(value: Any) -> None:
+def check_json(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
     """Raise BadJson unless every string in `value` (keys too) encodes as UTF-8, every integer
-    is signed 64-bit, every float is finite and it nests at most MAX_JSON_DEPTH deep."""
-    _check_items((value,), 0)
+    is signed 64-bit, every float is finite and it nests at most `max_depth` deep."""
+    _check_items((value,), 0, max_depth)
 
 
-def _check_items(items: Any, depth: int) -> None:
+def _check_items(items: Any, depth: int, max_depth: int) -> None:
     """Check values found `depth` containers deep, descending into the containers among them
     (one call per container: this runs on every frame a peer sends)."""
     for item in items:
@@ -44,16 +44,16 @@ def _check_items(items: Any, depth: int) -> None:
             if not item.isascii():  # O(1): ASCII text needs no encoding to know it fits
                 _check_text(item)
         elif kind is dict:
-            if depth >= MAX_JSON_DEPTH:
-                raise _too_deep()
+            if depth >= max_depth:
+                raise _too_deep(max_depth)
             if not all(map(str.isascii, item)):
                 for key in item:
                     _check_text(key)
-            _check_items(item.values(), depth + 1)
+            _check_items(item.values(), depth + 1, max_depth)
         elif kind is list:
-            if depth >= MAX_JSON_DEPTH:
-                raise _too_deep()
-            _check_items(item, depth + 1)
+            if depth >= max_depth:
+                raise _too_deep(max_depth)
+            _check_items(item, depth + 1, max_depth)
         elif kind is int:
             if not MIN_JSON_INT <= item <= MAX_JSON_INT:
                 raise BadJson("bad_value", "an integer beyond 64 bits")
@@ -64,8 +64,8 @@ def _check_items(items: Any, depth: int) -> None:
             raise BadJson("bad_value", f"not a JSON value: {kind.__name__}")
 
 
-def _too_deep() -> BadJson:
-    return BadJson("too_deep", f"nested deeper than {MAX_JSON_DEPTH} arrays and objects")
+def _too_deep(max_depth: int = MAX_JSON_DEPTH) -> BadJson:
+    return BadJson("too_deep", f"nested deeper than {max_depth} arrays and objects")
 
 
 def _check_text(text: str) -> None:

@@ -11,6 +11,8 @@ import pytest
 import trio
 
 from meshactors.daemon.services import Services
+from meshactors.network.payload import MAX_PAYLOAD_DEPTH
+from tests.daemon.conftest import Connect
 from tests.daemon.test_message_ops import NET, joined, new_device
 
 SURROGATE = "\ud800"
@@ -94,3 +96,34 @@ async def test_a_page_past_its_cap_is_refused_not_cut(connect: Any, op: str) -> 
     assert "limit must be 1-500, got 501" in await refused(client, op, limit=501)
     with trio.fail_after(WAIT):
         assert (await client.call(op, limit=500))["ok"]
+
+
+async def test_a_payload_a_peer_would_drop_for_its_depth_is_refused(
+    connect: Any, daemon: Services
+) -> None:
+    client = await joined(connect)
+    deep: Any = 0
+    for _ in range(MAX_PAYLOAD_DEPTH + 1):  # within the params' 64, past what a frame holds
+        deep = [deep]
+    me = daemon.identity.device_id
+    message = await refused(
+        client, "channel_send_to", network=NET, channel="c", peer=me, payload=deep
+    )
+    assert message.startswith("params.payload: nested deeper than 62")
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        b"GET /v1/events?since=100000000000000000000000 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 100000000000000000000000\r\n\r\n",
+    ],
+    ids=["query", "header"],
+)
+async def test_an_event_stream_from_beyond_64_bits_is_refused(
+    http: Connect, request_line: bytes
+) -> None:
+    client = await http()
+    await client.send(request_line)
+    response = await client.response()
+    assert (response.status, response.code) == (400, "invalid_params")

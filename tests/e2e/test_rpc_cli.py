@@ -172,12 +172,19 @@ async def test_rpc_serve_stream_answers_each_line_as_it_is_written(
             server.wait()
 
 
-def test_channel_send_reliable_answers_once_acknowledged(home: Home, me: str) -> None:
+async def test_channel_send_reliable_answers_once_acknowledged(home: Home, me: str) -> None:
+    home.cli("channel", "send", "news", "--to", me, "--retain", '"first"')
     reader = home.popen("channel", "subscribe", "news")
     try:
-        sent = home.cli("channel", "send", "news", "--to", me, "--reliable", '"sure"')
-        assert json.loads(sent.stdout)["acknowledged"] is True
-        assert json.loads(started(reader, "stdout"))["payload"] == "sure"
+        with trio.fail_after(30):
+            retained = await trio.to_thread.run_sync(started, reader, "stdout")
+            assert json.loads(retained)["payload"] == "first"  # so the reader is subscribed
+            sent = await trio.to_thread.run_sync(
+                home.cli, "channel", "send", "news", "--to", me, "--reliable", '"sure"'
+            )
+            assert json.loads(sent.stdout) == {"acknowledged": True, "subscribers": 1}
+            line = await trio.to_thread.run_sync(started, reader, "stdout")
+        assert json.loads(line)["payload"] == "sure"
     finally:
         reader.kill()
         reader.wait()
