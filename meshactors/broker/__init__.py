@@ -2,6 +2,7 @@
 
 from meshactors.broker.envelope import MalformedBatch, decode_batch, encode_batch
 from meshactors.broker.hello import (
+    BROKER_PATH,
     REJECT_CLOSE_CODES,
     HelloRejected,
     RejectReason,
@@ -10,7 +11,7 @@ from meshactors.broker.hello import (
     verify_hello,
 )
 from meshactors.broker.limits import BrokerConfig
-from meshactors.broker.server import BROKER_PATH, SESSION_CLOSE_CODES, Broker, SessionEnd
+from meshactors.broker.server import SESSION_CLOSE_CODES, Broker, SessionEnd
 
 __all__ = [
     "BROKER_PATH",

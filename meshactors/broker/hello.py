@@ -21,6 +21,9 @@ from nacl.signing import SigningKey, VerifyKey
 
 from meshactors.wire.device_id import device_id_from_public_key, public_key_from_device_id
 
+BROKER_PATH: Final = (
+    "/v1"  # the only WebSocket resource a broker serves (URLs without a path get it)
+)
 HELLO_DOMAIN: Final = b"meshactors/broker-hello/v1\n"  # signature domain separation
 HELLO_VERSION: Final = 1
 MAX_CLOCK_SKEW_MS: Final = 60_000  # |now - ts| beyond this is stale_timestamp

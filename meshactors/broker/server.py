@@ -26,6 +26,7 @@ from wsproto.utilities import LocalProtocolError
 
 from meshactors.broker.envelope import MalformedBatch, decode_batch, encode_batch
 from meshactors.broker.hello import (
+    BROKER_PATH,
     HELLO_VERSION,
     HelloRejected,
     NonceCache,
@@ -37,7 +38,6 @@ from meshactors.broker.limits import NOTICE_BURST, NOTICE_RATE_PER_S, BrokerConf
 from meshactors.listen import open_tcp_listeners
 from meshactors.wire.device_id import device_id_from_public_key
 
-BROKER_PATH: Final = "/v1"  # the only WebSocket resource the broker serves
 MESSAGE_TOO_BIG: Final = 1009  # the close code trio-websocket sends for an oversize message
 RECEIVE_BUFFER_BYTES: Final = 64 * 1024  # bytes trio-websocket's reader asks the socket for
 

@@ -172,14 +172,16 @@ def run_network_remove(args: argparse.Namespace) -> int:
 
 def run_network_list(args: argparse.Namespace) -> int:
     networks = call(args, "networks_list")["networks"]
-    header = ["ID", "PHASE", "LABEL", "AUTO", "LINK", "ACTIVE", "BROKERS"]
+    header = ["ID", "PHASE", "LABEL", "AUTO", "LINK", "ACTIVE", "BROKERS", "LINK ERROR"]
     return _listing(args, networks, "no networks joined", header, _network_row)
 
 
 def _network_row(n: dict[str, Any]) -> list[str]:
     auto = "yes" if n["auto_approve"] else "no"
     active, brokers = str(n["peers"]["active"]), " ".join(n["brokers"])
-    return [n["id"], n["phase"], n["label"] or "-", auto, n["link"], active, brokers]
+    error = n["link_error"]
+    problem = "-" if error is None else f"{error['kind']}: {error['reason']}"
+    return [n["id"], n["phase"], n["label"] or "-", auto, n["link"], active, brokers, problem]
 
 
 def run_peers(args: argparse.Namespace) -> int:

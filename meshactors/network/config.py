@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from meshactors.broker.hello import is_network_id
+from meshactors.broker.hello import BROKER_PATH, is_network_id
 from meshactors.identity import validate_label
 from meshactors.wire.strict import describe_error, make_strict_converter
 
@@ -47,6 +47,25 @@ def _check_brokers(
         check_broker_url(url)
 
 
+def _with_paths(urls: list[str]) -> list[str]:
+    """Broker URLs with the broker's path where none was given (`ws://host:7447` → `/v1`);
+    anything else is left for the validator to refuse."""
+    if not isinstance(urls, list):
+        return urls
+    return [with_broker_path(url) if isinstance(url, str) else url for url in urls]
+
+
+def with_broker_path(url: str) -> str:
+    """`url` with BROKER_PATH when it has no path at all (nor query or fragment)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.path in ("", "/") and not parts.query and not parts.fragment and parts.netloc:
+        return parts._replace(path=BROKER_PATH).geturl()
+    return url
+
+
 def check_broker_url(url: str) -> str:
     """Return `url` if it is a ws:// or wss:// URL with a host; else raise ConfigError."""
     if len(url) > MAX_BROKER_URL_CHARS:
@@ -68,7 +87,7 @@ class NetworkConfig:
     """What the daemon was told about one network; validated whenever one is built."""
 
     id: str = attrs.field(validator=_check_id)
-    brokers: list[str] = attrs.field(validator=_check_brokers)
+    brokers: list[str] = attrs.field(converter=_with_paths, validator=_check_brokers)
     label: str | None = attrs.field(default=None, validator=_check_label)
     auto_approve: bool = False
 

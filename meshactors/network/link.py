@@ -38,6 +38,8 @@ from meshactors.broker.envelope import (
 )
 from meshactors.broker.hello import build_hello, is_role
 from meshactors.broker.limits import MESSAGE_BURST, MESSAGE_RATE_PER_S, TokenBucket
+from meshactors.daemon.events import EventHub
+from meshactors.network.link_errors import LinkError, LinkErrorKind, classify
 from meshactors.wire.device_id import is_device_id
 from meshactors.wire.jsonlimits import BadJson, check_json
 
@@ -168,7 +170,9 @@ class Link(Actor):
     batches_out: int = 0
     dropped: int = 0  # records that never left: queued when the link dropped, or oversize
     malformed: int = 0  # broker messages we could not read
-    last_error: str | None = None
+    last_error: LinkError | None = None  # why the link is not up, if it is not
+    events: EventHub | None = None  # where `network_link_error` goes (none in unit tests)
+    _reported: LinkError | None = None  # the error last logged and published
     _attempt: int = 0
     _next_url: int = 0
     _outbound: trio.MemorySendChannel[_Queued] | None = None
@@ -194,7 +198,7 @@ class Link(Actor):
             "queued": queued,
             "dropped": self.dropped,
             "malformed": self.malformed,
-            "last_error": self.last_error,
+            "last_error": None if self.last_error is None else self.last_error.view(),
         }
 
     def send_nowait(self, to: bytes, sealed: bytes) -> bool:
@@ -245,7 +249,7 @@ class Link(Actor):
                         self.failures += 1
                         self._next_url += 1  # try the next broker in turn
                     self.state = "backoff"
-                    await trio.sleep(backoff_delay(self._attempt, self.rng))
+                    await trio.sleep(self._backoff())
                     self._attempt += 1
         finally:
             self.state = "stopped"
@@ -270,20 +274,42 @@ class Link(Actor):
                     welcome = parse_welcome(await ws.get_message())
                 welcomed = True
                 await self._serve(ws, url, welcome)
-        except ConnectionClosed as closed:
-            self.last_error = f"closed: {closed}"
-        except (HandshakeError, OSError, trio.TooSlowError, BrokerProtocolError) as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-        if self.last_error:
-            log.info("broker link down", network=self.network, url=url, error=self.last_error)
+        except (
+            ConnectionClosed,
+            HandshakeError,
+            OSError,
+            trio.TooSlowError,
+            BrokerProtocolError,
+        ) as exc:
+            self._failed(classify(exc, url, welcomed=welcomed), url)
         return welcomed
+
+    def _backoff(self) -> float:
+        """Seconds before the next attempt: full jitter, or the longest wait at once after an
+        error retrying cannot heal (a wrong path, a refused hello)."""
+        if self.last_error is not None and not self.last_error.heals_by_retrying:
+            return BACKOFF_CAP
+        return backoff_delay(self._attempt, self.rng)
+
+    def _failed(self, error: LinkError, url: str) -> None:
+        """Record why the link is down; a new reason is logged once and published."""
+        self.last_error = error
+        if error == self._reported:
+            log.debug("broker link down", network=self.network, url=url, error=str(error))
+            return
+        self._reported = error
+        log.warning("broker link down", network=self.network, url=url, error=str(error))
+        if self.events is not None:
+            self.events.publish(
+                "network_link_error", {"network": self.network, "url": url, "error": error.view()}
+            )
 
     async def _serve(self, ws: WebSocketConnection, url: str, welcome: Welcome) -> None:
         """Relay until the connection drops; tell `peers` it is up, and that it went down."""
         send, receive = trio.open_memory_channel[_Queued](OUTBOUND_QUEUE)
         self._attempt = 0
         self.connects += 1
-        self.state, self.url, self.last_error = "up", url, None
+        self.state, self.url, self.last_error, self._reported = "up", url, None, None
         self._outbound = send
         self._pace = welcome.pace()
         log.info("broker link up", network=self.network, url=url, peers=len(welcome.peers))
@@ -301,7 +327,7 @@ class Link(Actor):
             send.close()
             self.dropped += _drain(receive)
             with cleanup_scope():
-                await self.deliver.put(LinkLost(self.last_error or "closed"))
+                await self.deliver.put(LinkLost(str(self.last_error or "closed")))
 
     async def _until_closed(
         self, session: trio.CancelScope, task: Callable[..., Awaitable[None]], *args: Any
@@ -310,7 +336,7 @@ class Link(Actor):
         try:
             await task(*args)
         except ConnectionClosed as closed:
-            self.last_error = f"closed: {closed}"
+            self._failed(classify(closed, self.url or "", welcomed=True), self.url or "")
         finally:
             session.cancel()
 
@@ -393,7 +419,8 @@ class Link(Actor):
             with trio.move_on_after(LINK_PONG_TIMEOUT) as waiting:
                 await ws.ping()
             if waiting.cancelled_caught:
-                self.last_error = "broker did not answer a ping"
+                error = LinkError(LinkErrorKind.TIMEOUT, "the broker did not answer a ping")
+                self._failed(error, self.url or "")
                 with trio.move_on_after(CLOSE_TIMEOUT):  # a write stuck on a dead path
                     await ws.aclose(1001, "pong timeout")
                 return

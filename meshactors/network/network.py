@@ -51,7 +51,9 @@ class Network(Supervisor):
         """Wire a network's actors together (nothing runs until a supervisor starts it); the
         link announces `role` to the broker and peers."""
         peers = Peers(config.id, identity, store, events, auto_approve=config.auto_approve)
-        link = Link(config.id, list(config.brokers), identity.signing_key, peers.inbox, role=role)
+        link = Link(
+            config.id, list(config.brokers), identity.signing_key, peers.inbox, role, events=events
+        )
         peers.link = link
         wire = AppWire(peers, identity.device_id)
         rpc = Rpc(config.id, wire)
@@ -108,6 +110,7 @@ class Network(Supervisor):
             **self.config.to_json(),
             "phase": self.phase.value,
             "link": self.link.state,
+            "link_error": None if self.link.last_error is None else self.link.last_error.view(),
             "broker": self.link.url,
             "peers": self.peers.figures()["peers"],
         }

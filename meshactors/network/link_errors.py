@@ -1,0 +1,115 @@
+"""Why a broker link is down, in a few kinds a user can act on, and what the link does about
+each: a kind that retrying can heal (a broker restarting, a network blip) is retried with the
+usual backoff; one that cannot (a wrong path, a rejected hello) waits the longest backoff."""
+
+from __future__ import annotations
+
+import enum
+import socket
+import ssl
+from urllib.parse import urlsplit
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, ConnectionRejected, ConnectionTimeout, HandshakeError
+
+from meshactors.broker.hello import REJECT_CLOSE_CODES
+
+MAX_REASON_CHARS = 200  # a reason is one short line: in `network list`, events and logs
+
+
+class LinkErrorKind(enum.StrEnum):
+    """The kinds of link failure, each with its own advice in docs/operations.md."""
+
+    REFUSED = "refused"  # nothing listens on the host and port
+    NOT_FOUND = "not_found"  # an HTTP answer other than the upgrade, e.g. 404 on the path
+    DNS = "dns"  # the host name does not resolve
+    TLS = "tls"  # the TLS handshake failed (wss:// to a plain port, a bad certificate)
+    TIMEOUT = "timeout"  # no upgrade or welcome in time
+    REJECTED = "rejected"  # the broker refused our hello, with its reason
+    CLOSED = "closed"  # an established connection closed or broke
+    PROTOCOL = "protocol"  # the broker said something we cannot read
+    OTHER = "other"  # any other OS error
+
+
+UNHEALABLE = frozenset({LinkErrorKind.NOT_FOUND, LinkErrorKind.REJECTED})
+
+
+@attrs.frozen
+class LinkError:
+    """One classified failure: its kind and a one-line reason."""
+
+    kind: LinkErrorKind
+    reason: str
+
+    @property
+    def heals_by_retrying(self) -> bool:
+        return self.kind not in UNHEALABLE
+
+    def view(self) -> dict[str, str]:
+        """As `networks_list`, `inspect` and the `network_link_error` event show it."""
+        return {"kind": self.kind.value, "reason": self.reason}
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}: {self.reason}"
+
+
+def classify(error: BaseException, url: str, *, welcomed: bool) -> LinkError:
+    """The kind of `error`, raised while connecting to `url` or while the link was up."""
+    if isinstance(error, ConnectionRejected):
+        status = error.status_code
+        path = urlsplit(url).path or "/"
+        return _error(LinkErrorKind.NOT_FOUND, f"the broker answered HTTP {status} for {path}")
+    if isinstance(error, ConnectionTimeout):
+        hint = " (a wss:// URL to a plain ws:// port looks like this)" if _tls(url) else ""
+        return _error(LinkErrorKind.TIMEOUT, f"no WebSocket upgrade in time{hint}")
+    if isinstance(error, trio.TooSlowError):
+        return _error(LinkErrorKind.TIMEOUT, "the broker sent no welcome in time")
+    if isinstance(error, ConnectionClosed):
+        return _closed(error, welcomed=welcomed)
+    if isinstance(error, HandshakeError):
+        return _os_error(error.__cause__ or error.__context__, url)
+    if isinstance(error, OSError):
+        return _os_error(error, url)
+    return _error(LinkErrorKind.PROTOCOL, str(error) or type(error).__name__)
+
+
+def _closed(error: ConnectionClosed, *, welcomed: bool) -> LinkError:
+    reason = error.reason
+    code = getattr(reason, "code", None)
+    text = getattr(reason, "reason", None) or getattr(reason, "name", None) or "no reason"
+    if not welcomed and code in REJECT_CLOSE_CODES.values():
+        return _error(LinkErrorKind.REJECTED, f"the broker refused our hello: {text} ({code})")
+    return _error(LinkErrorKind.CLOSED, f"the connection closed: {text} ({code})")
+
+
+def _os_error(error: BaseException | None, url: str) -> LinkError:
+    host = urlsplit(url).netloc
+    error = _first_cause(error)
+    if isinstance(error, socket.gaierror):
+        return _error(LinkErrorKind.DNS, f"{urlsplit(url).hostname} does not resolve")
+    if isinstance(error, ConnectionRefusedError):
+        return _error(LinkErrorKind.REFUSED, f"nothing listens on {host}")
+    if isinstance(error, ssl.SSLError | ssl.CertificateError):
+        return _error(LinkErrorKind.TLS, f"TLS with {host} failed: {error}")
+    if isinstance(error, OSError):
+        return _error(LinkErrorKind.OTHER, f"{host}: {error.strerror or error}")
+    return _error(LinkErrorKind.OTHER, f"{host}: {error or 'handshake failed'}")
+
+
+def _first_cause(error: BaseException | None) -> BaseException | None:
+    """The OS's own error under trio's "all attempts to connect … failed" (whose cause is a
+    group of one error per address tried), else `error`."""
+    cause = error.__cause__ if error is not None else None
+    if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        return cause.exceptions[0]
+    return error
+
+
+def _tls(url: str) -> bool:
+    return urlsplit(url).scheme == "wss"
+
+
+def _error(kind: LinkErrorKind, reason: str) -> LinkError:
+    one_line = " ".join(reason.split())
+    return LinkError(kind, one_line[:MAX_REASON_CHARS])

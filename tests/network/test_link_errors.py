@@ -1,0 +1,128 @@
+"""Link failures classified from what really happens: a refused port, a name that does not
+resolve, a wrong path on a real broker, a refused hello, a wss:// URL to a plain port; and an
+error retrying cannot heal waits the longest backoff at once."""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from nacl.signing import SigningKey
+from trio_websocket import open_websocket_url
+
+from meshactors.actors import Inbox, Node, run_root
+from meshactors.broker.hello import build_hello
+from meshactors.daemon.events import EventHub
+from meshactors.network.link import BACKOFF_CAP, Link, LinkEvent, backoff_delay
+from meshactors.network.link_errors import LinkError, LinkErrorKind, classify
+from meshactors.store.actor import StoreActor
+from meshactors.store.events import Event
+from tests.broker.support import now_ms, start_broker
+
+WAIT = 10
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def failure_of(url: str, then: Callable[[Any], Awaitable[None]] | None = None) -> LinkError:
+    """Connect to `url` as the link does (and run `then` on the socket); the classified error."""
+    with trio.fail_after(WAIT):
+        try:
+            async with open_websocket_url(url, connect_timeout=2) as ws:
+                if then is not None:
+                    await then(ws)
+        except Exception as error:
+            return classify(error, url, welcomed=False)
+    raise AssertionError(f"{url} did not fail")
+
+
+async def test_nothing_listening_is_refused() -> None:
+    error = await failure_of(f"ws://127.0.0.1:{closed_port()}/v1")
+    assert error.kind is LinkErrorKind.REFUSED and error.heals_by_retrying
+
+
+async def test_a_name_that_does_not_resolve_is_dns() -> None:
+    error = await failure_of("ws://no-such-broker.invalid/v1")
+    assert (error.kind, error.reason) == (
+        LinkErrorKind.DNS,
+        "no-such-broker.invalid does not resolve",
+    )
+
+
+async def test_a_wrong_path_is_not_found_and_does_not_heal(nursery: trio.Nursery) -> None:
+    _, url = await start_broker(nursery)
+    error = await failure_of(url.replace("/v1", "/v2"))
+    assert error.kind is LinkErrorKind.NOT_FOUND and "404 for /v2" in error.reason
+    assert not error.heals_by_retrying
+
+
+async def test_a_refused_hello_is_rejected_with_the_brokers_reason(nursery: trio.Nursery) -> None:
+    _, url = await start_broker(nursery)
+    stale = build_hello(SigningKey.generate(), "n", "daemon", now_ms=now_ms() - 3_600_000)
+
+    async def hello(ws: Any) -> None:
+        await ws.send_message(stale)
+        await ws.get_message()
+
+    error = await failure_of(url, hello)
+    assert error.kind is LinkErrorKind.REJECTED and "stale_timestamp" in error.reason
+    assert not error.heals_by_retrying
+
+
+async def test_wss_to_a_plain_port_is_named(nursery: trio.Nursery) -> None:
+    _, url = await start_broker(nursery)
+    error = await failure_of(url.replace("ws://", "wss://"))
+    assert error.kind in (LinkErrorKind.TLS, LinkErrorKind.TIMEOUT)
+    assert "wss" in error.reason or error.kind is LinkErrorKind.TLS
+
+
+@pytest.mark.parametrize(
+    ("kind", "waits_longest"),
+    [
+        (LinkErrorKind.NOT_FOUND, True),
+        (LinkErrorKind.REJECTED, True),
+        (LinkErrorKind.REFUSED, False),
+    ],
+)
+def test_an_error_retrying_cannot_heal_waits_the_longest_backoff(
+    kind: LinkErrorKind, waits_longest: bool
+) -> None:
+    link = Link(
+        "n", ["ws://x/v1"], SigningKey.generate(), Inbox[LinkEvent](1), rng=random.Random(1)
+    )
+    link.last_error = LinkError(kind, "why")
+    assert (link._backoff() == BACKOFF_CAP) is waits_longest
+    if not waits_longest:
+        link.rng = random.Random(1)
+        assert link._backoff() == backoff_delay(0, random.Random(1))
+
+
+async def test_a_lasting_error_is_published_once_however_often_it_is_retried(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    hub = EventHub(StoreActor(tmp_path / "state.db"))  # publishing needs no running store
+    url = f"ws://127.0.0.1:{closed_port()}/v1"
+    link = Link("n", [url], SigningKey.generate(), Inbox[LinkEvent](10), events=hub)
+    with hub.subscribe(16) as events:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_root, link, Node(name="link", kind="link"))
+            await trio.sleep(60)  # virtual time: several refused attempts
+            nursery.cancel_scope.cancel()
+        published = [await events.receive() for _ in range(events.queued)]
+    assert link.failures >= 5
+    assert [(e.kind, e.data["error"]["kind"]) for e in published if isinstance(e, Event)] == [
+        ("network_link_error", "refused")
+    ]
+    reason = f"nothing listens on {url.removeprefix('ws://').removesuffix('/v1')}"
+    assert link.figures()["last_error"] == {"kind": "refused", "reason": reason}
