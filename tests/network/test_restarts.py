@@ -6,8 +6,14 @@ from __future__ import annotations
 import pytest
 import trio
 
-from tests.network.appclient import AppClient
-from tests.network.conftest import Daemon, Mesh, OpFailed, approve_both
+from tests.network.appclient import AppClient, network_children
+from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed, approve_both
+
+WAIT_MS = int(WAIT * 1000)
+
+
+async def client_of(daemon: Daemon, nursery: trio.Nursery) -> AppClient:
+    return await AppClient.open(daemon.services.paths.socket, nursery)
 
 
 async def debug_pair(mesh: Mesh) -> tuple[Daemon, Daemon]:
@@ -46,3 +52,37 @@ async def test_debug_crash_restarts_the_actor_at_the_path(
     assert after["client_id"] == before["client_id"]
     assert daemon.services.tree.children["outbox"].restarts == 1
     assert daemon.services.tree.children["control"].restarts == 0
+
+
+async def reliable(sender: AppClient, peer: Daemon, channel: str, payload: object) -> object:
+    """A reliable send, resent until acknowledged; returns how many subscribers it reached."""
+    acked = await sender.call(
+        "channel_send_reliable",
+        network=NET,
+        channel=channel,
+        peer=peer.device_id,
+        payload=payload,
+        ttl_ms=WAIT_MS,
+    )
+    return acked["subscribers"]
+
+
+@pytest.mark.parametrize(
+    "actor", ["link", "peers", "rpc", "channels", "channel news", "network root"]
+)
+async def test_a_subscription_still_delivers_after_a_network_actor_crashes(
+    mesh: Mesh, nursery: trio.Nursery, actor: str
+) -> None:
+    a, b = await debug_pair(mesh)
+    sender, reader = await client_of(a, nursery), await client_of(b, nursery)
+    await reader.call("channel_subscribe", network=NET, channel="news")
+    assert await reliable(sender, b, "news", 1) == 1
+    network = f"daemon/networks/network {NET}"
+    path = network if actor == "network root" else f"{network}/{actor}"
+    await b.call("debug_crash", path=path)
+    assert await reliable(sender, b, "news", 2) == 1
+    received = await reader.count("channel_inbound", 2)
+    assert [event["payload"] for event in received] == [1, 2]
+    children = network_children(await b.call("inspect"), NET)
+    me = (await reader.call("status"))["client_id"]
+    assert children["channel news"]["figures"]["subscribers"] == [me]
