@@ -2,6 +2,7 @@
 
 from meshactors.actors._actor import DEFAULT_INBOX_CAPACITY, Actor, Inbox, cleanup_scope
 from meshactors.actors._ask import ActorGone, AskTimeout, Reply, ask
+from meshactors.actors._crash import DebugCrash
 from meshactors.actors._fanout import DEFAULT_SUBSCRIBER_CAPACITY, Broadcast, Lagged, Subscriber
 from meshactors.actors._pending import Pending
 from meshactors.actors._registry import ActorState, Node, current_node
@@ -26,6 +27,7 @@ __all__ = [
     "Broadcast",
     "ChildSpec",
     "ChildStartFailed",
+    "DebugCrash",
     "Inbox",
     "Lagged",
     "Node",

@@ -11,6 +11,8 @@ from typing import Any
 import attrs
 import trio
 
+from meshactors.actors._crash import CrashSwitch
+
 
 class ActorState(enum.StrEnum):
     """Lifecycle of one node, as shown by `inspect`."""
@@ -37,6 +39,7 @@ class Node:
     children: dict[str, Node] = attrs.field(factory=dict)
     inbox_statistics: Callable[[], trio.MemoryChannelStatistics | None] | None = None
     figures: Callable[[], Mapping[str, Any]] | None = None
+    crash_switch: CrashSwitch | None = None  # set while a supervisor runs it
 
     @property
     def path(self) -> str:
@@ -60,6 +63,14 @@ class Node:
         """Record that the actor finished starting."""
         self.state = ActorState.RUNNING
         self.started_at = time.time()
+
+    def request_crash(self, reason: str) -> bool:
+        """Ask the running actor to crash (see `DebugCrash`); False when it is not running under
+        a supervisor (the root, or starting, restarting, stopping)."""
+        if self.crash_switch is None or self.state is not ActorState.RUNNING:
+            return False
+        self.crash_switch.crash(reason)
+        return True
 
     def find(self, path: str) -> Node | None:
         """The node at a slash-separated path below (and including) this one."""

@@ -14,6 +14,7 @@ import trio
 
 from meshactors.actors._actor import Actor, Inbox
 from meshactors.actors._ask import Reply
+from meshactors.actors._crash import CrashSwitch
 from meshactors.actors._registry import ActorState, Node, current_node, set_current_node
 
 log = structlog.get_logger("meshactors.actors")
@@ -276,12 +277,17 @@ class Supervisor(Actor):
         structlog.contextvars.bind_contextvars(actor=child.node.path)
         signal = _StartSignal(task_status)
         error: Exception | None = None
+        switch = child.node.crash_switch = CrashSwitch()
         try:
             with child.scope:
-                await child.spec.actor.run(task_status=signal)
+                with switch.scope:
+                    await child.spec.actor.run(task_status=signal)
+                error = switch.error()
         except Exception as exc:
             error = exc
         finally:
+            if child.node.crash_switch is switch:
+                child.node.crash_switch = None
             child.done.set()
         if not signal.called:
             task_status.started(error or RuntimeError("returned before it started"))

@@ -103,6 +103,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="SECONDS",
         help=f"wait this long for a peer's msg_ack before retrying (default {ACK_TIMEOUT_S:g})",
     )
+    up.add_argument(
+        "--debug-ops",
+        action="store_true",
+        help="also answer debug ops (debug_crash: crash any actor); for tests, never in production",
+    )
     up.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     up.set_defaults(run=run_up)
     down = actions.add_parser("down", help="stop the daemon (SIGTERM if it does not answer)")
@@ -145,6 +150,7 @@ def run_up(args: argparse.Namespace) -> int:
             broker_config=broker_config,
             role=args.role,
             durable=durable,
+            debug_ops=args.debug_ops,
         )
     )
     try:
@@ -248,6 +254,8 @@ def _detach(args: argparse.Namespace, paths: Paths) -> int:
         command += ["--config", str(args.config)]
     if args.role is not None:
         command += ["--role", args.role]
+    if args.debug_ops:
+        command += ["--debug-ops"]
     for flag in ("retention_days", "retention_rows", "ack_timeout"):
         if getattr(args, flag) is not None:
             command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]

@@ -91,6 +91,7 @@ SETTINGS = (
     Setting("role", _role, None, "role"),
     Setting("log_level", _log_level, "info", "log_level"),
     Setting("log_json", _flag, False, "log_json"),
+    Setting("debug_ops", _flag, False, "debug_ops"),
     Setting("durable.retention_days", _positive_number, RETENTION_DAYS, "retention_days"),
     Setting("durable.retention_rows", _positive, RETENTION_ROWS, "retention_rows"),
     Setting("durable.ack_timeout_s", _positive_number, ACK_TIMEOUT_S, "ack_timeout"),

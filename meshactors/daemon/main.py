@@ -15,7 +15,7 @@ import trio
 from meshactors._version import __version__
 from meshactors.actors import ChildSpec, Node, Strategy, Supervisor, run_root
 from meshactors.broker.limits import BrokerConfig
-from meshactors.daemon import message_ops, network_ops, rpc_ops, system_ops
+from meshactors.daemon import debug_ops, message_ops, network_ops, rpc_ops, system_ops
 from meshactors.daemon.broker_actor import BrokerActor
 from meshactors.daemon.control import control_supervisor
 from meshactors.daemon.events import EventHub
@@ -50,11 +50,13 @@ class DaemonOptions:
         default=None, validator=attrs.validators.optional(attrs.validators.in_(ROLES))
     )
     durable: DurableSettings = attrs.field(factory=DurableSettings)  # retention, ack timeout
+    debug_ops: bool = False  # --debug-ops: also answer the ops of debug_ops (debug_crash)
 
 
-def build_ops() -> OpTable:
-    """Every op the daemon answers."""
-    return OpTable.of(system_ops.OPS, network_ops.OPS, rpc_ops.OPS, message_ops.OPS)
+def build_ops(*, debug: bool = False) -> OpTable:
+    """Every op the daemon answers; with `debug` also the debug ops (`--debug-ops`)."""
+    debug_group = debug_ops.OPS if debug else []
+    return OpTable.of(system_ops.OPS, network_ops.OPS, rpc_ops.OPS, message_ops.OPS, debug_group)
 
 
 async def serve(
@@ -74,7 +76,7 @@ async def serve(
         tree=tree,
         store=store,
         events=events,
-        ops=build_ops(),
+        ops=build_ops(debug=options.debug_ops),
         started_at=trio.current_time(),
         networks=networks,
     )

@@ -232,12 +232,14 @@ class Channels(Actor):
         if len(self._pumps) >= MAX_CHANNELS:
             raise OpError(ErrorCode.CONFLICT, f"at most {MAX_CHANNELS} channels per network")
         pump = ChannelPump(self.network, channel)
-        spec = ChildSpec(
-            _pump_name(channel), pump, Restart.TEMPORARY, shutdown_timeout=PUMP_SHUTDOWN_TIMEOUT
-        )
-        await self.tree.start_child(spec)
+        await self.tree.start_child(_pump_spec(pump))
         self._pumps[channel] = pump
         return pump
+
+    def pump_specs(self) -> list[ChildSpec]:
+        """The pumps of the channels subscribed now, for a network that starts again: its
+        subscribers and queued messages are kept in each pump."""
+        return [_pump_spec(pump) for pump in self._pumps.values()]
 
     async def _stop_pump(self, channel: str) -> None:
         del self._pumps[channel]
@@ -448,3 +450,11 @@ def _event_lines(head: dict[str, Any], field: str, values: list[Any]) -> list[by
 
 def _pump_name(channel: str) -> str:
     return f"channel {channel}"
+
+
+def _pump_spec(pump: ChannelPump) -> ChildSpec:
+    """How a pump runs: restarted after a crash, its own or a sibling's before it (the
+    network's rest_for_one), with its subscribers and inbox; stopped with its last subscriber."""
+    return ChildSpec(
+        _pump_name(pump.channel), pump, Restart.TRANSIENT, shutdown_timeout=PUMP_SHUTDOWN_TIMEOUT
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import attrs
+import trio
 
 from meshactors.actors import ChildSpec, Strategy, Supervisor
 from meshactors.daemon.events import EventHub
@@ -25,7 +26,8 @@ LINK_SHUTDOWN_TIMEOUT = 3.0  # seconds for the link's closing handshake and last
 @attrs.define(eq=False, kw_only=True)
 class Network(Supervisor):
     """One joined network. Children start peers → link → rpc → channels (then a `channel <name>`
-    pump per subscribed channel); a crash restarts the rest, and pumps are not restarted.
+    pump per subscribed channel); a crash restarts the rest, pumps included, and a restart of
+    the network itself starts the pumps of the channels still subscribed.
 
     `peers` starts first so the link always has somewhere to deliver; when `peers` restarts
     the link reconnects too, so the fresh peer table hears a new welcome.
@@ -38,6 +40,11 @@ class Network(Supervisor):
     link: Link
     rpc: Rpc
     channels: Channels
+    core: list[ChildSpec] = attrs.field(factory=list)  # the children before any pump
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.children = [*self.core, *self.channels.pump_specs()]
+        await super().run(task_status=task_status)
 
     @classmethod
     def build(
@@ -65,7 +72,7 @@ class Network(Supervisor):
             link=link,
             rpc=rpc,
             channels=channels,
-            children=[
+            core=[
                 ChildSpec("peers", peers),
                 ChildSpec("link", link, shutdown_timeout=LINK_SHUTDOWN_TIMEOUT),
                 ChildSpec("rpc", rpc),

@@ -1,0 +1,242 @@
+"""Restarts lose nothing silently: `debug_crash` (with `--debug-ops`) crashes any actor of the
+live tree, and after it restarts, traffic, subscriptions and reliable sends carry on."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from tests.network.appclient import AppClient, network_children
+from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed, approve_both
+
+WAIT_MS = int(WAIT * 1000)
+
+
+async def client_of(daemon: Daemon, nursery: trio.Nursery) -> AppClient:
+    return await AppClient.open(daemon.services.paths.socket, nursery)
+
+
+async def debug_pair(mesh: Mesh) -> tuple[Daemon, Daemon]:
+    """Daemons a and b with `--debug-ops`, joined to NET and active both ways."""
+    a, b = await mesh.daemon("a", debug_ops=True), await mesh.daemon("b", debug_ops=True)
+    await a.join(mesh.url)
+    await b.join(mesh.url)
+    await approve_both(a, b)
+    return a, b
+
+
+async def test_debug_crash_is_unknown_without_the_flag(mesh: Mesh) -> None:
+    daemon = await mesh.daemon("plain")
+    with pytest.raises(OpFailed) as failure:
+        await daemon.call("debug_crash", path="daemon/outbox")
+    assert failure.value.code == "unknown_op"
+    assert "debug_crash" not in (await daemon.call("version"))["ops"]
+
+
+async def test_debug_crash_restarts_the_actor_at_the_path(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    daemon = await mesh.daemon("debug", debug_ops=True)
+    assert "debug_crash" in (await daemon.call("version"))["ops"]
+    client = await AppClient.open(daemon.services.paths.socket, nursery)
+    before = await client.call("status")
+    crashed = await daemon.call("debug_crash", path="daemon/outbox")
+    assert crashed == {"path": "daemon/outbox", "kind": "outbox", "crashed": True}
+    with pytest.raises(OpFailed) as missing:
+        await daemon.call("debug_crash", path="daemon/nothing here")
+    assert missing.value.code == "not_found"
+    with pytest.raises(OpFailed) as root:
+        await daemon.call("debug_crash", path="daemon")
+    assert root.value.code == "conflict"
+    after = await client.call("status")
+    assert after["client_id"] == before["client_id"]
+    assert daemon.services.tree.children["outbox"].restarts == 1
+    assert daemon.services.tree.children["control"].restarts == 0
+
+
+async def reliable(
+    sender: AppClient, peer: Daemon, channel: str, payload: object, *, via: Daemon | None = None
+) -> object:
+    """A reliable send, resent until acknowledged; returns how many subscribers it reached.
+    With `via` (the sender's daemon), a send refused because the peer is not active (its link
+    restarts) waits until `via` sees it active again and is sent again, as a program would."""
+    while True:
+        after = via.last_event_id if via is not None else 0
+        try:
+            acked = await sender.call(
+                "channel_send_reliable",
+                network=NET,
+                channel=channel,
+                peer=peer.device_id,
+                payload=payload,
+                ttl_ms=WAIT_MS,
+            )
+        except OpFailed as refused:
+            if via is None or refused.code not in ("peer_not_active", "link_down"):
+                raise
+            await reachable(via, peer, after)
+            continue
+        return acked["subscribers"]
+
+
+async def reachable(daemon: Daemon, peer: Daemon, after: int = 0) -> None:
+    """Wait until `daemon` sees `peer` active (again, after event `after`)."""
+    while True:
+        seen = await daemon.peer(peer)
+        if seen is not None and seen["status"] == "active":
+            return
+        await daemon.wait_event("peer_active", after=after, device_id=peer.device_id)
+
+
+@pytest.mark.parametrize(
+    "actor", ["link", "peers", "rpc", "channels", "channel news", "network root"]
+)
+async def test_a_subscription_still_delivers_after_a_network_actor_crashes(
+    mesh: Mesh, nursery: trio.Nursery, actor: str
+) -> None:
+    a, b = await debug_pair(mesh)
+    sender, reader = await client_of(a, nursery), await client_of(b, nursery)
+    await reader.call("channel_subscribe", network=NET, channel="news")
+    assert await reliable(sender, b, "news", 1) == 1
+    await b.call("debug_crash", path=crash_path(actor))
+    assert await reliable(sender, b, "news", 2, via=a) == 1
+    received = await reader.count("channel_inbound", 2)
+    assert [event["payload"] for event in received] == [1, 2]
+    children = network_children(await b.call("inspect"), NET)
+    me = (await reader.call("status"))["client_id"]
+    assert children["channel news"]["figures"]["subscribers"] == [me]
+
+
+def crash_path(actor: str) -> str:
+    """The path of one of NET's actors on a daemon ("network root" for the network itself)."""
+    network = f"daemon/networks/network {NET}"
+    return network if actor == "network root" else f"{network}/{actor}"
+
+
+@pytest.mark.parametrize("actor", ["link", "peers", "rpc", "network root"])
+async def test_a_claim_a_restart_ended_is_told_and_calls_resume_once_claimed_again(
+    mesh: Mesh, nursery: trio.Nursery, actor: str
+) -> None:
+    a, b = await debug_pair(mesh)
+    caller, server = await client_of(a, nursery), await client_of(b, nursery)
+    await server.call("rpc_register", network=NET, method="echo")
+
+    async def call_echo(payload: int) -> object:
+        async with trio.open_nursery() as serving:
+            serving.start_soon(serve_once, server, payload)
+            answer = await caller.call(
+                "rpc_call", network=NET, peer=b.device_id, method="echo", payload=payload
+            )
+        return answer["payload"]
+
+    assert await call_echo(1) == 1
+    await b.call("debug_crash", path=crash_path(actor))
+    told = await server.event("handler_displaced")
+    assert told == {"kind": "handler_displaced", "network": NET, "method": "echo", "by": None}
+    await server.call("rpc_register", network=NET, method="echo")
+    await reliable(caller, b, "barrier", "b is reachable again", via=a)
+    assert await call_echo(2) == 2
+
+
+async def serve_once(server: AppClient, payload: int) -> None:
+    """Answer one inbound call with its own payload."""
+    inbound = await server.event("rpc_inbound", method="echo")
+    await server.call("rpc_respond", request_id=inbound["request_id"], payload=payload)
+
+
+@pytest.mark.parametrize("actor", ["link", "peers", "channels", "network root"])
+async def test_retained_values_survive_a_restart(
+    mesh: Mesh, nursery: trio.Nursery, actor: str
+) -> None:
+    a, b = await debug_pair(mesh)
+    sender = await client_of(a, nursery)
+    await sender.call(
+        "channel_send_to",
+        network=NET,
+        channel="presence",
+        peer=b.device_id,
+        payload="here",
+        retain=True,
+    )
+    await reliable(sender, b, "presence-barrier", "after the retained one")
+    await b.call("debug_crash", path=crash_path(actor))
+    await reliable(sender, b, "presence-barrier", "b is reachable again", via=a)
+    late = await client_of(b, nursery)
+    assert (await late.call("channel_subscribe", network=NET, channel="presence"))["retained"] == 1
+    retained = await late.event("channel_inbound")
+    assert (retained["payload"], retained["retained"]) == ("here", True)
+
+
+@pytest.mark.parametrize(
+    "side, actor",
+    [("b", "link"), ("b", "peers"), ("b", "channels"), ("b", "channel orders"), ("a", "link")],
+)
+async def test_reliable_sends_under_a_crash_lose_nothing_and_duplicate_nothing(
+    mesh: Mesh, nursery: trio.Nursery, side: str, actor: str
+) -> None:
+    a, b = await debug_pair(mesh)
+    sender, reader = await client_of(a, nursery), await client_of(b, nursery)
+    await reader.call("channel_subscribe", network=NET, channel="orders")
+    count = 40
+    halfway = trio.Event()
+
+    async def send_all() -> None:
+        for n in range(count):
+            if n == count // 2:
+                halfway.set()
+            assert await reliable(sender, b, "orders", n, via=a) == 1
+
+    async with trio.open_nursery() as traffic:
+        traffic.start_soon(send_all)
+        await halfway.wait()
+        await (a if side == "a" else b).call("debug_crash", path=crash_path(actor))
+    received = await reader.count("channel_inbound", count)
+    await reliable(sender, b, "orders", "last", via=a)  # anything resent late would come before it
+    received = await reader.count("channel_inbound", count + 1)
+    assert [event["payload"] for event in received] == [*range(count), "last"]
+
+
+@pytest.mark.parametrize("side, actor", [("b", "link"), ("a", "link"), ("a", "network root")])
+async def test_durable_sends_under_a_crash_all_arrive_once(
+    mesh: Mesh, nursery: trio.Nursery, side: str, actor: str
+) -> None:
+    a, b = await debug_pair(mesh)
+    count = 30
+    ids = []
+    for n in range(count):
+        if n == count // 2:
+            await (a if side == "a" else b).call("debug_crash", path=crash_path(actor))
+        ids.append((await a.call("send", network=NET, to=b.device_id, message=f"m{n}"))["id"])
+    for row_id in ids:
+        await a.wait_event("message_delivered", id=row_id)
+    messages = (await b.call("inbox", limit=500))["messages"]
+    assert sorted(m["message"] for m in messages) == sorted(f"m{n}" for n in range(count))
+
+
+async def test_durable_sends_survive_an_outbox_crash(mesh: Mesh) -> None:
+    a, b = await debug_pair(mesh)
+    first = (await a.call("send", network=NET, to=b.device_id, message="before"))["id"]
+    await a.call("debug_crash", path="daemon/outbox")
+    second = (await a.call("send", network=NET, to=b.device_id, message="after"))["id"]
+    for row_id in (first, second):
+        await a.wait_event("message_delivered", id=row_id)
+    messages = (await b.call("inbox", limit=500))["messages"]
+    assert sorted(m["message"] for m in messages) == ["after", "before"]
+
+
+async def test_a_crashed_client_connection_closes_and_a_new_one_subscribes(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    a, b = await debug_pair(mesh)
+    sender, reader = await client_of(a, nursery), await client_of(b, nursery)
+    await reader.call("channel_subscribe", network=NET, channel="news")
+    me = (await reader.call("status"))["client_id"]
+    await b.call("debug_crash", path=f"daemon/control/client {me}")
+    with trio.fail_after(WAIT):
+        while not reader.closed:
+            await reader._changed.wait()
+    assert await reliable(sender, b, "news", "nobody") == 0  # its subscription went with it
+    again = await client_of(b, nursery)
+    await again.call("channel_subscribe", network=NET, channel="news")
+    assert await reliable(sender, b, "news", "you") == 1
+    assert (await again.event("channel_inbound"))["payload"] == "you"
