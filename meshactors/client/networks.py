@@ -10,6 +10,7 @@ import attrs
 
 from meshactors.client._ops import Ops
 from meshactors.client.errors import ClientError
+from meshactors.network.config import with_broker_path
 
 CONFIG_DEFAULTS: dict[str, Any] = {"label": None, "auto_approve": False}  # as the daemon's
 GONE_CODES = ("no_such_network", "not_found")  # a remove that finds nothing: already converged
@@ -49,8 +50,19 @@ def joined_configs(listed: Any) -> dict[str, dict[str, Any]]:
 
 
 def differs(want: Mapping[str, Any], have: Mapping[str, Any]) -> bool:
-    """Whether a joined network's config differs from the desired one in any desired key."""
-    return any(have.get(key, CONFIG_DEFAULTS.get(key)) != value for key, value in want.items())
+    """Whether a joined network's config differs from the desired one in any desired key
+    (broker URLs compared as the daemon stores them: a URL without a path gets `/v1`)."""
+    return any(
+        have.get(key, CONFIG_DEFAULTS.get(key))
+        != (_as_stored(value) if key == "brokers" else value)
+        for key, value in want.items()
+    )
+
+
+def _as_stored(brokers: Any) -> Any:
+    if not isinstance(brokers, list):
+        return brokers
+    return [with_broker_path(url) if isinstance(url, str) else url for url in brokers]
 
 
 async def converge(
