@@ -36,6 +36,7 @@ from meshactors.network.app_frames import (
     payload_of_frame,
 )
 from meshactors.network.app_wire import AppWire, Postbox
+from meshactors.network.claims import Claim, ClaimTable
 from meshactors.network.payload import Payload
 from meshactors.network.peers import PeerStatus
 from meshactors.wire.ipc import ErrorCode, OpError
@@ -43,7 +44,6 @@ from meshactors.wire.peer import Frame
 
 DEFAULT_TIMEOUT_MS = 30_000  # a call's deadline when the caller names none
 MAX_TIMEOUT_MS = 600_000  # the longest deadline a call may ask for
-MAX_CLAIMS = 1024  # methods claimed per network
 MAX_INBOUND_CALLS = 4096  # calls served here at once, per network
 MAX_OUTBOUND_CALLS = 4096  # calls made from here at once, per network
 STREAM_WINDOW = 256  # chunks the serving side may send ahead of the caller's credit
@@ -76,14 +76,6 @@ def check_timeout(timeout_ms: int | None) -> int:
     if not 0 < timeout_ms <= MAX_TIMEOUT_MS:
         raise OpError(ErrorCode.INVALID_PARAMS, f"timeout_ms must be 1-{MAX_TIMEOUT_MS}")
     return timeout_ms
-
-
-@attrs.define(eq=False)
-class Claim:
-    """Who owns a method, and whether it answers with a stream."""
-
-    client: Client
-    streaming: bool
 
 
 @attrs.define(eq=False)
@@ -143,7 +135,7 @@ class Rpc(Actor):
     wire: AppWire
     postbox: Postbox = attrs.field(init=False)
     counters: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
-    _claims: dict[str, Claim] = attrs.field(factory=dict, init=False)
+    _claims: ClaimTable[Client] = attrs.field(factory=ClaimTable, init=False)
     _inbound: dict[str, Inbound] = attrs.field(factory=dict, init=False)
     _inbound_by_caller: dict[tuple[str, str], Inbound] = attrs.field(factory=dict, init=False)
     _outbound: dict[str, Outbound] = attrs.field(factory=dict, init=False)
@@ -163,7 +155,7 @@ class Rpc(Actor):
 
     def figures(self) -> dict[str, object]:
         return {
-            "claims": {method: c.client.client_id for method, c in self._claims.items()},
+            "claims": {method: c.owner.client_id for method, c in self._claims.items()},
             "inbound": len(self._inbound),
             "outbound": len(self._outbound),
             "postbox": self.postbox.queued,
@@ -188,32 +180,21 @@ class Rpc(Actor):
 
     def register(self, client: Client, method: str, streaming: bool) -> str | None:
         """Claim `method` for `client`; returns the client id it displaced, if any."""
-        previous = self._claims.get(method)
-        if previous is None and len(self._claims) >= MAX_CLAIMS:
-            raise OpError(ErrorCode.CONFLICT, f"at most {MAX_CLAIMS} methods per network")
+        displaced = self._claims.claim(client, method, streaming)
         self._watch(client)
-        self._claims[method] = Claim(client, streaming)
-        if previous is None or previous.client is client:
+        if displaced is None:
             return None
         by = client.client_id
-        previous.client.push(
-            "handler_displaced", {"network": self.network, "method": method, "by": by}
-        )
-        return previous.client.client_id
+        displaced.push("handler_displaced", {"network": self.network, "method": method, "by": by})
+        return displaced.client_id
 
     def unregister(self, client: Client, method: str) -> bool:
         """Give up `client`'s claim on `method`; False when it held none."""
-        claim = self._claims.get(method)
-        if claim is None or claim.client is not client:
-            return False
-        del self._claims[method]
-        return True
+        return self._claims.release(client, method)
 
     def claims_of(self, client: Client) -> list[str]:
         """Methods `client` owns here."""
-        return [method for method, claim in self._claims.items() if claim.client is client]
-
-    # -- calling ---------------------------------------------------------------------------
+        return self._claims.methods_of(client)
 
     def call(
         self, client: Client, peer: str, method: str, payload: Payload, timeout_ms: int
@@ -413,7 +394,7 @@ class Rpc(Actor):
         timeout = min(max(frame.timeout_ms, 1), MAX_TIMEOUT_MS) / 1000
         forget_at = trio.current_time() + timeout + SERVE_GRACE
         flow = StreamFlow() if frame.stream else None
-        call = Inbound(new_request_id(), sender, frame.id, claim.client, forget_at, flow)
+        call = Inbound(new_request_id(), sender, frame.id, claim.owner, forget_at, flow)
         event = {
             "network": self.network,
             "from": sender,
@@ -423,14 +404,16 @@ class Rpc(Actor):
             "timeout_ms": frame.timeout_ms,
             **payload_of_frame(frame).fields(),
         }
-        if not claim.client.push("rpc_inbound", event):
+        if not claim.owner.push("rpc_inbound", event):
             message = "the serving program is not keeping up"
             self._answer_error(sender, frame.id, frame.stream, WireError("remote_error", message))
             return
         self._inbound[call.id] = call
         self._inbound_by_caller[(sender, frame.id)] = call
 
-    def _refusal(self, sender: str, frame: RpcCall, claim: Claim | None) -> WireError | None:
+    def _refusal(
+        self, sender: str, frame: RpcCall, claim: Claim[Client] | None
+    ) -> WireError | None:
         if claim is None:
             return WireError("no_handler", f"no one serves {frame.method!r} here")
         if claim.streaming is not frame.stream:
@@ -557,8 +540,7 @@ class Rpc(Actor):
     def client_gone(self, client: Client) -> None:
         """Release a closed connection's claims, fail its served calls, cancel its calls."""
         self._watched.discard(client.client_id)
-        for method in self.claims_of(client):
-            del self._claims[method]
+        self._claims.drop_owner(client)
         gone = WireError("handler_gone", "the serving program disconnected mid-call")
         for call in [c for c in self._inbound.values() if c.client is client]:
             self._forget_inbound(call)
@@ -587,11 +569,10 @@ class Rpc(Actor):
 
     def _release_claims(self) -> None:
         """The actor stops (network removed, or restarted): owners learn their claims ended."""
-        for method, claim in self._claims.items():
-            claim.client.push(
+        for method, claim in self._claims.clear():
+            claim.owner.push(
                 "handler_displaced", {"network": self.network, "method": method, "by": None}
             )
-        self._claims.clear()
 
 
 def _flow_of(call: Inbound) -> StreamFlow:
