@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import heapq
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Protocol
 
@@ -36,6 +34,7 @@ from meshactors.network.app_frames import (
     payload_of_frame,
 )
 from meshactors.network.app_wire import AppWire, Postbox
+from meshactors.network.calls import DeadlineHeap, ServedCalls
 from meshactors.network.claims import Claim, ClaimTable
 from meshactors.network.payload import Payload
 from meshactors.network.peers import PeerStatus
@@ -49,7 +48,6 @@ MAX_OUTBOUND_CALLS = 4096  # calls made from here at once, per network
 STREAM_WINDOW = 256  # chunks the serving side may send ahead of the caller's credit
 SERVE_GRACE = 5.0  # seconds past the caller's deadline before the serving side forgets a call
 SWEEP_INTERVAL = 1.0  # seconds between sweeps for served calls past their deadline and grace
-EXPIRY_SLACK = 1024  # stale deadlines (of finished calls) kept beyond 2x those in flight
 
 Cleanup = Callable[[], Awaitable[None]]
 
@@ -136,11 +134,10 @@ class Rpc(Actor):
     postbox: Postbox = attrs.field(init=False)
     counters: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     _claims: ClaimTable[Client] = attrs.field(factory=ClaimTable, init=False)
-    _inbound: dict[str, Inbound] = attrs.field(factory=dict, init=False)
-    _inbound_by_caller: dict[tuple[str, str], Inbound] = attrs.field(factory=dict, init=False)
+    _inbound: ServedCalls[Inbound] = attrs.field(factory=ServedCalls, init=False)
     _outbound: dict[str, Outbound] = attrs.field(factory=dict, init=False)
     _watched: set[str] = attrs.field(factory=set, init=False)
-    _deadlines: list[tuple[float, str]] = attrs.field(factory=list, init=False)  # a heap
+    _deadlines: DeadlineHeap = attrs.field(factory=DeadlineHeap, init=False)
     _expiry: trio.CancelScope | None = attrs.field(default=None, init=False)  # wakes the expirer
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
 
@@ -298,23 +295,19 @@ class Rpc(Actor):
 
     def _expire_at(self, deadline: float, call_id: str) -> None:
         """Have the expirer time the call out at `deadline` unless it finished before."""
-        if len(self._deadlines) > 2 * len(self._outbound) + EXPIRY_SLACK:  # mostly finished
-            self._deadlines = [(c.deadline, c.id) for c in self._outbound.values()]
-            heapq.heapify(self._deadlines)
-        else:
-            heapq.heappush(self._deadlines, (deadline, call_id))
+        calls = self._outbound
+        live = functools.partial(_deadlines_of, calls)
+        self._deadlines.add(deadline, call_id, len(calls), live)
         if self._expiry is not None and deadline < self._expiry.deadline:
             self._expiry.deadline = deadline
 
     async def _expire_calls(self) -> None:
         """Time out calls made from here at their deadlines: one task for all of them."""
         while True:
-            deadline = self._deadlines[0][0] if self._deadlines else math.inf
-            with trio.CancelScope(deadline=deadline) as self._expiry:
+            with trio.CancelScope(deadline=self._deadlines.next_deadline()) as self._expiry:
                 await trio.sleep_forever()
-            now = trio.current_time()
-            while self._deadlines and self._deadlines[0][0] <= now:
-                call = self._outbound.get(heapq.heappop(self._deadlines)[1])
+            for call_id in self._deadlines.due(trio.current_time()):
+                call = self._outbound.get(call_id)
                 if call is not None:
                     self._abandon(call, "timeout")
 
@@ -408,8 +401,7 @@ class Rpc(Actor):
             message = "the serving program is not keeping up"
             self._answer_error(sender, frame.id, frame.stream, WireError("remote_error", message))
             return
-        self._inbound[call.id] = call
-        self._inbound_by_caller[(sender, frame.id)] = call
+        self._inbound.add(call)
 
     def _refusal(
         self, sender: str, frame: RpcCall, claim: Claim[Client] | None
@@ -419,7 +411,7 @@ class Rpc(Actor):
         if claim.streaming is not frame.stream:
             use = "rpc_call_stream" if claim.streaming else "rpc_call"
             return WireError("no_handler", f"{frame.method!r} is served for {use}")
-        if (sender, frame.id) in self._inbound_by_caller:
+        if self._inbound.from_caller(sender, frame.id) is not None:
             return WireError("remote_error", "that request id is already in flight")
         if len(self._inbound) >= MAX_INBOUND_CALLS or self._nursery is None:
             return WireError("remote_error", "busy: too many calls in flight")
@@ -434,7 +426,7 @@ class Rpc(Actor):
         while True:
             await trio.sleep(SWEEP_INTERVAL)
             now = trio.current_time()
-            for call in [c for c in self._inbound.values() if c.forget_at <= now]:
+            for call in [c for c in self._inbound.calls() if c.forget_at <= now]:
                 self._drop_inbound(call, "timeout")
 
     def _drop_inbound(self, call: Inbound, reason: str) -> None:
@@ -446,20 +438,19 @@ class Rpc(Actor):
         )
 
     def _forget_inbound(self, call: Inbound) -> None:
-        self._inbound.pop(call.id, None)
-        self._inbound_by_caller.pop((call.caller, call.remote_id), None)
+        self._inbound.forget(call)
         if call.flow is not None:
             call.flow.changed.set()
 
     def _on_cancel(self, sender: str, frame: Frame) -> None:
         assert isinstance(frame, RpcCancel)
-        call = self._inbound_by_caller.get((sender, frame.id))
+        call = self._inbound.from_caller(sender, frame.id)
         if call is not None:
             self._drop_inbound(call, frame.reason[:64])
 
     def _on_credit(self, sender: str, frame: Frame) -> None:
         assert isinstance(frame, RpcCredit)
-        call = self._inbound_by_caller.get((sender, frame.id))
+        call = self._inbound.from_caller(sender, frame.id)
         if call is not None and call.flow is not None:
             call.flow.grant(frame.n)
 
@@ -542,7 +533,7 @@ class Rpc(Actor):
         self._watched.discard(client.client_id)
         self._claims.drop_owner(client)
         gone = WireError("handler_gone", "the serving program disconnected mid-call")
-        for call in [c for c in self._inbound.values() if c.client is client]:
+        for call in [c for c in self._inbound.calls() if c.client is client]:
             self._forget_inbound(call)
             call.cancelled = "handler_gone"
             self._answer_error(call.caller, call.remote_id, call.stream, gone)
@@ -556,7 +547,7 @@ class Rpc(Actor):
         left = OpError(ErrorCode.PEER_NOT_ACTIVE, f"peer {device_id} left mid-call")
         for call in [c for c in self._outbound.values() if c.peer == device_id]:
             self._finish(call, left)
-        for inbound in [c for c in self._inbound.values() if c.caller == device_id]:
+        for inbound in [c for c in self._inbound.calls() if c.caller == device_id]:
             self._drop_inbound(inbound, "peer_left")
 
     def _stop_calls(self) -> None:
@@ -564,7 +555,7 @@ class Rpc(Actor):
         stopped = OpError(ErrorCode.UNAVAILABLE, f"rpc of {self.network} stopped")
         for call in list(self._outbound.values()):
             self._finish(call, stopped)
-        for inbound in list(self._inbound.values()):
+        for inbound in self._inbound.calls():
             self._drop_inbound(inbound, "stopped")
 
     def _release_claims(self) -> None:
@@ -573,6 +564,11 @@ class Rpc(Actor):
             claim.owner.push(
                 "handler_displaced", {"network": self.network, "method": method, "by": None}
             )
+
+
+def _deadlines_of(calls: dict[str, Outbound]) -> list[tuple[float, str]]:
+    """The (deadline, id) of the calls made from here still in flight."""
+    return [(call.deadline, call.id) for call in calls.values()]
 
 
 def _flow_of(call: Inbound) -> StreamFlow:
