@@ -27,6 +27,7 @@ from meshactors.network.app_frames import Chan, ChanAck, ChanBatch, ChanRun, pay
 from meshactors.network.app_wire import AppWire, Postbox
 from meshactors.network.payload import MAX_BATCH, Payload
 from meshactors.network.peers import PeerStatus
+from meshactors.network.retained import RetainedStore
 from meshactors.network.rpc import Cleanup, new_request_id
 from meshactors.wire.ipc import ErrorCode, OpError, event_frame
 from meshactors.wire.peer import Frame
@@ -34,8 +35,6 @@ from meshactors.wire.peer import Frame
 MAX_CHANNELS = 256  # channels subscribed at once per network (one pump each)
 PUMP_INBOX = 4096  # frames' events queued for one pump before more are dropped (counted)
 PUMP_SHUTDOWN_TIMEOUT = 1.0  # seconds a pump may take to stop
-RETAINED_MAX_VALUES = 1024  # retained values kept per network, received and own, each
-RETAINED_MAX_BYTES = 8 * 1024 * 1024  # their payloads as JSON, received and own, each
 MAX_TTL_MS = 600_000  # the longest a reliable send may wait for its acknowledgement
 RELIABLE_RESEND = 1.0  # seconds between resends of an unacknowledged reliable message
 MAX_RELIABLE_PENDING = 1024  # reliable sends waiting for an acknowledgement per network
@@ -55,51 +54,6 @@ class Client(Protocol):
     def push_frames(self, frames: list[bytes]) -> int: ...
 
     def on_close(self, cleanup: Cleanup) -> None: ...
-
-
-@attrs.define(eq=False)
-class RetainedStore:
-    """Last values by key, bounded by count and bytes; the oldest is evicted first."""
-
-    max_values: int = RETAINED_MAX_VALUES
-    max_bytes: int = RETAINED_MAX_BYTES
-    _values: collections.OrderedDict[tuple[str, str], Payload] = attrs.field(
-        factory=collections.OrderedDict
-    )
-    bytes: int = 0
-
-    def put(self, key: tuple[str, str], payload: Payload) -> None:
-        """Keep `payload` as the value of `key`, evicting the oldest values past the limits."""
-        self.pop(key)
-        self._values[key] = payload
-        self.bytes += payload.size
-        while len(self._values) > self.max_values or self.bytes > self.max_bytes:
-            _, oldest = self._values.popitem(last=False)
-            self.bytes -= oldest.size
-
-    def get(self, key: tuple[str, str]) -> Payload | None:
-        """The value of `key`, if any."""
-        return self._values.get(key)
-
-    def restore(self, key: tuple[str, str], previous: Payload | None) -> None:
-        """Put back what `get(key)` gave before a change: that value, or nothing."""
-        if previous is None:
-            self.pop(key)
-        else:
-            self.put(key, previous)
-
-    def pop(self, key: tuple[str, str]) -> None:
-        """Forget the value of `key`, if any."""
-        old = self._values.pop(key, None)
-        if old is not None:
-            self.bytes -= old.size
-
-    def items(self) -> list[tuple[tuple[str, str], Payload]]:
-        """Every (key, value), oldest first."""
-        return list(self._values.items())
-
-    def __len__(self) -> int:
-        return len(self._values)
 
 
 @attrs.define(eq=False)

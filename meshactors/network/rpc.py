@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import heapq
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Protocol
 
@@ -36,6 +34,8 @@ from meshactors.network.app_frames import (
     payload_of_frame,
 )
 from meshactors.network.app_wire import AppWire, Postbox
+from meshactors.network.calls import DeadlineHeap, ServedCalls
+from meshactors.network.claims import Claim, ClaimTable
 from meshactors.network.payload import Payload
 from meshactors.network.peers import PeerStatus
 from meshactors.wire.ipc import ErrorCode, OpError
@@ -43,13 +43,11 @@ from meshactors.wire.peer import Frame
 
 DEFAULT_TIMEOUT_MS = 30_000  # a call's deadline when the caller names none
 MAX_TIMEOUT_MS = 600_000  # the longest deadline a call may ask for
-MAX_CLAIMS = 1024  # methods claimed per network
 MAX_INBOUND_CALLS = 4096  # calls served here at once, per network
 MAX_OUTBOUND_CALLS = 4096  # calls made from here at once, per network
 STREAM_WINDOW = 256  # chunks the serving side may send ahead of the caller's credit
 SERVE_GRACE = 5.0  # seconds past the caller's deadline before the serving side forgets a call
 SWEEP_INTERVAL = 1.0  # seconds between sweeps for served calls past their deadline and grace
-EXPIRY_SLACK = 1024  # stale deadlines (of finished calls) kept beyond 2x those in flight
 
 Cleanup = Callable[[], Awaitable[None]]
 
@@ -76,14 +74,6 @@ def check_timeout(timeout_ms: int | None) -> int:
     if not 0 < timeout_ms <= MAX_TIMEOUT_MS:
         raise OpError(ErrorCode.INVALID_PARAMS, f"timeout_ms must be 1-{MAX_TIMEOUT_MS}")
     return timeout_ms
-
-
-@attrs.define(eq=False)
-class Claim:
-    """Who owns a method, and whether it answers with a stream."""
-
-    client: Client
-    streaming: bool
 
 
 @attrs.define(eq=False)
@@ -143,12 +133,11 @@ class Rpc(Actor):
     wire: AppWire
     postbox: Postbox = attrs.field(init=False)
     counters: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
-    _claims: dict[str, Claim] = attrs.field(factory=dict, init=False)
-    _inbound: dict[str, Inbound] = attrs.field(factory=dict, init=False)
-    _inbound_by_caller: dict[tuple[str, str], Inbound] = attrs.field(factory=dict, init=False)
+    _claims: ClaimTable[Client] = attrs.field(factory=ClaimTable, init=False)
+    _inbound: ServedCalls[Inbound] = attrs.field(factory=ServedCalls, init=False)
     _outbound: dict[str, Outbound] = attrs.field(factory=dict, init=False)
     _watched: set[str] = attrs.field(factory=set, init=False)
-    _deadlines: list[tuple[float, str]] = attrs.field(factory=list, init=False)  # a heap
+    _deadlines: DeadlineHeap = attrs.field(factory=DeadlineHeap, init=False)
     _expiry: trio.CancelScope | None = attrs.field(default=None, init=False)  # wakes the expirer
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
 
@@ -163,7 +152,7 @@ class Rpc(Actor):
 
     def figures(self) -> dict[str, object]:
         return {
-            "claims": {method: c.client.client_id for method, c in self._claims.items()},
+            "claims": {method: c.owner.client_id for method, c in self._claims.items()},
             "inbound": len(self._inbound),
             "outbound": len(self._outbound),
             "postbox": self.postbox.queued,
@@ -188,32 +177,21 @@ class Rpc(Actor):
 
     def register(self, client: Client, method: str, streaming: bool) -> str | None:
         """Claim `method` for `client`; returns the client id it displaced, if any."""
-        previous = self._claims.get(method)
-        if previous is None and len(self._claims) >= MAX_CLAIMS:
-            raise OpError(ErrorCode.CONFLICT, f"at most {MAX_CLAIMS} methods per network")
+        displaced = self._claims.claim(client, method, streaming)
         self._watch(client)
-        self._claims[method] = Claim(client, streaming)
-        if previous is None or previous.client is client:
+        if displaced is None:
             return None
         by = client.client_id
-        previous.client.push(
-            "handler_displaced", {"network": self.network, "method": method, "by": by}
-        )
-        return previous.client.client_id
+        displaced.push("handler_displaced", {"network": self.network, "method": method, "by": by})
+        return displaced.client_id
 
     def unregister(self, client: Client, method: str) -> bool:
         """Give up `client`'s claim on `method`; False when it held none."""
-        claim = self._claims.get(method)
-        if claim is None or claim.client is not client:
-            return False
-        del self._claims[method]
-        return True
+        return self._claims.release(client, method)
 
     def claims_of(self, client: Client) -> list[str]:
         """Methods `client` owns here."""
-        return [method for method, claim in self._claims.items() if claim.client is client]
-
-    # -- calling ---------------------------------------------------------------------------
+        return self._claims.methods_of(client)
 
     def call(
         self, client: Client, peer: str, method: str, payload: Payload, timeout_ms: int
@@ -317,23 +295,19 @@ class Rpc(Actor):
 
     def _expire_at(self, deadline: float, call_id: str) -> None:
         """Have the expirer time the call out at `deadline` unless it finished before."""
-        if len(self._deadlines) > 2 * len(self._outbound) + EXPIRY_SLACK:  # mostly finished
-            self._deadlines = [(c.deadline, c.id) for c in self._outbound.values()]
-            heapq.heapify(self._deadlines)
-        else:
-            heapq.heappush(self._deadlines, (deadline, call_id))
+        calls = self._outbound
+        live = functools.partial(_deadlines_of, calls)
+        self._deadlines.add(deadline, call_id, len(calls), live)
         if self._expiry is not None and deadline < self._expiry.deadline:
             self._expiry.deadline = deadline
 
     async def _expire_calls(self) -> None:
         """Time out calls made from here at their deadlines: one task for all of them."""
         while True:
-            deadline = self._deadlines[0][0] if self._deadlines else math.inf
-            with trio.CancelScope(deadline=deadline) as self._expiry:
+            with trio.CancelScope(deadline=self._deadlines.next_deadline()) as self._expiry:
                 await trio.sleep_forever()
-            now = trio.current_time()
-            while self._deadlines and self._deadlines[0][0] <= now:
-                call = self._outbound.get(heapq.heappop(self._deadlines)[1])
+            for call_id in self._deadlines.due(trio.current_time()):
+                call = self._outbound.get(call_id)
                 if call is not None:
                     self._abandon(call, "timeout")
 
@@ -413,7 +387,7 @@ class Rpc(Actor):
         timeout = min(max(frame.timeout_ms, 1), MAX_TIMEOUT_MS) / 1000
         forget_at = trio.current_time() + timeout + SERVE_GRACE
         flow = StreamFlow() if frame.stream else None
-        call = Inbound(new_request_id(), sender, frame.id, claim.client, forget_at, flow)
+        call = Inbound(new_request_id(), sender, frame.id, claim.owner, forget_at, flow)
         event = {
             "network": self.network,
             "from": sender,
@@ -423,20 +397,21 @@ class Rpc(Actor):
             "timeout_ms": frame.timeout_ms,
             **payload_of_frame(frame).fields(),
         }
-        if not claim.client.push("rpc_inbound", event):
+        if not claim.owner.push("rpc_inbound", event):
             message = "the serving program is not keeping up"
             self._answer_error(sender, frame.id, frame.stream, WireError("remote_error", message))
             return
-        self._inbound[call.id] = call
-        self._inbound_by_caller[(sender, frame.id)] = call
+        self._inbound.add(call)
 
-    def _refusal(self, sender: str, frame: RpcCall, claim: Claim | None) -> WireError | None:
+    def _refusal(
+        self, sender: str, frame: RpcCall, claim: Claim[Client] | None
+    ) -> WireError | None:
         if claim is None:
             return WireError("no_handler", f"no one serves {frame.method!r} here")
         if claim.streaming is not frame.stream:
             use = "rpc_call_stream" if claim.streaming else "rpc_call"
             return WireError("no_handler", f"{frame.method!r} is served for {use}")
-        if (sender, frame.id) in self._inbound_by_caller:
+        if self._inbound.from_caller(sender, frame.id) is not None:
             return WireError("remote_error", "that request id is already in flight")
         if len(self._inbound) >= MAX_INBOUND_CALLS or self._nursery is None:
             return WireError("remote_error", "busy: too many calls in flight")
@@ -451,7 +426,7 @@ class Rpc(Actor):
         while True:
             await trio.sleep(SWEEP_INTERVAL)
             now = trio.current_time()
-            for call in [c for c in self._inbound.values() if c.forget_at <= now]:
+            for call in [c for c in self._inbound.calls() if c.forget_at <= now]:
                 self._drop_inbound(call, "timeout")
 
     def _drop_inbound(self, call: Inbound, reason: str) -> None:
@@ -463,20 +438,19 @@ class Rpc(Actor):
         )
 
     def _forget_inbound(self, call: Inbound) -> None:
-        self._inbound.pop(call.id, None)
-        self._inbound_by_caller.pop((call.caller, call.remote_id), None)
+        self._inbound.forget(call)
         if call.flow is not None:
             call.flow.changed.set()
 
     def _on_cancel(self, sender: str, frame: Frame) -> None:
         assert isinstance(frame, RpcCancel)
-        call = self._inbound_by_caller.get((sender, frame.id))
+        call = self._inbound.from_caller(sender, frame.id)
         if call is not None:
             self._drop_inbound(call, frame.reason[:64])
 
     def _on_credit(self, sender: str, frame: Frame) -> None:
         assert isinstance(frame, RpcCredit)
-        call = self._inbound_by_caller.get((sender, frame.id))
+        call = self._inbound.from_caller(sender, frame.id)
         if call is not None and call.flow is not None:
             call.flow.grant(frame.n)
 
@@ -557,10 +531,9 @@ class Rpc(Actor):
     def client_gone(self, client: Client) -> None:
         """Release a closed connection's claims, fail its served calls, cancel its calls."""
         self._watched.discard(client.client_id)
-        for method in self.claims_of(client):
-            del self._claims[method]
+        self._claims.drop_owner(client)
         gone = WireError("handler_gone", "the serving program disconnected mid-call")
-        for call in [c for c in self._inbound.values() if c.client is client]:
+        for call in [c for c in self._inbound.calls() if c.client is client]:
             self._forget_inbound(call)
             call.cancelled = "handler_gone"
             self._answer_error(call.caller, call.remote_id, call.stream, gone)
@@ -574,7 +547,7 @@ class Rpc(Actor):
         left = OpError(ErrorCode.PEER_NOT_ACTIVE, f"peer {device_id} left mid-call")
         for call in [c for c in self._outbound.values() if c.peer == device_id]:
             self._finish(call, left)
-        for inbound in [c for c in self._inbound.values() if c.caller == device_id]:
+        for inbound in [c for c in self._inbound.calls() if c.caller == device_id]:
             self._drop_inbound(inbound, "peer_left")
 
     def _stop_calls(self) -> None:
@@ -582,16 +555,20 @@ class Rpc(Actor):
         stopped = OpError(ErrorCode.UNAVAILABLE, f"rpc of {self.network} stopped")
         for call in list(self._outbound.values()):
             self._finish(call, stopped)
-        for inbound in list(self._inbound.values()):
+        for inbound in self._inbound.calls():
             self._drop_inbound(inbound, "stopped")
 
     def _release_claims(self) -> None:
         """The actor stops (network removed, or restarted): owners learn their claims ended."""
-        for method, claim in self._claims.items():
-            claim.client.push(
+        for method, claim in self._claims.clear():
+            claim.owner.push(
                 "handler_displaced", {"network": self.network, "method": method, "by": None}
             )
-        self._claims.clear()
+
+
+def _deadlines_of(calls: dict[str, Outbound]) -> list[tuple[float, str]]:
+    """The (deadline, id) of the calls made from here still in flight."""
+    return [(call.deadline, call.id) for call in calls.values()]
 
 
 def _flow_of(call: Inbound) -> StreamFlow:
