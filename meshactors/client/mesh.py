@@ -18,7 +18,7 @@ from meshactors.client._serving import Handler, Serving, StreamHandler, is_strea
 from meshactors.client._streams import RpcStream, StreamTable
 from meshactors.client.errors import ClientClosed, ClientError, ConnectionLost
 from meshactors.client.networks import NetworkSync, converge
-from meshactors.client.reconnect import Link, Want, WantKind
+from meshactors.client.reconnect import DaemonLink, Want, WantKind
 from meshactors.paths import resolve_paths
 
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds the first connect retries while the daemon starts
@@ -82,7 +82,7 @@ class MeshClient(Ops):
     ) -> None:
         self.socket = Path(socket) if socket is not None else resolve_paths().socket
         self.call_timeout = call_timeout
-        self._link = Link(self.socket, connect_timeout, self._route)
+        self._link = DaemonLink(self.socket, connect_timeout, self._route)
         self._link.desired.last_event_id = events_since
         self._events: Broadcast[dict[str, Any]] = Broadcast()
         self._channels: dict[tuple[str, str], Broadcast[ChannelMessage]] = {}

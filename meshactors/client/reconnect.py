@@ -91,7 +91,7 @@ class _Attempt:
 
 
 @attrs.define(eq=False)
-class Link:
+class DaemonLink:
     """The client's connection to its daemon, kept up and kept in the desired state."""
 
     path: Path

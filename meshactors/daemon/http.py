@@ -38,7 +38,7 @@ from meshactors.daemon.http_response import (
     error_response,
     response_head,
 )
-from meshactors.daemon.http_routes import EventStream, route
+from meshactors.daemon.http_routes import EventStreamAnswer, route
 from meshactors.daemon.session import Session
 from meshactors.daemon.sse import serve_events
 from meshactors.daemon.tcp_auth import TcpAuth
@@ -113,7 +113,7 @@ class HttpConnection:
                 await self._finish(error_response(error))
                 return
             answer = await route(head, body, self.session, request_id)
-            if isinstance(answer, EventStream):
+            if isinstance(answer, EventStreamAnswer):
                 await serve_events(self, self.session.services.events, answer.since)
                 return
             if answer.status >= 400:

@@ -48,7 +48,7 @@ INT_QUERY = re.compile(r"-?[0-9]{1,19}")  # query values read as an integer
 
 
 @attrs.frozen
-class EventStream:
+class EventStreamAnswer:
     """Route outcome: answer with server-sent events, replaying the log after `since`."""
 
     since: int | None
@@ -56,7 +56,7 @@ class EventStream:
 
 async def route(
     head: RequestHead, body: bytes, session: Session, request_id: int
-) -> HttpResponse | EventStream:
+) -> HttpResponse | EventStreamAnswer:
     """Answer one request; every failure becomes a JSON error response."""
     try:
         return await _route(head, body, session, request_id)
@@ -66,7 +66,7 @@ async def route(
 
 async def _route(
     head: RequestHead, body: bytes, session: Session, request_id: int
-) -> HttpResponse | EventStream:
+) -> HttpResponse | EventStreamAnswer:
     allowed = allowed_methods(head.path, session.services.ops.ops)
     if not allowed:
         raise HttpError(HttpErrorCode.UNKNOWN_ROUTE, f"no route {head.path}")
@@ -101,7 +101,9 @@ def _op_in_path(path: str, ops: Container[str]) -> str | None:
     return match.group(1) if match and match.group(1) in ops else None
 
 
-async def _get(head: RequestHead, session: Session, request_id: int) -> HttpResponse | EventStream:
+async def _get(
+    head: RequestHead, session: Session, request_id: int
+) -> HttpResponse | EventStreamAnswer:
     if head.path == HEALTH_PATH:
         structure_query(head.query, _NoQuery)
         services = session.services
@@ -116,7 +118,7 @@ async def _get(head: RequestHead, session: Session, request_id: int) -> HttpResp
                 raise OpError(ErrorCode.INVALID_PARAMS, "Last-Event-ID must be an event id")
             since = int(last_event_id)
         check_since(since)
-        return EventStream(since)
+        return EventStreamAnswer(since)
     name = GET_OPS[head.path]
     op = session.services.ops.ops.get(name)
     if op is None:

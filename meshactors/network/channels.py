@@ -44,7 +44,7 @@ INBOUND = "channel_inbound"  # the event kind of a received message
 _PAYLOAD_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # as ipc.encode
 
 
-class Client(Protocol):
+class ChannelClient(Protocol):
     """A local connection as channels see it (a daemon `Session` is one)."""
 
     client_id: str
@@ -64,7 +64,7 @@ class ChannelPump(Actor):
 
     network: str
     channel: str
-    subscribers: dict[str, Client] = attrs.field(factory=dict)
+    subscribers: dict[str, ChannelClient] = attrs.field(factory=dict)
     inbox: Inbox[list[bytes]] = attrs.field(factory=lambda: Inbox(PUMP_INBOX))
     delivered: int = 0
     lagged: int = 0
@@ -157,7 +157,7 @@ class Channels(Actor):
 
     # -- subscribing ------------------------------------------------------------------------
 
-    async def subscribe(self, client: Client, channel: str) -> dict[str, Any]:
+    async def subscribe(self, client: ChannelClient, channel: str) -> dict[str, Any]:
         """Add `client` to `channel` (starting its pump); it gets retained values at once."""
         async with self._lock:
             pump = self._pumps.get(channel)
@@ -170,7 +170,7 @@ class Channels(Actor):
             client.push(INBOUND, self._event(sender, channel, payload, retained=True))
         return {"network": self.network, "channel": channel, "retained": len(retained)}
 
-    async def unsubscribe(self, client: Client, channel: str) -> bool:
+    async def unsubscribe(self, client: ChannelClient, channel: str) -> bool:
         """Remove `client` from `channel`; the last one out stops the pump. False if absent."""
         async with self._lock:
             pump = self._pumps.get(channel)
@@ -200,7 +200,7 @@ class Channels(Actor):
         if self.tree is not None:
             await self.tree.stop_child(_pump_name(channel))
 
-    def _watch(self, client: Client) -> None:
+    def _watch(self, client: ChannelClient) -> None:
         if client.client_id in self._watched:
             return
         self._watched.add(client.client_id)

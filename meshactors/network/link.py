@@ -114,7 +114,7 @@ class PresenceLeave:
 
 
 @attrs.frozen
-class Inbound:
+class InboundRecords:
     """One batch of (sender public key, sealed bytes) records from the broker."""
 
     records: list[tuple[bytes, bytes]]
@@ -127,13 +127,13 @@ class Undeliverable:
     device_id: str
 
 
-LinkEvent = LinkUp | LinkLost | PresenceJoin | PresenceLeave | Inbound | Undeliverable
+LinkEvent = LinkUp | LinkLost | PresenceJoin | PresenceLeave | InboundRecords | Undeliverable
 
 
 _Queued = tuple[bytes, bytes]  # (destination public key, sealed bytes) for the writer
 
 
-class EventSink(Protocol):
+class LinkEventSink(Protocol):
     """Where the link delivers what it hears: the peers actor's inbox."""
 
     async def put(self, event: LinkEvent, /) -> None: ...
@@ -157,7 +157,7 @@ class Link(Actor):
     network: str
     brokers: list[str]
     signing_key: SigningKey = attrs.field(repr=False)
-    deliver: EventSink
+    deliver: LinkEventSink
     role: str = LINK_ROLE
     rng: random.Random = attrs.field(factory=random.Random)
     state: str = "idle"  # idle, connecting, up, backoff, stopped
@@ -355,7 +355,7 @@ class Link(Actor):
                 continue
             self.batches_in += 1
             self.frames_in += len(records)
-            await self.deliver.put(Inbound(records))
+            await self.deliver.put(InboundRecords(records))
 
     def _notice(self, text: str) -> LinkEvent | None:
         try:

@@ -25,7 +25,7 @@ from meshactors.daemon.events import EventHub
 from meshactors.identity import Identity
 from meshactors.network.link import (
     LINK_ROLE,
-    Inbound,
+    InboundRecords,
     Link,
     LinkDown,
     LinkEvent,
@@ -348,7 +348,7 @@ class Peers(Actor):
                     reply.ok(await fn())
                 except Exception as exc:
                     reply.fail(exc)
-            case Inbound(records=records):
+            case InboundRecords(records=records):
                 for public_key, sealed in records:
                     await self._on_record(public_key, sealed)
             case PresenceJoin(device_id=device_id, role=role):

@@ -52,7 +52,7 @@ SWEEP_INTERVAL = 1.0  # seconds between sweeps for served calls past their deadl
 Cleanup = Callable[[], Awaitable[None]]
 
 
-class Client(Protocol):
+class RpcClient(Protocol):
     """A local connection as RPC and channels see it (a daemon `Session` is one)."""
 
     client_id: str
@@ -92,13 +92,13 @@ class StreamFlow:
 
 
 @attrs.define(eq=False)
-class Inbound:
+class InboundCall:
     """A call served here: the caller's device and id, and the connection answering it."""
 
     id: str
     caller: str
     remote_id: str
-    client: Client
+    client: RpcClient
     forget_at: float  # trio time: the caller gave up by then (deadline + SERVE_GRACE)
     flow: StreamFlow | None  # a streamed answer's credit; None for a single answer
     cancelled: str | None = None
@@ -115,7 +115,7 @@ class Outbound:
 
     id: str
     peer: str
-    client: Client
+    client: RpcClient
     stream: bool
     deadline: float  # trio time
     answer: Pending[dict[str, Any]] | None = None  # single calls: the answer, as the op gives it
@@ -133,8 +133,8 @@ class Rpc(Actor):
     wire: AppWire
     postbox: Postbox = attrs.field(init=False)
     counters: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
-    _claims: ClaimTable[Client] = attrs.field(factory=ClaimTable, init=False)
-    _inbound: ServedCalls[Inbound] = attrs.field(factory=ServedCalls, init=False)
+    _claims: ClaimTable[RpcClient] = attrs.field(factory=ClaimTable, init=False)
+    _inbound: ServedCalls[InboundCall] = attrs.field(factory=ServedCalls, init=False)
     _outbound: dict[str, Outbound] = attrs.field(factory=dict, init=False)
     _watched: set[str] = attrs.field(factory=set, init=False)
     _deadlines: DeadlineHeap = attrs.field(factory=DeadlineHeap, init=False)
@@ -175,7 +175,7 @@ class Rpc(Actor):
 
     # -- claims ----------------------------------------------------------------------------
 
-    def register(self, client: Client, method: str, streaming: bool) -> str | None:
+    def register(self, client: RpcClient, method: str, streaming: bool) -> str | None:
         """Claim `method` for `client`; returns the client id it displaced, if any."""
         displaced = self._claims.claim(client, method, streaming)
         self._watch(client)
@@ -185,16 +185,16 @@ class Rpc(Actor):
         displaced.push("handler_displaced", {"network": self.network, "method": method, "by": by})
         return displaced.client_id
 
-    def unregister(self, client: Client, method: str) -> bool:
+    def unregister(self, client: RpcClient, method: str) -> bool:
         """Give up `client`'s claim on `method`; False when it held none."""
         return self._claims.release(client, method)
 
-    def claims_of(self, client: Client) -> list[str]:
+    def claims_of(self, client: RpcClient) -> list[str]:
         """Methods `client` owns here."""
         return self._claims.methods_of(client)
 
     def call(
-        self, client: Client, peer: str, method: str, payload: Payload, timeout_ms: int
+        self, client: RpcClient, peer: str, method: str, payload: Payload, timeout_ms: int
     ) -> Pending[dict[str, Any]]:
         """Call `method` on `peer`; the call frame leaves now when that takes no wait. The
         answer (`payload` or `payload_b64`, or OpError with the failure's code) settles the
@@ -234,7 +234,7 @@ class Rpc(Actor):
                 sent.resolve({})
 
     async def call_stream(
-        self, client: Client, peer: str, method: str, payload: Payload, timeout_ms: int
+        self, client: RpcClient, peer: str, method: str, payload: Payload, timeout_ms: int
     ) -> str:
         """Start a streamed call; its chunks and end reach `client` as events. Returns its id."""
         call = self._open_call(client, peer, stream=True, timeout_ms=timeout_ms)
@@ -245,7 +245,7 @@ class Rpc(Actor):
         """Whether a call made from here has this id."""
         return request_id in self._outbound
 
-    def cancel(self, client: Client, request_id: str) -> None:
+    def cancel(self, client: RpcClient, request_id: str) -> None:
         """Stop `client`'s call and tell the serving side (OpError unknown_request)."""
         call = self._outbound.get(request_id)
         if call is None or call.client is not client:
@@ -255,7 +255,7 @@ class Rpc(Actor):
 
     def _open_call(
         self,
-        client: Client,
+        client: RpcClient,
         peer: str,
         *,
         stream: bool,
@@ -387,7 +387,7 @@ class Rpc(Actor):
         timeout = min(max(frame.timeout_ms, 1), MAX_TIMEOUT_MS) / 1000
         forget_at = trio.current_time() + timeout + SERVE_GRACE
         flow = StreamFlow() if frame.stream else None
-        call = Inbound(new_request_id(), sender, frame.id, claim.owner, forget_at, flow)
+        call = InboundCall(new_request_id(), sender, frame.id, claim.owner, forget_at, flow)
         event = {
             "network": self.network,
             "from": sender,
@@ -404,7 +404,7 @@ class Rpc(Actor):
         self._inbound.add(call)
 
     def _refusal(
-        self, sender: str, frame: RpcCall, claim: Claim[Client] | None
+        self, sender: str, frame: RpcCall, claim: Claim[RpcClient] | None
     ) -> WireError | None:
         if claim is None:
             return WireError("no_handler", f"no one serves {frame.method!r} here")
@@ -429,7 +429,7 @@ class Rpc(Actor):
             for call in [c for c in self._inbound.calls() if c.forget_at <= now]:
                 self._drop_inbound(call, "timeout")
 
-    def _drop_inbound(self, call: Inbound, reason: str) -> None:
+    def _drop_inbound(self, call: InboundCall, reason: str) -> None:
         """Forget a served call the caller no longer waits for, and tell its connection."""
         self._forget_inbound(call)
         call.cancelled = reason
@@ -437,7 +437,7 @@ class Rpc(Actor):
             "rpc_cancelled", {"network": self.network, "request_id": call.id, "reason": reason}
         )
 
-    def _forget_inbound(self, call: Inbound) -> None:
+    def _forget_inbound(self, call: InboundCall) -> None:
         self._inbound.forget(call)
         if call.flow is not None:
             call.flow.changed.set()
@@ -458,7 +458,7 @@ class Rpc(Actor):
         """Whether a call served here has this id."""
         return request_id in self._inbound
 
-    def _serving(self, client: Client, request_id: str, *, stream: bool) -> Inbound:
+    def _serving(self, client: RpcClient, request_id: str, *, stream: bool) -> InboundCall:
         call = self._inbound.get(request_id)
         if call is None or call.client is not client:
             raise _unknown(request_id)
@@ -468,7 +468,7 @@ class Rpc(Actor):
         return call
 
     def respond(
-        self, client: Client, request_id: str, answer: Payload | str
+        self, client: RpcClient, request_id: str, answer: Payload | str
     ) -> Pending[dict[str, Any]]:
         """Answer a served call with a payload, or with an error message (str). The answer
         leaves now when that takes no wait (the Pending is settled already), else from a task
@@ -488,7 +488,7 @@ class Rpc(Actor):
             self._nursery.start_soon(self._send_later, call.caller, frame, sent.fail, sent)
         return sent
 
-    async def stream_chunk(self, client: Client, request_id: str, payload: Payload) -> None:
+    async def stream_chunk(self, client: RpcClient, request_id: str, payload: Payload) -> None:
         """Send one chunk of a streamed answer, waiting while the caller has no credit left."""
         call = self._serving(client, request_id, stream=True)
         flow = _flow_of(call)
@@ -500,14 +500,14 @@ class Rpc(Actor):
             frame = RpcChunk(call.remote_id, payload.value, payload.binary)
             await self.wire.send(call.caller, frame)
 
-    def _check_open(self, call: Inbound) -> None:
+    def _check_open(self, call: InboundCall) -> None:
         """OpError cancelled (the caller ended it) or unknown_request (it finished meanwhile)."""
         if call.cancelled is not None:
             raise OpError(ErrorCode.CANCELLED, f"the caller ended the call ({call.cancelled})")
         if self._inbound.get(call.id) is not call:
             raise _unknown(call.id)
 
-    async def stream_end(self, client: Client, request_id: str, error: str | None) -> None:
+    async def stream_end(self, client: RpcClient, request_id: str, error: str | None) -> None:
         """End a streamed answer (after every chunk sent so far), with an error if it failed."""
         call = self._serving(client, request_id, stream=True)
         async with _flow_of(call).lock:
@@ -518,7 +518,7 @@ class Rpc(Actor):
 
     # -- connections and peers going away -------------------------------------------------
 
-    def _watch(self, client: Client) -> None:
+    def _watch(self, client: RpcClient) -> None:
         if client.client_id in self._watched:
             return
         self._watched.add(client.client_id)
@@ -528,7 +528,7 @@ class Rpc(Actor):
 
         client.on_close(closed)
 
-    def client_gone(self, client: Client) -> None:
+    def client_gone(self, client: RpcClient) -> None:
         """Release a closed connection's claims, fail its served calls, cancel its calls."""
         self._watched.discard(client.client_id)
         self._claims.drop_owner(client)
@@ -571,7 +571,7 @@ def _deadlines_of(calls: dict[str, Outbound]) -> list[tuple[float, str]]:
     return [(call.deadline, call.id) for call in calls.values()]
 
 
-def _flow_of(call: Inbound) -> StreamFlow:
+def _flow_of(call: InboundCall) -> StreamFlow:
     """The credit of a call `_serving` found streamed."""
     assert call.flow is not None
     return call.flow

@@ -20,7 +20,7 @@ from nacl.signing import SigningKey
 from meshactors.actors import ChildSpec, Node, Supervisor, run_root
 from meshactors.daemon.events import EventHub
 from meshactors.identity import Identity
-from meshactors.network.link import Inbound, Link, PresenceJoin
+from meshactors.network.link import InboundRecords, Link, PresenceJoin
 from meshactors.network.peers import PEER_PING_INTERVAL, PING_RATE, Peers
 from meshactors.network.sealing import PeerCrypto
 from meshactors.store import networks as roster_db
@@ -89,7 +89,7 @@ async def _probes_in_window(tmp_path: Path, clock: trio.testing.MockClock, hands
             device_id = device_id_from_public_key(bytes(key.verify_key))
             sealed = PeerCrypto.for_peer(key, identity.device_id).seal(encode_frame(_hello()))
             await peers.inbox.sender.send(PresenceJoin(device_id, "daemon"))
-            await peers.inbox.sender.send(Inbound([(bytes(key.verify_key), sealed)]))
+            await peers.inbox.sender.send(InboundRecords([(bytes(key.verify_key), sealed)]))
         listed = await peers.list_peers(include_all=True)
         assert [p["status"] for p in listed] == ["pending"] * handshaken  # hello read
         clock.jump(PEER_PING_INTERVAL)  # the loop's first look found no peer yet
