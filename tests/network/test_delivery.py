@@ -19,10 +19,13 @@ async def inbox_of(daemon: Daemon, count: int) -> list[dict[str, Any]]:
     """Wait until the daemon's inbox holds `count` messages; returns them all."""
     with trio.fail_after(WAIT):
         while True:
+            # The mark is taken before the query: a message that lands while the query is
+            # in flight is then an event after it, not one the wait below would skip.
+            seen = daemon.last_event_id
             messages = (await daemon.call("inbox", limit=500))["messages"]
             if len(messages) >= count:
                 return list(messages)
-            await daemon.wait_event("message", after=daemon.last_event_id)
+            await daemon.wait_event("message", after=seen)
 
 
 async def outbox_row(daemon: Daemon, row_id: str) -> dict[str, Any]:
