@@ -1,5 +1,4 @@
-"""`socket_io`: reads that skip trio's extra schedule point only when they already waited,
-and writes from sync code that never touch a closed socket."""
+"""`socket_io`: reads that skip trio's extra schedule point only when they already waited."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from meshactors.socket_io import plain_socket, receive_some, write_nowait
+from meshactors.socket_io import receive_some
 
 WAIT_S = 5.0
 
@@ -79,18 +78,5 @@ async def test_a_reset_connection_is_broken() -> None:
 
 async def test_other_streams_read_through_trio() -> None:
     ours, theirs = trio.testing.memory_stream_pair()
-    assert plain_socket(ours) is None
     await theirs.send_all(b"mem")
     assert await receive_some(ours, 100) == b"mem"
-
-
-async def test_write_nowait_writes_what_fits_and_never_a_closed_socket() -> None:
-    ours, theirs = await unix_pair()
-    assert write_nowait(ours.socket, b"now") == 3
-    assert await receive_some(theirs, 100) == b"now"
-    big = b"z" * (16 << 20)
-    written = write_nowait(ours.socket, big)
-    assert written is not None and 0 < written < len(big)  # the socket buffer filled up
-    assert write_nowait(ours.socket, b"more") is None  # it would block
-    await ours.aclose()
-    assert write_nowait(ours.socket, b"gone") is None

@@ -1,13 +1,12 @@
 """The `client c<n>` actor: one control-socket connection, its requests, answers and events.
 
-It reads request lines, runs each op in its own task (up to a cap) except channel sends,
-which one in-order task runs as they come (consecutive ones merged: see daemon/optable.py),
-writes each answer or event from the task that made it when nothing is queued or being written
-(one scheduler pass fewer; a pushed event is written without yielding at all when the socket
-takes it, and a received frame's channel messages in one write), else through one bounded
-outgoing queue that keeps the order, and
-on disconnect runs the session's cleanups (method claims, subscriptions), so a vanished
-program leaves nothing behind.
+It reads request lines and runs each op in its own task (up to a cap), except channel sends,
+which one in-order task runs as they come (consecutive ones merged: see daemon/optable.py).
+Every answer and event goes on one bounded outgoing channel; one writer task drains what is
+queued into one socket write, so the socket has one writer and frames keep their order. Events
+pushed by other actors wait in the connection's bounded push queue (lagging when full) for its
+forwarder. On disconnect the session's cleanups run (method claims, subscriptions), so a
+vanished program leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ from meshactors.daemon.optable import Outcome, as_op_error, finish
 from meshactors.daemon.services import Services
 from meshactors.daemon.session import Push, Session
 from meshactors.daemon.tcp_auth import TcpAuth
-from meshactors.socket_io import plain_socket, write_nowait
 from meshactors.store.events import Event
 from meshactors.wire.ipc import (
     MAX_FRAME_BYTES,
@@ -81,13 +79,8 @@ class ClientActor(Actor):
     _out_receive: trio.MemoryReceiveChannel[bytes] = attrs.field(init=False)
     _in_order_send: trio.MemorySendChannel[Request] = attrs.field(init=False)
     _in_order_receive: trio.MemoryReceiveChannel[Request] = attrs.field(init=False)
+    writes: int = 0  # socket writes made: each carries whatever was queued for it
     _session: Session | None = attrs.field(default=None, init=False)
-    _unwritten: int = attrs.field(default=0, init=False)  # frames queued and not yet written
-    _writing: bool = attrs.field(default=False, init=False)
-    _pushes_idle: bool = attrs.field(default=False, init=False)  # their forwarder has none
-    _answering: bool = attrs.field(default=False, init=False)  # settled requests may be answered
-    _socket: trio.socket.SocketType | None = attrs.field(default=None, init=False)  # if plain
-    _written: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._out_send, self._out_receive = trio.open_memory_channel[bytes](OUTGOING_CAPACITY)
@@ -95,7 +88,6 @@ class ClientActor(Actor):
         self._in_order_send, self._in_order_receive = trio.open_memory_channel[Request](
             MAX_CONCURRENT_REQUESTS
         )
-        self._socket = plain_socket(self.stream)
 
     def figures(self) -> dict[str, Any]:
         session = self._session
@@ -104,6 +96,7 @@ class ClientActor(Actor):
             "requests": self.requests,
             "errors": self.errors,
             "in_flight": self.in_flight,
+            "writes": self.writes,
             "events": session.events_subscribed if session else False,
             "outgoing": self._out_receive.statistics().current_buffer_used,
             "pushes_queued": session.pushes.queued if session else 0,
@@ -118,8 +111,6 @@ class ClientActor(Actor):
                     self.client_id,
                     self.services,
                     pushes,
-                    self._offer_push,
-                    self._offer_lines,
                     nursery,
                     self,
                 )
@@ -132,7 +123,6 @@ class ClientActor(Actor):
                     ).serve()
                 else:
                     self.protocol = "json-lines"
-                    self._answering = True
                     nursery.start_soon(self._write_frames)
                     nursery.start_soon(self._run_in_order)
                     nursery.start_soon(self._forward_pushes, pushes)
@@ -144,7 +134,7 @@ class ClientActor(Actor):
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
             log.debug("client hung up mid-write", client=self.client_id)
         finally:
-            self._answering = False
+            self._out_send.close()  # answers settled from now on have nobody to read them
             with cleanup_scope():
                 if self._session is not None:
                     for cleanup in self._session.take_cleanups():
@@ -213,11 +203,10 @@ class ClientActor(Actor):
                 nursery.start_soon(self._answer, request, work)
 
     def _settled(self, request: Request, outcome: Any) -> None:
-        """Answer a request whose Pending settled, from the task that settled it."""
+        """Answer a request whose Pending settled: the settling task puts the answer on this
+        connection's outgoing channel, without waiting."""
         self.requests += 1
         self.in_flight -= 1
-        if not self._answering:
-            return  # the connection is closing: nobody reads answers now
         if isinstance(outcome, Exception):
             self.errors += 1
             assert self._session is not None
@@ -226,7 +215,13 @@ class ClientActor(Actor):
             return  # a notification that succeeded: no answer
         else:
             frame = ok_frame(request.id, outcome)
-        self._emit_nowait(frame)
+        try:
+            self._out_send.send_nowait(frame)
+        except trio.WouldBlock:  # the writer is behind: a task of this connection waits for room
+            assert self._session is not None
+            self._session.nursery.start_soon(self._emit, frame)
+        except trio.ClosedResourceError:
+            pass  # the connection is closing: nobody reads answers now
 
     async def _answer(self, request: Request, work: Awaitable[Any] | OpError) -> None:
         """Answer `request` with the outcome of its begun `work` (or the error it began with)."""
@@ -285,70 +280,10 @@ class ClientActor(Actor):
         """Write one event frame that is not logged (e.g. a replay gap notice)."""
         await self._emit(event_frame(kind, data))
 
-    def _offer_push(self, item: Push) -> bool:
-        """Write a pushed event now if nothing is waiting before it, else queue it for
-        `_forward_pushes`; False (counted as skipped) when the queue is full."""
-        assert self._session is not None
-        if self._may_write_push():
-            try:
-                item = _encoded(item)
-            except (TypeError, ValueError):  # not JSON: the forwarder meets it, not the pusher
-                return self._session.pushes.offer(item)
-            if self._write_push(item):
-                return True
-        return self._session.pushes.offer(item)
-
-    def _offer_lines(self, lines: list[bytes]) -> int:
-        """Push encoded event lines, in order: written in one go if nothing is waiting before
-        them (one write for a received frame's worth of channel messages, not one each), else
-        queued one by one; returns how many were taken (see `_offer_push`)."""
-        assert self._session is not None
-        if lines and self._may_write_push() and self._write_push(b"".join(lines)):
-            return len(lines)
-        return sum(self._session.pushes.offer(line) for line in lines)
-
-    def _may_write_push(self) -> bool:
-        """Whether a push may be written now: its forwarder idles and nothing is queued or being
-        written. Either way the forwarder stops idling: what the caller writes or queues now
-        goes before any later push."""
-        idle, self._pushes_idle = self._pushes_idle, False
-        return idle and self._unwritten == 0 and not self._writing
-
-    def _write_push(self, line: bytes) -> bool:
-        """Write what `_may_write_push` allowed; once written, the forwarder idles again."""
-        if not self._write_now(line):
-            return False
-        self._pushes_idle = True
-        return True
-
-    def _write_now(self, frame: bytes) -> bool:
-        """Write `frame` to a plain socket without yielding; what the socket does not take at
-        once heads the outgoing queue. False: nothing written (would block, or gone)."""
-        sent = None if self._socket is None else write_nowait(self._socket, frame)
-        if sent is None:
-            return False
-        if sent < len(frame):
-            self._unwritten += 1
-            self._out_send.send_nowait(frame[sent:])  # the queue was empty: never full
-        return True
-
     async def _forward_pushes(self, pushes: Subscriber[Push]) -> None:
-        """Write pushed events, those queued together (up to PUSH_BATCH, PUSH_BATCH_BYTES) in
-        one outgoing frame: one queue pass for a received frame's worth of events."""
-        try:
-            await self._forward_each(pushes)
-        finally:
-            self._pushes_idle = False  # nobody forwards now: pushes must queue (and go unread)
-
-    async def _forward_each(self, pushes: Subscriber[Push]) -> None:
-        """The forwarding loop: idle (so pushes are written at once) while nothing is queued."""
-        while True:
-            self._pushes_idle = pushes.drained
-            try:
-                item = await pushes.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                return
-            self._pushes_idle = False
+        """Move pushed events to the outgoing channel, those queued together (up to PUSH_BATCH,
+        PUSH_BATCH_BYTES) as one frame, and report lag where events were skipped."""
+        async for item in pushes:
             if isinstance(item, Lagged):
                 await report_lag(item, pushes, self)
                 continue
@@ -363,54 +298,30 @@ class ClientActor(Actor):
                 size += len(frames[-1])
             await self._emit(b"".join(frames))
 
-    def _emit_nowait(self, frame: bytes) -> None:
-        """`_emit` from code that cannot wait: written now, or queued, or (the queue is full)
-        handed to a task."""
-        if self._unwritten == 0 and not self._writing and self._write_now(frame):
-            return
-        try:
-            self._out_send.send_nowait(frame)
-        except trio.WouldBlock:
-            assert self._session is not None
-            self._session.nursery.start_soon(self._emit, frame)
-        else:
-            self._unwritten += 1
-
     async def _emit(self, frame: bytes) -> None:
-        """Write `frame` now from this task when nothing is queued or being written (without a
-        yield when the socket takes it at once); else queue it for the writer, keeping the
-        order."""
-        if self._unwritten == 0 and not self._writing:
-            if not self._write_now(frame):
-                await self._write(frame)
-            return
-        self._unwritten += 1
+        """Queue `frame` for the writer, in order; waits while the outgoing channel is full."""
         await self._out_send.send(frame)
 
     async def _write_frames(self) -> None:
-        while True:
-            batch = [await self._out_receive.receive()]
-            while self._writing:
-                await self._written.park()
+        """The connection's one writer: each write carries everything queued (up to
+        WRITE_BATCH frames)."""
+        async for frame in self._out_receive:
+            batch = [frame]
             while len(batch) < WRITE_BATCH:
                 try:
                     batch.append(self._out_receive.receive_nowait())
                 except trio.WouldBlock:
                     break
             await self._write(b"".join(batch))
-            self._unwritten -= len(batch)
 
     async def _write(self, data: bytes) -> None:
-        """The one place bytes reach the socket; other writers wait (the writer task parks)."""
-        self._writing = True
+        """The one place bytes reach the socket: the writer task's, or the HTTP handler's."""
+        self.writes += 1
         try:
             await self.stream.send_all(data)
         except trio.Cancelled:
             await trio.aclose_forcefully(self.stream)  # a frame may be cut: nothing may follow it
             raise
-        finally:
-            self._writing = False
-            self._written.unpark_all()
 
 
 _NULL_ID = b'{"id":null'  # how every answer frame begins when its id is None

@@ -35,9 +35,7 @@ class Session:
 
     client_id: str
     services: Services
-    pushes: Subscriber[Push]  # where pushed events wait for the connection's writer
-    offer: Callable[[Push], bool]  # how a push reaches the connection (maybe written at once)
-    offer_lines: Callable[[list[bytes]], int]  # ... and encoded event lines (written together)
+    pushes: Subscriber[Push]  # where pushed events wait for the connection's forwarder
     nursery: trio.Nursery
     sink: EventSink
     events_subscribed: bool = False
@@ -46,12 +44,12 @@ class Session:
 
     def push(self, kind: str, data: dict[str, Any]) -> bool:
         """Queue an event addressed to this connection only; never waits (lags when full)."""
-        return self.offer({"kind": kind, **data})
+        return self.pushes.offer({"kind": kind, **data})
 
     def push_frames(self, frames: list[bytes]) -> int:
         """Queue encoded event lines, in order, without waiting; returns how many were taken
         (each one that was not counts as skipped, as with `push`)."""
-        return self.offer_lines(frames)
+        return sum(self.pushes.offer(frame) for frame in frames)
 
     def on_close(self, cleanup: Cleanup) -> None:
         """Run `cleanup` when the connection ends (in reverse order of registration)."""
