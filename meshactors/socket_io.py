@@ -1,10 +1,10 @@
 """Reads on a plain socket stream that skip the scheduler pass trio adds.
 
 trio's `receive_some` ends every successful call with a schedule point: one more pass of the
-run loop (tens of µs here) per message, on the latency path of every hop. `receive_some` below returns as soon as a read that had to wait gets its bytes (the wait was
-the schedule point); a read that finds bytes at once still yields, so a busy socket never
-starves the other tasks. Streams that are not a plain socket (TLS, test streams) use trio's
-call.
+run loop (tens of µs here) per message, on the latency path of every hop. `receive_some` below
+returns as soon as a read that had to wait gets its bytes (the wait was the schedule point); a
+read that finds bytes at once still yields, so a busy socket never starves the other tasks.
+Streams that are not a plain socket (TLS, test streams) use trio's call.
 """
 
 from __future__ import annotations
