@@ -20,6 +20,7 @@ from meshactors.client.errors import (
     ClientError,
     ConnectionLost,
     DaemonNotRunning,
+    DeadlineExceeded,
 )
 from meshactors.client.mesh import DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, MeshClient
 from meshactors.client.networks import NetworkSync
@@ -60,13 +61,20 @@ class SyncClient:
         """Run one op and return its `data`; raises ClientError on an error answer."""
         request_id = self._next_id
         self._next_id += 1
-        self.sock.sendall(encode_request(request_id, op, params))
-        while True:
-            frame = self._read_frame()
-            if is_event(frame):
-                self._events.append(frame)
-            elif frame.get("id") == request_id:
-                return answer_data(frame)
+        try:
+            self.sock.sendall(encode_request(request_id, op, params))
+            while True:
+                frame = self._read_frame()
+                if is_event(frame):
+                    self._events.append(frame)
+                elif frame.get("id") == request_id:
+                    return answer_data(frame)
+        except TimeoutError:
+            raise DeadlineExceeded(op, self.timeout) from None
+        except OSError as exc:  # reset or broken pipe: the daemon went away mid-call
+            raise ConnectionLost(
+                f"the daemon closed the connection: {exc.strerror or exc}"
+            ) from None
 
     def events(self) -> Iterator[dict[str, Any]]:
         """Event frames, in order, forever (after `events_subscribe`)."""
