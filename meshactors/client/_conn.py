@@ -146,8 +146,15 @@ class Connection:
             pending.done.set()
 
     async def _write(self) -> None:
+        """The connection's one writer: each write carries every request line queued for it."""
         async for line in self._out_receive:
-            await self.stream.send_all(line)
+            lines = [line]
+            while len(lines) < OUTGOING_CAPACITY:
+                try:
+                    lines.append(self._out_receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self.stream.send_all(b"".join(lines))
 
     def _close(self, reason: ClientError) -> None:
         if self.closed.is_set():
