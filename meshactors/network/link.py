@@ -136,7 +136,7 @@ _Queued = tuple[bytes, bytes]  # (destination public key, sealed bytes) for the 
 class LinkEventSink(Protocol):
     """Where the link delivers what it hears: the peers actor's inbox."""
 
-    async def put(self, event: LinkEvent, /) -> None: ...
+    async def send(self, event: LinkEvent, /) -> None: ...
 
 
 class BrokerProtocolError(Exception):
@@ -314,7 +314,7 @@ class Link(Actor):
         self._pace = welcome.pace()
         log.info("broker link up", network=self.network, url=url, peers=len(welcome.peers))
         try:
-            await self.deliver.put(LinkUp(url, welcome.peers))
+            await self.deliver.send(LinkUp(url, welcome.peers))
             async with trio.open_nursery() as nursery:
                 session = nursery.cancel_scope
                 nursery.start_soon(
@@ -327,7 +327,7 @@ class Link(Actor):
             send.close()
             self.dropped += _drain(receive)
             with cleanup_scope():
-                await self.deliver.put(LinkLost(str(self.last_error or "closed")))
+                await self.deliver.send(LinkLost(str(self.last_error or "closed")))
 
     async def _until_closed(
         self, session: trio.CancelScope, task: Callable[..., Awaitable[None]], *args: Any
@@ -346,7 +346,7 @@ class Link(Actor):
             if isinstance(message, str):
                 event = self._notice(message)
                 if event is not None:
-                    await self.deliver.put(event)
+                    await self.deliver.send(event)
                 continue
             try:
                 records = decode_batch(message)
@@ -355,7 +355,7 @@ class Link(Actor):
                 continue
             self.batches_in += 1
             self.frames_in += len(records)
-            await self.deliver.put(InboundRecords(records))
+            await self.deliver.send(InboundRecords(records))
 
     def _notice(self, text: str) -> LinkEvent | None:
         try:

@@ -300,7 +300,8 @@ class Peers(Actor):
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._ping_loop)
-                await self.inbox.serve(self._handle_then_save)
+                async for message in self.inbox.receiver:
+                    await self._handle_then_save(message)
         finally:
             with cleanup_scope():
                 await self._save_unsaved()
@@ -662,15 +663,13 @@ class Peers(Actor):
         logged, not fatal."""
         if not self._unsaved:
             return
-        entries, self._unsaved = list(self._unsaved.values()), {}
+        entries = list(self._unsaved.values())
         try:
             await self._save_roster(entries)
         except Exception as exc:
             self.dropped["roster_unsaved"] += len(entries)
             log.warning("auto-approvals not saved", network=self.network, error=str(exc))
-        except BaseException:  # cancelled (e.g. in the link's task): save them next time
-            self._unsaved = {entry.device_id: entry for entry in entries} | self._unsaved
-            raise
+        self._unsaved.clear()  # not reached when cancelled: the stopping actor saves them
 
     async def _save_roster(self, entries: list[roster_db.RosterEntry]) -> None:
         await self.store.call(

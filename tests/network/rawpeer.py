@@ -31,7 +31,7 @@ class _Heard:
 
     up: trio.Event = attrs.field(factory=trio.Event)
 
-    async def put(self, event: LinkEvent, /) -> None:
+    async def send(self, event: LinkEvent, /) -> None:
         if isinstance(event, LinkUp):
             self.up.set()
 

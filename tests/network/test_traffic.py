@@ -21,7 +21,7 @@ class Note(Frame):
 
 
 @attrs.define
-class Inbox:
+class NoteLog:
     """Notes a daemon's network handed to the registered handler."""
 
     notes: list[tuple[str, str]] = attrs.field(factory=list)
@@ -41,7 +41,7 @@ class Inbox:
 
 async def test_active_peers_exchange_app_frames_in_batches(mesh: Mesh) -> None:
     a, b = await active_pair(mesh)
-    inbox = Inbox()
+    inbox = NoteLog()
     b.network().register_app_handler("test_note", inbox)
     batches_before = a.network().link.batches_out
     async with trio.open_nursery() as nursery:
@@ -69,7 +69,7 @@ async def test_send_to_peer_refuses_peers_that_are_not_active(mesh: Mesh) -> Non
 
 async def test_removed_peer_is_cut_off_at_once(mesh: Mesh) -> None:
     a, b = await active_pair(mesh)
-    inbox = Inbox()
+    inbox = NoteLog()
     a.network().register_app_handler("test_note", inbox)
     await b.network().send_to_peer(a.device_id, Note("before"))
     await inbox.wait_for(1)
@@ -129,7 +129,7 @@ async def test_profile_reaches_peers_and_an_invisible_daemon_still_answers(mesh:
     listed = (await b.call("peers_list", network=NET))["peers"]
     assert a.device_id not in [p["device_id"] for p in listed]
     assert (await b.peer(a) or {})["status"] == "active"  # `all` still shows it
-    inbox = Inbox()
+    inbox = NoteLog()
     a.network().register_app_handler("test_note", inbox)
     await b.network().send_to_peer(a.device_id, Note("still there?"))
     await inbox.wait_for(1)
