@@ -113,10 +113,9 @@ class _Reliable:
 
 
 @attrs.define(eq=False)
-class Channels(Actor):
-    """One network's channel subscriptions, pumps, retained values and reliable sends."""
-
-    kind: ClassVar[str] = "channels"
+class Channels:
+    """One network's channel subscriptions, pumps, retained values and reliable sends, a part
+    of its `core` actor."""
 
     network: str
     wire: AppWire

@@ -1,5 +1,5 @@
-"""The `network <id>` supervisor: `peers`, `link`, `rpc`, `channels` and the channel pumps of one
-joined network."""
+"""The `network <id>` supervisor: `core` (peers, rpc, channels), `link` and the channel pumps
+of one joined network."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from meshactors.identity import Identity
 from meshactors.network.app_wire import AppWire
 from meshactors.network.channels import Channels
 from meshactors.network.config import NetworkConfig
+from meshactors.network.core import NetworkCore
 from meshactors.network.link import LINK_ROLE, Link
 from meshactors.network.peers import AppHandler, Peers, Phase
 from meshactors.network.rpc import Rpc
@@ -25,12 +26,12 @@ LINK_SHUTDOWN_TIMEOUT = 3.0  # seconds for the link's closing handshake and last
 
 @attrs.define(eq=False, kw_only=True)
 class Network(Supervisor):
-    """One joined network. Children start peers → link → rpc → channels (then a `channel <name>`
-    pump per subscribed channel); a crash restarts the rest, pumps included, and a restart of
-    the network itself starts the pumps of the channels still subscribed.
+    """One joined network. Children start core → link (then a `channel <name>` pump per
+    subscribed channel); a crash restarts the rest, pumps included, and a restart of the
+    network itself starts the pumps of the channels still subscribed.
 
-    `peers` starts first so the link always has somewhere to deliver; when `peers` restarts
-    the link reconnects too, so the fresh peer table hears a new welcome.
+    `core` starts first so the link always has somewhere to deliver; when `core` restarts the
+    link reconnects too, so the fresh peer table hears a new welcome.
     """
 
     kind: ClassVar[str] = "network"
@@ -40,10 +41,10 @@ class Network(Supervisor):
     link: Link
     rpc: Rpc
     channels: Channels
-    core: list[ChildSpec] = attrs.field(factory=list)  # the children before any pump
+    fixed: list[ChildSpec] = attrs.field(factory=list)  # the children before any pump
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.children = [*self.core, *self.channels.pump_specs()]
+        self.children = [*self.fixed, *self.channels.pump_specs()]
         await super().run(task_status=task_status)
 
     @classmethod
@@ -72,11 +73,9 @@ class Network(Supervisor):
             link=link,
             rpc=rpc,
             channels=channels,
-            core=[
-                ChildSpec("peers", peers),
+            fixed=[
+                ChildSpec("core", NetworkCore(peers, {"rpc": rpc, "channels": channels})),
                 ChildSpec("link", link, shutdown_timeout=LINK_SHUTDOWN_TIMEOUT),
-                ChildSpec("rpc", rpc),
-                ChildSpec("channels", channels),
             ],
             strategy=Strategy.REST_FOR_ONE,
         )

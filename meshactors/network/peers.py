@@ -13,14 +13,14 @@ import enum
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import structlog
 import trio
 
 from meshactors._version import __version__
-from meshactors.actors import Actor, Inbox, Reply, cleanup_scope
+from meshactors.actors import Inbox, Reply
 from meshactors.daemon.events import EventHub
 from meshactors.identity import Identity
 from meshactors.network.link import (
@@ -155,10 +155,9 @@ _Message = LinkEvent | _Call
 
 
 @attrs.define(eq=False)
-class Peers(Actor):
-    """Owns one network's peer table; the link feeds it, ops ask it."""
-
-    kind: ClassVar[str] = "peers"
+class Peers:
+    """One network's peer table, a part of its `core` actor: the link feeds core's inbox (this
+    `inbox`), ops ask it, and only core's task runs this code."""
 
     network: str
     identity: Identity
@@ -294,19 +293,7 @@ class Peers(Actor):
 
     # -- the actor ----------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self._load()
-        task_status.started()
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._ping_loop)
-                async for message in self.inbox.receiver:
-                    await self._handle_then_save(message)
-        finally:
-            with cleanup_scope():
-                await self._save_unsaved()
-
-    async def _load(self) -> None:
+    async def load(self) -> None:
         """Roster, capabilities and profiles from the state database; a fresh peer table."""
         entries = await self.store.call(
             functools.partial(roster_db.roster, network=self.network), what="load roster"
@@ -334,13 +321,13 @@ class Peers(Actor):
                 peer.status = PeerStatus.OFFLINE
                 peer.role = entry.role or LINK_ROLE
 
-    async def _handle_then_save(self, message: _Message) -> None:
+    async def handle(self, message: _Message) -> None:
         """Handle one message; save held auto-approvals once the inbox is empty (or many)."""
         await self._handle(message)
         if self._unsaved and (
             not self.inbox.statistics().current_buffer_used or len(self._unsaved) >= ROSTER_BATCH
         ):
-            await self._save_unsaved()
+            await self.save_unsaved()
 
     async def _handle(self, message: _Message) -> None:
         match message:
@@ -370,7 +357,7 @@ class Peers(Actor):
                 self._on_leave(device_id)
         self._update_phase()
 
-    async def _ping_loop(self) -> None:
+    async def ping_loop(self) -> None:
         """Probe the handshaken peers' rtt one at a time, spaced by `_ping_gap`: an idle network
         sends at most PING_RATE probes a second, not one per peer every interval."""
         while True:
@@ -621,7 +608,7 @@ class Peers(Actor):
         return self._describe(peer)
 
     async def _forget(self, device_id: str) -> bool:
-        await self._save_unsaved()
+        await self.save_unsaved()
         known = await self.store.call(
             functools.partial(roster_db.remove_roster, network=self.network, device_id=device_id),
             what="remove from roster",
@@ -657,7 +644,7 @@ class Peers(Actor):
         self._unsaved.clear()
         self._roster[device_id] = entry
 
-    async def _save_unsaved(self) -> None:
+    async def save_unsaved(self) -> None:
         """Save the auto-approvals and roles heard since the last save, in one transaction.
         Both come again (auto_approve, the next hello), so a failed save is counted and
         logged, not fatal."""

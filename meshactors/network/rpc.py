@@ -16,12 +16,12 @@ from __future__ import annotations
 import collections
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
 
-from meshactors.actors import Actor, Pending
+from meshactors.actors import Pending
 from meshactors.entropy import random_bytes
 from meshactors.network.app_frames import (
     RpcCall,
@@ -124,10 +124,8 @@ class Outbound:
 
 
 @attrs.define(eq=False)
-class Rpc(Actor):
-    """Owns one network's method claims and in-flight calls; ops and frame handlers call in."""
-
-    kind: ClassVar[str] = "rpc"
+class Rpc:
+    """One network's method claims and in-flight calls, a part of its `core` actor."""
 
     network: str
     wire: AppWire

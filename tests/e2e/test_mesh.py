@@ -134,6 +134,6 @@ def test_two_daemons_stay_active_through_a_broker_restart(
     children = {child["name"]: child["figures"] for child in network["children"]}
     assert children["link"]["state"] == "up"
     assert children["link"]["connects"] == 2
-    assert children["peers"]["peers"]["active"] == 1
+    assert children["core"]["peers"]["active"] == 1
     readable = a.cli("inspect").stdout
-    assert "network e2e" in readable and "link" in readable and "peers" in readable
+    assert "network e2e" in readable and "link" in readable and "core" in readable

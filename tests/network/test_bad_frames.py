@@ -47,8 +47,8 @@ async def test_a_lone_surrogate_sent_to_all_is_rejected_and_crashes_nothing(
     event = await b.wait_event("peer_frame_rejected", device_id=a.device_id)
     assert (event["reason"], event["count"], event["reasons"]) == ("bad_value", 1, {"bad_value": 1})
     assert b.crashes() == {}
-    peers = network_children(await reader.call("inspect"), NET)["peers"]
-    assert peers["figures"]["rejected_frames"] == 3
+    core = network_children(await reader.call("inspect"), NET)["core"]
+    assert core["figures"]["rejected_frames"] == 3
 
 
 async def test_a_retained_bad_value_is_rejected_at_every_reconnect(

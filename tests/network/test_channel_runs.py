@@ -54,7 +54,7 @@ def _send_to(peer: str, **message: Any) -> dict[str, Any]:
 async def _frames_received(receiver: Daemon, nursery: trio.Nursery) -> int:
     """Channel frames `receiver` has taken in so far (a run, a batch or a single message each)."""
     inspector = await AppClient.open(receiver.services.paths.socket, nursery)
-    channels = network_children(await inspector.call("inspect"), NET)["channels"]["figures"]
+    channels = network_children(await inspector.call("inspect"), NET)["core"]["figures"]["channels"]
     await inspector.aclose()
     return int(channels["counters"].get("frames_received", 0))
 

@@ -10,8 +10,8 @@ import pytest
 import trio
 
 from meshactors.actors import RestartLimits
+from meshactors.network.network import Network
 from meshactors.network.peers import Peers
-from meshactors.network.rpc import Rpc
 from tests.network.appclient import AppClient
 from tests.network.conftest import WAIT, Mesh, approve_both
 
@@ -31,24 +31,22 @@ async def test_a_network_crashing_for_good_leaves_the_other_network_and_clients_
 
     starts: list[float] = []
     started_often = trio.Event()
-    load, run = Peers._load, Rpc.run
+    start, handle = Network.run, Peers.handle
 
-    async def counted_load(self: Peers) -> None:
-        if self.network == "doomed":
+    async def counted_start(self: Network, **kwargs: Any) -> None:
+        if self.config.id == "doomed":
             starts.append(trio.current_time())
             if len(starts) == STARTS:
                 started_often.set()
-        await load(self)
+        await start(self, **kwargs)
 
-    async def crash_once_started(self: Rpc, **kwargs: Any) -> None:
+    async def crash_on_a_message(self: Peers, message: Any) -> None:
         if self.network != "doomed":
-            return await run(self, **kwargs)
-        kwargs["task_status"].started()
-        await trio.lowlevel.checkpoint()
-        raise RuntimeError("injected: the doomed network's rpc actor crashes as it starts")
+            return await handle(self, message)
+        raise RuntimeError("injected: the doomed network's core crashes on what the link says")
 
-    monkeypatch.setattr(Peers, "_load", counted_load)
-    monkeypatch.setattr(Rpc, "run", crash_once_started)
+    monkeypatch.setattr(Network, "run", counted_start)
+    monkeypatch.setattr(Peers, "handle", crash_on_a_message)
     assert b.services.networks is not None
     b.services.networks.limits = FAST
     await b.join(mesh.url, "doomed")

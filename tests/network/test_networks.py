@@ -169,10 +169,10 @@ async def test_inspect_shows_each_network_with_its_children_and_figures(mesh: Me
     assert network["kind"] == "network"
     assert network["figures"]["phase"] == "active"
     children = {child["name"]: child for child in network["children"]}
-    assert list(children) == ["peers", "link", "rpc", "channels"]
+    assert list(children) == ["core", "link"]
     assert children["link"]["figures"]["state"] == "up"
     assert children["link"]["figures"]["url"] == mesh.url
-    assert children["peers"]["figures"]["peers"]["active"] == 1
+    assert children["core"]["figures"]["peers"]["active"] == 1
     status = await a.call("status")
     assert [(n["id"], n["phase"]) for n in status["networks"]] == [(NET, "active")]
 

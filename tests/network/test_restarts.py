@@ -88,9 +88,7 @@ async def reachable(daemon: Daemon, peer: Daemon, after: int = 0) -> None:
         await daemon.wait_event("peer_active", after=after, device_id=peer.device_id)
 
 
-@pytest.mark.parametrize(
-    "actor", ["link", "peers", "rpc", "channels", "channel news", "network root"]
-)
+@pytest.mark.parametrize("actor", ["link", "core", "channel news", "network root"])
 async def test_a_subscription_still_delivers_after_a_network_actor_crashes(
     mesh: Mesh, nursery: trio.Nursery, actor: str
 ) -> None:
@@ -113,7 +111,7 @@ def crash_path(actor: str) -> str:
     return network if actor == "network root" else f"{network}/{actor}"
 
 
-@pytest.mark.parametrize("actor", ["link", "peers", "rpc", "network root"])
+@pytest.mark.parametrize("actor", ["core", "network root"])
 async def test_a_claim_a_restart_ended_is_told_and_calls_resume_once_claimed_again(
     mesh: Mesh, nursery: trio.Nursery, actor: str
 ) -> None:
@@ -138,13 +136,30 @@ async def test_a_claim_a_restart_ended_is_told_and_calls_resume_once_claimed_aga
     assert await call_echo(2) == 2
 
 
+async def test_a_link_crash_keeps_claims_and_calls_resume(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    a, b = await debug_pair(mesh)
+    caller, server = await client_of(a, nursery), await client_of(b, nursery)
+    await server.call("rpc_register", network=NET, method="echo")
+    await b.call("debug_crash", path=crash_path("link"))
+    await reliable(caller, b, "barrier", "b is reachable again", via=a)
+    async with trio.open_nursery() as serving:
+        serving.start_soon(serve_once, server, 3)
+        answer = await caller.call(
+            "rpc_call", network=NET, peer=b.device_id, method="echo", payload=3
+        )
+    assert answer["payload"] == 3  # served by the claim made before the crash
+    assert [e for e in server.events if e["kind"] == "handler_displaced"] == []
+
+
 async def serve_once(server: AppClient, payload: int) -> None:
     """Answer one inbound call with its own payload."""
     inbound = await server.event("rpc_inbound", method="echo")
     await server.call("rpc_respond", request_id=inbound["request_id"], payload=payload)
 
 
-@pytest.mark.parametrize("actor", ["link", "peers", "channels", "network root"])
+@pytest.mark.parametrize("actor", ["link", "core", "network root"])
 async def test_retained_values_survive_a_restart(
     mesh: Mesh, nursery: trio.Nursery, actor: str
 ) -> None:
@@ -169,7 +184,7 @@ async def test_retained_values_survive_a_restart(
 
 @pytest.mark.parametrize(
     "side, actor",
-    [("b", "link"), ("b", "peers"), ("b", "channels"), ("b", "channel orders"), ("a", "link")],
+    [("b", "link"), ("b", "core"), ("b", "channel orders"), ("a", "link"), ("a", "core")],
 )
 async def test_reliable_sends_under_a_crash_lose_nothing_and_duplicate_nothing(
     mesh: Mesh, nursery: trio.Nursery, side: str, actor: str

@@ -276,8 +276,8 @@ async def test_a_server_that_disconnects_mid_call_answers_handler_gone_at_once(
             await pair.caller.answer(call_id)
     assert failure.value.code == "handler_gone"
     children = network_children(await pair.server.call("inspect"), NET)
-    assert children["rpc"]["figures"]["claims"] == {}
-    assert children["rpc"]["figures"]["inbound"] == 0
+    assert children["core"]["figures"]["rpc"]["claims"] == {}
+    assert children["core"]["figures"]["rpc"]["inbound"] == 0
     assert not [name for name in children if name.startswith("channel ")]
 
 

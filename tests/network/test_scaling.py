@@ -20,6 +20,7 @@ from nacl.signing import SigningKey
 from meshactors.actors import ChildSpec, Node, Supervisor, run_root
 from meshactors.daemon.events import EventHub
 from meshactors.identity import Identity
+from meshactors.network.core import NetworkCore
 from meshactors.network.link import InboundRecords, Link, PresenceJoin
 from meshactors.network.peers import PEER_PING_INTERVAL, PING_RATE, Peers
 from meshactors.network.sealing import PeerCrypto
@@ -74,12 +75,12 @@ def _hello() -> Hello:
 
 
 async def _probes_in_window(tmp_path: Path, clock: trio.testing.MockClock, handshaken: int) -> int:
-    """Probes the peers actor sends in WINDOW seconds once `handshaken` peers said hello."""
+    """Probes the core actor sends in WINDOW seconds once `handshaken` peers said hello."""
     identity = Identity(SigningKey.generate())
     store = StoreActor(tmp_path / "state.db")
     peers = Peers(NET, identity, store, EventHub(store), auto_approve=True)
     peers.link = Link(NET, ["ws://127.0.0.1:9/v1"], identity.signing_key, peers.inbox.sender)
-    tree = Supervisor(children=[ChildSpec("store", store), ChildSpec("peers", peers)])
+    tree = Supervisor(children=[ChildSpec("store", store), ChildSpec("core", NetworkCore(peers))])
     async with trio.open_nursery() as nursery:
         await nursery.start(run_root, tree, Node(name="tree", kind="supervisor"))
         save = functools.partial(roster_db.save_network, network_id=NET, config={}, now_ms=0)
