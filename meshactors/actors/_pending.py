@@ -1,4 +1,4 @@
-"""A one-shot outcome, delivered by whichever task learns it: awaited, or handed on at once."""
+"""A one-shot outcome: the owner settles it, the asker awaits it."""
 
 from __future__ import annotations
 
@@ -19,17 +19,15 @@ def _nothing() -> None:
 class Pending(Generic[T]):
     """The outcome of work another task finishes: a value, or the exception it failed with.
 
-    Awaiting it waits for the outcome; a caller that would only wait to pass the outcome on
-    gives `on_settled` a callback instead, called from the settling task (no task waits, no
-    scheduler pass). `abandon` runs when a waiter is cancelled before the outcome came. Only
-    the first outcome counts.
+    Awaiting it waits for the outcome; `abandon` runs (in the waiter's task: it should only
+    send a message to the owner) when a waiter is cancelled before the outcome came. Only the
+    first outcome counts.
     """
 
     abandon: Callable[[], None] = _nothing
     _outcome: T | Exception | None = attrs.field(default=None, init=False)
     _settled: bool = attrs.field(default=False, init=False)
     _waiters: trio.Event | None = attrs.field(default=None, init=False)
-    _callback: Callable[[T | Exception], None] | None = attrs.field(default=None, init=False)
 
     @property
     def settled(self) -> bool:
@@ -43,13 +41,6 @@ class Pending(Generic[T]):
     def fail(self, error: Exception) -> None:
         """Settle with an error, raised in the waiter."""
         self._settle(error)
-
-    def on_settled(self, callback: Callable[[T | Exception], None]) -> None:
-        """Call `callback` with the outcome when it comes (now, if it is in)."""
-        if self._settled:
-            callback(self._outcome)  # type: ignore[arg-type]  # settled: T or an exception
-        else:
-            self._callback = callback
 
     async def wait(self) -> T:
         """The value (or raise the error); a cancelled wait abandons the work."""
@@ -77,6 +68,3 @@ class Pending(Generic[T]):
         self._outcome, self._settled = outcome, True
         if self._waiters is not None:
             self._waiters.set()
-        if self._callback is not None:
-            callback, self._callback = self._callback, None
-            callback(outcome)

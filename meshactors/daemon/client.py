@@ -11,7 +11,6 @@ vanished program leaves nothing behind.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar
@@ -20,7 +19,7 @@ import attrs
 import structlog
 import trio
 
-from meshactors.actors import Actor, Broadcast, Lagged, Pending, Subscriber, cleanup_scope
+from meshactors.actors import Actor, Broadcast, Lagged, Subscriber, cleanup_scope
 from meshactors.daemon.event_stream import (
     LAG_DISCONNECT_LIMIT,
     SlowConsumer,
@@ -31,7 +30,7 @@ from meshactors.daemon.event_stream import (
 )
 from meshactors.daemon.http import HttpConnection, looks_like_http
 from meshactors.daemon.lines import RECEIVE_CHUNK, LineReader, Oversized
-from meshactors.daemon.optable import Outcome, as_op_error, finish
+from meshactors.daemon.optable import Outcome, finish
 from meshactors.daemon.services import Services
 from meshactors.daemon.session import Push, Session
 from meshactors.daemon.tcp_auth import TcpAuth
@@ -197,31 +196,7 @@ class ClientActor(Actor):
             except OpError as error:
                 await self._answer(request, error)
                 continue
-            if isinstance(work, Pending):  # answered by the task that settles it: none waits
-                work.on_settled(functools.partial(self._settled, request))
-            else:
-                nursery.start_soon(self._answer, request, work)
-
-    def _settled(self, request: Request, outcome: Any) -> None:
-        """Answer a request whose Pending settled: the settling task puts the answer on this
-        connection's outgoing channel, without waiting."""
-        self.requests += 1
-        self.in_flight -= 1
-        if isinstance(outcome, Exception):
-            self.errors += 1
-            assert self._session is not None
-            frame = error_frame(request.id, as_op_error(self._session, request.op, outcome))
-        elif request.id is None:
-            return  # a notification that succeeded: no answer
-        else:
-            frame = ok_frame(request.id, outcome)
-        try:
-            self._out_send.send_nowait(frame)
-        except trio.WouldBlock:  # the writer is behind: a task of this connection waits for room
-            assert self._session is not None
-            self._session.nursery.start_soon(self._emit, frame)
-        except trio.ClosedResourceError:
-            pass  # the connection is closing: nobody reads answers now
+            nursery.start_soon(self._answer, request, work)
 
     async def _answer(self, request: Request, work: Awaitable[Any] | OpError) -> None:
         """Answer `request` with the outcome of its begun `work` (or the error it began with)."""

@@ -12,12 +12,11 @@ from typing import Any
 
 import attrs
 
-from meshactors.actors import Pending
 from meshactors.daemon.optable import Merge, Op
 from meshactors.daemon.session import Session
 from meshactors.network.network import Network
 from meshactors.network.payload import Payload, check_name, payload_of, payloads_of
-from meshactors.network.rpc import Rpc, check_timeout
+from meshactors.network.rpc import check_timeout
 from meshactors.wire.ipc import ErrorCode, OpError
 
 
@@ -136,17 +135,27 @@ def _network(session: Session, network_id: str) -> Network:
     return manager.get(network_id)
 
 
-def _rpc_of_request(session: Session, request_id: str, *, served: bool) -> Rpc:
-    """The rpc actor holding a call by id (served here, or made from here)."""
+async def _holding(session: Session, request_id: str, *, served: bool) -> Network:
+    """The network whose core holds a call by id (served here, or made from here)."""
     manager = session.services.networks
     for network in manager.all() if manager is not None else []:
-        held = network.rpc.has_inbound if served else network.rpc.has_outbound
-        if held(request_id):
-            return network.rpc
+        rpc = network.rpc
+        held = rpc.has_inbound if served else rpc.has_outbound
+        if await network.ask("find a call", functools.partial(held, request_id)):
+            return network
     raise OpError(
         ErrorCode.UNKNOWN_REQUEST,
         f"no call {request_id[:64]!r} in flight (finished, cancelled, timed out or never made)",
     )
+
+
+def _watch(session: Session, network: Network) -> None:
+    """Have the connection's close release what it holds in `network`'s rpc (once)."""
+
+    async def gone() -> None:
+        await network.ask("release a closed connection", lambda: network.rpc.client_gone(session))
+
+    session.on_close_once(f"rpc {network.config.id}", gone)
 
 
 def require_pushes(session: Session, op: str) -> None:
@@ -163,48 +172,61 @@ async def rpc_register(session: Session, params: RpcRegister) -> dict[str, Any]:
     """Own a method on a network; the connection that owned it before is told it was displaced."""
     require_pushes(session, "rpc_register")
     check_name(params.method, "method")
-    rpc = _network(session, params.network).rpc
-    displaced = rpc.register(session, params.method, params.streaming)
+    network = _network(session, params.network)
+    _watch(session, network)
+    claim = functools.partial(network.rpc.register, session, params.method, params.streaming)
+    displaced = await network.ask("rpc_register", claim)
     return {"network": params.network, "method": params.method, "displaced": displaced}
 
 
 async def rpc_unregister(session: Session, params: RpcUnregister) -> dict[str, Any]:
     """Give up a method this connection owns."""
-    released = _network(session, params.network).rpc.unregister(session, params.method)
-    return {"released": released}
+    network = _network(session, params.network)
+    release = functools.partial(network.rpc.unregister, session, params.method)
+    return {"released": await network.ask("rpc_unregister", release)}
 
 
-def _call_args(session: Session, params: RpcCallParams) -> tuple[Rpc, Payload, int]:
+def _call_args(session: Session, params: RpcCallParams) -> tuple[Network, Payload, int]:
     check_name(params.method, "method")
-    rpc = _network(session, params.network).rpc
-    return rpc, payload_of(params.payload, params.payload_b64), check_timeout(params.timeout_ms)
+    network = _network(session, params.network)
+    _watch(session, network)
+    payload = payload_of(params.payload, params.payload_b64)
+    return network, payload, check_timeout(params.timeout_ms)
 
 
-def rpc_call(session: Session, params: RpcCallParams) -> Pending[dict[str, Any]]:
-    """Call a method on a peer (or this daemon) and answer with its answer. The call frame
-    leaves from the connection's reader when it can, and the answer is written by the task
-    that receives it (see OpTable.begin)."""
-    rpc, payload, timeout_ms = _call_args(session, params)
-    return rpc.call(session, params.peer, params.method, payload, timeout_ms)
+async def rpc_call(session: Session, params: RpcCallParams) -> dict[str, Any]:
+    """Call a method on a peer (or this daemon) and answer with its answer: core opens the
+    call and sends its frame; its answer settles the Pending this waits on."""
+    network, payload, timeout_ms = _call_args(session, params)
+    call = functools.partial(
+        network.rpc.call, session, params.peer, params.method, payload, timeout_ms
+    )
+    answer = await network.ask("rpc_call", call)
+    return await answer
 
 
 async def rpc_call_stream(session: Session, params: RpcCallParams) -> dict[str, Any]:
     """Call a streaming method; chunks follow as rpc_call_stream_chunk/_end events."""
     require_pushes(session, "rpc_call_stream")
-    rpc, payload, timeout_ms = _call_args(session, params)
-    request_id = await rpc.call_stream(session, params.peer, params.method, payload, timeout_ms)
-    return {"request_id": request_id}
+    network, payload, timeout_ms = _call_args(session, params)
+    call = functools.partial(
+        network.rpc.call_stream, session, params.peer, params.method, payload, timeout_ms
+    )
+    return {"request_id": await network.ask_await("rpc_call_stream", call)}
 
 
 async def rpc_cancel(session: Session, params: RequestRef) -> dict[str, Any]:
     """Stop a call this connection made; the serving side is told."""
-    _rpc_of_request(session, params.request_id, served=False).cancel(session, params.request_id)
+    network = await _holding(session, params.request_id, served=False)
+    await network.ask(
+        "rpc_cancel", functools.partial(network.rpc.cancel, session, params.request_id)
+    )
     return {"cancelled": True}
 
 
-def rpc_respond(session: Session, params: RpcRespond) -> Pending[dict[str, Any]]:
-    """Answer a call this connection serves, with a payload or an error message. The answer
-    leaves from the connection's reader when it can (see OpTable.begin)."""
+async def rpc_respond(session: Session, params: RpcRespond) -> dict[str, Any]:
+    """Answer a call this connection serves, with a payload or an error message; answered
+    once the answer left (or with why it could not)."""
     answer: Payload | str
     if params.error is not None:
         if params.payload is not None or params.payload_b64 is not None:
@@ -212,22 +234,24 @@ def rpc_respond(session: Session, params: RpcRespond) -> Pending[dict[str, Any]]
         answer = params.error
     else:
         answer = payload_of(params.payload, params.payload_b64)
-    rpc = _rpc_of_request(session, params.request_id, served=True)
-    return rpc.respond(session, params.request_id, answer)
+    network = await _holding(session, params.request_id, served=True)
+    respond = functools.partial(network.rpc.respond, session, params.request_id, answer)
+    sent = await network.ask("rpc_respond", respond)
+    return await sent
 
 
 async def rpc_stream_chunk(session: Session, params: RpcStreamChunk) -> dict[str, Any]:
     """Send one chunk of a streamed answer (waits while the caller is a window behind)."""
     payload = payload_of(params.payload, params.payload_b64)
-    rpc = _rpc_of_request(session, params.request_id, served=True)
-    await rpc.stream_chunk(session, params.request_id, payload)
+    network = await _holding(session, params.request_id, served=True)
+    await network.rpc.stream_chunk(session, params.request_id, payload)
     return {}
 
 
 async def rpc_stream_end(session: Session, params: RpcStreamEnd) -> dict[str, Any]:
     """End a streamed answer; an `error` reaches the caller with the end."""
-    rpc = _rpc_of_request(session, params.request_id, served=True)
-    await rpc.stream_end(session, params.request_id, params.error)
+    network = await _holding(session, params.request_id, served=True)
+    await network.rpc.stream_end(session, params.request_id, params.error)
     return {}
 
 

@@ -41,6 +41,7 @@ class Session:
     events_subscribed: bool = False
     receives_pushes: bool = True  # False on HTTP: pushed events have nowhere to go
     _cleanups: list[Cleanup] = attrs.field(factory=list)
+    _cleanup_keys: set[str] = attrs.field(factory=set)
 
     def push(self, kind: str, data: dict[str, Any]) -> bool:
         """Queue an event addressed to this connection only; never waits (lags when full)."""
@@ -54,6 +55,12 @@ class Session:
     def on_close(self, cleanup: Cleanup) -> None:
         """Run `cleanup` when the connection ends (in reverse order of registration)."""
         self._cleanups.append(cleanup)
+
+    def on_close_once(self, key: str, cleanup: Cleanup) -> None:
+        """`on_close`, unless a cleanup under `key` is registered already."""
+        if key not in self._cleanup_keys:
+            self._cleanup_keys.add(key)
+            self.on_close(cleanup)
 
     def take_cleanups(self) -> list[Cleanup]:
         """The registered cleanups, newest first, leaving none behind."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, ClassVar, Protocol
 
 import attrs
@@ -28,7 +28,7 @@ from meshactors.network.app_wire import AppWire, Postbox
 from meshactors.network.payload import MAX_BATCH, Payload
 from meshactors.network.peers import PeerStatus
 from meshactors.network.retained import RetainedStore
-from meshactors.network.rpc import Cleanup, new_request_id
+from meshactors.network.rpc import new_request_id
 from meshactors.wire.ipc import ErrorCode, OpError, event_frame
 from meshactors.wire.peer import Frame
 
@@ -53,7 +53,7 @@ class ChannelClient(Protocol):
 
     def push_frames(self, frames: list[bytes]) -> int: ...
 
-    def on_close(self, cleanup: Cleanup) -> None: ...
+    def on_close(self, cleanup: Callable[[], Awaitable[None]]) -> None: ...
 
 
 @attrs.define(eq=False)

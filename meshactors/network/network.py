@@ -3,12 +3,13 @@ of one joined network."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 import trio
 
-from meshactors.actors import ChildSpec, Strategy, Supervisor
+from meshactors.actors import ActorGone, AskTimeout, ChildSpec, Strategy, Supervisor
 from meshactors.daemon.events import EventHub
 from meshactors.identity import Identity
 from meshactors.network.app_wire import AppWire
@@ -19,7 +20,10 @@ from meshactors.network.link import LINK_ROLE, Link
 from meshactors.network.peers import AppHandler, Peers, Phase
 from meshactors.network.rpc import Rpc
 from meshactors.store.actor import StoreActor
+from meshactors.wire.ipc import ErrorCode, OpError
 from meshactors.wire.peer import Frame
+
+T = TypeVar("T")
 
 LINK_SHUTDOWN_TIMEOUT = 3.0  # seconds for the link's closing handshake and last notices
 
@@ -64,7 +68,7 @@ class Network(Supervisor):
         )
         peers.link = link
         wire = AppWire(peers, identity.device_id)
-        rpc = Rpc(config.id, wire)
+        rpc = Rpc(config.id, wire, peers.tell)
         channels = Channels(config.id, wire)
         peers.status_listeners.extend([rpc.on_peer_status, channels.on_peer_status])
         network = cls(
@@ -91,6 +95,24 @@ class Network(Supervisor):
 
     def figures(self) -> dict[str, object]:
         return {**super().figures(), "network": self.config.id, "phase": self.phase.value}
+
+    async def ask(self, what: str, fn: Callable[[], T]) -> T:
+        """Run `fn` in core's task (the one owner of this network's state) and return its
+        result; OpError unavailable or timeout when core does not answer."""
+
+        async def run() -> T:
+            return fn()
+
+        return await self.ask_await(what, run)
+
+    async def ask_await(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """`ask` for work that may wait inside core (only on the link's bounded queue)."""
+        try:
+            return await self.peers.ask(fn, what)
+        except ActorGone as exc:
+            raise OpError(ErrorCode.UNAVAILABLE, str(exc)) from None
+        except AskTimeout as exc:
+            raise OpError(ErrorCode.TIMEOUT, str(exc)) from None
 
     def register_app_handler(self, tag: str, handler: AppHandler) -> None:
         """Route application frames of type `tag` from active peers to `handler`."""

@@ -145,13 +145,20 @@ class PeerState:
 
 @attrs.frozen
 class _Call:
-    """Run `fn` inside the actor and answer with its result."""
+    """Run `fn` inside core and answer with its result."""
 
     fn: Callable[[], Awaitable[Any]]
     reply: Reply[Any]
 
 
-_Message = LinkEvent | _Call
+@attrs.frozen
+class _Tell:
+    """Run `fn` inside core; nobody waits for it (e.g. a waiter that gave up)."""
+
+    fn: Callable[[], None]
+
+
+_Message = LinkEvent | _Call | _Tell
 
 
 @attrs.define(eq=False)
@@ -247,35 +254,35 @@ class Peers:
 
     async def list_peers(self, *, include_all: bool) -> list[dict[str, Any]]:
         """peers_list: visible peers (all of them with `include_all`), by device id."""
-        return await self._ask(lambda: self._list(include_all), "list peers")
+        return await self.ask(lambda: self._list(include_all), "list peers")
 
     async def list_roster(self) -> list[dict[str, Any]]:
         """roster_list: every device we approved, denied or saw, with its live status."""
-        return await self._ask(self._roster_view, "list roster")
+        return await self.ask(self._roster_view, "list roster")
 
     async def approve(self, device_id: str, label: str | None) -> dict[str, Any]:
         """roster_approve: approve a device (seen or not yet); it becomes active once it agrees."""
-        return await self._ask(lambda: self._set_roster(device_id, "approved", label), "approve")
+        return await self.ask(lambda: self._set_roster(device_id, "approved", label), "approve")
 
     async def deny(self, device_id: str) -> dict[str, Any]:
         """roster_deny: refuse a device; it is never active until approved again."""
-        return await self._ask(lambda: self._set_roster(device_id, "denied", None), "deny")
+        return await self.ask(lambda: self._set_roster(device_id, "denied", None), "deny")
 
     async def forget(self, device_id: str) -> bool:
         """roster_remove: forget a device's approval; it is cut off at once."""
-        return await self._ask(lambda: self._forget(device_id), "remove from roster")
+        return await self.ask(lambda: self._forget(device_id), "remove from roster")
 
     async def set_capabilities(self, capabilities: Capabilities) -> None:
         """Advertise new capabilities to peers (the caller persisted them)."""
-        await self._ask(lambda: self._set_capabilities(capabilities), "set capabilities")
+        await self.ask(lambda: self._set_capabilities(capabilities), "set capabilities")
 
     async def set_profile(self, profile: Profile, *, network_scoped: bool) -> None:
         """Use a new global or network profile and tell peers if the effective one changed."""
-        await self._ask(lambda: self._set_profile(profile, network_scoped), "set profile")
+        await self.ask(lambda: self._set_profile(profile, network_scoped), "set profile")
 
     async def say_bye(self, reason: str) -> None:
         """Tell every handshaken peer we are leaving (best effort: the broker also says so)."""
-        await self._ask(lambda: self._tell_handshaken(lambda _: Bye(reason)), "say bye")
+        await self.ask(lambda: self._tell_handshaken(lambda _: Bye(reason)), "say bye")
 
     async def set_auto_approve(self, value: bool) -> None:
         """Approve devices seen from now on without asking (or stop doing so)."""
@@ -283,13 +290,22 @@ class Peers:
         async def apply() -> None:
             self.auto_approve = value
 
-        await self._ask(apply, "set auto_approve")
+        await self.ask(apply, "set auto_approve")
 
-    async def _ask(self, fn: Callable[[], Awaitable[T]], what: str) -> T:
+    async def ask(self, fn: Callable[[], Awaitable[T]], what: str) -> T:
+        """Run `fn` in core's task and return its result (AskTimeout, ActorGone)."""
         result: T = await self.inbox.ask(
             lambda reply: _Call(fn, reply), timeout=COMMAND_TIMEOUT, what=f"{self.network}: {what}"
         )
         return result
+
+    def tell(self, fn: Callable[[], None]) -> bool:
+        """Have core run `fn` in its task, without waiting; False when its inbox is full."""
+        try:
+            self.inbox.sender.send_nowait(_Tell(fn))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
 
     # -- the actor ----------------------------------------------------------------------------
 
@@ -336,6 +352,8 @@ class Peers:
                     reply.ok(await fn())
                 except Exception as exc:
                     reply.fail(exc)
+            case _Tell(fn=told):
+                told()
             case InboundRecords(records=records):
                 for public_key, sealed in records:
                     await self._on_record(public_key, sealed)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import collections
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
@@ -49,17 +49,13 @@ STREAM_WINDOW = 256  # chunks the serving side may send ahead of the caller's cr
 SERVE_GRACE = 5.0  # seconds past the caller's deadline before the serving side forgets a call
 SWEEP_INTERVAL = 1.0  # seconds between sweeps for served calls past their deadline and grace
 
-Cleanup = Callable[[], Awaitable[None]]
-
 
 class RpcClient(Protocol):
-    """A local connection as RPC and channels see it (a daemon `Session` is one)."""
+    """A local connection as RPC sees it (a daemon `Session` is one)."""
 
     client_id: str
 
     def push(self, kind: str, data: dict[str, Any]) -> bool: ...
-
-    def on_close(self, cleanup: Cleanup) -> None: ...
 
 
 def new_request_id() -> str:
@@ -129,12 +125,12 @@ class Rpc:
 
     network: str
     wire: AppWire
+    tell: Callable[[Callable[[], None]], bool]  # runs a function in core's task, not waiting
     postbox: Postbox = attrs.field(init=False)
     counters: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     _claims: ClaimTable[RpcClient] = attrs.field(factory=ClaimTable, init=False)
     _inbound: ServedCalls[InboundCall] = attrs.field(factory=ServedCalls, init=False)
     _outbound: dict[str, Outbound] = attrs.field(factory=dict, init=False)
-    _watched: set[str] = attrs.field(factory=set, init=False)
     _deadlines: DeadlineHeap = attrs.field(factory=DeadlineHeap, init=False)
     _expiry: trio.CancelScope | None = attrs.field(default=None, init=False)  # wakes the expirer
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
@@ -176,7 +172,6 @@ class Rpc:
     def register(self, client: RpcClient, method: str, streaming: bool) -> str | None:
         """Claim `method` for `client`; returns the client id it displaced, if any."""
         displaced = self._claims.claim(client, method, streaming)
-        self._watch(client)
         if displaced is None:
             return None
         by = client.client_id
@@ -196,11 +191,12 @@ class Rpc:
     ) -> Pending[dict[str, Any]]:
         """Call `method` on `peer`; the call frame leaves now when that takes no wait. The
         answer (`payload` or `payload_b64`, or OpError with the failure's code) settles the
-        returned Pending from the task that receives it; a waiter that gives up cancels the
-        call."""
+        returned Pending in core's task; a waiter that gives up has core cancel the call (if
+        core's inbox is full then, the call ends at its deadline)."""
         call = self._open_call(client, peer, stream=False, timeout_ms=timeout_ms)
+        abandon = functools.partial(self._abandon, call, "cancelled")
         # not Pending[...](): calling a subscripted generic costs ~3 µs (it tags the instance)
-        answer: Pending[dict[str, Any]] = Pending(lambda: self._abandon(call, "cancelled"))
+        answer: Pending[dict[str, Any]] = Pending(lambda: _told(self.tell(abandon)))
         call.answer = answer
         frame = self._call_frame(call, method, payload, timeout_ms)
         try:
@@ -263,7 +259,6 @@ class Rpc:
             raise OpError(ErrorCode.UNAVAILABLE, f"rpc of {self.network} is not running")
         if len(self._outbound) >= MAX_OUTBOUND_CALLS:
             raise OpError(ErrorCode.CONFLICT, f"at most {MAX_OUTBOUND_CALLS} calls in flight")
-        self._watch(client)
         deadline = trio.current_time() + timeout_ms / 1000
         call = Outbound(new_request_id(), peer, client, stream, deadline)
         self._outbound[call.id] = call
@@ -516,19 +511,8 @@ class Rpc:
 
     # -- connections and peers going away -------------------------------------------------
 
-    def _watch(self, client: RpcClient) -> None:
-        if client.client_id in self._watched:
-            return
-        self._watched.add(client.client_id)
-
-        async def closed() -> None:
-            self.client_gone(client)
-
-        client.on_close(closed)
-
     def client_gone(self, client: RpcClient) -> None:
         """Release a closed connection's claims, fail its served calls, cancel its calls."""
-        self._watched.discard(client.client_id)
         self._claims.drop_owner(client)
         gone = WireError("handler_gone", "the serving program disconnected mid-call")
         for call in [c for c in self._inbound.calls() if c.client is client]:
@@ -573,6 +557,10 @@ def _flow_of(call: InboundCall) -> StreamFlow:
     """The credit of a call `_serving` found streamed."""
     assert call.flow is not None
     return call.flow
+
+
+def _told(_sent: bool) -> None:
+    """Ignore whether core took a message nobody waits for (`Pending`'s abandon returns None)."""
 
 
 def _error(error: WireError) -> OpError:

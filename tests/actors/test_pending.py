@@ -1,4 +1,4 @@
-"""Pending: awaited or handed on at once, the first outcome wins, a cancelled wait abandons."""
+"""Pending: awaited, the first outcome wins, a cancelled wait abandons."""
 
 from __future__ import annotations
 
@@ -26,17 +26,6 @@ async def test_a_waiter_gets_the_value_or_the_error_settled_later() -> None:
         value.resolve(7)
         failure.fail(KeyError("gone"))
     assert got == [7]
-
-
-async def test_a_callback_runs_in_the_settling_task_or_at_once_when_settled() -> None:
-    later, ready = Pending[str](), Pending[str]()
-    seen: list[Any] = []
-    later.on_settled(seen.append)
-    assert seen == []
-    later.resolve("later")
-    ready.resolve("ready")
-    ready.on_settled(seen.append)
-    assert seen == ["later", "ready"]  # no task switch took place in between
 
 
 async def test_only_the_first_outcome_counts() -> None:
