@@ -300,10 +300,11 @@ class Outbox(Actor):
 
     async def _pass(self, network: Network, nursery: trio.Nursery) -> int | None:
         network_id = network.config.id
-        windows = {
-            peer: PEER_WINDOW - self._inflight[network_id, peer]
-            for peer in network.peers.active_peers()
-        }
+        try:
+            active = await network.active_peers()
+        except OpError:  # its core is restarting: its peers are due again once it runs
+            return None
+        windows = {peer: PEER_WINDOW - self._inflight[network_id, peer] for peer in active}
         windows = {peer: room for peer, room in windows.items() if room > 0}
         if not windows:
             return None

@@ -11,6 +11,7 @@ from collections.abc import Hashable
 from typing import Any
 
 import attrs
+import trio
 
 from meshactors.daemon.optable import Merge, Op
 from meshactors.daemon.session import Session
@@ -158,6 +159,16 @@ def _watch(session: Session, network: Network) -> None:
     session.on_close_once(f"rpc {network.config.id}", gone)
 
 
+def _watch_channels(session: Session, network: Network) -> None:
+    """Have the connection's close end its subscriptions in `network` (once)."""
+
+    async def gone() -> None:
+        release = functools.partial(network.channels.client_gone, session)
+        await network.ask_await("unsubscribe a closed connection", release)
+
+    session.on_close_once(f"channels {network.config.id}", gone)
+
+
 def require_pushes(session: Session, op: str) -> None:
     """Refuse an op whose results arrive as events on a connection that cannot carry them."""
     if not session.receives_pushes:
@@ -259,13 +270,17 @@ async def channel_subscribe(session: Session, params: ChannelRef) -> dict[str, A
     """Receive a channel's messages as channel_inbound events (retained values at once)."""
     require_pushes(session, "channel_subscribe")
     check_name(params.channel, "channel")
-    return await _network(session, params.network).channels.subscribe(session, params.channel)
+    network = _network(session, params.network)
+    _watch_channels(session, network)
+    subscribe = functools.partial(network.channels.subscribe, session, params.channel)
+    return await network.ask_await("channel_subscribe", subscribe)
 
 
 async def channel_unsubscribe(session: Session, params: ChannelRef) -> dict[str, Any]:
     """Stop receiving a channel."""
-    channels = _network(session, params.network).channels
-    return {"unsubscribed": await channels.unsubscribe(session, params.channel)}
+    network = _network(session, params.network)
+    unsubscribe = functools.partial(network.channels.unsubscribe, session, params.channel)
+    return {"unsubscribed": await network.ask_await("channel_unsubscribe", unsubscribe)}
 
 
 async def channel_send_to(session: Session, params: ChannelSendTo) -> dict[str, Any]:
@@ -278,10 +293,16 @@ async def channel_send_to(session: Session, params: ChannelSendTo) -> dict[str, 
 async def _send_to(
     session: Session, params: ChannelSendTo, payloads: list[Payload], *, separate: bool
 ) -> dict[str, Any]:
-    channels = _network(session, params.network).channels
-    await channels.send_to(
-        params.peer, params.channel, payloads, retain=params.retain, separate=separate
+    network = _network(session, params.network)
+    send = functools.partial(
+        network.channels.send_to,
+        params.peer,
+        params.channel,
+        payloads,
+        retain=params.retain,
+        separate=separate,
     )
+    await network.ask_await("channel_send_to", send)
     return {"dispatched_to": [params.peer]}
 
 
@@ -295,11 +316,11 @@ async def channel_send_all(session: Session, params: ChannelSendAll) -> dict[str
 async def _send_all(
     session: Session, params: ChannelSendAll, payloads: list[Payload], *, separate: bool
 ) -> dict[str, Any]:
-    channels = _network(session, params.network).channels
-    sent = await channels.send_all(
-        params.channel, payloads, retain=params.retain, separate=separate
+    network = _network(session, params.network)
+    send = functools.partial(
+        network.channels.send_all, params.channel, payloads, retain=params.retain, separate=separate
     )
-    return {"dispatched_to": sent}
+    return {"dispatched_to": await network.ask_await("channel_send_all", send)}
 
 
 def _one_message(params: ChannelSendTo | ChannelSendAll) -> tuple[Hashable, Payload] | None:
@@ -320,8 +341,17 @@ async def channel_send_reliable(session: Session, params: ChannelSendReliable) -
     """Publish to one peer and answer once its daemon acknowledged (or `timeout` at ttl)."""
     check_name(params.channel, "channel")
     payload = payload_of(params.payload, params.payload_b64)
-    channels = _network(session, params.network).channels
-    return await channels.send_reliable(params.peer, params.channel, payload, params.ttl_ms)
+    network = _network(session, params.network)
+    start = functools.partial(
+        network.channels.start_reliable, params.peer, params.channel, payload, params.ttl_ms
+    )
+    reliable = await network.ask_await("channel_send_reliable", start)
+    try:
+        with trio.move_on_after(params.ttl_ms / 1000):
+            await reliable.done.wait()  # core sets it: acknowledged, failed or expired
+    finally:
+        network.tell(functools.partial(network.channels.end_reliable, reliable.ack))
+    return reliable.outcome(params.ttl_ms)
 
 
 OPS: list[Op[Any]] = [

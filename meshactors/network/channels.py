@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Protocol
 
 import attrs
@@ -52,8 +52,6 @@ class ChannelClient(Protocol):
     def push(self, kind: str, data: dict[str, Any]) -> bool: ...
 
     def push_frames(self, frames: list[bytes]) -> int: ...
-
-    def on_close(self, cleanup: Callable[[], Awaitable[None]]) -> None: ...
 
 
 @attrs.define(eq=False)
@@ -104,12 +102,27 @@ class ChannelPump(Actor):
 
 
 @attrs.define(eq=False)
-class _Reliable:
-    """A reliable send waiting for its acknowledgement."""
+class ReliableSend:
+    """A reliable send core resends until acknowledged; its sender waits on `done` (set on
+    the acknowledgement, on a resend that failed, or at `expires`)."""
 
+    ack: str
     peer: str
-    acked: trio.Event = attrs.field(factory=trio.Event)
+    frame: Chan
+    expires: float  # trio time
+    resend_at: float  # trio time
+    done: trio.Event = attrs.field(factory=trio.Event)
+    acknowledged: bool = False
     subscribers: int = 0
+    error: OpError | None = None
+
+    def outcome(self, ttl_ms: int) -> dict[str, Any]:
+        """The answer of a done (or given up) send: acknowledged, or the OpError it ended with."""
+        if self.acknowledged:
+            return {"acknowledged": True, "subscribers": self.subscribers}
+        if self.error is not None:
+            raise self.error
+        raise OpError(ErrorCode.TIMEOUT, f"no acknowledgement from {self.peer} within {ttl_ms} ms")
 
 
 @attrs.define(eq=False)
@@ -126,11 +139,10 @@ class Channels:
     counters: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     _pumps: dict[str, ChannelPump] = attrs.field(factory=dict, init=False)
     _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
-    _reliable: dict[str, _Reliable] = attrs.field(factory=dict, init=False)
+    _reliable: dict[str, ReliableSend] = attrs.field(factory=dict, init=False)
     _recent_acks: collections.OrderedDict[tuple[str, str], int] = attrs.field(
         factory=collections.OrderedDict, init=False
     )
-    _watched: set[str] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.postbox = Postbox(self.wire)
@@ -151,8 +163,10 @@ class Channels:
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        await self.postbox.drain()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._resend_reliable)
+            task_status.started()
+            await self.postbox.drain()
 
     # -- subscribing ------------------------------------------------------------------------
 
@@ -163,7 +177,6 @@ class Channels:
             if pump is None:
                 pump = await self._start_pump(channel)
             pump.subscribers[client.client_id] = client
-            self._watch(client)
         retained = [(key[0], value) for key, value in self.received.items() if key[1] == channel]
         for sender, payload in retained:
             client.push(INBOUND, self._event(sender, channel, payload, retained=True))
@@ -199,17 +212,10 @@ class Channels:
         if self.tree is not None:
             await self.tree.stop_child(_pump_name(channel))
 
-    def _watch(self, client: ChannelClient) -> None:
-        if client.client_id in self._watched:
-            return
-        self._watched.add(client.client_id)
-
-        async def closed() -> None:
-            self._watched.discard(client.client_id)
-            for channel in [c for c, p in self._pumps.items() if client.client_id in p.subscribers]:
-                await self.unsubscribe(client, channel)
-
-        client.on_close(closed)
+    async def client_gone(self, client: ChannelClient) -> None:
+        """Unsubscribe a closed connection from every channel it read."""
+        for channel in [c for c, p in self._pumps.items() if client.client_id in p.subscribers]:
+            await self.unsubscribe(client, channel)
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -265,28 +271,51 @@ class Channels:
             self.own.restore(key, previous)
             raise
 
-    async def send_reliable(
+    async def start_reliable(
         self, peer: str, channel: str, payload: Payload, ttl_ms: int
-    ) -> dict[str, Any]:
-        """Send to one peer, resending until its daemon acknowledges or `ttl_ms` passes."""
+    ) -> ReliableSend:
+        """Send to one peer and keep resending (`_resend_reliable`) until its daemon
+        acknowledges or `ttl_ms` passes; the caller waits on the returned send's `done`."""
         if not 0 < ttl_ms <= MAX_TTL_MS:
             raise OpError(ErrorCode.INVALID_PARAMS, f"ttl_ms must be 1-{MAX_TTL_MS}")
         if len(self._reliable) >= MAX_RELIABLE_PENDING:
             raise OpError(ErrorCode.CONFLICT, f"at most {MAX_RELIABLE_PENDING} reliable sends")
-        ack = new_request_id()
-        pending = self._reliable[ack] = _Reliable(peer)
+        ack, now = new_request_id(), trio.current_time()
         frame = Chan(channel, payload.value, payload.binary, ack=ack)
+        reliable = ReliableSend(ack, peer, frame, now + ttl_ms / 1000, now + RELIABLE_RESEND)
+        self._reliable[ack] = reliable  # before the send: our own device acks at once
         try:
-            with trio.move_on_after(ttl_ms / 1000):
-                while not pending.acked.is_set():
-                    await self.wire.send(peer, frame)
-                    with trio.move_on_after(RELIABLE_RESEND):
-                        await pending.acked.wait()
-        finally:
+            await self.wire.send(peer, frame)
+        except BaseException:
             del self._reliable[ack]
-        if not pending.acked.is_set():
-            raise OpError(ErrorCode.TIMEOUT, f"no acknowledgement from {peer} within {ttl_ms} ms")
-        return {"acknowledged": True, "subscribers": pending.subscribers}
+            raise
+        return reliable
+
+    def end_reliable(self, ack: str) -> None:
+        """Forget a reliable send its sender stopped waiting for."""
+        self._reliable.pop(ack, None)
+
+    async def _resend_reliable(self) -> None:
+        """Resend each unacknowledged reliable message every RELIABLE_RESEND seconds; end those
+        past their time, or whose resend failed (the peer left: the sender hears why)."""
+        while True:
+            await trio.sleep(RELIABLE_RESEND / 4)
+            now = trio.current_time()
+            for reliable in list(self._reliable.values()):
+                if now >= reliable.expires:
+                    self._settle(reliable)
+                elif now >= reliable.resend_at:
+                    reliable.resend_at = now + RELIABLE_RESEND
+                    try:
+                        await self.wire.send(reliable.peer, reliable.frame)
+                    except OpError as failed:
+                        reliable.error = failed
+                        self._settle(reliable)
+
+    def _settle(self, reliable: ReliableSend) -> None:
+        """A reliable send is over: forget it, wake its sender."""
+        self._reliable.pop(reliable.ack, None)
+        reliable.done.set()
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -347,10 +376,10 @@ class Channels:
 
     def _on_ack(self, sender: str, frame: Frame) -> None:
         assert isinstance(frame, ChanAck)
-        pending = self._reliable.get(frame.ack)
-        if pending is not None and pending.peer == sender:
-            pending.subscribers = frame.subscribers
-            pending.acked.set()
+        reliable = self._reliable.get(frame.ack)
+        if reliable is not None and reliable.peer == sender:
+            reliable.subscribers, reliable.acknowledged = frame.subscribers, True
+            self._settle(reliable)
 
     def _head(self, sender: str, channel: str) -> dict[str, Any]:
         """The fields every message event of `sender` on `channel` begins with."""

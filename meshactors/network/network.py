@@ -3,6 +3,7 @@ of one joined network."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -114,14 +115,24 @@ class Network(Supervisor):
         except AskTimeout as exc:
             raise OpError(ErrorCode.TIMEOUT, str(exc)) from None
 
+    def tell(self, fn: Callable[[], None]) -> bool:
+        """Have core run `fn` without waiting for it; False when core's inbox is full."""
+        return self.peers.tell(fn)
+
     def register_app_handler(self, tag: str, handler: AppHandler) -> None:
         """Route application frames of type `tag` from active peers to `handler`."""
         self.peers.register_app_handler(tag, handler)
 
     async def send_to_peer(self, device_id: str, frame: Frame) -> None:
-        """Send an application frame to an active peer (OpError no_such_peer, peer_not_active,
-        link_down)."""
-        await self.peers.send_app(device_id, frame)
+        """Have core seal and send an application frame to an active peer (OpError
+        no_such_peer, peer_not_active, link_down; unavailable or timeout without core)."""
+        await self.ask_await(
+            "send to a peer", functools.partial(self.peers.send_app, device_id, frame)
+        )
+
+    async def active_peers(self) -> list[str]:
+        """The peers application frames may go to now, as core sees them."""
+        return await self.ask("list active peers", self.peers.active_peers)
 
     async def apply(self, config: NetworkConfig) -> bool:
         """Take a new config of the same id; reconnects only if the brokers changed (→ True)."""

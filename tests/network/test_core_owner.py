@@ -1,6 +1,6 @@
-"""The network's state has one owner: the rpc code ops reach (claims, calls, answers,
-cancels, a closed connection's release) runs in the `core` actor's task, never in the
-connection's."""
+"""The network's state has one owner: the rpc and channels code ops reach (claims, calls,
+answers, cancels, subscriptions, sends, a closed connection's release) runs in the `core`
+actor's task, never in the connection's."""
 
 from __future__ import annotations
 
@@ -13,13 +13,23 @@ import pytest
 import trio
 
 from meshactors.actors import current_node
+from meshactors.network.channels import Channels
 from meshactors.network.core import NetworkCore
 from meshactors.network.rpc import Rpc
 from tests.network.appclient import AppClient
 from tests.network.conftest import NET, Mesh, active_pair
 
 WAIT = 10.0
-WATCHED = ("register", "unregister", "call", "respond", "cancel", "client_gone")
+RPC_METHODS = ("register", "unregister", "call", "respond", "cancel", "client_gone")
+CHANNEL_METHODS = (
+    "subscribe",
+    "unsubscribe",
+    "send_to",
+    "send_all",
+    "start_reliable",
+    "end_reliable",
+    "client_gone",
+)
 
 
 def running_actor() -> str:
@@ -28,37 +38,41 @@ def running_actor() -> str:
 
 
 @attrs.define
-class RpcTasks:
-    """For each watched Rpc method, the kinds of the tasks it ran in; `released` is set once
-    a closed connection was released."""
+class TasksOf:
+    """For each watched method, the kinds of the actors it ran in; `released` is set once a
+    closed connection was released."""
 
-    seen: dict[str, set[str]] = attrs.field(factory=lambda: {name: set() for name in WATCHED})
+    seen: dict[str, set[str]]
     released: trio.Event = attrs.field(factory=trio.Event)
 
+    def only_core(self) -> bool:
+        """Whether every watched method ran, and only in core."""
+        return all(kinds == {NetworkCore.kind} for kinds in self.seen.values())
 
-@pytest.fixture
-def tasks_of_rpc(monkeypatch: pytest.MonkeyPatch) -> RpcTasks:
-    """Records, for each watched Rpc method, the tasks it runs in."""
-    record = RpcTasks()
+
+def record(monkeypatch: pytest.MonkeyPatch, cls: type, names: tuple[str, ...]) -> TasksOf:
+    """Record the actor each of `cls`'s methods `names` is called in."""
+    tasks = TasksOf({name: set() for name in names})
 
     def recorded(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            record.seen[name].add(running_actor())
+            tasks.seen[name].add(running_actor())
             if name == "client_gone":
-                record.released.set()
+                tasks.released.set()
             return method(*args, **kwargs)
 
         return wrapper
 
-    for name in WATCHED:
-        monkeypatch.setattr(Rpc, name, recorded(name, getattr(Rpc, name)))
-    return record
+    for name in names:
+        monkeypatch.setattr(cls, name, recorded(name, getattr(cls, name)))
+    return tasks
 
 
 async def test_ops_reach_rpc_only_through_core(
-    mesh: Mesh, nursery: trio.Nursery, tasks_of_rpc: RpcTasks
+    mesh: Mesh, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    tasks_of_rpc = record(monkeypatch, Rpc, RPC_METHODS)
     a, b = await active_pair(mesh)
     caller = await AppClient.open(a.services.paths.socket, nursery)
     server = await AppClient.open(b.services.paths.socket, nursery)
@@ -77,5 +91,27 @@ async def test_ops_reach_rpc_only_through_core(
         await server.call("rpc_unregister", network=NET, method="echo")
         await server.aclose()
         await tasks_of_rpc.released.wait()  # the close's cleanup asks core
-    expected = {name: {NetworkCore.kind} for name in WATCHED}
-    assert tasks_of_rpc.seen == expected
+    assert tasks_of_rpc.only_core(), tasks_of_rpc.seen
+
+
+async def test_ops_reach_channels_only_through_core(
+    mesh: Mesh, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tasks = record(monkeypatch, Channels, CHANNEL_METHODS)
+    a, b = await active_pair(mesh)
+    sender = await AppClient.open(a.services.paths.socket, nursery)
+    reader = await AppClient.open(b.services.paths.socket, nursery)
+    with trio.fail_after(WAIT):
+        await reader.call("channel_subscribe", network=NET, channel="news")
+        to_b = {"network": NET, "channel": "news", "peer": b.device_id}
+        await sender.call("channel_send_to", payload=1, **to_b)
+        await sender.call("channel_send_all", network=NET, channel="news", payload=2)
+        acked = await sender.call("channel_send_reliable", payload=3, ttl_ms=10_000, **to_b)
+        assert acked == {"acknowledged": True, "subscribers": 1}
+        received = [(await reader.event("channel_inbound"))["payload"] for _ in range(3)]
+        assert received == [1, 2, 3]
+        await reader.call("channel_unsubscribe", network=NET, channel="news")
+        await reader.call("channel_subscribe", network=NET, channel="news")
+        await reader.aclose()
+        await tasks.released.wait()  # the close's cleanup asks core
+    assert tasks.only_core(), tasks.seen
