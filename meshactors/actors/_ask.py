@@ -52,6 +52,11 @@ class Reply(Generic[T]):
         """Answer with an error, raised in the asker."""
         self._deliver(_Answer(error=error))
 
+    def drop(self) -> None:
+        """Give up answering (the actor stops mid-request): the asker gets ActorGone at once
+        instead of waiting out its deadline. Harmless after an answer."""
+        self._channel.close()
+
     def _deliver(self, answer: _Answer[T]) -> None:
         try:
             self._channel.send_nowait(answer)

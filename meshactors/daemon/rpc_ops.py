@@ -255,14 +255,16 @@ async def rpc_stream_chunk(session: Session, params: RpcStreamChunk) -> dict[str
     """Send one chunk of a streamed answer (waits while the caller is a window behind)."""
     payload = payload_of(params.payload, params.payload_b64)
     network = await _holding(session, params.request_id, served=True)
-    await network.rpc.stream_chunk(session, params.request_id, payload)
+    queue = functools.partial(network.rpc.queue_chunk, session, params.request_id, payload)
+    await (await network.ask("rpc_stream_chunk", queue))  # core sends it once credit allows
     return {}
 
 
 async def rpc_stream_end(session: Session, params: RpcStreamEnd) -> dict[str, Any]:
     """End a streamed answer; an `error` reaches the caller with the end."""
     network = await _holding(session, params.request_id, served=True)
-    await network.rpc.stream_end(session, params.request_id, params.error)
+    queue = functools.partial(network.rpc.queue_end, session, params.request_id, params.error)
+    await (await network.ask("rpc_stream_end", queue))
     return {}
 
 

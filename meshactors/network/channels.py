@@ -54,19 +54,36 @@ class ChannelClient(Protocol):
     def push_frames(self, frames: list[bytes]) -> int: ...
 
 
+@attrs.frozen
+class PumpJoin:
+    """To a pump: `client` subscribes from now on."""
+
+    client: ChannelClient
+
+
+@attrs.frozen
+class PumpLeave:
+    """To a pump: the connection `client_id` no longer subscribes."""
+
+    client_id: str
+
+
+PumpMessage = list[bytes] | PumpJoin | PumpLeave  # a frame's event lines, or a change of readers
+
+
 @attrs.define(eq=False)
 class ChannelPump(Actor):
-    """Fans one channel's messages out to its subscribed connections, never waiting."""
+    """Fans one channel's messages out to its subscribed connections, never waiting. Core
+    feeds it only by messages: event lines, and who joins or leaves."""
 
     kind: ClassVar[str] = "channel"
 
     network: str
     channel: str
+    inbox: Inbox[PumpMessage] = attrs.field(factory=lambda: Inbox(PUMP_INBOX))
     subscribers: dict[str, ChannelClient] = attrs.field(factory=dict)
-    inbox: Inbox[list[bytes]] = attrs.field(factory=lambda: Inbox(PUMP_INBOX))
     delivered: int = 0
     lagged: int = 0
-    dropped: int = 0
 
     def figures(self) -> dict[str, object]:
         return {
@@ -74,23 +91,18 @@ class ChannelPump(Actor):
             "subscribers": sorted(self.subscribers),
             "delivered": self.delivered,
             "lagged": self.lagged,
-            "dropped": self.dropped,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        async for events in self.inbox.receiver:
-            self.fan_out(events)
-
-    def offer(self, events: list[bytes]) -> bool:
-        """Queue one frame's event lines for fan-out without waiting; False (each counted)
-        when the pump is full."""
-        try:
-            self.inbox.sender.send_nowait(events)
-        except trio.WouldBlock:
-            self.dropped += len(events)
-            return False
-        return True
+        async for message in self.inbox.receiver:
+            match message:
+                case PumpJoin(client=client):
+                    self.subscribers[client.client_id] = client
+                case PumpLeave(client_id=client_id):
+                    self.subscribers.pop(client_id, None)
+                case _:
+                    self.fan_out(message)
 
     def fan_out(self, events: list[bytes]) -> None:
         """Push event lines, in order, to every subscriber; a full connection lags (per event),
@@ -138,6 +150,7 @@ class Channels:
     own: RetainedStore = attrs.field(factory=RetainedStore, init=False)  # (channel, target)
     counters: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     _pumps: dict[str, ChannelPump] = attrs.field(factory=dict, init=False)
+    _readers: dict[str, set[str]] = attrs.field(factory=dict, init=False)  # channel → clients
     _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     _reliable: dict[str, ReliableSend] = attrs.field(factory=dict, init=False)
     _recent_acks: collections.OrderedDict[tuple[str, str], int] = attrs.field(
@@ -176,7 +189,8 @@ class Channels:
             pump = self._pumps.get(channel)
             if pump is None:
                 pump = await self._start_pump(channel)
-            pump.subscribers[client.client_id] = client
+            self._readers[channel].add(client.client_id)
+            await pump.inbox.send(PumpJoin(client))
         retained = [(key[0], value) for key, value in self.received.items() if key[1] == channel]
         for sender, payload in retained:
             client.push(INBOUND, self._event(sender, channel, payload, retained=True))
@@ -185,10 +199,13 @@ class Channels:
     async def unsubscribe(self, client: ChannelClient, channel: str) -> bool:
         """Remove `client` from `channel`; the last one out stops the pump. False if absent."""
         async with self._lock:
-            pump = self._pumps.get(channel)
-            if pump is None or pump.subscribers.pop(client.client_id, None) is None:
+            pump, readers = self._pumps.get(channel), self._readers.get(channel, set())
+            if pump is None or client.client_id not in readers:
                 return False
-            if not pump.subscribers:
+            readers.discard(client.client_id)
+            if readers:
+                await pump.inbox.send(PumpLeave(client.client_id))
+            else:
                 await self._stop_pump(channel)
             return True
 
@@ -199,7 +216,7 @@ class Channels:
             raise OpError(ErrorCode.CONFLICT, f"at most {MAX_CHANNELS} channels per network")
         pump = ChannelPump(self.network, channel)
         await self.tree.start_child(_pump_spec(pump))
-        self._pumps[channel] = pump
+        self._pumps[channel], self._readers[channel] = pump, set()
         return pump
 
     def pump_specs(self) -> list[ChildSpec]:
@@ -208,13 +225,13 @@ class Channels:
         return [_pump_spec(pump) for pump in self._pumps.values()]
 
     async def _stop_pump(self, channel: str) -> None:
-        del self._pumps[channel]
+        del self._pumps[channel], self._readers[channel]
         if self.tree is not None:
             await self.tree.stop_child(_pump_name(channel))
 
     async def client_gone(self, client: ChannelClient) -> None:
         """Unsubscribe a closed connection from every channel it read."""
-        for channel in [c for c, p in self._pumps.items() if client.client_id in p.subscribers]:
+        for channel in [c for c, ids in self._readers.items() if client.client_id in ids]:
             await self.unsubscribe(client, channel)
 
     # -- sending ----------------------------------------------------------------------------
@@ -361,9 +378,13 @@ class Channels:
         pump = self._pumps.get(channel)
         if pump is None:
             return 0
-        if not pump.offer(events()):
+        lines = events()
+        try:
+            pump.inbox.sender.send_nowait(lines)
+        except trio.WouldBlock:
+            self.counters["pump_full"] += len(lines)
             return None
-        return len(pump.subscribers)
+        return len(self._readers[channel])
 
     def _seen(self, sender: str, ack: str) -> bool:
         """A resent reliable message we accepted already: acknowledge it again, drop it."""

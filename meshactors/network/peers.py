@@ -352,6 +352,8 @@ class Peers:
                     reply.ok(await fn())
                 except Exception as exc:
                     reply.fail(exc)
+                finally:
+                    reply.drop()  # cancelled (core stops): the asker hears so now
             case _Tell(fn=told):
                 told()
             case InboundRecords(records=records):

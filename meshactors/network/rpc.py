@@ -74,17 +74,29 @@ def check_timeout(timeout_ms: int | None) -> int:
 
 @attrs.define(eq=False)
 class StreamFlow:
-    """A streamed answer's credit: chunks it may still send, and who waits for more."""
+    """A streamed answer's credit (chunks it may still send) and what waits to leave, in
+    order: chunks and then the end, each with the Pending its op waits on."""
 
     credit: int = STREAM_WINDOW
-    changed: trio.Event = attrs.field(factory=trio.Event)  # set when credit grows or it ends
-    lock: trio.Lock = attrs.field(factory=trio.Lock)  # chunks and the end leave one at a time
+    queued: collections.deque[tuple[RpcChunk | RpcEnd, Pending[dict[str, Any]]]] = attrs.field(
+        factory=collections.deque
+    )
+    ended: bool = False  # the end is queued: no chunk may follow it
+    changed: trio.Event = attrs.field(factory=trio.Event)  # credit, a queued frame, or the end
 
     def grant(self, chunks: int) -> None:
-        """The caller took `chunks` more: wake the waiting chunk."""
+        """The caller took `chunks` more: wake the sender."""
         self.credit += chunks
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the call's sender to look again."""
         self.changed.set()
         self.changed = trio.Event()
+
+    def ready(self) -> bool:
+        """Whether the head of the queue may leave now (a chunk needs credit, the end not)."""
+        return bool(self.queued) and (self.credit > 0 or isinstance(self.queued[0][0], RpcEnd))
 
 
 @attrs.define(eq=False)
@@ -395,6 +407,8 @@ class Rpc:
             self._answer_error(sender, frame.id, frame.stream, WireError("remote_error", message))
             return
         self._inbound.add(call)
+        if flow is not None:
+            self._nursery.start_soon(self._send_stream, call)
 
     def _refusal(
         self, sender: str, frame: RpcCall, claim: Claim[RpcClient] | None
@@ -433,7 +447,7 @@ class Rpc:
     def _forget_inbound(self, call: InboundCall) -> None:
         self._inbound.forget(call)
         if call.flow is not None:
-            call.flow.changed.set()
+            call.flow.wake()
 
     def _on_cancel(self, sender: str, frame: Frame) -> None:
         assert isinstance(frame, RpcCancel)
@@ -481,33 +495,68 @@ class Rpc:
             self._nursery.start_soon(self._send_later, call.caller, frame, sent.fail, sent)
         return sent
 
-    async def stream_chunk(self, client: RpcClient, request_id: str, payload: Payload) -> None:
-        """Send one chunk of a streamed answer, waiting while the caller has no credit left."""
+    def queue_chunk(
+        self, client: RpcClient, request_id: str, payload: Payload
+    ) -> Pending[dict[str, Any]]:
+        """Queue one chunk of a streamed answer; the Pending settles once it left, which waits
+        while the caller has no credit left."""
         call = self._serving(client, request_id, stream=True)
+        self._check_open(call)
+        return self._queue_out(call, RpcChunk(call.remote_id, payload.value, payload.binary))
+
+    def queue_end(
+        self, client: RpcClient, request_id: str, error: str | None
+    ) -> Pending[dict[str, Any]]:
+        """Queue the end of a streamed answer (after every chunk queued so far), with an error
+        if it failed; the Pending settles once it left."""
+        call = self._serving(client, request_id, stream=True)
+        self._check_open(call)
+        _flow_of(call).ended = True
+        wire_error = None if error is None else WireError("remote_error", error or "error")
+        return self._queue_out(call, RpcEnd(call.remote_id, wire_error))
+
+    def _queue_out(self, call: InboundCall, frame: RpcChunk | RpcEnd) -> Pending[dict[str, Any]]:
+        sent: Pending[dict[str, Any]] = Pending()
         flow = _flow_of(call)
-        async with flow.lock:
-            while flow.credit <= 0 and self._inbound.get(call.id) is call:
+        flow.queued.append((frame, sent))
+        flow.wake()
+        return sent
+
+    async def _send_stream(self, call: InboundCall) -> None:
+        """A streamed call's sender, a task of core: sends its queued chunks as credit allows,
+        then its end; once the call ends otherwise, what is still queued fails with why."""
+        flow = _flow_of(call)
+        while self._inbound.get(call.id) is call:
+            if not flow.ready():
                 await flow.changed.wait()
-            self._check_open(call)
-            flow.credit -= 1
-            frame = RpcChunk(call.remote_id, payload.value, payload.binary)
-            await self.wire.send(call.caller, frame)
+                continue
+            frame, sent = flow.queued.popleft()
+            if isinstance(frame, RpcEnd):
+                self._forget_inbound(call)
+            else:
+                flow.credit -= 1
+            try:
+                await self.wire.send(call.caller, frame)
+            except OpError as failed:
+                sent.fail(failed)
+            else:
+                sent.resolve({})
+        while flow.queued:
+            flow.queued.popleft()[1].fail(self._closed(call))
 
     def _check_open(self, call: InboundCall) -> None:
-        """OpError cancelled (the caller ended it) or unknown_request (it finished meanwhile)."""
-        if call.cancelled is not None:
-            raise OpError(ErrorCode.CANCELLED, f"the caller ended the call ({call.cancelled})")
-        if self._inbound.get(call.id) is not call:
+        """OpError cancelled (the caller ended it) or unknown_request (it finished, or its end
+        is queued)."""
+        if call.cancelled is not None or self._inbound.get(call.id) is not call:
+            raise self._closed(call)
+        if call.flow is not None and call.flow.ended:
             raise _unknown(call.id)
 
-    async def stream_end(self, client: RpcClient, request_id: str, error: str | None) -> None:
-        """End a streamed answer (after every chunk sent so far), with an error if it failed."""
-        call = self._serving(client, request_id, stream=True)
-        async with _flow_of(call).lock:
-            self._check_open(call)
-            self._forget_inbound(call)
-            wire_error = None if error is None else WireError("remote_error", error or "error")
-            await self.wire.send(call.caller, RpcEnd(call.remote_id, wire_error))
+    def _closed(self, call: InboundCall) -> OpError:
+        """Why a served call takes no more: the caller ended it, or it finished."""
+        if call.cancelled is not None:
+            return OpError(ErrorCode.CANCELLED, f"the caller ended the call ({call.cancelled})")
+        return _unknown(call.id)
 
     # -- connections and peers going away -------------------------------------------------
 

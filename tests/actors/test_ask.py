@@ -68,3 +68,20 @@ async def test_late_answer_is_harmless(autojump_clock: trio.testing.MockClock) -
     late = inbox.receiver.receive_nowait()
     late.reply.ok(2)  # the asker is gone: no error, nothing blocks
     late.reply.ok(3)  # answering twice is harmless too
+
+
+async def test_a_request_dropped_mid_way_fails_the_asker_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    inbox: Inbox[Double] = Inbox(capacity=4)
+
+    async def stops_mid_request() -> None:
+        request = await inbox.receiver.receive()
+        request.reply.drop()  # what an actor cancelled mid-request does
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stops_mid_request)
+        began = trio.current_time()
+        with pytest.raises(ActorGone):
+            await inbox.ask(lambda r: Double(1, r), timeout=10, what="double")
+        assert trio.current_time() == began  # not after the deadline

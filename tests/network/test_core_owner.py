@@ -20,7 +20,17 @@ from tests.network.appclient import AppClient
 from tests.network.conftest import NET, Mesh, active_pair
 
 WAIT = 10.0
-RPC_METHODS = ("register", "unregister", "call", "respond", "cancel", "client_gone")
+RPC_METHODS = (
+    "register",
+    "unregister",
+    "call",
+    "call_stream",
+    "respond",
+    "queue_chunk",
+    "queue_end",
+    "cancel",
+    "client_gone",
+)
 CHANNEL_METHODS = (
     "subscribe",
     "unsubscribe",
@@ -84,9 +94,15 @@ async def test_ops_reach_rpc_only_through_core(
         inbound = await server.event("rpc_inbound", method="echo")
         await server.call("rpc_respond", request_id=inbound["request_id"], payload=1)
         assert (await caller.answer(asked))["payload"] == 1
-        streamed = await caller.call(
-            "rpc_call_stream", network=NET, peer=b.device_id, method="echo", payload=2
-        )
+        await server.call("rpc_register", network=NET, method="count", streaming=True)
+        to_count = {"network": NET, "peer": b.device_id, "method": "count"}
+        await caller.call("rpc_call_stream", payload=2, **to_count)
+        inbound = await server.event("rpc_inbound", method="count")
+        await server.call("rpc_stream_chunk", request_id=inbound["request_id"], payload="c")
+        await server.call("rpc_stream_end", request_id=inbound["request_id"])
+        assert (await caller.event("rpc_call_stream_chunk"))["payload"] == "c"
+        await caller.event("rpc_call_stream_end")
+        streamed = await caller.call("rpc_call_stream", payload=3, **to_count)
         await caller.call("rpc_cancel", request_id=streamed["request_id"])
         await server.call("rpc_unregister", network=NET, method="echo")
         await server.aclose()

@@ -90,11 +90,11 @@ async def test_a_stream_producer_waits_when_the_caller_gives_no_credit(
     ((kind, inbound),) = server.pushed
     assert kind == "rpc_inbound"
     for n in range(STREAM_WINDOW):
-        await rpc.stream_chunk(server, inbound["request_id"], Payload(n))
+        await rpc.queue_chunk(server, inbound["request_id"], Payload(n))
     finished = trio.Event()
 
     async def one_more() -> None:
-        await rpc.stream_chunk(server, inbound["request_id"], Payload("more"))
+        await rpc.queue_chunk(server, inbound["request_id"], Payload("more"))
         finished.set()
 
     nursery.start_soon(one_more)
@@ -105,6 +105,46 @@ async def test_a_stream_producer_waits_when_the_caller_gives_no_credit(
     with trio.fail_after(1):
         await finished.wait()
     assert len(peers.of(RpcChunk)) == STREAM_WINDOW + 1
+
+
+async def test_chunks_and_the_end_leave_in_order_and_nothing_follows_the_end(
+    running: tuple[Rpc, RecordingPeers],
+) -> None:
+    rpc, peers = running
+    server = Connection()
+    rpc.register(server, "count", streaming=True)
+    peers.deliver(RpcCall("r1", "count", None, False, True, 60_000))
+    request_id = server.pushed[0][1]["request_id"]
+    sent = [rpc.queue_chunk(server, request_id, Payload(n)) for n in range(3)]
+    sent.append(rpc.queue_end(server, request_id, None))
+    with pytest.raises(OpError) as late:
+        rpc.queue_chunk(server, request_id, Payload("after the end"))
+    assert late.value.code is ErrorCode.UNKNOWN_REQUEST
+    with trio.fail_after(1):
+        for each in sent:
+            assert await each == {}
+    assert [chunk.payload for chunk in peers.of(RpcChunk)] == [0, 1, 2]
+    assert len(peers.of(RpcEnd)) == 1
+    assert not rpc.has_inbound(request_id)
+
+
+async def test_chunks_queued_when_the_caller_cancels_fail_as_cancelled(
+    running: tuple[Rpc, RecordingPeers],
+) -> None:
+    rpc, peers = running
+    server = Connection()
+    rpc.register(server, "count", streaming=True)
+    peers.deliver(RpcCall("r1", "count", None, False, True, 60_000))
+    request_id = server.pushed[0][1]["request_id"]
+    waiting = [rpc.queue_chunk(server, request_id, Payload(n)) for n in range(STREAM_WINDOW + 2)]
+    await trio.testing.wait_all_tasks_blocked()  # the window went; two wait for credit
+    peers.deliver(RpcCancel("r1", "cancelled"))
+    with trio.fail_after(1):
+        for stuck in waiting[STREAM_WINDOW:]:
+            with pytest.raises(OpError) as failure:
+                await stuck
+            assert failure.value.code is ErrorCode.CANCELLED
+    assert len(peers.of(RpcChunk)) == STREAM_WINDOW
 
 
 async def test_the_caller_grants_credit_as_its_connection_takes_chunks(
