@@ -455,8 +455,8 @@ class Outbox(Actor):
         """Register the msg and msg_ack handlers on a network as it is built, before it starts;
         what arrives while this actor is down waits in its bounded queues."""
         network_id = network.config.id
-        network.register_app_handler("msg", functools.partial(self._on_msg, network_id))
-        network.register_app_handler("msg_ack", functools.partial(self._on_ack, network_id))
+        network.register_app_handler(Msg.tag, functools.partial(self._on_msg, network_id))
+        network.register_app_handler(MsgAck.tag, functools.partial(self._on_ack, network_id))
 
     async def _watch(self, watch: Subscriber[Event]) -> None:
         async for event in watch:
