@@ -88,6 +88,10 @@ class ClientActor(Actor):
             MAX_CONCURRENT_REQUESTS
         )
 
+    def inbox_statistics(self) -> trio.MemoryChannelStatistics:
+        """The outgoing channel its writer drains: what every answer and event waits in."""
+        return self._out_receive.statistics()
+
     def figures(self) -> dict[str, Any]:
         session = self._session
         return {

@@ -37,6 +37,10 @@ class EventHub(Actor):
     def __attrs_post_init__(self) -> None:
         self._to_log, self._log_queue = trio.open_memory_channel[Event](PERSIST_QUEUE)
 
+    def inbox_statistics(self) -> trio.MemoryChannelStatistics:
+        """The queue of events waiting to be written to the log."""
+        return self._log_queue.statistics()
+
     def publish(self, kind: str, data: dict[str, Any]) -> Event:
         """Number and publish an event; never waits."""
         self.last_event_id += 1

@@ -244,6 +244,10 @@ class Outbox(Actor):
         self._settled = trio.open_memory_channel[_Settled](SETTLE_QUEUE)
         self.networks.on_build.append(self._hook)  # before any network starts: no msg is missed
 
+    def inbox_statistics(self) -> trio.MemoryChannelStatistics:
+        """The queue of received messages waiting to be stored."""
+        return self._received[1].statistics()
+
     def poke(self) -> None:
         """Run a delivery pass soon (a send was accepted, a peer became active, ...)."""
         self._wake.set()

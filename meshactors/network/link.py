@@ -184,6 +184,10 @@ class Link(Actor):
         """Whether the broker welcomed us and the connection is still open."""
         return self._outbound is not None
 
+    def inbox_statistics(self) -> trio.MemoryChannelStatistics | None:
+        """The outbound channel its writer drains (none while the link is not up)."""
+        return None if self._outbound is None else self._outbound.statistics()
+
     def figures(self) -> dict[str, object]:
         queued = 0 if self._outbound is None else self._outbound.statistics().current_buffer_used
         return {

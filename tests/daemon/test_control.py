@@ -6,7 +6,7 @@ from typing import Any
 
 import trio
 
-from meshactors.daemon.client import MAX_CONCURRENT_REQUESTS
+from meshactors.daemon.client import MAX_CONCURRENT_REQUESTS, OUTGOING_CAPACITY
 from meshactors.daemon.services import Services
 from meshactors.wire.ipc import MAX_FRAME_BYTES
 from tests.support import LineClient
@@ -64,6 +64,7 @@ async def test_a_notification_runs_unanswered_unless_it_fails(connect: Any) -> N
     name = "client " + status["data"]["client_id"]
     (me,) = [node for node in _clients(inspected["data"]) if node["name"] == name]
     assert me["figures"]["events"] is True  # the notification ran
+    assert me["inbox"]["size"] == OUTGOING_CAPACITY  # its outgoing channel, as inbox figures
 
 
 def _clients(tree: dict[str, Any]) -> list[dict[str, Any]]:

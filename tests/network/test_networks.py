@@ -173,6 +173,9 @@ async def test_inspect_shows_each_network_with_its_children_and_figures(mesh: Me
     assert children["link"]["figures"]["state"] == "up"
     assert children["link"]["figures"]["url"] == mesh.url
     assert children["core"]["figures"]["peers"]["active"] == 1
+    queues = {**{c["name"]: c for c in tree["children"]}, **children}
+    for name in ("store", "events", "networks", "control", "outbox", "core", "link"):
+        assert queues[name]["inbox"]["size"] > 0, name  # what each actor's work waits in
     status = await a.call("status")
     assert [(n["id"], n["phase"]) for n in status["networks"]] == [(NET, "active")]
 
