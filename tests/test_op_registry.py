@@ -14,7 +14,7 @@ import pytest
 from meshactors.cli import build_parser
 from meshactors.client import MeshClient
 from meshactors.daemon.main import build_ops
-from meshactors.daemon.optable import Op
+from meshactors.ops.optable import Op
 
 ROOT = Path(__file__).parent.parent
 PROTOCOL = ROOT / "docs" / "protocol.md"

@@ -31,8 +31,8 @@ from meshactors.cli.common import (
     report,
 )
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
+from meshactors.control.supervisor import ActivationError, activated_socket
 from meshactors.daemon.broker_actor import parse_listen
-from meshactors.daemon.control import ActivationError, activated_socket
 from meshactors.daemon.lock import AlreadyRunning, DaemonLock, read_running_pid
 from meshactors.daemon.main import DaemonOptions, serve
 from meshactors.daemon.outbox import ACK_TIMEOUT_S, DurableSettings

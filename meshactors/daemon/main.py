@@ -15,17 +15,17 @@ import trio
 from meshactors._version import __version__
 from meshactors.actors import ChildSpec, Node, Strategy, Supervisor, run_root
 from meshactors.broker.limits import BrokerConfig
-from meshactors.daemon import debug_ops, message_ops, network_ops, rpc_ops, system_ops
+from meshactors.control.supervisor import control_supervisor
 from meshactors.daemon.broker_actor import BrokerActor
-from meshactors.daemon.control import control_supervisor
-from meshactors.daemon.events import EventHub
-from meshactors.daemon.optable import OpTable
 from meshactors.daemon.outbox import DurableSettings, Outbox
 from meshactors.daemon.sdnotify import Notifier, NotifierActor
 from meshactors.daemon.services import Services
+from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.network.link import ROLES
 from meshactors.network.manager import NetworkManager
+from meshactors.ops import debug_ops, message_ops, network_ops, rpc_ops, system_ops
+from meshactors.ops.optable import OpTable
 from meshactors.paths import Paths
 from meshactors.store.actor import StoreActor
 

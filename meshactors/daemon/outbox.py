@@ -32,7 +32,7 @@ import structlog
 import trio
 
 from meshactors.actors import Actor, Lagged, Subscriber
-from meshactors.daemon.events import EventHub
+from meshactors.event_hub import EventHub
 from meshactors.network.delivery import (
     ACK_TIMEOUT,
     INVALID_MESSAGE,

@@ -8,14 +8,14 @@ import attrs
 import trio
 
 from meshactors.actors import Node
-from meshactors.daemon.events import EventHub
+from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.network.manager import NetworkManager
 from meshactors.paths import Paths
 from meshactors.store.actor import StoreActor
 
 if TYPE_CHECKING:
-    from meshactors.daemon.optable import OpTable
+    from meshactors.ops.optable import OpTable
 
 
 @attrs.define(eq=False)

@@ -38,7 +38,7 @@ from meshactors.broker.envelope import (
 )
 from meshactors.broker.hello import build_hello, is_role
 from meshactors.broker.limits import MESSAGE_BURST, MESSAGE_RATE_PER_S, TokenBucket
-from meshactors.daemon.events import EventHub
+from meshactors.event_hub import EventHub
 from meshactors.network.link_errors import LinkError, LinkErrorKind, classify
 from meshactors.wire.device_id import is_device_id
 from meshactors.wire.jsonlimits import BadJson, check_json

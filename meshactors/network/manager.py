@@ -13,7 +13,7 @@ import structlog
 import trio
 
 from meshactors.actors import ActorGone, AskTimeout, ChildSpec, Supervisor
-from meshactors.daemon.events import EventHub
+from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.network.config import ConfigError, NetworkConfig
 from meshactors.network.link import LINK_ROLE, ROLES

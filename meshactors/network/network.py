@@ -11,7 +11,7 @@ import attrs
 import trio
 
 from meshactors.actors import ActorGone, AskTimeout, ChildSpec, Strategy, Supervisor
-from meshactors.daemon.events import EventHub
+from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.network.app_wire import AppWire
 from meshactors.network.channels import Channels

@@ -21,7 +21,7 @@ import trio
 
 from meshactors._version import __version__
 from meshactors.actors import Inbox, Reply
-from meshactors.daemon.events import EventHub
+from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.network.link import (
     LINK_ROLE,

@@ -27,7 +27,7 @@ import attrs
 import trio
 
 from meshactors.client import ClientError, EventStream, MeshClient
-from meshactors.daemon.event_stream import EVENT_CAPACITY, LAG_DISCONNECT_LIMIT
+from meshactors.control.event_stream import EVENT_CAPACITY, LAG_DISCONNECT_LIMIT
 from meshactors.network.config import NetworkConfig
 from scripts.benchlib import resources, swarm
 from scripts.benchlib.baseline import free_port

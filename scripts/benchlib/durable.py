@@ -28,7 +28,7 @@ import trio
 from nacl.signing import SigningKey
 
 from meshactors.client._frames import FrameDecoder, answer_data, encode_request
-from meshactors.daemon.client import MAX_CONCURRENT_REQUESTS
+from meshactors.control.client import MAX_CONCURRENT_REQUESTS
 from meshactors.store.db import open_database
 from meshactors.wire.device_id import device_id_from_public_key
 from scripts.demo_mesh import Home, broker

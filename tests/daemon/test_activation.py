@@ -11,7 +11,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from meshactors.daemon.control import ActivationError, activated_socket, inherited_socket_path
+from meshactors.control.supervisor import (
+    ActivationError,
+    activated_socket,
+    inherited_socket_path,
+)
 from meshactors.daemon.lock import DaemonLock
 from meshactors.daemon.main import DaemonOptions, serve
 from meshactors.identity import load_or_create_identity

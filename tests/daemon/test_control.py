@@ -6,7 +6,7 @@ from typing import Any
 
 import trio
 
-from meshactors.daemon.client import MAX_CONCURRENT_REQUESTS, OUTGOING_CAPACITY
+from meshactors.control.client import MAX_CONCURRENT_REQUESTS, OUTGOING_CAPACITY
 from meshactors.daemon.services import Services
 from meshactors.wire.ipc import MAX_FRAME_BYTES
 from tests.support import LineClient

@@ -8,10 +8,10 @@ import attrs
 import pytest
 import trio
 
-from meshactors.daemon.http_parse import MAX_BODY_BYTES, MAX_HEAD_BYTES
-from meshactors.daemon.optable import Op
+from meshactors.control.http_parse import MAX_BODY_BYTES, MAX_HEAD_BYTES
+from meshactors.control.session import Session
 from meshactors.daemon.services import Services
-from meshactors.daemon.session import Session
+from meshactors.ops.optable import Op
 from meshactors.wire.ipc import ErrorCode, OpError
 from tests.daemon.conftest import Connect
 from tests.daemon.httptools import encode_request

@@ -13,9 +13,9 @@ import attrs
 import pytest
 import trio
 
-from meshactors.daemon.optable import Op
+from meshactors.control.session import Session
 from meshactors.daemon.services import Services
-from meshactors.daemon.session import Session
+from meshactors.ops.optable import Op
 from tests.daemon.conftest import serving
 from tests.daemon.httptools import CURL, needs_curl, sse_events
 

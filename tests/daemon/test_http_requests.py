@@ -12,8 +12,8 @@ import pytest
 import trio
 import trio.testing
 
-from meshactors.daemon.http import HttpConnection, looks_like_http
-from meshactors.daemon.http_parse import (
+from meshactors.control.http import HttpConnection, looks_like_http
+from meshactors.control.http_parse import (
     IDLE_TIMEOUT,
     MAX_BODY_BYTES,
     MAX_HEAD_BYTES,

@@ -9,9 +9,9 @@ import trio
 import trio.testing
 
 from meshactors.actors import Broadcast
-from meshactors.daemon.events import PERSIST_BATCH
+from meshactors.control.sse import KEEPALIVE, KEEPALIVE_INTERVAL, SseSink, sse_message
 from meshactors.daemon.services import Services
-from meshactors.daemon.sse import KEEPALIVE, KEEPALIVE_INTERVAL, SseSink, sse_message
+from meshactors.event_hub import PERSIST_BATCH
 from meshactors.store.events import EVENT_LOG_LIMIT, PRUNE_BATCH, Event
 from tests.daemon.conftest import Connect
 from tests.daemon.httptools import RawHttp, encode_request, sse_events

@@ -12,8 +12,8 @@ import attrs
 import pytest
 import trio
 
+from meshactors.control.tcp_auth import TokenFileError, load_or_create_token
 from meshactors.daemon.services import Services
-from meshactors.daemon.tcp_auth import TokenFileError, load_or_create_token
 from tests.daemon.conftest import Connect, raw_http, serving
 from tests.daemon.httptools import RawHttp
 

@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 import pytest
 
-from meshactors.daemon.optable import Op, OpTable, finish
+from meshactors.ops.optable import Op, OpTable, finish
 from meshactors.wire.ipc import ErrorCode, OpError, Request
 from tests.daemon.test_optable_runs import FakeSession
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from meshactors.daemon.optable import Merge, Op, OpTable
+from meshactors.ops.optable import Merge, Op, OpTable
 from meshactors.wire.ipc import ErrorCode, OpError, Request
 
 

@@ -8,8 +8,9 @@ import pytest
 import trio
 
 from meshactors.actors import Broadcast
-from meshactors.daemon import event_stream, system_ops
+from meshactors.control import event_stream
 from meshactors.daemon.services import Services
+from meshactors.ops import system_ops
 
 
 async def test_subscriber_overflow_is_signalled_without_reading() -> None:

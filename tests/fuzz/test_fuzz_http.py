@@ -8,7 +8,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshactors.daemon.http_errors import HttpErrorCode, status_for
+from meshactors.control.http_errors import HttpErrorCode, status_for
 from meshactors.daemon.services import Services
 from meshactors.wire.ipc import ErrorCode
 from tests.daemon.httptools import encode_request

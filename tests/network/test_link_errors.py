@@ -18,7 +18,7 @@ from trio_websocket import open_websocket_url
 
 from meshactors.actors import Inbox, Node, run_root
 from meshactors.broker.hello import build_hello
-from meshactors.daemon.events import EventHub
+from meshactors.event_hub import EventHub
 from meshactors.network.link import BACKOFF_CAP, Link, LinkEvent, backoff_delay
 from meshactors.network.link_errors import LinkError, LinkErrorKind, classify
 from meshactors.store.actor import StoreActor

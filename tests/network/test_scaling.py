@@ -18,7 +18,7 @@ import trio.testing
 from nacl.signing import SigningKey
 
 from meshactors.actors import ChildSpec, Node, Supervisor, run_root
-from meshactors.daemon.events import EventHub
+from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.network.core import NetworkCore
 from meshactors.network.link import InboundRecords, Link, PresenceJoin

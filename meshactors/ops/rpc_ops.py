@@ -13,11 +13,11 @@ from typing import Any
 import attrs
 import trio
 
-from meshactors.daemon.optable import Merge, Op
-from meshactors.daemon.session import Session
+from meshactors.control.session import Session
 from meshactors.network.network import Network
 from meshactors.network.payload import Payload, check_name, payload_of, payloads_of
 from meshactors.network.rpc import check_timeout
+from meshactors.ops.optable import Merge, Op
 from meshactors.wire.ipc import ErrorCode, OpError
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import attrs
 
-from meshactors.daemon.optable import Op
-from meshactors.daemon.session import Session
+from meshactors.control.session import Session
+from meshactors.ops.optable import Op
 from meshactors.wire.ipc import ErrorCode, OpError
 
 

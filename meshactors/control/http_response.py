@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 import h11
 
-from meshactors.daemon.http_errors import HttpError, status_for
+from meshactors.control.http_errors import HttpError, status_for
 from meshactors.wire.ipc import OpError
 
 SERVER_NAME = "meshactors"  # the Server header

@@ -11,12 +11,12 @@ from typing import Any, TypeVar
 import attrs
 
 from meshactors.actors import ActorGone, AskTimeout
-from meshactors.daemon.optable import NoParams, Op
-from meshactors.daemon.session import Session
+from meshactors.control.session import Session
 from meshactors.identity import validate_label
 from meshactors.network.config import ConfigError, NetworkConfig
 from meshactors.network.manager import NetworkManager
 from meshactors.network.peers import CAPABILITIES_KEY, PROFILE_KEY, stored_setting
+from meshactors.ops.optable import NoParams, Op
 from meshactors.store import networks as network_db
 from meshactors.store.db import immediate
 from meshactors.wire.device_id import is_device_id

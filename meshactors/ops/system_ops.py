@@ -6,16 +6,16 @@ from typing import Any
 
 import attrs
 
-from meshactors.daemon.event_stream import (
+from meshactors.control.event_stream import (
     EVENT_CAPACITY,
     LAG_DISCONNECT_LIMIT,
     check_since,
     cut_off_when_overflowed,
     replay_then_follow,
 )
-from meshactors.daemon.optable import NoParams, Op
-from meshactors.daemon.session import Session
+from meshactors.control.session import Session
 from meshactors.network.link import LINK_ROLE
+from meshactors.ops.optable import NoParams, Op
 from meshactors.wire.ipc import IPC_API_VERSION, ErrorCode, OpError
 
 FEATURES = ("json-lines", "events", "inspect", "http", "sse")  # grows as capabilities land

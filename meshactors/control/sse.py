@@ -14,13 +14,13 @@ import attrs
 import trio
 
 from meshactors.actors import Subscriber
-from meshactors.daemon.event_stream import (
+from meshactors.control.event_stream import (
     EVENT_CAPACITY,
     follow,
     replay_then_follow,
     wire_event,
 )
-from meshactors.daemon.events import EventHub
+from meshactors.event_hub import EventHub
 from meshactors.store.events import Event
 
 KEEPALIVE_INTERVAL = 15.0  # seconds between `: keepalive` comments, so proxies and peers see life

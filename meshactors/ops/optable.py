@@ -18,7 +18,7 @@ from meshactors.wire.jsonlimits import bad_json_path
 from meshactors.wire.strict import describe_error, make_strict_converter
 
 if TYPE_CHECKING:
-    from meshactors.daemon.session import Session
+    from meshactors.control.session import Session
 
 P = TypeVar("P")
 

@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl
 import attrs
 import h11
 
-from meshactors.daemon.http_errors import HttpError, HttpErrorCode
+from meshactors.control.http_errors import HttpError, HttpErrorCode
 from meshactors.wire.ipc import ErrorCode
 
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers, blank line included

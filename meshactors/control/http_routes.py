@@ -16,13 +16,13 @@ from typing import Any, Union
 
 import attrs
 
-from meshactors.daemon.event_stream import check_since
-from meshactors.daemon.http_errors import HttpError, HttpErrorCode
-from meshactors.daemon.http_parse import RequestHead
-from meshactors.daemon.http_response import HttpResponse, error_response, ok_response
-from meshactors.daemon.optable import converter, run_request
-from meshactors.daemon.session import Session
-from meshactors.daemon.system_ops import EventsSubscribe
+from meshactors.control.event_stream import check_since
+from meshactors.control.http_errors import HttpError, HttpErrorCode
+from meshactors.control.http_parse import RequestHead
+from meshactors.control.http_response import HttpResponse, error_response, ok_response
+from meshactors.control.session import Session
+from meshactors.ops.optable import converter, run_request
+from meshactors.ops.system_ops import EventsSubscribe
 from meshactors.wire.ipc import ErrorCode, OpError, Request
 from meshactors.wire.strict import describe_error
 

@@ -15,11 +15,11 @@ import attrs
 from cattrs.gen import make_dict_structure_fn, override
 
 from meshactors.actors import ActorGone, AskTimeout
-from meshactors.daemon.optable import Op, converter
+from meshactors.control.session import Session
 from meshactors.daemon.outbox import Outbox, message_view
-from meshactors.daemon.session import Session
 from meshactors.network.delivery import MAX_MESSAGE_BYTES, MAX_META_BYTES
 from meshactors.network.network import Network
+from meshactors.ops.optable import Op, converter
 from meshactors.store import inbox as inbox_db
 from meshactors.store import outbox as outbox_db
 from meshactors.store.fingerprint import fingerprint_prefix

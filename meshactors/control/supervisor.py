@@ -14,10 +14,10 @@ import structlog
 import trio
 
 from meshactors.actors import Actor, ChildSpec, Restart, Supervisor, cleanup_scope
-from meshactors.daemon.client import ClientActor
-from meshactors.daemon.http_response import encode_alone, error_response
+from meshactors.control.client import ClientActor
+from meshactors.control.http_response import encode_alone, error_response
+from meshactors.control.tcp_auth import TCP_HOST, TcpAuth, load_or_create_token
 from meshactors.daemon.services import Services
-from meshactors.daemon.tcp_auth import TCP_HOST, TcpAuth, load_or_create_token
 from meshactors.listen import open_tcp_listeners
 from meshactors.wire.ipc import ErrorCode, OpError, error_frame
 

@@ -19,8 +19,8 @@ import h11
 import structlog
 import trio
 
-from meshactors.daemon.http_errors import HttpError, HttpErrorCode
-from meshactors.daemon.http_parse import (
+from meshactors.control.http_errors import HttpError, HttpErrorCode
+from meshactors.control.http_parse import (
     IDLE_TIMEOUT,
     MAX_BODY_BYTES,
     MAX_HEAD_BYTES,
@@ -31,17 +31,17 @@ from meshactors.daemon.http_parse import (
     protocol_error,
     request_head,
 )
-from meshactors.daemon.http_response import (
+from meshactors.control.http_response import (
     WRITE_TIMEOUT,
     Headers,
     HttpResponse,
     error_response,
     response_head,
 )
-from meshactors.daemon.http_routes import EventStreamAnswer, route
-from meshactors.daemon.session import Session
-from meshactors.daemon.sse import serve_events
-from meshactors.daemon.tcp_auth import TcpAuth
+from meshactors.control.http_routes import EventStreamAnswer, route
+from meshactors.control.session import Session
+from meshactors.control.sse import serve_events
+from meshactors.control.tcp_auth import TcpAuth
 from meshactors.wire.ipc import ErrorCode
 
 log = structlog.get_logger("meshactors.http")

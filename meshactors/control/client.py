@@ -20,7 +20,7 @@ import structlog
 import trio
 
 from meshactors.actors import Actor, Broadcast, Lagged, Subscriber, cleanup_scope
-from meshactors.daemon.event_stream import (
+from meshactors.control.event_stream import (
     LAG_DISCONNECT_LIMIT,
     SlowConsumer,
     cut_off_when_overflowed,
@@ -28,12 +28,12 @@ from meshactors.daemon.event_stream import (
     report_lag,
     wire_event,
 )
-from meshactors.daemon.http import HttpConnection, looks_like_http
-from meshactors.daemon.lines import RECEIVE_CHUNK, LineReader, Oversized
-from meshactors.daemon.optable import Outcome, finish
+from meshactors.control.http import HttpConnection, looks_like_http
+from meshactors.control.lines import RECEIVE_CHUNK, LineReader, Oversized
+from meshactors.control.session import Push, Session
+from meshactors.control.tcp_auth import TcpAuth
 from meshactors.daemon.services import Services
-from meshactors.daemon.session import Push, Session
-from meshactors.daemon.tcp_auth import TcpAuth
+from meshactors.ops.optable import Outcome, finish
 from meshactors.store.events import Event
 from meshactors.wire.ipc import (
     MAX_FRAME_BYTES,

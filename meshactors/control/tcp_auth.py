@@ -14,8 +14,8 @@ from pathlib import Path
 
 import attrs
 
-from meshactors.daemon.http_errors import HttpError, HttpErrorCode
-from meshactors.daemon.http_parse import RequestHead
+from meshactors.control.http_errors import HttpError, HttpErrorCode
+from meshactors.control.http_parse import RequestHead
 from meshactors.paths import read_private_bytes, write_private_file
 from meshactors.wire.ipc import ErrorCode
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from meshactors.actors import Lagged, Subscriber
-from meshactors.daemon.events import EventHub
-from meshactors.daemon.session import EventSink
+from meshactors.control.session import EventSink
+from meshactors.event_hub import EventHub
 from meshactors.store.events import MAX_REPLAY, Event
 from meshactors.wire.ipc import ErrorCode, OpError
 from meshactors.wire.jsonlimits import MAX_JSON_INT
