@@ -107,14 +107,19 @@ async def test_a_stream_producer_waits_when_the_caller_gives_no_credit(
     assert len(peers.of(RpcChunk)) == STREAM_WINDOW + 1
 
 
+def serving_a_stream(rpc: Rpc, peers: RecordingPeers) -> tuple[Connection, str]:
+    """A connection serving `count`, and the id of the streamed call "r1" it was given."""
+    server = Connection()
+    rpc.register(server, "count", streaming=True)
+    peers.deliver(RpcCall("r1", "count", None, False, True, 60_000))
+    return server, str(server.pushed[0][1]["request_id"])
+
+
 async def test_chunks_and_the_end_leave_in_order_and_nothing_follows_the_end(
     running: tuple[Rpc, RecordingPeers],
 ) -> None:
     rpc, peers = running
-    server = Connection()
-    rpc.register(server, "count", streaming=True)
-    peers.deliver(RpcCall("r1", "count", None, False, True, 60_000))
-    request_id = server.pushed[0][1]["request_id"]
+    server, request_id = serving_a_stream(rpc, peers)
     sent = [rpc.queue_chunk(server, request_id, Payload(n)) for n in range(3)]
     sent.append(rpc.queue_end(server, request_id, None))
     with pytest.raises(OpError) as late:
@@ -132,10 +137,7 @@ async def test_chunks_queued_when_the_caller_cancels_fail_as_cancelled(
     running: tuple[Rpc, RecordingPeers],
 ) -> None:
     rpc, peers = running
-    server = Connection()
-    rpc.register(server, "count", streaming=True)
-    peers.deliver(RpcCall("r1", "count", None, False, True, 60_000))
-    request_id = server.pushed[0][1]["request_id"]
+    server, request_id = serving_a_stream(rpc, peers)
     waiting = [rpc.queue_chunk(server, request_id, Payload(n)) for n in range(STREAM_WINDOW + 2)]
     await trio.testing.wait_all_tasks_blocked()  # the window went; two wait for credit
     peers.deliver(RpcCancel("r1", "cancelled"))
