@@ -29,7 +29,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from meshactors.actors import Actor, cleanup_scope
+from meshactors.actors import Actor, Inbox, cleanup_scope
 from meshactors.broker.envelope import (
     RECORD_HEADER_BYTES,
     MalformedBatch,
@@ -44,6 +44,8 @@ from meshactors.wire.device_id import is_device_id
 from meshactors.wire.jsonlimits import BadJson, check_json
 
 log = structlog.get_logger("meshactors.link")
+
+_Queued = tuple[bytes, bytes]  # (destination public key, sealed bytes) for the writer
 
 BACKOFF_BASE = 0.25  # seconds: the first retry waits up to this long
 BACKOFF_CAP = 30.0  # seconds: no retry ever waits longer
@@ -61,6 +63,7 @@ MAX_NOTICE_CHARS = 64 * 1024  # a TEXT notice (welcome with 256 peers is ~20 KB)
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024  # if the welcome does not say
 PACE_SHARE = 0.9  # of the broker's message rate and burst we use: jitter never trips its limit
 LINK_ROLE = "daemon"  # the role announced when none was declared
+LINK_INBOX = 4  # broker lists waiting for the link (network_update sends one)
 ROLES = (LINK_ROLE, "service", "control-plane")  # the roles `daemon up --role` may declare
 
 
@@ -84,11 +87,41 @@ class Welcome:
 
 
 @attrs.frozen
+class LinkOutbound:
+    """The writer queue of a link that is up, held by core from LinkUp to LinkLost: core puts
+    sealed records on it; the link closes its end when the connection drops (→ LinkDown)."""
+
+    _network: str
+    _channel: trio.MemorySendChannel[_Queued]
+
+    def send_nowait(self, to: bytes, sealed: bytes) -> bool:
+        """Queue one sealed record without waiting; False when the queue is full (use `send`).
+        Raises LinkDown when the connection dropped."""
+        try:
+            self._channel.send_nowait((to, sealed))
+        except trio.WouldBlock:
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise LinkDown(f"network {self._network}: the broker link dropped") from None
+        return True
+
+    async def send(self, to: bytes, sealed: bytes) -> None:
+        """Queue one sealed record, waiting while the queue is full; LinkDown when the
+        connection dropped (or drops while this waits)."""
+        try:
+            await self._channel.send((to, sealed))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise LinkDown(f"network {self._network}: the broker link dropped") from None
+
+
+@attrs.frozen
 class LinkUp:
-    """The broker welcomed us; `peers` are the (device_id, role) pairs present."""
+    """The broker welcomed us; `peers` are the (device_id, role) pairs present, `outbound`
+    the queue records to them go on until LinkLost."""
 
     url: str
     peers: list[tuple[str, str]]
+    outbound: LinkOutbound
 
 
 @attrs.frozen
@@ -96,6 +129,23 @@ class LinkLost:
     """The connection dropped; the link is reconnecting."""
 
     reason: str
+
+
+@attrs.frozen
+class LinkStatus:
+    """The link's state changed while it was not up (connecting, backoff, stopped), with why
+    the last attempt failed: core keeps it for status and networks_list."""
+
+    state: str
+    url: str | None
+    error: LinkError | None
+
+
+@attrs.frozen
+class UseBrokers:
+    """A message to the link: connect to these brokers from now on (network_update)."""
+
+    brokers: list[str]
 
 
 @attrs.frozen
@@ -127,10 +177,9 @@ class Undeliverable:
     device_id: str
 
 
-LinkEvent = LinkUp | LinkLost | PresenceJoin | PresenceLeave | InboundRecords | Undeliverable
-
-
-_Queued = tuple[bytes, bytes]  # (destination public key, sealed bytes) for the writer
+LinkEvent = (
+    LinkUp | LinkLost | LinkStatus | PresenceJoin | PresenceLeave | InboundRecords | Undeliverable
+)
 
 
 class LinkEventSink(Protocol):
@@ -175,14 +224,10 @@ class Link(Actor):
     _reported: LinkError | None = None  # the error last logged and published
     _attempt: int = 0
     _next_url: int = 0
-    _outbound: trio.MemorySendChannel[_Queued] | None = None
+    inbox: Inbox[UseBrokers] = attrs.field(factory=lambda: Inbox(LINK_INBOX))
+    _outbound: trio.MemoryReceiveChannel[_Queued] | None = None  # the up connection's queue
     _pace: TokenBucket = attrs.field(factory=lambda: Welcome([], 0).pace())  # messages we may send
     _cycle: trio.CancelScope | None = None
-
-    @property
-    def up(self) -> bool:
-        """Whether the broker welcomed us and the connection is still open."""
-        return self._outbound is not None
 
     def inbox_statistics(self) -> trio.MemoryChannelStatistics | None:
         """The outbound channel its writer drains (none while the link is not up)."""
@@ -205,59 +250,47 @@ class Link(Actor):
             "last_error": None if self.last_error is None else self.last_error.view(),
         }
 
-    def send_nowait(self, to: bytes, sealed: bytes) -> bool:
-        """Queue one sealed record for the writer without waiting; False when the queue is full
-        (use `send`). Raises LinkDown when the link is not up."""
-        try:
-            self._queue().send_nowait((to, sealed))
-        except trio.WouldBlock:
-            return False
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise LinkDown(f"network {self.network}: the broker link dropped") from None
-        return True
-
-    async def send(self, to: bytes, sealed: bytes) -> None:
-        """Queue one sealed record for the writer; waits while the queue is full.
-
-        Raises LinkDown when the link is not up, or drops while this waits.
-        """
-        try:
-            await self._queue().send((to, sealed))
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise LinkDown(f"network {self.network}: the broker link dropped") from None
-
-    def _queue(self) -> trio.MemorySendChannel[_Queued]:
-        """The writer's queue; LinkDown when the link is not up."""
-        if self._outbound is None:
-            raise LinkDown(f"network {self.network}: the broker link is {self.state}")
-        return self._outbound
-
-    def set_brokers(self, brokers: list[str]) -> None:
-        """Use a new broker list: drop the current connection and connect again at once."""
-        self.brokers = list(brokers)
-        self._next_url = 0
-        self._attempt = 0
-        if self._cycle is not None:
-            self._cycle.cancel()
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.state = "connecting"
         task_status.started()
         try:
-            while True:
-                with trio.CancelScope() as self._cycle:
-                    url = self.brokers[self._next_url % len(self.brokers)]
-                    self.state = "connecting"
-                    welcomed = await self._connect_once(url)
-                    if not welcomed:
-                        self.failures += 1
-                        self._next_url += 1  # try the next broker in turn
-                    self.state = "backoff"
-                    await trio.sleep(self._backoff())
-                    self._attempt += 1
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._take_brokers)
+                await self._connect_forever()
         finally:
             self.state = "stopped"
             self._cycle = None
+            with cleanup_scope():
+                await self._report()
+
+    async def _connect_forever(self) -> None:
+        """Connect to each broker in turn, with backoff between failed attempts."""
+        while True:
+            with trio.CancelScope() as self._cycle:
+                url = self.brokers[self._next_url % len(self.brokers)]
+                self.state = "connecting"
+                await self._report()
+                welcomed = await self._connect_once(url)
+                if not welcomed:
+                    self.failures += 1
+                    self._next_url += 1  # try the next broker in turn
+                self.state = "backoff"
+                await self._report()
+                await trio.sleep(self._backoff())
+                self._attempt += 1
+
+    async def _take_brokers(self) -> None:
+        """Use each new broker list from the inbox: drop the connection, connect again at once."""
+        async for message in self.inbox.receiver:
+            self.brokers = list(message.brokers)
+            self._next_url = 0
+            self._attempt = 0
+            if self._cycle is not None:
+                self._cycle.cancel()
+
+    async def _report(self) -> None:
+        """Tell core the state the link is in now."""
+        await self.deliver.send(LinkStatus(self.state, self.url, self.last_error))
 
     async def _connect_once(self, url: str) -> bool:
         """One connection's life; returns whether the broker welcomed us."""
@@ -314,11 +347,11 @@ class Link(Actor):
         self._attempt = 0
         self.connects += 1
         self.state, self.url, self.last_error, self._reported = "up", url, None, None
-        self._outbound = send
+        self._outbound = receive
         self._pace = welcome.pace()
         log.info("broker link up", network=self.network, url=url, peers=len(welcome.peers))
         try:
-            await self.deliver.send(LinkUp(url, welcome.peers))
+            await self.deliver.send(LinkUp(url, welcome.peers, LinkOutbound(self.network, send)))
             async with trio.open_nursery() as nursery:
                 session = nursery.cancel_scope
                 nursery.start_soon(
@@ -328,8 +361,7 @@ class Link(Actor):
                 nursery.start_soon(self._until_closed, session, self._read, ws)
         finally:
             self._outbound, self.state = None, "backoff"
-            send.close()
-            self.dropped += _drain(receive)
+            self.dropped += _drain(receive)  # closes it: core's sends fail with LinkDown
             with cleanup_scope():
                 await self.deliver.send(LinkLost(str(self.last_error or "closed")))
 
@@ -431,7 +463,7 @@ class Link(Actor):
 
 
 def _drain(receive: trio.MemoryReceiveChannel[_Queued]) -> int:
-    """Empty a closed queue; returns how many records it held."""
+    """Empty the queue and close it; returns how many records it held."""
     count = 0
     while True:
         try:

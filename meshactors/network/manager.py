@@ -81,9 +81,18 @@ class NetworkManager(Supervisor):
         """Every joined network, in the order they were added."""
         return list(self._networks.values())
 
-    def summaries(self) -> list[dict[str, Any]]:
+    async def summaries(self) -> list[dict[str, Any]]:
         """Each network's config, phase, link and peer counts."""
-        return [network.summary() for network in self._networks.values()]
+        networks = list(self._networks.values())
+        seen: dict[str, dict[str, Any]] = {}
+
+        async def summarise(network: Network) -> None:
+            seen[network.config.id] = await network.summary()
+
+        async with trio.open_nursery() as nursery:
+            for network in networks:
+                nursery.start_soon(summarise, network)
+        return [seen[network.config.id] for network in networks]
 
     async def add(self, config: NetworkConfig) -> tuple[Network, bool]:
         """Join a network and save it; the same config again is a no-op (→ False)."""

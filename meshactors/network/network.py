@@ -17,8 +17,8 @@ from meshactors.network.app_wire import AppWire
 from meshactors.network.channels import Channels
 from meshactors.network.config import NetworkConfig
 from meshactors.network.core import NetworkCore
-from meshactors.network.link import LINK_ROLE, Link
-from meshactors.network.peers import AppHandler, Peers, Phase
+from meshactors.network.link import LINK_ROLE, Link, UseBrokers
+from meshactors.network.peers import COMMAND_TIMEOUT, AppHandler, Peers, Phase
 from meshactors.network.rpc import Rpc
 from meshactors.store.actor import StoreActor
 from meshactors.wire.ipc import ErrorCode, OpError
@@ -27,6 +27,7 @@ from meshactors.wire.peer import Frame
 T = TypeVar("T")
 
 LINK_SHUTDOWN_TIMEOUT = 3.0  # seconds for the link's closing handshake and last notices
+SUMMARY_TIMEOUT = 1.0  # seconds status and networks_list wait for a network's core
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -63,11 +64,12 @@ class Network(Supervisor):
     ) -> Network:
         """Wire a network's actors together (nothing runs until a supervisor starts it); the
         link announces `role` to the broker and peers."""
-        peers = Peers(config.id, identity, store, events, auto_approve=config.auto_approve)
+        peers = Peers(
+            config.id, identity, store, events, auto_approve=config.auto_approve, role=role
+        )
         link = Link(
             config.id, list(config.brokers), identity.signing_key, peers.inbox, role, events=events
         )
-        peers.link = link
         wire = AppWire(peers, identity.device_id)
         rpc = Rpc(config.id, wire, peers.tell)
         channels = Channels(config.id, wire)
@@ -87,29 +89,24 @@ class Network(Supervisor):
         channels.tree = network
         return network
 
-    @property
-    def phase(self) -> Phase:
-        """connecting, alone, active or degraded; stopped while the link is not running."""
-        if self.link.state in ("idle", "stopped"):
-            return Phase.STOPPED
-        return self.peers.phase
-
     def figures(self) -> dict[str, object]:
-        return {**super().figures(), "network": self.config.id, "phase": self.phase.value}
+        return {**super().figures(), "network": self.config.id, "phase": self.peers.shown_phase}
 
-    async def ask(self, what: str, fn: Callable[[], T]) -> T:
+    async def ask(self, what: str, fn: Callable[[], T], timeout: float = COMMAND_TIMEOUT) -> T:
         """Run `fn` in core's task (the one owner of this network's state) and return its
         result; OpError unavailable or timeout when core does not answer."""
 
         async def run() -> T:
             return fn()
 
-        return await self.ask_await(what, run)
+        return await self.ask_await(what, run, timeout)
 
-    async def ask_await(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def ask_await(
+        self, what: str, fn: Callable[[], Awaitable[T]], timeout: float = COMMAND_TIMEOUT
+    ) -> T:
         """`ask` for work that may wait inside core (only on the link's bounded queue)."""
         try:
-            return await self.peers.ask(fn, what)
+            return await self.peers.ask(fn, what, timeout)
         except ActorGone as exc:
             raise OpError(ErrorCode.UNAVAILABLE, str(exc)) from None
         except AskTimeout as exc:
@@ -140,16 +137,15 @@ class Network(Supervisor):
         self.config = config
         await self.peers.set_auto_approve(config.auto_approve)
         if reconnect:
-            self.link.set_brokers(list(config.brokers))
+            await self.link.inbox.send(UseBrokers(list(config.brokers)))
         return reconnect
 
-    def summary(self) -> dict[str, Any]:
-        """The network as networks_list and status show it."""
-        return {
-            **self.config.to_json(),
-            "phase": self.phase.value,
-            "link": self.link.state,
-            "link_error": None if self.link.last_error is None else self.link.last_error.view(),
-            "broker": self.link.url,
-            "peers": self.peers.figures()["peers"],
-        }
+    async def summary(self) -> dict[str, Any]:
+        """The network as networks_list and status show it, as core sees it; while core does
+        answer within SUMMARY_TIMEOUT (it is restarting or stuck), the link shows as `unknown`."""
+        try:
+            seen = await self.ask("summarise", self.peers.summary, SUMMARY_TIMEOUT)
+        except OpError:
+            seen = {"phase": Phase.STOPPED.value, "link": "unknown", "link_error": None}
+            seen |= {"broker": None, "peers": None}
+        return {**self.config.to_json(), **seen}

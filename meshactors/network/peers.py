@@ -26,10 +26,11 @@ from meshactors.identity import Identity
 from meshactors.network.link import (
     LINK_ROLE,
     InboundRecords,
-    Link,
     LinkDown,
     LinkEvent,
     LinkLost,
+    LinkOutbound,
+    LinkStatus,
     LinkUp,
     PresenceJoin,
     PresenceLeave,
@@ -171,7 +172,7 @@ class Peers:
     store: StoreActor
     events: EventHub
     auto_approve: bool = False
-    link: Link | None = None  # set by the network before it starts
+    role: str = LINK_ROLE  # the role the link announces, sent in our hellos
     inbox: Inbox[_Message] = attrs.field(factory=lambda: Inbox(PEERS_INBOX))
     phase: Phase = Phase.CONNECTING
     capabilities: Capabilities = attrs.field(factory=Capabilities)
@@ -186,6 +187,8 @@ class Peers:
     _app_handlers: dict[str, AppHandler] = attrs.field(factory=dict)
     status_listeners: list[StatusListener] = attrs.field(factory=list)  # told of status changes
     _link_was_up: bool = False
+    _outbound: LinkOutbound | None = None  # the up link's queue, from LinkUp to LinkLost
+    link_status: LinkStatus = attrs.field(factory=lambda: LinkStatus("idle", None, None))
     dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
     rejected_frames: int = 0  # frames that failed to open or decode, from every peer
 
@@ -202,6 +205,24 @@ class Peers:
             "roster": len(self._roster),
             "dropped": dict(self.dropped),
             "rejected_frames": self.rejected_frames,
+        }
+
+    @property
+    def shown_phase(self) -> str:
+        """The phase as status shows it: stopped while the link is not running."""
+        if self.link_status.state in ("idle", "stopped"):
+            return Phase.STOPPED.value
+        return self.phase.value
+
+    def summary(self) -> dict[str, Any]:
+        """This network's phase, link and peer counts, for status and networks_list."""
+        error = self.link_status.error
+        return {
+            "phase": self.shown_phase,
+            "link": self.link_status.state,
+            "link_error": None if error is None else error.view(),
+            "broker": self.link_status.url,
+            "peers": self.figures()["peers"],
         }
 
     # -- the API other actors and ops call -------------------------------------------------
@@ -233,7 +254,7 @@ class Peers:
         if len(encoded) != 1:
             return False
         try:
-            return self._link().send_nowait(peer.public_key, peer.crypto.seal(encoded[0]))
+            return self._link_queue().send_nowait(peer.public_key, peer.crypto.seal(encoded[0]))
         except LinkDown as exc:
             raise OpError(ErrorCode.LINK_DOWN, str(exc)) from None
 
@@ -292,10 +313,12 @@ class Peers:
 
         await self.ask(apply, "set auto_approve")
 
-    async def ask(self, fn: Callable[[], Awaitable[T]], what: str) -> T:
+    async def ask(
+        self, fn: Callable[[], Awaitable[T]], what: str, timeout: float = COMMAND_TIMEOUT
+    ) -> T:
         """Run `fn` in core's task and return its result (AskTimeout, ActorGone)."""
         result: T = await self.inbox.ask(
-            lambda reply: _Call(fn, reply), timeout=COMMAND_TIMEOUT, what=f"{self.network}: {what}"
+            lambda reply: _Call(fn, reply), timeout=timeout, what=f"{self.network}: {what}"
         )
         return result
 
@@ -329,7 +352,8 @@ class Peers:
         self._network_profile = stored_setting(mine.get(PROFILE_KEY), Profile)
         self._global_profile = stored_setting(shared.get(PROFILE_KEY), Profile) or Profile()
         self._peers, self._by_key, self._active = {}, {}, set()
-        self._link_was_up = False
+        self._link_was_up, self._outbound = False, None
+        self.link_status = LinkStatus("idle", None, None)
         self.phase = Phase.CONNECTING
         for device_id, entry in self._roster.items():
             peer = self._peer(device_id)
@@ -363,15 +387,20 @@ class Peers:
                 await self._on_join(device_id, role)
             case PresenceLeave(device_id=device_id):
                 self._on_leave(device_id)
-            case LinkUp(peers=present):
-                self._link_was_up = True
+            case LinkUp(url=url, peers=present, outbound=outbound):
+                self._link_was_up, self._outbound = True, outbound
+                self.link_status = LinkStatus("up", url, None)
                 for device_id in list(self._peers):
                     self._on_leave(device_id)
                 for device_id, role in present:
                     await self._on_join(device_id, role)
             case LinkLost():
+                self._outbound = None
+                self.link_status = LinkStatus("backoff", self.link_status.url, None)
                 for device_id in list(self._peers):
                     self._on_leave(device_id)
+            case LinkStatus() as status:
+                self.link_status = status
             case Undeliverable(device_id=device_id):
                 self.dropped["undeliverable"] += 1
                 self._on_leave(device_id)
@@ -577,7 +606,7 @@ class Peers:
             features=list(FEATURES),
             label=self.identity.label,
             app_version=__version__,
-            role=self.link.role if self.link is not None else LINK_ROLE,
+            role=self.role,
             capabilities=self.capabilities,
             profile=self.profile.as_shown(),
             approval=self._local_approval(peer.device_id),
@@ -590,12 +619,12 @@ class Peers:
 
     async def _send_encoded(self, peer: PeerState, data: bytes) -> None:
         """Seal and queue one encoded frame; LinkDown when there is no link."""
-        await self._link().send(peer.public_key, peer.crypto.seal(data))
+        await self._link_queue().send(peer.public_key, peer.crypto.seal(data))
 
-    def _link(self) -> Link:
-        if self.link is None:
-            raise LinkDown(f"network {self.network} has no link")
-        return self.link
+    def _link_queue(self) -> LinkOutbound:
+        if self._outbound is None:
+            raise LinkDown(f"network {self.network}: the broker link is {self.link_status.state}")
+        return self._outbound
 
     async def _try_send(self, peer: PeerState, frame: Frame) -> None:
         """Send a control frame; if the link is down the next hello makes up for it."""
@@ -732,7 +761,7 @@ class Peers:
             listener(peer.device_id, status)
 
     def _update_phase(self) -> None:
-        if self.link is not None and self.link.up:
+        if self._outbound is not None:
             phase = Phase.ACTIVE if self._active else Phase.ALONE
         else:
             phase = Phase.DEGRADED if self._link_was_up else Phase.CONNECTING

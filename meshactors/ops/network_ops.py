@@ -148,7 +148,7 @@ def _device(device_id: str) -> str:
 async def network_add(session: Session, params: ConfigParams) -> dict[str, Any]:
     """Join a network and keep it across restarts; idempotent for the same config."""
     network, added = await _manager(session).add(_config(params.config))
-    return {"network": network.summary(), "added": added}
+    return {"network": await network.summary(), "added": added}
 
 
 async def network_update(session: Session, params: ConfigParams) -> dict[str, Any]:
@@ -157,7 +157,7 @@ async def network_update(session: Session, params: ConfigParams) -> dict[str, An
     config = _config(params.config)
     with _answering():
         reconnect = await manager.update(config)
-    return {"network": manager.get(config.id).summary(), "reconnect": reconnect}
+    return {"network": await manager.get(config.id).summary(), "reconnect": reconnect}
 
 
 async def network_remove(session: Session, params: NetworkRemove) -> dict[str, Any]:
@@ -168,7 +168,7 @@ async def network_remove(session: Session, params: NetworkRemove) -> dict[str, A
 
 async def networks_list(session: Session, _: NoParams) -> dict[str, Any]:
     """Every joined network with its phase."""
-    return {"networks": _manager(session).summaries()}
+    return {"networks": await _manager(session).summaries()}
 
 
 async def peers_list(session: Session, params: PeersList) -> dict[str, Any]:

@@ -31,7 +31,7 @@ async def status(session: Session, _: NoParams) -> dict[str, Any]:
         "role": services.networks.role if services.networks is not None else LINK_ROLE,
         "uptime_s": round(services.uptime(), 3),
         "socket": str(services.paths.socket),
-        "networks": services.networks.summaries() if services.networks is not None else [],
+        "networks": [] if services.networks is None else await services.networks.summaries(),
         "clients": len(services.client_nodes()),
         "client_id": session.client_id,
     }

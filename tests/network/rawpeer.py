@@ -10,7 +10,7 @@ import nacl.signing
 import trio
 
 from meshactors.actors import Node, run_root
-from meshactors.network.link import Link, LinkEvent, LinkUp
+from meshactors.network.link import Link, LinkEvent, LinkOutbound, LinkUp
 from meshactors.network.sealing import PeerCrypto
 from meshactors.wire.device_id import device_id_from_public_key, public_key_from_device_id
 from meshactors.wire.peer import (
@@ -27,12 +27,14 @@ from tests.network.conftest import NET, WAIT, Daemon, Mesh
 
 @attrs.define(eq=False)
 class _Heard:
-    """The raw peer's link sink: notes that the link is up, reads nothing else."""
+    """The raw peer's link sink: keeps the up link's queue, reads nothing else."""
 
     up: trio.Event = attrs.field(factory=trio.Event)
+    outbound: LinkOutbound | None = None
 
     async def send(self, event: LinkEvent, /) -> None:
         if isinstance(event, LinkUp):
+            self.outbound = event.outbound
             self.up.set()
 
 
@@ -43,7 +45,6 @@ class RawPeer:
     network: str
     key: nacl.signing.SigningKey = attrs.field(factory=nacl.signing.SigningKey.generate)
     _heard: _Heard = attrs.field(factory=_Heard)
-    _link: Link | None = None
     _sealers: dict[str, PeerCrypto] = attrs.field(factory=dict)
 
     @property
@@ -52,8 +53,8 @@ class RawPeer:
 
     async def join(self, url: str, nursery: trio.Nursery) -> None:
         """Connect to the broker at `url` and wait for its welcome."""
-        self._link = Link(self.network, [url], self.key, self._heard)
-        await nursery.start(run_root, self._link, Node(name="raw peer", kind="link"))
+        link = Link(self.network, [url], self.key, self._heard)
+        await nursery.start(run_root, link, Node(name="raw peer", kind="link"))
         with trio.fail_after(WAIT):
             await self._heard.up.wait()
 
@@ -81,8 +82,8 @@ class RawPeer:
         sealer = self._sealers.get(device_id)
         if sealer is None:
             sealer = self._sealers[device_id] = PeerCrypto.for_peer(self.key, device_id)
-        assert self._link is not None, "join first"
-        await self._link.send(public_key_from_device_id(device_id), sealer.seal(data))
+        assert self._heard.outbound is not None, "join first"
+        await self._heard.outbound.send(public_key_from_device_id(device_id), sealer.seal(data))
 
 
 async def approved_raw_peer(mesh: Mesh, nursery: trio.Nursery) -> tuple[Daemon, RawPeer]:

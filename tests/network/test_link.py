@@ -12,7 +12,7 @@ import trio.testing
 from nacl.signing import SigningKey
 from trio_websocket import WebSocketRequest, serve_websocket
 
-from meshactors.actors import Inbox, Node, run_root
+from meshactors.actors import Node, run_root
 from meshactors.broker.envelope import decode_batch
 from meshactors.broker.limits import MESSAGE_BURST, MESSAGE_RATE_PER_S
 from meshactors.network import link as link_module
@@ -23,13 +23,14 @@ from meshactors.network.link import (
     BrokerProtocolError,
     Link,
     LinkDown,
-    LinkEvent,
     LinkLost,
-    LinkUp,
+    LinkOutbound,
     backoff_delay,
     parse_welcome,
 )
+from meshactors.network.link_errors import LinkErrorKind
 from tests.network.conftest import WAIT
+from tests.network.linksink import LinkEventRecorder
 
 
 def test_backoff_is_full_jitter_under_an_exponential_ceiling() -> None:
@@ -50,11 +51,12 @@ def _refused_url() -> str:
     return f"ws://127.0.0.1:{port}/v1"
 
 
-async def test_an_unreachable_broker_is_retried_with_backoff_and_sends_fail_clearly(
+async def test_an_unreachable_broker_is_retried_with_backoff_and_core_hears_why(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     urls = [_refused_url(), _refused_url()]
-    link = Link("net1", urls, SigningKey.generate(), Inbox[LinkEvent](10), rng=random.Random(1))
+    heard = LinkEventRecorder()
+    link = Link("net1", urls, SigningKey.generate(), heard, rng=random.Random(1))
     async with trio.open_nursery() as nursery:
         await nursery.start(run_root, link, Node(name="link", kind="link"))
         await trio.sleep(60)  # virtual time
@@ -64,11 +66,15 @@ async def test_an_unreachable_broker_is_retried_with_backoff_and_sends_fail_clea
         assert link.state in ("backoff", "connecting")
         assert link.connects == 0
         assert link.last_error is not None
-        assert not link.up
-        with pytest.raises(LinkDown, match="net1"):
-            await link.send(bytes(32), b"x")
+        states = [status.state for status in heard.statuses]
+        assert states[: 2 * link.failures] == ["connecting", "backoff"] * link.failures
+        assert heard.statuses[1].error is not None
+        assert heard.statuses[1].error.kind is LinkErrorKind.REFUSED
+        with pytest.raises(trio.WouldBlock):
+            heard.events.receive_nowait()  # never up
         nursery.cancel_scope.cancel()
     assert link.state == "stopped"
+    assert heard.statuses[-1].state == "stopped"
 
 
 async def test_senders_waiting_on_a_full_queue_fail_with_link_down_when_it_drops(
@@ -85,21 +91,20 @@ async def test_senders_waiting_on_a_full_queue_fail_with_link_down_when_it_drops
         await hang_up.wait()
         await ws.aclose(1011, "gone")
 
-    events = Inbox[LinkEvent](100)
-    deliveries = events.receiver
+    heard = LinkEventRecorder()
     async with trio.open_nursery() as nursery:
         server = await nursery.start(serve_websocket, stalled_broker, "127.0.0.1", 0, None)
         url = f"ws://127.0.0.1:{server.port}/v1"
-        link = Link("net1", [url], SigningKey.generate(), events, rng=random.Random(1))
+        link = Link("net1", [url], SigningKey.generate(), heard, rng=random.Random(1))
         await nursery.start(run_root, link, Node(name="link", kind="link"))
         with trio.fail_after(WAIT):
-            assert isinstance(await deliveries.receive(), LinkUp)
+            outbound = (await heard.up()).outbound
         failures: list[str] = []
 
         async def sender() -> None:
             try:
                 while True:
-                    await link.send(bytes(32), bytes(256 * 1024))
+                    await outbound.send(bytes(32), bytes(256 * 1024))
             except LinkDown as exc:
                 failures.append(str(exc))
 
@@ -108,21 +113,21 @@ async def test_senders_waiting_on_a_full_queue_fail_with_link_down_when_it_drops
         assert link.figures()["queued"] == 2
         hang_up.set()
         with trio.fail_after(WAIT):
-            assert isinstance(await deliveries.receive(), LinkLost)
+            assert isinstance(await heard.events.receive(), LinkLost)
         await trio.testing.wait_all_tasks_blocked()
         (failure,) = failures  # blocked in send, or sending as the drop happened
-        assert failure in (
-            "network net1: the broker link dropped",
-            "network net1: the broker link is backoff",
-        )
-        assert not link.up
+        assert failure == "network net1: the broker link dropped"
+        with pytest.raises(LinkDown):
+            outbound.send_nowait(bytes(32), b"after the drop")
         nursery.cancel_scope.cancel()
 
 
 Batches = trio.MemoryReceiveChannel[list[tuple[bytes, bytes]]]
 
 
-async def _recorded_link(nursery: trio.Nursery, **limits: int) -> tuple[Link, Batches]:
+async def _recorded_link(
+    nursery: trio.Nursery, **limits: int
+) -> tuple[Link, LinkOutbound, Batches]:
     """A link that is up, to a broker (announcing `limits` in its welcome) passing on every
     batch it reads."""
     received, batches = trio.open_memory_channel[list[tuple[bytes, bytes]]](1000)
@@ -136,27 +141,27 @@ async def _recorded_link(nursery: trio.Nursery, **limits: int) -> tuple[Link, Ba
             assert isinstance(message, bytes)
             await received.send(decode_batch(message))
 
-    events = Inbox[LinkEvent](100)
+    heard = LinkEventRecorder()
     server = await nursery.start(serve_websocket, recording_broker, "127.0.0.1", 0, None)
-    link = Link("net1", [f"ws://127.0.0.1:{server.port}/v1"], SigningKey.generate(), events)
+    link = Link("net1", [f"ws://127.0.0.1:{server.port}/v1"], SigningKey.generate(), heard)
     await nursery.start(run_root, link, Node(name="link", kind="link"))
     with trio.fail_after(WAIT):
-        assert isinstance(await events.receiver.receive(), LinkUp)
-    return link, batches
+        outbound = (await heard.up()).outbound
+    return link, outbound, batches
 
 
 async def test_records_go_through_the_one_writer_and_a_burst_leaves_as_one_message() -> None:
     async with trio.open_nursery() as nursery:
-        link, batches = await _recorded_link(nursery)
+        link, outbound, batches = await _recorded_link(nursery)
         to = bytes(32)
         await trio.testing.wait_all_tasks_blocked()  # the writer idles
-        assert link.send_nowait(to, b"alone")
+        assert outbound.send_nowait(to, b"alone")
         assert link.figures()["batches_out"] == 0, "the sender's task never writes to the socket"
         with trio.fail_after(WAIT):
             assert await batches.receive() == [(to, b"alone")]
         await trio.testing.wait_all_tasks_blocked()
         burst = [b"%d" % n for n in range(200)]
-        assert all(link.send_nowait(to, sealed) for sealed in burst)  # no yield between them
+        assert all(outbound.send_nowait(to, sealed) for sealed in burst)  # no yield between them
         with trio.fail_after(WAIT):
             assert [sealed for _, sealed in await batches.receive()] == burst  # one message
         nursery.cancel_scope.cancel()
@@ -167,15 +172,15 @@ async def test_messages_keep_to_the_share_of_the_rate_the_welcome_announces(
 ) -> None:
     async with trio.open_nursery() as nursery:
         # ours: PACE_SHARE of 20 messages/s and a burst of 3: 18/s, and 2 whole tokens at once
-        link, batches = await _recorded_link(nursery, message_rate=20, message_burst=3)
+        _, outbound, batches = await _recorded_link(nursery, message_rate=20, message_burst=3)
         assert 2 <= 3 * PACE_SHARE < 3
         for sealed in (b"0", b"1"):  # the burst: each its own message
             await trio.testing.wait_all_tasks_blocked()
-            assert link.send_nowait(bytes(32), sealed)
+            assert outbound.send_nowait(bytes(32), sealed)
             with trio.fail_after(WAIT):
                 assert [sealed for _, sealed in await batches.receive()] == [sealed]
         later = [b"2", b"3", b"4", b"5"]
-        assert all(link.send_nowait(bytes(32), sealed) for sealed in later)
+        assert all(outbound.send_nowait(bytes(32), sealed) for sealed in later)
         await trio.testing.wait_all_tasks_blocked()
         with pytest.raises(trio.WouldBlock):
             batches.receive_nowait()  # no token for a third message yet

@@ -24,6 +24,7 @@ from meshactors.network.link_errors import LinkError, LinkErrorKind, classify
 from meshactors.store.actor import StoreActor
 from meshactors.store.events import Event
 from tests.broker.support import now_ms, start_broker
+from tests.network.linksink import LinkEventRecorder
 
 WAIT = 10
 
@@ -113,7 +114,7 @@ async def test_a_lasting_error_is_published_once_however_often_it_is_retried(
 ) -> None:
     hub = EventHub(StoreActor(tmp_path / "state.db"))  # publishing needs no running store
     url = f"ws://127.0.0.1:{closed_port()}/v1"
-    link = Link("n", [url], SigningKey.generate(), Inbox[LinkEvent](10), events=hub)
+    link = Link("n", [url], SigningKey.generate(), LinkEventRecorder(), events=hub)
     with hub.subscribe(16) as events:
         async with trio.open_nursery() as nursery:
             await nursery.start(run_root, link, Node(name="link", kind="link"))

@@ -21,7 +21,7 @@ from meshactors.actors import ChildSpec, Node, Supervisor, run_root
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.network.core import NetworkCore
-from meshactors.network.link import InboundRecords, Link, PresenceJoin
+from meshactors.network.link import InboundRecords, PresenceJoin
 from meshactors.network.peers import PEER_PING_INTERVAL, PING_RATE, Peers
 from meshactors.network.sealing import PeerCrypto
 from meshactors.store import networks as roster_db
@@ -79,7 +79,6 @@ async def _probes_in_window(tmp_path: Path, clock: trio.testing.MockClock, hands
     identity = Identity(SigningKey.generate())
     store = StoreActor(tmp_path / "state.db")
     peers = Peers(NET, identity, store, EventHub(store), auto_approve=True)
-    peers.link = Link(NET, ["ws://127.0.0.1:9/v1"], identity.signing_key, peers.inbox.sender)
     tree = Supervisor(children=[ChildSpec("store", store), ChildSpec("core", NetworkCore(peers))])
     async with trio.open_nursery() as nursery:
         await nursery.start(run_root, tree, Node(name="tree", kind="supervisor"))

@@ -1,0 +1,32 @@
+"""A sink for a bare `Link` in tests: keeps every state report, queues everything else."""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+from meshactors.network.link import LinkEvent, LinkStatus, LinkUp
+
+
+@attrs.define(eq=False)
+class LinkEventRecorder:
+    """Stands where core's inbox would: `statuses` in order, other events on `events`."""
+
+    statuses: list[LinkStatus] = attrs.field(factory=list)
+    _send: trio.MemorySendChannel[LinkEvent] = attrs.field(init=False)
+    events: trio.MemoryReceiveChannel[LinkEvent] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._send, self.events = trio.open_memory_channel[LinkEvent](1000)
+
+    async def send(self, event: LinkEvent, /) -> None:
+        if isinstance(event, LinkStatus):
+            self.statuses.append(event)
+        else:
+            await self._send.send(event)
+
+    async def up(self) -> LinkUp:
+        """The next event, which must be the welcome's LinkUp."""
+        event = await self.events.receive()
+        assert isinstance(event, LinkUp), event
+        return event
