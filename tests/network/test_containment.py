@@ -56,6 +56,9 @@ async def test_a_network_crashing_for_good_leaves_the_other_network_and_clients_
 
     after = await client.call("status")
     assert after["client_id"] == before["client_id"]
+    shown = {network["id"]: network for network in after["networks"]}
+    assert shown["doomed"]["link"] == "unknown"  # its core never answers: status still does
+    assert shown["fine"]["link"] == "up"
     tree = b.services.tree
     assert tree.children["networks"].restarts == 0
     assert tree.children["control"].restarts == 0
