@@ -1,64 +1,104 @@
-"""The `events` actor: numbers daemon events, fans them out live and logs them for replay."""
+"""The `events` actor: numbers daemon events, fans them out live and logs them for replay;
+others reach it only through its inbox."""
 
 from __future__ import annotations
 
 import functools
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import attrs
 import structlog
 import trio
 
-from meshactors.actors import Actor, Broadcast, Subscriber, cleanup_scope
+from meshactors.actors import Actor, Broadcast, Inbox, Reply, Subscriber, cleanup_scope
 from meshactors.store import events as event_log
 from meshactors.store.actor import StoreActor
 from meshactors.store.events import Event, SinceResult
 
 log = structlog.get_logger("meshactors.events")
 
+HUB_INBOX = 10_000  # events and requests waiting for the hub before new events are dropped
 PERSIST_QUEUE = 10_000  # events waiting to be written to the log before new ones go unlogged
 PERSIST_BATCH = 500  # events written per transaction
+HUB_ASK_TIMEOUT = 10.0  # seconds a subscribe or replay waits for the hub
+
+
+@attrs.frozen
+class _Published:
+    """An event to number, fan out and log, stamped when it was published."""
+
+    kind: str
+    data: dict[str, Any]
+    at_ms: int
+
+
+@attrs.frozen
+class _Join:
+    """Add a subscriber; the answer is the last event id it will not get live."""
+
+    subscriber: Subscriber[Event]
+    reply: Reply[int]
+
+
+@attrs.frozen
+class _Flush:
+    """Answer once every event numbered so far is written to the log."""
+
+    reply: Reply[None]
+
+
+_HubMessage = _Published | _Join | _Flush
+
+
+class EventPublisher(Protocol):
+    """What an actor that only publishes needs of the hub."""
+
+    def publish(self, kind: str, data: dict[str, Any]) -> None: ...
 
 
 @attrs.define(eq=False)
 class EventHub(Actor):
-    """Assigns increasing event ids, publishes to live subscribers, writes the log in batches."""
+    """Assigns increasing event ids, publishes to live subscribers, writes the log in batches.
+    Publishers and subscribers only put messages in its inbox; its own tasks do the rest."""
 
     kind: ClassVar[str] = "events"
 
     store: StoreActor
+    inbox: Inbox[_HubMessage] = attrs.field(factory=lambda: Inbox(HUB_INBOX))
     broadcast: Broadcast[Event] = attrs.field(factory=Broadcast)
     last_event_id: int = 0
-    unlogged: int = 0
-    _to_log: trio.MemorySendChannel[Event] = attrs.field(init=False)
-    _log_queue: trio.MemoryReceiveChannel[Event] = attrs.field(init=False)
+    unlogged: int = 0  # events numbered and sent live but not logged (the log queue was full)
+    dropped: int = 0  # events never numbered: the inbox was full
+    _to_log: trio.MemorySendChannel[Event | _Flush] = attrs.field(init=False)
+    _log_queue: trio.MemoryReceiveChannel[Event | _Flush] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._to_log, self._log_queue = trio.open_memory_channel[Event](PERSIST_QUEUE)
+        self._to_log, self._log_queue = trio.open_memory_channel[Event | _Flush](PERSIST_QUEUE)
 
-    def inbox_statistics(self) -> trio.MemoryChannelStatistics:
-        """The queue of events waiting to be written to the log."""
-        return self._log_queue.statistics()
-
-    def publish(self, kind: str, data: dict[str, Any]) -> Event:
-        """Number and publish an event; never waits."""
-        self.last_event_id += 1
-        event = Event(self.last_event_id, kind, data, int(time.time() * 1000))
-        self.broadcast.publish(event)
+    def publish(self, kind: str, data: dict[str, Any]) -> None:
+        """Queue an event for the hub to number and publish; never waits (a full inbox drops
+        it and counts it)."""
         try:
-            self._to_log.send_nowait(event)
+            self.inbox.sender.send_nowait(_Published(kind, data, int(time.time() * 1000)))
         except trio.WouldBlock:
-            self.unlogged += 1
-        return event
+            self.dropped += 1
 
-    def subscribe(self, capacity: int, lag_limit: int | None = None) -> Subscriber[Event]:
-        """Live events from now on, through a bounded queue."""
-        return self.broadcast.subscribe(capacity, lag_limit)
+    async def subscribe(
+        self, capacity: int, lag_limit: int | None = None
+    ) -> tuple[Subscriber[Event], int]:
+        """Live events through a bounded queue, from every event published after this call
+        began; also returns the last event id before them (replay covers up to it)."""
+        subscriber = Subscriber[Event](capacity, lag_limit)
+        last: int = await self.inbox.ask(
+            functools.partial(_Join, subscriber), timeout=HUB_ASK_TIMEOUT, what="subscribe"
+        )
+        return subscriber, last
 
     async def replay(self, since: int, limit: int) -> SinceResult:
-        """Logged events after `since`, oldest first, with a flag for a gap the log can't fill."""
-        await self._flush_queued()
+        """Logged events after `since`, oldest first, with a flag for a gap the log can't fill;
+        every event published before this call is in the log by then."""
+        await self.inbox.ask(_Flush, timeout=HUB_ASK_TIMEOUT, what="flush the event log")
         return await self.store.call(
             functools.partial(event_log.since, event_id=since, limit=limit), what="replay events"
         )
@@ -69,27 +109,61 @@ class EventHub(Actor):
             "subscribers": self.broadcast.subscriber_count,
             "log_queue": self._log_queue.statistics().current_buffer_used,
             "unlogged": self.unlogged,
+            "dropped": self.dropped,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.last_event_id = max(
             self.last_event_id, await self.store.call(event_log.last_event_id, what="last event")
         )
-        task_status.started()
         try:
-            while True:
-                first = await self._log_queue.receive()
-                await self._write([first, *self._drain(PERSIST_BATCH - 1)])
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_log)
+                task_status.started()
+                async for message in self.inbox.receiver:
+                    await self._take(message)
         finally:
             with cleanup_scope():
+                await self._take_queued()
                 await self._flush_queued()
+
+    async def _take(self, message: _HubMessage) -> None:
+        match message:
+            case _Published(kind=kind, data=data, at_ms=at_ms):
+                self.last_event_id += 1
+                event = Event(self.last_event_id, kind, data, at_ms)
+                self.broadcast.publish(event)
+                try:
+                    self._to_log.send_nowait(event)
+                except trio.WouldBlock:
+                    self.unlogged += 1
+            case _Join(subscriber=subscriber, reply=reply):
+                self.broadcast.add(subscriber)
+                reply.ok(self.last_event_id)
+            case _Flush():
+                await self._to_log.send(message)  # behind every event numbered before it
+
+    async def _take_queued(self) -> None:
+        """Number what was published before the hub stopped, so it is logged too."""
+        while True:
+            try:
+                message = self.inbox.receiver.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            await self._take(message)
+
+    async def _write_log(self) -> None:
+        """The log writer: events in batches, each flush answered once what precedes it is."""
+        while True:
+            first = await self._log_queue.receive()
+            await self._write([first, *self._drain(PERSIST_BATCH - 1)])
 
     async def _flush_queued(self) -> None:
         while batch := self._drain(PERSIST_BATCH):
             await self._write(batch)
 
-    def _drain(self, limit: int) -> list[Event]:
-        batch: list[Event] = []
+    def _drain(self, limit: int) -> list[Event | _Flush]:
+        batch: list[Event | _Flush] = []
         while len(batch) < limit:
             try:
                 batch.append(self._log_queue.receive_nowait())
@@ -97,11 +171,16 @@ class EventHub(Actor):
                 break
         return batch
 
-    async def _write(self, batch: list[Event]) -> None:
+    async def _write(self, batch: list[Event | _Flush]) -> None:
+        events = [item for item in batch if isinstance(item, Event)]
         try:
-            await self.store.call(
-                functools.partial(event_log.append_batch, batch=batch), what="log events"
-            )
+            if events:
+                await self.store.call(
+                    functools.partial(event_log.append_batch, batch=events), what="log events"
+                )
         except Exception:
-            self.unlogged += len(batch)
-            log.exception("could not log events", count=len(batch))
+            self.unlogged += len(events)
+            log.exception("could not log events", count=len(events))
+        for item in batch:
+            if isinstance(item, _Flush):
+                item.reply.ok(None)

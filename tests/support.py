@@ -16,6 +16,8 @@ import attrs
 import trio
 
 from meshactors.daemon.lock import read_running_pid
+from meshactors.event_hub import EventHub
+from meshactors.store.events import Event
 
 CLI_TIMEOUT = 60  # seconds any one CLI command may take
 
@@ -121,3 +123,17 @@ def listening_unix_socket(path: Path) -> Iterator[socket.socket]:
         sock.bind(str(path))
         sock.listen()
         yield sock
+
+
+async def publish(hub: EventHub, kind: str, *datas: dict[str, Any]) -> list[Event]:
+    """Publish events through the running hub and return them as numbered, once it has."""
+    live, _ = await hub.subscribe(len(datas) + 1024)
+    with live:
+        for data in datas:
+            hub.publish(kind, data)
+        numbered: list[Event] = []
+        while len(numbered) < len(datas):
+            item = await live.receive()
+            if isinstance(item, Event) and item.kind == kind:
+                numbered.append(item)
+    return numbered

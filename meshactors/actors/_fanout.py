@@ -2,13 +2,13 @@
 
 Each subscriber owns a bounded channel filled with `send_nowait`. A subscriber that falls
 behind loses the newest items and is told how many with a `Lagged` marker, so memory stays
-bounded and a slow reader never stalls the pump or the other subscribers.
+bounded and a slow reader never stalls the pump or the other subscribers. A reader leaves by
+closing its end; the publisher forgets it when it next looks, so only the publisher's task ever
+touches the list of subscribers.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 import attrs
@@ -30,9 +30,7 @@ class Lagged:
 class Subscriber(Generic[T]):
     """One reader's bounded queue; iterate it to get items and `Lagged` markers in order."""
 
-    key: int
-    capacity: int
-    _broadcast: Broadcast[T]
+    capacity: int = DEFAULT_SUBSCRIBER_CAPACITY
     _sender: trio.MemorySendChannel[T] = attrs.field(init=False)
     _receiver: trio.MemoryReceiveChannel[T] = attrs.field(init=False)
     lag_limit: int | None = None  # skipped items after which `overflowed` is set
@@ -56,6 +54,11 @@ class Subscriber(Generic[T]):
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
         return True
+
+    @property
+    def left(self) -> bool:
+        """Whether the reader closed its end (or the stream was ended)."""
+        return self._sender.statistics().open_receive_channels == 0
 
     async def receive(self) -> T | Lagged:
         """The next item, or a `Lagged` marker once the queued items before the gap are read."""
@@ -89,8 +92,11 @@ class Subscriber(Generic[T]):
         return not self._skipped_unreported and self.queued == 0
 
     def close(self) -> None:
-        """Leave the broadcast; pending readers see the end of the stream."""
-        self._broadcast.unsubscribe(self)
+        """Leave the broadcast (the reader's side): nothing more is read or queued."""
+        self._receiver.close()
+
+    def end(self) -> None:
+        """End the stream (the publisher's side): readers see what is queued, then the end."""
         self._sender.close()
 
     def __enter__(self) -> Subscriber[T]:
@@ -104,8 +110,7 @@ class Subscriber(Generic[T]):
 class Broadcast(Generic[T]):
     """Publishes each item to every current subscriber, never waiting on any of them."""
 
-    _subscribers: dict[int, Subscriber[T]] = attrs.field(factory=dict)
-    _keys: Iterator[int] = attrs.field(factory=itertools.count)
+    _subscribers: list[Subscriber[T]] = attrs.field(factory=list)
     published: int = 0
 
     def subscribe(
@@ -113,25 +118,38 @@ class Broadcast(Generic[T]):
     ) -> Subscriber[T]:
         """A new subscriber that sees items published from now on; once it has missed more than
         `lag_limit` items in all, its `overflowed` event is set (even while it reads nothing)."""
-        subscriber = Subscriber(next(self._keys), capacity, self, lag_limit)
-        self._subscribers[subscriber.key] = subscriber
+        subscriber = Subscriber[T](capacity, lag_limit)
+        self.add(subscriber)
         return subscriber
 
-    def unsubscribe(self, subscriber: Subscriber[T]) -> None:
-        """Forget a subscriber (idempotent)."""
-        self._subscribers.pop(subscriber.key, None)
+    def add(self, subscriber: Subscriber[T]) -> None:
+        """Publish to `subscriber` from now on (one made elsewhere, handed over in a message)."""
+        self._subscribers.append(subscriber)
 
     def publish(self, item: T) -> int:
         """Offer `item` to every subscriber; returns how many took it."""
         self.published += 1
-        return sum(subscriber.offer(item) for subscriber in list(self._subscribers.values()))
+        taken, someone_left = 0, False
+        for subscriber in self._subscribers:
+            if subscriber.offer(item):
+                taken += 1
+            elif subscriber.left:
+                someone_left = True
+        if someone_left:
+            self._forget_the_left()
+        return taken
 
     @property
     def subscriber_count(self) -> int:
         """How many subscribers are attached."""
+        self._forget_the_left()
         return len(self._subscribers)
 
     def close(self) -> None:
         """End every subscriber's stream."""
-        for subscriber in list(self._subscribers.values()):
-            subscriber.close()
+        for subscriber in self._subscribers:
+            subscriber.end()
+        self._subscribers = []
+
+    def _forget_the_left(self) -> None:
+        self._subscribers = [subscriber for subscriber in self._subscribers if not subscriber.left]

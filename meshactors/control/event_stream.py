@@ -63,7 +63,7 @@ async def replay_then_follow(
 ) -> None:
     """Replay what the log holds after `since` (reporting any hole), then follow live events.
 
-    `live` must be subscribed first, and `subscribed_at` be `hub.last_event_id` at that moment:
+    `live` must be subscribed first, and `subscribed_at` the last event id its subscribe returned:
     without `since`, events from then on are sent, even those published before this runs.
     """
     after = subscribed_at if since is None else since

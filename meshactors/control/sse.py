@@ -85,8 +85,8 @@ async def serve_events(
     keepalive: float = KEEPALIVE_INTERVAL,
 ) -> None:
     """Answer with an event stream until the client hangs up or the hub stops."""
-    with hub.subscribe(EVENT_CAPACITY) as live:  # before the replay, so nothing falls between
-        subscribed_at = hub.last_event_id
+    live, subscribed_at = await hub.subscribe(EVENT_CAPACITY)  # before the replay: no hole
+    with live:
         sink = SseSink(response.write_body)
         await response.start_events(SSE_HEADERS)
         async with trio.open_nursery() as nursery:

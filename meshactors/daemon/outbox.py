@@ -275,7 +275,8 @@ class Outbox(Actor):
             log.info("recovered inflight deliveries", count=recovered)
         self._inflight.clear()
         self._waiters.clear()
-        with self.events.subscribe(WATCH_CAPACITY) as watch:
+        watch, _ = await self.events.subscribe(WATCH_CAPACITY)
+        with watch:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch, watch)
                 nursery.start_soon(self._store_received)

@@ -38,7 +38,7 @@ from meshactors.broker.envelope import (
 )
 from meshactors.broker.hello import build_hello, is_role
 from meshactors.broker.limits import MESSAGE_BURST, MESSAGE_RATE_PER_S, TokenBucket
-from meshactors.event_hub import EventHub
+from meshactors.event_hub import EventPublisher
 from meshactors.network.link_errors import LinkError, LinkErrorKind, classify
 from meshactors.wire.device_id import is_device_id
 from meshactors.wire.jsonlimits import BadJson, check_json
@@ -220,7 +220,7 @@ class Link(Actor):
     dropped: int = 0  # records that never left: queued when the link dropped, or oversize
     malformed: int = 0  # broker messages we could not read
     last_error: LinkError | None = None  # why the link is not up, if it is not
-    events: EventHub | None = None  # where `network_link_error` goes (none in unit tests)
+    events: EventPublisher | None = None  # where `network_link_error` goes (none in unit tests)
     _reported: LinkError | None = None  # the error last logged and published
     _attempt: int = 0
     _next_url: int = 0

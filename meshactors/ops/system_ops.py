@@ -71,7 +71,7 @@ async def events_subscribe(session: Session, params: EventsSubscribe) -> dict[st
         raise OpError(ErrorCode.CONFLICT, "this connection already receives events")
     check_since(params.since)
     hub = session.services.events
-    live = hub.subscribe(EVENT_CAPACITY, LAG_DISCONNECT_LIMIT)
+    live, last_event_id = await hub.subscribe(EVENT_CAPACITY, LAG_DISCONNECT_LIMIT)
     session.events_subscribed = True
     session.nursery.start_soon(cut_off_when_overflowed, live)
 
@@ -79,7 +79,6 @@ async def events_subscribe(session: Session, params: EventsSubscribe) -> dict[st
         live.close()
 
     session.on_close(unsubscribe)
-    last_event_id = hub.last_event_id
     session.nursery.start_soon(
         replay_then_follow, hub, session.sink, live, params.since, last_event_id
     )

@@ -28,13 +28,24 @@ async def test_slow_subscriber_lags_without_blocking_the_publisher_or_others() -
     assert await slow.receive() == 10
 
 
-async def test_closed_subscriber_ends_its_iteration_and_leaves() -> None:
+async def test_a_subscriber_that_closes_its_end_leaves_and_reads_nothing_more() -> None:
     hub: Broadcast[str] = Broadcast()
     with hub.subscribe(4) as sub:
         hub.publish("a")
         assert hub.subscriber_count == 1
-    assert hub.subscriber_count == 0
-    assert [item async for item in sub] == ["a"]
+    assert hub.subscriber_count == 0  # the publisher saw the closed end; nobody told it
+    assert [item async for item in sub] == []
+    assert hub.publish("b") == 0
+
+
+async def test_the_publisher_forgets_a_subscriber_that_left_when_it_next_publishes() -> None:
+    hub: Broadcast[str] = Broadcast()
+    stays, leaves = hub.subscribe(4), hub.subscribe(4)
+    assert hub.subscriber_count == 2
+    leaves.close()
+    assert hub.publish("a") == 1
+    assert hub.subscriber_count == 1
+    stays.close()
     assert hub.publish("b") == 0
 
 

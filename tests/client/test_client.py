@@ -23,6 +23,7 @@ from meshactors.client._conn import MAX_IN_FLIGHT
 from meshactors.store import events as event_log
 from meshactors.store.db import open_database
 from tests.client.conftest import LocalDaemon
+from tests.support import publish
 
 
 async def next_kind(stream: EventStream, kind: str) -> dict[str, Any]:
@@ -140,7 +141,9 @@ async def test_events_reach_every_reader_in_order(running: LocalDaemon) -> None:
     hub = running.services.events
     async with MeshClient(running.paths.socket) as client:
         first, second = client.events(), client.events()
-        published = [hub.publish("test_event", {"n": n}).event_id for n in range(5)]
+        published = [
+            e.event_id for e in await publish(hub, "test_event", *({"n": n} for n in range(5)))
+        ]
         with trio.fail_after(5):
             for stream in (first, second):
                 seen = [(await next_kind(stream, "test_event"))["n"] for _ in range(5)]
@@ -167,7 +170,7 @@ async def test_events_resume_from_the_last_id_across_a_daemon_restart(
     async with MeshClient(running.paths.socket) as client:
         stream = client.events()
         with trio.fail_after(20):
-            before = running.services.events.publish("test_event", {"n": 0})
+            (before,) = await publish(running.services.events, "test_event", {"n": 0})
             assert (await next_kind(stream, "test_event"))["event_id"] == before.event_id
             await running.stop()
             assert (await next_kind(stream, "client_disconnected"))["reason"]
@@ -178,7 +181,7 @@ async def test_events_resume_from_the_last_id_across_a_daemon_restart(
             assert (await next_kind(stream, "client_reconnected"))["count"] == 1
             replayed = [(await next_kind(stream, "test_event"))["event_id"] for _ in range(3)]
             assert replayed == missed  # each missed event once, in order, none from before
-            after = running.services.events.publish("test_event", {"n": 4})
+            (after,) = await publish(running.services.events, "test_event", {"n": 4})
             assert (await next_kind(stream, "test_event"))["event_id"] == after.event_id
         assert client.reconnects == 1
         assert (await client.status())["client_id"] == "c1"  # ids restart with the daemon
@@ -206,7 +209,7 @@ async def test_calls_made_while_the_daemon_restarts_wait_for_it(running: LocalDa
 async def test_resume_point_from_a_previous_run(running: LocalDaemon) -> None:
     assert running.services is not None
     hub = running.services.events
-    ids = [hub.publish("test_event", {"n": n}).event_id for n in range(4)]
+    ids = [e.event_id for e in await publish(hub, "test_event", *({"n": n} for n in range(4)))]
     client = MeshClient(running.paths.socket, events_since=ids[1])
     stream = client.events()  # before the bring-up, which replays what came after ids[1]
     async with client:

@@ -18,6 +18,7 @@ from meshactors.daemon.services import Services
 from meshactors.ops.optable import Op
 from tests.daemon.conftest import serving
 from tests.daemon.httptools import CURL, needs_curl, sse_events
+from tests.support import publish
 
 pytestmark = needs_curl
 BASE = "http://localhost"
@@ -128,7 +129,7 @@ async def read_curl_events(
 
 
 async def test_curl_sse_replays_after_last_event_id_then_streams_live(daemon: Services) -> None:
-    logged = [daemon.events.publish("tick", {"n": n}) for n in range(3)]
+    logged = await publish(daemon.events, "tick", *({"n": n} for n in range(3)))
     events = await read_curl_events(
         [*sock(daemon), "-H", f"Last-Event-ID: {logged[0].event_id}", f"{BASE}/v1/events"],
         want=3,
@@ -143,7 +144,7 @@ async def test_curl_sse_over_tcp_with_the_token(tcp_daemon: Services) -> None:
     node = tcp_daemon.tree.find("daemon/control/tcp")
     assert node is not None and node.figures is not None
     token = tcp_daemon.paths.token_file.read_text().strip()
-    event = tcp_daemon.events.publish("tick", {})
+    (event,) = await publish(tcp_daemon.events, "tick", {})
     url = f"http://127.0.0.1:{node.figures()['port']}/v1/events"
     headers = ["-H", f"Authorization: Bearer {token}", "-H", "Last-Event-ID: 0"]
     events = await read_curl_events([*headers, url], want=1)

@@ -15,6 +15,7 @@ from meshactors.event_hub import PERSIST_BATCH
 from meshactors.store.events import EVENT_LOG_LIMIT, PRUNE_BATCH, Event
 from tests.daemon.conftest import Connect
 from tests.daemon.httptools import RawHttp, encode_request, sse_events
+from tests.support import publish
 
 
 async def open_events(http: Connect, path: str = "/v1/events", **headers: str) -> RawHttp:
@@ -39,7 +40,7 @@ async def next_events(client: RawHttp, count: int) -> list[dict[str, Any]]:
 
 async def test_live_events_carry_id_kind_and_json_data(daemon: Services, http: Connect) -> None:
     client = await open_events(http)
-    event = daemon.events.publish("peer_join", {"peer": "bob"})
+    (event,) = await publish(daemon.events, "peer_join", {"peer": "bob"})
     (got,) = await next_events(client, 1)
     assert got["id"] == str(event.event_id)
     assert got["event"] == "peer_join"
@@ -49,24 +50,24 @@ async def test_live_events_carry_id_kind_and_json_data(daemon: Services, http: C
 async def test_last_event_id_replays_the_log_then_goes_live(
     daemon: Services, http: Connect
 ) -> None:
-    first, second, third = (daemon.events.publish("tick", {"n": n}) for n in range(3))
+    first, second, third = await publish(daemon.events, "tick", *({"n": n} for n in range(3)))
     client = await open_events(http, Last_Event_ID=str(first.event_id))
     replayed = await next_events(client, 2)
     assert [e["id"] for e in replayed] == [str(second.event_id), str(third.event_id)]
-    live = daemon.events.publish("tick", {"n": 3})
+    (live,) = await publish(daemon.events, "tick", {"n": 3})
     (got,) = await next_events(client, 1)
     assert got["id"] == str(live.event_id)
 
 
 async def test_since_in_the_query_replays_too(daemon: Services, http: Connect) -> None:
-    event = daemon.events.publish("tick", {})
+    (event,) = await publish(daemon.events, "tick", {})
     client = await open_events(http, f"/v1/events?since={event.event_id - 1}")
     (got,) = await next_events(client, 1)
     assert got["id"] == str(event.event_id)
 
 
 async def test_last_event_id_wins_over_since(daemon: Services, http: Connect) -> None:
-    old, new = daemon.events.publish("tick", {}), daemon.events.publish("tick", {})
+    old, new = await publish(daemon.events, "tick", {}, {})
     client = await open_events(http, "/v1/events?since=0", Last_Event_ID=str(old.event_id))
     (got,) = await next_events(client, 1)
     assert got["id"] == str(new.event_id)
