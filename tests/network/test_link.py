@@ -13,21 +13,24 @@ from nacl.signing import SigningKey
 from trio_websocket import WebSocketRequest, serve_websocket
 
 from meshactors.actors import Inbox, Node, run_root
-from meshactors.broker.envelope import decode_batch
-from meshactors.broker.limits import MESSAGE_BURST, MESSAGE_RATE_PER_S
 from meshactors.network import link as link_module
 from meshactors.network.link import (
     BACKOFF_BASE,
     BACKOFF_CAP,
     PACE_SHARE,
-    BrokerProtocolError,
     Link,
     LinkDown,
     LinkEvent,
     LinkLost,
     LinkUp,
     backoff_delay,
-    parse_welcome,
+)
+from meshactors.wire.broker import (
+    MESSAGE_BURST,
+    MESSAGE_RATE_PER_S,
+    BrokerProtocolError,
+    decode_batch,
+    decode_welcome,
 )
 from tests.network.conftest import WAIT
 
@@ -198,9 +201,9 @@ async def test_messages_keep_to_the_share_of_the_rate_the_welcome_announces(
 def test_a_welcome_with_bad_limits_is_refused(limits: dict[str, object], reason: str) -> None:
     welcome = json.dumps({"type": "welcome", "v": 1, "peers": [], **limits})
     with pytest.raises(BrokerProtocolError, match=reason):
-        parse_welcome(welcome)
+        decode_welcome(welcome)
 
 
 def test_a_welcome_without_rate_limits_gets_the_documented_defaults() -> None:
-    welcome = parse_welcome(json.dumps({"type": "welcome", "v": 1, "peers": []}))
+    welcome = decode_welcome(json.dumps({"type": "welcome", "v": 1, "peers": []}))
     assert (welcome.message_rate, welcome.message_burst) == (MESSAGE_RATE_PER_S, MESSAGE_BURST)

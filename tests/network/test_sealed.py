@@ -13,9 +13,8 @@ import trio
 from nacl.signing import SigningKey
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from meshactors.broker.envelope import decode_batch, encode_batch
-from meshactors.broker.hello import build_hello
 from meshactors.network.sealing import PeerCrypto
+from meshactors.wire.broker import build_hello, decode_batch, encode_batch
 from meshactors.wire.device_id import public_key_from_device_id
 from meshactors.wire.peer import (
     Capabilities,
