@@ -7,7 +7,9 @@ WebSocket message). Messages to the broker keep within PACE_SHARE of the rate an
 announces (a broker closes a connection that exceeds them): past that, records wait in the
 queue and leave together in the next message the rate allows. When the connection drops,
 senders waiting on the queue fail with LinkDown and the link reconnects after a full-jitter
-exponential backoff, reset by the next welcome.
+exponential backoff, reset by the next welcome. What it sends and reads is the broker
+protocol of meshactors/wire/broker.py (the broker imports the same module); presence and
+undeliverable notices go to `peers` as they decode, and one it cannot read is counted.
 """
 
 from __future__ import annotations
