@@ -1,13 +1,15 @@
-"""Broker limits: defaults, the BrokerConfig the CLI exposes, and a token bucket for rates."""
+"""Broker limits: defaults, the BrokerConfig the CLI exposes, and a token bucket for rates.
+
+The message size, rate and burst defaults are the protocol's (a welcome that leaves them out
+means them), so they live in meshactors/wire/broker.py."""
 
 from typing import Final
 
 import attrs
 from attrs import validators as v
 
-MAX_MESSAGE_BYTES: Final = 1 << 20  # largest WebSocket message accepted; larger closes 1009
-MESSAGE_RATE_PER_S: Final = 2000.0  # sustained inbound messages per connection
-MESSAGE_BURST: Final = 4000  # token-bucket depth for inbound messages
+from meshactors.wire.broker import MAX_MESSAGE_BYTES, MESSAGE_BURST, MESSAGE_RATE_PER_S
+
 MAX_PEERS_PER_NETWORK: Final = 256  # members of one network; one more is network_full
 MAX_CONNECTIONS: Final = 4096  # open WebSockets per broker (incl. before hello); more get HTTP 503
 PING_INTERVAL_S: Final = 20.0  # idle time between keepalive pings

@@ -7,8 +7,6 @@ keepalive. Routing only ever looks inside the sender's own network.
 """
 
 import collections
-import enum
-import json
 import time
 from collections.abc import Mapping
 from typing import Final
@@ -24,52 +22,33 @@ from trio_websocket import (
 )
 from wsproto.utilities import LocalProtocolError
 
-from meshactors.broker.envelope import MalformedBatch, decode_batch, encode_batch
-from meshactors.broker.hello import (
+from meshactors.broker.limits import NOTICE_BURST, NOTICE_RATE_PER_S, BrokerConfig, TokenBucket
+from meshactors.broker.nonces import NonceCache
+from meshactors.listen import open_tcp_listeners
+from meshactors.wire.broker import (
     BROKER_PATH,
-    HELLO_VERSION,
+    MESSAGE_TOO_BIG,
+    SESSION_CLOSE_CODES,
     HelloRejected,
-    NonceCache,
+    MalformedBatch,
+    PresenceJoin,
+    PresenceLeave,
     RejectReason,
+    SessionEnd,
+    Undeliverable,
     VerifiedHello,
+    Welcome,
+    decode_batch,
+    encode_batch,
+    encode_notice,
     verify_hello,
 )
-from meshactors.broker.limits import NOTICE_BURST, NOTICE_RATE_PER_S, BrokerConfig, TokenBucket
-from meshactors.listen import open_tcp_listeners
 from meshactors.wire.device_id import device_id_from_public_key
 
-MESSAGE_TOO_BIG: Final = 1009  # the close code trio-websocket sends for an oversize message
 RECEIVE_BUFFER_BYTES: Final = 64 * 1024  # bytes trio-websocket's reader asks the socket for
 
 _Logger = structlog.typing.FilteringBoundLogger
 _log: _Logger = structlog.get_logger(__name__)
-
-
-class SessionEnd(enum.StrEnum):
-    """Why an admitted connection ended; the value is the WebSocket close reason sent."""
-
-    CLIENT_CLOSED = "client_closed"
-    REPLACED = "replaced"
-    RATE_LIMITED = "rate_limited"
-    SLOW_CONSUMER = "slow_consumer"
-    PONG_TIMEOUT = "pong_timeout"
-    MALFORMED_BATCH = "malformed_batch"
-    UNEXPECTED_TEXT = "unexpected_text"
-    MESSAGE_TOO_BIG = "message_too_big"
-    GOING_AWAY = "going_away"
-
-
-SESSION_CLOSE_CODES: Final[Mapping[SessionEnd, int]] = {
-    SessionEnd.CLIENT_CLOSED: 1000,  # never sent: the client closed first
-    SessionEnd.REPLACED: 4409,  # the same device connected again to the same network
-    SessionEnd.RATE_LIMITED: 4429,
-    SessionEnd.SLOW_CONSUMER: 4408,
-    SessionEnd.PONG_TIMEOUT: 4408,
-    SessionEnd.MALFORMED_BATCH: 4400,
-    SessionEnd.UNEXPECTED_TEXT: 4400,  # only the hello is TEXT from a daemon
-    SessionEnd.MESSAGE_TOO_BIG: MESSAGE_TOO_BIG,  # sent by trio-websocket itself
-    SessionEnd.GOING_AWAY: 1001,  # the broker is shutting down
-}
 
 
 @attrs.define(eq=False)
@@ -296,21 +275,15 @@ class Broker:
         previous = members.pop(hello.public_key, None)
         if previous is not None:
             previous.end(SessionEnd.REPLACED)
-            self._broadcast(
-                members, _notice(type="presence", event="leave", device_id=hello.device_id)
-            )
-        peers = [{"device_id": peer.device_id, "role": peer.role} for peer in members.values()]
-        welcome = _notice(
-            type="welcome",
-            v=HELLO_VERSION,
-            peers=peers,
+            self._broadcast(members, encode_notice(PresenceLeave(hello.device_id)))
+        welcome = Welcome(
+            peers=[(peer.device_id, peer.role) for peer in members.values()],
             max_message_bytes=self.config.max_message_bytes,
             message_rate=self.config.message_rate,
             message_burst=self.config.message_burst,
         )
-        member.offer(welcome)
-        join = _notice(type="presence", event="join", device_id=hello.device_id, role=hello.role)
-        self._broadcast(members, join)
+        member.offer(encode_notice(welcome))
+        self._broadcast(members, encode_notice(PresenceJoin(hello.device_id, hello.role)))
         members[hello.public_key] = member
         return member
 
@@ -322,9 +295,7 @@ class Broker:
         del members[member.public_key]
         if not members:
             del self._networks[member.network]
-        self._broadcast(
-            members, _notice(type="presence", event="leave", device_id=member.device_id)
-        )
+        self._broadcast(members, encode_notice(PresenceLeave(member.device_id)))
 
     async def _run_session(self, ws: WebSocketConnection, member: _Member, log: _Logger) -> None:
         log = log.bind(network=member.network, device=member.device_id)
@@ -426,7 +397,7 @@ class Broker:
             self._counts["frames_dropped"] += len(relayed)
             if sender.notices.take(trio.current_time()):
                 device_id = device_id_from_public_key(to)
-                sender.offer(_notice(type="undeliverable", device_id=device_id))
+                sender.offer(encode_notice(Undeliverable(device_id)))
 
     @staticmethod
     def _broadcast(members: Mapping[bytes, _Member], notice: str) -> None:
@@ -440,10 +411,6 @@ def _closed_by_peer(ws: WebSocketConnection) -> SessionEnd:
     if ws.closed is not None and ws.closed.code == MESSAGE_TOO_BIG:
         return SessionEnd.MESSAGE_TOO_BIG
     return SessionEnd.CLIENT_CLOSED
-
-
-def _notice(**fields: object) -> str:
-    return json.dumps(fields, separators=(",", ":"))
 
 
 def _peer(stream: trio.SocketStream) -> str:

@@ -7,8 +7,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from meshactors.broker.hello import BROKER_PATH, is_network_id
 from meshactors.identity import validate_label
+from meshactors.wire.broker import BROKER_PATH, is_network_id
 from meshactors.wire.strict import describe_error, make_strict_converter
 
 MAX_BROKERS = 8  # broker URLs per network, tried in turn

@@ -7,12 +7,13 @@ WebSocket message). Messages to the broker keep within PACE_SHARE of the rate an
 announces (a broker closes a connection that exceeds them): past that, records wait in the
 queue and leave together in the next message the rate allows. When the connection drops,
 senders waiting on the queue fail with LinkDown and the link reconnects after a full-jitter
-exponential backoff, reset by the next welcome.
+exponential backoff, reset by the next welcome. What it sends and reads is the broker
+protocol of meshactors/wire/broker.py (the broker imports the same module); presence and
+undeliverable notices go to `peers` as they decode, and one it cannot read is counted.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -30,18 +31,23 @@ from trio_websocket import (
 )
 
 from meshactors.actors import Actor, Inbox, cleanup_scope
-from meshactors.broker.envelope import (
-    RECORD_HEADER_BYTES,
-    MalformedBatch,
-    decode_batch,
-    encode_batch,
-)
-from meshactors.broker.hello import build_hello, is_role
-from meshactors.broker.limits import MESSAGE_BURST, MESSAGE_RATE_PER_S, TokenBucket
+from meshactors.broker.limits import TokenBucket
 from meshactors.event_hub import EventPublisher
 from meshactors.network.link_errors import LinkError, LinkErrorKind, classify
-from meshactors.wire.device_id import is_device_id
-from meshactors.wire.jsonlimits import BadJson, check_json
+from meshactors.wire.broker import (
+    RECORD_HEADER_BYTES,
+    BrokerProtocolError,
+    MalformedBatch,
+    PresenceJoin,
+    PresenceLeave,
+    Undeliverable,
+    Welcome,
+    build_hello,
+    decode_batch,
+    decode_notice,
+    decode_welcome,
+    encode_batch,
+)
 
 log = structlog.get_logger("meshactors.link")
 
@@ -59,8 +65,6 @@ BATCH_MAX_RECORDS = 1024  # records joined into one WebSocket message
 BATCH_IDLE_PASSES = 3  # under load: scheduler passes without a new record before a batch goes
 MAX_INBOUND_MESSAGE_BYTES = 4 * 1024 * 1024  # largest message we accept from a broker
 RECEIVE_BUFFER_BYTES = 64 * 1024  # bytes trio-websocket's reader asks the socket for at a time
-MAX_NOTICE_CHARS = 64 * 1024  # a TEXT notice (welcome with 256 peers is ~20 KB)
-DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024  # if the welcome does not say
 PACE_SHARE = 0.9  # of the broker's message rate and burst we use: jitter never trips its limit
 LINK_ROLE = "daemon"  # the role announced when none was declared
 LINK_INBOX = 4  # broker lists waiting for the link (network_update sends one)
@@ -69,21 +73,6 @@ ROLES = (LINK_ROLE, "service", "control-plane")  # the roles `daemon up --role` 
 
 class LinkDown(Exception):
     """The network's broker link is not up: the frame was not sent."""
-
-
-@attrs.frozen
-class Welcome:
-    """What a broker's welcome tells: who is present, and the limits our messages must keep."""
-
-    peers: list[tuple[str, str]]  # (device_id, role)
-    max_bytes: int  # one message
-    message_rate: float = MESSAGE_RATE_PER_S  # messages per second, sustained
-    message_burst: int = MESSAGE_BURST  # messages at once
-
-    def pace(self) -> TokenBucket:
-        """The bucket our messages are drawn from: PACE_SHARE of the broker's."""
-        rate, burst = self.message_rate * PACE_SHARE, self.message_burst * PACE_SHARE
-        return TokenBucket(rate, max(1.0, burst))
 
 
 @attrs.frozen
@@ -149,32 +138,10 @@ class UseBrokers:
 
 
 @attrs.frozen
-class PresenceJoin:
-    """A device joined the network at the broker."""
-
-    device_id: str
-    role: str
-
-
-@attrs.frozen
-class PresenceLeave:
-    """A device left the network at the broker."""
-
-    device_id: str
-
-
-@attrs.frozen
 class InboundRecords:
     """One batch of (sender public key, sealed bytes) records from the broker."""
 
     records: list[tuple[bytes, bytes]]
-
-
-@attrs.frozen
-class Undeliverable:
-    """The broker could not deliver to this device (not in the network)."""
-
-    device_id: str
 
 
 LinkEvent = (
@@ -188,8 +155,11 @@ class LinkEventSink(Protocol):
     async def send(self, event: LinkEvent, /) -> None: ...
 
 
-class BrokerProtocolError(Exception):
-    """The broker said something we cannot read where a welcome or notice was due."""
+def pace(welcome: Welcome) -> TokenBucket:
+    """The bucket our messages are drawn from: PACE_SHARE of the rate and burst the broker's
+    welcome announces."""
+    rate, burst = welcome.message_rate * PACE_SHARE, welcome.message_burst * PACE_SHARE
+    return TokenBucket(rate, max(1.0, burst))
 
 
 def backoff_delay(attempt: int, rng: random.Random) -> float:
@@ -226,7 +196,7 @@ class Link(Actor):
     _next_url: int = 0
     inbox: Inbox[UseBrokers] = attrs.field(factory=lambda: Inbox(LINK_INBOX))
     _outbound: trio.MemoryReceiveChannel[_Queued] | None = None  # the up connection's queue
-    _pace: TokenBucket = attrs.field(factory=lambda: Welcome([], 0).pace())  # messages we may send
+    _pace: TokenBucket = attrs.field(factory=lambda: pace(Welcome([])))  # messages we may send
     _cycle: trio.CancelScope | None = None
 
     def inbox_statistics(self) -> trio.MemoryChannelStatistics | None:
@@ -308,7 +278,7 @@ class Link(Actor):
                 )
                 await ws.send_message(hello)
                 with trio.fail_after(WELCOME_TIMEOUT):
-                    welcome = parse_welcome(await ws.get_message())
+                    welcome = decode_welcome(await ws.get_message())
                 welcomed = True
                 await self._serve(ws, url, welcome)
         except (
@@ -348,15 +318,14 @@ class Link(Actor):
         self.connects += 1
         self.state, self.url, self.last_error, self._reported = "up", url, None, None
         self._outbound = receive
-        self._pace = welcome.pace()
+        self._pace = pace(welcome)
         log.info("broker link up", network=self.network, url=url, peers=len(welcome.peers))
         try:
             await self.deliver.send(LinkUp(url, welcome.peers, LinkOutbound(self.network, send)))
             async with trio.open_nursery() as nursery:
                 session = nursery.cancel_scope
-                nursery.start_soon(
-                    self._until_closed, session, self._write, ws, receive, welcome.max_bytes
-                )
+                max_bytes = min(welcome.max_message_bytes, MAX_INBOUND_MESSAGE_BYTES)
+                nursery.start_soon(self._until_closed, session, self._write, ws, receive, max_bytes)
                 nursery.start_soon(self._until_closed, session, self._keepalive, ws)
                 nursery.start_soon(self._until_closed, session, self._read, ws)
         finally:
@@ -395,7 +364,7 @@ class Link(Actor):
 
     def _notice(self, text: str) -> LinkEvent | None:
         try:
-            return _parse_notice(text)
+            return decode_notice(text)
         except BrokerProtocolError:
             self.malformed += 1
             return None
@@ -472,69 +441,3 @@ def _drain(receive: trio.MemoryReceiveChannel[_Queued]) -> int:
             receive.close()
             return count
         count += 1
-
-
-def _load(text: object) -> dict[str, Any]:
-    if not isinstance(text, str) or len(text) > MAX_NOTICE_CHARS:
-        raise BrokerProtocolError("expected a TEXT notice")
-    try:
-        data = json.loads(text)
-        check_json(data)  # what we read from it may reach events, the roster and clients
-    except BadJson as bad:
-        raise BrokerProtocolError(f"notice holds a value we cannot pass on: {bad}") from None
-    except (ValueError, RecursionError):
-        raise BrokerProtocolError("notice is not JSON") from None
-    if not isinstance(data, dict):
-        raise BrokerProtocolError("notice is not a JSON object")
-    return data
-
-
-def _member(entry: object) -> tuple[str, str]:
-    if (
-        isinstance(entry, dict)
-        and isinstance(entry.get("device_id"), str)
-        and is_device_id(entry["device_id"])
-        and isinstance(entry.get("role"), str)
-        and is_role(entry["role"])
-    ):
-        return entry["device_id"], entry["role"]
-    raise BrokerProtocolError("welcome lists a malformed peer")
-
-
-def parse_welcome(text: object) -> Welcome:
-    """The peers present and the broker's limits, from a welcome (a limit it leaves out is
-    the documented default)."""
-    data = _load(text)
-    peers = data.get("peers")
-    if data.get("type") != "welcome" or not isinstance(peers, list):
-        raise BrokerProtocolError(f"expected a welcome, got {str(data.get('type'))[:40]!r}")
-    limit = data.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)
-    if type(limit) is not int or limit <= RECORD_HEADER_BYTES:
-        raise BrokerProtocolError("welcome has a bad max_message_bytes")
-    rate = data.get("message_rate", MESSAGE_RATE_PER_S)
-    if type(rate) not in (int, float) or not 0 < rate < float("inf"):
-        raise BrokerProtocolError("welcome has a bad message_rate")
-    burst = data.get("message_burst", MESSAGE_BURST)
-    if type(burst) is not int or burst < 1:
-        raise BrokerProtocolError("welcome has a bad message_burst")
-    members = [_member(entry) for entry in peers]
-    return Welcome(members, min(limit, MAX_INBOUND_MESSAGE_BYTES), float(rate), burst)
-
-
-def _parse_notice(text: str) -> LinkEvent | None:
-    """A presence or undeliverable notice; None for a notice type we do not know."""
-    data = _load(text)
-    match data.get("type"), data.get("event"):
-        case "presence", "join":
-            return PresenceJoin(*_member(data))
-        case "presence", "leave":
-            device_id = data.get("device_id")
-            if isinstance(device_id, str) and is_device_id(device_id):
-                return PresenceLeave(device_id)
-        case "undeliverable", _:
-            device_id = data.get("device_id")
-            if isinstance(device_id, str) and is_device_id(device_id):
-                return Undeliverable(device_id)
-        case _:
-            return None
-    raise BrokerProtocolError("malformed notice")

@@ -13,7 +13,7 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, ConnectionTimeout, HandshakeError
 
-from meshactors.broker.hello import REJECT_CLOSE_CODES
+from meshactors.wire.broker import REJECT_CLOSE_CODES
 
 MAX_REASON_CHARS = 200  # a reason is one short line: in `network list`, events and logs
 

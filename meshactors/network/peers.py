@@ -32,14 +32,12 @@ from meshactors.network.link import (
     LinkOutbound,
     LinkStatus,
     LinkUp,
-    PresenceJoin,
-    PresenceLeave,
-    Undeliverable,
 )
 from meshactors.network.rejected import RejectedFrames
 from meshactors.network.sealing import FrameRejected, PeerCrypto
 from meshactors.store import networks as roster_db
 from meshactors.store.actor import StoreActor
+from meshactors.wire.broker import PresenceJoin, PresenceLeave, Undeliverable
 from meshactors.wire.device_id import (
     InvalidDeviceId,
     device_id_from_public_key,

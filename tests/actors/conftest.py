@@ -1,4 +1,4 @@
-"""Probe actors that record their lifecycle, for supervisor tests."""
+"""ProbeActor actors that record their lifecycle, for supervisor tests."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class Journal:
 
 
 @attrs.define(eq=False)
-class Probe(Actor):
+class ProbeActor(Actor):
     """Records start/stop; on command it crashes, exits or refuses to start."""
 
     kind: ClassVar[str] = "probe"

@@ -17,16 +17,16 @@ from meshactors.actors import (
     SupervisorEscalation,
     run_root,
 )
-from tests.actors.conftest import Journal, Probe
+from tests.actors.conftest import Journal, ProbeActor
 
 FAST = RestartLimits(intensity=3, period=10.0, backoff_initial=0.1, backoff_max=1.0)
 
 
-def probes(journal: Journal, *names: str, restart: Restart = Restart.PERMANENT) -> list[Probe]:
-    return [Probe(name, journal) for name in names]
+def probes(journal: Journal, *names: str, restart: Restart = Restart.PERMANENT) -> list[ProbeActor]:
+    return [ProbeActor(name, journal) for name in names]
 
 
-def specs(children: list[Probe], restart: Restart = Restart.PERMANENT) -> list[ChildSpec]:
+def specs(children: list[ProbeActor], restart: Restart = Restart.PERMANENT) -> list[ChildSpec]:
     return [ChildSpec(p.name, p, restart=restart) for p in children]
 
 
@@ -174,7 +174,7 @@ async def test_permanent_child_restarts_after_normal_exit(
 async def test_shutdown_timeout_bounds_a_slow_cleanup(
     journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
 ) -> None:
-    slow = Probe("slow", journal, cleanup_seconds=1000.0)
+    slow = ProbeActor("slow", journal, cleanup_seconds=1000.0)
     sup = Supervisor(children=[ChildSpec("slow", slow, shutdown_timeout=3.0)])
     async with trio.open_nursery() as nursery:
         await nursery.start(run_root, sup, root)
@@ -188,10 +188,10 @@ async def test_dynamic_children_start_and_stop(journal: Journal, root: Node) -> 
     sup = Supervisor()
     async with trio.open_nursery() as nursery:
         await nursery.start(run_root, sup, root)
-        await sup.start_child(ChildSpec("x", Probe("x", journal), restart=Restart.TEMPORARY))
+        await sup.start_child(ChildSpec("x", ProbeActor("x", journal), restart=Restart.TEMPORARY))
         assert root.children["x"].state is ActorState.RUNNING
         with pytest.raises(ValueError, match="already has a child named 'x'"):
-            await sup.start_child(ChildSpec("x", Probe("x", journal)))
+            await sup.start_child(ChildSpec("x", ProbeActor("x", journal)))
         assert await sup.stop_child("x") is True
         assert await sup.stop_child("x") is False
         assert "x" not in root.children
@@ -206,7 +206,7 @@ async def test_child_that_fails_to_start_is_reported_to_the_caller(
     async with trio.open_nursery() as nursery:
         await nursery.start(run_root, sup, root)
         with pytest.raises(ChildStartFailed, match="root/bad failed to start"):
-            await sup.start_child(ChildSpec("bad", Probe("bad", journal, fail_start=True)))
+            await sup.start_child(ChildSpec("bad", ProbeActor("bad", journal, fail_start=True)))
         assert "bad" not in root.children
         nursery.cancel_scope.cancel()
 
@@ -214,7 +214,7 @@ async def test_child_that_fails_to_start_is_reported_to_the_caller(
 async def test_initial_child_failing_to_start_fails_the_supervisor(
     journal: Journal, root: Node
 ) -> None:
-    good, bad = Probe("good", journal), Probe("bad", journal, fail_start=True)
+    good, bad = ProbeActor("good", journal), ProbeActor("bad", journal, fail_start=True)
     sup = Supervisor(children=specs([good, bad]))
     with pytest.raises(ChildStartFailed, match="root/bad failed to start"):
         await run_root(sup, root)

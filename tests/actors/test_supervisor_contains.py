@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from meshactors.actors import ActorState, ChildSpec, Node, RestartLimits, Supervisor, run_root
-from tests.actors.conftest import Journal, Probe
+from tests.actors.conftest import Journal, ProbeActor
 
 FAST = RestartLimits(intensity=3, period=10.0, backoff_initial=0.1, backoff_max=1.0)
 
@@ -24,7 +24,7 @@ class Containing(Supervisor):
 async def test_a_child_crashing_past_the_intensity_is_restarted_alone(
     journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
 ) -> None:
-    a, b = Probe("a", journal), Probe("b", journal)
+    a, b = ProbeActor("a", journal), ProbeActor("b", journal)
     sup = Containing(children=[ChildSpec("a", a), ChildSpec("b", b)], limits=FAST)
     async with trio.open_nursery() as nursery:
         await nursery.start(run_root, sup, root)

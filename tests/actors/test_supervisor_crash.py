@@ -18,7 +18,7 @@ from meshactors.actors import (
     Supervisor,
     run_root,
 )
-from tests.actors.conftest import Journal, Probe
+from tests.actors.conftest import Journal, ProbeActor
 
 FAST = RestartLimits(intensity=3, period=10.0, backoff_initial=0.1, backoff_max=1.0)
 
@@ -26,7 +26,7 @@ FAST = RestartLimits(intensity=3, period=10.0, backoff_initial=0.1, backoff_max=
 async def test_a_crash_request_restarts_a_transient_child_as_a_crash_would(
     journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
 ) -> None:
-    a, b = Probe("a", journal), Probe("b", journal)
+    a, b = ProbeActor("a", journal), ProbeActor("b", journal)
     sup = Supervisor(
         children=[ChildSpec("a", a), ChildSpec("b", b, Restart.TRANSIENT)], limits=FAST
     )
@@ -47,7 +47,7 @@ async def test_a_crash_request_restarts_a_transient_child_as_a_crash_would(
 async def test_a_crash_request_applies_the_strategy_deep_in_the_tree(
     journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
 ) -> None:
-    a, b, c = Probe("a", journal), Probe("b", journal), Probe("c", journal)
+    a, b, c = ProbeActor("a", journal), ProbeActor("b", journal), ProbeActor("c", journal)
     inner = Supervisor(
         children=[ChildSpec("b", b), ChildSpec("c", c)],
         strategy=Strategy.REST_FOR_ONE,
@@ -67,7 +67,7 @@ async def test_a_crash_request_applies_the_strategy_deep_in_the_tree(
 async def test_a_crashed_temporary_child_is_forgotten(
     journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
 ) -> None:
-    a = Probe("a", journal)
+    a = ProbeActor("a", journal)
     sup = Supervisor(children=[ChildSpec("a", a, Restart.TEMPORARY)], limits=FAST)
     async with trio.open_nursery() as nursery:
         await nursery.start(run_root, sup, root)
@@ -81,7 +81,7 @@ async def test_a_crashed_temporary_child_is_forgotten(
 async def test_only_a_running_supervised_actor_can_be_crashed(
     journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
 ) -> None:
-    a = Probe("a", journal)
+    a = ProbeActor("a", journal)
     sup = Supervisor(children=[ChildSpec("a", a)], limits=FAST)
     async with trio.open_nursery() as nursery:
         await nursery.start(run_root, sup, root)

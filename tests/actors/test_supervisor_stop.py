@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from meshactors.actors import Actor, ChildSpec, Node, RestartLimits, Strategy, Supervisor, run_root
-from tests.actors.conftest import Journal, Probe
+from tests.actors.conftest import Journal, ProbeActor
 
 FAST = RestartLimits(intensity=3, period=10.0, backoff_initial=0.1, backoff_max=1.0)
 STOP_DEADLINE = 30.0  # seconds (mock clock) the tree may take to stop; far above every bound
@@ -44,7 +44,7 @@ async def test_a_rest_for_one_supervisor_stopped_mid_restart_stops(
 ) -> None:
     """The daemon's hang: stopped while `nursery.start` waits for a restarted child, the child
     finished starting in a cancelled start nursery, stayed there shielded, and nobody stopped it."""
-    relauncher, probe = Relauncher(), Probe("probe", journal)
+    relauncher, probe = Relauncher(), ProbeActor("probe", journal)
     children = [ChildSpec("probe", probe), ChildSpec("relauncher", relauncher)]
     sup = Supervisor(children=children, strategy=Strategy.REST_FOR_ONE, limits=FAST)
     tree = trio.CancelScope()

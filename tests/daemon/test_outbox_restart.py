@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from meshactors.daemon.outbox import Outbox
-from tests.daemon.conftest import serving
+from tests.daemon_tree import serving
 from tests.support import LineClient
 
 WAIT = 10.0  # seconds for the crash, the restart and the answers

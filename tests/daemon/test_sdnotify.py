@@ -132,7 +132,7 @@ def test_a_vanished_manager_costs_a_warning_not_the_daemon(tmp_path: Path) -> No
 
 
 @attrs.define
-class Probe:
+class ScriptedHealthProbe:
     """A probe whose answer the test decides: answer, never answer, or fail."""
 
     mode: str = "answer"
@@ -147,7 +147,7 @@ class Probe:
 async def test_watchdog_pings_each_interval_only_while_the_probe_answers(
     autojump_clock: trio.testing.MockClock, manager: socket.socket
 ) -> None:
-    probe = Probe()
+    probe = ScriptedHealthProbe()
     actor = NotifierActor(Notifier(manager.getsockname(), watchdog_interval=1.0), probe)
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)
@@ -174,7 +174,7 @@ async def test_watchdog_pings_each_interval_only_while_the_probe_answers(
 async def test_without_a_watchdog_the_actor_only_waits(
     autojump_clock: trio.testing.MockClock, manager: socket.socket
 ) -> None:
-    actor = NotifierActor(Notifier(manager.getsockname()), Probe())
+    actor = NotifierActor(Notifier(manager.getsockname()), ScriptedHealthProbe())
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)
         await trio.sleep(3600)

@@ -6,7 +6,7 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-from tests.daemon.conftest import connect, daemon
+from tests.daemon_tree import connect, daemon
 from tests.network.conftest import mesh
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))

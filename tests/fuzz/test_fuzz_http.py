@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from meshactors.control.http_errors import HttpErrorCode, status_for
 from meshactors.daemon.services import Services
 from meshactors.wire.ipc import ErrorCode
-from tests.daemon.httptools import encode_request
+from tests.control.httptools import encode_request
 from tests.fuzz.conftest import fuzz
 from tests.fuzz.strategies import json_values, mutated
 
@@ -43,7 +43,7 @@ GOOD = encode_request("POST", "/v1/status", b"{}")
 
 
 def _without_events(data: bytes) -> bytes:
-    """Keep the fuzzer off the endless event stream (tested in tests/daemon/test_http_sse.py)."""
+    """Keep the fuzzer off the endless event stream (tested in tests/control/test_http_sse.py)."""
     return data.replace(b"/events", b"/evxnts")
 
 

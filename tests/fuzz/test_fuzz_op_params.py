@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from meshactors.daemon.main import build_ops
 from meshactors.daemon.services import Services
 from meshactors.wire.ipc import ErrorCode
-from tests.daemon.test_message_ops import NET, joined, new_device
 from tests.fuzz.conftest import fuzz
 from tests.fuzz.strategies import hostile_json, odd_text
+from tests.ops.test_message_ops import NET, joined, new_device
 from tests.support import LineClient
 
 DOCUMENTED = {code.value for code in ErrorCode} - {ErrorCode.INTERNAL.value}

@@ -6,8 +6,8 @@ import nacl.signing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshactors.broker.hello import HelloRejected, RejectReason, build_hello, verify_hello
 from meshactors.network.sealing import FrameRejected, PeerCrypto
+from meshactors.wire.broker import HelloRejected, RejectReason, build_hello, verify_hello
 from meshactors.wire.device_id import device_id_from_public_key
 from tests.fuzz.conftest import fuzz
 from tests.fuzz.strategies import json_line, json_values, mutated

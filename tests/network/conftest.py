@@ -17,7 +17,7 @@ from meshactors.daemon.services import Services
 from meshactors.identity import load_or_create_identity
 from meshactors.network.network import Network
 from meshactors.paths import prepare_dirs, resolve_paths
-from tests.daemon.conftest import LineClient
+from tests.support import LineClient
 
 NET = "net1"
 WAIT = 10.0  # seconds any awaited condition may take before the test fails

@@ -8,7 +8,7 @@ import json
 import nacl.signing
 import pytest
 
-from meshactors.network.link import BrokerProtocolError, parse_welcome
+from meshactors.wire.broker import BrokerProtocolError, decode_welcome
 from meshactors.wire.device_id import device_id_from_public_key
 
 DEVICE = device_id_from_public_key(bytes(nacl.signing.SigningKey(b"d" * 32).verify_key))
@@ -19,13 +19,13 @@ def welcome(role: str) -> str:
 
 
 def test_a_welcome_listing_a_good_role_is_read() -> None:
-    assert parse_welcome(welcome("control-plane")).peers == [(DEVICE, "control-plane")]
+    assert decode_welcome(welcome("control-plane")).peers == [(DEVICE, "control-plane")]
 
 
 @pytest.mark.parametrize("role", ["\ud800", "", "line\nbreak", "r" * 33])
 def test_a_role_a_hello_could_not_carry_is_refused(role: str) -> None:
     with pytest.raises(BrokerProtocolError):
-        parse_welcome(welcome(role))
+        decode_welcome(welcome(role))
 
 
 @pytest.mark.parametrize(
@@ -39,4 +39,4 @@ def test_a_role_a_hello_could_not_carry_is_refused(role: str) -> None:
 )
 def test_a_notice_holding_what_the_daemon_cannot_pass_on_is_malformed(text: str) -> None:
     with pytest.raises(BrokerProtocolError):
-        parse_welcome(text)
+        decode_welcome(text)

@@ -13,22 +13,25 @@ from nacl.signing import SigningKey
 from trio_websocket import WebSocketRequest, serve_websocket
 
 from meshactors.actors import Node, run_root
-from meshactors.broker.envelope import decode_batch
-from meshactors.broker.limits import MESSAGE_BURST, MESSAGE_RATE_PER_S
 from meshactors.network import link as link_module
 from meshactors.network.link import (
     BACKOFF_BASE,
     BACKOFF_CAP,
     PACE_SHARE,
-    BrokerProtocolError,
     Link,
     LinkDown,
     LinkLost,
     LinkOutbound,
     backoff_delay,
-    parse_welcome,
 )
 from meshactors.network.link_errors import LinkErrorKind
+from meshactors.wire.broker import (
+    MESSAGE_BURST,
+    MESSAGE_RATE_PER_S,
+    BrokerProtocolError,
+    decode_batch,
+    decode_welcome,
+)
 from tests.network.conftest import WAIT
 from tests.network.linksink import LinkEventRecorder
 
@@ -203,9 +206,9 @@ async def test_messages_keep_to_the_share_of_the_rate_the_welcome_announces(
 def test_a_welcome_with_bad_limits_is_refused(limits: dict[str, object], reason: str) -> None:
     welcome = json.dumps({"type": "welcome", "v": 1, "peers": [], **limits})
     with pytest.raises(BrokerProtocolError, match=reason):
-        parse_welcome(welcome)
+        decode_welcome(welcome)
 
 
 def test_a_welcome_without_rate_limits_gets_the_documented_defaults() -> None:
-    welcome = parse_welcome(json.dumps({"type": "welcome", "v": 1, "peers": []}))
+    welcome = decode_welcome(json.dumps({"type": "welcome", "v": 1, "peers": []}))
     assert (welcome.message_rate, welcome.message_burst) == (MESSAGE_RATE_PER_S, MESSAGE_BURST)

@@ -17,9 +17,9 @@ from nacl.signing import SigningKey
 from trio_websocket import open_websocket_url
 
 from meshactors.actors import Inbox, Node, run_root
-from meshactors.broker.hello import build_hello
 from meshactors.network.link import BACKOFF_CAP, Link, LinkEvent, backoff_delay
 from meshactors.network.link_errors import LinkError, LinkErrorKind, classify
+from meshactors.wire.broker import build_hello
 from tests.broker.support import now_ms, start_broker
 from tests.network.linksink import LinkEventRecorder
 

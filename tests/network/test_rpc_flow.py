@@ -51,7 +51,7 @@ class RecordingPeers:
 
 
 @attrs.define
-class Connection:
+class RecordingConnection:
     """A local connection whose push queue holds `room` more events."""
 
     client_id: str = "c1"
@@ -84,7 +84,7 @@ async def test_a_stream_producer_waits_when_the_caller_gives_no_credit(
     running: tuple[Rpc, RecordingPeers], nursery: trio.Nursery
 ) -> None:
     rpc, peers = running
-    server = Connection()
+    server = RecordingConnection()
     rpc.register(server, "count", streaming=True)
     peers.deliver(RpcCall("r1", "count", None, False, True, 60_000))
     ((kind, inbound),) = server.pushed
@@ -107,9 +107,9 @@ async def test_a_stream_producer_waits_when_the_caller_gives_no_credit(
     assert len(peers.of(RpcChunk)) == STREAM_WINDOW + 1
 
 
-def serving_a_stream(rpc: Rpc, peers: RecordingPeers) -> tuple[Connection, str]:
+def serving_a_stream(rpc: Rpc, peers: RecordingPeers) -> tuple[RecordingConnection, str]:
     """A connection serving `count`, and the id of the streamed call "r1" it was given."""
-    server = Connection()
+    server = RecordingConnection()
     rpc.register(server, "count", streaming=True)
     peers.deliver(RpcCall("r1", "count", None, False, True, 60_000))
     return server, str(server.pushed[0][1]["request_id"])
@@ -153,7 +153,7 @@ async def test_the_caller_grants_credit_as_its_connection_takes_chunks(
     running: tuple[Rpc, RecordingPeers],
 ) -> None:
     rpc, peers = running
-    caller = Connection()
+    caller = RecordingConnection()
     request_id = await rpc.call_stream(caller, PEER, "count", Payload(), 60_000)
     (call,) = peers.of(RpcCall)
     for n in range(STREAM_WINDOW):
@@ -172,7 +172,7 @@ async def test_a_caller_that_falls_behind_ends_the_stream_as_lagged(
     running: tuple[Rpc, RecordingPeers],
 ) -> None:
     rpc, peers = running
-    caller = Connection(room=2)
+    caller = RecordingConnection(room=2)
     await rpc.call_stream(caller, PEER, "count", Payload(), 60_000)
     (call,) = peers.of(RpcCall)
     for n in range(3):
@@ -188,7 +188,7 @@ async def test_a_stream_ends_with_timeout_at_its_deadline(
     running: tuple[Rpc, RecordingPeers], autojump_clock: trio.testing.MockClock
 ) -> None:
     rpc, peers = running
-    caller = Connection()
+    caller = RecordingConnection()
     request_id = await rpc.call_stream(caller, PEER, "count", Payload(), 2_000)
     await trio.sleep(1.9)
     assert caller.pushed == []
@@ -203,7 +203,7 @@ async def test_a_served_call_is_forgotten_after_the_callers_deadline(
     running: tuple[Rpc, RecordingPeers], autojump_clock: trio.testing.MockClock
 ) -> None:
     rpc, peers = running
-    server = Connection()
+    server = RecordingConnection()
     rpc.register(server, "slow", streaming=False)
     peers.deliver(RpcCall("r1", "slow", None, False, False, 1_000))
     request_id = server.pushed[0][1]["request_id"]
@@ -221,7 +221,7 @@ async def test_a_single_call_times_out_at_its_deadline(
     rpc, peers = running
     began = trio.current_time()
     with pytest.raises(OpError) as failure:
-        await rpc.call(Connection(), PEER, "slow", Payload(), 2_000)
+        await rpc.call(RecordingConnection(), PEER, "slow", Payload(), 2_000)
     assert failure.value.code is ErrorCode.TIMEOUT
     assert trio.current_time() - began == pytest.approx(2.0)
     await trio.testing.wait_all_tasks_blocked()

@@ -21,11 +21,12 @@ from meshactors.actors import ChildSpec, Node, Supervisor, run_root
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.network.core import NetworkCore
-from meshactors.network.link import InboundRecords, PresenceJoin
+from meshactors.network.link import InboundRecords
 from meshactors.network.peers import PEER_PING_INTERVAL, PING_RATE, Peers
 from meshactors.network.sealing import PeerCrypto
 from meshactors.store import networks as roster_db
 from meshactors.store.actor import StoreActor
+from meshactors.wire.broker import PresenceJoin
 from meshactors.wire.device_id import device_id_from_public_key
 from meshactors.wire.peer import Capabilities, Hello, Profile, encode_frame
 from tests.network.conftest import NET, Daemon, Mesh

@@ -13,9 +13,8 @@ import trio
 from nacl.signing import SigningKey
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from meshactors.broker.envelope import decode_batch, encode_batch
-from meshactors.broker.hello import build_hello
 from meshactors.network.sealing import PeerCrypto
+from meshactors.wire.broker import build_hello, decode_batch, encode_batch
 from meshactors.wire.device_id import public_key_from_device_id
 from meshactors.wire.peer import (
     Capabilities,
@@ -31,7 +30,7 @@ from tests.network.conftest import NET, WAIT, Daemon, Mesh
 
 
 @attrs.define
-class RawPeer:
+class BareWebSocketPeer:
     """A peer that seals frames itself, so a test can replay or alter them on the way."""
 
     ws: WebSocketConnection
@@ -58,14 +57,14 @@ class RawPeer:
 
 
 @asynccontextmanager
-async def raw_peer(mesh: Mesh, daemon: Daemon) -> AsyncIterator[RawPeer]:
+async def bare_websocket_peer(mesh: Mesh, daemon: Daemon) -> AsyncIterator[BareWebSocketPeer]:
     key = SigningKey.generate()
     async with open_websocket_url(mesh.url) as ws:
         await ws.send_message(build_hello(key, NET, "daemon", now_ms=time.time_ns() // 10**6))
         welcome = json.loads(await ws.get_message())
         assert welcome["type"] == "welcome"
         to = public_key_from_device_id(daemon.device_id)
-        yield RawPeer(ws, PeerCrypto.for_peer(key, daemon.device_id), to)
+        yield BareWebSocketPeer(ws, PeerCrypto.for_peer(key, daemon.device_id), to)
 
 
 def hello(major: int = 1) -> Hello:
@@ -86,7 +85,7 @@ async def test_replayed_and_altered_frames_are_dropped_and_counted(mesh: Mesh) -
     a = await mesh.daemon("a")
     await a.join(mesh.url)
     await a.wait_event("network_phase", phase="alone")
-    async with raw_peer(mesh, a) as peer:
+    async with bare_websocket_peer(mesh, a) as peer:
         first = peer.seal(hello())
         altered = bytearray(peer.seal(Ping(1)))
         altered[-1] ^= 0x01
@@ -106,7 +105,7 @@ async def test_a_peer_of_another_major_is_incompatible_with_the_reason(mesh: Mes
     a = await mesh.daemon("a")
     await a.join(mesh.url)
     await a.wait_event("network_phase", phase="alone")
-    async with raw_peer(mesh, a) as peer:
+    async with bare_websocket_peer(mesh, a) as peer:
         future = {**json.loads(encode_frame(hello())), "major": 2, "minor": 3, "new": [1]}
         await peer.send(peer.crypto.seal(json.dumps(future).encode()))
         answer = await peer.receive(Hello)  # we still tell it who we are

@@ -14,7 +14,7 @@ from tests.network.conftest import NET, WAIT, Mesh, OpFailed, active_pair
 
 @register_frame("test_note", app=True)
 @attrs.frozen
-class Note(Frame):
+class NoteFrame(Frame):
     """A stand-in for the application frames that RPC and channels will add."""
 
     text: str
@@ -28,7 +28,7 @@ class NoteLog:
     arrived: trio.Event = attrs.field(factory=trio.Event)
 
     def __call__(self, sender: str, frame: Frame) -> None:
-        assert isinstance(frame, Note)
+        assert isinstance(frame, NoteFrame)
         self.notes.append((sender, frame.text))
         self.arrived.set()
         self.arrived = trio.Event()
@@ -46,7 +46,7 @@ async def test_active_peers_exchange_app_frames_in_batches(mesh: Mesh) -> None:
     batches_before = a.network().link.batches_out
     async with trio.open_nursery() as nursery:
         for i in range(500):
-            nursery.start_soon(a.network().send_to_peer, b.device_id, Note(f"n{i}"))
+            nursery.start_soon(a.network().send_to_peer, b.device_id, NoteFrame(f"n{i}"))
     await inbox.wait_for(500)
     assert {text for _, text in inbox.notes} == {f"n{i}" for i in range(500)}
     assert {sender for sender, _ in inbox.notes} == {a.device_id}
@@ -60,10 +60,10 @@ async def test_send_to_peer_refuses_peers_that_are_not_active(mesh: Mesh) -> Non
     await b.join(mesh.url)
     await a.wait_event("peer_pending", device_id=b.device_id)
     with pytest.raises(Exception) as not_active:
-        await a.network().send_to_peer(b.device_id, Note("too early"))
+        await a.network().send_to_peer(b.device_id, NoteFrame("too early"))
     assert getattr(not_active.value, "code", None) == "peer_not_active"
     with pytest.raises(Exception) as unknown:
-        await a.network().send_to_peer(a.device_id, Note("nobody"))
+        await a.network().send_to_peer(a.device_id, NoteFrame("nobody"))
     assert getattr(unknown.value, "code", None) == "no_such_peer"
 
 
@@ -71,12 +71,12 @@ async def test_removed_peer_is_cut_off_at_once(mesh: Mesh) -> None:
     a, b = await active_pair(mesh)
     inbox = NoteLog()
     a.network().register_app_handler("test_note", inbox)
-    await b.network().send_to_peer(a.device_id, Note("before"))
+    await b.network().send_to_peer(a.device_id, NoteFrame("before"))
     await inbox.wait_for(1)
     after = a.last_event_id
     await a.call("roster_remove", network=NET, device_id=b.device_id)
     with pytest.raises(Exception) as cut:
-        await a.network().send_to_peer(b.device_id, Note("after"))
+        await a.network().send_to_peer(b.device_id, NoteFrame("after"))
     assert getattr(cut.value, "code", None) == "peer_not_active"
     await b.wait_event("peer_pending", device_id=a.device_id)  # b learnt it is no longer approved
     assert (await a.peer(b) or {})["status"] == "pending"
@@ -131,7 +131,7 @@ async def test_profile_reaches_peers_and_an_invisible_daemon_still_answers(mesh:
     assert (await b.peer(a) or {})["status"] == "active"  # `all` still shows it
     inbox = NoteLog()
     a.network().register_app_handler("test_note", inbox)
-    await b.network().send_to_peer(a.device_id, Note("still there?"))
+    await b.network().send_to_peer(a.device_id, NoteFrame("still there?"))
     await inbox.wait_for(1)
 
 

@@ -1,4 +1,5 @@
-"""A real daemon tree in-process, in a temporary home, and a line client for its socket."""
+"""A real daemon tree in-process, in a temporary home, and line and raw HTTP clients for its
+socket: the fixtures tests/control, tests/ops and tests/fuzz share (their conftests import them)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from meshactors.daemon.main import DaemonOptions, serve
 from meshactors.daemon.services import Services
 from meshactors.identity import load_or_create_identity
 from meshactors.paths import prepare_dirs, resolve_paths
-from tests.daemon.httptools import RawHttp
+from tests.control.httptools import RawHttp
 from tests.support import LineClient
 
 Connect = Callable[[], Awaitable[RawHttp]]

@@ -13,8 +13,8 @@ from meshactors.control.sse import KEEPALIVE, KEEPALIVE_INTERVAL, SseSink, sse_m
 from meshactors.daemon.services import Services
 from meshactors.event_hub import PERSIST_BATCH
 from meshactors.store.events import EVENT_LOG_LIMIT, PRUNE_BATCH, Event
-from tests.daemon.conftest import Connect
-from tests.daemon.httptools import RawHttp, encode_request, sse_events
+from tests.control.httptools import RawHttp, encode_request, sse_events
+from tests.daemon_tree import Connect
 from tests.support import publish
 
 

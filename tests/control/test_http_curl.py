@@ -9,15 +9,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 import trio
 
 from meshactors.control.session import Session
 from meshactors.daemon.services import Services
 from meshactors.ops.optable import Op
-from tests.daemon.conftest import serving
-from tests.daemon.httptools import CURL, needs_curl, sse_events
+from tests.control.httptools import CURL, needs_curl, sse_events
+from tests.control.test_http import StandInSendParams
+from tests.daemon_tree import serving
 from tests.support import publish
 
 pytestmark = needs_curl
@@ -82,20 +82,14 @@ async def test_curl_large_body_gets_100_continue(daemon: Services) -> None:
     assert json.loads(out)["error"]["code"] == "invalid_params"
 
 
-@attrs.frozen
-class FakeSend:
-    to: str
-    client_message_id: str | None = None
-
-
 async def test_curl_send_with_idempotency_key(daemon: Services) -> None:
     seen: list[str | None] = []
 
-    async def send(session: Session, params: FakeSend) -> dict[str, Any]:
+    async def send(session: Session, params: StandInSendParams) -> dict[str, Any]:
         seen.append(params.client_message_id)
         return {"outcome": "duplicate" if len(seen) > 1 else "accepted"}
 
-    daemon.ops.ops["send"] = Op("send", FakeSend, send, "stand-in")
+    daemon.ops.ops["send"] = Op("send", StandInSendParams, send, "stand-in")
     args = ["-o", "/dev/null", "-w", "%{http_code}", "-H", "Idempotency-Key: k1", "-d"]
     assert await curl(*sock(daemon), *args, '{"to":"bob"}', f"{BASE}/v1/send") == "202"
     assert await curl(*sock(daemon), *args, '{"to":"bob"}', f"{BASE}/v1/send") == "200"

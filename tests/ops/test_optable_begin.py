@@ -11,7 +11,7 @@ import pytest
 
 from meshactors.ops.optable import Op, OpTable, finish
 from meshactors.wire.ipc import ErrorCode, OpError, Request
-from tests.daemon.test_optable_runs import FakeSession
+from tests.ops.test_optable_runs import FakeSession
 
 
 @attrs.frozen

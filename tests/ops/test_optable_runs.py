@@ -13,7 +13,7 @@ from meshactors.wire.ipc import ErrorCode, OpError, Request
 
 
 @attrs.frozen
-class Note:
+class NoteParams:
     """Params of the test op: `value` goes to `target`; `alone` runs it by itself."""
 
     target: str
@@ -28,12 +28,12 @@ class Recorder:
     runs: list[tuple[str, list[int]]] = attrs.field(factory=list)
     answers: list[tuple[list[Any], Any]] = attrs.field(factory=list)
 
-    def item(self, params: Note) -> tuple[Hashable, int] | None:
+    def item(self, params: NoteParams) -> tuple[Hashable, int] | None:
         if params.value < 0:
             raise OpError(ErrorCode.INVALID_PARAMS, "negative")
         return None if params.alone else (params.target, params.value)
 
-    async def run(self, _session: Any, params: Note, values: list[int]) -> dict[str, Any]:
+    async def run(self, _session: Any, params: NoteParams, values: list[int]) -> dict[str, Any]:
         if params.target == "gone":
             raise OpError(ErrorCode.NO_SUCH_PEER, "no such target")
         if params.target == "bug":
@@ -41,7 +41,7 @@ class Recorder:
         self.runs.append((params.target, values))
         return {"to": params.target, "count": len(values)}
 
-    async def alone(self, _session: Any, params: Note) -> dict[str, Any]:
+    async def alone(self, _session: Any, params: NoteParams) -> dict[str, Any]:
         self.runs.append((params.target, [params.value]))
         return {"to": params.target, "count": 1}
 
@@ -59,7 +59,7 @@ class FakeSession:
 
 def _table(recorder: Recorder) -> OpTable:
     merge = Merge(recorder.item, recorder.run)
-    return OpTable.of([Op("note", Note, recorder.alone, "test op", merge)])
+    return OpTable.of([Op("note", NoteParams, recorder.alone, "test op", merge)])
 
 
 def _request(request_id: int, target: str, value: int, **extra: Any) -> Request:

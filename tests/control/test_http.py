@@ -13,13 +13,13 @@ from meshactors.control.session import Session
 from meshactors.daemon.services import Services
 from meshactors.ops.optable import Op
 from meshactors.wire.ipc import ErrorCode, OpError
-from tests.daemon.conftest import Connect
-from tests.daemon.httptools import encode_request
+from tests.control.httptools import encode_request
+from tests.daemon_tree import Connect
 
 
 @attrs.frozen
-class FakeSend:
-    """Params of the stand-in `send` op (the real one lands from another branch)."""
+class StandInSendParams:
+    """Params of a stand-in `send` op: the HTTP tests check Idempotency-Key, not sending."""
 
     to: str
     client_message_id: str | None = None
@@ -171,16 +171,16 @@ async def test_get_query_values_are_converted_by_the_ops_declared_types(
 
 
 async def test_send_statuses_and_the_idempotency_key_rule(daemon: Services, http: Connect) -> None:
-    seen: list[FakeSend] = []
+    seen: list[StandInSendParams] = []
 
-    async def send(session: Session, params: FakeSend) -> dict[str, Any]:
+    async def send(session: Session, params: StandInSendParams) -> dict[str, Any]:
         seen.append(params)
         if params.to == "clash":
             raise OpError(ErrorCode.CONFLICT, "same id, different message")
         outcome = "duplicate" if params.client_message_id == "again" else "accepted"
         return {"outcome": outcome, "client_message_id": params.client_message_id}
 
-    add_op(daemon, Op("send", FakeSend, send, "stand-in"))
+    add_op(daemon, Op("send", StandInSendParams, send, "stand-in"))
     client = await http()
     accepted = await client.request("POST", "/v1/send", b'{"to":"bob"}', Idempotency_Key="k1")
     assert accepted.status == 202
@@ -215,7 +215,7 @@ async def test_an_op_that_fails_is_500_and_the_daemon_lives_on(
     async def broken(session: Session, params: Any) -> None:
         raise RuntimeError("boom")
 
-    add_op(daemon, Op("broken", FakeSend, broken, "stand-in"))
+    add_op(daemon, Op("broken", StandInSendParams, broken, "stand-in"))
     client = await http()
     response = await client.request("POST", "/v1/broken", b'{"to":"x"}')
     assert (response.status, response.code) == (500, "internal")

@@ -12,8 +12,8 @@ import trio
 
 from meshactors.daemon.services import Services
 from meshactors.network.payload import MAX_PAYLOAD_DEPTH
-from tests.daemon.conftest import Connect
-from tests.daemon.test_message_ops import NET, joined, new_device
+from tests.daemon_tree import Connect
+from tests.ops.test_message_ops import NET, joined, new_device
 
 SURROGATE = "\ud800"
 HUGE = 10**23

@@ -14,8 +14,8 @@ import trio
 
 from meshactors.control.tcp_auth import TokenFileError, load_or_create_token
 from meshactors.daemon.services import Services
-from tests.daemon.conftest import Connect, raw_http, serving
-from tests.daemon.httptools import RawHttp
+from tests.control.httptools import RawHttp
+from tests.daemon_tree import Connect, raw_http, serving
 
 
 @attrs.frozen

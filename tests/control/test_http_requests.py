@@ -21,8 +21,8 @@ from meshactors.control.http_parse import (
     REQUEST_TIMEOUT,
 )
 from meshactors.daemon.services import Services
-from tests.daemon.conftest import Connect
-from tests.daemon.httptools import RawHttp, Response, encode_request
+from tests.control.httptools import RawHttp, Response, encode_request
+from tests.daemon_tree import Connect
 
 
 async def answered_then_closed(http: Connect, raw: bytes) -> Response:

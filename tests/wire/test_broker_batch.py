@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshactors.broker.envelope import (
+from meshactors.wire.broker import (
     RECORD_HEADER_BYTES,
     MalformedBatch,
     decode_batch,
