@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar
 
 import attrs
@@ -165,6 +165,11 @@ class Supervisor(Actor):
             lambda reply: StopChild(name, reply), timeout=ASK_TIMEOUT, what=f"stop {name}"
         )
 
+    def own_tasks(self) -> list[Callable[[], Awaitable[None]]]:
+        """Tasks of this supervisor's own besides the supervising loop (a subclass that also
+        serves requests of its kind); they run while it runs."""
+        return []
+
     def figures(self) -> dict[str, object]:
         in_window = len(self._restart_times) + sum(
             len(child.restart_times) for child in self._running.values()
@@ -184,6 +189,8 @@ class Supervisor(Actor):
                 for spec in self.children:
                     await self._add(spec, node)
                 nursery.start_soon(self._forward_requests, control_send)
+                for task in self.own_tasks():
+                    nursery.start_soon(task)
                 task_status.started()
                 async for message in control_receive:
                     await self._handle(message, node)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 import structlog
 import trio
 
-from meshactors.actors import ActorGone, AskTimeout, ChildSpec, Supervisor
+from meshactors.actors import ActorGone, AskTimeout, ChildSpec, Inbox, Reply, Supervisor
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.network.config import ConfigError, NetworkConfig
@@ -24,8 +24,34 @@ from meshactors.wire.ipc import ErrorCode, OpError
 
 log = structlog.get_logger("meshactors.networks")
 
+T = TypeVar("T")
+
 MAX_NETWORKS = 64  # networks one daemon joins at once
 NETWORK_SHUTDOWN_TIMEOUT = 5.0  # seconds a network's subtree may take to stop
+CHANGES_INBOX = 16  # network_add, _update and _remove waiting for the networks actor
+CHANGE_TIMEOUT = 60.0  # seconds one of them waits for it (a start or stop may take 30 s)
+
+
+@attrs.frozen
+class _Add:
+    config: NetworkConfig
+    reply: Reply[tuple[Network, bool]]
+
+
+@attrs.frozen
+class _Update:
+    config: NetworkConfig
+    reply: Reply[bool]
+
+
+@attrs.frozen
+class _Remove:
+    network_id: str
+    purge: bool
+    reply: Reply[None]
+
+
+_Change = _Add | _Update | _Remove
 
 
 def _child_name(network_id: str) -> str:
@@ -34,7 +60,8 @@ def _child_name(network_id: str) -> str:
 
 @attrs.define(eq=False, kw_only=True)
 class NetworkManager(Supervisor):
-    """One `network <id>` child per joined network; changes are serialised by a lock. A network
+    """One `network <id>` child per joined network. Ops change the set only by asking (its
+    `changes` inbox, served one at a time by its own task); `get` looks a network up. A network
     that keeps crashing is restarted alone however often (`contains`): it never takes the other
     networks, the control plane or the client connections down with it."""
 
@@ -47,8 +74,8 @@ class NetworkManager(Supervisor):
     on_build: list[Callable[[Network], None]] = attrs.field(factory=list)  # e.g. app handlers
     declared_role: str | None = None  # `daemon up --role`; None: the role kept from before
     role: str = attrs.field(default=LINK_ROLE, init=False)  # the role announced, once settled
+    changes: Inbox[_Change] = attrs.field(factory=lambda: Inbox(CHANGES_INBOX))
     _networks: dict[str, Network] = attrs.field(factory=dict, init=False)
-    _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.role = await self.store.call(
@@ -94,50 +121,80 @@ class NetworkManager(Supervisor):
                 nursery.start_soon(summarise, network)
         return [seen[network.config.id] for network in networks]
 
+    def own_tasks(self) -> list[Callable[[], Awaitable[None]]]:
+        return [self._serve_changes]
+
     async def add(self, config: NetworkConfig) -> tuple[Network, bool]:
         """Join a network and save it; the same config again is a no-op (→ False)."""
-        async with self._lock:
-            existing = self._networks.get(config.id)
-            if existing is not None:
-                if existing.config == config:
-                    return existing, False
-                raise OpError(
-                    ErrorCode.CONFLICT,
-                    f"network {config.id!r} is joined with another config; use network_update",
-                )
-            if len(self._networks) >= MAX_NETWORKS:
-                raise OpError(ErrorCode.CONFLICT, f"at most {MAX_NETWORKS} networks at once")
-            await self._save(config)
-            network = self._build(config)
-            await self.start_child(self._spec(network))
-            self._networks[config.id] = network
-        self.events.publish("network_added", {"network": config.id, "config": config.to_json()})
-        return network, True
+        return await self._ask(functools.partial(_Add, config), f"add network {config.id}")
 
     async def update(self, config: NetworkConfig) -> bool:
         """Apply a new config; returns whether the link reconnects (the brokers changed)."""
-        async with self._lock:
-            network = self.get(config.id)
-            await self._save(config)
-            reconnect = await network.apply(config)
+        return await self._ask(functools.partial(_Update, config), f"update network {config.id}")
+
+    async def remove(self, network_id: str, *, purge: bool) -> None:
+        """Leave a network at once and forget it (and with `purge` its settings and messages)."""
+        await self._ask(
+            functools.partial(_Remove, network_id, purge), f"remove network {network_id}"
+        )
+
+    async def _ask(self, build: Callable[[Reply[T]], _Change], what: str) -> T:
+        try:
+            return await self.changes.ask(build, timeout=CHANGE_TIMEOUT, what=what)
+        except ActorGone as exc:
+            raise OpError(ErrorCode.UNAVAILABLE, str(exc)) from None
+        except AskTimeout as exc:
+            raise OpError(ErrorCode.TIMEOUT, str(exc)) from None
+
+    async def _serve_changes(self) -> None:
+        """Apply each change in turn, in this actor's task: the one writer of the network set."""
+        async for change in self.changes.receiver:
+            match change:
+                case _Add(config=config, reply=reply):
+                    await _answer(reply, functools.partial(self._join, config))
+                case _Update(config=config, reply=reply):
+                    await _answer(reply, functools.partial(self._apply, config))
+                case _Remove(network_id=network_id, purge=purge, reply=reply):
+                    await _answer(reply, functools.partial(self._leave, network_id, purge))
+
+    async def _join(self, config: NetworkConfig) -> tuple[Network, bool]:
+        existing = self._networks.get(config.id)
+        if existing is not None:
+            if existing.config == config:
+                return existing, False
+            raise OpError(
+                ErrorCode.CONFLICT,
+                f"network {config.id!r} is joined with another config; use network_update",
+            )
+        if len(self._networks) >= MAX_NETWORKS:
+            raise OpError(ErrorCode.CONFLICT, f"at most {MAX_NETWORKS} networks at once")
+        await self._save(config)
+        network = self._build(config)
+        await self.start_child(self._spec(network))
+        self._networks[config.id] = network
+        self.events.publish("network_added", {"network": config.id, "config": config.to_json()})
+        return network, True
+
+    async def _apply(self, config: NetworkConfig) -> bool:
+        network = self.get(config.id)
+        await self._save(config)
+        reconnect = await network.apply(config)
         self.events.publish(
             "network_updated",
             {"network": config.id, "config": config.to_json(), "reconnect": reconnect},
         )
         return reconnect
 
-    async def remove(self, network_id: str, *, purge: bool) -> None:
-        """Leave a network at once and forget it (and with `purge` its settings and messages)."""
-        async with self._lock:
-            network = self._networks.pop(network_id, None)
-            if network is not None:
-                with contextlib.suppress(ActorGone, AskTimeout):
-                    await network.peers.say_bye("network removed")
-                await self.stop_child(_child_name(network_id))
-            known = await self.store.call(
-                functools.partial(network_db.delete_network, network_id=network_id, purge=purge),
-                what="delete network",
-            )
+    async def _leave(self, network_id: str, purge: bool) -> None:
+        network = self._networks.pop(network_id, None)
+        if network is not None:
+            with contextlib.suppress(ActorGone, AskTimeout):
+                await network.peers.say_bye("network removed")
+            await self.stop_child(_child_name(network_id))
+        known = await self.store.call(
+            functools.partial(network_db.delete_network, network_id=network_id, purge=purge),
+            what="delete network",
+        )
         if network is None and not known:
             raise OpError(ErrorCode.NO_SUCH_NETWORK, f"not joined to a network {network_id!r}")
         self.events.publish("network_removed", {"network": network_id, "purge": purge})
@@ -163,3 +220,13 @@ class NetworkManager(Supervisor):
         return ChildSpec(
             _child_name(network.config.id), network, shutdown_timeout=NETWORK_SHUTDOWN_TIMEOUT
         )
+
+
+async def _answer(reply: Reply[T], change: Callable[[], Awaitable[T]]) -> None:
+    """Answer with what `change` returns, or the error it raises (the actor lives on)."""
+    try:
+        reply.ok(await change())
+    except Exception as exc:
+        reply.fail(exc)
+    finally:
+        reply.drop()

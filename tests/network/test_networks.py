@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from tests.network.appclient import AppClient
 from tests.network.conftest import NET, WAIT, Mesh, OpFailed, active_pair, approve_both
 
 
@@ -17,6 +18,18 @@ async def test_add_is_idempotent_and_a_different_config_conflicts(mesh: Mesh) ->
     with pytest.raises(OpFailed) as conflict:
         await a.join(mesh.url, label="other")
     assert conflict.value.code == "conflict"
+    assert len([e for e in a.events if e["kind"] == "network_added"]) == 1
+
+
+async def test_adds_of_one_network_at_once_join_it_once(mesh: Mesh, nursery: trio.Nursery) -> None:
+    """The networks actor applies changes one at a time, however many arrive at once."""
+    a = await mesh.daemon("a")
+    client = await AppClient.open(a.services.paths.socket, nursery)
+    config = {"id": NET, "brokers": [mesh.url]}
+    sent = [await client.send("network_add", config=config) for _ in range(5)]
+    answers = [await client.answer(request_id) for request_id in sent]
+    assert sorted(answer["added"] for answer in answers) == [False] * 4 + [True]
+    assert len((await a.call("networks_list"))["networks"]) == 1
     assert len([e for e in a.events if e["kind"] == "network_added"]) == 1
 
 
