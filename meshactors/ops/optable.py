@@ -59,11 +59,12 @@ class Op(Generic[P]):
     client: str = attrs.field(
         kw_only=True, default=attrs.Factory(lambda op: op.name, takes_self=True)
     )
-    structure: Callable[[Any, type[P]], P] = attrs.field(
-        init=False,
-        default=attrs.Factory(lambda op: converter.get_structure_hook(op.params), takes_self=True),
-        repr=False,
-    )  # the converter's hook for `params`, looked up once
+
+    def structure(self, params: Any) -> P:
+        """`params` as this op's params class. The converter generates a class's hook on first
+        use (and keeps it): generating every op's at import would delay the daemon's READY."""
+        structured: P = converter.structure(params, self.params)
+        return structured
 
 
 Outcome = Any  # an answer's data, or the OpError it failed with
@@ -117,7 +118,7 @@ class OpTable:
             where, why = bad
             raise OpError(ErrorCode.INVALID_PARAMS, f"{where}: {why.detail}")
         try:
-            return op, op.structure(request.params, op.params)
+            return op, op.structure(request.params)
         except Exception as exc:
             raise OpError(ErrorCode.INVALID_PARAMS, describe_error(exc)) from None
 
