@@ -10,7 +10,10 @@ import trio
 from nacl.signing import SigningKey
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from meshactors.broker import Broker, BrokerConfig, build_hello, decode_batch
+from meshactors.broker.envelope import decode_batch
+from meshactors.broker.hello import build_hello
+from meshactors.broker.limits import BrokerConfig
+from meshactors.broker.server import Broker
 
 WAIT_S = 5.0  # upper bound for any single expected event in these tests
 

@@ -10,8 +10,10 @@ import trio
 from nacl.signing import SigningKey
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
-from meshactors.broker import Broker, BrokerConfig, build_hello, encode_batch
-from meshactors.broker.hello import MAX_CLOCK_SKEW_MS
+from meshactors.broker.envelope import encode_batch
+from meshactors.broker.hello import MAX_CLOCK_SKEW_MS, build_hello
+from meshactors.broker.limits import BrokerConfig
+from meshactors.broker.server import Broker
 from meshactors.wire.device_id import device_id_from_public_key
 from tests.broker.support import (
     closed_with,

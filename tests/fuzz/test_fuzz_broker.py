@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 from trio_websocket import ConnectionClosed
 
-from meshactors.broker import MalformedBatch, decode_batch, encode_batch
+from meshactors.broker.envelope import MalformedBatch, decode_batch, encode_batch
 from meshactors.wire.device_id import device_id_from_public_key
 from tests.broker.support import WAIT_S, joined, left, start_broker
 from tests.fuzz.conftest import fuzz
