@@ -25,6 +25,7 @@ P = TypeVar("P")
 log = structlog.get_logger("meshactors.ops")
 
 converter = make_strict_converter()
+_hooks: dict[type[Any], Callable[[Any, type[Any]], Any]] = {}  # one per params class of an op
 
 
 @attrs.frozen
@@ -61,9 +62,12 @@ class Op(Generic[P]):
     )
 
     def structure(self, params: Any) -> P:
-        """`params` as this op's params class. The converter generates a class's hook on first
-        use (and keeps it): generating every op's at import would delay the daemon's READY."""
-        structured: P = converter.structure(params, self.params)
+        """`params` as this op's params class, by its hook: generated on the op's first request
+        (generating every op's at import would delay the daemon's READY), then looked up."""
+        hook = _hooks.get(self.params)
+        if hook is None:
+            hook = _hooks[self.params] = converter.get_structure_hook(self.params)
+        structured: P = hook(params, self.params)
         return structured
 
 
