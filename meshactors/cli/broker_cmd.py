@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import signal
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
 
 from meshactors.broker.limits import BrokerConfig
-from meshactors.broker.server import Broker
 from meshactors.cli.common import EXIT_STARTUP, EXIT_USAGE, fail
 from meshactors.daemon.broker_actor import parse_listen
 from meshactors.listen import ListenError
 from meshactors.logs import configure_logging
+
+if TYPE_CHECKING:
+    from meshactors.broker.server import Broker
 
 log = structlog.get_logger("meshactors.broker")
 
@@ -45,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:
         fail(str(exc), EXIT_USAGE)
     configure_logging(json=True if args.log_json else None)
+    from meshactors.broker.server import Broker  # not at the top: `daemon up` never needs it
+
     try:
         trio.run(_serve_until_signal, Broker(config), host, port)
     except* ListenError as group:

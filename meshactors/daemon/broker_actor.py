@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 import trio
 
 from meshactors.actors import Actor
 from meshactors.broker.limits import BrokerConfig
-from meshactors.broker.server import Broker
+
+if TYPE_CHECKING:
+    from meshactors.broker.server import Broker
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -40,6 +42,8 @@ class BrokerActor(Actor):
         return figures
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from meshactors.broker.server import Broker  # with its trio-websocket: only if asked
+
         self._broker = Broker(self.config)
         async with trio.open_nursery() as nursery:
             self.bound_port = await nursery.start(self._broker.serve, self.host, self.port)

@@ -17,18 +17,12 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import attrs
 import structlog
 import trio
 from nacl.signing import SigningKey
-from trio_websocket import (
-    ConnectionClosed,
-    HandshakeError,
-    WebSocketConnection,
-    open_websocket_url,
-)
 
 from meshactors.actors import Actor, Inbox, cleanup_scope
 from meshactors.broker.limits import TokenBucket
@@ -48,6 +42,9 @@ from meshactors.wire.broker import (
     decode_welcome,
     encode_batch,
 )
+
+if TYPE_CHECKING:
+    from trio_websocket import WebSocketConnection
 
 log = structlog.get_logger("meshactors.link")
 
@@ -264,6 +261,10 @@ class Link(Actor):
 
     async def _connect_once(self, url: str) -> bool:
         """One connection's life; returns whether the broker welcomed us."""
+        # trio-websocket is imported by the first connection, after READY (a cold start
+        # without it is ~30 ms shorter; docs/performance.md, "Cold start").
+        from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+
         welcomed = False
         try:
             async with open_websocket_url(
@@ -338,6 +339,8 @@ class Link(Actor):
         self, session: trio.CancelScope, task: Callable[..., Awaitable[None]], *args: Any
     ) -> None:
         """Run one of the session's tasks; when the connection closes, end the whole session."""
+        from trio_websocket import ConnectionClosed  # loaded by then (_connect_once)
+
         try:
             await task(*args)
         except ConnectionClosed as closed:

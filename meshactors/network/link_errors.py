@@ -7,13 +7,16 @@ from __future__ import annotations
 import enum
 import socket
 import ssl
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import attrs
 import trio
-from trio_websocket import ConnectionClosed, ConnectionRejected, ConnectionTimeout, HandshakeError
 
 from meshactors.wire.broker import REJECT_CLOSE_CODES
+
+if TYPE_CHECKING:
+    from trio_websocket import ConnectionClosed
 
 MAX_REASON_CHARS = 200  # a reason is one short line: in `network list`, events and logs
 
@@ -56,6 +59,14 @@ class LinkError:
 
 def classify(error: BaseException, url: str, *, welcomed: bool) -> LinkError:
     """The kind of `error`, raised while connecting to `url` or while the link was up."""
+    # Imported here, not at the top: the link imports it only once it connects (cold start).
+    from trio_websocket import (
+        ConnectionClosed,
+        ConnectionRejected,
+        ConnectionTimeout,
+        HandshakeError,
+    )
+
     if isinstance(error, ConnectionRejected):
         status = error.status_code
         path = urlsplit(url).path or "/"

@@ -25,6 +25,7 @@ P = TypeVar("P")
 log = structlog.get_logger("meshactors.ops")
 
 converter = make_strict_converter()
+_hooks: dict[type[Any], Callable[[Any, type[Any]], Any]] = {}  # one per params class of an op
 
 
 @attrs.frozen
@@ -59,11 +60,15 @@ class Op(Generic[P]):
     client: str = attrs.field(
         kw_only=True, default=attrs.Factory(lambda op: op.name, takes_self=True)
     )
-    structure: Callable[[Any, type[P]], P] = attrs.field(
-        init=False,
-        default=attrs.Factory(lambda op: converter.get_structure_hook(op.params), takes_self=True),
-        repr=False,
-    )  # the converter's hook for `params`, looked up once
+
+    def structure(self, params: Any) -> P:
+        """`params` as this op's params class, by its hook: generated on the op's first request
+        (generating every op's at import would delay the daemon's READY), then looked up."""
+        hook = _hooks.get(self.params)
+        if hook is None:
+            hook = _hooks[self.params] = converter.get_structure_hook(self.params)
+        structured: P = hook(params, self.params)
+        return structured
 
 
 Outcome = Any  # an answer's data, or the OpError it failed with
@@ -117,7 +122,7 @@ class OpTable:
             where, why = bad
             raise OpError(ErrorCode.INVALID_PARAMS, f"{where}: {why.detail}")
         try:
-            return op, op.structure(request.params, op.params)
+            return op, op.structure(request.params)
         except Exception as exc:
             raise OpError(ErrorCode.INVALID_PARAMS, describe_error(exc)) from None
 

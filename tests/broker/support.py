@@ -10,7 +10,8 @@ import trio
 from nacl.signing import SigningKey
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from meshactors.broker import Broker, BrokerConfig
+from meshactors.broker.limits import BrokerConfig
+from meshactors.broker.server import Broker
 from meshactors.wire.broker import build_hello, decode_batch
 
 WAIT_S = 5.0  # upper bound for any single expected event in these tests

@@ -10,7 +10,8 @@ import trio
 from nacl.signing import SigningKey
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
-from meshactors.broker import Broker, BrokerConfig
+from meshactors.broker.limits import BrokerConfig
+from meshactors.broker.server import Broker
 from meshactors.wire.broker import MAX_CLOCK_SKEW_MS, build_hello, encode_batch
 from meshactors.wire.device_id import device_id_from_public_key
 from tests.broker.support import (
