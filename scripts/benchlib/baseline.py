@@ -1,4 +1,4 @@
-"""Measure the raw relay chain (scripts/benchlib/relay.py): round trips and one-way throughput."""
+"""Measure the stack relay (scripts/benchlib/relay.py): round trips and one-way throughput."""
 
 from __future__ import annotations
 
@@ -28,28 +28,31 @@ def free_port() -> int:
 
 
 @contextmanager
-def relay_chain(far_end: str) -> Iterator[str]:
-    """Start echo|sink ← hop ← hop ← hop as four processes; yields the address for client A."""
+def relay_chain(client_b: str) -> Iterator[str]:
+    """Start the stack relay's broker, daemon B, daemon A and client B (`echo` or `sink`) as four
+    processes; yields the address client A connects to."""
     with tempfile.TemporaryDirectory(prefix="relay-") as tmp:
-        far, near = f"unix:{tmp}/b.sock", f"unix:{tmp}/a.sock"
-        broker, daemon_b = f"tcp:{free_port()}", f"tcp:{free_port()}"
-        commands = [
-            [far_end, far],
-            ["hop", daemon_b, far],
-            ["hop", broker, "tcp:127.0.0.1:" + daemon_b.split(":")[1]],
-            ["hop", near, "tcp:127.0.0.1:" + broker.split(":")[1]],
-        ]
-        processes = []
+        near, far = f"unix:{tmp}/a.sock", f"unix:{tmp}/b.sock"
+        processes: list[subprocess.Popen[str]] = []
+
+        def start(*args: str) -> str:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "scripts.benchlib.relay", *args],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            processes.append(process)
+            assert process.stdout is not None
+            ready = process.stdout.readline().split()
+            assert ready[:1] == ["ready"], f"relay {args[0]} did not start"
+            return ready[-1]
+
         try:
-            for args in commands:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "scripts.benchlib.relay", *args],
-                    cwd=ROOT,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-                processes.append(process)
-                assert process.stdout is not None and process.stdout.readline() == "ready\n"
+            port = start("broker")
+            start("daemon", far, f"ws://127.0.0.1:{port}/b")
+            start("daemon", near, f"ws://127.0.0.1:{port}/a")
+            start(client_b, far)
             yield near
         finally:
             for process in processes:
