@@ -31,8 +31,16 @@ def test_the_benchmark_smoke_run_measures_both_sides(tmp_path: Path) -> None:
     assert results["mesh"]["stream_mb_per_s"] > 0
     assert results["mesh"]["channel_16k_msgs_per_s"] > 0
     assert results["mesh"]["fanout_deliveries_per_s_batched"] > 0
-    assert results["baseline"]["one_way_msgs_per_s"] > 0
-    assert results["baseline"]["one_way_16k_mb_per_s"] > 0
+    assert results["stack_relay"]["one_way_msgs_per_s"] > 0
+    assert results["stack_relay"]["one_way_16k_mb_per_s"] > 0
+    assert results["rpc_p50_us"] == results["mesh"]["rtt"]["p50_us"]
+    assert results["stack_relay_p50_us"] == results["stack_relay"]["rtt"]["p50_us"]
+    assert results["rpc_p50_ratio"] > 0
+    assert results["channel_single_msgs_per_s"] == results["mesh"]["channel_msgs_per_s"]
+    assert results["channel_batch_msgs_per_s"] == results["mesh"]["channel_msgs_per_s_batched"]
+    assert results["fanout_deliveries_per_s"] > 0
+    assert results["nats_fanout_deliveries_per_s"] is None  # NATS is not run in --smoke
+    assert results["nats_fanout_skipped"] == results["nats"]["skipped"]
     for part in ("nats", "durable", "resources"):  # CI needs no nats-server nor matplotlib
         assert "skipped" in results[part]
     assert (ROOT / "docs" / "performance.md").read_text() == doc_before
