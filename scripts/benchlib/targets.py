@@ -72,3 +72,32 @@ def targets_table(figures: dict[str, Any]) -> str:
         met = {True: "yes", False: "**no**", None: "-"}[target["met"]]
         rows.append(f"| {names[key]} | {target['wanted']} | {shown} | {met} |")
     return "\n".join(rows)
+
+
+def previous_design(old: dict[str, Any]) -> dict[str, Any]:
+    """The same figures from a results file of the bench before issue 17, whose baseline was
+    the raw relay (its `baseline` part), for the comparison table."""
+    figures = headline({**old, "stack_relay": old["baseline"]})
+    del figures["targets"]
+    return {"date": old["machine"]["date"], **figures}
+
+
+def comparison_table(now: dict[str, Any], before: dict[str, Any]) -> str:
+    """Markdown: this run's figures beside the previous design's (as `previous_design` gives)."""
+    names = {
+        "rpc_p50_us": "RPC round-trip p50, µs",
+        "stack_relay_p50_us": "the baseline's round-trip p50, µs",
+        "rpc_p50_ratio": "RPC p50 ÷ the baseline's",
+        "channel_single_msgs_per_s": "channel msgs/s, 128 B, one per request",
+        "channel_batch_msgs_per_s": "channel msgs/s, 128 B, `payloads` batch",
+        "fanout_deliveries_per_s": f"fan-out to {FANOUT_PEERS} peers, deliveries/s",
+        "nats_fanout_deliveries_per_s": f"NATS fan-out to {FANOUT_PEERS}, deliveries/s",
+    }
+    rows = [
+        f"| figure | this design (stack relay) | previous design, {before['date']} (raw relay) |",
+        "|---|---|---|",
+    ]
+    for key, name in names.items():
+        shown = ["-" if figures[key] is None else f"{figures[key]:,}" for figures in (now, before)]
+        rows.append(f"| {name} | {shown[0]} | {shown[1]} |")
+    return "\n".join(rows)
