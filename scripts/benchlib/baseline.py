@@ -7,7 +7,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import trio
@@ -28,36 +28,36 @@ def free_port() -> int:
 
 
 @contextmanager
+def relay_process(*args: str) -> Iterator[str]:
+    """Run `python -m scripts.benchlib.relay ARGS` until the block ends; yields the last word of
+    its `ready` line (the broker's port)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scripts.benchlib.relay", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        ready = process.stdout.readline().split()
+        assert ready[:1] == ["ready"], f"relay {args[0]} did not start"
+        yield ready[-1]
+    finally:
+        process.kill()
+        process.wait()
+
+
+@contextmanager
 def relay_chain(client_b: str) -> Iterator[str]:
     """Start the stack relay's broker, daemon B, daemon A and client B (`echo` or `sink`) as four
     processes; yields the address client A connects to."""
-    with tempfile.TemporaryDirectory(prefix="relay-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="relay-") as tmp, ExitStack() as processes:
         near, far = f"unix:{tmp}/a.sock", f"unix:{tmp}/b.sock"
-        processes: list[subprocess.Popen[str]] = []
-
-        def start(*args: str) -> str:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "scripts.benchlib.relay", *args],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            processes.append(process)
-            assert process.stdout is not None
-            ready = process.stdout.readline().split()
-            assert ready[:1] == ["ready"], f"relay {args[0]} did not start"
-            return ready[-1]
-
-        try:
-            port = start("broker")
-            start("daemon", far, f"ws://127.0.0.1:{port}/b")
-            start("daemon", near, f"ws://127.0.0.1:{port}/a")
-            start(client_b, far)
-            yield near
-        finally:
-            for process in processes:
-                process.kill()
-                process.wait()
+        port = processes.enter_context(relay_process("broker"))
+        processes.enter_context(relay_process("daemon", far, f"ws://127.0.0.1:{port}/b"))
+        processes.enter_context(relay_process("daemon", near, f"ws://127.0.0.1:{port}/a"))
+        processes.enter_context(relay_process(client_b, far))
+        yield near
 
 
 async def read_line(stream: trio.abc.Stream, buffer: bytearray) -> bytes:
