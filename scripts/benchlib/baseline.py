@@ -1,4 +1,4 @@
-"""Measure the raw relay chain (scripts/benchlib/relay.py): round trips and one-way throughput."""
+"""Measure the stack relay (scripts/benchlib/relay.py): round trips and one-way throughput."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import trio
@@ -28,33 +28,36 @@ def free_port() -> int:
 
 
 @contextmanager
-def relay_chain(far_end: str) -> Iterator[str]:
-    """Start echo|sink ← hop ← hop ← hop as four processes; yields the address for client A."""
-    with tempfile.TemporaryDirectory(prefix="relay-") as tmp:
-        far, near = f"unix:{tmp}/b.sock", f"unix:{tmp}/a.sock"
-        broker, daemon_b = f"tcp:{free_port()}", f"tcp:{free_port()}"
-        commands = [
-            [far_end, far],
-            ["hop", daemon_b, far],
-            ["hop", broker, "tcp:127.0.0.1:" + daemon_b.split(":")[1]],
-            ["hop", near, "tcp:127.0.0.1:" + broker.split(":")[1]],
-        ]
-        processes = []
-        try:
-            for args in commands:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "scripts.benchlib.relay", *args],
-                    cwd=ROOT,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-                processes.append(process)
-                assert process.stdout is not None and process.stdout.readline() == "ready\n"
-            yield near
-        finally:
-            for process in processes:
-                process.kill()
-                process.wait()
+def relay_process(*args: str) -> Iterator[str]:
+    """Run `python -m scripts.benchlib.relay ARGS` until the block ends; yields the last word of
+    its `ready` line (the broker's port)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scripts.benchlib.relay", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        ready = process.stdout.readline().split()
+        assert ready[:1] == ["ready"], f"relay {args[0]} did not start"
+        yield ready[-1]
+    finally:
+        process.kill()
+        process.wait()
+
+
+@contextmanager
+def relay_chain(client_b: str) -> Iterator[str]:
+    """Start the stack relay's broker, daemon B, daemon A and client B (`echo` or `sink`) as four
+    processes; yields the address client A connects to."""
+    with tempfile.TemporaryDirectory(prefix="relay-") as tmp, ExitStack() as processes:
+        near, far = f"unix:{tmp}/a.sock", f"unix:{tmp}/b.sock"
+        port = processes.enter_context(relay_process("broker"))
+        processes.enter_context(relay_process("daemon", far, f"ws://127.0.0.1:{port}/b"))
+        processes.enter_context(relay_process("daemon", near, f"ws://127.0.0.1:{port}/a"))
+        processes.enter_context(relay_process(client_b, far))
+        yield near
 
 
 async def read_line(stream: trio.abc.Stream, buffer: bytearray) -> bytes:

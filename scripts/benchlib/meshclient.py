@@ -1,5 +1,5 @@
 """Bench client roles on a daemon's socket, speaking raw JSON lines (as little client cost as
-the raw relay's clients): `echo SOCKET NETWORK` serves method `echo`; `streamer SOCKET NETWORK`
+the stack relay's clients): `echo SOCKET NETWORK` serves method `echo`; `streamer SOCKET NETWORK`
 serves streaming method `stream` ({chunks, size}); `sink SOCKET NETWORK
 CHANNEL COUNT` subscribes and prints `count N seconds S` once COUNT messages arrived (or after
 SINK_IDLE seconds without one)."""

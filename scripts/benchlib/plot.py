@@ -1,4 +1,4 @@
-"""docs/latency.png: the RPC round-trip distributions of one bench run (mesh and raw relay as
+"""docs/latency.png: the RPC round-trip distributions of one bench run (mesh and stack relay as
 CDFs, NATS p50/p99 as markers). Run by the bench interpreter, which has matplotlib:
 `python -m scripts.benchlib.plot RESULTS.json OUT.png`."""
 
@@ -28,7 +28,7 @@ def draw(results: dict[str, Any], out: Path) -> None:
     """Plot the round-trip CDFs of `results` into `out`."""
     fig, ax = plt.subplots(figsize=FIGURE_INCHES, dpi=DPI)
     _cdf(ax, results["mesh"]["rtt_samples_us"], "meshactors RPC (client→daemon→broker→daemon)")
-    _cdf(ax, results["baseline"]["rtt_samples_us"], "raw trio relay, same topology")
+    _cdf(ax, results["stack_relay"]["rtt_samples_us"], "stack relay, same processes and stack")
     nats = results["nats"].get("request_reply_128")
     if nats:
         ax.scatter([nats["p50_us"], nats["p99_us"]], [0.5, 0.99], marker="x", color="black")

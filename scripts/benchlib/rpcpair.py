@@ -1,4 +1,4 @@
-"""RPC round trips of the mesh and of the raw relay, measured in alternating blocks.
+"""RPC round trips of the mesh and of the stack relay, measured in alternating blocks.
 
 Both chains stand up at once (a broker, two daemons and their echo client; the four relay
 processes) and take turns: BLOCKS blocks each, mesh then relay. This machine's speed drifts
