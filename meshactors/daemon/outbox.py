@@ -129,17 +129,20 @@ class _Claim:
 def claim_due(
     conn: sqlite3.Connection, *, network: str, windows: Mapping[str, int], now_ms: int
 ) -> _Claim:
-    """Claim due deliveries to the peers in `windows` (at most that many each), and say when
-    the next one to a peer with room left is due; one store round trip per network."""
-    due = outbox_db.due_deliveries(
-        conn, now_ms=now_ms, limit=CLAIM_BATCH, network=network, recipients=list(windows)
-    )
+    """Claim due deliveries to the peers in `windows` (at most that many each, CLAIM_BATCH in
+    all), each peer's in queue order, and say when the next one to a peer with room left is
+    due; one store round trip per network, reading only the deliveries it claims."""
     room = dict(windows)
-    picked = []
-    for delivery in due:
-        if room[delivery.recipient] > 0:
-            room[delivery.recipient] -= 1
-            picked.append(delivery)
+    picked: list[Delivery] = []
+    for peer, places in windows.items():
+        budget = min(places, CLAIM_BATCH - len(picked))
+        if budget <= 0:
+            break
+        due = outbox_db.due_deliveries(
+            conn, now_ms=now_ms, limit=budget, network=network, recipients=[peer]
+        )
+        room[peer] -= len(due)
+        picked.extend(due)
     claimed = set(outbox_db.mark_inflight(conn, [d.key for d in picked], now_ms))
     open_peers = [peer for peer, left in room.items() if left > 0]
     next_due = (
