@@ -1,20 +1,23 @@
 """The `outbox` actor: drains durable sends to active peers and stores peers' messages.
 
 Sending: each pass claims due deliveries to active peers (at most PEER_WINDOW in flight per
-peer), sends each as a sealed `msg` frame and waits for the recipient's `msg_ack`; only that
-ack marks the delivery done. A failed attempt is recorded with its error code and retried
-with backoff (store.outbox.mark_failed). Passes run on a new accept, a peer becoming active,
-a finished attempt, or the next due retry. Deliveries left inflight by a crash are put back
-to pending at start. An attempt in flight to a peer that leaves or comes back (a peer status
-event) is not waited out to the ack timeout: it is made due again at once, without counting
-as a failure, and sent when the peer is active (the recipient dedupes).
+peer: a window, so a peer has many messages on the way before the first ack comes back),
+sends each as a sealed `msg` frame and waits for the recipient's `msg_ack` (alone or in a
+`msg_acks` batch); only that ack marks the delivery done. A failed attempt is recorded with
+its error code and retried with backoff (store.outbox.mark_failed). Passes run on a new
+accept, a peer becoming active, a finished attempt, or the next due retry. Deliveries left
+inflight by a crash are put back to pending at start. An attempt in flight to a peer that
+leaves or comes back (a peer status event) is not waited out to the ack timeout: it is made
+due again at once, without counting as a failure, and sent when the peer is active (the
+recipient dedupes).
 
 Housekeeping: a sweep makes sends past their TTL dead, and a prune loop deletes history past
 the retention in small batches (store.retention), both off the drain path.
 
 Receiving: `msg` frames are stored in the inbox (deduplicated on sender and
 client_message_id), a `message` event is published only for a new one, and every one is
-acked, so a sender whose earlier ack was lost still finishes.
+acked, so a sender whose earlier ack was lost still finishes. The acks of one stored batch go
+to each sender in one `msg_acks` frame (batched acks).
 """
 
 from __future__ import annotations
@@ -36,10 +39,12 @@ from meshactors.event_hub import EventHub
 from meshactors.network.delivery import (
     ACK_TIMEOUT,
     INVALID_MESSAGE,
+    MAX_ACKS,
     MAX_MESSAGE_BYTES,
     MAX_META_BYTES,
     Msg,
     MsgAck,
+    MsgAcks,
     is_permanent,
 )
 from meshactors.network.manager import NetworkManager
@@ -64,7 +69,7 @@ IDLE_POLL_S = 60.0  # longest sleep when nothing is due (wake-ups do the real wo
 SWEEP_INTERVAL_S = 60.0  # seconds between TTL sweeps and retention passes
 PRUNE_PAUSE_S = 0.1  # seconds between prune batches while a retention pass has work
 RECEIVE_QUEUE = 4096  # incoming msg frames waiting to be stored; more are dropped (resent)
-RECEIVE_BATCH = 256  # incoming messages stored per store call
+RECEIVE_BATCH = MAX_ACKS  # incoming messages stored per store call (their acks fit one frame)
 SETTLE_QUEUE = 4096  # finished attempts waiting to be recorded before deliverers wait
 SETTLE_BATCH = 512  # finished attempts recorded per store call
 WATCH_CAPACITY = 1024  # daemon events queued for the wake-up watcher before it lags
@@ -124,17 +129,20 @@ class _Claim:
 def claim_due(
     conn: sqlite3.Connection, *, network: str, windows: Mapping[str, int], now_ms: int
 ) -> _Claim:
-    """Claim due deliveries to the peers in `windows` (at most that many each), and say when
-    the next one to a peer with room left is due; one store round trip per network."""
-    due = outbox_db.due_deliveries(
-        conn, now_ms=now_ms, limit=CLAIM_BATCH, network=network, recipients=list(windows)
-    )
+    """Claim due deliveries to the peers in `windows` (at most that many each, CLAIM_BATCH in
+    all), each peer's in queue order, and say when the next one to a peer with room left is
+    due; one store round trip per network, reading only the deliveries it claims."""
     room = dict(windows)
-    picked = []
-    for delivery in due:
-        if room[delivery.recipient] > 0:
-            room[delivery.recipient] -= 1
-            picked.append(delivery)
+    picked: list[Delivery] = []
+    for peer, places in windows.items():
+        budget = min(places, CLAIM_BATCH - len(picked))
+        if budget <= 0:
+            break
+        due = outbox_db.due_deliveries(
+            conn, now_ms=now_ms, limit=budget, network=network, recipients=[peer]
+        )
+        room[peer] -= len(due)
+        picked.extend(due)
     claimed = set(outbox_db.mark_inflight(conn, [d.key for d in picked], now_ms))
     open_peers = [peer for peer, left in room.items() if left > 0]
     next_due = (
@@ -368,6 +376,11 @@ class Outbox(Actor):
             except trio.WouldBlock:
                 self.counts["dropped"] += 1  # the next attempt will be acked as a duplicate
 
+    def _on_acks(self, network_id: str, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, MsgAcks)
+        for ack in frame.acks:
+            self._on_ack(network_id, sender, ack)
+
     async def _record_settled(self) -> None:
         receiver = self._settled[1]
         async for first in receiver:
@@ -441,18 +454,23 @@ class Outbox(Actor):
                 if new:
                     self.events.publish("message", message_view(message, full=False))
             results = iter(stored)
+            acks: dict[tuple[str, str], list[MsgAck]] = collections.defaultdict(list)
             for item, reason in refused:
                 if reason is not None:
                     ack = MsgAck(item.frame.ref, "rejected", reason)
                 else:
                     ack = MsgAck(item.frame.ref, "stored" if next(results)[1] else "duplicate")
-                await self._answer(item, ack)
+                acks[item.network, item.sender].append(ack)
+            for (network_id, sender), answers in acks.items():
+                await self._answer(network_id, sender, answers)
 
-    async def _answer(self, item: _Received, ack: MsgAck) -> None:
+    async def _answer(self, network_id: str, sender: str, acks: list[MsgAck]) -> None:
+        """Ack one sender's messages of a stored batch in one `msg_acks` frame (split or sent
+        as single `msg_ack`s by the network when too large or when the peer lacks it)."""
         try:
-            await self.networks.get(item.network).send_to_peer(item.sender, ack)
+            await self.networks.get(network_id).send_to_peer(sender, MsgAcks(acks))
         except OpError:
-            self.counts["acks_unsent"] += 1  # the sender's attempt times out and is resent
+            self.counts["acks_unsent"] += len(acks)  # the sender's attempts time out, resent
 
     # -- wiring -------------------------------------------------------------------------------
 
@@ -462,6 +480,7 @@ class Outbox(Actor):
         network_id = network.config.id
         network.register_app_handler(Msg.tag, functools.partial(self._on_msg, network_id))
         network.register_app_handler(MsgAck.tag, functools.partial(self._on_ack, network_id))
+        network.register_app_handler(MsgAcks.tag, functools.partial(self._on_acks, network_id))
 
     async def _watch(self, watch: Subscriber[Event]) -> None:
         async for event in watch:

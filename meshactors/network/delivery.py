@@ -1,11 +1,13 @@
 """The peer frames of durable messages: `msg` carries one send to one recipient, `msg_ack`
-answers it once the recipient's inbox holds it (or refuses it for good).
+answers it once the recipient's inbox holds it (or refuses it for good), and `msg_acks`
+carries the acks of one stored batch to one sender in a single frame.
 
 Whether a failed delivery is retried is decided by its error code alone (`is_permanent`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from typing import Any
 
 import attrs
@@ -16,6 +18,7 @@ from meshactors.wire.peer import Frame, register_frame
 MAX_MESSAGE_BYTES = 128 * 1024  # one message's text as UTF-8 (a sealed frame holds 256 KiB)
 MAX_META_BYTES = 16 * 1024  # one message's `meta` object as compact JSON
 MAX_REF_CHARS = 64  # an outbox row id echoed in acks (a ULID has 26)
+MAX_ACKS = 256  # acks in one msg_acks frame (at most ~40 KiB of JSON)
 ACK_STATUSES = ("stored", "duplicate", "rejected")
 
 # Delivery error codes (outbox `last_error`). Transient ones are retried with backoff.
@@ -71,3 +74,20 @@ class MsgAck(Frame):
     ref: str = attrs.field(validator=_check_len(MAX_REF_CHARS))
     status: str = attrs.field(validator=_check_status)
     error: str | None = None
+
+
+def _check_acks(_instance: object, _attribute: attrs.Attribute[list[MsgAck]], value: Sized) -> None:
+    if not 0 < len(value) <= MAX_ACKS:
+        raise ValueError(f"acks must hold 1-{MAX_ACKS} acks")
+
+
+@register_frame("msg_acks", app=True, feature="msg_acks")
+@attrs.frozen
+class MsgAcks(Frame):
+    """Several `msg_ack`s to one sender in one frame (one seal), as one stored batch answers
+    them. A peer without the `msg_acks` feature gets one `msg_ack` each."""
+
+    acks: list[MsgAck] = attrs.field(validator=_check_acks)
+
+    def downgrade(self) -> list[Frame]:
+        return list(self.acks)

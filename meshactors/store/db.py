@@ -156,6 +156,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             for statement in _counted(table, status)
         ),
     ),
+    # 4: each pending delivery's place in its peer's queue (priority rank, then the row id, a
+    # ULID in time order), so a claim reads only the deliveries it takes (issue 19)
+    (
+        "ALTER TABLE deliveries ADD COLUMN rank INTEGER NOT NULL DEFAULT 1",
+        "UPDATE deliveries SET rank = (SELECT CASE o.priority WHEN 'now' THEN 0"
+        " WHEN 'next' THEN 1 ELSE 2 END FROM outbox o WHERE o.id = outbox_id)"
+        " WHERE status IN ('pending', 'inflight')",
+        "CREATE INDEX deliveries_queue ON deliveries (recipient, rank, outbox_id)"
+        " WHERE status = 'pending'",
+    ),
 )
 
 _CORRUPTION_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})

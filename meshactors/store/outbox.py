@@ -34,6 +34,11 @@ SUPERSEDED = "superseded"  # last_error of the deliveries that requeue closes
 EXPIRED = "expired"  # last_error of pending deliveries that outlived TTL_MS (expire_pending)
 
 _PRIORITY_RANK = "CASE o.priority WHEN 'now' THEN 0 WHEN 'next' THEN 1 ELSE 2 END"
+_DUE_COLUMNS = (
+    "d.outbox_id, d.recipient, o.network, o.client_message_id, o.destination_kind,"
+    " o.destination_ref, o.priority, o.message, o.meta_json, o.reply_to_id, d.attempts,"
+    " o.created_at"
+)
 _ROW_COLUMNS = (
     "id, network, client_message_id, request_fingerprint, destination_kind, destination_ref,"
     " priority, message, meta_json, reply_to_id, status, created_at, updated_at, last_error,"
@@ -223,29 +228,35 @@ def due_deliveries(
 
     `recipients` keeps only deliveries to those devices (the drainer passes the active
     peers, so a long queue for an offline peer never hides due work for an online one); with
-    it the query walks only those peers' due deliveries (index deliveries_pending), without
-    it every due one (deliveries_due), never the history of finished sends.
+    it each peer's queue is walked in order (index deliveries_queue: rank, then row id) and
+    the walk stops after `limit`, so the cost is bounded by what is returned, not by the
+    backlog; without it every due delivery is walked (deliveries_due). Never the history.
     """
+    limit = checked_limit(limit, MAX_LIST_ROWS)
     if recipients is None:
-        source, where = "deliveries d INDEXED BY deliveries_due", ""
+        rows = conn.execute(
+            f"SELECT {_DUE_COLUMNS} FROM deliveries d INDEXED BY deliveries_due"
+            " CROSS JOIN outbox o ON o.id = d.outbox_id"
+            " WHERE d.status = 'pending' AND d.next_attempt_at <= :now"
+            " AND (:network IS NULL OR o.network = :network)"
+            f" ORDER BY {_PRIORITY_RANK}, o.created_at, o.id, d.recipient LIMIT :limit",
+            {"now": now_ms, "network": network, "limit": limit},
+        ).fetchall()
     else:
-        source = "deliveries d INDEXED BY deliveries_pending"
-        where = " AND d.recipient IN (SELECT value FROM json_each(:recipients))"
-    rows = conn.execute(
-        "SELECT d.outbox_id, d.recipient, o.network, o.client_message_id, o.destination_kind,"
-        " o.destination_ref, o.priority, o.message, o.meta_json, o.reply_to_id, d.attempts,"
-        " o.created_at"
-        f" FROM {source} CROSS JOIN outbox o ON o.id = d.outbox_id"
-        f" WHERE d.status = 'pending' AND d.next_attempt_at <= :now{where}"
-        " AND (:network IS NULL OR o.network = :network)"
-        f" ORDER BY {_PRIORITY_RANK}, o.created_at, o.id, d.recipient LIMIT :limit",
-        {
-            "now": now_ms,
-            "network": network,
-            "recipients": None if recipients is None else to_json(sorted(recipients)),
-            "limit": checked_limit(limit, MAX_LIST_ROWS),
-        },
-    ).fetchall()
+        rows = [
+            row
+            for recipient in sorted(set(recipients))
+            for row in conn.execute(
+                f"SELECT {_DUE_COLUMNS} FROM deliveries d INDEXED BY deliveries_queue"
+                " CROSS JOIN outbox o ON o.id = d.outbox_id"
+                " WHERE d.recipient = :recipient AND d.status = 'pending'"
+                " AND d.next_attempt_at <= :now AND (:network IS NULL OR o.network = :network)"
+                " ORDER BY d.rank, d.outbox_id LIMIT :limit",
+                {"recipient": recipient, "now": now_ms, "network": network, "limit": limit},
+            )
+        ]
+        rows.sort(key=lambda row: (PRIORITIES.index(row[6]), row[11], row[0], row[1]))
+        del rows[limit:]
     return [
         Delivery(
             outbox_id=row[0],
@@ -559,10 +570,11 @@ def _insert_send(
             now_ms,
         ),
     )
+    rank = PRIORITIES.index(priority)  # deliveries_queue orders each peer's queue by it
     conn.executemany(
-        "INSERT INTO deliveries (outbox_id, recipient, status, attempts, next_attempt_at)"
-        " VALUES (?, ?, 'pending', 0, ?)",
-        [(row_id, recipient, now_ms) for recipient in recipients],
+        "INSERT INTO deliveries (outbox_id, recipient, status, attempts, next_attempt_at, rank)"
+        " VALUES (?, ?, 'pending', 0, ?, ?)",
+        [(row_id, recipient, now_ms, rank) for recipient in recipients],
     )
     return row_id
 

@@ -24,7 +24,7 @@ from meshactors.wire.strict import describe_error, make_strict_converter
 
 PROTOCOL_VERSION = (1, 0)  # (major, minor): a different major cannot talk to us
 # beyond the core frames; a frame type added within a major is sent only to peers naming its feature
-FEATURES = ("caps", "profile", "ping", "rpc", "channels", "messages", "chan_run")
+FEATURES = ("caps", "profile", "ping", "rpc", "channels", "messages", "chan_run", "msg_acks")
 MAX_PEER_FRAME_BYTES = 256 * 1024  # one frame's JSON, checked before parsing
 MAX_TAGS = 64  # capability tags per advert
 MAX_TAG_CHARS = 64  # one capability tag

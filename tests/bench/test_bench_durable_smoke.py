@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from scripts.benchlib.durable import DOC_BEGIN, DOC_END, ROOT, BenchError, update_doc
+from scripts.benchlib.durable import (
+    DOC_BEGIN,
+    DOC_END,
+    ROOT,
+    BenchError,
+    update_doc,
+    write_headline,
+)
 
 SMOKE_TIMEOUT = 60  # seconds the smoke run may take (it takes about 11 s)
 SECTION = f"{DOC_BEGIN}\n## Durable messages\nnew\n{DOC_END}"
@@ -40,6 +47,23 @@ def test_half_marked_files_are_refused_untouched(text: str) -> None:
         update_doc(text, SECTION)
 
 
+def test_the_headline_figures_are_set_at_the_top_level_and_other_keys_kept(
+    tmp_path: Path,
+) -> None:
+    results = tmp_path / "bench-results.json"
+    results.write_text(json.dumps({"mesh": {"x": 1}, "durable_accepts_ratio": 0.1}))
+    write_headline(results, {"durable_accepts_ratio": 0.6, "durable_delivery_msgs_per_s": 6000})
+    assert json.loads(results.read_text()) == {
+        "mesh": {"x": 1},
+        "durable_accepts_ratio": 0.6,
+        "durable_delivery_msgs_per_s": 6000,
+    }
+    results.write_text("[]")
+    with pytest.raises(BenchError, match="left untouched"):
+        write_headline(results, {"durable_accepts_ratio": 0.6})
+    assert results.read_text() == "[]"
+
+
 def bench_durable(*args: str) -> Any:
     """Run `scripts/bench_durable ARGS` as CI would; its JSON report."""
     result = subprocess.run(
@@ -58,7 +82,9 @@ def bench_durable(*args: str) -> Any:
 def test_a_smoke_run_measures_every_figure_and_writes_its_section(tmp_path: Path) -> None:
     doc = tmp_path / "performance.md"
     doc.write_text("# Performance\n\n## Relay\nkept\n")
-    report = bench_durable("--smoke", "--doc", str(doc))
+    results = tmp_path / "bench-results.json"
+    results.write_text('{"kept": true}')
+    report = bench_durable("--smoke", "--doc", str(doc), "--results", str(results))
     baseline = report["baseline_rows_per_s"]
     assert baseline > 0
     figures = [
@@ -76,6 +102,12 @@ def test_a_smoke_run_measures_every_figure_and_writes_its_section(tmp_path: Path
     assert text.count(DOC_BEGIN) == text.count(DOC_END) == 1
     assert f"| {baseline:,} /s | 1.000 |" in text
     assert report["machine"]["python"] in text
+    assert json.loads(results.read_text()) == {
+        "kept": True,
+        "durable_accepts_ratio": report["accepts_per_s"]["16"]["ratio"],
+        "durable_delivery_msgs_per_s": report["online"]["delivered_per_s"]["value"],
+    }
+    assert "`durable_accepts_ratio`" in text
 
 
 @pytest.mark.e2e

@@ -1,5 +1,6 @@
 """A peer made by hand for tests: its own key, a real `Link` to the broker, and frames sealed
-from any bytes, so it can send what no daemon would (NaN, lone surrogates, huge integers)."""
+from any bytes, so it can send what no daemon would (NaN, lone surrogates, huge integers), and
+read the frames daemons seal to it, so it can answer them as it likes (or not at all)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import nacl.signing
 import trio
 
 from meshactors.actors import Node, run_root
-from meshactors.network.link import Link, LinkEvent, LinkOutbound, LinkUp
+from meshactors.network.link import InboundRecords, Link, LinkEvent, LinkOutbound, LinkUp
 from meshactors.network.sealing import PeerCrypto
 from meshactors.wire.device_id import device_id_from_public_key, public_key_from_device_id
 from meshactors.wire.peer import (
@@ -20,22 +21,31 @@ from meshactors.wire.peer import (
     Frame,
     Hello,
     Profile,
+    decode_frame,
     encode_frame,
 )
 from tests.network.conftest import NET, WAIT, Daemon, Mesh
 
+HEARD_RECORDS = 4096  # sealed records the raw peer holds unread before its link waits
+
 
 @attrs.define(eq=False)
 class _Heard:
-    """The raw peer's link sink: keeps the up link's queue, reads nothing else."""
+    """The raw peer's link sink: keeps the up link's queue and the records sealed to it."""
 
     up: trio.Event = attrs.field(factory=trio.Event)
     outbound: LinkOutbound | None = None
+    records: tuple[
+        trio.MemorySendChannel[tuple[bytes, bytes]], trio.MemoryReceiveChannel[tuple[bytes, bytes]]
+    ] = attrs.field(factory=lambda: trio.open_memory_channel[tuple[bytes, bytes]](HEARD_RECORDS))
 
     async def send(self, event: LinkEvent, /) -> None:
         if isinstance(event, LinkUp):
             self.outbound = event.outbound
             self.up.set()
+        elif isinstance(event, InboundRecords):
+            for record in event.records:
+                await self.records[0].send(record)
 
 
 @attrs.define(eq=False)
@@ -79,11 +89,21 @@ class RawPeer:
 
     async def send_raw(self, device_id: str, data: bytes) -> None:
         """Seal `data` as it is (any bytes) to `device_id` and queue it on the link."""
-        sealer = self._sealers.get(device_id)
-        if sealer is None:
-            sealer = self._sealers[device_id] = PeerCrypto.for_peer(self.key, device_id)
         assert self._heard.outbound is not None, "join first"
-        await self._heard.outbound.send(public_key_from_device_id(device_id), sealer.seal(data))
+        sealed = self._crypto(device_id).seal(data)
+        await self._heard.outbound.send(public_key_from_device_id(device_id), sealed)
+
+    async def receive(self) -> tuple[str, Frame]:
+        """The next frame a daemon sealed to this peer, opened and decoded, with its sender."""
+        public_key, sealed = await self._heard.records[1].receive()
+        sender = device_id_from_public_key(public_key)
+        return sender, decode_frame(self._crypto(sender).open(sealed))
+
+    def _crypto(self, device_id: str) -> PeerCrypto:
+        crypto = self._sealers.get(device_id)
+        if crypto is None:
+            crypto = self._sealers[device_id] = PeerCrypto.for_peer(self.key, device_id)
+        return crypto
 
 
 async def approved_raw_peer(mesh: Mesh, nursery: trio.Nursery) -> tuple[Daemon, RawPeer]:

@@ -1,9 +1,14 @@
 """The drainer's store queries: due work for chosen recipients, the next due time, TTL expiry
 of sends whose peer never came back, and per-status counts."""
 
+import contextlib
 import sqlite3
+from pathlib import Path
 
-from meshactors.store import outbox
+import pytest
+
+from meshactors.store import db, outbox
+from meshactors.store.db import open_database
 from tests.store.test_outbox import T0, send
 
 
@@ -57,3 +62,44 @@ def test_mark_due_now_puts_an_inflight_delivery_back_without_an_attempt(
     (due,) = outbox.due_deliveries(conn, now_ms=T0 + 5, limit=10, recipients=["dev-a"])
     assert (due.outbox_id, due.attempts) == (sent.id, 0)
     assert outbox.delivery_counts(conn)["inflight"] == 0
+
+
+def test_a_peers_queue_is_read_in_priority_then_age_order_and_only_as_far_as_asked(
+    conn: sqlite3.Connection,
+) -> None:
+    olds = [send(conn, client_message_id=f"old-{i}", now_ms=T0 + i).id for i in range(5)]
+    urgent = send(conn, client_message_id="urgent", priority="now", now_ms=T0 + 9).id
+    seen: list[str] = []
+    conn.set_trace_callback(seen.append)
+    due = outbox.due_deliveries(conn, now_ms=T0 + 10, limit=3, recipients=["dev-a"])
+    conn.set_trace_callback(None)
+    assert [d.outbox_id for d in due] == [urgent, *olds[:2]]
+    (query,) = [sql for sql in seen if "deliveries_queue" in sql]
+    plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {query}")]
+    assert any("deliveries_queue" in line for line in plan)
+    assert not any("TEMP B-TREE" in line for line in plan), plan  # LIMIT ends the walk
+
+
+def test_the_queue_rank_is_filled_for_open_deliveries_when_an_older_database_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.db"
+    monkeypatch.setattr(db, "MIGRATIONS", db.MIGRATIONS[:3])  # the schema before the rank
+    with contextlib.closing(open_database(path)) as old:
+        for key, priority, at in (("late", "next", T0), ("urgent", "now", T0 + 1)):
+            old.execute(
+                "INSERT INTO outbox (id, network, client_message_id, request_fingerprint,"
+                " destination_kind, destination_ref, priority, message, meta_json, status,"
+                " created_at, updated_at) VALUES (?, 'net1', ?, x'00', 'peer', 'dev-a', ?,"
+                " 'hi', 'null', 'pending', ?, ?)",
+                (key, key, priority, at, at),
+            )
+            old.execute(
+                "INSERT INTO deliveries (outbox_id, recipient, status, attempts,"
+                " next_attempt_at) VALUES (?, 'dev-a', 'pending', 0, ?)",
+                (key, at),
+            )
+    monkeypatch.undo()
+    with contextlib.closing(open_database(path)) as conn:
+        due = outbox.due_deliveries(conn, now_ms=T0 + 5, limit=10, recipients=["dev-a"])
+        assert [d.outbox_id for d in due] == ["urgent", "late"]

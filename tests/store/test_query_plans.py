@@ -23,7 +23,12 @@ from tests.store.test_outbox import T0, request
 
 HISTORY = 300  # finished sends (and inbox messages, events) in the database
 BOUNDED_SCANS = ("json_each", "CONSTANT ROW", "(subquery")  # scans that are not of a table
-PARTIAL_INDEXES = ("deliveries_due", "deliveries_pending", "deliveries_inflight")
+PARTIAL_INDEXES = (
+    "deliveries_due",
+    "deliveries_pending",
+    "deliveries_queue",
+    "deliveries_inflight",
+)
 ORDERED_WALKS = ("outbox_recent",)  # walked in ORDER BY order, so LIMIT ends the walk
 WRITES = re.compile(r"^\s*(SELECT|UPDATE|DELETE|INSERT|WITH)\b", re.IGNORECASE)
 
@@ -96,7 +101,7 @@ WINDOWS = {"dev-a": 64, "dev-c": 64}
 HOT: dict[str, tuple[Callable[[sqlite3.Connection], Any], tuple[str, ...]]] = {
     "claim_due": (
         functools.partial(claim_due, network="net1", windows=WINDOWS, now_ms=NOW),
-        ("deliveries_pending",),
+        ("deliveries_queue", "deliveries_pending"),
     ),
     "due_deliveries_all": (
         functools.partial(outbox.due_deliveries, now_ms=NOW, limit=10),

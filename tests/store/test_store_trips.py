@@ -4,6 +4,7 @@ writes, the order of calls is kept, and nobody is told of a write SQLite rolled 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -15,7 +16,10 @@ import trio
 import trio.testing
 
 from meshactors.actors import Node, run_root
+from meshactors.store import outbox as outbox_db
 from meshactors.store.actor import STORE_TRIP_CALLS, StoreActor
+from meshactors.store.db import open_database
+from meshactors.store.outbox import AcceptOutcome, SendError
 from meshactors.wire.ipc import OpError
 
 WAIT = 10.0  # seconds the test may take
@@ -149,3 +153,51 @@ async def test_when_sqlite_rolls_a_trip_back_the_calls_before_are_told_and_the_r
     assert all(isinstance(result, sqlite3.Error) for result in results[:2])  # k1 was lost
     assert results[2] == 2
     assert keys == ["k2"]
+
+
+def _accept(key: str | None, message: str, priority: str = "next") -> Callable[..., object]:
+    """An accept of `message` to one peer under `key`, as the `send` op makes it."""
+    return partial(
+        outbox_db.accept,
+        network="n",
+        recipients=["peer"],
+        destination_kind="peer",
+        destination_ref="peer",
+        message=message,
+        priority=priority,
+        meta=None,
+        reply_to_id=None,
+        client_message_id=key,
+        now_ms=1_000,
+    )
+
+
+def _rows(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    return conn.execute("SELECT client_message_id, message FROM outbox ORDER BY id").fetchall()
+
+
+async def test_same_key_accepts_in_one_trip_make_one_row_and_the_same_answer(
+    tmp_path: Path,
+) -> None:
+    results, _, statements = await run_grouped(
+        tmp_path,
+        [
+            _accept("k", "hello"),
+            _accept("k", "hello"),
+            _accept("k", "other body"),  # same key, different body: the existing conflict
+            _accept("k", "hello", priority="urgent"),  # a bad request fails only itself
+            _accept("j", "hello"),
+            _accept("k", "hello"),
+        ],
+    )
+    first, again, conflict, bad, other, third = results
+    assert isinstance(first, AcceptOutcome) and first.outcome == "accepted"
+    assert again == third == first  # one row, the same answer to every repeat
+    assert isinstance(conflict, AcceptOutcome) and conflict.outcome == "conflict"
+    assert (conflict.id, conflict.reason) == (first.id, "pending_fingerprint_mismatch")
+    assert isinstance(bad, SendError) and bad.code == "invalid_request"
+    assert isinstance(other, AcceptOutcome) and other.outcome == "accepted"
+    assert other.id != first.id
+    assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
+    with contextlib.closing(open_database(tmp_path / "state.db")) as conn:
+        assert _rows(conn) == [("k", "hello"), ("j", "hello")]

@@ -1,0 +1,121 @@
+"""Durable delivery pipelines: a window of messages is in flight to a peer before its first
+ack, acks of one stored batch come back in one `msg_acks` frame, and messages whose acks
+were lost are sent again and end delivered once. The peer is hand-made (tests/network/
+rawpeer.py), so the test sees every frame the daemon seals to it and acks as it chooses."""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import pytest
+import trio
+
+from meshactors.daemon.outbox import PEER_WINDOW, Outbox
+from meshactors.network.delivery import Msg, MsgAck, MsgAcks
+from meshactors.wire.peer import (
+    Approval,
+    BadPeerFrame,
+    Frame,
+    decode_frame,
+    encode_for,
+    encode_frame,
+)
+from tests.network.conftest import NET, WAIT, Daemon, Mesh
+from tests.network.rawpeer import RawPeer, approved_raw_peer
+
+EXTRA = 8  # messages beyond the window
+
+
+async def next_of(raw: RawPeer, *kinds: type[Frame]) -> Frame:
+    """The next frame of one of `kinds` the raw peer reads (hellos, pings ... are skipped)."""
+    while True:
+        _, frame = await raw.receive()
+        if isinstance(frame, kinds):
+            return frame
+
+
+async def msgs(raw: RawPeer, refs: int) -> dict[str, Msg]:
+    """Read `msg` frames until `refs` distinct sends arrived; by ref (a copy counts once)."""
+    seen: dict[str, Msg] = {}
+    with trio.fail_after(WAIT):
+        while len(seen) < refs:
+            frame = await next_of(raw, Msg)
+            assert isinstance(frame, Msg)
+            seen[frame.ref] = frame
+    return seen
+
+
+async def send_many(daemon: Daemon, to: str, count: int) -> list[str]:
+    """Accept `count` durable sends to `to`; their outbox row ids."""
+    return [
+        (await daemon.call("send", network=NET, to=to, message=f"m{n}"))["id"] for n in range(count)
+    ]
+
+
+def delivered_ids(daemon: Daemon) -> collections.Counter[str]:
+    return collections.Counter(e["id"] for e in daemon.events if e["kind"] == "message_delivered")
+
+
+async def test_a_window_is_in_flight_before_the_first_ack_and_lost_acks_end_delivered_once(
+    nursery: trio.Nursery, mesh: Mesh
+) -> None:
+    b, raw = await approved_raw_peer(mesh, nursery)
+    outbox = b.services.extras["outbox"]
+    assert isinstance(outbox, Outbox)
+    ids = await send_many(b, raw.device_id, PEER_WINDOW + EXTRA)
+
+    window = await msgs(raw, PEER_WINDOW)  # all of them before any ack
+    assert outbox.figures()["inflight"] == PEER_WINDOW
+    assert outbox.figures()["delivered"] == 0
+    await raw.send_frame(b.device_id, MsgAcks([MsgAck(ref, "stored") for ref in window]))
+    rest = await msgs(raw, EXTRA)  # each ack freed a place for one more
+    assert set(window) | set(rest) == set(ids)
+
+    # The acks of the rest are lost: the peer leaves and comes back, and they come again.
+    before = b.last_event_id
+    await raw.send_frame(b.device_id, Approval("pending"))
+    await b.wait_event("peer_pending", after=before, device_id=raw.device_id)
+    await raw.send_frame(b.device_id, Approval("approved"))
+    again = await msgs(raw, EXTRA)
+    assert set(again) == set(rest)
+    await raw.send_frame(b.device_id, MsgAcks([MsgAck(ref, "duplicate") for ref in again]))
+
+    with trio.fail_after(WAIT):
+        while set(delivered_ids(b)) != set(ids):
+            await b.wait_event("message_delivered", after=b.last_event_id)
+    assert set(delivered_ids(b).values()) == {1}  # each delivered once
+    rows = (await b.call("outbox_list", status="done", limit=500))["rows"]
+    assert {row["id"] for row in rows} == set(ids)
+
+
+async def test_the_acks_of_a_stored_batch_come_back_together(
+    nursery: trio.Nursery, mesh: Mesh
+) -> None:
+    b, raw = await approved_raw_peer(mesh, nursery)
+    frames = [Msg(f"ref{n}", f"key{n}", f"m{n}", None, "next", None, 1) for n in range(PEER_WINDOW)]
+    for frame in frames:  # they queue while the first store call runs: stored in few batches
+        await raw.send_frame(b.device_id, frame)
+
+    acks: list[MsgAck] = []
+    ack_frames = 0
+    with trio.fail_after(WAIT):
+        while len(acks) < len(frames):
+            frame = await next_of(raw, MsgAck, MsgAcks)
+            ack_frames += 1
+            if isinstance(frame, MsgAcks):
+                acks.extend(frame.acks)
+            elif isinstance(frame, MsgAck):
+                acks.append(frame)
+    assert sorted(ack.ref for ack in acks) == sorted(frame.ref for frame in frames)
+    assert {ack.status for ack in acks} == {"stored"}
+    assert ack_frames < len(frames)  # one frame per stored batch, not one per message
+
+
+def test_msg_acks_round_trip_and_go_as_single_acks_to_a_peer_without_the_feature() -> None:
+    acks = MsgAcks([MsgAck("r1", "stored"), MsgAck("r2", "rejected", "invalid_message")])
+    assert decode_frame(encode_frame(acks)) == acks
+    assert encode_for(acks, ["messages"]) == [encode_frame(ack) for ack in acks.acks]
+    for bad in ([], [{"ref": "r1", "status": "lost"}], [{"ref": "r", "status": "stored"}] * 257):
+        with pytest.raises(BadPeerFrame):
+            decode_frame(json.dumps({"t": "msg_acks", "acks": bad}).encode())
