@@ -240,27 +240,27 @@ class Channels:
         self,
         peer: str,
         channel: str,
-        payloads: list[Payload],
+        groups: list[list[Payload]],
         *,
         retain: bool,
         separate: bool = False,
     ) -> None:
-        """Send to one peer (or this daemon): several payloads as one batch event, or with
-        `separate` as one event each; with `retain` the last payload is also sent to the peer
-        whenever it becomes active again (unless this send fails)."""
-        with self._retaining((channel, peer), payloads[-1] if retain else None):
-            for frame in _message_frames(channel, payloads, retain, separate):
+        """Send to one peer (or this daemon): each group of payloads as one batch event, or
+        with `separate` as one event each; with `retain` the last payload is also sent to the
+        peer whenever it becomes active again (unless this send fails)."""
+        with self._retaining((channel, peer), groups[-1][-1] if retain else None):
+            for frame in _message_frames(channel, groups, retain, separate):
                 await self.wire.send(peer, frame)
-        self.counters["sent"] += len(payloads)
+        self.counters["sent"] += sum(map(len, groups))
 
     async def send_all(
-        self, channel: str, payloads: list[Payload], *, retain: bool, separate: bool = False
+        self, channel: str, groups: list[list[Payload]], *, retain: bool, separate: bool = False
     ) -> list[str]:
         """Send to every active peer (not this daemon), as `send_to` does; returns the peers it
         went to."""
-        frames = _message_frames(channel, payloads, retain, separate)
+        frames = _message_frames(channel, groups, retain, separate)
         sent = []
-        with self._retaining((channel, ALL), payloads[-1] if retain else None):
+        with self._retaining((channel, ALL), groups[-1][-1] if retain else None):
             for peer in self.wire.active_peers():
                 try:
                     for frame in frames:
@@ -269,7 +269,7 @@ class Channels:
                     self.counters[f"send_all_{failed.code.value}"] += 1
                     continue
                 sent.append(peer)
-        self.counters["sent"] += len(sent) * len(payloads)
+        self.counters["sent"] += len(sent) * sum(map(len, groups))
         return sent
 
     @contextlib.contextmanager
@@ -427,6 +427,13 @@ class Channels:
 
 
 def _message_frames(
+    channel: str, groups: list[list[Payload]], retain: bool, separate: bool
+) -> list[Frame]:
+    """The frames of each group of payloads, in order (see `_group_frames`)."""
+    return [frame for group in groups for frame in _group_frames(channel, group, retain, separate)]
+
+
+def _group_frames(
     channel: str, payloads: list[Payload], retain: bool, separate: bool
 ) -> list[Frame]:
     """One `chan` frame for one payload; several as one `chan_batch` (JSON payloads only), or,

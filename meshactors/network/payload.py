@@ -74,8 +74,13 @@ def payloads_of(payload: Any, payload_b64: str | None, payloads: list[Any] | Non
 
 def check_size(payload: Payload) -> None:
     """OpError payload_too_large beyond MAX_PAYLOAD_BYTES."""
-    if type(payload.value) is str and len(payload.value) <= _SURELY_FITTING_CHARS:
+    value = payload.value
+    if type(value) is str and len(value) <= _SURELY_FITTING_CHARS:
         return  # fits even if every character is escaped: no need to encode it to know
+    if type(value) is list and all(type(item) is str for item in value):
+        worst = 12 * sum(map(len, value)) + 3 * len(value) + 1  # quotes, commas, brackets
+        if worst <= MAX_PAYLOAD_BYTES:
+            return  # a batch of strings that fits however they are escaped
     size = payload.size
     if size > MAX_PAYLOAD_BYTES:
         raise OpError(

@@ -289,18 +289,18 @@ async def channel_send_to(session: Session, params: ChannelSendTo) -> dict[str, 
     """Publish to one peer (or this daemon); `retain` keeps it for late subscribers."""
     check_name(params.channel, "channel")
     payloads = payloads_of(params.payload, params.payload_b64, params.payloads)
-    return await _send_to(session, params, payloads, separate=False)
+    return await _send_to(session, params, [payloads], separate=False)
 
 
 async def _send_to(
-    session: Session, params: ChannelSendTo, payloads: list[Payload], *, separate: bool
+    session: Session, params: ChannelSendTo, groups: list[list[Payload]], *, separate: bool
 ) -> dict[str, Any]:
     network = _network(session, params.network)
     send = functools.partial(
         network.channels.send_to,
         params.peer,
         params.channel,
-        payloads,
+        groups,
         retain=params.retain,
         separate=separate,
     )
@@ -312,31 +312,57 @@ async def channel_send_all(session: Session, params: ChannelSendAll) -> dict[str
     """Publish to every active peer; answers the device ids it went to."""
     check_name(params.channel, "channel")
     payloads = payloads_of(params.payload, params.payload_b64, params.payloads)
-    return await _send_all(session, params, payloads, separate=False)
+    return await _send_all(session, params, [payloads], separate=False)
 
 
 async def _send_all(
-    session: Session, params: ChannelSendAll, payloads: list[Payload], *, separate: bool
+    session: Session, params: ChannelSendAll, groups: list[list[Payload]], *, separate: bool
 ) -> dict[str, Any]:
     network = _network(session, params.network)
     send = functools.partial(
-        network.channels.send_all, params.channel, payloads, retain=params.retain, separate=separate
+        network.channels.send_all, params.channel, groups, retain=params.retain, separate=separate
     )
     return {"dispatched_to": await network.ask_await("channel_send_all", send)}
 
 
-def _one_message(params: ChannelSendTo | ChannelSendAll) -> tuple[Hashable, Payload] | None:
-    """A one-message send's run key and payload; a `payloads` batch runs alone (None).
+def _run_item(
+    params: ChannelSendTo | ChannelSendAll,
+) -> tuple[Hashable, Payload | list[Payload]]:
+    """A send's run key and item: its payload, or its `payloads` batch.
 
-    Consecutive sends to the same network, channel and target, alike in `retain` and in being
-    binary, go as one `chan_run` frame: one seal, one event per message at the receiver.
+    Consecutive sends to the same network, channel and target, alike in `retain`, run as one
+    request to core: one-message sends (alike in being binary) as one `chan_run` frame (one
+    seal, one event per message at the receiver); `payloads` batches each as their own
+    `chan_batch` frame (one event each), the frames sealed together so the link's writer puts
+    them in one WebSocket message.
     """
-    if params.payloads is not None:
-        return None
     check_name(params.channel, "channel")
-    payload = payload_of(params.payload, params.payload_b64)
     peer = params.peer if isinstance(params, ChannelSendTo) else None
+    if params.payloads is not None:
+        batch = payloads_of(params.payload, params.payload_b64, params.payloads)
+        return (params.network, params.channel, peer, params.retain, "batch"), batch
+    payload = payload_of(params.payload, params.payload_b64)
     return (params.network, params.channel, peer, params.retain, payload.binary), payload
+
+
+def _run_groups(items: list[Any]) -> tuple[list[list[Payload]], bool]:
+    """A run's items as frame groups, and whether each payload is its own event: batches
+    each their own group, one-message sends one group of separate events."""
+    if isinstance(items[0], list):
+        return items, False
+    return [items], True
+
+
+async def _send_run_to(session: Session, params: ChannelSendTo, items: list[Any]) -> dict[str, Any]:
+    groups, separate = _run_groups(items)
+    return await _send_to(session, params, groups, separate=separate)
+
+
+async def _send_run_all(
+    session: Session, params: ChannelSendAll, items: list[Any]
+) -> dict[str, Any]:
+    groups, separate = _run_groups(items)
+    return await _send_all(session, params, groups, separate=separate)
 
 
 async def channel_send_reliable(session: Session, params: ChannelSendReliable) -> dict[str, Any]:
@@ -426,7 +452,7 @@ OPS: list[Op[Any]] = [
         ChannelSendTo,
         channel_send_to,
         "publish to one peer",
-        Merge(_one_message, functools.partial(_send_to, separate=True)),
+        Merge(_run_item, _send_run_to),
         command="channel send",
     ),
     Op(
@@ -434,7 +460,7 @@ OPS: list[Op[Any]] = [
         ChannelSendAll,
         channel_send_all,
         "publish to every active peer",
-        Merge(_one_message, functools.partial(_send_all, separate=True)),
+        Merge(_run_item, _send_run_all),
         command="channel send",
     ),
     Op(

@@ -15,7 +15,7 @@ import trio.testing
 
 from meshactors.network import peers
 from meshactors.network.app_frames import Chan, ChanRun
-from meshactors.network.channels import _message_frames
+from meshactors.network.channels import _group_frames
 from meshactors.network.payload import MAX_PAYLOAD_BYTES, Payload
 from meshactors.wire.peer import MAX_PEER_FRAME_BYTES
 from tests.network.appclient import AppClient, network_children
@@ -87,6 +87,33 @@ async def test_pipelined_sends_go_as_one_frame_and_arrive_as_events_in_order(
         "payload": {"n": 0},
     }
     assert await _frames_received(b, nursery) == frames + 1  # one chan_run frame for the twenty
+
+
+async def test_pipelined_batches_run_together_yet_arrive_one_event_each_in_order(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    a, b, reader = await _pair_reading_run(mesh, nursery)
+    sender = await Pipeline.open(a)
+    requests = [
+        _send_to(b.device_id, payloads=[1, 2, 3]),
+        _send_to(b.device_id, payloads=[4, 5]),
+        _send_to(b.device_id, payload=6),  # a one-message send ends the run of batches
+        _send_to(b.device_id, payloads=[7]),
+        _send_to(b.device_id, payloads=["x" * MAX_PAYLOAD_BYTES]),  # too large: answered alone
+        _send_to(b.device_id, payloads=[8, 9]),
+    ]
+    await sender.send(requests)
+    answers = await sender.answers(len(requests))
+    codes = [None if answer["ok"] else answer["error"]["code"] for answer in answers]
+    assert codes == [None, None, None, None, "payload_too_large", None]
+    received = await reader.count("channel_inbound", 5)
+    assert [event.get("payloads", event.get("payload")) for event in received] == [
+        [1, 2, 3],
+        [4, 5],
+        6,
+        7,  # a batch of one arrives as one message
+        [8, 9],
+    ]
 
 
 async def test_errors_inside_a_run_are_answered_alone_in_their_place(
@@ -174,7 +201,7 @@ async def test_a_stalled_subscriber_lags_per_event_when_events_come_in_runs(
     channels, run, total = daemon.network().channels, 64, 40_000
     for start in range(0, total, run):
         payloads = [Payload(n) for n in range(start, start + run)]
-        await channels.send_to(me, "flood", payloads, retain=False, separate=True)
+        await channels.send_to(me, "flood", [payloads], retain=False, separate=True)
     await trio.testing.wait_all_tasks_blocked()
     got: list[int] = []
     skipped = 0
@@ -201,7 +228,7 @@ async def test_a_run_too_large_for_one_frame_arrives_whole_in_several(
     frames = await _frames_received(b, nursery)
     big = "y" * (MAX_PEER_FRAME_BYTES // 8)
     run = [Payload([n, big]) for n in range(40)]  # ~5 frames' worth
-    await a.network().channels.send_to(b.device_id, "run", run, retain=False, separate=True)
+    await a.network().channels.send_to(b.device_id, "run", [run], retain=False, separate=True)
     received = await reader.count("channel_inbound", 40)
     assert [event["payload"] for event in received] == [[n, big] for n in range(40)]
     assert await _frames_received(b, nursery) == frames + 8  # halved thrice: 40, 20, 10, 5 each
@@ -209,7 +236,7 @@ async def test_a_run_too_large_for_one_frame_arrives_whole_in_several(
 
 def test_one_payload_is_a_chan_frame_and_several_a_run() -> None:
     small = [Payload(n) for n in range(3)]
-    assert _message_frames("run", small, retain=True, separate=True) == [
+    assert _group_frames("run", small, retain=True, separate=True) == [
         ChanRun("run", [0, 1, 2], binary=False, retain=True)
     ]
-    assert _message_frames("run", small[:1], retain=False, separate=True) == [Chan("run", 0)]
+    assert _group_frames("run", small[:1], retain=False, separate=True) == [Chan("run", 0)]

@@ -198,7 +198,7 @@ async def test_a_stalled_reader_does_not_slow_another_subscriber(
     count = 12_000
     channels = daemon.network().channels
     for n in range(count):
-        await channels.send_to(daemon.device_id, "flood", [_payload(n)], retain=False)
+        await channels.send_to(daemon.device_id, "flood", [[_payload(n)]], retain=False)
         if n % 256 == 255:  # own-device sends never wait: let the pump and reader catch up
             await trio.testing.wait_all_tasks_blocked()
     received = await reader.count("channel_inbound", count, timeout=30)
