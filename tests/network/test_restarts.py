@@ -84,11 +84,19 @@ async def test_debug_crash_restarts_the_actor_at_the_path(
 
 
 async def reliable(
-    sender: AppClient, peer: Daemon, channel: str, payload: object, *, via: Daemon | None = None
+    sender: AppClient,
+    peer: Daemon,
+    channel: str,
+    payload: object,
+    *,
+    via: Daemon | None = None,
+    message_id: str | None = None,
 ) -> object:
     """A reliable send, resent until acknowledged; returns how many subscribers it reached.
     With `via` (the sender's daemon), a send refused because the peer is not active (its link
-    restarts) waits until `via` sees it active again and is sent again, as a program would."""
+    restarts) waits until `via` sees it active again and is sent again, as a program would;
+    `message_id` is the program's id for the message."""
+    chosen = {} if message_id is None else {"message_id": message_id}
     while True:
         after = via.last_event_id if via is not None else 0
         try:
@@ -99,6 +107,7 @@ async def reliable(
                 peer=peer.device_id,
                 payload=payload,
                 ttl_ms=WAIT_MS,
+                **chosen,
             )
         except OpFailed as refused:
             if via is None or refused.code not in ("peer_not_active", "link_down"):
@@ -282,6 +291,24 @@ async def send_under_crash(
         await halfway.wait()
         await crash()
     return reached
+
+
+async def test_a_reliable_send_retried_with_its_id_after_a_sender_core_crash_arrives_once(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    a, b = await debug_pair(mesh)
+    sender, reader = await client_of(a, nursery), await client_of(b, nursery)
+    await reader.call("channel_subscribe", network=NET, channel="orders")
+    assert await reliable(sender, b, "orders", "once", message_id="order-1") == 1
+    await a.call("debug_crash", path=crash_path("core"))  # as if its answer had been lost
+    assert await reliable(sender, b, "orders", "once", via=a, message_id="order-1") == 1
+    assert await reliable(sender, b, "orders", "next", via=a) == 1
+    received = await reader.count("channel_inbound", 2)
+    assert [event["payload"] for event in received] == ["once", "next"]
+    for bad in ("", "x" * 65, "tab\t", "é"):
+        with pytest.raises(OpFailed) as refused:
+            await reliable(sender, b, "orders", "bad", message_id=bad)
+        assert refused.value.code == "invalid_params"
 
 
 @pytest.mark.parametrize("actor", CLOSING)
