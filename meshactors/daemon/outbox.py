@@ -383,10 +383,14 @@ class Outbox(Actor):
                 first = await receiver.receive()
                 self._recording = [first, *_drain(receiver, SETTLE_BATCH - 1)]
             batch = self._recording
-            statuses = await self.store.call(
-                functools.partial(record_settled, batch=batch, now_ms=now_ms()),
-                what="record deliveries",
-            )
+            try:
+                statuses = await self.store.call(
+                    functools.partial(record_settled, batch=batch, now_ms=now_ms()),
+                    what="record deliveries",
+                )
+            except Exception:
+                self._recording = []  # the store answered (a failure): not again after a restart
+                raise
             self._recording = []
             for item, status in zip(batch, statuses, strict=True):
                 if item.error == PEER_CHANGED:
