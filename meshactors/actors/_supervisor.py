@@ -178,6 +178,7 @@ class Supervisor(Actor):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         node = current_node()
+        node.children.clear()  # a restart lists only the children it starts, not the last run's
         self._running = {}
         self._restart_times.clear()
         control_send, control_receive = trio.open_memory_channel[_Control](math.inf)

@@ -198,12 +198,27 @@ class Ops(abc.ABC):
         )
 
     async def channel_send_reliable(
-        self, network: str, channel: str, peer: str, payload: Json, *, ttl_ms: int
+        self,
+        network: str,
+        channel: str,
+        peer: str,
+        payload: Json,
+        *,
+        ttl_ms: int,
+        message_id: str | None = None,
     ) -> Data:
-        """Publish to one peer and answer once its daemon acknowledged delivery."""
+        """Publish to one peer and answer once its daemon acknowledged delivery. With
+        `message_id` (a unique id of your choosing), sending again with the same one after an
+        error is safe: the peer's daemon delivers it once and acknowledges each."""
         return await self.call(
             "channel_send_reliable",
-            params(network=network, channel=channel, peer=peer, ttl_ms=ttl_ms)
+            params(
+                network=network,
+                channel=channel,
+                peer=peer,
+                ttl_ms=ttl_ms,
+                message_id=message_id,
+            )
             | {"payload": payload},
         )
 

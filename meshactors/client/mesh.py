@@ -18,7 +18,7 @@ from meshactors.client._serving import Handler, Serving, StreamHandler, is_strea
 from meshactors.client._streams import RpcStream, StreamTable
 from meshactors.client.errors import ClientClosed, ClientError, ConnectionLost
 from meshactors.client.networks import NetworkSync, converge
-from meshactors.client.reconnect import DaemonLink, Want, WantKind
+from meshactors.client.reconnect import DaemonLink, Want, WantKind, replay_failed
 from meshactors.paths import resolve_paths
 
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds the first connect retries while the daemon starts
@@ -160,11 +160,35 @@ class MeshClient(Ops):
         elif kind in ("rpc_call_stream_chunk", "rpc_call_stream_end"):
             self._streams.deliver(item)
         elif kind == "handler_displaced":
-            self._serving.handlers.pop((item.get("network"), item.get("method")), None)  # type: ignore[arg-type]
-            self._link.forget(Want(WantKind.CLAIM, item.get("network"), item.get("method")))  # type: ignore[arg-type]
+            self._displaced(Want(WantKind.CLAIM, item.get("network"), item.get("method")), item)  # type: ignore[arg-type]
         elif kind == "client_disconnected":
             self._streams.fail_all(ConnectionLost("the daemon went away mid-stream"))
         self._events.publish(item)
+
+    def _displaced(self, want: Want, event: dict[str, Any]) -> None:
+        """Our claim ended. Another program's claim (`by` names it) stands: last claim wins, so
+        ours is dropped. A restart in the daemon ended it (`by` null): claim it again."""
+        if event.get("by") is None and want in self._link.desired.claims and self._nursery:
+            self._link.lost(want)
+            self._nursery.start_soon(self._reclaim, want)
+            return
+        self._drop_claim(want)
+
+    async def _reclaim(self, want: Want) -> None:
+        """Claim again a method a restart took away; tell the program by a client event either
+        way (`client_reclaimed`, or `client_replay_failed` when the daemon refuses it, e.g. the
+        network was removed, and the method is no longer served)."""
+        try:
+            await self._link.ensure(want, self.call_timeout)
+        except ClientError as error:
+            self._drop_claim(want)
+            self._route(replay_failed(want, error))
+        else:
+            self._route({"kind": "client_reclaimed", "network": want.network, "method": want.name})
+
+    def _drop_claim(self, want: Want) -> None:
+        self._serving.handlers.pop((want.network, want.name), None)
+        self._link.forget(want)
 
     # serving
     async def serve(self, network: str, method: str, handler: Handler | StreamHandler) -> None:
@@ -178,8 +202,7 @@ class MeshClient(Ops):
             await self._link.ensure(want, self.call_timeout)
         except ClientError as error:
             if not isinstance(error, ConnectionLost):
-                self._serving.handlers.pop((network, method), None)
-                self._link.forget(want)
+                self._drop_claim(want)
             raise
 
     async def unserve(self, network: str, method: str) -> None:

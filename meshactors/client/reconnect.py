@@ -172,6 +172,12 @@ class DaemonLink:
         if self._current is not None:
             self._current.applied.discard(want)
 
+    def lost(self, want: Want) -> None:
+        """The daemon ended an entry the client still wants (a restart): the next `ensure` or
+        replay puts it in place again."""
+        if self._current is not None:
+            self._current.applied.discard(want)
+
     async def _live(self) -> _Live:
         while True:
             if self._closed:

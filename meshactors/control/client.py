@@ -139,13 +139,17 @@ class ClientActor(Actor):
         finally:
             self._out_send.close()  # answers settled from now on have nobody to read them
             with cleanup_scope():
-                if self._session is not None:
-                    for cleanup in self._session.take_cleanups():
-                        try:
-                            await cleanup()
-                        except Exception:
-                            log.exception("cleanup failed", client=self.client_id)
-                await self.stream.aclose()
+                try:
+                    if self._session is not None:
+                        for cleanup in self._session.take_cleanups():
+                            try:
+                                await cleanup()
+                            except Exception:
+                                log.exception("cleanup failed", client=self.client_id)
+                finally:
+                    # Even when the cleanups ran out of time (an actor they ask is down): the
+                    # program must see its connection end, not wait on a silent socket.
+                    await self.stream.aclose()
 
     async def _speaks_http(self) -> bool:
         """Read just enough of the connection's first bytes to tell HTTP from JSON lines."""

@@ -25,7 +25,8 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 @attrs.define(eq=False)
 class BrokerActor(Actor):
-    """Serves a broker on host:port until cancelled; port 0 picks a free one (`port` figure)."""
+    """Serves a broker on host:port until cancelled; port 0 picks a free one (`port` figure),
+    and a restart binds the port it had, so the daemons that connected to it find it again."""
 
     kind: ClassVar[str] = "broker"
 
@@ -46,5 +47,6 @@ class BrokerActor(Actor):
 
         self._broker = Broker(self.config)
         async with trio.open_nursery() as nursery:
-            self.bound_port = await nursery.start(self._broker.serve, self.host, self.port)
+            port = self.port or self.bound_port or 0
+            self.bound_port = await nursery.start(self._broker.serve, self.host, port)
             task_status.started()

@@ -244,6 +244,15 @@ class Outbox(Actor):
     _settled: tuple[trio.MemorySendChannel[_Settled], trio.MemoryReceiveChannel[_Settled]] = (
         attrs.field(init=False)
     )
+    # Finished attempts taken to be recorded and not yet answered by the store: a crash (of
+    # this actor or the store) mid-record leaves them here, and the next run records them
+    # again, so no `message_delivered`/`message_dead` event is lost (recording is idempotent:
+    # the store may have run the first call too).
+    _recording: list[_Settled] = attrs.field(factory=list, init=False)
+    # Received messages taken to be stored and acked, until every ack is sent: the next run
+    # stores (deduplicated) and acks them again, so their senders need not wait out the ack
+    # timeout, and publishes their `message` events again (they may repeat, same `seq`).
+    _storing: list[_Received] = attrs.field(factory=list, init=False)
     counts: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     stored_counts: dict[str, int] = attrs.field(factory=dict, init=False)
 
@@ -383,12 +392,20 @@ class Outbox(Actor):
 
     async def _record_settled(self) -> None:
         receiver = self._settled[1]
-        async for first in receiver:
-            batch = [first, *_drain(receiver, SETTLE_BATCH - 1)]
-            statuses = await self.store.call(
-                functools.partial(record_settled, batch=batch, now_ms=now_ms()),
-                what="record deliveries",
-            )
+        while True:
+            if not self._recording:
+                first = await receiver.receive()
+                self._recording = [first, *_drain(receiver, SETTLE_BATCH - 1)]
+            batch = self._recording
+            try:
+                statuses = await self.store.call(
+                    functools.partial(record_settled, batch=batch, now_ms=now_ms()),
+                    what="record deliveries",
+                )
+            except Exception:
+                self._recording = []  # the store answered (a failure): not again after a restart
+                raise
+            self._recording = []
             for item, status in zip(batch, statuses, strict=True):
                 if item.error == PEER_CHANGED:
                     self.counts["redue"] += 1
@@ -437,8 +454,12 @@ class Outbox(Actor):
 
     async def _store_received(self) -> None:
         receiver = self._received[1]
-        async for first in receiver:
-            batch = [first, *_drain(receiver, RECEIVE_BATCH - 1)]
+        while True:
+            redo = bool(self._storing)
+            if not redo:
+                first = await receiver.receive()
+                self._storing = [first, *_drain(receiver, RECEIVE_BATCH - 1)]
+            batch = self._storing
             refused = [(item, refusal(item.frame)) for item in batch]
             storable = [item for item, reason in refused if reason is None]
             try:
@@ -448,10 +469,11 @@ class Outbox(Actor):
                 )
             except Exception:
                 log.exception("could not store received messages", count=len(storable))
+                self._storing = []
                 continue  # not acked: the senders try again
             for message, new in stored:
                 self.counts["received" if new else "duplicates"] += 1
-                if new:
+                if new or redo:
                     self.events.publish("message", message_view(message, full=False))
             results = iter(stored)
             acks: dict[tuple[str, str], list[MsgAck]] = collections.defaultdict(list)
@@ -463,6 +485,7 @@ class Outbox(Actor):
                 acks[item.network, item.sender].append(ack)
             for (network_id, sender), answers in acks.items():
                 await self._answer(network_id, sender, answers)
+            self._storing = []
 
     async def _answer(self, network_id: str, sender: str, acks: list[MsgAck]) -> None:
         """Ack one sender's messages of a stored batch in one `msg_acks` frame (split or sent

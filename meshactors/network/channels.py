@@ -289,15 +289,19 @@ class Channels:
             raise
 
     async def start_reliable(
-        self, peer: str, channel: str, payload: Payload, ttl_ms: int
+        self, peer: str, channel: str, payload: Payload, ttl_ms: int, ack: str | None = None
     ) -> ReliableSend:
         """Send to one peer and keep resending (`_resend_reliable`) until its daemon
-        acknowledges or `ttl_ms` passes; the caller waits on the returned send's `done`."""
+        acknowledges or `ttl_ms` passes; the caller waits on the returned send's `done`. The
+        message id is `ack` when the program chose one (the same id again is the same message:
+        the receiver drops it and acknowledges it again), else a fresh one."""
         if not 0 < ttl_ms <= MAX_TTL_MS:
             raise OpError(ErrorCode.INVALID_PARAMS, f"ttl_ms must be 1-{MAX_TTL_MS}")
         if len(self._reliable) >= MAX_RELIABLE_PENDING:
             raise OpError(ErrorCode.CONFLICT, f"at most {MAX_RELIABLE_PENDING} reliable sends")
-        ack, now = new_request_id(), trio.current_time()
+        if ack is not None and ack in self._reliable:
+            raise OpError(ErrorCode.CONFLICT, f"a reliable send with id {ack!r} is still waiting")
+        ack, now = ack or new_request_id(), trio.current_time()
         frame = Chan(channel, payload.value, payload.binary, ack=ack)
         reliable = ReliableSend(ack, peer, frame, now + ttl_ms / 1000, now + RELIABLE_RESEND)
         self._reliable[ack] = reliable  # before the send: our own device acks at once

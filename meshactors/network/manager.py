@@ -83,14 +83,18 @@ class NetworkManager(Supervisor):
             what="settle the role",
         )
         saved = await self.store.call(network_db.load_networks, what="load networks")
-        self._networks = {}
+        previous, self._networks = self._networks, {}
         for network_id, raw in saved:
             try:
                 config = NetworkConfig.from_json(raw)
             except ConfigError as exc:
                 log.error("skipping a saved network", network=network_id, error=str(exc))
                 continue
-            self._networks[network_id] = self._build(config)
+            network = self._networks[network_id] = self._build(config)
+            if (stopped := previous.get(network_id)) is not None:
+                # Our retained values live only in memory: a restart of this supervisor hands
+                # them to the rebuilt network, which sends them to each peer again at welcome.
+                network.channels.own = stopped.channels.own
         self.children = [self._spec(network) for network in self._networks.values()]
         await super().run(task_status=task_status)
 

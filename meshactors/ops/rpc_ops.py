@@ -14,6 +14,7 @@ import attrs
 import trio
 
 from meshactors.control.session import Session
+from meshactors.network.app_frames import MAX_ID_CHARS
 from meshactors.network.network import Network
 from meshactors.network.payload import Payload, check_name, payload_of, payloads_of
 from meshactors.network.rpc import check_timeout
@@ -127,6 +128,7 @@ class ChannelSendReliable:
     ttl_ms: int
     payload: Any = None
     payload_b64: str | None = None
+    message_id: str | None = None  # the program's id: a retry with the same one is deduplicated
 
 
 def _network(session: Session, network_id: str) -> Network:
@@ -365,13 +367,31 @@ async def _send_run_all(
     return await _send_all(session, params, groups, separate=separate)
 
 
+def check_message_id(message_id: str | None) -> None:
+    """OpError invalid_params unless a program's reliable message id is 1-MAX_ID_CHARS
+    printable ASCII characters (it travels as the frame's acknowledgement id)."""
+    if message_id is not None and not (
+        0 < len(message_id) <= MAX_ID_CHARS and message_id.isascii() and message_id.isprintable()
+    ):
+        raise OpError(
+            ErrorCode.INVALID_PARAMS,
+            f"message_id must be 1-{MAX_ID_CHARS} printable ASCII characters",
+        )
+
+
 async def channel_send_reliable(session: Session, params: ChannelSendReliable) -> dict[str, Any]:
     """Publish to one peer and answer once its daemon acknowledged (or `timeout` at ttl)."""
     check_name(params.channel, "channel")
     payload = payload_of(params.payload, params.payload_b64)
+    check_message_id(params.message_id)
     network = _network(session, params.network)
     start = functools.partial(
-        network.channels.start_reliable, params.peer, params.channel, payload, params.ttl_ms
+        network.channels.start_reliable,
+        params.peer,
+        params.channel,
+        payload,
+        params.ttl_ms,
+        params.message_id,
     )
     reliable = await network.ask_await("channel_send_reliable", start)
     try:

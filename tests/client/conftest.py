@@ -25,11 +25,14 @@ class LocalDaemon:
     paths: Paths
     nursery: trio.Nursery
     services: Services | None = None
+    debug_ops: bool = False  # `daemon up --debug-ops`: `debug_crash` answers
     _stopped: trio.Event = attrs.field(factory=trio.Event)
 
     async def start(self) -> Services:
         options = DaemonOptions(
-            paths=self.paths, identity=load_or_create_identity(self.paths.identity_file)
+            paths=self.paths,
+            identity=load_or_create_identity(self.paths.identity_file),
+            debug_ops=self.debug_ops,
         )
         self._stopped = trio.Event()
         self.services = await self.nursery.start(self._run, options)

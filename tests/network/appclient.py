@@ -95,6 +95,12 @@ class AppClient:
                 await self._changed.wait()
         return found
 
+    async def wait_closed(self, timeout: float = WAIT) -> None:
+        """Wait until the daemon closed this connection."""
+        with trio.fail_after(timeout):
+            while not self.closed:
+                await self._changed.wait()
+
     async def aclose(self) -> None:
         await self.stream.aclose()
 

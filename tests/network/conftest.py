@@ -171,11 +171,43 @@ class Mesh:
 
         services: Services = await self.nursery.start(run)
         client = LineClient(await trio.open_unix_socket(str(paths.socket)))
-        watcher = LineClient(await trio.open_unix_socket(str(paths.socket)))
         daemon = Daemon(name, home, services, client, scope, stopped)
-        await watcher.call("events_subscribe", since=0)
-        self.nursery.start_soon(_collect, watcher, daemon.record)
+        await self._watch(daemon)
         return daemon
+
+    async def reconnect(self, daemon: Daemon, restarts: int) -> None:
+        """New connections for `daemon`'s client and event watcher once its `control` has
+        restarted past `restarts` (which closed the old ones) and its socket answers again; the
+        watcher resumes the event stream after the last event it saw, so no event is missed."""
+        control = daemon.services.tree.children["control"]
+        socket = daemon.services.paths.socket
+        stream = await connect_when_listening(socket, lambda: control.restarts > restarts)
+        daemon.client = LineClient(stream)
+        await self._watch(daemon)
+
+    async def _watch(self, daemon: Daemon) -> None:
+        watcher = LineClient(await trio.open_unix_socket(str(daemon.services.paths.socket)))
+        await watcher.call("events_subscribe", since=daemon.last_event_id)
+        self.nursery.start_soon(_collect, watcher, daemon.record)
+
+
+RECONNECT_BACKOFF = 0.01  # seconds between connects to a socket whose listener restarts
+
+
+async def connect_when_listening(socket: Path, ready: Callable[[], bool]) -> trio.SocketStream:
+    """Connect to a control socket once `ready()` says its listener is the new one, retrying
+    (as a program does) while the socket is not there or refuses, until WAIT; a connection is
+    taken only once it answers `status`."""
+    with trio.fail_after(WAIT):
+        while True:
+            if ready():
+                try:
+                    stream = await trio.open_unix_socket(str(socket))
+                    if (await LineClient(stream).call("status"))["ok"]:
+                        return stream
+                except (OSError, EOFError, trio.BrokenResourceError):
+                    pass
+            await trio.sleep(RECONNECT_BACKOFF)
 
 
 async def _collect(watcher: LineClient, record: Callable[[dict[str, Any]], None]) -> None:

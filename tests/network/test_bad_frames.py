@@ -29,12 +29,12 @@ async def test_a_lone_surrogate_sent_to_all_is_rejected_and_crashes_nothing(
     a, b = await active_pair(mesh)
     reader = await subscriber(b, nursery, "news")
     channels = a.network().channels  # a's own sending path, as channel_send_all runs it
-    await channels.send_all("news", [Payload("\ud800")], retain=False)  # chan
-    await channels.send_all("news", [Payload("ok"), Payload("x\udfff")], retain=False)  # batch
+    await channels.send_all("news", [[Payload("\ud800")]], retain=False)  # chan
+    await channels.send_all("news", [[Payload("ok"), Payload("x\udfff")]], retain=False)  # batch
     await channels.send_all(
-        "news", [Payload("ok"), Payload({"\ud800": 1})], retain=False, separate=True
+        "news", [[Payload("ok"), Payload({"\ud800": 1})]], retain=False, separate=True
     )  # run
-    await channels.send_all("news", [Payload("after")], retain=False)
+    await channels.send_all("news", [[Payload("after")]], retain=False)
     message = await reader.event("channel_inbound")
     assert (message["from"], message["payload"]) == (a.device_id, "after")
     seen = await b.peer(a)
@@ -57,8 +57,8 @@ async def test_a_retained_bad_value_is_rejected_at_every_reconnect(
     a, b = await active_pair(mesh)
     reader = await subscriber(b, nursery, "presence", "marks")
     channels = a.network().channels
-    await channels.send_all("presence", [Payload("\ud800")], retain=True)
-    await channels.send_all("marks", [Payload("ok")], retain=True)  # re-sent after the bad one
+    await channels.send_all("presence", [[Payload("\ud800")]], retain=True)
+    await channels.send_all("marks", [[Payload("ok")]], retain=True)  # re-sent after the bad one
     assert (await reader.event("channel_inbound", channel="marks"))["payload"] == "ok"
     for reconnect in (1, 2):
         after = a.last_event_id

@@ -3,9 +3,14 @@ live tree, and after it restarts, traffic, subscriptions and reliable sends carr
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable
+
 import pytest
 import trio
 
+from meshactors.actors import ActorState
 from tests.network.appclient import AppClient, network_children
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed, approve_both
 
@@ -16,13 +21,37 @@ async def client_of(daemon: Daemon, nursery: trio.Nursery) -> AppClient:
     return await AppClient.open(daemon.services.paths.socket, nursery)
 
 
-async def debug_pair(mesh: Mesh) -> tuple[Daemon, Daemon]:
-    """Daemons a and b with `--debug-ops`, joined to NET and active both ways."""
-    a, b = await mesh.daemon("a", debug_ops=True), await mesh.daemon("b", debug_ops=True)
-    await a.join(mesh.url)
-    await b.join(mesh.url)
+async def debug_pair(mesh: Mesh, *, embedded: bool = False) -> tuple[Daemon, Daemon]:
+    """Daemons a and b with `--debug-ops`, joined to NET and active both ways; with `embedded`
+    through a broker b hosts (`--broker-listen`), else through the mesh's."""
+    a = await mesh.daemon("a", debug_ops=True)
+    if not embedded:
+        b, url = await mesh.daemon("b", debug_ops=True), mesh.url
+    else:
+        b = await mesh.daemon("b", debug_ops=True, broker_listen=("127.0.0.1", 0))
+        url = f"ws://127.0.0.1:{b.services.tree.children['broker'].figures()['port']}/v1"
+    await a.join(url)
+    await b.join(url)
     await approve_both(a, b)
     return a, b
+
+
+# Children of the daemon's root (rest_for_one) whose crash restarts `control` as well, which
+# closes every client connection: the connection's end tells each program it lost its
+# subscriptions and claims (the client library connects again and replays them).
+CLOSING = ("daemon/store", "daemon/events", "daemon/broker", "daemon/networks", "daemon/control")
+
+
+async def crash(mesh: Mesh, daemon: Daemon, path: str) -> None:
+    """Crash the actor at `path` on `daemon`; when that restarts `control`, wait until it has
+    and give the test's connections to `daemon` new ones."""
+    if path not in CLOSING:
+        await daemon.call("debug_crash", path=path)
+        return
+    restarts = daemon.services.tree.children["control"].restarts
+    with contextlib.suppress(EOFError):  # its connection may close before the answer
+        await daemon.call("debug_crash", path=path)
+    await mesh.reconnect(daemon, restarts)
 
 
 async def test_debug_crash_is_unknown_without_the_flag(mesh: Mesh) -> None:
@@ -55,11 +84,19 @@ async def test_debug_crash_restarts_the_actor_at_the_path(
 
 
 async def reliable(
-    sender: AppClient, peer: Daemon, channel: str, payload: object, *, via: Daemon | None = None
+    sender: AppClient,
+    peer: Daemon,
+    channel: str,
+    payload: object,
+    *,
+    via: Daemon | None = None,
+    message_id: str | None = None,
 ) -> object:
     """A reliable send, resent until acknowledged; returns how many subscribers it reached.
     With `via` (the sender's daemon), a send refused because the peer is not active (its link
-    restarts) waits until `via` sees it active again and is sent again, as a program would."""
+    restarts) waits until `via` sees it active again and is sent again, as a program would;
+    `message_id` is the program's id for the message."""
+    chosen = {} if message_id is None else {"message_id": message_id}
     while True:
         after = via.last_event_id if via is not None else 0
         try:
@@ -70,6 +107,7 @@ async def reliable(
                 peer=peer.device_id,
                 payload=payload,
                 ttl_ms=WAIT_MS,
+                **chosen,
             )
         except OpFailed as refused:
             if via is None or refused.code not in ("peer_not_active", "link_down"):
@@ -88,8 +126,11 @@ async def reachable(daemon: Daemon, peer: Daemon, after: int = 0) -> None:
         await daemon.wait_event("peer_active", after=after, device_id=peer.device_id)
 
 
-@pytest.mark.parametrize("actor", ["link", "core", "channel news", "network root"])
-async def test_a_subscription_still_delivers_after_a_network_actor_crashes(
+@pytest.mark.parametrize(
+    "actor",
+    ["link", "core", "channel news", "network root", "daemon/control/listener", "daemon/notifier"],
+)
+async def test_a_subscription_still_delivers_after_an_actor_crashes(
     mesh: Mesh, nursery: trio.Nursery, actor: str
 ) -> None:
     a, b = await debug_pair(mesh)
@@ -106,7 +147,10 @@ async def test_a_subscription_still_delivers_after_a_network_actor_crashes(
 
 
 def crash_path(actor: str) -> str:
-    """The path of one of NET's actors on a daemon ("network root" for the network itself)."""
+    """The path of one of NET's actors on a daemon ("network root" for the network itself), or
+    a path of the daemon's own level as given."""
+    if actor.startswith("daemon/"):
+        return actor
     network = f"daemon/networks/network {NET}"
     return network if actor == "network root" else f"{network}/{actor}"
 
@@ -159,9 +203,19 @@ async def serve_once(server: AppClient, payload: int) -> None:
     await server.call("rpc_respond", request_id=inbound["request_id"], payload=payload)
 
 
-@pytest.mark.parametrize("actor", ["link", "core", "network root"])
+@pytest.mark.parametrize(
+    "side, actor",
+    [
+        ("b", "link"),
+        ("b", "core"),
+        ("b", "network root"),
+        ("b", "daemon/networks"),
+        ("a", "daemon/networks"),
+        ("b", "daemon/store"),
+    ],
+)
 async def test_retained_values_survive_a_restart(
-    mesh: Mesh, nursery: trio.Nursery, actor: str
+    mesh: Mesh, nursery: trio.Nursery, side: str, actor: str
 ) -> None:
     a, b = await debug_pair(mesh)
     sender = await client_of(a, nursery)
@@ -174,7 +228,9 @@ async def test_retained_values_survive_a_restart(
         retain=True,
     )
     await reliable(sender, b, "presence-barrier", "after the retained one")
-    await b.call("debug_crash", path=crash_path(actor))
+    await crash(mesh, a if side == "a" else b, crash_path(actor))
+    if side == "a" and actor in CLOSING:
+        sender = await client_of(a, nursery)  # the crash closed its connection
     await reliable(sender, b, "presence-barrier", "b is reachable again", via=a)
     late = await client_of(b, nursery)
     assert (await late.call("channel_subscribe", network=NET, channel="presence"))["retained"] == 1
@@ -184,7 +240,14 @@ async def test_retained_values_survive_a_restart(
 
 @pytest.mark.parametrize(
     "side, actor",
-    [("b", "link"), ("b", "core"), ("b", "channel orders"), ("a", "link")],
+    [
+        ("b", "link"),
+        ("b", "core"),
+        ("b", "channel orders"),
+        ("a", "link"),
+        ("b", "daemon/control/listener"),
+        ("a", "daemon/notifier"),
+    ],
 )
 async def test_reliable_sends_under_a_crash_lose_nothing_and_duplicate_nothing(
     mesh: Mesh, nursery: trio.Nursery, side: str, actor: str
@@ -193,25 +256,98 @@ async def test_reliable_sends_under_a_crash_lose_nothing_and_duplicate_nothing(
     sender, reader = await client_of(a, nursery), await client_of(b, nursery)
     await reader.call("channel_subscribe", network=NET, channel="orders")
     count = 40
-    halfway = trio.Event()
-
-    async def send_all() -> None:
-        for n in range(count):
-            if n == count // 2:
-                halfway.set()
-            assert await reliable(sender, b, "orders", n, via=a) == 1
-
-    async with trio.open_nursery() as traffic:
-        traffic.start_soon(send_all)
-        await halfway.wait()
-        await (a if side == "a" else b).call("debug_crash", path=crash_path(actor))
+    crashed = a if side == "a" else b
+    reached = await send_under_crash(
+        sender, a, b, "orders", count, functools.partial(crash, mesh, crashed, crash_path(actor))
+    )
+    assert reached == [1] * count
     received = await reader.count("channel_inbound", count)
     await reliable(sender, b, "orders", "last", via=a)  # anything resent late would come before it
     received = await reader.count("channel_inbound", count + 1)
     assert [event["payload"] for event in received] == [*range(count), "last"]
 
 
-@pytest.mark.parametrize("side, actor", [("b", "link"), ("a", "link"), ("a", "network root")])
+async def send_under_crash(
+    sender: AppClient,
+    a: Daemon,
+    b: Daemon,
+    channel: str,
+    count: int,
+    crash: Callable[[], Awaitable[None]],
+) -> list[object]:
+    """Reliable sends of 0 … count-1 from `sender` (on a) to b's `channel`, one after another,
+    with `crash` run once half of them are on their way; the subscriber counts their acks gave."""
+    reached: list[object] = []
+    halfway = trio.Event()
+
+    async def send_all() -> None:
+        for n in range(count):
+            if n == count // 2:
+                halfway.set()
+            reached.append(await reliable(sender, b, channel, n, via=a))
+
+    async with trio.open_nursery() as traffic:
+        traffic.start_soon(send_all)
+        await halfway.wait()
+        await crash()
+    return reached
+
+
+async def test_a_reliable_send_retried_with_its_id_after_a_sender_core_crash_arrives_once(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    a, b = await debug_pair(mesh)
+    sender, reader = await client_of(a, nursery), await client_of(b, nursery)
+    await reader.call("channel_subscribe", network=NET, channel="orders")
+    assert await reliable(sender, b, "orders", "once", message_id="order-1") == 1
+    await a.call("debug_crash", path=crash_path("core"))  # as if its answer had been lost
+    assert await reliable(sender, b, "orders", "once", via=a, message_id="order-1") == 1
+    assert await reliable(sender, b, "orders", "next", via=a) == 1
+    received = await reader.count("channel_inbound", 2)
+    assert [event["payload"] for event in received] == ["once", "next"]
+    for bad in ("", "x" * 65, "tab\t", "é"):
+        with pytest.raises(OpFailed) as refused:
+            await reliable(sender, b, "orders", "bad", message_id=bad)
+        assert refused.value.code == "invalid_params"
+
+
+@pytest.mark.parametrize("actor", CLOSING)
+async def test_a_crash_that_restarts_control_closes_connections_and_traffic_resumes(
+    mesh: Mesh, nursery: trio.Nursery, actor: str
+) -> None:
+    a, b = await debug_pair(mesh, embedded=actor == "daemon/broker")
+    sender, reader = await client_of(a, nursery), await client_of(b, nursery)
+    await reader.call("channel_subscribe", network=NET, channel="news")
+    reached = await send_under_crash(
+        sender, a, b, "news", 40, functools.partial(crash, mesh, b, actor)
+    )
+    await reader.wait_closed()  # how its program learns that its subscription is gone
+    got = [event["payload"] for event in reader.events if event["kind"] == "channel_inbound"]
+    assert got == sorted(set(got))  # in order, none twice
+    assert set(got) <= {n for n, subscribers in enumerate(reached) if subscribers == 1}
+    assert reached[: len(reached) // 2 - 1] == [1] * (len(reached) // 2 - 1)
+    listed = b.services.tree.children["control"].children.values()
+    assert {node.state for node in listed} == {ActorState.RUNNING}  # no closed connection left
+    again = await client_of(b, nursery)
+    await again.call("channel_subscribe", network=NET, channel="news")
+    assert await reliable(sender, b, "news", "after", via=a) == 1
+    assert [event["payload"] for event in await again.count("channel_inbound", 1)] == ["after"]
+
+
+@pytest.mark.parametrize(
+    "side, actor",
+    [
+        ("b", "link"),
+        ("a", "link"),
+        ("a", "network root"),
+        ("a", "daemon/store"),
+        ("b", "daemon/store"),
+        ("b", "daemon/events"),
+        ("a", "daemon/networks"),
+        ("b", "daemon/control"),
+        ("a", "daemon/control/listener"),
+    ],
+)
 async def test_durable_sends_under_a_crash_all_arrive_once(
     mesh: Mesh, nursery: trio.Nursery, side: str, actor: str
 ) -> None:
@@ -220,7 +356,7 @@ async def test_durable_sends_under_a_crash_all_arrive_once(
     ids = []
     for n in range(count):
         if n == count // 2:
-            await (a if side == "a" else b).call("debug_crash", path=crash_path(actor))
+            await crash(mesh, a if side == "a" else b, crash_path(actor))
         ids.append((await a.call("send", network=NET, to=b.device_id, message=f"m{n}"))["id"])
     for row_id in ids:
         await a.wait_event("message_delivered", id=row_id)
@@ -247,9 +383,7 @@ async def test_a_crashed_client_connection_closes_and_a_new_one_subscribes(
     await reader.call("channel_subscribe", network=NET, channel="news")
     me = (await reader.call("status"))["client_id"]
     await b.call("debug_crash", path=f"daemon/control/client {me}")
-    with trio.fail_after(WAIT):
-        while not reader.closed:
-            await reader._changed.wait()
+    await reader.wait_closed()
     assert await reliable(sender, b, "news", "nobody") == 0  # its subscription went with it
     again = await client_of(b, nursery)
     await again.call("channel_subscribe", network=NET, channel="news")

@@ -1,0 +1,69 @@
+"""A served method whose claim a restart in the daemon ended (`handler_displaced`, `by` null) is
+claimed again by the library; one another program took (`by` names it) stays with that one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from meshactors.client import MeshClient, RequestContext
+from tests.client.conftest import LocalDaemon
+from tests.client.test_client import next_kind
+
+NETWORK = {"id": "lan", "brokers": ["ws://127.0.0.1:9/v1"]}  # reaches only itself
+CORE = "daemon/networks/network lan/core"
+WAIT = 10
+
+
+async def echo(payload: Any, ctx: RequestContext) -> Any:
+    return payload
+
+
+async def test_a_claim_a_core_restart_ended_is_claimed_again(local: LocalDaemon) -> None:
+    local.debug_ops = True
+    await local.start()
+    async with MeshClient(local.paths.socket) as client:
+        await client.ensure_networks([NETWORK])
+        me = (await client.status())["device_id"]
+        await client.serve("lan", "echo", echo)
+        stream = client.events()
+        with trio.fail_after(WAIT):
+            await client.call("debug_crash", {"path": CORE})
+            displaced = await next_kind(stream, "handler_displaced")
+            assert (displaced["method"], displaced["by"]) == ("echo", None)
+            reclaimed = await next_kind(stream, "client_reclaimed")
+            assert reclaimed == {"kind": "client_reclaimed", "network": "lan", "method": "echo"}
+            assert (await client.rpc_call("lan", me, "echo", 7))["payload"] == 7
+
+
+async def test_a_claim_another_program_took_stays_taken(running: LocalDaemon) -> None:
+    async with (
+        MeshClient(running.paths.socket) as first,
+        MeshClient(running.paths.socket) as second,
+    ):
+        await first.ensure_networks([NETWORK])
+        await first.serve("lan", "echo", echo)
+        stream = first.events()
+        with trio.fail_after(WAIT):
+            await second.serve("lan", "echo", echo)
+            displaced = await next_kind(stream, "handler_displaced")
+            assert displaced["by"] == (await second.status())["client_id"]
+            await first.status()  # any re-claim would have been sent before this answer
+        tree = await second.call("inspect")
+        networks = next(c for c in tree["children"] if c["name"] == "networks")
+        core = networks["children"][0]["children"][0]
+        second_id = (await second.status())["client_id"]
+        assert core["figures"]["rpc"]["claims"] == {"echo": second_id}
+
+
+async def test_a_claim_on_a_removed_network_is_dropped_and_told(running: LocalDaemon) -> None:
+    async with MeshClient(running.paths.socket) as client:
+        await client.ensure_networks([NETWORK])
+        await client.serve("lan", "echo", echo)
+        stream = client.events()
+        with trio.fail_after(WAIT):
+            await client.call("network_remove", {"network": "lan"})
+            assert (await next_kind(stream, "handler_displaced"))["by"] is None
+            failed = await next_kind(stream, "client_replay_failed")
+            assert (failed["method"], failed["code"]) == ("echo", "no_such_network")
