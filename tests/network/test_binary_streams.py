@@ -1,0 +1,215 @@
+"""Binary streams through two real daemons and a real broker: bytes arrive exact, a stalled
+reader holds the writer within the credit window, and either end's close or reset reaches the
+other (docs/protocol.md, "Binary streams")."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import trio
+
+from meshactors.client import BinaryStream, ClientError, MeshClient, StreamReset
+from meshactors.network.stream_frames import STREAM_WINDOW_BYTES
+from meshactors.network.stream_pipe import STREAM_FRAME_COST
+from meshactors.network.streams import STREAM_CHUNK_BYTES
+from meshactors.paths import resolve_paths
+from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair
+
+MIB = 1024 * 1024
+
+
+def pattern(size: int) -> bytes:
+    """`size` bytes that are not all alike, so a lost or swapped piece shows in the digest."""
+    block = hashlib.sha256(b"meshactors").digest() * 2048  # 64 KiB
+    return (block * (size // len(block) + 1))[:size]
+
+
+async def read_all(stream: BinaryStream) -> bytes:
+    chunks = []
+    while chunk := await stream.receive_some():
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def client_of(daemon: Daemon, nursery: trio.Nursery) -> MeshClient:
+    socket = resolve_paths({"MESHACTORS_HOME": str(daemon.home)}).socket
+    client = MeshClient(socket)
+    await nursery.start(_run_client, client)
+    return client
+
+
+async def _run_client(client: MeshClient, task_status: trio.TaskStatus[None]) -> None:
+    async with client:
+        task_status.started()
+        await trio.sleep_forever()
+
+
+async def figures(daemon: Daemon) -> dict[str, Any]:
+    network = daemon.network()
+    found: dict[str, Any] = await network.ask("stream figures", network.streams.figures)
+    return found
+
+
+async def until(test: Callable[[], Awaitable[bool]]) -> None:
+    """Return once `test` holds. The figures it reads belong to other actors and announce no
+    change, so they are looked at again every 10 ms (a deadline fails the test)."""
+    with trio.fail_after(WAIT):
+        while not await test():  # noqa: ASYNC110  (nothing to wait on: see above)
+            await trio.sleep(0.01)
+
+
+@pytest.fixture
+async def pair(
+    mesh: Mesh, nursery: trio.Nursery
+) -> AsyncIterator[tuple[MeshClient, MeshClient, Daemon, Daemon]]:
+    a, b = await active_pair(mesh)
+    yield await client_of(a, nursery), await client_of(b, nursery), a, b
+
+
+Pair = tuple[MeshClient, MeshClient, Daemon, Daemon]
+
+
+async def digest_server(stream: BinaryStream) -> None:
+    """Reads everything, answers with its length and SHA-256, then ends."""
+    data = await read_all(stream)
+    await stream.send_all(len(data).to_bytes(8, "big") + hashlib.sha256(data).digest())
+    await stream.send_eof()
+
+
+@pytest.mark.parametrize("size", [0, 1, 3 * MIB + 17])
+async def test_bytes_arrive_exact_both_ways(pair: Pair, size: int) -> None:
+    opener, server, _a, b = pair
+    await server.serve_stream(NET, "digest", digest_server)
+    data = pattern(size)
+    with trio.fail_after(WAIT * 3):
+        stream = await opener.open_stream(NET, b.device_id, "digest")
+        assert stream.peer == b.device_id
+        async with stream:
+            for start in range(0, size, 100_000):
+                await stream.send_all(data[start : start + 100_000])
+            await stream.send_eof()
+            answer = await read_all(stream)
+    assert answer == size.to_bytes(8, "big") + hashlib.sha256(data).digest()
+
+
+async def test_the_server_streams_to_the_opener(pair: Pair) -> None:
+    opener, server, _a, b = pair
+    data = pattern(2 * MIB + 5)
+
+    async def source(stream: BinaryStream) -> None:
+        await stream.send_all(data)
+        await stream.send_eof()
+        assert await read_all(stream) == b""
+
+    await server.serve_stream(NET, "source", source)
+    with trio.fail_after(WAIT * 3):
+        async with await opener.open_stream(NET, b.device_id, "source") as stream:
+            await stream.send_eof()
+            received = await read_all(stream)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+
+
+async def test_a_stalled_reader_holds_the_writer_within_the_window(pair: Pair) -> None:
+    opener, server, a, b = pair
+    release = trio.Event()
+    total = 24 * MIB
+    data = pattern(total)
+    received: list[bytes] = []
+
+    async def stalled(stream: BinaryStream) -> None:
+        await release.wait()
+        received.append(await read_all(stream))
+        await stream.send_eof()
+
+    await server.serve_stream(NET, "stall", stalled)
+    sent = 0
+    async with (
+        trio.open_nursery() as nursery,
+        await opener.open_stream(NET, b.device_id, "stall") as stream,
+    ):
+
+        async def write() -> None:
+            nonlocal sent
+            for start in range(0, total, MIB):
+                await stream.send_all(data[start : start + MIB])
+                sent += MIB
+            await stream.send_eof()
+
+        nursery.start_soon(write)
+        sending: dict[str, Any] = {}
+        receiving: dict[str, Any] = {}
+
+        async def stalled_on_credit() -> bool:
+            """The sender's daemon is out of credit and all it sent has arrived."""
+            nonlocal sending, receiving
+            sending, receiving = await figures(a), await figures(b)
+            out = sending["counters"].get("bytes_out", 0)
+            credit = sending["streams"][0]["send_credit"] if sending["streams"] else 0
+            arrived = receiving["counters"].get("bytes_in", 0)
+            return credit < STREAM_CHUNK_BYTES + STREAM_FRAME_COST and out == arrived > 0
+
+        await until(stalled_on_credit)
+        # what waits in the receiving daemon for the program is within the window ...
+        assert 0 < receiving["streams"][0]["held"] <= STREAM_WINDOW_BYTES
+        # ... and the writer is held, far short of what it wants to write
+        assert sent < total // 2
+        release.set()
+        with trio.fail_after(WAIT * 3):
+            assert await read_all(stream) == b""
+    assert hashlib.sha256(received[0]).digest() == hashlib.sha256(data).digest()
+
+
+async def test_closing_the_opener_is_reported_to_the_server(pair: Pair) -> None:
+    opener, server, _a, b = pair
+    outcome: list[BaseException] = []
+    done = trio.Event()
+
+    async def reader(stream: BinaryStream) -> None:
+        try:
+            await read_all(stream)
+        except StreamReset as reset:
+            outcome.append(reset)
+        finally:
+            done.set()
+
+    await server.serve_stream(NET, "reader", reader)
+    with trio.fail_after(WAIT):
+        stream = await opener.open_stream(NET, b.device_id, "reader")
+        await stream.send_all(b"half a message")
+        await stream.aclose()  # no end frame: the stream is cancelled
+        await done.wait()
+    assert [getattr(e, "code", None) for e in outcome] == ["cancelled"]
+
+
+async def test_a_reset_by_the_server_reaches_the_opener_with_its_message(pair: Pair) -> None:
+    opener, server, _a, b = pair
+
+    async def refuse(stream: BinaryStream) -> None:
+        await stream.receive_some()
+        raise ValueError("not today")
+
+    await server.serve_stream(NET, "refuse", refuse)
+    with trio.fail_after(WAIT):
+        async with await opener.open_stream(NET, b.device_id, "refuse") as stream:
+            await stream.send_all(b"hello")
+            with pytest.raises(StreamReset) as reset:
+                await read_all(stream)
+    assert reset.value.code == "remote_error"
+    assert "not today" in str(reset.value)
+
+
+async def test_a_method_nobody_serves_is_refused(pair: Pair) -> None:
+    opener, server, _a, b = pair
+    await server.serve(NET, "plain", _echo)  # an RPC claim is no binary claim
+    with trio.fail_after(WAIT):
+        for method in ("nobody", "plain"):
+            with pytest.raises(ClientError) as refused:
+                await opener.open_stream(NET, b.device_id, method)
+            assert refused.value.code == "no_handler"
+
+
+async def _echo(payload: Any, _context: Any) -> Any:
+    return payload
