@@ -17,6 +17,7 @@ from meshactors.network.stream_pipe import STREAM_FRAME_COST
 from meshactors.network.streams import STREAM_CHUNK_BYTES
 from meshactors.paths import resolve_paths
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair
+from tests.support import LineClient
 
 MIB = 1024 * 1024
 
@@ -213,3 +214,83 @@ async def test_a_method_nobody_serves_is_refused(pair: Pair) -> None:
 
 async def _echo(payload: Any, _context: Any) -> Any:
     return payload
+
+
+async def line_client(daemon: Daemon) -> LineClient:
+    socket = resolve_paths({"MESHACTORS_HOME": str(daemon.home)}).socket
+    return LineClient(await trio.open_unix_socket(str(socket)))
+
+
+async def test_only_a_first_request_switches_and_a_refusal_keeps_json_lines(pair: Pair) -> None:
+    _opener, server, a, b = pair
+    await server.serve_stream(NET, "digest", digest_server)
+    lines = await line_client(a)
+    with trio.fail_after(WAIT):
+        assert (await lines.call("status"))["ok"]
+        late = await lines.call("stream_open", network=NET, peer=b.device_id, method="digest")
+        assert late["error"]["code"] == "conflict"
+        unknown = await lines.call("stream_accept", network=NET, stream_id="0" * 32)
+        assert unknown["error"]["code"] == "conflict"
+        assert (await lines.call("status"))["ok"]  # still JSON lines
+        fresh = await line_client(a)
+        unknown = await fresh.call("stream_accept", network=NET, stream_id="0" * 32)
+        assert unknown["error"]["code"] == "unknown_request"
+        assert (await fresh.call("status"))["ok"]
+
+
+async def test_binary_claims_and_calls_do_not_mix(pair: Pair) -> None:
+    opener, server, _a, b = pair
+    await server.serve_stream(NET, "digest", digest_server)
+    with trio.fail_after(WAIT):
+        with pytest.raises(ClientError) as refused:
+            await opener.rpc_call(NET, b.device_id, "digest", None)
+        assert refused.value.code == "no_handler"
+        with pytest.raises(ClientError) as bad:
+            await server.call("rpc_register", {"network": NET, "method": "x", "streaming": 1})
+        assert bad.value.code == "invalid_params"
+
+
+async def test_a_stream_to_this_daemon_itself(pair: Pair) -> None:
+    opener, _server, a, _b = pair
+    await opener.serve_stream(NET, "digest", digest_server)
+    data = pattern(300_000)
+    with trio.fail_after(WAIT):
+        async with await opener.open_stream(NET, a.device_id, "digest") as stream:
+            await stream.send_all(data)
+            await stream.send_eof()
+            answer = await read_all(stream)
+    assert answer[8:] == hashlib.sha256(data).digest()
+
+
+async def test_closing_the_server_without_an_end_cancels_the_opener(pair: Pair) -> None:
+    opener, server, _a, b = pair
+
+    async def hang_up(stream: BinaryStream) -> None:
+        await stream.receive_some()
+        await stream.aclose()
+
+    await server.serve_stream(NET, "hang_up", hang_up)
+    with trio.fail_after(WAIT):
+        async with await opener.open_stream(NET, b.device_id, "hang_up") as stream:
+            await stream.send_all(b"hello")
+            with pytest.raises(StreamReset) as reset:
+                await read_all(stream)
+    assert reset.value.code == "cancelled"
+
+
+async def test_a_peer_that_leaves_ends_its_streams(pair: Pair) -> None:
+    opener, server, _a, b = pair
+    accepted = trio.Event()
+
+    async def wait_forever(stream: BinaryStream) -> None:
+        accepted.set()
+        await trio.sleep_forever()
+
+    await server.serve_stream(NET, "forever", wait_forever)
+    with trio.fail_after(WAIT):
+        async with await opener.open_stream(NET, b.device_id, "forever") as stream:
+            await accepted.wait()
+            await b.call("network_remove", network=NET)  # b leaves; its programs stay
+            with pytest.raises(StreamReset) as reset:
+                await read_all(stream)
+    assert reset.value.code == "peer_not_active"
