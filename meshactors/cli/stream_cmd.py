@@ -69,14 +69,25 @@ async def _send(args: argparse.Namespace, peer: str, timeout_ms: int | None) -> 
     stdout = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
     async with MeshClient(paths_of(args).socket) as client, stdin, stdout:
         stream = await client.open_stream(args.network, peer, args.method, timeout_ms=timeout_ms)
-        async with stream, trio.open_nursery() as nursery:
-            nursery.start_soon(_send_all, stdin, stream)
-            await drain(stream, stdout)
+        try:
+            async with stream, trio.open_nursery() as nursery:
+                nursery.start_soon(_send_all, stdin, stream)
+                await drain(stream, stdout)
+        except* ClientError as failed:
+            raise _first(failed) from None
 
 
 async def _send_all(source: trio.abc.ReceiveStream, stream: BinaryStream) -> None:
-    await pump(source, stream)
-    await stream.send_eof()
+    """Send stdin, then the end; a stream the daemon closed says why on the reading side."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await pump(source, stream)
+        await stream.send_eof()
+
+
+def _first(group: BaseExceptionGroup[ClientError]) -> ClientError:
+    """The first error of a group, unwrapped."""
+    first = group.exceptions[0]
+    return first if isinstance(first, ClientError) else _first(first)
 
 
 def run_serve(args: argparse.Namespace) -> int:
