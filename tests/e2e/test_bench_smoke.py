@@ -34,6 +34,8 @@ def test_the_benchmark_smoke_run_measures_both_sides(tmp_path: Path) -> None:
     assert results["baseline"]["one_way_msgs_per_s"] > 0
     assert results["baseline"]["one_way_16k_mb_per_s"] > 0
     assert results["cold_start_p50_ms"] > 0  # at the top level, as issue 19 names it
+    assert results["binary_stream_mb_per_s"] > 0  # likewise, beside its ceiling
+    assert results["websocket_ceiling_mb_per_s"] > 0
     for part in ("nats", "durable", "resources"):  # CI needs no nats-server nor matplotlib
         assert "skipped" in results[part]
     assert (ROOT / "docs" / "performance.md").read_text() == doc_before
