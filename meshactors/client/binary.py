@@ -26,14 +26,14 @@ from meshactors.wire.pipe_frames import (
 RECEIVE_BYTES = 256 * 1024  # bytes asked of the socket per read
 
 
-class StreamReset(ClientError):
+class StreamError(ClientError):
     """The stream ended in an error (`code`: cancelled, remote_error, peer_not_active, …)."""
 
 
 @attrs.define(eq=False)
 class BinaryStream(trio.abc.HalfCloseableStream):
     """One end of a binary stream: `send_all`, `send_eof` (the end of our data), `receive_some`
-    (b"" after the other end's data ended; StreamReset when the stream failed), `aclose`."""
+    (b"" after the other end's data ended; StreamError when the stream failed), `aclose`."""
 
     socket: trio.SocketStream
     info: dict[str, Any]  # the switching op's answer: stream_id, network, peer, method
@@ -72,7 +72,7 @@ class BinaryStream(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         while not self._pending:
             if self._failed is not None:
-                raise StreamReset(self._failed.code, self._failed.message)
+                raise StreamError(self._failed.code, self._failed.message)
             if self._ended:
                 return b""
             self.feed(await self.socket.receive_some(RECEIVE_BYTES))

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from meshactors.client import BinaryStream, ClientError, MeshClient, StreamReset
+from meshactors.client import BinaryStream, ClientError, MeshClient, StreamError
 from meshactors.network.stream_frames import STREAM_WINDOW_BYTES
 from meshactors.network.stream_pipe import STREAM_FRAME_COST
 from meshactors.network.streams import STREAM_CHUNK_BYTES
@@ -171,7 +171,7 @@ async def test_closing_the_opener_is_reported_to_the_server(pair: Pair) -> None:
     async def reader(stream: BinaryStream) -> None:
         try:
             await read_all(stream)
-        except StreamReset as reset:
+        except StreamError as reset:
             outcome.append(reset)
         finally:
             done.set()
@@ -196,7 +196,7 @@ async def test_a_reset_by_the_server_reaches_the_opener_with_its_message(pair: P
     with trio.fail_after(WAIT):
         async with await opener.open_stream(NET, b.device_id, "refuse") as stream:
             await stream.send_all(b"hello")
-            with pytest.raises(StreamReset) as reset:
+            with pytest.raises(StreamError) as reset:
                 await read_all(stream)
     assert reset.value.code == "remote_error"
     assert "not today" in str(reset.value)
@@ -273,7 +273,7 @@ async def test_closing_the_server_without_an_end_cancels_the_opener(pair: Pair) 
     with trio.fail_after(WAIT):
         async with await opener.open_stream(NET, b.device_id, "hang_up") as stream:
             await stream.send_all(b"hello")
-            with pytest.raises(StreamReset) as reset:
+            with pytest.raises(StreamError) as reset:
                 await read_all(stream)
     assert reset.value.code == "cancelled"
 
@@ -291,6 +291,6 @@ async def test_a_peer_that_leaves_ends_its_streams(pair: Pair) -> None:
         async with await opener.open_stream(NET, b.device_id, "forever") as stream:
             await accepted.wait()
             await b.call("network_remove", network=NET)  # b leaves; its programs stay
-            with pytest.raises(StreamReset) as reset:
+            with pytest.raises(StreamError) as reset:
                 await read_all(stream)
     assert reset.value.code == "peer_not_active"

@@ -32,21 +32,21 @@ WIRE_ID = "ab" * 16
 
 
 @attrs.define
-class Served:
+class ServedStreams:
     streams: Streams
     peers: RecordingPeers
     owner: RecordingConnection
 
 
 @pytest.fixture
-async def served(nursery: trio.Nursery) -> AsyncIterator[Served]:
+async def served(nursery: trio.Nursery) -> AsyncIterator[ServedStreams]:
     peers, owner = RecordingPeers(), RecordingConnection()
     streams = Streams("net", AppWire(peers, ME), run_now, lambda m: owner if m == "files" else None)
     await nursery.start(streams.run)
-    yield Served(streams, peers, owner)
+    yield ServedStreams(streams, peers, owner)
 
 
-async def accepted(served: Served) -> Pipe:
+async def accepted(served: ServedStreams) -> Pipe:
     """A stream PEER opened to `files`, accepted here."""
     served.peers.deliver(StreamOpen(WIRE_ID, "files"))
     kind, offer = served.owner.pushed[-1]
@@ -56,12 +56,12 @@ async def accepted(served: Served) -> Pipe:
     return pipe
 
 
-async def resets(served: Served) -> list[Any]:
+async def resets(served: ServedStreams) -> list[Any]:
     await trio.testing.wait_all_tasks_blocked()
     return [frame.error.code for frame in served.peers.of(StreamReset)]
 
 
-async def test_data_in_sequence_within_credit_reaches_the_connection(served: Served) -> None:
+async def test_data_in_sequence_within_credit_reaches_the_connection(served: ServedStreams) -> None:
     pipe = await accepted(served)
     served.peers.deliver(StreamData(WIRE_ID, True, 1, b"abc"))
     served.peers.deliver(StreamEnd(WIRE_ID, True, 1))
@@ -78,7 +78,9 @@ async def test_data_in_sequence_within_credit_reaches_the_connection(served: Ser
         StreamEnd(WIRE_ID, True, 5),  # an end after frames that never came
     ],
 )
-async def test_a_peer_breaking_the_rules_resets_the_stream(served: Served, frame: Any) -> None:
+async def test_a_peer_breaking_the_rules_resets_the_stream(
+    served: ServedStreams, frame: Any
+) -> None:
     pipe = await accepted(served)
     served.peers.deliver(frame)
     assert await resets(served) == ["protocol"]
@@ -87,7 +89,7 @@ async def test_a_peer_breaking_the_rules_resets_the_stream(served: Served, frame
     assert served.streams.figures()["open"] == 0
 
 
-async def test_frames_for_no_stream_are_counted_not_acted_on(served: Served) -> None:
+async def test_frames_for_no_stream_are_counted_not_acted_on(served: ServedStreams) -> None:
     served.peers.deliver(StreamData(WIRE_ID, True, 1, b"x"))
     served.peers.deliver(StreamReady(WIRE_ID))
     served.peers.deliver(StreamCredit(WIRE_ID, False, 10))
@@ -95,13 +97,13 @@ async def test_frames_for_no_stream_are_counted_not_acted_on(served: Served) -> 
     assert await resets(served) == []
 
 
-async def test_data_before_the_accept_is_dropped(served: Served) -> None:
+async def test_data_before_the_accept_is_dropped(served: ServedStreams) -> None:
     served.peers.deliver(StreamOpen(WIRE_ID, "files"))
     served.peers.deliver(StreamData(WIRE_ID, True, 1, b"early"))
     assert served.streams.figures()["counters"]["stray_frames"] == 1
 
 
-async def test_an_open_for_a_method_nobody_serves_is_refused(served: Served) -> None:
+async def test_an_open_for_a_method_nobody_serves_is_refused(served: ServedStreams) -> None:
     served.peers.deliver(StreamOpen(WIRE_ID, "other"))
     assert await resets(served) == ["no_handler"]
     assert served.owner.pushed == []
