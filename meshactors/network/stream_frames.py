@@ -45,10 +45,12 @@ def _seq(_instance: object, _attribute: attrs.Attribute[int], value: int) -> Non
 @register_frame("stream_open", app=True)
 @attrs.frozen
 class StreamOpen(Frame):
-    """Open a binary stream to whoever serves `method` with a binary claim."""
+    """Open a binary stream to whoever serves `method` with a binary claim; the opener waits
+    `timeout_ms` for the accept."""
 
     id: str = attrs.field(validator=_stream_id)
     method: str = attrs.field(validator=_method)
+    timeout_ms: int = attrs.field(validator=_seq)
 
 
 @register_frame("stream_ready", app=True)

@@ -21,7 +21,7 @@ import trio
 from meshactors.actors import Pending
 from meshactors.network.app_wire import AppWire, Postbox
 from meshactors.network.peers import PeerStatus
-from meshactors.network.rpc import RpcClient, new_request_id
+from meshactors.network.rpc import MAX_TIMEOUT_MS, RpcClient, new_request_id
 from meshactors.network.stream_frames import (
     STREAM_WINDOW_BYTES,
     StreamCredit,
@@ -39,6 +39,7 @@ from meshactors.wire.pipe_frames import END, End, Item, Reset
 
 MAX_STREAMS = 128  # streams open per network, those waiting to be accepted included
 STREAM_CHUNK_BYTES = 128 * 1024  # bytes in one stream_data frame between daemons
+SWEEP_INTERVAL = 1.0  # seconds between sweeps for incoming streams nobody accepted in time
 CREDIT_RETURN = STREAM_WINDOW_BYTES // 4  # credit consumed before it is handed back
 TO_SOCKET_CAPACITY = STREAM_WINDOW_BYTES // STREAM_FRAME_COST + 2  # a window of frames + end
 _OPENER_CODES = {"no_handler", "timeout", "peer_not_active", "cancelled", "remote_error"}
@@ -57,6 +58,7 @@ class StreamState:
     method: str
     opener: bool  # we opened it
     ready: Pending[Pipe] | None = None  # the opener's op waits on it until the peer accepted
+    accept_by: float = float("inf")  # trio time: an incoming stream not accepted by then goes
     core: PipeCore | None = None  # attached once the stream flows
     send_credit: int = STREAM_WINDOW_BYTES
     allowance: int = STREAM_WINDOW_BYTES  # what the peer may still send us
@@ -123,6 +125,7 @@ class Streams:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self._sweep)
                 task_status.started()
                 await self.postbox.drain()
         finally:
@@ -132,16 +135,17 @@ class Streams:
 
     # -- the ops ---------------------------------------------------------------------------
 
-    async def open(self, peer: str, method: str) -> Pending[Pipe]:
+    async def open(self, peer: str, method: str, timeout_ms: int) -> Pending[Pipe]:
         """Open a stream to `peer`'s owner of `method`; the Pending gives the connection's
-        pipe once the peer's program accepted (OpError with the peer's refusal)."""
+        pipe once the peer's program accepted (OpError with the peer's refusal). The peer
+        forgets the offer after `timeout_ms`."""
         self._check_room()
         wire_id = new_request_id()
         state = StreamState(wire_id, wire_id, peer, method, opener=True)
         state.ready = Pending(lambda: _told(self.tell(functools.partial(self._abandon, state))))
         self._add(state)
         try:
-            await self.wire.send(peer, StreamOpen(wire_id, method))
+            await self.wire.send(peer, StreamOpen(wire_id, method, timeout_ms))
         except BaseException:
             self._forget(state)
             raise
@@ -169,6 +173,16 @@ class Streams:
             raise OpError(ErrorCode.UNAVAILABLE, f"streams of {self.network} are not running")
         if len(self._by_local) >= MAX_STREAMS:
             raise OpError(ErrorCode.CONFLICT, f"at most {MAX_STREAMS} streams per network")
+
+    async def _sweep(self) -> None:
+        """Refuse incoming streams nobody accepted before the opener stopped waiting (its
+        reset may have been lost), so they do not hold a place for ever."""
+        while True:
+            await trio.sleep(SWEEP_INTERVAL)
+            now = trio.current_time()
+            for state in [s for s in self._by_local.values() if s.accept_by <= now]:
+                if state.core is None:
+                    self._reset(state, "timeout", "not accepted in time", local=False)
 
     def _abandon(self, state: StreamState) -> None:
         """The opener stopped waiting for the peer to accept (timeout or its connection went)."""
@@ -313,6 +327,8 @@ class Streams:
             return
         assert owner is not None
         state = StreamState(new_request_id(), frame.id, sender, frame.method, opener=False)
+        wait = min(frame.timeout_ms, MAX_TIMEOUT_MS) / 1000
+        state.accept_by = trio.current_time() + wait
         event = {
             "network": self.network,
             "stream_id": state.local_id,

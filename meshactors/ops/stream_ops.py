@@ -69,7 +69,7 @@ async def stream_open(session: Session, params: StreamOpenParams) -> dict[str, A
     check_name(params.method, "method")
     timeout_ms = check_timeout(params.timeout_ms)
     network = network_of(session, params.network)
-    open_stream = functools.partial(network.streams.open, params.peer, params.method)
+    open_stream = functools.partial(network.streams.open, params.peer, params.method, timeout_ms)
     ready = await network.ask_await("stream_open", open_stream)
     with trio.move_on_after(timeout_ms / 1000):
         return _take(session, await ready)

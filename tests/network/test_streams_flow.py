@@ -24,6 +24,7 @@ from meshactors.network.stream_frames import (
 )
 from meshactors.network.stream_pipe import Pipe
 from meshactors.network.streams import Streams
+from meshactors.wire.ipc import ErrorCode, OpError
 from meshactors.wire.pipe_frames import END, Reset
 from tests.network.test_rpc_flow import PEER, RecordingConnection, RecordingPeers, run_now
 
@@ -48,7 +49,7 @@ async def served(nursery: trio.Nursery) -> AsyncIterator[ServedStreams]:
 
 async def accepted(served: ServedStreams) -> Pipe:
     """A stream PEER opened to `files`, accepted here."""
-    served.peers.deliver(StreamOpen(WIRE_ID, "files"))
+    served.peers.deliver(StreamOpen(WIRE_ID, "files", 30_000))
     kind, offer = served.owner.pushed[-1]
     assert kind == "stream_incoming" and offer["from"] == PEER
     pipe = await served.streams.accept(offer["stream_id"])
@@ -98,12 +99,27 @@ async def test_frames_for_no_stream_are_counted_not_acted_on(served: ServedStrea
 
 
 async def test_data_before_the_accept_is_dropped(served: ServedStreams) -> None:
-    served.peers.deliver(StreamOpen(WIRE_ID, "files"))
+    served.peers.deliver(StreamOpen(WIRE_ID, "files", 30_000))
     served.peers.deliver(StreamData(WIRE_ID, True, 1, b"early"))
     assert served.streams.figures()["counters"]["stray_frames"] == 1
 
 
 async def test_an_open_for_a_method_nobody_serves_is_refused(served: ServedStreams) -> None:
-    served.peers.deliver(StreamOpen(WIRE_ID, "other"))
+    served.peers.deliver(StreamOpen(WIRE_ID, "other", 30_000))
     assert await resets(served) == ["no_handler"]
     assert served.owner.pushed == []
+
+
+async def test_an_offer_nobody_accepts_goes_after_the_openers_timeout(
+    served: ServedStreams, autojump_clock: trio.testing.MockClock
+) -> None:
+    served.peers.deliver(StreamOpen(WIRE_ID, "files", 5_000))
+    _kind, offer = served.owner.pushed[-1]
+    await trio.sleep(4)
+    assert served.streams.figures()["open"] == 1
+    await trio.sleep(2)
+    assert await resets(served) == ["timeout"]
+    assert served.streams.figures()["open"] == 0
+    with pytest.raises(OpError) as late:
+        await served.streams.accept(offer["stream_id"])
+    assert late.value.code is ErrorCode.UNKNOWN_REQUEST
