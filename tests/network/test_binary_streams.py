@@ -5,6 +5,7 @@ other (docs/protocol.md, "Binary streams")."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -294,3 +295,19 @@ async def test_a_peer_that_leaves_ends_its_streams(pair: Pair) -> None:
             with pytest.raises(StreamError) as reset:
                 await read_all(stream)
     assert reset.value.code == "peer_not_active"
+
+
+async def test_http_cannot_become_a_stream(pair: Pair) -> None:
+    _opener, _server, a, b = pair
+    socket = resolve_paths({"MESHACTORS_HOME": str(a.home)}).socket
+    body = json.dumps({"network": NET, "peer": b.device_id, "method": "digest"}).encode()
+    head = f"POST /v1/stream_open HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    with trio.fail_after(WAIT):
+        stream = await trio.open_unix_socket(str(socket))
+        await stream.send_all(head.encode() + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            answer += await stream.receive_some(65536)
+        await stream.aclose()
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert b'"bad_request"' in answer
