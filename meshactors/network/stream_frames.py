@@ -8,7 +8,6 @@ so each daemon keys a stream by (peer, id, side) and a peer cannot reach another
 from __future__ import annotations
 
 import struct
-from typing import Any
 
 import attrs
 
@@ -118,8 +117,3 @@ class StreamData(BinaryFrame):
 def wire_error(code: str, message: str) -> WireError:
     """An error for a stream_reset (the message cut to what a WireError carries)."""
     return WireError(code, (message or code)[:4096])
-
-
-def error_fields(error: WireError) -> dict[str, Any]:
-    """What a program reads in an error frame: the code and the message."""
-    return {"code": error.code, "message": error.message}
