@@ -237,13 +237,16 @@ class ClientActor(Actor):
             return False
         self._out_send.close()  # the answer was the last line: the writer turns to the pipe
         if await self._read_pipe(pipe, bytes(reader.buffer)):
-            await self._pipe_written.wait()  # both ends are out: the connection closes
+            # the writer ends it: after our end and the other's (this wait returns), or after
+            # an error frame or the pipe's end (it cancels the connection)
+            await self._pipe_written.wait()
         return True
 
     async def _read_pipe(self, pipe: Pipe, data: bytes) -> bool:
         """A binary stream's reader: frames from the socket go to core, waiting while core is
         STREAM_INBOX frames behind (so a stalled peer stops this read). True when the program
-        ended its data; False when it reset the stream or hung up (core tells the peer)."""
+        ended its data or the stream (its error frame, or framing core answers with one);
+        False when it hung up (core tells the peer)."""
         parser = FrameParser()
         async with pipe.from_socket:
             while True:
@@ -253,7 +256,7 @@ class ClientActor(Actor):
                     except trio.BrokenResourceError:
                         return False  # core forgot the stream: its reset reaches the writer
                     if not isinstance(item, bytes):
-                        return isinstance(item, End)
+                        return True
                 data = bytes(await receive_some(self.stream, PIPE_RECEIVE))
                 if not data:
                     return False

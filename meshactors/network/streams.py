@@ -227,17 +227,21 @@ class Streams:
             return
         self.counters[f"reset_{code}"] += 1
         if local:
-            if state.ready is not None and not state.ready.settled:
-                known = code if code in _OPENER_CODES else "remote_error"
-                state.ready.fail(OpError(ErrorCode(known), message))
-            elif state.core is not None:
-                gone = (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError)
-                with contextlib.suppress(*gone):  # TO_SOCKET_CAPACITY keeps a place for it
-                    state.core.to_socket.send_nowait(Reset(code, message))
+            self._tell_local(state, code, message)
         if peer:
             frame = StreamReset(state.wire_id, state.opener, wire_error(code, message))
             self.postbox.post(state.peer, frame)
         self._forget(state)
+
+    def _tell_local(self, state: StreamState, code: str, message: str) -> None:
+        """The local program learns the stream failed: its waiting op, or an error frame."""
+        if state.ready is not None and not state.ready.settled:
+            known = code if code in _OPENER_CODES else "remote_error"
+            state.ready.fail(OpError(ErrorCode(known), message))
+        elif state.core is not None:
+            gone = (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError)
+            with contextlib.suppress(*gone):  # TO_SOCKET_CAPACITY keeps a place for it
+                state.core.to_socket.send_nowait(Reset(code, message))
 
     def _maybe_finish(self, state: StreamState) -> None:
         """Both directions ended: the stream is done."""
@@ -258,7 +262,9 @@ class Streams:
         assert state.core is not None
         try:
             async for item in state.core.from_socket:
-                if isinstance(item, Reset):
+                if isinstance(item, Reset):  # the program's error frame, or bad framing
+                    if item.code == "frame_too_large":
+                        self._tell_local(state, item.code, item.message)
                     self._reset(state, "remote_error", item.message, local=False)
                     return
                 if isinstance(item, End):

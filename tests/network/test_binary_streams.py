@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from meshactors.network.stream_frames import STREAM_WINDOW_BYTES
 from meshactors.network.stream_pipe import STREAM_FRAME_COST
 from meshactors.network.streams import STREAM_CHUNK_BYTES
 from meshactors.paths import resolve_paths
+from meshactors.wire.pipe_frames import MAX_STREAM_FRAME_BYTES
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair
 from tests.support import LineClient
 
@@ -311,3 +313,27 @@ async def test_http_cannot_become_a_stream(pair: Pair) -> None:
         await stream.aclose()
     assert answer.startswith(b"HTTP/1.1 400")
     assert b'"bad_request"' in answer
+
+
+async def test_a_frame_over_the_limit_is_answered_in_band(pair: Pair) -> None:
+    opener, server, _a, b = pair
+    outcome: list[str] = []
+    done = trio.Event()
+
+    async def reader(stream: BinaryStream) -> None:
+        try:
+            await read_all(stream)
+        except StreamError as error:
+            outcome.append(error.code)
+        finally:
+            done.set()
+
+    await server.serve_stream(NET, "reader", reader)
+    with trio.fail_after(WAIT):
+        async with await opener.open_stream(NET, b.device_id, "reader") as stream:
+            await stream.socket.send_all(struct.pack(">I", MAX_STREAM_FRAME_BYTES + 1))
+            with pytest.raises(StreamError) as refused:
+                await read_all(stream)
+        await done.wait()
+    assert refused.value.code == "frame_too_large"
+    assert outcome == ["remote_error"]
