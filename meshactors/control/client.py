@@ -80,7 +80,7 @@ class ClientActor(Actor):
     services: Services
     prefix: bytes = b""  # bytes already read while telling HTTP from JSON lines
     tcp: TcpAuth | None = None  # a TCP connection: HTTP only, every request authenticated
-    protocol: str = "unknown"  # "json-lines" or "http" once the first bytes tell
+    protocol: str = "unknown"  # "json-lines" or "http" once the first bytes tell; "binary-stream"
     requests: int = 0
     errors: int = 0
     in_flight: int = 0
@@ -236,6 +236,7 @@ class ClientActor(Actor):
         if pipe is None:
             return False
         self._out_send.close()  # the answer was the last line: the writer turns to the pipe
+        self.protocol = "binary-stream"
         if await self._read_pipe(pipe, bytes(reader.buffer)):
             # the writer ends it: after our end and the other's (this wait returns), or after
             # an error frame or the pipe's end (it cancels the connection)

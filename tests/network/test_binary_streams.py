@@ -57,6 +57,12 @@ async def figures(daemon: Daemon) -> dict[str, Any]:
     return found
 
 
+def protocols(node: dict[str, Any]) -> list[str]:
+    """The `protocol` figure of every client actor in an `inspect` tree."""
+    found = [node["figures"]["protocol"]] if node["kind"] == "client" else []
+    return found + [p for child in node["children"] for p in protocols(child)]
+
+
 async def until(test: Callable[[], Awaitable[bool]]) -> None:
     """Return once `test` holds. The figures it reads belong to other actors and announce no
     change, so they are looked at again every 10 ms (a deadline fails the test)."""
@@ -160,6 +166,7 @@ async def test_a_stalled_reader_holds_the_writer_within_the_window(pair: Pair) -
         assert 0 < receiving["streams"][0]["held"] <= STREAM_WINDOW_BYTES
         # ... and the writer is held, far short of what it wants to write
         assert sent < total // 2
+        assert "binary-stream" in protocols(await a.call("inspect"))
         release.set()
         with trio.fail_after(WAIT * 3):
             assert await read_all(stream) == b""
