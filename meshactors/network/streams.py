@@ -32,51 +32,17 @@ from meshactors.network.stream_frames import (
     StreamReset,
     wire_error,
 )
-from meshactors.network.stream_pipe import STREAM_FRAME_COST, Pipe, PipeCore, frame_cost, open_pipe
+from meshactors.network.stream_pipe import STREAM_FRAME_COST, Pipe, frame_cost, open_pipe
+from meshactors.network.stream_table import BinaryStreamTable, StreamState
 from meshactors.wire.ipc import ErrorCode, OpError
 from meshactors.wire.peer import Frame
 from meshactors.wire.pipe_frames import END, End, Item, Reset
 
-MAX_STREAMS = 128  # streams open per network, those waiting to be accepted included
 STREAM_CHUNK_BYTES = 128 * 1024  # bytes in one stream_data frame between daemons
 SWEEP_INTERVAL = 1.0  # seconds between sweeps for incoming streams nobody accepted in time
-CREDIT_RETURN = STREAM_WINDOW_BYTES // 4  # credit consumed before it is handed back
 TO_SOCKET_CAPACITY = STREAM_WINDOW_BYTES // STREAM_FRAME_COST + 2  # a window of frames + end
 _OPENER_CODES = {"no_handler", "timeout", "peer_not_active", "cancelled", "remote_error"}
 _LOCAL_CODES = _OPENER_CODES | {"protocol", "frame_too_large", "stopped"}
-
-Key = tuple[str, str, bool]  # (peer, the opener's id, whether we opened it)
-
-
-@attrs.define(eq=False)
-class StreamState:
-    """One binary stream as core keeps it."""
-
-    local_id: str  # what the local program calls it
-    wire_id: str  # the opener's id, on the wire
-    peer: str
-    method: str
-    opener: bool  # we opened it
-    ready: Pending[Pipe] | None = None  # the opener's op waits on it until the peer accepted
-    accept_by: float = float("inf")  # trio time: an incoming stream not accepted by then goes
-    core: PipeCore | None = None  # attached once the stream flows
-    send_credit: int = STREAM_WINDOW_BYTES
-    allowance: int = STREAM_WINDOW_BYTES  # what the peer may still send us
-    held: int = 0  # credit of what arrived and the connection has not written yet
-    seq_out: int = 0
-    seq_in: int = 0
-    local_ended: bool = False
-    remote_ended: bool = False
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    changed: trio.Event = attrs.field(factory=trio.Event)  # credit came
-
-    @property
-    def key(self) -> Key:
-        return (self.peer, self.wire_id, self.opener)
-
-    def wake(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
 
 
 @attrs.define(eq=False)
@@ -89,8 +55,7 @@ class Streams:
     binary_owner: Callable[[str], RpcClient | None]  # who serves a method's streams
     postbox: Postbox = attrs.field(init=False)
     counters: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
-    _by_key: dict[Key, StreamState] = attrs.field(factory=dict, init=False)
-    _by_local: dict[str, StreamState] = attrs.field(factory=dict, init=False)
+    table: BinaryStreamTable = attrs.field(factory=BinaryStreamTable, init=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -104,7 +69,7 @@ class Streams:
 
     def figures(self) -> dict[str, object]:
         return {
-            "open": len(self._by_local),
+            "open": len(self.table),
             "streams": [
                 {
                     "stream_id": s.local_id,
@@ -115,7 +80,7 @@ class Streams:
                     "send_credit": s.send_credit,
                     "held": s.held,
                 }
-                for s in self._by_local.values()
+                for s in self.table
             ],
             "counters": dict(self.counters),
             "dropped": dict(self.postbox.dropped),
@@ -130,7 +95,7 @@ class Streams:
                 await self.postbox.drain()
         finally:
             self._nursery = None
-            for state in list(self._by_local.values()):
+            for state in self.table:
                 self._reset(state, "stopped", f"streams of {self.network} stopped", peer=False)
 
     # -- the ops ---------------------------------------------------------------------------
@@ -143,7 +108,7 @@ class Streams:
         wire_id = new_request_id()
         state = StreamState(wire_id, wire_id, peer, method, opener=True)
         state.ready = Pending(lambda: _told(self.tell(functools.partial(self._abandon, state))))
-        self._add(state)
+        self.table.add(state)
         try:
             await self.wire.send(peer, StreamOpen(wire_id, method, timeout_ms))
         except BaseException:
@@ -155,7 +120,7 @@ class Streams:
     async def accept(self, local_id: str) -> Pipe:
         """Take an incoming stream offered by `stream_incoming`: tell the opener and let the
         bytes flow (OpError unknown_request when none waits under that id)."""
-        state = self._by_local.get(local_id)
+        state = self.table.local(local_id)
         if state is None or state.opener or state.core is not None:
             raise OpError(ErrorCode.UNKNOWN_REQUEST, f"no incoming stream {local_id[:64]!r} waits")
         pipe = self._attach(state)
@@ -171,8 +136,8 @@ class Streams:
     def _check_room(self) -> None:
         if self._nursery is None:
             raise OpError(ErrorCode.UNAVAILABLE, f"streams of {self.network} are not running")
-        if len(self._by_local) >= MAX_STREAMS:
-            raise OpError(ErrorCode.CONFLICT, f"at most {MAX_STREAMS} streams per network")
+        if not self.table.has_room():
+            raise OpError(ErrorCode.CONFLICT, f"at most {self.table.limit} streams per network")
 
     async def _sweep(self) -> None:
         """Refuse incoming streams nobody accepted before the opener stopped waiting (its
@@ -180,27 +145,20 @@ class Streams:
         while True:
             await trio.sleep(SWEEP_INTERVAL)
             now = trio.current_time()
-            for state in [s for s in self._by_local.values() if s.accept_by <= now]:
+            for state in [s for s in self.table if s.accept_by <= now]:
                 if state.core is None:
                     self._reset(state, "timeout", "not accepted in time", local=False)
 
     def _abandon(self, state: StreamState) -> None:
         """The opener stopped waiting for the peer to accept (timeout or its connection went)."""
-        if self._by_local.get(state.local_id) is state:
-            self._reset(state, "cancelled", "the opener stopped waiting", local=False)
+        self._reset(state, "cancelled", "the opener stopped waiting", local=False)
 
     # -- table -----------------------------------------------------------------------------
-
-    def _add(self, state: StreamState) -> None:
-        self._by_key[state.key] = state
-        self._by_local[state.local_id] = state
 
     def _forget(self, state: StreamState) -> None:
         """Drop a stream from the table: its tasks stop, its connection reads what was
         queued for it and then the end of the channel."""
-        if self._by_local.get(state.local_id) is state:
-            del self._by_local[state.local_id]
-            del self._by_key[state.key]
+        self.table.forget(state)
         state.scope.cancel()
         if state.core is not None:  # the connection reads what was queued, then the end
             state.core.to_socket.close()
@@ -223,7 +181,7 @@ class Streams:
         """End a stream both ways for `code`: the local program reads an error frame (or its
         waiting op fails) unless `local` is False, the peer gets stream_reset unless `peer`
         is False. A stream ended already is left alone."""
-        if self._by_local.get(state.local_id) is not state:
+        if not self.table.holds(state):
             return
         self.counters[f"reset_{code}"] += 1
         if local:
@@ -283,11 +241,9 @@ class Streams:
         for start in range(0, len(data), STREAM_CHUNK_BYTES):
             piece = data[start : start + STREAM_CHUNK_BYTES]
             cost = frame_cost(piece)
-            while state.send_credit < cost:
+            while (seq := state.spend(cost)) is None:
                 await state.changed.wait()
-            state.send_credit -= cost
-            state.seq_out += 1
-            await self._send(state, StreamData(state.wire_id, state.opener, state.seq_out, piece))
+            await self._send(state, StreamData(state.wire_id, state.opener, seq, piece))
             self.counters["bytes_out"] += len(piece)
 
     async def _send(self, state: StreamState, frame: Frame) -> None:
@@ -298,21 +254,16 @@ class Streams:
         """Hand credit back as the connection writes what arrived; its end of the channel
         closing before the peer's end arrived means the program went away."""
         assert state.core is not None
-        owed = 0
         async for cost in state.core.consumed:
-            state.held -= cost
-            owed += cost
-            if owed >= CREDIT_RETURN and not state.remote_ended:
-                state.allowance += owed
-                self.postbox.post(state.peer, StreamCredit(state.wire_id, state.opener, owed))
-                owed = 0
+            if credit := state.written(cost):
+                self.postbox.post(state.peer, StreamCredit(state.wire_id, state.opener, credit))
         if not state.remote_ended:
             self._reset(state, "cancelled", "the other program went away", local=False)
 
     # -- frames from peers -----------------------------------------------------------------
 
     def _find(self, sender: str, wire_id: str, *, ours: bool) -> StreamState | None:
-        state = self._by_key.get((sender, wire_id, ours))
+        state = self.table.find(sender, wire_id, ours=ours)
         if state is None:
             self.counters["stray_frames"] += 1
         return state
@@ -323,9 +274,9 @@ class Streams:
         refusal = None
         if owner is None:
             refusal = ("no_handler", f"no one serves binary streams of {frame.method!r} here")
-        elif self._nursery is None or len(self._by_local) >= MAX_STREAMS:
+        elif self._nursery is None or not self.table.has_room():
             refusal = ("remote_error", "busy: too many streams open")
-        elif (sender, frame.id, False) in self._by_key:
+        elif self.table.find(sender, frame.id, ours=False) is not None:
             self.counters["stray_frames"] += 1
             return
         if refusal is not None:
@@ -345,7 +296,7 @@ class Streams:
             busy = wire_error("remote_error", "the serving program is not keeping up")
             self.postbox.post(sender, StreamReset(frame.id, False, busy))
             return
-        self._add(state)
+        self.table.add(state)
         self.counters["incoming"] += 1
 
     def _on_ready(self, sender: str, frame: Frame) -> None:
@@ -364,13 +315,9 @@ class Streams:
         if state.core is None or state.remote_ended:
             self.counters["stray_frames"] += 1
             return
-        cost = frame_cost(frame.data)
-        if frame.seq != state.seq_in + 1 or cost > state.allowance:
+        if not state.arrived(frame.seq, frame_cost(frame.data)):
             self._reset(state, "protocol", "a data frame out of sequence or beyond its credit")
             return
-        state.seq_in = frame.seq
-        state.allowance -= cost
-        state.held += cost
         self.counters["bytes_in"] += len(frame.data)
         self._to_socket(state, frame.data)
 
@@ -388,11 +335,8 @@ class Streams:
         state = self._find(sender, frame.id, ours=not frame.opener)
         if state is None:
             return
-        if state.send_credit + frame.bytes > STREAM_WINDOW_BYTES:
+        if not state.granted(frame.bytes):
             self._reset(state, "protocol", "credit beyond the window")
-            return
-        state.send_credit += frame.bytes
-        state.wake()
 
     def _on_end(self, sender: str, frame: Frame) -> None:
         assert isinstance(frame, StreamEnd)
@@ -418,7 +362,7 @@ class Streams:
         """A peer that stops being active ends its streams at once."""
         if status is PeerStatus.ACTIVE:
             return
-        for state in [s for s in self._by_local.values() if s.peer == device_id]:
+        for state in [s for s in self.table if s.peer == device_id]:
             self._reset(state, "peer_not_active", f"peer {device_id} left", peer=False)
 
 
