@@ -70,9 +70,11 @@ async def _send(args: argparse.Namespace, peer: str, timeout_ms: int | None) -> 
     async with MeshClient(paths_of(args).socket) as client, stdin, stdout:
         stream = await client.open_stream(args.network, peer, args.method, timeout_ms=timeout_ms)
         try:
-            async with stream, trio.open_nursery() as nursery:
-                nursery.start_soon(_send_all, stdin, stream)
-                await drain(stream, stdout)
+            async with stream:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_send_all, stdin, stream)
+                    await drain(stream, stdout)
+                await stream.finish()  # a failure after the other end's end still counts
         except* ClientError as failed:
             raise _first(failed) from None
 

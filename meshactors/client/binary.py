@@ -81,6 +81,18 @@ class BinaryStream(trio.abc.HalfCloseableStream):
         del self._pending[:size]
         return data
 
+    async def finish(self) -> None:
+        """Wait until the daemon closes the connection, which it does once both ends ended
+        (send_eof first), discarding data the other end still sends; StreamError if the stream
+        failed after all (e.g. the other program reset it after its end)."""
+        while self._failed is None:
+            data = await self.socket.receive_some(RECEIVE_BYTES)
+            if not data:
+                return
+            self.feed(data)
+            self._pending.clear()
+        raise StreamError(self._failed.code, self._failed.message)
+
     def feed(self, data: bytes | bytearray) -> None:
         """Take bytes read from the socket (those after the answer line first)."""
         if not data:

@@ -55,7 +55,7 @@ from meshactors.wire.ipc import (
     ok_frame,
     parse_request,
 )
-from meshactors.wire.pipe_frames import End, FrameParser
+from meshactors.wire.pipe_frames import End, FrameParser, Reset
 
 log = structlog.get_logger("meshactors.client")
 
@@ -91,7 +91,6 @@ class ClientActor(Actor):
     writes: int = 0  # socket writes made: each carries whatever was queued for it
     _session: Session | None = attrs.field(default=None, init=False)
     _scope: trio.CancelScope | None = attrs.field(default=None, init=False)
-    _pipe_written: trio.Event = attrs.field(factory=trio.Event, init=False)  # our end is out
 
     def __attrs_post_init__(self) -> None:
         self._out_send, self._out_receive = trio.open_memory_channel[bytes](OUTGOING_CAPACITY)
@@ -237,35 +236,34 @@ class ClientActor(Actor):
             return False
         self._out_send.close()  # the answer was the last line: the writer turns to the pipe
         self.protocol = "binary-stream"
-        if await self._read_pipe(pipe, bytes(reader.buffer)):
-            # the writer ends it: after our end and the other's (this wait returns), or after
-            # an error frame or the pipe's end (it cancels the connection)
-            await self._pipe_written.wait()
+        await self._read_pipe(pipe, bytes(reader.buffer))
         return True
 
-    async def _read_pipe(self, pipe: Pipe, data: bytes) -> bool:
+    async def _read_pipe(self, pipe: Pipe, data: bytes) -> None:
         """A binary stream's reader: frames from the socket go to core, waiting while core is
-        STREAM_INBOX frames behind (so a stalled peer stops this read). True when the program
-        ended its data or the stream (its error frame, or framing core answers with one);
-        False when it hung up (core tells the peer)."""
+        STREAM_INBOX frames behind (so a stalled peer stops this read). Returns (closing the
+        connection; core tells the peer) when the program hangs up or sends data after its
+        end frame; after an error frame (its own, or bad framing) it waits for the writer to
+        end the connection."""
         parser = FrameParser()
+        ended = False
         async with pipe.from_socket:
             while True:
                 for item in parser.feed(data):
-                    try:
-                        await pipe.from_socket.send(item)
-                    except trio.BrokenResourceError:
-                        return False  # core forgot the stream: its reset reaches the writer
-                    if not isinstance(item, bytes):
-                        return True
+                    if ended and not isinstance(item, Reset):
+                        return  # nothing but an error frame may follow the end
+                    await pipe.from_socket.send(item)
+                    if isinstance(item, Reset):
+                        await trio.sleep_forever()  # the writer ends the connection
+                    ended = isinstance(item, End)
                 data = bytes(await receive_some(self.stream, PIPE_RECEIVE))
                 if not data:
-                    return False
+                    return
 
     async def _write_pipe(self, pipe: Pipe) -> None:
         """A binary stream's writer: what core queued goes out, joined into writes, and its
-        credit cost goes back to core once written. After the end it lets the reader finish;
-        after an error frame (or none) it ends the connection."""
+        credit cost goes back to core once written. It ends the connection after an error
+        frame, or when core closes the pipe (the stream finished both ways, or was reset)."""
         assert self._scope is not None
         async with pipe.consumed:
             async for item in pipe.to_socket:
@@ -280,10 +278,7 @@ class ClientActor(Actor):
                 cost = sum(frame_cost(it) for it in batch if isinstance(it, bytes))
                 if cost:
                     await pipe.consumed.send(cost)
-                if isinstance(batch[-1], End):
-                    self._pipe_written.set()
-                    return
-                if not isinstance(batch[-1], bytes):
+                if isinstance(batch[-1], Reset):
                     break
         self._scope.cancel()
 

@@ -216,7 +216,8 @@ class Streams:
                 await self._send_out(state)
 
     async def _send_out(self, state: StreamState) -> None:
-        """Send what the connection read, in order, as credit allows; then its end."""
+        """Send what the connection read, in order, as credit allows; then its end, and an
+        error frame after it if one comes; the connection hanging up first resets the stream."""
         assert state.core is not None
         try:
             async for item in state.core.from_socket:
@@ -225,16 +226,16 @@ class Streams:
                         self._tell_local(state, item.code, item.message)
                     self._reset(state, "remote_error", item.message, local=False)
                     return
-                if isinstance(item, End):
+                if isinstance(item, End):  # only an error frame may follow it
                     await self._send(state, StreamEnd(state.wire_id, state.opener, state.seq_out))
                     state.local_ended = True
                     self._maybe_finish(state)
-                    return
+                    continue
                 await self._send_data(state, item)
         except OpError as failed:
             self._reset(state, failed.code.value, failed.message, peer=False)
             return
-        message = "the other program closed its connection without ending"
+        message = "the other program closed its connection before the stream finished"
         self._reset(state, "cancelled", message, local=False)
 
     async def _send_data(self, state: StreamState, data: bytes) -> None:

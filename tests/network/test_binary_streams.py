@@ -102,6 +102,7 @@ async def test_bytes_arrive_exact_both_ways(pair: Pair, size: int) -> None:
                 await stream.send_all(data[start : start + 100_000])
             await stream.send_eof()
             answer = await read_all(stream)
+            await stream.finish()  # both ends ended: the daemon closes the connection
     assert answer == size.to_bytes(8, "big") + hashlib.sha256(data).digest()
 
 
@@ -344,3 +345,21 @@ async def test_a_frame_over_the_limit_is_answered_in_band(pair: Pair) -> None:
         await done.wait()
     assert refused.value.code == "frame_too_large"
     assert outcome == ["remote_error"]
+
+
+async def test_a_reset_after_the_servers_end_still_reaches_the_opener(pair: Pair) -> None:
+    opener, server, _a, b = pair
+
+    async def end_then_fail(stream: BinaryStream) -> None:
+        await stream.send_eof()
+        await stream.receive_some()
+        raise ValueError("changed my mind")
+
+    await server.serve_stream(NET, "fickle", end_then_fail)
+    with trio.fail_after(WAIT):
+        async with await opener.open_stream(NET, b.device_id, "fickle") as stream:
+            assert await read_all(stream) == b""  # the server's end
+            await stream.send_all(b"more")
+            with pytest.raises(StreamError) as reset:
+                await stream.finish()
+    assert reset.value.code == "remote_error"
