@@ -231,7 +231,9 @@ class MeshClient(Ops):
             try:
                 await handler(stream)
             except Exception as exc:
-                await stream.reset(str(exc) or type(exc).__name__)
+                gone = (trio.BrokenResourceError, trio.ClosedResourceError)
+                with contextlib.suppress(*gone):  # the daemon closed it already: it knows
+                    await stream.reset(str(exc) or type(exc).__name__)
 
     # channels
     @contextlib.asynccontextmanager

@@ -363,3 +363,25 @@ async def test_a_reset_after_the_servers_end_still_reaches_the_opener(pair: Pair
             with pytest.raises(StreamError) as reset:
                 await stream.finish()
     assert reset.value.code == "remote_error"
+
+
+async def test_a_handler_failing_on_a_closed_stream_leaves_the_client_serving(pair: Pair) -> None:
+    opener, server, _a, b = pair
+    failed: list[str] = []
+    second = trio.Event()
+
+    async def reader(stream: BinaryStream) -> None:
+        try:
+            await read_all(stream)  # the opener hangs up: StreamError, the stream is closed
+        finally:
+            failed.append(stream.stream_id)
+            if len(failed) == 2:
+                second.set()
+
+    await server.serve_stream(NET, "late", reader)
+    with trio.fail_after(WAIT):
+        for _ in range(2):  # the second stream is served too: the first failure hurt nothing
+            stream = await opener.open_stream(NET, b.device_id, "late")
+            await stream.aclose()
+        await second.wait()
+    assert len(set(failed)) == 2
