@@ -58,6 +58,7 @@ def _take(session: Session, pipe: Pipe) -> dict[str, Any]:
     async def close() -> None:
         pipe.from_socket.close()
         pipe.consumed.close()
+        pipe.to_socket.close()  # core's next send finds the program gone
 
     session.on_close(close)
     return pipe.answer()
