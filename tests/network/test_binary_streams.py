@@ -19,7 +19,7 @@ from meshactors.network.stream_pipe import STREAM_FRAME_COST
 from meshactors.network.streams import STREAM_CHUNK_BYTES
 from meshactors.paths import resolve_paths
 from meshactors.wire.pipe_frames import MAX_STREAM_FRAME_BYTES
-from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair
+from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair, approve_both
 from tests.support import LineClient
 
 MIB = 1024 * 1024
@@ -385,3 +385,27 @@ async def test_a_handler_failing_on_a_closed_stream_leaves_the_client_serving(pa
             await stream.aclose()
         await second.wait()
     assert len(set(failed)) == 2
+
+
+async def test_a_core_crash_ends_its_streams_with_stopped(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    a, b = await mesh.daemon("a", debug_ops=True), await mesh.daemon("b")
+    await a.join(mesh.url)
+    await b.join(mesh.url)
+    await approve_both(a, b)
+    opener, server = await client_of(a, nursery), await client_of(b, nursery)
+    accepted = trio.Event()
+
+    async def wait_forever(stream: BinaryStream) -> None:
+        accepted.set()
+        await read_all(stream)
+
+    await server.serve_stream(NET, "forever", wait_forever)
+    with trio.fail_after(WAIT):
+        async with await opener.open_stream(NET, b.device_id, "forever") as stream:
+            await accepted.wait()
+            await a.call("debug_crash", path=f"daemon/networks/network {NET}/core")
+            with pytest.raises(StreamError) as ended:
+                await read_all(stream)
+    assert ended.value.code == "stopped"
