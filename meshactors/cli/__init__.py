@@ -19,6 +19,7 @@ from meshactors.cli import (
     mesh,
     message_cmd,
     rpc_cmd,
+    stream_cmd,
 )
 from meshactors.cli.common import EXIT_STARTUP, EXIT_USAGE, CommandFailed
 from meshactors.paths import SymlinkRefused
@@ -31,6 +32,7 @@ COMMAND_GROUPS = (
     mesh,
     broker_cmd,
     rpc_cmd,
+    stream_cmd,
     channel_cmd,
     message_cmd,
     completion_cmd,

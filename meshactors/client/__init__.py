@@ -4,6 +4,7 @@ scripts), `SyncClient` (one plain socket, for the CLI) and their errors."""
 from meshactors.actors import Lagged
 from meshactors.client._serving import RequestContext
 from meshactors.client._streams import RpcStream
+from meshactors.client.binary import BinaryStream, StreamError
 from meshactors.client.errors import (
     ClientClosed,
     ClientError,
@@ -17,6 +18,7 @@ from meshactors.client.networks import NetworkSync
 from meshactors.client.sync import SyncClient, SyncMeshClient
 
 __all__ = [
+    "BinaryStream",
     "ChannelMessage",
     "ClientClosed",
     "ClientError",
@@ -30,6 +32,7 @@ __all__ = [
     "ProtocolError",
     "RequestContext",
     "RpcStream",
+    "StreamError",
     "SyncClient",
     "SyncMeshClient",
 ]

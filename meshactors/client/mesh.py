@@ -4,7 +4,7 @@ subscribing to channels, over a connection that survives daemon restarts by itse
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -16,6 +16,7 @@ from meshactors.actors import Broadcast, Lagged, Subscriber
 from meshactors.client._ops import Data, Ops, params
 from meshactors.client._serving import Handler, Serving, StreamHandler, is_streaming
 from meshactors.client._streams import RpcStream, StreamTable
+from meshactors.client.binary import BinaryStream, switch
 from meshactors.client.errors import ClientClosed, ClientError, ConnectionLost
 from meshactors.client.networks import NetworkSync, converge
 from meshactors.client.reconnect import DaemonLink, Want, WantKind, replay_failed
@@ -26,6 +27,8 @@ DEFAULT_CALL_TIMEOUT = 60.0  # seconds one op may take, waiting for a reconnect 
 EVENT_STREAM_BUFFER = 4096  # events an `events()` reader may leave unread before it lags
 CHANNEL_BUFFER = 1024  # messages a `subscribe` reader may leave unread before it lags
 RELEASE_TIMEOUT = 5.0  # seconds an unsubscribe or a stream cancel may take on the way out
+
+BinaryHandler = Callable[[BinaryStream], Awaitable[None]]
 
 
 @attrs.frozen
@@ -88,6 +91,7 @@ class MeshClient(Ops):
         self._channels: dict[tuple[str, str], Broadcast[ChannelMessage]] = {}
         self._serving = Serving(self)
         self._streams = StreamTable()
+        self._binary_handlers: dict[tuple[str, str], BinaryHandler] = {}
         self._networks_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self._exit_stack = contextlib.AsyncExitStack()
@@ -157,6 +161,8 @@ class MeshClient(Ops):
             self._serving.inbound(item, self._nursery)
         elif kind == "channel_inbound":
             self._channel_inbound(item)
+        elif kind == "stream_incoming" and self._nursery is not None:
+            self._nursery.start_soon(self._serve_incoming, item)
         elif kind in ("rpc_call_stream_chunk", "rpc_call_stream_end"):
             self._streams.deliver(item)
         elif kind == "handler_displaced":
@@ -209,8 +215,48 @@ class MeshClient(Ops):
         """Give up a method served with `serve`."""
         want = Want(WantKind.CLAIM, network, method)
         self._serving.handlers.pop((network, method), None)
+        self._binary_handlers.pop((network, method), None)
         self._link.desired.claims.pop(want, None)
         await self._link.release(want, self.call_timeout)
+
+    # binary streams
+    async def open_stream(
+        self, network: str, peer: str, method: str, *, timeout_ms: int | None = None
+    ) -> BinaryStream:
+        """A binary stream to `peer`'s program serving `method`, on a connection of its own,
+        once that program accepted it (within `timeout_ms`, default 30 s)."""
+        stream_params = params(network=network, peer=peer, method=method, timeout_ms=timeout_ms)
+        return await switch(self.socket, "stream_open", stream_params, self.call_timeout)
+
+    async def accept_stream(self, network: str, stream_id: str) -> BinaryStream:
+        """Become the serving end of the incoming stream a `stream_incoming` event offered."""
+        accept_params = params(network=network, stream_id=stream_id)
+        return await switch(self.socket, "stream_accept", accept_params, self.call_timeout)
+
+    async def serve_stream(self, network: str, method: str, handler: BinaryHandler) -> None:
+        """Serve binary streams of `method`: each runs `handler(stream)` in its own task and is
+        closed after it (an exception resets it with its message). Restored after reconnects;
+        `unserve` ends it."""
+        want = Want(WantKind.CLAIM, network, method)
+        self._binary_handlers[(network, method)] = handler
+        self._link.desired.claims[want] = "binary"
+        await self._link.ensure(want, self.call_timeout)
+
+    async def _serve_incoming(self, offer: dict[str, Any]) -> None:
+        handler = self._binary_handlers.get((offer.get("network"), offer.get("method")))  # type: ignore[arg-type]
+        if handler is None:
+            return
+        try:
+            stream = await self.accept_stream(str(offer["network"]), str(offer["stream_id"]))
+        except ClientError:
+            return  # the opener gave up meanwhile
+        async with stream:
+            try:
+                await handler(stream)
+            except Exception as exc:
+                gone = (trio.BrokenResourceError, trio.ClosedResourceError)
+                with contextlib.suppress(*gone):  # the daemon closed it already: it knows
+                    await stream.reset(str(exc) or type(exc).__name__)
 
     # channels
     @contextlib.asynccontextmanager

@@ -63,7 +63,7 @@ class Want:
 class DesiredState:
     """What the client wants of whichever daemon it reaches; replayed on every connect."""
 
-    claims: dict[Want, bool] = attrs.field(factory=dict)  # claim -> streaming
+    claims: dict[Want, bool | str] = attrs.field(factory=dict)  # claim -> streaming
     channels: dict[Want, int] = attrs.field(factory=dict)  # subscription -> local subscribers
     last_event_id: int | None = None  # newest broadcast event seen; the resume point
 

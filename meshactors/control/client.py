@@ -7,6 +7,10 @@ queued into one socket write, so the socket has one writer and frames keep their
 pushed by other actors wait in the connection's bounded push queue (lagging when full) for its
 forwarder. On disconnect the session's cleanups run (method claims, subscriptions), so a
 vanished program leaves nothing behind.
+
+`stream_open` and `stream_accept` run in the reader's task (no line after them is read); once
+one is answered ok, the reader and the writer turn to the stream's pipe: length-prefixed frames
+both ways, with core at the other end of the pipe's channels (see network/stream_pipe.py).
 """
 
 from __future__ import annotations
@@ -33,8 +37,11 @@ from meshactors.control.lines import RECEIVE_CHUNK, LineReader, Oversized
 from meshactors.control.session import Push, Session
 from meshactors.control.tcp_auth import TcpAuth
 from meshactors.daemon.services import Services
+from meshactors.network.stream_pipe import Pipe, frame_cost
 from meshactors.ops.optable import Outcome, finish
+from meshactors.socket_io import receive_some
 from meshactors.store.events import Event
+from meshactors.wire import pipe_frames
 from meshactors.wire.ipc import (
     MAX_FRAME_BYTES,
     BadFrame,
@@ -48,6 +55,7 @@ from meshactors.wire.ipc import (
     ok_frame,
     parse_request,
 )
+from meshactors.wire.pipe_frames import End, FrameParser, Reset
 
 log = structlog.get_logger("meshactors.client")
 
@@ -57,6 +65,8 @@ PUSH_CAPACITY = 4096  # events addressed to this connection, queued before it la
 WRITE_BATCH = 256  # frames joined into one socket write
 PUSH_BATCH = 64  # queued events joined into one outgoing frame (a frame's worth)
 PUSH_BATCH_BYTES = 64 * 1024  # ... and their bytes: the joining stops once past this
+PIPE_RECEIVE = 256 * 1024  # bytes asked of a binary stream's socket per read
+PIPE_WRITE_BYTES = 1024 * 1024  # a binary stream's queued frames joined into one write
 
 
 @attrs.define(eq=False)
@@ -70,7 +80,7 @@ class ClientActor(Actor):
     services: Services
     prefix: bytes = b""  # bytes already read while telling HTTP from JSON lines
     tcp: TcpAuth | None = None  # a TCP connection: HTTP only, every request authenticated
-    protocol: str = "unknown"  # "json-lines" or "http" once the first bytes tell
+    protocol: str = "unknown"  # "json-lines" or "http" once the first bytes tell; "binary-stream"
     requests: int = 0
     errors: int = 0
     in_flight: int = 0
@@ -80,6 +90,7 @@ class ClientActor(Actor):
     _in_order_receive: trio.MemoryReceiveChannel[Request] = attrs.field(init=False)
     writes: int = 0  # socket writes made: each carries whatever was queued for it
     _session: Session | None = attrs.field(default=None, init=False)
+    _scope: trio.CancelScope | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._out_send, self._out_receive = trio.open_memory_channel[bytes](OUTGOING_CAPACITY)
@@ -117,6 +128,7 @@ class ClientActor(Actor):
                     nursery,
                     self,
                 )
+                self._scope = nursery.cancel_scope
                 task_status.started()
                 if self.tcp is not None or await self._speaks_http():
                     self.protocol = "http"
@@ -195,6 +207,10 @@ class ClientActor(Actor):
                 )
                 continue
             self.in_flight += 1
+            if self.services.ops.switches(request):
+                if await self._switch(request, reader):
+                    return
+                continue
             if self.services.ops.in_order(request):
                 self._in_order_send.send_nowait(request)
                 continue
@@ -205,6 +221,70 @@ class ClientActor(Actor):
                 await self._answer(request, error)
                 continue
             nursery.start_soon(self._answer, request, work)
+
+    async def _switch(self, request: Request, reader: LineReader) -> bool:
+        """Run an op that may make this connection a binary stream, here in the reader's task
+        so no line after it is read; True once the connection is a pipe (then served)."""
+        assert self._session is not None
+        work: Awaitable[Any] | OpError
+        if self.requests or self.errors or self.in_flight > 1:
+            work = OpError(ErrorCode.CONFLICT, f"{request.op} must be a connection's first request")
+        else:
+            try:
+                work = self.services.ops.begin(self._session, request)
+            except OpError as error:
+                work = error
+        await self._answer(request, work)
+        pipe = self._session.pipe
+        if pipe is None:
+            return False
+        self._out_send.close()  # the answer was the last line: the writer turns to the pipe
+        self.protocol = "binary-stream"
+        await self._read_pipe(pipe, bytes(reader.buffer))
+        return True
+
+    async def _read_pipe(self, pipe: Pipe, data: bytes) -> None:
+        """A binary stream's reader: frames from the socket go to core, waiting while core is
+        STREAM_INBOX frames behind (so a stalled peer stops this read). Returns (closing the
+        connection; core tells the peer) when the program hangs up or sends data after its
+        end frame; after an error frame (its own, or bad framing) it waits for the writer to
+        end the connection."""
+        parser = FrameParser()
+        ended = False
+        async with pipe.from_socket:
+            while True:
+                for item in parser.feed(data):
+                    if ended and not isinstance(item, Reset):
+                        return  # nothing but an error frame may follow the end
+                    await pipe.from_socket.send(item)
+                    if isinstance(item, Reset):
+                        await trio.sleep_forever()  # the writer ends the connection
+                    ended = isinstance(item, End)
+                data = bytes(await receive_some(self.stream, PIPE_RECEIVE))
+                if not data:
+                    return
+
+    async def _write_pipe(self, pipe: Pipe) -> None:
+        """A binary stream's writer: what core queued goes out, joined into writes, and its
+        credit cost goes back to core once written. It ends the connection after an error
+        frame, or when core closes the pipe (the stream finished both ways, or was reset)."""
+        assert self._scope is not None
+        async with pipe.consumed:
+            async for item in pipe.to_socket:
+                batch, size = [item], 0
+                while isinstance(batch[-1], bytes) and size < PIPE_WRITE_BYTES:
+                    try:
+                        batch.append(pipe.to_socket.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    size += len(batch[-1]) if isinstance(batch[-1], bytes) else 0
+                await self._write(b"".join(part for it in batch for part in pipe_frames.encode(it)))
+                cost = sum(frame_cost(it) for it in batch if isinstance(it, bytes))
+                if cost:
+                    await pipe.consumed.send(cost)
+                if isinstance(batch[-1], Reset):
+                    break
+        self._scope.cancel()
 
     async def _answer(self, request: Request, work: Awaitable[Any] | OpError) -> None:
         """Answer `request` with the outcome of its begun `work` (or the error it began with)."""
@@ -287,15 +367,17 @@ class ClientActor(Actor):
 
     async def _write_frames(self) -> None:
         """The connection's one writer: each write carries everything queued (up to
-        WRITE_BATCH frames)."""
+        WRITE_BATCH frames); once the connection became a binary stream, its frames."""
         async for frame in self._out_receive:
             batch = [frame]
             while len(batch) < WRITE_BATCH:
                 try:
                     batch.append(self._out_receive.receive_nowait())
-                except trio.WouldBlock:
+                except (trio.WouldBlock, trio.EndOfChannel):
                     break
             await self._write(b"".join(batch))
+        if self._session is not None and self._session.pipe is not None:
+            await self._write_pipe(self._session.pipe)
 
     async def _write(self, data: bytes) -> None:
         """The one place bytes reach the socket: the writer task's, or the HTTP handler's."""

@@ -10,6 +10,7 @@ import trio
 
 from meshactors.actors import Subscriber
 from meshactors.daemon.services import Services
+from meshactors.network.stream_pipe import Pipe
 from meshactors.store.events import Event
 
 Cleanup = Callable[[], Awaitable[None]]
@@ -40,6 +41,7 @@ class Session:
     sink: EventSink
     events_subscribed: bool = False
     receives_pushes: bool = True  # False on HTTP: pushed events have nowhere to go
+    pipe: Pipe | None = None  # set by stream_open/_accept: the connection is a binary stream
     _cleanups: list[Cleanup] = attrs.field(factory=list)
     _cleanup_keys: set[str] = attrs.field(factory=set)
 

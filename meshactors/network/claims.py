@@ -16,10 +16,11 @@ Owner = TypeVar("Owner")  # the owner of a claim: a connection, compared by iden
 
 @attrs.define(eq=False)
 class Claim(Generic[Owner]):
-    """Who owns a method, and whether it answers with a stream."""
+    """Who owns a method, and how it answers: False once, True with a stream, "binary"
+    with a binary stream."""
 
     owner: Owner
-    streaming: bool
+    streaming: bool | str
 
 
 @attrs.define(eq=False)
@@ -29,7 +30,7 @@ class ClaimTable(Generic[Owner]):
     limit: int = MAX_CLAIMS
     _claims: dict[str, Claim[Owner]] = attrs.field(factory=dict, init=False)
 
-    def claim(self, owner: Owner, method: str, streaming: bool) -> Owner | None:
+    def claim(self, owner: Owner, method: str, streaming: bool | str) -> Owner | None:
         """Give `method` to `owner`; returns the other owner it displaced, if any (OpError
         conflict when a new method would pass the limit)."""
         previous = self._claims.get(method)

@@ -20,6 +20,7 @@ from meshactors.network.core import NetworkCore
 from meshactors.network.link import LINK_ROLE, Link, UseBrokers
 from meshactors.network.peers import COMMAND_TIMEOUT, AppHandler, Peers, Phase
 from meshactors.network.rpc import Rpc
+from meshactors.network.streams import Streams
 from meshactors.store.actor import StoreActor
 from meshactors.wire.ipc import ErrorCode, OpError
 from meshactors.wire.peer import Frame
@@ -47,6 +48,7 @@ class Network(Supervisor):
     link: Link
     rpc: Rpc
     channels: Channels
+    streams: Streams
     fixed: list[ChildSpec] = attrs.field(factory=list)  # the children before any pump
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -73,15 +75,22 @@ class Network(Supervisor):
         wire = AppWire(peers, identity.device_id)
         rpc = Rpc(config.id, wire, peers.tell)
         channels = Channels(config.id, wire)
-        peers.status_listeners.extend([rpc.on_peer_status, channels.on_peer_status])
+        streams = Streams(config.id, wire, peers.tell, rpc.binary_owner)
+        peers.status_listeners.extend(
+            [rpc.on_peer_status, channels.on_peer_status, streams.on_peer_status]
+        )
         network = cls(
             config=config,
             peers=peers,
             link=link,
             rpc=rpc,
             channels=channels,
+            streams=streams,
             fixed=[
-                ChildSpec("core", NetworkCore(peers, {"rpc": rpc, "channels": channels})),
+                ChildSpec(
+                    "core",
+                    NetworkCore(peers, {"rpc": rpc, "channels": channels, "streams": streams}),
+                ),
                 ChildSpec("link", link, shutdown_timeout=LINK_SHUTDOWN_TIMEOUT),
             ],
             strategy=Strategy.REST_FOR_ONE,

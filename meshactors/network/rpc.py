@@ -181,8 +181,9 @@ class Rpc:
 
     # -- claims ----------------------------------------------------------------------------
 
-    def register(self, client: RpcClient, method: str, streaming: bool) -> str | None:
-        """Claim `method` for `client`; returns the client id it displaced, if any."""
+    def register(self, client: RpcClient, method: str, streaming: bool | str) -> str | None:
+        """Claim `method` for `client` (`streaming`: True, False or "binary"); returns the
+        client id it displaced, if any."""
         displaced = self._claims.claim(client, method, streaming)
         if displaced is None:
             return None
@@ -193,6 +194,11 @@ class Rpc:
     def unregister(self, client: RpcClient, method: str) -> bool:
         """Give up `client`'s claim on `method`; False when it held none."""
         return self._claims.release(client, method)
+
+    def binary_owner(self, method: str) -> RpcClient | None:
+        """Who serves binary streams of `method` (a claim with `streaming: "binary"`)."""
+        claim = self._claims.get(method)
+        return claim.owner if claim is not None and claim.streaming == "binary" else None
 
     def claims_of(self, client: RpcClient) -> list[str]:
         """Methods `client` owns here."""
@@ -415,6 +421,8 @@ class Rpc:
     ) -> WireError | None:
         if claim is None:
             return WireError("no_handler", f"no one serves {frame.method!r} here")
+        if claim.streaming == "binary":
+            return WireError("no_handler", f"{frame.method!r} is served for stream_open")
         if claim.streaming is not frame.stream:
             use = "rpc_call_stream" if claim.streaming else "rpc_call"
             return WireError("no_handler", f"{frame.method!r} is served for {use}")

@@ -49,7 +49,9 @@ class Op(Generic[P]):
     """One op: validated params of type `params`, answered by `handler`; with `merge` it is
     run in order and consecutive requests may run as one. `command` is the CLI command a user
     reaches it with and `client` the MeshClient method (the op's name unless given);
-    tests/test_op_registry.py checks both exist and that docs/protocol.md describes the op."""
+    tests/test_op_registry.py checks both exist and that docs/protocol.md describes the op.
+    An op that `switches` may turn its connection into a binary stream: the connection reads
+    no line after it until it is answered."""
 
     name: str
     params: type[P]
@@ -60,6 +62,7 @@ class Op(Generic[P]):
     client: str = attrs.field(
         kw_only=True, default=attrs.Factory(lambda op: op.name, takes_self=True)
     )
+    switches: bool = attrs.field(kw_only=True, default=False)
 
     def structure(self, params: Any) -> P:
         """`params` as this op's params class, by its hook: generated on the op's first request
@@ -111,6 +114,11 @@ class OpTable:
         """Whether `request` goes to the connection's in-order runner (`run_in_order`)."""
         op = self.ops.get(request.op)
         return op is not None and op.merge is not None
+
+    def switches(self, request: Request) -> bool:
+        """Whether `request` may turn its connection into a binary stream."""
+        op = self.ops.get(request.op)
+        return op is not None and op.switches
 
     def validate(self, request: Request) -> tuple[Op[Any], Any]:
         """The request's op and its params, validated strictly (OpError otherwise)."""

@@ -24,11 +24,12 @@ from meshactors.wire.ipc import ErrorCode, OpError
 
 @attrs.frozen
 class RpcRegister:
-    """Params of `rpc_register`: own `method` on `network` (last claim wins)."""
+    """Params of `rpc_register`: own `method` on `network` (last claim wins); `streaming` is
+    false, true (answers with a stream) or "binary" (serves binary streams)."""
 
     network: str
     method: str
-    streaming: bool = False
+    streaming: Any = False  # checked by rpc_register: the converter has no bool | str
 
 
 @attrs.frozen
@@ -131,7 +132,7 @@ class ChannelSendReliable:
     message_id: str | None = None  # the program's id: a retry with the same one is deduplicated
 
 
-def _network(session: Session, network_id: str) -> Network:
+def network_of(session: Session, network_id: str) -> Network:
     manager = session.services.networks
     if manager is None:
         raise OpError(ErrorCode.UNAVAILABLE, "the networks supervisor is not running")
@@ -185,7 +186,10 @@ async def rpc_register(session: Session, params: RpcRegister) -> dict[str, Any]:
     """Own a method on a network; the connection that owned it before is told it was displaced."""
     require_pushes(session, "rpc_register")
     check_name(params.method, "method")
-    network = _network(session, params.network)
+    if not isinstance(params.streaming, bool) and params.streaming != "binary":
+        message = 'params.streaming must be true, false or "binary"'
+        raise OpError(ErrorCode.INVALID_PARAMS, message)
+    network = network_of(session, params.network)
     _watch(session, network)
     claim = functools.partial(network.rpc.register, session, params.method, params.streaming)
     displaced = await network.ask("rpc_register", claim)
@@ -194,14 +198,14 @@ async def rpc_register(session: Session, params: RpcRegister) -> dict[str, Any]:
 
 async def rpc_unregister(session: Session, params: RpcUnregister) -> dict[str, Any]:
     """Give up a method this connection owns."""
-    network = _network(session, params.network)
+    network = network_of(session, params.network)
     release = functools.partial(network.rpc.unregister, session, params.method)
     return {"released": await network.ask("rpc_unregister", release)}
 
 
 def _call_args(session: Session, params: RpcCallParams) -> tuple[Network, Payload, int]:
     check_name(params.method, "method")
-    network = _network(session, params.network)
+    network = network_of(session, params.network)
     _watch(session, network)
     payload = payload_of(params.payload, params.payload_b64)
     return network, payload, check_timeout(params.timeout_ms)
@@ -274,7 +278,7 @@ async def channel_subscribe(session: Session, params: ChannelRef) -> dict[str, A
     """Receive a channel's messages as channel_inbound events (retained values at once)."""
     require_pushes(session, "channel_subscribe")
     check_name(params.channel, "channel")
-    network = _network(session, params.network)
+    network = network_of(session, params.network)
     _watch_channels(session, network)
     subscribe = functools.partial(network.channels.subscribe, session, params.channel)
     return await network.ask_await("channel_subscribe", subscribe)
@@ -282,7 +286,7 @@ async def channel_subscribe(session: Session, params: ChannelRef) -> dict[str, A
 
 async def channel_unsubscribe(session: Session, params: ChannelRef) -> dict[str, Any]:
     """Stop receiving a channel."""
-    network = _network(session, params.network)
+    network = network_of(session, params.network)
     unsubscribe = functools.partial(network.channels.unsubscribe, session, params.channel)
     return {"unsubscribed": await network.ask_await("channel_unsubscribe", unsubscribe)}
 
@@ -297,7 +301,7 @@ async def channel_send_to(session: Session, params: ChannelSendTo) -> dict[str, 
 async def _send_to(
     session: Session, params: ChannelSendTo, groups: list[list[Payload]], *, separate: bool
 ) -> dict[str, Any]:
-    network = _network(session, params.network)
+    network = network_of(session, params.network)
     send = functools.partial(
         network.channels.send_to,
         params.peer,
@@ -320,7 +324,7 @@ async def channel_send_all(session: Session, params: ChannelSendAll) -> dict[str
 async def _send_all(
     session: Session, params: ChannelSendAll, groups: list[list[Payload]], *, separate: bool
 ) -> dict[str, Any]:
-    network = _network(session, params.network)
+    network = network_of(session, params.network)
     send = functools.partial(
         network.channels.send_all, params.channel, groups, retain=params.retain, separate=separate
     )
@@ -384,7 +388,7 @@ async def channel_send_reliable(session: Session, params: ChannelSendReliable) -
     check_name(params.channel, "channel")
     payload = payload_of(params.payload, params.payload_b64)
     check_message_id(params.message_id)
-    network = _network(session, params.network)
+    network = network_of(session, params.network)
     start = functools.partial(
         network.channels.start_reliable,
         params.peer,

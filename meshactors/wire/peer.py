@@ -24,7 +24,17 @@ from meshactors.wire.strict import describe_error, make_strict_converter
 
 PROTOCOL_VERSION = (1, 0)  # (major, minor): a different major cannot talk to us
 # beyond the core frames; a frame type added within a major is sent only to peers naming its feature
-FEATURES = ("caps", "profile", "ping", "rpc", "channels", "messages", "chan_run", "msg_acks")
+FEATURES = (
+    "caps",
+    "profile",
+    "ping",
+    "rpc",
+    "channels",
+    "messages",
+    "chan_run",
+    "msg_acks",
+    "binary_streams",
+)
 MAX_PEER_FRAME_BYTES = 256 * 1024  # one frame's JSON, checked before parsing
 MAX_TAGS = 64  # capability tags per advert
 MAX_TAG_CHARS = 64  # one capability tag
@@ -36,6 +46,7 @@ PROFILE_STATUSES = ("idle", "working", "dnd")
 APPROVAL_STATES = ("pending", "approved", "denied")  # our roster state of the peer, as told to it
 
 F = TypeVar("F", bound="Frame")
+B = TypeVar("B", bound="BinaryFrame")
 
 converter = make_strict_converter()
 
@@ -75,7 +86,25 @@ class Frame:
         return []
 
 
+class BinaryFrame(Frame):
+    """A frame whose opened bytes are `BINARY_MARK | code | body`, not JSON: bulk bytes travel
+    without base64. Subclasses register with `register_binary_frame`."""
+
+    code: ClassVar[int] = 0
+
+    def body(self) -> bytes:
+        """The frame's bytes after its two-byte head."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_body(cls, body: bytes) -> BinaryFrame:
+        """Decode the bytes after the head (ValueError when they are not this frame)."""
+        raise NotImplementedError
+
+
+BINARY_MARK = 0  # first byte of a binary frame; a JSON frame starts with `{`
 _FRAMES: dict[str, type[Frame]] = {}
+_BINARY_FRAMES: dict[int, type[BinaryFrame]] = {}
 
 
 def register_frame(
@@ -91,6 +120,19 @@ def register_frame(
         cls.app = app
         cls.feature = feature
         _FRAMES[tag] = cls
+        return cls
+
+    return register
+
+
+def register_binary_frame(tag: str, code: int) -> Callable[[type[B]], type[B]]:
+    """Class decorator: an application BinaryFrame decoded from opened bytes `0x00 | code`."""
+
+    def register(cls: type[B]) -> type[B]:
+        if not 0 < code < 256 or code in _BINARY_FRAMES:
+            raise ValueError(f"binary frame code {code} invalid or registered twice")
+        cls.code = code
+        _BINARY_FRAMES[code] = register_frame(tag, app=True)(cls)
         return cls
 
     return register
@@ -258,7 +300,9 @@ def _hook(hooks: dict[type[Frame], H], cls: type[Frame], look_up: Callable[[type
 
 
 def encode_frame(frame: Frame) -> bytes:
-    """A frame as compact JSON bytes, ready to seal."""
+    """A frame as compact JSON bytes (a binary frame as its head and body), ready to seal."""
+    if isinstance(frame, BinaryFrame):
+        return bytes((BINARY_MARK, frame.code)) + frame.body()
     data = _hook(_UNSTRUCTURE, type(frame), converter.get_unstructure_hook)(frame)
     return dumps_strict({"t": frame.tag, **data}).encode()
 
@@ -285,6 +329,8 @@ def decode_frame(data: bytes) -> Frame:
     """
     if len(data) > MAX_PEER_FRAME_BYTES:
         raise BadPeerFrame("too_large", f"{len(data)} bytes, limit {MAX_PEER_FRAME_BYTES}")
+    if data[:1] == b"\0":
+        return _decode_binary(data)
     try:
         fields = loads(data.decode("utf-8"))  # str parses faster than bytes
     except (UnicodeDecodeError, ValueError) as exc:
@@ -308,3 +354,14 @@ def decode_frame(data: bytes) -> Frame:
     except Exception as exc:
         raise BadPeerFrame("malformed", f"{tag}: {describe_error(exc)}") from None
     return frame
+
+
+def _decode_binary(data: bytes) -> BinaryFrame:
+    """Decode a binary frame (`BINARY_MARK | code | body`), or BadPeerFrame."""
+    cls = _BINARY_FRAMES.get(data[1]) if len(data) > 1 else None
+    if cls is None:
+        raise BadPeerFrame("unknown_frame", "no binary frame type with that code")
+    try:
+        return cls.from_body(data[2:])
+    except ValueError as exc:
+        raise BadPeerFrame("malformed", f"{cls.tag}: {exc}") from None

@@ -54,6 +54,8 @@ def test_the_benchmark_smoke_run_measures_both_sides_and_the_previous_design_bes
     assert results["nats_fanout_skipped"] == results["nats"]["skipped"]
     assert results["previous_design"]["rpc_p50_us"] == 1030.0  # as that file has it
     assert results["cold_start_p50_ms"] > 0  # at the top level, as issue 19 names it
+    assert results["binary_stream_mb_per_s"] > 0  # likewise, beside its ceiling
+    assert results["websocket_ceiling_mb_per_s"] > 0
     for part in ("nats", "durable", "resources"):  # CI needs no nats-server nor matplotlib
         assert "skipped" in results[part]
     assert (ROOT / "docs" / "performance.md").read_text() == doc_before

@@ -1,0 +1,154 @@
+"""`meshactors stream send|serve`: pipe bytes to a peer's program, or serve a method with a
+command whose stdin and stdout are the stream (docs/protocol.md, "Binary streams")."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+
+import trio
+
+from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE, fail, fail_with, paths_of
+from meshactors.cli.devices import resolve_device
+from meshactors.client import BinaryStream, ClientError, MeshClient
+
+COPY_BYTES = 256 * 1024  # bytes read from stdin or a command's stdout per write to the stream
+MAX_ERROR_CHARS = 2000  # stderr of a failed command sent back as the reset's message
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `stream send` and `stream serve` commands."""
+    stream = commands.add_parser("stream", help="binary streams between programs").add_subparsers(
+        dest="action", required=True
+    )
+    send = stream.add_parser(
+        "send", help="send stdin to PEER's program serving METHOD; what it sends back → stdout"
+    )
+    send.add_argument("network")
+    send.add_argument("peer", help="a device id, 8+ characters of it or a label")
+    send.add_argument("method")
+    send.add_argument("--timeout", type=float, default=None, help="seconds to wait for accept")
+    send.set_defaults(run=run_send)
+    serve = stream.add_parser(
+        "serve", help="serve METHOD: run CMD per stream, its stdin and stdout the stream's bytes"
+    )
+    serve.add_argument("network")
+    serve.add_argument("method")
+    serve.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…")
+    serve.set_defaults(run=run_serve)
+
+
+async def pump(source: trio.abc.ReceiveStream, stream: BinaryStream) -> None:
+    """Copy `source` into the stream until `source` ends."""
+    while data := await source.receive_some(COPY_BYTES):
+        await stream.send_all(data)
+
+
+async def drain(stream: BinaryStream, sink: trio.abc.SendStream) -> None:
+    """Copy what the other end sends into `sink` until it ends."""
+    while data := await stream.receive_some():
+        await sink.send_all(data)
+
+
+def run_send(args: argparse.Namespace) -> int:
+    peer = resolve_device(args, args.peer, args.network)
+    timeout_ms = None if args.timeout is None else max(1, round(args.timeout * 1000))
+    try:
+        trio.run(_send, args, peer, timeout_ms)
+    except ClientError as exc:
+        fail_with(exc)
+    return 0
+
+
+async def _send(args: argparse.Namespace, peer: str, timeout_ms: int | None) -> None:
+    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    stdout = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
+    async with MeshClient(paths_of(args).socket) as client, stdin, stdout:
+        stream = await client.open_stream(args.network, peer, args.method, timeout_ms=timeout_ms)
+        try:
+            async with stream:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_send_all, stdin, stream)
+                    await drain(stream, stdout)
+                await stream.finish()  # a failure after the other end's end still counts
+        except* ClientError as failed:
+            raise _first(failed) from None
+
+
+async def _send_all(source: trio.abc.ReceiveStream, stream: BinaryStream) -> None:
+    """Send stdin, then the end; a stream the daemon closed says why on the reading side."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await pump(source, stream)
+        await stream.send_eof()
+
+
+def _first(group: BaseExceptionGroup[ClientError]) -> ClientError:
+    """The first error of a group, unwrapped."""
+    first = group.exceptions[0]
+    return first if isinstance(first, ClientError) else _first(first)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        fail("give the command to run after --", EXIT_USAGE)
+    if shutil.which(command[0]) is None:
+        what = f"cannot run {command[0]!r}: not found or not executable"
+        fail(what, EXIT_NOT_FOUND, "command_not_found")
+    try:
+        trio.run(_serve, args, command)
+    except ClientError as exc:
+        fail_with(exc)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def _serve(args: argparse.Namespace, command: list[str]) -> None:
+    async def handle(stream: BinaryStream) -> None:
+        await run_piped(command, stream)
+
+    async with MeshClient(paths_of(args).socket) as client:
+        await client.serve_stream(args.network, args.method, handle)
+        print(f"serving {args.method} on {args.network}; Ctrl-C stops", file=sys.stderr, flush=True)
+        await trio.sleep_forever()
+
+
+async def run_piped(command: list[str], stream: BinaryStream) -> None:
+    """Run `command` with the stream's bytes on its stdin and its stdout into the stream; a
+    failure raises with its exit status and stderr's tail (the stream is reset with it)."""
+    pipe = subprocess.PIPE
+    process = await trio.lowlevel.open_process(command, stdin=pipe, stdout=pipe, stderr=pipe)
+    assert process.stdin is not None and process.stdout is not None
+    assert process.stderr is not None
+    errors = bytearray()
+
+    async def feed() -> None:
+        assert process.stdin is not None
+        async with process.stdin:
+            with contextlib.suppress(trio.BrokenResourceError):  # it stopped reading: fine
+                await drain(stream, process.stdin)
+
+    async def collect() -> None:
+        assert process.stderr is not None
+        while data := await process.stderr.receive_some(COPY_BYTES):
+            errors.extend(data[: MAX_ERROR_CHARS - len(errors)])
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed)
+            nursery.start_soon(collect)
+            await pump(process.stdout, stream)
+            status = await process.wait()
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            process.kill()
+            await process.wait()
+    if status != 0:  # before our end: the opener reads the failure, not a clean end
+        detail = errors.decode(errors="replace").strip() or "(no stderr)"
+        raise RuntimeError(f"{command[0]} exited {status}: {detail}")
+    await stream.send_eof()

@@ -1,0 +1,135 @@
+"""Binary streams for programs: a connection of their own, switched by `stream_open` or
+`stream_accept`, read and written as a trio Stream of raw bytes (docs/protocol.md,
+"Binary streams"). The length-prefixed framing stays inside this module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from meshactors.client._conn import connect_unix
+from meshactors.client._frames import answer_data, decode_frame, encode_request
+from meshactors.client.errors import ClientError, ConnectionLost, ProtocolError
+from meshactors.wire.ipc import MAX_FRAME_BYTES
+from meshactors.wire.pipe_frames import (
+    END_FRAME,
+    MAX_STREAM_FRAME_BYTES,
+    End,
+    FrameParser,
+    Reset,
+    encode,
+)
+
+RECEIVE_BYTES = 256 * 1024  # bytes asked of the socket per read
+
+
+class StreamError(ClientError):
+    """The stream ended in an error (`code`: cancelled, remote_error, peer_not_active, …)."""
+
+
+@attrs.define(eq=False)
+class BinaryStream(trio.abc.HalfCloseableStream):
+    """One end of a binary stream: `send_all`, `send_eof` (the end of our data), `receive_some`
+    (b"" after the other end's data ended; StreamError when the stream failed), `aclose`."""
+
+    socket: trio.SocketStream
+    info: dict[str, Any]  # the switching op's answer: stream_id, network, peer, method
+    _parser: FrameParser = attrs.field(factory=FrameParser)
+    _pending: bytearray = attrs.field(factory=bytearray)
+    _ended: bool = False
+    _failed: Reset | None = None
+
+    @property
+    def stream_id(self) -> str:
+        return str(self.info["stream_id"])
+
+    @property
+    def peer(self) -> str:
+        return str(self.info["peer"])
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), MAX_STREAM_FRAME_BYTES):
+            piece = bytes(view[start : start + MAX_STREAM_FRAME_BYTES])
+            await self.socket.send_all(b"".join(encode(piece)))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.socket.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.socket.send_all(END_FRAME)
+
+    async def reset(self, message: str) -> None:
+        """End the stream in an error both ways (the other end reads remote_error), and close."""
+        try:
+            await self.socket.send_all(b"".join(encode(Reset("remote_error", message))))
+        finally:
+            await self.aclose()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        while not self._pending:
+            if self._failed is not None:
+                raise StreamError(self._failed.code, self._failed.message)
+            if self._ended:
+                return b""
+            self.feed(await self.socket.receive_some(RECEIVE_BYTES))
+        size = len(self._pending) if max_bytes is None else max_bytes
+        data = bytes(self._pending[:size])
+        del self._pending[:size]
+        return data
+
+    async def finish(self) -> None:
+        """Wait until the daemon closes the connection, which it does once both ends ended
+        (send_eof first), discarding data the other end still sends; StreamError if the stream
+        failed after all (e.g. the other program reset it after its end)."""
+        while self._failed is None:
+            data = await self.socket.receive_some(RECEIVE_BYTES)
+            if not data:
+                return
+            self.feed(data)
+            self._pending.clear()
+        raise StreamError(self._failed.code, self._failed.message)
+
+    def feed(self, data: bytes | bytearray) -> None:
+        """Take bytes read from the socket (those after the answer line first)."""
+        if not data:
+            if not self._ended and self._failed is None:
+                self._failed = Reset("cancelled", "the daemon closed the connection")
+            return
+        for item in self._parser.feed(bytes(data)):
+            if isinstance(item, bytes):
+                self._pending += item
+            elif isinstance(item, End):
+                self._ended = True
+            else:
+                self._failed = item
+
+    async def aclose(self) -> None:
+        await self.socket.aclose()
+
+
+async def switch(socket: Path, op: str, params: dict[str, Any], timeout: float) -> BinaryStream:
+    """Connect, send the switching op as the connection's first request, and return the stream
+    once answered (ClientError with the daemon's code otherwise)."""
+    stream = await connect_unix(socket, timeout)
+    try:
+        await stream.send_all(encode_request(1, op, params))
+        buffer = bytearray()
+        while (newline := buffer.find(b"\n")) < 0:
+            if len(buffer) > MAX_FRAME_BYTES:
+                raise ProtocolError(f"an answer over {MAX_FRAME_BYTES} bytes")
+            chunk = await stream.receive_some(RECEIVE_BYTES)
+            if not chunk:
+                raise ConnectionLost()
+            buffer += chunk
+        info = answer_data(decode_frame(bytes(buffer[:newline])))
+        binary = BinaryStream(stream, info)
+        if len(buffer) > newline + 1:
+            binary.feed(buffer[newline + 1 :])
+        return binary
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise

@@ -1,0 +1,61 @@
+"""A binary stream's local end: the memory channels between the connection's `client` actor
+(its reader and writer own the socket) and the network's core, which owns the stream's state.
+"""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+from meshactors.wire.pipe_frames import Item
+
+STREAM_INBOX = 8  # frames a connection's reader may read ahead of core's sender
+STREAM_FRAME_COST = 256  # credit a data frame costs beyond its length, so tiny frames count
+
+
+def frame_cost(data: bytes) -> int:
+    """What a data frame costs of the credit window: its length plus STREAM_FRAME_COST."""
+    return len(data) + STREAM_FRAME_COST
+
+
+@attrs.define(eq=False)
+class Pipe:
+    """The connection's side of one stream: what it writes to the socket, what it read from
+    it, and the credit cost of what it wrote (so core can hand credit back)."""
+
+    stream_id: str
+    network: str
+    peer: str
+    method: str
+    to_socket: trio.MemoryReceiveChannel[Item]
+    from_socket: trio.MemorySendChannel[Item]
+    consumed: trio.MemorySendChannel[int]
+
+    def answer(self) -> dict[str, str]:
+        """The ok answer of the op that made this connection a pipe."""
+        return {
+            "stream_id": self.stream_id,
+            "network": self.network,
+            "peer": self.peer,
+            "method": self.method,
+        }
+
+
+@attrs.define(eq=False)
+class PipeCore:
+    """Core's side of the same channels."""
+
+    to_socket: trio.MemorySendChannel[Item]
+    from_socket: trio.MemoryReceiveChannel[Item]
+    consumed: trio.MemoryReceiveChannel[int]
+
+
+def open_pipe(
+    stream_id: str, network: str, peer: str, method: str, to_socket_capacity: int
+) -> tuple[Pipe, PipeCore]:
+    """The two sides of a new stream's channels."""
+    to_send, to_receive = trio.open_memory_channel[Item](to_socket_capacity)
+    from_send, from_receive = trio.open_memory_channel[Item](STREAM_INBOX)
+    consumed_send, consumed_receive = trio.open_memory_channel[int](to_socket_capacity)
+    pipe = Pipe(stream_id, network, peer, method, to_receive, from_send, consumed_send)
+    return pipe, PipeCore(to_send, from_receive, consumed_receive)

@@ -1,0 +1,131 @@
+"""The binary streams of one network as core keeps them: a sans-IO table (indexes by the local
+program's id and by (peer, opener's id, side)) and each stream's credit and sequence rules,
+which tests drive without sockets or tasks. The `streams` part does the I/O around it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import attrs
+import trio
+
+from meshactors.actors import Pending
+from meshactors.network.stream_frames import STREAM_WINDOW_BYTES
+from meshactors.network.stream_pipe import Pipe, PipeCore
+
+MAX_STREAMS = 128  # streams open per network, those waiting to be accepted included
+CREDIT_RETURN = STREAM_WINDOW_BYTES // 4  # credit consumed before it is handed back
+
+Key = tuple[str, str, bool]  # (peer, the opener's id, whether we opened it)
+
+
+@attrs.define(eq=False)
+class StreamState:
+    """One binary stream: who and what it is, where it stands, and its credit both ways."""
+
+    local_id: str  # what the local program calls it
+    wire_id: str  # the opener's id, on the wire
+    peer: str
+    method: str
+    opener: bool  # we opened it
+    ready: Pending[Pipe] | None = None  # the opener's op waits on it until the peer accepted
+    accept_by: float = float("inf")  # trio time: an incoming stream not accepted by then goes
+    core: PipeCore | None = None  # attached once the stream flows
+    send_credit: int = STREAM_WINDOW_BYTES  # what we may still send
+    allowance: int = STREAM_WINDOW_BYTES  # what the peer may still send us
+    held: int = 0  # credit of what arrived and the connection has not written yet
+    owed: int = 0  # credit the connection wrote that we have not handed back yet
+    seq_out: int = 0
+    seq_in: int = 0
+    local_ended: bool = False
+    remote_ended: bool = False
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    changed: trio.Event = attrs.field(factory=trio.Event)  # credit came
+
+    @property
+    def key(self) -> Key:
+        return (self.peer, self.wire_id, self.opener)
+
+    def wake(self) -> None:
+        """Wake the stream's sender to look at its credit again."""
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def spend(self, cost: int) -> int | None:
+        """Spend credit for a data frame of `cost`: its sequence number, or None (nothing
+        spent) while the credit is short."""
+        if cost > self.send_credit:
+            return None
+        self.send_credit -= cost
+        self.seq_out += 1
+        return self.seq_out
+
+    def arrived(self, seq: int, cost: int) -> bool:
+        """Take a data frame from the peer; False when it breaks the rules (out of sequence,
+        beyond the credit granted), and then nothing changed."""
+        if seq != self.seq_in + 1 or cost > self.allowance:
+            return False
+        self.seq_in = seq
+        self.allowance -= cost
+        self.held += cost
+        return True
+
+    def granted(self, credit: int) -> bool:
+        """The peer handed `credit` back; False (nothing changed) beyond the window."""
+        if self.send_credit + credit > STREAM_WINDOW_BYTES:
+            return False
+        self.send_credit += credit
+        self.wake()
+        return True
+
+    def written(self, cost: int) -> int:
+        """The connection wrote `cost` of what arrived: the credit to hand back now (0 until a
+        quarter window is owed, or once the peer ended and needs no more)."""
+        self.held -= cost
+        self.owed += cost
+        if self.owed < CREDIT_RETURN or self.remote_ended:
+            return 0
+        credit, self.owed = self.owed, 0
+        self.allowance += credit
+        return credit
+
+
+@attrs.define(eq=False)
+class BinaryStreamTable:
+    """Streams by local id and by (peer, opener's id, side), at most `limit`."""
+
+    limit: int = MAX_STREAMS
+    _by_key: dict[Key, StreamState] = attrs.field(factory=dict, init=False)
+    _by_local: dict[str, StreamState] = attrs.field(factory=dict, init=False)
+
+    def has_room(self) -> bool:
+        return len(self._by_local) < self.limit
+
+    def add(self, state: StreamState) -> None:
+        self._by_key[state.key] = state
+        self._by_local[state.local_id] = state
+
+    def holds(self, state: StreamState) -> bool:
+        """Whether `state` is in the table (not forgotten)."""
+        return self._by_local.get(state.local_id) is state
+
+    def forget(self, state: StreamState) -> bool:
+        """Drop `state`; False when it was not in the table."""
+        if not self.holds(state):
+            return False
+        del self._by_local[state.local_id]
+        del self._by_key[state.key]
+        return True
+
+    def local(self, local_id: str) -> StreamState | None:
+        return self._by_local.get(local_id)
+
+    def find(self, peer: str, wire_id: str, *, ours: bool) -> StreamState | None:
+        """The stream `peer` means by `wire_id`: one we opened (`ours`) or one it opened."""
+        return self._by_key.get((peer, wire_id, ours))
+
+    def __iter__(self) -> Iterator[StreamState]:
+        return iter(list(self._by_local.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_local)

@@ -1,0 +1,371 @@
+"""The `streams` part of a network's core: the table of binary streams and their senders.
+
+Core owns every stream's state (credit, sequence numbers, ends); a stream's connection talks
+to it only through the channels of its `Pipe`. Per open stream two tasks of core run: one
+sends what the connection read from its socket as `stream_data` while credit allows, one
+hands credit back as the connection writes what arrived. Frame handlers run in core's task and
+never wait: arriving bytes fit the connection's channel because the sender never has more
+than a window of credit (docs/protocol.md, "Binary streams").
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from meshactors.actors import Pending
+from meshactors.network.app_wire import AppWire, Postbox
+from meshactors.network.peers import PeerStatus
+from meshactors.network.rpc import MAX_TIMEOUT_MS, RpcClient, new_request_id
+from meshactors.network.stream_frames import (
+    STREAM_WINDOW_BYTES,
+    StreamCredit,
+    StreamData,
+    StreamEnd,
+    StreamOpen,
+    StreamReady,
+    StreamReset,
+    wire_error,
+)
+from meshactors.network.stream_pipe import STREAM_FRAME_COST, Pipe, frame_cost, open_pipe
+from meshactors.network.stream_table import BinaryStreamTable, StreamState
+from meshactors.wire.ipc import ErrorCode, OpError
+from meshactors.wire.peer import Frame
+from meshactors.wire.pipe_frames import END, End, Item, Reset
+
+STREAM_CHUNK_BYTES = 128 * 1024  # bytes in one stream_data frame between daemons
+SWEEP_INTERVAL = 1.0  # seconds between sweeps for incoming streams nobody accepted in time
+TO_SOCKET_CAPACITY = STREAM_WINDOW_BYTES // STREAM_FRAME_COST + 2  # a window of frames + end
+_OPENER_CODES = {"no_handler", "timeout", "peer_not_active", "cancelled", "remote_error"}
+_LOCAL_CODES = _OPENER_CODES | {"protocol", "frame_too_large", "stopped"}
+
+
+@attrs.define(eq=False)
+class Streams:
+    """One network's binary streams, a part of its `core` actor."""
+
+    network: str
+    wire: AppWire
+    tell: Callable[[Callable[[], None]], bool]  # runs a function in core's task, not waiting
+    binary_owner: Callable[[str], RpcClient | None]  # who serves a method's streams
+    postbox: Postbox = attrs.field(init=False)
+    counters: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    table: BinaryStreamTable = attrs.field(factory=BinaryStreamTable, init=False)
+    _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.postbox = Postbox(self.wire)
+        self.wire.register(StreamOpen.tag, self._on_open)
+        self.wire.register(StreamReady.tag, self._on_ready)
+        self.wire.register(StreamData.tag, self._on_data)
+        self.wire.register(StreamCredit.tag, self._on_credit)
+        self.wire.register(StreamEnd.tag, self._on_end)
+        self.wire.register(StreamReset.tag, self._on_reset)
+
+    def figures(self) -> dict[str, object]:
+        return {
+            "open": len(self.table),
+            "streams": [
+                {
+                    "stream_id": s.local_id,
+                    "peer": s.peer,
+                    "method": s.method,
+                    "opener": s.opener,
+                    "flowing": s.core is not None,
+                    "send_credit": s.send_credit,
+                    "held": s.held,
+                }
+                for s in self.table
+            ],
+            "counters": dict(self.counters),
+            "dropped": dict(self.postbox.dropped),
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._sweep)
+                task_status.started()
+                await self.postbox.drain()
+        finally:
+            self._nursery = None
+            for state in self.table:
+                self._reset(state, "stopped", f"streams of {self.network} stopped", peer=False)
+
+    # -- the ops ---------------------------------------------------------------------------
+
+    async def open(self, peer: str, method: str, timeout_ms: int) -> Pending[Pipe]:
+        """Open a stream to `peer`'s owner of `method`; the Pending gives the connection's
+        pipe once the peer's program accepted (OpError with the peer's refusal). The peer
+        forgets the offer after `timeout_ms`."""
+        self._check_room()
+        wire_id = new_request_id()
+        state = StreamState(wire_id, wire_id, peer, method, opener=True)
+        state.ready = Pending(lambda: _told(self.tell(functools.partial(self._abandon, state))))
+        self.table.add(state)
+        try:
+            await self.wire.send(peer, StreamOpen(wire_id, method, timeout_ms))
+        except BaseException:
+            self._forget(state)
+            raise
+        self.counters["opened"] += 1
+        return state.ready
+
+    async def accept(self, local_id: str) -> Pipe:
+        """Take an incoming stream offered by `stream_incoming`: tell the opener and let the
+        bytes flow (OpError unknown_request when none waits under that id)."""
+        state = self.table.local(local_id)
+        if state is None or state.opener or state.core is not None:
+            raise OpError(ErrorCode.UNKNOWN_REQUEST, f"no incoming stream {local_id[:64]!r} waits")
+        pipe = self._attach(state)
+        try:
+            await self.wire.send(state.peer, StreamReady(state.wire_id))  # before any data
+        except BaseException:
+            self._reset(state, "cancelled", "the accept could not reach the opener", local=False)
+            raise
+        self._start(state)
+        self.counters["accepted"] += 1
+        return pipe
+
+    def _check_room(self) -> None:
+        if self._nursery is None:
+            raise OpError(ErrorCode.UNAVAILABLE, f"streams of {self.network} are not running")
+        if not self.table.has_room():
+            raise OpError(ErrorCode.CONFLICT, f"at most {self.table.limit} streams per network")
+
+    async def _sweep(self) -> None:
+        """Refuse incoming streams nobody accepted before the opener stopped waiting (its
+        reset may have been lost), so they do not hold a place for ever."""
+        while True:
+            await trio.sleep(SWEEP_INTERVAL)
+            now = trio.current_time()
+            for state in [s for s in self.table if s.accept_by <= now]:
+                if state.core is None:
+                    self._reset(state, "timeout", "not accepted in time", local=False)
+
+    def _abandon(self, state: StreamState) -> None:
+        """The opener stopped waiting for the peer to accept (timeout or its connection went)."""
+        self._reset(state, "cancelled", "the opener stopped waiting", local=False)
+
+    # -- table -----------------------------------------------------------------------------
+
+    def _forget(self, state: StreamState) -> None:
+        """Drop a stream from the table: its tasks stop, its connection reads what was
+        queued for it and then the end of the channel."""
+        self.table.forget(state)
+        state.scope.cancel()
+        if state.core is not None:  # the connection reads what was queued, then the end
+            state.core.to_socket.close()
+        state.wake()
+
+    def _attach(self, state: StreamState) -> Pipe:
+        pipe, core = open_pipe(
+            state.local_id, self.network, state.peer, state.method, TO_SOCKET_CAPACITY
+        )
+        state.core = core
+        return pipe
+
+    def _start(self, state: StreamState) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_stream, state)
+
+    def _reset(
+        self, state: StreamState, code: str, message: str, *, local: bool = True, peer: bool = True
+    ) -> None:
+        """End a stream both ways for `code`: the local program reads an error frame (or its
+        waiting op fails) unless `local` is False, the peer gets stream_reset unless `peer`
+        is False. A stream ended already is left alone."""
+        if not self.table.holds(state):
+            return
+        self.counters[f"reset_{code}"] += 1
+        if local:
+            self._tell_local(state, code, message)
+        if peer:
+            frame = StreamReset(state.wire_id, state.opener, wire_error(code, message))
+            self.postbox.post(state.peer, frame)
+        self._forget(state)
+
+    def _tell_local(self, state: StreamState, code: str, message: str) -> None:
+        """The local program learns the stream failed: its waiting op, or an error frame."""
+        if state.ready is not None and not state.ready.settled:
+            known = code if code in _OPENER_CODES else "remote_error"
+            state.ready.fail(OpError(ErrorCode(known), message))
+        elif state.core is not None:
+            gone = (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError)
+            with contextlib.suppress(*gone):  # TO_SOCKET_CAPACITY keeps a place for it
+                state.core.to_socket.send_nowait(Reset(code, message))
+
+    def _maybe_finish(self, state: StreamState) -> None:
+        """Both directions ended: the stream is done."""
+        if state.local_ended and state.remote_ended:
+            self.counters["finished"] += 1
+            self._forget(state)
+
+    # -- a stream's tasks ------------------------------------------------------------------
+
+    async def _run_stream(self, state: StreamState) -> None:
+        with state.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._return_credit, state)
+                await self._send_out(state)
+
+    async def _send_out(self, state: StreamState) -> None:
+        """Send what the connection read, in order, as credit allows; then its end, and an
+        error frame after it if one comes; the connection hanging up first resets the stream."""
+        assert state.core is not None
+        try:
+            async for item in state.core.from_socket:
+                if isinstance(item, Reset):  # the program's error frame, or bad framing
+                    if item.code == "frame_too_large":
+                        self._tell_local(state, item.code, item.message)
+                    self._reset(state, "remote_error", item.message, local=False)
+                    return
+                if isinstance(item, End):  # only an error frame may follow it
+                    await self._send(state, StreamEnd(state.wire_id, state.opener, state.seq_out))
+                    state.local_ended = True
+                    self._maybe_finish(state)
+                    continue
+                await self._send_data(state, item)
+        except OpError as failed:
+            self._reset(state, failed.code.value, failed.message, peer=False)
+            return
+        message = "the other program closed its connection before the stream finished"
+        self._reset(state, "cancelled", message, local=False)
+
+    async def _send_data(self, state: StreamState, data: bytes) -> None:
+        for start in range(0, len(data), STREAM_CHUNK_BYTES):
+            piece = data[start : start + STREAM_CHUNK_BYTES]
+            cost = frame_cost(piece)
+            while (seq := state.spend(cost)) is None:
+                await state.changed.wait()
+            await self._send(state, StreamData(state.wire_id, state.opener, seq, piece))
+            self.counters["bytes_out"] += len(piece)
+
+    async def _send(self, state: StreamState, frame: Frame) -> None:
+        if not self.wire.send_nowait(state.peer, frame):
+            await self.wire.send(state.peer, frame)
+
+    async def _return_credit(self, state: StreamState) -> None:
+        """Hand credit back as the connection writes what arrived; its end of the channel
+        closing before the peer's end arrived means the program went away."""
+        assert state.core is not None
+        async for cost in state.core.consumed:
+            if credit := state.written(cost):
+                self.postbox.post(state.peer, StreamCredit(state.wire_id, state.opener, credit))
+        if not state.remote_ended:
+            self._reset(state, "cancelled", "the other program went away", local=False)
+
+    # -- frames from peers -----------------------------------------------------------------
+
+    def _find(self, sender: str, wire_id: str, *, ours: bool) -> StreamState | None:
+        state = self.table.find(sender, wire_id, ours=ours)
+        if state is None:
+            self.counters["stray_frames"] += 1
+        return state
+
+    def _on_open(self, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, StreamOpen)
+        owner = self.binary_owner(frame.method)
+        refusal = None
+        if owner is None:
+            refusal = ("no_handler", f"no one serves binary streams of {frame.method!r} here")
+        elif self._nursery is None or not self.table.has_room():
+            refusal = ("remote_error", "busy: too many streams open")
+        elif self.table.find(sender, frame.id, ours=False) is not None:
+            self.counters["stray_frames"] += 1
+            return
+        if refusal is not None:
+            self.postbox.post(sender, StreamReset(frame.id, False, wire_error(*refusal)))
+            return
+        assert owner is not None
+        state = StreamState(new_request_id(), frame.id, sender, frame.method, opener=False)
+        wait = min(frame.timeout_ms, MAX_TIMEOUT_MS) / 1000
+        state.accept_by = trio.current_time() + wait
+        event = {
+            "network": self.network,
+            "stream_id": state.local_id,
+            "from": sender,
+            "method": frame.method,
+        }
+        if not owner.push("stream_incoming", event):
+            busy = wire_error("remote_error", "the serving program is not keeping up")
+            self.postbox.post(sender, StreamReset(frame.id, False, busy))
+            return
+        self.table.add(state)
+        self.counters["incoming"] += 1
+
+    def _on_ready(self, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, StreamReady)
+        state = self._find(sender, frame.id, ours=True)
+        if state is None or state.ready is None or state.ready.settled:
+            return
+        state.ready.resolve(self._attach(state))
+        self._start(state)
+
+    def _on_data(self, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, StreamData)
+        state = self._find(sender, frame.id, ours=not frame.opener)
+        if state is None:
+            return
+        if state.core is None or state.remote_ended:
+            self.counters["stray_frames"] += 1
+            return
+        if not state.arrived(frame.seq, frame_cost(frame.data)):
+            self._reset(state, "protocol", "a data frame out of sequence or beyond its credit")
+            return
+        self.counters["bytes_in"] += len(frame.data)
+        self._to_socket(state, frame.data)
+
+    def _to_socket(self, state: StreamState, item: Item) -> None:
+        assert state.core is not None
+        try:
+            state.core.to_socket.send_nowait(item)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._reset(state, "cancelled", "the other program went away", local=False)
+        except trio.WouldBlock:  # credit keeps this from happening unless the peer cheats
+            self._reset(state, "protocol", "more frames than the window holds")
+
+    def _on_credit(self, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, StreamCredit)
+        state = self._find(sender, frame.id, ours=not frame.opener)
+        if state is None:
+            return
+        if not state.granted(frame.bytes):
+            self._reset(state, "protocol", "credit beyond the window")
+
+    def _on_end(self, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, StreamEnd)
+        state = self._find(sender, frame.id, ours=not frame.opener)
+        if state is None or state.core is None or state.remote_ended:
+            return
+        if frame.seq != state.seq_in:
+            self._reset(state, "protocol", "the end does not follow the last data frame")
+            return
+        state.remote_ended = True
+        self._to_socket(state, END)
+        self._maybe_finish(state)
+
+    def _on_reset(self, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, StreamReset)
+        state = self._find(sender, frame.id, ours=not frame.opener)
+        if state is None:
+            return
+        code = frame.error.code if frame.error.code in _LOCAL_CODES else "remote_error"
+        self._reset(state, code, frame.error.message, peer=False)
+
+    def on_peer_status(self, device_id: str, status: PeerStatus) -> None:
+        """A peer that stops being active ends its streams at once."""
+        if status is PeerStatus.ACTIVE:
+            return
+        for state in [s for s in self.table if s.peer == device_id]:
+            self._reset(state, "peer_not_active", f"peer {device_id} left", peer=False)
+
+
+def _told(_sent: bool) -> None:
+    """Ignore whether core took a message nobody waits for."""

@@ -1,0 +1,107 @@
+"""Ops that turn a control-socket connection into one end of a binary stream.
+
+`stream_open` (to a peer's program serving a method with a binary claim) and `stream_accept`
+(of a `stream_incoming` offer) answer once the stream flows; the connection's `client` actor
+then reads and writes length-prefixed frames through the returned pipe (docs/protocol.md,
+"Binary streams").
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import attrs
+import trio
+
+from meshactors.control.session import Session
+from meshactors.network.payload import check_name
+from meshactors.network.rpc import check_timeout
+from meshactors.network.stream_pipe import Pipe
+from meshactors.ops.optable import Op
+from meshactors.ops.rpc_ops import network_of
+from meshactors.wire.ipc import ErrorCode, OpError
+
+
+@attrs.frozen
+class StreamOpenParams:
+    """Params of `stream_open`: `timeout_ms` bounds the wait for the peer's program."""
+
+    network: str
+    peer: str
+    method: str
+    timeout_ms: int | None = None
+
+
+@attrs.frozen
+class StreamAcceptParams:
+    """Params of `stream_accept`: the `stream_id` of a `stream_incoming` event."""
+
+    network: str
+    stream_id: str
+
+
+def _require_socket(session: Session, op: str) -> None:
+    """Refuse a switching op on HTTP: only a JSON-lines connection can become a pipe."""
+    if not session.receives_pushes:
+        raise OpError(
+            ErrorCode.BAD_REQUEST,
+            f"{op} turns its connection into a binary stream: use a JSON-lines connection",
+        )
+
+
+def _take(session: Session, pipe: Pipe) -> dict[str, Any]:
+    """Hand the pipe to the connection (its reader switches after this answer) and make sure
+    its close ends the stream even if the pipe's tasks never ran."""
+    session.pipe = pipe
+
+    async def close() -> None:
+        pipe.from_socket.close()
+        pipe.consumed.close()
+        pipe.to_socket.close()  # core's next send finds the program gone
+
+    session.on_close(close)
+    return pipe.answer()
+
+
+async def stream_open(session: Session, params: StreamOpenParams) -> dict[str, Any]:
+    """Open a binary stream; answered once the peer's program accepted it."""
+    _require_socket(session, "stream_open")
+    check_name(params.method, "method")
+    timeout_ms = check_timeout(params.timeout_ms)
+    network = network_of(session, params.network)
+    open_stream = functools.partial(network.streams.open, params.peer, params.method, timeout_ms)
+    ready = await network.ask_await("stream_open", open_stream)
+    with trio.move_on_after(timeout_ms / 1000):
+        return _take(session, await ready)
+    raise OpError(ErrorCode.TIMEOUT, f"{params.peer} did not accept within {timeout_ms} ms")
+
+
+async def stream_accept(session: Session, params: StreamAcceptParams) -> dict[str, Any]:
+    """Become the serving end of an incoming binary stream."""
+    _require_socket(session, "stream_accept")
+    network = network_of(session, params.network)
+    accept = functools.partial(network.streams.accept, params.stream_id)
+    return _take(session, await network.ask_await("stream_accept", accept))
+
+
+OPS: list[Op[Any]] = [
+    Op(
+        "stream_open",
+        StreamOpenParams,
+        stream_open,
+        "turn this connection into a binary stream to a peer's program",
+        command="stream send",
+        client="open_stream",
+        switches=True,
+    ),
+    Op(
+        "stream_accept",
+        StreamAcceptParams,
+        stream_accept,
+        "turn this connection into the serving end of an incoming binary stream",
+        command="stream serve",
+        client="accept_stream",
+        switches=True,
+    ),
+]

@@ -1,0 +1,73 @@
+"""`meshactors stream send|serve` against a real daemon process (own device only): a file goes
+through byte-exact, a failing command and a method nobody serves end with their exit codes."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from meshactors.cli.common import EXIT_FAILURE, EXIT_NOT_FOUND
+from meshactors.client import SyncClient
+from tests.support import Home
+
+pytestmark = pytest.mark.e2e
+
+DIGEST = "import sys, hashlib; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())"
+BROKEN = "import sys; sys.stdin.buffer.read(); sys.stderr.write('no room'); sys.exit(4)"
+
+
+@pytest.fixture
+def me(home: Home) -> Iterator[str]:
+    """A running daemon in `home` joined to `lan` (whose broker never answers); its device id."""
+    home.cli("daemon", "up", "--detach")
+    home.cli("network", "add", "lan", "--broker", "ws://127.0.0.1:9/v1")
+    with SyncClient.connect(home.socket) as client:
+        yield client.call("status")["device_id"]
+
+
+def send(home: Home, *args: str, data: bytes) -> subprocess.CompletedProcess[bytes]:
+    """`meshactors stream send ARGS…` with `data` on stdin, its output as bytes."""
+    command = [sys.executable, "-m", "meshactors", "stream", "send", *args]
+    return subprocess.run(command, env=home.env, input=data, capture_output=True, timeout=60)
+
+
+def started(process: subprocess.Popen[str]) -> str:
+    assert process.stderr is not None
+    return process.stderr.readline()
+
+
+async def test_stream_send_pipes_a_file_to_the_served_command(home: Home, me: str) -> None:
+    data = hashlib.sha256(b"x").digest() * 100_000  # 3.2 MB
+    server = home.popen("stream", "serve", "lan", "digest", "--", sys.executable, "-c", DIGEST)
+    broken = home.popen("stream", "serve", "lan", "broken", "--", sys.executable, "-c", BROKEN)
+    try:
+        with trio.fail_after(60):
+            for process in (server, broken):
+                assert (await trio.to_thread.run_sync(started, process)).startswith("serving")
+            done = await trio.to_thread.run_sync(
+                functools.partial(send, home, "lan", me[:8], "digest", data=data)
+            )
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.decode().strip() == hashlib.sha256(data).hexdigest()
+            failed = await trio.to_thread.run_sync(
+                functools.partial(send, home, "lan", me, "broken", "--json", data=b"abc")
+            )
+            assert failed.returncode == EXIT_FAILURE, (failed.stdout, failed.stderr)
+            error = json.loads(failed.stdout)["error"]
+            assert error["code"] == "remote_error"
+            assert error["message"].endswith("exited 4: no room")
+            nobody = await trio.to_thread.run_sync(
+                functools.partial(send, home, "lan", me, "nobody", data=b"")
+            )
+            assert nobody.returncode == EXIT_NOT_FOUND
+    finally:
+        for process in (server, broken):
+            process.kill()
+            process.wait()

@@ -1,0 +1,411 @@
+"""Binary streams through two real daemons and a real broker: bytes arrive exact, a stalled
+reader holds the writer within the credit window, and either end's close or reset reaches the
+other (docs/protocol.md, "Binary streams")."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import trio
+
+from meshactors.client import BinaryStream, ClientError, MeshClient, StreamError
+from meshactors.network.stream_frames import STREAM_WINDOW_BYTES
+from meshactors.network.stream_pipe import STREAM_FRAME_COST
+from meshactors.network.streams import STREAM_CHUNK_BYTES
+from meshactors.paths import resolve_paths
+from meshactors.wire.pipe_frames import MAX_STREAM_FRAME_BYTES
+from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair, approve_both
+from tests.support import LineClient
+
+MIB = 1024 * 1024
+
+
+def pattern(size: int) -> bytes:
+    """`size` bytes that are not all alike, so a lost or swapped piece shows in the digest."""
+    block = hashlib.sha256(b"meshactors").digest() * 2048  # 64 KiB
+    return (block * (size // len(block) + 1))[:size]
+
+
+async def read_all(stream: BinaryStream) -> bytes:
+    chunks = []
+    while chunk := await stream.receive_some():
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def client_of(daemon: Daemon, nursery: trio.Nursery) -> MeshClient:
+    socket = resolve_paths({"MESHACTORS_HOME": str(daemon.home)}).socket
+    client = MeshClient(socket)
+    await nursery.start(_run_client, client)
+    return client
+
+
+async def _run_client(client: MeshClient, task_status: trio.TaskStatus[None]) -> None:
+    async with client:
+        task_status.started()
+        await trio.sleep_forever()
+
+
+async def figures(daemon: Daemon) -> dict[str, Any]:
+    network = daemon.network()
+    found: dict[str, Any] = await network.ask("stream figures", network.streams.figures)
+    return found
+
+
+def protocols(node: dict[str, Any]) -> list[str]:
+    """The `protocol` figure of every client actor in an `inspect` tree."""
+    found = [node["figures"]["protocol"]] if node["kind"] == "client" else []
+    return found + [p for child in node["children"] for p in protocols(child)]
+
+
+async def until(test: Callable[[], Awaitable[bool]]) -> None:
+    """Return once `test` holds. The figures it reads belong to other actors and announce no
+    change, so they are looked at again every 10 ms (a deadline fails the test)."""
+    with trio.fail_after(WAIT):
+        while not await test():  # noqa: ASYNC110  (nothing to wait on: see above)
+            await trio.sleep(0.01)
+
+
+@pytest.fixture
+async def pair(
+    mesh: Mesh, nursery: trio.Nursery
+) -> AsyncIterator[tuple[MeshClient, MeshClient, Daemon, Daemon]]:
+    a, b = await active_pair(mesh)
+    yield await client_of(a, nursery), await client_of(b, nursery), a, b
+
+
+Pair = tuple[MeshClient, MeshClient, Daemon, Daemon]
+
+
+async def digest_server(stream: BinaryStream) -> None:
+    """Reads everything, answers with its length and SHA-256, then ends."""
+    data = await read_all(stream)
+    await stream.send_all(len(data).to_bytes(8, "big") + hashlib.sha256(data).digest())
+    await stream.send_eof()
+
+
+@pytest.mark.parametrize("size", [0, 1, 3 * MIB + 17])
+async def test_bytes_arrive_exact_both_ways(pair: Pair, size: int) -> None:
+    opener, server, _a, b = pair
+    await server.serve_stream(NET, "digest", digest_server)
+    data = pattern(size)
+    with trio.fail_after(WAIT * 3):
+        stream = await opener.open_stream(NET, b.device_id, "digest")
+        assert stream.peer == b.device_id
+        async with stream:
+            for start in range(0, size, 100_000):
+                await stream.send_all(data[start : start + 100_000])
+            await stream.send_eof()
+            answer = await read_all(stream)
+            await stream.finish()  # both ends ended: the daemon closes the connection
+    assert answer == size.to_bytes(8, "big") + hashlib.sha256(data).digest()
+
+
+async def test_the_server_streams_to_the_opener(pair: Pair) -> None:
+    opener, server, _a, b = pair
+    data = pattern(2 * MIB + 5)
+
+    async def source(stream: BinaryStream) -> None:
+        await stream.send_all(data)
+        await stream.send_eof()
+        assert await read_all(stream) == b""
+
+    await server.serve_stream(NET, "source", source)
+    with trio.fail_after(WAIT * 3):
+        async with await opener.open_stream(NET, b.device_id, "source") as stream:
+            await stream.send_eof()
+            received = await read_all(stream)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+
+
+async def test_a_stalled_reader_holds_the_writer_within_the_window(pair: Pair) -> None:
+    opener, server, a, b = pair
+    release = trio.Event()
+    total = 24 * MIB
+    data = pattern(total)
+    received: list[bytes] = []
+
+    async def stalled(stream: BinaryStream) -> None:
+        await release.wait()
+        received.append(await read_all(stream))
+        await stream.send_eof()
+
+    await server.serve_stream(NET, "stall", stalled)
+    sent = 0
+    async with (
+        trio.open_nursery() as nursery,
+        await opener.open_stream(NET, b.device_id, "stall") as stream,
+    ):
+
+        async def write() -> None:
+            nonlocal sent
+            for start in range(0, total, MIB):
+                await stream.send_all(data[start : start + MIB])
+                sent += MIB
+            await stream.send_eof()
+
+        nursery.start_soon(write)
+        sending: dict[str, Any] = {}
+        receiving: dict[str, Any] = {}
+
+        async def stalled_on_credit() -> bool:
+            """The sender's daemon is out of credit and all it sent has arrived."""
+            nonlocal sending, receiving
+            sending, receiving = await figures(a), await figures(b)
+            out = sending["counters"].get("bytes_out", 0)
+            credit = sending["streams"][0]["send_credit"] if sending["streams"] else 0
+            arrived = receiving["counters"].get("bytes_in", 0)
+            return credit < STREAM_CHUNK_BYTES + STREAM_FRAME_COST and out == arrived > 0
+
+        await until(stalled_on_credit)
+        # what waits in the receiving daemon for the program is within the window ...
+        assert 0 < receiving["streams"][0]["held"] <= STREAM_WINDOW_BYTES
+        # ... and the writer is held, far short of what it wants to write
+        assert sent < total // 2
+        assert "binary-stream" in protocols(await a.call("inspect"))
+        release.set()
+        with trio.fail_after(WAIT * 3):
+            assert await read_all(stream) == b""
+    assert hashlib.sha256(received[0]).digest() == hashlib.sha256(data).digest()
+
+
+async def test_closing_the_opener_is_reported_to_the_server(pair: Pair) -> None:
+    opener, server, _a, b = pair
+    outcome: list[BaseException] = []
+    done = trio.Event()
+
+    async def reader(stream: BinaryStream) -> None:
+        try:
+            await read_all(stream)
+        except StreamError as reset:
+            outcome.append(reset)
+        finally:
+            done.set()
+
+    await server.serve_stream(NET, "reader", reader)
+    with trio.fail_after(WAIT):
+        stream = await opener.open_stream(NET, b.device_id, "reader")
+        await stream.send_all(b"half a message")
+        await stream.aclose()  # no end frame: the stream is cancelled
+        await done.wait()
+    assert [getattr(e, "code", None) for e in outcome] == ["cancelled"]
+
+
+async def test_a_reset_by_the_server_reaches_the_opener_with_its_message(pair: Pair) -> None:
+    opener, server, _a, b = pair
+
+    async def refuse(stream: BinaryStream) -> None:
+        await stream.receive_some()
+        raise ValueError("not today")
+
+    await server.serve_stream(NET, "refuse", refuse)
+    with trio.fail_after(WAIT):
+        async with await opener.open_stream(NET, b.device_id, "refuse") as stream:
+            await stream.send_all(b"hello")
+            with pytest.raises(StreamError) as reset:
+                await read_all(stream)
+    assert reset.value.code == "remote_error"
+    assert "not today" in str(reset.value)
+
+
+async def test_a_method_nobody_serves_is_refused(pair: Pair) -> None:
+    opener, server, _a, b = pair
+    await server.serve(NET, "plain", _echo)  # an RPC claim is no binary claim
+    with trio.fail_after(WAIT):
+        for method in ("nobody", "plain"):
+            with pytest.raises(ClientError) as refused:
+                await opener.open_stream(NET, b.device_id, method)
+            assert refused.value.code == "no_handler"
+
+
+async def _echo(payload: Any, _context: Any) -> Any:
+    return payload
+
+
+async def line_client(daemon: Daemon) -> LineClient:
+    socket = resolve_paths({"MESHACTORS_HOME": str(daemon.home)}).socket
+    return LineClient(await trio.open_unix_socket(str(socket)))
+
+
+async def test_only_a_first_request_switches_and_a_refusal_keeps_json_lines(pair: Pair) -> None:
+    _opener, server, a, b = pair
+    await server.serve_stream(NET, "digest", digest_server)
+    lines = await line_client(a)
+    with trio.fail_after(WAIT):
+        assert (await lines.call("status"))["ok"]
+        late = await lines.call("stream_open", network=NET, peer=b.device_id, method="digest")
+        assert late["error"]["code"] == "conflict"
+        unknown = await lines.call("stream_accept", network=NET, stream_id="0" * 32)
+        assert unknown["error"]["code"] == "conflict"
+        assert (await lines.call("status"))["ok"]  # still JSON lines
+        fresh = await line_client(a)
+        unknown = await fresh.call("stream_accept", network=NET, stream_id="0" * 32)
+        assert unknown["error"]["code"] == "unknown_request"
+        assert (await fresh.call("status"))["ok"]
+
+
+async def test_binary_claims_and_calls_do_not_mix(pair: Pair) -> None:
+    opener, server, _a, b = pair
+    await server.serve_stream(NET, "digest", digest_server)
+    with trio.fail_after(WAIT):
+        with pytest.raises(ClientError) as refused:
+            await opener.rpc_call(NET, b.device_id, "digest", None)
+        assert refused.value.code == "no_handler"
+        with pytest.raises(ClientError) as bad:
+            await server.call("rpc_register", {"network": NET, "method": "x", "streaming": 1})
+        assert bad.value.code == "invalid_params"
+
+
+async def test_a_stream_to_this_daemon_itself(pair: Pair) -> None:
+    opener, _server, a, _b = pair
+    await opener.serve_stream(NET, "digest", digest_server)
+    data = pattern(300_000)
+    with trio.fail_after(WAIT):
+        async with await opener.open_stream(NET, a.device_id, "digest") as stream:
+            await stream.send_all(data)
+            await stream.send_eof()
+            answer = await read_all(stream)
+    assert answer[8:] == hashlib.sha256(data).digest()
+
+
+async def test_closing_the_server_without_an_end_cancels_the_opener(pair: Pair) -> None:
+    opener, server, _a, b = pair
+
+    async def hang_up(stream: BinaryStream) -> None:
+        await stream.receive_some()
+        await stream.aclose()
+
+    await server.serve_stream(NET, "hang_up", hang_up)
+    with trio.fail_after(WAIT):
+        async with await opener.open_stream(NET, b.device_id, "hang_up") as stream:
+            await stream.send_all(b"hello")
+            with pytest.raises(StreamError) as reset:
+                await read_all(stream)
+    assert reset.value.code == "cancelled"
+
+
+async def test_a_peer_that_leaves_ends_its_streams(pair: Pair) -> None:
+    opener, server, _a, b = pair
+    accepted = trio.Event()
+
+    async def wait_forever(stream: BinaryStream) -> None:
+        accepted.set()
+        await trio.sleep_forever()
+
+    await server.serve_stream(NET, "forever", wait_forever)
+    with trio.fail_after(WAIT):
+        async with await opener.open_stream(NET, b.device_id, "forever") as stream:
+            await accepted.wait()
+            await b.call("network_remove", network=NET)  # b leaves; its programs stay
+            with pytest.raises(StreamError) as reset:
+                await read_all(stream)
+    assert reset.value.code == "peer_not_active"
+
+
+async def test_http_cannot_become_a_stream(pair: Pair) -> None:
+    _opener, _server, a, b = pair
+    socket = resolve_paths({"MESHACTORS_HOME": str(a.home)}).socket
+    body = json.dumps({"network": NET, "peer": b.device_id, "method": "digest"}).encode()
+    head = f"POST /v1/stream_open HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    with trio.fail_after(WAIT):
+        stream = await trio.open_unix_socket(str(socket))
+        await stream.send_all(head.encode() + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            answer += await stream.receive_some(65536)
+        await stream.aclose()
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert b'"bad_request"' in answer
+
+
+async def test_a_frame_over_the_limit_is_answered_in_band(pair: Pair) -> None:
+    opener, server, _a, b = pair
+    outcome: list[str] = []
+    done = trio.Event()
+
+    async def reader(stream: BinaryStream) -> None:
+        try:
+            await read_all(stream)
+        except StreamError as error:
+            outcome.append(error.code)
+        finally:
+            done.set()
+
+    await server.serve_stream(NET, "reader", reader)
+    with trio.fail_after(WAIT):
+        async with await opener.open_stream(NET, b.device_id, "reader") as stream:
+            await stream.socket.send_all(struct.pack(">I", MAX_STREAM_FRAME_BYTES + 1))
+            with pytest.raises(StreamError) as refused:
+                await read_all(stream)
+        await done.wait()
+    assert refused.value.code == "frame_too_large"
+    assert outcome == ["remote_error"]
+
+
+async def test_a_reset_after_the_servers_end_still_reaches_the_opener(pair: Pair) -> None:
+    opener, server, _a, b = pair
+
+    async def end_then_fail(stream: BinaryStream) -> None:
+        await stream.send_eof()
+        await stream.receive_some()
+        raise ValueError("changed my mind")
+
+    await server.serve_stream(NET, "fickle", end_then_fail)
+    with trio.fail_after(WAIT):
+        async with await opener.open_stream(NET, b.device_id, "fickle") as stream:
+            assert await read_all(stream) == b""  # the server's end
+            await stream.send_all(b"more")
+            with pytest.raises(StreamError) as reset:
+                await stream.finish()
+    assert reset.value.code == "remote_error"
+
+
+async def test_a_handler_failing_on_a_closed_stream_leaves_the_client_serving(pair: Pair) -> None:
+    opener, server, _a, b = pair
+    failed: list[str] = []
+    second = trio.Event()
+
+    async def reader(stream: BinaryStream) -> None:
+        try:
+            await read_all(stream)  # the opener hangs up: StreamError, the stream is closed
+        finally:
+            failed.append(stream.stream_id)
+            if len(failed) == 2:
+                second.set()
+
+    await server.serve_stream(NET, "late", reader)
+    with trio.fail_after(WAIT):
+        for _ in range(2):  # the second stream is served too: the first failure hurt nothing
+            stream = await opener.open_stream(NET, b.device_id, "late")
+            await stream.aclose()
+        await second.wait()
+    assert len(set(failed)) == 2
+
+
+async def test_a_core_crash_ends_its_streams_with_stopped(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    a, b = await mesh.daemon("a", debug_ops=True), await mesh.daemon("b")
+    await a.join(mesh.url)
+    await b.join(mesh.url)
+    await approve_both(a, b)
+    opener, server = await client_of(a, nursery), await client_of(b, nursery)
+    accepted = trio.Event()
+
+    async def wait_forever(stream: BinaryStream) -> None:
+        accepted.set()
+        await read_all(stream)
+
+    await server.serve_stream(NET, "forever", wait_forever)
+    with trio.fail_after(WAIT):
+        async with await opener.open_stream(NET, b.device_id, "forever") as stream:
+            await accepted.wait()
+            await a.call("debug_crash", path=f"daemon/networks/network {NET}/core")
+            with pytest.raises(StreamError) as ended:
+                await read_all(stream)
+    assert ended.value.code == "stopped"

@@ -1,0 +1,125 @@
+"""The streams part alone, on a recording peer layer: a peer that breaks a stream's rules (data
+beyond its credit or out of sequence, credit beyond the window, frames for no stream) resets
+that stream or is counted, and never crashes core."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from meshactors.network.app_wire import AppWire
+from meshactors.network.stream_frames import (
+    STREAM_WINDOW_BYTES,
+    StreamCredit,
+    StreamData,
+    StreamEnd,
+    StreamOpen,
+    StreamReady,
+    StreamReset,
+)
+from meshactors.network.stream_pipe import Pipe
+from meshactors.network.streams import Streams
+from meshactors.wire.ipc import ErrorCode, OpError
+from meshactors.wire.pipe_frames import END, Reset
+from tests.network.test_rpc_flow import PEER, RecordingConnection, RecordingPeers, run_now
+
+ME = "own-device"
+WIRE_ID = "ab" * 16
+
+
+@attrs.define
+class ServedStreams:
+    streams: Streams
+    peers: RecordingPeers
+    owner: RecordingConnection
+
+
+@pytest.fixture
+async def served(nursery: trio.Nursery) -> AsyncIterator[ServedStreams]:
+    peers, owner = RecordingPeers(), RecordingConnection()
+    streams = Streams("net", AppWire(peers, ME), run_now, lambda m: owner if m == "files" else None)
+    await nursery.start(streams.run)
+    yield ServedStreams(streams, peers, owner)
+
+
+async def accepted(served: ServedStreams) -> Pipe:
+    """A stream PEER opened to `files`, accepted here."""
+    served.peers.deliver(StreamOpen(WIRE_ID, "files", 30_000))
+    kind, offer = served.owner.pushed[-1]
+    assert kind == "stream_incoming" and offer["from"] == PEER
+    pipe = await served.streams.accept(offer["stream_id"])
+    assert served.peers.of(StreamReady) == [StreamReady(WIRE_ID)]
+    return pipe
+
+
+async def resets(served: ServedStreams) -> list[Any]:
+    await trio.testing.wait_all_tasks_blocked()
+    return [frame.error.code for frame in served.peers.of(StreamReset)]
+
+
+async def test_data_in_sequence_within_credit_reaches_the_connection(served: ServedStreams) -> None:
+    pipe = await accepted(served)
+    served.peers.deliver(StreamData(WIRE_ID, True, 1, b"abc"))
+    served.peers.deliver(StreamEnd(WIRE_ID, True, 1))
+    assert [pipe.to_socket.receive_nowait(), pipe.to_socket.receive_nowait()] == [b"abc", END]
+    assert await resets(served) == []
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        StreamData(WIRE_ID, True, 1, b"x" * STREAM_WINDOW_BYTES),  # beyond the credit
+        StreamData(WIRE_ID, True, 2, b"x"),  # a frame skipped
+        StreamCredit(WIRE_ID, True, 1),  # credit beyond the window
+        StreamEnd(WIRE_ID, True, 5),  # an end after frames that never came
+    ],
+)
+async def test_a_peer_breaking_the_rules_resets_the_stream(
+    served: ServedStreams, frame: Any
+) -> None:
+    pipe = await accepted(served)
+    served.peers.deliver(frame)
+    assert await resets(served) == ["protocol"]
+    item = pipe.to_socket.receive_nowait()
+    assert isinstance(item, Reset) and item.code == "protocol"
+    assert served.streams.figures()["open"] == 0
+
+
+async def test_frames_for_no_stream_are_counted_not_acted_on(served: ServedStreams) -> None:
+    served.peers.deliver(StreamData(WIRE_ID, True, 1, b"x"))
+    served.peers.deliver(StreamReady(WIRE_ID))
+    served.peers.deliver(StreamCredit(WIRE_ID, False, 10))
+    assert served.streams.figures()["counters"]["stray_frames"] == 3
+    assert await resets(served) == []
+
+
+async def test_data_before_the_accept_is_dropped(served: ServedStreams) -> None:
+    served.peers.deliver(StreamOpen(WIRE_ID, "files", 30_000))
+    served.peers.deliver(StreamData(WIRE_ID, True, 1, b"early"))
+    assert served.streams.figures()["counters"]["stray_frames"] == 1
+
+
+async def test_an_open_for_a_method_nobody_serves_is_refused(served: ServedStreams) -> None:
+    served.peers.deliver(StreamOpen(WIRE_ID, "other", 30_000))
+    assert await resets(served) == ["no_handler"]
+    assert served.owner.pushed == []
+
+
+async def test_an_offer_nobody_accepts_goes_after_the_openers_timeout(
+    served: ServedStreams, autojump_clock: trio.testing.MockClock
+) -> None:
+    served.peers.deliver(StreamOpen(WIRE_ID, "files", 5_000))
+    _kind, offer = served.owner.pushed[-1]
+    await trio.sleep(4)
+    assert served.streams.figures()["open"] == 1
+    await trio.sleep(2)
+    assert await resets(served) == ["timeout"]
+    assert served.streams.figures()["open"] == 0
+    with pytest.raises(OpError) as late:
+        await served.streams.accept(offer["stream_id"])
+    assert late.value.code is ErrorCode.UNKNOWN_REQUEST
