@@ -138,10 +138,12 @@ class _Batch:
 
 @attrs.frozen
 class _Claim:
-    """What one pass over a network claimed, and when its next delivery falls due."""
+    """What one pass over a network claimed, when its next delivery falls due, and the
+    deliveries in each status once it claimed (the `pending` figure)."""
 
     deliveries: list[Delivery]
     next_due_ms: int | None
+    counts: dict[str, int]
 
 
 def claim_due(
@@ -149,7 +151,8 @@ def claim_due(
 ) -> _Claim:
     """Claim due deliveries to the peers in `windows` (at most that many each, CLAIM_BATCH in
     all), each peer's in queue order, and say when the next one to a peer with room left is
-    due; one store round trip per network, reading only the deliveries it claims."""
+    due; one store round trip per network (the counts for the figures come with it), reading
+    only the deliveries it claims."""
     room = dict(windows)
     picked: list[Delivery] = []
     for peer, places in windows.items():
@@ -166,7 +169,8 @@ def claim_due(
     next_due = (
         outbox_db.next_due_at(conn, network=network, recipients=open_peers) if open_peers else None
     )
-    return _Claim([d for d in picked if d.key in claimed], next_due)
+    picked = [d for d in picked if d.key in claimed]
+    return _Claim(picked, next_due, outbox_db.delivery_counts(conn))
 
 
 def record_settled(conn: sqlite3.Connection, batch: Sequence[_Settled], now_ms: int) -> list[str]:
@@ -338,19 +342,25 @@ class Outbox(Actor):
     async def _drain(self, nursery: trio.Nursery) -> None:
         while True:
             self._wake = trio.Event()
-            next_due = None
+            next_due, counted = None, False
             for network in self.networks.all():
-                due = await self._pass(network, nursery)
-                if due is not None:
+                claim = await self._pass(network, nursery)
+                if claim is None:
+                    continue
+                self.stored_counts, counted = claim.counts, True
+                if (due := claim.next_due_ms) is not None:
                     next_due = due if next_due is None else min(next_due, due)
-            self.stored_counts = await self.store.call(
-                outbox_db.delivery_counts, what="count deliveries"
-            )
+            if not counted:  # no pass claimed: count in a store call of its own
+                self.stored_counts = await self.store.call(
+                    outbox_db.delivery_counts, what="count deliveries"
+                )
             wait = IDLE_POLL_S if next_due is None else max(0.0, (next_due - now_ms()) / 1000)
             with trio.move_on_after(min(wait, IDLE_POLL_S)):
                 await self._wake.wait()
 
-    async def _pass(self, network: Network, nursery: trio.Nursery) -> int | None:
+    async def _pass(self, network: Network, nursery: trio.Nursery) -> _Claim | None:
+        """Claim what is due to the network's active peers with room in their window and
+        start sending it; None when there was no room or no core to ask."""
         network_id = network.config.id
         try:
             active = await network.active_peers()
@@ -370,7 +380,7 @@ class Outbox(Actor):
         for peer, deliveries in by_peer.items():
             self._inflight[network_id, peer] += len(deliveries)
             nursery.start_soon(self._deliver, network, peer, deliveries)
-        return claim.next_due_ms
+        return claim
 
     async def _deliver(self, network: Network, peer: str, deliveries: list[Delivery]) -> None:
         """Send one peer's claimed batch in one ask to core and wait for the acks; whatever is
