@@ -119,3 +119,22 @@ async def test_a_failed_run_answers_each_of_its_requests_with_the_error() -> Non
     requests = [_request(1, "gone", 1), _request(2, "gone", 2), _request(3, "bug", 3)]
     await _run(recorder, requests)
     assert recorder.answers == [([1, 2], "no_such_peer"), ([3], "internal")]
+
+
+async def test_a_run_with_one_outcome_each_answers_each_request_alone_in_order() -> None:
+    recorder = Recorder()
+
+    async def run(_session: Any, params: NoteParams, values: list[int]) -> list[Any]:
+        recorder.runs.append((params.target, values))
+        return [OpError(ErrorCode.CONFLICT, "odd") if v % 2 else {"v": v} for v in values]
+
+    op = Op("note", NoteParams, recorder.alone, "test op", Merge(recorder.item, run, each=True))
+    requests = [_request(n, "x", n) for n in range(1, 5)]
+    await OpTable.of([op]).run_in_order(FakeSession(), requests, recorder.answer)  # type: ignore[arg-type]
+    assert recorder.runs == [("x", [1, 2, 3, 4])]
+    assert recorder.answers == [
+        ([1], "conflict"),
+        ([2], {"v": 2}),
+        ([3], "conflict"),
+        ([4], {"v": 4}),
+    ]
