@@ -74,7 +74,17 @@ class Op(Generic[P]):
         return structured
 
 
-Outcome = Any  # an answer's data, or the OpError it failed with
+Outcome = Any  # an answer's data, or the OpError it failed with, or Each
+
+
+@attrs.frozen
+class Each:
+    """The outcomes of a run whose requests have one each (`Merge.each`), in request order:
+    answered together, so they can leave in one write."""
+
+    outcomes: Sequence[Outcome]
+
+
 Answer = Callable[[Sequence[Request], Outcome], Awaitable[None]]
 
 
@@ -143,7 +153,8 @@ class OpTable:
         self, session: Session, requests: Sequence[Request], answer: Answer
     ) -> None:
         """Run `requests` one after another, merging consecutive ones of equal run key, and
-        pass every outcome to `answer` in request order (a run's requests share one)."""
+        pass every outcome to `answer` in request order (a run's requests share one, or with
+        `Merge.each` get one each, as `Each`)."""
         run: _Run | None = None
         for request in requests:
             try:
@@ -178,11 +189,9 @@ class OpTable:
         assert run.op.merge is not None
         work = run.op.merge.run(session, run.params, run.items)
         outcome = await _guarded(session, run.op.name, work)
-        if not run.op.merge.each or isinstance(outcome, OpError):
-            await answer(run.requests, outcome)
-            return
-        for request, own in zip(run.requests, outcome, strict=True):
-            await answer([request], own)
+        if run.op.merge.each and not isinstance(outcome, OpError):
+            outcome = Each(outcome)
+        await answer(run.requests, outcome)
 
 
 def _started(session: Session, op: Op[P], params: P) -> Awaitable[Any]:
