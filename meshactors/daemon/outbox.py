@@ -67,7 +67,7 @@ from meshactors.wire.peer import Frame
 log = structlog.get_logger("meshactors.outbox")
 
 ACK_TIMEOUT_S = 30.0  # default seconds a sent msg waits for its msg_ack before it fails
-PEER_WINDOW = 64  # deliveries in flight to one peer at once
+PEER_WINDOW = 256  # deliveries in flight to one peer at once
 CLAIM_BATCH = 256  # due deliveries claimed per network per pass
 IDLE_POLL_S = 60.0  # longest sleep when nothing is due (wake-ups do the real work)
 SWEEP_INTERVAL_S = 60.0  # seconds between TTL sweeps and retention passes
