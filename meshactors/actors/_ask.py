@@ -73,15 +73,21 @@ async def ask(
     timeout: float,
     what: str,
 ) -> T:
-    """Send `build(reply)` to `inbox` and wait for the answer, at most `timeout` seconds in all."""
-    send, receive = trio.open_memory_channel[_Answer[T]](1)
+    """Send `build(reply)` to `inbox` and wait for the answer, at most `timeout` seconds in all.
+
+    Every store call and core command is one ask, so this stays lean: an unsubscripted
+    channel (a subscripted one goes through typing's generic alias on each call) and a plain
+    cancel scope rather than `fail_after`'s generator context manager."""
+    send: trio.MemorySendChannel[_Answer[T]]
+    receive: trio.MemoryReceiveChannel[_Answer[T]]
+    send, receive = trio.open_memory_channel(1)
     with receive:
-        try:
-            with trio.fail_after(timeout):
+        with trio.CancelScope(deadline=trio.current_time() + timeout) as waiting:
+            try:
                 await inbox.send(build(Reply(send)))
                 answer = await receive.receive()
-        except trio.TooSlowError:
-            raise AskTimeout(what, timeout) from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
-            raise ActorGone(f"{what}: the actor is not running") from None
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
+                raise ActorGone(f"{what}: the actor is not running") from None
+        if waiting.cancelled_caught:
+            raise AskTimeout(what, timeout)
     return answer.unwrap()

@@ -38,7 +38,7 @@ from meshactors.control.session import Push, Session
 from meshactors.control.tcp_auth import TcpAuth
 from meshactors.daemon.services import Services
 from meshactors.network.stream_pipe import Pipe, frame_cost
-from meshactors.ops.optable import Outcome, finish
+from meshactors.ops.optable import Each, Outcome, finish
 from meshactors.socket_io import receive_some
 from meshactors.store.events import Event
 from meshactors.wire import pipe_frames
@@ -319,9 +319,17 @@ class ClientActor(Actor):
             await self.services.ops.run_in_order(self._session, queued, self._answer_all)
 
     async def _answer_all(self, requests: Sequence[Request], outcome: Outcome) -> None:
-        """Answer requests that share one outcome, in order, in one outgoing frame."""
+        """Answer requests that share one outcome (or have one each), in order, in one
+        outgoing frame."""
         self.requests += len(requests)
         self.in_flight -= len(requests)
+        if isinstance(outcome, Each):
+            pairs = list(zip(requests, outcome.outcomes, strict=True))
+            self.errors += sum(isinstance(own, OpError) for _, own in pairs)
+            frames = b"".join(_answer_frame(request.id, own) for request, own in pairs)
+            if frames:
+                await self._emit(frames)
+            return
         if isinstance(outcome, OpError):
             self.errors += len(requests)
             await self._emit(b"".join(error_frame(r.id, outcome) for r in requests))
@@ -396,6 +404,13 @@ def _encoded(push: Push) -> bytes:
     """A pushed event as a line: encoded already, or an event dict, `kind` first (the dict is
     left as it was)."""
     return push if isinstance(push, bytes) else encode(push)
+
+
+def _answer_frame(request_id: RequestId | None, outcome: Outcome) -> bytes:
+    """One request's answer frame (nothing for a notification that succeeded)."""
+    if isinstance(outcome, OpError):
+        return error_frame(request_id, outcome)
+    return b"" if request_id is None else ok_frame(request_id, outcome)
 
 
 def _id_head(request_id: RequestId) -> bytes:

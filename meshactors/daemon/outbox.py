@@ -1,11 +1,14 @@
 """The `outbox` actor: drains durable sends to active peers and stores peers' messages.
 
-Sending: each pass claims due deliveries to active peers (at most PEER_WINDOW in flight per
-peer: a window, so a peer has many messages on the way before the first ack comes back),
-sends each as a sealed `msg` frame and waits for the recipient's `msg_ack` (alone or in a
-`msg_acks` batch); only that ack marks the delivery done. A failed attempt is recorded with
-its error code and retried with backoff (store.outbox.mark_failed). Passes run on a new
-accept, a peer becoming active, a finished attempt, or the next due retry. Deliveries left
+Sending: each pass claims due deliveries to active peers in one store call (at most
+PEER_WINDOW in flight per peer: a window, so a peer has many messages on the way before the
+first ack comes back), and sends each peer's claimed batch as sealed `msg` frames in one ask
+to the network's core (they leave together, in one WebSocket message when they fit); each
+delivery then waits for the recipient's `msg_ack` (alone or in a `msg_acks` batch); only that
+ack marks the delivery done. Acks reach this actor through its own bounded queue and are
+recorded in batches, one store call for all that finished together. A failed attempt is
+recorded with its error code and retried with backoff (store.outbox.mark_failed). Passes run
+on a new accept, a peer becoming active, a finished attempt, or the next due retry. Deliveries left
 inflight by a crash are put back to pending at start. An attempt in flight to a peer that
 leaves or comes back (a peer status event) is not waited out to the ack timeout: it is made
 due again at once, without counting as a failure, and sent when the peer is active (the
@@ -53,6 +56,7 @@ from meshactors.network.peers import STATUS_EVENTS
 from meshactors.store import inbox as inbox_db
 from meshactors.store import outbox as outbox_db
 from meshactors.store.actor import StoreActor
+from meshactors.store.db import immediate
 from meshactors.store.events import Event
 from meshactors.store.inbox import InboxMessage
 from meshactors.store.outbox import EXPIRE_BATCH, Delivery
@@ -63,13 +67,14 @@ from meshactors.wire.peer import Frame
 log = structlog.get_logger("meshactors.outbox")
 
 ACK_TIMEOUT_S = 30.0  # default seconds a sent msg waits for its msg_ack before it fails
-PEER_WINDOW = 64  # deliveries in flight to one peer at once
+PEER_WINDOW = 256  # deliveries in flight to one peer at once
 CLAIM_BATCH = 256  # due deliveries claimed per network per pass
 IDLE_POLL_S = 60.0  # longest sleep when nothing is due (wake-ups do the real work)
 SWEEP_INTERVAL_S = 60.0  # seconds between TTL sweeps and retention passes
 PRUNE_PAUSE_S = 0.1  # seconds between prune batches while a retention pass has work
 RECEIVE_QUEUE = 4096  # incoming msg frames waiting to be stored; more are dropped (resent)
 RECEIVE_BATCH = MAX_ACKS  # incoming messages stored per store call (their acks fit one frame)
+ACK_QUEUE = 1024  # incoming ack frames (msg_ack or msg_acks) waiting; more are dropped (resent)
 SETTLE_QUEUE = 4096  # finished attempts waiting to be recorded before deliverers wait
 SETTLE_BATCH = 512  # finished attempts recorded per store call
 WATCH_CAPACITY = 1024  # daemon events queued for the wake-up watcher before it lags
@@ -110,20 +115,35 @@ class _Received:
     frame: Msg
 
 
-@attrs.define(eq=False)
-class _Waiter:
-    """A sent msg waiting for its ack, or for its peer to leave or come back."""
+@attrs.frozen
+class _Acks:
+    """Ack frames from one peer, waiting to be matched with the deliveries they answer."""
 
+    network: str
+    sender: str
+    acks: Sequence[MsgAck]
+
+
+@attrs.define(eq=False)
+class _Batch:
+    """Deliveries sent to one peer in one ask, until each is acked or the batch gives up
+    (ack timeout, or its peer left or came back: `peer_changed`)."""
+
+    network: str
+    recipient: str
+    left: int  # deliveries of the batch still waiting for their ack
     done: trio.Event = attrs.field(factory=trio.Event)
-    ack: MsgAck | None = None  # None once done: the peer changed before it acked
+    peer_changed: bool = False
 
 
 @attrs.frozen
 class _Claim:
-    """What one pass over a network claimed, and when its next delivery falls due."""
+    """What one pass over a network claimed, when its next delivery falls due, and the
+    deliveries in each status once it claimed (the `pending` figure)."""
 
     deliveries: list[Delivery]
     next_due_ms: int | None
+    counts: dict[str, int]
 
 
 def claim_due(
@@ -131,7 +151,8 @@ def claim_due(
 ) -> _Claim:
     """Claim due deliveries to the peers in `windows` (at most that many each, CLAIM_BATCH in
     all), each peer's in queue order, and say when the next one to a peer with room left is
-    due; one store round trip per network, reading only the deliveries it claims."""
+    due; one store round trip per network (the counts for the figures come with it), reading
+    only the deliveries it claims."""
     room = dict(windows)
     picked: list[Delivery] = []
     for peer, places in windows.items():
@@ -148,52 +169,69 @@ def claim_due(
     next_due = (
         outbox_db.next_due_at(conn, network=network, recipients=open_peers) if open_peers else None
     )
-    return _Claim([d for d in picked if d.key in claimed], next_due)
+    picked = [d for d in picked if d.key in claimed]
+    return _Claim(picked, next_due, outbox_db.delivery_counts(conn))
 
 
 def record_settled(conn: sqlite3.Connection, batch: Sequence[_Settled], now_ms: int) -> list[str]:
-    """Mark each attempt delivered, failed or (its peer changed) due again; returns each
-    delivery's new status."""
-    statuses = []
-    for item in batch:
-        if item.error is None:
-            outbox_db.mark_delivered(conn, item.outbox_id, item.recipient, now_ms)
-            statuses.append("done")
-        elif item.error == PEER_CHANGED:
-            outbox_db.mark_due_now(conn, item.outbox_id, item.recipient, now_ms)
-            statuses.append("pending")
-        else:
-            status = outbox_db.mark_failed(
-                conn,
-                item.outbox_id,
-                item.recipient,
-                error_code=item.error,
-                permanent=is_permanent(item.error),
-                now_ms=now_ms,
-            )
-            statuses.append(status or "gone")
-    return statuses
+    """Mark each attempt delivered, failed or (its peer changed) due again, all in one
+    transaction; returns each delivery's new status ("gone": no such delivery)."""
+    with immediate(conn):
+        return [_record_one(conn, item, now_ms) for item in batch]
+
+
+def _record_one(conn: sqlite3.Connection, item: _Settled, now_ms: int) -> str:
+    if item.error is None:
+        outbox_db.mark_delivered(conn, item.outbox_id, item.recipient, now_ms)
+        return "done"
+    if item.error == PEER_CHANGED:
+        outbox_db.mark_due_now(conn, item.outbox_id, item.recipient, now_ms)
+        return "pending"
+    status = outbox_db.mark_failed(
+        conn,
+        item.outbox_id,
+        item.recipient,
+        error_code=item.error,
+        permanent=is_permanent(item.error),
+        now_ms=now_ms,
+    )
+    return status or "gone"
 
 
 def store_received(
     conn: sqlite3.Connection, batch: Sequence[_Received], now_ms: int
 ) -> list[tuple[InboxMessage, bool]]:
-    """Store each received message (deduplicated); returns the row and whether it is new."""
-    return [
-        inbox_db.store_message(
-            conn,
-            network=item.network,
-            sender=item.sender,
-            client_message_id=item.frame.client_message_id,
-            message=item.frame.message,
-            meta=item.frame.meta,
-            priority=item.frame.priority,
-            reply_to_id=item.frame.reply_to_id,
-            sent_at=item.frame.sent_at,
-            now_ms=now_ms,
-        )
-        for item in batch
-    ]
+    """Store each received message (deduplicated), all in one transaction; returns the row
+    and whether it is new."""
+    with immediate(conn):
+        return [
+            inbox_db.store_message(
+                conn,
+                network=item.network,
+                sender=item.sender,
+                client_message_id=item.frame.client_message_id,
+                message=item.frame.message,
+                meta=item.frame.meta,
+                priority=item.frame.priority,
+                reply_to_id=item.frame.reply_to_id,
+                sent_at=item.frame.sent_at,
+                now_ms=now_ms,
+            )
+            for item in batch
+        ]
+
+
+def msg_frame(delivery: Delivery) -> Msg:
+    """The `msg` frame that carries one delivery to its recipient."""
+    return Msg(
+        ref=delivery.outbox_id,
+        client_message_id=delivery.client_message_id,
+        message=delivery.message,
+        meta=delivery.meta,
+        priority=delivery.priority,
+        reply_to_id=delivery.reply_to_id,
+        sent_at=delivery.created_at,
+    )
 
 
 def message_view(message: InboxMessage, *, full: bool = True) -> dict[str, Any]:
@@ -237,7 +275,7 @@ class Outbox(Actor):
     _inflight: collections.Counter[tuple[str, str]] = attrs.field(
         factory=collections.Counter, init=False
     )
-    _waiters: dict[tuple[str, str, str], _Waiter] = attrs.field(factory=dict, init=False)
+    _waiters: dict[tuple[str, str, str], _Batch] = attrs.field(factory=dict, init=False)
     _received: tuple[trio.MemorySendChannel[_Received], trio.MemoryReceiveChannel[_Received]] = (
         attrs.field(init=False)
     )
@@ -253,12 +291,16 @@ class Outbox(Actor):
     # stores (deduplicated) and acks them again, so their senders need not wait out the ack
     # timeout, and publishes their `message` events again (they may repeat, same `seq`).
     _storing: list[_Received] = attrs.field(factory=list, init=False)
+    _acks: tuple[trio.MemorySendChannel[_Acks], trio.MemoryReceiveChannel[_Acks]] = attrs.field(
+        init=False
+    )
     counts: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     stored_counts: dict[str, int] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._received = trio.open_memory_channel[_Received](RECEIVE_QUEUE)
         self._settled = trio.open_memory_channel[_Settled](SETTLE_QUEUE)
+        self._acks = trio.open_memory_channel[_Acks](ACK_QUEUE)
         self.networks.on_build.append(self._hook)  # before any network starts: no msg is missed
 
     def inbox_statistics(self) -> trio.MemoryChannelStatistics:
@@ -298,6 +340,7 @@ class Outbox(Actor):
                 nursery.start_soon(self._watch, watch)
                 nursery.start_soon(self._store_received)
                 nursery.start_soon(self._record_settled)
+                nursery.start_soon(self._take_acks)
                 nursery.start_soon(self._sweep)
                 nursery.start_soon(self._prune)
                 task_status.started()
@@ -308,19 +351,25 @@ class Outbox(Actor):
     async def _drain(self, nursery: trio.Nursery) -> None:
         while True:
             self._wake = trio.Event()
-            next_due = None
+            next_due, counted = None, False
             for network in self.networks.all():
-                due = await self._pass(network, nursery)
-                if due is not None:
+                claim = await self._pass(network, nursery)
+                if claim is None:
+                    continue
+                self.stored_counts, counted = claim.counts, True
+                if (due := claim.next_due_ms) is not None:
                     next_due = due if next_due is None else min(next_due, due)
-            self.stored_counts = await self.store.call(
-                outbox_db.delivery_counts, what="count deliveries"
-            )
+            if not counted:  # no pass claimed: count in a store call of its own
+                self.stored_counts = await self.store.call(
+                    outbox_db.delivery_counts, what="count deliveries"
+                )
             wait = IDLE_POLL_S if next_due is None else max(0.0, (next_due - now_ms()) / 1000)
             with trio.move_on_after(min(wait, IDLE_POLL_S)):
                 await self._wake.wait()
 
-    async def _pass(self, network: Network, nursery: trio.Nursery) -> int | None:
+    async def _pass(self, network: Network, nursery: trio.Nursery) -> _Claim | None:
+        """Claim what is due to the network's active peers with room in their window and
+        start sending it; None when there was no room or no core to ask."""
         network_id = network.config.id
         try:
             active = await network.active_peers()
@@ -334,61 +383,88 @@ class Outbox(Actor):
             functools.partial(claim_due, network=network_id, windows=windows, now_ms=now_ms()),
             what="claim due deliveries",
         )
-        for delivery in claim.deliveries:
-            self._inflight[network_id, delivery.recipient] += 1
-            nursery.start_soon(self._deliver, network, delivery)
-        return claim.next_due_ms
+        by_peer: dict[str, list[Delivery]] = collections.defaultdict(list)
+        for delivery in claim.deliveries:  # each peer's in queue order
+            by_peer[delivery.recipient].append(delivery)
+        for peer, deliveries in by_peer.items():
+            self._inflight[network_id, peer] += len(deliveries)
+            nursery.start_soon(self._deliver, network, peer, deliveries)
+        return claim
 
-    async def _deliver(self, network: Network, delivery: Delivery) -> None:
+    async def _deliver(self, network: Network, peer: str, deliveries: list[Delivery]) -> None:
+        """Send one peer's claimed batch in one ask to core and wait for the acks; whatever is
+        not acked within the ack timeout (or when the peer changes) is settled here."""
         network_id = network.config.id
-        key = (network_id, delivery.recipient, delivery.outbox_id)
-        waiter = self._waiters[key] = _Waiter()
-        frame = Msg(
-            ref=delivery.outbox_id,
-            client_message_id=delivery.client_message_id,
-            message=delivery.message,
-            meta=delivery.meta,
-            priority=delivery.priority,
-            reply_to_id=delivery.reply_to_id,
-            sent_at=delivery.created_at,
-        )
-        error: str | None = ACK_TIMEOUT
+        batch = _Batch(network_id, peer, len(deliveries))
+        keys = [(network_id, peer, delivery.outbox_id) for delivery in deliveries]
+        for key in keys:
+            self._waiters[key] = batch
+        error: str | None = None
         try:
             with trio.move_on_after(self.settings.ack_timeout_s):
                 try:
-                    await network.send_to_peer(delivery.recipient, frame)
+                    await network.send_frames_to_peer(peer, [msg_frame(d) for d in deliveries])
                 except OpError as exc:
                     error = exc.code.value
                 else:
-                    await waiter.done.wait()
-                    if waiter.ack is None:
-                        error = PEER_CHANGED
-                    else:
-                        error = waiter.ack.error if waiter.ack.status == "rejected" else None
+                    await batch.done.wait()
         finally:
-            del self._waiters[key]
-            self._inflight[network_id, delivery.recipient] -= 1
-        await self._settled[0].send(_Settled(delivery.outbox_id, delivery.recipient, error))
-        self.poke()
+            unacked = [key[2] for key in keys if self._waiters.get(key) is batch]
+            for outbox_id in unacked:
+                del self._waiters[network_id, peer, outbox_id]
+            self._inflight[network_id, peer] -= len(unacked)
+        if error is None:
+            error = PEER_CHANGED if batch.peer_changed else ACK_TIMEOUT
+        for outbox_id in unacked:
+            await self._settled[0].send(_Settled(outbox_id, peer, error))
+        if unacked:
+            self.poke()
 
     def _on_ack(self, network_id: str, sender: str, frame: Frame) -> None:
         assert isinstance(frame, MsgAck)
-        if frame.status == "rejected" and frame.error is None:
-            frame = attrs.evolve(frame, error=INVALID_MESSAGE)
-        waiter = self._waiters.get((network_id, sender, frame.ref))
-        if waiter is not None:
-            waiter.ack = frame
-            waiter.done.set()
-        elif frame.status != "rejected":  # the attempt timed out, but the peer has it now
-            try:
-                self._settled[0].send_nowait(_Settled(frame.ref, sender, None))
-            except trio.WouldBlock:
-                self.counts["dropped"] += 1  # the next attempt will be acked as a duplicate
+        self._queue_acks(_Acks(network_id, sender, [frame]))
 
     def _on_acks(self, network_id: str, sender: str, frame: Frame) -> None:
         assert isinstance(frame, MsgAcks)
-        for ack in frame.acks:
-            self._on_ack(network_id, sender, ack)
+        self._queue_acks(_Acks(network_id, sender, frame.acks))
+
+    def _queue_acks(self, acks: _Acks) -> None:
+        """Hand acks from core's task to this actor's ack queue (never waits)."""
+        try:
+            self._acks[0].send_nowait(acks)
+        except trio.WouldBlock:
+            self.counts["dropped"] += len(acks.acks)  # those attempts time out and are resent
+
+    async def _take_acks(self) -> None:
+        """Match acks with the deliveries waiting for them (freeing their window places at
+        once) and pass them on to be recorded, all that arrived together in one go."""
+        receiver = self._acks[1]
+        async for first in receiver:
+            settled: list[_Settled] = []
+            for item in [first, *_drain(receiver, ACK_QUEUE - 1)]:
+                settled.extend(self._match_acks(item))
+            for done in settled:
+                await self._settled[0].send(done)
+            self.poke()
+
+    def _match_acks(self, item: _Acks) -> list[_Settled]:
+        """The attempts `item` finishes: those waiting, and (not rejected) those whose
+        attempt timed out before the ack came (the peer has them now)."""
+        settled = []
+        for ack in item.acks:
+            error = None
+            if ack.status == "rejected":
+                error = ack.error if ack.error is not None else INVALID_MESSAGE
+            batch = self._waiters.pop((item.network, item.sender, ack.ref), None)
+            if batch is not None:
+                self._inflight[item.network, item.sender] -= 1
+                batch.left -= 1
+                if batch.left == 0:
+                    batch.done.set()
+            elif error is not None:
+                continue  # a late refusal: the timed-out attempt was recorded as failed
+            settled.append(_Settled(ack.ref, item.sender, error))
+        return settled
 
     async def _record_settled(self) -> None:
         receiver = self._settled[1]
@@ -515,9 +591,10 @@ class Outbox(Actor):
     def _peer_changed(self, network_id: str, peer: str) -> None:
         """Release the attempts in flight to a peer that left or came back: their acks will
         not come, so they are due again now instead of at the ack timeout."""
-        for (network, recipient, _), waiter in self._waiters.items():
-            if (network, recipient) == (network_id, peer):
-                waiter.done.set()
+        for batch in set(self._waiters.values()):
+            if (batch.network, batch.recipient) == (network_id, peer):
+                batch.peer_changed = True
+                batch.done.set()
 
 
 def _drain(receiver: trio.MemoryReceiveChannel[Any], limit: int) -> list[Any]:

@@ -4,7 +4,7 @@ of one joined network."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import attrs
@@ -132,8 +132,13 @@ class Network(Supervisor):
     async def send_to_peer(self, device_id: str, frame: Frame) -> None:
         """Have core seal and send an application frame to an active peer (OpError
         no_such_peer, peer_not_active, link_down; unavailable or timeout without core)."""
+        await self.send_frames_to_peer(device_id, [frame])
+
+    async def send_frames_to_peer(self, device_id: str, frames: Sequence[Frame]) -> None:
+        """`send_to_peer` for several frames in one ask: core seals them all and queues them
+        in order, so they leave together (the durable outbox sends a claimed batch so)."""
         await self.ask_await(
-            "send to a peer", functools.partial(self.peers.send_app, device_id, frame)
+            "send to a peer", functools.partial(self.peers.send_app_frames, device_id, frames)
         )
 
     async def active_peers(self) -> list[str]:

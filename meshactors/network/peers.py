@@ -12,7 +12,7 @@ import collections
 import enum
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -234,10 +234,19 @@ class Peers:
 
         Raises OpError no_such_peer, peer_not_active or link_down.
         """
+        await self.send_app_frames(device_id, [frame])
+
+    async def send_app_frames(self, device_id: str, frames: Sequence[Frame]) -> None:
+        """Seal application frames to an active peer and queue them on the link, in order,
+        in one go: what is queued together leaves in one WebSocket message (the link's
+        writer batches). Raises OpError no_such_peer, peer_not_active or link_down.
+        """
         peer = self._active_peer(device_id)
+        features = _features(peer)
         try:
-            for data in encode_for(frame, _features(peer)):
-                await self._send_encoded(peer, data)
+            for frame in frames:
+                for data in encode_for(frame, features):
+                    await self._send_encoded(peer, data)
         except LinkDown as exc:
             raise OpError(ErrorCode.LINK_DOWN, str(exc)) from None
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import json
+import sqlite3
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -19,9 +21,10 @@ from meshactors.control.session import Session
 from meshactors.daemon.outbox import Outbox, message_view
 from meshactors.network.delivery import MAX_MESSAGE_BYTES, MAX_META_BYTES
 from meshactors.network.network import Network
-from meshactors.ops.optable import Op, converter
+from meshactors.ops.optable import Merge, Op, converter
 from meshactors.store import inbox as inbox_db
 from meshactors.store import outbox as outbox_db
+from meshactors.store.db import immediate
 from meshactors.store.fingerprint import fingerprint_prefix
 from meshactors.store.outbox import MAX_CLIENT_MESSAGE_ID_CHARS, OutboxRow, SendError
 from meshactors.wire.device_id import is_device_id, is_usable_device_id
@@ -117,6 +120,11 @@ def _network(session: Session, network_id: str) -> Network:
     return manager.get(network_id)
 
 
+def _run_key(params: SendParams) -> tuple[str, SendParams]:
+    """Consecutive sends to one network accept in one store call (see `send_run`)."""
+    return params.network, params
+
+
 def _poke_outbox(session: Session) -> None:
     """Tell the outbox actor there is new work (it also polls, so this only saves time)."""
     outbox = session.services.extras.get(OUTBOX_KEY)
@@ -131,8 +139,12 @@ def _check_sizes(params: SendParams) -> None:
             ErrorCode.PAYLOAD_TOO_LARGE,
             f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}",
         )
-    try:
-        meta = json.dumps(params.meta, separators=(",", ":"), allow_nan=False).encode()
+    try:  # most sends carry no meta: skip the encoder json.dumps makes for these options
+        meta = (
+            b"null"
+            if params.meta is None
+            else json.dumps(params.meta, separators=(",", ":"), allow_nan=False).encode()
+        )
     except ValueError as exc:
         raise OpError(ErrorCode.INVALID_PARAMS, f"meta: {exc}") from None
     if len(meta) > MAX_META_BYTES:
@@ -183,17 +195,58 @@ async def resolve_recipients(
     return "peer", to, [to]
 
 
+@attrs.frozen
+class _Staged:
+    """A send whose checks passed, with its resolved destination and its store accept."""
+
+    params: SendParams
+    kind: str
+    ref: str
+    accept: Callable[[sqlite3.Connection], outbox_db.AcceptOutcome]
+
+
+def accept_each(
+    conn: sqlite3.Connection, accepts: Sequence[Callable[[sqlite3.Connection], Any]]
+) -> list[Any]:
+    """Run several accepts in one transaction, in order; each refused one (SendError,
+    ValueError) is that accept's outcome and undoes only its own writes (`accept`'s
+    `immediate` is a savepoint inside this one)."""
+    outcomes: list[Any] = []
+    with immediate(conn):
+        for accept in accepts:
+            try:
+                outcomes.append(accept(conn))
+            except (SendError, ValueError) as exc:
+                outcomes.append(exc)
+    return outcomes
+
+
 async def send(session: Session, params: SendParams) -> dict[str, Any]:
     """Durably accept a message for delivery; a repeat of a client_message_id answers by the
     lookup table (accepted, duplicate, or a conflict error with reason and fingerprint)."""
-    network = _network(session, params.network)
-    _check_sizes(params)
-    kind, ref, recipients = await resolve_recipients(
-        network, params.to, session.services.identity.device_id
-    )
-    outcome = await _store_call(
-        session,
-        functools.partial(
+    (outcome,) = await send_run(session, params, [params])
+    if isinstance(outcome, OpError):
+        raise outcome
+    return outcome
+
+
+async def send_run(
+    session: Session, first: SendParams, items: list[SendParams]
+) -> list[dict[str, Any] | OpError]:
+    """`send` for consecutive sends of one connection to one network (the in-order runner
+    merges them): one store call accepts them all, each answered with its own outcome once
+    the transaction holding its row is committed."""
+    network = _network(session, first.network)
+    own_device_id = session.services.identity.device_id
+    staged: list[_Staged | OpError] = []
+    for params in items:
+        try:
+            _check_sizes(params)
+            kind, ref, recipients = await resolve_recipients(network, params.to, own_device_id)
+        except OpError as error:
+            staged.append(error)
+            continue
+        accept = functools.partial(
             outbox_db.accept,
             network=params.network,
             recipients=recipients,
@@ -205,11 +258,37 @@ async def send(session: Session, params: SendParams) -> dict[str, Any]:
             reply_to_id=params.reply_to_id,
             client_message_id=params.client_message_id,
             now_ms=_now_ms(),
-        ),
-        "accept send",
+        )
+        staged.append(_Staged(params, kind, ref, accept))
+    ready = [item for item in staged if isinstance(item, _Staged)]
+    accepted = iter(
+        await _store_call(
+            session,
+            functools.partial(accept_each, accepts=[item.accept for item in ready]),
+            "accept sends",
+        )
+        if ready
+        else []
     )
+    outcomes = [
+        item if isinstance(item, OpError) else _answer(item, next(accepted)) for item in staged
+    ]
+    if any(isinstance(o, dict) and o["status"] == "pending" for o in outcomes):
+        _poke_outbox(session)
+    return outcomes
+
+
+def _answer(
+    staged: _Staged, outcome: outbox_db.AcceptOutcome | Exception
+) -> dict[str, Any] | OpError:
+    """A staged send's answer, or the error it is refused with (a conflict, by the lookup
+    table, carries the taken row's id, status and the request's fingerprint prefix)."""
+    if isinstance(outcome, SendError):
+        return _send_error(outcome)
+    if isinstance(outcome, Exception):  # a ValueError: a bad choice or key
+        return OpError(ErrorCode.INVALID_PARAMS, str(outcome))
     if outcome.outcome == "conflict":
-        raise OpError(
+        return OpError(
             ErrorCode.CONFLICT,
             f"client_message_id {outcome.client_message_id!r} is taken ({outcome.reason})",
             reason=outcome.reason,
@@ -218,16 +297,14 @@ async def send(session: Session, params: SendParams) -> dict[str, Any]:
             client_message_id=outcome.client_message_id,
             status=outcome.status,
         )
-    if outcome.status == "pending":
-        _poke_outbox(session)
     return {
         "outcome": outcome.outcome,
         "id": outcome.id,
         "client_message_id": outcome.client_message_id,
         "status": outcome.status,
         "fingerprint_prefix": outcome.fingerprint_prefix,
-        "network": params.network,
-        "destination": {"kind": kind, "ref": ref},
+        "network": staged.params.network,
+        "destination": {"kind": staged.kind, "ref": staged.ref},
     }
 
 
@@ -314,6 +391,7 @@ OPS: list[Op[Any]] = [
         SendParams,
         send,
         "queue a durable message {network, to, message, ...}",
+        Merge(_run_key, send_run, each=True),
         command="send",
     ),
     Op(

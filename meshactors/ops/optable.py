@@ -2,7 +2,8 @@
 
 Ops with a `Merge` are run in order, one request after another, by the connection's in-order
 runner; consecutive requests with equal run keys run as one (e.g. one frame and seal for many
-channel messages) and each still gets its own answer, in order.
+channel messages, one store call for many durable sends) and each still gets its own answer,
+in order.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ class Merge(Generic[P]):
     """How consecutive requests of one op run as one: `item` checks a request's params (an
     OpError answers that request alone) and gives its run key and item, or None to run it
     alone with the op's handler; `run` takes the run's first params and every item, in order,
-    and gives the answer all of them share."""
+    and gives the answer all of them share, or with `each` a list of one outcome per item
+    (its answer or its OpError), in order."""
 
     item: Callable[[P], tuple[Hashable, Any] | None]
     run: Callable[[Session, P, list[Any]], Awaitable[Any]]
+    each: bool = False
 
 
 @attrs.frozen
@@ -74,7 +77,17 @@ class Op(Generic[P]):
         return structured
 
 
-Outcome = Any  # an answer's data, or the OpError it failed with
+Outcome = Any  # an answer's data, or the OpError it failed with, or Each
+
+
+@attrs.frozen
+class Each:
+    """The outcomes of a run whose requests have one each (`Merge.each`), in request order:
+    answered together, so they can leave in one write."""
+
+    outcomes: Sequence[Outcome]
+
+
 Answer = Callable[[Sequence[Request], Outcome], Awaitable[None]]
 
 
@@ -148,7 +161,8 @@ class OpTable:
         self, session: Session, requests: Sequence[Request], answer: Answer
     ) -> None:
         """Run `requests` one after another, merging consecutive ones of equal run key, and
-        pass every outcome to `answer` in request order (a run's requests share one)."""
+        pass every outcome to `answer` in request order (a run's requests share one, or with
+        `Merge.each` get one each, as `Each`)."""
         run: _Run | None = None
         for request in requests:
             try:
@@ -182,7 +196,10 @@ class OpTable:
             return
         assert run.op.merge is not None
         work = run.op.merge.run(session, run.params, run.items)
-        await answer(run.requests, await _guarded(session, run.op.name, work))
+        outcome = await _guarded(session, run.op.name, work)
+        if run.op.merge.each and not isinstance(outcome, OpError):
+            outcome = Each(outcome)
+        await answer(run.requests, outcome)
 
 
 def _started(session: Session, op: Op[P], params: P) -> Awaitable[Any]:

@@ -261,7 +261,9 @@ def savepoint(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 def to_json(value: Any) -> str:
-    """Compact JSON text for a JSON column."""
+    """Compact JSON text for a JSON column (most sends have no meta: no encoder for None)."""
+    if value is None:
+        return "null"
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 

@@ -361,8 +361,13 @@ def mark_inflight(
             )
             if cursor.rowcount:
                 claimed.append(key)
-        for outbox_id in {key.outbox_id for key in claimed}:
-            _refresh_status(conn, outbox_id, now_ms)
+        # A row with an inflight delivery derives `inflight` (derive_status): set it without
+        # reading its deliveries back, as _refresh_status would (an aborted row stays so).
+        conn.executemany(
+            "UPDATE outbox SET status = 'inflight', updated_at = ?"
+            " WHERE id = ? AND status != 'aborted'",
+            [(now_ms, outbox_id) for outbox_id in dict.fromkeys(key.outbox_id for key in claimed)],
+        )
     return claimed
 
 

@@ -31,6 +31,7 @@ from nacl.signing import SigningKey
 
 from meshactors.client._frames import FrameDecoder, answer_data, encode_request
 from meshactors.control.client import MAX_CONCURRENT_REQUESTS
+from meshactors.daemon.outbox import PEER_WINDOW
 from meshactors.store.db import open_database
 from meshactors.wire.device_id import device_id_from_public_key
 from scripts.demo_mesh import Home, broker
@@ -444,15 +445,17 @@ target ≥ 0.5), `durable_delivery_msgs_per_s` {head["durable_delivery_msgs_per_
 delivery row above, first accept → last `message`; target ≥ 5,000).
 
 - An accept is one `send` answered by the daemon once its writes (look-up, outbox row,
-  delivery row) are committed; accepts that queue together commit in one transaction. Raw
+  delivery row) are committed; the sends one connection has queued go to the store as one
+  call, and calls that queue together commit in one transaction. Raw
   JSON lines over the Unix socket, each connection pipelined up to {PIPELINE} requests in
   flight; {sizes["accepts"]} sends per connection count, to a device id that never comes
   online (nothing is delivered). The store runs one call at a time in its worker thread,
   so more connections add accepts only by letting more of them share a commit.
 - Delivery: a broker and two approved daemons as processes; {sizes["online"]} messages
   from A to B over {SEND_CONNECTIONS} connections, B's events subscribed before the first send.
-  End times are the daemons' event `at_ms`. A keeps up to 64 messages in flight to B
-  (`PEER_WINDOW`) and B acks each stored batch in one `msg_acks` frame.
+  End times are the daemons' event `at_ms`. A keeps up to {PEER_WINDOW} messages in flight to
+  B (`PEER_WINDOW`), sends what one pass claims in one go, and B acks each stored batch in one
+  `msg_acks` frame.
 - Drain: {sizes["offline"]} messages accepted while B is down, then `meshactors daemon up`
   for B; B stored the first of them {report["drain_first_message_s"]:.2f} s after that command
   began (daemon start, broker link, handshake).

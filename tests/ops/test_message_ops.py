@@ -4,6 +4,7 @@ accepts of one key, validation, outbox listing and inbox paging."""
 from __future__ import annotations
 
 import functools
+import json
 import sqlite3
 from typing import Any
 
@@ -11,6 +12,7 @@ import nacl.signing
 import trio
 
 from meshactors.daemon.services import Services
+from meshactors.network.delivery import MAX_META_BYTES
 from meshactors.store import inbox as inbox_db
 from meshactors.wire.device_id import device_id_from_public_key
 
@@ -156,3 +158,34 @@ async def test_send_refuses_a_well_formed_id_that_roster_deny_calls_unusable(
     assert "not a usable device id" in sent["error"]["message"]
     listed = await client.call("outbox_list")
     assert listed["data"]["rows"] == []
+
+
+async def test_pipelined_sends_on_one_connection_commit_in_one_store_call_each_answered(
+    connect: Any, daemon: Services
+) -> None:
+    client = await joined(connect)
+    peer = new_device()
+
+    def line(request_id: int, **params: Any) -> bytes:
+        body = {"network": NET, "to": peer, "message": "m", **params}
+        return json.dumps({"id": request_id, "op": "send", **body}).encode() + b"\n"
+
+    lines = [line(n, client_message_id=f"k{n}") for n in range(1, 41)]
+    lines[4] = line(5, client_message_id="k1")  # a repeat of k1's key and body: k1's id
+    lines[5] = line(6, client_message_id="k1", message="other")  # the key taken: a conflict
+    lines[6] = line(7, priority="urgent")  # refused by the store inside the run, alone
+    lines[7] = line(8, to="*", meta={"big": "x" * MAX_META_BYTES})  # refused before the store
+    calls_before = daemon.store.calls
+    await client.send_raw(b"".join(lines))  # read together: one in-order run
+    answers = {frame["id"]: frame for frame in [await client.frame() for _ in lines]}
+    # one store call accepted the whole run of 40; the few others are the daemon's own (the
+    # event log, the outbox's passes), where one call per send would make 40 or more
+    assert daemon.store.calls - calls_before < len(lines) // 4
+    assert answers[5]["data"]["id"] == answers[1]["data"]["id"]
+    assert answers[6]["error"]["code"] == "conflict"
+    assert answers[7]["error"]["code"] == "invalid_params"
+    assert answers[8]["error"]["code"] == "payload_too_large"
+    accepted = {n: a["data"]["id"] for n, a in answers.items() if n not in (5, 6, 7, 8)}
+    assert len(set(accepted.values())) == len(accepted) == 36
+    rows = (await client.call("outbox_list", limit=50))["data"]["rows"]
+    assert {row["id"] for row in rows} == set(accepted.values())

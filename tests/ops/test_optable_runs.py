@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from meshactors.ops.optable import Merge, Op, OpTable
+from meshactors.ops.optable import Each, Merge, Op, OpTable
 from meshactors.wire.ipc import ErrorCode, OpError, Request
 
 
@@ -119,3 +119,25 @@ async def test_a_failed_run_answers_each_of_its_requests_with_the_error() -> Non
     requests = [_request(1, "gone", 1), _request(2, "gone", 2), _request(3, "bug", 3)]
     await _run(recorder, requests)
     assert recorder.answers == [([1, 2], "no_such_peer"), ([3], "internal")]
+
+
+async def test_a_run_with_one_outcome_each_answers_them_together_each_its_own() -> None:
+    recorder = Recorder()
+    calls: list[tuple[list[Any], Any]] = []
+
+    async def run(_session: Any, params: NoteParams, values: list[int]) -> list[Any]:
+        recorder.runs.append((params.target, values))
+        return [OpError(ErrorCode.CONFLICT, "odd") if v % 2 else {"v": v} for v in values]
+
+    async def answer(requests: Sequence[Request], outcome: Any) -> None:
+        calls.append(([request.id for request in requests], outcome))
+
+    op = Op("note", NoteParams, recorder.alone, "test op", Merge(recorder.item, run, each=True))
+    requests = [_request(n, "x", n) for n in range(1, 5)]
+    await OpTable.of([op]).run_in_order(FakeSession(), requests, answer)  # type: ignore[arg-type]
+    assert recorder.runs == [("x", [1, 2, 3, 4])]
+    [(ids, outcome)] = calls  # one answer for the run: its frames leave in one write
+    assert ids == [1, 2, 3, 4]
+    assert isinstance(outcome, Each)
+    shown = [o.code.value if isinstance(o, OpError) else o for o in outcome.outcomes]
+    assert shown == ["conflict", {"v": 2}, "conflict", {"v": 4}]
