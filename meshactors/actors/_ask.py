@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 import attrs
@@ -56,6 +56,16 @@ class Reply(Generic[T]):
         """Give up answering (the actor stops mid-request): the asker gets ActorGone at once
         instead of waiting out its deadline. Harmless after an answer."""
         self._channel.close()
+
+    async def answer_with(self, work: Callable[[], Awaitable[T]]) -> None:
+        """Answer with what `work` returns, or the error it raises (the answering actor lives
+        on); if the actor is cancelled meanwhile, drop, so the asker hears so at once."""
+        try:
+            self.ok(await work())
+        except Exception as exc:
+            self.fail(exc)
+        finally:
+            self.drop()
 
     def _deliver(self, answer: _Answer[T]) -> None:
         try:

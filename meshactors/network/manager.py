@@ -155,11 +155,11 @@ class NetworkManager(Supervisor):
         async for change in self.changes.receiver:
             match change:
                 case _Add(config=config, reply=reply):
-                    await _answer(reply, functools.partial(self._join, config))
+                    await reply.answer_with(functools.partial(self._join, config))
                 case _Update(config=config, reply=reply):
-                    await _answer(reply, functools.partial(self._apply, config))
+                    await reply.answer_with(functools.partial(self._apply, config))
                 case _Remove(network_id=network_id, purge=purge, reply=reply):
-                    await _answer(reply, functools.partial(self._leave, network_id, purge))
+                    await reply.answer_with(functools.partial(self._leave, network_id, purge))
 
     async def _join(self, config: NetworkConfig) -> tuple[Network, bool]:
         existing = self._networks.get(config.id)
@@ -224,13 +224,3 @@ class NetworkManager(Supervisor):
         return ChildSpec(
             _child_name(network.config.id), network, shutdown_timeout=NETWORK_SHUTDOWN_TIMEOUT
         )
-
-
-async def _answer(reply: Reply[T], change: Callable[[], Awaitable[T]]) -> None:
-    """Answer with what `change` returns, or the error it raises (the actor lives on)."""
-    try:
-        reply.ok(await change())
-    except Exception as exc:
-        reply.fail(exc)
-    finally:
-        reply.drop()

@@ -379,12 +379,7 @@ class Peers:
     async def _handle(self, message: _Message) -> None:
         match message:
             case _Call(fn=fn, reply=reply):
-                try:
-                    reply.ok(await fn())
-                except Exception as exc:
-                    reply.fail(exc)
-                finally:
-                    reply.drop()  # cancelled (core stops): the asker hears so now
+                await reply.answer_with(fn)
             case _Tell(fn=told):
                 told()
             case InboundRecords(records=records):

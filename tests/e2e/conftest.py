@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from meshactors.client import SyncClient
 from tests.support import Home
 
 
@@ -27,3 +28,12 @@ def homes(tmp_path: Path) -> Iterator[tuple[Home, Home]]:
     yield a, b
     for home in (a, b):
         home.cli("daemon", "down", check=False)
+
+
+@pytest.fixture
+def me(home: Home) -> Iterator[str]:
+    """A running daemon in `home` joined to `lan` (whose broker never answers); its device id."""
+    home.cli("daemon", "up", "--detach")
+    home.cli("network", "add", "lan", "--broker", "ws://127.0.0.1:9/v1")
+    with SyncClient.connect(home.socket) as client:
+        yield client.call("status")["device_id"]

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,22 +15,13 @@ import pytest
 import trio
 
 from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE
-from meshactors.client import MeshClient, RequestContext, SyncClient
+from meshactors.client import MeshClient, RequestContext
 from tests.support import Home
 
 pytestmark = pytest.mark.e2e
 
 UPPER = "import sys, json; print(json.dumps(json.load(sys.stdin).upper()))"
 BROKEN = "import sys; sys.stderr.write('first\\ncannot do that'); sys.exit(3)"
-
-
-@pytest.fixture
-def me(home: Home) -> Iterator[str]:
-    """A running daemon in `home` joined to `lan` (whose broker never answers); its device id."""
-    home.cli("daemon", "up", "--detach")
-    home.cli("network", "add", "lan", "--broker", "ws://127.0.0.1:9/v1")
-    with SyncClient.connect(home.socket) as client:
-        yield client.call("status")["device_id"]
 
 
 def started(process: subprocess.Popen[str], line_from: str) -> str:

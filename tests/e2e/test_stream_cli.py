@@ -8,28 +8,17 @@ import hashlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 import trio
 
 from meshactors.cli.common import EXIT_FAILURE, EXIT_NOT_FOUND
-from meshactors.client import SyncClient
 from tests.support import Home
 
 pytestmark = pytest.mark.e2e
 
 DIGEST = "import sys, hashlib; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())"
 BROKEN = "import sys; sys.stdin.buffer.read(); sys.stderr.write('no room'); sys.exit(4)"
-
-
-@pytest.fixture
-def me(home: Home) -> Iterator[str]:
-    """A running daemon in `home` joined to `lan` (whose broker never answers); its device id."""
-    home.cli("daemon", "up", "--detach")
-    home.cli("network", "add", "lan", "--broker", "ws://127.0.0.1:9/v1")
-    with SyncClient.connect(home.socket) as client:
-        yield client.call("status")["device_id"]
 
 
 def send(home: Home, *args: str, data: bytes) -> subprocess.CompletedProcess[bytes]:
