@@ -7,8 +7,8 @@ JSON value) or `payload_b64` (base64 of binary); answers and events use the same
 from __future__ import annotations
 
 import functools
-from collections.abc import Hashable
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar, cast
 
 import attrs
 import trio
@@ -17,9 +17,11 @@ from meshactors.control.session import Session
 from meshactors.network.app_frames import MAX_ID_CHARS
 from meshactors.network.network import Network
 from meshactors.network.payload import Payload, check_name, payload_of, payloads_of
-from meshactors.network.rpc import check_timeout
+from meshactors.network.rpc import Rpc, check_timeout
 from meshactors.ops.optable import Merge, Op
 from meshactors.wire.ipc import ErrorCode, OpError
+
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -139,14 +141,23 @@ def network_of(session: Session, network_id: str) -> Network:
     return manager.get(network_id)
 
 
-async def _holding(session: Session, request_id: str, *, served: bool) -> Network:
-    """The network whose core holds a call by id (served here, or made from here)."""
+async def _at_holder(
+    session: Session, request_id: str, what: str, act: Callable[[Rpc], T], *, served: bool
+) -> T:
+    """Run `act` in the core of the network that holds a call by id (served here, or made from
+    here) and return what it gave: one ask per network tried, the look-up and the work in the
+    same ask, so answering a call costs one trip to core."""
     manager = session.services.networks
     for network in manager.all() if manager is not None else []:
         rpc = network.rpc
         held = rpc.has_inbound if served else rpc.has_outbound
-        if await network.ask("find a call", functools.partial(held, request_id)):
-            return network
+
+        def attempt(rpc: Rpc = rpc, held: Callable[[str], bool] = held) -> tuple[bool, T | None]:
+            return (True, act(rpc)) if held(request_id) else (False, None)
+
+        found, result = await network.ask(what, attempt)
+        if found:
+            return cast(T, result)
     raise OpError(
         ErrorCode.UNKNOWN_REQUEST,
         f"no call {request_id[:64]!r} in flight (finished, cancelled, timed out or never made)",
@@ -234,10 +245,8 @@ async def rpc_call_stream(session: Session, params: RpcCallParams) -> dict[str, 
 
 async def rpc_cancel(session: Session, params: RequestRef) -> dict[str, Any]:
     """Stop a call this connection made; the serving side is told."""
-    network = await _holding(session, params.request_id, served=False)
-    await network.ask(
-        "rpc_cancel", functools.partial(network.rpc.cancel, session, params.request_id)
-    )
+    cancel = functools.partial(Rpc.cancel, client=session, request_id=params.request_id)
+    await _at_holder(session, params.request_id, "rpc_cancel", cancel, served=False)
     return {"cancelled": True}
 
 
@@ -251,26 +260,30 @@ async def rpc_respond(session: Session, params: RpcRespond) -> dict[str, Any]:
         answer = params.error
     else:
         answer = payload_of(params.payload, params.payload_b64)
-    network = await _holding(session, params.request_id, served=True)
-    respond = functools.partial(network.rpc.respond, session, params.request_id, answer)
-    sent = await network.ask("rpc_respond", respond)
+    respond = functools.partial(
+        Rpc.respond, client=session, request_id=params.request_id, answer=answer
+    )
+    sent = await _at_holder(session, params.request_id, "rpc_respond", respond, served=True)
     return await sent
 
 
 async def rpc_stream_chunk(session: Session, params: RpcStreamChunk) -> dict[str, Any]:
     """Send one chunk of a streamed answer (waits while the caller is a window behind)."""
     payload = payload_of(params.payload, params.payload_b64)
-    network = await _holding(session, params.request_id, served=True)
-    queue = functools.partial(network.rpc.queue_chunk, session, params.request_id, payload)
-    await (await network.ask("rpc_stream_chunk", queue))  # core sends it once credit allows
+    queue = functools.partial(
+        Rpc.queue_chunk, client=session, request_id=params.request_id, payload=payload
+    )
+    sent = await _at_holder(session, params.request_id, "rpc_stream_chunk", queue, served=True)
+    await sent  # core sends it once credit allows
     return {}
 
 
 async def rpc_stream_end(session: Session, params: RpcStreamEnd) -> dict[str, Any]:
     """End a streamed answer; an `error` reaches the caller with the end."""
-    network = await _holding(session, params.request_id, served=True)
-    queue = functools.partial(network.rpc.queue_end, session, params.request_id, params.error)
-    await (await network.ask("rpc_stream_end", queue))
+    queue = functools.partial(
+        Rpc.queue_end, client=session, request_id=params.request_id, error=params.error
+    )
+    await (await _at_holder(session, params.request_id, "rpc_stream_end", queue, served=True))
     return {}
 
 
