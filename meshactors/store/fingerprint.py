@@ -1,5 +1,6 @@
 """Request fingerprints that make sends idempotent, and the time-ordered ids (ULIDs) we mint."""
 
+import base64
 import hashlib
 import json
 import secrets
@@ -14,6 +15,9 @@ ULID_LENGTH = 26  # Crockford base32 characters of a 128-bit ULID
 _ULID_TIME_BITS = 48  # milliseconds since the epoch, good until the year 10889
 _ULID_RANDOM_BITS = 80
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# RFC 4648's base32 alphabet mapped onto Crockford's, so a ULID is encoded by C code
+_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode())
+_ULID_BYTES = 20  # 160 bits encode to exactly 32 base32 chars, the value in the last 26
 
 
 def request_fingerprint(
@@ -78,7 +82,8 @@ class UlidMinter:
                 # Same (or an earlier) millisecond: the previous id plus one keeps the order.
                 self._last += 1
             value = self._last
-        return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+        encoded = base64.b32encode(value.to_bytes(_ULID_BYTES, "big"))[-ULID_LENGTH:]
+        return encoded.translate(_TO_CROCKFORD).decode("ascii")
 
 
 _minter = UlidMinter()  # one per process: ids minted here never go backwards

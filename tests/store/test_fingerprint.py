@@ -6,6 +6,8 @@ import threading
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshactors.store.fingerprint import (
     ULID_LENGTH,
@@ -31,11 +33,26 @@ def fingerprint(**changes: Any) -> bytes:
     return request_fingerprint(**request)
 
 
-def ulid_time_ms(ulid: str) -> int:
+def ulid_value(ulid: str) -> int:
+    """The 128-bit value a ULID spells, decoded one Crockford character at a time."""
     value = 0
     for char in ulid:
         value = value * 32 + CROCKFORD.index(char)
-    return value >> 80
+    return value
+
+
+def ulid_time_ms(ulid: str) -> int:
+    return ulid_value(ulid) >> 80
+
+
+@given(st.integers(min_value=0, max_value=(1 << 48) - 1))
+def test_consecutive_ids_spell_consecutive_values(now_ms: int) -> None:
+    """Every bit of the value is spelled right: two ids of one millisecond differ by one."""
+    minter = UlidMinter()
+    first, second = minter.mint(now_ms), minter.mint(now_ms)
+    assert len(first) == len(second) == ULID_LENGTH
+    assert ulid_value(second) == ulid_value(first) + 1
+    assert ulid_value(first) >> 80 == now_ms
 
 
 def test_fingerprint_is_sha256_of_the_documented_canonical_form() -> None:
