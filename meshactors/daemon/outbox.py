@@ -67,7 +67,10 @@ from meshactors.wire.peer import Frame
 log = structlog.get_logger("meshactors.outbox")
 
 ACK_TIMEOUT_S = 30.0  # default seconds a sent msg waits for its msg_ack before it fails
-PEER_WINDOW = 256  # deliveries in flight to one peer at once
+# Deliveries in flight to one peer at once: several claim batches, so the sender claims and
+# seals the next batch while the recipient stores the last (a window of one batch made the
+# two take turns: drain 2,900/s at 256, 7,350/s at 1,024 on one busy run).
+PEER_WINDOW = 1024
 CLAIM_BATCH = 256  # due deliveries claimed per network per pass
 IDLE_POLL_S = 60.0  # longest sleep when nothing is due (wake-ups do the real work)
 SWEEP_INTERVAL_S = 60.0  # seconds between TTL sweeps and retention passes
