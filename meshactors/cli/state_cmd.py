@@ -1,0 +1,95 @@
+"""`meshactors state get|set|delete|list|watch NETWORK ...`: a network's replicated state."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from meshactors.cli.common import call, connect, fail_with, parse_json_arg, print_json, report
+from meshactors.client import ClientError
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `state` commands."""
+    state = commands.add_parser("state", help="a network's shared key-value state").add_subparsers(
+        dest="action", required=True
+    )
+    get = state.add_parser("get", help="print a key's value as JSON")
+    get.add_argument("network")
+    get.add_argument("key")
+    get.set_defaults(run=run_get)
+    put = state.add_parser("set", help="set a key to a JSON value on every member")
+    put.add_argument("network")
+    put.add_argument("key")
+    put.add_argument("value", help="JSON, e.g. '\"dark\"' or '{\"size\": 3}'")
+    put.set_defaults(run=run_set)
+    delete = state.add_parser("delete", help="delete a key on every member")
+    delete.add_argument("network")
+    delete.add_argument("key")
+    delete.set_defaults(run=run_delete)
+    listing = state.add_parser("list", help="print keys and values, in key order")
+    listing.add_argument("network")
+    listing.add_argument("--prefix", default="", help="only keys starting with it")
+    listing.add_argument("--limit", type=int, default=100, help="keys per page (1-500)")
+    listing.add_argument("--cursor", default=None, help="next_cursor of the previous page")
+    listing.set_defaults(run=run_list)
+    watch = state.add_parser("watch", help="print each change as a JSON line (Ctrl-C stops)")
+    watch.add_argument("network")
+    watch.add_argument("--prefix", default="", help="only keys starting with it")
+    watch.set_defaults(run=run_watch)
+
+
+def run_get(args: argparse.Namespace) -> int:
+    answer = call(args, "state_get", network=args.network, key=args.key)
+    return report(args, answer, json.dumps(answer["value"]))
+
+
+def run_set(args: argparse.Namespace) -> int:
+    value = parse_json_arg(args.value, "the value")
+    answer = call(args, "state_set", network=args.network, key=args.key, value=value)
+    return report(args, answer, f"set {args.key} (version {answer['version']})")
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    answer = call(args, "state_delete", network=args.network, key=args.key)
+    return report(args, answer, f"deleted {args.key} (version {answer['version']})")
+
+
+def run_list(args: argparse.Namespace) -> int:
+    page = call(
+        args,
+        "state_list",
+        network=args.network,
+        prefix=args.prefix,
+        limit=args.limit,
+        **({"cursor": args.cursor} if args.cursor is not None else {}),
+    )
+    if args.json:
+        print_json(page)
+        return 0
+    for entry in page["entries"]:
+        print(f"{entry['key']}\t{json.dumps(entry['value'])}")
+    if page["next_cursor"] is not None:
+        print(f"meshactors: more after --cursor {page['next_cursor']}", file=sys.stderr)
+    return 0
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        try:
+            client.call("events_subscribe")
+            for event in client.events():
+                if (
+                    event.get("kind") == "state_changed"
+                    and event.get("network") == args.network
+                    and str(event.get("key", "")).startswith(args.prefix)
+                ):
+                    shown = {k: event[k] for k in ("key", "value", "deleted", "by", "version")}
+                    print(json.dumps(shown))
+                    sys.stdout.flush()
+        except ClientError as exc:
+            fail_with(exc)
+        except KeyboardInterrupt:
+            pass
+    return 0
