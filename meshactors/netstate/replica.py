@@ -219,6 +219,8 @@ class StateReplica:
 
     async def _work_batch(self, batch: list[_Work]) -> None:
         local = [item for item in batch if isinstance(item, _OwnWrite)]
+        for item in local:  # already merged, unless core restarted (and reloaded) since
+            self.map.merge(item.entry)
         merged = self._merge_received(batch)
         changed = [item.entry for item in local] + merged
         error: OpError | None = None
@@ -259,8 +261,13 @@ class StateReplica:
                 continue
             self.counters["frames_received"] += 1
             own_only = isinstance(item.frame, StatePut)
+            refusals: dict[str, str | None] = {}  # by author: one check per frame and author
             for wire in item.frame.entries:
-                if not self._writable(item.sender, wire, own_only=own_only):
+                if wire.by not in refusals:
+                    refusals[wire.by] = self._refusal(item.sender, wire.by, own_only=own_only)
+                refused = refusals[wire.by]
+                if refused is not None:
+                    self.dropped[refused] += 1
                     continue
                 try:
                     entry = wire.entry()
@@ -276,16 +283,14 @@ class StateReplica:
         self.counters["merged"] += len(changed)
         return list(changed.values())
 
-    def _writable(self, sender: str, entry: WireEntry, *, own_only: bool) -> bool:
-        """Whether a peer's write passes the writer check (counted when not); a put carries
-        only the sender's own writes."""
-        if own_only and entry.by != sender:
-            self.dropped["not_author"] += 1
-            return False
-        if not self.may_write(sender, entry.by):
-            self.dropped["not_writer"] += 1
-            return False
-        return True
+    def _refusal(self, sender: str, author: str, *, own_only: bool) -> str | None:
+        """Why a peer's writes by `author` are not taken (a counter name), or None: a put
+        carries only the sender's own writes, and every write passes the writer check."""
+        if own_only and author != sender:
+            return "not_author"
+        if not self.may_write(sender, author):
+            return "not_writer"
+        return None
 
     async def _answer(self, sender: str, frame: Frame) -> None:
         """What a received frame asks of us: a pull, the next pull, our summary."""

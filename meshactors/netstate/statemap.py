@@ -26,6 +26,7 @@ class StateMap:
 
     _entries: dict[str, Entry] = attrs.field(factory=dict, init=False)
     _keys: list[str] = attrs.field(factory=list, init=False)  # sorted
+    _buckets: dict[str, int] = attrs.field(factory=dict, init=False)  # each key's bucket
     _digests: list[int] = attrs.field(factory=lambda: [0] * BUCKETS, init=False)
     bytes: int = attrs.field(default=0, init=False)
     tombstones: int = attrs.field(default=0, init=False)
@@ -50,10 +51,11 @@ class StateMap:
         old = self._entries.get(entry.key)
         if not entry.beats(old):
             return False
-        bucket = bucket_of(entry.key)
         if old is None:
             bisect.insort(self._keys, entry.key)
+            bucket = self._buckets[entry.key] = bucket_of(entry.key)
         else:
+            bucket = self._buckets[entry.key]
             self._digests[bucket] ^= old.digest
             self.bytes -= old.size
             self.tombstones -= old.deleted
@@ -102,7 +104,7 @@ class StateMap:
         found: list[Entry] = []
         size = 0
         for key in self._keys[index:]:
-            if bucket_of(key) not in wanted:
+            if self._buckets[key] not in wanted:
                 continue
             entry = self._entries[key]
             if found and (len(found) == max_entries or size + entry.size > max_bytes):

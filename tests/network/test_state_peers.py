@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import trio
 
 from meshactors.netstate.entry import BUCKETS
 from meshactors.netstate.frames import StatePage, StatePull, StatePut, StateSummary, WireEntry
-from tests.network.conftest import NET, WAIT, Mesh
+from tests.network.conftest import NET, WAIT, Mesh, OpFailed
 from tests.network.rawpeer import RawPeer, approved_raw_peer
 from tests.network.test_state import state_figures
 
@@ -91,3 +92,29 @@ async def test_a_peer_pulls_the_map_in_pages_of_its_buckets(
             break
         after = page.entries[-1].key
     assert got == [f"k{n:03d}" for n in range(300)]
+
+
+async def test_the_writer_check_decides_whose_writes_are_taken(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    """The one hook a closed network replaces (`StateReplica.may_write`): writes it refuses
+    from a peer are dropped and counted, and our own are refused with `forbidden`."""
+    b, raw = await approved_raw_peer(mesh, nursery)
+    state = b.network().state
+    members = {b.device_id}
+
+    def closed(_sender: str, author: str) -> bool:
+        return author in members
+
+    await b.network().ask("use a members-only check", lambda: setattr(state, "may_write", closed))
+    await raw.send_frame(b.device_id, StatePut([WireEntry("x", 1, False, 5, 0, raw.device_id)]))
+    await b.call("state_set", network=NET, key="mine", value=1)
+    members.add(raw.device_id)
+    await raw.send_frame(b.device_id, StatePut([WireEntry("y", 2, False, 6, 0, raw.device_id)]))
+    await b.wait_event("state_changed", key="y")
+    assert "x" not in {e["key"] for e in (await b.call("state_list", network=NET))["entries"]}
+    assert state_figures(await b.call("inspect"))["dropped"] == {"not_writer": 1}
+    members.clear()
+    with pytest.raises(OpFailed) as refused:
+        await b.call("state_set", network=NET, key="mine", value=2)
+    assert refused.value.code == "forbidden"
