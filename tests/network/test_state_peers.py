@@ -10,8 +10,11 @@ from typing import Any
 import pytest
 import trio
 
-from meshactors.netstate.entry import BUCKETS
+from meshactors.netstate import replica
+from meshactors.netstate.entry import BUCKETS, Entry
 from meshactors.netstate.frames import StatePage, StatePull, StatePut, StateSummary, WireEntry
+from meshactors.netstate.hlc import Stamp
+from meshactors.netstate.statemap import StateMap
 from tests.network.conftest import NET, WAIT, Mesh, OpFailed
 from tests.network.rawpeer import RawPeer, approved_raw_peer
 from tests.network.test_state import state_figures
@@ -118,3 +121,22 @@ async def test_the_writer_check_decides_whose_writes_are_taken(
     with pytest.raises(OpFailed) as refused:
         await b.call("state_set", network=NET, key="mine", value=2)
     assert refused.value.code == "forbidden"
+
+
+async def test_a_write_missed_on_the_way_is_caught_up_at_the_next_sync(
+    mesh: Mesh, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer's write that never reached us (it made it while we were active, and the frame
+    was lost) is pulled after the next periodic summary, which asks for the peer's."""
+    monkeypatch.setattr(replica, "SYNC_INTERVAL", 0.05)
+    b, raw = await approved_raw_peer(mesh, nursery)
+    theirs = StateMap()
+    theirs.merge(Entry.write("missed", "late", Stamp(9, 0), raw.device_id))
+    while not (await _next(raw, StateSummary)).ask:  # until a periodic one asks for ours
+        pass
+    await raw.send_frame(b.device_id, StateSummary(theirs.summary()))
+    pull = await _next(raw, StatePull)
+    found, more = theirs.page(pull.buckets, pull.after, 256, 1 << 20)
+    await raw.send_frame(b.device_id, StatePage(pull.pull, [WireEntry.of(e) for e in found], more))
+    event = await b.wait_event("state_changed", key="missed")
+    assert (event["value"], event["by"]) == ("late", raw.device_id)
