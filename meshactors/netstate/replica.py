@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -19,7 +20,7 @@ import trio
 
 from meshactors.actors import Pending
 from meshactors.event_hub import EventPublisher
-from meshactors.netstate.entry import BadEntry, Entry, canonical, check_key
+from meshactors.netstate.entry import BadEntry, Entry, check_key
 from meshactors.netstate.frames import (
     MAX_PAGE_BYTES,
     MAX_PAGE_ENTRIES,
@@ -52,7 +53,7 @@ CHANGED = "state_changed"  # the event kind
 
 @attrs.frozen
 class _FromPeer:
-    """A state frame from a peer, checked by its handler."""
+    """A state frame from a peer (decoded strictly; its writes are checked when merged)."""
 
     sender: str
     frame: Frame
@@ -164,11 +165,14 @@ class StateReplica:
         if not self.may_write(own, own):
             raise OpError(ErrorCode.FORBIDDEN, f"this device may not write {self.network}'s state")
         _checked(check_key, key)
-        if not deleted:
-            _checked(canonical, value)
         old = self.map.get(key)
         stamp = self.clock.tick(time.time_ns() // 1_000_000, old.stamp if old else ZERO)
-        entry = Entry.tombstone(key, stamp, own) if deleted else Entry.write(key, value, stamp, own)
+        try:
+            entry = (
+                Entry.tombstone(key, stamp, own) if deleted else Entry.write(key, value, stamp, own)
+            )
+        except BadEntry as bad:
+            raise _client_error(bad) from None
         if not self.map.fits(entry):
             raise OpError(
                 ErrorCode.STATE_FULL,
@@ -359,10 +363,17 @@ class StateReplica:
         }
 
 
-def _checked(check: Any, value: Any) -> None:
-    """Run a key or value check; its BadEntry as the client's error."""
+def _checked(check: Callable[[str], object], text: str) -> None:
+    """Run a key check; its BadEntry as the client's error."""
     try:
-        check(value)
+        check(text)
     except BadEntry as bad:
-        code = ErrorCode.PAYLOAD_TOO_LARGE if bad.reason == "value_too_large" else None
-        raise OpError(code or ErrorCode.INVALID_PARAMS, str(bad)) from None
+        raise _client_error(bad) from None
+
+
+def _client_error(bad: BadEntry) -> OpError:
+    """A refused key or value as the client's error: a value too large is
+    `payload_too_large`, anything else `invalid_params`."""
+    if bad.reason == "value_too_large":
+        return OpError(ErrorCode.PAYLOAD_TOO_LARGE, str(bad))
+    return OpError(ErrorCode.INVALID_PARAMS, str(bad))

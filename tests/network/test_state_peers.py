@@ -17,7 +17,7 @@ from meshactors.netstate.hlc import Stamp
 from meshactors.netstate.statemap import StateMap
 from tests.network.conftest import NET, WAIT, Mesh, OpFailed
 from tests.network.rawpeer import RawPeer, approved_raw_peer
-from tests.network.test_state import state_figures
+from tests.network.test_state import set_many, state_figures
 
 
 def _raw(**fields: Any) -> bytes:
@@ -81,9 +81,7 @@ async def test_a_peer_pulls_the_map_in_pages_of_its_buckets(
     b, raw = await approved_raw_peer(mesh, nursery)
     summary = await _next(raw, StateSummary)  # sent as it became active
     assert summary.digests == "0" * len(summary.digests)
-    for n in range(300):
-        await b.client.send("state_set", network=NET, key=f"k{n:03d}", value=n)
-    await b.wait_event("state_changed", key="k299")
+    await set_many(b, {f"k{n:03d}": n for n in range(300)})
     got: list[str] = []
     after = None
     while True:
