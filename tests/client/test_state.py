@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import trio
 
-from meshactors.client import MeshClient
+from meshactors.client import MeshClient, SharedState
 from tests.client.conftest import LocalDaemon
 
 NETWORK = {"id": "lan", "brokers": ["ws://127.0.0.1:9/v1"]}  # reaches only itself
@@ -38,3 +38,14 @@ async def test_the_local_copy_follows_writes_deletes_and_restarts(local: LocalDa
                 await shared.wait_until(lambda values: "restart" in values)
             assert shared.values == {"after": [1, 2], "crash": True, "restart": "yes"}
             assert (await client.state_list("lan", prefix="re"))["entries"][0]["value"] == "yes"
+
+
+def test_a_listed_value_and_an_event_in_either_order_leave_the_newer() -> None:
+    shared = SharedState("lan")
+    old = {"key": "k", "value": 1, "deleted": False, "version": "1.0", "by": "a"}
+    new = {"key": "k", "value": 2, "deleted": False, "version": "2.0", "by": "a"}
+    gone = {"key": "k", "value": None, "deleted": True, "version": "3.0", "by": "a"}
+    assert shared.apply(new) and not shared.apply(old)
+    assert shared.values == {"k": 2}
+    assert shared.apply(gone) and not shared.apply(new)  # a stale listing brings nothing back
+    assert shared.values == {}

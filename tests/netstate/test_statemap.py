@@ -3,9 +3,11 @@ of the same writes ends in the same map and the same summary."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from meshactors.netstate import statemap
 from meshactors.netstate.entry import MAX_VALUE_BYTES, BadEntry, Entry, canonical, check_key
 from meshactors.netstate.hlc import Stamp
 from meshactors.netstate.statemap import StateMap
@@ -152,3 +154,16 @@ def test_keys_and_values_out_of_bounds_are_refused() -> None:
         assert bad.reason == "bad_value"
     else:
         raise AssertionError("a value nested too deep")
+
+
+def test_the_limits_hold_local_writes_and_leave_slack_for_peers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(statemap, "MAX_KEYS", 2)
+    merged = StateMap()
+    for key in ("a", "b"):
+        merged.merge(Entry.write(key, 1, Stamp(1, 0), DEVICES[0]))
+    third = Entry.write("c", 1, Stamp(1, 0), DEVICES[0])
+    assert merged.fits(Entry.write("a", 2, Stamp(2, 0), DEVICES[0]))  # an existing key
+    assert not merged.fits(third)
+    assert merged.fits(third, slack=statemap.MERGE_SLACK)
