@@ -188,3 +188,14 @@ async def test_limits_are_refused_with_their_codes(
     with pytest.raises(OpFailed):
         await a.call("state_set", network=NET, key="k4", value=4)
     await a.call("state_set", network=NET, key="k2", value="back")
+
+
+async def test_a_daemon_that_was_down_catches_up_on_return(mesh: Mesh) -> None:
+    a, b, c = await trio_of(mesh)
+    await c.call("state_set", network=NET, key="before", value="c")
+    await wait_state(a, {"before": "c"})
+    await c.stop()
+    await a.call("state_set", network=NET, key="while_down", value="a")
+    await b.call("state_delete", network=NET, key="before")
+    c = await mesh.daemon("c")  # the same home: its map as saved, then the catch-up
+    await wait_state(c, {"while_down": "a"})
