@@ -138,3 +138,17 @@ async def test_a_write_missed_on_the_way_is_caught_up_at_the_next_sync(
     await raw.send_frame(b.device_id, StatePage(pull.pull, [WireEntry.of(e) for e in found], more))
     event = await b.wait_event("state_changed", key="missed")
     assert (event["value"], event["by"]) == ("late", raw.device_id)
+
+
+async def test_frames_a_full_queue_dropped_bring_a_catch_up_with_their_sender(
+    mesh: Mesh, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replica, "STATE_INBOX", 2)
+    b, raw = await approved_raw_peer(mesh, nursery)
+    for n in range(64):  # far more than the queue holds while the state task saves
+        await raw.send_frame(
+            b.device_id, StatePut([WireEntry(f"k{n}", n, False, 5, 0, raw.device_id)])
+        )
+    while not (await _next(raw, StateSummary)).ask:  # b asks for ours: we catch up both ways
+        pass
+    assert state_figures(await b.call("inspect"))["dropped"]["queue_full"] > 0
