@@ -19,6 +19,7 @@ from meshactors.cli import (
     mesh,
     message_cmd,
     rpc_cmd,
+    state_cmd,
     stream_cmd,
 )
 from meshactors.cli.common import EXIT_STARTUP, EXIT_USAGE, CommandFailed
@@ -35,6 +36,7 @@ COMMAND_GROUPS = (
     stream_cmd,
     channel_cmd,
     message_cmd,
+    state_cmd,
     completion_cmd,
 )
 

@@ -15,6 +15,7 @@ from meshactors.client.errors import (
 )
 from meshactors.client.mesh import ChannelMessage, EventStream, MeshClient
 from meshactors.client.networks import NetworkSync
+from meshactors.client.state import SharedState
 from meshactors.client.sync import SyncClient, SyncMeshClient
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "ProtocolError",
     "RequestContext",
     "RpcStream",
+    "SharedState",
     "StreamError",
     "SyncClient",
     "SyncMeshClient",

@@ -276,3 +276,29 @@ class Ops(abc.ABC):
         return await self.call(
             "outbox_requeue", params(outbox_id=id, new_client_message_id=new_client_message_id)
         )
+
+    # replicated state
+    async def state_set(self, network: str, key: str, value: Json) -> Data:
+        """Set a key of the network's shared state to a JSON value (replicated to peers)."""
+        return await self.call("state_set", {"network": network, "key": key, "value": value})
+
+    async def state_delete(self, network: str, key: str) -> Data:
+        """Delete a key of the network's shared state."""
+        return await self.call("state_delete", {"network": network, "key": key})
+
+    async def state_get(self, network: str, key: str) -> Data:
+        """A key's value, version and author (ClientError not_found when absent)."""
+        return await self.call("state_get", {"network": network, "key": key})
+
+    async def state_list(
+        self,
+        network: str,
+        *,
+        prefix: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Data:
+        """A page of live keys in key order; pass `next_cursor` back for the next page."""
+        return await self.call(
+            "state_list", params(network=network, prefix=prefix, limit=limit, cursor=cursor)
+        )

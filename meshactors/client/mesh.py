@@ -20,6 +20,7 @@ from meshactors.client.binary import BinaryStream, switch
 from meshactors.client.errors import ClientClosed, ClientError, ConnectionLost
 from meshactors.client.networks import NetworkSync, converge
 from meshactors.client.reconnect import DaemonLink, Want, WantKind, replay_failed
+from meshactors.client.state import RELIST_KINDS, SharedState
 from meshactors.paths import resolve_paths
 
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds the first connect retries while the daemon starts
@@ -322,6 +323,28 @@ class MeshClient(Ops):
                 with trio.move_on_after(RELEASE_TIMEOUT, shield=True):
                     with contextlib.suppress(ClientError):
                         await self.rpc_cancel(stream.request_id)
+
+    # replicated state
+    @contextlib.asynccontextmanager
+    async def state(self, network: str) -> AsyncIterator[SharedState]:
+        """A local copy of `network`'s shared state for the block: listed at once, then kept
+        in sync from `state_changed` events, and listed again after each reconnect."""
+        shared = SharedState(network)
+        with self.events() as events:
+            await shared.load(self)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._follow_state, shared, events)
+                try:
+                    yield shared
+                finally:
+                    nursery.cancel_scope.cancel()
+
+    async def _follow_state(self, shared: SharedState, events: EventStream) -> None:
+        async for event in events:
+            if shared.wants(event):
+                shared.apply(event)
+            elif event.get("kind") in RELIST_KINDS or event.get("kind") == "lagged":
+                await shared.load(self)
 
     # networks
     async def ensure_networks(

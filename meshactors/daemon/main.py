@@ -24,7 +24,15 @@ from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.network.link import ROLES
 from meshactors.network.manager import NetworkManager
-from meshactors.ops import debug_ops, message_ops, network_ops, rpc_ops, stream_ops, system_ops
+from meshactors.ops import (
+    debug_ops,
+    message_ops,
+    network_ops,
+    rpc_ops,
+    state_ops,
+    stream_ops,
+    system_ops,
+)
 from meshactors.ops.optable import OpTable
 from meshactors.paths import Paths
 from meshactors.store.actor import StoreActor
@@ -57,7 +65,13 @@ def build_ops(*, debug: bool = False) -> OpTable:
     """Every op the daemon answers; with `debug` also the debug ops (`--debug-ops`)."""
     debug_group = debug_ops.OPS if debug else []
     return OpTable.of(
-        system_ops.OPS, network_ops.OPS, rpc_ops.OPS, stream_ops.OPS, message_ops.OPS, debug_group
+        system_ops.OPS,
+        network_ops.OPS,
+        rpc_ops.OPS,
+        stream_ops.OPS,
+        message_ops.OPS,
+        state_ops.OPS,
+        debug_group,
     )
 
 

@@ -13,6 +13,8 @@ import trio
 from meshactors.actors import ActorGone, AskTimeout, ChildSpec, Strategy, Supervisor
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
+from meshactors.netstate.replica import StateReplica
+from meshactors.netstate.writers import open_network_writers
 from meshactors.network.app_wire import AppWire
 from meshactors.network.channels import Channels
 from meshactors.network.config import NetworkConfig
@@ -49,6 +51,7 @@ class Network(Supervisor):
     rpc: Rpc
     channels: Channels
     streams: Streams
+    state: StateReplica
     fixed: list[ChildSpec] = attrs.field(factory=list)  # the children before any pump
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -76,9 +79,12 @@ class Network(Supervisor):
         rpc = Rpc(config.id, wire, peers.tell)
         channels = Channels(config.id, wire)
         streams = Streams(config.id, wire, peers.tell, rpc.binary_owner)
+        writers = open_network_writers(identity.device_id, peers.active_peers)
+        state = StateReplica(config.id, wire, store, events, writers)
         peers.status_listeners.extend(
             [rpc.on_peer_status, channels.on_peer_status, streams.on_peer_status]
         )
+        peers.status_listeners.append(state.on_peer_status)
         network = cls(
             config=config,
             peers=peers,
@@ -86,10 +92,14 @@ class Network(Supervisor):
             rpc=rpc,
             channels=channels,
             streams=streams,
+            state=state,
             fixed=[
                 ChildSpec(
                     "core",
-                    NetworkCore(peers, {"rpc": rpc, "channels": channels, "streams": streams}),
+                    NetworkCore(
+                        peers,
+                        {"rpc": rpc, "channels": channels, "streams": streams, "state": state},
+                    ),
                 ),
                 ChildSpec("link", link, shutdown_timeout=LINK_SHUTDOWN_TIMEOUT),
             ],

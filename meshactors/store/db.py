@@ -166,6 +166,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX deliveries_queue ON deliveries (recipient, rank, outbox_id)"
         " WHERE status = 'pending'",
     ),
+    # 5: the replicated state map of each network, one row per key, tombstones included (issue 20)
+    (
+        """CREATE TABLE netstate (
+            network TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value_json TEXT NOT NULL,
+            deleted INTEGER NOT NULL CHECK (deleted IN (0, 1)),
+            wall INTEGER NOT NULL,
+            counter INTEGER NOT NULL,
+            author TEXT NOT NULL,
+            PRIMARY KEY (network, key)
+        ) WITHOUT ROWID""",
+    ),
 )
 
 _CORRUPTION_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})

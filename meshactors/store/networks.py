@@ -41,7 +41,8 @@ def save_network(
 
 
 def delete_network(conn: sqlite3.Connection, network_id: str, purge: bool) -> bool:
-    """Forget a network's config; with `purge` also its roster, settings, inbox and outbox.
+    """Forget a network's config; with `purge` also its roster, settings, inbox, outbox and
+    replicated state.
 
     Without purge the roster, messages and settings stay, so a rejoin with the same id finds
     its approvals again. Purging a network that was already deleted still removes its
@@ -50,7 +51,7 @@ def delete_network(conn: sqlite3.Connection, network_id: str, purge: bool) -> bo
     with immediate(conn):
         known = conn.execute("DELETE FROM networks WHERE id = ?", (network_id,)).rowcount > 0
         if purge:
-            for table in ("roster", "local_settings", "inbox", "outbox"):
+            for table in ("roster", "local_settings", "inbox", "outbox", "netstate"):
                 conn.execute(f"DELETE FROM {table} WHERE network = ?", (network_id,))
     return known
 

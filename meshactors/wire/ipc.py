@@ -52,6 +52,9 @@ class ErrorCode(enum.StrEnum):
     # durable messages
     NO_RECIPIENTS = "no_recipients"
     NOT_REQUEUEABLE = "not_requeueable"  # only a dead or pending outbox row can be requeued
+    # replicated state
+    STATE_FULL = "state_full"  # the network's state map is at its key or byte limit
+    FORBIDDEN = "forbidden"  # this device may not write the network's state
 
 
 class OpError(Exception):

@@ -34,6 +34,7 @@ FEATURES = (
     "chan_run",
     "msg_acks",
     "binary_streams",
+    "state",
 )
 MAX_PEER_FRAME_BYTES = 256 * 1024  # one frame's JSON, checked before parsing
 MAX_TAGS = 64  # capability tags per advert

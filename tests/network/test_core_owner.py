@@ -1,6 +1,6 @@
-"""The network's state has one owner: the rpc and channels code ops reach (claims, calls,
-answers, cancels, subscriptions, sends, a closed connection's release) runs in the `core`
-actor's task, never in the connection's."""
+"""The network's state has one owner: the rpc, channels and state-map code ops reach (claims,
+calls, answers, cancels, subscriptions, sends, a closed connection's release, state reads and
+writes) runs in the `core` actor's task, never in the connection's."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from meshactors.actors import current_node
+from meshactors.netstate.replica import StateReplica
 from meshactors.network.channels import Channels
 from meshactors.network.core import NetworkCore
 from meshactors.network.rpc import Rpc
@@ -130,4 +131,18 @@ async def test_ops_reach_channels_only_through_core(
         await reader.call("channel_subscribe", network=NET, channel="news")
         await reader.aclose()
         await tasks.released.wait()  # the close's cleanup asks core
+    assert tasks.only_core(), tasks.seen
+
+
+async def test_ops_and_peers_reach_the_state_map_only_through_core(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = ("get", "list_live", "write", "_merge_received", "_answer", "on_peer_status")
+    tasks = record(monkeypatch, StateReplica, names)
+    a, b = await active_pair(mesh)
+    with trio.fail_after(WAIT):
+        await a.call("state_set", network=NET, key="k", value=1)
+        await b.wait_event("state_changed", key="k")
+        assert (await b.call("state_get", network=NET, key="k"))["value"] == 1
+        assert len((await b.call("state_list", network=NET))["entries"]) == 1
     assert tasks.only_core(), tasks.seen

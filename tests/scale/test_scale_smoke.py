@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.benchlib import resources, swarmscale
+from scripts.benchlib import resources, statescale, swarmscale
 
 pytestmark = pytest.mark.e2e
 
@@ -31,3 +31,9 @@ def test_directed_message_with_several_networks_joined(tmp_path: Path) -> None:
     figures = swarmscale.measure_networks(tmp_path, 2, 0.2, 10)
     assert figures["networks"] == 2
     assert figures["directed"]["rtt"]["samples"] == 10
+
+
+def test_replicated_state_reaches_a_late_joiner() -> None:
+    figures = statescale.late_joiner(20)
+    assert figures["keys"] == 20
+    assert figures["join_to_all_keys_s"] >= figures["active_to_all_keys_s"] >= 0

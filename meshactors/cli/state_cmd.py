@@ -1,0 +1,127 @@
+"""`meshactors state get|set|delete|list|watch [NETWORK] ...`: a network's replicated state."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from meshactors.cli.common import (
+    EXIT_USAGE,
+    call,
+    connect,
+    fail,
+    fail_with,
+    network_of,
+    network_option,
+    parse_json_arg,
+    print_json,
+    report,
+)
+from meshactors.client import ClientError
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `state` commands: each takes the network as `-n NET` (the only joined one by
+    default) or as its first word (`state set NET KEY VALUE`)."""
+    state = commands.add_parser("state", help="a network's shared key-value state").add_subparsers(
+        dest="action", required=True
+    )
+    get = state.add_parser("get", help="print a key's value as JSON")
+    network_option(get)
+    get.add_argument("words", nargs="+", metavar="[NETWORK] KEY")
+    get.set_defaults(run=run_get, arity=1)
+    put = state.add_parser("set", help="set a key to a JSON value on every member")
+    network_option(put)
+    put.add_argument(
+        "words", nargs="+", metavar="[NETWORK] KEY VALUE", help="VALUE: JSON, e.g. '\"dark\"'"
+    )
+    put.set_defaults(run=run_set, arity=2)
+    delete = state.add_parser("delete", help="delete a key on every member")
+    network_option(delete)
+    delete.add_argument("words", nargs="+", metavar="[NETWORK] KEY")
+    delete.set_defaults(run=run_delete, arity=1)
+    listing = state.add_parser("list", help="print keys and values, in key order")
+    network_option(listing)
+    listing.add_argument("words", nargs="*", metavar="[NETWORK]")
+    listing.add_argument("--prefix", default="", help="only keys starting with it")
+    listing.add_argument("--limit", type=int, default=100, help="keys per page (1-500)")
+    listing.add_argument("--cursor", default=None, help="next_cursor of the previous page")
+    listing.set_defaults(run=run_list, arity=0)
+    watch = state.add_parser("watch", help="print each change as a JSON line (Ctrl-C stops)")
+    network_option(watch)
+    watch.add_argument("words", nargs="*", metavar="[NETWORK]")
+    watch.add_argument("--prefix", default="", help="only keys starting with it")
+    watch.set_defaults(run=run_watch, arity=0)
+
+
+def _words(args: argparse.Namespace) -> list[str]:
+    """The command's words after its network: taken from the first word when there is one
+    more than the command needs, else from -n (or the only joined network)."""
+    words: list[str] = args.words
+    if len(words) == args.arity + 1 and args.network is None:
+        args.network, words = words[0], words[1:]
+    if len(words) != args.arity:
+        fail(f"give {args.arity} word(s) after the network, got {len(words)}", EXIT_USAGE)
+    args.network = network_of(args)
+    return words
+
+
+def run_get(args: argparse.Namespace) -> int:
+    (key,) = _words(args)
+    answer = call(args, "state_get", network=args.network, key=key)
+    return report(args, answer, json.dumps(answer["value"]))
+
+
+def run_set(args: argparse.Namespace) -> int:
+    key, text = _words(args)
+    value = parse_json_arg(text, "the value")
+    answer = call(args, "state_set", network=args.network, key=key, value=value)
+    return report(args, answer, f"set {key} (version {answer['version']})")
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    (key,) = _words(args)
+    answer = call(args, "state_delete", network=args.network, key=key)
+    return report(args, answer, f"deleted {key} (version {answer['version']})")
+
+
+def run_list(args: argparse.Namespace) -> int:
+    _words(args)
+    page = call(
+        args,
+        "state_list",
+        network=args.network,
+        prefix=args.prefix,
+        limit=args.limit,
+        **({"cursor": args.cursor} if args.cursor is not None else {}),
+    )
+    if args.json:
+        print_json(page)
+        return 0
+    for entry in page["entries"]:
+        print(f"{entry['key']}\t{json.dumps(entry['value'])}")
+    if page["next_cursor"] is not None:
+        print(f"meshactors: more after --cursor {page['next_cursor']}", file=sys.stderr)
+    return 0
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    _words(args)
+    with connect(args) as client:
+        try:
+            client.call("events_subscribe")
+            for event in client.events():
+                if (
+                    event.get("kind") == "state_changed"
+                    and event.get("network") == args.network
+                    and str(event.get("key", "")).startswith(args.prefix)
+                ):
+                    shown = {k: event[k] for k in ("key", "value", "deleted", "by", "version")}
+                    print(json.dumps(shown))
+                    sys.stdout.flush()
+        except ClientError as exc:
+            fail_with(exc)
+        except KeyboardInterrupt:
+            pass
+    return 0

@@ -1,0 +1,379 @@
+"""The `state` part of a network's core: the one owner of its replicated key-value map.
+
+Ops reach it only by asking core (`Network.ask`); frame handlers run in core's task and only
+check and queue. One task of core (the part's `run`) works the queue in order: it merges,
+saves to the store, publishes `state_changed`, answers local writes and sends frames, so
+every change of the map and of its rows happens in one place.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from meshactors.actors import Pending
+from meshactors.event_hub import EventPublisher
+from meshactors.netstate.entry import BadEntry, Entry, check_key
+from meshactors.netstate.frames import (
+    MAX_PAGE_BYTES,
+    MAX_PAGE_ENTRIES,
+    MAX_PULL_ID,
+    StatePage,
+    StatePull,
+    StatePut,
+    StateSummary,
+    WireEntry,
+    pages,
+)
+from meshactors.netstate.hlc import ZERO, HybridClock
+from meshactors.netstate.statemap import MAX_KEYS, MAX_STATE_BYTES, MERGE_SLACK, StateMap
+from meshactors.netstate.writers import WriterCheck
+from meshactors.network.app_wire import AppWire
+from meshactors.network.peers import PeerStatus
+from meshactors.store.actor import StoreActor
+from meshactors.store.netstate import load_state, save_state
+from meshactors.wire.ipc import ErrorCode, OpError
+from meshactors.wire.peer import Frame
+
+log = structlog.get_logger("meshactors.netstate")
+
+STATE_INBOX = 1024  # frames and local writes queued for the state task; more are refused
+WORK_BATCH = 256  # queued items worked (and saved in one store call) together
+SYNC_INTERVAL = 60.0  # seconds between summaries to each active peer (repairs a lost write)
+MAX_LIST = 500  # state_list `limit`
+CHANGED = "state_changed"  # the event kind
+
+
+@attrs.frozen
+class _FromPeer:
+    """A state frame from a peer (decoded strictly; its writes are checked when merged)."""
+
+    sender: str
+    frame: Frame
+
+
+@attrs.frozen
+class _OwnWrite:
+    """A write of ours, already in the map, to save, announce and send."""
+
+    entry: Entry
+    done: Pending[dict[str, Any]]
+
+
+@attrs.frozen
+class _SendSummary:
+    """A peer became active (or is due a periodic summary): send it ours."""
+
+    peer: str
+    ask: bool = False
+
+
+_Work = _FromPeer | _OwnWrite | _SendSummary
+
+
+@attrs.define
+class _Catchup:
+    """A catch-up from one peer in progress: its id and the buckets it walks."""
+
+    id: int
+    buckets: list[int]
+
+
+@attrs.define(eq=False)
+class StateReplica:
+    """One network's replicated map, a part of its core: reads and local writes come as
+    asks, peers' writes and catch-up pages as frames."""
+
+    network: str
+    wire: AppWire
+    store: StoreActor
+    events: EventPublisher
+    may_write: WriterCheck  # who may write: see netstate/writers.py
+    map: StateMap = attrs.field(factory=StateMap, init=False)
+    clock: HybridClock = attrs.field(factory=HybridClock, init=False)
+    counters: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    dropped: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    _pulls: dict[str, _Catchup] = attrs.field(factory=dict, init=False)
+    _pull_ids: int = attrs.field(default=0, init=False)
+    _behind: set[str] = attrs.field(factory=set, init=False)  # peers whose frames we dropped
+    _send: trio.MemorySendChannel[_Work] = attrs.field(init=False)
+    _receive: trio.MemoryReceiveChannel[_Work] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._send, self._receive = trio.open_memory_channel[_Work](STATE_INBOX)
+        for frame in (StatePut, StatePage, StateSummary, StatePull):
+            self.wire.register(frame.tag, self._queue)
+
+    def figures(self) -> dict[str, object]:
+        return {
+            "keys": len(self.map) - self.map.tombstones,
+            "tombstones": self.map.tombstones,
+            "bytes": self.map.bytes,
+            "pulls": len(self._pulls),
+            "queued": self._receive.statistics().current_buffer_used,
+            "counters": dict(self.counters),
+            "dropped": dict(self.dropped),
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        entries = await self.store.call(
+            functools.partial(load_state, network=self.network), what="load the state map"
+        )
+        self.map, self.clock, self._pulls = StateMap(), HybridClock(), {}
+        for entry in entries:
+            self.map.merge(entry)
+            self.clock.observe(entry.stamp)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sync_loop)
+            task_status.started()
+            await self._work()
+
+    # -- asks (run in core's task) ------------------------------------------------------------
+
+    def get(self, key: str) -> dict[str, Any]:
+        """state_get: a live key's value and version (not_found: absent or deleted)."""
+        _checked(check_key, key)
+        entry = self.map.get(key)
+        if entry is None or entry.deleted:
+            raise OpError(ErrorCode.NOT_FOUND, f"no key {key!r} in {self.network}")
+        return self._view(entry)
+
+    def list_live(self, prefix: str, limit: int, cursor: str | None) -> dict[str, Any]:
+        """state_list: live keys starting with `prefix`, in key order, after `cursor`."""
+        if not 1 <= limit <= MAX_LIST:
+            raise OpError(ErrorCode.INVALID_PARAMS, f"limit must be 1-{MAX_LIST}, got {limit}")
+        if cursor is not None:
+            _checked(check_key, cursor)
+        found = self.map.live(prefix, cursor, limit)
+        return {
+            "network": self.network,
+            "entries": [self._view(entry) for entry in found],
+            "next_cursor": found[-1].key if len(found) == limit else None,
+        }
+
+    def write(self, key: str, value: Any, *, deleted: bool) -> Pending[dict[str, Any]]:
+        """state_set / state_delete: stamp the write, put it in the map at once (reads see
+        it), queue it to be saved and sent; the op waits on the returned outcome."""
+        own = self.wire.own_id
+        if not self.may_write(own, own):
+            raise OpError(ErrorCode.FORBIDDEN, f"this device may not write {self.network}'s state")
+        _checked(check_key, key)
+        old = self.map.get(key)
+        stamp = self.clock.tick(time.time_ns() // 1_000_000, old.stamp if old else ZERO)
+        try:
+            entry = (
+                Entry.tombstone(key, stamp, own) if deleted else Entry.write(key, value, stamp, own)
+            )
+        except BadEntry as bad:
+            raise _client_error(bad) from None
+        if not self.map.fits(entry):
+            raise OpError(
+                ErrorCode.STATE_FULL,
+                f"{self.network}'s state holds at most {MAX_KEYS} keys (deleted ones count) "
+                f"and {MAX_STATE_BYTES} bytes",
+            )
+        done: Pending[dict[str, Any]] = Pending()
+        try:
+            self._send.send_nowait(_OwnWrite(entry, done))
+        except trio.WouldBlock:
+            raise OpError(ErrorCode.UNAVAILABLE, "the state map is busy; retry") from None
+        self.map.merge(entry)
+        return done
+
+    # -- frames (run in core's task: queue them) ----------------------------------------------
+
+    def _queue(self, sender: str, frame: Frame) -> None:
+        """Queue a state frame for the state task; a full queue drops it, and the state task
+        then catches up with its sender (summaries both ways)."""
+        try:
+            self._send.send_nowait(_FromPeer(sender, frame))
+        except trio.WouldBlock:
+            self.dropped["queue_full"] += 1
+            self._behind.add(sender)
+
+    def on_peer_status(self, device_id: str, status: PeerStatus) -> None:
+        """A peer that becomes active gets our summary; one that leaves ends its catch-up."""
+        if status is not PeerStatus.ACTIVE:
+            self._pulls.pop(device_id, None)
+            return
+        try:
+            self._send.send_nowait(_SendSummary(device_id))
+        except trio.WouldBlock:
+            self.dropped["queue_full"] += 1
+
+    # -- the state task -----------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        """Work the queue in batches: merge and save together, then answer and send."""
+        async for first in self._receive:
+            batch = [first]
+            while len(batch) < WORK_BATCH:
+                try:
+                    batch.append(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self._work_batch(batch)
+
+    async def _work_batch(self, batch: list[_Work]) -> None:
+        local = [item for item in batch if isinstance(item, _OwnWrite)]
+        for item in local:  # already merged, unless core restarted (and reloaded) since
+            self.map.merge(item.entry)
+        merged = self._merge_received(batch)
+        changed = [item.entry for item in local] + merged
+        error: OpError | None = None
+        if changed:
+            try:
+                await self.store.call(
+                    functools.partial(save_state, network=self.network, entries=changed),
+                    what="save state",
+                )
+            except Exception as exc:
+                self.dropped["unsaved"] += len(changed)
+                log.warning("state not saved", network=self.network, error=str(exc))
+                error = OpError(ErrorCode.STORAGE, f"the state was not saved: {exc}")
+        for entry in changed:
+            self._publish(entry)
+        for item in local:
+            if error is None:
+                item.done.resolve(self._view(item.entry))
+            else:
+                item.done.fail(error)
+        if local:
+            await self._put_to_all([item.entry for item in local])
+        for work in batch:
+            match work:
+                case _SendSummary(peer=peer, ask=ask):
+                    await self._send_to(peer, StateSummary(self.map.summary(), ask))
+                case _FromPeer(sender=sender, frame=frame):
+                    await self._answer(sender, frame)
+        behind, self._behind = self._behind, set()
+        for peer in behind:
+            await self._send_to(peer, StateSummary(self.map.summary(), ask=True))
+
+    def _merge_received(self, batch: list[_Work]) -> list[Entry]:
+        """Merge the entries of received puts and pages; the ones that changed the map."""
+        changed: dict[str, Entry] = {}
+        for item in batch:
+            if not isinstance(item, _FromPeer) or not isinstance(item.frame, StatePut | StatePage):
+                continue
+            self.counters["frames_received"] += 1
+            own_only = isinstance(item.frame, StatePut)
+            refusals: dict[str, str | None] = {}  # by author: one check per frame and author
+            for wire in item.frame.entries:
+                if wire.by not in refusals:
+                    refusals[wire.by] = self._refusal(item.sender, wire.by, own_only=own_only)
+                refused = refusals[wire.by]
+                if refused is not None:
+                    self.dropped[refused] += 1
+                    continue
+                try:
+                    entry = wire.entry()
+                except BadEntry as bad:
+                    self.dropped[bad.reason] += 1
+                    continue
+                if not self.map.fits(entry, slack=MERGE_SLACK):
+                    self.dropped["over_limit"] += 1
+                    continue
+                self.clock.observe(entry.stamp)
+                if self.map.merge(entry):
+                    changed[entry.key] = entry
+        self.counters["merged"] += len(changed)
+        return list(changed.values())
+
+    def _refusal(self, sender: str, author: str, *, own_only: bool) -> str | None:
+        """Why a peer's writes by `author` are not taken (a counter name), or None: a put
+        carries only the sender's own writes, and every write passes the writer check."""
+        if own_only and author != sender:
+            return "not_author"
+        if not self.may_write(sender, author):
+            return "not_writer"
+        return None
+
+    async def _answer(self, sender: str, frame: Frame) -> None:
+        """What a received frame asks of us: a pull, the next pull, our summary."""
+        match frame:
+            case StateSummary(digests=digests, ask=ask):
+                buckets = self.map.differing(digests)
+                if buckets:
+                    self._pull_ids = (self._pull_ids + 1) % MAX_PULL_ID
+                    self._pulls[sender] = _Catchup(self._pull_ids, buckets)
+                    self.counters["pulls"] += 1
+                    await self._send_to(sender, StatePull(self._pull_ids, buckets))
+                if ask:
+                    await self._send_to(sender, StateSummary(self.map.summary()))
+            case StatePull(pull=pull, buckets=buckets, after=after):
+                found, more = self.map.page(buckets, after, MAX_PAGE_ENTRIES, MAX_PAGE_BYTES)
+                self.counters["pages_served"] += 1
+                entries = [WireEntry.of(entry) for entry in found]
+                await self._send_to(sender, StatePage(pull, entries, more))
+            case StatePage(pull=pull, entries=entries, more=more):
+                self.counters["pages_pulled"] += 1
+                current = self._pulls.get(sender)
+                if current is None or current.id != pull:
+                    self.dropped["stale_page"] += 1
+                elif more and entries:
+                    await self._send_to(sender, StatePull(pull, current.buckets, entries[-1].key))
+                else:
+                    del self._pulls[sender]
+
+    async def _put_to_all(self, entries: list[Entry]) -> None:
+        """Send our writes to every active peer."""
+        frames = [StatePut(page) for page in pages(entries)]
+        for peer in self.wire.active_peers():
+            for frame in frames:
+                await self._send_to(peer, frame)
+
+    async def _send_to(self, peer: str, frame: Frame) -> None:
+        try:
+            await self.wire.send(peer, frame)
+        except OpError as failed:  # it left meanwhile: it catches up when it is back
+            self.dropped[f"send_{failed.code.value}"] += 1
+            return
+        self.counters[f"sent_{frame.tag}"] += 1
+
+    async def _sync_loop(self) -> None:
+        """Every SYNC_INTERVAL, send each active peer our summary, asking for theirs: a write
+        lost on the way (a full queue, a link that dropped) is caught up then."""
+        while True:
+            await trio.sleep(SYNC_INTERVAL)
+            for peer in self.wire.active_peers():
+                try:
+                    self._send.send_nowait(_SendSummary(peer, ask=True))
+                except trio.WouldBlock:
+                    self.dropped["queue_full"] += 1
+
+    def _publish(self, entry: Entry) -> None:
+        self.events.publish(CHANGED, self._view(entry))
+
+    def _view(self, entry: Entry) -> dict[str, Any]:
+        return {
+            "network": self.network,
+            "key": entry.key,
+            "value": entry.value,
+            "by": entry.by,
+            "version": entry.version,
+            "deleted": entry.deleted,
+        }
+
+
+def _checked(check: Callable[[str], object], text: str) -> None:
+    """Run a key check; its BadEntry as the client's error."""
+    try:
+        check(text)
+    except BadEntry as bad:
+        raise _client_error(bad) from None
+
+
+def _client_error(bad: BadEntry) -> OpError:
+    """A refused key or value as the client's error: a value too large is
+    `payload_too_large`, anything else `invalid_params`."""
+    if bad.reason == "value_too_large":
+        return OpError(ErrorCode.PAYLOAD_TOO_LARGE, str(bad))
+    return OpError(ErrorCode.INVALID_PARAMS, str(bad))

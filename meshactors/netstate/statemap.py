@@ -1,0 +1,118 @@
+"""The replicated state map of one network, sans-IO: entries by key (tombstones included),
+last writer wins, and a summary of 256 bucket digests that tells two devices which keys
+they disagree on."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Collection, Iterable
+
+import attrs
+
+from meshactors.netstate.entry import BUCKETS, Entry, bucket_of
+
+MAX_KEYS = 10_000  # keys per network, tombstones included, a local write may bring it to
+MAX_STATE_BYTES = 16 * 1024 * 1024  # keys and values (as JSON) per network, the same way
+MERGE_SLACK = 2  # writes merged from peers may take a map to twice those limits (concurrent
+# writers each within the limits still converge); past that they are dropped and counted
+DIGEST_CHARS = 16  # one bucket digest in a summary: 64 bits as hex
+SUMMARY_CHARS = BUCKETS * DIGEST_CHARS
+
+
+@attrs.define(eq=False)
+class StateMap:
+    """Entries by key, the keys in order, and the digest of each bucket (kept as entries
+    change, so a summary costs nothing to make)."""
+
+    _entries: dict[str, Entry] = attrs.field(factory=dict, init=False)
+    _keys: list[str] = attrs.field(factory=list, init=False)  # sorted
+    _buckets: dict[str, int] = attrs.field(factory=dict, init=False)  # each key's bucket
+    _digests: list[int] = attrs.field(factory=lambda: [0] * BUCKETS, init=False)
+    bytes: int = attrs.field(default=0, init=False)
+    tombstones: int = attrs.field(default=0, init=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> Entry | None:
+        """The entry of `key` (a tombstone too), if any."""
+        return self._entries.get(key)
+
+    def fits(self, entry: Entry, *, slack: int = 1) -> bool:
+        """Whether the map holds `entry` within the limits (times `slack`): a write to a key
+        that exists changes only the bytes."""
+        old = self._entries.get(entry.key)
+        keys = len(self._entries) + (old is None)
+        size = self.bytes + entry.size - (old.size if old is not None else 0)
+        return keys <= MAX_KEYS * slack and size <= MAX_STATE_BYTES * slack
+
+    def merge(self, entry: Entry) -> bool:
+        """Take `entry` if it beats the one held; True when the map changed."""
+        old = self._entries.get(entry.key)
+        if not entry.beats(old):
+            return False
+        if old is None:
+            bisect.insort(self._keys, entry.key)
+            bucket = self._buckets[entry.key] = bucket_of(entry.key)
+        else:
+            bucket = self._buckets[entry.key]
+            self._digests[bucket] ^= old.digest
+            self.bytes -= old.size
+            self.tombstones -= old.deleted
+        self._entries[entry.key] = entry
+        self._digests[bucket] ^= entry.digest
+        self.bytes += entry.size
+        self.tombstones += entry.deleted
+        return True
+
+    def live(self, prefix: str, after: str | None, limit: int) -> list[Entry]:
+        """Up to `limit` entries that are not tombstones, keys starting with `prefix` and
+        sorting after `after`, in key order."""
+        index = bisect.bisect_left(self._keys, prefix)
+        if after is not None:
+            index = max(index, bisect.bisect_right(self._keys, after))
+        found: list[Entry] = []
+        for key in self._keys[index:]:
+            if not key.startswith(prefix):
+                break
+            entry = self._entries[key]
+            if not entry.deleted:
+                found.append(entry)
+                if len(found) == limit:
+                    break
+        return found
+
+    def summary(self) -> str:
+        """The bucket digests as one hex string (SUMMARY_CHARS)."""
+        return "".join(f"{digest:016x}" for digest in self._digests)
+
+    def differing(self, summary: str) -> list[int]:
+        """The buckets whose digest differs from the one in a peer's `summary`."""
+        return [
+            bucket
+            for bucket, digest in enumerate(self._digests)
+            if summary[bucket * DIGEST_CHARS : (bucket + 1) * DIGEST_CHARS] != f"{digest:016x}"
+        ]
+
+    def page(
+        self, buckets: Collection[int], after: str | None, max_entries: int, max_bytes: int
+    ) -> tuple[list[Entry], bool]:
+        """Entries of `buckets` with keys after `after`, in key order, at most `max_entries`
+        and (after the first) `max_bytes` of them; and whether more follow."""
+        wanted = set(buckets)
+        index = 0 if after is None else bisect.bisect_right(self._keys, after)
+        found: list[Entry] = []
+        size = 0
+        for key in self._keys[index:]:
+            if self._buckets[key] not in wanted:
+                continue
+            entry = self._entries[key]
+            if found and (len(found) == max_entries or size + entry.size > max_bytes):
+                return found, True
+            found.append(entry)
+            size += entry.size
+        return found, False
+
+    def entries(self) -> Iterable[Entry]:
+        """Every entry, tombstones included, in key order."""
+        return (self._entries[key] for key in self._keys)

@@ -1,0 +1,62 @@
+"""`meshactors state get|set|delete|list|watch` against a real daemon process: text and
+--json output, and the exit codes of a missing key and a refused one."""
+
+from __future__ import annotations
+
+import json
+import select
+import time
+
+import pytest
+
+from tests.support import Home
+
+pytestmark = pytest.mark.e2e
+
+DEADLINE = 30.0  # seconds `state watch` may take to print a change
+
+
+def test_set_get_list_delete_with_text_and_json(home: Home, me: str) -> None:
+    out = home.cli("state", "set", "lan", "settings/theme", '"dark"').stdout
+    assert out.startswith("set settings/theme (version ")
+    answer = json.loads(home.cli("state", "set", "lan", "size", '{"n": 3}', "--json").stdout)
+    assert (answer["key"], answer["value"], answer["by"]) == ("size", {"n": 3}, me)
+    assert home.cli("state", "get", "lan", "settings/theme").stdout == '"dark"\n'
+    assert home.cli("state", "get", "-n", "lan", "settings/theme").stdout == '"dark"\n'
+    assert home.cli("state", "get", "settings/theme").stdout == '"dark"\n'  # the only network
+    got = json.loads(home.cli("state", "get", "lan", "size", "--json").stdout)
+    assert got["version"] == answer["version"] and not got["deleted"]
+    assert home.cli("state", "list", "lan").stdout == 'settings/theme\t"dark"\nsize\t{"n": 3}\n'
+    page = json.loads(
+        home.cli("state", "list", "lan", "--prefix", "s", "--limit", "1", "--json").stdout
+    )
+    assert [e["key"] for e in page["entries"]] == ["settings/theme"]
+    assert page["next_cursor"] == "settings/theme"
+    assert "deleted size" in home.cli("state", "delete", "lan", "size").stdout
+    missing = home.cli("state", "get", "lan", "size", "--json", check=False)
+    assert missing.returncode == 6
+    assert json.loads(missing.stdout)["error"]["code"] == "not_found"
+    refused = home.cli("state", "set", "lan", "k" * 300, "1", check=False)
+    assert refused.returncode == 2 and "invalid_params" in refused.stderr + refused.stdout
+
+
+def test_watch_prints_each_change_as_a_json_line(home: Home, me: str) -> None:
+    watch = home.popen("state", "watch", "lan", "--prefix", "w/")
+    try:
+        deadline = time.monotonic() + DEADLINE
+        line = ""
+        n = 0
+        while not line and time.monotonic() < deadline:  # until the watch has subscribed
+            home.cli("state", "set", "lan", "other", str(n))
+            home.cli("state", "set", "lan", f"w/{n}", str(n))
+            ready, _, _ = select.select([watch.stdout], [], [], 0.5)
+            if ready:
+                assert watch.stdout is not None
+                line = watch.stdout.readline()
+            n += 1
+        shown = json.loads(line)
+        assert shown["key"].startswith("w/") and shown["by"] == me and not shown["deleted"]
+        assert set(shown) == {"key", "value", "deleted", "by", "version"}
+    finally:
+        watch.terminate()
+        watch.communicate(timeout=DEADLINE)

@@ -1,0 +1,154 @@
+"""What a peer sends the state map: writes it may not make and values past the limits are
+dropped and counted, bad frames are rejected frames, and the daemon serves on; a hand-made
+peer can pull the map page by page like any daemon."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+
+from meshactors.netstate import replica
+from meshactors.netstate.entry import BUCKETS, Entry
+from meshactors.netstate.frames import StatePage, StatePull, StatePut, StateSummary, WireEntry
+from meshactors.netstate.hlc import Stamp
+from meshactors.netstate.statemap import StateMap
+from tests.network.conftest import NET, WAIT, Mesh, OpFailed
+from tests.network.rawpeer import RawPeer, approved_raw_peer
+from tests.network.test_state import set_many, state_figures
+
+
+def _raw(**fields: Any) -> bytes:
+    return json.dumps(fields, allow_nan=True).encode()
+
+
+def _entry(**fields: Any) -> dict[str, Any]:
+    return {"key": "k", "value": 1, "deleted": False, "wall": 1, "counter": 0} | fields
+
+
+async def _next(raw: RawPeer, cls: type[Any]) -> Any:
+    with trio.fail_after(WAIT):
+        while True:
+            _, frame = await raw.receive()
+            if isinstance(frame, cls):
+                return frame
+
+
+async def test_bad_writes_from_a_peer_are_dropped_and_counted(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    b, raw = await approved_raw_peer(mesh, nursery)
+    other = RawPeer(NET).device_id  # a device that is not the sender
+    dropped_alone = [
+        _entry(by=other),  # not the sender's own write
+        _entry(by=raw.device_id, value="x" * 20_000),  # past the value limit
+        _entry(by=raw.device_id, wall=2**60),  # a stamp out of range
+    ]
+    for entry in dropped_alone:
+        await raw.send_raw(b.device_id, _raw(t="state_put", entries=[entry]))
+    rejected = [
+        _raw(t="state_put", entries=[]),
+        _raw(t="state_put", entries=[_entry(by=raw.device_id, key="")]),
+        _raw(t="state_put", entries=[_entry(by=raw.device_id, deleted=True)]),
+        _raw(t="state_summary", digests="zz"),
+        _raw(t="state_pull", pull=1, buckets=[BUCKETS]),
+        _raw(t="state_page", pull=-1, entries=[]),
+    ]
+    for data in rejected:
+        await raw.send_raw(b.device_id, data)
+    good = WireEntry("fine", {"ok": True}, False, 5, 0, raw.device_id)
+    await raw.send_frame(b.device_id, StatePut([good]))
+    event = await b.wait_event("state_changed", key="fine")
+    assert (event["value"], event["by"]) == ({"ok": True}, raw.device_id)
+    assert b.crashes() == {}
+    seen = await b.peer(raw.device_id)
+    assert seen is not None and seen["status"] == "active"
+    assert seen["rejected_frames"] == len(rejected)
+    dropped = state_figures(await b.call("inspect"))["dropped"]
+    assert (dropped["not_author"], dropped["value_too_large"], dropped["bad_stamp"]) == (1, 1, 1)
+    assert await b.call("state_list", network=NET) == {
+        "network": NET,
+        "entries": [await b.call("state_get", network=NET, key="fine")],
+        "next_cursor": None,
+    }
+
+
+async def test_a_peer_pulls_the_map_in_pages_of_its_buckets(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    b, raw = await approved_raw_peer(mesh, nursery)
+    summary = await _next(raw, StateSummary)  # sent as it became active
+    assert summary.digests == "0" * len(summary.digests)
+    await set_many(b, {f"k{n:03d}": n for n in range(300)})
+    got: list[str] = []
+    after = None
+    while True:
+        await raw.send_frame(b.device_id, StatePull(7, list(range(BUCKETS)), after))
+        page = await _next(raw, StatePage)
+        assert page.pull == 7 and 0 < len(page.entries) <= 256
+        got += [entry.key for entry in page.entries]
+        if not page.more:
+            break
+        after = page.entries[-1].key
+    assert got == [f"k{n:03d}" for n in range(300)]
+
+
+async def test_the_writer_check_decides_whose_writes_are_taken(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    """The one hook a closed network replaces (`StateReplica.may_write`): writes it refuses
+    from a peer are dropped and counted, and our own are refused with `forbidden`."""
+    b, raw = await approved_raw_peer(mesh, nursery)
+    state = b.network().state
+    members = {b.device_id}
+
+    def closed(_sender: str, author: str) -> bool:
+        return author in members
+
+    await b.network().ask("use a members-only check", lambda: setattr(state, "may_write", closed))
+    await raw.send_frame(b.device_id, StatePut([WireEntry("x", 1, False, 5, 0, raw.device_id)]))
+    await b.call("state_set", network=NET, key="mine", value=1)
+    members.add(raw.device_id)
+    await raw.send_frame(b.device_id, StatePut([WireEntry("y", 2, False, 6, 0, raw.device_id)]))
+    await b.wait_event("state_changed", key="y")
+    assert "x" not in {e["key"] for e in (await b.call("state_list", network=NET))["entries"]}
+    assert state_figures(await b.call("inspect"))["dropped"] == {"not_writer": 1}
+    members.clear()
+    with pytest.raises(OpFailed) as refused:
+        await b.call("state_set", network=NET, key="mine", value=2)
+    assert refused.value.code == "forbidden"
+
+
+async def test_a_write_missed_on_the_way_is_caught_up_at_the_next_sync(
+    mesh: Mesh, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer's write that never reached us (it made it while we were active, and the frame
+    was lost) is pulled after the next periodic summary, which asks for the peer's."""
+    monkeypatch.setattr(replica, "SYNC_INTERVAL", 0.05)
+    b, raw = await approved_raw_peer(mesh, nursery)
+    theirs = StateMap()
+    theirs.merge(Entry.write("missed", "late", Stamp(9, 0), raw.device_id))
+    while not (await _next(raw, StateSummary)).ask:  # until a periodic one asks for ours
+        pass
+    await raw.send_frame(b.device_id, StateSummary(theirs.summary()))
+    pull = await _next(raw, StatePull)
+    found, more = theirs.page(pull.buckets, pull.after, 256, 1 << 20)
+    await raw.send_frame(b.device_id, StatePage(pull.pull, [WireEntry.of(e) for e in found], more))
+    event = await b.wait_event("state_changed", key="missed")
+    assert (event["value"], event["by"]) == ("late", raw.device_id)
+
+
+async def test_frames_a_full_queue_dropped_bring_a_catch_up_with_their_sender(
+    mesh: Mesh, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replica, "STATE_INBOX", 2)
+    b, raw = await approved_raw_peer(mesh, nursery)
+    for n in range(64):  # far more than the queue holds while the state task saves
+        await raw.send_frame(
+            b.device_id, StatePut([WireEntry(f"k{n}", n, False, 5, 0, raw.device_id)])
+        )
+    while not (await _next(raw, StateSummary)).ask:  # b asks for ours: we catch up both ways
+        pass
+    assert state_figures(await b.call("inspect"))["dropped"]["queue_full"] > 0
