@@ -13,6 +13,8 @@ import trio
 from meshactors.actors import ActorGone, AskTimeout, ChildSpec, Strategy, Supervisor
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
+from meshactors.membership.frames import MEMBERSHIP_FRAMES
+from meshactors.membership.part import Membership
 from meshactors.network.app_wire import AppWire
 from meshactors.network.channels import Channels
 from meshactors.network.config import NetworkConfig
@@ -49,6 +51,7 @@ class Network(Supervisor):
     rpc: Rpc
     channels: Channels
     streams: Streams
+    membership: Membership
     fixed: list[ChildSpec] = attrs.field(factory=list)  # the children before any pump
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -76,6 +79,10 @@ class Network(Supervisor):
         rpc = Rpc(config.id, wire, peers.tell)
         channels = Channels(config.id, wire)
         streams = Streams(config.id, wire, peers.tell, rpc.binary_owner)
+        membership = Membership(config.id, identity, store, events, peers)
+        peers.gate = membership
+        for frame in MEMBERSHIP_FRAMES:
+            peers.register_control_handler(frame.tag, membership.on_frame)
         peers.status_listeners.extend(
             [rpc.on_peer_status, channels.on_peer_status, streams.on_peer_status]
         )
@@ -86,10 +93,19 @@ class Network(Supervisor):
             rpc=rpc,
             channels=channels,
             streams=streams,
+            membership=membership,
             fixed=[
                 ChildSpec(
                     "core",
-                    NetworkCore(peers, {"rpc": rpc, "channels": channels, "streams": streams}),
+                    NetworkCore(
+                        peers,
+                        {
+                            "membership": membership,
+                            "rpc": rpc,
+                            "channels": channels,
+                            "streams": streams,
+                        },
+                    ),
                 ),
                 ChildSpec("link", link, shutdown_timeout=LINK_SHUTDOWN_TIMEOUT),
             ],

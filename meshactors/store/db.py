@@ -166,6 +166,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX deliveries_queue ON deliveries (recipient, rank, outbox_id)"
         " WHERE status = 'pending'",
     ),
+    # 5: closed networks' membership logs: the genesis and the accepted facts, in the order
+    # they were accepted (parents first), each as its signed JSON (issue 20)
+    (
+        """CREATE TABLE membership_log (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            network TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('genesis', 'fact')),
+            record_json TEXT NOT NULL,
+            UNIQUE (network, hash)
+        )""",
+    ),
 )
 
 _CORRUPTION_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})

@@ -50,7 +50,7 @@ def delete_network(conn: sqlite3.Connection, network_id: str, purge: bool) -> bo
     with immediate(conn):
         known = conn.execute("DELETE FROM networks WHERE id = ?", (network_id,)).rowcount > 0
         if purge:
-            for table in ("roster", "local_settings", "inbox", "outbox"):
+            for table in ("roster", "local_settings", "inbox", "outbox", "membership_log"):
                 conn.execute(f"DELETE FROM {table} WHERE network = ?", (network_id,))
     return known
 

@@ -52,6 +52,9 @@ class ErrorCode(enum.StrEnum):
     # durable messages
     NO_RECIPIENTS = "no_recipients"
     NOT_REQUEUEABLE = "not_requeueable"  # only a dead or pending outbox row can be requeued
+    # closed networks
+    FORBIDDEN = "forbidden"  # this device's role in the network does not allow the change
+    INVITE_REFUSED = "invite_refused"  # an invite token past its time, or not valid
 
 
 class OpError(Exception):
