@@ -19,6 +19,7 @@ from meshactors.membership.facts import (
     to_bootstrap,
     to_token,
 )
+from meshactors.membership.frames import LogFacts
 from meshactors.membership.part import now_ms
 from tests.membership.conftest import CLOSED, active, create, figures, import_closed, members, team
 from tests.network.conftest import Mesh, OpFailed
@@ -109,8 +110,6 @@ async def test_a_member_cannot_grant_and_its_forced_fact_is_void_everywhere(mesh
     assert (await figures(owner))["void"] == 1
     # the same fact again is a replay: dropped and counted
     fact = network.membership.log.facts[network.membership.log.heads()[0]]
-    from meshactors.membership.frames import LogFacts
-
     await network.ask_await(
         "replay",
         functools.partial(

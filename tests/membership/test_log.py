@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 from typing import Any
 
 import attrs
@@ -21,7 +23,9 @@ from meshactors.membership.facts import (
     to_bootstrap,
     verify,
 )
+from meshactors.membership.frames import MEMBERSHIP_FRAMES
 from meshactors.membership.log import MembershipLog
+from meshactors.wire.peer import BadPeerFrame, decode_frame
 from tests.membership.logkit import accept, device, fact, forged, invite, new_log
 
 
@@ -218,3 +222,29 @@ def test_any_bootstrap_text_is_a_genesis_or_a_bad_record(text: str) -> None:
 
 _OWNER = device()
 _LOG = new_log(_OWNER)
+
+
+MEMBERSHIP_TAGS = [frame.tag for frame in MEMBERSHIP_FRAMES]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    tag=st.sampled_from(MEMBERSHIP_TAGS),
+    fields=st.dictionaries(
+        st.sampled_from(["genesis", "heads", "facts", "more", "invite", "accepted", "reason", "x"]),
+        JSON,
+        max_size=4,
+    ),
+)
+def test_any_membership_frame_decodes_or_is_a_bad_peer_frame(
+    tag: str, fields: dict[str, Any]
+) -> None:
+    """A peer's membership frame is decoded strictly (BadPeerFrame otherwise), and every fact
+    in a decoded page then checks out or is a BadRecord."""
+    try:
+        frame = decode_frame(json.dumps({"t": tag, **fields}).encode())
+    except BadPeerFrame:
+        return
+    for fact_ in getattr(frame, "facts", []):
+        with contextlib.suppress(BadRecord):
+            _LOG.check(fact_)
