@@ -17,6 +17,7 @@ import attrs
 import structlog
 import trio
 
+from meshactors.actors import Inbox
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.membership import store as log_db
@@ -43,6 +44,7 @@ from meshactors.membership.frames import (
     LogPull,
 )
 from meshactors.membership.log import EVICTED, MEMBER, REVOKED, MemberRow, MembershipLog, may
+from meshactors.network.link import Park, UseBrokers
 from meshactors.network.peers import Peers
 from meshactors.store import networks as settings_db
 from meshactors.store.actor import StoreActor
@@ -71,6 +73,7 @@ class Membership:
     store: StoreActor
     events: EventHub
     peers: Peers
+    link: Inbox[UseBrokers | Park]  # the network's link, parked once we are evicted
     log: MembershipLog | None = None
     invite: Invite | None = None  # the invite this device presents until it is a member
     orphans: dict[str, Fact] = attrs.field(factory=dict)
@@ -106,7 +109,8 @@ class Membership:
         row = self.log.resolved.rows.get(self.me)
         evicted = None
         if row is not None and row.status == EVICTED:
-            evicted = {"by": row.granted_by, "at": row.at_ms, "reason": "evicted by an admin"}
+            reason = "this device was evicted from the closed network"
+            evicted = {"by": row.granted_by, "at": row.at_ms, "reason": reason}
         return {
             "closed": True,
             "role": self.log.resolved.role_of(self.me),
@@ -154,6 +158,8 @@ class Membership:
                 self.dropped["bad_stored"] += 1
         self._take(facts, stored=True)
         self._rows_before = dict(self.log.resolved.rows)
+        if self.log.resolved.evicted(self.me):
+            await self.link.send(Park())
         settings = await self.store.call(
             functools.partial(settings_db.get_settings, network=self.network),
             what="load the held invite",
@@ -347,14 +353,15 @@ class Membership:
             if device == self.me and row.status == EVICTED:
                 log.warning("this device was evicted", network=self.network, by=row.granted_by)
                 self.events.publish("evicted", {"network": self.network, **row.view()})
-        if self.me in changed:
-            if self.log.resolved.is_member(self.me) and self.invite is not None:
-                self.invite = None
-                await self._forget_invite()
-            changed = self.peers.handshaken()
+        if self.me not in changed:
+            await self.peers.reapprove(changed)
+            return
+        if self.log.resolved.is_member(self.me) and self.invite is not None:
+            self.invite = None
+            await self._forget_invite()
+        await self.peers.reapprove(self.peers.handshaken())  # our own standing changed
         if self.log.resolved.evicted(self.me):
-            changed = self.peers.handshaken()
-        await self.peers.reapprove(changed)
+            await self.link.send(Park())
 
     async def _redeem(self, device_id: str, invite: Invite) -> None:
         """Turn a presented invite into a grant, once, if we may; answer why not otherwise."""

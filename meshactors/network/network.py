@@ -79,7 +79,7 @@ class Network(Supervisor):
         rpc = Rpc(config.id, wire, peers.tell)
         channels = Channels(config.id, wire)
         streams = Streams(config.id, wire, peers.tell, rpc.binary_owner)
-        membership = Membership(config.id, identity, store, events, peers)
+        membership = Membership(config.id, identity, store, events, peers, link.inbox)
         peers.gate = membership
         for frame in MEMBERSHIP_FRAMES:
             peers.register_control_handler(frame.tag, membership.on_frame)

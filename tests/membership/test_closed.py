@@ -140,11 +140,16 @@ async def test_evict_reaches_a_member_that_was_offline_and_it_cuts_the_device_of
     listed = (await target.call("networks_list"))["networks"][0]
     assert listed["phase"] == "stopped"
     assert listed["membership"]["evicted"]["by"] == owner.device_id
+    await owner.wait_event("peer_left", network=CLOSED, device_id=target.device_id)  # it parked
     back = await mesh.daemon("away")
     await back.wait_event("member_evicted", after=seen, network=CLOSED, device_id=target.device_id)
     shown = await back.peer(target, CLOSED)
     assert shown is None or (shown["approval"], shown["status"]) != ("approved", "active")
     assert (await members(back)) == (await members(owner))
+    await target.stop()
+    target = await mesh.daemon("target")  # still evicted after a restart: it stays away
+    listed = (await target.call("networks_list"))["networks"][0]
+    assert listed["phase"] == "stopped" and listed["membership"]["evicted"] is not None
 
 
 async def test_two_admins_grant_and_evict_one_device_concurrently_and_all_converge(
