@@ -55,6 +55,8 @@ EXIT_BY_ERROR_CODE = {  # a daemon's (or the client library's) error code -> exi
     "link_down": EXIT_REFUSED,
     "not_requeueable": EXIT_REFUSED,
     "storage": EXIT_REFUSED,
+    "forbidden": EXIT_REFUSED,
+    "invite_refused": EXIT_REFUSED,
     "timeout": EXIT_TIMEOUT,
     "deadline": EXIT_TIMEOUT,
 }
