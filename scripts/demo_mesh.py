@@ -165,6 +165,36 @@ def kill_daemon(home: Home) -> None:
         fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def closed_network(
+    stack: ExitStack, workdir: Path, url: str, alice: Home, bob: Home, alice_id: str, bob_id: str
+) -> None:
+    """A closed network: alice creates it and hands out an invite, bob and carol join with
+    it, alice evicts carol and every member cuts carol off."""
+    step("a closed network: alice creates `team` and hands out an invite for two devices")
+    carol = Home("carol", workdir / "carol")
+    stack.enter_context(daemon(carol))
+    carol_id = carol.json("identity", "show")["device_id"]
+    alice.run("network", "create", "team", "--closed", "--broker", url)
+    token = alice.json("members", "invite", "-n", "team", "--uses", "2", "--ttl", "600")["token"]
+    print(f"invite token: {token[:40]}… ({len(token)} characters)")
+
+    step("bob and carol join with the token; alice's daemon grants each once")
+    for home, device_id in ((bob, bob_id), (carol, carol_id)):
+        print(f"{DIM}[{home.name}]{RESET} $ meshactors network join-invite mshi1.…")
+        home.run("network", "join-invite", token, show=False)
+        wait_for_event(home, "member_granted", network="team", device_id=device_id)
+        wait_for_event(home, "peer_active", network="team", device_id=alice_id)
+    alice.run("members", "list", "-n", "team")
+
+    step("alice evicts carol (a lost laptop): every member cuts it off, carol stops the network")
+    alice.run("members", "evict", "-n", "team", carol_id)
+    wait_for_event(bob, "member_evicted", network="team", device_id=carol_id)
+    wait_for_event(carol, "evicted", network="team")
+    (team,) = carol.json("network", "list")
+    print(f"carol's network list: phase {team['phase']}: {team['membership']['evicted']['reason']}")
+    bob.run("members", "list", "-n", "team")
+
+
 def main() -> None:
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meshactors-demo-")))
@@ -237,10 +267,12 @@ def main() -> None:
         bob.run("inbox", "-n", "demo")
         alice.run("outbox", "list")
 
+        closed_network(stack, workdir, url, alice, bob, alice_id, bob_id)
+
         step("the live actor tree of alice's daemon")
         alice.run("inspect")
 
-        step("done: stopping both daemons and the broker")
+        step("done: stopping the daemons and the broker")
 
 
 if __name__ == "__main__":

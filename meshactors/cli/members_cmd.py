@@ -94,9 +94,10 @@ def run_members_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json(members)
         return 0
+    print(f"{'DEVICE':52}  {'ROLE':6}  {'STATUS':8}  BY")
     for m in members:
         by = (m["granted_by"] or "-")[:12]
-        print(f"{m['device_id']}  {m['role'] or '-':6}  {m['status']:8}  by {by}")
+        print(f"{m['device_id']}  {m['role'] or '-':6}  {m['status']:8}  {by}")
     return 0
 
 

@@ -214,6 +214,10 @@ def new_genesis(identity: Identity, network: str, now_ms: int) -> Genesis:
     return sign(identity, unsigned)
 
 
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
 def _b64(text: str) -> str:
     return base64.urlsafe_b64encode(text.encode("utf-8")).decode("ascii").rstrip("=")
 
@@ -228,7 +232,7 @@ def _unb64(text: str) -> Any:
 
 def to_bootstrap(genesis: Genesis) -> str:
     """The genesis as one copy-pasteable string: `mshg1.` and base64url of its JSON."""
-    return BOOTSTRAP_PREFIX + _b64(json.dumps(converter.unstructure(genesis), sort_keys=True))
+    return BOOTSTRAP_PREFIX + _b64(_compact(converter.unstructure(genesis)))
 
 
 def from_bootstrap(text: str) -> Genesis:
@@ -255,7 +259,7 @@ class Token:
 
 def to_token(token: Token) -> str:
     """An invite token: `mshi1.` and base64url of its JSON."""
-    return TOKEN_PREFIX + _b64(json.dumps(converter.unstructure(token), sort_keys=True))
+    return TOKEN_PREFIX + _b64(_compact(converter.unstructure(token)))
 
 
 def from_token(text: str) -> Token:
