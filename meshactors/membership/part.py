@@ -301,10 +301,11 @@ class Membership:
             await self._save(taken)
             self.accepted += len(taken)
             await self._after_change()
-            heads = LogHeads(self.log.genesis_hash, self._heads())
-            for peer in self.peers.handshaken():
-                if peer != device_id:
-                    await self.peers.send_control(peer, heads)
+            if any(fact.author != device_id for fact in taken):  # relayed: others may lack it
+                heads = LogHeads(self.log.genesis_hash, self._heads())
+                for peer in self.peers.handshaken():
+                    if peer != device_id:
+                        await self.peers.send_control(peer, heads)
         if self.orphans or (more and taken):  # a gap, or the next page
             await self.peers.send_control(device_id, LogPull(self.log.genesis_hash, self._heads()))
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.benchlib import resources, swarmscale
+from scripts.benchlib import closedscale, resources, swarmscale
 
 pytestmark = pytest.mark.e2e
 
@@ -31,3 +31,9 @@ def test_directed_message_with_several_networks_joined(tmp_path: Path) -> None:
     figures = swarmscale.measure_networks(tmp_path, 2, 0.2, 10)
     assert figures["networks"] == 2
     assert figures["directed"]["rtt"]["samples"] == 10
+
+
+def test_an_eviction_reaches_every_member_of_a_closed_network(tmp_path: Path) -> None:
+    figures = closedscale.measure_eviction(tmp_path, 3)
+    assert figures["members"] == 3
+    assert figures["reached"] == 2  # the other member and the evicted device itself
