@@ -97,10 +97,12 @@ class MembershipLog:
     genesis_hash: str = attrs.field(init=False)
     facts: dict[str, Fact] = attrs.field(factory=dict, init=False)
     _order: list[str] | None = attrs.field(default=None, init=False)
+    granted: set[str] = attrs.field(factory=set, init=False)  # the owner and every device granted
     resolved: Resolved = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.genesis_hash = record_hash(self.genesis)
+        self.granted.add(self.genesis.owner)
         self.resolved = self._resolve()
 
     def check(self, fact: Fact) -> str:
@@ -125,6 +127,8 @@ class MembershipLog:
         """Add checked facts whose parents are all here, then resolve the log again."""
         for fact in facts:
             self.facts[record_hash(fact)] = fact
+            if fact.kind == "grant":
+                self.granted.add(fact.device)
         self._order = None
         self.resolved = self._resolve()
 

@@ -328,15 +328,22 @@ class Membership:
                 continue
             self.orphans[digest] = fact
         placed: set[str] = set()
+        granted = set(self.log.granted)  # the log's, and this batch's grants so far
         progress = True
         while progress:
             progress = False
             for digest, fact in list(self.orphans.items()):
-                if placed.issuperset(self.log.missing(fact)):
-                    del self.orphans[digest]
-                    placed.add(digest)
-                    added.append(fact)
-                    progress = True
+                if not placed.issuperset(self.log.missing(fact)):
+                    continue
+                del self.orphans[digest]
+                progress = True
+                if fact.author not in granted:  # never granted anything: junk, not kept
+                    self.dropped["bad_stored" if stored else "not_a_member"] += 1
+                    continue
+                placed.add(digest)
+                added.append(fact)
+                if fact.kind == "grant":
+                    granted.add(fact.device)
         if added:
             self.log.add(added)
         return added

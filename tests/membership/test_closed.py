@@ -19,7 +19,7 @@ from meshactors.membership.facts import (
     to_bootstrap,
     to_token,
 )
-from meshactors.membership.frames import LogFacts
+from meshactors.membership.frames import InviteRedeem, LogFacts
 from meshactors.membership.part import now_ms
 from tests.membership.conftest import CLOSED, active, create, figures, import_closed, members, team
 from tests.network.conftest import Mesh, OpFailed
@@ -176,3 +176,49 @@ async def test_two_admins_grant_and_evict_one_device_concurrently_and_all_conver
                 break
             await left.wait_event("peer_active", after=left.last_event_id)
     assert views[0][device.device_id] == (None, "evicted")
+
+
+async def test_a_strangers_own_facts_are_not_kept(mesh: Mesh) -> None:
+    owner, stranger = await mesh.daemon("owner"), await mesh.daemon("stranger")
+    bootstrap = await create(owner, mesh)
+    await import_closed(stranger, mesh, bootstrap)
+    await owner.wait_event("peer_denied", network=CLOSED, device_id=stranger.device_id)
+    network = stranger.network(CLOSED)
+    for _ in range(3):
+        junk = functools.partial(
+            network.membership._author, "grant", stranger.device_id, "owner", None
+        )
+        await network.ask_await("junk", junk)
+    # an invite of its own making, refused by the owner after the facts (frames keep order)
+    genesis = from_bootstrap(bootstrap)
+    own = sign(
+        stranger.services.identity,
+        Invite(
+            CLOSED,
+            record_hash(genesis),
+            stranger.device_id,
+            "member",
+            now_ms() + 60_000,
+            1,
+            nonce(),
+            "A" * SIG_CHARS,
+        ),
+    )
+    redeem = functools.partial(network.peers.send_control, owner.device_id, InviteRedeem(own))
+    await network.ask_await("present", redeem)
+    refused = await stranger.wait_event("invite_refused", network=CLOSED)
+    assert refused["reason"] == "the invite's issuer may no longer grant that role"
+    assert (await figures(owner))["facts"] == 0
+    assert (await figures(owner))["dropped"] == {"not_a_member": 3, "invite_refused": 1}
+
+
+async def test_a_revoked_member_is_cut_off(mesh: Mesh) -> None:
+    owner, member = await team(mesh, "owner", "member")
+    mark = member.last_event_id
+    await owner.call("members_revoke", network=CLOSED, device_id=member.device_id, role="member")
+    revoked = await member.wait_event("member_revoked", after=mark, device_id=member.device_id)
+    assert revoked["status"] == "revoked"
+    await owner.wait_event("peer_denied", network=CLOSED, device_id=member.device_id)
+    with pytest.raises(OpFailed) as refused:
+        await member.call("rpc_call", network=CLOSED, peer=owner.device_id, method="m", payload=1)
+    assert refused.value.code in ("peer_not_active", "no_such_peer")
