@@ -168,22 +168,37 @@ def kill_daemon(home: Home) -> None:
 def closed_network(
     stack: ExitStack, workdir: Path, url: str, alice: Home, bob: Home, alice_id: str, bob_id: str
 ) -> None:
-    """A closed network: alice creates it and hands out an invite, bob and carol join with
-    it, alice evicts carol and every member cuts carol off."""
-    step("a closed network: alice creates `team` and hands out an invite for two devices")
+    """A closed network: alice creates it; bob joins with an invite, carol with the bootstrap
+    and a grant; alice evicts carol and every member cuts carol off."""
+    step("a closed network: alice creates `team`; bob joins with a one-use invite")
     carol = Home("carol", workdir / "carol")
     stack.enter_context(daemon(carol))
     carol_id = carol.json("identity", "show")["device_id"]
-    alice.run("network", "create", "team", "--closed", "--broker", url)
-    token = alice.json("members", "invite", "-n", "team", "--uses", "2", "--ttl", "600")["token"]
+    created = alice.json("network", "create", "team", "--closed", "--broker", url)
+    print(f"bootstrap: {created['bootstrap'][:40]}… (the signed genesis)")
+    token = alice.json("members", "invite", "-n", "team", "--uses", "1", "--ttl", "600")["token"]
     print(f"invite token: {token[:40]}… ({len(token)} characters)")
+    print(f"{DIM}[bob]{RESET} $ meshactors network join-invite mshi1.…")
+    bob.run("network", "join-invite", token, show=False)
+    wait_for_event(bob, "member_granted", network="team", device_id=bob_id)
+    wait_for_event(bob, "peer_active", network="team", device_id=alice_id)
 
-    step("bob and carol join with the token; alice's daemon grants each once")
-    for home, device_id in ((bob, bob_id), (carol, carol_id)):
-        print(f"{DIM}[{home.name}]{RESET} $ meshactors network join-invite mshi1.…")
-        home.run("network", "join-invite", token, show=False)
-        wait_for_event(home, "member_granted", network="team", device_id=device_id)
-        wait_for_event(home, "peer_active", network="team", device_id=alice_id)
+    step("carol imports the bootstrap; alice grants her by device id")
+    print(
+        f"{DIM}[carol]{RESET} $ meshactors network import team --bootstrap mshg1.… --broker {url}"
+    )
+    carol.run(
+        "network",
+        "import",
+        "team",
+        "--bootstrap",
+        created["bootstrap"],
+        "--broker",
+        url,
+        show=False,
+    )
+    alice.run("members", "grant", "-n", "team", carol_id, "--role", "member")
+    wait_for_event(carol, "peer_active", network="team", device_id=alice_id)
     alice.run("members", "list", "-n", "team")
 
     step("alice evicts carol (a lost laptop): every member cuts it off, carol stops the network")

@@ -106,7 +106,7 @@ def _change(args: argparse.Namespace, op: str, **params: Any) -> int:
     device = resolve_device(args, args.device_id, network)
     answer = call(args, op, network=network, device_id=device, **params)
     member = answer["member"]
-    text = f"{device[:12]} in {network}: {member['status']} {member['role'] or ''}".rstrip()
+    text = f"{device[:12]} in {network}: {member['status']}, role {member['role'] or '-'}"
     return report(args, answer, text)
 
 
