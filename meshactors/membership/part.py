@@ -298,7 +298,11 @@ class Membership:
         assert self.log is not None
         taken = self._take(facts, stored=False)
         if taken:
-            await self._save(taken)
+            try:
+                await self._save(taken)
+            except Exception as exc:  # they apply now; a member sends them again after a restart
+                self.dropped["unsaved"] += len(taken)
+                log.warning("facts not saved", network=self.network, error=str(exc))
             self.accepted += len(taken)
             await self._after_change()
             if any(fact.author != device_id for fact in taken):  # relayed: others may lack it
