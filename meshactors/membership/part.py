@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -126,6 +127,18 @@ class Membership:
             if resolved.is_member(self.me) and resolved.is_member(device_id)
             else "denied"
         )
+
+    def state_writers(self, others: Callable[[str, str], bool]) -> Callable[[str, str], bool]:
+        """The replicated state map's writer check `(sender, author) -> bool` for this network:
+        `others` (the open network's check) and, in a closed network, a member as author too.
+        Run in core's task, like the map."""
+
+        def may_write(sender: str, author: str) -> bool:
+            if self.log is None:
+                return others(sender, author)
+            return others(sender, author) and self.log.resolved.is_member(author)
+
+        return may_write
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load and verify the stored log, then wait: the work comes through core's inbox."""

@@ -218,3 +218,16 @@ async def test_a_revoked_member_is_cut_off(mesh: Mesh) -> None:
     with pytest.raises(OpFailed) as refused:
         await member.call("rpc_call", network=CLOSED, peer=owner.device_id, method="m", payload=1)
     assert refused.value.code in ("peer_not_active", "no_such_peer")
+
+
+async def test_only_members_author_writes_of_the_state_map(mesh: Mesh) -> None:
+    """The writer check a closed network gives the replicated state map (issue 20 item 5)."""
+    owner, member = await team(mesh, "owner", "member")
+    stranger = await mesh.daemon("stranger")
+    network = owner.network(CLOSED)
+
+    def check() -> list[bool]:
+        may_write = network.membership.state_writers(lambda _sender, _author: True)
+        return [may_write(member.device_id, d.device_id) for d in (owner, member, stranger)]
+
+    assert await network.ask("check writers", check) == [True, True, False]
