@@ -79,6 +79,15 @@ async def test_an_invite_past_its_time_is_refused_with_its_reason(mesh: Mesh) ->
     with pytest.raises(OpFailed) as refused:
         await late.call("network_join_invite", token=token)
     assert refused.value.code == "invite_refused"
+    # presented anyway (a clock behind), the owner refuses it too, saying why
+    await import_closed(late, mesh, bootstrap)
+    await owner.wait_event("peer_denied", network=CLOSED, device_id=late.device_id)
+    network = late.network(CLOSED)
+    present = functools.partial(network.peers.send_control, owner.device_id, InviteRedeem(expired))
+    await network.ask_await("present", present)
+    answer = await late.wait_event("invite_refused", network=CLOSED)
+    assert answer["reason"] == "the invite expired"
+    assert late.device_id not in await members(owner)
 
 
 async def test_a_forged_genesis_is_refused(mesh: Mesh) -> None:
