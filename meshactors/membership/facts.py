@@ -161,8 +161,11 @@ class Fact:
             raise ValueError("only a grant of the invite's role carries an invite")
 
 
-_DOMAINS = {Genesis: b"meshactors-genesis-v1\n", Fact: b"meshactors-fact-v1\n"}
-_DOMAINS[Invite] = b"meshactors-invite-v1\n"
+_DOMAINS: dict[type, bytes] = {
+    Genesis: b"meshactors-genesis-v1\n",
+    Fact: b"meshactors-fact-v1\n",
+    Invite: b"meshactors-invite-v1\n",
+}
 
 
 def signed_bytes(record: Genesis | Fact | Invite) -> bytes:
