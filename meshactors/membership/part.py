@@ -56,6 +56,7 @@ log = structlog.get_logger("meshactors.membership")
 
 MAX_ORPHANS = 256  # facts held while their parents are fetched; more are dropped (counted)
 MAX_TTL_S = 30 * 24 * 3600  # an invite's longest life
+HEADS_INTERVAL = 60.0  # seconds between two sends of our heads to the members we see
 UNSIGNED = "A" * SIG_CHARS
 
 _EVENTS = {MEMBER: "member_granted", REVOKED: "member_revoked", EVICTED: "member_evicted"}
@@ -141,10 +142,17 @@ class Membership:
         return may_write
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Load and verify the stored log, then wait: the work comes through core's inbox."""
+        """Load and verify the stored log, then send our heads to the members we see every
+        HEADS_INTERVAL (the rest of the work comes through core's inbox)."""
         await self.load()
         task_status.started()
-        await trio.sleep_forever()
+        while True:
+            await trio.sleep(HEADS_INTERVAL)
+            if self.log is not None:
+                heads = LogHeads(self.log.genesis_hash, self._heads())
+                for peer in self.peers.handshaken():
+                    if self.log.resolved.is_member(peer):
+                        await self.peers.send_control(peer, heads)
 
     async def load(self) -> None:
         """The genesis and facts from the state database, each verified again; a record that

@@ -6,6 +6,9 @@ from __future__ import annotations
 import functools
 import sqlite3
 
+import pytest
+
+from meshactors.membership import part as membership_part
 from meshactors.membership.facts import SIG_CHARS, Fact, record_hash, sign, to_bootstrap
 from meshactors.membership.frames import LOG_PAGE, LogFacts
 from meshactors.membership.part import now_ms
@@ -86,3 +89,33 @@ async def test_a_late_member_receives_the_whole_log_in_pages(mesh: Mesh) -> None
     await active(owner, late)
     assert await members(late) == await members(owner)
     assert (await figures(late))["accepted"] == 2 * LOG_PAGE + 6
+
+
+async def test_a_push_the_broker_dropped_is_fetched_at_the_next_heads(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(membership_part, "HEADS_INTERVAL", 0.05)
+    owner, member = await team(mesh, "owner", "member")
+    network = owner.network(CLOSED)
+    part = network.membership
+    assert part.log is not None
+    x = device()
+    unsigned = Fact(
+        CLOSED,
+        part.log.genesis_hash,
+        owner.device_id,
+        "grant",
+        x.device_id,
+        "member",
+        now_ms(),
+        part.log.heads(),
+        None,
+        "A" * SIG_CHARS,
+    )
+    fact = sign(owner.services.identity, unsigned)
+
+    async def keep_without_sending() -> None:  # as if the broker dropped the owner's push
+        part._take([fact], stored=True)
+
+    await network.ask_await("keep a fact", keep_without_sending)
+    await member.wait_event("member_granted", device_id=x.device_id)
