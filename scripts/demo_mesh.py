@@ -165,6 +165,51 @@ def kill_daemon(home: Home) -> None:
         fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def closed_network(
+    stack: ExitStack, workdir: Path, url: str, alice: Home, bob: Home, alice_id: str, bob_id: str
+) -> None:
+    """A closed network: alice creates it; bob joins with an invite, carol with the bootstrap
+    and a grant; alice evicts carol and every member cuts carol off."""
+    step("a closed network: alice creates `team`; bob joins with a one-use invite")
+    carol = Home("carol", workdir / "carol")
+    stack.enter_context(daemon(carol))
+    carol_id = carol.json("identity", "show")["device_id"]
+    created = alice.json("network", "create", "team", "--closed", "--broker", url)
+    print(f"bootstrap: {created['bootstrap'][:40]}… (the signed genesis)")
+    token = alice.json("members", "invite", "-n", "team", "--uses", "1", "--ttl", "600")["token"]
+    print(f"invite token: {token[:40]}… ({len(token)} characters)")
+    print(f"{DIM}[bob]{RESET} $ meshactors network join-invite mshi1.…")
+    bob.run("network", "join-invite", token, show=False)
+    wait_for_event(bob, "member_granted", network="team", device_id=bob_id)
+    wait_for_event(bob, "peer_active", network="team", device_id=alice_id)
+
+    step("carol imports the bootstrap; alice grants her by device id")
+    print(
+        f"{DIM}[carol]{RESET} $ meshactors network import team --bootstrap mshg1.… --broker {url}"
+    )
+    carol.run(
+        "network",
+        "import",
+        "team",
+        "--bootstrap",
+        created["bootstrap"],
+        "--broker",
+        url,
+        show=False,
+    )
+    alice.run("members", "grant", "-n", "team", carol_id, "--role", "member")
+    wait_for_event(carol, "peer_active", network="team", device_id=alice_id)
+    alice.run("members", "list", "-n", "team")
+
+    step("alice evicts carol (a lost laptop): every member cuts it off, carol stops the network")
+    alice.run("members", "evict", "-n", "team", carol_id)
+    wait_for_event(bob, "member_evicted", network="team", device_id=carol_id)
+    wait_for_event(carol, "evicted", network="team")
+    (team,) = carol.json("network", "list")
+    print(f"carol's network list: phase {team['phase']}: {team['membership']['evicted']['reason']}")
+    bob.run("members", "list", "-n", "team")
+
+
 def main() -> None:
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meshactors-demo-")))
@@ -237,10 +282,12 @@ def main() -> None:
         bob.run("inbox", "-n", "demo")
         alice.run("outbox", "list")
 
+        closed_network(stack, workdir, url, alice, bob, alice_id, bob_id)
+
         step("the live actor tree of alice's daemon")
         alice.run("inspect")
 
-        step("done: stopping both daemons and the broker")
+        step("done: stopping the daemons and the broker")
 
 
 if __name__ == "__main__":

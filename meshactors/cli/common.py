@@ -57,6 +57,7 @@ EXIT_BY_ERROR_CODE = {  # a daemon's (or the client library's) error code -> exi
     "storage": EXIT_REFUSED,
     "state_full": EXIT_REFUSED,
     "forbidden": EXIT_REFUSED,
+    "invite_refused": EXIT_REFUSED,
     "timeout": EXIT_TIMEOUT,
     "deadline": EXIT_TIMEOUT,
 }

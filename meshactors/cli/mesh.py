@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from meshactors.cli import members_cmd
 from meshactors.cli.common import (
     EXIT_NOT_FOUND,
     call,
@@ -95,6 +96,7 @@ def _register_network(commands: argparse._SubParsersAction[argparse.ArgumentPars
     listing = network.add_parser("list", help="joined networks and their phases")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=run_network_list)
+    members_cmd.register_network_actions(network)
 
 
 def _register_roster(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

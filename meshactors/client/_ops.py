@@ -88,6 +88,54 @@ class Ops(abc.ABC):
         """Remove a device from a network's roster (it is cut off at once)."""
         return await self.call("roster_remove", params(network=network, device_id=device_id))
 
+    # closed networks
+    async def network_create_closed(self, config: Mapping[str, Json]) -> Data:
+        """Create and join a closed network owned by this device: `{network, owner, bootstrap}`."""
+        return await self.call("network_create_closed", params(config=dict(config)))
+
+    async def network_import_closed(self, config: Mapping[str, Json], bootstrap: str) -> Data:
+        """Join a closed network by its owner's bootstrap string."""
+        return await self.call(
+            "network_import_closed", params(config=dict(config), bootstrap=bootstrap)
+        )
+
+    async def network_join_invite(self, token: str, *, label: str | None = None) -> Data:
+        """Join a closed network by an invite token; admitted once an owner or admin grants it."""
+        return await self.call("network_join_invite", params(token=token, label=label))
+
+    async def members_list(self, network: str) -> Data:
+        """A closed network's members: device, role, granted_by, at, status."""
+        return await self.call("members_list", params(network=network))
+
+    async def members_grant(self, network: str, device_id: str, role: str) -> Data:
+        """Grant a device a role (`owner`, `admin` or `member`)."""
+        return await self.call(
+            "members_grant", params(network=network, device_id=device_id, role=role)
+        )
+
+    async def members_revoke(self, network: str, device_id: str, role: str) -> Data:
+        """Take a role back from a device."""
+        return await self.call(
+            "members_revoke", params(network=network, device_id=device_id, role=role)
+        )
+
+    async def members_evict(self, network: str, device_id: str) -> Data:
+        """Evict a device from a closed network for good."""
+        return await self.call("members_evict", params(network=network, device_id=device_id))
+
+    async def members_invite(
+        self,
+        network: str,
+        *,
+        role: str | None = None,
+        ttl_s: float | None = None,
+        uses: int | None = None,
+    ) -> Data:
+        """An invite token for `uses` devices (1), valid `ttl_s` seconds (a day), of `role`."""
+        return await self.call(
+            "members_invite", params(network=network, role=role, ttl_s=ttl_s, uses=uses)
+        )
+
     async def capabilities_set(self, network: str, capabilities: Mapping[str, Json]) -> Data:
         """Advertise `{tags, app_version, max_connections, extra}`; `extra` reaches peers as is."""
         return await self.call(

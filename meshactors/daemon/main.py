@@ -22,6 +22,7 @@ from meshactors.daemon.sdnotify import Notifier, NotifierActor
 from meshactors.daemon.services import Services
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
+from meshactors.membership import ops as membership_ops
 from meshactors.network.link import ROLES
 from meshactors.network.manager import NetworkManager
 from meshactors.ops import (
@@ -67,6 +68,7 @@ def build_ops(*, debug: bool = False) -> OpTable:
     return OpTable.of(
         system_ops.OPS,
         network_ops.OPS,
+        membership_ops.OPS,
         rpc_ops.OPS,
         stream_ops.OPS,
         message_ops.OPS,

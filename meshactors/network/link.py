@@ -14,6 +14,7 @@ undeliverable notices go to `peers` as they decode, and one it cannot read is co
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -135,6 +136,12 @@ class UseBrokers:
 
 
 @attrs.frozen
+class Park:
+    """A message to the link: leave the broker and stay away until the network is joined
+    again (this device was evicted from the closed network)."""
+
+
+@attrs.frozen
 class InboundRecords:
     """One batch of (sender public key, sealed bytes) records from the broker."""
 
@@ -191,7 +198,8 @@ class Link(Actor):
     _reported: LinkError | None = None  # the error last logged and published
     _attempt: int = 0
     _next_url: int = 0
-    inbox: Inbox[UseBrokers] = attrs.field(factory=lambda: Inbox(LINK_INBOX))
+    inbox: Inbox[UseBrokers | Park] = attrs.field(factory=lambda: Inbox(LINK_INBOX))
+    _parked: bool = False  # told to stay away (Park)
     _outbound: trio.MemoryReceiveChannel[_Queued] | None = None  # the up connection's queue
     _pace: TokenBucket = attrs.field(factory=lambda: pace(Welcome([])))  # messages we may send
     _cycle: trio.CancelScope | None = None
@@ -221,6 +229,9 @@ class Link(Actor):
         self.state = "connecting"
         task_status.started()
         try:
+            with contextlib.suppress(trio.WouldBlock):
+                while True:  # what was said before it ran (a Park at load) holds from the start
+                    self._take(self.inbox.receiver.receive_nowait())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._take_brokers)
                 await self._connect_forever()
@@ -231,8 +242,8 @@ class Link(Actor):
                 await self._report()
 
     async def _connect_forever(self) -> None:
-        """Connect to each broker in turn, with backoff between failed attempts."""
-        while True:
+        """Connect to each broker in turn, with backoff between failed attempts, until parked."""
+        while not self._parked:
             with trio.CancelScope() as self._cycle:
                 url = self.brokers[self._next_url % len(self.brokers)]
                 self.state = "connecting"
@@ -245,15 +256,25 @@ class Link(Actor):
                 await self._report()
                 await trio.sleep(self._backoff())
                 self._attempt += 1
+        self.state = "stopped"
+        await self._report()
+        await trio.sleep_forever()
 
     async def _take_brokers(self) -> None:
-        """Use each new broker list from the inbox: drop the connection, connect again at once."""
+        """Use each new broker list from the inbox: drop the connection, connect again at once
+        (or, parked, for good)."""
         async for message in self.inbox.receiver:
+            self._take(message)
+            if self._cycle is not None:
+                self._cycle.cancel()
+
+    def _take(self, message: UseBrokers | Park) -> None:
+        if isinstance(message, Park):
+            self._parked = True
+        else:
             self.brokers = list(message.brokers)
             self._next_url = 0
             self._attempt = 0
-            if self._cycle is not None:
-                self._cycle.cancel()
 
     async def _report(self) -> None:
         """Tell core the state the link is in now."""

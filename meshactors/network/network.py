@@ -13,6 +13,8 @@ import trio
 from meshactors.actors import ActorGone, AskTimeout, ChildSpec, Strategy, Supervisor
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
+from meshactors.membership.frames import MEMBERSHIP_FRAMES
+from meshactors.membership.part import Membership
 from meshactors.netstate.replica import StateReplica
 from meshactors.netstate.writers import open_network_writers
 from meshactors.network.app_wire import AppWire
@@ -51,6 +53,7 @@ class Network(Supervisor):
     rpc: Rpc
     channels: Channels
     streams: Streams
+    membership: Membership
     state: StateReplica
     fixed: list[ChildSpec] = attrs.field(factory=list)  # the children before any pump
 
@@ -79,7 +82,13 @@ class Network(Supervisor):
         rpc = Rpc(config.id, wire, peers.tell)
         channels = Channels(config.id, wire)
         streams = Streams(config.id, wire, peers.tell, rpc.binary_owner)
-        writers = open_network_writers(identity.device_id, peers.active_peers)
+        membership = Membership(config.id, identity, store, events, peers, link.inbox)
+        peers.gate = membership
+        for frame in MEMBERSHIP_FRAMES:
+            peers.register_control_handler(frame.tag, membership.on_frame)
+        writers = membership.state_writers(
+            open_network_writers(identity.device_id, peers.active_peers)
+        )
         state = StateReplica(config.id, wire, store, events, writers)
         peers.status_listeners.extend(
             [rpc.on_peer_status, channels.on_peer_status, streams.on_peer_status]
@@ -92,13 +101,20 @@ class Network(Supervisor):
             rpc=rpc,
             channels=channels,
             streams=streams,
+            membership=membership,
             state=state,
             fixed=[
                 ChildSpec(
                     "core",
                     NetworkCore(
                         peers,
-                        {"rpc": rpc, "channels": channels, "streams": streams, "state": state},
+                        {
+                            "membership": membership,
+                            "rpc": rpc,
+                            "channels": channels,
+                            "streams": streams,
+                            "state": state,
+                        },
                     ),
                 ),
                 ChildSpec("link", link, shutdown_timeout=LINK_SHUTDOWN_TIMEOUT),

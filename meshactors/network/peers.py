@@ -13,7 +13,7 @@ import enum
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import structlog
@@ -75,11 +75,13 @@ ROSTER_BATCH = 256  # auto-approvals held before they are saved, even while link
 MAX_PEERS = 1024  # peers tracked per network (the broker admits 256 by default)
 PEERS_INBOX = 1024  # link events and commands queued before the link's reader waits
 COMMAND_TIMEOUT = 10.0  # seconds an op waits for the peers actor to answer
+REJECTED_NON_MEMBER = "rejected_non_member"  # frames of a device a closed network keeps out
 CONTROL_PLANE_ROLE = "control-plane"  # hidden from peers_list unless `all`
 CAPABILITIES_KEY = "capabilities"  # local_settings key of our advert in a network
 PROFILE_KEY = "profile"  # local_settings key of our profile (per network, or GLOBAL)
 
 AppHandler = Callable[[str, Frame], None]  # (sender device id, frame); must not block
+ControlHandler = Callable[[str, Frame], Awaitable[None]]  # a handshaken peer's control frame
 StatusListener = Callable[[str, "PeerStatus"], None]  # (device id, new status); must not block
 
 
@@ -142,6 +144,23 @@ class PeerState:
         self.incompatible = None
 
 
+class Gate(Protocol):
+    """What decides who may be active in a closed network (its membership log), in core."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether membership, not the roster, decides who is active here."""
+
+    def approval(self, device_id: str) -> str:
+        """`approved` for a member (while we are one), else `denied`."""
+
+    async def on_handshake(self, device_id: str) -> None:
+        """A peer's hello arrived: compare logs, present an invite."""
+
+    def summary(self) -> dict[str, Any]:
+        """What networks_list shows of the membership."""
+
+
 @attrs.frozen
 class _Call:
     """Run `fn` inside core and answer with its result."""
@@ -183,6 +202,8 @@ class Peers:
     # auto-approvals and the roles peers announced, not saved yet (saved in batches)
     _unsaved: dict[str, roster_db.RosterEntry] = attrs.field(factory=dict)
     _app_handlers: dict[str, AppHandler] = attrs.field(factory=dict)
+    _control_handlers: dict[str, ControlHandler] = attrs.field(factory=dict)
+    gate: Gate | None = None  # a closed network's membership; None: the roster decides
     status_listeners: list[StatusListener] = attrs.field(factory=list)  # told of status changes
     _link_was_up: bool = False
     _outbound: LinkOutbound | None = None  # the up link's queue, from LinkUp to LinkLost
@@ -203,12 +224,21 @@ class Peers:
             "roster": len(self._roster),
             "dropped": dict(self.dropped),
             "rejected_frames": self.rejected_frames,
+            "rejected_non_member": self.dropped[REJECTED_NON_MEMBER],
         }
 
     @property
+    def closed(self) -> bool:
+        """Whether membership, not the roster, decides who is active here."""
+        return self.gate is not None and self.gate.closed
+
+    @property
     def shown_phase(self) -> str:
-        """The phase as status shows it: stopped while the link is not running."""
-        if self.link_status.state in ("idle", "stopped"):
+        """The phase as status shows it: stopped while the link is not running, or once this
+        device was evicted from the closed network."""
+        if self.link_status.state in ("idle", "stopped") or (
+            self.gate is not None and self.gate.summary().get("evicted")
+        ):
             return Phase.STOPPED.value
         return self.phase.value
 
@@ -221,6 +251,9 @@ class Peers:
             "link_error": None if error is None else error.view(),
             "broker": self.link_status.url,
             "peers": self.figures()["peers"],
+            **(
+                {"membership": self.gate.summary()} if self.gate is not None and self.closed else {}
+            ),
         }
 
     # -- the API other actors and ops call -------------------------------------------------
@@ -228,6 +261,34 @@ class Peers:
     def register_app_handler(self, tag: str, handler: AppHandler) -> None:
         """Route application frames of type `tag` from active peers to `handler`."""
         self._app_handlers[tag] = handler
+
+    def register_control_handler(self, tag: str, handler: ControlHandler) -> None:
+        """Route control frames of type `tag` from handshaken peers to `handler` (in core)."""
+        self._control_handlers[tag] = handler
+
+    def handshaken(self) -> list[str]:
+        """Device ids of the peers present and handshaken now."""
+        return [p.device_id for p in self._peers.values() if _handshaken(p)]
+
+    async def send_control(self, device_id: str, frame: Frame) -> None:
+        """Send a control frame to a handshaken peer, best effort (counted when it cannot)."""
+        peer = self._peers.get(device_id)
+        if peer is None or not _handshaken(peer):
+            self.dropped["not_handshaken"] += 1
+            return
+        await self._try_send(peer, frame)
+
+    async def reapprove(self, device_ids: Sequence[str]) -> None:
+        """The gate changed its mind about these devices: tell each handshaken one where it
+        stands now and recompute its status (a member turned away is cut off at once)."""
+        for device_id in device_ids:
+            peer = self._peers.get(device_id)
+            if peer is None:
+                continue
+            if _handshaken(peer):
+                await self._try_send(peer, Approval(self._local_approval(device_id)))
+            self._update(peer)
+        self._update_phase()
 
     async def send_app(self, device_id: str, frame: Frame) -> None:
         """Seal an application frame to an active peer and queue it on the link.
@@ -530,11 +591,14 @@ class Peers:
                 peer.forget_session()
             case _ if frame.app:
                 self._route_app(peer, frame)
+            case _ if frame.tag in self._control_handlers:
+                await self._control_handlers[frame.tag](peer.device_id, frame)
         self._update(peer)
 
     def _route_app(self, peer: PeerState, frame: Frame) -> None:
         if peer.status is not PeerStatus.ACTIVE:
-            self._drop(peer, "not_active")
+            closed_out = self.closed and self._local_approval(peer.device_id) != "approved"
+            self._drop(peer, REJECTED_NON_MEMBER if closed_out else "not_active")
             return
         handler = self._app_handlers.get(frame.tag)
         if handler is None:
@@ -550,7 +614,10 @@ class Peers:
         peer.incompatible = None
         self._set_peer_capabilities(peer, hello.capabilities, announce=not first)
         self._set_peer_profile(peer, hello.profile)
-        if peer.device_id not in self._roster:
+        if self.closed:
+            if first and self._local_approval(peer.device_id) != "approved":
+                self._drop(peer, REJECTED_NON_MEMBER)
+        elif peer.device_id not in self._roster:
             state = "approved" if self.auto_approve else "pending"
             entry = attrs.evolve(
                 self._roster_entry(peer.device_id, state, hello.label), role=hello.role
@@ -562,6 +629,8 @@ class Peers:
             await self._try_send(peer, self._hello(peer, answer=True))
         await self._try_send(peer, Ping(time.monotonic_ns()))
         self._update(peer)
+        if self.gate is not None:
+            await self.gate.on_handshake(peer.device_id)
 
     async def _on_incompatible(self, peer: PeerState, reason: str) -> None:
         peer.present = True
@@ -598,6 +667,8 @@ class Peers:
     # -- sending ------------------------------------------------------------------------------
 
     def _local_approval(self, device_id: str) -> str:
+        if self.gate is not None and self.gate.closed:
+            return self.gate.approval(device_id)
         entry = self._roster.get(device_id)
         return "pending" if entry is None else entry.state
 
@@ -644,6 +715,10 @@ class Peers:
     # -- commands -----------------------------------------------------------------------------
 
     async def _set_roster(self, device_id: str, state: str, label: str | None) -> dict[str, Any]:
+        if self.closed:
+            raise OpError(
+                ErrorCode.CONFLICT, f"{self.network} is closed: membership replaces approval"
+            )
         if device_id == self.identity.device_id:
             raise OpError(ErrorCode.INVALID_PARAMS, "that is this daemon's own device id")
         peer = self._peer(device_id)
@@ -815,9 +890,13 @@ class Peers:
         shown = [
             self._describe(peer)
             for peer in sorted(self._peers.values(), key=lambda p: p.device_id)
-            if include_all or _visible(peer)
+            if include_all or (_visible(peer) and not self._closed_out(peer))
         ]
         return shown
+
+    def _closed_out(self, peer: PeerState) -> bool:
+        """A device a closed network keeps out: shown only with `all`."""
+        return self.closed and self._local_approval(peer.device_id) != "approved"
 
     async def _roster_view(self) -> list[dict[str, Any]]:
         rows = []

@@ -179,6 +179,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (network, key)
         ) WITHOUT ROWID""",
     ),
+    # 6: closed networks' membership logs: the genesis and the accepted facts, in the order
+    # they were accepted (parents first), each as its signed JSON (issue 20)
+    (
+        """CREATE TABLE membership_log (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            network TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('genesis', 'fact')),
+            record_json TEXT NOT NULL,
+            UNIQUE (network, hash)
+        )""",
+    ),
 )
 
 _CORRUPTION_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})

@@ -51,7 +51,8 @@ def delete_network(conn: sqlite3.Connection, network_id: str, purge: bool) -> bo
     with immediate(conn):
         known = conn.execute("DELETE FROM networks WHERE id = ?", (network_id,)).rowcount > 0
         if purge:
-            for table in ("roster", "local_settings", "inbox", "outbox", "netstate"):
+            tables = ("roster", "local_settings", "inbox", "outbox", "netstate", "membership_log")
+            for table in tables:
                 conn.execute(f"DELETE FROM {table} WHERE network = ?", (network_id,))
     return known
 

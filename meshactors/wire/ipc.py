@@ -52,9 +52,10 @@ class ErrorCode(enum.StrEnum):
     # durable messages
     NO_RECIPIENTS = "no_recipients"
     NOT_REQUEUEABLE = "not_requeueable"  # only a dead or pending outbox row can be requeued
-    # replicated state
+    # replicated state and closed networks
     STATE_FULL = "state_full"  # the network's state map is at its key or byte limit
-    FORBIDDEN = "forbidden"  # this device may not write the network's state
+    FORBIDDEN = "forbidden"  # our role (or, in an open network, status) does not allow it
+    INVITE_REFUSED = "invite_refused"  # an invite token past its time, or not valid
 
 
 class OpError(Exception):

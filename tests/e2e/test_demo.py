@@ -41,6 +41,12 @@ def test_demo_runs_green_and_cleans_up() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for shown in ['{"n": 3}', '"retained": true', "sent while bob was away", "1/1 delivered"]:
+    for shown in [
+        '{"n": 3}',
+        '"retained": true',
+        "sent while bob was away",
+        "1/1 delivered",
+        "phase stopped: this device was evicted from the closed network",
+    ]:
         assert shown in result.stdout
     assert processes_marked(marker) == []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.benchlib import resources, statescale, swarmscale
+from scripts.benchlib import closedscale, resources, statescale, swarmscale
 
 pytestmark = pytest.mark.e2e
 
@@ -37,3 +37,9 @@ def test_replicated_state_reaches_a_late_joiner() -> None:
     figures = statescale.late_joiner(20)
     assert figures["keys"] == 20
     assert figures["join_to_all_keys_s"] >= figures["active_to_all_keys_s"] >= 0
+
+
+def test_an_eviction_reaches_every_member_of_a_closed_network(tmp_path: Path) -> None:
+    figures = closedscale.measure_eviction(tmp_path, 3)
+    assert figures["members"] == 3
+    assert figures["reached"] == 2  # the other member and the evicted device itself

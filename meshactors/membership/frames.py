@@ -1,0 +1,86 @@
+"""Peer frames of closed networks: log heads, pulls and pages of facts, invite redemption.
+
+They are control frames (not application traffic): they flow between handshaken peers before
+either is active, since two members must learn each other's membership to become active.
+Facts prove themselves (signatures chained to the genesis), so pages are taken from anyone;
+pages are served only to members and evicted devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+
+from meshactors.membership.facts import HASH_CHARS, Fact, Invite
+from meshactors.wire.peer import Frame, register_frame
+
+LOG_PAGE = 64  # facts in one `log_facts` page (a fact is at most about 2 KiB of JSON)
+MAX_HEADS = 64  # heads named in one `log_heads` or `log_pull`
+MAX_REASON_CHARS = 120
+
+
+def _hashes(limit: int) -> Callable[[object, attrs.Attribute[list[str]], list[str]], None]:
+    def check(_instance: object, attribute: attrs.Attribute[list[str]], value: list[str]) -> None:
+        if len(value) > limit or any(len(h) != HASH_CHARS for h in value):
+            raise ValueError(f"{attribute.name}: at most {limit} hashes")
+
+    return check
+
+
+def _page(_instance: object, _attribute: attrs.Attribute[list[Fact]], value: list[Fact]) -> None:
+    if len(value) > LOG_PAGE:
+        raise ValueError(f"at most {LOG_PAGE} facts in a page")
+
+
+def _genesis(_instance: object, _attribute: attrs.Attribute[str], value: str) -> None:
+    if len(value) != HASH_CHARS:
+        raise ValueError("genesis must be a hash")
+
+
+@register_frame("log_heads")
+@attrs.frozen
+class LogHeads(Frame):
+    """The heads of our log of the network whose genesis is `genesis`."""
+
+    genesis: str = attrs.field(validator=_genesis)
+    heads: list[str] = attrs.field(validator=_hashes(MAX_HEADS))
+
+
+@register_frame("log_pull")
+@attrs.frozen
+class LogPull(Frame):
+    """Send us the facts that follow none of our `heads` (the next page of them)."""
+
+    genesis: str = attrs.field(validator=_genesis)
+    heads: list[str] = attrs.field(validator=_hashes(MAX_HEADS))
+
+
+@register_frame("log_facts")
+@attrs.frozen
+class LogFacts(Frame):
+    """Facts, parents first; `more` when the sender holds more the receiver lacks."""
+
+    genesis: str = attrs.field(validator=_genesis)
+    facts: list[Fact] = attrs.field(validator=_page)
+    more: bool = False
+
+
+@register_frame("invite_redeem")
+@attrs.frozen
+class InviteRedeem(Frame):
+    """The sender presents an invite: an owner or admin may grant it the invite's role."""
+
+    invite: Invite
+
+
+@register_frame("invite_answer")
+@attrs.frozen
+class InviteAnswer(Frame):
+    """An owner's or admin's answer to an invite: granted, or refused with its reason."""
+
+    accepted: bool
+    reason: str = attrs.field(validator=attrs.validators.max_len(MAX_REASON_CHARS))
+
+
+MEMBERSHIP_FRAMES = (LogHeads, LogPull, LogFacts, InviteRedeem, InviteAnswer)

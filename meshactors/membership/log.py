@@ -1,0 +1,259 @@
+"""A closed network's membership log in memory: verified facts linked to the genesis, their one
+order, and the roles that order resolves to. Plain sans-IO code, run by the network's core.
+
+Order: a topological order of the facts (a fact after every fact it names), and among the
+facts whose parents are all placed, the one with the smallest (`at_ms`, hash) first. Every
+member holding the same facts computes the same order, whatever order they arrived in.
+
+Rules, applied to the facts in that order (a fact that breaks one is void: kept, no effect):
+- an owner grants and revokes any role and evicts any device; an admin grants and revokes
+  `member` (not of an owner or admin) and evicts a device that is not an owner or admin;
+  a member changes nothing. Authority is the author's role at that point of the order, so
+  facts by an author whose role was revoked are void from the revocation on;
+- a grant gives the device that one role (replacing the one it had); a revoke of the role the
+  device holds leaves it none; an evict leaves it none for good: any grant of an evicted
+  device is void, wherever it falls in the order (an evict beats a concurrent grant);
+- facts by an evicted device that the evict's author had not seen (not among the evict's
+  ancestors) are void, so a stolen key cannot act "before" its eviction by backdating;
+- a grant that carries an invite is void unless the invite is signed, for this network, of
+  that role, by an issuer who may grant it at that point, `at_ms` is not past its expiry, and
+  fewer than `uses` other devices were granted by it before.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+
+import attrs
+
+from meshactors.membership.facts import (
+    BadRecord,
+    Fact,
+    Genesis,
+    record_hash,
+    verify,
+)
+
+MAX_FACTS = 4096  # facts one network's log holds; more are refused (`log_full`)
+
+MEMBER, REVOKED, EVICTED = "member", "revoked", "evicted"
+
+
+@attrs.frozen
+class MemberRow:
+    """Where one device stands in the resolved log."""
+
+    device: str
+    role: str | None
+    granted_by: str | None
+    at_ms: int
+    status: str  # member, revoked or evicted
+
+    def view(self) -> dict[str, object]:
+        return {
+            "device_id": self.device,
+            "role": self.role,
+            "granted_by": self.granted_by,
+            "at": self.at_ms,
+            "status": self.status,
+        }
+
+
+def may(author_role: str | None, kind: str, role: str, target_role: str | None) -> bool:
+    """Whether a device holding `author_role` may make a fact of `kind` (of `role`) about a
+    device holding `target_role`."""
+    if author_role == "owner":
+        return True
+    if author_role != "admin" or target_role in ("owner", "admin"):
+        return False
+    return kind == "evict" or role == "member"
+
+
+@attrs.frozen
+class Resolved:
+    """The roles the log resolves to, and which facts are void."""
+
+    rows: dict[str, MemberRow]
+    void: frozenset[str]
+
+    def role_of(self, device: str) -> str | None:
+        row = self.rows.get(device)
+        return row.role if row is not None and row.status == MEMBER else None
+
+    def is_member(self, device: str) -> bool:
+        return self.role_of(device) is not None
+
+    def evicted(self, device: str) -> bool:
+        row = self.rows.get(device)
+        return row is not None and row.status == EVICTED
+
+
+@attrs.define(eq=False)
+class MembershipLog:
+    """The genesis and the facts accepted so far; `resolved` is kept current."""
+
+    genesis: Genesis
+    genesis_hash: str = attrs.field(init=False)
+    facts: dict[str, Fact] = attrs.field(factory=dict, init=False)
+    _order: list[str] | None = attrs.field(default=None, init=False)
+    granted: set[str] = attrs.field(factory=set, init=False)  # the owner and every device granted
+    resolved: Resolved = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.genesis_hash = record_hash(self.genesis)
+        self.granted.add(self.genesis.owner)
+        self.resolved = self._resolve()
+
+    def check(self, fact: Fact) -> str:
+        """The fact's hash, if it may join this log once its parents are here: its network,
+        genesis and signature check out and it is new. BadRecord (`wrong_network`,
+        `duplicate`, `bad_signature`, `log_full`) otherwise."""
+        if fact.network != self.genesis.network or fact.genesis != self.genesis_hash:
+            raise BadRecord("wrong_network", "the fact is for another network or genesis")
+        digest = record_hash(fact)
+        if digest in self.facts:
+            raise BadRecord("duplicate", "the fact is already in the log")
+        if len(self.facts) >= MAX_FACTS:
+            raise BadRecord("log_full", f"the log holds {MAX_FACTS} facts")
+        verify(fact)
+        return digest
+
+    def missing(self, fact: Fact) -> list[str]:
+        """The parents of `fact` this log does not hold."""
+        return [p for p in fact.parents if p != self.genesis_hash and p not in self.facts]
+
+    def add(self, facts: Iterable[Fact]) -> None:
+        """Add checked facts whose parents are all here, then resolve the log again."""
+        for fact in facts:
+            self.facts[record_hash(fact)] = fact
+            if fact.kind == "grant":
+                self.granted.add(fact.device)
+        self._order = None
+        self.resolved = self._resolve()
+
+    def heads(self) -> list[str]:
+        """The hashes no fact follows yet (the genesis while there is none), sorted."""
+        followed = {parent for fact in self.facts.values() for parent in fact.parents}
+        heads = sorted(digest for digest in self.facts if digest not in followed)
+        return heads or [self.genesis_hash]
+
+    def knows(self, digest: str) -> bool:
+        return digest == self.genesis_hash or digest in self.facts
+
+    def order(self) -> list[str]:
+        """The hashes of every fact in the log's one order (see the module docstring)."""
+        if self._order is not None:
+            return self._order
+        waiting = {digest: len(fact.parents) for digest, fact in self.facts.items()}
+        followers: dict[str, list[str]] = {}
+        for digest, fact in self.facts.items():
+            for parent in fact.parents:
+                followers.setdefault(parent, []).append(digest)
+        ready: list[tuple[int, str]] = []
+
+        def placed(digest: str) -> None:
+            for follower in followers.get(digest, ()):
+                waiting[follower] -= 1
+                if waiting[follower] == 0:
+                    heapq.heappush(ready, (self.facts[follower].at_ms, follower))
+
+        placed(self.genesis_hash)
+        order: list[str] = []
+        while ready:
+            _, digest = heapq.heappop(ready)
+            order.append(digest)
+            placed(digest)
+        self._order = order
+        return order
+
+    def ancestors(self, digests: Iterable[str]) -> set[str]:
+        """The named facts and every fact they follow, transitively (known ones only)."""
+        seen: set[str] = set()
+        stack = [d for d in digests if d in self.facts]
+        while stack:
+            digest = stack.pop()
+            if digest in seen:
+                continue
+            seen.add(digest)
+            stack.extend(p for p in self.facts[digest].parents if p in self.facts)
+        return seen
+
+    def missing_for(self, their_heads: Iterable[str], limit: int) -> list[Fact]:
+        """Up to `limit` facts a peer whose heads are `their_heads` lacks, in order (parents
+        first, so each page applies on its own)."""
+        theirs = self.ancestors(their_heads)
+        return [self.facts[d] for d in self.order() if d not in theirs][:limit]
+
+    def _resolve(self) -> Resolved:
+        """Replay once to learn which evicts hold, then again with what they void."""
+        first = self._replay(frozenset(), frozenset())
+        void: set[str] = set()
+        evicts = [d for d in self.order() if d not in first.void and self.facts[d].kind == "evict"]
+        for evict in evicts:
+            evicted, seen = self.facts[evict].device, self.ancestors([evict])
+            void |= {d for d, f in self.facts.items() if f.author == evicted and d not in seen}
+        banned = frozenset(self.facts[e].device for e in evicts if e not in void)
+        return self._replay(frozenset(void), banned)
+
+    def _replay(self, skipped: frozenset[str], banned: frozenset[str]) -> Resolved:
+        """Apply the facts in order, but `skipped` ones; grants of `banned` devices are void."""
+        owner = self.genesis.owner
+        rows = {owner: MemberRow(owner, "owner", None, self.genesis.created_ms, MEMBER)}
+        void = set(skipped)
+        invited: dict[str, set[str]] = {}
+        for digest in self.order():
+            fact = self.facts[digest]
+            if digest in skipped or not self._applies(fact, rows, banned, invited):
+                void.add(digest)
+                continue
+            if fact.kind == "grant":
+                rows[fact.device] = MemberRow(
+                    fact.device, fact.role, fact.author, fact.at_ms, MEMBER
+                )
+                if fact.invite is not None:
+                    invited.setdefault(record_hash(fact.invite), set()).add(fact.device)
+            else:
+                status = EVICTED if fact.kind == "evict" else REVOKED
+                rows[fact.device] = MemberRow(fact.device, None, fact.author, fact.at_ms, status)
+        return Resolved(rows, frozenset(void))
+
+    def _applies(
+        self,
+        fact: Fact,
+        rows: dict[str, MemberRow],
+        banned: frozenset[str],
+        invited: dict[str, set[str]],
+    ) -> bool:
+        def role(device: str) -> str | None:
+            row = rows.get(device)
+            return row.role if row is not None and row.status == MEMBER else None
+
+        target = rows.get(fact.device)
+        if target is not None and target.status == EVICTED:
+            return False
+        if not may(role(fact.author), fact.kind, fact.role, role(fact.device)):
+            return False
+        match fact.kind:
+            case "grant":
+                if fact.device in banned:
+                    return False
+                if fact.invite is not None:
+                    return self._invite_holds(fact, role(fact.invite.issuer), invited)
+                return True
+            case "revoke":
+                return role(fact.device) == fact.role
+            case _:
+                return True
+
+    def _invite_holds(
+        self, fact: Fact, issuer_role: str | None, invited: dict[str, set[str]]
+    ) -> bool:
+        invite = fact.invite
+        assert invite is not None
+        if invite.network != self.genesis.network or invite.genesis != self.genesis_hash:
+            return False
+        if fact.at_ms > invite.expires_ms or not may(issuer_role, "grant", invite.role, None):
+            return False
+        used = invited.get(record_hash(invite), set())
+        return fact.device in used or len(used) < invite.uses

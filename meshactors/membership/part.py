@@ -1,0 +1,450 @@
+"""The membership part of a network's core: the one owner of a closed network's log.
+
+It runs only in core's task (ops reach it through `Network.ask_await`, peers' frames through
+core's inbox), loads and verifies the log at start, appends this device's facts, takes other
+members' facts, pulls what it misses in pages, turns invites into grants and tells the peer
+table who may be active (it is the table's `gate`).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from meshactors.actors import Inbox
+from meshactors.event_hub import EventHub
+from meshactors.identity import Identity
+from meshactors.membership import store as log_db
+from meshactors.membership.facts import (
+    MAX_PARENTS,
+    SIG_CHARS,
+    BadRecord,
+    Fact,
+    Genesis,
+    Invite,
+    nonce,
+    record_hash,
+    sign,
+    structure,
+    verify,
+)
+from meshactors.membership.frames import (
+    LOG_PAGE,
+    MAX_HEADS,
+    InviteAnswer,
+    InviteRedeem,
+    LogFacts,
+    LogHeads,
+    LogPull,
+)
+from meshactors.membership.log import EVICTED, MEMBER, REVOKED, MemberRow, MembershipLog, may
+from meshactors.network.link import Park, UseBrokers
+from meshactors.network.peers import Peers
+from meshactors.store import networks as settings_db
+from meshactors.store.actor import StoreActor
+from meshactors.wire.ipc import ErrorCode, OpError
+from meshactors.wire.peer import Frame
+
+log = structlog.get_logger("meshactors.membership")
+
+MAX_ORPHANS = 256  # facts held while their parents are fetched; more are dropped (counted)
+MAX_TTL_S = 30 * 24 * 3600  # an invite's longest life
+HEADS_INTERVAL = 60.0  # seconds between two sends of our heads to the members we see
+UNSIGNED = "A" * SIG_CHARS
+
+_EVENTS = {MEMBER: "member_granted", REVOKED: "member_revoked", EVICTED: "member_evicted"}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@attrs.define(eq=False)
+class Membership:
+    """A closed network's log and what follows from it; `log` is None in an open network."""
+
+    network: str
+    identity: Identity
+    store: StoreActor
+    events: EventHub
+    peers: Peers
+    link: Inbox[UseBrokers | Park]  # the network's link, parked once we are evicted
+    log: MembershipLog | None = None
+    invite: Invite | None = None  # the invite this device presents until it is a member
+    orphans: dict[str, Fact] = attrs.field(factory=dict)
+    dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    accepted: int = 0  # facts taken from peers since start
+    _rows_before: dict[str, MemberRow] = attrs.field(factory=dict)  # as last published
+
+    @property
+    def closed(self) -> bool:
+        return self.log is not None
+
+    @property
+    def me(self) -> str:
+        return self.identity.device_id
+
+    def figures(self) -> dict[str, object]:
+        if self.log is None:
+            return {"closed": False}
+        return {
+            "closed": True,
+            "facts": len(self.log.facts),
+            "void": len(self.log.resolved.void),
+            "members": sum(r.status == MEMBER for r in self.log.resolved.rows.values()),
+            "orphans": len(self.orphans),
+            "accepted": self.accepted,
+            "dropped": dict(self.dropped),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """Our role here, and who evicted us when, as networks_list shows it."""
+        if self.log is None:
+            return {}
+        row = self.log.resolved.rows.get(self.me)
+        evicted = None
+        if row is not None and row.status == EVICTED:
+            reason = "this device was evicted from the closed network"
+            evicted = {"by": row.granted_by, "at": row.at_ms, "reason": reason}
+        return {
+            "closed": True,
+            "role": self.log.resolved.role_of(self.me),
+            "evicted": evicted,
+            "invite_pending": self.invite is not None,
+        }
+
+    def approval(self, device_id: str) -> str:
+        assert self.log is not None
+        resolved = self.log.resolved
+        return (
+            "approved"
+            if resolved.is_member(self.me) and resolved.is_member(device_id)
+            else "denied"
+        )
+
+    def state_writers(self, others: Callable[[str, str], bool]) -> Callable[[str, str], bool]:
+        """The replicated state map's writer check `(sender, author) -> bool` for this network:
+        `others` (the open network's check) and, in a closed network, a member as author too.
+        Run in core's task, like the map."""
+
+        def may_write(sender: str, author: str) -> bool:
+            if self.log is None:
+                return others(sender, author)
+            return others(sender, author) and self.log.resolved.is_member(author)
+
+        return may_write
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load and verify the stored log, then send our heads to the members we see every
+        HEADS_INTERVAL (the rest of the work comes through core's inbox)."""
+        await self.load()
+        task_status.started()
+        while True:
+            await trio.sleep(HEADS_INTERVAL)
+            if self.log is not None:
+                heads = LogHeads(self.log.genesis_hash, self._heads())
+                for peer in self.peers.handshaken():
+                    if self.log.resolved.is_member(peer):
+                        await self.peers.send_control(peer, heads)
+
+    async def load(self) -> None:
+        """The genesis and facts from the state database, each verified again; a record that
+        fails is logged, counted (`bad_stored`) and left out."""
+        genesis_json, facts_json = await self.store.call(
+            functools.partial(log_db.load_log, network=self.network), what="load the log"
+        )
+        self.log, self.orphans, self.invite = None, {}, None
+        if genesis_json is None:
+            return
+        try:
+            genesis = structure(genesis_json, Genesis)
+            verify(genesis)
+        except BadRecord as bad:
+            log.error("stored genesis does not verify", network=self.network, error=str(bad))
+            self.dropped["bad_stored"] += 1
+            return
+        self.log = MembershipLog(genesis)
+        facts = []
+        for data in facts_json:
+            try:
+                facts.append(structure(data, Fact))
+            except BadRecord:
+                self.dropped["bad_stored"] += 1
+        self._take(facts, stored=True)
+        self._rows_before = dict(self.log.resolved.rows)
+        if self.log.resolved.evicted(self.me):
+            await self.link.send(Park())
+        settings = await self.store.call(
+            functools.partial(settings_db.get_settings, network=self.network),
+            what="load the held invite",
+        )
+        held = settings.get(log_db.INVITE_KEY)
+        if held is not None and not self.log.resolved.is_member(self.me):
+            try:
+                self.invite = structure(held, Invite)
+            except BadRecord:
+                self.dropped["bad_stored"] += 1
+
+    # -- ops --------------------------------------------------------------------------------
+
+    def _closed_log(self) -> MembershipLog:
+        if self.log is None:
+            raise OpError(ErrorCode.CONFLICT, f"{self.network} is not a closed network")
+        return self.log
+
+    def members(self) -> list[dict[str, object]]:
+        """members_list: every device the log names, by device id."""
+        rows = self._closed_log().resolved.rows
+        return [rows[d].view() for d in sorted(rows)]
+
+    def genesis(self) -> Genesis:
+        return self._closed_log().genesis
+
+    async def append(self, kind: str, device: str, role: str) -> dict[str, object]:
+        """members_grant, _revoke, _evict: sign a fact following our heads, keep it, apply it
+        and send it to every handshaken peer (OpError forbidden when our role does not allow
+        it)."""
+        the_log = self._closed_log()
+        resolved = the_log.resolved
+        if not may(resolved.role_of(self.me), kind, role, resolved.role_of(device)):
+            raise OpError(
+                ErrorCode.FORBIDDEN,
+                f"a {resolved.role_of(self.me) or 'non-member'} may not {kind} "
+                f"{role or 'a device'} here",
+            )
+        if resolved.evicted(device):
+            raise OpError(ErrorCode.CONFLICT, f"{device} was evicted from {self.network}")
+        if kind == "revoke" and resolved.role_of(device) != role:
+            raise OpError(ErrorCode.CONFLICT, f"{device} does not hold {role}")
+        fact = await self._author(kind, device, role, None)
+        row = the_log.resolved.rows[device]
+        return {"fact": record_hash(fact), "member": row.view()}
+
+    async def _author(self, kind: str, device: str, role: str, invite: Invite | None) -> Fact:
+        the_log = self._closed_log()
+        parents = the_log.heads()[:MAX_PARENTS]
+        at = max([now_ms(), *(the_log.facts[p].at_ms + 1 for p in parents if p in the_log.facts)])
+        unsigned = Fact(
+            self.network,
+            the_log.genesis_hash,
+            self.me,
+            kind,
+            device,
+            role,
+            at,
+            sorted(parents),
+            invite,
+            UNSIGNED,
+        )
+        fact = sign(self.identity, unsigned)
+        await self._save([fact])
+        self._take([fact], stored=True)
+        await self._after_change()
+        for peer in self.peers.handshaken():
+            await self.peers.send_control(peer, LogFacts(the_log.genesis_hash, [fact]))
+        return fact
+
+    def make_invite(self, role: str, ttl_s: float, uses: int) -> Invite:
+        """members_invite: a signed invite of `role` for `uses` devices, for `ttl_s` seconds."""
+        the_log = self._closed_log()
+        if not may(the_log.resolved.role_of(self.me), "grant", role, None):
+            raise OpError(ErrorCode.FORBIDDEN, f"this device may not grant {role} here")
+        expires = now_ms() + int(ttl_s * 1000)
+        unsigned = Invite(
+            self.network, the_log.genesis_hash, self.me, role, expires, uses, nonce(), UNSIGNED
+        )
+        return sign(self.identity, unsigned)
+
+    # -- peers' frames ----------------------------------------------------------------------
+
+    async def on_handshake(self, device_id: str) -> None:
+        if self.log is None:
+            return
+        await self.peers.send_control(device_id, LogHeads(self.log.genesis_hash, self._heads()))
+        if self.invite is not None:
+            await self.peers.send_control(device_id, InviteRedeem(self.invite))
+
+    async def on_frame(self, device_id: str, frame: Frame) -> None:
+        """Handle one membership frame from a handshaken peer; bad ones are counted."""
+        if self.log is None:
+            self.dropped["not_closed"] += 1
+            return
+        match frame:
+            case LogHeads(genesis=genesis, heads=heads) if self._ours(genesis):
+                if any(not self.log.knows(h) for h in heads):
+                    await self.peers.send_control(device_id, LogPull(genesis, self._heads()))
+            case LogPull(genesis=genesis, heads=heads) if self._ours(genesis):
+                await self._serve(device_id, heads)
+            case LogFacts(genesis=genesis, facts=facts, more=more) if self._ours(genesis):
+                await self._on_facts(device_id, facts, more)
+            case InviteRedeem(invite=invite):
+                await self._redeem(device_id, invite)
+            case InviteAnswer(accepted=False, reason=reason):
+                self.events.publish(
+                    "invite_refused", {"network": self.network, "by": device_id, "reason": reason}
+                )
+            case InviteAnswer():
+                pass
+            case _:
+                self.dropped["wrong_network"] += 1
+
+    def _ours(self, genesis: str) -> bool:
+        return self.log is not None and genesis == self.log.genesis_hash
+
+    def _heads(self) -> list[str]:
+        assert self.log is not None
+        return self.log.heads()[:MAX_HEADS]
+
+    async def _serve(self, device_id: str, heads: list[str]) -> None:
+        """Send a page of what the puller lacks, to a member or an evicted device only."""
+        assert self.log is not None
+        row = self.log.resolved.rows.get(device_id)
+        if row is None or row.status == REVOKED:
+            self.dropped["pull_refused"] += 1
+            return
+        page = self.log.missing_for(heads, LOG_PAGE + 1)
+        if page:
+            more = len(page) > LOG_PAGE
+            frame = LogFacts(self.log.genesis_hash, page[:LOG_PAGE], more)
+            await self.peers.send_control(device_id, frame)
+
+    async def _on_facts(self, device_id: str, facts: list[Fact], more: bool) -> None:
+        assert self.log is not None
+        taken = self._take(facts, stored=False)
+        if taken:
+            try:
+                await self._save(taken)
+            except Exception as exc:  # they apply now; a member sends them again after a restart
+                self.dropped["unsaved"] += len(taken)
+                log.warning("facts not saved", network=self.network, error=str(exc))
+            self.accepted += len(taken)
+            await self._after_change()
+            if any(fact.author != device_id for fact in taken):  # relayed: others may lack it
+                heads = LogHeads(self.log.genesis_hash, self._heads())
+                for peer in self.peers.handshaken():
+                    if peer != device_id:
+                        await self.peers.send_control(peer, heads)
+        if self.orphans or (more and taken):  # a gap, or the next page
+            await self.peers.send_control(device_id, LogPull(self.log.genesis_hash, self._heads()))
+
+    def _take(self, facts: list[Fact], *, stored: bool) -> list[Fact]:
+        """Check facts and add those whose parents are here (orphans wait for theirs);
+        returns what was added, parents first."""
+        assert self.log is not None
+        added: list[Fact] = []
+        for fact in facts:
+            try:
+                digest = self.log.check(fact)
+            except BadRecord as bad:
+                self.dropped["bad_stored" if stored else bad.reason] += 1
+                continue
+            if digest in self.orphans:
+                self.dropped["duplicate"] += 1
+                continue
+            if len(self.orphans) >= MAX_ORPHANS:
+                self.dropped["orphans_full"] += 1
+                continue
+            self.orphans[digest] = fact
+        placed: set[str] = set()
+        granted = set(self.log.granted)  # the log's, and this batch's grants so far
+        progress = True
+        while progress:
+            progress = False
+            for digest, fact in list(self.orphans.items()):
+                if not placed.issuperset(self.log.missing(fact)):
+                    continue
+                del self.orphans[digest]
+                progress = True
+                if fact.author not in granted:  # never granted anything: junk, not kept
+                    self.dropped["bad_stored" if stored else "not_a_member"] += 1
+                    continue
+                placed.add(digest)
+                added.append(fact)
+                if fact.kind == "grant":
+                    granted.add(fact.device)
+        if added:
+            self.log.add(added)
+        return added
+
+    async def _after_change(self) -> None:
+        """Publish what changed since the last resolve and enforce it on the peer table."""
+        assert self.log is not None
+        rows = self.log.resolved.rows
+        changed = [d for d, row in rows.items() if self._rows_before.get(d) != row]
+        self._rows_before = dict(rows)
+        for device in changed:
+            row = rows[device]
+            data = {"network": self.network, **row.view()}
+            self.events.publish(_EVENTS[row.status], data)
+            if device == self.me and row.status == EVICTED:
+                log.warning("this device was evicted", network=self.network, by=row.granted_by)
+                self.events.publish("evicted", {"network": self.network, **row.view()})
+        if self.me not in changed:
+            await self.peers.reapprove(changed)
+            return
+        if self.log.resolved.is_member(self.me) and self.invite is not None:
+            self.invite = None
+            await self._forget_invite()
+        await self.peers.reapprove(self.peers.handshaken())  # our own standing changed
+        if self.log.resolved.evicted(self.me):
+            await self.link.send(Park())
+
+    async def _redeem(self, device_id: str, invite: Invite) -> None:
+        """Turn a presented invite into a grant, once, if we may; answer why not otherwise."""
+        assert self.log is not None
+        resolved = self.log.resolved
+        if not may(resolved.role_of(self.me), "grant", invite.role, None):
+            return  # another owner or admin may
+        reason = self._invite_refusal(invite)
+        if reason is None and resolved.evicted(device_id):
+            reason = "this device was evicted"
+        if reason is not None:
+            self.dropped["invite_refused"] += 1
+            await self.peers.send_control(device_id, InviteAnswer(False, reason))
+            return
+        if not resolved.is_member(device_id):
+            await self._author("grant", device_id, invite.role, invite)
+        await self.peers.send_control(device_id, InviteAnswer(True, ""))
+
+    def _invite_refusal(self, invite: Invite) -> str | None:
+        assert self.log is not None
+        try:
+            verify(invite)
+        except BadRecord:
+            return "the invite's signature does not verify"
+        if invite.network != self.network or invite.genesis != self.log.genesis_hash:
+            return "the invite is for another network"
+        if now_ms() > invite.expires_ms:
+            return "the invite expired"
+        if not may(self.log.resolved.role_of(invite.issuer), "grant", invite.role, None):
+            return "the invite's issuer may no longer grant that role"
+        digest = record_hash(invite)
+        used = {
+            f.device
+            for h, f in self.log.facts.items()
+            if f.invite is not None
+            and record_hash(f.invite) == digest
+            and h not in self.log.resolved.void
+        }
+        if len(used) >= invite.uses:
+            return "the invite was used up"
+        return None
+
+    async def _save(self, facts: list[Fact]) -> None:
+        await self.store.call(
+            functools.partial(log_db.save_facts, network=self.network, facts=facts),
+            what="save facts",
+        )
+
+    async def _forget_invite(self) -> None:
+        await self.store.call(
+            functools.partial(log_db.forget_invite, network=self.network),
+            what="forget the held invite",
+        )

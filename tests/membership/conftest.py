@@ -1,0 +1,59 @@
+"""Real daemons and a broker in one trio run (the network tests' mesh), for closed networks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.network.conftest import Daemon, Mesh, mesh  # noqa: F401  (the fixture)
+
+CLOSED = "team"
+
+
+async def create(owner: Daemon, net: Mesh) -> str:
+    """Create CLOSED on `owner`; returns its bootstrap."""
+    data = await owner.call("network_create_closed", config={"id": CLOSED, "brokers": [net.url]})
+    assert data["owner"] == owner.device_id
+    bootstrap: str = data["bootstrap"]
+    return bootstrap
+
+
+async def import_closed(daemon: Daemon, net: Mesh, bootstrap: str) -> dict[str, Any]:
+    return await daemon.call(
+        "network_import_closed",
+        config={"id": CLOSED, "brokers": [net.url]},
+        bootstrap=bootstrap,
+    )
+
+
+async def members(daemon: Daemon) -> dict[str, tuple[str | None, str]]:
+    """members_list as {device: (role, status)}."""
+    rows = (await daemon.call("members_list", network=CLOSED))["members"]
+    return {r["device_id"]: (r["role"], r["status"]) for r in rows}
+
+
+async def active(a: Daemon, b: Daemon) -> None:
+    """Wait until each sees the other active in CLOSED."""
+    await a.wait_event("peer_active", network=CLOSED, device_id=b.device_id)
+    await b.wait_event("peer_active", network=CLOSED, device_id=a.device_id)
+
+
+async def team(net: Mesh, *names: str, roles: tuple[str, ...] = ()) -> list[Daemon]:
+    """An owner (the first name) and members granted `roles` (default member), all active."""
+    daemons = [await net.daemon(name) for name in names]
+    owner, others = daemons[0], daemons[1:]
+    bootstrap = await create(owner, net)
+    for n, daemon in enumerate(others):
+        await import_closed(daemon, net, bootstrap)
+        role = roles[n] if n < len(roles) else "member"
+        await owner.call("members_grant", network=CLOSED, device_id=daemon.device_id, role=role)
+    for n, daemon in enumerate(daemons):
+        for other in daemons[n + 1 :]:
+            await active(daemon, other)
+    return daemons
+
+
+async def figures(daemon: Daemon) -> dict[str, Any]:
+    """The membership part's figures, asked of the network's core."""
+    network = daemon.network(CLOSED)
+    result: dict[str, Any] = await network.ask("figures", network.membership.figures)
+    return result

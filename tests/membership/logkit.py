@@ -1,0 +1,72 @@
+"""Devices and facts for membership log tests, signed by real keys."""
+
+from __future__ import annotations
+
+import attrs
+import nacl.signing
+
+from meshactors.identity import Identity
+from meshactors.membership.facts import SIG_CHARS, Fact, Invite, new_genesis, nonce, sign
+from meshactors.membership.log import MembershipLog
+
+NET = "team"
+UNSIGNED = "A" * SIG_CHARS
+
+
+def device() -> Identity:
+    return Identity(nacl.signing.SigningKey.generate())
+
+
+def new_log(owner: Identity, at_ms: int = 1000) -> MembershipLog:
+    return MembershipLog(new_genesis(owner, NET, at_ms))
+
+
+def fact(
+    log: MembershipLog,
+    author: Identity,
+    kind: str,
+    target: Identity | str,
+    role: str = "",
+    at_ms: int = 2000,
+    parents: list[str] | None = None,
+    invite: Invite | None = None,
+) -> Fact:
+    """A signed fact following the log's heads (or `parents`)."""
+    device_id = target if isinstance(target, str) else target.device_id
+    unsigned = Fact(
+        NET,
+        log.genesis_hash,
+        author.device_id,
+        kind,
+        device_id,
+        role,
+        at_ms,
+        sorted(parents if parents is not None else log.heads()),
+        invite,
+        UNSIGNED,
+    )
+    return sign(author, unsigned)
+
+
+def invite(
+    log: MembershipLog,
+    issuer: Identity,
+    role: str = "member",
+    expires_ms: int = 10_000,
+    uses: int = 1,
+) -> Invite:
+    unsigned = Invite(
+        NET, log.genesis_hash, issuer.device_id, role, expires_ms, uses, nonce(), UNSIGNED
+    )
+    return sign(issuer, unsigned)
+
+
+def accept(log: MembershipLog, *facts: Fact) -> None:
+    for one in facts:
+        log.check(one)
+        assert not log.missing(one)
+        log.add([one])
+
+
+def forged(record: Fact) -> Fact:
+    return attrs.evolve(record, at_ms=record.at_ms + 1)

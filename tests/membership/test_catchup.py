@@ -1,0 +1,121 @@
+"""The membership log survives restarts (verified on load) and reaches late and returning
+members in pages, whatever order its facts arrive in."""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+
+import pytest
+
+from meshactors.membership import part as membership_part
+from meshactors.membership.facts import SIG_CHARS, Fact, record_hash, sign, to_bootstrap
+from meshactors.membership.frames import LOG_PAGE, LogFacts
+from meshactors.membership.part import now_ms
+from tests.membership.conftest import CLOSED, active, figures, import_closed, members, team
+from tests.membership.logkit import device
+from tests.network.conftest import Daemon, Mesh
+
+
+async def test_the_log_survives_a_restart_and_a_tampered_record_is_left_out(mesh: Mesh) -> None:
+    owner, member = await team(mesh, "owner", "member")
+    before = await members(owner)
+    await owner.stop()
+    owner = await mesh.daemon("owner")
+    assert await members(owner) == before
+    await owner.stop()
+    db = sqlite3.connect(owner.home / "state.db")
+    with db:
+        db.execute(
+            "UPDATE membership_log SET record_json = replace(record_json, '\"at_ms\":', "
+            "'\"at_ms\":1') WHERE kind = 'fact'"
+        )
+    db.close()
+    owner = await mesh.daemon("owner")
+    assert member.device_id not in await members(owner)
+    assert (await figures(owner))["dropped"] == {"bad_stored": 1}
+
+
+async def _send(sender: Daemon, to: Daemon, facts: list[Fact]) -> None:
+    network = sender.network(CLOSED)
+    frame = LogFacts(network.membership.log.genesis_hash, facts)  # type: ignore[union-attr]
+    await network.ask_await(
+        "send facts", functools.partial(network.peers.send_control, to.device_id, frame)
+    )
+
+
+async def test_a_fact_before_its_parent_waits_and_both_apply_once_it_comes(mesh: Mesh) -> None:
+    owner, member = await team(mesh, "owner", "member")
+    the_log = owner.network(CLOSED).membership.log
+    assert the_log is not None
+    x, y = device(), device()
+
+    def grant(target: str, parents: list[str]) -> Fact:
+        unsigned = Fact(
+            CLOSED,
+            the_log.genesis_hash,
+            owner.device_id,
+            "grant",
+            target,
+            "member",
+            now_ms(),
+            parents,
+            None,
+            "A" * SIG_CHARS,
+        )
+        return sign(owner.services.identity, unsigned)
+
+    first = grant(x.device_id, the_log.heads())
+    second = grant(y.device_id, [record_hash(first)])
+    mark = member.last_event_id
+    await _send(owner, member, [second])
+    await _send(owner, member, [first])
+    await member.wait_event("member_granted", after=mark, device_id=y.device_id)
+    assert {x.device_id, y.device_id} <= set(await members(member))
+    assert (await figures(member))["orphans"] == 0
+
+
+async def test_a_late_member_receives_the_whole_log_in_pages(mesh: Mesh) -> None:
+    (owner,) = await team(mesh, "owner")
+    for _ in range(2 * LOG_PAGE + 5):
+        await owner.call(
+            "members_grant", network=CLOSED, device_id=device().device_id, role="member"
+        )
+    late = await mesh.daemon("late")
+    genesis = owner.network(CLOSED).membership.log.genesis  # type: ignore[union-attr]
+    await import_closed(late, mesh, to_bootstrap(genesis))
+    await owner.call("members_grant", network=CLOSED, device_id=late.device_id, role="member")
+    await late.wait_event("member_granted", device_id=late.device_id)
+    await active(owner, late)
+    assert await members(late) == await members(owner)
+    assert (await figures(late))["accepted"] == 2 * LOG_PAGE + 6
+
+
+async def test_a_push_the_broker_dropped_is_fetched_at_the_next_heads(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(membership_part, "HEADS_INTERVAL", 0.05)
+    owner, member = await team(mesh, "owner", "member")
+    network = owner.network(CLOSED)
+    part = network.membership
+    assert part.log is not None
+    x = device()
+    unsigned = Fact(
+        CLOSED,
+        part.log.genesis_hash,
+        owner.device_id,
+        "grant",
+        x.device_id,
+        "member",
+        now_ms(),
+        part.log.heads(),
+        None,
+        "A" * SIG_CHARS,
+    )
+    fact = sign(owner.services.identity, unsigned)
+
+    async def keep_without_sending() -> None:  # as if the broker dropped the owner's push
+        part._take([fact], stored=True)
+
+    await network.ask_await("keep a fact", keep_without_sending)
+    await member.wait_event("member_granted", device_id=x.device_id)

@@ -1,0 +1,242 @@
+"""Closed networks with real daemons and a broker: membership decides who is active."""
+
+from __future__ import annotations
+
+import functools
+
+import attrs
+import pytest
+
+from meshactors.membership.facts import (
+    SIG_CHARS,
+    Invite,
+    Token,
+    from_bootstrap,
+    nonce,
+    record_hash,
+    sign,
+    to_bootstrap,
+    to_token,
+)
+from meshactors.membership.frames import InviteRedeem, LogFacts
+from meshactors.membership.part import now_ms
+from tests.membership.conftest import CLOSED, active, create, figures, import_closed, members, team
+from tests.network.conftest import Mesh, OpFailed
+
+
+async def test_a_non_member_never_shows_as_pending_and_a_grant_makes_it_active(
+    mesh: Mesh,
+) -> None:
+    owner, stranger = await mesh.daemon("owner"), await mesh.daemon("stranger")
+    bootstrap = await create(owner, mesh)
+    await import_closed(stranger, mesh, bootstrap)
+    await owner.wait_event("peer_denied", network=CLOSED, device_id=stranger.device_id)
+    shown = (await owner.call("peers_list", network=CLOSED))["peers"]
+    assert shown == []
+    seen = await owner.peer(stranger, CLOSED)
+    assert seen is not None and seen["status"] == "denied"
+    assert seen["frames"]["rejected_non_member"] >= 1
+    assert not [e for e in owner.events if e["kind"] == "peer_pending"]
+    with pytest.raises(OpFailed) as refused:
+        await owner.call("roster_approve", network=CLOSED, device_id=stranger.device_id)
+    assert refused.value.code == "conflict"
+    await owner.call("members_grant", network=CLOSED, device_id=stranger.device_id, role="member")
+    await active(owner, stranger)
+    assert (await members(stranger))[stranger.device_id] == ("member", "member")
+
+
+async def test_an_invite_works_once_and_not_twice(mesh: Mesh) -> None:
+    owner, first, second = [await mesh.daemon(n) for n in ("owner", "first", "second")]
+    await create(owner, mesh)
+    token = (await owner.call("members_invite", network=CLOSED, role="member", uses=1))["token"]
+    await first.call("network_join_invite", token=token)
+    await first.wait_event("member_granted", network=CLOSED, device_id=first.device_id)
+    await active(owner, first)
+    await second.call("network_join_invite", token=token)
+    refused = await second.wait_event("invite_refused", network=CLOSED)
+    assert refused["reason"] == "the invite was used up"
+    assert second.device_id not in await members(owner)
+
+
+async def test_an_invite_past_its_time_is_refused_with_its_reason(mesh: Mesh) -> None:
+    owner, late = await mesh.daemon("owner"), await mesh.daemon("late")
+    bootstrap = await create(owner, mesh)
+    genesis = from_bootstrap(bootstrap)
+    expired = sign(
+        owner.services.identity,
+        Invite(
+            CLOSED,
+            record_hash(genesis),
+            owner.device_id,
+            "member",
+            now_ms() - 1,
+            1,
+            nonce(),
+            "A" * SIG_CHARS,
+        ),
+    )
+    token = to_token(Token(genesis, expired, [mesh.url]))
+    with pytest.raises(OpFailed) as refused:
+        await late.call("network_join_invite", token=token)
+    assert refused.value.code == "invite_refused"
+    # presented anyway (a clock behind), the owner refuses it too, saying why
+    await import_closed(late, mesh, bootstrap)
+    await owner.wait_event("peer_denied", network=CLOSED, device_id=late.device_id)
+    network = late.network(CLOSED)
+    present = functools.partial(network.peers.send_control, owner.device_id, InviteRedeem(expired))
+    await network.ask_await("present", present)
+    answer = await late.wait_event("invite_refused", network=CLOSED)
+    assert answer["reason"] == "the invite expired"
+    assert late.device_id not in await members(owner)
+
+
+async def test_a_forged_genesis_is_refused(mesh: Mesh) -> None:
+    owner, thief = await mesh.daemon("owner"), await mesh.daemon("thief")
+    genesis = from_bootstrap(await create(owner, mesh))
+    forged = to_bootstrap(attrs.evolve(genesis, owner=thief.device_id))
+    with pytest.raises(OpFailed) as refused:
+        await import_closed(thief, mesh, forged)
+    assert refused.value.code == "invalid_params"
+
+
+async def test_a_member_cannot_grant_and_its_forced_fact_is_void_everywhere(mesh: Mesh) -> None:
+    owner, member = await team(mesh, "owner", "member")
+    stranger = await mesh.daemon("stranger")
+    with pytest.raises(OpFailed) as refused:
+        await member.call(
+            "members_grant", network=CLOSED, device_id=stranger.device_id, role="member"
+        )
+    assert refused.value.code == "forbidden"
+    network = member.network(CLOSED)
+    rogue = functools.partial(
+        network.membership._author, "grant", stranger.device_id, "member", None
+    )
+    await network.ask_await("a rogue grant", rogue)
+    await member.call("profile_set", display_name="after")  # frames arrive in order
+    await owner.wait_event("peer_profile", network=CLOSED, device_id=member.device_id)
+    assert stranger.device_id not in await members(owner)
+    assert (await figures(owner))["void"] == 1
+    # the same fact again is a replay: dropped and counted
+    fact = network.membership.log.facts[network.membership.log.heads()[0]]
+    await network.ask_await(
+        "replay",
+        functools.partial(
+            network.peers.send_control,
+            owner.device_id,
+            LogFacts(network.membership.log.genesis_hash, [fact]),
+        ),
+    )
+    await member.call("profile_set", display_name="again")
+    await owner.wait_event(
+        "peer_profile",
+        network=CLOSED,
+        device_id=member.device_id,
+        profile={"display_name": "again", "status": "idle", "summary": "", "visible": True},
+    )
+    assert (await figures(owner))["dropped"]["duplicate"] == 1
+
+
+async def test_evict_reaches_a_member_that_was_offline_and_it_cuts_the_device_off(
+    mesh: Mesh,
+) -> None:
+    owner, target, away = await team(mesh, "owner", "target", "away")
+    seen = away.last_event_id
+    await away.stop()
+    await owner.call("members_evict", network=CLOSED, device_id=target.device_id)
+    evicted = await target.wait_event("evicted", network=CLOSED)
+    assert evicted["granted_by"] == owner.device_id
+    listed = (await target.call("networks_list"))["networks"][0]
+    assert listed["phase"] == "stopped"
+    assert listed["membership"]["evicted"]["by"] == owner.device_id
+    await owner.wait_event("peer_left", network=CLOSED, device_id=target.device_id)  # it parked
+    back = await mesh.daemon("away")
+    await back.wait_event("member_evicted", after=seen, network=CLOSED, device_id=target.device_id)
+    shown = await back.peer(target, CLOSED)
+    assert shown is None or (shown["approval"], shown["status"]) != ("approved", "active")
+    assert (await members(back)) == (await members(owner))
+    await target.stop()
+    target = await mesh.daemon("target")  # still evicted after a restart: it stays away
+    listed = (await target.call("networks_list"))["networks"][0]
+    assert listed["phase"] == "stopped" and listed["membership"]["evicted"] is not None
+
+
+async def test_two_admins_grant_and_evict_one_device_concurrently_and_all_converge(
+    mesh: Mesh,
+) -> None:
+    owner, left, right = await team(mesh, "owner", "left", "right", roles=("admin", "admin"))
+    device = await mesh.daemon("device")
+    port = mesh.broker_port
+    mesh.stop_broker()  # a partition: each admin acts alone
+    for daemon in (owner, left, right):
+        await daemon.wait_event("network_phase", network=CLOSED, phase="degraded")
+    marks = {d.name: d.last_event_id for d in (owner, left, right)}
+    await left.call("members_grant", network=CLOSED, device_id=device.device_id, role="member")
+    await right.call("members_evict", network=CLOSED, device_id=device.device_id)
+    await mesh.start_broker(port)
+    for daemon in (owner, left, right):
+        await daemon.wait_event(
+            "member_evicted", after=marks[daemon.name], device_id=device.device_id
+        )
+    # the evict holds wherever the grant falls: every view agrees once each holds the evict
+    views = [await members(d) for d in (owner, left, right)]
+    assert views[0] == views[1] == views[2]
+    assert views[0][device.device_id] == (None, "evicted")
+
+
+async def test_a_strangers_own_facts_are_not_kept(mesh: Mesh) -> None:
+    owner, stranger = await mesh.daemon("owner"), await mesh.daemon("stranger")
+    bootstrap = await create(owner, mesh)
+    await import_closed(stranger, mesh, bootstrap)
+    await owner.wait_event("peer_denied", network=CLOSED, device_id=stranger.device_id)
+    network = stranger.network(CLOSED)
+    for _ in range(3):
+        junk = functools.partial(
+            network.membership._author, "grant", stranger.device_id, "owner", None
+        )
+        await network.ask_await("junk", junk)
+    # an invite of its own making, refused by the owner after the facts (frames keep order)
+    genesis = from_bootstrap(bootstrap)
+    own = sign(
+        stranger.services.identity,
+        Invite(
+            CLOSED,
+            record_hash(genesis),
+            stranger.device_id,
+            "member",
+            now_ms() + 60_000,
+            1,
+            nonce(),
+            "A" * SIG_CHARS,
+        ),
+    )
+    redeem = functools.partial(network.peers.send_control, owner.device_id, InviteRedeem(own))
+    await network.ask_await("present", redeem)
+    refused = await stranger.wait_event("invite_refused", network=CLOSED)
+    assert refused["reason"] == "the invite's issuer may no longer grant that role"
+    assert (await figures(owner))["facts"] == 0
+    assert (await figures(owner))["dropped"] == {"not_a_member": 3, "invite_refused": 1}
+
+
+async def test_a_revoked_member_is_cut_off(mesh: Mesh) -> None:
+    owner, member = await team(mesh, "owner", "member")
+    mark = member.last_event_id
+    await owner.call("members_revoke", network=CLOSED, device_id=member.device_id, role="member")
+    revoked = await member.wait_event("member_revoked", after=mark, device_id=member.device_id)
+    assert revoked["status"] == "revoked"
+    await owner.wait_event("peer_denied", network=CLOSED, device_id=member.device_id)
+    with pytest.raises(OpFailed) as refused:
+        await member.call("rpc_call", network=CLOSED, peer=owner.device_id, method="m", payload=1)
+    assert refused.value.code in ("peer_not_active", "no_such_peer")
+
+
+async def test_only_members_author_writes_of_the_state_map(mesh: Mesh) -> None:
+    """The writer check a closed network gives the replicated state map (issue 20 item 5)."""
+    owner, member = await team(mesh, "owner", "member")
+    stranger = await mesh.daemon("stranger")
+    network = owner.network(CLOSED)
+
+    def check() -> list[bool]:
+        may_write = network.membership.state_writers(lambda _sender, _author: True)
+        return [may_write(member.device_id, d.device_id) for d in (owner, member, stranger)]
+
+    assert await network.ask("check writers", check) == [True, True, False]

@@ -1,0 +1,250 @@
+"""The membership log's rules: signatures, links, order and conflicts, with real keys."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshactors.membership.facts import (
+    BadRecord,
+    Fact,
+    Genesis,
+    converter,
+    from_bootstrap,
+    record_hash,
+    structure,
+    to_bootstrap,
+    verify,
+)
+from meshactors.membership.frames import MEMBERSHIP_FRAMES
+from meshactors.membership.log import MembershipLog
+from meshactors.wire.peer import BadPeerFrame, decode_frame
+from tests.membership.logkit import accept, device, fact, forged, invite, new_log
+
+
+def test_owner_grants_admin_who_grants_member_and_a_member_grants_nothing() -> None:
+    owner, admin, member, other = device(), device(), device(), device()
+    log = new_log(owner)
+    accept(log, fact(log, owner, "grant", admin, "admin"))
+    accept(log, fact(log, admin, "grant", member, "member", at_ms=3000))
+    by_member = fact(log, member, "grant", other, "member", at_ms=4000)
+    accept(log, by_member)
+    assert log.resolved.role_of(admin.device_id) == "admin"
+    assert log.resolved.role_of(member.device_id) == "member"
+    assert not log.resolved.is_member(other.device_id)
+    assert record_hash(by_member) in log.resolved.void
+
+
+def test_an_admin_cannot_make_an_admin_nor_evict_an_owner() -> None:
+    owner, admin, other = device(), device(), device()
+    log = new_log(owner)
+    accept(log, fact(log, owner, "grant", admin, "admin"))
+    accept(log, fact(log, admin, "grant", other, "admin", at_ms=3000))
+    accept(log, fact(log, admin, "evict", owner, at_ms=4000))
+    assert not log.resolved.is_member(other.device_id)
+    assert log.resolved.role_of(owner.device_id) == "owner"
+
+
+def test_a_forged_signature_a_replay_and_another_network_are_refused() -> None:
+    owner, member = device(), device()
+    log = new_log(owner)
+    grant = fact(log, owner, "grant", member, "member")
+    with pytest.raises(BadRecord) as bad:
+        log.check(forged(grant))
+    assert bad.value.reason == "bad_signature"
+    accept(log, grant)
+    with pytest.raises(BadRecord) as replay:
+        log.check(grant)
+    assert replay.value.reason == "duplicate"
+    other = new_log(owner)
+    with pytest.raises(BadRecord) as foreign:
+        other.check(fact(log, owner, "grant", device(), "member"))
+    assert foreign.value.reason == "wrong_network"
+
+
+def test_a_forged_genesis_is_refused() -> None:
+    owner, thief = device(), device()
+    genesis = new_log(owner).genesis
+    assert from_bootstrap(to_bootstrap(genesis)) == genesis
+    claimed = attrs.evolve(genesis, owner=thief.device_id)  # the thief's id, owner's signature
+    with pytest.raises(BadRecord) as bad:
+        from_bootstrap(to_bootstrap(claimed))
+    assert bad.value.reason == "bad_signature"
+
+
+def test_a_fact_before_its_parent_waits_for_it() -> None:
+    owner, a, b = device(), device(), device()
+    log = new_log(owner)
+    first = fact(log, owner, "grant", a, "member")
+    second = fact(log, owner, "grant", b, "member", parents=[record_hash(first)], at_ms=3000)
+    log.check(second)
+    assert log.missing(second) == [record_hash(first)]
+    accept(log, first, second)
+    assert log.order() == [record_hash(first), record_hash(second)]
+    assert log.heads() == [record_hash(second)]
+
+
+def test_evict_beats_a_concurrent_grant_in_every_arrival_order() -> None:
+    owner, admin1, admin2, target = device(), device(), device(), device()
+    base = new_log(owner)
+    setup = [
+        fact(base, owner, "grant", admin1, "admin", at_ms=1100),
+    ]
+    accept(base, *setup)
+    setup.append(fact(base, owner, "grant", admin2, "admin", at_ms=1200))
+    accept(base, setup[-1])
+    evict = fact(base, admin1, "evict", target, at_ms=5000)
+    grant_late = fact(base, admin2, "grant", target, "member", at_ms=6000)
+    grant_early = fact(base, admin2, "grant", target, "member", at_ms=4000)
+    results = set()
+    for concurrent in itertools.permutations([evict, grant_late, grant_early]):
+        log = MembershipLog(base.genesis)
+        accept(log, *setup, *concurrent)
+        results.add(tuple(sorted((d, r.status) for d, r in log.resolved.rows.items())))
+        assert log.resolved.evicted(target.device_id)
+    assert len(results) == 1
+
+
+def test_a_revoked_admin_is_void_from_the_revocation_on() -> None:
+    owner, admin, early, late = device(), device(), device(), device()
+    log = new_log(owner)
+    accept(log, fact(log, owner, "grant", admin, "admin", at_ms=1100))
+    heads = log.heads()
+    revoke = fact(log, owner, "revoke", admin, "admin", at_ms=5000)
+    before = fact(log, admin, "grant", early, "member", at_ms=4000, parents=heads)
+    after = fact(log, admin, "grant", late, "member", at_ms=6000, parents=heads)
+    accept(log, revoke, before, after)
+    assert log.resolved.is_member(early.device_id)
+    assert not log.resolved.is_member(late.device_id)
+    assert not log.resolved.is_member(admin.device_id)
+
+
+def test_an_evicted_device_cannot_act_before_its_eviction_by_backdating() -> None:
+    owner, stolen, victim = device(), device(), device()
+    log = new_log(owner)
+    accept(log, fact(log, owner, "grant", stolen, "admin", at_ms=1100))
+    accept(log, fact(log, owner, "grant", victim, "member", at_ms=1200))
+    heads = log.heads()
+    evict = fact(log, owner, "evict", stolen, at_ms=5000)
+    backdated = fact(log, stolen, "evict", victim, at_ms=1300, parents=heads)
+    accept(log, evict, backdated)
+    assert log.resolved.is_member(victim.device_id)
+    assert record_hash(backdated) in log.resolved.void
+
+
+def test_an_invite_admits_as_many_devices_as_its_uses_and_not_after_its_time() -> None:
+    owner, admin, a, b, c = device(), device(), device(), device(), device()
+    log = new_log(owner)
+    accept(log, fact(log, owner, "grant", admin, "admin", at_ms=1100))
+    ticket = invite(log, owner, expires_ms=10_000, uses=1)
+    accept(log, fact(log, admin, "grant", a, "member", at_ms=2000, invite=ticket))
+    accept(log, fact(log, admin, "grant", a, "member", at_ms=2100, invite=ticket))  # same device
+    accept(log, fact(log, owner, "grant", b, "member", at_ms=2200, invite=ticket))
+    late = invite(log, owner, expires_ms=3000, uses=5)
+    accept(log, fact(log, admin, "grant", c, "member", at_ms=3001, invite=late))
+    assert log.resolved.is_member(a.device_id)
+    assert not log.resolved.is_member(b.device_id)
+    assert not log.resolved.is_member(c.device_id)
+
+
+def test_missing_for_gives_what_a_peer_lacks_parents_first_in_pages() -> None:
+    owner = device()
+    log = new_log(owner)
+    for n in range(10):
+        accept(log, fact(log, owner, "grant", device(), "member", at_ms=2000 + n))
+    start = [log.genesis_hash]
+    assert [record_hash(f) for f in log.missing_for(start, 4)] == log.order()[:4]
+    behind = MembershipLog(log.genesis)
+    while page := log.missing_for(behind.heads(), 4):
+        accept(behind, *page)
+    assert behind.resolved == log.resolved
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=80),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=6)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=JSON,
+    field=st.sampled_from(
+        [
+            "network",
+            "genesis",
+            "author",
+            "kind",
+            "device",
+            "role",
+            "at_ms",
+            "parents",
+            "invite",
+            "sig",
+            None,
+        ]
+    ),
+)
+def test_any_input_is_a_fact_that_verifies_or_a_bad_record(data: Any, field: str | None) -> None:
+    """Untrusted JSON, alone or in place of one field of a real fact, decodes to a fact that
+    verifies or raises BadRecord: never another exception."""
+    owner = _OWNER
+    log = _LOG
+    good = converter.unstructure(fact(log, owner, "grant", owner, "member"))
+    candidate = data if field is None else {**good, field: data}
+    try:
+        decoded = structure(candidate, Fact)
+        log.check(decoded)
+    except BadRecord:
+        return
+    verify(decoded)
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(max_size=300))
+def test_any_bootstrap_text_is_a_genesis_or_a_bad_record(text: str) -> None:
+    try:
+        genesis = from_bootstrap("mshg1." + text)
+    except BadRecord:
+        return
+    assert isinstance(genesis, Genesis)
+
+
+_OWNER = device()
+_LOG = new_log(_OWNER)
+
+
+MEMBERSHIP_TAGS = [frame.tag for frame in MEMBERSHIP_FRAMES]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    tag=st.sampled_from(MEMBERSHIP_TAGS),
+    fields=st.dictionaries(
+        st.sampled_from(["genesis", "heads", "facts", "more", "invite", "accepted", "reason", "x"]),
+        JSON,
+        max_size=4,
+    ),
+)
+def test_any_membership_frame_decodes_or_is_a_bad_peer_frame(
+    tag: str, fields: dict[str, Any]
+) -> None:
+    """A peer's membership frame is decoded strictly (BadPeerFrame otherwise), and every fact
+    in a decoded page then checks out or is a BadRecord."""
+    try:
+        frame = decode_frame(json.dumps({"t": tag, **fields}).encode())
+    except BadPeerFrame:
+        return
+    for fact_ in getattr(frame, "facts", []):
+        with contextlib.suppress(BadRecord):
+            _LOG.check(fact_)
