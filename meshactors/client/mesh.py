@@ -194,8 +194,15 @@ class MeshClient(Ops):
             self._route({"kind": "client_reclaimed", "network": want.network, "method": want.name})
 
     def _drop_claim(self, want: Want) -> None:
-        self._serving.handlers.pop((want.network, want.name), None)
+        """Forget a claim the daemon took away: its handler goes, and it is never replayed."""
+        self._forget_handler(want)
         self._link.forget(want)
+
+    def _forget_handler(self, want: Want) -> None:
+        """Let go of the handler of a claim, a call or a binary-stream one (`unserve` and a
+        dropped claim both end here, so neither kind outlives its claim)."""
+        self._serving.handlers.pop((want.network, want.name), None)
+        self._binary_handlers.pop((want.network, want.name), None)
 
     # serving
     async def serve(self, network: str, method: str, handler: Handler | StreamHandler) -> None:
@@ -215,8 +222,7 @@ class MeshClient(Ops):
     async def unserve(self, network: str, method: str) -> None:
         """Give up a method served with `serve`."""
         want = Want(WantKind.CLAIM, network, method)
-        self._serving.handlers.pop((network, method), None)
-        self._binary_handlers.pop((network, method), None)
+        self._forget_handler(want)
         self._link.desired.claims.pop(want, None)
         await self._link.release(want, self.call_timeout)
 

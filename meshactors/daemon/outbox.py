@@ -178,15 +178,15 @@ def claim_due(
 
 def record_settled(conn: sqlite3.Connection, batch: Sequence[_Settled], now_ms: int) -> list[str]:
     """Mark each attempt delivered, failed or (its peer changed) due again, all in one
-    transaction; returns each delivery's new status ("gone": no such delivery)."""
+    transaction; returns each delivery's new status ("gone": no such delivery; "already_done":
+    an earlier ack had finished it, so this one changed nothing)."""
     with immediate(conn):
         return [_record_one(conn, item, now_ms) for item in batch]
 
 
 def _record_one(conn: sqlite3.Connection, item: _Settled, now_ms: int) -> str:
     if item.error is None:
-        outbox_db.mark_delivered(conn, item.outbox_id, item.recipient, now_ms)
-        return "done"
+        return outbox_db.mark_delivered(conn, item.outbox_id, item.recipient, now_ms)
     if item.error == PEER_CHANGED:
         outbox_db.mark_due_now(conn, item.outbox_id, item.recipient, now_ms)
         return "pending"
@@ -288,7 +288,8 @@ class Outbox(Actor):
     # Finished attempts taken to be recorded and not yet answered by the store: a crash (of
     # this actor or the store) mid-record leaves them here, and the next run records them
     # again, so no `message_delivered`/`message_dead` event is lost (recording is idempotent:
-    # the store may have run the first call too).
+    # the store may have run the first call too, so a redo publishes "already_done" as done;
+    # otherwise an ack that comes twice publishes and counts its delivery once).
     _recording: list[_Settled] = attrs.field(factory=list, init=False)
     # Received messages taken to be stored and acked, until every ack is sent: the next run
     # stores (deduplicated) and acks them again, so their senders need not wait out the ack
@@ -472,7 +473,8 @@ class Outbox(Actor):
     async def _record_settled(self) -> None:
         receiver = self._settled[1]
         while True:
-            if not self._recording:
+            redo = bool(self._recording)
+            if not redo:
                 first = await receiver.receive()
                 self._recording = [first, *_drain(receiver, SETTLE_BATCH - 1)]
             batch = self._recording
@@ -485,11 +487,19 @@ class Outbox(Actor):
                 self._recording = []  # the store answered (a failure): not again after a restart
                 raise
             self._recording = []
+            told: set[tuple[str, str]] = set()  # deliveries this batch published as delivered
             for item, status in zip(batch, statuses, strict=True):
                 if item.error == PEER_CHANGED:
                     self.counts["redue"] += 1
                     self.poke()  # due now in the store: a pass that ran before this misses it
                     continue
+                if item.error is None:
+                    key = (item.outbox_id, item.recipient)
+                    if status == "already_done" and redo and key not in told:
+                        status = "done"  # maybe the call a crash cut off finished it: not told
+                    if status != "done":
+                        continue  # a repeated ack (its delivery was told already) or a pruned row
+                    told.add(key)
                 self.counts["delivered" if item.error is None else "failed"] += 1
                 self.counts["dead"] += status == "dead"
                 if status in ("done", "dead"):

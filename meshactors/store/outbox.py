@@ -371,16 +371,26 @@ def mark_inflight(
     return claimed
 
 
-def mark_delivered(conn: sqlite3.Connection, outbox_id: str, recipient: str, now_ms: int) -> bool:
-    """Record that the recipient has the message; False when no such delivery exists."""
+def mark_delivered(
+    conn: sqlite3.Connection, outbox_id: str, recipient: str, now_ms: int
+) -> Literal["done", "already_done", "gone"]:
+    """Record that the recipient has the message: "done" when this call finished the delivery,
+    "already_done" when an earlier ack had (a repeated ack changes nothing), "gone" when no
+    such delivery exists. Only "done" is news to publish."""
     with immediate(conn):
         cursor = conn.execute(
-            "UPDATE deliveries SET status = 'done' WHERE outbox_id = ? AND recipient = ?",
+            "UPDATE deliveries SET status = 'done'"
+            " WHERE outbox_id = ? AND recipient = ? AND status != 'done'",
             (outbox_id, recipient),
         )
         if cursor.rowcount:
             _refresh_status(conn, outbox_id, now_ms)
-    return bool(cursor.rowcount)
+            return "done"
+        found = conn.execute(
+            "SELECT 1 FROM deliveries WHERE outbox_id = ? AND recipient = ?",
+            (outbox_id, recipient),
+        ).fetchone()
+    return "gone" if found is None else "already_done"
 
 
 def backoff_ms(attempts: int, rand: Callable[[], float]) -> int:

@@ -1,13 +1,17 @@
 """A served method whose claim a restart in the daemon ended (`handler_displaced`, `by` null) is
-claimed again by the library; one another program took (`by` names it) stays with that one."""
+claimed again by the library; one another program took (`by` names it) stays with that one, and
+the displaced program lets its handler go (binary streams too)."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
+import pytest
 import trio
 
-from meshactors.client import MeshClient, RequestContext
+from meshactors.client import BinaryStream, ClientError, MeshClient, RequestContext
 from tests.client.conftest import LocalDaemon
 from tests.client.test_client import next_kind
 
@@ -67,3 +71,35 @@ async def test_a_claim_on_a_removed_network_is_dropped_and_told(running: LocalDa
             assert (await next_kind(stream, "handler_displaced"))["by"] is None
             failed = await next_kind(stream, "client_replay_failed")
             assert (failed["method"], failed["code"]) == ("echo", "no_such_network")
+
+
+async def test_a_binary_claim_another_program_took_lets_the_handler_go(
+    running: LocalDaemon,
+) -> None:
+    async def first_handler(stream: BinaryStream) -> None:
+        await stream.send_eof()
+
+    held = weakref.ref(first_handler)
+    async with (
+        MeshClient(running.paths.socket) as first,
+        MeshClient(running.paths.socket) as second,
+    ):
+        await first.ensure_networks([NETWORK])
+        me = (await first.status())["device_id"]
+        await first.serve_stream("lan", "files", first_handler)
+        del first_handler  # from here only the client could keep it
+        stream = first.events()
+        with trio.fail_after(WAIT):
+            await second.serve_stream("lan", "files", second_handler)
+            displaced = await next_kind(stream, "handler_displaced")
+            assert displaced["by"] == (await second.status())["client_id"]
+            await second.unserve("lan", "files")
+            with pytest.raises(ClientError) as refused:  # nobody serves it: not the first again
+                await first.open_stream("lan", me, "files")
+            assert refused.value.code == "no_handler"
+        gc.collect()
+        assert held() is None  # the displaced program forgot its handler
+
+
+async def second_handler(stream: BinaryStream) -> None:
+    await stream.send_eof()

@@ -92,6 +92,25 @@ async def test_a_window_is_in_flight_before_the_first_ack_and_lost_acks_end_deli
     assert counts == {"pending": 0, "inflight": 0, "done": len(ids), "dead": 0}
 
 
+async def test_an_ack_that_comes_twice_delivers_once(nursery: trio.Nursery, mesh: Mesh) -> None:
+    b, raw = await approved_raw_peer(mesh, nursery)
+    outbox = b.services.extras["outbox"]
+    assert isinstance(outbox, Outbox)
+    acked, refused = await send_many(b, raw.device_id, 2)
+    await msgs(raw, 2)
+
+    # The recipient acks a redelivery of what it stored as `duplicate`: a second ack for a
+    # delivery already done, with no attempt waiting for it. The refusal after it is a
+    # barrier: acks are recorded in the order they came, so its `message_dead` comes after.
+    await raw.send_frame(b.device_id, MsgAck(acked, "stored"))
+    await raw.send_frame(b.device_id, MsgAck(acked, "duplicate"))
+    await raw.send_frame(b.device_id, MsgAck(refused, "rejected", "invalid_message"))
+    await b.wait_event("message_dead", id=refused)
+
+    assert delivered_ids(b) == {acked: 1}
+    assert outbox.figures()["delivered"] == 1
+
+
 async def test_the_acks_of_a_stored_batch_come_back_together(
     nursery: trio.Nursery, mesh: Mesh
 ) -> None:

@@ -73,7 +73,7 @@ def put_in_state(conn: sqlite3.Connection, status: str) -> str:
     if status in ("inflight", "done"):
         assert mark_inflight(conn, [key], T0) == [key]
     if status == "done":
-        assert mark_delivered(conn, row_id, "dev-a", T0)
+        assert mark_delivered(conn, row_id, "dev-a", T0) == "done"
     if status in ("dead", "aborted"):
         mark_failed(conn, row_id, "dev-a", error_code="rejected", permanent=True, now_ms=T0)
     if status == "aborted":
@@ -380,8 +380,10 @@ def test_finished_or_unknown_deliveries_ignore_late_reports(conn: sqlite3.Connec
     late = mark_failed(conn, row_id, "dev-a", error_code="ack_timeout", permanent=False, now_ms=T0)
     assert late == "done"
     assert row_of(conn, row_id).status == "done"
+    assert mark_delivered(conn, row_id, "dev-a", T0 + 1) == "already_done"  # a repeated ack
+    assert row_of(conn, row_id).updated_at == T0  # ... changes nothing
     assert mark_failed(conn, "nope", "dev-a", error_code="x", permanent=True, now_ms=T0) is None
-    assert mark_delivered(conn, "nope", "dev-a", T0) is False
+    assert mark_delivered(conn, "nope", "dev-a", T0) == "gone"
 
 
 def test_recover_inflight_puts_stranded_deliveries_back(db_path: Path) -> None:
