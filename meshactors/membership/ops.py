@@ -24,9 +24,9 @@ from meshactors.membership.facts import (
     to_token,
 )
 from meshactors.membership.part import MAX_TTL_S, now_ms
-from meshactors.network.config import ConfigError, NetworkConfig
-from meshactors.network.manager import NetworkManager
+from meshactors.network.config import NetworkConfig
 from meshactors.network.network import Network
+from meshactors.ops.network_ops import config_of, manager_of
 from meshactors.ops.optable import Op
 from meshactors.wire.device_id import is_device_id
 from meshactors.wire.ipc import ErrorCode, OpError
@@ -89,20 +89,6 @@ class MembersInvite:
     uses: int = 1
 
 
-def _manager(session: Session) -> NetworkManager:
-    manager = session.services.networks
-    if manager is None:
-        raise OpError(ErrorCode.UNAVAILABLE, "the networks supervisor is not running")
-    return manager
-
-
-def _config(data: dict[str, Any]) -> NetworkConfig:
-    try:
-        return NetworkConfig.from_json(data)
-    except ConfigError as exc:
-        raise OpError(ErrorCode.INVALID_PARAMS, f"config: {exc}") from None
-
-
 def _role(role: str) -> str:
     if role not in ROLES:
         raise OpError(ErrorCode.INVALID_PARAMS, f"role must be one of {', '.join(ROLES)}")
@@ -117,7 +103,7 @@ def _device(device_id: str) -> str:
 
 async def _join_closed(session: Session, config: NetworkConfig, genesis: Genesis) -> Network:
     """Keep the genesis, then join: the network's core finds it there when it starts."""
-    manager = _manager(session)
+    manager = manager_of(session)
     try:
         await session.services.store.call(
             functools.partial(log_db.save_genesis, genesis=genesis), what="save the genesis"
@@ -135,8 +121,8 @@ async def _join_closed(session: Session, config: NetworkConfig, genesis: Genesis
 async def network_create_closed(session: Session, params: ClosedCreate) -> dict[str, Any]:
     """Create a closed network owned by this device and join it; the bootstrap lets other
     devices join it (they become members once granted)."""
-    config = _config(params.config)
-    if config.id in {n.config.id for n in _manager(session).all()}:
+    config = config_of(params.config)
+    if config.id in {n.config.id for n in manager_of(session).all()}:
         raise OpError(ErrorCode.CONFLICT, f"network {config.id!r} is joined already")
     identity = session.services.identity
     genesis = new_genesis(identity, config.id, now_ms())
@@ -150,7 +136,7 @@ async def network_create_closed(session: Session, params: ClosedCreate) -> dict[
 
 async def network_import_closed(session: Session, params: ClosedImport) -> dict[str, Any]:
     """Join a closed network by its bootstrap (genesis signature and network id checked)."""
-    config = _config(params.config)
+    config = config_of(params.config)
     try:
         genesis = from_bootstrap(params.bootstrap)
     except BadRecord as bad:
@@ -171,7 +157,9 @@ async def network_join_invite(session: Session, params: JoinInvite) -> dict[str,
         raise OpError(ErrorCode.INVALID_PARAMS, f"token: {bad}") from None
     if now_ms() > token.invite.expires_ms:
         raise OpError(ErrorCode.INVITE_REFUSED, "the invite expired")
-    config = _config({"id": token.genesis.network, "brokers": token.brokers, "label": params.label})
+    config = config_of(
+        {"id": token.genesis.network, "brokers": token.brokers, "label": params.label}
+    )
     await session.services.store.call(
         functools.partial(
             log_db.hold_invite,
@@ -190,7 +178,7 @@ async def network_join_invite(session: Session, params: JoinInvite) -> dict[str,
 
 async def members_list(session: Session, params: MembersRef) -> dict[str, Any]:
     """Every device a closed network's log names: role, granted_by, at, status."""
-    network = _manager(session).get(params.network)
+    network = manager_of(session).get(params.network)
     members = await network.ask("list members", network.membership.members)
     return {"network": params.network, "members": members}
 
@@ -198,7 +186,7 @@ async def members_list(session: Session, params: MembersRef) -> dict[str, Any]:
 async def _append(
     session: Session, network_id: str, kind: str, device: str, role: str
 ) -> dict[str, Any]:
-    network = _manager(session).get(network_id)
+    network = manager_of(session).get(network_id)
     work = functools.partial(network.membership.append, kind, _device(device), role)
     return {"network": network_id, **await network.ask_await(f"{kind} a member", work)}
 
@@ -226,7 +214,7 @@ async def members_invite(session: Session, params: MembersInvite) -> dict[str, A
         raise OpError(ErrorCode.INVALID_PARAMS, f"ttl_s must be above 0, at most {MAX_TTL_S}")
     if not 1 <= params.uses <= MAX_USES:
         raise OpError(ErrorCode.INVALID_PARAMS, f"uses must be 1 to {MAX_USES}")
-    network = _manager(session).get(params.network)
+    network = manager_of(session).get(params.network)
     role = _role(params.role)
     invite = await network.ask(
         "make an invite",

@@ -100,7 +100,7 @@ class ProfileGet:
     network: str | None = None
 
 
-def _manager(session: Session) -> NetworkManager:
+def manager_of(session: Session) -> NetworkManager:
     manager = session.services.networks
     if manager is None:
         raise OpError(ErrorCode.UNAVAILABLE, "the networks supervisor is not running")
@@ -132,7 +132,7 @@ def _first_message(exc: BaseException) -> str:
     return str(exc)
 
 
-def _config(data: dict[str, Any]) -> NetworkConfig:
+def config_of(data: dict[str, Any]) -> NetworkConfig:
     try:
         return NetworkConfig.from_json(data)
     except ConfigError as exc:
@@ -147,14 +147,14 @@ def _device(device_id: str) -> str:
 
 async def network_add(session: Session, params: ConfigParams) -> dict[str, Any]:
     """Join a network and keep it across restarts; idempotent for the same config."""
-    network, added = await _manager(session).add(_config(params.config))
+    network, added = await manager_of(session).add(config_of(params.config))
     return {"network": await network.summary(), "added": added}
 
 
 async def network_update(session: Session, params: ConfigParams) -> dict[str, Any]:
     """Change a network's label, auto_approve or brokers; reconnects only for brokers."""
-    manager = _manager(session)
-    config = _config(params.config)
+    manager = manager_of(session)
+    config = config_of(params.config)
     with _answering():
         reconnect = await manager.update(config)
     return {"network": await manager.get(config.id).summary(), "reconnect": reconnect}
@@ -162,18 +162,18 @@ async def network_update(session: Session, params: ConfigParams) -> dict[str, An
 
 async def network_remove(session: Session, params: NetworkRemove) -> dict[str, Any]:
     """Leave a network now and forget it."""
-    await _manager(session).remove(params.network, purge=params.purge)
+    await manager_of(session).remove(params.network, purge=params.purge)
     return {"removed": params.network, "purge": params.purge}
 
 
 async def networks_list(session: Session, _: NoParams) -> dict[str, Any]:
     """Every joined network with its phase."""
-    return {"networks": await _manager(session).summaries()}
+    return {"networks": await manager_of(session).summaries()}
 
 
 async def peers_list(session: Session, params: PeersList) -> dict[str, Any]:
     """The peers of a network with status, role, rtt, capabilities and profile."""
-    network = _manager(session).get(params.network)
+    network = manager_of(session).get(params.network)
     with _answering():
         peers = await network.peers.list_peers(include_all=params.all)
     return {"network": params.network, "peers": peers}
@@ -181,7 +181,7 @@ async def peers_list(session: Session, params: PeersList) -> dict[str, Any]:
 
 async def roster_list(session: Session, params: NetworkRef) -> dict[str, Any]:
     """The devices approved, denied or pending in a network."""
-    network = _manager(session).get(params.network)
+    network = manager_of(session).get(params.network)
     with _answering():
         roster = await network.peers.list_roster()
     return {"network": params.network, "roster": roster}
@@ -189,7 +189,7 @@ async def roster_list(session: Session, params: NetworkRef) -> dict[str, Any]:
 
 async def roster_approve(session: Session, params: RosterApprove) -> dict[str, Any]:
     """Approve a device (seen or not yet); it is active once it approves us too."""
-    network = _manager(session).get(params.network)
+    network = manager_of(session).get(params.network)
     try:
         label = validate_label(params.label)
     except ValueError as exc:
@@ -201,7 +201,7 @@ async def roster_approve(session: Session, params: RosterApprove) -> dict[str, A
 
 async def roster_deny(session: Session, params: RosterDevice) -> dict[str, Any]:
     """Deny a device: it is never active, and is told so."""
-    network = _manager(session).get(params.network)
+    network = manager_of(session).get(params.network)
     with _answering():
         peer = await network.peers.deny(_device(params.device_id))
     return {"network": params.network, "peer": peer}
@@ -209,7 +209,7 @@ async def roster_deny(session: Session, params: RosterDevice) -> dict[str, Any]:
 
 async def roster_remove(session: Session, params: RosterDevice) -> dict[str, Any]:
     """Forget a device's approval; its traffic is cut off at once."""
-    network = _manager(session).get(params.network)
+    network = manager_of(session).get(params.network)
     with _answering():
         removed = await network.peers.forget(_device(params.device_id))
     if not removed:
@@ -219,7 +219,7 @@ async def roster_remove(session: Session, params: RosterDevice) -> dict[str, Any
 
 async def capabilities_set(session: Session, params: CapabilitiesSet) -> dict[str, Any]:
     """Advertise capabilities in a network; kept across restarts, sent to peers live."""
-    network = _manager(session).get(params.network)
+    network = manager_of(session).get(params.network)
     capabilities = _structure(params.capabilities, Capabilities, "capabilities")
     plain = converter.unstructure(capabilities)
     await session.services.store.call(
@@ -236,7 +236,7 @@ async def capabilities_set(session: Session, params: CapabilitiesSet) -> dict[st
 async def profile_set(session: Session, params: ProfileSet) -> dict[str, Any]:
     """Change the given fields of one network's profile, or (without `network`) the global
     one; a network without its own profile starts from the global one."""
-    manager = _manager(session)
+    manager = manager_of(session)
     fields = attrs.asdict(params)
     network_id = fields.pop("network")
     changes = {key: value for key, value in fields.items() if value is not None}
@@ -260,7 +260,7 @@ async def profile_set(session: Session, params: ProfileSet) -> dict[str, Any]:
 async def profile_get(session: Session, params: ProfileGet) -> dict[str, Any]:
     """Our profile in one network (its own, else the global one), or the global one."""
     if params.network is not None:
-        _manager(session).get(params.network)
+        manager_of(session).get(params.network)
     profile, scope = await session.services.store.call(
         functools.partial(_own_profile, network=params.network), what="read profile"
     )
