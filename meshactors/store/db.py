@@ -219,6 +219,9 @@ def open_database(path: Path) -> sqlite3.Connection:
         _check_integrity(conn, path)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
+        # Every grouped store call (and every accept in it) is a savepoint, whose undo journal
+        # would otherwise be a temporary file: in memory, an accept costs ~62 us, not ~87.
+        conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA foreign_keys = ON")
         _migrate(conn, path)
     except StoreError:

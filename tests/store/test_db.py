@@ -15,6 +15,7 @@ def test_open_sets_pragmas_and_schema_version(conn: sqlite3.Connection) -> None:
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert conn.execute("PRAGMA temp_store").fetchone()[0] == 2  # MEMORY: savepoint journals
     assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert conn.isolation_level is None
 
