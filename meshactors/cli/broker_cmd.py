@@ -33,6 +33,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument(
         "--cluster", default=None, metavar="URL", help="redis://HOST:PORT/DB shared by the brokers"
     )
+    parser.add_argument(
+        "--cluster-heartbeat", type=float, default=None, metavar="SECONDS", help="default 2"
+    )
+    parser.add_argument(
+        "--cluster-ttl", type=float, default=None, metavar="SECONDS", help="default 8"
+    )
     parser.add_argument("--log-json", action="store_true", help="JSON log lines even on a tty")
     parser.set_defaults(run=run)
 
@@ -45,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
             for key, value in (
                 ("max_peers", args.max_peers),
                 ("max_message_bytes", args.max_message_bytes),
+                ("cluster_heartbeat", args.cluster_heartbeat),
+                ("cluster_ttl", args.cluster_ttl),
             )
             if value is not None
         }

@@ -1,7 +1,11 @@
 """Brokers sharing a real redis-server, in one trio run: presence, routing, nonces, the peer
 limit and a device on two brokers, across brokers; health; a Redis outage."""
 
+import contextlib
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -9,6 +13,7 @@ from nacl.signing import SigningKey
 
 from meshactors.broker.limits import BrokerConfig
 from meshactors.broker.server import Broker
+from meshactors.cli.common import EXIT_USAGE
 from meshactors.wire.broker import encode_batch
 from meshactors.wire.device_id import device_id_from_public_key
 from tests.broker.support import (
@@ -22,7 +27,7 @@ from tests.broker.support import (
     next_batch,
     next_text,
 )
-from tests.broker_cluster.redis import RedisServer
+from tests.broker_cluster.redis import RedisServer, free_port
 
 ALICE, BOB, CAROL = (SigningKey(bytes([seed]) * 32) for seed in (11, 12, 13))
 
@@ -179,3 +184,37 @@ async def test_brokers_route_locally_through_a_redis_outage_and_resync_after(
             await next_text(alice, joins(did(CAROL)))
             await carol.send_message(encode_batch([(pk(ALICE), b"across")]))
             assert await next_batch(alice) == [(pk(CAROL), b"across")]
+
+
+async def test_members_of_a_killed_broker_leave_when_its_heartbeat_expires(
+    nursery: trio.Nursery, redis: RedisServer, tmp_path: Path
+) -> None:
+    _, a_port = await start(nursery, redis, cluster_heartbeat=0.25, cluster_ttl=1.0)
+    b_port = free_port()
+    command = [sys.executable, "-m", "meshactors", "broker", "--listen", f"127.0.0.1:{b_port}"]
+    command += ["--cluster", redis.url, "--cluster-heartbeat", "0.25", "--cluster-ttl", "1"]
+    with (tmp_path / "b.log").open("wb") as log:
+        b = await trio.lowlevel.open_process(command, stderr=log)
+    try:
+        async with joined(url(a_port), ALICE, "net") as (alice, _):
+            with trio.fail_after(WAIT_S * 4):
+                while True:  # the process is starting: its port answers once it serves
+                    with contextlib.suppress(OSError):
+                        if (await get_health(b_port))["cluster"] == "connected":
+                            break
+                    await trio.sleep(0.05)
+            async with joined(url(b_port), BOB, "net"):
+                await next_text(alice, joins(did(BOB)))
+                b.kill()  # SIGKILL: no chance to say goodbye
+                with trio.fail_after(WAIT_S * 4):
+                    await next_text(alice, left(did(BOB)))
+    finally:
+        b.kill()
+        await b.wait()
+
+
+def test_the_cluster_flag_wants_a_redis_url() -> None:
+    command = [sys.executable, "-m", "meshactors", "broker", "--cluster", "http://h:1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == EXIT_USAGE
+    assert "--cluster must be a redis:// or rediss:// URL" in done.stderr
