@@ -202,11 +202,15 @@ class ClusterLink:
             channels=channels, ignore_subscribe_messages=True, retry_policy=NoRetryPolicy()
         ) as pubsub:
             task_status.started()
+            silent_until = trio.current_time() + self.ttl_s
             while True:
                 with trio.fail_after(self.ttl_s):
                     message = await pubsub.get_message(timeout=self.ttl_s)
+                if message is None and trio.current_time() > silent_until:
+                    raise trio.TooSlowError("the subscription went silent")
                 if message is None or message.get("type") != "message":
                     continue
+                silent_until = trio.current_time() + self.ttl_s
                 data = message["data"]
                 try:
                     if message["channel"] == inbox.encode():

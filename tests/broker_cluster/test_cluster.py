@@ -218,3 +218,25 @@ def test_the_cluster_flag_wants_a_redis_url() -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == EXIT_USAGE
     assert "--cluster must be a redis:// or rediss:// URL" in done.stderr
+
+
+async def test_a_broker_that_stops_removes_its_members_at_once(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    _, a_port = await start(nursery, redis, cluster_ttl=3600.0)  # no reaping in this test
+    stopping = trio.CancelScope()
+
+    async def serve_b(*, task_status: trio.TaskStatus[Broker]) -> None:
+        with stopping:
+            async with trio.open_nursery() as b_nursery:
+                b, _ = await start(b_nursery, redis, cluster_ttl=3600.0)
+                task_status.started(b)
+
+    async with joined(url(a_port), ALICE, "net") as (alice, _):
+        b = await nursery.start(serve_b)
+        b_port = int(str(b.figures()["listen"]).rsplit(":", 1)[1])
+        async with joined(url(b_port), BOB, "net") as (bob, _):
+            await next_text(alice, joins(did(BOB)))
+            stopping.cancel()
+            assert (await drained_to_close(bob)).reason == "going_away"
+            await next_text(alice, left(did(BOB)))
