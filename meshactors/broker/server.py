@@ -127,6 +127,10 @@ class Broker:
     _broker_id: str = attrs.field(init=False, factory=lambda: secrets.token_hex(8))
     _state: str = attrs.field(init=False, default="standalone")
     _state_changed: trio.Event = attrs.field(init=False, factory=trio.Event)
+    # admissions waiting for Redis by network, and the leaves heard meanwhile: a roster read
+    # by an admission may be older than the presence events that overtook its answer
+    _admitting: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
+    _left: dict[str, set[tuple[str, Entry]]] = attrs.field(init=False, factory=dict)
     _control: trio.MemorySendChannel[Control] | None = attrs.field(init=False, default=None)
     _forwards: trio.MemorySendChannel[Forward] | None = attrs.field(init=False, default=None)
     _nonces: NonceCache = attrs.field(init=False, factory=NonceCache)
@@ -313,30 +317,36 @@ class Broker:
 
     async def _admit(self, ws: WebSocketConnection, log: _Logger) -> _Member | None:
         """Check the hello, then join its network; on rejection close the socket and return None."""
+        network: str | None = None
         try:
-            hello = await self._receive_hello(ws)
-            self._nonces.admit(hello, now_ms=_now_ms())
-            status = await self._admit_cluster(hello)
-            members = self._networks.get(hello.network, {})
-            remote = self._remote.get(hello.network, {})
-            present = len(members) + len(remote.keys() - members.keys())
-            if (
-                status not in ("ok", "older")
-                and present >= self.config.max_peers
-                and hello.public_key not in members
-                and hello.public_key not in remote
-            ):
-                raise HelloRejected(RejectReason.NETWORK_FULL)
-        except HelloRejected as rejected:
-            self._counts[f"rejected_hello_{rejected.reason}"] += 1
-            log.info("hello_rejected", reason=str(rejected.reason), detail=rejected.detail)
-            with trio.move_on_after(self.config.close_timeout, shield=True):
-                await ws.aclose(rejected.close_code, rejected.reason)
-            return None
-        member = self._join(hello)
-        if status == "older":
-            member.end(SessionEnd.REPLACED)  # a newer connection of it is on another broker
-        return member
+            try:
+                hello = await self._receive_hello(ws)
+                network = hello.network
+                self._nonces.admit(hello, now_ms=_now_ms())
+                status = await self._admit_cluster(hello)
+                members = self._networks.get(hello.network, {})
+                remote = self._remote.get(hello.network, {})
+                present = len(members) + len(remote.keys() - members.keys())
+                if (
+                    status not in ("ok", "older")
+                    and present >= self.config.max_peers
+                    and hello.public_key not in members
+                    and hello.public_key not in remote
+                ):
+                    raise HelloRejected(RejectReason.NETWORK_FULL)
+            except HelloRejected as rejected:
+                self._counts[f"rejected_hello_{rejected.reason}"] += 1
+                log.info("hello_rejected", reason=str(rejected.reason), detail=rejected.detail)
+                with trio.move_on_after(self.config.close_timeout, shield=True):
+                    await ws.aclose(rejected.close_code, rejected.reason)
+                return None
+            member = self._join(hello)
+            if status == "older":
+                member.end(SessionEnd.REPLACED)  # a newer connection of it is on another broker
+            return member
+        finally:
+            if network is not None and network not in self._networks.keys() | self._admitting:
+                self._remote.pop(network, None)  # not joined: no longer ours to mirror
 
     async def _admit_cluster(self, hello: VerifiedHello) -> str:
         """Record the nonce and the member on Redis (atomically, with the cluster-wide peer
@@ -346,6 +356,10 @@ class Broker:
         reply, answer = trio.open_memory_channel[AdmitResult](1)
         result = AdmitResult("unavailable")
         entry = Entry(self._broker_id, hello.role, hello.ts_ms)
+        network = hello.network
+        self._remote.setdefault(network, {})  # presence heard from now on is kept
+        self._admitting[network] += 1
+        left = self._left.setdefault(network, set())
         with trio.move_on_after(self.config.handshake_timeout) as waiting:
             try:
                 await self._control.send(Admit(hello, entry, self.config.max_peers, reply))
@@ -355,7 +369,10 @@ class Broker:
                 pass  # the link lost Redis while admitting
             finally:
                 if result.status == "unavailable":  # it may have been recorded: undo that
-                    self._depart_cluster(hello.network, hello.device_id, entry)
+                    self._depart_cluster(network, hello.device_id, entry)
+                self._admitting[network] -= 1
+                if not self._admitting[network]:
+                    del self._admitting[network], self._left[network]
         if waiting.cancelled_caught:
             _log.info("cluster_admit_timeout", device=hello.device_id)
         if result.status == "replayed":
@@ -363,8 +380,9 @@ class Broker:
         if result.status == "full":
             raise HelloRejected(RejectReason.NETWORK_FULL)
         if result.status == "ok":
-            self._remote.setdefault(hello.network, {})
-            self._apply_roster(hello.network, result.roster)
+            for device_id, known in result.roster.items():
+                if known.broker != self._broker_id and (device_id, known) not in left:
+                    self._presence(PresenceEvent(True, network, device_id, known))
         return result.status
 
     async def _receive_hello(self, ws: WebSocketConnection) -> VerifiedHello:
@@ -618,6 +636,8 @@ class Broker:
         public_key = public_key_from_device_id(device_id)
         known = mirror.get(public_key)
         if not event.joined:
+            if network in self._left:
+                self._left[network].add((device_id, entry))
             if known is not None and known[1] == entry:
                 del mirror[public_key]
                 self._broadcast(members, encode_notice(PresenceLeave(device_id)))

@@ -16,6 +16,7 @@ from meshactors.broker.server import Broker
 from meshactors.cli.common import EXIT_USAGE
 from meshactors.wire.broker import encode_batch
 from meshactors.wire.device_id import device_id_from_public_key
+from scripts.benchlib.redisserver import RedisServer, free_port
 from tests.broker.support import (
     WAIT_S,
     closed_with,
@@ -27,7 +28,6 @@ from tests.broker.support import (
     next_batch,
     next_text,
 )
-from tests.broker_cluster.redis import RedisServer, free_port
 
 ALICE, BOB, CAROL = (SigningKey(bytes([seed]) * 32) for seed in (11, 12, 13))
 
@@ -240,3 +240,31 @@ async def test_a_broker_that_stops_removes_its_members_at_once(
             stopping.cancel()
             assert (await drained_to_close(bob)).reason == "going_away"
             await next_text(alice, left(did(BOB)))
+
+
+async def test_members_joining_three_brokers_at_once_all_see_each_other(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    ports = [(await start(nursery, redis))[1] for _ in range(3)]
+    keys = [SigningKey(bytes([100 + n]) * 32) for n in range(9)]
+    everyone = {did(key) for key in keys}
+
+    async def member(n: int, ready: trio.Event, done: trio.Event) -> None:
+        async with joined(url(ports[n % 3]), keys[n], "net") as (ws, welcome):
+            seen = {peer["device_id"] for peer in welcome["peers"]} | {did(keys[n])}
+            while seen != everyone:
+                seen.add(
+                    (await next_text(ws, lambda notice: notice["type"] == "presence"))["device_id"]
+                )
+            ready.set()
+            await done.wait()  # stay until every member saw every other
+
+    done = trio.Event()
+    readies = [trio.Event() for _ in keys]
+    async with trio.open_nursery() as members:
+        for n, ready in enumerate(readies):
+            members.start_soon(member, n, ready, done)
+        with trio.fail_after(WAIT_S * 4):
+            for ready in readies:
+                await ready.wait()
+        done.set()
