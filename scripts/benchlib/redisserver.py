@@ -1,10 +1,12 @@
-"""A real redis-server on a free loopback port for the cluster tests, which it can stop and
-start again on the same port (the outage tests)."""
+"""A real redis-server on a free loopback port, for the broker cluster tests and benchmarks; it
+can be stopped and started again on the same port (the outage tests)."""
 
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import attrs
@@ -58,3 +60,15 @@ class RedisServer:
             self.process.kill()
             self.process.wait(timeout=START_S)
         self.process = None
+
+
+@contextmanager
+def running_redis(directory: Path) -> Iterator[RedisServer]:
+    """A redis-server in `directory` (made if missing) until the block ends."""
+    directory.mkdir(exist_ok=True)
+    server = RedisServer(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.broker_cluster.redis import RedisServer, redis_server_path
+from scripts.benchlib.redisserver import RedisServer, redis_server_path, running_redis
 
 
 @pytest.fixture
@@ -13,9 +13,5 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A running redis-server (skipped where the redis-server package is not installed)."""
     if redis_server_path() is None:
         pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = RedisServer(directory)
-    server.start()
-    yield server
-    server.stop()
+    with running_redis(tmp_path / "redis") as server:
+        yield server

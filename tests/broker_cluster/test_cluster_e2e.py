@@ -19,7 +19,7 @@ import trio
 
 from meshactors.client import MeshClient, RequestContext
 from meshactors.client.sync import SyncClient
-from tests.broker_cluster.redis import RedisServer, free_port
+from scripts.benchlib.redisserver import RedisServer, free_port
 from tests.e2e.test_durable import inbox_all
 from tests.e2e.test_mesh import DEADLINE, NET, accepting, eventually
 from tests.support import Home
