@@ -18,13 +18,25 @@ import structlog
 import trio
 from coredis.retry import NoRetryPolicy
 
+from meshactors.broker.cluster_messages import (
+    Admit,
+    AdmitResult,
+    ClusterEvent,
+    Control,
+    Delivered,
+    Depart,
+    Dropped,
+    Forward,
+    Resync,
+    Roster,
+    StateChanged,
+)
 from meshactors.broker.cluster_wire import (
     BROKERS_KEY,
     PRESENCE_CHANNEL,
     BadClusterMessage,
     Entry,
     Envelope,
-    PresenceEvent,
     alive_key,
     decode_entry,
     decode_envelopes,
@@ -37,15 +49,13 @@ from meshactors.broker.cluster_wire import (
     nonce_key,
     reap_key,
 )
-from meshactors.wire.broker import MAX_CLOCK_SKEW_MS, VerifiedHello
+from meshactors.wire.broker import MAX_CLOCK_SKEW_MS
 from meshactors.wire.device_id import is_device_id
 
 COMMAND_TIMEOUT_S: Final = 3.0  # one Redis command (or connect); longer is an outage
 RECONNECT_FIRST_S: Final = 0.25  # first reconnect delay, doubled each failure...
 RECONNECT_MAX_S: Final = 8.0  # ...up to this, each drawn down by up to half (jitter)
-FORWARD_QUEUE: Final = 8192  # envelopes waiting for a publish; more are dropped and counted
 PUBLISH_MAX_BYTES: Final = 1 << 20  # envelopes joined into one publish (a larger one goes alone)
-EVENT_QUEUE: Final = 1024  # events waiting for the broker (the subscriber waits when full)
 
 _log: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
 
@@ -74,68 +84,6 @@ redis.call('hdel', KEYS[1], ARGV[1])
 redis.call('publish', KEYS[2], ARGV[3])
 return 1
 """
-
-Roster = dict[str, Entry]  # device id -> where it is connected
-
-
-@attrs.frozen
-class AdmitResult:
-    """`ok` (with the network's live roster), `replayed`, `full`, `older` (a newer connection
-    of the device is on another broker) or `unavailable` (Redis is not reachable)."""
-
-    status: str
-    roster: Roster = attrs.field(factory=dict)
-
-
-@attrs.frozen
-class Admit:
-    hello: VerifiedHello
-    entry: Entry
-    max_peers: int
-    reply: trio.MemorySendChannel[AdmitResult]
-
-
-@attrs.frozen
-class Depart:
-    network: str
-    device_id: str
-    entry: Entry
-
-
-@attrs.frozen
-class Resync:
-    """Register every local member again, drop our entries for members gone, and answer with
-    the live roster of each network (None: Redis went away meanwhile)."""
-
-    members: list[tuple[str, str, Entry]]  # network, device id, entry
-    reply: trio.MemorySendChannel[dict[str, Roster] | None]
-
-
-Control = Admit | Depart | Resync
-
-
-@attrs.frozen
-class Forward:
-    broker: str
-    envelope: Envelope
-
-
-@attrs.frozen
-class StateChanged:
-    state: str  # connected | degraded
-
-
-@attrs.frozen
-class Delivered:
-    envelopes: list[Envelope]
-
-
-@attrs.frozen
-class Dropped:
-    what: str  # cluster_bad_messages | cluster_forwards_lost
-
-
-ClusterEvent = StateChanged | PresenceEvent | Delivered | Dropped
 
 
 @attrs.define

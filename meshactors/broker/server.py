@@ -27,13 +27,12 @@ from trio_websocket import (
 )
 from wsproto.utilities import LocalProtocolError
 
-from meshactors.broker.cluster import (
+from meshactors.broker.cluster_messages import (
     EVENT_QUEUE,
     FORWARD_QUEUE,
     Admit,
     AdmitResult,
     ClusterEvent,
-    ClusterLink,
     Control,
     Delivered,
     Depart,
@@ -164,6 +163,8 @@ class Broker:
 
     def _start_cluster(self, nursery: trio.Nursery, url: str) -> None:
         """Start the Redis link and the task that applies what it reports."""
+        from meshactors.broker.cluster import ClusterLink  # coredis: only for a cluster
+
         self._control, control = trio.open_memory_channel[Control](self.config.max_connections + 1)
         self._forwards, forwards = trio.open_memory_channel[Forward](FORWARD_QUEUE)
         events, reported = trio.open_memory_channel[ClusterEvent](EVENT_QUEUE)
