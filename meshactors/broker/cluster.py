@@ -113,7 +113,7 @@ class ClusterLink:
                     _log.warning("cluster_degraded", url=self.url, error=_first_error(group))
                 await self.events.send(StateChanged("degraded"))
                 failures = 1 if self._sessions > sessions else failures + 1
-                delay = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2 ** min(failures, 16))
+                delay = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2 ** min(failures - 1, 16))
                 await self._degraded_for(delay * random.uniform(0.5, 1.0))
         finally:
             await self._leave()
