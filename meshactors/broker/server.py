@@ -488,7 +488,9 @@ class Broker:
             except MalformedBatch:
                 member.end(SessionEnd.MALFORMED_BATCH)
                 return
-            self._route(member, records)
+            for forward in self._route(member, records):
+                assert self._forwards is not None
+                await self._forwards.send(forward)  # the link is behind: this sender waits
 
     async def _pump_out(self, ws: WebSocketConnection, member: _Member) -> None:
         """The member's one writer: each message joins the batches queued behind it (up to
@@ -535,10 +537,12 @@ class Broker:
                 member.end(SessionEnd.PONG_TIMEOUT)
                 return
 
-    def _route(self, sender: _Member, records: list[tuple[bytes, bytes]]) -> None:
-        """Give each destination in the sender's network one re-batched message `from` it."""
+    def _route(self, sender: _Member, records: list[tuple[bytes, bytes]]) -> list[Forward]:
+        """Give each destination in the sender's network one re-batched message `from` it;
+        return the forwards for other brokers that the link's full queue could not take."""
+        waiting: list[Forward] = []
         if sender.ended is not None:
-            return  # a replaced or evicted session relays nothing more
+            return waiting  # a replaced or evicted session relays nothing more
         members = self._networks.get(sender.network, {})
         by_destination: dict[bytes, list[tuple[bytes, bytes]]] = {}
         for to, sealed in records:
@@ -549,26 +553,30 @@ class Broker:
                 self._counts["messages_relayed"] += 1
                 self._counts["frames_relayed"] += len(relayed)
                 continue
-            if destination is None and self._forward(sender.network, to, relayed):
+            forward = self._forward(sender.network, to, relayed) if destination is None else None
+            if forward is not None:
                 self._counts["frames_forwarded"] += len(relayed)
+                try:
+                    assert self._forwards is not None
+                    self._forwards.send_nowait(forward)
+                except trio.WouldBlock:
+                    waiting.append(forward)
                 continue
             self._counts["frames_dropped"] += len(relayed)
             if sender.notices.take(trio.current_time()):
                 device_id = device_id_from_public_key(to)
                 sender.offer(encode_notice(Undeliverable(device_id)))
+        return waiting
 
-    def _forward(self, network: str, to: bytes, relayed: list[tuple[bytes, bytes]]) -> bool:
-        """Hand a batch for a member on another broker to the link; False when it cannot go."""
+    def _forward(
+        self, network: str, to: bytes, relayed: list[tuple[bytes, bytes]]
+    ) -> Forward | None:
+        """The forward of a batch for a member on another broker; None when it cannot go
+        (not a member anywhere we know of, or Redis is down)."""
         remote = self._remote.get(network, {}).get(to)
         if remote is None or self._forwards is None or self._state != "connected":
-            return False
-        try:
-            self._forwards.send_nowait(
-                Forward(remote[1].broker, Envelope(network, to, encode_batch(relayed)))
-            )
-        except trio.WouldBlock:
-            return False
-        return True
+            return None
+        return Forward(remote[1].broker, Envelope(network, to, encode_batch(relayed)))
 
     async def _follow_cluster(self, reported: trio.MemoryReceiveChannel[ClusterEvent]) -> None:
         """Apply what the link reports: its state, other brokers' presence, envelopes."""
@@ -576,7 +584,8 @@ class Broker:
             match event:
                 case StateChanged(state=state):
                     if state != self._state:
-                        _log.warning("cluster_state", state=state, broker_id=self._broker_id)
+                        say = _log.warning if state == "degraded" else _log.info
+                        say("cluster_state", state=state, broker_id=self._broker_id)
                         self._state = state
                         self._state_changed.set()
                         self._state_changed = trio.Event()

@@ -6,6 +6,8 @@ frame)."""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +64,13 @@ def measure_cluster(
     standalone = root / "standalone"
     standalone.mkdir()
     report["standalone"] = measure_pair(standalone, None, [0, 0], idle_s, rpcs, flood)
+    print(json.dumps({"standalone": report["standalone"]}), file=sys.stderr, flush=True)
     for name, placement in PLACEMENTS.items():
         directory = root / name
         directory.mkdir()
         with running_redis(directory / "redis") as redis:
             report[name] = measure_pair(directory, redis.url, placement, idle_s, rpcs, flood)
+        print(json.dumps({name: report[name]}), file=sys.stderr, flush=True)
     directory = root / "swarm"
     directory.mkdir()
     with running_redis(directory / "redis") as redis:

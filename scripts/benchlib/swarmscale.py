@@ -121,8 +121,8 @@ class Swarm:
         for n, host in enumerate(self.hosts):
             broker = placement[n] if placement is not None else n % len(self.ports)
             host.send("join", networks=networks, url=f"ws://127.0.0.1:{self.ports[broker]}/v1")
-        for host in self.hosts:
-            host.answer(ANSWER_MARGIN)
+        for host in self.hosts:  # a host's first daemons form while its last ones join
+            host.answer(FORM_TIMEOUT)
 
     def routed(self) -> int:
         """Frames the brokers routed so far (their GET /health)."""
