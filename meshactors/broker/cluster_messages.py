@@ -9,7 +9,6 @@ import trio
 from meshactors.broker.cluster_wire import Entry, Envelope, PresenceEvent
 from meshactors.wire.broker import VerifiedHello
 
-FORWARD_QUEUE: Final = 8192  # envelopes waiting for a publish; more are dropped and counted
 EVENT_QUEUE: Final = 1024  # events waiting for the broker (the subscriber waits when full)
 
 Roster = dict[str, Entry]  # device id -> where it is connected

@@ -22,6 +22,7 @@ NOTICE_RATE_PER_S: Final = 10.0  # undeliverable notices per connection, sustain
 NOTICE_BURST: Final = 20  # undeliverable notices per connection, burst
 CLUSTER_HEARTBEAT_S: Final = 2.0  # a clustered broker renews its presence this often...
 CLUSTER_TTL_S: Final = 8.0  # ...which lapses this long after its last beat (then reaped)
+CLUSTER_FORWARD_QUEUE: Final = 8192  # envelopes for other brokers waiting; full: senders wait
 
 
 def _at_least_max_message(
@@ -57,6 +58,7 @@ class BrokerConfig:
     )
     cluster_heartbeat: float = attrs.field(default=CLUSTER_HEARTBEAT_S, validator=v.gt(0))
     cluster_ttl: float = attrs.field(default=CLUSTER_TTL_S, validator=_two_heartbeats)
+    cluster_forward_queue: int = attrs.field(default=CLUSTER_FORWARD_QUEUE, validator=v.ge(1))
 
 
 @attrs.define

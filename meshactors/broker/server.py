@@ -29,7 +29,6 @@ from wsproto.utilities import LocalProtocolError
 
 from meshactors.broker.cluster_messages import (
     EVENT_QUEUE,
-    FORWARD_QUEUE,
     Admit,
     AdmitResult,
     ClusterEvent,
@@ -166,7 +165,9 @@ class Broker:
         from meshactors.broker.cluster import ClusterLink  # coredis: only for a cluster
 
         self._control, control = trio.open_memory_channel[Control](self.config.max_connections + 1)
-        self._forwards, forwards = trio.open_memory_channel[Forward](FORWARD_QUEUE)
+        self._forwards, forwards = trio.open_memory_channel[Forward](
+            self.config.cluster_forward_queue
+        )
         events, reported = trio.open_memory_channel[ClusterEvent](EVENT_QUEUE)
         self._state = "degraded"  # until Redis answers
         link = ClusterLink(

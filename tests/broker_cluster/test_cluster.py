@@ -268,3 +268,23 @@ async def test_members_joining_three_brokers_at_once_all_see_each_other(
             for ready in readies:
                 await ready.wait()
         done.set()
+
+
+async def test_a_flood_across_brokers_waits_for_the_link_instead_of_dropping(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    a, a_port = await start(nursery, redis, cluster_forward_queue=1)
+    _, b_port = await start(nursery, redis)
+    count = 300
+    async with (
+        joined(url(a_port), ALICE, "net") as (alice, _),
+        joined(url(b_port), BOB, "net") as (bob, _),
+    ):
+        await next_text(alice, joins(did(BOB)))
+        for n in range(count):
+            await alice.send_message(encode_batch([(pk(BOB), b"%d" % n)]))
+        received: list[bytes] = []
+        while len(received) < count:
+            received += [sealed for _, sealed in await next_batch(bob)]
+    assert received == [b"%d" % n for n in range(count)]
+    assert a.figures()["frames_dropped"] == 0
