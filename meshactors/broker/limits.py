@@ -20,6 +20,9 @@ OUTBOUND_QUEUE_MESSAGES: Final = 4096  # queued messages to one receiver before 
 OUTBOUND_QUEUE_BYTES: Final = 8 << 20  # queued bytes to one receiver before slow_consumer
 NOTICE_RATE_PER_S: Final = 10.0  # undeliverable notices per connection, sustained
 NOTICE_BURST: Final = 20  # undeliverable notices per connection, burst
+CLUSTER_HEARTBEAT_S: Final = 2.0  # a clustered broker renews its presence this often...
+CLUSTER_TTL_S: Final = 8.0  # ...which lapses this long after its last beat (then reaped)
+CLUSTER_FORWARD_QUEUE: Final = 8192  # envelopes for other brokers waiting; full: senders wait
 
 
 def _at_least_max_message(
@@ -27,6 +30,13 @@ def _at_least_max_message(
 ) -> None:
     if value < instance.max_message_bytes:
         raise ValueError(f"{attribute.name} ({value}) must hold one max_message_bytes message")
+
+
+def _two_heartbeats(
+    instance: "BrokerConfig", attribute: "attrs.Attribute[float]", value: float
+) -> None:
+    if value < 2 * instance.cluster_heartbeat:
+        raise ValueError(f"{attribute.name} ({value}) must cover two cluster heartbeats")
 
 
 @attrs.frozen
@@ -46,6 +56,9 @@ class BrokerConfig:
     outbound_queue_bytes: int = attrs.field(
         default=OUTBOUND_QUEUE_BYTES, validator=_at_least_max_message
     )
+    cluster_heartbeat: float = attrs.field(default=CLUSTER_HEARTBEAT_S, validator=v.gt(0))
+    cluster_ttl: float = attrs.field(default=CLUSTER_TTL_S, validator=_two_heartbeats)
+    cluster_forward_queue: int = attrs.field(default=CLUSTER_FORWARD_QUEUE, validator=v.ge(1))
 
 
 @attrs.define

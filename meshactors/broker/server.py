@@ -4,9 +4,14 @@ One WebSocket (trio-websocket) connection is one daemon in one network. Each con
 in its own nursery with trio-websocket's reader task, our reader (rate limit, decode, route),
 the one writer (draining a bounded outbound queue, batches joined into one message), and a
 keepalive. Routing only ever looks inside the sender's own network.
+
+With a cluster URL the broker also runs a ClusterLink (meshactors/broker/cluster.py), an actor
+holding the Redis connection: members on other brokers are mirrored in `_remote` from its
+presence events, envelopes for them are handed to it, and envelopes for ours come back from it.
 """
 
 import collections
+import secrets
 import time
 from collections.abc import Mapping
 from typing import Final
@@ -22,6 +27,22 @@ from trio_websocket import (
 )
 from wsproto.utilities import LocalProtocolError
 
+from meshactors.broker.cluster_messages import (
+    EVENT_QUEUE,
+    Admit,
+    AdmitResult,
+    ClusterEvent,
+    Control,
+    Delivered,
+    Depart,
+    Dropped,
+    Forward,
+    Resync,
+    Roster,
+    StateChanged,
+)
+from meshactors.broker.cluster_wire import Envelope, PresenceEntry, PresenceEvent
+from meshactors.broker.health import answer_health
 from meshactors.broker.limits import NOTICE_BURST, NOTICE_RATE_PER_S, BrokerConfig, TokenBucket
 from meshactors.broker.nonces import NonceCache
 from meshactors.listen import open_tcp_listeners
@@ -43,7 +64,7 @@ from meshactors.wire.broker import (
     encode_notice,
     verify_hello,
 )
-from meshactors.wire.device_id import device_id_from_public_key
+from meshactors.wire.device_id import device_id_from_public_key, public_key_from_device_id
 
 RECEIVE_BUFFER_BYTES: Final = 64 * 1024  # bytes trio-websocket's reader asks the socket for
 
@@ -59,6 +80,7 @@ class _Member:
     device_id: str
     public_key: bytes
     role: str
+    ts_ms: int  # the hello's timestamp: across brokers the newer connection of a device wins
     max_queued_bytes: int
     outbox: trio.MemorySendChannel[str | bytes]
     queued: trio.MemoryReceiveChannel[str | bytes]
@@ -96,7 +118,24 @@ class Broker:
     """A WebSocket relay routing sealed frames between the daemons of each network."""
 
     config: BrokerConfig = attrs.field(factory=BrokerConfig)
+    cluster_url: str | None = None  # redis://HOST:PORT/DB: route across brokers through it
     _networks: dict[str, dict[bytes, _Member]] = attrs.field(init=False, factory=dict)
+    # members on other brokers, kept for each network that has members here
+    _remote: dict[str, dict[bytes, tuple[str, PresenceEntry]]] = attrs.field(
+        init=False, factory=dict
+    )
+    _broker_id: str = attrs.field(init=False, factory=lambda: secrets.token_hex(8))
+    _state: str = attrs.field(init=False, default="standalone")  # what routing and admits use
+    # what health, figures and waiters see: "connected" only once the resync registered our
+    # members again, so a peer that reads presence then finds them
+    _shown_state: str = attrs.field(init=False, default="standalone")
+    _state_changed: trio.Event = attrs.field(init=False, factory=trio.Event)
+    # admissions waiting for Redis by network, and the leaves heard meanwhile: a roster read
+    # by an admission may be older than the presence events that overtook its answer
+    _admitting: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
+    _left: dict[str, set[tuple[str, PresenceEntry]]] = attrs.field(init=False, factory=dict)
+    _control: trio.MemorySendChannel[Control] | None = attrs.field(init=False, default=None)
+    _forwards: trio.MemorySendChannel[Forward] | None = attrs.field(init=False, default=None)
     _nonces: NonceCache = attrs.field(init=False, factory=NonceCache)
     _counts: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
     _connections: int = attrs.field(init=False, default=0)
@@ -116,6 +155,8 @@ class Broker:
         lifetime, accepting = trio.CancelScope(shield=True), trio.CancelScope()
         async with trio.open_nursery() as nursery:
             try:
+                if self.cluster_url is not None:
+                    self._start_cluster(nursery, self.cluster_url)
                 await nursery.start(self._accept, listeners, lifetime, accepting)
                 self._listen = f"{host}:{bound_port}"
                 _log.info("broker_listening", listen=self._listen)
@@ -123,6 +164,46 @@ class Broker:
                 await trio.sleep_forever()
             finally:
                 self._stop(lifetime, accepting)
+
+    def _start_cluster(self, nursery: trio.Nursery, url: str) -> None:
+        """Start the Redis link and the task that applies what it reports."""
+        from meshactors.broker.cluster import ClusterLink  # coredis: only for a cluster
+
+        self._control, control = trio.open_memory_channel[Control](self.config.max_connections + 1)
+        self._forwards, forwards = trio.open_memory_channel[Forward](
+            self.config.cluster_forward_queue
+        )
+        events, reported = trio.open_memory_channel[ClusterEvent](EVENT_QUEUE)
+        self._state = self._shown_state = "degraded"  # until Redis answers
+        link = ClusterLink(
+            url,
+            self._broker_id,
+            self.config.cluster_heartbeat,
+            self.config.cluster_ttl,
+            control,
+            forwards,
+            events,
+        )
+        nursery.start_soon(link.run)
+        nursery.start_soon(self._follow_cluster, reported)
+
+    async def reach_state(self, state: str) -> None:
+        """Wait until the cluster state is `state` (standalone, connected or degraded)."""
+        while self._shown_state != state:
+            await self._state_changed.wait()
+
+    def health(self) -> dict[str, object]:
+        """What `GET /health` answers: cluster state, sizes, and routed and dropped frames."""
+        counts = self._counts
+        return {
+            "cluster": self._shown_state,
+            "broker_id": self._broker_id,
+            "connections": self._connections,
+            "members": sum(len(members) for members in self._networks.values()),
+            "networks": len(self._networks),
+            "routed": counts["frames_relayed"] + counts["frames_forwarded"],
+            "dropped": counts["frames_dropped"] + counts["cluster_undeliverable"],
+        }
 
     def figures(self) -> dict[str, int | str]:
         """Flat counters for `inspect`: sizes, traffic, and rejections and closes by reason."""
@@ -132,8 +213,12 @@ class Broker:
             "members": sum(len(members) for members in self._networks.values()),
             "networks": len(self._networks),
             "nonces_remembered": len(self._nonces),
+            "cluster": self._shown_state,
         }
         counted = ["messages_relayed", "frames_relayed", "frames_dropped", "connection_errors"]
+        counted += ["frames_forwarded", "cluster_delivered", "cluster_undeliverable"]
+        counted += ["cluster_forwards_lost", "cluster_bad_messages", "cluster_departs_lost"]
+        counted += ["health_requests"]
         counted += ["rejected_connection_limit", "rejected_path"]
         counted += [f"rejected_hello_{reason}" for reason in RejectReason]
         counted += [f"closed_{reason}" for reason in SessionEnd]
@@ -209,9 +294,13 @@ class Broker:
         """Upgrade (or refuse) the HTTP request, then admit its hello; None when refused."""
         ws: WebSocketConnection | None = None
         with trio.move_on_after(self.config.handshake_timeout):
+            handed_on = await answer_health(stream, self.health)
+            if handed_on is None:
+                self._counts["health_requests"] += 1
+                return None
             request = await wrap_server_stream(
                 nursery,
-                stream,
+                handed_on,
                 max_message_size=self.config.max_message_bytes,
                 receive_buffer_size=RECEIVE_BUFFER_BYTES,
             )
@@ -235,19 +324,73 @@ class Broker:
 
     async def _admit(self, ws: WebSocketConnection, log: _Logger) -> _Member | None:
         """Check the hello, then join its network; on rejection close the socket and return None."""
+        network: str | None = None
         try:
-            hello = await self._receive_hello(ws)
-            self._nonces.admit(hello, now_ms=_now_ms())
-            members = self._networks.get(hello.network, {})
-            if len(members) >= self.config.max_peers and hello.public_key not in members:
-                raise HelloRejected(RejectReason.NETWORK_FULL)
-        except HelloRejected as rejected:
-            self._counts[f"rejected_hello_{rejected.reason}"] += 1
-            log.info("hello_rejected", reason=str(rejected.reason), detail=rejected.detail)
-            with trio.move_on_after(self.config.close_timeout, shield=True):
-                await ws.aclose(rejected.close_code, rejected.reason)
-            return None
-        return self._join(hello)
+            try:
+                hello = await self._receive_hello(ws)
+                network = hello.network
+                self._nonces.admit(hello, now_ms=_now_ms())
+                status = await self._admit_cluster(hello)
+                members = self._networks.get(hello.network, {})
+                remote = self._remote.get(hello.network, {})
+                present = len(members) + len(remote.keys() - members.keys())
+                if (
+                    status not in ("ok", "older")
+                    and present >= self.config.max_peers
+                    and hello.public_key not in members
+                    and hello.public_key not in remote
+                ):
+                    raise HelloRejected(RejectReason.NETWORK_FULL)
+            except HelloRejected as rejected:
+                self._counts[f"rejected_hello_{rejected.reason}"] += 1
+                log.info("hello_rejected", reason=str(rejected.reason), detail=rejected.detail)
+                with trio.move_on_after(self.config.close_timeout, shield=True):
+                    await ws.aclose(rejected.close_code, rejected.reason)
+                return None
+            member = self._join(hello)
+            if status == "older":
+                member.end(SessionEnd.REPLACED)  # a newer connection of it is on another broker
+            return member
+        finally:
+            if network is not None and network not in self._networks.keys() | self._admitting:
+                self._remote.pop(network, None)  # not joined: no longer ours to mirror
+
+    async def _admit_cluster(self, hello: VerifiedHello) -> str:
+        """Record the nonce and the member on Redis (atomically, with the cluster-wide peer
+        limit); return the link's status, `standalone` without a cluster."""
+        if self._control is None:
+            return "standalone"
+        reply, answer = trio.open_memory_channel[AdmitResult](1)
+        result = AdmitResult("unavailable")
+        entry = PresenceEntry(self._broker_id, hello.role, hello.ts_ms)
+        network = hello.network
+        self._remote.setdefault(network, {})  # presence heard from now on is kept
+        self._admitting[network] += 1
+        left = self._left.setdefault(network, set())
+        with trio.move_on_after(self.config.handshake_timeout) as waiting:
+            try:
+                await self._control.send(Admit(hello, entry, self.config.max_peers, reply))
+                async with answer:
+                    result = await answer.receive()
+            except trio.EndOfChannel:
+                pass  # the link lost Redis while admitting
+            finally:
+                if result.status == "unavailable":  # it may have been recorded: undo that
+                    self._depart_cluster(network, hello.device_id, entry)
+                self._admitting[network] -= 1
+                if not self._admitting[network]:
+                    del self._admitting[network], self._left[network]
+        if waiting.cancelled_caught:
+            _log.info("cluster_admit_timeout", device=hello.device_id)
+        if result.status == "replayed":
+            raise HelloRejected(RejectReason.REPLAYED_NONCE, "seen by the cluster")
+        if result.status == "full":
+            raise HelloRejected(RejectReason.NETWORK_FULL)
+        if result.status == "ok":
+            for device_id, known in result.roster.items():
+                if known.broker != self._broker_id and (device_id, known) not in left:
+                    self._presence(PresenceEvent(True, network, device_id, known))
+        return result.status
 
     async def _receive_hello(self, ws: WebSocketConnection) -> VerifiedHello:
         with trio.move_on_after(self.config.handshake_timeout):
@@ -265,6 +408,7 @@ class Broker:
             device_id=hello.device_id,
             public_key=hello.public_key,
             role=hello.role,
+            ts_ms=hello.ts_ms,
             max_queued_bytes=self.config.outbound_queue_bytes,
             outbox=outbox,
             queued=queued,
@@ -276,8 +420,13 @@ class Broker:
         if previous is not None:
             previous.end(SessionEnd.REPLACED)
             self._broadcast(members, encode_notice(PresenceLeave(hello.device_id)))
+        remote = self._remote.setdefault(hello.network, {}) if self._control else {}
+        if remote.pop(hello.public_key, None) is not None:  # it moved here from another broker
+            self._broadcast(members, encode_notice(PresenceLeave(hello.device_id)))
+        peers = [(peer.device_id, peer.role) for peer in members.values()]
+        peers += [(device_id, entry.role) for device_id, entry in remote.values()]
         welcome = Welcome(
-            peers=[(peer.device_id, peer.role) for peer in members.values()],
+            peers=peers,
             max_message_bytes=self.config.max_message_bytes,
             message_rate=self.config.message_rate,
             message_burst=self.config.message_burst,
@@ -295,7 +444,19 @@ class Broker:
         del members[member.public_key]
         if not members:
             del self._networks[member.network]
+            self._remote.pop(member.network, None)
         self._broadcast(members, encode_notice(PresenceLeave(member.device_id)))
+        entry = PresenceEntry(self._broker_id, member.role, member.ts_ms)
+        self._depart_cluster(member.network, member.device_id, entry)
+
+    def _depart_cluster(self, network: str, device_id: str, entry: PresenceEntry) -> None:
+        """Remove our entry from Redis (if it is still ours) through the link."""
+        if self._control is None:
+            return
+        try:
+            self._control.send_nowait(Depart(network, device_id, entry))
+        except (trio.WouldBlock, trio.BrokenResourceError):
+            self._counts["cluster_departs_lost"] += 1  # the heartbeat's reaper or a resync ends it
 
     async def _run_session(self, ws: WebSocketConnection, member: _Member, log: _Logger) -> None:
         log = log.bind(network=member.network, device=member.device_id)
@@ -333,7 +494,9 @@ class Broker:
             except MalformedBatch:
                 member.end(SessionEnd.MALFORMED_BATCH)
                 return
-            self._route(member, records)
+            for forward in self._route(member, records):
+                assert self._forwards is not None
+                await self._forwards.send(forward)  # the link is behind: this sender waits
 
     async def _pump_out(self, ws: WebSocketConnection, member: _Member) -> None:
         """The member's one writer: each message joins the batches queued behind it (up to
@@ -380,10 +543,12 @@ class Broker:
                 member.end(SessionEnd.PONG_TIMEOUT)
                 return
 
-    def _route(self, sender: _Member, records: list[tuple[bytes, bytes]]) -> None:
-        """Give each destination in the sender's network one re-batched message `from` it."""
+    def _route(self, sender: _Member, records: list[tuple[bytes, bytes]]) -> list[Forward]:
+        """Give each destination in the sender's network one re-batched message `from` it;
+        return the forwards for other brokers that the link's full queue could not take."""
+        waiting: list[Forward] = []
         if sender.ended is not None:
-            return  # a replaced or evicted session relays nothing more
+            return waiting  # a replaced or evicted session relays nothing more
         members = self._networks.get(sender.network, {})
         by_destination: dict[bytes, list[tuple[bytes, bytes]]] = {}
         for to, sealed in records:
@@ -394,10 +559,127 @@ class Broker:
                 self._counts["messages_relayed"] += 1
                 self._counts["frames_relayed"] += len(relayed)
                 continue
+            forward = self._forward(sender.network, to, relayed) if destination is None else None
+            if forward is not None:
+                self._counts["frames_forwarded"] += len(relayed)
+                try:
+                    assert self._forwards is not None
+                    self._forwards.send_nowait(forward)
+                except trio.WouldBlock:
+                    waiting.append(forward)
+                continue
             self._counts["frames_dropped"] += len(relayed)
             if sender.notices.take(trio.current_time()):
                 device_id = device_id_from_public_key(to)
                 sender.offer(encode_notice(Undeliverable(device_id)))
+        return waiting
+
+    def _forward(
+        self, network: str, to: bytes, relayed: list[tuple[bytes, bytes]]
+    ) -> Forward | None:
+        """The forward of a batch for a member on another broker; None when it cannot go
+        (not a member anywhere we know of, or Redis is down)."""
+        remote = self._remote.get(network, {}).get(to)
+        if remote is None or self._forwards is None or self._state != "connected":
+            return None
+        return Forward(remote[1].broker, Envelope(network, to, encode_batch(relayed)))
+
+    async def _follow_cluster(self, reported: trio.MemoryReceiveChannel[ClusterEvent]) -> None:
+        """Apply what the link reports: its state, other brokers' presence, envelopes."""
+        async for event in reported:
+            match event:
+                case StateChanged(state=state):
+                    self._state = state  # admits and forwards use Redis again at once
+                    if state == "connected":
+                        await self._resync()
+                    if state != self._shown_state:
+                        say = _log.warning if state == "degraded" else _log.info
+                        say("cluster_state", state=state, broker_id=self._broker_id)
+                        self._shown_state = state
+                        self._state_changed.set()
+                        self._state_changed = trio.Event()
+                case PresenceEvent():
+                    self._presence(event)
+                case Delivered(envelopes=envelopes):
+                    for envelope in envelopes:
+                        member = self._networks.get(envelope.network, {}).get(envelope.to)
+                        delivered = member is not None and member.offer(envelope.batch)
+                        self._counts[
+                            "cluster_delivered" if delivered else "cluster_undeliverable"
+                        ] += 1
+                case Dropped(what=what):
+                    self._counts[what] += 1
+
+    async def _resync(self) -> None:
+        """After (re)connecting: register every local member again and take the rosters."""
+        assert self._control is not None
+        members = [
+            (
+                member.network,
+                member.device_id,
+                PresenceEntry(self._broker_id, member.role, member.ts_ms),
+            )
+            for network in self._networks.values()
+            for member in network.values()
+        ]
+        reply, answer = trio.open_memory_channel[dict[str, Roster] | None](1)
+        await self._control.send(Resync(members, reply))
+        async with answer:
+            try:
+                rosters = await answer.receive()
+            except trio.EndOfChannel:
+                return  # Redis went away again: the next connect resyncs
+        for network, roster in (rosters or {}).items():
+            if network in self._remote:
+                self._apply_roster(network, roster)
+
+    def _apply_roster(self, network: str, roster: Roster) -> None:
+        """Make the mirror of `network` the roster Redis holds, telling local members."""
+        mirror = self._remote.get(network, {})
+        theirs = {
+            public_key_from_device_id(device_id): (device_id, entry)
+            for device_id, entry in roster.items()
+            if entry.broker != self._broker_id
+        }
+        for public_key in mirror.keys() - theirs.keys():
+            device_id, entry = mirror[public_key]
+            self._presence(PresenceEvent(False, network, device_id, entry))
+        for device_id, entry in theirs.values():
+            self._presence(PresenceEvent(True, network, device_id, entry))
+
+    def _presence(self, event: PresenceEvent) -> None:
+        """A member of another broker joined or left a network we have members in."""
+        network, device_id, entry = event.network, event.device_id, event.entry
+        mirror = self._remote.get(network)
+        if entry.broker == self._broker_id or mirror is None:
+            return
+        members = self._networks.get(network, {})
+        public_key = public_key_from_device_id(device_id)
+        known = mirror.get(public_key)
+        if not event.joined:
+            if network in self._left:
+                self._left[network].add((device_id, entry))
+            if known is not None and known[1] == entry:
+                del mirror[public_key]
+                self._broadcast(members, encode_notice(PresenceLeave(device_id)))
+            return
+        local = members.get(public_key)
+        if local is not None:
+            if (local.ts_ms, self._broker_id) >= (entry.ts_ms, entry.broker):
+                return  # ours is the newer connection: the other broker closes its own
+            del members[public_key]
+            local.end(SessionEnd.REPLACED)
+            if not members:  # its last member here: the network is no longer ours to mirror
+                del self._networks[network]
+                del self._remote[network]
+                return
+            self._broadcast(members, encode_notice(PresenceLeave(device_id)))
+        if known == (device_id, entry):
+            return
+        if known is not None:
+            self._broadcast(members, encode_notice(PresenceLeave(device_id)))
+        mirror[public_key] = (device_id, entry)
+        self._broadcast(members, encode_notice(PresenceJoin(device_id, entry.role)))
 
     @staticmethod
     def _broadcast(members: Mapping[bytes, _Member], notice: str) -> None:

@@ -1,4 +1,5 @@
-"""`meshactors broker --listen HOST:PORT`: run a standalone broker in the foreground."""
+"""`meshactors broker --listen HOST:PORT [--cluster redis://…]`: run a broker in the foreground,
+standalone or one of a cluster sharing a Redis."""
 
 from __future__ import annotations
 
@@ -29,6 +30,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (port 0: any free)")
     parser.add_argument("--max-peers", type=int, default=None, help="daemons per network")
     parser.add_argument("--max-message-bytes", type=int, default=None)
+    parser.add_argument(
+        "--cluster", default=None, metavar="URL", help="redis://HOST:PORT/DB shared by the brokers"
+    )
+    parser.add_argument(
+        "--cluster-heartbeat", type=float, default=None, metavar="SECONDS", help="default 2"
+    )
+    parser.add_argument(
+        "--cluster-ttl", type=float, default=None, metavar="SECONDS", help="default 8"
+    )
     parser.add_argument("--log-json", action="store_true", help="JSON log lines even on a tty")
     parser.set_defaults(run=run)
 
@@ -41,17 +51,21 @@ def run(args: argparse.Namespace) -> int:
             for key, value in (
                 ("max_peers", args.max_peers),
                 ("max_message_bytes", args.max_message_bytes),
+                ("cluster_heartbeat", args.cluster_heartbeat),
+                ("cluster_ttl", args.cluster_ttl),
             )
             if value is not None
         }
         config = BrokerConfig(**limits)
+        if args.cluster is not None and not args.cluster.startswith(("redis://", "rediss://")):
+            raise ValueError(f"--cluster must be a redis:// or rediss:// URL, got {args.cluster!r}")
     except (ValueError, TypeError) as exc:
         fail(str(exc), EXIT_USAGE)
     configure_logging(json=True if args.log_json else None)
     from meshactors.broker.server import Broker  # not at the top: `daemon up` never needs it
 
     try:
-        trio.run(_serve_until_signal, Broker(config), host, port)
+        trio.run(_serve_until_signal, Broker(config, args.cluster), host, port)
     except* ListenError as group:
         fail(str(group.exceptions[0]), EXIT_STARTUP)
     return 0

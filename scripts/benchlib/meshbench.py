@@ -190,9 +190,10 @@ async def channel_flood(
         sent += more
 
 
-def _flood_rate(mesh: Mesh, receivers: int, count: int, size: int, batch: int) -> int:
+def flood_rate(mesh: Mesh, receivers: int, count: int, size: int, batch: int) -> int:
     """Messages per second received, all `receivers` together, from client A: to B alone
-    (one receiver) or to every peer (channel_send_all)."""
+    (one receiver) or to every peer (channel_send_all). `mesh` is anything with the daemons'
+    `sockets` and `devices`, A first (a swarm too)."""
     count -= count % batch
     peer = mesh.devices[1] if receivers == 1 else None
     with ExitStack() as stack:
@@ -254,7 +255,7 @@ def measure_mesh(
                 stream_throughput, mesh.sockets[0], mesh.devices[1], large_count, LARGE
             )
         runs = {
-            figure: [_flood_rate(mesh, *flood) for _ in range(FLOOD_RUNS)]
+            figure: [flood_rate(mesh, *flood) for _ in range(FLOOD_RUNS)]
             for figure, flood in floods.items()
         }
         return {

@@ -19,7 +19,7 @@ from meshactors.network.peers import Peers
 from meshactors.paths import prepare_dirs, resolve_paths
 from meshactors.store.events import Event
 
-FORM_TIMEOUT = 600.0  # seconds for a full mesh of N daemons to become active
+FORM_TIMEOUT = 1200.0  # seconds for a full mesh of N daemons to become active (300: minutes)
 ROUND_TIMEOUT = 120.0  # seconds for one advert to reach every peer
 EVENTS_PER_PEER = 16  # event queue per daemon, per peer it may hear of, before lagging
 

@@ -1,5 +1,6 @@
-"""The swarm as processes: one broker process and several host processes (swarmhost.py), each
-running many in-process daemons, all in one network. Measures forming the full mesh, memory per
+"""The swarm as processes: one broker process (or several sharing a Redis, the daemons' hosts
+spread over them) and several host processes (swarmhost.py), each running many in-process
+daemons, all in one network. Measures forming the full mesh, memory per
 daemon, idle CPU, the cost of an advert to every peer, and the cost of one directed message (an
 RPC round trip between two fixed daemons) as the network grows and as the networks joined grow.
 
@@ -16,6 +17,7 @@ import select
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -35,7 +37,7 @@ ANSWER_MARGIN = 60.0  # seconds a host may take beyond a command's own timeout t
 START_TIMEOUT = 120.0  # seconds for a host to start its daemons (or to be ready at all)
 RPC_BYTES = 128  # payload of one directed RPC round trip
 WARMUP_RPCS = 20  # round trips before the measured ones (connections, caches)
-BROKER_LOG = "broker.log"  # the broker's log in the swarm's root (errors are counted)
+BROKER_LOG = "broker{}.log"  # each broker's log in the swarm's root (errors are counted)
 
 
 class HostFailed(RuntimeError):
@@ -100,14 +102,35 @@ class HostProcess:
 
 @attrs.define(eq=False)
 class Swarm:
-    """A broker process and the host processes of `size` daemons, d0 first."""
+    """Broker processes (their ports) and the host processes of `size` daemons, d0 first."""
 
     root: Path
-    broker: subprocess.Popen[bytes]
-    url: str
+    brokers: list[subprocess.Popen[bytes]]
+    ports: list[int]
     hosts: list[HostProcess]
     devices: list[str] = attrs.field(factory=list)
     sockets: list[Path] = attrs.field(factory=list)
+
+    @property
+    def broker(self) -> subprocess.Popen[bytes]:
+        return self.brokers[0]
+
+    def join(self, networks: list[str], placement: list[int] | None = None) -> None:
+        """Join every daemon of host n to `networks` through broker placement[n] (by default
+        n mod brokers), auto-approving; does not wait for the peers."""
+        for n, host in enumerate(self.hosts):
+            broker = placement[n] if placement is not None else n % len(self.ports)
+            host.send("join", networks=networks, url=f"ws://127.0.0.1:{self.ports[broker]}/v1")
+        for host in self.hosts:  # a host's first daemons form while its last ones join
+            host.answer(FORM_TIMEOUT)
+
+    def routed(self) -> int:
+        """Frames the brokers routed so far (their GET /health)."""
+        total = 0
+        for port in self.ports:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as got:
+                total += json.load(got)["routed"]
+        return total
 
     def everyone(self, op: str, wait: float, **params: Any) -> list[dict[str, Any]]:
         """Send one command to every host at once and collect their answers, waiting `wait`
@@ -117,34 +140,49 @@ class Swarm:
         return [host.answer(wait + ANSWER_MARGIN) for host in self.hosts]
 
     def pids(self) -> list[int]:
-        return [self.broker.pid, *(host.pid for host in self.hosts)]
+        return [*self.broker_pids(), *(host.pid for host in self.hosts)]
+
+    def broker_pids(self) -> list[int]:
+        return [broker.pid for broker in self.brokers]
 
     def host_rss_kib(self) -> int:
         return sum(resources.rss_kib(host.pid) for host in self.hosts)
 
     def broker_errors(self) -> int:
         """Error lines the broker logged so far (e.g. connection_failed)."""
-        text = (self.root / BROKER_LOG).read_text(errors="replace")
-        return sum('"level": "error"' in line for line in text.splitlines())
+        errors = 0
+        for n in range(len(self.brokers)):
+            text = (self.root / BROKER_LOG.format(n)).read_text(errors="replace")
+            errors += sum('"level": "error"' in line for line in text.splitlines())
+        return errors
 
 
 @contextmanager
-def swarm_of(root: Path, size: int, hosts: int) -> Iterator[Swarm]:
-    """Start a broker and min(hosts, size) host processes with `size` daemons between them
-    (daemon i on host i mod hosts); everything stops when the block ends."""
-    port = free_port()
-    command = [sys.executable, "-m", "meshactors", "broker", "--listen", f"127.0.0.1:{port}"]
+def swarm_of(
+    root: Path, size: int, hosts: int, brokers: int = 1, cluster: str | None = None
+) -> Iterator[Swarm]:
+    """Start `brokers` brokers (sharing the Redis at `cluster`, when given) and min(hosts, size)
+    host processes with `size` daemons between them (daemon i on host i mod hosts); everything
+    stops when the block ends. A network may hold every daemon of the swarm."""
     with ExitStack() as stack:
-        log = stack.enter_context((root / BROKER_LOG).open("wb"))
-        broker = subprocess.Popen([*command, "--log-json"], cwd=ROOT, stderr=log)
-        stack.callback(_stop_process, broker)
-        resources.wait_port(port, broker)
+        ports, started_brokers = [], []
+        for n in range(brokers):
+            port = free_port()
+            command = [sys.executable, "-m", "meshactors", "broker", "--log-json"]
+            command += ["--listen", f"127.0.0.1:{port}", "--max-peers", str(max(size, 2))]
+            command += ["--cluster", cluster] if cluster is not None else []
+            log = stack.enter_context((root / BROKER_LOG.format(n)).open("wb"))
+            broker = subprocess.Popen(command, cwd=ROOT, stderr=log)
+            stack.callback(_stop_process, broker)
+            resources.wait_port(port, broker)
+            ports.append(port)
+            started_brokers.append(broker)
         started = [HostProcess.spawn(root, size, n) for n in range(min(hosts, size))]
         for host in started:
             stack.callback(host.stop)
         for host in started:
             host.answer(START_TIMEOUT)  # {"ready": true}
-        yield Swarm(root, broker, f"ws://127.0.0.1:{port}/v1", started)
+        yield Swarm(root, started_brokers, ports, started)
 
 
 def _stop_process(process: subprocess.Popen[bytes]) -> None:
@@ -166,6 +204,11 @@ def start_daemons(swarm: Swarm, size: int) -> None:
         answer = answers[index % count]
         swarm.devices.append(answer["devices"][index // count])
         swarm.sockets.append(Path(answer["sockets"][index // count]))
+
+
+def broker_cpu(swarm: Swarm) -> float:
+    """CPU seconds the swarm's brokers used so far."""
+    return sum(resources.cpu_seconds(pid) for pid in swarm.broker_pids())
 
 
 def cpu_total(pids: list[int]) -> float:
@@ -224,16 +267,26 @@ def directed_rpcs(swarm: Swarm, pids: list[int], count: int, idle: Window) -> di
     }
 
 
-def measure_swarm(root: Path, size: int, rounds: int, idle_s: float, rpcs: int) -> dict[str, Any]:
-    """Start `size` daemons over the hosts, form the full mesh (auto-approve), idle, then
-    `rounds` adverts from d0 to all and `rpcs` directed round trips d0 → d1."""
-    with swarm_of(root, size, HOSTS) as swarm:
+def measure_swarm(
+    root: Path,
+    size: int,
+    rounds: int,
+    idle_s: float,
+    rpcs: int,
+    brokers: int = 1,
+    cluster: str | None = None,
+) -> dict[str, Any]:
+    """Start `size` daemons over the hosts (and the hosts over `brokers` brokers sharing the
+    Redis at `cluster`), form the full mesh (auto-approve), idle, then `rounds` adverts from
+    d0 to all and `rpcs` directed round trips d0 → d1."""
+    with swarm_of(root, size, HOSTS, brokers, cluster) as swarm:
         base_rss = swarm.host_rss_kib()
         start_daemons(swarm, size)
         pids = swarm.pids()
-        row: dict[str, Any] = {"daemons": size, "hosts": len(swarm.hosts)}
+        row: dict[str, Any] = {"daemons": size, "hosts": len(swarm.hosts), "brokers": brokers}
+        brokers_cpu_s = broker_cpu(swarm)
         with measured(pids) as box:
-            swarm.everyone("join", 0, networks=[NETWORK], url=swarm.url)
+            swarm.join([NETWORK])
             answers = swarm.everyone(
                 "formed",
                 FORM_TIMEOUT,
@@ -250,6 +303,12 @@ def measure_swarm(root: Path, size: int, rounds: int, idle_s: float, rpcs: int) 
             "form_cpu_s": round(box[0].cpu_s, 2),
             "kib_per_daemon": round((swarm.host_rss_kib() - base_rss) / size, 1),
             "broker_rss_kib": resources.rss_kib(swarm.broker.pid),
+        }
+        routed, broker_cpu_s = swarm.routed(), broker_cpu(swarm) - brokers_cpu_s
+        row |= {
+            "form_routed_frames": routed,
+            "form_broker_cpu_s": round(broker_cpu_s, 2),
+            "broker_cpu_us_per_routed_frame": round(broker_cpu_s / max(routed, 1) * 1e6, 1),
         }
         if not formed:
             return row | {"broker_errors": swarm.broker_errors()}
@@ -288,7 +347,7 @@ def measure_networks(root: Path, networks: int, idle_s: float, rpcs: int) -> dic
     with swarm_of(root, 2, 2) as swarm:
         start_daemons(swarm, 2)
         pids = swarm.pids()
-        swarm.everyone("join", 0, networks=joined, url=swarm.url)
+        swarm.join(joined)
         answers = swarm.everyone(
             "formed", FORM_TIMEOUT, networks=joined, peers=1, timeout=FORM_TIMEOUT
         )

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts.benchlib import closedscale, resources, statescale, swarmscale
+from scripts.benchlib import closedscale, resources, statescale, swarmcluster, swarmscale
+from scripts.benchlib.redisserver import redis_server_path
 
 pytestmark = pytest.mark.e2e
 
@@ -43,3 +44,17 @@ def test_an_eviction_reaches_every_member_of_a_closed_network(tmp_path: Path) ->
     figures = closedscale.measure_eviction(tmp_path, 3)
     assert figures["members"] == 3
     assert figures["reached"] == 2  # the other member and the evicted device itself
+
+
+def test_cluster_section_measures_pairs_and_a_swarm_across_brokers(tmp_path: Path) -> None:
+    if redis_server_path() is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    figures = swarmcluster.measure_cluster(tmp_path, 3, 0.2, 10, 50)
+    for pair in ("standalone", "same_broker", "different_brokers"):
+        assert figures[pair]["directed"]["rtt"]["samples"] == 10
+        assert figures[pair]["channel_msgs_per_s"] > 0
+        assert figures[pair]["broker_errors"] == 0
+    assert figures["different_brokers"]["brokers"] == [0, 1]
+    swarm = figures["swarm"]
+    assert swarm["formed"] is True and swarm["brokers"] == 3
+    assert swarm["form_routed_frames"] > 0 and swarm["broker_errors"] == 0

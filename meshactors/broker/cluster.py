@@ -1,0 +1,366 @@
+"""The broker's link to Redis: one actor that holds the Redis connection for a clustered broker.
+
+The broker talks to it only through memory channels: control commands (admit, depart,
+resync; answered on one-shot reply channels), envelopes to forward (dropped when the queue is
+full), and events back (state, presence of other brokers' members, envelopes for ours). While
+Redis is unreachable it answers every admission `unavailable`, drops forwards and reconnects
+with backoff and jitter (docs/protocol.md, "Brokers in a cluster").
+"""
+
+import random
+import time
+from collections.abc import Iterable
+from typing import Final
+
+import attrs
+import coredis
+import structlog
+import trio
+from coredis.retry import NoRetryPolicy
+
+from meshactors.broker.cluster_messages import (
+    Admit,
+    AdmitResult,
+    ClusterEvent,
+    Control,
+    Delivered,
+    Depart,
+    Dropped,
+    Forward,
+    Resync,
+    Roster,
+    StateChanged,
+)
+from meshactors.broker.cluster_wire import (
+    BROKERS_KEY,
+    PRESENCE_CHANNEL,
+    BadClusterMessage,
+    Envelope,
+    PresenceEntry,
+    alive_key,
+    decode_entry,
+    decode_envelopes,
+    decode_event,
+    encode_envelopes,
+    encode_event,
+    inbox_channel,
+    network_key,
+    networks_key,
+    nonce_key,
+    reap_key,
+)
+from meshactors.wire.broker import MAX_CLOCK_SKEW_MS
+from meshactors.wire.device_id import is_device_id
+
+COMMAND_TIMEOUT_S: Final = 3.0  # one Redis command (or connect); longer is an outage
+RECONNECT_FIRST_S: Final = 0.25  # first reconnect delay, doubled each failure...
+RECONNECT_MAX_S: Final = 8.0  # ...up to this, each drawn down by up to half (jitter)
+PUBLISH_MAX_BYTES: Final = 1 << 20  # envelopes joined into one publish (a larger one goes alone)
+
+_log: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
+
+# Atomic steps on Redis (Lua). Each publishes its presence event in the same step as the change.
+_ADMIT: Final = """
+if not redis.call('set', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return {'replayed'} end
+local old = redis.call('hget', KEYS[2], ARGV[2])
+if not old and redis.call('hlen', KEYS[2]) >= tonumber(ARGV[4]) then return {'full'} end
+if old and cjson.decode(old).t > tonumber(ARGV[7]) then return {'older'} end
+redis.call('hset', KEYS[2], ARGV[2], ARGV[3])
+redis.call('sadd', KEYS[4], ARGV[6])
+redis.call('publish', KEYS[3], ARGV[5])
+return {'ok', redis.call('hgetall', KEYS[2])}
+"""
+_REGISTER: Final = """
+redis.call('sadd', KEYS[3], ARGV[4])
+local old = redis.call('hget', KEYS[1], ARGV[1])
+if old == ARGV[2] or (old and cjson.decode(old).t > tonumber(ARGV[5])) then return 0 end
+redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
+redis.call('publish', KEYS[2], ARGV[3])
+return 1
+"""
+_DEPART: Final = """
+if redis.call('hget', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('hdel', KEYS[1], ARGV[1])
+redis.call('publish', KEYS[2], ARGV[3])
+return 1
+"""
+
+
+@attrs.define
+class ClusterLink:
+    """Holds the Redis connections of one broker: commands in, publishes and events out."""
+
+    url: str
+    broker_id: str
+    heartbeat_s: float
+    ttl_s: float
+    control: trio.MemoryReceiveChannel[Control]
+    forwards: trio.MemoryReceiveChannel[Forward]
+    events: trio.MemorySendChannel[ClusterEvent]
+    _sessions: int = attrs.field(init=False, default=0)  # sessions that reached `connected`
+
+    async def run(self) -> None:
+        """Connect, serve until Redis fails, then serve degraded for a backoff; forever. When
+        cancelled (the broker stops) remove our members so that peers see `leave` at once."""
+        try:
+            failures = 0
+            while True:
+                sessions = self._sessions
+                try:
+                    async with self._client() as redis:
+                        await self._session(redis)
+                except* Exception as group:
+                    _log.warning("cluster_degraded", url=self.url, error=_first_error(group))
+                await self.events.send(StateChanged("degraded"))
+                failures = 1 if self._sessions > sessions else failures + 1
+                delay = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2 ** min(failures - 1, 16))
+                await self._degraded_for(delay * random.uniform(0.5, 1.0))
+        finally:
+            await self._leave()
+
+    def _client(self) -> "coredis.Redis[bytes]":
+        return coredis.Redis.from_url(
+            self.url,
+            connect_timeout=COMMAND_TIMEOUT_S,
+            stream_timeout=COMMAND_TIMEOUT_S,
+            retry_policy=NoRetryPolicy(),
+        )
+
+    async def _session(self, redis: "coredis.Redis[bytes]") -> None:
+        with trio.fail_after(COMMAND_TIMEOUT_S):
+            await redis.ping()
+            await self._beat(redis)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._subscribe, redis)
+            self._sessions += 1
+            await self.events.send(StateChanged("connected"))
+            _log.info("cluster_connected", url=self.url, broker_id=self.broker_id)
+            nursery.start_soon(self._heartbeat, redis)
+            nursery.start_soon(self._serve_control, redis)
+            nursery.start_soon(self._forward, redis)
+
+    async def _subscribe(
+        self, redis: "coredis.Redis[bytes]", *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """Read our inbox and the presence channel; silence longer than the TTL (our own
+        heartbeat ticks our inbox) means the subscription is dead."""
+        inbox = inbox_channel(self.broker_id)
+        channels = [inbox, PRESENCE_CHANNEL]
+        async with redis.pubsub(
+            channels=channels, ignore_subscribe_messages=True, retry_policy=NoRetryPolicy()
+        ) as pubsub:
+            task_status.started()
+            silent_until = trio.current_time() + self.ttl_s
+            while True:
+                with trio.fail_after(self.ttl_s):
+                    message = await pubsub.get_message(timeout=self.ttl_s)
+                if message is None and trio.current_time() > silent_until:
+                    raise trio.TooSlowError("the subscription went silent")
+                if message is None or message.get("type") != "message":
+                    continue
+                silent_until = trio.current_time() + self.ttl_s
+                data = message["data"]
+                try:
+                    if message["channel"] == inbox.encode():
+                        if isinstance(data, bytes) and data:
+                            await self.events.send(Delivered(decode_envelopes(data)))
+                    else:
+                        await self.events.send(decode_event(data))
+                except BadClusterMessage:
+                    await self.events.send(Dropped("cluster_bad_messages"))
+
+    async def _heartbeat(self, redis: "coredis.Redis[bytes]") -> None:
+        while True:
+            await trio.sleep(self.heartbeat_s)
+            with trio.fail_after(COMMAND_TIMEOUT_S):
+                renewed = await redis.set(
+                    alive_key(self.broker_id),
+                    "1",
+                    px=int(self.ttl_s * 1000),
+                    condition=coredis.PureToken.XX,
+                )
+                await redis.publish(inbox_channel(self.broker_id), b"")
+            if not renewed:  # we were taken for dead and reaped: register everything again
+                _log.warning("cluster_presence_lost", broker_id=self.broker_id)
+                await self._beat(redis)
+                await self.events.send(StateChanged("connected"))
+            await self._reap_dead(redis)
+
+    async def _beat(self, redis: "coredis.Redis[bytes]") -> None:
+        await redis.set(alive_key(self.broker_id), "1", px=int(self.ttl_s * 1000))
+        await redis.sadd(BROKERS_KEY, [self.broker_id])
+
+    async def _reap_dead(self, redis: "coredis.Redis[bytes]") -> None:
+        """Remove the members of brokers whose heartbeat expired; one broker reaps each."""
+        with trio.fail_after(COMMAND_TIMEOUT_S):
+            brokers = [b.decode() for b in await redis.smembers(BROKERS_KEY)]
+            alive = await redis.mget([alive_key(b) for b in brokers]) if brokers else ()
+        for broker, beat in zip(brokers, alive, strict=True):
+            if beat is not None or broker == self.broker_id:
+                continue
+            with trio.fail_after(COMMAND_TIMEOUT_S):
+                claimed = await redis.set(
+                    reap_key(broker), "1", px=int(self.ttl_s * 1000), condition=coredis.PureToken.NX
+                )
+            if claimed:
+                await self._reap(redis, broker)
+
+    async def _reap(self, redis: "coredis.Redis[bytes]", broker: str) -> None:
+        with trio.fail_after(COMMAND_TIMEOUT_S):
+            networks = [n.decode() for n in await redis.smembers(networks_key(broker))]
+        for network in networks:
+            for device_id, entry in (await self._entries(redis, network)).items():
+                if entry.broker == broker:
+                    await self._depart(redis, Depart(network, device_id, entry))
+        with trio.fail_after(COMMAND_TIMEOUT_S):
+            await redis.delete([networks_key(broker)])
+            await redis.srem(BROKERS_KEY, [broker])
+        _log.info("cluster_reaped", broker_id=broker, networks=len(networks))
+
+    async def _serve_control(self, redis: "coredis.Redis[bytes]") -> None:
+        while True:
+            command = await self.control.receive()
+            match command:
+                case Admit():
+                    with command.reply:
+                        result = await self._admit(redis, command)
+                        command.reply.send_nowait(result)
+                case Depart():
+                    await self._depart(redis, command)
+                case Resync():
+                    with command.reply:
+                        command.reply.send_nowait(await self._resync(redis, command.members))
+
+    async def _admit(self, redis: "coredis.Redis[bytes]", admit: Admit) -> AdmitResult:
+        hello, entry = admit.hello, admit.entry
+        expiry_ms = max(1, hello.ts_ms + MAX_CLOCK_SKEW_MS - time.time_ns() // 1_000_000 + 1000)
+        join = encode_event(True, hello.network, hello.device_id, entry)
+        keys = [nonce_key(hello.device_id, hello.nonce), network_key(hello.network)]
+        keys += [PRESENCE_CHANNEL, networks_key(self.broker_id)]
+        args = [str(expiry_ms), hello.device_id, entry.encode(), str(admit.max_peers), join]
+        args += [hello.network, str(hello.ts_ms)]
+        with trio.fail_after(COMMAND_TIMEOUT_S):
+            answer = await redis.eval(_ADMIT, keys=keys, args=args)
+        assert isinstance(answer, list)
+        status = answer[0].decode() if isinstance(answer[0], bytes) else str(answer[0])
+        if status != "ok":
+            return AdmitResult(status)
+        flat = answer[1]
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
+        return AdmitResult("ok", await self._live(redis, _decoded(raw)))
+
+    async def _depart(self, redis: "coredis.Redis[bytes]", depart: Depart) -> None:
+        leave = encode_event(False, depart.network, depart.device_id, depart.entry)
+        keys = [network_key(depart.network), PRESENCE_CHANNEL]
+        with trio.fail_after(COMMAND_TIMEOUT_S):
+            await redis.eval(
+                _DEPART, keys=keys, args=[depart.device_id, depart.entry.encode(), leave]
+            )
+
+    async def _resync(
+        self, redis: "coredis.Redis[bytes]", members: list[tuple[str, str, PresenceEntry]]
+    ) -> dict[str, Roster]:
+        ours = {(network, device_id) for network, device_id, _ in members}
+        for network, device_id, entry in members:
+            join = encode_event(True, network, device_id, entry)
+            keys = [network_key(network), PRESENCE_CHANNEL, networks_key(self.broker_id)]
+            args = [device_id, entry.encode(), join, network, str(entry.ts_ms)]
+            with trio.fail_after(COMMAND_TIMEOUT_S):
+                await redis.eval(_REGISTER, keys=keys, args=args)
+        with trio.fail_after(COMMAND_TIMEOUT_S):
+            registered = [n.decode() for n in await redis.smembers(networks_key(self.broker_id))]
+        rosters: dict[str, Roster] = {}
+        for network in sorted(set(registered) | {network for network, _ in ours}):
+            entries = await self._entries(redis, network)
+            for device_id, entry in entries.items():
+                if entry.broker == self.broker_id and (network, device_id) not in ours:
+                    await self._depart(redis, Depart(network, device_id, entry))
+            if any(n == network for n, _ in ours):
+                rosters[network] = await self._live(redis, entries)
+        return rosters
+
+    async def _entries(self, redis: "coredis.Redis[bytes]", network: str) -> Roster:
+        with trio.fail_after(COMMAND_TIMEOUT_S):
+            raw = await redis.hgetall(network_key(network))
+        return _decoded(raw)
+
+    async def _live(self, redis: "coredis.Redis[bytes]", roster: Roster) -> Roster:
+        """The entries whose broker's heartbeat is alive (a dead one's are about to go)."""
+        brokers = sorted({entry.broker for entry in roster.values()})
+        if not brokers:
+            return {}
+        with trio.fail_after(COMMAND_TIMEOUT_S):
+            beats = await redis.mget([alive_key(b) for b in brokers])
+        alive = {b for b, beat in zip(brokers, beats, strict=True) if beat is not None}
+        return {d: entry for d, entry in roster.items() if entry.broker in alive}
+
+    async def _forward(self, redis: "coredis.Redis[bytes]") -> None:
+        """Publish waiting envelopes: all those for one broker in one message."""
+        while True:
+            waiting = [await self.forwards.receive()]
+            size = len(waiting[0].envelope.batch)
+            while size < PUBLISH_MAX_BYTES:
+                try:
+                    waiting.append(self.forwards.receive_nowait())
+                except trio.WouldBlock:
+                    break
+                size += len(waiting[-1].envelope.batch)
+            by_broker: dict[str, list[Envelope]] = {}
+            for forward in waiting:
+                by_broker.setdefault(forward.broker, []).append(forward.envelope)
+            for broker, envelopes in by_broker.items():
+                with trio.fail_after(COMMAND_TIMEOUT_S):
+                    await redis.publish(inbox_channel(broker), encode_envelopes(envelopes))
+
+    async def _degraded_for(self, seconds: float) -> None:
+        """Answer admissions `unavailable` and drop forwards until `seconds` have passed."""
+        with trio.move_on_after(seconds):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._refuse_control)
+                nursery.start_soon(self._drop_forwards)
+
+    async def _refuse_control(self) -> None:
+        async for command in self.control:
+            match command:
+                case Admit():
+                    with command.reply:
+                        command.reply.send_nowait(AdmitResult("unavailable"))
+                case Resync():
+                    with command.reply:
+                        command.reply.send_nowait(None)
+                case Depart():
+                    pass  # the resync after the outage drops entries of members gone
+
+    async def _drop_forwards(self) -> None:
+        async for _ in self.forwards:
+            await self.events.send(Dropped("cluster_forwards_lost"))
+
+    async def _leave(self) -> None:
+        """On shutdown: remove our members and heartbeat so peers see `leave` at once."""
+        with trio.move_on_after(COMMAND_TIMEOUT_S, shield=True):
+            try:
+                async with self._client() as redis:
+                    await redis.delete([alive_key(self.broker_id)])
+                    await self._reap(redis, self.broker_id)
+            except* Exception as group:
+                _log.info("cluster_leave_failed", error=_first_error(group))
+
+
+def _decoded(raw: dict[bytes, bytes]) -> Roster:
+    roster: Roster = {}
+    for device_id, value in raw.items():
+        try:
+            name, entry = device_id.decode(), decode_entry(value)
+        except (BadClusterMessage, UnicodeDecodeError):
+            continue  # not ours to repair; a reaper or its owner replaces it
+        if is_device_id(name):
+            roster[name] = entry
+    return roster
+
+
+def _first_error(group: BaseExceptionGroup[Exception]) -> str:
+    leaves: Iterable[BaseException] = group.exceptions
+    first = next(iter(leaves))
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return f"{type(first).__name__}: {first}"

@@ -1,0 +1,290 @@
+"""Brokers sharing a real redis-server, in one trio run: presence, routing, nonces, the peer
+limit and a device on two brokers, across brokers; health; a Redis outage."""
+
+import contextlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+from nacl.signing import SigningKey
+
+from meshactors.broker.limits import BrokerConfig
+from meshactors.broker.server import Broker
+from meshactors.cli.common import EXIT_USAGE
+from meshactors.wire.broker import encode_batch
+from meshactors.wire.device_id import device_id_from_public_key
+from scripts.benchlib.redisserver import RedisServer, free_port
+from tests.broker.support import (
+    WAIT_S,
+    closed_with,
+    connect,
+    drained_to_close,
+    hello,
+    joined,
+    left,
+    next_batch,
+    next_text,
+)
+
+ALICE, BOB, CAROL = (SigningKey(bytes([seed]) * 32) for seed in (11, 12, 13))
+
+
+def pk(key: SigningKey) -> bytes:
+    return key.verify_key.encode()
+
+
+def did(key: SigningKey) -> str:
+    return device_id_from_public_key(pk(key))
+
+
+async def start(
+    nursery: trio.Nursery, redis: RedisServer | None, **config: Any
+) -> tuple[Broker, int]:
+    broker = Broker(BrokerConfig(**config), None if redis is None else redis.url)
+    port: int = await nursery.start(broker.serve, "127.0.0.1", 0)
+    if redis is not None:
+        await state_is(broker, "connected")
+    return broker, port
+
+
+def url(port: int) -> str:
+    return f"ws://127.0.0.1:{port}/v1"
+
+
+async def get_health(port: int) -> dict[str, Any]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while chunk := await stream.receive_some():
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"content-type: application/json" in head.lower()
+    health: dict[str, Any] = json.loads(body)
+    return health
+
+
+async def state_is(broker: Broker, state: str) -> None:
+    with trio.fail_after(WAIT_S * 4):
+        await broker.reach_state(state)
+
+
+def joins(device_id: str) -> Any:
+    return lambda notice: notice.get("event") == "join" and notice["device_id"] == device_id
+
+
+async def test_members_of_two_brokers_see_each_other_and_exchange_frames(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    a, a_port = await start(nursery, redis)
+    b, b_port = await start(nursery, redis)
+    async with joined(url(a_port), ALICE, "net") as (alice, welcome):
+        assert welcome["peers"] == []
+        async with joined(url(b_port), BOB, "net", "viewer") as (bob, welcome):
+            assert welcome["peers"] == [{"device_id": did(ALICE), "role": "daemon"}]
+            notice = await next_text(alice, joins(did(BOB)))
+            assert notice["role"] == "viewer"
+            await alice.send_message(encode_batch([(pk(BOB), b"one"), (pk(BOB), b"two")]))
+            assert await next_batch(bob) == [(pk(ALICE), b"one"), (pk(ALICE), b"two")]
+            await bob.send_message(encode_batch([(pk(ALICE), b"back")]))
+            assert await next_batch(alice) == [(pk(BOB), b"back")]
+        await next_text(alice, left(did(BOB)))
+    assert a.figures()["frames_forwarded"] == 2 and b.figures()["frames_forwarded"] == 1
+    assert b.figures()["cluster_delivered"] == 1
+    health = await get_health(b_port)
+    assert health["cluster"] == "connected" and health["routed"] == 1
+
+
+async def test_a_hello_replayed_to_another_broker_is_refused(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    _, a_port = await start(nursery, redis)
+    b, b_port = await start(nursery, redis)
+    text = hello(ALICE, "net")
+    async with connect(url(a_port)) as first:
+        await first.send_message(text)
+        await next_text(first, lambda notice: notice["type"] == "welcome")
+        async with connect(url(b_port)) as replay:
+            await replay.send_message(text)
+            closed = await closed_with(replay)
+    assert (closed.code, closed.reason) == (4401, "replayed_nonce")
+    assert b.figures()["rejected_hello_replayed_nonce"] == 1
+
+
+async def test_max_peers_counts_the_members_of_every_broker(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    _, a_port = await start(nursery, redis, max_peers=2)
+    _, b_port = await start(nursery, redis, max_peers=2)
+    async with (
+        joined(url(a_port), ALICE, "net"),
+        joined(url(b_port), BOB, "net"),
+        connect(url(a_port)) as carol,
+    ):
+        await carol.send_message(hello(CAROL, "net"))
+        closed = await closed_with(carol)
+    assert (closed.code, closed.reason) == (4409, "network_full")
+
+
+async def test_a_device_on_two_brokers_keeps_only_its_newer_connection(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    _, a_port = await start(nursery, redis)
+    _, b_port = await start(nursery, redis)
+    async with (
+        joined(url(a_port), BOB, "net") as (bob, _),
+        joined(url(a_port), ALICE, "net") as (old, _),
+    ):
+        await next_text(bob, joins(did(ALICE)))
+        async with joined(url(b_port), ALICE, "net") as (new, welcome):
+            assert welcome["peers"] == [{"device_id": did(BOB), "role": "daemon"}]
+            closed = await drained_to_close(old)
+            assert (closed.code, closed.reason) == (4409, "replaced")
+            await next_text(bob, left(did(ALICE)))
+            await next_text(bob, joins(did(ALICE)))
+            await bob.send_message(encode_batch([(pk(ALICE), b"to the new one")]))
+            assert await next_batch(new) == [(pk(BOB), b"to the new one")]
+
+
+async def test_health_of_a_standalone_broker(nursery: trio.Nursery) -> None:
+    broker, port = await start(nursery, None)
+    async with joined(url(port), ALICE, "net"):
+        health = await get_health(port)
+    assert health["cluster"] == "standalone"
+    assert (health["members"], health["networks"], health["routed"]) == (1, 1, 0)
+    assert broker.figures()["health_requests"] == 1
+
+
+async def test_brokers_route_locally_through_a_redis_outage_and_resync_after(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    a, a_port = await start(nursery, redis)
+    b, b_port = await start(nursery, redis)
+    async with (
+        joined(url(a_port), ALICE, "net") as (alice, _),
+        joined(url(a_port), BOB, "net") as (bob, _),
+    ):
+        await next_text(alice, joins(did(BOB)))
+        await trio.to_thread.run_sync(redis.stop)
+        await state_is(a, "degraded")
+        await state_is(b, "degraded")  # else B might admit Carol before it notices
+        assert (await get_health(a_port))["cluster"] == "degraded"
+        await alice.send_message(encode_batch([(pk(BOB), b"still here")]))
+        assert await next_batch(bob) == [(pk(ALICE), b"still here")]
+        await trio.to_thread.run_sync(redis.start)
+        await state_is(a, "connected")
+        await state_is(b, "connected")
+        async with joined(url(b_port), CAROL, "net") as (carol, welcome):
+            peers = {peer["device_id"] for peer in welcome["peers"]}
+            assert peers == {did(ALICE), did(BOB)}  # A registered its members again
+            await next_text(alice, joins(did(CAROL)))
+            await carol.send_message(encode_batch([(pk(ALICE), b"across")]))
+            assert await next_batch(alice) == [(pk(CAROL), b"across")]
+
+
+async def test_members_of_a_killed_broker_leave_when_its_heartbeat_expires(
+    nursery: trio.Nursery, redis: RedisServer, tmp_path: Path
+) -> None:
+    _, a_port = await start(nursery, redis, cluster_heartbeat=0.25, cluster_ttl=1.0)
+    b_port = free_port()
+    command = [sys.executable, "-m", "meshactors", "broker", "--listen", f"127.0.0.1:{b_port}"]
+    command += ["--cluster", redis.url, "--cluster-heartbeat", "0.25", "--cluster-ttl", "1"]
+    with (tmp_path / "b.log").open("wb") as log:
+        b = await trio.lowlevel.open_process(command, stderr=log)
+    try:
+        async with joined(url(a_port), ALICE, "net") as (alice, _):
+            with trio.fail_after(WAIT_S * 4):
+                while True:  # the process is starting: its port answers once it serves
+                    with contextlib.suppress(OSError):
+                        if (await get_health(b_port))["cluster"] == "connected":
+                            break
+                    await trio.sleep(0.05)
+            async with joined(url(b_port), BOB, "net"):
+                await next_text(alice, joins(did(BOB)))
+                b.kill()  # SIGKILL: no chance to say goodbye
+                with trio.fail_after(WAIT_S * 4):
+                    await next_text(alice, left(did(BOB)))
+    finally:
+        b.kill()
+        await b.wait()
+
+
+def test_the_cluster_flag_wants_a_redis_url() -> None:
+    command = [sys.executable, "-m", "meshactors", "broker", "--cluster", "http://h:1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == EXIT_USAGE
+    assert "--cluster must be a redis:// or rediss:// URL" in done.stderr
+
+
+async def test_a_broker_that_stops_removes_its_members_at_once(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    _, a_port = await start(nursery, redis, cluster_ttl=3600.0)  # no reaping in this test
+    stopping = trio.CancelScope()
+
+    async def serve_b(*, task_status: trio.TaskStatus[Broker]) -> None:
+        with stopping:
+            async with trio.open_nursery() as b_nursery:
+                b, _ = await start(b_nursery, redis, cluster_ttl=3600.0)
+                task_status.started(b)
+
+    async with joined(url(a_port), ALICE, "net") as (alice, _):
+        b = await nursery.start(serve_b)
+        b_port = int(str(b.figures()["listen"]).rsplit(":", 1)[1])
+        async with joined(url(b_port), BOB, "net") as (bob, _):
+            await next_text(alice, joins(did(BOB)))
+            stopping.cancel()
+            assert (await drained_to_close(bob)).reason == "going_away"
+            await next_text(alice, left(did(BOB)))
+
+
+async def test_members_joining_three_brokers_at_once_all_see_each_other(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    ports = [(await start(nursery, redis))[1] for _ in range(3)]
+    keys = [SigningKey(bytes([100 + n]) * 32) for n in range(9)]
+    everyone = {did(key) for key in keys}
+
+    async def member(n: int, ready: trio.Event, done: trio.Event) -> None:
+        async with joined(url(ports[n % 3]), keys[n], "net") as (ws, welcome):
+            seen = {peer["device_id"] for peer in welcome["peers"]} | {did(keys[n])}
+            while seen != everyone:
+                seen.add(
+                    (await next_text(ws, lambda notice: notice["type"] == "presence"))["device_id"]
+                )
+            ready.set()
+            await done.wait()  # stay until every member saw every other
+
+    done = trio.Event()
+    readies = [trio.Event() for _ in keys]
+    async with trio.open_nursery() as members:
+        for n, ready in enumerate(readies):
+            members.start_soon(member, n, ready, done)
+        with trio.fail_after(WAIT_S * 4):
+            for ready in readies:
+                await ready.wait()
+        done.set()
+
+
+async def test_a_flood_across_brokers_waits_for_the_link_instead_of_dropping(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    a, a_port = await start(nursery, redis, cluster_forward_queue=1)
+    _, b_port = await start(nursery, redis)
+    count = 300
+    async with (
+        joined(url(a_port), ALICE, "net") as (alice, _),
+        joined(url(b_port), BOB, "net") as (bob, _),
+    ):
+        await next_text(alice, joins(did(BOB)))
+        for n in range(count):
+            await alice.send_message(encode_batch([(pk(BOB), b"%d" % n)]))
+        received: list[bytes] = []
+        while len(received) < count:
+            received += [sealed for _, sealed in await next_batch(bob)]
+    assert received == [b"%d" % n for n in range(count)]
+    assert a.figures()["frames_dropped"] == 0

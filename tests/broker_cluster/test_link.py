@@ -1,0 +1,50 @@
+"""The Redis link alone: with Redis unreachable it answers admissions `unavailable` and tries
+again after a backoff that doubles up to its bound, drawn down by jitter (MockClock)."""
+
+import itertools
+
+import trio
+import trio.testing
+
+from meshactors.broker.cluster import RECONNECT_FIRST_S, RECONNECT_MAX_S, ClusterLink
+from meshactors.broker.cluster_messages import (
+    Admit,
+    AdmitResult,
+    ClusterEvent,
+    Control,
+    Forward,
+    StateChanged,
+)
+from meshactors.broker.cluster_wire import PresenceEntry
+from meshactors.wire.broker import verify_hello
+from scripts.benchlib.redisserver import free_port
+from tests.broker.support import hello, now_ms
+from tests.broker_cluster.test_cluster import ALICE
+
+ATTEMPTS = 9  # enough to reach RECONNECT_MAX_S from RECONNECT_FIRST_S
+
+
+async def test_an_unreachable_redis_is_retried_with_backoff_and_jitter(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    control, commands = trio.open_memory_channel[Control](4)
+    _, forwards = trio.open_memory_channel[Forward](4)
+    events, reported = trio.open_memory_channel[ClusterEvent](4)
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    link = ClusterLink(url, "0123456789abcdef", 2.0, 8.0, commands, forwards, events)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(link.run)
+        times = []
+        for _ in range(ATTEMPTS):
+            assert await reported.receive() == StateChanged("degraded")
+            times.append(trio.current_time())
+        reply, answer = trio.open_memory_channel[AdmitResult](1)
+        verified = verify_hello(hello(ALICE, "net"), now_ms=now_ms())
+        entry = PresenceEntry("0123456789abcdef", "daemon", verified.ts_ms)
+        await control.send(Admit(verified, entry, 8, reply))
+        assert (await answer.receive()).status == "unavailable"
+        nursery.cancel_scope.cancel()
+    for n, (before, after) in enumerate(itertools.pairwise(times)):
+        bound = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2**n)
+        assert bound / 2 <= after - before <= bound + 0.01
+    assert max(b - a for a, b in itertools.pairwise(times)) > RECONNECT_MAX_S / 2
