@@ -12,6 +12,7 @@ import trio
 
 HEALTH_PATH: Final = b"/health"
 MAX_HEALTH_REQUEST_BYTES: Final = 8192  # a request head we read before deciding; more is not ours
+_HEALTH_LINE: Final = b"GET " + HEALTH_PATH + b" "  # how a health request's first line begins
 
 
 @attrs.define(eq=False)
@@ -44,13 +45,14 @@ async def answer_health(
     """Answer a `GET /health` with health() as JSON and return None; for any other request
     return the stream to hand on, its head bytes put back."""
     head = b""
-    while b"\r\n" not in head and len(head) < MAX_HEALTH_REQUEST_BYTES:
+    # read only while the bytes could still begin a health request: anything else (a WebSocket
+    # upgrade, a TLS hello that waits for our answer) is handed on at its first bytes
+    while len(head) < len(_HEALTH_LINE) and _HEALTH_LINE.startswith(head):
         chunk = await stream.receive_some(MAX_HEALTH_REQUEST_BYTES)
         if not chunk:
             break
         head += chunk
-    method, _, rest = head.partition(b" ")
-    if method != b"GET" or rest.partition(b" ")[0] != HEALTH_PATH:
+    if not head.startswith(_HEALTH_LINE):
         return PrefixedStream(stream, head)
     http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEALTH_REQUEST_BYTES)
     http.receive_data(head)
