@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -17,23 +18,45 @@ from tests.membership.logkit import device
 from tests.network.conftest import Daemon, Mesh
 
 
-async def test_the_log_survives_a_restart_and_a_tampered_record_is_left_out(mesh: Mesh) -> None:
-    owner, member = await team(mesh, "owner", "member")
-    before = await members(owner)
-    await owner.stop()
-    owner = await mesh.daemon("owner")
-    assert await members(owner) == before
-    await owner.stop()
-    db = sqlite3.connect(owner.home / "state.db")
+def _tamper(home: Path) -> None:
+    """Change the stored fact's `at_ms` so its signature no longer verifies (its `hash`
+    column stays, as a disk fault or an edit would leave it)."""
+    db = sqlite3.connect(home / "state.db")
     with db:
         db.execute(
             "UPDATE membership_log SET record_json = replace(record_json, '\"at_ms\":', "
             "'\"at_ms\":1') WHERE kind = 'fact'"
         )
     db.close()
+
+
+async def test_the_log_survives_a_restart_and_a_tampered_record_is_left_out(mesh: Mesh) -> None:
+    owner, member = await team(mesh, "owner", "member")
+    await member.stop()  # no peer can hand the owner back what it leaves out
+    before = await members(owner)
+    await owner.stop()
+    owner = await mesh.daemon("owner")
+    assert await members(owner) == before
+    await owner.stop()
+    _tamper(owner.home)
     owner = await mesh.daemon("owner")
     assert member.device_id not in await members(owner)
     assert (await figures(owner))["dropped"] == {"bad_stored": 1}
+
+
+async def test_a_member_that_is_up_restores_a_left_out_fact_and_it_is_kept(mesh: Mesh) -> None:
+    owner, member = await team(mesh, "owner", "member")
+    await owner.stop()
+    _tamper(owner.home)
+    owner = await mesh.daemon("owner")
+    await owner.wait_event("member_granted", device_id=member.device_id)
+    assert (await members(owner))[member.device_id] == ("member", "member")
+    assert (await figures(owner))["dropped"]["bad_stored"] == 1
+    await member.stop()
+    await owner.stop()
+    owner = await mesh.daemon("owner")
+    assert (await members(owner))[member.device_id] == ("member", "member")
+    assert "bad_stored" not in (await figures(owner))["dropped"]
 
 
 async def _send(sender: Daemon, to: Daemon, facts: list[Fact]) -> None:
