@@ -46,10 +46,11 @@ async def test_the_log_survives_a_restart_and_a_tampered_record_is_left_out(mesh
 
 async def test_a_member_that_is_up_restores_a_left_out_fact_and_it_is_kept(mesh: Mesh) -> None:
     owner, member = await team(mesh, "owner", "member")
+    mark = owner.last_event_id  # the restarted daemon's stream replays what came before
     await owner.stop()
     _tamper(owner.home)
     owner = await mesh.daemon("owner")
-    await owner.wait_event("member_granted", device_id=member.device_id)
+    await owner.wait_event("member_granted", after=mark, device_id=member.device_id)
     assert (await members(owner))[member.device_id] == ("member", "member")
     assert (await figures(owner))["dropped"]["bad_stored"] == 1
     await member.stop()
@@ -57,6 +58,19 @@ async def test_a_member_that_is_up_restores_a_left_out_fact_and_it_is_kept(mesh:
     owner = await mesh.daemon("owner")
     assert (await members(owner))[member.device_id] == ("member", "member")
     assert "bad_stored" not in (await figures(owner))["dropped"]
+
+
+async def test_a_log_longer_than_the_orphan_limit_is_loaded_whole(mesh: Mesh) -> None:
+    (owner,) = await team(mesh, "owner")
+    for _ in range(membership_part.MAX_ORPHANS + 8):
+        await owner.call(
+            "members_grant", network=CLOSED, device_id=device().device_id, role="member"
+        )
+    before = await members(owner)
+    await owner.stop()
+    owner = await mesh.daemon("owner")
+    assert await members(owner) == before
+    assert (await figures(owner))["dropped"] == {}
 
 
 async def _send(sender: Daemon, to: Daemon, facts: list[Fact]) -> None:
