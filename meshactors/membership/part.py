@@ -317,6 +317,7 @@ class Membership:
 
     async def _on_facts(self, device_id: str, facts: list[Fact], more: bool) -> None:
         assert self.log is not None
+        waiting = set(self.orphans)
         taken = self._take(facts, stored=False)
         if taken:
             try:
@@ -331,7 +332,9 @@ class Membership:
                 for peer in self.peers.handshaken():
                     if peer != device_id:
                         await self.peers.send_control(peer, heads)
-        if self.orphans or (more and taken):  # a gap, or the next page
+        # a gap, or the next page; only after progress (a fact taken, or one that waits now):
+        # a peer behind us answers with what we have, and pulling again would never end
+        if (taken or self.orphans.keys() - waiting) and (self.orphans or more):
             await self.peers.send_control(device_id, LogPull(self.log.genesis_hash, self._heads()))
 
     def _take(self, facts: list[Fact], *, stored: bool) -> list[Fact]:

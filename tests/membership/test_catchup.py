@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from meshactors.identity import Identity
 from meshactors.membership import part as membership_part
 from meshactors.membership.facts import SIG_CHARS, Fact, record_hash, sign, to_bootstrap
 from meshactors.membership.frames import LOG_PAGE, LogFacts
@@ -110,6 +111,52 @@ async def test_a_fact_before_its_parent_waits_and_both_apply_once_it_comes(mesh:
     await member.wait_event("member_granted", after=mark, device_id=y.device_id)
     assert {x.device_id, y.device_id} <= set(await members(member))
     assert (await figures(member))["orphans"] == 0
+
+
+async def test_a_page_that_brings_nothing_new_ends_the_pulls_while_a_fact_waits(
+    mesh: Mesh,
+) -> None:
+    owner, member = await team(mesh, "owner", "member")
+    the_log = owner.network(CLOSED).membership.log
+    assert the_log is not None
+    x, w, y, z, v = (device() for _ in range(5))
+
+    def grant(target: Identity, parents: list[str]) -> Fact:
+        unsigned = Fact(
+            CLOSED,
+            the_log.genesis_hash,
+            owner.device_id,
+            "grant",
+            target.device_id,
+            "member",
+            now_ms(),
+            parents,
+            None,
+            "A" * SIG_CHARS,
+        )
+        return sign(owner.services.identity, unsigned)
+
+    ahead = grant(x, the_log.heads())  # the member's; the owner does not keep it (yet)
+    further = grant(w, [record_hash(ahead)])
+    gap = grant(z, [record_hash(further)])  # nobody has it yet
+    waiting = grant(y, [record_hash(gap)])
+    await _send(owner, member, [ahead])
+    await member.wait_event("member_granted", device_id=x.device_id)
+    before = (await figures(member))["dropped"].get("duplicate", 0)  # the setup's catch-up
+    # the member takes one, keeps one waiting and pulls: the owner, behind it, can only answer
+    # with what the member has. Each step below is a round trip on the same two paths, so
+    # whatever the member pulled before it has been answered and handled after it.
+    await _send(owner, member, [further, waiting])
+    await member.wait_event("member_granted", device_id=w.device_id)
+    await _send(member, owner, [ahead])
+    await owner.wait_event("member_granted", device_id=x.device_id)
+    await _send(owner, member, [gap])
+    await member.wait_event("member_granted", device_id=y.device_id)
+    await _send(member, owner, [further])
+    await owner.wait_event("member_granted", device_id=w.device_id)
+    await _send(owner, member, [grant(v, [record_hash(waiting)])])
+    await member.wait_event("member_granted", device_id=v.device_id)
+    assert (await figures(member))["dropped"] == {"duplicate": before + 1}
 
 
 async def test_a_late_member_receives_the_whole_log_in_pages(mesh: Mesh) -> None:
