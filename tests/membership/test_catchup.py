@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import trio
 
 from meshactors.identity import Identity
 from meshactors.membership import part as membership_part
@@ -21,7 +22,8 @@ from tests.network.conftest import Daemon, Mesh
 
 def _tamper(home: Path) -> None:
     """Change the stored fact's `at_ms` so its signature no longer verifies (its `hash`
-    column stays, as a disk fault or an edit would leave it)."""
+    column stays, as a disk fault or an edit would leave it). Run in a thread: the other
+    daemons share this event loop, which a blocking SQLite call would stall."""
     db = sqlite3.connect(home / "state.db")
     with db:
         db.execute(
@@ -39,7 +41,7 @@ async def test_the_log_survives_a_restart_and_a_tampered_record_is_left_out(mesh
     owner = await mesh.daemon("owner")
     assert await members(owner) == before
     await owner.stop()
-    _tamper(owner.home)
+    await trio.to_thread.run_sync(_tamper, owner.home)
     owner = await mesh.daemon("owner")
     assert member.device_id not in await members(owner)
     assert (await figures(owner))["dropped"] == {"bad_stored": 1}
@@ -49,7 +51,7 @@ async def test_a_member_that_is_up_restores_a_left_out_fact_and_it_is_kept(mesh:
     owner, member = await team(mesh, "owner", "member")
     mark = owner.last_event_id  # the restarted daemon's stream replays what came before
     await owner.stop()
-    _tamper(owner.home)
+    await trio.to_thread.run_sync(_tamper, owner.home)
     owner = await mesh.daemon("owner")
     await owner.wait_event("member_granted", after=mark, device_id=member.device_id)
     assert (await members(owner))[member.device_id] == ("member", "member")
