@@ -317,6 +317,7 @@ class Membership:
 
     async def _on_facts(self, device_id: str, facts: list[Fact], more: bool) -> None:
         assert self.log is not None
+        waiting = set(self.orphans)
         taken = self._take(facts, stored=False)
         if taken:
             try:
@@ -331,36 +332,55 @@ class Membership:
                 for peer in self.peers.handshaken():
                     if peer != device_id:
                         await self.peers.send_control(peer, heads)
-        if self.orphans or (more and taken):  # a gap, or the next page
+        # a gap, or the next page; only after progress (a fact taken, or one that waits now):
+        # a peer behind us answers with what we have, and pulling again would never end
+        if (taken or self.orphans.keys() - waiting) and (self.orphans or more):
             await self.peers.send_control(device_id, LogPull(self.log.genesis_hash, self._heads()))
 
     def _take(self, facts: list[Fact], *, stored: bool) -> list[Fact]:
-        """Check facts and add those whose parents are here (orphans wait for theirs);
-        returns what was added, parents first."""
+        """Check facts and add those whose parents are here; what still lacks a parent waits
+        as an orphan (at most MAX_ORPHANS: the limit is on what waits, not on the batch, so a
+        stored log of any length loads whole). Returns what was added, parents first."""
         assert self.log is not None
-        added: list[Fact] = []
+        batch: dict[str, Fact] = {}
         for fact in facts:
             try:
                 digest = self.log.check(fact)
             except BadRecord as bad:
                 self.dropped["bad_stored" if stored else bad.reason] += 1
                 continue
-            if digest in self.orphans:
+            if digest in self.orphans or digest in batch:
                 self.dropped["duplicate"] += 1
+                continue
+            batch[digest] = fact
+        waiting = {**self.orphans, **batch}
+        added = self._place(waiting, stored=stored)
+        self.orphans = {d: f for d, f in waiting.items() if d in self.orphans}
+        for digest, fact in waiting.items():
+            if digest in self.orphans:
                 continue
             if len(self.orphans) >= MAX_ORPHANS:
                 self.dropped["orphans_full"] += 1
                 continue
             self.orphans[digest] = fact
+        if added:
+            self.log.add(added)
+        return added
+
+    def _place(self, waiting: dict[str, Fact], *, stored: bool) -> list[Fact]:
+        """Take out of `waiting` every fact whose parents are in the log or placed before it,
+        parents first; returns those of a granted author (the others are junk, counted)."""
+        assert self.log is not None
+        added: list[Fact] = []
         placed: set[str] = set()
         granted = set(self.log.granted)  # the log's, and this batch's grants so far
         progress = True
         while progress:
             progress = False
-            for digest, fact in list(self.orphans.items()):
+            for digest, fact in list(waiting.items()):
                 if not placed.issuperset(self.log.missing(fact)):
                     continue
-                del self.orphans[digest]
+                del waiting[digest]
                 progress = True
                 if fact.author not in granted:  # never granted anything: junk, not kept
                     self.dropped["bad_stored" if stored else "not_a_member"] += 1
@@ -369,8 +389,6 @@ class Membership:
                 added.append(fact)
                 if fact.kind == "grant":
                     granted.add(fact.device)
-        if added:
-            self.log.add(added)
         return added
 
     async def _after_change(self) -> None:

@@ -40,11 +40,14 @@ def save_genesis(conn: sqlite3.Connection, genesis: Genesis) -> bool:
 
 
 def save_facts(conn: sqlite3.Connection, network: str, facts: Sequence[Fact]) -> None:
-    """Append accepted facts, in the order given (parents first); known ones are skipped."""
+    """Append accepted facts, in the order given (parents first). A row of the same hash
+    holds a record that failed to verify at load (else the fact would not be new): the
+    verified record replaces it, so a fact a member handed back is kept for good."""
     with immediate(conn):
         conn.executemany(
-            "INSERT OR IGNORE INTO membership_log (network, hash, kind, record_json)"
-            " VALUES (?, ?, 'fact', ?)",
+            "INSERT INTO membership_log (network, hash, kind, record_json)"
+            " VALUES (?, ?, 'fact', ?)"
+            " ON CONFLICT (network, hash) DO UPDATE SET record_json = excluded.record_json",
             [(network, record_hash(f), to_json(converter.unstructure(f))) for f in facts],
         )
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+from pathlib import Path
 
 import pytest
+import trio
 
+from meshactors.identity import Identity
 from meshactors.membership import part as membership_part
 from meshactors.membership.facts import SIG_CHARS, Fact, record_hash, sign, to_bootstrap
 from meshactors.membership.frames import LOG_PAGE, LogFacts
@@ -17,23 +20,60 @@ from tests.membership.logkit import device
 from tests.network.conftest import Daemon, Mesh
 
 
-async def test_the_log_survives_a_restart_and_a_tampered_record_is_left_out(mesh: Mesh) -> None:
-    owner, member = await team(mesh, "owner", "member")
-    before = await members(owner)
-    await owner.stop()
-    owner = await mesh.daemon("owner")
-    assert await members(owner) == before
-    await owner.stop()
-    db = sqlite3.connect(owner.home / "state.db")
+def _tamper(home: Path) -> None:
+    """Change the stored fact's `at_ms` so its signature no longer verifies (its `hash`
+    column stays, as a disk fault or an edit would leave it). Run in a thread: the other
+    daemons share this event loop, which a blocking SQLite call would stall."""
+    db = sqlite3.connect(home / "state.db")
     with db:
         db.execute(
             "UPDATE membership_log SET record_json = replace(record_json, '\"at_ms\":', "
             "'\"at_ms\":1') WHERE kind = 'fact'"
         )
     db.close()
+
+
+async def test_the_log_survives_a_restart_and_a_tampered_record_is_left_out(mesh: Mesh) -> None:
+    owner, member = await team(mesh, "owner", "member")
+    await member.stop()  # no peer can hand the owner back what it leaves out
+    before = await members(owner)
+    await owner.stop()
+    owner = await mesh.daemon("owner")
+    assert await members(owner) == before
+    await owner.stop()
+    await trio.to_thread.run_sync(_tamper, owner.home)
     owner = await mesh.daemon("owner")
     assert member.device_id not in await members(owner)
     assert (await figures(owner))["dropped"] == {"bad_stored": 1}
+
+
+async def test_a_member_that_is_up_restores_a_left_out_fact_and_it_is_kept(mesh: Mesh) -> None:
+    owner, member = await team(mesh, "owner", "member")
+    mark = owner.last_event_id  # the restarted daemon's stream replays what came before
+    await owner.stop()
+    await trio.to_thread.run_sync(_tamper, owner.home)
+    owner = await mesh.daemon("owner")
+    await owner.wait_event("member_granted", after=mark, device_id=member.device_id)
+    assert (await members(owner))[member.device_id] == ("member", "member")
+    assert (await figures(owner))["dropped"]["bad_stored"] == 1
+    await member.stop()
+    await owner.stop()
+    owner = await mesh.daemon("owner")
+    assert (await members(owner))[member.device_id] == ("member", "member")
+    assert "bad_stored" not in (await figures(owner))["dropped"]
+
+
+async def test_a_log_longer_than_the_orphan_limit_is_loaded_whole(mesh: Mesh) -> None:
+    (owner,) = await team(mesh, "owner")
+    for _ in range(membership_part.MAX_ORPHANS + 8):
+        await owner.call(
+            "members_grant", network=CLOSED, device_id=device().device_id, role="member"
+        )
+    before = await members(owner)
+    await owner.stop()
+    owner = await mesh.daemon("owner")
+    assert await members(owner) == before
+    assert (await figures(owner))["dropped"] == {}
 
 
 async def _send(sender: Daemon, to: Daemon, facts: list[Fact]) -> None:
@@ -73,6 +113,52 @@ async def test_a_fact_before_its_parent_waits_and_both_apply_once_it_comes(mesh:
     await member.wait_event("member_granted", after=mark, device_id=y.device_id)
     assert {x.device_id, y.device_id} <= set(await members(member))
     assert (await figures(member))["orphans"] == 0
+
+
+async def test_a_page_that_brings_nothing_new_ends_the_pulls_while_a_fact_waits(
+    mesh: Mesh,
+) -> None:
+    owner, member = await team(mesh, "owner", "member")
+    the_log = owner.network(CLOSED).membership.log
+    assert the_log is not None
+    x, w, y, z, v = (device() for _ in range(5))
+
+    def grant(target: Identity, parents: list[str]) -> Fact:
+        unsigned = Fact(
+            CLOSED,
+            the_log.genesis_hash,
+            owner.device_id,
+            "grant",
+            target.device_id,
+            "member",
+            now_ms(),
+            parents,
+            None,
+            "A" * SIG_CHARS,
+        )
+        return sign(owner.services.identity, unsigned)
+
+    ahead = grant(x, the_log.heads())  # the member's; the owner does not keep it (yet)
+    further = grant(w, [record_hash(ahead)])
+    gap = grant(z, [record_hash(further)])  # nobody has it yet
+    waiting = grant(y, [record_hash(gap)])
+    await _send(owner, member, [ahead])
+    await member.wait_event("member_granted", device_id=x.device_id)
+    before = (await figures(member))["dropped"].get("duplicate", 0)  # the setup's catch-up
+    # the member takes one, keeps one waiting and pulls: the owner, behind it, can only answer
+    # with what the member has. Each step below is a round trip on the same two paths, so
+    # whatever the member pulled before it has been answered and handled after it.
+    await _send(owner, member, [further, waiting])
+    await member.wait_event("member_granted", device_id=w.device_id)
+    await _send(member, owner, [ahead])
+    await owner.wait_event("member_granted", device_id=x.device_id)
+    await _send(owner, member, [gap])
+    await member.wait_event("member_granted", device_id=y.device_id)
+    await _send(member, owner, [further])
+    await owner.wait_event("member_granted", device_id=w.device_id)
+    await _send(owner, member, [grant(v, [record_hash(waiting)])])
+    await member.wait_event("member_granted", device_id=v.device_id)
+    assert (await figures(member))["dropped"] == {"duplicate": before + 1}
 
 
 async def test_a_late_member_receives_the_whole_log_in_pages(mesh: Mesh) -> None:

@@ -139,6 +139,20 @@ def test_an_evicted_device_cannot_act_before_its_eviction_by_backdating() -> Non
     assert record_hash(backdated) in log.resolved.void
 
 
+def test_what_an_evicted_owner_did_before_the_evict_saw_it_holds() -> None:
+    owner, co_owner, early, late = device(), device(), device(), device()
+    log = new_log(owner)
+    accept(log, fact(log, owner, "grant", co_owner, "owner", at_ms=1100))
+    heads = log.heads()
+    accept(log, fact(log, owner, "grant", early, "member", at_ms=1200))
+    evict = fact(log, co_owner, "evict", owner, at_ms=5000)
+    unseen = fact(log, owner, "grant", late, "member", at_ms=1300, parents=heads)
+    accept(log, evict, unseen)
+    assert log.resolved.is_member(early.device_id)
+    assert not log.resolved.is_member(late.device_id)
+    assert record_hash(unseen) in log.resolved.void
+
+
 def test_an_invite_admits_as_many_devices_as_its_uses_and_not_after_its_time() -> None:
     owner, admin, a, b, c = device(), device(), device(), device(), device()
     log = new_log(owner)
