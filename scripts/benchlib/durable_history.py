@@ -187,11 +187,15 @@ def measure_history(
             "drain_pass_cpu_ms": round(statistics.median(drains[rows]), 3),
         }
     empty, full = figures["0"], figures[str(sizes.rows)]
-    figures["ratios"] = {
-        key: round(full[key] / empty[key], 3)
+    figures["ratios"] = {  # None where the empty home's figure rounds to 0 (a smoke run)
+        key: round(full[key] / empty[key], 3) if empty[key] else None
         for key in ("accepts_per_s", "daemon_cpu_us_per_accept", "drain_pass_cpu_ms")
     }
     return figures
+
+
+def _shown(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.3f}"
 
 
 def render_history(machine: dict[str, Any], figures: dict[str, Any]) -> str:
@@ -204,7 +208,7 @@ def render_history(machine: dict[str, Any], figures: dict[str, Any]) -> str:
         "drain_pass_cpu_ms": "drain pass, CPU ms (claim, next due, counts, put back)",
     }
     table = "\n".join(
-        f"| {name} | {empty[key]:,} | {full[key]:,} | {ratios[key]:.3f} |"
+        f"| {name} | {empty[key]:,} | {full[key]:,} | {_shown(ratios[key])} |"
         for key, name in names.items()
     )
     within = all(abs(ratio - 1) <= TARGET for ratio in ratios.values())

@@ -93,7 +93,11 @@ def test_a_thousand_messages_arrive_once_through_a_sigkill_of_the_sender(
         return True if not pending and not inflight else None
 
     eventually(drained, "a's outbox to drain")
-    assert received_at_kill < MESSAGES, "the sender was killed after it had drained"
+    # The kill lands while deliveries or their acks are on the way or (the whole burst fits
+    # one delivery window of 1,024) after the recipient holds every message: whatever the
+    # sender had not recorded as done it sends again after its restart, and the recipient
+    # must keep each message once.
+    assert received_at_kill >= KILL_AFTER
     shown = b.cli("inbox", "--limit", "3").stdout
     assert "m" in shown and "next page" in shown
     with SyncClient.connect(b.socket) as client:

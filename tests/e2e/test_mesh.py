@@ -24,9 +24,9 @@ POLL = 0.1  # seconds between two looks at a condition (bounded by DEADLINE)
 NET = "e2e"
 
 
-def eventually(check: Callable[[], T | None], what: str) -> T:
-    """Poll `check` until it returns a value, at most DEADLINE seconds."""
-    deadline = time.monotonic() + DEADLINE
+def eventually(check: Callable[[], T | None], what: str, seconds: float = DEADLINE) -> T:
+    """Poll `check` until it returns a value, at most `seconds` (DEADLINE by default)."""
+    deadline = time.monotonic() + seconds
     while True:
         value = check()
         if value is not None:
