@@ -597,8 +597,7 @@ class Peers:
 
     def _route_app(self, peer: PeerState, frame: Frame) -> None:
         if peer.status is not PeerStatus.ACTIVE:
-            closed_out = self.closed and self._local_approval(peer.device_id) != "approved"
-            self._drop(peer, REJECTED_NON_MEMBER if closed_out else "not_active")
+            self._drop(peer, REJECTED_NON_MEMBER if self._closed_out(peer) else "not_active")
             return
         handler = self._app_handlers.get(frame.tag)
         if handler is None:
@@ -615,7 +614,7 @@ class Peers:
         self._set_peer_capabilities(peer, hello.capabilities, announce=not first)
         self._set_peer_profile(peer, hello.profile)
         if self.closed:
-            if first and self._local_approval(peer.device_id) != "approved":
+            if first and self._closed_out(peer):
                 self._drop(peer, REJECTED_NON_MEMBER)
         elif peer.device_id not in self._roster:
             state = "approved" if self.auto_approve else "pending"
