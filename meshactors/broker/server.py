@@ -592,6 +592,9 @@ class Broker:
                     self._state = state  # admits and forwards use Redis again at once
                     if state == "connected":
                         await self._resync()
+                    else:  # members of other brokers cannot be reached: they left, for now
+                        for network in list(self._remote):
+                            self._apply_roster(network, {})
                     if state != self._shown_state:
                         say = _log.warning if state == "degraded" else _log.info
                         say("cluster_state", state=state, broker_id=self._broker_id)

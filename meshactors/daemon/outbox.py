@@ -52,7 +52,7 @@ from meshactors.network.delivery import (
 )
 from meshactors.network.manager import NetworkManager
 from meshactors.network.network import Network
-from meshactors.network.peers import STATUS_EVENTS
+from meshactors.network.peers import STATUS_EVENTS, PeerStatus
 from meshactors.store import inbox as inbox_db
 from meshactors.store import outbox as outbox_db
 from meshactors.store.actor import StoreActor
@@ -81,7 +81,8 @@ ACK_QUEUE = 1024  # incoming ack frames (msg_ack or msg_acks) waiting; more are 
 SETTLE_QUEUE = 4096  # finished attempts waiting to be recorded before deliverers wait
 SETTLE_BATCH = 512  # finished attempts recorded per store call
 WATCH_CAPACITY = 1024  # daemon events queued for the wake-up watcher before it lags
-WAKE_EVENTS = frozenset({"peer_active", "network_added"})  # events that may make work due
+PEER_ACTIVE = STATUS_EVENTS[PeerStatus.ACTIVE]  # its deliveries waiting out a backoff go now
+WAKE_EVENTS = frozenset({PEER_ACTIVE, "network_added"})  # events that may make work due
 PEER_CHANGE_EVENTS = frozenset(STATUS_EVENTS.values())  # a peer's session began or ended
 PEER_CHANGED = "peer_changed"  # settles an attempt whose peer left or came back: due again now
 EVENT_MESSAGE_BYTES = 4096  # longer texts are left out of `message` events (read the inbox)
@@ -327,6 +328,7 @@ class Outbox(Actor):
             "dropped": self.counts["dropped"],
             "acks_unsent": self.counts["acks_unsent"],
             "redue": self.counts["redue"],
+            "backoffs_cut": self.counts["backoffs_cut"],
             "pruned": self.counts["pruned"],
         }
 
@@ -598,8 +600,20 @@ class Outbox(Actor):
         async for event in watch:
             if not isinstance(event, Lagged) and event.kind in PEER_CHANGE_EVENTS:
                 self._peer_changed(event.data["network"], event.data["device_id"])
+            if not isinstance(event, Lagged) and event.kind == PEER_ACTIVE:
+                await self._due_now(event.data["network"], event.data["device_id"])
             if isinstance(event, Lagged) or event.kind in WAKE_EVENTS:
                 self.poke()
+
+    async def _due_now(self, network_id: str, peer: str) -> None:
+        """A peer is reachable again: what waits out a backoff for it goes now, not minutes
+        later (the backoff is there for a peer that cannot be reached)."""
+        self.counts["backoffs_cut"] += await self.store.call(
+            functools.partial(
+                outbox_db.due_now_to_peer, network=network_id, recipient=peer, now_ms=now_ms()
+            ),
+            what="make deliveries due",
+        )
 
     def _peer_changed(self, network_id: str, peer: str) -> None:
         """Release the attempts in flight to a peer that left or came back: their acks will

@@ -186,6 +186,28 @@ async def test_brokers_route_locally_through_a_redis_outage_and_resync_after(
             assert await next_batch(alice) == [(pk(CAROL), b"across")]
 
 
+async def test_members_across_brokers_leave_in_a_redis_outage_and_join_after(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    a, a_port = await start(nursery, redis)
+    b, b_port = await start(nursery, redis)
+    async with (
+        joined(url(a_port), ALICE, "net") as (alice, _),
+        joined(url(b_port), BOB, "net") as (bob, _),
+    ):
+        await next_text(alice, joins(did(BOB)))
+        await trio.to_thread.run_sync(redis.stop)
+        await next_text(alice, left(did(BOB)))  # it cannot be reached: no sends into the void
+        await next_text(bob, left(did(ALICE)))
+        await trio.to_thread.run_sync(redis.start)  # empty: the brokers register again
+        await state_is(a, "connected")
+        await state_is(b, "connected")
+        await next_text(alice, joins(did(BOB)))
+        await next_text(bob, joins(did(ALICE)))
+        await alice.send_message(encode_batch([(pk(BOB), b"across again")]))
+        assert await next_batch(bob) == [(pk(ALICE), b"across again")]
+
+
 async def test_members_of_a_killed_broker_leave_when_its_heartbeat_expires(
     nursery: trio.Nursery, redis: RedisServer, tmp_path: Path
 ) -> None:

@@ -4,6 +4,7 @@ dedupe, offline recipients, restarts, `*` and `@tag` fan-out, requeue and event 
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any
 
 import pytest
@@ -125,6 +126,27 @@ async def test_inflight_rows_left_by_a_crash_are_sent_again_at_start(mesh: Mesh)
     (message,) = await inbox_of(b, 1)
     assert message["message"] == "stranded"
     await delivered(a, sent["id"])
+
+
+async def test_a_delivery_waiting_out_a_backoff_goes_when_its_peer_returns(mesh: Mesh) -> None:
+    a, b = await active_pair(mesh)
+    await b.stop()
+    await a.wait_status(b, "offline")
+    sent = await a.call("send", network=NET, to=b.device_id, message="backed off")
+    await a.stop()
+    conn = sqlite3.connect(a.home / "state.db", isolation_level=None)
+    an_hour = 3_600_000 + int(time.time() * 1000)  # as eight failed attempts could leave it
+    conn.execute("UPDATE deliveries SET attempts = 8, next_attempt_at = ?", (an_hour,))
+    conn.close()
+    a = await mesh.daemon("a")
+    b = await mesh.daemon("b")
+    (message,) = await inbox_of(b, 1)
+    assert message["message"] == "backed off"
+    row = await delivered(a, sent["id"])
+    assert row["deliveries"][0]["attempts"] == 8  # cut short, not counted as a failure
+    outbox = a.services.extras["outbox"]
+    assert isinstance(outbox, Outbox)
+    assert outbox.figures()["backoffs_cut"] == 1
 
 
 async def test_star_and_tag_fan_out_per_recipient(mesh: Mesh) -> None:

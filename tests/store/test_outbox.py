@@ -24,6 +24,7 @@ from meshactors.store.outbox import (
     backoff_ms,
     derive_status,
     due_deliveries,
+    due_now_to_peer,
     list_rows,
     mark_delivered,
     mark_failed,
@@ -290,6 +291,30 @@ def test_due_deliveries_filter_by_time_and_network(conn: sqlite3.Connection) -> 
     assert [d.outbox_id for d in due_deliveries(conn, now_ms=T0 + 49, limit=10)] == [here]
     in_net2 = due_deliveries(conn, now_ms=T0 + 50, limit=10, network="net2")
     assert [d.outbox_id for d in in_net2] == [there]
+
+
+def test_due_now_to_peer_cuts_only_that_peers_backoffs_in_that_network(
+    conn: sqlite3.Connection,
+) -> None:
+    fan = send(conn, recipients=["a", "b"], destination_kind="all", destination_ref="*").id
+    elsewhere = send(conn, network="net2", recipients=["a"], client_message_id="cm-2").id
+    keys = [DeliveryKey(fan, "a"), DeliveryKey(fan, "b"), DeliveryKey(elsewhere, "a")]
+    mark_inflight(conn, keys, T0)
+    for key in keys:
+        mark_failed(
+            conn,
+            key.outbox_id,
+            key.recipient,
+            error_code="ack_timeout",
+            permanent=False,
+            now_ms=T0,
+            rand=lambda: 1.0,
+        )
+    assert due_deliveries(conn, now_ms=T0 + 1, limit=10) == []
+    assert due_now_to_peer(conn, "net1", "a", T0 + 1) == 1
+    (due,) = due_deliveries(conn, now_ms=T0 + 1, limit=10)
+    assert (due.outbox_id, due.recipient, due.attempts) == (fan, "a", 1)  # attempts kept
+    assert due_now_to_peer(conn, "net1", "a", T0 + 1) == 0  # nothing left waiting
 
 
 def test_mark_inflight_claims_only_pending_deliveries(conn: sqlite3.Connection) -> None:
