@@ -31,7 +31,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 import structlog
@@ -51,7 +51,6 @@ from meshactors.network.delivery import (
     is_permanent,
 )
 from meshactors.network.manager import NetworkManager
-from meshactors.network.network import Network
 from meshactors.network.peers import STATUS_EVENTS, PeerStatus
 from meshactors.store import inbox as inbox_db
 from meshactors.store import outbox as outbox_db
@@ -63,6 +62,9 @@ from meshactors.store.outbox import EXPIRE_BATCH, Delivery
 from meshactors.store.retention import Retention, prune_step
 from meshactors.wire.ipc import OpError
 from meshactors.wire.peer import Frame
+
+if TYPE_CHECKING:
+    from meshactors.network.network import Network
 
 log = structlog.get_logger("meshactors.outbox")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -25,11 +25,13 @@ from meshactors.membership.facts import (
 )
 from meshactors.membership.part import MAX_TTL_S, now_ms
 from meshactors.network.config import NetworkConfig
-from meshactors.network.network import Network
 from meshactors.ops.network_ops import config_of, manager_of
 from meshactors.ops.optable import Op
 from meshactors.wire.device_id import is_device_id
 from meshactors.wire.ipc import ErrorCode, OpError
+
+if TYPE_CHECKING:
+    from meshactors.network.network import Network
 
 
 @attrs.frozen

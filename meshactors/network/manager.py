@@ -6,7 +6,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
 import structlog
@@ -17,10 +17,12 @@ from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.network.config import ConfigError, NetworkConfig
 from meshactors.network.link import LINK_ROLE, ROLES
-from meshactors.network.network import Network
 from meshactors.store import networks as network_db
 from meshactors.store.actor import StoreActor
 from meshactors.wire.ipc import ErrorCode, OpError
+
+if TYPE_CHECKING:
+    from meshactors.network.network import Network
 
 log = structlog.get_logger("meshactors.networks")
 
@@ -215,6 +217,8 @@ class NetworkManager(Supervisor):
         )
 
     def _build(self, config: NetworkConfig) -> Network:
+        from meshactors.network.network import Network  # its actors: only once one is joined
+
         network = Network.build(config, self.identity, self.store, self.events, self.role)
         for hook in self.on_build:
             hook(network)

@@ -11,7 +11,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from cattrs.gen import make_dict_structure_fn, override
@@ -20,7 +20,6 @@ from meshactors.actors import ActorGone, AskTimeout
 from meshactors.control.session import Session
 from meshactors.daemon.outbox import Outbox, message_view
 from meshactors.network.delivery import MAX_MESSAGE_BYTES, MAX_META_BYTES
-from meshactors.network.network import Network
 from meshactors.ops.optable import Merge, Op, converter
 from meshactors.store import inbox as inbox_db
 from meshactors.store import outbox as outbox_db
@@ -29,6 +28,9 @@ from meshactors.store.fingerprint import fingerprint_prefix
 from meshactors.store.outbox import MAX_CLIENT_MESSAGE_ID_CHARS, OutboxRow, SendError
 from meshactors.wire.device_id import is_device_id, is_usable_device_id
 from meshactors.wire.ipc import ErrorCode, OpError
+
+if TYPE_CHECKING:
+    from meshactors.network.network import Network
 
 OUTBOX_KEY = "outbox"  # Services.extras key of the outbox actor
 ALL_PEERS = "*"  # `to`: every approved peer

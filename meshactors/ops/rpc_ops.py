@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Hashable
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
 import trio
 
 from meshactors.control.session import Session
 from meshactors.network.app_frames import MAX_ID_CHARS
-from meshactors.network.network import Network
 from meshactors.network.payload import Payload, check_name, payload_of, payloads_of
 from meshactors.network.rpc import Rpc, check_timeout
 from meshactors.ops.optable import Merge, Op
 from meshactors.wire.ipc import ErrorCode, OpError
+
+if TYPE_CHECKING:
+    from meshactors.network.network import Network
 
 T = TypeVar("T")
 

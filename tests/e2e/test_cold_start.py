@@ -85,3 +85,13 @@ def test_the_first_requests_after_ready_are_answered(home: Home, tmp_path: Path)
     assert bad.value.code == "invalid_params"
     assert added["added"] is True
     assert [n["id"] for n in status["networks"]] == ["near"]
+
+
+def test_the_daemons_modules_leave_what_only_a_joined_network_needs_unloaded() -> None:
+    deferred = ("meshactors.network.network", "trio_websocket", "meshactors.broker.server")
+    probe = "import sys, meshactors.cli, meshactors.daemon.main\n"
+    probe += f"print([m for m in {deferred!r} if m in sys.modules])"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=GUARD_S
+    )
+    assert loaded.stdout.strip() == "[]"
