@@ -111,37 +111,41 @@ async def test_messages_to_an_offline_peer_wait_then_all_arrive(mesh: Mesh) -> N
         await delivered(a, row_id)
 
 
-async def test_inflight_rows_left_by_a_crash_are_sent_again_at_start(mesh: Mesh) -> None:
+async def sent_while_both_were_down(
+    mesh: Mesh, message: str, *edits: tuple[str, tuple[Any, ...]]
+) -> tuple[Daemon, Daemon, dict[str, Any]]:
+    """A sends `message` to an offline B; with A stopped its store gets `edits` (SQL and
+    parameters, as a crash or failed attempts leave it); both start again. A, B and the send."""
     a, b = await active_pair(mesh)
     await b.stop()
     await a.wait_status(b, "offline")
-    sent = await a.call("send", network=NET, to=b.device_id, message="stranded")
+    sent = await a.call("send", network=NET, to=b.device_id, message=message)
     await a.stop()
     conn = sqlite3.connect(a.home / "state.db", isolation_level=None)
-    conn.execute("UPDATE deliveries SET status = 'inflight'")  # as a SIGKILL mid-send leaves it
-    conn.execute("UPDATE outbox SET status = 'inflight'")
+    for statement, parameters in edits:
+        conn.execute(statement, parameters)
     conn.close()
     a = await mesh.daemon("a")
     b = await mesh.daemon("b")
-    (message,) = await inbox_of(b, 1)
-    assert message["message"] == "stranded"
+    (received,) = await inbox_of(b, 1)
+    assert received["message"] == message
+    return a, b, sent
+
+
+async def test_inflight_rows_left_by_a_crash_are_sent_again_at_start(mesh: Mesh) -> None:
+    a, _, sent = await sent_while_both_were_down(
+        mesh,
+        "stranded",
+        ("UPDATE deliveries SET status = 'inflight'", ()),  # as a SIGKILL mid-send leaves it
+        ("UPDATE outbox SET status = 'inflight'", ()),
+    )
     await delivered(a, sent["id"])
 
 
 async def test_a_delivery_waiting_out_a_backoff_goes_when_its_peer_returns(mesh: Mesh) -> None:
-    a, b = await active_pair(mesh)
-    await b.stop()
-    await a.wait_status(b, "offline")
-    sent = await a.call("send", network=NET, to=b.device_id, message="backed off")
-    await a.stop()
-    conn = sqlite3.connect(a.home / "state.db", isolation_level=None)
     an_hour = 3_600_000 + int(time.time() * 1000)  # as eight failed attempts could leave it
-    conn.execute("UPDATE deliveries SET attempts = 8, next_attempt_at = ?", (an_hour,))
-    conn.close()
-    a = await mesh.daemon("a")
-    b = await mesh.daemon("b")
-    (message,) = await inbox_of(b, 1)
-    assert message["message"] == "backed off"
+    edit = ("UPDATE deliveries SET attempts = 8, next_attempt_at = ?", (an_hour,))
+    a, _, sent = await sent_while_both_were_down(mesh, "backed off", edit)
     row = await delivered(a, sent["id"])
     assert row["deliveries"][0]["attempts"] == 8  # cut short, not counted as a failure
     outbox = a.services.extras["outbox"]
