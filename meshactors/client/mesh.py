@@ -198,6 +198,17 @@ class MeshClient(Ops):
         self._forget_handler(want)
         self._link.forget(want)
 
+    async def _claim(self, want: Want, streaming: bool | str) -> None:
+        """Claim a method for its handler and keep the claim across reconnects; one the daemon
+        refuses is forgotten with its handler (a lost connection replays it instead)."""
+        self._link.desired.claims[want] = streaming
+        try:
+            await self._link.ensure(want, self.call_timeout)
+        except ClientError as error:
+            if not isinstance(error, ConnectionLost):
+                self._drop_claim(want)
+            raise
+
     def _forget_handler(self, want: Want) -> None:
         """Let go of the handler of a claim, a call or a binary-stream one (`unserve` and a
         dropped claim both end here, so neither kind outlives its claim)."""
@@ -211,13 +222,7 @@ class MeshClient(Ops):
         message answers as the error. The claim is restored after every reconnect."""
         want = Want(WantKind.CLAIM, network, method)
         self._serving.handlers[(network, method)] = handler
-        self._link.desired.claims[want] = is_streaming(handler)
-        try:
-            await self._link.ensure(want, self.call_timeout)
-        except ClientError as error:
-            if not isinstance(error, ConnectionLost):
-                self._drop_claim(want)
-            raise
+        await self._claim(want, is_streaming(handler))
 
     async def unserve(self, network: str, method: str) -> None:
         """Give up a method served with `serve`."""
@@ -246,8 +251,7 @@ class MeshClient(Ops):
         `unserve` ends it."""
         want = Want(WantKind.CLAIM, network, method)
         self._binary_handlers[(network, method)] = handler
-        self._link.desired.claims[want] = "binary"
-        await self._link.ensure(want, self.call_timeout)
+        await self._claim(want, "binary")
 
     async def _serve_incoming(self, offer: dict[str, Any]) -> None:
         handler = self._binary_handlers.get((offer.get("network"), offer.get("method")))  # type: ignore[arg-type]

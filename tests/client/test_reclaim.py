@@ -1,6 +1,7 @@
 """A served method whose claim a restart in the daemon ended (`handler_displaced`, `by` null) is
 claimed again by the library; one another program took (`by` names it) stays with that one, and
-the displaced program lets its handler go (binary streams too)."""
+the displaced program lets its handler go (binary streams too); one the daemon refused is not
+kept."""
 
 from __future__ import annotations
 
@@ -103,3 +104,22 @@ async def test_a_binary_claim_another_program_took_lets_the_handler_go(
 
 async def second_handler(stream: BinaryStream) -> None:
     await stream.send_eof()
+
+
+async def test_a_binary_claim_the_daemon_refused_is_not_kept(running: LocalDaemon) -> None:
+    async def handler(stream: BinaryStream) -> None:
+        await stream.send_eof()
+
+    held = weakref.ref(handler)
+    async with MeshClient(running.paths.socket) as client:
+        with pytest.raises(ClientError) as refused:  # not joined to "lan" yet
+            await client.serve_stream("lan", "files", handler)
+        assert refused.value.code == "no_such_network"
+        del handler, refused  # its traceback holds serve_stream's frame, and that the handler
+        await client.ensure_networks([NETWORK])
+        me = (await client.status())["device_id"]
+        with pytest.raises(ClientError) as unserved, trio.fail_after(WAIT):
+            await client.open_stream("lan", me, "files")
+        assert unserved.value.code == "no_handler"
+        gc.collect()
+        assert held() is None  # neither the handler nor its claim outlived the refusal
