@@ -181,8 +181,8 @@ def claim_due(
 
 def record_settled(conn: sqlite3.Connection, batch: Sequence[_Settled], now_ms: int) -> list[str]:
     """Mark each attempt delivered, failed or (its peer changed) due again, all in one
-    transaction; returns each delivery's new status ("gone": no such delivery; "already_done":
-    an earlier ack had finished it, so this one changed nothing)."""
+    transaction; returns each delivery's new status ("gone": no such delivery; "already_done"
+    or "already_dead": it had finished before, so this one changed nothing)."""
     with immediate(conn):
         return [_record_one(conn, item, now_ms) for item in batch]
 
@@ -504,6 +504,10 @@ class Outbox(Actor):
                     if status != "done":
                         continue  # a repeated ack (its delivery was told already) or a pruned row
                     told.add(key)
+                elif status == "already_done" or (status == "already_dead" and not redo):
+                    continue  # the attempt failed after its delivery had finished: no news
+                elif status == "already_dead":
+                    status = "dead"  # maybe the call a crash cut off killed it: not told
                 self.counts["delivered" if item.error is None else "failed"] += 1
                 self.counts["dead"] += status == "dead"
                 if status in ("done", "dead"):

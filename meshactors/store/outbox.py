@@ -415,7 +415,8 @@ def mark_failed(
     when the error is permanent, attempts reach max_attempts or the send outlived ttl_ms.
 
     Returns the delivery's new status, or None when no such delivery exists. A finished
-    (done or dead) delivery is left as it is.
+    delivery is left as it is: "already_done" or "already_dead" (this attempt's failure came
+    after an ack or an earlier failure had finished it, so it is no news).
     """
     with immediate(conn):
         found = conn.execute(
@@ -428,7 +429,7 @@ def mark_failed(
             return None
         status, attempts, next_attempt_at, created_at = found
         if status in ("done", "dead"):
-            return str(status)
+            return f"already_{status}"
         attempts += 1
         if permanent or attempts >= max_attempts or created_at + ttl_ms < now_ms:
             status = "dead"

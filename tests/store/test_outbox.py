@@ -358,6 +358,19 @@ def test_a_transient_failure_retries_after_backoff(conn: sqlite3.Connection) -> 
     assert due.attempts == 3
 
 
+@pytest.mark.parametrize("finished", ["done", "dead"])
+def test_a_failure_after_a_delivery_finished_changes_nothing(
+    conn: sqlite3.Connection, finished: str
+) -> None:
+    row_id = put_in_state(conn, finished)
+    before = row_of(conn, row_id)
+    status = mark_failed(
+        conn, row_id, "dev-a", error_code="ack_timeout", permanent=False, now_ms=T0 + 9
+    )
+    assert status == f"already_{finished}"  # no news: the caller publishes nothing
+    assert row_of(conn, row_id) == before
+
+
 def test_max_attempts_makes_a_delivery_dead(conn: sqlite3.Connection) -> None:
     row_id = send(conn).id
     statuses = [
@@ -402,9 +415,6 @@ def test_a_permanent_error_is_dead_at_once(conn: sqlite3.Connection) -> None:
 
 def test_finished_or_unknown_deliveries_ignore_late_reports(conn: sqlite3.Connection) -> None:
     row_id = put_in_state(conn, "done")
-    late = mark_failed(conn, row_id, "dev-a", error_code="ack_timeout", permanent=False, now_ms=T0)
-    assert late == "done"
-    assert row_of(conn, row_id).status == "done"
     assert mark_delivered(conn, row_id, "dev-a", T0 + 1) == "already_done"  # a repeated ack
     assert row_of(conn, row_id).updated_at == T0  # ... changes nothing
     assert mark_failed(conn, "nope", "dev-a", error_code="x", permanent=True, now_ms=T0) is None
