@@ -613,6 +613,7 @@ class Peers:
         peer.incompatible = None
         self._set_peer_capabilities(peer, hello.capabilities, announce=not first)
         self._set_peer_profile(peer, hello.profile)
+        approved_now = False
         if self.closed:
             if first and self._closed_out(peer):
                 self._drop(peer, REJECTED_NON_MEMBER)
@@ -624,8 +625,11 @@ class Peers:
             self._roster[peer.device_id] = self._unsaved[peer.device_id] = entry
             if state == "approved":
                 self._publish("peer_approved", peer, auto=True)
+                approved_now = True
         if not hello.answer:
             await self._try_send(peer, self._hello(peer, answer=True))
+        elif approved_now:  # our hello it answers said `pending`: it would wait on that forever
+            await self._try_send(peer, Approval("approved"))
         await self._try_send(peer, Ping(time.monotonic_ns()))
         self._update(peer)
         if self.gate is not None:
