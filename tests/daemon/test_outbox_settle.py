@@ -8,25 +8,12 @@ from pathlib import Path
 from meshactors.daemon.outbox import ACK_TIMEOUT, _Settled, record_settled
 from meshactors.store import outbox as outbox_db
 from meshactors.store.db import open_database
-
-T0 = 1_000_000
+from tests.store.test_outbox import T0, send
 
 
 def test_a_timeout_recorded_after_its_ack_is_no_news(tmp_path: Path) -> None:
     conn = open_database(tmp_path / "state.db")
-    sent = outbox_db.accept(
-        conn,
-        network="net1",
-        recipients=["dev-a"],
-        destination_kind="peer",
-        destination_ref="dev-a",
-        message="hello",
-        priority="next",
-        meta=None,
-        reply_to_id=None,
-        client_message_id="cm-1",
-        now_ms=T0,
-    )
+    sent = send(conn)  # to dev-a
     key = outbox_db.DeliveryKey(sent.id, "dev-a")
     assert outbox_db.mark_inflight(conn, [key], T0) == [key]
     late = [_Settled(sent.id, "dev-a", None), _Settled(sent.id, "dev-a", ACK_TIMEOUT)]
