@@ -30,11 +30,12 @@ def fact(
     at_ms: int = 2000,
     parents: list[str] | None = None,
     invite: Invite | None = None,
+    network: str = NET,
 ) -> Fact:
     """A signed fact following the log's heads (or `parents`)."""
     device_id = target if isinstance(target, str) else target.device_id
     unsigned = Fact(
-        NET,
+        network,
         log.genesis_hash,
         author.device_id,
         kind,

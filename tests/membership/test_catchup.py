@@ -12,11 +12,13 @@ import trio
 
 from meshactors.identity import Identity
 from meshactors.membership import part as membership_part
-from meshactors.membership.facts import SIG_CHARS, Fact, record_hash, sign, to_bootstrap
+from meshactors.membership.facts import Fact, record_hash, to_bootstrap
 from meshactors.membership.frames import LOG_PAGE, LogFacts
+from meshactors.membership.log import MembershipLog
 from meshactors.membership.part import now_ms
 from tests.membership.conftest import CLOSED, active, figures, import_closed, members, team
 from tests.membership.logkit import device
+from tests.membership.logkit import fact as logkit_fact
 from tests.network.conftest import Daemon, Mesh
 
 
@@ -84,29 +86,28 @@ async def _send(sender: Daemon, to: Daemon, facts: list[Fact]) -> None:
     )
 
 
+def granted(owner: Daemon, the_log: MembershipLog, target: Identity, parents: list[str]) -> Fact:
+    """The owner's signed grant of membership in CLOSED to `target`, after `parents`."""
+    return logkit_fact(
+        the_log,
+        owner.services.identity,
+        "grant",
+        target,
+        "member",
+        now_ms(),
+        parents,
+        network=CLOSED,
+    )
+
+
 async def test_a_fact_before_its_parent_waits_and_both_apply_once_it_comes(mesh: Mesh) -> None:
     owner, member = await team(mesh, "owner", "member")
     the_log = owner.network(CLOSED).membership.log
     assert the_log is not None
     x, y = device(), device()
 
-    def grant(target: str, parents: list[str]) -> Fact:
-        unsigned = Fact(
-            CLOSED,
-            the_log.genesis_hash,
-            owner.device_id,
-            "grant",
-            target,
-            "member",
-            now_ms(),
-            parents,
-            None,
-            "A" * SIG_CHARS,
-        )
-        return sign(owner.services.identity, unsigned)
-
-    first = grant(x.device_id, the_log.heads())
-    second = grant(y.device_id, [record_hash(first)])
+    first = granted(owner, the_log, x, the_log.heads())
+    second = granted(owner, the_log, y, [record_hash(first)])
     mark = member.last_event_id
     await _send(owner, member, [second])
     await _send(owner, member, [first])
@@ -123,25 +124,11 @@ async def test_a_page_that_brings_nothing_new_ends_the_pulls_while_a_fact_waits(
     assert the_log is not None
     x, w, y, z, v = (device() for _ in range(5))
 
-    def grant(target: Identity, parents: list[str]) -> Fact:
-        unsigned = Fact(
-            CLOSED,
-            the_log.genesis_hash,
-            owner.device_id,
-            "grant",
-            target.device_id,
-            "member",
-            now_ms(),
-            parents,
-            None,
-            "A" * SIG_CHARS,
-        )
-        return sign(owner.services.identity, unsigned)
-
-    ahead = grant(x, the_log.heads())  # the member's; the owner does not keep it (yet)
-    further = grant(w, [record_hash(ahead)])
-    gap = grant(z, [record_hash(further)])  # nobody has it yet
-    waiting = grant(y, [record_hash(gap)])
+    # the member's; the owner does not keep it (yet)
+    ahead = granted(owner, the_log, x, the_log.heads())
+    further = granted(owner, the_log, w, [record_hash(ahead)])
+    gap = granted(owner, the_log, z, [record_hash(further)])  # nobody has it yet
+    waiting = granted(owner, the_log, y, [record_hash(gap)])
     await _send(owner, member, [ahead])
     await member.wait_event("member_granted", device_id=x.device_id)
     before = (await figures(member))["dropped"].get("duplicate", 0)  # the setup's catch-up
@@ -156,7 +143,7 @@ async def test_a_page_that_brings_nothing_new_ends_the_pulls_while_a_fact_waits(
     await member.wait_event("member_granted", device_id=y.device_id)
     await _send(member, owner, [further])
     await owner.wait_event("member_granted", device_id=w.device_id)
-    await _send(owner, member, [grant(v, [record_hash(waiting)])])
+    await _send(owner, member, [granted(owner, the_log, v, [record_hash(waiting)])])
     await member.wait_event("member_granted", device_id=v.device_id)
     assert (await figures(member))["dropped"] == {"duplicate": before + 1}
 
@@ -186,19 +173,7 @@ async def test_a_push_the_broker_dropped_is_fetched_at_the_next_heads(
     part = network.membership
     assert part.log is not None
     x = device()
-    unsigned = Fact(
-        CLOSED,
-        part.log.genesis_hash,
-        owner.device_id,
-        "grant",
-        x.device_id,
-        "member",
-        now_ms(),
-        part.log.heads(),
-        None,
-        "A" * SIG_CHARS,
-    )
-    fact = sign(owner.services.identity, unsigned)
+    fact = granted(owner, part.log, x, part.log.heads())
 
     async def keep_without_sending() -> None:  # as if the broker dropped the owner's push
         part._take([fact], stored=True)
