@@ -45,6 +45,7 @@ from meshactors.broker.cluster_wire import Envelope, PresenceEntry, PresenceEven
 from meshactors.broker.health import answer_health
 from meshactors.broker.limits import NOTICE_BURST, NOTICE_RATE_PER_S, BrokerConfig, TokenBucket
 from meshactors.broker.nonces import NonceCache
+from meshactors.keepalive import answered_or_heard
 from meshactors.listen import open_tcp_listeners
 from meshactors.wire.broker import (
     BROKER_PATH,
@@ -89,6 +90,7 @@ class _Member:
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     ended: SessionEnd | None = None
     queued_bytes: int = 0
+    progress: int = 0  # messages read from it and written to it: a keepalive's sign of life
 
     def offer(self, message: str | bytes) -> bool:
         """Queue a message for the member's writer without blocking; a receiver that has fallen
@@ -280,7 +282,8 @@ class Broker:
         except* ConnectionClosed:
             pass  # the client vanished during a handshake or a send; nothing to clean up
         except* LocalProtocolError:
-            pass  # trio-websocket's reader refusing an oversize message after our close began
+            pass  # trio-websocket's reader after our close began: an oversize message, or a
+            # ping it answers on the closing connection (python-trio/trio-websocket#184)
         except* Exception:
             self._counts["connection_errors"] += 1
             log.exception("connection_failed")
@@ -483,6 +486,7 @@ class Broker:
             except ConnectionClosed:
                 member.end(_closed_by_peer(ws))
                 return
+            member.progress += 1
             if not member.messages.take(trio.current_time()):
                 member.end(SessionEnd.RATE_LIMITED)
                 return
@@ -528,18 +532,20 @@ class Broker:
                 member.end(_closed_by_peer(ws))
                 return
             member.queued_bytes -= size
+            member.progress += 1
 
     async def _keepalive(self, ws: WebSocketConnection, member: _Member) -> None:
-        """Ping every interval; end the session when a pong does not come back in time."""
+        """Ping every interval; end the session when a pong deadline passes in which the member
+        neither answered nor read or sent anything (a member busy with a backlog stays)."""
+        deadline = self.config.pong_timeout
         while True:
             await trio.sleep(self.config.ping_interval)
-            with trio.move_on_after(self.config.pong_timeout) as waiting:
-                try:
-                    await ws.ping()
-                except ConnectionClosed:
-                    member.end(_closed_by_peer(ws))
-                    return
-            if waiting.cancelled_caught:
+            try:
+                answered = await answered_or_heard(ws.ping, lambda: member.progress, deadline)
+            except ConnectionClosed:
+                member.end(_closed_by_peer(ws))
+                return
+            if not answered:
                 member.end(SessionEnd.PONG_TIMEOUT)
                 return
 

@@ -28,6 +28,7 @@ from nacl.signing import SigningKey
 from meshactors.actors import Actor, Inbox, cleanup_scope
 from meshactors.broker.limits import TokenBucket
 from meshactors.event_hub import EventPublisher
+from meshactors.keepalive import answered_or_heard
 from meshactors.network.link_errors import LinkError, LinkErrorKind, classify
 from meshactors.wire.broker import (
     RECORD_HEADER_BYTES,
@@ -57,7 +58,7 @@ CONNECT_TIMEOUT = 10.0  # seconds for TCP + WebSocket upgrade
 WELCOME_TIMEOUT = 10.0  # seconds between sending our hello and the broker's welcome
 CLOSE_TIMEOUT = 2.0  # seconds for the WebSocket closing handshake
 LINK_PING_INTERVAL = 20.0  # seconds between our keepalive pings to the broker
-LINK_PONG_TIMEOUT = 20.0  # seconds a ping may go unanswered before the link is dropped
+LINK_PONG_TIMEOUT = 20.0  # seconds without a pong or anything else before the link is dropped
 OUTBOUND_QUEUE = 8192  # sealed records waiting for the writer; senders wait beyond it
 BATCH_MAX_RECORDS = 1024  # records joined into one WebSocket message
 BATCH_IDLE_PASSES = 3  # under load: scheduler passes without a new record before a batch goes
@@ -193,6 +194,7 @@ class Link(Actor):
     batches_out: int = 0
     dropped: int = 0  # records that never left: queued when the link dropped, or oversize
     malformed: int = 0  # broker messages we could not read
+    _heard: int = 0  # messages read from the broker: a keepalive's sign of life
     last_error: LinkError | None = None  # why the link is not up, if it is not
     events: EventPublisher | None = None  # where `network_link_error` goes (none in unit tests)
     _reported: LinkError | None = None  # the error last logged and published
@@ -285,6 +287,7 @@ class Link(Actor):
         # trio-websocket is imported by the first connection, after READY (a cold start
         # without it is ~30 ms shorter; docs/performance.md, "Cold start").
         from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+        from wsproto.utilities import LocalProtocolError
 
         welcomed = False
         try:
@@ -309,8 +312,10 @@ class Link(Actor):
             OSError,
             trio.TooSlowError,
             BrokerProtocolError,
+            LocalProtocolError,  # trio-websocket answered a ping on a closing connection
         ) as exc:
-            self._failed(classify(exc, url, welcomed=welcomed), url)
+            if not welcomed or self.last_error is None:  # else the keepalive said why first
+                self._failed(classify(exc, url, welcomed=welcomed), url)
         return welcomed
 
     def _backoff(self) -> float:
@@ -365,13 +370,15 @@ class Link(Actor):
         try:
             await task(*args)
         except ConnectionClosed as closed:
-            self._failed(classify(closed, self.url or "", welcomed=True), self.url or "")
+            if self.last_error is None:  # a keepalive that closed it said why first
+                self._failed(classify(closed, self.url or "", welcomed=True), self.url or "")
         finally:
             session.cancel()
 
     async def _read(self, ws: WebSocketConnection) -> None:
         while True:
             message = await ws.get_message()
+            self._heard += 1
             if isinstance(message, str):
                 event = self._notice(message)
                 if event is not None:
@@ -442,13 +449,13 @@ class Link(Actor):
             self.frames_out += len(batch)
 
     async def _keepalive(self, ws: WebSocketConnection) -> None:
-        """Close a connection whose broker stopped answering pings (a silently dead TCP path)."""
+        """Close a connection whose broker went silent: a ping unanswered for a whole
+        LINK_PONG_TIMEOUT in which nothing else arrived either (a dead TCP path)."""
         while True:
             await trio.sleep(LINK_PING_INTERVAL)
-            with trio.move_on_after(LINK_PONG_TIMEOUT) as waiting:
-                await ws.ping()
-            if waiting.cancelled_caught:
-                error = LinkError(LinkErrorKind.TIMEOUT, "the broker did not answer a ping")
+            if not await answered_or_heard(ws.ping, lambda: self._heard, LINK_PONG_TIMEOUT):
+                silent = f"the broker sent nothing, not even a pong, for {LINK_PONG_TIMEOUT:g} s"
+                error = LinkError(LinkErrorKind.TIMEOUT, silent)
                 self._failed(error, self.url or "")
                 with trio.move_on_after(CLOSE_TIMEOUT):  # a write stuck on a dead path
                     await ws.aclose(1001, "pong timeout")

@@ -66,6 +66,7 @@ def classify(error: BaseException, url: str, *, welcomed: bool) -> LinkError:
         ConnectionTimeout,
         HandshakeError,
     )
+    from wsproto.utilities import LocalProtocolError
 
     if isinstance(error, ConnectionRejected):
         status = error.status_code
@@ -78,6 +79,8 @@ def classify(error: BaseException, url: str, *, welcomed: bool) -> LinkError:
         return _error(LinkErrorKind.TIMEOUT, "the broker sent no welcome in time")
     if isinstance(error, ConnectionClosed):
         return _closed(error, welcomed=welcomed)
+    if isinstance(error, LocalProtocolError):  # python-trio/trio-websocket#184
+        return _error(LinkErrorKind.CLOSED, "the connection closed as a ping came in")
     if isinstance(error, HandshakeError):
         return _os_error(error.__cause__ or error.__context__, url)
     if isinstance(error, OSError):

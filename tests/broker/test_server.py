@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 import trio
+import trio.testing
 from nacl.signing import SigningKey
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
@@ -283,6 +284,30 @@ async def test_unanswered_ping_drops_the_connection(nursery: trio.Nursery) -> No
         await bob.send_message(encode_batch([(pk(ALICE), b"1")]))
         await bob.send_message(encode_batch([(pk(ALICE), b"2")]))
         await next_text(bob, left(did(ALICE)))
+        reason = await drained_to_close(alice)
+    assert (reason.code, reason.reason) == (4408, "pong_timeout")
+    assert broker.figures()["closed_pong_timeout"] == 1
+
+
+async def test_a_member_heard_outlives_its_unanswered_pings_until_it_falls_silent(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    """Alice's pongs wait behind messages she does not read, but she keeps sending: busy, not
+    gone. A whole pong deadline without a word from her ends her session."""
+    broker, url = await start_broker(nursery, ping_interval=10, pong_timeout=20)
+    async with joined(url, ALICE, "net") as (alice, _), joined(url, BOB, "net") as (bob, _):
+        await bob.send_message(encode_batch([(pk(ALICE), b"1")]))
+        await bob.send_message(encode_batch([(pk(ALICE), b"2")]))  # her reader stalls
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(10)  # the broker pings her
+        for n in range(5):
+            await alice.send_message(encode_batch([(pk(BOB), b"%d" % n)]))
+            assert await next_batch(bob) == [(pk(ALICE), b"%d" % n)]
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(20)
+            await trio.testing.wait_all_tasks_blocked()
+            assert broker.figures()["closed_pong_timeout"] == 0
+        mock_clock.jump(20)  # a deadline without a word from her
         reason = await drained_to_close(alice)
     assert (reason.code, reason.reason) == (4408, "pong_timeout")
     assert broker.figures()["closed_pong_timeout"] == 1

@@ -13,6 +13,7 @@ class LinkEventRecorder:
     """Stands where core's inbox would: `statuses` in order, other events on `events`."""
 
     statuses: list[LinkStatus] = attrs.field(factory=list)
+    hold: trio.Event | None = None  # while set and not fired, events wait (a stuck core)
     _send: trio.MemorySendChannel[LinkEvent] = attrs.field(init=False)
     events: trio.MemoryReceiveChannel[LinkEvent] = attrs.field(init=False)
 
@@ -23,6 +24,8 @@ class LinkEventRecorder:
         if isinstance(event, LinkStatus):
             self.statuses.append(event)
         else:
+            if self.hold is not None:
+                await self.hold.wait()
             await self._send.send(event)
 
     async def up(self) -> LinkUp:

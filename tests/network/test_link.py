@@ -18,10 +18,12 @@ from meshactors.network.link import (
     BACKOFF_BASE,
     BACKOFF_CAP,
     PACE_SHARE,
+    InboundRecords,
     Link,
     LinkDown,
     LinkLost,
     LinkOutbound,
+    LinkUp,
     backoff_delay,
 )
 from meshactors.network.link_errors import LinkErrorKind
@@ -29,9 +31,13 @@ from meshactors.wire.broker import (
     MESSAGE_BURST,
     MESSAGE_RATE_PER_S,
     BrokerProtocolError,
+    PresenceJoin,
     decode_batch,
     decode_welcome,
+    encode_batch,
+    encode_notice,
 )
+from meshactors.wire.device_id import device_id_from_public_key
 from tests.network.conftest import WAIT
 from tests.network.linksink import LinkEventRecorder
 
@@ -212,3 +218,97 @@ def test_a_welcome_with_bad_limits_is_refused(limits: dict[str, object], reason:
 def test_a_welcome_without_rate_limits_gets_the_documented_defaults() -> None:
     welcome = decode_welcome(json.dumps({"type": "welcome", "v": 1, "peers": []}))
     assert (welcome.message_rate, welcome.message_burst) == (MESSAGE_RATE_PER_S, MESSAGE_BURST)
+
+
+async def test_a_broker_heard_outlives_unanswered_pings_and_a_silent_one_is_left(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """The broker reads nothing (its pongs stall) but keeps talking: busy, not gone. A whole pong
+    deadline of silence drops the link; a ping from the broker while we close it (trio-websocket
+    answers it in a closing state) ends that connection like any close, not the link actor."""
+    say, said = trio.open_memory_channel[str | None](10)
+
+    async def busy_broker(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.get_message()  # the hello; nothing is read after it
+        await ws.send_message(json.dumps({"type": "welcome", "v": 1, "peers": []}))
+        async with trio.open_nursery() as pings:
+            async for text in said:
+                if text is None:
+                    pings.start_soon(ws.ping)  # its pong never comes: the link is closing
+                else:
+                    await ws.send_message(text)
+
+    heard = LinkEventRecorder()
+    peer = device_id_from_public_key(SigningKey.generate().verify_key.encode())
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, busy_broker, "127.0.0.1", 0, None)
+        url = f"ws://127.0.0.1:{server.port}/v1"
+        link = Link("net1", [url], SigningKey.generate(), heard, rng=random.Random(1))
+        await nursery.start(run_root, link, Node(name="link", kind="link"))
+        outbound = (await heard.up()).outbound
+        for sealed in (b"1", b"2"):  # two messages the broker never reads: its reader stalls
+            await trio.testing.wait_all_tasks_blocked()
+            assert outbound.send_nowait(bytes(32), sealed)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(link_module.LINK_PING_INTERVAL)  # our ping, unanswered from now on
+        for _ in range(5):
+            await say.send(encode_notice(PresenceJoin(peer, "daemon")))
+            assert isinstance(await heard.events.receive(), PresenceJoin)
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(link_module.LINK_PONG_TIMEOUT)
+            await trio.testing.wait_all_tasks_blocked()
+            assert link.state == "up"
+        mock_clock.jump(link_module.LINK_PONG_TIMEOUT)  # silence: we close the connection
+        await trio.testing.wait_all_tasks_blocked()
+        await say.send(None)
+        assert isinstance(await heard.events.receive(), LinkLost)
+        assert link.last_error is not None
+        assert link.last_error.kind is LinkErrorKind.TIMEOUT
+        assert link.connects == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_ping_met_while_we_close_ends_the_connection_not_the_link(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Core is stuck, so we read nothing: our ping's pong and a ping from the broker wait unread,
+    and after a silent deadline we close. trio-websocket then answers that ping on a closing
+    connection and raises (python-trio/trio-websocket#184): that connection ends, the link
+    stays, says why it closed and connects again."""
+    ready = trio.Event()
+
+    async def talkative_broker(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.get_message()  # the hello
+        await ws.send_message(json.dumps({"type": "welcome", "v": 1, "peers": []}))
+        await ready.wait()
+        for n in range(3):  # one for our reader, one in its queue, one it holds
+            await ws.send_message(encode_batch([(bytes(32), b"%d" % n)]))
+        async with trio.open_nursery() as pings:
+            pings.start_soon(ws.ping)  # unread behind them
+            await trio.sleep_forever()
+
+    heard = LinkEventRecorder()
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, talkative_broker, "127.0.0.1", 0, None)
+        url = f"ws://127.0.0.1:{server.port}/v1"
+        link = Link("net1", [url], SigningKey.generate(), heard, rng=random.Random(1))
+        await nursery.start(run_root, link, Node(name="link", kind="link"))
+        await heard.up()
+        heard.hold = trio.Event()
+        ready.set()
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(link_module.LINK_PING_INTERVAL)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(link_module.LINK_PONG_TIMEOUT)  # silent: we close
+        await trio.testing.wait_all_tasks_blocked()
+        heard.hold.set()
+        while not isinstance(event := await heard.events.receive(), LinkLost):
+            assert isinstance(event, InboundRecords)
+        assert link.last_error is not None
+        assert link.last_error.kind is LinkErrorKind.TIMEOUT
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(BACKOFF_CAP)
+        assert isinstance(await heard.events.receive(), LinkUp)
+        nursery.cancel_scope.cancel()
