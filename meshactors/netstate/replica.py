@@ -251,7 +251,7 @@ class StateReplica:
             await self._put_to_all([item.entry for item in local])
         for work in batch:
             match work:
-                case _SendSummary(peer=peer, ask=ask) if ask or len(self.map):
+                case _SendSummary(peer=peer, ask=ask) if len(self.map):
                     # (an empty map has nothing to offer; a peer with entries sends us theirs)
                     await self._send_to(peer, StateSummary(self.map.summary(), ask))
                 case _FromPeer(sender=sender, frame=frame):
@@ -309,7 +309,7 @@ class StateReplica:
                     self._pulls[sender] = _Catchup(self._pull_ids, buckets)
                     self.counters["pulls"] += 1
                     await self._send_to(sender, StatePull(self._pull_ids, buckets))
-                if ask:
+                if ask and buckets:  # equal maps: neither side has anything to pull
                     await self._send_to(sender, StateSummary(self.map.summary()))
             case StatePull(pull=pull, buckets=buckets, after=after):
                 found, more = self.map.page(buckets, after, MAX_PAGE_ENTRIES, MAX_PAGE_BYTES)
