@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import random
 import socket
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
 import trio.testing
 from nacl.signing import SigningKey
-from trio_websocket import WebSocketRequest, serve_websocket
+from trio_websocket import WebSocketConnection, WebSocketRequest, serve_websocket
 
 from meshactors.actors import Node, run_root
 from meshactors.network import link as link_module
@@ -86,6 +87,26 @@ async def test_an_unreachable_broker_is_retried_with_backoff_and_core_hears_why(
     assert heard.statuses[-1].state == "stopped"
 
 
+async def _welcomed(request: WebSocketRequest, **limits: int) -> WebSocketConnection:
+    """Accept the link's connection, read its hello and welcome it (announcing `limits`)."""
+    ws = await request.accept()
+    await ws.get_message()  # the hello
+    await ws.send_message(json.dumps({"type": "welcome", "v": 1, "peers": [], **limits}))
+    return ws
+
+
+async def _link_to(
+    nursery: trio.Nursery, broker: Callable[[WebSocketRequest], Awaitable[None]]
+) -> tuple[Link, LinkEventRecorder]:
+    """A link (its jitter seeded) running in `nursery`, to `broker` served on a free port."""
+    server = await nursery.start(serve_websocket, broker, "127.0.0.1", 0, None)
+    heard = LinkEventRecorder()
+    url = f"ws://127.0.0.1:{server.port}/v1"
+    link = Link("net1", [url], SigningKey.generate(), heard, rng=random.Random(1))
+    await nursery.start(run_root, link, Node(name="link", kind="link"))
+    return link, heard
+
+
 async def test_senders_waiting_on_a_full_queue_fail_with_link_down_when_it_drops(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -94,18 +115,12 @@ async def test_senders_waiting_on_a_full_queue_fail_with_link_down_when_it_drops
 
     async def stalled_broker(request: WebSocketRequest) -> None:
         """Welcomes, then reads nothing until told to close the connection."""
-        ws = await request.accept()
-        await ws.get_message()  # the hello
-        await ws.send_message(json.dumps({"type": "welcome", "v": 1, "peers": []}))
+        ws = await _welcomed(request)
         await hang_up.wait()
         await ws.aclose(1011, "gone")
 
-    heard = LinkEventRecorder()
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_websocket, stalled_broker, "127.0.0.1", 0, None)
-        url = f"ws://127.0.0.1:{server.port}/v1"
-        link = Link("net1", [url], SigningKey.generate(), heard, rng=random.Random(1))
-        await nursery.start(run_root, link, Node(name="link", kind="link"))
+        link, heard = await _link_to(nursery, stalled_broker)
         with trio.fail_after(WAIT):
             outbound = (await heard.up()).outbound
         failures: list[str] = []
@@ -142,18 +157,13 @@ async def _recorded_link(
     received, batches = trio.open_memory_channel[list[tuple[bytes, bytes]]](1000)
 
     async def recording_broker(request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        await ws.get_message()  # the hello
-        await ws.send_message(json.dumps({"type": "welcome", "v": 1, "peers": [], **limits}))
+        ws = await _welcomed(request, **limits)
         while True:
             message = await ws.get_message()
             assert isinstance(message, bytes)
             await received.send(decode_batch(message))
 
-    heard = LinkEventRecorder()
-    server = await nursery.start(serve_websocket, recording_broker, "127.0.0.1", 0, None)
-    link = Link("net1", [f"ws://127.0.0.1:{server.port}/v1"], SigningKey.generate(), heard)
-    await nursery.start(run_root, link, Node(name="link", kind="link"))
+    link, heard = await _link_to(nursery, recording_broker)
     with trio.fail_after(WAIT):
         outbound = (await heard.up()).outbound
     return link, outbound, batches
@@ -224,28 +234,17 @@ async def test_a_broker_heard_outlives_unanswered_pings_and_a_silent_one_is_left
     mock_clock: trio.testing.MockClock,
 ) -> None:
     """The broker reads nothing (its pongs stall) but keeps talking: busy, not gone. A whole pong
-    deadline of silence drops the link; a ping from the broker while we close it (trio-websocket
-    answers it in a closing state) ends that connection like any close, not the link actor."""
-    say, said = trio.open_memory_channel[str | None](10)
+    deadline of silence drops the link."""
+    say, said = trio.open_memory_channel[str](10)
 
     async def busy_broker(request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        await ws.get_message()  # the hello; nothing is read after it
-        await ws.send_message(json.dumps({"type": "welcome", "v": 1, "peers": []}))
-        async with trio.open_nursery() as pings:
-            async for text in said:
-                if text is None:
-                    pings.start_soon(ws.ping)  # its pong never comes: the link is closing
-                else:
-                    await ws.send_message(text)
+        ws = await _welcomed(request)  # nothing is read after the hello
+        async for text in said:
+            await ws.send_message(text)
 
-    heard = LinkEventRecorder()
     peer = device_id_from_public_key(SigningKey.generate().verify_key.encode())
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_websocket, busy_broker, "127.0.0.1", 0, None)
-        url = f"ws://127.0.0.1:{server.port}/v1"
-        link = Link("net1", [url], SigningKey.generate(), heard, rng=random.Random(1))
-        await nursery.start(run_root, link, Node(name="link", kind="link"))
+        link, heard = await _link_to(nursery, busy_broker)
         outbound = (await heard.up()).outbound
         for sealed in (b"1", b"2"):  # two messages the broker never reads: its reader stalls
             await trio.testing.wait_all_tasks_blocked()
@@ -260,8 +259,6 @@ async def test_a_broker_heard_outlives_unanswered_pings_and_a_silent_one_is_left
             await trio.testing.wait_all_tasks_blocked()
             assert link.state == "up"
         mock_clock.jump(link_module.LINK_PONG_TIMEOUT)  # silence: we close the connection
-        await trio.testing.wait_all_tasks_blocked()
-        await say.send(None)
         assert isinstance(await heard.events.receive(), LinkLost)
         assert link.last_error is not None
         assert link.last_error.kind is LinkErrorKind.TIMEOUT
@@ -279,9 +276,7 @@ async def test_a_ping_met_while_we_close_ends_the_connection_not_the_link(
     ready = trio.Event()
 
     async def talkative_broker(request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        await ws.get_message()  # the hello
-        await ws.send_message(json.dumps({"type": "welcome", "v": 1, "peers": []}))
+        ws = await _welcomed(request)
         await ready.wait()
         for n in range(3):  # one for our reader, one in its queue, one it holds
             await ws.send_message(encode_batch([(bytes(32), b"%d" % n)]))
@@ -289,12 +284,8 @@ async def test_a_ping_met_while_we_close_ends_the_connection_not_the_link(
             pings.start_soon(ws.ping)  # unread behind them
             await trio.sleep_forever()
 
-    heard = LinkEventRecorder()
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_websocket, talkative_broker, "127.0.0.1", 0, None)
-        url = f"ws://127.0.0.1:{server.port}/v1"
-        link = Link("net1", [url], SigningKey.generate(), heard, rng=random.Random(1))
-        await nursery.start(run_root, link, Node(name="link", kind="link"))
+        link, heard = await _link_to(nursery, talkative_broker)
         await heard.up()
         heard.hold = trio.Event()
         ready.set()
