@@ -4,6 +4,7 @@ from meshactors.actors._actor import DEFAULT_INBOX_CAPACITY, Actor, Inbox, clean
 from meshactors.actors._ask import ActorGone, AskTimeout, Reply, ask
 from meshactors.actors._crash import DebugCrash
 from meshactors.actors._fanout import DEFAULT_SUBSCRIBER_CAPACITY, Broadcast, Lagged, Subscriber
+from meshactors.actors._lanes import LanedInbox
 from meshactors.actors._pending import Pending
 from meshactors.actors._registry import ActorState, Node, current_node
 from meshactors.actors._supervisor import (
@@ -30,6 +31,7 @@ __all__ = [
     "DebugCrash",
     "Inbox",
     "Lagged",
+    "LanedInbox",
     "Node",
     "Pending",
     "Reply",

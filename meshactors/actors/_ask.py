@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import attrs
 import trio
 
 T = TypeVar("T")
 M = TypeVar("M")
+M_contra = TypeVar("M_contra", contravariant=True)
 
 
 class AskTimeout(Exception):
@@ -23,6 +24,12 @@ class AskTimeout(Exception):
 
 class ActorGone(Exception):
     """The asked actor's inbox is closed: it stopped or was never started."""
+
+
+class Lane(Protocol[M_contra]):
+    """Where an ask is sent: a memory channel's sending end, or something that wraps one."""
+
+    async def send(self, message: M_contra, /) -> None: ...
 
 
 @attrs.frozen
@@ -77,7 +84,7 @@ class Reply(Generic[T]):
 
 
 async def ask(
-    inbox: trio.MemorySendChannel[M],
+    inbox: Lane[M],
     build: Callable[[Reply[T]], M],
     *,
     timeout: float,

@@ -52,8 +52,8 @@ class NetworkCore(Actor):
                 for part in self.parts.values():
                     await nursery.start(part.run)
                 task_status.started()
-                async for message in self.peers.inbox.receiver:
-                    await self.peers.handle(message)
+                while True:
+                    await self.peers.handle(await self.peers.inbox.receive())
         finally:
             with cleanup_scope():
                 await self.peers.save_unsaved()

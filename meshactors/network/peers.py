@@ -20,7 +20,7 @@ import structlog
 import trio
 
 from meshactors._version import __version__
-from meshactors.actors import Inbox, Reply
+from meshactors.actors import LanedInbox, Reply
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.network.link import (
@@ -73,7 +73,7 @@ PEER_PING_INTERVAL = 15.0  # seconds between rtt probes to one handshaken peer, 
 PING_RATE = 1.0  # rtt probes per second per network at most, however many peers it holds
 ROSTER_BATCH = 256  # auto-approvals held before they are saved, even while link events queue
 MAX_PEERS = 1024  # peers tracked per network (the broker admits 256 by default)
-PEERS_INBOX = 1024  # link events and commands queued before the link's reader waits
+PEERS_INBOX = 1024  # link events queued before the link's reader waits, and as many requests
 COMMAND_TIMEOUT = 10.0  # seconds an op waits for the peers actor to answer
 REJECTED_NON_MEMBER = "rejected_non_member"  # frames of a device a closed network keeps out
 CONTROL_PLANE_ROLE = "control-plane"  # hidden from peers_list unless `all`
@@ -190,7 +190,7 @@ class Peers:
     events: EventHub
     auto_approve: bool = False
     role: str = LINK_ROLE  # the role the link announces, sent in our hellos
-    inbox: Inbox[_Message] = attrs.field(factory=lambda: Inbox(PEERS_INBOX))
+    inbox: LanedInbox[_Message] = attrs.field(factory=lambda: LanedInbox(PEERS_INBOX, PEERS_INBOX))
     phase: Phase = Phase.CONNECTING
     capabilities: Capabilities = attrs.field(factory=Capabilities)
     _global_profile: Profile = attrs.field(factory=Profile)
@@ -393,7 +393,7 @@ class Peers:
     def tell(self, fn: Callable[[], None]) -> bool:
         """Have core run `fn` in its task, without waiting; False when its inbox is full."""
         try:
-            self.inbox.sender.send_nowait(_Tell(fn))
+            self.inbox.tell_nowait(_Tell(fn))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             return False
         return True
@@ -432,9 +432,7 @@ class Peers:
     async def handle(self, message: _Message) -> None:
         """Handle one message; save held auto-approvals once the inbox is empty (or many)."""
         await self._handle(message)
-        if self._unsaved and (
-            not self.inbox.statistics().current_buffer_used or len(self._unsaved) >= ROSTER_BATCH
-        ):
+        if self._unsaved and (not self.inbox.waiting() or len(self._unsaved) >= ROSTER_BATCH):
             await self.save_unsaved()
 
     async def _handle(self, message: _Message) -> None:

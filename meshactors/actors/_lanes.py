@@ -1,0 +1,101 @@
+"""An inbox in two lanes that take turns: a request (an ask or a tell) never waits behind
+more than one message of traffic.
+
+An actor fed by a busy link (a network's core) can hold a thousand queued batches; an op's
+request behind them would wait out the backlog, and time out under a storm. Taking turns,
+not strict priority, keeps a flood of requests (a client's channel sends) from starving the
+traffic in turn. Each lane is a bounded memory channel; a one-slot doorbell channel wakes the
+one owner when either gets a message, so no wake-up is lost and nothing but memory channels
+joins the tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import attrs
+import trio
+
+from meshactors.actors._actor import DEFAULT_INBOX_CAPACITY
+from meshactors.actors._ask import Reply, ask
+
+M = TypeVar("M")
+T = TypeVar("T")
+
+REQUEST_LANE_CAPACITY = 64  # asks and tells queued before their senders wait
+
+
+@attrs.define(eq=False)
+class LanedInbox(Generic[M]):
+    """Traffic (`send`, waiting while its lane is full) and requests (`ask`, `tell_nowait`),
+    read by one owner with `receive`, the lanes taking turns while both hold messages."""
+
+    capacity: int = DEFAULT_INBOX_CAPACITY  # the traffic lane
+    request_capacity: int = REQUEST_LANE_CAPACITY
+    _traffic: trio.MemorySendChannel[M] = attrs.field(init=False)
+    _traffic_out: trio.MemoryReceiveChannel[M] = attrs.field(init=False)
+    _requests: trio.MemorySendChannel[M] = attrs.field(init=False)
+    _requests_out: trio.MemoryReceiveChannel[M] = attrs.field(init=False)
+    _bell: trio.MemorySendChannel[None] = attrs.field(init=False)
+    _bell_out: trio.MemoryReceiveChannel[None] = attrs.field(init=False)
+    _traffic_next: bool = attrs.field(init=False, default=False)  # a request was just read
+
+    def __attrs_post_init__(self) -> None:
+        self._traffic, self._traffic_out = trio.open_memory_channel[M](self.capacity)
+        self._requests, self._requests_out = trio.open_memory_channel[M](self.request_capacity)
+        self._bell, self._bell_out = trio.open_memory_channel[None](1)
+
+    async def send(self, message: M) -> None:
+        """Queue traffic for the owner, waiting while its lane is full."""
+        await self._traffic.send(message)
+        self._ring()
+
+    async def ask(self, build: Callable[[Reply[T]], M], *, timeout: float, what: str) -> T:
+        """Ask the owner (ahead of queued traffic) and wait for its answer under a deadline."""
+        lane = _RingingLane(self._requests, self._ring)
+        return await ask(lane, build, timeout=timeout, what=what)
+
+    def tell_nowait(self, message: M) -> None:
+        """Queue a request without waiting; trio.WouldBlock when its lane is full."""
+        self._requests.send_nowait(message)
+        self._ring()
+
+    async def receive(self) -> M:
+        """The next message from the lane whose turn it is, else from the other, else wait."""
+        while True:
+            lanes = [self._requests_out, self._traffic_out]
+            for lane in reversed(lanes) if self._traffic_next else lanes:
+                try:
+                    message = lane.receive_nowait()
+                except trio.WouldBlock:
+                    continue
+                self._traffic_next = lane is self._requests_out
+                return message
+            await self._bell_out.receive()
+
+    def waiting(self) -> int:
+        """Messages queued in both lanes."""
+        lanes = (self._requests_out, self._traffic_out)
+        return sum(lane.statistics().current_buffer_used for lane in lanes)
+
+    def statistics(self) -> trio.MemoryChannelStatistics:
+        """The traffic lane's use, for the inspect tree (requests are few and short)."""
+        return self._traffic_out.statistics()
+
+    def _ring(self) -> None:
+        with contextlib.suppress(trio.WouldBlock):  # a ring is pending: the owner will look
+            self._bell.send_nowait(None)
+
+
+@attrs.frozen
+class _RingingLane(Generic[M]):
+    """The request lane as `ask` sends to it: each message rings the doorbell."""
+
+    lane: trio.MemorySendChannel[M]
+    ring: Callable[[], None]
+
+    async def send(self, message: M) -> None:
+        await self.lane.send(message)
+        self.ring()
