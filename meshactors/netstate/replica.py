@@ -39,6 +39,7 @@ from meshactors.network.app_wire import AppWire
 from meshactors.network.peers import PeerStatus
 from meshactors.store.actor import StoreActor
 from meshactors.store.netstate import load_state, save_state
+from meshactors.turns import take_turns
 from meshactors.wire.ipc import ErrorCode, OpError
 from meshactors.wire.peer import Frame
 
@@ -342,21 +343,21 @@ class StateReplica:
         self.counters[f"sent_{frame.tag}"] += 1
 
     async def _sync_loop(self) -> None:
-        """Active peers take turns, spaced by `sync_gap`, to get our summary, asking for theirs:
+        """Active peers take turns (meshactors/turns.py) to get our summary, asking for theirs:
         a write lost on the way (a full queue, a link that dropped) is caught up then. Most
         peers hold what one missed, so turns repair as a round to all would, at a cost per
         second that does not grow with the network (a round to 300 peers every minute was
         3,000 frames a second of 4 KiB summaries across a 300-daemon mesh)."""
-        while True:
-            peers = self.wire.active_peers()
-            if not peers:
-                await trio.sleep(SYNC_INTERVAL)
-            for peer in peers:
-                await trio.sleep(sync_gap(len(peers)))
-                try:
-                    self._send.send_nowait(_SendSummary(peer, ask=True))
-                except trio.WouldBlock:
-                    self.dropped["queue_full"] += 1
+        await take_turns(
+            self.wire.active_peers, self._ask_summary, interval=SYNC_INTERVAL, rate=SYNC_RATE
+        )
+
+    async def _ask_summary(self, peer: str) -> None:
+        """Queue a summary asking for the peer's (the state task sends it)."""
+        try:
+            self._send.send_nowait(_SendSummary(peer, ask=True))
+        except trio.WouldBlock:
+            self.dropped["queue_full"] += 1
 
     def _publish(self, entry: Entry) -> None:
         self.events.publish(CHANGED, self._view(entry))
@@ -386,9 +387,3 @@ def _client_error(bad: BadEntry) -> OpError:
     if bad.reason == "value_too_large":
         return OpError(ErrorCode.PAYLOAD_TOO_LARGE, str(bad))
     return OpError(ErrorCode.INVALID_PARAMS, str(bad))
-
-
-def sync_gap(active: int) -> float:
-    """Seconds between two periodic summaries when `active` peers take turns: each peer every
-    SYNC_INTERVAL while that stays under SYNC_RATE, less often beyond."""
-    return max(SYNC_INTERVAL / max(active, 1), 1.0 / SYNC_RATE)

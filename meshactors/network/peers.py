@@ -37,6 +37,7 @@ from meshactors.network.rejected import RejectedFrames
 from meshactors.network.sealing import FrameRejected, PeerCrypto
 from meshactors.store import networks as roster_db
 from meshactors.store.actor import StoreActor
+from meshactors.turns import take_turns
 from meshactors.wire.broker import PresenceJoin, PresenceLeave, Undeliverable
 from meshactors.wire.device_id import (
     InvalidDeviceId,
@@ -468,17 +469,20 @@ class Peers:
         self._update_phase()
 
     async def ping_loop(self) -> None:
-        """Probe the handshaken peers' rtt one at a time, spaced by `_ping_gap`: an idle network
+        """Probe the handshaken peers' rtt in turns (meshactors/turns.py): an idle network
         sends at most PING_RATE probes a second, not one per peer every interval."""
-        while True:
-            handshaken = [p.device_id for p in self._peers.values() if _handshaken(p)]
-            if not handshaken:
-                await trio.sleep(PEER_PING_INTERVAL)
-            for device_id in handshaken:
-                await trio.sleep(_ping_gap(len(handshaken)))
-                peer = self._peers.get(device_id)
-                if peer is not None and _handshaken(peer):
-                    await self._try_send(peer, Ping(time.monotonic_ns()))
+        await take_turns(
+            lambda: [p.device_id for p in self._peers.values() if _handshaken(p)],
+            self._probe,
+            interval=PEER_PING_INTERVAL,
+            rate=PING_RATE,
+        )
+
+    async def _probe(self, device_id: str) -> None:
+        """One rtt probe, if the peer is still handshaken when its turn comes."""
+        peer = self._peers.get(device_id)
+        if peer is not None and _handshaken(peer):
+            await self._try_send(peer, Ping(time.monotonic_ns()))
 
     # -- presence and frames ------------------------------------------------------------------
 
@@ -914,12 +918,6 @@ class Peers:
                 }
             )
         return rows
-
-
-def _ping_gap(handshaken: int) -> float:
-    """Seconds between two rtt probes when `handshaken` peers take turns: each peer is probed
-    every PEER_PING_INTERVAL while that stays under PING_RATE, less often beyond."""
-    return max(PEER_PING_INTERVAL / max(handshaken, 1), 1.0 / PING_RATE)
 
 
 def _features(peer: PeerState) -> list[str]:

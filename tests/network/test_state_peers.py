@@ -15,6 +15,7 @@ from meshactors.netstate.entry import BUCKETS, Entry
 from meshactors.netstate.frames import StatePage, StatePull, StatePut, StateSummary, WireEntry
 from meshactors.netstate.hlc import Stamp
 from meshactors.netstate.statemap import StateMap
+from meshactors.turns import turn_gap
 from tests.network.conftest import NET, WAIT, Mesh, OpFailed
 from tests.network.rawpeer import RawPeer, approved_raw_peer
 from tests.network.test_state import set_many, state_figures
@@ -119,9 +120,12 @@ async def test_an_empty_map_offers_no_summary_and_one_with_entries_does(
 
 
 def test_periodic_summaries_take_turns_at_a_bounded_rate() -> None:
-    assert replica.sync_gap(1) == replica.SYNC_INTERVAL
-    assert replica.sync_gap(10) == replica.SYNC_INTERVAL / 10
-    assert replica.sync_gap(300) == 1.0 / replica.SYNC_RATE  # not 5 a second
+    def sync_gap(active: int) -> float:
+        return turn_gap(active, interval=replica.SYNC_INTERVAL, rate=replica.SYNC_RATE)
+
+    assert sync_gap(1) == replica.SYNC_INTERVAL
+    assert sync_gap(10) == replica.SYNC_INTERVAL / 10
+    assert sync_gap(300) == 1.0 / replica.SYNC_RATE  # not 5 a second
 
 
 async def test_the_writer_check_decides_whose_writes_are_taken(
