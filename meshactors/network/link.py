@@ -314,8 +314,7 @@ class Link(Actor):
             BrokerProtocolError,
             LocalProtocolError,  # trio-websocket answered a ping on a closing connection
         ) as exc:
-            if not welcomed or self.last_error is None:  # else the keepalive said why first
-                self._failed(classify(exc, url, welcomed=welcomed), url)
+            self._ended(exc, url, welcomed=welcomed)
         return welcomed
 
     def _backoff(self) -> float:
@@ -324,6 +323,12 @@ class Link(Actor):
         if self.last_error is not None and not self.last_error.heals_by_retrying:
             return BACKOFF_CAP
         return backoff_delay(self._attempt, self.rng)
+
+    def _ended(self, error: BaseException, url: str, *, welcomed: bool) -> None:
+        """Record why a connection ended, unless its session said why first (a keepalive that
+        closed it: the close that follows is its effect, not its cause)."""
+        if not welcomed or self.last_error is None:
+            self._failed(classify(error, url, welcomed=welcomed), url)
 
     def _failed(self, error: LinkError, url: str) -> None:
         """Record why the link is down; a new reason is logged once and published."""
@@ -370,8 +375,7 @@ class Link(Actor):
         try:
             await task(*args)
         except ConnectionClosed as closed:
-            if self.last_error is None:  # a keepalive that closed it said why first
-                self._failed(classify(closed, self.url or "", welcomed=True), self.url or "")
+            self._ended(closed, self.url or "", welcomed=True)
         finally:
             session.cancel()
 
