@@ -1,5 +1,9 @@
 """The `outbox` actor: drains durable sends to active peers and stores peers' messages.
 
+Accepting: the `send` op hands each run of sends to this actor (`accept`), which accepts it in
+one store call and claims at once the deliveries to active peers with room in their window
+and nothing queued before them (store.outbox.accept's `room`): those go out without a pass.
+
 Sending: each pass claims due deliveries to active peers in one store call (at most
 PEER_WINDOW in flight per peer: a window, so a peer has many messages on the way before the
 first ack comes back), and sends each peer's claimed batch as sealed `msg` frames in one ask
@@ -27,17 +31,18 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 import json
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 import structlog
 import trio
 
-from meshactors.actors import Actor, Lagged, Subscriber
+from meshactors.actors import Actor, Inbox, Lagged, Reply, Subscriber
 from meshactors.event_hub import EventHub
 from meshactors.network.delivery import (
     ACK_TIMEOUT,
@@ -54,11 +59,11 @@ from meshactors.network.manager import NetworkManager
 from meshactors.network.peers import STATUS_EVENTS, PeerStatus
 from meshactors.store import inbox as inbox_db
 from meshactors.store import outbox as outbox_db
-from meshactors.store.actor import StoreActor
+from meshactors.store.actor import STORE_CALL_TIMEOUT, StoreActor
 from meshactors.store.db import immediate
 from meshactors.store.events import Event
 from meshactors.store.inbox import InboxMessage
-from meshactors.store.outbox import EXPIRE_BATCH, Delivery
+from meshactors.store.outbox import EXPIRE_BATCH, AcceptOutcome, Delivery, SendError
 from meshactors.store.retention import Retention, prune_step
 from meshactors.wire.ipc import OpError
 from meshactors.wire.peer import Frame
@@ -74,6 +79,7 @@ ACK_TIMEOUT_S = 30.0  # default seconds a sent msg waits for its msg_ack before 
 # two take turns: drain 2,900/s at 256, 7,350/s at 1,024 on one busy run).
 PEER_WINDOW = 1024
 CLAIM_BATCH = 256  # due deliveries claimed per network per pass
+ACCEPT_INBOX = 256  # runs of sends waiting to be accepted before `send` ops wait
 IDLE_POLL_S = 60.0  # longest sleep when nothing is due (wake-ups do the real work)
 SWEEP_INTERVAL_S = 60.0  # seconds between TTL sweeps and retention passes
 PRUNE_PAUSE_S = 0.1  # seconds between prune batches while a retention pass has work
@@ -101,6 +107,20 @@ class DurableSettings:
 
     retention: Retention = attrs.field(factory=Retention)
     ack_timeout_s: float = attrs.field(default=ACK_TIMEOUT_S, validator=attrs.validators.gt(0))
+
+
+Accept = Callable[..., AcceptOutcome]  # store.outbox.accept, all bound but conn and room
+
+
+@attrs.frozen
+class AcceptRun:
+    """Sends of one connection to one network, accepted in one store call; `recipients`
+    names each send's recipients (a peer once per send: the places it may claim)."""
+
+    network: str
+    accepts: Sequence[Accept]
+    recipients: Sequence[str]
+    reply: Reply[list[AcceptOutcome | Exception]]
 
 
 @attrs.frozen
@@ -179,17 +199,39 @@ def claim_due(
     return _Claim(picked, next_due, outbox_db.delivery_counts(conn))
 
 
+def accept_each(
+    conn: sqlite3.Connection, accepts: Sequence[Accept], room: dict[str, int]
+) -> list[AcceptOutcome | Exception]:
+    """Run several accepts in one transaction, in order, spending `room`; each refused one
+    (SendError, ValueError) is that accept's outcome and undoes only its own writes
+    (`accept`'s `immediate` is a savepoint inside this one)."""
+    outcomes: list[AcceptOutcome | Exception] = []
+    with immediate(conn):
+        for accept in accepts:
+            try:
+                outcomes.append(accept(conn, room=room))
+            except (SendError, ValueError) as exc:
+                outcomes.append(exc)
+    return outcomes
+
+
 def record_settled(conn: sqlite3.Connection, batch: Sequence[_Settled], now_ms: int) -> list[str]:
     """Mark each attempt delivered, failed or (its peer changed) due again, all in one
     transaction; returns each delivery's new status ("gone": no such delivery; "already_done"
     or "already_dead": it had finished before, so this one changed nothing)."""
+    statuses: list[str] = []
     with immediate(conn):
-        return [_record_one(conn, item, now_ms) for item in batch]
+        for delivered, run in itertools.groupby(batch, key=lambda item: item.error is None):
+            if delivered:  # acks, the common case: recorded together
+                keys = [outbox_db.DeliveryKey(item.outbox_id, item.recipient) for item in run]
+                statuses.extend(outbox_db.mark_delivered_many(conn, keys, now_ms))
+            else:
+                statuses.extend(_record_failed(conn, item, now_ms) for item in run)
+    return statuses
 
 
-def _record_one(conn: sqlite3.Connection, item: _Settled, now_ms: int) -> str:
-    if item.error is None:
-        return outbox_db.mark_delivered(conn, item.outbox_id, item.recipient, now_ms)
+def _record_failed(conn: sqlite3.Connection, item: _Settled, now_ms: int) -> str:
+    assert item.error is not None
     if item.error == PEER_CHANGED:
         outbox_db.mark_due_now(conn, item.outbox_id, item.recipient, now_ms)
         return "pending"
@@ -277,6 +319,7 @@ class Outbox(Actor):
     events: EventHub
     networks: NetworkManager
     settings: DurableSettings = attrs.field(factory=DurableSettings)
+    inbox: Inbox[AcceptRun] = attrs.field(factory=lambda: Inbox(ACCEPT_INBOX))
     _wake: trio.Event = attrs.field(factory=trio.Event, init=False)
     _inflight: collections.Counter[tuple[str, str]] = attrs.field(
         factory=collections.Counter, init=False
@@ -310,9 +353,17 @@ class Outbox(Actor):
         self._acks = trio.open_memory_channel[_Acks](ACK_QUEUE)
         self.networks.on_build.append(self._hook)  # before any network starts: no msg is missed
 
-    def inbox_statistics(self) -> trio.MemoryChannelStatistics:
-        """The queue of received messages waiting to be stored."""
-        return self._received[1].statistics()
+    async def accept(
+        self, network_id: str, accepts: Sequence[Accept], recipients: Sequence[str]
+    ) -> list[AcceptOutcome | Exception]:
+        """Accept a run of sends (each answered once its row is committed); the deliveries
+        that can go at once are on their way when this returns."""
+        outcomes: list[AcceptOutcome | Exception] = await self.inbox.ask(
+            lambda reply: AcceptRun(network_id, accepts, recipients, reply),
+            timeout=STORE_CALL_TIMEOUT,
+            what="outbox: accept sends",
+        )
+        return outcomes
 
     def poke(self) -> None:
         """Run a delivery pass soon (a send was accepted, a peer became active, ...)."""
@@ -332,6 +383,7 @@ class Outbox(Actor):
             "redue": self.counts["redue"],
             "backoffs_cut": self.counts["backoffs_cut"],
             "pruned": self.counts["pruned"],
+            "received_queue": self._received[1].statistics().current_buffer_used,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -351,8 +403,80 @@ class Outbox(Actor):
                 nursery.start_soon(self._take_acks)
                 nursery.start_soon(self._sweep)
                 nursery.start_soon(self._prune)
+                nursery.start_soon(self._accept_runs, nursery)
                 task_status.started()
                 await self._drain(nursery)
+
+    # -- accepting ----------------------------------------------------------------------------
+
+    async def _accept_runs(self, nursery: trio.Nursery) -> None:
+        """Take the runs that queued together, reserve window places for the active peers
+        they name, and accept each in a store call of its own (the store commits calls that
+        queue together in one transaction)."""
+        receiver = self.inbox.receiver
+        async for first in receiver:
+            runs = [first, *_drain(receiver, ACCEPT_INBOX - 1)]
+            active: dict[str, tuple[Network | None, frozenset[str]]] = {}
+            for network_id in dict.fromkeys(run.network for run in runs):
+                active[network_id] = await self._active_peers(network_id)
+            for run in runs:
+                network, peers = active[run.network]
+                room = self._reserve(run.network, run.recipients, peers)
+                nursery.start_soon(self._accept, run, network, room, nursery)
+
+    async def _active_peers(self, network_id: str) -> tuple[Network | None, frozenset[str]]:
+        """The network and its active peers; none while it is gone or its core restarts."""
+        try:
+            network = self.networks.get(network_id)
+            return network, frozenset(await network.active_peers())
+        except OpError:
+            return None, frozenset()
+
+    def _reserve(
+        self, network_id: str, recipients: Sequence[str], active: frozenset[str]
+    ) -> dict[str, int]:
+        """Window places for the run's active recipients, held until its accept returns."""
+        room: dict[str, int] = {}
+        for peer, wanted in collections.Counter(r for r in recipients if r in active).items():
+            places = min(wanted, PEER_WINDOW - self._inflight[network_id, peer])
+            if places > 0:
+                room[peer] = places
+                self._inflight[network_id, peer] += places
+        return room
+
+    async def _accept(
+        self, run: AcceptRun, network: Network | None, room: dict[str, int], nursery: trio.Nursery
+    ) -> None:
+        """Accept one run, send what it claimed, give back the places it did not use."""
+        reserved = dict(room)
+        claimed: list[Delivery] = []
+        try:
+            outcomes = await self.store.call(
+                functools.partial(accept_each, accepts=run.accepts, room=room),
+                what="accept sends",
+            )
+            claimed = [
+                delivery
+                for outcome in outcomes
+                if isinstance(outcome, AcceptOutcome)
+                for delivery in outcome.claimed
+            ]
+        except Exception as exc:
+            run.reply.fail(exc)
+            return
+        finally:
+            sent = collections.Counter(delivery.recipient for delivery in claimed)
+            for peer, places in reserved.items():
+                self._inflight[run.network, peer] -= places - sent[peer]
+        by_peer: dict[str, list[Delivery]] = collections.defaultdict(list)
+        for delivery in claimed:
+            by_peer[delivery.recipient].append(delivery)
+        for peer, deliveries in by_peer.items():
+            assert network is not None  # only an active peer of a running network has room
+            nursery.start_soon(self._deliver, network, peer, deliveries)
+        run.reply.ok(outcomes)
+        if any(isinstance(o, AcceptOutcome) and o.status == "pending" for o in outcomes):
+            self.poke()
 
     # -- sending ------------------------------------------------------------------------------
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
-import sqlite3
 import time
-from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -18,12 +16,11 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from meshactors.actors import ActorGone, AskTimeout
 from meshactors.control.session import Session
-from meshactors.daemon.outbox import Outbox, message_view
+from meshactors.daemon.outbox import Accept, Outbox, message_view
 from meshactors.network.delivery import MAX_MESSAGE_BYTES, MAX_META_BYTES
 from meshactors.ops.optable import Merge, Op, converter
 from meshactors.store import inbox as inbox_db
 from meshactors.store import outbox as outbox_db
-from meshactors.store.db import immediate
 from meshactors.store.fingerprint import fingerprint_prefix
 from meshactors.store.outbox import MAX_CLIENT_MESSAGE_ID_CHARS, OutboxRow, SendError
 from meshactors.wire.device_id import is_device_id, is_usable_device_id
@@ -127,11 +124,12 @@ def _run_key(params: SendParams) -> tuple[str, SendParams]:
     return params.network, params
 
 
-def _poke_outbox(session: Session) -> None:
-    """Tell the outbox actor there is new work (it also polls, so this only saves time)."""
+def _outbox(session: Session) -> Outbox:
+    """The outbox actor, which accepts sends and delivers them."""
     outbox = session.services.extras.get(OUTBOX_KEY)
-    if isinstance(outbox, Outbox):
-        outbox.poke()
+    if not isinstance(outbox, Outbox):
+        raise OpError(ErrorCode.UNAVAILABLE, "the outbox is not running")
+    return outbox
 
 
 def _check_sizes(params: SendParams) -> None:
@@ -204,23 +202,8 @@ class _Staged:
     params: SendParams
     kind: str
     ref: str
-    accept: Callable[[sqlite3.Connection], outbox_db.AcceptOutcome]
-
-
-def accept_each(
-    conn: sqlite3.Connection, accepts: Sequence[Callable[[sqlite3.Connection], Any]]
-) -> list[Any]:
-    """Run several accepts in one transaction, in order; each refused one (SendError,
-    ValueError) is that accept's outcome and undoes only its own writes (`accept`'s
-    `immediate` is a savepoint inside this one)."""
-    outcomes: list[Any] = []
-    with immediate(conn):
-        for accept in accepts:
-            try:
-                outcomes.append(accept(conn))
-            except (SendError, ValueError) as exc:
-                outcomes.append(exc)
-    return outcomes
+    recipients: list[str]
+    accept: Accept
 
 
 async def send(session: Session, params: SendParams) -> dict[str, Any]:
@@ -261,23 +244,18 @@ async def send_run(
             client_message_id=params.client_message_id,
             now_ms=_now_ms(),
         )
-        staged.append(_Staged(params, kind, ref, accept))
+        staged.append(_Staged(params, kind, ref, recipients, accept))
     ready = [item for item in staged if isinstance(item, _Staged)]
     accepted = iter(
-        await _store_call(
-            session,
-            functools.partial(accept_each, accepts=[item.accept for item in ready]),
-            "accept sends",
+        await _outbox(session).accept(
+            first.network,
+            [item.accept for item in ready],
+            [recipient for item in ready for recipient in item.recipients],
         )
         if ready
         else []
     )
-    outcomes = [
-        item if isinstance(item, OpError) else _answer(item, next(accepted)) for item in staged
-    ]
-    if any(isinstance(o, dict) and o["status"] == "pending" for o in outcomes):
-        _poke_outbox(session)
-    return outcomes
+    return [item if isinstance(item, OpError) else _answer(item, next(accepted)) for item in staged]
 
 
 def _answer(
@@ -383,7 +361,7 @@ async def outbox_requeue(session: Session, params: RequeueParams) -> dict[str, A
         ),
         "requeue",
     )
-    _poke_outbox(session)
+    _outbox(session).poke()
     return {"superseded": params.outbox_id, "row": row_view(row)}
 
 

@@ -68,6 +68,7 @@ class AcceptOutcome:
     status: str  # that row's status
     reason: str | None  # '<status>_fingerprint_match' or '..._mismatch' for a conflict
     fingerprint_prefix: str  # of the request just made
+    claimed: tuple["Delivery", ...] = ()  # deliveries of a new row claimed as it was accepted
 
 
 @attrs.frozen
@@ -147,6 +148,7 @@ def accept(
     reply_to_id: str | None,
     client_message_id: str | None,
     now_ms: int,
+    room: dict[str, int] | None = None,
 ) -> AcceptOutcome:
     """Durably accept a send, or answer a repeat of one by the lookup table below.
 
@@ -154,7 +156,10 @@ def accept(
     whether the new request's fingerprint matches: pending/inflight + match → accepted;
     done + match → duplicate; every other cell → conflict '<status>_fingerprint_<match|mismatch>'.
     Only a new row needs recipients (device ids resolved by the caller); a missing
-    client_message_id is minted.
+    client_message_id is minted. `room` (the drainer's places per active peer, spent here)
+    claims a new row's delivery at once, as `mark_inflight` would, for a recipient with a
+    place and nothing queued before it: the row is written inflight instead of pending and
+    claimed again by nobody, so the drainer sends it without a claim of its own.
     """
     _check_choice("destination_kind", destination_kind, DESTINATION_KINDS)
     _check_choice("priority", priority, PRIORITIES)
@@ -187,7 +192,7 @@ def accept(
             raise SendError(
                 "no_recipients", f"no recipients for {destination_kind} {destination_ref!r}"
             )
-        row_id = _insert_send(
+        row_id, claimed_recipients = _insert_send(
             conn,
             network=network,
             client_message_id=key,
@@ -200,8 +205,27 @@ def accept(
             reply_to_id=reply_to_id,
             recipients=unique_recipients,
             now_ms=now_ms,
+            room=room,
         )
-    return AcceptOutcome("accepted", row_id, key, "pending", None, fingerprint_prefix(fp))
+    claimed = tuple(
+        Delivery(
+            outbox_id=row_id,
+            recipient=recipient,
+            network=network,
+            client_message_id=key,
+            destination_kind=destination_kind,
+            destination_ref=destination_ref,
+            priority=priority,
+            message=message,
+            meta=meta,
+            reply_to_id=reply_to_id,
+            attempts=0,
+            created_at=now_ms,
+        )
+        for recipient in claimed_recipients
+    )
+    status = "inflight" if claimed else "pending"
+    return AcceptOutcome("accepted", row_id, key, status, None, fingerprint_prefix(fp), claimed)
 
 
 def derive_status(delivery_statuses: Collection[str]) -> str:
@@ -377,20 +401,45 @@ def mark_delivered(
     """Record that the recipient has the message: "done" when this call finished the delivery,
     "already_done" when an earlier ack had (a repeated ack changes nothing), "gone" when no
     such delivery exists. Only "done" is news to publish."""
+    (status,) = mark_delivered_many(conn, [DeliveryKey(outbox_id, recipient)], now_ms)
+    return status
+
+
+def mark_delivered_many(
+    conn: sqlite3.Connection, keys: Sequence[DeliveryKey], now_ms: int
+) -> list[Literal["done", "already_done", "gone"]]:
+    """`mark_delivered` for each key, in order, in a few statements for the whole batch (a
+    key twice: the second is "already_done")."""
+    if not keys:
+        return []
     with immediate(conn):
-        cursor = conn.execute(
-            "UPDATE deliveries SET status = 'done'"
-            " WHERE outbox_id = ? AND recipient = ? AND status != 'done'",
-            (outbox_id, recipient),
+        found: dict[tuple[str, str], str] = {
+            (outbox_id, recipient): status
+            for outbox_id, recipient, status in conn.execute(
+                "SELECT outbox_id, recipient, status FROM deliveries"
+                " WHERE (outbox_id, recipient) IN (SELECT json_extract(value, '$[0]'),"
+                " json_extract(value, '$[1]') FROM json_each(?))",
+                (to_json([[key.outbox_id, key.recipient] for key in dict.fromkeys(keys)]),),
+            )
+        }
+        finishing = [key for key, status in found.items() if status != "done"]
+        conn.executemany(
+            "UPDATE deliveries SET status = 'done' WHERE outbox_id = ? AND recipient = ?",
+            finishing,
         )
-        if cursor.rowcount:
-            _refresh_status(conn, outbox_id, now_ms)
-            return "done"
-        found = conn.execute(
-            "SELECT 1 FROM deliveries WHERE outbox_id = ? AND recipient = ?",
-            (outbox_id, recipient),
-        ).fetchone()
-    return "gone" if found is None else "already_done"
+        _refresh_statuses(conn, {outbox_id for outbox_id, _ in finishing}, now_ms)
+    outcomes: list[Literal["done", "already_done", "gone"]] = []
+    told: set[tuple[str, str]] = set()
+    for key in keys:
+        pair = (key.outbox_id, key.recipient)
+        if pair not in found:
+            outcomes.append("gone")
+        elif found[pair] != "done" and pair not in told:
+            told.add(pair)
+            outcomes.append("done")
+        else:
+            outcomes.append("already_done")
+    return outcomes
 
 
 def backoff_ms(attempts: int, rand: Callable[[], float]) -> int:
@@ -529,7 +578,7 @@ def requeue(
         ).fetchone()
         if taken is not None:
             raise SendError("conflict", f"client_message_id {key!r} is already row {taken[0]}")
-        new_id = _insert_send(
+        new_id, _ = _insert_send(
             conn,
             network=old.network,
             client_message_id=key,
@@ -581,12 +630,22 @@ def _insert_send(
     reply_to_id: str | None,
     recipients: Sequence[str],
     now_ms: int,
-) -> str:
-    """Insert a pending row and one pending delivery per recipient, due now; returns the id."""
+    room: dict[str, int] | None = None,
+) -> tuple[str, list[str]]:
+    """Insert a row and one delivery per recipient, due now: inflight for the recipients
+    `room` claims (see `accept`), pending for the rest; returns the id and those claimed."""
     row_id = mint_client_message_id(now_ms)
+    claimed = [
+        recipient
+        for recipient in recipients
+        if room and room.get(recipient, 0) > 0 and not _queued(conn, recipient)
+    ]
+    for recipient in claimed:
+        assert room is not None
+        room[recipient] -= 1
     conn.execute(
         f"INSERT INTO outbox ({_ROW_COLUMNS}) VALUES"
-        " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, NULL)",
+        " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
         (
             row_id,
             network,
@@ -598,29 +657,68 @@ def _insert_send(
             message,
             meta_json,
             reply_to_id,
+            "inflight" if claimed else "pending",
             now_ms,
             now_ms,
         ),
     )
     rank = PRIORITIES.index(priority)  # deliveries_queue orders each peer's queue by it
+    taken = set(claimed)
     conn.executemany(
         "INSERT INTO deliveries (outbox_id, recipient, status, attempts, next_attempt_at, rank)"
-        " VALUES (?, ?, 'pending', 0, ?, ?)",
-        [(row_id, recipient, now_ms, rank) for recipient in recipients],
+        " VALUES (?, ?, ?, 0, ?, ?)",
+        [
+            (row_id, recipient, "inflight" if recipient in taken else "pending", now_ms, rank)
+            for recipient in recipients
+        ],
     )
-    return row_id
+    return row_id, claimed
+
+
+def _queued(conn: sqlite3.Connection, recipient: str) -> bool:
+    """Whether a delivery to `recipient` is pending (in any network): one claimed at accept
+    would overtake it, so such a send waits its turn in the queue instead."""
+    return (
+        conn.execute(
+            "SELECT 1 FROM deliveries INDEXED BY deliveries_queue"
+            " WHERE recipient = ? AND status = 'pending' LIMIT 1",
+            (recipient,),
+        ).fetchone()
+        is not None
+    )
 
 
 def _refresh_status(
     conn: sqlite3.Connection, outbox_id: str, now_ms: int, *, last_error: str | None = None
 ) -> None:
     """Store the row status derived from its deliveries (an aborted row stays aborted)."""
-    rows = conn.execute("SELECT status FROM deliveries WHERE outbox_id = ?", (outbox_id,))
-    statuses = [row[0] for row in rows]
-    conn.execute(
+    _refresh_statuses(conn, [outbox_id], now_ms, last_error=last_error)
+
+
+def _refresh_statuses(
+    conn: sqlite3.Connection,
+    outbox_ids: Collection[str],
+    now_ms: int,
+    *,
+    last_error: str | None = None,
+) -> None:
+    """`_refresh_status` for several rows: one read of their deliveries, one update each."""
+    statuses: dict[str, list[str]] = {outbox_id: [] for outbox_id in outbox_ids}
+    if not statuses:
+        return
+    for outbox_id, status in conn.execute(
+        "SELECT outbox_id, status FROM deliveries"
+        " WHERE outbox_id IN (SELECT value FROM json_each(?))",
+        (to_json(list(statuses)),),
+    ):
+        statuses[outbox_id].append(status)
+    conn.executemany(
         "UPDATE outbox SET status = ?, updated_at = ?, last_error = coalesce(?, last_error)"
         " WHERE id = ? AND status != 'aborted'",
-        (derive_status(statuses), now_ms, last_error, outbox_id),
+        [
+            (derive_status(found), now_ms, last_error, outbox_id)
+            for outbox_id, found in statuses.items()
+        ],
     )
 
 

@@ -73,6 +73,20 @@ async def test_a_message_reaches_the_peer_inbox_and_the_row_is_done(mesh: Mesh) 
     assert again["id"] == sent["id"]
 
 
+async def test_a_send_to_an_active_peer_goes_out_as_it_is_accepted(mesh: Mesh) -> None:
+    a, b = await active_pair(mesh)
+    first = await a.call("send", network=NET, to=b.device_id, message="first")
+    assert first["status"] == "inflight"  # claimed in the accept's own transaction
+    await delivered(a, first["id"])
+    await b.stop()
+    await a.wait_status(b, "offline")
+    waiting = await a.call("send", network=NET, to=b.device_id, message="waiting")
+    assert waiting["status"] == "pending"  # no active peer: it waits for the drainer
+    b = await mesh.daemon("b")
+    await delivered(a, waiting["id"])
+    assert [m["message"] for m in await inbox_of(b, 2)] == ["first", "waiting"]
+
+
 async def test_a_redelivered_message_is_stored_once_and_acked_again(mesh: Mesh) -> None:
     a, b = await active_pair(mesh)
     sent = await a.call("send", network=NET, to=b.device_id, message="once")

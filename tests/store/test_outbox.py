@@ -27,6 +27,7 @@ from meshactors.store.outbox import (
     due_now_to_peer,
     list_rows,
     mark_delivered,
+    mark_delivered_many,
     mark_failed,
     mark_inflight,
     recover_inflight,
@@ -538,3 +539,57 @@ def test_list_rows_and_due_deliveries_are_capped(conn: sqlite3.Connection) -> No
     assert len(due_deliveries(conn, now_ms=T0, limit=MAX_LIST_ROWS)) == MAX_LIST_ROWS
     with pytest.raises(ValueError, match=f"limit must be 1-{MAX_LIST_ROWS}, got 10000"):
         list_rows(conn, status=None, network=None, limit=10_000)  # refused, not cut
+
+
+def test_accept_with_room_claims_the_delivery_at_once(conn: sqlite3.Connection) -> None:
+    room = {"dev-a": 1}
+    first = send(conn, client_message_id="cm-1", room=room)
+    second = send(conn, client_message_id="cm-2", room=room)
+    assert room == {"dev-a": 0}
+    assert (first.status, second.status) == ("inflight", "pending")
+    (claimed,) = first.claimed
+    assert (claimed.outbox_id, claimed.recipient, claimed.client_message_id) == (
+        first.id,
+        "dev-a",
+        "cm-1",
+    )
+    assert (claimed.message, claimed.attempts, claimed.created_at) == ("hello", 0, T0)
+    assert second.claimed == ()
+    assert row_of(conn, first.id).deliveries[0].status == "inflight"
+    assert [d.outbox_id for d in due_deliveries(conn, now_ms=T0, limit=10)] == [second.id]
+
+
+def test_accept_never_claims_past_a_queued_delivery(conn: sqlite3.Connection) -> None:
+    queued = send(conn, client_message_id="cm-1")
+    room = {"dev-a": 5}
+    later = send(conn, client_message_id="cm-2", room=room)
+    assert (queued.status, later.status, later.claimed, room) == (
+        "pending",
+        "pending",
+        (),
+        {"dev-a": 5},
+    )
+
+
+def test_accept_claims_only_the_recipients_with_room(conn: sqlite3.Connection) -> None:
+    outcome = send(conn, recipients=["dev-a", "dev-b"], destination_kind="all", room={"dev-b": 1})
+    assert [d.recipient for d in outcome.claimed] == ["dev-b"]
+    states = {d.recipient: d.status for d in row_of(conn, outcome.id).deliveries}
+    assert (outcome.status, states) == ("inflight", {"dev-a": "pending", "dev-b": "inflight"})
+
+
+def test_a_repeated_accept_claims_nothing(conn: sqlite3.Connection) -> None:
+    first = send(conn)
+    room = {"dev-a": 1}
+    again = send(conn, room=room)
+    assert (again.outcome, again.id, again.claimed, room) == ("accepted", first.id, (), room)
+
+
+def test_mark_delivered_many_answers_each_key_in_order(conn: sqlite3.Connection) -> None:
+    one, two = send(conn, client_message_id="cm-1").id, send(conn, client_message_id="cm-2").id
+    keys = [DeliveryKey(one, "dev-a"), DeliveryKey(two, "dev-a")]
+    mark_inflight(conn, keys, T0)
+    asked = [keys[0], keys[0], DeliveryKey(two, "dev-x"), keys[1]]
+    assert mark_delivered_many(conn, asked, T0) == ["done", "already_done", "gone", "done"]
+    assert [row_of(conn, row).status for row in (one, two)] == ["done", "done"]
+    assert mark_delivered_many(conn, keys, T0) == ["already_done", "already_done"]
