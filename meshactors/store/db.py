@@ -5,7 +5,7 @@ import json
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +191,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             UNIQUE (network, hash)
         )""",
     ),
+    # 7: the outbox and its deliveries are counted by the code that changes them (a batch
+    # bumps each count once, store.db.bump_counts), not by triggers: a trigger runs per row,
+    # six of them in a durable send's life (issue 19). The inbox keeps its triggers.
+    tuple(
+        f"DROP TRIGGER {table}_counted_{event}"
+        for table in ("outbox", "deliveries")
+        for event in ("insert", "delete", "update")
+    ),
 )
 
 _CORRUPTION_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
@@ -310,12 +318,23 @@ def checked_limit(limit: int, maximum: int) -> int:
 
 
 def row_counts(conn: sqlite3.Connection, table: str, statuses: tuple[str, ...]) -> dict[str, int]:
-    """How many rows of `table` are in each status, from the row_counts the triggers keep."""
+    """How many rows of `table` are in each status, from row_counts (kept by the inbox's
+    triggers and by the outbox's own writes, `bump_counts`)."""
     counts = dict.fromkeys(statuses, 0)
     for status, n in conn.execute("SELECT status, n FROM row_counts WHERE tbl = ?", (table,)):
         if status in counts:
             counts[status] = n
     return counts
+
+
+def bump_counts(conn: sqlite3.Connection, changes: Mapping[tuple[str, str], int]) -> None:
+    """Add `changes` ((table, status) → rows gained, negative for rows lost) to row_counts in
+    one statement however many rows a batch moved; call it inside the writes it counts."""
+    conn.executemany(
+        "INSERT INTO row_counts (tbl, status, n) VALUES (?, ?, ?)"
+        " ON CONFLICT (tbl, status) DO UPDATE SET n = n + excluded.n",
+        [(table, status, n) for (table, status), n in changes.items() if n],
+    )
 
 
 def _check_integrity(conn: sqlite3.Connection, path: Path) -> None:

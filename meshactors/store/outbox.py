@@ -2,17 +2,26 @@
 
 A send is one `outbox` row plus one `deliveries` row per recipient. The row's status is
 derived from its deliveries (see `derive_status`) and stored, except `aborted`, which only
-`requeue` sets and nothing changes afterwards.
+`requeue` sets and nothing changes afterwards. Every function here that adds, removes or moves
+rows between statuses bumps their row_counts in the same transaction (`bump_counts`).
 """
 
+import collections
 import random
 import sqlite3
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
 
-from meshactors.store.db import checked_limit, from_json, immediate, row_counts, to_json
+from meshactors.store.db import (
+    bump_counts,
+    checked_limit,
+    from_json,
+    immediate,
+    row_counts,
+    to_json,
+)
 from meshactors.store.fingerprint import (
     fingerprint_prefix,
     mint_client_message_id,
@@ -333,7 +342,7 @@ def expire_pending(
                 (status, now_ms - ttl_ms, batch),
             )
         ][:batch]
-        expired = 0
+        expired, killed = 0, 0
         for outbox_id in outbox_ids:
             cursor = conn.execute(
                 "UPDATE deliveries SET status = 'dead', last_error = ?"
@@ -341,14 +350,15 @@ def expire_pending(
                 (EXPIRED, outbox_id),
             )
             if cursor.rowcount:
-                expired += 1
+                expired, killed = expired + 1, killed + cursor.rowcount
                 _refresh_status(conn, outbox_id, now_ms, last_error=EXPIRED)
+        bump_counts(conn, _moved("deliveries", {"pending": killed}, "dead"))
     return expired
 
 
 def delivery_counts(conn: sqlite3.Connection) -> dict[str, int]:
     """How many deliveries (kept) are in each status, for the outbox actor's figures; read
-    from the counts triggers keep, so the cost does not grow with the rows kept."""
+    from row_counts, so the cost does not grow with the rows kept."""
     return row_counts(conn, "deliveries", ("pending", "inflight", "done", "dead"))
 
 
@@ -363,6 +373,7 @@ def mark_due_now(conn: sqlite3.Connection, outbox_id: str, recipient: str, now_m
             (now_ms, outbox_id, recipient),
         )
         if cursor.rowcount:
+            bump_counts(conn, _moved("deliveries", {"inflight": 1}, "pending"))
             _refresh_status(conn, outbox_id, now_ms)
     return bool(cursor.rowcount)
 
@@ -385,13 +396,8 @@ def mark_inflight(
             )
             if cursor.rowcount:
                 claimed.append(key)
-        # A row with an inflight delivery derives `inflight` (derive_status): set it without
-        # reading its deliveries back, as _refresh_status would (an aborted row stays so).
-        conn.executemany(
-            "UPDATE outbox SET status = 'inflight', updated_at = ?"
-            " WHERE id = ? AND status != 'aborted'",
-            [(now_ms, outbox_id) for outbox_id in dict.fromkeys(key.outbox_id for key in claimed)],
-        )
+        bump_counts(conn, _moved("deliveries", {"pending": len(claimed)}, "inflight"))
+        _refresh_statuses(conn, {key.outbox_id for key in claimed}, now_ms)
     return claimed
 
 
@@ -427,6 +433,8 @@ def mark_delivered_many(
             "UPDATE deliveries SET status = 'done' WHERE outbox_id = ? AND recipient = ?",
             finishing,
         )
+        moved = collections.Counter(found[key] for key in finishing)
+        bump_counts(conn, _moved("deliveries", moved, "done"))
         _refresh_statuses(conn, {outbox_id for outbox_id, _ in finishing}, now_ms)
     outcomes: list[Literal["done", "already_done", "gone"]] = []
     told: set[tuple[str, str]] = set()
@@ -489,6 +497,7 @@ def mark_failed(
             " WHERE outbox_id = ? AND recipient = ?",
             (status, attempts, next_attempt_at, error_code, outbox_id, recipient),
         )
+        bump_counts(conn, _moved("deliveries", {found[0]: 1}, status))
         _refresh_status(conn, outbox_id, now_ms, last_error=error_code)
     return str(status)
 
@@ -528,8 +537,8 @@ def recover_inflight(conn: sqlite3.Connection, now_ms: int) -> int:
             " WHERE status = 'inflight'",
             (now_ms,),
         )
-        for outbox_id in outbox_ids:
-            _refresh_status(conn, outbox_id, now_ms)
+        bump_counts(conn, _moved("deliveries", {"inflight": cursor.rowcount}, "pending"))
+        _refresh_statuses(conn, outbox_ids, now_ms)
     return cursor.rowcount
 
 
@@ -597,10 +606,15 @@ def requeue(
             " WHERE outbox_id = ? AND status IN ('pending', 'inflight')",
             (SUPERSEDED, row_id),
         )
+        closed = collections.Counter(
+            d.status for d in old.deliveries if d.status in ("pending", "inflight")
+        )
+        bump_counts(conn, _moved("deliveries", closed, "dead"))
         conn.execute(
             "UPDATE outbox SET status = 'aborted', superseded_by = ?, updated_at = ? WHERE id = ?",
             (new_id, now_ms, row_id),
         )
+        bump_counts(conn, _moved("outbox", {old.status: 1}, "aborted"))
         new = _load_row(conn, new_id)
     assert new is not None  # inserted in this transaction
     return new
@@ -672,6 +686,14 @@ def _insert_send(
             for recipient in recipients
         ],
     )
+    bump_counts(
+        conn,
+        {
+            ("outbox", "inflight" if claimed else "pending"): 1,
+            ("deliveries", "inflight"): len(claimed),
+            ("deliveries", "pending"): len(recipients) - len(claimed),
+        },
+    )
     return row_id, claimed
 
 
@@ -706,20 +728,37 @@ def _refresh_statuses(
     statuses: dict[str, list[str]] = {outbox_id: [] for outbox_id in outbox_ids}
     if not statuses:
         return
+    wanted = to_json(list(statuses))
     for outbox_id, status in conn.execute(
         "SELECT outbox_id, status FROM deliveries"
         " WHERE outbox_id IN (SELECT value FROM json_each(?))",
-        (to_json(list(statuses)),),
+        (wanted,),
     ):
         statuses[outbox_id].append(status)
+    stored = dict(
+        conn.execute(
+            "SELECT id, status FROM outbox WHERE id IN (SELECT value FROM json_each(?))"
+            " AND status != 'aborted'",
+            (wanted,),
+        )
+    )
+    derived = {outbox_id: derive_status(statuses[outbox_id]) for outbox_id in stored}
     conn.executemany(
         "UPDATE outbox SET status = ?, updated_at = ?, last_error = coalesce(?, last_error)"
-        " WHERE id = ? AND status != 'aborted'",
-        [
-            (derive_status(found), now_ms, last_error, outbox_id)
-            for outbox_id, found in statuses.items()
-        ],
+        " WHERE id = ?",
+        [(status, now_ms, last_error, outbox_id) for outbox_id, status in derived.items()],
     )
+    changes: collections.Counter[tuple[str, str]] = collections.Counter()
+    for outbox_id, status in derived.items():
+        changes.update(_moved("outbox", {stored[outbox_id]: 1}, status))
+    bump_counts(conn, changes)
+
+
+def _moved(table: str, old: Mapping[str, int], new: str) -> collections.Counter[tuple[str, str]]:
+    """The row_counts changes of `table`'s rows leaving the statuses `old` counts for `new`."""
+    changes = collections.Counter({(table, status): -rows for status, rows in old.items()})
+    changes[table, new] += sum(old.values())
+    return changes
 
 
 def _load_row(conn: sqlite3.Connection, row_id: str) -> OutboxRow | None:

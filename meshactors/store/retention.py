@@ -15,7 +15,7 @@ import sqlite3
 
 import attrs
 
-from meshactors.store.db import immediate, row_counts
+from meshactors.store.db import bump_counts, immediate, row_counts, to_json
 from meshactors.store.outbox import TTL_MS
 
 DAY_MS = 24 * 60 * 60 * 1000
@@ -79,15 +79,37 @@ def prune_outbox(conn: sqlite3.Connection, retention: Retention, now_ms: int) ->
             ):
                 if limit <= 0:
                     continue
-                deleted = conn.execute(
-                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
-                    " INDEXED BY outbox_by_status WHERE status = ? AND created_at < ?"
-                    " ORDER BY created_at, id LIMIT ?)",
-                    (status, before, limit),
-                ).rowcount
+                deleted = _delete_sends(conn, status, before, limit)
                 if deleted:
                     return deleted
     return 0
+
+
+def _delete_sends(conn: sqlite3.Connection, status: str, before: int, limit: int) -> int:
+    """Delete up to `limit` of the oldest sends of `status` created before `before`, their
+    deliveries with them (the cascade), and take them off row_counts."""
+    ids = to_json(
+        [
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM outbox INDEXED BY outbox_by_status"
+                " WHERE status = ? AND created_at < ? ORDER BY created_at, id LIMIT ?",
+                (status, before, limit),
+            )
+        ]
+    )
+    cascaded = conn.execute(
+        "SELECT status, count(*) FROM deliveries"
+        " WHERE outbox_id IN (SELECT value FROM json_each(?)) GROUP BY status",
+        (ids,),
+    ).fetchall()
+    deleted = conn.execute(
+        "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))", (ids,)
+    ).rowcount
+    bump_counts(
+        conn, {("outbox", status): -deleted, **{("deliveries", s): -n for s, n in cascaded}}
+    )
+    return deleted
 
 
 def prune_inbox(conn: sqlite3.Connection, retention: Retention, now_ms: int) -> int:
