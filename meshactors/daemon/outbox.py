@@ -203,8 +203,8 @@ def accept_each(
     conn: sqlite3.Connection, accepts: Sequence[Accept], room: dict[str, int]
 ) -> list[AcceptOutcome | Exception]:
     """Run several accepts in one transaction, in order, spending `room`; each refused one
-    (SendError, ValueError) is that accept's outcome and undoes only its own writes
-    (`accept`'s `immediate` is a savepoint inside this one)."""
+    (SendError, ValueError) is that accept's outcome and wrote nothing: `accept` refuses
+    before it writes (its `immediate` joins this transaction)."""
     outcomes: list[AcceptOutcome | Exception] = []
     with immediate(conn):
         for accept in accepts:

@@ -169,6 +169,8 @@ def accept(
     claims a new row's delivery at once, as `mark_inflight` would, for a recipient with a
     place and nothing queued before it: the row is written inflight instead of pending and
     claimed again by nobody, so the drainer sends it without a claim of its own.
+    Every refusal (SendError, ValueError) comes before the first write, so a caller whose
+    transaction holds several accepts may go on after one is refused (`accept_each`).
     """
     _check_choice("destination_kind", destination_kind, DESTINATION_KINDS)
     _check_choice("priority", priority, PRIORITIES)

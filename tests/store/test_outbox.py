@@ -1,5 +1,6 @@
 """The outbox: the idempotency lookup table, derived row status, retries, recovery, requeue."""
 
+import functools
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -8,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from meshactors.daemon.outbox import accept_each
 from meshactors.store import outbox
 from meshactors.store.db import open_database
 from meshactors.store.fingerprint import fingerprint_prefix, request_fingerprint
@@ -593,3 +595,33 @@ def test_mark_delivered_many_answers_each_key_in_order(conn: sqlite3.Connection)
     assert mark_delivered_many(conn, asked, T0) == ["done", "already_done", "gone", "done"]
     assert [row_of(conn, row).status for row in (one, two)] == ["done", "done"]
     assert mark_delivered_many(conn, keys, T0) == ["already_done", "already_done"]
+
+
+def test_a_refused_accept_in_a_run_writes_nothing_and_the_run_goes_on(
+    conn: sqlite3.Connection,
+) -> None:
+    send(conn, client_message_id="taken", message="first")
+
+    def accepting(**changes: Any) -> Any:
+        return functools.partial(accept, **request(**changes))
+
+    run = [
+        accepting(client_message_id="a"),
+        accepting(client_message_id="taken", message="other"),  # conflict
+        accepting(client_message_id="b", recipients=[]),  # no_recipients
+        accepting(client_message_id="c", priority="urgent"),  # invalid_request
+        accepting(client_message_id="d"),
+    ]
+    conn.execute("BEGIN IMMEDIATE")  # as the store's group commit holds one open
+    outcomes = accept_each(conn, run, {})
+    conn.execute("COMMIT")
+    assert [getattr(o, "outcome", getattr(o, "code", None)) for o in outcomes] == [
+        "accepted",
+        "conflict",
+        "no_recipients",
+        "invalid_request",
+        "accepted",
+    ]
+    kept = {row[0] for row in conn.execute("SELECT client_message_id FROM outbox")}
+    assert kept == {"taken", "a", "d"}
+    assert count(conn, "deliveries") == 3
