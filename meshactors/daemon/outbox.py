@@ -6,8 +6,9 @@ and nothing queued before them (store.outbox.accept's `room`): those go out with
 
 Sending: each pass claims due deliveries to active peers in one store call (at most
 PEER_WINDOW in flight per peer: a window, so a peer has many messages on the way before the
-first ack comes back), and sends each peer's claimed batch as sealed `msg` frames in one ask
-to the network's core (they leave together, in one WebSocket message when they fit); each
+first ack comes back), and sends each peer's claimed batch packed in `msg_batch` frames (one
+seal for many messages; single `msg`s to a peer without the feature) in one ask to the
+network's core (they leave together, in one WebSocket message when they fit); each
 delivery then waits for the recipient's `msg_ack` (alone or in a `msg_acks` batch); only that
 ack marks the delivery done. Acks reach this actor through its own bounded queue and are
 recorded in batches, one store call for all that finished together. A failed attempt is
@@ -21,8 +22,8 @@ recipient dedupes).
 Housekeeping: a sweep makes sends past their TTL dead, and a prune loop deletes history past
 the retention in small batches (store.retention), both off the drain path.
 
-Receiving: `msg` frames are stored in the inbox (deduplicated on sender and
-client_message_id), a `message` event is published only for a new one, and every one is
+Receiving: `msg` frames, alone or in a `msg_batch`, are stored in the inbox (deduplicated on
+sender and client_message_id), a `message` event is published only for a new one, and every one is
 acked, so a sender whose earlier ack was lost still finishes. The acks of one stored batch go
 to each sender in one `msg_acks` frame (batched acks).
 """
@@ -53,6 +54,8 @@ from meshactors.network.delivery import (
     Msg,
     MsgAck,
     MsgAcks,
+    MsgBatch,
+    batches,
     is_permanent,
 )
 from meshactors.network.manager import NetworkManager
@@ -535,7 +538,9 @@ class Outbox(Actor):
         try:
             with trio.move_on_after(self.settings.ack_timeout_s):
                 try:
-                    await network.send_frames_to_peer(peer, [msg_frame(d) for d in deliveries])
+                    await network.send_frames_to_peer(
+                        peer, batches([msg_frame(d) for d in deliveries])
+                    )
                 except OpError as exc:
                     error = exc.code.value
                 else:
@@ -668,10 +673,20 @@ class Outbox(Actor):
 
     def _on_msg(self, network_id: str, sender: str, frame: Frame) -> None:
         assert isinstance(frame, Msg)
-        try:
-            self._received[0].send_nowait(_Received(network_id, sender, frame))
-        except trio.WouldBlock:
-            self.counts["dropped"] += 1  # not acked: the sender tries again later
+        self._queue_received(network_id, sender, [frame])
+
+    def _on_msg_batch(self, network_id: str, sender: str, frame: Frame) -> None:
+        assert isinstance(frame, MsgBatch)
+        self._queue_received(network_id, sender, frame.msgs)
+
+    def _queue_received(self, network_id: str, sender: str, msgs: Sequence[Msg]) -> None:
+        """Hand msgs from core's task to this actor's receive queue (never waits)."""
+        for index, msg in enumerate(msgs):
+            try:
+                self._received[0].send_nowait(_Received(network_id, sender, msg))
+            except trio.WouldBlock:
+                self.counts["dropped"] += len(msgs) - index  # not acked: sent again later
+                return
 
     async def _store_received(self) -> None:
         receiver = self._received[1]
@@ -719,10 +734,13 @@ class Outbox(Actor):
     # -- wiring -------------------------------------------------------------------------------
 
     def _hook(self, network: Network) -> None:
-        """Register the msg and msg_ack handlers on a network as it is built, before it starts;
-        what arrives while this actor is down waits in its bounded queues."""
+        """Register the msg, msg_batch and ack handlers on a network as it is built, before it
+        starts; what arrives while this actor is down waits in its bounded queues."""
         network_id = network.config.id
         network.register_app_handler(Msg.tag, functools.partial(self._on_msg, network_id))
+        network.register_app_handler(
+            MsgBatch.tag, functools.partial(self._on_msg_batch, network_id)
+        )
         network.register_app_handler(MsgAck.tag, functools.partial(self._on_ack, network_id))
         network.register_app_handler(MsgAcks.tag, functools.partial(self._on_acks, network_id))
 

@@ -1,24 +1,32 @@
-"""The peer frames of durable messages: `msg` carries one send to one recipient, `msg_ack`
-answers it once the recipient's inbox holds it (or refuses it for good), and `msg_acks`
-carries the acks of one stored batch to one sender in a single frame.
+"""The peer frames of durable messages: `msg` carries one send to one recipient, `msg_batch`
+several of them in one frame (one seal), `msg_ack` answers one once the recipient's inbox
+holds it (or refuses it for good), and `msg_acks` carries the acks of one stored batch to
+one sender in a single frame.
 
 Whether a failed delivery is retried is decided by its error code alone (`is_permanent`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sized
+from collections.abc import Sequence, Sized
 from typing import Any
 
 import attrs
 
 from meshactors.store.outbox import MAX_CLIENT_MESSAGE_ID_CHARS, PRIORITIES
+from meshactors.wire.compact import json_size
+from meshactors.wire.jsonlimits import MAX_JSON_DEPTH, BadJson, check_json
 from meshactors.wire.peer import Frame, register_frame
 
 MAX_MESSAGE_BYTES = 128 * 1024  # one message's text as UTF-8 (a sealed frame holds 256 KiB)
 MAX_META_BYTES = 16 * 1024  # one message's `meta` object as compact JSON
 MAX_REF_CHARS = 64  # an outbox row id echoed in acks (a ULID has 26)
 MAX_ACKS = 256  # acks in one msg_acks frame (at most ~40 KiB of JSON)
+MAX_BATCH_MSGS = 256  # msgs in one msg_batch frame (a frame holds 256 KiB of JSON in all)
+BATCH_BYTES = 64 * 1024  # message text and meta the sender packs into one msg_batch at most
+# (characters: text beyond ASCII may encode larger; a batch over the frame size goes in halves)
+BATCH_META_DEPTH = MAX_JSON_DEPTH - 3  # a batched meta's own nesting: the frame, `msgs` and the
+# msg hold it, where a lone msg's meta may nest one level less than the frame's limit
 ACK_STATUSES = ("stored", "duplicate", "rejected")
 
 # Delivery error codes (outbox `last_error`). Transient ones are retried with backoff.
@@ -91,3 +99,61 @@ class MsgAcks(Frame):
 
     def downgrade(self) -> list[Frame]:
         return list(self.acks)
+
+
+def _check_msgs(_instance: object, _attribute: attrs.Attribute[list[Msg]], value: Sized) -> None:
+    if not 0 < len(value) <= MAX_BATCH_MSGS:
+        raise ValueError(f"msgs must hold 1-{MAX_BATCH_MSGS} messages")
+
+
+@register_frame("msg_batch", app=True, feature="msg_batch")
+@attrs.frozen
+class MsgBatch(Frame):
+    """Several `msg`s to one recipient in one frame (one seal, one record), as the outbox
+    sends a claimed batch; each is acked as if it came alone. A peer without the
+    `msg_batch` feature gets one `msg` each; a batch too large for a frame goes in halves."""
+
+    msgs: list[Msg] = attrs.field(validator=_check_msgs)
+
+    def downgrade(self) -> list[Frame]:
+        return list(self.msgs)
+
+    def split(self) -> list[Frame]:
+        half = len(self.msgs) // 2
+        if not half:
+            return self.downgrade()
+        return [MsgBatch(self.msgs[:half]), MsgBatch(self.msgs[half:])]
+
+
+def batches(msgs: Sequence[Msg]) -> list[Frame]:
+    """`msgs` packed in order into `msg_batch` frames of at most MAX_BATCH_MSGS messages and
+    about BATCH_BYTES of text and meta each (a message larger than that goes alone). A
+    message whose meta is nested too deep to go one level further down goes as a `msg` of
+    its own, so a batch never fails a check its messages would pass alone."""
+    packed: list[Frame] = []
+    run: list[Msg] = []
+    size = 0
+    for msg in msgs:
+        alone = msg.meta is not None and not _nests_in_batch(msg.meta)
+        weight = len(msg.message) + (0 if msg.meta is None else json_size(msg.meta))
+        if run and (alone or len(run) == MAX_BATCH_MSGS or size + weight > BATCH_BYTES):
+            packed.append(MsgBatch(run))
+            run, size = [], 0
+        if alone:
+            packed.append(msg)
+            continue
+        run.append(msg)
+        size += weight
+    if run:
+        packed.append(MsgBatch(run))
+    return packed
+
+
+def _nests_in_batch(meta: dict[str, Any]) -> bool:
+    """Whether `meta` still passes the peer frame's depth check inside a batch, two levels
+    deeper than in a `msg` of its own."""
+    try:
+        check_json(meta, BATCH_META_DEPTH)
+    except BadJson:
+        return False
+    return True

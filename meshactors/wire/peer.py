@@ -35,6 +35,7 @@ FEATURES = (
     "msg_acks",
     "binary_streams",
     "state",
+    "msg_batch",
 )
 MAX_PEER_FRAME_BYTES = 256 * 1024  # one frame's JSON, checked before parsing
 MAX_TAGS = 64  # capability tags per advert

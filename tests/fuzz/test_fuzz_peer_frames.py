@@ -26,8 +26,10 @@ GOOD_FRAMES = [
     encode_frame(Caps(capabilities=Capabilities(tags=["a"], extra={"k": [1, None]}))),
     b'{"t":"approval","state":"approved"}',
     b'{"t":"bye","reason":"stopping"}',
+    b'{"t":"msg_batch","msgs":[{"ref":"r1","client_message_id":"k1","message":"hi","meta":null,'
+    b'"priority":"next","reply_to_id":null,"sent_at":1}]}',
 ]
-TAGS = ["hello", "approval", "caps", "profile", "ping", "pong", "bye", "nope"]
+TAGS = ["hello", "approval", "caps", "profile", "ping", "pong", "bye", "msg_batch", "nope"]
 
 frame_bytes = (
     st.binary(max_size=300)

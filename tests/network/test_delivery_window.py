@@ -7,13 +7,25 @@ from __future__ import annotations
 
 import collections
 import json
+from typing import Any
 
 import pytest
 import trio
 
 from meshactors.daemon.outbox import PEER_WINDOW, Outbox
-from meshactors.network.delivery import MAX_ACKS, Msg, MsgAck, MsgAcks
+from meshactors.network.delivery import (
+    BATCH_BYTES,
+    BATCH_META_DEPTH,
+    MAX_ACKS,
+    MAX_BATCH_MSGS,
+    Msg,
+    MsgAck,
+    MsgAcks,
+    MsgBatch,
+    batches,
+)
 from meshactors.store import outbox as outbox_db
+from meshactors.wire.jsonlimits import MAX_JSON_DEPTH
 from meshactors.wire.peer import (
     Approval,
     BadPeerFrame,
@@ -41,9 +53,10 @@ async def msgs(raw: RawPeer, refs: int) -> dict[str, Msg]:
     seen: dict[str, Msg] = {}
     with trio.fail_after(WAIT):
         while len(seen) < refs:
-            frame = await next_of(raw, Msg)
-            assert isinstance(frame, Msg)
-            seen[frame.ref] = frame
+            frame = await next_of(raw, Msg, MsgBatch)
+            for msg in frame.msgs if isinstance(frame, MsgBatch) else [frame]:
+                assert isinstance(msg, Msg)
+                seen[msg.ref] = msg
     return seen
 
 
@@ -141,3 +154,61 @@ def test_msg_acks_round_trip_and_go_as_single_acks_to_a_peer_without_the_feature
     for bad in ([], [{"ref": "r1", "status": "lost"}], [{"ref": "r", "status": "stored"}] * 257):
         with pytest.raises(BadPeerFrame):
             decode_frame(json.dumps({"t": "msg_acks", "acks": bad}).encode())
+
+
+def _msg(n: int, text: str = "hi") -> Msg:
+    return Msg(f"ref{n}", f"key{n}", text, None, "next", None, 1)
+
+
+def test_msg_batch_round_trips_and_goes_as_single_msgs_to_a_peer_without_the_feature() -> None:
+    batch = MsgBatch([_msg(1), _msg(2, "two")])
+    assert decode_frame(encode_frame(batch)) == batch
+    assert encode_for(batch, ["messages"]) == [encode_frame(m) for m in batch.msgs]
+    good = json.loads(encode_frame(_msg(1)))
+    del good["t"]
+    for bad in ([], [good] * (MAX_BATCH_MSGS + 1), [{**good, "priority": "urgent"}], [7]):
+        with pytest.raises(BadPeerFrame):
+            decode_frame(json.dumps({"t": "msg_batch", "msgs": bad}).encode())
+
+
+def test_a_batch_too_large_for_one_frame_goes_in_halves() -> None:
+    big = MsgBatch([_msg(n, "x" * 100_000) for n in range(4)])  # ~400 KB of JSON
+    parts = [decode_frame(data) for data in encode_for(big, ["msg_batch"])]
+    assert all(isinstance(part, MsgBatch) for part in parts)
+    assert [m for part in parts if isinstance(part, MsgBatch) for m in part.msgs] == big.msgs
+    assert len(parts) > 1
+
+
+def test_batches_pack_in_order_by_count_and_size() -> None:
+    small = [_msg(n) for n in range(MAX_BATCH_MSGS + 1)]
+    assert [len(b.msgs) for b in batches(small)] == [MAX_BATCH_MSGS, 1]
+    large = [_msg(n, "x" * (BATCH_BYTES // 2)) for n in range(3)]
+    packed = batches(large)
+    assert [len(b.msgs) for b in packed] == [2, 1]
+    assert [m for b in packed for m in b.msgs] == large
+    assert batches([]) == []
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    """A meta object nested `depth` levels deep."""
+    meta: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        meta = {"k": meta}
+    return meta
+
+
+@pytest.mark.parametrize("depth", [BATCH_META_DEPTH - 1, BATCH_META_DEPTH])
+def test_a_meta_deep_enough_for_a_batch_goes_in_one(depth: int) -> None:
+    deep = Msg("ref-deep", "key-deep", "hi", _nested(depth), "next", None, 1)
+    (frame,) = batches([_msg(1), deep])
+    assert decode_frame(encode_frame(frame)) == MsgBatch([_msg(1), deep])
+
+
+@pytest.mark.parametrize("depth", [BATCH_META_DEPTH + 1, MAX_JSON_DEPTH - 1])
+def test_a_meta_too_deep_for_a_batch_goes_alone_and_still_decodes(depth: int) -> None:
+    lone = Msg("ref-deep", "key-deep", "hi", _nested(depth), "next", None, 1)
+    frames = batches([_msg(1), lone, _msg(2)])
+    assert frames == [MsgBatch([_msg(1)]), lone, MsgBatch([_msg(2)])]
+    assert decode_frame(encode_frame(lone)) == lone
+    with pytest.raises(BadPeerFrame):
+        decode_frame(encode_frame(MsgBatch([lone])))
