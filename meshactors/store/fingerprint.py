@@ -1,6 +1,5 @@
 """Request fingerprints that make sends idempotent, and the time-ordered ids (ULIDs) we mint."""
 
-import base64
 import hashlib
 import json
 import secrets
@@ -15,9 +14,10 @@ ULID_LENGTH = 26  # Crockford base32 characters of a 128-bit ULID
 _ULID_TIME_BITS = 48  # milliseconds since the epoch, good until the year 10889
 _ULID_RANDOM_BITS = 80
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-# RFC 4648's base32 alphabet mapped onto Crockford's, so a ULID is encoded by C code
-_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode())
-_ULID_BYTES = 20  # 160 bits encode to exactly 32 base32 chars, the value in the last 26
+# Every 10-bit value as its two Crockford characters: a ULID's 130 bits (the top two zero)
+# are 13 lookups, half the time of base64.b32encode, which is Python code in 3.11
+_PAIRS = tuple(high + low for high in _CROCKFORD for low in _CROCKFORD)
+_PAIR_SHIFTS = range(120, -1, -10)
 
 
 def request_fingerprint(
@@ -82,8 +82,7 @@ class UlidMinter:
                 # Same (or an earlier) millisecond: the previous id plus one keeps the order.
                 self._last += 1
             value = self._last
-        encoded = base64.b32encode(value.to_bytes(_ULID_BYTES, "big"))[-ULID_LENGTH:]
-        return encoded.translate(_TO_CROCKFORD).decode("ascii")
+        return "".join([_PAIRS[(value >> shift) & 0x3FF] for shift in _PAIR_SHIFTS])
 
 
 _minter = UlidMinter()  # one per process: ids minted here never go backwards
