@@ -34,7 +34,7 @@ from meshactors.wire.peer import (
     encode_for,
     encode_frame,
 )
-from tests.network.conftest import NET, WAIT, Daemon, Mesh
+from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed
 from tests.network.rawpeer import RawPeer, approved_raw_peer
 
 EXTRA = 8  # messages beyond the window
@@ -212,3 +212,24 @@ def test_a_meta_too_deep_for_a_batch_goes_alone_and_still_decodes(depth: int) ->
     assert decode_frame(encode_frame(lone)) == lone
     with pytest.raises(BadPeerFrame):
         decode_frame(encode_frame(MsgBatch([lone])))
+
+
+async def test_places_held_for_a_refused_or_repeated_send_are_given_back(
+    nursery: trio.Nursery, mesh: Mesh
+) -> None:
+    b, raw = await approved_raw_peer(mesh, nursery)
+    outbox = b.services.extras["outbox"]
+    assert isinstance(outbox, Outbox)
+    sent = await b.call("send", network=NET, to=raw.device_id, message="one", client_message_id="k")
+    assert sent["status"] == "inflight"
+    with pytest.raises(OpFailed):  # the same key for another message: refused
+        await b.call("send", network=NET, to=raw.device_id, message="two", client_message_id="k")
+    again = await b.call(
+        "send", network=NET, to=raw.device_id, message="one", client_message_id="k"
+    )
+    assert (again["id"], again["status"]) == (sent["id"], "inflight")
+    assert outbox.figures()["inflight"] == 1  # only the one claimed: the rest given back
+    (ref,) = await msgs(raw, 1)
+    await raw.send_frame(b.device_id, MsgAcks([MsgAck(ref, "stored")]))
+    await b.wait_event("message_delivered", id=sent["id"])
+    assert outbox.figures()["inflight"] == 0
