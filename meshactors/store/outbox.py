@@ -398,8 +398,20 @@ def mark_inflight(
             )
             if cursor.rowcount:
                 claimed.append(key)
-        bump_counts(conn, _moved("deliveries", {"pending": len(claimed)}, "inflight"))
-        _refresh_statuses(conn, {key.outbox_id for key in claimed}, now_ms)
+        # A row with an inflight delivery derives `inflight` (derive_status), and one with a
+        # pending delivery was pending or inflight: set it without reading its deliveries
+        # back, as _refresh_statuses would (an aborted row is neither, so it stays).
+        started = sum(
+            conn.execute(
+                "UPDATE outbox SET status = 'inflight', updated_at = ?"
+                " WHERE id = ? AND status = 'pending'",
+                (now_ms, outbox_id),
+            ).rowcount
+            for outbox_id in dict.fromkeys(key.outbox_id for key in claimed)
+        )
+        changes = _moved("deliveries", {"pending": len(claimed)}, "inflight")
+        changes.update(_moved("outbox", {"pending": started}, "inflight"))
+        bump_counts(conn, changes)
     return claimed
 
 
