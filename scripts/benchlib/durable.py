@@ -460,7 +460,8 @@ the same schema), {sizes["baseline_rows"]} rows.
 |---|---|---|
 {table}
 
-Headline (docs/bench-results.json, top level): `durable_accepts_ratio`
+Headline figures of this run (a full run of this script, or `scripts/bench`, writes its
+own to the top level of docs/bench-results.json): `durable_accepts_ratio`
 {head["durable_accepts_ratio"]} (accepts at {HEADLINE_CONNECTIONS} connections ÷ the baseline;
 target ≥ 0.5), `durable_delivery_msgs_per_s` {head["durable_delivery_msgs_per_s"]:,} (the
 delivery row above, first accept → last `message`; target ≥ 5,000).
