@@ -67,6 +67,14 @@ async def send_many(daemon: Daemon, to: str, count: int) -> list[str]:
     ]
 
 
+async def outbox_to_raw_peer(mesh: Mesh, nursery: trio.Nursery) -> tuple[Daemon, RawPeer, Outbox]:
+    """A daemon, a hand-made peer it approved, and the daemon's outbox actor."""
+    b, raw = await approved_raw_peer(mesh, nursery)
+    outbox = b.services.extras["outbox"]
+    assert isinstance(outbox, Outbox)
+    return b, raw, outbox
+
+
 def delivered_ids(daemon: Daemon) -> collections.Counter[str]:
     return collections.Counter(e["id"] for e in daemon.events if e["kind"] == "message_delivered")
 
@@ -74,9 +82,7 @@ def delivered_ids(daemon: Daemon) -> collections.Counter[str]:
 async def test_a_window_is_in_flight_before_the_first_ack_and_lost_acks_end_delivered_once(
     nursery: trio.Nursery, mesh: Mesh
 ) -> None:
-    b, raw = await approved_raw_peer(mesh, nursery)
-    outbox = b.services.extras["outbox"]
-    assert isinstance(outbox, Outbox)
+    b, raw, outbox = await outbox_to_raw_peer(mesh, nursery)
     ids = await send_many(b, raw.device_id, PEER_WINDOW + EXTRA)
 
     window = await msgs(raw, PEER_WINDOW)  # all of them before any ack
@@ -106,9 +112,7 @@ async def test_a_window_is_in_flight_before_the_first_ack_and_lost_acks_end_deli
 
 
 async def test_an_ack_that_comes_twice_delivers_once(nursery: trio.Nursery, mesh: Mesh) -> None:
-    b, raw = await approved_raw_peer(mesh, nursery)
-    outbox = b.services.extras["outbox"]
-    assert isinstance(outbox, Outbox)
+    b, raw, outbox = await outbox_to_raw_peer(mesh, nursery)
     acked, refused = await send_many(b, raw.device_id, 2)
     await msgs(raw, 2)
 
@@ -217,9 +221,7 @@ def test_a_meta_too_deep_for_a_batch_goes_alone_and_still_decodes(depth: int) ->
 async def test_places_held_for_a_refused_or_repeated_send_are_given_back(
     nursery: trio.Nursery, mesh: Mesh
 ) -> None:
-    b, raw = await approved_raw_peer(mesh, nursery)
-    outbox = b.services.extras["outbox"]
-    assert isinstance(outbox, Outbox)
+    b, raw, outbox = await outbox_to_raw_peer(mesh, nursery)
     sent = await b.call("send", network=NET, to=raw.device_id, message="one", client_message_id="k")
     assert sent["status"] == "inflight"
     with pytest.raises(OpFailed):  # the same key for another message: refused
