@@ -84,9 +84,14 @@ class MsgAck(Frame):
     error: str | None = None
 
 
-def _check_acks(_instance: object, _attribute: attrs.Attribute[list[MsgAck]], value: Sized) -> None:
-    if not 0 < len(value) <= MAX_ACKS:
-        raise ValueError(f"acks must hold 1-{MAX_ACKS} acks")
+def _check_count(limit: int) -> Any:
+    """A validator for a list that must hold 1 to `limit` items."""
+
+    def check(_instance: object, attribute: attrs.Attribute[Sized], value: Sized) -> None:
+        if not 0 < len(value) <= limit:
+            raise ValueError(f"{attribute.name} must hold 1-{limit} items")
+
+    return check
 
 
 @register_frame("msg_acks", app=True, feature="msg_acks")
@@ -95,15 +100,10 @@ class MsgAcks(Frame):
     """Several `msg_ack`s to one sender in one frame (one seal), as one stored batch answers
     them. A peer without the `msg_acks` feature gets one `msg_ack` each."""
 
-    acks: list[MsgAck] = attrs.field(validator=_check_acks)
+    acks: list[MsgAck] = attrs.field(validator=_check_count(MAX_ACKS))
 
     def downgrade(self) -> list[Frame]:
         return list(self.acks)
-
-
-def _check_msgs(_instance: object, _attribute: attrs.Attribute[list[Msg]], value: Sized) -> None:
-    if not 0 < len(value) <= MAX_BATCH_MSGS:
-        raise ValueError(f"msgs must hold 1-{MAX_BATCH_MSGS} messages")
 
 
 @register_frame("msg_batch", app=True, feature="msg_batch")
@@ -113,7 +113,7 @@ class MsgBatch(Frame):
     sends a claimed batch; each is acked as if it came alone. A peer without the
     `msg_batch` feature gets one `msg` each; a batch too large for a frame goes in halves."""
 
-    msgs: list[Msg] = attrs.field(validator=_check_msgs)
+    msgs: list[Msg] = attrs.field(validator=_check_count(MAX_BATCH_MSGS))
 
     def downgrade(self) -> list[Frame]:
         return list(self.msgs)
