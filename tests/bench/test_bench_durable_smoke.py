@@ -19,6 +19,7 @@ from scripts.benchlib.durable import (
     update_doc,
     write_headline,
 )
+from scripts.benchlib.durable_history import render_history
 
 SMOKE_TIMEOUT = 60  # seconds the smoke run may take (it takes about 11 s)
 SECTION = f"{DOC_BEGIN}\n## Durable messages\nnew\n{DOC_END}"
@@ -123,3 +124,22 @@ def test_a_history_smoke_run_measures_both_sizes_and_writes_only_its_section(
         assert figures[size]["accepts_per_s"] > 0 and figures[size]["drain_pass_cpu_ms"] > 0
     text = doc.read_text()
     assert SECTION in text and "## Durable messages with a million rows of history" in text
+
+
+def test_a_history_figure_too_small_to_measure_shows_a_dash_and_is_not_met() -> None:
+    sizes = {"outbox_rows": 10, "accepts_per_s": 5000, "drain_pass_cpu_ms": 1.0}
+    figures = {
+        "history_rows": 2000,
+        "write_s": 0.1,
+        "0": {**sizes, "daemon_cpu_us_per_accept": 0},  # under one clock tick in a smoke run
+        "2000": {**sizes, "daemon_cpu_us_per_accept": 90},
+        "ratios": {
+            "accepts_per_s": 1.0,
+            "daemon_cpu_us_per_accept": None,
+            "drain_pass_cpu_ms": 1.0,
+        },
+    }
+    machine = {"date": "d", "nproc": 2, "cpu": "c", "python": "3", "sqlite": "3", "load_avg_1m": 0}
+    text = render_history(machine, figures)
+    assert "| daemon CPU per accept, µs | 0 | 90 | - |" in text
+    assert "NOT met in this run" in text
