@@ -18,7 +18,7 @@ from meshactors.actors import ActorGone, AskTimeout
 from meshactors.control.session import Session
 from meshactors.daemon.outbox import Accept, Outbox, message_view
 from meshactors.network.delivery import MAX_MESSAGE_BYTES, MAX_META_BYTES
-from meshactors.ops.optable import Merge, Op, converter
+from meshactors.ops.optable import Merge, Op, converter, unanswered
 from meshactors.store import inbox as inbox_db
 from meshactors.store import outbox as outbox_db
 from meshactors.store.fingerprint import fingerprint_prefix
@@ -173,10 +173,8 @@ async def resolve_recipients(
             raise OpError(ErrorCode.INVALID_PARAMS, "`to` '@' needs a tag after it")
         try:
             peers = await network.peers.list_peers(include_all=True)
-        except ActorGone as exc:
-            raise OpError(ErrorCode.UNAVAILABLE, str(exc)) from None
-        except AskTimeout as exc:
-            raise OpError(ErrorCode.TIMEOUT, str(exc)) from None
+        except (ActorGone, AskTimeout) as exc:  # this send's own answer, not the whole run's
+            raise unanswered(exc) from None
         recipients = [
             peer["device_id"]
             for peer in peers

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import sqlite3
-from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import attrs
 
-from meshactors.actors import ActorGone, AskTimeout
 from meshactors.control.session import Session
 from meshactors.identity import validate_label
 from meshactors.network.config import ConfigError, NetworkConfig
@@ -107,17 +104,6 @@ def manager_of(session: Session) -> NetworkManager:
     return manager
 
 
-@contextlib.contextmanager
-def _answering() -> Iterator[None]:
-    """Turn an actor that did not answer into an `unavailable` or `timeout` error."""
-    try:
-        yield
-    except ActorGone as exc:
-        raise OpError(ErrorCode.UNAVAILABLE, str(exc)) from None
-    except AskTimeout as exc:
-        raise OpError(ErrorCode.TIMEOUT, str(exc)) from None
-
-
 def _structure(data: dict[str, Any], cls: type[T], what: str) -> T:
     """Strictly structure a nested object, naming the first invalid field."""
     try:
@@ -155,8 +141,7 @@ async def network_update(session: Session, params: ConfigParams) -> dict[str, An
     """Change a network's label, auto_approve or brokers; reconnects only for brokers."""
     manager = manager_of(session)
     config = config_of(params.config)
-    with _answering():
-        reconnect = await manager.update(config)
+    reconnect = await manager.update(config)
     return {"network": await manager.get(config.id).summary(), "reconnect": reconnect}
 
 
@@ -174,16 +159,14 @@ async def networks_list(session: Session, _: NoParams) -> dict[str, Any]:
 async def peers_list(session: Session, params: PeersList) -> dict[str, Any]:
     """The peers of a network with status, role, rtt, capabilities and profile."""
     network = manager_of(session).get(params.network)
-    with _answering():
-        peers = await network.peers.list_peers(include_all=params.all)
+    peers = await network.peers.list_peers(include_all=params.all)
     return {"network": params.network, "peers": peers}
 
 
 async def roster_list(session: Session, params: NetworkRef) -> dict[str, Any]:
     """The devices approved, denied or pending in a network."""
     network = manager_of(session).get(params.network)
-    with _answering():
-        roster = await network.peers.list_roster()
+    roster = await network.peers.list_roster()
     return {"network": params.network, "roster": roster}
 
 
@@ -194,24 +177,21 @@ async def roster_approve(session: Session, params: RosterApprove) -> dict[str, A
         label = validate_label(params.label)
     except ValueError as exc:
         raise OpError(ErrorCode.INVALID_PARAMS, f"label: {exc}") from None
-    with _answering():
-        peer = await network.peers.approve(_device(params.device_id), label)
+    peer = await network.peers.approve(_device(params.device_id), label)
     return {"network": params.network, "peer": peer}
 
 
 async def roster_deny(session: Session, params: RosterDevice) -> dict[str, Any]:
     """Deny a device: it is never active, and is told so."""
     network = manager_of(session).get(params.network)
-    with _answering():
-        peer = await network.peers.deny(_device(params.device_id))
+    peer = await network.peers.deny(_device(params.device_id))
     return {"network": params.network, "peer": peer}
 
 
 async def roster_remove(session: Session, params: RosterDevice) -> dict[str, Any]:
     """Forget a device's approval; its traffic is cut off at once."""
     network = manager_of(session).get(params.network)
-    with _answering():
-        removed = await network.peers.forget(_device(params.device_id))
+    removed = await network.peers.forget(_device(params.device_id))
     if not removed:
         raise OpError(ErrorCode.NOT_FOUND, f"{params.device_id} is not in the roster")
     return {"network": params.network, "removed": params.device_id}
@@ -228,8 +208,7 @@ async def capabilities_set(session: Session, params: CapabilitiesSet) -> dict[st
         ),
         what="save capabilities",
     )
-    with _answering():
-        await network.peers.set_capabilities(capabilities)
+    await network.peers.set_capabilities(capabilities)
     return {"network": params.network, "capabilities": plain}
 
 
@@ -251,9 +230,8 @@ async def profile_set(session: Session, params: ProfileSet) -> dict[str, Any]:
         functools.partial(_change_profile, network=network_id, changes=changes),
         what="save profile",
     )
-    with _answering():
-        for network in targets:
-            await network.peers.set_profile(profile, network_scoped=network_id is not None)
+    for network in targets:
+        await network.peers.set_profile(profile, network_scoped=network_id is not None)
     return {"network": network_id, "profile": converter.unstructure(profile)}
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import attrs
 import structlog
 
+from meshactors.actors import ActorGone, AskTimeout
 from meshactors.wire.ipc import ErrorCode, OpError, Request
 from meshactors.wire.jsonlimits import bad_json_path
 from meshactors.wire.strict import describe_error, make_strict_converter
@@ -221,9 +222,21 @@ async def _guarded(session: Session, op: str, work: Awaitable[Any]) -> Outcome:
 
 
 def as_op_error(session: Session, op: str, error: Exception) -> OpError:
-    """The error to answer `op` with: an OpError as it is; anything else is a handler's bug,
-    logged, and answered as `internal`."""
-    return error if isinstance(error, OpError) else _internal(session, op, error)
+    """The error to answer `op` with: an OpError as it is; an actor the op asked that is
+    down (restarting) or did not answer in time, `unavailable` or `timeout`; anything else is
+    a handler's bug, logged, and answered as `internal`."""
+    if isinstance(error, OpError):
+        return error
+    if isinstance(error, ActorGone | AskTimeout):
+        return unanswered(error)
+    return _internal(session, op, error)
+
+
+def unanswered(error: ActorGone | AskTimeout) -> OpError:
+    """The error for an ask an actor did not answer: `unavailable` while it is down (a
+    restart), `timeout` when it took too long."""
+    code = ErrorCode.UNAVAILABLE if isinstance(error, ActorGone) else ErrorCode.TIMEOUT
+    return OpError(code, str(error))
 
 
 def _internal(session: Session, op: str, bug: Exception) -> OpError:

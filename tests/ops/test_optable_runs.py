@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from meshactors.actors import ActorGone, AskTimeout
 from meshactors.ops.optable import Each, Merge, Op, OpTable
 from meshactors.wire.ipc import ErrorCode, OpError, Request
 
@@ -38,6 +39,10 @@ class Recorder:
             raise OpError(ErrorCode.NO_SUCH_PEER, "no such target")
         if params.target == "bug":
             raise RuntimeError("a bug")
+        if params.target == "down":
+            raise ActorGone("outbox: accept sends: the actor is not running")
+        if params.target == "slow":
+            raise AskTimeout("outbox: accept sends", 30.0)
         self.runs.append((params.target, values))
         return {"to": params.target, "count": len(values)}
 
@@ -119,6 +124,12 @@ async def test_a_failed_run_answers_each_of_its_requests_with_the_error() -> Non
     requests = [_request(1, "gone", 1), _request(2, "gone", 2), _request(3, "bug", 3)]
     await _run(recorder, requests)
     assert recorder.answers == [([1, 2], "no_such_peer"), ([3], "internal")]
+
+
+async def test_an_actor_that_is_down_or_slow_is_unavailable_or_a_timeout_not_a_bug() -> None:
+    recorder = Recorder()
+    await _run(recorder, [_request(1, "down", 1), _request(2, "slow", 2)])
+    assert recorder.answers == [([1], "unavailable"), ([2], "timeout")]
 
 
 async def test_a_run_with_one_outcome_each_answers_them_together_each_its_own() -> None:
