@@ -7,6 +7,7 @@ from typing import Any
 import attrs
 
 from meshactors.store.db import from_json, immediate, to_json
+from meshactors.store.outbox import delete_sends
 
 ROSTER_STATES = ("pending", "approved", "denied")
 GLOBAL = ""  # the settings "network" of values that apply to every network (the global profile)
@@ -51,7 +52,9 @@ def delete_network(conn: sqlite3.Connection, network_id: str, purge: bool) -> bo
     with immediate(conn):
         known = conn.execute("DELETE FROM networks WHERE id = ?", (network_id,)).rowcount > 0
         if purge:
-            tables = ("roster", "local_settings", "inbox", "outbox", "netstate", "membership_log")
+            sends = conn.execute("SELECT id FROM outbox WHERE network = ?", (network_id,))
+            delete_sends(conn, [row[0] for row in sends])  # counted, as every outbox write is
+            tables = ("roster", "local_settings", "inbox", "netstate", "membership_log")
             for table in tables:
                 conn.execute(f"DELETE FROM {table} WHERE network = ?", (network_id,))
     return known

@@ -634,6 +634,24 @@ def requeue(
     return new
 
 
+def delete_sends(conn: sqlite3.Connection, outbox_ids: Sequence[str]) -> int:
+    """Delete these sends and (the cascade) their deliveries, taking them off row_counts;
+    returns how many sends went. Retention and a network's purge both delete so."""
+    ids = to_json(list(outbox_ids))
+    gone: collections.Counter[tuple[str, str]] = collections.Counter()
+    for table, column in (("outbox", "id"), ("deliveries", "outbox_id")):
+        for (status,) in conn.execute(  # by key, row by row: a GROUP BY would scan the table
+            f"SELECT status FROM {table} WHERE {column} IN (SELECT value FROM json_each(?))",
+            (ids,),
+        ):
+            gone[table, status] -= 1
+    deleted = conn.execute(
+        "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))", (ids,)
+    ).rowcount
+    bump_counts(conn, gone)
+    return deleted
+
+
 def _decide(row_id: str, key: str, status: str, match: bool, prefix: str) -> AcceptOutcome:
     """The lookup table for a request whose client_message_id already has a row."""
     if match and status in ("pending", "inflight"):

@@ -15,8 +15,8 @@ import sqlite3
 
 import attrs
 
-from meshactors.store.db import bump_counts, immediate, row_counts, to_json
-from meshactors.store.outbox import TTL_MS
+from meshactors.store.db import immediate, row_counts
+from meshactors.store.outbox import TTL_MS, delete_sends
 
 DAY_MS = 24 * 60 * 60 * 1000
 IDEMPOTENCY_WINDOW_MS = DAY_MS  # outbox rows younger than this are kept: a retry finds them
@@ -86,30 +86,13 @@ def prune_outbox(conn: sqlite3.Connection, retention: Retention, now_ms: int) ->
 
 
 def _delete_sends(conn: sqlite3.Connection, status: str, before: int, limit: int) -> int:
-    """Delete up to `limit` of the oldest sends of `status` created before `before`, their
-    deliveries with them (the cascade), and take them off row_counts."""
-    ids = to_json(
-        [
-            row[0]
-            for row in conn.execute(
-                "SELECT id FROM outbox INDEXED BY outbox_by_status"
-                " WHERE status = ? AND created_at < ? ORDER BY created_at, id LIMIT ?",
-                (status, before, limit),
-            )
-        ]
+    """Delete up to `limit` of the oldest sends of `status` created before `before`."""
+    oldest = conn.execute(
+        "SELECT id FROM outbox INDEXED BY outbox_by_status"
+        " WHERE status = ? AND created_at < ? ORDER BY created_at, id LIMIT ?",
+        (status, before, limit),
     )
-    cascaded = conn.execute(
-        "SELECT status, count(*) FROM deliveries"
-        " WHERE outbox_id IN (SELECT value FROM json_each(?)) GROUP BY status",
-        (ids,),
-    ).fetchall()
-    deleted = conn.execute(
-        "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))", (ids,)
-    ).rowcount
-    bump_counts(
-        conn, {("outbox", status): -deleted, **{("deliveries", s): -n for s, n in cascaded}}
-    )
-    return deleted
+    return delete_sends(conn, [row[0] for row in oldest])
 
 
 def prune_inbox(conn: sqlite3.Connection, retention: Retention, now_ms: int) -> int:

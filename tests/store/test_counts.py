@@ -1,5 +1,6 @@
 """The counts the outbox's writes keep in `row_counts` stay equal to the rows in each status,
-whatever sequence of outbox changes runs (claims at accept, pruning and requeue included)."""
+whatever sequence of outbox changes runs (claims at accept, pruning, a network's purge and
+requeue included)."""
 
 import contextlib
 import sqlite3
@@ -10,11 +11,13 @@ from hypothesis import strategies as st
 
 from meshactors.store import outbox
 from meshactors.store.db import open_database, row_counts
+from meshactors.store.networks import delete_network
 from meshactors.store.outbox import DeliveryKey, SendError
 from meshactors.store.retention import IDEMPOTENCY_WINDOW_MS, Retention, prune_outbox
 from tests.store.test_outbox import T0, request
 
 PEERS = ("a", "b")
+NETWORKS = ("net1", "net2")
 STEPS = (
     "accept",
     "accept_claimed",
@@ -27,6 +30,7 @@ STEPS = (
     "recover",
     "requeue",
     "prune",
+    "purge",
 )
 COUNTED = {
     "deliveries": ("pending", "inflight", "done", "dead"),
@@ -54,12 +58,19 @@ def _step(conn: sqlite3.Connection, step: str, pick: int, at: int) -> None:
     if step in ("accept", "accept_claimed"):
         room = {peer: pick % 3 for peer in PEERS} if step == "accept_claimed" else None
         fields = request(
-            client_message_id=f"cm-{at}", recipients=recipients, destination_kind="all", now_ms=at
+            network=NETWORKS[pick % 2],
+            client_message_id=f"cm-{at}",
+            recipients=recipients,
+            destination_kind="all",
+            now_ms=at,
         )
         outbox.accept(conn, **fields, room=room)
         return
     if step == "expire":
         outbox.expire_pending(conn, now_ms=at + outbox.TTL_MS * (pick % 2))
+        return
+    if step == "purge":  # the second network's sends go with it
+        delete_network(conn, NETWORKS[1], purge=True)
         return
     if step == "recover":
         outbox.recover_inflight(conn, at)
