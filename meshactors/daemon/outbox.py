@@ -471,12 +471,9 @@ class Outbox(Actor):
             sent = collections.Counter(delivery.recipient for delivery in claimed)
             for peer, places in reserved.items():
                 self._inflight[run.network, peer] -= places - sent[peer]
-        by_peer: dict[str, list[Delivery]] = collections.defaultdict(list)
-        for delivery in claimed:
-            by_peer[delivery.recipient].append(delivery)
-        for peer, deliveries in by_peer.items():
+        if claimed:
             assert network is not None  # only an active peer of a running network has room
-            nursery.start_soon(self._deliver, network, peer, deliveries)
+            self._send_claimed(network, claimed, nursery)
         run.reply.ok(outcomes)
         if any(isinstance(o, AcceptOutcome) and o.status == "pending" for o in outcomes):
             self.poke()
@@ -518,13 +515,21 @@ class Outbox(Actor):
             functools.partial(claim_due, network=network_id, windows=windows, now_ms=now_ms()),
             what="claim due deliveries",
         )
+        for delivery in claim.deliveries:
+            self._inflight[network_id, delivery.recipient] += 1
+        self._send_claimed(network, claim.deliveries, nursery)
+        return claim
+
+    def _send_claimed(
+        self, network: Network, claimed: Sequence[Delivery], nursery: trio.Nursery
+    ) -> None:
+        """Start sending claimed deliveries (their places already counted in flight): each
+        peer's, in queue order, in one batch of its own."""
         by_peer: dict[str, list[Delivery]] = collections.defaultdict(list)
-        for delivery in claim.deliveries:  # each peer's in queue order
+        for delivery in claimed:
             by_peer[delivery.recipient].append(delivery)
         for peer, deliveries in by_peer.items():
-            self._inflight[network_id, peer] += len(deliveries)
             nursery.start_soon(self._deliver, network, peer, deliveries)
-        return claim
 
     async def _deliver(self, network: Network, peer: str, deliveries: list[Delivery]) -> None:
         """Send one peer's claimed batch in one ask to core and wait for the acks; whatever is
