@@ -3,6 +3,7 @@
 from meshactors.actors._actor import DEFAULT_INBOX_CAPACITY, Actor, Inbox, cleanup_scope
 from meshactors.actors._ask import ActorGone, AskTimeout, Reply, ask
 from meshactors.actors._crash import DebugCrash
+from meshactors.actors._doorbell import Doorbell
 from meshactors.actors._fanout import DEFAULT_SUBSCRIBER_CAPACITY, Broadcast, Lagged, Subscriber
 from meshactors.actors._lanes import LanedInbox
 from meshactors.actors._pending import Pending
@@ -29,6 +30,7 @@ __all__ = [
     "ChildSpec",
     "ChildStartFailed",
     "DebugCrash",
+    "Doorbell",
     "Inbox",
     "Lagged",
     "LanedInbox",

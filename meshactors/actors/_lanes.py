@@ -11,7 +11,6 @@ joins the tasks.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -20,6 +19,7 @@ import trio
 
 from meshactors.actors._actor import DEFAULT_INBOX_CAPACITY
 from meshactors.actors._ask import Reply, ask
+from meshactors.actors._doorbell import Doorbell
 
 M = TypeVar("M")
 T = TypeVar("T")
@@ -38,29 +38,27 @@ class LanedInbox(Generic[M]):
     _traffic_out: trio.MemoryReceiveChannel[M] = attrs.field(init=False)
     _requests: trio.MemorySendChannel[M] = attrs.field(init=False)
     _requests_out: trio.MemoryReceiveChannel[M] = attrs.field(init=False)
-    _bell: trio.MemorySendChannel[None] = attrs.field(init=False)
-    _bell_out: trio.MemoryReceiveChannel[None] = attrs.field(init=False)
+    _bell: Doorbell = attrs.field(init=False, factory=Doorbell)
     _traffic_next: bool = attrs.field(init=False, default=False)  # a request was just read
 
     def __attrs_post_init__(self) -> None:
         self._traffic, self._traffic_out = trio.open_memory_channel[M](self.capacity)
         self._requests, self._requests_out = trio.open_memory_channel[M](self.request_capacity)
-        self._bell, self._bell_out = trio.open_memory_channel[None](1)
 
     async def send(self, message: M) -> None:
         """Queue traffic for the owner, waiting while its lane is full."""
         await self._traffic.send(message)
-        self._ring()
+        self._bell.ring()
 
     async def ask(self, build: Callable[[Reply[T]], M], *, timeout: float, what: str) -> T:
         """Ask the owner (ahead of queued traffic) and wait for its answer under a deadline."""
-        lane = _RingingLane(self._requests, self._ring)
+        lane = _RingingLane(self._requests, self._bell.ring)
         return await ask(lane, build, timeout=timeout, what=what)
 
     def tell_nowait(self, message: M) -> None:
         """Queue a request without waiting; trio.WouldBlock when its lane is full."""
         self._requests.send_nowait(message)
-        self._ring()
+        self._bell.ring()
 
     async def receive(self) -> M:
         """The next message from the lane whose turn it is, else from the other, else wait."""
@@ -73,7 +71,7 @@ class LanedInbox(Generic[M]):
                     continue
                 self._traffic_next = lane is self._requests_out
                 return message
-            await self._bell_out.receive()
+            await self._bell.wait()
 
     def waiting(self) -> int:
         """Messages queued in both lanes."""
@@ -83,10 +81,6 @@ class LanedInbox(Generic[M]):
     def statistics(self) -> trio.MemoryChannelStatistics:
         """The traffic lane's use, for the inspect tree (requests are few and short)."""
         return self._traffic_out.statistics()
-
-    def _ring(self) -> None:
-        with contextlib.suppress(trio.WouldBlock):  # a ring is pending: the owner will look
-            self._bell.send_nowait(None)
 
 
 @attrs.frozen

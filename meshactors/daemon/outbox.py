@@ -43,7 +43,7 @@ import attrs
 import structlog
 import trio
 
-from meshactors.actors import Actor, Inbox, Lagged, Reply, Subscriber
+from meshactors.actors import Actor, Doorbell, Inbox, Lagged, Reply, Subscriber
 from meshactors.event_hub import EventHub
 from meshactors.network.delivery import (
     ACK_TIMEOUT,
@@ -323,7 +323,7 @@ class Outbox(Actor):
     networks: NetworkManager
     settings: DurableSettings = attrs.field(factory=DurableSettings)
     inbox: Inbox[AcceptRun] = attrs.field(factory=lambda: Inbox(ACCEPT_INBOX))
-    _wake: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _doorbell: Doorbell = attrs.field(factory=Doorbell, init=False)  # rung for a pass soon
     _inflight: collections.Counter[tuple[str, str]] = attrs.field(
         factory=collections.Counter, init=False
     )
@@ -369,8 +369,9 @@ class Outbox(Actor):
         return outcomes
 
     def poke(self) -> None:
-        """Run a delivery pass soon (a send was accepted, a peer became active, ...)."""
-        self._wake.set()
+        """Run a delivery pass soon (a send was accepted, a peer became active, a row was
+        requeued, ...): a ring on the outbox's doorbell, which any task may send."""
+        self._doorbell.ring()
 
     def figures(self) -> dict[str, object]:
         return {
@@ -482,7 +483,7 @@ class Outbox(Actor):
 
     async def _drain(self, nursery: trio.Nursery) -> None:
         while True:
-            self._wake = trio.Event()
+            self._doorbell.clear()
             next_due, counted = None, False
             for network in self.networks.all():
                 claim = await self._pass(network, nursery)
@@ -497,7 +498,7 @@ class Outbox(Actor):
                 )
             wait = IDLE_POLL_S if next_due is None else max(0.0, (next_due - now_ms()) / 1000)
             with trio.move_on_after(min(wait, IDLE_POLL_S)):
-                await self._wake.wait()
+                await self._doorbell.wait()
 
     async def _pass(self, network: Network, nursery: trio.Nursery) -> _Claim | None:
         """Claim what is due to the network's active peers with room in their window and

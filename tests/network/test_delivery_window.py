@@ -235,3 +235,18 @@ async def test_places_held_for_a_refused_or_repeated_send_are_given_back(
     await raw.send_frame(b.device_id, MsgAcks([MsgAck(ref, "stored")]))
     await b.wait_event("message_delivered", id=sent["id"])
     assert outbox.figures()["inflight"] == 0
+
+
+async def test_a_requeued_dead_row_leaves_at_once_for_an_active_peer(
+    nursery: trio.Nursery, mesh: Mesh
+) -> None:
+    # The op rings the outbox's doorbell: with nothing else due, the outbox would otherwise
+    # look again only at its idle poll, a minute away (longer than WAIT).
+    b, raw, _ = await outbox_to_raw_peer(mesh, nursery)
+    (refused,) = await send_many(b, raw.device_id, 1)
+    await msgs(raw, 1)
+    await raw.send_frame(b.device_id, MsgAck(refused, "rejected", "invalid_message"))
+    await b.wait_event("message_dead", id=refused)
+
+    answer = await b.call("outbox_requeue", outbox_id=refused)
+    assert list(await msgs(raw, 1)) == [answer["row"]["id"]]
