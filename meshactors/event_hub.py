@@ -11,7 +11,15 @@ import attrs
 import structlog
 import trio
 
-from meshactors.actors import Actor, Broadcast, Inbox, Reply, Subscriber, cleanup_scope
+from meshactors.actors import (
+    Actor,
+    Broadcast,
+    Inbox,
+    Reply,
+    Subscriber,
+    cleanup_scope,
+    take_queued,
+)
 from meshactors.store import events as event_log
 from meshactors.store.actor import StoreActor
 from meshactors.store.events import Event, SinceResult
@@ -156,20 +164,11 @@ class EventHub(Actor):
         """The log writer: events in batches, each flush answered once what precedes it is."""
         while True:
             first = await self._log_queue.receive()
-            await self._write([first, *self._drain(PERSIST_BATCH - 1)])
+            await self._write([first, *take_queued(self._log_queue, PERSIST_BATCH - 1)])
 
     async def _flush_queued(self) -> None:
-        while batch := self._drain(PERSIST_BATCH):
+        while batch := take_queued(self._log_queue, PERSIST_BATCH):
             await self._write(batch)
-
-    def _drain(self, limit: int) -> list[Event | _Flush]:
-        batch: list[Event | _Flush] = []
-        while len(batch) < limit:
-            try:
-                batch.append(self._log_queue.receive_nowait())
-            except trio.WouldBlock:
-                break
-        return batch
 
     async def _write(self, batch: list[Event | _Flush]) -> None:
         events = [item for item in batch if isinstance(item, Event)]

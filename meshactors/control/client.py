@@ -23,7 +23,7 @@ import attrs
 import structlog
 import trio
 
-from meshactors.actors import Actor, Broadcast, Lagged, Subscriber, cleanup_scope
+from meshactors.actors import Actor, Broadcast, Lagged, Subscriber, cleanup_scope, take_queued
 from meshactors.control.event_stream import (
     LAG_DISCONNECT_LIMIT,
     SlowConsumer,
@@ -310,12 +310,7 @@ class ClientActor(Actor):
         together, so consecutive channel sends run as one."""
         assert self._session is not None
         async for first in self._in_order_receive:
-            queued = [first]
-            while len(queued) < MAX_CONCURRENT_REQUESTS:
-                try:
-                    queued.append(self._in_order_receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
+            queued = [first, *take_queued(self._in_order_receive, MAX_CONCURRENT_REQUESTS - 1)]
             await self.services.ops.run_in_order(self._session, queued, self._answer_all)
 
     async def _answer_all(self, requests: Sequence[Request], outcome: Outcome) -> None:
@@ -377,13 +372,7 @@ class ClientActor(Actor):
         """The connection's one writer: each write carries everything queued (up to
         WRITE_BATCH frames); once the connection became a binary stream, its frames."""
         async for frame in self._out_receive:
-            batch = [frame]
-            while len(batch) < WRITE_BATCH:
-                try:
-                    batch.append(self._out_receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            await self._write(b"".join(batch))
+            await self._write(b"".join([frame, *take_queued(self._out_receive, WRITE_BATCH - 1)]))
         if self._session is not None and self._session.pipe is not None:
             await self._write_pipe(self._session.pipe)
 

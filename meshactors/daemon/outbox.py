@@ -43,7 +43,7 @@ import attrs
 import structlog
 import trio
 
-from meshactors.actors import Actor, Doorbell, Inbox, Lagged, Reply, Subscriber
+from meshactors.actors import Actor, Doorbell, Inbox, Lagged, Reply, Subscriber, take_queued
 from meshactors.event_hub import EventHub
 from meshactors.network.delivery import (
     ACK_TIMEOUT,
@@ -419,7 +419,7 @@ class Outbox(Actor):
         queue together in one transaction)."""
         receiver = self.inbox.receiver
         async for first in receiver:
-            runs = [first, *_drain(receiver, ACCEPT_INBOX - 1)]
+            runs = [first, *take_queued(receiver, ACCEPT_INBOX - 1)]
             active: dict[str, tuple[Network | None, frozenset[str]]] = {}
             for network_id in dict.fromkeys(run.network for run in runs):
                 active[network_id] = await self._active_peers(network_id)
@@ -584,7 +584,7 @@ class Outbox(Actor):
         receiver = self._acks[1]
         async for first in receiver:
             settled: list[_Settled] = []
-            for item in [first, *_drain(receiver, ACK_QUEUE - 1)]:
+            for item in [first, *take_queued(receiver, ACK_QUEUE - 1)]:
                 settled.extend(self._match_acks(item))
             for done in settled:
                 await self._settled[0].send(done)
@@ -615,7 +615,7 @@ class Outbox(Actor):
             redo = bool(self._recording)
             if not redo:
                 first = await receiver.receive()
-                self._recording = [first, *_drain(receiver, SETTLE_BATCH - 1)]
+                self._recording = [first, *take_queued(receiver, SETTLE_BATCH - 1)]
             batch = self._recording
             try:
                 statuses = await self.store.call(
@@ -700,7 +700,7 @@ class Outbox(Actor):
             redo = bool(self._storing)
             if not redo:
                 first = await receiver.receive()
-                self._storing = [first, *_drain(receiver, RECEIVE_BATCH - 1)]
+                self._storing = [first, *take_queued(receiver, RECEIVE_BATCH - 1)]
             batch = self._storing
             refused = [(item, refusal(item.frame)) for item in batch]
             storable = [item for item, reason in refused if reason is None]
@@ -776,14 +776,3 @@ class Outbox(Actor):
             if (batch.network, batch.recipient) == (network_id, peer):
                 batch.peer_changed = True
                 batch.done.set()
-
-
-def _drain(receiver: trio.MemoryReceiveChannel[Any], limit: int) -> list[Any]:
-    """Up to `limit` items already queued, without waiting."""
-    items: list[Any] = []
-    while len(items) < limit:
-        try:
-            items.append(receiver.receive_nowait())
-        except trio.WouldBlock:
-            break
-    return items

@@ -18,7 +18,7 @@ import attrs
 import structlog
 import trio
 
-from meshactors.actors import Pending
+from meshactors.actors import Pending, take_queued
 from meshactors.event_hub import EventPublisher
 from meshactors.netstate.entry import BadEntry, Entry, check_key
 from meshactors.netstate.frames import (
@@ -216,13 +216,7 @@ class StateReplica:
     async def _work(self) -> None:
         """Work the queue in batches: merge and save together, then answer and send."""
         async for first in self._receive:
-            batch = [first]
-            while len(batch) < WORK_BATCH:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            await self._work_batch(batch)
+            await self._work_batch([first, *take_queued(self._receive, WORK_BATCH - 1)])
 
     async def _work_batch(self, batch: list[_Work]) -> None:
         local = [item for item in batch if isinstance(item, _OwnWrite)]

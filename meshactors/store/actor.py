@@ -11,7 +11,7 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 import trio
 
-from meshactors.actors import Actor, Inbox, Reply, cleanup_scope
+from meshactors.actors import Actor, Inbox, Reply, cleanup_scope, take_queued
 from meshactors.store.db import open_database
 from meshactors.wire.ipc import ErrorCode, OpError
 
@@ -83,7 +83,7 @@ class StoreActor(Actor):
         try:
             task_status.started()
             async for first in self.inbox.receiver:
-                calls = [first, *_queued(self.inbox.receiver, STORE_TRIP_CALLS - 1)]
+                calls = [first, *take_queued(self.inbox.receiver, STORE_TRIP_CALLS - 1)]
                 began = trio.current_time()
                 try:
                     outcomes = await trio.to_thread.run_sync(_run_calls, calls, conn)
@@ -154,14 +154,3 @@ def _in_savepoint(call: StoreCall, conn: sqlite3.Connection) -> _Outcome:
         return (None, exc)
     conn.execute("RELEASE call")
     return (result, None)
-
-
-def _queued(receiver: trio.MemoryReceiveChannel[StoreCall], limit: int) -> list[StoreCall]:
-    """Up to `limit` calls already waiting, without waiting for more."""
-    calls: list[StoreCall] = []
-    while len(calls) < limit:
-        try:
-            calls.append(receiver.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            break
-    return calls
