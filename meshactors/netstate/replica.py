@@ -63,9 +63,11 @@ class _FromPeer:
 
 @attrs.frozen
 class _OwnWrite:
-    """A write of ours, already in the map, to save, announce and send."""
+    """A write of ours, already in the map, to save, announce and send; `replaced` is the
+    entry it took the place of, put back if the save fails."""
 
     entry: Entry
+    replaced: Entry | None
     done: Pending[dict[str, Any]]
 
 
@@ -183,7 +185,7 @@ class StateReplica:
             )
         done: Pending[dict[str, Any]] = Pending()
         try:
-            self._send.send_nowait(_OwnWrite(entry, done))
+            self._send.send_nowait(_OwnWrite(entry, old, done))
         except trio.WouldBlock:
             raise OpError(ErrorCode.UNAVAILABLE, "the state map is busy; retry") from None
         self.map.merge(entry)
@@ -220,29 +222,26 @@ class StateReplica:
 
     async def _work_batch(self, batch: list[_Work]) -> None:
         local = [item for item in batch if isinstance(item, _OwnWrite)]
+        taken_back: list[tuple[Entry, Entry | None]] = []  # what a failed save undoes, in order
         for item in local:  # already merged, unless core restarted (and reloaded) since
-            self.map.merge(item.entry)
-        merged = self._merge_received(batch)
-        changed = [item.entry for item in local] + merged
-        error: OpError | None = None
-        if changed:
-            try:
-                await self.store.call(
-                    functools.partial(save_state, network=self.network, entries=changed),
-                    what="save state",
-                )
-            except Exception as exc:
-                self.dropped["unsaved"] += len(changed)
-                log.warning("state not saved", network=self.network, error=str(exc))
-                error = OpError(ErrorCode.STORAGE, f"the state was not saved: {exc}")
-        for entry in changed:
+            held = self.map.get(item.entry.key)
+            merged_now = held is not item.entry and self.map.merge(item.entry)
+            taken_back.append((item.entry, held if merged_now else item.replaced))
+        merged = self._merge(self._received_entries(batch))
+        error = await self._save([item.entry for item in local] + merged)
+        if error is not None:
+            # Our writes did not happen: the map holds what they replaced again (a peer's
+            # write they had beaten meanwhile comes back at the next catch-up with its peer).
+            for entry, previous in reversed(taken_back):
+                self.map.undo(entry, previous)
+        for entry in ([] if error else [item.entry for item in local]) + merged:
             self._publish(entry)
         for item in local:
             if error is None:
                 item.done.resolve(self._view(item.entry))
             else:
                 item.done.fail(error)
-        if local:
+        if local and error is None:
             await self._put_to_all([item.entry for item in local])
         for work in batch:
             match work:
@@ -255,9 +254,39 @@ class StateReplica:
         for peer in behind:
             await self._send_to(peer, StateSummary(self.map.summary(), ask=True))
 
-    def _merge_received(self, batch: list[_Work]) -> list[Entry]:
-        """Merge the entries of received puts and pages; the ones that changed the map."""
+    async def _save(self, changed: list[Entry]) -> OpError | None:
+        """Save the entries that changed the map; the error its callers get if that failed
+        (counted: the entries are `unsaved`)."""
+        if not changed:
+            return None
+        try:
+            await self.store.call(
+                functools.partial(save_state, network=self.network, entries=changed),
+                what="save state",
+            )
+        except Exception as exc:
+            self.dropped["unsaved"] += len(changed)
+            log.warning("state not saved", network=self.network, error=str(exc))
+            return OpError(ErrorCode.STORAGE, f"the state was not saved: {exc}")
+        return None
+
+    def _merge(self, entries: list[Entry]) -> list[Entry]:
+        """Merge received entries; the ones that changed the map (the last of each key)."""
         changed: dict[str, Entry] = {}
+        for entry in entries:
+            if not self.map.fits(entry, slack=MERGE_SLACK):
+                self.dropped["over_limit"] += 1
+                continue
+            self.clock.observe(entry.stamp)
+            if self.map.merge(entry):
+                changed[entry.key] = entry
+        self.counters["merged"] += len(changed)
+        return list(changed.values())
+
+    def _received_entries(self, batch: list[_Work]) -> list[Entry]:
+        """The entries of received puts and pages from authors that may write them (the
+        refused ones counted)."""
+        taken: list[Entry] = []
         for item in batch:
             if not isinstance(item, _FromPeer) or not isinstance(item.frame, StatePut | StatePage):
                 continue
@@ -276,14 +305,8 @@ class StateReplica:
                 except BadEntry as bad:
                     self.dropped[bad.reason] += 1
                     continue
-                if not self.map.fits(entry, slack=MERGE_SLACK):
-                    self.dropped["over_limit"] += 1
-                    continue
-                self.clock.observe(entry.stamp)
-                if self.map.merge(entry):
-                    changed[entry.key] = entry
-        self.counters["merged"] += len(changed)
-        return list(changed.values())
+                taken.append(entry)
+        return taken
 
     def _refusal(self, sender: str, author: str, *, own_only: bool) -> str | None:
         """Why a peer's writes by `author` are not taken (a counter name), or None: a put

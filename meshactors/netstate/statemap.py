@@ -51,19 +51,37 @@ class StateMap:
         old = self._entries.get(entry.key)
         if not entry.beats(old):
             return False
+        self._replace(entry.key, old, entry)
+        return True
+
+    def undo(self, entry: Entry, previous: Entry | None) -> bool:
+        """Take back `entry`, a write of ours that could not be saved: its key holds
+        `previous` (the entry it replaced, or nothing) again. Nothing changes when something
+        newer replaced `entry` meanwhile; True when the map changed."""
+        if self._entries.get(entry.key) is not entry:
+            return False
+        self._replace(entry.key, entry, previous)
+        return True
+
+    def _replace(self, key: str, old: Entry | None, new: Entry | None) -> None:
+        """Swap the entry of `key` (`old`, held now, or none) for `new` (or none), keeping
+        the keys, the digests and the counts."""
         if old is None:
-            bisect.insort(self._keys, entry.key)
-            bucket = self._buckets[entry.key] = bucket_of(entry.key)
-        else:
-            bucket = self._buckets[entry.key]
+            bisect.insort(self._keys, key)
+            self._buckets[key] = bucket_of(key)
+        bucket = self._buckets[key]
+        if old is not None:
             self._digests[bucket] ^= old.digest
             self.bytes -= old.size
             self.tombstones -= old.deleted
-        self._entries[entry.key] = entry
-        self._digests[bucket] ^= entry.digest
-        self.bytes += entry.size
-        self.tombstones += entry.deleted
-        return True
+        if new is None:
+            del self._entries[key], self._buckets[key]
+            self._keys.pop(bisect.bisect_left(self._keys, key))
+            return
+        self._entries[key] = new
+        self._digests[bucket] ^= new.digest
+        self.bytes += new.size
+        self.tombstones += new.deleted
 
     def live(self, prefix: str, after: str | None, limit: int) -> list[Entry]:
         """Up to `limit` entries that are not tombstones, keys starting with `prefix` and

@@ -167,3 +167,40 @@ def test_the_limits_hold_local_writes_and_leave_slack_for_peers(
     assert merged.fits(Entry.write("a", 2, Stamp(2, 0), DEVICES[0]))  # an existing key
     assert not merged.fits(third)
     assert merged.fits(third, slack=statemap.MERGE_SLACK)
+
+
+@RELAXED
+@given(st.lists(entries(), max_size=12), st.lists(entries(), min_size=1, max_size=8))
+def test_undoing_our_unsaved_writes_restores_the_map_they_found(
+    before: list[Entry], ours: list[Entry]
+) -> None:
+    # A batch of our writes whose save failed is taken back, last first, as the replica does.
+    found = StateMap()
+    for entry in before:
+        found.merge(entry)
+    undone = StateMap()
+    for entry in before:
+        undone.merge(entry)
+    merged: list[tuple[Entry, Entry | None]] = []
+    for entry in ours:
+        previous = undone.get(entry.key)
+        if undone.merge(entry):
+            merged.append((entry, previous))
+    assert all(undone.undo(entry, previous) for entry, previous in reversed(merged))
+    assert list(undone.entries()) == list(found.entries())
+    assert undone.summary() == found.summary()
+    assert (undone.bytes, undone.tombstones, len(undone)) == (
+        found.bytes,
+        found.tombstones,
+        len(found),
+    )
+
+
+def test_undo_leaves_a_newer_entry_alone() -> None:
+    held = StateMap()
+    ours = Entry.write("k", 1, Stamp(1, 0), DEVICES[0])
+    newer = Entry.write("k", 2, Stamp(2, 0), DEVICES[1])
+    held.merge(ours)
+    held.merge(newer)
+    assert not held.undo(ours, None)
+    assert held.get("k") is newer

@@ -137,7 +137,15 @@ async def test_ops_reach_channels_only_through_core(
 async def test_ops_and_peers_reach_the_state_map_only_through_core(
     mesh: Mesh, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    names = ("get", "list_live", "write", "_merge_received", "_answer", "on_peer_status")
+    names = (
+        "get",
+        "list_live",
+        "write",
+        "_received_entries",
+        "_merge",
+        "_answer",
+        "on_peer_status",
+    )
     tasks = record(monkeypatch, StateReplica, names)
     a, b = await active_pair(mesh)
     with trio.fail_after(WAIT):

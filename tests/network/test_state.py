@@ -1,9 +1,12 @@
 """The replicated state map with real daemons and a broker: writes reach active peers, a
 partition heals into one state on every daemon, a late joiner catches up on 1,000 keys, a
-restart keeps the map, and the limits are refused with their codes."""
+restart keeps the map, the limits are refused with their codes, and a write the disk refuses
+does not happen."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from typing import Any
 
 import pytest
@@ -199,3 +202,44 @@ async def test_a_daemon_that_was_down_catches_up_on_return(mesh: Mesh) -> None:
     await b.call("state_delete", network=NET, key="before")
     c = await mesh.daemon("c")  # the same home: its map as saved, then the catch-up
     await wait_state(c, {"while_down": "a"})
+
+
+def refuse_state_saves(daemon: Daemon, refuse: bool) -> None:
+    """Have `daemon`'s database refuse (or take again) every save of the state map: a real
+    SQLite error in the daemon's own store call, as a full or failing disk gives."""
+    with contextlib.closing(sqlite3.connect(daemon.home / "state.db", timeout=WAIT)) as conn:
+        if refuse:
+            conn.execute(
+                "CREATE TRIGGER refuse_saves BEFORE INSERT ON netstate"
+                " BEGIN SELECT RAISE(ABORT, 'the disk refuses'); END"
+            )
+        else:
+            conn.execute("DROP TRIGGER refuse_saves")
+        conn.commit()
+
+
+async def test_a_write_that_could_not_be_saved_does_not_happen(mesh: Mesh) -> None:
+    a, b = await mesh.daemon("a"), await mesh.daemon("b")
+    await a.join(mesh.url)
+    await b.join(mesh.url)
+    await approve_both(a, b)
+    await a.call("state_set", network=NET, key="k", value=1)
+    await b.wait_event("state_changed", key="k", value=1)
+
+    refuse_state_saves(a, True)
+    for key, value in (("k", 2), ("fresh", 1)):
+        with pytest.raises(OpFailed) as refused:
+            await a.call("state_set", network=NET, key=key, value=value)
+        assert refused.value.code == "storage"
+    assert (await a.call("state_get", network=NET, key="k"))["value"] == 1
+    with pytest.raises(OpFailed) as missing:
+        await a.call("state_get", network=NET, key="fresh")
+    assert missing.value.code == "not_found"
+
+    refuse_state_saves(a, False)
+    await a.call("state_set", network=NET, key="k", value=3)
+    await b.wait_event("state_changed", key="k", value=3)  # sent after any refused write
+    for daemon in (a, b):
+        changes = [(e["key"], e["value"]) for e in daemon.events if e["kind"] == "state_changed"]
+        assert changes == [("k", 1), ("k", 3)]
+    assert await state_of(b) == await state_of(a) == {"k": 3}
