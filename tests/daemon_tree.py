@@ -35,7 +35,7 @@ async def serving(home: Path, tcp_port: int | None = None) -> AsyncIterator[Serv
         try:
             yield services
         finally:
-            services.shutdown.set()  # also when the block fails, or the daemon would outlive it
+            services.shutdown.ring()  # also when the block fails, or the daemon would outlive it
 
 
 @asynccontextmanager

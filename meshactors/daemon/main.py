@@ -13,7 +13,7 @@ import structlog
 import trio
 
 from meshactors._version import __version__
-from meshactors.actors import ChildSpec, Node, Strategy, Supervisor, run_root
+from meshactors.actors import ChildSpec, Doorbell, Node, Strategy, Supervisor, run_root
 from meshactors.broker.limits import BrokerConfig
 from meshactors.control.supervisor import control_supervisor
 from meshactors.daemon.broker_actor import BrokerActor
@@ -120,7 +120,8 @@ async def serve(
                     options.paths.socket, services, options.tcp_port, options.listen_fd
                 ),
             ),
-            # After control: ops only poke it, so its crash and restart leave clients connected.
+            # After control: ops reach it only through its channels, so its crash and restart
+            # leave clients connected.
             ChildSpec("outbox", outbox),
             ChildSpec("notifier", NotifierActor(options.notifier, partial(_probe_store, store))),
         ],
@@ -156,11 +157,11 @@ def _select_one(conn: sqlite3.Connection) -> None:
 
 
 async def _stop_on_signal(
-    shutdown: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    shutdown: Doorbell, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Turn SIGTERM/SIGINT into a shutdown; started only once the handlers are installed."""
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         task_status.started()
         async for signum in signals:
             log.info("stop signal", signal=signal.Signals(signum).name)
-            shutdown.set()
+            shutdown.ring()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from meshactors.actors import Node
+from meshactors.actors import Doorbell, Node
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.network.manager import NetworkManager
@@ -31,7 +31,7 @@ class Services:
     ops: OpTable
     started_at: float  # trio.current_time() at start, for uptime
     networks: NetworkManager | None = None  # the `networks` supervisor, once built
-    shutdown: trio.Event = attrs.field(factory=trio.Event)
+    shutdown: Doorbell = attrs.field(factory=Doorbell)  # rung to stop the daemon
     extras: dict[str, Any] = attrs.field(factory=dict)
 
     def uptime(self) -> float:

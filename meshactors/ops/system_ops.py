@@ -54,7 +54,7 @@ async def inspect(session: Session, _: NoParams) -> dict[str, Any]:
 
 async def shutdown(session: Session, _: NoParams) -> dict[str, Any]:
     """Ask the daemon to stop; it answers first, then stops in reverse start order."""
-    session.services.shutdown.set()
+    session.services.shutdown.ring()
     return {"stopping": True}
 
 

@@ -70,7 +70,7 @@ async def _eviction(root: Path, size: int) -> dict[str, Any]:
                     waits.start_soon(learns, member)
                 await network.ask_await("evict", evict)
         for member in members:
-            member.services.shutdown.set()
+            member.services.shutdown.ring()
         nursery.cancel_scope.cancel()
     reached.sort()
     return {

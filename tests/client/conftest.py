@@ -46,7 +46,7 @@ class LocalDaemon:
 
     async def stop(self) -> None:
         assert self.services is not None
-        self.services.shutdown.set()
+        self.services.shutdown.ring()
         await self._stopped.wait()
         self.services = None
 

@@ -107,7 +107,7 @@ async def test_daemon_serves_on_the_adopted_socket_and_leaves_it(
                 listener = services.tree.find("daemon/control/listener")
                 assert listener is not None
                 assert listener.snapshot()["figures"]["activated"] is True
-                services.shutdown.set()
+                services.shutdown.ring()
         await early.aclose()
     assert path.is_socket()  # the manager's socket outlives the daemon
     late = LineClient(await trio.open_unix_socket(str(path)))  # and still takes connections

@@ -203,7 +203,7 @@ async def test_daemon_tree_sends_ready_watchdog_then_stopping(
             figures = services.tree.children["notifier"].snapshot()["figures"]
             assert figures["pings"] >= 1
             assert figures["watchdog_interval_s"] == 0.05
-            services.shutdown.set()
+            services.shutdown.ring()
         messages += received(manager)
     assert [m for m in messages if m != b"WATCHDOG=1"] == [
         f"READY=1\nSTATUS=serving on {paths.socket}".encode(),

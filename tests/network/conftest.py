@@ -117,7 +117,7 @@ class Daemon:
 
     async def stop(self) -> None:
         """Stop the daemon as `shutdown` would and wait until it has."""
-        self.services.shutdown.set()
+        self.services.shutdown.ring()
         with trio.fail_after(WAIT):
             await self.stopped.wait()
 
