@@ -393,7 +393,8 @@ def _refused_untouched(home: Path) -> tuple[bool, str]:
     result = resources.cli(home, "daemon", "up", check=False)
     after = _digest(home / "state.db")
     extra = sorted(p.name for p in home.iterdir() if p.name.startswith("state.db-"))
-    message = " ".join(result.stderr.split()) or "(no message)"  # may span lines
+    said = [line for line in result.stderr.splitlines() if not line.startswith("{")]  # not logs
+    message = " ".join(" ".join(said).split()) or "(no message)"  # the CLI's, may span lines
     ok = result.returncode == 3 and before == after and not extra and "database" in message.lower()
     shown = message if len(message) <= MESSAGE_SHOWN else message[: MESSAGE_SHOWN - 1] + "…"
     return ok, f"exit {result.returncode}: {shown!r}, identical {before == after}, extra {extra}"
