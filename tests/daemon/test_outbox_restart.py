@@ -24,7 +24,7 @@ async def test_an_outbox_crash_leaves_connected_clients_alone(
     async def crash_once_poked(self: Outbox, nursery: trio.Nursery) -> None:
         runs.append(1)
         if len(runs) == 1:
-            await self._wake.wait()
+            await self._doorbell.wait()
             raise RuntimeError("injected outbox failure")
         restarted.set()
         await original_drain(self, nursery)
