@@ -63,11 +63,9 @@ class _FromPeer:
 
 @attrs.frozen
 class _OwnWrite:
-    """A write of ours, already in the map, to save, announce and send; `replaced` is the
-    entry it took the place of, put back if the save fails."""
+    """A write of ours to put in the map, save, announce and send."""
 
     entry: Entry
-    replaced: Entry | None
     done: Pending[dict[str, Any]]
 
 
@@ -163,8 +161,9 @@ class StateReplica:
         }
 
     def write(self, key: str, value: Any, *, deleted: bool) -> Pending[dict[str, Any]]:
-        """state_set / state_delete: stamp the write, put it in the map at once (reads see
-        it), queue it to be saved and sent; the op waits on the returned outcome."""
+        """state_set / state_delete: stamp the write and queue it for the state task, which
+        puts it in the map, saves it, then announces and sends it (or takes it back if the
+        save fails); the op waits on the returned outcome."""
         own = self.wire.own_id
         if not self.may_write(own, own):
             raise OpError(ErrorCode.FORBIDDEN, f"this device may not write {self.network}'s state")
@@ -178,18 +177,21 @@ class StateReplica:
         except BadEntry as bad:
             raise _client_error(bad) from None
         if not self.map.fits(entry):
-            raise OpError(
-                ErrorCode.STATE_FULL,
-                f"{self.network}'s state holds at most {MAX_KEYS} keys (deleted ones count) "
-                f"and {MAX_STATE_BYTES} bytes",
-            )
+            raise self._full()
         done: Pending[dict[str, Any]] = Pending()
         try:
-            self._send.send_nowait(_OwnWrite(entry, old, done))
+            self._send.send_nowait(_OwnWrite(entry, done))
         except trio.WouldBlock:
             raise OpError(ErrorCode.UNAVAILABLE, "the state map is busy; retry") from None
-        self.map.merge(entry)
         return done
+
+    def _full(self) -> OpError:
+        """The refusal of a write that would take the map past its limits."""
+        return OpError(
+            ErrorCode.STATE_FULL,
+            f"{self.network}'s state holds at most {MAX_KEYS} keys (deleted ones count) "
+            f"and {MAX_STATE_BYTES} bytes",
+        )
 
     # -- frames (run in core's task: queue them) ----------------------------------------------
 
@@ -221,28 +223,35 @@ class StateReplica:
             await self._work_batch([first, *take_queued(self._receive, WORK_BATCH - 1)])
 
     async def _work_batch(self, batch: list[_Work]) -> None:
-        local = [item for item in batch if isinstance(item, _OwnWrite)]
-        taken_back: list[tuple[Entry, Entry | None]] = []  # what a failed save undoes, in order
-        for item in local:  # already merged, unless core restarted (and reloaded) since
+        # Only this task changes the map, and it serves peers' pulls only after the save: a
+        # write of ours is in the map from here until its save is known (reads by ops meanwhile
+        # see it), and a peer never gets one whose save failed.
+        local: list[tuple[_OwnWrite, Entry | None]] = []  # and the entry each replaced
+        for item in (item for item in batch if isinstance(item, _OwnWrite)):
             held = self.map.get(item.entry.key)
-            merged_now = held is not item.entry and self.map.merge(item.entry)
-            taken_back.append((item.entry, held if merged_now else item.replaced))
+            if not self.map.fits(item.entry):  # writes queued before it filled the map
+                item.done.fail(self._full())
+                continue
+            self.map.merge(item.entry)  # a newer entry may hold the key: then it stays
+            local.append((item, held))
         merged = self._merge(self._received_entries(batch))
-        error = await self._save([item.entry for item in local] + merged)
+        ours = [item.entry for item, _ in local]
+        error = await self._save(ours + merged)
         if error is not None:
             # Our writes did not happen: the map holds what they replaced again (a peer's
             # write they had beaten meanwhile comes back at the next catch-up with its peer).
-            for entry, previous in reversed(taken_back):
-                self.map.undo(entry, previous)
-        for entry in ([] if error else [item.entry for item in local]) + merged:
+            for item, previous in reversed(local):
+                self.map.undo(item.entry, previous)
+            ours = []
+        for entry in ours + merged:
             self._publish(entry)
-        for item in local:
+        for item, _ in local:
             if error is None:
                 item.done.resolve(self._view(item.entry))
             else:
                 item.done.fail(error)
-        if local and error is None:
-            await self._put_to_all([item.entry for item in local])
+        if ours:
+            await self._put_to_all(ours)
         for work in batch:
             match work:
                 case _SendSummary(peer=peer, ask=ask) if len(self.map):

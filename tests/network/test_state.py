@@ -231,6 +231,17 @@ async def test_a_write_that_could_not_be_saved_does_not_happen(mesh: Mesh) -> No
         with pytest.raises(OpFailed) as refused:
             await a.call("state_set", network=NET, key=key, value=value)
         assert refused.value.code == "storage"
+    # Many at once, so they queue behind each other and fail in several batches: none of them
+    # may bring back another that failed before it.
+    sent = {
+        await a.client.send("state_set", network=NET, key="k", value=value)
+        for value in range(10, 10 + PIPELINE)
+    }
+    while sent:
+        frame = await a.client.frame()
+        if frame.get("id") in sent:
+            assert frame["error"]["code"] == "storage", frame
+            sent.discard(frame["id"])
     assert (await a.call("state_get", network=NET, key="k"))["value"] == 1
     with pytest.raises(OpFailed) as missing:
         await a.call("state_get", network=NET, key="fresh")
