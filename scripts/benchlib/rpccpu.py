@@ -53,7 +53,9 @@ class ChainCpu:
 
 
 def cpu_ns(pid: int) -> int:
-    """CPU time a process has run so far, all its threads, in nanoseconds."""
+    """CPU time a process's threads alive now have run, in nanoseconds: a thread that ends
+    within a block takes its time with it (a daemon's worker threads sit idle during round
+    trips; /proc/PID/stat would keep it, but only to the clock tick)."""
     tasks = Path(f"/proc/{pid}/task").iterdir()
     return sum(int((task / "schedstat").read_text().split()[0]) for task in tasks)
 
