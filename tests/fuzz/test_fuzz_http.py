@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 import trio
-from hypothesis import given
 from hypothesis import strategies as st
 
 from meshactors.control.http_errors import HttpErrorCode, status_for
 from meshactors.daemon.services import Services
 from meshactors.wire.ipc import ErrorCode
 from tests.control.httptools import encode_request
-from tests.fuzz.conftest import fuzz
+from tests.fuzz.conftest import examples_of
 from tests.fuzz.strategies import json_values, mutated
 
 DOCUMENTED = {code.value for code in ErrorCode} | {code.value for code in HttpErrorCode}
@@ -116,14 +115,7 @@ async def exchange(daemon: Services, request: bytes) -> bytes:
 
 
 async def test_daemon_answers_every_hostile_http_request(daemon: Services) -> None:
-    seen: list[bytes] = []
-
-    @fuzz
-    @given(requests)
-    def record(request: bytes) -> None:
-        seen.append(request)
-
-    record()  # collect the examples synchronously; hypothesis cannot drive the socket itself
+    seen = await examples_of(requests)
     answered = 0
     for request in seen:
         for status, body in parse_responses(await exchange(daemon, request)):

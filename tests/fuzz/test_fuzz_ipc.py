@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from meshactors.daemon.services import Services
 from meshactors.wire.ipc import BadFrame, ErrorCode, parse_request
-from tests.fuzz.conftest import fuzz
+from tests.fuzz.conftest import examples_of, fuzz
 from tests.fuzz.strategies import json_line, json_values, mutated
 from tests.support import LineClient
 
@@ -44,14 +44,7 @@ hostile_lines = (
 
 async def test_daemon_answers_every_hostile_line(daemon: Services, connect: Any) -> None:
     client: LineClient = await connect()
-    seen: list[str] = []
-
-    @fuzz
-    @given(hostile_lines)
-    def record(line: bytes) -> None:
-        seen.append(line.decode("latin-1"))
-
-    record()  # collect the examples synchronously; hypothesis cannot drive the socket itself
+    seen = [line.decode("latin-1") for line in await examples_of(hostile_lines)]
     subscribed = False
     for text in seen:
         # A line without `id` may be a notification (no answer when it succeeds): the status

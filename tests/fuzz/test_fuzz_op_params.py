@@ -11,13 +11,12 @@ import typing
 from typing import Any
 
 import attrs
-from hypothesis import given
 from hypothesis import strategies as st
 
 from meshactors.daemon.main import build_ops
 from meshactors.daemon.services import Services
 from meshactors.wire.ipc import ErrorCode
-from tests.fuzz.conftest import fuzz
+from tests.fuzz.conftest import examples_of
 from tests.fuzz.strategies import hostile_json, odd_text
 from tests.ops.test_message_ops import NET, joined, new_device
 from tests.support import LineClient
@@ -71,14 +70,7 @@ def requests(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
 
 async def test_no_op_answers_internal_for_any_params(daemon: Services, connect: Any) -> None:
     client: LineClient = await joined(connect)
-    drawn: list[tuple[str, dict[str, Any]]] = []
-
-    @fuzz
-    @given(requests())
-    def record(request: tuple[str, dict[str, Any]]) -> None:
-        drawn.append(request)
-
-    record()  # collect synchronously; hypothesis cannot drive the socket itself
+    drawn = await examples_of(requests())
     ids = itertools.count(1_000)
     for op, params in drawn:
         request_id = next(ids)

@@ -13,11 +13,10 @@ import math
 from typing import Any
 
 import trio
-from hypothesis import given
 from hypothesis import strategies as st
 
 from meshactors.wire.jsonlimits import check_json
-from tests.fuzz.conftest import FUZZ_EXAMPLES, fuzz
+from tests.fuzz.conftest import FUZZ_EXAMPLES, examples_of
 from tests.fuzz.strategies import hostile_json
 from tests.network.appclient import AppClient
 from tests.network.conftest import NET, Mesh
@@ -60,14 +59,7 @@ def passes(value: Any) -> bool:
 async def test_generated_values_from_a_peer_crash_nothing(
     mesh: Mesh, nursery: trio.Nursery
 ) -> None:
-    examples: list[list[Any]] = []
-
-    @fuzz
-    @given(st.lists(hostile_json, min_size=PER_EXAMPLE, max_size=PER_EXAMPLE))
-    def record(values: list[Any]) -> None:
-        examples.append(values)
-
-    record()  # collect the examples synchronously; hypothesis cannot drive the sockets itself
+    examples = await examples_of(st.lists(hostile_json, min_size=PER_EXAMPLE, max_size=PER_EXAMPLE))
     assert sum(map(len, examples)) >= MIN_VALUES
 
     b, raw = await approved_raw_peer(mesh, nursery)
