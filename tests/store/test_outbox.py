@@ -424,6 +424,18 @@ def test_finished_or_unknown_deliveries_ignore_late_reports(conn: sqlite3.Connec
     assert mark_delivered(conn, "nope", "dev-a", T0) == "gone"
 
 
+def test_an_ack_after_the_delivery_gave_up_makes_it_done(conn: sqlite3.Connection) -> None:
+    # The peer stored the message after all (its ack came after the send outlived its ttl):
+    # the ack wins, so `message_delivered` follows the `message_dead` published before.
+    row_id = send(conn).id
+    gave_up = mark_failed(
+        conn, row_id, "dev-a", error_code="offline", permanent=False, now_ms=T0 + TTL_MS + 1
+    )
+    assert gave_up == "dead"
+    assert mark_delivered(conn, row_id, "dev-a", T0 + TTL_MS + 2) == "done"
+    assert row_of(conn, row_id).status == "done"
+
+
 def test_recover_inflight_puts_stranded_deliveries_back(db_path: Path) -> None:
     conn = open_database(db_path)
     row_id = send(conn, recipients=["a", "b", "c"], destination_kind="all", destination_ref="*").id
