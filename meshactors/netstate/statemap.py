@@ -68,9 +68,9 @@ class StateMap:
         the keys, the digests and the counts."""
         if old is None:
             bisect.insort(self._keys, key)
-            self._buckets[key] = bucket_of(key)
-        bucket = self._buckets[key]
-        if old is not None:
+            bucket = self._buckets[key] = bucket_of(key)
+        else:
+            bucket = self._buckets[key]
             self._digests[bucket] ^= old.digest
             self.bytes -= old.size
             self.tombstones -= old.deleted
