@@ -1,7 +1,7 @@
 """The actor runtime: bounded inboxes, ask with deadlines, supervisors, the live registry."""
 
 from meshactors.actors._actor import DEFAULT_INBOX_CAPACITY, Actor, Inbox, cleanup_scope
-from meshactors.actors._ask import ActorGone, AskTimeout, Reply, ask
+from meshactors.actors._ask import ActorGone, AskTimeout, Reply, ask, unanswered
 from meshactors.actors._crash import DebugCrash
 from meshactors.actors._doorbell import Doorbell
 from meshactors.actors._fanout import DEFAULT_SUBSCRIBER_CAPACITY, Broadcast, Lagged, Subscriber
@@ -49,4 +49,5 @@ __all__ = [
     "current_node",
     "run_root",
     "take_queued",
+    "unanswered",
 ]

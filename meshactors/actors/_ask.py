@@ -8,6 +8,8 @@ from typing import Generic, Protocol, TypeVar
 import attrs
 import trio
 
+from meshactors.wire.ipc import ErrorCode, OpError
+
 T = TypeVar("T")
 M = TypeVar("M")
 M_contra = TypeVar("M_contra", contravariant=True)
@@ -24,6 +26,13 @@ class AskTimeout(Exception):
 
 class ActorGone(Exception):
     """The asked actor's inbox is closed: it stopped or was never started."""
+
+
+def unanswered(error: ActorGone | AskTimeout) -> OpError:
+    """What a client is told of an ask an actor did not answer: `unavailable` while it is
+    down (a restart), `timeout` when it took too long."""
+    code = ErrorCode.UNAVAILABLE if isinstance(error, ActorGone) else ErrorCode.TIMEOUT
+    return OpError(code, str(error))
 
 
 class Lane(Protocol[M_contra]):

@@ -12,7 +12,15 @@ import attrs
 import structlog
 import trio
 
-from meshactors.actors import ActorGone, AskTimeout, ChildSpec, Inbox, Reply, Supervisor
+from meshactors.actors import (
+    ActorGone,
+    AskTimeout,
+    ChildSpec,
+    Inbox,
+    Reply,
+    Supervisor,
+    unanswered,
+)
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.network.config import ConfigError, NetworkConfig
@@ -147,10 +155,8 @@ class NetworkManager(Supervisor):
     async def _ask(self, build: Callable[[Reply[T]], _Change], what: str) -> T:
         try:
             return await self.changes.ask(build, timeout=CHANGE_TIMEOUT, what=what)
-        except ActorGone as exc:
-            raise OpError(ErrorCode.UNAVAILABLE, str(exc)) from None
-        except AskTimeout as exc:
-            raise OpError(ErrorCode.TIMEOUT, str(exc)) from None
+        except (ActorGone, AskTimeout) as exc:
+            raise unanswered(exc) from None
 
     async def _serve_changes(self) -> None:
         """Apply each change in turn, in this actor's task: the one writer of the network set."""

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 import trio
 
-from meshactors.actors import ActorGone, AskTimeout, ChildSpec, Strategy, Supervisor
+from meshactors.actors import ActorGone, AskTimeout, ChildSpec, Strategy, Supervisor, unanswered
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.membership.frames import MEMBERSHIP_FRAMES
@@ -26,7 +26,7 @@ from meshactors.network.peers import COMMAND_TIMEOUT, AppHandler, Peers, Phase
 from meshactors.network.rpc import Rpc
 from meshactors.network.streams import Streams
 from meshactors.store.actor import StoreActor
-from meshactors.wire.ipc import ErrorCode, OpError
+from meshactors.wire.ipc import OpError
 from meshactors.wire.peer import Frame
 
 T = TypeVar("T")
@@ -142,10 +142,8 @@ class Network(Supervisor):
         """`ask` for work that may wait inside core (only on the link's bounded queue)."""
         try:
             return await self.peers.ask(fn, what, timeout)
-        except ActorGone as exc:
-            raise OpError(ErrorCode.UNAVAILABLE, str(exc)) from None
-        except AskTimeout as exc:
-            raise OpError(ErrorCode.TIMEOUT, str(exc)) from None
+        except (ActorGone, AskTimeout) as exc:
+            raise unanswered(exc) from None
 
     def tell(self, fn: Callable[[], None]) -> bool:
         """Have core run `fn` without waiting for it; False when core's inbox is full."""

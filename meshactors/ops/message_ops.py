@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from cattrs.gen import make_dict_structure_fn, override
 
-from meshactors.actors import ActorGone, AskTimeout
+from meshactors.actors import ActorGone, AskTimeout, unanswered
 from meshactors.control.session import Session
 from meshactors.daemon.outbox import Accept, Outbox, message_view
 from meshactors.network.delivery import MAX_MESSAGE_BYTES, MAX_META_BYTES
-from meshactors.ops.optable import Merge, Op, converter, unanswered
+from meshactors.ops.optable import Merge, Op, converter
 from meshactors.store import inbox as inbox_db
 from meshactors.store import outbox as outbox_db
 from meshactors.store.fingerprint import fingerprint_prefix

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import attrs
 import structlog
 
-from meshactors.actors import ActorGone, AskTimeout
+from meshactors.actors import ActorGone, AskTimeout, unanswered
 from meshactors.wire.ipc import ErrorCode, OpError, Request
 from meshactors.wire.jsonlimits import bad_json_path
 from meshactors.wire.strict import describe_error, make_strict_converter
@@ -230,13 +230,6 @@ def as_op_error(session: Session, op: str, error: Exception) -> OpError:
     if isinstance(error, ActorGone | AskTimeout):
         return unanswered(error)
     return _internal(session, op, error)
-
-
-def unanswered(error: ActorGone | AskTimeout) -> OpError:
-    """The error for an ask an actor did not answer: `unavailable` while it is down (a
-    restart), `timeout` when it took too long."""
-    code = ErrorCode.UNAVAILABLE if isinstance(error, ActorGone) else ErrorCode.TIMEOUT
-    return OpError(code, str(error))
 
 
 def _internal(session: Session, op: str, bug: Exception) -> OpError:
