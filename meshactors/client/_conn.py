@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from meshactors.actors import Broadcast, Subscriber
+from meshactors.actors import Broadcast, Subscriber, take_queued
 from meshactors.client._frames import FrameDecoder, answer_data, encode_request, is_event
 from meshactors.client.errors import (
     ClientError,
@@ -148,12 +148,7 @@ class Connection:
     async def _write(self) -> None:
         """The connection's one writer: each write carries every request line queued for it."""
         async for line in self._out_receive:
-            lines = [line]
-            while len(lines) < OUTGOING_CAPACITY:
-                try:
-                    lines.append(self._out_receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
+            lines = [line, *take_queued(self._out_receive, OUTGOING_CAPACITY - 1)]
             await self.stream.send_all(b"".join(lines))
 
     def _close(self, reason: ClientError) -> None:
