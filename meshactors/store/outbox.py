@@ -401,14 +401,11 @@ def mark_inflight(
         # A row with an inflight delivery derives `inflight` (derive_status), and one with a
         # pending delivery was pending or inflight: set it without reading its deliveries
         # back, as _refresh_statuses would (an aborted row is neither, so it stays).
-        started = sum(
-            conn.execute(
-                "UPDATE outbox SET status = 'inflight', updated_at = ?"
-                " WHERE id = ? AND status = 'pending'",
-                (now_ms, outbox_id),
-            ).rowcount
-            for outbox_id in dict.fromkeys(key.outbox_id for key in claimed)
-        )
+        started = conn.execute(
+            "UPDATE outbox SET status = 'inflight', updated_at = ?"
+            " WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending'",
+            (now_ms, to_json(list(dict.fromkeys(key.outbox_id for key in claimed)))),
+        ).rowcount
         changes = _moved("deliveries", {"pending": len(claimed)}, "inflight")
         changes.update(_moved("outbox", {"pending": started}, "inflight"))
         bump_counts(conn, changes)
