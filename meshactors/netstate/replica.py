@@ -33,7 +33,13 @@ from meshactors.netstate.frames import (
     pages,
 )
 from meshactors.netstate.hlc import ZERO, HybridClock
-from meshactors.netstate.statemap import MAX_KEYS, MAX_STATE_BYTES, MERGE_SLACK, StateMap
+from meshactors.netstate.statemap import (
+    MAX_KEYS,
+    MAX_STATE_BYTES,
+    MERGE_SLACK,
+    TOMBSTONE_TTL_MS,
+    StateMap,
+)
 from meshactors.netstate.writers import WriterCheck
 from meshactors.network.app_wire import AppWire
 from meshactors.network.peers import PeerStatus
@@ -49,6 +55,7 @@ STATE_INBOX = 1024  # frames and local writes queued for the state task; more ar
 WORK_BATCH = 256  # queued items worked (and saved in one store call) together
 SYNC_INTERVAL = 60.0  # seconds between summaries to each active peer (repairs a lost write)...
 SYNC_RATE = 1.0  # ...while that stays under this many summaries a second per network
+PRUNE_INTERVAL = 3600.0  # seconds between sweeps for expired tombstones (the first at start)
 MAX_LIST = 500  # state_list `limit`
 CHANGED = "state_changed"  # the event kind
 
@@ -77,7 +84,12 @@ class _SendSummary:
     ask: bool = False
 
 
-_Work = _FromPeer | _OwnWrite | _SendSummary
+@attrs.frozen
+class _Prune:
+    """Time to forget the expired tombstones (statemap.TOMBSTONE_TTL_MS)."""
+
+
+_Work = _FromPeer | _OwnWrite | _SendSummary | _Prune
 
 
 @attrs.define
@@ -132,8 +144,10 @@ class StateReplica:
         for entry in entries:
             self.map.merge(entry)
             self.clock.observe(entry.stamp)
+        self._queue_prune()  # ahead of any write made after start
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sync_loop)
+            nursery.start_soon(self._prune_loop)
             task_status.started()
             await self._work()
 
@@ -169,7 +183,7 @@ class StateReplica:
             raise OpError(ErrorCode.FORBIDDEN, f"this device may not write {self.network}'s state")
         _checked(check_key, key)
         old = self.map.get(key)
-        stamp = self.clock.tick(time.time_ns() // 1_000_000, old.stamp if old else ZERO)
+        stamp = self.clock.tick(_now_ms(), old.stamp if old else ZERO)
         try:
             entry = (
                 Entry.tombstone(key, stamp, own) if deleted else Entry.write(key, value, stamp, own)
@@ -226,6 +240,11 @@ class StateReplica:
         # Only this task changes the map, and it serves peers' pulls only after the save: a
         # write of ours is in the map from here until its save is known (reads by ops meanwhile
         # see it), and a peer never gets one whose save failed.
+        horizon = _now_ms() - TOMBSTONE_TTL_MS  # tombstones stamped before it have expired
+        expired = 0
+        if any(isinstance(item, _Prune) for item in batch):
+            expired = len(self.map.prune(horizon))
+            self.counters["pruned"] += expired
         local: list[tuple[_OwnWrite, Entry | None]] = []  # and the entry each replaced
         for item in (item for item in batch if isinstance(item, _OwnWrite)):
             held = self.map.get(item.entry.key)
@@ -234,9 +253,10 @@ class StateReplica:
                 continue
             self.map.merge(item.entry)  # a newer entry may hold the key: then it stays
             local.append((item, held))
-        merged = self._merge(self._received_entries(batch))
+        merged = self._merge(self._received_entries(batch), horizon)
         ours = [item.entry for item, _ in local]
-        error = await self._save(ours + merged)
+        expired += sum(entry.deleted and entry.stamp.wall < horizon for entry in merged)
+        error = await self._save(ours + merged, horizon if expired else None)
         if error is not None:
             # Our writes did not happen: the map holds what they replaced again (a peer's
             # write they had beaten meanwhile comes back at the next catch-up with its peer).
@@ -263,31 +283,33 @@ class StateReplica:
         for peer in behind:
             await self._send_to(peer, StateSummary(self.map.summary(), ask=True))
 
-    async def _save(self, changed: list[Entry]) -> OpError | None:
-        """Save the entries that changed the map; the error its callers get if that failed
-        (counted: the entries are `unsaved`)."""
-        if not changed:
+    async def _save(self, changed: list[Entry], expired_before: int | None) -> OpError | None:
+        """Save the entries that changed the map, and with `expired_before` delete the rows of
+        expired tombstones; the error its callers get if that failed (counted: the entries
+        are `unsaved`)."""
+        if not changed and expired_before is None:
             return None
+        save = functools.partial(
+            save_state, network=self.network, entries=changed, expired_before=expired_before
+        )
         try:
-            await self.store.call(
-                functools.partial(save_state, network=self.network, entries=changed),
-                what="save state",
-            )
+            await self.store.call(save, what="save state")
         except Exception as exc:
             self.dropped["unsaved"] += len(changed)
             log.warning("state not saved", network=self.network, error=str(exc))
             return OpError(ErrorCode.STORAGE, f"the state was not saved: {exc}")
         return None
 
-    def _merge(self, entries: list[Entry]) -> list[Entry]:
-        """Merge received entries; the ones that changed the map (the last of each key)."""
+    def _merge(self, entries: list[Entry], horizon: int) -> list[Entry]:
+        """Merge received entries; the ones that changed the map (the last of each key). A
+        tombstone stamped before `horizon` ends the key it beats and is not kept."""
         changed: dict[str, Entry] = {}
         for entry in entries:
             if not self.map.fits(entry, slack=MERGE_SLACK):
                 self.dropped["over_limit"] += 1
                 continue
             self.clock.observe(entry.stamp)
-            if self.map.merge(entry):
+            if self.map.merge(entry, expired_before=horizon):
                 changed[entry.key] = entry
         self.counters["merged"] += len(changed)
         return list(changed.values())
@@ -378,6 +400,19 @@ class StateReplica:
             self.wire.active_peers, self._ask_summary, interval=SYNC_INTERVAL, rate=SYNC_RATE
         )
 
+    async def _prune_loop(self) -> None:
+        """Queue a sweep for expired tombstones every PRUNE_INTERVAL (`run` queues the first)."""
+        while True:
+            await trio.sleep(PRUNE_INTERVAL)
+            self._queue_prune()
+
+    def _queue_prune(self) -> None:
+        """Queue a sweep for the state task (a full queue skips this one: the next comes)."""
+        try:
+            self._send.send_nowait(_Prune())
+        except trio.WouldBlock:
+            self.dropped["queue_full"] += 1
+
     async def _ask_summary(self, peer: str) -> None:
         """Queue a summary asking for the peer's (the state task sends it)."""
         try:
@@ -397,6 +432,11 @@ class StateReplica:
             "version": entry.version,
             "deleted": entry.deleted,
         }
+
+
+def _now_ms() -> int:
+    """The wall clock in milliseconds, as stamps and the tombstone horizon count it."""
+    return time.time_ns() // 1_000_000
 
 
 def _checked(check: Callable[[str], object], text: str) -> None:

@@ -1,6 +1,6 @@
-"""The replicated state map of one network, sans-IO: entries by key (tombstones included),
-last writer wins, and a summary of 256 bucket digests that tells two devices which keys
-they disagree on."""
+"""The replicated state map of one network, sans-IO: entries by key (tombstones included,
+until they expire), last writer wins, and a summary of 256 bucket digests that tells two
+devices which keys they disagree on."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ MAX_KEYS = 10_000  # keys per network, tombstones included, a local write may br
 MAX_STATE_BYTES = 16 * 1024 * 1024  # keys and values (as JSON) per network, the same way
 MERGE_SLACK = 2  # writes merged from peers may take a map to twice those limits (concurrent
 # writers each within the limits still converge); past that they are dropped and counted
+TOMBSTONE_TTL_MS = 7 * 24 * 3600 * 1000  # a tombstone is kept this long after its stamp, then
+# forgotten everywhere: a device away longer may bring back a key deleted meanwhile
 DIGEST_CHARS = 16  # one bucket digest in a summary: 64 bits as hex
 SUMMARY_CHARS = BUCKETS * DIGEST_CHARS
 
@@ -46,13 +48,32 @@ class StateMap:
         size = self.bytes + entry.size - (old.size if old is not None else 0)
         return keys <= MAX_KEYS * slack and size <= MAX_STATE_BYTES * slack
 
-    def merge(self, entry: Entry) -> bool:
-        """Take `entry` if it beats the one held; True when the map changed."""
+    def merge(self, entry: Entry, expired_before: int = 0) -> bool:
+        """Take `entry` if it beats the one held; True when the map changed. A tombstone
+        stamped before `expired_before` (wall ms) has expired: it still ends what it beats,
+        but the key is then gone rather than kept deleted."""
         old = self._entries.get(entry.key)
         if not entry.beats(old):
             return False
+        if entry.deleted and entry.stamp.wall < expired_before:
+            if old is None:
+                return False
+            self._replace(entry.key, old, None)
+            return True
         self._replace(entry.key, old, entry)
         return True
+
+    def prune(self, expired_before: int) -> list[Entry]:
+        """Forget the tombstones stamped before `expired_before` (wall ms); the ones removed.
+        Every device prunes by the same rule, so the summaries still agree."""
+        expired = [
+            entry
+            for entry in self._entries.values()
+            if entry.deleted and entry.stamp.wall < expired_before
+        ]
+        for entry in expired:
+            self._replace(entry.key, entry, None)
+        return expired
 
     def undo(self, entry: Entry, previous: Entry | None) -> bool:
         """Take back `entry`, a write of ours that could not be saved: its key holds

@@ -20,10 +20,15 @@ def load_state(conn: sqlite3.Connection, network: str) -> list[Entry]:
     ]
 
 
-def save_state(conn: sqlite3.Connection, network: str, entries: Sequence[Entry]) -> None:
+def save_state(
+    conn: sqlite3.Connection,
+    network: str,
+    entries: Sequence[Entry],
+    expired_before: int | None = None,
+) -> None:
     """Merge entries into `network`'s rows: a row changes only for an entry that beats it (the
     order of `Entry.rank`), so saves that reach the database out of order still keep the
-    winner."""
+    winner. With `expired_before` (wall ms), tombstones stamped before it are then deleted."""
     with immediate(conn):
         conn.executemany(
             "INSERT INTO netstate (network, key, value_json, deleted, wall, counter, author)"
@@ -38,3 +43,8 @@ def save_state(conn: sqlite3.Connection, network: str, entries: Sequence[Entry])
                 for e in entries
             ],
         )
+        if expired_before is not None:
+            conn.execute(
+                "DELETE FROM netstate WHERE network = ? AND deleted AND wall < ?",
+                (network, expired_before),
+            )

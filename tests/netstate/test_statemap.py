@@ -204,3 +204,46 @@ def test_undo_leaves_a_newer_entry_alone() -> None:
     held.merge(newer)
     assert not held.undo(ours, None)
     assert held.get("k") is newer
+
+
+def _held(writes: list[Entry]) -> StateMap:
+    held = StateMap()
+    for entry in writes:
+        held.merge(entry)
+    return held
+
+
+@RELAXED
+@given(
+    st.lists(entries(), max_size=20).flatmap(lambda w: st.tuples(st.just(w), st.permutations(w))),
+    st.integers(0, 6),
+)
+def test_pruning_leaves_the_map_of_the_survivors_whatever_the_order(
+    orders: tuple[list[Entry], list[Entry]], horizon: int
+) -> None:
+    # Writes that reached every device before their tombstones expired: each device prunes
+    # by the same rule and holds the same map, as if the expired tombstones had never been.
+    writes, shuffled = orders
+    one, two = _held(writes), _held(shuffled)
+    pruned = one.prune(horizon)
+    two.prune(horizon)
+    assert all(entry.deleted and entry.stamp.wall < horizon for entry in pruned)
+    survivors = _held(list(one.entries()))
+    assert _state(list(one.entries())) == _state(list(two.entries()))
+    assert one.summary() == two.summary() == survivors.summary()
+    assert (one.bytes, one.tombstones) == (survivors.bytes, survivors.tombstones)
+    assert not any(e.deleted and e.stamp.wall < horizon for e in one.entries())
+
+
+def test_a_tombstone_that_arrives_expired_ends_what_it_beats_and_is_not_kept() -> None:
+    held = _held([Entry.write("a", 1, Stamp(1, 0), DEVICES[0])])
+    assert held.merge(Entry.tombstone("a", Stamp(2, 0), DEVICES[1]), expired_before=5)
+    assert (len(held), held.tombstones, held.summary()) == (0, 0, StateMap().summary())
+    assert not held.merge(Entry.tombstone("b", Stamp(2, 0), DEVICES[1]), expired_before=5)
+    assert len(held) == 0
+    newer = Entry.write("c", 1, Stamp(9, 0), DEVICES[0])
+    held.merge(newer)
+    assert not held.merge(Entry.tombstone("c", Stamp(3, 0), DEVICES[1]), expired_before=5)
+    assert held.get("c") is newer
+    fresh = Entry.tombstone("d", Stamp(7, 0), DEVICES[1])
+    assert held.merge(fresh, expired_before=5) and held.get("d") is fresh
