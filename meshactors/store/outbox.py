@@ -344,7 +344,8 @@ def expire_pending(
                 (status, now_ms - ttl_ms, batch),
             )
         ][:batch]
-        expired, killed = 0, 0
+        expired: list[str] = []
+        killed = 0
         for outbox_id in outbox_ids:
             cursor = conn.execute(
                 "UPDATE deliveries SET status = 'dead', last_error = ?"
@@ -352,10 +353,11 @@ def expire_pending(
                 (EXPIRED, outbox_id),
             )
             if cursor.rowcount:
-                expired, killed = expired + 1, killed + cursor.rowcount
-                _refresh_status(conn, outbox_id, now_ms, last_error=EXPIRED)
+                expired.append(outbox_id)
+                killed += cursor.rowcount
+        _refresh_statuses(conn, expired, now_ms, last_error=EXPIRED)
         bump_counts(conn, _moved("deliveries", {"pending": killed}, "dead"))
-    return expired
+    return len(expired)
 
 
 def delivery_counts(conn: sqlite3.Connection) -> dict[str, int]:
