@@ -153,11 +153,7 @@ class EventHub(Actor):
 
     async def _take_queued(self) -> None:
         """Number what was published before the hub stopped, so it is logged too."""
-        while True:
-            try:
-                message = self.inbox.receiver.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                return
+        for message in take_queued(self.inbox.receiver, HUB_INBOX):
             await self._take(message)
 
     async def _write_log(self) -> None:

@@ -14,7 +14,6 @@ undeliverable notices go to `peers` as they decode, and one it cannot read is co
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +24,7 @@ import structlog
 import trio
 from nacl.signing import SigningKey
 
-from meshactors.actors import Actor, Inbox, cleanup_scope
+from meshactors.actors import Actor, Inbox, cleanup_scope, take_queued
 from meshactors.broker.limits import TokenBucket
 from meshactors.event_hub import EventPublisher
 from meshactors.keepalive import answered_or_heard
@@ -231,9 +230,9 @@ class Link(Actor):
         self.state = "connecting"
         task_status.started()
         try:
-            with contextlib.suppress(trio.WouldBlock):
-                while True:  # what was said before it ran (a Park at load) holds from the start
-                    self._take(self.inbox.receiver.receive_nowait())
+            # What was said before it ran (a Park at load) holds from the start.
+            for message in take_queued(self.inbox.receiver, LINK_INBOX):
+                self._take(message)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._take_brokers)
                 await self._connect_forever()
@@ -468,11 +467,6 @@ class Link(Actor):
 
 def _drain(receive: trio.MemoryReceiveChannel[_Queued]) -> int:
     """Empty the queue and close it; returns how many records it held."""
-    count = 0
-    while True:
-        try:
-            receive.receive_nowait()
-        except (trio.WouldBlock, trio.EndOfChannel):
-            receive.close()
-            return count
-        count += 1
+    held = len(take_queued(receive, receive.statistics().current_buffer_used))
+    receive.close()
+    return held
