@@ -4,6 +4,7 @@ others reach it only through its inbox."""
 from __future__ import annotations
 
 import functools
+import math
 import time
 from typing import Any, ClassVar, Protocol
 
@@ -170,8 +171,13 @@ class EventHub(Actor):
         events = [item for item in batch if isinstance(item, Event)]
         try:
             if events:
+                # No deadline: a write the store has taken still happens after one runs out
+                # (a loop frozen past it), so only the store's own answer says whether it did.
+                # A stopped store drops the call unrun: ActorGone, and the events are unlogged.
                 await self.store.call(
-                    functools.partial(event_log.append_batch, batch=events), what="log events"
+                    functools.partial(event_log.append_batch, batch=events),
+                    what="log events",
+                    timeout=math.inf,
                 )
         except Exception:
             self.unlogged += len(events)

@@ -62,10 +62,17 @@ class StoreActor(Actor):
     failures: int = 0
     busy_seconds: float = 0.0
 
-    async def call(self, fn: Callable[[sqlite3.Connection], T], *, what: str) -> T:
-        """Run a repository function against the database and return its result."""
+    async def call(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        what: str,
+        timeout: float = STORE_CALL_TIMEOUT,
+    ) -> T:
+        """Run a repository function against the database and return its result (AskTimeout
+        after `timeout` seconds: the call may still run later)."""
         result: T = await self.inbox.ask(
-            lambda reply: StoreCall(fn, reply), timeout=STORE_CALL_TIMEOUT, what=f"store: {what}"
+            lambda reply: StoreCall(fn, reply), timeout=timeout, what=f"store: {what}"
         )
         return result
 
