@@ -290,20 +290,26 @@ class ClientActor(Actor):
         """Answer `request` with the outcome of its begun `work` (or the error it began with)."""
         assert self._session is not None
         self.requests += 1
+        try:  # in flight until its answer is queued: one the writer can't take yet still counts
+            frame = await self._outcome_frame(request, work)
+            if frame is not None:
+                await self._emit(frame)
+        finally:
+            self.in_flight -= 1
+
+    async def _outcome_frame(
+        self, request: Request, work: Awaitable[Any] | OpError
+    ) -> bytes | None:
+        """The answer frame of `request`, or None for a notification that succeeded."""
+        assert self._session is not None
         try:
             if isinstance(work, OpError):
                 raise work
             data = await finish(self._session, request, work)
         except OpError as error:
             self.errors += 1
-            frame = error_frame(request.id, error)
-        else:
-            if request.id is None:
-                return  # a notification that succeeded: no answer
-            frame = ok_frame(request.id, data)
-        finally:
-            self.in_flight -= 1
-        await self._emit(frame)
+            return error_frame(request.id, error)
+        return None if request.id is None else ok_frame(request.id, data)
 
     async def _run_in_order(self) -> None:
         """Run in-order requests as they come: all those queued at once go to the op table
@@ -315,9 +321,15 @@ class ClientActor(Actor):
 
     async def _answer_all(self, requests: Sequence[Request], outcome: Outcome) -> None:
         """Answer requests that share one outcome (or have one each), in order, in one
-        outgoing frame."""
+        outgoing frame; they are in flight until it is queued."""
         self.requests += len(requests)
-        self.in_flight -= len(requests)
+        try:
+            await self._emit_all(requests, outcome)
+        finally:
+            self.in_flight -= len(requests)
+
+    async def _emit_all(self, requests: Sequence[Request], outcome: Outcome) -> None:
+        """Queue the answers of requests that share `outcome` (or have one each)."""
         if isinstance(outcome, Each):
             pairs = list(zip(requests, outcome.outcomes, strict=True))
             self.errors += sum(isinstance(own, OpError) for _, own in pairs)

@@ -6,9 +6,11 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from meshactors.actors import Broadcast
 from meshactors.control import event_stream
+from meshactors.control.client import MAX_CONCURRENT_REQUESTS
 from meshactors.daemon.services import Services
 from meshactors.ops import system_ops
 
@@ -43,3 +45,29 @@ async def test_a_stalled_event_reader_is_disconnected_and_others_are_served(
             if not chunk:
                 break
     assert (await healthy.call("status"))["data"]["clients"] == 1
+
+
+async def test_answers_waiting_for_a_reader_count_as_in_flight(
+    daemon: Services, connect: Any
+) -> None:
+    """A program that pipelines requests and stops reading: answers waiting for room to be
+    written count toward the connection's cap, so past it the daemon answers
+    `too_many_requests` and stops reading; it never holds an answer per request sent."""
+    sent = 3000
+    stalled = await connect()
+    await stalled.send_raw(b"".join(b'{"id":%d,"op":"version"}\n' % n for n in range(sent)))
+    await trio.testing.wait_all_tasks_blocked()  # the daemon did what it could
+    client = daemon.tree.children["control"].children["client c1"]
+    assert client.figures is not None and client.inbox_statistics is not None
+    outgoing = client.inbox_statistics()
+    assert outgoing is not None
+    assert client.figures()["in_flight"] <= MAX_CONCURRENT_REQUESTS
+    # Each answer waiting for room is a request still in flight (+ the reader's refusal).
+    assert 0 < outgoing.tasks_waiting_send <= MAX_CONCURRENT_REQUESTS + 1
+    answers: dict[str, int] = {}
+    with trio.fail_after(30):
+        for _ in range(sent):  # reading again, every request gets its answer
+            frame = await stalled.frame()
+            code = "ok" if frame["ok"] else frame["error"]["code"]
+            answers[code] = answers.get(code, 0) + 1
+    assert set(answers) == {"ok", "too_many_requests"}
