@@ -64,9 +64,10 @@ async def replay_then_follow(
     """Replay what the log holds after `since` (reporting any hole), then follow live events.
 
     `live` must be subscribed first, and `subscribed_at` the last event id its subscribe returned:
-    without `since`, events from then on are sent, even those published before this runs.
+    without `since`, events from then on are sent, even those published before this runs; a
+    `since` past it (ids of an older log: the home was replaced) follows from it too.
     """
-    after = subscribed_at if since is None else since
+    after = subscribed_at if since is None else min(since, subscribed_at)
     if since is not None:
         while True:
             result = await hub.replay(after, MAX_REPLAY)

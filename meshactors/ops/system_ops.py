@@ -71,8 +71,12 @@ async def events_subscribe(session: Session, params: EventsSubscribe) -> dict[st
         raise OpError(ErrorCode.CONFLICT, "this connection already receives events")
     check_since(params.since)
     hub = session.services.events
-    live, last_event_id = await hub.subscribe(EVENT_CAPACITY, LAG_DISCONNECT_LIMIT)
-    session.events_subscribed = True
+    session.events_subscribed = True  # before the wait: a second request meanwhile conflicts
+    try:
+        live, last_event_id = await hub.subscribe(EVENT_CAPACITY, LAG_DISCONNECT_LIMIT)
+    except BaseException:
+        session.events_subscribed = False
+        raise
     session.nursery.start_soon(cut_off_when_overflowed, live)
 
     async def unsubscribe() -> None:

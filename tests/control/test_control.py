@@ -151,3 +151,29 @@ async def test_a_burst_of_connections_beyond_the_old_backlog_is_served(daemon: S
             for _ in range(600):  # more than a 512-connection listen backlog holds
                 nursery.start_soon(one)
     assert answered == 600
+
+
+async def test_a_since_past_the_newest_event_follows_live_events(
+    daemon: Services, connect: Any
+) -> None:
+    """A `since` from an older log (the home was replaced) replays nothing and follows live
+    events from the newest, as a subscribe without `since` does."""
+    client = await connect()
+    answer = await client.call("events_subscribe", since=1_000_000)
+    newest = answer["data"]["last_event_id"]
+    assert newest < 1_000_000
+    daemon.events.publish("test_live", {"n": 1})
+    with trio.fail_after(10):
+        frame = await client.frame()
+    assert (frame["kind"], frame["event_id"], frame["n"]) == ("test_live", newest + 1, 1)
+
+
+async def test_two_subscribes_at_once_get_one_stream_and_a_conflict(connect: Any) -> None:
+    client = await connect()
+    await client.send_raw(b'{"id":1,"op":"events_subscribe"}\n{"id":2,"op":"events_subscribe"}\n')
+    answers = {}
+    while len(answers) < 2:
+        frame = await client.frame()
+        if "id" in frame:
+            answers[frame["id"]] = frame["ok"] or frame["error"]["code"]
+    assert sorted(map(str, answers.values())) == ["True", "conflict"]
