@@ -33,7 +33,8 @@ OUTBOX_KEY = "outbox"  # Services.extras key of the outbox actor
 ALL_PEERS = "*"  # `to`: every approved peer
 TAG_PREFIX = "@"  # `to`: approved peers advertising the tag after it
 DEFAULT_PAGE = 100  # inbox and outbox_list rows when no limit is given
-MAX_CURSOR_CHARS = 20  # an inbox cursor is a decimal sequence number
+MAX_CURSOR_CHARS = 20  # an inbox cursor is a decimal sequence number...
+MAX_CURSOR = 2**63 - 1  # ...that SQLite can compare
 
 _SEND_ERRORS = {  # store.outbox.SendError code → IPC error code
     "no_recipients": ErrorCode.NO_RECIPIENTS,
@@ -289,9 +290,11 @@ def _answer(
 def _cursor(text: str | None) -> int | None:
     if text is None:
         return None
-    if not text.isdigit() or len(text) > MAX_CURSOR_CHARS:
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_CURSOR_CHARS:
         raise OpError(ErrorCode.INVALID_PARAMS, f"not an inbox cursor: {text[:40]!r}")
-    return int(text)
+    if (seq := int(text)) > MAX_CURSOR:
+        raise OpError(ErrorCode.INVALID_PARAMS, f"an inbox cursor is at most {MAX_CURSOR}")
+    return seq
 
 
 async def inbox(session: Session, params: InboxParams) -> dict[str, Any]:

@@ -142,8 +142,9 @@ async def test_inbox_pages_by_cursor_and_filters_by_sender(connect: Any, daemon:
     assert [m["message"] for m in mine["messages"]] == ["m1", "m3"]
     recent = (await client.call("inbox", limit=10, since=1003))["data"]
     assert [m["message"] for m in recent["messages"]] == ["m3", "m4"]
-    bad = await client.call("inbox", limit=10, cursor="abc")
-    assert bad["error"]["code"] == "invalid_params"
+    for cursor in ("abc", "", "-1", "\u00b2", "1\u0663", "99999999999999999999"):
+        bad = await client.call("inbox", limit=10, cursor=cursor)
+        assert bad["error"]["code"] == "invalid_params", cursor
 
 
 async def test_send_refuses_a_well_formed_id_that_roster_deny_calls_unusable(
