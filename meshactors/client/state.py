@@ -25,10 +25,12 @@ class SharedState:
     values: dict[str, Any] = attrs.field(factory=dict)
     _versions: dict[str, tuple[str, str]] = attrs.field(factory=dict)  # key -> (version, by)
     _changed: trio.Event = attrs.field(factory=trio.Event)
+    _unlisted: set[str] = attrs.field(factory=set)  # held keys a listing in progress lacks yet
 
     def apply(self, change: Mapping[str, Any]) -> bool:
         """Take one listed entry or `state_changed` event if it is newer than what is held."""
         key, version = change["key"], (change["version"], change["by"])
+        self._unlisted.discard(key)
         if key in self._versions and self._versions[key] >= version:
             return False
         self._versions[key] = version
@@ -36,9 +38,13 @@ class SharedState:
             self.values.pop(key, None)
         else:
             self.values[key] = change["value"]
+        self._changed_now()
+        return True
+
+    def _changed_now(self) -> None:
+        """Wake every `wait_until`."""
         self._changed.set()
         self._changed = trio.Event()
-        return True
 
     async def wait_until(self, condition: Callable[[dict[str, Any]], bool]) -> None:
         """Return once `condition(values)` holds (checked after each change)."""
@@ -46,7 +52,10 @@ class SharedState:
             await self._changed.wait()
 
     async def load(self, ops: Ops) -> None:
-        """List the whole map, page by page, and apply it."""
+        """List the whole map, page by page, and apply it; a key held before that the listing
+        lacks, and that no event touched meanwhile, was deleted while we were not listening
+        (a lag, a reconnect) and goes."""
+        self._unlisted = set(self.values)
         cursor: str | None = None
         while True:
             page = await ops.state_list(self.network, limit=LIST_PAGE, cursor=cursor)
@@ -54,7 +63,12 @@ class SharedState:
                 self.apply(entry)
             cursor = page["next_cursor"]
             if cursor is None:
-                return
+                break
+        gone, self._unlisted = self._unlisted, set()
+        for key in gone:
+            del self.values[key]  # its version stays: an older event cannot bring it back
+        if gone:
+            self._changed_now()
 
     def wants(self, event: Mapping[str, Any]) -> bool:
         """Whether an event is a change of this map."""

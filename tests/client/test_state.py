@@ -40,6 +40,22 @@ async def test_the_local_copy_follows_writes_deletes_and_restarts(local: LocalDa
             assert (await client.state_list("lan", prefix="re"))["entries"][0]["value"] == "yes"
 
 
+async def test_listing_again_drops_keys_deleted_while_nobody_listened(local: LocalDaemon) -> None:
+    await local.start()
+    async with MeshClient(local.paths.socket) as client:
+        await client.ensure_networks([NETWORK])
+        await client.state_set("lan", "kept", 1)
+        await client.state_set("lan", "gone", 2)
+        shared = SharedState("lan")
+        await shared.load(client)
+        assert shared.values == {"kept": 1, "gone": 2}
+        await client.state_delete("lan", "gone")  # its event never applied, as in a lag
+        await shared.load(client)
+        assert shared.values == {"kept": 1}
+        old = {"key": "gone", "value": 2, "deleted": False, "version": "0.0", "by": "a"}
+        assert not shared.apply(old)  # an older event cannot bring it back
+
+
 def test_a_listed_value_and_an_event_in_either_order_leave_the_newer() -> None:
     shared = SharedState("lan")
     old = {"key": "k", "value": 1, "deleted": False, "version": "1.0", "by": "a"}
