@@ -22,7 +22,6 @@ from meshactors.client.errors import (
     DeadlineExceeded,
     ProtocolError,
 )
-from meshactors.wire.ipc import MAX_FRAME_BYTES
 
 CONNECT_RETRY_FIRST = 0.05  # seconds before the second connect attempt; doubles each time
 CONNECT_RETRY_MAX = 1.0  # seconds between connect attempts at most
@@ -90,10 +89,6 @@ class Connection:
             self._check_open()
             request_id = next(self._ids)
             line = encode_request(request_id, op, params)
-            if len(line) > MAX_FRAME_BYTES:
-                raise ClientError(
-                    "frame_too_large", f"{op!r} request of {len(line)} bytes is over the cap"
-                )
             pending = self._pending[request_id] = _Pending()
             try:
                 with trio.move_on_after(timeout):

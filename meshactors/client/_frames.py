@@ -9,16 +9,20 @@ from typing import Any
 import attrs
 
 from meshactors.client.errors import ClientError, ProtocolError
-from meshactors.wire.ipc import RequestId, encode
+from meshactors.wire.ipc import MAX_FRAME_BYTES, RequestId, encode
 
 MAX_INCOMING_FRAME = 64 * 1024 * 1024  # one frame from the daemon (inspect, inbox pages)
 
 
 def encode_request(request_id: RequestId, op: str, params: dict[str, Any]) -> bytes:
-    """One request line: `{"id": …, "op": …, …params}`."""
+    """One request line: `{"id": …, "op": …, …params}`; ClientError(`frame_too_large`) past
+    the daemon's line cap, which it would answer without an id no caller could match."""
     if "id" in params or "op" in params:
         raise ValueError("params may not be named `id` or `op`")
-    return encode({"id": request_id, "op": op, **params})
+    line = encode({"id": request_id, "op": op, **params})
+    if len(line) > MAX_FRAME_BYTES:
+        raise ClientError("frame_too_large", f"{op!r} request of {len(line)} bytes is over the cap")
+    return line
 
 
 @attrs.define

@@ -15,7 +15,8 @@ Data = Any  # an op's answer `data`
 Priority = Literal["now", "next", "low"]
 PresenceStatus = Literal["idle", "working", "dnd"]
 
-RPC_DEADLINE_MARGIN = 5.0  # seconds the client waits past an rpc_call's own timeout_ms
+RPC_DEADLINE_MARGIN = 5.0  # seconds the client waits past an rpc_call's timeout_ms (or a
+# reliable send's ttl_ms)
 
 
 def params(**values: Any) -> dict[str, Any]:
@@ -257,7 +258,8 @@ class Ops(abc.ABC):
     ) -> Data:
         """Publish to one peer and answer once its daemon acknowledged delivery. With
         `message_id` (a unique id of your choosing), sending again with the same one after an
-        error is safe: the peer's daemon delivers it once and acknowledges each."""
+        error is safe: the peer's daemon delivers it once and acknowledges each. Waits up to
+        `ttl_ms` (and a margin), however short the client's own call timeout."""
         return await self.call(
             "channel_send_reliable",
             params(
@@ -268,6 +270,7 @@ class Ops(abc.ABC):
                 message_id=message_id,
             )
             | {"payload": payload},
+            timeout=ttl_ms / 1000 + RPC_DEADLINE_MARGIN,
         )
 
     # durable messages
