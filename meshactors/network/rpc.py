@@ -489,11 +489,11 @@ class Rpc:
         leaves now when that takes no wait (the Pending is settled already), else from a task
         (settled once it left, or with the OpError that kept it from leaving)."""
         call = self._serving(client, request_id, stream=False)
-        self._forget_inbound(call)
         if isinstance(answer, str):
             frame = RpcResult(call.remote_id, error=WireError("remote_error", answer or "error"))
         else:
             frame = RpcResult(call.remote_id, answer.value, answer.binary)
+        self._forget_inbound(call)  # once the answer is made: a bad one leaves the call open
         sent: Pending[dict[str, Any]] = Pending()
         if self.wire.send_nowait(call.caller, frame):
             sent.resolve({})
@@ -519,8 +519,8 @@ class Rpc:
         if it failed; the Pending settles once it left."""
         call = self._serving(client, request_id, stream=True)
         self._check_open(call)
-        _flow_of(call).ended = True
         wire_error = None if error is None else WireError("remote_error", error or "error")
+        _flow_of(call).ended = True
         return self._queue_out(call, RpcEnd(call.remote_id, wire_error))
 
     def _queue_out(self, call: InboundCall, frame: RpcChunk | RpcEnd) -> Pending[dict[str, Any]]:

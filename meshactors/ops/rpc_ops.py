@@ -14,7 +14,7 @@ import attrs
 import trio
 
 from meshactors.control.session import Session
-from meshactors.network.app_frames import MAX_ID_CHARS
+from meshactors.network.app_frames import MAX_ERROR_CHARS, MAX_ID_CHARS
 from meshactors.network.payload import Payload, check_name, payload_of, payloads_of
 from meshactors.network.rpc import Rpc, check_timeout
 from meshactors.ops.optable import Merge, Op
@@ -257,6 +257,7 @@ async def rpc_respond(session: Session, params: RpcRespond) -> dict[str, Any]:
     once the answer left (or with why it could not)."""
     answer: Payload | str
     if params.error is not None:
+        _check_error(params.error)
         if params.payload is not None or params.payload_b64 is not None:
             raise OpError(ErrorCode.INVALID_PARAMS, "give a payload or an error, not both")
         answer = params.error
@@ -282,11 +283,22 @@ async def rpc_stream_chunk(session: Session, params: RpcStreamChunk) -> dict[str
 
 async def rpc_stream_end(session: Session, params: RpcStreamEnd) -> dict[str, Any]:
     """End a streamed answer; an `error` reaches the caller with the end."""
+    if params.error is not None:
+        _check_error(params.error)
     queue = functools.partial(
         Rpc.queue_end, client=session, request_id=params.request_id, error=params.error
     )
     await (await _at_holder(session, params.request_id, "rpc_stream_end", queue, served=True))
     return {}
+
+
+def _check_error(message: str) -> None:
+    """Refuse an error message longer than a peer frame carries (before the call changes)."""
+    if len(message) > MAX_ERROR_CHARS:
+        raise OpError(
+            ErrorCode.INVALID_PARAMS,
+            f"params.error: at most {MAX_ERROR_CHARS} characters, got {len(message)}",
+        )
 
 
 async def channel_subscribe(session: Session, params: ChannelRef) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import attrs
 import pytest
 import trio
 
-from meshactors.network.app_frames import RpcCall
+from meshactors.network.app_frames import MAX_ERROR_CHARS, RpcCall
 from meshactors.network.payload import MAX_PAYLOAD_BYTES
 from meshactors.network.rpc import MAX_TIMEOUT_MS
 from tests.network.appclient import AppClient, network_children
@@ -213,6 +213,22 @@ async def test_an_error_answer_reaches_the_caller_as_remote_error(pair: Pair) ->
         await pair.caller.answer(call_id)
     assert failure.value.code == "remote_error"
     assert "no such thing" in str(failure.value)
+
+
+async def test_an_error_message_too_long_for_a_peer_is_refused_and_the_call_stays_open(
+    pair: Pair,
+) -> None:
+    await pair.server.call("rpc_register", network=NET, method="bad")
+    call_id = await pair.caller.send("rpc_call", network=NET, peer=pair.b.device_id, method="bad")
+    inbound = await pair.server.event("rpc_inbound")
+    too_long = "e" * (MAX_ERROR_CHARS + 1)
+    with pytest.raises(OpFailed) as refused:
+        await pair.server.call("rpc_respond", request_id=inbound["request_id"], error=too_long)
+    assert refused.value.code == "invalid_params"
+    await pair.server.call("rpc_respond", request_id=inbound["request_id"], error="e" * 100)
+    with pytest.raises(OpFailed) as failure:
+        await pair.caller.answer(call_id)
+    assert failure.value.code == "remote_error"
 
 
 async def test_answering_an_unknown_or_finished_call_is_unknown_request(pair: Pair) -> None:
