@@ -55,6 +55,7 @@ STATE_INBOX = 1024  # frames and local writes queued for the state task; more ar
 WORK_BATCH = 256  # queued items worked (and saved in one store call) together
 SYNC_INTERVAL = 60.0  # seconds between summaries to each active peer (repairs a lost write)...
 SYNC_RATE = 1.0  # ...while that stays under this many summaries a second per network
+MAX_AHEAD_MS = 24 * 3600 * 1000  # a peer's write stamped further ahead of our clock is dropped
 PRUNE_INTERVAL = 3600.0  # seconds between sweeps for expired tombstones (the first at start)
 MAX_LIST = 500  # state_list `limit`
 CHANGED = "state_changed"  # the event kind
@@ -184,6 +185,8 @@ class StateReplica:
         _checked(check_key, key)
         old = self.map.get(key)
         stamp = self.clock.tick(_now_ms(), old.stamp if old else ZERO)
+        if not stamp.valid():  # a clock at the end of its range (a stamp saved before checks)
+            raise OpError(ErrorCode.CONFLICT, f"{self.network}'s state clock is out of range")
         try:
             entry = (
                 Entry.tombstone(key, stamp, own) if deleted else Entry.write(key, value, stamp, own)
@@ -240,7 +243,8 @@ class StateReplica:
         # Only this task changes the map, and it serves peers' pulls only after the save: a
         # write of ours is in the map from here until its save is known (reads by ops meanwhile
         # see it), and a peer never gets one whose save failed.
-        horizon = _now_ms() - TOMBSTONE_TTL_MS  # tombstones stamped before it have expired
+        now = _now_ms()
+        horizon = now - TOMBSTONE_TTL_MS  # tombstones stamped before it have expired
         expired = 0
         if any(isinstance(item, _Prune) for item in batch):
             expired = len(self.map.prune(horizon))
@@ -253,7 +257,7 @@ class StateReplica:
                 continue
             self.map.merge(item.entry)  # a newer entry may hold the key: then it stays
             local.append((item, held))
-        merged = self._merge(self._received_entries(batch), horizon)
+        merged = self._merge(self._received_entries(batch, now), horizon)
         ours = [item.entry for item, _ in local]
         expired += sum(entry.deleted and entry.stamp.wall < horizon for entry in merged)
         error = await self._save(ours + merged, horizon if expired else None)
@@ -314,9 +318,10 @@ class StateReplica:
         self.counters["merged"] += len(changed)
         return list(changed.values())
 
-    def _received_entries(self, batch: list[_Work]) -> list[Entry]:
-        """The entries of received puts and pages from authors that may write them (the
-        refused ones counted)."""
+    def _received_entries(self, batch: list[_Work], now: int) -> list[Entry]:
+        """The entries of received puts and pages from authors that may write them, stamped
+        no more than MAX_AHEAD_MS past our clock at `now` (the refused ones counted): a stamp
+        far ahead would drag our clock with it, up to where no stamp is valid."""
         taken: list[Entry] = []
         for item in batch:
             if not isinstance(item, _FromPeer) or not isinstance(item.frame, StatePut | StatePage):
@@ -335,6 +340,9 @@ class StateReplica:
                     entry = wire.entry()
                 except BadEntry as bad:
                     self.dropped[bad.reason] += 1
+                    continue
+                if entry.stamp.wall > now + MAX_AHEAD_MS:
+                    self.dropped["future_stamp"] += 1
                     continue
                 taken.append(entry)
         return taken

@@ -46,6 +46,8 @@ async def test_bad_writes_from_a_peer_are_dropped_and_counted(
         _entry(by=other),  # not the sender's own write
         _entry(by=raw.device_id, value="x" * 20_000),  # past the value limit
         _entry(by=raw.device_id, wall=2**60),  # a stamp out of range
+        # the last stamp in range, which would leave our clock none to give our next write
+        _entry(by=raw.device_id, key="far", wall=2**53 - 1, counter=2**31 - 1),
     ]
     for entry in dropped_alone:
         await raw.send_raw(b.device_id, _raw(t="state_put", entries=[entry]))
@@ -69,11 +71,14 @@ async def test_bad_writes_from_a_peer_are_dropped_and_counted(
     assert seen["rejected_frames"] == len(rejected)
     dropped = state_figures(await b.call("inspect"))["dropped"]
     assert (dropped["not_author"], dropped["value_too_large"], dropped["bad_stamp"]) == (1, 1, 1)
+    assert dropped["future_stamp"] == 1
     assert await b.call("state_list", network=NET) == {
         "network": NET,
         "entries": [await b.call("state_get", network=NET, key="fine")],
         "next_cursor": None,
     }
+    mine = await b.call("state_set", network=NET, key="mine", value=1)  # our clock is fine
+    assert int(mine["version"].split(".")[0]) < 2**53 - 1
 
 
 async def test_a_peer_pulls_the_map_in_pages_of_its_buckets(
