@@ -69,7 +69,9 @@ class Msg(Frame):
     message: str
     meta: dict[str, Any] | None
     priority: str = attrs.field(validator=_check_priority)
-    reply_to_id: str | None
+    reply_to_id: str | None = attrs.field(
+        validator=attrs.validators.optional(_check_len(MAX_CLIENT_MESSAGE_ID_CHARS))
+    )
     sent_at: int  # the sender's accept time, ms since the epoch
 
 

@@ -153,10 +153,12 @@ def _check_sizes(params: SendParams) -> None:
             ErrorCode.PAYLOAD_TOO_LARGE, f"meta is {len(meta)} bytes; the limit is {MAX_META_BYTES}"
         )
     reply = params.reply_to_id
-    if reply is not None and not 0 < len(reply) <= MAX_CLIENT_MESSAGE_ID_CHARS:
+    if reply is not None and (
+        not 0 < len(reply) <= MAX_CLIENT_MESSAGE_ID_CHARS or not reply.isprintable()
+    ):
         raise OpError(
             ErrorCode.INVALID_PARAMS,
-            f"reply_to_id must be 1..{MAX_CLIENT_MESSAGE_ID_CHARS} characters",
+            f"reply_to_id must be 1..{MAX_CLIENT_MESSAGE_ID_CHARS} printable characters",
         )
 
 

@@ -90,7 +90,7 @@ BAD_FRAMES = {
     "chan far too deep": b'{"t":"chan","channel":"c","payload":' + b"[" * 5000 + b"]" * 5000 + b"}",
     "chan retained": _frame("chan", channel="c", payload="\ud800", retain=True),
     "chan_batch": _frame("chan_batch", channel="c", payloads=[1, "\udc00"], retain=True),
-    "chan_batch empty": _frame("chan_batch", channel="c", payloads=[], retain=True),
+    "chan_batch empty (malformed)": _frame("chan_batch", channel="c", payloads=[], retain=True),
     "chan_run": _frame("chan_run", channel="c", payloads=["ok", 2**70], binary=False),
     "rpc_call": _frame(
         "rpc_call", id="1", method="m", payload="\ud800", binary=False, stream=False, timeout_ms=9
@@ -125,6 +125,16 @@ BAD_FRAMES = {
         reply_to_id=None,
         sent_at=2**70,
     ),
+    "msg reply_to_id (malformed)": _frame(
+        "msg",
+        ref="r3",
+        client_message_id="c3",
+        message="x",
+        meta=None,
+        priority="normal",
+        reply_to_id="r" * 129,  # longer than a send may give it
+        sent_at=3,
+    ),
     "ping": _frame("ping", token=2**64),
 }
 
@@ -146,6 +156,7 @@ async def test_every_payload_path_drops_what_no_daemon_can_pass_on(
     assert seen["rejected_frames"] == len(BAD_FRAMES)
     too_deep = sum(1 for name in BAD_FRAMES if "deep" in name)
     assert seen["frames"]["too_deep"] == too_deep
-    assert seen["frames"]["bad_value"] == len(BAD_FRAMES) - too_deep - 1  # and the empty batch
-    assert seen["frames"]["malformed"] == 1
+    malformed = sum(1 for name in BAD_FRAMES if "malformed" in name)
+    assert seen["frames"]["bad_value"] == len(BAD_FRAMES) - too_deep - malformed
+    assert seen["frames"]["malformed"] == malformed
     assert b.crashes() == {}
