@@ -39,7 +39,7 @@ from meshactors.wire.peer import Frame
 from meshactors.wire.pipe_frames import END, End, Item, Reset
 
 STREAM_CHUNK_BYTES = 128 * 1024  # bytes in one stream_data frame between daemons
-SWEEP_INTERVAL = 1.0  # seconds between sweeps for incoming streams nobody accepted in time
+SWEEP_INTERVAL = 1.0  # seconds between sweeps for streams nobody accepted in time
 TO_SOCKET_CAPACITY = STREAM_WINDOW_BYTES // STREAM_FRAME_COST + 2  # a window of frames + end
 _OPENER_CODES = {"no_handler", "timeout", "peer_not_active", "cancelled", "remote_error"}
 _LOCAL_CODES = _OPENER_CODES | {"protocol", "frame_too_large", "stopped"}
@@ -108,6 +108,9 @@ class Streams:
         wire_id = new_request_id()
         state = StreamState(wire_id, wire_id, peer, method, opener=True)
         state.ready = Pending(lambda: _told(self.tell(functools.partial(self._abandon, state))))
+        # The op stops waiting then and tells us; should that word not reach core (its lane
+        # full), the sweep still ends the offer a beat later.
+        state.accept_by = trio.current_time() + timeout_ms / 1000 + SWEEP_INTERVAL
         self.table.add(state)
         try:
             await self.wire.send(peer, StreamOpen(wire_id, method, timeout_ms))
@@ -140,8 +143,9 @@ class Streams:
             raise OpError(ErrorCode.CONFLICT, f"at most {self.table.limit} streams per network")
 
     async def _sweep(self) -> None:
-        """Refuse incoming streams nobody accepted before the opener stopped waiting (its
-        reset may have been lost), so they do not hold a place for ever."""
+        """End the streams nobody accepted in time: incoming ones the opener stopped waiting
+        for (its reset may have been lost), and our own offers whose op gave up (its word may
+        not have reached core), so neither holds a place for ever."""
         while True:
             await trio.sleep(SWEEP_INTERVAL)
             now = trio.current_time()

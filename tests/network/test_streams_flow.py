@@ -4,7 +4,7 @@ that stream or is counted, and never crashes core."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
@@ -123,3 +123,23 @@ async def test_an_offer_nobody_accepts_goes_after_the_openers_timeout(
     with pytest.raises(OpError) as late:
         await served.streams.accept(offer["stream_id"])
     assert late.value.code is ErrorCode.UNKNOWN_REQUEST
+
+
+def _lane_full(_fn: Callable[[], None]) -> bool:
+    """Core's `tell` while its request lane is full: the word never arrives."""
+    return False
+
+
+async def test_an_offer_of_ours_goes_after_its_timeout_when_the_op_could_not_say_so(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    peers = RecordingPeers()
+    streams = Streams("net", AppWire(peers, ME), _lane_full, lambda _m: None)
+    await nursery.start(streams.run)
+    ready = await streams.open(PEER, "files", 5_000)
+    with trio.move_on_after(5):  # the op gives up, as stream_open does after timeout_ms
+        await ready.wait()
+    assert streams.figures()["open"] == 1
+    await trio.sleep(2)
+    assert streams.figures()["open"] == 0
+    assert [frame.error.code for frame in peers.of(StreamReset)] == ["timeout"]
