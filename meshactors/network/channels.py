@@ -176,6 +176,9 @@ class Channels:
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # Core starts again with no peer session: each peer still there sends its retained
+        # values again once active, and one that left meanwhile must not keep its own here.
+        self.received = RetainedStore()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._resend_reliable)
             task_status.started()

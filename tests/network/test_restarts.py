@@ -11,8 +11,10 @@ import pytest
 import trio
 
 from meshactors.actors import ActorState
+from meshactors.network.app_frames import Chan
 from tests.network.appclient import AppClient, network_children
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed, approve_both
+from tests.network.rawpeer import RawPeer
 
 WAIT_MS = int(WAIT * 1000)
 
@@ -389,3 +391,26 @@ async def test_a_crashed_client_connection_closes_and_a_new_one_subscribes(
     await again.call("channel_subscribe", network=NET, channel="news")
     assert await reliable(sender, b, "news", "you") == 1
     assert (await again.event("channel_inbound"))["payload"] == "you"
+
+
+async def test_a_core_restart_keeps_no_retained_value_of_a_peer_without_a_session(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    """Peers send their retained values again once active with the restarted core; one that
+    never is (it left meanwhile, or never says hello again) leaves no stale value behind."""
+    b = await mesh.daemon("b", debug_ops=True)
+    await b.join(mesh.url)
+    raw = RawPeer(NET)
+    await raw.join(mesh.url, nursery)
+    await raw.hello(b.device_id)
+    await b.call("roster_approve", network=NET, device_id=raw.device_id)
+    await b.wait_event("peer_active", device_id=raw.device_id)
+    reader = await client_of(b, nursery)
+    await reader.call("channel_subscribe", network=NET, channel="presence")
+    await raw.send_frame(b.device_id, Chan("presence", "here", retain=True))
+    assert (await reader.event("channel_inbound"))["payload"] == "here"
+
+    await crash(mesh, b, crash_path("core"))  # the raw peer never says hello again
+    late = await client_of(b, nursery)
+    subscribed = await late.call("channel_subscribe", network=NET, channel="presence")
+    assert subscribed["retained"] == 0
