@@ -24,6 +24,8 @@ from meshactors.wire.ipc import ErrorCode, OpError, error_frame
 log = structlog.get_logger("meshactors.control")
 
 MAX_CLIENTS = 4096  # connections served at once; more are told so and closed
+MAX_TCP_CLIENTS = 256  # of them over TCP, where anyone local may connect before any token is
+# checked: the owner's Unix socket always keeps the rest
 LISTEN_BACKLOG = 4096  # = MAX_CLIENTS: a burst of connects waits in the kernel, not refused
 CLIENT_SHUTDOWN_TIMEOUT = 2.0  # seconds a client's cleanup may take (releasing claims etc.)
 SOCKET_MODE = 0o600
@@ -32,6 +34,9 @@ SD_LISTEN_FDS_START = 3  # the first descriptor a socket-activating service mana
 _BUSY = OpError(ErrorCode.UNAVAILABLE, f"at most {MAX_CLIENTS} clients at once")
 BUSY_LINE = error_frame(None, _BUSY)  # what a socket client is told when the daemon is full
 BUSY_HTTP = encode_alone(error_response(_BUSY))  # the same as an HTTP answer
+BUSY_TCP = encode_alone(
+    error_response(OpError(ErrorCode.UNAVAILABLE, f"at most {MAX_TCP_CLIENTS} TCP clients at once"))
+)
 
 
 class ActivationError(ValueError):
@@ -58,15 +63,20 @@ class Admissions:
     control: Supervisor
     services: Services
     _ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
+    _over_tcp: set[str] = attrs.field(factory=set)  # node names of the TCP clients admitted
 
     async def admit(self, stream: trio.SocketStream, busy: bytes, tcp: TcpAuth | None) -> bool:
-        """Start a client actor for `stream`, or send `busy` and close it when full."""
-        if len(self.services.client_nodes()) >= MAX_CLIENTS:
+        """Start a client actor for `stream`, or send `busy` and close it when full (a TCP
+        connection also when MAX_TCP_CLIENTS are)."""
+        refusal = self._refusal(busy, tcp)
+        if refusal is not None:
             with trio.move_on_after(1):
-                await stream.send_all(busy)
+                await stream.send_all(refusal)
             await stream.aclose()
             return False
         client_id = f"c{next(self._ids)}"  # monotonic, never reused while the daemon runs
+        if tcp is not None:
+            self._over_tcp.add(f"client {client_id}")
         actor = ClientActor(client_id, stream, self.services, tcp=tcp)
         spec = ChildSpec(
             f"client {client_id}",
@@ -76,6 +86,17 @@ class Admissions:
         )
         await self.control.start_child(spec)
         return True
+
+    def _refusal(self, busy: bytes, tcp: TcpAuth | None) -> bytes | None:
+        """What a new connection is told when there is no room for it (`busy`, or BUSY_TCP),
+        or None."""
+        clients = {node.name for node in self.services.client_nodes()}
+        self._over_tcp &= clients  # forget those that ended
+        if len(clients) >= MAX_CLIENTS:
+            return busy
+        if tcp is not None and len(self._over_tcp) >= MAX_TCP_CLIENTS:
+            return BUSY_TCP
+        return None
 
     async def accept_forever(
         self, listener: trio.SocketListener, busy: bytes, tcp: TcpAuth | None, tally: Tally

@@ -12,6 +12,7 @@ import attrs
 import pytest
 import trio
 
+from meshactors.control import supervisor
 from meshactors.control.tcp_auth import TokenFileError, load_or_create_token
 from meshactors.daemon.services import Services
 from tests.control.httptools import RawHttp
@@ -174,3 +175,22 @@ def test_unusable_token_file_is_refused_not_replaced(tmp_path: Path, content: by
     with pytest.raises(TokenFileError):
         load_or_create_token(path)
     assert path.read_bytes() == content
+
+
+async def test_idle_tcp_connections_cannot_lock_the_owner_out(
+    tcp_daemon: TcpDaemon, tcp: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone local may connect over TCP before a token is checked, and an idle connection is
+    held for minutes: past MAX_TCP_CLIENTS more are turned away, and the socket still serves."""
+    monkeypatch.setattr(supervisor, "MAX_TCP_CLIENTS", 2)
+    idle = [await tcp(), await tcp()]  # they never send a byte
+    refused = await tcp()
+    response = await refused.response()
+    assert (response.status, response.code) == (503, "unavailable")
+    assert "TCP" in response.json()["error"]["message"]
+    assert await refused.closed()
+    unix = RawHttp(await trio.open_unix_socket(str(tcp_daemon.services.paths.socket)))
+    assert (await unix.request("GET", "/v1/status")).status == 200
+    await unix.stream.aclose()
+    for client in idle:
+        await client.stream.aclose()
