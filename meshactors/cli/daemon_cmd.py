@@ -84,21 +84,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     up.add_argument(
         "--retention-days",
-        type=float,
+        type=settings.flag_type(settings.RETENTION_DAYS_SETTING),
         default=None,
         metavar="DAYS",
         help=f"keep finished history this long (default {RETENTION_DAYS:g})",
     )
     up.add_argument(
         "--retention-rows",
-        type=int,
+        type=settings.flag_type(settings.RETENTION_ROWS_SETTING),
         default=None,
         metavar="N",
         help=f"keep at most N rows of each finished history (default {RETENTION_ROWS})",
     )
     up.add_argument(
         "--ack-timeout",
-        type=float,
+        type=settings.flag_type(settings.ACK_TIMEOUT_SETTING),
         default=None,
         metavar="SECONDS",
         help=f"wait this long for a peer's msg_ack before retrying (default {ACK_TIMEOUT_S:g})",
@@ -224,12 +224,10 @@ def _ready_signal(fd: int | None) -> Callable[[], None] | None:
 
 
 def _durable_settings(args: argparse.Namespace) -> DurableSettings:
-    """The durable-message settings the flags ask for (defaults for the rest); exit 2 if bad."""
+    """The durable-message settings the flags ask for (defaults for the rest; argparse and
+    daemon.toml's parsers checked each)."""
     flags = {"retention_days": "days", "retention_rows": "rows", "ack_timeout": "ack_timeout_s"}
     given = {flag: getattr(args, flag) for flag in flags if getattr(args, flag) is not None}
-    for flag, value in given.items():
-        if not value > 0:
-            fail(f"--{flag.replace('_', '-')} must be positive, got {value:g}", EXIT_USAGE)
     retention = {flags[f]: v for f, v in given.items() if f != "ack_timeout"}
     timeout = {flags[f]: v for f, v in given.items() if f == "ack_timeout"}
     return DurableSettings(retention=Retention(**retention), **timeout)

@@ -17,9 +17,14 @@ import attrs
 
 from meshactors.broker.limits import BrokerConfig
 from meshactors.daemon.broker_actor import parse_listen
-from meshactors.daemon.outbox import ACK_TIMEOUT_S
+from meshactors.daemon.outbox import ACK_TIMEOUT_S, MAX_ACK_TIMEOUT_S
 from meshactors.network.link import ROLES
-from meshactors.store.retention import RETENTION_DAYS, RETENTION_ROWS
+from meshactors.store.retention import (
+    MAX_RETENTION_DAYS,
+    MAX_RETENTION_ROWS,
+    RETENTION_DAYS,
+    RETENTION_ROWS,
+)
 
 MAX_CONFIG_BYTES = 64 * 1024  # a larger daemon.toml is refused unread
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -62,10 +67,45 @@ def _flag(value: Any) -> bool:
     return value
 
 
-def _positive_number(value: Any) -> float:
-    if type(value) not in (int, float) or not value > 0:
-        raise ValueError("expected a number greater than 0")
-    return float(value)
+def _number_up_to(upper: float) -> Callable[[Any], float]:
+    """A parser of a number greater than 0 and at most `upper` (so never inf or nan, which
+    the durable settings would turn into integers and crash on)."""
+
+    def parse(value: Any) -> float:
+        if type(value) not in (int, float) or not 0 < value <= upper:
+            raise ValueError(f"expected a number greater than 0 and at most {upper:g}")
+        return float(value)
+
+    return parse
+
+
+def _whole_up_to(upper: int) -> Callable[[Any], int]:
+    """A parser of a whole number from 1 to `upper` (SQLite compares it as a 64-bit integer)."""
+
+    def parse(value: Any) -> int:
+        if type(value) is not int or not 0 < value <= upper:
+            raise ValueError(f"expected a whole number from 1 to {upper}")
+        return value
+
+    return parse
+
+
+def flag_type(parse: Callable[[Any], float]) -> Callable[[str], float]:
+    """An argparse `type` that checks a flag's text as `parse` checks daemon.toml's value."""
+
+    def from_text(text: str) -> float:
+        try:
+            number = int(text) if text.lstrip("-").isdigit() else float(text)
+            return parse(number)
+        except ValueError as bad:
+            raise argparse.ArgumentTypeError(str(bad)) from None
+
+    return from_text
+
+
+RETENTION_DAYS_SETTING = _number_up_to(MAX_RETENTION_DAYS)
+RETENTION_ROWS_SETTING = _whole_up_to(MAX_RETENTION_ROWS)
+ACK_TIMEOUT_SETTING = _number_up_to(MAX_ACK_TIMEOUT_S)
 
 
 def _positive(value: Any) -> int:
@@ -92,9 +132,9 @@ SETTINGS = (
     Setting("log_level", _log_level, "info", "log_level"),
     Setting("log_json", _flag, False, "log_json"),
     Setting("debug_ops", _flag, False, "debug_ops"),
-    Setting("durable.retention_days", _positive_number, RETENTION_DAYS, "retention_days"),
-    Setting("durable.retention_rows", _positive, RETENTION_ROWS, "retention_rows"),
-    Setting("durable.ack_timeout_s", _positive_number, ACK_TIMEOUT_S, "ack_timeout"),
+    Setting("durable.retention_days", RETENTION_DAYS_SETTING, RETENTION_DAYS, "retention_days"),
+    Setting("durable.retention_rows", RETENTION_ROWS_SETTING, RETENTION_ROWS, "retention_rows"),
+    Setting("durable.ack_timeout_s", ACK_TIMEOUT_SETTING, ACK_TIMEOUT_S, "ack_timeout"),
     Setting("broker.max_peers", _positive, BrokerConfig().max_peers),
     Setting("broker.max_message_bytes", _positive, BrokerConfig().max_message_bytes),
     Setting("broker.max_connections", _positive, BrokerConfig().max_connections),

@@ -77,6 +77,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("meshactors.outbox")
 
 ACK_TIMEOUT_S = 30.0  # default seconds a sent msg waits for its msg_ack before it fails
+MAX_ACK_TIMEOUT_S = 86_400.0  # the longest `--ack-timeout`
 # Deliveries in flight to one peer at once: several claim batches, so the sender claims and
 # seals the next batch while the recipient stores the last (a window of one batch made the
 # two take turns: drain 2,900/s at 256, 7,350/s at 1,024 on one busy run).

@@ -46,6 +46,9 @@ def test_values_come_from_the_file_unless_a_flag_is_given(tmp_path: Path) -> Non
         ('broker_listen = "nowhere"', "HOST:PORT"),
         ("log_json = 1", "expected true or false"),
         ("[broker]\nmax_peers = 0", "broker.max_peers = 0"),
+        ("[durable]\nretention_days = inf", "at most 36500"),  # int(inf) crashed the outbox
+        ("[durable]\nack_timeout_s = nan", "greater than 0 and at most 86400"),
+        ("[durable]\nretention_rows = 99999999999999999999", "from 1 to"),
         ("[broker]\nmax_sockets = 1", "unknown key 'broker.max_sockets'"),
         ("tcp = [", "not valid TOML"),
     ],
