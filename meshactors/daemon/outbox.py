@@ -307,7 +307,8 @@ def message_view(message: InboxMessage, *, full: bool = True) -> dict[str, Any]:
 
 def refusal(frame: Msg) -> str | None:
     """Why a received msg cannot be stored (an error code), or None when it can."""
-    if len(frame.message.encode()) > MAX_MESSAGE_BYTES:
+    if len(frame.message.encode()) > MAX_MESSAGE_BYTES:  # UTF-8: never more than a sender's
+        # escaped count, so what any sender's op took passes here
         return INVALID_MESSAGE
     meta_bytes = len(json.dumps(frame.meta, separators=(",", ":")).encode())
     return INVALID_MESSAGE if meta_bytes > MAX_META_BYTES else None

@@ -18,7 +18,7 @@ from meshactors.wire.compact import json_size
 from meshactors.wire.jsonlimits import MAX_JSON_DEPTH, BadJson, check_json
 from meshactors.wire.peer import Frame, register_frame
 
-MAX_MESSAGE_BYTES = 128 * 1024  # one message's text as UTF-8 (a sealed frame holds 256 KiB)
+MAX_MESSAGE_BYTES = 128 * 1024  # one message's text as escaped JSON (a peer frame holds 256 KiB)
 MAX_META_BYTES = 16 * 1024  # one message's `meta` object as compact JSON
 MAX_REF_CHARS = 64  # an outbox row id echoed in acks (a ULID has 26)
 MAX_ACKS = 256  # acks in one msg_acks frame (at most ~40 KiB of JSON)

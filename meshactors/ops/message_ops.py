@@ -134,11 +134,14 @@ def _outbox(session: Session) -> Outbox:
 
 
 def _check_sizes(params: SendParams) -> None:
-    size = len(params.message.encode())
+    # Measured as the peer frame carries it (JSON escapes every non-ASCII character), like
+    # an RPC payload: counted as UTF-8, a long non-ASCII message fits here and not in a frame.
+    size = len(json.dumps(params.message)) - 2
     if size > MAX_MESSAGE_BYTES:
         raise OpError(
             ErrorCode.PAYLOAD_TOO_LARGE,
-            f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}",
+            f"message is {size} bytes as JSON text (non-ASCII characters escaped); the limit"
+            f" is {MAX_MESSAGE_BYTES}",
         )
     try:  # most sends carry no meta: skip the encoder json.dumps makes for these options
         meta = (

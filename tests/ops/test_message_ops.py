@@ -9,12 +9,14 @@ import sqlite3
 from typing import Any
 
 import nacl.signing
+import pytest
 import trio
 
 from meshactors.daemon.services import Services
-from meshactors.network.delivery import MAX_META_BYTES
+from meshactors.network.delivery import MAX_MESSAGE_BYTES, MAX_META_BYTES, MAX_REF_CHARS, Msg
 from meshactors.store import inbox as inbox_db
 from meshactors.wire.device_id import device_id_from_public_key
+from meshactors.wire.peer import MAX_PEER_FRAME_BYTES, encode_frame
 
 NET = "n"
 
@@ -190,3 +192,21 @@ async def test_pipelined_sends_on_one_connection_commit_in_one_store_call_each_a
     assert len(set(accepted.values())) == len(accepted) == 36
     rows = (await client.call("outbox_list", limit=50))["data"]["rows"]
     assert {row["id"] for row in rows} == set(accepted.values())
+
+
+@pytest.mark.parametrize("char", ["x", "\u4e2d", "\U0001f600", "\x01", '"'])
+async def test_the_longest_message_a_send_takes_fits_a_peer_frame(connect: Any, char: str) -> None:
+    """The message limit counts the text as the peer frame carries it, where JSON escapes
+    every non-ASCII character: counted as UTF-8, 43,690 x U+4E2D passed the op and then no
+    recipient could take the frame."""
+    client = await joined(connect)
+    longest = MAX_MESSAGE_BYTES // (len(json.dumps(char)) - 2)
+    meta = {"m": "y" * (MAX_META_BYTES - 10)}
+    over = await client.call("send", network=NET, to=new_device(), message=char * (longest + 1))
+    assert over["error"]["code"] == "payload_too_large"
+    sent = await client.call(
+        "send", network=NET, to=new_device(), message=char * longest, meta=meta
+    )
+    assert sent["ok"], sent
+    frame = Msg("r" * MAX_REF_CHARS, "k" * 128, char * longest, meta, "next", "r" * 128, 2**53)
+    assert len(encode_frame(frame)) <= MAX_PEER_FRAME_BYTES
