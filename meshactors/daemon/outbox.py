@@ -654,14 +654,20 @@ class Outbox(Actor):
                     )
 
     async def _sweep(self) -> None:
-        """Make sends past their TTL dead even if their peer never came back."""
+        """Make sends past their TTL dead even if their peer never came back; each delivery
+        that ends so is told like any other that gives up (`message_dead`)."""
         while True:
-            expired = EXPIRE_BATCH
-            while expired == EXPIRE_BATCH:
+            sends = EXPIRE_BATCH
+            while sends == EXPIRE_BATCH:
                 expired = await self.store.call(
                     functools.partial(outbox_db.expire_pending, now_ms=now_ms()),
                     what="expire sends",
                 )
+                sends = expired.sends
+                self.counts["dead"] += len(expired.deliveries)
+                for key in expired.deliveries:
+                    dead = {"id": key.outbox_id, "recipient": key.recipient}
+                    self.events.publish("message_dead", dead | {"error": outbox_db.EXPIRED})
             await trio.sleep(SWEEP_INTERVAL_S)
 
     async def _prune(self) -> None:

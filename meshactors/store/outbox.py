@@ -327,13 +327,21 @@ def next_due_at(
     return None if row[0] is None else int(row[0])
 
 
+@attrs.frozen
+class Expired:
+    """What one `expire_pending` call made dead: how many sends, and each delivery."""
+
+    sends: int
+    deliveries: list[DeliveryKey]
+
+
 def expire_pending(
     conn: sqlite3.Connection, *, now_ms: int, ttl_ms: int = TTL_MS, batch: int = EXPIRE_BATCH
-) -> int:
+) -> Expired:
     """Make pending deliveries of up to `batch` sends older than `ttl_ms` dead ('expired'),
-    whether or not their recipient was ever reachable; returns how many sends (call again
-    while it returns `batch`). A never-active peer ends here. Only open rows are walked, by
-    index outbox_by_status: pending deliveries exist only in pending or inflight rows."""
+    whether or not their recipient was ever reachable (call again while `sends` is
+    `batch`). A never-active peer ends here. Only open rows are walked, by index
+    outbox_by_status: pending deliveries exist only in pending or inflight rows."""
     with immediate(conn):
         outbox_ids = [
             row[0]
@@ -344,20 +352,25 @@ def expire_pending(
                 (status, now_ms - ttl_ms, batch),
             )
         ][:batch]
-        expired: list[str] = []
-        killed = 0
+        killed: list[DeliveryKey] = []
         for outbox_id in outbox_ids:
-            cursor = conn.execute(
+            recipients = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT recipient FROM deliveries WHERE outbox_id = ? AND status = 'pending'",
+                    (outbox_id,),
+                )
+            ]
+            conn.execute(
                 "UPDATE deliveries SET status = 'dead', last_error = ?"
                 " WHERE outbox_id = ? AND status = 'pending'",
                 (EXPIRED, outbox_id),
             )
-            if cursor.rowcount:
-                expired.append(outbox_id)
-                killed += cursor.rowcount
-        _refresh_statuses(conn, expired, now_ms, last_error=EXPIRED)
-        bump_counts(conn, _moved("deliveries", {"pending": killed}, "dead"))
-    return len(expired)
+            killed += [DeliveryKey(outbox_id, recipient) for recipient in recipients]
+        sends = list(dict.fromkeys(key.outbox_id for key in killed))
+        _refresh_statuses(conn, sends, now_ms, last_error=EXPIRED)
+        bump_counts(conn, _moved("deliveries", {"pending": len(killed)}, "dead"))
+    return Expired(len(sends), killed)
 
 
 def delivery_counts(conn: sqlite3.Connection) -> dict[str, int]:

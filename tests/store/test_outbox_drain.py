@@ -44,7 +44,8 @@ def test_next_due_at_is_the_earliest_pending_delivery_of_those_peers(
 def test_expire_pending_kills_sends_past_the_ttl_only(conn: sqlite3.Connection) -> None:
     old = send(conn, client_message_id="old")
     young = send(conn, client_message_id="young", now_ms=T0 + outbox.TTL_MS)
-    assert outbox.expire_pending(conn, now_ms=T0 + outbox.TTL_MS + 1) == 1
+    expired = outbox.expire_pending(conn, now_ms=T0 + outbox.TTL_MS + 1)
+    assert (expired.sends, expired.deliveries) == (1, [outbox.DeliveryKey(old.id, "dev-a")])
     rows = {row.id: row for row in outbox.list_rows(conn, status=None, network=None, limit=10)}
     assert rows[old.id].status == "dead"
     assert rows[old.id].last_error == outbox.EXPIRED
