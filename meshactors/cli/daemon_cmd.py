@@ -159,12 +159,16 @@ def run_up(args: argparse.Namespace) -> int:
         )
     except AlreadyRunning as exc:
         fail(f"{exc}", EXIT_FAILURE)
+    except SymlinkRefused:
+        raise  # told like every other file of the home (symlink_refused)
     except OSError as exc:
         fail(f"cannot take the daemon lock {options.paths.pid_file}: {exc.strerror}", EXIT_STARTUP)
     try:
         trio.run(serve, options)
     except* ChildStartFailed as group:
-        fail(f"the daemon could not start: {_root_cause(group)}", EXIT_STARTUP)
+        cause = _root_cause(group)
+        code = "symlink_refused" if isinstance(cause, SymlinkRefused) else None
+        fail(f"the daemon could not start: {_said(cause)}", EXIT_STARTUP, code)
     except* KeyboardInterrupt:
         pass
     finally:
@@ -200,16 +204,21 @@ def _checked_identity(paths: Paths) -> Identity:
     return identity
 
 
-def _root_cause(group: BaseExceptionGroup[ChildStartFailed]) -> str:
-    """One line for why the daemon could not start: an error made to be shown as it is (a
-    taken port, a refused symlink, the database), else the deepest cause."""
+def _root_cause(group: BaseExceptionGroup[ChildStartFailed]) -> BaseException:
+    """Why the daemon could not start: an error made to be shown as it is (a taken port, a
+    refused symlink, the database), else the deepest cause."""
     error: BaseException = group.exceptions[0]
     while not isinstance(error, SAYS_IT_BEST):
         inner = error.exceptions[0] if isinstance(error, BaseExceptionGroup) else error.__cause__
         if inner is None:
-            return f"{error.__class__.__name__}: {error}"
+            return error
         error = inner
-    return str(error)
+    return error
+
+
+def _said(error: BaseException) -> str:
+    """`error` as one line: as it is when made to be shown, else with its class."""
+    return str(error) if isinstance(error, SAYS_IT_BEST) else f"{error.__class__.__name__}: {error}"
 
 
 def _ready_signal(fd: int | None) -> Callable[[], None] | None:

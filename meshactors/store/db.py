@@ -212,12 +212,10 @@ def open_database(path: Path) -> sqlite3.Connection:
     """Open (creating if absent) and migrate the state database at `path`.
 
     The parent directory must exist. An existing file is checked before anything is written
-    to it; a damaged or foreign file raises StoreError and is never overwritten or repaired.
+    to it; a damaged or foreign file raises StoreError and is never overwritten or repaired,
+    and a symlink in the place of any of its files raises SymlinkRefused.
     """
-    try:
-        _make_private(path)
-    except SymlinkRefused as exc:
-        raise StoreError(str(exc)) from None
+    _make_private(path)  # SymlinkRefused, as for every file of the home
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:

@@ -3,6 +3,7 @@ with one line and exit 3, and the file it points at (outside the home) keeps its
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -56,10 +57,12 @@ def test_a_symlinked_private_file_is_refused_and_its_target_untouched(
     link.symlink_to(target)
     args = [str(free_port()) if arg == "FREE_PORT" else arg for arg in PRIVATE_FILES[name]]
     result = home.cli("daemon", "up", *args, check=False)
+    as_json = home.cli("daemon", "up", "--json", *args, check=False)
     was_link = link.is_symlink()
     link.unlink()  # the fixture's clean-up reads daemon.pid
-    assert result.returncode == 3, result.stderr
+    assert result.returncode == as_json.returncode == 3, result.stderr
     assert "symlink" in result.stderr and str(link) in result.stderr
+    assert json.loads(as_json.stdout)["error"]["code"] == "symlink_refused", as_json.stdout
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert stat.S_IMODE(target.stat().st_mode) == OUTSIDE_MODE
