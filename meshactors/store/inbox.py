@@ -85,10 +85,12 @@ def page(
     """One page of the inbox, oldest first (by seq), after `cursor` (None: from the start).
 
     Filters are optional; `since_ms` keeps messages received at or after it (our clock).
-    Returns the messages and the cursor for the next page: the last seq returned, or the
-    given cursor when nothing new matched, so polling with it never skips or repeats.
-    `limit` is capped at MAX_PAGE.
+    Returns the messages and the cursor for the next page: the last seq returned when the
+    page is full, else the newest seq there is (the scan passed every row up to it), so
+    polling with it never skips or repeats, and a filtered poll that matches nothing does
+    not walk the same rows again. `limit` is capped at MAX_PAGE.
     """
+    limit = checked_limit(limit, MAX_PAGE)
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM inbox WHERE seq > :cursor"
         " AND (:network IS NULL OR network = :network)"
@@ -100,11 +102,15 @@ def page(
             "network": network,
             "sender": sender,
             "since": since_ms,
-            "limit": checked_limit(limit, MAX_PAGE),
+            "limit": limit,
         },
     ).fetchall()
     messages = [_message(row) for row in rows]
-    return messages, messages[-1].seq if messages else cursor
+    if len(messages) == limit:
+        return messages, messages[-1].seq
+    # Only the store's one connection writes, so nothing came in between the two reads.
+    newest: int | None = conn.execute("SELECT max(seq) FROM inbox").fetchone()[0]
+    return messages, max((seq for seq in (cursor, newest) if seq is not None), default=None)
 
 
 def _message(row: tuple[Any, ...]) -> InboxMessage:

@@ -72,6 +72,18 @@ def test_paging_walks_oldest_first_with_the_cursor(conn: sqlite3.Connection) -> 
     assert page(conn, limit=2, cursor=cursor) == ([later], later.seq)
 
 
+def test_a_filtered_poll_that_matches_nothing_moves_past_what_it_read(
+    conn: sqlite3.Connection,
+) -> None:
+    # Else every poll for a quiet sender walks the whole inbox after the cursor again.
+    others = [receive(conn, client_message_id=f"o{i}", sender="dev-b")[0] for i in range(50)]
+    found, cursor = page(conn, sender="dev-a", limit=10, cursor=None)
+    assert (found, cursor) == ([], others[-1].seq)
+    mine = receive(conn, client_message_id="m1")[0]
+    receive(conn, client_message_id="o-late", sender="dev-b")
+    assert page(conn, sender="dev-a", limit=10, cursor=cursor) == ([mine], mine.seq + 1)
+
+
 def test_an_empty_inbox_pages_to_nothing(conn: sqlite3.Connection) -> None:
     assert page(conn, limit=10, cursor=None) == ([], None)
 
