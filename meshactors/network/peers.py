@@ -491,7 +491,7 @@ class Peers:
         peer = self._peers.get(device_id)
         if peer is not None:
             return peer
-        if len(self._peers) >= MAX_PEERS and not self._evict_idle():
+        if len(self._peers) >= MAX_PEERS:
             self.dropped["table_full"] += 1
             return None
         try:
@@ -503,22 +503,6 @@ class Peers:
         self._peers[device_id] = peer
         self._by_key[peer.public_key] = peer
         return peer
-
-    def _evict_idle(self) -> bool:
-        """Make room in a full table: forget the absent peer not approved here that was seen
-        longest ago (its roster entry stays), so devices that said hello and left cannot
-        keep newcomers out for good. False when every peer is present or approved."""
-        approved = {device for device, entry in self._roster.items() if entry.state == "approved"}
-        idle = [
-            peer
-            for peer in self._peers.values()
-            if not peer.present and peer.device_id not in approved
-        ]
-        if not idle:
-            return False
-        self._drop_peer(min(idle, key=lambda peer: peer.last_seen_ms or 0))
-        self.dropped["evicted"] += 1
-        return True
 
     def _drop_peer(self, peer: PeerState) -> None:
         """Forget a peer we keep no roster entry for."""
