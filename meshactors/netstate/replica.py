@@ -246,7 +246,7 @@ class StateReplica:
         now = _now_ms()
         horizon = now - TOMBSTONE_TTL_MS  # tombstones stamped before it have expired
         expired = 0
-        if any(isinstance(item, _Prune) for item in batch):
+        if any(_prunes_first(item) for item in batch):
             expired = len(self.map.prune(horizon))
             self.counters["pruned"] += expired
         local: list[tuple[_OwnWrite, Entry | None]] = []  # and the entry each replaced
@@ -440,6 +440,15 @@ class StateReplica:
             "version": entry.version,
             "deleted": entry.deleted,
         }
+
+
+def _prunes_first(item: _Work) -> bool:
+    """Whether a batch with `item` sweeps expired tombstones first: the hourly sweep, and any
+    summary sent or compared, so two members' digests never differ by tombstones one has
+    swept and the other has not yet (they would pull whole buckets for nothing)."""
+    return isinstance(item, _Prune | _SendSummary) or (
+        isinstance(item, _FromPeer) and isinstance(item.frame, StateSummary)
+    )
 
 
 def _now_ms() -> int:

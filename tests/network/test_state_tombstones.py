@@ -1,6 +1,6 @@
 """Deleted keys do not count for ever: a tombstone is forgotten once it is older than
-TOMBSTONE_TTL_MS, by the daemon's sweep, at start, and on arrival from a peer that has not
-swept yet; one that arrives expired still ends the key it beats."""
+TOMBSTONE_TTL_MS, before any summary, by the hourly sweep, at start, and on arrival from a
+peer that has not swept yet; one that arrives expired still ends the key it beats."""
 
 from __future__ import annotations
 
@@ -31,10 +31,12 @@ def saved_rows(daemon: Daemon) -> dict[str, bool]:
         return {key: bool(deleted) for key, deleted in rows}
 
 
-async def test_the_sweep_forgets_expired_tombstones_and_the_summary_follows(
+async def test_a_summary_never_carries_an_expired_tombstone(
     mesh: Mesh, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(replica, "PRUNE_INTERVAL", 0.05)
+    """Tombstones expire all the time where keys come and go: a summary holding ones another
+    member swept already would make the two pull whole buckets at every exchange, so each
+    summary sweeps first (the hourly sweep is for a member nobody exchanges with)."""
     monkeypatch.setattr(replica, "SYNC_INTERVAL", 0.05)
     monkeypatch.setattr(replica, "SYNC_RATE", 20.0)
     b, raw = await approved_raw_peer(mesh, nursery)
@@ -47,7 +49,7 @@ async def test_the_sweep_forgets_expired_tombstones_and_the_summary_follows(
     wall, counter = map(int, kept["version"].split("."))
     only_kept = StateMap()
     only_kept.merge(Entry.write("kept", 1, Stamp(wall, counter), b.device_id))
-    with trio.fail_after(WAIT):  # b's periodic summaries, until one no longer holds "gone"
+    with trio.fail_after(WAIT):  # the hourly sweep is an hour away: summaries sweep first
         while True:
             _, frame = await raw.receive()
             if isinstance(frame, StateSummary) and frame.digests == only_kept.summary():
