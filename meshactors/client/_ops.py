@@ -15,8 +15,9 @@ Data = Any  # an op's answer `data`
 Priority = Literal["now", "next", "low"]
 PresenceStatus = Literal["idle", "working", "dnd"]
 
-RPC_DEADLINE_MARGIN = 5.0  # seconds the client waits past an rpc_call's timeout_ms (or a
-# reliable send's ttl_ms)
+RPC_DEADLINE_MARGIN = 5.0  # seconds the client waits past an rpc_call's timeout_ms
+RELIABLE_DEADLINE_MARGIN = 15.0  # ...past a reliable send's ttl_ms: the daemon may take 10 s
+# to start it (its core's command deadline) before the ttl runs
 
 
 def params(**values: Any) -> dict[str, Any]:
@@ -270,7 +271,7 @@ class Ops(abc.ABC):
                 message_id=message_id,
             )
             | {"payload": payload},
-            timeout=ttl_ms / 1000 + RPC_DEADLINE_MARGIN,
+            timeout=ttl_ms / 1000 + RELIABLE_DEADLINE_MARGIN,
         )
 
     # durable messages

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from meshactors.client._ops import RPC_DEADLINE_MARGIN, Data, Ops
+from meshactors.client._ops import RELIABLE_DEADLINE_MARGIN, RPC_DEADLINE_MARGIN, Data, Ops
 
 
 class _Waits(Ops):
@@ -29,6 +29,6 @@ async def test_calls_that_wait_on_a_peer_wait_their_own_deadline_and_a_margin() 
     await ops.status()
     assert ops.timeouts == {
         "rpc_call": 120 + RPC_DEADLINE_MARGIN,
-        "channel_send_reliable": 300 + RPC_DEADLINE_MARGIN,
+        "channel_send_reliable": 300 + RELIABLE_DEADLINE_MARGIN,
         "status": None,  # the client's call timeout
     }
