@@ -75,8 +75,6 @@ class Admissions:
             await stream.aclose()
             return False
         client_id = f"c{next(self._ids)}"  # monotonic, never reused while the daemon runs
-        if tcp is not None:
-            self._over_tcp.add(f"client {client_id}")
         actor = ClientActor(client_id, stream, self.services, tcp=tcp)
         spec = ChildSpec(
             f"client {client_id}",
@@ -85,6 +83,8 @@ class Admissions:
             shutdown_timeout=CLIENT_SHUTDOWN_TIMEOUT,
         )
         await self.control.start_child(spec)
+        if tcp is not None:  # once its node exists, so an admission meanwhile cannot forget it
+            self._over_tcp.add(spec.name)
         return True
 
     def _refusal(self, busy: bytes, tcp: TcpAuth | None) -> bytes | None:
