@@ -7,10 +7,11 @@ Redis is unreachable it answers every admission `unavailable`, drops forwards an
 with backoff and jitter (docs/protocol.md, "Brokers in a cluster").
 """
 
+import contextlib
 import random
 import time
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, TypeVar
 
 import attrs
 import coredis
@@ -58,6 +59,7 @@ RECONNECT_MAX_S: Final = 8.0  # ...up to this, each drawn down by up to half (ji
 PUBLISH_MAX_BYTES: Final = 1 << 20  # envelopes joined into one publish (a larger one goes alone)
 
 _log: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 # Atomic steps on Redis (Lua). Each publishes its presence event in the same step as the change.
 _ADMIT: Final = """
@@ -222,14 +224,11 @@ class ClusterLink:
             command = await self.control.receive()
             match command:
                 case Admit():
-                    with command.reply:
-                        result = await self._admit(redis, command)
-                        command.reply.send_nowait(result)
+                    _answer(command.reply, await self._admit(redis, command))
                 case Depart():
                     await self._depart(redis, command)
                 case Resync():
-                    with command.reply:
-                        command.reply.send_nowait(await self._resync(redis, command.members))
+                    _answer(command.reply, await self._resync(redis, command.members))
 
     async def _admit(self, redis: "coredis.Redis[bytes]", admit: Admit) -> AdmitResult:
         hello, entry = admit.hello, admit.entry
@@ -323,11 +322,9 @@ class ClusterLink:
         async for command in self.control:
             match command:
                 case Admit():
-                    with command.reply:
-                        command.reply.send_nowait(AdmitResult("unavailable"))
+                    _answer(command.reply, AdmitResult("unavailable"))
                 case Resync():
-                    with command.reply:
-                        command.reply.send_nowait(None)
+                    _answer(command.reply, None)
                 case Depart():
                     pass  # the resync after the outage drops entries of members gone
 
@@ -364,3 +361,10 @@ def _first_error(group: BaseExceptionGroup[Exception]) -> str:
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
     return f"{type(first).__name__}: {first}"
+
+
+def _answer(reply: trio.MemorySendChannel[T], value: T) -> None:
+    """Answer a broker's command and close the reply; a broker that stopped waiting (its
+    handshake timed out) closed its end, and the answer is dropped, not a Redis outage."""
+    with reply, contextlib.suppress(trio.BrokenResourceError):
+        reply.send_nowait(value)

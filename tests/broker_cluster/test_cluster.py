@@ -293,3 +293,28 @@ async def test_a_flood_across_brokers_waits_for_the_link_instead_of_dropping(
             received += [sealed for _, sealed in await next_batch(bob)]
     assert received == [b"%d" % n for n in range(count)]
     assert a.figures()["frames_dropped"] == 0
+
+
+async def _redis_command(redis: RedisServer, *words: bytes) -> bytes:
+    """One command to the test's Redis on a connection of its own; its raw answer."""
+    stream = await trio.open_tcp_stream("127.0.0.1", redis.port)
+    async with stream:
+        await stream.send_all(
+            b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+        )
+        with trio.fail_after(WAIT_S):
+            return bytes(await stream.receive_some())
+
+
+async def test_an_admission_answered_after_its_hello_timed_out_is_dropped(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    a, a_port = await start(nursery, redis, handshake_timeout=0.3)
+    # CLIENT PAUSE: Redis answers no write for a second (a slow Redis, as in a reconnect storm)
+    assert await _redis_command(redis, b"CLIENT", b"PAUSE", b"1000", b"WRITE") == b"+OK\r\n"
+    async with joined(url(a_port), ALICE, "net"):  # admitted here alone: Redis was too slow
+        pass
+    assert await _redis_command(redis, b"SET", b"probe", b"1") == b"+OK\r\n"  # the pause ended
+    # Bob's admission is answered after Alice's late one: the broker stayed connected.
+    async with joined(url(a_port), BOB, "net"):
+        assert a.figures()["cluster"] == "connected"
