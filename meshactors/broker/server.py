@@ -350,10 +350,12 @@ class Broker:
                 with trio.move_on_after(self.config.close_timeout, shield=True):
                     await ws.aclose(rejected.close_code, rejected.reason)
                 return None
-            member = self._join(hello)
-            if status == "older":
-                member.end(SessionEnd.REPLACED)  # a newer connection of it is on another broker
-            return member
+            if status == "older":  # a newer connection of the device holds its place: keep it
+                self._counts[f"closed_{SessionEnd.REPLACED}"] += 1
+                with trio.move_on_after(self.config.close_timeout, shield=True):
+                    await ws.aclose(SESSION_CLOSE_CODES[SessionEnd.REPLACED], SessionEnd.REPLACED)
+                return None
+            return self._join(hello)
         finally:
             if network is not None and network not in self._networks.keys() | self._admitting:
                 self._remote.pop(network, None)  # not joined: no longer ours to mirror

@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from nacl.signing import SigningKey
 
 from meshactors.broker.limits import BrokerConfig
 from meshactors.broker.server import Broker
 from meshactors.cli.common import EXIT_USAGE
-from meshactors.wire.broker import encode_batch
+from meshactors.wire.broker import build_hello, encode_batch
 from meshactors.wire.device_id import device_id_from_public_key
 from scripts.benchlib.redisserver import RedisServer, free_port
 from tests.broker.support import (
@@ -27,6 +28,7 @@ from tests.broker.support import (
     left,
     next_batch,
     next_text,
+    now_ms,
 )
 
 ALICE, BOB, CAROL, DAVE = (SigningKey(bytes([seed]) * 32) for seed in (11, 12, 13, 14))
@@ -318,3 +320,27 @@ async def test_an_admission_answered_after_its_hello_timed_out_is_dropped(
     # Bob's admission is answered after Alice's late one: the broker stayed connected.
     async with joined(url(a_port), BOB, "net"):
         assert a.figures()["cluster"] == "connected"
+
+
+@pytest.mark.parametrize("where", ["same broker", "other broker"])
+async def test_a_hello_older_than_the_devices_connection_is_refused_alone(
+    nursery: trio.Nursery, redis: RedisServer, where: str
+) -> None:
+    a, a_port = await start(nursery, redis)
+    _, b_port = await start(nursery, redis)
+    newer_port = a_port if where == "same broker" else b_port
+    stale = build_hello(ALICE, "net", "daemon", now_ms=now_ms() - 5_000)  # say, a late retry
+    async with (
+        joined(url(a_port), BOB, "net") as (bob, _),
+        joined(url(newer_port), ALICE, "net") as (alice, _),
+    ):
+        await next_text(bob, joins(did(ALICE)))
+        async with connect(url(a_port)) as late:
+            await late.send_message(stale)
+            closed = await closed_with(late)
+        assert (closed.code, closed.reason) == (4409, "replaced")
+        await bob.send_message(encode_batch([(pk(ALICE), b"still you")]))
+        assert await next_batch(alice) == [(pk(BOB), b"still you")]  # not closed, not left
+        async with joined(url(a_port), CAROL, "net") as (_, welcome):
+            assert did(ALICE) in {peer["device_id"] for peer in welcome["peers"]}
+    assert a.figures()["closed_replaced"] == 1
