@@ -449,7 +449,8 @@ class Broker:
         del members[member.public_key]
         if not members:
             del self._networks[member.network]
-            self._remote.pop(member.network, None)
+            if member.network not in self._admitting:  # else a hello about to join needs it
+                self._remote.pop(member.network, None)
         self._broadcast(members, encode_notice(PresenceLeave(member.device_id)))
         entry = PresenceEntry(self._broker_id, member.role, member.ts_ms)
         self._depart_cluster(member.network, member.device_id, entry)

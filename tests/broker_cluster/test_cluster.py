@@ -344,3 +344,32 @@ async def test_a_hello_older_than_the_devices_connection_is_refused_alone(
         async with joined(url(a_port), CAROL, "net") as (_, welcome):
             assert did(ALICE) in {peer["device_id"] for peer in welcome["peers"]}
     assert a.figures()["closed_replaced"] == 1
+
+
+async def test_the_last_member_leaving_keeps_the_mirror_for_a_hello_being_admitted(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    _, a_port = await start(nursery, redis)
+    _, b_port = await start(nursery, redis)
+    async with joined(url(b_port), DAVE, "net"):
+        async with joined(url(a_port), BOB, "net") as (_, welcome):
+            assert [peer["device_id"] for peer in welcome["peers"]] == [did(DAVE)]
+            assert await _redis_command(redis, b"CLIENT", b"PAUSE", b"500", b"WRITE") == b"+OK\r\n"
+            carol = await nursery.start(_hello_and_welcome, url(a_port), CAROL)
+        await trio.testing.wait_all_tasks_blocked()  # Bob left a while Carol's hello waits
+        with trio.fail_after(WAIT_S):
+            welcome = await carol.receive()
+        assert [peer["device_id"] for peer in welcome["peers"]] == [did(DAVE)]
+
+
+async def _hello_and_welcome(
+    address: str, key: SigningKey, *, task_status: trio.TaskStatus[Any]
+) -> None:
+    """Say hello at `address` and pass on the welcome once it comes (on the channel given);
+    stay connected until cancelled."""
+    send, receive = trio.open_memory_channel[dict[str, Any]](1)
+    async with connect(address) as ws:
+        await ws.send_message(hello(key, "net"))
+        task_status.started(receive)
+        await send.send(json.loads(await ws.get_message()))
+        await trio.sleep_forever()
