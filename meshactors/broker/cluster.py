@@ -7,11 +7,10 @@ Redis is unreachable it answers every admission `unavailable`, drops forwards an
 with backoff and jitter (docs/protocol.md, "Brokers in a cluster").
 """
 
-import contextlib
 import random
 import time
 from collections.abc import Iterable
-from typing import Final, TypeVar
+from typing import Final
 
 import attrs
 import coredis
@@ -59,7 +58,6 @@ RECONNECT_MAX_S: Final = 8.0  # ...up to this, each drawn down by up to half (ji
 PUBLISH_MAX_BYTES: Final = 1 << 20  # envelopes joined into one publish (a larger one goes alone)
 
 _log: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
-T = TypeVar("T")
 
 # Atomic steps on Redis (Lua). Each publishes its presence event in the same step as the change.
 _ADMIT: Final = """
@@ -224,11 +222,14 @@ class ClusterLink:
             command = await self.control.receive()
             match command:
                 case Admit():
-                    _answer(command.reply, await self._admit(redis, command))
+                    with command.reply:
+                        result = await self._admit(redis, command)
+                        command.reply.send_nowait(result)
                 case Depart():
                     await self._depart(redis, command)
                 case Resync():
-                    _answer(command.reply, await self._resync(redis, command.members))
+                    with command.reply:
+                        command.reply.send_nowait(await self._resync(redis, command.members))
 
     async def _admit(self, redis: "coredis.Redis[bytes]", admit: Admit) -> AdmitResult:
         hello, entry = admit.hello, admit.entry
@@ -322,9 +323,11 @@ class ClusterLink:
         async for command in self.control:
             match command:
                 case Admit():
-                    _answer(command.reply, AdmitResult("unavailable"))
+                    with command.reply:
+                        command.reply.send_nowait(AdmitResult("unavailable"))
                 case Resync():
-                    _answer(command.reply, None)
+                    with command.reply:
+                        command.reply.send_nowait(None)
                 case Depart():
                     pass  # the resync after the outage drops entries of members gone
 
@@ -361,10 +364,3 @@ def _first_error(group: BaseExceptionGroup[Exception]) -> str:
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
     return f"{type(first).__name__}: {first}"
-
-
-def _answer(reply: trio.MemorySendChannel[T], value: T) -> None:
-    """Answer a broker's command and close the reply; a broker that stopped waiting (its
-    handshake timed out) closed its end, and the answer is dropped, not a Redis outage."""
-    with reply, contextlib.suppress(trio.BrokenResourceError):
-        reply.send_nowait(value)
