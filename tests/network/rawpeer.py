@@ -106,9 +106,12 @@ class RawPeer:
         return crypto
 
 
-async def approved_raw_peer(mesh: Mesh, nursery: trio.Nursery) -> tuple[Daemon, RawPeer]:
-    """A daemon `b` on NET and a hand-made peer it has approved and sees active."""
-    b = await mesh.daemon("b")
+async def approved_raw_peer(
+    mesh: Mesh, nursery: trio.Nursery, **options: Any
+) -> tuple[Daemon, RawPeer]:
+    """A daemon `b` (started with `options`) on NET and a hand-made peer it has approved and
+    sees active."""
+    b = await mesh.daemon("b", **options)
     await b.join(mesh.url)
     raw = RawPeer(NET)
     await raw.join(mesh.url, nursery)

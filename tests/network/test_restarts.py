@@ -14,7 +14,7 @@ from meshactors.actors import ActorState
 from meshactors.network.app_frames import Chan
 from tests.network.appclient import AppClient, network_children
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed, approve_both
-from tests.network.rawpeer import RawPeer
+from tests.network.rawpeer import approved_raw_peer
 
 WAIT_MS = int(WAIT * 1000)
 
@@ -398,13 +398,7 @@ async def test_a_core_restart_keeps_no_retained_value_of_a_peer_without_a_sessio
 ) -> None:
     """Peers send their retained values again once active with the restarted core; one that
     never is (it left meanwhile, or never says hello again) leaves no stale value behind."""
-    b = await mesh.daemon("b", debug_ops=True)
-    await b.join(mesh.url)
-    raw = RawPeer(NET)
-    await raw.join(mesh.url, nursery)
-    await raw.hello(b.device_id)
-    await b.call("roster_approve", network=NET, device_id=raw.device_id)
-    await b.wait_event("peer_active", device_id=raw.device_id)
+    b, raw = await approved_raw_peer(mesh, nursery, debug_ops=True)
     reader = await client_of(b, nursery)
     await reader.call("channel_subscribe", network=NET, channel="presence")
     await raw.send_frame(b.device_id, Chan("presence", "here", retain=True))
