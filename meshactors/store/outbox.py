@@ -352,21 +352,20 @@ def expire_pending(
                 (status, now_ms - ttl_ms, batch),
             )
         ][:batch]
-        killed: list[DeliveryKey] = []
-        for outbox_id in outbox_ids:
-            recipients = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT recipient FROM deliveries WHERE outbox_id = ? AND status = 'pending'",
-                    (outbox_id,),
-                )
-            ]
-            conn.execute(
-                "UPDATE deliveries SET status = 'dead', last_error = ?"
-                " WHERE outbox_id = ? AND status = 'pending'",
-                (EXPIRED, outbox_id),
+        wanted = to_json(outbox_ids)
+        killed = [
+            DeliveryKey(outbox_id, recipient)
+            for outbox_id, recipient in conn.execute(
+                "SELECT outbox_id, recipient FROM deliveries"
+                " WHERE outbox_id IN (SELECT value FROM json_each(?)) AND status = 'pending'",
+                (wanted,),
             )
-            killed += [DeliveryKey(outbox_id, recipient) for recipient in recipients]
+        ]
+        conn.execute(
+            "UPDATE deliveries SET status = 'dead', last_error = ?"
+            " WHERE outbox_id IN (SELECT value FROM json_each(?)) AND status = 'pending'",
+            (EXPIRED, wanted),
+        )
         sends = list(dict.fromkeys(key.outbox_id for key in killed))
         _refresh_statuses(conn, sends, now_ms, last_error=EXPIRED)
         bump_counts(conn, _moved("deliveries", {"pending": len(killed)}, "dead"))
