@@ -666,8 +666,14 @@ class Outbox(Actor):
                 sends = expired.sends
                 self.counts["dead"] += len(expired.deliveries)
                 for key in expired.deliveries:
-                    dead = {"id": key.outbox_id, "recipient": key.recipient}
-                    self.events.publish("message_dead", dead | {"error": outbox_db.EXPIRED})
+                    self.events.publish(
+                        "message_dead",
+                        {
+                            "id": key.outbox_id,
+                            "recipient": key.recipient,
+                            "error": outbox_db.EXPIRED,
+                        },
+                    )
             await trio.sleep(SWEEP_INTERVAL_S)
 
     async def _prune(self) -> None:

@@ -23,6 +23,7 @@ from meshactors.store import inbox as inbox_db
 from meshactors.store import outbox as outbox_db
 from meshactors.store.fingerprint import fingerprint_prefix
 from meshactors.store.outbox import MAX_CLIENT_MESSAGE_ID_CHARS, OutboxRow, SendError
+from meshactors.wire.compact import json_size
 from meshactors.wire.device_id import is_device_id, is_usable_device_id
 from meshactors.wire.ipc import ErrorCode, OpError
 
@@ -136,7 +137,7 @@ def _outbox(session: Session) -> Outbox:
 def _check_sizes(params: SendParams) -> None:
     # Measured as the peer frame carries it (JSON escapes every non-ASCII character), like
     # an RPC payload: counted as UTF-8, a long non-ASCII message fits here and not in a frame.
-    size = len(json.dumps(params.message)) - 2
+    size = json_size(params.message) - 2  # the quotes aside
     if size > MAX_MESSAGE_BYTES:
         raise OpError(
             ErrorCode.PAYLOAD_TOO_LARGE,
