@@ -72,3 +72,11 @@ def test_the_home_file_is_optional_and_never_followed_through_a_symlink(tmp_path
     path.symlink_to(target)
     with pytest.raises(SettingsError, match="symlink"):
         read_file(path, follow=False)
+
+
+def test_the_file_is_read_with_its_mode_left_as_the_administrator_set_it(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.toml"
+    path.write_text(GOOD)
+    path.chmod(0o644)  # a service's file is root's in /etc, which the daemon may not chmod
+    assert read_file(path, follow=False)["tcp"] == 7448
+    assert path.stat().st_mode & 0o777 == 0o644
