@@ -256,12 +256,17 @@ class Streams:
             await self.wire.send(state.peer, frame)
 
     async def _return_credit(self, state: StreamState) -> None:
-        """Hand credit back as the connection writes what arrived; its end of the channel
+        """Hand credit back as the connection writes what arrived, waiting for room to send it
+        (a credit dropped would stall the stream for good); the connection's end of the channel
         closing before the peer's end arrived means the program went away."""
         assert state.core is not None
-        async for cost in state.core.consumed:
-            if credit := state.written(cost):
-                self.postbox.post(state.peer, StreamCredit(state.wire_id, state.opener, credit))
+        try:
+            async for cost in state.core.consumed:
+                if credit := state.written(cost):
+                    await self._send(state, StreamCredit(state.wire_id, state.opener, credit))
+        except OpError as failed:
+            self._reset(state, failed.code.value, failed.message, peer=False)
+            return
         if not state.remote_ended:
             self._reset(state, "cancelled", "the other program went away", local=False)
 

@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from meshactors.network.app_wire import AppWire
+from meshactors.network.app_wire import AppWire, Postbox
 from meshactors.network.stream_frames import (
     STREAM_WINDOW_BYTES,
     StreamCredit,
@@ -22,7 +22,8 @@ from meshactors.network.stream_frames import (
     StreamReady,
     StreamReset,
 )
-from meshactors.network.stream_pipe import Pipe
+from meshactors.network.stream_pipe import STREAM_FRAME_COST, Pipe, frame_cost
+from meshactors.network.stream_table import CREDIT_RETURN
 from meshactors.network.streams import Streams
 from meshactors.wire.ipc import ErrorCode, OpError
 from meshactors.wire.pipe_frames import END, Reset
@@ -143,3 +144,14 @@ async def test_an_offer_of_ours_goes_after_its_timeout_when_the_op_could_not_say
     await trio.sleep(2)
     assert streams.figures()["open"] == 0
     assert [frame.error.code for frame in peers.of(StreamReset)] == ["timeout"]
+
+
+async def test_credit_goes_back_even_when_the_postbox_is_full(served: ServedStreams) -> None:
+    served.streams.postbox = Postbox(served.streams.wire, capacity=0)  # every post is dropped
+    pipe = await accepted(served)
+    piece = b"x" * (CREDIT_RETURN - STREAM_FRAME_COST)
+    served.peers.deliver(StreamData(WIRE_ID, True, 1, piece))
+    assert pipe.to_socket.receive_nowait() == piece
+    await pipe.consumed.send(frame_cost(piece))  # the connection wrote it to its socket
+    await trio.testing.wait_all_tasks_blocked()
+    assert served.peers.of(StreamCredit) == [StreamCredit(WIRE_ID, False, CREDIT_RETURN)]
