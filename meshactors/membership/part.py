@@ -44,7 +44,15 @@ from meshactors.membership.frames import (
     LogHeads,
     LogPull,
 )
-from meshactors.membership.log import EVICTED, MEMBER, REVOKED, MemberRow, MembershipLog, may
+from meshactors.membership.log import (
+    EVICTED,
+    MAX_FACTS,
+    MEMBER,
+    REVOKED,
+    MemberRow,
+    MembershipLog,
+    may,
+)
 from meshactors.network.link import Park, UseBrokers
 from meshactors.network.peers import Peers
 from meshactors.store import networks as settings_db
@@ -278,10 +286,9 @@ class Membership:
             return
         match frame:
             case LogHeads(genesis=genesis, heads=heads) if self._ours(genesis):
-                if any(not self.log.knows(h) for h in heads):
-                    await self.peers.send_control(device_id, LogPull(genesis, self._heads()))
+                await self._on_heads(device_id, heads)
             case LogPull(genesis=genesis, heads=heads) if self._ours(genesis):
-                await self._serve(device_id, heads)
+                await self._on_pull(device_id, heads)
             case LogFacts(genesis=genesis, facts=facts, more=more) if self._ours(genesis):
                 await self._on_facts(device_id, facts, more)
             case InviteRedeem(invite=invite):
@@ -302,18 +309,55 @@ class Membership:
         assert self.log is not None
         return self.log.heads()[:MAX_HEADS]
 
-    async def _serve(self, device_id: str, heads: list[str]) -> None:
-        """Send a page of what the puller lacks, to a member or an evicted device only."""
+    def _knows_all(self, heads: list[str]) -> bool:
+        assert self.log is not None
+        return all(self.log.knows(h) for h in heads)
+
+    def _served(self, device_id: str) -> bool:
+        """Whether we send pages to this device: a member or an evicted device only."""
         assert self.log is not None
         row = self.log.resolved.rows.get(device_id)
-        if row is None or row.status == REVOKED:
+        return row is not None and row.status != REVOKED
+
+    async def _on_heads(self, device_id: str, heads: list[str]) -> None:
+        """Pull when a peer's heads name facts we lack; when we hold all of them and more,
+        answer with our heads, so a peer behind us pulls now and not at its next exchange of
+        heads (60 s away, if ours to it was lost). Their heads then name all their log (fewer
+        than MAX_HEADS, none cut off), so we are strictly ahead: our heads name a fact they
+        lack, or are cut off themselves, and in both cases they do not answer back."""
+        assert self.log is not None
+        ours = self._heads()
+        if not self._knows_all(heads):
+            await self.peers.send_control(device_id, LogPull(self.log.genesis_hash, ours))
+        elif len(heads) < MAX_HEADS and set(heads) != set(ours) and self._served(device_id):
+            await self.peers.send_control(device_id, LogHeads(self.log.genesis_hash, ours))
+
+    async def _on_pull(self, device_id: str, heads: list[str]) -> None:
+        """Serve a pull; when its heads name facts we lack, pull them back at once (not at the
+        next exchange of heads), but only once our page is the last the puller needs and while
+        our log can take more: the puller then holds all we name when our pull reaches it (it
+        takes what we served first, frames keep order), so it never pulls back in turn."""
+        assert self.log is not None
+        if (
+            await self._serve(device_id, heads)
+            and not self._knows_all(heads)
+            and len(self.log.facts) < MAX_FACTS
+        ):
+            await self.peers.send_control(device_id, LogPull(self.log.genesis_hash, self._heads()))
+
+    async def _serve(self, device_id: str, heads: list[str]) -> bool:
+        """Send a page of what the puller lacks, to a member or an evicted device only;
+        whether that (or nothing) was all it lacks."""
+        assert self.log is not None
+        if not self._served(device_id):
             self.dropped["pull_refused"] += 1
-            return
+            return False
         page = self.log.missing_for(heads, LOG_PAGE + 1)
+        more = len(page) > LOG_PAGE
         if page:
-            more = len(page) > LOG_PAGE
             frame = LogFacts(self.log.genesis_hash, page[:LOG_PAGE], more)
             await self.peers.send_control(device_id, frame)
+        return not more
 
     async def _on_facts(self, device_id: str, facts: list[Fact], more: bool) -> None:
         assert self.log is not None

@@ -4,6 +4,7 @@ members in pages, whatever order its facts arrive in."""
 from __future__ import annotations
 
 import functools
+import math
 import sqlite3
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import trio
 from meshactors.identity import Identity
 from meshactors.membership import part as membership_part
 from meshactors.membership.facts import Fact, record_hash, to_bootstrap
-from meshactors.membership.frames import LOG_PAGE, LogFacts
+from meshactors.membership.frames import LOG_PAGE, LogFacts, LogHeads
 from meshactors.membership.log import MembershipLog
 from meshactors.membership.part import now_ms
 from tests.membership.conftest import CLOSED, active, figures, import_closed, members, team
@@ -180,3 +181,56 @@ async def test_a_push_the_broker_dropped_is_fetched_at_the_next_heads(
 
     await network.ask_await("keep a fact", keep_without_sending)
     await member.wait_event("member_granted", device_id=x.device_id)
+
+
+async def _send_heads(sender: Daemon, to: Daemon) -> None:
+    """`sender`'s heads to `to`, as after a hello or in a heads round."""
+    network = sender.network(CLOSED)
+    part = network.membership
+    assert part.log is not None
+    frame = LogHeads(part.log.genesis_hash, part.log.heads())
+    await network.ask_await(
+        "send heads", functools.partial(network.peers.send_control, to.device_id, frame)
+    )
+
+
+async def _keep(daemon: Daemon, fact: Fact) -> None:
+    """Have `daemon` take `fact` without sending it (as if the broker dropped its push)."""
+    part = daemon.network(CLOSED).membership
+
+    async def keep() -> None:
+        assert part._take([fact], stored=True) == [fact]
+
+    await daemon.network(CLOSED).ask_await("keep a fact", keep)
+
+
+async def test_a_member_ahead_answers_older_heads_and_the_one_behind_pulls_at_once(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(membership_part, "HEADS_INTERVAL", math.inf)  # no heads round helps
+    owner, member = await team(mesh, "owner", "member")
+    the_log = owner.network(CLOSED).membership.log
+    assert the_log is not None
+    x = device()
+    await _keep(owner, granted(owner, the_log, x, the_log.heads()))
+    # the owner's heads to the member were lost (its fact too): only the member's reach it
+    await _send_heads(member, owner)
+    await member.wait_event("member_granted", device_id=x.device_id)
+
+
+async def test_a_pull_naming_facts_we_lack_makes_us_pull_them_back(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(membership_part, "HEADS_INTERVAL", math.inf)
+    owner, member = await team(mesh, "owner", "member")
+    the_log = owner.network(CLOSED).membership.log
+    assert the_log is not None
+    x, y = device(), device()
+    heads = the_log.heads()
+    await _keep(owner, granted(owner, the_log, x, heads))
+    await _keep(member, granted(owner, the_log, y, heads))  # the member had it from another
+    # the owner's heads make the member pull; its pull names a fact the owner lacks
+    await _send_heads(owner, member)
+    await member.wait_event("member_granted", device_id=x.device_id)
+    await owner.wait_event("member_granted", device_id=y.device_id)
+    assert await members(owner) == await members(member)

@@ -1,0 +1,256 @@
+"""Two membership parts exchanging heads, pulls and pages frame by frame (no broker, no clock):
+one exchange is enough to converge, whoever is behind and whichever frame came first, and
+every exchange ends."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import pytest
+
+from meshactors.identity import Identity
+from meshactors.membership import log as log_module
+from meshactors.membership import part as part_module
+from meshactors.membership.facts import Fact, Genesis, record_hash
+from meshactors.membership.frames import LOG_PAGE, MAX_HEADS, LogHeads
+from meshactors.membership.log import MembershipLog
+from meshactors.membership.part import Membership
+from meshactors.wire.peer import Frame, decode_frame, encode_frame
+from tests.membership.logkit import device, fact, new_log
+
+MAX_FRAMES = 200  # far more than any exchange below needs: past it, the parts would loop
+
+
+@attrs.define
+class Wire:
+    """The frames in flight between the two parts, in the order sent, as (from, to, bytes)."""
+
+    queue: collections.deque[tuple[str, str, bytes]] = attrs.field(factory=collections.deque)
+    sent: collections.Counter[str] = attrs.field(factory=collections.Counter)  # by frame tag
+
+
+@attrs.define
+class Table:
+    """Stands for a part's peer table: the one other part is handshaken, sends go on the wire."""
+
+    me: str
+    other: str
+    wire: Wire
+
+    def handshaken(self) -> list[str]:
+        return [self.other]
+
+    async def send_control(self, device_id: str, frame: Frame) -> None:
+        self.wire.sent[frame.tag] += 1
+        self.wire.queue.append((self.me, device_id, encode_frame(frame)))
+
+    async def reapprove(self, device_ids: list[str]) -> None:
+        pass
+
+
+class Store:
+    """Stands for the store actor: facts are kept in memory only."""
+
+    async def call(self, fn: Callable[..., Any], *, what: str) -> None:
+        pass
+
+
+class Events:
+    """Stands for the event hub: events are not kept."""
+
+    def publish(self, kind: str, data: dict[str, Any]) -> None:
+        pass
+
+
+@attrs.define
+class Pair:
+    """An owner's and a member's parts, joined by one wire."""
+
+    owner: Identity
+    member: Identity
+    parts: dict[str, Membership]
+    wire: Wire
+
+    @classmethod
+    def of(
+        cls,
+        genesis: Genesis,
+        owner: Identity,
+        member: Identity,
+        owners: list[Fact],
+        members: list[Fact],
+    ) -> Pair:
+        """Two parts of the log of `genesis`, the owner's holding `owners`, the member's
+        `members` (each list parents first)."""
+        p = cls(owner, member, {}, Wire())
+        for who, facts in ((owner, owners), (member, members)):
+            part = Membership(
+                genesis.network,
+                who,
+                Store(),  # type: ignore[arg-type]
+                Events(),  # type: ignore[arg-type]
+                Table(who.device_id, p.other(who), p.wire),  # type: ignore[arg-type]
+                None,  # type: ignore[arg-type]  (the link: only an evicted part parks it)
+            )
+            part.log = MembershipLog(genesis)
+            assert len(part._take(facts, stored=True)) == len(facts)
+            p.parts[who.device_id] = part
+        return p
+
+    def part(self, who: Identity) -> Membership:
+        return self.parts[who.device_id]
+
+    def log(self, who: Identity) -> MembershipLog:
+        the_log = self.part(who).log
+        assert the_log is not None
+        return the_log
+
+    async def send(self, sender: Identity, frame: Frame) -> None:
+        """Have `sender` send `frame` to the other part (as its heads round or handshake)."""
+        await self.part(sender).peers.send_control(self.other(sender), frame)
+
+    def other(self, who: Identity) -> str:
+        return self.member.device_id if who is self.owner else self.owner.device_id
+
+    async def run(self) -> int:
+        """Deliver every frame, and what it makes the parts send, until none is left; returns
+        how many were delivered (the exchange must end well before MAX_FRAMES)."""
+        for delivered in itertools.count():
+            if not self.wire.queue:
+                return delivered
+            assert delivered < MAX_FRAMES, f"the exchange does not end: {self.wire.sent}"
+            sender, to, data = self.wire.queue.popleft()
+            await self.parts[to].on_frame(sender, decode_frame(data))
+        raise AssertionError  # pragma: no cover  (itertools.count never ends)
+
+
+def pair(shared: int, owner_only: int = 0, member_only: int = 0) -> Pair:
+    """An owner and a member of one log: `shared` grants both hold, after them `owner_only`
+    grants only the owner holds and `member_only` ones only the member holds (made by the
+    owner too, as if the member had them from a third member)."""
+    owner, member = device(), device()
+    genesis = new_log(owner).genesis
+    common = chain(genesis, owner, [member, *(device() for _ in range(shared))])
+    only = [
+        chain(genesis, owner, [device() for _ in range(n)], common[-1])
+        for n in (owner_only, member_only)
+    ]
+    return Pair.of(genesis, owner, member, [*common, *only[0]], [*common, *only[1]])
+
+
+def chain(
+    genesis: Genesis, owner: Identity, devices: list[Identity], after: Fact | None = None
+) -> list[Fact]:
+    """The owner's grants of `devices`, each following the one before (the first `after`)."""
+    the_log = MembershipLog(genesis)
+    heads = [record_hash(after) if after is not None else the_log.genesis_hash]
+    facts = []
+    for n, target in enumerate(devices):
+        one = fact(the_log, owner, "grant", target, "member", 2000 + n, heads)
+        facts.append(one)
+        heads = [record_hash(one)]
+    return facts
+
+
+def same_logs(p: Pair) -> bool:
+    return p.log(p.owner).facts.keys() == p.log(p.member).facts.keys()
+
+
+async def send_heads(p: Pair, sender: Identity) -> None:
+    """`sender`'s heads to the other part, as after a hello or in a heads round."""
+    the_log = p.log(sender)
+    await p.send(sender, LogHeads(the_log.genesis_hash, the_log.heads()[:MAX_HEADS]))
+
+
+async def test_a_member_ahead_answers_older_heads_and_the_peer_behind_pulls_at_once() -> None:
+    # the owner's heads to the member were lost: only the member's, older, reach the owner
+    p = pair(shared=2, owner_only=3)
+    await send_heads(p, p.member)
+    await p.run()
+    assert same_logs(p)
+    assert p.wire.sent == {"log_heads": 2, "log_pull": 1, "log_facts": 1}
+
+
+async def test_equal_heads_and_heads_of_a_peer_ahead_are_not_answered() -> None:
+    p = pair(shared=2)
+    await send_heads(p, p.member)
+    assert await p.run() == 1
+    p = pair(shared=2, owner_only=1)
+    await send_heads(p, p.owner)
+    await p.run()
+    assert same_logs(p)
+    assert p.wire.sent == {"log_heads": 1, "log_pull": 1, "log_facts": 1}
+
+
+async def test_a_pull_naming_facts_we_lack_makes_us_pull_them_back() -> None:
+    # diverged: the owner learns of the member's facts from the member's pull alone
+    p = pair(shared=1, owner_only=2, member_only=3)
+    await send_heads(p, p.owner)
+    await p.run()
+    assert same_logs(p)
+    assert p.wire.sent == {"log_heads": 1, "log_pull": 2, "log_facts": 2}
+
+
+async def test_a_pull_back_brings_many_pages() -> None:
+    p = pair(shared=1, owner_only=2, member_only=2 * LOG_PAGE + 5)
+    await send_heads(p, p.owner)
+    await p.run()
+    assert same_logs(p)
+
+
+async def test_both_sides_sending_heads_at_once_converge_and_stop() -> None:
+    p = pair(shared=1, owner_only=2 * LOG_PAGE + 5, member_only=3)
+    for _ in range(2):  # each side's heads follow each hello it gets: two of each
+        await send_heads(p, p.owner)
+        await send_heads(p, p.member)
+    await p.run()
+    assert same_logs(p)
+
+
+async def test_logs_apart_by_more_than_a_page_each_way_end_the_exchange() -> None:
+    # each pulls the other while a page is not the last: pulling back then would never end
+    p = pair(shared=1, owner_only=2 * LOG_PAGE + 5, member_only=LOG_PAGE + 1)
+    for _ in range(2):
+        await send_heads(p, p.owner)
+        await send_heads(p, p.member)
+    await p.run()
+
+
+async def test_full_logs_that_differ_do_not_pull_each_other_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # neither can take the other's facts, so each would still lack what the other names
+    p = pair(shared=2, owner_only=1, member_only=1)
+    monkeypatch.setattr(log_module, "MAX_FACTS", len(p.log(p.owner).facts))
+    monkeypatch.setattr(part_module, "MAX_FACTS", len(p.log(p.owner).facts))
+    await send_heads(p, p.owner)
+    await p.run()
+    assert p.wire.sent == {"log_heads": 1, "log_pull": 1, "log_facts": 1}
+
+
+async def test_heads_cut_off_at_the_frame_limit_are_never_answered_back_and_forth() -> None:
+    # more heads than a frame names: each side may know every head the other names while
+    # their logs differ. Answering each other then would never end; the exchange stops.
+    owner, member = device(), device()
+    genesis = new_log(owner).genesis
+    granted = chain(genesis, owner, [member])
+    concurrent = [chain(genesis, owner, [device()], granted[0])[0] for _ in range(MAX_HEADS + 6)]
+    named = sorted(record_hash(f) for f in concurrent)
+    parent = next(f for f in concurrent if record_hash(f) == named[0])  # named by the member
+    # a fact after it, which only the owner holds, sorting past the cut of the owner's heads
+    later = next(
+        one
+        for _ in range(1000)
+        if record_hash(one := chain(genesis, owner, [device()], parent)[0]) > named[MAX_HEADS]
+    )
+    held = [*granted, *concurrent]
+    p = Pair.of(genesis, owner, member, [*held, later], held)
+    assert set(p.log(member).heads()[:MAX_HEADS]) != set(p.log(owner).heads()[:MAX_HEADS])
+    await send_heads(p, owner)
+    await send_heads(p, member)
+    await p.run()
+    assert p.wire.sent == {"log_heads": 2}
