@@ -15,6 +15,9 @@ MAX_CONNECTIONS: Final = 4096  # open WebSockets per broker (incl. before hello)
 PING_INTERVAL_S: Final = 20.0  # idle time between keepalive pings
 PONG_TIMEOUT_S: Final = 20.0  # a ping unanswered this long drops the connection
 HANDSHAKE_TIMEOUT_S: Final = 10.0  # for the HTTP upgrade, and again for the hello
+# read from a connection before its hello is admitted: the upgrade request (h11 takes up to
+# 16 KiB) and the hello (1024 characters); then reading waits for the admission
+PRE_ADMISSION_BYTES: Final = 32 * 1024
 CLOSE_TIMEOUT_S: Final = 5.0  # for the WebSocket closing handshake
 OUTBOUND_QUEUE_MESSAGES: Final = 4096  # queued messages to one receiver before slow_consumer
 OUTBOUND_QUEUE_BYTES: Final = 8 << 20  # queued bytes to one receiver before slow_consumer

@@ -43,7 +43,13 @@ from meshactors.broker.cluster_messages import (
 )
 from meshactors.broker.cluster_wire import Envelope, PresenceEntry, PresenceEvent
 from meshactors.broker.health import answer_health
-from meshactors.broker.limits import NOTICE_BURST, NOTICE_RATE_PER_S, BrokerConfig, TokenBucket
+from meshactors.broker.limits import (
+    NOTICE_BURST,
+    NOTICE_RATE_PER_S,
+    PRE_ADMISSION_BYTES,
+    BrokerConfig,
+    TokenBucket,
+)
 from meshactors.broker.nonces import NonceCache
 from meshactors.keepalive import answered_or_heard
 from meshactors.listen import open_tcp_listeners
@@ -71,6 +77,37 @@ RECEIVE_BUFFER_BYTES: Final = 64 * 1024  # bytes trio-websocket's reader asks th
 
 _Logger = structlog.typing.FilteringBoundLogger
 _log: _Logger = structlog.get_logger(__name__)
+
+
+@attrs.define(eq=False)
+class _AdmissionGate(trio.abc.Stream):
+    """The stream trio-websocket reads: until `opened` (the hello admitted) it hands on at most
+    `allowance` bytes, then waits, so an unauthenticated client holds at most that much of the
+    broker's memory, not a whole max_message_bytes message (trio-websocket fixes a
+    connection's max_message_size when it wraps the stream)."""
+
+    stream: trio.abc.Stream
+    allowance: int
+    opened: trio.Event = attrs.field(factory=trio.Event)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self.opened.is_set():
+            return await self.stream.receive_some(max_bytes)
+        if not self.allowance:
+            await self.opened.wait()
+            return await self.stream.receive_some(max_bytes)
+        data = await self.stream.receive_some(min(max_bytes or self.allowance, self.allowance))
+        self.allowance -= len(data)
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
 @attrs.define(eq=False)
@@ -294,16 +331,19 @@ class Broker:
     async def _open_session(
         self, nursery: trio.Nursery, stream: trio.SocketStream, log: _Logger
     ) -> tuple[WebSocketConnection, _Member] | None:
-        """Upgrade (or refuse) the HTTP request, then admit its hello; None when refused."""
+        """Upgrade (or refuse) the HTTP request, then admit its hello; None when refused.
+
+        Until the hello is admitted the connection is read through an _AdmissionGate."""
         ws: WebSocketConnection | None = None
         with trio.move_on_after(self.config.handshake_timeout):
             handed_on = await answer_health(stream, self.health)
             if handed_on is None:
                 self._counts["health_requests"] += 1
                 return None
+            gate = _AdmissionGate(handed_on, PRE_ADMISSION_BYTES)
             request = await wrap_server_stream(
                 nursery,
-                handed_on,
+                gate,
                 max_message_size=self.config.max_message_bytes,
                 receive_buffer_size=RECEIVE_BUFFER_BYTES,
             )
@@ -311,7 +351,10 @@ class Broker:
         if ws is None:
             return None
         member = await self._admit(ws, log)
-        return None if member is None else (ws, member)
+        if member is None:
+            return None
+        gate.opened.set()  # admitted: its messages may now be max_message_bytes long
+        return ws, member
 
     async def _upgrade(self, request: WebSocketRequest) -> WebSocketConnection | None:
         """Answer the HTTP upgrade: the WebSocket, or None after refusing the request."""

@@ -1,5 +1,6 @@
 """The broker over real loopback WebSockets: admission, presence, routing and limits."""
 
+import contextlib
 import json
 import socket
 import struct
@@ -416,3 +417,38 @@ async def test_a_bad_upgrade_request_is_refused_with_400(nursery: trio.Nursery) 
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     await stream.send_all(b"GET /v1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
     assert (await _read_to_eof(stream)).startswith(b"HTTP/1.1 400")
+
+
+async def test_an_unadmitted_client_cannot_make_the_broker_read_a_big_hello(
+    nursery: trio.Nursery,
+) -> None:
+    """Before admission the broker reads PRE_ADMISSION_BYTES, not a max_message_bytes message:
+    a 256 KiB hello is never read whole (which would refuse it as malformed at once), it
+    times out."""
+    broker, url = await start_broker(nursery, handshake_timeout=0.5, close_timeout=1)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    stream = await _raw_upgrade(port, "/v1")
+    accepted = b""
+    with trio.fail_after(5):
+        while b"\r\n\r\n" not in accepted:
+            accepted += await stream.receive_some()
+    assert accepted.startswith(b"HTTP/1.1 101")
+    size = 256 << 10  # under max_message_bytes (1 MiB), over PRE_ADMISSION_BYTES
+    header = struct.pack("!BBQ", 0x81, 0x80 | 127, size) + bytes(4)  # masked TEXT, zero mask
+
+    async def send_hello() -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(header + b"a" * size)
+
+    nursery.start_soon(send_hello)
+    close_frame = b"\x88\x0f" + struct.pack("!H", 4408) + b"hello_timeout"
+    received = b""
+    with trio.fail_after(5):  # not to EOF: closing on the unread hello resets the connection
+        while len(received) < len(close_frame):
+            received += await stream.receive_some()
+    assert received == close_frame
+    figures = broker.figures()
+    assert (figures["rejected_hello_hello_timeout"], figures["rejected_hello_malformed_hello"]) == (
+        1,
+        0,
+    )
