@@ -8,6 +8,7 @@ from typing import Final
 import attrs
 from attrs import validators as v
 
+from meshactors.broker.nonces import NONCE_CACHE_ENTRIES
 from meshactors.wire.broker import MAX_MESSAGE_BYTES, MESSAGE_BURST, MESSAGE_RATE_PER_S
 
 MAX_PEERS_PER_NETWORK: Final = 256  # members of one network; one more is network_full
@@ -62,6 +63,7 @@ class BrokerConfig:
     cluster_heartbeat: float = attrs.field(default=CLUSTER_HEARTBEAT_S, validator=v.gt(0))
     cluster_ttl: float = attrs.field(default=CLUSTER_TTL_S, validator=_two_heartbeats)
     cluster_forward_queue: int = attrs.field(default=CLUSTER_FORWARD_QUEUE, validator=v.ge(1))
+    nonce_entries: int = attrs.field(default=NONCE_CACHE_ENTRIES, validator=v.ge(1))
 
 
 @attrs.define

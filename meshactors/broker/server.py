@@ -50,7 +50,7 @@ from meshactors.broker.limits import (
     BrokerConfig,
     TokenBucket,
 )
-from meshactors.broker.nonces import NonceCache
+from meshactors.broker.nonces import NonceCache, source_of
 from meshactors.keepalive import answered_or_heard
 from meshactors.listen import open_tcp_listeners
 from meshactors.wire.broker import (
@@ -175,11 +175,16 @@ class Broker:
     _left: dict[str, set[tuple[str, PresenceEntry]]] = attrs.field(init=False, factory=dict)
     _control: trio.MemorySendChannel[Control] | None = attrs.field(init=False, default=None)
     _forwards: trio.MemorySendChannel[Forward] | None = attrs.field(init=False, default=None)
-    _nonces: NonceCache = attrs.field(init=False, factory=NonceCache)
+    _nonces: NonceCache = attrs.field(init=False)
     _counts: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
     _connections: int = attrs.field(init=False, default=0)
     _listen: str = attrs.field(init=False, default="")
     _admissions: set[trio.CancelScope] = attrs.field(init=False, factory=set)
+
+    @_nonces.default
+    def _replay_memory(self) -> NonceCache:
+        """The nonce memory, as large as the config says."""
+        return NonceCache(self.config.nonce_entries)
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -252,6 +257,7 @@ class Broker:
             "members": sum(len(members) for members in self._networks.values()),
             "networks": len(self._networks),
             "nonces_remembered": len(self._nonces),
+            "nonces_evicted": self._nonces.evicted,
             "cluster": self._shown_state,
         }
         counted = ["messages_relayed", "frames_relayed", "frames_dropped", "connection_errors"]
@@ -301,7 +307,8 @@ class Broker:
         The stream is ours, not trio-websocket's, so it is closed when the connection ends even
         where trio-websocket leaves it open (see docs/architecture.md, the WebSocket layer).
         """
-        log = _log.bind(remote=_peer(stream))
+        remote, source = _peer(stream)
+        log = _log.bind(remote=remote)
         admission = trio.CancelScope()  # cancelled by _stop until a session is running
         self._admissions.add(admission)
         self._connections += 1
@@ -310,7 +317,7 @@ class Broker:
                 try:
                     admitted = None
                     with admission:
-                        admitted = await self._open_session(nursery, stream, log)
+                        admitted = await self._open_session(nursery, stream, source, log)
                     self._admissions.discard(admission)
                     if admitted is not None:
                         await self._run_session(*admitted, log)
@@ -329,7 +336,7 @@ class Broker:
             self._connections -= 1
 
     async def _open_session(
-        self, nursery: trio.Nursery, stream: trio.SocketStream, log: _Logger
+        self, nursery: trio.Nursery, stream: trio.SocketStream, source: str, log: _Logger
     ) -> tuple[WebSocketConnection, _Member] | None:
         """Upgrade (or refuse) the HTTP request, then admit its hello; None when refused.
 
@@ -350,7 +357,7 @@ class Broker:
             ws = await self._upgrade(request)
         if ws is None:
             return None
-        member = await self._admit(ws, log)
+        member = await self._admit(ws, source, log)
         if member is None:
             return None
         gate.opened.set()  # admitted: its messages may now be max_message_bytes long
@@ -368,14 +375,15 @@ class Broker:
             return None
         return await request.accept()
 
-    async def _admit(self, ws: WebSocketConnection, log: _Logger) -> _Member | None:
-        """Check the hello, then join its network; on rejection close the socket and return None."""
+    async def _admit(self, ws: WebSocketConnection, source: str, log: _Logger) -> _Member | None:
+        """Check the hello (its nonce counted against `source`, the client's address), then join
+        its network; on rejection close the socket and return None."""
         network: str | None = None
         try:
             try:
                 hello = await self._receive_hello(ws)
                 network = hello.network
-                self._nonces.admit(hello, now_ms=_now_ms())
+                self._nonces.admit(hello, source=source, now_ms=_now_ms())
                 status = await self._admit_cluster(hello)
                 members = self._networks.get(hello.network, {})
                 remote = self._remote.get(hello.network, {})
@@ -750,12 +758,13 @@ def _closed_by_peer(ws: WebSocketConnection) -> SessionEnd:
     return SessionEnd.CLIENT_CLOSED
 
 
-def _peer(stream: trio.SocketStream) -> str:
+def _peer(stream: trio.SocketStream) -> tuple[str, str]:
+    """The client's `host:port` (for the log) and the source its hellos are counted against."""
     try:
         host, port, *_ = stream.socket.getpeername()
     except OSError:
-        return "unknown"  # already reset by the peer
-    return f"{host}:{port}"
+        return "unknown", "unknown"  # already reset by the peer
+    return f"{host}:{port}", source_of(host)
 
 
 def _now_ms() -> int:

@@ -8,7 +8,13 @@ from typing import Any
 
 import trio
 from nacl.signing import SigningKey
-from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection, open_websocket_url
+from trio_websocket import (
+    CloseReason,
+    ConnectionClosed,
+    WebSocketConnection,
+    open_websocket_url,
+    wrap_client_stream,
+)
 
 from meshactors.broker.limits import BrokerConfig
 from meshactors.broker.server import Broker
@@ -39,11 +45,30 @@ async def connect(url: str) -> AsyncIterator[WebSocketConnection]:
 
 
 @asynccontextmanager
+async def connect_from(url: str, local_host: str) -> AsyncIterator[WebSocketConnection]:
+    """A connection from `local_host`, another loopback address: another client address."""
+    host, port = url.split("/")[2].rsplit(":", 1)
+    sock = trio.socket.socket()
+    await sock.bind((local_host, 0))
+    await sock.connect((host, int(port)))
+    async with trio.SocketStream(sock) as stream, trio.open_nursery() as nursery:
+        with trio.fail_after(WAIT_S):
+            ws = await wrap_client_stream(nursery, stream, host, "/v1")
+        try:
+            yield ws
+        finally:
+            with trio.move_on_after(WAIT_S):
+                await ws.aclose()
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
 async def joined(
-    url: str, key: SigningKey, network: str, role: str = "daemon"
+    url: str, key: SigningKey, network: str, role: str = "daemon", local_host: str | None = None
 ) -> AsyncIterator[tuple[WebSocketConnection, dict[str, Any]]]:
-    """A connection that sent a valid hello; yields it with the welcome it received."""
-    async with connect(url) as ws:
+    """A connection (from `local_host` if given) that sent a valid hello; yields it with the
+    welcome it received."""
+    async with connect(url) if local_host is None else connect_from(url, local_host) as ws:
         await ws.send_message(hello(key, network, role))
         with trio.fail_after(WAIT_S):
             welcome = json.loads(await ws.get_message())

@@ -19,6 +19,7 @@ from meshactors.wire.device_id import device_id_from_public_key
 from tests.broker.support import (
     closed_with,
     connect,
+    connect_from,
     drained_to_close,
     hello,
     joined,
@@ -452,3 +453,23 @@ async def test_an_unadmitted_client_cannot_make_the_broker_read_a_big_hello(
         1,
         0,
     )
+
+
+async def test_a_client_filling_the_nonce_memory_is_refused_while_others_still_join(
+    nursery: trio.Nursery,
+) -> None:
+    """The nonce memory is shared by client address: 127.0.0.2 fills it, 127.0.0.3 gets in."""
+    broker, url = await start_broker(nursery, nonce_entries=2)
+    flood = "127.0.0.2"
+    async with (
+        joined(url, ALICE, "net", local_host=flood),
+        joined(url, BOB, "net", local_host=flood),
+    ):
+        async with joined(url, CAROL, "net", local_host="127.0.0.3") as (_, welcome):
+            assert {peer["device_id"] for peer in welcome["peers"]} == {did(ALICE), did(BOB)}
+        async with connect_from(url, flood) as again:
+            await again.send_message(hello(ALICE, "net"))
+            closed = await closed_with(again)
+    assert (closed.code, closed.reason) == (1013, "broker_busy")
+    figures = broker.figures()
+    assert (figures["nonces_evicted"], figures["rejected_hello_broker_busy"]) == (1, 1)
