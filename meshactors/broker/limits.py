@@ -15,6 +15,9 @@ MAX_PEERS_PER_NETWORK: Final = 256  # members of one network; one more is networ
 MAX_CONNECTIONS: Final = 4096  # open WebSockets per broker (incl. before hello); more get HTTP 503
 PING_INTERVAL_S: Final = 20.0  # idle time between keepalive pings
 PONG_TIMEOUT_S: Final = 20.0  # a ping unanswered this long drops the connection
+# one message to a member not taken in full this long ends it (slow_consumer), even while it
+# is heard: a member that sends but never reads would otherwise hold its writer for ever
+SEND_TIMEOUT_S: Final = 60.0
 HANDSHAKE_TIMEOUT_S: Final = 10.0  # for the HTTP upgrade, and again for the hello
 # read from a connection before its hello is admitted: the upgrade request (h11 takes up to
 # 16 KiB) and the hello (1024 characters); then reading waits for the admission
@@ -54,6 +57,7 @@ class BrokerConfig:
     max_connections: int = attrs.field(default=MAX_CONNECTIONS, validator=v.ge(1))
     ping_interval: float = attrs.field(default=PING_INTERVAL_S, validator=v.gt(0))
     pong_timeout: float = attrs.field(default=PONG_TIMEOUT_S, validator=v.gt(0))
+    send_timeout: float = attrs.field(default=SEND_TIMEOUT_S, validator=v.gt(0))
     handshake_timeout: float = attrs.field(default=HANDSHAKE_TIMEOUT_S, validator=v.gt(0))
     close_timeout: float = attrs.field(default=CLOSE_TIMEOUT_S, validator=v.gt(0))
     outbound_queue_messages: int = attrs.field(default=OUTBOUND_QUEUE_MESSAGES, validator=v.ge(1))

@@ -558,7 +558,8 @@ class Broker:
 
     async def _pump_out(self, ws: WebSocketConnection, member: _Member) -> None:
         """The member's one writer: each message joins the batches queued behind it (up to
-        max_message_bytes) into one WebSocket message; notices go one each, in order."""
+        max_message_bytes) into one WebSocket message; notices go one each, in order. A message
+        not taken within send_timeout ends the member."""
         carry: str | bytes | None = None
         while True:
             first = carry if carry is not None else await member.queued.receive()
@@ -580,10 +581,14 @@ class Broker:
                     parts.append(queued)
                     size += len(queued)
                 message = b"".join(parts)  # batches are record lists: joined, they are one batch
-            try:
-                await ws.send_message(message)
-            except ConnectionClosed:
-                member.end(_closed_by_peer(ws))
+            with trio.move_on_after(self.config.send_timeout) as stalled:
+                try:
+                    await ws.send_message(message)
+                except ConnectionClosed:
+                    member.end(_closed_by_peer(ws))
+                    return
+            if stalled.cancelled_caught:  # it is not reading: its being heard does not help
+                member.end(SessionEnd.SLOW_CONSUMER)
                 return
             member.queued_bytes -= size
             member.progress += 1

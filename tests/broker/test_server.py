@@ -473,3 +473,43 @@ async def test_a_client_filling_the_nonce_memory_is_refused_while_others_still_j
     assert (closed.code, closed.reason) == (1013, "broker_busy")
     figures = broker.figures()
     assert (figures["nonces_evicted"], figures["rejected_hello_broker_busy"]) == (1, 1)
+
+
+async def test_a_member_that_sends_but_never_reads_is_ended_when_a_write_stalls(
+    nursery: trio.Nursery,
+) -> None:
+    """Its messages keep the keepalive content, and its queue is large enough to hold all
+    that waits for it: only the writer's own deadline ends it, as slow_consumer."""
+    broker, url = await start_broker(
+        nursery,
+        send_timeout=0.5,
+        outbound_queue_bytes=256 << 20,
+        close_timeout=0.5,
+        ping_interval=0.2,
+        pong_timeout=2,
+    )
+    big = encode_batch([(pk(ALICE), bytes(512 << 10))])
+    async with joined(url, ALICE, "net") as (alice, _), joined(url, BOB, "net") as (bob, _):
+        alice_gone = trio.Event()
+
+        async def watch() -> None:
+            await next_text(bob, left(did(ALICE)))
+            alice_gone.set()
+
+        async def alice_only_talks() -> None:  # she never reads again, but is heard
+            with contextlib.suppress(ConnectionClosed):
+                while not alice_gone.is_set():
+                    await alice.send_message(encode_batch([(pk(BOB), b"still here")]))
+                    await trio.sleep(0.05)  # well inside each pong deadline
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(watch)
+            inner.start_soon(alice_only_talks)
+            for _ in range(160):  # 80 MiB: more than the sockets' buffers hold
+                if alice_gone.is_set():
+                    break
+                await bob.send_message(big)
+            with trio.fail_after(5):
+                await alice_gone.wait()
+    figures = broker.figures()
+    assert (figures["closed_slow_consumer"], figures["closed_pong_timeout"]) == (1, 0)
