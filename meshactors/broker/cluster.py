@@ -7,10 +7,11 @@ Redis is unreachable it answers every admission `unavailable`, drops forwards an
 with backoff and jitter (docs/protocol.md, "Brokers in a cluster").
 """
 
+import contextlib
 import random
 import time
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, TypeVar
 
 import attrs
 import coredis
@@ -27,6 +28,7 @@ from meshactors.broker.cluster_messages import (
     Depart,
     Dropped,
     Forward,
+    Register,
     Resync,
     Roster,
     StateChanged,
@@ -58,6 +60,7 @@ RECONNECT_MAX_S: Final = 8.0  # ...up to this, each drawn down by up to half (ji
 PUBLISH_MAX_BYTES: Final = 1 << 20  # envelopes joined into one publish (a larger one goes alone)
 
 _log: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 # Atomic steps on Redis (Lua). Each publishes its presence event in the same step as the change.
 _ADMIT: Final = """
@@ -221,15 +224,24 @@ class ClusterLink:
         while True:
             command = await self.control.receive()
             match command:
-                case Admit():
-                    with command.reply:
-                        result = await self._admit(redis, command)
-                        command.reply.send_nowait(result)
                 case Depart():
                     await self._depart(redis, command)
-                case Resync():
-                    with command.reply:
-                        command.reply.send_nowait(await self._resync(redis, command.members))
+                case Admit() | Register() | Resync():
+                    with command.reply:  # closed however it ends: a failed command is told
+                        await self._answer(redis, command)
+
+    async def _answer(
+        self, redis: "coredis.Redis[bytes]", command: Admit | Register | Resync
+    ) -> None:
+        """Carry out a command the broker waits on and answer it."""
+        match command:
+            case Admit():
+                _offer(command.reply, await self._admit(redis, command))
+            case Register(network=network):
+                await self._register(redis, network, command.device_id, command.entry)
+                _offer(command.reply, await self._live(redis, await self._entries(redis, network)))
+            case Resync():
+                _offer(command.reply, await self._resync(redis, command.members))
 
     async def _admit(self, redis: "coredis.Redis[bytes]", admit: Admit) -> AdmitResult:
         hello, entry = admit.hello, admit.entry
@@ -257,16 +269,22 @@ class ClusterLink:
                 _DEPART, keys=keys, args=[depart.device_id, depart.entry.encode(), leave]
             )
 
+    async def _register(
+        self, redis: "coredis.Redis[bytes]", network: str, device_id: str, entry: PresenceEntry
+    ) -> None:
+        """Record our member's entry (with its `join`) unless Redis holds it or a newer one."""
+        join = encode_event(True, network, device_id, entry)
+        keys = [network_key(network), PRESENCE_CHANNEL, networks_key(self.broker_id)]
+        args = [device_id, entry.encode(), join, network, str(entry.ts_ms)]
+        with trio.fail_after(COMMAND_TIMEOUT_S):
+            await redis.eval(_REGISTER, keys=keys, args=args)
+
     async def _resync(
         self, redis: "coredis.Redis[bytes]", members: list[tuple[str, str, PresenceEntry]]
     ) -> dict[str, Roster]:
         ours = {(network, device_id) for network, device_id, _ in members}
         for network, device_id, entry in members:
-            join = encode_event(True, network, device_id, entry)
-            keys = [network_key(network), PRESENCE_CHANNEL, networks_key(self.broker_id)]
-            args = [device_id, entry.encode(), join, network, str(entry.ts_ms)]
-            with trio.fail_after(COMMAND_TIMEOUT_S):
-                await redis.eval(_REGISTER, keys=keys, args=args)
+            await self._register(redis, network, device_id, entry)
         with trio.fail_after(COMMAND_TIMEOUT_S):
             registered = [n.decode() for n in await redis.smembers(networks_key(self.broker_id))]
         rosters: dict[str, Roster] = {}
@@ -324,10 +342,10 @@ class ClusterLink:
             match command:
                 case Admit():
                     with command.reply:
-                        command.reply.send_nowait(AdmitResult("unavailable"))
-                case Resync():
+                        _offer(command.reply, AdmitResult("unavailable"))
+                case Register() | Resync():
                     with command.reply:
-                        command.reply.send_nowait(None)
+                        _offer(command.reply, None)
                 case Depart():
                     pass  # the resync after the outage drops entries of members gone
 
@@ -364,3 +382,11 @@ def _first_error(group: BaseExceptionGroup[Exception]) -> str:
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
     return f"{type(first).__name__}: {first}"
+
+
+def _offer(reply: trio.MemorySendChannel[T], value: T) -> None:
+    """Answer a broker's command. A broker that stopped waiting (the connection behind an
+    admission ended) closed its end: the answer is dropped, not a Redis outage, and the broker
+    has queued what squares Redis with it (a Depart)."""
+    with contextlib.suppress(trio.BrokenResourceError):
+        reply.send_nowait(value)

@@ -43,6 +43,18 @@ class Depart:
 
 
 @attrs.frozen
+class Register:
+    """Record a member admitted here that Redis did not record (its admission was answered
+    after the hello went on without it); answer with the network's live roster (None: Redis
+    went away meanwhile)."""
+
+    network: str
+    device_id: str
+    entry: PresenceEntry
+    reply: trio.MemorySendChannel[Roster | None]
+
+
+@attrs.frozen
 class Resync:
     """Register every local member again, drop our entries for members gone, and answer with
     the live roster of each network (None: Redis went away meanwhile)."""
@@ -51,7 +63,7 @@ class Resync:
     reply: trio.MemorySendChannel[dict[str, Roster] | None]
 
 
-Control = Admit | Depart | Resync
+Control = Admit | Depart | Register | Resync
 
 
 @attrs.frozen

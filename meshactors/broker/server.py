@@ -11,6 +11,7 @@ presence events, envelopes for them are handed to it, and envelopes for ours com
 """
 
 import collections
+import contextlib
 import secrets
 import time
 from collections.abc import Mapping
@@ -37,6 +38,7 @@ from meshactors.broker.cluster_messages import (
     Depart,
     Dropped,
     Forward,
+    Register,
     Resync,
     Roster,
     StateChanged,
@@ -357,7 +359,7 @@ class Broker:
             ws = await self._upgrade(request)
         if ws is None:
             return None
-        member = await self._admit(ws, source, log)
+        member = await self._admit(nursery, ws, source, log)
         if member is None:
             return None
         gate.opened.set()  # admitted: its messages may now be max_message_bytes long
@@ -375,16 +377,19 @@ class Broker:
             return None
         return await request.accept()
 
-    async def _admit(self, ws: WebSocketConnection, source: str, log: _Logger) -> _Member | None:
+    async def _admit(
+        self, nursery: trio.Nursery, ws: WebSocketConnection, source: str, log: _Logger
+    ) -> _Member | None:
         """Check the hello (its nonce counted against `source`, the client's address), then join
-        its network; on rejection close the socket and return None."""
+        its network; on rejection close the socket and return None. A Redis admission that
+        outlasts the handshake runs on in `nursery`."""
         network: str | None = None
         try:
             try:
                 hello = await self._receive_hello(ws)
                 network = hello.network
                 self._nonces.admit(hello, source=source, now_ms=_now_ms())
-                status = await self._admit_cluster(hello)
+                status = await self._admit_cluster(nursery, hello)
                 members = self._networks.get(hello.network, {})
                 remote = self._remote.get(hello.network, {})
                 present = len(members) + len(remote.keys() - members.keys())
@@ -408,45 +413,124 @@ class Broker:
                 return None
             return self._join(hello)
         finally:
-            if network is not None and network not in self._networks.keys() | self._admitting:
-                self._remote.pop(network, None)  # not joined: no longer ours to mirror
+            if network is not None:
+                self._forget_unused_mirror(network)
 
-    async def _admit_cluster(self, hello: VerifiedHello) -> str:
+    async def _admit_cluster(self, nursery: trio.Nursery, hello: VerifiedHello) -> str:
         """Record the nonce and the member on Redis (atomically, with the cluster-wide peer
         limit); return the link's status, `standalone` without a cluster."""
         if self._control is None:
             return "standalone"
-        reply, answer = trio.open_memory_channel[AdmitResult](1)
-        result = AdmitResult("unavailable")
-        entry = PresenceEntry(self._broker_id, hello.role, hello.ts_ms)
-        network = hello.network
-        self._remote.setdefault(network, {})  # presence heard from now on is kept
-        self._admitting[network] += 1
-        left = self._left.setdefault(network, set())
-        with trio.move_on_after(self.config.handshake_timeout) as waiting:
-            try:
-                await self._control.send(Admit(hello, entry, self.config.max_peers, reply))
-                async with answer:
-                    result = await answer.receive()
-            except trio.EndOfChannel:
-                pass  # the link lost Redis while admitting
-            finally:
-                if result.status == "unavailable":  # it may have been recorded: undo that
-                    self._depart_cluster(network, hello.device_id, entry)
-                self._admitting[network] -= 1
-                if not self._admitting[network]:
-                    del self._admitting[network], self._left[network]
-        if waiting.cancelled_caught:
-            _log.info("cluster_admit_timeout", device=hello.device_id)
+        result: AdmitResult = await nursery.start(self._admission, hello)
         if result.status == "replayed":
             raise HelloRejected(RejectReason.REPLAYED_NONCE, "seen by the cluster")
         if result.status == "full":
             raise HelloRejected(RejectReason.NETWORK_FULL)
-        if result.status == "ok":
-            for device_id, known in result.roster.items():
-                if known.broker != self._broker_id and (device_id, known) not in left:
-                    self._presence(PresenceEvent(True, network, device_id, known))
         return result.status
+
+    async def _admission(
+        self, hello: VerifiedHello, *, task_status: trio.TaskStatus[AdmitResult]
+    ) -> None:
+        """Ask the link to admit `hello` and report its answer, or `unavailable` once the
+        handshake can wait no longer. Past that the answer is still awaited, as long as the
+        connection lasts, and Redis is then made to hold what became of the hello: its entry
+        while it is a member here, none once it is not (a Depart behind the Admit)."""
+        assert self._control is not None
+        network = hello.network
+        entry = PresenceEntry(self._broker_id, hello.role, hello.ts_ms)
+        reply, answer = trio.open_memory_channel[AdmitResult](1)
+        self._remote.setdefault(network, {})  # presence heard from now on is kept
+        self._admitting[network] += 1
+        left = self._left.setdefault(network, set())
+        result, answered = AdmitResult("unavailable"), False
+        try:
+            async with answer:
+                with trio.move_on_after(self.config.handshake_timeout):
+                    try:
+                        await self._control.send(Admit(hello, entry, self.config.max_peers, reply))
+                    except trio.Cancelled:
+                        reply.close()  # not sent: no answer is coming
+                        raise
+                    result, answered = await _received(answer), True
+                if not answered:
+                    _log.info("cluster_admit_timeout", device=hello.device_id)
+                    task_status.started(result)  # the handshake goes on without Redis
+                    result = await self._late_answer(hello, entry, answer)
+        finally:
+            if not answered:
+                self._settle(hello, entry, result, left)
+            self._admitting[network] -= 1
+            if not self._admitting[network]:
+                del self._admitting[network], self._left[network]
+            if not answered:
+                self._forget_unused_mirror(network)
+        if answered:
+            if result.status == "ok":
+                self._take_roster(network, result.roster, left)
+            task_status.started(result)
+
+    async def _late_answer(
+        self,
+        hello: VerifiedHello,
+        entry: PresenceEntry,
+        answer: trio.MemoryReceiveChannel[AdmitResult],
+    ) -> AdmitResult:
+        """The answer to an admission the handshake stopped waiting for. When it did not record
+        the member admitted here meanwhile (`full`, `replayed`, or Redis went away), the member
+        is registered all the same, as a resync would: its connection is open and must be
+        reachable (the answer is then that of the registration)."""
+        result = await _received(answer)
+        if result.status in ("ok", "older") or self._holder(hello, entry) is None:
+            return result
+        assert self._control is not None
+        reply, roster = trio.open_memory_channel[Roster | None](1)
+        await self._control.send(Register(hello.network, hello.device_id, entry, reply))
+        async with roster:
+            with contextlib.suppress(trio.EndOfChannel):
+                taken = await roster.receive()
+                if taken is not None:
+                    return AdmitResult("ok", taken)
+        return AdmitResult("unavailable")  # Redis went away: the resync after registers it
+
+    def _settle(
+        self,
+        hello: VerifiedHello,
+        entry: PresenceEntry,
+        result: AdmitResult,
+        left: set[tuple[str, PresenceEntry]],
+    ) -> None:
+        """Square Redis and the mirror with what became of a hello the handshake stopped
+        waiting for (`result` is the late answer, `unavailable` if none came)."""
+        member = self._holder(hello, entry)
+        if member is None:  # refused here, or gone already: its entry must not stay
+            self._depart_cluster(hello.network, hello.device_id, entry)
+        elif result.status == "ok":
+            self._take_roster(hello.network, result.roster, left)
+        elif result.status == "older":  # a newer connection of the device holds its place
+            member.end(SessionEnd.REPLACED)
+
+    def _holder(self, hello: VerifiedHello, entry: PresenceEntry) -> _Member | None:
+        """The member here that `hello` made, if it still is one."""
+        member = self._networks.get(hello.network, {}).get(hello.public_key)
+        return member if member is not None and self._entry(member) == entry else None
+
+    def _entry(self, member: _Member) -> PresenceEntry:
+        """What Redis holds for a member of this broker."""
+        return PresenceEntry(self._broker_id, member.role, member.ts_ms)
+
+    def _take_roster(
+        self, network: str, roster: Roster, left: set[tuple[str, PresenceEntry]]
+    ) -> None:
+        """Mirror the other brokers' members an admission's roster lists, except those heard
+        leaving while the admission waited."""
+        for device_id, entry in roster.items():
+            if entry.broker != self._broker_id and (device_id, entry) not in left:
+                self._presence(PresenceEvent(True, network, device_id, entry))
+
+    def _forget_unused_mirror(self, network: str) -> None:
+        """Stop mirroring a network with no member here and no hello being admitted into it."""
+        if network not in self._networks.keys() | self._admitting:
+            self._remote.pop(network, None)
 
     async def _receive_hello(self, ws: WebSocketConnection) -> VerifiedHello:
         with trio.move_on_after(self.config.handshake_timeout):
@@ -500,11 +584,9 @@ class Broker:
         del members[member.public_key]
         if not members:
             del self._networks[member.network]
-            if member.network not in self._admitting:  # else a hello about to join needs it
-                self._remote.pop(member.network, None)
+            self._forget_unused_mirror(member.network)  # a hello about to join keeps it
         self._broadcast(members, encode_notice(PresenceLeave(member.device_id)))
-        entry = PresenceEntry(self._broker_id, member.role, member.ts_ms)
-        self._depart_cluster(member.network, member.device_id, entry)
+        self._depart_cluster(member.network, member.device_id, self._entry(member))
 
     def _depart_cluster(self, network: str, device_id: str, entry: PresenceEntry) -> None:
         """Remove our entry from Redis (if it is still ours) through the link."""
@@ -682,11 +764,7 @@ class Broker:
         """After (re)connecting: register every local member again and take the rosters."""
         assert self._control is not None
         members = [
-            (
-                member.network,
-                member.device_id,
-                PresenceEntry(self._broker_id, member.role, member.ts_ms),
-            )
+            (member.network, member.device_id, self._entry(member))
             for network in self._networks.values()
             for member in network.values()
         ]
@@ -753,6 +831,14 @@ class Broker:
     def _broadcast(members: Mapping[bytes, _Member], notice: str) -> None:
         for member in members.values():
             member.offer(notice)
+
+
+async def _received(answer: trio.MemoryReceiveChannel[AdmitResult]) -> AdmitResult:
+    """The link's answer to an admission; `unavailable` when it lost Redis meanwhile."""
+    try:
+        return await answer.receive()
+    except trio.EndOfChannel:
+        return AdmitResult("unavailable")
 
 
 def _closed_by_peer(ws: WebSocketConnection) -> SessionEnd:

@@ -1,0 +1,162 @@
+"""Admissions across brokers whose Redis answer comes after the hello went on without it.
+The link holds chosen answers (Redis has already written them) until the test lets them go."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from meshactors.broker import cluster
+from meshactors.broker.cluster_messages import Admit, AdmitResult
+from meshactors.broker.server import Broker
+from meshactors.wire.broker import encode_batch
+from scripts.benchlib.redisserver import RedisServer
+from tests.broker.support import (
+    connect,
+    drained_to_close,
+    hello,
+    joined,
+    next_batch,
+    next_text,
+)
+from tests.broker_cluster.test_cluster import (
+    ALICE,
+    BOB,
+    DAVE,
+    _redis_command,
+    did,
+    joins,
+    pk,
+    start,
+    url,
+)
+
+HANDSHAKE_S = 0.5  # the handshake timeout of a broker whose admissions are answered late
+
+
+@attrs.define
+class Hold:
+    """One device's admission answer held by the link: `reached` once Redis wrote it."""
+
+    reached: trio.Event = attrs.field(factory=trio.Event)
+    release: trio.Event = attrs.field(factory=trio.Event)
+
+
+@pytest.fixture
+def held(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Hold]]:
+    """Device id -> Hold: the link answers that device's admission once released."""
+    held: dict[str, Hold] = {}
+
+    class HoldingLink(cluster.ClusterLink):
+        async def _admit(self, redis: Any, admit: Admit) -> AdmitResult:
+            result = await super()._admit(redis, admit)
+            hold = held.get(admit.hello.device_id)
+            if hold is not None:
+                hold.reached.set()
+                await hold.release.wait()
+            return result
+
+    monkeypatch.setattr(cluster, "ClusterLink", HoldingLink)
+    yield held
+    for hold in held.values():
+        hold.release.set()
+
+
+def degraded(nursery: trio.Nursery, broker: Broker) -> trio.Event:
+    """Set if `broker` ever goes degraded from now on (its Redis session ended)."""
+    went = trio.Event()
+
+    async def watch() -> None:
+        await broker.reach_state("degraded")
+        went.set()
+
+    nursery.start_soon(watch)
+    return went
+
+
+async def entry_of(redis: RedisServer, network: str, device_id: str) -> bytes:
+    """Redis's raw answer for a device's entry in a network."""
+    key = f"meshactors:net:{network}".encode()
+    return await _redis_command(redis, b"HGET", key, device_id.encode())
+
+
+async def test_a_member_admitted_before_redis_answered_is_registered_by_the_late_answer(
+    nursery: trio.Nursery, redis: RedisServer, held: dict[str, Hold]
+) -> None:
+    a, a_port = await start(nursery, redis, handshake_timeout=HANDSHAKE_S)
+    _, b_port = await start(nursery, redis)
+    went_degraded = degraded(nursery, a)
+    async with joined(url(b_port), DAVE, "net") as (dave, _):
+        held[did(ALICE)] = Hold()
+        async with joined(url(a_port), ALICE, "net") as (alice, welcome):
+            assert welcome["peers"] == []  # the handshake went on without Redis
+            held[did(ALICE)].release.set()
+            await next_text(alice, joins(did(DAVE)))  # from the roster of the late answer
+            await next_text(dave, joins(did(ALICE)))
+            async with joined(url(a_port), BOB, "net"):  # admitted after all Alice's commands
+                await next_text(dave, joins(did(BOB)))
+            await dave.send_message(encode_batch([(pk(ALICE), b"to alice")]))
+            assert await next_batch(alice) == [(pk(DAVE), b"to alice")]
+            await alice.send_message(encode_batch([(pk(DAVE), b"to dave")]))
+            assert await next_batch(dave) == [(pk(ALICE), b"to dave")]
+    assert not went_degraded.is_set()
+
+
+async def test_a_late_answer_for_a_member_gone_meanwhile_leaves_no_entry(
+    nursery: trio.Nursery, redis: RedisServer, held: dict[str, Hold]
+) -> None:
+    a, a_port = await start(nursery, redis, handshake_timeout=HANDSHAKE_S)
+    went_degraded = degraded(nursery, a)
+    held[did(ALICE)] = Hold()
+    async with joined(url(a_port), ALICE, "net"):
+        pass  # joined and left before Redis answered
+    held[did(ALICE)].release.set()
+    async with joined(url(a_port), BOB, "net"):  # admitted after all Alice's commands
+        assert await entry_of(redis, "net", did(BOB)) != b"$-1\r\n"
+        assert await entry_of(redis, "net", did(ALICE)) == b"$-1\r\n"
+    assert not went_degraded.is_set()
+
+
+async def test_a_member_admitted_before_redis_counted_the_network_full_is_registered(
+    nursery: trio.Nursery, redis: RedisServer, held: dict[str, Hold]
+) -> None:
+    a, a_port = await start(nursery, redis, handshake_timeout=HANDSHAKE_S, max_peers=2)
+    _, b_port = await start(nursery, redis, max_peers=2)
+    went_degraded = degraded(nursery, a)
+    async with joined(url(b_port), DAVE, "net"), joined(url(b_port), BOB, "net") as (bob, _):
+        held[did(ALICE)] = Hold()
+        async with joined(url(a_port), ALICE, "net") as (alice, welcome):
+            assert welcome["peers"] == []  # A has no members there: it counted none
+            held[did(ALICE)].release.set()
+            await next_text(bob, joins(did(ALICE)))  # registered: it is connected after all
+            await next_text(alice, joins(did(BOB)))
+            await alice.send_message(encode_batch([(pk(BOB), b"to bob")]))
+            assert await next_batch(bob) == [(pk(ALICE), b"to bob")]
+    assert not went_degraded.is_set()
+
+
+async def test_a_late_answer_that_a_newer_connection_holds_the_place_closes_the_member(
+    nursery: trio.Nursery, redis: RedisServer, held: dict[str, Hold]
+) -> None:
+    a, a_port = await start(nursery, redis, handshake_timeout=HANDSHAKE_S)
+    _, b_port = await start(nursery, redis)
+    went_degraded = degraded(nursery, a)
+    stale = hello(ALICE, "net")  # signed before the connection that will hold the place
+    async with (
+        joined(url(b_port), DAVE, "net") as (dave, _),
+        joined(url(b_port), ALICE, "net") as (alice, _),
+    ):
+        await next_text(dave, joins(did(ALICE)))
+        held[did(ALICE)] = Hold()
+        async with connect(url(a_port)) as late:
+            await late.send_message(stale)
+            await next_text(late, lambda notice: notice["type"] == "welcome")
+            held[did(ALICE)].release.set()
+            closed = await drained_to_close(late)
+        assert (closed.code, closed.reason) == (4409, "replaced")
+        await dave.send_message(encode_batch([(pk(ALICE), b"still you")]))
+        assert await next_batch(alice) == [(pk(DAVE), b"still you")]
+    assert a.figures()["closed_replaced"] == 1
+    assert not went_degraded.is_set()
