@@ -171,10 +171,11 @@ class Broker:
     # members again, so a peer that reads presence then finds them
     _shown_state: str = attrs.field(init=False, default="standalone")
     _state_changed: trio.Event = attrs.field(init=False, factory=trio.Event)
-    # admissions waiting for Redis by network, and the leaves heard meanwhile: a roster read
-    # by an admission may be older than the presence events that overtook its answer
+    # admissions waiting for Redis by network, and the newest presence event (join or leave)
+    # heard meanwhile of each device: a roster read by an admission may be older than the
+    # presence events that overtook its answer
     _admitting: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
-    _left: dict[str, set[tuple[str, PresenceEntry]]] = attrs.field(init=False, factory=dict)
+    _heard: dict[str, dict[str, PresenceEntry]] = attrs.field(init=False, factory=dict)
     _control: trio.MemorySendChannel[Control] | None = attrs.field(init=False, default=None)
     _forwards: trio.MemorySendChannel[Forward] | None = attrs.field(init=False, default=None)
     _nonces: NonceCache = attrs.field(init=False)
@@ -441,7 +442,7 @@ class Broker:
         reply, answer = trio.open_memory_channel[AdmitResult](1)
         self._remote.setdefault(network, {})  # presence heard from now on is kept
         self._admitting[network] += 1
-        left = self._left.setdefault(network, set())
+        heard = self._heard.setdefault(network, {})
         result, answered = AdmitResult("unavailable"), False
         try:
             async with answer:
@@ -458,15 +459,15 @@ class Broker:
                     result = await self._late_answer(hello, entry, answer)
         finally:
             if not answered:
-                self._settle(hello, entry, result, left)
+                self._settle(hello, entry, result, heard)
             self._admitting[network] -= 1
             if not self._admitting[network]:
-                del self._admitting[network], self._left[network]
+                del self._admitting[network], self._heard[network]
             if not answered:
                 self._forget_unused_mirror(network)
         if answered:
             if result.status == "ok":
-                self._take_roster(network, result.roster, left)
+                self._take_roster(network, result.roster, heard)
             task_status.started(result)
 
     async def _late_answer(
@@ -497,7 +498,7 @@ class Broker:
         hello: VerifiedHello,
         entry: PresenceEntry,
         result: AdmitResult,
-        left: set[tuple[str, PresenceEntry]],
+        heard: Mapping[str, PresenceEntry],
     ) -> None:
         """Square Redis and the mirror with what became of a hello the handshake stopped
         waiting for (`result` is the late answer, `unavailable` if none came)."""
@@ -505,7 +506,7 @@ class Broker:
         if member is None:  # refused here, or gone already: its entry must not stay
             self._depart_cluster(hello.network, hello.device_id, entry)
         elif result.status == "ok":
-            self._take_roster(hello.network, result.roster, left)
+            self._take_roster(hello.network, result.roster, heard)
         elif result.status == "older":  # a newer connection of the device holds its place
             member.end(SessionEnd.REPLACED)
 
@@ -519,12 +520,14 @@ class Broker:
         return PresenceEntry(self._broker_id, member.role, member.ts_ms)
 
     def _take_roster(
-        self, network: str, roster: Roster, left: set[tuple[str, PresenceEntry]]
+        self, network: str, roster: Roster, heard: Mapping[str, PresenceEntry]
     ) -> None:
-        """Mirror the other brokers' members an admission's roster lists, except those heard
-        leaving while the admission waited."""
+        """Mirror the other brokers' members an admission's roster lists, except a device a
+        presence event heard while the admission waited tells as new or newer of (the roster
+        was read before that event: the device has since left or moved)."""
         for device_id, entry in roster.items():
-            if entry.broker != self._broker_id and (device_id, entry) not in left:
+            seen = heard.get(device_id)
+            if entry.broker != self._broker_id and (seen is None or _newer(entry, seen)):
                 self._presence(PresenceEvent(True, network, device_id, entry))
 
     def _forget_unused_mirror(self, network: str) -> None:
@@ -797,21 +800,24 @@ class Broker:
         """A member of another broker joined or left a network we have members in."""
         network, device_id, entry = event.network, event.device_id, event.entry
         mirror = self._remote.get(network)
-        if entry.broker == self._broker_id or mirror is None:
+        if entry.broker == self._broker_id:
+            return
+        heard = self._heard.get(network)
+        if heard is not None and (device_id not in heard or _newer(entry, heard[device_id])):
+            heard[device_id] = entry
+        if mirror is None:
             return
         members = self._networks.get(network, {})
         public_key = public_key_from_device_id(device_id)
         known = mirror.get(public_key)
         if not event.joined:
-            if network in self._left:
-                self._left[network].add((device_id, entry))
             if known is not None and known[1] == entry:
                 del mirror[public_key]
                 self._broadcast(members, encode_notice(PresenceLeave(device_id)))
             return
         local = members.get(public_key)
         if local is not None:
-            if (local.ts_ms, self._broker_id) >= (entry.ts_ms, entry.broker):
+            if not _newer(entry, self._entry(local)):
                 return  # ours is the newer connection: the other broker closes its own
             del members[public_key]
             local.end(SessionEnd.REPLACED)
@@ -839,6 +845,12 @@ async def _received(answer: trio.MemoryReceiveChannel[AdmitResult]) -> AdmitResu
         return await answer.receive()
     except trio.EndOfChannel:
         return AdmitResult("unavailable")
+
+
+def _newer(entry: PresenceEntry, than: PresenceEntry) -> bool:
+    """Whether `entry` is a newer connection than `than`: the newer hello, then the larger
+    broker id (docs/protocol.md, "Presence")."""
+    return (entry.ts_ms, entry.broker) > (than.ts_ms, than.broker)
 
 
 def _closed_by_peer(ws: WebSocketConnection) -> SessionEnd:

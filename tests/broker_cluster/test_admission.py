@@ -1,5 +1,6 @@
-"""Admissions across brokers whose Redis answer comes after the hello went on without it.
-The link holds chosen answers (Redis has already written them) until the test lets them go."""
+"""Admissions across brokers whose Redis answer comes late: after the hello went on without
+it, or after presence events that overtook it. The link holds chosen answers (Redis has
+already written them) until the test lets them go."""
 
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +15,7 @@ from meshactors.broker.server import Broker
 from meshactors.wire.broker import encode_batch
 from scripts.benchlib.redisserver import RedisServer
 from tests.broker.support import (
+    WAIT_S,
     connect,
     drained_to_close,
     hello,
@@ -24,7 +26,9 @@ from tests.broker.support import (
 from tests.broker_cluster.test_cluster import (
     ALICE,
     BOB,
+    CAROL,
     DAVE,
+    _hello_and_welcome,
     _redis_command,
     did,
     joins,
@@ -160,3 +164,29 @@ async def test_a_late_answer_that_a_newer_connection_holds_the_place_closes_the_
         assert await next_batch(alice) == [(pk(DAVE), b"still you")]
     assert a.figures()["closed_replaced"] == 1
     assert not went_degraded.is_set()
+
+
+async def test_a_roster_older_than_a_move_it_was_overtaken_by_does_not_undo_it(
+    nursery: trio.Nursery, redis: RedisServer, held: dict[str, Hold]
+) -> None:
+    _, a_port = await start(nursery, redis)
+    _, b_port = await start(nursery, redis)
+    _, c_port = await start(nursery, redis)
+    async with (
+        joined(url(a_port), BOB, "net") as (bob, _),
+        joined(url(b_port), DAVE, "net") as (old_dave, _),
+    ):
+        await next_text(bob, joins(did(DAVE)))
+        held[did(CAROL)] = Hold()
+        carol = await nursery.start(_hello_and_welcome, url(a_port), CAROL)
+        with trio.fail_after(WAIT_S):
+            await held[did(CAROL)].reached.wait()  # the roster is read: Dave is on B
+        async with joined(url(c_port), DAVE, "net") as (dave, _):  # Dave moves from B to C
+            await drained_to_close(old_dave)
+            await next_text(bob, joins(did(DAVE)))  # A heard it while Carol's answer waits
+            held[did(CAROL)].release.set()
+            with trio.fail_after(WAIT_S):
+                welcome = await carol.receive()
+            assert did(DAVE) in {peer["device_id"] for peer in welcome["peers"]}
+            await bob.send_message(encode_batch([(pk(DAVE), b"to where you are")]))
+            assert await next_batch(dave) == [(pk(BOB), b"to where you are")]
