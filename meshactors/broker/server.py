@@ -821,10 +821,11 @@ class Broker:
                 return  # ours is the newer connection: the other broker closes its own
             del members[public_key]
             local.end(SessionEnd.REPLACED)
-            if not members:  # its last member here: the network is no longer ours to mirror
+            if not members:  # its last member here: mirror on only for a hello being admitted
                 del self._networks[network]
-                del self._remote[network]
-                return
+                self._forget_unused_mirror(network)
+                if network not in self._remote:
+                    return
             self._broadcast(members, encode_notice(PresenceLeave(device_id)))
         if known == (device_id, entry):
             return

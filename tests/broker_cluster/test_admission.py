@@ -190,3 +190,25 @@ async def test_a_roster_older_than_a_move_it_was_overtaken_by_does_not_undo_it(
             assert did(DAVE) in {peer["device_id"] for peer in welcome["peers"]}
             await bob.send_message(encode_batch([(pk(DAVE), b"to where you are")]))
             assert await next_batch(dave) == [(pk(BOB), b"to where you are")]
+
+
+async def test_a_member_replaced_while_a_hello_is_admitted_keeps_the_mirror_for_it(
+    nursery: trio.Nursery, redis: RedisServer, held: dict[str, Hold]
+) -> None:
+    _, a_port = await start(nursery, redis)
+    _, b_port = await start(nursery, redis)
+    async with (
+        joined(url(b_port), DAVE, "net") as (dave, _),
+        joined(url(a_port), ALICE, "net") as (old_alice, _),
+    ):
+        await next_text(dave, joins(did(ALICE)))
+        held[did(CAROL)] = Hold()
+        carol = await nursery.start(_hello_and_welcome, url(a_port), CAROL)
+        with trio.fail_after(WAIT_S):
+            await held[did(CAROL)].reached.wait()  # the roster is read: Alice is on A
+        async with joined(url(b_port), ALICE, "net"):  # Alice, A's last member, moves to B
+            await drained_to_close(old_alice)  # A heard it while Carol's answer waits
+            held[did(CAROL)].release.set()
+            with trio.fail_after(WAIT_S):
+                welcome = await carol.receive()
+            assert {peer["device_id"] for peer in welcome["peers"]} == {did(DAVE), did(ALICE)}
