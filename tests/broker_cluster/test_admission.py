@@ -37,13 +37,15 @@ from tests.broker_cluster.test_cluster import (
     url,
 )
 
-HANDSHAKE_S = 0.5  # the handshake timeout of a broker whose admissions are answered late
+HANDSHAKE_S = 1.0  # the handshake timeout of a broker whose admissions are answered late
 
 
 @attrs.define
 class Hold:
-    """One device's admission answer held by the link: `reached` once Redis wrote it."""
+    """One device's admission held by the link: `reached` once Redis wrote it (or, `before`,
+    once the link took it, Redis not asked yet); answered (or asked) once `release` is set."""
 
+    before: bool = False
     reached: trio.Event = attrs.field(factory=trio.Event)
     release: trio.Event = attrs.field(factory=trio.Event)
 
@@ -55,9 +57,12 @@ def held(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Hold]]:
 
     class HoldingLink(cluster.ClusterLink):
         async def _admit(self, redis: Any, admit: Admit) -> AdmitResult:
-            result = await super()._admit(redis, admit)
             hold = held.get(admit.hello.device_id)
-            if hold is not None:
+            if hold is not None and hold.before:
+                hold.reached.set()
+                await hold.release.wait()
+            result = await super()._admit(redis, admit)
+            if hold is not None and not hold.before:
                 hold.reached.set()
                 await hold.release.wait()
             return result
@@ -212,3 +217,18 @@ async def test_a_member_replaced_while_a_hello_is_admitted_keeps_the_mirror_for_
             with trio.fail_after(WAIT_S):
                 welcome = await carol.receive()
             assert {peer["device_id"] for peer in welcome["peers"]} == {did(DAVE), did(ALICE)}
+
+
+async def test_an_admission_whose_redis_command_fails_is_answered_at_once(
+    nursery: trio.Nursery, redis: RedisServer, held: dict[str, Hold]
+) -> None:
+    _, a_port = await start(nursery, redis, handshake_timeout=3600.0)
+    held[did(ALICE)] = Hold(before=True)
+    alice = await nursery.start(_hello_and_welcome, url(a_port), ALICE)
+    with trio.fail_after(WAIT_S):
+        await held[did(ALICE)].reached.wait()
+    await trio.to_thread.run_sync(redis.stop)  # Redis goes away under the admission
+    held[did(ALICE)].release.set()
+    with trio.fail_after(WAIT_S):  # admitted as in an outage, not after the handshake timeout
+        welcome = await alice.receive()
+    assert welcome["type"] == "welcome"
