@@ -34,6 +34,7 @@ import collections
 import functools
 import itertools
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -362,7 +363,9 @@ class Outbox(Actor):
         self, network_id: str, accepts: Sequence[Accept], recipients: Sequence[str]
     ) -> list[AcceptOutcome | Exception]:
         """Accept a run of sends (each answered once its row is committed); the deliveries
-        that can go at once are on their way when this returns."""
+        that can go at once are on their way when this returns. A store slower than
+        STORE_CALL_TIMEOUT answers AskTimeout here, yet the run is still accepted and sent
+        if the store commits it: a retry with the same client_message_id tells."""
         outcomes: list[AcceptOutcome | Exception] = await self.inbox.ask(
             lambda reply: AcceptRun(network_id, accepts, recipients, reply),
             timeout=STORE_CALL_TIMEOUT,
@@ -457,9 +460,13 @@ class Outbox(Actor):
         reserved = dict(room)
         claimed: list[Delivery] = []
         try:
+            # No deadline: an accept the store has taken still commits after one runs out,
+            # and may claim deliveries (inflight) that only this task sends, so only the
+            # store's answer says what to send. The op asking is still answered in time.
             outcomes = await self.store.call(
                 functools.partial(accept_each, accepts=run.accepts, room=room),
                 what="accept sends",
+                timeout=math.inf,
             )
             claimed = [
                 delivery

@@ -1,0 +1,78 @@
+"""A send whose accept the store commits only after the accept's usual deadline (a disk that
+stalls, a loop frozen past it) still goes out: what the accept claimed for an active peer is
+sent, not left inflight until a restart, and the `timeout` the client heard is retried safely
+with the send's `client_message_id`."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from meshactors.store.actor import STORE_CALL_TIMEOUT, StoreActor
+from meshactors.store.outbox import delivery_counts
+from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair
+from tests.network.test_delivery import delivered
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    """Real time that the test can also jump past every deadline."""
+    return trio.testing.MockClock(rate=1)
+
+
+async def test_an_accept_committed_after_its_deadline_is_sent_and_retried_by_its_key(
+    mesh: Mesh, clock: trio.testing.MockClock
+) -> None:
+    a, b = await active_pair(mesh)
+    send: dict[str, Any] = {"network": NET, "to": b.device_id, "message": "late"}
+    send["client_message_id"] = "late-1"
+    await _quiet(a.services.store)  # only the accept will wait on the stalled disk
+    stall = sqlite3.connect(a.services.paths.state_db, isolation_level=None)
+    with contextlib.closing(stall):
+        stall.execute("BEGIN IMMEDIATE")  # the disk stalls: the store's accept waits on it
+        answer = await _answer_past_the_deadline(a, send, clock)
+        stall.execute("COMMIT")
+    assert answer["error"]["code"] == "timeout"  # the client heard no outcome
+    assert a.crashes() == {}  # no restart put the claimed delivery back to pending
+
+    event = await b.wait_event("message", client_message_id="late-1")
+    assert (event["from"], event["message"]) == (a.device_id, "late")
+    retried = await a.call("send", **send)  # the client retries with its key
+    await delivered(a, retried["id"])
+    again = await a.call("send", **send)
+    assert (again["outcome"], again["id"]) == ("duplicate", retried["id"])
+
+
+async def _quiet(store: StoreActor) -> None:
+    """Return once a round trip to the store finds no other call made meanwhile: what the
+    daemon set off before (a pass, a peer's backoffs cut) is answered and nothing follows."""
+    with trio.fail_after(WAIT):
+        while True:
+            await trio.testing.wait_all_tasks_blocked()
+            calls = store.calls
+            await store.call(delivery_counts, what="wait for quiet")
+            await trio.testing.wait_all_tasks_blocked()
+            if store.calls == calls + 1:
+                return
+
+
+async def _answer_past_the_deadline(
+    daemon: Daemon, params: dict[str, Any], clock: trio.testing.MockClock
+) -> dict[str, Any]:
+    """Send while the store is stalled, jump past every deadline of that moment, and return
+    the send's answer."""
+    answers: list[dict[str, Any]] = []
+    async with trio.open_nursery() as nursery:
+
+        async def sending() -> None:
+            answers.append(await daemon.client.call("send", **params))
+
+        nursery.start_soon(sending)
+        await trio.testing.wait_all_tasks_blocked()  # the accept is the store's now
+        clock.jump(STORE_CALL_TIMEOUT + 1)
+    return answers[0]
