@@ -104,10 +104,15 @@ class EventHub(Actor):
         )
         return subscriber, last
 
+    async def flush(self, timeout: float = HUB_ASK_TIMEOUT) -> None:
+        """Return once every event published before this call is numbered, sent live and in
+        the log (a publisher of a large burst paces itself by it)."""
+        await self.inbox.ask(_Flush, timeout=timeout, what="flush the event log")
+
     async def replay(self, since: int, limit: int) -> SinceResult:
         """Logged events after `since`, oldest first, with a flag for a gap the log can't fill;
         every event published before this call is in the log by then."""
-        await self.inbox.ask(_Flush, timeout=HUB_ASK_TIMEOUT, what="flush the event log")
+        await self.flush()
         return await self.store.call(
             functools.partial(event_log.since, event_id=since, limit=limit), what="replay events"
         )

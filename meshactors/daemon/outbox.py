@@ -67,7 +67,7 @@ from meshactors.store.actor import STORE_CALL_TIMEOUT, StoreActor
 from meshactors.store.db import immediate
 from meshactors.store.events import Event
 from meshactors.store.inbox import InboxMessage
-from meshactors.store.outbox import EXPIRE_BATCH, AcceptOutcome, Delivery, SendError
+from meshactors.store.outbox import AcceptOutcome, Delivery, SendError
 from meshactors.store.retention import Retention, prune_step
 from meshactors.wire.ipc import OpError
 from meshactors.wire.peer import Frame
@@ -662,15 +662,18 @@ class Outbox(Actor):
 
     async def _sweep(self) -> None:
         """Make sends past their TTL dead even if their peer never came back; each delivery
-        that ends so is told like any other that gives up (`message_dead`)."""
+        that ends so is told like any other that gives up (`message_dead`). A backlog goes
+        in bounded batches, and the hub numbers and logs one batch's events before the next
+        is taken, so a backlog never has more than a batch in the hub's inbox or log queue
+        (a full one drops or leaves unlogged what comes next)."""
         while True:
-            sends = EXPIRE_BATCH
-            while sends == EXPIRE_BATCH:
+            more = True
+            while more:
                 expired = await self.store.call(
                     functools.partial(outbox_db.expire_pending, now_ms=now_ms()),
                     what="expire sends",
                 )
-                sends = expired.sends
+                more = expired.more
                 self.counts["dead"] += len(expired.deliveries)
                 for key in expired.deliveries:
                     self.events.publish(
@@ -681,6 +684,9 @@ class Outbox(Actor):
                             "error": outbox_db.EXPIRED,
                         },
                     )
+                if expired.deliveries:
+                    # No deadline: it only paces, and waits no longer than the log's writes.
+                    await self.events.flush(timeout=math.inf)
             await trio.sleep(SWEEP_INTERVAL_S)
 
     async def _prune(self) -> None:

@@ -39,6 +39,9 @@ MAX_RECIPIENTS = 4096  # deliveries rows one accept may write, bounding its tran
 MAX_CLIENT_MESSAGE_ID_CHARS = 128  # caller-chosen idempotency keys (a minted ULID has 26)
 MAX_LIST_ROWS = 500  # rows one list_rows call returns
 EXPIRE_BATCH = 500  # sends one expire_pending call makes dead, bounding its transaction
+# Deliveries one expire_pending call makes dead: each is told in an event, and a batch this
+# size fits the event hub's inbox with room to spare (one send's recipients die together).
+EXPIRE_DELIVERIES = MAX_RECIPIENTS
 SUPERSEDED = "superseded"  # last_error of the deliveries that requeue closes
 EXPIRED = "expired"  # last_error of pending deliveries that outlived TTL_MS (expire_pending)
 
@@ -329,19 +332,27 @@ def next_due_at(
 
 @attrs.frozen
 class Expired:
-    """What one `expire_pending` call made dead: how many sends, and each delivery."""
+    """What one `expire_pending` call made dead: how many sends, each delivery, and whether
+    a bound cut it short (`more`: call again)."""
 
     sends: int
     deliveries: list[DeliveryKey]
+    more: bool
 
 
 def expire_pending(
-    conn: sqlite3.Connection, *, now_ms: int, ttl_ms: int = TTL_MS, batch: int = EXPIRE_BATCH
+    conn: sqlite3.Connection,
+    *,
+    now_ms: int,
+    ttl_ms: int = TTL_MS,
+    batch: int = EXPIRE_BATCH,
+    deliveries: int = EXPIRE_DELIVERIES,
 ) -> Expired:
-    """Make pending deliveries of up to `batch` sends older than `ttl_ms` dead ('expired'),
-    whether or not their recipient was ever reachable (call again while `sends` is
-    `batch`). A never-active peer ends here. Only open rows are walked, by index
-    outbox_by_status: pending deliveries exist only in pending or inflight rows."""
+    """Make up to `deliveries` pending deliveries of up to `batch` sends older than `ttl_ms`
+    dead ('expired'), whether or not their recipient was ever reachable (a send cut short
+    keeps the rest for the next call). A never-active peer ends here. Only open rows are
+    walked, by index outbox_by_status: pending deliveries exist only in pending or inflight
+    rows."""
     with immediate(conn):
         outbox_ids = [
             row[0]
@@ -352,24 +363,22 @@ def expire_pending(
                 (status, now_ms - ttl_ms, batch),
             )
         ][:batch]
-        wanted = to_json(outbox_ids)
-        killed = [
-            DeliveryKey(outbox_id, recipient)
-            for outbox_id, recipient in conn.execute(
-                "SELECT outbox_id, recipient FROM deliveries"
-                " WHERE outbox_id IN (SELECT value FROM json_each(?)) AND status = 'pending'",
-                (wanted,),
-            )
-        ]
+        rows = conn.execute(
+            "SELECT rowid, outbox_id, recipient FROM deliveries"
+            " WHERE outbox_id IN (SELECT value FROM json_each(?)) AND status = 'pending'"
+            " LIMIT ?",
+            (to_json(outbox_ids), deliveries),
+        ).fetchall()
         conn.execute(
             "UPDATE deliveries SET status = 'dead', last_error = ?"
-            " WHERE outbox_id IN (SELECT value FROM json_each(?)) AND status = 'pending'",
-            (EXPIRED, wanted),
+            " WHERE rowid IN (SELECT value FROM json_each(?))",
+            (EXPIRED, to_json([row[0] for row in rows])),
         )
+        killed = [DeliveryKey(outbox_id, recipient) for _, outbox_id, recipient in rows]
         sends = list(dict.fromkeys(key.outbox_id for key in killed))
         _refresh_statuses(conn, sends, now_ms, last_error=EXPIRED)
         bump_counts(conn, _moved("deliveries", {"pending": len(killed)}, "dead"))
-    return Expired(len(sends), killed)
+    return Expired(len(sends), killed, more=len(sends) == batch or len(killed) == deliveries)
 
 
 def delivery_counts(conn: sqlite3.Connection) -> dict[str, int]:

@@ -1,5 +1,6 @@
 """A send whose peer never came back dies when it outlives its TTL, and each of its
-deliveries is told with `message_dead` like any other that gives up."""
+deliveries is told with `message_dead` like any other that gives up, also when a backlog
+holds more deliveries than the event hub's inbox and log queue."""
 
 from __future__ import annotations
 
@@ -8,8 +9,16 @@ from pathlib import Path
 
 import trio
 
+from meshactors.actors import ChildSpec, Node, Supervisor, run_root
+from meshactors.daemon.outbox import Outbox
+from meshactors.event_hub import HUB_INBOX, PERSIST_QUEUE, EventHub
+from meshactors.identity import load_or_create_identity
+from meshactors.network.manager import NetworkManager
+from meshactors.store import outbox as outbox_db
+from meshactors.store.actor import StoreActor
 from meshactors.store.db import open_database
-from meshactors.store.outbox import EXPIRED
+from meshactors.store.events import Event
+from meshactors.store.outbox import EXPIRED, MAX_RECIPIENTS
 from tests.daemon_tree import serving
 from tests.store.test_outbox import send
 from tests.support import LineClient
@@ -33,3 +42,38 @@ async def test_a_send_that_outlives_its_ttl_is_told_dead(tmp_path: Path) -> None
                     assert (frame["id"], frame["error"]) == (old.id, EXPIRED)
                     dead.add(frame["recipient"])
         assert dead == {"dev-a", "dev-b"}
+
+
+async def test_a_sweep_that_kills_more_deliveries_than_the_hub_holds_tells_each_one(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "state.db"
+    with contextlib.closing(open_database(database)) as conn:
+        recipients = [f"dev-{n}" for n in range(MAX_RECIPIENTS)]
+        # Twice what the hub's inbox or its log queue holds: the store writes the log 500
+        # events a call, slower than a sweep left unpaced kills deliveries.
+        for n in range(2 * max(HUB_INBOX, PERSIST_QUEUE) // MAX_RECIPIENTS + 1):
+            send(conn, recipients=recipients, client_message_id=f"old-{n}")  # 1970: expired
+        killed = outbox_db.delivery_counts(conn)["pending"]
+    store = StoreActor(database)
+    hub = EventHub(store)
+    identity = load_or_create_identity(tmp_path / "identity.key")
+    networks = NetworkManager(identity=identity, store=store, events=hub)
+    tree = Supervisor(
+        children=[ChildSpec("store", store), ChildSpec("events", hub), ChildSpec("nets", networks)]
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, tree, Node(name="tree", kind="supervisor"))
+        watch, _ = await hub.subscribe(killed + 1)
+        outbox = Outbox(store, hub, networks)
+        await nursery.start(run_root, outbox, Node(name="outbox", kind="outbox"))
+        dead = 0
+        with trio.fail_after(WAIT):
+            while dead < killed:
+                assert (hub.figures()["dropped"], hub.figures()["unlogged"]) == (0, 0)
+                event = await watch.receive()
+                assert isinstance(event, Event)
+                dead += event.kind == "message_dead"
+        await hub.flush()  # every event is in the log
+        assert hub.figures()["unlogged"] == 0
+        nursery.cancel_scope.cancel()

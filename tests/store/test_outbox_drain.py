@@ -2,6 +2,7 @@
 of sends whose peer never came back, and per-status counts."""
 
 import contextlib
+import functools
 import sqlite3
 from pathlib import Path
 
@@ -46,11 +47,33 @@ def test_expire_pending_kills_sends_past_the_ttl_only(conn: sqlite3.Connection) 
     young = send(conn, client_message_id="young", now_ms=T0 + outbox.TTL_MS)
     expired = outbox.expire_pending(conn, now_ms=T0 + outbox.TTL_MS + 1)
     assert (expired.sends, expired.deliveries) == (1, [outbox.DeliveryKey(old.id, "dev-a")])
+    assert not expired.more
     rows = {row.id: row for row in outbox.list_rows(conn, status=None, network=None, limit=10)}
     assert rows[old.id].status == "dead"
     assert rows[old.id].last_error == outbox.EXPIRED
     assert rows[young.id].status == "pending"
     assert outbox.delivery_counts(conn) == {"pending": 1, "inflight": 0, "done": 0, "dead": 1}
+
+
+def test_expire_pending_cut_short_by_its_delivery_bound_ends_the_send_next_call(
+    conn: sqlite3.Connection,
+) -> None:
+    old = send(conn, recipients=["dev-a", "dev-b", "dev-c"], client_message_id="old")
+    later = functools.partial(outbox.expire_pending, now_ms=T0 + outbox.TTL_MS + 1, deliveries=2)
+    first = later(conn)
+    assert (first.sends, len(first.deliveries), first.more) == (1, 2, True)
+    (row,) = outbox.list_rows(conn, status=None, network=None, limit=10)
+    assert row.status == "pending"  # one delivery is still waiting for the next call
+    second = later(conn)
+    assert (second.sends, len(second.deliveries), second.more) == (1, 1, False)
+    assert {key.recipient for key in first.deliveries + second.deliveries} == {
+        "dev-a",
+        "dev-b",
+        "dev-c",
+    }
+    (row,) = outbox.list_rows(conn, status=None, network=None, limit=10)
+    assert (row.id, row.status) == (old.id, "dead")
+    assert outbox.delivery_counts(conn) == {"pending": 0, "inflight": 0, "done": 0, "dead": 3}
 
 
 def test_mark_due_now_puts_an_inflight_delivery_back_without_an_attempt(
