@@ -16,7 +16,7 @@ from meshactors.membership.facts import HASH_CHARS, Fact, Invite
 from meshactors.wire.peer import Frame, register_frame
 
 LOG_PAGE = 64  # facts in one `log_facts` page (a fact is at most about 2 KiB of JSON)
-MAX_HEADS = 64  # heads named in one `log_heads` or `log_pull`
+MAX_HEADS = 64  # hashes named in one `log_heads` (heads) or `log_pull` (heads, older facts)
 MAX_REASON_CHARS = 120
 
 
@@ -50,7 +50,8 @@ class LogHeads(Frame):
 @register_frame("log_pull")
 @attrs.frozen
 class LogPull(Frame):
-    """Send us the facts that follow none of our `heads` (the next page of them)."""
+    """Send us the next page of the facts we lack: `heads` names ours, then (in the room
+    left) older facts we hold; we hold every fact a named one follows, so none of those."""
 
     genesis: str = attrs.field(validator=_genesis)
     heads: list[str] = attrs.field(validator=_hashes(MAX_HEADS))

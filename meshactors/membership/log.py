@@ -193,10 +193,26 @@ class MembershipLog:
             seen[digest] = mask
         return bits, seen
 
-    def missing_for(self, their_heads: Iterable[str], limit: int) -> list[Fact]:
-        """Up to `limit` facts a peer whose heads are `their_heads` lacks, in order (parents
-        first, so each page applies on its own)."""
-        theirs = self.ancestors(their_heads)
+    def landmarks(self, limit: int, widest: int) -> list[str]:
+        """Up to `limit` facts to name in a pull: our heads, then older facts back through the
+        order, 1, 2, 4... apart and at most `widest` apart. The server sends none of the facts
+        a named one it holds follows, so after a divergence (our heads new to it) it sends, in
+        a log that is mostly one line, fewer than `widest` facts we hold before those we lack,
+        not the log from its start (a page of facts we hold, and no progress)."""
+        named = dict.fromkeys(self.heads()[:limit])
+        order = self.order()
+        back, step = 1, 1
+        while len(named) < limit and back <= len(order):
+            named[order[-back]] = None
+            back += step
+            step = min(2 * step, widest)
+        return list(named)
+
+    def missing_for(self, theirs_named: Iterable[str], limit: int) -> list[Fact]:
+        """Up to `limit` facts a peer lacks that holds `theirs_named` (its heads, maybe older
+        facts too) and so every fact they follow, in order (parents first, so each page
+        applies on its own)."""
+        theirs = self.ancestors(theirs_named)
         return [self.facts[d] for d in self.order() if d not in theirs][:limit]
 
     def _resolve(self) -> Resolved:

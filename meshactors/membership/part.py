@@ -287,8 +287,8 @@ class Membership:
         match frame:
             case LogHeads(genesis=genesis, heads=heads) if self._ours(genesis):
                 await self._on_heads(device_id, heads)
-            case LogPull(genesis=genesis, heads=heads) if self._ours(genesis):
-                await self._on_pull(device_id, heads)
+            case LogPull(genesis=genesis, heads=named) if self._ours(genesis):
+                await self._on_pull(device_id, named)
             case LogFacts(genesis=genesis, facts=facts, more=more) if self._ours(genesis):
                 await self._on_facts(device_id, facts, more)
             case InviteRedeem(invite=invite):
@@ -309,9 +309,14 @@ class Membership:
         assert self.log is not None
         return self.log.heads()[:MAX_HEADS]
 
-    def _knows_all(self, heads: list[str]) -> bool:
+    def _pull(self) -> LogPull:
+        """A pull naming our heads and older facts we hold (see MembershipLog.landmarks)."""
         assert self.log is not None
-        return all(self.log.knows(h) for h in heads)
+        return LogPull(self.log.genesis_hash, self.log.landmarks(MAX_HEADS, LOG_PAGE))
+
+    def _knows_all(self, digests: list[str]) -> bool:
+        assert self.log is not None
+        return all(self.log.knows(d) for d in digests)
 
     def _served(self, device_id: str) -> bool:
         """Whether we send pages to this device: a member or an evicted device only."""
@@ -328,31 +333,31 @@ class Membership:
         assert self.log is not None
         ours = self._heads()
         if not self._knows_all(heads):
-            await self.peers.send_control(device_id, LogPull(self.log.genesis_hash, ours))
+            await self.peers.send_control(device_id, self._pull())
         elif len(heads) < MAX_HEADS and set(heads) != set(ours) and self._served(device_id):
             await self.peers.send_control(device_id, LogHeads(self.log.genesis_hash, ours))
 
-    async def _on_pull(self, device_id: str, heads: list[str]) -> None:
-        """Serve a pull; when its heads name facts we lack, pull them back at once (not at the
-        next exchange of heads), but only once our page is the last the puller needs and while
-        our log can take more: the puller then holds all we name when our pull reaches it (it
+    async def _on_pull(self, device_id: str, named: list[str]) -> None:
+        """Serve a pull; when it names facts we lack, pull them back at once (not at the next
+        exchange of heads), but only once our page is the last the puller needs and while our
+        log can take more: the puller then holds all we name when our pull reaches it (it
         takes what we served first, frames keep order), so it never pulls back in turn."""
         assert self.log is not None
         if (
-            await self._serve(device_id, heads)
-            and not self._knows_all(heads)
+            await self._serve(device_id, named)
+            and not self._knows_all(named)
             and len(self.log.facts) < MAX_FACTS
         ):
-            await self.peers.send_control(device_id, LogPull(self.log.genesis_hash, self._heads()))
+            await self.peers.send_control(device_id, self._pull())
 
-    async def _serve(self, device_id: str, heads: list[str]) -> bool:
-        """Send a page of what the puller lacks, to a member or an evicted device only;
-        whether that (or nothing) was all it lacks."""
+    async def _serve(self, device_id: str, named: list[str]) -> bool:
+        """Send a page of what the puller lacks (it holds what it named and all they follow),
+        to a member or an evicted device only; whether that (or nothing) was all it lacks."""
         assert self.log is not None
         if not self._served(device_id):
             self.dropped["pull_refused"] += 1
             return False
-        page = self.log.missing_for(heads, LOG_PAGE + 1)
+        page = self.log.missing_for(named, LOG_PAGE + 1)
         more = len(page) > LOG_PAGE
         if page:
             frame = LogFacts(self.log.genesis_hash, page[:LOG_PAGE], more)
@@ -379,7 +384,7 @@ class Membership:
         # a gap, or the next page; only after progress (a fact taken, or one that waits now):
         # a peer behind us answers with what we have, and pulling again would never end
         if (taken or self.orphans.keys() - waiting) and (self.orphans or more):
-            await self.peers.send_control(device_id, LogPull(self.log.genesis_hash, self._heads()))
+            await self.peers.send_control(device_id, self._pull())
 
     def _take(self, facts: list[Fact], *, stored: bool) -> list[Fact]:
         """Check facts and add those whose parents are here; what still lacks a parent waits

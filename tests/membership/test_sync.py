@@ -254,3 +254,21 @@ async def test_heads_cut_off_at_the_frame_limit_are_never_answered_back_and_fort
     await send_heads(p, member)
     await p.run()
     assert p.wire.sent == {"log_heads": 2}
+
+
+@pytest.mark.parametrize(
+    ("shared", "owner_only", "member_only"),
+    [(LOG_PAGE + 6, 1, 1), (200, 10, 10), (200, 100, 5), (200, 5, 100), (200, 150, 5)],
+)
+@pytest.mark.parametrize("first", ["owner", "member"])
+async def test_logs_that_diverged_after_more_than_a_page_of_shared_facts_converge(
+    shared: int, owner_only: int, member_only: int, first: str
+) -> None:
+    # a pull naming only the puller's heads, which the server lacks, was served from the
+    # start of the log: a page of facts the puller holds, so it stopped and never converged.
+    # The older facts a pull names are at most a page apart: 150 facts past the divergence,
+    # a pull naming facts 128 and 256 back would still be answered with shared facts only
+    p = pair(shared, owner_only, member_only)
+    await send_heads(p, p.owner if first == "owner" else p.member)
+    await p.run()
+    assert same_logs(p)
