@@ -67,7 +67,7 @@ class Events:
 
 
 @attrs.define
-class Pair:
+class PartPair:
     """An owner's and a member's parts, joined by one wire."""
 
     owner: Identity
@@ -83,7 +83,7 @@ class Pair:
         member: Identity,
         owners: list[Fact],
         members: list[Fact],
-    ) -> Pair:
+    ) -> PartPair:
         """Two parts of the log of `genesis`, the owner's holding `owners`, the member's
         `members` (each list parents first)."""
         p = cls(owner, member, {}, Wire())
@@ -128,7 +128,7 @@ class Pair:
         raise AssertionError  # pragma: no cover  (itertools.count never ends)
 
 
-def pair(shared: int, owner_only: int = 0, member_only: int = 0) -> Pair:
+def pair(shared: int, owner_only: int = 0, member_only: int = 0) -> PartPair:
     """An owner and a member of one log: `shared` grants both hold, after them `owner_only`
     grants only the owner holds and `member_only` ones only the member holds (made by the
     owner too, as if the member had them from a third member)."""
@@ -139,7 +139,7 @@ def pair(shared: int, owner_only: int = 0, member_only: int = 0) -> Pair:
         chain(genesis, owner, [device() for _ in range(n)], common[-1])
         for n in (owner_only, member_only)
     ]
-    return Pair.of(genesis, owner, member, [*common, *only[0]], [*common, *only[1]])
+    return PartPair.of(genesis, owner, member, [*common, *only[0]], [*common, *only[1]])
 
 
 def chain(
@@ -156,11 +156,11 @@ def chain(
     return facts
 
 
-def same_logs(p: Pair) -> bool:
+def same_logs(p: PartPair) -> bool:
     return p.log(p.owner).facts.keys() == p.log(p.member).facts.keys()
 
 
-async def send_heads(p: Pair, sender: Identity) -> None:
+async def send_heads(p: PartPair, sender: Identity) -> None:
     """`sender`'s heads to the other part, as after a hello or in a heads round."""
     the_log = p.log(sender)
     await p.send(sender, LogHeads(the_log.genesis_hash, the_log.heads()[:MAX_HEADS]))
@@ -248,7 +248,7 @@ async def test_heads_cut_off_at_the_frame_limit_are_never_answered_back_and_fort
         if record_hash(one := chain(genesis, owner, [device()], parent)[0]) > named[MAX_HEADS]
     )
     held = [*granted, *concurrent]
-    p = Pair.of(genesis, owner, member, [*held, later], held)
+    p = PartPair.of(genesis, owner, member, [*held, later], held)
     assert set(p.log(member).heads()[:MAX_HEADS]) != set(p.log(owner).heads()[:MAX_HEADS])
     await send_heads(p, owner)
     await send_heads(p, member)
