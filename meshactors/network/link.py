@@ -5,7 +5,8 @@ welcome, then relays over trio-websocket: binary batches in (to the `peers` acto
 per batch) and sealed records out (the one writer drains a bounded queue, several records per
 WebSocket message). Messages to the broker keep within PACE_SHARE of the rate and burst its welcome
 announces (a broker closes a connection that exceeds them): past that, records wait in the
-queue and leave together in the next message the rate allows. When the connection drops,
+queue and leave together in the next message the rate allows. A message the broker does not
+take within LINK_SEND_TIMEOUT ends the connection, heard or not. When the connection drops,
 senders waiting on the queue fail with LinkDown and the link reconnects after a full-jitter
 exponential backoff, reset by the next welcome. What it sends and reads is the broker
 protocol of meshactors/wire/broker.py (the broker imports the same module); presence and
@@ -58,6 +59,9 @@ WELCOME_TIMEOUT = 10.0  # seconds between sending our hello and the broker's wel
 CLOSE_TIMEOUT = 2.0  # seconds for the WebSocket closing handshake
 LINK_PING_INTERVAL = 20.0  # seconds between our keepalive pings to the broker
 LINK_PONG_TIMEOUT = 20.0  # seconds without a pong or anything else before the link is dropped
+# one message to the broker not taken in full this long ends the connection, even while the
+# broker is heard: one that talks but never reads would otherwise hold our writer for ever
+LINK_SEND_TIMEOUT = 60.0
 OUTBOUND_QUEUE = 8192  # sealed records waiting for the writer; senders wait beyond it
 BATCH_MAX_RECORDS = 1024  # records joined into one WebSocket message
 BATCH_IDLE_PASSES = 3  # under load: scheduler passes without a new record before a batch goes
@@ -193,6 +197,7 @@ class Link(Actor):
     batches_out: int = 0
     dropped: int = 0  # records that never left: queued when the link dropped, or oversize
     malformed: int = 0  # broker messages we could not read
+    send_timeouts: int = 0  # connections ended because the broker took no message in time
     _heard: int = 0  # messages read from the broker: a keepalive's sign of life
     last_error: LinkError | None = None  # why the link is not up, if it is not
     events: EventPublisher | None = None  # where `network_link_error` goes (none in unit tests)
@@ -223,6 +228,7 @@ class Link(Actor):
             "queued": queued,
             "dropped": self.dropped,
             "malformed": self.malformed,
+            "send_timeouts": self.send_timeouts,
             "last_error": None if self.last_error is None else self.last_error.view(),
         }
 
@@ -410,7 +416,8 @@ class Link(Actor):
         max_bytes: int,
     ) -> None:
         """The one writer: drain the queue into as few messages as fit under the broker's size
-        limit, at the pace its welcome allows."""
+        limit, at the pace its welcome allows. A message not taken within LINK_SEND_TIMEOUT
+        ends the connection."""
         carry: _Queued | None = None
         while True:
             # Under load (a record was already waiting) the batch may wait a few idle scheduler
@@ -447,7 +454,15 @@ class Link(Actor):
                     carry = record
                 else:
                     batch.append(record)
-            await ws.send_message(encode_batch(batch))
+            with trio.move_on_after(LINK_SEND_TIMEOUT) as stalled:
+                await ws.send_message(encode_batch(batch))
+            if stalled.cancelled_caught:  # it is not reading: its being heard does not help
+                self.send_timeouts += 1
+                self.dropped += len(batch)
+                stuck = f"the broker took no message for {LINK_SEND_TIMEOUT:g} s: it is not reading"
+                self._failed(LinkError(LinkErrorKind.TIMEOUT, stuck), self.url or "")
+                await _abort(ws)
+                return
             self.batches_out += 1
             self.frames_out += len(batch)
 
@@ -463,6 +478,14 @@ class Link(Actor):
                 with trio.move_on_after(CLOSE_TIMEOUT):  # a write stuck on a dead path
                     await ws.aclose(1001, "pong timeout")
                 return
+
+
+async def _abort(ws: WebSocketConnection) -> None:
+    """Close the connection's socket at once, without the closing handshake: a Close frame
+    after a message cut short would reach the broker as that message's tail."""
+    with trio.CancelScope() as closing:
+        closing.cancel()  # aclose sends nothing under it, and still closes the socket
+        await ws.aclose(1001, "send timeout")
 
 
 def _drain(receive: trio.MemoryReceiveChannel[_Queued]) -> int:

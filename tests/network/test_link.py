@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
@@ -263,6 +264,55 @@ async def test_a_broker_heard_outlives_unanswered_pings_and_a_silent_one_is_left
         assert link.last_error is not None
         assert link.last_error.kind is LinkErrorKind.TIMEOUT
         assert link.connects == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_broker_heard_but_not_reading_is_left_once_a_message_waits_too_long(
+    monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
+) -> None:
+    """The broker keeps talking, so the keepalive is content, but reads nothing: our writer is
+    stuck in a message the full socket cannot take. Once it has waited LINK_SEND_TIMEOUT the
+    connection ends, the link says why, counts it and connects again."""
+    monkeypatch.setattr(link_module, "OUTBOUND_QUEUE", 2)
+    say, said = trio.open_memory_channel[str](10)
+
+    async def deaf_broker(request: WebSocketRequest) -> None:
+        ws = await _welcomed(request)  # nothing is read after the hello
+        async for text in said:
+            await ws.send_message(text)
+
+    peer = device_id_from_public_key(SigningKey.generate().verify_key.encode())
+    async with trio.open_nursery() as nursery:
+        link, heard = await _link_to(nursery, deaf_broker)
+        outbound = (await heard.up()).outbound
+
+        async def sender() -> None:
+            with contextlib.suppress(LinkDown):
+                while True:
+                    await outbound.send(bytes(32), bytes(256 * 1024))
+
+        nursery.start_soon(sender)
+        await trio.testing.wait_all_tasks_blocked()  # the socket is full, then the queue
+        assert link.figures()["queued"] == 2
+        waited = 0.0
+        while waited < link_module.LINK_SEND_TIMEOUT:  # heard in every pong deadline
+            assert link.state == "up"
+            await say.send(encode_notice(PresenceJoin(peer, "daemon")))
+            assert isinstance(await heard.events.receive(), PresenceJoin)
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(link_module.LINK_PONG_TIMEOUT)
+            waited += link_module.LINK_PONG_TIMEOUT
+            await trio.testing.wait_all_tasks_blocked()
+        assert isinstance(heard.events.receive_nowait(), LinkLost)
+        assert link.last_error is not None
+        assert link.last_error.kind is LinkErrorKind.TIMEOUT
+        assert "took no message" in link.last_error.reason
+        figures = link.figures()
+        assert figures["send_timeouts"] == 1
+        assert figures["dropped"] >= 3  # the message cut short and the two queued behind it
+        mock_clock.jump(BACKOFF_CAP)
+        assert isinstance(await heard.events.receive(), LinkUp)
+        assert link.connects == 2
         nursery.cancel_scope.cancel()
 
 
