@@ -3,6 +3,7 @@
 Accepting: the `send` op hands each run of sends to this actor (`accept`), which accepts it in
 one store call and claims at once the deliveries to active peers with room in their window
 and nothing queued before them (store.outbox.accept's `room`): those go out without a pass.
+At most MAX_ACCEPTING runs are being accepted at once; the rest wait in the inbox.
 
 Sending: each pass claims due deliveries to active peers in one store call (at most
 PEER_WINDOW in flight per peer: a window, so a peer has many messages on the way before the
@@ -85,6 +86,9 @@ MAX_ACK_TIMEOUT_S = 86_400.0  # the longest `--ack-timeout`
 PEER_WINDOW = 1024
 CLAIM_BATCH = 256  # due deliveries claimed per network per pass
 ACCEPT_INBOX = 256  # runs of sends waiting to be accepted before `send` ops wait
+# Runs being accepted at once: each waits for the store however long it takes, holding its
+# bodies, so while the disk stalls more runs wait in the inbox (their asks time out) instead.
+MAX_ACCEPTING = ACCEPT_INBOX
 IDLE_POLL_S = 60.0  # longest sleep when nothing is due (wake-ups do the real work)
 SWEEP_INTERVAL_S = 60.0  # seconds between TTL sweeps and retention passes
 PRUNE_PAUSE_S = 0.1  # seconds between prune batches while a retention pass has work
@@ -327,6 +331,9 @@ class Outbox(Actor):
     settings: DurableSettings = attrs.field(factory=DurableSettings)
     inbox: Inbox[AcceptRun] = attrs.field(factory=lambda: Inbox(ACCEPT_INBOX))
     _doorbell: Doorbell = attrs.field(factory=Doorbell, init=False)  # rung for a pass soon
+    _accepting: trio.CapacityLimiter = attrs.field(
+        factory=lambda: trio.CapacityLimiter(MAX_ACCEPTING), init=False
+    )
     _inflight: collections.Counter[tuple[str, str]] = attrs.field(
         factory=collections.Counter, init=False
     )
@@ -393,6 +400,7 @@ class Outbox(Actor):
             "backoffs_cut": self.counts["backoffs_cut"],
             "pruned": self.counts["pruned"],
             "received_queue": self._received[1].statistics().current_buffer_used,
+            "accepting": self._accepting.borrowed_tokens,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -421,7 +429,7 @@ class Outbox(Actor):
     async def _accept_runs(self, nursery: trio.Nursery) -> None:
         """Take the runs that queued together, reserve window places for the active peers
         they name, and accept each in a store call of its own (the store commits calls that
-        queue together in one transaction)."""
+        queue together in one transaction); at most MAX_ACCEPTING at once, the rest wait."""
         receiver = self.inbox.receiver
         async for first in receiver:
             runs = [first, *take_queued(receiver, ACCEPT_INBOX - 1)]
@@ -429,9 +437,11 @@ class Outbox(Actor):
             for network_id in dict.fromkeys(run.network for run in runs):
                 active[network_id] = await self._active_peers(network_id)
             for run in runs:
+                token = object()  # the accept's task gives back the place it took here
+                await self._accepting.acquire_on_behalf_of(token)
                 network, peers = active[run.network]
                 room = self._reserve(run.network, run.recipients, peers)
-                nursery.start_soon(self._accept, run, network, room, nursery)
+                nursery.start_soon(self._accept, run, network, room, nursery, token)
 
     async def _active_peers(self, network_id: str) -> tuple[Network | None, frozenset[str]]:
         """The network and its active peers; none while it is gone or its core restarts."""
@@ -454,7 +464,12 @@ class Outbox(Actor):
         return room
 
     async def _accept(
-        self, run: AcceptRun, network: Network | None, room: dict[str, int], nursery: trio.Nursery
+        self,
+        run: AcceptRun,
+        network: Network | None,
+        room: dict[str, int],
+        nursery: trio.Nursery,
+        token: object,
     ) -> None:
         """Accept one run, send what it claimed, give back the places it did not use."""
         reserved = dict(room)
@@ -478,6 +493,7 @@ class Outbox(Actor):
             run.reply.fail(exc)
             return
         finally:
+            self._accepting.release_on_behalf_of(token)
             sent = collections.Counter(delivery.recipient for delivery in claimed)
             for peer, places in reserved.items():
                 self._inflight[run.network, peer] -= places - sent[peer]

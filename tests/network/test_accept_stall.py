@@ -1,7 +1,8 @@
 """A send whose accept the store commits only after the accept's usual deadline (a disk that
 stalls, a loop frozen past it) still goes out: what the accept claimed for an active peer is
 sent, not left inflight until a restart, and the `timeout` the client heard is retried safely
-with the send's `client_message_id`."""
+with the send's `client_message_id`; and while the store stalls, at most MAX_ACCEPTING runs
+are being accepted at once (the rest wait in the outbox's inbox), all sent once it is free."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ import pytest
 import trio
 import trio.testing
 
+from meshactors.daemon import outbox as outbox_module
+from meshactors.daemon.outbox import Outbox
 from meshactors.store.actor import STORE_CALL_TIMEOUT, StoreActor
 from meshactors.store.outbox import delivery_counts
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair
 from tests.network.test_delivery import delivered
+from tests.support import LineClient
 
 
 @pytest.fixture
@@ -76,3 +80,54 @@ async def _answer_past_the_deadline(
         await trio.testing.wait_all_tasks_blocked()  # the accept is the store's now
         clock.jump(STORE_CALL_TIMEOUT + 1)
     return answers[0]
+
+
+async def test_a_stalled_store_holds_at_most_max_accepting_accepts_and_sends_all_once_free(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox_module, "MAX_ACCEPTING", 2, raising=False)
+    a, b = await active_pair(mesh)
+    outbox = a.services.extras["outbox"]
+    assert isinstance(outbox, Outbox)
+    await _quiet(a.services.store)
+    keys = [f"held-{n}" for n in range(5)]
+    answers: list[dict[str, Any]] = []
+    stall = sqlite3.connect(a.services.paths.state_db, isolation_level=None)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(contextlib.closing(stall))
+        stall.execute("BEGIN IMMEDIATE")  # the disk stalls: every accept waits on it
+        async with trio.open_nursery() as nursery:
+            for key in keys:  # a connection each: a run each
+                client = LineClient(await stack.enter_async_context(await _connect(a)))
+                send = {"network": NET, "to": b.device_id, "message": key}
+                nursery.start_soon(_send, client, {**send, "client_message_id": key}, answers)
+            await trio.testing.wait_all_tasks_blocked()  # every run is the outbox's now
+            assert _accept_tasks() == 2  # the other runs wait, holding no task
+            assert outbox.figures()["accepting"] == 2
+            stall.execute("COMMIT")
+    assert all(answer["ok"] for answer in answers)
+    for key in keys:
+        event = await b.wait_event("message", client_message_id=key)
+        assert event["from"] == a.device_id
+    assert outbox.figures()["accepting"] == 0
+
+
+async def _connect(daemon: Daemon) -> trio.SocketStream:
+    """A new connection to the daemon's control socket."""
+    return await trio.open_unix_socket(str(daemon.services.paths.socket))
+
+
+async def _send(client: LineClient, params: dict[str, Any], answers: list[dict[str, Any]]) -> None:
+    """Send on `client` and keep its answer."""
+    answers.append(await client.call("send", **params))
+
+
+def _accept_tasks() -> int:
+    """The outbox's accept tasks running now, found in trio's task tree."""
+    count, tasks = 0, [trio.lowlevel.current_root_task()]
+    while tasks:
+        task = tasks.pop()
+        assert task is not None
+        count += task.name.endswith("Outbox._accept")
+        tasks.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return count
