@@ -173,20 +173,26 @@ class EventHub(Actor):
             await self._write(batch)
 
     async def _write(self, batch: list[Event | _Flush]) -> None:
+        """Log a batch's events, then answer its flushes; a write cut off (the hub stops)
+        drops them, so their askers hear ActorGone at once."""
         events = [item for item in batch if isinstance(item, Event)]
+        flushes = [item.reply for item in batch if isinstance(item, _Flush)]
         try:
-            if events:
-                # No deadline: a write the store has taken still happens after one runs out
-                # (a loop frozen past it), so only the store's own answer says whether it did.
-                # A stopped store drops the call unrun: ActorGone, and the events are unlogged.
-                await self.store.call(
-                    functools.partial(event_log.append_batch, batch=events),
-                    what="log events",
-                    timeout=math.inf,
-                )
-        except Exception:
-            self.unlogged += len(events)
-            log.exception("could not log events", count=len(events))
-        for item in batch:
-            if isinstance(item, _Flush):
-                item.reply.ok(None)
+            try:
+                if events:
+                    # No deadline: a write the store has taken still happens after one runs
+                    # out (a loop frozen past it), so only the store's own answer says whether
+                    # it did. A stopped store drops the call unrun: ActorGone, events unlogged.
+                    await self.store.call(
+                        functools.partial(event_log.append_batch, batch=events),
+                        what="log events",
+                        timeout=math.inf,
+                    )
+            except Exception:
+                self.unlogged += len(events)
+                log.exception("could not log events", count=len(events))
+            for reply in flushes:
+                reply.ok(None)
+        finally:
+            for reply in flushes:
+                reply.drop()  # harmless after an answer

@@ -1,17 +1,18 @@
 """The `events` actor's log: a write the store takes longer than its usual deadline to make
 (a disk that stalls, a loop frozen past the deadline) is still logged, and not counted as
-unlogged."""
+unlogged; a flush whose write a stop cuts off is told so at once."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import sqlite3
 from pathlib import Path
 
 import trio
 import trio.testing
 
-from meshactors.actors import ChildSpec, Node, Supervisor, run_root
+from meshactors.actors import ActorGone, ChildSpec, Node, Supervisor, run_root
 from meshactors.event_hub import EventHub
 from meshactors.store.actor import STORE_CALL_TIMEOUT, StoreActor
 
@@ -36,4 +37,45 @@ async def test_a_log_write_slower_than_the_store_deadline_is_kept_and_counted_lo
         replayed = await hub.replay(0, 100)
         assert [event.data["n"] for event in replayed.events] == list(range(10))
         assert hub.figures()["unlogged"] == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_flush_whose_log_write_a_stop_cuts_off_hears_the_hub_is_gone(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    store = StoreActor(tmp_path / "state.db")
+    hub = EventHub(store)
+    events = ChildSpec("events", hub)
+    tree = Supervisor(children=[ChildSpec("store", store), events])
+    outcome: list[str] = []
+
+    async def flushing() -> None:
+        try:
+            await hub.flush(timeout=math.inf)
+            outcome.append("flushed")
+        except ActorGone:
+            outcome.append("gone")
+
+    async with trio.open_nursery() as nursery:
+        stopping = trio.CancelScope()
+
+        async def running(task_status: trio.TaskStatus[None]) -> None:
+            with stopping:
+                await run_root(tree, Node(name="tree", kind="supervisor"), task_status=task_status)
+
+        await nursery.start(running)
+        stall = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+        with contextlib.closing(stall):
+            stall.execute("BEGIN IMMEDIATE")  # the disk stalls: the log writes wait on it
+            hub.publish("tick", {"n": 0})
+            await trio.testing.wait_all_tasks_blocked()  # its write is the store's now
+            hub.publish("tick", {"n": 1})
+            nursery.start_soon(flushing)  # behind event 1, in the next write
+            await trio.testing.wait_all_tasks_blocked()
+            stopping.cancel()  # the hub writes what it holds while it stops, at most so long
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(events.shutdown_timeout + 1)
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcome == ["gone"]  # its write was cut off: not left waiting
+            stall.execute("COMMIT")
         nursery.cancel_scope.cancel()
