@@ -40,7 +40,8 @@ MAX_CLIENT_MESSAGE_ID_CHARS = 128  # caller-chosen idempotency keys (a minted UL
 MAX_LIST_ROWS = 500  # rows one list_rows call returns
 EXPIRE_BATCH = 500  # sends one expire_pending call makes dead, bounding its transaction
 # Deliveries one expire_pending call makes dead: each is told in an event, and a batch this
-# size fits the event hub's inbox with room to spare (one send's recipients die together).
+# size fits the event hub's inbox with room to spare. It may cut a send short: that send's
+# other recipients die in the next call (`Expired.more`).
 EXPIRE_DELIVERIES = MAX_RECIPIENTS
 SUPERSEDED = "superseded"  # last_error of the deliveries that requeue closes
 EXPIRED = "expired"  # last_error of pending deliveries that outlived TTL_MS (expire_pending)
