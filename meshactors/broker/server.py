@@ -383,14 +383,15 @@ class Broker:
     ) -> _Member | None:
         """Check the hello (its nonce counted against `source`, the client's address), then join
         its network; on rejection close the socket and return None. A Redis admission that
-        outlasts the handshake runs on in `nursery`."""
+        outlasts the handshake timeout runs on in `nursery`."""
         network: str | None = None
+        decided = trio.Event()  # the hello joined or was refused: a late answer waits for it
         try:
             try:
                 hello = await self._receive_hello(ws)
                 network = hello.network
                 self._nonces.admit(hello, source=source, now_ms=_now_ms())
-                status = await self._admit_cluster(nursery, hello)
+                status = await self._admit_cluster(nursery, hello, decided)
                 members = self._networks.get(hello.network, {})
                 remote = self._remote.get(hello.network, {})
                 present = len(members) + len(remote.keys() - members.keys())
@@ -414,73 +415,96 @@ class Broker:
                 return None
             return self._join(hello)
         finally:
+            decided.set()
             if network is not None:
                 self._forget_unused_mirror(network)
 
-    async def _admit_cluster(self, nursery: trio.Nursery, hello: VerifiedHello) -> str:
+    async def _admit_cluster(
+        self, nursery: trio.Nursery, hello: VerifiedHello, decided: trio.Event
+    ) -> str:
         """Record the nonce and the member on Redis (atomically, with the cluster-wide peer
-        limit); return the link's status, `standalone` without a cluster."""
+        limit); return the link's status, `standalone` without a cluster. An answer that has
+        not come within the handshake timeout is awaited in `nursery` and the hello goes on as in
+        an outage (`unavailable`). An answer on time is applied and the hello joined (or
+        refused) in the same step: nothing can drop the roster it mirrored in between."""
         if self._control is None:
             return "standalone"
-        result: AdmitResult = await nursery.start(self._admission, hello)
+        network = hello.network
+        entry = PresenceEntry(self._broker_id, hello.role, hello.ts_ms)
+        reply, answer = trio.open_memory_channel[AdmitResult](1)
+        heard = self._watch(network)
+        result, answered = AdmitResult("unavailable"), False
+        try:
+            with trio.move_on_after(self.config.handshake_timeout):
+                try:
+                    await self._control.send(Admit(hello, entry, self.config.max_peers, reply))
+                except trio.Cancelled:
+                    reply.close()  # not sent: no answer is coming
+                    raise
+                result, answered = await _received(answer), True
+        finally:
+            if answered:
+                answer.close()
+                self._unwatch(network)
+            else:  # however the wait ended, the answer is squared with what becomes of the hello
+                nursery.start_soon(self._late_admission, hello, entry, answer, heard, decided)
+        if not answered:
+            _log.info("cluster_admit_timeout", device=hello.device_id)
+        if result.status == "ok":
+            self._take_roster(network, result.roster, heard)
         if result.status == "replayed":
             raise HelloRejected(RejectReason.REPLAYED_NONCE, "seen by the cluster")
         if result.status == "full":
             raise HelloRejected(RejectReason.NETWORK_FULL)
         return result.status
 
-    async def _admission(
-        self, hello: VerifiedHello, *, task_status: trio.TaskStatus[AdmitResult]
-    ) -> None:
-        """Ask the link to admit `hello` and report its answer, or `unavailable` once the
-        handshake can wait no longer. Past that the answer is still awaited, as long as the
-        connection lasts, and Redis is then made to hold what became of the hello: its entry
-        while it is a member here, none once it is not (a Depart behind the Admit)."""
-        assert self._control is not None
-        network = hello.network
-        entry = PresenceEntry(self._broker_id, hello.role, hello.ts_ms)
-        reply, answer = trio.open_memory_channel[AdmitResult](1)
-        self._remote.setdefault(network, {})  # presence heard from now on is kept
+    def _watch(self, network: str) -> dict[str, PresenceEntry]:
+        """Keep mirroring `network` for a hello being admitted into it, and return the presence
+        heard in it from now on (a roster read by the admission may be older); _unwatch ends it."""
+        self._remote.setdefault(network, {})
         self._admitting[network] += 1
-        heard = self._heard.setdefault(network, {})
-        result, answered = AdmitResult("unavailable"), False
+        return self._heard.setdefault(network, {})
+
+    def _unwatch(self, network: str) -> None:
+        """End one _watch of `network` (its mirror is then kept only for members here)."""
+        self._admitting[network] -= 1
+        if not self._admitting[network]:
+            del self._admitting[network], self._heard[network]
+
+    async def _late_admission(
+        self,
+        hello: VerifiedHello,
+        entry: PresenceEntry,
+        answer: trio.MemoryReceiveChannel[AdmitResult],
+        heard: Mapping[str, PresenceEntry],
+        decided: trio.Event,
+    ) -> None:
+        """Await the answer to an admission the handshake stopped waiting for, as long as the
+        connection lasts, then make Redis hold what became of the hello: its entry while it is
+        a member here, none once it is not (a Depart behind the Admit)."""
+        result = AdmitResult("unavailable")
         try:
-            async with answer:
-                with trio.move_on_after(self.config.handshake_timeout):
-                    try:
-                        await self._control.send(Admit(hello, entry, self.config.max_peers, reply))
-                    except trio.Cancelled:
-                        reply.close()  # not sent: no answer is coming
-                        raise
-                    result, answered = await _received(answer), True
-                if not answered:
-                    _log.info("cluster_admit_timeout", device=hello.device_id)
-                    task_status.started(result)  # the handshake goes on without Redis
-                    result = await self._late_answer(hello, entry, answer)
+            with answer:
+                result = await self._late_answer(hello, entry, answer, decided)
         finally:
-            if not answered:
-                self._settle(hello, entry, result, heard)
-            self._admitting[network] -= 1
-            if not self._admitting[network]:
-                del self._admitting[network], self._heard[network]
-            if not answered:
-                self._forget_unused_mirror(network)
-        if answered:
-            if result.status == "ok":
-                self._take_roster(network, result.roster, heard)
-            task_status.started(result)
+            await self._settle(hello, entry, result, heard)
+            self._unwatch(hello.network)
+            self._forget_unused_mirror(hello.network)
 
     async def _late_answer(
         self,
         hello: VerifiedHello,
         entry: PresenceEntry,
         answer: trio.MemoryReceiveChannel[AdmitResult],
+        decided: trio.Event,
     ) -> AdmitResult:
-        """The answer to an admission the handshake stopped waiting for. When it did not record
-        the member admitted here meanwhile (`full`, `replayed`, or Redis went away), the member
-        is registered all the same, as a resync would: its connection is open and must be
-        reachable (the answer is then that of the registration)."""
+        """The answer to an admission the handshake stopped waiting for, once the hello joined
+        or was refused. When it did not record the member admitted here (`full`, `replayed`,
+        or Redis went away or never got the Admit), the member is registered all the same, as
+        a resync would: its connection is open and must be reachable (the answer is then that
+        of the registration)."""
         result = await _received(answer)
+        await decided.wait()
         if result.status in ("ok", "older") or self._holder(hello, entry) is None:
             return result
         assert self._control is not None
@@ -493,7 +517,7 @@ class Broker:
                     return AdmitResult("ok", taken)
         return AdmitResult("unavailable")  # Redis went away: the resync after registers it
 
-    def _settle(
+    async def _settle(
         self,
         hello: VerifiedHello,
         entry: PresenceEntry,
@@ -504,11 +528,22 @@ class Broker:
         waiting for (`result` is the late answer, `unavailable` if none came)."""
         member = self._holder(hello, entry)
         if member is None:  # refused here, or gone already: its entry must not stay
-            self._depart_cluster(hello.network, hello.device_id, entry)
+            await self._depart_admission(hello, entry)
         elif result.status == "ok":
             self._take_roster(hello.network, result.roster, heard)
         elif result.status == "older":  # a newer connection of the device holds its place
             member.end(SessionEnd.REPLACED)
+
+    async def _depart_admission(self, hello: VerifiedHello, entry: PresenceEntry) -> None:
+        """Queue the Depart that removes what an admission may have written, waiting (even as
+        the connection ends) up to the handshake timeout for room behind a backed-up queue: a leave
+        dropped here would leave the entry on Redis while this broker lives."""
+        assert self._control is not None
+        with trio.move_on_after(self.config.handshake_timeout, shield=True):
+            with contextlib.suppress(trio.BrokenResourceError):
+                await self._control.send(Depart(hello.network, hello.device_id, entry))
+                return
+        self._counts["cluster_departs_lost"] += 1
 
     def _holder(self, hello: VerifiedHello, entry: PresenceEntry) -> _Member | None:
         """The member here that `hello` made, if it still is one."""
@@ -598,7 +633,9 @@ class Broker:
         try:
             self._control.send_nowait(Depart(network, device_id, entry))
         except (trio.WouldBlock, trio.BrokenResourceError):
-            self._counts["cluster_departs_lost"] += 1  # the heartbeat's reaper or a resync ends it
+            # the entry stays until a resync (after an outage), the device's next connection,
+            # or the reap of this broker once it is dead
+            self._counts["cluster_departs_lost"] += 1
 
     async def _run_session(self, ws: WebSocketConnection, member: _Member, log: _Logger) -> None:
         log = log.bind(network=member.network, device=member.device_id)

@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from meshactors.broker import cluster
 from meshactors.broker.cluster_messages import Admit, AdmitResult
@@ -232,3 +233,47 @@ async def test_an_admission_whose_redis_command_fails_is_answered_at_once(
     with trio.fail_after(WAIT_S):  # admitted as in an outage, not after the handshake timeout
         welcome = await alice.receive()
     assert welcome["type"] == "welcome"
+
+
+async def test_a_hello_whose_admit_could_not_be_queued_is_registered_once_it_joined(
+    nursery: trio.Nursery, redis: RedisServer, held: dict[str, Hold]
+) -> None:
+    a, a_port = await start(nursery, redis, handshake_timeout=HANDSHAKE_S, max_connections=1)
+    _, b_port = await start(nursery, redis)
+    async with joined(url(b_port), DAVE, "net") as (dave, _):
+        held[did(ALICE)] = Hold(before=True)  # the link waits on Alice's Admit
+        async with joined(url(a_port), ALICE, "net"):
+            pass  # joined without Redis and left: its two Departs fill the queue (1 + 1)
+        while a.health()["connections"]:
+            await trio.testing.wait_all_tasks_blocked()
+        async with joined(url(a_port), BOB, "net"):  # its Admit never made it into the queue
+            held[did(ALICE)].release.set()
+            await next_text(dave, joins(did(BOB)))
+        assert await entry_of(redis, "net", did(ALICE)) == b"$-1\r\n"
+
+
+@attrs.define(eq=False)
+class ForgetMirrorsBetweenSteps(trio.abc.Instrument):
+    """After every task step, drop the mirrors of `broker` that neither a member nor a hello
+    being admitted keeps, as a last member's leave or a refused hello may at any step."""
+
+    broker: Broker
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        for network in list(self.broker._remote):
+            self.broker._forget_unused_mirror(network)
+
+
+async def test_the_roster_of_an_admission_answered_in_time_reaches_the_welcome(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    a, a_port = await start(nursery, redis)
+    _, b_port = await start(nursery, redis)
+    async with joined(url(b_port), DAVE, "net"):
+        instrument = ForgetMirrorsBetweenSteps(a)
+        trio.lowlevel.add_instrument(instrument)
+        try:
+            async with joined(url(a_port), CAROL, "net") as (_, welcome):
+                assert [peer["device_id"] for peer in welcome["peers"]] == [did(DAVE)]
+        finally:
+            trio.lowlevel.remove_instrument(instrument)
