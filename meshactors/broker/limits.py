@@ -19,6 +19,11 @@ PONG_TIMEOUT_S: Final = 20.0  # a ping unanswered this long drops the connection
 # is heard: a member that sends but never reads would otherwise hold its writer for ever
 SEND_TIMEOUT_S: Final = 60.0
 HANDSHAKE_TIMEOUT_S: Final = 10.0  # for the HTTP upgrade, and again for the hello
+# Redis's answer to a hello's admission, before the hello goes on without it: well inside the
+# 10 s a daemon waits for its welcome (network/link.py WELCOME_TIMEOUT), so the member is still
+# connected when a late answer comes; also the longest that admission's leave (a member gone
+# or refused) waits for room in the link's queue
+ADMISSION_TIMEOUT_S: Final = 5.0
 # read from a connection before its hello is admitted: the upgrade request (h11 takes up to
 # 16 KiB) and the hello (1024 characters); then reading waits for the admission
 PRE_ADMISSION_BYTES: Final = 32 * 1024
@@ -59,6 +64,7 @@ class BrokerConfig:
     pong_timeout: float = attrs.field(default=PONG_TIMEOUT_S, validator=v.gt(0))
     send_timeout: float = attrs.field(default=SEND_TIMEOUT_S, validator=v.gt(0))
     handshake_timeout: float = attrs.field(default=HANDSHAKE_TIMEOUT_S, validator=v.gt(0))
+    admission_timeout: float = attrs.field(default=ADMISSION_TIMEOUT_S, validator=v.gt(0))
     close_timeout: float = attrs.field(default=CLOSE_TIMEOUT_S, validator=v.gt(0))
     outbound_queue_messages: int = attrs.field(default=OUTBOUND_QUEUE_MESSAGES, validator=v.ge(1))
     outbound_queue_bytes: int = attrs.field(

@@ -383,7 +383,7 @@ class Broker:
     ) -> _Member | None:
         """Check the hello (its nonce counted against `source`, the client's address), then join
         its network; on rejection close the socket and return None. A Redis admission that
-        outlasts the handshake timeout runs on in `nursery`."""
+        outlasts admission_timeout runs on in `nursery`."""
         network: str | None = None
         decided = trio.Event()  # the hello joined or was refused: a late answer waits for it
         try:
@@ -424,7 +424,7 @@ class Broker:
     ) -> str:
         """Record the nonce and the member on Redis (atomically, with the cluster-wide peer
         limit); return the link's status, `standalone` without a cluster. An answer that has
-        not come within the handshake timeout is awaited in `nursery` and the hello goes on as in
+        not come within admission_timeout is awaited in `nursery` and the hello goes on as in
         an outage (`unavailable`). An answer on time is applied and the hello joined (or
         refused) in the same step: nothing can drop the roster it mirrored in between."""
         if self._control is None:
@@ -435,7 +435,7 @@ class Broker:
         heard = self._watch(network)
         result, answered = AdmitResult("unavailable"), False
         try:
-            with trio.move_on_after(self.config.handshake_timeout):
+            with trio.move_on_after(self.config.admission_timeout):
                 try:
                     await self._control.send(Admit(hello, entry, self.config.max_peers, reply))
                 except trio.Cancelled:
@@ -536,10 +536,10 @@ class Broker:
 
     async def _depart_admission(self, hello: VerifiedHello, entry: PresenceEntry) -> None:
         """Queue the Depart that removes what an admission may have written, waiting (even as
-        the connection ends) up to the handshake timeout for room behind a backed-up queue: a leave
-        dropped here would leave the entry on Redis while this broker lives."""
+        the connection ends) up to admission_timeout for room behind a backed-up queue: a leave
+        dropped here would leave the entry on Redis until a resync or this broker's reap."""
         assert self._control is not None
-        with trio.move_on_after(self.config.handshake_timeout, shield=True):
+        with trio.move_on_after(self.config.admission_timeout, shield=True):
             with contextlib.suppress(trio.BrokenResourceError):
                 await self._control.send(Depart(hello.network, hello.device_id, entry))
                 return

@@ -12,7 +12,9 @@ import trio.testing
 
 from meshactors.broker import cluster
 from meshactors.broker.cluster_messages import Admit, AdmitResult
+from meshactors.broker.limits import BrokerConfig
 from meshactors.broker.server import Broker
+from meshactors.network.link import WELCOME_TIMEOUT
 from meshactors.wire.broker import encode_batch
 from scripts.benchlib.redisserver import RedisServer
 from tests.broker.support import (
@@ -38,7 +40,7 @@ from tests.broker_cluster.test_cluster import (
     url,
 )
 
-HANDSHAKE_S = 1.0  # the handshake timeout of a broker whose admissions are answered late
+ADMISSION_S = 1.0  # the admission timeout of a broker whose admissions are answered late
 
 
 @attrs.define
@@ -95,7 +97,7 @@ async def entry_of(redis: RedisServer, network: str, device_id: str) -> bytes:
 async def test_a_member_admitted_before_redis_answered_is_registered_by_the_late_answer(
     nursery: trio.Nursery, redis: RedisServer, held: dict[str, Hold]
 ) -> None:
-    a, a_port = await start(nursery, redis, handshake_timeout=HANDSHAKE_S)
+    a, a_port = await start(nursery, redis, admission_timeout=ADMISSION_S)
     _, b_port = await start(nursery, redis)
     went_degraded = degraded(nursery, a)
     async with joined(url(b_port), DAVE, "net") as (dave, _):
@@ -117,7 +119,7 @@ async def test_a_member_admitted_before_redis_answered_is_registered_by_the_late
 async def test_a_late_answer_for_a_member_gone_meanwhile_leaves_no_entry(
     nursery: trio.Nursery, redis: RedisServer, held: dict[str, Hold]
 ) -> None:
-    a, a_port = await start(nursery, redis, handshake_timeout=HANDSHAKE_S)
+    a, a_port = await start(nursery, redis, admission_timeout=ADMISSION_S)
     went_degraded = degraded(nursery, a)
     held[did(ALICE)] = Hold()
     async with joined(url(a_port), ALICE, "net"):
@@ -132,7 +134,7 @@ async def test_a_late_answer_for_a_member_gone_meanwhile_leaves_no_entry(
 async def test_a_member_admitted_before_redis_counted_the_network_full_is_registered(
     nursery: trio.Nursery, redis: RedisServer, held: dict[str, Hold]
 ) -> None:
-    a, a_port = await start(nursery, redis, handshake_timeout=HANDSHAKE_S, max_peers=2)
+    a, a_port = await start(nursery, redis, admission_timeout=ADMISSION_S, max_peers=2)
     _, b_port = await start(nursery, redis, max_peers=2)
     went_degraded = degraded(nursery, a)
     async with joined(url(b_port), DAVE, "net"), joined(url(b_port), BOB, "net") as (bob, _):
@@ -150,7 +152,7 @@ async def test_a_member_admitted_before_redis_counted_the_network_full_is_regist
 async def test_a_late_answer_that_a_newer_connection_holds_the_place_closes_the_member(
     nursery: trio.Nursery, redis: RedisServer, held: dict[str, Hold]
 ) -> None:
-    a, a_port = await start(nursery, redis, handshake_timeout=HANDSHAKE_S)
+    a, a_port = await start(nursery, redis, admission_timeout=ADMISSION_S)
     _, b_port = await start(nursery, redis)
     went_degraded = degraded(nursery, a)
     stale = hello(ALICE, "net")  # signed before the connection that will hold the place
@@ -223,7 +225,7 @@ async def test_a_member_replaced_while_a_hello_is_admitted_keeps_the_mirror_for_
 async def test_an_admission_whose_redis_command_fails_is_answered_at_once(
     nursery: trio.Nursery, redis: RedisServer, held: dict[str, Hold]
 ) -> None:
-    _, a_port = await start(nursery, redis, handshake_timeout=3600.0)
+    _, a_port = await start(nursery, redis, admission_timeout=3600.0)
     held[did(ALICE)] = Hold(before=True)
     alice = await nursery.start(_hello_and_welcome, url(a_port), ALICE)
     with trio.fail_after(WAIT_S):
@@ -238,7 +240,7 @@ async def test_an_admission_whose_redis_command_fails_is_answered_at_once(
 async def test_a_hello_whose_admit_could_not_be_queued_is_registered_once_it_joined(
     nursery: trio.Nursery, redis: RedisServer, held: dict[str, Hold]
 ) -> None:
-    a, a_port = await start(nursery, redis, handshake_timeout=HANDSHAKE_S, max_connections=1)
+    a, a_port = await start(nursery, redis, admission_timeout=ADMISSION_S, max_connections=1)
     _, b_port = await start(nursery, redis)
     async with joined(url(b_port), DAVE, "net") as (dave, _):
         held[did(ALICE)] = Hold(before=True)  # the link waits on Alice's Admit
@@ -277,3 +279,28 @@ async def test_the_roster_of_an_admission_answered_in_time_reaches_the_welcome(
                 assert [peer["device_id"] for peer in welcome["peers"]] == [did(DAVE)]
         finally:
             trio.lowlevel.remove_instrument(instrument)
+
+
+async def test_the_leave_of_a_late_admission_waits_for_room_in_a_full_queue(
+    nursery: trio.Nursery, redis: RedisServer, held: dict[str, Hold]
+) -> None:
+    a, a_port = await start(nursery, redis, admission_timeout=ADMISSION_S, max_connections=2)
+    held[did(CAROL)] = Hold(before=True)  # the link waits on Carol's Admit
+    async with joined(url(a_port), CAROL, "net"):
+        pass  # joined without Redis and left: two Departs queued
+    while a.health()["connections"]:
+        await trio.testing.wait_all_tasks_blocked()
+    async with joined(url(a_port), ALICE, "net"):
+        pass  # its Admit filled the queue (2 + 1): its session's own Depart finds no room
+    with trio.fail_after(WAIT_S):
+        while not a.figures()["cluster_departs_lost"]:
+            await trio.testing.wait_all_tasks_blocked()
+    await trio.testing.wait_all_tasks_blocked()  # its admission's Depart too has been tried
+    held[did(CAROL)].release.set()
+    async with joined(url(a_port), BOB, "net"):  # admitted after all Alice's commands
+        assert await entry_of(redis, "net", did(ALICE)) == b"$-1\r\n"
+    assert a.figures()["cluster_departs_lost"] == 1
+
+
+def test_a_late_admission_is_given_up_while_the_daemon_still_waits_for_its_welcome() -> None:
+    assert BrokerConfig().admission_timeout <= WELCOME_TIMEOUT / 2
