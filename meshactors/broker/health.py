@@ -16,17 +16,13 @@ _HEALTH_LINE: Final = b"GET " + HEALTH_PATH + b" "  # how a health request's fir
 
 
 @attrs.define(eq=False)
-class PrefixedStream(trio.abc.Stream):
-    """A stream that first returns the bytes already read from `stream`, then reads on."""
+class ForwardingStream(trio.abc.Stream):
+    """A stream that hands everything on to `stream`: the base of the wrappers that change
+    only how a connection is read before trio-websocket sees it."""
 
-    stream: trio.SocketStream
-    prefix: bytes
+    stream: trio.abc.Stream
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self.prefix:
-            size = len(self.prefix) if max_bytes is None else max_bytes
-            data, self.prefix = self.prefix[:size], self.prefix[size:]
-            return data
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         return await self.stream.receive_some(max_bytes)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -37,6 +33,20 @@ class PrefixedStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+@attrs.define(eq=False)
+class PrefixedStream(ForwardingStream):
+    """A stream that first returns the bytes already read from `stream`, then reads on."""
+
+    prefix: bytes
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self.prefix:
+            size = len(self.prefix) if max_bytes is None else max_bytes
+            data, self.prefix = self.prefix[:size], self.prefix[size:]
+            return data
+        return await self.stream.receive_some(max_bytes)
 
 
 async def answer_health(

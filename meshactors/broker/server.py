@@ -44,7 +44,7 @@ from meshactors.broker.cluster_messages import (
     StateChanged,
 )
 from meshactors.broker.cluster_wire import Envelope, PresenceEntry, PresenceEvent
-from meshactors.broker.health import answer_health
+from meshactors.broker.health import ForwardingStream, answer_health
 from meshactors.broker.limits import (
     NOTICE_BURST,
     NOTICE_RATE_PER_S,
@@ -82,13 +82,12 @@ _log: _Logger = structlog.get_logger(__name__)
 
 
 @attrs.define(eq=False)
-class _AdmissionGate(trio.abc.Stream):
+class _AdmissionGate(ForwardingStream):
     """The stream trio-websocket reads: until `opened` (the hello admitted) it hands on at most
     `allowance` bytes, then waits, so an unauthenticated client holds at most that much of the
     broker's memory, not a whole max_message_bytes message (trio-websocket fixes a
     connection's max_message_size when it wraps the stream)."""
 
-    stream: trio.abc.Stream
     allowance: int
     opened: trio.Event = attrs.field(factory=trio.Event)
 
@@ -101,15 +100,6 @@ class _AdmissionGate(trio.abc.Stream):
         data = await self.stream.receive_some(min(max_bytes or self.allowance, self.allowance))
         self.allowance -= len(data)
         return data
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
 
 
 @attrs.define(eq=False)
