@@ -9,6 +9,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from nacl.signing import SigningKey
 
 from meshactors.broker import cluster
 from meshactors.broker.cluster_messages import Admit, AdmitResult
@@ -74,6 +75,24 @@ def held(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Hold]]:
     yield held
     for hold in held.values():
         hold.release.set()
+
+
+async def held_hello(
+    nursery: trio.Nursery,
+    held: dict[str, Hold],
+    port: int,
+    key: SigningKey,
+    *,
+    before: bool = False,
+) -> trio.MemoryReceiveChannel[dict[str, Any]]:
+    """Start `key`'s hello to the broker on `port` and wait until the link holds its admission
+    (see Hold); the channel returned gives its welcome once the hold is released."""
+    hold = held[did(key)] = Hold(before=before)
+    welcome: trio.MemoryReceiveChannel[dict[str, Any]]
+    welcome = await nursery.start(_hello_and_welcome, url(port), key)
+    with trio.fail_after(WAIT_S):
+        await hold.reached.wait()
+    return welcome
 
 
 def degraded(nursery: trio.Nursery, broker: Broker) -> trio.Event:
@@ -185,10 +204,7 @@ async def test_a_roster_older_than_a_move_it_was_overtaken_by_does_not_undo_it(
         joined(url(b_port), DAVE, "net") as (old_dave, _),
     ):
         await next_text(bob, joins(did(DAVE)))
-        held[did(CAROL)] = Hold()
-        carol = await nursery.start(_hello_and_welcome, url(a_port), CAROL)
-        with trio.fail_after(WAIT_S):
-            await held[did(CAROL)].reached.wait()  # the roster is read: Dave is on B
+        carol = await held_hello(nursery, held, a_port, CAROL)  # the roster is read: Dave is on B
         async with joined(url(c_port), DAVE, "net") as (dave, _):  # Dave moves from B to C
             await drained_to_close(old_dave)
             await next_text(bob, joins(did(DAVE)))  # A heard it while Carol's answer waits
@@ -210,10 +226,7 @@ async def test_a_member_replaced_while_a_hello_is_admitted_keeps_the_mirror_for_
         joined(url(a_port), ALICE, "net") as (old_alice, _),
     ):
         await next_text(dave, joins(did(ALICE)))
-        held[did(CAROL)] = Hold()
-        carol = await nursery.start(_hello_and_welcome, url(a_port), CAROL)
-        with trio.fail_after(WAIT_S):
-            await held[did(CAROL)].reached.wait()  # the roster is read: Alice is on A
+        carol = await held_hello(nursery, held, a_port, CAROL)  # the roster is read: Alice is on A
         async with joined(url(b_port), ALICE, "net"):  # Alice, A's last member, moves to B
             await drained_to_close(old_alice)  # A heard it while Carol's answer waits
             held[did(CAROL)].release.set()
@@ -226,10 +239,7 @@ async def test_an_admission_whose_redis_command_fails_is_answered_at_once(
     nursery: trio.Nursery, redis: RedisServer, held: dict[str, Hold]
 ) -> None:
     _, a_port = await start(nursery, redis, admission_timeout=3600.0)
-    held[did(ALICE)] = Hold(before=True)
-    alice = await nursery.start(_hello_and_welcome, url(a_port), ALICE)
-    with trio.fail_after(WAIT_S):
-        await held[did(ALICE)].reached.wait()
+    alice = await held_hello(nursery, held, a_port, ALICE, before=True)
     await trio.to_thread.run_sync(redis.stop)  # Redis goes away under the admission
     held[did(ALICE)].release.set()
     with trio.fail_after(WAIT_S):  # admitted as in an outage, not after the handshake timeout
