@@ -57,6 +57,7 @@ BACKOFF_CAP = 30.0  # seconds: no retry ever waits longer
 CONNECT_TIMEOUT = 10.0  # seconds for TCP + WebSocket upgrade
 WELCOME_TIMEOUT = 10.0  # seconds between sending our hello and the broker's welcome
 CLOSE_TIMEOUT = 2.0  # seconds for the WebSocket closing handshake
+LEAVE_TIMEOUT = 2 * CLOSE_TIMEOUT  # seconds to be done with a connection we left, close and all
 LINK_PING_INTERVAL = 20.0  # seconds between our keepalive pings to the broker
 LINK_PONG_TIMEOUT = 20.0  # seconds without a pong or anything else before the link is dropped
 # one message to the broker not taken in full this long ends the connection, even while the
@@ -296,21 +297,32 @@ class Link(Actor):
 
         welcomed = False
         try:
-            async with open_websocket_url(
-                url,
-                connect_timeout=CONNECT_TIMEOUT,
-                disconnect_timeout=CLOSE_TIMEOUT,
-                max_message_size=MAX_INBOUND_MESSAGE_BYTES,
-                receive_buffer_size=RECEIVE_BUFFER_BYTES,
-            ) as ws:
-                hello = build_hello(
-                    self.signing_key, self.network, self.role, now_ms=time.time_ns() // 1_000_000
-                )
-                await ws.send_message(hello)
-                with trio.fail_after(WELCOME_TIMEOUT):
-                    welcome = decode_welcome(await ws.get_message())
-                welcomed = True
-                await self._serve(ws, url, welcome)
+            with trio.CancelScope() as leaving:
+                async with open_websocket_url(
+                    url,
+                    connect_timeout=CONNECT_TIMEOUT,
+                    disconnect_timeout=CLOSE_TIMEOUT,
+                    max_message_size=MAX_INBOUND_MESSAGE_BYTES,
+                    receive_buffer_size=RECEIVE_BUFFER_BYTES,
+                ) as ws:
+                    try:
+                        hello = build_hello(
+                            self.signing_key,
+                            self.network,
+                            self.role,
+                            now_ms=time.time_ns() // 1_000_000,
+                        )
+                        await ws.send_message(hello)
+                        with trio.fail_after(WELCOME_TIMEOUT):
+                            welcome = decode_welcome(await ws.get_message())
+                        welcomed = True
+                        await self._serve(ws, url, welcome)
+                    finally:  # leaving waits for trio-websocket's reader, which a cut close
+                        # (ours, or the broker's reply behind our stuck write) leaves parked
+                        leaving.deadline = trio.current_time() + LEAVE_TIMEOUT
+            if leaving.cancelled_caught and (not welcomed or self.last_error is None):
+                left = f"the connection did not end within {LEAVE_TIMEOUT:g} s of leaving it"
+                self._failed(LinkError(LinkErrorKind.TIMEOUT, left), url)
         except (
             ConnectionClosed,
             HandshakeError,
@@ -458,7 +470,7 @@ class Link(Actor):
                 await ws.send_message(encode_batch(batch))
             if stalled.cancelled_caught:  # it is not reading: its being heard does not help
                 self.send_timeouts += 1
-                self.dropped += len(batch)
+                self.dropped += len(batch) + (carry is not None)
                 stuck = f"the broker took no message for {LINK_SEND_TIMEOUT:g} s: it is not reading"
                 self._failed(LinkError(LinkErrorKind.TIMEOUT, stuck), self.url or "")
                 await _abort(ws)
