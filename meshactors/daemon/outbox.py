@@ -331,8 +331,8 @@ class Outbox(Actor):
     settings: DurableSettings = attrs.field(factory=DurableSettings)
     inbox: Inbox[AcceptRun] = attrs.field(factory=lambda: Inbox(ACCEPT_INBOX))
     _doorbell: Doorbell = attrs.field(factory=Doorbell, init=False)  # rung for a pass soon
-    _accepting: trio.CapacityLimiter = attrs.field(
-        factory=lambda: trio.CapacityLimiter(MAX_ACCEPTING), init=False
+    _accepting: trio.Semaphore = attrs.field(
+        factory=lambda: trio.Semaphore(MAX_ACCEPTING), init=False
     )
     _inflight: collections.Counter[tuple[str, str]] = attrs.field(
         factory=collections.Counter, init=False
@@ -400,7 +400,7 @@ class Outbox(Actor):
             "backoffs_cut": self.counts["backoffs_cut"],
             "pruned": self.counts["pruned"],
             "received_queue": self._received[1].statistics().current_buffer_used,
-            "accepting": self._accepting.borrowed_tokens,
+            "accepting": MAX_ACCEPTING - self._accepting.value,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -437,11 +437,10 @@ class Outbox(Actor):
             for network_id in dict.fromkeys(run.network for run in runs):
                 active[network_id] = await self._active_peers(network_id)
             for run in runs:
-                token = object()  # the accept's task gives back the place it took here
-                await self._accepting.acquire_on_behalf_of(token)
+                await self._accepting.acquire()  # the accept's task gives the place back
                 network, peers = active[run.network]
                 room = self._reserve(run.network, run.recipients, peers)
-                nursery.start_soon(self._accept, run, network, room, nursery, token)
+                nursery.start_soon(self._accept, run, network, room, nursery)
 
     async def _active_peers(self, network_id: str) -> tuple[Network | None, frozenset[str]]:
         """The network and its active peers; none while it is gone or its core restarts."""
@@ -469,7 +468,6 @@ class Outbox(Actor):
         network: Network | None,
         room: dict[str, int],
         nursery: trio.Nursery,
-        token: object,
     ) -> None:
         """Accept one run, send what it claimed, give back the places it did not use."""
         reserved = dict(room)
@@ -493,7 +491,7 @@ class Outbox(Actor):
             run.reply.fail(exc)
             return
         finally:
-            self._accepting.release_on_behalf_of(token)
+            self._accepting.release()
             sent = collections.Counter(delivery.recipient for delivery in claimed)
             for peer, places in reserved.items():
                 self._inflight[run.network, peer] -= places - sent[peer]
