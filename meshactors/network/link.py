@@ -320,9 +320,9 @@ class Link(Actor):
                     finally:  # leaving waits for trio-websocket's reader, which a cut close
                         # (ours, or the broker's reply behind our stuck write) leaves parked
                         leaving.deadline = trio.current_time() + LEAVE_TIMEOUT
-            if leaving.cancelled_caught and (not welcomed or self.last_error is None):
+            if leaving.cancelled_caught:
                 left = f"the connection did not end within {LEAVE_TIMEOUT:g} s of leaving it"
-                self._failed(LinkError(LinkErrorKind.TIMEOUT, left), url)
+                self._ended(LinkError(LinkErrorKind.TIMEOUT, left), url, welcomed=welcomed)
         except (
             ConnectionClosed,
             HandshakeError,
@@ -341,11 +341,13 @@ class Link(Actor):
             return BACKOFF_CAP
         return backoff_delay(self._attempt, self.rng)
 
-    def _ended(self, error: BaseException, url: str, *, welcomed: bool) -> None:
+    def _ended(self, error: BaseException | LinkError, url: str, *, welcomed: bool) -> None:
         """Record why a connection ended, unless its session said why first (a keepalive that
         closed it: the close that follows is its effect, not its cause)."""
         if not welcomed or self.last_error is None:
-            self._failed(classify(error, url, welcomed=welcomed), url)
+            if not isinstance(error, LinkError):
+                error = classify(error, url, welcomed=welcomed)
+            self._failed(error, url)
 
     def _failed(self, error: LinkError, url: str) -> None:
         """Record why the link is down; a new reason is logged once and published."""
