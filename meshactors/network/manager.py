@@ -105,6 +105,8 @@ class NetworkManager(Supervisor):
                 # Our retained values live only in memory: a restart of this supervisor hands
                 # them to the rebuilt network, which sends them to each peer again at welcome.
                 network.channels.own = stopped.channels.own
+                # So do the peers' replay states: the rebuilt table still refuses old frames.
+                network.peers.replay_memory = stopped.peers.hand_over_openers()
         self.children = [self._spec(network) for network in self._networks.values()]
         await super().run(task_status=task_status)
 

@@ -34,7 +34,7 @@ from meshactors.network.link import (
     LinkUp,
 )
 from meshactors.network.rejected import RejectedFrames
-from meshactors.network.sealing import FrameRejected, PeerCrypto
+from meshactors.network.sealing import FrameRejected, OpenerMemory, PeerCrypto
 from meshactors.store import networks as roster_db
 from meshactors.store.actor import StoreActor
 from meshactors.turns import take_turns
@@ -197,6 +197,8 @@ class Peers:
     _global_profile: Profile = attrs.field(factory=Profile)
     _network_profile: Profile | None = None
     _peers: dict[str, PeerState] = attrs.field(factory=dict)
+    # openers of the peers let go: not reset by `load`, so a core restart keeps them too
+    replay_memory: OpenerMemory = attrs.field(factory=OpenerMemory)
     _by_key: dict[bytes, PeerState] = attrs.field(factory=dict)  # the same peers, by public key
     _active: set[str] = attrs.field(factory=set)  # device ids of the active peers
     _roster: dict[str, roster_db.RosterEntry] = attrs.field(factory=dict)
@@ -226,6 +228,8 @@ class Peers:
             "dropped": dict(self.dropped),
             "rejected_frames": self.rejected_frames,
             "rejected_non_member": self.dropped[REJECTED_NON_MEMBER],
+            "openers_kept": len(self.replay_memory),
+            "openers_forgotten": self.replay_memory.forgotten,
         }
 
     @property
@@ -420,6 +424,7 @@ class Peers:
         )
         self._network_profile = stored_setting(mine.get(PROFILE_KEY), Profile)
         self._global_profile = stored_setting(shared.get(PROFILE_KEY), Profile) or Profile()
+        self.hand_over_openers()
         self._peers, self._by_key, self._active = {}, {}, set()
         self._link_was_up, self._outbound = False, None
         self.link_status = LinkStatus("idle", None, None)
@@ -484,6 +489,14 @@ class Peers:
         if peer is not None and _handshaken(peer):
             await self._try_send(peer, Ping(time.monotonic_ns()))
 
+    def hand_over_openers(self) -> OpenerMemory:
+        """Every peer's opener, the table's and those let go, for the table that replaces this
+        one (a restarted core's, a rebuilt network's): the broker cannot replay to it what
+        this one refused."""
+        for peer in self._peers.values():
+            self.replay_memory.keep(peer.device_id, peer.crypto.opener)
+        return self.replay_memory
+
     # -- presence and frames ------------------------------------------------------------------
 
     def _peer(self, device_id: str) -> PeerState | None:
@@ -495,7 +508,9 @@ class Peers:
             self.dropped["table_full"] += 1
             return None
         try:
-            crypto = PeerCrypto.for_peer(self.identity.signing_key, device_id)
+            crypto = PeerCrypto.for_peer(
+                self.identity.signing_key, device_id, self.replay_memory.take(device_id)
+            )
         except InvalidDeviceId:
             self.dropped["bad_sender"] += 1
             return None
@@ -505,7 +520,8 @@ class Peers:
         return peer
 
     def _drop_peer(self, peer: PeerState) -> None:
-        """Forget a peer we keep no roster entry for."""
+        """Forget a peer we keep no roster entry for, all but its opener (kept in memory)."""
+        self.replay_memory.keep(peer.device_id, peer.crypto.opener)
         del self._peers[peer.device_id]
         del self._by_key[peer.public_key]
         self._active.discard(peer.device_id)

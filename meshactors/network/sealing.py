@@ -25,8 +25,15 @@ so the reason it gives with `FrameRejected` is exact:
 
 Only an accepted frame changes state: a newer epoch (the peer restarted) replaces the window,
 then the counter is marked. A forged frame therefore never moves the window.
+
+The peer table builds a peer's state anew when it let the peer go (it left and no roster keeps
+it, roster_remove) or when the table itself is rebuilt (core or the networks supervisor
+restarted). A new opener would accept any epoch and counter once more, so the broker could hand
+us that peer's earlier frames again. `OpenerMemory` keeps the openers the table let go, by device
+id, and a peer's new state takes its old opener back: what it refused before, it refuses still.
 """
 
+import collections
 import struct
 import time
 from typing import Literal
@@ -46,6 +53,8 @@ MAC_BYTES = 16  # Poly1305 tag at the head of every Box ciphertext
 MIN_SEALED_BYTES = NONCE_BYTES + MAC_BYTES  # a sealed empty frame; anything shorter is tampered
 _FROM_LOWER_KEY = bytes(8)  # direction stamped by the device whose public key sorts lower
 _FROM_HIGHER_KEY = bytes(7) + b"\x01"  # direction stamped by the other device
+
+REMEMBERED_OPENERS = 4096  # peers per network whose replay state outlives their table entry
 
 RejectReason = Literal["tampered", "replayed"]
 
@@ -184,11 +193,15 @@ class PeerCrypto:
     opener: PeerOpener
 
     @classmethod
-    def for_peer(cls, signing_key: SigningKey, peer_device_id: str) -> "PeerCrypto":
-        """Sealer and opener between our signing key and `peer_device_id`."""
+    def for_peer(
+        cls, signing_key: SigningKey, peer_device_id: str, opener: PeerOpener | None = None
+    ) -> "PeerCrypto":
+        """Sealer (a new session) and opener between our signing key and `peer_device_id`;
+        `opener`, that peer's remembered one, keeps refusing what it refused before."""
         keys = _peer_keys(signing_key, peer_device_id)
         return cls(
-            PeerSealer(keys.shared_key, keys.outbound), PeerOpener(keys.shared_key, keys.inbound)
+            PeerSealer(keys.shared_key, keys.outbound),
+            opener if opener is not None else PeerOpener(keys.shared_key, keys.inbound),
         )
 
     @property
@@ -203,3 +216,32 @@ class PeerCrypto:
     def open(self, sealed: bytes) -> bytes:
         """Open one frame from the peer."""
         return self.opener.open(sealed)
+
+
+@attrs.define
+class OpenerMemory:
+    """The openers of peers the table let go, by device id, so a peer seen again resumes its
+    replay state; at most `limit`, the one let go longest ago forgotten first."""
+
+    limit: int = REMEMBERED_OPENERS
+    forgotten: int = 0  # openers pushed out by newer ones: those peers' old frames open again
+    _openers: collections.OrderedDict[str, PeerOpener] = attrs.field(
+        factory=collections.OrderedDict
+    )
+
+    def __len__(self) -> int:
+        return len(self._openers)
+
+    def keep(self, device_id: str, opener: PeerOpener) -> None:
+        """Remember a let-go peer's opener, if it ever opened one frame (else none to refuse)."""
+        if not opener.epoch:
+            return
+        self._openers.pop(device_id, None)
+        self._openers[device_id] = opener
+        if len(self._openers) > self.limit:
+            self._openers.popitem(last=False)
+            self.forgotten += 1
+
+    def take(self, device_id: str) -> PeerOpener | None:
+        """The peer's remembered opener, handed over (no longer kept here), or None."""
+        return self._openers.pop(device_id, None)

@@ -6,6 +6,7 @@ import functools
 
 import attrs
 import pytest
+import trio
 
 from meshactors.membership.facts import (
     SIG_CHARS,
@@ -21,6 +22,7 @@ from meshactors.membership.facts import (
 from meshactors.membership.frames import InviteRedeem, LogFacts
 from meshactors.membership.part import now_ms
 from tests.membership.conftest import CLOSED, active, create, figures, import_closed, members, team
+from tests.network.appclient import AppClient
 from tests.network.conftest import Mesh, OpFailed
 
 
@@ -240,3 +242,33 @@ async def test_only_members_author_writes_of_the_state_map(mesh: Mesh) -> None:
         return [may_write(member.device_id, d.device_id) for d in (owner, member, stranger)]
 
     assert await network.ask("check writers", check) == [True, True, False]
+
+
+async def test_a_member_that_restarts_is_heard_again_under_its_remembered_replay_state(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    """A closed network keeps no roster, so the owner lets a member that leaves go (all but its
+    opener); the member restarted starts a newer session, which that opener accepts: traffic
+    flows again, nothing is taken for a replay, and the opener's count goes on."""
+    owner, member = await team(mesh, "owner", "member")
+    before = await owner.peer(member, CLOSED)
+    assert before is not None and before["frames"]["opened"] > 0
+    await member.stop()
+    await owner.wait_event("peer_left", network=CLOSED, device_id=member.device_id)
+    assert await owner.peer(member, CLOSED) is None  # let go of, not listed
+    assert owner.network(CLOSED).peers.figures()["openers_kept"] == 1
+    mark = owner.last_event_id
+    member = await mesh.daemon("member")
+    await owner.wait_event("peer_active", after=mark, network=CLOSED, device_id=member.device_id)
+    reader = await AppClient.open(owner.services.paths.socket, nursery)
+    sender = await AppClient.open(member.services.paths.socket, nursery)
+    await reader.call("channel_subscribe", network=CLOSED, channel="news")
+    await member.wait_event("peer_active", network=CLOSED, device_id=owner.device_id)
+    await sender.call(
+        "channel_send_to", network=CLOSED, channel="news", peer=owner.device_id, payload=1
+    )
+    assert (await reader.event("channel_inbound"))["payload"] == 1
+    after = await owner.peer(member, CLOSED)
+    assert after is not None and after["frames"]["replayed"] == 0
+    assert after["frames"]["opened"] > before["frames"]["opened"]
+    assert owner.network(CLOSED).peers.figures()["openers_kept"] == 0

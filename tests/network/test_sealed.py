@@ -3,12 +3,14 @@ counted, and a peer of another protocol major is reported incompatible, never si
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import attrs
+import pytest
 import trio
 from nacl.signing import SigningKey
 from trio_websocket import WebSocketConnection, open_websocket_url
@@ -57,14 +59,18 @@ class BareWebSocketPeer:
 
 
 @asynccontextmanager
-async def bare_websocket_peer(mesh: Mesh, daemon: Daemon) -> AsyncIterator[BareWebSocketPeer]:
-    key = SigningKey.generate()
+async def bare_websocket_peer(
+    mesh: Mesh, daemon: Daemon, key: SigningKey | None = None, crypto: PeerCrypto | None = None
+) -> AsyncIterator[BareWebSocketPeer]:
+    """A bare peer at the broker: a new key, or `key` again (a device coming back) sealing
+    under `crypto` (the session it kept) or a new session."""
+    key = key or SigningKey.generate()
     async with open_websocket_url(mesh.url) as ws:
         await ws.send_message(build_hello(key, NET, "daemon", now_ms=time.time_ns() // 10**6))
         welcome = json.loads(await ws.get_message())
         assert welcome["type"] == "welcome"
         to = public_key_from_device_id(daemon.device_id)
-        yield BareWebSocketPeer(ws, PeerCrypto.for_peer(key, daemon.device_id), to)
+        yield BareWebSocketPeer(ws, crypto or PeerCrypto.for_peer(key, daemon.device_id), to)
 
 
 def hello(major: int = 1) -> Hello:
@@ -114,3 +120,52 @@ async def test_a_peer_of_another_major_is_incompatible_with_the_reason(mesh: Mes
         assert event["reason"] == "peer speaks protocol 2.3, we speak 1.0"
         (seen,) = (await a.call("peers_list", network=NET, all=True))["peers"]
         assert (seen["status"], seen["incompatible"]) == ("incompatible", event["reason"])
+
+
+async def _peer_state_recreated(mesh: Mesh, a: Daemon, how: str) -> None:
+    """Have `a` let go of its peer table's state for the (absent) bare peer and build it anew:
+    roster_remove drops an absent peer (as a leave drops one no roster keeps: every member of
+    a closed network); a crash of core or of the networks supervisor builds a fresh table."""
+    if how == "roster_remove":
+        (seen,) = (await a.call("peers_list", network=NET, all=True))["peers"]
+        await a.wait_event("peer_left", device_id=seen["device_id"])
+        await a.call("roster_remove", network=NET, device_id=seen["device_id"])
+        assert (await a.call("peers_list", network=NET, all=True))["peers"] == []
+        return
+    path = {
+        "core_crash": f"daemon/networks/network {NET}/core",
+        "networks_crash": "daemon/networks",
+    }
+    mark, restarts = a.last_event_id, a.services.tree.children["control"].restarts
+    with contextlib.suppress(EOFError):  # a networks crash restarts control: it may not answer
+        await a.call("debug_crash", path=path[how])
+    if how == "networks_crash":
+        await mesh.reconnect(a, restarts)
+    await a.wait_event("network_phase", after=mark, phase="alone")
+
+
+@pytest.mark.parametrize("how", ["roster_remove", "core_crash", "networks_crash"])
+@pytest.mark.parametrize("session", ["kept", "new"])
+async def test_frames_a_recreated_peer_state_was_given_before_are_still_replays(
+    mesh: Mesh, how: str, session: str
+) -> None:
+    """When the peer table lets a peer go and builds its state anew, the broker cannot hand
+    it that peer's earlier frames again: of the session the peer still seals under (it kept
+    its state for us) or of one it has since left (it started a new one)."""
+    a = await mesh.daemon("a", debug_ops=True)
+    await a.join(mesh.url)
+    await a.wait_event("network_phase", phase="alone")
+    key = SigningKey.generate()
+    crypto = PeerCrypto.for_peer(key, a.device_id)
+    async with bare_websocket_peer(mesh, a, key, crypto) as peer:
+        captured = [peer.seal(hello()), peer.seal(Ping(1))]
+        await peer.send(*captured)
+        assert await peer.receive(Pong) == Pong(1)
+    await _peer_state_recreated(mesh, a, how)
+    kept = crypto if session == "kept" else None
+    async with bare_websocket_peer(mesh, a, key, kept) as peer:
+        await peer.send(*captured, peer.seal(hello()), peer.seal(Ping(7)))
+        assert await peer.receive(Pong) == Pong(7)  # a answered the last frame, not the replay
+        (seen,) = (await a.call("peers_list", network=NET, all=True))["peers"]
+        assert seen["frames"]["replayed"] == 2
+        assert a.network().peers.figures()["dropped"]["replayed"] == 2

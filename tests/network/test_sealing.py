@@ -13,6 +13,7 @@ from meshactors.network.sealing import (
     MIN_SEALED_BYTES,
     NONCE_BYTES,
     FrameRejected,
+    OpenerMemory,
     PeerCrypto,
     PeerOpener,
     PeerSealer,
@@ -203,3 +204,33 @@ def test_peer_ids_that_are_not_usable_keys_are_refused(alice: SigningKey) -> Non
         PeerOpener.for_peer(alice, device_id_from_public_key(bytes(32)))
     with pytest.raises(InvalidDeviceId, match="our own device id"):
         PeerCrypto.for_peer(alice, device_id(alice))
+
+
+def test_a_remembered_opener_refuses_in_a_new_crypto_what_it_refused_before(
+    alice: SigningKey, bob: SigningKey
+) -> None:
+    memory = OpenerMemory()
+    sending = PeerCrypto.for_peer(alice, device_id(bob))
+    receiving = PeerCrypto.for_peer(bob, device_id(alice))
+    memory.keep(device_id(alice), PeerCrypto.for_peer(bob, device_id(alice)).opener)
+    assert len(memory) == 0  # it never opened a frame: nothing of it could be replayed
+    earlier = sending.seal(b"once")
+    assert receiving.open(earlier) == b"once"
+    memory.keep(device_id(alice), receiving.opener)
+    again = PeerCrypto.for_peer(bob, device_id(alice), memory.take(device_id(alice)))
+    assert len(memory) == 0
+    with pytest.raises(FrameRejected, match="replayed"):
+        again.open(earlier)
+    assert again.open(sending.seal(b"next")) == b"next"
+
+
+def test_the_opener_memory_forgets_the_one_let_go_longest_ago(bob: SigningKey) -> None:
+    memory = OpenerMemory(limit=2)
+    senders = [SigningKey.generate() for _ in range(3)]
+    for sender in senders:
+        crypto = PeerCrypto.for_peer(bob, device_id(sender))
+        crypto.open(PeerCrypto.for_peer(sender, device_id(bob)).seal(b"x"))
+        memory.keep(device_id(sender), crypto.opener)
+    assert (len(memory), memory.forgotten) == (2, 1)
+    assert memory.take(device_id(senders[0])) is None
+    assert all(memory.take(device_id(sender)) is not None for sender in senders[1:])
