@@ -154,8 +154,12 @@ class EventHub(Actor):
             case _Join(subscriber=subscriber, reply=reply):
                 self.broadcast.add(subscriber)
                 reply.ok(self.last_event_id)
-            case _Flush():
-                await self._to_log.send(message)  # behind every event numbered before it
+            case _Flush(reply=reply):
+                try:
+                    await self._to_log.send(message)  # behind every event numbered before it
+                except BaseException:
+                    reply.drop()  # cut off waiting for room (the hub stops): ActorGone now
+                    raise
 
     async def _take_queued(self) -> None:
         """Number what was published before the hub stopped, so it is logged too."""

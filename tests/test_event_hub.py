@@ -1,6 +1,7 @@
 """The `events` actor's log: a write the store takes longer than its usual deadline to make
 (a disk that stalls, a loop frozen past the deadline) is still logged, and not counted as
-unlogged; a flush whose write a stop cuts off is told so at once."""
+unlogged; a flush whose write a stop cuts off, or that a stop cuts off while it waits for
+room in a full log queue, is told so at once."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import math
 import sqlite3
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
+from meshactors import event_hub
 from meshactors.actors import ActorGone, ChildSpec, Node, Supervisor, run_root
 from meshactors.event_hub import EventHub
 from meshactors.store.actor import STORE_CALL_TIMEOUT, StoreActor
@@ -77,5 +80,46 @@ async def test_a_flush_whose_log_write_a_stop_cuts_off_hears_the_hub_is_gone(
             mock_clock.jump(events.shutdown_timeout + 1)
             await trio.testing.wait_all_tasks_blocked()
             assert outcome == ["gone"]  # its write was cut off: not left waiting
+            stall.execute("COMMIT")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_flush_a_stop_cuts_off_while_the_log_queue_is_full_hears_the_hub_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(event_hub, "PERSIST_QUEUE", 2)
+    store = StoreActor(tmp_path / "state.db")
+    hub = EventHub(store)
+    tree = Supervisor(children=[ChildSpec("store", store), ChildSpec("events", hub)])
+    outcome: list[str] = []
+
+    async def flushing() -> None:
+        try:
+            await hub.flush(timeout=math.inf)
+            outcome.append("flushed")
+        except ActorGone:
+            outcome.append("gone")
+
+    async with trio.open_nursery() as nursery:
+        stopping = trio.CancelScope()
+
+        async def running(task_status: trio.TaskStatus[None]) -> None:
+            with stopping:
+                await run_root(tree, Node(name="tree", kind="supervisor"), task_status=task_status)
+
+        await nursery.start(running)
+        stall = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+        with contextlib.closing(stall):
+            stall.execute("BEGIN IMMEDIATE")  # the disk stalls: the log writes wait on it
+            hub.publish("tick", {"n": 0})
+            await trio.testing.wait_all_tasks_blocked()  # its write is the store's now
+            for n in range(1, 3):
+                hub.publish("tick", {"n": n})  # the log queue is full
+            nursery.start_soon(flushing)  # the hub waits for room to queue it
+            await trio.testing.wait_all_tasks_blocked()
+            assert hub.figures()["log_queue"] == 2
+            stopping.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcome == ["gone"]  # the stop cut its wait for room: not left waiting
             stall.execute("COMMIT")
         nursery.cancel_scope.cancel()
