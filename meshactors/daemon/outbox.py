@@ -3,7 +3,8 @@
 Accepting: the `send` op hands each run of sends to this actor (`accept`), which accepts it in
 one store call and claims at once the deliveries to active peers with room in their window
 and nothing queued before them (store.outbox.accept's `room`): those go out without a pass.
-At most MAX_ACCEPTING runs are being accepted at once; the rest wait in the inbox.
+At most MAX_ACCEPTING runs are being accepted at once; the rest wait in the inbox, and one
+that waited for a place reads the active peers again (they came or went meanwhile).
 
 Sending: each pass claims due deliveries to active peers in one store call (at most
 PEER_WINDOW in flight per peer: a window, so a peer has many messages on the way before the
@@ -429,15 +430,23 @@ class Outbox(Actor):
     async def _accept_runs(self, nursery: trio.Nursery) -> None:
         """Take the runs that queued together, reserve window places for the active peers
         they name, and accept each in a store call of its own (the store commits calls that
-        queue together in one transaction); at most MAX_ACCEPTING at once, the rest wait."""
+        queue together in one transaction); at most MAX_ACCEPTING at once, the rest wait.
+        A network's active peers are read once for the runs that queued together, and again
+        after a wait for a place: peers come and go meanwhile."""
         receiver = self.inbox.receiver
         async for first in receiver:
             runs = [first, *take_queued(receiver, ACCEPT_INBOX - 1)]
             active: dict[str, tuple[Network | None, frozenset[str]]] = {}
-            for network_id in dict.fromkeys(run.network for run in runs):
-                active[network_id] = await self._active_peers(network_id)
             for run in runs:
+                if not self._accepting.value:
+                    active.clear()  # read again once a place is free
                 await self._accepting.acquire()  # the accept's task gives the place back
+                try:
+                    if run.network not in active:
+                        active[run.network] = await self._active_peers(run.network)
+                except BaseException:
+                    self._accepting.release()  # cut off before an accept's task holds it
+                    raise
                 network, peers = active[run.network]
                 room = self._reserve(run.network, run.recipients, peers)
                 nursery.start_soon(self._accept, run, network, room, nursery)

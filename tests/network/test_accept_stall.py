@@ -2,7 +2,8 @@
 stalls, a loop frozen past it) still goes out: what the accept claimed for an active peer is
 sent, not left inflight until a restart, and the `timeout` the client heard is retried safely
 with the send's `client_message_id`; and while the store stalls, at most MAX_ACCEPTING runs
-are being accepted at once (the rest wait in the outbox's inbox), all sent once it is free."""
+are being accepted at once (the rest wait in the outbox's inbox), all sent once it is free;
+a run that waited for its place claims by the peers active then, not those before the wait."""
 
 from __future__ import annotations
 
@@ -110,6 +111,42 @@ async def test_a_stalled_store_holds_at_most_max_accepting_accepts_and_sends_all
         event = await b.wait_event("message", client_message_id=key)
         assert event["from"] == a.device_id
     assert outbox.figures()["accepting"] == 0
+
+
+async def test_a_peer_that_left_while_a_run_waited_for_its_accept_place_uses_up_no_attempt(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox_module, "MAX_ACCEPTING", 1, raising=False)
+    a, b = await active_pair(mesh)
+    outbox = a.services.extras["outbox"]
+    assert isinstance(outbox, Outbox)
+    await _quiet(a.services.store)
+    answers: list[dict[str, Any]] = []
+    stall = sqlite3.connect(a.services.paths.state_db, isolation_level=None)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(contextlib.closing(stall))
+        stall.execute("BEGIN IMMEDIATE")  # the disk stalls: the first accept holds the place
+        async with trio.open_nursery() as nursery:
+            for key in ("holding", "waiting"):  # a connection each: a run each
+                client = LineClient(await stack.enter_async_context(await _connect(a)))
+                send = {"network": NET, "to": b.device_id, "message": key}
+                nursery.start_soon(_send, client, {**send, "client_message_id": key}, answers)
+                await trio.testing.wait_all_tasks_blocked()  # the run is the outbox's now
+            assert _accept_tasks() == 1  # "waiting" waits for the place, b still active
+            await b.stop()
+            await a.wait_status(b, "offline")
+            stall.execute("COMMIT")
+    assert all(answer["ok"] for answer in answers)
+    await _quiet(a.services.store)  # what the accepts set off is recorded
+    rows = (await a.call("outbox_list", limit=10))["rows"]
+    (waiting,) = [row for row in rows if row["client_message_id"] == "waiting"]
+    (delivery,) = waiting["deliveries"]
+    # Accepted after b left: it waits for b, not sent to a peer that is gone and failed.
+    assert (delivery["status"], delivery["attempts"], delivery["last_error"]) == (
+        "pending",
+        0,
+        None,
+    )
 
 
 async def _connect(daemon: Daemon) -> trio.SocketStream:
