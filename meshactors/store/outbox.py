@@ -333,10 +333,9 @@ def next_due_at(
 
 @attrs.frozen
 class Expired:
-    """What one `expire_pending` call made dead: how many sends, each delivery, and whether
-    a bound cut it short (`more`: call again)."""
+    """What one `expire_pending` call made dead: each delivery, and whether a bound cut it
+    short (`more`: call again)."""
 
-    sends: int
     deliveries: list[DeliveryKey]
     more: bool
 
@@ -379,7 +378,7 @@ def expire_pending(
         sends = list(dict.fromkeys(key.outbox_id for key in killed))
         _refresh_statuses(conn, sends, now_ms, last_error=EXPIRED)
         bump_counts(conn, _moved("deliveries", {"pending": len(killed)}, "dead"))
-    return Expired(len(sends), killed, more=len(sends) == batch or len(killed) == deliveries)
+    return Expired(killed, more=len(sends) == batch or len(killed) == deliveries)
 
 
 def delivery_counts(conn: sqlite3.Connection) -> dict[str, int]:
