@@ -16,9 +16,12 @@ undeliverable notices go to `peers` as they decode, and one it cannot read is co
 from __future__ import annotations
 
 import random
+import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from urllib.parse import urlsplit
 
 import attrs
 import structlog
@@ -292,19 +295,13 @@ class Link(Actor):
         """One connection's life; returns whether the broker welcomed us."""
         # trio-websocket is imported by the first connection, after READY (a cold start
         # without it is ~30 ms shorter; docs/performance.md, "Cold start").
-        from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+        from trio_websocket import ConnectionClosed, HandshakeError
         from wsproto.utilities import LocalProtocolError
 
         welcomed = False
         try:
             with trio.CancelScope() as leaving:
-                async with open_websocket_url(
-                    url,
-                    connect_timeout=CONNECT_TIMEOUT,
-                    disconnect_timeout=CLOSE_TIMEOUT,
-                    max_message_size=MAX_INBOUND_MESSAGE_BYTES,
-                    receive_buffer_size=RECEIVE_BUFFER_BYTES,
-                ) as ws:
+                async with open_broker_websocket(url) as ws:
                     try:
                         hello = build_hello(
                             self.signing_key,
@@ -492,6 +489,64 @@ class Link(Actor):
                 with trio.move_on_after(CLOSE_TIMEOUT):  # a write stuck on a dead path
                     await ws.aclose(1001, "pong timeout")
                 return
+
+
+@asynccontextmanager
+async def open_broker_websocket(url: str) -> AsyncIterator[WebSocketConnection]:
+    """The WebSocket to the broker at `url`, over a TCP stream (TLS for wss://) opened here and
+    handed to trio-websocket, so that however the connection ends its socket is closed then:
+    trio-websocket leaves it open when our reply to the broker's Close waits behind a stuck
+    write, with its reader task stuck there too. Bounded as trio-websocket bounds its own:
+    CONNECT_TIMEOUT for TCP, TLS and the upgrade, CLOSE_TIMEOUT for the closing handshake."""
+    from trio_websocket import wrap_client_stream
+
+    parts = urlsplit(url)
+    host, tls = parts.hostname or "", parts.scheme == "wss"  # checked when configured
+    port = parts.port or (443 if tls else 80)
+    upgraded_by = trio.current_time() + CONNECT_TIMEOUT
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+    with _upgrading(upgraded_by):
+        if tls:  # as trio-websocket does it: the default context, no close_notify on close
+            context = ssl.create_default_context()
+            stream = await trio.open_ssl_over_tcp_stream(
+                host, port, ssl_context=context, https_compatible=True
+            )
+        else:
+            stream = await trio.open_tcp_stream(host, port)
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                with _upgrading(upgraded_by):
+                    ws = await wrap_client_stream(
+                        nursery,
+                        stream,
+                        host if port in (80, 443) else f"{host}:{port}",  # the Host header
+                        parts.path or "/",
+                        max_message_size=MAX_INBOUND_MESSAGE_BYTES,
+                        receive_buffer_size=RECEIVE_BUFFER_BYTES,
+                    )
+                try:
+                    yield ws
+                finally:
+                    with trio.move_on_after(CLOSE_TIMEOUT):
+                        await ws.aclose()
+            finally:  # a reader stuck on the socket ends with it; the socket is closed before
+                await stream.aclose()  # aclose checkpoints, so it is closed even when cancelled
+    except BaseExceptionGroup as group:  # one error, bare, as trio-websocket raises them
+        raise group.exceptions[0] from None
+
+
+@contextmanager
+def _upgrading(deadline: float) -> Iterator[None]:
+    """A step of connecting, up to the WebSocket upgrade, due by `deadline`; late, it raises
+    trio-websocket's ConnectionTimeout (classify tells it from a late welcome)."""
+    from trio_websocket import ConnectionTimeout
+
+    try:
+        with trio.fail_at(deadline):
+            yield
+    except trio.TooSlowError:
+        raise ConnectionTimeout from None
 
 
 async def _abort(ws: WebSocketConnection) -> None:

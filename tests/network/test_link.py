@@ -13,6 +13,8 @@ import trio
 import trio.testing
 from nacl.signing import SigningKey
 from trio_websocket import WebSocketConnection, WebSocketRequest, serve_websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from meshactors.actors import Node, run_root
 from meshactors.network import link as link_module
@@ -368,4 +370,79 @@ async def test_a_ping_met_while_we_close_ends_the_connection_not_the_link(
         await trio.testing.wait_all_tasks_blocked()
         mock_clock.jump(BACKOFF_CAP)
         assert isinstance(await heard.events.receive(), LinkUp)
+        nursery.cancel_scope.cancel()
+
+
+async def _link_to_a_broker_by_hand(
+    nursery: trio.Nursery,
+) -> tuple[Link, LinkEventRecorder, trio.SocketStream, WSConnection]:
+    """A link to a broker played by hand on a free port, upgraded: the test holds the broker's
+    socket and its wsproto state, and decides what is read and sent from then on."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    heard = LinkEventRecorder()
+    url = f"ws://127.0.0.1:{listener.socket.getsockname()[1]}/v1"
+    link = Link("net1", [url], SigningKey.generate(), heard, rng=random.Random(1))
+    await nursery.start(run_root, link, Node(name="link", kind="link"))
+    async with listener:
+        stream = await listener.accept()
+    ws = WSConnection(ConnectionType.SERVER)
+    while not any(isinstance(event, Request) for event in ws.events()):
+        ws.receive_data(await stream.receive_some())
+    await stream.send_all(ws.send(AcceptConnection()))
+    return link, heard, stream, ws
+
+
+async def _closed_by_link(stream: trio.SocketStream) -> bool:
+    """Whether the link closed its end: reading what it sent (all the kernel holds, once every
+    task is blocked) reaches the end of the stream."""
+    ended = trio.Event()
+
+    async def read_to_the_end() -> None:
+        while await stream.receive_some():
+            pass
+        ended.set()
+
+    async with trio.open_nursery() as reading:
+        reading.start_soon(read_to_the_end)
+        await trio.testing.wait_all_tasks_blocked()
+        reading.cancel_scope.cancel()
+    return ended.is_set()
+
+
+async def test_a_connection_whose_close_reply_is_stuck_is_left_with_its_socket_closed(
+    monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
+) -> None:
+    """The broker reads nothing, so our writer is stuck in a message, then it closes: our reply
+    to its Close waits behind that write, in trio-websocket's reader. When the session ends
+    (the next ping finds the connection closed) the link closes the socket itself; left to
+    trio-websocket, it stayed open past LEAVE_TIMEOUT's cut, for the garbage collector."""
+    monkeypatch.setattr(link_module, "OUTBOUND_QUEUE", 2)
+    async with trio.open_nursery() as nursery:
+        link, heard, stream, ws = await _link_to_a_broker_by_hand(nursery)
+        while not any(isinstance(event, TextMessage) for event in ws.events()):  # the hello
+            ws.receive_data(await stream.receive_some())
+        welcome = json.dumps({"type": "welcome", "v": 1, "peers": []})
+        await stream.send_all(ws.send(TextMessage(welcome)))
+        outbound = (await heard.up()).outbound
+
+        async def sender() -> None:
+            with contextlib.suppress(LinkDown):
+                while True:
+                    await outbound.send(bytes(32), bytes(256 * 1024))
+
+        nursery.start_soon(sender)
+        await trio.testing.wait_all_tasks_blocked()  # the socket is full, then the queue
+        assert link.figures()["queued"] == 2
+        await stream.send_all(ws.send(CloseConnection(1001, "going away")))
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(link_module.LINK_PING_INTERVAL)  # the ping finds it closed
+        await trio.testing.wait_all_tasks_blocked()
+        assert isinstance(heard.events.receive_nowait(), LinkLost)
+        assert link.last_error is not None
+        assert link.last_error.kind is LinkErrorKind.CLOSED
+        assert "going away" in link.last_error.reason
+        mock_clock.jump(link_module.LEAVE_TIMEOUT)  # long enough to be done with it either way
+        await trio.testing.wait_all_tasks_blocked()
+        assert await _closed_by_link(stream)
+        assert heard.statuses[1].state == "backoff"
         nursery.cancel_scope.cancel()

@@ -14,10 +14,16 @@ import pytest
 import trio
 import trio.testing
 from nacl.signing import SigningKey
-from trio_websocket import open_websocket_url
 
 from meshactors.actors import Inbox, Node, run_root
-from meshactors.network.link import BACKOFF_CAP, Link, LinkEvent, backoff_delay
+from meshactors.network import link as link_module
+from meshactors.network.link import (
+    BACKOFF_CAP,
+    Link,
+    LinkEvent,
+    backoff_delay,
+    open_broker_websocket,
+)
 from meshactors.network.link_errors import LinkError, LinkErrorKind, classify
 from meshactors.wire.broker import build_hello
 from tests.broker.support import now_ms, start_broker
@@ -37,7 +43,7 @@ async def failure_of(url: str, then: Callable[[Any], Awaitable[None]] | None = N
     """Connect to `url` as the link does (and run `then` on the socket); the classified error."""
     with trio.fail_after(WAIT):
         try:
-            async with open_websocket_url(url, connect_timeout=2) as ws:
+            async with open_broker_websocket(url) as ws:
                 if then is not None:
                     await then(ws)
         except Exception as error:
@@ -78,7 +84,10 @@ async def test_a_refused_hello_is_rejected_with_the_brokers_reason(nursery: trio
     assert not error.heals_by_retrying
 
 
-async def test_wss_to_a_plain_port_is_named(nursery: trio.Nursery) -> None:
+async def test_wss_to_a_plain_port_is_named(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(link_module, "CONNECT_TIMEOUT", 2)  # it waits out the upgrade's time
     _, url = await start_broker(nursery)
     error = await failure_of(url.replace("ws://", "wss://"))
     assert error.kind in (LinkErrorKind.TLS, LinkErrorKind.TIMEOUT)
