@@ -58,7 +58,7 @@ _Queued = tuple[bytes, bytes]  # (destination public key, sealed bytes) for the 
 BACKOFF_BASE = 0.25  # seconds: the first retry waits up to this long
 BACKOFF_CAP = 30.0  # seconds: no retry ever waits longer
 CONNECT_TIMEOUT = 10.0  # seconds for TCP + WebSocket upgrade
-WELCOME_TIMEOUT = 10.0  # seconds between sending our hello and the broker's welcome
+WELCOME_TIMEOUT = 10.0  # seconds for our hello to leave and the broker's welcome to come back
 CLOSE_TIMEOUT = 2.0  # seconds for the WebSocket closing handshake
 LEAVE_TIMEOUT = 2 * CLOSE_TIMEOUT  # seconds to be done with a connection we left, close and all
 LINK_PING_INTERVAL = 20.0  # seconds between our keepalive pings to the broker
@@ -309,8 +309,8 @@ class Link(Actor):
                             self.role,
                             now_ms=time.time_ns() // 1_000_000,
                         )
-                        await ws.send_message(hello)
-                        with trio.fail_after(WELCOME_TIMEOUT):
+                        with trio.fail_after(WELCOME_TIMEOUT):  # a broker that never reads too
+                            await ws.send_message(hello)
                             welcome = decode_welcome(await ws.get_message())
                         welcomed = True
                         await self._serve(ws, url, welcome)

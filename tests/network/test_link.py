@@ -446,3 +446,32 @@ async def test_a_connection_whose_close_reply_is_stuck_is_left_with_its_socket_c
         assert await _closed_by_link(stream)
         assert heard.statuses[1].state == "backoff"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_broker_that_never_reads_our_hello_is_left_once_the_welcome_is_due(
+    monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
+) -> None:
+    """The broker upgrades the connection, then reads nothing: a hello bigger than the socket
+    buffers (a small one fits, and then waits unread just the same) cannot leave. The wait for
+    the welcome bounds its sending too, so the link says why and goes on to its backoff."""
+    big = "x" * 64 * 1024 * 1024  # past the largest buffers at both ends (4 + 32 MiB here)
+
+    def big_hello(*args: object, **kwargs: object) -> str:
+        return big
+
+    monkeypatch.setattr(link_module, "build_hello", big_hello)
+    async with trio.open_nursery() as nursery:
+        link, heard, stream, _ = await _link_to_a_broker_by_hand(nursery)
+        await trio.testing.wait_all_tasks_blocked()  # the hello fills the socket
+        mock_clock.jump(link_module.WELCOME_TIMEOUT)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(link_module.CLOSE_TIMEOUT)  # our Close cannot leave either
+        await trio.testing.wait_all_tasks_blocked()
+        assert [status.state for status in heard.statuses] == ["connecting", "backoff"]
+        assert link.last_error is not None
+        assert (link.last_error.kind, link.last_error.reason) == (
+            LinkErrorKind.TIMEOUT,
+            "the broker sent no welcome in time",
+        )
+        assert await _closed_by_link(stream)
+        nursery.cancel_scope.cancel()
