@@ -532,8 +532,10 @@ async def open_broker_websocket(url: str) -> AsyncIterator[WebSocketConnection]:
                         await ws.aclose()
             finally:  # a reader stuck on the socket ends with it; the socket is closed before
                 await stream.aclose()  # aclose checkpoints, so it is closed even when cancelled
-    except BaseExceptionGroup as group:  # one error, bare, as trio-websocket raises them
-        raise group.exceptions[0] from None
+    except BaseExceptionGroup as group:  # one error bare, as trio-websocket raises them
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 @contextmanager
