@@ -104,7 +104,9 @@ class ClusterLink:
 
     async def run(self) -> None:
         """Connect, serve until Redis fails, then serve degraded for a backoff; forever. When
-        cancelled (the broker stops) remove our members so that peers see `leave` at once."""
+        cancelled (the broker stops) refuse further commands, so that a sender waiting for
+        room in the queue fails at once instead of waiting out its timeout, and remove our
+        members so that peers see `leave` at once (a refused Depart among them)."""
         try:
             failures = 0
             while True:
@@ -119,6 +121,7 @@ class ClusterLink:
                 delay = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2 ** min(failures - 1, 16))
                 await self._degraded_for(delay * random.uniform(0.5, 1.0))
         finally:
+            self.control.close()
             await self._leave()
 
     def _client(self) -> "coredis.Redis[bytes]":

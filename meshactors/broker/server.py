@@ -426,11 +426,7 @@ class Broker:
         result, answered = AdmitResult("unavailable"), False
         try:
             with trio.move_on_after(self.config.admission_timeout):
-                try:
-                    await self._control.send(Admit(hello, entry, self.config.max_peers, reply))
-                except trio.Cancelled:
-                    reply.close()  # not sent: no answer is coming
-                    raise
+                await self._ask(Admit(hello, entry, self.config.max_peers, reply))
                 result, answered = await _received(answer), True
         finally:
             if answered:
@@ -447,6 +443,19 @@ class Broker:
         if result.status == "full":
             raise HelloRejected(RejectReason.NETWORK_FULL)
         return result.status
+
+    async def _ask(self, command: Admit | Register | Resync) -> None:
+        """Queue a command the broker waits on. One that is not queued (the wait was cancelled,
+        or the link stopped with the broker) has its reply closed: no answer is coming, and its
+        waiter takes that as Redis unavailable."""
+        assert self._control is not None
+        try:
+            await self._control.send(command)
+        except trio.BrokenResourceError:
+            command.reply.close()
+        except trio.Cancelled:
+            command.reply.close()
+            raise
 
     def _watch(self, network: str) -> dict[str, PresenceEntry]:
         """Keep mirroring `network` for a hello being admitted into it, and return the presence
@@ -497,9 +506,8 @@ class Broker:
         await decided.wait()
         if result.status in ("ok", "older") or self._holder(hello, entry) is None:
             return result
-        assert self._control is not None
         reply, roster = trio.open_memory_channel[Roster | None](1)
-        await self._control.send(Register(hello.network, hello.device_id, entry, reply))
+        await self._ask(Register(hello.network, hello.device_id, entry, reply))
         async with roster:
             with contextlib.suppress(trio.EndOfChannel):
                 taken = await roster.receive()
@@ -527,12 +535,14 @@ class Broker:
     async def _depart_admission(self, hello: VerifiedHello, entry: PresenceEntry) -> None:
         """Queue the Depart that removes what an admission may have written, waiting (even as
         the connection ends) up to admission_timeout for room behind a backed-up queue: a leave
-        dropped here would leave the entry on Redis until a resync or this broker's reap."""
+        dropped here would leave the entry on Redis until a resync or this broker's reap. A
+        link that stopped with the broker refuses it at once: its leave removes every entry of
+        ours."""
         assert self._control is not None
         with trio.move_on_after(self.config.admission_timeout, shield=True):
             with contextlib.suppress(trio.BrokenResourceError):
                 await self._control.send(Depart(hello.network, hello.device_id, entry))
-                return
+            return
         self._counts["cluster_departs_lost"] += 1
 
     def _holder(self, hello: VerifiedHello, entry: PresenceEntry) -> _Member | None:
@@ -622,10 +632,12 @@ class Broker:
             return
         try:
             self._control.send_nowait(Depart(network, device_id, entry))
-        except (trio.WouldBlock, trio.BrokenResourceError):
+        except trio.WouldBlock:
             # the entry stays until a resync (after an outage), the device's next connection,
             # or the reap of this broker once it is dead
             self._counts["cluster_departs_lost"] += 1
+        except trio.BrokenResourceError:
+            pass  # the link stopped with the broker: its leave removes every entry of ours
 
     async def _run_session(self, ws: WebSocketConnection, member: _Member, log: _Logger) -> None:
         log = log.bind(network=member.network, device=member.device_id)
@@ -792,19 +804,18 @@ class Broker:
 
     async def _resync(self) -> None:
         """After (re)connecting: register every local member again and take the rosters."""
-        assert self._control is not None
         members = [
             (member.network, member.device_id, self._entry(member))
             for network in self._networks.values()
             for member in network.values()
         ]
         reply, answer = trio.open_memory_channel[dict[str, Roster] | None](1)
-        await self._control.send(Resync(members, reply))
+        await self._ask(Resync(members, reply))
         async with answer:
             try:
                 rosters = await answer.receive()
             except trio.EndOfChannel:
-                return  # Redis went away again: the next connect resyncs
+                return  # Redis went away again (the next connect resyncs), or the link stopped
         for network, roster in (rosters or {}).items():
             if network in self._remote:
                 self._apply_roster(network, roster)

@@ -12,11 +12,11 @@ import trio.testing
 from nacl.signing import SigningKey
 
 from meshactors.broker import cluster
-from meshactors.broker.cluster_messages import Admit, AdmitResult
+from meshactors.broker.cluster_messages import Admit, AdmitResult, Control, Depart
 from meshactors.broker.limits import BrokerConfig
 from meshactors.broker.server import Broker
 from meshactors.network.link import WELCOME_TIMEOUT
-from meshactors.wire.broker import encode_batch
+from meshactors.wire.broker import encode_batch, verify_hello
 from scripts.benchlib.redisserver import RedisServer
 from tests.broker.support import (
     WAIT_S,
@@ -26,6 +26,7 @@ from tests.broker.support import (
     joined,
     next_batch,
     next_text,
+    now_ms,
 )
 from tests.broker_cluster.test_cluster import (
     ALICE,
@@ -47,9 +48,11 @@ ADMISSION_S = 1.0  # the admission timeout of a broker whose admissions are answ
 @attrs.define
 class Hold:
     """One device's admission held by the link: `reached` once Redis wrote it (or, `before`,
-    once the link took it, Redis not asked yet); answered (or asked) once `release` is set."""
+    once the link took it, Redis not asked yet); answered (or asked) once `release` is set.
+    With `leave`, its Depart is held instead, Redis not asked yet."""
 
     before: bool = False
+    leave: bool = False
     reached: trio.Event = attrs.field(factory=trio.Event)
     release: trio.Event = attrs.field(factory=trio.Event)
 
@@ -59,9 +62,20 @@ def held(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Hold]]:
     """Device id -> Hold: the link answers that device's admission once released."""
     held: dict[str, Hold] = {}
 
+    def hold_of(device_id: str, *, leave: bool) -> Hold | None:
+        hold = held.get(device_id)
+        return hold if hold is not None and hold.leave == leave else None
+
     class HoldingLink(cluster.ClusterLink):
+        async def _depart(self, redis: Any, depart: Depart) -> None:
+            hold = hold_of(depart.device_id, leave=True)
+            if hold is not None:
+                hold.reached.set()
+                await hold.release.wait()
+            await super()._depart(redis, depart)
+
         async def _admit(self, redis: Any, admit: Admit) -> AdmitResult:
-            hold = held.get(admit.hello.device_id)
+            hold = hold_of(admit.hello.device_id, leave=False)
             if hold is not None and hold.before:
                 hold.reached.set()
                 await hold.release.wait()
@@ -105,6 +119,14 @@ def degraded(nursery: trio.Nursery, broker: Broker) -> trio.Event:
 
     nursery.start_soon(watch)
     return went
+
+
+def unserved(**config: Any) -> tuple[Broker, trio.MemoryReceiveChannel[Control]]:
+    """A clustered broker that is not serving, and the link's end of its control queue (room
+    for one command), which the test reads or closes."""
+    broker = Broker(BrokerConfig(**config), "redis://127.0.0.1:1/0")
+    broker._control, control = trio.open_memory_channel[Control](1)
+    return broker, control
 
 
 async def entry_of(redis: RedisServer, network: str, device_id: str) -> bytes:
@@ -310,6 +332,57 @@ async def test_the_leave_of_a_late_admission_waits_for_room_in_a_full_queue(
     async with joined(url(a_port), BOB, "net"):  # admitted after all Alice's commands
         assert await entry_of(redis, "net", did(ALICE)) == b"$-1\r\n"
     assert a.figures()["cluster_departs_lost"] == 1
+
+
+async def test_a_stopping_broker_does_not_wait_for_room_for_the_leave_of_an_admission(
+    nursery: trio.Nursery, redis: RedisServer, held: dict[str, Hold]
+) -> None:
+    stopping, stopped = trio.CancelScope(), trio.Event()
+
+    async def serve(*, task_status: trio.TaskStatus[tuple[Broker, int]]) -> None:
+        with stopping:
+            async with trio.open_nursery() as serving:
+                # admissions outlast the test; the control queue holds 3
+                config = {"admission_timeout": WAIT_S * 4, "max_connections": 2}
+                task_status.started(await start(serving, redis, **config))
+        stopped.set()
+
+    async def say_hello(key: SigningKey, *, task_status: trio.TaskStatus[None]) -> None:
+        async with connect(url(a_port)) as ws:  # closed by the stop before any welcome
+            await ws.send_message(hello(key, "net"))
+            task_status.started()
+            await trio.sleep_forever()
+
+    a, a_port = await nursery.start(serve)
+    held[did(BOB)] = Hold(leave=True)
+    async with joined(url(a_port), DAVE, "net"):
+        async with joined(url(a_port), BOB, "net"):
+            pass
+        with trio.fail_after(WAIT_S):
+            await held[did(BOB)].reached.wait()  # the link waits on Bob's leave
+    while a.health()["connections"]:  # Dave left: his Depart is queued
+        await trio.testing.wait_all_tasks_blocked()
+    async with trio.open_nursery() as clients:
+        for key in (ALICE, CAROL):  # their Admits fill the queue: their admissions' leaves wait
+            await clients.start(say_hello, key)
+        with trio.fail_after(WAIT_S):
+            while a._control is None or a._control.statistics().current_buffer_used < 3:
+                await trio.testing.wait_all_tasks_blocked()
+        stopping.cancel()
+        held[did(BOB)].release.set()  # the stopping link's own leave may remove Bob's entry
+        with trio.fail_after(WAIT_S):  # not after the admission timeout
+            await stopped.wait()
+        clients.cancel_scope.cancel()
+    assert a.figures()["cluster_departs_lost"] == 0  # refused, not given up at the timeout
+
+
+async def test_commands_after_the_link_stopped_are_answered_as_in_an_outage() -> None:
+    broker, control = unserved()
+    control.close()  # the link stopped with the broker
+    async with trio.open_nursery() as nursery:
+        admitting = verify_hello(hello(ALICE, "net"), now_ms=now_ms())
+        assert await broker._admit_cluster(nursery, admitting, trio.Event()) == "unavailable"
+    await broker._resync()  # no roster to take, and no crash
 
 
 def test_a_late_admission_is_given_up_while_the_daemon_still_waits_for_its_welcome() -> None:
