@@ -423,17 +423,19 @@ class Broker:
         entry = PresenceEntry(self._broker_id, hello.role, hello.ts_ms)
         reply, answer = trio.open_memory_channel[AdmitResult](1)
         heard = self._watch(network)
-        result, answered = AdmitResult("unavailable"), False
+        result, answered, queued = AdmitResult("unavailable"), False, False
         try:
             with trio.move_on_after(self.config.admission_timeout):
-                await self._ask(Admit(hello, entry, self.config.max_peers, reply))
+                queued = await self._ask(Admit(hello, entry, self.config.max_peers, reply))
                 result, answered = await _received(answer), True
         finally:
             if answered:
                 answer.close()
                 self._unwatch(network)
             else:  # however the wait ended, the answer is squared with what becomes of the hello
-                nursery.start_soon(self._late_admission, hello, entry, answer, heard, decided)
+                nursery.start_soon(
+                    self._late_admission, hello, entry, answer, heard, decided, queued
+                )
         if not answered:
             _log.info("cluster_admit_timeout", device=hello.device_id)
         if result.status == "ok":
@@ -444,18 +446,20 @@ class Broker:
             raise HelloRejected(RejectReason.NETWORK_FULL)
         return result.status
 
-    async def _ask(self, command: Admit | Register | Resync) -> None:
-        """Queue a command the broker waits on. One that is not queued (the wait was cancelled,
-        or the link stopped with the broker) has its reply closed: no answer is coming, and its
-        waiter takes that as Redis unavailable."""
+    async def _ask(self, command: Admit | Register | Resync) -> bool:
+        """Queue a command the broker waits on, and say whether it was queued. One that was not
+        (the wait was cancelled, or the link stopped with the broker) has its reply closed: no
+        answer is coming, and its waiter takes that as Redis unavailable."""
         assert self._control is not None
         try:
             await self._control.send(command)
         except trio.BrokenResourceError:
             command.reply.close()
+            return False
         except trio.Cancelled:
             command.reply.close()
             raise
+        return True
 
     def _watch(self, network: str) -> dict[str, PresenceEntry]:
         """Keep mirroring `network` for a hello being admitted into it, and return the presence
@@ -477,35 +481,34 @@ class Broker:
         answer: trio.MemoryReceiveChannel[AdmitResult],
         heard: Mapping[str, PresenceEntry],
         decided: trio.Event,
+        told: bool,
     ) -> None:
         """Await the answer to an admission the handshake stopped waiting for, as long as the
         connection lasts, then make Redis hold what became of the hello: its entry while it is
-        a member here, none once it is not (a Depart behind the Admit)."""
+        a member here, none once it is not (a Depart behind the Admit or the Register; none
+        when neither reached the link's queue, `told` false for the Admit: Redis never heard of
+        the hello).
+
+        Once the hello joined or was refused, a member here whose admission did not record it
+        (`full`, `replayed`, or Redis went away or never got the Admit) is registered all the
+        same, as a resync would: its connection is open and must be reachable (the answer is
+        then that of the registration)."""
         result = AdmitResult("unavailable")
         try:
             with answer:
-                result = await self._late_answer(hello, entry, answer, decided)
+                result = await _received(answer)
+            await decided.wait()
+            if result.status not in ("ok", "older") and self._holder(hello, entry) is not None:
+                told = True  # the Register may reach Redis even when its answer does not
+                result = await self._register(hello, entry)
         finally:
-            await self._settle(hello, entry, result, heard)
+            await self._settle(hello, entry, result, heard, told)
             self._unwatch(hello.network)
             self._forget_unused_mirror(hello.network)
 
-    async def _late_answer(
-        self,
-        hello: VerifiedHello,
-        entry: PresenceEntry,
-        answer: trio.MemoryReceiveChannel[AdmitResult],
-        decided: trio.Event,
-    ) -> AdmitResult:
-        """The answer to an admission the handshake stopped waiting for, once the hello joined
-        or was refused. When it did not record the member admitted here (`full`, `replayed`,
-        or Redis went away or never got the Admit), the member is registered all the same, as
-        a resync would: its connection is open and must be reachable (the answer is then that
-        of the registration)."""
-        result = await _received(answer)
-        await decided.wait()
-        if result.status in ("ok", "older") or self._holder(hello, entry) is None:
-            return result
+    async def _register(self, hello: VerifiedHello, entry: PresenceEntry) -> AdmitResult:
+        """Register the member `hello` made here; `ok` with the network's roster, or
+        `unavailable` when Redis went away (the resync after registers it)."""
         reply, roster = trio.open_memory_channel[Roster | None](1)
         await self._ask(Register(hello.network, hello.device_id, entry, reply))
         async with roster:
@@ -513,7 +516,7 @@ class Broker:
                 taken = await roster.receive()
                 if taken is not None:
                     return AdmitResult("ok", taken)
-        return AdmitResult("unavailable")  # Redis went away: the resync after registers it
+        return AdmitResult("unavailable")
 
     async def _settle(
         self,
@@ -521,12 +524,15 @@ class Broker:
         entry: PresenceEntry,
         result: AdmitResult,
         heard: Mapping[str, PresenceEntry],
+        told: bool,
     ) -> None:
         """Square Redis and the mirror with what became of a hello the handshake stopped
-        waiting for (`result` is the late answer, `unavailable` if none came)."""
+        waiting for (`result` is the late answer, `unavailable` if none came; `told`: whether
+        a command of the hello reached the link's queue)."""
         member = self._holder(hello, entry)
         if member is None:  # refused here, or gone already: its entry must not stay
-            await self._depart_admission(hello, entry)
+            if told:
+                await self._depart_admission(hello, entry)
         elif result.status == "ok":
             self._take_roster(hello.network, result.roster, heard)
         elif result.status == "older":  # a newer connection of the device holds its place

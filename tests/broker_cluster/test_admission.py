@@ -13,6 +13,7 @@ from nacl.signing import SigningKey
 
 from meshactors.broker import cluster
 from meshactors.broker.cluster_messages import Admit, AdmitResult, Control, Depart
+from meshactors.broker.cluster_wire import PresenceEntry
 from meshactors.broker.limits import BrokerConfig
 from meshactors.broker.server import Broker
 from meshactors.network.link import WELCOME_TIMEOUT
@@ -374,6 +375,24 @@ async def test_a_stopping_broker_does_not_wait_for_room_for_the_leave_of_an_admi
             await stopped.wait()
         clients.cancel_scope.cancel()
     assert a.figures()["cluster_departs_lost"] == 0  # refused, not given up at the timeout
+
+
+async def test_a_hello_whose_admit_never_reached_the_link_queues_no_leave(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    broker, control = unserved(admission_timeout=ADMISSION_S)
+    queued = Depart("other", did(BOB), PresenceEntry("0123456789abcdef", "daemon", now_ms()))
+    broker._control.send_nowait(queued)  # a full queue: the link is behind
+    decided = trio.Event()
+    async with trio.open_nursery() as nursery:
+        admitting = verify_hello(hello(ALICE, "net"), now_ms=now_ms())
+        assert await broker._admit_cluster(nursery, admitting, decided) == "unavailable"
+        decided.set()  # refused here: Redis never heard of it, so there is nothing to remove
+        await trio.testing.wait_all_tasks_blocked()
+        assert control.receive_nowait() == queued
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.WouldBlock):
+            control.receive_nowait()
 
 
 async def test_commands_after_the_link_stopped_are_answered_as_in_an_outage() -> None:
