@@ -31,6 +31,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--max-peers", type=int, default=None, help="daemons per network")
     parser.add_argument("--max-message-bytes", type=int, default=None)
     parser.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="for the upgrade, and again for the hello; default 10",
+    )
+    parser.add_argument(
         "--cluster", default=None, metavar="URL", help="redis://HOST:PORT/DB shared by the brokers"
     )
     parser.add_argument(
@@ -38,6 +45,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     parser.add_argument(
         "--cluster-ttl", type=float, default=None, metavar="SECONDS", help="default 8"
+    )
+    parser.add_argument(
+        "--admission-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="for Redis's answer to a hello; default 5",
     )
     parser.add_argument("--log-json", action="store_true", help="JSON log lines even on a tty")
     parser.set_defaults(run=run)
@@ -51,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
             for key, value in (
                 ("max_peers", args.max_peers),
                 ("max_message_bytes", args.max_message_bytes),
+                ("handshake_timeout", args.handshake_timeout),
                 ("cluster_heartbeat", args.cluster_heartbeat),
                 ("cluster_ttl", args.cluster_ttl),
+                ("admission_timeout", args.admission_timeout),
             )
             if value is not None
         }

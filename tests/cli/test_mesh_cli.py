@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from meshactors.cli import build_parser, leaf_parsers, parse
+from meshactors.cli import build_parser, leaf_parsers, main, parse
 from meshactors.cli.common import EXIT_USAGE
 from meshactors.cli.mesh import format_event
 from meshactors.daemon.broker_actor import parse_listen
@@ -38,6 +38,16 @@ def test_mesh_commands_parse() -> None:
     assert broker.listen == "127.0.0.1:0"
     up = parser.parse_args(["daemon", "up", "--broker-listen", "0.0.0.0:7800"])
     assert up.broker_listen == "0.0.0.0:7800"
+
+
+@pytest.mark.parametrize("flag", ["--handshake-timeout", "--admission-timeout"])
+def test_the_broker_takes_its_timeouts_as_flags(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["broker", flag, "0"])  # reaches the broker's limits, which refuse it
+    assert exited.value.code == EXIT_USAGE
+    assert f"'{flag[2:].replace('-', '_')}' must be > 0" in capsys.readouterr().err
 
 
 def test_events_print_as_readable_lines_or_json() -> None:
