@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import math
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -43,22 +45,37 @@ async def test_a_log_write_slower_than_the_store_deadline_is_kept_and_counted_lo
         nursery.cancel_scope.cancel()
 
 
-async def test_a_flush_whose_log_write_a_stop_cuts_off_hears_the_hub_is_gone(
-    tmp_path: Path, mock_clock: trio.testing.MockClock
-) -> None:
+@attrs.define
+class StalledHub:
+    """A running hub whose store's disk is stalled (another connection holds the write lock),
+    with a flush the test starts and a stop it makes."""
+
+    hub: EventHub
+    events: ChildSpec  # the hub's place in the tree, with its shutdown timeout
+    nursery: trio.Nursery
+    stopping: trio.CancelScope
+    outcome: list[str] = attrs.field(factory=list)
+
+    def flush(self) -> None:
+        """Ask the hub to flush, recording whether it `flushed` or was `gone`."""
+
+        async def flushing() -> None:
+            try:
+                await self.hub.flush(timeout=math.inf)
+                self.outcome.append("flushed")
+            except ActorGone:
+                self.outcome.append("gone")
+
+        self.nursery.start_soon(flushing)
+
+
+@contextlib.asynccontextmanager
+async def stalled_hub(tmp_path: Path) -> AsyncIterator[StalledHub]:
+    """A hub and its store in a tree the test can stop, the store's disk stalled throughout."""
     store = StoreActor(tmp_path / "state.db")
     hub = EventHub(store)
     events = ChildSpec("events", hub)
     tree = Supervisor(children=[ChildSpec("store", store), events])
-    outcome: list[str] = []
-
-    async def flushing() -> None:
-        try:
-            await hub.flush(timeout=math.inf)
-            outcome.append("flushed")
-        except ActorGone:
-            outcome.append("gone")
-
     async with trio.open_nursery() as nursery:
         stopping = trio.CancelScope()
 
@@ -70,56 +87,39 @@ async def test_a_flush_whose_log_write_a_stop_cuts_off_hears_the_hub_is_gone(
         stall = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
         with contextlib.closing(stall):
             stall.execute("BEGIN IMMEDIATE")  # the disk stalls: the log writes wait on it
-            hub.publish("tick", {"n": 0})
-            await trio.testing.wait_all_tasks_blocked()  # its write is the store's now
-            hub.publish("tick", {"n": 1})
-            nursery.start_soon(flushing)  # behind event 1, in the next write
-            await trio.testing.wait_all_tasks_blocked()
-            stopping.cancel()  # the hub writes what it holds while it stops, at most so long
-            await trio.testing.wait_all_tasks_blocked()
-            mock_clock.jump(events.shutdown_timeout + 1)
-            await trio.testing.wait_all_tasks_blocked()
-            assert outcome == ["gone"]  # its write was cut off: not left waiting
+            yield StalledHub(hub, events, nursery, stopping)
             stall.execute("COMMIT")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_flush_whose_log_write_a_stop_cuts_off_hears_the_hub_is_gone(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    async with stalled_hub(tmp_path) as stalled:
+        stalled.hub.publish("tick", {"n": 0})
+        await trio.testing.wait_all_tasks_blocked()  # its write is the store's now
+        stalled.hub.publish("tick", {"n": 1})
+        stalled.flush()  # behind event 1, in the next write
+        await trio.testing.wait_all_tasks_blocked()
+        stalled.stopping.cancel()  # the hub writes what it holds while it stops, so long
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(stalled.events.shutdown_timeout + 1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert stalled.outcome == ["gone"]  # its write was cut off: not left waiting
 
 
 async def test_a_flush_a_stop_cuts_off_while_the_log_queue_is_full_hears_the_hub_is_gone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(event_hub, "PERSIST_QUEUE", 2)
-    store = StoreActor(tmp_path / "state.db")
-    hub = EventHub(store)
-    tree = Supervisor(children=[ChildSpec("store", store), ChildSpec("events", hub)])
-    outcome: list[str] = []
-
-    async def flushing() -> None:
-        try:
-            await hub.flush(timeout=math.inf)
-            outcome.append("flushed")
-        except ActorGone:
-            outcome.append("gone")
-
-    async with trio.open_nursery() as nursery:
-        stopping = trio.CancelScope()
-
-        async def running(task_status: trio.TaskStatus[None]) -> None:
-            with stopping:
-                await run_root(tree, Node(name="tree", kind="supervisor"), task_status=task_status)
-
-        await nursery.start(running)
-        stall = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
-        with contextlib.closing(stall):
-            stall.execute("BEGIN IMMEDIATE")  # the disk stalls: the log writes wait on it
-            hub.publish("tick", {"n": 0})
-            await trio.testing.wait_all_tasks_blocked()  # its write is the store's now
-            for n in range(1, 3):
-                hub.publish("tick", {"n": n})  # the log queue is full
-            nursery.start_soon(flushing)  # the hub waits for room to queue it
-            await trio.testing.wait_all_tasks_blocked()
-            assert hub.figures()["log_queue"] == 2
-            stopping.cancel()
-            await trio.testing.wait_all_tasks_blocked()
-            assert outcome == ["gone"]  # the stop cut its wait for room: not left waiting
-            stall.execute("COMMIT")
-        nursery.cancel_scope.cancel()
+    async with stalled_hub(tmp_path) as stalled:
+        stalled.hub.publish("tick", {"n": 0})
+        await trio.testing.wait_all_tasks_blocked()  # its write is the store's now
+        for n in range(1, 3):
+            stalled.hub.publish("tick", {"n": n})  # the log queue is full
+        stalled.flush()  # the hub waits for room to queue it
+        await trio.testing.wait_all_tasks_blocked()
+        assert stalled.hub.figures()["log_queue"] == 2
+        stalled.stopping.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert stalled.outcome == ["gone"]  # the stop cut its wait for room: not left waiting

@@ -291,14 +291,7 @@ async def test_a_broker_heard_but_not_reading_is_left_once_a_message_waits_too_l
         link, heard = await _link_to(nursery, deaf_broker)
         outbound = (await heard.up()).outbound
 
-        async def sender() -> None:
-            with contextlib.suppress(LinkDown):
-                while True:
-                    await outbound.send(bytes(32), bytes(256 * 1024))
-
-        nursery.start_soon(sender)
-        await trio.testing.wait_all_tasks_blocked()  # the socket is full, then the queue
-        assert link.figures()["queued"] == 2
+        await _flood(nursery, link, outbound)
         waited = 0.0
         while waited < link_module.LINK_SEND_TIMEOUT:  # heard in every pong deadline
             assert link.state == "up"
@@ -373,6 +366,20 @@ async def test_a_ping_met_while_we_close_ends_the_connection_not_the_link(
         nursery.cancel_scope.cancel()
 
 
+async def _flood(nursery: trio.Nursery, link: Link, outbound: LinkOutbound) -> None:
+    """Send large records until the link goes down; return once the socket and the link's
+    queue are full."""
+
+    async def sender() -> None:
+        with contextlib.suppress(LinkDown):
+            while True:
+                await outbound.send(bytes(32), bytes(256 * 1024))
+
+    nursery.start_soon(sender)
+    await trio.testing.wait_all_tasks_blocked()  # the socket is full, then the queue
+    assert link.figures()["queued"] == 2
+
+
 async def _link_to_a_broker_by_hand(
     nursery: trio.Nursery,
 ) -> tuple[Link, LinkEventRecorder, trio.SocketStream, WSConnection]:
@@ -425,14 +432,7 @@ async def test_a_connection_whose_close_reply_is_stuck_is_left_with_its_socket_c
         await stream.send_all(ws.send(TextMessage(welcome)))
         outbound = (await heard.up()).outbound
 
-        async def sender() -> None:
-            with contextlib.suppress(LinkDown):
-                while True:
-                    await outbound.send(bytes(32), bytes(256 * 1024))
-
-        nursery.start_soon(sender)
-        await trio.testing.wait_all_tasks_blocked()  # the socket is full, then the queue
-        assert link.figures()["queued"] == 2
+        await _flood(nursery, link, outbound)
         await stream.send_all(ws.send(CloseConnection(1001, "going away")))
         await trio.testing.wait_all_tasks_blocked()
         mock_clock.jump(link_module.LINK_PING_INTERVAL)  # the ping finds it closed
