@@ -99,9 +99,7 @@ async def test_a_stalled_store_holds_at_most_max_accepting_accepts_and_sends_all
         stall.execute("BEGIN IMMEDIATE")  # the disk stalls: every accept waits on it
         async with trio.open_nursery() as nursery:
             for key in keys:  # a connection each: a run each
-                client = LineClient(await stack.enter_async_context(await _connect(a)))
-                send = {"network": NET, "to": b.device_id, "message": key}
-                nursery.start_soon(_send, client, {**send, "client_message_id": key}, answers)
+                await _start_run(stack, nursery, a, b, key, answers)
             await trio.testing.wait_all_tasks_blocked()  # every run is the outbox's now
             assert _accept_tasks() == 2  # the other runs wait, holding no task
             assert outbox.figures()["accepting"] == 2
@@ -128,9 +126,7 @@ async def test_a_peer_that_left_while_a_run_waited_for_its_accept_place_uses_up_
         stall.execute("BEGIN IMMEDIATE")  # the disk stalls: the first accept holds the place
         async with trio.open_nursery() as nursery:
             for key in ("holding", "waiting"):  # a connection each: a run each
-                client = LineClient(await stack.enter_async_context(await _connect(a)))
-                send = {"network": NET, "to": b.device_id, "message": key}
-                nursery.start_soon(_send, client, {**send, "client_message_id": key}, answers)
+                await _start_run(stack, nursery, a, b, key, answers)
                 await trio.testing.wait_all_tasks_blocked()  # the run is the outbox's now
             assert _accept_tasks() == 1  # "waiting" waits for the place, b still active
             await b.stop()
@@ -152,6 +148,21 @@ async def test_a_peer_that_left_while_a_run_waited_for_its_accept_place_uses_up_
 async def _connect(daemon: Daemon) -> trio.SocketStream:
     """A new connection to the daemon's control socket."""
     return await trio.open_unix_socket(str(daemon.services.paths.socket))
+
+
+async def _start_run(
+    stack: contextlib.AsyncExitStack,
+    nursery: trio.Nursery,
+    a: Daemon,
+    b: Daemon,
+    key: str,
+    answers: list[dict[str, Any]],
+) -> None:
+    """Send `key` from a to b (its client_message_id too) on a connection of its own, so that
+    it is a run of its own, and keep the answer in `answers` when it comes."""
+    client = LineClient(await stack.enter_async_context(await _connect(a)))
+    params = {"network": NET, "to": b.device_id, "message": key, "client_message_id": key}
+    nursery.start_soon(_send, client, params, answers)
 
 
 async def _send(client: LineClient, params: dict[str, Any], answers: list[dict[str, Any]]) -> None:
