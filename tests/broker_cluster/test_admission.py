@@ -361,8 +361,9 @@ async def test_a_stopping_broker_does_not_wait_for_room_for_the_leave_of_an_admi
             pass
         with trio.fail_after(WAIT_S):
             await held[did(BOB)].reached.wait()  # the link waits on Bob's leave
-    while a.health()["connections"]:  # Dave left: his Depart is queued
-        await trio.testing.wait_all_tasks_blocked()
+    with trio.fail_after(WAIT_S):
+        while a.health()["connections"]:  # Dave left: his Depart is queued
+            await trio.testing.wait_all_tasks_blocked()
     async with trio.open_nursery() as clients:
         for key in (ALICE, CAROL):  # their Admits fill the queue: their admissions' leaves wait
             await clients.start(say_hello, key)
