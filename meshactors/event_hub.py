@@ -162,8 +162,13 @@ class EventHub(Actor):
                     raise
 
     async def _take_queued(self) -> None:
-        """Number what was published before the hub stopped, so it is logged too."""
+        """Number what was published before the hub stopped, so it is logged too. The log
+        writer is gone by then, so a full log queue is written out here to make room: a
+        flush waiting for room would wait out the cleanup budget, and the log with it."""
         for message in take_queued(self.inbox.receiver, HUB_INBOX):
+            room = self._log_queue.statistics()
+            if room.current_buffer_used >= room.max_buffer_size:
+                await self._flush_queued()
             await self._take(message)
 
     async def _write_log(self) -> None:

@@ -1,11 +1,13 @@
 """The `events` actor's log: a write the store takes longer than its usual deadline to make
 (a disk that stalls, a loop frozen past the deadline) is still logged, and not counted as
 unlogged; a flush whose write a stop cuts off, or that a stop cuts off while it waits for
-room in a full log queue, is told so at once."""
+room in a full log queue, is told so at once; what is still queued at a stop is logged, a
+full log queue and all."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import sqlite3
 from collections.abc import AsyncIterator
@@ -54,7 +56,9 @@ class StalledHub:
     events: ChildSpec  # the hub's place in the tree, with its shutdown timeout
     nursery: trio.Nursery
     stopping: trio.CancelScope
+    stall: sqlite3.Connection
     outcome: list[str] = attrs.field(factory=list)
+    _answered: trio.Event = attrs.field(factory=trio.Event)
 
     def flush(self) -> None:
         """Ask the hub to flush, recording whether it `flushed` or was `gone`."""
@@ -65,8 +69,21 @@ class StalledHub:
                 self.outcome.append("flushed")
             except ActorGone:
                 self.outcome.append("gone")
+            self._answered.set()
 
         self.nursery.start_soon(flushing)
+
+    async def answers(self, count: int) -> list[str]:
+        """The outcomes once `count` flushes are answered."""
+        while len(self.outcome) < count:
+            self._answered = trio.Event()
+            await self._answered.wait()
+        return self.outcome
+
+    def release(self) -> None:
+        """End the stall: the store's writes go through from now on."""
+        if self.stall.in_transaction:
+            self.stall.execute("COMMIT")
 
 
 @contextlib.asynccontextmanager
@@ -87,8 +104,9 @@ async def stalled_hub(tmp_path: Path) -> AsyncIterator[StalledHub]:
         stall = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
         with contextlib.closing(stall):
             stall.execute("BEGIN IMMEDIATE")  # the disk stalls: the log writes wait on it
-            yield StalledHub(hub, events, nursery, stopping)
-            stall.execute("COMMIT")
+            stalled = StalledHub(hub, events, nursery, stopping, stall)
+            yield stalled
+            stalled.release()
         nursery.cancel_scope.cancel()
 
 
@@ -123,3 +141,27 @@ async def test_a_flush_a_stop_cuts_off_while_the_log_queue_is_full_hears_the_hub
         stalled.stopping.cancel()
         await trio.testing.wait_all_tasks_blocked()
         assert stalled.outcome == ["gone"]  # the stop cut its wait for room: not left waiting
+
+
+async def test_a_stop_logs_what_is_queued_and_answers_a_queued_flush_with_the_log_queue_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(event_hub, "PERSIST_QUEUE", 2)
+    async with stalled_hub(tmp_path) as stalled:
+        stalled.hub.publish("tick", {"n": 0})
+        await trio.testing.wait_all_tasks_blocked()  # its write is the store's now
+        for n in range(1, 3):
+            stalled.hub.publish("tick", {"n": n})  # the log queue is full
+        stalled.flush()  # the hub waits for room to queue it
+        await trio.testing.wait_all_tasks_blocked()
+        stalled.hub.publish("tick", {"n": 3})
+        stalled.flush()  # still in the hub's inbox when it stops, the log writer gone then
+        await trio.testing.wait_all_tasks_blocked()
+        stalled.stopping.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        stalled.release()
+        with trio.fail_after(30):  # a deadlock guard: the hub's cleanup budget is 5 s
+            assert await stalled.answers(2) == ["gone", "flushed"]
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
+        logged = [row[0] for row in db.execute("SELECT data_json FROM events ORDER BY event_id")]
+    assert [json.loads(data)["n"] for data in logged] == [0, 1, 2, 3]
