@@ -179,7 +179,7 @@ class Network(Supervisor):
         return reconnect
 
     async def summary(self) -> dict[str, Any]:
-        """The network as networks_list and status show it, as core sees it; while core does
+        """The network as networks_list and status show it, as core sees it; when core does not
         answer within SUMMARY_TIMEOUT (it is restarting or stuck), the link shows as `unknown`."""
         try:
             seen = await self.ask("summarise", self.peers.summary, SUMMARY_TIMEOUT)
