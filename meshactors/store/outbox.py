@@ -352,13 +352,17 @@ def expire_pending(
     dead ('expired'), whether or not their recipient was ever reachable (a send cut short
     keeps the rest for the next call). A never-active peer ends here. Only open rows are
     walked, by index outbox_by_status: pending deliveries exist only in pending or inflight
-    rows."""
+    rows. A row with none pending (every open delivery on its way) is passed over, so it
+    never takes a place in the batch from one that can expire; such rows are as many as the
+    deliveries in flight at most."""
     with immediate(conn):
         outbox_ids = [
             row[0]
             for status in ("pending", "inflight")
             for row in conn.execute(
-                "SELECT id FROM outbox WHERE status = ? AND created_at < ?"
+                "SELECT id FROM outbox o WHERE status = ? AND created_at < ?"
+                " AND EXISTS (SELECT 1 FROM deliveries d"
+                " WHERE d.outbox_id = o.id AND d.status = 'pending')"
                 " ORDER BY created_at LIMIT ?",
                 (status, now_ms - ttl_ms, batch),
             )

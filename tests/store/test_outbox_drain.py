@@ -76,6 +76,22 @@ def test_expire_pending_cut_short_by_its_delivery_bound_ends_the_send_next_call(
     assert outbox.delivery_counts(conn) == {"pending": 0, "inflight": 0, "done": 0, "dead": 3}
 
 
+def test_expire_pending_fills_its_batch_only_with_sends_it_can_expire(
+    conn: sqlite3.Connection,
+) -> None:
+    # Older inflight sends with nothing pending (every delivery on its way to a peer) ...
+    for i in range(2):
+        busy = send(conn, client_message_id=f"busy-{i}", now_ms=T0 + i)
+        outbox.mark_inflight(conn, [outbox.DeliveryKey(busy.id, "dev-a")], T0 + i)
+    # ... and a younger inflight one whose other recipient never came back.
+    stuck = send(conn, recipients=["dev-a", "gone"], client_message_id="stuck", now_ms=T0 + 5)
+    outbox.mark_inflight(conn, [outbox.DeliveryKey(stuck.id, "dev-a")], T0 + 5)
+    expired = outbox.expire_pending(conn, now_ms=T0 + outbox.TTL_MS + 10, batch=2)
+    assert expired.deliveries == [outbox.DeliveryKey(stuck.id, "gone")]
+    assert not expired.more
+    assert outbox.delivery_counts(conn) == {"pending": 0, "inflight": 3, "done": 0, "dead": 1}
+
+
 def test_mark_due_now_puts_an_inflight_delivery_back_without_an_attempt(
     conn: sqlite3.Connection,
 ) -> None:
