@@ -19,7 +19,8 @@ on a new accept, a peer becoming active, a finished attempt, or the next due ret
 inflight by a crash are put back to pending at start. An attempt in flight to a peer that
 leaves or comes back (a peer status event) is not waited out to the ack timeout: it is made
 due again at once, without counting as a failure, and sent when the peer is active (the
-recipient dedupes).
+recipient dedupes); so is a claimed batch whose peer left between the read of the active
+peers and the send (core refuses it `peer_not_active`): it never went.
 
 Housekeeping: a sweep makes sends past their TTL dead, and a prune loop deletes history past
 the retention in small batches (store.retention), both off the drain path.
@@ -71,7 +72,7 @@ from meshactors.store.events import Event
 from meshactors.store.inbox import InboxMessage
 from meshactors.store.outbox import AcceptOutcome, Delivery, SendError
 from meshactors.store.retention import Retention, prune_step
-from meshactors.wire.ipc import OpError
+from meshactors.wire.ipc import ErrorCode, OpError
 from meshactors.wire.peer import Frame
 
 if TYPE_CHECKING:
@@ -580,7 +581,10 @@ class Outbox(Actor):
                         peer, batches([msg_frame(d) for d in deliveries])
                     )
                 except OpError as exc:
-                    error = exc.code.value
+                    # `peer_not_active`: the peer left after the claim read it active, so
+                    # nothing went and no attempt is used up (the next claim waits for it).
+                    gone = exc.code is ErrorCode.PEER_NOT_ACTIVE
+                    error = PEER_CHANGED if gone else exc.code.value
                 else:
                     await batch.done.wait()
         finally:

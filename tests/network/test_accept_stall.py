@@ -145,6 +145,38 @@ async def test_a_peer_that_left_while_a_run_waited_for_its_accept_place_uses_up_
     )
 
 
+async def test_a_peer_that_left_while_its_claim_was_being_stored_uses_up_no_attempt(
+    mesh: Mesh,
+) -> None:
+    a, b = await active_pair(mesh)
+    outbox = a.services.extras["outbox"]
+    assert isinstance(outbox, Outbox)
+    await _quiet(a.services.store)
+    answers: list[dict[str, Any]] = []
+    params = {"network": NET, "to": b.device_id, "message": "m", "client_message_id": "left"}
+    stall = sqlite3.connect(a.services.paths.state_db, isolation_level=None)
+    with contextlib.closing(stall):
+        stall.execute("BEGIN IMMEDIATE")  # the disk stalls: the accept waits on it
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_send, a.client, params, answers)
+            await trio.testing.wait_all_tasks_blocked()  # b's place reserved, the accept waits
+            await b.stop()
+            await a.wait_status(b, "offline")
+            stall.execute("COMMIT")
+    (answer,) = answers
+    assert answer["data"]["status"] == "inflight"  # claimed for b, active when it was read
+    await _quiet(a.services.store)  # the attempt that found b gone is recorded
+    (row,) = (await a.call("outbox_list", limit=10))["rows"]
+    (delivery,) = row["deliveries"]
+    # Never on its way: it waits for b again, its attempts untouched.
+    assert (delivery["status"], delivery["attempts"], delivery["last_error"]) == (
+        "pending",
+        0,
+        None,
+    )
+    assert outbox.figures()["redue"] == 1
+
+
 async def _connect(daemon: Daemon) -> trio.SocketStream:
     """A new connection to the daemon's control socket."""
     return await trio.open_unix_socket(str(daemon.services.paths.socket))
