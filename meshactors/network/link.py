@@ -57,7 +57,7 @@ _Queued = tuple[bytes, bytes]  # (destination public key, sealed bytes) for the 
 
 BACKOFF_BASE = 0.25  # seconds: the first retry waits up to this long
 BACKOFF_CAP = 30.0  # seconds: no retry ever waits longer
-CONNECT_TIMEOUT = 10.0  # seconds for TCP + WebSocket upgrade
+CONNECT_TIMEOUT = 10.0  # seconds for TCP, the TLS handshake (wss://) and the WebSocket upgrade
 WELCOME_TIMEOUT = 10.0  # seconds for our hello to leave and the broker's welcome to come back
 CLOSE_TIMEOUT = 2.0  # seconds for the WebSocket closing handshake
 LEAVE_TIMEOUT = 2 * CLOSE_TIMEOUT  # seconds to be done with a connection we left, close and all
@@ -511,6 +511,7 @@ async def open_broker_websocket(url: str) -> AsyncIterator[WebSocketConnection]:
             stream = await trio.open_ssl_over_tcp_stream(
                 host, port, ssl_context=context, https_compatible=True
             )
+            await _handshake(stream)
         else:
             stream = await trio.open_tcp_stream(host, port)
     try:
@@ -535,6 +536,22 @@ async def open_broker_websocket(url: str) -> AsyncIterator[WebSocketConnection]:
     except BaseExceptionGroup as group:  # one error bare, as trio-websocket raises them
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
+        raise
+
+
+async def _handshake(stream: trio.SSLStream[trio.SocketStream]) -> None:
+    """The TLS handshake, done before trio-websocket has the stream: its reader swallowed a
+    failed one, and the attempt waited out CONNECT_TIMEOUT as a `timeout`. A failure raises
+    HandshakeError from trio's BrokenResourceError, whose cause is the SSL error classify
+    reads; failed or late, the socket is closed."""
+    from trio_websocket import HandshakeError
+
+    try:
+        await stream.do_handshake()
+    except BaseException as failed:
+        await trio.aclose_forcefully(stream)
+        if isinstance(failed, trio.BrokenResourceError):
+            raise HandshakeError("the TLS handshake failed") from failed
         raise
 
 

@@ -73,8 +73,7 @@ def classify(error: BaseException, url: str, *, welcomed: bool) -> LinkError:
         path = urlsplit(url).path or "/"
         return _error(LinkErrorKind.NOT_FOUND, f"the broker answered HTTP {status} for {path}")
     if isinstance(error, ConnectionTimeout):
-        hint = " (a wss:// URL to a plain ws:// port looks like this)" if _tls(url) else ""
-        return _error(LinkErrorKind.TIMEOUT, f"no WebSocket upgrade in time{hint}")
+        return _error(LinkErrorKind.TIMEOUT, "no WebSocket upgrade in time")
     if isinstance(error, trio.TooSlowError):
         return _error(LinkErrorKind.TIMEOUT, "the broker sent no welcome in time")
     if isinstance(error, ConnectionClosed):
@@ -104,24 +103,33 @@ def _os_error(error: BaseException | None, url: str) -> LinkError:
         return _error(LinkErrorKind.DNS, f"{urlsplit(url).hostname} does not resolve")
     if isinstance(error, ConnectionRefusedError):
         return _error(LinkErrorKind.REFUSED, f"nothing listens on {host}")
-    if isinstance(error, ssl.SSLError | ssl.CertificateError):
-        return _error(LinkErrorKind.TLS, f"TLS with {host} failed: {error}")
+    if isinstance(error, ssl.SSLError):  # ssl.CertificateError is one
+        return _error(LinkErrorKind.TLS, f"TLS with {host} failed: {_tls_failure(error)}")
     if isinstance(error, OSError):
         return _error(LinkErrorKind.OTHER, f"{host}: {error.strerror or error}")
     return _error(LinkErrorKind.OTHER, f"{host}: {error or 'handshake failed'}")
 
 
 def _first_cause(error: BaseException | None) -> BaseException | None:
-    """The OS's own error under trio's "all attempts to connect … failed" (whose cause is a
-    group of one error per address tried), else `error`."""
+    """The OS's or TLS's own error under trio's: under "all attempts to connect … failed" (its
+    cause a group of one error per address tried), under the BrokenResourceError of a failed
+    TLS handshake (its cause the SSL or socket error); else `error`."""
     cause = error.__cause__ if error is not None else None
     if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
         return cause.exceptions[0]
+    if isinstance(error, trio.BrokenResourceError) and cause is not None:
+        return cause
     return error
 
 
-def _tls(url: str) -> bool:
-    return urlsplit(url).scheme == "wss"
+def _tls_failure(error: ssl.SSLError) -> str:
+    """What went wrong in the handshake, in words: OpenSSL's codes name neither a plain port
+    nor which check the certificate failed."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"its certificate was refused: {error.verify_message}"
+    if error.reason == "WRONG_VERSION_NUMBER":  # an HTTP answer read as a TLS record
+        return "it does not speak TLS (a wss:// URL to a plain ws:// port?)"
+    return str(error)
 
 
 def _error(kind: LinkErrorKind, reason: str) -> LinkError:

@@ -6,6 +6,7 @@ import attrs
 import trio
 
 from meshactors.network.link import LinkEvent, LinkStatus, LinkUp
+from meshactors.network.link_errors import LinkError
 
 
 @attrs.define(eq=False)
@@ -14,6 +15,7 @@ class LinkEventRecorder:
 
     statuses: list[LinkStatus] = attrs.field(factory=list)
     hold: trio.Event | None = None  # while set and not fired, events wait (a stuck core)
+    _new_status: trio.Event = attrs.field(factory=trio.Event)  # set by the next status
     _send: trio.MemorySendChannel[LinkEvent] = attrs.field(init=False)
     events: trio.MemoryReceiveChannel[LinkEvent] = attrs.field(init=False)
 
@@ -23,6 +25,8 @@ class LinkEventRecorder:
     async def send(self, event: LinkEvent, /) -> None:
         if isinstance(event, LinkStatus):
             self.statuses.append(event)
+            self._new_status.set()
+            self._new_status = trio.Event()
         else:
             if self.hold is not None:
                 await self.hold.wait()
@@ -33,3 +37,11 @@ class LinkEventRecorder:
         event = await self.events.receive()
         assert isinstance(event, LinkUp), event
         return event
+
+    async def first_error(self) -> LinkError:
+        """The error of the link's first failed attempt, once it has reported one."""
+        while True:
+            for status in self.statuses:
+                if status.error is not None:
+                    return status.error
+            await self._new_status.wait()
