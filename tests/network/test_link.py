@@ -1,4 +1,5 @@
-"""The link: full-jitter backoff within documented bounds, and a drop fails waiting senders."""
+"""The link: full-jitter backoff within documented bounds, a drop fails waiting senders, and
+it comes up over wss:// as over ws://."""
 
 from __future__ import annotations
 
@@ -42,8 +43,10 @@ from meshactors.wire.broker import (
     encode_notice,
 )
 from meshactors.wire.device_id import device_id_from_public_key
+from tests.broker.support import start_broker
 from tests.network.conftest import WAIT
 from tests.network.linksink import LinkEventRecorder
+from tests.network.tlsserver import TEST_CA, forwarding_to, serve_tls
 
 
 def test_backoff_is_full_jitter_under_an_exponential_ceiling() -> None:
@@ -475,3 +478,21 @@ async def test_a_broker_that_never_reads_our_hello_is_left_once_the_welcome_is_d
         )
         assert await _closed_by_link(stream)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_link_comes_up_over_wss(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TLS, ended in front of a real broker by a server whose certificate the default context
+    trusts once SSL_CERT_FILE names the test CA, then the upgrade, the hello and the welcome."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(TEST_CA))  # the default context reads it each time
+    _, plain = await start_broker(nursery)
+    port = await serve_tls(nursery, forwarding_to(int(plain.split("/")[2].split(":")[1])))
+    url = f"wss://127.0.0.1:{port}/v1"
+    heard = LinkEventRecorder()
+    link = Link("net1", [url], SigningKey.generate(), heard)
+    await nursery.start(run_root, link, Node(name="link", kind="link"))
+    with trio.fail_after(WAIT):
+        up = await heard.up()
+    assert (up.url, up.peers, link.state, link.last_error) == (url, [], "up", None)
+    nursery.cancel_scope.cancel()

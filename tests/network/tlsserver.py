@@ -1,6 +1,6 @@
 """TLS servers on loopback for the link's wss:// tests, showing the committed certificate of
 tests/network/tls/ (its README says why it is committed and how it was made): one that only
-answers the handshake."""
+answers the handshake, and one that ends TLS in front of a plain broker."""
 
 from __future__ import annotations
 
@@ -35,3 +35,23 @@ async def handshake_only(stream: trio.SSLStream[trio.SocketStream]) -> None:
     test."""
     with contextlib.suppress(trio.BrokenResourceError):  # the client refused it
         await stream.do_handshake()
+
+
+def forwarding_to(port: int) -> TLSHandler:
+    """A handler passing each connection's bytes, TLS removed, to 127.0.0.1:`port` and back."""
+
+    async def forward(client: trio.SSLStream[trio.SocketStream]) -> None:
+        server = await trio.open_tcp_stream("127.0.0.1", port)
+        async with server, trio.open_nursery() as nursery:
+            nursery.start_soon(_pipe, client, server, nursery.cancel_scope)
+            nursery.start_soon(_pipe, server, client, nursery.cancel_scope)
+
+    return forward
+
+
+async def _pipe(source: trio.abc.Stream, sink: trio.abc.Stream, both: trio.CancelScope) -> None:
+    """Copy `source` to `sink`; when `source` ends, the connection ends both ways."""
+    with contextlib.suppress(trio.BrokenResourceError):  # either side went away
+        async for chunk in source:
+            await sink.send_all(chunk)
+    both.cancel()
