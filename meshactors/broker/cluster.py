@@ -104,9 +104,10 @@ class ClusterLink:
 
     async def run(self) -> None:
         """Connect, serve until Redis fails, then serve degraded for a backoff; forever. When
-        cancelled (the broker stops) refuse further commands, so that a sender waiting for
-        room in the queue fails at once instead of waiting out its timeout, and remove our
-        members so that peers see `leave` at once (a refused Depart among them)."""
+        cancelled (the broker stops) answer the commands still queued as in an outage and
+        refuse further ones, so that nobody waits for an answer or for room in the queue
+        (their waiters would only end with the broker's stop), and remove our members so that
+        peers see `leave` at once (a refused Depart among them)."""
         try:
             failures = 0
             while True:
@@ -121,6 +122,7 @@ class ClusterLink:
                 delay = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2 ** min(failures - 1, 16))
                 await self._degraded_for(delay * random.uniform(0.5, 1.0))
         finally:
+            self._refuse_queued()
             self.control.close()
             await self._leave()
 
@@ -342,15 +344,16 @@ class ClusterLink:
 
     async def _refuse_control(self) -> None:
         async for command in self.control:
-            match command:
-                case Admit():
-                    with command.reply:
-                        _offer(command.reply, AdmitResult("unavailable"))
-                case Register() | Resync():
-                    with command.reply:
-                        _offer(command.reply, None)
-                case Depart():
-                    pass  # the resync after the outage drops entries of members gone
+            _refuse(command)
+
+    def _refuse_queued(self) -> None:
+        """Answer every command in the queue (and every sender waiting for room) as in an
+        outage, without a checkpoint: closing the queue right after drops nothing unanswered."""
+        while True:
+            try:
+                _refuse(self.control.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
 
     async def _drop_forwards(self) -> None:
         async for _ in self.forwards:
@@ -377,6 +380,20 @@ def _decoded(raw: dict[bytes, bytes]) -> Roster:
         if is_device_id(name):
             roster[name] = entry
     return roster
+
+
+def _refuse(command: Control) -> None:
+    """Answer a command as Redis being unreachable does: an admission `unavailable`, a
+    registration or resync without a roster."""
+    match command:
+        case Admit():
+            with command.reply:
+                _offer(command.reply, AdmitResult("unavailable"))
+        case Register() | Resync():
+            with command.reply:
+                _offer(command.reply, None)
+        case Depart():
+            pass  # the resync after an outage, or the leave of a stopping link, drops its entry
 
 
 def _first_error(group: BaseExceptionGroup[Exception]) -> str:

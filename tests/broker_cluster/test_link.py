@@ -1,8 +1,10 @@
 """The Redis link alone: with Redis unreachable it answers admissions `unavailable` and tries
-again after a backoff that doubles up to its bound, drawn down by jitter (MockClock)."""
+again after a backoff that doubles up to its bound, drawn down by jitter; stopped, it answers
+what is still queued as in an outage (MockClock)."""
 
 import itertools
 
+import pytest
 import trio
 import trio.testing
 
@@ -12,13 +14,16 @@ from meshactors.broker.cluster_messages import (
     AdmitResult,
     ClusterEvent,
     Control,
+    Depart,
     Forward,
+    Resync,
+    Roster,
     StateChanged,
 )
 from meshactors.broker.cluster_wire import PresenceEntry
 from meshactors.wire.broker import verify_hello
 from scripts.benchlib.redisserver import free_port
-from tests.broker.support import hello, now_ms
+from tests.broker.support import WAIT_S, hello, now_ms
 from tests.broker_cluster.test_cluster import ALICE
 
 ATTEMPTS = 9  # enough to reach RECONNECT_MAX_S from RECONNECT_FIRST_S
@@ -48,3 +53,27 @@ async def test_an_unreachable_redis_is_retried_with_backoff_and_jitter(
         bound = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2**n)
         assert bound / 2 <= after - before <= bound + 0.01
     assert max(b - a for a, b in itertools.pairwise(times)) > RECONNECT_MAX_S / 2
+
+
+async def test_commands_queued_when_the_link_stops_are_answered_as_in_an_outage(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    control, commands = trio.open_memory_channel[Control](4)
+    _, forwards = trio.open_memory_channel[Forward](4)
+    events, _reported = trio.open_memory_channel[ClusterEvent](4)
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there: its leave fails
+    link = ClusterLink(url, "0123456789abcdef", 2.0, 8.0, commands, forwards, events)
+    admitted, admission = trio.open_memory_channel[AdmitResult](1)
+    resynced, resync = trio.open_memory_channel[dict[str, Roster] | None](1)
+    verified = verify_hello(hello(ALICE, "net"), now_ms=now_ms())
+    entry = PresenceEntry("0123456789abcdef", "daemon", verified.ts_ms)
+    control.send_nowait(Admit(verified, entry, 8, admitted))
+    control.send_nowait(Resync([], resynced))
+    with trio.CancelScope() as stopping:
+        stopping.cancel()  # the broker stops before the link took the commands
+        await link.run()
+    with trio.fail_after(WAIT_S):
+        assert (await admission.receive()).status == "unavailable"
+        assert await resync.receive() is None
+    with pytest.raises(trio.BrokenResourceError):
+        control.send_nowait(Depart("net", verified.device_id, entry))
