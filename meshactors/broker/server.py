@@ -173,6 +173,7 @@ class Broker:
     _connections: int = attrs.field(init=False, default=0)
     _listen: str = attrs.field(init=False, default="")
     _admissions: set[trio.CancelScope] = attrs.field(init=False, factory=set)
+    _stopping: bool = attrs.field(init=False, default=False)  # _stop ran: nothing new joins
 
     @_nonces.default
     def _replay_memory(self) -> NonceCache:
@@ -285,7 +286,9 @@ class Broker:
                     )
 
     def _stop(self, lifetime: trio.CancelScope, accepting: trio.CancelScope) -> None:
-        """Stop accepting, drop connections still in their handshake, end every session."""
+        """Stop accepting, drop connections still in their handshake, end every session; a
+        connection handled, or a hello admitted, after this ends at once too."""
+        self._stopping = True
         lifetime.deadline = trio.current_time() + self.config.close_timeout
         accepting.cancel()
         for admission in self._admissions:
@@ -304,6 +307,8 @@ class Broker:
         log = _log.bind(remote=remote)
         admission = trio.CancelScope()  # cancelled by _stop until a session is running
         self._admissions.add(admission)
+        if self._stopping:  # accepted before the stop, handled after it: dropped at once
+            admission.cancel()
         self._connections += 1
         try:
             async with stream, trio.open_nursery() as nursery:
@@ -398,10 +403,14 @@ class Broker:
                 with trio.move_on_after(self.config.close_timeout, shield=True):
                     await ws.aclose(rejected.close_code, rejected.reason)
                 return None
-            if status == "older":  # a newer connection of the device holds its place: keep it
-                self._counts[f"closed_{SessionEnd.REPLACED}"] += 1
+            if status == "older" or self._stopping:
+                # a newer connection of the device holds its place (keep it), or the hello went
+                # on after _stop ended every member (its answer came as the stop began): closed
+                # as a member would be
+                reason = SessionEnd.REPLACED if status == "older" else SessionEnd.GOING_AWAY
+                self._counts[f"closed_{reason}"] += 1
                 with trio.move_on_after(self.config.close_timeout, shield=True):
-                    await ws.aclose(SESSION_CLOSE_CODES[SessionEnd.REPLACED], SessionEnd.REPLACED)
+                    await ws.aclose(SESSION_CLOSE_CODES[reason], reason)
                 return None
             return self._join(hello)
         finally:

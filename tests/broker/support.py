@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import trio
 from nacl.signing import SigningKey
 from trio_websocket import (
@@ -28,6 +29,34 @@ async def start_broker(nursery: trio.Nursery, **config: Any) -> tuple[Broker, st
     broker = Broker(BrokerConfig(**config))
     port = await nursery.start(broker.serve, "127.0.0.1", 0)
     return broker, f"ws://127.0.0.1:{port}/v1"
+
+
+@attrs.define
+class StopWatchedBroker(Broker):
+    """A broker whose `stop_ran` is set once _stop ended what it serves: a test orders what
+    happens after the stop began against it."""
+
+    stop_ran: trio.Event = attrs.field(init=False, factory=trio.Event)
+
+    def _stop(self, lifetime: trio.CancelScope, accepting: trio.CancelScope) -> None:
+        super()._stop(lifetime, accepting)
+        self.stop_ran.set()
+
+
+async def serve_until_stopped(
+    nursery: trio.Nursery, broker: Broker
+) -> tuple[int, trio.CancelScope, trio.Event]:
+    """Serve `broker` in `nursery`; return its port, the scope whose cancel stops it, and an
+    event set once it stopped."""
+    shutdown, stopped = trio.CancelScope(), trio.Event()
+
+    async def serve(*, task_status: trio.TaskStatus[int]) -> None:
+        with shutdown:
+            await broker.serve("127.0.0.1", 0, task_status=task_status)
+        stopped.set()
+
+    port: int = await nursery.start(serve)
+    return port, shutdown, stopped
 
 
 def now_ms() -> int:

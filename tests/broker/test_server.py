@@ -6,6 +6,7 @@ import socket
 import struct
 from collections.abc import Callable
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -17,6 +18,8 @@ from meshactors.broker.server import Broker
 from meshactors.wire.broker import MAX_CLOCK_SKEW_MS, build_hello, encode_batch
 from meshactors.wire.device_id import device_id_from_public_key
 from tests.broker.support import (
+    WAIT_S,
+    StopWatchedBroker,
     closed_with,
     connect,
     connect_from,
@@ -27,6 +30,7 @@ from tests.broker.support import (
     next_batch,
     next_text,
     now_ms,
+    serve_until_stopped,
     start_broker,
 )
 
@@ -352,18 +356,9 @@ async def test_garbage_and_reset_connections_do_not_disturb_the_broker(
 async def test_shutdown_says_going_away_without_waiting_out_the_close_timeout(
     nursery: trio.Nursery,
 ) -> None:
-    broker, shutdown, stopped = (
-        Broker(BrokerConfig(close_timeout=3)),
-        trio.CancelScope(),
-        trio.Event(),
-    )
-
-    async def serve(task_status: trio.TaskStatus[int]) -> None:
-        with shutdown:
-            await broker.serve("127.0.0.1", 0, task_status=task_status)
-        stopped.set()
-
-    url = f"ws://127.0.0.1:{await nursery.start(serve)}/v1"
+    broker = Broker(BrokerConfig(close_timeout=3))
+    port, shutdown, stopped = await serve_until_stopped(nursery, broker)
+    url = f"ws://127.0.0.1:{port}/v1"
     async with joined(url, ALICE, "net") as (alice, _), connect(url) as silent:
         shutdown.cancel()
         closed = await closed_with(alice)
@@ -372,6 +367,35 @@ async def test_shutdown_says_going_away_without_waiting_out_the_close_timeout(
         with trio.fail_after(1):
             await stopped.wait()
     assert broker.figures()["closed_going_away"] == 1
+
+
+@attrs.define
+class HandledAfterTheStop(StopWatchedBroker):
+    """A broker that begins handling a connection only once _stop ran: the scheduler may run
+    the stop between a connection's accept and its handler's first step."""
+
+    arrived: trio.Event = attrs.field(init=False, factory=trio.Event)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        self.arrived.set()
+        await self.stop_ran.wait()
+        await super()._connection(stream)
+
+
+async def test_a_connection_handled_after_the_stop_began_is_dropped_at_once(
+    nursery: trio.Nursery,
+) -> None:
+    # both long: the stop must not wait for either (a deadlock guard, not a speed bound)
+    broker = HandledAfterTheStop(BrokerConfig(handshake_timeout=3600, close_timeout=3600))
+    port, shutdown, stopped = await serve_until_stopped(nursery, broker)
+    async with await _raw_upgrade(port, "/v1") as stream:
+        with trio.fail_after(WAIT_S):
+            await broker.arrived.wait()
+        shutdown.cancel()
+        with trio.fail_after(WAIT_S):
+            await stopped.wait()
+        with pytest.raises(trio.BrokenResourceError):  # not upgraded: dropped, its request unread
+            await _read_to_eof(stream)
 
 
 async def _raw_upgrade(port: int, path: str) -> trio.SocketStream:

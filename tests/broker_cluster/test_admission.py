@@ -17,10 +17,12 @@ from meshactors.broker.cluster_wire import PresenceEntry
 from meshactors.broker.limits import BrokerConfig
 from meshactors.broker.server import Broker
 from meshactors.network.link import WELCOME_TIMEOUT
-from meshactors.wire.broker import encode_batch, verify_hello
+from meshactors.wire.broker import VerifiedHello, encode_batch, verify_hello
 from scripts.benchlib.redisserver import RedisServer
 from tests.broker.support import (
     WAIT_S,
+    StopWatchedBroker,
+    closed_with,
     connect,
     drained_to_close,
     hello,
@@ -28,6 +30,7 @@ from tests.broker.support import (
     next_batch,
     next_text,
     now_ms,
+    serve_until_stopped,
 )
 from tests.broker_cluster.test_cluster import (
     ALICE,
@@ -40,6 +43,7 @@ from tests.broker_cluster.test_cluster import (
     joins,
     pk,
     start,
+    state_is,
     url,
 )
 
@@ -376,6 +380,42 @@ async def test_a_stopping_broker_does_not_wait_for_room_for_the_leave_of_an_admi
             await stopped.wait()
         clients.cancel_scope.cancel()
     assert a.figures()["cluster_departs_lost"] == 0  # refused, not given up at the timeout
+
+
+@attrs.define
+class AdmittedAfterTheStop(StopWatchedBroker):
+    """A clustered broker whose hellos ask for admission only once _stop ran, and see the stop
+    only in what the stopping link answers: the order the scheduler may pick when the
+    link's answer and the stop come together."""
+
+    admitting: trio.Event = attrs.field(init=False, factory=trio.Event)
+
+    async def _admit_cluster(
+        self, nursery: trio.Nursery, hello: VerifiedHello, decided: trio.Event
+    ) -> str:
+        self.admitting.set()
+        with trio.CancelScope(shield=True):
+            await self.stop_ran.wait()
+            return await super()._admit_cluster(nursery, hello, decided)
+
+
+async def test_a_hello_the_stopping_link_answered_is_closed_going_away_at_once(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    # a close timeout the stop must not wait out (a deadlock guard, not a speed bound)
+    a = AdmittedAfterTheStop(BrokerConfig(close_timeout=3600), redis.url)
+    port, shutdown, stopped = await serve_until_stopped(nursery, a)
+    await state_is(a, "connected")
+    async with connect(url(port)) as alice:
+        await alice.send_message(hello(ALICE, "net"))
+        with trio.fail_after(WAIT_S):
+            await a.admitting.wait()
+        shutdown.cancel()
+        closed = await closed_with(alice)
+        assert (closed.code, closed.reason) == (1001, "going_away")
+        with trio.fail_after(WAIT_S):
+            await stopped.wait()
+    assert a.figures()["closed_going_away"] == 1
 
 
 async def test_a_hello_whose_admit_never_reached_the_link_queues_no_leave(
