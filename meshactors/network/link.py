@@ -505,19 +505,20 @@ async def open_broker_websocket(url: str) -> AsyncIterator[WebSocketConnection]:
     port = parts.port or (443 if tls else 80)
     upgraded_by = trio.current_time() + CONNECT_TIMEOUT
     stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
-    with _upgrading(upgraded_by):
-        if tls:  # as trio-websocket does it: the default context, no close_notify on close
-            context = ssl.create_default_context()
-            stream = await trio.open_ssl_over_tcp_stream(
-                host, port, ssl_context=context, https_compatible=True
-            )
+    with _upgrading(upgraded_by, "TCP connection"):
+        tcp = await trio.open_tcp_stream(host, port)
+    if tls:  # as trio-websocket does it: the default context, no close_notify on close
+        stream = trio.SSLStream(
+            tcp, ssl.create_default_context(), server_hostname=host, https_compatible=True
+        )
+        with _upgrading(upgraded_by, "TLS handshake"):
             await _handshake(stream)
-        else:
-            stream = await trio.open_tcp_stream(host, port)
+    else:
+        stream = tcp
     try:
         async with trio.open_nursery() as nursery:
             try:
-                with _upgrading(upgraded_by):
+                with _upgrading(upgraded_by, "WebSocket upgrade"):
                     ws = await wrap_client_stream(
                         nursery,
                         stream,
@@ -556,16 +557,17 @@ async def _handshake(stream: trio.SSLStream[trio.SocketStream]) -> None:
 
 
 @contextmanager
-def _upgrading(deadline: float) -> Iterator[None]:
+def _upgrading(deadline: float, step: str) -> Iterator[None]:
     """A step of connecting, up to the WebSocket upgrade, due by `deadline`; late, it raises
-    trio-websocket's ConnectionTimeout (classify tells it from a late welcome)."""
+    trio-websocket's ConnectionTimeout naming the step (classify tells it from a late
+    welcome, and says which step it was)."""
     from trio_websocket import ConnectionTimeout
 
     try:
         with trio.fail_at(deadline):
             yield
     except trio.TooSlowError:
-        raise ConnectionTimeout from None
+        raise ConnectionTimeout(f"no {step} in time") from None
 
 
 async def _abort(ws: WebSocketConnection) -> None:

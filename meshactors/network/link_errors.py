@@ -73,7 +73,7 @@ def classify(error: BaseException, url: str, *, welcomed: bool) -> LinkError:
         path = urlsplit(url).path or "/"
         return _error(LinkErrorKind.NOT_FOUND, f"the broker answered HTTP {status} for {path}")
     if isinstance(error, ConnectionTimeout):
-        return _error(LinkErrorKind.TIMEOUT, "no WebSocket upgrade in time")
+        return _error(LinkErrorKind.TIMEOUT, str(error) or "no WebSocket upgrade in time")
     if isinstance(error, trio.TooSlowError):
         return _error(LinkErrorKind.TIMEOUT, "the broker sent no welcome in time")
     if isinstance(error, ConnectionClosed):

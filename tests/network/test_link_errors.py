@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import socket
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import attrs
@@ -186,3 +187,16 @@ async def test_a_lasting_error_is_published_once_however_often_it_is_retried(
     ]
     reason = f"nothing listens on {url.removeprefix('ws://').removesuffix('/v1')}"
     assert link.figures()["last_error"] == {"kind": "refused", "reason": reason}
+
+
+async def test_a_server_silent_in_the_tls_handshake_is_a_timeout_naming_that_step(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def silent(stream: trio.SocketStream) -> None:
+        async with stream:
+            await trio.sleep_forever()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, host="127.0.0.1"), silent, 0)
+    port = listeners[0].socket.getsockname()[1]
+    error = await first_link_error(f"wss://127.0.0.1:{port}/v1")
+    assert (error.kind, error.reason) == (LinkErrorKind.TIMEOUT, "no TLS handshake in time")
