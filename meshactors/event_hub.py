@@ -3,9 +3,11 @@ others reach it only through its inbox."""
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import time
+from collections.abc import Iterable
 from typing import Any, ClassVar, Protocol
 
 import attrs
@@ -78,7 +80,7 @@ class EventHub(Actor):
     broadcast: Broadcast[Event] = attrs.field(factory=Broadcast)
     last_event_id: int = 0
     unlogged: int = 0  # events numbered and sent live but not logged (the log queue was full)
-    dropped: int = 0  # events never numbered: the inbox was full
+    dropped: int = 0  # events never numbered: the inbox was full, or a stop cut them off
     _to_log: trio.MemorySendChannel[Event | _Flush] = attrs.field(init=False)
     _log_queue: trio.MemoryReceiveChannel[Event | _Flush] = attrs.field(init=False)
 
@@ -164,12 +166,18 @@ class EventHub(Actor):
     async def _take_queued(self) -> None:
         """Number what was published before the hub stopped, so it is logged too. The log
         writer is gone by then, so a full log queue is written out here to make room: a
-        flush waiting for room would wait out the cleanup budget, and the log with it."""
-        for message in take_queued(self.inbox.receiver, HUB_INBOX):
-            room = self._log_queue.statistics()
-            if room.current_buffer_used >= room.max_buffer_size:
-                await self._flush_queued()
-            await self._take(message)
+        flush waiting for room would wait out the cleanup budget, and the log with it. What
+        the budget leaves untaken is settled: events counted dropped, askers told."""
+        queued = collections.deque(take_queued(self.inbox.receiver, HUB_INBOX))
+        try:
+            while queued:
+                room = self._log_queue.statistics()
+                if room.current_buffer_used >= room.max_buffer_size:
+                    await self._flush_queued()
+                await self._take(queued[0])  # still queued if cut off: settled below
+                queued.popleft()
+        finally:
+            self._settle_untaken(queued)
 
     async def _write_log(self) -> None:
         """The log writer: events in batches, each flush answered once what precedes it is."""
@@ -178,8 +186,25 @@ class EventHub(Actor):
             await self._write([first, *take_queued(self._log_queue, PERSIST_BATCH - 1)])
 
     async def _flush_queued(self) -> None:
-        while batch := take_queued(self._log_queue, PERSIST_BATCH):
-            await self._write(batch)
+        """Write what the log queue holds (the writer is gone); what the cleanup budget leaves
+        unwritten is counted unlogged, its flushes told the hub is gone."""
+        try:
+            while batch := take_queued(self._log_queue, PERSIST_BATCH):
+                await self._write(batch)
+        finally:
+            self._settle_untaken(take_queued(self._log_queue, PERSIST_QUEUE))
+
+    def _settle_untaken(self, untaken: Iterable[_HubMessage | Event]) -> None:
+        """Account for what a stop left undone: an event not numbered is dropped, one not
+        logged is unlogged, and every asker hears ActorGone at once."""
+        for item in untaken:
+            match item:
+                case _Published():
+                    self.dropped += 1
+                case Event():
+                    self.unlogged += 1
+                case _Join(reply=reply) | _Flush(reply=reply):
+                    reply.drop()
 
     async def _write(self, batch: list[Event | _Flush]) -> None:
         """Log a batch's events, then answer its flushes; a write cut off (the hub stops)

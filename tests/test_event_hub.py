@@ -165,3 +165,25 @@ async def test_a_stop_logs_what_is_queued_and_answers_a_queued_flush_with_the_lo
     with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
         logged = [row[0] for row in db.execute("SELECT data_json FROM events ORDER BY event_id")]
     assert [json.loads(data)["n"] for data in logged] == [0, 1, 2, 3]
+
+
+async def test_what_a_stop_runs_out_of_time_for_is_counted_and_its_askers_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
+) -> None:
+    monkeypatch.setattr(event_hub, "PERSIST_QUEUE", 2)
+    async with stalled_hub(tmp_path) as stalled:
+        stalled.hub.publish("tick", {"n": 0})
+        await trio.testing.wait_all_tasks_blocked()  # its write is the store's now
+        for n in range(1, 3):
+            stalled.hub.publish("tick", {"n": n})  # the log queue is full
+        stalled.flush()  # the hub waits for room to queue it
+        await trio.testing.wait_all_tasks_blocked()
+        stalled.hub.publish("tick", {"n": 3})
+        stalled.flush()  # still in the hub's inbox when it stops
+        await trio.testing.wait_all_tasks_blocked()
+        stalled.stopping.cancel()  # the hub writes the full log queue: the disk stalls it
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(stalled.events.shutdown_timeout + 1)  # the cleanup budget runs out
+        await trio.testing.wait_all_tasks_blocked()
+        assert stalled.outcome == ["gone", "gone"]  # the queued flush is told too
+        assert stalled.hub.figures()["dropped"] == 1  # event 3, never numbered
