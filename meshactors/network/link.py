@@ -505,12 +505,13 @@ async def open_broker_websocket(url: str) -> AsyncIterator[WebSocketConnection]:
     port = parts.port or (443 if tls else 80)
     upgraded_by = trio.current_time() + CONNECT_TIMEOUT
     stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+    # As trio-websocket does it: the default context, no close_notify on close. Made before
+    # the connection, so that nothing between it and the stream's close can fail.
+    context = ssl.create_default_context() if tls else None
     with _upgrading(upgraded_by, "TCP connection"):
         tcp = await trio.open_tcp_stream(host, port)
-    if tls:  # as trio-websocket does it: the default context, no close_notify on close
-        stream = trio.SSLStream(
-            tcp, ssl.create_default_context(), server_hostname=host, https_compatible=True
-        )
+    if context is not None:
+        stream = trio.SSLStream(tcp, context, server_hostname=host, https_compatible=True)
         with _upgrading(upgraded_by, "TLS handshake"):
             await _handshake(stream)
     else:

@@ -28,7 +28,7 @@ class LinkErrorKind(enum.StrEnum):
     NOT_FOUND = "not_found"  # an HTTP answer other than the upgrade, e.g. 404 on the path
     DNS = "dns"  # the host name does not resolve
     TLS = "tls"  # the TLS handshake failed (wss:// to a plain port, a bad certificate)
-    TIMEOUT = "timeout"  # no upgrade or welcome in time
+    TIMEOUT = "timeout"  # a step of connecting, the welcome, a pong or a send not in time
     REJECTED = "rejected"  # the broker refused our hello, with its reason
     CLOSED = "closed"  # an established connection closed or broke
     PROTOCOL = "protocol"  # the broker said something we cannot read
@@ -129,7 +129,9 @@ def _tls_failure(error: ssl.SSLError) -> str:
         return f"its certificate was refused: {error.verify_message}"
     if error.reason == "WRONG_VERSION_NUMBER":  # an HTTP answer read as a TLS record
         return "it does not speak TLS (a wss:// URL to a plain ws:// port?)"
-    return str(error)
+    if isinstance(error, ssl.SSLEOFError):  # a proxy with no backend, a server going down
+        return "it closed the connection during the handshake"
+    return f"{error.library or 'SSL'} error {error.reason}" if error.reason else str(error)
 
 
 def _error(kind: LinkErrorKind, reason: str) -> LinkError:

@@ -396,7 +396,8 @@ class AdmittedAfterTheStop(StopWatchedBroker):
         self.admitting.set()
         with trio.CancelScope(shield=True):
             await self.stop_ran.wait()
-            return await super()._admit_cluster(nursery, hello, decided)
+            answer = await super()._admit_cluster(nursery, hello, decided)
+        return answer
 
 
 async def test_a_hello_the_stopping_link_answered_is_closed_going_away_at_once(

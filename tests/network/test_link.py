@@ -8,6 +8,7 @@ import json
 import random
 import socket
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 import pytest
 import trio
@@ -487,7 +488,9 @@ async def test_a_link_comes_up_over_wss(
     trusts once SSL_CERT_FILE names the test CA, then the upgrade, the hello and the welcome."""
     monkeypatch.setenv("SSL_CERT_FILE", str(TEST_CA))  # the default context reads it each time
     _, plain = await start_broker(nursery)
-    port = await serve_tls(nursery, forwarding_to(int(plain.split("/")[2].split(":")[1])))
+    broker_port = urlsplit(plain).port
+    assert broker_port is not None
+    port = await serve_tls(nursery, forwarding_to(broker_port))
     url = f"wss://127.0.0.1:{port}/v1"
     heard = LinkEventRecorder()
     link = Link("net1", [url], SigningKey.generate(), heard)

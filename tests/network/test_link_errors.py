@@ -189,14 +189,41 @@ async def test_a_lasting_error_is_published_once_however_often_it_is_retried(
     assert link.figures()["last_error"] == {"kind": "refused", "reason": reason}
 
 
+async def serve_plain(nursery: trio.Nursery, handler: Callable[[trio.SocketStream], Any]) -> int:
+    """Serve `handler` over plain TCP on a free loopback port; returns the port."""
+    listeners: list[trio.SocketListener] = await nursery.start(
+        partial(trio.serve_tcp, host="127.0.0.1"), handler, 0
+    )
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
 async def test_a_server_silent_in_the_tls_handshake_is_a_timeout_naming_that_step(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
 ) -> None:
+    # Virtual time jumps only once nothing has run for a while of real time, so the loopback
+    # connection is made by then whatever the machine's load.
+    mock_clock.autojump_threshold = 0.05
+
     async def silent(stream: trio.SocketStream) -> None:
         async with stream:
             await trio.sleep_forever()
 
-    listeners = await nursery.start(partial(trio.serve_tcp, host="127.0.0.1"), silent, 0)
-    port = listeners[0].socket.getsockname()[1]
+    port = await serve_plain(nursery, silent)
     error = await first_link_error(f"wss://127.0.0.1:{port}/v1")
     assert (error.kind, error.reason) == (LinkErrorKind.TIMEOUT, "no TLS handshake in time")
+
+
+async def test_a_server_closing_in_the_tls_handshake_is_tls_and_says_so(
+    nursery: trio.Nursery,
+) -> None:
+    async def closing(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some()  # the client's hello read: the close is no reset
+
+    port = await serve_plain(nursery, closing)
+    error = await first_link_error(f"wss://127.0.0.1:{port}/v1")
+    assert (error.kind, error.reason) == (
+        LinkErrorKind.TLS,
+        f"TLS with 127.0.0.1:{port} failed: it closed the connection during the handshake",
+    )

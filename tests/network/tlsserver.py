@@ -26,7 +26,9 @@ async def serve_tls(nursery: trio.Nursery, handler: TLSHandler, host: str = "127
     listeners: list[trio.SSLListener[trio.SocketStream]] = await nursery.start(
         partial(trio.serve_ssl_over_tcp, host=host, https_compatible=True), handler, 0, context
     )
-    port: int = listeners[0].transport_listener.socket.getsockname()[1]
+    transport = listeners[0].transport_listener
+    assert isinstance(transport, trio.SocketListener)
+    port: int = transport.socket.getsockname()[1]
     return port
 
 
