@@ -58,22 +58,27 @@ async def test_an_unreachable_redis_is_retried_with_backoff_and_jitter(
 async def test_commands_queued_when_the_link_stops_are_answered_as_in_an_outage(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    control, commands = trio.open_memory_channel[Control](4)
+    control, commands = trio.open_memory_channel[Control](2)
     _, forwards = trio.open_memory_channel[Forward](4)
     events, _reported = trio.open_memory_channel[ClusterEvent](4)
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there: its leave fails
     link = ClusterLink(url, "0123456789abcdef", 2.0, 8.0, commands, forwards, events)
     admitted, admission = trio.open_memory_channel[AdmitResult](1)
     resynced, resync = trio.open_memory_channel[dict[str, Roster] | None](1)
+    admitted_late, late_admission = trio.open_memory_channel[AdmitResult](1)
     verified = verify_hello(hello(ALICE, "net"), now_ms=now_ms())
     entry = PresenceEntry("0123456789abcdef", "daemon", verified.ts_ms)
     control.send_nowait(Admit(verified, entry, 8, admitted))
     control.send_nowait(Resync([], resynced))
-    with trio.CancelScope() as stopping:
-        stopping.cancel()  # the broker stops before the link took the commands
-        await link.run()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(control.send, Admit(verified, entry, 8, admitted_late))
+        await trio.testing.wait_all_tasks_blocked()  # it waits for room: the queue is full
+        with trio.CancelScope() as stopping:
+            stopping.cancel()  # the broker stops before the link took the commands
+            await link.run()
     with trio.fail_after(WAIT_S):
         assert (await admission.receive()).status == "unavailable"
         assert await resync.receive() is None
+        assert (await late_admission.receive()).status == "unavailable"
     with pytest.raises(trio.BrokenResourceError):
         control.send_nowait(Depart("net", verified.device_id, entry))
