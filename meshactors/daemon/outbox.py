@@ -40,7 +40,7 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -70,7 +70,7 @@ from meshactors.store.actor import STORE_CALL_TIMEOUT, StoreActor
 from meshactors.store.db import immediate
 from meshactors.store.events import Event
 from meshactors.store.inbox import InboxMessage
-from meshactors.store.outbox import AcceptOutcome, Delivery, SendError
+from meshactors.store.outbox import AcceptOutcome, Delivery, SendRequest
 from meshactors.store.retention import Retention, prune_step
 from meshactors.wire.ipc import ErrorCode, OpError
 from meshactors.wire.peer import Frame
@@ -120,16 +120,13 @@ class DurableSettings:
     ack_timeout_s: float = attrs.field(default=ACK_TIMEOUT_S, validator=attrs.validators.gt(0))
 
 
-Accept = Callable[..., AcceptOutcome]  # store.outbox.accept, all bound but conn and room
-
-
 @attrs.frozen
 class AcceptRun:
     """Sends of one connection to one network, accepted in one store call; `recipients`
     names each send's recipients (a peer once per send: the places it may claim)."""
 
     network: str
-    accepts: Sequence[Accept]
+    accepts: Sequence[SendRequest]
     recipients: Sequence[str]
     reply: Reply[list[AcceptOutcome | Exception]]
 
@@ -208,22 +205,6 @@ def claim_due(
     )
     picked = [d for d in picked if d.key in claimed]
     return _Claim(picked, next_due, outbox_db.delivery_counts(conn))
-
-
-def accept_each(
-    conn: sqlite3.Connection, accepts: Sequence[Accept], room: dict[str, int]
-) -> list[AcceptOutcome | Exception]:
-    """Run several accepts in one transaction, in order, spending `room`; each refused one
-    (SendError, ValueError) is that accept's outcome and wrote nothing: `accept` refuses
-    before it writes (its `immediate` joins this transaction)."""
-    outcomes: list[AcceptOutcome | Exception] = []
-    with immediate(conn):
-        for accept in accepts:
-            try:
-                outcomes.append(accept(conn, room=room))
-            except (SendError, ValueError) as exc:
-                outcomes.append(exc)
-    return outcomes
 
 
 def record_settled(conn: sqlite3.Connection, batch: Sequence[_Settled], now_ms: int) -> list[str]:
@@ -369,7 +350,7 @@ class Outbox(Actor):
         self.networks.on_build.append(self._hook)  # before any network starts: no msg is missed
 
     async def accept(
-        self, network_id: str, accepts: Sequence[Accept], recipients: Sequence[str]
+        self, network_id: str, accepts: Sequence[SendRequest], recipients: Sequence[str]
     ) -> list[AcceptOutcome | Exception]:
         """Accept a run of sends (each answered once its row is committed); the deliveries
         that can go at once are on their way when this returns. A store slower than
@@ -487,7 +468,7 @@ class Outbox(Actor):
             # and may claim deliveries (inflight) that only this task sends, so only the
             # store's answer says what to send. The op asking is still answered in time.
             outcomes = await self.store.call(
-                functools.partial(accept_each, accepts=run.accepts, room=room),
+                functools.partial(outbox_db.accept_many, requests=run.accepts, room=room),
                 what="accept sends",
                 timeout=math.inf,
             )

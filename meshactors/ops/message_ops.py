@@ -16,7 +16,7 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from meshactors.actors import ActorGone, AskTimeout, unanswered
 from meshactors.control.session import Session
-from meshactors.daemon.outbox import Accept, Outbox, message_view
+from meshactors.daemon.outbox import Outbox, message_view
 from meshactors.network.delivery import MAX_MESSAGE_BYTES, MAX_META_BYTES
 from meshactors.ops.optable import Merge, Op, converter
 from meshactors.store import inbox as inbox_db
@@ -202,13 +202,13 @@ async def resolve_recipients(
 
 @attrs.frozen
 class _Staged:
-    """A send whose checks passed, with its resolved destination and its store accept."""
+    """A send whose checks passed, with its resolved destination and its store request."""
 
     params: SendParams
     kind: str
     ref: str
     recipients: list[str]
-    accept: Accept
+    accept: outbox_db.SendRequest
 
 
 async def send(session: Session, params: SendParams) -> dict[str, Any]:
@@ -236,8 +236,7 @@ async def send_run(
         except OpError as error:
             staged.append(error)
             continue
-        accept = functools.partial(
-            outbox_db.accept,
+        accept = outbox_db.SendRequest(
             network=params.network,
             recipients=recipients,
             destination_kind=kind,

@@ -269,7 +269,7 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     actor's group commit runs each call in a savepoint of its own. A savepoint per block
     would copy every page the block touches to the statement journal (a third of a durable
     accept's cost), so a caller that catches a block's failure and goes on relies on the
-    block refusing before it writes (as `store.outbox.accept` does).
+    block refusing before it writes (as `store.outbox.accept_many` does).
     """
     if conn.in_transaction:
         yield conn

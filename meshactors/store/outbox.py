@@ -148,99 +148,165 @@ class OutboxRow:
     deliveries: tuple[RecipientState, ...]
 
 
-def accept(
-    conn: sqlite3.Connection,
-    *,
-    network: str,
-    recipients: Sequence[str],
-    destination_kind: str,
-    destination_ref: str,
-    message: str,
-    priority: str,
-    meta: dict[str, Any] | None,
-    reply_to_id: str | None,
-    client_message_id: str | None,
-    now_ms: int,
-    room: dict[str, int] | None = None,
-) -> AcceptOutcome:
-    """Durably accept a send, or answer a repeat of one by the lookup table below.
+@attrs.frozen
+class SendRequest:
+    """One send to accept durably: its network, resolved recipients, destination and content
+    (a missing client_message_id is minted), stamped when the request came."""
 
-    An existing row with the same (network, client_message_id) decides, by its status and
-    whether the new request's fingerprint matches: pending/inflight + match → accepted;
-    done + match → duplicate; every other cell → conflict '<status>_fingerprint_<match|mismatch>'.
-    Only a new row needs recipients (device ids resolved by the caller); a missing
-    client_message_id is minted. `room` (the drainer's places per active peer, spent here)
-    claims a new row's delivery at once, as `mark_inflight` would, for a recipient with a
-    place and nothing queued before it: the row is written inflight instead of pending and
-    claimed again by nobody, so the drainer sends it without a claim of its own.
-    Every refusal (SendError, ValueError) comes before the first write, so a caller whose
-    transaction holds several accepts may go on after one is refused (`accept_each`).
+    network: str
+    recipients: Sequence[str]
+    destination_kind: str
+    destination_ref: str
+    message: str
+    priority: str
+    meta: dict[str, Any] | None
+    reply_to_id: str | None
+    client_message_id: str | None
+    now_ms: int
+
+
+def accept(
+    conn: sqlite3.Connection, *, room: dict[str, int] | None = None, **fields: Any
+) -> AcceptOutcome:
+    """`accept_many` for one request (`fields` as SendRequest's); a refusal is raised."""
+    (outcome,) = accept_many(conn, [SendRequest(**fields)], room)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def accept_many(
+    conn: sqlite3.Connection,
+    requests: Sequence[SendRequest],
+    room: dict[str, int] | None = None,
+) -> list[AcceptOutcome | Exception]:
+    """Durably accept each send, in order, or answer a repeat of one by the lookup table
+    below; a refused request (SendError, ValueError) is its own outcome and writes nothing.
+
+    An existing row with the same (network, client_message_id), or one an earlier request of
+    the call wrote, decides, by its status and whether the new request's fingerprint matches:
+    pending/inflight + match → accepted; done + match → duplicate; every other cell →
+    conflict '<status>_fingerprint_<match|mismatch>'. Only a new row needs recipients. `room`
+    (the drainer's places per active peer, spent here) claims a new row's delivery at once,
+    as `mark_inflight` would, for a recipient with a place and nothing queued before it: the
+    row is written inflight instead of pending and claimed again by nobody, so the drainer
+    sends it without a claim of its own. The keys are looked up in one statement and the
+    new rows written in a few for the whole call, whatever its length.
     """
-    _check_choice("destination_kind", destination_kind, DESTINATION_KINDS)
-    _check_choice("priority", priority, PRIORITIES)
-    if client_message_id is not None:
-        _check_client_message_id(client_message_id)
-    unique_recipients = list(dict.fromkeys(recipients))
-    if len(unique_recipients) > MAX_RECIPIENTS:
-        raise SendError(
-            "invalid_request", f"{len(unique_recipients)} recipients, at most {MAX_RECIPIENTS}"
-        )
-    fp = request_fingerprint(
-        destination_kind=destination_kind,
-        destination_ref=destination_ref,
-        reply_to_id=reply_to_id,
-        priority=priority,
-        meta=meta,
-        body=message.encode("utf-8"),
-    )
-    key = client_message_id if client_message_id is not None else mint_client_message_id(now_ms)
+    checked: list[_Checked | SendError | ValueError] = []
+    for request in requests:
+        try:
+            checked.append(_checked(request))
+        except (SendError, ValueError) as exc:
+            checked.append(exc)
+    outcomes: list[AcceptOutcome | Exception] = []
     with immediate(conn):
-        existing = conn.execute(
-            "SELECT id, status, request_fingerprint FROM outbox"
-            " WHERE network = ? AND client_message_id = ?",
-            (network, key),
-        ).fetchone()
-        if existing is not None:
-            row_id, status, stored_fp = existing
-            return _decide(row_id, key, status, stored_fp == fp, fingerprint_prefix(fp))
-        if not unique_recipients:
-            raise SendError(
-                "no_recipients", f"no recipients for {destination_kind} {destination_ref!r}"
-            )
-        row_id, claimed_recipients = _insert_send(
-            conn,
-            network=network,
-            client_message_id=key,
-            fingerprint=fp,
-            destination_kind=destination_kind,
-            destination_ref=destination_ref,
-            priority=priority,
-            message=message,
-            meta_json=to_json(meta),
-            reply_to_id=reply_to_id,
-            recipients=unique_recipients,
-            now_ms=now_ms,
-            room=room,
+        taken = _taken_keys(conn, [item for item in checked if isinstance(item, _Checked)])
+        inserts = _Inserts()
+        for item in checked:
+            if not isinstance(item, _Checked):
+                outcomes.append(item)
+                continue
+            request, key, fp = item.request, item.key, item.fingerprint
+            existing = taken.get((request.network, key))
+            if existing is not None:
+                row_id, status, stored_fp = existing
+                outcomes.append(
+                    _decide(row_id, key, status, stored_fp == fp, fingerprint_prefix(fp))
+                )
+                continue
+            if not request.recipients:
+                outcomes.append(
+                    SendError(
+                        "no_recipients",
+                        f"no recipients for {request.destination_kind} {request.destination_ref!r}",
+                    )
+                )
+                continue
+            claimed = inserts.add(conn, item, room)
+            taken[request.network, key] = (item.row_id, "inflight" if claimed else "pending", fp)
+            outcomes.append(_accepted(item, claimed))
+        inserts.write(conn)
+    return outcomes
+
+
+@attrs.frozen
+class _Checked:
+    """A request that passed the checks, with what its row would be written under."""
+
+    request: SendRequest  # its recipients made unique
+    key: str  # its client_message_id, or one minted
+    fingerprint: bytes
+    row_id: str  # minted for it, used if it makes a new row
+
+
+def _checked(request: SendRequest) -> _Checked:
+    """The request checked, keyed and fingerprinted; SendError or ValueError for one that
+    cannot be accepted."""
+    _check_choice("destination_kind", request.destination_kind, DESTINATION_KINDS)
+    _check_choice("priority", request.priority, PRIORITIES)
+    if request.client_message_id is not None:
+        _check_client_message_id(request.client_message_id)
+    unique = list(dict.fromkeys(request.recipients))
+    if len(unique) > MAX_RECIPIENTS:
+        raise SendError("invalid_request", f"{len(unique)} recipients, at most {MAX_RECIPIENTS}")
+    fp = request_fingerprint(
+        destination_kind=request.destination_kind,
+        destination_ref=request.destination_ref,
+        reply_to_id=request.reply_to_id,
+        priority=request.priority,
+        meta=request.meta,
+        body=request.message.encode("utf-8"),
+    )
+    key = request.client_message_id
+    if key is None:
+        key = mint_client_message_id(request.now_ms)
+    row_id = mint_client_message_id(request.now_ms)
+    return _Checked(attrs.evolve(request, recipients=unique), key, fp, row_id)
+
+
+def _taken_keys(
+    conn: sqlite3.Connection, checked: Sequence[_Checked]
+) -> dict[tuple[str, str], tuple[str, str, bytes]]:
+    """The rows already holding the requests' (network, client_message_id) keys, in one
+    statement: (network, key) → (id, status, fingerprint)."""
+    if not checked:
+        return {}
+    wanted = to_json([[item.request.network, item.key] for item in checked])
+    return {
+        (network, key): (row_id, status, fp)
+        for network, key, row_id, status, fp in conn.execute(
+            "SELECT network, client_message_id, id, status, request_fingerprint FROM outbox"
+            " WHERE (network, client_message_id) IN (SELECT json_extract(value, '$[0]'),"
+            " json_extract(value, '$[1]') FROM json_each(?))",
+            (wanted,),
         )
-    claimed = tuple(
+    }
+
+
+def _accepted(item: _Checked, claimed: Sequence[str]) -> AcceptOutcome:
+    """The outcome of a new row, with the deliveries its accept claimed."""
+    request, row_id, key = item.request, item.row_id, item.key
+    deliveries = tuple(
         Delivery(
             outbox_id=row_id,
             recipient=recipient,
-            network=network,
+            network=request.network,
             client_message_id=key,
-            destination_kind=destination_kind,
-            destination_ref=destination_ref,
-            priority=priority,
-            message=message,
-            meta=meta,
-            reply_to_id=reply_to_id,
+            destination_kind=request.destination_kind,
+            destination_ref=request.destination_ref,
+            priority=request.priority,
+            message=request.message,
+            meta=request.meta,
+            reply_to_id=request.reply_to_id,
             attempts=0,
-            created_at=now_ms,
+            created_at=request.now_ms,
         )
-        for recipient in claimed_recipients
+        for recipient in claimed
     )
-    status = "inflight" if claimed else "pending"
-    return AcceptOutcome("accepted", row_id, key, status, None, fingerprint_prefix(fp), claimed)
+    status = "inflight" if deliveries else "pending"
+    prefix = fingerprint_prefix(item.fingerprint)
+    return AcceptOutcome("accepted", row_id, key, status, None, prefix, deliveries)
 
 
 def derive_status(delivery_statuses: Collection[str]) -> str:
@@ -625,20 +691,30 @@ def requeue(
         ).fetchone()
         if taken is not None:
             raise SendError("conflict", f"client_message_id {key!r} is already row {taken[0]}")
-        new_id, _ = _insert_send(
+        new_id = mint_client_message_id(now_ms)
+        recipients = [d.recipient for d in old.deliveries if d.status != "done"]
+        inserts = _Inserts()
+        inserts.add(
             conn,
-            network=old.network,
-            client_message_id=key,
-            fingerprint=old.request_fingerprint,
-            destination_kind=old.destination_kind,
-            destination_ref=old.destination_ref,
-            priority=old.priority,
-            message=old.message,
-            meta_json=to_json(old.meta),
-            reply_to_id=old.reply_to_id,
-            recipients=[d.recipient for d in old.deliveries if d.status != "done"],
-            now_ms=now_ms,
+            _Checked(
+                SendRequest(
+                    network=old.network,
+                    recipients=recipients,
+                    destination_kind=old.destination_kind,
+                    destination_ref=old.destination_ref,
+                    message=old.message,
+                    priority=old.priority,
+                    meta=old.meta,
+                    reply_to_id=old.reply_to_id,
+                    client_message_id=key,
+                    now_ms=now_ms,
+                ),
+                key,
+                old.request_fingerprint,
+                new_id,
+            ),
         )
+        inserts.write(conn)
         conn.execute(
             "UPDATE deliveries SET status = 'dead', last_error = ?"
             " WHERE outbox_id = ? AND status IN ('pending', 'inflight')",
@@ -686,71 +762,85 @@ def _decide(row_id: str, key: str, status: str, match: bool, prefix: str) -> Acc
     return AcceptOutcome("conflict", row_id, key, status, reason, prefix)
 
 
-def _insert_send(
-    conn: sqlite3.Connection,
-    *,
-    network: str,
-    client_message_id: str,
-    fingerprint: bytes,
-    destination_kind: str,
-    destination_ref: str,
-    priority: str,
-    message: str,
-    meta_json: str,
-    reply_to_id: str | None,
-    recipients: Sequence[str],
-    now_ms: int,
-    room: dict[str, int] | None = None,
-) -> tuple[str, list[str]]:
-    """Insert a row and one delivery per recipient, due now: inflight for the recipients
-    `room` claims (see `accept`), pending for the rest; returns the id and those claimed."""
-    row_id = mint_client_message_id(now_ms)
-    claimed = [
-        recipient
-        for recipient in recipients
-        if room and room.get(recipient, 0) > 0 and not _queued(conn, recipient)
-    ]
-    for recipient in claimed:
-        assert room is not None
-        room[recipient] -= 1
-    conn.execute(
-        f"INSERT INTO outbox ({_ROW_COLUMNS}) VALUES"
-        " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
-        (
-            row_id,
-            network,
-            client_message_id,
-            fingerprint,
-            destination_kind,
-            destination_ref,
-            priority,
-            message,
-            meta_json,
-            reply_to_id,
-            "inflight" if claimed else "pending",
-            now_ms,
-            now_ms,
-        ),
-    )
-    rank = PRIORITIES.index(priority)  # deliveries_queue orders each peer's queue by it
-    taken = set(claimed)
-    conn.executemany(
-        "INSERT INTO deliveries (outbox_id, recipient, status, attempts, next_attempt_at, rank)"
-        " VALUES (?, ?, ?, 0, ?, ?)",
-        [
-            (row_id, recipient, "inflight" if recipient in taken else "pending", now_ms, rank)
-            for recipient in recipients
-        ],
-    )
-    bump_counts(
-        conn,
-        {
-            ("outbox", "inflight" if claimed else "pending"): 1,
-            ("deliveries", "inflight"): len(claimed),
-            ("deliveries", "pending"): len(recipients) - len(claimed),
-        },
-    )
-    return row_id, claimed
+@attrs.define
+class _Inserts:
+    """New sends of one transaction, written together: their rows, their deliveries and the
+    row_counts they add, each in one statement."""
+
+    rows: list[tuple[Any, ...]] = attrs.field(factory=list)
+    deliveries: list[tuple[Any, ...]] = attrs.field(factory=list)
+    counts: collections.Counter[tuple[str, str]] = attrs.field(factory=collections.Counter)
+    queued: dict[str, bool] = attrs.field(factory=dict)  # recipient → a pending one waits
+
+    def add(
+        self,
+        conn: sqlite3.Connection,
+        item: _Checked,
+        room: dict[str, int] | None = None,
+    ) -> list[str]:
+        """Stage the row of a checked request and one delivery per recipient, due now:
+        inflight for the recipients `room` claims (see `accept_many`), pending for the rest;
+        those claimed."""
+        request, row_id = item.request, item.row_id
+        claimed = [
+            recipient
+            for recipient in request.recipients
+            if room and room.get(recipient, 0) > 0 and not self._queued(conn, recipient)
+        ]
+        for recipient in claimed:
+            assert room is not None
+            room[recipient] -= 1
+        now_ms = request.now_ms
+        self.rows.append(
+            (
+                row_id,
+                request.network,
+                item.key,
+                item.fingerprint,
+                request.destination_kind,
+                request.destination_ref,
+                request.priority,
+                request.message,
+                to_json(request.meta),
+                request.reply_to_id,
+                "inflight" if claimed else "pending",
+                now_ms,
+                now_ms,
+            )
+        )
+        rank = PRIORITIES.index(request.priority)  # deliveries_queue orders each peer's queue
+        taken = set(claimed)
+        for recipient in request.recipients:
+            status = "inflight" if recipient in taken else "pending"
+            self.deliveries.append((row_id, recipient, status, now_ms, rank))
+            if status == "pending":
+                self.queued[recipient] = True  # a later send to it waits behind this one
+        self.counts["outbox", "inflight" if claimed else "pending"] += 1
+        self.counts["deliveries", "inflight"] += len(claimed)
+        self.counts["deliveries", "pending"] += len(request.recipients) - len(claimed)
+        return claimed
+
+    def _queued(self, conn: sqlite3.Connection, recipient: str) -> bool:
+        """Whether a delivery to `recipient` is pending (in any network), staged here or
+        stored: one claimed at accept would overtake it, so such a send waits its turn."""
+        if recipient not in self.queued:
+            self.queued[recipient] = _queued(conn, recipient)
+        return self.queued[recipient]
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        """Insert what was staged."""
+        conn.executemany(
+            f"INSERT INTO outbox ({_ROW_COLUMNS}) VALUES"
+            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+            self.rows,
+        )
+        conn.executemany(
+            "INSERT INTO deliveries"
+            " (outbox_id, recipient, status, attempts, next_attempt_at, rank)"
+            " VALUES (?, ?, ?, 0, ?, ?)",
+            self.deliveries,
+        )
+        bump_counts(conn, self.counts)
 
 
 def _queued(conn: sqlite3.Connection, recipient: str) -> bool:

@@ -1,6 +1,5 @@
 """The outbox: the idempotency lookup table, derived row status, retries, recovery, requeue."""
 
-import functools
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -9,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from meshactors.daemon.outbox import accept_each
 from meshactors.store import outbox
 from meshactors.store.db import open_database
 from meshactors.store.fingerprint import fingerprint_prefix, request_fingerprint
@@ -22,7 +20,9 @@ from meshactors.store.outbox import (
     AcceptOutcome,
     DeliveryKey,
     SendError,
+    SendRequest,
     accept,
+    accept_many,
     backoff_ms,
     derive_status,
     due_deliveries,
@@ -609,13 +609,39 @@ def test_mark_delivered_many_answers_each_key_in_order(conn: sqlite3.Connection)
     assert mark_delivered_many(conn, keys, T0) == ["already_done", "already_done"]
 
 
+def test_a_key_repeated_in_one_call_is_answered_by_the_row_the_call_writes(
+    conn: sqlite3.Connection,
+) -> None:
+    run = [
+        SendRequest(**request(client_message_id="k")),
+        SendRequest(**request(client_message_id="k")),  # the same request: the same row
+        SendRequest(**request(client_message_id="k", message="other")),  # conflict
+    ]
+    first, again, other = accept_many(conn, run, {"dev-a": 8})
+    assert isinstance(first, AcceptOutcome) and isinstance(again, AcceptOutcome)
+    assert (first.outcome, first.status, len(first.claimed)) == ("accepted", "inflight", 1)
+    assert (again.outcome, again.id, again.status, again.claimed) == (
+        "accepted",
+        first.id,
+        "inflight",
+        (),
+    )
+    assert isinstance(other, AcceptOutcome)
+    assert (other.outcome, other.id, other.reason) == (
+        "conflict",
+        first.id,
+        "inflight_fingerprint_mismatch",
+    )
+    assert (count(conn, "outbox"), count(conn, "deliveries")) == (1, 1)
+
+
 def test_a_refused_accept_in_a_run_writes_nothing_and_the_run_goes_on(
     conn: sqlite3.Connection,
 ) -> None:
     send(conn, client_message_id="taken", message="first")
 
-    def accepting(**changes: Any) -> Any:
-        return functools.partial(accept, **request(**changes))
+    def accepting(**changes: Any) -> SendRequest:
+        return SendRequest(**request(**changes))
 
     run = [
         accepting(client_message_id="a"),
@@ -625,7 +651,7 @@ def test_a_refused_accept_in_a_run_writes_nothing_and_the_run_goes_on(
         accepting(client_message_id="d"),
     ]
     conn.execute("BEGIN IMMEDIATE")  # as the store's group commit holds one open
-    outcomes = accept_each(conn, run, {})
+    outcomes = accept_many(conn, run, {})
     conn.execute("COMMIT")
     assert [getattr(o, "outcome", getattr(o, "code", None)) for o in outcomes] == [
         "accepted",
