@@ -47,12 +47,12 @@ def store_message(
     """Store a received message unless (network, sender, client_message_id) is already here.
 
     Returns the stored row and True, or for a redelivery the row stored first (its content
-    wins) and False.
+    wins) and False. Only a redelivery reads its row back: a new one is what was written.
     """
     with immediate(conn):
-        cursor = conn.execute(
+        inserted = conn.execute(
             f"INSERT INTO inbox ({_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (network, sender, client_message_id) DO NOTHING",
+            " ON CONFLICT (network, sender, client_message_id) DO NOTHING RETURNING seq",
             (
                 network,
                 sender,
@@ -64,13 +64,27 @@ def store_message(
                 sent_at,
                 now_ms,
             ),
-        )
-        row = conn.execute(
-            f"SELECT {_COLUMNS} FROM inbox"
-            " WHERE network = ? AND sender = ? AND client_message_id = ?",
-            (network, sender, client_message_id),
         ).fetchone()
-    return _message(row), cursor.rowcount == 1
+        if inserted is None:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM inbox"
+                " WHERE network = ? AND sender = ? AND client_message_id = ?",
+                (network, sender, client_message_id),
+            ).fetchone()
+            return _message(row), False
+    stored = InboxMessage(
+        seq=inserted[0],
+        network=network,
+        sender=sender,
+        client_message_id=client_message_id,
+        message=message,
+        meta=meta,
+        priority=priority,
+        reply_to_id=reply_to_id,
+        sent_at=sent_at,
+        received_at=now_ms,
+    )
+    return stored, True
 
 
 def page(

@@ -39,6 +39,7 @@ def test_a_new_message_is_stored(conn: sqlite3.Connection) -> None:
         sent_at=900,
         received_at=1000,
     )
+    assert page(conn, limit=10, cursor=None)[0] == [stored]  # what was written, read back
 
 
 def test_a_redelivery_returns_the_first_copy(conn: sqlite3.Connection) -> None:
