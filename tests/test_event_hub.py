@@ -126,17 +126,34 @@ async def test_a_flush_whose_log_write_a_stop_cuts_off_hears_the_hub_is_gone(
         assert stalled.outcome == ["gone"]  # its write was cut off: not left waiting
 
 
+async def fill_the_log_queue(stalled: StalledHub) -> None:
+    """Event 0 in the stalled store's hands, events 1 and 2 filling the log queue (the test
+    makes it hold 2), then a flush the hub waits for room to queue."""
+    stalled.hub.publish("tick", {"n": 0})
+    await trio.testing.wait_all_tasks_blocked()  # its write is the store's now
+    for n in range(1, 3):
+        stalled.hub.publish("tick", {"n": n})
+    stalled.flush()
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def stop_with_a_flush_queued(stalled: StalledHub) -> None:
+    """The log queue full, then event 3 and a second flush still in the hub's inbox when it
+    stops (its log writer gone then)."""
+    await fill_the_log_queue(stalled)
+    stalled.hub.publish("tick", {"n": 3})
+    stalled.flush()
+    await trio.testing.wait_all_tasks_blocked()
+    stalled.stopping.cancel()
+    await trio.testing.wait_all_tasks_blocked()
+
+
 async def test_a_flush_a_stop_cuts_off_while_the_log_queue_is_full_hears_the_hub_is_gone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(event_hub, "PERSIST_QUEUE", 2)
     async with stalled_hub(tmp_path) as stalled:
-        stalled.hub.publish("tick", {"n": 0})
-        await trio.testing.wait_all_tasks_blocked()  # its write is the store's now
-        for n in range(1, 3):
-            stalled.hub.publish("tick", {"n": n})  # the log queue is full
-        stalled.flush()  # the hub waits for room to queue it
-        await trio.testing.wait_all_tasks_blocked()
+        await fill_the_log_queue(stalled)
         assert stalled.hub.figures()["log_queue"] == 2
         stalled.stopping.cancel()
         await trio.testing.wait_all_tasks_blocked()
@@ -148,17 +165,7 @@ async def test_a_stop_logs_what_is_queued_and_answers_a_queued_flush_with_the_lo
 ) -> None:
     monkeypatch.setattr(event_hub, "PERSIST_QUEUE", 2)
     async with stalled_hub(tmp_path) as stalled:
-        stalled.hub.publish("tick", {"n": 0})
-        await trio.testing.wait_all_tasks_blocked()  # its write is the store's now
-        for n in range(1, 3):
-            stalled.hub.publish("tick", {"n": n})  # the log queue is full
-        stalled.flush()  # the hub waits for room to queue it
-        await trio.testing.wait_all_tasks_blocked()
-        stalled.hub.publish("tick", {"n": 3})
-        stalled.flush()  # still in the hub's inbox when it stops, the log writer gone then
-        await trio.testing.wait_all_tasks_blocked()
-        stalled.stopping.cancel()
-        await trio.testing.wait_all_tasks_blocked()
+        await stop_with_a_flush_queued(stalled)
         stalled.release()
         with trio.fail_after(30):  # a deadlock guard: the hub's cleanup budget is 5 s
             assert await stalled.answers(2) == ["gone", "flushed"]
@@ -172,17 +179,7 @@ async def test_what_a_stop_runs_out_of_time_for_is_counted_and_its_askers_told(
 ) -> None:
     monkeypatch.setattr(event_hub, "PERSIST_QUEUE", 2)
     async with stalled_hub(tmp_path) as stalled:
-        stalled.hub.publish("tick", {"n": 0})
-        await trio.testing.wait_all_tasks_blocked()  # its write is the store's now
-        for n in range(1, 3):
-            stalled.hub.publish("tick", {"n": n})  # the log queue is full
-        stalled.flush()  # the hub waits for room to queue it
-        await trio.testing.wait_all_tasks_blocked()
-        stalled.hub.publish("tick", {"n": 3})
-        stalled.flush()  # still in the hub's inbox when it stops
-        await trio.testing.wait_all_tasks_blocked()
-        stalled.stopping.cancel()  # the hub writes the full log queue: the disk stalls it
-        await trio.testing.wait_all_tasks_blocked()
+        await stop_with_a_flush_queued(stalled)  # writing the full log queue: the disk stalls
         mock_clock.jump(stalled.events.shutdown_timeout + 1)  # the cleanup budget runs out
         await trio.testing.wait_all_tasks_blocked()
         assert stalled.outcome == ["gone", "gone"]  # the queued flush is told too
