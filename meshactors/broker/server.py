@@ -103,6 +103,30 @@ class _AdmissionGate(ForwardingStream):
 
 
 @attrs.define(eq=False)
+class _UpgradeWatch(ForwardingStream):
+    """The stream trio-websocket's handshake reads: its end (EOF, a reset, or trio-websocket
+    closing it after answering a bad request 400) cancels `upgrade`, because trio-websocket's
+    reader stops there without waking the task waiting for the request, which would hold the
+    connection and its place under max_connections until handshake_timeout."""
+
+    upgrade: trio.CancelScope  # a scope already left is not affected
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self.stream.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.upgrade.cancel()
+            raise
+        if not data:
+            self.upgrade.cancel()
+        return data
+
+    async def aclose(self) -> None:
+        self.upgrade.cancel()
+        await self.stream.aclose()
+
+
+@attrs.define(eq=False)
 class _Member:
     """One admitted connection: its identity in a network and its bounded outbound queue."""
 
@@ -338,14 +362,15 @@ class Broker:
     ) -> tuple[WebSocketConnection, _Member] | None:
         """Upgrade (or refuse) the HTTP request, then admit its hello; None when refused.
 
-        Until the hello is admitted the connection is read through an _AdmissionGate."""
+        Until the hello is admitted the connection is read through an _AdmissionGate; the
+        upgrade ends early when the stream does (_UpgradeWatch)."""
         ws: WebSocketConnection | None = None
-        with trio.move_on_after(self.config.handshake_timeout):
+        with trio.move_on_after(self.config.handshake_timeout) as upgrade:
             handed_on = await answer_health(stream, self.health)
             if handed_on is None:
                 self._counts["health_requests"] += 1
                 return None
-            gate = _AdmissionGate(handed_on, PRE_ADMISSION_BYTES)
+            gate = _AdmissionGate(_UpgradeWatch(handed_on, upgrade), PRE_ADMISSION_BYTES)
             request = await wrap_server_stream(
                 nursery,
                 gate,

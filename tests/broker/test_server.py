@@ -439,12 +439,61 @@ async def test_refused_upgrade_and_oversize_close_end_the_tcp_connection(
     assert b"\x88" in received and struct.pack("!H", 1009) in received  # the close frame, then EOF
 
 
-async def test_a_bad_upgrade_request_is_refused_with_400(nursery: trio.Nursery) -> None:
-    _broker, url = await start_broker(nursery, handshake_timeout=0.5)
+@pytest.mark.parametrize(
+    ("sent", "then_eof", "answer"),
+    [
+        pytest.param(b"", True, b"", id="nothing"),
+        pytest.param(b"GET /v1 HTTP/1.1\r\nHost: x\r\nUpgrade: websoc", True, b"", id="half"),
+        pytest.param(
+            b"GET /v1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
+            False,
+            b"HTTP/1.1 400",
+            id="bad-request",
+        ),
+    ],
+)
+async def test_a_connection_whose_upgrade_cannot_go_on_ends_at_once(
+    nursery: trio.Nursery, sent: bytes, then_eof: bool, answer: bytes
+) -> None:
+    """trio-websocket's reader stops at the end of the stream (or after answering a bad request
+    400) without waking the handshake, which would hold the connection and its place under
+    max_connections for handshake_timeout (an hour here)."""
+    broker, url = await start_broker(nursery, handshake_timeout=3600, max_connections=1)
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     stream = await trio.open_tcp_stream("127.0.0.1", port)
-    await stream.send_all(b"GET /v1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
-    assert (await _read_to_eof(stream)).startswith(b"HTTP/1.1 400")
+    await stream.send_all(sent)
+    if then_eof:
+        await stream.send_eof()
+    # the broker (or trio-websocket after its 400) closed its end
+    assert (await _read_to_eof(stream)).startswith(answer)
+    await trio.testing.wait_all_tasks_blocked()  # the broker's handler has finished with it
+    assert broker.figures()["connections"] == 0
+    async with joined(url, ALICE, "net"):
+        pass
+
+
+async def test_a_connection_reset_before_its_upgrade_request_ends_at_once(
+    nursery: trio.Nursery,
+) -> None:
+    """A reset (no EOF to read back) that trio-websocket's reader meets ends the handshake as
+    an EOF does."""
+    broker, url = await start_broker(nursery, handshake_timeout=3600)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"GET /v1 HTTP/1.1\r\n")  # not a health request: handed on
+    await _connections_become(broker, 1)
+    await trio.testing.wait_all_tasks_blocked()  # trio-websocket's reader waits for the rest
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await stream.aclose()  # lingering 0 s: the close is a reset
+    await _connections_become(broker, 0)
+
+
+async def _connections_become(broker: Broker, count: int) -> None:
+    """Return once the broker holds `count` connections. The figure announces no change, so it
+    is looked at again whenever every task waits (a deadline fails the test)."""
+    with trio.fail_after(5):
+        while broker.figures()["connections"] != count:
+            await trio.testing.wait_all_tasks_blocked()
 
 
 async def test_an_unadmitted_client_cannot_make_the_broker_read_a_big_hello(
