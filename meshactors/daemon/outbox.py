@@ -20,7 +20,8 @@ inflight by a crash are put back to pending at start. An attempt in flight to a 
 leaves or comes back (a peer status event) is not waited out to the ack timeout: it is made
 due again at once, without counting as a failure, and sent when the peer is active (the
 recipient dedupes); so is a claimed batch whose peer left between the read of the active
-peers and the send (core refuses it `peer_not_active`): it never went.
+peers and the send (core refuses it `peer_not_active`, or `no_such_peer` once core forgot
+the peer): it never went.
 
 Housekeeping: a sweep makes sends past their TTL dead, and a prune loop deletes history past
 the retention in small batches (store.retention), both off the drain path.
@@ -104,6 +105,8 @@ PEER_ACTIVE = STATUS_EVENTS[PeerStatus.ACTIVE]  # its deliveries waiting out a b
 WAKE_EVENTS = frozenset({PEER_ACTIVE, "network_added"})  # events that may make work due
 PEER_CHANGE_EVENTS = frozenset(STATUS_EVENTS.values())  # a peer's session began or ended
 PEER_CHANGED = "peer_changed"  # settles an attempt whose peer left or came back: due again now
+# core's refusals of a claimed batch whose peer left after the claim read it active
+_PEER_GONE = frozenset({ErrorCode.PEER_NOT_ACTIVE, ErrorCode.NO_SUCH_PEER})
 EVENT_MESSAGE_BYTES = 4096  # longer texts are left out of `message` events (read the inbox)
 
 
@@ -562,9 +565,9 @@ class Outbox(Actor):
                         peer, batches([msg_frame(d) for d in deliveries])
                     )
                 except OpError as exc:
-                    # `peer_not_active`: the peer left after the claim read it active, so
-                    # nothing went and no attempt is used up (the next claim waits for it).
-                    gone = exc.code is ErrorCode.PEER_NOT_ACTIVE
+                    # the peer left (or core forgot it) after the claim read it active, so
+                    # nothing went and no attempt is used up (the next claim waits for it)
+                    gone = exc.code in _PEER_GONE
                     error = PEER_CHANGED if gone else exc.code.value
                 else:
                     await batch.done.wait()

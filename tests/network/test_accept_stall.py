@@ -145,26 +145,37 @@ async def test_a_peer_that_left_while_a_run_waited_for_its_accept_place_uses_up_
     )
 
 
+@pytest.mark.parametrize("removed", [False, True], ids=["left", "left-and-removed"])
 async def test_a_peer_that_left_while_its_claim_was_being_stored_uses_up_no_attempt(
-    mesh: Mesh,
+    mesh: Mesh, removed: bool
 ) -> None:
+    """Core's send refuses the claimed batch: `peer_not_active`, or `no_such_peer` once a's
+    core has forgotten b altogether (roster_remove drops an absent peer)."""
     a, b = await active_pair(mesh)
     outbox = a.services.extras["outbox"]
     assert isinstance(outbox, Outbox)
     await _quiet(a.services.store)
     answers: list[dict[str, Any]] = []
     params = {"network": NET, "to": b.device_id, "message": "m", "client_message_id": "left"}
+    removals: list[dict[str, Any]] = []
     stall = sqlite3.connect(a.services.paths.state_db, isolation_level=None)
-    with contextlib.closing(stall):
+    async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(contextlib.closing(stall))
         stall.execute("BEGIN IMMEDIATE")  # the disk stalls: the accept waits on it
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_send, a.client, params, answers)
+            nursery.start_soon(_call, a.client, "send", params, answers)
             await trio.testing.wait_all_tasks_blocked()  # b's place reserved, the accept waits
             await b.stop()
             await a.wait_status(b, "offline")
+            if removed:  # a's core waits on the store to forget b, before the send reaches it
+                remover = LineClient(await stack.enter_async_context(await _connect(a)))
+                removal = {"network": NET, "device_id": b.device_id}
+                nursery.start_soon(_call, remover, "roster_remove", removal, removals)
+                await trio.testing.wait_all_tasks_blocked()
             stall.execute("COMMIT")
     (answer,) = answers
     assert answer["data"]["status"] == "inflight"  # claimed for b, active when it was read
+    assert all(removal["ok"] for removal in removals)
     await _quiet(a.services.store)  # the attempt that found b gone is recorded
     (row,) = (await a.call("outbox_list", limit=10))["rows"]
     (delivery,) = row["deliveries"]
@@ -194,12 +205,14 @@ async def _start_run(
     it is a run of its own, and keep the answer in `answers` when it comes."""
     client = LineClient(await stack.enter_async_context(await _connect(a)))
     params = {"network": NET, "to": b.device_id, "message": key, "client_message_id": key}
-    nursery.start_soon(_send, client, params, answers)
+    nursery.start_soon(_call, client, "send", params, answers)
 
 
-async def _send(client: LineClient, params: dict[str, Any], answers: list[dict[str, Any]]) -> None:
-    """Send on `client` and keep its answer."""
-    answers.append(await client.call("send", **params))
+async def _call(
+    client: LineClient, op: str, params: dict[str, Any], answers: list[dict[str, Any]]
+) -> None:
+    """Call `op` on `client` and keep its answer."""
+    answers.append(await client.call(op, **params))
 
 
 def _accept_tasks() -> int:
