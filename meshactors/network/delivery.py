@@ -31,7 +31,6 @@ ACK_STATUSES = ("stored", "duplicate", "rejected")
 
 # Delivery error codes (outbox `last_error`). Transient ones are retried with backoff.
 ACK_TIMEOUT = "ack_timeout"  # no msg_ack in time: the peer or its store may be slow
-RECEIVER_BUSY = "receiver_busy"  # the recipient's queue was full and it said so
 INVALID_MESSAGE = "invalid_message"  # the recipient refused the frame's content
 PERMANENT_ERRORS = frozenset({INVALID_MESSAGE})  # never retried: the row goes dead at once
 
