@@ -345,8 +345,9 @@ class Broker:
                         await self._run_session(*admitted, log)
                 finally:
                     nursery.cancel_scope.cancel()  # trio-websocket's reader, however we end
-        except* ConnectionClosed:
-            pass  # the client vanished during a handshake or a send; nothing to clean up
+        except* (ConnectionClosed, trio.BrokenResourceError):
+            pass  # the client vanished (a reset, read before trio-websocket's wrapping: a port
+            # scanner's, say) during a handshake or a send; nothing to clean up
         except* LocalProtocolError:
             pass  # trio-websocket's reader after our close began: an oversize message, or a
             # ping it answers on the closing connection (python-trio/trio-websocket#184)

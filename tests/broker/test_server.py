@@ -488,6 +488,22 @@ async def test_a_connection_reset_before_its_upgrade_request_ends_at_once(
     await _connections_become(broker, 0)
 
 
+async def test_a_connection_reset_before_its_first_byte_is_no_error(
+    nursery: trio.Nursery,
+) -> None:
+    """A port scanner's connect and reset: the broker reads the reset itself (looking for a
+    health request), and counts and logs it as nothing wrong with the broker."""
+    broker, url = await start_broker(nursery, handshake_timeout=3600)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await _connections_become(broker, 1)
+    await trio.testing.wait_all_tasks_blocked()  # the broker waits for the first bytes
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await stream.aclose()  # lingering 0 s: the close is a reset
+    await _connections_become(broker, 0)
+    assert broker.figures()["connection_errors"] == 0
+
+
 async def _connections_become(broker: Broker, count: int) -> None:
     """Return once the broker holds `count` connections. The figure announces no change, so it
     is looked at again whenever every task waits (a deadline fails the test)."""
