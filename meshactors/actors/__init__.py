@@ -7,7 +7,7 @@ from meshactors.actors._doorbell import Doorbell
 from meshactors.actors._fanout import DEFAULT_SUBSCRIBER_CAPACITY, Broadcast, Lagged, Subscriber
 from meshactors.actors._lanes import LanedInbox
 from meshactors.actors._pending import Pending
-from meshactors.actors._queued import take_queued
+from meshactors.actors._queued import hand_over, take_queued
 from meshactors.actors._registry import ActorState, Node, current_node
 from meshactors.actors._supervisor import (
     ChildSpec,
@@ -47,6 +47,7 @@ __all__ = [
     "ask",
     "cleanup_scope",
     "current_node",
+    "hand_over",
     "run_root",
     "take_queued",
     "unanswered",

@@ -20,6 +20,7 @@ import trio
 from meshactors.actors._actor import DEFAULT_INBOX_CAPACITY
 from meshactors.actors._ask import Reply, ask
 from meshactors.actors._doorbell import Doorbell
+from meshactors.actors._queued import hand_over
 
 M = TypeVar("M")
 T = TypeVar("T")
@@ -46,8 +47,8 @@ class LanedInbox(Generic[M]):
         self._requests, self._requests_out = trio.open_memory_channel[M](self.request_capacity)
 
     async def send(self, message: M) -> None:
-        """Queue traffic for the owner, waiting while its lane is full."""
-        await self._traffic.send(message)
+        """Queue traffic for the owner, waiting only while its lane is full (`hand_over`)."""
+        await hand_over(self._traffic, message)
         self._bell.ring()
 
     async def ask(self, build: Callable[[Reply[T]], M], *, timeout: float, what: str) -> T:
@@ -91,5 +92,5 @@ class _RingingLane(Generic[M]):
     ring: Callable[[], None]
 
     async def send(self, message: M) -> None:
-        await self.lane.send(message)
+        await hand_over(self.lane, message)  # the asker's wait for the answer checkpoints
         self.ring()

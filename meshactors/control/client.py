@@ -23,7 +23,15 @@ import attrs
 import structlog
 import trio
 
-from meshactors.actors import Actor, Broadcast, Lagged, Subscriber, cleanup_scope, take_queued
+from meshactors.actors import (
+    Actor,
+    Broadcast,
+    Lagged,
+    Subscriber,
+    cleanup_scope,
+    hand_over,
+    take_queued,
+)
 from meshactors.control.event_stream import (
     LAG_DISCONNECT_LIMIT,
     SlowConsumer,
@@ -377,8 +385,9 @@ class ClientActor(Actor):
             await self._emit(b"".join(frames))
 
     async def _emit(self, frame: bytes) -> None:
-        """Queue `frame` for the writer, in order; waits while the outgoing channel is full."""
-        await self._out_send.send(frame)
+        """Queue `frame` for the writer, in order; waits only while the outgoing channel is
+        full (`hand_over`)."""
+        await hand_over(self._out_send, frame)
 
     async def _write_frames(self) -> None:
         """The connection's one writer: each write carries everything queued (up to
