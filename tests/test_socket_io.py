@@ -1,4 +1,5 @@
-"""`socket_io`: reads that skip trio's extra schedule point only when they already waited."""
+"""`socket_io`: reads that skip trio's extra schedule point only when they already waited;
+writes that skip it unless they had to wait for room."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from meshactors.socket_io import receive_some
+from meshactors.socket_io import receive_some, send_all
 
 WAIT_S = 5.0
 
@@ -80,3 +81,71 @@ async def test_other_streams_read_through_trio() -> None:
     ours, theirs = trio.testing.memory_stream_pair()
     await theirs.send_all(b"mem")
     assert await receive_some(ours, 100) == b"mem"
+
+
+class _Steps(trio.abc.Instrument):
+    """Counts the scheduler's steps of one task: each is a return from a schedule point."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+async def test_a_write_the_socket_takes_at_once_is_no_schedule_point() -> None:
+    ours, theirs = await unix_pair()
+    counter = _Steps(trio.lowlevel.current_task())
+    trio.lowlevel.add_instrument(counter)
+    try:
+        await send_all(ours, b"hello")
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    assert counter.steps == 0  # the writer went on without a pass of the run loop
+    assert await receive_some(theirs, 100) == b"hello"
+
+
+async def test_a_cancelled_write_sends_nothing() -> None:
+    ours, theirs = await unix_pair()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await send_all(ours, b"never")
+    assert scope.cancelled_caught
+    await send_all(ours, b"sent")
+    assert await receive_some(theirs, 100) == b"sent"
+
+
+async def test_a_write_waits_for_room_and_sends_every_byte_in_order() -> None:
+    ours, theirs = await unix_pair()
+    data = bytes(range(256)) * 40_000  # ~10 MB: more than the socket's buffers take at once
+    received = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_all, ours, data)
+        await trio.testing.wait_all_tasks_blocked()  # parked until the socket has room
+        assert not received
+        with trio.fail_after(WAIT_S):
+            while len(received) < len(data):
+                received += await receive_some(theirs, 1 << 20)
+    assert received == data
+
+
+async def test_writes_to_closed_half_closed_and_hung_up_sockets() -> None:
+    ours, theirs = await unix_pair()
+    await ours.send_eof()
+    with pytest.raises(trio.ClosedResourceError):
+        await send_all(ours, b"after eof")
+    await ours.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await send_all(ours, b"after close")
+    ours, theirs = await unix_pair()
+    await theirs.aclose()
+    with pytest.raises(trio.BrokenResourceError):
+        await send_all(ours, b"to nobody")
+
+
+async def test_other_streams_write_through_trio() -> None:
+    ours, theirs = trio.testing.memory_stream_pair()
+    await send_all(ours, b"mem")
+    assert await receive_some(theirs, 100) == b"mem"

@@ -47,7 +47,7 @@ from meshactors.control.tcp_auth import TcpAuth
 from meshactors.daemon.services import Services
 from meshactors.network.stream_pipe import Pipe, frame_cost
 from meshactors.ops.optable import Each, Outcome, finish
-from meshactors.socket_io import receive_some
+from meshactors.socket_io import receive_some, send_all
 from meshactors.store.events import Event
 from meshactors.wire import pipe_frames
 from meshactors.wire.ipc import (
@@ -401,7 +401,7 @@ class ClientActor(Actor):
         """The one place bytes reach the socket: the writer task's, or the HTTP handler's."""
         self.writes += 1
         try:
-            await self.stream.send_all(data)
+            await send_all(self.stream, data)
         except trio.Cancelled:
             await trio.aclose_forcefully(self.stream)  # a frame may be cut: nothing may follow it
             raise
