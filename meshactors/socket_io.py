@@ -6,7 +6,8 @@ more pass of the run loop (tens of µs here) per message, on the latency path of
 the schedule point); a read that finds bytes at once still yields, so a busy socket never
 starves the other tasks. `send_all` returns as soon as the socket took every byte: it is for
 a connection's one writer, whose loop reaches a schedule point at its queue's `receive`
-before every write (and trio's check that no two tasks write at once has nothing to find).
+before every write (and trio's check that no two tasks write at once has nothing to find),
+or for writers that take turns by a lock whose acquiring is one (`QuickSocketStream`).
 Streams that are not a plain socket (TLS, test streams) use trio's calls.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+import attrs
 import trio
 
 
@@ -42,7 +44,7 @@ async def receive_some(stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes 
         return data
 
 
-async def send_all(stream: trio.abc.SendStream, data: bytes) -> None:
+async def send_all(stream: trio.abc.SendStream, data: bytes | bytearray | memoryview) -> None:
     """`stream.send_all(data)`, one scheduler pass shorter on a plain socket: it waits (its
     schedule point) only while the socket takes no more bytes.
     Raises trio.BrokenResourceError (the connection failed) or trio.ClosedResourceError."""
@@ -50,7 +52,7 @@ async def send_all(stream: trio.abc.SendStream, data: bytes) -> None:
         await stream.send_all(data)
         return
     await trio.lowlevel.checkpoint_if_cancelled()
-    left: bytes | memoryview = data
+    left = data
     while True:
         fd = stream.socket.fileno()  # -1 once closed: never a stale number reused elsewhere
         if fd < 0 or stream.socket.did_shutdown_SHUT_WR:
@@ -65,3 +67,29 @@ async def send_all(stream: trio.abc.SendStream, data: bytes) -> None:
         if sent == len(left):
             return
         left = memoryview(left)[sent:]
+
+
+@attrs.define(eq=False)
+class QuickSocketStream(trio.abc.HalfCloseableStream):
+    """A plain socket stream that reads and writes by this module's calls, for trio-websocket:
+    its writers take turns by a lock whose acquiring is a schedule point, so a write that
+    needs none of its own still has one (each message to the broker a pass shorter)."""
+
+    stream: trio.SocketStream
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await send_all(self.stream, data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.stream.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if max_bytes is None:  # trio's default size (trio-websocket always gives one)
+            return await self.stream.receive_some()
+        return await receive_some(self.stream, max_bytes)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()

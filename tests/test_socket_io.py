@@ -4,12 +4,13 @@ writes that skip it unless they had to wait for room."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable
 
 import pytest
 import trio
 import trio.testing
 
-from meshactors.socket_io import receive_some, send_all
+from meshactors.socket_io import QuickSocketStream, receive_some, send_all
 
 WAIT_S = 5.0
 
@@ -95,16 +96,38 @@ class _Steps(trio.abc.Instrument):
             self.steps += 1
 
 
-async def test_a_write_the_socket_takes_at_once_is_no_schedule_point() -> None:
-    ours, theirs = await unix_pair()
+async def _steps_of(work: Awaitable[None]) -> int:
+    """How many times the current task was stepped while `work` ran: 0 when it never yielded."""
     counter = _Steps(trio.lowlevel.current_task())
     trio.lowlevel.add_instrument(counter)
     try:
-        await send_all(ours, b"hello")
+        await work
     finally:
         trio.lowlevel.remove_instrument(counter)
-    assert counter.steps == 0  # the writer went on without a pass of the run loop
+    return counter.steps
+
+
+async def test_a_write_the_socket_takes_at_once_is_no_schedule_point() -> None:
+    ours, theirs = await unix_pair()
+    assert await _steps_of(send_all(ours, b"hello")) == 0  # no pass of the run loop
     assert await receive_some(theirs, 100) == b"hello"
+
+
+async def test_a_quick_socket_stream_is_the_socket_stream_with_these_writes() -> None:
+    ours, theirs = await unix_pair()
+    quick = QuickSocketStream(ours)
+    assert await _steps_of(quick.send_all(b"ping")) == 0
+    assert await receive_some(theirs, 100) == b"ping"
+    await theirs.send_all(b"pong")
+    assert await quick.receive_some(100) == b"pong"
+    await theirs.send_all(b"again")
+    assert await quick.receive_some() == b"again"  # trio's default size
+    await quick.wait_send_all_might_not_block()
+    await quick.send_eof()
+    assert await receive_some(theirs, 100) == b""
+    await quick.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await quick.send_all(b"closed")
 
 
 async def test_a_cancelled_write_sends_nothing() -> None:

@@ -33,6 +33,7 @@ from meshactors.broker.limits import TokenBucket
 from meshactors.event_hub import EventPublisher
 from meshactors.keepalive import answered_or_heard
 from meshactors.network.link_errors import LinkError, LinkErrorKind, classify
+from meshactors.socket_io import QuickSocketStream
 from meshactors.wire.broker import (
     RECORD_HEADER_BYTES,
     BrokerProtocolError,
@@ -504,7 +505,7 @@ async def open_broker_websocket(url: str) -> AsyncIterator[WebSocketConnection]:
     host, tls = parts.hostname or "", parts.scheme == "wss"  # checked when configured
     port = parts.port or (443 if tls else 80)
     upgraded_by = trio.current_time() + CONNECT_TIMEOUT
-    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+    stream: QuickSocketStream | trio.SSLStream[trio.SocketStream]
     # As trio-websocket does it: the default context, no close_notify on close. Made before
     # the connection, so that nothing between it and the stream's close can fail.
     context = ssl.create_default_context() if tls else None
@@ -515,14 +516,14 @@ async def open_broker_websocket(url: str) -> AsyncIterator[WebSocketConnection]:
         with _upgrading(upgraded_by, "TLS handshake"):
             await _handshake(stream)
     else:
-        stream = tcp
+        stream = QuickSocketStream(tcp)  # a message to the broker a scheduler pass shorter
     try:
         async with trio.open_nursery() as nursery:
             try:
                 with _upgrading(upgraded_by, "WebSocket upgrade"):
                     ws = await wrap_client_stream(
                         nursery,
-                        stream,
+                        stream,  # type: ignore[arg-type]  # any trio stream, its docstring says
                         host if port in (80, 443) else f"{host}:{port}",  # the Host header
                         parts.path or "/",
                         max_message_size=MAX_INBOUND_MESSAGE_BYTES,
