@@ -345,9 +345,8 @@ class Broker:
                         await self._run_session(*admitted, log)
                 finally:
                     nursery.cancel_scope.cancel()  # trio-websocket's reader, however we end
-        except* (ConnectionClosed, trio.BrokenResourceError):
-            pass  # the client vanished (a reset, read before trio-websocket's wrapping: a port
-            # scanner's, say) during a handshake or a send; nothing to clean up
+        except* ConnectionClosed:
+            pass  # the client vanished during a handshake or a send; nothing to clean up
         except* LocalProtocolError:
             pass  # trio-websocket's reader after our close began: an oversize message, or a
             # ping it answers on the closing connection (python-trio/trio-websocket#184)
@@ -367,7 +366,10 @@ class Broker:
         upgrade ends early when the stream does (_UpgradeWatch)."""
         ws: WebSocketConnection | None = None
         with trio.move_on_after(self.config.handshake_timeout) as upgrade:
-            handed_on = await answer_health(stream, self.health)
+            try:
+                handed_on = await answer_health(stream, self.health)
+            except trio.BrokenResourceError:  # a reset before the first bytes: a port scanner's,
+                return None  # say; the client vanished, nothing wrong with the broker
             if handed_on is None:
                 self._counts["health_requests"] += 1
                 return None
