@@ -7,7 +7,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -137,3 +137,26 @@ async def publish(hub: EventHub, kind: str, *datas: dict[str, Any]) -> list[Even
             if isinstance(item, Event) and item.kind == kind:
                 numbered.append(item)
     return numbered
+
+
+class StepCounter(trio.abc.Instrument):
+    """Counts the scheduler's steps of one task: each is a return from a schedule point."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+async def steps_of(work: Awaitable[None]) -> int:
+    """How many times the current task was stepped while `work` ran: 0 when it never yielded."""
+    counter = StepCounter(trio.lowlevel.current_task())
+    trio.lowlevel.add_instrument(counter)
+    try:
+        await work
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    return counter.steps

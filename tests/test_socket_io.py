@@ -4,13 +4,13 @@ writes that skip it unless they had to wait for room."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Awaitable
 
 import pytest
 import trio
 import trio.testing
 
 from meshactors.socket_io import QuickSocketStream, receive_some, send_all
+from tests.support import steps_of
 
 WAIT_S = 5.0
 
@@ -84,39 +84,16 @@ async def test_other_streams_read_through_trio() -> None:
     assert await receive_some(ours, 100) == b"mem"
 
 
-class _Steps(trio.abc.Instrument):
-    """Counts the scheduler's steps of one task: each is a return from a schedule point."""
-
-    def __init__(self, task: trio.lowlevel.Task) -> None:
-        self.task = task
-        self.steps = 0
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        if task is self.task:
-            self.steps += 1
-
-
-async def _steps_of(work: Awaitable[None]) -> int:
-    """How many times the current task was stepped while `work` ran: 0 when it never yielded."""
-    counter = _Steps(trio.lowlevel.current_task())
-    trio.lowlevel.add_instrument(counter)
-    try:
-        await work
-    finally:
-        trio.lowlevel.remove_instrument(counter)
-    return counter.steps
-
-
 async def test_a_write_the_socket_takes_at_once_is_no_schedule_point() -> None:
     ours, theirs = await unix_pair()
-    assert await _steps_of(send_all(ours, b"hello")) == 0  # no pass of the run loop
+    assert await steps_of(send_all(ours, b"hello")) == 0  # no pass of the run loop
     assert await receive_some(theirs, 100) == b"hello"
 
 
 async def test_a_quick_socket_stream_is_the_socket_stream_with_these_writes() -> None:
     ours, theirs = await unix_pair()
     quick = QuickSocketStream(ours)
-    assert await _steps_of(quick.send_all(b"ping")) == 0
+    assert await steps_of(quick.send_all(b"ping")) == 0
     assert await receive_some(theirs, 100) == b"ping"
     await theirs.send_all(b"pong")
     assert await quick.receive_some(100) == b"pong"
@@ -172,3 +149,9 @@ async def test_other_streams_write_through_trio() -> None:
     ours, theirs = trio.testing.memory_stream_pair()
     await send_all(ours, b"mem")
     assert await receive_some(theirs, 100) == b"mem"
+
+
+async def test_a_read_of_less_than_one_byte_is_refused() -> None:
+    ours, _ = await unix_pair()
+    with pytest.raises(ValueError):
+        await receive_some(ours, 0)  # its empty answer would read as the end of the stream

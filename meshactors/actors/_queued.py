@@ -35,7 +35,9 @@ def take_queued(receiver: trio.MemoryReceiveChannel[T], limit: int) -> list[T]:
 
 async def hand_over(sender: trio.MemorySendChannel[T], message: T) -> None:
     """Queue `message` now when the channel has room (no checkpoint: see the module's note),
-    else wait for room as `send` does; raises what `send` raises on a closed channel."""
+    else wait for room as `send` does; raises what `send` raises on a closed channel, and
+    Cancelled, sending nothing, when the caller's scope is cancelled already."""
+    await trio.lowlevel.checkpoint_if_cancelled()  # not a schedule point when not cancelled
     try:
         sender.send_nowait(message)
     except trio.WouldBlock:

@@ -1,5 +1,6 @@
 """take_queued: a batch is what already waits on a channel, never more, never a wait.
-hand_over: a send that has room takes no scheduler pass; one that has none waits for room."""
+hand_over: a send that has room takes no scheduler pass; one that has none waits for room;
+a cancelled one sends nothing."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import trio
 import trio.testing
 
 from meshactors.actors import hand_over, take_queued
+from tests.support import steps_of
 
 
 def test_it_takes_what_waits_oldest_first_up_to_the_limit() -> None:
@@ -27,13 +29,20 @@ def test_a_closed_channel_gives_what_was_left_then_nothing() -> None:
     assert take_queued(receive, 5) == []
 
 
-async def test_a_hand_over_with_room_is_queued_at_once_without_a_checkpoint() -> None:
+async def test_a_hand_over_with_room_is_queued_at_once_without_a_schedule_point() -> None:
+    send, receive = trio.open_memory_channel[int](1)
+    assert await steps_of(hand_over(send, 1)) == 0  # no pass of the run loop
+    assert receive.receive_nowait() == 1
+
+
+async def test_a_cancelled_hand_over_sends_nothing() -> None:
     send, receive = trio.open_memory_channel[int](1)
     with trio.CancelScope() as scope:
-        scope.cancel()  # a checkpoint would raise Cancelled here
+        scope.cancel()
         await hand_over(send, 1)
-    assert not scope.cancelled_caught
-    assert receive.receive_nowait() == 1
+    assert scope.cancelled_caught
+    with pytest.raises(trio.WouldBlock):
+        receive.receive_nowait()
 
 
 async def test_a_hand_over_to_a_full_channel_waits_for_room() -> None:
