@@ -22,7 +22,10 @@ import trio
 async def receive_some(stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes | bytearray:
     """`stream.receive_some(max_bytes)`, one scheduler pass shorter on a plain socket.
 
-    Raises trio.BrokenResourceError (the connection failed) or trio.ClosedResourceError."""
+    Raises trio.BrokenResourceError (the connection failed) or trio.ClosedResourceError, and
+    ValueError for a `max_bytes` below 1 (whose empty answer would read as the end)."""
+    if max_bytes < 1:
+        raise ValueError("max_bytes must be at least 1")
     if not isinstance(stream, trio.SocketStream):
         return await stream.receive_some(max_bytes)
     await trio.lowlevel.checkpoint_if_cancelled()
@@ -73,7 +76,9 @@ async def send_all(stream: trio.abc.SendStream, data: bytes | bytearray | memory
 class QuickSocketStream(trio.abc.HalfCloseableStream):
     """A plain socket stream that reads and writes by this module's calls, for trio-websocket:
     its writers take turns by a lock whose acquiring is a schedule point, so a write that
-    needs none of its own still has one (each message to the broker a pass shorter)."""
+    needs none of its own still has one (each message to the broker a pass shorter). It
+    serves one reader and writers that take turns: unlike trio's, it does not catch two
+    tasks sending (or receiving) at once."""
 
     stream: trio.SocketStream
 
