@@ -204,6 +204,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 _CORRUPTION_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 
 
+MIN_SQLITE = (3, 35, 0)  # RETURNING (the inbox's insert), the newest feature the store uses
+
+
 class StoreError(Exception):
     """The state database cannot be used: damaged, foreign, too new, or refused by the OS."""
 
@@ -215,6 +218,12 @@ def open_database(path: Path) -> sqlite3.Connection:
     to it; a damaged or foreign file raises StoreError and is never overwritten or repaired,
     and a symlink in the place of any of its files raises SymlinkRefused.
     """
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        wanted = ".".join(map(str, MIN_SQLITE))
+        raise StoreError(
+            f"SQLite {sqlite3.sqlite_version} is too old: the store needs {wanted} or newer "
+            "(RETURNING); use a Python built with a newer SQLite"
+        )
     _make_private(path)  # SymlinkRefused, as for every file of the home
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

@@ -122,3 +122,13 @@ def test_immediate_rolls_back_on_error(conn: sqlite3.Connection) -> None:
         raise RuntimeError("boom")
     assert not conn.in_transaction
     assert conn.execute("SELECT count(*) FROM networks").fetchone()[0] == 0
+
+
+def test_a_sqlite_older_than_the_store_needs_is_refused_with_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.31.1")
+    with pytest.raises(StoreError, match=r"SQLite 3\.31\.1 is too old: the store needs 3\.35\.0"):
+        open_database(tmp_path / "state.db")
+    assert not (tmp_path / "state.db").exists()  # nothing made
