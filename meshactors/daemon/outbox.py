@@ -2,7 +2,7 @@
 
 Accepting: the `send` op hands each run of sends to this actor (`accept`), which accepts it in
 one store call and claims at once the deliveries to active peers with room in their window
-and nothing queued before them (store.outbox.accept's `room`): those go out without a pass.
+and nothing queued before them (store.outbox.accept_many's `room`): those go out without a pass.
 At most MAX_ACCEPTING runs are being accepted at once; the rest wait in the inbox, and one
 that waited for a place reads the active peers again (they came or went meanwhile).
 
@@ -129,7 +129,7 @@ class AcceptRun:
     names each send's recipients (a peer once per send: the places it may claim)."""
 
     network: str
-    accepts: Sequence[SendRequest]
+    requests: Sequence[SendRequest]
     recipients: Sequence[str]
     reply: Reply[list[AcceptOutcome | Exception]]
 
@@ -353,14 +353,14 @@ class Outbox(Actor):
         self.networks.on_build.append(self._hook)  # before any network starts: no msg is missed
 
     async def accept(
-        self, network_id: str, accepts: Sequence[SendRequest], recipients: Sequence[str]
+        self, network_id: str, requests: Sequence[SendRequest], recipients: Sequence[str]
     ) -> list[AcceptOutcome | Exception]:
         """Accept a run of sends (each answered once its row is committed); the deliveries
         that can go at once are on their way when this returns. A store slower than
         STORE_CALL_TIMEOUT answers AskTimeout here, yet the run is still accepted and sent
         if the store commits it: a retry with the same client_message_id tells."""
         outcomes: list[AcceptOutcome | Exception] = await self.inbox.ask(
-            lambda reply: AcceptRun(network_id, accepts, recipients, reply),
+            lambda reply: AcceptRun(network_id, requests, recipients, reply),
             timeout=STORE_CALL_TIMEOUT,
             what="outbox: accept sends",
         )
@@ -471,7 +471,7 @@ class Outbox(Actor):
             # and may claim deliveries (inflight) that only this task sends, so only the
             # store's answer says what to send. The op asking is still answered in time.
             outcomes = await self.store.call(
-                functools.partial(outbox_db.accept_many, requests=run.accepts, room=room),
+                functools.partial(outbox_db.accept_many, requests=run.requests, room=room),
                 what="accept sends",
                 timeout=math.inf,
             )

@@ -1,6 +1,6 @@
 """Ops for durable messages: send (idempotent accept), inbox, outbox_list, outbox_requeue.
 
-`send` resolves `to` against the network's approved peers, then `store.outbox.accept` decides
+`send` resolves `to` against the network's approved peers, then `store.outbox.accept_many` decides
 by the idempotency lookup table (docs/protocol.md); the outbox actor delivers.
 """
 
@@ -200,17 +200,6 @@ async def resolve_recipients(
     return "peer", to, [to]
 
 
-@attrs.frozen
-class _Staged:
-    """A send whose checks passed, with its resolved destination and its store request."""
-
-    params: SendParams
-    kind: str
-    ref: str
-    recipients: list[str]
-    accept: outbox_db.SendRequest
-
-
 async def send(session: Session, params: SendParams) -> dict[str, Any]:
     """Durably accept a message for delivery; a repeat of a client_message_id answers by the
     lookup table (accepted, duplicate, or a conflict error with reason and fingerprint)."""
@@ -228,7 +217,7 @@ async def send_run(
     the transaction holding its row is committed."""
     network = _network(session, first.network)
     own_device_id = session.services.identity.device_id
-    staged: list[_Staged | OpError] = []
+    staged: list[outbox_db.SendRequest | OpError] = []  # checked, its destination resolved
     for params in items:
         try:
             _check_sizes(params)
@@ -236,7 +225,7 @@ async def send_run(
         except OpError as error:
             staged.append(error)
             continue
-        accept = outbox_db.SendRequest(
+        request = outbox_db.SendRequest(
             network=params.network,
             recipients=recipients,
             destination_kind=kind,
@@ -248,12 +237,12 @@ async def send_run(
             client_message_id=params.client_message_id,
             now_ms=_now_ms(),
         )
-        staged.append(_Staged(params, kind, ref, recipients, accept))
-    ready = [item for item in staged if isinstance(item, _Staged)]
+        staged.append(request)
+    ready = [item for item in staged if isinstance(item, outbox_db.SendRequest)]
     accepted = iter(
         await _outbox(session).accept(
             first.network,
-            [item.accept for item in ready],
+            ready,
             [recipient for item in ready for recipient in item.recipients],
         )
         if ready
@@ -263,9 +252,9 @@ async def send_run(
 
 
 def _answer(
-    staged: _Staged, outcome: outbox_db.AcceptOutcome | Exception
+    request: outbox_db.SendRequest, outcome: outbox_db.AcceptOutcome | Exception
 ) -> dict[str, Any] | OpError:
-    """A staged send's answer, or the error it is refused with (a conflict, by the lookup
+    """A checked send's answer, or the error it is refused with (a conflict, by the lookup
     table, carries the taken row's id, status and the request's fingerprint prefix)."""
     if isinstance(outcome, SendError):
         return _send_error(outcome)
@@ -287,8 +276,8 @@ def _answer(
         "client_message_id": outcome.client_message_id,
         "status": outcome.status,
         "fingerprint_prefix": outcome.fingerprint_prefix,
-        "network": staged.params.network,
-        "destination": {"kind": staged.kind, "ref": staged.ref},
+        "network": request.network,
+        "destination": {"kind": request.destination_kind, "ref": request.destination_ref},
     }
 
 
