@@ -50,7 +50,7 @@ class PrefixedStream(ForwardingStream):
 
 
 async def answer_health(
-    stream: trio.SocketStream, health: Callable[[], dict[str, object]]
+    stream: trio.abc.Stream, health: Callable[[], dict[str, object]]
 ) -> PrefixedStream | None:
     """Answer a `GET /health` with health() as JSON and return None; for any other request
     return the stream to hand on, its head bytes put back."""
@@ -78,7 +78,7 @@ async def answer_health(
         chunk = await stream.receive_some(MAX_HEALTH_REQUEST_BYTES)
         if not chunk:
             return None
-        http.receive_data(chunk)
+        http.receive_data(bytes(chunk))
     body = json.dumps(health(), separators=(",", ":")).encode() + b"\n"
     headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
     headers.append(("connection", "close"))
