@@ -11,6 +11,7 @@ joins the tasks.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -73,6 +74,18 @@ class LanedInbox(Generic[M]):
                 self._traffic_next = lane is self._requests_out
                 return message
             await self._bell.wait()
+
+    def close(self) -> list[M]:
+        """For an owner stopped for good: take out what is queued, and what senders wait to
+        queue (to be dropped, and its askers told), and close both lanes, so every later
+        sender hears so at once (trio.BrokenResourceError: an ask raises ActorGone)."""
+        left: list[M] = []
+        for lane in (self._requests_out, self._traffic_out):
+            with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):  # or closed
+                while True:
+                    left.append(lane.receive_nowait())
+            lane.close()
+        return left
 
     def waiting(self) -> int:
         """Messages queued in both lanes."""

@@ -108,7 +108,12 @@ class NetworkManager(Supervisor):
                 # So do the peers' replay states: the rebuilt table still refuses old frames.
                 network.peers.replay_memory = stopped.peers.hand_over_openers()
         self.children = [self._spec(network) for network in self._networks.values()]
-        await super().run(task_status=task_status)
+        try:
+            await super().run(task_status=task_status)
+        finally:
+            # Every network has stopped with this run, and the next run builds new ones.
+            for network in self._networks.values():
+                network.retire()
 
     def figures(self) -> dict[str, object]:
         return {**super().figures(), "networks": len(self._networks)}
@@ -205,6 +210,7 @@ class NetworkManager(Supervisor):
             with contextlib.suppress(ActorGone, AskTimeout):
                 await network.peers.say_bye("network removed")
             await self.stop_child(_child_name(network_id))
+            network.retire()
         known = await self.store.call(
             functools.partial(network_db.delete_network, network_id=network_id, purge=purge),
             what="delete network",

@@ -149,6 +149,11 @@ class Network(Supervisor):
         """Have core run `fn` without waiting for it; False when core's inbox is full."""
         return self.peers.tell(fn)
 
+    def retire(self) -> None:
+        """The network is stopped for good (removed, or its supervisor's run ended): an ask to
+        its core, queued or to come, fails at once with `unavailable` instead of timing out."""
+        self.peers.retire()
+
     def register_app_handler(self, tag: str, handler: AppHandler) -> None:
         """Route application frames of type `tag` from active peers to `handler`."""
         self.peers.register_app_handler(tag, handler)

@@ -403,6 +403,14 @@ class Peers:
             return False
         return True
 
+    def retire(self) -> None:
+        """Core is stopped for good (its network removed, or `networks` stopped): the asks
+        still queued are dropped and every later ask or tell refused, all at once (ActorGone:
+        `unavailable`), where they would wait out their deadline for a core that never reads."""
+        for message in self.inbox.close():
+            if isinstance(message, _Call):
+                message.reply.drop()
+
     # -- the actor ----------------------------------------------------------------------------
 
     async def load(self) -> None:

@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from meshactors.actors import LanedInbox, Reply
+from meshactors.actors import ActorGone, LanedInbox, Reply
 
 Message = str | tuple[str, Reply[str]]
 
@@ -81,3 +81,20 @@ def test_a_tell_to_a_full_request_lane_would_block() -> None:
     inbox.tell_nowait("one")
     with pytest.raises(trio.WouldBlock):
         inbox.tell_nowait("two")
+
+
+async def test_closing_hands_back_what_is_queued_and_refuses_every_later_sender() -> None:
+    inbox: LanedInbox[Message] = LanedInbox(capacity=1, request_capacity=1)
+    await inbox.send("t0")
+    inbox.tell_nowait("r0")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(inbox.send, "t1")  # waits: the traffic lane is full
+        await trio.testing.wait_all_tasks_blocked()
+        assert inbox.close() == ["r0", "t0", "t1"]  # the waiting send is taken too
+    with pytest.raises(ActorGone):
+        await inbox.ask(lambda reply: ("ask", reply), timeout=5, what="ask")
+    with pytest.raises(trio.BrokenResourceError):
+        inbox.tell_nowait("r1")
+    with pytest.raises(trio.BrokenResourceError):
+        await inbox.send("t2")
+    assert inbox.close() == []

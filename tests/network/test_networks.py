@@ -1,13 +1,27 @@
-"""Networks as ops: add (idempotent), conflict, update with and without reconnect, remove,
-rejoin after a restart, surviving a broker restart, and the inspect tree."""
+"""Networks as ops: add (idempotent), conflict, update with and without reconnect, remove (and
+asks to a network stopped for good), rejoin after a restart, surviving a broker restart, and
+the inspect tree."""
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import trio
 
+from meshactors.network.peers import COMMAND_TIMEOUT
+from meshactors.wire.ipc import ErrorCode, OpError
 from tests.network.appclient import AppClient
-from tests.network.conftest import NET, WAIT, Mesh, OpFailed, active_pair, approve_both
+from tests.network.conftest import (
+    NET,
+    UNREACHABLE,
+    WAIT,
+    Mesh,
+    OpFailed,
+    active_pair,
+    approve_both,
+    solo_daemon,
+)
 
 
 async def test_add_is_idempotent_and_a_different_config_conflicts(mesh: Mesh) -> None:
@@ -92,6 +106,31 @@ async def test_remove_leaves_at_once_and_forgets(mesh: Mesh) -> None:
     with pytest.raises(OpFailed) as unknown:
         await a.call("peers_list", network=NET)
     assert unknown.value.code == "no_such_network"
+
+
+async def test_an_ask_to_a_removed_network_is_unavailable_at_once(mesh: Mesh) -> None:
+    solo = await solo_daemon(mesh)
+    removed = solo.network()
+    await solo.call("network_remove", network=NET)
+    with trio.fail_after(COMMAND_TIMEOUT + WAIT), pytest.raises(OpError) as refused:
+        await removed.ask("anything", lambda: None)
+    assert refused.value.code is ErrorCode.UNAVAILABLE
+
+
+async def test_an_ask_to_a_network_of_a_crashed_networks_actor_is_unavailable_at_once(
+    mesh: Mesh,
+) -> None:
+    solo = await mesh.daemon("solo", debug_ops=True)
+    await solo.join(UNREACHABLE)
+    stopped = solo.network()
+    restarts = solo.services.tree.children["control"].restarts
+    with contextlib.suppress(EOFError):  # its connection may close before the answer
+        await solo.call("debug_crash", path="daemon/networks")
+    await mesh.reconnect(solo, restarts)
+    assert solo.network() is not stopped  # the restarted supervisor built a new one
+    with trio.fail_after(COMMAND_TIMEOUT + WAIT), pytest.raises(OpError) as refused:
+        await stopped.ask("anything", lambda: None)
+    assert refused.value.code is ErrorCode.UNAVAILABLE
 
 
 async def test_a_rejoin_after_remove_is_active_again_without_approvals(mesh: Mesh) -> None:
