@@ -161,11 +161,7 @@ class ClientActor(Actor):
             with cleanup_scope():
                 try:
                     if self._session is not None:
-                        for cleanup in self._session.take_cleanups():
-                            try:
-                                await cleanup()
-                            except Exception:
-                                log.exception("cleanup failed", client=self.client_id)
+                        await self._session.close()
                 finally:
                     # Even when the cleanups ran out of time (an actor they ask is down): the
                     # program must see its connection end, not wait on a silent socket.

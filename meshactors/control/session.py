@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import attrs
+import structlog
 import trio
 
 from meshactors.actors import Subscriber
@@ -15,6 +16,8 @@ from meshactors.store.events import Event
 
 Cleanup = Callable[[], Awaitable[None]]
 Push = dict[str, Any] | bytes  # an event with its `kind`, or an event line encoded already
+
+log = structlog.get_logger("meshactors.client")
 
 
 class EventSink(Protocol):
@@ -55,7 +58,7 @@ class Session:
         return sum(self.pushes.offer(frame) for frame in frames)
 
     def on_close(self, cleanup: Cleanup) -> None:
-        """Run `cleanup` when the connection ends (in reverse order of registration)."""
+        """Run `cleanup` when the connection ends (see `close`)."""
         self._cleanups.append(cleanup)
 
     def on_close_once(self, key: str, cleanup: Cleanup) -> None:
@@ -64,7 +67,22 @@ class Session:
             self._cleanup_keys.add(key)
             self.on_close(cleanup)
 
-    def take_cleanups(self) -> list[Cleanup]:
-        """The registered cleanups, newest first, leaving none behind."""
-        cleanups, self._cleanups = list(reversed(self._cleanups)), []
-        return cleanups
+    async def close(self) -> None:
+        """Run every registered cleanup (leaving none behind), all at once: one that fails is
+        logged, and one that hangs (an actor it asks does not answer) is cut off alone by the
+        caller's deadline, so neither keeps the others from releasing what they hold."""
+        cleanups, self._cleanups = self._cleanups, []
+        async with trio.open_nursery() as nursery:
+            for cleanup in cleanups:
+                nursery.start_soon(_run_cleanup, cleanup, self.client_id)
+
+
+async def _run_cleanup(cleanup: Cleanup, client_id: str) -> None:
+    """Run one of a closed connection's cleanups, logging how it failed or that it was cut off."""
+    try:
+        await cleanup()
+    except Exception:
+        log.exception("cleanup failed", client=client_id)
+    except trio.Cancelled:
+        log.warning("cleanup cut off: out of time", client=client_id)
+        raise

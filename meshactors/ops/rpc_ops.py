@@ -7,7 +7,7 @@ JSON value) or `payload_b64` (base64 of binary); answers and events use the same
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
@@ -166,23 +166,41 @@ async def _at_holder(
     )
 
 
-def _watch(session: Session, network: Network) -> None:
-    """Have the connection's close release what it holds in `network`'s rpc (once)."""
+def _release_at_close(
+    session: Session, network_id: str, kind: str, release: Callable[[Network], Awaitable[None]]
+) -> None:
+    """Have the connection's close run `release` (once per network id and `kind`) in the
+    network joined as `network_id` then: looked up at close, so after the network was removed
+    and joined again it is the new one, which holds what the connection took since. A network
+    gone or stopped for good by then released all of it when it stopped."""
 
     async def gone() -> None:
+        try:
+            await release(network_of(session, network_id))
+        except OpError as error:
+            if error.code not in (ErrorCode.NO_SUCH_NETWORK, ErrorCode.UNAVAILABLE):
+                raise
+
+    session.on_close_once(f"{kind} {network_id}", gone)
+
+
+def _watch(session: Session, network_id: str) -> None:
+    """Have the connection's close release its claims and calls in the network `network_id`."""
+
+    async def release(network: Network) -> None:
         await network.ask("release a closed connection", lambda: network.rpc.client_gone(session))
 
-    session.on_close_once(f"rpc {network.config.id}", gone)
+    _release_at_close(session, network_id, "rpc", release)
 
 
-def _watch_channels(session: Session, network: Network) -> None:
-    """Have the connection's close end its subscriptions in `network` (once)."""
+def _watch_channels(session: Session, network_id: str) -> None:
+    """Have the connection's close end its subscriptions in the network `network_id`."""
 
-    async def gone() -> None:
-        release = functools.partial(network.channels.client_gone, session)
-        await network.ask_await("unsubscribe a closed connection", release)
+    async def release(network: Network) -> None:
+        unsubscribe = functools.partial(network.channels.client_gone, session)
+        await network.ask_await("unsubscribe a closed connection", unsubscribe)
 
-    session.on_close_once(f"channels {network.config.id}", gone)
+    _release_at_close(session, network_id, "channels", release)
 
 
 def require_pushes(session: Session, op: str) -> None:
@@ -203,7 +221,7 @@ async def rpc_register(session: Session, params: RpcRegister) -> dict[str, Any]:
         message = 'params.streaming must be true, false or "binary"'
         raise OpError(ErrorCode.INVALID_PARAMS, message)
     network = network_of(session, params.network)
-    _watch(session, network)
+    _watch(session, params.network)
     claim = functools.partial(network.rpc.register, session, params.method, params.streaming)
     displaced = await network.ask("rpc_register", claim)
     return {"network": params.network, "method": params.method, "displaced": displaced}
@@ -219,7 +237,7 @@ async def rpc_unregister(session: Session, params: RpcUnregister) -> dict[str, A
 def _call_args(session: Session, params: RpcCallParams) -> tuple[Network, Payload, int]:
     check_name(params.method, "method")
     network = network_of(session, params.network)
-    _watch(session, network)
+    _watch(session, params.network)
     payload = payload_of(params.payload, params.payload_b64)
     return network, payload, check_timeout(params.timeout_ms)
 
@@ -306,7 +324,7 @@ async def channel_subscribe(session: Session, params: ChannelRef) -> dict[str, A
     require_pushes(session, "channel_subscribe")
     check_name(params.channel, "channel")
     network = network_of(session, params.network)
-    _watch_channels(session, network)
+    _watch_channels(session, params.network)
     subscribe = functools.partial(network.channels.subscribe, session, params.channel)
     return await network.ask_await("channel_subscribe", subscribe)
 
