@@ -420,21 +420,36 @@ class Outbox(Actor):
         after a wait for a place: peers come and go meanwhile."""
         receiver = self.inbox.receiver
         async for first in receiver:
-            runs = [first, *take_queued(receiver, ACCEPT_INBOX - 1)]
+            runs = collections.deque([first, *take_queued(receiver, ACCEPT_INBOX - 1)])
             active: dict[str, tuple[Network | None, frozenset[str]]] = {}
-            for run in runs:
-                if not self._accepting.value:
-                    active.clear()  # read again once a place is free
-                await self._accepting.acquire()  # the accept's task gives the place back
-                try:
-                    if run.network not in active:
-                        active[run.network] = await self._active_peers(run.network)
-                except BaseException:
-                    self._accepting.release()  # cut off before an accept's task holds it
-                    raise
-                network, peers = active[run.network]
-                room = self._reserve(run.network, run.recipients, peers)
-                nursery.start_soon(self._accept, run, network, room, nursery)
+            try:
+                while runs:
+                    await self._start_accept(runs[0], active, nursery)
+                    runs.popleft()  # its accept's task answers it
+            finally:
+                for run in runs:  # taken, never to be accepted (this outbox stops): the
+                    run.reply.drop()  # asker hears ActorGone now, not at its deadline
+
+    async def _start_accept(
+        self,
+        run: AcceptRun,
+        active: dict[str, tuple[Network | None, frozenset[str]]],
+        nursery: trio.Nursery,
+    ) -> None:
+        """Wait for an accept place, reserve the run's window places by the active peers of
+        its network (read into `active` unless there already) and start its accept's task."""
+        if not self._accepting.value:
+            active.clear()  # read again once a place is free
+        await self._accepting.acquire()  # the accept's task gives the place back
+        try:
+            if run.network not in active:
+                active[run.network] = await self._active_peers(run.network)
+        except BaseException:
+            self._accepting.release()  # cut off before an accept's task holds it
+            raise
+        network, peers = active[run.network]
+        room = self._reserve(run.network, run.recipients, peers)
+        nursery.start_soon(self._accept, run, network, room, nursery)
 
     async def _active_peers(self, network_id: str) -> tuple[Network | None, frozenset[str]]:
         """The network and its active peers; none while it is gone or its core restarts."""
@@ -463,7 +478,8 @@ class Outbox(Actor):
         room: dict[str, int],
         nursery: trio.Nursery,
     ) -> None:
-        """Accept one run, send what it claimed, give back the places it did not use."""
+        """Accept one run, send what it claimed, give back the places it did not use; a run
+        cut off before its answer (this outbox stops) is dropped: ActorGone at once."""
         reserved = dict(room)
         claimed: list[Delivery] = []
         try:
@@ -483,18 +499,19 @@ class Outbox(Actor):
             ]
         except Exception as exc:
             run.reply.fail(exc)
-            return
+        else:
+            if claimed:
+                assert network is not None  # only an active peer of a running network has room
+                self._send_claimed(network, claimed, nursery)
+            run.reply.ok(outcomes)
+            if any(isinstance(o, AcceptOutcome) and o.status == "pending" for o in outcomes):
+                self.poke()
         finally:
+            run.reply.drop()  # harmless after an answer
             self._accepting.release()
             sent = collections.Counter(delivery.recipient for delivery in claimed)
             for peer, places in reserved.items():
                 self._inflight[run.network, peer] -= places - sent[peer]
-        if claimed:
-            assert network is not None  # only an active peer of a running network has room
-            self._send_claimed(network, claimed, nursery)
-        run.reply.ok(outcomes)
-        if any(isinstance(o, AcceptOutcome) and o.status == "pending" for o in outcomes):
-            self.poke()
 
     # -- sending ------------------------------------------------------------------------------
 

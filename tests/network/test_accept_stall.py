@@ -3,12 +3,14 @@ stalls, a loop frozen past it) still goes out: what the accept claimed for an ac
 sent, not left inflight until a restart, and the `timeout` the client heard is retried safely
 with the send's `client_message_id`; and while the store stalls, at most MAX_ACCEPTING runs
 are being accepted at once (the rest wait in the outbox's inbox), all sent once it is free;
-a run that waited for its place claims by the peers active then, not those before the wait."""
+a run that waited for its place claims by the peers active then, not those before the wait;
+an outbox crash answers the runs it held `unavailable` at once, not `timeout` at their deadline."""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,6 +23,7 @@ from meshactors.store.actor import STORE_CALL_TIMEOUT, StoreActor
 from meshactors.store.outbox import delivery_counts
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair
 from tests.network.test_delivery import delivered
+from tests.network.test_restarts import debug_pair
 from tests.support import LineClient
 
 
@@ -99,7 +102,7 @@ async def test_a_stalled_store_holds_at_most_max_accepting_accepts_and_sends_all
         stall.execute("BEGIN IMMEDIATE")  # the disk stalls: every accept waits on it
         async with trio.open_nursery() as nursery:
             for key in keys:  # a connection each: a run each
-                await _start_run(stack, nursery, a, b, key, answers)
+                await _start_run(stack, nursery, a, b, key, answers.append)
             await trio.testing.wait_all_tasks_blocked()  # every run is the outbox's now
             assert _accept_tasks() == 2  # the other runs wait, holding no task
             assert outbox.figures()["accepting"] == 2
@@ -109,6 +112,41 @@ async def test_a_stalled_store_holds_at_most_max_accepting_accepts_and_sends_all
         event = await b.wait_event("message", client_message_id=key)
         assert event["from"] == a.device_id
     assert outbox.figures()["accepting"] == 0
+
+
+async def test_an_outbox_crash_answers_the_runs_it_held_unavailable_at_once(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs the outbox had taken and not answered (two being accepted, one waiting for an
+    accept place) are answered `unavailable` when it crashes, not left to wait out their
+    STORE_CALL_TIMEOUT; runs still in its inbox are the restarted outbox's; a retry by each
+    key delivers every message."""
+    monkeypatch.setattr(outbox_module, "MAX_ACCEPTING", 2, raising=False)
+    a, b = await debug_pair(mesh)
+    await _quiet(a.services.store)
+    keys = [f"held-{n}" for n in range(5)]
+    answers, answered = trio.open_memory_channel[dict[str, Any]](len(keys))
+    stall = sqlite3.connect(a.services.paths.state_db, isolation_level=None)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(contextlib.closing(stall))
+        stall.execute("BEGIN IMMEDIATE")  # the disk stalls: every accept waits on it
+        async with trio.open_nursery() as nursery:
+            for key in keys:  # a connection each: a run each
+                await _start_run(stack, nursery, a, b, key, answers.send_nowait)
+                await trio.testing.wait_all_tasks_blocked()  # the run is the outbox's now
+            assert _accept_tasks() == 2  # one run waits for a place, two in the inbox
+            await a.call("debug_crash", path="daemon/outbox")
+            with trio.fail_after(WAIT):  # well before any of their deadlines
+                held = [await answered.receive() for _ in range(3)]
+            stall.execute("COMMIT")
+    queued = [answered.receive_nowait() for _ in range(2)]
+    assert [answer["error"]["code"] for answer in held] == ["unavailable"] * 3
+    assert all(answer["ok"] for answer in queued)
+    for key in keys:  # an `unavailable` send may have been accepted: its key tells
+        params = {"network": NET, "to": b.device_id, "message": key, "client_message_id": key}
+        assert (await a.call("send", **params))["outcome"] in ("accepted", "duplicate")
+    for key in keys:
+        await b.wait_event("message", client_message_id=key)
 
 
 async def test_a_peer_that_left_while_a_run_waited_for_its_accept_place_uses_up_no_attempt(
@@ -126,7 +164,7 @@ async def test_a_peer_that_left_while_a_run_waited_for_its_accept_place_uses_up_
         stall.execute("BEGIN IMMEDIATE")  # the disk stalls: the first accept holds the place
         async with trio.open_nursery() as nursery:
             for key in ("holding", "waiting"):  # a connection each: a run each
-                await _start_run(stack, nursery, a, b, key, answers)
+                await _start_run(stack, nursery, a, b, key, answers.append)
                 await trio.testing.wait_all_tasks_blocked()  # the run is the outbox's now
             assert _accept_tasks() == 1  # "waiting" waits for the place, b still active
             await b.stop()
@@ -163,14 +201,14 @@ async def test_a_peer_that_left_while_its_claim_was_being_stored_uses_up_no_atte
         stack.enter_context(contextlib.closing(stall))
         stall.execute("BEGIN IMMEDIATE")  # the disk stalls: the accept waits on it
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_call, a.client, "send", params, answers)
+            nursery.start_soon(_call, a.client, "send", params, answers.append)
             await trio.testing.wait_all_tasks_blocked()  # b's place reserved, the accept waits
             await b.stop()
             await a.wait_status(b, "offline")
             if removed:  # a's core waits on the store to forget b, before the send reaches it
                 remover = LineClient(await stack.enter_async_context(await _connect(a)))
                 removal = {"network": NET, "device_id": b.device_id}
-                nursery.start_soon(_call, remover, "roster_remove", removal, removals)
+                nursery.start_soon(_call, remover, "roster_remove", removal, removals.append)
                 await trio.testing.wait_all_tasks_blocked()
             stall.execute("COMMIT")
     (answer,) = answers
@@ -199,20 +237,20 @@ async def _start_run(
     a: Daemon,
     b: Daemon,
     key: str,
-    answers: list[dict[str, Any]],
+    keep: Callable[[dict[str, Any]], None],
 ) -> None:
     """Send `key` from a to b (its client_message_id too) on a connection of its own, so that
-    it is a run of its own, and keep the answer in `answers` when it comes."""
+    it is a run of its own, and `keep` the answer when it comes."""
     client = LineClient(await stack.enter_async_context(await _connect(a)))
     params = {"network": NET, "to": b.device_id, "message": key, "client_message_id": key}
-    nursery.start_soon(_call, client, "send", params, answers)
+    nursery.start_soon(_call, client, "send", params, keep)
 
 
 async def _call(
-    client: LineClient, op: str, params: dict[str, Any], answers: list[dict[str, Any]]
+    client: LineClient, op: str, params: dict[str, Any], keep: Callable[[dict[str, Any]], None]
 ) -> None:
-    """Call `op` on `client` and keep its answer."""
-    answers.append(await client.call(op, **params))
+    """Call `op` on `client` and `keep` its answer."""
+    keep(await client.call(op, **params))
 
 
 def _accept_tasks() -> int:
