@@ -94,6 +94,10 @@ class StoreActor(Actor):
                 began = trio.current_time()
                 try:
                     outcomes = await trio.to_thread.run_sync(_run_calls, calls, conn)
+                except BaseException:
+                    for call in calls:  # taken, never to be run (the store stops): the
+                        call.reply.drop()  # asker hears ActorGone now, not at its deadline
+                    raise
                 finally:
                     self.calls += len(calls)
                     self.trips += 1

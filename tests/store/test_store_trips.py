@@ -1,6 +1,7 @@
 """The store actor runs calls that queued up together in one worker-thread trip and one
 transaction, each with its own answer: a failing call fails alone and undoes only its own
-writes, the order of calls is kept, and nobody is told of a write SQLite rolled back."""
+writes, the order of calls is kept, and nobody is told of a write SQLite rolled back; calls
+a store that stops took and never ran are dropped, so their askers hear it at once."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from meshactors.actors import Node, run_root
+from meshactors.actors import ActorGone, Node, run_root
 from meshactors.store import outbox as outbox_db
 from meshactors.store.actor import STORE_TRIP_CALLS, StoreActor
 from meshactors.store.db import open_database
@@ -201,3 +202,43 @@ async def test_same_key_accepts_in_one_trip_make_one_row_and_the_same_answer(
     assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
     with contextlib.closing(open_database(tmp_path / "state.db")) as conn:
         assert _rows(conn) == [("k", "hello"), ("j", "hello")]
+
+
+async def test_calls_a_stopping_store_took_and_never_ran_are_dropped_at_once(
+    tmp_path: Path,
+) -> None:
+    """A store stopped after taking calls off its inbox and before its worker thread ran them
+    (every thread of trio's limiter busy elsewhere) drops them: each asker hears ActorGone at
+    once, not AskTimeout at its deadline."""
+    store = StoreActor(tmp_path / "state.db")
+    stopping = trio.CancelScope()
+    answers, answered = trio.open_memory_channel[object](2)
+
+    async def run_store(task_status: trio.TaskStatus[None]) -> None:
+        with stopping:
+            await run_root(store, Node(name="store", kind="store"), task_status=task_status)
+
+    async def ask(n: int) -> None:
+        try:
+            answers.send_nowait(await store.call(_insert(n), what=f"call {n}"))
+        except ActorGone as gone:
+            answers.send_nowait(gone)
+
+    limiter = trio.to_thread.current_default_thread_limiter()
+    others = [object() for _ in range(int(limiter.total_tokens))]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_store)
+        for other in others:  # the threads are busy: a trip waits for one
+            limiter.acquire_on_behalf_of_nowait(other)
+        try:
+            nursery.start_soon(ask, 1)
+            nursery.start_soon(ask, 2)
+            await trio.testing.wait_all_tasks_blocked()  # both taken, waiting for a thread
+            assert store.inbox.statistics().current_buffer_used == 0
+            stopping.cancel()
+            with trio.fail_after(WAIT):  # well before the calls' deadline
+                outcomes = [await answered.receive() for _ in range(2)]
+        finally:
+            for other in others:
+                limiter.release_on_behalf_of(other)
+    assert [type(outcome) for outcome in outcomes] == [ActorGone, ActorGone]
