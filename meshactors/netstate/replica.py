@@ -237,7 +237,17 @@ class StateReplica:
     async def _work(self) -> None:
         """Work the queue in batches: merge and save together, then answer and send."""
         async for first in self._receive:
-            await self._work_batch([first, *take_queued(self._receive, WORK_BATCH - 1)])
+            batch = [first, *take_queued(self._receive, WORK_BATCH - 1)]
+            try:
+                await self._work_batch(batch)
+            except BaseException:
+                # Cut off (core stops) with writes taken and not settled: their ops hear so
+                # now, not at their deadline (a save the store had taken may still happen).
+                stopped = OpError(ErrorCode.UNAVAILABLE, "the state task stopped; retry")
+                for item in batch:
+                    if isinstance(item, _OwnWrite):
+                        item.done.fail(stopped)  # no-op for one settled already
+                raise
 
     async def _work_batch(self, batch: list[_Work]) -> None:
         # Only this task changes the map, and it serves peers' pulls only after the save: a

@@ -1,7 +1,7 @@
 """The replicated state map with real daemons and a broker: writes reach active peers, a
 partition heals into one state on every daemon, a late joiner catches up on 1,000 keys, a
-restart keeps the map, the limits are refused with their codes, and a write the disk refuses
-does not happen."""
+restart keeps the map, the limits are refused with their codes, a write the disk refuses
+does not happen, and one cut off by a crash of core is answered at once."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from meshactors.netstate import statemap
 from tests.network.conftest import NET, UNREACHABLE, WAIT, Daemon, Mesh, OpFailed, approve_both
+from tests.network.test_restarts import crash_path
+from tests.support import LineClient
 
 PIPELINE = 100  # writes one test client keeps in flight (a connection takes 128)
 
@@ -254,3 +257,25 @@ async def test_a_write_that_could_not_be_saved_does_not_happen(mesh: Mesh) -> No
         changes = [(e["key"], e["value"]) for e in daemon.events if e["kind"] == "state_changed"]
         assert changes == [("k", 1), ("k", 3)]
     assert await state_of(b) == await state_of(a) == {"k": 3}
+
+
+async def test_a_write_taken_when_core_crashes_is_answered_unavailable_at_once(
+    mesh: Mesh,
+) -> None:
+    """A write the state task had taken and not settled (its save waits on a stalled disk)
+    when core crashes is answered `unavailable` at once, not `timeout` after 30 s."""
+    a = await mesh.daemon("a", debug_ops=True)
+    await a.join(UNREACHABLE)
+    await a.call("state_set", network=NET, key="k", value=1)
+    writer = LineClient(await trio.open_unix_socket(str(a.services.paths.socket)))
+    stall = sqlite3.connect(a.services.paths.state_db, isolation_level=None)
+    with contextlib.closing(stall):
+        stall.execute("BEGIN IMMEDIATE")  # the disk stalls: the write's save waits on it
+        await writer.send("state_set", network=NET, key="k", value=2)
+        await trio.testing.wait_all_tasks_blocked()  # the state task took it, saving
+        await a.call("debug_crash", path=crash_path("core"))
+        with trio.fail_after(WAIT):  # well before the write's deadline
+            answer = await writer.frame()
+        stall.execute("COMMIT")
+    assert answer["error"]["code"] == "unavailable"
+    await writer.aclose()
