@@ -12,10 +12,13 @@ import attrs
 import trio
 
 from meshactors.client.errors import ClientError
+from meshactors.network.app_frames import MAX_ERROR_CHARS
 
 log = logging.getLogger("meshactors.client")  # the application decides where it goes
 
 MAX_HANDLER_TASKS = 256  # inbound calls handled at once; more are answered "busy" at once
+# codes of an answer refused for what it carries, while its call stays open for another answer
+REFUSED_CONTENT = frozenset({"invalid_params", "payload_too_large", "frame_too_large"})
 
 
 @attrs.frozen
@@ -76,7 +79,7 @@ class Serving:
             nursery.start_soon(self._answer, handler, frame.get("payload"), context)
             return
         nursery.start_soon(
-            self._deliver, self.responder.rpc_respond(context.request_id, error=error)
+            self._deliver, self.responder.rpc_respond(context.request_id, error=error), context
         )
 
     async def _answer(
@@ -86,19 +89,26 @@ class Serving:
             if is_streaming(handler):
                 await self._stream(handler(payload, context), context)  # type: ignore[arg-type]
             else:
-                outcome = self._run(handler(payload, context), context)  # type: ignore[arg-type]
-                await self._deliver(outcome)
+                await self._run(handler(payload, context), context)  # type: ignore[arg-type]
         finally:
             self.running -= 1
 
-    async def _run(self, answer: Awaitable[Any], context: RequestContext) -> Any:
+    async def _run(self, answer: Awaitable[Any], context: RequestContext) -> None:
         try:
             result = await answer
         except Exception as exc:
-            return await self.responder.rpc_respond(
-                context.request_id, error=_message(exc, context)
+            await self._deliver(
+                self.responder.rpc_respond(context.request_id, error=_message(exc, context)),
+                context,
             )
-        return await self.responder.rpc_respond(context.request_id, result)
+            return
+        refused = await self._deliver(
+            self.responder.rpc_respond(context.request_id, result), context
+        )
+        if refused is not None:  # the call is still open: answer it with why
+            await self._deliver(
+                self.responder.rpc_respond(context.request_id, error=refused), context
+            )
 
     async def _stream(self, chunks: AsyncIterator[Any], context: RequestContext) -> None:
         error = None
@@ -106,24 +116,40 @@ class Serving:
             async for chunk in chunks:
                 try:
                     await self.responder.rpc_stream_chunk(context.request_id, chunk)
-                except ClientError as failed:  # the caller is gone: cancelled, timed out, left
-                    log.debug("stream %s stopped: %s", context.request_id, failed.code)
-                    return
+                except ClientError as failed:
+                    error = _refusal(failed, context)
+                    if error is None:
+                        return  # the caller is gone: cancelled, timed out, left
+                    break
         except Exception as exc:
             error = _message(exc, context)
         finally:
             aclose = getattr(chunks, "aclose", None)  # run the generator's own cleanup now
             if aclose is not None:
                 await aclose()
-        await self._deliver(self.responder.rpc_stream_end(context.request_id, error=error))
+        await self._deliver(self.responder.rpc_stream_end(context.request_id, error=error), context)
 
-    async def _deliver(self, answer: Awaitable[Any]) -> None:
+    async def _deliver(self, answer: Awaitable[Any], context: RequestContext) -> str | None:
+        """Send an answer; None once sent or when the call is gone, else the error message to
+        answer with instead, as the daemon refused what this answer carried."""
         try:
             await answer
-        except ClientError as failed:  # the call ended meanwhile; its caller was told
-            log.debug("answer not delivered: %s", failed)
+        except ClientError as failed:
+            return _refusal(failed, context)
+        return None
+
+
+def _refusal(failed: ClientError, context: RequestContext) -> str | None:
+    """Why an answer was refused for what it carried (a payload not JSON the daemon takes, too
+    large, a line over the cap), for the caller; None when the call ended meanwhile (cancelled,
+    timed out, left: its caller was told), which needs no answer."""
+    if failed.code not in REFUSED_CONTENT:
+        log.debug("answer to %s not delivered: %s", context.request_id, failed)
+        return None
+    log.warning("%s on %s: its answer was refused: %s", context.method, context.network, failed)
+    return f"handler result refused: {failed}"[:MAX_ERROR_CHARS]
 
 
 def _message(exc: Exception, context: RequestContext) -> str:
     log.warning("%s on %s failed: %s", context.method, context.network, exc, exc_info=exc)
-    return str(exc) or type(exc).__name__
+    return (str(exc) or type(exc).__name__)[:MAX_ERROR_CHARS]
