@@ -78,12 +78,18 @@ async def _lines(
             raise _too_long(command, timeout)
         *complete, buffer = (buffer + data).split(b"\n") if data else [buffer, b""]
         for line in complete:
+            _check_line(line, command)
             if line.strip():
                 yield line
         if not data:
             return
-        if len(buffer) > MAX_PAYLOAD_BYTES:
-            raise ServedCommandFailed(f"{command[0]} wrote a line over {MAX_PAYLOAD_BYTES} bytes")
+        _check_line(buffer, command)  # refused before the rest of a long line is read
+
+
+def _check_line(line: bytes, command: list[str]) -> None:
+    """ServedCommandFailed for a line no chunk can carry, finished or not."""
+    if len(line) > MAX_PAYLOAD_BYTES:
+        raise ServedCommandFailed(f"{command[0]} wrote a line over {MAX_PAYLOAD_BYTES} bytes")
 
 
 def _decoded(text: bytes) -> Any:

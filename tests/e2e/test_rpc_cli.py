@@ -16,6 +16,7 @@ import trio
 
 from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE
 from meshactors.client import MeshClient, RequestContext
+from meshactors.network.payload import MAX_PAYLOAD_BYTES
 from tests.support import Home
 
 pytestmark = pytest.mark.e2e
@@ -185,3 +186,38 @@ async def test_channel_send_reliable_answers_once_acknowledged(home: Home, me: s
     misplaced = home.cli("rpc", "serve", "m", "--stream", "--", "cat", check=False)
     assert misplaced.returncode == EXIT_USAGE
     assert "options go before METHOD" in misplaced.stderr
+
+
+HUGE = "print(12345678901234567890123)"  # JSON, but beyond 64 bits: no payload carries it
+LONG_LINE = f"print('first'); print('x' * {MAX_PAYLOAD_BYTES + 1}); print('never')"
+
+
+async def test_rpc_serve_answers_remote_error_when_the_output_is_refused(
+    home: Home, me: str
+) -> None:
+    huge = home.popen("rpc", "serve", "huge", "--", sys.executable, "-c", HUGE)
+    long = home.popen("rpc", "serve", "--stream", "long", "--", sys.executable, "-c", LONG_LINE)
+    try:
+        with trio.fail_after(30):  # well within the calls' own 60 s
+            for server in (huge, long):
+                line = await trio.to_thread.run_sync(started, server, "stderr")
+                assert line.startswith("serving")
+            call = functools.partial(home.cli, "rpc", "call", "--timeout", "60", check=False)
+            refused = await trio.to_thread.run_sync(call, me, "huge", "--json")
+            streamed = await trio.to_thread.run_sync(call, me, "long", "--stream", "--json")
+            warned = await trio.to_thread.run_sync(started, huge, "stderr")
+    finally:
+        for server in (huge, long):
+            server.kill()
+            server.wait()
+    assert refused.returncode == 1
+    error = json.loads(refused.stdout)["error"]
+    assert error["code"] == "remote_error"
+    assert error["message"].startswith("handler result refused: invalid_params: ")
+    assert warned.startswith("meshactors: huge on lan: its answer was refused: invalid_params")
+    assert streamed.returncode == 1
+    first, end = streamed.stdout.splitlines()
+    assert json.loads(first) == "first"
+    error = json.loads(end)["error"]
+    assert error["code"] == "remote_error"
+    assert error["message"].endswith(f"wrote a line over {MAX_PAYLOAD_BYTES} bytes")
