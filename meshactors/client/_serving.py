@@ -115,7 +115,7 @@ class Serving:
         try:
             async for chunk in chunks:
                 try:
-                    await self.responder.rpc_stream_chunk(context.request_id, chunk)
+                    await _sent(self.responder.rpc_stream_chunk(context.request_id, chunk))
                 except ClientError as failed:
                     error = _refusal(failed, context)
                     if error is None:
@@ -133,10 +133,20 @@ class Serving:
         """Send an answer; None once sent or when the call is gone, else the error message to
         answer with instead, as the daemon refused what this answer carried."""
         try:
-            await answer
+            await _sent(answer)
         except ClientError as failed:
             return _refusal(failed, context)
         return None
+
+
+async def _sent(answer: Awaitable[Any]) -> None:
+    """Send an answer; one the client cannot encode as JSON (a set, an object, a key that is
+    not a string, a value that holds itself) raises ClientError invalid_params, as one the
+    daemon refuses does, instead of an error that would end the client."""
+    try:
+        await answer
+    except (TypeError, ValueError, RecursionError) as exc:  # ValueError: pure-Python json
+        raise ClientError("invalid_params", f"not JSON: {exc}") from exc
 
 
 def _refusal(failed: ClientError, context: RequestContext) -> str | None:

@@ -124,3 +124,73 @@ async def test_a_caller_that_left_stops_the_stream_quietly(
     assert [r.getMessage() for r in client_records if r.levelno >= logging.WARNING] == []
     gone = ("not delivered: cancelled", "not delivered: unknown_request")  # as the race goes
     assert any(any(g in r.getMessage() for g in gone) for r in client_records)
+
+
+def _holds_itself() -> list[Any]:
+    value: list[Any] = []
+    value.append(value)
+    return value
+
+
+NOT_JSON = [{1, 2}, object(), {(1, 2): "tuple key"}, _holds_itself()]
+NOT_JSON_IDS = ["set", "object", "tuple_key", "holds_itself"]
+
+
+async def _echo(payload: Any, ctx: RequestContext) -> Any:
+    return payload
+
+
+@pytest.mark.parametrize("result", NOT_JSON, ids=NOT_JSON_IDS)
+async def test_a_result_that_is_not_json_answers_remote_error_and_the_client_goes_on(
+    running: LocalDaemon, caplog: pytest.LogCaptureFixture, result: Any
+) -> None:
+    async def handler(payload: Any, ctx: RequestContext) -> Any:
+        return result
+
+    async with MeshClient(running.paths.socket) as client:
+        await client.ensure_networks([NETWORK])
+        me = (await client.status())["device_id"]
+        await client.serve("lan", "odd", handler)
+        await client.serve("lan", "echo", _echo)
+        with trio.fail_after(WAIT):
+            with pytest.raises(ClientError) as failure:
+                await client.rpc_call("lan", me, "odd", None, timeout_ms=LONG_MS)
+            echoed = await client.rpc_call("lan", me, "echo", [1, 2], timeout_ms=LONG_MS)
+    assert failure.value.code == "remote_error"
+    assert failure.value.message.startswith("handler result refused: invalid_params: not JSON: ")
+    assert echoed["payload"] == [1, 2]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warned = "odd on lan: its answer was refused: invalid_params: not JSON: "
+    assert any(warned in w for w in warnings)
+
+
+async def test_a_chunk_that_is_not_json_ends_the_stream_and_the_client_goes_on(
+    running: LocalDaemon,
+) -> None:
+    closed = trio.Event()
+
+    async def chunks(payload: Any, ctx: RequestContext) -> AsyncIterator[Any]:
+        try:
+            yield "first"
+            yield {1, 2}
+            yield "never sent"
+        finally:
+            closed.set()
+
+    async with MeshClient(running.paths.socket) as client:
+        await client.ensure_networks([NETWORK])
+        me = (await client.status())["device_id"]
+        await client.serve("lan", "odd", chunks)
+        await client.serve("lan", "echo", _echo)
+        received = []
+        with trio.fail_after(WAIT):
+            async with client.rpc_call_stream("lan", me, "odd", timeout_ms=LONG_MS) as stream:
+                with pytest.raises(ClientError) as failure:
+                    async for chunk in stream:
+                        received.append(chunk)
+            await closed.wait()
+            echoed = await client.rpc_call("lan", me, "echo", "still here", timeout_ms=LONG_MS)
+    assert received == ["first"]
+    assert failure.value.code == "remote_error"
+    assert failure.value.message.startswith("handler result refused: invalid_params: not JSON: ")
+    assert echoed["payload"] == "still here"
