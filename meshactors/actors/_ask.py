@@ -60,6 +60,13 @@ class Reply(Generic[T]):
 
     _channel: trio.MemorySendChannel[_Answer[T]]
 
+    @classmethod
+    def unheard(cls) -> Reply[T]:
+        """A reply nobody waits for, for a request sent without asking."""
+        send, receive = trio.open_memory_channel[_Answer[T]](1)
+        receive.close()
+        return cls(send)
+
     def ok(self, value: T) -> None:
         """Answer with a value."""
         self._deliver(_Answer(value=value))

@@ -74,10 +74,12 @@ class ChildStartFailed(Exception):
 
 @attrs.frozen
 class StartChild:
-    """Ask a supervisor to add and start a child."""
+    """Ask a supervisor to add and start a child; with `replace`, one of that name already
+    there is stopped and forgotten first, else the start is refused."""
 
     spec: ChildSpec
     reply: Reply[None]
+    replace: bool = False
 
 
 @attrs.frozen
@@ -153,10 +155,14 @@ class Supervisor(Actor):
     _control: trio.MemorySendChannel[_Control] | None = attrs.field(default=None, init=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
 
-    async def start_child(self, spec: ChildSpec) -> None:
-        """Add a child at runtime; returns once it is running, raises if it failed to start."""
+    async def start_child(self, spec: ChildSpec, *, replace: bool = False) -> None:
+        """Add a child at runtime; returns once it is running, raises if it failed to start.
+        A child of that name already there is refused (ValueError), or with `replace` stopped
+        and forgotten first (an asker whose record of its children may lag this supervisor's)."""
         await self.inbox.ask(
-            lambda reply: StartChild(spec, reply), timeout=ASK_TIMEOUT, what=f"start {spec.name}"
+            lambda reply: StartChild(spec, reply, replace),
+            timeout=ASK_TIMEOUT,
+            what=f"start {spec.name}",
         )
 
     async def stop_child(self, name: str) -> bool:
@@ -164,6 +170,17 @@ class Supervisor(Actor):
         return await self.inbox.ask(
             lambda reply: StopChild(name, reply), timeout=ASK_TIMEOUT, what=f"stop {name}"
         )
+
+    def stop_child_nowait(self, name: str) -> bool:
+        """Have a child stopped and forgotten, after the requests queued before, without
+        waiting (an asker undoing a start it gave up on, even while cancelled); False when
+        the inbox is full."""
+        unheard: Reply[bool] = Reply.unheard()
+        try:
+            self.inbox.sender.send_nowait(StopChild(name, unheard))
+        except trio.WouldBlock:
+            return False
+        return True
 
     def own_tasks(self) -> list[Callable[[], Awaitable[None]]]:
         """Tasks of this supervisor's own besides the supervising loop (a subclass that also
@@ -210,14 +227,10 @@ class Supervisor(Actor):
 
     async def _handle(self, message: _Control, node: Node) -> None:
         match message:
-            case StartChild(spec=spec, reply=reply):
-                await self._handle_start(spec, reply, node)
+            case StartChild(spec=spec, reply=reply, replace=replace):
+                await self._handle_start(spec, reply, node, replace)
             case StopChild(name=name, reply=reply):
-                child = self._running.pop(name, None)
-                if child is not None:
-                    await self._stop(child)
-                    child.node.detach()
-                reply.ok(child is not None)
+                reply.ok(await self._remove(name))
             case _ChildExited(name=name, generation=generation, error=error):
                 child = self._running.get(name)
                 if child is not None and child.generation == generation:
@@ -228,16 +241,30 @@ class Supervisor(Actor):
                     if child is not None and not child.running:
                         await self._relaunch(child)
 
-    async def _handle_start(self, spec: ChildSpec, reply: Reply[None], node: Node) -> None:
+    async def _handle_start(
+        self, spec: ChildSpec, reply: Reply[None], node: Node, replace: bool
+    ) -> None:
         if spec.name in self._running:
-            reply.fail(ValueError(f"{node.path} already has a child named {spec.name!r}"))
-            return
+            if not replace:
+                reply.fail(ValueError(f"{node.path} already has a child named {spec.name!r}"))
+                return
+            log.warning("replaced a child of that name", actor=f"{node.path}/{spec.name}")
+            await self._remove(spec.name)
         try:
             await self._add(spec, node)
         except ChildStartFailed as exc:
             reply.fail(exc)
         else:
             reply.ok(None)
+
+    async def _remove(self, name: str) -> bool:
+        """Stop a child and forget it; False when there is none of that name."""
+        child = self._running.pop(name, None)
+        if child is None:
+            return False
+        await self._stop(child)
+        child.node.detach()
+        return True
 
     async def _add(self, spec: ChildSpec, node: Node) -> None:
         """Register a new child and start it; forget it again if it failed to start."""

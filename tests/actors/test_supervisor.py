@@ -9,6 +9,7 @@ from meshactors.actors import (
     ActorState,
     ChildSpec,
     ChildStartFailed,
+    Inbox,
     Node,
     Restart,
     RestartLimits,
@@ -197,6 +198,38 @@ async def test_dynamic_children_start_and_stop(journal: Journal, root: Node) -> 
         assert "x" not in root.children
         assert journal.events == ["start x", "stop x"]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_start_that_replaces_stops_the_child_of_that_name_first(
+    journal: Journal, root: Node
+) -> None:
+    sup = Supervisor()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        old, new = ProbeActor("old", journal), ProbeActor("new", journal)
+        await sup.start_child(ChildSpec("x", old, restart=Restart.TEMPORARY))
+        await sup.start_child(ChildSpec("x", new, restart=Restart.TEMPORARY), replace=True)
+        assert journal.events == ["start old", "stop old", "start new"]
+        assert root.children["x"].state is ActorState.RUNNING
+        await new.inbox.sender.send("exit")  # the node running is the new child's
+        await journal.wait_count("stop new", 1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stop_sent_without_waiting_stops_the_child_unless_the_inbox_is_full(
+    journal: Journal, root: Node
+) -> None:
+    sup = Supervisor()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        await sup.start_child(ChildSpec("x", ProbeActor("x", journal), restart=Restart.TEMPORARY))
+        assert sup.stop_child_nowait("x") is True
+        await journal.wait_count("stop x", 1)
+        assert "x" not in root.children
+        nursery.cancel_scope.cancel()
+    idle = Supervisor(inbox=Inbox(1))  # not running: nothing takes its requests
+    assert idle.stop_child_nowait("x") is True
+    assert idle.stop_child_nowait("x") is False
 
 
 async def test_child_that_fails_to_start_is_reported_to_the_caller(
