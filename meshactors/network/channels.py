@@ -218,7 +218,15 @@ class Channels:
         if len(self._pumps) >= MAX_CHANNELS:
             raise OpError(ErrorCode.CONFLICT, f"at most {MAX_CHANNELS} channels per network")
         pump = ChannelPump(self.network, channel)
-        await self.tree.start_child(_pump_spec(pump))
+        try:
+            # A pump of this name we do not record (a stop that never reached the supervisor)
+            # is replaced.
+            await self.tree.start_child(_pump_spec(pump), replace=True)
+        except BaseException:
+            # Core crashed or gave up waiting: the supervisor may still start it, so have it
+            # stopped after that; we record only what the supervisor said it started.
+            self.tree.stop_child_nowait(_pump_name(channel))
+            raise
         self._pumps[channel], self._readers[channel] = pump, set()
         return pump
 
@@ -228,6 +236,8 @@ class Channels:
         return [_pump_spec(pump) for pump in self._pumps.values()]
 
     async def _stop_pump(self, channel: str) -> None:
+        # Forgotten first: a stop sent is done even if core stops waiting for it (a crash), so
+        # keeping the pump would have later subscribers join one that no longer runs.
         del self._pumps[channel], self._readers[channel]
         if self.tree is not None:
             await self.tree.stop_child(_pump_name(channel))

@@ -6,14 +6,17 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
 
+import attrs
 import pytest
 import trio
+import trio.testing
 
-from meshactors.actors import ActorState
+from meshactors.actors import Actor, ActorState, ChildSpec, Restart
 from meshactors.network.app_frames import Chan
 from tests.network.appclient import AppClient, network_children
-from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed, approve_both
+from tests.network.conftest import NET, UNREACHABLE, WAIT, Daemon, Mesh, OpFailed, approve_both
 from tests.network.rawpeer import approved_raw_peer
 
 WAIT_MS = int(WAIT * 1000)
@@ -408,3 +411,68 @@ async def test_a_core_restart_keeps_no_retained_value_of_a_peer_without_a_sessio
     late = await client_of(b, nursery)
     subscribed = await late.call("channel_subscribe", network=NET, channel="presence")
     assert subscribed["retained"] == 0
+
+
+@attrs.define(eq=False)
+class Gate(Actor):
+    """A child that says it started only once `opened`: while it starts, its supervisor
+    handles nothing else, and the requests sent to it meanwhile wait in order."""
+
+    kind: ClassVar[str] = "gate"
+
+    starting: trio.Event = attrs.field(factory=trio.Event)
+    opened: trio.Event = attrs.field(factory=trio.Event)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.starting.set()
+        await self.opened.wait()
+        task_status.started()
+        await trio.sleep_forever()
+
+
+def pumps_seen(tree: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The channels whose pumps the network supervisor runs, and those its core's `channels`
+    part records, in an `inspect` answer."""
+    children = network_children(tree, NET)
+    running = [name.removeprefix("channel ") for name in children if name.startswith("channel ")]
+    return sorted(running), children["core"]["figures"]["channels"]["channels"]
+
+
+@pytest.mark.parametrize("step", ["channel_subscribe", "channel_unsubscribe"])
+async def test_a_core_crash_while_the_network_starts_or_stops_a_pump_keeps_the_channel_usable(
+    mesh: Mesh, nursery: trio.Nursery, step: str
+) -> None:
+    """Core crashes while it waits for the network supervisor to start (or stop) a channel's
+    pump, which the supervisor still does after the crash: the channel stays usable, and the
+    pumps running are the ones core records. A gate child holds the supervisor in a start so
+    that core's request waits there long enough to crash core (else a few scheduler steps)."""
+    daemon = await mesh.daemon("solo", debug_ops=True)
+    await daemon.join(UNREACHABLE)
+    reader, sender = await client_of(daemon, nursery), await client_of(daemon, nursery)
+    if step == "channel_unsubscribe":
+        await reader.call("channel_subscribe", network=NET, channel="news")
+    gate = Gate()
+    spec = ChildSpec("gate", gate, Restart.TEMPORARY)
+    nursery.start_soon(daemon.network().start_child, spec)
+    with trio.fail_after(WAIT):
+        await gate.starting.wait()
+    asked = await reader.send(step, network=NET, channel="news")
+    await trio.testing.wait_all_tasks_blocked()  # core waits on the supervisor behind the gate
+    await daemon.call("debug_crash", path=crash_path("core"))
+    with pytest.raises(OpFailed) as dropped:
+        await reader.answer(asked)
+    assert dropped.value.code == "unavailable"
+    gate.opened.set()
+
+    # Served by the new core; the supervisor starts its pump after what it still had to do.
+    await reader.call("channel_subscribe", network=NET, channel="other")
+    assert pumps_seen(await sender.call("inspect")) == (["other"], ["other"])
+    assert (await reader.call("channel_subscribe", network=NET, channel="news"))["retained"] == 0
+    me = daemon.device_id
+    await sender.call("channel_send_to", network=NET, channel="news", peer=me, payload=1)
+    assert (await reader.event("channel_inbound"))["payload"] == 1
+    assert pumps_seen(await sender.call("inspect")) == (["news", "other"], ["news", "other"])
+    for channel in ("news", "other"):
+        left = await reader.call("channel_unsubscribe", network=NET, channel=channel)
+        assert left == {"unsubscribed": True}
+    assert pumps_seen(await sender.call("inspect")) == ([], [])
