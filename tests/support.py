@@ -10,16 +10,34 @@ import sys
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import trio
 
+from meshactors.actors import Actor
 from meshactors.daemon.lock import read_running_pid
 from meshactors.event_hub import EventHub
 from meshactors.store.events import Event
 
 CLI_TIMEOUT = 60  # seconds any one CLI command may take
+
+
+@attrs.define(eq=False)
+class Gate(Actor):
+    """A child that says it started only once `opened`: while it starts, its supervisor
+    handles nothing else, and the requests sent to it meanwhile wait in order."""
+
+    kind: ClassVar[str] = "gate"
+
+    starting: trio.Event = attrs.field(factory=trio.Event)
+    opened: trio.Event = attrs.field(factory=trio.Event)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.starting.set()
+        await self.opened.wait()
+        task_status.started()
+        await trio.sleep_forever()
 
 
 @attrs.define

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -206,7 +207,7 @@ class Supervisor(Actor):
             try:
                 for spec in self.children:
                     await self._add(spec, node)
-                nursery.start_soon(self._forward_requests, control_send)
+                nursery.start_soon(self._forward_requests)
                 for task in self.own_tasks():
                     nursery.start_soon(task)
                 task_status.started()
@@ -215,22 +216,31 @@ class Supervisor(Actor):
             except (SupervisorEscalation, ChildStartFailed) as exc:
                 failure = exc
             finally:
+                # However the run ends, the requests it took and did not handle, and those it
+                # takes while it stops its children, are dropped: their askers hear ActorGone
+                # at once instead of at their deadline.
+                self._control = None
+                _drop_requests(control_receive)
                 await self._stop_all()
                 nursery.cancel_scope.cancel()
         if failure is not None:
             raise failure
 
-    async def _forward_requests(self, control: trio.MemorySendChannel[_Control]) -> None:
-        """Move asks from the bounded public inbox onto the control channel, in order."""
+    async def _forward_requests(self) -> None:
+        """Move asks from the bounded public inbox onto the control channel, in order; once
+        the run ends, drop them instead (nothing would handle them)."""
         async for request in self.inbox.receiver:
-            control.send_nowait(request)
+            if self._control is None:
+                request.reply.drop()
+            else:
+                self._control.send_nowait(request)
 
     async def _handle(self, message: _Control, node: Node) -> None:
         match message:
             case StartChild(spec=spec, reply=reply, replace=replace):
-                await self._handle_start(spec, reply, node, replace)
+                await reply.answer_with(functools.partial(self._start, spec, node, replace))
             case StopChild(name=name, reply=reply):
-                reply.ok(await self._remove(name))
+                await reply.answer_with(functools.partial(self._remove, name))
             case _ChildExited(name=name, generation=generation, error=error):
                 child = self._running.get(name)
                 if child is not None and child.generation == generation:
@@ -241,21 +251,14 @@ class Supervisor(Actor):
                     if child is not None and not child.running:
                         await self._relaunch(child)
 
-    async def _handle_start(
-        self, spec: ChildSpec, reply: Reply[None], node: Node, replace: bool
-    ) -> None:
+    async def _start(self, spec: ChildSpec, node: Node, replace: bool) -> None:
+        """Add and start a child asked for; ValueError for a name taken unless `replace`."""
         if spec.name in self._running:
             if not replace:
-                reply.fail(ValueError(f"{node.path} already has a child named {spec.name!r}"))
-                return
+                raise ValueError(f"{node.path} already has a child named {spec.name!r}")
             log.warning("replaced a child of that name", actor=f"{node.path}/{spec.name}")
             await self._remove(spec.name)
-        try:
-            await self._add(spec, node)
-        except ChildStartFailed as exc:
-            reply.fail(exc)
-        else:
-            reply.ok(None)
+        await self._add(spec, node)
 
     async def _remove(self, name: str) -> bool:
         """Stop a child and forget it; False when there is none of that name."""
@@ -401,6 +404,17 @@ class Supervisor(Actor):
         for child in reversed(list(self._running.values())):
             if child.running:
                 await self._stop(child)
+
+
+def _drop_requests(control: trio.MemoryReceiveChannel[_Control]) -> None:
+    """Drop every request still queued on a run's control channel (the run ends)."""
+    while True:
+        try:
+            message = control.receive_nowait()
+        except trio.WouldBlock:
+            return
+        if isinstance(message, StartChild | StopChild):
+            message.reply.drop()
 
 
 def _restarts(restart: Restart, error: Exception | None) -> bool:

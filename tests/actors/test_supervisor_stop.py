@@ -1,18 +1,37 @@
-"""A supervisor told to stop while it restarts a child still stops (it used to wait forever)."""
+"""A supervisor told to stop while it restarts a child still stops (it used to wait forever),
+and the requests it had taken are dropped when it ends, not left to their deadline."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
 import attrs
 import pytest
 import trio
+import trio.testing
 
-from meshactors.actors import Actor, ChildSpec, Node, RestartLimits, Strategy, Supervisor, run_root
+from meshactors.actors import (
+    Actor,
+    ActorGone,
+    AskTimeout,
+    ChildSpec,
+    Node,
+    Restart,
+    RestartLimits,
+    Strategy,
+    Supervisor,
+    SupervisorEscalation,
+    run_root,
+)
 from tests.actors.conftest import Journal, ProbeActor
+from tests.support import Gate
 
 FAST = RestartLimits(intensity=3, period=10.0, backoff_initial=0.1, backoff_max=1.0)
 STOP_DEADLINE = 30.0  # seconds (mock clock) the tree may take to stop; far above every bound
+PROMPT = 5.0  # seconds an ask the supervisor dropped may take to end; far below ASK_TIMEOUT
 
 
 @attrs.define(eq=False)
@@ -70,3 +89,60 @@ async def test_a_rest_for_one_supervisor_stopped_mid_restart_stops(
         relauncher.release.set()  # before the fix, only this let the test end (and fail)
     assert stopped_in_time, "the supervisor never stopped the child it was restarting"
     assert relauncher.runs == 2
+
+
+@attrs.define(eq=False)
+class Outcome:
+    """What an ask ended with, once it did."""
+
+    error: BaseException | None = None
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+    async def of(self, asking: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await asking()
+        except (ActorGone, AskTimeout, ValueError) as exc:
+            self.error = exc
+        self.done.set()
+
+    async def wait_gone(self) -> None:
+        """Wait for the ask to end, well before the ask's own deadline: it heard ActorGone."""
+        with trio.fail_after(PROMPT):
+            await self.done.wait()
+        assert isinstance(self.error, ActorGone)
+
+
+@pytest.mark.parametrize("ending", ["stopped", "escalating"])
+async def test_requests_a_supervisor_took_and_did_not_handle_are_dropped_when_it_ends(
+    ending: str, journal: Journal, root: Node
+) -> None:
+    """A stop asked while the supervisor is held in a start (a gate child) waits in its queue;
+    the run ends (stopped from outside, or escalating a crash it handles first): the asker
+    hears ActorGone at once (it used to wait out ASK_TIMEOUT), as does the start it was in."""
+    probe, gate = ProbeActor("probe", journal), Gate()
+    sup = Supervisor(children=[ChildSpec("probe", probe)], limits=RestartLimits(intensity=0))
+    tree = trio.CancelScope()
+
+    async def run_tree(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with tree, contextlib.suppress(SupervisorEscalation):
+            await run_root(sup, root, task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_tree)
+        started, stopped = Outcome(), Outcome()
+        spec = ChildSpec("gate", gate, Restart.TEMPORARY)
+        nursery.start_soon(started.of, functools.partial(sup.start_child, spec))
+        with trio.fail_after(PROMPT):
+            await gate.starting.wait()
+        if ending == "escalating":
+            await probe.inbox.sender.send("crash")  # its exit waits behind the gate's start
+            await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(stopped.of, functools.partial(sup.stop_child, "probe"))
+        await trio.testing.wait_all_tasks_blocked()  # the stop waits behind the gate's start
+        if ending == "stopped":
+            tree.cancel()
+            await started.wait_gone()
+        else:
+            gate.opened.set()
+        await stopped.wait_gone()
+        assert journal.events == ["start probe", "stop probe"]

@@ -6,18 +6,18 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any
 
-import attrs
 import pytest
 import trio
 import trio.testing
 
-from meshactors.actors import Actor, ActorState, ChildSpec, Restart
+from meshactors.actors import ActorState, ChildSpec, Restart
 from meshactors.network.app_frames import Chan
 from tests.network.appclient import AppClient, network_children
 from tests.network.conftest import NET, UNREACHABLE, WAIT, Daemon, Mesh, OpFailed, approve_both
 from tests.network.rawpeer import approved_raw_peer
+from tests.support import Gate
 
 WAIT_MS = int(WAIT * 1000)
 
@@ -411,23 +411,6 @@ async def test_a_core_restart_keeps_no_retained_value_of_a_peer_without_a_sessio
     late = await client_of(b, nursery)
     subscribed = await late.call("channel_subscribe", network=NET, channel="presence")
     assert subscribed["retained"] == 0
-
-
-@attrs.define(eq=False)
-class Gate(Actor):
-    """A child that says it started only once `opened`: while it starts, its supervisor
-    handles nothing else, and the requests sent to it meanwhile wait in order."""
-
-    kind: ClassVar[str] = "gate"
-
-    starting: trio.Event = attrs.field(factory=trio.Event)
-    opened: trio.Event = attrs.field(factory=trio.Event)
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.starting.set()
-        await self.opened.wait()
-        task_status.started()
-        await trio.sleep_forever()
 
 
 def pumps_seen(tree: dict[str, Any]) -> tuple[list[str], list[str]]:
