@@ -189,7 +189,23 @@ class NetworkManager(Supervisor):
             raise OpError(ErrorCode.CONFLICT, f"at most {MAX_NETWORKS} networks at once")
         await self._save(config)
         network = self._build(config)
-        await self.start_child(self._spec(network))
+        name = _child_name(config.id)
+        try:
+            await self.start_child(self._spec(network))
+        except AskTimeout:
+            # The start still waits in this supervisor's queue and may yet be carried out: have
+            # it stopped after that, so that the supervisor runs only the networks we record.
+            # (Cancelled, this run ends: the next one starts the saved networks afresh, and a
+            # stop sent now would outlive this run and stop the one it starts.)
+            self.stop_child_nowait(name)
+            raise
+        except ValueError:
+            # The supervisor runs a network of this id that we do not record (a stop that
+            # found its inbox full): have it stopped, so that the next add joins.
+            self.stop_child_nowait(name)
+            raise OpError(
+                ErrorCode.CONFLICT, f"network {config.id!r} is still stopping; try again"
+            ) from None
         self._networks[config.id] = network
         self.events.publish("network_added", {"network": config.id, "config": config.to_json()})
         return network, True

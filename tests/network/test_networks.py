@@ -5,10 +5,13 @@ the inspect tree."""
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import pytest
 import trio
 
+from meshactors.actors import ChildSpec, Restart
+from meshactors.actors import _supervisor as supervisor_module
 from meshactors.network.peers import COMMAND_TIMEOUT
 from meshactors.wire.ipc import ErrorCode, OpError
 from tests.network.appclient import AppClient
@@ -16,12 +19,14 @@ from tests.network.conftest import (
     NET,
     UNREACHABLE,
     WAIT,
+    Daemon,
     Mesh,
     OpFailed,
     active_pair,
     approve_both,
     solo_daemon,
 )
+from tests.support import Gate
 
 
 async def test_add_is_idempotent_and_a_different_config_conflicts(mesh: Mesh) -> None:
@@ -244,3 +249,59 @@ async def test_an_embedded_broker_serves_the_mesh(mesh: Mesh) -> None:
         tree = await a.call("inspect")
     broker = next(c for c in tree["children"] if c["name"] == "broker")
     assert broker["figures"]["members"] == 2
+
+
+def networks_running(tree: dict[str, Any]) -> list[str]:
+    """The children of the `networks` supervisor in an `inspect` answer."""
+    networks = next(child for child in tree["children"] if child["name"] == "networks")
+    return [child["name"] for child in networks["children"]]
+
+
+async def hold_networks(daemon: Daemon, nursery: trio.Nursery) -> Gate:
+    """Hold the `networks` supervisor in the start of a gate child: the starts and stops the
+    manager asks of it meanwhile wait in order behind it, until the gate is opened."""
+    assert daemon.services.networks is not None
+    gate = Gate()
+    spec = ChildSpec("gate", gate, Restart.TEMPORARY)
+    nursery.start_soon(daemon.services.networks.start_child, spec)
+    with trio.fail_after(WAIT):
+        await gate.starting.wait()
+    return gate
+
+
+async def test_an_add_that_gave_up_on_its_start_leaves_no_network_a_later_add_trips_on(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    """An add stops waiting for the network's start (`timeout`), which the supervisor still
+    carries out afterwards: it is stopped again, and the next add joins the network (it used to
+    find the supervisor running a network the manager did not record, and fail as internal)."""
+    a = await mesh.daemon("a")
+    gate = await hold_networks(a, nursery)
+    with pytest.MonkeyPatch.context() as patch:  # the add's wait only: the gate holds the start
+        patch.setattr(supervisor_module, "ASK_TIMEOUT", 0.1)
+        with pytest.raises(OpFailed) as gave_up:
+            await a.join(mesh.url)
+    assert gave_up.value.code == "timeout"
+    gate.opened.set()
+    assert (await a.join(mesh.url))["added"] is True
+    assert networks_running(await a.call("inspect")) == ["gate", f"network {NET}"]
+    assert [n["id"] for n in (await a.call("networks_list"))["networks"]] == [NET]
+
+
+async def test_an_add_that_finds_a_network_of_its_id_it_does_not_record_conflicts_once(
+    mesh: Mesh,
+) -> None:
+    """The supervisor runs a `network <id>` child the manager does not record (a stop that
+    never reached it): the add is refused as `conflict`, not internal, and has that child
+    stopped, so the next add joins."""
+    a = await mesh.daemon("a")
+    assert a.services.networks is not None
+    stray = Gate()
+    stray.opened.set()
+    await a.services.networks.start_child(ChildSpec(f"network {NET}", stray, Restart.TEMPORARY))
+    with pytest.raises(OpFailed) as refused:
+        await a.join(mesh.url)
+    assert refused.value.code == "conflict"
+    assert (await a.join(mesh.url))["added"] is True
+    assert networks_running(await a.call("inspect")) == [f"network {NET}"]
+    assert a.network().config.id == NET
