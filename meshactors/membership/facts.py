@@ -231,6 +231,8 @@ def _unb64(text: str) -> Any:
         return json.loads(raw.decode("utf-8"))
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise BadRecord("malformed", f"not base64url JSON: {exc}") from None
+    except RecursionError:  # deeper than the parser goes: no record nests like that
+        raise BadRecord("malformed", "JSON nested too deeply") from None
 
 
 def to_bootstrap(genesis: Genesis) -> str:

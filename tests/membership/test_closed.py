@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 
 import attrs
@@ -98,6 +99,18 @@ async def test_a_forged_genesis_is_refused(mesh: Mesh) -> None:
     forged = to_bootstrap(attrs.evolve(genesis, owner=thief.device_id))
     with pytest.raises(OpFailed) as refused:
         await import_closed(thief, mesh, forged)
+    assert refused.value.code == "invalid_params"
+
+
+async def test_a_token_or_bootstrap_nested_too_deeply_is_invalid_params(mesh: Mesh) -> None:
+    stranger = await mesh.daemon("stranger")
+    deep_token = "mshi1." + base64.urlsafe_b64encode(b"[" * 3000).decode().rstrip("=")
+    deep_bootstrap = "mshg1." + base64.urlsafe_b64encode(b"[" * 1400).decode().rstrip("=")
+    with pytest.raises(OpFailed) as refused:
+        await stranger.call("network_join_invite", token=deep_token)
+    assert refused.value.code == "invalid_params"
+    with pytest.raises(OpFailed) as refused:
+        await import_closed(stranger, mesh, deep_bootstrap)
     assert refused.value.code == "invalid_params"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import json
@@ -9,15 +10,20 @@ from typing import Any
 
 import attrs
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from meshactors.membership.facts import (
+    BOOTSTRAP_PREFIX,
+    MAX_BOOTSTRAP_CHARS,
+    MAX_TOKEN_CHARS,
+    TOKEN_PREFIX,
     BadRecord,
     Fact,
     Genesis,
     converter,
     from_bootstrap,
+    from_token,
     record_hash,
     structure,
     to_bootstrap,
@@ -232,6 +238,31 @@ def test_any_bootstrap_text_is_a_genesis_or_a_bad_record(text: str) -> None:
     except BadRecord:
         return
     assert isinstance(genesis, Genesis)
+
+
+def _fitting(prefix: str, limit: int, nested: str) -> str:
+    """`prefix` and base64url of as much of `nested` as fits in `limit` characters."""
+    encoded = base64.urlsafe_b64encode(nested.encode()).decode().rstrip("=")
+    return prefix + encoded[: (limit - len(prefix)) // 4 * 4]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    depth=st.integers(1, MAX_TOKEN_CHARS),
+    opener=st.sampled_from(["[", '{"a":']),
+    closed=st.booleans(),
+)
+@example(depth=MAX_TOKEN_CHARS, opener="[", closed=False)
+def test_a_bootstrap_or_token_nested_any_depth_is_a_bad_record(
+    depth: int, opener: str, closed: bool
+) -> None:
+    """JSON nested deeper than the parser goes, within the length caps, is malformed like any
+    other bad JSON (the ops answer `invalid_params`), never an error the caller cannot name."""
+    nested = opener * depth + ("]" if opener == "[" else "}") * (depth if closed else 0)
+    with pytest.raises(BadRecord):
+        from_bootstrap(_fitting(BOOTSTRAP_PREFIX, MAX_BOOTSTRAP_CHARS, nested))
+    with pytest.raises(BadRecord):
+        from_token(_fitting(TOKEN_PREFIX, MAX_TOKEN_CHARS, nested))
 
 
 _OWNER = device()
