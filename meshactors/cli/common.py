@@ -158,6 +158,8 @@ def parse_json_arg(text: str, what: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         fail(f"{what} is not valid JSON: {exc}", EXIT_USAGE)
+    except RecursionError:
+        fail(f"{what} is not valid JSON: nested too deeply to parse", EXIT_USAGE)
 
 
 def network_option(parser: argparse.ArgumentParser, help: str | None = None) -> None:
