@@ -42,10 +42,52 @@ class SymlinkRefused(PermissionError):
         return str(self.strerror)
 
 
-def open_private(path: Path, flags: int, mode: int = PRIVATE_FILE_MODE) -> int:
-    """`os.open` for a file in the home that never follows a symlink (SymlinkRefused)."""
+class NotRegularFile(OSError):
+    """A file meshactors reads or keeps is a FIFO, socket, device or directory: opening one
+    for reading could wait forever for a writer, and what it holds is not the daemon's file."""
+
+    def __init__(self, path: Path, mode: int) -> None:
+        kind = next((name for test, name in _KINDS if test(mode)), "special file")
+        super().__init__(errno.EINVAL, f"{path} is a {kind}, not a regular file")
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISDIR, "directory"),
+)
+
+
+def open_regular(path: Path, flags: int, mode: int = PRIVATE_FILE_MODE) -> int:
+    """`os.open` that refuses anything but a regular file (NotRegularFile) without waiting:
+    opened non-blocking (a FIFO opens at once), checked, then made blocking again."""
     try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a FIFO no one reads, opened to write; or a socket
+            raise NotRegularFile(path, os.stat(path).st_mode) from None
+        raise
+    try:
+        found = os.fstat(fd).st_mode
+        if not stat.S_ISREG(found):
+            raise NotRegularFile(path, found)
+        os.set_blocking(fd, True)  # as callers expect; a detached daemon inherits the log's
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_private(path: Path, flags: int, mode: int = PRIVATE_FILE_MODE) -> int:
+    """`open_regular` for a file in the home, never through a symlink (SymlinkRefused)."""
+    try:
+        return open_regular(path, flags | os.O_NOFOLLOW, mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise SymlinkRefused(path) from None

@@ -94,14 +94,16 @@ class Home:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MESHACTORS_")}
         return env | {"MESHACTORS_HOME": str(self.path)}
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run `meshactors ARGS…` to completion."""
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = CLI_TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `meshactors ARGS…` to completion (killed, TimeoutExpired, after `timeout` s)."""
         result = subprocess.run(
             [sys.executable, "-m", "meshactors", *args],
             env=self.env,
             capture_output=True,
             text=True,
-            timeout=CLI_TIMEOUT,
+            timeout=timeout,
             check=False,
         )
         if check and result.returncode != 0:

@@ -23,8 +23,8 @@ from meshactors.cli import (
     state_cmd,
     stream_cmd,
 )
-from meshactors.cli.common import EXIT_STARTUP, EXIT_USAGE, CommandFailed
-from meshactors.paths import SymlinkRefused
+from meshactors.cli.common import EXIT_STARTUP, EXIT_USAGE, CommandFailed, fail
+from meshactors.paths import NotRegularFile, SymlinkRefused
 
 COMMAND_GROUPS = (
     daemon_cmd,
@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
             status = args.run(args)
         except SymlinkRefused as exc:  # a file in the home: refused wherever it is met
             raise CommandFailed("symlink_refused", str(exc), EXIT_STARTUP) from None
+        except NotRegularFile as exc:  # a FIFO or device in the home: likewise, exit 3
+            fail(str(exc), EXIT_STARTUP)
         sys.stdout.flush()  # a closed pipe shows up here for output still buffered
     except CommandFailed as failed:
         failed.render(as_json=args.json if args is not None else "--json" in words)

@@ -50,12 +50,13 @@ from meshactors.identity import Identity, IdentityError, load_or_create_identity
 from meshactors.listen import ListenError
 from meshactors.logs import configure_logging
 from meshactors.network.link import ROLES
-from meshactors.paths import Paths, SymlinkRefused, open_private, tighten_mode
+from meshactors.paths import NotRegularFile, Paths, SymlinkRefused, open_private, tighten_mode
 from meshactors.store.db import StoreError
 from meshactors.store.retention import RETENTION_DAYS, RETENTION_ROWS, Retention
 
 DETACH_READY_TIMEOUT = 30.0  # seconds `up --detach` waits for the socket to answer
-SAYS_IT_BEST = (StoreError, ListenError, SymlinkRefused)  # their message is the line to show
+# errors whose message is the line to show
+SAYS_IT_BEST = (StoreError, ListenError, SymlinkRefused, NotRegularFile)
 DETACH_EXIT_TIMEOUT = 10.0  # seconds `up --detach` waits for a child that closed its pipe to exit
 MAX_FAILURE_SCAN_BYTES = 1 << 20  # of the log a failed child wrote, searched for its reason
 DOWN_TIMEOUT = 10.0  # seconds `down` waits after asking, before SIGTERM (and again after)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from meshactors.broker.limits import BrokerConfig
 from meshactors.daemon.broker_actor import parse_listen
 from meshactors.daemon.outbox import ACK_TIMEOUT_S, MAX_ACK_TIMEOUT_S
 from meshactors.network.link import ROLES
+from meshactors.paths import NotRegularFile, open_regular
 from meshactors.store.retention import (
     MAX_RETENTION_DAYS,
     MAX_RETENTION_ROWS,
@@ -162,19 +162,18 @@ class Effective:
 def read_file(path: Path, *, follow: bool) -> dict[str, Any]:
     """The checked values `path` sets ({} if there is no such file and it was not named);
     `follow=False` refuses a symlink (the file in the home is never followed through one)."""
-    flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, flags)
+        fd = open_regular(path, os.O_RDONLY | (0 if follow else os.O_NOFOLLOW))
     except FileNotFoundError:
         if follow:
             raise SettingsError(f"{path}: no such file") from None
         return {}
+    except NotRegularFile:
+        raise SettingsError(f"{path}: not a regular file") from None
     except OSError as exc:
         reason = "a symlink, not followed" if exc.errno == errno.ELOOP else exc.strerror
         raise SettingsError(f"{path}: {reason}") from None
     with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-            raise SettingsError(f"{path}: not a regular file")
         raw = file.read(MAX_CONFIG_BYTES + 1)
     if len(raw) > MAX_CONFIG_BYTES:
         raise SettingsError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")

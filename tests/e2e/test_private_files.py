@@ -70,6 +70,40 @@ def test_a_symlinked_private_file_is_refused_and_its_target_untouched(
     assert was_link
 
 
+FIFO_BOUND = 20  # seconds: a refusal takes about one CLI start; a FIFO opened blocking, forever
+
+# name in the home -> the command that reads it, its exit code, what its line says of the file
+FIFO_READERS = {
+    "identity.json": (("identity", "show"), 3, "identity file"),
+    "daemon.toml": (("config", "show"), 3, ""),
+    "host.json": (("daemon", "up"), 4, "host record"),
+    "http-token": (("daemon", "up", "--tcp", "FREE_PORT"), 3, "the daemon could not start"),
+    "daemon.pid": (("daemon", "up"), 3, "cannot take the daemon lock"),
+    "daemon.log": (("daemon", "up", "--detach"), 3, ""),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIFO_READERS))
+def test_a_fifo_in_place_of_a_home_file_is_refused_at_once(home: Home, name: str) -> None:
+    if name != "identity.json":
+        home.cli("identity", "show")
+    if name not in ("identity.json", "host.json"):
+        home.cli("daemon", "accept-host")
+    command, status, says = FIFO_READERS[name]
+    args = [str(free_port()) if arg == "FREE_PORT" else arg for arg in command]
+    fifo = home.path / name
+    fifo.unlink(missing_ok=True)
+    os.mkfifo(fifo, 0o600)
+    try:
+        result = home.cli(*args, check=False, timeout=FIFO_BOUND)
+    finally:
+        fifo.unlink()  # the fixture's clean-up reads daemon.pid
+    assert result.returncode == status, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"meshactors: {says}")
+    assert str(fifo) in line and "not a regular file" in line
+
+
 def test_a_detached_daemon_reports_the_childs_own_reason(home: Home, tmp_path: Path) -> None:
     home.cli("identity", "show")
     link = home.path / "state.db"
