@@ -181,6 +181,8 @@ def read_file(path: Path, *, follow: bool) -> dict[str, Any]:
         document = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise SettingsError(f"{path}: not valid TOML: nested too deeply to parse") from None
     return check_document(document, path)
 
 

@@ -51,6 +51,8 @@ def test_values_come_from_the_file_unless_a_flag_is_given(tmp_path: Path) -> Non
         ("[durable]\nretention_rows = 99999999999999999999", "from 1 to"),
         ("[broker]\nmax_sockets = 1", "unknown key 'broker.max_sockets'"),
         ("tcp = [", "not valid TOML"),
+        ("tcp = " + "[" * 5000, "not valid TOML"),  # deeper than tomllib goes: RecursionError
+        ("tcp = " + "{a=" * 5000, "not valid TOML"),
     ],
 )
 def test_a_bad_key_or_value_is_one_line_naming_it(tmp_path: Path, text: str, says: str) -> None:
