@@ -90,7 +90,7 @@ def _error_fields(body: bytes) -> tuple[str, str]:
     text = body.decode("utf-8", "replace")
     try:
         fields = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return "remote_error", text or "reset"
     if not isinstance(fields, dict):
         return "remote_error", text

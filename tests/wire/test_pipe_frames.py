@@ -49,9 +49,11 @@ def test_an_error_frame_carries_code_and_message_and_stops_parsing() -> None:
     assert list(FrameParser().feed(wire)) == [Reset("peer_not_active", "gone")]
 
 
-def test_a_program_error_frame_that_is_not_json_is_its_message() -> None:
-    wire = struct.pack(">I", ERROR_BIT | 3) + b"bad"
-    assert list(FrameParser().feed(wire)) == [Reset("remote_error", "bad")]
+@pytest.mark.parametrize("body", [b"bad", b"[" * MAX_ERROR_FRAME_BYTES], ids=["bad", "deep"])
+def test_a_program_error_frame_that_is_not_json_is_its_message(body: bytes) -> None:
+    """Nested deeper than the parser goes (RecursionError) is as much not JSON as text is."""
+    wire = struct.pack(">I", ERROR_BIT | len(body)) + body
+    assert list(FrameParser().feed(wire)) == [Reset("remote_error", body.decode())]
 
 
 @pytest.mark.parametrize(
