@@ -97,7 +97,7 @@ def _decoded(text: bytes) -> Any:
     decoded = text.decode(errors="replace")
     try:
         return json.loads(decoded)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than it parses
         return decoded
 
 
