@@ -32,6 +32,10 @@ log = structlog.get_logger("meshactors.events")
 HUB_INBOX = 10_000  # events and requests waiting for the hub before new events are dropped
 PERSIST_QUEUE = 10_000  # events waiting to be written to the log before new ones go unlogged
 PERSIST_BATCH = 500  # events written per transaction
+# Ids the log marks spent ahead of numbering: only a spent id is sent, so a restart (numbering
+# on past every spent id) never hands out one that went live unlogged. Twice what the log queue
+# and a batch hold, renewed at half, so a log that keeps up never holds numbering back.
+SPEND_AHEAD = 2 * (PERSIST_QUEUE + PERSIST_BATCH)
 HUB_ASK_TIMEOUT = 10.0  # seconds a subscribe or replay waits for the hub
 
 
@@ -59,7 +63,13 @@ class _Flush:
     reply: Reply[None]
 
 
+@attrs.frozen
+class _Spend:
+    """Ask the log writer to mark more ids spent: numbering has reached the mark."""
+
+
 _HubMessage = _Published | _Join | _Flush
+_LogItem = Event | _Flush | _Spend
 
 
 class EventPublisher(Protocol):
@@ -80,12 +90,15 @@ class EventHub(Actor):
     broadcast: Broadcast[Event] = attrs.field(factory=Broadcast)
     last_event_id: int = 0
     unlogged: int = 0  # events numbered and sent live but not logged (the log queue was full)
-    dropped: int = 0  # events never numbered: the inbox was full, or a stop cut them off
-    _to_log: trio.MemorySendChannel[Event | _Flush] = attrs.field(init=False)
-    _log_queue: trio.MemoryReceiveChannel[Event | _Flush] = attrs.field(init=False)
+    dropped: int = 0  # events never numbered: the inbox was full, no spent id was left for
+    # them (the log is SPEND_AHEAD events behind or failing), or a stop cut them off
+    _spent: int = 0  # the newest id the log marks spent: no id past it is sent
+    _spending: bool = False  # a _Spend is queued for the log writer
+    _to_log: trio.MemorySendChannel[_LogItem] = attrs.field(init=False)
+    _log_queue: trio.MemoryReceiveChannel[_LogItem] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._to_log, self._log_queue = trio.open_memory_channel[Event | _Flush](PERSIST_QUEUE)
+        self._to_log, self._log_queue = trio.open_memory_channel[_LogItem](PERSIST_QUEUE)
 
     def publish(self, kind: str, data: dict[str, Any]) -> None:
         """Queue an event for the hub to number and publish; never waits (a full inbox drops
@@ -129,9 +142,12 @@ class EventHub(Actor):
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.last_event_id = max(
-            self.last_event_id, await self.store.call(event_log.last_event_id, what="last event")
+        self.last_event_id = await self.store.call(
+            functools.partial(event_log.resume_numbering, ahead=SPEND_AHEAD),
+            what="resume event numbering",
         )
+        self._spent = self.last_event_id + SPEND_AHEAD
+        self._spending = False
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_log)
@@ -146,6 +162,10 @@ class EventHub(Actor):
     async def _take(self, message: _HubMessage) -> None:
         match message:
             case _Published(kind=kind, data=data, at_ms=at_ms):
+                if self.last_event_id >= self._spent:  # its id could go out again after a kill
+                    self.dropped += 1
+                    self._ask_to_spend()
+                    return
                 self.last_event_id += 1
                 event = Event(self.last_event_id, kind, data, at_ms)
                 self.broadcast.publish(event)
@@ -162,6 +182,16 @@ class EventHub(Actor):
                 except BaseException:
                     reply.drop()  # cut off waiting for room (the hub stops): ActorGone now
                     raise
+
+    def _ask_to_spend(self) -> None:
+        """Have the log writer mark more ids spent, so numbering goes on once the log does
+        (a full log queue needs no ask: its writes mark them)."""
+        if not self._spending:
+            try:
+                self._to_log.send_nowait(_Spend())
+                self._spending = True
+            except trio.WouldBlock:
+                pass
 
     async def _take_queued(self) -> None:
         """Number what was published before the hub stopped, so it is logged too. The log
@@ -194,7 +224,7 @@ class EventHub(Actor):
         finally:
             self._settle_untaken(take_queued(self._log_queue, PERSIST_QUEUE))
 
-    def _settle_untaken(self, untaken: Iterable[_HubMessage | Event]) -> None:
+    def _settle_untaken(self, untaken: Iterable[_HubMessage | _LogItem]) -> None:
         """Account for what a stop left undone: an event not numbered is dropped, one not
         logged is unlogged, and every asker hears ActorGone at once."""
         for item in untaken:
@@ -206,27 +236,35 @@ class EventHub(Actor):
                 case _Join(reply=reply) | _Flush(reply=reply):
                     reply.drop()
 
-    async def _write(self, batch: list[Event | _Flush]) -> None:
-        """Log a batch's events, then answer its flushes; a write cut off (the hub stops)
-        drops them, so their askers hear ActorGone at once."""
+    async def _write(self, batch: list[_LogItem]) -> None:
+        """Log a batch's events, marking more ids spent when numbering nears the mark, then
+        answer its flushes; a write cut off (the hub stops) drops them, so their askers hear
+        ActorGone at once."""
         events = [item for item in batch if isinstance(item, Event)]
         flushes = [item.reply for item in batch if isinstance(item, _Flush)]
+        spend_to = None
+        if self._spent - self.last_event_id < SPEND_AHEAD // 2:
+            spend_to = self.last_event_id + SPEND_AHEAD
         try:
             try:
-                if events:
+                if events or spend_to is not None:
                     # No deadline: a write the store has taken still happens after one runs
                     # out (a loop frozen past it), so only the store's own answer says whether
                     # it did. A stopped store drops the call unrun: ActorGone, events unlogged.
                     await self.store.call(
-                        functools.partial(event_log.append_batch, batch=events),
+                        functools.partial(event_log.append_batch, batch=events, spend_to=spend_to),
                         what="log events",
                         timeout=math.inf,
                     )
+                    if spend_to is not None:
+                        self._spent = spend_to
             except Exception:
                 self.unlogged += len(events)
                 log.exception("could not log events", count=len(events))
             for reply in flushes:
                 reply.ok(None)
         finally:
+            if any(isinstance(item, _Spend) for item in batch):
+                self._spending = False  # asked again by the next event the mark holds back
             for reply in flushes:
                 reply.drop()  # harmless after an answer

@@ -184,3 +184,60 @@ async def test_what_a_stop_runs_out_of_time_for_is_counted_and_its_askers_told(
         await trio.testing.wait_all_tasks_blocked()
         assert stalled.outcome == ["gone", "gone"]  # the queued flush is told too
         assert stalled.hub.figures()["dropped"] == 1  # event 3, never numbered
+
+
+async def test_a_restart_never_reuses_an_id_sent_live_but_not_logged(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    async with stalled_hub(tmp_path) as stalled:
+        live, _ = await stalled.hub.subscribe(16)
+        for n in range(3):  # sent live at once; the stalled disk logs none of them
+            stalled.hub.publish("tick", {"n": n})
+        sent = [(await live.receive()).event_id for _ in range(3)]
+        stalled.stopping.cancel()  # as good as a kill: the stop's writes wait on the disk
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(stalled.events.shutdown_timeout + 1)  # and its budget runs out
+        await trio.testing.wait_all_tasks_blocked()
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
+        logged = [row[0] for row in db.execute("SELECT event_id FROM events")]
+    assert max(logged, default=0) < max(sent)  # the newest ones went live, not to the log
+    store = StoreActor(tmp_path / "state.db")
+    hub = EventHub(store)
+    tree = Supervisor(children=[ChildSpec("store", store), ChildSpec("events", hub)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, tree, Node(name="tree", kind="supervisor"))
+        live, _ = await hub.subscribe(16)
+        hub.publish("tick", {"n": 3})
+        after_restart = (await live.receive()).event_id
+        assert after_restart > max(sent)
+        # A client that saw the unlogged events resumes after the last of them: it gets the new
+        # one, which is not mistaken for one it already has.
+        replayed = await hub.replay(max(sent), 100)
+        assert [(event.event_id, event.data) for event in replayed.events] == [
+            (after_restart, {"n": 3})
+        ]
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_id_past_what_the_log_marks_spent_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(event_hub, "SPEND_AHEAD", 4)
+    async with stalled_hub(tmp_path) as stalled:
+        live, _ = await stalled.hub.subscribe(16)
+        for n in range(6):  # the start marked ids 1-4 spent; the stalled disk marks no more
+            stalled.hub.publish("tick", {"n": n})
+        with trio.fail_after(5):
+            sent = [(await live.receive()).event_id for _ in range(4)]
+        await trio.testing.wait_all_tasks_blocked()
+        assert (sent, stalled.hub.figures()["dropped"]) == ([1, 2, 3, 4], 2)
+        stalled.release()  # the log catches up and marks more ids spent: numbering goes on
+        with trio.fail_after(5):
+            await stalled.hub.flush()
+            stalled.hub.publish("tick", {"n": 6})
+            assert (await live.receive()).event_id == 5
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
+        (spent,) = db.execute(
+            "SELECT value_json FROM local_settings WHERE key = 'event_ids_spent'"
+        ).fetchone()
+    assert int(spent) >= 5

@@ -7,10 +7,12 @@ from typing import Any
 import attrs
 
 from meshactors.store.db import checked_limit, from_json, immediate, to_json
+from meshactors.store.networks import GLOBAL, get_settings, put_setting
 
 EVENT_LOG_LIMIT = 10_000  # events kept for replay; older ones are pruned
 PRUNE_BATCH = 500  # events dropped per prune, so only every 500th append deletes anything
 MAX_REPLAY = 1_000  # events one `since` call returns
+SPENT_KEY = "event_ids_spent"  # GLOBAL setting: no event id up to it is ever handed out again
 
 
 @attrs.frozen
@@ -53,11 +55,16 @@ def append(conn: sqlite3.Connection, kind: str, data: Mapping[str, Any], now_ms:
     return event_id
 
 
-def append_batch(conn: sqlite3.Connection, batch: Sequence[Event]) -> None:
-    """Log events whose ids the caller already assigned (increasing), pruning like `append`."""
-    if not batch:
-        return
+def append_batch(
+    conn: sqlite3.Connection, batch: Sequence[Event], spend_to: int | None = None
+) -> None:
+    """Log events whose ids the caller already assigned (increasing), pruning like `append`;
+    with `spend_to`, mark every id up to it spent in the same transaction."""
     with immediate(conn):
+        if spend_to is not None:
+            _mark_spent(conn, spend_to)
+        if not batch:
+            return
         conn.executemany(
             "INSERT INTO events (event_id, kind, data_json, at_ms) VALUES (?, ?, ?, ?)",
             [(e.event_id, e.kind, to_json(e.data), e.at_ms) for e in batch],
@@ -92,6 +99,22 @@ def since(conn: sqlite3.Connection, event_id: int, limit: int) -> SinceResult:
         gap=first_replayable > event_id + 1,
         oldest_kept=oldest_kept,
     )
+
+
+def resume_numbering(conn: sqlite3.Connection, ahead: int) -> int:
+    """The id to number on from: past every id logged or marked spent, so past every id an
+    earlier run may have sent live before its log write (the hub sends only spent ids); the
+    next `ahead` ids are marked spent, for this run to send before its first write."""
+    with immediate(conn):
+        spent = get_settings(conn, GLOBAL).get(SPENT_KEY)
+        resume = max(last_event_id(conn), spent if isinstance(spent, int) else 0)
+        _mark_spent(conn, resume + ahead)
+    return resume
+
+
+def _mark_spent(conn: sqlite3.Connection, upto: int) -> None:
+    """Record that ids up to `upto` may have been sent, so no later run hands them out."""
+    put_setting(conn, GLOBAL, SPENT_KEY, upto)
 
 
 def last_event_id(conn: sqlite3.Connection) -> int:

@@ -187,6 +187,38 @@ async def test_events_resume_from_the_last_id_across_a_daemon_restart(
         assert (await client.status())["client_id"] == "c1"  # ids restart with the daemon
 
 
+def unlog_after(db: Path, event_id: int) -> None:
+    """Leave a stopped daemon's log as a kill would have: the events after `event_id` went
+    out live but their write never happened."""
+    conn = open_database(db)
+    try:
+        conn.execute("DELETE FROM events WHERE event_id > ?", (event_id,))
+        conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (event_id,))
+    finally:
+        conn.close()
+
+
+async def test_after_a_kill_that_left_events_unlogged_the_client_still_gets_new_ones(
+    running: LocalDaemon,
+) -> None:
+    assert running.services is not None
+    async with MeshClient(running.paths.socket) as client:
+        stream = client.events()
+        with trio.fail_after(20):
+            logged, *unlogged = await publish(
+                running.services.events, "test_event", *({"n": n} for n in range(3))
+            )
+            for _ in range(3):
+                await next_kind(stream, "test_event")
+            await running.stop()
+            await trio.to_thread.run_sync(unlog_after, running.paths.state_db, logged.event_id)
+            await running.start()
+            assert (await next_kind(stream, "client_reconnected"))["count"] == 1
+            (after,) = await publish(running.services.events, "test_event", {"n": 3})
+            assert after.event_id > unlogged[-1].event_id
+            assert (await next_kind(stream, "test_event"))["n"] == 3  # not taken for a seen one
+
+
 async def test_calls_made_while_the_daemon_restarts_wait_for_it(running: LocalDaemon) -> None:
     async with MeshClient(running.paths.socket) as client:
         stream = client.events()

@@ -12,6 +12,7 @@ from meshactors.store.events import (
     append,
     append_batch,
     last_event_id,
+    resume_numbering,
     since,
 )
 
@@ -100,3 +101,14 @@ def test_append_batch_keeps_the_given_ids_and_continues_the_sequence(
         (6, "b", {}),
     ]
     assert append(conn, "c", {}, 12) == 7
+
+
+def test_numbering_resumes_past_every_id_logged_or_marked_spent(conn: sqlite3.Connection) -> None:
+    assert resume_numbering(conn, ahead=100) == 0  # a new log; ids 1-100 marked spent
+    append_batch(conn, [Event(1, "a", {}, 10)])  # id 1 logged, ids 2-100 maybe sent unlogged
+    assert resume_numbering(conn, ahead=100) == 100  # the mark, though the log ends at 1
+    append_batch(conn, [Event(150, "b", {}, 11)], spend_to=250)
+    assert resume_numbering(conn, ahead=100) == 250
+    append_batch(conn, [Event(400, "c", {}, 12)])  # a log past its mark
+    assert resume_numbering(conn, ahead=100) == 400
+    assert [e.event_id for e in since(conn, 0, 10).events] == [1, 150, 400]
