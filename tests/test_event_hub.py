@@ -27,11 +27,7 @@ from meshactors.store.actor import STORE_CALL_TIMEOUT, StoreActor
 async def test_a_log_write_slower_than_the_store_deadline_is_kept_and_counted_logged(
     tmp_path: Path, mock_clock: trio.testing.MockClock
 ) -> None:
-    store = StoreActor(tmp_path / "state.db")
-    hub = EventHub(store)
-    tree = Supervisor(children=[ChildSpec("store", store), ChildSpec("events", hub)])
-    async with trio.open_nursery() as nursery:
-        await nursery.start(run_root, tree, Node(name="tree", kind="supervisor"))
+    async with running_hub(tmp_path) as hub:
         stall = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
         with contextlib.closing(stall):
             stall.execute("BEGIN IMMEDIATE")  # the disk stalls: the store's write waits on it
@@ -44,7 +40,6 @@ async def test_a_log_write_slower_than_the_store_deadline_is_kept_and_counted_lo
         replayed = await hub.replay(0, 100)
         assert [event.data["n"] for event in replayed.events] == list(range(10))
         assert hub.figures()["unlogged"] == 0
-        nursery.cancel_scope.cancel()
 
 
 @attrs.define
@@ -84,6 +79,18 @@ class StalledHub:
         """End the stall: the store's writes go through from now on."""
         if self.stall.in_transaction:
             self.stall.execute("COMMIT")
+
+
+@contextlib.asynccontextmanager
+async def running_hub(tmp_path: Path) -> AsyncIterator[EventHub]:
+    """A hub and its store on the database in tmp_path, running until the block ends."""
+    store = StoreActor(tmp_path / "state.db")
+    hub = EventHub(store)
+    tree = Supervisor(children=[ChildSpec("store", store), ChildSpec("events", hub)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, tree, Node(name="tree", kind="supervisor"))
+        yield hub
+        nursery.cancel_scope.cancel()
 
 
 @contextlib.asynccontextmanager
@@ -201,11 +208,7 @@ async def test_a_restart_never_reuses_an_id_sent_live_but_not_logged(
     with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
         logged = [row[0] for row in db.execute("SELECT event_id FROM events")]
     assert max(logged, default=0) < max(sent)  # the newest ones went live, not to the log
-    store = StoreActor(tmp_path / "state.db")
-    hub = EventHub(store)
-    tree = Supervisor(children=[ChildSpec("store", store), ChildSpec("events", hub)])
-    async with trio.open_nursery() as nursery:
-        await nursery.start(run_root, tree, Node(name="tree", kind="supervisor"))
+    async with running_hub(tmp_path) as hub:
         live, _ = await hub.subscribe(16)
         hub.publish("tick", {"n": 3})
         after_restart = (await live.receive()).event_id
@@ -216,7 +219,6 @@ async def test_a_restart_never_reuses_an_id_sent_live_but_not_logged(
         assert [(event.event_id, event.data) for event in replayed.events] == [
             (after_restart, {"n": 3})
         ]
-        nursery.cancel_scope.cancel()
 
 
 async def test_no_id_past_what_the_log_marks_spent_is_sent(
@@ -241,3 +243,18 @@ async def test_no_id_past_what_the_log_marks_spent_is_sent(
             "SELECT value_json FROM local_settings WHERE key = 'event_ids_spent'"
         ).fetchone()
     assert int(spent) >= 5
+
+
+async def test_events_logged_before_a_restart_are_still_replayed_after_it(tmp_path: Path) -> None:
+    runs: list[list[int]] = []
+    for run in range(2):  # a new hub on the same database: its ids jump past the last run's
+        async with running_hub(tmp_path) as hub:
+            live, _ = await hub.subscribe(16)
+            for n in range(3):
+                hub.publish("tick", {"run": run, "n": n})
+            with trio.fail_after(5):
+                runs.append([(await live.receive()).event_id for _ in range(3)])
+                replayed = await hub.replay(runs[0][0], 100)
+    assert runs[1][0] > runs[0][-1] + event_hub.SPEND_AHEAD // 2  # the ids jumped
+    assert not replayed.gap
+    assert [event.event_id for event in replayed.events] == runs[0][1:] + runs[1]

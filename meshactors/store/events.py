@@ -7,12 +7,14 @@ from typing import Any
 import attrs
 
 from meshactors.store.db import checked_limit, from_json, immediate, to_json
-from meshactors.store.networks import GLOBAL, get_settings, put_setting
+from meshactors.store.networks import GLOBAL, get_setting, put_setting
 
 EVENT_LOG_LIMIT = 10_000  # events kept for replay; older ones are pruned
 PRUNE_BATCH = 500  # events dropped per prune, so only every 500th append deletes anything
 MAX_REPLAY = 1_000  # events one `since` call returns
 SPENT_KEY = "event_ids_spent"  # GLOBAL setting: no event id up to it is ever handed out again
+# GLOBAL setting: how many events the log holds, at most (retention deletes without lowering it)
+ROWS_KEY = "event_log_rows"
 
 
 @attrs.frozen
@@ -46,12 +48,7 @@ def append(conn: sqlite3.Connection, kind: str, data: Mapping[str, Any], now_ms:
             (kind, to_json(dict(data)), now_ms),
         ).lastrowid
         assert event_id is not None  # an INSERT into a rowid table always sets it
-        oldest: int = conn.execute("SELECT min(event_id) FROM events").fetchone()[0]
-        if event_id - oldest >= EVENT_LOG_LIMIT:
-            conn.execute(
-                "DELETE FROM events WHERE event_id <= ?",
-                (event_id - EVENT_LOG_LIMIT + PRUNE_BATCH,),
-            )
+        _keep_newest(conn, added=1)
     return event_id
 
 
@@ -69,13 +66,27 @@ def append_batch(
             "INSERT INTO events (event_id, kind, data_json, at_ms) VALUES (?, ?, ?, ?)",
             [(e.event_id, e.kind, to_json(e.data), e.at_ms) for e in batch],
         )
-        newest = batch[-1].event_id
-        oldest: int = conn.execute("SELECT min(event_id) FROM events").fetchone()[0]
-        if newest - oldest >= EVENT_LOG_LIMIT:
-            conn.execute(
-                "DELETE FROM events WHERE event_id <= ?",
-                (newest - EVENT_LOG_LIMIT + PRUNE_BATCH,),
-            )
+        _keep_newest(conn, added=len(batch))
+
+
+def _keep_newest(conn: sqlite3.Connection, added: int) -> None:
+    """Count `added` new events into the log's row count and, once the log holds more than
+    EVENT_LOG_LIMIT, prune it to its newest EVENT_LOG_LIMIT - PRUNE_BATCH. Ids jump at each
+    restart, so their span says nothing of the count; the count kept beside the log does,
+    so a write neither counts nor scans the log. It only over-counts (retention deletes
+    without lowering it), so the log is counted before anything is pruned."""
+    known = get_setting(conn, GLOBAL, ROWS_KEY)
+    rows = known + added if isinstance(known, int) else None
+    if rows is None or rows > EVENT_LOG_LIMIT:
+        rows = int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    if rows > EVENT_LOG_LIMIT:
+        (cut,) = conn.execute(
+            "SELECT event_id FROM events ORDER BY event_id DESC LIMIT 1 OFFSET ?",
+            (EVENT_LOG_LIMIT - PRUNE_BATCH,),
+        ).fetchone()
+        conn.execute("DELETE FROM events WHERE event_id <= ?", (cut,))
+        rows = EVENT_LOG_LIMIT - PRUNE_BATCH
+    put_setting(conn, GLOBAL, ROWS_KEY, rows)
 
 
 def since(conn: sqlite3.Connection, event_id: int, limit: int) -> SinceResult:
@@ -106,7 +117,7 @@ def resume_numbering(conn: sqlite3.Connection, ahead: int) -> int:
     earlier run may have sent live before its log write (the hub sends only spent ids); the
     next `ahead` ids are marked spent, for this run to send before its first write."""
     with immediate(conn):
-        spent = get_settings(conn, GLOBAL).get(SPENT_KEY)
+        spent = get_setting(conn, GLOBAL, SPENT_KEY)
         resume = max(last_event_id(conn), spent if isinstance(spent, int) else 0)
         _mark_spent(conn, resume + ahead)
     return resume

@@ -141,6 +141,14 @@ def put_setting(conn: sqlite3.Connection, network: str, key: str, value: Any) ->
     )
 
 
+def get_setting(conn: sqlite3.Connection, network: str, key: str) -> Any:
+    """One of our settings for a network (or GLOBAL); None when it was never stored."""
+    row = conn.execute(
+        "SELECT value_json FROM local_settings WHERE network = ? AND key = ?", (network, key)
+    ).fetchone()
+    return None if row is None else from_json(row[0])
+
+
 def get_settings(conn: sqlite3.Connection, network: str) -> dict[str, Any]:
     """All our settings for a network (or GLOBAL), by key."""
     rows = conn.execute(

@@ -112,3 +112,38 @@ def test_numbering_resumes_past_every_id_logged_or_marked_spent(conn: sqlite3.Co
     append_batch(conn, [Event(400, "c", {}, 12)])  # a log past its mark
     assert resume_numbering(conn, ahead=100) == 400
     assert [e.event_id for e in since(conn, 0, 10).events] == [1, 150, 400]
+
+
+def log_run(conn: sqlite3.Connection, count: int) -> list[int]:
+    """What a daemon run does to the log: resume numbering past its mark (ids jump), then log
+    `count` events in batches of PRUNE_BATCH; returns their ids."""
+    first = resume_numbering(conn, ahead=21_000) + 1
+    ids = list(range(first, first + count))
+    for start in range(0, count, PRUNE_BATCH):
+        append_batch(conn, [Event(i, "tick", {}, 10) for i in ids[start : start + PRUNE_BATCH]])
+        assert count_events(conn) <= EVENT_LOG_LIMIT
+    return ids
+
+
+def count_events(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+
+def test_a_restart_keeps_the_events_logged_before_it(conn: sqlite3.Connection) -> None:
+    before = log_run(conn, 1_000)
+    after = log_run(conn, 1_000)
+    assert after[0] > before[-1] + EVENT_LOG_LIMIT  # the ids jumped
+    replay = since(conn, before[0], MAX_REPLAY)
+    assert not replay.gap
+    assert [e.event_id for e in replay.events] == before[1:] + after[:1]
+
+
+def test_the_newest_events_are_kept_across_restarts_and_never_more_than_the_limit(
+    conn: sqlite3.Connection,
+) -> None:
+    logged: list[int] = []
+    for _ in range(4):  # 14,000 events in all, the ids jumping three times
+        logged += log_run(conn, 3_500)
+    kept = [row[0] for row in conn.execute("SELECT event_id FROM events ORDER BY event_id")]
+    assert kept == logged[-len(kept) :]  # the newest, whatever their ids
+    assert EVENT_LOG_LIMIT - PRUNE_BATCH <= len(kept) <= EVENT_LOG_LIMIT

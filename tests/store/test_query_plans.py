@@ -142,7 +142,7 @@ HOT: dict[str, tuple[Callable[[sqlite3.Connection], Any], tuple[str, ...]]] = {
     ),
     "events_append": (
         lambda conn: events.append_batch(conn, [Event(HISTORY + 1, "x", {}, NOW)]),
-        ("events",),
+        ("sqlite_autoindex_local_settings_1",),  # the log's count, read by its key
     ),
     **{
         f"prune_{part}_{rows}": (

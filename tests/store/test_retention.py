@@ -109,6 +109,16 @@ def test_old_events_go_by_age(conn: sqlite3.Connection) -> None:
     assert events.since(conn, 0, 100).gap
 
 
+def test_events_retention_pruned_leave_room_in_the_log(conn: sqlite3.Connection) -> None:
+    limit = events.EVENT_LOG_LIMIT
+    events.append_batch(conn, [Event(i, "x", {}, T0 + i) for i in range(1, limit + 1)])
+    assert prune_events(conn, WEEK, T0 + WEEK.age_ms + 101) == 100  # the log is not full now
+    events.append_batch(conn, [Event(i, "x", {}, T0 + i) for i in range(limit + 1, limit + 51)])
+    assert count(conn, "events") == limit - 50  # nothing pruned early: the log was counted
+    events.append_batch(conn, [Event(i, "x", {}, T0 + i) for i in range(limit + 51, limit + 152)])
+    assert count(conn, "events") == limit - events.PRUNE_BATCH  # one over: a batch goes
+
+
 def test_counts_follow_every_change_including_cascades(conn: sqlite3.Connection) -> None:
     for i in range(4):
         delivered(conn, f"d-{i}", T0)
