@@ -15,6 +15,7 @@ MAX_REPLAY = 1_000  # events one `since` call returns
 SPENT_KEY = "event_ids_spent"  # GLOBAL setting: no event id up to it is ever handed out again
 # GLOBAL setting: how many events the log holds, at most (retention deletes without lowering it)
 ROWS_KEY = "event_log_rows"
+PRUNED_KEY = "event_log_pruned"  # GLOBAL setting: the newest event id pruned from the log
 
 
 @attrs.frozen
@@ -85,8 +86,21 @@ def _keep_newest(conn: sqlite3.Connection, added: int) -> None:
             (EVENT_LOG_LIMIT - PRUNE_BATCH,),
         ).fetchone()
         conn.execute("DELETE FROM events WHERE event_id <= ?", (cut,))
+        note_pruned(conn, cut)
         rows = EVENT_LOG_LIMIT - PRUNE_BATCH
     put_setting(conn, GLOBAL, ROWS_KEY, rows)
+
+
+def note_pruned(conn: sqlite3.Connection, upto: int) -> None:
+    """Record that the log pruned events up to id `upto`, so a replay after an earlier id
+    reports the gap (ids jump at a restart, so the oldest kept id cannot tell)."""
+    put_setting(conn, GLOBAL, PRUNED_KEY, max(upto, _pruned_through(conn)))
+
+
+def _pruned_through(conn: sqlite3.Connection) -> int:
+    """The newest event id pruned from the log (0: none)."""
+    pruned = get_setting(conn, GLOBAL, PRUNED_KEY)
+    return pruned if isinstance(pruned, int) else 0
 
 
 def since(conn: sqlite3.Connection, event_id: int, limit: int) -> SinceResult:
@@ -94,7 +108,7 @@ def since(conn: sqlite3.Connection, event_id: int, limit: int) -> SinceResult:
 
     `gap` is True when some events after `event_id` were already pruned: the client
     missed them for good and must resynchronise some other way. Pass 0 to mean "from
-    the beginning of time".
+    the beginning of time". Ids the log never held (those skipped at a restart) are no gap.
     """
     if event_id < 0:
         raise ValueError(f"event_id must be at least 0, got {event_id}")
@@ -104,10 +118,9 @@ def since(conn: sqlite3.Connection, event_id: int, limit: int) -> SinceResult:
         (event_id, checked_limit(limit, MAX_REPLAY)),
     ).fetchall()
     oldest_kept: int | None = conn.execute("SELECT min(event_id) FROM events").fetchone()[0]
-    first_replayable = last_event_id(conn) + 1 if oldest_kept is None else oldest_kept
     return SinceResult(
         events=tuple(Event(row[0], row[1], from_json(row[2]), row[3]) for row in rows),
-        gap=first_replayable > event_id + 1,
+        gap=_pruned_through(conn) > event_id,
         oldest_kept=oldest_kept,
     )
 
@@ -115,11 +128,16 @@ def since(conn: sqlite3.Connection, event_id: int, limit: int) -> SinceResult:
 def resume_numbering(conn: sqlite3.Connection, ahead: int) -> int:
     """The id to number on from: past every id logged or marked spent, so past every id an
     earlier run may have sent live before its log write (the hub sends only spent ids); the
-    next `ahead` ids are marked spent, for this run to send before its first write."""
+    next `ahead` ids are marked spent, for this run to send before its first write. A log
+    pruned before it recorded what it pruned has consecutive ids, so its oldest kept id (or
+    its newest, once empty) says that."""
     with immediate(conn):
         spent = get_setting(conn, GLOBAL, SPENT_KEY)
         resume = max(last_event_id(conn), spent if isinstance(spent, int) else 0)
         _mark_spent(conn, resume + ahead)
+        if get_setting(conn, GLOBAL, PRUNED_KEY) is None:
+            oldest = conn.execute("SELECT min(event_id) FROM events").fetchone()[0]
+            note_pruned(conn, last_event_id(conn) if oldest is None else oldest - 1)
     return resume
 
 

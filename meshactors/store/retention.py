@@ -15,6 +15,7 @@ import sqlite3
 
 import attrs
 
+from meshactors.store import events
 from meshactors.store.db import immediate, row_counts
 from meshactors.store.outbox import TTL_MS, delete_sends
 
@@ -116,11 +117,14 @@ def prune_inbox(conn: sqlite3.Connection, retention: Retention, now_ms: int) -> 
 
 def prune_events(conn: sqlite3.Connection, retention: Retention, now_ms: int) -> int:
     """Delete up to `batch` of the oldest logged events past `days` (their count is bounded
-    by events.EVENT_LOG_LIMIT as they are written)."""
+    by events.EVENT_LOG_LIMIT as they are written), recording the newest pruned for `since`."""
     with immediate(conn):
-        return conn.execute(
+        pruned = conn.execute(
             "DELETE FROM events WHERE event_id IN (SELECT event_id FROM (SELECT event_id, at_ms"
             " FROM events WHERE event_id >= (SELECT min(event_id) FROM events)"
-            " ORDER BY event_id LIMIT ?) WHERE at_ms < ?)",
+            " ORDER BY event_id LIMIT ?) WHERE at_ms < ?) RETURNING event_id",
             (retention.batch, now_ms - retention.age_ms),
-        ).rowcount
+        ).fetchall()
+        if pruned:
+            events.note_pruned(conn, max(row[0] for row in pruned))
+        return len(pruned)

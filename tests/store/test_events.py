@@ -147,3 +147,13 @@ def test_the_newest_events_are_kept_across_restarts_and_never_more_than_the_limi
     kept = [row[0] for row in conn.execute("SELECT event_id FROM events ORDER BY event_id")]
     assert kept == logged[-len(kept) :]  # the newest, whatever their ids
     assert EVENT_LOG_LIMIT - PRUNE_BATCH <= len(kept) <= EVENT_LOG_LIMIT
+
+
+def test_a_log_pruned_before_it_recorded_what_it_pruned_still_reports_the_gap(
+    conn: sqlite3.Connection,
+) -> None:
+    append_batch(conn, [Event(i, "tick", {}, 10) for i in range(501, 601)])  # 1-500 pruned
+    conn.execute("DELETE FROM local_settings")  # as an older daemon left it
+    resume_numbering(conn, ahead=100)
+    assert since(conn, 499, 10).gap
+    assert not since(conn, 500, 10).gap

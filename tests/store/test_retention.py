@@ -109,6 +109,20 @@ def test_old_events_go_by_age(conn: sqlite3.Connection) -> None:
     assert events.since(conn, 0, 100).gap
 
 
+def test_a_restart_skipping_ids_is_no_gap_when_retention_prunes_the_run_before(
+    conn: sqlite3.Connection,
+) -> None:
+    events.resume_numbering(conn, ahead=21_000)
+    events.append_batch(conn, [Event(i, "x", {}, T0) for i in range(1, 11)])
+    resumed = events.resume_numbering(conn, ahead=21_000)  # ids jump past 21,000
+    events.append_batch(conn, [Event(resumed + 1, "x", {}, T0 + 9 * DAY_MS)])
+    assert prune_events(conn, WEEK, T0 + 9 * DAY_MS) == 10  # the whole first run
+    caught_up = events.since(conn, 10, 100)  # a client that saw the first run's last event
+    assert not caught_up.gap  # the ids it never saw were never logged either
+    assert [e.event_id for e in caught_up.events] == [resumed + 1]
+    assert events.since(conn, 9, 100).gap  # event 10 is gone
+
+
 def test_events_retention_pruned_leave_room_in_the_log(conn: sqlite3.Connection) -> None:
     limit = events.EVENT_LOG_LIMIT
     events.append_batch(conn, [Event(i, "x", {}, T0 + i) for i in range(1, limit + 1)])
