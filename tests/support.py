@@ -24,7 +24,7 @@ CLI_TIMEOUT = 60  # seconds any one CLI command may take
 
 
 @attrs.define(eq=False)
-class Gate(Actor):
+class StartGate(Actor):
     """A child that says it started only once `opened`: while it starts, its supervisor
     handles nothing else, and the requests sent to it meanwhile wait in order."""
 

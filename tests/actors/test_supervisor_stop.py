@@ -27,7 +27,7 @@ from meshactors.actors import (
     run_root,
 )
 from tests.actors.conftest import Journal, ProbeActor
-from tests.support import Gate
+from tests.support import StartGate
 
 FAST = RestartLimits(intensity=3, period=10.0, backoff_initial=0.1, backoff_max=1.0)
 STOP_DEADLINE = 30.0  # seconds (mock clock) the tree may take to stop; far above every bound
@@ -119,7 +119,7 @@ async def test_requests_a_supervisor_took_and_did_not_handle_are_dropped_when_it
     """A stop asked while the supervisor is held in a start (a gate child) waits in its queue;
     the run ends (stopped from outside, or escalating a crash it handles first): the asker
     hears ActorGone at once (it used to wait out ASK_TIMEOUT), as does the start it was in."""
-    probe, gate = ProbeActor("probe", journal), Gate()
+    probe, gate = ProbeActor("probe", journal), StartGate()
     sup = Supervisor(children=[ChildSpec("probe", probe)], limits=RestartLimits(intensity=0))
     tree = trio.CancelScope()
 

@@ -26,7 +26,7 @@ from tests.network.conftest import (
     approve_both,
     solo_daemon,
 )
-from tests.support import Gate
+from tests.support import StartGate
 
 
 async def test_add_is_idempotent_and_a_different_config_conflicts(mesh: Mesh) -> None:
@@ -257,11 +257,11 @@ def networks_running(tree: dict[str, Any]) -> list[str]:
     return [child["name"] for child in networks["children"]]
 
 
-async def hold_networks(daemon: Daemon, nursery: trio.Nursery) -> Gate:
+async def hold_networks(daemon: Daemon, nursery: trio.Nursery) -> StartGate:
     """Hold the `networks` supervisor in the start of a gate child: the starts and stops the
     manager asks of it meanwhile wait in order behind it, until the gate is opened."""
     assert daemon.services.networks is not None
-    gate = Gate()
+    gate = StartGate()
     spec = ChildSpec("gate", gate, Restart.TEMPORARY)
     nursery.start_soon(daemon.services.networks.start_child, spec)
     with trio.fail_after(WAIT):
@@ -296,7 +296,7 @@ async def test_an_add_that_finds_a_network_of_its_id_it_does_not_record_conflict
     stopped, so the next add joins."""
     a = await mesh.daemon("a")
     assert a.services.networks is not None
-    stray = Gate()
+    stray = StartGate()
     stray.opened.set()
     await a.services.networks.start_child(ChildSpec(f"network {NET}", stray, Restart.TEMPORARY))
     with pytest.raises(OpFailed) as refused:

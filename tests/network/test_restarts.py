@@ -17,7 +17,7 @@ from meshactors.network.app_frames import Chan
 from tests.network.appclient import AppClient, network_children
 from tests.network.conftest import NET, UNREACHABLE, WAIT, Daemon, Mesh, OpFailed, approve_both
 from tests.network.rawpeer import approved_raw_peer
-from tests.support import Gate
+from tests.support import StartGate
 
 WAIT_MS = int(WAIT * 1000)
 
@@ -434,7 +434,7 @@ async def test_a_core_crash_while_the_network_starts_or_stops_a_pump_keeps_the_c
     reader, sender = await client_of(daemon, nursery), await client_of(daemon, nursery)
     if step == "channel_unsubscribe":
         await reader.call("channel_subscribe", network=NET, channel="news")
-    gate = Gate()
+    gate = StartGate()
     spec = ChildSpec("gate", gate, Restart.TEMPORARY)
     nursery.start_soon(daemon.network().start_child, spec)
     with trio.fail_after(WAIT):
