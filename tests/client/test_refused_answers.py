@@ -51,18 +51,23 @@ async def test_a_refused_result_answers_remote_error_at_once(
 
 
 @pytest.mark.parametrize(
-    ("size", "code"),
-    [(MAX_PAYLOAD_BYTES + 1, "payload_too_large"), (MAX_FRAME_BYTES, "frame_too_large")],
+    ("bad", "refused"),
+    [
+        ("x" * (MAX_PAYLOAD_BYTES + 1), "payload_too_large: "),
+        ("x" * MAX_FRAME_BYTES, "frame_too_large: "),
+        ({1, 2}, "invalid_params: not JSON: "),
+    ],
+    ids=["payload_too_large", "frame_too_large", "not_json"],
 )
-async def test_a_refused_chunk_ends_the_stream_with_remote_error_at_once(
-    running: LocalDaemon, size: int, code: str
+async def test_a_refused_chunk_ends_the_stream_with_remote_error_and_the_client_goes_on(
+    running: LocalDaemon, bad: Any, refused: str
 ) -> None:
     closed = trio.Event()
 
-    async def chunks(payload: Any, ctx: RequestContext) -> AsyncIterator[str]:
+    async def chunks(payload: Any, ctx: RequestContext) -> AsyncIterator[Any]:
         try:
             yield "first"
-            yield "x" * size
+            yield bad
             yield "never sent"
         finally:
             closed.set()
@@ -71,6 +76,7 @@ async def test_a_refused_chunk_ends_the_stream_with_remote_error_at_once(
         await client.ensure_networks([NETWORK])
         me = (await client.status())["device_id"]
         await client.serve("lan", "big", chunks)
+        await client.serve("lan", "echo", _echo)
         received = []
         with trio.fail_after(WAIT):
             async with client.rpc_call_stream("lan", me, "big", timeout_ms=LONG_MS) as stream:
@@ -78,9 +84,11 @@ async def test_a_refused_chunk_ends_the_stream_with_remote_error_at_once(
                     async for chunk in stream:
                         received.append(chunk)
             await closed.wait()
+            echoed = await client.rpc_call("lan", me, "echo", "still here", timeout_ms=LONG_MS)
     assert received == ["first"]
     assert failure.value.code == "remote_error"
-    assert failure.value.message.startswith(f"handler result refused: {code}: ")
+    assert failure.value.message.startswith(f"handler result refused: {refused}")
+    assert echoed["payload"] == "still here"
 
 
 async def test_a_handler_error_too_long_to_carry_answers_its_start(running: LocalDaemon) -> None:
@@ -162,35 +170,3 @@ async def test_a_result_that_is_not_json_answers_remote_error_and_the_client_goe
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     warned = "odd on lan: its answer was refused: invalid_params: not JSON: "
     assert any(warned in w for w in warnings)
-
-
-async def test_a_chunk_that_is_not_json_ends_the_stream_and_the_client_goes_on(
-    running: LocalDaemon,
-) -> None:
-    closed = trio.Event()
-
-    async def chunks(payload: Any, ctx: RequestContext) -> AsyncIterator[Any]:
-        try:
-            yield "first"
-            yield {1, 2}
-            yield "never sent"
-        finally:
-            closed.set()
-
-    async with MeshClient(running.paths.socket) as client:
-        await client.ensure_networks([NETWORK])
-        me = (await client.status())["device_id"]
-        await client.serve("lan", "odd", chunks)
-        await client.serve("lan", "echo", _echo)
-        received = []
-        with trio.fail_after(WAIT):
-            async with client.rpc_call_stream("lan", me, "odd", timeout_ms=LONG_MS) as stream:
-                with pytest.raises(ClientError) as failure:
-                    async for chunk in stream:
-                        received.append(chunk)
-            await closed.wait()
-            echoed = await client.rpc_call("lan", me, "echo", "still here", timeout_ms=LONG_MS)
-    assert received == ["first"]
-    assert failure.value.code == "remote_error"
-    assert failure.value.message.startswith("handler result refused: invalid_params: not JSON: ")
-    assert echoed["payload"] == "still here"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 import trio
 
 from meshactors.daemon.services import Services
@@ -66,22 +67,21 @@ async def test_a_network_joined_again_has_the_connections_claims_released_on_clo
     assert answer["error"]["code"] == "no_handler"
 
 
-async def test_a_removed_network_does_not_keep_the_others_claims_from_release(
-    connect: Connect,
-) -> None:
-    admin, app = await connect(), await connect()
-    await join(admin, OTHER)
-    await join(admin, NET)
-    await ok(app, "rpc_register", network=OTHER, method="m")
-    await ok(app, "channel_subscribe", network=OTHER, channel="news")
-    await ok(app, "rpc_register", network=NET, method="m")  # last: its cleanup is the newest
+async def remove_it(daemon: Services, admin: LineClient) -> None:
     await ok(admin, "network_remove", network=NET)
-    await close(app)
-    assert await held(admin, OTHER) == ({}, [])
 
 
-async def test_a_core_that_does_not_answer_does_not_keep_the_others_claims_from_release(
-    daemon: Services, connect: Connect
+async def stop_its_core(daemon: Services, admin: LineClient) -> None:
+    """Leave NET's core inbox open with nobody reading it: a cleanup that asks it hangs."""
+    assert daemon.networks is not None
+    await daemon.networks.get(NET).stop_child("core")
+
+
+@pytest.mark.parametrize("lose", [remove_it, stop_its_core], ids=["removed", "core_stuck"])
+async def test_a_network_removed_or_stuck_does_not_keep_the_others_claims_from_release(
+    daemon: Services,
+    connect: Connect,
+    lose: Callable[[Services, LineClient], Awaitable[None]],
 ) -> None:
     admin, app = await connect(), await connect()
     await join(admin, OTHER)
@@ -89,8 +89,6 @@ async def test_a_core_that_does_not_answer_does_not_keep_the_others_claims_from_
     await ok(app, "rpc_register", network=OTHER, method="m")
     await ok(app, "channel_subscribe", network=OTHER, channel="news")
     await ok(app, "rpc_register", network=NET, method="m")  # last: its cleanup is the newest
-    assert daemon.networks is not None
-    stuck = daemon.networks.get(NET)
-    await stuck.stop_child("core")  # its inbox stays open with nobody reading it
+    await lose(daemon, admin)
     await close(app)
     assert await held(admin, OTHER) == ({}, [])
