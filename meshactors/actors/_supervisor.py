@@ -68,6 +68,14 @@ class RestartLimits:
 class SupervisorEscalation(Exception):
     """Restart intensity exceeded: the supervisor gives up so that its parent decides."""
 
+    def __init__(self, supervisor: str, actor: str, limits: RestartLimits) -> None:
+        super().__init__(
+            f"{supervisor}: more than {limits.intensity} restarts in {limits.period:g}s, "
+            f"last by {actor}"
+        )
+        self.actor = actor  # the path of the child whose exit passed the limit
+        self.limits = limits
+
 
 class ChildStartFailed(Exception):
     """A child raised before it called `task_status.started()`."""
@@ -351,10 +359,7 @@ class Supervisor(Actor):
             window.popleft()
         if len(window) > self.limits.intensity:
             if not self.contains:
-                raise SupervisorEscalation(
-                    f"{current_node().path}: more than {self.limits.intensity} restarts in "
-                    f"{self.limits.period:g}s, last by {path}"
-                ) from error
+                raise SupervisorEscalation(current_node().path, path, self.limits) from error
             log.error("actor keeps crashing: restarted alone, not escalated", actor=path)
         affected = self._affected_by(child)
         for sibling in reversed(affected):

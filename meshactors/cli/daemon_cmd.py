@@ -19,6 +19,7 @@ import trio
 from meshactors.actors import ChildStartFailed
 from meshactors.cli import service_cmd, settings
 from meshactors.cli.common import (
+    EXIT_CRASH_LOOP,
     EXIT_FAILURE,
     EXIT_STARTUP,
     EXIT_USAGE,
@@ -34,7 +35,7 @@ from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
 from meshactors.control.supervisor import ActivationError, activated_socket
 from meshactors.daemon.broker_actor import parse_listen
 from meshactors.daemon.lock import AlreadyRunning, DaemonLock, read_running_pid
-from meshactors.daemon.main import DaemonOptions, serve
+from meshactors.daemon.main import DaemonGaveUp, DaemonOptions, serve
 from meshactors.daemon.outbox import ACK_TIMEOUT_S, DurableSettings
 from meshactors.daemon.sdnotify import Notifier, NotifyEnvError
 from meshactors.hostguard import (
@@ -170,6 +171,8 @@ def run_up(args: argparse.Namespace) -> int:
         cause = _root_cause(group)
         code = "symlink_refused" if isinstance(cause, SymlinkRefused) else None
         fail(f"the daemon could not start: {_said(cause)}", EXIT_STARTUP, code)
+    except* DaemonGaveUp as group:
+        fail(str(group.exceptions[0]), EXIT_CRASH_LOOP)  # logged already, with the details
     except* KeyboardInterrupt:
         pass
     finally:

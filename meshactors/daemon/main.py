@@ -13,7 +13,15 @@ import structlog
 import trio
 
 from meshactors._version import __version__
-from meshactors.actors import ChildSpec, Doorbell, Node, Strategy, Supervisor, run_root
+from meshactors.actors import (
+    ChildSpec,
+    Doorbell,
+    Node,
+    Strategy,
+    Supervisor,
+    SupervisorEscalation,
+    run_root,
+)
 from meshactors.broker.limits import BrokerConfig
 from meshactors.control.supervisor import control_supervisor
 from meshactors.daemon.broker_actor import BrokerActor
@@ -41,6 +49,11 @@ from meshactors.store.actor import StoreActor
 log = structlog.get_logger("meshactors.daemon")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class DaemonGaveUp(Exception):
+    """The root supervisor passed its restart intensity: having no parent to decide, the daemon
+    stops (its tree already stopped) and leaves the restart to its service manager."""
 
 
 @attrs.frozen
@@ -127,24 +140,52 @@ async def serve(
         ],
         strategy=Strategy.REST_FOR_ONE,
     )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(_stop_on_signal, services.shutdown)  # before anyone sees us ready
-        await nursery.start(run_root, root, tree)
-        log.info(
-            "daemon ready",
-            device_id=options.identity.device_id,
-            socket=str(options.paths.socket),
-            pid=os.getpid(),
-        )
-        if options.ready is not None:
-            options.ready()
-        options.notifier.ready(f"serving on {options.paths.socket}")
-        task_status.started(services)
-        await services.shutdown.wait()
-        log.info("daemon stopping")
-        options.notifier.stopping("stopping")
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_stop_on_signal, services.shutdown)  # before anyone sees us ready
+            await nursery.start(run_root, root, tree)
+            log.info(
+                "daemon ready",
+                device_id=options.identity.device_id,
+                socket=str(options.paths.socket),
+                pid=os.getpid(),
+            )
+            if options.ready is not None:
+                options.ready()
+            options.notifier.ready(f"serving on {options.paths.socket}")
+            task_status.started(services)
+            await services.shutdown.wait()
+            log.info("daemon stopping")
+            options.notifier.stopping("stopping")
+            nursery.cancel_scope.cancel()
+    except* SupervisorEscalation as group:
+        escalation = _escalation_in(group)
+        raise _gave_up(escalation, options.notifier) from escalation
     log.info("daemon stopped")
+
+
+def _gave_up(escalation: SupervisorEscalation, notifier: Notifier) -> DaemonGaveUp:
+    """Log why the root gave up, tell the service manager, and say it in one line."""
+    limits = escalation.limits
+    log.error(
+        "root supervisor gave up: the daemon stops for its service manager to restart it",
+        last_crashed=escalation.actor,
+        intensity=limits.intensity,
+        period_s=limits.period,
+    )
+    gave_up = DaemonGaveUp(
+        f"the daemon stops: more than {limits.intensity} restarts in {limits.period:g}s under "
+        f"its root supervisor, the last after {escalation.actor} crashed; a service manager "
+        "(Restart=on-failure) starts it again"
+    )
+    notifier.stopping(str(gave_up))
+    return gave_up
+
+
+def _escalation_in(group: BaseExceptionGroup[SupervisorEscalation]) -> SupervisorEscalation:
+    """The escalation a nursery wrapped (the root's; no other task raises one)."""
+    first = group.exceptions[0]
+    return first if isinstance(first, SupervisorEscalation) else _escalation_in(first)
 
 
 async def _probe_store(store: StoreActor) -> None:
