@@ -248,8 +248,9 @@ def _durable_settings(args: argparse.Namespace) -> DurableSettings:
 
 def _detach(args: argparse.Namespace, paths: Paths) -> int:
     """Start the daemon in a new session and wait until it says it serves."""
-    if read_running_pid(paths.pid_file) is not None:
-        fail(f"a daemon is already running for {paths.socket}", EXIT_FAILURE)
+    pid = read_running_pid(paths.pid_file)
+    if pid is not None:
+        fail(str(AlreadyRunning(pid, paths.pid_file)), EXIT_FAILURE)
     read_end, write_end = os.pipe()
     log_path = paths.state_dir / LOG_FILE
     command = [sys.executable, "-m", "meshactors"]

@@ -21,13 +21,16 @@ ACQUIRE_ATTEMPTS = 5  # reopen a pid file unlinked under us (by a releasing daem
 
 
 class AlreadyRunning(Exception):
-    """A live daemon holds the lock; `pid` is None if it has not written its pid yet."""
+    """A live daemon holds the lock on `pid_file`; `pid` is None if it has not written it yet.
 
-    def __init__(self, pid: int | None, socket: Path) -> None:
+    Named by its pid and lock, not by a socket: it may serve another one than the caller's.
+    """
+
+    def __init__(self, pid: int | None, pid_file: Path) -> None:
         self.pid = pid
-        self.socket = socket
+        self.pid_file = pid_file
         shown = "unknown" if pid is None else str(pid)
-        super().__init__(f"a daemon is already running (pid {shown}) for {socket}")
+        super().__init__(f"a daemon is already running (pid {shown}, holding {pid_file})")
 
 
 @attrs.define
@@ -44,7 +47,7 @@ class DaemonLock:
 
         Raises AlreadyRunning when another live process holds the lock.
         """
-        fd = _lock_pid_file(pid_file, socket)
+        fd = _lock_pid_file(pid_file)
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
@@ -94,7 +97,7 @@ def read_running_pid(pid_file: Path) -> int | None:
         os.close(fd)
 
 
-def _lock_pid_file(pid_file: Path, socket: Path) -> int:
+def _lock_pid_file(pid_file: Path) -> int:
     """Open and exclusively lock the file currently at `pid_file`; return its descriptor.
 
     A releasing daemon unlinks its pid file before unlocking it, so a lock we win may be on an
@@ -108,14 +111,14 @@ def _lock_pid_file(pid_file: Path, socket: Path) -> int:
         except BlockingIOError:
             pid = _read_pid(fd)
             os.close(fd)
-            raise AlreadyRunning(pid, socket) from None
+            raise AlreadyRunning(pid, pid_file) from None
         except BaseException:
             os.close(fd)
             raise
         if _is_current(fd, pid_file):
             return fd
         os.close(fd)
-    raise AlreadyRunning(None, socket)
+    raise AlreadyRunning(None, pid_file)
 
 
 def _is_current(fd: int, path: Path) -> bool:

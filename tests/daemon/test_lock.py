@@ -50,7 +50,9 @@ def test_second_acquire_raises_already_running(tmp_path: Path) -> None:
         DaemonLock.acquire(pid_file, sock)
 
     assert caught.value.pid == os.getpid()
-    assert str(caught.value) == f"a daemon is already running (pid {os.getpid()}) for {sock}"
+    assert str(caught.value) == (
+        f"a daemon is already running (pid {os.getpid()}, holding {pid_file})"
+    )
 
 
 def test_release_unlinks_the_pid_file_and_frees_the_lock(tmp_path: Path) -> None:

@@ -63,6 +63,18 @@ def test_second_up_says_already_running(home: Home) -> None:
     assert "already running" in again.stderr
 
 
+def test_already_running_names_the_running_daemon_not_the_socket_asked_for(home: Home) -> None:
+    alt = str(home.path / "alt.sock")
+    home.cli("--socket", alt, "daemon", "up", "--detach")
+    pid = home.daemon_pid()
+    for up in (("daemon", "up", "--detach"), ("daemon", "up")):
+        again = home.cli(*up, check=False)
+        assert again.returncode == 1
+        assert f"already running (pid {pid}, holding {home.path / 'daemon.pid'})" in again.stderr
+        assert str(home.socket) not in again.stderr  # it serves alt.sock, not the default
+    home.cli("--socket", alt, "daemon", "down")
+
+
 async def test_sigterm_stops_a_foreground_daemon_with_exit_0(home: Home) -> None:
     with trio.fail_after(30):
         process = await trio.lowlevel.open_process(
