@@ -4,6 +4,7 @@ the daemon's lifecycle."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import select
 import signal
@@ -332,14 +333,17 @@ def _failure_line(log_path: Path, offset: int) -> str | None:
 def run_down(args: argparse.Namespace) -> int:
     paths = paths_of(args)
     pid = read_running_pid(paths.pid_file)
+    told = True
     try:
         with SyncClient.connect(paths.socket, timeout=DOWN_TIMEOUT) as client:
             client.call("shutdown")
-    except (DaemonNotRunning, ClientError, OSError):
+    except (DaemonNotRunning, ClientError, OSError) as exc:
         if pid is None:
             return report(args, {"stopped": False}, "no daemon running")
-    if pid is not None and not _wait_exit(paths.pid_file, DOWN_TIMEOUT):
-        os.kill(pid, signal.SIGTERM)
+        told = not isinstance(exc, DaemonNotRunning)  # it serves another socket, or none yet
+    if pid is not None and not (told and _wait_exit(paths.pid_file, DOWN_TIMEOUT)):
+        with contextlib.suppress(ProcessLookupError):  # it exited since we read its pid
+            os.kill(pid, signal.SIGTERM)
         if not _wait_exit(paths.pid_file, DOWN_TIMEOUT):
             fail(f"daemon (pid {pid}) did not stop after SIGTERM")
     return report(args, {"stopped": True}, "daemon stopped")

@@ -18,6 +18,7 @@ from meshactors.hostguard import HostFacts, accept_host
 from tests.support import Home, LineClient
 
 pytestmark = pytest.mark.e2e
+DOWN_BEFORE_POLL_S = 8.0  # a `down` that cannot ask must not first wait out its 10 s poll
 
 
 def client_names(tree: dict[str, object]) -> set[str]:
@@ -73,6 +74,20 @@ def test_already_running_names_the_running_daemon_not_the_socket_asked_for(home:
         assert f"already running (pid {pid}, holding {home.path / 'daemon.pid'})" in again.stderr
         assert str(home.socket) not in again.stderr  # it serves alt.sock, not the default
     home.cli("--socket", alt, "daemon", "down")
+
+
+def test_down_sigterms_at_once_a_daemon_on_another_socket(home: Home) -> None:
+    home.cli("--socket", str(home.path / "alt.sock"), "daemon", "up", "--detach")
+    down = subprocess.run(
+        [sys.executable, "-m", "meshactors", "daemon", "down"],
+        env=home.env,
+        capture_output=True,
+        text=True,
+        timeout=DOWN_BEFORE_POLL_S,
+        check=True,
+    )
+    assert "daemon stopped" in down.stdout
+    assert home.daemon_pid() is None
 
 
 async def test_sigterm_stops_a_foreground_daemon_with_exit_0(home: Home) -> None:
