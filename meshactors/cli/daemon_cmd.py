@@ -24,6 +24,7 @@ from meshactors.cli.common import (
     EXIT_FAILURE,
     EXIT_STARTUP,
     EXIT_USAGE,
+    CommandFailed,
     call,
     fail,
     fail_on_state,
@@ -186,8 +187,8 @@ def _service_manager_options(options: DaemonOptions) -> DaemonOptions:
     try:
         notifier = Notifier.from_env()
         activated = activated_socket()
-    except (NotifyEnvError, ActivationError) as exc:
-        fail(f"{exc.code}: {exc}", EXIT_STARTUP)
+    except (NotifyEnvError, ActivationError) as exc:  # its own code, as a bad daemon.toml has
+        raise CommandFailed(exc.code, str(exc), EXIT_STARTUP, f"{exc.code}: {exc}") from None
     if activated is None:
         return attrs.evolve(options, notifier=notifier)
     fd, path = activated

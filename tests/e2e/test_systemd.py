@@ -3,6 +3,7 @@ NOTIFY_SOCKET and watchdog, a journald stream, and a socket passed as fd 3 (LIST
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -112,20 +113,48 @@ async def test_socket_activation_serves_the_passed_socket(
     assert home.daemon_pid() is None
 
 
-def test_malformed_activation_is_a_startup_error(home: Home) -> None:
-    env = home.env | {"LISTEN_FDS": "2"}
-    command = "import os, sys; os.environ['LISTEN_PID'] = str(os.getpid()); " + (
-        "os.execv(sys.executable, [sys.executable, '-m', 'meshactors', 'daemon', 'up'])"
+def up_as_a_service(
+    home: Home, env: dict[str, str], *flags: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `daemon up FLAGS` with `env` added and LISTEN_PID naming it, as systemd execs it."""
+    command = (
+        "import os, sys; os.environ['LISTEN_PID'] = str(os.getpid()); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'meshactors', 'daemon', 'up', "
+        "*sys.argv[1:]])"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", command],
-        env=env,
+    return subprocess.run(
+        [sys.executable, "-c", command, *flags],
+        env=home.env | env,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
 
+
+def test_malformed_activation_is_a_startup_error(home: Home) -> None:
+    result = up_as_a_service(home, {"LISTEN_FDS": "2"})
+
     assert result.returncode == 3
     assert "bad_socket_activation" in result.stderr
     assert home.daemon_pid() is None
+
+
+@pytest.mark.parametrize(
+    ("env", "code"),
+    [
+        ({"NOTIFY_SOCKET": "/run/notify", "WATCHDOG_USEC": "soon"}, "bad_notify_env"),
+        ({"NOTIFY_SOCKET": "relative/notify"}, "bad_notify_env"),
+        ({"LISTEN_FDS": "2"}, "bad_socket_activation"),
+    ],
+    ids=["watchdog-usec", "notify-socket", "listen-fds"],
+)
+def test_a_broken_service_manager_setup_has_its_own_json_code(
+    home: Home, env: dict[str, str], code: str
+) -> None:
+    result = up_as_a_service(home, env, "--json")
+
+    assert result.returncode == 3
+    error = json.loads(result.stdout)["error"]
+    assert error["code"] == code
+    assert not error["message"].startswith(code)  # named once, by the code
