@@ -12,7 +12,7 @@ class HttpErrorCode(enum.StrEnum):
 
     UNKNOWN_ROUTE = "unknown_route"  # no such path
     METHOD_NOT_ALLOWED = "method_not_allowed"  # the path exists, not with this method
-    LENGTH_REQUIRED = "length_required"  # a body without Content-Length, or chunked
+    LENGTH_REQUIRED = "length_required"  # any Transfer-Encoding (chunked uploads)
     UNAUTHORIZED = "unauthorized"  # TCP: missing or wrong bearer token
     FORBIDDEN = "forbidden"  # TCP: a browser Origin, a foreign Host
     REQUEST_TIMEOUT = "request_timeout"  # the request did not arrive in time

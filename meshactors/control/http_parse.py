@@ -24,7 +24,6 @@ IDLE_TIMEOUT = 300.0  # seconds a kept-alive connection may wait for its next re
 RECEIVE_CHUNK = 64 * 1024  # bytes asked of the socket per read
 
 VERSIONS = frozenset({b"1.0", b"1.1"})
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # these must say how long their body is
 # header fields that must appear at most once (a second one smells of request smuggling;
 # h11 itself refuses a second Host and conflicting Content-Lengths)
 SINGLE_HEADERS = frozenset({"authorization", "expect", "last-event-id", "idempotency-key"})
@@ -40,7 +39,11 @@ def bad_request(message: str) -> HttpError:
 
 @attrs.frozen
 class RequestHead:
-    """A request line and header block; header names are lower-case, repeats joined by `, `."""
+    """A request line and header block; header names are lower-case, repeats joined by `, `.
+
+    `content_length` is None when the request has neither it nor a Transfer-Encoding: then it
+    has no body (RFC 9112 6.3), as h11 reads it, and a POST means `{}`.
+    """
 
     method: str
     path: str
@@ -68,8 +71,6 @@ def request_head(request: h11.Request) -> RequestHead:
     headers = _headers(fields)
     content_length = _content_length(headers)
     method = request.method.decode("ascii")
-    if content_length is None and method in BODY_METHODS:
-        raise HttpError(HttpErrorCode.LENGTH_REQUIRED, f"{method} needs a Content-Length")
     path, _, query = request.target.decode("ascii").partition("?")
     return RequestHead(method, path, _parse_query(query), headers, content_length)
 

@@ -66,6 +66,7 @@ async def test_curl_reuses_one_connection_for_two_requests(daemon: Services) -> 
         (["-d", "{}", f"{BASE}/v1/no_such_op"], "404"),
         ([f"{BASE}/nowhere"], "404"),
         (["-X", "DELETE", f"{BASE}/v1/status"], "405"),
+        (["-X", "POST", f"{BASE}/v1/status"], "200"),  # no body at all: params {}
         (["-H", "Transfer-Encoding: chunked", "-d", "{}", f"{BASE}/v1/status"], "411"),
     ],
 )

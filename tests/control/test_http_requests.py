@@ -104,6 +104,16 @@ async def test_any_transfer_encoding_is_411(http: Connect, coding: bytes) -> Non
     assert (response.status, response.code) == (411, "length_required")
 
 
+async def test_a_post_without_length_or_coding_has_no_body(http: Connect) -> None:
+    client = await http()
+    no_body = b"POST /v1/status HTTP/1.1\r\nHost: x\r\n\r\n"
+    await client.send(no_body + encode_request("GET", "/v1/health"))
+    response = await client.response()
+    assert (response.status, response.json()["ok"]) == (200, True)
+    assert "connection" not in response.headers  # kept alive: nothing was left unread
+    assert (await client.response()).status == 200  # what followed was the next request
+
+
 async def test_a_head_too_large_is_431_before_it_ends(http: Connect) -> None:
     client = await http()
     await client.send(b"GET /v1/health HTTP/1.1\r\nX: " + b"a" * MAX_HEAD_BYTES)  # no end yet
