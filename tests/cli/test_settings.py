@@ -4,11 +4,16 @@ one, and the flags of `daemon up` winning over the file."""
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
 
-from meshactors.cli.settings import SettingsError, effective, read_file
+from meshactors.cli.settings import BY_KEY, SettingsError, effective, read_file
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "conf" / "daemon.toml.example"
+# a commented-out `# key = value` or `# [table]` line of the example, without its `# `
+COMMENTED_SETTING = re.compile(r"^# ((?:\[\w+\]|\w+ = ).*)$", re.MULTILINE)
 
 GOOD = """
 broker_listen = "127.0.0.1:0"
@@ -82,3 +87,11 @@ def test_the_file_is_read_with_its_mode_left_as_the_administrator_set_it(tmp_pat
     path.chmod(0o644)  # a service's file is root's in /etc, which the daemon may not chmod
     assert read_file(path, follow=False)["tcp"] == 7448
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_the_example_file_sets_every_key_with_a_valid_value(tmp_path: Path) -> None:
+    uncommented = tmp_path / "daemon.toml"
+    lines = COMMENTED_SETTING.findall(EXAMPLE.read_text())
+    uncommented.write_text("\n".join(lines) + "\n")
+
+    assert set(read_file(uncommented, follow=True)) == set(BY_KEY)
