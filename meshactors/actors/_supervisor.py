@@ -104,7 +104,10 @@ SupervisorRequest = StartChild | StopChild
 
 @attrs.frozen
 class _ChildExited:
-    name: str
+    """One run of a child ended by itself; the child object and its generation say which run,
+    so an exit queued behind a replace, or a stop and start, of that name is not the new one's."""
+
+    child: _Child
     generation: int
     error: Exception | None
 
@@ -249,10 +252,12 @@ class Supervisor(Actor):
                 await reply.answer_with(functools.partial(self._start, spec, node, replace))
             case StopChild(name=name, reply=reply):
                 await reply.answer_with(functools.partial(self._remove, name))
-            case _ChildExited(name=name, generation=generation, error=error):
-                child = self._running.get(name)
-                if child is not None and child.generation == generation:
-                    await self._on_exit(child, error)
+            case _ChildExited(child=exited, generation=generation, error=error):
+                current = self._running.get(exited.spec.name)
+                if current is exited and exited.generation == generation:
+                    await self._on_exit(exited, error)
+                else:
+                    log.debug("ignored the exit of an earlier run", actor=exited.node.path)
             case _RestartDue(names=names):
                 for name in names:
                     child = self._running.get(name)
@@ -338,7 +343,7 @@ class Supervisor(Actor):
         if not signal.called:
             task_status.started(error or RuntimeError("returned before it started"))
         elif not child.scope.cancel_called and self._control is not None:
-            self._control.send_nowait(_ChildExited(child.spec.name, generation, error))
+            self._control.send_nowait(_ChildExited(child, generation, error))
 
     async def _on_exit(self, child: _Child, error: Exception | None) -> None:
         path = child.node.path

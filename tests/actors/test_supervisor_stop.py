@@ -1,5 +1,6 @@
 """A supervisor told to stop while it restarts a child still stops (it used to wait forever),
-and the requests it had taken are dropped when it ends, not left to their deadline."""
+the requests it had taken are dropped when it ends, not left to their deadline, and the exit
+of a child it stopped or replaced is not taken for the new child's."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import trio.testing
 from meshactors.actors import (
     Actor,
     ActorGone,
+    ActorState,
     AskTimeout,
     ChildSpec,
     Node,
@@ -146,3 +148,39 @@ async def test_requests_a_supervisor_took_and_did_not_handle_are_dropped_when_it
             gate.opened.set()
         await stopped.wait_gone()
         assert journal.events == ["start probe", "stop probe"]
+
+
+@pytest.mark.parametrize("renewal", ["replaced", "stopped and started again"])
+async def test_a_crash_queued_behind_a_renewal_of_its_name_is_not_the_new_childs(
+    renewal: str, journal: Journal, root: Node
+) -> None:
+    """The old child crashes while a start of a new child of its name (replacing it, or after
+    a stop) waits in the supervisor's queue ahead of its exit: that exit was matched by name
+    and generation, both the new child's, so the new child, running, was shown restarting and
+    one restart was counted against the supervisor. Now it is left alone."""
+    old, new, gate = ProbeActor("old", journal), ProbeActor("new", journal), StartGate()
+    sup = Supervisor(children=[ChildSpec("x", old)], limits=FAST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        nursery.start_soon(sup.start_child, ChildSpec("gate", gate, Restart.TEMPORARY))
+        with trio.fail_after(PROMPT):
+            await gate.starting.wait()
+        if renewal == "replaced":
+            start = functools.partial(sup.start_child, ChildSpec("x", new), replace=True)
+        else:
+            assert sup.stop_child_nowait("x")
+            start = functools.partial(sup.start_child, ChildSpec("x", new))
+        nursery.start_soon(start)
+        await trio.testing.wait_all_tasks_blocked()  # the start waits behind the gate's
+        await old.inbox.sender.send("crash")  # its exit waits behind the start
+        with trio.fail_after(PROMPT):
+            await journal.wait_count("stop old", 1)
+        gate.opened.set()
+        with trio.fail_after(PROMPT):
+            await journal.wait_count("start new", 1)
+        await trio.testing.wait_all_tasks_blocked()  # the supervisor has handled the old exit
+        x = root.children["x"]
+        assert (x.state, x.restarts) == (ActorState.RUNNING, 0)
+        assert sup.figures()["restarts_in_window"] == 0
+        nursery.cancel_scope.cancel()
+    assert journal.events == ["start old", "stop old", "start new", "stop new"]
