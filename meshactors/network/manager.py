@@ -27,6 +27,7 @@ from meshactors.network.config import ConfigError, NetworkConfig
 from meshactors.network.link import LINK_ROLE, ROLES
 from meshactors.store import networks as network_db
 from meshactors.store.actor import StoreActor
+from meshactors.wire.broker import is_network_id
 from meshactors.wire.ipc import ErrorCode, OpError
 
 if TYPE_CHECKING:
@@ -221,6 +222,10 @@ class NetworkManager(Supervisor):
         return reconnect
 
     async def _leave(self, network_id: str, purge: bool) -> None:
+        if not is_network_id(network_id):
+            # No network was ever saved under it, and GLOBAL ("") holds the settings of every
+            # network (the event ids spent, the global profile, the role): a purge would wipe them.
+            raise OpError(ErrorCode.NO_SUCH_NETWORK, f"not a network id: {network_id[:80]!r}")
         network = self._networks.pop(network_id, None)
         if network is not None:
             with contextlib.suppress(ActorGone, AskTimeout):

@@ -5,6 +5,7 @@ the inspect tree."""
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from typing import Any
 
 import pytest
@@ -12,7 +13,9 @@ import trio
 
 from meshactors.actors import ChildSpec, Restart
 from meshactors.actors import _supervisor as supervisor_module
-from meshactors.network.peers import COMMAND_TIMEOUT
+from meshactors.network.peers import COMMAND_TIMEOUT, PROFILE_KEY
+from meshactors.store import events as event_log
+from meshactors.store import networks as network_db
 from meshactors.wire.ipc import ErrorCode, OpError
 from tests.network.appclient import AppClient
 from tests.network.conftest import (
@@ -111,6 +114,28 @@ async def test_remove_leaves_at_once_and_forgets(mesh: Mesh) -> None:
     with pytest.raises(OpFailed) as unknown:
         await a.call("peers_list", network=NET)
     assert unknown.value.code == "no_such_network"
+
+
+async def test_a_remove_of_no_network_id_leaves_the_global_settings_alone(mesh: Mesh) -> None:
+    """GLOBAL ("") holds the settings of every network (the event ids spent, the global
+    profile, the role): a purge naming it, or any id no network can have, is
+    `no_such_network` before anything is deleted (it used to wipe them, then answer that)."""
+    solo = await solo_daemon(mesh)
+    await solo.call("profile_set", display_name="solo")
+
+    def global_settings(conn: sqlite3.Connection) -> dict[str, Any]:
+        return network_db.get_settings(conn, network_db.GLOBAL)
+
+    before = await solo.services.store.call(global_settings, what="read global settings")
+    assert {event_log.SPENT_KEY, PROFILE_KEY} <= before.keys()
+    for network_id in (network_db.GLOBAL, "bad id"):
+        with pytest.raises(OpFailed) as refused:
+            await solo.call("network_remove", network=network_id, purge=True)
+        assert refused.value.code == "no_such_network"
+    after = await solo.services.store.call(global_settings, what="read global settings")
+    assert {key: after.get(key) for key in before} == before
+    assert (await solo.call("profile_get"))["profile"]["display_name"] == "solo"
+    assert not [e for e in solo.events if e["kind"] == "network_removed"]
 
 
 async def test_an_ask_to_a_removed_network_is_unavailable_at_once(mesh: Mesh) -> None:
