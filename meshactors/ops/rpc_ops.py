@@ -172,14 +172,27 @@ def _release_at_close(
     """Have the connection's close run `release` (once per network id and `kind`) in the
     network joined as `network_id` then: looked up at close, so after the network was removed
     and joined again it is the new one, which holds what the connection took since. A network
-    gone or stopped for good by then released all of it when it stopped."""
+    not joined then, or retired (stopped for good), released all of it when it stopped. A core
+    that crashed mid-release (`unavailable` from a network not retired) may have left some of
+    it held, which core keeps across restarts: the release is asked again, and its restarted
+    core runs it (its inbox outlives the crash)."""
 
     async def gone() -> None:
         try:
-            await release(network_of(session, network_id))
-        except OpError as error:
-            if error.code not in (ErrorCode.NO_SUCH_NETWORK, ErrorCode.UNAVAILABLE):
-                raise
+            network = network_of(session, network_id)
+        except OpError:  # not joined, or no networks supervisor: nothing runs that holds it
+            return
+        for last in (False, True):
+            try:
+                await release(network)
+                return
+            except OpError as error:
+                if error.code is not ErrorCode.UNAVAILABLE:
+                    raise
+                if network.retired:
+                    return
+                if last:
+                    raise
 
     session.on_close_once(f"{kind} {network_id}", gone)
 

@@ -459,3 +459,28 @@ async def test_a_core_crash_while_the_network_starts_or_stops_a_pump_keeps_the_c
         left = await reader.call("channel_unsubscribe", network=NET, channel=channel)
         assert left == {"unsubscribed": True}
     assert pumps_seen(await sender.call("inspect")) == ([], [])
+
+
+async def test_a_core_crash_while_it_releases_a_closed_connection_releases_it_after_the_restart(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    """Core releases a closed connection's channels one at a time and crashes mid-release (a
+    gate child holds the network supervisor, so that core waits there to stop the first
+    channel's pump): the release is asked again and the restarted core ends the rest. The
+    crash used to leave the connection a reader of the channels after, their pumps running."""
+    daemon = await mesh.daemon("solo", debug_ops=True)
+    await daemon.join(UNREACHABLE)
+    reader, watcher = await client_of(daemon, nursery), await client_of(daemon, nursery)
+    for channel in ("first", "second"):
+        await reader.call("channel_subscribe", network=NET, channel=channel)
+    gate = StartGate()
+    nursery.start_soon(daemon.network().start_child, ChildSpec("gate", gate, Restart.TEMPORARY))
+    with trio.fail_after(WAIT):
+        await gate.starting.wait()
+    await reader.stream.send_eof()
+    await trio.testing.wait_all_tasks_blocked()  # core waits on the supervisor behind the gate
+    await watcher.call("debug_crash", path=crash_path("core"))
+    await trio.testing.wait_all_tasks_blocked()  # the crash dropped the release core was in
+    gate.opened.set()
+    await reader.wait_closed()
+    assert pumps_seen(await watcher.call("inspect")) == ([], [])
