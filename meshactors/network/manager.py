@@ -195,15 +195,20 @@ class NetworkManager(Supervisor):
             await self.start_child(self._spec(network))
         except AskTimeout:
             # The start still waits in this supervisor's queue and may yet be carried out: have
-            # it stopped after that, so that the supervisor runs only the networks we record.
+            # it stopped after that, so that the supervisor runs only the networks we record,
+            # and its config forgotten, so that the next daemon start does not join it either.
             # (Cancelled, this run ends: the next one starts the saved networks afresh, and a
             # stop sent now would outlive this run and stop the one it starts.)
             self.stop_child_nowait(name)
+            await self._unsave(config.id)
             raise
         except ValueError:
             # The supervisor runs a network of this id that we do not record (a stop that
-            # found its inbox full): have it stopped, so that the next add joins.
+            # found its inbox full, or a remove that gave up on its stop): have it stopped, so
+            # that the next add joins, and forget the config we saved (a remove that gave up
+            # had left that network's config, and it is stopping now too).
             self.stop_child_nowait(name)
+            await self._unsave(config.id)
             raise OpError(
                 ErrorCode.CONFLICT, f"network {config.id!r} is still stopping; try again"
             ) from None
@@ -232,10 +237,7 @@ class NetworkManager(Supervisor):
                 await network.peers.say_bye("network removed")
             await self.stop_child(_child_name(network_id))
             network.retire()
-        known = await self.store.call(
-            functools.partial(network_db.delete_network, network_id=network_id, purge=purge),
-            what="delete network",
-        )
+        known = await self._unsave(network_id, purge=purge)
         if network is None and not known:
             raise OpError(ErrorCode.NO_SUCH_NETWORK, f"not joined to a network {network_id!r}")
         self.events.publish("network_removed", {"network": network_id, "purge": purge})
@@ -249,6 +251,14 @@ class NetworkManager(Supervisor):
                 now_ms=time.time_ns() // 1_000_000,
             ),
             what="save network",
+        )
+
+    async def _unsave(self, network_id: str, *, purge: bool = False) -> bool:
+        """Forget a network's saved config (`delete_network`; whether it was saved), so that
+        the next daemon start does not join it: the saved configs are the networks we record."""
+        return await self.store.call(
+            functools.partial(network_db.delete_network, network_id=network_id, purge=purge),
+            what="delete network",
         )
 
     def _build(self, config: NetworkConfig) -> Network:

@@ -294,12 +294,19 @@ async def hold_networks(daemon: Daemon, nursery: trio.Nursery) -> StartGate:
     return gate
 
 
+async def saved_networks(daemon: Daemon) -> list[str]:
+    """The ids of the networks the daemon's next start joins."""
+    saved = await daemon.services.store.call(network_db.load_networks, what="load networks")
+    return [network_id for network_id, _ in saved]
+
+
 async def test_an_add_that_gave_up_on_its_start_leaves_no_network_a_later_add_trips_on(
     mesh: Mesh, nursery: trio.Nursery
 ) -> None:
     """An add stops waiting for the network's start (`timeout`), which the supervisor still
-    carries out afterwards: it is stopped again, and the next add joins the network (it used to
-    find the supervisor running a network the manager did not record, and fail as internal)."""
+    carries out afterwards: it is stopped again and its config forgotten (it used to stay saved,
+    so the next daemon start joined it), and the next add joins the network (it used to find
+    the supervisor running a network the manager did not record, and fail as internal)."""
     a = await mesh.daemon("a")
     gate = await hold_networks(a, nursery)
     with pytest.MonkeyPatch.context() as patch:  # the add's wait only: the gate holds the start
@@ -307,6 +314,7 @@ async def test_an_add_that_gave_up_on_its_start_leaves_no_network_a_later_add_tr
         with pytest.raises(OpFailed) as gave_up:
             await a.join(mesh.url)
     assert gave_up.value.code == "timeout"
+    assert await saved_networks(a) == []
     gate.opened.set()
     assert (await a.join(mesh.url))["added"] is True
     assert networks_running(await a.call("inspect")) == ["gate", f"network {NET}"]
@@ -317,8 +325,8 @@ async def test_an_add_that_finds_a_network_of_its_id_it_does_not_record_conflict
     mesh: Mesh,
 ) -> None:
     """The supervisor runs a `network <id>` child the manager does not record (a stop that
-    never reached it): the add is refused as `conflict`, not internal, and has that child
-    stopped, so the next add joins."""
+    never reached it): the add is refused as `conflict`, not internal, with its config not kept
+    for the next daemon start, and has that child stopped, so the next add joins."""
     a = await mesh.daemon("a")
     assert a.services.networks is not None
     stray = StartGate()
@@ -327,6 +335,7 @@ async def test_an_add_that_finds_a_network_of_its_id_it_does_not_record_conflict
     with pytest.raises(OpFailed) as refused:
         await a.join(mesh.url)
     assert refused.value.code == "conflict"
+    assert await saved_networks(a) == []
     assert (await a.join(mesh.url))["added"] is True
     assert networks_running(await a.call("inspect")) == [f"network {NET}"]
     assert a.network().config.id == NET
