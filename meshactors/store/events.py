@@ -94,13 +94,13 @@ def _keep_newest(conn: sqlite3.Connection, added: int) -> None:
 def note_pruned(conn: sqlite3.Connection, upto: int) -> None:
     """Record that the log pruned events up to id `upto`, so a replay after an earlier id
     reports the gap (ids jump at a restart, so the oldest kept id cannot tell)."""
-    put_setting(conn, GLOBAL, PRUNED_KEY, max(upto, _pruned_through(conn)))
+    put_setting(conn, GLOBAL, PRUNED_KEY, max(upto, _through(conn, PRUNED_KEY)))
 
 
-def _pruned_through(conn: sqlite3.Connection) -> int:
-    """The newest event id pruned from the log (0: none)."""
-    pruned = get_setting(conn, GLOBAL, PRUNED_KEY)
-    return pruned if isinstance(pruned, int) else 0
+def _through(conn: sqlite3.Connection, key: str) -> int:
+    """The event id a GLOBAL mark (PRUNED_KEY, SPENT_KEY) reaches (0: never stored)."""
+    mark = get_setting(conn, GLOBAL, key)
+    return mark if isinstance(mark, int) else 0
 
 
 def since(conn: sqlite3.Connection, event_id: int, limit: int) -> SinceResult:
@@ -120,7 +120,7 @@ def since(conn: sqlite3.Connection, event_id: int, limit: int) -> SinceResult:
     oldest_kept: int | None = conn.execute("SELECT min(event_id) FROM events").fetchone()[0]
     return SinceResult(
         events=tuple(Event(row[0], row[1], from_json(row[2]), row[3]) for row in rows),
-        gap=_pruned_through(conn) > event_id,
+        gap=_through(conn, PRUNED_KEY) > event_id,
         oldest_kept=oldest_kept,
     )
 
@@ -132,8 +132,7 @@ def resume_numbering(conn: sqlite3.Connection, ahead: int) -> int:
     pruned before it recorded what it pruned has consecutive ids, so its oldest kept id (or
     its newest, once empty) says that."""
     with immediate(conn):
-        spent = get_setting(conn, GLOBAL, SPENT_KEY)
-        resume = max(last_event_id(conn), spent if isinstance(spent, int) else 0)
+        resume = max(last_event_id(conn), _through(conn, SPENT_KEY))
         _mark_spent(conn, resume + ahead)
         if get_setting(conn, GLOBAL, PRUNED_KEY) is None:
             oldest = conn.execute("SELECT min(event_id) FROM events").fetchone()[0]
@@ -142,8 +141,9 @@ def resume_numbering(conn: sqlite3.Connection, ahead: int) -> int:
 
 
 def _mark_spent(conn: sqlite3.Connection, upto: int) -> None:
-    """Record that ids up to `upto` may have been sent, so no later run hands them out."""
-    put_setting(conn, GLOBAL, SPENT_KEY, upto)
+    """Record that ids up to `upto` may have been sent, so no later run hands them out; the
+    mark never moves back (a lower `upto` leaves it)."""
+    put_setting(conn, GLOBAL, SPENT_KEY, max(upto, _through(conn, SPENT_KEY)))
 
 
 def last_event_id(conn: sqlite3.Connection) -> int:

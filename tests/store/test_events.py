@@ -114,6 +114,12 @@ def test_numbering_resumes_past_every_id_logged_or_marked_spent(conn: sqlite3.Co
     assert [e.event_id for e in since(conn, 0, 10).events] == [1, 150, 400]
 
 
+def test_the_spent_mark_never_moves_back(conn: sqlite3.Connection) -> None:
+    resume_numbering(conn, ahead=100)  # ids 1-100 marked spent
+    append_batch(conn, [Event(5, "a", {}, 10)], spend_to=50)
+    assert resume_numbering(conn, ahead=0) == 100
+
+
 def log_run(conn: sqlite3.Connection, count: int) -> list[int]:
     """What a daemon run does to the log: resume numbering past its mark (ids jump), then log
     `count` events in batches of PRUNE_BATCH; returns their ids."""
