@@ -1,7 +1,7 @@
 """The event log: recent daemon events kept for replay to clients that subscribe late."""
 
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -37,27 +37,12 @@ class SinceResult:
     oldest_kept: int | None  # the oldest event_id still in the log (None: log empty)
 
 
-def append(conn: sqlite3.Connection, kind: str, data: Mapping[str, Any], now_ms: int) -> int:
-    """Log an event and return its id; keeps at most EVENT_LOG_LIMIT events.
-
-    When the log is full, the oldest are dropped in one batch down to
-    EVENT_LOG_LIMIT - PRUNE_BATCH, so deletes happen once per PRUNE_BATCH appends.
-    """
-    with immediate(conn):
-        event_id = conn.execute(
-            "INSERT INTO events (kind, data_json, at_ms) VALUES (?, ?, ?)",
-            (kind, to_json(dict(data)), now_ms),
-        ).lastrowid
-        assert event_id is not None  # an INSERT into a rowid table always sets it
-        _keep_newest(conn, added=1)
-    return event_id
-
-
 def append_batch(
     conn: sqlite3.Connection, batch: Sequence[Event], spend_to: int | None = None
 ) -> None:
-    """Log events whose ids the caller already assigned (increasing), pruning like `append`;
-    with `spend_to`, mark every id up to it spent in the same transaction."""
+    """Log events whose ids the caller already assigned (increasing, past the spent mark: the
+    event hub numbers them), keeping at most EVENT_LOG_LIMIT (see `_keep_newest`); with
+    `spend_to`, mark every id up to it spent in the same transaction."""
     with immediate(conn):
         if spend_to is not None:
             _mark_spent(conn, spend_to)

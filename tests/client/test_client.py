@@ -22,6 +22,7 @@ from meshactors.client import (
 from meshactors.client._conn import MAX_IN_FLIGHT
 from meshactors.store import events as event_log
 from meshactors.store.db import open_database
+from meshactors.store.events import Event
 from tests.client.conftest import LocalDaemon
 from tests.support import publish
 
@@ -152,12 +153,16 @@ async def test_events_reach_every_reader_in_order(running: LocalDaemon) -> None:
 
 
 def append_events(db: Path, count: int) -> list[int]:
-    """Log events straight into a stopped daemon's database, as if it had published them now
-    (an event from 1970 would be past retention and pruned at start)."""
+    """Log events straight into a stopped daemon's database, as if a run of it had published
+    them now (an event from 1970 would be past retention and pruned at start)."""
     conn = open_database(db)
     now_ms = int(time.time() * 1000)
     try:
-        return [event_log.append(conn, "test_event", {"n": n}, now_ms) for n in range(count)]
+        first = event_log.resume_numbering(conn, ahead=count) + 1
+        ids = list(range(first, first + count))
+        batch = [Event(event_id, "test_event", {"n": n}, now_ms) for n, event_id in enumerate(ids)]
+        event_log.append_batch(conn, batch)
+        return ids
     finally:
         conn.close()
 
