@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
@@ -28,9 +29,10 @@ from meshactors.cli.common import (
 )
 from meshactors.cli.devices import resolve_device
 from meshactors.cli.served import run_command, stream_command
-from meshactors.client import ClientError, MeshClient, RequestContext
+from meshactors.client import ClientError, MeshClient, RequestContext, SyncClient
 
 SERVE_COMMAND_TIMEOUT = 30.0  # seconds a served command may run before it is killed (default)
+CANCEL_TIMEOUT = 5.0  # seconds Ctrl-C on `rpc call --stream` waits for the cancel's answer
 CLIENT_LOGGER = "meshactors.client"  # the client library's logger (one line per failure here)
 
 
@@ -91,6 +93,7 @@ def run_call(args: argparse.Namespace) -> int:
         params["timeout_ms"] = max(1, round(args.timeout * 1000))
     with connect(args) as client:
         client.sock.settimeout(None)  # the daemon enforces the call's deadline
+        request_id: str | None = None
         try:
             if not args.stream:
                 print(json.dumps(_payload_of(client.call("rpc_call", **params))))
@@ -109,7 +112,19 @@ def run_call(args: argparse.Namespace) -> int:
                     return 0
         except ClientError as exc:
             fail_with(exc)
+        except KeyboardInterrupt:  # Ctrl-C: the caller gave up, as `channel subscribe` ends
+            _cancel(client, request_id)
     return 0
+
+
+def _cancel(client: SyncClient, request_id: str | None) -> None:
+    """Cancel the stream `request_id` so its serving side is told; a plain call (whose id the
+    daemon does not give) is cancelled by closing the connection, which follows."""
+    if request_id is None:
+        return
+    client.sock.settimeout(CANCEL_TIMEOUT)
+    with contextlib.suppress(ClientError):  # already ended, or the daemon is gone: nothing to do
+        client.call("rpc_cancel", request_id=request_id)
 
 
 def _payload_of(event: dict[str, Any]) -> Any:

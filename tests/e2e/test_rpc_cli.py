@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ import trio
 from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE
 from meshactors.client import MeshClient, RequestContext
 from meshactors.network.payload import MAX_PAYLOAD_BYTES
-from tests.support import Home
+from tests.support import Home, LineClient
 
 pytestmark = pytest.mark.e2e
 
@@ -75,6 +76,43 @@ async def test_rpc_call_in_the_old_positional_form_still_answers(home: Home, me:
     finally:
         server.kill()
         server.wait()
+
+
+async def event_of(client: LineClient, kind: str) -> dict[str, Any]:
+    """The next event of `kind` on `client` (answers and other events are skipped)."""
+    while True:
+        frame = await client.frame()
+        if frame.get("kind") == kind:
+            return frame
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_ctrl_c_on_rpc_call_cancels_the_call_and_exits_quietly(
+    home: Home, me: str, stream: bool
+) -> None:
+    server = LineClient(await trio.open_unix_socket(str(home.socket)))
+    claim = await server.call("rpc_register", network="lan", method="slow", streaming=stream)
+    assert claim["ok"], claim
+    caller = home.popen("rpc", "call", me, "slow", "1", *(["--stream"] if stream else []))
+    try:
+        with trio.fail_after(30):
+            inbound = await event_of(server, "rpc_inbound")
+            if stream:  # the caller is in its loop of chunks once it has printed the first
+                request_id = inbound["request_id"]
+                await server.send("rpc_stream_chunk", request_id=request_id, payload="first")
+                assert json.loads(await trio.to_thread.run_sync(started, caller, "stdout")) == (
+                    "first"
+                )
+            caller.send_signal(signal.SIGINT)
+            cancelled = await event_of(server, "rpc_cancelled")
+            _, errors = await trio.to_thread.run_sync(caller.communicate)
+    finally:
+        caller.kill()
+        caller.wait()
+        await server.aclose()
+    assert cancelled["request_id"] == inbound["request_id"]
+    assert cancelled["reason"] == "cancelled"
+    assert errors == "" and caller.returncode == 0
 
 
 def test_rpc_serve_refuses_a_command_that_cannot_be_run(home: Home, me: str) -> None:
