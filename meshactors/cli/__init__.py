@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from meshactors._version import __version__
 from meshactors.cli import (
@@ -43,8 +43,24 @@ COMMAND_GROUPS = (
 )
 
 
+class Formatter(argparse.HelpFormatter):
+    """argparse's help, except that a command's free words (`words`) show their metavar as it
+    is: it spells their exact shape (`TO MESSAGE`), which argparse would repeat (`[TO MESSAGE
+    ...]`) as if more were taken."""
+
+    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
+        if action.dest == "words" and isinstance(action.metavar, str):
+            return action.metavar
+        return super()._format_args(action, default_metavar)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse whose usage errors end like every other failure (JSON under --json)."""
+    """argparse whose usage errors end like every other failure (JSON under --json), with the
+    help of `Formatter`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)

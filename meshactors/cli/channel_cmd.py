@@ -13,7 +13,7 @@ from meshactors.cli.common import (
     connect,
     fail,
     fail_with,
-    legacy_network,
+    free_words,
     network_of,
     network_option,
     parse_json_arg,
@@ -21,6 +21,8 @@ from meshactors.cli.common import (
 from meshactors.cli.devices import resolve_device
 from meshactors.client import ClientError
 
+SEND_WORDS = "CHANNEL PAYLOAD"  # `channel send`'s free words
+SUBSCRIBE_WORDS = "CHANNEL"  # `channel subscribe`'s
 RELIABLE_TTL_S = 10.0  # seconds `channel send --reliable` resends before answering `timeout`
 
 
@@ -31,7 +33,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     send = channel.add_parser("send", help="publish JSON to every active peer, or --to one")
     network_option(send)
-    send.add_argument("words", nargs="+", metavar="CHANNEL PAYLOAD", help="PAYLOAD: JSON")
+    send.add_argument("words", nargs="+", metavar=SEND_WORDS, help="PAYLOAD: JSON")
     send.add_argument("--to", default=None, metavar="PEER", help="only this device (id or label)")
     send.add_argument("--retain", action="store_true", help="late subscribers get it too")
     send.add_argument(
@@ -51,17 +53,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "subscribe", aliases=["sub"], help="print each message as a JSON line (Ctrl-C stops)"
     )
     network_option(sub)
-    sub.add_argument("words", nargs="+", metavar="CHANNEL")
+    sub.add_argument("words", nargs="+", metavar=SUBSCRIBE_WORDS)
     sub.set_defaults(run=run_sub)
 
 
 def run_send(args: argparse.Namespace) -> int:
-    words = args.words
-    if len(words) == 3:
-        old, new = "channel send NET CHANNEL PAYLOAD", "channel send -n NET CHANNEL PAYLOAD"
-        words = legacy_network(args, words, old, new)
-    if len(words) != 2:
-        fail("give CHANNEL and PAYLOAD (and -n NET unless one network is joined)", EXIT_USAGE)
+    words = free_words(args, "channel send", SEND_WORDS, "quote a payload with spaces")
     if args.reliable and (args.to is None or args.retain):
         fail("--reliable goes to one peer: give --to PEER (and no --retain)", EXIT_USAGE)
     network = network_of(args)
@@ -87,13 +84,8 @@ def run_send(args: argparse.Namespace) -> int:
 
 
 def run_sub(args: argparse.Namespace) -> int:
-    words = args.words
-    if len(words) == 2:
-        old, new = "channel sub NET CHANNEL", "channel subscribe -n NET CHANNEL"
-        words = legacy_network(args, words, old, new)
-    if len(words) != 1:
-        fail("give one CHANNEL (and -n NET unless one network is joined)", EXIT_USAGE)
-    network, channel = network_of(args), words[0]
+    (channel,) = free_words(args, "channel subscribe", SUBSCRIBE_WORDS, "one channel at a time")
+    network = network_of(args)
     with connect(args) as client:
         try:
             client.call("channel_subscribe", network=network, channel=channel)

@@ -193,7 +193,28 @@ def legacy_network(args: argparse.Namespace, words: list[str], old: str, new: st
     """`words` without a leading network id given in the old positional form (deprecated for
     one release: a note on stderr says the new form); sets `args.network` from it."""
     if args.network is not None:
-        fail(f"give the network once: either -n/--network or as the first word of {old}")
+        what = f"give the network once: either -n/--network or as the first word of {old}"
+        fail(what, EXIT_USAGE)
     args.network = words[0]
     print(f"meshactors: `{old}` is deprecated; use `{new}`", file=sys.stderr)
     return words[1:]
+
+
+def free_words(args: argparse.Namespace, command: str, shape: str, hint: str) -> list[str]:
+    """`args.words` as the words of `shape` (e.g. "PEER METHOD [PAYLOAD]", a bracketed one may
+    be left out), after taking a leading network of the old positional form of `command`: only
+    a word naming a joined network is one, so a word too many is a usage error naming it and
+    saying `hint`."""
+    words: list[str] = args.words
+    most = len(shape.split())
+    fewest = sum(not word.startswith("[") for word in shape.split())
+    maybe_old = len(words) == most + 1 or (fewest < len(words) <= most and args.network is None)
+    if maybe_old and words[0] in joined_networks(args):
+        old, new = f"{command} NET {shape}", f"{command} -n NET {shape}"
+        words = legacy_network(args, words, old, new)
+    if len(words) > most:
+        extra = " ".join(repr(word) for word in words[most:])
+        fail(f"too many arguments: {extra} ({hint})", EXIT_USAGE)
+    if len(words) < fewest:
+        fail(f"give {shape} (and -n NET unless one network is joined)", EXIT_USAGE)
+    return words

@@ -7,10 +7,8 @@ import datetime
 from typing import Any
 
 from meshactors.cli.common import (
-    EXIT_USAGE,
     call,
-    fail,
-    legacy_network,
+    free_words,
     network_of,
     network_option,
     parse_json_arg,
@@ -21,6 +19,7 @@ from meshactors.cli.devices import resolve_device
 
 STATUS_FLAGS = ("pending", "inflight", "done", "dead", "aborted")  # outbox list filters
 SHORT_ID = 12  # device id characters shown in tables
+SEND_WORDS = "TO MESSAGE"  # `send`'s free words
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,7 +29,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     send.add_argument(
         "words",
         nargs="+",
-        metavar="TO MESSAGE",
+        metavar=SEND_WORDS,
         help="TO: a device (id, 8+ characters of it, "
         "or label), '*' (every approved peer) or '@tag'",
     )
@@ -73,12 +72,7 @@ def _call_given(args: argparse.Namespace, op: str, **values: Any) -> Any:
 
 
 def run_send(args: argparse.Namespace) -> int:
-    words = args.words
-    if len(words) == 3:
-        words = legacy_network(args, words, "send NET TO MESSAGE", "send -n NET TO MESSAGE")
-    if len(words) != 2:
-        fail("give TO and MESSAGE (and -n NET unless one network is joined)", EXIT_USAGE)
-    to, message = words
+    to, message = free_words(args, "send", SEND_WORDS, "quote a message with spaces")
     meta = None if args.meta is None else parse_json_arg(args.meta, "--meta")
     network = network_of(args)
     if to != "*" and not to.startswith("@"):

@@ -19,7 +19,7 @@ from meshactors.cli.common import (
     connect,
     fail,
     fail_with,
-    joined_networks,
+    free_words,
     legacy_network,
     network_of,
     network_option,
@@ -32,6 +32,7 @@ from meshactors.cli.served import run_command, stream_command
 from meshactors.client import ClientError, MeshClient, RequestContext, SyncClient
 
 SERVE_COMMAND_TIMEOUT = 30.0  # seconds a served command may run before it is killed (default)
+CALL_WORDS = "PEER METHOD [PAYLOAD]"  # `rpc call`'s free words
 CANCEL_TIMEOUT = 5.0  # seconds Ctrl-C on `rpc call --stream` waits for the cancel's answer
 CLIENT_LOGGER = "meshactors.client"  # the client library's logger (one line per failure here)
 
@@ -46,7 +47,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     call.add_argument(
         "words",
         nargs="+",
-        metavar="PEER METHOD [PAYLOAD]",
+        metavar=CALL_WORDS,
         help="PEER: a device id, 8+ characters of it or a label (this daemon's own works too); "
         "PAYLOAD: JSON (default null)",
     )
@@ -66,21 +67,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.set_defaults(run=run_serve)
 
 
-def _call_words(args: argparse.Namespace) -> list[str]:
-    """PEER METHOD [PAYLOAD], after taking a network given first in the old form."""
-    words: list[str] = args.words
-    old, new = "rpc call NET PEER METHOD", "rpc call -n NET PEER METHOD"
-    if len(words) == 4 or (
-        len(words) == 3 and args.network is None and words[0] in joined_networks(args)
-    ):
-        words = legacy_network(args, words, old, new)
-    if len(words) not in (2, 3):
-        fail("give PEER METHOD [PAYLOAD] (and -n NET unless one network is joined)", EXIT_USAGE)
-    return words
-
-
 def run_call(args: argparse.Namespace) -> int:
-    peer, method, *rest = _call_words(args)
+    peer, method, *rest = free_words(args, "rpc call", CALL_WORDS, "quote a payload with spaces")
     payload = parse_json_arg(rest[0] if rest else "null", "the payload")
     network = network_of(args)
     params: dict[str, Any] = {

@@ -73,6 +73,38 @@ def test_the_old_positional_network_still_works_with_a_deprecation_note(lan: Hom
     assert default["outcome"] == "accepted"
 
 
+def test_a_word_too_many_is_a_usage_error_naming_it_not_an_old_form_network(lan: Home) -> None:
+    for words, extra in (
+        (("send", "-n", "lan", "b", "hello", "world"), "'world' (quote a message with spaces)"),
+        (("send", "b", "hello", "world"), "'world' (quote a message with spaces)"),
+        (("channel", "sub", "news", "other"), "'other' (one channel at a time)"),
+        (("channel", "send", "news", "1", "2"), "'2' (quote a payload with spaces)"),
+        (("rpc", "call", "b", "m", "1", "2"), "'2' (quote a payload with spaces)"),
+    ):
+        refused = lan.cli(*words, check=False)
+        assert refused.returncode == EXIT_USAGE, refused
+        assert refused.stderr == f"meshactors: too many arguments: {extra}\n"
+    twice = lan.cli("send", "-n", "lan", "lan", new_device(), "hi", "--json", check=False)
+    assert twice.returncode == EXIT_USAGE and error_of(twice)["code"] == "usage"
+    assert "give the network once" in error_of(twice)["message"]
+
+
+@pytest.mark.parametrize(
+    ("command", "shape"),
+    [
+        ("send", "TO MESSAGE"),
+        ("channel send", "CHANNEL PAYLOAD"),
+        ("channel subscribe", "CHANNEL"),
+        ("rpc call", "PEER METHOD [PAYLOAD]"),
+    ],
+)
+def test_the_usage_line_shows_the_exact_words_a_command_takes(
+    home: Home, command: str, shape: str
+) -> None:
+    usage = home.cli(*command.split(), "--help").stdout.split("\n\n")[0]
+    assert usage.endswith(f" {shape}") and "..." not in usage
+
+
 def test_a_device_is_named_by_a_prefix_or_a_label_and_ambiguity_lists_candidates(
     lan: Home,
 ) -> None:

@@ -72,7 +72,7 @@ async def test_rpc_call_in_the_old_positional_form_still_answers(home: Home, me:
                 functools.partial(home.cli, "rpc", "call", "lan", me, "upper", '"x"')
             )
         assert json.loads(answer.stdout) == "X"
-        assert "`rpc call NET PEER METHOD` is deprecated" in answer.stderr
+        assert "`rpc call NET PEER METHOD [PAYLOAD]` is deprecated" in answer.stderr
     finally:
         server.kill()
         server.wait()
