@@ -189,6 +189,18 @@ def network_of(args: argparse.Namespace) -> str:
     return joined[0]
 
 
+def words_after_network(args: argparse.Namespace, words: list[str], arity: int) -> list[str]:
+    """The `arity` words of a command after its network, which is taken from the first word
+    when there is one word more, else from -n (or the only joined network); sets
+    `args.network`."""
+    if len(words) == arity + 1 and args.network is None:
+        args.network, words = words[0], words[1:]
+    if len(words) != arity:
+        fail(f"give {arity} word(s) after the network, got {len(words)}", EXIT_USAGE)
+    args.network = network_of(args)
+    return words
+
+
 def legacy_network(args: argparse.Namespace, words: list[str], old: str, new: str) -> list[str]:
     """`words` without a leading network id given in the old positional form (deprecated for
     one release: a note on stderr says the new form); sets `args.network` from it."""

@@ -7,16 +7,14 @@ import json
 import sys
 
 from meshactors.cli.common import (
-    EXIT_USAGE,
     call,
     connect,
-    fail,
     fail_with,
-    network_of,
     network_option,
     parse_json_arg,
     print_json,
     report,
+    words_after_network,
 )
 from meshactors.client import ClientError
 
@@ -56,15 +54,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _words(args: argparse.Namespace) -> list[str]:
-    """The command's words after its network: taken from the first word when there is one
-    more than the command needs, else from -n (or the only joined network)."""
-    words: list[str] = args.words
-    if len(words) == args.arity + 1 and args.network is None:
-        args.network, words = words[0], words[1:]
-    if len(words) != args.arity:
-        fail(f"give {args.arity} word(s) after the network, got {len(words)}", EXIT_USAGE)
-    args.network = network_of(args)
-    return words
+    """The command's words after its network (the first word, or -n)."""
+    return words_after_network(args, args.words, args.arity)
 
 
 def run_get(args: argparse.Namespace) -> int:

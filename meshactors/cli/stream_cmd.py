@@ -12,7 +12,15 @@ import sys
 
 import trio
 
-from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE, fail, fail_with, paths_of
+from meshactors.cli.common import (
+    EXIT_NOT_FOUND,
+    EXIT_USAGE,
+    fail,
+    fail_with,
+    network_option,
+    paths_of,
+    words_after_network,
+)
 from meshactors.cli.devices import resolve_device
 from meshactors.client import BinaryStream, ClientError, MeshClient
 
@@ -28,16 +36,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     send = stream.add_parser(
         "send", help="send stdin to PEER's program serving METHOD; what it sends back → stdout"
     )
-    send.add_argument("network")
-    send.add_argument("peer", help="a device id, 8+ characters of it or a label")
-    send.add_argument("method")
+    network_option(send)
+    send.add_argument(
+        "words",
+        nargs="+",
+        metavar="[NETWORK] PEER METHOD",
+        help="PEER: a device id, 8+ characters of it or a label; "
+        "NETWORK: as -n/--network (default: the only joined one)",
+    )
     send.add_argument("--timeout", type=float, default=None, help="seconds to wait for accept")
     send.set_defaults(run=run_send)
     serve = stream.add_parser(
         "serve", help="serve METHOD: run CMD per stream, its stdin and stdout the stream's bytes"
     )
-    serve.add_argument("network")
-    serve.add_argument("method")
+    network_option(serve)
+    serve.add_argument("method", metavar="[NETWORK] METHOD")
     serve.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…")
     serve.set_defaults(run=run_serve)
 
@@ -55,20 +68,21 @@ async def drain(stream: BinaryStream, sink: trio.abc.SendStream) -> None:
 
 
 def run_send(args: argparse.Namespace) -> int:
-    peer = resolve_device(args, args.peer, args.network)
+    peer, method = words_after_network(args, args.words, 2)
+    peer = resolve_device(args, peer, args.network)
     timeout_ms = None if args.timeout is None else max(1, round(args.timeout * 1000))
     try:
-        trio.run(_send, args, peer, timeout_ms)
+        trio.run(_send, args, peer, method, timeout_ms)
     except ClientError as exc:
         fail_with(exc)
     return 0
 
 
-async def _send(args: argparse.Namespace, peer: str, timeout_ms: int | None) -> None:
+async def _send(args: argparse.Namespace, peer: str, method: str, timeout_ms: int | None) -> None:
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     stdout = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
     async with MeshClient(paths_of(args).socket) as client, stdin, stdout:
-        stream = await client.open_stream(args.network, peer, args.method, timeout_ms=timeout_ms)
+        stream = await client.open_stream(args.network, peer, method, timeout_ms=timeout_ms)
         try:
             async with stream:
                 async with trio.open_nursery() as nursery:
@@ -93,14 +107,18 @@ def _first(group: BaseExceptionGroup[ClientError]) -> ClientError:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    words, command = [args.method], args.command
+    if len(command) > 1 and command[0] != "--" and command[1] == "--":  # NETWORK METHOD -- CMD
+        words, command = [args.method, command[0]], command[1:]
+    command = command[1:] if command[:1] == ["--"] else command
     if not command:
         fail("give the command to run after --", EXIT_USAGE)
     if shutil.which(command[0]) is None:
         what = f"cannot run {command[0]!r}: not found or not executable"
         fail(what, EXIT_NOT_FOUND, "command_not_found")
+    (method,) = words_after_network(args, words, 1)
     try:
-        trio.run(_serve, args, command)
+        trio.run(_serve, args, method, command)
     except ClientError as exc:
         fail_with(exc)
     except KeyboardInterrupt:
@@ -108,13 +126,13 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(args: argparse.Namespace, command: list[str]) -> None:
+async def _serve(args: argparse.Namespace, method: str, command: list[str]) -> None:
     async def handle(stream: BinaryStream) -> None:
         await run_piped(command, stream)
 
     async with MeshClient(paths_of(args).socket) as client:
-        await client.serve_stream(args.network, args.method, handle)
-        print(f"serving {args.method} on {args.network}; Ctrl-C stops", file=sys.stderr, flush=True)
+        await client.serve_stream(args.network, method, handle)
+        print(f"serving {method} on {args.network}; Ctrl-C stops", file=sys.stderr, flush=True)
         await trio.sleep_forever()
 
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 import trio
 
-from meshactors.cli.common import EXIT_FAILURE, EXIT_NOT_FOUND
+from meshactors.cli.common import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_USAGE
 from tests.support import Home
 
 pytestmark = pytest.mark.e2e
@@ -60,3 +60,29 @@ async def test_stream_send_pipes_a_file_to_the_served_command(home: Home, me: st
         for process in (server, broken):
             process.kill()
             process.wait()
+
+
+async def test_stream_commands_take_the_network_as_an_option_or_the_only_joined_one(
+    home: Home, me: str
+) -> None:
+    served = home.popen(
+        "stream", "serve", "-n", "lan", "digest", "--", sys.executable, "-c", DIGEST
+    )
+    default = home.popen("stream", "serve", "other", "--", sys.executable, "-c", DIGEST)
+    try:
+        with trio.fail_after(60):
+            for process, method in ((served, "digest"), (default, "other")):
+                line = await trio.to_thread.run_sync(started, process)
+                assert line == f"serving {method} on lan; Ctrl-C stops\n"
+            for args in (("-n", "lan", me, "digest"), (me[:8], "other")):
+                done = await trio.to_thread.run_sync(
+                    functools.partial(send, home, *args, data=b"abc")
+                )
+                assert done.returncode == 0, done.stderr
+                assert done.stdout.decode().strip() == hashlib.sha256(b"abc").hexdigest()
+    finally:
+        for process in (served, default):
+            process.kill()
+            process.wait()
+    twice = send(home, "-n", "lan", "lan", me, "digest", data=b"")
+    assert twice.returncode == EXIT_USAGE, twice.stderr
