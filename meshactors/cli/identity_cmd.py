@@ -45,6 +45,8 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_set_label(args: argparse.Namespace) -> int:
+    if args.label == "":  # the library says how to clear it in Python; say it as a command
+        fail("label must not be empty (omit LABEL to clear it)", EXIT_USAGE, "invalid_label")
     paths = prepared_paths(args)
     try:
         identity = set_identity_label(paths.identity_file, args.label)
@@ -52,5 +54,6 @@ def run_set_label(args: argparse.Namespace) -> int:
         fail(str(exc), EXIT_USAGE, "invalid_label")
     except OSError as exc:
         fail_on_state(exc, paths)
-    text = f"label set to {identity.label or '-'}; a running daemon uses it after a restart"
+    done = "cleared" if identity.label is None else f"set to {identity.label}"
+    text = f"label {done}; a running daemon uses it after a restart"
     return report(args, {"device_id": identity.device_id, "label": identity.label}, text)

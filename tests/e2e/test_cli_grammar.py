@@ -167,6 +167,16 @@ def test_lifecycle_commands_answer_json_under_json(home: Home) -> None:
     assert json.loads(home.cli("daemon", "down", "--json").stdout) == {"stopped": False}
 
 
+def test_identity_set_label_says_how_to_clear_it_and_that_it_was_cleared(home: Home) -> None:
+    empty = home.cli("identity", "set-label", "", check=False)
+    assert empty.returncode == EXIT_USAGE
+    assert empty.stderr == "meshactors: label must not be empty (omit LABEL to clear it)\n"
+    assert home.cli("identity", "set-label", "box").stdout.startswith("label set to box; ")
+    cleared = home.cli("identity", "set-label")
+    assert cleared.stdout.startswith("label cleared; ")
+    assert json.loads(home.cli("identity", "show", "--json").stdout)["label"] is None
+
+
 def test_outbox_list_filters_by_network(lan: Home) -> None:
     lan.cli("network", "add", "wan", "--broker", BROKER)
     lan.cli("send", "-n", "wan", new_device(), "to wan")
