@@ -113,11 +113,12 @@ class Home:
             )
         return result
 
-    def popen(self, *args: str) -> subprocess.Popen[str]:
-        """Start `meshactors ARGS…` in the background."""
+    def popen(self, *args: str, stdin: int | None = None) -> subprocess.Popen[str]:
+        """Start `meshactors ARGS…` in the background (`stdin`: e.g. subprocess.PIPE)."""
         return subprocess.Popen(
             [sys.executable, "-m", "meshactors", *args],
             env=self.env,
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -72,7 +72,10 @@ def run_send(args: argparse.Namespace) -> int:
     peer = resolve_device(args, peer, args.network)
     timeout_ms = None if args.timeout is None else max(1, round(args.timeout * 1000))
     try:
-        trio.run(_send, args, peer, method, timeout_ms)
+        try:
+            trio.run(_send, args, peer, method, timeout_ms)
+        except* KeyboardInterrupt:  # Ctrl-C: closing the stream resets it for the other end
+            pass
     except ClientError as exc:
         fail_with(exc)
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ import pytest
 import trio
 
 from meshactors.cli.common import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_USAGE
+from meshactors.client import BinaryStream, ClientError, MeshClient
 from tests.support import Home
 
 pytestmark = pytest.mark.e2e
@@ -86,3 +88,35 @@ async def test_stream_commands_take_the_network_as_an_option_or_the_only_joined_
             process.wait()
     twice = send(home, "-n", "lan", "lan", me, "digest", data=b"")
     assert twice.returncode == EXIT_USAGE, twice.stderr
+
+
+async def test_ctrl_c_on_stream_send_resets_the_stream_and_exits_quietly(
+    home: Home, me: str
+) -> None:
+    reset: list[str] = []
+    told = trio.Event()
+
+    async def hold(stream: BinaryStream) -> None:
+        await stream.send_all(b"ready\n")
+        try:
+            while await stream.receive_some():
+                pass
+        except ClientError as exc:
+            reset.append(exc.code)
+        told.set()
+
+    async with MeshClient(home.socket) as client:
+        await client.serve_stream("lan", "hold", hold)
+        sender = home.popen("stream", "send", me, "hold", stdin=subprocess.PIPE)
+        try:
+            with trio.fail_after(30):
+                assert sender.stdout is not None
+                assert await trio.to_thread.run_sync(sender.stdout.readline) == "ready\n"
+                sender.send_signal(signal.SIGINT)
+                await told.wait()
+                _, errors = await trio.to_thread.run_sync(sender.communicate)
+        finally:
+            sender.kill()
+            sender.wait()
+    assert reset == ["cancelled"]
+    assert errors == "" and sender.returncode == 0
