@@ -22,18 +22,35 @@ LONG_MS = 60_000  # the call's own timeout: an answer must come well before it
 WAIT = 15
 
 
+def _holds_itself() -> list[Any]:
+    value: list[Any] = []
+    value.append(value)
+    return value
+
+
+async def _echo(payload: Any, ctx: RequestContext) -> Any:
+    return payload
+
+
 @pytest.mark.parametrize(
-    ("result", "code"),
+    ("result", "refused"),
     [
-        (float("nan"), "invalid_params"),
-        (2**70, "invalid_params"),
-        ("x" * (MAX_PAYLOAD_BYTES + 1), "payload_too_large"),
-        ("x" * MAX_FRAME_BYTES, "frame_too_large"),
+        (float("nan"), "invalid_params: "),
+        (2**70, "invalid_params: "),
+        ("x" * (MAX_PAYLOAD_BYTES + 1), "payload_too_large: "),
+        ("x" * MAX_FRAME_BYTES, "frame_too_large: "),
+        ({1, 2}, "invalid_params: not JSON: "),
+        (object(), "invalid_params: not JSON: "),
+        ({(1, 2): "tuple key"}, "invalid_params: not JSON: "),
+        (_holds_itself(), "invalid_params: not JSON: "),
     ],
-    ids=["nan", "2**70", "over_payload_cap", "over_line_cap"],
+    ids=[
+        *("nan", "2**70", "over_payload_cap", "over_line_cap"),
+        *("set", "object", "tuple_key", "holds_itself"),
+    ],
 )
-async def test_a_refused_result_answers_remote_error_at_once(
-    running: LocalDaemon, caplog: pytest.LogCaptureFixture, result: Any, code: str
+async def test_a_refused_result_answers_remote_error_at_once_and_the_client_goes_on(
+    running: LocalDaemon, caplog: pytest.LogCaptureFixture, result: Any, refused: str
 ) -> None:
     async def handler(payload: Any, ctx: RequestContext) -> Any:
         return result
@@ -42,12 +59,16 @@ async def test_a_refused_result_answers_remote_error_at_once(
         await client.ensure_networks([NETWORK])
         me = (await client.status())["device_id"]
         await client.serve("lan", "odd", handler)
-        with trio.fail_after(WAIT), pytest.raises(ClientError) as failure:
-            await client.rpc_call("lan", me, "odd", None, timeout_ms=LONG_MS)
+        await client.serve("lan", "echo", _echo)
+        with trio.fail_after(WAIT):
+            with pytest.raises(ClientError) as failure:
+                await client.rpc_call("lan", me, "odd", None, timeout_ms=LONG_MS)
+            echoed = await client.rpc_call("lan", me, "echo", [1, 2], timeout_ms=LONG_MS)
     assert failure.value.code == "remote_error"
-    assert failure.value.message.startswith(f"handler result refused: {code}: ")
+    assert failure.value.message.startswith(f"handler result refused: {refused}")
+    assert echoed["payload"] == [1, 2]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any(f"odd on lan: its answer was refused: {code}" in w for w in warnings)
+    assert any(f"odd on lan: its answer was refused: {refused}" in w for w in warnings)
 
 
 @pytest.mark.parametrize(
@@ -132,41 +153,3 @@ async def test_a_caller_that_left_stops_the_stream_quietly(
     assert [r.getMessage() for r in client_records if r.levelno >= logging.WARNING] == []
     gone = ("not delivered: cancelled", "not delivered: unknown_request")  # as the race goes
     assert any(any(g in r.getMessage() for g in gone) for r in client_records)
-
-
-def _holds_itself() -> list[Any]:
-    value: list[Any] = []
-    value.append(value)
-    return value
-
-
-NOT_JSON = [{1, 2}, object(), {(1, 2): "tuple key"}, _holds_itself()]
-NOT_JSON_IDS = ["set", "object", "tuple_key", "holds_itself"]
-
-
-async def _echo(payload: Any, ctx: RequestContext) -> Any:
-    return payload
-
-
-@pytest.mark.parametrize("result", NOT_JSON, ids=NOT_JSON_IDS)
-async def test_a_result_that_is_not_json_answers_remote_error_and_the_client_goes_on(
-    running: LocalDaemon, caplog: pytest.LogCaptureFixture, result: Any
-) -> None:
-    async def handler(payload: Any, ctx: RequestContext) -> Any:
-        return result
-
-    async with MeshClient(running.paths.socket) as client:
-        await client.ensure_networks([NETWORK])
-        me = (await client.status())["device_id"]
-        await client.serve("lan", "odd", handler)
-        await client.serve("lan", "echo", _echo)
-        with trio.fail_after(WAIT):
-            with pytest.raises(ClientError) as failure:
-                await client.rpc_call("lan", me, "odd", None, timeout_ms=LONG_MS)
-            echoed = await client.rpc_call("lan", me, "echo", [1, 2], timeout_ms=LONG_MS)
-    assert failure.value.code == "remote_error"
-    assert failure.value.message.startswith("handler result refused: invalid_params: not JSON: ")
-    assert echoed["payload"] == [1, 2]
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    warned = "odd on lan: its answer was refused: invalid_params: not JSON: "
-    assert any(warned in w for w in warnings)
