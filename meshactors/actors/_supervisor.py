@@ -114,7 +114,10 @@ class _ChildExited:
 
 @attrs.frozen
 class _RestartDue:
-    names: tuple[str, ...]
+    """A crash's backoff is over: each child starts again, with the generation of the run
+    that ended, unless that run is no longer its latest (replaced, stopped, restarted since)."""
+
+    runs: tuple[tuple[_Child, int], ...]
 
 
 _Control = SupervisorRequest | _ChildExited | _RestartDue
@@ -253,16 +256,20 @@ class Supervisor(Actor):
             case StopChild(name=name, reply=reply):
                 await reply.answer_with(functools.partial(self._remove, name))
             case _ChildExited(child=exited, generation=generation, error=error):
-                current = self._running.get(exited.spec.name)
-                if current is exited and exited.generation == generation:
+                if self._is_latest(exited, generation):
                     await self._on_exit(exited, error)
                 else:
                     log.debug("ignored the exit of an earlier run", actor=exited.node.path)
-            case _RestartDue(names=names):
-                for name in names:
-                    child = self._running.get(name)
-                    if child is not None and not child.running:
+            case _RestartDue(runs=runs):
+                for child, generation in runs:
+                    # (still running: it ignored its shutdown timeout, and is left to end)
+                    if self._is_latest(child, generation) and not child.running:
                         await self._relaunch(child)
+
+    def _is_latest(self, child: _Child, generation: int) -> bool:
+        """Whether that run is the child's latest and the child still the one of its name: a
+        message about an earlier run, or about a child replaced or stopped since, is stale."""
+        return self._running.get(child.spec.name) is child and child.generation == generation
 
     async def _start(self, spec: ChildSpec, node: Node, replace: bool) -> None:
         """Add and start a child asked for; ValueError for a name taken unless `replace`."""
@@ -370,7 +377,7 @@ class Supervisor(Actor):
         for sibling in reversed(affected):
             if sibling is not child and sibling.running:
                 await self._stop(sibling)
-        names = []
+        runs = []
         for sibling in affected:
             if sibling is not child and sibling.spec.restart is Restart.TEMPORARY:
                 del self._running[sibling.spec.name]
@@ -378,10 +385,10 @@ class Supervisor(Actor):
                 continue
             sibling.node.state = ActorState.RESTARTING
             sibling.node.restarts += 1
-            names.append(sibling.spec.name)
+            runs.append((sibling, sibling.generation))
         assert self._nursery is not None
         delay = self.limits.backoff(len(window))
-        self._nursery.start_soon(self._restart_later, tuple(names), delay)
+        self._nursery.start_soon(self._restart_later, tuple(runs), delay)
 
     def _affected_by(self, child: _Child) -> list[_Child]:
         """The children a crash of `child` restarts, in start order."""
@@ -394,10 +401,10 @@ class Supervisor(Actor):
             case Strategy.REST_FOR_ONE:
                 return order[order.index(child) :]
 
-    async def _restart_later(self, names: tuple[str, ...], delay: float) -> None:
+    async def _restart_later(self, runs: tuple[tuple[_Child, int], ...], delay: float) -> None:
         await trio.sleep(delay)
         if self._control is not None:
-            self._control.send_nowait(_RestartDue(names))
+            self._control.send_nowait(_RestartDue(runs))
 
     async def _stop(self, child: _Child) -> None:
         """Cancel one child and wait for its bounded cleanup."""

@@ -184,3 +184,34 @@ async def test_a_crash_queued_behind_a_renewal_of_its_name_is_not_the_new_childs
         assert sup.figures()["restarts_in_window"] == 0
         nursery.cancel_scope.cancel()
     assert journal.events == ["start old", "stop old", "start new", "stop new"]
+
+
+async def test_a_restart_due_for_a_replaced_child_leaves_the_new_one_its_own_backoff(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The old `x` crashes and waits out its backoff; meanwhile `x` is replaced and the new
+    one crashes too. The old restart, matched by name, relaunched the new `x` when the old
+    backoff ended, before the new one's (longer: two restarts in the window). Now a restart
+    is of the run it was scheduled for, and the new `x` starts again after its own."""
+    old, new = ProbeActor("old", journal), ProbeActor("new", journal)
+    limits = RestartLimits(intensity=10, period=100.0, backoff_initial=2.0, backoff_max=8.0)
+    sup = Supervisor(children=[ChildSpec("x", old)], limits=limits)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        await old.inbox.sender.send("crash")
+        await journal.wait_count("stop old", 1)  # its exit is queued: a restart in 2 s
+        await sup.start_child(ChildSpec("x", new), replace=True)
+        crashed_at = trio.current_time()
+        await new.inbox.sender.send("crash")  # the second restart in the window: 4 s
+        await journal.wait_count("start new", 2)
+        assert trio.current_time() - crashed_at == pytest.approx(4.0)
+        assert root.children["x"].restarts == 1
+        nursery.cancel_scope.cancel()
+    assert journal.events == [
+        "start old",
+        "stop old",
+        "start new",
+        "stop new",
+        "start new",
+        "stop new",
+    ]
