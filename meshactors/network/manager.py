@@ -16,6 +16,7 @@ from meshactors.actors import (
     ActorGone,
     AskTimeout,
     ChildSpec,
+    ChildStartFailed,
     Inbox,
     Reply,
     Supervisor,
@@ -193,6 +194,15 @@ class NetworkManager(Supervisor):
         name = _child_name(config.id)
         try:
             await self.start_child(self._spec(network))
+        except ChildStartFailed as exc:
+            # The supervisor forgot the network that failed (no child is left); forget its
+            # config too, so that the next daemon start does not try it again.
+            log.error("a network failed to start", network=config.id, error=str(exc))
+            network.retire()
+            await self._unsave(config.id)
+            raise OpError(
+                ErrorCode.UNAVAILABLE, f"network {config.id!r} could not start: {exc}"
+            ) from None
         except AskTimeout:
             # The start still waits in this supervisor's queue and may yet be carried out: have
             # it stopped after that, so that the supervisor runs only the networks we record,

@@ -339,3 +339,25 @@ async def test_an_add_that_finds_a_network_of_its_id_it_does_not_record_conflict
     assert (await a.join(mesh.url))["added"] is True
     assert networks_running(await a.call("inspect")) == [f"network {NET}"]
     assert a.network().config.id == NET
+
+
+async def test_an_add_whose_network_fails_to_start_is_unavailable_and_leaves_nothing(
+    mesh: Mesh,
+) -> None:
+    """The network's core cannot load its roster (a damaged database: the table is gone), so
+    the network fails to start: the add is `unavailable` with the cause (it used to be
+    internal), and neither a network nor its config for the next daemon start is left."""
+    a = await mesh.daemon("a")
+
+    def drop_the_roster(conn: sqlite3.Connection) -> None:
+        conn.execute("DROP TABLE roster")
+
+    await a.services.store.call(drop_the_roster, what="damage the database")
+    with pytest.raises(OpFailed) as refused:
+        await a.join(mesh.url)
+    assert refused.value.code == "unavailable"
+    assert "could not start" in str(refused.value)
+    assert "no such table: roster" in str(refused.value)
+    assert await saved_networks(a) == []
+    assert networks_running(await a.call("inspect")) == []
+    assert (await a.call("networks_list"))["networks"] == []
