@@ -93,10 +93,13 @@ class StartChild:
 
 @attrs.frozen
 class StopChild:
-    """Ask a supervisor to stop a child and forget it; answers whether it existed."""
+    """Ask a supervisor to stop a child and forget it; answers whether it existed. Then it
+    calls `on_stopped` (what must follow the stop), even if the asker gave up waiting; not
+    when its run ends first and drops the request (its children stop with it)."""
 
     name: str
     reply: Reply[bool]
+    on_stopped: Callable[[], None] | None = None
 
 
 SupervisorRequest = StartChild | StopChild
@@ -180,10 +183,13 @@ class Supervisor(Actor):
             what=f"start {spec.name}",
         )
 
-    async def stop_child(self, name: str) -> bool:
-        """Stop a child and forget it; False when there was no such child."""
+    async def stop_child(self, name: str, *, on_stopped: Callable[[], None] | None = None) -> bool:
+        """Stop a child and forget it; False when there was no such child. `on_stopped` is
+        called once it is (or was) not running, also when this ask timed out before."""
         return await self.inbox.ask(
-            lambda reply: StopChild(name, reply), timeout=ASK_TIMEOUT, what=f"stop {name}"
+            lambda reply: StopChild(name, reply, on_stopped),
+            timeout=ASK_TIMEOUT,
+            what=f"stop {name}",
         )
 
     def stop_child_nowait(self, name: str) -> bool:
@@ -253,8 +259,10 @@ class Supervisor(Actor):
         match message:
             case StartChild(spec=spec, reply=reply, replace=replace):
                 await reply.answer_with(functools.partial(self._start, spec, node, replace))
-            case StopChild(name=name, reply=reply):
+            case StopChild(name=name, reply=reply, on_stopped=on_stopped):
                 await reply.answer_with(functools.partial(self._remove, name))
+                if on_stopped is not None:
+                    on_stopped()
             case _ChildExited(child=exited, generation=generation, error=error):
                 if self._is_latest(exited, generation):
                     await self._on_exit(exited, error)

@@ -214,9 +214,8 @@ class NetworkManager(Supervisor):
             raise
         except ValueError:
             # The supervisor runs a network of this id that we do not record (a stop that
-            # found its inbox full, or a remove that gave up on its stop): have it stopped, so
-            # that the next add joins, and forget the config we saved (a remove that gave up
-            # had left that network's config, and it is stopping now too).
+            # never got into its full inbox): have it stopped, so that the next add joins, and
+            # forget the config we saved.
             self.stop_child_nowait(name)
             await self._unsave(config.id)
             raise OpError(
@@ -242,15 +241,27 @@ class NetworkManager(Supervisor):
             # network (the event ids spent, the global profile, the role): a purge would wipe them.
             raise OpError(ErrorCode.NO_SUCH_NETWORK, f"not a network id: {network_id[:80]!r}")
         network = self._networks.pop(network_id, None)
+        stopping: AskTimeout | None = None
         if network is not None:
             with contextlib.suppress(ActorGone, AskTimeout):
                 await network.peers.say_bye("network removed")
-            await self.stop_child(_child_name(network_id))
-            network.retire()
+            try:
+                await self.stop_child(_child_name(network_id), on_stopped=network.retire)
+            except AskTimeout as exc:
+                # The stop still waits in this supervisor's queue and will be carried out,
+                # retiring the network then (not now: its core still runs and reads its inbox).
+                # It is removed all the same, config too: the saved configs are the networks
+                # we record, and the next daemon start does not join one we dropped.
+                stopping = exc
         known = await self._unsave(network_id, purge=purge)
         if network is None and not known:
             raise OpError(ErrorCode.NO_SUCH_NETWORK, f"not joined to a network {network_id!r}")
         self.events.publish("network_removed", {"network": network_id, "purge": purge})
+        if stopping is not None:
+            raise OpError(
+                ErrorCode.TIMEOUT,
+                f"network {network_id!r} is removed but still stopping ({stopping})",
+            )
 
     async def _save(self, config: NetworkConfig) -> None:
         await self.store.call(

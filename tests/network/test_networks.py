@@ -361,3 +361,30 @@ async def test_an_add_whose_network_fails_to_start_is_unavailable_and_leaves_not
     assert await saved_networks(a) == []
     assert networks_running(await a.call("inspect")) == []
     assert (await a.call("networks_list"))["networks"] == []
+
+
+async def test_a_remove_that_gave_up_on_the_stop_is_done_and_keeps_no_config(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    """A remove stops waiting for the network's stop (`timeout`), which the supervisor still
+    carries out afterwards: the network is removed all the same, its config deleted (it used
+    to stay saved, so the next daemon start joined a network no longer recorded) and, once
+    the stop is done, an ask to it is `unavailable` at once (it used to wait its deadline)."""
+    solo = await solo_daemon(mesh)
+    removed = solo.network()
+    gate = await hold_networks(solo, nursery)
+    with pytest.MonkeyPatch.context() as patch:  # the remove's wait only: the gate holds it
+        patch.setattr(supervisor_module, "ASK_TIMEOUT", 0.1)
+        with pytest.raises(OpFailed) as gave_up:
+            await solo.call("network_remove", network=NET)
+    assert gave_up.value.code == "timeout"
+    assert await saved_networks(solo) == []
+    assert "removed but still stopping" in str(gave_up.value)
+    assert (await solo.call("networks_list"))["networks"] == []
+    await solo.wait_event("network_removed", network=NET)
+    gate.opened.set()
+    assert (await solo.join(UNREACHABLE))["added"] is True  # started after the stop
+    assert networks_running(await solo.call("inspect")) == ["gate", f"network {NET}"]
+    with trio.fail_after(WAIT), pytest.raises(OpError) as refused:
+        await removed.ask("anything", lambda: None)
+    assert refused.value.code is ErrorCode.UNAVAILABLE
