@@ -44,6 +44,7 @@ MAX_EXTRA_BYTES = 16 * 1024  # a capability advert's `extra` object, as compact 
 MAX_TEXT_CHARS = 280  # profile summary, app_version and similar one-line texts
 MAX_NAME_CHARS = 64  # profile display name, a peer's label
 MAX_FEATURES = 64  # features named in a hello
+MAX_VERSION_PART = 65535  # a major or minor above this is shown as `?` in an incompatible reason
 PROFILE_STATUSES = ("idle", "working", "dnd")
 APPROVAL_STATES = ("pending", "approved", "denied")  # our roster state of the peer, as told to it
 
@@ -62,13 +63,19 @@ class BadPeerFrame(ValueError):
 
 
 class IncompatiblePeer(ValueError):
-    """A hello from a peer whose protocol major differs from ours."""
+    """A hello from a peer whose protocol major differs from ours; the message names its
+    version only as far as it is sane numbers, so any hello gives a short, printable reason."""
 
     def __init__(self, major: object, minor: object) -> None:
         ours = f"{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}"
-        super().__init__(f"peer speaks protocol {major}.{minor}, we speak {ours}")
-        self.major = major
-        self.minor = minor
+        theirs = f"{_version_part(major)}.{_version_part(minor)}"
+        super().__init__(f"peer speaks protocol {theirs}, we speak {ours}")
+
+
+def _version_part(value: object) -> str:
+    """A peer's major or minor as text if it is an integer 0..MAX_VERSION_PART, else `?`."""
+    sane = type(value) is int and 0 <= value <= MAX_VERSION_PART
+    return str(value) if sane else "?"
 
 
 class Frame:

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from meshactors.wire.peer import (
     MAX_PEER_FRAME_BYTES,
+    MAX_VERSION_PART,
     BadPeerFrame,
     Capabilities,
     Caps,
@@ -53,6 +54,27 @@ def test_decode_frame_reasons_are_documented(data: bytes) -> None:
     else:
         assert isinstance(frame, Frame)
         assert decode_frame(encode_frame(frame)) == frame
+
+
+version_parts = (
+    json_values
+    | hostile_json
+    | st.text(min_size=100, max_size=5000)
+    | st.sampled_from(["\x1b]0;pwned\x07\x1b[31mRED", "\u202e", "1\n2"])
+)
+
+
+@fuzz
+@given(version_parts, version_parts)
+def test_an_incompatible_reason_is_short_and_printable(major: object, minor: object) -> None:
+    try:
+        decode_frame(json_line({"t": "hello", "major": major, "minor": minor}))
+    except IncompatiblePeer as skew:
+        longest = IncompatiblePeer(MAX_VERSION_PART, MAX_VERSION_PART)
+        assert len(str(skew)) <= len(str(longest))
+        assert str(skew).isprintable()
+    except BadPeerFrame:
+        pass  # a value no frame may carry, or our own major with a malformed hello
 
 
 def test_oversized_frame_is_too_large() -> None:

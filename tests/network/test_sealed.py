@@ -107,17 +107,28 @@ async def test_replayed_and_altered_frames_are_dropped_and_counted(mesh: Mesh) -
         assert figures == {"replayed": 1, "tampered": 1}
 
 
-async def test_a_peer_of_another_major_is_incompatible_with_the_reason(mesh: Mesh) -> None:
+@pytest.mark.parametrize(
+    ("major", "minor", "shown"),
+    [
+        (2, 3, "2.3"),
+        # a hostile version: terminal control codes, 200,000 characters, a 1,000-item list
+        ("\x1b]0;pwned\x07\x1b[31m" + "M" * 200_000, [1] * 1000, "?.?"),
+    ],
+    ids=["future", "hostile"],
+)
+async def test_a_peer_of_another_major_is_incompatible_with_the_reason(
+    mesh: Mesh, major: object, minor: object, shown: str
+) -> None:
     a = await mesh.daemon("a")
     await a.join(mesh.url)
     await a.wait_event("network_phase", phase="alone")
     async with bare_websocket_peer(mesh, a) as peer:
-        future = {**json.loads(encode_frame(hello())), "major": 2, "minor": 3, "new": [1]}
+        future = {**json.loads(encode_frame(hello())), "major": major, "minor": minor, "new": [1]}
         await peer.send(peer.crypto.seal(json.dumps(future).encode()))
         answer = await peer.receive(Hello)  # we still tell it who we are
         assert isinstance(answer, Hello) and answer.major == 1
         event = await a.wait_event("peer_incompatible")
-        assert event["reason"] == "peer speaks protocol 2.3, we speak 1.0"
+        assert event["reason"] == f"peer speaks protocol {shown}, we speak 1.0"
         (seen,) = (await a.call("peers_list", network=NET, all=True))["peers"]
         assert (seen["status"], seen["incompatible"]) == ("incompatible", event["reason"])
 
