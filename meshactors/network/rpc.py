@@ -395,8 +395,8 @@ class Rpc:
             self._answer_error(sender, frame.id, frame.stream, refusal)
             return
         assert claim is not None and self._nursery is not None
-        timeout = min(max(frame.timeout_ms, 1), MAX_TIMEOUT_MS) / 1000
-        forget_at = trio.current_time() + timeout + SERVE_GRACE
+        timeout_ms = min(max(frame.timeout_ms, 1), MAX_TIMEOUT_MS)  # the deadline we apply
+        forget_at = trio.current_time() + timeout_ms / 1000 + SERVE_GRACE
         flow = StreamFlow() if frame.stream else None
         call = InboundCall(new_request_id(), sender, frame.id, claim.owner, forget_at, flow)
         event = {
@@ -405,7 +405,7 @@ class Rpc:
             "request_id": call.id,
             "method": frame.method,
             "streaming": frame.stream,
-            "timeout_ms": frame.timeout_ms,
+            "timeout_ms": timeout_ms,
             **payload_of_frame(frame).fields(),
         }
         if not claim.owner.push("rpc_inbound", event):

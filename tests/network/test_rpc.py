@@ -87,6 +87,21 @@ async def test_a_lone_surrogate_in_a_peers_call_is_dropped_and_restarts_nothing(
     assert pair.a.crashes() == pair.b.crashes() == {}
 
 
+@pytest.mark.parametrize(
+    ("asked", "applied"), [(-5, 1), (0, 1), (2**63 - 1, MAX_TIMEOUT_MS), (1234, 1234)]
+)
+async def test_the_served_program_is_told_the_deadline_its_daemon_applies(
+    pair: Pair, asked: int, applied: int
+) -> None:
+    """A peer's call may ask for any deadline: the serving daemon keeps it within
+    1..MAX_TIMEOUT_MS, and the program it hands the call to is told that, not the raw ask."""
+    await pair.server.call("rpc_register", network=NET, method="echo")
+    call = RpcCall("r1", "echo", None, binary=False, stream=False, timeout_ms=asked)
+    await pair.a.network().send_to_peer(pair.b.device_id, call)  # past a's own op checks
+    inbound = await pair.server.event("rpc_inbound", method="echo")
+    assert inbound["timeout_ms"] == applied
+
+
 async def test_binary_payloads_travel_as_base64(pair: Pair) -> None:
     blob = base64.b64encode(bytes(range(256))).decode()
     await pair.server.call("rpc_register", network=NET, method="blob")
