@@ -27,7 +27,7 @@ from meshactors.network.app_frames import Chan, ChanAck, ChanBatch, ChanRun, pay
 from meshactors.network.app_wire import AppWire, Postbox
 from meshactors.network.payload import MAX_BATCH, Payload
 from meshactors.network.peers import PeerStatus
-from meshactors.network.retained import RetainedStore
+from meshactors.network.retained import RetainedStore, received_store
 from meshactors.network.rpc import new_request_id
 from meshactors.wire.ipc import ErrorCode, OpError, event_frame
 from meshactors.wire.peer import Frame
@@ -146,7 +146,7 @@ class Channels:
     wire: AppWire
     tree: Supervisor | None = None  # the network supervisor the pumps run under (set by it)
     postbox: Postbox = attrs.field(init=False)
-    received: RetainedStore = attrs.field(factory=RetainedStore, init=False)  # (sender, channel)
+    received: RetainedStore = attrs.field(factory=received_store, init=False)  # (sender, channel)
     own: RetainedStore = attrs.field(factory=RetainedStore, init=False)  # (channel, target)
     counters: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     _pumps: dict[str, ChannelPump] = attrs.field(factory=dict, init=False)
@@ -178,7 +178,7 @@ class Channels:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # Core starts again with no peer session: each peer still there sends its retained
         # values again once active, and one that left meanwhile must not keep its own here.
-        self.received = RetainedStore()
+        self.received = received_store()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._resend_reliable)
             task_status.started()

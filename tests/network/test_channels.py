@@ -9,7 +9,9 @@ import trio
 import trio.testing
 
 from meshactors.client import ChannelMessage, MeshClient
+from meshactors.network.app_frames import Chan
 from meshactors.network.payload import MAX_BATCH, MAX_PAYLOAD_BYTES, Payload
+from meshactors.network.retained import RETAINED_MAX_VALUES
 from tests.network.appclient import AppClient, network_children
 from tests.network.conftest import (
     NET,
@@ -21,6 +23,7 @@ from tests.network.conftest import (
     approve_both,
     solo_daemon,
 )
+from tests.network.rawpeer import approved_raw_peer
 
 
 async def joined(mesh: Mesh, *names: str) -> list[Daemon]:
@@ -93,6 +96,26 @@ async def test_a_late_subscriber_gets_the_retained_value_at_once(
     assert subscribed["retained"] == 1
     message = await late.event("channel_inbound")
     assert (message["payload"], message["retained"]) == ("latest", True)
+
+
+async def test_one_peer_flooding_retained_values_leaves_anothers_in_place(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    b, flooder = await approved_raw_peer(mesh, nursery)
+    (a,) = await joined(mesh, "a")
+    await approve_both(a, b)
+    reader = await client_of(b, nursery)
+    await reader.call("channel_subscribe", network=NET, channel="news")
+    await a.call("channel_send_all", network=NET, channel="news", payload="kept", retain=True)
+    await reader.event("channel_inbound", payload="kept")
+    for n in range(RETAINED_MAX_VALUES):
+        await flooder.send_frame(b.device_id, Chan(f"flood{n}", n, retain=True))
+    await flooder.send_frame(b.device_id, Chan("news", "flooded"))  # read after the flood
+    await reader.event("channel_inbound", payload="flooded")
+    late = await client_of(b, nursery)
+    assert (await late.call("channel_subscribe", network=NET, channel="news"))["retained"] == 1
+    kept = await late.event("channel_inbound")
+    assert (kept["from"], kept["payload"], kept["retained"]) == (a.device_id, "kept", True)
 
 
 async def test_a_peer_that_becomes_active_later_gets_retained_values(

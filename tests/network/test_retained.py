@@ -1,5 +1,5 @@
 """The retained store without sockets: last value per key, bounded by count and by bytes,
-oldest evicted first, and a change undone by `restore`."""
+oldest evicted first, one sender held to its share, and a change undone by `restore`."""
 
 from __future__ import annotations
 
@@ -30,6 +30,32 @@ def test_past_the_bytes_the_oldest_values_go_until_it_fits() -> None:
     store.put(("dev", "c"), big)
     assert [key for key, _ in store.items()] == [("dev", "b"), ("dev", "c")]
     assert store.bytes == 2 * big.size
+
+
+def test_a_sender_past_its_share_of_the_values_loses_its_own_oldest() -> None:
+    store = RetainedStore(max_values=8, max_share=4)
+    store.put(("honest", "news"), Payload("kept"))
+    for n in range(20):
+        store.put(("flood", f"c{n}"), Payload(n))
+    assert [key for key, _ in store.items()] == [
+        ("honest", "news"),
+        ("flood", "c18"),
+        ("flood", "c19"),
+    ]
+
+
+def test_a_sender_past_its_share_of_the_bytes_loses_its_own_oldest() -> None:
+    big = Payload("x" * 100)
+    store = RetainedStore(max_bytes=8 * big.size, max_share=4)
+    store.put(("honest", "news"), Payload("kept"))
+    for n in range(5):
+        store.put(("flood", f"c{n}"), big)
+    assert [key for key, _ in store.items()] == [
+        ("honest", "news"),
+        ("flood", "c3"),
+        ("flood", "c4"),
+    ]
+    assert store.bytes == Payload("kept").size + 2 * big.size
 
 
 def test_restore_undoes_a_change() -> None:
