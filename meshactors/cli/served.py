@@ -13,7 +13,8 @@ import trio
 
 from meshactors.network.payload import MAX_PAYLOAD_BYTES
 
-MAX_ERROR_CHARS = 2000  # stderr of a failed command sent back as the error message
+MAX_STDERR_CHARS = 2000  # the tail of a failed command's stderr sent back as the error message
+STDERR_TAIL_BYTES = 4 * MAX_STDERR_CHARS  # bytes kept to decode it: a character is up to 4
 
 
 class ServedCommandFailed(Exception):
@@ -34,7 +35,7 @@ async def run_command(command: list[str], payload: Any, timeout: float) -> Any:
     if scope.cancelled_caught:
         raise _too_long(command, timeout)
     if done.returncode != 0:
-        raise _failed(command, done.returncode, done.stderr)
+        raise command_failed(command, done.returncode, done.stderr)
     return _decoded(done.stdout)
 
 
@@ -57,7 +58,7 @@ async def stream_command(command: list[str], payload: Any, timeout: float) -> As
             if process.returncode is None:
                 raise _too_long(command, timeout)
             if process.returncode != 0:
-                raise _failed(command, process.returncode, _tail(stderr))
+                raise command_failed(command, process.returncode, _tail(stderr))
         finally:
             if process.returncode is None:
                 process.kill()
@@ -102,14 +103,22 @@ def _decoded(text: bytes) -> Any:
 
 
 def _tail(stderr: IO[bytes]) -> bytes:
-    """The last MAX_ERROR_CHARS or so bytes of a command's stderr file."""
+    """The last STDERR_TAIL_BYTES of a command's stderr file."""
     stderr.seek(0, 2)
-    stderr.seek(max(0, stderr.tell() - 4 * MAX_ERROR_CHARS))
+    stderr.seek(max(0, stderr.tell() - STDERR_TAIL_BYTES))
     return stderr.read()
 
 
-def _failed(command: list[str], status: int, stderr: bytes) -> ServedCommandFailed:
-    detail = stderr.decode(errors="replace").strip()[-MAX_ERROR_CHARS:] or "(no stderr)"
+def keep_tail(kept: bytearray, data: bytes | bytearray) -> None:
+    """Add `data` read from a command's stderr to `kept`, which keeps only the last
+    STDERR_TAIL_BYTES: memory stays bounded however much the command writes."""
+    kept.extend(data)
+    del kept[:-STDERR_TAIL_BYTES]
+
+
+def command_failed(command: list[str], status: int, stderr: bytes) -> ServedCommandFailed:
+    """The failure of `command`: its exit status and the tail of its stderr."""
+    detail = stderr.decode(errors="replace").strip()[-MAX_STDERR_CHARS:] or "(no stderr)"
     return ServedCommandFailed(f"{command[0]} exited {status}: {detail}")
 
 

@@ -22,10 +22,10 @@ from meshactors.cli.common import (
     words_after_network,
 )
 from meshactors.cli.devices import resolve_device
+from meshactors.cli.served import command_failed, keep_tail
 from meshactors.client import BinaryStream, ClientError, MeshClient
 
 COPY_BYTES = 256 * 1024  # bytes read from stdin or a command's stdout per write to the stream
-MAX_ERROR_CHARS = 2000  # stderr of a failed command sent back as the reset's message
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -157,7 +157,7 @@ async def run_piped(command: list[str], stream: BinaryStream) -> None:
     async def collect() -> None:
         assert process.stderr is not None
         while data := await process.stderr.receive_some(COPY_BYTES):
-            errors.extend(data[: MAX_ERROR_CHARS - len(errors)])
+            keep_tail(errors, data)
 
     try:
         async with trio.open_nursery() as nursery:
@@ -170,6 +170,5 @@ async def run_piped(command: list[str], stream: BinaryStream) -> None:
             process.kill()
             await process.wait()
     if status != 0:  # before our end: the opener reads the failure, not a clean end
-        detail = errors.decode(errors="replace").strip() or "(no stderr)"
-        raise RuntimeError(f"{command[0]} exited {status}: {detail}")
+        raise command_failed(command, status, bytes(errors))
     await stream.send_eof()

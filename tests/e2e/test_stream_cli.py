@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from meshactors.cli.common import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_USAGE
+from meshactors.cli.served import MAX_STDERR_CHARS
 from meshactors.client import BinaryStream, ClientError, MeshClient
 from tests.support import Home
 
@@ -21,6 +22,8 @@ pytestmark = pytest.mark.e2e
 
 DIGEST = "import sys, hashlib; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())"
 BROKEN = "import sys; sys.stdin.buffer.read(); sys.stderr.write('no room'); sys.exit(4)"
+LOUD_STDERR = "HEAD" + "x" * 5000 + "TAIL"  # more than an error message keeps
+LOUD = f"import sys; sys.stdin.buffer.read(); sys.stderr.write({LOUD_STDERR!r}); sys.exit(3)"
 
 
 def send(home: Home, *args: str, data: bytes) -> subprocess.CompletedProcess[bytes]:
@@ -38,9 +41,10 @@ async def test_stream_send_pipes_a_file_to_the_served_command(home: Home, me: st
     data = hashlib.sha256(b"x").digest() * 100_000  # 3.2 MB
     server = home.popen("stream", "serve", "lan", "digest", "--", sys.executable, "-c", DIGEST)
     broken = home.popen("stream", "serve", "lan", "broken", "--", sys.executable, "-c", BROKEN)
+    loud = home.popen("stream", "serve", "lan", "loud", "--", sys.executable, "-c", LOUD)
     try:
         with trio.fail_after(60):
-            for process in (server, broken):
+            for process in (server, broken, loud):
                 assert (await trio.to_thread.run_sync(started, process)).startswith("serving")
             done = await trio.to_thread.run_sync(
                 functools.partial(send, home, "lan", me[:8], "digest", data=data)
@@ -54,12 +58,17 @@ async def test_stream_send_pipes_a_file_to_the_served_command(home: Home, me: st
             error = json.loads(failed.stdout)["error"]
             assert error["code"] == "remote_error"
             assert error["message"].endswith("exited 4: no room")
+            long = await trio.to_thread.run_sync(
+                functools.partial(send, home, "lan", me, "loud", "--json", data=b"abc")
+            )
+            message = json.loads(long.stdout)["error"]["message"]
+            assert message == f"{sys.executable} exited 3: {LOUD_STDERR[-MAX_STDERR_CHARS:]}"
             nobody = await trio.to_thread.run_sync(
                 functools.partial(send, home, "lan", me, "nobody", data=b"")
             )
             assert nobody.returncode == EXIT_NOT_FOUND
     finally:
-        for process in (server, broken):
+        for process in (server, broken, loud):
             process.kill()
             process.wait()
 
