@@ -36,7 +36,6 @@ class Strategy(enum.StrEnum):
     """Which siblings restart with a crashed child."""
 
     ONE_FOR_ONE = "one_for_one"  # only the child
-    ONE_FOR_ALL = "one_for_all"  # every child
     REST_FOR_ONE = "rest_for_one"  # the child and those started after it
 
 
@@ -404,8 +403,6 @@ class Supervisor(Actor):
         match self.strategy:
             case Strategy.ONE_FOR_ONE:
                 return [child]
-            case Strategy.ONE_FOR_ALL:
-                return order
             case Strategy.REST_FOR_ONE:
                 return order[order.index(child) :]
 

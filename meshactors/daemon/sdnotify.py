@@ -54,11 +54,6 @@ class Notifier:
             interval = _parse_watchdog(env, os.getpid() if pid is None else pid)
         return cls(address, interval)
 
-    @property
-    def enabled(self) -> bool:
-        """Whether a service manager listens."""
-        return self.address is not None
-
     def ready(self, status: str) -> bool:
         """Tell the manager the daemon serves (Type=notify waits for this)."""
         return self.send("READY=1", f"STATUS={_one_line(status)}")

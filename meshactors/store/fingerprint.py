@@ -10,7 +10,6 @@ import attrs
 
 ENVELOPE_VERSION = 1  # the "v" of the canonical form; bump it when the form changes
 FINGERPRINT_PREFIX_CHARS = 16  # hex chars of a fingerprint shown to clients (64 bits)
-ULID_LENGTH = 26  # Crockford base32 characters of a 128-bit ULID
 _ULID_TIME_BITS = 48  # milliseconds since the epoch, good until the year 10889
 _ULID_RANDOM_BITS = 80
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

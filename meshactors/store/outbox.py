@@ -505,21 +505,13 @@ def mark_inflight(
     return claimed
 
 
-def mark_delivered(
-    conn: sqlite3.Connection, outbox_id: str, recipient: str, now_ms: int
-) -> Literal["done", "already_done", "gone"]:
-    """Record that the recipient has the message: "done" when this call finished the delivery,
-    "already_done" when an earlier ack had (a repeated ack changes nothing), "gone" when no
-    such delivery exists. Only "done" is news to publish."""
-    (status,) = mark_delivered_many(conn, [DeliveryKey(outbox_id, recipient)], now_ms)
-    return status
-
-
 def mark_delivered_many(
     conn: sqlite3.Connection, keys: Sequence[DeliveryKey], now_ms: int
 ) -> list[Literal["done", "already_done", "gone"]]:
-    """`mark_delivered` for each key, in order, in a few statements for the whole batch (a
-    key twice: the second is "already_done")."""
+    """Record that each key's recipient has the message, in order, in a few statements for the
+    whole batch: "done" when this call finished the delivery, "already_done" when an earlier
+    ack had (a repeated ack changes nothing; a key twice: the second), "gone" when no such
+    delivery exists. Only "done" is news to publish."""
     if not keys:
         return []
     with immediate(conn):

@@ -147,11 +147,6 @@ def register_binary_frame(tag: str, code: int) -> Callable[[type[B]], type[B]]:
     return register
 
 
-def frame_class(tag: str) -> type[Frame] | None:
-    """The class registered for `tag`, if any."""
-    return _FRAMES.get(tag)
-
-
 def _check_text(limit: int) -> Callable[[object, attrs.Attribute[str], str], None]:
     def check(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
         if len(value) > limit or not value.isprintable():

@@ -78,11 +78,6 @@ class FrameParser:
                 return
             yield body if size else END
 
-    @property
-    def buffered(self) -> int:
-        """Bytes read but not yet parsed into an item."""
-        return len(self._buffer)
-
 
 def _error_fields(body: bytes) -> tuple[str, str]:
     """The code and message of an error frame; what cannot be read as such is passed on as

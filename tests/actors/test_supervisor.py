@@ -58,19 +58,6 @@ async def test_one_for_one_restarts_only_the_crashed_child(
         nursery.cancel_scope.cancel()
 
 
-async def test_one_for_all_restarts_every_child_in_order(
-    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
-) -> None:
-    a, b, c = probes(journal, "a", "b", "c")
-    sup = Supervisor(children=specs([a, b, c]), strategy=Strategy.ONE_FOR_ALL, limits=FAST)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(run_root, sup, root)
-        await b.inbox.sender.send("crash")
-        await journal.wait_count("start c", 2)
-        assert journal.events[3:] == ["stop b", "stop c", "stop a", "start a", "start b", "start c"]
-        nursery.cancel_scope.cancel()
-
-
 async def test_rest_for_one_restarts_the_child_and_later_ones(
     journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -50,7 +50,7 @@ def received(sock: socket.socket) -> list[bytes]:
 def test_no_notify_socket_means_no_manager_and_sends_are_no_ops() -> None:
     notifier = Notifier.from_env({"WATCHDOG_USEC": "1000000"}, PID)
 
-    assert not notifier.enabled
+    assert notifier.address is None
     assert notifier.watchdog_interval is None
     assert notifier.ready("serving") is False
     assert notifier.sent == notifier.failed == 0

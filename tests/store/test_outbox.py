@@ -28,7 +28,6 @@ from meshactors.store.outbox import (
     due_deliveries,
     due_now_to_peer,
     list_rows,
-    mark_delivered,
     mark_delivered_many,
     mark_failed,
     mark_inflight,
@@ -61,6 +60,12 @@ def send(conn: sqlite3.Connection, **changes: Any) -> AcceptOutcome:
     return accept(conn, **request(**changes))
 
 
+def delivered(conn: sqlite3.Connection, row_id: str, recipient: str, now_ms: int) -> str:
+    """The outcome of one recipient's ack, as the outbox records it (in a batch of one)."""
+    (status,) = mark_delivered_many(conn, [DeliveryKey(row_id, recipient)], now_ms)
+    return status
+
+
 def row_of(conn: sqlite3.Connection, row_id: str) -> outbox.OutboxRow:
     (row,) = [r for r in list_rows(conn, status=None, network=None, limit=500) if r.id == row_id]
     return row
@@ -77,7 +82,7 @@ def put_in_state(conn: sqlite3.Connection, status: str) -> str:
     if status in ("inflight", "done"):
         assert mark_inflight(conn, [key], T0) == [key]
     if status == "done":
-        assert mark_delivered(conn, row_id, "dev-a", T0) == "done"
+        assert delivered(conn, row_id, "dev-a", T0) == "done"
     if status in ("dead", "aborted"):
         mark_failed(conn, row_id, "dev-a", error_code="rejected", permanent=True, now_ms=T0)
     if status == "aborted":
@@ -254,9 +259,9 @@ def test_row_status_follows_its_deliveries(conn: sqlite3.Connection) -> None:
     row_id = send(conn, recipients=["a", "b", "c"], destination_kind="all", destination_ref="*").id
     assert mark_inflight(conn, [DeliveryKey(row_id, "a")], T0 + 1)
     assert row_of(conn, row_id).status == "inflight"
-    mark_delivered(conn, row_id, "a", T0 + 2)
+    delivered(conn, row_id, "a", T0 + 2)
     assert row_of(conn, row_id).status == "pending"
-    mark_delivered(conn, row_id, "b", T0 + 3)
+    delivered(conn, row_id, "b", T0 + 3)
     mark_failed(conn, row_id, "c", error_code="no_such_peer", permanent=True, now_ms=T0 + 4)
     row = row_of(conn, row_id)
     assert (row.status, row.last_error, row.updated_at) == ("dead", "no_such_peer", T0 + 4)
@@ -265,9 +270,9 @@ def test_row_status_follows_its_deliveries(conn: sqlite3.Connection) -> None:
 
 def test_all_recipients_done_makes_the_row_done(conn: sqlite3.Connection) -> None:
     row_id = send(conn, recipients=["a", "b"], destination_kind="all", destination_ref="*").id
-    mark_delivered(conn, row_id, "a", T0)
+    delivered(conn, row_id, "a", T0)
     assert row_of(conn, row_id).status == "pending"
-    mark_delivered(conn, row_id, "b", T0)
+    delivered(conn, row_id, "b", T0)
     assert row_of(conn, row_id).status == "done"
 
 
@@ -418,10 +423,10 @@ def test_a_permanent_error_is_dead_at_once(conn: sqlite3.Connection) -> None:
 
 def test_finished_or_unknown_deliveries_ignore_late_reports(conn: sqlite3.Connection) -> None:
     row_id = put_in_state(conn, "done")
-    assert mark_delivered(conn, row_id, "dev-a", T0 + 1) == "already_done"  # a repeated ack
+    assert delivered(conn, row_id, "dev-a", T0 + 1) == "already_done"  # a repeated ack
     assert row_of(conn, row_id).updated_at == T0  # ... changes nothing
     assert mark_failed(conn, "nope", "dev-a", error_code="x", permanent=True, now_ms=T0) is None
-    assert mark_delivered(conn, "nope", "dev-a", T0) == "gone"
+    assert delivered(conn, "nope", "dev-a", T0) == "gone"
 
 
 def test_an_ack_after_the_delivery_gave_up_makes_it_done(conn: sqlite3.Connection) -> None:
@@ -432,7 +437,7 @@ def test_an_ack_after_the_delivery_gave_up_makes_it_done(conn: sqlite3.Connectio
         conn, row_id, "dev-a", error_code="offline", permanent=False, now_ms=T0 + TTL_MS + 1
     )
     assert gave_up == "dead"
-    assert mark_delivered(conn, row_id, "dev-a", T0 + TTL_MS + 2) == "done"
+    assert delivered(conn, row_id, "dev-a", T0 + TTL_MS + 2) == "done"
     assert row_of(conn, row_id).status == "done"
 
 
@@ -440,7 +445,7 @@ def test_recover_inflight_puts_stranded_deliveries_back(db_path: Path) -> None:
     conn = open_database(db_path)
     row_id = send(conn, recipients=["a", "b", "c"], destination_kind="all", destination_ref="*").id
     mark_inflight(conn, [DeliveryKey(row_id, "a"), DeliveryKey(row_id, "b")], T0)
-    mark_delivered(conn, row_id, "c", T0)
+    delivered(conn, row_id, "c", T0)
     conn.close()  # the daemon crashed with two deliveries in flight
 
     conn = open_database(db_path)
@@ -467,7 +472,7 @@ def test_requeue_keeps_routing_and_supersedes_the_old_row(conn: sqlite3.Connecti
         priority="now",
         reply_to_id="m0",
     ).id
-    mark_delivered(conn, old_id, "a", T0)
+    delivered(conn, old_id, "a", T0)
     mark_failed(conn, old_id, "b", error_code="denied", permanent=True, now_ms=T0)
     mark_failed(conn, old_id, "c", error_code="denied", permanent=True, now_ms=T0)
     old = row_of(conn, old_id)
@@ -505,7 +510,7 @@ def test_requeue_of_a_stuck_pending_row_closes_its_deliveries(conn: sqlite3.Conn
     assert aborted.status == "aborted"
     assert [(d.status, d.last_error) for d in aborted.deliveries] == [("dead", SUPERSEDED)]
     assert [d.outbox_id for d in due_deliveries(conn, now_ms=T0 + 5, limit=10)] == [new.id]
-    mark_delivered(conn, old_id, "dev-a", T0 + 6)  # a late ack for the old row
+    delivered(conn, old_id, "dev-a", T0 + 6)  # a late ack for the old row
     assert row_of(conn, old_id).status == "aborted"
 
 
@@ -522,7 +527,7 @@ def test_requeue_refuses_a_taken_key_unknown_rows_and_other_states(
         requeue(conn, "no-such-row", new_client_message_id=None, now_ms=T0)
     assert info.value.code == "not_found"
     done_id = send(conn, client_message_id="finished").id
-    mark_delivered(conn, done_id, "dev-a", T0)
+    delivered(conn, done_id, "dev-a", T0)
     with pytest.raises(SendError) as info:
         requeue(conn, done_id, new_client_message_id=None, now_ms=T0)
     assert info.value.code == "not_requeueable"
@@ -533,7 +538,7 @@ def test_list_rows_filters_newest_first_and_checks_the_limit(conn: sqlite3.Conne
     first = send(conn, client_message_id="1", now_ms=T0).id
     second = send(conn, client_message_id="2", now_ms=T0 + 1).id
     other = send(conn, client_message_id="3", network="net2", now_ms=T0 + 2).id
-    mark_delivered(conn, first, "dev-a", T0)
+    delivered(conn, first, "dev-a", T0)
     every = list_rows(conn, status=None, network=None, limit=10)
     assert [r.id for r in every] == [other, second, first]
     assert [r.id for r in list_rows(conn, status="pending", network="net1", limit=10)] == [second]

@@ -39,7 +39,7 @@ def _history(conn: sqlite3.Connection) -> None:
         sent = outbox.accept(conn, **request(client_message_id=f"old-{i}", now_ms=T0 + i))
         keys = [DeliveryKey(sent.id, "dev-a")]
         outbox.mark_inflight(conn, keys, T0 + i)
-        outbox.mark_delivered(conn, sent.id, "dev-a", T0 + i)
+        outbox.mark_delivered_many(conn, keys, T0 + i)
         inbox.store_message(
             conn,
             network="net1",

@@ -27,7 +27,7 @@ WEEK = Retention(days=7, rows=1_000_000, dead_grace_days=30, batch=100)
 def delivered(conn: sqlite3.Connection, key: str, at: int) -> str:
     row_id = outbox.accept(conn, **request(client_message_id=key, now_ms=at)).id
     outbox.mark_inflight(conn, [DeliveryKey(row_id, "dev-a")], at)
-    outbox.mark_delivered(conn, row_id, "dev-a", at)
+    outbox.mark_delivered_many(conn, [DeliveryKey(row_id, "dev-a")], at)
     return row_id
 
 
