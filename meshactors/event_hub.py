@@ -6,7 +6,6 @@ from __future__ import annotations
 import collections
 import functools
 import math
-import time
 from collections.abc import Iterable
 from typing import Any, ClassVar, Protocol
 
@@ -23,6 +22,7 @@ from meshactors.actors import (
     cleanup_scope,
     take_queued,
 )
+from meshactors.clock import wall_ms
 from meshactors.store import events as event_log
 from meshactors.store.actor import StoreActor
 from meshactors.store.events import Event, SinceResult
@@ -104,7 +104,7 @@ class EventHub(Actor):
         """Queue an event for the hub to number and publish; never waits (a full inbox drops
         it and counts it)."""
         try:
-            self.inbox.sender.send_nowait(_Published(kind, data, int(time.time() * 1000)))
+            self.inbox.sender.send_nowait(_Published(kind, data, wall_ms()))
         except trio.WouldBlock:
             self.dropped += 1
 

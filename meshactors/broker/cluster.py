@@ -9,7 +9,6 @@ with backoff and jitter (docs/protocol.md, "Brokers in a cluster").
 
 import contextlib
 import random
-import time
 from collections.abc import Iterable
 from typing import Final, TypeVar
 
@@ -51,6 +50,7 @@ from meshactors.broker.cluster_wire import (
     nonce_key,
     reap_key,
 )
+from meshactors.clock import wall_ms
 from meshactors.wire.broker import MAX_CLOCK_SKEW_MS
 from meshactors.wire.device_id import is_device_id
 
@@ -250,7 +250,7 @@ class ClusterLink:
 
     async def _admit(self, redis: "coredis.Redis[bytes]", admit: Admit) -> AdmitResult:
         hello, entry = admit.hello, admit.entry
-        expiry_ms = max(1, hello.ts_ms + MAX_CLOCK_SKEW_MS - time.time_ns() // 1_000_000 + 1000)
+        expiry_ms = max(1, hello.ts_ms + MAX_CLOCK_SKEW_MS - wall_ms() + 1000)
         join = encode_event(True, hello.network, hello.device_id, entry)
         keys = [nonce_key(hello.device_id, hello.nonce), network_key(hello.network)]
         keys += [PRESENCE_CHANNEL, networks_key(self.broker_id)]

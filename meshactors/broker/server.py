@@ -13,7 +13,6 @@ presence events, envelopes for them are handed to it, and envelopes for ours com
 import collections
 import contextlib
 import secrets
-import time
 from collections.abc import Mapping
 from typing import Final
 
@@ -53,6 +52,7 @@ from meshactors.broker.limits import (
     TokenBucket,
 )
 from meshactors.broker.nonces import NonceCache, source_of
+from meshactors.clock import wall_ms
 from meshactors.keepalive import answered_or_heard
 from meshactors.listen import open_tcp_listeners
 from meshactors.socket_io import QuickSocketStream
@@ -414,7 +414,7 @@ class Broker:
             try:
                 hello = await self._receive_hello(ws)
                 network = hello.network
-                self._nonces.admit(hello, source=source, now_ms=_now_ms())
+                self._nonces.admit(hello, source=source, now_ms=wall_ms())
                 status = await self._admit_cluster(nursery, hello, decided)
                 members = self._networks.get(hello.network, {})
                 remote = self._remote.get(hello.network, {})
@@ -619,7 +619,7 @@ class Broker:
             first = await ws.get_message()
             if isinstance(first, bytes):
                 raise HelloRejected(RejectReason.MALFORMED_HELLO, "binary message before hello")
-            return verify_hello(first, now_ms=_now_ms())
+            return verify_hello(first, now_ms=wall_ms())
         raise HelloRejected(RejectReason.HELLO_TIMEOUT)
 
     def _join(self, hello: VerifiedHello) -> _Member:
@@ -951,7 +951,3 @@ def _peer(stream: trio.SocketStream) -> tuple[str, str]:
     except OSError:
         return "unknown", "unknown"  # already reset by the peer
     return f"{host}:{port}", source_of(host)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000

@@ -40,7 +40,6 @@ import itertools
 import json
 import math
 import sqlite3
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -49,6 +48,7 @@ import structlog
 import trio
 
 from meshactors.actors import Actor, Doorbell, Inbox, Lagged, Reply, Subscriber, take_queued
+from meshactors.clock import wall_ms
 from meshactors.event_hub import EventHub
 from meshactors.network.delivery import (
     ACK_TIMEOUT,
@@ -108,11 +108,6 @@ PEER_CHANGED = "peer_changed"  # settles an attempt whose peer left or came back
 # core's refusals of a claimed batch whose peer left after the claim read it active
 _PEER_GONE = frozenset({ErrorCode.PEER_NOT_ACTIVE, ErrorCode.NO_SUCH_PEER})
 EVENT_MESSAGE_BYTES = 4096  # longer texts are left out of `message` events (read the inbox)
-
-
-def now_ms() -> int:
-    """Wall-clock milliseconds, the store's time base."""
-    return time.time_ns() // 1_000_000
 
 
 @attrs.frozen
@@ -391,7 +386,7 @@ class Outbox(Actor):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         recovered = await self.store.call(
-            functools.partial(outbox_db.recover_inflight, now_ms=now_ms()), what="recover inflight"
+            functools.partial(outbox_db.recover_inflight, now_ms=wall_ms()), what="recover inflight"
         )
         if recovered:
             log.info("recovered inflight deliveries", count=recovered)
@@ -530,7 +525,7 @@ class Outbox(Actor):
                 self.stored_counts = await self.store.call(
                     outbox_db.delivery_counts, what="count deliveries"
                 )
-            wait = IDLE_POLL_S if next_due is None else max(0.0, (next_due - now_ms()) / 1000)
+            wait = IDLE_POLL_S if next_due is None else max(0.0, (next_due - wall_ms()) / 1000)
             with trio.move_on_after(min(wait, IDLE_POLL_S)):
                 await self._doorbell.wait()
 
@@ -547,7 +542,7 @@ class Outbox(Actor):
         if not windows:
             return None
         claim = await self.store.call(
-            functools.partial(claim_due, network=network_id, windows=windows, now_ms=now_ms()),
+            functools.partial(claim_due, network=network_id, windows=windows, now_ms=wall_ms()),
             what="claim due deliveries",
         )
         for delivery in claim.deliveries:
@@ -656,7 +651,7 @@ class Outbox(Actor):
             batch = self._recording
             try:
                 statuses = await self.store.call(
-                    functools.partial(record_settled, batch=batch, now_ms=now_ms()),
+                    functools.partial(record_settled, batch=batch, now_ms=wall_ms()),
                     what="record deliveries",
                 )
             except Exception:
@@ -698,7 +693,7 @@ class Outbox(Actor):
             more = True
             while more:
                 expired = await self.store.call(
-                    functools.partial(outbox_db.expire_pending, now_ms=now_ms()),
+                    functools.partial(outbox_db.expire_pending, now_ms=wall_ms()),
                     what="expire sends",
                 )
                 more = expired.more
@@ -723,7 +718,7 @@ class Outbox(Actor):
         retention = self.settings.retention
         while True:
             while deleted := await self.store.call(
-                functools.partial(prune_step, retention=retention, now_ms=now_ms()),
+                functools.partial(prune_step, retention=retention, now_ms=wall_ms()),
                 what="prune history",
             ):
                 self.counts["pruned"] += deleted
@@ -761,7 +756,7 @@ class Outbox(Actor):
             storable = [item for item, reason in refused if reason is None]
             try:
                 stored = await self.store.call(
-                    functools.partial(store_received, batch=storable, now_ms=now_ms()),
+                    functools.partial(store_received, batch=storable, now_ms=wall_ms()),
                     what="store received messages",
                 )
             except Exception:
@@ -819,7 +814,7 @@ class Outbox(Actor):
         later (the backoff is there for a peer that cannot be reached)."""
         self.counts["backoffs_cut"] += await self.store.call(
             functools.partial(
-                outbox_db.due_now_to_peer, network=network_id, recipient=peer, now_ms=now_ms()
+                outbox_db.due_now_to_peer, network=network_id, recipient=peer, now_ms=wall_ms()
             ),
             what="make deliveries due",
         )

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from meshactors.clock import wall_ms
 from meshactors.control.session import Session
 from meshactors.membership import store as log_db
 from meshactors.membership.facts import (
@@ -23,7 +24,7 @@ from meshactors.membership.facts import (
     to_bootstrap,
     to_token,
 )
-from meshactors.membership.part import MAX_TTL_S, now_ms
+from meshactors.membership.part import MAX_TTL_S
 from meshactors.network.config import NetworkConfig
 from meshactors.ops.network_ops import config_of, manager_of
 from meshactors.ops.optable import Op
@@ -127,7 +128,7 @@ async def network_create_closed(session: Session, params: ClosedCreate) -> dict[
     if config.id in {n.config.id for n in manager_of(session).all()}:
         raise OpError(ErrorCode.CONFLICT, f"network {config.id!r} is joined already")
     identity = session.services.identity
-    genesis = new_genesis(identity, config.id, now_ms())
+    genesis = new_genesis(identity, config.id, wall_ms())
     network = await _join_closed(session, config, genesis)
     return {
         "network": await network.summary(),
@@ -157,7 +158,7 @@ async def network_join_invite(session: Session, params: JoinInvite) -> dict[str,
         token = from_token(params.token)
     except BadRecord as bad:
         raise OpError(ErrorCode.INVALID_PARAMS, f"token: {bad}") from None
-    if now_ms() > token.invite.expires_ms:
+    if wall_ms() > token.invite.expires_ms:
         raise OpError(ErrorCode.INVITE_REFUSED, "the invite expired")
     config = config_of(
         {"id": token.genesis.network, "brokers": token.brokers, "label": params.label}

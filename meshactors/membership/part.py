@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ import structlog
 import trio
 
 from meshactors.actors import Inbox
+from meshactors.clock import wall_ms
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.membership import store as log_db
@@ -68,10 +68,6 @@ HEADS_INTERVAL = 60.0  # seconds between two sends of our heads to the members w
 UNSIGNED = "A" * SIG_CHARS
 
 _EVENTS = {MEMBER: "member_granted", REVOKED: "member_revoked", EVICTED: "member_evicted"}
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @attrs.define(eq=False)
@@ -238,7 +234,7 @@ class Membership:
     async def _author(self, kind: str, device: str, role: str, invite: Invite | None) -> Fact:
         the_log = self._closed_log()
         parents = the_log.heads()[:MAX_PARENTS]
-        at = max([now_ms(), *(the_log.facts[p].at_ms + 1 for p in parents if p in the_log.facts)])
+        at = max([wall_ms(), *(the_log.facts[p].at_ms + 1 for p in parents if p in the_log.facts)])
         unsigned = Fact(
             self.network,
             the_log.genesis_hash,
@@ -264,7 +260,7 @@ class Membership:
         the_log = self._closed_log()
         if not may(the_log.resolved.role_of(self.me), "grant", role, None):
             raise OpError(ErrorCode.FORBIDDEN, f"this device may not grant {role} here")
-        expires = now_ms() + int(ttl_s * 1000)
+        expires = wall_ms() + int(ttl_s * 1000)
         unsigned = Invite(
             self.network, the_log.genesis_hash, self.me, role, expires, uses, nonce(), UNSIGNED
         )
@@ -488,7 +484,7 @@ class Membership:
             return "the invite's signature does not verify"
         if invite.network != self.network or invite.genesis != self.log.genesis_hash:
             return "the invite is for another network"
-        if now_ms() > invite.expires_ms:
+        if wall_ms() > invite.expires_ms:
             return "the invite expired"
         if not may(self.log.resolved.role_of(invite.issuer), "grant", invite.role, None):
             return "the invite's issuer may no longer grant that role"

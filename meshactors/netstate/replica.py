@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ import structlog
 import trio
 
 from meshactors.actors import Pending, take_queued
+from meshactors.clock import wall_ms
 from meshactors.event_hub import EventPublisher
 from meshactors.netstate.entry import BadEntry, Entry, check_key
 from meshactors.netstate.frames import (
@@ -184,7 +184,7 @@ class StateReplica:
             raise OpError(ErrorCode.FORBIDDEN, f"this device may not write {self.network}'s state")
         _checked(check_key, key)
         old = self.map.get(key)
-        stamp = self.clock.tick(_now_ms(), old.stamp if old else ZERO)
+        stamp = self.clock.tick(wall_ms(), old.stamp if old else ZERO)
         if not stamp.valid():  # a clock at the end of its range (a stamp saved before checks)
             raise OpError(ErrorCode.CONFLICT, f"{self.network}'s state clock is out of range")
         try:
@@ -253,7 +253,7 @@ class StateReplica:
         # Only this task changes the map, and it serves peers' pulls only after the save: a
         # write of ours is in the map from here until its save is known (reads by ops meanwhile
         # see it), and a peer never gets one whose save failed.
-        now = _now_ms()
+        now = wall_ms()
         horizon = now - TOMBSTONE_TTL_MS  # tombstones stamped before it have expired
         expired = 0
         if any(_prunes_first(item) for item in batch):
@@ -459,11 +459,6 @@ def _prunes_first(item: _Work) -> bool:
     return isinstance(item, _Prune | _SendSummary) or (
         isinstance(item, _FromPeer) and isinstance(item.frame, StateSummary)
     )
-
-
-def _now_ms() -> int:
-    """The wall clock in milliseconds, as stamps and the tombstone horizon count it."""
-    return time.time_ns() // 1_000_000
 
 
 def _checked(check: Callable[[str], object], text: str) -> None:

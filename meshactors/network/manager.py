@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -22,6 +21,7 @@ from meshactors.actors import (
     Supervisor,
     unanswered,
 )
+from meshactors.clock import wall_ms
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.network.config import ConfigError, NetworkConfig
@@ -269,7 +269,7 @@ class NetworkManager(Supervisor):
                 network_db.save_network,
                 network_id=config.id,
                 config=config.to_json(),
-                now_ms=time.time_ns() // 1_000_000,
+                now_ms=wall_ms(),
             ),
             what="save network",
         )

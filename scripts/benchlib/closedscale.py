@@ -12,9 +12,9 @@ from typing import Any
 import trio
 
 from meshactors.broker.server import Broker
+from meshactors.clock import wall_ms
 from meshactors.membership import store as log_db
 from meshactors.membership.facts import new_genesis
-from meshactors.membership.part import now_ms
 from meshactors.network.config import NetworkConfig
 from meshactors.store.events import Event
 from scripts.benchlib import swarm
@@ -37,7 +37,7 @@ async def _eviction(root: Path, size: int) -> dict[str, Any]:
         config = NetworkConfig(NET, [f"ws://127.0.0.1:{port}/v1"])
         members = [await swarm.start_member(root, i, size, nursery) for i in range(size)]
         owner, others, target = members[0], members[1:], members[-1]
-        genesis = new_genesis(owner.services.identity, NET, now_ms())
+        genesis = new_genesis(owner.services.identity, NET, wall_ms())
         started = time.perf_counter()
         for member in members:
             await member.services.store.call(

@@ -1,7 +1,6 @@
 """Test helpers: a broker on 127.0.0.1 port 0 and real trio-websocket clients that join it."""
 
 import json
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,6 +18,7 @@ from trio_websocket import (
 
 from meshactors.broker.limits import BrokerConfig
 from meshactors.broker.server import Broker
+from meshactors.clock import wall_ms
 from meshactors.wire.broker import build_hello, decode_batch
 
 WAIT_S = 5.0  # upper bound for any single expected event in these tests
@@ -59,12 +59,8 @@ async def serve_until_stopped(
     return port, shutdown, stopped
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def hello(key: SigningKey, network: str, role: str = "daemon") -> str:
-    return build_hello(key, network, role, now_ms=now_ms())
+    return build_hello(key, network, role, now_ms=wall_ms())
 
 
 @asynccontextmanager

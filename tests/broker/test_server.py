@@ -15,6 +15,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from meshactors.broker.limits import BrokerConfig
 from meshactors.broker.server import Broker
+from meshactors.clock import wall_ms
 from meshactors.wire.broker import MAX_CLOCK_SKEW_MS, build_hello, encode_batch
 from meshactors.wire.device_id import device_id_from_public_key
 from tests.broker.support import (
@@ -29,7 +30,6 @@ from tests.broker.support import (
     left,
     next_batch,
     next_text,
-    now_ms,
     serve_until_stopped,
     start_broker,
 )
@@ -58,7 +58,7 @@ def without_ts() -> str:
 
 
 def old_hello() -> str:
-    return build_hello(ALICE, "net", "daemon", now_ms=now_ms() - 2 * MAX_CLOCK_SKEW_MS)
+    return build_hello(ALICE, "net", "daemon", now_ms=wall_ms() - 2 * MAX_CLOCK_SKEW_MS)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from meshactors.broker.cluster_messages import Admit, AdmitResult, Control, Depa
 from meshactors.broker.cluster_wire import PresenceEntry
 from meshactors.broker.limits import BrokerConfig
 from meshactors.broker.server import Broker
+from meshactors.clock import wall_ms
 from meshactors.network.link import WELCOME_TIMEOUT
 from meshactors.wire.broker import VerifiedHello, encode_batch, verify_hello
 from scripts.benchlib.redisserver import RedisServer
@@ -29,7 +30,6 @@ from tests.broker.support import (
     joined,
     next_batch,
     next_text,
-    now_ms,
     serve_until_stopped,
 )
 from tests.broker_cluster.test_cluster import (
@@ -423,11 +423,11 @@ async def test_a_hello_whose_admit_never_reached_the_link_queues_no_leave(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     broker, control = unserved(admission_timeout=ADMISSION_S)
-    queued = Depart("other", did(BOB), PresenceEntry("0123456789abcdef", "daemon", now_ms()))
+    queued = Depart("other", did(BOB), PresenceEntry("0123456789abcdef", "daemon", wall_ms()))
     broker._control.send_nowait(queued)  # a full queue: the link is behind
     decided = trio.Event()
     async with trio.open_nursery() as nursery:
-        admitting = verify_hello(hello(ALICE, "net"), now_ms=now_ms())
+        admitting = verify_hello(hello(ALICE, "net"), now_ms=wall_ms())
         assert await broker._admit_cluster(nursery, admitting, decided) == "unavailable"
         decided.set()  # refused here: Redis never heard of it, so there is nothing to remove
         await trio.testing.wait_all_tasks_blocked()
@@ -441,7 +441,7 @@ async def test_commands_after_the_link_stopped_are_answered_as_in_an_outage() ->
     broker, control = unserved()
     control.close()  # the link stopped with the broker
     async with trio.open_nursery() as nursery:
-        admitting = verify_hello(hello(ALICE, "net"), now_ms=now_ms())
+        admitting = verify_hello(hello(ALICE, "net"), now_ms=wall_ms())
         assert await broker._admit_cluster(nursery, admitting, trio.Event()) == "unavailable"
     await broker._resync()  # no roster to take, and no crash
 

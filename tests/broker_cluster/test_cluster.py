@@ -15,6 +15,7 @@ from nacl.signing import SigningKey
 from meshactors.broker.limits import BrokerConfig
 from meshactors.broker.server import Broker
 from meshactors.cli.common import EXIT_USAGE
+from meshactors.clock import wall_ms
 from meshactors.wire.broker import build_hello, encode_batch
 from meshactors.wire.device_id import device_id_from_public_key
 from scripts.benchlib.redisserver import RedisServer, free_port
@@ -28,7 +29,6 @@ from tests.broker.support import (
     left,
     next_batch,
     next_text,
-    now_ms,
 )
 
 ALICE, BOB, CAROL, DAVE = (SigningKey(bytes([seed]) * 32) for seed in (11, 12, 13, 14))
@@ -315,7 +315,7 @@ async def test_a_hello_older_than_the_devices_connection_is_refused_alone(
     a, a_port = await start(nursery, redis)
     _, b_port = await start(nursery, redis)
     newer_port = a_port if where == "same broker" else b_port
-    stale = build_hello(ALICE, "net", "daemon", now_ms=now_ms() - 5_000)  # say, a late retry
+    stale = build_hello(ALICE, "net", "daemon", now_ms=wall_ms() - 5_000)  # say, a late retry
     async with (
         joined(url(a_port), BOB, "net") as (bob, _),
         joined(url(newer_port), ALICE, "net") as (alice, _),

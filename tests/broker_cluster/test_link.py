@@ -21,9 +21,10 @@ from meshactors.broker.cluster_messages import (
     StateChanged,
 )
 from meshactors.broker.cluster_wire import PresenceEntry
+from meshactors.clock import wall_ms
 from meshactors.wire.broker import verify_hello
 from scripts.benchlib.redisserver import free_port
-from tests.broker.support import WAIT_S, hello, now_ms
+from tests.broker.support import WAIT_S, hello
 from tests.broker_cluster.test_cluster import ALICE
 
 ATTEMPTS = 9  # enough to reach RECONNECT_MAX_S from RECONNECT_FIRST_S
@@ -44,7 +45,7 @@ async def test_an_unreachable_redis_is_retried_with_backoff_and_jitter(
             assert await reported.receive() == StateChanged("degraded")
             times.append(trio.current_time())
         reply, answer = trio.open_memory_channel[AdmitResult](1)
-        verified = verify_hello(hello(ALICE, "net"), now_ms=now_ms())
+        verified = verify_hello(hello(ALICE, "net"), now_ms=wall_ms())
         entry = PresenceEntry("0123456789abcdef", "daemon", verified.ts_ms)
         await control.send(Admit(verified, entry, 8, reply))
         assert (await answer.receive()).status == "unavailable"
@@ -66,7 +67,7 @@ async def test_commands_queued_when_the_link_stops_are_answered_as_in_an_outage(
     admitted, admission = trio.open_memory_channel[AdmitResult](1)
     resynced, resync = trio.open_memory_channel[dict[str, Roster] | None](1)
     admitted_late, late_admission = trio.open_memory_channel[AdmitResult](1)
-    verified = verify_hello(hello(ALICE, "net"), now_ms=now_ms())
+    verified = verify_hello(hello(ALICE, "net"), now_ms=wall_ms())
     entry = PresenceEntry("0123456789abcdef", "daemon", verified.ts_ms)
     control.send_nowait(Admit(verified, entry, 8, admitted))
     control.send_nowait(Resync([], resynced))

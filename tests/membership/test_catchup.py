@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import trio
 
+from meshactors.clock import wall_ms
 from meshactors.identity import Identity
 from meshactors.membership import part as membership_part
 from meshactors.membership.facts import Fact, record_hash, to_bootstrap
 from meshactors.membership.frames import LOG_PAGE, LogFacts, LogHeads
 from meshactors.membership.log import MembershipLog
-from meshactors.membership.part import now_ms
 from tests.membership.conftest import CLOSED, active, figures, import_closed, members, team
 from tests.membership.logkit import device
 from tests.membership.logkit import fact as logkit_fact
@@ -95,7 +95,7 @@ def granted(owner: Daemon, the_log: MembershipLog, target: Identity, parents: li
         "grant",
         target,
         "member",
-        now_ms(),
+        wall_ms(),
         parents,
         network=CLOSED,
     )

@@ -9,6 +9,7 @@ import attrs
 import pytest
 import trio
 
+from meshactors.clock import wall_ms
 from meshactors.membership.facts import (
     SIG_CHARS,
     Invite,
@@ -21,7 +22,6 @@ from meshactors.membership.facts import (
     to_token,
 )
 from meshactors.membership.frames import InviteRedeem, LogFacts
-from meshactors.membership.part import now_ms
 from tests.membership.conftest import CLOSED, active, create, figures, import_closed, members, team
 from tests.network.appclient import AppClient
 from tests.network.conftest import Mesh, OpFailed
@@ -72,7 +72,7 @@ async def test_an_invite_past_its_time_is_refused_with_its_reason(mesh: Mesh) ->
             record_hash(genesis),
             owner.device_id,
             "member",
-            now_ms() - 1,
+            wall_ms() - 1,
             1,
             nonce(),
             "A" * SIG_CHARS,
@@ -218,7 +218,7 @@ async def test_a_strangers_own_facts_are_not_kept(mesh: Mesh) -> None:
             record_hash(genesis),
             stranger.device_id,
             "member",
-            now_ms() + 60_000,
+            wall_ms() + 60_000,
             1,
             nonce(),
             "A" * SIG_CHARS,

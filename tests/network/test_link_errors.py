@@ -18,6 +18,7 @@ import trio.testing
 from nacl.signing import SigningKey
 
 from meshactors.actors import Inbox, Node, run_root
+from meshactors.clock import wall_ms
 from meshactors.network import link as link_module
 from meshactors.network.link import (
     BACKOFF_CAP,
@@ -28,7 +29,7 @@ from meshactors.network.link import (
 )
 from meshactors.network.link_errors import LinkError, LinkErrorKind, classify
 from meshactors.wire.broker import build_hello
-from tests.broker.support import now_ms, start_broker
+from tests.broker.support import start_broker
 from tests.network.linksink import LinkEventRecorder
 from tests.network.tlsserver import TEST_CA, handshake_only, serve_tls
 
@@ -76,7 +77,7 @@ async def test_a_wrong_path_is_not_found_and_does_not_heal(nursery: trio.Nursery
 
 async def test_a_refused_hello_is_rejected_with_the_brokers_reason(nursery: trio.Nursery) -> None:
     _, url = await start_broker(nursery)
-    stale = build_hello(SigningKey.generate(), "n", "daemon", now_ms=now_ms() - 3_600_000)
+    stale = build_hello(SigningKey.generate(), "n", "daemon", now_ms=wall_ms() - 3_600_000)
 
     async def hello(ws: Any) -> None:
         await ws.send_message(stale)
