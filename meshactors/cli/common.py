@@ -11,6 +11,8 @@ from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
 from meshactors.hostguard import HOST_MISMATCH_EXIT_CODE
 from meshactors.paths import Paths, prepare_dirs, resolve_paths
 
+SHORT_ID = 12  # device id characters shown in tables (the full id is in --json)
+
 # The exit codes of every command (docs/operations.md, "Exit codes", is the same table).
 EXIT_OK = 0
 EXIT_FAILURE = 1  # an error of no class below (e.g. remote_error), or already running

@@ -11,6 +11,7 @@ from typing import Any
 from meshactors.cli import members_cmd
 from meshactors.cli.common import (
     EXIT_NOT_FOUND,
+    SHORT_ID,
     call,
     connect,
     fail,
@@ -24,7 +25,6 @@ from meshactors.cli.common import (
 from meshactors.cli.devices import resolve_device
 from meshactors.client.sync import ClientError
 
-SHORT_ID = 12  # device id characters shown in tables (the full id is in --json)
 EVENT_FIELDS_SHOWN = ("network", "phase", "previous", "status", "reason", "purge", "reconnect")
 
 

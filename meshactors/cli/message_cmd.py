@@ -7,6 +7,7 @@ import datetime
 from typing import Any
 
 from meshactors.cli.common import (
+    SHORT_ID,
     call,
     free_words,
     network_of,
@@ -18,7 +19,6 @@ from meshactors.cli.common import (
 from meshactors.cli.devices import resolve_device
 
 STATUS_FLAGS = ("pending", "inflight", "done", "dead", "aborted")  # outbox list filters
-SHORT_ID = 12  # device id characters shown in tables
 SEND_WORDS = "TO MESSAGE"  # `send`'s free words
 
 
