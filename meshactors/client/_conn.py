@@ -22,10 +22,10 @@ from meshactors.client.errors import (
     DeadlineExceeded,
     ProtocolError,
 )
+from meshactors.wire.ipc import MAX_CONCURRENT_REQUESTS
 
 CONNECT_RETRY_FIRST = 0.05  # seconds before the second connect attempt; doubles each time
 CONNECT_RETRY_MAX = 1.0  # seconds between connect attempts at most
-MAX_IN_FLIGHT = 128  # requests awaiting answers; the daemon refuses more (too_many_requests)
 OUTGOING_CAPACITY = 256  # request lines queued for the writer task
 EVENT_BUFFER = 4096  # event frames received but not yet routed before the newest are dropped
 RECEIVE_CHUNK = 64 * 1024  # bytes asked of the socket per read
@@ -72,7 +72,7 @@ class Connection:
     close_reason: ClientError | None = None
     _pending: dict[int, _Pending] = attrs.field(factory=dict)
     _ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
-    _slots: trio.Semaphore = attrs.field(factory=lambda: trio.Semaphore(MAX_IN_FLIGHT))
+    _slots: trio.Semaphore = attrs.field(factory=lambda: trio.Semaphore(MAX_CONCURRENT_REQUESTS))
     _fanout: Broadcast[Event] = attrs.field(factory=Broadcast)
     events: Subscriber[Event] = attrs.field(init=False)
     _out_send: trio.MemorySendChannel[bytes] = attrs.field(init=False)

@@ -51,6 +51,7 @@ from meshactors.socket_io import receive_some, send_all
 from meshactors.store.events import Event
 from meshactors.wire import pipe_frames
 from meshactors.wire.ipc import (
+    MAX_CONCURRENT_REQUESTS,
     MAX_FRAME_BYTES,
     BadFrame,
     ErrorCode,
@@ -67,7 +68,6 @@ from meshactors.wire.pipe_frames import End, FrameParser, Reset
 
 log = structlog.get_logger("meshactors.client")
 
-MAX_CONCURRENT_REQUESTS = 128  # requests one connection may have in flight (each line ≤ 1 MiB)
 OUTGOING_CAPACITY = 256  # frames queued for the socket writer
 PUSH_CAPACITY = 4096  # events addressed to this connection, queued before it lags
 WRITE_BATCH = 256  # frames joined into one socket write

@@ -18,6 +18,9 @@ from meshactors.wire.compact import dumps_ascii, dumps_utf8, loads
 IPC_API_VERSION = 1
 MAX_FRAME_BYTES = 1024 * 1024  # one request line, newline included
 MAX_ID_CHARS = 128  # a string request id
+# requests one connection may have in flight (each line ≤ 1 MiB): the daemon answers more with
+# too_many_requests, the client library holds more back until an answer comes
+MAX_CONCURRENT_REQUESTS = 128
 MAX_OP_CHARS = 64
 
 

@@ -30,10 +30,10 @@ import trio
 from nacl.signing import SigningKey
 
 from meshactors.client._frames import FrameDecoder, answer_data, encode_request
-from meshactors.control.client import MAX_CONCURRENT_REQUESTS
 from meshactors.daemon.outbox import PEER_WINDOW
 from meshactors.store.db import open_database
 from meshactors.wire.device_id import device_id_from_public_key
+from meshactors.wire.ipc import MAX_CONCURRENT_REQUESTS
 from scripts.demo_mesh import Home, broker
 
 ROOT = Path(__file__).resolve().parents[2]

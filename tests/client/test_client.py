@@ -19,10 +19,10 @@ from meshactors.client import (
     EventStream,
     MeshClient,
 )
-from meshactors.client._conn import MAX_IN_FLIGHT
 from meshactors.store import events as event_log
 from meshactors.store.db import open_database
 from meshactors.store.events import Event
+from meshactors.wire.ipc import MAX_CONCURRENT_REQUESTS
 from tests.client.conftest import LocalDaemon
 from tests.support import publish
 
@@ -45,9 +45,9 @@ async def test_calls_answer_by_id_and_many_run_at_once(running: LocalDaemon) -> 
 
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
-                for _ in range(MAX_IN_FLIGHT * 3):  # more than the daemon takes at once
+                for _ in range(MAX_CONCURRENT_REQUESTS * 3):  # more than the daemon takes at once
                     nursery.start_soon(status)
-        assert len(results) == MAX_IN_FLIGHT * 3
+        assert len(results) == MAX_CONCURRENT_REQUESTS * 3
         assert {r["device_id"] for r in results} == {running.services.identity.device_id}
         assert {r["client_id"] for r in results} == {"c1"}  # all on one connection
 

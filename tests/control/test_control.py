@@ -6,9 +6,9 @@ from typing import Any
 
 import trio
 
-from meshactors.control.client import MAX_CONCURRENT_REQUESTS, OUTGOING_CAPACITY
+from meshactors.control.client import OUTGOING_CAPACITY
 from meshactors.daemon.services import Services
-from meshactors.wire.ipc import MAX_FRAME_BYTES
+from meshactors.wire.ipc import MAX_CONCURRENT_REQUESTS, MAX_FRAME_BYTES
 from tests.support import LineClient
 
 

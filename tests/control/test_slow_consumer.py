@@ -10,9 +10,9 @@ import trio.testing
 
 from meshactors.actors import Broadcast
 from meshactors.control import event_stream
-from meshactors.control.client import MAX_CONCURRENT_REQUESTS
 from meshactors.daemon.services import Services
 from meshactors.ops import system_ops
+from meshactors.wire.ipc import MAX_CONCURRENT_REQUESTS
 
 
 async def test_subscriber_overflow_is_signalled_without_reading() -> None:
