@@ -10,9 +10,9 @@ import attrs
 import h11
 import trio
 
-HEALTH_PATH: Final = b"/health"
+BROKER_HEALTH_PATH: Final = b"/health"
 MAX_HEALTH_REQUEST_BYTES: Final = 8192  # a request head we read before deciding; more is not ours
-_HEALTH_LINE: Final = b"GET " + HEALTH_PATH + b" "  # how a health request's first line begins
+_HEALTH_LINE: Final = b"GET " + BROKER_HEALTH_PATH + b" "  # a health request's first line
 
 
 @attrs.define(eq=False)

@@ -9,7 +9,7 @@ import attrs
 from attrs import validators as v
 
 from meshactors.broker.nonces import NONCE_CACHE_ENTRIES
-from meshactors.wire.broker import MAX_MESSAGE_BYTES, MESSAGE_BURST, MESSAGE_RATE_PER_S
+from meshactors.wire.broker import MAX_BROKER_MESSAGE_BYTES, MESSAGE_BURST, MESSAGE_RATE_PER_S
 
 MAX_PEERS_PER_NETWORK: Final = 256  # members of one network; one more is network_full
 MAX_CONNECTIONS: Final = 4096  # open WebSockets per broker (incl. before hello); more get HTTP 503
@@ -55,7 +55,7 @@ def _two_heartbeats(
 class BrokerConfig:
     """Every tunable limit of one broker; defaults are the module constants."""
 
-    max_message_bytes: int = attrs.field(default=MAX_MESSAGE_BYTES, validator=v.gt(0))
+    max_message_bytes: int = attrs.field(default=MAX_BROKER_MESSAGE_BYTES, validator=v.gt(0))
     message_rate: float = attrs.field(default=MESSAGE_RATE_PER_S, validator=v.gt(0))
     message_burst: int = attrs.field(default=MESSAGE_BURST, validator=v.ge(1))
     max_peers: int = attrs.field(default=MAX_PEERS_PER_NETWORK, validator=v.ge(1))

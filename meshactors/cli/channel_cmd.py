@@ -21,7 +21,7 @@ from meshactors.cli.common import (
 from meshactors.cli.devices import resolve_device
 from meshactors.client import ClientError
 
-SEND_WORDS = "CHANNEL PAYLOAD"  # `channel send`'s free words
+CHANNEL_SEND_WORDS = "CHANNEL PAYLOAD"  # `channel send`'s free words
 SUBSCRIBE_WORDS = "CHANNEL"  # `channel subscribe`'s
 RELIABLE_TTL_S = 10.0  # seconds `channel send --reliable` resends before answering `timeout`
 
@@ -33,7 +33,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     send = channel.add_parser("send", help="publish JSON to every active peer, or --to one")
     network_option(send)
-    send.add_argument("words", nargs="+", metavar=SEND_WORDS, help="PAYLOAD: JSON")
+    send.add_argument("words", nargs="+", metavar=CHANNEL_SEND_WORDS, help="PAYLOAD: JSON")
     send.add_argument("--to", default=None, metavar="PEER", help="only this device (id or label)")
     send.add_argument("--retain", action="store_true", help="late subscribers get it too")
     send.add_argument(
@@ -58,7 +58,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def run_send(args: argparse.Namespace) -> int:
-    words = free_words(args, "channel send", SEND_WORDS, "quote a payload with spaces")
+    words = free_words(args, "channel send", CHANNEL_SEND_WORDS, "quote a payload with spaces")
     if args.reliable and (args.to is None or args.retain):
         fail("--reliable goes to one peer: give --to PEER (and no --retain)", EXIT_USAGE)
     network = network_of(args)

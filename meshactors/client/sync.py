@@ -25,7 +25,7 @@ from meshactors.client.errors import (
 from meshactors.client.mesh import DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, MeshClient
 from meshactors.client.networks import NetworkSync
 
-CONNECT_TIMEOUT = 5.0  # seconds SyncClient waits to reach the socket (it does not retry)
+SYNC_CONNECT_TIMEOUT = 5.0  # seconds SyncClient waits to reach the socket (it does not retry)
 RECEIVE_CHUNK = 64 * 1024  # bytes asked of the socket per read
 
 __all__ = ["ClientError", "DaemonNotRunning", "SyncClient", "SyncMeshClient"]
@@ -48,7 +48,7 @@ class SyncClient:
     def connect(cls, path: Path, timeout: float = DEFAULT_CALL_TIMEOUT) -> SyncClient:
         """Connect to the daemon's socket or raise DaemonNotRunning at once."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(CONNECT_TIMEOUT)
+        sock.settimeout(SYNC_CONNECT_TIMEOUT)
         try:
             sock.connect(str(path))
         except OSError as exc:

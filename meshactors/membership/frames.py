@@ -17,7 +17,7 @@ from meshactors.wire.peer import Frame, register_frame
 
 LOG_PAGE = 64  # facts in one `log_facts` page (a fact is at most about 2 KiB of JSON)
 MAX_HEADS = 64  # hashes named in one `log_heads` (heads) or `log_pull` (heads, older facts)
-MAX_REASON_CHARS = 120
+MAX_REFUSAL_CHARS = 120
 
 
 def _hashes(limit: int) -> Callable[[object, attrs.Attribute[list[str]], list[str]], None]:
@@ -81,7 +81,7 @@ class InviteAnswer(Frame):
     """An owner's or admin's answer to an invite: granted, or refused with its reason."""
 
     accepted: bool
-    reason: str = attrs.field(validator=attrs.validators.max_len(MAX_REASON_CHARS))
+    reason: str = attrs.field(validator=attrs.validators.max_len(MAX_REFUSAL_CHARS))
 
 
 MEMBERSHIP_FRAMES = (LogHeads, LogPull, LogFacts, InviteRedeem, InviteAnswer)

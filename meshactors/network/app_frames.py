@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 
-from meshactors.network.payload import MAX_BATCH, MAX_NAME_CHARS, Payload
+from meshactors.network.payload import MAX_BATCH, MAX_METHOD_OR_CHANNEL_CHARS, Payload
 from meshactors.wire.peer import Frame, register_frame
 
 MAX_ID_CHARS = 64  # a request or acknowledgement id on the wire
@@ -61,7 +61,7 @@ class RpcCall(Frame):
     `timeout_ms`."""
 
     id: str = attrs.field(validator=_text(MAX_ID_CHARS))
-    method: str = attrs.field(validator=_text(MAX_NAME_CHARS))
+    method: str = attrs.field(validator=_text(MAX_METHOD_OR_CHANNEL_CHARS))
     payload: Any
     binary: bool = attrs.field(validator=_binary)
     stream: bool
@@ -122,7 +122,7 @@ class Chan(Frame):
     """A message on a channel; `retain` keeps it as the sender's last value there; with `ack`
     the receiver acknowledges it."""
 
-    channel: str = attrs.field(validator=_text(MAX_NAME_CHARS))
+    channel: str = attrs.field(validator=_text(MAX_METHOD_OR_CHANNEL_CHARS))
     payload: Any
     binary: bool = attrs.field(default=False, validator=_binary)
     retain: bool = False
@@ -142,7 +142,7 @@ class ChanBatch(Frame):
     """Several messages on one channel, in order (one frame, one seal); with `retain` the last
     one is kept as the sender's value."""
 
-    channel: str = attrs.field(validator=_text(MAX_NAME_CHARS))
+    channel: str = attrs.field(validator=_text(MAX_METHOD_OR_CHANNEL_CHARS))
     payloads: list[Any] = attrs.field(validator=_run_length)
     retain: bool = False
 
@@ -159,7 +159,7 @@ class ChanRun(Frame):
     subscribers as its own event. A peer without the `chan_run` feature gets one `chan` each;
     a run too large for one frame goes as two halves."""
 
-    channel: str = attrs.field(validator=_text(MAX_NAME_CHARS))
+    channel: str = attrs.field(validator=_text(MAX_METHOD_OR_CHANNEL_CHARS))
     payloads: list[Any] = attrs.field(validator=_run_length)
     binary: bool = attrs.field(default=False, validator=_binary_each)
     retain: bool = False

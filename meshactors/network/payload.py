@@ -13,7 +13,7 @@ from meshactors.wire.ipc import ErrorCode, OpError
 from meshactors.wire.jsonlimits import MAX_JSON_DEPTH, BadJson, check_json
 
 MAX_PAYLOAD_BYTES = 128 * 1024  # a payload as compact JSON (base64 text for binary)
-MAX_NAME_CHARS = 128  # a method or channel name
+MAX_METHOD_OR_CHANNEL_CHARS = 128  # a method or channel name
 # a string's strict JSON is 2 quotes and at most 12 bytes a character (a surrogate pair's escapes)
 _SURELY_FITTING_CHARS = (MAX_PAYLOAD_BYTES - 2) // 12
 MAX_BATCH = 1024  # payloads in one channel send (`payloads`); all of them within MAX_PAYLOAD_BYTES
@@ -90,11 +90,11 @@ def check_size(payload: Payload) -> None:
 
 
 def check_name(value: str, what: str) -> None:
-    """OpError invalid_params unless `value` is 1-MAX_NAME_CHARS printable characters."""
-    if not 0 < len(value) <= MAX_NAME_CHARS or not value.isprintable():
-        raise OpError(
-            ErrorCode.INVALID_PARAMS, f"{what} must be 1-{MAX_NAME_CHARS} printable characters"
-        )
+    """OpError invalid_params unless `value` is 1-MAX_METHOD_OR_CHANNEL_CHARS printable
+    characters."""
+    limit = MAX_METHOD_OR_CHANNEL_CHARS
+    if not 0 < len(value) <= limit or not value.isprintable():
+        raise OpError(ErrorCode.INVALID_PARAMS, f"{what} must be 1-{limit} printable characters")
 
 
 def _json_size(value: Any) -> int:

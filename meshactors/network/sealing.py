@@ -48,9 +48,9 @@ from meshactors.network.replay import ReplayWindow
 from meshactors.wire.device_id import InvalidDeviceId, public_key_from_device_id
 
 _NONCE = struct.Struct(">QQ8s")  # epoch, counter, direction: the 24-byte Box nonce
-NONCE_BYTES = _NONCE.size  # 24, as Box.NONCE_SIZE requires
+SEAL_NONCE_BYTES = _NONCE.size  # 24, as Box.NONCE_SIZE requires
 MAC_BYTES = 16  # Poly1305 tag at the head of every Box ciphertext
-MIN_SEALED_BYTES = NONCE_BYTES + MAC_BYTES  # a sealed empty frame; anything shorter is tampered
+MIN_SEALED_BYTES = SEAL_NONCE_BYTES + MAC_BYTES  # a sealed empty frame; shorter is tampered
 _FROM_LOWER_KEY = bytes(8)  # direction stamped by the device whose public key sorts lower
 _FROM_HIGHER_KEY = bytes(7) + b"\x01"  # direction stamped by the other device
 
@@ -160,7 +160,7 @@ class PeerOpener:
             raise self._reject("tampered")
         try:
             plaintext = crypto_box_open_easy_afternm(
-                sealed[NONCE_BYTES:], sealed[:NONCE_BYTES], self._key
+                sealed[SEAL_NONCE_BYTES:], sealed[:SEAL_NONCE_BYTES], self._key
             )
         except CryptoError:
             raise self._reject("tampered") from None

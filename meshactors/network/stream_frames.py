@@ -12,7 +12,7 @@ import struct
 import attrs
 
 from meshactors.network.app_frames import WireError
-from meshactors.network.payload import MAX_NAME_CHARS
+from meshactors.network.payload import MAX_METHOD_OR_CHANNEL_CHARS
 from meshactors.wire.peer import BinaryFrame, Frame, register_binary_frame, register_frame
 
 STREAM_ID_BYTES = 16  # a stream id: 128 random bits, 32 hex digits on the wire
@@ -27,8 +27,8 @@ def _stream_id(_instance: object, _attribute: attrs.Attribute[str], value: str) 
 
 
 def _method(_instance: object, _attribute: attrs.Attribute[str], value: str) -> None:
-    if not 0 < len(value) <= MAX_NAME_CHARS:
-        raise ValueError(f"method must be 1-{MAX_NAME_CHARS} characters")
+    if not 0 < len(value) <= MAX_METHOD_OR_CHANNEL_CHARS:
+        raise ValueError(f"method must be 1-{MAX_METHOD_OR_CHANNEL_CHARS} characters")
 
 
 def _credit(_instance: object, _attribute: attrs.Attribute[int], value: int) -> None:

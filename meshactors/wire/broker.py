@@ -44,7 +44,7 @@ SIGNATURE_BYTES: Final = 64
 MAX_HELLO_CHARS: Final = 1024  # a valid hello is ~330 chars; cap before JSON parsing
 MAX_ROLE_CHARS: Final = 32
 MAX_NOTICE_CHARS: Final = 64 * 1024  # a TEXT notice (welcome with 256 peers is ~20 KB)
-MAX_MESSAGE_BYTES: Final = 1 << 20  # a broker's default message size; a welcome without it
+MAX_BROKER_MESSAGE_BYTES: Final = 1 << 20  # a broker's default message size; a welcome without it
 MESSAGE_RATE_PER_S: Final = 2000.0  # a broker's default inbound messages/s per connection
 MESSAGE_BURST: Final = 4000  # a broker's default burst of inbound messages per connection
 MESSAGE_TOO_BIG: Final = 1009  # the close code trio-websocket sends for an oversize message
@@ -260,7 +260,7 @@ class Welcome:
     """The broker's first notice: who is present, and the limits our messages must keep."""
 
     peers: list[tuple[str, str]]  # (device_id, role)
-    max_message_bytes: int = MAX_MESSAGE_BYTES  # one message
+    max_message_bytes: int = MAX_BROKER_MESSAGE_BYTES  # one message
     message_rate: float = MESSAGE_RATE_PER_S  # messages per second, sustained
     message_burst: int = MESSAGE_BURST  # messages at once
 
@@ -324,7 +324,7 @@ def decode_welcome(text: object) -> Welcome:
     peers = data.get("peers")
     if data.get("type") != "welcome" or not isinstance(peers, list):
         raise BrokerProtocolError(f"expected a welcome, got {str(data.get('type'))[:40]!r}")
-    limit = data.get("max_message_bytes", MAX_MESSAGE_BYTES)
+    limit = data.get("max_message_bytes", MAX_BROKER_MESSAGE_BYTES)
     if type(limit) is not int or limit <= RECORD_HEADER_BYTES:
         raise BrokerProtocolError("welcome has a bad max_message_bytes")
     rate = data.get("message_rate", MESSAGE_RATE_PER_S)

@@ -17,7 +17,7 @@ from meshactors.wire.compact import dumps_ascii, dumps_utf8, loads
 
 IPC_API_VERSION = 1
 MAX_FRAME_BYTES = 1024 * 1024  # one request line, newline included
-MAX_ID_CHARS = 128  # a string request id
+MAX_REQUEST_ID_CHARS = 128  # a string request id
 # requests one connection may have in flight (each line ≤ 1 MiB): the daemon answers more with
 # too_many_requests, the client library holds more back until an answer comes
 MAX_CONCURRENT_REQUESTS = 128
@@ -109,7 +109,7 @@ def parse_request(line: bytes) -> Request:
     if not notification and not _valid_id(request_id):
         raise BadFrame(
             ErrorCode.BAD_REQUEST,
-            f"`id` must be a string of at most {MAX_ID_CHARS} characters or an integer "
+            f"`id` must be a string of at most {MAX_REQUEST_ID_CHARS} characters or an integer "
             "(or be left out: a notification)",
             None,
         )
@@ -121,7 +121,7 @@ def parse_request(line: bytes) -> Request:
 
 def _valid_id(value: object) -> bool:
     if isinstance(value, str):
-        return 0 < len(value) <= MAX_ID_CHARS
+        return 0 < len(value) <= MAX_REQUEST_ID_CHARS
     return isinstance(value, int) and not isinstance(value, bool)
 
 

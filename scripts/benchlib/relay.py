@@ -34,7 +34,7 @@ from trio_websocket import (
     serve_websocket,
 )
 
-from meshactors.broker.limits import MAX_MESSAGE_BYTES
+from meshactors.broker.limits import MAX_BROKER_MESSAGE_BYTES
 from meshactors.broker.server import RECEIVE_BUFFER_BYTES
 from meshactors.control.lines import LineReader, Oversized
 from meshactors.wire.ipc import MAX_FRAME_BYTES
@@ -71,7 +71,7 @@ async def write_batches(
                 queued = receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
-            if size + 1 + len(queued) > MAX_MESSAGE_BYTES:
+            if size + 1 + len(queued) > MAX_BROKER_MESSAGE_BYTES:
                 carry = queued
                 break
             batch.append(queued)
@@ -132,7 +132,7 @@ async def daemon_session(url: str, stream: trio.abc.Stream) -> None:
     async with (
         stream,
         open_websocket_url(
-            url, max_message_size=MAX_MESSAGE_BYTES, receive_buffer_size=RECEIVE_BUFFER_BYTES
+            url, max_message_size=MAX_BROKER_MESSAGE_BYTES, receive_buffer_size=RECEIVE_BUFFER_BYTES
         ) as ws,
     ):
         await relay(stream, ws)
@@ -205,7 +205,7 @@ async def main(argv: list[str]) -> None:
                     "127.0.0.1",
                     0,
                     None,
-                    max_message_size=MAX_MESSAGE_BYTES,
+                    max_message_size=MAX_BROKER_MESSAGE_BYTES,
                     receive_buffer_size=RECEIVE_BUFFER_BYTES,
                 )
             )

@@ -11,7 +11,7 @@ from nacl.signing import SigningKey
 from meshactors.network.replay import REPLAY_WINDOW_SIZE
 from meshactors.network.sealing import (
     MIN_SEALED_BYTES,
-    NONCE_BYTES,
+    SEAL_NONCE_BYTES,
     FrameRejected,
     OpenerMemory,
     PeerCrypto,
@@ -72,7 +72,7 @@ def test_sealed_bytes_are_box_encrypt_output_with_epoch_counter_direction_nonce(
     first, second = sealer.seal(b"one"), sealer.seal(b"two")
     stock = Box(alice.to_curve25519_private_key(), bob.verify_key.to_curve25519_public_key())
     assert stock.decrypt(second) == b"two"
-    assert first == bytes(stock.encrypt(b"one", first[:NONCE_BYTES]))
+    assert first == bytes(stock.encrypt(b"one", first[:SEAL_NONCE_BYTES]))
     assert NONCE.unpack_from(first)[:2] == (sealer.epoch, 1)
     assert NONCE.unpack_from(second)[:2] == (sealer.epoch, 2)
     assert len(first) == MIN_SEALED_BYTES + len(b"one")
@@ -81,7 +81,7 @@ def test_sealed_bytes_are_box_encrypt_output_with_epoch_counter_direction_nonce(
 def test_the_two_directions_stamp_different_nonce_tails(alice: SigningKey, bob: SigningKey) -> None:
     to_bob = PeerSealer.for_peer(alice, device_id(bob)).seal(b"x")
     to_alice = PeerSealer.for_peer(bob, device_id(alice)).seal(b"x")
-    tails = {to_bob[16:NONCE_BYTES], to_alice[16:NONCE_BYTES]}
+    tails = {to_bob[16:SEAL_NONCE_BYTES], to_alice[16:SEAL_NONCE_BYTES]}
     assert tails == {bytes(8), bytes(7) + b"\x01"}
 
 
@@ -112,7 +112,8 @@ def test_a_flipped_bit_anywhere_is_tampered_and_does_not_poison_the_window(
 
 def test_truncated_frames_are_tampered(sealer: PeerSealer, opener: PeerOpener) -> None:
     genuine = sealer.seal(b"payload")
-    for length in (0, 1, NONCE_BYTES, MIN_SEALED_BYTES - 1, MIN_SEALED_BYTES, len(genuine) - 1):
+    shortest = MIN_SEALED_BYTES
+    for length in (0, 1, SEAL_NONCE_BYTES, shortest - 1, shortest, len(genuine) - 1):
         assert rejected(opener, genuine[:length]) == "tampered", length
     assert opener.open(genuine) == b"payload"
 
@@ -188,7 +189,7 @@ def test_a_forged_frame_with_a_huge_counter_or_epoch_moves_nothing(
 ) -> None:
     first, second = sealer.seal(b"1"), sealer.seal(b"2")
     opener.open(first)
-    genuine_tail = first[16:NONCE_BYTES]
+    genuine_tail = first[16:SEAL_NONCE_BYTES]
     noise = random.Random(1).randbytes(40)
     for epoch, counter in ((sealer.epoch, 2**63), (sealer.epoch + 10**18, 1)):
         forged = NONCE.pack(epoch, counter, genuine_tail) + noise
