@@ -1,5 +1,5 @@
 """Random bytes from the OS, drawn a block at a time: one `getrandom` call per block instead
-of one per WebSocket mask key or request id, which are drawn on every message."""
+of one per call id, which a network's rpc draws for every call it places."""
 
 from __future__ import annotations
 
@@ -34,5 +34,5 @@ _POOL = EntropyPool()
 
 
 def random_bytes(count: int) -> bytes:
-    """`count` (≤ BLOCK_BYTES) random bytes from the process's pool, for mask keys and ids."""
+    """`count` (≤ BLOCK_BYTES) random bytes from the process's pool, for call ids."""
     return _POOL.take(count)
