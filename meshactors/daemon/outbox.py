@@ -50,7 +50,8 @@ import trio
 from meshactors.actors import Actor, Doorbell, Inbox, Lagged, Reply, Subscriber, take_queued
 from meshactors.clock import wall_ms
 from meshactors.event_hub import EventHub
-from meshactors.network.delivery import (
+from meshactors.network.manager import NetworkManager
+from meshactors.network.message_frames import (
     ACK_TIMEOUT,
     INVALID_MESSAGE,
     MAX_ACKS,
@@ -63,7 +64,6 @@ from meshactors.network.delivery import (
     batches,
     is_permanent,
 )
-from meshactors.network.manager import NetworkManager
 from meshactors.network.peers import STATUS_EVENTS, PeerStatus
 from meshactors.store import inbox as inbox_db
 from meshactors.store import outbox as outbox_db

@@ -17,7 +17,7 @@ from cattrs.gen import make_dict_structure_fn, override
 from meshactors.actors import ActorGone, AskTimeout, unanswered
 from meshactors.control.session import Session
 from meshactors.daemon.outbox import Outbox, message_view
-from meshactors.network.delivery import MAX_MESSAGE_BYTES, MAX_META_BYTES
+from meshactors.network.message_frames import MAX_MESSAGE_BYTES, MAX_META_BYTES
 from meshactors.ops.optable import Merge, Op, converter
 from meshactors.store import inbox as inbox_db
 from meshactors.store import outbox as outbox_db

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from meshactors.daemon.outbox import Outbox
-from meshactors.network.delivery import Msg
+from meshactors.network.message_frames import Msg
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed, active_pair, approve_both
 from tests.support import LineClient
 

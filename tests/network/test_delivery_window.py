@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from meshactors.daemon.outbox import PEER_WINDOW, Outbox
-from meshactors.network.delivery import (
+from meshactors.network.message_frames import (
     BATCH_BYTES,
     BATCH_META_DEPTH,
     MAX_ACKS,

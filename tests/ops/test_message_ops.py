@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from meshactors.daemon.services import Services
-from meshactors.network.delivery import MAX_MESSAGE_BYTES, MAX_META_BYTES, MAX_REF_CHARS, Msg
+from meshactors.network.message_frames import MAX_MESSAGE_BYTES, MAX_META_BYTES, MAX_REF_CHARS, Msg
 from meshactors.store import inbox as inbox_db
 from meshactors.wire.device_id import device_id_from_public_key
 from meshactors.wire.peer import MAX_PEER_FRAME_BYTES, encode_frame
