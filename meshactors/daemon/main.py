@@ -100,6 +100,7 @@ async def serve(
     networks = NetworkManager(
         identity=options.identity, store=store, events=events, declared_role=options.role
     )
+    outbox = Outbox(store, events, networks, options.durable)
     services = Services(
         version=__version__,
         identity=options.identity,
@@ -110,9 +111,7 @@ async def serve(
         ops=build_ops(debug=options.debug_ops),
         started_at=trio.current_time(),
         networks=networks,
-    )
-    outbox = services.extras[message_ops.OUTBOX_KEY] = Outbox(
-        store, events, networks, options.durable
+        outbox=outbox,
     )
     embedded = (
         []

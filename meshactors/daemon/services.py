@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
 from meshactors.actors import Doorbell, Node
+from meshactors.daemon.outbox import Outbox
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.network.manager import NetworkManager
@@ -30,9 +31,9 @@ class Services:
     events: EventHub
     ops: OpTable
     started_at: float  # trio.current_time() at start, for uptime
-    networks: NetworkManager | None = None  # the `networks` supervisor, once built
+    networks: NetworkManager  # the `networks` supervisor
+    outbox: Outbox  # the durable outbox, which accepts sends and delivers them
     shutdown: Doorbell = attrs.field(factory=Doorbell)  # rung to stop the daemon
-    extras: dict[str, Any] = attrs.field(factory=dict)
 
     def uptime(self) -> float:
         """Seconds since the daemon started."""

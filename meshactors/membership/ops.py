@@ -26,7 +26,7 @@ from meshactors.membership.facts import (
 )
 from meshactors.membership.part import MAX_TTL_S
 from meshactors.network.config import NetworkConfig
-from meshactors.ops.network_ops import config_of, manager_of
+from meshactors.ops.network_ops import config_of, network_of
 from meshactors.ops.optable import Op
 from meshactors.wire.device_id import is_device_id
 from meshactors.wire.ipc import ErrorCode, OpError
@@ -106,7 +106,7 @@ def _device(device_id: str) -> str:
 
 async def _join_closed(session: Session, config: NetworkConfig, genesis: Genesis) -> Network:
     """Keep the genesis, then join: the network's core finds it there when it starts."""
-    manager = manager_of(session)
+    manager = session.services.networks
     try:
         await session.services.store.call(
             functools.partial(log_db.save_genesis, genesis=genesis), what="save the genesis"
@@ -125,7 +125,7 @@ async def network_create_closed(session: Session, params: ClosedCreate) -> dict[
     """Create a closed network owned by this device and join it; the bootstrap lets other
     devices join it (they become members once granted)."""
     config = config_of(params.config)
-    if config.id in {n.config.id for n in manager_of(session).all()}:
+    if config.id in {n.config.id for n in session.services.networks.all()}:
         raise OpError(ErrorCode.CONFLICT, f"network {config.id!r} is joined already")
     identity = session.services.identity
     genesis = new_genesis(identity, config.id, wall_ms())
@@ -181,7 +181,7 @@ async def network_join_invite(session: Session, params: JoinInvite) -> dict[str,
 
 async def members_list(session: Session, params: MembersRef) -> dict[str, Any]:
     """Every device a closed network's log names: role, granted_by, at, status."""
-    network = manager_of(session).get(params.network)
+    network = network_of(session, params.network)
     members = await network.ask("list members", network.membership.members)
     return {"network": params.network, "members": members}
 
@@ -189,7 +189,7 @@ async def members_list(session: Session, params: MembersRef) -> dict[str, Any]:
 async def _append(
     session: Session, network_id: str, kind: str, device: str, role: str
 ) -> dict[str, Any]:
-    network = manager_of(session).get(network_id)
+    network = network_of(session, network_id)
     work = functools.partial(network.membership.append, kind, _device(device), role)
     return {"network": network_id, **await network.ask_await(f"{kind} a member", work)}
 
@@ -217,7 +217,7 @@ async def members_invite(session: Session, params: MembersInvite) -> dict[str, A
         raise OpError(ErrorCode.INVALID_PARAMS, f"ttl_s must be above 0, at most {MAX_TTL_S}")
     if not 1 <= params.uses <= MAX_USES:
         raise OpError(ErrorCode.INVALID_PARAMS, f"uses must be 1 to {MAX_USES}")
-    network = manager_of(session).get(params.network)
+    network = network_of(session, params.network)
     role = _role(params.role)
     invite = await network.ask(
         "make an invite",

@@ -16,8 +16,9 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from meshactors.actors import ActorGone, AskTimeout, unanswered
 from meshactors.control.session import Session
-from meshactors.daemon.outbox import Outbox, message_view
+from meshactors.daemon.outbox import message_view
 from meshactors.network.message_frames import MAX_MESSAGE_BYTES, MAX_META_BYTES
+from meshactors.ops.network_ops import network_of
 from meshactors.ops.optable import Merge, Op, converter
 from meshactors.store import inbox as inbox_db
 from meshactors.store import outbox as outbox_db
@@ -30,7 +31,6 @@ from meshactors.wire.ipc import ErrorCode, OpError
 if TYPE_CHECKING:
     from meshactors.network.network import Network
 
-OUTBOX_KEY = "outbox"  # Services.extras key of the outbox actor
 ALL_PEERS = "*"  # `to`: every approved peer
 TAG_PREFIX = "@"  # `to`: approved peers advertising the tag after it
 DEFAULT_PAGE = 100  # inbox and outbox_list rows when no limit is given
@@ -114,24 +114,9 @@ async def _store_call(session: Session, fn: Any, what: str) -> Any:
         raise OpError(ErrorCode.INVALID_PARAMS, str(exc)) from None
 
 
-def _network(session: Session, network_id: str) -> Network:
-    manager = session.services.networks
-    if manager is None:
-        raise OpError(ErrorCode.UNAVAILABLE, "the networks supervisor is not running")
-    return manager.get(network_id)
-
-
 def _run_key(params: SendParams) -> tuple[str, SendParams]:
     """Consecutive sends to one network accept in one store call (see `send_run`)."""
     return params.network, params
-
-
-def _outbox(session: Session) -> Outbox:
-    """The outbox actor, which accepts sends and delivers them."""
-    outbox = session.services.extras.get(OUTBOX_KEY)
-    if not isinstance(outbox, Outbox):
-        raise OpError(ErrorCode.UNAVAILABLE, "the outbox is not running")
-    return outbox
 
 
 def _check_sizes(params: SendParams) -> None:
@@ -215,7 +200,7 @@ async def send_run(
     """`send` for consecutive sends of one connection to one network (the in-order runner
     merges them): one store call accepts them all, each answered with its own outcome once
     the transaction holding its row is committed."""
-    network = _network(session, first.network)
+    network = network_of(session, first.network)
     own_device_id = session.services.identity.device_id
     staged: list[outbox_db.SendRequest | OpError] = []  # checked, its destination resolved
     for params in items:
@@ -240,7 +225,7 @@ async def send_run(
         staged.append(request)
     ready = [item for item in staged if isinstance(item, outbox_db.SendRequest)]
     accepted = iter(
-        await _outbox(session).accept(
+        await session.services.outbox.accept(
             first.network,
             ready,
             [recipient for item in ready for recipient in item.recipients],
@@ -356,7 +341,7 @@ async def outbox_requeue(session: Session, params: RequeueParams) -> dict[str, A
         ),
         "requeue",
     )
-    _outbox(session).poke()
+    session.services.outbox.poke()
     return {"superseded": params.outbox_id, "row": row_view(row)}
 
 

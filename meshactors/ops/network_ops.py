@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
 from meshactors.control.session import Session
 from meshactors.identity import validate_label
 from meshactors.network.config import ConfigError, NetworkConfig
-from meshactors.network.manager import NetworkManager
 from meshactors.network.peers import CAPABILITIES_KEY, PROFILE_KEY, stored_setting
 from meshactors.ops.optable import NoParams, Op
 from meshactors.store import networks as network_db
@@ -19,6 +18,9 @@ from meshactors.store.db import immediate
 from meshactors.wire.device_id import is_device_id
 from meshactors.wire.ipc import ErrorCode, OpError
 from meshactors.wire.peer import Capabilities, Profile, converter
+
+if TYPE_CHECKING:
+    from meshactors.network.network import Network
 
 T = TypeVar("T")
 
@@ -97,11 +99,9 @@ class ProfileGet:
     network: str | None = None
 
 
-def manager_of(session: Session) -> NetworkManager:
-    manager = session.services.networks
-    if manager is None:
-        raise OpError(ErrorCode.UNAVAILABLE, "the networks supervisor is not running")
-    return manager
+def network_of(session: Session, network_id: str) -> Network:
+    """The joined network an op names (OpError no_such_network)."""
+    return session.services.networks.get(network_id)
 
 
 def _structure(data: dict[str, Any], cls: type[T], what: str) -> T:
@@ -133,13 +133,13 @@ def _device(device_id: str) -> str:
 
 async def network_add(session: Session, params: ConfigParams) -> dict[str, Any]:
     """Join a network and keep it across restarts; idempotent for the same config."""
-    network, added = await manager_of(session).add(config_of(params.config))
+    network, added = await session.services.networks.add(config_of(params.config))
     return {"network": await network.summary(), "added": added}
 
 
 async def network_update(session: Session, params: ConfigParams) -> dict[str, Any]:
     """Change a network's label, auto_approve or brokers; reconnects only for brokers."""
-    manager = manager_of(session)
+    manager = session.services.networks
     config = config_of(params.config)
     reconnect = await manager.update(config)
     return {"network": await manager.get(config.id).summary(), "reconnect": reconnect}
@@ -147,32 +147,32 @@ async def network_update(session: Session, params: ConfigParams) -> dict[str, An
 
 async def network_remove(session: Session, params: NetworkRemove) -> dict[str, Any]:
     """Leave a network now and forget it."""
-    await manager_of(session).remove(params.network, purge=params.purge)
+    await session.services.networks.remove(params.network, purge=params.purge)
     return {"removed": params.network, "purge": params.purge}
 
 
 async def networks_list(session: Session, _: NoParams) -> dict[str, Any]:
     """Every joined network with its phase."""
-    return {"networks": await manager_of(session).summaries()}
+    return {"networks": await session.services.networks.summaries()}
 
 
 async def peers_list(session: Session, params: PeersList) -> dict[str, Any]:
     """The peers of a network with status, role, rtt, capabilities and profile."""
-    network = manager_of(session).get(params.network)
+    network = network_of(session, params.network)
     peers = await network.peers.list_peers(include_all=params.all)
     return {"network": params.network, "peers": peers}
 
 
 async def roster_list(session: Session, params: NetworkRef) -> dict[str, Any]:
     """The devices approved, denied or pending in a network."""
-    network = manager_of(session).get(params.network)
+    network = network_of(session, params.network)
     roster = await network.peers.list_roster()
     return {"network": params.network, "roster": roster}
 
 
 async def roster_approve(session: Session, params: RosterApprove) -> dict[str, Any]:
     """Approve a device (seen or not yet); it is active once it approves us too."""
-    network = manager_of(session).get(params.network)
+    network = network_of(session, params.network)
     try:
         label = validate_label(params.label)
     except ValueError as exc:
@@ -183,14 +183,14 @@ async def roster_approve(session: Session, params: RosterApprove) -> dict[str, A
 
 async def roster_deny(session: Session, params: RosterDevice) -> dict[str, Any]:
     """Deny a device: it is never active, and is told so."""
-    network = manager_of(session).get(params.network)
+    network = network_of(session, params.network)
     peer = await network.peers.deny(_device(params.device_id))
     return {"network": params.network, "peer": peer}
 
 
 async def roster_remove(session: Session, params: RosterDevice) -> dict[str, Any]:
     """Forget a device's approval; its traffic is cut off at once."""
-    network = manager_of(session).get(params.network)
+    network = network_of(session, params.network)
     removed = await network.peers.forget(_device(params.device_id))
     if not removed:
         raise OpError(ErrorCode.NOT_FOUND, f"{params.device_id} is not in the roster")
@@ -199,7 +199,7 @@ async def roster_remove(session: Session, params: RosterDevice) -> dict[str, Any
 
 async def capabilities_set(session: Session, params: CapabilitiesSet) -> dict[str, Any]:
     """Advertise capabilities in a network; kept across restarts, sent to peers live."""
-    network = manager_of(session).get(params.network)
+    network = network_of(session, params.network)
     capabilities = _structure(params.capabilities, Capabilities, "capabilities")
     plain = converter.unstructure(capabilities)
     await session.services.store.call(
@@ -215,7 +215,7 @@ async def capabilities_set(session: Session, params: CapabilitiesSet) -> dict[st
 async def profile_set(session: Session, params: ProfileSet) -> dict[str, Any]:
     """Change the given fields of one network's profile, or (without `network`) the global
     one; a network without its own profile starts from the global one."""
-    manager = manager_of(session)
+    manager = session.services.networks
     fields = attrs.asdict(params)
     network_id = fields.pop("network")
     changes = {key: value for key, value in fields.items() if value is not None}
@@ -238,7 +238,7 @@ async def profile_set(session: Session, params: ProfileSet) -> dict[str, Any]:
 async def profile_get(session: Session, params: ProfileGet) -> dict[str, Any]:
     """Our profile in one network (its own, else the global one), or the global one."""
     if params.network is not None:
-        manager_of(session).get(params.network)
+        network_of(session, params.network)
     profile, scope = await session.services.store.call(
         functools.partial(_own_profile, network=params.network), what="read profile"
     )

@@ -17,6 +17,7 @@ from meshactors.control.session import Session
 from meshactors.network.app_frames import MAX_ERROR_CHARS, MAX_ID_CHARS
 from meshactors.network.payload import Payload, check_name, payload_of, payloads_of
 from meshactors.network.rpc import Rpc, check_timeout
+from meshactors.ops.network_ops import network_of
 from meshactors.ops.optable import Merge, Op
 from meshactors.wire.ipc import ErrorCode, OpError
 
@@ -136,21 +137,13 @@ class ChannelSendReliable:
     message_id: str | None = None  # the program's id: a retry with the same one is deduplicated
 
 
-def network_of(session: Session, network_id: str) -> Network:
-    manager = session.services.networks
-    if manager is None:
-        raise OpError(ErrorCode.UNAVAILABLE, "the networks supervisor is not running")
-    return manager.get(network_id)
-
-
 async def _at_holder(
     session: Session, request_id: str, what: str, act: Callable[[Rpc], T], *, served: bool
 ) -> T:
     """Run `act` in the core of the network that holds a call by id (served here, or made from
     here) and return what it gave: one ask per network tried, the look-up and the work in the
     same ask, so answering a call costs one trip to core."""
-    manager = session.services.networks
-    for network in manager.all() if manager is not None else []:
+    for network in session.services.networks.all():
         rpc = network.rpc
         held = rpc.has_inbound if served else rpc.has_outbound
 
@@ -180,7 +173,7 @@ def _release_at_close(
     async def gone() -> None:
         try:
             network = network_of(session, network_id)
-        except OpError:  # not joined, or no networks supervisor: nothing runs that holds it
+        except OpError:  # not joined: nothing runs that holds it
             return
         for last in (False, True):
             try:

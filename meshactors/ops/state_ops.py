@@ -11,8 +11,8 @@ import trio
 
 from meshactors.actors import Pending
 from meshactors.control.session import Session
+from meshactors.ops.network_ops import network_of
 from meshactors.ops.optable import Op
-from meshactors.ops.rpc_ops import network_of
 from meshactors.wire.ipc import ErrorCode, OpError
 
 WRITE_TIMEOUT = 30.0  # seconds a write waits to be saved (the store's own call timeout)

@@ -18,8 +18,8 @@ from meshactors.control.session import Session
 from meshactors.network.payload import check_name
 from meshactors.network.rpc import check_timeout
 from meshactors.network.stream_pipe import Pipe
+from meshactors.ops.network_ops import network_of
 from meshactors.ops.optable import Op
-from meshactors.ops.rpc_ops import network_of
 from meshactors.wire.ipc import ErrorCode, OpError
 
 

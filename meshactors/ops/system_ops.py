@@ -14,7 +14,6 @@ from meshactors.control.event_stream import (
     replay_then_follow,
 )
 from meshactors.control.session import Session
-from meshactors.network.link import LINK_ROLE
 from meshactors.ops.optable import NoParams, Op
 from meshactors.wire.ipc import IPC_API_VERSION, ErrorCode, OpError
 
@@ -28,10 +27,10 @@ async def status(session: Session, _: NoParams) -> dict[str, Any]:
         "version": services.version,
         "device_id": services.identity.device_id,
         "label": services.identity.label,
-        "role": services.networks.role if services.networks is not None else LINK_ROLE,
+        "role": services.networks.role,
         "uptime_s": round(services.uptime(), 3),
         "socket": str(services.paths.socket),
-        "networks": [] if services.networks is None else await services.networks.summaries(),
+        "networks": await services.networks.summaries(),
         "clients": len(services.client_nodes()),
         "client_id": session.client_id,
     }

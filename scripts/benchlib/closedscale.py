@@ -44,7 +44,6 @@ async def _eviction(root: Path, size: int) -> dict[str, Any]:
                 functools.partial(log_db.save_genesis, genesis=genesis), what="save genesis"
             )
             await member.add_network(config)
-        assert owner.services.networks is not None
         network = owner.services.networks.get(NET)
         for member in others:
             grant = functools.partial(

@@ -40,12 +40,10 @@ class Member:
 
     async def add_network(self, config: NetworkConfig) -> None:
         """Join a network as the network_add op does."""
-        assert self.services.networks is not None
         await self.services.networks.add(config)
 
     def peers(self, network: str) -> Peers:
         """The peers actor of a joined network."""
-        assert self.services.networks is not None
         return self.services.networks.get(network).peers
 
     async def wait(self, predicate: Predicate, count: int) -> None:

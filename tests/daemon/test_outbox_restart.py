@@ -34,7 +34,7 @@ async def test_an_outbox_crash_leaves_connected_clients_alone(
         client = LineClient(await trio.open_unix_socket(str(services.paths.socket)))
         with trio.fail_after(WAIT):
             before = await client.call("status")
-            services.extras["outbox"].poke()
+            services.outbox.poke()
             await restarted.wait()
             after = await client.call("status")
         assert after["ok"] and after["data"]["client_id"] == before["data"]["client_id"]

@@ -49,7 +49,6 @@ class Daemon:
         return self.services.identity.device_id
 
     def network(self, network_id: str = NET) -> Network:
-        assert self.services.networks is not None
         return self.services.networks.get(network_id)
 
     async def call(self, op: str, **params: Any) -> dict[str, Any]:

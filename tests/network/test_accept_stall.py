@@ -91,7 +91,7 @@ async def test_a_stalled_store_holds_at_most_max_accepting_accepts_and_sends_all
 ) -> None:
     monkeypatch.setattr(outbox_module, "MAX_ACCEPTING", 2, raising=False)
     a, b = await active_pair(mesh)
-    outbox = a.services.extras["outbox"]
+    outbox = a.services.outbox
     assert isinstance(outbox, Outbox)
     await _quiet(a.services.store)
     keys = [f"held-{n}" for n in range(5)]
@@ -154,7 +154,7 @@ async def test_a_peer_that_left_while_a_run_waited_for_its_accept_place_uses_up_
 ) -> None:
     monkeypatch.setattr(outbox_module, "MAX_ACCEPTING", 1, raising=False)
     a, b = await active_pair(mesh)
-    outbox = a.services.extras["outbox"]
+    outbox = a.services.outbox
     assert isinstance(outbox, Outbox)
     await _quiet(a.services.store)
     answers: list[dict[str, Any]] = []
@@ -190,7 +190,7 @@ async def test_a_peer_that_left_while_its_claim_was_being_stored_uses_up_no_atte
     """Core's send refuses the claimed batch: `peer_not_active`, or `no_such_peer` once a's
     core has forgotten b altogether (roster_remove drops an absent peer)."""
     a, b = await active_pair(mesh)
-    outbox = a.services.extras["outbox"]
+    outbox = a.services.outbox
     assert isinstance(outbox, Outbox)
     await _quiet(a.services.store)
     answers: list[dict[str, Any]] = []

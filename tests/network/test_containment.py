@@ -47,7 +47,6 @@ async def test_a_network_crashing_for_good_leaves_the_other_network_and_clients_
 
     monkeypatch.setattr(Network, "run", counted_start)
     monkeypatch.setattr(Peers, "handle", crash_on_a_message)
-    assert b.services.networks is not None
     b.services.networks.limits = FAST
     await b.join(mesh.url, "doomed")
     b.network("doomed").limits = FAST

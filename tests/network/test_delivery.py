@@ -91,7 +91,7 @@ async def test_a_redelivered_message_is_stored_once_and_acked_again(mesh: Mesh) 
     a, b = await active_pair(mesh)
     sent = await a.call("send", network=NET, to=b.device_id, message="once")
     await delivered(a, sent["id"])
-    receiver = b.services.extras["outbox"]
+    receiver = b.services.outbox
     assert isinstance(receiver, Outbox)
     frame = Msg(sent["id"], sent["client_message_id"], "once", None, "next", None, 1)
     await a.network().send_to_peer(b.device_id, frame)  # as a retry after a lost ack would
@@ -162,7 +162,7 @@ async def test_a_delivery_waiting_out_a_backoff_goes_when_its_peer_returns(mesh:
     a, _, sent = await sent_while_both_were_down(mesh, "backed off", edit)
     row = await delivered(a, sent["id"])
     assert row["deliveries"][0]["attempts"] == 8  # cut short, not counted as a failure
-    outbox = a.services.extras["outbox"]
+    outbox = a.services.outbox
     assert isinstance(outbox, Outbox)
     assert outbox.figures()["backoffs_cut"] == 1
 

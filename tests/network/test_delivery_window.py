@@ -70,7 +70,7 @@ async def send_many(daemon: Daemon, to: str, count: int) -> list[str]:
 async def outbox_to_raw_peer(mesh: Mesh, nursery: trio.Nursery) -> tuple[Daemon, RawPeer, Outbox]:
     """A daemon, a hand-made peer it approved, and the daemon's outbox actor."""
     b, raw = await approved_raw_peer(mesh, nursery)
-    outbox = b.services.extras["outbox"]
+    outbox = b.services.outbox
     assert isinstance(outbox, Outbox)
     return b, raw, outbox
 

@@ -285,7 +285,6 @@ def networks_running(tree: dict[str, Any]) -> list[str]:
 async def hold_networks(daemon: Daemon, nursery: trio.Nursery) -> StartGate:
     """Hold the `networks` supervisor in the start of a gate child: the starts and stops the
     manager asks of it meanwhile wait in order behind it, until the gate is opened."""
-    assert daemon.services.networks is not None
     gate = StartGate()
     spec = ChildSpec("gate", gate, Restart.TEMPORARY)
     nursery.start_soon(daemon.services.networks.start_child, spec)
@@ -328,7 +327,6 @@ async def test_an_add_that_finds_a_network_of_its_id_it_does_not_record_conflict
     never reached it): the add is refused as `conflict`, not internal, with its config not kept
     for the next daemon start, and has that child stopped, so the next add joins."""
     a = await mesh.daemon("a")
-    assert a.services.networks is not None
     stray = StartGate()
     stray.opened.set()
     await a.services.networks.start_child(ChildSpec(f"network {NET}", stray, Restart.TEMPORARY))
