@@ -1,5 +1,5 @@
-"""Channels of one network: the `channels` actor and one `channel <name>` pump per subscribed
-channel, made by the first subscriber and stopped after the last.
+"""Channels of one network: the `channels` part of its core and one `channel <name>` pump per
+subscribed channel, made by the first subscriber and stopped after the last.
 
 Received messages go from the frame handler to the channel's pump as event lines, encoded
 once per frame whatever the number of subscribers (a bounded inbox of frames' worth of
@@ -144,7 +144,7 @@ class Channels:
 
     network: str
     wire: AppWire
-    tree: Supervisor | None = None  # the network supervisor the pumps run under (set by it)
+    supervisor: Supervisor | None = None  # the network's, which the pumps run under (set by it)
     postbox: Postbox = attrs.field(init=False)
     received: RetainedStore = attrs.field(factory=received_store, init=False)  # (sender, channel)
     own: RetainedStore = attrs.field(factory=RetainedStore, init=False)  # (channel, target)
@@ -213,7 +213,7 @@ class Channels:
             return True
 
     async def _start_pump(self, channel: str) -> ChannelPump:
-        if self.tree is None:
+        if self.supervisor is None:
             raise OpError(ErrorCode.UNAVAILABLE, f"channels of {self.network} are not running")
         if len(self._pumps) >= MAX_CHANNELS:
             raise OpError(ErrorCode.CONFLICT, f"at most {MAX_CHANNELS} channels per network")
@@ -221,11 +221,11 @@ class Channels:
         try:
             # A pump of this name we do not record (a stop that never reached the supervisor)
             # is replaced.
-            await self.tree.start_child(_pump_spec(pump), replace=True)
+            await self.supervisor.start_child(_pump_spec(pump), replace=True)
         except BaseException:
             # Core crashed or gave up waiting: the supervisor may still start it, so have it
             # stopped after that; we record only what the supervisor said it started.
-            self.tree.stop_child_nowait(_pump_name(channel))
+            self.supervisor.stop_child_nowait(_pump_name(channel))
             raise
         self._pumps[channel], self._readers[channel] = pump, set()
         return pump
@@ -239,8 +239,8 @@ class Channels:
         # Forgotten first: a stop sent is done even if core stops waiting for it (a crash), so
         # keeping the pump would have later subscribers join one that no longer runs.
         del self._pumps[channel], self._readers[channel]
-        if self.tree is not None:
-            await self.tree.stop_child(_pump_name(channel))
+        if self.supervisor is not None:
+            await self.supervisor.stop_child(_pump_name(channel))
 
     async def client_gone(self, client: ChannelClient) -> None:
         """Unsubscribe a closed connection from every channel it read."""
@@ -455,7 +455,7 @@ def _group_frames(
 ) -> list[Frame]:
     """One `chan` frame for one payload; several as one `chan_batch` (JSON payloads only), or,
     when `separate` (all binary or none), as `chan_run` frames of at most MAX_BATCH each (the
-    peers actor splits one too large to send)."""
+    peer table splits one too large to send)."""
     if len(payloads) == 1:
         return [Chan(channel, payloads[0].value, payloads[0].binary, retain)]
     values = [payload.value for payload in payloads]

@@ -243,8 +243,9 @@ class NetworkManager(Supervisor):
         network = self._networks.pop(network_id, None)
         stopping: AskTimeout | None = None
         if network is not None:
-            with contextlib.suppress(ActorGone, AskTimeout):
-                await network.peers.say_bye("network removed")
+            bye = functools.partial(network.peers.say_bye, "network removed")
+            with contextlib.suppress(OpError):  # best effort: the broker says so too
+                await network.ask_await("say bye", bye)
             try:
                 await self.stop_child(_child_name(network_id), on_stopped=network.retire)
             except AskTimeout as exc:

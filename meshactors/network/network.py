@@ -1,5 +1,5 @@
-"""The `network <id>` supervisor: `core` (peers, rpc, channels), `link` and the channel pumps
-of one joined network."""
+"""The `network <id>` supervisor: `core` (with its parts: peers, membership, rpc, channels,
+streams, the state replica), `link` and the channel pumps of one joined network."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from meshactors.netstate.writers import open_network_writers
 from meshactors.network.app_wire import AppWire
 from meshactors.network.channels import Channels
 from meshactors.network.config import NetworkConfig
-from meshactors.network.core import NetworkCore
+from meshactors.network.core import COMMAND_TIMEOUT, NetworkCore
 from meshactors.network.link import LINK_ROLE, Link, UseBrokers
-from meshactors.network.peers import COMMAND_TIMEOUT, AppHandler, Peers, Phase
+from meshactors.network.peers import AppHandler, Peers, Phase
 from meshactors.network.rpc import Rpc
 from meshactors.network.streams import Streams
 from meshactors.store.actor import StoreActor
@@ -48,6 +48,7 @@ class Network(Supervisor):
     kind: ClassVar[str] = "network"
 
     config: NetworkConfig
+    core: NetworkCore
     peers: Peers
     link: Link
     rpc: Rpc
@@ -76,13 +77,14 @@ class Network(Supervisor):
         peers = Peers(
             config.id, identity, store, events, auto_approve=config.auto_approve, role=role
         )
+        core = NetworkCore(peers)
         link = Link(
-            config.id, list(config.brokers), identity.signing_key, peers.inbox, role, events=events
+            config.id, list(config.brokers), identity.signing_key, core.inbox, role, events=events
         )
         wire = AppWire(peers, identity.device_id)
-        rpc = Rpc(config.id, wire, peers.tell)
+        rpc = Rpc(config.id, wire, core.tell)
         channels = Channels(config.id, wire)
-        streams = Streams(config.id, wire, peers.tell, rpc.binary_owner)
+        streams = Streams(config.id, wire, core.tell, rpc.binary_owner)
         membership = Membership(config.id, identity, store, events, peers, link.inbox)
         peers.gate = membership
         for frame in MEMBERSHIP_FRAMES:
@@ -95,8 +97,16 @@ class Network(Supervisor):
             [rpc.on_peer_status, channels.on_peer_status, streams.on_peer_status]
         )
         peers.status_listeners.append(state.on_peer_status)
+        core.parts = {
+            "membership": membership,
+            "rpc": rpc,
+            "channels": channels,
+            "streams": streams,
+            "state": state,
+        }
         network = cls(
             config=config,
+            core=core,
             peers=peers,
             link=link,
             rpc=rpc,
@@ -105,24 +115,12 @@ class Network(Supervisor):
             membership=membership,
             state=state,
             fixed=[
-                ChildSpec(
-                    "core",
-                    NetworkCore(
-                        peers,
-                        {
-                            "membership": membership,
-                            "rpc": rpc,
-                            "channels": channels,
-                            "streams": streams,
-                            "state": state,
-                        },
-                    ),
-                ),
+                ChildSpec("core", core),
                 ChildSpec("link", link, shutdown_timeout=LINK_SHUTDOWN_TIMEOUT),
             ],
             strategy=Strategy.REST_FOR_ONE,
         )
-        channels.tree = network
+        channels.supervisor = network
         return network
 
     def figures(self) -> dict[str, object]:
@@ -142,19 +140,19 @@ class Network(Supervisor):
     ) -> T:
         """`ask` for work that may wait inside core (only on the link's bounded queue)."""
         try:
-            return await self.peers.ask(fn, what, timeout)
+            return await self.core.ask(fn, what, timeout)
         except (ActorGone, AskTimeout) as exc:
             raise unanswered(exc) from None
 
     def tell(self, fn: Callable[[], None]) -> bool:
         """Have core run `fn` without waiting for it; False when core's inbox is full."""
-        return self.peers.tell(fn)
+        return self.core.tell(fn)
 
     def retire(self) -> None:
         """The network is stopped for good (removed, or its supervisor's run ended): an ask to
         its core, queued or to come, fails at once with `unavailable` instead of timing out."""
         self.retired = True
-        self.peers.retire()
+        self.core.retire()
 
     def register_app_handler(self, tag: str, handler: AppHandler) -> None:
         """Route application frames of type `tag` from active peers to `handler`."""
@@ -180,7 +178,9 @@ class Network(Supervisor):
         """Take a new config of the same id; reconnects only if the brokers changed (→ True)."""
         reconnect = config.needs_reconnect_from(self.config)
         self.config = config
-        await self.peers.set_auto_approve(config.auto_approve)
+        await self.ask(
+            "set auto_approve", functools.partial(self.peers.set_auto_approve, config.auto_approve)
+        )
         if reconnect:
             await self.link.inbox.send(UseBrokers(list(config.brokers)))
         return reconnect

@@ -1,9 +1,10 @@
-"""The `peers` actor: sealed handshake, roster and approval, presence, rtt, capabilities, profile.
+"""The peer table, a part of a network's `core` actor: sealed handshake, roster and approval,
+presence, rtt, capabilities, profile.
 
-It reads everything the link hears (presence, batches of sealed records) and every command
-from ops through one bounded inbox, so the peer table changes in one task only. A peer is
-`active` when both sides approved it, it is present at the broker and speaks our protocol
-major; only active peers' application frames reach the registered handlers.
+Core hands it everything the link hears (presence, batches of sealed records) and runs ops'
+commands on it in core's task, so the peer table changes in one task only. A peer is `active`
+when both sides approved it, it is present at the broker and speaks our protocol major; only
+active peers' application frames reach the registered handlers.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import structlog
 import trio
 
 from meshactors._version import __version__
-from meshactors.actors import LanedInbox, Reply
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.network.link import (
@@ -74,8 +74,6 @@ PEER_PING_INTERVAL = 15.0  # seconds between rtt probes to one handshaken peer, 
 PING_RATE = 1.0  # rtt probes per second per network at most, however many peers it holds
 ROSTER_BATCH = 256  # auto-approvals held before they are saved, even while link events queue
 MAX_PEERS = 1024  # peers tracked per network (the broker admits 256 by default)
-PEERS_INBOX = 1024  # link events queued before the link's reader waits, and as many requests
-COMMAND_TIMEOUT = 10.0  # seconds an op waits for the peers actor to answer
 REJECTED_NON_MEMBER = "rejected_non_member"  # frames of a device a closed network keeps out
 CONTROL_PLANE_ROLE = "control-plane"  # hidden from peers_list unless `all`
 CAPABILITIES_KEY = "capabilities"  # local_settings key of our advert in a network
@@ -162,28 +160,10 @@ class Gate(Protocol):
         """What networks_list shows of the membership."""
 
 
-@attrs.frozen
-class _Call:
-    """Run `fn` inside core and answer with its result."""
-
-    fn: Callable[[], Awaitable[Any]]
-    reply: Reply[Any]
-
-
-@attrs.frozen
-class _Tell:
-    """Run `fn` inside core; nobody waits for it (e.g. a waiter that gave up)."""
-
-    fn: Callable[[], None]
-
-
-_Message = LinkEvent | _Call | _Tell
-
-
 @attrs.define(eq=False)
 class Peers:
-    """One network's peer table, a part of its `core` actor: the link feeds core's inbox (this
-    `inbox`), ops ask it, and only core's task runs this code."""
+    """One network's peer table, a part of its `core` actor: core hands it the link's events
+    and runs ops' commands on it, and only core's task runs this code."""
 
     network: str
     identity: Identity
@@ -191,7 +171,6 @@ class Peers:
     events: EventHub
     auto_approve: bool = False
     role: str = LINK_ROLE  # the role the link announces, sent in our hellos
-    inbox: LanedInbox[_Message] = attrs.field(factory=lambda: LanedInbox(PEERS_INBOX, PEERS_INBOX))
     phase: Phase = Phase.CONNECTING
     capabilities: Capabilities = attrs.field(factory=Capabilities)
     _global_profile: Profile = attrs.field(factory=Profile)
@@ -261,7 +240,7 @@ class Peers:
             ),
         }
 
-    # -- the API other actors and ops call -------------------------------------------------
+    # -- what core's other parts call, and ops by asking core ---------------------------------
 
     def register_app_handler(self, tag: str, handler: AppHandler) -> None:
         """Route application frames of type `tag` from active peers to `handler`."""
@@ -346,72 +325,82 @@ class Peers:
         """Device ids of the peers application traffic may go to now."""
         return [p.device_id for p in self._peers.values() if p.status is PeerStatus.ACTIVE]
 
-    async def list_peers(self, *, include_all: bool) -> list[dict[str, Any]]:
+    def list_peers(self, *, include_all: bool) -> list[dict[str, Any]]:
         """peers_list: visible peers (all of them with `include_all`), by device id."""
-        return await self.ask(lambda: self._list(include_all), "list peers")
+        return [
+            self._describe(peer)
+            for peer in sorted(self._peers.values(), key=lambda p: p.device_id)
+            if include_all or (_visible(peer) and not self._closed_out(peer))
+        ]
 
-    async def list_roster(self) -> list[dict[str, Any]]:
+    def list_roster(self) -> list[dict[str, Any]]:
         """roster_list: every device we approved, denied or saw, with its live status."""
-        return await self.ask(self._roster_view, "list roster")
+        rows = []
+        for entry in sorted(self._roster.values(), key=lambda e: e.device_id):
+            peer = self._peers.get(entry.device_id)
+            rows.append(
+                {
+                    "device_id": entry.device_id,
+                    "label": entry.label,
+                    "state": entry.state,
+                    "updated_at_ms": entry.updated_at,
+                    "role": entry.role,
+                    "status": peer.status.value if peer else PeerStatus.OFFLINE.value,
+                }
+            )
+        return rows
 
     async def approve(self, device_id: str, label: str | None) -> dict[str, Any]:
         """roster_approve: approve a device (seen or not yet); it becomes active once it agrees."""
-        return await self.ask(lambda: self._set_roster(device_id, "approved", label), "approve")
+        return await self._set_roster(device_id, "approved", label)
 
     async def deny(self, device_id: str) -> dict[str, Any]:
         """roster_deny: refuse a device; it is never active until approved again."""
-        return await self.ask(lambda: self._set_roster(device_id, "denied", None), "deny")
+        return await self._set_roster(device_id, "denied", None)
 
     async def forget(self, device_id: str) -> bool:
         """roster_remove: forget a device's approval; it is cut off at once."""
-        return await self.ask(lambda: self._forget(device_id), "remove from roster")
+        await self.save_unsaved()
+        known = await self.store.call(
+            functools.partial(roster_db.remove_roster, network=self.network, device_id=device_id),
+            what="remove from roster",
+        )
+        self._roster.pop(device_id, None)
+        peer = self._peers.get(device_id)
+        if peer is not None:
+            if peer.present and peer.hello is not None:
+                await self._try_send(peer, Approval("pending"))
+            self._update(peer)
+            if not peer.present:
+                self._drop_peer(peer)
+        self._update_phase()
+        return bool(known)
 
     async def set_capabilities(self, capabilities: Capabilities) -> None:
         """Advertise new capabilities to peers (the caller persisted them)."""
-        await self.ask(lambda: self._set_capabilities(capabilities), "set capabilities")
+        self.capabilities = capabilities
+        await self._tell_handshaken(lambda _: Caps(capabilities))
 
     async def set_profile(self, profile: Profile, *, network_scoped: bool) -> None:
         """Use a new global or network profile and tell peers if the effective one changed."""
-        await self.ask(lambda: self._set_profile(profile, network_scoped), "set profile")
+        before = self.profile
+        if network_scoped:
+            self._network_profile = profile
+        else:
+            self._global_profile = profile
+        if self.profile != before:
+            shown = self.profile.as_shown()
+            await self._tell_handshaken(lambda _: ProfileFrame(shown))
 
     async def say_bye(self, reason: str) -> None:
         """Tell every handshaken peer we are leaving (best effort: the broker also says so)."""
-        await self.ask(lambda: self._tell_handshaken(lambda _: Bye(reason)), "say bye")
+        await self._tell_handshaken(lambda _: Bye(reason))
 
-    async def set_auto_approve(self, value: bool) -> None:
+    def set_auto_approve(self, value: bool) -> None:
         """Approve devices seen from now on without asking (or stop doing so)."""
+        self.auto_approve = value
 
-        async def apply() -> None:
-            self.auto_approve = value
-
-        await self.ask(apply, "set auto_approve")
-
-    async def ask(
-        self, fn: Callable[[], Awaitable[T]], what: str, timeout: float = COMMAND_TIMEOUT
-    ) -> T:
-        """Run `fn` in core's task and return its result (AskTimeout, ActorGone)."""
-        result: T = await self.inbox.ask(
-            lambda reply: _Call(fn, reply), timeout=timeout, what=f"{self.network}: {what}"
-        )
-        return result
-
-    def tell(self, fn: Callable[[], None]) -> bool:
-        """Have core run `fn` in its task, without waiting; False when its inbox is full."""
-        try:
-            self.inbox.tell_nowait(_Tell(fn))
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
-        return True
-
-    def retire(self) -> None:
-        """Core is stopped for good (its network removed, or `networks` stopped): the asks
-        still queued are dropped and every later ask or tell refused, all at once (ActorGone:
-        `unavailable`), where they would wait out their deadline for a core that never reads."""
-        for message in self.inbox.close():
-            if isinstance(message, _Call):
-                message.reply.drop()
-
-    # -- the actor ----------------------------------------------------------------------------
+    # -- core's run ---------------------------------------------------------------------------
 
     async def load(self) -> None:
         """Roster, capabilities and profiles from the state database; a fresh peer table."""
@@ -443,18 +432,9 @@ class Peers:
                 peer.status = PeerStatus.OFFLINE
                 peer.role = entry.role or LINK_ROLE
 
-    async def handle(self, message: _Message) -> None:
-        """Handle one message; save held auto-approvals once the inbox is empty (or many)."""
-        await self._handle(message)
-        if self._unsaved and (not self.inbox.waiting() or len(self._unsaved) >= ROSTER_BATCH):
-            await self.save_unsaved()
-
-    async def _handle(self, message: _Message) -> None:
-        match message:
-            case _Call(fn=fn, reply=reply):
-                await reply.answer_with(fn)
-            case _Tell(fn=told):
-                told()
+    async def on_link_event(self, event: LinkEvent) -> None:
+        """Take in one thing the link heard: sealed records, presence, the link's status."""
+        match event:
             case InboundRecords(records=records):
                 for public_key, sealed in records:
                     await self._on_record(public_key, sealed)
@@ -479,7 +459,13 @@ class Peers:
             case Undeliverable(device_id=device_id):
                 self.dropped["undeliverable"] += 1
                 self._on_leave(device_id)
+
+    async def settle(self, *, queued: int) -> None:
+        """After each message core handled: the phase it led to; the held auto-approvals saved
+        once core's inbox is empty (`queued` messages wait in it) or they are many."""
         self._update_phase()
+        if self._unsaved and (not queued or len(self._unsaved) >= ROSTER_BATCH):
+            await self.save_unsaved()
 
     async def ping_loop(self) -> None:
         """Probe the handshaken peers' rtt in turns (meshactors/turns.py): an idle network
@@ -762,23 +748,6 @@ class Peers:
         self._update_phase()
         return self._describe(peer)
 
-    async def _forget(self, device_id: str) -> bool:
-        await self.save_unsaved()
-        known = await self.store.call(
-            functools.partial(roster_db.remove_roster, network=self.network, device_id=device_id),
-            what="remove from roster",
-        )
-        self._roster.pop(device_id, None)
-        peer = self._peers.get(device_id)
-        if peer is not None:
-            if peer.present and peer.hello is not None:
-                await self._try_send(peer, Approval("pending"))
-            self._update(peer)
-            if not peer.present:
-                self._drop_peer(peer)
-        self._update_phase()
-        return bool(known)
-
     def _roster_entry(self, device_id: str, state: str, label: str | None) -> roster_db.RosterEntry:
         """A new roster entry for `device_id`; a None label keeps the one already known."""
         previous = self._roster.get(device_id)
@@ -817,20 +786,6 @@ class Peers:
         await self.store.call(
             functools.partial(roster_db.save_roster, entries=entries), what="save roster entries"
         )
-
-    async def _set_capabilities(self, capabilities: Capabilities) -> None:
-        self.capabilities = capabilities
-        await self._tell_handshaken(lambda _: Caps(capabilities))
-
-    async def _set_profile(self, profile: Profile, network_scoped: bool) -> None:
-        before = self.profile
-        if network_scoped:
-            self._network_profile = profile
-        else:
-            self._global_profile = profile
-        if self.profile != before:
-            shown = self.profile.as_shown()
-            await self._tell_handshaken(lambda _: ProfileFrame(shown))
 
     # -- status, phase, events, views --------------------------------------------------------
 
@@ -915,33 +870,9 @@ class Peers:
             "rejected_frames": peer.rejected.total,
         }
 
-    async def _list(self, include_all: bool) -> list[dict[str, Any]]:
-        shown = [
-            self._describe(peer)
-            for peer in sorted(self._peers.values(), key=lambda p: p.device_id)
-            if include_all or (_visible(peer) and not self._closed_out(peer))
-        ]
-        return shown
-
     def _closed_out(self, peer: PeerState) -> bool:
         """A device a closed network keeps out: shown only with `all`."""
         return self.closed and self._local_approval(peer.device_id) != "approved"
-
-    async def _roster_view(self) -> list[dict[str, Any]]:
-        rows = []
-        for entry in sorted(self._roster.values(), key=lambda e: e.device_id):
-            peer = self._peers.get(entry.device_id)
-            rows.append(
-                {
-                    "device_id": entry.device_id,
-                    "label": entry.label,
-                    "state": entry.state,
-                    "updated_at_ms": entry.updated_at,
-                    "role": entry.role,
-                    "status": peer.status.value if peer else PeerStatus.OFFLINE.value,
-                }
-            )
-        return rows
 
 
 def _features(peer: PeerState) -> list[str]:

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from cattrs.gen import make_dict_structure_fn, override
 
-from meshactors.actors import ActorGone, AskTimeout, unanswered
 from meshactors.control.session import Session
 from meshactors.daemon.outbox import message_view
 from meshactors.network.message_frames import MAX_MESSAGE_BYTES, MAX_META_BYTES
@@ -163,10 +162,10 @@ async def resolve_recipients(
         tag = to.removeprefix(TAG_PREFIX) if to != ALL_PEERS else None
         if tag == "":
             raise OpError(ErrorCode.INVALID_PARAMS, "`to` '@' needs a tag after it")
-        try:
-            peers = await network.peers.list_peers(include_all=True)
-        except (ActorGone, AskTimeout) as exc:  # this send's own answer, not the whole run's
-            raise unanswered(exc) from None
+        # A core that does not answer is an OpError: this send's own answer, not the whole run's.
+        peers = await network.ask(
+            "list peers", functools.partial(network.peers.list_peers, include_all=True)
+        )
         recipients = [
             peer["device_id"]
             for peer in peers

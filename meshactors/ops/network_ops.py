@@ -159,14 +159,16 @@ async def networks_list(session: Session, _: NoParams) -> dict[str, Any]:
 async def peers_list(session: Session, params: PeersList) -> dict[str, Any]:
     """The peers of a network with status, role, rtt, capabilities and profile."""
     network = network_of(session, params.network)
-    peers = await network.peers.list_peers(include_all=params.all)
+    peers = await network.ask(
+        "list peers", functools.partial(network.peers.list_peers, include_all=params.all)
+    )
     return {"network": params.network, "peers": peers}
 
 
 async def roster_list(session: Session, params: NetworkRef) -> dict[str, Any]:
     """The devices approved, denied or pending in a network."""
     network = network_of(session, params.network)
-    roster = await network.peers.list_roster()
+    roster = await network.ask("list roster", network.peers.list_roster)
     return {"network": params.network, "roster": roster}
 
 
@@ -177,21 +179,24 @@ async def roster_approve(session: Session, params: RosterApprove) -> dict[str, A
         label = validate_label(params.label)
     except ValueError as exc:
         raise OpError(ErrorCode.INVALID_PARAMS, f"label: {exc}") from None
-    peer = await network.peers.approve(_device(params.device_id), label)
+    approve = functools.partial(network.peers.approve, _device(params.device_id), label)
+    peer = await network.ask_await("approve", approve)
     return {"network": params.network, "peer": peer}
 
 
 async def roster_deny(session: Session, params: RosterDevice) -> dict[str, Any]:
     """Deny a device: it is never active, and is told so."""
     network = network_of(session, params.network)
-    peer = await network.peers.deny(_device(params.device_id))
+    deny = functools.partial(network.peers.deny, _device(params.device_id))
+    peer = await network.ask_await("deny", deny)
     return {"network": params.network, "peer": peer}
 
 
 async def roster_remove(session: Session, params: RosterDevice) -> dict[str, Any]:
     """Forget a device's approval; its traffic is cut off at once."""
     network = network_of(session, params.network)
-    removed = await network.peers.forget(_device(params.device_id))
+    forget = functools.partial(network.peers.forget, _device(params.device_id))
+    removed = await network.ask_await("remove from roster", forget)
     if not removed:
         raise OpError(ErrorCode.NOT_FOUND, f"{params.device_id} is not in the roster")
     return {"network": params.network, "removed": params.device_id}
@@ -208,7 +213,8 @@ async def capabilities_set(session: Session, params: CapabilitiesSet) -> dict[st
         ),
         what="save capabilities",
     )
-    await network.peers.set_capabilities(capabilities)
+    advertise = functools.partial(network.peers.set_capabilities, capabilities)
+    await network.ask_await("set capabilities", advertise)
     return {"network": params.network, "capabilities": plain}
 
 
@@ -231,7 +237,10 @@ async def profile_set(session: Session, params: ProfileSet) -> dict[str, Any]:
         what="save profile",
     )
     for network in targets:
-        await network.peers.set_profile(profile, network_scoped=network_id is not None)
+        use = functools.partial(
+            network.peers.set_profile, profile, network_scoped=network_id is not None
+        )
+        await network.ask_await("set profile", use)
     return {"network": network_id, "profile": converter.unstructure(profile)}
 
 

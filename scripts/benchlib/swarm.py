@@ -15,7 +15,7 @@ from meshactors.daemon.main import DaemonOptions, serve
 from meshactors.daemon.services import Services
 from meshactors.identity import load_or_create_identity
 from meshactors.network.config import NetworkConfig
-from meshactors.network.peers import Peers
+from meshactors.network.network import Network
 from meshactors.paths import prepare_dirs, resolve_paths
 from meshactors.store.events import Event
 
@@ -42,9 +42,9 @@ class Member:
         """Join a network as the network_add op does."""
         await self.services.networks.add(config)
 
-    def peers(self, network: str) -> Peers:
-        """The peers actor of a joined network."""
-        return self.services.networks.get(network).peers
+    def network(self, network_id: str) -> Network:
+        """A joined network (its core reached through `Network.ask`)."""
+        return self.services.networks.get(network_id)
 
     async def wait(self, predicate: Predicate, count: int) -> None:
         """Read events until `count` of them matched `predicate`."""

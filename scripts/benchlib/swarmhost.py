@@ -14,6 +14,7 @@ starts several and drives them together). Commands:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -116,7 +117,11 @@ class Host:
     async def advert(self, network: str, sender: str, tag: str, timeout: float) -> dict[str, Any]:
         for tracked in self.daemons:
             if tracked.member.device_id == sender:
-                await tracked.member.peers(network).set_capabilities(Capabilities(tags=[tag]))
+                joined = tracked.member.network(network)
+                advertise = functools.partial(
+                    joined.peers.set_capabilities, Capabilities(tags=[tag])
+                )
+                await joined.ask_await("set capabilities", advertise)
         receivers = [d for d in self.daemons if d.member.device_id != sender]
 
         def seen() -> bool:

@@ -10,8 +10,8 @@ import pytest
 import trio
 
 from meshactors.actors import RestartLimits
+from meshactors.network.core import CoreMessage, NetworkCore
 from meshactors.network.network import Network
-from meshactors.network.peers import Peers
 from tests.network.appclient import AppClient
 from tests.network.conftest import WAIT, Mesh, approve_both
 
@@ -31,7 +31,7 @@ async def test_a_network_crashing_for_good_leaves_the_other_network_and_clients_
 
     starts: list[float] = []
     started_often = trio.Event()
-    start, handle = Network.run, Peers.handle
+    start, handle = Network.run, NetworkCore.handle
 
     async def counted_start(self: Network, **kwargs: Any) -> None:
         if self.config.id == "doomed":
@@ -40,13 +40,13 @@ async def test_a_network_crashing_for_good_leaves_the_other_network_and_clients_
                 started_often.set()
         await start(self, **kwargs)
 
-    async def crash_on_a_message(self: Peers, message: Any) -> None:
-        if self.network != "doomed":
+    async def crash_on_a_message(self: NetworkCore, message: CoreMessage) -> None:
+        if self.peers.network != "doomed":
             return await handle(self, message)
         raise RuntimeError("injected: the doomed network's core crashes on what the link says")
 
     monkeypatch.setattr(Network, "run", counted_start)
-    monkeypatch.setattr(Peers, "handle", crash_on_a_message)
+    monkeypatch.setattr(NetworkCore, "handle", crash_on_a_message)
     b.services.networks.limits = FAST
     await b.join(mesh.url, "doomed")
     b.network("doomed").limits = FAST

@@ -13,7 +13,8 @@ import trio
 
 from meshactors.actors import ChildSpec, Restart
 from meshactors.actors import _supervisor as supervisor_module
-from meshactors.network.peers import COMMAND_TIMEOUT, PROFILE_KEY
+from meshactors.network.core import COMMAND_TIMEOUT
+from meshactors.network.peers import PROFILE_KEY
 from meshactors.store import events as event_log
 from meshactors.store import networks as network_db
 from meshactors.wire.ipc import ErrorCode, OpError

@@ -1,7 +1,7 @@
 """What keeps a big network cheap: auto-approvals saved in batches (and still ordered with the
 operator's own roster changes), and rtt probes paced per network rather than per peer.
 
-For the probes the peers actor runs for real (store, events, sealed hellos) with a link that is
+For the probes the core actor runs for real (store, events, sealed hellos) with a link that is
 not up, so each probe it sends is counted as `link_down`; the clock is a MockClock moved by
 hand."""
 
@@ -11,6 +11,7 @@ import contextlib
 import functools
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -80,7 +81,12 @@ async def _probes_in_window(tmp_path: Path, clock: trio.testing.MockClock, hands
     identity = Identity(SigningKey.generate())
     store = StoreActor(tmp_path / "state.db")
     peers = Peers(NET, identity, store, EventHub(store), auto_approve=True)
-    tree = Supervisor(children=[ChildSpec("store", store), ChildSpec("core", NetworkCore(peers))])
+    core = NetworkCore(peers)
+
+    async def list_all() -> list[dict[str, Any]]:
+        return peers.list_peers(include_all=True)
+
+    tree = Supervisor(children=[ChildSpec("store", store), ChildSpec("core", core)])
     async with trio.open_nursery() as nursery:
         await nursery.start(run_root, tree, Node(name="tree", kind="supervisor"))
         save = functools.partial(roster_db.save_network, network_id=NET, config={}, now_ms=0)
@@ -89,10 +95,10 @@ async def _probes_in_window(tmp_path: Path, clock: trio.testing.MockClock, hands
             key = SigningKey.generate()
             device_id = device_id_from_public_key(bytes(key.verify_key))
             sealed = PeerCrypto.for_peer(key, identity.device_id).seal(encode_frame(_hello()))
-            await peers.inbox.send(PresenceJoin(device_id, "daemon"))
-            await peers.inbox.send(InboundRecords([(bytes(key.verify_key), sealed)]))
+            await core.inbox.send(PresenceJoin(device_id, "daemon"))
+            await core.inbox.send(InboundRecords([(bytes(key.verify_key), sealed)]))
         for _ in range(10_000):  # an ask goes ahead of the traffic: ask until core read it
-            listed = await peers.list_peers(include_all=True)
+            listed = await core.ask(list_all, "list peers")
             if [p["status"] for p in listed] == ["pending"] * handshaken:  # hellos read
                 break
             await trio.testing.wait_all_tasks_blocked()
