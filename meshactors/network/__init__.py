@@ -1,1 +1,3 @@
-"""One supervisor per joined network: broker link, peers, RPC and channel pumps."""
+"""The mesh: the `networks` supervisor (manager) and one `network <id>` supervisor per joined
+network, with its `core` actor (peers, membership, rpc, channels, streams, state), its broker
+link and its channel pumps."""

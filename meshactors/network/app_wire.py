@@ -1,9 +1,10 @@
-"""How RPC and channel actors reach peers: send a frame to a device, or to this daemon itself.
+"""How core's parts (rpc, channels, streams, the state replica) reach peers: send a frame to a
+device, or to this daemon itself.
 
 A frame addressed to our own device id never touches the link: it goes straight to the
 handler registered for its tag, so programs on one machine talk through the daemon without
 a broker. Code that must not wait (frame handlers, cleanups) posts frames to a `Postbox`,
-which its actor drains in order.
+which its part drains in order (a task in core's nursery).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ POSTBOX_CAPACITY = 4096  # frames queued by non-waiting code before more are dro
 
 
 class PeerSender(Protocol):
-    """The part of the peers actor application traffic uses."""
+    """The part of the peer table application traffic uses."""
 
     def register_app_handler(self, tag: str, handler: AppHandler) -> None: ...
 

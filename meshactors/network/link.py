@@ -1,16 +1,16 @@
 """The `link` actor: one network's WebSocket to a broker, kept up with backoff.
 
 It connects to the configured broker URLs in turn, sends the signed hello, waits for the
-welcome, then relays over trio-websocket: binary batches in (to the `peers` actor, one message
-per batch) and sealed records out (the one writer drains a bounded queue, several records per
-WebSocket message). Messages to the broker keep within PACE_SHARE of the rate and burst its welcome
-announces (a broker closes a connection that exceeds them): past that, records wait in the
-queue and leave together in the next message the rate allows. A message the broker does not
-take within LINK_SEND_TIMEOUT ends the connection, heard or not. When the connection drops,
-senders waiting on the queue fail with LinkDown and the link reconnects after a full-jitter
-exponential backoff, reset by the next welcome. What it sends and reads is the broker
-protocol of meshactors/wire/broker.py (the broker imports the same module); presence and
-undeliverable notices go to `peers` as they decode, and one it cannot read is counted.
+welcome, then relays over trio-websocket: binary batches in (to the network's `core` actor, one
+message per batch) and sealed records out (the one writer drains a bounded queue, several
+records per WebSocket message). Messages to the broker keep within PACE_SHARE of the rate and
+burst its welcome announces (a broker closes a connection that exceeds them): past that,
+records wait in the queue and leave together in the next message the rate allows. A message the
+broker does not take within LINK_SEND_TIMEOUT ends the connection, heard or not. When the
+connection drops, senders waiting on the queue fail with LinkDown and the link reconnects after
+a full-jitter exponential backoff, reset by the next welcome. What it sends and reads is the
+broker protocol of meshactors/wire/broker.py (the broker imports the same module); presence and
+undeliverable notices go to core as they decode, and one it cannot read is counted.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ LinkEvent = (
 
 
 class LinkEventSink(Protocol):
-    """Where the link delivers what it hears: the peers actor's inbox."""
+    """Where the link delivers what it hears: core's inbox."""
 
     async def send(self, event: LinkEvent, /) -> None: ...
 
@@ -361,7 +361,7 @@ class Link(Actor):
             )
 
     async def _serve(self, ws: WebSocketConnection, url: str, welcome: Welcome) -> None:
-        """Relay until the connection drops; tell `peers` it is up, and that it went down."""
+        """Relay until the connection drops; tell core it is up, and that it went down."""
         send, receive = trio.open_memory_channel[_Queued](OUTBOUND_QUEUE)
         self._attempt = 0
         self.connects += 1

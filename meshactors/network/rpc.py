@@ -1,4 +1,4 @@
-"""The `rpc` actor of one network: method claims, calls served here, calls made from here.
+"""The `rpc` part of one network's core: method claims, calls served here, calls made from here.
 
 Claims: the last connection to claim a method owns it; the one displaced is told. A served
 call is pushed to the owner as `rpc_inbound` under an id minted here; a call made from here

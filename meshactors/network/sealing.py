@@ -151,7 +151,7 @@ class PeerOpener:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Frames opened and rejected so far, for the `peers` actor's figures."""
+        """Frames opened and rejected so far, shown per peer by peers_list."""
         return {"opened": self.opened, "tampered": self.tampered, "replayed": self.replayed}
 
     def open(self, sealed: bytes) -> bytes:
