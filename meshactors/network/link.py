@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import random
 import ssl
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -30,6 +29,7 @@ from nacl.signing import SigningKey
 
 from meshactors.actors import Actor, Inbox, cleanup_scope, take_queued
 from meshactors.broker.limits import TokenBucket
+from meshactors.clock import wall_ms
 from meshactors.event_hub import EventPublisher
 from meshactors.keepalive import answered_or_heard
 from meshactors.network.link_errors import LinkError, LinkErrorKind, classify
@@ -308,7 +308,7 @@ class Link(Actor):
                             self.signing_key,
                             self.network,
                             self.role,
-                            now_ms=time.time_ns() // 1_000_000,
+                            now_ms=wall_ms(),
                         )
                         with trio.fail_after(WELCOME_TIMEOUT):  # a broker that never reads too
                             await ws.send_message(hello)

@@ -21,6 +21,7 @@ import structlog
 import trio
 
 from meshactors._version import __version__
+from meshactors.clock import wall_ms
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
 from meshactors.network.link import (
@@ -559,7 +560,7 @@ class Peers:
         except IncompatiblePeer as skew:
             await self._on_incompatible(peer, str(skew))
             return
-        peer.last_seen_ms = time.time_ns() // 1_000_000
+        peer.last_seen_ms = wall_ms()
         if frame.app and peer.status is PeerStatus.ACTIVE:
             self._route_app(peer, frame)  # an active peer's traffic changes no status
             return
@@ -757,7 +758,7 @@ class Peers:
             device_id,
             kept_label,
             state,
-            time.time_ns() // 1_000_000,
+            wall_ms(),
             previous.role if previous else None,
         )
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from typing import TYPE_CHECKING, Any
 
 import attrs
 from cattrs.gen import make_dict_structure_fn, override
 
+from meshactors.clock import wall_ms
 from meshactors.control.session import Session
 from meshactors.daemon.outbox import message_view
 from meshactors.network.message_frames import MAX_MESSAGE_BYTES, MAX_META_BYTES
@@ -93,10 +93,6 @@ converter.register_structure_hook(
         InboxParams, converter, _cattrs_forbid_extra_keys=True, sender=override(rename="from")
     ),
 )
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _send_error(exc: SendError) -> OpError:
@@ -219,7 +215,7 @@ async def send_run(
             meta=params.meta,
             reply_to_id=params.reply_to_id,
             client_message_id=params.client_message_id,
-            now_ms=_now_ms(),
+            now_ms=wall_ms(),
         )
         staged.append(request)
     ready = [item for item in staged if isinstance(item, outbox_db.SendRequest)]
@@ -336,7 +332,7 @@ async def outbox_requeue(session: Session, params: RequeueParams) -> dict[str, A
             outbox_db.requeue,
             row_id=params.outbox_id,
             new_client_message_id=params.new_client_message_id,
-            now_ms=_now_ms(),
+            now_ms=wall_ms(),
         ),
         "requeue",
     )
