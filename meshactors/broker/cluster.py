@@ -9,13 +9,14 @@ with backoff and jitter (docs/protocol.md, "Brokers in a cluster").
 
 import contextlib
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final, TypeVar
 
 import attrs
 import coredis
 import structlog
 import trio
+from coredis.exceptions import WrongTypeError
 from coredis.retry import NoRetryPolicy
 
 from meshactors.broker.cluster_messages import (
@@ -45,13 +46,14 @@ from meshactors.broker.cluster_wire import (
     encode_envelopes,
     encode_event,
     inbox_channel,
+    is_broker_id,
     network_key,
     networks_key,
     nonce_key,
     reap_key,
 )
 from meshactors.clock import wall_ms
-from meshactors.wire.broker import MAX_CLOCK_SKEW_MS
+from meshactors.wire.broker import MAX_CLOCK_SKEW_MS, is_network_id
 from meshactors.wire.device_id import is_device_id
 
 COMMAND_TIMEOUT_S: Final = 3.0  # one Redis command (or connect); longer is an outage
@@ -63,30 +65,70 @@ _log: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 # Atomic steps on Redis (Lua). Each publishes its presence event in the same step as the change.
-_ADMIT: Final = """
-if not redis.call('set', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return {'replayed'} end
+# Redis is the brokers' alone, yet what it holds is read as untrusted: an entry whose hello time
+# cannot be read counts as absent (a newer one replaces it), and a key of another type than
+# the brokers write is replaced (`claim`); both are counted.
+_FUNCTIONS: Final = """
+local function hello_ts(raw)
+  local ok, entry = pcall(cjson.decode, raw)
+  if ok and type(entry) == 'table' and type(entry.t) == 'number' then return entry.t end
+  return nil
+end
+local function claim(key, kind)
+  local found = redis.call('type', key)['ok']
+  if found == kind or found == 'none' then return 0 end
+  redis.call('del', key)
+  return 1
+end
+"""
+_ADMIT: Final = (
+    _FUNCTIONS
+    + """
+local replaced = claim(KEYS[2], 'hash') + claim(KEYS[4], 'set')
+if not redis.call('set', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return {'replayed', replaced} end
 local old = redis.call('hget', KEYS[2], ARGV[2])
-if not old and redis.call('hlen', KEYS[2]) >= tonumber(ARGV[4]) then return {'full'} end
-if old and cjson.decode(old).t > tonumber(ARGV[7]) then return {'older'} end
+if not old and redis.call('hlen', KEYS[2]) >= tonumber(ARGV[4]) then return {'full', replaced} end
+local t = old and hello_ts(old)
+if t and t > tonumber(ARGV[7]) then return {'older', replaced} end
 redis.call('hset', KEYS[2], ARGV[2], ARGV[3])
 redis.call('sadd', KEYS[4], ARGV[6])
 redis.call('publish', KEYS[3], ARGV[5])
-return {'ok', redis.call('hgetall', KEYS[2])}
+return {'ok', replaced, redis.call('hgetall', KEYS[2])}
 """
-_REGISTER: Final = """
+)
+_REGISTER: Final = (
+    _FUNCTIONS
+    + """
+local replaced = claim(KEYS[1], 'hash') + claim(KEYS[3], 'set')
 redis.call('sadd', KEYS[3], ARGV[4])
 local old = redis.call('hget', KEYS[1], ARGV[1])
-if old == ARGV[2] or (old and cjson.decode(old).t > tonumber(ARGV[5])) then return 0 end
+local t = old and hello_ts(old)
+if old == ARGV[2] or (t and t > tonumber(ARGV[5])) then return replaced end
 redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
 redis.call('publish', KEYS[2], ARGV[3])
-return 1
+return replaced
 """
-_DEPART: Final = """
-if redis.call('hget', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('hdel', KEYS[1], ARGV[1])
-redis.call('publish', KEYS[2], ARGV[3])
-return 1
+)
+_DEPART: Final = (
+    _FUNCTIONS
+    + """
+local replaced = claim(KEYS[1], 'hash')
+if redis.call('hget', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('hdel', KEYS[1], ARGV[1])
+  redis.call('publish', KEYS[2], ARGV[3])
+end
+return replaced
 """
+)
+_BEAT: Final = (
+    _FUNCTIONS
+    + """
+local replaced = claim(KEYS[2], 'set')
+redis.call('set', KEYS[1], '1', 'PX', ARGV[1])
+redis.call('sadd', KEYS[2], ARGV[2])
+return replaced
+"""
+)
 
 
 @attrs.define
@@ -100,7 +142,7 @@ class ClusterLink:
     control: trio.MemoryReceiveChannel[Control]
     forwards: trio.MemoryReceiveChannel[Forward]
     events: trio.MemorySendChannel[ClusterEvent]
-    _sessions: int = attrs.field(init=False, default=0)  # sessions that reached `connected`
+    _connected_at: float | None = attrs.field(init=False, default=None)  # session began
 
     async def run(self) -> None:
         """Connect, serve until Redis fails, then serve degraded for a backoff; forever. When
@@ -111,20 +153,26 @@ class ClusterLink:
         try:
             failures = 0
             while True:
-                sessions = self._sessions
+                self._connected_at = None
                 try:
                     async with self._client() as redis:
                         await self._session(redis)
                 except* Exception as group:
                     _log.warning("cluster_degraded", url=self.url, error=_first_error(group))
                 await self.events.send(StateChanged("degraded"))
-                failures = 1 if self._sessions > sessions else failures + 1
+                failures = 1 if self._lived() else failures + 1
                 delay = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2 ** min(failures - 1, 16))
                 await self._degraded_for(delay * random.uniform(0.5, 1.0))
         finally:
             self._refuse_queued()
             self.control.close()
             await self._leave()
+
+    def _lived(self) -> bool:
+        """Whether the session that ended stayed connected for a TTL: one that fails at once
+        (say, on what Redis holds) is a failed attempt, so its retries still back off."""
+        connected_at = self._connected_at
+        return connected_at is not None and trio.current_time() - connected_at >= self.ttl_s
 
     def _client(self) -> "coredis.Redis[bytes]":
         return coredis.Redis.from_url(
@@ -140,7 +188,7 @@ class ClusterLink:
             await self._beat(redis)
         async with trio.open_nursery() as nursery:
             await nursery.start(self._subscribe, redis)
-            self._sessions += 1
+            self._connected_at = trio.current_time()
             await self.events.send(StateChanged("connected"))
             _log.info("cluster_connected", url=self.url, broker_id=self.broker_id)
             nursery.start_soon(self._heartbeat, redis)
@@ -195,13 +243,14 @@ class ClusterLink:
             await self._reap_dead(redis)
 
     async def _beat(self, redis: "coredis.Redis[bytes]") -> None:
-        await redis.set(alive_key(self.broker_id), "1", px=int(self.ttl_s * 1000))
-        await redis.sadd(BROKERS_KEY, [self.broker_id])
+        keys = [alive_key(self.broker_id), BROKERS_KEY]
+        args = [str(int(self.ttl_s * 1000)), self.broker_id]
+        await self._count_bad(await redis.eval(_BEAT, keys=keys, args=args))
 
     async def _reap_dead(self, redis: "coredis.Redis[bytes]") -> None:
         """Remove the members of brokers whose heartbeat expired; one broker reaps each."""
+        brokers = await self._members(redis, BROKERS_KEY, is_broker_id)
         with trio.fail_after(COMMAND_TIMEOUT_S):
-            brokers = [b.decode() for b in await redis.smembers(BROKERS_KEY)]
             alive = await redis.mget([alive_key(b) for b in brokers]) if brokers else ()
         for broker, beat in zip(brokers, alive, strict=True):
             if beat is not None or broker == self.broker_id:
@@ -214,8 +263,7 @@ class ClusterLink:
                 await self._reap(redis, broker)
 
     async def _reap(self, redis: "coredis.Redis[bytes]", broker: str) -> None:
-        with trio.fail_after(COMMAND_TIMEOUT_S):
-            networks = [n.decode() for n in await redis.smembers(networks_key(broker))]
+        networks = await self._members(redis, networks_key(broker), is_network_id)
         for network in networks:
             for device_id, entry in (await self._entries(redis, network)).items():
                 if entry.broker == broker:
@@ -259,20 +307,21 @@ class ClusterLink:
         with trio.fail_after(COMMAND_TIMEOUT_S):
             answer = await redis.eval(_ADMIT, keys=keys, args=args)
         assert isinstance(answer, list)
+        await self._count_bad(answer[1])
         status = answer[0].decode() if isinstance(answer[0], bytes) else str(answer[0])
         if status != "ok":
             return AdmitResult(status)
-        flat = answer[1]
+        flat = answer[2]
         raw = dict(zip(flat[::2], flat[1::2], strict=True))
-        return AdmitResult("ok", await self._live(redis, _decoded(raw)))
+        return AdmitResult("ok", await self._live(redis, await self._decoded(raw)))
 
     async def _depart(self, redis: "coredis.Redis[bytes]", depart: Depart) -> None:
         leave = encode_event(False, depart.network, depart.device_id, depart.entry)
         keys = [network_key(depart.network), PRESENCE_CHANNEL]
+        args = [depart.device_id, depart.entry.encode(), leave]
         with trio.fail_after(COMMAND_TIMEOUT_S):
-            await redis.eval(
-                _DEPART, keys=keys, args=[depart.device_id, depart.entry.encode(), leave]
-            )
+            replaced = await redis.eval(_DEPART, keys=keys, args=args)
+        await self._count_bad(replaced)
 
     async def _register(
         self, redis: "coredis.Redis[bytes]", network: str, device_id: str, entry: PresenceEntry
@@ -282,7 +331,8 @@ class ClusterLink:
         keys = [network_key(network), PRESENCE_CHANNEL, networks_key(self.broker_id)]
         args = [device_id, entry.encode(), join, network, str(entry.ts_ms)]
         with trio.fail_after(COMMAND_TIMEOUT_S):
-            await redis.eval(_REGISTER, keys=keys, args=args)
+            replaced = await redis.eval(_REGISTER, keys=keys, args=args)
+        await self._count_bad(replaced)
 
     async def _resync(
         self, redis: "coredis.Redis[bytes]", members: list[tuple[str, str, PresenceEntry]]
@@ -290,8 +340,7 @@ class ClusterLink:
         ours = {(network, device_id) for network, device_id, _ in members}
         for network, device_id, entry in members:
             await self._register(redis, network, device_id, entry)
-        with trio.fail_after(COMMAND_TIMEOUT_S):
-            registered = [n.decode() for n in await redis.smembers(networks_key(self.broker_id))]
+        registered = await self._members(redis, networks_key(self.broker_id), is_network_id)
         rosters: dict[str, Roster] = {}
         for network in sorted(set(registered) | {network for network, _ in ours}):
             entries = await self._entries(redis, network)
@@ -303,9 +352,58 @@ class ClusterLink:
         return rosters
 
     async def _entries(self, redis: "coredis.Redis[bytes]", network: str) -> Roster:
-        with trio.fail_after(COMMAND_TIMEOUT_S):
-            raw = await redis.hgetall(network_key(network))
-        return _decoded(raw)
+        """A network's entries that can be read (a key of another type holds none)."""
+        try:
+            with trio.fail_after(COMMAND_TIMEOUT_S):
+                raw = await redis.hgetall(network_key(network))
+        except WrongTypeError:
+            await self._count_bad(1)
+            return {}
+        return await self._decoded(raw)
+
+    async def _decoded(self, raw: dict[bytes, bytes]) -> Roster:
+        """The entries that can be read; the others are counted and skipped: not ours to
+        repair, a newer entry of their device replaces them."""
+        roster: Roster = {}
+        for device_id, value in raw.items():
+            try:
+                name, entry = device_id.decode(), decode_entry(value)
+            except (BadClusterMessage, UnicodeDecodeError):
+                name = ""
+            if is_device_id(name):
+                roster[name] = entry
+            else:
+                await self._count_bad(1)
+        return roster
+
+    async def _members(
+        self, redis: "coredis.Redis[bytes]", key: str, valid: Callable[[str], bool]
+    ) -> list[str]:
+        """The members of one of our sets that are `valid` (the others are counted and
+        skipped; a key of another type holds none)."""
+        try:
+            with trio.fail_after(COMMAND_TIMEOUT_S):
+                raw = await redis.smembers(key)
+        except WrongTypeError:
+            await self._count_bad(1)
+            return []
+        members: list[str] = []
+        for member in raw:
+            try:
+                name = member.decode()
+            except UnicodeDecodeError:
+                name = ""
+            if valid(name):
+                members.append(name)
+            else:
+                await self._count_bad(1)
+        return members
+
+    async def _count_bad(self, count: object) -> None:
+        """Count what a script or read found unreadable on Redis (dropped or replaced)."""
+        assert isinstance(count, int)
+        for _ in range(count):
+            await self.events.send(Dropped("cluster_bad_messages"))
 
     async def _live(self, redis: "coredis.Redis[bytes]", roster: Roster) -> Roster:
         """The entries whose broker's heartbeat is alive (a dead one's are about to go)."""
@@ -368,18 +466,6 @@ class ClusterLink:
                     await self._reap(redis, self.broker_id)
             except* Exception as group:
                 _log.info("cluster_leave_failed", error=_first_error(group))
-
-
-def _decoded(raw: dict[bytes, bytes]) -> Roster:
-    roster: Roster = {}
-    for device_id, value in raw.items():
-        try:
-            name, entry = device_id.decode(), decode_entry(value)
-        except (BadClusterMessage, UnicodeDecodeError):
-            continue  # not ours to repair; a reaper or its owner replaces it
-        if is_device_id(name):
-            roster[name] = entry
-    return roster
 
 
 def _refuse(command: Control) -> None:
