@@ -80,6 +80,13 @@ local function claim(key, kind)
   redis.call('del', key)
   return 1
 end
+local function forget(hash, set, network, broker)
+  for _, raw in ipairs(redis.call('hvals', hash)) do
+    local ok, entry = pcall(cjson.decode, raw)
+    if ok and type(entry) == 'table' and entry.b == broker then return end
+  end
+  redis.call('srem', set, network)
+end
 """
 _ADMIT: Final = (
     _FUNCTIONS
@@ -112,11 +119,20 @@ return replaced
 _DEPART: Final = (
     _FUNCTIONS
     + """
-local replaced = claim(KEYS[1], 'hash')
+local replaced = claim(KEYS[1], 'hash') + claim(KEYS[3], 'set')
 if redis.call('hget', KEYS[1], ARGV[1]) == ARGV[2] then
   redis.call('hdel', KEYS[1], ARGV[1])
   redis.call('publish', KEYS[2], ARGV[3])
 end
+forget(KEYS[1], KEYS[3], ARGV[4], ARGV[5])
+return replaced
+"""
+)
+_FORGET: Final = (
+    _FUNCTIONS
+    + """
+local replaced = claim(KEYS[1], 'hash') + claim(KEYS[2], 'set')
+forget(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
 return replaced
 """
 )
@@ -316,9 +332,12 @@ class ClusterLink:
         return AdmitResult("ok", await self._live(redis, await self._decoded(raw)))
 
     async def _depart(self, redis: "coredis.Redis[bytes]", depart: Depart) -> None:
-        leave = encode_event(False, depart.network, depart.device_id, depart.entry)
-        keys = [network_key(depart.network), PRESENCE_CHANNEL]
-        args = [depart.device_id, depart.entry.encode(), leave]
+        """Remove a member's entry if it is still this one, and the network from its broker's
+        `nets:` once that broker has no entry left there."""
+        network, broker = depart.network, depart.entry.broker
+        leave = encode_event(False, network, depart.device_id, depart.entry)
+        keys = [network_key(network), PRESENCE_CHANNEL, networks_key(broker)]
+        args = [depart.device_id, depart.entry.encode(), leave, network, broker]
         with trio.fail_after(COMMAND_TIMEOUT_S):
             replaced = await redis.eval(_DEPART, keys=keys, args=args)
         await self._count_bad(replaced)
@@ -349,7 +368,16 @@ class ClusterLink:
                     await self._depart(redis, Depart(network, device_id, entry))
             if any(n == network for n, _ in ours):
                 rosters[network] = await self._live(redis, entries)
+            else:  # none of ours is left there (some may have been replaced elsewhere)
+                await self._forget(redis, network)
         return rosters
+
+    async def _forget(self, redis: "coredis.Redis[bytes]", network: str) -> None:
+        """Remove a network from our `nets:` unless we have an entry there."""
+        keys = [network_key(network), networks_key(self.broker_id)]
+        with trio.fail_after(COMMAND_TIMEOUT_S):
+            replaced = await redis.eval(_FORGET, keys=keys, args=[network, self.broker_id])
+        await self._count_bad(replaced)
 
     async def _entries(self, redis: "coredis.Redis[bytes]", network: str) -> Roster:
         """A network's entries that can be read (a key of another type holds none)."""

@@ -18,6 +18,7 @@ from meshactors.broker.cluster_messages import (
     AdmitResult,
     ClusterEvent,
     Control,
+    Depart,
     Dropped,
     Forward,
     Resync,
@@ -173,3 +174,29 @@ async def test_a_session_that_fails_at_once_does_not_reset_the_backoff(
             await drawn.wait()
         assert link.events.receive_nowait() == StateChanged("connected")  # then it failed
     assert max(delays) > RECONNECT_FIRST_S  # it doubled: 0.25, 0.5, 1, 2, 4, 8, each drawn down
+
+
+async def test_a_network_leaves_the_brokers_nets_with_its_last_entry_there(
+    redis: RedisServer,
+) -> None:
+    async with client(redis) as store, linked(redis.url) as link:
+        result = await link.ask(admit_alice)
+        assert result.status == "ok"
+        assert await store.smembers(networks_key(ME)) == {b"net"}
+        await link.control.send(Depart("net", did(ALICE), result.roster[did(ALICE)]))
+        assert await link.ask(lambda reply: Resync([], reply)) == {}  # after the depart
+        assert await store.smembers(networks_key(ME)) == set()
+
+
+async def test_a_resync_trims_the_networks_the_broker_has_no_member_in_any_more(
+    redis: RedisServer,
+) -> None:
+    elsewhere = PresenceEntry("fedcba9876543210", "daemon", ALICE_ENTRY.ts_ms + 1)
+    async with client(redis) as store:
+        await store.hset(network_key("gone"), {did(ALICE): ALICE_ENTRY.encode()})  # left meanwhile
+        await store.hset(network_key("moved"), {did(ALICE): elsewhere.encode()})  # replaced
+        await store.sadd(networks_key(ME), ["gone", "moved", "empty"])
+        async with linked(redis.url) as link:
+            assert await link.ask(resync_alice) == {"net": {did(ALICE): ALICE_ENTRY}}
+            assert await store.smembers(networks_key(ME)) == {b"net"}
+            assert await store.hgetall(network_key("gone")) == {}
