@@ -136,6 +136,32 @@ forget(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
 return replaced
 """
 )
+# A reap's steps stop (-1) once the broker reaped is alive again: it registers its members
+# again itself, and a step after that would remove what it registered.
+_REAP_NETWORK: Final = (
+    _FUNCTIONS
+    + """
+if redis.call('exists', KEYS[1]) == 1 then return -1 end
+local replaced = claim(KEYS[2], 'hash')
+for i = 1, #ARGV, 3 do
+  if redis.call('hget', KEYS[2], ARGV[i]) == ARGV[i + 1] then
+    redis.call('hdel', KEYS[2], ARGV[i])
+    redis.call('publish', KEYS[3], ARGV[i + 2])
+  end
+end
+return replaced
+"""
+)
+_REAPED: Final = (
+    _FUNCTIONS
+    + """
+if redis.call('exists', KEYS[1]) == 1 then return -1 end
+local replaced = claim(KEYS[3], 'set')
+redis.call('del', KEYS[2])
+redis.call('srem', KEYS[3], ARGV[1])
+return replaced
+"""
+)
 _BEAT: Final = (
     _FUNCTIONS
     + """
@@ -279,15 +305,39 @@ class ClusterLink:
                 await self._reap(redis, broker)
 
     async def _reap(self, redis: "coredis.Redis[bytes]", broker: str) -> None:
+        """Remove a dead broker's entries network by network, each with its `leave`, then its
+        `nets:` and its id in `brokers`; stop once it is alive again."""
         networks = await self._members(redis, networks_key(broker), is_network_id)
         for network in networks:
+            args: list[str] = []
             for device_id, entry in (await self._entries(redis, network)).items():
                 if entry.broker == broker:
-                    await self._depart(redis, Depart(network, device_id, entry))
+                    leave = encode_event(False, network, device_id, entry)
+                    args += [device_id, entry.encode(), leave]
+            keys = [network_key(network), PRESENCE_CHANNEL]
+            if args and not await self._reap_step(redis, broker, _REAP_NETWORK, keys, args):
+                return
+        keys = [networks_key(broker), BROKERS_KEY]
+        if await self._reap_step(redis, broker, _REAPED, keys, [broker]):
+            _log.info("cluster_reaped", broker_id=broker, networks=len(networks))
+
+    async def _reap_step(
+        self,
+        redis: "coredis.Redis[bytes]",
+        broker: str,
+        script: str,
+        keys: list[str],
+        args: list[str],
+    ) -> bool:
+        """Run one step of a reap of `broker`; False when it found that broker alive again
+        (the reap ends: it registers its members itself)."""
         with trio.fail_after(COMMAND_TIMEOUT_S):
-            await redis.delete([networks_key(broker)])
-            await redis.srem(BROKERS_KEY, [broker])
-        _log.info("cluster_reaped", broker_id=broker, networks=len(networks))
+            replaced = await redis.eval(script, keys=[alive_key(broker), *keys], args=args)
+        if replaced == -1:
+            _log.info("cluster_reap_ended_alive", broker_id=broker)
+            return False
+        await self._count_bad(replaced)
+        return True
 
     async def _serve_control(self, redis: "coredis.Redis[bytes]") -> None:
         while True:

@@ -28,6 +28,7 @@ from meshactors.broker.cluster_messages import (
 from meshactors.broker.cluster_wire import (
     BROKERS_KEY,
     PresenceEntry,
+    alive_key,
     network_key,
     networks_key,
 )
@@ -200,3 +201,34 @@ async def test_a_resync_trims_the_networks_the_broker_has_no_member_in_any_more(
             assert await link.ask(resync_alice) == {"net": {did(ALICE): ALICE_ENTRY}}
             assert await store.smembers(networks_key(ME)) == {b"net"}
             assert await store.hgetall(network_key("gone")) == {}
+
+
+async def test_a_reap_stops_once_the_broker_reaped_is_alive_again(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    back = "fedcba9876543210"  # taken for dead (say, stopped for a while), and back
+    entry = PresenceEntry(back, "daemon", ALICE_ENTRY.ts_ms)
+    reaped = trio.Event()
+    entries, reap = ClusterLink._entries, ClusterLink._reap
+    async with client(redis) as store:
+
+        async def entries_then_back(self: ClusterLink, redis: Any, network: str) -> Roster:
+            found = await entries(self, redis, network)
+            await store.set(alive_key(back), "1", px=60_000)  # its heartbeat, as the reap walks
+            return found
+
+        async def reap_and_tell(self: ClusterLink, redis: Any, broker: str) -> None:
+            await reap(self, redis, broker)
+            reaped.set()
+
+        monkeypatch.setattr(ClusterLink, "_entries", entries_then_back)
+        monkeypatch.setattr(ClusterLink, "_reap", reap_and_tell)
+        await store.hset(network_key("net"), {did(ALICE): entry.encode()})
+        await store.sadd(networks_key(back), ["net"])
+        await store.sadd(BROKERS_KEY, [back])
+        async with linked(redis.url):
+            with trio.fail_after(WAIT_S):
+                await reaped.wait()
+        assert await store.hget(network_key("net"), did(ALICE)) == entry.encode().encode()
+        assert await store.smembers(networks_key(back)) == {b"net"}
+        assert back.encode() in await store.smembers(BROKERS_KEY)
