@@ -234,6 +234,7 @@ class ClusterLink:
             await self.events.send(StateChanged("connected"))
             _log.info("cluster_connected", url=self.url, broker_id=self.broker_id)
             nursery.start_soon(self._heartbeat, redis)
+            nursery.start_soon(self._reaper, redis)
             nursery.start_soon(self._serve_control, redis)
             nursery.start_soon(self._forward, redis)
 
@@ -268,6 +269,8 @@ class ClusterLink:
                     await self.events.send(Dropped("cluster_bad_messages"))
 
     async def _heartbeat(self, redis: "coredis.Redis[bytes]") -> None:
+        """Renew our `alive:` and tick our inbox every heartbeat; register again if we were
+        taken for dead."""
         while True:
             await trio.sleep(self.heartbeat_s)
             with trio.fail_after(COMMAND_TIMEOUT_S):
@@ -282,6 +285,13 @@ class ClusterLink:
                 _log.warning("cluster_presence_lost", broker_id=self.broker_id)
                 await self._beat(redis)
                 await self.events.send(StateChanged("connected"))
+
+    async def _reaper(self, redis: "coredis.Redis[bytes]") -> None:
+        """Every heartbeat, reap the brokers found dead: apart from the heartbeat, so that a
+        long reap (a broker with many networks) does not hold it up and get us taken for dead
+        in turn."""
+        while True:
+            await trio.sleep(self.heartbeat_s)
             await self._reap_dead(redis)
 
     async def _beat(self, redis: "coredis.Redis[bytes]") -> None:

@@ -29,6 +29,7 @@ from meshactors.broker.cluster_wire import (
     BROKERS_KEY,
     PresenceEntry,
     alive_key,
+    inbox_channel,
     network_key,
     networks_key,
 )
@@ -232,3 +233,23 @@ async def test_a_reap_stops_once_the_broker_reaped_is_alive_again(
         assert await store.hget(network_key("net"), did(ALICE)) == entry.encode().encode()
         assert await store.smembers(networks_key(back)) == {b"net"}
         assert back.encode() in await store.smembers(BROKERS_KEY)
+
+
+async def test_the_heartbeat_goes_on_while_a_reap_takes_long(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reaping = trio.Event()
+
+    async def endless_reap(self: ClusterLink, redis: Any, broker: str) -> None:
+        reaping.set()
+        await trio.sleep_forever()  # say, a broker with very many networks
+
+    monkeypatch.setattr(ClusterLink, "_reap", endless_reap)
+    async with client(redis) as store:
+        await store.sadd(BROKERS_KEY, ["fedcba9876543210"])  # dead: no alive: key
+        async with store.pubsub(channels=[inbox_channel(ME)]) as ticks, linked(redis.url):
+            with trio.fail_after(WAIT_S):
+                await reaping.wait()
+                for _ in range(3):  # the first may come before, the others after it began
+                    while not await ticks.get_message(True, timeout=WAIT_S):  # no subscribes
+                        pass
