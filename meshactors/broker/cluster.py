@@ -32,12 +32,12 @@ from meshactors.broker.cluster_messages import (
     Resync,
     Roster,
     StateChanged,
+    Unreceived,
 )
 from meshactors.broker.cluster_wire import (
     BROKERS_KEY,
     PRESENCE_CHANNEL,
     BadClusterMessage,
-    Envelope,
     PresenceEntry,
     alive_key,
     decode_entry,
@@ -504,7 +504,8 @@ class ClusterLink:
         return {d: entry for d, entry in roster.items() if entry.broker in alive}
 
     async def _forward(self, redis: "coredis.Redis[bytes]") -> None:
-        """Publish waiting envelopes: all those for one broker in one message."""
+        """Publish waiting envelopes: all those for one broker in one message. One that no
+        broker received is reported, so that its sender is told."""
         while True:
             waiting = [await self.forwards.receive()]
             size = len(waiting[0].envelope.batch)
@@ -514,12 +515,15 @@ class ClusterLink:
                 except trio.WouldBlock:
                     break
                 size += len(waiting[-1].envelope.batch)
-            by_broker: dict[str, list[Envelope]] = {}
+            by_broker: dict[str, list[Forward]] = {}
             for forward in waiting:
-                by_broker.setdefault(forward.broker, []).append(forward.envelope)
-            for broker, envelopes in by_broker.items():
+                by_broker.setdefault(forward.broker, []).append(forward)
+            for broker, forwards in by_broker.items():
+                message = encode_envelopes([forward.envelope for forward in forwards])
                 with trio.fail_after(COMMAND_TIMEOUT_S):
-                    await redis.publish(inbox_channel(broker), encode_envelopes(envelopes))
+                    received = await redis.publish(inbox_channel(broker), message)
+                if not received:  # that broker died: its members are about to be reaped
+                    await self.events.send(Unreceived(forwards))
 
     async def _degraded_for(self, seconds: float) -> None:
         """Answer admissions `unavailable` and drop forwards until `seconds` have passed."""

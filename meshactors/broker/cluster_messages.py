@@ -68,10 +68,12 @@ Control = Admit | Depart | Register | Resync
 
 @attrs.frozen
 class Forward:
-    """An envelope for a member of another broker, to publish."""
+    """An envelope for a member of another broker, to publish; `sender` (the public key of
+    the member it came from, in the envelope's network) is told when nobody received it."""
 
     broker: str
     envelope: Envelope
+    sender: bytes
 
 
 @attrs.frozen
@@ -89,10 +91,17 @@ class Delivered:
 
 
 @attrs.frozen
+class Unreceived:
+    """Forwards published to an inbox that no broker read (its broker is gone)."""
+
+    forwards: list[Forward]
+
+
+@attrs.frozen
 class Dropped:
     """Something the link dropped, named by the broker figure it counts in."""
 
     what: str  # cluster_bad_messages | cluster_forwards_lost
 
 
-ClusterEvent = StateChanged | PresenceEvent | Delivered | Dropped
+ClusterEvent = StateChanged | PresenceEvent | Delivered | Unreceived | Dropped

@@ -41,6 +41,7 @@ from meshactors.broker.cluster_messages import (
     Resync,
     Roster,
     StateChanged,
+    Unreceived,
 )
 from meshactors.broker.cluster_wire import Envelope, PresenceEntry, PresenceEvent
 from meshactors.broker.health import ForwardingStream, answer_health
@@ -792,7 +793,7 @@ class Broker:
                 self._counts["messages_relayed"] += 1
                 self._counts["frames_relayed"] += len(relayed)
                 continue
-            forward = self._forward(sender.network, to, relayed) if destination is None else None
+            forward = self._forward(sender, to, relayed) if destination is None else None
             if forward is not None:
                 self._counts["frames_forwarded"] += len(relayed)
                 try:
@@ -802,20 +803,20 @@ class Broker:
                     waiting.append(forward)
                 continue
             self._counts["frames_dropped"] += len(relayed)
-            if sender.notices.take(trio.current_time()):
-                device_id = device_id_from_public_key(to)
-                sender.offer(encode_notice(Undeliverable(device_id)))
+            _tell_undeliverable(sender, to)
         return waiting
 
     def _forward(
-        self, network: str, to: bytes, relayed: list[tuple[bytes, bytes]]
+        self, sender: _Member, to: bytes, relayed: list[tuple[bytes, bytes]]
     ) -> Forward | None:
         """The forward of a batch for a member on another broker; None when it cannot go
         (not a member anywhere we know of, or Redis is down)."""
+        network = sender.network
         remote = self._remote.get(network, {}).get(to)
         if remote is None or self._forwards is None or self._state != "connected":
             return None
-        return Forward(remote[1].broker, Envelope(network, to, encode_batch(relayed)))
+        envelope = Envelope(network, to, encode_batch(relayed))
+        return Forward(remote[1].broker, envelope, sender.public_key)
 
     async def _follow_cluster(self, reported: trio.MemoryReceiveChannel[ClusterEvent]) -> None:
         """Apply what the link reports: its state, other brokers' presence, envelopes."""
@@ -843,6 +844,13 @@ class Broker:
                         self._counts[
                             "cluster_delivered" if delivered else "cluster_undeliverable"
                         ] += 1
+                case Unreceived(forwards=forwards):
+                    for forward in forwards:  # published to the inbox of a broker gone
+                        self._counts["cluster_undeliverable"] += 1
+                        members = self._networks.get(forward.envelope.network, {})
+                        sender = members.get(forward.sender)
+                        if sender is not None:
+                            _tell_undeliverable(sender, forward.envelope.to)
                 case Dropped(what=what):
                     self._counts[what] += 1
 
@@ -934,6 +942,12 @@ def _newer(entry: PresenceEntry, than: PresenceEntry) -> bool:
     """Whether `entry` is a newer connection than `than`: the newer hello, then the larger
     broker id (docs/protocol.md, "Presence")."""
     return (entry.ts_ms, entry.broker) > (than.ts_ms, than.broker)
+
+
+def _tell_undeliverable(sender: _Member, to: bytes) -> None:
+    """Tell a member that records it sent to `to` found nobody (rate-limited per connection)."""
+    if sender.notices.take(trio.current_time()):
+        sender.offer(encode_notice(Undeliverable(device_id_from_public_key(to))))
 
 
 def _closed_by_peer(ws: WebSocketConnection) -> SessionEnd:

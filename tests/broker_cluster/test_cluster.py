@@ -359,3 +359,20 @@ async def _hello_and_welcome(
         task_status.started(receive)
         await send.send(json.loads(await ws.get_message()))
         await trio.sleep_forever()
+
+
+async def test_a_sender_is_told_undeliverable_when_no_broker_received_its_envelope(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    a, a_port = await start(nursery, redis)
+    gone = "fedcba9876543210"  # died a moment ago: alive for a while yet, nobody reads its inbox
+    entry = json.dumps({"b": gone, "r": "daemon", "t": wall_ms()}).encode()
+    alive = (b"SET", f"meshactors:alive:{gone}".encode(), b"1", b"PX", b"60000")
+    assert await _redis_command(redis, *alive) == b"+OK\r\n"
+    assert await _redis_command(redis, b"HSET", b"meshactors:net:net", did(BOB).encode(), entry)
+    async with joined(url(a_port), ALICE, "net") as (alice, welcome):
+        assert welcome["peers"] == [{"device_id": did(BOB), "role": "daemon"}]
+        await alice.send_message(encode_batch([(pk(BOB), b"into the void")]))
+        notice = await next_text(alice, lambda notice: notice["type"] == "undeliverable")
+        assert notice["device_id"] == did(BOB)
+    assert a.figures()["cluster_undeliverable"] == 1
