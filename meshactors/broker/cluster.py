@@ -10,7 +10,7 @@ with backoff and jitter (docs/protocol.md, "Brokers in a cluster").
 import contextlib
 import random
 from collections.abc import Callable, Iterable
-from typing import Final, TypeVar
+from typing import Final, Literal, TypeVar
 
 import attrs
 import coredis
@@ -162,11 +162,14 @@ redis.call('srem', KEYS[3], ARGV[1])
 return replaced
 """
 )
+# Set (or, with `renew`, only renew: -1 when it had expired) our `alive:`, and keep our id in
+# `brokers` (which a reaper walks).
 _BEAT: Final = (
     _FUNCTIONS
     + """
+local condition = ARGV[3] == 'renew' and {'XX'} or {}
+if not redis.call('set', KEYS[1], '1', 'PX', ARGV[1], unpack(condition)) then return -1 end
 local replaced = claim(KEYS[2], 'set')
-redis.call('set', KEYS[1], '1', 'PX', ARGV[1])
 redis.call('sadd', KEYS[2], ARGV[2])
 return replaced
 """
@@ -227,7 +230,7 @@ class ClusterLink:
     async def _session(self, redis: "coredis.Redis[bytes]") -> None:
         with trio.fail_after(COMMAND_TIMEOUT_S):
             await redis.ping()
-            await self._beat(redis)
+            await self._beat(redis, "set")
         async with trio.open_nursery() as nursery:
             await nursery.start(self._subscribe, redis)
             self._connected_at = trio.current_time()
@@ -274,16 +277,11 @@ class ClusterLink:
         while True:
             await trio.sleep(self.heartbeat_s)
             with trio.fail_after(COMMAND_TIMEOUT_S):
-                renewed = await redis.set(
-                    alive_key(self.broker_id),
-                    "1",
-                    px=int(self.ttl_s * 1000),
-                    condition=coredis.PureToken.XX,
-                )
+                renewed = await self._beat(redis, "renew")
                 await redis.publish(inbox_channel(self.broker_id), b"")
             if not renewed:  # we were taken for dead and reaped: register everything again
                 _log.warning("cluster_presence_lost", broker_id=self.broker_id)
-                await self._beat(redis)
+                await self._beat(redis, "set")
                 await self.events.send(StateChanged("connected"))
 
     async def _reaper(self, redis: "coredis.Redis[bytes]") -> None:
@@ -294,10 +292,16 @@ class ClusterLink:
             await trio.sleep(self.heartbeat_s)
             await self._reap_dead(redis)
 
-    async def _beat(self, redis: "coredis.Redis[bytes]") -> None:
+    async def _beat(self, redis: "coredis.Redis[bytes]", how: Literal["set", "renew"]) -> bool:
+        """Set or renew our `alive:` and keep our id in `brokers`; False when a renewal found
+        `alive:` expired (we were taken for dead)."""
         keys = [alive_key(self.broker_id), BROKERS_KEY]
-        args = [str(int(self.ttl_s * 1000)), self.broker_id]
-        await self._count_bad(await redis.eval(_BEAT, keys=keys, args=args))
+        args = [str(int(self.ttl_s * 1000)), self.broker_id, how]
+        replaced = await redis.eval(_BEAT, keys=keys, args=args)
+        if replaced == -1:
+            return False
+        await self._count_bad(replaced)
+        return True
 
     async def _reap_dead(self, redis: "coredis.Redis[bytes]") -> None:
         """Remove the members of brokers whose heartbeat expired; one broker reaps each."""

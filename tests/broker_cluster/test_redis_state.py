@@ -253,3 +253,15 @@ async def test_the_heartbeat_goes_on_while_a_reap_takes_long(
                 for _ in range(3):  # the first may come before, the others after it began
                     while not await ticks.get_message(True, timeout=WAIT_S):  # no subscribes
                         pass
+
+
+async def test_every_heartbeat_keeps_the_broker_in_brokers(redis: RedisServer) -> None:
+    async with client(redis) as store, linked(redis.url) as link:
+        await link.expect(StateChanged("connected"))
+        await store.set(BROKERS_KEY, "not ours")  # or it was removed while it lived
+        async with store.pubsub(channels=[inbox_channel(ME)]) as ticks:
+            with trio.fail_after(WAIT_S):
+                for _ in range(2):  # the second heartbeat began after the set: it repaired it
+                    while not await ticks.get_message(True, timeout=WAIT_S):
+                        pass
+        assert await store.smembers(BROKERS_KEY) == {ME.encode()}
