@@ -60,7 +60,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     listing.add_argument("--limit", type=int, default=100)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=run_outbox_list)
-    requeue = outbox.add_parser("requeue", help="send a dead or stuck row again")
+    requeue = outbox.add_parser("requeue", help="send a dead row again")
     requeue.add_argument("id")
     requeue.add_argument("--new-client-id", default=None)
     requeue.set_defaults(run=run_outbox_requeue)

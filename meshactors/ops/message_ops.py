@@ -325,7 +325,7 @@ async def outbox_list(session: Session, params: OutboxListParams) -> dict[str, A
 
 
 async def outbox_requeue(session: Session, params: RequeueParams) -> dict[str, Any]:
-    """Send a dead or stuck row again as a new row (same routing); the old one is aborted."""
+    """Send a dead row again as a new row (same routing); the old one is aborted."""
     row = await _store_call(
         session,
         functools.partial(

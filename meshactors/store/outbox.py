@@ -43,7 +43,6 @@ EXPIRE_BATCH = 500  # sends one expire_pending call makes dead, bounding its tra
 # size fits the event hub's inbox with room to spare. It may cut a send short: that send's
 # other recipients die in the next call (`Expired.more`).
 EXPIRE_DELIVERIES = MAX_RECIPIENTS
-SUPERSEDED = "superseded"  # last_error of the deliveries that requeue closes
 EXPIRED = "expired"  # last_error of pending deliveries that outlived TTL_MS (expire_pending)
 
 _PRIORITY_RANK = "CASE o.priority WHEN 'now' THEN 0 WHEN 'next' THEN 1 ELSE 2 END"
@@ -660,11 +659,12 @@ def list_rows(
 def requeue(
     conn: sqlite3.Connection, row_id: str, *, new_client_message_id: str | None, now_ms: int
 ) -> OutboxRow:
-    """Send a dead or stuck pending row again as a new row with the same routing and content.
+    """Send a dead row again as a new row with the same routing and content.
 
-    The new row goes to the recipients that have not received the original, under a fresh
-    (or the given) client_message_id; the old row becomes aborted with superseded_by set
-    and its open deliveries are closed. Returns the new row.
+    The new row goes to the recipients whose delivery died, under a fresh (or the given)
+    client_message_id; the old row becomes aborted with superseded_by set. Returns the new
+    row. Only a dead row: a pending or inflight delivery is still being tried and an earlier
+    attempt may already be with its recipient, whose dedupe would not know the new key.
     """
     if new_client_message_id is not None:
         _check_client_message_id(new_client_message_id)
@@ -672,9 +672,12 @@ def requeue(
         old = _load_row(conn, row_id)
         if old is None:
             raise SendError("not_found", f"no outbox row {row_id!r}")
-        if old.status not in ("dead", "pending"):
+        if old.status != "dead":
             raise SendError(
-                "not_requeueable", f"outbox row {row_id} is {old.status}; only dead or pending"
+                "not_requeueable",
+                f"outbox row {row_id} is {old.status}; only a dead row can be requeued"
+                " (a pending or inflight delivery is still being tried and may already"
+                " have reached its recipient)",
             )
         key = new_client_message_id or mint_client_message_id(now_ms)
         taken = conn.execute(
@@ -684,7 +687,7 @@ def requeue(
         if taken is not None:
             raise SendError("conflict", f"client_message_id {key!r} is already row {taken[0]}")
         new_id = mint_client_message_id(now_ms)
-        recipients = [d.recipient for d in old.deliveries if d.status != "done"]
+        recipients = [d.recipient for d in old.deliveries if d.status == "dead"]
         inserts = _Inserts()
         inserts.add(
             conn,
@@ -707,15 +710,6 @@ def requeue(
             ),
         )
         inserts.write(conn)
-        conn.execute(
-            "UPDATE deliveries SET status = 'dead', last_error = ?"
-            " WHERE outbox_id = ? AND status IN ('pending', 'inflight')",
-            (SUPERSEDED, row_id),
-        )
-        closed = collections.Counter(
-            d.status for d in old.deliveries if d.status in ("pending", "inflight")
-        )
-        bump_counts(conn, _moved("deliveries", closed, "dead"))
         conn.execute(
             "UPDATE outbox SET status = 'aborted', superseded_by = ?, updated_at = ? WHERE id = ?",
             (new_id, now_ms, row_id),

@@ -54,7 +54,7 @@ class ErrorCode(enum.StrEnum):
     LAGGED = "lagged"  # the connection fell behind a stream it was receiving
     # durable messages
     NO_RECIPIENTS = "no_recipients"
-    NOT_REQUEUEABLE = "not_requeueable"  # only a dead or pending outbox row can be requeued
+    NOT_REQUEUEABLE = "not_requeueable"  # only a dead outbox row can be requeued
     # replicated state and closed networks
     STATE_FULL = "state_full"  # the network's state map is at its key or byte limit
     FORBIDDEN = "forbidden"  # our role (or, in an open network, status) does not allow it

@@ -3,6 +3,7 @@ dedupe, offline recipients, restarts, `*` and `@tag` fan-out, requeue and event 
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
 from typing import Any
@@ -12,6 +13,7 @@ import trio
 
 from meshactors.daemon.outbox import Outbox
 from meshactors.network.message_frames import Msg
+from meshactors.store import outbox as outbox_db
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed, active_pair, approve_both
 from tests.support import LineClient
 
@@ -193,6 +195,18 @@ async def test_requeue_sends_a_dead_row_again_under_a_new_id(mesh: Mesh) -> None
     await b.stop()
     await a.wait_status(b, "offline")
     sent = await a.call("send", network=NET, to=b.device_id, message="again")
+    with pytest.raises(OpFailed) as pending:  # still being tried
+        await a.call("outbox_requeue", outbox_id=sent["id"])
+    assert pending.value.code == "not_requeueable"
+    kill = functools.partial(
+        outbox_db.mark_failed,
+        outbox_id=sent["id"],
+        recipient=b.device_id,
+        error_code="invalid_message",
+        permanent=True,
+        now_ms=int(time.time() * 1000),
+    )
+    assert await a.services.store.call(kill, what="test: the delivery dies") == "dead"
     answer = await a.call("outbox_requeue", outbox_id=sent["id"], new_client_message_id="retry-1")
     assert answer["row"]["client_message_id"] == "retry-1"
     assert answer["row"]["destination"] == {"kind": "peer", "ref": b.device_id}

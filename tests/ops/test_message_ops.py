@@ -15,6 +15,7 @@ import trio
 from meshactors.daemon.services import Services
 from meshactors.network.message_frames import MAX_MESSAGE_BYTES, MAX_META_BYTES, MAX_REF_CHARS, Msg
 from meshactors.store import inbox as inbox_db
+from meshactors.store import outbox as outbox_db
 from meshactors.wire.device_id import device_id_from_public_key
 from meshactors.wire.peer import MAX_PEER_FRAME_BYTES, encode_frame
 
@@ -101,9 +102,12 @@ async def test_bad_sends_are_refused_with_clear_codes(connect: Any, daemon: Serv
         assert answer["error"]["code"] == code, (params, answer)
 
 
-async def test_outbox_list_filters_and_requeue_refuses_what_it_cannot(connect: Any) -> None:
+async def test_outbox_list_filters_and_requeue_refuses_what_it_cannot(
+    connect: Any, daemon: Services
+) -> None:
     client = await joined(connect)
-    sent = (await client.call("send", network=NET, to=new_device(), message="x"))["data"]
+    peer = new_device()
+    sent = (await client.call("send", network=NET, to=peer, message="x"))["data"]
     pending = (await client.call("outbox_list", status="pending", limit=10))["data"]["rows"]
     assert [row["id"] for row in pending] == [sent["id"]]
     assert (await client.call("outbox_list", status="done", limit=10))["data"]["rows"] == []
@@ -111,6 +115,19 @@ async def test_outbox_list_filters_and_requeue_refuses_what_it_cannot(connect: A
     assert bad["error"]["code"] == "invalid_params"
     missing = await client.call("outbox_requeue", outbox_id="nope")
     assert missing["error"]["code"] == "not_found"
+    still_tried = await client.call("outbox_requeue", outbox_id=sent["id"])
+    assert still_tried["error"]["code"] == "not_requeueable"  # pending: may yet arrive
+    await daemon.store.call(
+        functools.partial(
+            outbox_db.mark_failed,
+            outbox_id=sent["id"],
+            recipient=peer,
+            error_code="invalid_message",
+            permanent=True,
+            now_ms=0,
+        ),
+        what="test: the delivery dies",
+    )
     requeued = (await client.call("outbox_requeue", outbox_id=sent["id"]))["data"]
     assert requeued["superseded"] == sent["id"]
     again = await client.call("outbox_requeue", outbox_id=sent["id"])

@@ -15,7 +15,6 @@ from meshactors.store.outbox import (
     BACKOFF_BASE_MS,
     BACKOFF_CAP_MS,
     MAX_LIST_ROWS,
-    SUPERSEDED,
     TTL_MS,
     AcceptOutcome,
     DeliveryKey,
@@ -29,6 +28,7 @@ from meshactors.store.outbox import (
     due_now_to_peer,
     list_rows,
     mark_delivered_many,
+    mark_due_now,
     mark_failed,
     mark_inflight,
     recover_inflight,
@@ -502,16 +502,22 @@ def test_requeue_keeps_routing_and_supersedes_the_old_row(conn: sqlite3.Connecti
     assert {d.recipient for d in due_deliveries(conn, now_ms=T0 + 1000, limit=10)} == {"b", "c"}
 
 
-def test_requeue_of_a_stuck_pending_row_closes_its_deliveries(conn: sqlite3.Connection) -> None:
-    old_id = send(conn).id
-    new = requeue(conn, old_id, new_client_message_id="again", now_ms=T0 + 5)
-    assert new.client_message_id == "again"
-    aborted = row_of(conn, old_id)
-    assert aborted.status == "aborted"
-    assert [(d.status, d.last_error) for d in aborted.deliveries] == [("dead", SUPERSEDED)]
-    assert [d.outbox_id for d in due_deliveries(conn, now_ms=T0 + 5, limit=10)] == [new.id]
-    delivered(conn, old_id, "dev-a", T0 + 6)  # a late ack for the old row
-    assert row_of(conn, old_id).status == "aborted"
+def test_requeue_refuses_a_row_with_a_delivery_still_being_tried(
+    conn: sqlite3.Connection,
+) -> None:
+    old_id = send(conn, recipients=["a", "b"], destination_kind="all", destination_ref="*").id
+    mark_failed(conn, old_id, "a", error_code="denied", permanent=True, now_ms=T0)
+    assert mark_inflight(conn, [DeliveryKey(old_id, "b")], T0) == [DeliveryKey(old_id, "b")]
+    assert mark_due_now(conn, old_id, "b", T0 + 1)  # b left: its attempt may have arrived
+    before = row_of(conn, old_id)
+    assert before.status == "pending"
+    with pytest.raises(SendError) as info:
+        requeue(conn, old_id, new_client_message_id="again", now_ms=T0 + 5)
+    assert info.value.code == "not_requeueable"
+    assert "may already have reached" in str(info.value)
+    assert row_of(conn, old_id) == before
+    assert count(conn, "outbox") == 1
+    assert [d.outbox_id for d in due_deliveries(conn, now_ms=T0 + 5, limit=10)] == [old_id]
 
 
 def test_requeue_refuses_a_taken_key_unknown_rows_and_other_states(
@@ -531,7 +537,14 @@ def test_requeue_refuses_a_taken_key_unknown_rows_and_other_states(
     with pytest.raises(SendError) as info:
         requeue(conn, done_id, new_client_message_id=None, now_ms=T0)
     assert info.value.code == "not_requeueable"
-    assert count(conn, "outbox") == 3
+    open_id = send(conn, client_message_id="open").id
+    for claim in (False, True):  # pending, then inflight
+        if claim:
+            mark_inflight(conn, [DeliveryKey(open_id, "dev-a")], T0)
+        with pytest.raises(SendError) as info:
+            requeue(conn, open_id, new_client_message_id=None, now_ms=T0)
+        assert info.value.code == "not_requeueable"
+    assert count(conn, "outbox") == 4
 
 
 def test_list_rows_filters_newest_first_and_checks_the_limit(conn: sqlite3.Connection) -> None:
