@@ -14,6 +14,7 @@ import trio
 from meshactors.daemon.outbox import Outbox
 from meshactors.network.message_frames import Msg
 from meshactors.store import outbox as outbox_db
+from meshactors.store.retention import IDEMPOTENCY_WINDOW_MS, Retention, prune_outbox
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed, active_pair, approve_both
 from tests.support import LineClient
 
@@ -108,6 +109,32 @@ async def test_a_redelivered_message_is_stored_once_and_acked_again(mesh: Mesh) 
         sent["id"],
         later["id"],
     ]
+
+
+async def test_a_key_reused_after_its_row_was_pruned_reaches_the_peer_as_a_duplicate(
+    mesh: Mesh,
+) -> None:
+    # docs/protocol.md, "Retention": the recipient keeps the first message under the key,
+    # the sender's new row ends done all the same.
+    a, b = await active_pair(mesh)
+    first = await a.call(
+        "send", network=NET, to=b.device_id, message="first", client_message_id="k"
+    )
+    await delivered(a, first["id"])
+    two_days_on = int(time.time() * 1000) + 2 * IDEMPOTENCY_WINDOW_MS
+    prune = functools.partial(prune_outbox, retention=Retention(days=1), now_ms=two_days_on)
+    assert await a.services.store.call(prune, what="test: prune") == 1
+    second = await a.call(
+        "send", network=NET, to=b.device_id, message="second", client_message_id="k"
+    )
+    assert (second["outcome"], second["client_message_id"]) == ("accepted", "k")
+    assert second["id"] != first["id"]
+    await delivered(a, second["id"])
+    receiver = b.services.outbox
+    assert isinstance(receiver, Outbox)
+    assert receiver.counts["duplicates"] == 1
+    assert [m["message"] for m in await inbox_of(b, 1)] == ["first"]
+    assert [e["message"] for e in b.events if e["kind"] == "message"] == ["first"]
 
 
 async def test_messages_to_an_offline_peer_wait_then_all_arrive(mesh: Mesh) -> None:
