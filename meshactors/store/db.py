@@ -3,13 +3,21 @@
 import contextlib
 import json
 import os
+import secrets
 import sqlite3
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from meshactors.paths import SymlinkRefused, open_private, refuse_symlink, tighten_mode
+from meshactors.paths import (
+    TMP_SUFFIX_BYTES,
+    SymlinkRefused,
+    fsync_directory,
+    open_private,
+    refuse_symlink,
+    tighten_mode,
+)
 
 BUSY_TIMEOUT_MS = 5000  # how long a writer waits for another connection's lock before failing
 PROBE_BYTES = 64 * 1024  # written beside the database to learn why the OS refuses it
@@ -214,9 +222,11 @@ class StoreError(Exception):
 def open_database(path: Path) -> sqlite3.Connection:
     """Open (creating if absent) and migrate the state database at `path`.
 
-    The parent directory must exist. An existing file is checked before anything is written
-    to it; a damaged or foreign file raises StoreError and is never overwritten or repaired,
-    and a symlink in the place of any of its files raises SymlinkRefused.
+    The parent directory must exist. A new database is made whole before it takes the name
+    (`_create`), so an existing file is never one this code left half made: it is checked
+    before anything is written to it, an empty, damaged or foreign file raises StoreError and
+    is never overwritten or repaired, and a symlink in the place of any of its files raises
+    SymlinkRefused.
     """
     if sqlite3.sqlite_version_info < MIN_SQLITE:
         wanted = ".".join(map(str, MIN_SQLITE))
@@ -224,48 +234,96 @@ def open_database(path: Path) -> sqlite3.Connection:
             f"SQLite {sqlite3.sqlite_version} is too old: the store needs {wanted} or newer "
             "(RETURNING); use a Python built with a newer SQLite"
         )
-    _make_private(path)  # SymlinkRefused, as for every file of the home
+    if not _existing(path):  # SymlinkRefused, as for every file of the home
+        _create(path)
+    return _open(path, path)
+
+
+def _open(path: Path, shown: Path) -> sqlite3.Connection:
+    """Connect to the database file at `path`, check it, set the pragmas and migrate it;
+    errors name `shown` (the state database a temporary file is made for)."""
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
-        raise _refused(path, exc) from exc
+        raise _refused(shown, exc) from exc
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        _check_integrity(conn, path)
+        _check_integrity(conn, shown)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         # Every grouped store call is a savepoint, whose undo journal would otherwise be a
         # temporary file: in memory, an accept costs ~62 us, not ~87.
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA foreign_keys = ON")
-        _migrate(conn, path)
+        _migrate(conn, shown)
     except StoreError:
         conn.close()
         raise
     except sqlite3.Error as exc:
         conn.close()
         if exc.sqlite_errorcode & 0xFF in _CORRUPTION_CODES:
-            raise _damaged(path, str(exc)) from exc
-        raise _refused(path, exc) from exc
+            raise _damaged(shown, str(exc)) from exc
+        raise _refused(shown, exc) from exc
     return conn
 
 
-def _make_private(path: Path) -> None:
-    """Refuse a database, WAL or SHM file that is a symlink, and create the database 0600
-    (SQLite gives its WAL and SHM files the database's mode). What the OS refuses otherwise is
+def _existing(path: Path) -> bool:
+    """Whether the database file exists; refuse it, or its WAL or SHM file, as a symlink, and
+    an empty one (`_create` never leaves one: it was truncated, and opening it would start a
+    new database in its place); drop any mode beyond 0600. What the OS refuses otherwise is
     left for SQLite's own open to report."""
-    for each in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+    for each in _files(path):
         refuse_symlink(each)
     try:
-        fd = open_private(path, os.O_RDWR | os.O_CREAT)
+        fd = open_private(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
     except SymlinkRefused:
         raise
     except OSError:
-        return
+        return True
     try:
+        if os.fstat(fd).st_size == 0:
+            raise _damaged(path, "the file is empty")
         tighten_mode(fd, path)
     finally:
         os.close(fd)
+    return True
+
+
+def _create(path: Path) -> None:
+    """Make a new database: migrated under a temporary name beside `path` (0600), synced,
+    then linked into place, so a crash leaves a stray temporary file, never an empty or half
+    made `path`. A database another process linked there first is kept; a WAL file left
+    without its database is refused."""
+    wal = _files(path)[1]
+    if os.path.lexists(wal):  # SQLite would replay its pages onto the new database
+        raise StoreError(
+            f"state database {path} is missing but its WAL file {wal} is there; both were"
+            " left untouched: restore the database, or move the WAL file aside to start anew"
+        )
+    made = path.with_name(f".{path.name}.{secrets.token_hex(TMP_SUFFIX_BYTES)}.tmp")
+    try:
+        try:
+            fd = open_private(made, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        except OSError as exc:
+            raise StoreError(f"cannot use state database {path}: {exc.strerror or exc}") from exc
+        try:
+            _open(made, path).close()  # the last connection: its WAL is checkpointed, removed
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileExistsError):
+            os.link(made, path)
+        fsync_directory(path.parent)
+    finally:
+        for each in _files(made):
+            each.unlink(missing_ok=True)
+
+
+def _files(path: Path) -> tuple[Path, Path, Path]:
+    """The database file at `path` and the WAL and SHM files SQLite keeps beside it."""
+    return path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
 
 
 @contextlib.contextmanager

@@ -51,3 +51,18 @@ def test_a_corrupt_database_with_detach_reports_the_childs_reason(home: Home) ->
         result = home.cli("daemon", "up", "--detach", check=False)
         assert result.returncode == 3, result.stderr
         assert "damaged or not a SQLite database" in result.stderr, result.stderr
+
+
+def test_an_emptied_database_is_refused_not_started_afresh(home: Home) -> None:
+    home.cli("daemon", "up", "--detach")
+    home.cli("network", "add", "lan", "--broker", "ws://127.0.0.1:9/v1")
+    home.cli("daemon", "down")
+    state = home.path / "state.db"
+    state.write_bytes(b"")  # `: > state.db`: opened as is, every network would be forgotten
+    for detach in ([], ["--detach"]):
+        result = home.cli("daemon", "up", *detach, check=False)
+        assert result.returncode == 3, result.stderr
+        assert "is damaged or not a SQLite database (the file is empty)" in result.stderr
+        assert "left untouched" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert state.read_bytes() == b""

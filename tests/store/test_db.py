@@ -2,6 +2,7 @@
 
 import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,47 @@ def test_corrupt_pages_behind_a_valid_header_are_refused_untouched(db_path: Path
     with pytest.raises(StoreError, match="left untouched"):
         open_database(db_path)
     assert db_path.read_bytes() == bytes(damaged)
+
+
+def test_an_empty_file_is_refused_and_stays_empty(db_path: Path) -> None:
+    open_database(db_path).close()
+    db_path.write_bytes(b"")  # truncated: opened as is, it would be a new, empty database
+    with pytest.raises(StoreError, match="left untouched") as info:
+        open_database(db_path)
+    assert "empty" in str(info.value)
+    assert db_path.read_bytes() == b""
+
+
+def test_a_new_database_takes_its_name_only_once_made(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a crash part way through the first open would leave it: no state.db, no stray file.
+    monkeypatch.setattr(db, "MIGRATIONS", (*MIGRATIONS, ("THIS IS NOT SQL",)))
+    with pytest.raises(StoreError) as info:
+        open_database(db_path)
+    assert str(db_path) in str(info.value)
+    assert list(db_path.parent.iterdir()) == []
+    monkeypatch.setattr(db, "MIGRATIONS", MIGRATIONS)
+    conn = open_database(db_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    conn.close()
+    assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
+    assert sorted(path.name for path in db_path.parent.iterdir()) == [db_path.name]
+
+
+def test_a_wal_file_without_its_database_is_refused_untouched(db_path: Path) -> None:
+    conn = open_database(db_path)
+    conn.execute("INSERT INTO networks VALUES ('n1', '{}', 1)")
+    wal = db_path.with_name(db_path.name + "-wal")
+    left = wal.read_bytes()  # as the old database's WAL, had it been deleted without it
+    conn.close()
+    db_path.unlink()
+    wal.write_bytes(left)
+    with pytest.raises(StoreError, match="WAL file") as info:
+        open_database(db_path)
+    assert "left untouched" in str(info.value)
+    assert not db_path.exists()
+    assert wal.read_bytes() == left
 
 
 def test_missing_directory_reports_the_os_reason(tmp_path: Path) -> None:
