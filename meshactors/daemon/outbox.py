@@ -24,7 +24,9 @@ peers and the send (core refuses it `peer_not_active`, or `no_such_peer` once co
 the peer): it never went.
 
 Housekeeping: a sweep makes sends past their TTL dead, and a prune loop deletes history past
-the retention in small batches (store.retention), both off the drain path.
+the retention in small batches (store.retention), both off the drain path. An evict in a
+closed network makes dead at once what waits to go to the evicted device (or everything of
+that network, when it is this device): it is never active again.
 
 Receiving: `msg` frames, alone or in a `msg_batch`, are stored in the inbox (deduplicated on
 sender and client_message_id), a `message` event is published only for a new one, and every one is
@@ -40,7 +42,7 @@ import itertools
 import json
 import math
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -104,6 +106,7 @@ WATCH_CAPACITY = 1024  # daemon events queued for the wake-up watcher before it 
 PEER_ACTIVE = STATUS_EVENTS[PeerStatus.ACTIVE]  # its deliveries waiting out a backoff go now
 WAKE_EVENTS = frozenset({PEER_ACTIVE, "network_added"})  # events that may make work due
 PEER_CHANGE_EVENTS = frozenset(STATUS_EVENTS.values())  # a peer's session began or ended
+MEMBER_EVICTED = "member_evicted"  # a device (maybe this one) left a closed network for good
 PEER_CHANGED = "peer_changed"  # settles an attempt whose peer left or came back: due again now
 # core's refusals of a claimed batch whose peer left after the claim read it active
 _PEER_GONE = frozenset({ErrorCode.PEER_NOT_ACTIVE, ErrorCode.NO_SUCH_PEER})
@@ -684,33 +687,40 @@ class Outbox(Actor):
                     )
 
     async def _sweep(self) -> None:
-        """Make sends past their TTL dead even if their peer never came back; each delivery
-        that ends so is told like any other that gives up (`message_dead`). A backlog goes
-        in bounded batches, and the hub numbers and logs one batch's events before the next
-        is taken, so a backlog never has more than a batch in the hub's inbox or log queue
-        (a full one drops or leaves unlogged what comes next)."""
+        """Make sends past their TTL dead even if their peer never came back."""
         while True:
-            more = True
-            while more:
-                expired = await self.store.call(
-                    functools.partial(outbox_db.expire_pending, now_ms=wall_ms()),
-                    what="expire sends",
-                )
-                more = expired.more
-                self.counts["dead"] += len(expired.deliveries)
-                for key in expired.deliveries:
-                    self.events.publish(
-                        "message_dead",
-                        {
-                            "id": key.outbox_id,
-                            "recipient": key.recipient,
-                            "error": outbox_db.EXPIRED,
-                        },
-                    )
-                if expired.deliveries:
-                    # No deadline: it only paces, and waits no longer than the log's writes.
-                    await self.events.flush(timeout=math.inf)
+            await self._bury(outbox_db.expire_pending, outbox_db.EXPIRED, "expire sends")
             await trio.sleep(SWEEP_INTERVAL_S)
+
+    async def _bury(self, kill: Callable[..., outbox_db.Expired], error: str, what: str) -> None:
+        """Call `kill` (a store function making deliveries dead in bounded batches) until it
+        has no more; each delivery that ends so is told like any other that gives up
+        (`message_dead` with `error`). The hub numbers and logs one batch's events before the
+        next is taken, so a backlog never has more than a batch in the hub's inbox or log
+        queue (a full one drops or leaves unlogged what comes next)."""
+        more = True
+        while more:
+            buried = await self.store.call(functools.partial(kill, now_ms=wall_ms()), what=what)
+            more = buried.more
+            self.counts["dead"] += len(buried.deliveries)
+            for key in buried.deliveries:
+                dead = {"id": key.outbox_id, "recipient": key.recipient, "error": error}
+                self.events.publish("message_dead", dead)
+            if buried.deliveries:
+                # No deadline: it only paces, and waits no longer than the log's writes.
+                await self.events.flush(timeout=math.inf)
+
+    async def _bury_evicted(self, network_id: str) -> None:
+        """Make dead the deliveries of a network that can never go: to a device evicted from
+        it, or all of them once this device is evicted (Membership.undeliverable)."""
+        try:
+            network = self.networks.get(network_id)
+            evicted = await network.ask("list the evicted", network.membership.undeliverable)
+        except OpError:  # gone, or its core restarts: its next evict event checks again
+            return
+        if evicted is None or evicted:
+            kill = functools.partial(outbox_db.bury_evicted, network=network_id, recipients=evicted)
+            await self._bury(kill, outbox_db.EVICTED, "bury sends to the evicted")
 
     async def _prune(self) -> None:
         """Every SWEEP_INTERVAL_S, delete history past the retention, one small batch at a
@@ -801,13 +811,25 @@ class Outbox(Actor):
         network.register_app_handler(MsgAcks.tag, functools.partial(self._on_acks, network_id))
 
     async def _watch(self, watch: Subscriber[Event]) -> None:
+        """Act on the daemon's events; an evict this actor missed (it was down, or the watch
+        lagged) is found by asking every network."""
+        await self._bury_all_evicted()
         async for event in watch:
             if not isinstance(event, Lagged) and event.kind in PEER_CHANGE_EVENTS:
                 self._peer_changed(event.data["network"], event.data["device_id"])
             if not isinstance(event, Lagged) and event.kind == PEER_ACTIVE:
                 await self._due_now(event.data["network"], event.data["device_id"])
+            if not isinstance(event, Lagged) and event.kind == MEMBER_EVICTED:
+                await self._bury_evicted(event.data["network"])
+            if isinstance(event, Lagged):
+                await self._bury_all_evicted()
             if isinstance(event, Lagged) or event.kind in WAKE_EVENTS:
                 self.poke()
+
+    async def _bury_all_evicted(self) -> None:
+        """`_bury_evicted` for every network."""
+        for network in self.networks.all():
+            await self._bury_evicted(network.config.id)
 
     async def _due_now(self, network_id: str, peer: str) -> None:
         """A peer is reachable again: what waits out a backoff for it goes now, not minutes

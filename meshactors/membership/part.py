@@ -211,6 +211,16 @@ class Membership:
     def genesis(self) -> Genesis:
         return self._closed_log().genesis
 
+    def undeliverable(self) -> frozenset[str] | None:
+        """Whom this network's durable messages can never reach: the devices evicted from it,
+        or everyone (None) once this device is evicted itself; nobody in an open network."""
+        if self.log is None:
+            return frozenset()
+        if self.log.resolved.evicted(self.me):
+            return None
+        rows = self.log.resolved.rows.values()
+        return frozenset(row.device for row in rows if row.status == EVICTED)
+
     async def append(self, kind: str, device: str, role: str) -> dict[str, object]:
         """members_grant, _revoke, _evict: sign a fact following our heads, keep it, apply it
         and send it to every handshaken peer (OpError forbidden when our role does not allow

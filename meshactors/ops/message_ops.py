@@ -180,6 +180,15 @@ async def resolve_recipients(
     return "peer", to, [to]
 
 
+def _check_evicted(network: str, recipients: list[str], evicted: frozenset[str] | None) -> None:
+    """Refuse a send that could never be delivered: from this device once evicted from the
+    closed network (`evicted` None), or to a device evicted from it."""
+    if evicted is None:
+        raise OpError(ErrorCode.CONFLICT, f"this device was evicted from {network}")
+    if gone := evicted.intersection(recipients):
+        raise OpError(ErrorCode.CONFLICT, f"{min(gone)} was evicted from {network}")
+
+
 async def send(session: Session, params: SendParams) -> dict[str, Any]:
     """Durably accept a message for delivery; a repeat of a client_message_id answers by the
     lookup table (accepted, duplicate, or a conflict error with reason and fingerprint)."""
@@ -197,11 +206,13 @@ async def send_run(
     the transaction holding its row is committed."""
     network = network_of(session, first.network)
     own_device_id = session.services.identity.device_id
+    evicted = await network.ask("list the evicted", network.membership.undeliverable)
     staged: list[outbox_db.SendRequest | OpError] = []  # checked, its destination resolved
     for params in items:
         try:
             _check_sizes(params)
             kind, ref, recipients = await resolve_recipients(network, params.to, own_device_id)
+            _check_evicted(params.network, recipients, evicted)
         except OpError as error:
             staged.append(error)
             continue

@@ -44,6 +44,7 @@ EXPIRE_BATCH = 500  # sends one expire_pending call makes dead, bounding its tra
 # other recipients die in the next call (`Expired.more`).
 EXPIRE_DELIVERIES = MAX_RECIPIENTS
 EXPIRED = "expired"  # last_error of pending deliveries that outlived TTL_MS (expire_pending)
+EVICTED = "evicted"  # last_error of deliveries an evict made undeliverable (bury_evicted)
 
 _PRIORITY_RANK = "CASE o.priority WHEN 'now' THEN 0 WHEN 'next' THEN 1 ELSE 2 END"
 _DUE_COLUMNS = (
@@ -398,8 +399,8 @@ def next_due_at(
 
 @attrs.frozen
 class Expired:
-    """What one `expire_pending` call made dead: each delivery, and whether a bound cut it
-    short (`more`: call again)."""
+    """What one `expire_pending` or `bury_evicted` call made dead: each delivery, and
+    whether a bound cut it short (`more`: call again)."""
 
     deliveries: list[DeliveryKey]
     more: bool
@@ -448,6 +449,48 @@ def expire_pending(
         _refresh_statuses(conn, sends, now_ms, last_error=EXPIRED)
         bump_counts(conn, _moved("deliveries", {"pending": len(killed)}, "dead"))
     return Expired(killed, more=len(sends) == batch or len(killed) == deliveries)
+
+
+def bury_evicted(
+    conn: sqlite3.Connection,
+    *,
+    network: str,
+    recipients: Collection[str] | None,
+    now_ms: int,
+    deliveries: int = EXPIRE_DELIVERIES,
+) -> Expired:
+    """Make up to `deliveries` open (pending or inflight) deliveries of `network` to
+    `recipients`, or to anyone when None (this device was evicted), dead ('evicted'): an
+    evicted device is never active again, so they could never be delivered. An attempt still
+    in flight then settles as "already_dead", and a late ack still makes it done. Walks the
+    open rows only (index outbox_by_status)."""
+    with immediate(conn):
+        rows = conn.execute(
+            "SELECT d.rowid, d.outbox_id, d.recipient, d.status FROM outbox o"
+            " INDEXED BY outbox_by_status"
+            " JOIN deliveries d ON d.outbox_id = o.id"
+            " WHERE o.status IN ('pending', 'inflight') AND o.network = :network"
+            " AND d.status IN ('pending', 'inflight')"
+            " AND (:everyone OR d.recipient IN (SELECT value FROM json_each(:recipients)))"
+            " LIMIT :limit",
+            {
+                "network": network,
+                "everyone": recipients is None,
+                "recipients": to_json(sorted(recipients or ())),
+                "limit": deliveries,
+            },
+        ).fetchall()
+        conn.execute(
+            "UPDATE deliveries SET status = 'dead', last_error = ?"
+            " WHERE rowid IN (SELECT value FROM json_each(?))",
+            (EVICTED, to_json([row[0] for row in rows])),
+        )
+        killed = [DeliveryKey(outbox_id, recipient) for _, outbox_id, recipient, _ in rows]
+        sends = dict.fromkeys(key.outbox_id for key in killed)
+        _refresh_statuses(conn, sends, now_ms, last_error=EVICTED)
+        moved = collections.Counter(status for *_, status in rows)
+        bump_counts(conn, _moved("deliveries", moved, "dead"))
+    return Expired(killed, more=len(killed) == deliveries)
 
 
 def delivery_counts(conn: sqlite3.Connection) -> dict[str, int]:

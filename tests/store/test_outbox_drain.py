@@ -92,6 +92,30 @@ def test_expire_pending_fills_its_batch_only_with_sends_it_can_expire(
     assert outbox.delivery_counts(conn) == {"pending": 0, "inflight": 3, "done": 0, "dead": 1}
 
 
+def test_bury_evicted_kills_the_open_deliveries_to_those_devices_in_that_network(
+    conn: sqlite3.Connection,
+) -> None:
+    both = send(conn, recipients=["gone", "dev-a"], client_message_id="both")
+    flying = send(conn, recipients=["gone"], client_message_id="flying")
+    outbox.mark_inflight(conn, [outbox.DeliveryKey(flying.id, "gone")], T0)
+    elsewhere = send(conn, recipients=["gone"], client_message_id="other", network="net2")
+    buried = outbox.bury_evicted(conn, network="net1", recipients=["gone"], now_ms=T0 + 1)
+    assert set(buried.deliveries) == {
+        outbox.DeliveryKey(both.id, "gone"),
+        outbox.DeliveryKey(flying.id, "gone"),
+    }
+    assert not buried.more
+    rows = {row.id: row for row in outbox.list_rows(conn, status=None, network=None, limit=10)}
+    assert (rows[flying.id].status, rows[flying.id].last_error) == ("dead", outbox.EVICTED)
+    assert rows[both.id].status == "pending"  # dev-a may still get it
+    assert rows[elsewhere.id].status == "pending"
+    assert outbox.delivery_counts(conn) == {"pending": 2, "inflight": 0, "done": 0, "dead": 2}
+    # this device evicted: everything of the network dies
+    everything = outbox.bury_evicted(conn, network="net1", recipients=None, now_ms=T0 + 2)
+    assert everything.deliveries == [outbox.DeliveryKey(both.id, "dev-a")]
+    assert outbox.list_rows(conn, status="pending", network=None, limit=10)[0].id == elsewhere.id
+
+
 def test_mark_due_now_puts_an_inflight_delivery_back_without_an_attempt(
     conn: sqlite3.Connection,
 ) -> None:

@@ -1,0 +1,41 @@
+"""Durable sends and an evict: what could never be delivered is refused, and what waits dies."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.membership.conftest import CLOSED, team
+from tests.network.conftest import Daemon, Mesh, OpFailed
+
+
+async def refused(daemon: Daemon, to: str) -> str:
+    """The error message of a send `daemon` must refuse with `conflict`."""
+    with pytest.raises(OpFailed) as error:
+        await daemon.call("send", network=CLOSED, to=to, message="never")
+    assert error.value.code == "conflict"
+    return str(error.value)
+
+
+async def test_sends_to_and_from_an_evicted_device_are_refused_and_waiting_ones_die(
+    mesh: Mesh,
+) -> None:
+    owner, target, away = await team(mesh, "owner", "target", "away")
+    await away.stop()
+    await target.wait_status(away, "offline")
+    outgoing = await target.call("send", network=CLOSED, to=away.device_id, message="out")
+    await target.stop()
+    await owner.wait_status(target, "offline")
+    incoming = await owner.call("send", network=CLOSED, to=target.device_id, message="in")
+    await owner.call("members_evict", network=CLOSED, device_id=target.device_id)
+    dead = await owner.wait_event("message_dead", id=incoming["id"])
+    assert (dead["recipient"], dead["error"]) == (target.device_id, "evicted")
+    assert "was evicted from team" in await refused(owner, target.device_id)
+    # the device learns of it once back: its own waiting send dies, and it may send no more
+    target = await mesh.daemon("target")
+    await target.wait_event("evicted", network=CLOSED)
+    dead = await target.wait_event("message_dead", id=outgoing["id"])
+    assert (dead["recipient"], dead["error"]) == (away.device_id, "evicted")
+    assert "this device was evicted" in await refused(target, owner.device_id)
+    assert "this device was evicted" in await refused(target, "*")
+    (row,) = (await target.call("outbox_list", network=CLOSED))["rows"]
+    assert (row["status"], row["last_error"]) == ("dead", "evicted")
