@@ -61,10 +61,15 @@ async def pump(source: trio.abc.ReceiveStream, stream: BinaryStream) -> None:
         await stream.send_all(data)
 
 
-async def drain(stream: BinaryStream, sink: trio.abc.SendStream) -> None:
-    """Copy what the other end sends into `sink` until it ends."""
+async def drain(stream: BinaryStream, sink: trio.abc.SendStream) -> bool:
+    """Copy what the other end sends into `sink` until it ends; False when the sink's reader
+    went away first (`| head` has all it wanted)."""
     while data := await stream.receive_some():
-        await sink.send_all(data)
+        try:
+            await sink.send_all(data)
+        except trio.BrokenResourceError:
+            return False
+    return True
 
 
 def run_send(args: argparse.Namespace) -> int:
@@ -90,7 +95,9 @@ async def _send(args: argparse.Namespace, peer: str, method: str, timeout_ms: in
             async with stream:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_send_all, stdin, stream)
-                    await drain(stream, stdout)
+                    if not await drain(stream, stdout):  # stdout's reader left: close the
+                        nursery.cancel_scope.cancel()  # stream unfinished, which resets it
+                        return  # (`cancelled`) for the other end, and exit 0 as after `| head`
                 await stream.finish()  # a failure after the other end's end still counts
         except* ClientError as failed:
             raise _first(failed) from None
@@ -151,8 +158,8 @@ async def run_piped(command: list[str], stream: BinaryStream) -> None:
     async def feed() -> None:
         assert process.stdin is not None
         async with process.stdin:
-            with contextlib.suppress(trio.BrokenResourceError):  # it stopped reading: fine
-                await drain(stream, process.stdin)
+            with contextlib.suppress(trio.BrokenResourceError):  # the connection broke
+                await drain(stream, process.stdin)  # False: it stopped reading, fine
 
     async def collect() -> None:
         assert process.stderr is not None

@@ -3,6 +3,7 @@ through byte-exact, a failing command and a method nobody serves end with their 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -30,6 +31,17 @@ def send(home: Home, *args: str, data: bytes) -> subprocess.CompletedProcess[byt
     """`meshactors stream send ARGS…` with `data` on stdin, its output as bytes."""
     command = [sys.executable, "-m", "meshactors", "stream", "send", *args]
     return subprocess.run(command, env=home.env, input=data, capture_output=True, timeout=60)
+
+
+def into_head(home: Home, *args: str) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """`meshactors ARGS… | head -c 100`, the command's stdin a pipe left open."""
+    command = [sys.executable, "-m", "meshactors", *args]
+    pipe = subprocess.PIPE
+    sender = subprocess.Popen(command, env=home.env, stdin=pipe, stdout=pipe, stderr=pipe)
+    head = subprocess.Popen(["head", "-c", "100"], stdin=sender.stdout, stdout=pipe)
+    assert sender.stdout is not None
+    sender.stdout.close()  # head alone reads it now
+    return sender, head
 
 
 def started(process: subprocess.Popen[str]) -> str:
@@ -129,3 +141,47 @@ async def test_ctrl_c_on_stream_send_resets_the_stream_and_exits_quietly(
             sender.wait()
     assert reset == ["cancelled"]
     assert errors == "" and sender.returncode == 0
+
+
+async def test_stream_send_into_a_reader_that_left_resets_the_stream_and_exits_0(
+    home: Home, me: str
+) -> None:
+    """`stream send … | head -c 100`: once head has its bytes and leaves, the sender closes
+    the stream unfinished (the other end reads `cancelled`) and ends quietly, exit 0."""
+    reset: list[str] = []
+    told = trio.Event()
+
+    async def flood(stream: BinaryStream) -> None:
+        async def read() -> None:
+            try:
+                while await stream.receive_some():
+                    pass
+            except ClientError as exc:
+                reset.append(exc.code)
+            told.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                while not told.is_set():
+                    await stream.send_all(b"x" * 65536)
+
+    async with MeshClient(home.socket) as client:
+        await client.serve_stream("lan", "flood", flood)
+        sender, head = into_head(home, "stream", "send", me, "flood")
+        assert sender.stderr is not None
+        try:
+            with trio.fail_after(60):
+                await told.wait()
+                code = await trio.to_thread.run_sync(sender.wait)
+                out, _ = await trio.to_thread.run_sync(head.communicate)
+        finally:
+            for process in (sender, head):
+                process.kill()
+                process.wait()
+        errors = sender.stderr.read()
+        sender.stderr.close()
+        assert sender.stdin is not None
+        sender.stdin.close()
+    assert (code, errors, len(out)) == (0, b"", 100)
+    assert reset == ["cancelled"]
