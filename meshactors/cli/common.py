@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 from typing import Any, NoReturn
@@ -88,6 +89,11 @@ class CommandFailed(SystemExit):
 def one_line(text: str) -> str:
     """`text` on one line: its non-blank lines joined by " | " (a remote stderr has several)."""
     return " | ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def local_time(ms: int) -> str:
+    """Milliseconds since the epoch as this machine's local date and time."""
+    return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def paths_of(args: argparse.Namespace) -> Paths:

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
@@ -33,6 +34,7 @@ from meshactors.cli.common import (
     print_json,
     report,
 )
+from meshactors.cli.mesh import evicted_note
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
 from meshactors.control.supervisor import ActivationError, activated_socket
 from meshactors.daemon.broker_actor import parse_listen
@@ -372,8 +374,14 @@ def run_status(args: argparse.Namespace) -> int:
     print(f"socket     {status['socket']}")
     print(f"clients    {status['clients']}")
     networks = status.get("networks") or []
-    print(f"networks   {', '.join(n['id'] + ' (' + n['phase'] + ')' for n in networks) or '-'}")
+    print(f"networks   {', '.join(map(_network_state, networks)) or '-'}")
     return 0
+
+
+def _network_state(network: dict[str, Any]) -> str:
+    """A network as `status` lists it: its id and phase, and who evicted this device when."""
+    note = evicted_note(network)
+    return f"{network['id']} ({network['phase']}{'' if note is None else ', ' + note})"
 
 
 def run_version(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from meshactors.cli.common import (
     connect,
     fail,
     fail_with,
+    local_time,
     network_of,
     network_option,
     parse_json_arg,
@@ -183,7 +184,17 @@ def _network_row(n: dict[str, Any]) -> list[str]:
     active, brokers = str(n["peers"]["active"]), " ".join(n["brokers"])
     error = n["link_error"]
     problem = "-" if error is None else f"{error['kind']}: {error['reason']}"
+    problem = evicted_note(n) or problem  # why its link stays parked
     return [n["id"], n["phase"], n["label"] or "-", auto, n["link"], active, brokers, problem]
+
+
+def evicted_note(network: dict[str, Any]) -> str | None:
+    """`evicted by DEVICE at TIME` for a network (as networks_list and status show it) this
+    device was evicted from; None otherwise."""
+    evicted = (network.get("membership") or {}).get("evicted")
+    if evicted is None:
+        return None
+    return f"evicted by {_short(evicted['by'])} at {local_time(evicted['at'])}"
 
 
 def run_peers(args: argparse.Namespace) -> int:

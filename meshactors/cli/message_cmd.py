@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 from typing import Any
 
 from meshactors.cli.common import (
     SHORT_ID,
     call,
     free_words,
+    local_time,
     network_of,
     network_option,
     parse_json_arg,
@@ -95,10 +95,6 @@ def run_send(args: argparse.Namespace) -> int:
     return 0
 
 
-def _when(ms: int) -> str:
-    return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def run_inbox(args: argparse.Namespace) -> int:
     sender = None if args.sender is None else resolve_device(args, args.sender)
     answer = _call_given(
@@ -114,7 +110,8 @@ def run_inbox(args: argparse.Namespace) -> int:
         print_json(answer)
         return 0
     for m in answer["messages"]:
-        print(f"{_when(m['received_at'])}  {m['network']}  {m['from'][:SHORT_ID]}  {m['message']}")
+        received = local_time(m["received_at"])
+        print(f"{received}  {m['network']}  {m['from'][:SHORT_ID]}  {m['message']}")
     if _has_next_page(args, answer, sender):
         print(f"(next page: --cursor {answer['next_cursor']})")
     return 0
