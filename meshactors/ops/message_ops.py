@@ -189,6 +189,16 @@ def _check_evicted(network: str, recipients: list[str], evicted: frozenset[str] 
         raise OpError(ErrorCode.CONFLICT, f"{min(gone)} was evicted from {network}")
 
 
+async def _undeliverable(network: Network) -> frozenset[str] | None:
+    """Whom core knows this network's messages can never reach; nobody when core does not
+    answer (restarting, or busy past the timeout): a durable send is accepted then as ever, and
+    the outbox buries it once it learns of the evict."""
+    try:
+        return await network.ask("list the evicted", network.membership.undeliverable)
+    except OpError:
+        return frozenset()
+
+
 async def send(session: Session, params: SendParams) -> dict[str, Any]:
     """Durably accept a message for delivery; a repeat of a client_message_id answers by the
     lookup table (accepted, duplicate, or a conflict error with reason and fingerprint)."""
@@ -206,7 +216,7 @@ async def send_run(
     the transaction holding its row is committed."""
     network = network_of(session, first.network)
     own_device_id = session.services.identity.device_id
-    evicted = await network.ask("list the evicted", network.membership.undeliverable)
+    evicted = await _undeliverable(network)
     staged: list[outbox_db.SendRequest | OpError] = []  # checked, its destination resolved
     for params in items:
         try:

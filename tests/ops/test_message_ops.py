@@ -227,3 +227,17 @@ async def test_the_longest_message_a_send_takes_fits_a_peer_frame(connect: Any, 
     assert sent["ok"], sent
     frame = Msg("r" * MAX_REF_CHARS, "k" * 128, char * longest, meta, "next", "r" * 128, 2**53)
     assert len(encode_frame(frame)) <= MAX_PEER_FRAME_BYTES
+
+
+async def test_a_send_is_accepted_when_the_networks_core_does_not_answer(
+    connect: Any, daemon: Services
+) -> None:
+    """The evicted check asks core; a core that cannot answer must not refuse a durable send
+    (the outbox buries it once it learns of an evict)."""
+    client = await joined(connect)
+    network = daemon.networks.get(NET)
+    network.retire()  # every ask to its core now fails at once, `unavailable`
+    answer = await client.call(
+        "send", network=NET, to=new_device(), message="hi", client_message_id="k-core"
+    )
+    assert answer["data"]["outcome"] == "accepted", answer
