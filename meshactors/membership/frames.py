@@ -3,7 +3,7 @@
 They are control frames (not application traffic): they flow between handshaken peers before
 either is active, since two members must learn each other's membership to become active.
 Facts prove themselves (signatures chained to the genesis), so pages are taken from anyone;
-pages are served only to members and evicted devices.
+pages are served only to devices the log names (a revoked or evicted one up to its end).
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ class MemberRow:
     granted_by: str | None
     at_ms: int
     status: str  # member, revoked or evicted
+    fact: str | None  # the hash of the fact that set it (None for the genesis owner)
 
     def view(self) -> dict[str, object]:
         return {
@@ -208,12 +209,15 @@ class MembershipLog:
             step = min(2 * step, widest)
         return list(named)
 
-    def missing_for(self, theirs_named: Iterable[str], limit: int) -> list[Fact]:
+    def missing_for(
+        self, theirs_named: Iterable[str], limit: int, upto: str | None = None
+    ) -> list[Fact]:
         """Up to `limit` facts a peer lacks that holds `theirs_named` (its heads, maybe older
         facts too) and so every fact they follow, in order (parents first, so each page
-        applies on its own)."""
+        applies on its own); with `upto`, only that fact and those it follows."""
         theirs = self.ancestors(theirs_named)
-        return [self.facts[d] for d in self.order() if d not in theirs][:limit]
+        within = self.ancestors([upto]) if upto is not None else self.facts.keys()
+        return [self.facts[d] for d in self.order() if d not in theirs and d in within][:limit]
 
     def _resolve(self) -> Resolved:
         """Replay once to learn which evicts hold, then again with what they void."""
@@ -234,7 +238,7 @@ class MembershipLog:
     def _replay(self, skipped: frozenset[str], banned: frozenset[str]) -> Resolved:
         """Apply the facts in order, but `skipped` ones; grants of `banned` devices are void."""
         owner = self.genesis.owner
-        rows = {owner: MemberRow(owner, "owner", None, self.genesis.created_ms, MEMBER)}
+        rows = {owner: MemberRow(owner, "owner", None, self.genesis.created_ms, MEMBER, None)}
         void = set(skipped)
         invited: dict[str, set[str]] = {}
         for digest in self.order():
@@ -244,13 +248,15 @@ class MembershipLog:
                 continue
             if fact.kind == "grant":
                 rows[fact.device] = MemberRow(
-                    fact.device, fact.role, fact.author, fact.at_ms, MEMBER
+                    fact.device, fact.role, fact.author, fact.at_ms, MEMBER, digest
                 )
                 if fact.invite is not None:
                     invited.setdefault(record_hash(fact.invite), set()).add(fact.device)
             else:
                 status = EVICTED if fact.kind == "evict" else REVOKED
-                rows[fact.device] = MemberRow(fact.device, None, fact.author, fact.at_ms, status)
+                rows[fact.device] = MemberRow(
+                    fact.device, None, fact.author, fact.at_ms, status, digest
+                )
         return Resolved(rows, frozenset(void))
 
     def _applies(

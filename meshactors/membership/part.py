@@ -325,10 +325,9 @@ class Membership:
         return all(self.log.knows(d) for d in digests)
 
     def _served(self, device_id: str) -> bool:
-        """Whether we send pages to this device: a member or an evicted device only."""
+        """Whether we send pages to this device: one the log names only (see `_serve`)."""
         assert self.log is not None
-        row = self.log.resolved.rows.get(device_id)
-        return row is not None and row.status != REVOKED
+        return device_id in self.log.resolved.rows
 
     async def _on_heads(self, device_id: str, heads: list[str]) -> None:
         """Pull when a peer's heads name facts we lack; when we hold all of them and more,
@@ -357,13 +356,17 @@ class Membership:
             await self.peers.send_control(device_id, self._pull())
 
     async def _serve(self, device_id: str, named: list[str]) -> bool:
-        """Send a page of what the puller lacks (it holds what it named and all they follow),
-        to a member or an evicted device only; whether that (or nothing) was all it lacks."""
+        """Send a page of what the puller lacks (it holds what it named and all they follow):
+        all of it to a member; to a revoked or evicted device only up to the fact that ended
+        its membership, so that it learns where it stands (a revoked admin stops acting as
+        one) and nothing after. Whether that (or nothing) was all it lacks."""
         assert self.log is not None
-        if not self._served(device_id):
+        row = self.log.resolved.rows.get(device_id)
+        if row is None:
             self.dropped["pull_refused"] += 1
             return False
-        page = self.log.missing_for(named, LOG_PAGE + 1)
+        upto = None if row.status == MEMBER else row.fact
+        page = self.log.missing_for(named, LOG_PAGE + 1, upto)
         more = len(page) > LOG_PAGE
         if page:
             frame = LogFacts(self.log.genesis_hash, page[:LOG_PAGE], more)

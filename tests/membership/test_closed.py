@@ -244,6 +244,23 @@ async def test_a_revoked_member_is_cut_off(mesh: Mesh) -> None:
     assert refused.value.code in ("peer_not_active", "no_such_peer")
 
 
+async def test_an_admin_revoked_while_away_learns_it_and_may_no_longer_grant(mesh: Mesh) -> None:
+    owner, admin, third = await team(mesh, "owner", "admin", "third", roles=("admin",))
+    await admin.stop()
+    await owner.call("members_revoke", network=CLOSED, device_id=admin.device_id, role="admin")
+    await owner.call("members_revoke", network=CLOSED, device_id=third.device_id, role="member")
+    admin = await mesh.daemon("admin")  # not a member now, yet served up to its own revoke
+    revoked = await admin.wait_event("member_revoked", device_id=admin.device_id)
+    assert revoked["granted_by"] == owner.device_id
+    learnt = [e["device_id"] for e in admin.events if e["kind"] == "member_revoked"]
+    assert learnt == [admin.device_id]  # not the revoke after its own
+    assert (await members(admin))[admin.device_id] == (None, "revoked")
+    assert (await admin.call("networks_list"))["networks"][0]["membership"]["role"] is None
+    with pytest.raises(OpFailed) as refused:
+        await admin.call("members_grant", network=CLOSED, device_id=third.device_id, role="member")
+    assert refused.value.code == "forbidden"
+
+
 async def test_only_members_author_writes_of_the_state_map(mesh: Mesh) -> None:
     """The writer check a closed network gives the replicated state map (issue 20 item 5)."""
     owner, member = await team(mesh, "owner", "member")
