@@ -16,7 +16,6 @@ from meshactors.membership.facts import (
     BadRecord,
     Genesis,
     Token,
-    converter,
     from_bootstrap,
     from_token,
     new_genesis,
@@ -151,9 +150,10 @@ async def network_import_closed(session: Session, params: ClosedImport) -> dict[
 
 
 async def network_join_invite(session: Session, params: JoinInvite) -> dict[str, Any]:
-    """Join a closed network by an invite token: its genesis is kept, the invite presented to
-    the members until an owner or admin grants it (event `member_granted`) or refuses it
-    (event `invite_refused`)."""
+    """Join a closed network by an invite token (or take the token in one joined already):
+    its genesis is kept, the invite presented to the members until an owner or admin grants
+    it (event `member_granted`) or refuses it (event `invite_refused`); `conflict` if this
+    device is a member there already or was evicted."""
     try:
         token = from_token(params.token)
     except BadRecord as bad:
@@ -163,15 +163,9 @@ async def network_join_invite(session: Session, params: JoinInvite) -> dict[str,
     config = config_of(
         {"id": token.genesis.network, "brokers": token.brokers, "label": params.label}
     )
-    await session.services.store.call(
-        functools.partial(
-            log_db.hold_invite,
-            network=config.id,
-            invite=converter.unstructure(token.invite),
-        ),
-        what="hold the invite",
-    )
     network = await _join_closed(session, config, token.genesis)
+    take = functools.partial(network.membership.take_invite, token.invite)
+    await network.ask_await("take the invite", take)
     return {
         "network": await network.summary(),
         "role": token.invite.role,

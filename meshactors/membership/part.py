@@ -29,6 +29,7 @@ from meshactors.membership.facts import (
     Fact,
     Genesis,
     Invite,
+    converter,
     nonce,
     record_hash,
     sign,
@@ -264,6 +265,30 @@ class Membership:
         for peer in self.peers.handshaken():
             await self.peers.send_control(peer, LogFacts(the_log.genesis_hash, [fact]))
         return fact
+
+    async def take_invite(self, invite: Invite) -> None:
+        """network_join_invite: keep the invite and present it to every peer we see now, then
+        at each handshake until we are a member (OpError conflict when this device is a
+        member or was evicted: nobody would grant it)."""
+        resolved = self._closed_log().resolved
+        if resolved.evicted(self.me):
+            raise OpError(ErrorCode.CONFLICT, f"this device was evicted from {self.network}")
+        role = resolved.role_of(self.me)
+        if role is not None:
+            raise OpError(
+                ErrorCode.CONFLICT,
+                f"this device is a member of {self.network} already (role {role}); "
+                "an owner or admin changes its role with members grant",
+            )
+        await self.store.call(
+            functools.partial(
+                log_db.hold_invite, network=self.network, invite=converter.unstructure(invite)
+            ),
+            what="hold the invite",
+        )
+        self.invite = invite
+        for peer in self.peers.handshaken():
+            await self.peers.send_control(peer, InviteRedeem(invite))
 
     def make_invite(self, role: str, ttl_s: float, uses: int) -> Invite:
         """members_invite: a signed invite of `role` for `uses` devices, for `ttl_s` seconds."""

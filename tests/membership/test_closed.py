@@ -61,6 +61,34 @@ async def test_an_invite_works_once_and_not_twice(mesh: Mesh) -> None:
     assert second.device_id not in await members(owner)
 
 
+async def test_an_invite_for_a_network_joined_already_is_presented_at_once(mesh: Mesh) -> None:
+    owner, late = await mesh.daemon("owner"), await mesh.daemon("late")
+    await import_closed(late, mesh, await create(owner, mesh))
+    await owner.wait_event("peer_denied", network=CLOSED, device_id=late.device_id)
+    token = (await owner.call("members_invite", network=CLOSED, role="member"))["token"]
+    joined = await late.call("network_join_invite", token=token)
+    assert joined["network"]["membership"]["invite_pending"] is True
+    await late.wait_event("member_granted", network=CLOSED, device_id=late.device_id)
+    await active(owner, late)
+
+
+async def test_an_invite_for_a_member_or_an_evicted_device_is_a_conflict(mesh: Mesh) -> None:
+    owner, member, gone = await team(mesh, "owner", "member", "gone")
+    await owner.call("members_evict", network=CLOSED, device_id=gone.device_id)
+    await gone.wait_event("evicted", network=CLOSED)
+    invite = functools.partial(owner.call, "members_invite", network=CLOSED)
+    for daemon, role, said in (
+        (member, "member", "a member of team already (role member)"),
+        (member, "admin", "a member of team already (role member)"),
+        (gone, "member", "evicted from team"),
+    ):
+        with pytest.raises(OpFailed) as refused:
+            await daemon.call("network_join_invite", token=(await invite(role=role))["token"])
+        assert refused.value.code == "conflict" and said in str(refused.value)
+        listed = (await daemon.call("networks_list"))["networks"][0]
+        assert listed["membership"]["invite_pending"] is False
+
+
 async def test_an_invite_past_its_time_is_refused_with_its_reason(mesh: Mesh) -> None:
     owner, late = await mesh.daemon("owner"), await mesh.daemon("late")
     bootstrap = await create(owner, mesh)
