@@ -67,6 +67,7 @@ MAX_ORPHANS = 256  # facts held while their parents are fetched; more are droppe
 MAX_TTL_S = 30 * 24 * 3600  # an invite's longest life
 HEADS_INTERVAL = 60.0  # seconds between two sends of our heads to the members we see
 UNSIGNED = "A" * SIG_CHARS
+EXPIRED, USED_UP = "the invite expired", "the invite was used up"  # reasons of invite_refused
 
 _EVENTS = {MEMBER: "member_granted", REVOKED: "member_revoked", EVICTED: "member_evicted"}
 
@@ -83,6 +84,7 @@ class Membership:
     link: Inbox[UseBrokers | Park]  # the network's link, parked once we are evicted
     log: MembershipLog | None = None
     invite: Invite | None = None  # the invite this device presents until it is a member
+    refused: dict[str, object] | None = None  # the last refusal of it: by, reason, at
     orphans: dict[str, Fact] = attrs.field(factory=dict)
     dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
     accepted: int = 0  # facts taken from peers since start
@@ -123,6 +125,7 @@ class Membership:
             "role": self.log.resolved.role_of(self.me),
             "evicted": evicted,
             "invite_pending": self.invite is not None,
+            "invite_refused": self.refused,
         }
 
     def approval(self, device_id: str) -> str:
@@ -165,7 +168,7 @@ class Membership:
         genesis_json, facts_json = await self.store.call(
             functools.partial(log_db.load_log, network=self.network), what="load the log"
         )
-        self.log, self.orphans, self.invite = None, {}, None
+        self.log, self.orphans, self.invite, self.refused = None, {}, None, None
         if genesis_json is None:
             return
         try:
@@ -286,7 +289,7 @@ class Membership:
             ),
             what="hold the invite",
         )
-        self.invite = invite
+        self.invite, self.refused = invite, None
         for peer in self.peers.handshaken():
             await self.peers.send_control(peer, InviteRedeem(invite))
 
@@ -325,13 +328,24 @@ class Membership:
             case InviteRedeem(invite=invite):
                 await self._redeem(device_id, invite)
             case InviteAnswer(accepted=False, reason=reason):
-                self.events.publish(
-                    "invite_refused", {"network": self.network, "by": device_id, "reason": reason}
-                )
+                self._refused(device_id, reason)
             case InviteAnswer():
                 pass
             case _:
                 self.dropped["wrong_network"] += 1
+
+    def _refused(self, device_id: str, reason: str) -> None:
+        """Publish a refusal and keep it, while we present an invite, for networks_list; an
+        invite refused as expired or used up is presented no more until the next start (the
+        refusal is only the peer's word: a start tries it again), so it is refused once."""
+        self.events.publish(
+            "invite_refused", {"network": self.network, "by": device_id, "reason": reason}
+        )
+        if self.invite is None:
+            return
+        self.refused = {"by": device_id, "reason": reason, "at": wall_ms()}
+        if reason in (EXPIRED, USED_UP):
+            self.invite = None
 
     def _ours(self, genesis: str) -> bool:
         return self.log is not None and genesis == self.log.genesis_hash
@@ -490,8 +504,8 @@ class Membership:
         if self.me not in changed:
             await self.peers.reapprove(changed)
             return
-        if self.log.resolved.is_member(self.me) and self.invite is not None:
-            self.invite = None
+        if self.log.resolved.is_member(self.me) and (self.invite, self.refused) != (None, None):
+            self.invite, self.refused = None, None
             await self._forget_invite()
         await self.peers.reapprove(self.peers.handshaken())  # our own standing changed
         if self.log.resolved.evicted(self.me):
@@ -523,7 +537,7 @@ class Membership:
         if invite.network != self.network or invite.genesis != self.log.genesis_hash:
             return "the invite is for another network"
         if wall_ms() > invite.expires_ms:
-            return "the invite expired"
+            return EXPIRED
         if not may(self.log.resolved.role_of(invite.issuer), "grant", invite.role, None):
             return "the invite's issuer may no longer grant that role"
         digest = record_hash(invite)
@@ -535,7 +549,7 @@ class Membership:
             and h not in self.log.resolved.void
         }
         if len(used) >= invite.uses:
-            return "the invite was used up"
+            return USED_UP
         return None
 
     async def _save(self, facts: list[Fact]) -> None:

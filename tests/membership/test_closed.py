@@ -59,6 +59,10 @@ async def test_an_invite_works_once_and_not_twice(mesh: Mesh) -> None:
     refused = await second.wait_event("invite_refused", network=CLOSED)
     assert refused["reason"] == "the invite was used up"
     assert second.device_id not in await members(owner)
+    shown = (await second.call("networks_list"))["networks"][0]["membership"]
+    assert shown["invite_pending"] is False
+    assert shown["invite_refused"]["reason"] == "the invite was used up"
+    assert shown["invite_refused"]["by"] == owner.device_id
 
 
 async def test_an_invite_for_a_network_joined_already_is_presented_at_once(mesh: Mesh) -> None:

@@ -20,7 +20,7 @@ from meshactors.membership.frames import LOG_PAGE, MAX_HEADS, LogHeads
 from meshactors.membership.log import MembershipLog
 from meshactors.membership.part import Membership
 from meshactors.wire.peer import Frame, decode_frame, encode_frame
-from tests.membership.logkit import device, fact, new_log
+from tests.membership.logkit import device, fact, invite, new_log
 
 MAX_FRAMES = 200  # far more than any exchange below needs: past it, the parts would loop
 
@@ -164,6 +164,22 @@ async def send_heads(p: PartPair, sender: Identity) -> None:
     """`sender`'s heads to the other part, as after a hello or in a heads round."""
     the_log = p.log(sender)
     await p.send(sender, LogHeads(the_log.genesis_hash, the_log.heads()[:MAX_HEADS]))
+
+
+async def test_an_invite_refused_as_expired_is_shown_and_presented_no_more() -> None:
+    owner, newcomer = device(), device()
+    genesis = new_log(owner).genesis
+    p = PartPair.of(genesis, owner, newcomer, [], [])
+    part = p.part(newcomer)
+    part.invite = invite(p.log(owner), owner, expires_ms=10_000)  # long past
+    await part.on_handshake(owner.device_id)
+    await p.run()
+    assert part.summary()["invite_pending"] is False
+    refused = part.summary()["invite_refused"]
+    assert (refused["by"], refused["reason"]) == (owner.device_id, "the invite expired")
+    await part.on_handshake(owner.device_id)  # the next session: not presented again
+    await p.run()
+    assert p.wire.sent["invite_redeem"] == 1
 
 
 async def test_a_member_ahead_answers_older_heads_and_the_peer_behind_pulls_at_once() -> None:
