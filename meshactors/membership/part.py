@@ -363,10 +363,15 @@ class Membership:
         assert self.log is not None
         return all(self.log.knows(d) for d in digests)
 
-    def _served(self, device_id: str) -> bool:
-        """Whether we send pages to this device: one the log names only (see `_serve`)."""
+    def _served(self, device_id: str, heads: list[str]) -> bool:
+        """Whether a peer holding `heads` lacks facts we would serve it (see `_serve`): a
+        member, or a revoked or evicted device that lacks the fact that ended its membership
+        (answering one that holds it would bring an empty page, at each exchange of heads)."""
         assert self.log is not None
-        return device_id in self.log.resolved.rows
+        row = self.log.resolved.rows.get(device_id)
+        if row is None:
+            return False
+        return row.status == MEMBER or row.fact not in self.log.ancestors(heads)
 
     async def _on_heads(self, device_id: str, heads: list[str]) -> None:
         """Pull when a peer's heads name facts we lack; when we hold all of them and more,
@@ -378,7 +383,7 @@ class Membership:
         ours = self._heads()
         if not self._knows_all(heads):
             await self.peers.send_control(device_id, self._pull())
-        elif len(heads) < MAX_HEADS and set(heads) != set(ours) and self._served(device_id):
+        elif len(heads) < MAX_HEADS and set(heads) != set(ours) and self._served(device_id, heads):
             await self.peers.send_control(device_id, LogHeads(self.log.genesis_hash, ours))
 
     async def _on_pull(self, device_id: str, named: list[str]) -> None:

@@ -166,6 +166,23 @@ async def send_heads(p: PartPair, sender: Identity) -> None:
     await p.send(sender, LogHeads(the_log.genesis_hash, the_log.heads()[:MAX_HEADS]))
 
 
+async def test_a_revoked_device_is_served_up_to_its_revoke_and_then_no_more() -> None:
+    owner, member = device(), device()
+    the_log = new_log(owner)
+    facts = []
+    for kind, target, at_ms in (("grant", member, 2000), ("revoke", member, 2100)):
+        facts.append(fact(the_log, owner, kind, target, "member", at_ms))
+        the_log.add(facts[-1:])
+    later = fact(the_log, owner, "grant", device(), "member", 2200)
+    p = PartPair.of(the_log.genesis, owner, member, [*facts, later], facts[:1])
+    await send_heads(p, member)
+    await p.run()
+    assert p.log(member).facts.keys() == {record_hash(f) for f in facts}
+    assert p.part(member).summary()["role"] is None
+    await send_heads(p, member)  # it holds its revoke: nothing more to serve, not answered
+    assert await p.run() == 1
+
+
 async def test_an_invite_refused_as_expired_is_shown_and_presented_no_more() -> None:
     owner, newcomer = device(), device()
     genesis = new_log(owner).genesis
