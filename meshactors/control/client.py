@@ -5,8 +5,10 @@ which one in-order task runs as they come (consecutive ones merged: see daemon/o
 Every answer and event goes on one bounded outgoing channel; one writer task drains what is
 queued into one socket write, so the socket has one writer and frames keep their order. Events
 pushed by other actors wait in the connection's bounded push queue (lagging when full) for its
-forwarder. On disconnect the session's cleanups run (method claims, subscriptions), so a
-vanished program leaves nothing behind.
+forwarder. When the program closes its sending side, every request read is still run and
+answered before the connection closes, within DRAIN_TIMEOUT; a program that closes the whole
+connection is gone, and what it still had running is cancelled. On disconnect the session's
+cleanups run (method claims, subscriptions), so a vanished program leaves nothing behind.
 
 `stream_open` and `stream_accept` run in the reader's task (no line after them is read); once
 one is answered ok, the reader and the writer turn to the stream's pipe: length-prefixed frames
@@ -16,6 +18,7 @@ both ways, with core at the other end of the pipe's channels (see network/stream
 from __future__ import annotations
 
 import json
+import select
 from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar
 
@@ -75,6 +78,7 @@ PUSH_BATCH = 64  # queued events joined into one outgoing frame (a frame's worth
 PUSH_BATCH_BYTES = 64 * 1024  # ... and their bytes: the joining stops once past this
 PIPE_RECEIVE = 256 * 1024  # bytes asked of a binary stream's socket per read
 PIPE_WRITE_BYTES = 1024 * 1024  # a binary stream's queued frames joined into one write
+DRAIN_TIMEOUT = 30.0  # seconds the requests read before a program's end of input may take
 
 
 @attrs.define(eq=False)
@@ -97,6 +101,9 @@ class ClientActor(Actor):
     _in_order_send: trio.MemorySendChannel[Request] = attrs.field(init=False)
     _in_order_receive: trio.MemoryReceiveChannel[Request] = attrs.field(init=False)
     writes: int = 0  # socket writes made: each carries whatever was queued for it
+    unwritten: int = 0  # bytes of answers and events queued (or waiting to be) and not written
+    _progress: trio.Event = attrs.field(factory=trio.Event, init=False)  # a request settled, or
+    # a write was done: what `_drain` waits for
     _session: Session | None = attrs.field(default=None, init=False)
     _scope: trio.CancelScope | None = attrs.field(default=None, init=False)
 
@@ -225,6 +232,18 @@ class ClientActor(Actor):
                 await self._answer(request, error)
                 continue
             nursery.start_soon(self._answer, request, work)
+        if not _hung_up(self.stream):
+            await self._drain()
+
+    async def _drain(self) -> None:
+        """After the program closed its sending side: wait until every request read is
+        answered and written, at most DRAIN_TIMEOUT (`printf … | nc -N -U` gets its answers)."""
+        with trio.move_on_after(DRAIN_TIMEOUT):
+            while self.in_flight or self.unwritten:
+                self._progress = trio.Event()
+                await self._progress.wait()
+        if self.in_flight:
+            log.info("client ended its input: requests cut off", client=self.client_id)
 
     async def _switch(self, request: Request, reader: LineReader) -> bool:
         """Run an op that may make this connection a binary stream, here in the reader's task
@@ -299,7 +318,12 @@ class ClientActor(Actor):
             if frame is not None:
                 await self._emit(frame)
         finally:
-            self.in_flight -= 1
+            self._settled(1)
+
+    def _settled(self, requests: int) -> None:
+        """`requests` are no longer in flight: their answers are queued (or they have none)."""
+        self.in_flight -= requests
+        self._progress.set()
 
     async def _outcome_frame(
         self, request: Request, work: Awaitable[Any] | OpError
@@ -330,7 +354,7 @@ class ClientActor(Actor):
         try:
             await self._emit_all(requests, outcome)
         finally:
-            self.in_flight -= len(requests)
+            self._settled(len(requests))
 
     async def _emit_all(self, requests: Sequence[Request], outcome: Outcome) -> None:
         """Queue the answers of requests that share `outcome` (or have one each)."""
@@ -383,13 +407,25 @@ class ClientActor(Actor):
     async def _emit(self, frame: bytes) -> None:
         """Queue `frame` for the writer, in order; waits only while the outgoing channel is
         full (`hand_over`)."""
-        await hand_over(self._out_send, frame)
+        self.unwritten += len(frame)
+        try:
+            await hand_over(self._out_send, frame)
+        except BaseException:
+            self._written(len(frame))
+            raise
+
+    def _written(self, size: int) -> None:
+        """`size` bytes queued for the socket were written (or never queued): not held."""
+        self.unwritten -= size
+        self._progress.set()
 
     async def _write_frames(self) -> None:
         """The connection's one writer: each write carries everything queued (up to
         WRITE_BATCH frames); once the connection became a binary stream, its frames."""
         async for frame in self._out_receive:
-            await self._write(b"".join([frame, *take_queued(self._out_receive, WRITE_BATCH - 1)]))
+            data = b"".join([frame, *take_queued(self._out_receive, WRITE_BATCH - 1)])
+            await self._write(data)
+            self._written(len(data))
         if self._session is not None and self._session.pipe is not None:
             await self._write_pipe(self._session.pipe)
 
@@ -404,6 +440,16 @@ class ClientActor(Actor):
 
 
 _NULL_ID = b'{"id":null'  # how every answer frame begins when its id is None
+
+
+def _hung_up(stream: trio.abc.Stream) -> bool:
+    """Whether the program closed the whole connection, not only its sending side: a Unix
+    socket whose peer is closed polls as hung up (one half-closed does not)."""
+    if not isinstance(stream, trio.SocketStream):
+        return False
+    poller = select.poll()
+    poller.register(stream.socket.fileno(), 0)  # POLLHUP is reported whatever is asked
+    return any(events & select.POLLHUP for _, events in poller.poll(0))
 
 
 def _encoded(push: Push) -> bytes:

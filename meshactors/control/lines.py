@@ -25,13 +25,16 @@ class LineReader:
     max_line: int
     buffer: bytearray = attrs.field(factory=bytearray)
     _skipping: int = 0  # bytes of an oversized line discarded so far, while skipping
+    _ended: bool = False  # the stream ended: nothing more to read
 
     def feed_prefix(self, data: bytes) -> None:
         """Put back bytes already read (e.g. while sniffing the protocol)."""
         self.buffer[:0] = data
 
     async def next_line(self) -> bytes | Oversized | None:
-        """The next line, an `Oversized` marker, or None at end of stream."""
+        """The next line, an `Oversized` marker, or None at end of stream. Bytes after the
+        last newline at the end of the stream are a line too: a program may end its last
+        request with its end of input (`printf '{…}' | nc -U`)."""
         while True:
             newline = self.buffer.find(b"\n")
             if newline >= 0:
@@ -49,7 +52,10 @@ class LineReader:
             if len(self.buffer) >= self.max_line or self._skipping:
                 self._skipping += len(self.buffer)
                 self.buffer.clear()
+            if self._ended:
+                return None
             chunk = await receive_some(self.stream, RECEIVE_CHUNK)
             if not chunk:
-                return None
+                self._ended = True
+                chunk = b"\n"  # ends the last line, if any (a blank one is skipped)
             self.buffer += chunk
