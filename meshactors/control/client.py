@@ -2,8 +2,10 @@
 
 It reads request lines and runs each op in its own task (up to a cap), except channel sends,
 which one in-order task runs as they come (consecutive ones merged: see daemon/optable.py).
-Every answer and event goes on one bounded outgoing channel; one writer task drains what is
-queued into one socket write, so the socket has one writer and frames keep their order. Events
+Every answer and event goes on one bounded outgoing channel (bounded in frames and in bytes:
+past MAX_OUTGOING_BYTES no new request starts, and a frame that waits STALL_TIMEOUT for room
+cuts the connection off); one writer task drains what is queued into one socket write, so
+the socket has one writer and frames keep their order. Events
 pushed by other actors wait in the connection's bounded push queue (lagging when full) for its
 forwarder. When the program closes its sending side, every request read is still run and
 answered before the connection closes, within DRAIN_TIMEOUT; a program that closes the whole
@@ -72,6 +74,8 @@ from meshactors.wire.pipe_frames import End, FrameParser, Reset
 log = structlog.get_logger("meshactors.client")
 
 OUTGOING_CAPACITY = 256  # frames queued for the socket writer
+MAX_OUTGOING_BYTES = 32 * 1024 * 1024  # ... and their bytes (one larger frame goes alone)
+STALL_TIMEOUT = 30.0  # seconds a frame may wait for room there before the connection is cut
 PUSH_CAPACITY = 4096  # events addressed to this connection, queued before it lags
 WRITE_BATCH = 256  # frames joined into one socket write
 PUSH_BATCH = 64  # queued events joined into one outgoing frame (a frame's worth)
@@ -101,9 +105,12 @@ class ClientActor(Actor):
     _in_order_send: trio.MemorySendChannel[Request] = attrs.field(init=False)
     _in_order_receive: trio.MemoryReceiveChannel[Request] = attrs.field(init=False)
     writes: int = 0  # socket writes made: each carries whatever was queued for it
-    unwritten: int = 0  # bytes of answers and events queued (or waiting to be) and not written
+    outgoing_bytes: int = 0  # bytes of answers and events queued for the writer, not written
+    outgoing_bytes_peak: int = 0  # the most they ever were
     _progress: trio.Event = attrs.field(factory=trio.Event, init=False)  # a request settled, or
-    # a write was done: what `_drain` waits for
+    # a write was done: what `_drain` and frames waiting for room wait for
+    _room: trio.Lock = attrs.field(factory=trio.Lock, init=False)  # held by the frame waiting
+    # for room in the outgoing bytes: the others queue behind it, in order
     _session: Session | None = attrs.field(default=None, init=False)
     _scope: trio.CancelScope | None = attrs.field(default=None, init=False)
 
@@ -128,6 +135,8 @@ class ClientActor(Actor):
             "writes": self.writes,
             "events": session.events_subscribed if session else False,
             "outgoing": self._out_receive.statistics().current_buffer_used,
+            "outgoing_bytes": self.outgoing_bytes,
+            "outgoing_bytes_peak": self.outgoing_bytes_peak,
             "pushes_queued": session.pushes.queued if session else 0,
             "lagged": session.pushes.skipped_total if session else 0,
         }
@@ -205,6 +214,7 @@ class ClientActor(Actor):
                 self.errors += 1
                 await self._emit(error_frame(bad.request_id, bad))
                 continue
+            await self._until_room()
             if self.in_flight >= MAX_CONCURRENT_REQUESTS:
                 self.errors += 1
                 await self._emit(
@@ -239,9 +249,8 @@ class ClientActor(Actor):
         """After the program closed its sending side: wait until every request read is
         answered and written, at most DRAIN_TIMEOUT (`printf … | nc -N -U` gets its answers)."""
         with trio.move_on_after(DRAIN_TIMEOUT):
-            while self.in_flight or self.unwritten:
-                self._progress = trio.Event()
-                await self._progress.wait()
+            while self.in_flight or self.outgoing_bytes:
+                await self._next_progress()
         if self.in_flight:
             log.info("client ended its input: requests cut off", client=self.client_id)
 
@@ -406,17 +415,42 @@ class ClientActor(Actor):
 
     async def _emit(self, frame: bytes) -> None:
         """Queue `frame` for the writer, in order; waits only while the outgoing channel is
-        full (`hand_over`)."""
-        self.unwritten += len(frame)
+        full (`hand_over`): of frames, or of bytes (then SlowConsumer after STALL_TIMEOUT)."""
+        if self._room.locked() or not self._fits(len(frame)):
+            async with self._room:  # fair: frames waiting for room keep their order
+                with trio.move_on_after(STALL_TIMEOUT):
+                    while not self._fits(len(frame)):
+                        await self._next_progress()
+                if not self._fits(len(frame)):
+                    raise SlowConsumer(f"{self.outgoing_bytes} bytes unread")
+        self.outgoing_bytes += len(frame)
+        self.outgoing_bytes_peak = max(self.outgoing_bytes_peak, self.outgoing_bytes)
         try:
             await hand_over(self._out_send, frame)
         except BaseException:
             self._written(len(frame))
             raise
 
+    def _fits(self, size: int) -> bool:
+        """Whether a frame of `size` bytes may be queued now: within MAX_OUTGOING_BYTES, or
+        alone."""
+        return not self.outgoing_bytes or self.outgoing_bytes + size <= MAX_OUTGOING_BYTES
+
+    async def _until_room(self) -> None:
+        """Wait while frames wait for room in the outgoing bytes: a program that reads no
+        answers gets no new request started (the waiting frame cuts it off in the end)."""
+        while self._room.locked():
+            await self._next_progress()
+
+    async def _next_progress(self) -> None:
+        """Wait until a request settles or a write is done (several tasks may wait at once)."""
+        if self._progress.is_set():
+            self._progress = trio.Event()
+        await self._progress.wait()
+
     def _written(self, size: int) -> None:
         """`size` bytes queued for the socket were written (or never queued): not held."""
-        self.unwritten -= size
+        self.outgoing_bytes -= size
         self._progress.set()
 
     async def _write_frames(self) -> None:

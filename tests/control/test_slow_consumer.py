@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
 from meshactors.actors import Broadcast
+from meshactors.control import client as client_module
 from meshactors.control import event_stream
 from meshactors.daemon.services import Services
 from meshactors.ops import system_ops
@@ -71,3 +73,35 @@ async def test_answers_waiting_for_a_reader_count_as_in_flight(
             code = "ok" if frame["ok"] else frame["error"]["code"]
             answers[code] = answers.get(code, 0) + 1
     assert set(answers) == {"ok", "too_many_requests"}
+
+
+async def test_a_program_not_reading_large_answers_is_cut_off_within_the_byte_cap(
+    daemon: Services, connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answers a program does not read are held up to MAX_OUTGOING_BYTES: past that no new
+    request starts, and one whose answer finds no room in time ends the connection."""
+    cap = 1024 * 1024
+    monkeypatch.setattr(client_module, "MAX_OUTGOING_BYTES", cap)
+    monkeypatch.setattr(client_module, "STALL_TIMEOUT", 0.5)
+    writer = await connect()
+    config = {"id": "n", "brokers": ["ws://127.0.0.1:9/v1"]}
+    assert (await writer.call("network_add", config=config))["ok"]
+    value = "v" * 16_000
+    for n in range(20):  # each state_list answer below is some 320 KB
+        assert (await writer.call("state_set", network="n", key=f"k{n:02d}", value=value))["ok"]
+    stalled = await connect()
+    name = "client " + (await stalled.call("status"))["data"]["client_id"]
+    client = daemon.tree.children["control"].children[name]
+    assert client.figures is not None
+    figures = client.figures
+    lines = b'{"id":%d,"op":"state_list","network":"n","limit":500}\n'
+    with structlog.testing.capture_logs() as logs, trio.fail_after(30):
+        await stalled.send_raw(b"".join(lines % n for n in range(100)))
+        while name in daemon.tree.children["control"].children:
+            assert (await writer.call("status"))["ok"] is True
+    assert cap // 2 < figures()["outgoing_bytes_peak"] <= cap
+    cut = [log for log in logs if log["event"] == "client cut off: it stopped reading"]
+    assert [log["client"] for log in cut] == [name.removeprefix("client ")]
+    with trio.fail_after(30):
+        while await stalled.stream.receive_some(1 << 20):
+            pass  # what was queued, then the end of the stream
