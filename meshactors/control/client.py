@@ -20,6 +20,7 @@ both ways, with core at the other end of the pipe's channels (see network/stream
 from __future__ import annotations
 
 import json
+import math
 import select
 from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar
@@ -46,6 +47,7 @@ from meshactors.control.event_stream import (
     wire_event,
 )
 from meshactors.control.http import HttpConnection, looks_like_http
+from meshactors.control.http_parse import REQUEST_TIMEOUT
 from meshactors.control.lines import RECEIVE_CHUNK, LineReader, Oversized
 from meshactors.control.session import Push, Session
 from meshactors.control.tcp_auth import TcpAuth
@@ -154,7 +156,10 @@ class ClientActor(Actor):
                 )
                 self._scope = nursery.cancel_scope
                 task_status.started()
-                if self.tcp is not None or await self._speaks_http():
+                speaks_http = True if self.tcp is not None else await self._speaks_http()
+                if speaks_http is None:
+                    log.info("client closed: no protocol told in time", client=self.client_id)
+                elif speaks_http:
                     self.protocol = "http"
                     self._session.receives_pushes = False
                     await HttpConnection(
@@ -183,13 +188,20 @@ class ClientActor(Actor):
                     # program must see its connection end, not wait on a silent socket.
                     await self.stream.aclose()
 
-    async def _speaks_http(self) -> bool:
-        """Read just enough of the connection's first bytes to tell HTTP from JSON lines."""
+    async def _speaks_http(self) -> bool | None:
+        """Read just enough of the connection's first bytes to tell HTTP from JSON lines; None
+        when bytes that begin a method (`GE`) are not followed within REQUEST_TIMEOUT, as an
+        HTTP request must be. A connection that sends nothing yet may wait like any other."""
+        deadline = math.inf  # until the first bytes
         while (verdict := looks_like_http(self.prefix)) is None:
-            chunk = await self.stream.receive_some(RECEIVE_CHUNK)
-            if not chunk:
-                return False  # the JSON-lines reader sees the same end of stream
-            self.prefix += chunk
+            with trio.move_on_at(deadline):
+                chunk = await self.stream.receive_some(RECEIVE_CHUNK)
+                if not chunk:
+                    return False  # the JSON-lines reader sees the same end of stream
+                self.prefix += chunk
+                deadline = min(deadline, trio.current_time() + REQUEST_TIMEOUT)
+                continue
+            return None
         return verdict
 
     async def _read_requests(self, nursery: trio.Nursery) -> None:
