@@ -98,8 +98,8 @@ class HttpConnection:
             self._h11.receive_data(self.prefix)
         try:
             await self._serve()
-        except trio.TooSlowError:
-            log.info("http client stopped reading", client=self.session.client_id)
+        except* trio.TooSlowError:  # alone, or out of an event stream's tasks
+            pass  # `_send` logged it; the connection ends
 
     async def _serve(self) -> None:
         for request_id in itertools.count(1):
@@ -192,8 +192,12 @@ class HttpConnection:
         """Encode `events` and write them, in order, one sender at a time, time-bounded."""
         async with self._sending:
             data = b"".join(self._h11.send(event) or b"" for event in events)
-            with trio.fail_after(WRITE_TIMEOUT):
-                await self.write(data)
+            with trio.fail_after(WRITE_TIMEOUT) as deadline:
+                try:
+                    await self.write(data)
+                finally:  # logged here: as an event stream ends, its TooSlowError may not
+                    if deadline.cancel_called:
+                        log.info("http client stopped reading", client=self.session.client_id)
 
     async def start_events(self, headers: Headers) -> None:
         """Start an endless answer (server-sent events); the connection ends with it."""
@@ -204,9 +208,11 @@ class HttpConnection:
         await self._send(h11.Data(data=data))
 
     async def until_hangup(self) -> None:
-        """Read and drop whatever the client sends until it closes its side."""
-        while await self.stream.receive_some(RECEIVE_CHUNK):
-            pass
+        """Read and drop whatever the client sends until it closes its side, or a write cut
+        off (the client stopped reading) closed the connection."""
+        with contextlib.suppress(trio.ClosedResourceError):
+            while await self.stream.receive_some(RECEIVE_CHUNK):
+                pass
 
     async def _finish(self, answer: HttpResponse) -> None:
         """Answer a request that cannot be served, then close."""

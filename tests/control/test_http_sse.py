@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
 from meshactors.actors import Broadcast
+from meshactors.control import http as http_module
 from meshactors.control.sse import KEEPALIVE, KEEPALIVE_INTERVAL, SseSink, sse_message
 from meshactors.daemon.services import Services
 from meshactors.event_hub import PERSIST_BATCH
@@ -141,3 +143,17 @@ async def test_a_lagging_reader_gets_a_lagged_event() -> None:
             nursery.cancel_scope.cancel()
     assert got[0]["id"] == "1"
     assert got[1] == {"event": "lagged", "data": {"skipped": 2}}
+
+
+async def test_a_reader_that_stops_reading_is_cut_off_and_logged_so(
+    daemon: Services, http: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_module, "WRITE_TIMEOUT", 0.2)
+    await open_events(http)  # and never read
+    clients = daemon.tree.children["control"].children
+    padding = "x" * 4096
+    with structlog.testing.capture_logs() as logs:
+        while "client c1" in clients:  # a write finds no room in time: the connection is cut
+            await publish(daemon.events, "test_noise", *({"padding": padding} for _ in range(50)))
+    events = [log["event"] for log in logs if log.get("client") == "c1"]
+    assert "http client stopped reading" in events, logs
