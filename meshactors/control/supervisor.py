@@ -15,6 +15,8 @@ import trio
 
 from meshactors.actors import Actor, ChildSpec, Restart, Supervisor, cleanup_scope
 from meshactors.control.client import ClientActor
+from meshactors.control.http import looks_like_http
+from meshactors.control.http_parse import RECEIVE_CHUNK
 from meshactors.control.http_response import encode_alone, error_response
 from meshactors.control.tcp_auth import TCP_HOST, TcpAuth, load_or_create_token
 from meshactors.daemon.services import Services
@@ -28,11 +30,12 @@ MAX_TCP_CLIENTS = 256  # of them over TCP, where anyone local may connect before
 # checked: the owner's Unix socket always keeps the rest
 LISTEN_BACKLOG = 4096  # = MAX_CLIENTS: a burst of connects waits in the kernel, not refused
 CLIENT_SHUTDOWN_TIMEOUT = 2.0  # seconds a client's cleanup may take (releasing claims etc.)
+REFUSAL_TIMEOUT = 1.0  # seconds a refused connection gets: to show what it speaks, take its answer
 SOCKET_MODE = 0o600
 SD_LISTEN_FDS_START = 3  # the first descriptor a socket-activating service manager passes
 
 _BUSY = OpError(ErrorCode.UNAVAILABLE, f"at most {MAX_CLIENTS} clients at once")
-BUSY_LINE = error_frame(None, _BUSY)  # what a socket client is told when the daemon is full
+BUSY_LINE = error_frame(None, _BUSY)  # what a JSON-lines client is told when the daemon is full
 BUSY_HTTP = encode_alone(error_response(_BUSY))  # the same as an HTTP answer
 BUSY_TCP = encode_alone(
     error_response(OpError(ErrorCode.UNAVAILABLE, f"at most {MAX_TCP_CLIENTS} TCP clients at once"))
@@ -65,12 +68,14 @@ class Admissions:
     _ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
     _over_tcp: set[str] = attrs.field(factory=set)  # node names of the TCP clients admitted
 
-    async def admit(self, stream: trio.SocketStream, busy: bytes, tcp: TcpAuth | None) -> bool:
-        """Start a client actor for `stream`, or send `busy` and close it when full (a TCP
-        connection also when MAX_TCP_CLIENTS are)."""
-        refusal = self._refusal(busy, tcp)
+    async def admit(self, stream: trio.SocketStream, tcp: TcpAuth | None) -> bool:
+        """Start a client actor for `stream`, or tell it the daemon is busy and close it when
+        full (a TCP connection also when MAX_TCP_CLIENTS are)."""
+        refusal = self._refusal(tcp)
         if refusal is not None:
-            with trio.move_on_after(1):
+            with trio.move_on_after(REFUSAL_TIMEOUT):
+                if tcp is None:  # the Unix socket speaks both: answer in the connection's own
+                    refusal = await _busy_answer(stream)
                 await stream.send_all(refusal)
             await stream.aclose()
             return False
@@ -87,24 +92,24 @@ class Admissions:
             self._over_tcp.add(spec.name)
         return True
 
-    def _refusal(self, busy: bytes, tcp: TcpAuth | None) -> bytes | None:
-        """What a new connection is told when there is no room for it (`busy`, or BUSY_TCP),
-        or None."""
+    def _refusal(self, tcp: TcpAuth | None) -> bytes | None:
+        """What a new connection is told when there is no room for it (on the Unix socket
+        BUSY_LINE, or BUSY_HTTP once it shows it speaks HTTP), or None."""
         clients = {node.name for node in self.services.client_nodes()}
         self._over_tcp &= clients  # forget those that ended
         if len(clients) >= MAX_CLIENTS:
-            return busy
+            return BUSY_LINE if tcp is None else BUSY_HTTP
         if tcp is not None and len(self._over_tcp) >= MAX_TCP_CLIENTS:
             return BUSY_TCP
         return None
 
     async def accept_forever(
-        self, listener: trio.SocketListener, busy: bytes, tcp: TcpAuth | None, tally: Tally
+        self, listener: trio.SocketListener, tcp: TcpAuth | None, tally: Tally
     ) -> None:
         """Admit every connection `listener` accepts, counting them in `tally`."""
         while True:
             stream = await listener.accept()
-            if await self.admit(stream, busy, tcp):
+            if await self.admit(stream, tcp):
                 tally.accepted += 1
             else:
                 tally.refused += 1
@@ -135,7 +140,7 @@ class Listener(Actor):
             listener = adopt_unix_listener(self.inherited_fd)
         try:
             task_status.started()
-            await self.admissions.accept_forever(listener, BUSY_LINE, None, self.tally)
+            await self.admissions.accept_forever(listener, None, self.tally)
         finally:
             with cleanup_scope():
                 await listener.aclose()
@@ -171,10 +176,23 @@ class TcpListener(Actor):
             auth = TcpAuth(token, self.bound_port)
             log.info("tcp listener ready", address=f"{TCP_HOST}:{self.bound_port}")
             task_status.started()
-            await self.admissions.accept_forever(listener, BUSY_HTTP, auth, self.tally)
+            await self.admissions.accept_forever(listener, auth, self.tally)
         finally:
             with cleanup_scope():
                 await listener.aclose()
+
+
+async def _busy_answer(stream: trio.SocketStream) -> bytes:
+    """BUSY_HTTP for a connection whose first bytes begin an HTTP request, else BUSY_LINE (also
+    for one that tells nothing within half of REFUSAL_TIMEOUT: the rest is for the answer)."""
+    prefix = b""
+    with trio.move_on_after(REFUSAL_TIMEOUT / 2):
+        while looks_like_http(prefix) is None:
+            chunk = await stream.receive_some(RECEIVE_CHUNK)
+            if not chunk:
+                break
+            prefix += chunk
+    return BUSY_HTTP if looks_like_http(prefix) else BUSY_LINE
 
 
 async def bind_unix_listener(path: Path) -> trio.SocketListener:

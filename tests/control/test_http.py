@@ -8,6 +8,7 @@ import attrs
 import pytest
 import trio
 
+from meshactors.control import supervisor
 from meshactors.control.http_parse import MAX_BODY_BYTES, MAX_HEAD_BYTES
 from meshactors.control.session import Session
 from meshactors.daemon.services import Services
@@ -240,3 +241,19 @@ async def test_http_clients_are_client_actors_that_leave_on_close(
 async def test_json_lines_still_work_next_to_http(daemon: Services, connect: Any) -> None:
     lines = await connect()
     assert (await lines.call("status"))["ok"] is True
+
+
+async def test_a_full_daemon_refuses_each_client_in_its_own_protocol(
+    connect: Any, http: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervisor, "MAX_CLIENTS", 1)
+    holder = await connect()
+    assert (await holder.call("status"))["ok"]
+    refused = await http()
+    response = await refused.request("GET", "/v1/status")
+    assert (response.status, response.code) == (503, "unavailable")
+    assert await refused.closed()
+    line = await connect()
+    await line.send_raw(b'{"id":1,"op":"status"}\n')
+    frame = await line.frame()
+    assert (frame["id"], frame["error"]["code"]) == (None, "unavailable")
