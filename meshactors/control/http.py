@@ -40,7 +40,7 @@ from meshactors.control.http_response import (
 )
 from meshactors.control.http_routes import EventStreamAnswer, route
 from meshactors.control.session import Session
-from meshactors.control.sse import serve_events
+from meshactors.control.sse import SSE_HEADERS, serve_events
 from meshactors.control.tcp_auth import TcpAuth
 from meshactors.wire.ipc import ErrorCode
 
@@ -114,7 +114,12 @@ class HttpConnection:
                 return
             answer = await route(head, body, self.session, request_id)
             if isinstance(answer, EventStreamAnswer):
-                await serve_events(self, self.session.services.events, answer.since)
+                if self._with_body:
+                    await serve_events(self, self.session.services.events, answer.since)
+                else:  # HEAD: the event stream's head alone
+                    await self.start_events(SSE_HEADERS)
+                    await self._send(h11.EndOfMessage())
+                    await self._linger()
                 return
             if answer.status >= 400:
                 self.counters.errors += 1

@@ -76,7 +76,7 @@ async def _route(
             f"{head.path} answers {', '.join(sorted(allowed))}, not {head.method}",
             headers=(("Allow", ", ".join(sorted(allowed))),),
         )
-    if head.method == "GET":
+    if head.method in ("GET", "HEAD"):  # HEAD is routed as GET; its answer has no body
         return await _get(head, session, request_id)
     if head.query:
         raise OpError(ErrorCode.BAD_REQUEST, "POST takes params in the JSON body, not the query")
@@ -89,7 +89,7 @@ def allowed_methods(path: str, ops: Container[str]) -> frozenset[str]:
     """The methods `path` answers, given the op table's names (empty: no such route)."""
     methods = set()
     if path in (HEALTH_PATH, EVENTS_PATH) or path in GET_OPS:
-        methods.add("GET")
+        methods |= {"GET", "HEAD"}
     if path in POST_OPS or _op_in_path(path, ops) is not None:
         methods.add("POST")
     return frozenset(methods)

@@ -116,7 +116,7 @@ async def test_errors_have_statuses_and_json_bodies(
 
 async def test_405_names_the_allowed_methods(http: Connect) -> None:
     response = await (await http()).request("DELETE", "/v1/status")
-    assert response.headers["allow"] == "GET, POST"
+    assert response.headers["allow"] == "GET, HEAD, POST"
 
 
 @pytest.mark.parametrize(
@@ -257,3 +257,23 @@ async def test_a_full_daemon_refuses_each_client_in_its_own_protocol(
     await line.send_raw(b'{"id":1,"op":"status"}\n')
     frame = await line.frame()
     assert (frame["id"], frame["error"]["code"]) == (None, "unavailable")
+
+
+@pytest.mark.parametrize("path", ["/v1/status", "/v1/peers?network=nope"])
+async def test_head_is_answered_like_get_without_a_body(http: Connect, path: str) -> None:
+    client = await http()
+    got = await client.request("GET", path)
+    await client.send(encode_request("HEAD", path))
+    status, headers = await client.head()
+    assert (status, headers["content-type"]) == (got.status, got.headers["content-type"])
+    assert int(headers["content-length"]) > 0  # what a GET would carry, not sent
+    assert (await client.request("GET", "/v1/health")).status == 200  # no body came between
+
+
+async def test_head_of_the_event_stream_is_its_head_alone(http: Connect) -> None:
+    client = await http()
+    await client.send(encode_request("HEAD", "/v1/events"))
+    status, headers = await client.head()
+    assert status == 200
+    assert headers["content-type"].startswith("text/event-stream")
+    assert await client.closed()
