@@ -2,18 +2,20 @@
 
 h11 parses and frames HTTP/1.1; this module adds the daemon's own refusals (origin-form
 targets, HTTP/1.0 and 1.1 only, ASCII values, single-valued headers, header and body caps,
-no chunked uploads) and splits the query string. Every refusal is an `HttpError`.
+no chunked uploads). Every refusal is an `HttpError`. The query string is kept as it came:
+routing splits it (`query_pairs`), so a bad one is an op's `invalid_params`, not an
+unreadable request.
 """
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 import attrs
 import h11
 
 from meshactors.control.http_errors import HttpError, HttpErrorCode
-from meshactors.wire.ipc import ErrorCode
+from meshactors.wire.ipc import ErrorCode, OpError
 
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers, blank line included
 MAX_BODY_BYTES = 1024 * 1024  # one request body (the same cap as a JSON line)
@@ -47,7 +49,7 @@ class RequestHead:
 
     method: str
     path: str
-    query: tuple[tuple[str, str], ...]
+    query: str  # as sent, after the `?` (see `query_pairs`)
     headers: dict[str, str]
     content_length: int | None
 
@@ -72,7 +74,7 @@ def request_head(request: h11.Request) -> RequestHead:
     content_length = _content_length(headers)
     method = request.method.decode("ascii")
     path, _, query = request.target.decode("ascii").partition("?")
-    return RequestHead(method, path, _parse_query(query), headers, content_length)
+    return RequestHead(method, path, query, headers, content_length)
 
 
 def protocol_error(error: h11.RemoteProtocolError) -> HttpError:
@@ -127,13 +129,27 @@ def _no_upload_coding() -> HttpError:
     )
 
 
-def _parse_query(query: str) -> tuple[tuple[str, str], ...]:
-    if not query:
-        return ()
-    try:
-        pairs = parse_qsl(
-            query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS, errors="strict"
+def query_pairs(query: str) -> tuple[tuple[str, str], ...]:
+    """The `name=value` pairs of a query string, percent- and `+`-decoded (a name without `=`
+    has the value ""); `invalid_params` for more than MAX_QUERY_FIELDS, or naming a field
+    that is not UTF-8 once decoded."""
+    fields = [field for field in query.split("&") if field]
+    if len(fields) > MAX_QUERY_FIELDS:
+        raise OpError(
+            ErrorCode.INVALID_PARAMS, f"{len(fields)} query fields: at most {MAX_QUERY_FIELDS}"
         )
-    except ValueError as exc:
-        raise bad_request(f"bad query string: {exc}") from None
+    pairs = []
+    for field in fields:
+        name, _, value = field.partition("=")
+        try:
+            pairs.append((_decoded(name), _decoded(value)))
+        except UnicodeDecodeError:
+            raise OpError(
+                ErrorCode.INVALID_PARAMS, f"query field {name!r} is not UTF-8 once decoded"
+            ) from None
     return tuple(pairs)
+
+
+def _decoded(text: str) -> str:
+    """A query name or value, percent- and `+`-decoded; UnicodeDecodeError when not UTF-8."""
+    return unquote_plus(text, errors="strict")

@@ -18,7 +18,7 @@ import attrs
 
 from meshactors.control.event_stream import check_since
 from meshactors.control.http_errors import HttpError, HttpErrorCode
-from meshactors.control.http_parse import RequestHead
+from meshactors.control.http_parse import RequestHead, query_pairs
 from meshactors.control.http_response import HttpResponse, error_response, ok_response
 from meshactors.control.session import Session
 from meshactors.ops.optable import converter, run_request
@@ -104,14 +104,15 @@ def _op_in_path(path: str, ops: Container[str]) -> str | None:
 async def _get(
     head: RequestHead, session: Session, request_id: int
 ) -> HttpResponse | EventStreamAnswer:
+    query = query_pairs(head.query)
     if head.path == HEALTH_PATH:
-        structure_query(head.query, _NoQuery)
+        structure_query(query, _NoQuery)
         services = session.services
         return ok_response(
             {"status": "ok", "version": services.version, "uptime_s": round(services.uptime(), 3)}
         )
     if head.path == EVENTS_PATH:
-        since = structure_query(head.query, EventsSubscribe).since
+        since = structure_query(query, EventsSubscribe).since
         last_event_id = head.headers.get("last-event-id")
         if last_event_id is not None:  # a reconnecting EventSource: the header wins
             if not INT_QUERY.fullmatch(last_event_id):
@@ -123,7 +124,7 @@ async def _get(
     op = session.services.ops.ops.get(name)
     if op is None:
         raise OpError(ErrorCode.UNKNOWN_OP, f"unknown op {name!r}")
-    params = query_params(head.query, op.params)
+    params = query_params(query, op.params)
     return ok_response(await run_request(session, Request(request_id, name, params)))
 
 

@@ -11,6 +11,7 @@ import hmac
 import re
 import secrets
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import attrs
 
@@ -73,7 +74,8 @@ class TcpAuth:
 
     def check(self, head: RequestHead) -> None:
         """Raise the HttpError to answer, or return when the request may proceed."""
-        if any(key in QUERY_TOKEN_KEYS for key, _ in head.query):
+        sent = parse_qsl(head.query, keep_blank_values=True, errors="replace")  # even a bad one
+        if any(key in QUERY_TOKEN_KEYS for key, _ in sent):
             raise HttpError(
                 ErrorCode.BAD_REQUEST,
                 "a token in the query string is refused; send Authorization: Bearer",

@@ -9,13 +9,15 @@ import pytest
 import trio
 
 from meshactors.control import supervisor
-from meshactors.control.http_parse import MAX_BODY_BYTES, MAX_HEAD_BYTES
+from meshactors.control.http_parse import MAX_BODY_BYTES, MAX_HEAD_BYTES, MAX_QUERY_FIELDS
 from meshactors.control.session import Session
 from meshactors.daemon.services import Services
 from meshactors.ops.optable import Op
 from meshactors.wire.ipc import ErrorCode, OpError
 from tests.control.httptools import encode_request
 from tests.daemon_tree import Connect
+
+TOO_MANY_FIELDS = "&".join(f"f{n}=1" for n in range(MAX_QUERY_FIELDS + 1))
 
 
 @attrs.frozen
@@ -101,6 +103,8 @@ async def test_post_runs_any_op_with_a_json_body(http: Connect) -> None:
         ("GET", "/v1/events?since=x", None, 400, "invalid_params"),
         ("GET", "/v1/events?since=-1", None, 400, "invalid_params"),
         ("GET", "/v1/events?since=1&since=2", None, 400, "invalid_params"),
+        ("GET", "/v1/health?a=%ff", None, 400, "invalid_params"),  # not UTF-8
+        ("GET", f"/v1/status?{TOO_MANY_FIELDS}", None, 400, "invalid_params"),
     ],
 )
 async def test_errors_have_statuses_and_json_bodies(
@@ -277,3 +281,16 @@ async def test_head_of_the_event_stream_is_its_head_alone(http: Connect) -> None
     assert status == 200
     assert headers["content-type"].startswith("text/event-stream")
     assert await client.closed()
+
+
+async def test_a_query_that_cannot_be_read_names_what_is_wrong(http: Connect) -> None:
+    client = await http()
+    cases = [
+        ("ok=1&bad%ff=1", "'bad%ff'"),
+        ("x=%ff", "'x'"),
+        (TOO_MANY_FIELDS, f"at most {MAX_QUERY_FIELDS}"),
+    ]
+    for query, told in cases:
+        response = await client.request("GET", f"/v1/status?{query}")
+        assert response.code == "invalid_params"
+        assert told in response.json()["error"]["message"]
