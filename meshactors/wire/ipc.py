@@ -109,7 +109,7 @@ def parse_request(line: bytes) -> Request:
     if not notification and not _valid_id(request_id):
         raise BadFrame(
             ErrorCode.BAD_REQUEST,
-            f"`id` must be a string of at most {MAX_REQUEST_ID_CHARS} characters or an integer "
+            f"`id` must be a string of 1 to {MAX_REQUEST_ID_CHARS} characters or an integer "
             "(or be left out: a notification)",
             None,
         )

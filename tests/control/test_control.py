@@ -177,3 +177,11 @@ async def test_two_subscribes_at_once_get_one_stream_and_a_conflict(connect: Any
         if "id" in frame:
             answers[frame["id"]] = frame["ok"] or frame["error"]["code"]
     assert sorted(map(str, answers.values())) == ["True", "conflict"]
+
+
+async def test_an_empty_string_id_is_refused_saying_what_an_id_may_be(connect: Any) -> None:
+    client = await connect()
+    await client.send_raw(b'{"id":"","op":"status"}\n')
+    frame = await client.frame()
+    assert (frame["id"], frame["error"]["code"]) == (None, "bad_request")
+    assert "1 to 128 characters" in frame["error"]["message"]
