@@ -85,17 +85,18 @@ class Connection:
     async def call(self, op: str, params: dict[str, Any], timeout: float) -> Any:
         """Run one op and return its `data`; ClientError on an error answer, a lost connection
         or no answer within `timeout` seconds."""
-        async with self._slots:
-            self._check_open()
-            request_id = next(self._ids)
-            line = encode_request(request_id, op, params)
-            pending = self._pending[request_id] = _Pending()
-            try:
-                with trio.move_on_after(timeout):
+        pending = _Pending()
+        with trio.move_on_after(timeout):
+            async with self._slots:  # waiting for a slot is part of the call's deadline
+                self._check_open()
+                request_id = next(self._ids)
+                line = encode_request(request_id, op, params)
+                self._pending[request_id] = pending
+                try:
                     await self._out_send.send(line)
                     await pending.done.wait()
-            finally:
-                del self._pending[request_id]
+                finally:
+                    del self._pending[request_id]
         if pending.frame is not None:
             return answer_data(pending.frame)
         if pending.error is not None:
