@@ -22,7 +22,7 @@ from meshactors.client.errors import (
     DeadlineExceeded,
     ProtocolError,
 )
-from meshactors.wire.ipc import MAX_CONCURRENT_REQUESTS
+from meshactors.wire.ipc import MAX_CONCURRENT_REQUESTS, MAX_CONCURRENT_SETTLING, SETTLING_OPS
 
 CONNECT_RETRY_FIRST = 0.05  # seconds before the second connect attempt; doubles each time
 CONNECT_RETRY_MAX = 1.0  # seconds between connect attempts at most
@@ -73,6 +73,9 @@ class Connection:
     _pending: dict[int, _Pending] = attrs.field(factory=dict)
     _ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
     _slots: trio.Semaphore = attrs.field(factory=lambda: trio.Semaphore(MAX_CONCURRENT_REQUESTS))
+    _settling_slots: trio.Semaphore = attrs.field(
+        factory=lambda: trio.Semaphore(MAX_CONCURRENT_SETTLING)
+    )
     _fanout: Broadcast[Event] = attrs.field(factory=Broadcast)
     events: Subscriber[Event] = attrs.field(init=False)
     _out_send: trio.MemorySendChannel[bytes] = attrs.field(init=False)
@@ -86,8 +89,10 @@ class Connection:
         """Run one op and return its `data`; ClientError on an error answer, a lost connection
         or no answer within `timeout` seconds."""
         pending = _Pending()
+        # answers to served calls never wait behind our own calls: they have slots of their own
+        slots = self._settling_slots if op in SETTLING_OPS else self._slots
         with trio.move_on_after(timeout):
-            async with self._slots:  # waiting for a slot is part of the call's deadline
+            async with slots:  # waiting for a slot is part of the call's deadline
                 self._check_open()
                 request_id = next(self._ids)
                 line = encode_request(request_id, op, params)

@@ -59,7 +59,9 @@ from meshactors.store.events import Event
 from meshactors.wire import pipe_frames
 from meshactors.wire.ipc import (
     MAX_CONCURRENT_REQUESTS,
+    MAX_CONCURRENT_SETTLING,
     MAX_FRAME_BYTES,
+    SETTLING_OPS,
     BadFrame,
     ErrorCode,
     OpError,
@@ -102,6 +104,7 @@ class ClientActor(Actor):
     requests: int = 0
     errors: int = 0
     in_flight: int = 0
+    settling: int = 0  # of them, requests that settle a call (SETTLING_OPS)
     _out_send: trio.MemorySendChannel[bytes] = attrs.field(init=False)
     _out_receive: trio.MemoryReceiveChannel[bytes] = attrs.field(init=False)
     _in_order_send: trio.MemorySendChannel[Request] = attrs.field(init=False)
@@ -134,6 +137,7 @@ class ClientActor(Actor):
             "requests": self.requests,
             "errors": self.errors,
             "in_flight": self.in_flight,
+            "settling": self.settling,
             "writes": self.writes,
             "events": session.events_subscribed if session else False,
             "outgoing": self._out_receive.statistics().current_buffer_used,
@@ -227,19 +231,14 @@ class ClientActor(Actor):
                 await self._emit(error_frame(bad.request_id, bad))
                 continue
             await self._until_room()
-            if self.in_flight >= MAX_CONCURRENT_REQUESTS:
+            settling = request.op in SETTLING_OPS
+            refused = self._over_cap(settling)
+            if refused is not None:
                 self.errors += 1
-                await self._emit(
-                    error_frame(
-                        request.id,
-                        OpError(
-                            ErrorCode.TOO_MANY_REQUESTS,
-                            f"at most {MAX_CONCURRENT_REQUESTS} requests in flight per connection",
-                        ),
-                    )
-                )
+                await self._emit(error_frame(request.id, refused))
                 continue
             self.in_flight += 1
+            self.settling += settling
             if self.services.ops.switches(request):
                 if await self._switch(request, reader):
                     return
@@ -265,6 +264,20 @@ class ClientActor(Actor):
                 await self._next_progress()
         if self.in_flight:
             log.info("client ended its input: requests cut off", client=self.client_id)
+
+    def _over_cap(self, settling: bool) -> OpError | None:
+        """`too_many_requests` when one more request of its kind would pass its cap: requests
+        that settle calls have a cap of their own, so calls can never crowd out answers."""
+        if settling:
+            if self.settling < MAX_CONCURRENT_SETTLING:
+                return None
+            cap, what = MAX_CONCURRENT_SETTLING, "answers or cancels of calls"
+        elif self.in_flight - self.settling < MAX_CONCURRENT_REQUESTS:
+            return None
+        else:
+            cap, what = MAX_CONCURRENT_REQUESTS, "requests"
+        message = f"at most {cap} {what} in flight per connection"
+        return OpError(ErrorCode.TOO_MANY_REQUESTS, message)
 
     async def _switch(self, request: Request, reader: LineReader) -> bool:
         """Run an op that may make this connection a binary stream, here in the reader's task
@@ -339,11 +352,12 @@ class ClientActor(Actor):
             if frame is not None:
                 await self._emit(frame)
         finally:
-            self._settled(1)
+            self._settled([request])
 
-    def _settled(self, requests: int) -> None:
+    def _settled(self, requests: Sequence[Request]) -> None:
         """`requests` are no longer in flight: their answers are queued (or they have none)."""
-        self.in_flight -= requests
+        self.in_flight -= len(requests)
+        self.settling -= sum(request.op in SETTLING_OPS for request in requests)
         self._progress.set()
 
     async def _outcome_frame(
@@ -375,7 +389,7 @@ class ClientActor(Actor):
         try:
             await self._emit_all(requests, outcome)
         finally:
-            self._settled(len(requests))
+            self._settled(requests)
 
     async def _emit_all(self, requests: Sequence[Request], outcome: Outcome) -> None:
         """Queue the answers of requests that share `outcome` (or have one each)."""

@@ -21,6 +21,11 @@ MAX_REQUEST_ID_CHARS = 128  # a string request id
 # requests one connection may have in flight (each line ≤ 1 MiB): the daemon answers more with
 # too_many_requests, the client library holds more back until an answer comes
 MAX_CONCURRENT_REQUESTS = 128
+# ...and besides them, requests of ops that settle a call already in flight (answer one served
+# here, or cancel one made here): counted apart, with a cap of their own in both, so a
+# connection's own calls, however many, can never keep it from answering the calls it serves
+MAX_CONCURRENT_SETTLING = 128
+SETTLING_OPS = frozenset({"rpc_respond", "rpc_stream_chunk", "rpc_stream_end", "rpc_cancel"})
 MAX_OP_CHARS = 64
 
 

@@ -54,3 +54,31 @@ async def test_waiting_for_a_request_slot_counts_against_the_call_deadline(
                 with pytest.raises(DeadlineExceeded):
                     await caller.call("status", timeout=0.5)
             nursery.cancel_scope.cancel()
+
+
+async def _echo(payload: Any, ctx: RequestContext) -> Any:
+    return payload
+
+
+async def test_a_client_calling_itself_far_past_its_slots_answers_every_call(
+    running: LocalDaemon,
+) -> None:
+    """Its answers (`rpc_respond`) have slots of their own, in the client and in the daemon:
+    calls holding every call slot can never keep the answers they wait for from going."""
+    calls = MAX_CONCURRENT_REQUESTS * 3
+    answers: list[Any] = []
+    async with MeshClient(running.paths.socket) as client:
+        await client.ensure_networks([NETWORK])
+        me = (await client.status())["device_id"]
+        await client.serve("lan", "echo", _echo)
+
+        async def call(n: int) -> None:
+            answers.append(
+                (await client.rpc_call("lan", me, "echo", n, timeout_ms=LONG_MS))["payload"]
+            )
+
+        with trio.fail_after(WAIT):
+            async with trio.open_nursery() as nursery:
+                for n in range(calls):
+                    nursery.start_soon(call, n)
+    assert sorted(answers) == list(range(calls))
