@@ -3,6 +3,7 @@ and the event frames it receives, through a bounded buffer that never stalls the
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 from collections.abc import AsyncIterator, Iterator
@@ -26,7 +27,9 @@ from meshactors.wire.ipc import MAX_CONCURRENT_REQUESTS, MAX_CONCURRENT_SETTLING
 
 CONNECT_RETRY_FIRST = 0.05  # seconds before the second connect attempt; doubles each time
 CONNECT_RETRY_MAX = 1.0  # seconds between connect attempts at most
-OUTGOING_CAPACITY = 256  # request lines queued for the writer task
+# request lines queued for the writer task: never full, as each one holds a slot till answered
+OUTGOING_CAPACITY = MAX_CONCURRENT_REQUESTS + MAX_CONCURRENT_SETTLING
+CALL_CANCEL_TIMEOUT = 10.0  # seconds the cancel of an rpc_call given up waits for its answer
 EVENT_BUFFER = 4096  # event frames received but not yet routed before the newest are dropped
 RECEIVE_CHUNK = 64 * 1024  # bytes asked of the socket per read
 RETRYABLE_ERRNOS = (errno.ENOENT, errno.ECONNREFUSED)  # no socket yet, or no one listening
@@ -56,11 +59,20 @@ async def connect_unix(path: Path, timeout: float) -> trio.SocketStream:
 
 @attrs.define(eq=False)
 class _Pending:
-    """A request waiting for its answer frame (or for the connection to fail)."""
+    """A request waiting for its answer frame (or for the connection to fail); it holds its
+    slot until then, whether its caller still waits or not, as the daemon counts it till then."""
 
+    request_id: int
+    op: str
+    slot: trio.Semaphore
     done: trio.Event = attrs.field(factory=trio.Event)
     frame: dict[str, Any] | None = None
     error: ClientError | None = None
+
+    def settle(self) -> None:
+        """The answer (or the connection's failure) is in: wake the caller, free the slot."""
+        self.done.set()
+        self.slot.release()
 
 
 @attrs.define(eq=False)
@@ -80,6 +92,7 @@ class Connection:
     events: Subscriber[Event] = attrs.field(init=False)
     _out_send: trio.MemorySendChannel[bytes] = attrs.field(init=False)
     _out_receive: trio.MemoryReceiveChannel[bytes] = attrs.field(init=False)
+    _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.events = self._fanout.subscribe(EVENT_BUFFER)
@@ -87,26 +100,51 @@ class Connection:
 
     async def call(self, op: str, params: dict[str, Any], timeout: float) -> Any:
         """Run one op and return its `data`; ClientError on an error answer, a lost connection
-        or no answer within `timeout` seconds."""
-        pending = _Pending()
+        or no answer within `timeout` seconds. A caller that gives up (cancelled, or the
+        deadline) leaves the request its slot until the daemon answers it, and has the daemon
+        cancel an `rpc_call`."""
         # answers to served calls never wait behind our own calls: they have slots of their own
         slots = self._settling_slots if op in SETTLING_OPS else self._slots
+        pending = None
         with trio.move_on_after(timeout):
-            async with slots:  # waiting for a slot is part of the call's deadline
-                self._check_open()
-                request_id = next(self._ids)
-                line = encode_request(request_id, op, params)
-                self._pending[request_id] = pending
-                try:
-                    await self._out_send.send(line)
-                    await pending.done.wait()
-                finally:
-                    del self._pending[request_id]
+            await slots.acquire()  # waiting for a slot is part of the call's deadline
+            pending = self._request(op, params, slots)
+            try:
+                await pending.done.wait()
+            finally:
+                if not pending.done.is_set():
+                    self._give_up(pending)
+        if pending is None or not pending.done.is_set():
+            raise DeadlineExceeded(op, timeout)
         if pending.frame is not None:
             return answer_data(pending.frame)
-        if pending.error is not None:
-            raise pending.error
-        raise DeadlineExceeded(op, timeout)
+        assert pending.error is not None  # settled without an answer: the connection failed
+        raise pending.error
+
+    def _request(self, op: str, params: dict[str, Any], slot: trio.Semaphore) -> _Pending:
+        """Queue one request line, holding the `slot` taken for it until it is answered."""
+        try:
+            self._check_open()
+            request_id = next(self._ids)
+            line = encode_request(request_id, op, params)
+        except BaseException:
+            slot.release()
+            raise
+        pending = self._pending[request_id] = _Pending(request_id, op, slot)
+        self._out_send.send_nowait(line)  # never full: see OUTGOING_CAPACITY
+        return pending
+
+    def _give_up(self, pending: _Pending) -> None:
+        """Its caller stopped waiting: the answer, when it comes, only frees the slot; an
+        `rpc_call` is cancelled at the daemon (the serving side is told)."""
+        if pending.op == "rpc_call" and self._nursery is not None:
+            self._nursery.start_soon(self._cancel_call, pending.request_id)
+
+    async def _cancel_call(self, request_id: int) -> None:
+        """Cancel our own `rpc_call` request by its id; one answered meanwhile (or a lost
+        connection) leaves nothing to cancel."""
+        with contextlib.suppress(ClientError):
+            await self.call("rpc_cancel", {"call": request_id}, CALL_CANCEL_TIMEOUT)
 
     def _check_open(self) -> None:
         if self.closed.is_set():
@@ -116,6 +154,7 @@ class Connection:
         """Read and write until the daemon hangs up or the caller cancels."""
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._write)
                 task_status.started()
                 await self._read()
@@ -125,6 +164,7 @@ class Connection:
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
             self._close(ConnectionLost(f"the connection failed: {first_leaf(group)}"))
         finally:
+            self._nursery = None
             self._close(ConnectionLost())
 
     async def _read(self) -> None:
@@ -141,10 +181,10 @@ class Connection:
         if request_id is None:  # about the connection itself (e.g. `unavailable`): it ends
             answer_data(frame)
             raise ProtocolError(f"an answer without an id: {frame!r}")
-        pending = self._pending.get(request_id) if isinstance(request_id, int) else None
-        if pending is not None:  # else its caller gave up (deadline or cancel): drop it
+        pending = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
+        if pending is not None:  # its caller may have given up: then this only frees its slot
             pending.frame = frame
-            pending.done.set()
+            pending.settle()
 
     async def _write(self) -> None:
         """The connection's one writer: each write carries every request line queued for it."""
@@ -159,7 +199,8 @@ class Connection:
         self.closed.set()
         for pending in self._pending.values():
             pending.error = reason
-            pending.done.set()
+            pending.settle()
+        self._pending.clear()
         self._fanout.close()
 
 

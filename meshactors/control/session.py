@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import structlog
@@ -13,9 +13,11 @@ from meshactors.actors import Subscriber
 from meshactors.daemon.services import Services
 from meshactors.network.stream_pipe import Pipe
 from meshactors.store.events import Event
+from meshactors.wire.ipc import ErrorCode, OpError, RequestId
 
 Cleanup = Callable[[], Awaitable[None]]
 Push = dict[str, Any] | bytes  # an event with its `kind`, or an event line encoded already
+T = TypeVar("T")
 
 log = structlog.get_logger("meshactors.client")
 
@@ -47,6 +49,7 @@ class Session:
     pipe: Pipe | None = None  # set by stream_open/_accept: the connection is a binary stream
     _cleanups: list[Cleanup] = attrs.field(factory=list)
     _cleanup_keys: set[str] = attrs.field(factory=set)
+    _cancellable: dict[RequestId, trio.CancelScope] = attrs.field(factory=dict)
 
     def push(self, kind: str, data: dict[str, Any]) -> bool:
         """Queue an event addressed to this connection only; never waits (lags when full)."""
@@ -56,6 +59,33 @@ class Session:
         """Queue encoded event lines, in order, without waiting; returns how many were taken
         (each one that was not counts as skipped, as with `push`)."""
         return sum(self.pushes.offer(frame) for frame in frames)
+
+    def cancellable(self, request_id: RequestId, work: Awaitable[T]) -> Awaitable[T]:
+        """`work` of this connection's request `request_id`, run so that `cancel_request` can
+        stop it: the request then fails with `cancelled`."""
+        scope = self._cancellable[request_id] = trio.CancelScope()
+        return self._run_cancellable(request_id, scope, work)
+
+    async def _run_cancellable(
+        self, request_id: RequestId, scope: trio.CancelScope, work: Awaitable[T]
+    ) -> T:
+        """`work`'s result, or `cancelled` once `scope` was cancelled before it finished."""
+        try:
+            with scope:
+                return await work
+            raise OpError(ErrorCode.CANCELLED, "the call was cancelled")
+        finally:
+            if self._cancellable.get(request_id) is scope:
+                del self._cancellable[request_id]
+
+    def cancel_request(self, request_id: RequestId) -> bool:
+        """Stop the `cancellable` work of this connection's request `request_id`; False when
+        none is in flight."""
+        scope = self._cancellable.get(request_id)
+        if scope is None:
+            return False
+        scope.cancel()
+        return True
 
     def on_close(self, cleanup: Cleanup) -> None:
         """Run `cleanup` when the connection ends (see `close`)."""

@@ -59,9 +59,11 @@ class RpcCallParams:
 
 @attrs.frozen
 class RequestRef:
-    """Params of `rpc_cancel`."""
+    """Params of `rpc_cancel`: the call's `request_id`, or `call`, the `id` of this
+    connection's own `rpc_call` request still waiting for its answer."""
 
-    request_id: str
+    request_id: str | None = None
+    call: Any = None  # checked by rpc_cancel: the converter has no int | str
 
 
 @attrs.frozen
@@ -255,7 +257,8 @@ async def rpc_call(session: Session, params: RpcCallParams) -> dict[str, Any]:
     call = functools.partial(
         network.rpc.call, session, params.peer, params.method, payload, timeout_ms
     )
-    answer = await network.ask("rpc_call", call)
+    with trio.CancelScope(shield=True):  # a call core opened is waited for: a cancel ends it
+        answer = await network.ask("rpc_call", call)
     return await answer
 
 
@@ -270,9 +273,18 @@ async def rpc_call_stream(session: Session, params: RpcCallParams) -> dict[str, 
 
 
 async def rpc_cancel(session: Session, params: RequestRef) -> dict[str, Any]:
-    """Stop a call this connection made; the serving side is told."""
-    cancel = functools.partial(Rpc.cancel, client=session, request_id=params.request_id)
-    await _at_holder(session, params.request_id, "rpc_cancel", cancel, served=False)
+    """Stop a call this connection made, by its request id or by the `id` of its own
+    `rpc_call` request (which then fails with `cancelled`); the serving side is told."""
+    if params.request_id is not None and params.call is None:
+        cancel = functools.partial(Rpc.cancel, client=session, request_id=params.request_id)
+        await _at_holder(session, params.request_id, "rpc_cancel", cancel, served=False)
+    elif params.call is None or params.request_id is not None:
+        raise OpError(ErrorCode.INVALID_PARAMS, "give request_id or call, not both")
+    elif isinstance(params.call, bool) or not isinstance(params.call, int | str):
+        raise OpError(ErrorCode.INVALID_PARAMS, "params.call must be a string or an integer")
+    elif not session.cancel_request(params.call):
+        message = f"no rpc_call request {params.call!r:.64} of this connection in flight"
+        raise OpError(ErrorCode.UNKNOWN_REQUEST, message)
     return {"cancelled": True}
 
 

@@ -5,12 +5,13 @@ cancelled at the daemon, its slot held until the daemon answered it."""
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import pytest
 import trio
 
-from meshactors.client import DeadlineExceeded, MeshClient, RequestContext
+from meshactors.client import ClientError, DeadlineExceeded, MeshClient, RequestContext
 from meshactors.wire.ipc import MAX_CONCURRENT_REQUESTS
 from tests.client.conftest import LocalDaemon
 
@@ -20,24 +21,20 @@ WAIT = 30
 
 
 class _Never:
-    """A handler that never answers; `all_in` is set once `expected` calls are being served."""
+    """A handler that never answers; each call it serves is sent to `entered` first."""
 
-    def __init__(self, expected: int) -> None:
-        self.expected = expected
-        self.entered = 0
-        self.all_in = trio.Event()
+    def __init__(self) -> None:
+        self._send, self.entered = trio.open_memory_channel[RequestContext](math.inf)
 
     async def __call__(self, payload: Any, ctx: RequestContext) -> Any:
-        self.entered += 1
-        if self.entered == self.expected:
-            self.all_in.set()
+        self._send.send_nowait(ctx)
         await trio.sleep_forever()
 
 
 async def test_waiting_for_a_request_slot_counts_against_the_call_deadline(
     running: LocalDaemon,
 ) -> None:
-    never = _Never(MAX_CONCURRENT_REQUESTS)
+    never = _Never()
     async with (
         MeshClient(running.paths.socket) as server,
         MeshClient(running.paths.socket) as caller,
@@ -50,7 +47,8 @@ async def test_waiting_for_a_request_slot_counts_against_the_call_deadline(
             for _ in range(MAX_CONCURRENT_REQUESTS):  # every slot of the caller's connection taken
                 nursery.start_soon(call)
             with trio.fail_after(WAIT):
-                await never.all_in.wait()
+                for _ in range(MAX_CONCURRENT_REQUESTS):
+                    await never.entered.receive()
                 with pytest.raises(DeadlineExceeded):
                     await caller.call("status", timeout=0.5)
             nursery.cancel_scope.cancel()
@@ -82,3 +80,76 @@ async def test_a_client_calling_itself_far_past_its_slots_answers_every_call(
                 for n in range(calls):
                     nursery.start_soon(call, n)
     assert sorted(answers) == list(range(calls))
+
+
+async def test_a_call_the_program_gives_up_is_cancelled_at_the_daemon_and_frees_its_slot(
+    running: LocalDaemon,
+) -> None:
+    """The serving side is told at once, and the request keeps its slot only until the daemon
+    answered it: more given-up calls than the daemon takes at once leave the client usable."""
+    never = _Never()
+    async with (
+        MeshClient(running.paths.socket) as server,
+        MeshClient(running.paths.socket) as caller,
+    ):
+        await server.ensure_networks([NETWORK])
+        me = (await server.status())["device_id"]
+        await server.serve("lan", "never", never)
+        events = server.events()
+        call = functools.partial(caller.rpc_call, "lan", me, "never", timeout_ms=LONG_MS)
+        with trio.fail_after(WAIT):
+            for n in range(MAX_CONCURRENT_REQUESTS + 1):  # more than the daemon takes at once
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(call, n)
+                    served = await never.entered.receive()
+                    nursery.cancel_scope.cancel()
+                async for event in events:
+                    if event["kind"] == "rpc_cancelled":
+                        break
+                assert event["request_id"] == served.request_id
+                assert event["reason"] == "cancelled"
+            assert (await caller.status())["device_id"] == me
+
+
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"call": 12345}, "unknown_request"),  # no such request of this connection in flight
+        ({"call": "x", "request_id": "y"}, "invalid_params"),
+        ({}, "invalid_params"),
+        ({"call": True}, "invalid_params"),
+        ({"call": [1]}, "invalid_params"),
+    ],
+    ids=["unknown", "both", "neither", "bool", "array"],
+)
+async def test_a_cancel_by_request_line_id_names_one_in_flight(
+    running: LocalDaemon, params: dict[str, Any], code: str
+) -> None:
+    async with MeshClient(running.paths.socket) as client:
+        with pytest.raises(ClientError) as failure:
+            await client.call("rpc_cancel", params)
+    assert failure.value.code == code
+
+
+async def test_a_call_past_its_client_deadline_is_cancelled_at_the_daemon(
+    running: LocalDaemon,
+) -> None:
+    never = _Never()
+    async with (
+        MeshClient(running.paths.socket) as server,
+        MeshClient(running.paths.socket) as caller,
+    ):
+        await server.ensure_networks([NETWORK])
+        me = (await server.status())["device_id"]
+        await server.serve("lan", "never", never)
+        events = server.events()
+        params = {"network": "lan", "peer": me, "method": "never", "timeout_ms": LONG_MS}
+        with trio.fail_after(WAIT):
+            with pytest.raises(DeadlineExceeded):
+                await caller.call("rpc_call", params, timeout=0.5)
+            served = await never.entered.receive()
+            async for event in events:
+                if event["kind"] == "rpc_cancelled":
+                    break
+    assert event["request_id"] == served.request_id
+    assert event["reason"] == "cancelled"
