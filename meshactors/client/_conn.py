@@ -192,6 +192,10 @@ class Connection:
             lines = [line, *take_queued(self._out_receive, OUTGOING_CAPACITY - 1)]
             await self.stream.send_all(b"".join(lines))
 
+    def close(self, reason: ClientError) -> None:
+        """End the connection from our side: the calls in flight fail with `reason`."""
+        self._close(reason)
+
     def _close(self, reason: ClientError) -> None:
         if self.closed.is_set():
             return

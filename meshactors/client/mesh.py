@@ -122,8 +122,7 @@ class MeshClient(Ops):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool:
-        self._link.close()
-        self._events.close()
+        self._close()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
         try:
@@ -132,6 +131,15 @@ class MeshClient(Ops):
             if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
                 raise exc from None
             raise
+
+    def _close(self) -> None:
+        """End what other tasks may wait on: calls and streams fail with ClientClosed, channel
+        and event readers see their end."""
+        self._link.close()
+        self._streams.fail_all(ClientClosed())
+        for fanout in self._channels.values():
+            fanout.close()
+        self._events.close()
 
     async def start(self) -> None:
         """Connect (retrying while the daemon starts) and put the desired state in place.

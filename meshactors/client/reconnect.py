@@ -131,9 +131,12 @@ class DaemonLink:
         return self._closed
 
     def close(self) -> None:
-        """Refuse further calls; the owner cancels the nursery that runs the link."""
+        """Refuse further calls and fail those in flight with ClientClosed; the owner cancels
+        the nursery that runs the link."""
         self._closed = True
         self._up.set()
+        if self._current is not None:
+            self._current.conn.close(ClientClosed())
 
     async def call(self, op: str, params: dict[str, Any], timeout: float) -> Any:
         """Run one op on the current connection, waiting (within `timeout`) for one to be up."""
@@ -160,8 +163,8 @@ class DaemonLink:
     async def release(self, want: Want, timeout: float) -> None:
         """Undo an entry already dropped from the desired state, if the connection has it."""
         live = self._current
-        if live is None or want not in live.applied:
-            return
+        if self._closed or live is None or want not in live.applied:
+            return  # a closed client's connection takes its entries with it
         live.applied.discard(want)
         with contextlib.suppress(ConnectionLost):  # the daemon released it with the connection
             await live.conn.call(want.kind.release_op, want.params(), timeout)
