@@ -13,13 +13,14 @@ from meshactors.client.errors import (
     DeadlineExceeded,
     ProtocolError,
 )
-from meshactors.client.mesh import ChannelMessage, EventStream, MeshClient
+from meshactors.client.mesh import ChannelGap, ChannelMessage, EventStream, MeshClient
 from meshactors.client.networks import NetworkSync
 from meshactors.client.state import SharedState
 from meshactors.client.sync import SyncClient, SyncMeshClient
 
 __all__ = [
     "BinaryStream",
+    "ChannelGap",
     "ChannelMessage",
     "ClientClosed",
     "ClientError",

@@ -42,6 +42,39 @@ class ChannelMessage:
     payload: Any
 
 
+@attrs.frozen
+class ChannelGap:
+    """Marker among a channel's messages: some may have been lost here, this channel's or not.
+    `reason` "lagged": the daemon or the client skipped `skipped` events of the connection;
+    "disconnected": the connection was lost, and what was sent until the subscription was
+    restored never arrives (`skipped` None: unknown)."""
+
+    reason: str
+    skipped: int | None = None
+
+
+ChannelItem = ChannelMessage | ChannelGap
+
+
+@attrs.define(eq=False)
+class ChannelFeed:
+    """One subscribed channel's items, fanned out to its local readers."""
+
+    readers: Broadcast[ChannelItem] = attrs.field(factory=Broadcast)
+    _gap_last: bool = False  # the last item was a gap: a second one would say nothing new
+
+    def message(self, message: ChannelMessage) -> None:
+        """Pass a received message to every reader."""
+        self._gap_last = False
+        self.readers.publish(message)
+
+    def gap(self, gap: ChannelGap) -> None:
+        """Mark a gap, unless nothing arrived since the last one."""
+        if not self._gap_last:
+            self._gap_last = True
+            self.readers.publish(gap)
+
+
 @attrs.define(eq=False)
 class EventStream:
     """Every frame the daemon sends this client, in order, plus the client's own
@@ -86,10 +119,10 @@ class MeshClient(Ops):
     ) -> None:
         self.socket = Path(socket) if socket is not None else resolve_paths().socket
         self.call_timeout = call_timeout
-        self._link = DaemonLink(self.socket, connect_timeout, self._route)
+        self._link = DaemonLink(self.socket, connect_timeout, self._route, self._connection_lost)
         self._link.desired.last_event_id = events_since
         self._events: Broadcast[dict[str, Any]] = Broadcast()
-        self._channels: dict[tuple[str, str], Broadcast[ChannelMessage]] = {}
+        self._channels: dict[tuple[str, str], ChannelFeed] = {}
         self._serving = Serving(self)
         self._streams = StreamTable()
         self._binary_handlers: dict[tuple[str, str], BinaryHandler] = {}
@@ -137,8 +170,8 @@ class MeshClient(Ops):
         and event readers see their end."""
         self._link.close()
         self._streams.fail_all(ClientClosed())
-        for fanout in self._channels.values():
-            fanout.close()
+        for feed in self._channels.values():
+            feed.readers.close()
         self._events.close()
 
     async def start(self) -> None:
@@ -178,7 +211,14 @@ class MeshClient(Ops):
             self._displaced(Want(WantKind.CLAIM, item.get("network"), item.get("method")), item)  # type: ignore[arg-type]
         elif kind == "client_disconnected":
             self._streams.fail_all(ConnectionLost("the daemon went away mid-stream"))
+        elif kind == "lagged":  # the connection's: it cannot say whose events were skipped
+            self._channel_gap(ChannelGap("lagged", item.get("skipped")))
         self._events.publish(item)
+
+    def _connection_lost(self) -> None:
+        """A connection is gone, every event it carried routed: what it would have carried
+        next, until the subscriptions are restored, never arrives."""
+        self._channel_gap(ChannelGap("disconnected"))
 
     def _displaced(self, want: Want, event: dict[str, Any]) -> None:
         """Our claim ended. Another program's claim (`by` names it) stands: last claim wins, so
@@ -279,15 +319,14 @@ class MeshClient(Ops):
 
     # channels
     @contextlib.asynccontextmanager
-    async def subscribe(
-        self, network: str, channel: str
-    ) -> AsyncIterator[Subscriber[ChannelMessage]]:
-        """Receive a channel's messages for the block: an async iterator of ChannelMessage (and
-        Lagged markers if the reader falls behind); re-subscribed after every reconnect."""
+    async def subscribe(self, network: str, channel: str) -> AsyncIterator[Subscriber[ChannelItem]]:
+        """Receive a channel's messages for the block: an async iterator of ChannelMessage,
+        Lagged markers if the reader falls behind, and ChannelGap markers where messages may
+        have been lost before they reached the client; re-subscribed after every reconnect."""
         want = Want(WantKind.CHANNEL, network, channel)
-        fanout = self._channels.setdefault((network, channel), Broadcast())
+        feed = self._channels.setdefault((network, channel), ChannelFeed())
         desired = self._link.desired.channels
-        with fanout.subscribe(CHANNEL_BUFFER) as subscriber:
+        with feed.readers.subscribe(CHANNEL_BUFFER) as subscriber:
             desired[want] = desired.get(want, 0) + 1
             try:
                 if desired[want] == 1:
@@ -302,13 +341,18 @@ class MeshClient(Ops):
                         await self._link.release(want, RELEASE_TIMEOUT)
 
     def _channel_inbound(self, frame: dict[str, Any]) -> None:
-        fanout = self._channels.get((frame.get("network"), frame.get("channel")))  # type: ignore[arg-type]
-        if fanout is None:
+        feed = self._channels.get((frame.get("network"), frame.get("channel")))  # type: ignore[arg-type]
+        if feed is None:
             return
         payloads = frame["payloads"] if "payloads" in frame else [frame.get("payload")]
         network, sender, channel = frame.get("network", ""), frame.get("from", ""), frame["channel"]
         for payload in payloads:  # a batch sent with `payloads` arrives as one event
-            fanout.publish(ChannelMessage(network, sender, channel, payload))
+            feed.message(ChannelMessage(network, sender, channel, payload))
+
+    def _channel_gap(self, gap: ChannelGap) -> None:
+        """Mark the gap in every channel: a connection's loss or lag is any channel's."""
+        for feed in self._channels.values():
+            feed.gap(gap)
 
     # streamed calls
     @contextlib.asynccontextmanager

@@ -8,7 +8,7 @@ import contextlib
 import enum
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,7 @@ class DaemonLink:
     path: Path
     connect_timeout: float
     route: Callable[[Frame | Lagged], None]  # every event frame, in order, never blocking
+    connection_ended: Callable[[], None]  # every event of a lost connection routed; never blocks
     desired: DesiredState = attrs.field(factory=DesiredState)
     reconnects: int = 0
     _current: _Live | None = None
@@ -216,7 +217,7 @@ class DaemonLink:
             delay = min(max(delay * 2, RECONNECT_DELAY_FIRST), RECONNECT_DELAY_MAX)
             failure: ClientError | None = None
             try:
-                async with open_connection(self.path, timeout) as conn:
+                async with open_connection(self.path, timeout) as conn, self._losing():
                     if started:
                         self.reconnects += 1
                         self.route({"kind": "client_reconnected", "count": self.reconnects})
@@ -245,6 +246,14 @@ class DaemonLink:
                     raise failure
                 log.info("daemon unreachable on %s; retrying: %s", self.path, failure)
             timeout = RECONNECT_TIMEOUT
+
+    @contextlib.asynccontextmanager
+    async def _losing(self) -> AsyncIterator[None]:
+        """Report the loss of the connection the block runs, however the block ends."""
+        try:
+            yield
+        finally:
+            self.connection_ended()
 
     async def _route_events(self, conn: Connection) -> None:
         async for item in conn.events:

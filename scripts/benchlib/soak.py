@@ -28,7 +28,7 @@ import attrs
 import trio
 
 from meshactors.actors import Lagged
-from meshactors.client import ClientError, MeshClient
+from meshactors.client import ChannelGap, ClientError, MeshClient
 from scripts.benchlib import chaos, resources
 from scripts.benchlib.baseline import free_port
 
@@ -196,6 +196,9 @@ async def _channel_reader(
         async for message in messages:
             if isinstance(message, Lagged):
                 counts.channel_lagged += message.skipped
+                continue
+            if isinstance(message, ChannelGap):  # lagged, or the connection was lost
+                counts.channel_lagged += message.skipped or 0
                 continue
             n = message.payload["n"]
             counts.channel_received += 1

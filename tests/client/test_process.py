@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from meshactors.client import (
+    ChannelGap,
     ChannelMessage,
     ClientError,
     MeshClient,
@@ -169,6 +170,7 @@ async def test_channels_are_resubscribed_after_a_daemon_restart(home: Home) -> N
                 await next_kind(stream, "client_reconnected")
                 await client.status()  # answered once the replay (re-subscribe) is done
                 await client.channel_send_to("lan", "news", me, "after")
+                assert await news.__anext__() == ChannelGap("disconnected")
                 second = await news.__anext__()
                 assert isinstance(second, ChannelMessage)
                 assert second.payload == "after"

@@ -1,0 +1,101 @@
+"""A stand-in daemon on a real Unix socket for what a real one cannot be made to do on cue:
+send a `lagged` frame, hang up in the middle of a client's replay. It answers every op with
+success and sends whatever event frames the test hands it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+ANSWERS: dict[str, dict[str, Any]] = {
+    "events_subscribe": {"client_id": "c1", "last_event_id": 0},
+    "channel_subscribe": {"retained": 0},
+}
+
+
+@attrs.define(eq=False)
+class FakeConnection:
+    """One client connection: the ops it asked for, and a way to send it events or hang up."""
+
+    stream: trio.SocketStream
+    ops: list[str] = attrs.field(factory=list)
+    _write_lock: trio.StrictFIFOLock = attrs.field(factory=trio.StrictFIFOLock)
+    _changed: trio.Event = attrs.field(factory=trio.Event)
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        """Write one frame (an event, or an answer) to the client."""
+        async with self._write_lock:
+            await self.stream.send_all(json.dumps(frame).encode() + b"\n")
+
+    async def wait_op(self, op: str) -> None:
+        """Wait until the client asked for `op` on this connection and was answered (or hung
+        up on)."""
+        while op not in self.ops:
+            changed = self._changed
+            await changed.wait()
+
+    async def hang_up(self) -> None:
+        """Close the connection, as a daemon that went away does."""
+        await self.stream.aclose()
+
+    def record(self, op: str) -> None:
+        self.ops.append(op)
+        self._changed.set()
+        self._changed = trio.Event()
+
+
+@attrs.define(eq=False)
+class FakeDaemon:
+    """Accepts connections on `path`; each is handed to the test by `next_session`."""
+
+    path: Path
+    hang_up_on: set[str] = attrs.field(factory=set)  # ops answered by closing the connection
+    _send: trio.MemorySendChannel[FakeConnection] = attrs.field(init=False)
+    _receive: trio.MemoryReceiveChannel[FakeConnection] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._send, self._receive = trio.open_memory_channel[FakeConnection](100)
+
+    async def next_session(self) -> FakeConnection:
+        """The next connection a client made."""
+        return await self._receive.receive()
+
+    async def serve(self, stream: trio.SocketStream) -> None:
+        session = FakeConnection(stream)
+        self._send.send_nowait(session)
+        buffer = b""
+        try:
+            while chunk := await stream.receive_some(65536):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    request = json.loads(line)
+                    op = request["op"]
+                    if op in self.hang_up_on:
+                        await session.hang_up()
+                        session.record(op)
+                        return
+                    data = ANSWERS.get(op, {})
+                    await session.send({"id": request["id"], "ok": True, "data": data})
+                    session.record(op)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+@asynccontextmanager
+async def fake_daemon(path: Path) -> AsyncIterator[FakeDaemon]:
+    """A FakeDaemon listening on `path` for the block."""
+    listener = trio.socket.socket(trio.socket.AF_UNIX)
+    await listener.bind(str(path))
+    listener.listen()
+    daemon = FakeDaemon(path)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, daemon.serve, [trio.SocketListener(listener)])
+        yield daemon
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,91 @@
+"""What a channel reader is told besides messages: where some may have been lost before they
+reached the client (the connection lagged, or was lost until the subscription was restored)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from meshactors.client import ChannelGap, ChannelMessage, MeshClient
+from tests.client.fakedaemon import fake_daemon
+
+WAIT = 10  # seconds any awaited step may take before the test fails
+
+
+def inbound(channel: str, payload: Any) -> dict[str, Any]:
+    """A `channel_inbound` frame as the daemon sends it."""
+    return {
+        "kind": "channel_inbound",
+        "network": "lan",
+        "from": "peer",
+        "channel": channel,
+        "payload": payload,
+    }
+
+
+async def test_a_lagged_connection_marks_a_gap_in_every_channel(tmp_path: Path) -> None:
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path) as client,
+    ):
+        session = await daemon.next_session()
+        async with (
+            client.subscribe("lan", "news") as news,
+            client.subscribe("lan", "weather") as weather,
+        ):
+            with trio.fail_after(WAIT):
+                await session.send(inbound("news", 1))
+                await session.send({"kind": "lagged", "skipped": 5544})
+                await session.send(inbound("news", 2))
+                await session.send(inbound("weather", "sun"))
+                seen = [await news.__anext__() for _ in range(3)]
+                assert seen == [
+                    ChannelMessage("lan", "peer", "news", 1),
+                    ChannelGap("lagged", 5544),
+                    ChannelMessage("lan", "peer", "news", 2),
+                ]
+                assert [await weather.__anext__() for _ in range(2)] == [
+                    ChannelGap("lagged", 5544),
+                    ChannelMessage("lan", "peer", "weather", "sun"),
+                ]
+
+
+async def test_a_lost_connection_marks_a_gap_before_what_the_next_one_brings(
+    tmp_path: Path,
+) -> None:
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path) as client,
+    ):
+        first = await daemon.next_session()
+        async with client.subscribe("lan", "news") as news:
+            with trio.fail_after(WAIT):
+                await first.send(inbound("news", 1))
+                assert await news.__anext__() == ChannelMessage("lan", "peer", "news", 1)
+                await first.hang_up()
+                second = await daemon.next_session()
+                await second.wait_op("channel_subscribe")
+                await second.send(inbound("news", 5))
+                assert await news.__anext__() == ChannelGap("disconnected")
+                assert await news.__anext__() == ChannelMessage("lan", "peer", "news", 5)
+
+
+async def test_a_connection_lost_again_before_any_message_marks_one_gap(tmp_path: Path) -> None:
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path) as client,
+    ):
+        first = await daemon.next_session()
+        async with client.subscribe("lan", "news") as news:
+            with trio.fail_after(WAIT):
+                daemon.hang_up_on.add("channel_subscribe")  # the next replay fails half-way
+                await first.hang_up()
+                await (await daemon.next_session()).wait_op("channel_subscribe")
+                daemon.hang_up_on.clear()
+                third = await daemon.next_session()
+                await third.wait_op("channel_subscribe")
+                await third.send(inbound("news", 5))
+                assert await news.__anext__() == ChannelGap("disconnected")
+                assert await news.__anext__() == ChannelMessage("lan", "peer", "news", 5)
