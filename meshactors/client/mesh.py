@@ -27,6 +27,7 @@ DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds the first connect retries while the da
 DEFAULT_CALL_TIMEOUT = 60.0  # seconds one op may take, waiting for a reconnect included
 EVENT_STREAM_BUFFER = 4096  # events an `events()` reader may leave unread before it lags
 CHANNEL_BUFFER = 1024  # messages a `subscribe` reader may leave unread before it lags
+RETAINED_PER_CHANNEL = 1024  # retained values kept for a channel's later local readers
 RELEASE_TIMEOUT = 5.0  # seconds an unsubscribe or a stream cancel may take on the way out
 
 BinaryHandler = Callable[[BinaryStream], Awaitable[None]]
@@ -40,6 +41,7 @@ class ChannelMessage:
     peer: str  # the sender's device id
     channel: str
     payload: Any
+    retained: bool = False  # the sender's retained value, given at (re-)subscribing, not new
 
 
 @attrs.frozen
@@ -61,15 +63,33 @@ class ChannelFeed:
     """One subscribed channel's items, fanned out to its local readers."""
 
     readers: Broadcast[ChannelItem] = attrs.field(factory=Broadcast)
+    # by sender: its retained value as the daemon gave it, while no later message could have
+    # replaced it (the daemon does not say whether a live message was sent retained)
+    retained: dict[str, ChannelMessage] = attrs.field(factory=dict)
     _gap_last: bool = False  # the last item was a gap: a second one would say nothing new
+
+    def join(self) -> Subscriber[ChannelItem]:
+        """A new local reader, given first the retained values the channel's earlier readers
+        got, as the daemon gives them to each new subscription."""
+        subscriber = self.readers.subscribe(CHANNEL_BUFFER)
+        for message in self.retained.values():
+            subscriber.offer(message)
+        return subscriber
 
     def message(self, message: ChannelMessage) -> None:
         """Pass a received message to every reader."""
         self._gap_last = False
+        self.retained.pop(message.peer, None)
+        if message.retained:
+            self.retained[message.peer] = message
+            if len(self.retained) > RETAINED_PER_CHANNEL:
+                del self.retained[next(iter(self.retained))]
         self.readers.publish(message)
 
     def gap(self, gap: ChannelGap) -> None:
-        """Mark a gap, unless nothing arrived since the last one."""
+        """Mark a gap, unless nothing arrived since the last one; a retained value kept may
+        have been replaced in it (a reconnect's re-subscribe gives them again)."""
+        self.retained.clear()
         if not self._gap_last:
             self._gap_last = True
             self.readers.publish(gap)
@@ -326,7 +346,7 @@ class MeshClient(Ops):
         want = Want(WantKind.CHANNEL, network, channel)
         feed = self._channels.setdefault((network, channel), ChannelFeed())
         desired = self._link.desired.channels
-        with feed.readers.subscribe(CHANNEL_BUFFER) as subscriber:
+        with feed.join() as subscriber:
             desired[want] = desired.get(want, 0) + 1
             try:
                 if desired[want] == 1:
@@ -346,8 +366,9 @@ class MeshClient(Ops):
             return
         payloads = frame["payloads"] if "payloads" in frame else [frame.get("payload")]
         network, sender, channel = frame.get("network", ""), frame.get("from", ""), frame["channel"]
+        retained = frame.get("retained") is True
         for payload in payloads:  # a batch sent with `payloads` arrives as one event
-            feed.message(ChannelMessage(network, sender, channel, payload))
+            feed.message(ChannelMessage(network, sender, channel, payload, retained))
 
     def _channel_gap(self, gap: ChannelGap) -> None:
         """Mark the gap in every channel: a connection's loss or lag is any channel's."""

@@ -1,5 +1,6 @@
 """What a channel reader is told besides messages: where some may have been lost before they
-reached the client (the connection lagged, or was lost until the subscription was restored)."""
+reached the client (the connection lagged, or was lost until the subscription was restored),
+and which messages are a sender's retained value rather than new ones."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from typing import Any
 import trio
 
 from meshactors.client import ChannelGap, ChannelMessage, MeshClient
+from tests.client.conftest import LocalDaemon
 from tests.client.fakedaemon import fake_daemon
 
 WAIT = 10  # seconds any awaited step may take before the test fails
+NETWORK = {"id": "lan", "brokers": ["ws://127.0.0.1:9/v1"]}  # reaches only itself
 
 
-def inbound(channel: str, payload: Any) -> dict[str, Any]:
+def inbound(channel: str, payload: Any, **extra: Any) -> dict[str, Any]:
     """A `channel_inbound` frame as the daemon sends it."""
     return {
         "kind": "channel_inbound",
@@ -22,6 +25,7 @@ def inbound(channel: str, payload: Any) -> dict[str, Any]:
         "from": "peer",
         "channel": channel,
         "payload": payload,
+        **extra,
     }
 
 
@@ -89,3 +93,45 @@ async def test_a_connection_lost_again_before_any_message_marks_one_gap(tmp_path
                 await third.send(inbound("news", 5))
                 assert await news.__anext__() == ChannelGap("disconnected")
                 assert await news.__anext__() == ChannelMessage("lan", "peer", "news", 5)
+
+
+async def test_a_retained_value_is_flagged_and_reaches_a_later_local_reader_too(
+    running: LocalDaemon,
+) -> None:
+    async with MeshClient(running.paths.socket) as client:
+        await client.ensure_networks([NETWORK])
+        me = (await client.status())["device_id"]
+        await client.channel_send_to("lan", "cfg", me, {"v": 1}, retain=True)
+        kept = ChannelMessage("lan", me, "cfg", {"v": 1}, retained=True)
+        with trio.fail_after(WAIT):
+            async with client.subscribe("lan", "cfg") as first:
+                assert await first.__anext__() == kept
+                async with client.subscribe("lan", "cfg") as second:
+                    assert await second.__anext__() == kept
+                    await client.channel_send_to("lan", "cfg", me, {"v": 2})
+                    for reader in (first, second):
+                        new = await reader.__anext__()
+                        assert new == ChannelMessage("lan", me, "cfg", {"v": 2})
+
+
+async def test_a_later_message_of_the_sender_may_replace_its_retained_value(
+    tmp_path: Path,
+) -> None:
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path) as client,
+    ):
+        session = await daemon.next_session()
+        async with client.subscribe("lan", "cfg") as first:
+            with trio.fail_after(WAIT):
+                await session.send(inbound("cfg", "old", retained=True))
+                await session.send(inbound("cfg", "new"))  # retained or not: the frame says not
+                await session.send({**inbound("cfg", "other's", retained=True), "from": "other"})
+                for _ in range(3):
+                    await first.__anext__()
+                async with client.subscribe("lan", "cfg") as second:
+                    await session.send(inbound("cfg", "live"))
+                    assert [await second.__anext__() for _ in range(2)] == [
+                        ChannelMessage("lan", "other", "cfg", "other's", retained=True),
+                        ChannelMessage("lan", "peer", "cfg", "live"),
+                    ]
