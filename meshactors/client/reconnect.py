@@ -218,18 +218,17 @@ class DaemonLink:
             failure: ClientError | None = None
             try:
                 async with open_connection(self.path, timeout) as conn, self._losing():
-                    if started:
-                        self.reconnects += 1
-                        self.route({"kind": "client_reconnected", "count": self.reconnects})
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._route_events, conn)  # ends once drained
                         live = _Live(conn)
                         try:
-                            await self._replay(live)
+                            await self._replay(live)  # a connection lost in it goes untold
                             self._current = live
                             self._up.set()
                             delay = 0.0
-                            if not started:
+                            if started:
+                                self._reconnected()
+                            else:
                                 started = True
                                 task_status.started()
                             await conn.closed.wait()
@@ -246,6 +245,11 @@ class DaemonLink:
                     raise failure
                 log.info("daemon unreachable on %s; retrying: %s", self.path, failure)
             timeout = RECONNECT_TIMEOUT
+
+    def _reconnected(self) -> None:
+        """Tell the program a new connection carries the desired state again."""
+        self.reconnects += 1
+        self.route({"kind": "client_reconnected", "count": self.reconnects})
 
     @contextlib.asynccontextmanager
     async def _losing(self) -> AsyncIterator[None]:

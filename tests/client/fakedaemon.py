@@ -34,8 +34,7 @@ class FakeConnection:
             await self.stream.send_all(json.dumps(frame).encode() + b"\n")
 
     async def wait_op(self, op: str) -> None:
-        """Wait until the client asked for `op` on this connection and was answered (or hung
-        up on)."""
+        """Wait until the client asked for `op` on this connection."""
         while op not in self.ops:
             changed = self._changed
             await changed.wait()
@@ -77,13 +76,12 @@ class FakeDaemon:
                     line, buffer = buffer.split(b"\n", 1)
                     request = json.loads(line)
                     op = request["op"]
+                    session.record(op)
                     if op in self.hang_up_on:
                         await session.hang_up()
-                        session.record(op)
                         return
                     data = ANSWERS.get(op, {})
                     await session.send({"id": request["id"], "ok": True, "data": data})
-                    session.record(op)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
