@@ -4,7 +4,7 @@ scripts), `SyncClient` (one plain socket, for the CLI) and their errors."""
 from meshactors.actors import Lagged
 from meshactors.client._serving import RequestContext
 from meshactors.client._streams import RpcStream
-from meshactors.client.binary import BinaryStream, StreamError
+from meshactors.client.binary import BinaryStream, StreamBroken, StreamError
 from meshactors.client.errors import (
     ClientClosed,
     ClientError,
@@ -35,6 +35,7 @@ __all__ = [
     "RequestContext",
     "RpcStream",
     "SharedState",
+    "StreamBroken",
     "StreamError",
     "SyncClient",
     "SyncMeshClient",

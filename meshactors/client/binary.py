@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,17 @@ class StreamError(ClientError):
     """The stream ended in an error (`code`: cancelled, remote_error, peer_not_active, …)."""
 
 
+class StreamBroken(StreamError, trio.BrokenResourceError):
+    """The stream's connection failed under it (`connection_lost`, e.g. its daemon was killed,
+    or the stream's own error when it was read first): a StreamError, and the
+    BrokenResourceError a trio Stream raises for a connection that broke."""
+
+
 @attrs.define(eq=False)
 class BinaryStream(trio.abc.HalfCloseableStream):
     """One end of a binary stream: `send_all`, `send_eof` (the end of our data), `receive_some`
-    (b"" after the other end's data ended; StreamError when the stream failed), `aclose`."""
+    (b"" after the other end's data ended; StreamError when the stream failed), `aclose`.
+    A connection that breaks under it raises StreamBroken from any of them."""
 
     socket: trio.SocketStream
     info: dict[str, Any]  # the switching op's answer: stream_id, network, peer, method
@@ -52,20 +61,24 @@ class BinaryStream(trio.abc.HalfCloseableStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
-        for start in range(0, len(view), MAX_STREAM_FRAME_BYTES):
-            piece = bytes(view[start : start + MAX_STREAM_FRAME_BYTES])
-            await self.socket.send_all(b"".join(encode(piece)))
+        with self._broken():
+            for start in range(0, len(view), MAX_STREAM_FRAME_BYTES):
+                piece = bytes(view[start : start + MAX_STREAM_FRAME_BYTES])
+                await self.socket.send_all(b"".join(encode(piece)))
 
     async def wait_send_all_might_not_block(self) -> None:
-        await self.socket.wait_send_all_might_not_block()
+        with self._broken():
+            await self.socket.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        await self.socket.send_all(END_FRAME)
+        with self._broken():
+            await self.socket.send_all(END_FRAME)
 
     async def reset(self, message: str) -> None:
         """End the stream in an error both ways (the other end reads remote_error), and close."""
         try:
-            await self.socket.send_all(b"".join(encode(Reset("remote_error", message))))
+            with self._broken():
+                await self.socket.send_all(b"".join(encode(Reset("remote_error", message))))
         finally:
             await self.aclose()
 
@@ -75,7 +88,8 @@ class BinaryStream(trio.abc.HalfCloseableStream):
                 raise StreamError(self._failed.code, self._failed.message)
             if self._ended:
                 return b""
-            self.feed(await self.socket.receive_some(RECEIVE_BYTES))
+            with self._broken():
+                self.feed(await self.socket.receive_some(RECEIVE_BYTES))
         size = len(self._pending) if max_bytes is None else max_bytes
         data = bytes(self._pending[:size])
         del self._pending[:size]
@@ -86,12 +100,23 @@ class BinaryStream(trio.abc.HalfCloseableStream):
         (send_eof first), discarding data the other end still sends; StreamError if the stream
         failed after all (e.g. the other program reset it after its end)."""
         while self._failed is None:
-            data = await self.socket.receive_some(RECEIVE_BYTES)
+            with self._broken():
+                data = await self.socket.receive_some(RECEIVE_BYTES)
             if not data:
                 return
             self.feed(data)
             self._pending.clear()
         raise StreamError(self._failed.code, self._failed.message)
+
+    @contextlib.contextmanager
+    def _broken(self) -> Iterator[None]:
+        """Raise a connection that broke as StreamBroken, with the stream's own error if the
+        daemon told it before (a send does not read it: there it is `connection_lost`)."""
+        try:
+            yield
+        except trio.BrokenResourceError as exc:
+            failed = self._failed or Reset("connection_lost", f"the connection failed: {exc}")
+            raise StreamBroken(failed.code, failed.message) from exc
 
     def feed(self, data: bytes | bytearray) -> None:
         """Take bytes read from the socket (those after the answer line first)."""

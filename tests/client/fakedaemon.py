@@ -16,7 +16,9 @@ import trio
 ANSWERS: dict[str, dict[str, Any]] = {
     "events_subscribe": {"client_id": "c1", "last_event_id": 0},
     "channel_subscribe": {"retained": 0},
+    "stream_open": {"stream_id": "s1", "network": "lan", "peer": "peer", "method": "bulk"},
 }
+SWITCHING = ("stream_open", "stream_accept")  # after their answer, the connection is raw bytes
 
 
 @attrs.define(eq=False)
@@ -82,6 +84,8 @@ class FakeDaemon:
                         return
                     data = ANSWERS.get(op, {})
                     await session.send({"id": request["id"], "ok": True, "data": data})
+                    if op in SWITCHING:  # what the client sends next is left unread
+                        await trio.sleep_forever()  # returning would close the connection
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 

@@ -1,0 +1,42 @@
+"""A binary stream whose connection fails under it (its daemon killed: the connection reset)
+raises StreamError `connection_lost` from every call, never a bare socket error; send_all's is
+also the BrokenResourceError a trio Stream's send_all may raise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from meshactors.client import MeshClient, StreamError
+from tests.client.fakedaemon import fake_daemon
+
+WAIT = 10  # seconds any awaited step may take before the test fails
+
+
+async def test_a_reset_connection_under_a_binary_stream_is_a_stream_error(tmp_path: Path) -> None:
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path) as client,
+    ):
+        await daemon.next_session()  # the client's own connection
+        with trio.fail_after(WAIT):
+            streams = []
+            for _ in range(2):
+                stream = await client.open_stream("lan", "peer", "bulk")
+                session = await daemon.next_session()
+                await stream.send_all(b"left unread")  # so closing resets the connection
+                await session.hang_up()
+                streams.append(stream)
+            reading, finishing = streams
+            with pytest.raises(StreamError) as received:
+                await reading.receive_some()
+            assert received.value.code == "connection_lost"
+            with pytest.raises(StreamError) as sent:
+                await reading.send_all(b"more")
+            assert sent.value.code == "connection_lost"
+            assert isinstance(sent.value, trio.BrokenResourceError)
+            with pytest.raises(StreamError) as finished:
+                await finishing.finish()
+            assert finished.value.code == "connection_lost"
