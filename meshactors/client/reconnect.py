@@ -146,7 +146,9 @@ class DaemonLink:
             live = await self._live()
         if scope.cancelled_caught:
             raise DeadlineExceeded(op, timeout)
-        return await live.conn.call(op, params, deadline - trio.current_time())
+        # the deadline may have passed while the connection was found (no checkpoint): a
+        # negative time left is a deadline reached, not an error of trio's timers
+        return await live.conn.call(op, params, max(0.0, deadline - trio.current_time()))
 
     async def ensure(self, want: Want, timeout: float) -> None:
         """Put a desired-state entry in place now (it is replayed on later connects anyway)."""

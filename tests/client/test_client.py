@@ -267,3 +267,16 @@ async def test_resume_point_from_a_previous_run(running: LocalDaemon) -> None:
         with trio.fail_after(5):
             replayed = [(await next_kind(stream, "test_event"))["event_id"] for _ in range(2)]
     assert replayed == ids[2:]
+
+
+@pytest.mark.parametrize("timeout", [0, -1], ids=["none_left", "already_passed"])
+async def test_a_call_with_no_time_left_hits_its_deadline(
+    running: LocalDaemon, timeout: float
+) -> None:
+    """The connection is up, so finding it takes no time the deadline could cut: the time
+    left after it is zero or less (the clock moved on), and the call still ends as late."""
+    async with MeshClient(running.paths.socket) as client:
+        with pytest.raises(DeadlineExceeded) as failure:
+            await client.call("status", timeout=timeout)
+        assert failure.value.code == "deadline"
+        assert (await client.status())["device_id"]  # the client is still fine
