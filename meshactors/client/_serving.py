@@ -59,6 +59,8 @@ class Serving:
     responder: Responder
     handlers: dict[tuple[str, str], Handler | StreamHandler] = attrs.field(factory=dict)
     running: int = 0
+    # by request id: the cancel scope of each call being answered, cancelled when it ends
+    answering: dict[str, trio.CancelScope] = attrs.field(factory=dict)
 
     def inbound(self, frame: dict[str, Any], nursery: trio.Nursery) -> None:
         """Start answering one `rpc_inbound` event; never waits."""
@@ -76,22 +78,37 @@ class Serving:
             error = f"busy: {MAX_HANDLER_TASKS} calls are being handled"
         else:
             self.running += 1
-            nursery.start_soon(self._answer, handler, frame.get("payload"), context)
+            scope = self.answering[context.request_id] = trio.CancelScope()
+            nursery.start_soon(self._answer, handler, frame.get("payload"), context, scope)
             return
         nursery.start_soon(
             self._deliver, self.responder.rpc_respond(context.request_id, error=error), context
         )
 
+    def cancelled(self, frame: dict[str, Any]) -> None:
+        """The call ended without its answer (`rpc_cancelled`: its caller cancelled it, it timed
+        out, the caller left): cancel its handler, as nothing it sends would be taken."""
+        scope = self.answering.get(frame.get("request_id"))  # type: ignore[arg-type]
+        if scope is not None:
+            scope.cancel()
+
     async def _answer(
-        self, handler: Handler | StreamHandler, payload: Any, context: RequestContext
+        self,
+        handler: Handler | StreamHandler,
+        payload: Any,
+        context: RequestContext,
+        scope: trio.CancelScope,
     ) -> None:
         try:
-            if is_streaming(handler):
-                await self._stream(handler(payload, context), context)  # type: ignore[arg-type]
-            else:
-                await self._run(handler(payload, context), context)  # type: ignore[arg-type]
+            with scope:
+                if is_streaming(handler):
+                    await self._stream(handler(payload, context), context)  # type: ignore[arg-type]
+                else:
+                    await self._run(handler(payload, context), context)  # type: ignore[arg-type]
         finally:
             self.running -= 1
+            if self.answering.get(context.request_id) is scope:
+                del self.answering[context.request_id]
 
     async def _run(self, answer: Awaitable[Any], context: RequestContext) -> None:
         try:

@@ -221,6 +221,8 @@ class MeshClient(Ops):
         kind = item.get("kind")
         if kind == "rpc_inbound" and self._nursery is not None:
             self._serving.inbound(item, self._nursery)
+        elif kind == "rpc_cancelled":
+            self._serving.cancelled(item)
         elif kind == "channel_inbound":
             self._channel_inbound(item)
         elif kind == "stream_incoming" and self._nursery is not None:

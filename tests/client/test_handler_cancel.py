@@ -1,0 +1,90 @@
+"""A served call that ends without its answer (its caller cancelled it, or it timed out) has
+its handler cancelled: a coroutine's task, a generator closed, whatever it was waiting on."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+
+from meshactors.client import ClientError, MeshClient, RequestContext
+from tests.client.conftest import LocalDaemon
+
+NETWORK = {"id": "lan", "brokers": ["ws://127.0.0.1:9/v1"]}  # reaches only itself
+LONG_MS = 60_000  # a call's own timeout: nothing here may depend on it running out
+WAIT = 30
+
+
+class _Stuck:
+    """Handlers that wait forever: `entered` once one runs, `left` once its cleanup ran."""
+
+    def __init__(self) -> None:
+        self.entered = trio.Event()
+        self.left = trio.Event()
+
+    async def call(self, payload: Any, ctx: RequestContext) -> Any:
+        try:
+            self.entered.set()
+            await trio.sleep_forever()
+        finally:
+            self.left.set()
+
+    async def stream(self, payload: Any, ctx: RequestContext) -> AsyncIterator[Any]:
+        try:
+            self.entered.set()
+            await trio.sleep_forever()
+            yield None
+        finally:
+            self.left.set()
+
+
+async def test_a_handler_is_cancelled_when_its_caller_cancels(running: LocalDaemon) -> None:
+    stuck = _Stuck()
+    async with (
+        MeshClient(running.paths.socket) as server,
+        MeshClient(running.paths.socket) as caller,
+    ):
+        await server.ensure_networks([NETWORK])
+        me = (await server.status())["device_id"]
+        await server.serve("lan", "stuck", stuck.call)
+        with trio.fail_after(WAIT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    functools.partial(caller.rpc_call, "lan", me, "stuck", timeout_ms=LONG_MS)
+                )
+                await stuck.entered.wait()
+                nursery.cancel_scope.cancel()
+            await stuck.left.wait()
+
+
+async def test_a_handler_is_cancelled_when_its_call_times_out(running: LocalDaemon) -> None:
+    stuck = _Stuck()
+    async with MeshClient(running.paths.socket) as client:
+        await client.ensure_networks([NETWORK])
+        me = (await client.status())["device_id"]
+        await client.serve("lan", "stuck", stuck.call)
+        with trio.fail_after(WAIT):
+            with pytest.raises(ClientError) as failure:
+                await client.rpc_call("lan", me, "stuck", timeout_ms=100)
+            assert failure.value.code == "timeout"
+            await stuck.left.wait()
+
+
+async def test_a_streaming_handler_waiting_between_chunks_is_closed_when_its_caller_leaves(
+    running: LocalDaemon,
+) -> None:
+    stuck = _Stuck()
+    async with (
+        MeshClient(running.paths.socket) as server,
+        MeshClient(running.paths.socket) as caller,
+    ):
+        await server.ensure_networks([NETWORK])
+        me = (await server.status())["device_id"]
+        await server.serve("lan", "stuck", stuck.stream)
+        with trio.fail_after(WAIT):
+            async with caller.rpc_call_stream("lan", me, "stuck", timeout_ms=LONG_MS):
+                await stuck.entered.wait()
+            await stuck.left.wait()
