@@ -7,6 +7,7 @@ absent key). Answers are the daemon's JSON data, documented with each op in docs
 from __future__ import annotations
 
 import abc
+import base64
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -23,6 +24,14 @@ RELIABLE_DEADLINE_MARGIN = 15.0  # ...past a reliable send's ttl_ms: the daemon 
 def params(**values: Any) -> dict[str, Any]:
     """Op params with the None values left out."""
     return {key: value for key, value in values.items() if value is not None}
+
+
+def payload_params(payload: Json, data: bytes | None) -> dict[str, Any]:
+    """A message's params: its JSON `payload`, or its binary `data` as base64 `payload_b64`
+    (both given: sent as they are, for the daemon to refuse with invalid_params)."""
+    if data is None:
+        return {"payload": payload}
+    return params(payload=payload) | {"payload_b64": base64.b64encode(data).decode("ascii")}
 
 
 class Ops(abc.ABC):
@@ -211,22 +220,37 @@ class Ops(abc.ABC):
 
     # channels (subscribing: MeshClient.subscribe)
     async def channel_send_to(
-        self, network: str, channel: str, peer: str, payload: Json, *, retain: bool | None = None
+        self,
+        network: str,
+        channel: str,
+        peer: str,
+        payload: Json = None,
+        *,
+        data: bytes | None = None,
+        retain: bool | None = None,
     ) -> Data:
-        """Publish to one peer on a channel; `retain` keeps it for late subscribers."""
+        """Publish a JSON `payload`, or binary `data`, to one peer on a channel; `retain` keeps
+        it for late subscribers."""
         return await self.call(
             "channel_send_to",
             params(network=network, channel=channel, peer=peer, retain=retain)
-            | {"payload": payload},
+            | payload_params(payload, data),
         )
 
     async def channel_send_all(
-        self, network: str, channel: str, payload: Json, *, retain: bool | None = None
+        self,
+        network: str,
+        channel: str,
+        payload: Json = None,
+        *,
+        data: bytes | None = None,
+        retain: bool | None = None,
     ) -> Data:
-        """Publish to every active peer on a channel; answers `{dispatched_to}`."""
+        """Publish a JSON `payload`, or binary `data`, to every active peer on a channel;
+        answers `{dispatched_to}`."""
         return await self.call(
             "channel_send_all",
-            params(network=network, channel=channel, retain=retain) | {"payload": payload},
+            params(network=network, channel=channel, retain=retain) | payload_params(payload, data),
         )
 
     async def channel_send_many(
@@ -252,15 +276,17 @@ class Ops(abc.ABC):
         network: str,
         channel: str,
         peer: str,
-        payload: Json,
+        payload: Json = None,
         *,
+        data: bytes | None = None,
         ttl_ms: int,
         message_id: str | None = None,
     ) -> Data:
-        """Publish to one peer and answer once its daemon acknowledged delivery. With
-        `message_id` (a unique id of your choosing), sending again with the same one after an
-        error is safe: the peer's daemon delivers it once and acknowledges each. Waits up to
-        `ttl_ms` (and a margin), however short the client's own call timeout."""
+        """Publish a JSON `payload`, or binary `data`, to one peer and answer once its daemon
+        acknowledged delivery. With `message_id` (a unique id of your choosing), sending again
+        with the same one after an error is safe: the peer's daemon delivers it once and
+        acknowledges each. Waits up to `ttl_ms` (and a margin), however short the client's own
+        call timeout."""
         return await self.call(
             "channel_send_reliable",
             params(
@@ -270,7 +296,7 @@ class Ops(abc.ABC):
                 ttl_ms=ttl_ms,
                 message_id=message_id,
             )
-            | {"payload": payload},
+            | payload_params(payload, data),
             timeout=ttl_ms / 1000 + RELIABLE_DEADLINE_MARGIN,
         )
 

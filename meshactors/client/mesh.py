@@ -3,7 +3,9 @@ subscribing to channels, over a connection that survives daemon restarts by itse
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +25,8 @@ from meshactors.client.reconnect import DaemonLink, Want, WantKind, replay_faile
 from meshactors.client.state import RELIST_KINDS, SharedState
 from meshactors.paths import resolve_paths
 
+log = logging.getLogger("meshactors.client")  # the application decides where it goes
+
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds the first connect retries while the daemon starts
 DEFAULT_CALL_TIMEOUT = 60.0  # seconds one op may take, waiting for a reconnect included
 EVENT_STREAM_BUFFER = 4096  # events an `events()` reader may leave unread before it lags
@@ -35,13 +39,14 @@ BinaryHandler = Callable[[BinaryStream], Awaitable[None]]
 
 @attrs.frozen
 class ChannelMessage:
-    """One message received on a subscribed channel."""
+    """One message received on a subscribed channel: a JSON `payload`, or binary `data`."""
 
     network: str
     peer: str  # the sender's device id
     channel: str
     payload: Any
     retained: bool = False  # the sender's retained value, given at (re-)subscribing, not new
+    data: bytes | None = None  # a binary message's bytes (sent as `payload_b64`); payload None
 
 
 @attrs.frozen
@@ -366,11 +371,15 @@ class MeshClient(Ops):
         feed = self._channels.get((frame.get("network"), frame.get("channel")))  # type: ignore[arg-type]
         if feed is None:
             return
-        payloads = frame["payloads"] if "payloads" in frame else [frame.get("payload")]
         network, sender, channel = frame.get("network", ""), frame.get("from", ""), frame["channel"]
+        try:
+            contents = _contents(frame)
+        except (TypeError, ValueError) as bad:  # e.g. a peer's binary payload, not base64
+            log.warning("message on %s from %s dropped: %s", channel, sender, bad)
+            return
         retained = frame.get("retained") is True
-        for payload in payloads:  # a batch sent with `payloads` arrives as one event
-            feed.message(ChannelMessage(network, sender, channel, payload, retained))
+        for payload, data in contents:
+            feed.message(ChannelMessage(network, sender, channel, payload, retained, data))
 
     def _channel_gap(self, gap: ChannelGap) -> None:
         """Mark the gap in every channel: a connection's loss or lag is any channel's."""
@@ -440,3 +449,13 @@ class MeshClient(Ops):
         and serialised so concurrent calls from one client never interleave."""
         async with self._networks_lock:
             return await converge(self, desired, purge_removed=purge_removed)
+
+
+def _contents(frame: dict[str, Any]) -> list[tuple[Any, bytes | None]]:
+    """A `channel_inbound`'s messages as (payload, data): a batch's JSON values (a batch sent
+    with `payloads` arrives as one event), one JSON payload, or one binary payload's bytes."""
+    if "payloads" in frame:
+        return [(payload, None) for payload in frame["payloads"]]
+    if "payload_b64" in frame:
+        return [(None, base64.b64decode(frame["payload_b64"], validate=True))]
+    return [(frame.get("payload"), None)]

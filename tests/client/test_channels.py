@@ -1,15 +1,18 @@
 """What a channel reader is told besides messages: where some may have been lost before they
 reached the client (the connection lagged, or was lost until the subscription was restored),
-and which messages are a sender's retained value rather than new ones."""
+which messages are a sender's retained value rather than new ones, and a binary message's
+bytes."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
-from meshactors.client import ChannelGap, ChannelMessage, MeshClient
+from meshactors.client import ChannelGap, ChannelMessage, ClientError, MeshClient
 from tests.client.conftest import LocalDaemon
 from tests.client.fakedaemon import fake_daemon
 
@@ -135,3 +138,52 @@ async def test_a_later_message_of_the_sender_may_replace_its_retained_value(
                         ChannelMessage("lan", "other", "cfg", "other's", retained=True),
                         ChannelMessage("lan", "peer", "cfg", "live"),
                     ]
+
+
+async def test_binary_messages_are_sent_and_received_as_bytes(running: LocalDaemon) -> None:
+    blob = bytes(range(256))  # not text in any encoding
+    async with MeshClient(running.paths.socket) as client:
+        await client.ensure_networks([NETWORK])
+        me = (await client.status())["device_id"]
+        await client.channel_send_to("lan", "files", me, data=b"kept", retain=True)
+        with trio.fail_after(WAIT):
+            async with client.subscribe("lan", "files") as files:
+                kept = ChannelMessage("lan", me, "files", None, retained=True, data=b"kept")
+                assert await files.__anext__() == kept
+                await client.channel_send_to("lan", "files", me, data=blob)
+                await client.channel_send_reliable("lan", "files", me, data=b"", ttl_ms=10_000)
+                await client.channel_send_to("lan", "files", me, {"json": "still"})
+                assert [await files.__anext__() for _ in range(3)] == [
+                    ChannelMessage("lan", me, "files", None, data=blob),
+                    ChannelMessage("lan", me, "files", None, data=b""),
+                    ChannelMessage("lan", me, "files", {"json": "still"}),
+                ]
+
+
+async def test_a_message_with_both_a_payload_and_data_is_refused(running: LocalDaemon) -> None:
+    async with MeshClient(running.paths.socket) as client:
+        await client.ensure_networks([NETWORK])
+        me = (await client.status())["device_id"]
+        with pytest.raises(ClientError) as refused:
+            await client.channel_send_to("lan", "files", me, {"n": 1}, data=b"x")
+    assert refused.value.code == "invalid_params"
+
+
+async def test_a_binary_message_that_is_not_base64_is_dropped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path) as client,
+    ):
+        session = await daemon.next_session()
+        async with client.subscribe("lan", "files") as files:
+            with trio.fail_after(WAIT):
+                bad = {k: v for k, v in inbound("files", None).items() if k != "payload"}
+                await session.send(bad | {"payload_b64": "not base64!"})
+                await session.send(bad | {"payload_b64": "aGk="})
+                assert await files.__anext__() == ChannelMessage(
+                    "lan", "peer", "files", None, data=b"hi"
+                )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("dropped" in message for message in warnings)
