@@ -1,6 +1,6 @@
 """The op table is the one registry of ops: each op names the CLI command and the client
-method that reach it, and docs/protocol.md describes it. Adding an op without any of the
-three fails here, saying which."""
+method that reach it, and docs/protocol.md describes it and its HTTP routes. Adding an op
+without any of these fails here, saying which."""
 
 from __future__ import annotations
 
@@ -54,6 +54,29 @@ def test_docs_protocol_describes_every_op(op: Op[object]) -> None:
         rf"^\| `{op.name}` \|", text, re.M
     )
     assert described, f"{op.name}: give it a heading or a table row in docs/protocol.md"
+
+
+def _http_section() -> str:
+    """docs/protocol.md's "Routes" section: the HTTP routes and what HTTP refuses."""
+    text = PROTOCOL.read_text()
+    start = text.index("### Routes")
+    return text[start : text.index("\n### ", start + 1)]
+
+
+@pytest.mark.parametrize("op", OPS, ids=lambda op: op.name)
+def test_docs_protocol_lists_the_http_routes_of_every_op(op: Op[object]) -> None:
+    """A GET or POST path an op names is a row of the routes table; an op HTTP refuses (it
+    pushes or switches) and one taking Idempotency-Key are named there too."""
+    section = _http_section()
+    for method, path in (("GET", op.http_get), ("POST", op.http_post)):
+        if path is not None:
+            row = re.search(rf"^\| {method} \| `{re.escape(path)}[`?]", section, re.M)
+            assert row, f"{op.name}: list `{method} {path}` in docs/protocol.md's routes"
+    if op.pushes or op.switches:
+        assert re.search(rf"\b{op.name}\b", section), f"{op.name}: say that HTTP refuses it"
+    if op.idempotency_key:
+        row = re.search(rf"^\| POST \| `/v1/{op.name}` \|.*Idempotency-Key", section, re.M)
+        assert row, f"{op.name}: give its Idempotency-Key rule a row in the routes"
 
 
 def test_the_client_library_calls_only_ops_that_exist() -> None:

@@ -1,6 +1,7 @@
 """HTTP routes onto the op table: GET conveniences with typed query strings, POST for every op.
 
-Routes never name an op's params: a GET route's query values are converted to the types the
+Routes never name an op's params or an op: the op table gives each op's GET and POST paths
+(`Op.http_get`, `Op.http_post`); a GET route's query values are converted to the types the
 op's params class declares, then validated as strictly as a JSON-lines request.
 """
 
@@ -21,27 +22,15 @@ from meshactors.control.http_errors import HttpError, HttpErrorCode
 from meshactors.control.http_parse import RequestHead, query_pairs
 from meshactors.control.http_response import HttpResponse, error_response, ok_response
 from meshactors.control.session import Session
-from meshactors.ops.optable import converter, run_request
-from meshactors.ops.system_ops import EventsSubscribe
+from meshactors.ops.optable import OpTable, converter, run_request
 from meshactors.wire.ipc import ErrorCode, OpError, Request
 from meshactors.wire.strict import describe_error
 
 HEALTH_PATH = "/v1/health"
-EVENTS_PATH = "/v1/events"
-GET_OPS = {  # GET path → op answering it from the query string
-    "/v1/version": "version",
-    "/v1/status": "status",
-    "/v1/peers": "peers_list",
-    "/v1/inbox": "inbox",
-    "/v1/outbox": "outbox_list",
-}
-POST_OPS = {"/v1/outbox/requeue": "outbox_requeue"}  # POST paths other than /v1/<op>
 OP_PATH = re.compile(r"/v1/([a-z][a-z0-9_]{0,63})")  # POST /v1/<op>
-STREAM_ONLY_OPS = frozenset({"events_subscribe"})  # need a JSON-lines connection
-SEND_OP = "send"
 IDEMPOTENCY_HEADER = "idempotency-key"
 IDEMPOTENCY_FIELD = "client_message_id"  # a body value wins over the header
-SEND_STATUS = {"accepted": 202, "duplicate": 200}  # `send` answer's outcome → status
+SEND_STATUS = {"accepted": 202, "duplicate": 200}  # outcome → status (`Op.idempotency_key`)
 TRUE_WORDS = frozenset({"1", "true"})  # query values read as a boolean true
 FALSE_WORDS = frozenset({"0", "false"})
 INT_QUERY = re.compile(r"-?[0-9]{1,19}")  # query values read as an integer
@@ -67,7 +56,8 @@ async def route(
 async def _route(
     head: RequestHead, body: bytes, session: Session, request_id: int
 ) -> HttpResponse | EventStreamAnswer:
-    allowed = allowed_methods(head.path, session.services.ops.ops)
+    table = session.services.ops
+    allowed = allowed_methods(head.path, table)
     if not allowed:
         raise HttpError(HttpErrorCode.UNKNOWN_ROUTE, f"no route {head.path}")
     if head.method not in allowed:
@@ -80,17 +70,17 @@ async def _route(
         return await _get(head, session, request_id)
     if head.query:
         raise OpError(ErrorCode.BAD_REQUEST, "POST takes params in the JSON body, not the query")
-    op = POST_OPS.get(head.path) or _op_in_path(head.path, session.services.ops.ops)
+    op = table.post_paths.get(head.path) or _op_in_path(head.path, table.ops)
     assert op is not None  # allowed_methods checked it
     return await _post(op, head, json_object(body), session, request_id)
 
 
-def allowed_methods(path: str, ops: Container[str]) -> frozenset[str]:
-    """The methods `path` answers, given the op table's names (empty: no such route)."""
+def allowed_methods(path: str, table: OpTable) -> frozenset[str]:
+    """The methods `path` answers, given the op table (empty: no such route)."""
     methods = set()
-    if path in (HEALTH_PATH, EVENTS_PATH) or path in GET_OPS:
+    if path == HEALTH_PATH or path in table.get_paths:
         methods |= {"GET", "HEAD"}
-    if path in POST_OPS or _op_in_path(path, ops) is not None:
+    if path in table.post_paths or _op_in_path(path, table.ops) is not None:
         methods.add("POST")
     return frozenset(methods)
 
@@ -111,8 +101,12 @@ async def _get(
         return ok_response(
             {"status": "ok", "version": services.version, "uptime_s": round(services.uptime(), 3)}
         )
-    if head.path == EVENTS_PATH:
-        since = structure_query(query, EventsSubscribe).since
+    name = session.services.ops.get_paths[head.path]
+    op = session.services.ops.ops.get(name)
+    if op is None:
+        raise OpError(ErrorCode.UNKNOWN_OP, f"unknown op {name!r}")
+    if op.pushes:  # events_subscribe: the event stream as server-sent events
+        since = structure_query(query, op.params).since
         last_event_id = head.headers.get("last-event-id")
         if last_event_id is not None:  # a reconnecting EventSource: the header wins
             if not INT_QUERY.fullmatch(last_event_id):
@@ -120,10 +114,6 @@ async def _get(
             since = int(last_event_id)
         check_since(since)
         return EventStreamAnswer(since)
-    name = GET_OPS[head.path]
-    op = session.services.ops.ops.get(name)
-    if op is None:
-        raise OpError(ErrorCode.UNKNOWN_OP, f"unknown op {name!r}")
     params = query_params(query, op.params)
     return ok_response(await run_request(session, Request(request_id, name, params)))
 
@@ -136,12 +126,11 @@ class _NoQuery:
 async def _post(
     op: str, head: RequestHead, params: dict[str, Any], session: Session, request_id: int
 ) -> HttpResponse:
-    if op in STREAM_ONLY_OPS:
-        raise OpError(ErrorCode.BAD_REQUEST, f"{op} needs a JSON-lines connection; GET /v1/events")
-    if op == SEND_OP and IDEMPOTENCY_HEADER in head.headers:
+    idempotent = op in session.services.ops.idempotency_key
+    if idempotent and IDEMPOTENCY_HEADER in head.headers:
         params.setdefault(IDEMPOTENCY_FIELD, head.headers[IDEMPOTENCY_HEADER])
     data = await run_request(session, Request(request_id, op, params))
-    outcome = data.get("outcome") if op == SEND_OP and isinstance(data, dict) else None
+    outcome = data.get("outcome") if idempotent and isinstance(data, dict) else None
     return ok_response(data, SEND_STATUS.get(outcome, 200) if isinstance(outcome, str) else 200)
 
 

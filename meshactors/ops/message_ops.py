@@ -369,6 +369,7 @@ OPS: list[Op[Any]] = [
         "queue a durable message {network, to, message, ...}",
         Merge(_run_key, send_run, each=True),
         command="send",
+        idempotency_key=True,
     ),
     Op(
         "inbox",
@@ -376,6 +377,7 @@ OPS: list[Op[Any]] = [
         inbox,
         "received messages {network?, from?, since?, limit?, cursor?}",
         command="inbox",
+        http_get="/v1/inbox",
     ),
     Op(
         "outbox_list",
@@ -383,6 +385,7 @@ OPS: list[Op[Any]] = [
         outbox_list,
         "queued sends {status?, network?, limit}",
         command="outbox list",
+        http_get="/v1/outbox",
     ),
     Op(
         "outbox_requeue",
@@ -390,5 +393,6 @@ OPS: list[Op[Any]] = [
         outbox_requeue,
         "send a dead row again {outbox_id}",
         command="outbox requeue",
+        http_post="/v1/outbox/requeue",
     ),
 ]

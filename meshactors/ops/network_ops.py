@@ -310,7 +310,14 @@ OPS: list[Op[Any]] = [
         "joined networks and their phases",
         command="network list",
     ),
-    Op("peers_list", PeersList, peers_list, "a network's peers {network, all?}", command="peers"),
+    Op(
+        "peers_list",
+        PeersList,
+        peers_list,
+        "a network's peers {network, all?}",
+        command="peers",
+        http_get="/v1/peers",
+    ),
     Op(
         "roster_list",
         NetworkRef,

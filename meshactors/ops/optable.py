@@ -55,7 +55,13 @@ class Op(Generic[P]):
     reaches it with and `client` the MeshClient method (the op's name unless given);
     tests/test_op_registry.py checks both exist and that docs/protocol.md describes the op.
     An op that `switches` may turn its connection into a binary stream: the connection reads
-    no line after it until it is answered."""
+    no line after it until it is answered. An op that `pushes` delivers events to the
+    connection that asks. Both need a JSON-lines connection and are refused on one that takes
+    no pushes (HTTP). Over HTTP every op is `POST /v1/<name>`; `http_post` is another POST path
+    to it, `http_get` a GET path that runs it with the query string as params (for an op that
+    `pushes`, answered with the event stream as server-sent events); with `idempotency_key`
+    a POST's Idempotency-Key header fills a missing `client_message_id` and the answer's
+    `outcome` picks the status."""
 
     name: str
     params: type[P]
@@ -67,6 +73,24 @@ class Op(Generic[P]):
         kw_only=True, default=attrs.Factory(lambda op: op.name, takes_self=True)
     )
     switches: bool = attrs.field(kw_only=True, default=False)
+    pushes: bool = attrs.field(kw_only=True, default=False)
+    http_get: str | None = attrs.field(kw_only=True, default=None)
+    http_post: str | None = attrs.field(kw_only=True, default=None)
+    idempotency_key: bool = attrs.field(kw_only=True, default=False)
+
+    def refusal_without_pushes(self) -> OpError:
+        """Why a connection that takes no pushes (HTTP) cannot run this op that `switches` or
+        `pushes`."""
+        if self.switches:
+            why = "turns its connection into a binary stream: use a JSON-lines connection"
+        elif self.http_get is not None:
+            why = f"needs a JSON-lines connection; GET {self.http_get}"
+        else:
+            why = (
+                "delivers events to the connection that asks: use a JSON-lines connection "
+                "(HTTP requests cannot receive them)"
+            )
+        return OpError(ErrorCode.BAD_REQUEST, f"{self.name} {why}")
 
     def structure(self, params: Any) -> P:
         """`params` as this op's params class, by its hook: generated on the op's first request
@@ -105,19 +129,29 @@ class _Run:
 
 @attrs.define
 class OpTable:
-    """All ops the daemon answers, by name."""
+    """All ops the daemon answers, by name, and the HTTP routes their entries name (to the
+    op's name, indexed as the table is built)."""
 
     ops: dict[str, Op[Any]] = attrs.field(factory=dict)
+    get_paths: dict[str, str] = attrs.field(factory=dict)  # GET path → op (`Op.http_get`)
+    post_paths: dict[str, str] = attrs.field(factory=dict)  # POST path → op (`Op.http_post`)
+    idempotency_key: set[str] = attrs.field(factory=set)  # ops with `Op.idempotency_key`
 
     @classmethod
     def of(cls, *groups: Iterable[Op[Any]]) -> OpTable:
-        """A table of the given op groups; an op name may appear only once."""
+        """A table of the given op groups; an op name or HTTP path may appear only once."""
         table = cls()
         for group in groups:
             for op in group:
                 if op.name in table.ops:
                     raise ValueError(f"op {op.name!r} defined twice")
                 table.ops[op.name] = op
+                routes = ((op.http_get, table.get_paths), (op.http_post, table.post_paths))
+                for path, paths in routes:
+                    if path is not None and paths.setdefault(path, op.name) != op.name:
+                        raise ValueError(f"HTTP path {path!r} given to two ops")
+                if op.idempotency_key:
+                    table.idempotency_key.add(op.name)
         return table
 
     def names(self) -> list[str]:
@@ -134,8 +168,9 @@ class OpTable:
         op = self.ops.get(request.op)
         return op is not None and op.switches
 
-    def validate(self, request: Request) -> tuple[Op[Any], Any]:
-        """The request's op and its params, validated strictly (OpError otherwise)."""
+    def validate(self, session: Session, request: Request) -> tuple[Op[Any], Any]:
+        """The request's op and its params, validated strictly, for a connection that can
+        carry the op (OpError otherwise)."""
         op = self.ops.get(request.op)
         if op is None:
             raise OpError(ErrorCode.UNKNOWN_OP, f"unknown op {request.op!r}")
@@ -144,9 +179,12 @@ class OpTable:
             where, why = bad
             raise OpError(ErrorCode.INVALID_PARAMS, f"{where}: {why.detail}")
         try:
-            return op, op.structure(request.params)
+            params = op.structure(request.params)
         except Exception as exc:
             raise OpError(ErrorCode.INVALID_PARAMS, describe_error(exc)) from None
+        if (op.pushes or op.switches) and not session.receives_pushes:
+            raise op.refusal_without_pushes()
+        return op, params
 
     def begin(self, session: Session, request: Request) -> Awaitable[Any]:
         """Validate the request strictly and start its handler: a handler that is a plain
@@ -155,7 +193,7 @@ class OpTable:
 
         Raises OpError; a handler's bug is logged and becomes `internal`.
         """
-        op, params = self.validate(request)
+        op, params = self.validate(session, request)
         return _started(session, op, params)
 
     async def run_in_order(
@@ -167,7 +205,7 @@ class OpTable:
         run: _Run | None = None
         for request in requests:
             try:
-                op, params = self.validate(request)
+                op, params = self.validate(session, request)
                 merged = None if op.merge is None else op.merge.item(params)
             except OpError as error:
                 await self._finish(session, run, answer)

@@ -211,19 +211,8 @@ def _watch_channels(session: Session, network_id: str) -> None:
     _release_at_close(session, network_id, "channels", release)
 
 
-def require_pushes(session: Session, op: str) -> None:
-    """Refuse an op whose results arrive as events on a connection that cannot carry them."""
-    if not session.receives_pushes:
-        raise OpError(
-            ErrorCode.BAD_REQUEST,
-            f"{op} delivers events to the connection that asks: use a JSON-lines connection "
-            "(HTTP requests cannot receive them)",
-        )
-
-
 async def rpc_register(session: Session, params: RpcRegister) -> dict[str, Any]:
     """Own a method on a network; the connection that owned it before is told it was displaced."""
-    require_pushes(session, "rpc_register")
     check_name(params.method, "method")
     if not isinstance(params.streaming, bool) and params.streaming != "binary":
         message = 'params.streaming must be true, false or "binary"'
@@ -264,7 +253,6 @@ async def rpc_call(session: Session, params: RpcCallParams) -> dict[str, Any]:
 
 async def rpc_call_stream(session: Session, params: RpcCallParams) -> dict[str, Any]:
     """Call a streaming method; chunks follow as rpc_call_stream_chunk/_end events."""
-    require_pushes(session, "rpc_call_stream")
     network, payload, timeout_ms = _call_args(session, params)
     call = functools.partial(
         network.rpc.call_stream, session, params.peer, params.method, payload, timeout_ms
@@ -339,7 +327,6 @@ def _check_error(message: str) -> None:
 
 async def channel_subscribe(session: Session, params: ChannelRef) -> dict[str, Any]:
     """Receive a channel's messages as channel_inbound events (retained values at once)."""
-    require_pushes(session, "channel_subscribe")
     check_name(params.channel, "channel")
     network = network_of(session, params.network)
     _watch_channels(session, params.network)
@@ -477,6 +464,7 @@ OPS: list[Op[Any]] = [
         "own a method (last claim wins)",
         command="rpc serve",
         client="serve",
+        pushes=True,
     ),
     Op(
         "rpc_unregister",
@@ -499,6 +487,7 @@ OPS: list[Op[Any]] = [
         rpc_call_stream,
         "call a streaming method",
         command="rpc call",
+        pushes=True,
     ),
     Op(
         "rpc_cancel",
@@ -525,6 +514,7 @@ OPS: list[Op[Any]] = [
         "receive a channel's messages",
         command="channel subscribe",
         client="subscribe",
+        pushes=True,
     ),
     Op(
         "channel_unsubscribe",

@@ -41,15 +41,6 @@ class StreamAcceptParams:
     stream_id: str
 
 
-def _require_socket(session: Session, op: str) -> None:
-    """Refuse a switching op on HTTP: only a JSON-lines connection can become a pipe."""
-    if not session.receives_pushes:
-        raise OpError(
-            ErrorCode.BAD_REQUEST,
-            f"{op} turns its connection into a binary stream: use a JSON-lines connection",
-        )
-
-
 def _take(session: Session, pipe: Pipe) -> dict[str, Any]:
     """Hand the pipe to the connection (its reader switches after this answer) and make sure
     its close ends the stream even if the pipe's tasks never ran."""
@@ -66,7 +57,6 @@ def _take(session: Session, pipe: Pipe) -> dict[str, Any]:
 
 async def stream_open(session: Session, params: StreamOpenParams) -> dict[str, Any]:
     """Open a binary stream; answered once the peer's program accepted it."""
-    _require_socket(session, "stream_open")
     check_name(params.method, "method")
     timeout_ms = check_timeout(params.timeout_ms)
     network = network_of(session, params.network)
@@ -79,7 +69,6 @@ async def stream_open(session: Session, params: StreamOpenParams) -> dict[str, A
 
 async def stream_accept(session: Session, params: StreamAcceptParams) -> dict[str, Any]:
     """Become the serving end of an incoming binary stream."""
-    _require_socket(session, "stream_accept")
     network = network_of(session, params.network)
     accept = functools.partial(network.streams.accept, params.stream_id)
     return _take(session, await network.ask_await("stream_accept", accept))

@@ -95,6 +95,7 @@ OPS: list[Op[Any]] = [
         status,
         "daemon version, device id, uptime, networks, clients",
         command="daemon status",
+        http_get="/v1/status",
     ),
     Op(
         "version",
@@ -102,6 +103,7 @@ OPS: list[Op[Any]] = [
         version,
         "daemon version, IPC API version, ops and features",
         command="daemon version",
+        http_get="/v1/version",
     ),
     Op("inspect", NoParams, inspect, "the live actor tree", command="inspect"),
     Op("shutdown", NoParams, shutdown, "stop the daemon cleanly", command="daemon down"),
@@ -112,5 +114,7 @@ OPS: list[Op[Any]] = [
         "stream events on this connection",
         command="events",
         client="events",
+        pushes=True,
+        http_get="/v1/events",
     ),
 ]
