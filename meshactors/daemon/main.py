@@ -30,11 +30,11 @@ from meshactors.daemon.sdnotify import Notifier, NotifierActor
 from meshactors.daemon.services import Services
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
-from meshactors.membership import ops as membership_ops
 from meshactors.network.link import ROLES
 from meshactors.network.manager import NetworkManager
 from meshactors.ops import (
     debug_ops,
+    membership_ops,
     message_ops,
     network_ops,
     rpc_ops,
