@@ -11,6 +11,8 @@ import base64
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from meshactors.client.errors import ClientError
+
 Json = Any
 Data = Any  # an op's answer `data`
 Priority = Literal["now", "next", "low"]
@@ -32,6 +34,14 @@ def payload_params(payload: Json, data: bytes | None) -> dict[str, Any]:
     if data is None:
         return {"payload": payload}
     return params(payload=payload) | {"payload_b64": base64.b64encode(data).decode("ascii")}
+
+
+def received(fields: Mapping[str, Any]) -> Any:
+    """What an answer or event carries: a binary payload's bytes (`payload_b64` decoded), else
+    its JSON `payload`. ValueError or TypeError: a `payload_b64` that is not base64 text."""
+    if "payload_b64" in fields:
+        return base64.b64decode(fields["payload_b64"], validate=True)
+    return fields.get("payload")
 
 
 class Ops(abc.ABC):
@@ -187,32 +197,51 @@ class Ops(abc.ABC):
         method: str,
         payload: Json = None,
         *,
+        data: bytes | None = None,
         timeout_ms: int | None = None,
     ) -> Data:
-        """Call a method on a peer and return its answer."""
+        """Call a method on a peer with a JSON `payload`, or binary `data`, and return its
+        answer: `{payload}`, or for a binary answer `{payload_b64, data}` (its bytes)."""
         deadline = None if timeout_ms is None else timeout_ms / 1000 + RPC_DEADLINE_MARGIN
-        return await self.call(
+        answer = await self.call(
             "rpc_call",
             params(network=network, peer=peer, method=method, timeout_ms=timeout_ms)
-            | {"payload": payload},
+            | payload_params(payload, data),
             timeout=deadline,
         )
+        if isinstance(answer, dict) and "payload_b64" in answer:
+            try:
+                answer["data"] = received(answer)
+            except (TypeError, ValueError) as bad:  # only a peer can send one
+                raise ClientError("bad_payload", f"a binary answer not base64: {bad}") from None
+        return answer
 
     async def rpc_cancel(self, request_id: str) -> Data:
         """Stop an outbound call; the serving side is told."""
         return await self.call("rpc_cancel", params(request_id=request_id))
 
     async def rpc_respond(
-        self, request_id: str, payload: Json = None, *, error: str | None = None
+        self,
+        request_id: str,
+        payload: Json = None,
+        *,
+        data: bytes | None = None,
+        error: str | None = None,
     ) -> Data:
-        """Answer an inbound call with a payload, or with an error message."""
+        """Answer an inbound call with a JSON `payload`, binary `data`, or an error message."""
         if error is not None:
             return await self.call("rpc_respond", {"request_id": request_id, "error": error})
-        return await self.call("rpc_respond", {"request_id": request_id, "payload": payload})
+        return await self.call(
+            "rpc_respond", {"request_id": request_id} | payload_params(payload, data)
+        )
 
-    async def rpc_stream_chunk(self, request_id: str, payload: Json) -> Data:
-        """Send one chunk of a streamed answer."""
-        return await self.call("rpc_stream_chunk", {"request_id": request_id, "payload": payload})
+    async def rpc_stream_chunk(
+        self, request_id: str, payload: Json = None, *, data: bytes | None = None
+    ) -> Data:
+        """Send one chunk of a streamed answer: a JSON `payload`, or binary `data`."""
+        return await self.call(
+            "rpc_stream_chunk", {"request_id": request_id} | payload_params(payload, data)
+        )
 
     async def rpc_stream_end(self, request_id: str, *, error: str | None = None) -> Data:
         """End a streamed answer, with an error message if it failed."""

@@ -1,5 +1,6 @@
 """Serving methods: run the local handler of each `rpc_inbound` in its own task and answer
-with its return value (or chunks, for an async generator), or with its error's message."""
+with its return value (or chunks, for an async generator), or with its error's message. A
+binary call's payload reaches the handler as bytes, and bytes it answers are sent binary."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from meshactors.client._ops import received
 from meshactors.client.errors import ClientError
 from meshactors.network.app_frames import MAX_ERROR_CHARS
 
@@ -19,6 +21,7 @@ log = logging.getLogger("meshactors.client")  # the application decides where it
 MAX_HANDLER_TASKS = 256  # inbound calls handled at once; more are answered "busy" at once
 # codes of an answer refused for what it carries, while its call stays open for another answer
 REFUSED_CONTENT = frozenset({"invalid_params", "payload_too_large", "frame_too_large"})
+BYTES_LIKE = (bytes, bytearray, memoryview)  # an answer or chunk of these is sent binary
 
 
 @attrs.frozen
@@ -44,10 +47,17 @@ class Responder(Protocol):
     """The answering ops a handler's outcome goes through (MeshClient provides them)."""
 
     async def rpc_respond(
-        self, request_id: str, payload: Any = None, *, error: str | None = None
+        self,
+        request_id: str,
+        payload: Any = None,
+        *,
+        data: bytes | None = None,
+        error: str | None = None,
     ) -> Any: ...
 
-    async def rpc_stream_chunk(self, request_id: str, payload: Any) -> Any: ...
+    async def rpc_stream_chunk(
+        self, request_id: str, payload: Any = None, *, data: bytes | None = None
+    ) -> Any: ...
 
     async def rpc_stream_end(self, request_id: str, *, error: str | None = None) -> Any: ...
 
@@ -71,19 +81,29 @@ class Serving:
         except KeyError as missing:
             log.warning("rpc_inbound without the field %s", missing)
             return
+        try:
+            payload = received(frame)
+        except (TypeError, ValueError) as bad:  # only a peer can send one
+            error: str | None = f"payload_b64 is not base64: {bad}"
+            log.warning("%s on %s: %s", context.method, context.network, error)
+        else:
+            error = self._start(payload, context, nursery)
+        if error is not None:
+            nursery.start_soon(
+                self._deliver, self.responder.rpc_respond(context.request_id, error=error), context
+            )
+
+    def _start(self, payload: Any, context: RequestContext, nursery: trio.Nursery) -> str | None:
+        """Start the call's handler in a task of its own; else why it cannot be answered."""
         handler = self.handlers.get((context.network, context.method))
         if handler is None:
-            error = f"no local handler for {context.method!r}"
-        elif self.running >= MAX_HANDLER_TASKS:
-            error = f"busy: {MAX_HANDLER_TASKS} calls are being handled"
-        else:
-            self.running += 1
-            scope = self.answering[context.request_id] = trio.CancelScope()
-            nursery.start_soon(self._answer, handler, frame.get("payload"), context, scope)
-            return
-        nursery.start_soon(
-            self._deliver, self.responder.rpc_respond(context.request_id, error=error), context
-        )
+            return f"no local handler for {context.method!r}"
+        if self.running >= MAX_HANDLER_TASKS:
+            return f"busy: {MAX_HANDLER_TASKS} calls are being handled"
+        self.running += 1
+        scope = self.answering[context.request_id] = trio.CancelScope()
+        nursery.start_soon(self._answer, handler, payload, context, scope)
+        return None
 
     def cancelled(self, frame: dict[str, Any]) -> None:
         """The call ended without its answer (`rpc_cancelled`: its caller cancelled it, it timed
@@ -120,7 +140,7 @@ class Serving:
             )
             return
         refused = await self._deliver(
-            self.responder.rpc_respond(context.request_id, result), context
+            self.responder.rpc_respond(context.request_id, **_contents(result)), context
         )
         if refused is not None:  # the call is still open: answer it with why
             await self._deliver(
@@ -132,7 +152,9 @@ class Serving:
         try:
             async for chunk in chunks:
                 try:
-                    await _sent(self.responder.rpc_stream_chunk(context.request_id, chunk))
+                    await _sent(
+                        self.responder.rpc_stream_chunk(context.request_id, **_contents(chunk))
+                    )
                 except ClientError as failed:
                     error = _refusal(failed, context)
                     if error is None:
@@ -154,6 +176,14 @@ class Serving:
         except ClientError as failed:
             return _refusal(failed, context)
         return None
+
+
+def _contents(value: Any) -> dict[str, Any]:
+    """An answer's or chunk's keyword arguments: bytes go binary as `data`, anything else as
+    the JSON `payload` (bytes are never JSON, so the two cannot be confused)."""
+    if isinstance(value, BYTES_LIKE):
+        return {"data": bytes(value)}
+    return {"payload": value}
 
 
 async def _sent(answer: Awaitable[Any]) -> None:

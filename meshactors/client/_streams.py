@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 import trio
 
+from meshactors.client._ops import received
 from meshactors.client.errors import ClientError
 
 STREAM_BUFFER = 1024  # chunks received but not yet read; past it the stream fails as lagged
@@ -16,7 +17,8 @@ EARLY_FRAMES = 1024  # stream events held while their call's answer is still on 
 
 @attrs.define(eq=False)
 class RpcStream:
-    """The chunks of one streamed answer; iteration ends at the end event or raises its error."""
+    """The chunks of one streamed answer (a binary chunk as bytes); iteration ends at the end
+    event or raises its error."""
 
     request_id: str
     finished: bool = False
@@ -47,7 +49,9 @@ class RpcStream:
                 self._end(None)
             return
         try:
-            self._send.send_nowait(frame.get("payload"))
+            self._send.send_nowait(received(frame))
+        except (TypeError, ValueError) as bad:  # only a peer can send one
+            self._end(ClientError("bad_payload", f"a binary chunk not base64: {bad}"))
         except trio.WouldBlock:
             self._end(ClientError("lagged", f"more than {STREAM_BUFFER} chunks went unread"))
         except trio.ClosedResourceError:

@@ -3,7 +3,6 @@ subscribing to channels, over a connection that survives daemon restarts by itse
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -15,7 +14,7 @@ import attrs
 import trio
 
 from meshactors.actors import Broadcast, Lagged, Subscriber
-from meshactors.client._ops import Data, Ops, params
+from meshactors.client._ops import Data, Ops, params, payload_params, received
 from meshactors.client._serving import Handler, Serving, StreamHandler, is_streaming
 from meshactors.client._streams import RpcStream, StreamTable
 from meshactors.client.binary import BinaryStream, switch
@@ -293,8 +292,9 @@ class MeshClient(Ops):
     # serving
     async def serve(self, network: str, method: str, handler: Handler | StreamHandler) -> None:
         """Own `method` on `network`: each inbound call runs `handler(payload, ctx)` in its own
-        task; its return value answers (an async generator streams chunks), an exception's
-        message answers as the error. The claim is restored after every reconnect."""
+        task (a binary call's payload is its bytes); its return value answers (an async
+        generator streams chunks; bytes go binary), an exception's message answers as the
+        error. The claim is restored after every reconnect."""
         want = Want(WantKind.CLAIM, network, method)
         self._serving.handlers[(network, method)] = handler
         await self._claim(want, is_streaming(handler))
@@ -395,16 +395,18 @@ class MeshClient(Ops):
         method: str,
         payload: Any = None,
         *,
+        data: bytes | None = None,
         timeout_ms: int | None = None,
     ) -> AsyncIterator[RpcStream]:
-        """Call a streaming method: iterate the chunks in the block; leaving the block early
-        cancels the call on the serving side."""
+        """Call a streaming method with a JSON `payload`, or binary `data`: iterate the chunks
+        (a binary one as bytes) in the block; leaving the block early cancels the call on the
+        serving side."""
         self._streams.opening += 1
         try:
             answer = await self.call(
                 "rpc_call_stream",
                 params(network=network, peer=peer, method=method, timeout_ms=timeout_ms)
-                | {"payload": payload},
+                | payload_params(payload, data),
             )
             stream = self._streams.open(answer["request_id"])
         finally:
@@ -456,6 +458,5 @@ def _contents(frame: dict[str, Any]) -> list[tuple[Any, bytes | None]]:
     with `payloads` arrives as one event), one JSON payload, or one binary payload's bytes."""
     if "payloads" in frame:
         return [(payload, None) for payload in frame["payloads"]]
-    if "payload_b64" in frame:
-        return [(None, base64.b64decode(frame["payload_b64"], validate=True))]
-    return [(frame.get("payload"), None)]
+    value = received(frame)
+    return [(None, value) if isinstance(value, bytes) else (value, None)]

@@ -23,14 +23,21 @@ class Answers:
     sent: list[tuple[str, dict[str, Any]]] = attrs.field(factory=list)
 
     async def rpc_respond(
-        self, request_id: str, payload: Any = None, *, error: str | None = None
+        self,
+        request_id: str,
+        payload: Any = None,
+        *,
+        data: bytes | None = None,
+        error: str | None = None,
     ) -> Any:
-        self.sent.append(
-            ("rpc_respond", {"request_id": request_id, "payload": payload, "error": error})
-        )
+        content = {"payload": payload} if data is None else {"data": data}
+        self.sent.append(("rpc_respond", {"request_id": request_id} | content | {"error": error}))
 
-    async def rpc_stream_chunk(self, request_id: str, payload: Any) -> Any:
-        self.sent.append(("rpc_stream_chunk", {"request_id": request_id, "payload": payload}))
+    async def rpc_stream_chunk(
+        self, request_id: str, payload: Any = None, *, data: bytes | None = None
+    ) -> Any:
+        content = {"payload": payload} if data is None else {"data": data}
+        self.sent.append(("rpc_stream_chunk", {"request_id": request_id} | content))
 
     async def rpc_stream_end(self, request_id: str, *, error: str | None = None) -> Any:
         self.sent.append(("rpc_stream_end", {"request_id": request_id, "error": error}))
@@ -144,3 +151,29 @@ async def test_a_reader_that_falls_behind_gets_a_lagged_error_not_a_gap() -> Non
     with pytest.raises(ClientError) as failure:
         await stream.__anext__()
     assert failure.value.code == "lagged"
+
+
+async def test_a_binary_call_not_base64_is_answered_with_an_error() -> None:
+    answers = Answers()
+    serving = Serving(answers)
+
+    async def echo(payload: Any, ctx: RequestContext) -> Any:
+        return payload
+
+    serving.handlers[("lan", "echo")] = echo
+    frame = {k: v for k, v in inbound("echo", None).items() if k != "payload"}
+    await serve_one(serving, frame | {"payload_b64": "not base64!"})
+    await serve_one(serving, frame | {"payload_b64": "aGk=", "request_id": "r2"})
+    assert "not base64" in answers.sent[0][1]["error"]
+    assert answers.sent[1] == ("rpc_respond", {"request_id": "r2", "data": b"hi", "error": None})
+
+
+async def test_a_binary_chunk_not_base64_ends_its_stream() -> None:
+    table = StreamTable(opening=1)
+    stream = table.open("s1")
+    table.deliver({"kind": "rpc_call_stream_chunk", "request_id": "s1", "payload_b64": "aGk="})
+    table.deliver({"kind": "rpc_call_stream_chunk", "request_id": "s1", "payload_b64": "no!"})
+    assert await stream.__anext__() == b"hi"
+    with pytest.raises(ClientError) as failure:
+        await stream.__anext__()
+    assert failure.value.code == "bad_payload"
