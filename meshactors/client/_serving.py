@@ -112,6 +112,13 @@ class Serving:
         if scope is not None:
             scope.cancel()
 
+    def connection_lost(self) -> None:
+        """The connection every call being answered came over is gone, and the daemon told
+        their callers (`cancelled`): cancel every handler, as nothing it sends would be taken
+        (a new connection knows none of these calls)."""
+        for scope in self.answering.values():
+            scope.cancel()
+
     async def _answer(
         self,
         handler: Handler | StreamHandler,

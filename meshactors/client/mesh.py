@@ -243,7 +243,9 @@ class MeshClient(Ops):
 
     def _connection_lost(self) -> None:
         """A connection is gone, every event it carried routed: what it would have carried
-        next, until the subscriptions are restored, never arrives."""
+        next, until the subscriptions are restored, never arrives, and the calls it brought
+        can no longer be answered."""
+        self._serving.connection_lost()
         self._channel_gap(ChannelGap("disconnected"))
 
     def _displaced(self, want: Want, event: dict[str, Any]) -> None:

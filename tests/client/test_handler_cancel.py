@@ -1,16 +1,17 @@
-"""A served call that ends without its answer (its caller cancelled it, or it timed out) has
-its handler cancelled: a coroutine's task, a generator closed, whatever it was waiting on."""
+"""A served call that ends without its answer (its caller cancelled it, it timed out, or the
+connection it came over was lost) has its handler cancelled: a coroutine's task, a generator
+closed, whatever it was waiting on."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import trio
 
-from meshactors.client import ClientError, MeshClient, RequestContext
+from meshactors.client import ClientError, ConnectionLost, MeshClient, RequestContext
 from tests.client.conftest import LocalDaemon
 
 NETWORK = {"id": "lan", "brokers": ["ws://127.0.0.1:9/v1"]}  # reaches only itself
@@ -88,3 +89,36 @@ async def test_a_streaming_handler_waiting_between_chunks_is_closed_when_its_cal
             async with caller.rpc_call_stream("lan", me, "stuck", timeout_ms=LONG_MS):
                 await stuck.entered.wait()
             await stuck.left.wait()
+
+
+async def _call_lost(call: Callable[[], Awaitable[Any]]) -> None:
+    """Make a call that the daemon's going away ends."""
+    with pytest.raises(ConnectionLost):
+        await call()
+
+
+async def _stream_lost(caller: MeshClient, peer: str) -> None:
+    async with caller.rpc_call_stream("lan", peer, "stuck_stream", timeout_ms=LONG_MS) as chunks:
+        with pytest.raises(ConnectionLost):
+            async for _ in chunks:
+                pass
+
+
+async def test_handlers_are_cancelled_when_the_connection_is_lost(local: LocalDaemon) -> None:
+    await local.start()
+    stuck, stuck_stream = _Stuck(), _Stuck()
+    async with MeshClient(local.paths.socket) as client:
+        await client.ensure_networks([NETWORK])
+        me = (await client.status())["device_id"]
+        await client.serve("lan", "stuck", stuck.call)
+        await client.serve("lan", "stuck_stream", stuck_stream.stream)
+        call = functools.partial(client.rpc_call, "lan", me, "stuck", timeout_ms=LONG_MS)
+        with trio.fail_after(WAIT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_call_lost, call)
+                nursery.start_soon(_stream_lost, client, me)
+                await stuck.entered.wait()
+                await stuck_stream.entered.wait()
+                await local.stop()  # the daemon goes: the connection they came over is lost
+                await stuck.left.wait()
+                await stuck_stream.left.wait()
