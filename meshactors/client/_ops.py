@@ -377,7 +377,9 @@ class Ops(abc.ABC):
         return await self.call("outbox_list", params(status=status, limit=limit))
 
     async def outbox_requeue(self, id: str, new_client_message_id: str | None = None) -> Data:
-        """Send a dead or stuck message again as a new row, superseding the old one.
+        """Send a dead message again as a new row, superseding the old one; a row still being
+        tried (pending, inflight) is refused `not_requeueable`, as an earlier attempt may yet
+        arrive and a copy under a new key would then be delivered twice.
 
         On the wire the row id is `outbox_id`: `id` names the request itself."""
         return await self.call(
