@@ -92,8 +92,12 @@ def one_line(text: str) -> str:
 
 
 def local_time(ms: int) -> str:
-    """Milliseconds since the epoch as this machine's local date and time."""
-    return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+    """Milliseconds since the epoch as this machine's local date and time; the raw figure when
+    no date can show it (a peer's fact may carry any time up to 2**53 ms, past year 9999)."""
+    try:
+        return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError):
+        return f"{ms} ms since the epoch"
 
 
 def paths_of(args: argparse.Namespace) -> Paths:

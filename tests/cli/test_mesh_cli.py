@@ -8,8 +8,9 @@ import pytest
 
 from meshactors.cli import build_parser, leaf_parsers, main, parse
 from meshactors.cli.common import EXIT_USAGE
-from meshactors.cli.mesh import format_event
+from meshactors.cli.mesh import evicted_note, format_event
 from meshactors.daemon.broker_actor import parse_listen
+from meshactors.membership.facts import MAX_AT_MS
 
 DEVICE = "a" * 52
 
@@ -64,6 +65,14 @@ def test_events_print_as_readable_lines_or_json() -> None:
     assert "#7" in line and "peer_active" in line and f"{DEVICE[:12]} (b)" in line
     assert "network=n1" in line and "status=active" in line
     assert json.loads(format_event(event, as_json=True)) == event
+
+
+@pytest.mark.parametrize("at", [0, 253402300800000, MAX_AT_MS])
+def test_an_eviction_at_any_time_a_fact_may_carry_prints(at: int) -> None:
+    note = evicted_note({"membership": {"evicted": {"by": DEVICE, "at": at}}})
+    assert note is not None and note.startswith(f"evicted by {DEVICE[:12]} at ")
+    if at > 253402300799999:  # past year 9999: no date shows it, the figure does
+        assert note.endswith(f"at {at} ms since the epoch")
 
 
 def test_listen_addresses_are_checked() -> None:
