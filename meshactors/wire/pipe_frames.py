@@ -43,10 +43,37 @@ def encode(item: Item) -> list[bytes]:
     if isinstance(item, End):
         return [END_FRAME]
     if isinstance(item, Reset):
-        body = json.dumps({"code": item.code, "message": item.message}).encode()
-        body = body[:MAX_ERROR_FRAME_BYTES]
+        body = _error_body(item.code, item.message)
         return [_LENGTH.pack(ERROR_BIT | len(body)), body]
     return [_LENGTH.pack(len(item)), item]
+
+
+def _error_body(code: str, message: str) -> bytes:
+    """An error frame's JSON; a message it cannot hold within MAX_ERROR_FRAME_BYTES loses its
+    middle, so its start (`CMD exited STATUS: `) and its end (the last of a stderr) arrive.
+    Cutting the JSON instead would break it: an escaped character takes up to 12 bytes."""
+    body = _json_error(code, message)
+    if len(body) <= MAX_ERROR_FRAME_BYTES:
+        return body
+    fits, too_many = 0, min(len(message), MAX_ERROR_FRAME_BYTES)  # characters kept
+    while too_many - fits > 1:
+        kept = (fits + too_many) // 2
+        if len(_json_error(code, _middle_cut(message, kept))) <= MAX_ERROR_FRAME_BYTES:
+            fits = kept
+        else:
+            too_many = kept
+    return _json_error(code, _middle_cut(message, fits))
+
+
+def _json_error(code: str, message: str) -> bytes:
+    """The JSON of an error frame's fields."""
+    return json.dumps({"code": code, "message": message}).encode()
+
+
+def _middle_cut(message: str, kept: int) -> str:
+    """`message`'s first and last characters, `kept` of them in all, joined by an ellipsis."""
+    head = (kept + 1) // 2
+    return f"{message[:head]}…{message[len(message) - (kept - head) :]}"
 
 
 @attrs.define(eq=False)

@@ -72,6 +72,25 @@ def test_the_error_frame_written_to_a_program_is_json() -> None:
     assert json.loads(body) == {"code": "cancelled", "message": "closed"}
 
 
+long_texts = st.builds(lambda part, times: part * times, st.text(min_size=1), st.integers(1, 1500))
+
+
+@given(st.sampled_from(["remote_error", "peer_not_active"]), st.text(min_size=1) | long_texts)
+def test_an_error_message_of_any_text_arrives_as_json_within_the_limit(
+    code: str, message: str
+) -> None:
+    """A longer message loses its middle, not its end: JSON cut at the limit did not parse."""
+    head, body = encode(Reset(code, message))
+    assert len(body) <= MAX_ERROR_FRAME_BYTES
+    (got,) = FrameParser().feed(head + body)
+    assert isinstance(got, Reset) and got.code == code
+    if got.message != message:
+        kept = len(got.message) - 1  # all but the ellipsis
+        start = (kept + 1) // 2
+        assert got.message == f"{message[:start]}…{message[len(message) - (kept - start) :]}"
+        assert kept >= MAX_ERROR_FRAME_BYTES // 16  # an escaped character takes at most 12 bytes
+
+
 @given(st.binary(min_size=1, max_size=2000), st.integers(0, 2**63 - 1), st.booleans())
 def test_stream_data_is_a_binary_frame_that_round_trips(
     data: bytes, seq: int, opener: bool
