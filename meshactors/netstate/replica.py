@@ -40,11 +40,11 @@ from meshactors.netstate.statemap import (
     TOMBSTONE_TTL_MS,
     StateMap,
 )
+from meshactors.netstate.store import load_state, save_state
 from meshactors.netstate.writers import WriterCheck
 from meshactors.network.app_wire import AppWire
 from meshactors.network.peers import PeerStatus
 from meshactors.store.actor import StoreActor
-from meshactors.store.netstate import load_state, save_state
 from meshactors.turns import take_turns
 from meshactors.wire.ipc import ErrorCode, OpError
 from meshactors.wire.peer import Frame

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from meshactors.netstate.entry import Entry
 from meshactors.netstate.hlc import Stamp
+from meshactors.netstate.store import load_state, save_state
 from meshactors.store.db import open_database
-from meshactors.store.netstate import load_state, save_state
 from meshactors.store.networks import delete_network, save_network
 
 A, B = "a" * 52, "b" * 52
