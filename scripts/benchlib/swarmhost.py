@@ -58,9 +58,8 @@ class Tracked:
             changed.signal()
 
     def _resync(self) -> None:
-        networks = self.member.services.networks
-        assert networks is not None
-        self.active = {net.config.id: set(net.peers.active_peers()) for net in networks.all()}
+        networks = self.member.services.networks.all()
+        self.active = {net.config.id: set(net.peers.active_peers()) for net in networks}
 
 
 @attrs.define(eq=False)

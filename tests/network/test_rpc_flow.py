@@ -1,4 +1,4 @@
-"""The rpc actor alone, on a recording peer layer: stream credit, lag and deadlines (MockClock)."""
+"""Core's rpc part alone, on a recording peer layer: stream credit, lag, deadlines (MockClock)."""
 
 from __future__ import annotations
 

@@ -73,7 +73,6 @@ async def remove_it(daemon: Services, admin: LineClient) -> None:
 
 async def stop_its_core(daemon: Services, admin: LineClient) -> None:
     """Leave NET's core inbox open with nobody reading it: a cleanup that asks it hangs."""
-    assert daemon.networks is not None
     await daemon.networks.get(NET).stop_child("core")
 
 
