@@ -103,8 +103,11 @@ def _device(device_id: str) -> str:
     return device_id
 
 
-async def _join_closed(session: Session, config: NetworkConfig, genesis: Genesis) -> Network:
-    """Keep the genesis, then join: the network's core finds it there when it starts."""
+async def _join_closed(
+    session: Session, config: NetworkConfig, genesis: Genesis, *, or_joined: bool = False
+) -> Network:
+    """Keep the genesis, then join: the network's core finds it there when it starts. With
+    `or_joined` a network of that id joined already is taken as it is, whatever its config."""
     manager = session.services.networks
     try:
         await session.services.store.call(
@@ -112,7 +115,8 @@ async def _join_closed(session: Session, config: NetworkConfig, genesis: Genesis
         )
     except log_db.OtherGenesis as exc:
         raise OpError(ErrorCode.CONFLICT, str(exc)) from None
-    network, _ = await manager.add(config)
+    joined = [n for n in manager.all() if n.config.id == config.id] if or_joined else []
+    network = joined[0] if joined else (await manager.add(config))[0]
     if not await network.ask("is it closed", lambda: network.peers.closed):
         raise OpError(
             ErrorCode.CONFLICT, f"{config.id} was joined open; remove it and join it again"
@@ -153,7 +157,8 @@ async def network_join_invite(session: Session, params: JoinInvite) -> dict[str,
     """Join a closed network by an invite token (or take the token in one joined already):
     its genesis is kept, the invite presented to the members until an owner or admin grants
     it (event `member_granted`) or refuses it (event `invite_refused`); `conflict` if this
-    device is a member there already or was evicted."""
+    device is a member there already or was evicted. A network joined already keeps its own
+    label and brokers: the token's are for a device that joins anew."""
     try:
         token = from_token(params.token)
     except BadRecord as bad:
@@ -163,7 +168,7 @@ async def network_join_invite(session: Session, params: JoinInvite) -> dict[str,
     config = config_of(
         {"id": token.genesis.network, "brokers": token.brokers, "label": params.label}
     )
-    network = await _join_closed(session, config, token.genesis)
+    network = await _join_closed(session, config, token.genesis, or_joined=True)
     take = functools.partial(network.membership.take_invite, token.invite)
     await network.ask_await("take the invite", take)
     return {

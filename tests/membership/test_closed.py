@@ -76,6 +76,23 @@ async def test_an_invite_for_a_network_joined_already_is_presented_at_once(mesh:
     await active(owner, late)
 
 
+async def test_an_invite_for_a_network_joined_with_its_own_label_keeps_that_config(
+    mesh: Mesh,
+) -> None:
+    owner, late = await mesh.daemon("owner"), await mesh.daemon("late")
+    bootstrap = await create(owner, mesh)
+    config = {"id": CLOSED, "brokers": [mesh.url], "label": "work"}
+    await late.call("network_import_closed", config=config, bootstrap=bootstrap)
+    await owner.wait_event("peer_denied", network=CLOSED, device_id=late.device_id)
+    token = (await owner.call("members_invite", network=CLOSED, role="member"))["token"]
+    joined = await late.call("network_join_invite", token=token, label="other")
+    assert joined["network"]["membership"]["invite_pending"] is True
+    await late.wait_event("member_granted", network=CLOSED, device_id=late.device_id)
+    await active(owner, late)
+    listed = (await late.call("networks_list"))["networks"][0]
+    assert listed["label"] == "work"
+
+
 async def test_an_invite_for_a_member_or_an_evicted_device_is_a_conflict(mesh: Mesh) -> None:
     owner, member, gone = await team(mesh, "owner", "member", "gone")
     await owner.call("members_evict", network=CLOSED, device_id=gone.device_id)
