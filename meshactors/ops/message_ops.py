@@ -345,8 +345,26 @@ async def outbox_list(session: Session, params: OutboxListParams) -> dict[str, A
     return {"rows": [row_view(row) for row in rows]}
 
 
+async def _evicted_from(session: Session, row: OutboxRow | None) -> frozenset[str]:
+    """The devices evicted from a row's network, whom its requeue leaves out (nobody when the
+    network is not joined, or the row is not found); `conflict` once this device is evicted."""
+    if row is None:
+        return frozenset()
+    try:
+        network = network_of(session, row.network)
+    except OpError:  # not joined: no log says who was evicted
+        return frozenset()
+    evicted = await _undeliverable(network)
+    _check_evicted(row.network, [], evicted)
+    return evicted or frozenset()
+
+
 async def outbox_requeue(session: Session, params: RequeueParams) -> dict[str, Any]:
-    """Send a dead row again as a new row (same routing); the old one is aborted."""
+    """Send a dead row again as a new row (same routing) to its dead recipients that were not
+    evicted from the network; the old one is aborted. `conflict`, as a send would be, when
+    that leaves nobody or this device was evicted."""
+    find = functools.partial(outbox_db.load_row, row_id=params.outbox_id)
+    evicted = await _evicted_from(session, await _store_call(session, find, "find the row"))
     row = await _store_call(
         session,
         functools.partial(
@@ -354,6 +372,7 @@ async def outbox_requeue(session: Session, params: RequeueParams) -> dict[str, A
             row_id=params.outbox_id,
             new_client_message_id=params.new_client_message_id,
             now_ms=wall_ms(),
+            evicted=evicted,
         ),
         "requeue",
     )

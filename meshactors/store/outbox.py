@@ -700,19 +700,26 @@ def list_rows(
 
 
 def requeue(
-    conn: sqlite3.Connection, row_id: str, *, new_client_message_id: str | None, now_ms: int
+    conn: sqlite3.Connection,
+    row_id: str,
+    *,
+    new_client_message_id: str | None,
+    now_ms: int,
+    evicted: Collection[str] = frozenset(),
 ) -> OutboxRow:
     """Send a dead row again as a new row with the same routing and content.
 
-    The new row goes to the recipients whose delivery died, under a fresh (or the given)
-    client_message_id; the old row becomes aborted with superseded_by set. Returns the new
-    row. Only a dead row: a pending or inflight delivery is still being tried and an earlier
-    attempt may already be with its recipient, whose dedupe would not know the new key.
+    The new row goes to the recipients whose delivery died, but those in `evicted` (devices
+    evicted from the row's network, which it can never reach; a conflict when that leaves
+    nobody), under a fresh (or the given) client_message_id; the old row becomes aborted with
+    superseded_by set. Returns the new row. Only a dead row: a pending or inflight delivery is
+    still being tried and an earlier attempt may already be with its recipient, whose dedupe
+    would not know the new key.
     """
     if new_client_message_id is not None:
         _check_client_message_id(new_client_message_id)
     with immediate(conn):
-        old = _load_row(conn, row_id)
+        old = load_row(conn, row_id)
         if old is None:
             raise SendError("not_found", f"no outbox row {row_id!r}")
         if old.status != "dead":
@@ -729,8 +736,11 @@ def requeue(
         ).fetchone()
         if taken is not None:
             raise SendError("conflict", f"client_message_id {key!r} is already row {taken[0]}")
+        dead = [d.recipient for d in old.deliveries if d.status == "dead"]
+        recipients = [recipient for recipient in dead if recipient not in evicted]
+        if not recipients:
+            raise SendError("conflict", f"{min(dead)} was evicted from {old.network}")
         new_id = mint_client_message_id(now_ms)
-        recipients = [d.recipient for d in old.deliveries if d.status == "dead"]
         inserts = _Inserts()
         inserts.add(
             conn,
@@ -758,7 +768,7 @@ def requeue(
             (new_id, now_ms, row_id),
         )
         bump_counts(conn, _moved("outbox", {old.status: 1}, "aborted"))
-        new = _load_row(conn, new_id)
+        new = load_row(conn, new_id)
     assert new is not None  # inserted in this transaction
     return new
 
@@ -936,7 +946,8 @@ def _moved(table: str, old: Mapping[str, int], new: str) -> collections.Counter[
     return changes
 
 
-def _load_row(conn: sqlite3.Connection, row_id: str) -> OutboxRow | None:
+def load_row(conn: sqlite3.Connection, row_id: str) -> OutboxRow | None:
+    """One send with its deliveries, or None when there is no such row."""
     row = conn.execute(f"SELECT {_ROW_COLUMNS} FROM outbox WHERE id = ?", (row_id,)).fetchone()
     return None if row is None else _outbox_row(conn, row)
 

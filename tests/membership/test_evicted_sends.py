@@ -10,8 +10,13 @@ from tests.network.conftest import Daemon, Mesh, OpFailed
 
 async def refused(daemon: Daemon, to: str) -> str:
     """The error message of a send `daemon` must refuse with `conflict`."""
+    return await conflict(daemon, "send", network=CLOSED, to=to, message="never")
+
+
+async def conflict(daemon: Daemon, op: str, **params: object) -> str:
+    """The error message of an op `daemon` must refuse with `conflict`."""
     with pytest.raises(OpFailed) as error:
-        await daemon.call("send", network=CLOSED, to=to, message="never")
+        await daemon.call(op, **params)
     assert error.value.code == "conflict"
     return str(error.value)
 
@@ -30,6 +35,8 @@ async def test_sends_to_and_from_an_evicted_device_are_refused_and_waiting_ones_
     dead = await owner.wait_event("message_dead", id=incoming["id"])
     assert (dead["recipient"], dead["error"]) == (target.device_id, "evicted")
     assert "was evicted from team" in await refused(owner, target.device_id)
+    said = await conflict(owner, "outbox_requeue", outbox_id=incoming["id"])
+    assert f"{target.device_id} was evicted from team" in said
     # the device learns of it once back: its own waiting send dies, and it may send no more
     target = await mesh.daemon("target")
     await target.wait_event("evicted", network=CLOSED)
@@ -39,3 +46,8 @@ async def test_sends_to_and_from_an_evicted_device_are_refused_and_waiting_ones_
     assert "this device was evicted" in await refused(target, "*")
     (row,) = (await target.call("outbox_list", network=CLOSED))["rows"]
     assert (row["status"], row["last_error"]) == ("dead", "evicted")
+    said = await conflict(target, "outbox_requeue", outbox_id=outgoing["id"])
+    assert "this device was evicted" in said
+    for daemon in (owner, target):  # nothing was requeued
+        rows = (await daemon.call("outbox_list", network=CLOSED))["rows"]
+        assert [row["status"] for row in rows] == ["dead"]

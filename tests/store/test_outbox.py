@@ -502,6 +502,21 @@ def test_requeue_keeps_routing_and_supersedes_the_old_row(conn: sqlite3.Connecti
     assert {d.recipient for d in due_deliveries(conn, now_ms=T0 + 1000, limit=10)} == {"b", "c"}
 
 
+def test_requeue_leaves_out_evicted_recipients_and_refuses_a_row_of_only_them(
+    conn: sqlite3.Connection,
+) -> None:
+    old_id = send(conn, recipients=["a", "b", "c"], destination_kind="all", destination_ref="*").id
+    for recipient in ("a", "b"):
+        mark_failed(conn, old_id, recipient, error_code="denied", permanent=True, now_ms=T0)
+    outbox.bury_evicted(conn, network="net1", recipients={"c"}, now_ms=T0 + 1)
+    with pytest.raises(SendError) as info:  # nobody else to send it to
+        requeue(conn, old_id, new_client_message_id=None, now_ms=T0 + 2, evicted={"a", "b", "c"})
+    assert (info.value.code, str(info.value)) == ("conflict", "a was evicted from net1")
+    assert (row_of(conn, old_id).status, count(conn, "outbox")) == ("dead", 1)
+    new = requeue(conn, old_id, new_client_message_id=None, now_ms=T0 + 3, evicted={"b", "c"})
+    assert [(d.recipient, d.status) for d in new.deliveries] == [("a", "pending")]
+
+
 def test_requeue_refuses_a_row_with_a_delivery_still_being_tried(
     conn: sqlite3.Connection,
 ) -> None:
