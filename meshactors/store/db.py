@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import re
 import secrets
 import sqlite3
 import tempfile
@@ -223,10 +224,10 @@ def open_database(path: Path) -> sqlite3.Connection:
     """Open (creating if absent) and migrate the state database at `path`.
 
     The parent directory must exist. A new database is made whole before it takes the name
-    (`_create`), so an existing file is never one this code left half made: it is checked
-    before anything is written to it, an empty, damaged or foreign file raises StoreError and
-    is never overwritten or repaired, and a symlink in the place of any of its files raises
-    SymlinkRefused.
+    (`_create`; what a crash left of one is removed first), so an existing file is never one
+    this code left half made: it is checked before anything is written to it, an empty,
+    damaged or foreign file raises StoreError and is never overwritten or repaired, and a
+    symlink in the place of any of its files raises SymlinkRefused.
     """
     if sqlite3.sqlite_version_info < MIN_SQLITE:
         wanted = ".".join(map(str, MIN_SQLITE))
@@ -234,9 +235,28 @@ def open_database(path: Path) -> sqlite3.Connection:
             f"SQLite {sqlite3.sqlite_version} is too old: the store needs {wanted} or newer "
             "(RETURNING); use a Python built with a newer SQLite"
         )
+    _remove_stray_temps(path)
     if not _existing(path):  # SymlinkRefused, as for every file of the home
         _create(path)
     return _open(path, path)
+
+
+def _remove_stray_temps(path: Path) -> None:
+    """Delete what a `_create` cut short by a crash left beside `path`: its temporary database
+    (after the link, a second name of `path` that would keep its data once `path` is deleted)
+    and the WAL, SHM and journal files of it. No other `_create` can be running: only the
+    daemon holding the home's pid lock opens its database. A symlink is removed, never
+    followed; a directory of that name is left alone."""
+    stray = re.compile(
+        rf"\.{re.escape(path.name)}\.[0-9a-f]{{{2 * TMP_SUFFIX_BYTES}}}\.tmp(-wal|-shm|-journal)?"
+    )
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return  # the open that follows reports why
+    for entry in entries:
+        if stray.fullmatch(entry.name) and not entry.is_dir(follow_symlinks=False):
+            Path(entry.path).unlink(missing_ok=True)
 
 
 def _open(path: Path, shown: Path) -> sqlite3.Connection:
@@ -293,9 +313,9 @@ def _existing(path: Path) -> bool:
 
 def _create(path: Path) -> None:
     """Make a new database: migrated under a temporary name beside `path` (0600), synced,
-    then linked into place, so a crash leaves a stray temporary file, never an empty or half
-    made `path`. A database another process linked there first is kept; a WAL file left
-    without its database is refused."""
+    then linked into place, so a crash leaves a stray temporary file (the next open removes
+    it), never an empty or half made `path`. A database another process linked there first
+    is kept; a WAL file left without its database is refused."""
     wal = _files(path)[1]
     if os.path.lexists(wal):  # SQLite would replay its pages onto the new database
         raise StoreError(

@@ -123,6 +123,32 @@ def test_a_new_database_takes_its_name_only_once_made(
     assert sorted(path.name for path in db_path.parent.iterdir()) == [db_path.name]
 
 
+def test_what_a_crash_left_of_a_new_database_is_removed_at_the_next_open(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    db_path = home / "state.db"
+    open_database(db_path).close()
+    linked = home / f".{db_path.name}.{'a' * 16}.tmp"  # crashed just after the link
+    os.link(db_path, linked)
+    unlinked = home / f".{db_path.name}.{'b' * 16}.tmp"  # crashed before it: a WAL beside
+    for name in ("", "-wal", "-shm", "-journal"):
+        unlinked.with_name(unlinked.name + name).write_bytes(b"private")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"not ours")
+    (home / f".{db_path.name}.{'c' * 16}.tmp").symlink_to(outside)  # removed, not followed
+    kept = [f".{db_path.name}.{'d' * 16}.tmp", f".{db_path.name}.backup", "other.db"]
+    (home / kept[0]).mkdir()  # not a file a crash left
+    for name in kept[1:]:
+        (home / name).write_bytes(b"the user's")
+    assert db_path.stat().st_nlink == 2
+    open_database(db_path).close()
+    assert db_path.stat().st_nlink == 1
+    assert sorted(path.name for path in home.iterdir()) == sorted([db_path.name, *kept])
+    assert outside.read_bytes() == b"not ours"
+
+
 def test_a_wal_file_without_its_database_is_refused_untouched(db_path: Path) -> None:
     conn = open_database(db_path)
     conn.execute("INSERT INTO networks VALUES ('n1', '{}', 1)")
