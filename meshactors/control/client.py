@@ -88,6 +88,7 @@ PUSH_BATCH_BYTES = 64 * 1024  # ... and their bytes: the joining stops once past
 PIPE_RECEIVE = 256 * 1024  # bytes asked of a binary stream's socket per read
 PIPE_WRITE_BYTES = 1024 * 1024  # a binary stream's queued frames joined into one write
 DRAIN_TIMEOUT = 30.0  # seconds the requests read before a program's end of input may take
+HANGUP_CHECK = 0.25  # seconds between checks, meanwhile, that the program did not hang up
 
 
 @attrs.define(eq=False)
@@ -261,10 +262,17 @@ class ClientActor(Actor):
 
     async def _drain(self) -> None:
         """After the program closed its sending side: wait until every request read is
-        answered and written, at most DRAIN_TIMEOUT (`printf … | nc -N -U` gets its answers)."""
+        answered and written, at most DRAIN_TIMEOUT (`printf … | nc -N -U` gets its answers).
+        A program that closes the whole connection meanwhile is gone: the drain ends within
+        HANGUP_CHECK, and what it still had running is cancelled (an end of input leaves its
+        socket readable for good, so only polling tells a hang-up)."""
         with trio.move_on_after(DRAIN_TIMEOUT):
             while self.in_flight or self.outgoing_bytes:
-                await self._next_progress()
+                with trio.move_on_after(HANGUP_CHECK):
+                    await self._next_progress()
+                if _hung_up(self.stream):
+                    log.info("client hung up: requests cut off", client=self.client_id)
+                    return
         if self.in_flight:
             log.info("client ended its input: requests cut off", client=self.client_id)
 

@@ -4,10 +4,15 @@ before the daemon closes the connection (`printf … | nc -N -U` works)."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
+import pytest
 import trio
+import trio.testing
 
+from meshactors.control import client as control_client
+from meshactors.daemon.services import Services
 from tests.support import LineClient
 
 KEYS = 100  # state writes sent in one go before the program's end of input
@@ -39,6 +44,13 @@ async def stored(client: LineClient, tag: str) -> int:
     return len(answer["data"]["entries"])
 
 
+async def event_of(client: LineClient, kind: str) -> dict[str, Any]:
+    """The next event of `kind` the connection receives (frames before it are skipped)."""
+    while (frame := await client.frame()).get("kind") != kind:
+        pass
+    return frame
+
+
 async def read_to_end(client: LineClient) -> list[dict[str, Any]]:
     """Every frame until the daemon closes the connection."""
     frames: list[dict[str, Any]] = []
@@ -66,3 +78,22 @@ async def test_a_last_line_without_its_newline_is_run(connect: Any) -> None:
     await client.stream.send_eof()
     frames = await read_to_end(client)
     assert sorted(frame["id"] for frame in frames if frame["ok"]) == [1, 2]
+
+
+async def test_a_program_that_closes_after_its_end_of_input_has_its_calls_cancelled(
+    daemon: Services, connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(control_client, "DRAIN_TIMEOUT", math.inf)  # only the hang-up ends it
+    server = await added_network(connect)
+    assert (await server.call("rpc_register", network="n", method="never"))["ok"]
+    caller: LineClient = await connect()
+    own = daemon.identity.device_id
+    await caller.send("rpc_call", network="n", peer=own, method="never", timeout_ms=600_000)
+    with trio.fail_after(WAIT):
+        inbound = await event_of(server, "rpc_inbound")
+    await caller.stream.send_eof()
+    await trio.testing.wait_all_tasks_blocked()  # the daemon read the end of input: it drains
+    await caller.aclose()
+    with trio.fail_after(WAIT):
+        cancelled = await event_of(server, "rpc_cancelled")
+    assert cancelled["request_id"] == inbound["request_id"]
