@@ -31,6 +31,8 @@ MAX_TCP_CLIENTS = 256  # of them over TCP, where anyone local may connect before
 LISTEN_BACKLOG = 4096  # = MAX_CLIENTS: a burst of connects waits in the kernel, not refused
 CLIENT_SHUTDOWN_TIMEOUT = 2.0  # seconds a client's cleanup may take (releasing claims etc.)
 REFUSAL_TIMEOUT = 1.0  # seconds a refused connection gets: to show what it speaks, take its answer
+MAX_REFUSING = 64  # refused connections answered at once (each in its own task); more are
+# closed unanswered, so a flood of silent connections costs neither the listener nor memory
 SOCKET_MODE = 0o600
 SD_LISTEN_FDS_START = 3  # the first descriptor a socket-activating service manager passes
 
@@ -67,18 +69,10 @@ class Admissions:
     services: Services
     _ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
     _over_tcp: set[str] = attrs.field(factory=set)  # node names of the TCP clients admitted
+    _refusing: int = 0  # refused connections being answered
 
-    async def admit(self, stream: trio.SocketStream, tcp: TcpAuth | None) -> bool:
-        """Start a client actor for `stream`, or tell it the daemon is busy and close it when
-        full (a TCP connection also when MAX_TCP_CLIENTS are)."""
-        refusal = self._refusal(tcp)
-        if refusal is not None:
-            with trio.move_on_after(REFUSAL_TIMEOUT):
-                if tcp is None:  # the Unix socket speaks both: answer in the connection's own
-                    refusal = await _busy_answer(stream)
-                await stream.send_all(refusal)
-            await stream.aclose()
-            return False
+    async def _admit(self, stream: trio.SocketStream, tcp: TcpAuth | None) -> None:
+        """Start a client actor for `stream`."""
         client_id = f"c{next(self._ids)}"  # monotonic, never reused while the daemon runs
         actor = ClientActor(client_id, stream, self.services, tcp=tcp)
         spec = ChildSpec(
@@ -90,7 +84,31 @@ class Admissions:
         await self.control.start_child(spec)
         if tcp is not None:  # once its node exists, so an admission meanwhile cannot forget it
             self._over_tcp.add(spec.name)
-        return True
+
+    async def _refuse(
+        self, refusals: trio.Nursery, stream: trio.SocketStream, tcp: TcpAuth | None, busy: bytes
+    ) -> None:
+        """Have `stream` told the daemon is busy, in a task of its own so the listener goes
+        on accepting meanwhile; past MAX_REFUSING such tasks it is closed unanswered."""
+        if self._refusing >= MAX_REFUSING:
+            await stream.aclose()
+            return
+        self._refusing += 1
+        refusals.start_soon(self._tell_busy, stream, tcp, busy)
+
+    async def _tell_busy(self, stream: trio.SocketStream, tcp: TcpAuth | None, busy: bytes) -> None:
+        """Answer a refused connection `busy` (on the Unix socket in the protocol its first
+        bytes show), within REFUSAL_TIMEOUT, and close it."""
+        try:
+            async with stream:
+                with trio.move_on_after(REFUSAL_TIMEOUT):
+                    if tcp is None:  # the Unix socket speaks both: answer in its own protocol
+                        busy = await _busy_answer(stream)
+                    await stream.send_all(busy)
+        except trio.BrokenResourceError:  # it hung up before its answer: nothing to tell
+            pass
+        finally:
+            self._refusing -= 1
 
     def _refusal(self, tcp: TcpAuth | None) -> bytes | None:
         """What a new connection is told when there is no room for it (on the Unix socket
@@ -106,13 +124,18 @@ class Admissions:
     async def accept_forever(
         self, listener: trio.SocketListener, tcp: TcpAuth | None, tally: Tally
     ) -> None:
-        """Admit every connection `listener` accepts, counting them in `tally`."""
-        while True:
-            stream = await listener.accept()
-            if await self.admit(stream, tcp):
-                tally.accepted += 1
-            else:
-                tally.refused += 1
+        """Admit every connection `listener` accepts, or refuse it when full (see `_refusal`),
+        counting them in `tally`."""
+        async with trio.open_nursery() as refusals:
+            while True:
+                stream = await listener.accept()
+                busy = self._refusal(tcp)
+                if busy is None:
+                    await self._admit(stream, tcp)
+                    tally.accepted += 1
+                else:
+                    await self._refuse(refusals, stream, tcp, busy)
+                    tally.refused += 1
 
 
 @attrs.define(eq=False)

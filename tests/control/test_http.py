@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import select
 from typing import Any
 
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from meshactors.control import supervisor
 from meshactors.control.http_parse import MAX_BODY_BYTES, MAX_HEAD_BYTES, MAX_QUERY_FIELDS
@@ -261,6 +263,32 @@ async def test_a_full_daemon_refuses_each_client_in_its_own_protocol(
     await line.send_raw(b'{"id":1,"op":"status"}\n')
     frame = await line.frame()
     assert (frame["id"], frame["error"]["code"]) == (None, "unavailable")
+
+
+async def test_silent_refused_connections_do_not_hold_up_the_next_refusal(
+    connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each refused connection is answered in its own task: one that says nothing keeps only
+    itself waiting, and past MAX_REFUSING of them a new one is closed unanswered."""
+    monkeypatch.setattr(supervisor, "MAX_CLIENTS", 1)
+    monkeypatch.setattr(supervisor, "REFUSAL_TIMEOUT", 600.0)  # the silent ones wait for good
+    monkeypatch.setattr(supervisor, "MAX_REFUSING", 3)
+    holder = await connect()
+    assert (await holder.call("status"))["ok"]
+    silent = [await connect() for _ in range(2)]
+    line = await connect()
+    await line.send_raw(b'{"id":1,"op":"status"}\n')
+    with trio.fail_after(10):
+        frame = await line.frame()
+        assert (frame["id"], frame["error"]["code"]) == (None, "unavailable")
+        with pytest.raises(EOFError):
+            await line.frame()
+        await trio.testing.wait_all_tasks_blocked()  # its refusal is over
+        silent.append(await connect())  # the third being refused
+        with pytest.raises(EOFError):
+            await (await connect()).frame()  # closed at once, unanswered
+    waiting = [client.stream.socket.fileno() for client in silent]
+    assert select.select(waiting, [], [], 0)[0] == []  # no answer, no close: still being refused
 
 
 @pytest.mark.parametrize("path", ["/v1/status", "/v1/peers?network=nope"])
