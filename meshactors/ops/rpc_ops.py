@@ -241,11 +241,13 @@ def _call_args(session: Session, params: RpcCallParams) -> tuple[Network, Payloa
 
 async def rpc_call(session: Session, params: RpcCallParams) -> dict[str, Any]:
     """Call a method on a peer (or this daemon) and answer with its answer: core opens the
-    call and sends its frame; its answer settles the Pending this waits on."""
+    call and sends its frame; its answer settles the Pending this waits on. A call cancelled
+    before it got here (`rpc_cancel{call}` ran first) is never opened."""
     network, payload, timeout_ms = _call_args(session, params)
     call = functools.partial(
         network.rpc.call, session, params.peer, params.method, payload, timeout_ms
     )
+    await trio.lowlevel.checkpoint_if_cancelled()
     with trio.CancelScope(shield=True):  # a call core opened is waited for: a cancel ends it
         answer = await network.ask("rpc_call", call)
     return await answer
