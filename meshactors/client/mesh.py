@@ -351,7 +351,10 @@ class MeshClient(Ops):
     async def subscribe(self, network: str, channel: str) -> AsyncIterator[Subscriber[ChannelItem]]:
         """Receive a channel's messages for the block: an async iterator of ChannelMessage,
         Lagged markers if the reader falls behind, and ChannelGap markers where messages may
-        have been lost before they reached the client; re-subscribed after every reconnect."""
+        have been lost before they reached the client; re-subscribed after every reconnect.
+        ClientClosed once the client closed (a reader joined then would never see its end)."""
+        if self._link.closed:
+            raise ClientClosed()
         want = Want(WantKind.CHANNEL, network, channel)
         feed = self._channels.setdefault((network, channel), ChannelFeed())
         desired = self._link.desired.channels

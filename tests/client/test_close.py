@@ -76,3 +76,27 @@ async def test_closing_the_client_ends_calls_streams_and_readers_in_other_tasks(
         "channel": "ended",
         "events": "ended",
     }
+
+
+async def test_a_channel_joined_after_the_client_closed_is_refused(running: LocalDaemon) -> None:
+    """A channel another task still holds the feed of gives no new reader once the client
+    closed: one would never see its end."""
+    leave = trio.Event()
+
+    async def holder(client: MeshClient, task_status: trio.TaskStatus[None]) -> None:
+        async with client.subscribe("lan", "news") as messages:
+            task_status.started()
+            async for _ in messages:
+                pass
+            await leave.wait()  # its feed stays while the late joiner comes
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            async with MeshClient(running.paths.socket) as client:
+                await client.ensure_networks([NETWORK])
+                await nursery.start(holder, client)
+            with pytest.raises(ClientClosed):
+                async with client.subscribe("lan", "news") as late:
+                    async for _ in late:
+                        pass
+            leave.set()
