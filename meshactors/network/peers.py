@@ -160,6 +160,9 @@ class Gate(Protocol):
     def summary(self) -> dict[str, Any]:
         """What networks_list shows of the membership."""
 
+    def undeliverable(self) -> frozenset[str] | None:
+        """The devices evicted from the network, or None once this device is evicted."""
+
 
 @attrs.define(eq=False)
 class Peers:
@@ -314,13 +317,26 @@ class Peers:
     def _active_peer(self, device_id: str) -> PeerState:
         """The peer application frames may go to (OpError no_such_peer, peer_not_active)."""
         peer = self._peers.get(device_id)
+        if peer is not None and peer.status is PeerStatus.ACTIVE:
+            return peer
+        evicted = self._evicted(device_id)
         if peer is None:
-            raise OpError(ErrorCode.NO_SUCH_PEER, f"no peer {device_id} in {self.network}")
-        if peer.status is not PeerStatus.ACTIVE:
             raise OpError(
-                ErrorCode.PEER_NOT_ACTIVE, f"peer {device_id} is {peer.status.value}, not active"
+                ErrorCode.NO_SUCH_PEER, evicted or f"no peer {device_id} in {self.network}"
             )
-        return peer
+        raise OpError(
+            ErrorCode.PEER_NOT_ACTIVE,
+            evicted or f"peer {device_id} is {peer.status.value}, not active",
+        )
+
+    def _evicted(self, device_id: str) -> str | None:
+        """Why `device_id` can never be reached here if an evict is the reason, else None."""
+        if self.gate is None or not self.gate.closed:
+            return None
+        gone = self.gate.undeliverable()
+        if gone is None:
+            return f"this device was evicted from {self.network}"
+        return f"{device_id} was evicted from {self.network}" if device_id in gone else None
 
     def active_peers(self) -> list[str]:
         """Device ids of the peers application traffic may go to now."""

@@ -51,3 +51,18 @@ async def test_sends_to_and_from_an_evicted_device_are_refused_and_waiting_ones_
     for daemon in (owner, target):  # nothing was requeued
         rows = (await daemon.call("outbox_list", network=CLOSED))["rows"]
         assert [row["status"] for row in rows] == ["dead"]
+
+
+async def test_a_call_to_or_from_an_evicted_device_says_it_was_evicted(mesh: Mesh) -> None:
+    """The evict, not a missing or inactive peer, is what the caller is told."""
+    owner, target = await team(mesh, "owner", "target")
+    await owner.call("members_evict", network=CLOSED, device_id=target.device_id)
+    await target.wait_event("evicted", network=CLOSED)
+    for caller, callee, said in (
+        (owner, target, f"{target.device_id} was evicted from team"),
+        (target, owner, "this device was evicted from team"),
+    ):
+        with pytest.raises(OpFailed) as error:
+            await caller.call("rpc_call", network=CLOSED, peer=callee.device_id, method="m")
+        assert error.value.code in ("no_such_peer", "peer_not_active")
+        assert said in str(error.value)
