@@ -69,7 +69,6 @@ class Admissions:
     services: Services
     _ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
     _over_tcp: set[str] = attrs.field(factory=set)  # node names of the TCP clients admitted
-    _refusing: int = 0  # refused connections being answered
 
     async def _admit(self, stream: trio.SocketStream, tcp: TcpAuth | None) -> None:
         """Start a client actor for `stream`."""
@@ -90,10 +89,9 @@ class Admissions:
     ) -> None:
         """Have `stream` told the daemon is busy, in a task of its own so the listener goes
         on accepting meanwhile; past MAX_REFUSING such tasks it is closed unanswered."""
-        if self._refusing >= MAX_REFUSING:
+        if len(refusals.child_tasks) >= MAX_REFUSING:
             await stream.aclose()
             return
-        self._refusing += 1
         refusals.start_soon(self._tell_busy, stream, tcp, busy)
 
     async def _tell_busy(self, stream: trio.SocketStream, tcp: TcpAuth | None, busy: bytes) -> None:
@@ -107,8 +105,6 @@ class Admissions:
                     await stream.send_all(busy)
         except trio.BrokenResourceError:  # it hung up before its answer: nothing to tell
             pass
-        finally:
-            self._refusing -= 1
 
     def _refusal(self, tcp: TcpAuth | None) -> bytes | None:
         """What a new connection is told when there is no room for it (on the Unix socket
