@@ -160,12 +160,12 @@ class Connection:
                 await self._read()
                 nursery.cancel_scope.cancel()
         except* ClientError as group:
-            self._close(first_leaf(group))
+            self.close(first_leaf(group))
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
-            self._close(ConnectionLost(f"the connection failed: {first_leaf(group)}"))
+            self.close(ConnectionLost(f"the connection failed: {first_leaf(group)}"))
         finally:
             self._nursery = None
-            self._close(ConnectionLost())
+            self.close(ConnectionLost())
 
     async def _read(self) -> None:
         decoder = FrameDecoder()
@@ -193,10 +193,7 @@ class Connection:
             await self.stream.send_all(b"".join(lines))
 
     def close(self, reason: ClientError) -> None:
-        """End the connection from our side: the calls in flight fail with `reason`."""
-        self._close(reason)
-
-    def _close(self, reason: ClientError) -> None:
+        """End the connection: the calls in flight fail with `reason`."""
         if self.closed.is_set():
             return
         self.close_reason = reason
