@@ -87,6 +87,11 @@ class LanedInbox(Generic[M]):
             lane.close()
         return left
 
+    @property
+    def closed(self) -> bool:
+        """Whether `close` ran: its owner is stopped for good."""
+        return self._requests_out.statistics().open_receive_channels == 0
+
     def waiting(self) -> int:
         """Messages queued in both lanes."""
         lanes = (self._requests_out, self._traffic_out)

@@ -57,7 +57,6 @@ class Network(Supervisor):
     membership: Membership
     state: StateReplica
     fixed: list[ChildSpec] = attrs.field(factory=list)  # the children before any pump
-    retired: bool = attrs.field(default=False, init=False)  # stopped for good: see `retire`
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.children = [*self.fixed, *self.channels.pump_specs()]
@@ -151,8 +150,12 @@ class Network(Supervisor):
     def retire(self) -> None:
         """The network is stopped for good (removed, or its supervisor's run ended): an ask to
         its core, queued or to come, fails at once with `unavailable` instead of timing out."""
-        self.retired = True
         self.core.retire()
+
+    @property
+    def retired(self) -> bool:
+        """Whether `retire` ran: its core's inbox is closed for good."""
+        return self.core.inbox.closed
 
     def register_app_handler(self, tag: str, handler: AppHandler) -> None:
         """Route application frames of type `tag` from active peers to `handler`."""
