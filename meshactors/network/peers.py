@@ -331,9 +331,9 @@ class Peers:
 
     def _evicted(self, device_id: str) -> str | None:
         """Why `device_id` can never be reached here if an evict is the reason, else None."""
-        if self.gate is None or not self.gate.closed:
+        if self.gate is None:
             return None
-        gone = self.gate.undeliverable()
+        gone = self.gate.undeliverable()  # nobody in an open network
         if gone is None:
             return f"this device was evicted from {self.network}"
         return f"{device_id} was evicted from {self.network}" if device_id in gone else None
