@@ -715,7 +715,7 @@ class Outbox(Actor):
         it, or all of them once this device is evicted (Membership.undeliverable)."""
         try:
             network = self.networks.get(network_id)
-            evicted = await network.ask("list the evicted", network.membership.undeliverable)
+            evicted = await network.undeliverable()
         except OpError:  # gone, or its core restarts: its next evict event checks again
             return
         if evicted is None or evicted:

@@ -143,6 +143,11 @@ class Network(Supervisor):
         except (ActorGone, AskTimeout) as exc:
             raise unanswered(exc) from None
 
+    async def undeliverable(self) -> frozenset[str] | None:
+        """Whom this network's messages can never reach (`Membership.undeliverable`), asked of
+        core: OpError unavailable or timeout when core does not answer."""
+        return await self.ask("list the evicted", self.membership.undeliverable)
+
     def tell(self, fn: Callable[[], None]) -> bool:
         """Have core run `fn` without waiting for it; False when core's inbox is full."""
         return self.core.tell(fn)

@@ -194,7 +194,7 @@ async def _undeliverable(network: Network) -> frozenset[str] | None:
     answer (restarting, or busy past the timeout): a durable send is accepted then as ever, and
     the outbox buries it once it learns of the evict."""
     try:
-        return await network.ask("list the evicted", network.membership.undeliverable)
+        return await network.undeliverable()
     except OpError:
         return frozenset()
 
