@@ -434,20 +434,13 @@ def expire_pending(
             )
         ][:batch]
         rows = conn.execute(
-            "SELECT rowid, outbox_id, recipient FROM deliveries"
+            "SELECT rowid, outbox_id, recipient, status FROM deliveries"
             " WHERE outbox_id IN (SELECT value FROM json_each(?)) AND status = 'pending'"
             " LIMIT ?",
             (to_json(outbox_ids), deliveries),
         ).fetchall()
-        conn.execute(
-            "UPDATE deliveries SET status = 'dead', last_error = ?"
-            " WHERE rowid IN (SELECT value FROM json_each(?))",
-            (EXPIRED, to_json([row[0] for row in rows])),
-        )
-        killed = [DeliveryKey(outbox_id, recipient) for _, outbox_id, recipient in rows]
-        sends = list(dict.fromkeys(key.outbox_id for key in killed))
-        _refresh_statuses(conn, sends, now_ms, last_error=EXPIRED)
-        bump_counts(conn, _moved("deliveries", {"pending": len(killed)}, "dead"))
+        killed = _kill(conn, rows, now_ms, last_error=EXPIRED)
+    sends = {key.outbox_id for key in killed}
     return Expired(killed, more=len(sends) == batch or len(killed) == deliveries)
 
 
@@ -480,17 +473,32 @@ def bury_evicted(
                 "limit": deliveries,
             },
         ).fetchall()
-        conn.execute(
-            "UPDATE deliveries SET status = 'dead', last_error = ?"
-            " WHERE rowid IN (SELECT value FROM json_each(?))",
-            (EVICTED, to_json([row[0] for row in rows])),
-        )
-        killed = [DeliveryKey(outbox_id, recipient) for _, outbox_id, recipient, _ in rows]
-        sends = dict.fromkeys(key.outbox_id for key in killed)
-        _refresh_statuses(conn, sends, now_ms, last_error=EVICTED)
-        moved = collections.Counter(status for *_, status in rows)
-        bump_counts(conn, _moved("deliveries", moved, "dead"))
+        killed = _kill(conn, rows, now_ms, last_error=EVICTED)
     return Expired(killed, more=len(killed) == deliveries)
+
+
+def _kill(
+    conn: sqlite3.Connection,
+    rows: Sequence[tuple[int, str, str, str]],
+    now_ms: int,
+    *,
+    last_error: str,
+) -> list[DeliveryKey]:
+    """Make the deliveries `rows` name (rowid, outbox_id, recipient, status) dead with
+    `last_error`, refresh their sends' statuses and move their row_counts: the one ending
+    that expiry and eviction share. Call it inside the transaction that chose the rows."""
+    conn.execute(
+        "UPDATE deliveries SET status = 'dead', last_error = ?"
+        " WHERE rowid IN (SELECT value FROM json_each(?))",
+        (last_error, to_json([row[0] for row in rows])),
+    )
+    killed = [DeliveryKey(outbox_id, recipient) for _, outbox_id, recipient, _ in rows]
+    _refresh_statuses(
+        conn, dict.fromkeys(key.outbox_id for key in killed), now_ms, last_error=last_error
+    )
+    moved = collections.Counter(status for *_, status in rows)
+    bump_counts(conn, _moved("deliveries", moved, "dead"))
+    return killed
 
 
 def delivery_counts(conn: sqlite3.Connection) -> dict[str, int]:
