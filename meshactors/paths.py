@@ -234,13 +234,19 @@ def _make_private_dir(directory: Path) -> None:
         directory.chmod(PRIVATE_DIR_MODE)
 
 
+def temp_name(path: Path) -> Path:
+    """A fresh hidden name beside `path` (`.NAME.<random hex>.tmp`) to make a file under before
+    it takes `path`: one rule, so what a crash leaves is known by its name."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(TMP_SUFFIX_BYTES)}.tmp")
+
+
 def write_private_file(path: Path, data: bytes, *, replace: bool = True) -> None:
     """Write `data` to `path` atomically with mode 0600 (temp file, fsync, rename, fsync dir).
 
     With `replace=False` the file is hard-linked into place instead, which raises
     FileExistsError rather than clobbering a file another process created first.
     """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(TMP_SUFFIX_BYTES)}.tmp")
+    tmp = temp_name(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE_MODE)
         try:

@@ -4,7 +4,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import sqlite3
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -17,6 +16,7 @@ from meshactors.paths import (
     fsync_directory,
     open_private,
     refuse_symlink,
+    temp_name,
     tighten_mode,
 )
 
@@ -243,10 +243,10 @@ def open_database(path: Path) -> sqlite3.Connection:
 
 def _remove_stray_temps(path: Path) -> None:
     """Delete what a `_create` cut short by a crash left beside `path`: its temporary database
-    (after the link, a second name of `path` that would keep its data once `path` is deleted)
-    and the WAL, SHM and journal files of it. No other `_create` can be running: only the
-    daemon holding the home's pid lock opens its database. A symlink is removed, never
-    followed; a directory of that name is left alone."""
+    (named by `temp_name`; after the link, a second name of `path` that would keep its data
+    once `path` is deleted) and the WAL, SHM and journal files of it. No other `_create` can
+    be running: only the daemon holding the home's pid lock opens its database. A symlink is
+    removed, never followed; a directory of that name is left alone."""
     stray = re.compile(
         rf"\.{re.escape(path.name)}\.[0-9a-f]{{{2 * TMP_SUFFIX_BYTES}}}\.tmp(-wal|-shm|-journal)?"
     )
@@ -322,7 +322,7 @@ def _create(path: Path) -> None:
             f"state database {path} is missing but its WAL file {wal} is there; both were"
             " left untouched: restore the database, or move the WAL file aside to start anew"
         )
-    made = path.with_name(f".{path.name}.{secrets.token_hex(TMP_SUFFIX_BYTES)}.tmp")
+    made = temp_name(path)
     try:
         try:
             fd = open_private(made, os.O_RDWR | os.O_CREAT | os.O_EXCL)

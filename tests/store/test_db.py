@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from meshactors.paths import temp_name
 from meshactors.store import db
 from meshactors.store.db import MIGRATIONS, StoreError, immediate, open_database
 
@@ -138,6 +139,7 @@ def test_what_a_crash_left_of_a_new_database_is_removed_at_the_next_open(
     outside = tmp_path / "outside"
     outside.write_bytes(b"not ours")
     (home / f".{db_path.name}.{'c' * 16}.tmp").symlink_to(outside)  # removed, not followed
+    temp_name(db_path).write_bytes(b"private")  # the name _create makes, whatever its rule
     kept = [f".{db_path.name}.{'d' * 16}.tmp", f".{db_path.name}.backup", "other.db"]
     (home / kept[0]).mkdir()  # not a file a crash left
     for name in kept[1:]:
