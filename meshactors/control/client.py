@@ -20,7 +20,6 @@ both ways, with core at the other end of the pipe's channels (see network/stream
 from __future__ import annotations
 
 import json
-import math
 import select
 from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar
@@ -46,9 +45,9 @@ from meshactors.control.event_stream import (
     report_lag,
     wire_event,
 )
-from meshactors.control.http import HttpConnection, looks_like_http
+from meshactors.control.http import HttpConnection, sniff
 from meshactors.control.http_parse import REQUEST_TIMEOUT
-from meshactors.control.lines import RECEIVE_CHUNK, LineReader, Oversized
+from meshactors.control.lines import LineReader, Oversized
 from meshactors.control.session import Push, Session
 from meshactors.control.tcp_auth import TcpAuth
 from meshactors.daemon.services import Services
@@ -162,7 +161,11 @@ class ClientActor(Actor):
                 )
                 self._scope = nursery.cancel_scope
                 task_status.started()
-                speaks_http = True if self.tcp is not None else await self._speaks_http()
+                speaks_http: bool | None = True  # TCP: HTTP only
+                if self.tcp is None:  # the Unix socket speaks both: the first bytes tell
+                    speaks_http, self.prefix = await sniff(
+                        self.stream, self.prefix, then=REQUEST_TIMEOUT
+                    )
                 if speaks_http is None:
                     log.info("client closed: no protocol told in time", client=self.client_id)
                 elif speaks_http:
@@ -193,22 +196,6 @@ class ClientActor(Actor):
                     # Even when the cleanups ran out of time (an actor they ask is down): the
                     # program must see its connection end, not wait on a silent socket.
                     await self.stream.aclose()
-
-    async def _speaks_http(self) -> bool | None:
-        """Read just enough of the connection's first bytes to tell HTTP from JSON lines; None
-        when bytes that begin a method (`GE`) are not followed within REQUEST_TIMEOUT, as an
-        HTTP request must be. A connection that sends nothing yet may wait like any other."""
-        deadline = math.inf  # until the first bytes
-        while (verdict := looks_like_http(self.prefix)) is None:
-            with trio.move_on_at(deadline):
-                chunk = await self.stream.receive_some(RECEIVE_CHUNK)
-                if not chunk:
-                    return False  # the JSON-lines reader sees the same end of stream
-                self.prefix += chunk
-                deadline = min(deadline, trio.current_time() + REQUEST_TIMEOUT)
-                continue
-            return None
-        return verdict
 
     async def _read_requests(self, nursery: trio.Nursery) -> None:
         reader = LineReader(self.stream, MAX_FRAME_BYTES)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
 
@@ -61,6 +62,27 @@ def looks_like_http(prefix: bytes) -> bool | None:
     if any(candidate.startswith(prefix) for candidate in HTTP_PREFIXES):
         return None
     return False
+
+
+async def sniff(
+    stream: trio.abc.ReceiveStream, prefix: bytes = b"", *, then: float = math.inf
+) -> tuple[bool | None, bytes]:
+    """Read a connection's first bytes (after `prefix`) until `looks_like_http` tells: its
+    verdict and every byte read, for the protocol's reader to start with. False at the end of
+    the stream (the JSON-lines reader sees the same end); None when, once bytes came, the rest
+    needed to tell does not follow within `then` seconds. Before any byte it waits for good:
+    a caller with an overall deadline sets its own."""
+    deadline = math.inf  # until the first bytes
+    while (verdict := looks_like_http(prefix)) is None:
+        with trio.move_on_at(deadline):
+            chunk = await stream.receive_some(RECEIVE_CHUNK)
+            if not chunk:
+                return False, prefix
+            prefix += chunk
+            deadline = min(deadline, trio.current_time() + then)
+            continue
+        return None, prefix
+    return verdict, prefix
 
 
 class Counters(Protocol):

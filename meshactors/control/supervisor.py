@@ -15,8 +15,7 @@ import trio
 
 from meshactors.actors import Actor, ChildSpec, Restart, Supervisor, cleanup_scope
 from meshactors.control.client import ClientActor
-from meshactors.control.http import looks_like_http
-from meshactors.control.http_parse import RECEIVE_CHUNK
+from meshactors.control.http import sniff
 from meshactors.control.http_response import encode_alone, error_response
 from meshactors.control.tcp_auth import TCP_HOST, TcpAuth, load_or_create_token
 from meshactors.daemon.services import Services
@@ -201,17 +200,14 @@ class TcpListener(Actor):
                 await listener.aclose()
 
 
-async def _busy_answer(stream: trio.SocketStream) -> bytes:
+async def _busy_answer(stream: trio.abc.ReceiveStream) -> bytes:
     """BUSY_HTTP for a connection whose first bytes begin an HTTP request, else BUSY_LINE (also
     for one that tells nothing within half of REFUSAL_TIMEOUT: the rest is for the answer)."""
-    prefix = b""
     with trio.move_on_after(REFUSAL_TIMEOUT / 2):
-        while looks_like_http(prefix) is None:
-            chunk = await stream.receive_some(RECEIVE_CHUNK)
-            if not chunk:
-                break
-            prefix += chunk
-    return BUSY_HTTP if looks_like_http(prefix) else BUSY_LINE
+        speaks_http, _ = await sniff(stream)
+        if speaks_http:
+            return BUSY_HTTP
+    return BUSY_LINE
 
 
 async def bind_unix_listener(path: Path) -> trio.SocketListener:

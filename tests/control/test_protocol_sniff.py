@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from meshactors.actors import Node, run_root
+from meshactors.control import supervisor
 from meshactors.control.client import ClientActor
 from meshactors.control.http_parse import REQUEST_TIMEOUT
 
@@ -47,3 +48,24 @@ async def test_a_connection_that_sends_nothing_yet_is_kept(
             await program.receive_some()
             pytest.fail("the daemon closed an idle connection")
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("sent", "answer", "after"),
+    [
+        (b"GET ", supervisor.BUSY_HTTP, 0.0),
+        (b'{"id":1}', supervisor.BUSY_LINE, 0.0),
+        (b"", supervisor.BUSY_LINE, supervisor.REFUSAL_TIMEOUT / 2),  # tells nothing
+        (b"GE", supervisor.BUSY_LINE, supervisor.REFUSAL_TIMEOUT / 2),  # not REQUEST_TIMEOUT
+    ],
+)
+async def test_a_refused_connection_is_answered_in_what_its_first_bytes_tell(
+    autojump_clock: trio.testing.MockClock, sent: bytes, answer: bytes, after: float
+) -> None:
+    """The busy answer's protocol, told within half of REFUSAL_TIMEOUT, else JSON lines."""
+    server, program = trio.testing.memory_stream_pair()
+    if sent:
+        await program.send_all(sent)
+    start = trio.current_time()
+    assert await supervisor._busy_answer(server) == answer
+    assert trio.current_time() - start == pytest.approx(after)
