@@ -76,7 +76,6 @@ from meshactors.wire.pipe_frames import End, FrameParser, Reset
 
 log = structlog.get_logger("meshactors.client")
 
-CANCELLABLE_OP = "rpc_call"  # its requests can be cancelled by their own id: rpc_cancel{call}
 OUTGOING_CAPACITY = 256  # frames queued for the socket writer
 MAX_OUTGOING_BYTES = 32 * 1024 * 1024  # ... and their bytes (one larger frame goes alone)
 STALL_TIMEOUT = 30.0  # seconds a frame may wait for room there before the connection is cut
@@ -241,8 +240,6 @@ class ClientActor(Actor):
             except OpError as error:
                 await self._answer(request, error)
                 continue
-            if request.op == CANCELLABLE_OP and request.id is not None:
-                work = self._session.cancellable(request.id, work)
             nursery.start_soon(self._answer, request, work)
         if not _hung_up(self.stream):
             await self._drain()

@@ -61,7 +61,8 @@ class Op(Generic[P]):
     to it, `http_get` a GET path that runs it with the query string as params (for an op that
     `pushes`, answered with the event stream as server-sent events); with `idempotency_key`
     a POST's Idempotency-Key header fills a missing `client_message_id` and the answer's
-    `outcome` picks the status."""
+    `outcome` picks the status. A `cancellable` op's request that has an id can be stopped
+    by that id while in flight (`rpc_cancel{call}`): it then fails with `cancelled`."""
 
     name: str
     params: type[P]
@@ -77,6 +78,7 @@ class Op(Generic[P]):
     http_get: str | None = attrs.field(kw_only=True, default=None)
     http_post: str | None = attrs.field(kw_only=True, default=None)
     idempotency_key: bool = attrs.field(kw_only=True, default=False)
+    cancellable: bool = attrs.field(kw_only=True, default=False)
 
     def refusal_without_pushes(self) -> OpError:
         """Why a connection that takes no pushes (HTTP) cannot run this op that `switches` or
@@ -189,12 +191,16 @@ class OpTable:
     def begin(self, session: Session, request: Request) -> Awaitable[Any]:
         """Validate the request strictly and start its handler: a handler that is a plain
         function returning an awaitable does its first part now, in the caller's task (so an
-        RPC frame leaves without waiting for a new task to run); the rest is the awaitable.
+        RPC frame leaves without waiting for a new task to run); the rest is the awaitable,
+        which the connection's session can stop by the request's id if the op is `cancellable`.
 
         Raises OpError; a handler's bug is logged and becomes `internal`.
         """
         op, params = self.validate(session, request)
-        return _started(session, op, params)
+        work = _started(session, op, params)
+        if op.cancellable and request.id is not None:
+            return session.cancellable(request.id, work)
+        return work
 
     async def run_in_order(
         self, session: Session, requests: Sequence[Request], answer: Answer

@@ -482,6 +482,7 @@ OPS: list[Op[Any]] = [
         rpc_call,
         "call a method on a peer and wait for the answer",
         command="rpc call",
+        cancellable=True,
     ),
     Op(
         "rpc_call_stream",

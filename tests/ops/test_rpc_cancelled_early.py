@@ -37,7 +37,7 @@ async def test_a_call_cancelled_before_it_ran_never_reaches_its_serving_side(
         pushes = Broadcast[Push]().subscribe(16, 16)
         session = Session("early", daemon, pushes, nursery, sink=None)  # type: ignore[arg-type]
         request = Request(1, "rpc_call", {**CALL, "peer": own, "payload": "early"})
-        work = session.cancellable(1, daemon.ops.begin(session, request))
+        work = daemon.ops.begin(session, request)  # rpc_call is cancellable by its id
         assert session.cancel_request(1)  # as when the cancel ran before the call's task
         with pytest.raises(OpError) as refused:
             await finish(session, request, work)
