@@ -22,7 +22,7 @@ from meshactors.control.http_errors import HttpError, HttpErrorCode
 from meshactors.control.http_parse import RequestHead, query_pairs
 from meshactors.control.http_response import HttpResponse, error_response, ok_response
 from meshactors.control.session import Session
-from meshactors.ops.optable import OpTable, converter, run_request
+from meshactors.ops.optable import Op, OpTable, converter, run_request
 from meshactors.wire.ipc import ErrorCode, OpError, Request
 from meshactors.wire.strict import describe_error
 
@@ -70,9 +70,9 @@ async def _route(
         return await _get(head, session, request_id)
     if head.query:
         raise OpError(ErrorCode.BAD_REQUEST, "POST takes params in the JSON body, not the query")
-    op = table.post_paths.get(head.path) or _op_in_path(head.path, table.ops)
-    assert op is not None  # allowed_methods checked it
-    return await _post(op, head, json_object(body), session, request_id)
+    name = table.post_paths.get(head.path) or _op_in_path(head.path, table.ops)
+    assert name is not None  # allowed_methods checked it
+    return await _post(table.ops[name], head, json_object(body), session, request_id)
 
 
 def allowed_methods(path: str, table: OpTable) -> frozenset[str]:
@@ -124,13 +124,12 @@ class _NoQuery:
 
 
 async def _post(
-    op: str, head: RequestHead, params: dict[str, Any], session: Session, request_id: int
+    op: Op[Any], head: RequestHead, params: dict[str, Any], session: Session, request_id: int
 ) -> HttpResponse:
-    idempotent = op in session.services.ops.idempotency_key
-    if idempotent and IDEMPOTENCY_HEADER in head.headers:
+    if op.idempotency_key and IDEMPOTENCY_HEADER in head.headers:
         params.setdefault(IDEMPOTENCY_FIELD, head.headers[IDEMPOTENCY_HEADER])
-    data = await run_request(session, Request(request_id, op, params))
-    outcome = data.get("outcome") if idempotent and isinstance(data, dict) else None
+    data = await run_request(session, Request(request_id, op.name, params))
+    outcome = data.get("outcome") if op.idempotency_key and isinstance(data, dict) else None
     return ok_response(data, SEND_STATUS.get(outcome, 200) if isinstance(outcome, str) else 200)
 
 

@@ -137,7 +137,6 @@ class OpTable:
     ops: dict[str, Op[Any]] = attrs.field(factory=dict)
     get_paths: dict[str, str] = attrs.field(factory=dict)  # GET path → op (`Op.http_get`)
     post_paths: dict[str, str] = attrs.field(factory=dict)  # POST path → op (`Op.http_post`)
-    idempotency_key: set[str] = attrs.field(factory=set)  # ops with `Op.idempotency_key`
 
     @classmethod
     def of(cls, *groups: Iterable[Op[Any]]) -> OpTable:
@@ -152,8 +151,6 @@ class OpTable:
                 for path, paths in routes:
                     if path is not None and paths.setdefault(path, op.name) != op.name:
                         raise ValueError(f"HTTP path {path!r} given to two ops")
-                if op.idempotency_key:
-                    table.idempotency_key.add(op.name)
         return table
 
     def names(self) -> list[str]:

@@ -186,7 +186,7 @@ async def test_send_statuses_and_the_idempotency_key_rule(daemon: Services, http
         outcome = "duplicate" if params.client_message_id == "again" else "accepted"
         return {"outcome": outcome, "client_message_id": params.client_message_id}
 
-    add_op(daemon, Op("send", StandInSendParams, send, "stand-in"))
+    add_op(daemon, Op("send", StandInSendParams, send, "stand-in", idempotency_key=True))
     client = await http()
     accepted = await client.request("POST", "/v1/send", b'{"to":"bob"}', Idempotency_Key="k1")
     assert accepted.status == 202

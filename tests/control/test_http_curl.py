@@ -90,7 +90,7 @@ async def test_curl_send_with_idempotency_key(daemon: Services) -> None:
         seen.append(params.client_message_id)
         return {"outcome": "duplicate" if len(seen) > 1 else "accepted"}
 
-    daemon.ops.ops["send"] = Op("send", StandInSendParams, send, "stand-in")
+    daemon.ops.ops["send"] = Op("send", StandInSendParams, send, "stand-in", idempotency_key=True)
     args = ["-o", "/dev/null", "-w", "%{http_code}", "-H", "Idempotency-Key: k1", "-d"]
     assert await curl(*sock(daemon), *args, '{"to":"bob"}', f"{BASE}/v1/send") == "202"
     assert await curl(*sock(daemon), *args, '{"to":"bob"}', f"{BASE}/v1/send") == "200"
