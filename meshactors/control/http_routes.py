@@ -101,10 +101,9 @@ async def _get(
         return ok_response(
             {"status": "ok", "version": services.version, "uptime_s": round(services.uptime(), 3)}
         )
-    name = session.services.ops.get_paths[head.path]
-    op = session.services.ops.ops.get(name)
-    if op is None:
-        raise OpError(ErrorCode.UNKNOWN_OP, f"unknown op {name!r}")
+    table = session.services.ops
+    name = table.get_paths[head.path]  # allowed_methods checked it
+    op = table.ops[name]  # the table names only its own ops' paths, and never drops an op
     if op.pushes:  # events_subscribe: the event stream as server-sent events
         since = structure_query(query, op.params).since
         last_event_id = head.headers.get("last-event-id")
