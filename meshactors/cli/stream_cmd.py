@@ -24,6 +24,7 @@ from meshactors.cli.common import (
 from meshactors.cli.devices import resolve_device
 from meshactors.cli.served import command_failed, keep_tail
 from meshactors.client import BinaryStream, ClientError, MeshClient
+from meshactors.exception_groups import first_leaf
 
 COPY_BYTES = 256 * 1024  # bytes read from stdin or a command's stdout per write to the stream
 
@@ -100,7 +101,7 @@ async def _send(args: argparse.Namespace, peer: str, method: str, timeout_ms: in
                         return  # (`cancelled`) for the other end, and exit 0 as after `| head`
                 await stream.finish()  # a failure after the other end's end still counts
         except* ClientError as failed:
-            raise _first(failed) from None
+            raise first_leaf(failed) from None
 
 
 async def _send_all(source: trio.abc.ReceiveStream, stream: BinaryStream) -> None:
@@ -108,12 +109,6 @@ async def _send_all(source: trio.abc.ReceiveStream, stream: BinaryStream) -> Non
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         await pump(source, stream)
         await stream.send_eof()
-
-
-def _first(group: BaseExceptionGroup[ClientError]) -> ClientError:
-    """The first error of a group, unwrapped."""
-    first = group.exceptions[0]
-    return first if isinstance(first, ClientError) else _first(first)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import itertools
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 import trio
@@ -23,6 +23,7 @@ from meshactors.client.errors import (
     DeadlineExceeded,
     ProtocolError,
 )
+from meshactors.exception_groups import first_leaf
 from meshactors.wire.ipc import MAX_CONCURRENT_REQUESTS, MAX_CONCURRENT_SETTLING, SETTLING_OPS
 
 CONNECT_RETRY_FIRST = 0.05  # seconds before the second connect attempt; doubles each time
@@ -35,7 +36,6 @@ RECEIVE_CHUNK = 64 * 1024  # bytes asked of the socket per read
 RETRYABLE_ERRNOS = (errno.ENOENT, errno.ECONNREFUSED)  # no socket yet, or no one listening
 
 Event = dict[str, Any]
-E = TypeVar("E", bound=BaseException)
 
 
 async def connect_unix(path: Path, timeout: float) -> trio.SocketStream:
@@ -203,14 +203,6 @@ class Connection:
             pending.settle()
         self._pending.clear()
         self._fanout.close()
-
-
-def first_leaf(group: BaseExceptionGroup[E]) -> E:
-    """The first exception inside a (possibly nested) exception group."""
-    first: BaseException = group
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first  # type: ignore[return-value]  # the group's leaves are all E
 
 
 @asynccontextmanager

@@ -16,13 +16,14 @@ import attrs
 import trio
 
 from meshactors.actors import Lagged
-from meshactors.client._conn import Connection, first_leaf, open_connection
+from meshactors.client._conn import Connection, open_connection
 from meshactors.client.errors import (
     ClientClosed,
     ClientError,
     ConnectionLost,
     DeadlineExceeded,
 )
+from meshactors.exception_groups import first_leaf
 
 log = logging.getLogger("meshactors.client")  # the application decides where it goes
 

@@ -29,6 +29,7 @@ from meshactors.daemon.outbox import DurableSettings, Outbox
 from meshactors.daemon.sdnotify import Notifier, NotifierActor
 from meshactors.daemon.services import Services
 from meshactors.event_hub import EventHub
+from meshactors.exception_groups import first_leaf
 from meshactors.identity import Identity
 from meshactors.network.link import ROLES
 from meshactors.network.manager import NetworkManager
@@ -158,7 +159,7 @@ async def serve(
             options.notifier.stopping("stopping")
             nursery.cancel_scope.cancel()
     except* SupervisorEscalation as group:
-        escalation = _escalation_in(group)
+        escalation = first_leaf(group)  # the root's; no other task raises one
         raise _gave_up(escalation, options.notifier) from escalation
     log.info("daemon stopped")
 
@@ -179,12 +180,6 @@ def _gave_up(escalation: SupervisorEscalation, notifier: Notifier) -> DaemonGave
     )
     notifier.stopping(str(gave_up))
     return gave_up
-
-
-def _escalation_in(group: BaseExceptionGroup[SupervisorEscalation]) -> SupervisorEscalation:
-    """The escalation a nursery wrapped (the root's; no other task raises one)."""
-    first = group.exceptions[0]
-    return first if isinstance(first, SupervisorEscalation) else _escalation_in(first)
 
 
 async def _probe_store(store: StoreActor) -> None:
