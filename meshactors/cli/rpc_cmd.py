@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import logging
-import shutil
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,10 +13,7 @@ from typing import Any
 import trio
 
 from meshactors.cli.common import (
-    EXIT_NOT_FOUND,
-    EXIT_USAGE,
     connect,
-    fail,
     fail_with,
     free_words,
     legacy_network,
@@ -28,7 +24,7 @@ from meshactors.cli.common import (
     paths_of,
 )
 from meshactors.cli.devices import resolve_device
-from meshactors.cli.served import run_command, stream_command
+from meshactors.cli.served import run_command, served_command, stream_command
 from meshactors.client import ClientError, MeshClient, RequestContext, SyncClient
 
 SERVE_COMMAND_TIMEOUT = 30.0  # seconds a served command may run before it is killed (default)
@@ -121,18 +117,11 @@ def _payload_of(event: dict[str, Any]) -> Any:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    method, command = args.method, args.command
-    if command and command[0] != "--" and command[0].startswith("-"):
-        fail(f"options go before METHOD: rpc serve {command[0]} … {method} -- CMD", EXIT_USAGE)
-    if len(command) > 1 and command[1] == "--":  # NET METHOD -- CMD, the old form
+    words, command = served_command("rpc serve", args.method, args.command)
+    if len(words) > 1:  # NET METHOD -- CMD, the old form
         old, new = "rpc serve NET METHOD -- CMD", "rpc serve -n NET METHOD -- CMD"
-        method, command = legacy_network(args, [method, *command[:1]], old, new)[0], command[2:]
-    command = command[1:] if command[:1] == ["--"] else command
-    if not command:
-        fail("give the command to run after --", EXIT_USAGE)
-    if shutil.which(command[0]) is None:
-        what = f"cannot run {command[0]!r}: not found or not executable"
-        fail(what, EXIT_NOT_FOUND, "command_not_found")
+        words = legacy_network(args, words, old, new)
+    (method,) = words
     network = network_of(args)
     _log_failures_in_one_line()
     try:

@@ -1,9 +1,11 @@
-"""Running the command `meshactors rpc serve` serves: once per call, its stdout answering
-whole, or (with `--stream`) each line it writes answering as one chunk while it runs."""
+"""The command `meshactors rpc serve` and `stream serve` run: taken from after `--`, then (for
+`rpc serve`) run once per call, its stdout answering whole, or (with `--stream`) each line it
+writes answering as one chunk while it runs."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
@@ -11,6 +13,7 @@ from typing import IO, Any
 
 import trio
 
+from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE, fail
 from meshactors.network.payload import MAX_PAYLOAD_BYTES
 
 MAX_STDERR_CHARS = 2000  # the tail of a failed command's stderr sent back as the error message
@@ -19,6 +22,24 @@ STDERR_TAIL_BYTES = 4 * MAX_STDERR_CHARS  # bytes kept to decode it: a character
 
 class ServedCommandFailed(Exception):
     """The served command failed; the message (exit status, stderr's tail) answers the caller."""
+
+
+def served_command(serve: str, method: str, rest: list[str]) -> tuple[list[str], list[str]]:
+    """`serve METHOD -- CMD` (or `NETWORK METHOD -- CMD`) split into the words before `--` and
+    the command after it, which must be on PATH: exits 2 for an option after METHOD or no
+    command, 6 for a command that cannot run."""
+    if rest and rest[0] != "--" and rest[0].startswith("-"):
+        fail(f"options go before METHOD: {serve} {rest[0]} … {method} -- CMD", EXIT_USAGE)
+    words = [method]
+    if len(rest) > 1 and rest[0] != "--" and rest[1] == "--":  # NETWORK METHOD -- CMD
+        words, rest = [method, rest[0]], rest[1:]
+    command = rest[1:] if rest[:1] == ["--"] else rest
+    if not command:
+        fail("give the command to run after --", EXIT_USAGE)
+    if shutil.which(command[0]) is None:
+        what = f"cannot run {command[0]!r}: not found or not executable"
+        fail(what, EXIT_NOT_FOUND, "command_not_found")
+    return words, command
 
 
 async def run_command(command: list[str], payload: Any, timeout: float) -> Any:

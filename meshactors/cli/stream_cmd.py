@@ -6,23 +6,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
 
 import trio
 
 from meshactors.cli.common import (
-    EXIT_NOT_FOUND,
-    EXIT_USAGE,
-    fail,
     fail_with,
     network_option,
     paths_of,
     words_after_network,
 )
 from meshactors.cli.devices import resolve_device
-from meshactors.cli.served import command_failed, keep_tail
+from meshactors.cli.served import command_failed, keep_tail, served_command
 from meshactors.client import BinaryStream, ClientError, MeshClient
 from meshactors.exception_groups import first_leaf
 
@@ -112,15 +108,7 @@ async def _send_all(source: trio.abc.ReceiveStream, stream: BinaryStream) -> Non
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    words, command = [args.method], args.command
-    if len(command) > 1 and command[0] != "--" and command[1] == "--":  # NETWORK METHOD -- CMD
-        words, command = [args.method, command[0]], command[1:]
-    command = command[1:] if command[:1] == ["--"] else command
-    if not command:
-        fail("give the command to run after --", EXIT_USAGE)
-    if shutil.which(command[0]) is None:
-        what = f"cannot run {command[0]!r}: not found or not executable"
-        fail(what, EXIT_NOT_FOUND, "command_not_found")
+    words, command = served_command("stream serve", args.method, args.command)
     (method,) = words_after_network(args, words, 1)
     try:
         trio.run(_serve, args, method, command)

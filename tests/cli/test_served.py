@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from meshactors.cli.served import command_failed, run_command, stream_command
+import pytest
+
+from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE, CommandFailed
+from meshactors.cli.served import command_failed, run_command, served_command, stream_command
 from meshactors.wire.pipe_frames import FrameParser, Reset, encode
 
 DEEP = "[" * 5000  # deeper than the parser goes: RecursionError, not ValueError
@@ -29,3 +32,19 @@ def test_a_failed_command_s_non_ascii_stderr_reaches_the_opener_with_its_last_li
     assert isinstance(got, Reset) and got.code == "remote_error"
     assert got.message.startswith("sh exited 1: ") and "…" in got.message
     assert got.message.endswith("ошибка 99: файл не найден")
+
+
+@pytest.mark.parametrize("serve", ["rpc serve", "stream serve"])
+def test_both_serves_split_the_command_after_dashes_alike(serve: str) -> None:
+    assert served_command(serve, "m", ["--", "cat", "-n"]) == (["m"], ["cat", "-n"])
+    assert served_command(serve, "net", ["m", "--", "cat"]) == (["net", "m"], ["cat"])
+    with pytest.raises(CommandFailed) as misplaced:
+        served_command(serve, "m", ["--stream", "--", "cat"])
+    assert misplaced.value.code == EXIT_USAGE
+    assert misplaced.value.message.startswith(f"options go before METHOD: {serve} --stream")
+    with pytest.raises(CommandFailed) as missing:
+        served_command(serve, "m", ["--"])
+    assert missing.value.code == EXIT_USAGE
+    with pytest.raises(CommandFailed) as absent:
+        served_command(serve, "m", ["--", "/no/such/binary"])
+    assert absent.value.code == EXIT_NOT_FOUND
