@@ -152,6 +152,13 @@ def call(args: argparse.Namespace, op: str, **params: Any) -> Any:
             fail_with(exc, f"{op} failed: ")
 
 
+def eviction(network: dict[str, Any]) -> dict[str, Any] | None:
+    """Who evicted this device from `network` (a network as status and networks_list show it)
+    and when; None while it is not evicted."""
+    evicted: dict[str, Any] | None = (network.get("membership") or {}).get("evicted")
+    return evicted
+
+
 def print_json(value: Any) -> None:
     """Pretty JSON on stdout."""
     print(json.dumps(value, indent=2, sort_keys=True))

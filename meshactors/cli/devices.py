@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE, call, fail, network_of
+from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE, call, eviction, fail, network_of
 from meshactors.wire.device_id import is_device_id
 
 MIN_PREFIX = 8  # characters a device id prefix needs (fewer would match too much by chance)
@@ -15,11 +15,13 @@ MIN_PREFIX = 8  # characters a device id prefix needs (fewer would match too muc
 def resolve_device(args: argparse.Namespace, text: str, network: str | None = None) -> str:
     """The one device id `text` names in `network` (default: --network or the only joined one);
     exit 6 if none, 2 listing the candidates if several. A full, well-formed id is taken as it is
-    (a device not seen yet may be named)."""
+    (a device not seen yet may be named). On a device evicted from `network`, a name matching
+    nothing exits 6 saying so, as the daemon does for an id."""
     if is_device_id(text):
         return text
     network = network or network_of(args)
-    known = _known_devices(args, network)
+    me = call(args, "status")
+    known = _known_devices(args, network, me)
     by_label = {d for d, labels in known.items() if text in labels}
     by_prefix = {d for d in known if len(text) >= MIN_PREFIX and d.startswith(text.lower())}
     matches = sorted(by_label or by_prefix)
@@ -28,16 +30,21 @@ def resolve_device(args: argparse.Namespace, text: str, network: str | None = No
     if matches:
         listed = ", ".join(_described(d, known[d]) for d in matches)
         fail(f"{text!r} names several devices in {network}: {listed}", EXIT_USAGE, "ambiguous")
+    if any(n["id"] == network and eviction(n) is not None for n in me["networks"]):
+        # its peers are gone with its link, labels too: say why, as an op given an id does
+        fail(f"this device was evicted from {network}", EXIT_NOT_FOUND, "no_such_peer")
     if len(text) < MIN_PREFIX:
         hint = f"give a device id, its first {MIN_PREFIX}+ characters, or a label"
         fail(f"{text!r} is no label in {network}; {hint}", EXIT_NOT_FOUND, "no_such_peer")
     fail(f"no device in {network} matches {text!r}", EXIT_NOT_FOUND, "no_such_peer")
 
 
-def _known_devices(args: argparse.Namespace, network: str) -> dict[str, set[str]]:
-    """Every device id the daemon knows in `network` (peers, roster, itself) -> its labels."""
+def _known_devices(
+    args: argparse.Namespace, network: str, me: dict[str, Any]
+) -> dict[str, set[str]]:
+    """Every device id the daemon (whose status is `me`) knows in `network` (peers, roster,
+    itself) -> its labels."""
     known: dict[str, set[str]] = {}
-    me = call(args, "status")
     _note(known, me["device_id"], me.get("label"))
     for peer in call(args, "peers_list", network=network, all=True)["peers"]:
         _note(known, peer["device_id"], peer.get("label"))

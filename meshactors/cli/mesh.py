@@ -14,6 +14,7 @@ from meshactors.cli.common import (
     SHORT_ID,
     call,
     connect,
+    eviction,
     fail,
     fail_with,
     local_time,
@@ -191,7 +192,7 @@ def _network_row(n: dict[str, Any]) -> list[str]:
 def evicted_note(network: dict[str, Any]) -> str | None:
     """`evicted by DEVICE at TIME` for a network (as networks_list and status show it) this
     device was evicted from; None otherwise."""
-    evicted = (network.get("membership") or {}).get("evicted")
+    evicted = eviction(network)
     if evicted is None:
         return None
     return f"evicted by {_short(evicted['by'])} at {local_time(evicted['at'])}"

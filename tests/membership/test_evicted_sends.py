@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import sys
+from typing import Any
 
+import pytest
+import trio
+
+from meshactors.paths import resolve_paths
 from tests.membership.conftest import CLOSED, team
 from tests.network.conftest import Daemon, Mesh, OpFailed
 
@@ -66,3 +72,40 @@ async def test_a_call_to_or_from_an_evicted_device_says_it_was_evicted(mesh: Mes
             await caller.call("rpc_call", network=CLOSED, peer=callee.device_id, method="m")
         assert error.value.code in ("no_such_peer", "peer_not_active")
         assert said in str(error.value)
+
+
+async def cli_error(daemon: Daemon, *words: str) -> dict[str, Any]:
+    """The JSON error `meshactors WORDS… --json` prints against `daemon`, and its exit status."""
+    socket = str(resolve_paths({"MESHACTORS_HOME": str(daemon.home)}).socket)
+    done = await trio.run_process(
+        [sys.executable, "-m", "meshactors", "--socket", socket, *words, "--json"],
+        stdin=b"",
+        capture_stdout=True,
+        check=False,
+    )
+    error: dict[str, Any] = json.loads(done.stdout)["error"]
+    return {"status": done.returncode, **error}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("rpc", "call", "-n", CLOSED, "{peer}", "m"),
+        ("channel", "send", "-n", CLOSED, "news", "1", "--to", "{peer}"),
+        ("stream", "send", "-n", CLOSED, "{peer}", "m"),
+    ],
+)
+async def test_a_peer_named_by_label_on_an_evicted_device_says_it_was_evicted(
+    mesh: Mesh, command: tuple[str, ...]
+) -> None:
+    """Its link, and with it every peer and label, is gone: the evict is still the answer."""
+    owner, target = await team(mesh, "owner", "target")
+    await owner.call("members_evict", network=CLOSED, device_id=target.device_id)
+    await target.wait_event("peer_left", network=CLOSED, device_id=owner.device_id)
+    answers = []
+    for peer in (owner.device_id, owner.name):  # the daemon's own answer, then the label's
+        words = [word.format(peer=peer) for word in command]
+        answers.append(await cli_error(target, *words))
+    by_id, by_label = answers
+    assert by_label == by_id
+    assert by_label["message"] == "this device was evicted from team"
