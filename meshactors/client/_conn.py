@@ -30,7 +30,7 @@ CONNECT_RETRY_FIRST = 0.05  # seconds before the second connect attempt; doubles
 CONNECT_RETRY_MAX = 1.0  # seconds between connect attempts at most
 # request lines queued for the writer task: never full, as each one holds a slot till answered
 OUTGOING_CAPACITY = MAX_CONCURRENT_REQUESTS + MAX_CONCURRENT_SETTLING
-CALL_CANCEL_TIMEOUT = 10.0  # seconds the cancel of an rpc_call given up waits for its answer
+CALL_CANCEL_TIMEOUT = 10.0  # seconds the cancel of a call given up waits for its answer
 EVENT_BUFFER = 4096  # event frames received but not yet routed before the newest are dropped
 RECEIVE_CHUNK = 64 * 1024  # bytes asked of the socket per read
 RETRYABLE_ERRNOS = (errno.ENOENT, errno.ECONNREFUSED)  # no socket yet, or no one listening
@@ -102,7 +102,7 @@ class Connection:
         """Run one op and return its `data`; ClientError on an error answer, a lost connection
         or no answer within `timeout` seconds. A caller that gives up (cancelled, or the
         deadline) leaves the request its slot until the daemon answers it, and has the daemon
-        cancel an `rpc_call`."""
+        cancel an `rpc_call` or the call an `rpc_call_stream` opens."""
         # answers to served calls never wait behind our own calls: they have slots of their own
         slots = self._settling_slots if op in SETTLING_OPS else self._slots
         pending = None
@@ -136,15 +136,30 @@ class Connection:
 
     def _give_up(self, pending: _Pending) -> None:
         """Its caller stopped waiting: the answer, when it comes, only frees the slot; an
-        `rpc_call` is cancelled at the daemon (the serving side is told)."""
-        if pending.op == "rpc_call" and self._nursery is not None:
+        `rpc_call` is cancelled at the daemon at once, an `rpc_call_stream` once its answer
+        names the call it opened (either way the serving side is told)."""
+        if self._nursery is None:
+            return
+        if pending.op == "rpc_call":
             self._nursery.start_soon(self._cancel_call, pending.request_id)
+        elif pending.op == "rpc_call_stream":
+            self._nursery.start_soon(self._cancel_stream, pending)
 
     async def _cancel_call(self, request_id: int) -> None:
         """Cancel our own `rpc_call` request by its id; one answered meanwhile (or a lost
         connection) leaves nothing to cancel."""
         with contextlib.suppress(ClientError):
             await self.call("rpc_cancel", {"call": request_id}, CALL_CANCEL_TIMEOUT)
+
+    async def _cancel_stream(self, pending: _Pending) -> None:
+        """Cancel the streamed call a given-up `rpc_call_stream` opened, by the request id its
+        answer carries: nobody reads its chunks, so it would run on until its timeout."""
+        await pending.done.wait()
+        if pending.frame is None:  # the connection failed: the daemon ends its calls itself
+            return
+        with contextlib.suppress(ClientError):  # an error answer opened no call
+            request_id = answer_data(pending.frame)["request_id"]
+            await self.call("rpc_cancel", {"request_id": request_id}, CALL_CANCEL_TIMEOUT)
 
     def _check_open(self) -> None:
         if self.closed.is_set():

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from meshactors.client import ClientError, ConnectionLost, MeshClient, RequestContext
 from tests.client.conftest import LocalDaemon
@@ -89,6 +90,46 @@ async def test_a_streaming_handler_waiting_between_chunks_is_closed_when_its_cal
             async with caller.rpc_call_stream("lan", me, "stuck", timeout_ms=LONG_MS):
                 await stuck.entered.wait()
             await stuck.left.wait()
+
+
+async def test_a_streaming_handler_is_closed_when_its_caller_gives_up_before_the_answer(
+    running: LocalDaemon,
+) -> None:
+    """The call is opened after its caller stopped waiting: its answer, naming it, cancels it."""
+    stuck = _Stuck()
+    async with (
+        MeshClient(running.paths.socket) as server,
+        MeshClient(running.paths.socket) as caller,
+    ):
+        await server.ensure_networks([NETWORK])
+        me = (await server.status())["device_id"]
+        await server.serve("lan", "stuck", stuck.stream)
+        assert running.services is not None
+        network = running.services.networks.get("lan")
+        holding, release = trio.Event(), trio.Event()
+
+        async def hold() -> None:
+            holding.set()
+            await release.wait()
+
+        async def give_up(opening: trio.CancelScope) -> None:
+            with opening:
+                async with caller.rpc_call_stream("lan", me, "stuck", timeout_ms=LONG_MS):
+                    raise AssertionError("its caller gave up before the answer")
+
+        with trio.fail_after(WAIT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(network.ask_await, "hold core", hold)
+                await holding.wait()  # the call is opened only once core moves on
+                opening = trio.CancelScope()
+                nursery.start_soon(give_up, opening)
+                await trio.testing.wait_all_tasks_blocked()  # the request waits behind the hold
+                opening.cancel()
+                release.set()
+            await stuck.entered.wait()
+            await stuck.left.wait()
+            figures = await network.ask("figures", network.rpc.figures)
+        assert figures["outbound"] == 0
 
 
 async def _call_lost(call: Callable[[], Awaitable[Any]]) -> None:
