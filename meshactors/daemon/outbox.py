@@ -815,15 +815,17 @@ class Outbox(Actor):
         lagged) is found by asking every network."""
         await self._bury_all_evicted()
         async for event in watch:
-            if not isinstance(event, Lagged) and event.kind in PEER_CHANGE_EVENTS:
-                self._peer_changed(event.data["network"], event.data["device_id"])
-            if not isinstance(event, Lagged) and event.kind == PEER_ACTIVE:
-                await self._due_now(event.data["network"], event.data["device_id"])
-            if not isinstance(event, Lagged) and event.kind == MEMBER_EVICTED:
-                await self._bury_evicted(event.data["network"])
             if isinstance(event, Lagged):
                 await self._bury_all_evicted()
-            if isinstance(event, Lagged) or event.kind in WAKE_EVENTS:
+                self.poke()
+                continue
+            if event.kind in PEER_CHANGE_EVENTS:
+                self._peer_changed(event.data["network"], event.data["device_id"])
+            if event.kind == PEER_ACTIVE:
+                await self._due_now(event.data["network"], event.data["device_id"])
+            if event.kind == MEMBER_EVICTED:
+                await self._bury_evicted(event.data["network"])
+            if event.kind in WAKE_EVENTS:
                 self.poke()
 
     async def _bury_all_evicted(self) -> None:
