@@ -1,14 +1,15 @@
 """Fan-out to many subscribers without ever blocking the publisher.
 
-Each subscriber owns a bounded channel filled with `send_nowait`. A subscriber that falls
-behind loses the newest items and is told how many with a `Lagged` marker, so memory stays
-bounded and a slow reader never stalls the pump or the other subscribers. A reader leaves by
-closing its end; the publisher forgets it when it next looks, so only the publisher's task ever
-touches the list of subscribers.
+Each subscriber owns a channel filled with `send_nowait`, bounded in items and, when given a
+size for its items, in bytes. A subscriber that falls behind loses the newest items and is told
+how many with a `Lagged` marker, so memory stays bounded and a slow reader never stalls the
+pump or the other subscribers. A reader leaves by closing its end; the publisher forgets it
+when it next looks, so only the publisher's task ever touches the list of subscribers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import attrs
@@ -28,32 +29,51 @@ class Lagged:
 
 @attrs.define(eq=False)
 class Subscriber(Generic[T]):
-    """One reader's bounded queue; iterate it to get items and `Lagged` markers in order."""
+    """One reader's bounded queue; iterate it to get items and `Lagged` markers in order.
+
+    With `max_bytes`, the items' `size` counts too: an item that would take the queued bytes
+    past it is skipped like one that finds the queue full, unless the queue holds none (so an
+    item larger than the bound still gets through, alone)."""
 
     capacity: int = DEFAULT_SUBSCRIBER_CAPACITY
-    _sender: trio.MemorySendChannel[T] = attrs.field(init=False)
-    _receiver: trio.MemoryReceiveChannel[T] = attrs.field(init=False)
+    _sender: trio.MemorySendChannel[tuple[T, int]] = attrs.field(init=False)
+    _receiver: trio.MemoryReceiveChannel[tuple[T, int]] = attrs.field(init=False)
     lag_limit: int | None = None  # skipped items after which `overflowed` is set
     overflowed: trio.Event = attrs.field(factory=trio.Event)
     skipped_total: int = 0
     _skipped_unreported: int = 0
+    max_bytes: int | None = None  # queued bytes (by `size`) past which it lags; None: no bound
+    size: Callable[[T], int] | None = None  # an item's bytes, when `max_bytes` is set
+    queued_bytes: int = 0  # the `size` of the items waiting to be read, each counted once
 
     def __attrs_post_init__(self) -> None:
-        self._sender, self._receiver = trio.open_memory_channel[T](self.capacity)
+        self._sender, self._receiver = trio.open_memory_channel[tuple[T, int]](self.capacity)
+        if (self.max_bytes is None) != (self.size is None):
+            raise ValueError("a byte bound needs the items' size, and a size a bound")
 
     def offer(self, item: T) -> bool:
-        """Queue an item without waiting; False (and counted) when the subscriber is full."""
+        """Queue an item without waiting; False (and counted) when the subscriber is full, in
+        items or in bytes."""
+        size = 0 if self.size is None else self.size(item)
+        bound = self.max_bytes
+        if bound is not None and self.queued_bytes and self.queued_bytes + size > bound:
+            return self._skip()  # (an empty queue takes any one item, however large)
         try:
-            self._sender.send_nowait(item)
+            self._sender.send_nowait((item, size))
         except trio.WouldBlock:
-            self.skipped_total += 1
-            self._skipped_unreported += 1
-            if self.lag_limit is not None and self.skipped_total > self.lag_limit:
-                self.overflowed.set()
-            return False
+            return self._skip()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
+        self.queued_bytes += size
         return True
+
+    def _skip(self) -> bool:
+        """Count an item that did not fit (the reader learns by a `Lagged` marker); False."""
+        self.skipped_total += 1
+        self._skipped_unreported += 1
+        if self.lag_limit is not None and self.skipped_total > self.lag_limit:
+            self.overflowed.set()
+        return False
 
     @property
     def left(self) -> bool:
@@ -63,14 +83,15 @@ class Subscriber(Generic[T]):
     async def receive(self) -> T | Lagged:
         """The next item, or a `Lagged` marker once the queued items before the gap are read."""
         try:
-            return self._receiver.receive_nowait()
+            item, size = self._receiver.receive_nowait()
         except trio.WouldBlock:
-            pass
-        if self._skipped_unreported:
-            marker = Lagged(self._skipped_unreported)
-            self._skipped_unreported = 0
-            return marker
-        return await self._receiver.receive()
+            if self._skipped_unreported:
+                marker = Lagged(self._skipped_unreported)
+                self._skipped_unreported = 0
+                return marker
+            item, size = await self._receiver.receive()
+        self.queued_bytes -= size
+        return item
 
     def __aiter__(self) -> Subscriber[T]:
         return self
@@ -94,6 +115,7 @@ class Subscriber(Generic[T]):
     def close(self) -> None:
         """Leave the broadcast (the reader's side): nothing more is read or queued."""
         self._receiver.close()
+        self.queued_bytes = 0  # closing the last receiving end dropped what was queued
 
     def end(self) -> None:
         """End the stream (the publisher's side): readers see what is queued, then the end."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from meshactors.actors import Broadcast, Lagged
+from meshactors.actors import Broadcast, Lagged, Subscriber
 
 
 async def test_every_subscriber_gets_every_item_in_order() -> None:
@@ -63,3 +63,21 @@ async def test_close_wakes_a_waiting_reader() -> None:
         hub.publish("x")
         hub.close()
     assert got == ["x"]
+
+
+async def test_a_byte_bound_skips_what_would_pass_it_and_releases_bytes_as_they_are_read() -> None:
+    sizes = {"big": 6, "mid": 4, "small": 1, "huge": 50}
+    sub = Subscriber[str](100, lag_limit=2, max_bytes=10, size=sizes.__getitem__)
+    assert sub.offer("big") and sub.offer("mid")  # 10 bytes: at the bound, not past it
+    assert not sub.offer("small")  # past it, though 98 more items would fit
+    assert (sub.queued, sub.queued_bytes, sub.skipped_total) == (2, 10, 1)
+    assert await sub.receive() == "big"  # its bytes are free again once read
+    assert sub.queued_bytes == 4
+    assert sub.offer("small") and not sub.offer("big")
+    assert sub.overflowed.is_set() is False  # 2 skipped: at the lag limit, not past it
+    assert [await sub.receive() for _ in range(3)] == ["mid", "small", Lagged(2)]
+    assert sub.queued_bytes == 0
+    assert sub.offer("huge")  # larger than the bound, but the queue is empty: it goes alone
+    assert not sub.offer("small")
+    assert sub.overflowed.is_set()  # 3 skipped in all, whichever bound skipped them
+    assert [await sub.receive(), sub.queued_bytes] == ["huge", 0]
