@@ -5,8 +5,8 @@ which one in-order task runs as they come (consecutive ones merged: see daemon/o
 Every answer and event goes on one bounded outgoing channel (bounded in frames and in bytes:
 past MAX_OUTGOING_BYTES no new request starts, and a frame that waits STALL_TIMEOUT for room
 cuts the connection off); one writer task drains what is queued into one socket write, so
-the socket has one writer and frames keep their order. Events
-pushed by other actors wait in the connection's bounded push queue (lagging when full) for its
+the socket has one writer and frames keep their order. Events pushed by other actors wait in
+the connection's push queue, bounded in events and in bytes (lagging when full), for its
 forwarder. When the program closes its sending side, every request read is still run and
 answered before the connection closes, within DRAIN_TIMEOUT; a program that closes the whole
 connection is gone, and what it still had running is cancelled. On disconnect the session's
@@ -30,7 +30,6 @@ import trio
 
 from meshactors.actors import (
     Actor,
-    Broadcast,
     Lagged,
     Subscriber,
     cleanup_scope,
@@ -48,7 +47,7 @@ from meshactors.control.event_stream import (
 from meshactors.control.http import HttpConnection, sniff
 from meshactors.control.http_parse import REQUEST_TIMEOUT
 from meshactors.control.lines import LineReader, Oversized
-from meshactors.control.session import Push, Session
+from meshactors.control.session import Push, Session, push_size
 from meshactors.control.tcp_auth import TcpAuth
 from meshactors.daemon.services import Services
 from meshactors.network.stream_pipe import Pipe, frame_cost
@@ -80,6 +79,7 @@ OUTGOING_CAPACITY = 256  # frames queued for the socket writer
 MAX_OUTGOING_BYTES = 32 * 1024 * 1024  # ... and their bytes (one larger frame goes alone)
 STALL_TIMEOUT = 30.0  # seconds a frame may wait for room there before the connection is cut
 PUSH_CAPACITY = 4096  # events addressed to this connection, queued before it lags
+MAX_PUSH_BYTES = 16 * 1024 * 1024  # ... and their bytes (`push_size`; one larger event goes alone)
 WRITE_BATCH = 256  # frames joined into one socket write
 PUSH_BATCH = 64  # queued events joined into one outgoing frame (a frame's worth)
 PUSH_BATCH_BYTES = 64 * 1024  # ... and their bytes: the joining stops once past this
@@ -144,11 +144,14 @@ class ClientActor(Actor):
             "outgoing_bytes": self.outgoing_bytes,
             "outgoing_bytes_peak": self.outgoing_bytes_peak,
             "pushes_queued": session.pushes.queued if session else 0,
+            "pushes_bytes": session.pushes.queued_bytes if session else 0,
             "lagged": session.pushes.skipped_total if session else 0,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        pushes = Broadcast[Push]().subscribe(PUSH_CAPACITY, LAG_DISCONNECT_LIMIT)
+        pushes = Subscriber[Push](
+            PUSH_CAPACITY, LAG_DISCONNECT_LIMIT, max_bytes=MAX_PUSH_BYTES, size=push_size
+        )
         try:
             async with trio.open_nursery() as nursery:
                 self._session = Session(

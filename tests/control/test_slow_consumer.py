@@ -12,9 +12,10 @@ import trio.testing
 from meshactors.actors import Broadcast
 from meshactors.control import client as client_module
 from meshactors.control import event_stream
+from meshactors.control.session import PUSH_EVENT_BYTES, push_size
 from meshactors.daemon.services import Services
 from meshactors.ops import system_ops
-from meshactors.wire.ipc import MAX_CONCURRENT_REQUESTS
+from meshactors.wire.ipc import MAX_CONCURRENT_REQUESTS, encode
 
 
 async def test_subscriber_overflow_is_signalled_without_reading() -> None:
@@ -105,3 +106,54 @@ async def test_a_program_not_reading_large_answers_is_cut_off_within_the_byte_ca
     with trio.fail_after(30):
         while await stalled.stream.receive_some(1 << 20):
             pass  # what was queued, then the end of the stream
+
+
+def _client_figures(tree: dict[str, Any], name: str) -> dict[str, Any]:
+    """The figures of the control child `name` in an `inspect` answer."""
+    control = next(child for child in tree["children"] if child["name"] == "control")
+    client = next(child for child in control["children"] if child["name"] == name)
+    figures: dict[str, Any] = client["figures"]
+    return figures
+
+
+async def test_a_program_not_reading_big_pushes_lags_once_their_bytes_pass_the_cap(
+    daemon: Services, connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Channel messages a subscriber does not read are held up to MAX_PUSH_BYTES (beyond what
+    waits to be written), not up to PUSH_CAPACITY of them: past that they are skipped and the
+    subscriber is told so."""
+    cap, outgoing = 2 * 1024 * 1024, 1024 * 1024
+    monkeypatch.setattr(client_module, "MAX_PUSH_BYTES", cap)
+    monkeypatch.setattr(client_module, "MAX_OUTGOING_BYTES", outgoing)
+    sender = await connect()
+    config = {"id": "n", "brokers": ["ws://127.0.0.1:9/v1"]}  # only this device is reached
+    assert (await sender.call("network_add", config=config))["ok"]
+    me = (await sender.call("status"))["data"]["device_id"]
+    stalled = await connect()
+    name = "client " + (await stalled.call("status"))["data"]["client_id"]
+    assert (await stalled.call("channel_subscribe", network="n", channel="big"))["ok"]
+    payload, sent = "x" * 100_000, 300  # 30 MB in all: ten times what may wait for the reader
+    assert sent < client_module.PUSH_CAPACITY  # so a bound in events alone would skip none
+    for _ in range(sent):  # from here on `stalled` reads nothing
+        params = {"network": "n", "channel": "big", "peer": me, "payload": payload}
+        assert (await sender.call("channel_send_to", **params))["ok"]
+    await trio.testing.wait_all_tasks_blocked()  # the pump pushed them all
+    figures = _client_figures((await sender.call("inspect"))["data"], name)
+    assert 0 < figures["pushes_bytes"] <= cap
+    assert figures["lagged"] > 0
+    received = 0
+    with trio.fail_after(30):
+        while (frame := await stalled.frame())["kind"] == "channel_inbound":
+            received += 1
+    assert frame == {"kind": "lagged", "skipped": sent - received}
+    slack = 8 * 1024 * 1024  # the socket's buffers, and the batch the forwarder holds
+    assert received * len(payload) <= cap + outgoing + slack
+
+
+def test_a_pushed_event_counts_its_payload_however_it_is_held() -> None:
+    line = b'{"kind":"channel_inbound","payload":"hi"}\n'
+    assert push_size(line) == len(line)
+    blob, listed = "QUJD" * 1000, ["v" * 1000] * 10
+    for event in ({"payload_b64": blob}, {"payload": blob}, {"payload": listed}):
+        assert push_size({"kind": "rpc_inbound", **event}) >= len(encode(event))
+    assert push_size({"kind": "rpc_cancelled", "reason": "timeout"}) == PUSH_EVENT_BYTES
