@@ -47,7 +47,7 @@ from meshactors.control.event_stream import (
 from meshactors.control.http import HttpConnection, sniff
 from meshactors.control.http_parse import REQUEST_TIMEOUT
 from meshactors.control.lines import LineReader, Oversized
-from meshactors.control.session import Push, Session, push_size
+from meshactors.control.session import Push, Session
 from meshactors.control.tcp_auth import TcpAuth
 from meshactors.daemon.services import Services
 from meshactors.network.stream_pipe import Pipe, frame_cost
@@ -65,7 +65,6 @@ from meshactors.wire.ipc import (
     OpError,
     Request,
     RequestId,
-    encode,
     error_frame,
     event_frame,
     ok_frame,
@@ -79,7 +78,7 @@ OUTGOING_CAPACITY = 256  # frames queued for the socket writer
 MAX_OUTGOING_BYTES = 32 * 1024 * 1024  # ... and their bytes (one larger frame goes alone)
 STALL_TIMEOUT = 30.0  # seconds a frame may wait for room there before the connection is cut
 PUSH_CAPACITY = 4096  # events addressed to this connection, queued before it lags
-MAX_PUSH_BYTES = 16 * 1024 * 1024  # ... and their bytes (`push_size`; one larger event goes alone)
+MAX_PUSH_BYTES = 16 * 1024 * 1024  # ... and their bytes (one larger event goes alone)
 WRITE_BATCH = 256  # frames joined into one socket write
 PUSH_BATCH = 64  # queued events joined into one outgoing frame (a frame's worth)
 PUSH_BATCH_BYTES = 64 * 1024  # ... and their bytes: the joining stops once past this
@@ -150,7 +149,7 @@ class ClientActor(Actor):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         pushes = Subscriber[Push](
-            PUSH_CAPACITY, LAG_DISCONNECT_LIMIT, max_bytes=MAX_PUSH_BYTES, size=push_size
+            PUSH_CAPACITY, LAG_DISCONNECT_LIMIT, max_bytes=MAX_PUSH_BYTES, size=len
         )
         try:
             async with trio.open_nursery() as nursery:
@@ -426,14 +425,14 @@ class ClientActor(Actor):
             if isinstance(item, Lagged):
                 await report_lag(item, pushes, self)
                 continue
-            frames = [_encoded(item)]
+            frames = [item]
             size = len(frames[0])
             for _ in range(min(pushes.queued, PUSH_BATCH - 1)):
                 if size >= PUSH_BATCH_BYTES:
                     break
                 event = await pushes.receive()  # queued: answers at once, never a marker
                 assert not isinstance(event, Lagged)
-                frames.append(_encoded(event))
+                frames.append(event)
                 size += len(frames[-1])
             await self._emit(b"".join(frames))
 
@@ -508,12 +507,6 @@ def _hung_up(stream: trio.abc.Stream) -> bool:
     poller = select.poll()
     poller.register(stream.socket.fileno(), 0)  # POLLHUP is reported whatever is asked
     return any(events & select.POLLHUP for _, events in poller.poll(0))
-
-
-def _encoded(push: Push) -> bytes:
-    """A pushed event as a line: encoded already, or an event dict, `kind` first (the dict is
-    left as it was)."""
-    return push if isinstance(push, bytes) else encode(push)
 
 
 def _answer_frame(request_id: RequestId | None, outcome: Outcome) -> bytes:

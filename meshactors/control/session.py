@@ -13,12 +13,10 @@ from meshactors.actors import Subscriber
 from meshactors.daemon.services import Services
 from meshactors.network.stream_pipe import Pipe
 from meshactors.store.events import Event
-from meshactors.wire.compact import dumps_utf8
-from meshactors.wire.ipc import ErrorCode, OpError, RequestId
+from meshactors.wire.ipc import ErrorCode, OpError, RequestId, encode
 
 Cleanup = Callable[[], Awaitable[None]]
-Push = dict[str, Any] | bytes  # an event with its `kind`, or an event line encoded already
-PUSH_EVENT_BYTES = 256  # what an event dict counts as besides its payload (its other fields)
+Push = bytes  # an event line, encoded by whoever pushed it, so the queue knows its size
 T = TypeVar("T")
 
 log = structlog.get_logger("meshactors.client")
@@ -54,8 +52,9 @@ class Session:
     _cancellable: dict[RequestId, trio.CancelScope] = attrs.field(factory=dict)
 
     def push(self, kind: str, data: dict[str, Any]) -> bool:
-        """Queue an event addressed to this connection only; never waits (lags when full)."""
-        return self.pushes.offer({"kind": kind, **data})
+        """Queue an event addressed to this connection only; never waits (lags when full). It
+        is encoded here, in the pusher's task, so the queue counts its real bytes."""
+        return self.pushes.offer(encode({"kind": kind, **data}))
 
     def push_frames(self, frames: list[bytes]) -> int:
         """Queue encoded event lines, in order, without waiting; returns how many were taken
@@ -107,20 +106,6 @@ class Session:
         async with trio.open_nursery() as nursery:
             for cleanup in cleanups:
                 nursery.start_soon(_run_cleanup, cleanup, self.client_id)
-
-
-def push_size(push: Push) -> int:
-    """Bytes a pushed event counts as in its connection's push queue: a line its length; an
-    event dict PUSH_EVENT_BYTES and its payload's length (base64 or a JSON string as it is, any
-    other JSON value, which only encoding measures, encoded)."""
-    if isinstance(push, bytes):
-        return len(push)
-    payload = push.get("payload_b64", push.get("payload"))
-    if isinstance(payload, str):
-        return PUSH_EVENT_BYTES + len(payload)
-    if isinstance(payload, list | dict):
-        return PUSH_EVENT_BYTES + len(dumps_utf8(payload))
-    return PUSH_EVENT_BYTES
 
 
 async def _run_cleanup(cleanup: Cleanup, client_id: str) -> None:
