@@ -11,7 +11,7 @@ import attrs
 
 from meshactors.netstate.entry import BUCKETS, Entry, bucket_of
 
-MAX_KEYS = 10_000  # keys per network, tombstones included, a local write may bring it to
+MAX_KEYS = 10_000  # keys per network, tombstones included, a local write may add one up to
 MAX_STATE_BYTES = 16 * 1024 * 1024  # keys and values (as JSON) per network, the same way
 MERGE_SLACK = 2  # writes merged from peers may take a map to twice those limits (concurrent
 # writers each within the limits still converge); past that they are dropped and counted
@@ -41,12 +41,18 @@ class StateMap:
         return self._entries.get(key)
 
     def fits(self, entry: Entry, *, slack: int = 1) -> bool:
-        """Whether the map holds `entry` within the limits (times `slack`): a write to a key
-        that exists changes only the bytes."""
+        """Whether the map may take `entry` within the limits (times `slack`). Only growth is
+        refused: a new key (a tombstone too) past the key limit, more bytes past the byte
+        limit. A delete of a key held, or a write that does not add bytes, always fits, so a
+        map that peers' writes took past the limits (MERGE_SLACK) can still be trimmed."""
         old = self._entries.get(entry.key)
-        keys = len(self._entries) + (old is None)
-        size = self.bytes + entry.size - (old.size if old is not None else 0)
-        return keys <= MAX_KEYS * slack and size <= MAX_STATE_BYTES * slack
+        if old is None:
+            return (
+                len(self._entries) < MAX_KEYS * slack
+                and self.bytes + entry.size <= MAX_STATE_BYTES * slack
+            )
+        growth = entry.size - old.size
+        return entry.deleted or growth <= 0 or self.bytes + growth <= MAX_STATE_BYTES * slack
 
     def merge(self, entry: Entry, expired_before: int = 0) -> bool:
         """Take `entry` if it beats the one held; True when the map changed. A tombstone

@@ -169,6 +169,30 @@ def test_the_limits_hold_local_writes_and_leave_slack_for_peers(
     assert merged.fits(third, slack=statemap.MERGE_SLACK)
 
 
+def test_a_map_peers_took_past_the_limits_refuses_only_growth(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Peers' writes (within MERGE_SLACK) left 3 keys of 4 bytes each where 2 keys and 8 bytes
+    # are the limits: a local write may still delete or rewrite what is held, no more.
+    monkeypatch.setattr(statemap, "MAX_KEYS", 2)
+    monkeypatch.setattr(statemap, "MAX_STATE_BYTES", 8)
+    over = StateMap()
+    for key in ("a", "b", "c"):
+        assert over.fits(Entry.write(key, "x", Stamp(1, 0), DEVICES[1]), slack=2)
+        over.merge(Entry.write(key, "x", Stamp(1, 0), DEVICES[1]))  # "a" + '"x"': 4 bytes
+    later = Stamp(2, 0)
+    assert over.fits(Entry.tombstone("a", later, DEVICES[0]))
+    assert over.fits(Entry.write("b", "y", later, DEVICES[0]))  # the same size
+    assert over.fits(Entry.write("c", 1, later, DEVICES[0]))  # smaller
+    assert not over.fits(Entry.write("c", "xy", later, DEVICES[0]))  # one byte more
+    assert not over.fits(Entry.write("d", 1, later, DEVICES[0]))  # a new key
+    assert not over.fits(Entry.tombstone("d", later, DEVICES[0]))  # its tombstone counts too
+    one_byte = StateMap()
+    one_byte.merge(Entry.write("k", 1, Stamp(1, 0), DEVICES[1]))
+    one_byte.merge(Entry.write("l", 1234, Stamp(1, 0), DEVICES[1]))  # 2 + 5 bytes: 7 of 8
+    assert one_byte.fits(Entry.tombstone("k", later, DEVICES[0]))  # 'null' adds 3: a delete
+
+
 @RELAXED
 @given(st.lists(entries(), max_size=12), st.lists(entries(), min_size=1, max_size=8))
 def test_undoing_our_unsaved_writes_restores_the_map_they_found(
