@@ -264,9 +264,13 @@ class StateReplica:
             held = self.map.get(item.entry.key)
             if not self.map.fits(item.entry):  # writes queued before it filled the map
                 item.done.fail(self._full())
-                continue
-            self.map.merge(item.entry)  # a newer entry may hold the key: then it stays
-            local.append((item, held))
+            elif self.map.merge(item.entry):
+                local.append((item, held))
+            else:
+                # A peer's newer write to the key was merged after ours was stamped: ours
+                # happened and lost at once, so it is answered, but not kept, told or sent.
+                self.counters["lost"] += 1
+                item.done.resolve(self._view(item.entry))
         merged = self._merge(self._received_entries(batch, now), horizon)
         ours = [item.entry for item, _ in local]
         expired += sum(entry.deleted and entry.stamp.wall < horizon for entry in merged)
