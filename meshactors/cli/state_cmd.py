@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 from meshactors.cli.common import (
@@ -93,7 +94,8 @@ def run_list(args: argparse.Namespace) -> int:
     for entry in page["entries"]:
         print(f"{entry['key']}\t{json.dumps(entry['value'])}")
     if page["next_cursor"] is not None:
-        print(f"meshactors: more after --cursor {page['next_cursor']}", file=sys.stderr)
+        hint = shlex.quote(page["next_cursor"])  # a key may hold spaces and quotes
+        print(f"meshactors: more after --cursor {hint}", file=sys.stderr)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import select
+import shlex
 import time
 
 import pytest
@@ -38,6 +39,17 @@ def test_set_get_list_delete_with_text_and_json(home: Home, me: str) -> None:
     assert json.loads(missing.stdout)["error"]["code"] == "not_found"
     refused = home.cli("state", "set", "lan", "k" * 300, "1", check=False)
     assert refused.returncode == 2 and "invalid_params" in refused.stderr + refused.stdout
+
+
+def test_the_next_page_hint_is_a_cursor_the_shell_passes_back_whole(home: Home, me: str) -> None:
+    for key in ("a b", "a c"):
+        home.cli("state", "set", "lan", key, "1")
+    first = home.cli("state", "list", "lan", "--limit", "1")
+    assert first.stdout == "a b\t1\n"
+    hint = first.stderr.strip().removeprefix("meshactors: more after ")
+    assert shlex.split(hint) == ["--cursor", "a b"]
+    rest = home.cli("state", "list", "lan", *shlex.split(hint))
+    assert rest.stdout == "a c\t1\n"
 
 
 def test_watch_prints_each_change_as_a_json_line(home: Home, me: str) -> None:
