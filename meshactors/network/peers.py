@@ -393,21 +393,19 @@ class Peers:
         self._update_phase()
         return bool(known)
 
-    async def set_capabilities(self, capabilities: Capabilities) -> None:
-        """Advertise new capabilities to peers (the caller persisted them)."""
-        self.capabilities = capabilities
-        await self._tell_handshaken(lambda _: Caps(capabilities))
-
-    async def set_profile(self, profile: Profile, *, network_scoped: bool) -> None:
-        """Use a new global or network profile and tell peers if the effective one changed."""
-        before = self.profile
-        if network_scoped:
-            self._network_profile = profile
-        else:
-            self._global_profile = profile
-        if self.profile != before:
-            shown = self.profile.as_shown()
-            await self._tell_handshaken(lambda _: ProfileFrame(shown))
+    async def advertise_saved(self) -> None:
+        """Take our capabilities and profiles as saved now and tell peers what changed. The
+        ops save, then ask this of core, which runs one ask at a time: whatever order
+        concurrent saves and asks come in, the last advert reads the last save, so peers
+        end with what profile_get answers."""
+        capabilities, profile = self.capabilities, self.profile
+        await self._load_settings()
+        if self.capabilities != capabilities:
+            caps = Caps(self.capabilities)
+            await self._tell_handshaken(lambda _: caps)
+        if self.profile != profile:
+            shown = ProfileFrame(self.profile.as_shown())
+            await self._tell_handshaken(lambda _: shown)
 
     async def say_bye(self, reason: str) -> None:
         """Tell every handshaken peer we are leaving (best effort: the broker also says so)."""
@@ -426,6 +424,20 @@ class Peers:
         )
         self._roster = {entry.device_id: entry for entry in entries}
         self._unsaved = {}
+        await self._load_settings()
+        self.hand_over_openers()
+        self._peers, self._by_key, self._active = {}, {}, set()
+        self._link_was_up, self._outbound = False, None
+        self.link_status = LinkStatus("idle", None, None)
+        self.phase = Phase.CONNECTING
+        for device_id, entry in self._roster.items():
+            peer = self._peer(device_id)
+            if peer is not None:
+                peer.status = PeerStatus.OFFLINE
+                peer.role = entry.role or LINK_ROLE
+
+    async def _load_settings(self) -> None:
+        """Our capabilities here and our profiles (this network's, the global one), as saved."""
         mine = await self.store.call(
             functools.partial(roster_db.get_settings, network=self.network), what="load settings"
         )
@@ -438,16 +450,6 @@ class Peers:
         )
         self._network_profile = stored_setting(mine.get(PROFILE_KEY), Profile)
         self._global_profile = stored_setting(shared.get(PROFILE_KEY), Profile) or Profile()
-        self.hand_over_openers()
-        self._peers, self._by_key, self._active = {}, {}, set()
-        self._link_was_up, self._outbound = False, None
-        self.link_status = LinkStatus("idle", None, None)
-        self.phase = Phase.CONNECTING
-        for device_id, entry in self._roster.items():
-            peer = self._peer(device_id)
-            if peer is not None:
-                peer.status = PeerStatus.OFFLINE
-                peer.role = entry.role or LINK_ROLE
 
     async def on_link_event(self, event: LinkEvent) -> None:
         """Take in one thing the link heard: sealed records, presence, the link's status."""

@@ -213,8 +213,7 @@ async def capabilities_set(session: Session, params: CapabilitiesSet) -> dict[st
         ),
         what="save capabilities",
     )
-    advertise = functools.partial(network.peers.set_capabilities, capabilities)
-    await network.ask_await("set capabilities", advertise)
+    await network.ask_await("advertise capabilities", network.peers.advertise_saved)
     return {"network": params.network, "capabilities": plain}
 
 
@@ -237,10 +236,7 @@ async def profile_set(session: Session, params: ProfileSet) -> dict[str, Any]:
         what="save profile",
     )
     for network in targets:
-        use = functools.partial(
-            network.peers.set_profile, profile, network_scoped=network_id is not None
-        )
-        await network.ask_await("set profile", use)
+        await network.ask_await("advertise profile", network.peers.advertise_saved)
     return {"network": network_id, "profile": converter.unstructure(profile)}
 
 
