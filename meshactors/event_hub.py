@@ -112,11 +112,17 @@ class EventHub(Actor):
         self, capacity: int, lag_limit: int | None = None
     ) -> tuple[Subscriber[Event], int]:
         """Live events through a bounded queue, from every event published after this call
-        began; also returns the last event id before them (replay covers up to it)."""
+        began; also returns the last event id before them (replay covers up to it). An ask
+        that fails or is cancelled (its connection closed) closes the queue it made, so the
+        hub, which may have added it already, forgets it when it next looks."""
         subscriber = Subscriber[Event](capacity, lag_limit)
-        last: int = await self.inbox.ask(
-            functools.partial(_Join, subscriber), timeout=HUB_ASK_TIMEOUT, what="subscribe"
-        )
+        try:
+            last: int = await self.inbox.ask(
+                functools.partial(_Join, subscriber), timeout=HUB_ASK_TIMEOUT, what="subscribe"
+            )
+        except BaseException:
+            subscriber.close()
+            raise
         return subscriber, last
 
     async def flush(self, timeout: float = HUB_ASK_TIMEOUT) -> None:

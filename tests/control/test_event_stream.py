@@ -1,0 +1,42 @@
+"""The event stream over the control socket: subscribing, and what a closed connection leaves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+import trio.testing
+
+from meshactors.daemon.services import Services
+from tests.support import LineClient
+
+CYCLES = 100  # connections that subscribe and close at once: an unanswered join races the close
+
+
+async def events_figures(client: LineClient) -> dict[str, Any]:
+    """The `events` actor's figures, as `inspect` shows them."""
+    tree = (await client.call("inspect"))["data"]
+    (events,) = [node for node in tree["children"] if node["name"] == "events"]
+    figures: dict[str, Any] = events["figures"]
+    return figures
+
+
+async def until_only_one_client(daemon: Services) -> None:
+    """Wait until every client actor but one has ended (its cleanups run)."""
+    clients = daemon.tree.children["control"].children
+    with trio.fail_after(30):
+        while sum(node.kind == "client" for node in clients.values()) > 1:
+            await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_a_connection_closed_before_its_subscribe_is_answered_leaves_no_subscriber(
+    daemon: Services, connect: Any
+) -> None:
+    watcher = await connect()
+    baseline = (await events_figures(watcher))["subscribers"]  # the outbox watches events too
+    for _ in range(CYCLES):
+        stream = await trio.open_unix_socket(str(daemon.paths.socket))
+        await stream.send_all(b'{"id":1,"op":"events_subscribe"}\n')
+        await stream.aclose()
+    await until_only_one_client(daemon)
+    assert (await events_figures(watcher))["subscribers"] == baseline
