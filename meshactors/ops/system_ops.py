@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 import attrs
@@ -64,13 +65,21 @@ class EventsSubscribe:
     since: int | None = None
 
 
-async def events_subscribe(session: Session, params: EventsSubscribe) -> dict[str, Any]:
-    """Turn this connection into an event stream too (requests keep working on it)."""
+def events_subscribe(session: Session, params: EventsSubscribe) -> Awaitable[dict[str, Any]]:
+    """Turn this connection into an event stream too (requests keep working on it). Checked
+    and claimed when the request is begun, in the order requests arrive (OpTable.begin), so
+    of two subscribes sent together the first wins and the second gets `conflict`."""
     if session.events_subscribed:
         raise OpError(ErrorCode.CONFLICT, "this connection already receives events")
     check_since(params.since)
+    session.events_subscribed = True
+    return _subscribe(session, params.since)
+
+
+async def _subscribe(session: Session, since: int | None) -> dict[str, Any]:
+    """Subscribe the claiming connection to the hub and start its stream; a subscribe that
+    fails gives the claim back."""
     hub = session.services.events
-    session.events_subscribed = True  # before the wait: a second request meanwhile conflicts
     try:
         live, last_event_id = await hub.subscribe(EVENT_CAPACITY, LAG_DISCONNECT_LIMIT)
     except BaseException:
@@ -82,9 +91,7 @@ async def events_subscribe(session: Session, params: EventsSubscribe) -> dict[st
         live.close()
 
     session.on_close(unsubscribe)
-    session.nursery.start_soon(
-        replay_then_follow, hub, session.sink, live, params.since, last_event_id
-    )
+    session.nursery.start_soon(replay_then_follow, hub, session.sink, live, since, last_event_id)
     return {"client_id": session.client_id, "last_event_id": last_event_id}
 
 
