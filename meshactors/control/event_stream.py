@@ -78,6 +78,6 @@ async def replay_then_follow(
             for event in result.events:
                 await sink.send_event(event)
                 after = event.event_id
-            if len(result.events) < MAX_REPLAY:
+            if not result.more:
                 break
     await sink.forward_broadcast(live, after)

@@ -1,5 +1,6 @@
 """The event log: recent daemon events kept for replay to clients that subscribe late."""
 
+import contextlib
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +13,7 @@ from meshactors.store.networks import GLOBAL, get_setting, put_setting
 EVENT_LOG_LIMIT = 10_000  # events kept for replay; older ones are pruned
 PRUNE_BATCH = 500  # events dropped per prune, so only every 500th append deletes anything
 MAX_REPLAY = 1_000  # events one `since` call returns
+MAX_REPLAY_BYTES = 1024 * 1024  # ... and their logged data's bytes (the first event always)
 SPENT_KEY = "event_ids_spent"  # GLOBAL setting: no event id up to it is ever handed out again
 # GLOBAL setting: how many events the log holds, at most (retention deletes without lowering it)
 ROWS_KEY = "event_log_rows"
@@ -35,6 +37,7 @@ class SinceResult:
     events: tuple[Event, ...]
     gap: bool  # events right after the asked id were pruned and cannot be replayed
     oldest_kept: int | None  # the oldest event_id still in the log (None: log empty)
+    more: bool  # a limit cut the read short: events after the last one may be left
 
 
 def append_batch(
@@ -89,7 +92,9 @@ def _through(conn: sqlite3.Connection, key: str) -> int:
 
 
 def since(conn: sqlite3.Connection, event_id: int, limit: int) -> SinceResult:
-    """Up to `limit` (capped at MAX_REPLAY) events after `event_id`, oldest first.
+    """Up to `limit` (capped at MAX_REPLAY) events after `event_id`, oldest first, and past
+    the first no more than MAX_REPLAY_BYTES of logged data, so a replay holds a bounded
+    amount however large the events; `more` says either limit cut the read short.
 
     `gap` is True when some events after `event_id` were already pruned: the client
     missed them for good and must resynchronise some other way. Pass 0 to mean "from
@@ -97,16 +102,28 @@ def since(conn: sqlite3.Connection, event_id: int, limit: int) -> SinceResult:
     """
     if event_id < 0:
         raise ValueError(f"event_id must be at least 0, got {event_id}")
-    rows = conn.execute(
-        "SELECT event_id, kind, data_json, at_ms FROM events WHERE event_id > ?"
-        " ORDER BY event_id LIMIT ?",
-        (event_id, checked_limit(limit, MAX_REPLAY)),
-    ).fetchall()
+    limit = checked_limit(limit, MAX_REPLAY)
+    events: list[Event] = []
+    size, more = 0, False
+    with contextlib.closing(
+        conn.execute(
+            "SELECT event_id, kind, data_json, at_ms FROM events WHERE event_id > ?"
+            " ORDER BY event_id LIMIT ?",
+            (event_id, limit),
+        )
+    ) as rows:
+        for row in rows:  # read one at a time: the rows past the byte limit stay unread
+            size += len(row[2])
+            if events and size > MAX_REPLAY_BYTES:
+                more = True
+                break
+            events.append(Event(row[0], row[1], from_json(row[2]), row[3]))
     oldest_kept: int | None = conn.execute("SELECT min(event_id) FROM events").fetchone()[0]
     return SinceResult(
-        events=tuple(Event(row[0], row[1], from_json(row[2]), row[3]) for row in rows),
+        events=tuple(events),
         gap=_through(conn, PRUNED_KEY) > event_id,
         oldest_kept=oldest_kept,
+        more=more or len(events) == limit,
     )
 
 

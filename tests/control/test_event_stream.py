@@ -8,7 +8,8 @@ import trio
 import trio.testing
 
 from meshactors.daemon.services import Services
-from tests.support import LineClient
+from meshactors.store.events import MAX_REPLAY_BYTES
+from tests.support import LineClient, publish
 
 CYCLES = 100  # connections that subscribe and close at once: an unanswered join races the close
 
@@ -40,3 +41,17 @@ async def test_a_connection_closed_before_its_subscribe_is_answered_leaves_no_su
         await stream.aclose()
     await until_only_one_client(daemon)
     assert (await events_figures(watcher))["subscribers"] == baseline
+
+
+async def test_a_replay_larger_than_one_read_is_replayed_whole_and_in_order(
+    daemon: Services, connect: Any
+) -> None:
+    third = "x" * (MAX_REPLAY_BYTES // 3)
+    logged = await publish(daemon.events, "test_big", *({"n": n, "pad": third} for n in range(7)))
+    client = await connect()
+    answer = await client.call("events_subscribe", since=logged[0].event_id - 1)
+    assert answer["data"]["last_event_id"] == logged[-1].event_id
+    with trio.fail_after(30):
+        replayed = [await client.frame() for _ in logged]
+    assert [frame["kind"] for frame in replayed] == ["test_big"] * 7
+    assert [frame["n"] for frame in replayed] == list(range(7))

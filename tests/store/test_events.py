@@ -8,6 +8,7 @@ import pytest
 from meshactors.store.events import (
     EVENT_LOG_LIMIT,
     MAX_REPLAY,
+    MAX_REPLAY_BYTES,
     PRUNE_BATCH,
     Event,
     append_batch,
@@ -87,6 +88,31 @@ def test_replay_size_is_capped(conn: sqlite3.Connection) -> None:
     assert len(since(conn, 0, limit=MAX_REPLAY).events) == MAX_REPLAY
     with pytest.raises(ValueError, match="limit"):
         since(conn, 0, limit=MAX_REPLAY + 1)
+
+
+def test_a_read_holds_at_most_its_bytes_and_says_more_are_left(conn: sqlite3.Connection) -> None:
+    third = "x" * (MAX_REPLAY_BYTES // 3)
+    for n in range(4):
+        log(conn, "big", {"n": n, "pad": third}, n)
+    first = since(conn, 0, limit=MAX_REPLAY)
+    assert [e.data["n"] for e in first.events] == [0, 1]  # a third would pass the bytes limit
+    assert first.more
+    rest = since(conn, first.events[-1].event_id, limit=MAX_REPLAY)
+    assert ([e.data["n"] for e in rest.events], rest.more) == ([2, 3], False)
+
+
+def test_an_event_larger_than_a_read_is_read_alone(conn: sqlite3.Connection) -> None:
+    huge = "x" * (MAX_REPLAY_BYTES + 1)
+    for n in range(2):
+        log(conn, "huge", {"n": n, "pad": huge}, n)
+    assert [e.data["n"] for e in since(conn, 0, limit=MAX_REPLAY).events] == [0]
+    assert [e.data["n"] for e in since(conn, 1, limit=MAX_REPLAY).events] == [1]
+
+
+def test_a_read_cut_by_its_count_says_more_may_be_left(conn: sqlite3.Connection) -> None:
+    fill(conn, 3)
+    assert since(conn, 0, limit=3).more  # as many as asked: whether more follow is not known
+    assert not since(conn, 0, limit=4).more
 
 
 def test_bad_arguments_are_refused(conn: sqlite3.Connection) -> None:
