@@ -40,7 +40,6 @@ from meshactors.control.event_stream import (
     LAG_DISCONNECT_LIMIT,
     SlowConsumer,
     cut_off_when_overflowed,
-    follow,
     report_lag,
     wire_event,
 )
@@ -405,10 +404,6 @@ class ClientActor(Actor):
         if answered:  # notifications that succeeded get no answer
             after_id = ok_frame(None, outcome)[len(_NULL_ID) :]
             await self._emit(b"".join(_id_head(request_id) + after_id for request_id in answered))
-
-    async def forward_broadcast(self, events: Subscriber[Event], after: int) -> None:
-        """Write broadcast events newer than `after` to this connection as they come."""
-        await follow(events, after, self)
 
     async def send_event(self, event: Event) -> None:
         """Write one logged event (used for replay)."""

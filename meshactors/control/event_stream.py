@@ -49,13 +49,32 @@ async def report_lag(marker: Lagged, source: Subscriber[Any], sink: EventSink) -
     await sink.send_frame("lagged", {"skipped": marker.skipped})
 
 
-async def follow(live: Subscriber[Event], after: int, sink: EventSink) -> None:
-    """Write live events newer than `after` to the sink, with lag markers, until it ends."""
+async def follow(live: Subscriber[Event], subscribed_at: int, after: int, sink: EventSink) -> None:
+    """Write live events newer than `after` to the sink until the stream ends, telling it of
+    those it missed for good. The hub numbers events one by one and offers each to every
+    subscriber, so the ids `live` lacks past `subscribed_at` are the ones it skipped; those up
+    to `after` were replayed, so a `lagged` notice counts only the others (none: no notice)."""
+    seen = subscribed_at  # the newest id `live` delivered or is known to have skipped
+    holes = missed = 0  # ids skipped below `seen` since the last marker; missed: past `after`
     async for item in live:
         if isinstance(item, Lagged):
-            await report_lag(item, live, sink)
-        elif item.event_id > after:
+            tail = item.skipped - holes  # skipped after every event delivered: the next ids
+            missed += _past(after, seen, seen + tail)
+            seen, holes = seen + tail, 0
+            if missed:
+                await report_lag(Lagged(missed), live, sink)
+                missed = 0
+            continue
+        holes += item.event_id - seen - 1
+        missed += _past(after, seen, item.event_id - 1)
+        seen = item.event_id
+        if item.event_id > after:
             await sink.send_event(item)
+
+
+def _past(after: int, low: int, high: int) -> int:
+    """How many of the ids from `low` (not included) to `high` are past `after`."""
+    return max(high - max(low, after), 0)
 
 
 async def replay_then_follow(
@@ -80,4 +99,4 @@ async def replay_then_follow(
                 after = event.event_id
             if not result.more:
                 break
-    await sink.forward_broadcast(live, after)
+    await follow(live, subscribed_at, after, sink)

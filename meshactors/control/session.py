@@ -25,9 +25,6 @@ log = structlog.get_logger("meshactors.client")
 class EventSink(Protocol):
     """Where a session's broadcast events are written: its connection's outgoing queue."""
 
-    async def forward_broadcast(self, events: Subscriber[Event], after: int) -> None:
-        """Write live events newer than `after` until the subscription ends."""
-
     async def send_event(self, event: Event) -> None:
         """Write one logged event."""
 

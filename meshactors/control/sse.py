@@ -13,10 +13,8 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from meshactors.actors import Subscriber
 from meshactors.control.event_stream import (
     EVENT_CAPACITY,
-    follow,
     replay_then_follow,
     wire_event,
 )
@@ -57,10 +55,6 @@ class SseSink:
     """An EventSink writing server-sent events through the connection's writing path."""
 
     write: Callable[[bytes], Awaitable[None]]
-
-    async def forward_broadcast(self, events: Subscriber[Event], after: int) -> None:
-        """Write live events newer than `after` until the subscription ends."""
-        await follow(events, after, self)
 
     async def send_event(self, event: Event) -> None:
         """Write one logged event, with its id."""

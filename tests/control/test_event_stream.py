@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from typing import Any
 
+import attrs
+import pytest
 import trio
 import trio.testing
 
+from meshactors.actors import Broadcast, Subscriber
+from meshactors.control.event_stream import follow
 from meshactors.daemon.services import Services
-from meshactors.store.events import MAX_REPLAY_BYTES
+from meshactors.ops import system_ops
+from meshactors.store.events import MAX_REPLAY_BYTES, Event
 from tests.support import LineClient, publish
 
 CYCLES = 100  # connections that subscribe and close at once: an unanswered join races the close
+LIVE = 10  # live events published while a replay waits
 
 
 async def events_figures(client: LineClient) -> dict[str, Any]:
@@ -55,3 +63,96 @@ async def test_a_replay_larger_than_one_read_is_replayed_whole_and_in_order(
         replayed = [await client.frame() for _ in logged]
     assert [frame["kind"] for frame in replayed] == ["test_big"] * 7
     assert [frame["n"] for frame in replayed] == list(range(7))
+
+
+async def test_live_events_a_replay_delivered_are_not_reported_lagged(
+    daemon: Services, connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(system_ops, "EVENT_CAPACITY", 2)  # the live queue overflows at once
+    client = await connect()
+    (before,) = await publish(daemon.events, "test_before", {})
+    await daemon.events.flush()
+    stall = sqlite3.connect(daemon.paths.state_db, isolation_level=None)
+    with contextlib.closing(stall):
+        stall.execute("BEGIN IMMEDIATE")  # the disk stalls: the log writes wait on it
+        daemon.events.publish("test_stalled", {})
+        await trio.testing.wait_all_tasks_blocked()  # its log write is the store's now
+        await client.call("events_subscribe", since=before.event_id)
+        await trio.testing.wait_all_tasks_blocked()  # the replay waits for the log to catch up
+        for n in range(LIVE):
+            daemon.events.publish("test_live", {"n": n})  # live: 2 queued, the rest skipped
+        await trio.testing.wait_all_tasks_blocked()
+        stall.execute("COMMIT")
+    with trio.fail_after(30):
+        replayed = [(await client.frame())["kind"] for _ in range(1 + LIVE)]
+        await trio.testing.wait_all_tasks_blocked()  # what the live queue held is written too
+        await publish(daemon.events, "test_end", {})
+        after = [(await client.frame())["kind"]]
+        while after[-1] != "test_end":
+            after.append((await client.frame())["kind"])
+    assert replayed == ["test_stalled", *["test_live"] * LIVE]
+    assert after == ["test_end"]  # no `lagged`: the events skipped live were replayed
+
+
+@attrs.define
+class Written:
+    """An event sink that keeps what it was given."""
+
+    frames: list[tuple[str, Any]] = attrs.field(factory=list)
+
+    async def send_event(self, event: Event) -> None:
+        self.frames.append(("event", event.event_id))
+
+    async def send_frame(self, kind: str, data: dict[str, Any]) -> None:
+        self.frames.append((kind, data))
+
+
+async def followed(live: Subscriber[Event], subscribed_at: int, after: int) -> list[Any]:
+    """What `follow` writes of what `live` holds (then it waits for more, and is stopped)."""
+    sink = Written()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow, live, subscribed_at, after, sink)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    return sink.frames
+
+
+def ticks(broadcast: Broadcast[Event], *event_ids: int) -> None:
+    for event_id in event_ids:
+        broadcast.publish(Event(event_id, "tick", {}, 0))
+
+
+@pytest.mark.parametrize(
+    ("after", "expected"),
+    [
+        (1, [("event", 2), ("event", 4), ("lagged", {"skipped": 1})]),
+        (3, [("event", 4)]),  # 3 was replayed
+    ],
+)
+async def test_a_lagged_notice_leaves_out_a_skipped_event_replayed_before_a_later_one(
+    after: int, expected: list[Any]
+) -> None:
+    broadcast = Broadcast[Event]()
+    live = broadcast.subscribe(2)
+    ticks(broadcast, 1, 2, 3)  # 3 is skipped
+    await live.receive()  # 1 is read: 4 is queued after the skipped 3, a hole among the ids
+    ticks(broadcast, 4)
+    assert await followed(live, 1, after) == expected
+
+
+@pytest.mark.parametrize(
+    ("after", "expected"),
+    [
+        (0, [("event", 1), ("event", 2), ("lagged", {"skipped": 3})]),
+        (4, [("lagged", {"skipped": 1})]),  # 3 and 4 were replayed, 5 was not
+        (5, []),
+    ],
+)
+async def test_a_lagged_notice_leaves_out_the_skipped_events_up_to_the_replay(
+    after: int, expected: list[Any]
+) -> None:
+    broadcast = Broadcast[Event]()
+    live = broadcast.subscribe(2)
+    ticks(broadcast, 1, 2, 3, 4, 5)  # 3 to 5 are skipped: the ids after the last one read
+    assert await followed(live, 0, after) == expected
