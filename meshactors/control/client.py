@@ -144,6 +144,7 @@ class ClientActor(Actor):
             "pushes_queued": session.pushes.queued if session else 0,
             "pushes_bytes": session.pushes.queued_bytes if session else 0,
             "lagged": session.pushes.skipped_total if session else 0,
+            "events_lagged": session.event_stream.lagged if session and session.event_stream else 0,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

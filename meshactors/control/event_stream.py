@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from meshactors.actors import Lagged, Subscriber
 from meshactors.control.session import EventSink
 from meshactors.event_hub import EventHub
@@ -17,6 +19,16 @@ from meshactors.wire.jsonlimits import MAX_JSON_INT
 
 EVENT_CAPACITY = 4096  # live events queued for one subscriber before it lags
 LAG_DISCONNECT_LIMIT = 65_536  # events a connection may miss in all before it is cut off
+
+
+@attrs.define(eq=False)
+class EventStream:
+    """A connection's subscription to the event hub: its live queue, the last event id before
+    the first one the queue gets, and how many events it was told it missed for good."""
+
+    live: Subscriber[Event]
+    subscribed_at: int
+    lagged: int = 0  # events counted in its `lagged` notices (`events_lagged` in inspect)
 
 
 class SlowConsumer(Exception):
@@ -49,12 +61,14 @@ async def report_lag(marker: Lagged, source: Subscriber[Any], sink: EventSink) -
     await sink.send_frame("lagged", {"skipped": marker.skipped})
 
 
-async def follow(live: Subscriber[Event], subscribed_at: int, after: int, sink: EventSink) -> None:
+async def follow(stream: EventStream, after: int, sink: EventSink) -> None:
     """Write live events newer than `after` to the sink until the stream ends, telling it of
     those it missed for good. The hub numbers events one by one and offers each to every
-    subscriber, so the ids `live` lacks past `subscribed_at` are the ones it skipped; those up
-    to `after` were replayed, so a `lagged` notice counts only the others (none: no notice)."""
-    seen = subscribed_at  # the newest id `live` delivered or is known to have skipped
+    subscriber, so the ids the live queue lacks past `subscribed_at` are the ones it skipped;
+    those up to `after` were replayed, so a `lagged` notice counts only the others (none: no
+    notice)."""
+    live = stream.live
+    seen = stream.subscribed_at  # the newest id the queue delivered or is known to have skipped
     holes = missed = 0  # ids skipped below `seen` since the last marker; missed: past `after`
     async for item in live:
         if isinstance(item, Lagged):
@@ -62,6 +76,7 @@ async def follow(live: Subscriber[Event], subscribed_at: int, after: int, sink: 
             missed += _past(after, seen, seen + tail)
             seen, holes = seen + tail, 0
             if missed:
+                stream.lagged += missed
                 await report_lag(Lagged(missed), live, sink)
                 missed = 0
             continue
@@ -78,15 +93,15 @@ def _past(after: int, low: int, high: int) -> int:
 
 
 async def replay_then_follow(
-    hub: EventHub, sink: EventSink, live: Subscriber[Event], since: int | None, subscribed_at: int
+    hub: EventHub, sink: EventSink, stream: EventStream, since: int | None
 ) -> None:
     """Replay what the log holds after `since` (reporting any hole), then follow live events.
 
-    `live` must be subscribed first, and `subscribed_at` the last event id its subscribe returned:
-    without `since`, events from then on are sent, even those published before this runs; a
-    `since` past it (ids of an older log: the home was replaced) follows from it too.
+    `stream` must be subscribed first: without `since`, events after its `subscribed_at` are
+    sent, even those published before this runs; a `since` past it (ids of an older log: the
+    home was replaced) follows from it too.
     """
-    after = subscribed_at if since is None else min(since, subscribed_at)
+    after = stream.subscribed_at if since is None else min(since, stream.subscribed_at)
     if since is not None:
         while True:
             result = await hub.replay(after, MAX_REPLAY)
@@ -99,4 +114,4 @@ async def replay_then_follow(
                 after = event.event_id
             if not result.more:
                 break
-    await follow(live, subscribed_at, after, sink)
+    await follow(stream, after, sink)

@@ -137,7 +137,7 @@ class HttpConnection:
             answer = await route(head, body, self.session, request_id)
             if isinstance(answer, EventStreamAnswer):
                 if self._with_body:
-                    await serve_events(self, self.session.services.events, answer.since)
+                    await serve_events(self, self.session, answer.since)
                 else:  # HEAD: the event stream's head alone
                     await self.start_events(SSE_HEADERS)
                     await self._send(h11.EndOfMessage())

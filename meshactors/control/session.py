@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
 import structlog
@@ -14,6 +14,9 @@ from meshactors.daemon.services import Services
 from meshactors.network.stream_pipe import Pipe
 from meshactors.store.events import Event
 from meshactors.wire.ipc import ErrorCode, OpError, RequestId, encode
+
+if TYPE_CHECKING:
+    from meshactors.control.event_stream import EventStream
 
 Cleanup = Callable[[], Awaitable[None]]
 Push = bytes  # an event line, encoded by whoever pushed it, so the queue knows its size
@@ -41,7 +44,8 @@ class Session:
     pushes: Subscriber[Push]  # where pushed events wait for the connection's forwarder
     nursery: trio.Nursery
     sink: EventSink
-    events_subscribed: bool = False
+    events_subscribed: bool = False  # claimed by events_subscribe, or an SSE stream's
+    event_stream: EventStream | None = None  # once subscribed to the event hub
     receives_pushes: bool = True  # False on HTTP: pushed events have nowhere to go
     pipe: Pipe | None = None  # set by stream_open/_accept: the connection is a binary stream
     _cleanups: list[Cleanup] = attrs.field(factory=list)

@@ -15,10 +15,11 @@ import trio
 
 from meshactors.control.event_stream import (
     EVENT_CAPACITY,
+    EventStream,
     replay_then_follow,
     wire_event,
 )
-from meshactors.event_hub import EventHub
+from meshactors.control.session import Session
 from meshactors.store.events import Event
 
 KEEPALIVE_INTERVAL = 15.0  # seconds between `: keepalive` comments, so proxies and peers see life
@@ -73,20 +74,24 @@ class SseSink:
 
 async def serve_events(
     response: EventResponse,
-    hub: EventHub,
+    session: Session,
     since: int | None,
     *,
     keepalive: float = KEEPALIVE_INTERVAL,
 ) -> None:
-    """Answer with an event stream until the client hangs up or the hub stops."""
+    """Answer with an event stream until the client hangs up or the hub stops; the session
+    shows it as its connection's (`events`, `events_lagged` in inspect)."""
+    hub = session.services.events
     live, subscribed_at = await hub.subscribe(EVENT_CAPACITY)  # before the replay: no hole
     with live:
+        stream = session.event_stream = EventStream(live, subscribed_at)
+        session.events_subscribed = True
         sink = SseSink(response.write_body)
         await response.start_events(SSE_HEADERS)
         async with trio.open_nursery() as nursery:
 
             async def stream_events() -> None:
-                await replay_then_follow(hub, sink, live, since, subscribed_at)
+                await replay_then_follow(hub, sink, stream, since)
                 nursery.cancel_scope.cancel()  # the hub stopped: end the response
 
             nursery.start_soon(sink.keepalive, keepalive)

@@ -10,6 +10,7 @@ import attrs
 from meshactors.control.event_stream import (
     EVENT_CAPACITY,
     LAG_DISCONNECT_LIMIT,
+    EventStream,
     check_since,
     cut_off_when_overflowed,
     replay_then_follow,
@@ -91,7 +92,8 @@ async def _subscribe(session: Session, since: int | None) -> dict[str, Any]:
         live.close()
 
     session.on_close(unsubscribe)
-    session.nursery.start_soon(replay_then_follow, hub, session.sink, live, since, last_event_id)
+    stream = session.event_stream = EventStream(live, last_event_id)
+    session.nursery.start_soon(replay_then_follow, hub, session.sink, stream, since)
     return {"client_id": session.client_id, "last_event_id": last_event_id}
 
 

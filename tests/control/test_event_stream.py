@@ -12,7 +12,8 @@ import trio
 import trio.testing
 
 from meshactors.actors import Broadcast, Subscriber
-from meshactors.control.event_stream import follow
+from meshactors.control import client as client_module
+from meshactors.control.event_stream import EventStream, follow
 from meshactors.daemon.services import Services
 from meshactors.ops import system_ops
 from meshactors.store.events import MAX_REPLAY_BYTES, Event
@@ -20,6 +21,7 @@ from tests.support import LineClient, publish
 
 CYCLES = 100  # connections that subscribe and close at once: an unanswered join races the close
 LIVE = 10  # live events published while a replay waits
+FLOOD = 48  # events of 128 KiB published to a subscriber that reads nothing meanwhile
 
 
 async def events_figures(client: LineClient) -> dict[str, Any]:
@@ -112,7 +114,7 @@ async def followed(live: Subscriber[Event], subscribed_at: int, after: int) -> l
     sink = Written()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(follow, live, subscribed_at, after, sink)
+            nursery.start_soon(follow, EventStream(live, subscribed_at), after, sink)
             await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
     return sink.frames
@@ -156,3 +158,25 @@ async def test_a_lagged_notice_leaves_out_the_skipped_events_up_to_the_replay(
     live = broadcast.subscribe(2)
     ticks(broadcast, 1, 2, 3, 4, 5)  # 3 to 5 are skipped: the ids after the last one read
     assert await followed(live, 0, after) == expected
+
+
+async def test_inspect_shows_the_events_a_subscriber_was_told_it_missed(
+    daemon: Services, connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "OUTGOING_CAPACITY", 1)
+    monkeypatch.setattr(system_ops, "EVENT_CAPACITY", 2)
+    stalled = await connect()
+    await stalled.call("events_subscribe")
+    padding = "x" * 128 * 1024
+    for n in range(FLOOD):  # more than the socket, the writer and the queues hold
+        daemon.events.publish("test_big", {"n": n, "padding": padding})
+    await trio.testing.wait_all_tasks_blocked()  # the writer waits on the socket: the rest skipped
+    with trio.fail_after(30):
+        frame = await stalled.frame()
+        while frame["kind"] != "lagged":
+            frame = await stalled.frame()
+    assert frame["skipped"] > 0
+    tree = (await (await connect()).call("inspect"))["data"]
+    control = next(node for node in tree["children"] if node["name"] == "control")
+    figures = next(node for node in control["children"] if node["name"] == "client c1")["figures"]
+    assert (figures["events"], figures["events_lagged"]) == (True, frame["skipped"])

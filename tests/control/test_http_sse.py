@@ -11,7 +11,7 @@ import trio.testing
 
 from meshactors.actors import Broadcast
 from meshactors.control import http as http_module
-from meshactors.control.event_stream import follow
+from meshactors.control.event_stream import EventStream, follow
 from meshactors.control.sse import KEEPALIVE, KEEPALIVE_INTERVAL, SseSink, sse_message
 from meshactors.daemon.services import Services
 from meshactors.event_hub import PERSIST_BATCH
@@ -110,6 +110,17 @@ async def test_hanging_up_ends_the_subscription(daemon: Services, http: Connect)
             await trio.testing.wait_all_tasks_blocked()
 
 
+async def test_inspect_shows_an_event_stream_connection_as_subscribed(
+    http: Connect, connect: Any
+) -> None:
+    await open_events(http)
+    tree = (await (await connect()).call("inspect"))["data"]
+    control = next(node for node in tree["children"] if node["name"] == "control")
+    figures = next(node for node in control["children"] if node["name"] == "client c1")["figures"]
+    assert (figures["protocol"], figures["events"]) == ("http", True)
+    assert figures["events_lagged"] == 0
+
+
 def test_notices_have_no_id_so_reconnects_resume_from_real_events() -> None:
     assert sse_message("events_gap", {"since": 3, "oldest_kept": 9}) == (
         b'event: events_gap\ndata: {"since":3,"oldest_kept":9}\n\n'
@@ -139,7 +150,7 @@ async def test_a_lagging_reader_gets_a_lagged_event() -> None:
     reader = RawHttp(client)
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(follow, live, 0, 0, SseSink(server.send_all))
+            nursery.start_soon(follow, EventStream(live, 0), 0, SseSink(server.send_all))
             got = sse_events(await reader.until(b"\n\n") + await reader.until(b"\n\n"))
             nursery.cancel_scope.cancel()
     assert got[0]["id"] == "1"
