@@ -27,7 +27,10 @@ from meshactors.cli.common import (
 from meshactors.cli.devices import resolve_device
 from meshactors.client.sync import ClientError
 
-EVENT_FIELDS_SHOWN = ("network", "phase", "previous", "status", "reason", "purge", "reconnect")
+EVENT_FIELDS_SHOWN = (
+    *("network", "phase", "previous", "status", "reason", "purge", "reconnect"),
+    *("since", "oldest_kept", "skipped"),  # the stream's own notices: events_gap, lagged
+)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -291,7 +294,10 @@ def run_events(args: argparse.Namespace) -> int:
     with connect(args) as client:
         try:
             params = {} if args.since is None else {"since": args.since}
-            client.call("events_subscribe", **params)
+            try:
+                client.call("events_subscribe", **params)
+            except ClientError as exc:
+                fail_with(exc, "cannot start the event stream: ")
             for event in client.events():
                 print(format_event(event, as_json=args.json), flush=True)
         except ClientError as exc:

@@ -67,6 +67,13 @@ def test_events_print_as_readable_lines_or_json() -> None:
     assert json.loads(format_event(event, as_json=True)) == event
 
 
+def test_the_streams_own_notices_print_their_numbers() -> None:
+    gap = format_event({"kind": "events_gap", "since": 3, "oldest_kept": 9}, as_json=False)
+    assert "events_gap" in gap and "since=3" in gap and "oldest_kept=9" in gap
+    lagged = format_event({"kind": "lagged", "skipped": 4}, as_json=False)
+    assert "lagged" in lagged and "skipped=4" in lagged
+
+
 @pytest.mark.parametrize("at", [0, 253402300800000, MAX_AT_MS])
 def test_an_eviction_at_any_time_a_fact_may_carry_prints(at: int) -> None:
     note = evicted_note({"membership": {"evicted": {"by": DEVICE, "at": at}}})
