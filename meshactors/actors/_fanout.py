@@ -2,8 +2,9 @@
 
 Each subscriber owns a channel filled with `send_nowait`, bounded in items and, when given a
 size for its items, in bytes. A subscriber that falls behind loses the newest items and is told
-how many with a `Lagged` marker, so memory stays bounded and a slow reader never stalls the
-pump or the other subscribers. A reader leaves by closing its end; the publisher forgets it
+how many with a `Lagged` marker where they would have been, so memory stays bounded, a slow
+reader never stalls the pump or the other subscribers, and it knows which items it got came
+before the hole and which after. A reader leaves by closing its end; the publisher forgets it
 when it next looks, so only the publisher's task ever touches the list of subscribers.
 """
 
@@ -31,39 +32,49 @@ class Lagged:
 class Subscriber(Generic[T]):
     """One reader's bounded queue; iterate it to get items and `Lagged` markers in order.
 
-    With `max_bytes`, the items' `size` counts too: an item that would take the queued bytes
-    past it is skipped like one that finds the queue full, unless the queue holds none (so an
-    item larger than the bound still gets through, alone)."""
+    A marker sits exactly where its items were skipped: the next item that fits is queued
+    behind one (consecutive skips make one marker), and skips with no item after them yet are
+    reported once the reader has read everything before them. With `max_bytes`, the items'
+    `size` counts too: an item that would take the queued bytes past it is skipped like one
+    that finds the queue full, unless the queue holds none (so an item larger than the bound
+    still gets through, alone)."""
 
     capacity: int = DEFAULT_SUBSCRIBER_CAPACITY
-    _sender: trio.MemorySendChannel[tuple[T, int]] = attrs.field(init=False)
-    _receiver: trio.MemoryReceiveChannel[tuple[T, int]] = attrs.field(init=False)
+    # items and the markers before them: at most one marker per item, so twice `capacity`
+    _sender: trio.MemorySendChannel[tuple[T | Lagged, int]] = attrs.field(init=False)
+    _receiver: trio.MemoryReceiveChannel[tuple[T | Lagged, int]] = attrs.field(init=False)
     lag_limit: int | None = None  # skipped items after which `overflowed` is set
     overflowed: trio.Event = attrs.field(factory=trio.Event)
     skipped_total: int = 0
-    _skipped_unreported: int = 0
+    _skipped_unreported: int = 0  # skipped since the last item queued: in no marker yet
     max_bytes: int | None = None  # queued bytes (by `size`) past which it lags; None: no bound
     size: Callable[[T], int] | None = None  # an item's bytes, when `max_bytes` is set
+    queued: int = attrs.field(default=0, init=False)  # items waiting to be read (not markers)
     queued_bytes: int = 0  # the `size` of the items waiting to be read, each counted once
 
     def __attrs_post_init__(self) -> None:
-        self._sender, self._receiver = trio.open_memory_channel[tuple[T, int]](self.capacity)
+        self._sender, self._receiver = trio.open_memory_channel[tuple[T | Lagged, int]](
+            2 * self.capacity
+        )
         if (self.max_bytes is None) != (self.size is None):
             raise ValueError("a byte bound needs the items' size, and a size a bound")
 
     def offer(self, item: T) -> bool:
-        """Queue an item without waiting; False (and counted) when the subscriber is full, in
-        items or in bytes."""
+        """Queue an item without waiting, behind the marker of any items skipped just before
+        it; False (and counted) when the subscriber is full, in items or in bytes."""
         size = 0 if self.size is None else self.size(item)
         bound = self.max_bytes
-        if bound is not None and self.queued_bytes and self.queued_bytes + size > bound:
-            return self._skip()  # (an empty queue takes any one item, however large)
-        try:
-            self._sender.send_nowait((item, size))
-        except trio.WouldBlock:
+        over = bound is not None and self.queued_bytes > 0 and self.queued_bytes + size > bound
+        if self.queued >= self.capacity or over:  # (an empty queue takes any one item)
             return self._skip()
+        try:
+            if self._skipped_unreported:
+                self._sender.send_nowait((Lagged(self._skipped_unreported), 0))
+                self._skipped_unreported = 0
+            self._sender.send_nowait((item, size))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
+        self.queued += 1
         self.queued_bytes += size
         return True
 
@@ -81,17 +92,20 @@ class Subscriber(Generic[T]):
         return self._sender.statistics().open_receive_channels == 0
 
     async def receive(self) -> T | Lagged:
-        """The next item, or a `Lagged` marker once the queued items before the gap are read."""
+        """The next item or marker in order; once everything queued is read, the marker of
+        items skipped since the last one (before waiting for more, or before the end)."""
         try:
-            item, size = self._receiver.receive_nowait()
-        except trio.WouldBlock:
+            entry, size = self._receiver.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
             if self._skipped_unreported:
                 marker = Lagged(self._skipped_unreported)
                 self._skipped_unreported = 0
                 return marker
-            item, size = await self._receiver.receive()
-        self.queued_bytes -= size
-        return item
+            entry, size = await self._receiver.receive()
+        if not isinstance(entry, Lagged):
+            self.queued -= 1
+            self.queued_bytes -= size
+        return entry
 
     def __aiter__(self) -> Subscriber[T]:
         return self
@@ -103,11 +117,6 @@ class Subscriber(Generic[T]):
             raise StopAsyncIteration from None
 
     @property
-    def queued(self) -> int:
-        """Items waiting to be read."""
-        return self._receiver.statistics().current_buffer_used
-
-    @property
     def drained(self) -> bool:
         """Nothing to read: no item queued and no lag left to report."""
         return not self._skipped_unreported and self.queued == 0
@@ -115,7 +124,7 @@ class Subscriber(Generic[T]):
     def close(self) -> None:
         """Leave the broadcast (the reader's side): nothing more is read or queued."""
         self._receiver.close()
-        self.queued_bytes = 0  # closing the last receiving end dropped what was queued
+        self.queued = self.queued_bytes = 0  # closing the last receiving end dropped them
 
     def end(self) -> None:
         """End the stream (the publisher's side): readers see what is queued, then the end."""

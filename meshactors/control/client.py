@@ -415,22 +415,27 @@ class ClientActor(Actor):
         await self._emit(event_frame(kind, data))
 
     async def _forward_pushes(self, pushes: Subscriber[Push]) -> None:
-        """Move pushed events to the outgoing channel, those queued together (up to PUSH_BATCH,
-        PUSH_BATCH_BYTES) as one frame, and report lag where events were skipped."""
+        """Move pushed events to the outgoing channel, those queued together as one frame, and
+        report lag where events were skipped: between the events before the hole and after."""
         async for item in pushes:
-            if isinstance(item, Lagged):
-                await report_lag(item, pushes, self)
-                continue
-            frames = [item]
-            size = len(frames[0])
-            for _ in range(min(pushes.queued, PUSH_BATCH - 1)):
-                if size >= PUSH_BATCH_BYTES:
-                    break
-                event = await pushes.receive()  # queued: answers at once, never a marker
-                assert not isinstance(event, Lagged)
-                frames.append(event)
-                size += len(frames[-1])
-            await self._emit(b"".join(frames))
+            marker = item if isinstance(item, Lagged) else await self._emit_batch(item, pushes)
+            if marker is not None:
+                await report_lag(marker, pushes, self)
+
+    async def _emit_batch(self, first: Push, pushes: Subscriber[Push]) -> Lagged | None:
+        """Emit `first` and the events queued behind it (up to PUSH_BATCH, PUSH_BATCH_BYTES) as
+        one frame; a lag marker ends the batch and is returned, to be reported after it."""
+        frames, size = [first], len(first)
+        marker: Lagged | None = None
+        while pushes.queued and len(frames) < PUSH_BATCH and size < PUSH_BATCH_BYTES:
+            event = await pushes.receive()  # an event is queued: answers at once
+            if isinstance(event, Lagged):
+                marker = event
+                break
+            frames.append(event)
+            size += len(event)
+        await self._emit(b"".join(frames))
+        return marker
 
     async def _emit(self, frame: bytes) -> None:
         """Queue `frame` for the writer, in order; waits only while the outgoing channel is

@@ -7,6 +7,12 @@ import trio
 from meshactors.actors import Broadcast, Lagged, Subscriber
 
 
+async def _read(sub: Subscriber[str], count: int) -> list[str | Lagged]:
+    """The next `count` items and markers (failing, not hanging, if fewer come)."""
+    with trio.fail_after(5):
+        return [await sub.receive() for _ in range(count)]
+
+
 async def test_every_subscriber_gets_every_item_in_order() -> None:
     hub: Broadcast[int] = Broadcast()
     first, second = hub.subscribe(8), hub.subscribe(8)
@@ -26,6 +32,25 @@ async def test_slow_subscriber_lags_without_blocking_the_publisher_or_others() -
     assert slow.skipped_total == 8
     hub.publish(10)
     assert await slow.receive() == 10
+
+
+async def test_the_marker_sits_where_the_items_were_skipped_not_after_newer_ones() -> None:
+    sub = Subscriber[str](1)
+    assert sub.offer("a")
+    assert not sub.offer("b") and not sub.offer("c")  # full: skipped
+    assert await sub.receive() == "a"
+    assert sub.offer("d") and sub.queued == 1  # the marker takes no item's room
+    assert await _read(sub, 2) == [Lagged(2), "d"]
+    assert (sub.queued, sub.skipped_total) == (0, 2)
+
+
+async def test_skips_after_the_last_item_are_reported_before_the_end_of_the_stream() -> None:
+    hub: Broadcast[int] = Broadcast()
+    sub = hub.subscribe(1)
+    for item in range(3):
+        hub.publish(item)
+    hub.close()
+    assert [item async for item in sub] == [0, Lagged(2)]
 
 
 async def test_a_subscriber_that_closes_its_end_leaves_and_reads_nothing_more() -> None:
@@ -75,7 +100,8 @@ async def test_a_byte_bound_skips_what_would_pass_it_and_releases_bytes_as_they_
     assert sub.queued_bytes == 4
     assert sub.offer("small") and not sub.offer("big")
     assert sub.overflowed.is_set() is False  # 2 skipped: at the lag limit, not past it
-    assert [await sub.receive() for _ in range(3)] == ["mid", "small", Lagged(2)]
+    # each marker where its item was skipped: "small" came after the first, "big" after it
+    assert await _read(sub, 4) == ["mid", Lagged(1), "small", Lagged(1)]
     assert sub.queued_bytes == 0
     assert sub.offer("huge")  # larger than the bound, but the queue is empty: it goes alone
     assert not sub.offer("small")

@@ -147,3 +147,47 @@ async def test_a_program_not_reading_big_pushes_lags_once_their_bytes_pass_the_c
     assert frame == {"kind": "lagged", "skipped": sent - received}
     slack = 8 * 1024 * 1024  # the socket's buffers, and the batch the forwarder holds
     assert received * len(payload) <= cap + outgoing + slack
+
+
+async def test_a_lag_notice_sits_between_the_pushes_before_the_hole_and_those_after(
+    daemon: Services, connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages skipped for a program that stopped reading are reported where they were lost:
+    those before the `lagged` notice were sent before the hole, those after it after, so the
+    program knows which it missed even when later, smaller messages still fit."""
+    monkeypatch.setattr(client_module, "MAX_PUSH_BYTES", 2 * 1024 * 1024)
+    monkeypatch.setattr(client_module, "MAX_OUTGOING_BYTES", 1024 * 1024)
+    sender = await connect()
+    config = {"id": "n", "brokers": ["ws://127.0.0.1:9/v1"]}  # only this device is reached
+    assert (await sender.call("network_add", config=config))["ok"]
+    me = (await sender.call("status"))["data"]["device_id"]
+    stalled = await connect()
+    name = "client " + (await stalled.call("status"))["data"]["client_id"]
+    assert (await stalled.call("channel_subscribe", network="n", channel="c"))["ok"]
+
+    async def send(number: int, padding: str) -> None:
+        payload = f"{number:04d}{padding}"
+        params = {"network": "n", "channel": "c", "peer": me, "payload": payload}
+        assert (await sender.call("channel_send_to", **params))["ok"]
+
+    big, padding = 300, "x" * 100_000  # 30 MB in all: from here on `stalled` reads nothing
+    for number in range(big):
+        await send(number, padding)
+    await trio.testing.wait_all_tasks_blocked()  # the pump pushed them all
+    skipped = _client_figures((await sender.call("inspect"))["data"], name)["lagged"]
+    assert skipped > 0
+    # small ones fit in the bytes a skipped big one left; a big one between them does not
+    for number, pad in [(big, ""), (big + 1, ""), (big + 2, padding), (big + 3, "")]:
+        await send(number, pad)
+    await trio.testing.wait_all_tasks_blocked()
+    assert _client_figures((await sender.call("inspect"))["data"], name)["lagged"] == skipped + 1
+    seen: list[int | str] = []
+    with trio.fail_after(30):
+        while big + 3 not in seen:
+            frame = await stalled.frame()
+            if frame["kind"] == "lagged":
+                seen.append(f"lagged {frame['skipped']}")
+            else:
+                seen.append(int(frame["payload"][:4]))
+    got = big - skipped  # the big ones delivered: the first ones, without a hole
+    assert seen == [*range(got), f"lagged {skipped}", big, big + 1, "lagged 1", big + 3]
