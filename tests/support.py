@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,6 +22,19 @@ from meshactors.event_hub import EventHub
 from meshactors.store.events import Event
 
 CLI_TIMEOUT = 60  # seconds any one CLI command may take
+PR_CAPBSET_DROP = 24  # prctl(2): drop a capability from the calling thread's bounding set
+FILE_OVERRIDE_CAPS = (1, 2)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH: root reads any file
+
+
+def obeying_file_modes() -> None:
+    """`preexec_fn` for a child that file modes bind even when run as root (its bounding set
+    loses the capabilities that override them), so a test can make a file unreadable to it."""
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in FILE_OVERRIDE_CAPS:
+        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 
 @attrs.define(eq=False)
@@ -95,7 +109,11 @@ class Home:
         return env | {"MESHACTORS_HOME": str(self.path)}
 
     def cli(
-        self, *args: str, check: bool = True, timeout: float = CLI_TIMEOUT
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = CLI_TIMEOUT,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run `meshactors ARGS…` to completion (killed, TimeoutExpired, after `timeout` s)."""
         result = subprocess.run(
@@ -105,6 +123,7 @@ class Home:
             text=True,
             timeout=timeout,
             check=False,
+            preexec_fn=preexec_fn,
         )
         if check and result.returncode != 0:
             raise AssertionError(

@@ -252,7 +252,7 @@ def _durable_settings(args: argparse.Namespace) -> DurableSettings:
 
 def _detach(args: argparse.Namespace, paths: Paths) -> int:
     """Start the daemon in a new session and wait until it says it serves."""
-    pid = read_running_pid(paths.pid_file)
+    pid = _running_pid(paths.pid_file)
     if pid is not None:
         fail(str(AlreadyRunning(pid, paths.pid_file)), EXIT_FAILURE)
     read_end, write_end = os.pipe()
@@ -335,7 +335,7 @@ def _failure_line(log_path: Path, offset: int) -> str | None:
 
 def run_down(args: argparse.Namespace) -> int:
     paths = paths_of(args)
-    pid = read_running_pid(paths.pid_file)
+    pid = _running_pid(paths.pid_file)
     told = True
     try:
         with SyncClient.connect(paths.socket, timeout=DOWN_TIMEOUT) as client:
@@ -354,11 +354,22 @@ def run_down(args: argparse.Namespace) -> int:
 
 def _wait_exit(pid_file: Path, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while read_running_pid(pid_file) is not None:
+    while _running_pid(pid_file) is not None:
         if time.monotonic() > deadline:
             return False
         time.sleep(POLL_INTERVAL)
     return True
+
+
+def _running_pid(pid_file: Path) -> int | None:
+    """`read_running_pid`, or exit 3 naming the pid file when it cannot be read (say, root's,
+    left by a `sudo meshactors daemon up`): the daemon it names cannot be told apart."""
+    try:
+        return read_running_pid(pid_file)
+    except (SymlinkRefused, NotRegularFile):
+        raise  # told like every other file of the home
+    except OSError as exc:
+        fail(f"cannot read the daemon's pid file {pid_file}: {exc.strerror or exc}", EXIT_STARTUP)
 
 
 def run_status(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Home
+from tests.support import Home, obeying_file_modes
 
 pytestmark = pytest.mark.e2e
 
@@ -123,3 +123,19 @@ def test_the_log_and_pid_file_are_private(home: Home) -> None:
             assert mode == 0o600, (name, oct(mode))
     finally:
         home.stop_daemon()
+
+
+@pytest.mark.parametrize("command", [("daemon", "down"), ("daemon", "up", "--detach")])
+def test_an_unreadable_pid_file_is_one_line_and_exit_3(
+    home: Home, command: tuple[str, ...]
+) -> None:
+    home.cli("identity", "show")
+    pid_file = home.path / "daemon.pid"
+    pid_file.write_text("12345\n")  # as a `sudo meshactors daemon up` leaves it: root's own
+    pid_file.chmod(0)
+
+    result = home.cli(*command, check=False, preexec_fn=obeying_file_modes)
+
+    assert result.returncode == 3, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line == f"meshactors: cannot read the daemon's pid file {pid_file}: Permission denied"
