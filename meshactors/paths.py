@@ -139,6 +139,19 @@ class Paths:
         return self.runtime_dir / "daemon.pid"
 
     @property
+    def state_lock_file(self) -> Path:
+        """The running daemon's pid again, flock'd while it lives: one daemon per identity and
+        database, even when two runs resolve different runtime directories (a unit's
+        XDG_RUNTIME_DIR and a sudo shell's /tmp fallback)."""
+        return self.state_dir / "daemon.lock"
+
+    @property
+    def lock_files(self) -> tuple[Path, Path]:
+        """What a daemon locks for its life, in order: the pid file (its socket's directory),
+        then the state lock (its identity and database)."""
+        return (self.pid_file, self.state_lock_file)
+
+    @property
     def token_file(self) -> Path:
         """The bearer token for the optional loopback TCP listener (private)."""
         return self.state_dir / "http-token"

@@ -161,14 +161,17 @@ def run_up(args: argparse.Namespace) -> int:
     )
     try:
         lock = DaemonLock.acquire(
-            options.paths.pid_file, options.paths.socket, keep_socket=options.listen_fd is not None
+            options.paths.lock_files,
+            options.paths.socket,
+            keep_socket=options.listen_fd is not None,
         )
     except AlreadyRunning as exc:
         fail(f"{exc}", EXIT_FAILURE)
     except SymlinkRefused:
         raise  # told like every other file of the home (symlink_refused)
     except OSError as exc:
-        fail(f"cannot take the daemon lock {options.paths.pid_file}: {exc.strerror}", EXIT_STARTUP)
+        where = exc.filename or " and ".join(map(str, options.paths.lock_files))
+        fail(f"cannot take the daemon lock {where}: {exc.strerror}", EXIT_STARTUP)
     try:
         trio.run(serve, options)
     except* ChildStartFailed as group:
@@ -252,9 +255,9 @@ def _durable_settings(args: argparse.Namespace) -> DurableSettings:
 
 def _detach(args: argparse.Namespace, paths: Paths) -> int:
     """Start the daemon in a new session and wait until it says it serves."""
-    pid = _running_pid(paths.pid_file)
-    if pid is not None:
-        fail(str(AlreadyRunning(pid, paths.pid_file)), EXIT_FAILURE)
+    running = _running(paths)
+    if running is not None:
+        fail(str(AlreadyRunning(*running)), EXIT_FAILURE)
     read_end, write_end = os.pipe()
     log_path = paths.state_dir / LOG_FILE
     command = [sys.executable, "-m", "meshactors"]
@@ -335,30 +338,43 @@ def _failure_line(log_path: Path, offset: int) -> str | None:
 
 def run_down(args: argparse.Namespace) -> int:
     paths = paths_of(args)
-    pid = _running_pid(paths.pid_file)
+    running = _running(paths)
     told = True
     try:
         with SyncClient.connect(paths.socket, timeout=DOWN_TIMEOUT) as client:
             client.call("shutdown")
     except (DaemonNotRunning, ClientError, OSError) as exc:
-        if pid is None:
+        if running is None:
             return report(args, {"stopped": False}, "no daemon running")
         told = not isinstance(exc, DaemonNotRunning)  # it serves another socket, or none yet
-    if pid is not None and not (told and _wait_exit(paths.pid_file, DOWN_TIMEOUT)):
+    if running is not None and not (told and _wait_exit(paths, running[0], DOWN_TIMEOUT)):
+        pid = running[0]
         with contextlib.suppress(ProcessLookupError):  # it exited since we read its pid
             os.kill(pid, signal.SIGTERM)
-        if not _wait_exit(paths.pid_file, DOWN_TIMEOUT):
+        if not _wait_exit(paths, pid, DOWN_TIMEOUT):
             fail(f"daemon (pid {pid}) did not stop after SIGTERM")
     return report(args, {"stopped": True}, "daemon stopped")
 
 
-def _wait_exit(pid_file: Path, timeout: float) -> bool:
+def _wait_exit(paths: Paths, pid: int, timeout: float) -> bool:
+    """Wait until daemon `pid` holds none of the lock files (a killed one drops them one by
+    one), so a `daemon up` that follows finds both free; False after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while _running_pid(pid_file) is not None:
+    while pid in map(_running_pid, paths.lock_files):
         if time.monotonic() > deadline:
             return False
         time.sleep(POLL_INTERVAL)
     return True
+
+
+def _running(paths: Paths) -> tuple[int, Path] | None:
+    """The live daemon's pid and the lock file naming it: the pid file, else the state lock
+    (a daemon of this identity serving another runtime directory); None when none runs."""
+    for lock_file in paths.lock_files:
+        pid = _running_pid(lock_file)
+        if pid is not None:
+            return pid, lock_file
+    return None
 
 
 def _running_pid(pid_file: Path) -> int | None:

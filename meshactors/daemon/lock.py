@@ -1,12 +1,15 @@
-"""One daemon per home: an exclusive flock on the pid file, held for the daemon's lifetime.
+"""One daemon per home: exclusive flocks on its pid file (in the runtime directory, beside the
+socket) and on its state lock (in the state directory, beside the identity and database), held
+for the daemon's lifetime. Either alone would let two daemons share the other directory.
 
-The kernel drops the lock when its holder dies, so a SIGKILLed daemon leaves only files behind:
-the next daemon takes the lock and removes the dead one's socket file.
+The kernel drops the locks when their holder dies, so a SIGKILLed daemon leaves only files
+behind: the next daemon takes the locks and removes the dead one's socket file.
 """
 
 import fcntl
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -35,39 +38,46 @@ class AlreadyRunning(Exception):
 
 @attrs.define
 class DaemonLock:
-    """The daemon's exclusive lock on its pid file; release it (or leave the `with`) to drop it."""
+    """The daemon's exclusive locks on its lock files (each holds its pid); release it (or
+    leave the `with`) to drop them."""
 
-    pid_file: Path
-    _fd: int | None = attrs.field(repr=False)
+    _held: list[tuple[Path, int]] = attrs.field(factory=list, repr=False)
 
     @classmethod
-    def acquire(cls, pid_file: Path, socket: Path, *, keep_socket: bool = False) -> Self:
-        """Lock `pid_file`, write our pid in it and remove a dead daemon's socket file at `socket`
-        (unless `keep_socket`: it is the live one a service manager handed us).
+    def acquire(
+        cls, lock_files: Sequence[Path], socket: Path, *, keep_socket: bool = False
+    ) -> Self:
+        """Lock each of `lock_files` in turn and write our pid in it, then remove a dead
+        daemon's socket file at `socket` (unless `keep_socket`: it is the live one a service
+        manager handed us).
 
-        Raises AlreadyRunning when another live process holds the lock.
+        Raises AlreadyRunning, naming the file, when another live process holds one of them;
+        the locks taken before it are released again.
         """
-        fd = _lock_pid_file(pid_file)
+        lock = cls()
         try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            for lock_file in lock_files:
+                fd = _lock_pid_file(lock_file)
+                lock._held.append((lock_file, fd))
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
             if not keep_socket:
                 _remove_stale_socket(socket)
         except BaseException:
-            os.close(fd)
+            lock.release()
             raise
-        return cls(pid_file, fd)
+        return lock
 
     def release(self) -> None:
-        """Unlink the pid file (if it is still ours) and close it, dropping the lock. Idempotent."""
-        if self._fd is None:
-            return
-        fd, self._fd = self._fd, None
-        try:
-            if _is_current(fd, self.pid_file):
-                self.pid_file.unlink(missing_ok=True)  # while still locked, see _lock_pid_file
-        finally:
-            os.close(fd)
+        """Unlink each lock file (if it is still ours) and close it, dropping its lock, in
+        the reverse order of taking them. Idempotent."""
+        while self._held:
+            lock_file, fd = self._held.pop()
+            try:
+                if _is_current(fd, lock_file):
+                    lock_file.unlink(missing_ok=True)  # while still locked, see _lock_pid_file
+            finally:
+                os.close(fd)
 
     def __enter__(self) -> Self:
         return self

@@ -99,7 +99,7 @@ async def test_daemon_serves_on_the_adopted_socket_and_leaves_it(
         # a client that connected before the daemon ran is answered once it does
         early = LineClient(await trio.open_unix_socket(str(path)))
         await early.send("status")
-        with DaemonLock.acquire(paths.pid_file, path, keep_socket=True):
+        with DaemonLock.acquire(paths.lock_files, path, keep_socket=True):
             async with trio.open_nursery() as nursery:
                 services = await nursery.start(serve, options)
                 status = await early.frame()

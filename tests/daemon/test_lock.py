@@ -20,7 +20,7 @@ CHILD = """
 import socket, sys
 from pathlib import Path
 from meshactors.daemon.lock import DaemonLock
-lock = DaemonLock.acquire(Path(sys.argv[1]), Path(sys.argv[2]))
+lock = DaemonLock.acquire([Path(sys.argv[1])], Path(sys.argv[2]))
 server = socket.socket(socket.AF_UNIX)
 server.bind(sys.argv[2])
 server.listen()
@@ -38,7 +38,7 @@ def leave_socket_file(path: Path) -> None:
 def test_acquire_writes_our_pid_and_is_seen_as_running(tmp_path: Path) -> None:
     pid_file = tmp_path / "daemon.pid"
 
-    with DaemonLock.acquire(pid_file, tmp_path / "daemon.sock"):
+    with DaemonLock.acquire([pid_file], tmp_path / "daemon.sock"):
         assert pid_file.read_text() == f"{os.getpid()}\n"
         assert read_running_pid(pid_file) == os.getpid()
 
@@ -46,8 +46,8 @@ def test_acquire_writes_our_pid_and_is_seen_as_running(tmp_path: Path) -> None:
 def test_second_acquire_raises_already_running(tmp_path: Path) -> None:
     pid_file, sock = tmp_path / "daemon.pid", tmp_path / "daemon.sock"
 
-    with DaemonLock.acquire(pid_file, sock), pytest.raises(AlreadyRunning) as caught:
-        DaemonLock.acquire(pid_file, sock)
+    with DaemonLock.acquire([pid_file], sock), pytest.raises(AlreadyRunning) as caught:
+        DaemonLock.acquire([pid_file], sock)
 
     assert caught.value.pid == os.getpid()
     assert str(caught.value) == (
@@ -55,16 +55,32 @@ def test_second_acquire_raises_already_running(tmp_path: Path) -> None:
     )
 
 
+def test_a_shared_state_lock_refuses_a_daemon_with_another_pid_file(tmp_path: Path) -> None:
+    state_lock, sock = tmp_path / "state" / "daemon.lock", tmp_path / "daemon.sock"
+    first, second = tmp_path / "r1" / "daemon.pid", tmp_path / "r2" / "daemon.pid"
+    for directory in (state_lock.parent, first.parent, second.parent):
+        directory.mkdir()
+
+    with DaemonLock.acquire([first, state_lock], sock), pytest.raises(AlreadyRunning) as caught:
+        DaemonLock.acquire([second, state_lock], sock)
+
+    assert str(caught.value) == (
+        f"a daemon is already running (pid {os.getpid()}, holding {state_lock})"
+    )
+    assert not second.exists()  # the refused daemon's own pid file is released again
+    assert read_running_pid(second) is None
+
+
 def test_release_unlinks_the_pid_file_and_frees_the_lock(tmp_path: Path) -> None:
     pid_file, sock = tmp_path / "daemon.pid", tmp_path / "daemon.sock"
-    lock = DaemonLock.acquire(pid_file, sock)
+    lock = DaemonLock.acquire([pid_file], sock)
 
     lock.release()
     lock.release()  # idempotent
 
     assert not pid_file.exists()
     assert read_running_pid(pid_file) is None
-    DaemonLock.acquire(pid_file, sock).release()
+    DaemonLock.acquire([pid_file], sock).release()
 
 
 def test_leftover_pid_file_is_not_running_and_is_taken_over(tmp_path: Path) -> None:
@@ -72,7 +88,7 @@ def test_leftover_pid_file_is_not_running_and_is_taken_over(tmp_path: Path) -> N
     pid_file.write_text("99999999\n")
 
     assert read_running_pid(pid_file) is None
-    with DaemonLock.acquire(pid_file, tmp_path / "daemon.sock"):
+    with DaemonLock.acquire([pid_file], tmp_path / "daemon.sock"):
         assert pid_file.read_text() == f"{os.getpid()}\n"
 
 
@@ -84,7 +100,7 @@ def test_acquire_removes_a_stale_socket_file(tmp_path: Path) -> None:
     sock = tmp_path / "daemon.sock"
     leave_socket_file(sock)
 
-    with DaemonLock.acquire(tmp_path / "daemon.pid", sock):
+    with DaemonLock.acquire([tmp_path / "daemon.pid"], sock):
         assert not sock.exists()
 
 
@@ -92,15 +108,15 @@ def test_acquire_leaves_a_regular_file_at_the_socket_path(tmp_path: Path) -> Non
     not_a_socket = tmp_path / "notes.txt"
     not_a_socket.write_text("keep me")
 
-    with DaemonLock.acquire(tmp_path / "daemon.pid", not_a_socket):
+    with DaemonLock.acquire([tmp_path / "daemon.pid"], not_a_socket):
         assert not_a_socket.read_text() == "keep me"
 
 
 def test_release_keeps_a_pid_file_that_replaced_ours(tmp_path: Path) -> None:
     pid_file, sock = tmp_path / "daemon.pid", tmp_path / "daemon.sock"
-    old = DaemonLock.acquire(pid_file, sock)
+    old = DaemonLock.acquire([pid_file], sock)
     pid_file.unlink()  # someone removed it by hand; a new daemon started
-    new = DaemonLock.acquire(pid_file, sock)
+    new = DaemonLock.acquire([pid_file], sock)
 
     old.release()
 
@@ -131,13 +147,13 @@ async def test_killed_daemon_is_recovered_from(tmp_path: Path) -> None:
             assert output == b"ready\n"
             assert read_running_pid(pid_file) == child.pid
             with pytest.raises(AlreadyRunning) as caught:
-                DaemonLock.acquire(pid_file, sock)
+                DaemonLock.acquire([pid_file], sock)
             assert caught.value.pid == child.pid
             child.kill()
 
     assert child.returncode == -signal.SIGKILL
     assert sock.exists() and pid_file.exists()  # what a killed daemon leaves behind
     assert read_running_pid(pid_file) is None
-    with DaemonLock.acquire(pid_file, sock):
+    with DaemonLock.acquire([pid_file], sock):
         assert not sock.exists()
         assert pid_file.read_text() == f"{os.getpid()}\n"

@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from meshactors.cli.common import EXIT_NOT_RUNNING
+from meshactors.daemon.lock import read_running_pid
 from meshactors.hostguard import HostFacts, accept_host
 from tests.support import Home, LineClient
 
@@ -74,6 +75,42 @@ def test_already_running_names_the_running_daemon_not_the_socket_asked_for(home:
         assert f"already running (pid {pid}, holding {home.path / 'daemon.pid'})" in again.stderr
         assert str(home.socket) not in again.stderr  # it serves alt.sock, not the default
     home.cli("--socket", alt, "daemon", "down")
+
+
+def test_one_daemon_per_state_directory_whatever_runtime_directory(tmp_path: Path) -> None:
+    """A user unit's XDG_RUNTIME_DIR and a sudo shell's /tmp fallback resolve different pid
+    files: the state directory's lock still refuses a second daemon of the same identity."""
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESHACTORS_", "XDG_"))}
+    env |= {"HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state")}
+
+    def cli(runtime: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "meshactors", *args],
+            env=env | {"XDG_RUNTIME_DIR": str(tmp_path / runtime)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    state_lock = tmp_path / "state" / "meshactors" / "daemon.lock"
+    started = cli("r1", "daemon", "up", "--detach")
+    assert started.returncode == 0, started.stderr
+    try:
+        pid = read_running_pid(tmp_path / "r1" / "meshactors" / "daemon.pid")
+        for up in (("daemon", "up", "--detach"), ("daemon", "up")):
+            again = cli("r2", *up)
+            assert again.returncode == 1, again.stderr
+            assert f"already running (pid {pid}, holding {state_lock})" in again.stderr
+        assert not (tmp_path / "r2" / "meshactors" / "daemon.pid").exists()
+        down = cli("r2", "daemon", "down")  # found by the state lock, though not on r2's socket
+        assert down.returncode == 0, down.stderr
+        assert "daemon stopped" in down.stdout
+        assert read_running_pid(state_lock) is None
+    finally:
+        for runtime in ("r1", "r2"):
+            cli(runtime, "daemon", "down")
 
 
 def test_down_sigterms_at_once_a_daemon_on_another_socket(home: Home) -> None:

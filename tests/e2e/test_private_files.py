@@ -26,6 +26,7 @@ PRIVATE_FILES = {
     "state.db-wal": (),
     "state.db-shm": (),
     "daemon.pid": (),
+    "daemon.lock": (),
 }
 
 
@@ -115,10 +116,11 @@ def test_a_detached_daemon_reports_the_childs_own_reason(home: Home, tmp_path: P
         assert "did not become ready" not in result.stderr
 
 
-def test_the_log_and_pid_file_are_private(home: Home) -> None:
+def test_the_log_and_lock_files_are_private(home: Home) -> None:
     home.cli("daemon", "up", "--detach")
     try:
-        for name in ("daemon.log", "daemon.pid", "state.db", "identity.json", "host.json"):
+        kept = ("daemon.log", "daemon.pid", "daemon.lock", "state.db", "identity.json", "host.json")
+        for name in kept:
             mode = stat.S_IMODE(os.lstat(home.path / name).st_mode)
             assert mode == 0o600, (name, oct(mode))
     finally:
