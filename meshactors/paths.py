@@ -17,13 +17,22 @@ SOCKET_NAME = "daemon.sock"  # control socket file name inside the runtime dir
 FALLBACK_RUNTIME_DIR = "/tmp/meshactors-{uid}"  # runtime dir when XDG_RUNTIME_DIR is unset
 PRIVATE_DIR_MODE = 0o700  # state and runtime dirs: the identity and the socket are the owner's
 PRIVATE_FILE_MODE = 0o600  # identity, host record, tokens: readable by the owner only
+ROOT_UID = 0  # besides ours, the only owner whose symlink to a private directory we follow
 TMP_SUFFIX_BYTES = 8  # random bytes in a temporary file's name, so writers never collide
 
 log = structlog.get_logger(__name__)
 
 
 class UnsafeDirectory(PermissionError):
-    """A private directory already exists but belongs to another user: we refuse to use it."""
+    """A private directory already exists but belongs to another user, or is a symlink another
+    user made: we refuse to use it."""
+
+    def __init__(self, directory: Path, reason: str) -> None:
+        super().__init__(errno.EPERM, f"{reason}; refusing to keep private files there", None)
+        self.filename = str(directory)
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
 
 
 class SymlinkRefused(PermissionError):
@@ -235,16 +244,27 @@ def prepare_dirs(paths: Paths) -> None:
 
 
 def _make_private_dir(directory: Path) -> None:
-    """Create `directory` (and parents) and make it 0700; refuse one that another user owns."""
+    """Create `directory` (and parents) and make it 0700; refuse one that another user owns,
+    and a symlink in its place that another user made (in /tmp, anyone may plant one to one
+    of our own directories, which we would chmod and fill). A symlink made by us or root (as
+    systemd makes a DynamicUser's StateDirectory) is followed."""
     directory.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
-    status = directory.stat()
-    if status.st_uid != os.geteuid():
+    link = os.lstat(directory)
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in (os.geteuid(), ROOT_UID):
         raise UnsafeDirectory(
-            f"{directory} belongs to uid {status.st_uid}, not to us (uid {os.geteuid()}); "
-            "refusing to keep private files there"
+            directory, f"is a symlink made by uid {link.st_uid}, not by us (uid {os.geteuid()})"
         )
-    if stat.S_IMODE(status.st_mode) != PRIVATE_DIR_MODE:
-        directory.chmod(PRIVATE_DIR_MODE)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        status = os.fstat(fd)  # the directory checked is the one chmodded, whatever moves
+        if status.st_uid != os.geteuid():
+            raise UnsafeDirectory(
+                directory, f"belongs to uid {status.st_uid}, not to us (uid {os.geteuid()})"
+            )
+        if stat.S_IMODE(status.st_mode) != PRIVATE_DIR_MODE:
+            os.fchmod(fd, PRIVATE_DIR_MODE)
+    finally:
+        os.close(fd)
 
 
 def temp_name(path: Path) -> Path:

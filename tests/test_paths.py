@@ -155,6 +155,41 @@ def test_prepare_dirs_refuses_another_users_directory(tmp_path: Path, foreign_di
     assert mode_of(foreign_dir) == mode_before
 
 
+def test_prepare_dirs_refuses_a_symlink_another_user_planted(tmp_path: Path) -> None:
+    """Another user's link at the /tmp fallback must not choose where our socket goes."""
+    if os.geteuid() != 0:
+        pytest.skip("making a symlink owned by another user needs root")
+    ours = tmp_path / "ours"
+    ours.mkdir(mode=0o755)
+    ours.chmod(0o755)
+    fallback = tmp_path / f"meshactors-{os.getuid()}"  # stands for /tmp/meshactors-UID
+    fallback.symlink_to(ours)
+    os.lchown(fallback, 65534, 65534)
+
+    with pytest.raises(UnsafeDirectory) as caught:
+        prepare_dirs(Paths(tmp_path / "cfg", tmp_path / "state", fallback, fallback / "d.sock"))
+
+    assert str(caught.value) == (
+        f"{fallback}: is a symlink made by uid 65534, not by us (uid 0); "
+        "refusing to keep private files there"
+    )
+    assert mode_of(ours) == 0o755
+    assert list(ours.iterdir()) == []
+
+
+def test_prepare_dirs_follows_our_own_symlink(tmp_path: Path) -> None:
+    """A home the user (or root, for systemd's DynamicUser) linked elsewhere is still used."""
+    target = tmp_path / "data"
+    target.mkdir(mode=0o755)
+    target.chmod(0o755)
+    home = tmp_path / "home"
+    home.symlink_to(target)
+
+    prepare_dirs(resolve_paths({"MESHACTORS_HOME": str(home)}))
+
+    assert mode_of(target) == 0o700
+
+
 def test_write_private_file_is_0600_and_leaves_no_temp_file(tmp_path: Path) -> None:
     target = tmp_path / "secret"
     old_umask = os.umask(0o277)  # would make a plain write 0400
