@@ -1,5 +1,5 @@
-"""TCP listeners whose failure says in one line where and why (`cannot listen on
-127.0.0.1:7447: address already in use`), for the daemon's and the broker's start-up."""
+"""Listeners whose failure says in one line where and why (`cannot listen on 127.0.0.1:7447:
+address already in use`), for the daemon's and the broker's start-up."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import trio
 
 
 class ListenError(OSError):
-    """A TCP port could not be listened on; its message is the one line a user sees."""
+    """A TCP port or Unix socket path could not be listened on; its message is the one line a
+    user sees."""
 
     def __str__(self) -> str:
         return str(self.strerror)

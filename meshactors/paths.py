@@ -56,15 +56,21 @@ class NotRegularFile(OSError):
     for reading could wait forever for a writer, and what it holds is not the daemon's file."""
 
     def __init__(self, path: Path, mode: int) -> None:
-        kind = next((name for test, name in _KINDS if test(mode)), "special file")
-        super().__init__(errno.EINVAL, f"{path} is a {kind}, not a regular file")
+        super().__init__(errno.EINVAL, f"{path} is a {kind_of(mode)}, not a regular file")
         self.path = path
 
     def __str__(self) -> str:
         return str(self.strerror)
 
 
+def kind_of(mode: int) -> str:
+    """What a file of `mode` (from stat or lstat) is, in words: "directory", "FIFO", …"""
+    return next((name for test, name in _KINDS if test(mode)), "special file")
+
+
 _KINDS = (
+    (stat.S_ISREG, "regular file"),
+    (stat.S_ISLNK, "symlink"),
     (stat.S_ISFIFO, "FIFO"),
     (stat.S_ISSOCK, "socket"),
     (stat.S_ISCHR, "character device"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import socket as stdlib_socket
@@ -19,7 +20,8 @@ from meshactors.control.http import sniff
 from meshactors.control.http_response import encode_alone, error_response
 from meshactors.control.tcp_auth import TCP_HOST, TcpAuth, load_or_create_token
 from meshactors.daemon.services import Services
-from meshactors.listen import open_tcp_listeners
+from meshactors.listen import ListenError, open_tcp_listeners
+from meshactors.paths import kind_of
 from meshactors.wire.ipc import ErrorCode, OpError, error_frame
 
 log = structlog.get_logger("meshactors.control")
@@ -33,6 +35,7 @@ REFUSAL_TIMEOUT = 1.0  # seconds a refused connection gets: to show what it spea
 MAX_REFUSING = 64  # refused connections answered at once (each in its own task); more are
 # closed unanswered, so a flood of silent connections costs neither the listener nor memory
 SOCKET_MODE = 0o600
+MAX_SOCKET_PATH_BYTES = 107  # a Unix socket's path, less its NUL, must fit sockaddr_un's 108
 SD_LISTEN_FDS_START = 3  # the first descriptor a socket-activating service manager passes
 
 _BUSY = OpError(ErrorCode.UNAVAILABLE, f"at most {MAX_CLIENTS} clients at once")
@@ -211,16 +214,44 @@ async def _busy_answer(stream: trio.abc.ReceiveStream) -> bytes:
 
 
 async def bind_unix_listener(path: Path) -> trio.SocketListener:
-    """Listen on a Unix socket at `path`, mode 0600; the daemon lock removed any stale one."""
+    """Listen on a Unix socket at `path`, mode 0600; the daemon lock removed any stale one.
+
+    Raises ListenError naming the path when it is too long for a socket or something else
+    is in its way.
+    """
+    size = len(os.fsencode(path))
+    if size > MAX_SOCKET_PATH_BYTES:
+        raise ListenError(
+            errno.ENAMETOOLONG,
+            f"cannot listen on {path}: the path is {size} bytes, longer than the "
+            f"{MAX_SOCKET_PATH_BYTES} a Unix socket's may be (use a shorter MESHACTORS_HOME, "
+            "or --socket PATH)",
+        )
     sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
     try:
-        await sock.bind(str(path))  # inside the 0700 runtime directory, so the mode race is moot
+        try:
+            await sock.bind(str(path))  # inside the 0700 runtime dir: the mode race is moot
+        except OSError as exc:
+            reason = _bind_failure(path, exc)
+            raise ListenError(exc.errno, f"cannot listen on {path}: {reason}") from exc
         os.chmod(path, SOCKET_MODE)
         sock.listen(LISTEN_BACKLOG)
     except BaseException:
         sock.close()
         raise
     return trio.SocketListener(sock)
+
+
+def _bind_failure(path: Path, exc: OSError) -> str:
+    """Why binding `path` failed, in words: for "address in use", what is in the way (the
+    daemon lock removed a dead daemon's socket, so it is not that)."""
+    if exc.errno != errno.EADDRINUSE:
+        return (exc.strerror or str(exc)).lower()
+    try:
+        kind = kind_of(os.lstat(path).st_mode)
+    except OSError:
+        kind = "file"  # gone again since
+    return f"a {kind} is in the way (remove it, or use --socket PATH)"
 
 
 def adopt_unix_listener(fd: int) -> trio.SocketListener:

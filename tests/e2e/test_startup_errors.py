@@ -3,8 +3,10 @@ and with --detach: a taken port names the address and the OS's reason."""
 
 from __future__ import annotations
 
+import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +68,46 @@ def test_an_emptied_database_is_refused_not_started_afresh(home: Home) -> None:
         assert "left untouched" in result.stderr
         assert "Traceback" not in result.stderr
     assert state.read_bytes() == b""
+
+
+OBSTACLES: dict[str, Callable[[Path], None]] = {
+    "regular file": lambda path: path.write_text("notes\n"),
+    "directory": lambda path: path.mkdir(),
+    "symlink": lambda path: path.symlink_to(path.with_name("elsewhere.sock")),
+}
+
+
+@pytest.mark.parametrize("detach", [False, True], ids=["foreground", "detach"])
+@pytest.mark.parametrize("kind", sorted(OBSTACLES))
+def test_something_in_the_sockets_way_is_named_not_taken_for_a_daemon(
+    home: Home, kind: str, detach: bool
+) -> None:
+    home.cli("identity", "show")
+    OBSTACLES[kind](home.socket)
+
+    result = home.cli("daemon", "up", *(["--detach"] if detach else []), check=False)
+
+    said = [line for line in result.stderr.splitlines() if line.startswith("meshactors:")]
+    assert result.returncode == 3, result.stderr
+    assert len(said) == 1, result.stderr
+    assert f"cannot listen on {home.socket}: a {kind} is in the way" in said[0]
+    assert "Traceback" not in result.stderr
+    assert os.path.lexists(home.socket)  # left as it was
+
+
+def test_a_socket_path_too_long_is_named(tmp_path: Path) -> None:
+    home = Home(tmp_path / ("h" * 120))
+    home.path.mkdir()
+    try:
+        result = home.cli("daemon", "up", check=False)
+    finally:
+        home.stop_daemon()
+
+    assert result.returncode == 3, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    size = len(os.fsencode(home.socket))
+    assert line == (
+        f"meshactors: the daemon could not start: cannot listen on {home.socket}: the path is "
+        f"{size} bytes, longer than the 107 a Unix socket's may be (use a shorter "
+        "MESHACTORS_HOME, or --socket PATH)"
+    )
