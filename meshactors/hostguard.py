@@ -31,6 +31,11 @@ class HostGuardError(Exception):
     """The host record cannot be used (corrupt or unreadable) or cannot be written."""
 
 
+class HostRecordUnreadable(HostGuardError):
+    """The host record is there but cannot be read (its owner, mode or kind): not corrupt, so
+    recording this machine over it (accept-host) is not the way out."""
+
+
 class HostCheck(enum.Enum):
     """Outcome of comparing this machine with the host record."""
 
@@ -122,7 +127,8 @@ def fingerprint(facts: HostFacts) -> str:
 
 def check_host(path: Path, facts: HostFacts) -> HostCheck:
     """Compare `facts` with the host record at `path`, recording them on first start and when only
-    the MAC changed. MISMATCH is returned, not raised; a corrupt record raises HostGuardError."""
+    the MAC changed. MISMATCH is returned, not raised; a corrupt record raises HostGuardError,
+    an unreadable one HostRecordUnreadable."""
     recorded = _read_record(path)
     if recorded is None:
         accept_host(path, facts)
@@ -184,7 +190,11 @@ def _read_record(path: Path) -> HostFacts | None:
         return None
     except SymlinkRefused:
         raise  # not a corrupt record: a link the daemon will not follow (exit 3)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise HostRecordUnreadable(
+            f"host record {path} is unreadable ({exc.strerror or exc})"
+        ) from exc
+    except ValueError as exc:
         raise HostGuardError(
             f"host record {path} is corrupt ({exc}); run `meshactors daemon accept-host` "
             "to record this machine"

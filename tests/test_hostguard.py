@@ -12,6 +12,7 @@ from meshactors.hostguard import (
     HostCheck,
     HostFacts,
     HostGuardError,
+    HostRecordUnreadable,
     accept_host,
     check_host,
     fingerprint,
@@ -224,6 +225,19 @@ def test_corrupt_record_raises_naming_accept_host(
     assert f"{path} is corrupt" in str(caught.value)
     assert "`meshactors daemon accept-host`" in str(caught.value)
     assert path.read_text() == content
+
+
+def test_a_record_that_cannot_be_read_is_unreadable_not_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "host.json"
+    path.mkdir()
+
+    with pytest.raises(HostRecordUnreadable) as caught:
+        check_host(path, FACTS)
+
+    assert str(caught.value) == (
+        f"host record {path} is unreadable ({path} is a directory, not a regular file)"
+    )
+    assert path.is_dir()
 
 
 def test_well_formed_record_is_accepted(tmp_path: Path) -> None:

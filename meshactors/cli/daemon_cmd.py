@@ -46,6 +46,7 @@ from meshactors.hostguard import (
     HOST_MISMATCH_EXIT_CODE,
     HostCheck,
     HostGuardError,
+    HostRecordUnreadable,
     accept_host,
     check_host,
     mismatch_message,
@@ -206,7 +207,7 @@ def _checked_identity(paths: Paths) -> Identity:
     try:
         identity = load_or_create_identity(paths.identity_file)
         verdict = check_host(paths.host_file, read_host_facts())
-    except IdentityError as exc:
+    except (IdentityError, HostRecordUnreadable) as exc:
         fail(str(exc), EXIT_STARTUP)
     except HostGuardError as exc:
         fail(str(exc), HOST_MISMATCH_EXIT_CODE)

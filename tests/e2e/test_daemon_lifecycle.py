@@ -16,7 +16,7 @@ import trio
 from meshactors.cli.common import EXIT_NOT_RUNNING
 from meshactors.daemon.lock import read_running_pid
 from meshactors.hostguard import HostFacts, accept_host
-from tests.support import Home, LineClient
+from tests.support import Home, LineClient, obeying_file_modes
 
 pytestmark = pytest.mark.e2e
 DOWN_BEFORE_POLL_S = 8.0  # a `down` that cannot ask must not first wait out its 10 s poll
@@ -189,6 +189,19 @@ def test_corrupt_host_record_is_a_clear_error(home: Home) -> None:
     refused = home.cli("daemon", "up", "--detach", check=False)
     assert refused.returncode == 4
     assert "corrupt" in refused.stderr
+
+
+def test_an_unreadable_host_record_is_exit_3_not_corrupt(home: Home) -> None:
+    home.cli("identity", "show")
+    home.cli("daemon", "accept-host")
+    host_file = home.path / "host.json"
+    host_file.chmod(0)  # root's own 0600 file, as a `sudo meshactors daemon up` leaves it
+
+    refused = home.cli("daemon", "up", check=False, preexec_fn=obeying_file_modes)
+
+    assert refused.returncode == 3, refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert line == f"meshactors: host record {host_file} is unreadable (Permission denied)"
 
 
 def test_a_damaged_database_is_refused_in_the_stores_own_words(home: Home) -> None:

@@ -77,7 +77,7 @@ FIFO_BOUND = 20  # seconds: a refusal takes about one CLI start; a FIFO opened b
 FIFO_READERS = {
     "identity.json": (("identity", "show"), 3, "identity file"),
     "daemon.toml": (("config", "show"), 3, ""),
-    "host.json": (("daemon", "up"), 4, "host record"),
+    "host.json": (("daemon", "up"), 3, "host record"),
     "http-token": (("daemon", "up", "--tcp", "FREE_PORT"), 3, "the daemon could not start"),
     "daemon.pid": (("daemon", "up"), 3, "cannot take the daemon lock"),
     "daemon.log": (("daemon", "up", "--detach"), 3, ""),
