@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import TextIO
 
@@ -83,6 +84,14 @@ class JournalPrefix:
         rendered = self.renderer(logger, method_name, event_dict)
         text = rendered.decode("utf-8") if isinstance(rendered, bytes) else rendered
         return "\n".join(f"<{priority}>{line}" for line in text.split("\n"))
+
+
+def redacted_url(url: str) -> str:
+    """`url` without its user and password: a URL in a log line or an error must not leak the
+    credential it carries (a Redis password, say)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
 
 
 class SafePrintLogger(structlog.PrintLogger):

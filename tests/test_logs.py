@@ -11,7 +11,7 @@ from typing import TextIO
 import pytest
 import structlog
 
-from meshactors.logs import JournalPrefix, configure_logging, is_journal_stream
+from meshactors.logs import JournalPrefix, configure_logging, is_journal_stream, redacted_url
 
 
 @pytest.fixture
@@ -87,3 +87,19 @@ def test_a_log_line_that_cannot_be_written_is_dropped_not_raised(tmp_path: Path)
     before = SafePrintLogger.dropped
     logger.error("the disk is full")
     assert SafePrintLogger.dropped == before + 1
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw@127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        (
+            "rediss://user:pw@[::1]:6379/2?ssl_cert_reqs=none",
+            "rediss://[::1]:6379/2?ssl_cert_reqs=none",
+        ),
+        ("redis://user@host/0", "redis://host/0"),
+        ("redis://host:6379/0", "redis://host:6379/0"),
+    ],
+)
+def test_a_redacted_url_keeps_everything_but_the_credentials(url: str, shown: str) -> None:
+    assert redacted_url(url) == shown

@@ -53,6 +53,7 @@ from meshactors.broker.cluster_wire import (
     reap_key,
 )
 from meshactors.clock import wall_ms
+from meshactors.logs import redacted_url
 from meshactors.wire.broker import MAX_CLOCK_SKEW_MS, is_network_id
 from meshactors.wire.device_id import is_device_id
 
@@ -203,7 +204,9 @@ class ClusterLink:
                     async with self._client() as redis:
                         await self._session(redis)
                 except* Exception as group:
-                    _log.warning("cluster_degraded", url=self.url, error=_first_error(group))
+                    _log.warning(
+                        "cluster_degraded", url=redacted_url(self.url), error=_first_error(group)
+                    )
                 await self.events.send(StateChanged("degraded"))
                 failures = 1 if self._lived() else failures + 1
                 delay = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2 ** min(failures - 1, 16))
@@ -235,7 +238,7 @@ class ClusterLink:
             await nursery.start(self._subscribe, redis)
             self._connected_at = trio.current_time()
             await self.events.send(StateChanged("connected"))
-            _log.info("cluster_connected", url=self.url, broker_id=self.broker_id)
+            _log.info("cluster_connected", url=redacted_url(self.url), broker_id=self.broker_id)
             nursery.start_soon(self._heartbeat, redis)
             nursery.start_soon(self._reaper, redis)
             nursery.start_soon(self._serve_control, redis)

@@ -14,7 +14,7 @@ from meshactors.broker.limits import BrokerConfig
 from meshactors.cli.common import EXIT_STARTUP, EXIT_USAGE, fail
 from meshactors.daemon.broker_actor import parse_listen
 from meshactors.listen import ListenError
-from meshactors.logs import configure_logging
+from meshactors.logs import configure_logging, redacted_url
 
 if TYPE_CHECKING:
     from meshactors.broker.server import Broker
@@ -74,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
         }
         config = BrokerConfig(**limits)
         if args.cluster is not None and not args.cluster.startswith(("redis://", "rediss://")):
-            raise ValueError(f"--cluster must be a redis:// or rediss:// URL, got {args.cluster!r}")
+            raise ValueError(
+                f"--cluster must be a redis:// or rediss:// URL, got {redacted_url(args.cluster)!r}"
+            )
     except (ValueError, TypeError) as exc:
         fail(str(exc), EXIT_USAGE)
     configure_logging(json=True if args.log_json else None)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import trio
 from nacl.signing import SigningKey
 
@@ -220,11 +221,34 @@ async def test_members_of_a_killed_broker_leave_when_its_heartbeat_expires(
         await b.wait()
 
 
+async def test_the_redis_password_is_never_logged(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    secret = redis.url.replace("redis://", "redis://default:s3cretPW@")  # nopass takes any
+    with structlog.testing.capture_logs() as logs:
+        broker = Broker(BrokerConfig(), secret)
+        await nursery.start(broker.serve, "127.0.0.1", 0)
+        await state_is(broker, "connected")
+        await trio.to_thread.run_sync(redis.stop)
+        await state_is(broker, "degraded")
+    shown = {entry["event"]: entry["url"] for entry in logs if "url" in entry}
+    assert shown == {"cluster_connected": redis.url, "cluster_degraded": redis.url}
+    assert "s3cretPW" not in repr(logs)
+
+
 def test_the_cluster_flag_wants_a_redis_url() -> None:
     command = [sys.executable, "-m", "meshactors", "broker", "--cluster", "http://h:1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == EXIT_USAGE
     assert "--cluster must be a redis:// or rediss:// URL" in done.stderr
+
+
+def test_a_refused_cluster_url_is_shown_without_its_password() -> None:
+    command = [sys.executable, "-m", "meshactors", "broker", "--cluster", "http://u:s3cretPW@h:1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == EXIT_USAGE
+    assert "'http://h:1'" in done.stderr
+    assert "s3cretPW" not in done.stderr
 
 
 async def test_a_broker_that_stops_removes_its_members_at_once(
