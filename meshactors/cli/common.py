@@ -25,6 +25,7 @@ EXIT_NOT_FOUND = 6  # no such network, peer, method, request or row
 EXIT_REFUSED = 7  # the daemon refused it in its current state
 EXIT_TIMEOUT = 8  # no answer before the deadline
 EXIT_CRASH_LOOP = 9  # `daemon up`: the root supervisor passed its restart intensity; restart it
+EXIT_INTERRUPTED = 130  # `daemon up --detach` stopped waiting: SIGINT or SIGTERM (128 + SIGINT)
 
 ERROR_CODE_BY_EXIT = {  # the `code` of a failure the CLI itself detects, by its exit code
     EXIT_FAILURE: "failed",
@@ -36,6 +37,7 @@ ERROR_CODE_BY_EXIT = {  # the `code` of a failure the CLI itself detects, by its
     EXIT_REFUSED: "refused",
     EXIT_TIMEOUT: "timeout",
     EXIT_CRASH_LOOP: "crash_loop",
+    EXIT_INTERRUPTED: "interrupted",
 }
 
 EXIT_BY_ERROR_CODE = {  # a daemon's (or the client library's) error code -> exit code

@@ -13,9 +13,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
+import structlog
 import trio
 
 from meshactors.actors import ChildStartFailed
@@ -23,6 +24,7 @@ from meshactors.cli import service_cmd, settings
 from meshactors.cli.common import (
     EXIT_CRASH_LOOP,
     EXIT_FAILURE,
+    EXIT_INTERRUPTED,
     EXIT_STARTUP,
     EXIT_USAGE,
     CommandFailed,
@@ -68,6 +70,8 @@ MAX_FAILURE_SCAN_BYTES = 1 << 20  # of the log a failed child wrote, searched fo
 DOWN_TIMEOUT = 10.0  # seconds `down` waits after asking, before SIGTERM (and again after)
 POLL_INTERVAL = 0.05  # seconds between checks while waiting for a daemon to exit
 LOG_FILE = "daemon.log"  # a detached daemon's log, in the state directory
+
+log = structlog.get_logger("meshactors.daemon")
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -238,8 +242,12 @@ def _ready_signal(fd: int | None) -> Callable[[], None] | None:
         return None
 
     def ready() -> None:
-        os.write(fd, b"ready\n")
-        os.close(fd)
+        try:
+            os.write(fd, b"ready\n")
+        except BrokenPipeError:  # `up --detach` was interrupted: the daemon serves all the same
+            log.warning("ready line unread: the `up --detach` that started the daemon is gone")
+        finally:
+            os.close(fd)
 
     return ready
 
@@ -279,18 +287,34 @@ def _detach(args: argparse.Namespace, paths: Paths) -> int:
     for flag in ("retention_days", "retention_rows", "ack_timeout"):
         if getattr(args, flag) is not None:
             command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    with os.fdopen(open_private(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as log:
-        tighten_mode(log.fileno(), log_path)
-        started_at = log.seek(0, os.SEEK_END)
-        child = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            pass_fds=(write_end,),
-            start_new_session=True,
-        )
-    os.close(write_end)
+    child: subprocess.Popen[bytes] | None = None
+    stop = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stop, as Ctrl-C is
+    try:
+        with os.fdopen(open_private(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as out:
+            tighten_mode(out.fileno(), log_path)
+            started_at = out.seek(0, os.SEEK_END)
+            child = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                pass_fds=(write_end,),
+                start_new_session=True,
+            )
+        os.close(write_end)
+        _wait_started(child, read_end, log_path, started_at)
+    except KeyboardInterrupt:
+        _interrupted(child, log_path)
+    finally:
+        signal.signal(signal.SIGTERM, stop)
+    text = f"daemon running (pid {child.pid}), socket {paths.socket}, log {log_path}"
+    return report(args, {"pid": child.pid, "socket": str(paths.socket), "log": str(log_path)}, text)
+
+
+def _wait_started(
+    child: subprocess.Popen[bytes], read_end: int, log_path: Path, started_at: int
+) -> None:
+    """Return once `child` says it serves; else end the command with why it does not."""
     ready = _wait_ready(read_end, DETACH_READY_TIMEOUT)
     if ready is None:
         child.terminate()
@@ -303,8 +327,22 @@ def _detach(args: argparse.Namespace, paths: Paths) -> int:
             fail(f"the daemon stopped answering while starting; see {log_path}")
         reason = _failure_line(log_path, started_at) or f"the daemon exited with status {code}"
         fail(f"{reason} (see {log_path})", code or EXIT_STARTUP)
-    text = f"daemon running (pid {child.pid}), socket {paths.socket}, log {log_path}"
-    return report(args, {"pid": child.pid, "socket": str(paths.socket), "log": str(log_path)}, text)
+
+
+def _interrupted(child: subprocess.Popen[bytes] | None, log_path: Path) -> NoReturn:
+    """End an `up --detach` that SIGINT or SIGTERM stopped waiting, in one line that says what
+    became of the daemon: left running (it is in a session of its own), not stopped."""
+    if child is None:
+        fail("interrupted before the daemon was started", EXIT_INTERRUPTED)
+    code = child.poll()
+    if code is not None:
+        fail(f"interrupted; the daemon exited with status {code}, see {log_path}", EXIT_INTERRUPTED)
+    fail(
+        f"interrupted: the daemon (pid {child.pid}) goes on starting in the background; "
+        "`meshactors daemon status` says when it serves, `meshactors daemon down` stops it "
+        f"(log {log_path})",
+        EXIT_INTERRUPTED,
+    )
 
 
 def _wait_ready(fd: int, timeout: float) -> bool | None:

@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +14,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from meshactors.cli.common import EXIT_NOT_RUNNING
+from meshactors.cli.common import EXIT_INTERRUPTED, EXIT_NOT_RUNNING
 from meshactors.daemon.lock import read_running_pid
 from meshactors.hostguard import HostFacts, accept_host
 from tests.support import Home, LineClient, obeying_file_modes
 
 pytestmark = pytest.mark.e2e
 DOWN_BEFORE_POLL_S = 8.0  # a `down` that cannot ask must not first wait out its 10 s poll
+START_GATE = Path(__file__).parent / "start_gate"  # its sitecustomize holds a process at start
 
 
 def client_names(tree: dict[str, object]) -> set[str]:
@@ -146,6 +148,60 @@ async def test_sigterm_stops_a_foreground_daemon_with_exit_0(home: Home) -> None
         assert await process.wait() == 0
     assert b"daemon stopped" in log
     assert b'"level": "error"' not in log
+
+
+async def opened_to_write(fifo: Path) -> int:
+    """Open `fifo` to write: this returns once a process opened it to read."""
+    return await trio.to_thread.run_sync(os.open, fifo, os.O_WRONLY, abandon_on_cancel=True)
+
+
+@pytest.mark.parametrize("interrupt", ["ctrl-c", "sigterm"])
+async def test_interrupting_up_detach_leaves_one_line_and_a_daemon_that_serves(
+    home: Home, tmp_path: Path, interrupt: str
+) -> None:
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    manager = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    await manager.bind(str(tmp_path / "notify"))
+    env = home.env | {
+        "PYTHONPATH": os.pathsep.join([str(START_GATE), os.environ.get("PYTHONPATH", "")]),
+        "START_GATE": str(gate),
+        "START_GATE_FOR": "--ready-fd",  # the detached child, not `up --detach` itself
+        "NOTIFY_SOCKET": str(tmp_path / "notify"),  # the child says READY=1 after its ready line
+    }
+    with manager, trio.fail_after(60):
+        up = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "meshactors", "daemon", "up", "--detach"],
+            env=env,
+            stderr=subprocess.PIPE,
+            process_group=0,  # a shell's job: Ctrl-C signals the whole group
+        )
+        held = await opened_to_write(gate)  # the child exists, held before its ready line
+        try:
+            if interrupt == "ctrl-c":
+                os.killpg(up.pid, signal.SIGINT)
+            else:
+                up.send_signal(signal.SIGTERM)
+            assert up.stderr is not None
+            err = b""
+            while chunk := await up.stderr.receive_some():
+                err += chunk
+            status = await up.wait()
+        finally:
+            os.close(held)  # the child starts, with nobody waiting for its ready line
+        assert status == EXIT_INTERRUPTED, err.decode()
+        assert await manager.recv(4096) == f"READY=1\nSTATUS=serving on {home.socket}".encode()
+    pid = home.daemon_pid()
+    assert err.decode() == (
+        f"meshactors: interrupted: the daemon (pid {pid}) goes on starting in the background; "
+        "`meshactors daemon status` says when it serves, `meshactors daemon down` stops it "
+        f"(log {home.path / 'daemon.log'})\n"
+    )
+    assert home.cli("daemon", "status").returncode == 0
+    home.cli("daemon", "down")
+    log = (home.path / "daemon.log").read_text()
+    assert "ready line unread" in log
+    assert "Traceback" not in log
 
 
 def wait_for_lock_release(pid_file: Path) -> None:
