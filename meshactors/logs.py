@@ -35,11 +35,14 @@ def configure_logging(
     level: str = "info",
     stream: TextIO | None = None,
     env: Mapping[str, str] | None = None,
+    cache: bool = True,
 ) -> None:
-    """Configure structlog once per process; actor paths arrive through contextvars.
+    """Configure structlog; actor paths arrive through contextvars.
 
-    Priority prefixes are added when `stream` is the one `$JOURNAL_STREAM` (from `env`,
-    default os.environ) names, i.e. when systemd connected it to journald.
+    Priority prefixes are added when `stream` (default: sys.stderr as it is when a line is
+    logged) is the one `$JOURNAL_STREAM` (from `env`, default os.environ) names, i.e. when
+    systemd connected it to journald. `cache=False` for a setup a command may replace: a
+    logger cached under it would keep it.
     """
     out = stream or sys.stderr
     use_json = not out.isatty() if json is None else json
@@ -57,8 +60,8 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=lambda *_: SafePrintLogger(out),
-        cache_logger_on_first_use=True,
+        logger_factory=lambda *_: SafePrintLogger(stream or sys.stderr),
+        cache_logger_on_first_use=cache,
     )
 
 

@@ -24,6 +24,7 @@ from meshactors.cli import (
     stream_cmd,
 )
 from meshactors.cli.common import EXIT_STARTUP, EXIT_USAGE, CommandFailed, fail
+from meshactors.logs import configure_logging
 from meshactors.paths import NotRegularFile, SymlinkRefused
 
 COMMAND_GROUPS = (
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the `meshactors` console script."""
     words = sys.argv[1:] if argv is None else argv
     args = None
+    configure_logging(cache=False)  # on stderr, not mixed with the output; a command may refine it
     try:
         try:
             args = parse(build_parser(), words)

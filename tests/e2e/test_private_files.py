@@ -141,3 +141,15 @@ def test_an_unreadable_pid_file_is_one_line_and_exit_3(
     assert result.returncode == 3, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line == f"meshactors: cannot read the daemon's pid file {pid_file}: Permission denied"
+
+
+def test_a_mode_tightened_before_any_command_is_said_on_stderr_not_in_the_output(
+    home: Home,
+) -> None:
+    home.cli("identity", "show")
+    (home.path / "identity.json").chmod(0o644)
+    shown = home.cli("identity", "show", "--json")
+    assert set(json.loads(shown.stdout)) == {"device_id", "label"}
+    (line,) = shown.stderr.splitlines()  # stderr is no terminal: a JSON line
+    assert json.loads(line)["event"] == "private_file_mode_tightened"
+    assert stat.S_IMODE((home.path / "identity.json").stat().st_mode) == 0o600
