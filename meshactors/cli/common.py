@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 from typing import Any, NoReturn
 
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
 from meshactors.hostguard import HOST_MISMATCH_EXIT_CODE
+from meshactors.logs import SYSLOG_PRIORITIES, is_journal_stream
 from meshactors.paths import Paths, prepare_dirs, resolve_paths
 
 SHORT_ID = 12  # device id characters shown in tables (the full id is in --json)
@@ -84,8 +86,10 @@ class CommandFailed(SystemExit):
         """Print the failure where the caller's output mode says."""
         if as_json:
             print(json.dumps({"error": {"code": self.error_code, "message": self.message}}))
-        else:
-            print(f"meshactors: {one_line(self.line)}", file=sys.stderr)
+        else:  # under journald with its priority, as log lines have: `journalctl -p err` finds it
+            journal = is_journal_stream(sys.stderr, os.environ)
+            priority = f"<{SYSLOG_PRIORITIES['error']}>" if journal else ""
+            print(f"{priority}meshactors: {one_line(self.line)}", file=sys.stderr)
 
 
 def one_line(text: str) -> str:

@@ -158,3 +158,20 @@ def test_a_broken_service_manager_setup_has_its_own_json_code(
     error = json.loads(result.stdout)["error"]
     assert error["code"] == code
     assert not error["message"].startswith(code)  # named once, by the code
+
+
+def test_a_startup_failure_under_journald_has_the_error_priority(home: Home) -> None:
+    (home.path / "daemon.toml").write_text("tpc = 1\n")
+    read_end, write_end = os.pipe()
+    pipe = os.fstat(write_end)
+    with os.fdopen(read_end, "rb") as stderr:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "meshactors", "daemon", "up"],
+            env=home.env | {"JOURNAL_STREAM": f"{pipe.st_dev}:{pipe.st_ino}"},
+            stderr=write_end,
+        )
+        os.close(write_end)
+        said = stderr.read().decode()
+    assert up.wait(60) == 3
+    assert said.startswith("<3>meshactors: "), said
+    assert "unknown key 'tpc'" in said
