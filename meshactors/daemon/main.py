@@ -49,7 +49,8 @@ from meshactors.store.actor import StoreActor
 
 log = structlog.get_logger("meshactors.daemon")
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGHUP: the terminal of a foreground `daemon up` closed (not a reload: nothing is reread)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class DaemonGaveUp(Exception):
@@ -194,7 +195,7 @@ def _select_one(conn: sqlite3.Connection) -> None:
 async def _stop_on_signal(
     shutdown: Doorbell, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Turn SIGTERM/SIGINT into a shutdown; started only once the handlers are installed."""
+    """Turn a stop signal into a shutdown; started only once the handlers are installed."""
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         task_status.started()
         async for signum in signals:

@@ -129,7 +129,10 @@ def test_down_sigterms_at_once_a_daemon_on_another_socket(home: Home) -> None:
     assert home.daemon_pid() is None
 
 
-async def test_sigterm_stops_a_foreground_daemon_with_exit_0(home: Home) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
+async def test_a_stop_signal_stops_a_foreground_daemon_with_exit_0(
+    home: Home, stop: signal.Signals
+) -> None:
     with trio.fail_after(30):
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "meshactors", "daemon", "up", "--log-json"],
@@ -142,12 +145,16 @@ async def test_sigterm_stops_a_foreground_daemon_with_exit_0(home: Home) -> None
             chunk = await process.stderr.receive_some(4096)
             assert chunk, f"daemon exited before it was ready: {log.decode()}"
             log += chunk
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop)  # SIGHUP: the terminal of a foreground `daemon up` closed
         while chunk := await process.stderr.receive_some(4096):
             log += chunk
         assert await process.wait() == 0
+    events = [json.loads(line) for line in log.splitlines()]
+    assert any(e["event"] == "stop signal" and e["signal"] == stop.name for e in events)
     assert b"daemon stopped" in log
     assert b'"level": "error"' not in log
+    assert not home.socket.exists()
+    assert not (home.path / "daemon.pid").exists()
 
 
 async def opened_to_write(fifo: Path) -> int:
