@@ -363,7 +363,10 @@ class Supervisor(Actor):
         path = child.node.path
         if error is None:
             child.node.state = ActorState.STOPPED
-            log.info("actor exited", actor=path)
+            # Not restarted, the exit is the child's work done (a client that disconnected):
+            # at info, every connection would add a line to the log.
+            restarted = child.spec.restart is Restart.PERMANENT
+            (log.info if restarted else log.debug)("actor exited", actor=path)
         else:
             child.node.state = ActorState.CRASHED
             log.error("actor crashed", actor=path, exc_info=error)

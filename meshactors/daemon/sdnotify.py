@@ -41,6 +41,7 @@ class Notifier:
     watchdog_interval: float | None = None  # seconds between pings; None: no watchdog
     sent: int = 0
     failed: int = 0
+    _failing: bool = False  # the last send failed: the next failure is logged at debug
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, pid: int | None = None) -> Notifier:
@@ -80,9 +81,13 @@ class Notifier:
                 sock.sendto(message, self.address)
         except OSError as exc:
             self.failed += 1
-            log.warning("service manager notification failed", message=assignments, error=str(exc))
+            # Once per run of failures: a broken socket would log every watchdog interval.
+            report = log.debug if self._failing else log.warning
+            self._failing = True
+            report("service manager notification failed", message=assignments, error=str(exc))
             return False
         self.sent += 1
+        self._failing = False
         return True
 
     def figures(self) -> dict[str, object]:

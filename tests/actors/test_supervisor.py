@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
@@ -157,6 +158,30 @@ async def test_permanent_child_restarts_after_normal_exit(
         await nursery.start(run_root, sup, root)
         await a.inbox.sender.send("exit")
         await journal.wait_count("start a", 2)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("restart", "level"),
+    [(Restart.PERMANENT, "info"), (Restart.TRANSIENT, "debug"), (Restart.TEMPORARY, "debug")],
+)
+async def test_a_normal_exit_is_logged_at_info_only_when_it_restarts(
+    journal: Journal,
+    root: Node,
+    autojump_clock: trio.testing.MockClock,
+    restart: Restart,
+    level: str,
+) -> None:
+    (a,) = probes(journal, "a")
+    sup = Supervisor(children=specs([a], restart), limits=FAST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        with structlog.testing.capture_logs() as logs:
+            await a.inbox.sender.send("exit")
+            await journal.wait_count("stop a", 1)
+            await trio.testing.wait_all_tasks_blocked()  # the supervisor handled the exit
+        exited = [(e["actor"], e["log_level"]) for e in logs if e["event"] == "actor exited"]
+        assert exited == [("root/a", level)]
         nursery.cancel_scope.cancel()
 
 

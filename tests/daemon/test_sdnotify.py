@@ -10,6 +10,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+import structlog
 import trio
 import trio.testing
 
@@ -129,6 +130,22 @@ def test_a_vanished_manager_costs_a_warning_not_the_daemon(tmp_path: Path) -> No
 
     assert notifier.ping() is False
     assert (notifier.sent, notifier.failed) == (0, 1)
+
+
+def test_a_broken_manager_is_warned_about_once_per_run_of_failures(tmp_path: Path) -> None:
+    path = tmp_path / "notify"
+    notifier = Notifier(str(path))
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            assert notifier.ping() is False  # nobody listens yet
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(str(path))
+            assert notifier.ping()
+        for _ in range(2):
+            assert notifier.ping() is False  # gone again
+    levels = [e["log_level"] for e in logs if e["event"] == "service manager notification failed"]
+    assert levels == ["warning", "debug", "debug", "warning", "debug"]
+    assert (notifier.sent, notifier.failed) == (1, 5)
 
 
 @attrs.define
