@@ -94,10 +94,13 @@ def run_install(args: argparse.Namespace) -> int:
         fail(f"{exc.code}: {exc}", EXIT_FAILURE, exc.code)
     lines = [f"wrote {unit_dir / name}" for name in rendered]
     warning = None
-    if target is not Target.USER and _hidden_from_system(Path(command[0])):
+    hidden = [] if target is Target.USER else hidden_from_system(runs_from())
+    if hidden:
         warning = (
-            f"{command[0]} is under {' or '.join(HIDDEN_FROM_SYSTEM)}, which the unit hides"
-            " (ProtectHome=yes); install meshactors elsewhere (e.g. a venv in /opt)."
+            f"{', '.join(map(str, hidden))} {'is' if len(hidden) == 1 else 'are'} under "
+            f"{' or '.join(HIDDEN_FROM_SYSTEM)}, which the unit hides (ProtectHome=yes), so the "
+            "service cannot start; install meshactors with a Python outside them (e.g. a venv "
+            "in /opt made from the system's python3)."
         )
         lines.append(f"warning: {warning}")
     then = _enable_commands(target)
@@ -190,8 +193,22 @@ def remove_units(unit_dir: Path, names: Sequence[str]) -> list[Path]:
     return removed
 
 
-def _hidden_from_system(path: Path) -> bool:
-    return any(path.is_relative_to(hidden) for hidden in HIDDEN_FROM_SYSTEM)
+def runs_from() -> list[Path]:
+    """What the service reads to run this installation: the interpreter, the environment's
+    prefix (a venv's) and the base Python's it was made from, and this package."""
+    package = Path(__file__).resolve().parent.parent
+    return [Path(sys.executable), Path(sys.prefix), Path(sys.base_prefix), package]
+
+
+def hidden_from_system(paths: Sequence[Path]) -> list[Path]:
+    """Those of `paths`, as named or as their symlinks resolve (a venv's python links to the
+    Python it was made from, say ~/.pyenv), that ProtectHome=yes hides; each once."""
+    found: list[Path] = []
+    for path in paths:
+        for each in (path, path.resolve()):
+            if each not in found and any(each.is_relative_to(h) for h in HIDDEN_FROM_SYSTEM):
+                found.append(each)
+    return found
 
 
 def _systemctl(target: Target) -> str:

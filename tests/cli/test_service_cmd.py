@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from meshactors.cli import main
-from meshactors.cli.service_cmd import UNIT_TEMPLATES, UnitError, exec_word
+from meshactors.cli.service_cmd import UNIT_TEMPLATES, UnitError, exec_word, hidden_from_system
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 VERIFY_TIMEOUT = 60  # seconds systemd-analyze may take
@@ -88,6 +88,31 @@ def test_system_install_is_the_hardened_unit(tmp_path: Path) -> None:
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
     ):
         assert f"\n{setting}\n" in service
+
+
+def test_an_interpreter_that_resolves_into_a_hidden_home_is_named(tmp_path: Path) -> None:
+    venv_python = tmp_path / "venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    pyenv_python = Path("/root/.pyenv/versions/3.11.7/bin/python3.11")
+    venv_python.symlink_to(pyenv_python)  # as `python -m venv` made from a pyenv Python
+    home_prefix = Path("/home/someone/.local/python")
+    assert hidden_from_system([venv_python, tmp_path / "venv"]) == [pyenv_python]
+    assert hidden_from_system([Path("/opt/venv"), home_prefix, home_prefix]) == [home_prefix]
+    assert hidden_from_system([Path("/opt/venv/bin/python"), Path("/usr")]) == []
+
+
+def test_system_install_warns_when_the_interpreter_resolves_into_a_hidden_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    venv_python = tmp_path / "python"
+    venv_python.symlink_to("/root/.pyenv/versions/3.11.7/bin/python3.11")
+    monkeypatch.setattr(sys, "executable", str(venv_python))
+    monkeypatch.setattr(sys, "prefix", "/opt/venv")
+    monkeypatch.setattr(sys, "base_prefix", "/opt/python")
+    assert cli("daemon", "install-service", "--system", "--unit-dir", str(tmp_path), "--json") == 0
+    warning = json.loads(capsys.readouterr().out)["warning"]
+    assert warning.startswith("/root/.pyenv/versions/3.11.7/bin/python3.11")
+    assert "ProtectHome=yes" in warning
 
 
 def test_broker_install_writes_only_the_broker_unit(tmp_path: Path) -> None:
