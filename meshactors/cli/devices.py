@@ -1,5 +1,6 @@
 """Device ids as people type them: a full id, a unique prefix of at least 8 characters, or a
-label (a peer's, a roster entry's, or this daemon's own), resolved against the daemon."""
+label (a peer's, a roster entry's, or this daemon's own), resolved against the daemon. A
+closed network's members are known by id even while offline: its log keeps no labels."""
 
 from __future__ import annotations
 
@@ -42,15 +43,24 @@ def resolve_device(args: argparse.Namespace, text: str, network: str | None = No
 def _known_devices(
     args: argparse.Namespace, network: str, me: dict[str, Any]
 ) -> dict[str, set[str]]:
-    """Every device id the daemon (whose status is `me`) knows in `network` (peers, roster,
-    itself) -> its labels."""
+    """Every device id the daemon (whose status is `me`) knows in `network` (peers, roster, a
+    closed network's members, itself) -> its labels."""
     known: dict[str, set[str]] = {}
     _note(known, me["device_id"], me.get("label"))
     for peer in call(args, "peers_list", network=network, all=True)["peers"]:
         _note(known, peer["device_id"], peer.get("label"))
     for entry in call(args, "roster_list", network=network)["roster"]:
         _note(known, entry["device_id"], entry.get("label"))
+    if _closed(args, network):
+        for member in call(args, "members_list", network=network)["members"]:
+            _note(known, member["device_id"], None)
     return known
+
+
+def _closed(args: argparse.Namespace, network: str) -> bool:
+    """Whether `network` is a closed one (whose membership log names devices offline too)."""
+    joined = call(args, "networks_list")["networks"]
+    return any(n["id"] == network and (n.get("membership") or {}).get("closed") for n in joined)
 
 
 def _note(known: dict[str, set[str]], device_id: str, label: Any) -> None:

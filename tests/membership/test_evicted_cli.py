@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import datetime
-import os
-import sys
 
-import trio
-
-from tests.membership.conftest import CLOSED, team
+from tests.membership.conftest import CLOSED, run_cli, team
 from tests.network.conftest import Daemon, Mesh
 
 
 async def cli(daemon: Daemon, *args: str) -> str:
-    """`meshactors ARGS…` against `daemon`, in a process of its own; its stdout."""
-    done = await trio.run_process(
-        [sys.executable, "-m", "meshactors", *args],
-        env={**os.environ, "MESHACTORS_HOME": str(daemon.home)},
-        capture_stdout=True,
-    )
+    """`meshactors ARGS…` against `daemon`, in a process of its own; its stdout (exit 0)."""
+    done = await run_cli(daemon, *args)
+    assert done.returncode == 0, done.stderr.decode()
     return done.stdout.decode()
 
 
