@@ -16,14 +16,17 @@ MIN_PREFIX = 8  # characters a device id prefix needs (fewer would match too muc
 def resolve_device(args: argparse.Namespace, text: str, network: str | None = None) -> str:
     """The one device id `text` names in `network` (default: --network or the only joined one);
     exit 6 if none, 2 listing the candidates if several. A full, well-formed id is taken as it is
-    (a device not seen yet may be named). On a device evicted from `network`, a name matching
-    nothing exits 6 saying so, as the daemon does for an id."""
+    (a device not seen yet may be named). This daemon's own label names this daemon, whoever
+    else announces it (any device may, approved or not). On a device evicted from `network`, a
+    name matching nothing exits 6 saying so, as the daemon does for an id."""
     if is_device_id(text):
         return text
     network = network or network_of(args)
     me = call(args, "status")
     known = _known_devices(args, network, me)
     by_label = {d for d, labels in known.items() if text in labels}
+    if me["device_id"] in by_label:
+        by_label = {me["device_id"]}
     by_prefix = {d for d in known if len(text) >= MIN_PREFIX and d.startswith(text.lower())}
     matches = sorted(by_label or by_prefix)
     if len(matches) == 1:

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from typing import Any
 
-import trio
-
-from tests.network.conftest import Daemon, Mesh, mesh  # noqa: F401  (the fixture)
+from tests.network.conftest import Daemon, Mesh, mesh, run_cli  # noqa: F401  (the fixture)
 
 CLOSED = "team"
 
@@ -62,14 +57,3 @@ async def figures(daemon: Daemon) -> dict[str, Any]:
     network = daemon.network(CLOSED)
     result: dict[str, Any] = await network.ask("figures", network.membership.figures)
     return result
-
-
-async def run_cli(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[bytes]:
-    """`meshactors ARGS…` against `daemon`, in a process of its own, whatever its exit code."""
-    return await trio.run_process(
-        [sys.executable, "-m", "meshactors", *args],
-        env={**os.environ, "MESHACTORS_HOME": str(daemon.home)},
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-    )

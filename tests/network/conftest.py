@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -150,12 +153,14 @@ class Mesh:
         assert self.broker_scope is not None
         self.broker_scope.cancel()
 
-    async def daemon(self, name: str, **options: Any) -> Daemon:
-        """Start (or restart) the daemon whose home is `root/name`, labelled `name`."""
+    async def daemon(self, name: str, label: str | None = None, **options: Any) -> Daemon:
+        """Start (or restart) the daemon whose home is `root/name`, labelled `label` (default
+        `name`)."""
         home = self.root / name
         paths = resolve_paths({"MESHACTORS_HOME": str(home)})
         prepare_dirs(paths)
-        identity = attrs.evolve(load_or_create_identity(paths.identity_file), label=name)
+        identity = load_or_create_identity(paths.identity_file)
+        identity = attrs.evolve(identity, label=name if label is None else label)
         scope, stopped = trio.CancelScope(), trio.Event()
 
         async def run(task_status: trio.TaskStatus[Services]) -> None:
@@ -217,6 +222,17 @@ async def _collect(watcher: LineClient, record: Callable[[dict[str, Any]], None]
                 record(frame)
     except (EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
+
+
+async def run_cli(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """`meshactors ARGS…` against `daemon`, in a process of its own, whatever its exit code."""
+    return await trio.run_process(
+        [sys.executable, "-m", "meshactors", *args],
+        env={**os.environ, "MESHACTORS_HOME": str(daemon.home)},
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
 
 
 @pytest.fixture
