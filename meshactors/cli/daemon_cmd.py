@@ -36,7 +36,7 @@ from meshactors.cli.common import (
     print_json,
     report,
 )
-from meshactors.cli.mesh import evicted_note
+from meshactors.cli.mesh import membership_note
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
 from meshactors.control.supervisor import ActivationError, activated_socket
 from meshactors.daemon.broker_actor import parse_listen
@@ -445,8 +445,9 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def _network_state(network: dict[str, Any]) -> str:
-    """A network as `status` lists it: its id and phase, and who evicted this device when."""
-    note = evicted_note(network)
+    """A network as `status` lists it: its id and phase, and who evicted this device when or
+    refused its invite why."""
+    note = membership_note(network)
     return f"{network['id']} ({network['phase']}{'' if note is None else ', ' + note})"
 
 

@@ -188,17 +188,20 @@ def _network_row(n: dict[str, Any]) -> list[str]:
     active, brokers = str(n["peers"]["active"]), " ".join(n["brokers"])
     error = n["link_error"]
     problem = "-" if error is None else f"{error['kind']}: {error['reason']}"
-    problem = evicted_note(n) or problem  # why its link stays parked
+    problem = membership_note(n) or problem  # why its link stays parked, or no peer is active
     return [n["id"], n["phase"], n["label"] or "-", auto, n["link"], active, brokers, problem]
 
 
-def evicted_note(network: dict[str, Any]) -> str | None:
-    """`evicted by DEVICE at TIME` for a network (as networks_list and status show it) this
-    device was evicted from; None otherwise."""
-    evicted = eviction(network)
-    if evicted is None:
-        return None
-    return f"evicted by {_short(evicted['by'])} at {local_time(evicted['at'])}"
+def membership_note(network: dict[str, Any]) -> str | None:
+    """For a closed network (as networks_list and status show it) this device was evicted
+    from, `evicted by DEVICE at TIME`; one whose invite was refused, `invite refused by
+    DEVICE: REASON`; None otherwise."""
+    if (evicted := eviction(network)) is not None:
+        return f"evicted by {_short(evicted['by'])} at {local_time(evicted['at'])}"
+    refused = (network.get("membership") or {}).get("invite_refused")
+    if refused is not None:
+        return f"invite refused by {_short(refused['by'])}: {refused['reason']}"
+    return None
 
 
 def run_peers(args: argparse.Namespace) -> int:

@@ -337,12 +337,14 @@ class Membership:
     def _refused(self, device_id: str, reason: str) -> None:
         """Publish a refusal and keep it, while we present an invite, for networks_list; an
         invite refused as expired or used up is presented no more until the next start (the
-        refusal is only the peer's word: a start tries it again), so it is refused once."""
+        refusal is only the peer's word: a start tries it again), so it is refused once: a
+        later answer to it (it went out at the take and at each handshake, to every owner and
+        admin) is not news."""
+        if self.invite is None:
+            return
         self.events.publish(
             "invite_refused", {"network": self.network, "by": device_id, "reason": reason}
         )
-        if self.invite is None:
-            return
         self.refused = {"by": device_id, "reason": reason, "at": wall_ms()}
         if reason in (EXPIRED, USED_UP):
             self.invite = None

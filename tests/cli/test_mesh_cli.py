@@ -8,7 +8,7 @@ import pytest
 
 from meshactors.cli import build_parser, leaf_parsers, main, parse
 from meshactors.cli.common import EXIT_USAGE
-from meshactors.cli.mesh import evicted_note, format_event
+from meshactors.cli.mesh import format_event, membership_note
 from meshactors.daemon.broker_actor import parse_listen
 from meshactors.membership.facts import MAX_AT_MS
 
@@ -76,7 +76,7 @@ def test_the_streams_own_notices_print_their_numbers() -> None:
 
 @pytest.mark.parametrize("at", [0, 253402300800000, MAX_AT_MS])
 def test_an_eviction_at_any_time_a_fact_may_carry_prints(at: int) -> None:
-    note = evicted_note({"membership": {"evicted": {"by": DEVICE, "at": at}}})
+    note = membership_note({"membership": {"evicted": {"by": DEVICE, "at": at}}})
     assert note is not None and note.startswith(f"evicted by {DEVICE[:12]} at ")
     if at > 253402300799999:  # past year 9999: no date shows it, the figure does
         assert note.endswith(f"at {at} ms since the epoch")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from meshactors.membership.facts import Invite
+from meshactors.membership.frames import InviteRedeem
 from tests.network.conftest import Daemon, Mesh, mesh, run_cli  # noqa: F401  (the fixture)
 
 CLOSED = "team"
@@ -57,3 +59,15 @@ async def figures(daemon: Daemon) -> dict[str, Any]:
     network = daemon.network(CLOSED)
     result: dict[str, Any] = await network.ask("figures", network.membership.figures)
     return result
+
+
+async def present(daemon: Daemon, to: Daemon, invite: Invite) -> None:
+    """Have `daemon` hold `invite` and present it to `to`, as a device that took it does, but
+    without the checks of the op (as a clock behind, or a forger, would)."""
+    network = daemon.network(CLOSED)
+
+    async def hold_and_present() -> None:
+        network.membership.invite = invite
+        await network.peers.send_control(to.device_id, InviteRedeem(invite))
+
+    await network.ask_await("present", hold_and_present)

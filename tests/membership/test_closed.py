@@ -21,8 +21,17 @@ from meshactors.membership.facts import (
     to_bootstrap,
     to_token,
 )
-from meshactors.membership.frames import InviteRedeem, LogFacts
-from tests.membership.conftest import CLOSED, active, create, figures, import_closed, members, team
+from meshactors.membership.frames import LogFacts
+from tests.membership.conftest import (
+    CLOSED,
+    active,
+    create,
+    figures,
+    import_closed,
+    members,
+    present,
+    team,
+)
 from tests.network.appclient import AppClient
 from tests.network.conftest import Mesh, OpFailed
 
@@ -134,9 +143,7 @@ async def test_an_invite_past_its_time_is_refused_with_its_reason(mesh: Mesh) ->
     # presented anyway (a clock behind), the owner refuses it too, saying why
     await import_closed(late, mesh, bootstrap)
     await owner.wait_event("peer_denied", network=CLOSED, device_id=late.device_id)
-    network = late.network(CLOSED)
-    present = functools.partial(network.peers.send_control, owner.device_id, InviteRedeem(expired))
-    await network.ask_await("present", present)
+    await present(late, owner, expired)
     answer = await late.wait_event("invite_refused", network=CLOSED)
     assert answer["reason"] == "the invite expired"
     assert late.device_id not in await members(owner)
@@ -273,8 +280,7 @@ async def test_a_strangers_own_facts_are_not_kept(mesh: Mesh) -> None:
             "A" * SIG_CHARS,
         ),
     )
-    redeem = functools.partial(network.peers.send_control, owner.device_id, InviteRedeem(own))
-    await network.ask_await("present", redeem)
+    await present(stranger, owner, own)
     refused = await stranger.wait_event("invite_refused", network=CLOSED)
     assert refused["reason"] == "the invite's issuer may no longer grant that role"
     assert (await figures(owner))["facts"] == 0

@@ -59,11 +59,14 @@ class Store:
         pass
 
 
+@attrs.define
 class Events:
-    """Stands for the event hub: events are not kept."""
+    """Stands for the event hub: events are kept in a list, as (kind, data)."""
+
+    published: list[tuple[str, dict[str, Any]]] = attrs.field(factory=list)
 
     def publish(self, kind: str, data: dict[str, Any]) -> None:
-        pass
+        self.published.append((kind, data))
 
 
 @attrs.define
@@ -197,6 +200,19 @@ async def test_an_invite_refused_as_expired_is_shown_and_presented_no_more() -> 
     await part.on_handshake(owner.device_id)  # the next session: not presented again
     await p.run()
     assert p.wire.sent["invite_redeem"] == 1
+
+
+async def test_an_invite_presented_twice_and_refused_twice_is_published_refused_once() -> None:
+    owner, newcomer = device(), device()
+    p = PartPair.of(new_log(owner).genesis, owner, newcomer, [], [])
+    part = p.part(newcomer)
+    part.invite = invite(p.log(owner), owner, expires_ms=10_000)  # long past
+    await part.on_handshake(owner.device_id)  # as at the take, and again at a handshake
+    await part.on_handshake(owner.device_id)
+    await p.run()
+    assert p.wire.sent["invite_redeem"] == p.wire.sent["invite_answer"] == 2
+    published = part.events.published  # type: ignore[attr-defined]
+    assert [kind for kind, _ in published] == ["invite_refused"]
 
 
 async def test_a_member_ahead_answers_older_heads_and_the_peer_behind_pulls_at_once() -> None:
