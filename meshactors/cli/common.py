@@ -13,8 +13,7 @@ from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
 from meshactors.hostguard import HOST_MISMATCH_EXIT_CODE
 from meshactors.logs import SYSLOG_PRIORITIES, is_journal_stream
 from meshactors.paths import Paths, prepare_dirs, resolve_paths
-
-SHORT_ID = 12  # device id characters shown in tables (the full id is in --json)
+from meshactors.wire.device_id import SHORT_ID as SHORT_ID  # tables show it (--json: full ids)
 
 # The exit codes of every command (docs/operations.md, "Exit codes", is the same table).
 EXIT_OK = 0

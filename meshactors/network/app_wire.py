@@ -16,6 +16,7 @@ import attrs
 import trio
 
 from meshactors.network.peers import AppHandler
+from meshactors.wire.device_id import device_name
 from meshactors.wire.ipc import OpError
 from meshactors.wire.peer import Frame
 
@@ -40,7 +41,13 @@ class AppWire:
 
     peers: PeerSender
     own_id: str
+    own_label: str | None = None
     _handlers: dict[str, AppHandler] = attrs.field(factory=dict, init=False)
+
+    @property
+    def own_name(self) -> str:
+        """This device as an error we send a peer names it (`here` would name the caller's)."""
+        return device_name(self.own_id, self.own_label)
 
     def register(self, tag: str, handler: AppHandler) -> None:
         """Route frames of type `tag`, from active peers and from ourselves, to `handler`."""

@@ -80,7 +80,7 @@ class Network(Supervisor):
         link = Link(
             config.id, list(config.brokers), identity.signing_key, core.inbox, role, events=events
         )
-        wire = AppWire(peers, identity.device_id)
+        wire = AppWire(peers, identity.device_id, identity.label)
         rpc = Rpc(config.id, wire, core.tell)
         channels = Channels(config.id, wire)
         streams = Streams(config.id, wire, core.tell, rpc.binary_owner)

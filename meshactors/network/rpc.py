@@ -419,13 +419,19 @@ class Rpc:
     def _refusal(
         self, sender: str, frame: RpcCall, claim: Claim[RpcClient] | None
     ) -> WireError | None:
+        method, on = frame.method, self.wire.own_name
         if claim is None:
-            return WireError("no_handler", f"no one serves {frame.method!r} here")
+            return WireError("no_handler", f"no one serves {method!r} on {on}")
         if claim.streaming == "binary":
-            return WireError("no_handler", f"{frame.method!r} is served for stream_open")
+            how = "open a stream of it (meshactors stream send)"
+            return WireError("no_handler", f"{method!r} is served as binary streams on {on}: {how}")
         if claim.streaming is not frame.stream:
-            use = "rpc_call_stream" if claim.streaming else "rpc_call"
-            return WireError("no_handler", f"{frame.method!r} is served for {use}")
+            what, how = (
+                ("a streaming method", "call it as a stream (meshactors rpc call --stream)")
+                if claim.streaming
+                else ("not a streaming method", "call it once (meshactors rpc call, no --stream)")
+            )
+            return WireError("no_handler", f"{method!r} is {what} on {on}: {how}")
         if self._inbound.from_caller(sender, frame.id) is not None:
             return WireError("remote_error", "that request id is already in flight")
         if len(self._inbound) >= MAX_INBOUND_CALLS or self._nursery is None:

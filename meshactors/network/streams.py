@@ -283,7 +283,8 @@ class Streams:
         owner = self.binary_owner(frame.method)
         refusal = None
         if owner is None:
-            refusal = ("no_handler", f"no one serves binary streams of {frame.method!r} here")
+            on = self.wire.own_name
+            refusal = ("no_handler", f"no one serves binary streams of {frame.method!r} on {on}")
         elif self._nursery is None or not self.table.has_room():
             refusal = ("remote_error", "busy: too many streams open")
         elif self.table.find(sender, frame.id, ours=False) is not None:

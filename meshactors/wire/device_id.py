@@ -10,6 +10,7 @@ from nacl.signing import VerifyKey
 PUBLIC_KEY_BYTES = 32
 DEVICE_ID_LENGTH = 52  # ceil(32 * 8 / 5) base32 characters, no padding
 CONVERSION_CACHE = 4096  # ids and keys whose conversions are remembered (a send checks ~4)
+SHORT_ID = 12  # characters of a device id shown to people (tables, messages to a caller)
 
 
 class InvalidDeviceId(ValueError):
@@ -58,3 +59,9 @@ def is_usable_device_id(value: str) -> bool:
     except (CryptoError, ValueError):
         return False
     return True
+
+
+def device_name(device_id: str, label: str | None) -> str:
+    """A device as a message names it for people: `LABEL (SHORT-ID)`, or the short id alone."""
+    short = device_id[:SHORT_ID]
+    return short if label is None else f"{label} ({short})"

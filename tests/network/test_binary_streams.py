@@ -228,6 +228,8 @@ async def test_a_method_nobody_serves_is_refused(pair: Pair) -> None:
             with pytest.raises(ClientError) as refused:
                 await opener.open_stream(NET, b.device_id, method)
             assert refused.value.code == "no_handler"
+            said = f"no one serves binary streams of {method!r} on b ({b.device_id[:12]})"
+            assert said in str(refused.value)
 
 
 async def _echo(payload: Any, _context: Any) -> Any:
@@ -263,6 +265,8 @@ async def test_binary_claims_and_calls_do_not_mix(pair: Pair) -> None:
         with pytest.raises(ClientError) as refused:
             await opener.rpc_call(NET, b.device_id, "digest", None)
         assert refused.value.code == "no_handler"
+        said = f"'digest' is served as binary streams on b ({b.device_id[:12]}): open a stream"
+        assert said in str(refused.value)
         with pytest.raises(ClientError) as bad:
             await server.call("rpc_register", {"network": NET, "method": "x", "streaming": 1})
         assert bad.value.code == "invalid_params"

@@ -146,13 +146,27 @@ async def test_unregister_leaves_no_handler(pair: Pair) -> None:
     with pytest.raises(OpFailed) as failure:
         await pair.caller.call("rpc_call", network=NET, peer=pair.b.device_id, method="m")
     assert failure.value.code == "no_handler"
+    assert f"no one serves 'm' on b ({pair.b.device_id[:12]})" in str(failure.value)
 
 
-async def test_a_streaming_method_called_for_one_answer_is_no_handler(pair: Pair) -> None:
+async def test_a_method_called_the_other_way_than_served_is_no_handler_saying_how(
+    pair: Pair,
+) -> None:
     await pair.server.call("rpc_register", network=NET, method="s", streaming=True)
+    await pair.server.call("rpc_register", network=NET, method="one")
+    on = f"on b ({pair.b.device_id[:12]})"
     with pytest.raises(OpFailed) as failure:
         await pair.caller.call("rpc_call", network=NET, peer=pair.b.device_id, method="s")
     assert failure.value.code == "no_handler"
+    said = f"'s' is a streaming method {on}: call it as a stream (meshactors rpc call --stream)"
+    assert said in str(failure.value)
+    started = await pair.caller.call(
+        "rpc_call_stream", network=NET, peer=pair.b.device_id, method="one"
+    )
+    ended = await pair.caller.event("rpc_call_stream_end", request_id=started["request_id"])
+    assert ended["error"]["code"] == "no_handler"
+    said = f"'one' is not a streaming method {on}: call it once (meshactors rpc call, no --stream)"
+    assert ended["error"]["message"] == said
 
 
 async def test_calls_to_unknown_or_inactive_peers_fail_at_once(mesh: Mesh, pair: Pair) -> None:
