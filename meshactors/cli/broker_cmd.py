@@ -21,13 +21,15 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("meshactors.broker")
 
-DEFAULT_LISTEN = "127.0.0.1:7800"  # loopback unless told otherwise
+DEFAULT_LISTEN = "127.0.0.1:7447"  # loopback unless told otherwise; the port the docs use
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `broker` command."""
     parser = commands.add_parser("broker", help="run a WebSocket relay for daemons")
-    parser.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (port 0: any free)")
+    parser.add_argument(
+        "--listen", default=DEFAULT_LISTEN, help="HOST:PORT (port 0: any free; default %(default)s)"
+    )
     parser.add_argument("--max-peers", type=int, default=None, help="daemons per network")
     parser.add_argument("--max-message-bytes", type=int, default=None)
     parser.add_argument(

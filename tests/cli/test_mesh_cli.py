@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from meshactors.daemon.broker_actor import parse_listen
 from meshactors.membership.facts import MAX_AT_MS
 
 DEVICE = "a" * 52
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_mesh_commands_parse() -> None:
@@ -49,6 +51,17 @@ def test_the_broker_takes_its_timeouts_as_flags(
         main(["broker", flag, "0"])  # reaches the broker's limits, which refuse it
     assert exited.value.code == EXIT_USAGE
     assert f"'{flag[2:].replace('-', '_')}' must be > 0" in capsys.readouterr().err
+
+
+def test_the_broker_listens_by_default_where_its_unit_and_the_docs_say(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    unit = (ROOT / "meshactors/units/meshactors-broker.service").read_text()
+    assert "broker --listen 127.0.0.1:7447\n" in unit
+    assert build_parser().parse_args(["broker"]).listen == "127.0.0.1:7447"
+    with pytest.raises(SystemExit):
+        main(["broker", "--help"])
+    assert "default 127.0.0.1:7447" in " ".join(capsys.readouterr().out.split())
 
 
 def test_events_print_as_readable_lines_or_json() -> None:
