@@ -39,14 +39,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     send.add_argument(
         "--reliable",
         action="store_true",
-        help="with --to: resend until the peer's daemon acknowledges, answer who received it",
+        help="with --to an active peer: resend until its daemon acknowledges, answer who "
+        "received it; a peer not active now fails at once (exit 7; `send` queues for later)",
     )
     send.add_argument(
         "--ttl",
         type=float,
-        default=RELIABLE_TTL_S,
+        default=None,
         metavar="SECONDS",
-        help=f"how long --reliable keeps resending (default {RELIABLE_TTL_S:g})",
+        help=f"with --reliable: how long it keeps resending (default {RELIABLE_TTL_S:g})",
     )
     send.set_defaults(run=run_send)
     sub = channel.add_parser(
@@ -58,9 +59,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def run_send(args: argparse.Namespace) -> int:
-    words = free_words(args, "channel send", CHANNEL_SEND_WORDS, "quote a payload with spaces")
     if args.reliable and (args.to is None or args.retain):
         fail("--reliable goes to one peer: give --to PEER (and no --retain)", EXIT_USAGE)
+    if args.ttl is not None and not args.reliable:
+        fail("--ttl is how long --reliable resends: give --reliable too", EXIT_USAGE)
+    words = free_words(args, "channel send", CHANNEL_SEND_WORDS, "quote a payload with spaces")
     network = network_of(args)
     params: dict[str, Any] = {
         "network": network,
@@ -69,7 +72,7 @@ def run_send(args: argparse.Namespace) -> int:
     }
     if args.reliable:
         peer = resolve_device(args, args.to, network)
-        ttl_ms = max(1, round(args.ttl * 1000))
+        ttl_ms = max(1, round((RELIABLE_TTL_S if args.ttl is None else args.ttl) * 1000))
         answer = call(args, "channel_send_reliable", peer=peer, ttl_ms=ttl_ms, **params)
         print(json.dumps(answer))
         return 0

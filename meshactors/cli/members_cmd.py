@@ -24,7 +24,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ):
         action = actions.add_parser(name, help=text)
         action.add_argument("device_id", help="a device id, its first 8+ characters, or a label")
-        action.add_argument("--role", choices=ROLES, default="member")
+        action.add_argument("--role", choices=ROLES, default="member", help="default %(default)s")
         network_option(action)
         action.set_defaults(run=run)
     evict = actions.add_parser("evict", help="evict a device for good (a lost or stolen one)")
@@ -33,9 +33,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     evict.set_defaults(run=run_members_evict)
     invite = actions.add_parser("invite", help="print an invite token for new devices")
     network_option(invite)
-    invite.add_argument("--role", choices=ROLES, default="member")
-    invite.add_argument("--ttl", type=float, default=24 * 3600.0, help="seconds it holds")
-    invite.add_argument("--uses", type=int, default=1, help="devices it admits")
+    invite.add_argument("--role", choices=ROLES, default="member", help="default %(default)s")
+    invite.add_argument(
+        "--ttl", type=float, default=24 * 3600.0, help="seconds it holds (default %(default)g)"
+    )
+    invite.add_argument(
+        "--uses", type=int, default=1, help="devices it admits (default %(default)s)"
+    )
     invite.set_defaults(run=run_members_invite)
 
 

@@ -6,9 +6,12 @@ import argparse
 from typing import Any
 
 from meshactors.cli.common import (
+    EXIT_NOT_FOUND,
     SHORT_ID,
     call,
+    fail,
     free_words,
+    joined_networks,
     local_time,
     network_of,
     network_option,
@@ -106,6 +109,7 @@ def run_inbox(args: argparse.Namespace) -> int:
         cursor=args.cursor,
         **{"from": sender},
     )
+    _check_scope(args, answer["messages"])
     if args.json:
         print_json(answer)
         return 0
@@ -115,6 +119,15 @@ def run_inbox(args: argparse.Namespace) -> int:
     if _has_next_page(args, answer, sender):
         print(f"(next page: --cursor {answer['next_cursor']})")
     return 0
+
+
+def _check_scope(args: argparse.Namespace, found: list[Any]) -> None:
+    """Exit 6 when -n names no joined network and nothing was found: a typo, not an empty
+    list (a network left without --purge keeps its messages, so one found is listed)."""
+    if found or args.network is None or args.network in joined_networks(args):
+        return
+    message = f"no network {args.network!r} is joined, and no message of one by that id matches"
+    fail(message, EXIT_NOT_FOUND, "no_such_network")
 
 
 def _has_next_page(args: argparse.Namespace, page: dict[str, Any], sender: str | None) -> bool:
@@ -137,6 +150,7 @@ def run_outbox_list(args: argparse.Namespace) -> int:
     rows = _call_given(
         args, "outbox_list", status=args.status, network=args.network, limit=args.limit
     )["rows"]
+    _check_scope(args, rows)
     if args.json:
         print_json(rows)
         return 0

@@ -55,7 +55,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     network_option(serve)
     serve.add_argument("method")
-    serve.add_argument("--timeout", type=float, default=SERVE_COMMAND_TIMEOUT)
+    serve.add_argument(
+        "--timeout",
+        type=float,
+        default=SERVE_COMMAND_TIMEOUT,
+        help="seconds CMD may run per call (default %(default)g)",
+    )
     serve.add_argument(
         "--stream", action="store_true", help="each line CMD writes answers as one stream chunk"
     )

@@ -64,6 +64,33 @@ def test_the_broker_listens_by_default_where_its_unit_and_the_docs_say(
     assert "default 127.0.0.1:7447" in " ".join(capsys.readouterr().out.split())
 
 
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        (["members", "invite"], ["--role", "default member", "default 86400", "default 1"]),
+        (["members", "grant"], ["default member"]),
+        (["members", "revoke"], ["default member"]),
+        (["rpc", "serve"], ["default 30"]),
+        (["channel", "send"], ["default 10", "fails at once (exit 7"]),
+    ],
+)
+def test_help_shows_the_defaults_and_what_a_flag_does_not_do(
+    command: list[str], shown: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for part in shown:
+        assert part in text
+
+
+def test_a_ttl_without_reliable_is_refused_not_ignored(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["channel", "send", "-n", "n1", "ch", "1", "--ttl", "5"])
+    assert exited.value.code == EXIT_USAGE
+    assert "--ttl is how long --reliable resends" in capsys.readouterr().err
+
+
 def test_events_print_as_readable_lines_or_json() -> None:
     event = {
         "kind": "peer_active",

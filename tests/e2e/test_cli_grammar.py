@@ -183,3 +183,18 @@ def test_outbox_list_filters_by_network(lan: Home) -> None:
     assert json.loads(lan.cli("outbox", "list", "-n", "lan", "--json").stdout) == []
     (row,) = json.loads(lan.cli("outbox", "list", "-n", "wan", "--json").stdout)
     assert row["network"] == "wan"
+
+
+def test_inbox_and_outbox_list_of_no_joined_network_exit_6_unless_it_left_messages(
+    lan: Home,
+) -> None:
+    lan.cli("network", "add", "wan", "--broker", BROKER)
+    lan.cli("send", "-n", "wan", new_device(), "to wan")
+    lan.cli("network", "remove", "wan")  # without --purge: its messages are kept
+    for command in (["inbox"], ["outbox", "list"]):
+        unknown = lan.cli(*command, "-n", "nosuch", "--json", check=False)
+        assert unknown.returncode == EXIT_NOT_FOUND
+        assert error_of(unknown)["code"] == "no_such_network"
+        assert lan.cli(*command, "-n", "lan").returncode == 0
+    (row,) = json.loads(lan.cli("outbox", "list", "-n", "wan", "--json").stdout)
+    assert row["network"] == "wan"
