@@ -5,11 +5,12 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -200,3 +201,39 @@ async def steps_of(work: Awaitable[None]) -> int:
     finally:
         trio.lowlevel.remove_instrument(counter)
     return counter.steps
+
+
+def sleeper(fifo: Path) -> list[str]:
+    """A served command whose `sleep` child outlives it unless its whole process group is
+    killed; it writes the child's pid to the FIFO `fifo`, made here (see `pid_written`)."""
+    os.mkfifo(fifo)
+    return ["sh", "-c", 'sleep 1000 & echo $! > "$0"; wait', str(fifo)]
+
+
+async def pid_written(fifo: Path) -> int:
+    """The pid a `sleeper` writes to `fifo`, once it has (the caller bounds the wait)."""
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # our own writer: no early EOF
+    line = b""
+    async with trio.lowlevel.FdStream(fd) as reader:
+        while not line.endswith(b"\n"):
+            line += await reader.receive_some()
+    return int(line)
+
+
+async def exited(pid: int) -> None:
+    """Return once process `pid` has exited: its pidfd turns readable then, child or not."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+
+
+def kill_leftover(pid: int | None) -> None:
+    """SIGKILL the `sleeper` child a failed test left running, if it had started."""
+    if pid is not None:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

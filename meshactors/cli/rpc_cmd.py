@@ -24,7 +24,7 @@ from meshactors.cli.common import (
     paths_of,
 )
 from meshactors.cli.devices import resolve_device
-from meshactors.cli.served import run_command, served_command, stream_command
+from meshactors.cli.served import run_command, serve_until_stopped, served_command, stream_command
 from meshactors.client import ClientError, MeshClient, RequestContext, SyncClient
 
 SERVE_COMMAND_TIMEOUT = 30.0  # seconds a served command may run before it is killed (default)
@@ -162,7 +162,7 @@ async def _serve(args: argparse.Namespace, network: str, method: str, command: l
         async for chunk in stream_command(command, payload, args.timeout):
             yield chunk
 
-    async with MeshClient(paths_of(args).socket) as client:
+    async def claim(client: MeshClient) -> None:
         await client.serve(network, method, handle_stream if args.stream else handle)
-        print(f"serving {method} on {network}; Ctrl-C stops", file=sys.stderr, flush=True)
-        await trio.sleep_forever()
+
+    await serve_until_stopped(paths_of(args).socket, network, method, claim)

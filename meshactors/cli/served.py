@@ -1,19 +1,25 @@
-"""The command `meshactors rpc serve` and `stream serve` run: taken from after `--`, then (for
-`rpc serve`) run once per call, its stdout answering whole, or (with `--stream`) each line it
-writes answering as one chunk while it runs."""
+"""What `meshactors rpc serve` and `stream serve` share: the command taken from after `--`,
+serving until a stop, and commands that leave nothing running behind them; and running the
+command `rpc serve` serves, once per call, its stdout answering whole, or (with `--stream`)
+each line it writes answering as one chunk while it runs."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import IO, Any
 
 import trio
 
 from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE, fail
+from meshactors.client import MeshClient
 from meshactors.network.payload import MAX_PAYLOAD_BYTES
 
 MAX_STDERR_CHARS = 2000  # the tail of a failed command's stderr sent back as the error message
@@ -42,6 +48,36 @@ def served_command(serve: str, method: str, rest: list[str]) -> tuple[list[str],
     return words, command
 
 
+async def serve_until_stopped(
+    socket: Path, network: str, method: str, claim: Callable[[MeshClient], Awaitable[None]]
+) -> None:
+    """Claim METHOD with `claim` and serve until SIGTERM (a plain `kill`) or Ctrl-C: either
+    closes the client, which cancels every handler, and each kills its command on the way out.
+    SIGTERM is caught before the claim, so no command starts that it would orphan."""
+    with trio.open_signal_receiver(signal.SIGTERM) as stops:
+        async with MeshClient(socket) as client:
+            await claim(client)
+            print(f"serving {method} on {network}; Ctrl-C stops", file=sys.stderr, flush=True)
+            async for _ in stops:
+                return
+
+
+async def open_command(command: list[str], **options: Any) -> trio.Process:
+    """Start `command` in a session, so a process group, of its own: `kill_group` then reaches
+    whatever it starts in turn (`sh -c`'s children), and a Ctrl-C meant for the serve is not
+    sent to it by the terminal."""
+    return await trio.lowlevel.open_process(command, start_new_session=True, **options)
+
+
+async def kill_group(process: trio.Process) -> None:
+    """SIGKILL a command still running together with every process in its group, and reap
+    it: nothing it started outlives its call, its stream or the serve."""
+    if process.returncode is None:  # not reaped yet, so its group id names no one else's
+        os.killpg(process.pid, signal.SIGKILL)
+    with trio.CancelScope(shield=True):
+        await process.wait()
+
+
 async def run_command(command: list[str], payload: Any, timeout: float) -> Any:
     """Run `command` with `payload` as JSON on stdin; its stdout (JSON, else text) answers, a
     failure raises with its exit status and the tail of its stderr as the message."""
@@ -52,6 +88,8 @@ async def run_command(command: list[str], payload: Any, timeout: float) -> Any:
             capture_stdout=True,
             capture_stderr=True,
             check=False,
+            start_new_session=True,  # as `open_command` does, for `kill_group`
+            deliver_cancel=kill_group,
         )
     if scope.cancelled_caught:
         raise _too_long(command, timeout)
@@ -67,9 +105,7 @@ async def stream_command(command: list[str], payload: Any, timeout: float) -> As
     with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as stderr:
         stdin.write(json.dumps(payload).encode())
         stdin.seek(0)
-        process = await trio.lowlevel.open_process(
-            command, stdin=stdin, stdout=subprocess.PIPE, stderr=stderr
-        )
+        process = await open_command(command, stdin=stdin, stdout=subprocess.PIPE, stderr=stderr)
         try:
             assert process.stdout is not None
             async for line in _lines(process.stdout, deadline, command, timeout):
@@ -81,10 +117,7 @@ async def stream_command(command: list[str], payload: Any, timeout: float) -> As
             if process.returncode != 0:
                 raise command_failed(command, process.returncode, _tail(stderr))
         finally:
-            if process.returncode is None:
-                process.kill()
-                with trio.CancelScope(shield=True):
-                    await process.wait()
+            await kill_group(process)
 
 
 async def _lines(

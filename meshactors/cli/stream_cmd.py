@@ -18,7 +18,14 @@ from meshactors.cli.common import (
     words_after_network,
 )
 from meshactors.cli.devices import resolve_device
-from meshactors.cli.served import command_failed, keep_tail, served_command
+from meshactors.cli.served import (
+    command_failed,
+    keep_tail,
+    kill_group,
+    open_command,
+    serve_until_stopped,
+    served_command,
+)
 from meshactors.client import BinaryStream, ClientError, MeshClient
 from meshactors.exception_groups import first_leaf
 
@@ -123,26 +130,32 @@ async def _serve(args: argparse.Namespace, method: str, command: list[str]) -> N
     async def handle(stream: BinaryStream) -> None:
         await run_piped(command, stream)
 
-    async with MeshClient(paths_of(args).socket) as client:
+    async def claim(client: MeshClient) -> None:
         await client.serve_stream(args.network, method, handle)
-        print(f"serving {method} on {args.network}; Ctrl-C stops", file=sys.stderr, flush=True)
-        await trio.sleep_forever()
+
+    await serve_until_stopped(paths_of(args).socket, args.network, method, claim)
 
 
 async def run_piped(command: list[str], stream: BinaryStream) -> None:
     """Run `command` with the stream's bytes on its stdin and its stdout into the stream; a
-    failure raises with its exit status and stderr's tail (the stream is reset with it)."""
+    failure raises with its exit status and stderr's tail (the stream is reset with it), as
+    does a reset of the stream while it runs, which kills it."""
     pipe = subprocess.PIPE
-    process = await trio.lowlevel.open_process(command, stdin=pipe, stdout=pipe, stderr=pipe)
+    process = await open_command(command, stdin=pipe, stdout=pipe, stderr=pipe)
     assert process.stdin is not None and process.stdout is not None
     assert process.stderr is not None
     errors = bytearray()
+    watching = trio.CancelScope()
 
     async def feed() -> None:
+        """The stream's bytes into stdin; then, until the command is done, the stream read
+        for its reset (the opener cancelled): a silent command would never see it."""
         assert process.stdin is not None
-        async with process.stdin:
-            with contextlib.suppress(trio.BrokenResourceError):  # the connection broke
-                await drain(stream, process.stdin)  # False: it stopped reading, fine
+        with watching:
+            async with process.stdin:
+                with contextlib.suppress(trio.BrokenResourceError):  # the connection broke
+                    await drain(stream, process.stdin)  # False: it stopped reading, fine
+            await stream.finish()  # returns only once our end is sent too: cancelled first
 
     async def collect() -> None:
         assert process.stderr is not None
@@ -155,10 +168,9 @@ async def run_piped(command: list[str], stream: BinaryStream) -> None:
             nursery.start_soon(collect)
             await pump(process.stdout, stream)
             status = await process.wait()
+            watching.cancel()
     finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(1):
-            process.kill()
-            await process.wait()
+        await kill_group(process)
     if status != 0:  # before our end: the opener reads the failure, not a clean end
         raise command_failed(command, status, bytes(errors))
     await stream.send_eof()

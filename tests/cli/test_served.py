@@ -1,14 +1,18 @@
-"""What a served command writes answers as JSON when it parses, else as the text it is."""
+"""What a served command writes answers as JSON when it parses, else as the text it is; a
+command whose call is cancelled dies with everything it started."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
+import trio
 
 from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE, CommandFailed
 from meshactors.cli.served import command_failed, run_command, served_command, stream_command
 from meshactors.wire.pipe_frames import FrameParser, Reset, encode
+from tests.support import exited, kill_leftover, pid_written, sleeper
 
 DEEP = "[" * 5000  # deeper than the parser goes: RecursionError, not ValueError
 WRITE_DEEP = [sys.executable, "-c", f"print({DEEP!r})"]
@@ -48,3 +52,29 @@ def test_both_serves_split_the_command_after_dashes_alike(serve: str) -> None:
     with pytest.raises(CommandFailed) as absent:
         served_command(serve, "m", ["--", "/no/such/binary"])
     assert absent.value.code == EXIT_NOT_FOUND
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+async def test_a_cancelled_command_is_killed_with_what_it_started(
+    tmp_path: Path, streamed: bool
+) -> None:
+    """`sh -c` starts `sleep`: cancelling the call kills both, not the shell alone."""
+    fifo, pid = tmp_path / "sleeper.fifo", None
+    command = sleeper(fifo)
+
+    async def run() -> None:
+        if streamed:
+            async for _ in stream_command(command, None, TIMEOUT):
+                pass
+        else:
+            await run_command(command, None, TIMEOUT)
+
+    try:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run)
+                pid = await pid_written(fifo)
+                nursery.cancel_scope.cancel()
+            await exited(pid)
+    finally:
+        kill_leftover(pid)

@@ -18,7 +18,7 @@ import trio
 from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE
 from meshactors.client import MeshClient, RequestContext
 from meshactors.network.payload import MAX_PAYLOAD_BYTES
-from tests.support import Home, LineClient
+from tests.support import Home, LineClient, exited, kill_leftover, pid_written, sleeper
 
 pytestmark = pytest.mark.e2e
 
@@ -259,3 +259,31 @@ async def test_rpc_serve_answers_remote_error_when_the_output_is_refused(
     error = json.loads(end)["error"]
     assert error["code"] == "remote_error"
     assert error["message"].endswith(f"wrote a line over {MAX_PAYLOAD_BYTES} bytes")
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+async def test_stopping_rpc_serve_kills_the_running_command_and_its_children(
+    home: Home, me: str, tmp_path: Path, stop: signal.Signals
+) -> None:
+    """`kill` (SIGTERM) stops `rpc serve` as Ctrl-C does, and either signal sent to the
+    serve alone kills the command it runs with what that started (`sh -c`'s `sleep`)."""
+    fifo, pid = tmp_path / "sleeper.fifo", None
+    server = home.popen("rpc", "serve", "slow", "--", *sleeper(fifo))
+    try:
+        with trio.fail_after(60):
+            assert (await trio.to_thread.run_sync(started, server, "stderr")).startswith("serving")
+            caller = home.popen("rpc", "call", me, "slow", "--json")
+            try:
+                pid = await pid_written(fifo)
+                server.send_signal(stop)
+                assert await trio.to_thread.run_sync(server.wait) == 0
+                await exited(pid)
+                answer, _ = await trio.to_thread.run_sync(caller.communicate)
+            finally:
+                caller.kill()
+                caller.wait()
+    finally:
+        server.kill()
+        server.wait()
+        kill_leftover(pid)
+    assert json.loads(answer)["error"]["code"] == "handler_gone"

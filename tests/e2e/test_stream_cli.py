@@ -10,6 +10,7 @@ import json
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import trio
@@ -17,7 +18,7 @@ import trio
 from meshactors.cli.common import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_USAGE
 from meshactors.cli.served import MAX_STDERR_CHARS
 from meshactors.client import BinaryStream, ClientError, MeshClient
-from tests.support import Home
+from tests.support import Home, exited, kill_leftover, pid_written, sleeper
 
 pytestmark = pytest.mark.e2e
 
@@ -185,3 +186,31 @@ async def test_stream_send_into_a_reader_that_left_resets_the_stream_and_exits_0
         sender.stdin.close()
     assert (code, errors, len(out)) == (0, b"", 100)
     assert reset == ["cancelled"]
+
+
+@pytest.mark.parametrize("stop", ["cancel", "sigterm"])
+async def test_a_stream_that_ends_early_kills_the_silent_command_and_its_children(
+    home: Home, me: str, tmp_path: Path, stop: str
+) -> None:
+    """The command writes nothing and `sh -c` started a child: once the opener cancels the
+    stream (after its end of data), or `stream serve` gets SIGTERM, neither keeps running."""
+    fifo, pid = tmp_path / "sleeper.fifo", None
+    server = home.popen("stream", "serve", "silent", "--", *sleeper(fifo))
+    try:
+        with trio.fail_after(60):
+            assert (await trio.to_thread.run_sync(started, server)).startswith("serving")
+            async with (
+                MeshClient(home.socket) as client,
+                await client.open_stream("lan", me, "silent") as stream,
+            ):
+                await stream.send_eof()
+                pid = await pid_written(fifo)
+                if stop == "sigterm":
+                    server.send_signal(signal.SIGTERM)
+                    assert await trio.to_thread.run_sync(server.wait) == 0
+            assert pid is not None  # closed unfinished: the serving end reads `cancelled`
+            await exited(pid)
+    finally:
+        server.kill()
+        server.wait()
+        kill_leftover(pid)
