@@ -63,9 +63,7 @@ class Subscriber(Generic[T]):
         """Queue an item without waiting, behind the marker of any items skipped just before
         it; False (and counted) when the subscriber is full, in items or in bytes."""
         size = 0 if self.size is None else self.size(item)
-        bound = self.max_bytes
-        over = bound is not None and self.queued_bytes > 0 and self.queued_bytes + size > bound
-        if self.queued >= self.capacity or over:  # (an empty queue takes any one item)
+        if self._refuses(size):
             return self._skip()
         try:
             if self._skipped_unreported:
@@ -77,6 +75,22 @@ class Subscriber(Generic[T]):
         self.queued += 1
         self.queued_bytes += size
         return True
+
+    def offer_made(self, make: Callable[[], T], least_size: int = 0) -> bool:
+        """`offer(make())`, but an item the subscriber would skip even at `least_size` bytes
+        (full in items, or its queued bytes plus those past the bound) is not made at all,
+        only counted as skipped, as `offer` would count it: so a reader that stopped reading
+        does not cost the publisher the making (say, encoding) of every item it misses.
+        `least_size` must not exceed the made item's `size`."""
+        if self._refuses(least_size):
+            return self._skip()
+        return self.offer(make())
+
+    def _refuses(self, size: int) -> bool:
+        """Whether an item of `size` bytes finds the subscriber full, in items or in bytes."""
+        bound = self.max_bytes
+        over = bound is not None and self.queued_bytes > 0 and self.queued_bytes + size > bound
+        return self.queued >= self.capacity or over  # (an empty queue takes any one item)
 
     def _skip(self) -> bool:
         """Count an item that did not fit (the reader learns by a `Lagged` marker); False."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
@@ -13,7 +14,7 @@ from meshactors.actors import Subscriber
 from meshactors.daemon.services import Services
 from meshactors.network.stream_pipe import Pipe
 from meshactors.store.events import Event
-from meshactors.wire.ipc import ErrorCode, OpError, RequestId, encode
+from meshactors.wire.ipc import ErrorCode, OpError, RequestId, encode, encoded_size_floor
 
 if TYPE_CHECKING:
     from meshactors.control.event_stream import EventStream
@@ -54,8 +55,10 @@ class Session:
 
     def push(self, kind: str, data: dict[str, Any]) -> bool:
         """Queue an event addressed to this connection only; never waits (lags when full). It
-        is encoded here, in the pusher's task, so the queue counts its real bytes."""
-        return self.pushes.offer(encode({"kind": kind, **data}))
+        is encoded here, in the pusher's task, so the queue counts its real bytes, but only
+        when it may fit: one the queue skips even at its least size is not encoded at all."""
+        frame = {"kind": kind, **data}
+        return self.pushes.offer_made(partial(encode, frame), encoded_size_floor(frame))
 
     def push_frames(self, frames: list[bytes]) -> int:
         """Queue encoded event lines, in order, without waiting; returns how many were taken

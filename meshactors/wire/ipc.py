@@ -139,6 +139,12 @@ def encode(frame: dict[str, Any]) -> bytes:
         return dumps_ascii(frame).encode() + b"\n"
 
 
+def encoded_size_floor(frame: dict[str, Any]) -> int:
+    """A lower bound of `len(encode(frame))`, found without encoding it: the characters of
+    its top-level strings (each at least one byte of the line), where a payload's bulk is."""
+    return sum(len(value) for value in frame.values() if isinstance(value, str))
+
+
 def ok_frame(request_id: RequestId | None, data: Any) -> bytes:
     """A success answer."""
     return encode({"id": request_id, "ok": True, "data": data})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 from meshactors.actors import Broadcast, Lagged, Subscriber
@@ -107,3 +109,25 @@ async def test_a_byte_bound_skips_what_would_pass_it_and_releases_bytes_as_they_
     assert not sub.offer("small")
     assert sub.overflowed.is_set()  # 3 skipped in all, whichever bound skipped them
     assert [await sub.receive(), sub.queued_bytes] == ["huge", 0]
+
+
+async def test_an_item_refused_at_its_least_size_is_not_made_but_counted_as_skipped() -> None:
+    made: list[str] = []
+
+    def make(item: str) -> Callable[[], str]:
+        """A maker of `item` that notes it was made."""
+
+        def made_item() -> str:
+            made.append(item)
+            return item
+
+        return made_item
+
+    sub = Subscriber[str](2, lag_limit=2, max_bytes=10, size=len)
+    assert sub.offer_made(make("aaaa"), 4) and not sub.offer_made(make("bbbbbbb"), 7)
+    assert not sub.offer_made(make("ccccccc"), 1)  # it may fit at 1 byte: made, then skipped
+    assert made == ["aaaa", "ccccccc"] and sub.skipped_total == 2  # 4 + 7 passes 10 bytes
+    assert sub.offer_made(make("dd"), 0) and not sub.offer_made(make("e"), 0)  # full: 2 items
+    assert made == ["aaaa", "ccccccc", "dd"]  # "e" was not made either
+    assert sub.overflowed.is_set()  # 3 skipped in all: refused unmade counts the same
+    assert await _read(sub, 4) == ["aaaa", Lagged(2), "dd", Lagged(1)]

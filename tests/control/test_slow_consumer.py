@@ -9,11 +9,14 @@ import structlog
 import trio
 import trio.testing
 
-from meshactors.actors import Broadcast
+from meshactors.actors import Broadcast, Lagged, Subscriber
 from meshactors.control import client as client_module
 from meshactors.control import event_stream
+from meshactors.control import session as session_module
+from meshactors.control.session import Push, Session
 from meshactors.daemon.services import Services
 from meshactors.ops import system_ops
+from meshactors.wire import ipc
 from meshactors.wire.ipc import MAX_CONCURRENT_REQUESTS
 
 
@@ -191,3 +194,31 @@ async def test_a_lag_notice_sits_between_the_pushes_before_the_hole_and_those_af
                 seen.append(int(frame["payload"][:4]))
     got = big - skipped  # the big ones delivered: the first ones, without a hole
     assert seen == [*range(got), f"lagged {skipped}", big, big + 1, "lagged 1", big + 3]
+
+
+async def test_an_event_the_push_queue_refuses_is_counted_as_skipped_and_never_encoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    encoded: list[str] = []
+
+    def counting_encode(frame: dict[str, Any]) -> bytes:
+        encoded.append(frame["kind"])
+        return ipc.encode(frame)
+
+    monkeypatch.setattr(session_module, "encode", counting_encode)
+    pushes = Subscriber[Push](2, lag_limit=10, max_bytes=1000, size=len)
+    unused: Any = None  # push touches only the queue
+    session = Session("c1", unused, pushes, unused, unused)
+    assert session.push("first", {"payload": "x" * 100})
+    assert not session.push("big", {"payload_b64": "A" * 1000})  # past the bytes: at its least
+    assert session.push("second", {"payload": "y"})
+    assert not session.push("third", {"payload": "z"})  # two queued: full by count
+    assert encoded == ["first", "second"]
+    assert pushes.skipped_total == 2  # as `offer` counts them: each one's marker says so
+    with trio.fail_after(5):
+        got = [await pushes.receive() for _ in range(4)]
+    first, second = (
+        ipc.event_frame("first", {"payload": "x" * 100}),
+        ipc.event_frame("second", {"payload": "y"}),
+    )
+    assert got == [first, Lagged(1), second, Lagged(1)]
