@@ -107,13 +107,13 @@ def since(conn: sqlite3.Connection, event_id: int, limit: int) -> SinceResult:
     size, more = 0, False
     with contextlib.closing(
         conn.execute(
-            "SELECT event_id, kind, data_json, at_ms FROM events WHERE event_id > ?"
-            " ORDER BY event_id LIMIT ?",
+            "SELECT event_id, kind, data_json, at_ms, length(CAST(data_json AS BLOB))"
+            " FROM events WHERE event_id > ? ORDER BY event_id LIMIT ?",
             (event_id, limit),
         )
     ) as rows:
         for row in rows:  # read one at a time: the rows past the byte limit stay unread
-            size += len(row[2])
+            size += row[4]  # its UTF-8 bytes: data_json keeps non-ASCII text unescaped
             if events and size > MAX_REPLAY_BYTES:
                 more = True
                 break

@@ -101,6 +101,17 @@ def test_a_read_holds_at_most_its_bytes_and_says_more_are_left(conn: sqlite3.Con
     assert ([e.data["n"] for e in rest.events], rest.more) == ([2, 3], False)
 
 
+def test_a_read_counts_the_bytes_of_non_ascii_data_not_its_characters(
+    conn: sqlite3.Connection,
+) -> None:
+    third = "é" * (MAX_REPLAY_BYTES // 6)  # 2 bytes each: a third of the limit, in bytes
+    for n in range(4):
+        log(conn, "big", {"n": n, "pad": third}, n)
+    first = since(conn, 0, limit=MAX_REPLAY)
+    assert [e.data["n"] for e in first.events] == [0, 1]  # a third would pass the bytes limit
+    assert first.more
+
+
 def test_an_event_larger_than_a_read_is_read_alone(conn: sqlite3.Connection) -> None:
     huge = "x" * (MAX_REPLAY_BYTES + 1)
     for n in range(2):
