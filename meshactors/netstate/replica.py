@@ -259,6 +259,10 @@ class StateReplica:
         if any(_prunes_first(item) for item in batch):
             expired = len(self.map.prune(horizon))
             self.counters["pruned"] += expired
+        # Received writes first: one that beats a write of ours in this very batch then
+        # makes ours lose here, as one merged in an earlier batch does (save order is free:
+        # a row keeps the winner whatever order entries are saved in).
+        merged = self._merge(self._received_entries(batch, now), horizon)
         local: list[tuple[_OwnWrite, Entry | None]] = []  # and the entry each replaced
         for item in (item for item in batch if isinstance(item, _OwnWrite)):
             held = self.map.get(item.entry.key)
@@ -271,17 +275,16 @@ class StateReplica:
                 # happened and lost at once, so it is answered, but not kept, told or sent.
                 self.counters["lost"] += 1
                 item.done.resolve(self._view(item.entry))
-        merged = self._merge(self._received_entries(batch, now), horizon)
         ours = [item.entry for item, _ in local]
         expired += sum(entry.deleted and entry.stamp.wall < horizon for entry in merged)
-        error = await self._save(ours + merged, horizon if expired else None)
+        error = await self._save(merged + ours, horizon if expired else None)
         if error is not None:
             # Our writes did not happen: the map holds what they replaced again (a peer's
             # write they had beaten meanwhile comes back at the next catch-up with its peer).
             for item, previous in reversed(local):
                 self.map.undo(item.entry, previous)
             ours = []
-        for entry in ours + merged:
+        for entry in merged + ours:  # in the order they changed the map
             self._publish(entry)
         for item, _ in local:
             if error is None:

@@ -103,3 +103,60 @@ async def test_a_write_of_ours_beaten_before_its_turn_is_answered_not_announced_
         assert [event["value"] for event in announced.events if event["key"] == "k"] == ["theirs"]
         assert [frame for _, frame in peers.sent if isinstance(frame, StatePut)] == []
         assert replica.counters["lost"] == 1
+
+
+async def test_a_write_of_ours_beaten_in_its_own_batch_is_answered_not_announced_or_sent(
+    tmp_path: Path,
+) -> None:
+    async with running_replica(tmp_path) as (replica, peers, announced):
+        ahead = wall_ms() + 60_000  # the peer's clock is a minute ahead of ours
+        # Ours first, theirs after, both queued before the state task looks: one batch.
+        put = peers.handlers[StatePut.tag]
+        done = replica.write("k", "mine", deleted=False)
+        put(PEER, StatePut([WireEntry("k", "theirs", False, ahead, 0, PEER)]))
+        with trio.fail_after(WAIT):
+            answer = await done.wait()  # (answered before the batch's save: it lost)
+            await _batch_done(replica)
+        assert (answer["value"], answer["by"]) == ("mine", ME)  # the op hears its write
+        assert replica.get("k")["value"] == "theirs"
+        assert [event["value"] for event in announced.events if event["key"] == "k"] == ["theirs"]
+        assert _put_values(peers, "k") == []
+        assert replica.counters["lost"] == 1
+
+
+async def test_a_write_of_ours_beating_an_older_one_in_its_batch_is_kept_and_sent(
+    tmp_path: Path,
+) -> None:
+    async with running_replica(tmp_path) as (replica, peers, announced):
+        behind = wall_ms() - 60_000  # the peer's clock is a minute behind ours
+        put = peers.handlers[StatePut.tag]
+        put(PEER, StatePut([WireEntry("k", "theirs", False, behind, 0, PEER)]))
+        done = replica.write("k", "mine", deleted=False)
+        with trio.fail_after(WAIT):
+            await done.wait()
+            await _batch_done(replica)
+        assert replica.get("k")["value"] == "mine"
+        # each in the order it changed the map: theirs, then ours over it
+        assert [event["value"] for event in announced.events if event["key"] == "k"] == [
+            "theirs",
+            "mine",
+        ]
+        assert _put_values(peers, "k") == ["mine"]
+        assert replica.counters["lost"] == 0
+
+
+async def _batch_done(replica: StateReplica) -> None:
+    """Wait until the batch being worked is done: a write queued now goes in a later one,
+    answered only after its save, so after everything the earlier batch saved and sent."""
+    await replica.write("later", True, deleted=False).wait()
+
+
+def _put_values(peers: OnePeer, key: str) -> list[Any]:
+    """The values of `key` the replica sent its peer in puts, in order."""
+    return [
+        entry.value
+        for _, frame in peers.sent
+        if isinstance(frame, StatePut)
+        for entry in frame.entries
+        if entry.key == key
+    ]
