@@ -55,10 +55,12 @@ async def cut_off_when_overflowed(source: Subscriber[Any]) -> None:
 
 
 async def report_lag(marker: Lagged, source: Subscriber[Any], sink: EventSink) -> None:
-    """Tell the sink how many items it missed, or cut it off past LAG_DISCONNECT_LIMIT."""
+    """Cut the sink off once `source` skipped more than LAG_DISCONNECT_LIMIT in all, else tell
+    it how many items it missed (no notice for none: all of them reached it another way)."""
     if source.skipped_total > LAG_DISCONNECT_LIMIT:
         raise SlowConsumer(f"missed {source.skipped_total} events")
-    await sink.send_frame("lagged", {"skipped": marker.skipped})
+    if marker.skipped:
+        await sink.send_frame("lagged", {"skipped": marker.skipped})
 
 
 async def follow(stream: EventStream, after: int, sink: EventSink) -> None:
@@ -75,10 +77,9 @@ async def follow(stream: EventStream, after: int, sink: EventSink) -> None:
             tail = item.skipped - holes  # skipped after every event delivered: the next ids
             missed += _past(after, seen, seen + tail)
             seen, holes = seen + tail, 0
-            if missed:
-                stream.lagged += missed
-                await report_lag(Lagged(missed), live, sink)
-                missed = 0
+            stream.lagged += missed
+            await report_lag(Lagged(missed), live, sink)  # the limit counts replayed ones too
+            missed = 0
             continue
         holes += item.event_id - seen - 1
         missed += _past(after, seen, item.event_id - 1)

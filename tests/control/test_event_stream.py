@@ -13,7 +13,8 @@ import trio.testing
 
 from meshactors.actors import Broadcast, Subscriber
 from meshactors.control import client as client_module
-from meshactors.control.event_stream import EventStream, follow
+from meshactors.control import event_stream
+from meshactors.control.event_stream import EventStream, SlowConsumer, follow
 from meshactors.daemon.services import Services
 from meshactors.ops import system_ops
 from meshactors.store.events import MAX_REPLAY_BYTES, Event
@@ -158,6 +159,20 @@ async def test_a_lagged_notice_leaves_out_the_skipped_events_up_to_the_replay(
     live = broadcast.subscribe(2)
     ticks(broadcast, 1, 2, 3, 4, 5)  # 3 to 5 are skipped: the ids after the last one read
     assert await followed(live, 0, after) == expected
+
+
+async def test_a_stream_past_the_lag_limit_is_cut_off_though_the_replay_had_what_it_missed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(event_stream, "LAG_DISCONNECT_LIMIT", 2)
+    broadcast = Broadcast[Event]()
+    live = broadcast.subscribe(1)
+    ticks(broadcast, 1, 2, 3, 4)  # 2 to 4 are skipped: past the limit, all of them replayed
+    broadcast.close()
+    sink = Written()
+    with trio.fail_after(5), pytest.raises(SlowConsumer):
+        await follow(EventStream(live, 0), 4, sink)
+    assert sink.frames == []  # no notice: it missed nothing for good
 
 
 async def test_inspect_shows_the_events_a_subscriber_was_told_it_missed(
