@@ -280,16 +280,23 @@ def temp_name(path: Path) -> Path:
 
 
 def write_private_file(path: Path, data: bytes, *, replace: bool = True) -> None:
-    """Write `data` to `path` atomically with mode 0600 (temp file, fsync, rename, fsync dir).
+    """Write `data` to `path` atomically with mode 0600 (see `write_file_atomically`)."""
+    write_file_atomically(path, data, PRIVATE_FILE_MODE, replace=replace)
+
+
+def write_file_atomically(path: Path, data: bytes, mode: int, *, replace: bool = True) -> None:
+    """Write `data` to `path` atomically with `mode` (temp file, fsync, rename, fsync dir). The
+    temp file is a fresh name created exclusively, so a symlink planted beside `path` is never
+    written through.
 
     With `replace=False` the file is hard-linked into place instead, which raises
     FileExistsError rather than clobbering a file another process created first.
     """
     tmp = temp_name(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
-            os.fchmod(fd, PRIVATE_FILE_MODE)  # the umask may have narrowed it further
+            os.fchmod(fd, mode)  # the umask may have narrowed it further
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]

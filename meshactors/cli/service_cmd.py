@@ -5,9 +5,7 @@ command line."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import enum
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -17,7 +15,7 @@ from pathlib import Path
 import attrs
 
 from meshactors.cli.common import EXIT_FAILURE, fail, report
-from meshactors.paths import user_config_home
+from meshactors.paths import user_config_home, write_file_atomically
 
 UNIT_TEMPLATES = resources.files("meshactors") / "units"  # shipped as package data
 COMMAND_PLACEHOLDER = "@MESHACTORS@"  # replaced by the command that runs meshactors
@@ -170,17 +168,11 @@ def exec_word(word: str) -> str:
 
 def write_unit(path: Path, text: str) -> None:
     """Write a unit file atomically (mode 0644), making its directory if needed."""
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        tmp.chmod(UNIT_FILE_MODE)
-        os.replace(tmp, path)
+        write_file_atomically(path, text.encode("utf-8"), UNIT_FILE_MODE)
     except OSError as exc:
         raise UnitError("write_failed", f"cannot write {path}: {exc}") from None
-    finally:
-        with contextlib.suppress(OSError):  # a half-written temporary file, if any
-            tmp.unlink(missing_ok=True)
 
 
 def remove_units(unit_dir: Path, names: Sequence[str]) -> list[Path]:

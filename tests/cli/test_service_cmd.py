@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from meshactors.cli import main
-from meshactors.cli.service_cmd import UNIT_TEMPLATES, UnitError, exec_word, hidden_from_system
+from meshactors.cli.service_cmd import (
+    UNIT_FILE_MODE,
+    UNIT_TEMPLATES,
+    UnitError,
+    exec_word,
+    hidden_from_system,
+    write_unit,
+)
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 VERIFY_TIMEOUT = 60  # seconds systemd-analyze may take
@@ -162,6 +170,22 @@ def test_unwritable_unit_dir_is_a_clear_error(
 
     assert cli("daemon", "install-service", "--unit-dir", str(blocker)) == 1
     assert "write_failed" in capsys.readouterr().err
+
+
+def test_a_unit_is_never_written_through_a_symlink_planted_beside_it(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    victim.chmod(0o600)
+    unit_dir = tmp_path / "units"
+    unit_dir.mkdir()
+    (unit_dir / ".meshactors.service.tmp").symlink_to(victim)  # where the temp file once was
+    unit = unit_dir / "meshactors.service"
+
+    write_unit(unit, "[Unit]\n")
+
+    assert (victim.read_text(), stat.S_IMODE(victim.stat().st_mode)) == ("untouched\n", 0o600)
+    assert not unit.is_symlink() and unit.read_text() == "[Unit]\n"
+    assert stat.S_IMODE(unit.stat().st_mode) == UNIT_FILE_MODE
 
 
 def test_exec_words_are_escaped_for_systemd() -> None:
