@@ -166,6 +166,22 @@ def listening_unix_socket(path: Path) -> Iterator[socket.socket]:
         yield sock
 
 
+async def client_id_of(connection: LineClient) -> str:
+    """The id the daemon gave `connection` (its `status` says)."""
+    client_id: str = (await connection.call("status"))["data"]["client_id"]
+    return client_id
+
+
+async def client_figures(inspector: LineClient, client_id: str) -> dict[str, Any]:
+    """The figures `inspect` (asked over `inspector`) shows for the client actor of the
+    connection `client_id`: found by its id, not by the order connections were made in."""
+    tree = (await inspector.call("inspect"))["data"]
+    control = next(child for child in tree["children"] if child["name"] == "control")
+    (client,) = [child for child in control["children"] if child["name"] == f"client {client_id}"]
+    figures: dict[str, Any] = client["figures"]
+    return figures
+
+
 async def publish(hub: EventHub, kind: str, *datas: dict[str, Any]) -> list[Event]:
     """Publish events through the running hub and return them as numbered, once it has."""
     live, _ = await hub.subscribe(len(datas) + 1024)

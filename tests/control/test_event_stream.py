@@ -18,7 +18,7 @@ from meshactors.control.event_stream import EventStream, SlowConsumer, follow
 from meshactors.daemon.services import Services
 from meshactors.ops import system_ops
 from meshactors.store.events import MAX_REPLAY_BYTES, Event
-from tests.support import LineClient, publish
+from tests.support import LineClient, client_figures, client_id_of, publish
 
 CYCLES = 100  # connections that subscribe and close at once: an unanswered join races the close
 LIVE = 10  # live events published while a replay waits
@@ -36,6 +36,8 @@ async def events_figures(client: LineClient) -> dict[str, Any]:
 async def until_only_one_client(daemon: Services) -> None:
     """Wait until every client actor but one has ended (its cleanups run)."""
     clients = daemon.tree.children["control"].children
+    # Polled: nothing signals a client actor's end outside its supervisor (the tree's node
+    # just goes); each look waits for every task to block, and the whole wait is bounded.
     with trio.fail_after(30):
         while sum(node.kind == "client" for node in clients.values()) > 1:
             await trio.testing.wait_all_tasks_blocked()
@@ -181,6 +183,7 @@ async def test_inspect_shows_the_events_a_subscriber_was_told_it_missed(
     monkeypatch.setattr(client_module, "OUTGOING_CAPACITY", 1)
     monkeypatch.setattr(system_ops, "EVENT_CAPACITY", 2)
     stalled = await connect()
+    stalled_id = await client_id_of(stalled)
     await stalled.call("events_subscribe")
     padding = "x" * 128 * 1024
     for n in range(FLOOD):  # more than the socket, the writer and the queues hold
@@ -191,7 +194,5 @@ async def test_inspect_shows_the_events_a_subscriber_was_told_it_missed(
         while frame["kind"] != "lagged":
             frame = await stalled.frame()
     assert frame["skipped"] > 0
-    tree = (await (await connect()).call("inspect"))["data"]
-    control = next(node for node in tree["children"] if node["name"] == "control")
-    figures = next(node for node in control["children"] if node["name"] == "client c1")["figures"]
+    figures = await client_figures(await connect(), stalled_id)
     assert (figures["events"], figures["events_lagged"]) == (True, frame["skipped"])

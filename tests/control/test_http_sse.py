@@ -18,11 +18,16 @@ from meshactors.event_hub import PERSIST_BATCH
 from meshactors.store.events import EVENT_LOG_LIMIT, PRUNE_BATCH, Event
 from tests.control.httptools import RawHttp, encode_request, sse_events
 from tests.daemon_tree import Connect
-from tests.support import publish
+from tests.support import client_figures, publish
 
 
 async def open_events(http: Connect, path: str = "/v1/events", **headers: str) -> RawHttp:
-    client = await http()
+    """A new connection streaming `path`'s events (the headers checked)."""
+    return await stream_events(await http(), path, **headers)
+
+
+async def stream_events(client: RawHttp, path: str = "/v1/events", **headers: str) -> RawHttp:
+    """`client`, its connection now streaming `path`'s events (the headers checked)."""
     await client.send(encode_request("GET", path, **headers))
     status, response_headers = await client.head()
     assert status == 200
@@ -113,10 +118,10 @@ async def test_hanging_up_ends_the_subscription(daemon: Services, http: Connect)
 async def test_inspect_shows_an_event_stream_connection_as_subscribed(
     http: Connect, connect: Any
 ) -> None:
-    await open_events(http)
-    tree = (await (await connect()).call("inspect"))["data"]
-    control = next(node for node in tree["children"] if node["name"] == "control")
-    figures = next(node for node in control["children"] if node["name"] == "client c1")["figures"]
+    client = await http()
+    client_id = (await client.request("GET", "/v1/status")).json()["data"]["client_id"]
+    await stream_events(client)  # on the same connection: the same client actor
+    figures = await client_figures(await connect(), client_id)
     assert (figures["protocol"], figures["events"]) == ("http", True)
     assert figures["events_lagged"] == 0
 

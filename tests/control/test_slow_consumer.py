@@ -18,6 +18,7 @@ from meshactors.daemon.services import Services
 from meshactors.ops import system_ops
 from meshactors.wire import ipc
 from meshactors.wire.ipc import MAX_CONCURRENT_REQUESTS
+from tests.support import client_figures, client_id_of
 
 
 async def test_subscriber_overflow_is_signalled_without_reading() -> None:
@@ -110,14 +111,6 @@ async def test_a_program_not_reading_large_answers_is_cut_off_within_the_byte_ca
             pass  # what was queued, then the end of the stream
 
 
-def _client_figures(tree: dict[str, Any], name: str) -> dict[str, Any]:
-    """The figures of the control child `name` in an `inspect` answer."""
-    control = next(child for child in tree["children"] if child["name"] == "control")
-    client = next(child for child in control["children"] if child["name"] == name)
-    figures: dict[str, Any] = client["figures"]
-    return figures
-
-
 async def test_a_program_not_reading_big_pushes_lags_once_their_bytes_pass_the_cap(
     daemon: Services, connect: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -132,7 +125,7 @@ async def test_a_program_not_reading_big_pushes_lags_once_their_bytes_pass_the_c
     assert (await sender.call("network_add", config=config))["ok"]
     me = (await sender.call("status"))["data"]["device_id"]
     stalled = await connect()
-    name = "client " + (await stalled.call("status"))["data"]["client_id"]
+    stalled_id = await client_id_of(stalled)
     assert (await stalled.call("channel_subscribe", network="n", channel="big"))["ok"]
     payload, sent = "x" * 100_000, 300  # 30 MB in all: ten times what may wait for the reader
     assert sent < client_module.PUSH_CAPACITY  # so a bound in events alone would skip none
@@ -140,7 +133,7 @@ async def test_a_program_not_reading_big_pushes_lags_once_their_bytes_pass_the_c
         params = {"network": "n", "channel": "big", "peer": me, "payload": payload}
         assert (await sender.call("channel_send_to", **params))["ok"]
     await trio.testing.wait_all_tasks_blocked()  # the pump pushed them all
-    figures = _client_figures((await sender.call("inspect"))["data"], name)
+    figures = await client_figures(sender, stalled_id)
     assert 0 < figures["pushes_bytes"] <= cap
     assert figures["lagged"] > 0
     received = 0
@@ -165,7 +158,7 @@ async def test_a_lag_notice_sits_between_the_pushes_before_the_hole_and_those_af
     assert (await sender.call("network_add", config=config))["ok"]
     me = (await sender.call("status"))["data"]["device_id"]
     stalled = await connect()
-    name = "client " + (await stalled.call("status"))["data"]["client_id"]
+    stalled_id = await client_id_of(stalled)
     assert (await stalled.call("channel_subscribe", network="n", channel="c"))["ok"]
 
     async def send(number: int, padding: str) -> None:
@@ -177,13 +170,13 @@ async def test_a_lag_notice_sits_between_the_pushes_before_the_hole_and_those_af
     for number in range(big):
         await send(number, padding)
     await trio.testing.wait_all_tasks_blocked()  # the pump pushed them all
-    skipped = _client_figures((await sender.call("inspect"))["data"], name)["lagged"]
+    skipped = (await client_figures(sender, stalled_id))["lagged"]
     assert skipped > 0
     # small ones fit in the bytes a skipped big one left; a big one between them does not
     for number, pad in [(big, ""), (big + 1, ""), (big + 2, padding), (big + 3, "")]:
         await send(number, pad)
     await trio.testing.wait_all_tasks_blocked()
-    assert _client_figures((await sender.call("inspect"))["data"], name)["lagged"] == skipped + 1
+    assert (await client_figures(sender, stalled_id))["lagged"] == skipped + 1
     seen: list[int | str] = []
     with trio.fail_after(30):
         while big + 3 not in seen:
