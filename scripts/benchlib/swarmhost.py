@@ -27,7 +27,9 @@ import trio
 from meshactors.actors import Lagged
 from meshactors.logs import configure_logging
 from meshactors.network.config import NetworkConfig
-from meshactors.wire.peer import Capabilities
+from meshactors.network.peers import CAPABILITIES_KEY
+from meshactors.store import networks as network_db
+from meshactors.wire.peer import Capabilities, converter
 from scripts.benchlib import swarm
 
 MAX_COMMAND_BYTES = 1 << 20  # one command line from the coordinator
@@ -117,10 +119,14 @@ class Host:
         for tracked in self.daemons:
             if tracked.member.device_id == sender:
                 joined = tracked.member.network(network)
-                advertise = functools.partial(
-                    joined.peers.set_capabilities, Capabilities(tags=[tag])
+                save = functools.partial(  # as the capabilities_set op: save, then advertise
+                    network_db.put_setting,
+                    network=network,
+                    key=CAPABILITIES_KEY,
+                    value=converter.unstructure(Capabilities(tags=[tag])),
                 )
-                await joined.ask_await("set capabilities", advertise)
+                await tracked.member.services.store.call(save, what="save capabilities")
+                await joined.ask_await("advertise capabilities", joined.peers.advertise_saved)
         receivers = [d for d in self.daemons if d.member.device_id != sender]
 
         def seen() -> bool:
