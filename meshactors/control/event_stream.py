@@ -22,7 +22,7 @@ LAG_DISCONNECT_LIMIT = 65_536  # events a connection may miss in all before it i
 
 
 @attrs.define(eq=False)
-class EventStream:
+class HubSubscription:
     """A connection's subscription to the event hub: its live queue, the last event id before
     the first one the queue gets, and how many events it was told it missed for good."""
 
@@ -63,7 +63,7 @@ async def report_lag(marker: Lagged, source: Subscriber[Any], sink: EventSink) -
         await sink.send_frame("lagged", {"skipped": marker.skipped})
 
 
-async def follow(stream: EventStream, after: int, sink: EventSink) -> None:
+async def follow(stream: HubSubscription, after: int, sink: EventSink) -> None:
     """Write live events newer than `after` to the sink until the stream ends, telling it of
     those it missed for good. The hub numbers events one by one and offers each to every
     subscriber, so the ids the live queue lacks past `subscribed_at` are the ones it skipped;
@@ -94,7 +94,7 @@ def _past(after: int, low: int, high: int) -> int:
 
 
 async def replay_then_follow(
-    hub: EventHub, sink: EventSink, stream: EventStream, since: int | None
+    hub: EventHub, sink: EventSink, stream: HubSubscription, since: int | None
 ) -> None:
     """Replay what the log holds after `since` (reporting any hole), then follow live events.
 

@@ -17,7 +17,7 @@ from meshactors.store.events import Event
 from meshactors.wire.ipc import ErrorCode, OpError, RequestId, encode, encoded_size_floor
 
 if TYPE_CHECKING:
-    from meshactors.control.event_stream import EventStream
+    from meshactors.control.event_stream import HubSubscription
 
 Cleanup = Callable[[], Awaitable[None]]
 Push = bytes  # an event line, encoded by whoever pushed it, so the queue knows its size
@@ -46,7 +46,7 @@ class Session:
     nursery: trio.Nursery
     sink: EventSink
     events_subscribed: bool = False  # claimed by events_subscribe, or an SSE stream's
-    event_stream: EventStream | None = None  # once subscribed to the event hub
+    event_stream: HubSubscription | None = None  # once subscribed to the event hub
     receives_pushes: bool = True  # False on HTTP: pushed events have nowhere to go
     pipe: Pipe | None = None  # set by stream_open/_accept: the connection is a binary stream
     _cleanups: list[Cleanup] = attrs.field(factory=list)

@@ -15,7 +15,7 @@ import trio
 
 from meshactors.control.event_stream import (
     EVENT_CAPACITY,
-    EventStream,
+    HubSubscription,
     replay_then_follow,
     wire_event,
 )
@@ -84,7 +84,7 @@ async def serve_events(
     hub = session.services.events
     live, subscribed_at = await hub.subscribe(EVENT_CAPACITY)  # before the replay: no hole
     with live:
-        stream = session.event_stream = EventStream(live, subscribed_at)
+        stream = session.event_stream = HubSubscription(live, subscribed_at)
         session.events_subscribed = True
         sink = SseSink(response.write_body)
         await response.start_events(SSE_HEADERS)

@@ -10,7 +10,7 @@ import attrs
 from meshactors.control.event_stream import (
     EVENT_CAPACITY,
     LAG_DISCONNECT_LIMIT,
-    EventStream,
+    HubSubscription,
     check_since,
     cut_off_when_overflowed,
     replay_then_follow,
@@ -92,7 +92,7 @@ async def _subscribe(session: Session, since: int | None) -> dict[str, Any]:
         live.close()
 
     session.on_close(unsubscribe)
-    stream = session.event_stream = EventStream(live, last_event_id)
+    stream = session.event_stream = HubSubscription(live, last_event_id)
     session.nursery.start_soon(replay_then_follow, hub, session.sink, stream, since)
     return {"client_id": session.client_id, "last_event_id": last_event_id}
 

@@ -14,7 +14,7 @@ import trio.testing
 from meshactors.actors import Broadcast, Subscriber
 from meshactors.control import client as client_module
 from meshactors.control import event_stream
-from meshactors.control.event_stream import EventStream, SlowConsumer, follow
+from meshactors.control.event_stream import HubSubscription, SlowConsumer, follow
 from meshactors.daemon.services import Services
 from meshactors.ops import system_ops
 from meshactors.store.events import MAX_REPLAY_BYTES, Event
@@ -117,7 +117,7 @@ async def followed(live: Subscriber[Event], subscribed_at: int, after: int) -> l
     sink = Written()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(follow, EventStream(live, subscribed_at), after, sink)
+            nursery.start_soon(follow, HubSubscription(live, subscribed_at), after, sink)
             await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
     return sink.frames
@@ -173,7 +173,7 @@ async def test_a_stream_past_the_lag_limit_is_cut_off_though_the_replay_had_what
     broadcast.close()
     sink = Written()
     with trio.fail_after(5), pytest.raises(SlowConsumer):
-        await follow(EventStream(live, 0), 4, sink)
+        await follow(HubSubscription(live, 0), 4, sink)
     assert sink.frames == []  # no notice: it missed nothing for good
 
 

@@ -11,7 +11,7 @@ import trio.testing
 
 from meshactors.actors import Broadcast
 from meshactors.control import http as http_module
-from meshactors.control.event_stream import EventStream, follow
+from meshactors.control.event_stream import HubSubscription, follow
 from meshactors.control.sse import KEEPALIVE, KEEPALIVE_INTERVAL, SseSink, sse_message
 from meshactors.daemon.services import Services
 from meshactors.event_hub import PERSIST_BATCH
@@ -155,7 +155,7 @@ async def test_a_lagging_reader_gets_a_lagged_event() -> None:
     reader = RawHttp(client)
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(follow, EventStream(live, 0), 0, SseSink(server.send_all))
+            nursery.start_soon(follow, HubSubscription(live, 0), 0, SseSink(server.send_all))
             got = sse_events(await reader.until(b"\n\n") + await reader.until(b"\n\n"))
             nursery.cancel_scope.cancel()
     assert got[0]["id"] == "1"
