@@ -19,10 +19,9 @@ from meshactors.netstate.frames import StatePut, WireEntry
 from meshactors.netstate.replica import WORK_BATCH, StateReplica
 from meshactors.netstate.writers import open_network_writers
 from meshactors.network.app_wire import AppWire
-from meshactors.network.peers import AppHandler
 from meshactors.store.actor import StoreActor
 from meshactors.wire.device_id import device_id_from_public_key
-from meshactors.wire.peer import Frame
+from tests.network.peerstandin import RecordingPeers
 
 NET = "net"
 WAIT = 10.0  # seconds any awaited condition may take before the test fails
@@ -33,27 +32,6 @@ def _device() -> str:
 
 
 ME, PEER = _device(), _device()
-
-
-@attrs.define
-class OnePeer:
-    """The peer table as the replica's wire sees it: PEER active, every frame sent kept."""
-
-    handlers: dict[str, AppHandler] = attrs.field(factory=dict)
-    sent: list[tuple[str, Frame]] = attrs.field(factory=list)
-
-    def register_app_handler(self, tag: str, handler: AppHandler) -> None:
-        self.handlers[tag] = handler
-
-    async def send_app(self, device_id: str, frame: Frame) -> None:
-        self.sent.append((device_id, frame))
-
-    def send_app_nowait(self, device_id: str, frame: Frame) -> bool:
-        self.sent.append((device_id, frame))
-        return True
-
-    def active_peers(self) -> list[str]:
-        return [PEER]
 
 
 @attrs.define
@@ -69,10 +47,10 @@ class Announced:
 @contextlib.asynccontextmanager
 async def running_replica(
     tmp_path: Path,
-) -> AsyncIterator[tuple[StateReplica, OnePeer, Announced]]:
+) -> AsyncIterator[tuple[StateReplica, RecordingPeers, Announced]]:
     """NET's replica on a store in tmp_path, running until the block ends."""
     store = StoreActor(tmp_path / "state.db")
-    peers, announced = OnePeer(), Announced()
+    peers, announced = RecordingPeers([PEER]), Announced()
     wire = AppWire(peers, ME)
     replica = StateReplica(NET, wire, store, announced, open_network_writers(ME, wire.active_peers))
     tree = Supervisor(children=[ChildSpec("store", store)])
@@ -151,7 +129,7 @@ async def _batch_done(replica: StateReplica) -> None:
     await replica.write("later", True, deleted=False).wait()
 
 
-def _put_values(peers: OnePeer, key: str) -> list[Any]:
+def _put_values(peers: RecordingPeers, key: str) -> list[Any]:
     """The values of `key` the replica sent its peer in puts, in order."""
     return [
         entry.value

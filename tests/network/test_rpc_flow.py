@@ -13,41 +13,12 @@ import trio.testing
 from meshactors.network.app_frames import RpcCall, RpcCancel, RpcChunk, RpcCredit, RpcEnd
 from meshactors.network.app_wire import AppWire
 from meshactors.network.payload import Payload
-from meshactors.network.peers import AppHandler
 from meshactors.network.rpc import STREAM_WINDOW, Rpc
 from meshactors.wire.ipc import ErrorCode, OpError
-from meshactors.wire.peer import Frame
+from tests.network.peerstandin import RecordingPeers
 
 PEER = "peer-device"
 ME = "own-device"
-
-
-@attrs.define
-class RecordingPeers:
-    """The peer layer's surface, recording what is sent instead of sealing it."""
-
-    handlers: dict[str, AppHandler] = attrs.field(factory=dict)
-    sent: list[tuple[str, Frame]] = attrs.field(factory=list)
-
-    def register_app_handler(self, tag: str, handler: AppHandler) -> None:
-        self.handlers[tag] = handler
-
-    async def send_app(self, device_id: str, frame: Frame) -> None:
-        self.sent.append((device_id, frame))
-
-    def send_app_nowait(self, device_id: str, frame: Frame) -> bool:
-        self.sent.append((device_id, frame))
-        return True
-
-    def active_peers(self) -> list[str]:
-        return [PEER]
-
-    def deliver(self, frame: Frame) -> None:
-        """A frame arriving from PEER."""
-        self.handlers[frame.tag](PEER, frame)
-
-    def of(self, kind: type[Frame]) -> list[Any]:
-        return [frame for _, frame in self.sent if isinstance(frame, kind)]
 
 
 @attrs.define
@@ -74,7 +45,7 @@ def run_now(fn: Callable[[], None]) -> bool:
 
 @pytest.fixture
 async def running(nursery: trio.Nursery) -> AsyncIterator[tuple[Rpc, RecordingPeers]]:
-    peers = RecordingPeers()
+    peers = RecordingPeers([PEER])
     rpc = Rpc("net", AppWire(peers, ME), run_now)
     await nursery.start(rpc.run)
     yield rpc, peers

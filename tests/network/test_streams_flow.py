@@ -27,7 +27,8 @@ from meshactors.network.stream_table import CREDIT_RETURN
 from meshactors.network.streams import Streams
 from meshactors.wire.ipc import ErrorCode, OpError
 from meshactors.wire.pipe_frames import END, Reset
-from tests.network.test_rpc_flow import PEER, RecordingConnection, RecordingPeers, run_now
+from tests.network.peerstandin import RecordingPeers
+from tests.network.test_rpc_flow import PEER, RecordingConnection, run_now
 
 ME = "own-device"
 WIRE_ID = "ab" * 16
@@ -42,7 +43,7 @@ class ServedStreams:
 
 @pytest.fixture
 async def served(nursery: trio.Nursery) -> AsyncIterator[ServedStreams]:
-    peers, owner = RecordingPeers(), RecordingConnection()
+    peers, owner = RecordingPeers([PEER]), RecordingConnection()
     streams = Streams("net", AppWire(peers, ME), run_now, lambda m: owner if m == "files" else None)
     await nursery.start(streams.run)
     yield ServedStreams(streams, peers, owner)
@@ -134,7 +135,7 @@ def _lane_full(_fn: Callable[[], None]) -> bool:
 async def test_an_offer_of_ours_goes_after_its_timeout_when_the_op_could_not_say_so(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    peers = RecordingPeers()
+    peers = RecordingPeers([PEER])
     streams = Streams("net", AppWire(peers, ME), _lane_full, lambda _m: None)
     await nursery.start(streams.run)
     ready = await streams.open(PEER, "files", 5_000)
