@@ -3,6 +3,7 @@ same home, and real processes from the CLI (tests.support.Home)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -10,11 +11,15 @@ import attrs
 import pytest
 import trio
 
+from meshactors.client import MeshClient
+from meshactors.client._serving import Handler, StreamHandler
 from meshactors.daemon.main import DaemonOptions, serve
 from meshactors.daemon.services import Services
 from meshactors.identity import load_or_create_identity
 from meshactors.paths import Paths, prepare_dirs, resolve_paths
 from tests.support import Home
+
+NETWORK = {"id": "lan", "brokers": ["ws://127.0.0.1:9/v1"]}  # reaches only itself
 
 
 @attrs.define(eq=False)
@@ -68,6 +73,22 @@ async def running(local: LocalDaemon) -> LocalDaemon:
     """An in-process daemon, started."""
     await local.start()
     return local
+
+
+@contextlib.asynccontextmanager
+async def served_to_a_caller(
+    daemon: LocalDaemon, method: str, handler: Handler | StreamHandler
+) -> AsyncIterator[tuple[MeshClient, MeshClient, str]]:
+    """A connection serving `method` with `handler` on NETWORK, a second connection to call it
+    from, and this device's id (the peer to call): (server, caller, device id)."""
+    async with (
+        MeshClient(daemon.paths.socket) as server,
+        MeshClient(daemon.paths.socket) as caller,
+    ):
+        await server.ensure_networks([NETWORK])
+        me = (await server.status())["device_id"]
+        await server.serve("lan", method, handler)
+        yield server, caller, me
 
 
 @pytest.fixture

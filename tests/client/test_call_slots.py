@@ -13,9 +13,8 @@ import trio
 
 from meshactors.client import ClientError, DeadlineExceeded, MeshClient, RequestContext
 from meshactors.wire.ipc import MAX_CONCURRENT_REQUESTS
-from tests.client.conftest import LocalDaemon
+from tests.client.conftest import NETWORK, LocalDaemon, served_to_a_caller
 
-NETWORK = {"id": "lan", "brokers": ["ws://127.0.0.1:9/v1"]}  # reaches only itself
 LONG_MS = 60_000  # a call's own timeout: nothing here may depend on it running out
 WAIT = 30
 
@@ -35,13 +34,7 @@ async def test_waiting_for_a_request_slot_counts_against_the_call_deadline(
     running: LocalDaemon,
 ) -> None:
     never = _Never()
-    async with (
-        MeshClient(running.paths.socket) as server,
-        MeshClient(running.paths.socket) as caller,
-    ):
-        await server.ensure_networks([NETWORK])
-        me = (await server.status())["device_id"]
-        await server.serve("lan", "never", never)
+    async with served_to_a_caller(running, "never", never) as (_, caller, me):
         call = functools.partial(caller.rpc_call, "lan", me, "never", timeout_ms=LONG_MS)
         async with trio.open_nursery() as nursery:
             for _ in range(MAX_CONCURRENT_REQUESTS):  # every slot of the caller's connection taken
@@ -88,13 +81,7 @@ async def test_a_call_the_program_gives_up_is_cancelled_at_the_daemon_and_frees_
     """The serving side is told at once, and the request keeps its slot only until the daemon
     answered it: more given-up calls than the daemon takes at once leave the client usable."""
     never = _Never()
-    async with (
-        MeshClient(running.paths.socket) as server,
-        MeshClient(running.paths.socket) as caller,
-    ):
-        await server.ensure_networks([NETWORK])
-        me = (await server.status())["device_id"]
-        await server.serve("lan", "never", never)
+    async with served_to_a_caller(running, "never", never) as (server, caller, me):
         events = server.events()
         call = functools.partial(caller.rpc_call, "lan", me, "never", timeout_ms=LONG_MS)
         with trio.fail_after(WAIT):
@@ -135,13 +122,7 @@ async def test_a_call_past_its_client_deadline_is_cancelled_at_the_daemon(
     running: LocalDaemon,
 ) -> None:
     never = _Never()
-    async with (
-        MeshClient(running.paths.socket) as server,
-        MeshClient(running.paths.socket) as caller,
-    ):
-        await server.ensure_networks([NETWORK])
-        me = (await server.status())["device_id"]
-        await server.serve("lan", "never", never)
+    async with served_to_a_caller(running, "never", never) as (server, caller, me):
         events = server.events()
         params = {"network": "lan", "peer": me, "method": "never", "timeout_ms": LONG_MS}
         with trio.fail_after(WAIT):

@@ -13,9 +13,8 @@ import trio
 import trio.testing
 
 from meshactors.client import ClientError, ConnectionLost, MeshClient, RequestContext
-from tests.client.conftest import LocalDaemon
+from tests.client.conftest import NETWORK, LocalDaemon, served_to_a_caller
 
-NETWORK = {"id": "lan", "brokers": ["ws://127.0.0.1:9/v1"]}  # reaches only itself
 LONG_MS = 60_000  # a call's own timeout: nothing here may depend on it running out
 WAIT = 30
 
@@ -45,13 +44,7 @@ class _Stuck:
 
 async def test_a_handler_is_cancelled_when_its_caller_cancels(running: LocalDaemon) -> None:
     stuck = _Stuck()
-    async with (
-        MeshClient(running.paths.socket) as server,
-        MeshClient(running.paths.socket) as caller,
-    ):
-        await server.ensure_networks([NETWORK])
-        me = (await server.status())["device_id"]
-        await server.serve("lan", "stuck", stuck.call)
+    async with served_to_a_caller(running, "stuck", stuck.call) as (_, caller, me):
         with trio.fail_after(WAIT):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(
@@ -79,13 +72,7 @@ async def test_a_streaming_handler_waiting_between_chunks_is_closed_when_its_cal
     running: LocalDaemon,
 ) -> None:
     stuck = _Stuck()
-    async with (
-        MeshClient(running.paths.socket) as server,
-        MeshClient(running.paths.socket) as caller,
-    ):
-        await server.ensure_networks([NETWORK])
-        me = (await server.status())["device_id"]
-        await server.serve("lan", "stuck", stuck.stream)
+    async with served_to_a_caller(running, "stuck", stuck.stream) as (_, caller, me):
         with trio.fail_after(WAIT):
             async with caller.rpc_call_stream("lan", me, "stuck", timeout_ms=LONG_MS):
                 await stuck.entered.wait()
@@ -97,13 +84,7 @@ async def test_a_streaming_handler_is_closed_when_its_caller_gives_up_before_the
 ) -> None:
     """The call is opened after its caller stopped waiting: its answer, naming it, cancels it."""
     stuck = _Stuck()
-    async with (
-        MeshClient(running.paths.socket) as server,
-        MeshClient(running.paths.socket) as caller,
-    ):
-        await server.ensure_networks([NETWORK])
-        me = (await server.status())["device_id"]
-        await server.serve("lan", "stuck", stuck.stream)
+    async with served_to_a_caller(running, "stuck", stuck.stream) as (_, caller, me):
         assert running.services is not None
         network = running.services.networks.get("lan")
         holding, release = trio.Event(), trio.Event()

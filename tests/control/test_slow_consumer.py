@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 import structlog
 import trio
@@ -18,7 +19,7 @@ from meshactors.daemon.services import Services
 from meshactors.ops import system_ops
 from meshactors.wire import ipc
 from meshactors.wire.ipc import MAX_CONCURRENT_REQUESTS
-from tests.support import client_figures, client_id_of
+from tests.support import LineClient, client_figures, client_id_of
 
 
 async def test_subscriber_overflow_is_signalled_without_reading() -> None:
@@ -111,76 +112,93 @@ async def test_a_program_not_reading_large_answers_is_cut_off_within_the_byte_ca
             pass  # what was queued, then the end of the stream
 
 
+PUSH_CAP, OUTGOING_CAP = 2 * 1024 * 1024, 1024 * 1024  # a stalled subscriber's lowered caps
+
+
+@attrs.define(eq=False)
+class StalledSubscriber:
+    """A connection subscribed to channel "c" of network "n" that reads nothing, and a sender
+    on "n" (which reaches only this device) that sends it channel messages."""
+
+    sender: LineClient
+    stalled: LineClient
+    stalled_id: str  # the stalled connection's client id, for its inspect figures
+    device_id: str  # this device: the peer `sender` sends to
+
+    async def send(self, payload: str) -> None:
+        """Send `payload` on "c" to this device, for `stalled`."""
+        params = {"network": "n", "channel": "c", "peer": self.device_id, "payload": payload}
+        assert (await self.sender.call("channel_send_to", **params))["ok"]
+
+    async def figures(self) -> dict[str, Any]:
+        """The stalled connection's figures, asked over the sender's connection."""
+        return await client_figures(self.sender, self.stalled_id)
+
+
+@pytest.fixture
+async def subscriber(connect: Any, monkeypatch: pytest.MonkeyPatch) -> StalledSubscriber:
+    """A stalled subscriber, its connection's push bytes capped at PUSH_CAP and its bytes
+    waiting to be written at OUTGOING_CAP."""
+    monkeypatch.setattr(client_module, "MAX_PUSH_BYTES", PUSH_CAP)
+    monkeypatch.setattr(client_module, "MAX_OUTGOING_BYTES", OUTGOING_CAP)
+    sender = await connect()
+    config = {"id": "n", "brokers": ["ws://127.0.0.1:9/v1"]}  # only this device is reached
+    assert (await sender.call("network_add", config=config))["ok"]
+    device_id = (await sender.call("status"))["data"]["device_id"]
+    stalled = await connect()
+    stalled_id = await client_id_of(stalled)
+    assert (await stalled.call("channel_subscribe", network="n", channel="c"))["ok"]
+    return StalledSubscriber(sender, stalled, stalled_id, device_id)
+
+
 async def test_a_program_not_reading_big_pushes_lags_once_their_bytes_pass_the_cap(
-    daemon: Services, connect: Any, monkeypatch: pytest.MonkeyPatch
+    subscriber: StalledSubscriber,
 ) -> None:
     """Channel messages a subscriber does not read are held up to MAX_PUSH_BYTES (beyond what
     waits to be written), not up to PUSH_CAPACITY of them: past that they are skipped and the
     subscriber is told so."""
-    cap, outgoing = 2 * 1024 * 1024, 1024 * 1024
-    monkeypatch.setattr(client_module, "MAX_PUSH_BYTES", cap)
-    monkeypatch.setattr(client_module, "MAX_OUTGOING_BYTES", outgoing)
-    sender = await connect()
-    config = {"id": "n", "brokers": ["ws://127.0.0.1:9/v1"]}  # only this device is reached
-    assert (await sender.call("network_add", config=config))["ok"]
-    me = (await sender.call("status"))["data"]["device_id"]
-    stalled = await connect()
-    stalled_id = await client_id_of(stalled)
-    assert (await stalled.call("channel_subscribe", network="n", channel="big"))["ok"]
     payload, sent = "x" * 100_000, 300  # 30 MB in all: ten times what may wait for the reader
     assert sent < client_module.PUSH_CAPACITY  # so a bound in events alone would skip none
     for _ in range(sent):  # from here on `stalled` reads nothing
-        params = {"network": "n", "channel": "big", "peer": me, "payload": payload}
-        assert (await sender.call("channel_send_to", **params))["ok"]
+        await subscriber.send(payload)
     await trio.testing.wait_all_tasks_blocked()  # the pump pushed them all
-    figures = await client_figures(sender, stalled_id)
-    assert 0 < figures["pushes_bytes"] <= cap
+    figures = await subscriber.figures()
+    assert 0 < figures["pushes_bytes"] <= PUSH_CAP
     assert figures["lagged"] > 0
     received = 0
     with trio.fail_after(30):
-        while (frame := await stalled.frame())["kind"] == "channel_inbound":
+        while (frame := await subscriber.stalled.frame())["kind"] == "channel_inbound":
             received += 1
     assert frame == {"kind": "lagged", "skipped": sent - received}
     slack = 8 * 1024 * 1024  # the socket's buffers, and the batch the forwarder holds
-    assert received * len(payload) <= cap + outgoing + slack
+    assert received * len(payload) <= PUSH_CAP + OUTGOING_CAP + slack
 
 
 async def test_a_lag_notice_sits_between_the_pushes_before_the_hole_and_those_after(
-    daemon: Services, connect: Any, monkeypatch: pytest.MonkeyPatch
+    subscriber: StalledSubscriber,
 ) -> None:
     """Messages skipped for a program that stopped reading are reported where they were lost:
     those before the `lagged` notice were sent before the hole, those after it after, so the
     program knows which it missed even when later, smaller messages still fit."""
-    monkeypatch.setattr(client_module, "MAX_PUSH_BYTES", 2 * 1024 * 1024)
-    monkeypatch.setattr(client_module, "MAX_OUTGOING_BYTES", 1024 * 1024)
-    sender = await connect()
-    config = {"id": "n", "brokers": ["ws://127.0.0.1:9/v1"]}  # only this device is reached
-    assert (await sender.call("network_add", config=config))["ok"]
-    me = (await sender.call("status"))["data"]["device_id"]
-    stalled = await connect()
-    stalled_id = await client_id_of(stalled)
-    assert (await stalled.call("channel_subscribe", network="n", channel="c"))["ok"]
 
     async def send(number: int, padding: str) -> None:
-        payload = f"{number:04d}{padding}"
-        params = {"network": "n", "channel": "c", "peer": me, "payload": payload}
-        assert (await sender.call("channel_send_to", **params))["ok"]
+        await subscriber.send(f"{number:04d}{padding}")
 
     big, padding = 300, "x" * 100_000  # 30 MB in all: from here on `stalled` reads nothing
     for number in range(big):
         await send(number, padding)
     await trio.testing.wait_all_tasks_blocked()  # the pump pushed them all
-    skipped = (await client_figures(sender, stalled_id))["lagged"]
+    skipped = (await subscriber.figures())["lagged"]
     assert skipped > 0
     # small ones fit in the bytes a skipped big one left; a big one between them does not
     for number, pad in [(big, ""), (big + 1, ""), (big + 2, padding), (big + 3, "")]:
         await send(number, pad)
     await trio.testing.wait_all_tasks_blocked()
-    assert (await client_figures(sender, stalled_id))["lagged"] == skipped + 1
+    assert (await subscriber.figures())["lagged"] == skipped + 1
     seen: list[int | str] = []
     with trio.fail_after(30):
         while big + 3 not in seen:
-            frame = await stalled.frame()
+            frame = await subscriber.stalled.frame()
             if frame["kind"] == "lagged":
                 seen.append(f"lagged {frame['skipped']}")
             else:

@@ -54,6 +54,20 @@ async def team(net: Mesh, *names: str, roles: tuple[str, ...] = ()) -> list[Daem
     return daemons
 
 
+async def invite_used_up(net: Mesh) -> tuple[Daemon, Daemon, dict[str, Any]]:
+    """An owner's one-use invite taken by a first device, then presented by a second: returns
+    the owner, the second device and the `invite_refused` event it got."""
+    owner, first, second = [await net.daemon(n) for n in ("owner", "first", "second")]
+    await create(owner, net)
+    token = (await owner.call("members_invite", network=CLOSED, role="member", uses=1))["token"]
+    await first.call("network_join_invite", token=token)
+    await first.wait_event("member_granted", network=CLOSED, device_id=first.device_id)
+    await active(owner, first)
+    await second.call("network_join_invite", token=token)
+    refused = await second.wait_event("invite_refused", network=CLOSED)
+    return owner, second, refused
+
+
 async def figures(daemon: Daemon) -> dict[str, Any]:
     """The membership part's figures, asked of the network's core."""
     network = daemon.network(CLOSED)

@@ -28,6 +28,7 @@ from tests.membership.conftest import (
     create,
     figures,
     import_closed,
+    invite_used_up,
     members,
     present,
     team,
@@ -58,14 +59,7 @@ async def test_a_non_member_never_shows_as_pending_and_a_grant_makes_it_active(
 
 
 async def test_an_invite_works_once_and_not_twice(mesh: Mesh) -> None:
-    owner, first, second = [await mesh.daemon(n) for n in ("owner", "first", "second")]
-    await create(owner, mesh)
-    token = (await owner.call("members_invite", network=CLOSED, role="member", uses=1))["token"]
-    await first.call("network_join_invite", token=token)
-    await first.wait_event("member_granted", network=CLOSED, device_id=first.device_id)
-    await active(owner, first)
-    await second.call("network_join_invite", token=token)
-    refused = await second.wait_event("invite_refused", network=CLOSED)
+    owner, second, refused = await invite_used_up(mesh)
     assert refused["reason"] == "the invite was used up"
     assert second.device_id not in await members(owner)
     shown = (await second.call("networks_list"))["networks"][0]["membership"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.membership.conftest import CLOSED, active, create, members, run_cli, team
+from tests.membership.conftest import CLOSED, invite_used_up, members, run_cli, team
 from tests.network.conftest import Mesh
 
 
@@ -20,14 +20,7 @@ async def test_an_offline_member_is_evicted_by_the_prefix_peers_printed(mesh: Me
 async def test_an_invite_refused_as_used_up_shows_in_network_list_and_daemon_status(
     mesh: Mesh,
 ) -> None:
-    owner, first, second = [await mesh.daemon(n) for n in ("owner", "first", "second")]
-    await create(owner, mesh)
-    token = (await owner.call("members_invite", network=CLOSED, role="member", uses=1))["token"]
-    await first.call("network_join_invite", token=token)
-    await first.wait_event("member_granted", network=CLOSED, device_id=first.device_id)
-    await active(owner, first)
-    await second.call("network_join_invite", token=token)
-    await second.wait_event("invite_refused", network=CLOSED)
+    owner, second, _ = await invite_used_up(mesh)
     note = f"invite refused by {owner.device_id[:12]}: the invite was used up"
     listed = await run_cli(second, "network", "list")
     (row,) = listed.stdout.decode().splitlines()[1:]
