@@ -21,6 +21,7 @@ import trio
 from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE, fail
 from meshactors.client import MeshClient
 from meshactors.network.payload import MAX_PAYLOAD_BYTES
+from meshactors.stop_signals import stop_signals
 
 MAX_STDERR_CHARS = 2000  # the tail of a failed command's stderr sent back as the error message
 STDERR_TAIL_BYTES = 4 * MAX_STDERR_CHARS  # bytes kept to decode it: a character is up to 4
@@ -51,10 +52,12 @@ def served_command(serve: str, method: str, rest: list[str]) -> tuple[list[str],
 async def serve_until_stopped(
     socket: Path, network: str, method: str, claim: Callable[[MeshClient], Awaitable[None]]
 ) -> None:
-    """Claim METHOD with `claim` and serve until SIGTERM (a plain `kill`) or Ctrl-C: either
-    closes the client, which cancels every handler, and each kills its command on the way out.
-    SIGTERM is caught before the claim, so no command starts that it would orphan."""
-    with trio.open_signal_receiver(signal.SIGTERM) as stops:
+    """Claim METHOD with `claim` and serve until SIGTERM (a plain `kill`), SIGHUP (the terminal
+    closed; not under `nohup`) or Ctrl-C: each closes the client, which cancels every handler,
+    and each kills its command on the way out. The commands run in sessions of their own, so
+    the terminal's hangup reaches the serve alone. The signals are caught before the claim, so
+    no command starts that one would orphan."""
+    with trio.open_signal_receiver(*stop_signals(signal.SIGTERM)) as stops:
         async with MeshClient(socket) as client:
             await claim(client)
             print(f"serving {method} on {network}; Ctrl-C stops", file=sys.stderr, flush=True)

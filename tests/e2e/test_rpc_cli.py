@@ -261,12 +261,15 @@ async def test_rpc_serve_answers_remote_error_when_the_output_is_refused(
     assert error["message"].endswith(f"wrote a line over {MAX_PAYLOAD_BYTES} bytes")
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+@pytest.mark.parametrize(
+    "stop", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["sigterm", "sigint", "sighup"]
+)
 async def test_stopping_rpc_serve_kills_the_running_command_and_its_children(
     home: Home, me: str, tmp_path: Path, stop: signal.Signals
 ) -> None:
-    """`kill` (SIGTERM) stops `rpc serve` as Ctrl-C does, and either signal sent to the
-    serve alone kills the command it runs with what that started (`sh -c`'s `sleep`)."""
+    """`kill` (SIGTERM) and a closed terminal (SIGHUP) stop `rpc serve` as Ctrl-C does, and
+    each signal sent to the serve alone kills the command it runs with what that started
+    (`sh -c`'s `sleep`): the command, in a session of its own, gets no hangup itself."""
     fifo, pid = tmp_path / "sleeper.fifo", None
     server = home.popen("rpc", "serve", "slow", "--", *sleeper(fifo))
     try:

@@ -188,12 +188,13 @@ async def test_stream_send_into_a_reader_that_left_resets_the_stream_and_exits_0
     assert reset == ["cancelled"]
 
 
-@pytest.mark.parametrize("stop", ["cancel", "sigterm"])
+@pytest.mark.parametrize("stop", ["cancel", "sigterm", "sighup"])
 async def test_a_stream_that_ends_early_kills_the_silent_command_and_its_children(
     home: Home, me: str, tmp_path: Path, stop: str
 ) -> None:
     """The command writes nothing and `sh -c` started a child: once the opener cancels the
-    stream (after its end of data), or `stream serve` gets SIGTERM, neither keeps running."""
+    stream (after its end of data), or `stream serve` gets SIGTERM or SIGHUP (its terminal
+    closed), neither keeps running."""
     fifo, pid = tmp_path / "sleeper.fifo", None
     server = home.popen("stream", "serve", "silent", "--", *sleeper(fifo))
     try:
@@ -205,8 +206,8 @@ async def test_a_stream_that_ends_early_kills_the_silent_command_and_its_childre
             ):
                 await stream.send_eof()
                 pid = await pid_written(fifo)
-                if stop == "sigterm":
-                    server.send_signal(signal.SIGTERM)
+                if stop != "cancel":
+                    server.send_signal(signal.Signals[stop.upper()])
                     assert await trio.to_thread.run_sync(server.wait) == 0
             assert pid is not None  # closed unfinished: the serving end reads `cancelled`
             await exited(pid)
