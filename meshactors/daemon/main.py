@@ -45,12 +45,10 @@ from meshactors.ops import (
 )
 from meshactors.ops.optable import OpTable
 from meshactors.paths import Paths
+from meshactors.stop_signals import stop_signals
 from meshactors.store.actor import StoreActor
 
 log = structlog.get_logger("meshactors.daemon")
-
-# SIGHUP: the terminal of a foreground `daemon up` closed (not a reload: nothing is reread)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class DaemonGaveUp(Exception):
@@ -195,8 +193,10 @@ def _select_one(conn: sqlite3.Connection) -> None:
 async def _stop_on_signal(
     shutdown: Doorbell, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Turn a stop signal into a shutdown; started only once the handlers are installed."""
-    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+    """Turn a stop signal into a shutdown; started only once the handlers are installed. SIGHUP
+    (the terminal of a foreground `daemon up` closed; not a reload: nothing is reread) stops it
+    too, unless it was ignored at start (`nohup`)."""
+    with trio.open_signal_receiver(*stop_signals(signal.SIGTERM, signal.SIGINT)) as signals:
         task_status.started()
         async for signum in signals:
             log.info("stop signal", signal=signal.Signals(signum).name)

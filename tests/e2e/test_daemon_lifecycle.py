@@ -9,7 +9,9 @@ import signal
 import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -129,32 +131,65 @@ def test_down_sigterms_at_once_a_daemon_on_another_socket(home: Home) -> None:
     assert home.daemon_pid() is None
 
 
+async def foreground_daemon(home: Home, **options: Any) -> tuple[trio.Process, bytes]:
+    """A foreground `daemon up --log-json`, and what it logged until it was ready."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "meshactors", "daemon", "up", "--log-json"],
+        env=home.env,
+        stderr=subprocess.PIPE,
+        **options,
+    )
+    assert process.stderr is not None
+    log = b""
+    while b"daemon ready" not in log:
+        chunk = await process.stderr.receive_some(4096)
+        assert chunk, f"daemon exited before it was ready: {log.decode()}"
+        log += chunk
+    return process, log
+
+
+async def logged_to_its_end(process: trio.Process, log: bytes) -> list[dict[str, Any]]:
+    """The events a daemon logged, once it exited (status 0: asserted)."""
+    assert process.stderr is not None
+    while chunk := await process.stderr.receive_some(4096):
+        log += chunk
+    assert await process.wait() == 0
+    return [json.loads(line) for line in log.splitlines()]
+
+
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
 async def test_a_stop_signal_stops_a_foreground_daemon_with_exit_0(
     home: Home, stop: signal.Signals
 ) -> None:
     with trio.fail_after(30):
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "meshactors", "daemon", "up", "--log-json"],
-            env=home.env,
-            stderr=subprocess.PIPE,
-        )
-        assert process.stderr is not None
-        log = b""
-        while b"daemon ready" not in log:
-            chunk = await process.stderr.receive_some(4096)
-            assert chunk, f"daemon exited before it was ready: {log.decode()}"
-            log += chunk
+        process, log = await foreground_daemon(home)
         process.send_signal(stop)  # SIGHUP: the terminal of a foreground `daemon up` closed
-        while chunk := await process.stderr.receive_some(4096):
-            log += chunk
-        assert await process.wait() == 0
-    events = [json.loads(line) for line in log.splitlines()]
+        events = await logged_to_its_end(process, log)
     assert any(e["event"] == "stop signal" and e["signal"] == stop.name for e in events)
-    assert b"daemon stopped" in log
-    assert b'"level": "error"' not in log
+    assert any(e["event"] == "daemon stopped" for e in events)
+    assert all(e.get("level") != "error" for e in events)
     assert not home.socket.exists()
     assert not (home.path / "daemon.pid").exists()
+
+
+def ignoring_hangups() -> None:
+    """`preexec_fn` that starts a child as `nohup` does: with SIGHUP ignored."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+async def test_a_daemon_started_with_sighup_ignored_keeps_serving_after_one(home: Home) -> None:
+    """Under `nohup` a closed terminal leaves the daemon running: SIGHUP stays ignored, and
+    only the SIGTERM after it (delivered after it) stops the daemon."""
+    with trio.fail_after(30):
+        process, log = await foreground_daemon(home, preexec_fn=ignoring_hangups)
+        try:
+            process.send_signal(signal.SIGHUP)
+            await trio.to_thread.run_sync(partial(home.cli, "daemon", "status"))  # it answers
+            process.send_signal(signal.SIGTERM)
+            events = await logged_to_its_end(process, log)
+        finally:
+            process.kill()
+    assert [e["signal"] for e in events if e["event"] == "stop signal"] == ["SIGTERM"]
 
 
 async def opened_to_write(fifo: Path) -> int:
