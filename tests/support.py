@@ -226,14 +226,21 @@ def sleeper(fifo: Path) -> list[str]:
     return ["sh", "-c", 'sleep 1000 & echo $! > "$0"; wait', str(fifo)]
 
 
-async def pid_written(fifo: Path) -> int:
-    """The pid a `sleeper` writes to `fifo`, once it has (the caller bounds the wait)."""
+async def pids_written(fifo: Path) -> list[int]:
+    """The pids a command writes to `fifo` on one line, once it has (the caller bounds the
+    wait); the command's write blocks until this opens the FIFO."""
     fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # our own writer: no early EOF
     line = b""
     async with trio.lowlevel.FdStream(fd) as reader:
         while not line.endswith(b"\n"):
             line += await reader.receive_some()
-    return int(line)
+    return [int(pid) for pid in line.split()]
+
+
+async def pid_written(fifo: Path) -> int:
+    """The pid a `sleeper` writes to `fifo`, once it has (the caller bounds the wait)."""
+    (pid,) = await pids_written(fifo)
+    return pid
 
 
 async def exited(pid: int) -> None:

@@ -5,6 +5,7 @@ each line it writes answering as one chunk while it runs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -73,54 +74,63 @@ async def open_command(command: list[str], **options: Any) -> trio.Process:
 
 
 async def kill_group(process: trio.Process) -> None:
-    """SIGKILL a command still running together with every process in its group, and reap
-    it: nothing it started outlives its call, its stream or the serve."""
-    if process.returncode is None:  # not reaped yet, so its group id names no one else's
+    """SIGKILL every process in the command's group, itself if it still runs, and reap it:
+    nothing it started outlives its call, its stream or the serve, even once it exited by
+    itself. The group's id is the command's pid (a session of its own), and no new group can
+    take that id while a process of this one lives; with none left, killpg finds no one."""
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     with trio.CancelScope(shield=True):
         await process.wait()
 
 
-async def run_command(command: list[str], payload: Any, timeout: float) -> Any:
-    """Run `command` with `payload` as JSON on stdin; its stdout (JSON, else text) answers, a
-    failure raises with its exit status and the tail of its stderr as the message."""
-    with trio.move_on_after(timeout) as scope:
-        done = await trio.run_process(
-            command,
-            stdin=json.dumps(payload).encode(),
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            start_new_session=True,  # as `open_command` does, for `kill_group`
-            deliver_cancel=kill_group,
-        )
-    if scope.cancelled_caught:
-        raise _too_long(command, timeout)
-    if done.returncode != 0:
-        raise command_failed(command, done.returncode, done.stderr)
-    return _decoded(done.stdout)
-
-
-async def stream_command(command: list[str], payload: Any, timeout: float) -> AsyncIterator[Any]:
-    """Run `command` as `run_command` does, yielding each line of its stdout (JSON, else text)
-    as soon as it is written; stdin and stderr are files, so no second task is needed."""
-    deadline = trio.current_time() + timeout
+@contextlib.asynccontextmanager
+async def _started(
+    command: list[str], payload: Any
+) -> AsyncIterator[tuple[trio.Process, IO[bytes]]]:
+    """`command` running with `payload` as JSON on stdin, stdout a pipe and stderr a file (the
+    files need no task of ours), and its group killed when the block ends, however it ends."""
     with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as stderr:
         stdin.write(json.dumps(payload).encode())
         stdin.seek(0)
         process = await open_command(command, stdin=stdin, stdout=subprocess.PIPE, stderr=stderr)
         try:
-            assert process.stdout is not None
-            async for line in _lines(process.stdout, deadline, command, timeout):
-                yield _decoded(line)
-            with trio.move_on_at(deadline):
-                await process.wait()
-            if process.returncode is None:
-                raise _too_long(command, timeout)
-            if process.returncode != 0:
-                raise command_failed(command, process.returncode, _tail(stderr))
+            yield process, stderr
         finally:
             await kill_group(process)
+
+
+async def run_command(command: list[str], payload: Any, timeout: float) -> Any:
+    """Run `command` with `payload` as JSON on stdin; its stdout (JSON, else text) answers, a
+    failure raises with its exit status and the tail of its stderr as the message."""
+    async with _started(command, payload) as (process, stderr):
+        assert process.stdout is not None
+        output = bytearray()
+        with trio.move_on_after(timeout) as scope:
+            while data := await process.stdout.receive_some():
+                output += data
+            status = await process.wait()
+        if scope.cancelled_caught:
+            raise _too_long(command, timeout)
+        if status != 0:
+            raise command_failed(command, status, _tail(stderr))
+    return _decoded(bytes(output))
+
+
+async def stream_command(command: list[str], payload: Any, timeout: float) -> AsyncIterator[Any]:
+    """Run `command` as `run_command` does, yielding each line of its stdout (JSON, else text)
+    as soon as it is written."""
+    deadline = trio.current_time() + timeout
+    async with _started(command, payload) as (process, stderr):
+        assert process.stdout is not None
+        async for line in _lines(process.stdout, deadline, command, timeout):
+            yield _decoded(line)
+        with trio.move_on_at(deadline):
+            await process.wait()
+        if process.returncode is None:
+            raise _too_long(command, timeout)
+        if process.returncode != 0:
+            raise command_failed(command, process.returncode, _tail(stderr))
 
 
 async def _lines(

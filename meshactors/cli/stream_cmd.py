@@ -139,7 +139,8 @@ async def _serve(args: argparse.Namespace, method: str, command: list[str]) -> N
 async def run_piped(command: list[str], stream: BinaryStream) -> None:
     """Run `command` with the stream's bytes on its stdin and its stdout into the stream; a
     failure raises with its exit status and stderr's tail (the stream is reset with it), as
-    does a reset of the stream while it runs, which kills it."""
+    does a reset of the stream while it runs, which kills it. Once it has exited and closed
+    its stdout, what it left running in its group is killed."""
     pipe = subprocess.PIPE
     process = await open_command(command, stdin=pipe, stdout=pipe, stderr=pipe)
     assert process.stdin is not None and process.stdout is not None
@@ -169,8 +170,9 @@ async def run_piped(command: list[str], stream: BinaryStream) -> None:
             await pump(process.stdout, stream)
             status = await process.wait()
             watching.cancel()
+            await kill_group(process)  # what it left running dies now, so its stderr closes
     finally:
-        await kill_group(process)
+        await kill_group(process)  # the command too, when this failed or was cancelled
     if status != 0:  # before our end: the opener reads the failure, not a clean end
         raise command_failed(command, status, bytes(errors))
     await stream.send_eof()

@@ -1,8 +1,10 @@
 """What a served command writes answers as JSON when it parses, else as the text it is; a
-command whose call is cancelled dies with everything it started."""
+command whose call is cancelled dies with everything it started, and what a command left
+running when it exited dies as its call ends."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import trio
 from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE, CommandFailed
 from meshactors.cli.served import command_failed, run_command, served_command, stream_command
 from meshactors.wire.pipe_frames import FrameParser, Reset, encode
-from tests.support import exited, kill_leftover, pid_written, sleeper
+from tests.support import exited, kill_leftover, pid_written, pids_written, sleeper
 
 DEEP = "[" * 5000  # deeper than the parser goes: RecursionError, not ValueError
 WRITE_DEEP = [sys.executable, "-c", f"print({DEEP!r})"]
@@ -54,6 +56,15 @@ def test_both_serves_split_the_command_after_dashes_alike(serve: str) -> None:
     assert absent.value.code == EXIT_NOT_FOUND
 
 
+async def run(command: list[str], streamed: bool) -> None:
+    """Run `command` as `rpc serve` does, its output answering whole or line by line."""
+    if streamed:
+        async for _ in stream_command(command, None, TIMEOUT):
+            pass
+    else:
+        await run_command(command, None, TIMEOUT)
+
+
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
 async def test_a_cancelled_command_is_killed_with_what_it_started(
     tmp_path: Path, streamed: bool
@@ -61,20 +72,52 @@ async def test_a_cancelled_command_is_killed_with_what_it_started(
     """`sh -c` starts `sleep`: cancelling the call kills both, not the shell alone."""
     fifo, pid = tmp_path / "sleeper.fifo", None
     command = sleeper(fifo)
-
-    async def run() -> None:
-        if streamed:
-            async for _ in stream_command(command, None, TIMEOUT):
-                pass
-        else:
-            await run_command(command, None, TIMEOUT)
-
     try:
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(run)
+                nursery.start_soon(run, command, streamed)
                 pid = await pid_written(fifo)
                 nursery.cancel_scope.cancel()
+            await exited(pid)
+    finally:
+        kill_leftover(pid)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+async def test_a_call_cancelled_after_its_command_exited_still_kills_what_it_left(
+    tmp_path: Path, streamed: bool
+) -> None:
+    """`sh -c` exits at once, its `sleep` holding the stdout open, so the call goes on: its
+    cancel (as its timeout) kills the `sleep`, though the command itself is gone."""
+    fifo, pid = tmp_path / "pids.fifo", None
+    os.mkfifo(fifo)
+    command = ["sh", "-c", 'sleep 1000 & echo $! $$ > "$0"', str(fifo)]
+    try:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, command, streamed)
+                pid, shell = await pids_written(fifo)
+                await exited(shell)
+                nursery.cancel_scope.cancel()
+            await exited(pid)
+    finally:
+        kill_leftover(pid)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+async def test_what_a_command_left_running_when_it_exited_dies_as_its_call_ends(
+    tmp_path: Path, streamed: bool
+) -> None:
+    """`sh -c` exits at once, leaving `sleep` with its output elsewhere: the call ends, and
+    the `sleep` with it: nothing a call started outlives it."""
+    fifo, pid = tmp_path / "pid.fifo", None
+    os.mkfifo(fifo)
+    command = ["sh", "-c", 'sleep 1000 >/dev/null 2>&1 & echo $! > "$0"', str(fifo)]
+    try:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, command, streamed)
+                pid = await pid_written(fifo)
             await exited(pid)
     finally:
         kill_leftover(pid)

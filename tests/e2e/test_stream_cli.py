@@ -7,6 +7,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -210,6 +211,33 @@ async def test_a_stream_that_ends_early_kills_the_silent_command_and_its_childre
                     server.send_signal(signal.Signals[stop.upper()])
                     assert await trio.to_thread.run_sync(server.wait) == 0
             assert pid is not None  # closed unfinished: the serving end reads `cancelled`
+            await exited(pid)
+    finally:
+        server.kill()
+        server.wait()
+        kill_leftover(pid)
+
+
+async def test_a_stream_ends_when_its_command_exits_and_what_it_left_dies(
+    home: Home, me: str, tmp_path: Path
+) -> None:
+    """`sh -c` exits at once, leaving `sleep` that holds its stderr (not its stdout): the
+    stream ends cleanly all the same, and the `sleep` is killed as it ends."""
+    fifo, pid = tmp_path / "pid.fifo", None
+    os.mkfifo(fifo)
+    left = ["sh", "-c", 'sleep 1000 >/dev/null & echo $! > "$0"', str(fifo)]
+    server = home.popen("stream", "serve", "leaves", "--", *left)
+    try:
+        with trio.fail_after(60):
+            assert (await trio.to_thread.run_sync(started, server)).startswith("serving")
+            async with (
+                MeshClient(home.socket) as client,
+                await client.open_stream("lan", me, "leaves") as stream,
+            ):
+                await stream.send_eof()
+                pid = await pid_written(fifo)
+                assert await stream.receive_some() == b""
+                await stream.finish()
             await exited(pid)
     finally:
         server.kill()
