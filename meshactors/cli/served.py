@@ -26,6 +26,7 @@ from meshactors.stop_signals import stop_signals
 
 MAX_STDERR_CHARS = 2000  # the tail of a failed command's stderr sent back as the error message
 STDERR_TAIL_BYTES = 4 * MAX_STDERR_CHARS  # bytes kept to decode it: a character is up to 4
+KILL_WAIT_SECONDS = 5.0  # a killed command is waited for this long at most, then left unreaped
 
 
 class ServedCommandFailed(Exception):
@@ -77,10 +78,12 @@ async def kill_group(process: trio.Process) -> None:
     """SIGKILL every process in the command's group, itself if it still runs, and reap it:
     nothing it started outlives its call, its stream or the serve, even once it exited by
     itself. The group's id is the command's pid (a session of its own), and no new group can
-    take that id while a process of this one lives; with none left, killpg finds no one."""
+    take that id while a process of this one lives; with none left, killpg finds no one. The
+    wait is shielded but bounded: one that SIGKILL cannot end yet (stuck in the kernel) does not
+    hold up its call's end or the serve's stop."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    with trio.CancelScope(shield=True):
+    with trio.move_on_after(KILL_WAIT_SECONDS, shield=True):
         await process.wait()
 
 

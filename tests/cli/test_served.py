@@ -5,14 +5,26 @@ running when it exited dies as its call ends."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
+from typing import cast
 
+import attrs
 import pytest
 import trio
+import trio.testing
 
 from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE, CommandFailed
-from meshactors.cli.served import command_failed, run_command, served_command, stream_command
+from meshactors.cli.served import (
+    KILL_WAIT_SECONDS,
+    command_failed,
+    kill_group,
+    open_command,
+    run_command,
+    served_command,
+    stream_command,
+)
 from meshactors.wire.pipe_frames import FrameParser, Reset, encode
 from tests.support import exited, kill_leftover, pid_written, pids_written, sleeper
 
@@ -121,3 +133,29 @@ async def test_what_a_command_left_running_when_it_exited_dies_as_its_call_ends(
             await exited(pid)
     finally:
         kill_leftover(pid)
+
+
+@attrs.define
+class Unending:
+    """Stands for a killed process that does not end yet (stuck in the kernel): its group is
+    the real `pid`'s, its wait lasts far longer than any stop may."""
+
+    pid: int
+
+    async def wait(self) -> int:
+        await trio.sleep(1000 * KILL_WAIT_SECONDS)
+        return -signal.SIGKILL
+
+
+async def test_a_killed_command_that_does_not_end_is_waited_for_a_bounded_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    process = await open_command(["sleep", "1000"])
+    try:
+        started = trio.current_time()
+        await kill_group(cast(trio.Process, Unending(process.pid)))
+        assert trio.current_time() - started == KILL_WAIT_SECONDS
+        assert await process.wait() == -signal.SIGKILL  # its group was killed all the same
+    finally:
+        process.kill()
+        await process.wait()
