@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -197,6 +199,21 @@ async def opened_to_write(fifo: Path) -> int:
     return await trio.to_thread.run_sync(os.open, fifo, os.O_WRONLY, abandon_on_cancel=True)
 
 
+@contextmanager
+def killed_at_the_end(pid_file: Path) -> Iterator[None]:
+    """SIGKILL the process whose pid `pid_file` names, as the block ends and if it still runs:
+    the detached daemon, had the test failed before its `daemon down`, would start and run on
+    after its home is deleted. It is held by a pidfd from the start, so no other process that
+    took its pid meanwhile is signalled."""
+    pidfd = os.pidfd_open(int(pid_file.read_text()))
+    try:
+        yield
+    finally:
+        with suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        os.close(pidfd)
+
+
 @pytest.mark.parametrize("interrupt", ["ctrl-c", "sigterm"])
 async def test_interrupting_up_detach_leaves_one_line_and_a_daemon_that_serves(
     home: Home, tmp_path: Path, interrupt: str
@@ -209,9 +226,10 @@ async def test_interrupting_up_detach_leaves_one_line_and_a_daemon_that_serves(
         "PYTHONPATH": os.pathsep.join([str(START_GATE), os.environ.get("PYTHONPATH", "")]),
         "START_GATE": str(gate),
         "START_GATE_FOR": "--ready-fd",  # the detached child, not `up --detach` itself
+        "START_GATE_PID_FILE": str(tmp_path / "gated.pid"),  # written before it waits
         "NOTIFY_SOCKET": str(tmp_path / "notify"),  # the child says READY=1 after its ready line
     }
-    with manager, trio.fail_after(60):
+    with ExitStack() as stack, manager, trio.fail_after(60):
         up = await trio.lowlevel.open_process(
             [sys.executable, "-m", "meshactors", "daemon", "up", "--detach"],
             env=env,
@@ -219,6 +237,7 @@ async def test_interrupting_up_detach_leaves_one_line_and_a_daemon_that_serves(
             process_group=0,  # a shell's job: Ctrl-C signals the whole group
         )
         held = await opened_to_write(gate)  # the child exists, held before its ready line
+        stack.enter_context(killed_at_the_end(tmp_path / "gated.pid"))
         try:
             if interrupt == "ctrl-c":
                 os.killpg(up.pid, signal.SIGINT)
@@ -233,14 +252,14 @@ async def test_interrupting_up_detach_leaves_one_line_and_a_daemon_that_serves(
             os.close(held)  # the child starts, with nobody waiting for its ready line
         assert status == EXIT_INTERRUPTED, err.decode()
         assert await manager.recv(4096) == f"READY=1\nSTATUS=serving on {home.socket}".encode()
-    pid = home.daemon_pid()
-    assert err.decode() == (
-        f"meshactors: interrupted: the daemon (pid {pid}) goes on starting in the background; "
-        "`meshactors daemon status` says when it serves, `meshactors daemon down` stops it "
-        f"(log {home.path / 'daemon.log'})\n"
-    )
-    assert home.cli("daemon", "status").returncode == 0
-    home.cli("daemon", "down")
+        pid = home.daemon_pid()
+        assert err.decode() == (
+            f"meshactors: interrupted: the daemon (pid {pid}) goes on starting in the "
+            "background; `meshactors daemon status` says when it serves, `meshactors daemon "
+            f"down` stops it (log {home.path / 'daemon.log'})\n"
+        )
+        assert home.cli("daemon", "status").returncode == 0
+        home.cli("daemon", "down")
     log = (home.path / "daemon.log").read_text()
     assert "ready line unread" in log
     assert "Traceback" not in log
