@@ -156,7 +156,7 @@ async def run_piped(command: list[str], stream: BinaryStream) -> None:
             async with process.stdin:
                 with contextlib.suppress(trio.BrokenResourceError):  # the connection broke
                     await drain(stream, process.stdin)  # False: it stopped reading, fine
-            await stream.finish()  # returns only once our end is sent too: cancelled first
+            await stream.finish()  # raises (our end is not sent yet) unless cancelled first
 
     async def collect() -> None:
         assert process.stderr is not None

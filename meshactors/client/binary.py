@@ -50,6 +50,7 @@ class BinaryStream(trio.abc.HalfCloseableStream):
     _pending: bytearray = attrs.field(factory=bytearray)
     _ended: bool = False
     _failed: Reset | None = None
+    _sent_end: bool = False  # our end (send_eof) went out
 
     @property
     def stream_id(self) -> str:
@@ -73,6 +74,7 @@ class BinaryStream(trio.abc.HalfCloseableStream):
     async def send_eof(self) -> None:
         with self._broken():
             await self.socket.send_all(END_FRAME)
+        self._sent_end = True
 
     async def reset(self, message: str) -> None:
         """End the stream in an error both ways (the other end reads remote_error), and close."""
@@ -98,12 +100,17 @@ class BinaryStream(trio.abc.HalfCloseableStream):
     async def finish(self) -> None:
         """Wait until the daemon closes the connection, which it does once both ends ended
         (send_eof first), discarding data the other end still sends; StreamError if the stream
-        failed after all (e.g. the other program reset it after its end)."""
+        failed after all (e.g. the other program reset it after its end). Called before our
+        end was sent, it returns only by raising: it waits for the stream's reset, and the
+        connection closed then with no reset (its daemon died) is StreamBroken."""
         while self._failed is None:
             with self._broken():
                 data = await self.socket.receive_some(RECEIVE_BYTES)
             if not data:
-                return
+                if self._sent_end:
+                    return
+                self._failed = Reset("connection_lost", "the connection closed before our end")
+                raise StreamBroken(self._failed.code, self._failed.message)
             self.feed(data)
             self._pending.clear()
         raise StreamError(self._failed.code, self._failed.message)

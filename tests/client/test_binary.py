@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from meshactors.client import MeshClient, StreamError
+from meshactors.client import MeshClient, StreamBroken, StreamError
 from tests.client.fakedaemon import fake_daemon
 
 WAIT = 10  # seconds any awaited step may take before the test fails
@@ -39,4 +39,23 @@ async def test_a_reset_connection_under_a_binary_stream_is_a_stream_error(tmp_pa
             assert isinstance(sent.value, trio.BrokenResourceError)
             with pytest.raises(StreamError) as finished:
                 await finishing.finish()
+            assert finished.value.code == "connection_lost"
+
+
+async def test_a_connection_closed_before_our_end_fails_the_finish_waiting_on_it(
+    tmp_path: Path,
+) -> None:
+    """The daemon closes the connection cleanly (no reset frame, nothing unread) before our
+    end was sent: the stream did not finish, it broke, and `finish` (waiting for a reset from
+    the other end) raises so, rather than returning as it does after a finished stream."""
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path) as client,
+    ):
+        await daemon.next_session()  # the client's own connection
+        with trio.fail_after(WAIT):
+            stream = await client.open_stream("lan", "peer", "bulk")
+            await (await daemon.next_session()).hang_up()
+            with pytest.raises(StreamBroken) as finished:
+                await stream.finish()
             assert finished.value.code == "connection_lost"

@@ -243,3 +243,30 @@ async def test_a_stream_ends_when_its_command_exits_and_what_it_left_dies(
         server.kill()
         server.wait()
         kill_leftover(pid)
+
+
+async def test_a_stream_whose_connection_closes_unreset_kills_the_silent_command(
+    home: Home, me: str, tmp_path: Path
+) -> None:
+    """The daemon dies under a stream: the serving end's connection closes with no reset
+    frame, before the command's end was sent, and that ends the stream as broken: the silent
+    command and its child are killed rather than left running."""
+    fifo, pid = tmp_path / "sleeper.fifo", None
+    server = home.popen("stream", "serve", "silent", "--", *sleeper(fifo))
+    try:
+        with trio.fail_after(60):
+            assert (await trio.to_thread.run_sync(started, server)).startswith("serving")
+            async with (
+                MeshClient(home.socket) as client,
+                await client.open_stream("lan", me, "silent") as stream,
+            ):
+                await stream.send_eof()
+                pid = await pid_written(fifo)
+                daemon = home.daemon_pid()
+                assert daemon is not None
+                os.kill(daemon, signal.SIGKILL)
+                await exited(pid)
+    finally:
+        server.kill()
+        server.wait()
+        kill_leftover(pid)
