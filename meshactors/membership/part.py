@@ -337,10 +337,13 @@ class Membership:
     def _refused(self, device_id: str, reason: str) -> None:
         """Publish a refusal and keep it, while we present an invite, for networks_list; an
         invite refused as expired or used up is presented no more until the next start (the
-        refusal is only the peer's word: a start tries it again), so it is refused once: a
-        later answer to it (it went out at the take and at each handshake, to every owner and
-        admin) is not news."""
+        refusal is only the peer's word: a start tries it again). Any refusal is published
+        once: the same answer again from the same device (the invite went out at the take and
+        at each handshake, to every owner and admin) is not news."""
         if self.invite is None:
+            return
+        told = self.refused or {}
+        if (told.get("by"), told.get("reason")) == (device_id, reason):
             return
         self.events.publish(
             "invite_refused", {"network": self.network, "by": device_id, "reason": reason}

@@ -202,17 +202,27 @@ async def test_an_invite_refused_as_expired_is_shown_and_presented_no_more() -> 
     assert p.wire.sent["invite_redeem"] == 1
 
 
-async def test_an_invite_presented_twice_and_refused_twice_is_published_refused_once() -> None:
+@pytest.mark.parametrize("flaw", ["expired", "forged"])
+async def test_an_invite_presented_twice_and_refused_twice_is_published_refused_once(
+    flaw: str,
+) -> None:
+    """Expired, it is presented no more after the first refusal; forged (refused, as for an
+    evicted device, for a reason that leaves it presented), it still is, and the same answer
+    again from the same owner is not published again."""
     owner, newcomer = device(), device()
     p = PartPair.of(new_log(owner).genesis, owner, newcomer, [], [])
     part = p.part(newcomer)
     part.invite = invite(p.log(owner), owner, expires_ms=10_000)  # long past
+    if flaw == "forged":
+        part.invite = attrs.evolve(part.invite, uses=2)  # its signature no longer verifies
     await part.on_handshake(owner.device_id)  # as at the take, and again at a handshake
     await part.on_handshake(owner.device_id)
     await p.run()
     assert p.wire.sent["invite_redeem"] == p.wire.sent["invite_answer"] == 2
     published = part.events.published  # type: ignore[attr-defined]
     assert [kind for kind, _ in published] == ["invite_refused"]
+    reason = {"expired": "the invite expired", "forged": "the invite's signature does not verify"}
+    assert part.summary()["invite_refused"]["reason"] == reason[flaw]
 
 
 async def test_a_member_ahead_answers_older_heads_and_the_peer_behind_pulls_at_once() -> None:
