@@ -109,7 +109,7 @@ def run_inbox(args: argparse.Namespace) -> int:
         cursor=args.cursor,
         **{"from": sender},
     )
-    _check_scope(args, answer["messages"])
+    _check_scope(args, answer["messages"], "inbox", "messages")
     if args.json:
         print_json(answer)
         return 0
@@ -121,10 +121,14 @@ def run_inbox(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_scope(args: argparse.Namespace, found: list[Any]) -> None:
-    """Exit 6 when -n names no joined network and nothing was found: a typo, not an empty
-    list (a network left without --purge keeps its messages, so one found is listed)."""
+def _check_scope(args: argparse.Namespace, found: list[Any], op: str, key: str) -> None:
+    """Exit 6 when -n names no joined network and `op` (whose answer lists under `key`) finds
+    nothing of it at all: a typo, not an empty list (a network left without --purge keeps its
+    messages, so they are listed). Asked unfiltered: kept messages that the page's filters
+    (--from, --cursor, a status) leave out still make the network one."""
     if found or args.network is None or args.network in joined_networks(args):
+        return
+    if call(args, op, network=args.network, limit=1)[key]:
         return
     message = f"no network {args.network!r} is joined, and no message of one by that id matches"
     fail(message, EXIT_NOT_FOUND, "no_such_network")
@@ -150,7 +154,7 @@ def run_outbox_list(args: argparse.Namespace) -> int:
     rows = _call_given(
         args, "outbox_list", status=args.status, network=args.network, limit=args.limit
     )["rows"]
-    _check_scope(args, rows)
+    _check_scope(args, rows, "outbox_list", "rows")
     if args.json:
         print_json(rows)
         return 0

@@ -188,6 +188,7 @@ def test_outbox_list_filters_by_network(lan: Home) -> None:
 def test_inbox_and_outbox_list_of_no_joined_network_exit_6_unless_it_left_messages(
     lan: Home,
 ) -> None:
+    """Kept messages of a network left count even when the filters leave them all out."""
     lan.cli("network", "add", "wan", "--broker", BROKER)
     lan.cli("send", "-n", "wan", new_device(), "to wan")
     lan.cli("network", "remove", "wan")  # without --purge: its messages are kept
@@ -198,3 +199,4 @@ def test_inbox_and_outbox_list_of_no_joined_network_exit_6_unless_it_left_messag
         assert lan.cli(*command, "-n", "lan").returncode == 0
     (row,) = json.loads(lan.cli("outbox", "list", "-n", "wan", "--json").stdout)
     assert row["network"] == "wan"
+    assert json.loads(lan.cli("outbox", "list", "-n", "wan", "--dead", "--json").stdout) == []
