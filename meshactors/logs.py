@@ -25,6 +25,7 @@ SYSLOG_PRIORITIES = {  # structlog level -> syslog priority (sd-daemon(3) prefix
     "debug": 7,
 }
 DEFAULT_PRIORITY = 6  # info, for a level the table does not know
+CREDENTIAL_PARAMETERS = ("password", "username")  # query parameters redacted_url drops
 
 Renderer = Callable[[WrappedLogger, str, EventDict], str | bytes]
 
@@ -90,11 +91,17 @@ class JournalPrefix:
 
 
 def redacted_url(url: str) -> str:
-    """`url` without its user and password: a URL in a log line or an error must not leak the
-    credential it carries (a Redis password, say)."""
+    """`url` without its user and password, in the address or as query parameters (a Redis
+    URL may carry `?password=`, `username=`): a URL in a log line or an error must not leak
+    the credential it carries. The other parameters stay, in their order."""
     parts = urllib.parse.urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=host))
+    query = "&".join(
+        pair
+        for pair in parts.query.split("&")
+        if urllib.parse.unquote_plus(pair.partition("=")[0]).lower() not in CREDENTIAL_PARAMETERS
+    )
+    return urllib.parse.urlunsplit(parts._replace(netloc=host, query=query))
 
 
 class SafePrintLogger(structlog.PrintLogger):

@@ -99,6 +99,12 @@ def test_a_log_line_that_cannot_be_written_is_dropped_not_raised(tmp_path: Path)
         ),
         ("redis://user@host/0", "redis://host/0"),
         ("redis://host:6379/0", "redis://host:6379/0"),
+        (
+            "redis://host:6379/0?username=u&password=p%26w&db=1&Password=x",
+            "redis://host:6379/0?db=1",
+        ),
+        ("rediss://host/0?ssl_cert_reqs=none&password=pw", "rediss://host/0?ssl_cert_reqs=none"),
+        ("redis://u:pw@host/0?password=pw", "redis://host/0"),
     ],
 )
 def test_a_redacted_url_keeps_everything_but_the_credentials(url: str, shown: str) -> None:
