@@ -157,10 +157,17 @@ def call(args: argparse.Namespace, op: str, **params: Any) -> Any:
             fail_with(exc, f"{op} failed: ")
 
 
+def membership_of(network: dict[str, Any]) -> dict[str, Any]:
+    """The membership summary of `network` (as status and networks_list show it): `closed`,
+    and for a closed one who evicted this device or refused its invite; {} when absent."""
+    membership: dict[str, Any] = network.get("membership") or {}
+    return membership
+
+
 def eviction(network: dict[str, Any]) -> dict[str, Any] | None:
     """Who evicted this device from `network` (a network as status and networks_list show it)
     and when; None while it is not evicted."""
-    evicted: dict[str, Any] | None = (network.get("membership") or {}).get("evicted")
+    evicted: dict[str, Any] | None = membership_of(network).get("evicted")
     return evicted
 
 

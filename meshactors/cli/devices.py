@@ -7,7 +7,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE, call, eviction, fail, network_of
+from meshactors.cli.common import (
+    EXIT_NOT_FOUND,
+    EXIT_USAGE,
+    call,
+    eviction,
+    fail,
+    membership_of,
+    network_of,
+)
 from meshactors.wire.device_id import is_device_id
 
 MIN_PREFIX = 8  # characters a device id prefix needs (fewer would match too much by chance)
@@ -54,16 +62,11 @@ def _known_devices(
         _note(known, peer["device_id"], peer.get("label"))
     for entry in call(args, "roster_list", network=network)["roster"]:
         _note(known, entry["device_id"], entry.get("label"))
-    if _closed(args, network):
+    if any(n["id"] == network and membership_of(n).get("closed") for n in me["networks"]):
+        # a closed network's membership log names its devices, offline ones too
         for member in call(args, "members_list", network=network)["members"]:
             _note(known, member["device_id"], None)
     return known
-
-
-def _closed(args: argparse.Namespace, network: str) -> bool:
-    """Whether `network` is a closed one (whose membership log names devices offline too)."""
-    joined = call(args, "networks_list")["networks"]
-    return any(n["id"] == network and (n.get("membership") or {}).get("closed") for n in joined)
 
 
 def _note(known: dict[str, set[str]], device_id: str, label: Any) -> None:

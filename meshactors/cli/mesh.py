@@ -18,6 +18,7 @@ from meshactors.cli.common import (
     fail,
     fail_with,
     local_time,
+    membership_of,
     network_of,
     network_option,
     parse_json_arg,
@@ -198,7 +199,7 @@ def membership_note(network: dict[str, Any]) -> str | None:
     DEVICE: REASON`; None otherwise."""
     if (evicted := eviction(network)) is not None:
         return f"evicted by {_short(evicted['by'])} at {local_time(evicted['at'])}"
-    refused = (network.get("membership") or {}).get("invite_refused")
+    refused = membership_of(network).get("invite_refused")
     if refused is not None:
         return f"invite refused by {_short(refused['by'])}: {refused['reason']}"
     return None
