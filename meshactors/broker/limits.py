@@ -14,7 +14,12 @@ from meshactors.wire.broker import MAX_BROKER_MESSAGE_BYTES, MESSAGE_BURST, MESS
 MAX_PEERS_PER_NETWORK: Final = 256  # members of one network; one more is network_full
 MAX_CONNECTIONS: Final = 4096  # open WebSockets per broker (incl. before hello); more get HTTP 503
 PING_INTERVAL_S: Final = 20.0  # idle time between keepalive pings
-PONG_TIMEOUT_S: Final = 20.0  # a ping unanswered this long drops the connection
+PONG_TIMEOUT_S: Final = 20.0  # a ping unanswered this long, with nothing else heard, drops it
+# a ping unanswered this long drops the connection even while messages move: writes to a
+# stopped member (SIGSTOP, a suspended laptop) land in its socket buffer for a long time. Three
+# deadlines: the swarm's busy daemons answered some 20 s late, and a member 60 s behind on
+# reading is what send_timeout gives up on too
+PONG_CEILING_S: Final = 60.0
 # one message to a member not taken in full this long ends it (slow_consumer), even while it
 # is heard: a member that sends but never reads would otherwise hold its writer for ever
 SEND_TIMEOUT_S: Final = 60.0
@@ -44,6 +49,13 @@ def _at_least_max_message(
         raise ValueError(f"{attribute.name} ({value}) must hold one max_message_bytes message")
 
 
+def _at_least_pong_timeout(
+    instance: "BrokerConfig", attribute: "attrs.Attribute[float]", value: float
+) -> None:
+    if value < instance.pong_timeout:
+        raise ValueError(f"{attribute.name} ({value}) must be at least pong_timeout")
+
+
 def _two_heartbeats(
     instance: "BrokerConfig", attribute: "attrs.Attribute[float]", value: float
 ) -> None:
@@ -62,6 +74,7 @@ class BrokerConfig:
     max_connections: int = attrs.field(default=MAX_CONNECTIONS, validator=v.ge(1))
     ping_interval: float = attrs.field(default=PING_INTERVAL_S, validator=v.gt(0))
     pong_timeout: float = attrs.field(default=PONG_TIMEOUT_S, validator=v.gt(0))
+    pong_ceiling: float = attrs.field(default=PONG_CEILING_S, validator=_at_least_pong_timeout)
     send_timeout: float = attrs.field(default=SEND_TIMEOUT_S, validator=v.gt(0))
     handshake_timeout: float = attrs.field(default=HANDSHAKE_TIMEOUT_S, validator=v.gt(0))
     admission_timeout: float = attrs.field(default=ADMISSION_TIMEOUT_S, validator=v.gt(0))

@@ -54,7 +54,7 @@ from meshactors.broker.limits import (
 )
 from meshactors.broker.nonces import NonceCache, source_of
 from meshactors.clock import wall_ms
-from meshactors.keepalive import answered_or_heard
+from meshactors.keepalive import PingOutcome, await_pong
 from meshactors.listen import open_tcp_listeners
 from meshactors.socket_io import QuickSocketStream
 from meshactors.wire.broker import (
@@ -764,16 +764,17 @@ class Broker:
 
     async def _keepalive(self, ws: WebSocketConnection, member: _Member) -> None:
         """Ping every interval; end the session when a pong deadline passes in which the member
-        neither answered nor read or sent anything (a member busy with a backlog stays)."""
-        deadline = self.config.pong_timeout
+        neither answered nor read or sent anything (a member busy with a backlog stays), or
+        when the pong ceiling passes unanswered (a stopped member's buffer takes our writes)."""
+        deadline, ceiling = self.config.pong_timeout, self.config.pong_ceiling
         while True:
             await trio.sleep(self.config.ping_interval)
             try:
-                answered = await answered_or_heard(ws.ping, lambda: member.progress, deadline)
+                outcome = await await_pong(ws.ping, lambda: member.progress, deadline, ceiling)
             except ConnectionClosed:
                 member.end(_closed_by_peer(ws))
                 return
-            if not answered:
+            if outcome is not PingOutcome.ANSWERED:
                 member.end(SessionEnd.PONG_TIMEOUT)
                 return
 

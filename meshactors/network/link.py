@@ -31,7 +31,7 @@ from meshactors.actors import Actor, Inbox, cleanup_scope, take_queued
 from meshactors.broker.limits import TokenBucket
 from meshactors.clock import wall_ms
 from meshactors.event_hub import EventPublisher
-from meshactors.keepalive import answered_or_heard
+from meshactors.keepalive import PingOutcome, await_pong
 from meshactors.network.link_errors import LinkError, LinkErrorKind, classify
 from meshactors.socket_io import QuickSocketStream
 from meshactors.wire.broker import (
@@ -64,6 +64,9 @@ CLOSE_TIMEOUT = 2.0  # seconds for the WebSocket closing handshake
 LEAVE_TIMEOUT = 2 * CLOSE_TIMEOUT  # seconds to be done with a connection we left, close and all
 LINK_PING_INTERVAL = 20.0  # seconds between our keepalive pings to the broker
 LINK_PONG_TIMEOUT = 20.0  # seconds without a pong or anything else before the link is dropped
+# seconds without a pong before the link is dropped even while the broker is heard (three
+# deadlines: the swarm's busy hosts answered some 20 s late; as long as LINK_SEND_TIMEOUT)
+LINK_PONG_CEILING = 60.0
 # one message to the broker not taken in full this long ends the connection, even while the
 # broker is heard: one that talks but never reads would otherwise hold our writer for ever
 LINK_SEND_TIMEOUT = 60.0
@@ -480,12 +483,20 @@ class Link(Actor):
 
     async def _keepalive(self, ws: WebSocketConnection) -> None:
         """Close a connection whose broker went silent: a ping unanswered for a whole
-        LINK_PONG_TIMEOUT in which nothing else arrived either (a dead TCP path)."""
+        LINK_PONG_TIMEOUT in which nothing else arrived either (a dead TCP path), or for
+        LINK_PONG_CEILING whatever arrived (a broker too far behind on reading us)."""
         while True:
             await trio.sleep(LINK_PING_INTERVAL)
-            if not await answered_or_heard(ws.ping, lambda: self._heard, LINK_PONG_TIMEOUT):
-                silent = f"the broker sent nothing, not even a pong, for {LINK_PONG_TIMEOUT:g} s"
-                error = LinkError(LinkErrorKind.TIMEOUT, silent)
+            outcome = await await_pong(
+                ws.ping, lambda: self._heard, LINK_PONG_TIMEOUT, LINK_PONG_CEILING
+            )
+            if outcome is not PingOutcome.ANSWERED:
+                why = (
+                    f"the broker sent nothing, not even a pong, for {LINK_PONG_TIMEOUT:g} s"
+                    if outcome is PingOutcome.SILENT
+                    else f"the broker left our ping unanswered for {LINK_PONG_CEILING:g} s"
+                )
+                error = LinkError(LinkErrorKind.TIMEOUT, why)
                 self._failed(error, self.url or "")
                 with trio.move_on_after(CLOSE_TIMEOUT):  # a write stuck on a dead path
                     await ws.aclose(1001, "pong timeout")

@@ -32,6 +32,8 @@ def test_config_refuses_nonsense_limits() -> None:
         BrokerConfig(ping_interval=0)
     with pytest.raises(ValueError, match="outbound_queue_bytes"):
         BrokerConfig(max_message_bytes=2048, outbound_queue_bytes=1024)
+    with pytest.raises(ValueError, match="pong_ceiling"):
+        BrokerConfig(pong_timeout=30, pong_ceiling=20)
 
 
 def test_config_defaults_match_the_protocol() -> None:
@@ -40,4 +42,4 @@ def test_config_defaults_match_the_protocol() -> None:
     assert (config.message_rate, config.message_burst) == (2000.0, 4000)
     assert (config.outbound_queue_messages, config.outbound_queue_bytes) == (4096, 8 << 20)
     assert config.max_peers == 256
-    assert (config.ping_interval, config.pong_timeout) == (20.0, 20.0)
+    assert (config.ping_interval, config.pong_timeout, config.pong_ceiling) == (20.0, 20.0, 60.0)

@@ -300,7 +300,7 @@ async def test_a_member_heard_outlives_its_unanswered_pings_until_it_falls_silen
 ) -> None:
     """Alice's pongs wait behind messages she does not read, but she keeps sending: busy, not
     gone. A whole pong deadline without a word from her ends her session."""
-    broker, url = await start_broker(nursery, ping_interval=10, pong_timeout=20)
+    broker, url = await start_broker(nursery, ping_interval=10, pong_timeout=20, pong_ceiling=200)
     async with joined(url, ALICE, "net") as (alice, _), joined(url, BOB, "net") as (bob, _):
         await bob.send_message(encode_batch([(pk(ALICE), b"1")]))
         await bob.send_message(encode_batch([(pk(ALICE), b"2")]))  # her reader stalls
@@ -317,6 +317,30 @@ async def test_a_member_heard_outlives_its_unanswered_pings_until_it_falls_silen
         reason = await drained_to_close(alice)
     assert (reason.code, reason.reason) == (4408, "pong_timeout")
     assert broker.figures()["closed_pong_timeout"] == 1
+
+
+async def test_a_stopped_member_written_to_is_ended_once_its_ping_waits_the_ceiling(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    """Alice stopped (SIGSTOP, a suspended laptop): she reads and sends nothing, but Bob's
+    messages to her keep landing in her socket buffer, so the broker's writes to her move all
+    the time. Her ping, unanswered for the pong ceiling, ends her session all the same."""
+    broker, url = await start_broker(nursery, ping_interval=10, pong_timeout=20, pong_ceiling=60)
+    async with joined(url, ALICE, "net") as (alice, _), joined(url, BOB, "net") as (bob, _):
+        await bob.send_message(encode_batch([(pk(ALICE), b"1")]))
+        await bob.send_message(encode_batch([(pk(ALICE), b"2")]))  # her reader stalls
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(10)  # the broker pings her
+        for n in range(6):  # written to in every pong deadline, for 60 s
+            await bob.send_message(encode_batch([(pk(ALICE), b"%d" % n)]))
+            await trio.testing.wait_all_tasks_blocked()
+            assert broker.figures()["closed_pong_timeout"] == 0
+            mock_clock.jump(10)
+        await trio.testing.wait_all_tasks_blocked()
+        assert broker.figures()["closed_pong_timeout"] == 1
+        await next_text(bob, left(did(ALICE)))
+        reason = await drained_to_close(alice)
+    assert (reason.code, reason.reason) == (4408, "pong_timeout")
 
 
 async def test_unknown_path_and_connection_limit_are_refused_at_upgrade(

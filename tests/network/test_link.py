@@ -237,31 +237,54 @@ def test_a_welcome_without_rate_limits_gets_the_documented_defaults() -> None:
     assert (welcome.message_rate, welcome.message_burst) == (MESSAGE_RATE_PER_S, MESSAGE_BURST)
 
 
-async def test_a_broker_heard_outlives_unanswered_pings_and_a_silent_one_is_left(
-    mock_clock: trio.testing.MockClock,
-) -> None:
-    """The broker reads nothing (its pongs stall) but keeps talking: busy, not gone. A whole pong
-    deadline of silence drops the link."""
-    say, said = trio.open_memory_channel[str](10)
+def _deaf_broker(
+    said: trio.MemoryReceiveChannel[str],
+) -> Callable[[WebSocketRequest], Awaitable[None]]:
+    """A broker that reads nothing after the hello and says what the test sends it on `said`."""
 
-    async def busy_broker(request: WebSocketRequest) -> None:
-        ws = await _welcomed(request)  # nothing is read after the hello
+    async def deaf_broker(request: WebSocketRequest) -> None:
+        ws = await _welcomed(request)
         async for text in said:
             await ws.send_message(text)
 
-    peer = device_id_from_public_key(SigningKey.generate().verify_key.encode())
-    async with trio.open_nursery() as nursery:
-        link, heard = await _link_to(nursery, busy_broker)
-        outbound = (await heard.up()).outbound
-        for sealed in (b"1", b"2"):  # two messages the broker never reads: its reader stalls
-            await trio.testing.wait_all_tasks_blocked()
-            assert outbound.send_nowait(bytes(32), sealed)
+    return deaf_broker
+
+
+async def _pinging_a_deaf_broker(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> tuple[Link, LinkEventRecorder, Callable[[], Awaitable[None]]]:
+    """A link up to a deaf broker whose reader stalled (so its pongs wait), just after our
+    first ping; and a call that makes the broker say something the link hears."""
+    say, said = trio.open_memory_channel[str](10)
+    link, heard = await _link_to(nursery, _deaf_broker(said))
+    outbound = (await heard.up()).outbound
+    for sealed in (b"1", b"2"):  # two messages the broker never reads: its reader stalls
         await trio.testing.wait_all_tasks_blocked()
-        mock_clock.jump(link_module.LINK_PING_INTERVAL)  # our ping, unanswered from now on
+        assert outbound.send_nowait(bytes(32), sealed)
+    await trio.testing.wait_all_tasks_blocked()
+    mock_clock.jump(link_module.LINK_PING_INTERVAL)  # our ping, unanswered from now on
+    await trio.testing.wait_all_tasks_blocked()
+    peer = device_id_from_public_key(SigningKey.generate().verify_key.encode())
+
+    async def broker_talks() -> None:
+        await say.send(encode_notice(PresenceJoin(peer, "daemon")))
+        assert isinstance(await heard.events.receive(), PresenceJoin)
+        await trio.testing.wait_all_tasks_blocked()
+
+    return link, heard, broker_talks
+
+
+async def test_a_broker_heard_outlives_unanswered_pings_and_a_silent_one_is_left(
+    monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
+) -> None:
+    """The broker reads nothing (its pongs stall) but keeps talking: busy, not gone. A whole pong
+    deadline of silence drops the link (the pong ceiling, out of the way here, is the next
+    test's)."""
+    monkeypatch.setattr(link_module, "LINK_PONG_CEILING", 10 * link_module.LINK_PONG_TIMEOUT)
+    async with trio.open_nursery() as nursery:
+        link, heard, broker_talks = await _pinging_a_deaf_broker(nursery, mock_clock)
         for _ in range(5):
-            await say.send(encode_notice(PresenceJoin(peer, "daemon")))
-            assert isinstance(await heard.events.receive(), PresenceJoin)
-            await trio.testing.wait_all_tasks_blocked()
+            await broker_talks()
             mock_clock.jump(link_module.LINK_PONG_TIMEOUT)
             await trio.testing.wait_all_tasks_blocked()
             assert link.state == "up"
@@ -269,7 +292,29 @@ async def test_a_broker_heard_outlives_unanswered_pings_and_a_silent_one_is_left
         assert isinstance(await heard.events.receive(), LinkLost)
         assert link.last_error is not None
         assert link.last_error.kind is LinkErrorKind.TIMEOUT
+        assert "sent nothing" in link.last_error.reason
         assert link.connects == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_broker_heard_but_leaving_our_ping_unanswered_is_left_at_the_ceiling(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """The broker reads nothing (its pongs stall) and talks in every pong deadline; once our
+    ping waited LINK_PONG_CEILING the link is dropped all the same, and says why."""
+    async with trio.open_nursery() as nursery:
+        link, heard, broker_talks = await _pinging_a_deaf_broker(nursery, mock_clock)
+        waited = 0.0
+        while waited < link_module.LINK_PONG_CEILING:  # heard in every pong deadline
+            assert link.state == "up"
+            await broker_talks()
+            mock_clock.jump(link_module.LINK_PONG_TIMEOUT)
+            waited += link_module.LINK_PONG_TIMEOUT
+            await trio.testing.wait_all_tasks_blocked()
+        assert link.last_error is not None
+        assert link.last_error.kind is LinkErrorKind.TIMEOUT
+        assert "left our ping unanswered" in link.last_error.reason
+        assert isinstance(await heard.events.receive(), LinkLost)
         nursery.cancel_scope.cancel()
 
 
@@ -284,15 +329,9 @@ async def test_a_broker_heard_but_not_reading_is_left_once_a_message_waits_too_l
     queue that the cut close leaves open)."""
     monkeypatch.setattr(link_module, "OUTBOUND_QUEUE", 2)
     say, said = trio.open_memory_channel[str](10)
-
-    async def deaf_broker(request: WebSocketRequest) -> None:
-        ws = await _welcomed(request)  # nothing is read after the hello
-        async for text in said:
-            await ws.send_message(text)
-
     peer = device_id_from_public_key(SigningKey.generate().verify_key.encode())
     async with trio.open_nursery() as nursery:
-        link, heard = await _link_to(nursery, deaf_broker)
+        link, heard = await _link_to(nursery, _deaf_broker(said))
         outbound = (await heard.up()).outbound
 
         await _flood(nursery, link, outbound)
