@@ -21,7 +21,9 @@ class RpcStream:
     event or raises its error."""
 
     request_id: str
-    finished: bool = False
+    # the daemon ended the call (its end event) or lost it with our connection: nothing to
+    # cancel; a stream that only ended here (lagged, bad_payload, its caller left) is cancelled
+    daemon_done: bool = False
     _failure: ClientError | None = None
     _send: trio.MemorySendChannel[Any] = attrs.field(init=False)
     _receive: trio.MemoryReceiveChannel[Any] = attrs.field(init=False)
@@ -36,13 +38,13 @@ class RpcStream:
         try:
             return await self._receive.receive()
         except trio.EndOfChannel:
-            self.finished = True
             if self._failure is not None:
                 raise self._failure from None
             raise StopAsyncIteration from None
 
     def _deliver(self, frame: dict[str, Any]) -> None:
         if frame["kind"] == "rpc_call_stream_end":
+            self.daemon_done = True
             if (error := frame.get("error")) is not None:
                 self._end(_remote_error(error))
             else:
@@ -107,7 +109,9 @@ class StreamTable:
         stream._end(None)
 
     def fail_all(self, failure: ClientError) -> None:
-        """End every open stream with `failure` (the connection carrying them is gone)."""
+        """End every open stream with `failure` (the connection carrying them is gone, and the
+        daemon cancels a gone connection's calls itself)."""
         for stream in self.streams.values():
+            stream.daemon_done = True
             stream._end(failure)
         self.streams.clear()

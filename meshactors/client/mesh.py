@@ -404,8 +404,9 @@ class MeshClient(Ops):
         timeout_ms: int | None = None,
     ) -> AsyncIterator[RpcStream]:
         """Call a streaming method with a JSON `payload`, or binary `data`: iterate the chunks
-        (a binary one as bytes) in the block; leaving the block early cancels the call on the
-        serving side."""
+        (a binary one as bytes) in the block; leaving the block before the daemon ended the
+        stream (early, or after a `lagged` or `bad_payload` that ended it only here) cancels
+        the call on the serving side."""
         self._streams.opening += 1
         try:
             answer = await self.call(
@@ -420,7 +421,7 @@ class MeshClient(Ops):
             yield stream
         finally:
             self._streams.forget(stream)
-            if not stream.finished:
+            if not stream.daemon_done:
                 with trio.move_on_after(RELEASE_TIMEOUT, shield=True):
                     with contextlib.suppress(ClientError):
                         await self.rpc_cancel(stream.request_id)

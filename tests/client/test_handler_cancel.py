@@ -12,11 +12,13 @@ import pytest
 import trio
 import trio.testing
 
-from meshactors.client import ClientError, ConnectionLost, MeshClient, RequestContext
+from meshactors.client import ClientError, ConnectionLost, MeshClient, RequestContext, _streams
+from meshactors.client.mesh import EventStream
 from tests.client.conftest import NETWORK, LocalDaemon, served_to_a_caller
 
 LONG_MS = 60_000  # a call's own timeout: nothing here may depend on it running out
 WAIT = 30
+UNREAD_CHUNKS = 4  # the caller's stream buffer here: one chunk more and it lags
 
 
 class _Stuck:
@@ -111,6 +113,54 @@ async def test_a_streaming_handler_is_closed_when_its_caller_gives_up_before_the
             await stuck.left.wait()
             figures = await network.ask("figures", network.rpc.figures)
         assert figures["outbound"] == 0
+
+
+class _Endless:
+    """A streaming handler that yields chunks until it is closed: `left` once it was."""
+
+    def __init__(self) -> None:
+        self.left = trio.Event()
+
+    async def stream(self, payload: Any, ctx: RequestContext) -> AsyncIterator[Any]:
+        try:
+            n = 0
+            while True:
+                yield n
+                n += 1
+        finally:
+            self.left.set()
+
+
+async def _nth(events: EventStream, n: int, kind: str, **fields: Any) -> dict[str, Any]:
+    """The `n`-th event of `kind` that has `fields`."""
+    async for event in events:
+        if event.get("kind") == kind and fields.items() <= event.items():
+            n -= 1
+            if not n:
+                return event
+    raise AssertionError(f"the events ended before {kind}")
+
+
+async def test_a_streaming_handler_is_closed_when_its_caller_lagged_and_left(
+    running: LocalDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream that failed only in the client (`lagged`) is cancelled at the daemon when its
+    caller leaves, not left running until its timeout."""
+    monkeypatch.setattr(_streams, "STREAM_BUFFER", UNREAD_CHUNKS)
+    endless = _Endless()
+    async with served_to_a_caller(running, "endless", endless.stream) as (server, caller, me):
+        with trio.fail_after(WAIT), server.events() as told, caller.events() as seen:
+            async with caller.rpc_call_stream("lan", me, "endless", timeout_ms=LONG_MS) as chunks:
+                # an event is published once routed: the stream has lagged by the last of these
+                chunk = "rpc_call_stream_chunk"
+                await _nth(seen, UNREAD_CHUNKS + 1, chunk, request_id=chunks.request_id)
+                with pytest.raises(ClientError) as failure:
+                    async for _ in chunks:
+                        pass
+                assert failure.value.code == "lagged"
+            # told by the caller's cancel, not by its daemon's own lag accounting
+            await _nth(told, 1, "rpc_cancelled", reason="cancelled")
+            await endless.left.wait()
 
 
 async def _call_lost(call: Callable[[], Awaitable[Any]]) -> None:

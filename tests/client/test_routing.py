@@ -124,7 +124,7 @@ async def test_chunks_that_beat_the_answer_are_kept_for_their_stream() -> None:
     table.deliver(chunk("s1", "b"))
     table.deliver(end("s1"))
     assert [item async for item in stream] == ["a", "b"]
-    assert stream.finished
+    assert stream.daemon_done
     assert not table.streams
 
 
@@ -151,6 +151,7 @@ async def test_a_reader_that_falls_behind_gets_a_lagged_error_not_a_gap() -> Non
     with pytest.raises(ClientError) as failure:
         await stream.__anext__()
     assert failure.value.code == "lagged"
+    assert not stream.daemon_done  # ended here only: leaving its block cancels it at the daemon
 
 
 async def test_a_binary_call_not_base64_is_answered_with_an_error() -> None:
