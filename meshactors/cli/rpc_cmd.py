@@ -89,6 +89,9 @@ def run_call(args: argparse.Namespace) -> int:
                 return 0
             request_id = client.call("rpc_call_stream", **params)["request_id"]
             for event in client.events():
+                if event["kind"] == "lagged":  # the stream's next chunks, maybe its end, skipped
+                    _cancel(client, request_id)
+                    fail_with(_lagged(event), "stream failed: ")
                 if event.get("request_id") != request_id:
                     continue
                 if event["kind"] == "rpc_call_stream_chunk":
@@ -114,6 +117,14 @@ def _cancel(client: SyncClient, request_id: str | None) -> None:
     client.sock.settimeout(CANCEL_TIMEOUT)
     with contextlib.suppress(ClientError):  # already ended, or the daemon is gone: nothing to do
         client.call("rpc_cancel", request_id=request_id)
+
+
+def _lagged(notice: dict[str, Any]) -> ClientError:
+    """The error a `lagged` notice ends the stream with: the daemon skipped events of this
+    connection (its reader fell behind, say on a stdout nobody reads), so the stream has a hole
+    and its end may be among them."""
+    skipped = notice["skipped"]
+    return ClientError("lagged", f"the daemon skipped {skipped} events of this connection")
 
 
 def _payload_of(event: dict[str, Any]) -> Any:

@@ -137,6 +137,60 @@ async def test_rpc_call_stream_prints_each_chunk(home: Home, me: str) -> None:
     assert [json.loads(line) for line in result.stdout.splitlines()] == [0, 1, 2, 3]
 
 
+async def _read_all(stream: trio.abc.ReceiveStream) -> bytes:
+    """What `stream` carries until its end."""
+    data = bytearray()
+    while chunk := await stream.receive_some():
+        data += chunk
+    return bytes(data)
+
+
+async def test_rpc_call_stream_whose_output_is_not_read_fails_lagged(home: Home, me: str) -> None:
+    """A caller whose stdout nobody reads stops reading its connection, so the daemon skips
+    the stream's next chunk and ends the call (`lagged`), its end among the events skipped:
+    `rpc call --stream` prints what came before the hole, then fails rather than wait for
+    an end that never comes."""
+
+    async def endless(payload: Any, ctx: RequestContext) -> AsyncIterator[int]:
+        n = 0
+        while True:
+            yield n
+            n += 1
+
+    async with MeshClient(home.socket) as server:
+        await server.serve("lan", "endless", endless)
+        with server.events() as told:
+            command = ["rpc", "call", "--timeout", "600", me, "endless", "--stream"]
+            caller = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "meshactors", *command],
+                env=home.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            assert caller.stdout is not None and caller.stderr is not None
+            try:
+                with trio.fail_after(120):
+                    # nothing reads the caller's stdout yet: the chunks pile up until the
+                    # daemon has no room left for the next one and ends the call
+                    async for event in told:
+                        if event["kind"] == "rpc_cancelled":
+                            break
+                    assert event["reason"] == "lagged"
+                    printed = await _read_all(caller.stdout)
+                    errors = await _read_all(caller.stderr)
+                    await caller.wait()
+            finally:
+                caller.kill()
+                await caller.wait()
+    chunks = [json.loads(line) for line in printed.splitlines()]
+    assert chunks == list(range(len(chunks)))  # those before the hole, none after it
+    # skipped: the chunk that found no room, and the end that it made
+    assert errors.decode().splitlines() == [
+        "meshactors: stream failed: lagged: the daemon skipped 2 events of this connection"
+    ]
+    assert caller.returncode == 1
+
+
 async def test_channel_send_reaches_channel_sub(home: Home, me: str) -> None:
     home.cli("channel", "send", "lan", "news", "--to", me, "--retain", '{"n": 1}')
     reader = home.popen("channel", "subscribe", "news")
