@@ -3,8 +3,10 @@ connection.
 
 Requests on a connection are answered one after the other (keep-alive unless the client says
 `Connection: close` or speaks HTTP/1.0); a request that cannot be read is answered once and
-the connection closed. Every byte goes out through `_send`, in order, to the client actor's
-one writing path.
+the connection closed. A connection waits IDLE_TIMEOUT for its next request only once it was
+served one: its first must begin within REQUEST_TIMEOUT, so connections that never say
+anything cannot hold the TCP listener's places for long. Every byte goes out through `_send`,
+in order, to the client actor's one writing path.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ class Counters(Protocol):
 
 @attrs.frozen
 class Closed:
-    """The client hung up, or idled out, between requests."""
+    """The client hung up, or idled out, before a request."""
 
 
 @attrs.define(eq=False)
@@ -125,8 +127,9 @@ class HttpConnection:
 
     async def _serve(self) -> None:
         for request_id in itertools.count(1):
+            wait = REQUEST_TIMEOUT if request_id == 1 else IDLE_TIMEOUT
             try:
-                request = await self._read_request()
+                request = await self._read_request(wait)
                 if isinstance(request, Closed):
                     return
                 head, body = request
@@ -151,9 +154,10 @@ class HttpConnection:
                 return
             self._h11.start_next_cycle()
 
-    async def _read_request(self) -> tuple[RequestHead, bytes] | Closed:
-        """The next request's head and body; its checks (and the TCP guard's) raise HttpError."""
-        with trio.move_on_after(IDLE_TIMEOUT) as idle:
+    async def _read_request(self, wait: float) -> tuple[RequestHead, bytes] | Closed:
+        """The next request's head and body, or Closed when its first byte does not come
+        within `wait` seconds; its checks (and the TCP guard's) raise HttpError."""
+        with trio.move_on_after(wait) as idle:
             while self._h11.trailing_data == (b"", False):
                 await self._receive()
         if idle.cancelled_caught:

@@ -21,7 +21,8 @@ MAX_HEAD_BYTES = 16 * 1024  # request line and headers, blank line included
 MAX_BODY_BYTES = 1024 * 1024  # one request body (the same cap as a JSON line)
 MAX_HEADER_COUNT = 64  # header fields in one request
 MAX_QUERY_FIELDS = 32  # name=value pairs in one query string
-REQUEST_TIMEOUT = 30.0  # seconds from a request's first byte to its last
+REQUEST_TIMEOUT = 30.0  # seconds from a request's first byte to its last; also the most an
+# HTTP connection may wait before its first request begins (it is kept alive only once served)
 IDLE_TIMEOUT = 300.0  # seconds a kept-alive connection may wait for its next request
 RECEIVE_CHUNK = 64 * 1024  # bytes asked of the socket per read
 

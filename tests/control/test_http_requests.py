@@ -217,11 +217,28 @@ class Figures:
 
 
 @attrs.frozen
+class NoOpTable:
+    """An op table with no ops: every path but /v1/health is a 404, which needs no store."""
+
+    get_paths: dict[str, str] = attrs.field(factory=dict)
+    post_paths: dict[str, str] = attrs.field(factory=dict)
+    ops: dict[str, object] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class NoOpServices:
+    """The services a NoRoutes session reaches: only its op table."""
+
+    ops: NoOpTable = attrs.field(factory=NoOpTable)
+
+
+@attrs.frozen
 class NoRoutes:
     """A session stand-in for the timeout tests: an in-process daemon's store thread cannot
-    run under MockClock, and these requests never reach a route."""
+    run under MockClock, and these requests reach no op (a 404 at most)."""
 
     client_id: str = "c1"
+    services: NoOpServices = attrs.field(factory=NoOpServices)
 
 
 async def served_alone(nursery: trio.Nursery) -> RawHttp:
@@ -243,9 +260,22 @@ async def test_an_idle_connection_is_closed_quietly(
 ) -> None:
     async with trio.open_nursery() as nursery:
         client = await served_alone(nursery)
+        assert (await client.request("GET", "/v1/nowhere")).status == 404  # kept alive
         start = trio.current_time()
         assert await client.closed()  # no answer: the connection just ends
         assert trio.current_time() - start == pytest.approx(IDLE_TIMEOUT)
+
+
+async def test_a_connection_that_never_sends_is_closed_at_the_request_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Until a connection was served, it gets no idle wait: silent ones hold no place (on
+    the TCP listener, where anyone local may connect) for longer than a request may take."""
+    async with trio.open_nursery() as nursery:
+        client = await served_alone(nursery)
+        start = trio.current_time()
+        assert await client.closed()  # no answer: the connection just ends
+        assert trio.current_time() - start == pytest.approx(REQUEST_TIMEOUT)
 
 
 async def test_a_slow_request_is_408(autojump_clock: trio.testing.MockClock) -> None:
