@@ -47,7 +47,7 @@ from meshactors.control.http import HttpConnection, sniff
 from meshactors.control.http_parse import REQUEST_TIMEOUT
 from meshactors.control.lines import LineReader, Oversized
 from meshactors.control.session import Push, Session
-from meshactors.control.tcp_auth import TcpAuth
+from meshactors.control.tcp_auth import TcpGate
 from meshactors.daemon.services import Services
 from meshactors.network.stream_pipe import Pipe, frame_cost
 from meshactors.ops.optable import Each, Outcome, finish
@@ -97,7 +97,7 @@ class ClientActor(Actor):
     stream: trio.abc.HalfCloseableStream
     services: Services
     prefix: bytes = b""  # bytes already read while telling HTTP from JSON lines
-    tcp: TcpAuth | None = None  # a TCP connection: HTTP only, every request authenticated
+    tcp: TcpGate | None = None  # a TCP connection: HTTP only, every request authenticated
     protocol: str = "unknown"  # "json-lines" or "http" once the first bytes tell; "binary-stream"
     requests: int = 0
     errors: int = 0

@@ -44,7 +44,7 @@ from meshactors.control.http_response import (
 from meshactors.control.http_routes import EventStreamAnswer, route
 from meshactors.control.session import Session
 from meshactors.control.sse import SSE_HEADERS, serve_events
-from meshactors.control.tcp_auth import TcpAuth
+from meshactors.control.tcp_auth import TcpGate
 from meshactors.wire.ipc import ErrorCode
 
 log = structlog.get_logger("meshactors.http")
@@ -107,7 +107,7 @@ class HttpConnection:
     session: Session
     counters: Counters
     write: Callable[[bytes], Awaitable[None]]  # the connection's one writing path
-    auth: TcpAuth | None = None  # set on the TCP listener: every request must pass it
+    auth: TcpGate | None = None  # set on the TCP listener: every request must pass it
     prefix: bytes = b""  # bytes already read while telling HTTP from JSON lines
     _h11: h11.Connection = attrs.field(
         factory=lambda: h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES),

@@ -14,11 +14,11 @@ import attrs
 import structlog
 import trio
 
-from meshactors.actors import Actor, ChildSpec, Restart, Supervisor, cleanup_scope
+from meshactors.actors import Actor, ChildSpec, Restart, Supervisor, cleanup_scope, take_queued
 from meshactors.control.client import ClientActor
 from meshactors.control.http import sniff
 from meshactors.control.http_response import encode_alone, error_response
-from meshactors.control.tcp_auth import TCP_HOST, TcpAuth, load_or_create_token
+from meshactors.control.tcp_auth import TCP_HOST, TcpAuth, TcpGate, load_or_create_token
 from meshactors.daemon.services import Services
 from meshactors.listen import ListenError, open_tcp_listeners
 from meshactors.paths import kind_of
@@ -28,7 +28,8 @@ log = structlog.get_logger("meshactors.control")
 
 MAX_CLIENTS = 4096  # connections served at once; more are told so and closed
 MAX_TCP_CLIENTS = 256  # of them over TCP, where anyone local may connect before any token is
-# checked: the owner's Unix socket always keeps the rest
+# checked: the owner's Unix socket always keeps the rest. When they are all taken, a newcomer
+# evicts the oldest that has not yet passed the token check (only when none is left is it refused)
 LISTEN_BACKLOG = 4096  # = MAX_CLIENTS: a burst of connects waits in the kernel, not refused
 CLIENT_SHUTDOWN_TIMEOUT = 2.0  # seconds a client's cleanup may take (releasing claims etc.)
 REFUSAL_TIMEOUT = 1.0  # seconds a refused connection gets: to show what it speaks, take its answer
@@ -58,33 +59,44 @@ class Tally:
 
     accepted: int = 0
     refused: int = 0
+    evicted: int = 0  # TCP connections closed to make room, before passing the token check
 
 
 @attrs.define(eq=False)
 class Admissions:
     """Turns accepted connections into `client c<n>` children of `control`, up to MAX_CLIENTS.
 
-    Shared by every listener, so client ids are unique across the socket and TCP.
+    Shared by every listener, so client ids are unique across the socket and TCP. A TCP
+    client tells (on `_passed`) when its first request passes the token check; when all
+    MAX_TCP_CLIENTS places are taken, the oldest that has not is stopped (by `control`, which
+    cancels it) to make room, so strangers churn among themselves and the owner gets in.
     """
 
     control: Supervisor
     services: Services
     _ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
-    _over_tcp: set[str] = attrs.field(factory=set)  # node names of the TCP clients admitted
+    # node names of the TCP clients admitted, oldest first: whether each passed the token check
+    _over_tcp: dict[str, bool] = attrs.field(factory=dict)
+    _passed: trio.MemorySendChannel[str] = attrs.field(init=False)
+    _passed_receive: trio.MemoryReceiveChannel[str] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        # Never full: each TCP client sends once, and the TCP listener takes what is queued
+        # before each admission, so at most the clients alive since then (and one more) wait.
+        self._passed, self._passed_receive = trio.open_memory_channel[str](MAX_CLIENTS)
 
     async def _admit(self, stream: trio.SocketStream, tcp: TcpAuth | None) -> None:
         """Start a client actor for `stream`."""
         client_id = f"c{next(self._ids)}"  # monotonic, never reused while the daemon runs
-        actor = ClientActor(client_id, stream, self.services, tcp=tcp)
+        name = f"client {client_id}"
+        gate = None if tcp is None else TcpGate(tcp, name, self._passed)
+        actor = ClientActor(client_id, stream, self.services, tcp=gate)
         spec = ChildSpec(
-            f"client {client_id}",
-            actor,
-            restart=Restart.TEMPORARY,
-            shutdown_timeout=CLIENT_SHUTDOWN_TIMEOUT,
+            name, actor, restart=Restart.TEMPORARY, shutdown_timeout=CLIENT_SHUTDOWN_TIMEOUT
         )
         await self.control.start_child(spec)
         if tcp is not None:  # once its node exists, so an admission meanwhile cannot forget it
-            self._over_tcp.add(spec.name)
+            self._over_tcp.setdefault(name, False)  # (its pass, if any, is still queued)
 
     async def _refuse(
         self, refusals: trio.Nursery, stream: trio.SocketStream, tcp: TcpAuth | None, busy: bytes
@@ -108,16 +120,40 @@ class Admissions:
         except trio.BrokenResourceError:  # it hung up before its answer: nothing to tell
             pass
 
-    def _refusal(self, tcp: TcpAuth | None) -> bytes | None:
+    async def _refusal(self, tcp: TcpAuth | None, tally: Tally) -> bytes | None:
         """What a new connection is told when there is no room for it (on the Unix socket
-        BUSY_LINE, or BUSY_HTTP once it shows it speaks HTTP), or None."""
+        BUSY_LINE, or BUSY_HTTP once it shows it speaks HTTP), or None; on TCP it gets the
+        place of a stranger when there is one (see `_evict_stranger`)."""
         clients = {node.name for node in self.services.client_nodes()}
-        self._over_tcp &= clients  # forget those that ended
+        if tcp is not None:
+            self._take_passes(clients)
         if len(clients) >= MAX_CLIENTS:
             return BUSY_LINE if tcp is None else BUSY_HTTP
-        if tcp is not None and len(self._over_tcp) >= MAX_TCP_CLIENTS:
-            return BUSY_TCP
-        return None
+        if tcp is None or len(self._over_tcp) < MAX_TCP_CLIENTS:
+            return None
+        if await self._evict_stranger():
+            tally.evicted += 1
+            return None
+        return BUSY_TCP
+
+    def _take_passes(self, clients: set[str]) -> None:
+        """Forget the TCP clients that ended (not in `clients`), and mark those that told
+        they passed the token check (the TCP listener's task alone reads them)."""
+        self._over_tcp = {name: ok for name, ok in self._over_tcp.items() if name in clients}
+        for name in take_queued(self._passed_receive, MAX_CLIENTS):
+            if name in self._over_tcp:
+                self._over_tcp[name] = True
+
+    async def _evict_stranger(self) -> bool:
+        """Have `control` stop the oldest TCP client that has not passed the token check
+        (its connection closes unanswered); False when every one has passed."""
+        stranger = next((name for name, ok in self._over_tcp.items() if not ok), None)
+        if stranger is None:
+            return False
+        del self._over_tcp[stranger]
+        await self.control.stop_child(stranger)  # (False if it ended meanwhile: room all the same)
+        log.debug("tcp client evicted for a newcomer", client=stranger)
+        return True
 
     async def accept_forever(
         self, listener: trio.SocketListener, tcp: TcpAuth | None, tally: Tally
@@ -127,7 +163,7 @@ class Admissions:
         async with trio.open_nursery() as refusals:
             while True:
                 stream = await listener.accept()
-                busy = self._refusal(tcp)
+                busy = await self._refusal(tcp, tally)
                 if busy is None:
                     await self._admit(stream, tcp)
                     tally.accepted += 1

@@ -2,7 +2,9 @@
 
 Only programs that can read the token file get in; browsers are kept out by refusing any
 `Origin` and any `Host` but our own loopback address (DNS rebinding), and a token is never
-taken from the query string, where it would end up in logs and shell history.
+taken from the query string, where it would end up in logs and shell history. A connection
+whose request passed tells the listener so (`TcpGate`): until then it may be evicted to make
+room for a newcomer.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 import attrs
+import trio
 
 from meshactors.control.http_errors import HttpError, HttpErrorCode
 from meshactors.control.http_parse import RequestHead
@@ -97,3 +100,22 @@ class TcpAuth:
                 "send Authorization: Bearer <the token in the daemon's token file>",
                 headers=(("WWW-Authenticate", AUTH_CHALLENGE),),
             )
+
+
+@attrs.define(eq=False)
+class TcpGate:
+    """One TCP connection's guard: checks each request with `auth`, and the first time one
+    passes sends the connection's `name` on `passed`, to the listener, which from then on
+    never evicts it to make room (strangers are evicted, the owner's clients never)."""
+
+    auth: TcpAuth
+    name: str  # the client's node name under `control`
+    passed: trio.MemorySendChannel[str]
+    _told: bool = attrs.field(default=False, init=False)
+
+    def check(self, head: RequestHead) -> None:
+        """Raise the HttpError to answer, or return when the request may proceed."""
+        self.auth.check(head)
+        if not self._told:
+            self._told = True
+            self.passed.send_nowait(self.name)  # room for one per connection: see Admissions

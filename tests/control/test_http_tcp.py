@@ -177,20 +177,51 @@ def test_unusable_token_file_is_refused_not_replaced(tmp_path: Path, content: by
     assert path.read_bytes() == content
 
 
-async def test_idle_tcp_connections_cannot_lock_the_owner_out(
+async def authorized(daemon: TcpDaemon, client: RawHttp) -> int:
+    """The status of a token-bearing request on `client`, which stays open (keep-alive)."""
+    response = await client.request(
+        "GET", "/v1/health", Host=daemon.host, Authorization=f"Bearer {daemon.token}"
+    )
+    return response.status
+
+
+def tcp_figures(daemon: TcpDaemon) -> dict[str, object]:
+    node = daemon.services.tree.find("daemon/control/tcp")
+    assert node is not None and node.figures is not None
+    return node.figures()
+
+
+async def test_silent_tcp_connections_make_room_for_the_owner(
     tcp_daemon: TcpDaemon, tcp: Connect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Anyone local may connect over TCP before a token is checked, and an idle connection is
-    held for minutes: past MAX_TCP_CLIENTS more are turned away, and the socket still serves."""
+    """Anyone local may connect over TCP before a token is checked: when such connections
+    hold every place, a newcomer takes the oldest one's, so the owner always gets in."""
     monkeypatch.setattr(supervisor, "MAX_TCP_CLIENTS", 2)
-    idle = [await tcp(), await tcp()]  # they never send a byte
+    silent = [await tcp(), await tcp()]  # they never send a byte
+    assert await authorized(tcp_daemon, await tcp()) == 200
+    assert await silent[0].closed()  # evicted, unanswered
+    assert tcp_figures(tcp_daemon)["evicted"] == 1
+
+
+async def test_tcp_connections_that_passed_the_token_check_keep_their_places(
+    tcp_daemon: TcpDaemon, tcp: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only connections that never passed the token check are evicted; once every place is
+    the owner's, a newcomer is turned away, and the Unix socket still serves."""
+    monkeypatch.setattr(supervisor, "MAX_TCP_CLIENTS", 2)
+    owner = await tcp()
+    assert await authorized(tcp_daemon, owner) == 200
+    stranger = await tcp()
+    second = await tcp()
+    assert await authorized(tcp_daemon, second) == 200
+    assert await stranger.closed()
+    assert await authorized(tcp_daemon, owner) == 200  # still open
     refused = await tcp()
     response = await refused.response()
     assert (response.status, response.code) == (503, "unavailable")
     assert "TCP" in response.json()["error"]["message"]
     assert await refused.closed()
+    assert tcp_figures(tcp_daemon)["evicted"] == 1
     unix = RawHttp(await trio.open_unix_socket(str(tcp_daemon.services.paths.socket)))
     assert (await unix.request("GET", "/v1/status")).status == 200
     await unix.stream.aclose()
-    for client in idle:
-        await client.stream.aclose()
