@@ -1,9 +1,12 @@
 """`GET /health` on the broker's listen port: answered with h11 before trio-websocket sees the
-connection, so `curl http://HOST:PORT/health` needs no WebSocket client. Any other request is
-handed on to the WebSocket handshake with the bytes already read put back in front."""
+connection, so `curl http://HOST:PORT/health` needs no WebSocket client. A query string is
+ignored (a cache-buster), HEAD is answered as GET without the body, and any other method on
+/health gets a 405 naming those two. A request for any other path is handed on to the
+WebSocket handshake with the bytes already read put back in front."""
 
 import json
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Final
 
 import attrs
@@ -12,7 +15,15 @@ import trio
 
 BROKER_HEALTH_PATH: Final = b"/health"
 MAX_HEALTH_REQUEST_BYTES: Final = 8192  # a request head we read before deciding; more is not ours
-_HEALTH_LINE: Final = b"GET " + BROKER_HEALTH_PATH + b" "  # a health request's first line
+HEALTH_METHODS: Final = ("GET", "HEAD")  # what /health answers; other methods get a 405
+_OTHER_METHODS: Final = (b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH")
+# how a request for /health (with or without a query) begins, whatever its method
+_HEALTH_STARTS: Final = tuple(
+    method + b" " + BROKER_HEALTH_PATH + end
+    for method in (*(name.encode() for name in HEALTH_METHODS), *_OTHER_METHODS)
+    for end in (b" ", b"?")
+)
+_NOT_ALLOWED: Final = b'{"error":"/health answers GET and HEAD only"}\n'
 
 
 @attrs.define(eq=False)
@@ -52,17 +63,17 @@ class PrefixedStream(ForwardingStream):
 async def answer_health(
     stream: trio.abc.Stream, health: Callable[[], dict[str, object]]
 ) -> PrefixedStream | None:
-    """Answer a `GET /health` with health() as JSON and return None; for any other request
-    return the stream to hand on, its head bytes put back."""
+    """Answer a request for /health (`GET`: health() as JSON) and return None; for any other
+    request return the stream to hand on, its head bytes put back."""
     head = b""
     # read only while the bytes could still begin a health request: anything else (a WebSocket
     # upgrade, a TLS hello that waits for our answer) is handed on at its first bytes
-    while len(head) < len(_HEALTH_LINE) and _HEALTH_LINE.startswith(head):
+    while _could_become_health(head):
         chunk = await stream.receive_some(MAX_HEALTH_REQUEST_BYTES)
         if not chunk:
             break
         head += chunk
-    if not head.startswith(_HEALTH_LINE):
+    if not head.startswith(_HEALTH_STARTS):
         return PrefixedStream(stream, head)
     http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEALTH_REQUEST_BYTES)
     http.receive_data(head)
@@ -79,10 +90,24 @@ async def answer_health(
         if not chunk:
             return None
         http.receive_data(bytes(chunk))
-    body = json.dumps(health(), separators=(",", ":")).encode() + b"\n"
-    headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
-    headers.append(("connection", "close"))
-    await stream.send_all(http.send(h11.Response(status_code=200, headers=headers)) or b"")
-    await stream.send_all(http.send(h11.Data(data=body)) or b"")
-    await stream.send_all(http.send(h11.EndOfMessage()) or b"")
+    method = event.method.decode("ascii")
+    headers = [("content-type", "application/json"), ("connection", "close")]
+    if method in HEALTH_METHODS:
+        status, body = HTTPStatus.OK, json.dumps(health(), separators=(",", ":")).encode() + b"\n"
+    else:
+        status, body = HTTPStatus.METHOD_NOT_ALLOWED, _NOT_ALLOWED
+        headers.append(("allow", ", ".join(HEALTH_METHODS)))
+    headers.append(("content-length", str(len(body))))
+    answer: list[h11.Event] = [
+        h11.Response(status_code=status, headers=headers, reason=status.phrase.encode())
+    ]
+    if method != "HEAD":  # (h11 knows a HEAD answer has no body: it would refuse one)
+        answer.append(h11.Data(data=body))
+    answer.append(h11.EndOfMessage())
+    await stream.send_all(b"".join(http.send(part) or b"" for part in answer))
     return None
+
+
+def _could_become_health(head: bytes) -> bool:
+    """Whether `head` is too short to tell, and could still begin a request for /health."""
+    return any(len(head) < len(start) and start.startswith(head) for start in _HEALTH_STARTS)

@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import math
 from collections.abc import Awaitable, Callable, Iterator
+from http import HTTPStatus
 from typing import Protocol
 
 import attrs
@@ -53,7 +54,7 @@ CLOSE_LINGER = 1.0  # seconds a closing connection is drained, so unread input c
 MAX_LINGER_BYTES = MAX_HEAD_BYTES + MAX_BODY_BYTES  # input drained at most while closing
 KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
 HTTP_PREFIXES = tuple(f"{method} ".encode() for method in KNOWN_METHODS)
-CONTINUE = 100  # the interim answer to `Expect: 100-continue`
+CONTINUE = HTTPStatus.CONTINUE  # the interim answer to `Expect: 100-continue`
 
 
 def looks_like_http(prefix: bytes) -> bool | None:
@@ -182,7 +183,10 @@ class HttpConnection:
         body = bytearray()
         while True:
             if self._h11.they_are_waiting_for_100_continue and not self._h11.trailing_data[0]:
-                await self._send(h11.InformationalResponse(status_code=CONTINUE, headers=[]))
+                reason = CONTINUE.phrase.encode()
+                await self._send(
+                    h11.InformationalResponse(status_code=CONTINUE, headers=[], reason=reason)
+                )
             event = await self._next_event()
             if isinstance(event, h11.EndOfMessage):
                 return bytes(body)

@@ -1,0 +1,75 @@
+"""The broker's `/health` on a real loopback broker: any query, HEAD, and 405 for the rest."""
+
+import json
+
+import pytest
+import trio
+
+from meshactors.broker.server import Broker
+from tests.broker.support import WAIT_S, start_broker
+
+
+async def answer_to(nursery: trio.Nursery, request: bytes) -> tuple[Broker, bytes, bytes]:
+    """A new broker, and the status line and the rest (headers, body) of its answer to
+    `request`, read until it closes."""
+    broker, url = await start_broker(nursery)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with trio.fail_after(WAIT_S):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(request)
+            answer = b""
+            while chunk := await stream.receive_some():
+                answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return broker, status_line, rest
+
+
+def health_request(method: str, target: str) -> bytes:
+    return f"{method} {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+
+def headers_and_body(rest: bytes) -> tuple[dict[str, str], bytes]:
+    """An answer's headers (names lower-cased) and its body, from what follows the status line."""
+    head, _, body = rest.partition(b"\r\n\r\n")
+    fields = (line.decode().partition(":") for line in head.split(b"\r\n"))
+    return {name.lower(): value.strip() for name, _, value in fields}, body
+
+
+@pytest.mark.parametrize("target", ["/health", "/health?x=1", "/health?"])
+async def test_get_health_answers_with_or_without_a_query(
+    nursery: trio.Nursery, target: str
+) -> None:
+    """A cache-buster in the query is no reason to refuse (it was an empty 400)."""
+    broker, status_line, rest = await answer_to(nursery, health_request("GET", target))
+    assert status_line == b"HTTP/1.1 200 OK"
+    assert json.loads(headers_and_body(rest)[1])["cluster"] == "standalone"
+    assert broker.figures()["health_requests"] == 1
+
+
+async def test_head_health_has_the_head_alone(nursery: trio.Nursery) -> None:
+    _, status_line, rest = await answer_to(nursery, health_request("HEAD", "/health"))
+    assert status_line == b"HTTP/1.1 200 OK"
+    headers, body = headers_and_body(rest)
+    assert headers["content-type"] == "application/json"
+    assert int(headers["content-length"]) > 0  # what a GET would carry; none follows
+    assert body == b""
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "PATCH"])
+@pytest.mark.parametrize("target", ["/health", "/health?x=1"])
+async def test_other_methods_on_health_are_405(
+    nursery: trio.Nursery, method: str, target: str
+) -> None:
+    _, status_line, rest = await answer_to(nursery, health_request(method, target))
+    assert status_line == b"HTTP/1.1 405 Method Not Allowed"
+    headers, body = headers_and_body(rest)
+    assert headers["allow"] == "GET, HEAD"
+    assert "GET" in json.loads(body)["error"]
+
+
+async def test_a_longer_path_is_not_health(nursery: trio.Nursery) -> None:
+    """`/healthz` is handed on to the WebSocket handshake, which refuses it."""
+    broker, status_line, _ = await answer_to(nursery, health_request("GET", "/healthz"))
+    assert not status_line.startswith(b"HTTP/1.1 200")
+    assert broker.figures()["health_requests"] == 0
