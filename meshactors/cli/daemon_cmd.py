@@ -40,7 +40,7 @@ from meshactors.cli.mesh import membership_note
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
 from meshactors.control.supervisor import ActivationError, activated_socket
 from meshactors.daemon.broker_actor import parse_listen
-from meshactors.daemon.lock import AlreadyRunning, DaemonLock, read_running_pid
+from meshactors.daemon.lock import AlreadyRunning, DaemonLock, SocketInUse, read_running_pid
 from meshactors.daemon.main import DaemonGaveUp, DaemonOptions, serve
 from meshactors.daemon.outbox import ACK_TIMEOUT_S, DurableSettings
 from meshactors.daemon.sdnotify import Notifier, NotifyEnvError
@@ -172,6 +172,8 @@ def run_up(args: argparse.Namespace) -> int:
         )
     except AlreadyRunning as exc:
         fail(f"{exc}", EXIT_FAILURE)
+    except SocketInUse as exc:  # as a taken port is
+        fail(str(exc), EXIT_STARTUP)
     except SymlinkRefused:
         raise  # told like every other file of the home (symlink_refused)
     except OSError as exc:

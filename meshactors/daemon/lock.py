@@ -3,11 +3,14 @@ socket) and on its state lock (in the state directory, beside the identity and d
 for the daemon's lifetime. Either alone would let two daemons share the other directory.
 
 The kernel drops the locks when their holder dies, so a SIGKILLed daemon leaves only files
-behind: the next daemon takes the locks and removes the dead one's socket file.
+behind: the next daemon takes the locks and removes the dead one's socket file. Our locks prove
+only that no daemon of this home lives: a socket something still listens on (another home's
+daemon, given the same `--socket`) is left alone and refused.
 """
 
 import fcntl
 import os
+import socket as stdlib_socket
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +39,17 @@ class AlreadyRunning(Exception):
         super().__init__(f"a daemon is already running (pid {shown}, holding {pid_file})")
 
 
+class SocketInUse(Exception):
+    """Something (another home's daemon) listens on the socket path this daemon was given."""
+
+    def __init__(self, socket: Path) -> None:
+        self.socket = socket
+        super().__init__(
+            f"cannot listen on {socket}: another daemon listens there "
+            "(stop it, or use another --socket PATH)"
+        )
+
+
 @attrs.define
 class DaemonLock:
     """The daemon's exclusive locks on its lock files (each holds its pid); release it (or
@@ -51,8 +65,9 @@ class DaemonLock:
         daemon's socket file at `socket` (unless `keep_socket`: it is the live one a service
         manager handed us).
 
-        Raises AlreadyRunning, naming the file, when another live process holds one of them;
-        the locks taken before it are released again.
+        Raises AlreadyRunning, naming the file, when another live process holds one of them,
+        and SocketInUse when something listens on `socket`; the locks taken before it are
+        released again.
         """
         lock = cls()
         try:
@@ -148,10 +163,31 @@ def _read_pid(fd: int) -> int | None:
 
 
 def _remove_stale_socket(socket: Path) -> None:
-    """Remove a socket file left by a killed daemon; anything else at that path is left alone."""
+    """Remove a socket file left by a killed daemon; anything else at that path is left alone.
+
+    Raises SocketInUse when something listens on it: our locks do not prove it stale, as
+    another home's daemon may serve the same path.
+    """
     try:
         mode = os.lstat(socket).st_mode
     except FileNotFoundError:
         return
-    if stat.S_ISSOCK(mode):
-        socket.unlink(missing_ok=True)
+    if not stat.S_ISSOCK(mode):
+        return
+    if _is_listened_on(socket):
+        raise SocketInUse(socket)
+    socket.unlink(missing_ok=True)
+
+
+def _is_listened_on(socket: Path) -> bool:
+    """True when something accepts connections on the Unix socket `socket`; the connect is
+    non-blocking, so a listener that never accepts cannot hold the start."""
+    with stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)
+        try:
+            probe.connect(str(socket))
+        except BlockingIOError:
+            return True  # listening, its backlog full
+        except OSError:
+            return False  # refused: nobody listens (a dead daemon's file)
+    return True

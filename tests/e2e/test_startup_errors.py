@@ -3,6 +3,7 @@ and with --detach: a taken port names the address and the OS's reason."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -111,3 +112,26 @@ def test_a_socket_path_too_long_is_named(tmp_path: Path) -> None:
         f"{size} bytes, longer than the 107 a Unix socket's may be (use a shorter "
         "MESHACTORS_HOME, or --socket PATH)"
     )
+
+
+@pytest.mark.parametrize("detach", [True, False], ids=["detach", "foreground"])
+def test_a_socket_another_homes_daemon_listens_on_is_refused_not_taken(
+    homes: tuple[Home, Home], detach: bool
+) -> None:
+    first, second = homes
+    first.cli("daemon", "up", "--detach")
+    first_id = json.loads(first.cli("daemon", "status", "--json").stdout)["device_id"]
+
+    detached = ["--detach"] if detach else []
+    result = second.cli("--socket", str(first.socket), "daemon", "up", *detached, check=False)
+
+    said = [line for line in result.stderr.splitlines() if line.startswith("meshactors:")]
+    assert result.returncode == 3, result.stderr
+    assert len(said) == 1, result.stderr
+    assert (
+        f"cannot listen on {first.socket}: another daemon listens there "
+        "(stop it, or use another --socket PATH)"
+    ) in said[0]
+    assert second.daemon_pid() is None
+    status = json.loads(first.cli("daemon", "status", "--json").stdout)
+    assert status["device_id"] == first_id  # the socket still leads to the first daemon
