@@ -19,6 +19,8 @@ PRIVATE_DIR_MODE = 0o700  # state and runtime dirs: the identity and the socket 
 PRIVATE_FILE_MODE = 0o600  # identity, host record, tokens: readable by the owner only
 ROOT_UID = 0  # besides ours, the only owner whose symlink to a private directory we follow
 TMP_SUFFIX_BYTES = 8  # random bytes in a temporary file's name, so writers never collide
+MAX_SOCKET_PATH_BYTES = 107  # a Unix socket's path, less its NUL, must fit sockaddr_un's 108
+SOCKET_PATH_FIX = "use a shorter MESHACTORS_HOME, or --socket PATH"  # for a path too long
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +68,16 @@ class NotRegularFile(OSError):
 def kind_of(mode: int) -> str:
     """What a file of `mode` (from stat or lstat) is, in words: "directory", "FIFO", …"""
     return next((name for test, name in _KINDS if test(mode)), "special file")
+
+
+def socket_path_too_long(path: Path) -> str | None:
+    """Why `path` cannot name a Unix socket, in words, when it is longer than
+    MAX_SOCKET_PATH_BYTES; None when it fits. Daemon and clients say it alike."""
+    size = len(os.fsencode(path))
+    if size <= MAX_SOCKET_PATH_BYTES:
+        return None
+    limit = MAX_SOCKET_PATH_BYTES
+    return f"the path is {size} bytes, longer than the {limit} a Unix socket's may be"
 
 
 _KINDS = (

@@ -12,6 +12,7 @@ from meshactors.client.errors import (
     DaemonNotRunning,
     DeadlineExceeded,
     ProtocolError,
+    SocketPathTooLong,
 )
 from meshactors.client.mesh import ChannelGap, ChannelMessage, EventStream, MeshClient
 from meshactors.client.networks import NetworkSync
@@ -35,6 +36,7 @@ __all__ = [
     "RequestContext",
     "RpcStream",
     "SharedState",
+    "SocketPathTooLong",
     "StreamBroken",
     "StreamError",
     "SyncClient",

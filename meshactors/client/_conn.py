@@ -22,6 +22,7 @@ from meshactors.client.errors import (
     DaemonNotRunning,
     DeadlineExceeded,
     ProtocolError,
+    SocketPathTooLong,
 )
 from meshactors.exception_groups import first_leaf
 from meshactors.wire.ipc import MAX_CONCURRENT_REQUESTS, MAX_CONCURRENT_SETTLING, SETTLING_OPS
@@ -40,7 +41,9 @@ Event = dict[str, Any]
 
 async def connect_unix(path: Path, timeout: float) -> trio.SocketStream:
     """Connect to the daemon's socket, retrying while it is absent or refuses (it may be
-    starting) with a doubling backoff, for at most `timeout` seconds; then DaemonNotRunning."""
+    starting) with a doubling backoff, for at most `timeout` seconds; then DaemonNotRunning
+    (at once, SocketPathTooLong, for a path no socket can have)."""
+    SocketPathTooLong.check(path)
     deadline = trio.current_time() + timeout
     delay = CONNECT_RETRY_FIRST
     while True:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from meshactors.paths import SOCKET_PATH_FIX, socket_path_too_long
+
 START_COMMAND = "meshactors daemon up"  # what DaemonNotRunning tells the user to run
 
 
@@ -32,6 +34,22 @@ class DaemonNotRunning(ClientError):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}; {self.hint}"
+
+
+class SocketPathTooLong(DaemonNotRunning):
+    """The socket's path does not fit a Unix socket address: no daemon can answer there, and
+    starting one would not help (connecting says only "AF_UNIX path too long")."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(path, reason)
+        self.hint = SOCKET_PATH_FIX
+
+    @classmethod
+    def check(cls, path: Path) -> None:
+        """Raise one when `path` is too long to connect to."""
+        reason = socket_path_too_long(path)
+        if reason is not None:
+            raise cls(path, reason)
 
 
 class ConnectionLost(ClientError):

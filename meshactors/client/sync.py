@@ -21,6 +21,7 @@ from meshactors.client.errors import (
     ConnectionLost,
     DaemonNotRunning,
     DeadlineExceeded,
+    SocketPathTooLong,
 )
 from meshactors.client.mesh import DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, MeshClient
 from meshactors.client.networks import NetworkSync
@@ -47,6 +48,7 @@ class SyncClient:
     @classmethod
     def connect(cls, path: Path, timeout: float = DEFAULT_CALL_TIMEOUT) -> SyncClient:
         """Connect to the daemon's socket or raise DaemonNotRunning at once."""
+        SocketPathTooLong.check(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(SYNC_CONNECT_TIMEOUT)
         try:

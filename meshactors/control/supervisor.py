@@ -21,7 +21,7 @@ from meshactors.control.http_response import encode_alone, error_response
 from meshactors.control.tcp_auth import TCP_HOST, TcpAuth, TcpGate, load_or_create_token
 from meshactors.daemon.services import Services
 from meshactors.listen import ListenError, open_tcp_listeners
-from meshactors.paths import kind_of
+from meshactors.paths import SOCKET_PATH_FIX, kind_of, socket_path_too_long
 from meshactors.wire.ipc import ErrorCode, OpError, error_frame
 
 log = structlog.get_logger("meshactors.control")
@@ -36,7 +36,6 @@ REFUSAL_TIMEOUT = 1.0  # seconds a refused connection gets: to show what it spea
 MAX_REFUSING = 64  # refused connections answered at once (each in its own task); more are
 # closed unanswered, so a flood of silent connections costs neither the listener nor memory
 SOCKET_MODE = 0o600
-MAX_SOCKET_PATH_BYTES = 107  # a Unix socket's path, less its NUL, must fit sockaddr_un's 108
 SD_LISTEN_FDS_START = 3  # the first descriptor a socket-activating service manager passes
 
 _BUSY = OpError(ErrorCode.UNAVAILABLE, f"at most {MAX_CLIENTS} clients at once")
@@ -255,13 +254,10 @@ async def bind_unix_listener(path: Path) -> trio.SocketListener:
     Raises ListenError naming the path when it is too long for a socket or something else
     is in its way.
     """
-    size = len(os.fsencode(path))
-    if size > MAX_SOCKET_PATH_BYTES:
+    too_long = socket_path_too_long(path)
+    if too_long is not None:
         raise ListenError(
-            errno.ENAMETOOLONG,
-            f"cannot listen on {path}: the path is {size} bytes, longer than the "
-            f"{MAX_SOCKET_PATH_BYTES} a Unix socket's may be (use a shorter MESHACTORS_HOME, "
-            "or --socket PATH)",
+            errno.ENAMETOOLONG, f"cannot listen on {path}: {too_long} ({SOCKET_PATH_FIX})"
         )
     sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
     try:

@@ -4,6 +4,7 @@ bring-up, events, and resuming the event stream across a daemon restart."""
 from __future__ import annotations
 
 import functools
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from meshactors.client import (
     DeadlineExceeded,
     EventStream,
     MeshClient,
+    SocketPathTooLong,
 )
 from meshactors.store import events as event_log
 from meshactors.store.db import open_database
@@ -89,6 +91,23 @@ async def test_no_daemon_is_a_clear_error_after_the_connect_timeout(
     assert failure.value.code == "not_running"
     assert str(socket) in str(failure.value)
     assert "meshactors daemon up" in str(failure.value)
+
+
+async def test_a_socket_path_too_long_is_said_at_once_not_retried(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    socket = tmp_path / ("s" * 120)
+    started = trio.current_time()
+    with pytest.raises(SocketPathTooLong) as failure:
+        async with MeshClient(socket, connect_timeout=10):
+            pass
+    assert trio.current_time() == started  # no daemon could ever answer there
+    assert failure.value.code == "not_running"
+    assert str(failure.value) == (
+        f"not_running: no daemon answers on {socket} (the path is "
+        f"{len(os.fsencode(socket))} bytes, longer than the 107 a Unix socket's may be); "
+        "use a shorter MESHACTORS_HOME, or --socket PATH"
+    )
 
 
 async def test_a_silent_daemon_hits_the_call_deadline(

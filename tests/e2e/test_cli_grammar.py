@@ -5,7 +5,9 @@ kind of failure, and device ids given as a prefix or a label."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import nacl.signing
 import pytest
@@ -47,6 +49,23 @@ def test_a_failure_has_its_own_exit_code_and_is_json_under_json(home: Home) -> N
     usage = home.cli("peers", "--bogus", "--json", check=False)
     assert usage.returncode == EXIT_USAGE
     assert error_of(usage)["code"] == "usage"
+
+
+def test_a_socket_path_too_long_is_a_not_running_failure_naming_it(tmp_path: Path) -> None:
+    home = Home(tmp_path / ("h" * 120))
+    home.path.mkdir()
+
+    plain = home.cli("peers", check=False)
+    as_json = home.cli("peers", "--json", check=False)
+
+    size = len(os.fsencode(home.socket))
+    assert plain.returncode == as_json.returncode == EXIT_NOT_RUNNING
+    assert plain.stderr == (
+        f"meshactors: no daemon answers on {home.socket} (the path is {size} bytes, longer "
+        "than the 107 a Unix socket's may be); use a shorter MESHACTORS_HOME, or --socket PATH\n"
+    )
+    assert error_of(as_json)["code"] == "not_running"
+    assert "longer than the 107" in error_of(as_json)["message"]
 
 
 def test_the_only_joined_network_is_the_default_and_two_need_naming(lan: Home) -> None:
