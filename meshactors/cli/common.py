@@ -26,7 +26,8 @@ EXIT_NOT_FOUND = 6  # no such network, peer, method, request or row
 EXIT_REFUSED = 7  # the daemon refused it in its current state
 EXIT_TIMEOUT = 8  # no answer before the deadline
 EXIT_CRASH_LOOP = 9  # `daemon up`: the root supervisor passed its restart intensity; restart it
-EXIT_INTERRUPTED = 130  # `daemon up --detach` stopped waiting: SIGINT or SIGTERM (128 + SIGINT)
+EXIT_INTERRUPTED = 130  # SIGINT (128 + SIGINT) ended `rpc call` before its answer's end, or
+# `daemon up --detach`'s wait (SIGTERM too)
 
 ERROR_CODE_BY_EXIT = {  # the `code` of a failure the CLI itself detects, by its exit code
     EXIT_FAILURE: "failed",

@@ -13,7 +13,9 @@ from typing import Any
 import trio
 
 from meshactors.cli.common import (
+    EXIT_INTERRUPTED,
     connect,
+    fail,
     fail_with,
     free_words,
     legacy_network,
@@ -104,8 +106,9 @@ def run_call(args: argparse.Namespace) -> int:
                     return 0
         except ClientError as exc:
             fail_with(exc)
-        except KeyboardInterrupt:  # Ctrl-C: the caller gave up, as `channel subscribe` ends
+        except KeyboardInterrupt:  # Ctrl-C: the caller gave up before the (whole) answer
             _cancel(client, request_id)
+            fail("interrupted: the call was cancelled", EXIT_INTERRUPTED)
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 
-from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE
+from meshactors.cli.common import EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_USAGE
 from meshactors.client import MeshClient, RequestContext
 from meshactors.network.payload import MAX_PAYLOAD_BYTES
 from tests.support import Home, LineClient, exited, kill_leftover, pid_written, sleeper
@@ -87,7 +87,7 @@ async def event_of(client: LineClient, kind: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
-async def test_ctrl_c_on_rpc_call_cancels_the_call_and_exits_quietly(
+async def test_ctrl_c_on_rpc_call_cancels_the_call_and_exits_interrupted(
     home: Home, me: str, stream: bool
 ) -> None:
     server = LineClient(await trio.open_unix_socket(str(home.socket)))
@@ -112,7 +112,8 @@ async def test_ctrl_c_on_rpc_call_cancels_the_call_and_exits_quietly(
         await server.aclose()
     assert cancelled["request_id"] == inbound["request_id"]
     assert cancelled["reason"] == "cancelled"
-    assert errors == "" and caller.returncode == 0
+    assert caller.returncode == EXIT_INTERRUPTED  # no answer: the caller gave up
+    assert errors == "meshactors: interrupted: the call was cancelled\n"
 
 
 def test_rpc_serve_refuses_a_command_that_cannot_be_run(home: Home, me: str) -> None:
