@@ -15,6 +15,7 @@ from meshactors.cli.common import EXIT_STARTUP, EXIT_USAGE, fail
 from meshactors.daemon.broker_actor import parse_listen
 from meshactors.listen import ListenError
 from meshactors.logs import configure_logging, redacted_url
+from meshactors.stop_signals import stop_signals
 
 if TYPE_CHECKING:
     from meshactors.broker.server import Broker
@@ -92,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve_until_signal(broker: Broker, host: str, port: int) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    """Serve until SIGTERM, SIGINT or SIGHUP (its terminal closed; kept ignored under `nohup`),
+    then stop as cancellation does: a cluster's broker leaves Redis rather than expire there."""
+    with trio.open_signal_receiver(*stop_signals(signal.SIGTERM, signal.SIGINT)) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(broker.serve, host, port)
             async for signum in signals:
