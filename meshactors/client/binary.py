@@ -60,6 +60,11 @@ class BinaryStream(trio.abc.HalfCloseableStream):
     def peer(self) -> str:
         return str(self.info["peer"])
 
+    @property
+    def sent_end(self) -> bool:
+        """Whether our end of data (`send_eof`) went out."""
+        return self._sent_end
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         with self._broken():

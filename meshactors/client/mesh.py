@@ -17,7 +17,7 @@ from meshactors.actors import Broadcast, Lagged, Subscriber
 from meshactors.client._ops import Data, Ops, params, payload_params, received
 from meshactors.client._serving import Handler, Serving, StreamHandler, is_streaming
 from meshactors.client._streams import RpcStream, StreamTable
-from meshactors.client.binary import BinaryStream, switch
+from meshactors.client.binary import BinaryStream, StreamError, switch
 from meshactors.client.errors import ClientClosed, ClientError, ConnectionLost
 from meshactors.client.networks import NetworkSync, converge
 from meshactors.client.reconnect import DaemonLink, Want, WantKind, replay_failed
@@ -31,7 +31,8 @@ DEFAULT_CALL_TIMEOUT = 60.0  # seconds one op may take, waiting for a reconnect 
 EVENT_STREAM_BUFFER = 4096  # events an `events()` reader may leave unread before it lags
 CHANNEL_BUFFER = 1024  # messages a `subscribe` reader may leave unread before it lags
 RETAINED_PER_CHANNEL = 1024  # retained values kept for a channel's later local readers
-RELEASE_TIMEOUT = 5.0  # seconds an unsubscribe or a stream cancel may take on the way out
+RELEASE_TIMEOUT = 5.0  # seconds an unsubscribe, a stream cancel or a served stream's finish
+# (after its handler returned) may take on the way out
 
 BinaryHandler = Callable[[BinaryStream], Awaitable[None]]
 
@@ -324,8 +325,9 @@ class MeshClient(Ops):
 
     async def serve_stream(self, network: str, method: str, handler: BinaryHandler) -> None:
         """Serve binary streams of `method`: each runs `handler(stream)` in its own task and is
-        closed after it (an exception resets it with its message). Restored after reconnects;
-        `unserve` ends it."""
+        closed after it: once finished if it sent its end (at most RELEASE_TIMEOUT later), else
+        at once, which cancels it; an exception resets it with its message. Restored after
+        reconnects; `unserve` ends it."""
         want = Want(WantKind.CLAIM, network, method)
         self._binary_handlers[(network, method)] = handler
         await self._claim(want, "binary")
@@ -345,6 +347,8 @@ class MeshClient(Ops):
                 gone = (trio.BrokenResourceError, trio.ClosedResourceError)
                 with contextlib.suppress(*gone):  # the daemon closed it already: it knows
                     await stream.reset(str(exc) or type(exc).__name__)
+            else:
+                await _let_finish(stream)
 
     # channels
     @contextlib.asynccontextmanager
@@ -457,6 +461,20 @@ class MeshClient(Ops):
         and serialised so concurrent calls from one client never interleave."""
         async with self._networks_lock:
             return await converge(self, desired, purge_removed=purge_removed)
+
+
+async def _let_finish(stream: BinaryStream) -> None:
+    """A served stream's handler returned. After our end, what it sent may still be on its way
+    (closing before both ends ended resets the stream, docs/protocol.md): wait, at most
+    RELEASE_TIMEOUT, for the daemon to close the finished stream, discarding what the other
+    end still sends. Without our end, closing cancels the stream, as the handler left it."""
+    if not stream.sent_end:
+        return
+    with trio.move_on_after(RELEASE_TIMEOUT), contextlib.suppress(trio.ClosedResourceError):
+        try:  # ClosedResourceError: the handler closed the stream itself
+            await stream.finish()
+        except StreamError as failed:  # nobody left to raise it to
+            log.info("stream %s failed after its handler returned: %s", stream.stream_id, failed)
 
 
 def _contents(frame: dict[str, Any]) -> list[tuple[Any, bytes | None]]:

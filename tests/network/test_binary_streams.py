@@ -420,3 +420,28 @@ async def test_a_core_crash_ends_its_streams_with_stopped(
             with pytest.raises(StreamError) as ended:
                 await read_all(stream)
     assert ended.value.code == "stopped"
+
+
+async def test_a_handler_that_sends_its_end_and_returns_delivers_everything(pair: Pair) -> None:
+    """A `serve_stream` handler that sends its data and its end and returns: the library keeps
+    the connection until the stream finished, so the opener reads every byte (more than a
+    window and the daemon's read-ahead) and may still send before its own end: more than a
+    window, so its end goes out only with credit from the server, whose library discards it."""
+    opener, server, _a, b = pair
+    data = pattern(3 * MIB + 7)
+    returned = trio.Event()
+
+    async def download(stream: BinaryStream) -> None:
+        await stream.send_all(data)
+        await stream.send_eof()
+        returned.set()
+
+    await server.serve_stream(NET, "download", download)
+    with trio.fail_after(WAIT * 3):
+        async with await opener.open_stream(NET, b.device_id, "download") as stream:
+            received = await read_all(stream)
+            await returned.wait()  # its connection would be closed by now, but for the wait
+            await stream.send_all(pattern(STREAM_WINDOW_BYTES + 1))
+            await stream.send_eof()
+            await stream.finish()
+    assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
