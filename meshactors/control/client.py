@@ -300,16 +300,16 @@ class ClientActor(Actor):
     async def _read_pipe(self, pipe: Pipe, data: bytes) -> None:
         """A binary stream's reader: frames from the socket go to core, waiting while core is
         STREAM_INBOX frames behind (so a stalled peer stops this read). Returns (closing the
-        connection; core tells the peer) when the program hangs up or sends data after its
-        end frame; after an error frame (its own, or bad framing) it waits for the writer to
-        end the connection."""
+        connection; core tells the peer) when the program hangs up; after an error frame (its
+        own, bad framing, or data after its end frame, which only an error frame may follow)
+        it waits for the writer to end the connection."""
         parser = FrameParser()
         ended = False
         async with pipe.from_socket:
             while True:
                 for item in parser.feed(data):
                     if ended and not isinstance(item, Reset):
-                        return  # nothing but an error frame may follow the end
+                        item = Reset("remote_error", "the other program sent data after its end")
                     await pipe.from_socket.send(item)
                     if isinstance(item, Reset):
                         await trio.sleep_forever()  # the writer ends the connection

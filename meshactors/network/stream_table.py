@@ -4,6 +4,7 @@ which tests drive without sockets or tasks. The `streams` part does the I/O arou
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 
 import attrs
@@ -12,6 +13,7 @@ import trio
 from meshactors.actors import Pending
 from meshactors.network.stream_frames import STREAM_WINDOW_BYTES
 from meshactors.network.stream_pipe import Pipe, PipeCore
+from meshactors.wire.pipe_frames import Item
 
 MAX_STREAMS = 128  # streams open per network, those waiting to be accepted included
 CREDIT_RETURN = STREAM_WINDOW_BYTES // 4  # credit consumed before it is handed back
@@ -28,8 +30,10 @@ class StreamState:
     peer: str
     method: str
     opener: bool  # we opened it
+    timeout: float  # seconds: the stream_open's timeout_ms, for the accept and the last sends
     ready: Pending[Pipe] | None = None  # the opener's op waits on it until the peer accepted
-    accept_by: float = float("inf")  # trio time: an incoming stream not accepted by then goes
+    due: float = float("inf")  # trio time: a stream not accepted by then goes, and one whose
+    # program left goes by then too (`left`: it is kept only to send what the program sent)
     core: PipeCore | None = None  # attached once the stream flows
     send_credit: int = STREAM_WINDOW_BYTES  # what we may still send
     allowance: int = STREAM_WINDOW_BYTES  # what the peer may still send us
@@ -39,6 +43,10 @@ class StreamState:
     seq_in: int = 0
     local_ended: bool = False
     remote_ended: bool = False
+    left: bool = False  # the local program's connection closed: nothing reaches it any more
+    lost: bool = False  # data the peer sent it was not written before it left, or came after
+    unsent: collections.deque[Item] = attrs.field(factory=collections.deque)  # what the
+    # program sent, read at once when it left (to see whether its end came), not sent yet
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     changed: trio.Event = attrs.field(factory=trio.Event)  # credit came
 

@@ -5,7 +5,9 @@ to it only through the channels of its `Pipe`. Per open stream two tasks of core
 sends what the connection read from its socket as `stream_data` while credit allows, one
 hands credit back as the connection writes what arrived. Frame handlers run in core's task and
 never wait: arriving bytes fit the connection's channel because the sender never has more
-than a window of credit (docs/protocol.md, "Binary streams").
+than a window of credit (docs/protocol.md, "Binary streams"). A program that closes its
+connection after its end still has what it sent go out; the stream stays in the table for
+that (`left`), until it finishes, is reset, or its `due` time passes.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class Streams:
                     "method": s.method,
                     "opener": s.opener,
                     "flowing": s.core is not None,
+                    "left": s.left,
                     "send_credit": s.send_credit,
                     "held": s.held,
                 }
@@ -106,11 +109,11 @@ class Streams:
         forgets the offer after `timeout_ms`."""
         self._check_room()
         wire_id = new_request_id()
-        state = StreamState(wire_id, wire_id, peer, method, opener=True)
+        state = StreamState(wire_id, wire_id, peer, method, opener=True, timeout=timeout_ms / 1000)
         state.ready = Pending(lambda: _told(self.tell(functools.partial(self._abandon, state))))
         # The op stops waiting then and tells us; should that word not reach core (its lane
         # full), the sweep still ends the offer a beat later.
-        state.accept_by = trio.current_time() + timeout_ms / 1000 + SWEEP_INTERVAL
+        state.due = trio.current_time() + state.timeout + SWEEP_INTERVAL
         self.table.add(state)
         try:
             await self.wire.send(peer, StreamOpen(wire_id, method, timeout_ms))
@@ -145,13 +148,17 @@ class Streams:
     async def _sweep(self) -> None:
         """End the streams nobody accepted in time: incoming ones the opener stopped waiting
         for (its reset may have been lost), and our own offers whose op gave up (its word may
-        not have reached core), so neither holds a place for ever."""
+        not have reached core), so neither holds a place for ever; and those whose program
+        left after its end and that did not finish within the stream's timeout."""
         while True:
             await trio.sleep(SWEEP_INTERVAL)
             now = trio.current_time()
-            for state in [s for s in self.table if s.accept_by <= now]:
+            for state in [s for s in self.table if s.due <= now]:
                 if state.core is None:
                     self._reset(state, "timeout", "not accepted in time", local=False)
+                elif state.left:
+                    message = "the other program went away, and what it sent was not taken in time"
+                    self._reset(state, "cancelled", message, local=False)
 
     def _abandon(self, state: StreamState) -> None:
         """The opener stopped waiting for the peer to accept (timeout or its connection went)."""
@@ -206,10 +213,33 @@ class Streams:
                 state.core.to_socket.send_nowait(Reset(code, message))
 
     def _maybe_finish(self, state: StreamState) -> None:
-        """Both directions ended: the stream is done."""
-        if state.local_ended and state.remote_ended:
+        """Both directions ended: the stream is done. Once our end went out, data the peer sent
+        a program that left is lost: the peer learns it (cancelled) instead."""
+        if not self.table.holds(state) or not state.local_ended:
+            return
+        if state.lost:
+            self._reset(state, "cancelled", "the other program went away", local=False)
+        elif state.remote_ended:
             self.counters["finished"] += 1
             self._forget(state)
+
+    def _left(self, state: StreamState) -> None:
+        """The program's connection closed: nothing reaches it any more, and what arrived for
+        it unwritten is lost. What it sent up to its end still goes out, within the stream's
+        timeout (the sweep ends it then); its sender resets a stream it left before its end."""
+        if state.left:
+            return
+        state.left = True
+        state.lost = state.held > 0
+        state.due = trio.current_time() + state.timeout
+        state.wake()  # a sender waiting for credit looks at what the program still sent
+        self._maybe_finish(state)
+
+    def _closed_early(self, state: StreamState) -> None:
+        """The program closed its connection before its end: the peer's program is cancelled,
+        what was not sent yet is dropped."""
+        message = "the other program closed its connection before the stream finished"
+        self._reset(state, "cancelled", message, local=False)
 
     # -- a stream's tasks ------------------------------------------------------------------
 
@@ -221,10 +251,10 @@ class Streams:
 
     async def _send_out(self, state: StreamState) -> None:
         """Send what the connection read, in order, as credit allows; then its end, and an
-        error frame after it if one comes; the connection hanging up first resets the stream."""
-        assert state.core is not None
+        error frame after it if one comes. The connection closing after the end leaves the rest
+        to go out still; closing before it resets the stream."""
         try:
-            async for item in state.core.from_socket:
+            while (item := await self._next_out(state)) is not None:
                 if isinstance(item, Reset):  # the program's error frame, or bad framing
                     if item.code == "frame_too_large":
                         self._tell_local(state, item.code, item.message)
@@ -239,17 +269,41 @@ class Streams:
         except OpError as failed:
             self._reset(state, failed.code.value, failed.message, peer=False)
             return
-        message = "the other program closed its connection before the stream finished"
-        self._reset(state, "cancelled", message, local=False)
+        self._left(state)
+        if not state.local_ended:
+            self._closed_early(state)
+
+    async def _next_out(self, state: StreamState) -> Item | None:
+        """The next item the program sent (those read at once when it left first); None once
+        its connection closed and all was taken."""
+        assert state.core is not None
+        if state.unsent:
+            return state.unsent.popleft()
+        try:
+            return await state.core.from_socket.receive()
+        except trio.EndOfChannel:
+            return None
 
     async def _send_data(self, state: StreamState, data: bytes) -> None:
         for start in range(0, len(data), STREAM_CHUNK_BYTES):
             piece = data[start : start + STREAM_CHUNK_BYTES]
             cost = frame_cost(piece)
             while (seq := state.spend(cost)) is None:
-                await state.changed.wait()
+                await self._wait_credit(state)
             await self._send(state, StreamData(state.wire_id, state.opener, seq, piece))
             self.counters["bytes_out"] += len(piece)
+
+    async def _wait_credit(self, state: StreamState) -> None:
+        """Wait for credit. Once the program left, everything it still sent is read at once:
+        with neither its end nor an error frame in it, the stream is reset (which cancels this
+        task) rather than after the credit for all of it."""
+        assert state.core is not None
+        if state.left:
+            async for item in state.core.from_socket:  # closed with the connection
+                state.unsent.append(item)
+            if all(isinstance(item, bytes) for item in state.unsent):
+                self._closed_early(state)
+        await state.changed.wait()
 
     async def _send(self, state: StreamState, frame: Frame) -> None:
         if not self.wire.send_nowait(state.peer, frame):
@@ -258,7 +312,7 @@ class Streams:
     async def _return_credit(self, state: StreamState) -> None:
         """Hand credit back as the connection writes what arrived, waiting for room to send it
         (a credit dropped would stall the stream for good); the connection's end of the channel
-        closing before the peer's end arrived means the program went away."""
+        closing means the program left."""
         assert state.core is not None
         try:
             async for cost in state.core.consumed:
@@ -267,8 +321,7 @@ class Streams:
         except OpError as failed:
             self._reset(state, failed.code.value, failed.message, peer=False)
             return
-        if not state.remote_ended:
-            self._reset(state, "cancelled", "the other program went away", local=False)
+        self._left(state)
 
     # -- frames from peers -----------------------------------------------------------------
 
@@ -294,9 +347,9 @@ class Streams:
             self.postbox.post(sender, StreamReset(frame.id, False, wire_error(*refusal)))
             return
         assert owner is not None
-        state = StreamState(new_request_id(), frame.id, sender, frame.method, opener=False)
         wait = min(frame.timeout_ms, MAX_TIMEOUT_MS) / 1000
-        state.accept_by = trio.current_time() + wait
+        state = StreamState(new_request_id(), frame.id, sender, frame.method, False, wait)
+        state.due = trio.current_time() + wait
         event = {
             "network": self.network,
             "stream_id": state.local_id,
@@ -331,15 +384,21 @@ class Streams:
             return
         self.counters["bytes_in"] += len(frame.data)
         self._to_socket(state, frame.data)
+        self._maybe_finish(state)
 
     def _to_socket(self, state: StreamState, item: Item) -> None:
+        """Queue what arrived for the program's socket; data for a program that left is lost."""
         assert state.core is not None
-        try:
-            state.core.to_socket.send_nowait(item)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._reset(state, "cancelled", "the other program went away", local=False)
-        except trio.WouldBlock:  # credit keeps this from happening unless the peer cheats
-            self._reset(state, "protocol", "more frames than the window holds")
+        if not state.left:
+            try:
+                state.core.to_socket.send_nowait(item)
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._left(state)
+            except trio.WouldBlock:  # credit keeps this from happening unless the peer cheats
+                self._reset(state, "protocol", "more frames than the window holds")
+                return
+        state.lost = state.lost or isinstance(item, bytes)
 
     def _on_credit(self, sender: str, frame: Frame) -> None:
         assert isinstance(frame, StreamCredit)

@@ -445,3 +445,79 @@ async def test_a_handler_that_sends_its_end_and_returns_delivers_everything(pair
             await stream.send_eof()
             await stream.finish()
     assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+
+
+async def test_a_server_closing_right_after_its_end_loses_nothing_it_sent(pair: Pair) -> None:
+    """The serving program sends more than a window and the daemon's read-ahead, its end, and
+    closes its connection at once: its daemon still sends what it read and the end, and the
+    stream finishes when the opener ends too."""
+    opener, server, _a, b = pair
+    data = pattern(4 * MIB + 7)
+
+    async def send_and_close(stream: BinaryStream) -> None:
+        await stream.send_all(data)
+        await stream.send_eof()
+        await stream.aclose()
+
+    await server.serve_stream(NET, "send_and_close", send_and_close)
+    with trio.fail_after(WAIT * 3):
+        async with await opener.open_stream(NET, b.device_id, "send_and_close") as stream:
+            received = await read_all(stream)
+            await stream.send_eof()
+            await stream.finish()
+    assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+
+
+async def test_what_the_opener_sends_a_server_that_closed_cancels_it(pair: Pair) -> None:
+    """The server ended and closed: the opener reads all of it, and what it sends after is
+    lost, so its stream ends in `cancelled` (heard before its own end: a stream whose ends both
+    went out is finished for that end's daemon, whatever the reset that comes after)."""
+    opener, server, _a, b = pair
+    closed = trio.Event()
+
+    async def end_and_close(stream: BinaryStream) -> None:
+        await stream.send_all(b"all of it")
+        await stream.send_eof()
+        await stream.aclose()
+        closed.set()
+
+    await server.serve_stream(NET, "end_and_close", end_and_close)
+    with trio.fail_after(WAIT):
+        async with await opener.open_stream(NET, b.device_id, "end_and_close") as stream:
+            assert await read_all(stream) == b"all of it"
+            await closed.wait()
+            await stream.send_all(b"late")
+            with pytest.raises(StreamError) as lost:
+                await stream.finish()  # before our end: it returns only by raising
+    assert lost.value.code == "cancelled"
+
+
+async def test_data_after_the_openers_end_resets_the_stream_after_the_rest(pair: Pair) -> None:
+    """Only an error frame may follow an end frame: data after it is taken as one, so the
+    server reads all the opener sent up to its end, then `remote_error`."""
+    opener, server, _a, b = pair
+    received: list[bytes] = []
+    outcome: list[StreamError] = []
+    done = trio.Event()
+
+    async def reader(stream: BinaryStream) -> None:
+        try:
+            while chunk := await stream.receive_some():
+                received.append(chunk)
+            await stream.finish()  # before our end: it returns only by raising
+        except StreamError as error:
+            outcome.append(error)
+        finally:
+            done.set()
+
+    await server.serve_stream(NET, "reader", reader)
+    with trio.fail_after(WAIT):
+        async with await opener.open_stream(NET, b.device_id, "reader") as stream:
+            await stream.send_all(b"the data")
+            await stream.send_eof()
+            await stream.send_all(b"more")
+            await done.wait()
+    assert b"".join(received) == b"the data"
+    assert [(e.code, e.message) for e in outcome] == [
+        ("remote_error", "the other program sent data after its end")
+    ]

@@ -7,7 +7,7 @@ from meshactors.network.stream_table import CREDIT_RETURN, BinaryStreamTable, St
 
 
 def state(local_id: str = "l1", *, opener: bool = True) -> StreamState:
-    return StreamState(local_id, "w1", "peer", "files", opener)
+    return StreamState(local_id, "w1", "peer", "files", opener, timeout=30.0)
 
 
 def test_spending_stops_at_the_window_and_resumes_with_credit() -> None:

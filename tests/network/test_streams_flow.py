@@ -26,7 +26,8 @@ from meshactors.network.stream_pipe import STREAM_FRAME_COST, Pipe, frame_cost
 from meshactors.network.stream_table import CREDIT_RETURN
 from meshactors.network.streams import Streams
 from meshactors.wire.ipc import ErrorCode, OpError
-from meshactors.wire.pipe_frames import END, Reset
+from meshactors.wire.pipe_frames import END, MAX_STREAM_FRAME_BYTES, Item, Reset
+from tests.network.conftest import WAIT
 from tests.network.peerstandin import RecordingPeers
 from tests.network.test_rpc_flow import PEER, RecordingConnection, run_now
 
@@ -156,3 +157,93 @@ async def test_credit_goes_back_even_when_the_postbox_is_full(served: ServedStre
     await pipe.consumed.send(frame_cost(piece))  # the connection wrote it to its socket
     await trio.testing.wait_all_tasks_blocked()
     assert served.peers.of(StreamCredit) == [StreamCredit(WIRE_ID, False, CREDIT_RETURN)]
+
+
+def leave(pipe: Pipe) -> None:
+    """The program's connection closes, as its session's close closes the pipe."""
+    pipe.from_socket.close()
+    pipe.consumed.close()
+    pipe.to_socket.close()
+
+
+async def sent_by_program(served: ServedStreams, items: list[Item]) -> Pipe:
+    """An accepted stream whose program sent `items` and closed its connection."""
+    pipe = await accepted(served)
+    for item in items:
+        await pipe.from_socket.send(item)
+    leave(pipe)
+    await trio.testing.wait_all_tasks_blocked()
+    return pipe
+
+
+def credit_back(served: ServedStreams, granted: int) -> int:
+    """The peer hands back the credit of every data frame sent beyond `granted` (the credit
+    given back before); the credit given back now included."""
+    spent = sum(frame_cost(frame.data) for frame in served.peers.of(StreamData))
+    if spent > granted:
+        served.peers.deliver(StreamCredit(WIRE_ID, True, spent - granted))
+    return spent
+
+
+async def test_what_a_program_sent_before_its_end_goes_out_after_it_left(
+    served: ServedStreams,
+) -> None:
+    """More than the credit allows, then the end, then the connection closes: nothing is
+    dropped; the data and the end go out as credit comes, and the peer's end finishes it."""
+    data = bytes(range(256)) * (3 * MAX_STREAM_FRAME_BYTES // 256)
+    size = MAX_STREAM_FRAME_BYTES
+    pieces: list[Item] = [data[i : i + size] for i in range(0, len(data), size)]
+    await sent_by_program(served, [*pieces, END])
+    assert served.streams.figures()["streams"][0]["left"]
+    granted = 0
+    with trio.fail_after(WAIT):
+        while not served.peers.of(StreamEnd):
+            assert await resets(served) == []
+            granted = credit_back(served, granted)
+            await trio.testing.wait_all_tasks_blocked()
+    assert b"".join(frame.data for frame in served.peers.of(StreamData)) == data
+    served.peers.deliver(StreamEnd(WIRE_ID, True, 0))
+    assert await resets(served) == []
+    assert served.streams.figures()["open"] == 0
+    assert served.streams.figures()["counters"]["finished"] == 1
+
+
+async def test_a_program_that_left_before_its_end_resets_at_once(served: ServedStreams) -> None:
+    """What it sent waits for credit, but no end follows it: the stream is reset now, not
+    after the credit for all of it came."""
+    await sent_by_program(served, [b"x" * MAX_STREAM_FRAME_BYTES] * 3)
+    assert await resets(served) == ["cancelled"]
+    assert served.streams.figures()["open"] == 0
+
+
+async def test_data_for_a_program_that_left_cancels_the_peer_after_our_end(
+    served: ServedStreams,
+) -> None:
+    """Once the program left, what the peer sends it is lost: the peer gets our end first,
+    then the reset, and the same when what it sent before was never written."""
+    await sent_by_program(served, [b"bye", END])
+    assert served.peers.of(StreamEnd) == [StreamEnd(WIRE_ID, False, 1)]
+    assert await resets(served) == []
+    served.peers.deliver(StreamData(WIRE_ID, True, 1, b"late"))
+    assert await resets(served) == ["cancelled"]
+    served.peers.sent.clear()
+    pipe = await accepted(served)
+    served.peers.deliver(StreamData(WIRE_ID, True, 1, b"never written"))
+    await pipe.from_socket.send(END)
+    leave(pipe)
+    assert await resets(served) == ["cancelled"]
+    tags = [frame.tag for _, frame in served.peers.sent]
+    assert tags.index(StreamEnd.tag) < tags.index(StreamReset.tag)
+
+
+async def test_a_program_that_left_goes_after_the_streams_timeout(
+    served: ServedStreams, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The peer takes nothing more (no credit, no end): the stream is reset once the
+    stream_open's timeout_ms (30 s here) passed since the program left, not held for ever."""
+    await sent_by_program(served, [b"x" * MAX_STREAM_FRAME_BYTES] * 3 + [END])
+    await trio.sleep(29)
+    assert served.streams.figures()["open"] == 1
+    await trio.sleep(2)
+    assert await resets(served) == ["cancelled"]
+    assert served.streams.figures()["open"] == 0
