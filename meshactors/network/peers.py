@@ -43,6 +43,7 @@ from meshactors.wire.broker import PresenceJoin, PresenceLeave, Undeliverable
 from meshactors.wire.device_id import (
     InvalidDeviceId,
     device_id_from_public_key,
+    is_usable_device_id,
     public_key_from_device_id,
 )
 from meshactors.wire.ipc import ErrorCode, OpError
@@ -75,6 +76,9 @@ PEER_PING_INTERVAL = 15.0  # seconds between rtt probes to one handshaken peer, 
 PING_RATE = 1.0  # rtt probes per second per network at most, however many peers it holds
 ROSTER_BATCH = 256  # auto-approvals held before they are saved, even while link events queue
 MAX_PEERS = 1024  # peers tracked per network (the broker admits 256 by default)
+# pending roster entries kept per network (strangers: devices seen, never approved or denied);
+# past it, or when the table is full, the one seen longest ago that is not present is forgotten
+MAX_STRANGERS = 256
 REJECTED_NON_MEMBER = "rejected_non_member"  # frames of a device a closed network keeps out
 CONTROL_PLANE_ROLE = "control-plane"  # hidden from peers_list unless `all`
 CAPABILITIES_KEY = "capabilities"  # local_settings key of our advert in a network
@@ -185,8 +189,12 @@ class Peers:
     _by_key: dict[bytes, PeerState] = attrs.field(factory=dict)  # the same peers, by public key
     _active: set[str] = attrs.field(factory=set)  # device ids of the active peers
     _roster: dict[str, roster_db.RosterEntry] = attrs.field(factory=dict)
+    # device ids of the roster's pending entries, the stranger seen longest ago first
+    _strangers: dict[str, None] = attrs.field(factory=dict)
     # auto-approvals and the roles peers announced, not saved yet (saved in batches)
     _unsaved: dict[str, roster_db.RosterEntry] = attrs.field(factory=dict)
+    # strangers' entries forgotten to make room, not deleted yet (deleted with those batches)
+    _unsaved_removals: list[roster_db.RosterEntry] = attrs.field(factory=list)
     _app_handlers: dict[str, AppHandler] = attrs.field(factory=dict)
     _control_handlers: dict[str, ControlHandler] = attrs.field(factory=dict)
     gate: Gate | None = None  # a closed network's membership; None: the roster decides
@@ -382,7 +390,7 @@ class Peers:
             functools.partial(roster_db.remove_roster, network=self.network, device_id=device_id),
             what="remove from roster",
         )
-        self._roster.pop(device_id, None)
+        self._pop_entry(device_id)
         peer = self._peers.get(device_id)
         if peer is not None:
             if peer.present and peer.hello is not None:
@@ -422,16 +430,20 @@ class Peers:
         entries = await self.store.call(
             functools.partial(roster_db.roster, network=self.network), what="load roster"
         )
-        self._roster = {entry.device_id: entry for entry in entries}
-        self._unsaved = {}
+        self._roster, self._strangers, self._unsaved, self._unsaved_removals = {}, {}, {}, []
         await self._load_settings()
         self.hand_over_openers()
         self._peers, self._by_key, self._active = {}, {}, set()
         self._link_was_up, self._outbound = False, None
         self.link_status = LinkStatus("idle", None, None)
         self.phase = Phase.CONNECTING
-        for device_id, entry in self._roster.items():
-            peer = self._peer(device_id)
+        # the operator's decisions first, then the strangers oldest first: past MAX_STRANGERS,
+        # or past a full table, the oldest are forgotten as they would have been while running
+        for entry in sorted(entries, key=lambda e: (e.state == "pending", e.updated_at)):
+            self._put_entry(entry)
+            if len(self._strangers) > MAX_STRANGERS:
+                self._forget_stranger()
+            peer = self._peer(entry.device_id)
             if peer is not None:
                 peer.status = PeerStatus.OFFLINE
                 peer.role = entry.role or LINK_ROLE
@@ -480,10 +492,12 @@ class Peers:
                 self._on_leave(device_id)
 
     async def settle(self, *, queued: int) -> None:
-        """After each message core handled: the phase it led to; the held auto-approvals saved
-        once core's inbox is empty (`queued` messages wait in it) or they are many."""
+        """After each message core handled: the phase it led to; the held roster changes
+        (auto-approvals, roles, forgotten strangers) saved once core's inbox is empty (`queued`
+        messages wait in it) or they are many."""
         self._update_phase()
-        if self._unsaved and (not queued or len(self._unsaved) >= ROSTER_BATCH):
+        held = len(self._unsaved) + len(self._unsaved_removals)
+        if held and (not queued or held >= ROSTER_BATCH):
             await self.save_unsaved()
 
     async def ping_loop(self) -> None:
@@ -513,13 +527,15 @@ class Peers:
     # -- presence and frames ------------------------------------------------------------------
 
     def _peer(self, device_id: str) -> PeerState | None:
-        """The peer's state, created on first sight; None for a bad id or a full table."""
+        """The peer's state, created on first sight (a full table forgets strangers not present
+        to make room); None for a bad id or a table full of others."""
         peer = self._peers.get(device_id)
         if peer is not None:
             return peer
-        if len(self._peers) >= MAX_PEERS:
-            self.dropped["table_full"] += 1
-            return None
+        while len(self._peers) >= MAX_PEERS:
+            if not self._forget_stranger():
+                self.dropped["table_full"] += 1
+                return None
         try:
             crypto = PeerCrypto.for_peer(
                 self.identity.signing_key, device_id, self.replay_memory.take(device_id)
@@ -531,6 +547,46 @@ class Peers:
         self._peers[device_id] = peer
         self._by_key[peer.public_key] = peer
         return peer
+
+    def _put_entry(self, entry: roster_db.RosterEntry) -> None:
+        """Set a device's roster entry; a pending one keeps its place among the strangers."""
+        self._roster[entry.device_id] = entry
+        if entry.state == "pending":
+            self._strangers.setdefault(entry.device_id)
+        else:
+            self._strangers.pop(entry.device_id, None)
+
+    def _pop_entry(self, device_id: str) -> None:
+        """Take a device out of the roster, its unsaved change too (the saved one is the
+        caller's to delete)."""
+        self._roster.pop(device_id, None)
+        self._strangers.pop(device_id, None)
+        self._unsaved.pop(device_id, None)
+
+    def _room_for_stranger(self) -> bool:
+        """Whether a new stranger's pending entry fits (under MAX_STRANGERS, else once the
+        stranger seen longest ago that is not present is forgotten)."""
+        if len(self._strangers) < MAX_STRANGERS or self._forget_stranger():
+            return True
+        self.dropped["strangers_full"] += 1
+        return False
+
+    def _forget_stranger(self) -> bool:
+        """Forget the stranger seen longest ago that is not present (its pending entry, here
+        and, with the next batch, in the database; its table entry); False when every stranger
+        is present. An approved or denied device is never forgotten for another."""
+        for device_id in self._strangers:
+            peer = self._peers.get(device_id)
+            if peer is None or not peer.present:
+                break
+        else:
+            return False
+        self._unsaved_removals.append(self._roster[device_id])
+        self._pop_entry(device_id)
+        if peer is not None:
+            self._drop_peer(peer)
+        self.dropped["strangers_forgotten"] += 1
+        return True
 
     def _drop_peer(self, peer: PeerState) -> None:
         """Forget a peer we keep no roster entry for, all but its opener (kept in memory)."""
@@ -648,12 +704,15 @@ class Peers:
         if self.closed:
             if first and self._closed_out(peer):
                 self._drop(peer, REJECTED_NON_MEMBER)
-        elif peer.device_id not in self._roster:
+        elif peer.device_id not in self._roster and (
+            self.auto_approve or self._room_for_stranger()
+        ):
             state = "approved" if self.auto_approve else "pending"
             entry = attrs.evolve(
                 self._roster_entry(peer.device_id, state, hello.label), role=hello.role
             )
-            self._roster[peer.device_id] = self._unsaved[peer.device_id] = entry
+            self._put_entry(entry)
+            self._unsaved[peer.device_id] = entry
             if state == "approved":
                 self._publish("peer_approved", peer, auto=True)
                 approved_now = True
@@ -681,7 +740,8 @@ class Peers:
         entry = self._roster.get(peer.device_id)
         if entry is not None and entry.role != role:
             entry = attrs.evolve(entry, role=role)
-            self._roster[peer.device_id] = self._unsaved[peer.device_id] = entry
+            self._put_entry(entry)
+            self._unsaved[peer.device_id] = entry
 
     def _set_peer_capabilities(
         self, peer: PeerState, capabilities: Capabilities, *, announce: bool = True
@@ -755,9 +815,14 @@ class Peers:
             )
         if device_id == self.identity.device_id:
             raise OpError(ErrorCode.INVALID_PARAMS, "that is this daemon's own device id")
+        if not is_usable_device_id(device_id):
+            raise OpError(ErrorCode.INVALID_PARAMS, f"not a usable device id: {device_id!r}")
         peer = self._peer(device_id)
         if peer is None:
-            raise OpError(ErrorCode.INVALID_PARAMS, f"not a usable device id: {device_id!r}")
+            raise OpError(
+                ErrorCode.UNAVAILABLE,
+                f"peer table full ({MAX_PEERS}) in {self.network}: remove a roster entry first",
+            )
         await self._store_roster(device_id, state, label)
         if state == "approved":
             self._publish("peer_approved", peer)
@@ -781,29 +846,35 @@ class Peers:
         )
 
     async def _store_roster(self, device_id: str, state: str, label: str | None) -> None:
-        """Save an operator's roster change (with any unsaved auto-approvals), then apply it."""
+        """Save an operator's roster change (with the roster changes held), then apply it."""
         entry = self._roster_entry(device_id, state, label)
-        await self._save_roster([*self._unsaved.values(), entry])
+        await self._save_roster([*self._unsaved.values(), entry], self._unsaved_removals)
         self._unsaved.clear()
-        self._roster[device_id] = entry
+        self._unsaved_removals = []
+        self._put_entry(entry)
 
     async def save_unsaved(self) -> None:
-        """Save the auto-approvals and roles heard since the last save, in one transaction.
-        Both come again (auto_approve, the next hello), so a failed save is counted and
-        logged, not fatal."""
-        if not self._unsaved:
+        """Save the auto-approvals, roles and forgotten strangers held since the last save, in
+        one transaction. They come again (auto_approve, the next hello, the next load trims
+        the strangers), so a failed save is counted and logged, not fatal."""
+        if not self._unsaved and not self._unsaved_removals:
             return
-        entries = list(self._unsaved.values())
+        entries, removals = list(self._unsaved.values()), self._unsaved_removals
         try:
-            await self._save_roster(entries)
+            await self._save_roster(entries, removals)
         except Exception as exc:
-            self.dropped["roster_unsaved"] += len(entries)
-            log.warning("auto-approvals not saved", network=self.network, error=str(exc))
-        self._unsaved.clear()  # not reached when cancelled: the stopping actor saves them
+            self.dropped["roster_unsaved"] += len(entries) + len(removals)
+            log.warning("roster changes not saved", network=self.network, error=str(exc))
+        # not reached when cancelled: the stopping actor saves them
+        self._unsaved.clear()
+        self._unsaved_removals = []
 
-    async def _save_roster(self, entries: list[roster_db.RosterEntry]) -> None:
+    async def _save_roster(
+        self, entries: list[roster_db.RosterEntry], removals: list[roster_db.RosterEntry]
+    ) -> None:
         await self.store.call(
-            functools.partial(roster_db.save_roster, entries=entries), what="save roster entries"
+            functools.partial(roster_db.save_roster, entries=entries, removals=removals),
+            what="save roster entries",
         )
 
     # -- status, phase, events, views --------------------------------------------------------

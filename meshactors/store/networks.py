@@ -89,9 +89,16 @@ def set_roster_state(
     )
 
 
-def save_roster(conn: sqlite3.Connection, entries: Sequence[RosterEntry]) -> None:
-    """Record several devices' states in one transaction (as set_roster_state does each)."""
+def save_roster(
+    conn: sqlite3.Connection,
+    entries: Sequence[RosterEntry],
+    removals: Sequence[RosterEntry] = (),
+) -> None:
+    """Forget the devices of `removals`, then record several devices' states (as
+    set_roster_state does each), in one transaction: one forgotten and seen again is kept."""
     with immediate(conn):
+        for gone in removals:
+            remove_roster(conn, gone.network, gone.device_id)
         for entry in entries:
             set_roster_state(
                 conn,
