@@ -526,27 +526,36 @@ class Peers:
 
     # -- presence and frames ------------------------------------------------------------------
 
-    def _peer(self, device_id: str) -> PeerState | None:
-        """The peer's state, created on first sight (a full table forgets strangers not present
-        to make room); None for a bad id or a table full of others."""
+    def _peer(self, device_id: str, crypto: PeerCrypto | None = None) -> PeerState | None:
+        """The peer's state, created on first sight (with `crypto` if the caller built it; a
+        full table forgets strangers not present to make room); None for a bad id or a table
+        full of others."""
         peer = self._peers.get(device_id)
         if peer is not None:
             return peer
         while len(self._peers) >= MAX_PEERS:
             if not self._forget_stranger():
                 self.dropped["table_full"] += 1
+                if crypto is not None:
+                    self.replay_memory.keep(device_id, crypto.opener)
                 return None
-        try:
-            crypto = PeerCrypto.for_peer(
-                self.identity.signing_key, device_id, self.replay_memory.take(device_id)
-            )
-        except InvalidDeviceId:
-            self.dropped["bad_sender"] += 1
+        if crypto is None and (crypto := self._crypto(device_id)) is None:
             return None
         peer = PeerState(device_id, public_key_from_device_id(device_id), crypto)
         self._peers[device_id] = peer
         self._by_key[peer.public_key] = peer
         return peer
+
+    def _crypto(self, device_id: str) -> PeerCrypto | None:
+        """Sealing state for a device the table does not hold (its opener, if it was let go);
+        None (counted) for an id that is no usable key."""
+        try:
+            return PeerCrypto.for_peer(
+                self.identity.signing_key, device_id, self.replay_memory.take(device_id)
+            )
+        except InvalidDeviceId:
+            self.dropped["bad_sender"] += 1
+            return None
 
     def _put_entry(self, entry: roster_db.RosterEntry) -> None:
         """Set a device's roster entry; a pending one keeps its place among the strangers."""
@@ -614,25 +623,33 @@ class Peers:
             self._drop_peer(peer)
 
     async def _on_record(self, public_key: bytes, sealed: bytes) -> None:
+        """Open and decode one record. A sender the table does not hold enters it only once its
+        frame did both, so a broker's junk from made-up keys makes no entry."""
         peer = self._by_key.get(public_key)
-        if peer is None:
+        if peer is not None:
+            device_id, crypto = peer.device_id, peer.crypto
+        else:
             try:
-                peer = self._peer(device_id_from_public_key(public_key))
+                device_id = device_id_from_public_key(public_key)
             except InvalidDeviceId:
                 self.dropped["bad_sender"] += 1
                 return
-            if peer is None:
+            if (newcomer := self._crypto(device_id)) is None:
                 return
+            crypto = newcomer
         try:
-            frame = decode_frame(peer.crypto.open(sealed))
-        except FrameRejected as rejected:
-            self._reject(peer, rejected.reason)
-            return
-        except BadPeerFrame as bad:
+            frame: Frame | IncompatiblePeer = decode_frame(crypto.open(sealed))
+        except (FrameRejected, BadPeerFrame) as bad:
+            if peer is None:  # no entry made: its opener waits in memory, as a let-go peer's
+                self.replay_memory.keep(device_id, crypto.opener)
             self._reject(peer, bad.reason)
             return
         except IncompatiblePeer as skew:
-            await self._on_incompatible(peer, str(skew))
+            frame = skew
+        if peer is None and (peer := self._peer(device_id, crypto)) is None:
+            return  # a table full of others
+        if isinstance(frame, IncompatiblePeer):
+            await self._on_incompatible(peer, str(frame))
             return
         peer.last_seen_ms = wall_ms()
         if frame.app and peer.status is PeerStatus.ACTIVE:
@@ -646,12 +663,16 @@ class Peers:
         peer.dropped[reason] += 1
         self.dropped[reason] += 1
 
-    def _reject(self, peer: PeerState, reason: str) -> None:
+    def _reject(self, peer: PeerState | None, reason: str) -> None:
         """Count a bad frame (it failed to open or to decode: no handler saw it) as dropped and
         rejected, and tell subscribers by a `peer_frame_rejected` event at most every
-        REJECT_EVENT_INTERVAL per peer."""
-        self._drop(peer, reason)
+        REJECT_EVENT_INTERVAL per peer; one from a sender the table does not hold (None) is
+        counted per network only."""
         self.rejected_frames += 1
+        if peer is None:
+            self.dropped[reason] += 1
+            return
+        self._drop(peer, reason)
         report = peer.rejected.count(reason, trio.current_time())
         if report is not None:
             self._publish("peer_frame_rejected", peer, **report)
