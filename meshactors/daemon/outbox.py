@@ -380,6 +380,7 @@ class Outbox(Actor):
             "duplicates": self.counts["duplicates"],
             "dropped": self.counts["dropped"],
             "acks_unsent": self.counts["acks_unsent"],
+            "stray_acks": self.counts["stray_acks"],
             "redue": self.counts["redue"],
             "backoffs_cut": self.counts["backoffs_cut"],
             "pruned": self.counts["pruned"],
@@ -671,6 +672,7 @@ class Outbox(Actor):
                     key = (item.outbox_id, item.recipient)
                     if status == "already_done" and redo and key not in told:
                         status = "done"  # maybe the call a crash cut off finished it: not told
+                    self.counts["stray_acks"] += status == "gone"  # no such delivery to it
                     if status != "done":
                         continue  # a repeated ack (its delivery was told already) or a pruned row
                     told.add(key)

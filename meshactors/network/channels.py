@@ -413,11 +413,14 @@ class Channels:
         return True
 
     def _on_ack(self, sender: str, frame: Frame) -> None:
+        """A peer took a reliable message of ours; an ack for none sent to it is counted."""
         assert isinstance(frame, ChanAck)
         reliable = self._reliable.get(frame.ack)
-        if reliable is not None and reliable.peer == sender:
-            reliable.subscribers, reliable.acknowledged = frame.subscribers, True
-            self._settle(reliable)
+        if reliable is None or reliable.peer != sender:
+            self.counters["stray_acks"] += 1
+            return
+        reliable.subscribers, reliable.acknowledged = frame.subscribers, True
+        self._settle(reliable)
 
     def _head(self, sender: str, channel: str) -> dict[str, Any]:
         """The fields every message event of `sender` on `channel` begins with."""

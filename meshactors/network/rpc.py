@@ -464,16 +464,22 @@ class Rpc:
             call.flow.wake()
 
     def _on_cancel(self, sender: str, frame: Frame) -> None:
+        """A caller gave up one of its calls served here; one for no such call is counted."""
         assert isinstance(frame, RpcCancel)
         call = self._inbound.from_caller(sender, frame.id)
-        if call is not None:
-            self._drop_inbound(call, frame.reason[:64])
+        if call is None:
+            self.counters["stray_cancels"] += 1
+            return
+        self._drop_inbound(call, frame.reason[:64])
 
     def _on_credit(self, sender: str, frame: Frame) -> None:
+        """A caller took chunks of a stream served here; one for no such stream is counted."""
         assert isinstance(frame, RpcCredit)
         call = self._inbound.from_caller(sender, frame.id)
-        if call is not None and call.flow is not None:
-            call.flow.grant(frame.n)
+        if call is None or call.flow is None:
+            self.counters["stray_credits"] += 1
+            return
+        call.flow.grant(frame.n)
 
     def has_inbound(self, request_id: str) -> bool:
         """Whether a call served here has this id."""
