@@ -39,6 +39,9 @@ NOTICE_RATE_PER_S: Final = 10.0  # undeliverable notices per connection, sustain
 NOTICE_BURST: Final = 20  # undeliverable notices per connection, burst
 CLUSTER_HEARTBEAT_S: Final = 2.0  # a clustered broker renews its presence this often...
 CLUSTER_TTL_S: Final = 8.0  # ...which lapses this long after its last beat (then reaped)
+# the longest a broker's timeout or cluster period (--handshake-timeout, --admission-timeout,
+# --cluster-heartbeat, --cluster-ttl) may be set to: a day
+MAX_PERIOD_S: Final = 86_400.0
 CLUSTER_FORWARD_QUEUE: Final = 8192  # envelopes for other brokers waiting; full: senders wait
 
 

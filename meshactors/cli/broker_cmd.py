@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
-from meshactors.broker.limits import BrokerConfig
+from meshactors.broker.limits import MAX_PERIOD_S, BrokerConfig
 from meshactors.cli.common import EXIT_STARTUP, EXIT_USAGE, fail
+from meshactors.cli.settings import seconds_flag
 from meshactors.daemon.broker_actor import parse_listen
 from meshactors.listen import ListenError
 from meshactors.logs import configure_logging, redacted_url
@@ -31,11 +32,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument(
         "--listen", default=DEFAULT_LISTEN, help="HOST:PORT (port 0: any free; default %(default)s)"
     )
+    seconds = seconds_flag(MAX_PERIOD_S)  # each time below: more than 0, at most a day
     parser.add_argument("--max-peers", type=int, default=None, help="daemons per network")
     parser.add_argument("--max-message-bytes", type=int, default=None)
     parser.add_argument(
         "--handshake-timeout",
-        type=float,
+        type=seconds,
         default=None,
         metavar="SECONDS",
         help="for the upgrade, and again for the hello; default 10",
@@ -44,14 +46,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--cluster", default=None, metavar="URL", help="redis://HOST:PORT/DB shared by the brokers"
     )
     parser.add_argument(
-        "--cluster-heartbeat", type=float, default=None, metavar="SECONDS", help="default 2"
+        "--cluster-heartbeat", type=seconds, default=None, metavar="SECONDS", help="default 2"
     )
     parser.add_argument(
-        "--cluster-ttl", type=float, default=None, metavar="SECONDS", help="default 8"
+        "--cluster-ttl", type=seconds, default=None, metavar="SECONDS", help="default 8"
     )
     parser.add_argument(
         "--admission-timeout",
-        type=float,
+        type=seconds,
         default=None,
         metavar="SECONDS",
         help="for Redis's answer to a hello; default 5",

@@ -19,7 +19,9 @@ from meshactors.cli.common import (
     parse_json_arg,
 )
 from meshactors.cli.devices import resolve_device
+from meshactors.cli.settings import milliseconds_flag
 from meshactors.client import ClientError
+from meshactors.network.channels import MAX_TTL_MS
 
 CHANNEL_SEND_WORDS = "CHANNEL PAYLOAD"  # `channel send`'s free words
 SUBSCRIBE_WORDS = "CHANNEL"  # `channel subscribe`'s
@@ -44,10 +46,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     send.add_argument(
         "--ttl",
-        type=float,
+        type=milliseconds_flag(MAX_TTL_MS),
         default=None,
+        dest="ttl_ms",
         metavar="SECONDS",
-        help=f"with --reliable: how long it keeps resending (default {RELIABLE_TTL_S:g})",
+        help=f"with --reliable: how long it keeps resending (default {RELIABLE_TTL_S:g}, "
+        f"at most {MAX_TTL_MS / 1000:g})",
     )
     send.set_defaults(run=run_send)
     sub = channel.add_parser(
@@ -61,7 +65,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def run_send(args: argparse.Namespace) -> int:
     if args.reliable and (args.to is None or args.retain):
         fail("--reliable goes to one peer: give --to PEER (and no --retain)", EXIT_USAGE)
-    if args.ttl is not None and not args.reliable:
+    if args.ttl_ms is not None and not args.reliable:
         fail("--ttl is how long --reliable resends: give --reliable too", EXIT_USAGE)
     words = free_words(args, "channel send", CHANNEL_SEND_WORDS, "quote a payload with spaces")
     network = network_of(args)
@@ -72,7 +76,7 @@ def run_send(args: argparse.Namespace) -> int:
     }
     if args.reliable:
         peer = resolve_device(args, args.to, network)
-        ttl_ms = max(1, round((RELIABLE_TTL_S if args.ttl is None else args.ttl) * 1000))
+        ttl_ms = round(RELIABLE_TTL_S * 1000) if args.ttl_ms is None else args.ttl_ms
         answer = call(args, "channel_send_reliable", peer=peer, ttl_ms=ttl_ms, **params)
         print(json.dumps(answer))
         return 0

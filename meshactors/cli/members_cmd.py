@@ -7,6 +7,8 @@ from typing import Any
 
 from meshactors.cli.common import call, network_of, network_option, print_json, report
 from meshactors.cli.devices import resolve_device
+from meshactors.cli.settings import seconds_flag
+from meshactors.membership.part import MAX_TTL_S
 
 ROLES = ("owner", "admin", "member")
 
@@ -35,7 +37,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     network_option(invite)
     invite.add_argument("--role", choices=ROLES, default="member", help="default %(default)s")
     invite.add_argument(
-        "--ttl", type=float, default=24 * 3600.0, help="seconds it holds (default %(default)g)"
+        "--ttl",
+        type=seconds_flag(MAX_TTL_S),
+        default=24 * 3600.0,
+        metavar="SECONDS",
+        help=f"it holds (default %(default)g, at most {MAX_TTL_S})",
     )
     invite.add_argument(
         "--uses", type=int, default=1, help="devices it admits (default %(default)s)"

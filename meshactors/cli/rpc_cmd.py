@@ -27,7 +27,9 @@ from meshactors.cli.common import (
 )
 from meshactors.cli.devices import resolve_device
 from meshactors.cli.served import run_command, serve_until_stopped, served_command, stream_command
+from meshactors.cli.settings import milliseconds_flag, seconds_flag
 from meshactors.client import ClientError, MeshClient, RequestContext, SyncClient
+from meshactors.network.rpc import MAX_TIMEOUT_MS
 
 SERVE_COMMAND_TIMEOUT = 30.0  # seconds a served command may run before it is killed (default)
 CALL_WORDS = "PEER METHOD [PAYLOAD]"  # `rpc call`'s free words
@@ -50,7 +52,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "PAYLOAD: JSON (default null)",
     )
     call.add_argument("--stream", action="store_true", help="print each chunk on its own line")
-    call.add_argument("--timeout", type=float, default=None, help="seconds (daemon default 30)")
+    call.add_argument(
+        "--timeout",
+        type=milliseconds_flag(MAX_TIMEOUT_MS),
+        default=None,
+        dest="timeout_ms",
+        metavar="SECONDS",
+        help=f"daemon default 30, at most {MAX_TIMEOUT_MS / 1000:g}",
+    )
     call.set_defaults(run=run_call)
     serve = rpc.add_parser(
         "serve", help="serve METHOD: run CMD per call, payload JSON on stdin, stdout answers"
@@ -59,9 +68,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument("method")
     serve.add_argument(
         "--timeout",
-        type=float,
+        type=seconds_flag(MAX_TIMEOUT_MS / 1000),
         default=SERVE_COMMAND_TIMEOUT,
-        help="seconds CMD may run per call (default %(default)g)",
+        metavar="SECONDS",
+        help="seconds CMD may run per call (default %(default)g; at most a call's longest "
+        f"deadline, {MAX_TIMEOUT_MS / 1000:g})",
     )
     serve.add_argument(
         "--stream", action="store_true", help="each line CMD writes answers as one stream chunk"
@@ -80,8 +91,8 @@ def run_call(args: argparse.Namespace) -> int:
         "method": method,
         "payload": payload,
     }
-    if args.timeout is not None:
-        params["timeout_ms"] = max(1, round(args.timeout * 1000))
+    if args.timeout_ms is not None:
+        params["timeout_ms"] = args.timeout_ms
     with connect(args) as client:
         client.sock.settimeout(None)  # the daemon enforces the call's deadline
         request_id: str | None = None

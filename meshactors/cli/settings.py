@@ -1,5 +1,6 @@
 """`daemon.toml`: the daemon's start-up settings, read from the config directory (or
 `--config PATH`), each overridden by its `daemon up` flag; one table says which key is which flag.
+Its checks of a number also make the argparse types of every command's flags in seconds.
 """
 
 from __future__ import annotations
@@ -67,13 +68,17 @@ def _flag(value: Any) -> bool:
     return value
 
 
-def _number_up_to(upper: float) -> Callable[[Any], float]:
-    """A parser of a number greater than 0 and at most `upper` (so never inf or nan, which
-    the durable settings would turn into integers and crash on)."""
+def _number_up_to(upper: float, *, least: float | None = None) -> Callable[[Any], float]:
+    """A parser of a number greater than 0 (or at least `least`) and at most `upper` (so
+    never inf or nan, which the durable settings would turn into integers and crash on)."""
+    expected = (
+        f"greater than 0 and at most {upper:g}" if least is None else f"from {least:g} to {upper:g}"
+    )
 
     def parse(value: Any) -> float:
-        if type(value) not in (int, float) or not 0 < value <= upper:
-            raise ValueError(f"expected a number greater than 0 and at most {upper:g}")
+        number = type(value) in (int, float)
+        if not number or not (value > 0 if least is None else value >= least) or value > upper:
+            raise ValueError(f"expected a number {expected}")
         return float(value)
 
     return parse
@@ -99,6 +104,23 @@ def flag_type(parse: Callable[[Any], float]) -> Callable[[str], float]:
             return parse(number)
         except ValueError as bad:
             raise argparse.ArgumentTypeError(str(bad)) from None
+
+    return from_text
+
+
+def seconds_flag(upper: float) -> Callable[[str], float]:
+    """An argparse `type` of a flag in seconds, greater than 0 and at most `upper`: nan, inf
+    or a negative is a usage error, as in daemon.toml."""
+    return flag_type(_number_up_to(upper))
+
+
+def milliseconds_flag(max_ms: int) -> Callable[[str], int]:
+    """An argparse `type` of a flag in seconds that the daemon takes in whole ms: the ms, from
+    1 to `max_ms` (less than 1 ms is a usage error, never rounded up to 1 ms)."""
+    seconds = flag_type(_number_up_to(max_ms / 1000, least=0.001))
+
+    def from_text(text: str) -> int:
+        return round(seconds(text) * 1000)
 
     return from_text
 

@@ -26,8 +26,10 @@ from meshactors.cli.served import (
     serve_until_stopped,
     served_command,
 )
+from meshactors.cli.settings import milliseconds_flag
 from meshactors.client import BinaryStream, ClientError, MeshClient
 from meshactors.exception_groups import first_leaf
+from meshactors.network.rpc import MAX_TIMEOUT_MS
 
 COPY_BYTES = 256 * 1024  # bytes read from stdin or a command's stdout per write to the stream
 
@@ -48,7 +50,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="PEER: a device id, 8+ characters of it or a label; "
         "NETWORK: as -n/--network (default: the only joined one)",
     )
-    send.add_argument("--timeout", type=float, default=None, help="seconds to wait for accept")
+    send.add_argument(
+        "--timeout",
+        type=milliseconds_flag(MAX_TIMEOUT_MS),
+        default=None,
+        dest="timeout_ms",
+        metavar="SECONDS",
+        help=f"to wait for accept (default 30, at most {MAX_TIMEOUT_MS / 1000:g})",
+    )
     send.set_defaults(run=run_send)
     serve = stream.add_parser(
         "serve", help="serve METHOD: run CMD per stream, its stdin and stdout the stream's bytes"
@@ -79,10 +88,9 @@ async def drain(stream: BinaryStream, sink: trio.abc.SendStream) -> bool:
 def run_send(args: argparse.Namespace) -> int:
     peer, method = words_after_network(args, args.words, 2)
     peer = resolve_device(args, peer, args.network)
-    timeout_ms = None if args.timeout is None else max(1, round(args.timeout * 1000))
     try:
         try:
-            trio.run(_send, args, peer, method, timeout_ms)
+            trio.run(_send, args, peer, method, args.timeout_ms)
         except* KeyboardInterrupt:  # Ctrl-C: closing the stream resets it for the other end
             pass
     except ClientError as exc:
