@@ -31,7 +31,30 @@ def resolve_device(args: argparse.Namespace, text: str, network: str | None = No
         return text
     network = network or network_of(args)
     me = call(args, "status")
-    known = _known_devices(args, network, me)
+    return _one_named(text, _known_devices(args, network, me), me, [network])
+
+
+def resolve_device_anywhere(args: argparse.Namespace, text: str) -> str:
+    """The one device id `text` names in any joined network, for a command that covers them
+    all (`inbox` without -n): a device known in several is still one id; a name meaning
+    different devices exits 2 listing them, as `resolve_device` does within one network."""
+    if is_device_id(text):
+        return text
+    me = call(args, "status")
+    networks = [str(n["id"]) for n in me["networks"]]
+    known: dict[str, set[str]] = {}
+    for network in networks:
+        for device_id, labels in _known_devices(args, network, me).items():
+            known.setdefault(device_id, set()).update(labels)
+    return _one_named(text, known, me, networks)
+
+
+def _one_named(
+    text: str, known: dict[str, set[str]], me: dict[str, Any], networks: list[str]
+) -> str:
+    """The one device of `known` (searched in `networks`) that `text` names, by label (this
+    daemon's own first) or else by prefix; exits 2 or 6 as `resolve_device` says."""
+    where = networks[0] if len(networks) == 1 else "the joined networks"
     by_label = {d for d, labels in known.items() if text in labels}
     if me["device_id"] in by_label:
         by_label = {me["device_id"]}
@@ -41,14 +64,15 @@ def resolve_device(args: argparse.Namespace, text: str, network: str | None = No
         return matches[0]
     if matches:
         listed = ", ".join(_described(d, known[d]) for d in matches)
-        fail(f"{text!r} names several devices in {network}: {listed}", EXIT_USAGE, "ambiguous")
-    if any(n["id"] == network and eviction(n) is not None for n in me["networks"]):
+        fail(f"{text!r} names several devices in {where}: {listed}", EXIT_USAGE, "ambiguous")
+    evicted = {str(n["id"]) for n in me["networks"] if eviction(n) is not None}
+    if networks and evicted.issuperset(networks):
         # its peers are gone with its link, labels too: say why, as an op given an id does
-        fail(f"this device was evicted from {network}", EXIT_NOT_FOUND, "no_such_peer")
+        fail(f"this device was evicted from {where}", EXIT_NOT_FOUND, "no_such_peer")
     if len(text) < MIN_PREFIX:
         hint = f"give a device id, its first {MIN_PREFIX}+ characters, or a label"
-        fail(f"{text!r} is no label in {network}; {hint}", EXIT_NOT_FOUND, "no_such_peer")
-    fail(f"no device in {network} matches {text!r}", EXIT_NOT_FOUND, "no_such_peer")
+        fail(f"{text!r} is no label in {where}; {hint}", EXIT_NOT_FOUND, "no_such_peer")
+    fail(f"no device in {where} matches {text!r}", EXIT_NOT_FOUND, "no_such_peer")
 
 
 def _known_devices(

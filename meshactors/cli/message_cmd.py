@@ -19,7 +19,7 @@ from meshactors.cli.common import (
     print_json,
     report,
 )
-from meshactors.cli.devices import resolve_device
+from meshactors.cli.devices import resolve_device, resolve_device_anywhere
 
 STATUS_FLAGS = ("pending", "inflight", "done", "dead", "aborted")  # outbox list filters
 SEND_WORDS = "TO MESSAGE"  # `send`'s free words
@@ -99,7 +99,12 @@ def run_send(args: argparse.Namespace) -> int:
 
 
 def run_inbox(args: argparse.Namespace) -> int:
-    sender = None if args.sender is None else resolve_device(args, args.sender)
+    if args.sender is None:
+        sender = None
+    elif args.network is None:  # every network's inbox: the sender may be in any of them
+        sender = resolve_device_anywhere(args, args.sender)
+    else:
+        sender = resolve_device(args, args.sender)
     answer = _call_given(
         args,
         "inbox",

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import trio
 
+from meshactors.cli.common import EXIT_USAGE
 from tests.network.appclient import AppClient
-from tests.network.conftest import NET, Mesh, run_cli
+from tests.network.conftest import NET, Daemon, Mesh, run_cli
 from tests.network.test_rpc import serve_once
+
+NET_TOO = "net2"  # a second network both a and b join
 
 
 async def test_our_own_label_names_this_device_though_a_peer_announces_it_too(
@@ -22,3 +27,44 @@ async def test_our_own_label_names_this_device_though_a_peer_announces_it_too(
     nursery.start_soon(serve_once, server, "upper", "HI")
     done = await run_cli(home, "rpc", "call", "-n", NET, "me", "upper", '"hi"')
     assert (done.returncode, done.stdout) == (0, b'"HI"\n'), done.stderr.decode()
+
+
+async def _joined_both(a: Daemon, b: Daemon, network_id: str) -> None:
+    """a and b approve each other in `network_id` (joined already) and see each other active."""
+    await a.call("roster_approve", network=network_id, device_id=b.device_id)
+    await b.call("roster_approve", network=network_id, device_id=a.device_id)
+    await a.wait_event("peer_active", network=network_id, device_id=b.device_id)
+    await b.wait_event("peer_active", network=network_id, device_id=a.device_id)
+
+
+async def test_inbox_from_a_label_or_prefix_without_n_covers_every_network(mesh: Mesh) -> None:
+    a, b = await mesh.daemon("a", label="alice"), await mesh.daemon("b", label="bob")
+    for network_id in (NET, NET_TOO):
+        await a.join(mesh.url, network_id)
+        await b.join(mesh.url, network_id)
+        await _joined_both(a, b, network_id)
+        key = f"hello-{network_id}"
+        await a.call("send", network=network_id, to=b.device_id, message=key, client_message_id=key)
+        await b.wait_event("message", client_message_id=key)
+
+    for name in ("alice", a.device_id[:12]):
+        listed = await run_cli(b, "inbox", "--from", name, "--json")
+        assert listed.returncode == 0, listed.stderr.decode()
+        messages = json.loads(listed.stdout)["messages"]
+        assert sorted((m["network"], m["from"]) for m in messages) == [
+            (NET, a.device_id),
+            (NET_TOO, a.device_id),
+        ]
+
+    # carol announces alice's label in net2 only: without -n the name means two devices
+    carol = await mesh.daemon("c", label="alice")
+    await carol.join(mesh.url, NET_TOO)
+    await _joined_both(b, carol, NET_TOO)
+    twice = await run_cli(b, "inbox", "--from", "alice")
+    assert twice.returncode == EXIT_USAGE, twice.stderr.decode()
+    stderr = twice.stderr.decode()
+    assert "names several devices in the joined networks" in stderr
+    assert a.device_id in stderr and carol.device_id in stderr
+    in_net = await run_cli(b, "inbox", "-n", NET, "--from", "alice", "--json")
+    assert in_net.returncode == 0, in_net.stderr.decode()
+    assert [m["network"] for m in json.loads(in_net.stdout)["messages"]] == [NET]
