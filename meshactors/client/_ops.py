@@ -372,9 +372,12 @@ class Ops(abc.ABC):
             | params(**{"from": sender}),
         )
 
-    async def outbox_list(self, *, limit: int, status: str | None = None) -> Data:
-        """Queued durable messages, optionally only those in one status."""
-        return await self.call("outbox_list", params(status=status, limit=limit))
+    async def outbox_list(
+        self, *, limit: int, status: str | None = None, network: str | None = None
+    ) -> Data:
+        """Queued durable messages, newest first, optionally only those in one status or one
+        network (without it: every network's, a left one's kept rows included)."""
+        return await self.call("outbox_list", params(status=status, network=network, limit=limit))
 
     async def outbox_requeue(self, id: str, new_client_message_id: str | None = None) -> Data:
         """Send a dead message again as a new row, superseding the old one; a row still being

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from nacl.signing import SigningKey
 
 from meshactors.client import (
     ClientError,
@@ -24,8 +25,9 @@ from meshactors.client import (
 from meshactors.store import events as event_log
 from meshactors.store.db import open_database
 from meshactors.store.events import Event
+from meshactors.wire.device_id import device_id_from_public_key
 from meshactors.wire.ipc import MAX_CONCURRENT_REQUESTS
-from tests.client.conftest import LocalDaemon
+from tests.client.conftest import NETWORK, LocalDaemon
 from tests.support import publish
 
 
@@ -299,3 +301,17 @@ async def test_a_call_with_no_time_left_hits_its_deadline(
             await client.call("status", timeout=timeout)
         assert failure.value.code == "deadline"
         assert (await client.status())["device_id"]  # the client is still fine
+
+
+async def test_outbox_list_names_the_network_the_op_takes(running: LocalDaemon) -> None:
+    wan = {"id": "wan", "brokers": ["ws://127.0.0.1:9/v1"]}
+    async with MeshClient(running.paths.socket) as client:
+        await client.ensure_networks([NETWORK, wan])
+        away = device_id_from_public_key(bytes(SigningKey.generate().verify_key))
+        for network in ("lan", "wan"):
+            await client.send(network, away, f"to {network}", client_message_id=network)
+        for network in ("lan", "wan"):
+            rows = (await client.outbox_list(limit=10, network=network))["rows"]
+            assert [row["client_message_id"] for row in rows] == [network]
+        every = (await client.outbox_list(limit=10))["rows"]
+        assert sorted(row["network"] for row in every) == ["lan", "wan"]
