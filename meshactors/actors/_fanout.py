@@ -37,34 +37,39 @@ class Subscriber(Generic[T]):
     reported once the reader has read everything before them. With `max_bytes`, the items'
     `size` counts too: an item that would take the queued bytes past it is skipped like one
     that finds the queue full, unless the queue holds none (so an item larger than the bound
-    still gets through, alone)."""
+    still gets through, alone). An item offered `reserved` (an end its reader waits on) is
+    never skipped by those bounds: it may take the queue up to `reserve` items past
+    `capacity`, whatever their bytes, and only one that finds even those taken is skipped, and
+    sets `overflowed`, as the reader can no longer be trusted to learn what ended."""
 
     capacity: int = DEFAULT_SUBSCRIBER_CAPACITY
-    # items and the markers before them: at most one marker per item, so twice `capacity`
+    # items and the markers before them: at most one marker per item, so twice the items
     _sender: trio.MemorySendChannel[tuple[T | Lagged, int]] = attrs.field(init=False)
     _receiver: trio.MemoryReceiveChannel[tuple[T | Lagged, int]] = attrs.field(init=False)
     lag_limit: int | None = None  # skipped items after which `overflowed` is set
-    overflowed: trio.Event = attrs.field(factory=trio.Event)
+    overflowed: trio.Event = attrs.field(factory=trio.Event)  # or a reserved item was skipped
     skipped_total: int = 0
     _skipped_unreported: int = 0  # skipped since the last item queued: in no marker yet
     max_bytes: int | None = None  # queued bytes (by `size`) past which it lags; None: no bound
     size: Callable[[T], int] | None = None  # an item's bytes, when `max_bytes` is set
     queued: int = attrs.field(default=0, init=False)  # items waiting to be read (not markers)
     queued_bytes: int = 0  # the `size` of the items waiting to be read, each counted once
+    reserve: int = 0  # items offered `reserved` that may be queued past `capacity`
 
     def __attrs_post_init__(self) -> None:
         self._sender, self._receiver = trio.open_memory_channel[tuple[T | Lagged, int]](
-            2 * self.capacity
+            2 * (self.capacity + self.reserve)
         )
         if (self.max_bytes is None) != (self.size is None):
             raise ValueError("a byte bound needs the items' size, and a size a bound")
 
-    def offer(self, item: T) -> bool:
+    def offer(self, item: T, *, reserved: bool = False) -> bool:
         """Queue an item without waiting, behind the marker of any items skipped just before
-        it; False (and counted) when the subscriber is full, in items or in bytes."""
+        it; False (and counted) when the subscriber is full, in items or in bytes (`reserved`:
+        only when its reserve is full too)."""
         size = 0 if self.size is None else self.size(item)
-        if self._refuses(size):
-            return self._skip()
+        if self._refuses(size, reserved):
+            return self._skip(reserved)
         try:
             if self._skipped_unreported:
                 self._sender.send_nowait((Lagged(self._skipped_unreported), 0))
@@ -76,27 +81,33 @@ class Subscriber(Generic[T]):
         self.queued_bytes += size
         return True
 
-    def offer_made(self, make: Callable[[], T], least_size: int = 0) -> bool:
-        """`offer(make())`, but an item the subscriber would skip even at `least_size` bytes
-        (full in items, or its queued bytes plus those past the bound) is not made at all,
-        only counted as skipped, as `offer` would count it: so a reader that stopped reading
-        does not cost the publisher the making (say, encoding) of every item it misses.
-        `least_size` must not exceed the made item's `size`."""
-        if self._refuses(least_size):
-            return self._skip()
-        return self.offer(make())
+    def offer_made(
+        self, make: Callable[[], T], least_size: int = 0, *, reserved: bool = False
+    ) -> bool:
+        """`offer(make(), reserved=reserved)`, but an item the subscriber would skip even at
+        `least_size` bytes (full in items, or its queued bytes plus those past the bound) is
+        not made at all, only counted as skipped, as `offer` would count it: so a reader that
+        stopped reading does not cost the publisher the making (say, encoding) of every item
+        it misses. `least_size` must not exceed the made item's `size`."""
+        if self._refuses(least_size, reserved):
+            return self._skip(reserved)
+        return self.offer(make(), reserved=reserved)
 
-    def _refuses(self, size: int) -> bool:
-        """Whether an item of `size` bytes finds the subscriber full, in items or in bytes."""
+    def _refuses(self, size: int, reserved: bool) -> bool:
+        """Whether an item of `size` bytes finds the subscriber full, in items or in bytes; a
+        `reserved` one only when the reserve past `capacity` is taken too."""
+        if reserved:
+            return self.queued >= self.capacity + self.reserve
         bound = self.max_bytes
         over = bound is not None and self.queued_bytes > 0 and self.queued_bytes + size > bound
         return self.queued >= self.capacity or over  # (an empty queue takes any one item)
 
-    def _skip(self) -> bool:
-        """Count an item that did not fit (the reader learns by a `Lagged` marker); False."""
+    def _skip(self, reserved: bool) -> bool:
+        """Count an item that did not fit (the reader learns by a `Lagged` marker); False. A
+        `reserved` one overflows the subscriber at once: its reader waits on it."""
         self.skipped_total += 1
         self._skipped_unreported += 1
-        if self.lag_limit is not None and self.skipped_total > self.lag_limit:
+        if reserved or (self.lag_limit is not None and self.skipped_total > self.lag_limit):
             self.overflowed.set()
         return False
 

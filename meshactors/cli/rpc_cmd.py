@@ -102,8 +102,7 @@ def run_call(args: argparse.Namespace) -> int:
                 return 0
             request_id = client.call("rpc_call_stream", **params)["request_id"]
             for event in client.events():
-                if event["kind"] == "lagged":  # the stream's next chunks, maybe its end, skipped
-                    _cancel(client, request_id)
+                if event["kind"] == "lagged":  # a chunk skipped: the daemon ended the call
                     fail_with(_lagged(event), "stream failed: ")
                 if event.get("request_id") != request_id:
                     continue
@@ -136,7 +135,7 @@ def _cancel(client: SyncClient, request_id: str | None) -> None:
 def _lagged(notice: dict[str, Any]) -> ClientError:
     """The error a `lagged` notice ends the stream with: the daemon skipped events of this
     connection (its reader fell behind, say on a stdout nobody reads), so the stream has a hole
-    and its end may be among them."""
+    (the daemon's end, `lagged` too, follows the notice)."""
     skipped = notice["skipped"]
     return ClientError("lagged", f"the daemon skipped {skipped} events of this connection")
 

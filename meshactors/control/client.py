@@ -78,6 +78,7 @@ MAX_OUTGOING_BYTES = 32 * 1024 * 1024  # ... and their bytes (one larger frame g
 STALL_TIMEOUT = 30.0  # seconds a frame may wait for room there before the connection is cut
 PUSH_CAPACITY = 4096  # events addressed to this connection, queued before it lags
 MAX_PUSH_BYTES = 16 * 1024 * 1024  # ... and their bytes (one larger event goes alone)
+PUSH_END_RESERVE = 256  # streamed calls' ends queued past both bounds; one more: cut off
 WRITE_BATCH = 256  # frames joined into one socket write
 PUSH_BATCH = 64  # queued events joined into one outgoing frame (a frame's worth)
 PUSH_BATCH_BYTES = 64 * 1024  # ... and their bytes: the joining stops once past this
@@ -149,7 +150,11 @@ class ClientActor(Actor):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         pushes = Subscriber[Push](
-            PUSH_CAPACITY, LAG_DISCONNECT_LIMIT, max_bytes=MAX_PUSH_BYTES, size=len
+            PUSH_CAPACITY,
+            LAG_DISCONNECT_LIMIT,
+            max_bytes=MAX_PUSH_BYTES,
+            size=len,
+            reserve=PUSH_END_RESERVE,
         )
         try:
             async with trio.open_nursery() as nursery:

@@ -53,12 +53,16 @@ class Session:
     _cleanup_keys: set[str] = attrs.field(factory=set)
     _cancellable: dict[RequestId, trio.CancelScope] = attrs.field(factory=dict)
 
-    def push(self, kind: str, data: dict[str, Any]) -> bool:
+    def push(self, kind: str, data: dict[str, Any], *, reserved: bool = False) -> bool:
         """Queue an event addressed to this connection only; never waits (lags when full). It
         is encoded here, in the pusher's task, so the queue counts its real bytes, but only
-        when it may fit: one the queue skips even at its least size is not encoded at all."""
+        when it may fit: one the queue skips even at its least size is not encoded at all.
+        `reserved`: an end the program waits on (a streamed call's), queued even when full,
+        in the queue's reserve (PUSH_END_RESERVE); with that taken too, the connection is cut
+        off, so the program learns every call ended rather than wait for one."""
         frame = {"kind": kind, **data}
-        return self.pushes.offer_made(partial(encode, frame), encoded_size_floor(frame))
+        least = encoded_size_floor(frame)
+        return self.pushes.offer_made(partial(encode, frame), least, reserved=reserved)
 
     def push_frames(self, frames: list[bytes]) -> int:
         """Queue encoded event lines, in order, without waiting; returns how many were taken

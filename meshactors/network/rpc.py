@@ -55,7 +55,7 @@ class RpcClient(Protocol):
 
     client_id: str
 
-    def push(self, kind: str, data: dict[str, Any]) -> bool: ...
+    def push(self, kind: str, data: dict[str, Any], *, reserved: bool = False) -> bool: ...
 
 
 def new_request_id() -> str:
@@ -344,7 +344,8 @@ class Rpc:
         end: dict[str, Any] = {"network": self.network, "request_id": call.id}
         if isinstance(outcome, OpError):
             end["error"] = outcome.to_wire()
-        call.client.push("rpc_call_stream_end", end)
+        # never skipped for lag (the caller waits on it), even when its last chunk just was
+        call.client.push("rpc_call_stream_end", end, reserved=True)
 
     def _caller_side(self, sender: str, request_id: str, *, stream: bool) -> Outbound | None:
         call = self._outbound.get(request_id)

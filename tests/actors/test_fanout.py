@@ -131,3 +131,15 @@ async def test_an_item_refused_at_its_least_size_is_not_made_but_counted_as_skip
     assert made == ["aaaa", "ccccccc", "dd"]  # "e" was not made either
     assert sub.overflowed.is_set()  # 3 skipped in all: refused unmade counts the same
     assert await _read(sub, 4) == ["aaaa", Lagged(2), "dd", Lagged(1)]
+
+
+async def test_a_reserved_item_passes_a_full_queue_behind_its_marker_up_to_the_reserve() -> None:
+    sub = Subscriber[str](1, max_bytes=4, size=len, reserve=2)
+    assert sub.offer("chunk") and not sub.offer("next")  # full: skipped
+    assert sub.offer("end", reserved=True)  # past the items and the bytes, in the reserve
+    assert sub.offer_made(lambda: "fin", 3, reserved=True)
+    assert not sub.overflowed.is_set()
+    assert not sub.offer("more", reserved=True)  # the reserve is taken too: skipped, and
+    assert sub.overflowed.is_set()  # the reader cannot be trusted to learn what ended
+    assert (sub.queued, sub.skipped_total) == (3, 2)
+    assert await _read(sub, 5) == ["chunk", Lagged(1), "end", "fin", Lagged(1)]

@@ -23,14 +23,14 @@ ME = "own-device"
 
 @attrs.define
 class RecordingConnection:
-    """A local connection whose push queue holds `room` more events."""
+    """A local connection whose push queue holds `room` more events (and any reserved one)."""
 
     client_id: str = "c1"
     room: int = 1_000_000
     pushed: list[tuple[str, dict[str, Any]]] = attrs.field(factory=list)
 
-    def push(self, kind: str, data: dict[str, Any]) -> bool:
-        if self.room <= 0:
+    def push(self, kind: str, data: dict[str, Any], *, reserved: bool = False) -> bool:
+        if self.room <= 0 and not reserved:
             return False
         self.room -= 1
         self.pushed.append((kind, data))
@@ -152,7 +152,10 @@ async def test_a_caller_that_falls_behind_ends_the_stream_as_lagged(
     peers.deliver(RpcChunk(call.id, 3))  # already ended: dropped as a stray
     await trio.testing.wait_all_tasks_blocked()
     assert [c.reason for c in peers.of(RpcCancel)] == ["lagged"]
-    assert len(caller.pushed) == 2  # the end event found no room either; the lag marker tells
+    # the end finds no room either, but is never skipped: the caller waits on it
+    kinds = [kind for kind, _ in caller.pushed]
+    assert kinds == ["rpc_call_stream_chunk", "rpc_call_stream_chunk", "rpc_call_stream_end"]
+    assert caller.pushed[-1][1]["error"]["code"] == "lagged"
 
 
 async def test_a_stream_ends_with_timeout_at_its_deadline(
