@@ -78,6 +78,8 @@ class StreamTable:
     opening: int = 0  # rpc_call_stream requests whose answer has not been handled yet
     streams: dict[str, RpcStream] = attrs.field(factory=dict)
     _early: list[dict[str, Any]] = attrs.field(factory=list)
+    # events were dropped while streams were opening: each one opened until none is fails so
+    _opening_lagged: ClientError | None = None
 
     def deliver(self, frame: dict[str, Any]) -> None:
         """Route one stream event; never waits."""
@@ -86,7 +88,7 @@ class StreamTable:
             stream._deliver(frame)
             if frame["kind"] == "rpc_call_stream_end":
                 del self.streams[stream.request_id]
-        elif self.opening and len(self._early) < EARLY_FRAMES:
+        elif self.opening and self._opening_lagged is None and len(self._early) < EARLY_FRAMES:
             self._early.append(frame)
 
     def open(self, request_id: str) -> RpcStream:
@@ -95,12 +97,26 @@ class StreamTable:
         early, self._early = self._early, []
         for frame in early:
             self.deliver(frame)
+        if self._opening_lagged is not None:
+            stream._end(self._opening_lagged)
         return stream
 
     def done_opening(self) -> None:
         """One rpc_call_stream answer was handled (or failed)."""
         self.opening -= 1
         if not self.opening:
+            self._early.clear()
+            self._opening_lagged = None
+
+    def lagged(self, failure: ClientError) -> None:
+        """Events of the connection were dropped before they were routed: any stream may have
+        lost chunks or its end there, so every open one ends with `failure` after the chunks
+        it got (leaving its block cancels it at the daemon), and so does every one opened
+        until none is being opened (its first events may be among those dropped)."""
+        for stream in self.streams.values():
+            stream._end(failure)
+        if self.opening:
+            self._opening_lagged = failure
             self._early.clear()
 
     def forget(self, stream: RpcStream) -> None:

@@ -221,7 +221,9 @@ class MeshClient(Ops):
         return EventStream(self._events.subscribe(EVENT_STREAM_BUFFER))
 
     def _route(self, item: dict[str, Any] | Lagged) -> None:
-        if isinstance(item, Lagged):
+        if isinstance(item, Lagged):  # our own buffer dropped events: maybe a stream's end
+            dropped = f"the client dropped {item.skipped} events of its connection"
+            self._streams.lagged(ClientError("lagged", dropped))
             item = {"kind": "lagged", "skipped": item.skipped, "source": "client"}
         kind = item.get("kind")
         if kind == "rpc_inbound" and self._nursery is not None:

@@ -17,6 +17,7 @@ ANSWERS: dict[str, dict[str, Any]] = {
     "events_subscribe": {"client_id": "c1", "last_event_id": 0},
     "channel_subscribe": {"retained": 0},
     "stream_open": {"stream_id": "s1", "network": "lan", "peer": "peer", "method": "bulk"},
+    "rpc_call_stream": {"request_id": "s1"},
 }
 SWITCHING = ("stream_open", "stream_accept")  # after their answer, the connection is raw bytes
 
@@ -34,6 +35,12 @@ class FakeConnection:
         """Write one frame (an event, or an answer) to the client."""
         async with self._write_lock:
             await self.stream.send_all(json.dumps(frame).encode() + b"\n")
+
+    async def send_together(self, frames: list[dict[str, Any]]) -> None:
+        """Write frames in one write: the client reads them at once, and buffers them all
+        before it routes the first."""
+        async with self._write_lock:
+            await self.stream.send_all(b"".join(json.dumps(f).encode() + b"\n" for f in frames))
 
     async def wait_op(self, op: str) -> None:
         """Wait until the client asked for `op` on this connection."""

@@ -178,3 +178,22 @@ async def test_a_binary_chunk_not_base64_ends_its_stream() -> None:
     with pytest.raises(ClientError) as failure:
         await stream.__anext__()
     assert failure.value.code == "bad_payload"
+
+
+async def test_a_stream_opened_across_a_lag_of_the_client_ends_lagged() -> None:
+    table = StreamTable(opening=1)
+    table.deliver(chunk("s1", "a"))  # arrived before the answer, then the lag: maybe a hole
+    table.lagged(ClientError("lagged", "the client dropped 3 events of its connection"))
+    table.deliver(chunk("s1", "c"))  # after the hole: never delivered as if it followed "a"
+    stream = table.open("s1")
+    table.done_opening()
+    with pytest.raises(ClientError) as failure:
+        await stream.__anext__()
+    assert failure.value.code == "lagged"
+    assert not stream.daemon_done  # ended here only: leaving its block cancels it at the daemon
+    table.opening = 1  # the lag is over: a stream opened now is not failed for it
+    later = table.open("s2")
+    table.done_opening()
+    table.deliver(chunk("s2", "d"))
+    table.deliver(end("s2"))
+    assert [item async for item in later] == ["d"]

@@ -1,6 +1,7 @@
 """A streamed call always ends, even when the connection carrying it lagged: a caller that
-stopped reading its socket gets the daemon's `lagged` end once it reads again, never an
-iteration that waits forever for an end that was skipped."""
+stopped reading its socket gets the daemon's `lagged` end once it reads again, and one whose
+own buffer dropped events ends its streams `lagged` itself, never an iteration that waits
+forever for an end that was skipped."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import trio
 
 from meshactors.client import ClientError, MeshClient, RequestContext, _conn, _streams
 from tests.client.conftest import NETWORK, LocalDaemon
+from tests.client.fakedaemon import fake_daemon
 
 LAGGED_STREAM_WAIT = 60  # seconds the whole exchange may take before the test fails
 LAG_TEST_MS = 600_000  # the call's own deadline: the lag, not the deadline, must end it
@@ -101,3 +103,40 @@ async def test_a_stream_whose_caller_stopped_reading_ends_lagged_once_it_reads_a
     )
     assert chunks.daemon_done  # the daemon's own end, not the client's buffer overflowing
     assert received == list(range(len(received)))  # those before the hole, none after it
+
+
+def stream_event(kind: str, **fields: Any) -> dict[str, Any]:
+    """An event of the stream `s1` (the fake daemon's request id), as the daemon sends it."""
+    return {"kind": kind, "network": "lan", "request_id": "s1", **fields}
+
+
+async def test_a_stream_ends_lagged_when_the_clients_own_buffer_dropped_its_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events the client's connection buffer (EVENT_BUFFER) dropped may hold a stream's
+    chunks and end: the stream ends `lagged` after the chunks it got, and leaving its block
+    cancels the call at the daemon."""
+    monkeypatch.setattr(_conn, "EVENT_BUFFER", 1)  # one event read ahead of routing
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path) as client,
+    ):
+        session = await daemon.next_session()
+        with trio.fail_after(LAGGED_STREAM_WAIT):
+            async with client.rpc_call_stream("lan", "peer", "count") as chunks:
+                events = [
+                    stream_event("rpc_call_stream_chunk", payload=0),
+                    stream_event("rpc_call_stream_chunk", payload=1),  # dropped, and
+                    stream_event("rpc_call_stream_end"),  # the end with it
+                ]
+                await session.send_together(events)
+                received = []
+                with pytest.raises(ClientError) as failure:
+                    async for n in chunks:  # without its end: waits forever
+                        received.append(n)
+            await session.wait_op("rpc_cancel")
+    assert (failure.value.code, failure.value.message) == (
+        "lagged",
+        "the client dropped 2 events of its connection",
+    )
+    assert received == [0]
