@@ -26,8 +26,8 @@ EXIT_NOT_FOUND = 6  # no such network, peer, method, request or row
 EXIT_REFUSED = 7  # the daemon refused it in its current state
 EXIT_TIMEOUT = 8  # no answer before the deadline
 EXIT_CRASH_LOOP = 9  # `daemon up`: the root supervisor passed its restart intensity; restart it
-EXIT_INTERRUPTED = 130  # SIGINT (128 + SIGINT) ended `rpc call` before its answer's end, or
-# `daemon up --detach`'s wait (SIGTERM too)
+EXIT_INTERRUPTED = 130  # SIGINT (128 + SIGINT) ended `rpc call` or `stream send` before its
+# answer's (stream's) end, or `daemon up --detach`'s wait (SIGTERM too)
 
 ERROR_CODE_BY_EXIT = {  # the `code` of a failure the CLI itself detects, by its exit code
     EXIT_FAILURE: "failed",
@@ -130,6 +130,12 @@ def fail_on_state(exc: OSError, paths: Paths) -> NoReturn:
 def fail(message: str, status: int = EXIT_FAILURE, code: str | None = None) -> NoReturn:
     """End the command with `message` and exit status `status` (`code`: the error's name)."""
     raise CommandFailed(code or ERROR_CODE_BY_EXIT.get(status, "failed"), message, status)
+
+
+def interrupted(what: str) -> NoReturn:
+    """End a command that Ctrl-C stopped before its end with exit 130, saying `what` became of
+    it: a caller that gave up has no (whole) answer, so a script must not take it for one."""
+    fail(f"interrupted: {what}", EXIT_INTERRUPTED)
 
 
 def fail_with(exc: ClientError, context: str = "") -> NoReturn:

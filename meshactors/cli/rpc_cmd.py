@@ -13,11 +13,10 @@ from typing import Any
 import trio
 
 from meshactors.cli.common import (
-    EXIT_INTERRUPTED,
     connect,
-    fail,
     fail_with,
     free_words,
+    interrupted,
     legacy_network,
     network_of,
     network_option,
@@ -118,7 +117,7 @@ def run_call(args: argparse.Namespace) -> int:
             fail_with(exc)
         except KeyboardInterrupt:  # Ctrl-C: the caller gave up before the (whole) answer
             _cancel(client, request_id)
-            fail("interrupted: the call was cancelled", EXIT_INTERRUPTED)
+            interrupted("the call was cancelled")
     return 0
 
 

@@ -13,6 +13,7 @@ import trio
 
 from meshactors.cli.common import (
     fail_with,
+    interrupted,
     network_option,
     paths_of,
     words_after_network,
@@ -92,7 +93,7 @@ def run_send(args: argparse.Namespace) -> int:
         try:
             trio.run(_send, args, peer, method, args.timeout_ms)
         except* KeyboardInterrupt:  # Ctrl-C: closing the stream resets it for the other end
-            pass
+            interrupted("the stream was cancelled")
     except ClientError as exc:
         fail_with(exc)
     return 0

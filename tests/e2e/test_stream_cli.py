@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from meshactors.cli.common import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_USAGE
+from meshactors.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_USAGE
 from meshactors.cli.served import MAX_STDERR_CHARS
 from meshactors.client import BinaryStream, ClientError, MeshClient
 from tests.support import Home, exited, kill_leftover, pid_written, sleeper
@@ -113,9 +113,11 @@ async def test_stream_commands_take_the_network_as_an_option_or_the_only_joined_
     assert twice.returncode == EXIT_USAGE, twice.stderr
 
 
-async def test_ctrl_c_on_stream_send_resets_the_stream_and_exits_quietly(
+async def test_ctrl_c_on_stream_send_resets_the_stream_and_exits_interrupted(
     home: Home, me: str
 ) -> None:
+    """Ctrl-C before the stream's end: the other end reads `cancelled`, and the sender says
+    so and exits 130, not 0, since what it printed is not the whole answer."""
     reset: list[str] = []
     told = trio.Event()
 
@@ -142,7 +144,8 @@ async def test_ctrl_c_on_stream_send_resets_the_stream_and_exits_quietly(
             sender.kill()
             sender.wait()
     assert reset == ["cancelled"]
-    assert errors == "" and sender.returncode == 0
+    assert sender.returncode == EXIT_INTERRUPTED
+    assert errors == "meshactors: interrupted: the stream was cancelled\n"
 
 
 async def test_stream_send_into_a_reader_that_left_resets_the_stream_and_exits_0(
