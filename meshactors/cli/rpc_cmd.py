@@ -123,11 +123,13 @@ def run_call(args: argparse.Namespace) -> int:
 
 def _cancel(client: SyncClient, request_id: str | None) -> None:
     """Cancel the stream `request_id` so its serving side is told; a plain call (whose id the
-    daemon does not give) is cancelled by closing the connection, which follows."""
+    daemon does not give) is cancelled by closing the connection, which follows. A second
+    Ctrl-C ends the wait for the cancel's answer: closing the connection cancels it too."""
     if request_id is None:
         return
     client.sock.settimeout(CANCEL_TIMEOUT)
-    with contextlib.suppress(ClientError):  # already ended, or the daemon is gone: nothing to do
+    # already ended, the daemon gone, or the user would not wait: the close still cancels it
+    with contextlib.suppress(ClientError, KeyboardInterrupt):
         client.call("rpc_cancel", request_id=request_id)
 
 

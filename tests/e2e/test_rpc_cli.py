@@ -12,12 +12,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import nacl.signing
 import pytest
 import trio
 
 from meshactors.cli.common import EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_USAGE
 from meshactors.client import MeshClient, RequestContext
 from meshactors.network.payload import MAX_PAYLOAD_BYTES
+from meshactors.wire.device_id import device_id_from_public_key
+from tests.client.fakedaemon import fake_daemon
 from tests.support import Home, LineClient, exited, kill_leftover, pid_written, sleeper
 
 pytestmark = pytest.mark.e2e
@@ -114,6 +117,34 @@ async def test_ctrl_c_on_rpc_call_cancels_the_call_and_exits_interrupted(
     assert cancelled["reason"] == "cancelled"
     assert caller.returncode == EXIT_INTERRUPTED  # no answer: the caller gave up
     assert errors == "meshactors: interrupted: the call was cancelled\n"
+
+
+async def test_a_second_ctrl_c_while_rpc_call_cancels_exits_interrupted_quietly(
+    home: Home,
+) -> None:
+    """A daemon slow to answer the cancel (a stand-in that never does): a second Ctrl-C while
+    `rpc call --stream` waits for it ends the wait as the first did, exit 130 and one line, no
+    traceback; closing the connection cancels the call all the same."""
+    peer = device_id_from_public_key(bytes(nacl.signing.SigningKey(b"p" * 32).verify_key))
+    async with fake_daemon(home.socket) as daemon:
+        daemon.never_answered.add("rpc_cancel")
+        caller = home.popen("rpc", "call", "-n", "lan", peer, "slow", "--stream")
+        try:
+            with trio.fail_after(30):
+                session = await daemon.next_session()
+                await session.wait_op("rpc_call_stream")
+                chunk = {"kind": "rpc_call_stream_chunk", "request_id": "s1", "payload": 1}
+                await session.send(chunk)
+                assert await trio.to_thread.run_sync(started, caller, "stdout") == "1\n"
+                caller.send_signal(signal.SIGINT)
+                await session.wait_op("rpc_cancel")  # the caller waits for its answer now
+                caller.send_signal(signal.SIGINT)
+                _, errors = await trio.to_thread.run_sync(caller.communicate)
+        finally:
+            caller.kill()
+            caller.wait()
+    assert errors == "meshactors: interrupted: the call was cancelled\n"
+    assert caller.returncode == EXIT_INTERRUPTED
 
 
 def test_rpc_serve_refuses_a_command_that_cannot_be_run(home: Home, me: str) -> None:
