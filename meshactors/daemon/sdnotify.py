@@ -14,6 +14,7 @@ import structlog
 import trio
 
 from meshactors.actors import Actor
+from meshactors.paths import MAX_SOCKET_PATH_BYTES
 
 log = structlog.get_logger("meshactors.sdnotify")
 
@@ -21,7 +22,6 @@ NOTIFY_SOCKET_ENV = "NOTIFY_SOCKET"  # set by systemd for Type=notify services
 WATCHDOG_USEC_ENV = "WATCHDOG_USEC"  # WatchdogSec= in microseconds
 WATCHDOG_PID_ENV = "WATCHDOG_PID"  # the process the watchdog is meant for, when set
 MAX_STATUS_CHARS = 200  # STATUS= text longer than this is cut (systemctl shows one line)
-MAX_NOTIFY_SOCKET_CHARS = 107  # sun_path holds 108 bytes including the terminating NUL
 WATCHDOG_PING_FRACTION = 0.5  # ping every half of WATCHDOG_USEC, as sd_watchdog_enabled(3) asks
 MIN_WATCHDOG_INTERVAL = 0.01  # seconds; a tinier WATCHDOG_USEC would only spin the event loop
 
@@ -105,8 +105,10 @@ def _parse_address(value: str | None) -> str | None:
     """NOTIFY_SOCKET as a socket address: an absolute path, or `@name` for an abstract one."""
     if not value:
         return None
-    if len(value) > MAX_NOTIFY_SOCKET_CHARS:
-        raise NotifyEnvError(f"{NOTIFY_SOCKET_ENV} is longer than {MAX_NOTIFY_SOCKET_CHARS}")
+    size = len(os.fsencode(value))  # bytes, as sun_path counts; an abstract name's @ too
+    if size > MAX_SOCKET_PATH_BYTES:
+        limit = MAX_SOCKET_PATH_BYTES
+        raise NotifyEnvError(f"{NOTIFY_SOCKET_ENV} is {size} bytes, longer than the {limit}")
     if value.startswith("@") and len(value) > 1:
         return "\0" + value[1:]
     if value.startswith("/"):

@@ -86,6 +86,7 @@ def test_a_tiny_watchdog_period_is_floored() -> None:
         {"NOTIFY_SOCKET": "relative/notify"},
         {"NOTIFY_SOCKET": "@"},
         {"NOTIFY_SOCKET": "/" + "x" * 200},
+        {"NOTIFY_SOCKET": "/" + "é" * 60},  # 61 characters, but 121 bytes: too long
         {"NOTIFY_SOCKET": "/n", "WATCHDOG_USEC": "soon"},
         {"NOTIFY_SOCKET": "/n", "WATCHDOG_USEC": "0"},
         {"NOTIFY_SOCKET": "/n", "WATCHDOG_USEC": "+5"},
