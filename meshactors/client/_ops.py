@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from meshactors.client.errors import ClientError
+from meshactors.wire.ipc import DEFAULT_PAGE
 
 Json = Any
 Data = Any  # an op's answer `data`
@@ -358,7 +359,7 @@ class Ops(abc.ABC):
     async def inbox(
         self,
         *,
-        limit: int,
+        limit: int = DEFAULT_PAGE,
         network: str | None = None,
         sender: str | None = None,
         since: int | None = None,
@@ -373,7 +374,7 @@ class Ops(abc.ABC):
         )
 
     async def outbox_list(
-        self, *, limit: int, status: str | None = None, network: str | None = None
+        self, *, limit: int = DEFAULT_PAGE, status: str | None = None, network: str | None = None
     ) -> Data:
         """Queued durable messages, newest first, optionally only those in one status or one
         network (without it: every network's, a left one's kept rows included)."""

@@ -25,14 +25,13 @@ from meshactors.store.fingerprint import fingerprint_prefix
 from meshactors.store.outbox import MAX_CLIENT_MESSAGE_ID_CHARS, OutboxRow, SendError
 from meshactors.wire.compact import json_size
 from meshactors.wire.device_id import is_device_id, is_usable_device_id
-from meshactors.wire.ipc import ErrorCode, OpError
+from meshactors.wire.ipc import DEFAULT_PAGE, ErrorCode, OpError
 
 if TYPE_CHECKING:
     from meshactors.network.network import Network
 
 ALL_PEERS = "*"  # `to`: every approved peer
 TAG_PREFIX = "@"  # `to`: approved peers advertising the tag after it
-DEFAULT_PAGE = 100  # inbox and outbox_list rows when no limit is given
 MAX_CURSOR_CHARS = 20  # an inbox cursor is a decimal sequence number...
 MAX_CURSOR = 2**63 - 1  # ...that SQLite can compare
 
@@ -402,7 +401,7 @@ OPS: list[Op[Any]] = [
         "outbox_list",
         OutboxListParams,
         outbox_list,
-        "queued sends {status?, network?, limit}",
+        "queued sends {status?, network?, limit?}",
         command="outbox list",
         http_get="/v1/outbox",
     ),

@@ -315,3 +315,14 @@ async def test_outbox_list_names_the_network_the_op_takes(running: LocalDaemon) 
             assert [row["client_message_id"] for row in rows] == [network]
         every = (await client.outbox_list(limit=10))["rows"]
         assert sorted(row["network"] for row in every) == ["lan", "wan"]
+
+
+async def test_inbox_and_outbox_list_take_the_ops_default_page(running: LocalDaemon) -> None:
+    """`limit` may be left out, as the ops let it be: the daemon's default page is asked."""
+    async with MeshClient(running.paths.socket) as client:
+        await client.ensure_networks([NETWORK])
+        away = device_id_from_public_key(bytes(SigningKey.generate().verify_key))
+        await client.send("lan", away, "queued", client_message_id="queued")
+        rows = (await client.outbox_list())["rows"]
+        assert [row["client_message_id"] for row in rows] == ["queued"]
+        assert (await client.inbox(network="lan"))["messages"] == []
