@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from typing import Any, NoReturn
@@ -100,7 +101,12 @@ def leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParse
 
 def parse(parser: argparse.ArgumentParser, words: list[str]) -> argparse.Namespace:
     """`parser.parse_args(words)`, except that a command's free words (`words`) may also follow
-    its options (`channel send NET CH --retain PAYLOAD`), which argparse alone refuses."""
+    its options (`channel send NET CH --retain PAYLOAD`), which argparse alone refuses; and
+    `--flag=--` is refused, which argparse (3.11) would take as the value `[]`."""
+    for word in itertools.takewhile(lambda word: word != "--", words):  # not a served CMD's
+        flag, equals, value = word.partition("=")
+        if _is_flag(flag) and equals and value == "--":
+            parser.error(f"argument {flag}: expected one argument")
     args, extra = parser.parse_known_args(words)
     if extra and isinstance(getattr(args, "words", None), list) and not any(map(_is_flag, extra)):
         args.words += extra

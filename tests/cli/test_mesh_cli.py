@@ -148,3 +148,12 @@ def test_free_words_may_follow_options() -> None:
     with pytest.raises(SystemExit) as refused:
         parse(build_parser(), ["channel", "send", "news", "1", "--bogus"])
     assert refused.value.code == EXIT_USAGE
+
+
+def test_a_flag_given_a_bare_double_dash_as_its_value_is_a_usage_error() -> None:
+    for words in (["rpc", "call", "--timeout=--", "peer", "m"], ["broker", "--cluster-ttl=--"]):
+        with pytest.raises(SystemExit) as refused:
+            parse(build_parser(), words)
+        assert refused.value.code == EXIT_USAGE
+    served = parse(build_parser(), ["rpc", "serve", "m", "--", "cmd", "--opt=--"])
+    assert served.command[-1] == "--opt=--"
