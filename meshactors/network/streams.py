@@ -296,14 +296,16 @@ class Streams:
     async def _wait_credit(self, state: StreamState) -> None:
         """Wait for credit. Once the program left, everything it still sent is read at once:
         with neither its end nor an error frame in it, the stream is reset (which cancels this
-        task) rather than after the credit for all of it."""
+        task) rather than after the credit for all of it. The event is taken before that read:
+        credit arriving while it yields wakes this wait, not a fresh event nobody sets."""
         assert state.core is not None
+        changed = state.changed
         if state.left:
             async for item in state.core.from_socket:  # closed with the connection
                 state.unsent.append(item)
             if all(isinstance(item, bytes) for item in state.unsent):
                 self._closed_early(state)
-        await state.changed.wait()
+        await changed.wait()
 
     async def _send(self, state: StreamState, frame: Frame) -> None:
         if not self.wire.send_nowait(state.peer, frame):

@@ -247,3 +247,32 @@ async def test_a_program_that_left_goes_after_the_streams_timeout(
     await trio.sleep(2)
     assert await resets(served) == ["cancelled"]
     assert served.streams.figures()["open"] == 0
+
+
+async def test_credit_that_comes_while_a_left_programs_rest_is_read_is_used(
+    served: ServedStreams,
+) -> None:
+    """The sender reads what a program that left still sent, yielding at each item; credit
+    that arrives meanwhile wakes it, so the stream does not sit with a full window until the
+    sweep cancels it."""
+    pipe = await accepted(served)
+    for item in [b"x" * MAX_STREAM_FRAME_BYTES] * 3 + [b"s"] * 4 + [END]:
+        await pipe.from_socket.send(item)
+    await trio.testing.wait_all_tasks_blocked()  # the sender waits for credit, the rest queued
+    (state,) = list(served.streams.table)
+    assert state.core is not None
+    queued = state.core.from_socket
+
+    async def credit_while_read() -> None:
+        with trio.fail_after(WAIT):
+            while not (state.unsent and queued.statistics().current_buffer_used):
+                await trio.lowlevel.checkpoint()  # the sender has read some, not all
+        credit_back(served, 0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(credit_while_read)
+        leave(pipe)
+    await trio.testing.wait_all_tasks_blocked()
+    sent = sum(len(frame.data) for frame in served.peers.of(StreamData))
+    assert sent > 2 * MAX_STREAM_FRAME_BYTES
+    assert await resets(served) == []
