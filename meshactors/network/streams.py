@@ -252,7 +252,8 @@ class Streams:
     async def _send_out(self, state: StreamState) -> None:
         """Send what the connection read, in order, as credit allows; then its end, and an
         error frame after it if one comes. The connection closing after the end leaves the rest
-        to go out still; closing before it resets the stream."""
+        to go out still, and the credit task marks the stream `left` once it took all the
+        connection wrote (so `held` is exact); closing before it resets the stream."""
         try:
             while (item := await self._next_out(state)) is not None:
                 if isinstance(item, Reset):  # the program's error frame, or bad framing
@@ -269,8 +270,8 @@ class Streams:
         except OpError as failed:
             self._reset(state, failed.code.value, failed.message, peer=False)
             return
-        self._left(state)
         if not state.local_ended:
+            self._left(state)
             self._closed_early(state)
 
     async def _next_out(self, state: StreamState) -> Item | None:

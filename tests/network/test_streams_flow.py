@@ -26,6 +26,7 @@ from meshactors.network.stream_pipe import STREAM_FRAME_COST, Pipe, frame_cost
 from meshactors.network.stream_table import CREDIT_RETURN
 from meshactors.network.streams import Streams
 from meshactors.wire.ipc import ErrorCode, OpError
+from meshactors.wire.peer import Frame
 from meshactors.wire.pipe_frames import END, MAX_STREAM_FRAME_BYTES, Item, Reset
 from tests.network.conftest import WAIT
 from tests.network.peerstandin import RecordingPeers
@@ -234,6 +235,51 @@ async def test_data_for_a_program_that_left_cancels_the_peer_after_our_end(
     assert await resets(served) == ["cancelled"]
     tags = [frame.tag for _, frame in served.peers.sent]
     assert tags.index(StreamEnd.tag) < tags.index(StreamReset.tag)
+
+
+@attrs.define
+class CreditLaneFullPeers(RecordingPeers):
+    """A peer layer whose lane takes no stream_credit until `room` is set."""
+
+    room: trio.Event = attrs.field(factory=trio.Event)
+
+    async def send_app(self, device_id: str, frame: Frame) -> None:
+        if isinstance(frame, StreamCredit):
+            await self.room.wait()
+        await super().send_app(device_id, frame)
+
+    def send_app_nowait(self, device_id: str, frame: Frame) -> bool:
+        if isinstance(frame, StreamCredit) and not self.room.is_set():
+            return False
+        return super().send_app_nowait(device_id, frame)
+
+
+async def test_a_program_that_wrote_all_then_left_is_not_taken_for_one_that_lost_data(
+    nursery: trio.Nursery,
+) -> None:
+    """The program wrote all that came, sent its end and left while core's credit task was
+    still stuck sending a credit: what it wrote still counts once that task reads it, so the
+    peer finishes rather than being cancelled."""
+    peers, owner = CreditLaneFullPeers([PEER]), RecordingConnection()
+    streams = Streams("net", AppWire(peers, ME), run_now, lambda _m: owner)
+    await nursery.start(streams.run)
+    served = ServedStreams(streams, peers, owner)
+    pipe = await accepted(served)
+    first, second = b"x" * (CREDIT_RETURN - STREAM_FRAME_COST), b"y"
+    peers.deliver(StreamData(WIRE_ID, True, 1, first))
+    peers.deliver(StreamData(WIRE_ID, True, 2, second))
+    for data in (first, second):
+        assert pipe.to_socket.receive_nowait() == data
+        await pipe.consumed.send(frame_cost(data))  # the connection wrote it
+        await trio.testing.wait_all_tasks_blocked()  # the first credit waits for room
+    await pipe.from_socket.send(END)
+    leave(pipe)
+    await trio.testing.wait_all_tasks_blocked()
+    peers.room.set()
+    assert await resets(served) == []
+    assert served.peers.of(StreamEnd) == [StreamEnd(WIRE_ID, False, 0)]
+    peers.deliver(StreamEnd(WIRE_ID, True, 2))
+    assert served.streams.figures()["counters"]["finished"] == 1
 
 
 async def test_a_program_that_left_goes_after_the_streams_timeout(
