@@ -314,7 +314,10 @@ class ClientActor(Actor):
             while True:
                 for item in parser.feed(data):
                     if ended and not isinstance(item, Reset):
-                        item = Reset("remote_error", "the other program sent data after its end")
+                        item = Reset(
+                            "protocol",
+                            "data after the end frame: only an error frame may follow it",
+                        )
                     await pipe.from_socket.send(item)
                     if isinstance(item, Reset):
                         await trio.sleep_forever()  # the writer ends the connection

@@ -45,6 +45,7 @@ SWEEP_INTERVAL = 1.0  # seconds between sweeps for streams nobody accepted in ti
 TO_SOCKET_CAPACITY = STREAM_WINDOW_BYTES // STREAM_FRAME_COST + 2  # a window of frames + end
 _OPENER_CODES = {"no_handler", "timeout", "peer_not_active", "cancelled", "remote_error"}
 _LOCAL_CODES = _OPENER_CODES | {"protocol", "frame_too_large", "stopped"}
+_FRAMING_CODES = {"frame_too_large", "protocol"}  # resets a connection makes of bad framing
 
 
 @attrs.define(eq=False)
@@ -251,15 +252,19 @@ class Streams:
 
     async def _send_out(self, state: StreamState) -> None:
         """Send what the connection read, in order, as credit allows; then its end, and an
-        error frame after it if one comes. The connection closing after the end leaves the rest
-        to go out still, and the credit task marks the stream `left` once it took all the
-        connection wrote (so `held` is exact); closing before it resets the stream."""
+        error frame after it if one comes (one its connection made of bad framing goes back to
+        the program too, so it does not take the stream for finished). The connection closing
+        after the end leaves the rest to go out still, and the credit task marks the stream
+        `left` once it took all the connection wrote (so `held` is exact); closing before it
+        resets the stream."""
         try:
             while (item := await self._next_out(state)) is not None:
-                if isinstance(item, Reset):  # the program's error frame, or bad framing
-                    if item.code == "frame_too_large":
+                if isinstance(item, Reset):  # the program's error frame, or its bad framing
+                    message = item.message
+                    if item.code in _FRAMING_CODES:  # the program learns what it did wrong
                         self._tell_local(state, item.code, item.message)
-                    self._reset(state, "remote_error", item.message, local=False)
+                        message = f"the other program broke the stream's framing: {message}"
+                    self._reset(state, "remote_error", message, local=False)
                     return
                 if isinstance(item, End):  # only an error frame may follow it
                     await self._send(state, StreamEnd(state.wire_id, state.opener, state.seq_out))

@@ -18,7 +18,7 @@ from meshactors.network.stream_frames import STREAM_WINDOW_BYTES
 from meshactors.network.stream_pipe import STREAM_FRAME_COST
 from meshactors.network.streams import STREAM_CHUNK_BYTES
 from meshactors.paths import resolve_paths
-from meshactors.wire.pipe_frames import MAX_STREAM_FRAME_BYTES
+from meshactors.wire.pipe_frames import MAX_STREAM_FRAME_BYTES, encode
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair, approve_both
 from tests.support import LineClient
 
@@ -494,7 +494,8 @@ async def test_what_the_opener_sends_a_server_that_closed_cancels_it(pair: Pair)
 
 async def test_data_after_the_openers_end_resets_the_stream_after_the_rest(pair: Pair) -> None:
     """Only an error frame may follow an end frame: data after it is taken as one, so the
-    server reads all the opener sent up to its end, then `remote_error`."""
+    server reads all the opener sent up to its end, then `remote_error`; the opener learns it
+    broke the framing (`protocol`) rather than seeing its stream finish."""
     opener, server, _a, b = pair
     received: list[bytes] = []
     outcome: list[StreamError] = []
@@ -515,9 +516,16 @@ async def test_data_after_the_openers_end_resets_the_stream_after_the_rest(pair:
         async with await opener.open_stream(NET, b.device_id, "reader") as stream:
             await stream.send_all(b"the data")
             await stream.send_eof()
-            await stream.send_all(b"more")
+            await stream.socket.send_all(b"".join(encode(b"more")))  # past the library's check
+            with pytest.raises(StreamError) as told:
+                await stream.finish()
             await done.wait()
+    assert told.value.code == "protocol"
     assert b"".join(received) == b"the data"
     assert [(e.code, e.message) for e in outcome] == [
-        ("remote_error", "the other program sent data after its end")
+        (
+            "remote_error",
+            "the other program broke the stream's framing: "
+            "data after the end frame: only an error frame may follow it",
+        )
     ]
