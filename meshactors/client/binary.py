@@ -40,8 +40,10 @@ class StreamBroken(StreamError, trio.BrokenResourceError):
 
 @attrs.define(eq=False)
 class BinaryStream(trio.abc.HalfCloseableStream):
-    """One end of a binary stream: `send_all`, `send_eof` (the end of our data), `receive_some`
-    (b"" after the other end's data ended; StreamError when the stream failed), `aclose`.
+    """One end of a binary stream: `send_all`, `send_eof` (the end of our data; after it
+    `send_all` raises trio.ClosedResourceError and another `send_eof` does nothing),
+    `receive_some` (b"" after the other end's data ended; StreamError when the stream failed),
+    `aclose`.
     A connection that breaks under it raises StreamBroken from any of them."""
 
     socket: trio.SocketStream
@@ -66,6 +68,8 @@ class BinaryStream(trio.abc.HalfCloseableStream):
         return self._sent_end
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sent_end:  # as trio's HalfCloseableStream says: data after it breaks the stream
+            raise trio.ClosedResourceError("our end was sent (send_eof): only reset may follow")
         view = memoryview(data)
         with self._broken():
             for start in range(0, len(view), MAX_STREAM_FRAME_BYTES):
@@ -77,6 +81,8 @@ class BinaryStream(trio.abc.HalfCloseableStream):
             await self.socket.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
+        if self._sent_end:  # a second end would break the stream; trio's contract: no-op
+            return
         with self._broken():
             await self.socket.send_all(END_FRAME)
         self._sent_end = True

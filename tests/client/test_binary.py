@@ -59,3 +59,19 @@ async def test_a_connection_closed_before_our_end_fails_the_finish_waiting_on_it
             with pytest.raises(StreamBroken) as finished:
                 await stream.finish()
             assert finished.value.code == "connection_lost"
+
+
+async def test_data_after_our_end_is_refused(tmp_path: Path) -> None:
+    """As trio's HalfCloseableStream says, send_all after send_eof raises ClosedResourceError
+    (the daemon would take the data for broken framing and reset the stream)."""
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path) as client,
+    ):
+        await daemon.next_session()  # the client's own connection
+        with trio.fail_after(WAIT):
+            stream = await client.open_stream("lan", "peer", "bulk")
+            await daemon.next_session()
+            await stream.send_eof()
+            with pytest.raises(trio.ClosedResourceError):
+                await stream.send_all(b"late")

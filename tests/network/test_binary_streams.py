@@ -358,6 +358,25 @@ async def test_a_frame_over_the_limit_is_answered_in_band(pair: Pair) -> None:
     assert outcome == ["remote_error"]
 
 
+async def test_a_second_send_eof_sends_nothing_so_the_stream_finishes(pair: Pair) -> None:
+    """trio's HalfCloseableStream lets send_eof be called again, doing nothing: a second end
+    frame would be data after the end, and break the stream."""
+    opener, server, _a, b = pair
+
+    async def echo_end(stream: BinaryStream) -> None:
+        await read_all(stream)
+        await stream.send_eof()
+        await stream.send_eof()
+
+    await server.serve_stream(NET, "twice", echo_end)
+    with trio.fail_after(WAIT):
+        async with await opener.open_stream(NET, b.device_id, "twice") as stream:
+            await stream.send_eof()
+            await stream.send_eof()
+            assert await read_all(stream) == b""
+            await stream.finish()
+
+
 async def test_a_reset_after_the_servers_end_still_reaches_the_opener(pair: Pair) -> None:
     opener, server, _a, b = pair
 
