@@ -68,7 +68,9 @@ class Admissions:
     Shared by every listener, so client ids are unique across the socket and TCP. A TCP
     client tells (on `_passed`) when its first request passes the token check; when all
     MAX_TCP_CLIENTS places are taken, the oldest that has not is stopped (by `control`, which
-    cancels it) to make room, so strangers churn among themselves and the owner gets in.
+    cancels it) to make room, so strangers churn among themselves and the owner's connection
+    gets a place (kept once it passed the check; MAX_TCP_CLIENTS newer ones can push it out
+    before that).
     """
 
     control: Supervisor

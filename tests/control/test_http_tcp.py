@@ -195,7 +195,8 @@ async def test_silent_tcp_connections_make_room_for_the_owner(
     tcp_daemon: TcpDaemon, tcp: Connect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Anyone local may connect over TCP before a token is checked: when such connections
-    hold every place, a newcomer takes the oldest one's, so the owner always gets in."""
+    hold every place, a newcomer takes the oldest one's, so the owner's connection gets a place
+    (and keeps it once a request passed the token check)."""
     monkeypatch.setattr(supervisor, "MAX_TCP_CLIENTS", 2)
     silent = [await tcp(), await tcp()]  # they never send a byte
     assert await authorized(tcp_daemon, await tcp()) == 200
