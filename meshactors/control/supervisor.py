@@ -58,7 +58,6 @@ class Tally:
 
     accepted: int = 0
     refused: int = 0
-    evicted: int = 0  # TCP connections closed to make room, before passing the token check
 
 
 @attrs.define(eq=False)
@@ -76,6 +75,9 @@ class Admissions:
     control: Supervisor
     services: Services
     _ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
+    # TCP clients stopped to make room before passing the token check (the TCP listener
+    # shows it: on the Unix socket nobody is evicted)
+    evicted: int = attrs.field(default=0, init=False)
     # node names of the TCP clients admitted, oldest first: whether each passed the token check
     _over_tcp: dict[str, bool] = attrs.field(factory=dict)
     _passed: trio.MemorySendChannel[str] = attrs.field(init=False)
@@ -121,7 +123,7 @@ class Admissions:
         except trio.BrokenResourceError:  # it hung up before its answer: nothing to tell
             pass
 
-    async def _refusal(self, tcp: TcpAuth | None, tally: Tally) -> bytes | None:
+    def _refusal(self, tcp: TcpAuth | None) -> bytes | None:
         """What a new connection is told when there is no room for it (on the Unix socket
         BUSY_LINE, or BUSY_HTTP once it shows it speaks HTTP), or None; on TCP it gets the
         place of a stranger when there is one (see `_evict_stranger`)."""
@@ -132,8 +134,8 @@ class Admissions:
             return BUSY_LINE if tcp is None else BUSY_HTTP
         if tcp is None or len(self._over_tcp) < MAX_TCP_CLIENTS:
             return None
-        if await self._evict_stranger():
-            tally.evicted += 1
+        if self._evict_stranger():
+            self.evicted += 1
             return None
         return BUSY_TCP
 
@@ -145,14 +147,15 @@ class Admissions:
             if name in self._over_tcp:
                 self._over_tcp[name] = True
 
-    async def _evict_stranger(self) -> bool:
-        """Have `control` stop the oldest TCP client that has not passed the token check
-        (its connection closes unanswered); False when every one has passed."""
+    def _evict_stranger(self) -> bool:
+        """Have `control` stop the oldest TCP client that has not passed the token check (its
+        connection closes unanswered), without waiting: the newcomer's start is queued behind
+        the stop, and one that fails costs the listener nothing. False when every one has
+        passed, or when control's inbox is full (then the newcomer is refused)."""
         stranger = next((name for name, ok in self._over_tcp.items() if not ok), None)
-        if stranger is None:
+        if stranger is None or not self.control.stop_child_nowait(stranger):
             return False
         del self._over_tcp[stranger]
-        await self.control.stop_child(stranger)  # (False if it ended meanwhile: room all the same)
         log.debug("tcp client evicted for a newcomer", client=stranger)
         return True
 
@@ -164,7 +167,7 @@ class Admissions:
         async with trio.open_nursery() as refusals:
             while True:
                 stream = await listener.accept()
-                busy = await self._refusal(tcp, tally)
+                busy = self._refusal(tcp)
                 if busy is None:
                     await self._admit(stream, tcp)
                     tally.accepted += 1
@@ -224,6 +227,7 @@ class TcpListener(Actor):
             "port": self.bound_port,
             "token_file": str(self.token_file),
             **attrs.asdict(self.tally),
+            "evicted": self.admissions.evicted,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -12,6 +12,7 @@ import attrs
 import pytest
 import trio
 
+from meshactors.actors import AskTimeout, Supervisor
 from meshactors.control import supervisor
 from meshactors.control.tcp_auth import TokenFileError, load_or_create_token
 from meshactors.daemon.services import Services
@@ -202,6 +203,41 @@ async def test_silent_tcp_connections_make_room_for_the_owner(
     assert await authorized(tcp_daemon, await tcp()) == 200
     assert await silent[0].closed()  # evicted, unanswered
     assert tcp_figures(tcp_daemon)["evicted"] == 1
+    unix_node = tcp_daemon.services.tree.find("daemon/control/listener")
+    assert unix_node is not None and unix_node.figures is not None
+    assert "evicted" not in unix_node.figures()  # nobody is evicted from the Unix socket
+
+
+async def _stop_fails(_control: Supervisor, name: str, **_kw: object) -> bool:
+    """`control`'s stop as an ask that got no answer in time."""
+    raise AskTimeout(f"stop {name}", 30)
+
+
+async def test_an_eviction_waits_on_no_ask_so_none_can_fail_the_listener(
+    tcp_daemon: TcpDaemon, tcp: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listener has control stop the stranger without asking: the stop's answer (a 30 s
+    ask that may fail) never holds up accepting nor ends the listener, leaving the newcomer's
+    connection open and unserved."""
+    monkeypatch.setattr(supervisor, "MAX_TCP_CLIENTS", 2)
+    monkeypatch.setattr(Supervisor, "stop_child", _stop_fails)
+    silent = [await tcp(), await tcp()]
+    assert await authorized(tcp_daemon, await tcp()) == 200
+    assert await silent[0].closed()
+    node = tcp_daemon.services.tree.find("daemon/control/tcp")
+    assert node is not None and node.restarts == 0
+
+
+async def test_an_eviction_control_has_no_room_for_refuses_the_newcomer(
+    tcp_daemon: TcpDaemon, tcp: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """control's inbox full: no stranger is stopped, and the newcomer gets a 503."""
+    monkeypatch.setattr(supervisor, "MAX_TCP_CLIENTS", 2)
+    monkeypatch.setattr(Supervisor, "stop_child_nowait", lambda _control, _name: False)
+    await tcp(), await tcp()
+    response = await (await tcp()).response()
+    assert (response.status, response.code) == (503, "unavailable")
+    assert tcp_figures(tcp_daemon)["evicted"] == 0
 
 
 async def test_tcp_connections_that_passed_the_token_check_keep_their_places(
