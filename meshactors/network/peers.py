@@ -77,7 +77,8 @@ PING_RATE = 1.0  # rtt probes per second per network at most, however many peers
 ROSTER_BATCH = 256  # auto-approvals held before they are saved, even while link events queue
 MAX_PEERS = 1024  # peers tracked per network (the broker admits 256 by default)
 # pending roster entries kept per network (strangers: devices seen, never approved or denied);
-# past it, or when the table is full, the one seen longest ago that is not present is forgotten
+# past it, or when the table is full, the one seen longest ago (its last hello; after a
+# restart, first seen longest ago) that is not present is forgotten
 MAX_STRANGERS = 256
 REJECTED_NON_MEMBER = "rejected_non_member"  # frames of a device a closed network keeps out
 CONTROL_PLANE_ROLE = "control-plane"  # hidden from peers_list unless `all`
@@ -189,7 +190,8 @@ class Peers:
     _by_key: dict[bytes, PeerState] = attrs.field(factory=dict)  # the same peers, by public key
     _active: set[str] = attrs.field(factory=set)  # device ids of the active peers
     _roster: dict[str, roster_db.RosterEntry] = attrs.field(factory=dict)
-    # device ids of the roster's pending entries, the stranger seen longest ago first
+    # device ids of the roster's pending entries, the stranger seen longest ago first (moved to
+    # the end by each hello; a load orders them by first seen)
     _strangers: dict[str, None] = attrs.field(factory=dict)
     # auto-approvals and the roles peers announced, not saved yet (saved in batches)
     _unsaved: dict[str, roster_db.RosterEntry] = attrs.field(factory=dict)
@@ -437,8 +439,9 @@ class Peers:
         self._link_was_up, self._outbound = False, None
         self.link_status = LinkStatus("idle", None, None)
         self.phase = Phase.CONNECTING
-        # the operator's decisions first, then the strangers oldest first: past MAX_STRANGERS,
-        # or past a full table, the oldest are forgotten as they would have been while running
+        # the operator's decisions first, then the strangers first seen longest ago first (the
+        # roster saves when a stranger was first seen, not when last: a hello would cost a
+        # write): past MAX_STRANGERS, or past a full table, those are forgotten
         for entry in sorted(entries, key=lambda e: (e.state == "pending", e.updated_at)):
             self._put_entry(entry)
             if len(self._strangers) > MAX_STRANGERS:
@@ -722,6 +725,8 @@ class Peers:
         self._set_peer_capabilities(peer, hello.capabilities, announce=not first)
         self._set_peer_profile(peer, hello.profile)
         approved_now = False
+        if peer.device_id in self._strangers:  # seen again: the last stranger to be forgotten
+            self._strangers[peer.device_id] = self._strangers.pop(peer.device_id)
         if self.closed:
             if first and self._closed_out(peer):
                 self._drop(peer, REJECTED_NON_MEMBER)

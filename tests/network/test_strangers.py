@@ -300,28 +300,49 @@ class _TableRun:
         assert set(roster) <= set(table)  # every roster entry has its place
 
 
-async def _run_steps(home: Path, actions: list[tuple[str, int]]) -> None:
+@contextlib.asynccontextmanager
+async def _table_run(home: Path) -> AsyncIterator[_TableRun]:
+    """A peer table with a real store in `home`, loaded, as core holds it, for the block."""
     store = StoreActor(home / "state.db")
     peers = Peers(NET, Identity(SigningKey.generate()), store, EventHub(store))
     keys = [SigningKey(bytes([index + 1]) * 32) for index in range(STRANGER_KEYS)]
-    run = _TableRun(peers, keys)
     tree = Supervisor(children=[ChildSpec("store", store)])
     async with trio.open_nursery() as nursery:
         await nursery.start(run_root, tree, Node(name="tree", kind="supervisor"))
         save = functools.partial(roster_db.save_network, network_id=NET, config={}, now_ms=0)
         await store.call(save, what="save network")
         await peers.load()
+        yield _TableRun(peers, keys)
+        nursery.cancel_scope.cancel()
+
+
+async def _run_steps(home: Path, actions: list[tuple[str, int]]) -> None:
+    async with _table_run(home) as run:
         for action, index in actions:
             await run.step(action, index)
-        await peers.save_unsaved()
-        saved = await store.call(
+        await run.peers.save_unsaved()
+        saved = await run.peers.store.call(
             functools.partial(roster_db.roster, network=NET), what="read roster"
         )
         assert {e.device_id: e.state for e in saved} == run.roster()
-        await peers.load()  # as a restarted core: the same roster, the same rules
+        await run.peers.load()  # as a restarted core: the same roster, the same rules
         run.present.clear()
         run.assert_rules()
-        nursery.cancel_scope.cancel()
+
+
+async def test_a_stranger_that_comes_back_is_forgotten_after_those_seen_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The order is that of the last hello, not of the first: a stranger that keeps coming
+    back is not the first to go whenever it is away."""
+    monkeypatch.setattr(peers_module, "MAX_STRANGERS", 2, raising=False)
+    async with _table_run(tmp_path) as run:
+        for action, index in [("hello", 0), ("leave", 0), ("hello", 1), ("leave", 1)]:
+            await run.step(action, index)
+        await run.step("hello", 0)  # back again, after 1 was seen
+        await run.step("leave", 0)
+        await run.step("hello", 2)
+        assert run.roster() == {run.device(0): "pending", run.device(2): "pending"}
 
 
 @given(steps)
