@@ -11,10 +11,12 @@ Rules, applied to the facts in that order (a fact that breaks one is void: kept,
   a member changes nothing. Authority is the author's role at that point of the order, so
   facts by an author whose role was revoked are void from the revocation on;
 - a grant gives the device that one role (replacing the one it had); a revoke of the role the
-  device holds leaves it none; an evict leaves it none for good: any grant of an evicted
-  device is void, wherever it falls in the order (an evict beats a concurrent grant);
-- facts by an evicted device that the evict's author had not seen (not among the evict's
-  ancestors) are void, so a stolen key cannot act "before" its eviction by backdating;
+  device holds leaves it none; an evict leaves it none for good: a grant of the device that
+  follows the evict is void, and so is one the evict's author had not seen (not among the
+  evict's ancestors), wherever it falls in the order (an evict beats a concurrent grant);
+- facts by an evicted device that the evict's author had not seen are void too, so a stolen
+  key cannot act "before" its eviction by backdating; what it did that the evict's author had
+  seen holds (an evicted admin's members stay members);
 - a grant that carries an invite is void unless the invite is signed, for this network, of
   that role, by an issuer who may grant it at that point, `at_ms` is not past its expiry, and
   fewer than `uses` other devices were granted by it before.
@@ -220,30 +222,33 @@ class MembershipLog:
         return [self.facts[d] for d in self.order() if d not in theirs and d in within][:limit]
 
     def _resolve(self) -> Resolved:
-        """Replay once to learn which evicts hold, then again with what they void."""
-        first = self._replay(frozenset(), frozenset())
-        void: set[str] = set()
+        """Replay once to learn which evicts hold, then again without what they had not seen."""
+        first = self._replay(frozenset())
         evicts = [d for d in self.order() if d not in first.void and self.facts[d].kind == "evict"]
-        authored: dict[str, list[str]] = {}
+        if not evicts:
+            return first
+        about: dict[str, set[str]] = {}  # each device's facts: those it made, the grants of it
         for digest, fact in self.facts.items():
-            authored.setdefault(fact.author, []).append(digest)
-        bits, seen = self._ancestry() if evicts else ({}, {})
+            about.setdefault(fact.author, set()).add(digest)
+            if fact.kind == "grant":
+                about.setdefault(fact.device, set()).add(digest)
+        bits, seen = self._ancestry()
+        unseen: set[str] = set()
         for evict in evicts:
             below = seen[evict]
-            theirs = authored.get(self.facts[evict].device, ())
-            void.update(d for d in theirs if not below & bits[d])
-        banned = frozenset(self.facts[e].device for e in evicts if e not in void)
-        return self._replay(frozenset(void), banned)
+            theirs = about.get(self.facts[evict].device, ())
+            unseen.update(d for d in theirs if not below & bits[d])
+        return self._replay(frozenset(unseen))
 
-    def _replay(self, skipped: frozenset[str], banned: frozenset[str]) -> Resolved:
-        """Apply the facts in order, but `skipped` ones; grants of `banned` devices are void."""
+    def _replay(self, skipped: frozenset[str]) -> Resolved:
+        """Apply the facts in order, but `skipped` ones (void)."""
         owner = self.genesis.owner
         rows = {owner: MemberRow(owner, "owner", None, self.genesis.created_ms, MEMBER, None)}
         void = set(skipped)
         invited: dict[str, set[str]] = {}
         for digest in self.order():
             fact = self.facts[digest]
-            if digest in skipped or not self._applies(fact, rows, banned, invited):
+            if digest in skipped or not self._applies(fact, rows, invited):
                 void.add(digest)
                 continue
             if fact.kind == "grant":
@@ -263,7 +268,6 @@ class MembershipLog:
         self,
         fact: Fact,
         rows: dict[str, MemberRow],
-        banned: frozenset[str],
         invited: dict[str, set[str]],
     ) -> bool:
         def role(device: str) -> str | None:
@@ -277,8 +281,6 @@ class MembershipLog:
             return False
         match fact.kind:
             case "grant":
-                if fact.device in banned:
-                    return False
                 if fact.invite is not None:
                     return self._invite_holds(fact, role(fact.invite.issuer), invited)
                 return True

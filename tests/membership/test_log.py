@@ -159,6 +159,24 @@ def test_what_an_evicted_owner_did_before_the_evict_saw_it_holds() -> None:
     assert record_hash(unseen) in log.resolved.void
 
 
+def test_an_evicted_admin_s_members_stay_but_its_unseen_grant_is_void() -> None:
+    """An evict voids the grants of its device that its author had not seen, not those it had:
+    the admin it evicts keeps what it did before (the members it granted stay members)."""
+    owner, admin, early, late = device(), device(), device(), device()
+    log = new_log(owner)
+    accept(log, fact(log, owner, "grant", admin, "admin", at_ms=1100))
+    accept(log, fact(log, admin, "grant", early, "member", at_ms=1200))
+    heads = log.heads()
+    evict = fact(log, owner, "evict", admin, at_ms=5000)
+    regrant = fact(log, owner, "grant", admin, "admin", at_ms=1300, parents=heads)
+    unseen = fact(log, admin, "grant", late, "member", at_ms=1400, parents=heads)
+    accept(log, evict, regrant, unseen)
+    assert log.resolved.is_member(early.device_id)
+    assert log.resolved.evicted(admin.device_id)
+    assert not log.resolved.is_member(late.device_id)
+    assert {record_hash(regrant), record_hash(unseen)} <= log.resolved.void
+
+
 def test_an_invite_admits_as_many_devices_as_its_uses_and_not_after_its_time() -> None:
     owner, admin, a, b, c = device(), device(), device(), device(), device()
     log = new_log(owner)
