@@ -17,6 +17,10 @@ Rules, applied to the facts in that order (a fact that breaks one is void: kept,
 - facts by an evicted device that the evict's author had not seen are void too, so a stolen
   key cannot act "before" its eviction by backdating; what it did that the evict's author had
   seen holds (an evicted admin's members stay members);
+- those two effects are an evict's only if it holds once they all apply: an evict they make
+  void (its author's grant was one of them) has none, so it bans nobody. The evicts with
+  effects are found by rounds (see `_resolve`), from the facts alone, so every member holding
+  the same facts finds the same, whatever order they arrived in;
 - a grant that carries an invite is void unless the invite is signed, for this network, of
   that role, by an issuer who may grant it at that point, `at_ms` is not past its expiry, and
   fewer than `uses` other devices were granted by it before.
@@ -222,23 +226,34 @@ class MembershipLog:
         return [self.facts[d] for d in self.order() if d not in theirs and d in within][:limit]
 
     def _resolve(self) -> Resolved:
-        """Replay once to learn which evicts hold, then again without what they had not seen."""
-        first = self._replay(frozenset())
-        evicts = [d for d in self.order() if d not in first.void and self.facts[d].kind == "evict"]
+        """Replay once to learn which evicts hold, then again without what they had not seen,
+        and again without the effects of those that this made void, until every evict whose
+        effects apply holds (each round drops one at least, so it ends): an evict void in the
+        end, such as one whose author's grant another evict voided, bans nobody. One dropped
+        that holds in the end evicts from its point in the order on, without those effects."""
+        plain = self._replay(frozenset())
+        evicts = [d for d in self.order() if d not in plain.void and self.facts[d].kind == "evict"]
         if not evicts:
-            return first
+            return plain
         about: dict[str, set[str]] = {}  # each device's facts: those it made, the grants of it
         for digest, fact in self.facts.items():
             about.setdefault(fact.author, set()).add(digest)
             if fact.kind == "grant":
                 about.setdefault(fact.device, set()).add(digest)
         bits, seen = self._ancestry()
-        unseen: set[str] = set()
-        for evict in evicts:
-            below = seen[evict]
-            theirs = about.get(self.facts[evict].device, ())
-            unseen.update(d for d in theirs if not below & bits[d])
-        return self._replay(frozenset(unseen))
+        while evicts:
+            unseen = {
+                d
+                for evict in evicts
+                for d in about.get(self.facts[evict].device, ())
+                if not seen[evict] & bits[d]
+            }
+            resolved = self._replay(frozenset(unseen))
+            holding = [d for d in evicts if d not in resolved.void]
+            if len(holding) == len(evicts):
+                return resolved
+            evicts = holding
+        return plain
 
     def _replay(self, skipped: frozenset[str]) -> Resolved:
         """Apply the facts in order, but `skipped` ones (void)."""

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from meshactors.identity import Identity
 from meshactors.membership.facts import (
     BOOTSTRAP_PREFIX,
     MAX_BOOTSTRAP_CHARS,
@@ -175,6 +176,112 @@ def test_an_evicted_admin_s_members_stay_but_its_unseen_grant_is_void() -> None:
     assert log.resolved.evicted(admin.device_id)
     assert not log.resolved.is_member(late.device_id)
     assert {record_hash(regrant), record_hash(unseen)} <= log.resolved.void
+
+
+def _deliver(log: MembershipLog, facts: list[Fact]) -> MembershipLog:
+    """Add `facts` in the order given, each as soon as its parents are here (as a member's
+    orphans wait for theirs)."""
+    waiting = list(facts)
+    while waiting:
+        ready = [one for one in waiting if not log.missing(one)]
+        assert ready, "a fact names a parent no fact is"
+        for one in ready:
+            accept(log, one)
+            waiting.remove(one)
+    return log
+
+
+def _regrant_holds(log: MembershipLog, author: Identity, target: str) -> bool:
+    """Whether a grant of `target` by `author`, after every fact of the log, would hold."""
+    copy = _deliver(MembershipLog(log.genesis), list(log.facts.values()))
+    late = max((one.at_ms for one in log.facts.values()), default=0) + 1
+    regrant = fact(copy, author, "grant", target, "member", at_ms=late)
+    accept(copy, regrant)
+    return record_hash(regrant) not in copy.resolved.void
+
+
+@pytest.mark.parametrize("owner_at", [3050, 3200])
+def test_an_evict_its_authors_grant_turns_void_bans_nobody(owner_at: int) -> None:
+    """A co-owner makes C admin and C evicts M, while the owner evicts the co-owner without
+    having seen that grant: C's grant is void, so C's evict is void and bans nobody. M stays a
+    member (and the owner may grant it again), before or after C's evict in the order and in
+    every arrival order."""
+    o1, o2, c, m = device(), device(), device(), device()
+    base = new_log(o1)
+    setup = [fact(base, o1, "grant", o2, "owner", at_ms=2000)]
+    accept(base, *setup)
+    setup.append(fact(base, o1, "grant", m, "member", at_ms=2100))
+    accept(base, setup[-1])
+    heads = base.heads()
+    grant_c = fact(base, o2, "grant", c, "admin", at_ms=3000, parents=heads)
+    evict_m = fact(base, c, "evict", m, at_ms=3100, parents=[record_hash(grant_c)])
+    evict_o2 = fact(base, o1, "evict", o2, at_ms=owner_at, parents=heads)
+    first = None
+    for concurrent in itertools.permutations([grant_c, evict_m, evict_o2]):
+        log = _deliver(MembershipLog(base.genesis), [*setup, *concurrent])
+        assert log.resolved.evicted(o2.device_id)
+        assert not log.resolved.is_member(c.device_id)
+        assert log.resolved.role_of(m.device_id) == "member"
+        assert {record_hash(grant_c), record_hash(evict_m)} <= log.resolved.void
+        assert log.resolved == (first := first or log.resolved)
+    assert _regrant_holds(log, o1, m.device_id)
+
+
+_CAST = [device() for _ in range(4)]  # with _OWNER, the devices of the generated logs
+_ROLES = ("owner", "admin", "member")
+
+_STEP = st.tuples(
+    st.integers(0, len(_CAST)),  # author: 0 is the genesis owner, then _CAST
+    st.sampled_from(["grant", "grant", "revoke", "evict"]),
+    st.integers(0, len(_CAST)),  # target, as the author
+    st.sampled_from(_ROLES),
+    st.integers(2000, 2010),  # at_ms: close together, so authors backdate and tie
+    st.lists(st.integers(0, 63), min_size=1, max_size=3),  # parents: among the facts so far
+)
+
+
+def _generated(
+    steps: list[tuple[int, str, int, str, int, list[int]]],
+) -> tuple[Genesis, list[Fact]]:
+    """A genesis and its log's facts: the owner grants _CAST owner, admin, admin, member in one
+    line, then `steps`, each following one to three facts made before it (so many are
+    concurrent; a step made twice is one fact)."""
+    cast = [_OWNER, *_CAST]
+    log = new_log(_OWNER)
+    made: list[Fact] = []
+    for n, role in enumerate(("owner", "admin", "admin", "member")):
+        made.append(fact(log, _OWNER, "grant", _CAST[n], role, at_ms=1100 + n))
+        accept(log, made[-1])
+    for author, kind, target, role, at_ms, picks in steps:
+        parents = sorted({record_hash(made[p % len(made)]) for p in picks})
+        one = fact(
+            log, cast[author], kind, cast[target], "" if kind == "evict" else role, at_ms, parents
+        )
+        if one not in made:
+            made.append(one)
+    return log.genesis, made
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=st.lists(_STEP, max_size=8), data=st.data())
+def test_every_arrival_order_of_any_log_resolves_alike_and_only_a_holding_evict_bans(
+    steps: list[tuple[int, str, int, str, int, list[int]]], data: st.DataObject
+) -> None:
+    """Grants, revokes and evicts by a few authors, many concurrent, delivered to three
+    members in random orders: all resolve the same roles and void facts; and a device is
+    evicted exactly when a grant of it by an owner, after all of it, would be void (an evict
+    that turns out void bans nobody)."""
+    genesis, facts = _generated(steps)
+    replicas = [
+        _deliver(MembershipLog(genesis), data.draw(st.permutations(facts))) for _ in range(3)
+    ]
+    assert replicas[0].resolved == replicas[1].resolved == replicas[2].resolved
+    log = replicas[0]
+    cast = [_OWNER, *_CAST]
+    owner = next((who for who in cast if log.resolved.role_of(who.device_id) == "owner"), None)
+    for target in cast if owner is not None else []:
+        evicted = log.resolved.evicted(target.device_id)
+        assert _regrant_holds(log, owner, target.device_id) is not evicted
 
 
 def test_an_invite_admits_as_many_devices_as_its_uses_and_not_after_its_time() -> None:
