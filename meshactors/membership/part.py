@@ -499,16 +499,20 @@ class Membership:
         return added
 
     async def _after_change(self) -> None:
-        """Publish what changed since the last resolve and enforce it on the peer table."""
+        """Publish what changed since the last resolve and enforce it on the peer table. A
+        device whose row is gone (a concurrent evict of its grant's author voided the grant)
+        is a member no more, like a revoked one: `member_revoked`, with no author or time."""
         assert self.log is not None
         rows = self.log.resolved.rows
-        changed = [d for d, row in rows.items() if self._rows_before.get(d) != row]
-        self._rows_before = dict(rows)
+        before, self._rows_before = self._rows_before, dict(rows)
+        changed = [d for d, row in rows.items() if before.get(d) != row]
+        changed += [d for d in before if d not in rows]
         for device in changed:
-            row = rows[device]
-            data = {"network": self.network, **row.view()}
-            self.events.publish(_EVENTS[row.status], data)
-            if device == self.me and row.status == EVICTED:
+            row = rows.get(device)
+            status = REVOKED if row is None else row.status
+            view = _gone(device) if row is None else row.view()
+            self.events.publish(_EVENTS[status], {"network": self.network, **view})
+            if row is not None and device == self.me and row.status == EVICTED:
                 log.warning("this device was evicted", network=self.network, by=row.granted_by)
                 self.events.publish("evicted", {"network": self.network, **row.view()})
         if self.me not in changed:
@@ -573,3 +577,8 @@ class Membership:
             functools.partial(log_db.forget_invite, network=self.network),
             what="forget the held invite",
         )
+
+
+def _gone(device: str) -> dict[str, object]:
+    """The row events show of a device the log names no more (its grant turned void)."""
+    return {"device_id": device, "role": None, "granted_by": None, "at": None, "status": REVOKED}

@@ -1,0 +1,90 @@
+"""The log's rules with real daemons and a broker: what members do when a concurrent fact
+voids a grant, and what the ops answer when their own fact ends up void or not kept."""
+
+from __future__ import annotations
+
+from meshactors.clock import wall_ms
+from meshactors.membership.facts import SIG_CHARS, Fact, sign, to_bootstrap
+from meshactors.membership.frames import LogFacts
+from tests.membership.conftest import CLOSED, active, import_closed, members, team
+from tests.network.conftest import Daemon, Mesh
+
+
+async def heads_of(daemon: Daemon) -> list[str]:
+    """The heads of `daemon`'s log, asked of its network's core."""
+    network = daemon.network(CLOSED)
+
+    def heads() -> list[str]:
+        assert network.membership.log is not None
+        return network.membership.log.heads()
+
+    return await network.ask("heads", heads)
+
+
+async def author_unseen(daemon: Daemon, kind: str, device: str, parents: list[str]) -> Fact:
+    """Have `daemon` author a fact following `parents` only, as if it had not yet seen what
+    came after them (its fact crossed another in flight), keep it and push it to every peer
+    it sees, as it does its own facts."""
+    network = daemon.network(CLOSED)
+    part = network.membership
+
+    async def author() -> Fact:
+        assert part.log is not None
+        unsigned = Fact(
+            CLOSED,
+            part.log.genesis_hash,
+            daemon.device_id,
+            kind,
+            device,
+            "",
+            wall_ms(),
+            sorted(parents),
+            None,
+            "A" * SIG_CHARS,
+        )
+        fact = sign(daemon.services.identity, unsigned)
+        await part._save([fact])
+        part._take([fact], stored=True)
+        await part._after_change()
+        for peer in network.peers.handshaken():
+            await network.peers.send_control(peer, LogFacts(part.log.genesis_hash, [fact]))
+        return fact
+
+    return await network.ask_await("author unseen", author)
+
+
+async def test_a_grant_a_concurrent_evict_voids_cuts_its_device_off_and_says_so(
+    mesh: Mesh,
+) -> None:
+    """An admin grants X while the owner evicts that admin without having seen the grant: the
+    grant is void, so every member (X too) publishes `member_revoked` for X, which leaves
+    members_list, is turned away and stands alone, its role none."""
+    owner, admin, other = await team(mesh, "owner", "admin", "other", roles=("admin",))
+    x = await mesh.daemon("x")
+    network = owner.network(CLOSED)
+    await import_closed(
+        x, mesh, to_bootstrap(await network.ask("genesis", network.membership.genesis))
+    )
+    before = await heads_of(owner)
+    await admin.call("members_grant", network=CLOSED, device_id=x.device_id, role="member")
+    for daemon in (owner, other):
+        await active(daemon, x)
+    marks = {d.name: d.last_event_id for d in (owner, other, x)}
+    await author_unseen(owner, "evict", admin.device_id, before)
+    for daemon in (owner, other, x):
+        revoked = await daemon.wait_event(
+            "member_revoked", after=marks[daemon.name], network=CLOSED, device_id=x.device_id
+        )
+        assert (revoked["role"], revoked["status"], revoked["granted_by"]) == (
+            None,
+            "revoked",
+            None,
+        )
+        assert x.device_id not in await members(daemon)
+    for daemon in (owner, other):
+        await daemon.wait_event(
+            "peer_denied", after=marks[daemon.name], network=CLOSED, device_id=x.device_id
+        )
+    await x.wait_event("network_phase", after=marks["x"], network=CLOSED, phase="alone")
+    listed = (await x.call("networks_list"))["networks"][0]
+    assert listed["membership"]["role"] is None and listed["phase"] == "alone"
