@@ -515,6 +515,8 @@ class Membership:
             if row is not None and device == self.me and row.status == EVICTED:
                 log.warning("this device was evicted", network=self.network, by=row.granted_by)
                 self.events.publish("evicted", {"network": self.network, **row.view()})
+        for device in changed:  # before the reapprove, so a new grant of it is settled then
+            await self._answer_again(before.get(device))
         if self.me not in changed:
             await self.peers.reapprove(changed)
             return
@@ -524,6 +526,19 @@ class Membership:
         await self.peers.reapprove(self.peers.handshaken())  # our own standing changed
         if self.log.resolved.evicted(self.me):
             await self.link.send(Park())
+
+    async def _answer_again(self, row: MemberRow | None) -> None:
+        """A device's grant turned void (`row`, what it set, is gone or replaced): if it
+        redeemed an invite and the device is no member now, answer that invite again, so the
+        device does not wait for an answer for ever: `the invite was used up` when another
+        device took a one-use invite at the same time, a new grant while the invite holds."""
+        assert self.log is not None
+        resolved = self.log.resolved
+        if row is None or row.fact not in resolved.void or row.device == self.me:
+            return
+        invite = self.log.facts[row.fact].invite
+        if invite is not None and not resolved.is_member(row.device):
+            await self._redeem(row.device, invite)
 
     async def _redeem(self, device_id: str, invite: Invite) -> None:
         """Turn a presented invite into a grant, once, if we may; answer why not otherwise."""

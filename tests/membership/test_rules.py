@@ -3,10 +3,14 @@ voids a grant, and what the ops answer when their own fact ends up void or not k
 
 from __future__ import annotations
 
+import pytest
+
 from meshactors.clock import wall_ms
 from meshactors.membership.facts import SIG_CHARS, Fact, sign, to_bootstrap
 from meshactors.membership.frames import LogFacts
 from tests.membership.conftest import CLOSED, active, import_closed, members, team
+from tests.membership.logkit import device, fact, invite, new_log
+from tests.membership.test_sync import PartPair
 from tests.network.conftest import Daemon, Mesh
 
 
@@ -42,13 +46,13 @@ async def author_unseen(daemon: Daemon, kind: str, device: str, parents: list[st
             None,
             "A" * SIG_CHARS,
         )
-        fact = sign(daemon.services.identity, unsigned)
-        await part._save([fact])
-        part._take([fact], stored=True)
+        made = sign(daemon.services.identity, unsigned)
+        await part._save([made])
+        part._take([made], stored=True)
         await part._after_change()
         for peer in network.peers.handshaken():
-            await network.peers.send_control(peer, LogFacts(part.log.genesis_hash, [fact]))
-        return fact
+            await network.peers.send_control(peer, LogFacts(part.log.genesis_hash, [made]))
+        return made
 
     return await network.ask_await("author unseen", author)
 
@@ -88,3 +92,37 @@ async def test_a_grant_a_concurrent_evict_voids_cuts_its_device_off_and_says_so(
     await x.wait_event("network_phase", after=marks["x"], network=CLOSED, phase="alone")
     listed = (await x.call("networks_list"))["networks"][0]
     assert listed["membership"]["role"] is None and listed["phase"] == "alone"
+
+
+@pytest.mark.parametrize("revoked", [False, True])
+async def test_an_invite_a_concurrent_grant_used_up_is_answered_again_and_refused(
+    revoked: bool,
+) -> None:
+    """The owner grants X with a one-use invite while an admin that has not seen that grant
+    grants Y with it (Y a stranger, or a member revoked before): once the admin learns X's
+    grant, Y's is void, so the admin answers Y's invite again, `the invite was used up`, and
+    Y stops waiting for a grant."""
+    owner, admin, x, y = device(), device(), device(), device()
+    the_log = new_log(owner)
+    setup = [("grant", admin, "admin"), ("grant", y, "member"), ("revoke", y, "member")]
+    made = []
+    for n, (kind, target, role) in enumerate(setup if revoked else setup[:1]):
+        made.append(fact(the_log, owner, kind, target, role, at_ms=2000 + n))
+        the_log.add(made[-1:])
+    ticket = invite(the_log, owner, expires_ms=wall_ms() + 3_600_000)
+    grant_x = fact(the_log, owner, "grant", x, "member", at_ms=3000, invite=ticket)
+    p = PartPair.of(the_log.genesis, admin, y, made, [*made, grant_x])
+    p.part(y).invite = ticket
+    await p.part(y).on_handshake(admin.device_id)  # Y's heads, then its invite
+    await p.run()
+    assert p.wire.sent["invite_answer"] == 2  # accepted (a grant), then refused
+    assert not p.log(admin).resolved.is_member(y.device_id)
+    by_admin = p.part(admin).events.published  # type: ignore[attr-defined]
+    about_y = [kind for kind, data in by_admin if data.get("device_id") == y.device_id]
+    assert about_y == ["member_granted", "member_revoked"]
+    published = p.part(y).events.published  # type: ignore[attr-defined]
+    refused = [data for kind, data in published if kind == "invite_refused"]
+    assert [(r["by"], r["reason"]) for r in refused] == [
+        (admin.device_id, "the invite was used up")
+    ]
+    assert p.part(y).summary()["invite_pending"] is False
