@@ -228,7 +228,7 @@ class Membership:
     async def append(self, kind: str, device: str, role: str) -> dict[str, object]:
         """members_grant, _revoke, _evict: sign a fact following our heads, keep it, apply it
         and send it to every handshaken peer (OpError forbidden when our role does not allow
-        it)."""
+        it, conflict when the fact is void where it falls in the log's order)."""
         the_log = self._closed_log()
         resolved = the_log.resolved
         if not may(resolved.role_of(self.me), kind, role, resolved.role_of(device)):
@@ -241,9 +241,15 @@ class Membership:
             raise OpError(ErrorCode.CONFLICT, f"{device} was evicted from {self.network}")
         if kind == "revoke" and resolved.role_of(device) != role:
             raise OpError(ErrorCode.CONFLICT, f"{device} does not hold {role}")
-        fact = await self._author(kind, device, role, None)
-        row = the_log.resolved.rows[device]
-        return {"fact": record_hash(fact), "member": row.view()}
+        digest = record_hash(await self._author(kind, device, role, None))
+        if digest in the_log.resolved.void:  # it names at most MAX_PARENTS of our heads
+            raise OpError(
+                ErrorCode.CONFLICT,
+                f"the {kind} was kept but is void: where it falls in the log's order (after "
+                "the heads it names) the rules do not allow it; members_list shows where "
+                "each device stands",
+            )
+        return {"fact": digest, "member": the_log.resolved.rows[device].view()}
 
     async def _author(self, kind: str, device: str, role: str, invite: Invite | None) -> Fact:
         the_log = self._closed_log()

@@ -3,11 +3,21 @@ voids a grant, and what the ops answer when their own fact ends up void or not k
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from meshactors.clock import wall_ms
-from meshactors.membership.facts import SIG_CHARS, Fact, sign, to_bootstrap
+from meshactors.membership.facts import (
+    MAX_PARENTS,
+    SIG_CHARS,
+    Fact,
+    record_hash,
+    sign,
+    to_bootstrap,
+)
 from meshactors.membership.frames import LogFacts
+from meshactors.wire.ipc import ErrorCode, OpError
 from tests.membership.conftest import CLOSED, active, import_closed, members, team
 from tests.membership.logkit import device, fact, invite, new_log
 from tests.membership.test_sync import PartPair
@@ -126,3 +136,35 @@ async def test_an_invite_a_concurrent_grant_used_up_is_answered_again_and_refuse
         (admin.device_id, "the invite was used up")
     ]
     assert p.part(y).summary()["invite_pending"] is False
+
+
+@pytest.mark.parametrize(
+    ("kind", "role"), [("grant", "member"), ("revoke", "member"), ("evict", "")]
+)
+async def test_a_change_whose_fact_is_void_where_it_falls_is_a_conflict(
+    kind: str, role: str
+) -> None:
+    """An admin whose grant (from an owner whose clock runs ahead) sorts after the first
+    MAX_PARENTS of its many heads: its fact names those only, falls before that grant in the
+    log's order, where it may change nothing, and is void. The op says so (`conflict`), neither
+    `internal` (the device has no row) nor a success showing the row as it was."""
+    owner, admin, member = device(), device(), device()
+    the_log = new_log(owner)
+    made = [fact(the_log, owner, "grant", member, "member", at_ms=2000)]
+    ahead = wall_ms() + 3_600_000
+    grant = next(
+        one
+        for at_ms in itertools.count(ahead)
+        if record_hash(one := fact(the_log, owner, "grant", admin, "admin", at_ms)) > "c"
+    )
+    while sum(record_hash(one) < record_hash(grant) for one in made) < MAX_PARENTS:
+        made.append(fact(the_log, owner, "grant", device(), "member", at_ms=2000))
+    p = PartPair.of(the_log.genesis, admin, owner, [*made, grant], [])
+    part = p.part(admin)
+    assert part.summary()["role"] == "admin"
+    target = device().device_id if kind == "grant" else member.device_id
+    with pytest.raises(OpError) as refused:
+        await part.append(kind, target, role)
+    assert refused.value.code == ErrorCode.CONFLICT
+    assert "void" in refused.value.message
+    assert p.log(admin).resolved.role_of(member.device_id) == "member"
