@@ -24,6 +24,7 @@ from meshactors.identity import Identity
 from meshactors.membership import store as log_db
 from meshactors.membership.facts import (
     MAX_PARENTS,
+    ROLES,
     SIG_CHARS,
     BadRecord,
     Fact,
@@ -64,11 +65,13 @@ from meshactors.wire.peer import Frame
 log = structlog.get_logger("meshactors.membership")
 
 MAX_ORPHANS = 256  # facts held while their parents are fetched; more are dropped (counted)
+MAX_VOID_PER_AUTHOR = 16  # void facts kept of one author that is not an owner or admin
 MAX_TTL_S = 30 * 24 * 3600  # an invite's longest life
 HEADS_INTERVAL = 60.0  # seconds between two sends of our heads to the members we see
 UNSIGNED = "A" * SIG_CHARS
 EXPIRED, USED_UP = "the invite expired", "the invite was used up"  # reasons of invite_refused
 
+RANKS = ROLES[:2]  # the roles that may change membership: their facts are never screened out
 _EVENTS = {MEMBER: "member_granted", REVOKED: "member_revoked", EVICTED: "member_evicted"}
 
 
@@ -467,6 +470,8 @@ class Membership:
                 continue
             batch[digest] = fact
         waiting = {**self.orphans, **batch}
+        if not stored:
+            self._screen(waiting)
         added = self._place(waiting, stored=stored)
         self.orphans = {d: f for d, f in waiting.items() if d in self.orphans}
         for digest, fact in waiting.items():
@@ -479,6 +484,45 @@ class Membership:
         if added:
             self.log.add(added)
         return added
+
+    def _screen(self, waiting: dict[str, Fact]) -> None:
+        """Drop from `waiting` (counted) facts that change nothing and would only fill the
+        log: those of a device an evict we hold evicted (`evicted_author`: they follow no
+        evict we hold, so they are void), and past MAX_VOID_PER_AUTHOR void facts of an
+        author that is not an owner or admin (`author_quota`). Never a fact that an owner's or
+        admin's fact here follows: every member needs it to place that one."""
+        assert self.log is not None
+        resolved = self.log.resolved
+        ranked = {d: resolved.role_of(d) for d in resolved.rows if resolved.role_of(d) in RANKS}
+        grown = True
+        while grown:  # and the devices an owner's grant here makes owners or admins
+            grown = False
+            for fact in waiting.values():
+                if fact.kind != "grant" or ranked.get(fact.author) != "owner":
+                    continue
+                if ROLES.index(fact.role) < ROLES.index(ranked.get(fact.device) or "member"):
+                    ranked[fact.device] = fact.role
+                    grown = True
+        needed = {d for d, fact in waiting.items() if fact.author in ranked}
+        stack = list(needed)
+        while stack:
+            for parent in waiting[stack.pop()].parents:
+                if parent in waiting and parent not in needed:
+                    needed.add(parent)
+                    stack.append(parent)
+        void = collections.Counter(self.log.facts[d].author for d in resolved.void)
+        for digest, fact in list(waiting.items()):
+            if digest in needed:
+                continue
+            if resolved.evicted(fact.author):
+                reason = "evicted_author"
+            elif void[fact.author] >= MAX_VOID_PER_AUTHOR:
+                reason = "author_quota"
+            else:
+                void[fact.author] += 1  # it may be void: counted as such until it is resolved
+                continue
+            del waiting[digest]
+            self.dropped[reason] += 1
 
     def _place(self, waiting: dict[str, Fact], *, stored: bool) -> list[Fact]:
         """Take out of `waiting` every fact whose parents are in the log or placed before it,

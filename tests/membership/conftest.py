@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from meshactors.membership.facts import Invite
-from meshactors.membership.frames import InviteRedeem
+from meshactors.clock import wall_ms
+from meshactors.identity import Identity
+from meshactors.membership.facts import Fact, Invite
+from meshactors.membership.frames import LOG_PAGE, InviteRedeem, LogFacts
+from meshactors.membership.log import MembershipLog
+from tests.membership.logkit import fact as logkit_fact
 from tests.network.conftest import Daemon, Mesh, mesh, run_cli  # noqa: F401  (the fixture)
 
 CLOSED = "team"
@@ -85,3 +90,29 @@ async def present(daemon: Daemon, to: Daemon, invite: Invite) -> None:
         await network.peers.send_control(to.device_id, InviteRedeem(invite))
 
     await network.ask_await("present", hold_and_present)
+
+
+def granted(owner: Daemon, the_log: MembershipLog, target: Identity, parents: list[str]) -> Fact:
+    """The owner's signed grant of membership in CLOSED to `target`, after `parents`."""
+    return logkit_fact(
+        the_log,
+        owner.services.identity,
+        "grant",
+        target,
+        "member",
+        wall_ms(),
+        parents,
+        network=CLOSED,
+    )
+
+
+async def push(sender: Daemon, to: Daemon, facts: list[Fact]) -> None:
+    """Have `sender` send `facts` to `to` in pages, as pushes of new facts (or a forger's)."""
+    network = sender.network(CLOSED)
+    the_log = network.membership.log
+    assert the_log is not None
+    for start in range(0, len(facts), LOG_PAGE):
+        frame = LogFacts(the_log.genesis_hash, facts[start : start + LOG_PAGE])
+        await network.ask_await(
+            "send facts", functools.partial(network.peers.send_control, to.device_id, frame)
+        )

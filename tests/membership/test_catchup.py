@@ -11,15 +11,20 @@ from pathlib import Path
 import pytest
 import trio
 
-from meshactors.clock import wall_ms
-from meshactors.identity import Identity
 from meshactors.membership import part as membership_part
 from meshactors.membership.facts import Fact, record_hash, to_bootstrap
-from meshactors.membership.frames import LOG_PAGE, LogFacts, LogHeads
-from meshactors.membership.log import MembershipLog
-from tests.membership.conftest import CLOSED, active, figures, import_closed, members, team
+from meshactors.membership.frames import LOG_PAGE, LogHeads
+from tests.membership.conftest import (
+    CLOSED,
+    active,
+    figures,
+    granted,
+    import_closed,
+    members,
+    push,
+    team,
+)
 from tests.membership.logkit import device
-from tests.membership.logkit import fact as logkit_fact
 from tests.network.conftest import Daemon, Mesh
 
 
@@ -79,28 +84,6 @@ async def test_a_log_longer_than_the_orphan_limit_is_loaded_whole(mesh: Mesh) ->
     assert (await figures(owner))["dropped"] == {}
 
 
-async def _send(sender: Daemon, to: Daemon, facts: list[Fact]) -> None:
-    network = sender.network(CLOSED)
-    frame = LogFacts(network.membership.log.genesis_hash, facts)  # type: ignore[union-attr]
-    await network.ask_await(
-        "send facts", functools.partial(network.peers.send_control, to.device_id, frame)
-    )
-
-
-def granted(owner: Daemon, the_log: MembershipLog, target: Identity, parents: list[str]) -> Fact:
-    """The owner's signed grant of membership in CLOSED to `target`, after `parents`."""
-    return logkit_fact(
-        the_log,
-        owner.services.identity,
-        "grant",
-        target,
-        "member",
-        wall_ms(),
-        parents,
-        network=CLOSED,
-    )
-
-
 async def test_a_fact_before_its_parent_waits_and_both_apply_once_it_comes(mesh: Mesh) -> None:
     owner, member = await team(mesh, "owner", "member")
     the_log = owner.network(CLOSED).membership.log
@@ -110,8 +93,8 @@ async def test_a_fact_before_its_parent_waits_and_both_apply_once_it_comes(mesh:
     first = granted(owner, the_log, x, the_log.heads())
     second = granted(owner, the_log, y, [record_hash(first)])
     mark = member.last_event_id
-    await _send(owner, member, [second])
-    await _send(owner, member, [first])
+    await push(owner, member, [second])
+    await push(owner, member, [first])
     await member.wait_event("member_granted", after=mark, device_id=y.device_id)
     assert {x.device_id, y.device_id} <= set(await members(member))
     assert (await figures(member))["orphans"] == 0
@@ -130,21 +113,21 @@ async def test_a_page_that_brings_nothing_new_ends_the_pulls_while_a_fact_waits(
     further = granted(owner, the_log, w, [record_hash(ahead)])
     gap = granted(owner, the_log, z, [record_hash(further)])  # nobody has it yet
     waiting = granted(owner, the_log, y, [record_hash(gap)])
-    await _send(owner, member, [ahead])
+    await push(owner, member, [ahead])
     await member.wait_event("member_granted", device_id=x.device_id)
     before = (await figures(member))["dropped"].get("duplicate", 0)  # the setup's catch-up
     # the member takes one, keeps one waiting and pulls: the owner, behind it, can only answer
     # with what the member has. Each step below is a round trip on the same two paths, so
     # whatever the member pulled before it has been answered and handled after it.
-    await _send(owner, member, [further, waiting])
+    await push(owner, member, [further, waiting])
     await member.wait_event("member_granted", device_id=w.device_id)
-    await _send(member, owner, [ahead])
+    await push(member, owner, [ahead])
     await owner.wait_event("member_granted", device_id=x.device_id)
-    await _send(owner, member, [gap])
+    await push(owner, member, [gap])
     await member.wait_event("member_granted", device_id=y.device_id)
-    await _send(member, owner, [further])
+    await push(member, owner, [further])
     await owner.wait_event("member_granted", device_id=w.device_id)
-    await _send(owner, member, [granted(owner, the_log, v, [record_hash(waiting)])])
+    await push(owner, member, [granted(owner, the_log, v, [record_hash(waiting)])])
     await member.wait_event("member_granted", device_id=v.device_id)
     assert (await figures(member))["dropped"] == {"duplicate": before + 1}
 

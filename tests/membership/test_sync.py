@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import collections
 import itertools
+import random
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshactors.identity import Identity
 from meshactors.membership import log as log_module
 from meshactors.membership import part as part_module
-from meshactors.membership.facts import Fact, Genesis, record_hash
-from meshactors.membership.frames import LOG_PAGE, MAX_HEADS, LogHeads
+from meshactors.membership.facts import KINDS, ROLES, Fact, Genesis, record_hash
+from meshactors.membership.frames import LOG_PAGE, MAX_HEADS, LogFacts, LogHeads
 from meshactors.membership.log import MembershipLog
-from meshactors.membership.part import Membership
+from meshactors.membership.part import MAX_VOID_PER_AUTHOR, Membership
 from meshactors.wire.peer import Frame, decode_frame, encode_frame
 from tests.membership.logkit import device, fact, invite, new_log
 
@@ -331,3 +335,59 @@ async def test_logs_that_diverged_after_more_than_a_page_of_shared_facts_converg
     await send_heads(p, p.owner if first == "owner" else p.member)
     await p.run()
     assert same_logs(p)
+
+
+FLOOD_TARGETS = 4  # the flooder itself, the owner and two devices the log never named
+
+flood_plans = st.lists(
+    st.tuples(
+        st.sampled_from(KINDS),
+        st.sampled_from(ROLES),
+        st.integers(0, FLOOD_TARGETS - 1),
+        st.lists(st.integers(0, 10**6), min_size=1, max_size=3),  # parents, among those before
+    ),
+    min_size=1,
+    max_size=3 * MAX_VOID_PER_AUTHOR,
+)
+
+
+async def _flood(
+    plan: list[tuple[str, str, int, list[int]]], evicted: bool, page: int, rng: random.Random
+) -> None:
+    """A member (or an evicted one) signs the facts of `plan` and sends them to the owner,
+    shuffled, `page` to a frame: the owner keeps a few, no row changes, it evicts the member."""
+    p = pair(shared=1)
+    owner = p.part(p.owner)
+    if evicted:
+        await owner.append("evict", p.member.device_id, "")
+    the_log = p.log(p.owner)
+    rows = dict(the_log.resolved.rows)
+    targets = [p.member.device_id, p.owner.device_id, device().device_id, device().device_id]
+    sent: list[str] = the_log.heads()
+    flood = []
+    for kind, role, target, picks in plan:
+        parents = sorted({sent[pick % len(sent)] for pick in picks})
+        one = fact(
+            the_log, p.member, kind, targets[target], "" if kind == "evict" else role, 3000, parents
+        )
+        flood.append(one)
+        sent.append(record_hash(one))
+    rng.shuffle(flood)  # the broker may reorder: facts before their parents wait
+    for start in range(0, len(flood), page):
+        await owner.on_frame(
+            p.member.device_id, LogFacts(the_log.genesis_hash, flood[start : start + page])
+        )
+    kept = [f for f in the_log.facts.values() if f.author == p.member.device_id]
+    assert len(kept) <= (0 if evicted else MAX_VOID_PER_AUTHOR)
+    assert the_log.resolved.rows == rows
+    if not evicted:
+        await owner.append("evict", p.member.device_id, "")
+    assert the_log.resolved.evicted(p.member.device_id)
+
+
+@given(plan=flood_plans, evicted=st.booleans(), page=st.integers(1, LOG_PAGE), rng=st.randoms())
+@settings(max_examples=40, deadline=None)
+def test_a_generated_flood_keeps_a_few_facts_changes_nothing_and_its_author_is_evicted(
+    plan: list[tuple[str, str, int, list[int]]], evicted: bool, page: int, rng: random.Random
+) -> None:
+    trio.run(_flood, plan, evicted, page, rng)

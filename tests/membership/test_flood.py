@@ -1,0 +1,102 @@
+"""A member, or an evicted device, that signs void facts by the thousand (a modified daemon)
+cannot fill a closed network's log: the owner keeps a few and can still evict it."""
+
+from __future__ import annotations
+
+from meshactors.clock import wall_ms
+from meshactors.membership import part as membership_part
+from meshactors.membership.facts import Fact, record_hash
+from meshactors.membership.log import MAX_FACTS
+from meshactors.network.link import Park, UseBrokers
+from tests.membership.conftest import CLOSED, figures, granted, members, push, team
+from tests.membership.logkit import device
+from tests.membership.logkit import fact as logkit_fact
+from tests.network.conftest import Daemon, Mesh
+
+
+def self_promotions(author: Daemon, count: int, parents: list[str] | None = None) -> list[Fact]:
+    """`count` grants of admin by `author` to itself, signed by its key, each following the
+    one before (the first `parents`, else its log's heads): all void, as a member's are."""
+    the_log = author.network(CLOSED).membership.log
+    assert the_log is not None
+    heads = parents if parents is not None else the_log.heads()
+    facts = []
+    for n in range(count):
+        one = logkit_fact(
+            the_log,
+            author.services.identity,
+            "grant",
+            author.device_id,
+            "admin",
+            wall_ms() + n,
+            heads,
+            network=CLOSED,
+        )
+        facts.append(one)
+        heads = [record_hash(one)]
+    return facts
+
+
+async def handled(sender: Daemon, receiver: Daemon, owner: Daemon) -> None:
+    """Wait until `receiver` has handled every fact `sender` pushed to it so far: a grant by
+    `owner` pushed after them (frames keep their order) applies."""
+    the_log = receiver.network(CLOSED).membership.log
+    assert the_log is not None
+    newcomer = device()
+    await push(sender, receiver, [granted(owner, the_log, newcomer, the_log.heads())])
+    await receiver.wait_event("member_granted", device_id=newcomer.device_id)
+
+
+class StaysOnTheBroker:
+    """Stands for a network's link in a modified daemon that does not leave when evicted."""
+
+    async def send(self, _message: UseBrokers | Park) -> None:
+        pass
+
+
+async def test_a_member_flooding_the_log_is_held_to_a_few_and_the_owner_evicts_it(
+    mesh: Mesh,
+) -> None:
+    owner, flooder = await team(mesh, "owner", "flooder")
+    before = (await figures(owner))["facts"]
+    flood = self_promotions(flooder, MAX_FACTS + 4)
+    await push(flooder, owner, flood)
+    await handled(flooder, owner, owner)
+    shown = await figures(owner)
+    kept = membership_part.MAX_VOID_PER_AUTHOR
+    assert shown["facts"] == before + kept + 1
+    assert shown["dropped"]["author_quota"] == len(flood) - kept
+    await owner.call("members_evict", network=CLOSED, device_id=flooder.device_id)
+    assert (await members(owner))[flooder.device_id] == (None, "evicted")
+
+
+async def test_an_evicted_device_that_stays_cannot_add_a_fact(mesh: Mesh) -> None:
+    owner, flooder = await team(mesh, "owner", "flooder")
+    flooder.network(CLOSED).membership.link = StaysOnTheBroker()  # type: ignore[assignment]
+    await owner.call("members_evict", network=CLOSED, device_id=flooder.device_id)
+    await flooder.wait_event("evicted", network=CLOSED)
+    before = await figures(owner)
+    flood = self_promotions(flooder, 3)
+    await push(flooder, owner, flood)
+    await handled(flooder, owner, owner)
+    after = await figures(owner)
+    assert after["facts"] == before["facts"] + 1
+    assert after["dropped"]["evicted_author"] == len(flood)
+
+
+async def test_void_facts_an_admin_followed_reach_a_member_that_had_others_of_their_author(
+    mesh: Mesh,
+) -> None:
+    # each kept a different few of the flood; the admin's grant follows its own few, which
+    # the owner's quota would turn away: it takes them, as it needs them to place the grant
+    owner, admin, flooder = await team(mesh, "owner", "admin", "flooder", roles=("admin",))
+    kept = membership_part.MAX_VOID_PER_AUTHOR
+    heads = owner.network(CLOSED).membership.log.heads()  # type: ignore[union-attr]
+    await push(flooder, owner, self_promotions(flooder, kept + 1, heads))
+    await push(flooder, admin, self_promotions(flooder, kept + 1, heads))
+    await handled(flooder, owner, owner)
+    await handled(flooder, admin, owner)
+    newcomer = device()
+    await admin.call("members_grant", network=CLOSED, device_id=newcomer.device_id, role="member")
+    await owner.wait_event("member_granted", device_id=newcomer.device_id)
+    assert await members(owner) == await members(admin)
