@@ -72,7 +72,21 @@ UNSIGNED = "A" * SIG_CHARS
 EXPIRED, USED_UP = "the invite expired", "the invite was used up"  # reasons of invite_refused
 
 RANKS = ROLES[:2]  # the roles that may change membership: their facts are never screened out
+ADMIN_ROOM = 512  # the log's last places: only owners' and admins' facts (and what they follow)
+OWNER_ROOM = 64  # the last of those: only owners' facts (and what they follow)
 _EVENTS = {MEMBER: "member_granted", REVOKED: "member_revoked", EVICTED: "member_evicted"}
+
+
+def _strength(role: str | None) -> int:
+    """How strong a role is among RANKS (owner 2, admin 1), 0 for any other or none."""
+    return len(RANKS) - RANKS.index(role) if role in RANKS else 0
+
+
+def _room(standing: str | None) -> int:
+    """How many facts the log may hold for one more of `standing` (see `Membership._screen`)
+    to fit: the last ADMIN_ROOM places are kept for owners' and admins' facts, the last
+    OWNER_ROOM for owners', so a flood never keeps an owner from evicting the flooder."""
+    return MAX_FACTS - {"owner": 0, "admin": OWNER_ROOM}.get(standing or "", ADMIN_ROOM)
 
 
 @attrs.define(eq=False)
@@ -470,9 +484,8 @@ class Membership:
                 continue
             batch[digest] = fact
         waiting = {**self.orphans, **batch}
-        if not stored:
-            self._screen(waiting)
-        added = self._place(waiting, stored=stored)
+        standing = None if stored else self._screen(waiting)
+        added = self._place(waiting, standing)
         self.orphans = {d: f for d, f in waiting.items() if d in self.orphans}
         for digest, fact in waiting.items():
             if digest in self.orphans:
@@ -485,12 +498,14 @@ class Membership:
             self.log.add(added)
         return added
 
-    def _screen(self, waiting: dict[str, Fact]) -> None:
+    def _screen(self, waiting: dict[str, Fact]) -> dict[str, str | None]:
         """Drop from `waiting` (counted) facts that change nothing and would only fill the
         log: those of a device an evict we hold evicted (`evicted_author`: they follow no
         evict we hold, so they are void), and past MAX_VOID_PER_AUTHOR void facts of an
         author that is not an owner or admin (`author_quota`). Never a fact that an owner's or
-        admin's fact here follows: every member needs it to place that one."""
+        admin's fact here follows: every member needs it to place that one. Returns the
+        standing of each fact left, by hash: the role (owner, admin) of the strongest author
+        of it or of a fact here that follows it, else None; its room in the log (`_room`)."""
         assert self.log is not None
         resolved = self.log.resolved
         ranked = {d: resolved.role_of(d) for d in resolved.rows if resolved.role_of(d) in RANKS}
@@ -500,19 +515,20 @@ class Membership:
             for fact in waiting.values():
                 if fact.kind != "grant" or ranked.get(fact.author) != "owner":
                     continue
-                if ROLES.index(fact.role) < ROLES.index(ranked.get(fact.device) or "member"):
+                if _strength(fact.role) > _strength(ranked.get(fact.device)):
                     ranked[fact.device] = fact.role
                     grown = True
-        needed = {d for d, fact in waiting.items() if fact.author in ranked}
-        stack = list(needed)
-        while stack:
-            for parent in waiting[stack.pop()].parents:
-                if parent in waiting and parent not in needed:
-                    needed.add(parent)
+        standing = {digest: ranked.get(fact.author) for digest, fact in waiting.items()}
+        stack = [digest for digest, rank in standing.items() if rank is not None]
+        while stack:  # what an owner's or admin's fact follows stands as that fact
+            digest = stack.pop()
+            for parent in waiting[digest].parents:
+                if parent in waiting and _strength(standing[digest]) > _strength(standing[parent]):
+                    standing[parent] = standing[digest]
                     stack.append(parent)
         void = collections.Counter(self.log.facts[d].author for d in resolved.void)
         for digest, fact in list(waiting.items()):
-            if digest in needed:
+            if standing[digest] is not None:
                 continue
             if resolved.evicted(fact.author):
                 reason = "evicted_author"
@@ -522,11 +538,17 @@ class Membership:
                 void[fact.author] += 1  # it may be void: counted as such until it is resolved
                 continue
             del waiting[digest]
+            del standing[digest]
             self.dropped[reason] += 1
+        return standing
 
-    def _place(self, waiting: dict[str, Fact], *, stored: bool) -> list[Fact]:
+    def _place(
+        self, waiting: dict[str, Fact], standing: dict[str, str | None] | None
+    ) -> list[Fact]:
         """Take out of `waiting` every fact whose parents are in the log or placed before it,
-        parents first; returns those of a granted author (the others are junk, counted)."""
+        parents first; returns those of a granted author (the others are junk, counted) that
+        have room in the log for their `standing` (see `_screen`; None: stored facts, taken
+        once already, have the room any fact has)."""
         assert self.log is not None
         added: list[Fact] = []
         placed: set[str] = set()
@@ -540,7 +562,11 @@ class Membership:
                 del waiting[digest]
                 progress = True
                 if fact.author not in granted:  # never granted anything: junk, not kept
-                    self.dropped["bad_stored" if stored else "not_a_member"] += 1
+                    self.dropped["not_a_member" if standing is not None else "bad_stored"] += 1
+                    continue
+                held = len(self.log.facts) + len(added)
+                if standing is not None and held >= _room(standing[digest]):
+                    self.dropped["log_full"] += 1
                     continue
                 placed.add(digest)
                 added.append(fact)

@@ -4,9 +4,10 @@ cannot fill a closed network's log: the owner keeps a few and can still evict it
 from __future__ import annotations
 
 from meshactors.clock import wall_ms
+from meshactors.identity import Identity
 from meshactors.membership import part as membership_part
-from meshactors.membership.facts import Fact, record_hash
-from meshactors.membership.log import MAX_FACTS
+from meshactors.membership.facts import MAX_PARENTS, Fact, record_hash
+from meshactors.membership.log import MAX_FACTS, MembershipLog
 from meshactors.network.link import Park, UseBrokers
 from tests.membership.conftest import CLOSED, figures, granted, members, push, team
 from tests.membership.logkit import device
@@ -19,18 +20,18 @@ def self_promotions(author: Daemon, count: int, parents: list[str] | None = None
     one before (the first `parents`, else its log's heads): all void, as a member's are."""
     the_log = author.network(CLOSED).membership.log
     assert the_log is not None
-    heads = parents if parents is not None else the_log.heads()
+    return promotions(the_log, author.services.identity, count, parents or the_log.heads())
+
+
+def promotions(
+    the_log: MembershipLog, author: Identity, count: int, heads: list[str]
+) -> list[Fact]:
+    """`count` grants of admin by `author` to itself in `the_log`'s network, each following
+    the one before, the first `heads`."""
     facts = []
     for n in range(count):
         one = logkit_fact(
-            the_log,
-            author.services.identity,
-            "grant",
-            author.device_id,
-            "admin",
-            wall_ms() + n,
-            heads,
-            network=CLOSED,
+            the_log, author, "grant", author, "admin", wall_ms() + n, heads, network=CLOSED
         )
         facts.append(one)
         heads = [record_hash(one)]
@@ -43,7 +44,8 @@ async def handled(sender: Daemon, receiver: Daemon, owner: Daemon) -> None:
     the_log = receiver.network(CLOSED).membership.log
     assert the_log is not None
     newcomer = device()
-    await push(sender, receiver, [granted(owner, the_log, newcomer, the_log.heads())])
+    after = the_log.heads()[:MAX_PARENTS]
+    await push(sender, receiver, [granted(owner, the_log, newcomer, after)])
     await receiver.wait_event("member_granted", device_id=newcomer.device_id)
 
 
@@ -100,3 +102,24 @@ async def test_void_facts_an_admin_followed_reach_a_member_that_had_others_of_th
     await admin.call("members_grant", network=CLOSED, device_id=newcomer.device_id, role="member")
     await owner.wait_event("member_granted", device_id=newcomer.device_id)
     assert await members(owner) == await members(admin)
+
+
+async def test_members_flooding_together_leave_the_owner_room_to_evict(mesh: Mesh) -> None:
+    # many members, each within its quota: their void facts stop where the room kept for
+    # owners and admins starts, while the owner's grants (pushed among them) still fit
+    owner, flooder = await team(mesh, "owner", "flooder")
+    the_log = owner.network(CLOSED).membership.log
+    assert the_log is not None
+    quota = membership_part.MAX_VOID_PER_AUTHOR
+    flood: list[Fact] = []
+    heads = the_log.heads()
+    for _ in range(MAX_FACTS // (quota + 1) + 1):
+        member = device()
+        grant = granted(owner, the_log, member, heads)
+        heads = [record_hash(grant)]
+        flood += [grant, *promotions(the_log, member, quota, heads)]
+    await push(flooder, owner, flood)
+    await handled(flooder, owner, owner)
+    assert (await figures(owner))["dropped"]["log_full"] > 0
+    await owner.call("members_evict", network=CLOSED, device_id=flooder.device_id)
+    assert (await members(owner))[flooder.device_id] == (None, "evicted")
