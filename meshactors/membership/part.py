@@ -70,6 +70,7 @@ MAX_TTL_S = 30 * 24 * 3600  # an invite's longest life
 HEADS_INTERVAL = 60.0  # seconds between two sends of our heads to the members we see
 UNSIGNED = "A" * SIG_CHARS
 EXPIRED, USED_UP = "the invite expired", "the invite was used up"  # reasons of invite_refused
+LOG_FULL = "the membership log is full"  # and why a fact of ours is refused
 
 RANKS = ROLES[:2]  # the roles that may change membership: their facts are never screened out
 ADMIN_ROOM = 512  # the log's last places: only owners' and admins' facts (and what they follow)
@@ -269,7 +270,11 @@ class Membership:
         return {"fact": digest, "member": the_log.resolved.rows[device].view()}
 
     async def _author(self, kind: str, device: str, role: str, invite: Invite | None) -> Fact:
+        """Sign, keep, apply and send a fact of ours; OpError conflict, and nothing kept, when
+        the log has no room for it."""
         the_log = self._closed_log()
+        if self._no_room():
+            raise OpError(ErrorCode.CONFLICT, f"{LOG_FULL} ({len(the_log.facts)} facts)")
         parents = the_log.heads()[:MAX_PARENTS]
         at = max([wall_ms(), *(the_log.facts[p].at_ms + 1 for p in parents if p in the_log.facts)])
         unsigned = Fact(
@@ -625,6 +630,8 @@ class Membership:
         reason = self._invite_refusal(invite)
         if reason is None and resolved.evicted(device_id):
             reason = "this device was evicted"
+        if reason is None and not resolved.is_member(device_id) and self._no_room():
+            reason = LOG_FULL
         if reason is not None:
             self.dropped["invite_refused"] += 1
             await self.peers.send_control(device_id, InviteAnswer(False, reason))
@@ -632,6 +639,11 @@ class Membership:
         if not resolved.is_member(device_id):
             await self._author("grant", device_id, invite.role, invite)
         await self.peers.send_control(device_id, InviteAnswer(True, ""))
+
+    def _no_room(self) -> bool:
+        """Whether the log has no room for one more fact of ours (see `_room`)."""
+        assert self.log is not None
+        return len(self.log.facts) >= _room(self.log.resolved.role_of(self.me))
 
     def _invite_refusal(self, invite: Invite) -> str | None:
         assert self.log is not None

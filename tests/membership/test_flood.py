@@ -3,8 +3,15 @@ cannot fill a closed network's log: the owner keeps a few and can still evict it
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
+import pytest
+import trio
+
 from meshactors.clock import wall_ms
 from meshactors.identity import Identity
+from meshactors.membership import log as membership_log
 from meshactors.membership import part as membership_part
 from meshactors.membership.facts import MAX_PARENTS, Fact, record_hash
 from meshactors.membership.log import MAX_FACTS, MembershipLog
@@ -12,7 +19,7 @@ from meshactors.network.link import Park, UseBrokers
 from tests.membership.conftest import CLOSED, figures, granted, members, push, team
 from tests.membership.logkit import device
 from tests.membership.logkit import fact as logkit_fact
-from tests.network.conftest import Daemon, Mesh
+from tests.network.conftest import Daemon, Mesh, OpFailed
 
 
 def self_promotions(author: Daemon, count: int, parents: list[str] | None = None) -> list[Fact]:
@@ -123,3 +130,36 @@ async def test_members_flooding_together_leave_the_owner_room_to_evict(mesh: Mes
     assert (await figures(owner))["dropped"]["log_full"] > 0
     await owner.call("members_evict", network=CLOSED, device_id=flooder.device_id)
     assert (await members(owner))[flooder.device_id] == (None, "evicted")
+
+
+def _rows(home: Path) -> int:
+    """The membership_log rows of CLOSED in a daemon's state database (run in a thread)."""
+    db = sqlite3.connect(home / "state.db")
+    try:
+        (count,) = db.execute(
+            "SELECT count(*) FROM membership_log WHERE network = ?", (CLOSED,)
+        ).fetchone()
+    finally:
+        db.close()
+    return int(count)
+
+
+async def test_a_full_log_refuses_our_grant_and_an_invite_and_keeps_no_row(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner, member = await team(mesh, "owner", "member")
+    token = (await owner.call("members_invite", network=CLOSED, role="member"))["token"]
+    the_log = owner.network(CLOSED).membership.log
+    assert the_log is not None
+    for module in (membership_part, membership_log):
+        monkeypatch.setattr(module, "MAX_FACTS", len(the_log.facts))
+    rows = await trio.to_thread.run_sync(_rows, owner.home)
+    with pytest.raises(OpFailed) as refused:
+        await owner.call("members_evict", network=CLOSED, device_id=member.device_id)
+    assert refused.value.code == "conflict"
+    newcomer = await mesh.daemon("newcomer")
+    await newcomer.call("network_join_invite", token=token)
+    answer = await newcomer.wait_event("invite_refused", network=CLOSED)
+    assert (answer["by"], answer["reason"]) == (owner.device_id, membership_part.LOG_FULL)
+    assert await trio.to_thread.run_sync(_rows, owner.home) == rows
+    assert (await members(owner))[member.device_id] == ("member", "member")
