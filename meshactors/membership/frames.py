@@ -18,6 +18,7 @@ from meshactors.wire.peer import Frame, register_frame
 LOG_PAGE = 64  # facts in one `log_facts` page (a fact is at most about 2 KiB of JSON)
 MAX_HEADS = 64  # hashes named in one `log_heads` (heads) or `log_pull` (heads, older facts)
 MAX_REFUSAL_CHARS = 120
+CURSOR = "log_cursor"  # the feature of `log_pull_after`
 
 
 def _hashes(limit: int) -> Callable[[object, attrs.Attribute[list[str]], list[str]], None]:
@@ -33,9 +34,9 @@ def _page(_instance: object, _attribute: attrs.Attribute[list[Fact]], value: lis
         raise ValueError(f"at most {LOG_PAGE} facts in a page")
 
 
-def _genesis(_instance: object, _attribute: attrs.Attribute[str], value: str) -> None:
+def _genesis(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
     if len(value) != HASH_CHARS:
-        raise ValueError("genesis must be a hash")
+        raise ValueError(f"{attribute.name} must be a hash")
 
 
 @register_frame("log_heads")
@@ -55,6 +56,20 @@ class LogPull(Frame):
 
     genesis: str = attrs.field(validator=_genesis)
     heads: list[str] = attrs.field(validator=_hashes(MAX_HEADS))
+
+
+@register_frame("log_pull_after", feature=CURSOR)
+@attrs.frozen
+class LogPullAfter(Frame):
+    """A `log_pull` of only the facts after `after` in the server's order (the last fact of
+    the page before): the pages of one catch-up move on, whatever `heads` can name."""
+
+    genesis: str = attrs.field(validator=_genesis)
+    heads: list[str] = attrs.field(validator=_hashes(MAX_HEADS))
+    after: str = attrs.field(validator=_genesis)
+
+    def downgrade(self) -> list[Frame]:
+        return [LogPull(self.genesis, self.heads)]
 
 
 @register_frame("log_facts")
@@ -84,4 +99,4 @@ class InviteAnswer(Frame):
     reason: str = attrs.field(validator=attrs.validators.max_len(MAX_REFUSAL_CHARS))
 
 
-MEMBERSHIP_FRAMES = (LogHeads, LogPull, LogFacts, InviteRedeem, InviteAnswer)
+MEMBERSHIP_FRAMES = (LogHeads, LogPull, LogPullAfter, LogFacts, InviteRedeem, InviteAnswer)

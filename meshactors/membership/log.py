@@ -216,14 +216,23 @@ class MembershipLog:
         return list(named)
 
     def missing_for(
-        self, theirs_named: Iterable[str], limit: int, upto: str | None = None
+        self,
+        theirs_named: Iterable[str],
+        limit: int,
+        upto: str | None = None,
+        after: str | None = None,
     ) -> list[Fact]:
         """Up to `limit` facts a peer lacks that holds `theirs_named` (its heads, maybe older
         facts too) and so every fact they follow, in order (parents first, so each page
-        applies on its own); with `upto`, only that fact and those it follows."""
+        applies on its own); with `upto`, only that fact and those it follows; with `after`
+        (a fact we hold), only the facts after it in the order. Facts a fact joins do not
+        move the facts we held before it in the order, so pages that each start after the
+        last one's end move on through the log, whatever the peer can name."""
         theirs = self.ancestors(theirs_named)
         within = self.ancestors([upto]) if upto is not None else self.facts.keys()
-        return [self.facts[d] for d in self.order() if d not in theirs and d in within][:limit]
+        order = self.order()
+        start = order.index(after) + 1 if after is not None and after in self.facts else 0
+        return [self.facts[d] for d in order[start:] if d not in theirs and d in within][:limit]
 
     def _resolve(self) -> Resolved:
         """Replay once to learn which evicts hold, then again without what they had not seen,

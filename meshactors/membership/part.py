@@ -38,6 +38,7 @@ from meshactors.membership.facts import (
     verify,
 )
 from meshactors.membership.frames import (
+    CURSOR,
     LOG_PAGE,
     MAX_HEADS,
     InviteAnswer,
@@ -45,6 +46,7 @@ from meshactors.membership.frames import (
     LogFacts,
     LogHeads,
     LogPull,
+    LogPullAfter,
 )
 from meshactors.membership.log import (
     EVICTED,
@@ -350,7 +352,9 @@ class Membership:
             case LogHeads(genesis=genesis, heads=heads) if self._ours(genesis):
                 await self._on_heads(device_id, heads)
             case LogPull(genesis=genesis, heads=named) if self._ours(genesis):
-                await self._on_pull(device_id, named)
+                await self._on_pull(device_id, named, None)
+            case LogPullAfter(genesis=genesis, heads=named, after=after) if self._ours(genesis):
+                await self._on_pull(device_id, named, after)
             case LogFacts(genesis=genesis, facts=facts, more=more) if self._ours(genesis):
                 await self._on_facts(device_id, facts, more)
             case InviteRedeem(invite=invite):
@@ -387,10 +391,14 @@ class Membership:
         assert self.log is not None
         return self.log.heads()[:MAX_HEADS]
 
-    def _pull(self) -> LogPull:
-        """A pull naming our heads and older facts we hold (see MembershipLog.landmarks)."""
+    def _pull(self, after: str | None = None) -> LogPull | LogPullAfter:
+        """A pull naming our heads and older facts we hold (see MembershipLog.landmarks), of
+        the facts after `after` in the server's order if given."""
         assert self.log is not None
-        return LogPull(self.log.genesis_hash, self.log.landmarks(MAX_HEADS, LOG_PAGE))
+        named = self.log.landmarks(MAX_HEADS, LOG_PAGE)
+        if after is None:
+            return LogPull(self.log.genesis_hash, named)
+        return LogPullAfter(self.log.genesis_hash, named, after)
 
     def _knows_all(self, digests: list[str]) -> bool:
         assert self.log is not None
@@ -419,31 +427,32 @@ class Membership:
         elif len(heads) < MAX_HEADS and set(heads) != set(ours) and self._served(device_id, heads):
             await self.peers.send_control(device_id, LogHeads(self.log.genesis_hash, ours))
 
-    async def _on_pull(self, device_id: str, named: list[str]) -> None:
+    async def _on_pull(self, device_id: str, named: list[str], after: str | None) -> None:
         """Serve a pull; when it names facts we lack, pull them back at once (not at the next
         exchange of heads), but only once our page is the last the puller needs and while our
         log can take more: the puller then holds all we name when our pull reaches it (it
         takes what we served first, frames keep order), so it never pulls back in turn."""
         assert self.log is not None
         if (
-            await self._serve(device_id, named)
+            await self._serve(device_id, named, after)
             and not self._knows_all(named)
             and len(self.log.facts) < MAX_FACTS
         ):
             await self.peers.send_control(device_id, self._pull())
 
-    async def _serve(self, device_id: str, named: list[str]) -> bool:
-        """Send a page of what the puller lacks (it holds what it named and all they follow):
-        all of it to a member; to a revoked or evicted device only up to the fact that ended
-        its membership, so that it learns where it stands (a revoked admin stops acting as
-        one) and nothing after. Whether that (or nothing) was all it lacks."""
+    async def _serve(self, device_id: str, named: list[str], after: str | None) -> bool:
+        """Send a page of what the puller lacks (it holds what it named and all they follow),
+        after `after` in our order if given: all of it to a member; to a revoked or evicted
+        device only up to the fact that ended its membership, so that it learns where it
+        stands (a revoked admin stops acting as one) and nothing after. Whether that (or
+        nothing) was all it lacks."""
         assert self.log is not None
         row = self.log.resolved.rows.get(device_id)
         if row is None:
             self.dropped["pull_refused"] += 1
             return False
         upto = None if row.status == MEMBER else row.fact
-        page = self.log.missing_for(named, LOG_PAGE + 1, upto)
+        page = self.log.missing_for(named, LOG_PAGE + 1, upto, after)
         more = len(page) > LOG_PAGE
         if page:
             frame = LogFacts(self.log.genesis_hash, page[:LOG_PAGE], more)
@@ -467,9 +476,13 @@ class Membership:
                 for peer in self.peers.handshaken():
                     if peer != device_id:
                         await self.peers.send_control(peer, heads)
-        # a gap, or the next page; only after progress (a fact taken, or one that waits now):
-        # a peer behind us answers with what we have, and pulling again would never end
-        if (taken or self.orphans.keys() - waiting) and (self.orphans or more):
+        # the next page, after this one's end (a peer that serves pages so moves on through
+        # its log, whatever this one brought); else a gap, or the next page from an older
+        # peer, only after progress (a fact taken, or one that waits now): a peer behind us
+        # answers with what we have, and pulling again would never end
+        if more and facts and self.peers.announces(device_id, CURSOR):
+            await self.peers.send_control(device_id, self._pull(record_hash(facts[-1])))
+        elif (taken or self.orphans.keys() - waiting) and (self.orphans or more):
             await self.peers.send_control(device_id, self._pull())
 
     def _take(self, facts: list[Fact], *, stored: bool) -> list[Fact]:

@@ -268,6 +268,11 @@ class Peers:
         """Device ids of the peers present and handshaken now."""
         return [p.device_id for p in self._peers.values() if _handshaken(p)]
 
+    def announces(self, device_id: str, feature: str) -> bool:
+        """Whether a peer announced `feature` in its hello."""
+        peer = self._peers.get(device_id)
+        return peer is not None and feature in _features(peer)
+
     async def send_control(self, device_id: str, frame: Frame) -> None:
         """Send a control frame to a handshaken peer, best effort (counted when it cannot)."""
         peer = self._peers.get(device_id)

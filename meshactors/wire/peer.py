@@ -36,6 +36,7 @@ FEATURES = (
     "binary_streams",
     "state",
     "msg_batch",
+    "log_cursor",
 )
 MAX_PEER_FRAME_BYTES = 256 * 1024  # one frame's JSON, checked before parsing
 MAX_TAGS = 64  # capability tags per advert

@@ -148,6 +148,22 @@ async def test_a_late_member_receives_the_whole_log_in_pages(mesh: Mesh) -> None
     assert (await figures(late))["accepted"] == 2 * LOG_PAGE + 6
 
 
+async def test_a_late_member_receives_a_log_of_more_heads_than_a_pull_names(mesh: Mesh) -> None:
+    # it named 64 of its heads, was sent pages of facts it held, and stopped at the first
+    (owner,) = await team(mesh, "owner")
+    the_log = owner.network(CLOSED).membership.log
+    assert the_log is not None
+    heads = the_log.heads()
+    beside = [granted(owner, the_log, device(), heads) for _ in range(4 * LOG_PAGE)]
+    await _keep(owner, *beside)
+    late = await mesh.daemon("late")
+    await import_closed(late, mesh, to_bootstrap(the_log.genesis))
+    await owner.call("members_grant", network=CLOSED, device_id=late.device_id, role="member")
+    for one in beside:
+        await late.wait_event("member_granted", device_id=one.device)
+    assert await members(late) == await members(owner)
+
+
 async def test_a_push_the_broker_dropped_is_fetched_at_the_next_heads(
     mesh: Mesh, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -177,12 +193,12 @@ async def _send_heads(sender: Daemon, to: Daemon) -> None:
     )
 
 
-async def _keep(daemon: Daemon, fact: Fact) -> None:
-    """Have `daemon` take `fact` without sending it (as if the broker dropped its push)."""
+async def _keep(daemon: Daemon, *facts: Fact) -> None:
+    """Have `daemon` take `facts` without sending them (as if the broker dropped its push)."""
     part = daemon.network(CLOSED).membership
 
     async def keep() -> None:
-        assert part._take([fact], stored=True) == [fact]
+        assert part._take(list(facts), stored=True) == list(facts)
 
     await daemon.network(CLOSED).ask_await("keep a fact", keep)
 

@@ -20,10 +20,10 @@ from meshactors.identity import Identity
 from meshactors.membership import log as log_module
 from meshactors.membership import part as part_module
 from meshactors.membership.facts import KINDS, ROLES, Fact, Genesis, record_hash
-from meshactors.membership.frames import LOG_PAGE, MAX_HEADS, LogFacts, LogHeads
+from meshactors.membership.frames import CURSOR, LOG_PAGE, MAX_HEADS, LogFacts, LogHeads
 from meshactors.membership.log import MembershipLog
 from meshactors.membership.part import MAX_VOID_PER_AUTHOR, Membership
-from meshactors.wire.peer import Frame, decode_frame, encode_frame
+from meshactors.wire.peer import FEATURES, Frame, decode_frame, encode_for
 from tests.membership.logkit import device, fact, invite, new_log
 
 MAX_FRAMES = 200  # far more than any exchange below needs: past it, the parts would loop
@@ -44,13 +44,18 @@ class Table:
     me: str
     other: str
     wire: Wire
+    features: tuple[str, ...] = FEATURES  # those the other part announces
 
     def handshaken(self) -> list[str]:
         return [self.other]
 
+    def announces(self, device_id: str, feature: str) -> bool:
+        return feature in self.features
+
     async def send_control(self, device_id: str, frame: Frame) -> None:
-        self.wire.sent[frame.tag] += 1
-        self.wire.queue.append((self.me, device_id, encode_frame(frame)))
+        for data in encode_for(frame, self.features):
+            self.wire.sent[decode_frame(data).tag] += 1
+            self.wire.queue.append((self.me, device_id, data))
 
     async def reapprove(self, device_ids: list[str]) -> None:
         pass
@@ -335,6 +340,36 @@ async def test_logs_that_diverged_after_more_than_a_page_of_shared_facts_converg
     await send_heads(p, p.owner if first == "owner" else p.member)
     await p.run()
     assert same_logs(p)
+
+
+def wide(shared: int, owner_only: int) -> PartPair:
+    """An owner and a member, both holding the owner's grant of the member and `shared` grants
+    that each follow it alone, and the owner `owner_only` more of those: a log of as many
+    heads (more than a pull can name)."""
+    owner, member = device(), device()
+    genesis = new_log(owner).genesis
+    granted = chain(genesis, owner, [member])
+    beside = [chain(genesis, owner, [device()], granted[0])[0] for _ in range(shared + owner_only)]
+    return PartPair.of(genesis, owner, member, [*granted, *beside], [*granted, *beside[:shared]])
+
+
+@pytest.mark.parametrize(("shared", "owner_only"), [(0, 4 * LOG_PAGE), (3 * LOG_PAGE, 5)])
+async def test_a_member_catches_up_on_a_log_of_more_heads_than_a_pull_names(
+    shared: int, owner_only: int
+) -> None:
+    # a pull names 64 of the member's heads: the server sent pages of facts it held anyway,
+    # and a page with nothing new ended the exchange (a new member stopped at 130 of 3,002)
+    p = wide(shared, owner_only)
+    await p.send(p.member, p.part(p.member)._pull())
+    await p.run()
+    assert same_logs(p)
+
+
+async def test_pulls_from_a_peer_without_the_cursor_still_end_on_a_page_with_nothing_new() -> None:
+    p = wide(3 * LOG_PAGE, 5)
+    p.part(p.member).peers.features = tuple(f for f in FEATURES if f != CURSOR)  # type: ignore[attr-defined]
+    await p.send(p.member, p.part(p.member)._pull())
+    await p.run()  # the same page again and again, were it pulled again: run fails then
 
 
 FLOOD_TARGETS = 4  # the flooder itself, the owner and two devices the log never named
