@@ -14,7 +14,17 @@ import attrs
 import structlog
 import trio
 
-from meshactors.actors import Actor, ChildSpec, Restart, Supervisor, cleanup_scope, take_queued
+from meshactors.actors import (
+    Actor,
+    ActorGone,
+    AskTimeout,
+    ChildSpec,
+    ChildStartFailed,
+    Restart,
+    Supervisor,
+    cleanup_scope,
+    take_queued,
+)
 from meshactors.control.client import ClientActor
 from meshactors.control.http import sniff
 from meshactors.control.http_response import encode_alone, error_response
@@ -58,6 +68,7 @@ class Tally:
 
     accepted: int = 0
     refused: int = 0
+    failed: int = 0  # accepted, but control did not start their client: closed unanswered
 
 
 @attrs.define(eq=False)
@@ -88,8 +99,8 @@ class Admissions:
         # before each admission, so at most the clients alive since then (and one more) wait.
         self._passed, self._passed_receive = trio.open_memory_channel[str](MAX_CLIENTS)
 
-    async def _admit(self, stream: trio.SocketStream, tcp: TcpAuth | None) -> None:
-        """Start a client actor for `stream`."""
+    async def _admit(self, stream: trio.SocketStream, tcp: TcpAuth | None) -> bool:
+        """Start a client actor for `stream`; False when control did not, and it is closed."""
         client_id = f"c{next(self._ids)}"  # monotonic, never reused while the daemon runs
         name = f"client {client_id}"
         gate = None if tcp is None else TcpGate(tcp, name, self._passed)
@@ -97,9 +108,27 @@ class Admissions:
         spec = ChildSpec(
             name, actor, restart=Restart.TEMPORARY, shutdown_timeout=CLIENT_SHUTDOWN_TIMEOUT
         )
-        await self.control.start_child(spec)
+        try:
+            await self.control.start_child(spec)
+        except (ActorGone, AskTimeout, ChildStartFailed) as failed:
+            await self._admission_failed(stream, name, failed)
+            return False
         if tcp is not None:  # once its node exists, so an admission meanwhile cannot forget it
             self._over_tcp.setdefault(name, False)  # (its pass, if any, is still queued)
+        return True
+
+    async def _admission_failed(
+        self, stream: trio.SocketStream, name: str, error: Exception
+    ) -> None:
+        """Close the connection of a client control did not start (the ask failed: control is
+        stuck or stopping, or the client failed to start), so the listener goes on and the
+        program is not left on a silent socket. Unanswered: a start that timed out may still
+        be carried out, and a busy answer would then read and write the socket beside the
+        client; the stop queued behind that start ends such a client, which finds its socket
+        closed anyway and ends as if the program hung up."""
+        self.control.stop_child_nowait(name)  # (False when there is no room: it ends by itself)
+        await stream.aclose()
+        log.warning("connection closed: control did not start its client", error=str(error))
 
     async def _refuse(
         self, refusals: trio.Nursery, stream: trio.SocketStream, tcp: TcpAuth | None, busy: bytes
@@ -169,8 +198,10 @@ class Admissions:
                 stream = await listener.accept()
                 busy = self._refusal(tcp)
                 if busy is None:
-                    await self._admit(stream, tcp)
-                    tally.accepted += 1
+                    if await self._admit(stream, tcp):
+                        tally.accepted += 1
+                    else:
+                        tally.failed += 1
                 else:
                     await self._refuse(refusals, stream, tcp, busy)
                     tally.refused += 1

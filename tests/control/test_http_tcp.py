@@ -10,9 +10,10 @@ from pathlib import Path
 
 import attrs
 import pytest
+import structlog
 import trio
 
-from meshactors.actors import AskTimeout, Supervisor
+from meshactors.actors import AskTimeout, ChildSpec, Supervisor
 from meshactors.control import supervisor
 from meshactors.control.tcp_auth import TokenFileError, load_or_create_token
 from meshactors.daemon.services import Services
@@ -238,6 +239,49 @@ async def test_an_eviction_control_has_no_room_for_refuses_the_newcomer(
     response = await (await tcp()).response()
     assert (response.status, response.code) == (503, "unavailable")
     assert tcp_figures(tcp_daemon)["evicted"] == 0
+
+
+def start_fails_once(monkeypatch: pytest.MonkeyPatch, *, carried_out: bool) -> None:
+    """Make control's next start of a child an ask that got no answer in time; with
+    `carried_out`, one whose start control carried out all the same (it answered too late)."""
+    start = Supervisor.start_child
+
+    async def timed_out(control: Supervisor, spec: ChildSpec, *, replace: bool = False) -> None:
+        monkeypatch.setattr(Supervisor, "start_child", start)  # the next start succeeds
+        if carried_out:
+            await start(control, spec, replace=replace)
+        raise AskTimeout(f"start {spec.name}", 30)
+
+    monkeypatch.setattr(Supervisor, "start_child", timed_out)
+
+
+@pytest.mark.parametrize("carried_out", [False, True])
+@pytest.mark.parametrize("over", ["listener", "tcp"])
+async def test_a_connection_control_did_not_start_is_closed_and_the_listener_goes_on(
+    tcp_daemon: TcpDaemon,
+    tcp: Connect,
+    monkeypatch: pytest.MonkeyPatch,
+    over: str,
+    carried_out: bool,
+) -> None:
+    """The start of a connection's client is an ask of control that may fail: the listener
+    closes that connection (its client, if control started it after all, is stopped and
+    ends as if the program hung up) and accepts the next one, without a restart."""
+    unix_socket = str(tcp_daemon.services.paths.socket)
+    async with raw_http(partial(trio.open_unix_socket, unix_socket)) as unix:
+        connect = unix if over == "listener" else tcp
+        start_fails_once(monkeypatch, carried_out=carried_out)
+        with structlog.testing.capture_logs() as logs:
+            failed = await connect()
+            assert await failed.closed()
+            served = await connect()
+            assert await authorized(tcp_daemon, served) == 200
+            while len(tcp_daemon.services.client_nodes()) > 1:  # the late client's stop
+                await trio.testing.wait_all_tasks_blocked()
+    node = tcp_daemon.services.tree.find(f"daemon/control/{over}")
+    assert node is not None and node.figures is not None and node.restarts == 0
+    assert (node.figures()["accepted"], node.figures()["failed"]) == (1, 1)
+    assert [log["event"] for log in logs if log["log_level"] == "error"] == []
 
 
 async def test_tcp_connections_that_passed_the_token_check_keep_their_places(
