@@ -215,12 +215,14 @@ class Streams:
 
     def _maybe_finish(self, state: StreamState) -> None:
         """Both directions ended: the stream is done. Once our end went out, data the peer sent
-        a program that left is lost: the peer learns it (cancelled) instead."""
+        a program that left is lost: the peer learns it (cancelled) instead. Whether nothing was
+        lost is known once the credit task took all the connection wrote and marked it `left`:
+        a stream whose connection closed before that waits for it."""
         if not self.table.holds(state) or not state.local_ended:
             return
         if state.lost:
             self._reset(state, "cancelled", "the other program went away", local=False)
-        elif state.remote_ended:
+        elif state.remote_ended and (state.left or not _connection_closed(state)):
             self.counters["finished"] += 1
             self._forget(state)
 
@@ -395,14 +397,16 @@ class Streams:
         self._maybe_finish(state)
 
     def _to_socket(self, state: StreamState, item: Item) -> None:
-        """Queue what arrived for the program's socket; data for a program that left is lost."""
+        """Queue what arrived for the program's socket; data for a program that left is lost.
+        A connection found closed is marked `left` by the credit task, not here: `held` is exact
+        only once that task took all the connection wrote (it may be sending a credit)."""
         assert state.core is not None
         if not state.left:
             try:
                 state.core.to_socket.send_nowait(item)
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._left(state)
+                pass
             except trio.WouldBlock:  # credit keeps this from happening unless the peer cheats
                 self._reset(state, "protocol", "more frames than the window holds")
                 return
@@ -442,6 +446,13 @@ class Streams:
             return
         for state in [s for s in self.table if s.peer == device_id]:
             self._reset(state, "peer_not_active", f"peer {device_id} left", peer=False)
+
+
+def _connection_closed(state: StreamState) -> bool:
+    """Whether the program's connection closed its end of the stream's pipe (it may not be
+    marked `left` yet)."""
+    assert state.core is not None
+    return state.core.to_socket.statistics().open_receive_channels == 0
 
 
 def _told(_sent: bool) -> None:

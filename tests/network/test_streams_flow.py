@@ -254,12 +254,11 @@ class CreditLaneFullPeers(RecordingPeers):
         return super().send_app_nowait(device_id, frame)
 
 
-async def test_a_program_that_wrote_all_then_left_is_not_taken_for_one_that_lost_data(
-    nursery: trio.Nursery,
-) -> None:
-    """The program wrote all that came, sent its end and left while core's credit task was
-    still stuck sending a credit: what it wrote still counts once that task reads it, so the
-    peer finishes rather than being cancelled."""
+async def credit_stuck(
+    nursery: trio.Nursery, *, wrote_all: bool
+) -> tuple[ServedStreams, CreditLaneFullPeers, Pipe]:
+    """A stream PEER opened, accepted, whose core's credit task is stuck sending the credit of
+    the first data frame the connection wrote; a second one came too, written if `wrote_all`."""
     peers, owner = CreditLaneFullPeers([PEER]), RecordingConnection()
     streams = Streams("net", AppWire(peers, ME), run_now, lambda _m: owner)
     await nursery.start(streams.run)
@@ -268,10 +267,20 @@ async def test_a_program_that_wrote_all_then_left_is_not_taken_for_one_that_lost
     first, second = b"x" * (CREDIT_RETURN - STREAM_FRAME_COST), b"y"
     peers.deliver(StreamData(WIRE_ID, True, 1, first))
     peers.deliver(StreamData(WIRE_ID, True, 2, second))
-    for data in (first, second):
+    for data in (first, second) if wrote_all else (first,):
         assert pipe.to_socket.receive_nowait() == data
         await pipe.consumed.send(frame_cost(data))  # the connection wrote it
         await trio.testing.wait_all_tasks_blocked()  # the first credit waits for room
+    return served, peers, pipe
+
+
+async def test_a_program_that_wrote_all_then_left_is_not_taken_for_one_that_lost_data(
+    nursery: trio.Nursery,
+) -> None:
+    """The program wrote all that came, sent its end and left while core's credit task was
+    still stuck sending a credit: what it wrote still counts once that task reads it, so the
+    peer finishes rather than being cancelled."""
+    served, peers, pipe = await credit_stuck(nursery, wrote_all=True)
     await pipe.from_socket.send(END)
     leave(pipe)
     await trio.testing.wait_all_tasks_blocked()
@@ -280,6 +289,32 @@ async def test_a_program_that_wrote_all_then_left_is_not_taken_for_one_that_lost
     assert served.peers.of(StreamEnd) == [StreamEnd(WIRE_ID, False, 0)]
     peers.deliver(StreamEnd(WIRE_ID, True, 2))
     assert served.streams.figures()["counters"]["finished"] == 1
+
+
+@pytest.mark.parametrize("wrote_all", [True, False])
+@pytest.mark.parametrize("peer_ends", ["before", "after"])
+async def test_whether_a_left_program_lost_data_is_told_once_the_credit_task_knows(
+    nursery: trio.Nursery, peer_ends: str, wrote_all: bool
+) -> None:
+    """The program sent its end and left while core's credit task was stuck sending a credit,
+    and the peer's end came before or after it left: the stream neither finishes nor is
+    cancelled until that task took all the connection wrote; then it finishes if the
+    connection wrote all that came, else the peer is cancelled."""
+    served, peers, pipe = await credit_stuck(nursery, wrote_all=wrote_all)
+    if peer_ends == "before":
+        peers.deliver(StreamEnd(WIRE_ID, True, 2))
+    pipe.from_socket.send_nowait(END)  # and it leaves before core reads that end
+    leave(pipe)
+    await trio.testing.wait_all_tasks_blocked()
+    assert served.peers.of(StreamEnd) == [StreamEnd(WIRE_ID, False, 0)]
+    if peer_ends == "after":
+        peers.deliver(StreamEnd(WIRE_ID, True, 2))
+    assert await resets(served) == []
+    assert served.streams.figures()["open"] == 1  # not decided yet
+    peers.room.set()
+    assert await resets(served) == ([] if wrote_all else ["cancelled"])
+    assert served.streams.figures()["counters"].get("finished", 0) == int(wrote_all)
+    assert served.streams.figures()["open"] == 0
 
 
 async def test_a_program_that_left_goes_after_the_streams_timeout(
