@@ -9,6 +9,7 @@ from meshactors.actors._lanes import LanedInbox
 from meshactors.actors._pending import Pending
 from meshactors.actors._queued import hand_over, take_queued
 from meshactors.actors._registry import ActorState, Node, current_node
+from meshactors.actors._sequencer import Sequencer, Turn
 from meshactors.actors._supervisor import (
     ChildSpec,
     ChildStartFailed,
@@ -40,10 +41,12 @@ __all__ = [
     "Reply",
     "Restart",
     "RestartLimits",
+    "Sequencer",
     "Strategy",
     "Subscriber",
     "Supervisor",
     "SupervisorEscalation",
+    "Turn",
     "ask",
     "cleanup_scope",
     "current_node",

@@ -1,7 +1,9 @@
 """The `client c<n>` actor: one control-socket connection, its requests, answers and events.
 
 It reads request lines and runs each op in its own task (up to a cap), except channel sends,
-which one in-order task runs as they come (consecutive ones merged: see daemon/optable.py).
+which one in-order task runs as they come (consecutive ones merged: see ops/optable.py); a
+claim or subscription's task starts its work once the requests read before it for the same
+method or channel ended (`Op.ordered_by`), so they take effect in the order sent.
 Every answer and event goes on one bounded outgoing channel (bounded in frames and in bytes:
 past MAX_OUTGOING_BYTES no new request starts, and a frame that waits STALL_TIMEOUT for room
 cuts the connection off); one writer task drains what is queued into one socket write, so

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -10,7 +10,7 @@ import attrs
 import structlog
 import trio
 
-from meshactors.actors import Subscriber
+from meshactors.actors import Sequencer, Subscriber
 from meshactors.daemon.services import Services
 from meshactors.network.stream_pipe import Pipe
 from meshactors.store.events import Event
@@ -49,6 +49,7 @@ class Session:
     event_stream: HubSubscription | None = None  # once subscribed to the event hub
     receives_pushes: bool = True  # False on HTTP: pushed events have nowhere to go
     pipe: Pipe | None = None  # set by stream_open/_accept: the connection is a binary stream
+    turns: Sequencer[Hashable] = attrs.field(factory=Sequencer)  # `Op.ordered_by` requests
     _cleanups: list[Cleanup] = attrs.field(factory=list)
     _cleanup_keys: set[str] = attrs.field(factory=set)
     _cancellable: dict[RequestId, trio.CancelScope] = attrs.field(factory=dict)

@@ -3,18 +3,21 @@
 Ops with a `Merge` are run in order, one request after another, by the connection's in-order
 runner; consecutive requests with equal run keys run as one (e.g. one frame and seal for many
 channel messages, one store call for many durable sends) and each still gets its own answer,
-in order.
+in order. Other ops run each request in its own task, at once, except that an op `ordered_by`
+a key waits for the connection's earlier requests of equal key (a claim or a subscription of
+one name) to end.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 import structlog
 
-from meshactors.actors import ActorGone, AskTimeout, unanswered
+from meshactors.actors import ActorGone, AskTimeout, Turn, unanswered
 from meshactors.wire.ipc import ErrorCode, OpError, Request
 from meshactors.wire.jsonlimits import bad_json_path
 from meshactors.wire.strict import describe_error, make_strict_converter
@@ -62,7 +65,10 @@ class Op(Generic[P]):
     `pushes`, answered with the event stream as server-sent events); with `idempotency_key`
     a POST's Idempotency-Key header fills a missing `client_message_id` and the answer's
     `outcome` picks the status. A `cancellable` op's request that has an id can be stopped
-    by that id while in flight (`rpc_cancel{call}`): it then fails with `cancelled`."""
+    by that id while in flight (`rpc_cancel{call}`): it then fails with `cancelled`. An op
+    `ordered_by` a key of its params runs each request once the connection's earlier requests
+    of equal key ended, so the claims and subscriptions it sends take effect in the order sent
+    (other requests run meanwhile); an op with `merge` runs in order already."""
 
     name: str
     params: type[P]
@@ -79,6 +85,7 @@ class Op(Generic[P]):
     http_post: str | None = attrs.field(kw_only=True, default=None)
     idempotency_key: bool = attrs.field(kw_only=True, default=False)
     cancellable: bool = attrs.field(kw_only=True, default=False)
+    ordered_by: Callable[[P], Hashable] | None = attrs.field(kw_only=True, default=None)
 
     def refusal_without_pushes(self) -> OpError:
         """Why a connection that takes no pushes (HTTP) cannot run this op that `switches` or
@@ -146,6 +153,8 @@ class OpTable:
             for op in group:
                 if op.name in table.ops:
                     raise ValueError(f"op {op.name!r} defined twice")
+                if op.merge is not None and op.ordered_by is not None:
+                    raise ValueError(f"op {op.name!r} runs in order already: no ordered_by")
                 table.ops[op.name] = op
                 routes = ((op.http_get, table.get_paths), (op.http_post, table.post_paths))
                 for path, paths in routes:
@@ -190,11 +199,18 @@ class OpTable:
         function returning an awaitable does its first part now, in the caller's task (so an
         RPC frame leaves without waiting for a new task to run); the rest is the awaitable,
         which the connection's session can stop by the request's id if the op is `cancellable`.
+        An op `ordered_by` a key takes its place in the key's line now and starts its handler
+        in the awaitable, once the requests begun before it of that key ended: the awaitable
+        must be awaited.
 
         Raises OpError; a handler's bug is logged and becomes `internal`.
         """
         op, params = self.validate(session, request)
-        work = _started(session, op, params)
+        if op.ordered_by is None:
+            work = _started(session, op, params)
+        else:
+            turn = session.turns.turn(op.ordered_by(params))
+            work = _in_turn(turn, functools.partial(_started, session, op, params))
         if op.cancellable and request.id is not None:
             return session.cancellable(request.id, work)
         return work
@@ -242,6 +258,12 @@ class OpTable:
         if run.op.merge.each and not isinstance(outcome, OpError):
             outcome = Each(outcome)
         await answer(run.requests, outcome)
+
+
+async def _in_turn(turn: Turn[Hashable], start: Callable[[], Awaitable[Any]]) -> Any:
+    """What `start()` begins, begun once `turn` came, and awaited before the turn ends."""
+    async with turn:
+        return await start()
 
 
 def _started(session: Session, op: Op[P], params: P) -> Awaitable[Any]:

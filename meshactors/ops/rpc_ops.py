@@ -211,6 +211,16 @@ def _watch_channels(session: Session, network_id: str) -> None:
     _release_at_close(session, network_id, "channels", release)
 
 
+def _method_key(params: RpcRegister | RpcUnregister) -> Hashable:
+    """The claim a request changes: its register and unregister run in the order sent."""
+    return ("method", params.network, params.method)
+
+
+def _channel_key(params: ChannelRef) -> Hashable:
+    """The subscription a request changes: its subscribe and unsubscribe run in the order sent."""
+    return ("channel", params.network, params.channel)
+
+
 async def rpc_register(session: Session, params: RpcRegister) -> dict[str, Any]:
     """Own a method on a network; the connection that owned it before is told it was displaced."""
     check_name(params.method, "method")
@@ -467,6 +477,7 @@ OPS: list[Op[Any]] = [
         command="rpc serve",
         client="serve",
         pushes=True,
+        ordered_by=_method_key,
     ),
     Op(
         "rpc_unregister",
@@ -475,6 +486,7 @@ OPS: list[Op[Any]] = [
         "give up a method",
         command="rpc serve",
         client="unserve",
+        ordered_by=_method_key,
     ),
     Op(
         "rpc_call",
@@ -518,6 +530,7 @@ OPS: list[Op[Any]] = [
         command="channel subscribe",
         client="subscribe",
         pushes=True,
+        ordered_by=_channel_key,
     ),
     Op(
         "channel_unsubscribe",
@@ -526,6 +539,7 @@ OPS: list[Op[Any]] = [
         "stop receiving a channel",
         command="channel subscribe",
         client="subscribe",
+        ordered_by=_channel_key,
     ),
     Op(
         "channel_send_to",
