@@ -366,9 +366,8 @@ class MeshClient(Ops):
         desired = self._link.desired.channels
         with feed.join() as subscriber:
             desired[want] = desired.get(want, 0) + 1
-            try:
-                if desired[want] == 1:
-                    await self._link.ensure(want, self.call_timeout)
+            try:  # after the ensure or release of the channel in flight, if any
+                await self._link.ensure(want, self.call_timeout)
                 yield subscriber
             finally:
                 desired[want] -= 1

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import trio
 
-from meshactors.actors import Lagged
+from meshactors.actors import Lagged, Sequencer
 from meshactors.client._conn import Connection, open_connection
 from meshactors.client.errors import (
     ClientClosed,
@@ -105,6 +105,7 @@ class DaemonLink:
     _up: trio.Event = attrs.field(factory=trio.Event)
     _attempt: _Attempt | None = None
     _closed: bool = False
+    _turns: Sequencer[Want] = attrs.field(factory=Sequencer)  # ensures and releases, by want
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Connect and replay the desired state; concurrent and repeated calls share one
@@ -152,26 +153,34 @@ class DaemonLink:
         return await live.conn.call(op, params, max(0.0, deadline - trio.current_time()))
 
     async def ensure(self, want: Want, timeout: float) -> None:
-        """Put a desired-state entry in place now (it is replayed on later connects anyway)."""
-        with trio.move_on_after(timeout) as scope:
-            while True:
-                live = await self._live()
-                try:
-                    await self._apply(live, want, timeout)
-                    return
-                except ConnectionLost:
-                    continue  # the replay on the next connection puts it in place
-        if scope.cancelled_caught:
-            raise DeadlineExceeded(want.kind.apply_op, timeout)
+        """Put a desired-state entry in place now (it is replayed on later connects anyway),
+        once the ensures and releases of it begun before ended: so one that joins an ensure in
+        flight returns when that one put the entry in place, or tries itself if it failed."""
+        with trio.move_on_after(timeout):
+            async with self._turns.turn(want):
+                while True:
+                    live = await self._live()
+                    try:
+                        await self._apply(live, want, timeout)
+                        return
+                    except ConnectionLost:
+                        continue  # the replay on the next connection puts it in place
+        raise DeadlineExceeded(want.kind.apply_op, timeout)
 
     async def release(self, want: Want, timeout: float) -> None:
-        """Undo an entry already dropped from the desired state, if the connection has it."""
-        live = self._current
-        if self._closed or live is None or want not in live.applied:
-            return  # a closed client's connection takes its entries with it
-        live.applied.discard(want)
-        with contextlib.suppress(ConnectionLost):  # the daemon released it with the connection
-            await live.conn.call(want.kind.release_op, want.params(), timeout)
+        """Undo an entry already dropped from the desired state, if the connection has it,
+        once the ensures and releases of it begun before ended (an ensure in flight when the
+        entry was dropped is undone, not left in place)."""
+        with trio.move_on_after(timeout):
+            async with self._turns.turn(want):
+                live = self._current
+                if self._closed or live is None or want not in live.applied:
+                    return  # a closed client's connection takes its entries with it
+                live.applied.discard(want)
+                with contextlib.suppress(ConnectionLost):  # the daemon released it with it
+                    await live.conn.call(want.kind.release_op, want.params(), timeout)
+                return
+        raise DeadlineExceeded(want.kind.release_op, timeout)
 
     def forget(self, want: Want) -> None:
         """Drop an entry the daemon already took away (a displaced claim): never replay it."""
