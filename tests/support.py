@@ -19,6 +19,7 @@ import trio
 
 from meshactors.actors import Actor
 from meshactors.daemon.lock import read_running_pid
+from meshactors.daemon.services import Services
 from meshactors.event_hub import EventHub
 from meshactors.store.events import Event
 
@@ -36,6 +37,33 @@ def obeying_file_modes() -> None:
     for capability in FILE_OVERRIDE_CAPS:
         if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+@attrs.define(eq=False)
+class HeldOp:
+    """Stands in for a daemon op's handler (`hold_op`): each request waits for `go` before
+    the real handler runs; `entered` is set once one is waiting, `finished` once one ran."""
+
+    real: Callable[[Any, Any], Awaitable[Any]]
+    entered: trio.Event = attrs.field(factory=trio.Event)
+    go: trio.Event = attrs.field(factory=trio.Event)
+    finished: trio.Event = attrs.field(factory=trio.Event)
+
+    async def __call__(self, session: Any, params: Any) -> Any:
+        self.entered.set()
+        await self.go.wait()
+        try:
+            return await self.real(session, params)
+        finally:
+            self.finished.set()
+
+
+def hold_op(services: Services, name: str) -> HeldOp:
+    """Have the running daemon's op `name` wait for the returned HeldOp's `go`."""
+    op = services.ops.ops[name]
+    held = HeldOp(op.handler)
+    services.ops.ops[name] = attrs.evolve(op, handler=held)
+    return held
 
 
 @attrs.define(eq=False)

@@ -267,7 +267,7 @@ class MeshClient(Ops):
         try:
             await self._link.ensure(want, self.call_timeout)
         except ClientError as error:
-            self._drop_claim(want)
+            await self._unclaim_after(want, error)
             self._route(replay_failed(want, error))
         else:
             self._route({"kind": "client_reclaimed", "network": want.network, "method": want.name})
@@ -285,8 +285,23 @@ class MeshClient(Ops):
             await self._link.ensure(want, self.call_timeout)
         except ClientError as error:
             if not isinstance(error, ConnectionLost):
-                self._drop_claim(want)
+                await self._unclaim_after(want, error)
             raise
+
+    async def _unclaim(self, want: Want) -> None:
+        """Give up a claim: its handler goes, it is never replayed, and the daemon releases it
+        (if it holds it, or may: a claim given up before its answer came may still be made)."""
+        self._forget_handler(want)
+        self._link.desired.claims.pop(want, None)
+        await self._link.release(want, self.call_timeout)
+
+    async def _unclaim_after(self, want: Want, failure: ClientError) -> None:
+        """`_unclaim` a claim that failed with `failure`, which is what the caller is told: a
+        release that fails too says nothing more."""
+        try:
+            await self._unclaim(want)
+        except ClientError as also:
+            log.debug("releasing %s after %s failed too: %s", want.name, failure.code, also)
 
     def _forget_handler(self, want: Want) -> None:
         """Let go of the handler of a claim, a call or a binary-stream one (`unserve` and a
@@ -306,10 +321,7 @@ class MeshClient(Ops):
 
     async def unserve(self, network: str, method: str) -> None:
         """Give up a method served with `serve`."""
-        want = Want(WantKind.CLAIM, network, method)
-        self._forget_handler(want)
-        self._link.desired.claims.pop(want, None)
-        await self._link.release(want, self.call_timeout)
+        await self._unclaim(Want(WantKind.CLAIM, network, method))
 
     # binary streams
     async def open_stream(

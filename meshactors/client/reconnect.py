@@ -31,6 +31,9 @@ RECONNECT_TIMEOUT = math.inf  # seconds a lost daemon is waited for (calls have 
 RECONNECT_DELAY_FIRST = 0.05  # seconds before reconnecting after a connection that failed early
 RECONNECT_DELAY_MAX = 1.0  # the reconnect backoff's bound (doubling from the first delay)
 REPLAY_CALL_TIMEOUT = 30.0  # seconds each replayed claim or subscription may take
+# errors after which the daemon may still carry the request out: its core did not answer in
+# time, or we stopped waiting (a cancel, too)
+UNSURE_CODES = frozenset({"timeout", "unavailable", "deadline"})
 
 Frame = dict[str, Any]
 
@@ -80,7 +83,10 @@ class _Live:
     """The current connection and which wants it already carries."""
 
     conn: Connection
-    applied: set[Want] = attrs.field(factory=set)
+    applied: set[Want] = attrs.field(factory=set)  # put in place (or being put)
+    # asked of it and not released since, unless refused: one given up (a deadline, a cancel)
+    # or failed `timeout`/`unavailable` may still be carried out (UNSURE_CODES)
+    asked: set[Want] = attrs.field(factory=set)
 
 
 @attrs.define(eq=False)
@@ -168,14 +174,16 @@ class DaemonLink:
         raise DeadlineExceeded(want.kind.apply_op, timeout)
 
     async def release(self, want: Want, timeout: float) -> None:
-        """Undo an entry already dropped from the desired state, if the connection has it,
-        once the ensures and releases of it begun before ended (an ensure in flight when the
-        entry was dropped is undone, not left in place)."""
+        """Undo an entry already dropped from the desired state, if the connection has it or
+        was asked for it (an ensure given up may still be carried out), once the ensures and
+        releases of it begun before ended (an ensure in flight when the entry was dropped is
+        undone, not left in place)."""
         with trio.move_on_after(timeout):
             async with self._turns.turn(want):
                 live = self._current
-                if self._closed or live is None or want not in live.applied:
+                if self._closed or live is None or want not in live.asked:
                     return  # a closed client's connection takes its entries with it
+                live.asked.discard(want)
                 live.applied.discard(want)
                 with contextlib.suppress(ConnectionLost):  # the daemon released it with it
                     await live.conn.call(want.kind.release_op, want.params(), timeout)
@@ -187,6 +195,7 @@ class DaemonLink:
         self.desired.claims.pop(want, None)
         if self._current is not None:
             self._current.applied.discard(want)
+            self._current.asked.discard(want)
 
     def lost(self, want: Want) -> None:
         """The daemon ended an entry the client still wants (a restart): the next `ensure` or
@@ -214,10 +223,13 @@ class DaemonLink:
         if want in live.applied:
             return
         live.applied.add(want)
+        live.asked.add(want)
         try:
             await live.conn.call(want.kind.apply_op, self.desired.apply_params(want), timeout)
-        except BaseException:
+        except BaseException as error:
             live.applied.discard(want)
+            if isinstance(error, ClientError) and error.code not in UNSURE_CODES:
+                live.asked.discard(want)  # refused: nothing to undo
             raise
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -1,7 +1,8 @@
 """The client's subscribes and claims run one at a time per channel or method, in the order the
 program asked: a reader that enters as the last one leaves is subscribed at the end; a reader
 that joins a subscribe in flight starts once the daemon subscribed, and fails as it fails; an
-unserve while the serve is in flight leaves the method unclaimed."""
+unserve while the serve is in flight leaves the method unclaimed; a subscribe given up after it
+was sent, or a claim answered `timeout`, is undone all the same."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import trio.testing
 
 from meshactors.client import ClientError, MeshClient, RequestContext
 from meshactors.client._conn import Connection
+from meshactors.wire.ipc import ErrorCode, OpError
 from tests.client.conftest import LocalDaemon
 from tests.network.appclient import network_children
+from tests.support import hold_op
 
 LAN = {"id": "lan", "brokers": ["ws://127.0.0.1:9/v1"]}  # reaches only itself
 STEP = 10  # seconds any awaited step may take before the test fails
@@ -171,3 +174,49 @@ async def test_an_unserve_while_the_serve_is_in_flight_leaves_the_method_unclaim
                 await trio.testing.wait_all_tasks_blocked()
                 held.go.set()
         assert await daemon_holds(client) == ({}, [])
+
+
+async def test_a_subscribe_given_up_after_it_was_sent_is_undone_when_the_reader_leaves(
+    running: LocalDaemon,
+) -> None:
+    assert running.services is not None
+    async with MeshClient(running.paths.socket) as client:
+        await client.ensure_networks([LAN])
+        held = hold_op(running.services, "channel_subscribe")
+        giving_up = trio.CancelScope()
+
+        async def reader() -> None:
+            with giving_up:
+                async with client.subscribe("lan", "news"):
+                    await trio.sleep_forever()
+
+        with trio.fail_after(STEP):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                await held.entered.wait()  # the daemon has the subscribe
+                giving_up.cancel()
+                held.go.set()  # and carries it out after the reader left
+            await held.finished.wait()
+        assert await daemon_holds(client) == ({}, [])
+
+
+async def test_a_claim_the_daemon_made_though_it_answered_timeout_is_released(
+    running: LocalDaemon,
+) -> None:
+    assert running.services is not None
+    ops = running.services.ops.ops
+    op = ops["rpc_register"]
+
+    async def made_late(session: Any, params: Any) -> Any:
+        """Register, then answer as an ask to a core too slow to answer in time does."""
+        await op.handler(session, params)
+        raise OpError(ErrorCode.TIMEOUT, "core did not answer in time")
+
+    ops[op.name] = attrs.evolve(op, handler=made_late)
+    async with MeshClient(running.paths.socket) as client:
+        await client.ensure_networks([LAN])
+        with pytest.raises(ClientError) as failed, trio.fail_after(STEP):
+            await client.serve("lan", "echo", echo)
+        assert failed.value.code == "timeout"
+        assert await daemon_holds(client) == ({}, [])
+        assert client._link.desired.claims == {}

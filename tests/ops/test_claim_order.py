@@ -8,13 +8,12 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import attrs
 import trio
 
 from meshactors.daemon.services import Services
 from tests.network.conftest import NET, WAIT
 from tests.ops.test_connection_close import held, join, ok
-from tests.support import LineClient
+from tests.support import LineClient, hold_op
 
 Connect = Callable[[], Awaitable[LineClient]]
 
@@ -75,29 +74,13 @@ async def test_pipelined_registers_and_unregisters_end_as_the_last_one_sent(
     assert await held(app, NET) == ({}, [])
 
 
-@attrs.define
-class HeldUnsubscribe:
-    """Stands in for `channel_unsubscribe`: it waits for `go` before doing its work."""
-
-    real: Callable[[Any, Any], Awaitable[Any]]
-    entered: trio.Event = attrs.field(factory=trio.Event)
-    go: trio.Event = attrs.field(factory=trio.Event)
-
-    async def __call__(self, session: Any, params: Any) -> Any:
-        self.entered.set()
-        await self.go.wait()
-        return await self.real(session, params)
-
-
 async def test_a_subscribe_waits_for_the_unsubscribe_before_it_but_not_for_others(
     daemon: Services, connect: Connect
 ) -> None:
     app = await connect()
     await join(app, NET)
     await ok(app, "channel_subscribe", **CHANNEL)
-    op = daemon.ops.ops["channel_unsubscribe"]
-    hold = HeldUnsubscribe(op.handler)
-    daemon.ops.ops[op.name] = attrs.evolve(op, handler=hold)
+    hold = hold_op(daemon, "channel_unsubscribe")
     unsubscribe = await app.send("channel_unsubscribe", **CHANNEL)
     with trio.fail_after(WAIT):
         await hold.entered.wait()
@@ -109,5 +92,4 @@ async def test_a_subscribe_waits_for_the_unsubscribe_before_it_but_not_for_other
     with trio.fail_after(WAIT):
         answered = {(await app.frame())["id"] for _ in range(2)}
     assert answered == {unsubscribe, subscribe}
-    daemon.ops.ops[op.name] = op
     assert await ok(app, "channel_unsubscribe", **CHANNEL) == {"unsubscribed": True}
