@@ -71,6 +71,10 @@ class DesiredState:
     channels: dict[Want, int] = attrs.field(factory=dict)  # subscription -> local subscribers
     last_event_id: int | None = None  # newest broadcast event seen; the resume point
 
+    def wants(self, want: Want) -> bool:
+        """Whether `want` is an entry of the desired state."""
+        return want in self.claims or want in self.channels
+
     def apply_params(self, want: Want) -> dict[str, Any]:
         """Params of the op that puts `want` in place."""
         if want.kind is WantKind.CLAIM:
@@ -181,12 +185,10 @@ class DaemonLink:
         with trio.move_on_after(timeout):
             async with self._turns.turn(want):
                 live = self._current
-                if self._closed or live is None or want not in live.asked:
-                    return  # a closed client's connection takes its entries with it
-                live.asked.discard(want)
-                live.applied.discard(want)
-                with contextlib.suppress(ConnectionLost):  # the daemon released it with it
-                    await live.conn.call(want.kind.release_op, want.params(), timeout)
+                if not self._closed and live is not None:
+                    await self._undo(live, want, timeout)
+                # else a lost connection took it, and the replay of the next one undoes what
+                # it asked of that one, once it sees the entry no longer desired
                 return
         raise DeadlineExceeded(want.kind.release_op, timeout)
 
@@ -218,6 +220,15 @@ class DaemonLink:
         if self._current is live:
             self._current = None
             self._up = trio.Event()
+
+    async def _undo(self, live: _Live, want: Want, timeout: float) -> None:
+        """Release `want` on `live` if it was asked of it."""
+        if want not in live.asked:
+            return
+        live.asked.discard(want)
+        live.applied.discard(want)
+        with contextlib.suppress(ConnectionLost):  # the daemon released it with the connection
+            await live.conn.call(want.kind.release_op, want.params(), timeout)
 
     async def _apply(self, live: _Live, want: Want, timeout: float) -> None:
         if want in live.applied:
@@ -303,12 +314,22 @@ class DaemonLink:
         elif self.desired.last_event_id is None:
             self.desired.last_event_id = newest
         for want in [*self.desired.claims, *self.desired.channels]:
+            if not self.desired.wants(want):
+                continue  # released while the replay ran
             try:
                 await self._apply(live, want, REPLAY_CALL_TIMEOUT)
             except ConnectionLost:
                 raise
             except ClientError as error:
                 self.route(replay_failed(want, error))
+        # A release while the replay ran found no connection to undo it on (this one is not
+        # the current one yet): what it asked of this one is undone here, before it is.
+        while stale := [want for want in live.asked if not self.desired.wants(want)]:
+            for want in stale:
+                try:
+                    await self._undo(live, want, REPLAY_CALL_TIMEOUT)
+                except ClientError as error:
+                    log.info("%s, no longer wanted, not released: %s", want.name, error)
 
 
 def replay_failed(want: Want, error: ClientError) -> Frame:

@@ -1,6 +1,7 @@
 """A stand-in daemon on a real Unix socket for what a real one cannot be made to do on cue:
-send a `lagged` frame, hang up in the middle of a client's replay, leave an op unanswered. It
-answers every other op with success and sends whatever event frames the test hands it."""
+send a `lagged` frame, hang up in the middle of a client's replay, leave an op unanswered or
+hold its answer. It answers every other op with success and sends whatever event frames the
+test hands it."""
 
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ class FakeDaemon:
     path: Path
     hang_up_on: set[str] = attrs.field(factory=set)  # ops answered by closing the connection
     never_answered: set[str] = attrs.field(factory=set)  # ops left unanswered (a busy daemon)
+    held: dict[str, trio.Event] = attrs.field(factory=dict)  # ops answered once it is set
     _send: trio.MemorySendChannel[FakeConnection] = attrs.field(init=False)
     _receive: trio.MemoryReceiveChannel[FakeConnection] = attrs.field(init=False)
 
@@ -92,6 +94,8 @@ class FakeDaemon:
                         return
                     if op in self.never_answered:
                         continue
+                    if op in self.held:  # nothing after it is read meanwhile
+                        await self.held[op].wait()
                     data = ANSWERS.get(op, {})
                     await session.send({"id": request["id"], "ok": True, "data": data})
                     if op in SWITCHING:  # what the client sends next is left unread

@@ -2,10 +2,12 @@
 program asked: a reader that enters as the last one leaves is subscribed at the end; a reader
 that joins a subscribe in flight starts once the daemon subscribed, and fails as it fails; an
 unserve while the serve is in flight leaves the method unclaimed; a subscribe given up after it
-was sent, or a claim answered `timeout`, is undone all the same."""
+was sent, or a claim answered `timeout`, is undone all the same, and so is one a reconnect's
+replay restored as its reader left."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -17,6 +19,7 @@ from meshactors.client import ClientError, MeshClient, RequestContext
 from meshactors.client._conn import Connection
 from meshactors.wire.ipc import ErrorCode, OpError
 from tests.client.conftest import LocalDaemon
+from tests.client.fakedaemon import fake_daemon
 from tests.network.appclient import network_children
 from tests.support import hold_op
 
@@ -220,3 +223,45 @@ async def test_a_claim_the_daemon_made_though_it_answered_timeout_is_released(
         assert failed.value.code == "timeout"
         assert await daemon_holds(client) == ({}, [])
         assert client._link.desired.claims == {}
+
+
+@pytest.mark.parametrize(
+    ("channels", "expected"),
+    [
+        (["news"], ["channel_subscribe", "channel_unsubscribe"]),  # restored, then undone
+        (["weather", "news"], ["channel_subscribe"]),  # weather's: news gone before its turn
+    ],
+)
+async def test_a_reader_leaving_while_its_subscription_is_replayed_is_unsubscribed(
+    tmp_path: Path, channels: list[str], expected: list[str]
+) -> None:
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path) as client,
+    ):
+        first = await daemon.next_session()
+        leave, left, stay = trio.Event(), trio.Event(), trio.Event()
+
+        async def reader(channel: str, entered: trio.Event) -> None:
+            async with client.subscribe("lan", channel):
+                entered.set()
+                await (leave if channel == "news" else stay).wait()
+            left.set()
+
+        with trio.fail_after(STEP):
+            async with trio.open_nursery() as nursery:
+                for channel in channels:  # replayed in this order
+                    entered = trio.Event()
+                    nursery.start_soon(reader, channel, entered)
+                    await entered.wait()
+                answer = daemon.held["channel_subscribe"] = trio.Event()
+                await first.hang_up()
+                second = await daemon.next_session()
+                await second.wait_op("channel_subscribe")  # the replay's first: answer held
+                leave.set()  # news's reader leaves, with no connection to release on
+                await left.wait()
+                answer.set()
+                await client.status()  # answered once the new connection carries the state
+                asked = list(second.ops)
+                nursery.cancel_scope.cancel()
+        assert asked == ["events_subscribe", *expected, "status"]
