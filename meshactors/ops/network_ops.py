@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -217,6 +218,16 @@ async def capabilities_set(session: Session, params: CapabilitiesSet) -> dict[st
     return {"network": params.network, "capabilities": plain}
 
 
+def _capabilities_key(params: CapabilitiesSet) -> Hashable:
+    """A network's advert: sets pipelined on one connection take effect in the order sent."""
+    return ("capabilities", params.network)
+
+
+def _profile_key(params: ProfileSet) -> Hashable:
+    """Every profile, as a set without `network` changes them all: in the order sent."""
+    return ("profile",)
+
+
 async def profile_set(session: Session, params: ProfileSet) -> dict[str, Any]:
     """Change the given fields of one network's profile, or (without `network`) the global
     one; a network without its own profile starts from the global one."""
@@ -348,6 +359,7 @@ OPS: list[Op[Any]] = [
         capabilities_set,
         "advertise capabilities",
         command="caps set",
+        ordered_by=_capabilities_key,
     ),
     Op(
         "profile_set",
@@ -355,6 +367,7 @@ OPS: list[Op[Any]] = [
         profile_set,
         "change profile fields (global or one network)",
         command="profile set",
+        ordered_by=_profile_key,
     ),
     Op(
         "profile_get",

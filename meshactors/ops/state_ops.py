@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Hashable
 from typing import Any
 
 import attrs
@@ -67,6 +68,12 @@ async def state_delete(session: Session, params: StateKey) -> dict[str, Any]:
     return await _saved(await network.ask("state delete", write))
 
 
+def _key_of(params: StateSet | StateKey) -> Hashable:
+    """The key a write changes: writes of it pipelined on one connection land in the order sent,
+    so the last one sent is the value kept."""
+    return ("state", params.network, params.key)
+
+
 async def state_get(session: Session, params: StateKey) -> dict[str, Any]:
     """A key's value, version and author."""
     network = network_of(session, params.network)
@@ -87,6 +94,7 @@ OPS: list[Op[Any]] = [
         state_set,
         "set a shared key {network, key, value}",
         command="state set",
+        ordered_by=_key_of,
     ),
     Op(
         "state_delete",
@@ -94,6 +102,7 @@ OPS: list[Op[Any]] = [
         state_delete,
         "delete a shared key {network, key}",
         command="state delete",
+        ordered_by=_key_of,
     ),
     Op("state_get", StateKey, state_get, "read a shared key {network, key}", command="state get"),
     Op(
