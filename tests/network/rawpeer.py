@@ -29,6 +29,21 @@ from tests.network.conftest import NET, WAIT, Daemon, Mesh
 HEARD_RECORDS = 4096  # sealed records the raw peer holds unread before its link waits
 
 
+def pending_hello() -> Hello:
+    """The plainest hello: of a daemon (version 1.0, no features) that has not approved us."""
+    return Hello(
+        major=1,
+        minor=0,
+        features=[],
+        label=None,
+        app_version="0",
+        role="daemon",
+        capabilities=Capabilities(),
+        profile=Profile(),
+        approval="pending",
+    )
+
+
 @attrs.define(eq=False)
 class _Heard:
     """The raw peer's link sink: keeps the up link's queue and the records sealed to it."""

@@ -29,8 +29,9 @@ from meshactors.store import networks as roster_db
 from meshactors.store.actor import StoreActor
 from meshactors.wire.broker import PresenceJoin
 from meshactors.wire.device_id import device_id_from_public_key
-from meshactors.wire.peer import Capabilities, Hello, Profile, encode_frame
+from meshactors.wire.peer import encode_frame
 from tests.network.conftest import NET, Daemon, Mesh
+from tests.network.rawpeer import pending_hello
 
 
 def _saved_roster(daemon: Daemon) -> dict[str, str]:
@@ -62,20 +63,6 @@ async def test_a_deny_after_an_auto_approval_is_what_is_saved(mesh: Mesh) -> Non
 WINDOW = 60  # simulated seconds over which probes are counted
 
 
-def _hello() -> Hello:
-    return Hello(
-        major=1,
-        minor=0,
-        features=[],
-        label=None,
-        app_version="0",
-        role="daemon",
-        capabilities=Capabilities(),
-        profile=Profile(),
-        approval="pending",
-    )
-
-
 async def _probes_in_window(tmp_path: Path, clock: trio.testing.MockClock, handshaken: int) -> int:
     """Probes the core actor sends in WINDOW seconds once `handshaken` peers said hello."""
     identity = Identity(SigningKey.generate())
@@ -94,7 +81,9 @@ async def _probes_in_window(tmp_path: Path, clock: trio.testing.MockClock, hands
         for _ in range(handshaken):
             key = SigningKey.generate()
             device_id = device_id_from_public_key(bytes(key.verify_key))
-            sealed = PeerCrypto.for_peer(key, identity.device_id).seal(encode_frame(_hello()))
+            sealed = PeerCrypto.for_peer(key, identity.device_id).seal(
+                encode_frame(pending_hello())
+            )
             await core.inbox.send(PresenceJoin(device_id, "daemon"))
             await core.inbox.send(InboundRecords([(bytes(key.verify_key), sealed)]))
         for _ in range(10_000):  # an ask goes ahead of the traffic: ask until core read it

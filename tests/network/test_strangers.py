@@ -32,10 +32,10 @@ from meshactors.store.actor import StoreActor
 from meshactors.wire.broker import PresenceJoin, PresenceLeave
 from meshactors.wire.device_id import device_id_from_public_key
 from meshactors.wire.ipc import ErrorCode, OpError
-from meshactors.wire.peer import Capabilities, Hello, Profile, encode_frame
+from meshactors.wire.peer import encode_frame
 from tests.network.appclient import network_children
 from tests.network.conftest import NET, Daemon, Mesh, OpFailed, approve_both
-from tests.network.rawpeer import RawPeer
+from tests.network.rawpeer import RawPeer, pending_hello
 
 
 @contextlib.asynccontextmanager
@@ -56,21 +56,6 @@ async def _passing_stranger(a: Daemon, url: str) -> str:
     """A stranger that says hello to `a` and leaves; its device id."""
     async with _stranger(a, url) as raw:
         return raw.device_id
-
-
-def _pending_hello() -> Hello:
-    """The hello of a daemon that has not approved us."""
-    return Hello(
-        major=1,
-        minor=0,
-        features=[],
-        label=None,
-        app_version="0",
-        role="daemon",
-        capabilities=Capabilities(),
-        profile=Profile(),
-        approval="pending",
-    )
 
 
 def _unseen_device() -> str:
@@ -266,7 +251,7 @@ class _TableRun:
         sealer = self.sealers.setdefault(
             index, PeerCrypto.for_peer(key, self.peers.identity.device_id)
         )
-        sealed = sealer.seal(encode_frame(_pending_hello()))
+        sealed = sealer.seal(encode_frame(pending_hello()))
         await self.peers.on_link_event(InboundRecords([(bytes(key.verify_key), sealed)]))
 
     def table(self) -> dict[str, dict[str, Any]]:
