@@ -263,14 +263,18 @@ class MeshClient(Ops):
     async def _reclaim(self, want: Want) -> None:
         """Claim again a method a restart took away; tell the program by a client event either
         way (`client_reclaimed`, or `client_replay_failed` when the daemon refuses it, e.g. the
-        network was removed, and the method is no longer served)."""
+        network was removed, and the method is no longer served); neither when the program
+        unserved it before the claim's turn came."""
         try:
-            await self._link.ensure(want, self.call_timeout)
+            claimed = await self._link.ensure(want, self.call_timeout)
         except ClientError as error:
             await self._unclaim_after(want, error)
             self._route(replay_failed(want, error))
         else:
-            self._route({"kind": "client_reclaimed", "network": want.network, "method": want.name})
+            if claimed:
+                self._route(
+                    {"kind": "client_reclaimed", "network": want.network, "method": want.name}
+                )
 
     def _drop_claim(self, want: Want) -> None:
         """Forget a claim the daemon took away: its handler goes, and it is never replayed."""

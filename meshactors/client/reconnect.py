@@ -162,17 +162,21 @@ class DaemonLink:
         # negative time left is a deadline reached, not an error of trio's timers
         return await live.conn.call(op, params, max(0.0, deadline - trio.current_time()))
 
-    async def ensure(self, want: Want, timeout: float) -> None:
+    async def ensure(self, want: Want, timeout: float) -> bool:
         """Put a desired-state entry in place now (it is replayed on later connects anyway),
         once the ensures and releases of it begun before ended: so one that joins an ensure in
-        flight returns when that one put the entry in place, or tries itself if it failed."""
+        flight returns when that one put the entry in place, or tries itself if it failed.
+        False when the entry was dropped from the desired state before its turn (an `unserve`
+        ahead of a reclaim): it is not put in place, as the release in its turn undid it."""
         with trio.move_on_after(timeout):
             async with self._turns.turn(want):
+                if not self.desired.wants(want):
+                    return False
                 while True:
                     live = await self._live()
                     try:
                         await self._apply(live, want, timeout)
-                        return
+                        return True
                     except ConnectionLost:
                         continue  # the replay on the next connection puts it in place
         raise DeadlineExceeded(want.kind.apply_op, timeout)

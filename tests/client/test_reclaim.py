@@ -1,7 +1,7 @@
 """A served method whose claim a restart in the daemon ended (`handler_displaced`, `by` null) is
-claimed again by the library; one another program took (`by` names it) stays with that one, and
-the displaced program lets its handler go (binary streams too); one the daemon refused is not
-kept."""
+claimed again by the library, unless the program unserved it first; one another program took
+(`by` names it) stays with that one, and the displaced program lets its handler go (binary
+streams too); one the daemon refused is not kept."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import pytest
 import trio
 
 from meshactors.client import BinaryStream, ClientError, MeshClient, RequestContext
+from meshactors.client.reconnect import Want
 from tests.client.conftest import LocalDaemon
 from tests.client.test_client import next_kind
+from tests.client.test_want_order import daemon_holds
 
 NETWORK = {"id": "lan", "brokers": ["ws://127.0.0.1:9/v1"]}  # reaches only itself
 CORE = "daemon/networks/network lan/core"
@@ -40,6 +42,42 @@ async def test_a_claim_a_core_restart_ended_is_claimed_again(local: LocalDaemon)
             reclaimed = await next_kind(stream, "client_reclaimed")
             assert reclaimed == {"kind": "client_reclaimed", "network": "lan", "method": "echo"}
             assert (await client.rpc_call("lan", me, "echo", 7))["payload"] == 7
+
+
+async def test_a_claim_unserved_before_its_reclaim_ran_stays_released(
+    local: LocalDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started, ended = trio.Event(), trio.Event()
+    reclaim, route = MeshClient._reclaim, MeshClient._route
+    kinds: list[str] = []
+
+    async def late_reclaim(client: MeshClient, want: Want) -> None:
+        await started.wait()  # the reclaim's task first runs only after the program's unserve
+        await reclaim(client, want)
+        ended.set()
+
+    def recording_route(client: MeshClient, item: Any) -> None:
+        if isinstance(item, dict):
+            kinds.append(item.get("kind", ""))
+        route(client, item)
+
+    monkeypatch.setattr(MeshClient, "_reclaim", late_reclaim)
+    monkeypatch.setattr(MeshClient, "_route", recording_route)
+    local.debug_ops = True
+    await local.start()
+    async with MeshClient(local.paths.socket) as client:
+        await client.ensure_networks([NETWORK])
+        await client.serve("lan", "echo", echo)
+        stream = client.events()
+        with trio.fail_after(WAIT):
+            await client.call("debug_crash", {"path": CORE})
+            assert (await next_kind(stream, "handler_displaced"))["by"] is None
+            await client.unserve("lan", "echo")
+            started.set()
+            await ended.wait()
+            claims, _ = await daemon_holds(client)
+        assert claims == {}  # not claimed again with no handler behind it
+        assert "client_reclaimed" not in kinds
 
 
 async def test_a_claim_another_program_took_stays_taken(running: LocalDaemon) -> None:
