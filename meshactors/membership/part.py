@@ -17,7 +17,7 @@ import attrs
 import structlog
 import trio
 
-from meshactors.actors import Inbox
+from meshactors.actors import ActorGone, AskTimeout, Inbox
 from meshactors.clock import wall_ms
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
@@ -593,9 +593,16 @@ class Membership:
         return added
 
     async def _after_change(self) -> None:
-        """Publish what changed since the last resolve and enforce it on the peer table. A
-        device whose row is gone (a concurrent evict of its grant's author voided the grant)
-        is a member no more, like a revoked one: `member_revoked`, with no author or time."""
+        """Publish what changed since the last resolve and enforce it on the peer table, then
+        answer again the invites whose grants turned void (see `_answer_again`)."""
+        for row in await self._enforce_change():
+            await self._answer_again(row)
+
+    async def _enforce_change(self) -> list[MemberRow | None]:
+        """Publish what changed since the last resolve and enforce it on the peer table; the
+        rows the changed devices had before. A device whose row is gone (a concurrent evict of
+        its grant's author voided the grant) is a member no more, like a revoked one:
+        `member_revoked`, with no author or time."""
         assert self.log is not None
         rows = self.log.resolved.rows
         before, self._rows_before = self._rows_before, dict(rows)
@@ -609,30 +616,37 @@ class Membership:
             if row is not None and device == self.me and row.status == EVICTED:
                 log.warning("this device was evicted", network=self.network, by=row.granted_by)
                 self.events.publish("evicted", {"network": self.network, **row.view()})
-        for device in changed:  # before the reapprove, so a new grant of it is settled then
-            await self._answer_again(before.get(device))
+        earlier = [before.get(device) for device in changed]
         if self.me not in changed:
             await self.peers.reapprove(changed)
-            return
+            return earlier
         if self.log.resolved.is_member(self.me) and (self.invite, self.refused) != (None, None):
             self.invite, self.refused = None, None
             await self._forget_invite()
         await self.peers.reapprove(self.peers.handshaken())  # our own standing changed
         if self.log.resolved.evicted(self.me):
             await self.link.send(Park())
+        return earlier
 
     async def _answer_again(self, row: MemberRow | None) -> None:
         """A device's grant turned void (`row`, what it set, is gone or replaced): if it
         redeemed an invite and the device is no member now, answer that invite again, so the
         device does not wait for an answer for ever: `the invite was used up` when another
-        device took a one-use invite at the same time, a new grant while the invite holds."""
+        device took a one-use invite at the same time, a new grant while the invite holds.
+        One the store fails to save is not made (counted as `unanswered`): the change that led
+        here stands and is enforced all the same."""
         assert self.log is not None
         resolved = self.log.resolved
         if row is None or row.fact not in resolved.void or row.device == self.me:
             return
         invite = self.log.facts[row.fact].invite
-        if invite is not None and not resolved.is_member(row.device):
+        if invite is None or resolved.is_member(row.device):
+            return
+        try:
             await self._redeem(row.device, invite)
+        except (ActorGone, AskTimeout, OpError) as exc:
+            self.dropped["unanswered"] += 1
+            log.warning("invite not answered again", network=self.network, error=str(exc))
 
     async def _redeem(self, device_id: str, invite: Invite) -> None:
         """Turn a presented invite into a grant, once, if we may; answer why not otherwise."""

@@ -4,9 +4,12 @@ voids a grant, and what the ops answer when their own fact ends up void or not k
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
+from meshactors.actors import AskTimeout
 from meshactors.clock import wall_ms
 from meshactors.membership.facts import (
     MAX_PARENTS,
@@ -136,6 +139,37 @@ async def test_an_invite_a_concurrent_grant_used_up_is_answered_again_and_refuse
         (admin.device_id, "the invite was used up")
     ]
     assert p.part(y).summary()["invite_pending"] is False
+
+
+class UnsavingStore:
+    """Stands for a store actor that answers no call in time."""
+
+    async def call(self, fn: Callable[..., Any], *, what: str) -> None:
+        raise AskTimeout(what, 1.0)
+
+
+async def test_an_invite_answered_again_that_the_store_fails_to_save_leaves_the_core_up() -> None:
+    """Owner O holds admin A's grant of Y (with O's invite) when co-owner Q's revoke of A,
+    made without seeing it, arrives and sorts first: the grant is void, and O would grant Y
+    anew, but its store answers no call. The revoke is taken and enforced all the same, the
+    failure is counted, and the frame does not escape as an error that ends the core."""
+    owner, co_owner, admin, y = device(), device(), device(), device()
+    the_log = new_log(owner)
+    made = []
+    for n, (target, role) in enumerate(((co_owner, "owner"), (admin, "admin"))):
+        made.append(fact(the_log, owner, "grant", target, role, at_ms=2000 + n))
+        the_log.add(made[-1:])
+    ticket = invite(the_log, owner, expires_ms=wall_ms() + 3_600_000)
+    grant_y = fact(the_log, admin, "grant", y, "member", at_ms=3000, invite=ticket)
+    revoke = fact(the_log, co_owner, "revoke", admin, "admin", at_ms=2900)
+    p = PartPair.of(the_log.genesis, owner, co_owner, [*made, grant_y], [*made, revoke])
+    p.part(owner)._rows_before = dict(p.log(owner).resolved.rows)  # as loaded: Y a member
+    p.part(owner).store = UnsavingStore()  # type: ignore[assignment]
+    await p.part(owner).on_frame(co_owner.device_id, LogFacts(the_log.genesis_hash, [revoke]))
+    resolved = p.log(owner).resolved
+    assert record_hash(grant_y) in resolved.void and not resolved.is_member(y.device_id)
+    assert p.part(owner).dropped["unanswered"] == 1
+    assert p.wire.sent["invite_answer"] == 0  # nothing granted, so nothing told
 
 
 @pytest.mark.parametrize(
