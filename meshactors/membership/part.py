@@ -517,10 +517,11 @@ class Membership:
         return added
 
     def _screen(self, waiting: dict[str, Fact]) -> dict[str, str | None]:
-        """Drop from `waiting` (counted) facts that change nothing and would only fill the
-        log: those of a device an evict we hold evicted (`evicted_author`: they follow no
-        evict we hold, so they are void), and past MAX_VOID_PER_AUTHOR void facts of an
-        author that is not an owner or admin (`author_quota`). Never a fact that an owner's or
+        """Drop from `waiting` (counted) facts that may change nothing and would only fill
+        the log: past MAX_VOID_PER_AUTHOR void facts of an author that is not an owner or
+        admin (`author_quota`), an evicted one too (whether an evict holds, and so which of
+        its device's facts are void, may change as more facts arrive: a fact dropped for its
+        author alone could be one others keep as valid). Never a fact that an owner's or
         admin's fact here follows: every member needs it to place that one. Returns the
         standing of each fact left, by hash: the role (owner, admin) of the strongest author
         of it or of a fact here that follows it, else None; its room in the log (`_room`)."""
@@ -548,16 +549,12 @@ class Membership:
         for digest, fact in list(waiting.items()):
             if standing[digest] is not None:
                 continue
-            if resolved.evicted(fact.author):
-                reason = "evicted_author"
-            elif void[fact.author] >= MAX_VOID_PER_AUTHOR:
-                reason = "author_quota"
-            else:
+            if void[fact.author] < MAX_VOID_PER_AUTHOR:
                 void[fact.author] += 1  # it may be void: counted as such until it is resolved
                 continue
             del waiting[digest]
             del standing[digest]
-            self.dropped[reason] += 1
+            self.dropped["author_quota"] += 1
         return standing
 
     def _place(

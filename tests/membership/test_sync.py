@@ -413,7 +413,7 @@ async def _flood(
             p.member.device_id, LogFacts(the_log.genesis_hash, flood[start : start + page])
         )
     kept = [f for f in the_log.facts.values() if f.author == p.member.device_id]
-    assert len(kept) <= (0 if evicted else MAX_VOID_PER_AUTHOR)
+    assert len(kept) <= MAX_VOID_PER_AUTHOR  # evicted or not: its author alone drops none
     assert the_log.resolved.rows == rows
     if not evicted:
         await owner.append("evict", p.member.device_id, "")
@@ -426,3 +426,31 @@ def test_a_generated_flood_keeps_a_few_facts_changes_nothing_and_its_author_is_e
     plan: list[tuple[str, str, int, list[int]]], evicted: bool, page: int, rng: random.Random
 ) -> None:
     trio.run(_flood, plan, evicted, page, rng)
+
+
+def test_a_fact_of_a_device_an_evict_without_effects_evicted_is_kept_by_every_member() -> None:
+    """Co-owners P and Q; P grants X owner, Q grants Y owner; X evicts Q without seeing Y's
+    grant, Y evicts P without seeing X's: each evict voids the other's author's grant, so
+    both lose their effects in round 1 and stand without them, and Q's grant of Z holds. N,
+    which had that grant before the evicts, and M, which gets it after them, agree on it."""
+    owner, p, q, x, y, z = (device() for _ in range(6))
+    the_log = new_log(owner)
+    base = []
+    for n, target in enumerate((p, q)):
+        base.append(fact(the_log, owner, "grant", target, "owner", 2000 + n))
+        the_log.add(base[-1:])
+    heads = the_log.heads()
+    grant_z = fact(the_log, q, "grant", z, "member", 2500, heads)
+    grant_x = fact(the_log, p, "grant", x, "owner", 3000, heads)
+    grant_y = fact(the_log, q, "grant", y, "owner", 3001, heads)
+    evict_q = fact(the_log, x, "evict", q, "", 3100, [record_hash(grant_x)])
+    evict_p = fact(the_log, y, "evict", p, "", 3101, [record_hash(grant_y)])
+    later = [grant_x, grant_y, evict_q, evict_p]
+    pp = PartPair.of(the_log.genesis, device(), device(), base, base)
+    n_part, m_part = pp.part(pp.owner), pp.part(pp.member)
+    for part, batches in ((n_part, [[grant_z], later]), (m_part, [later, [grant_z]])):
+        for batch in batches:
+            part._take(batch, stored=False)
+    assert pp.log(pp.owner).resolved.is_member(z.device_id)
+    assert pp.log(pp.owner).resolved.rows == pp.log(pp.member).resolved.rows
+    assert same_logs(pp)
