@@ -19,7 +19,7 @@ from meshactors.cli.common import (
     parse_json_arg,
 )
 from meshactors.cli.devices import resolve_device
-from meshactors.cli.settings import milliseconds_flag
+from meshactors.cli.settings import add_milliseconds_flag
 from meshactors.client import ClientError
 from meshactors.network.channels import MAX_TTL_MS
 
@@ -44,14 +44,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="with --to an active peer: resend until its daemon acknowledges, answer who "
         "received it; a peer not active now fails at once (exit 7; `send` queues for later)",
     )
-    send.add_argument(
+    add_milliseconds_flag(
+        send,
         "--ttl",
-        type=milliseconds_flag(MAX_TTL_MS),
-        default=None,
-        dest="ttl_ms",
-        metavar="SECONDS",
-        help=f"with --reliable: how long it keeps resending (default {RELIABLE_TTL_S:g}, "
-        f"at most {MAX_TTL_MS / 1000:g})",
+        max_ms=MAX_TTL_MS,
+        default_s=RELIABLE_TTL_S,
+        help="with --reliable: how long it keeps resending",
     )
     send.set_defaults(run=run_send)
     sub = channel.add_parser(

@@ -26,7 +26,7 @@ from meshactors.cli.common import (
 )
 from meshactors.cli.devices import resolve_device
 from meshactors.cli.served import run_command, serve_until_stopped, served_command, stream_command
-from meshactors.cli.settings import milliseconds_flag, seconds_flag
+from meshactors.cli.settings import add_timeout_flag, seconds_flag
 from meshactors.client import ClientError, MeshClient, RequestContext, SyncClient
 from meshactors.network.rpc import MAX_TIMEOUT_MS
 
@@ -51,14 +51,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "PAYLOAD: JSON (default null)",
     )
     call.add_argument("--stream", action="store_true", help="print each chunk on its own line")
-    call.add_argument(
-        "--timeout",
-        type=milliseconds_flag(MAX_TIMEOUT_MS),
-        default=None,
-        dest="timeout_ms",
-        metavar="SECONDS",
-        help=f"daemon default 30, at most {MAX_TIMEOUT_MS / 1000:g}",
-    )
+    add_timeout_flag(call, help="the call's deadline")
     call.set_defaults(run=run_call)
     serve = rpc.add_parser(
         "serve", help="serve METHOD: run CMD per call, payload JSON on stdin, stdout answers"

@@ -19,6 +19,7 @@ from meshactors.broker.limits import BrokerConfig
 from meshactors.daemon.broker_actor import parse_listen
 from meshactors.daemon.outbox import ACK_TIMEOUT_S, MAX_ACK_TIMEOUT_S
 from meshactors.network.link import ROLES
+from meshactors.network.rpc import DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS
 from meshactors.paths import NotRegularFile, open_regular
 from meshactors.store.retention import (
     MAX_RETENTION_DAYS,
@@ -123,6 +124,33 @@ def milliseconds_flag(max_ms: int) -> Callable[[str], int]:
         return round(seconds(text) * 1000)
 
     return from_text
+
+
+def add_milliseconds_flag(
+    parser: argparse.ArgumentParser, name: str, *, max_ms: int, default_s: float, help: str
+) -> None:
+    """`NAME SECONDS` into `args.<name>_ms`: a span the daemon takes in whole ms (see
+    `milliseconds_flag`); None when not given, so the default its help names applies."""
+    parser.add_argument(
+        name,
+        type=milliseconds_flag(max_ms),
+        default=None,
+        dest=f"{name.removeprefix('--').replace('-', '_')}_ms",
+        metavar="SECONDS",
+        help=f"{help} (default {default_s:g}, at most {max_ms / 1000:g})",
+    )
+
+
+def add_timeout_flag(parser: argparse.ArgumentParser, *, help: str) -> None:
+    """`--timeout SECONDS` (into `args.timeout_ms`) of an op the daemon bounds by a call's
+    deadline (`check_timeout`): one flag alike for every such command."""
+    add_milliseconds_flag(
+        parser,
+        "--timeout",
+        max_ms=MAX_TIMEOUT_MS,
+        default_s=DEFAULT_TIMEOUT_MS / 1000,
+        help=help,
+    )
 
 
 RETENTION_DAYS_SETTING = _number_up_to(MAX_RETENTION_DAYS)

@@ -27,10 +27,9 @@ from meshactors.cli.served import (
     serve_until_stopped,
     served_command,
 )
-from meshactors.cli.settings import milliseconds_flag
+from meshactors.cli.settings import add_timeout_flag
 from meshactors.client import BinaryStream, ClientError, MeshClient
 from meshactors.exception_groups import first_leaf
-from meshactors.network.rpc import MAX_TIMEOUT_MS
 
 COPY_BYTES = 256 * 1024  # bytes read from stdin or a command's stdout per write to the stream
 
@@ -51,14 +50,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="PEER: a device id, 8+ characters of it or a label; "
         "NETWORK: as -n/--network (default: the only joined one)",
     )
-    send.add_argument(
-        "--timeout",
-        type=milliseconds_flag(MAX_TIMEOUT_MS),
-        default=None,
-        dest="timeout_ms",
-        metavar="SECONDS",
-        help=f"to wait for accept (default 30, at most {MAX_TIMEOUT_MS / 1000:g})",
-    )
+    add_timeout_flag(send, help="to wait for accept")
     send.set_defaults(run=run_send)
     serve = stream.add_parser(
         "serve", help="serve METHOD: run CMD per stream, its stdin and stdout the stream's bytes"
