@@ -12,6 +12,7 @@ from meshactors.cli.common import (
     fail,
     free_words,
     joined_networks,
+    limit_option,
     local_time,
     network_of,
     network_option,
@@ -20,6 +21,8 @@ from meshactors.cli.common import (
     report,
 )
 from meshactors.cli.devices import resolve_device, resolve_device_anywhere
+from meshactors.store.inbox import MAX_PAGE
+from meshactors.store.outbox import MAX_LIST_ROWS
 
 STATUS_FLAGS = ("pending", "inflight", "done", "dead", "aborted")  # outbox list filters
 SEND_WORDS = "TO MESSAGE"  # `send`'s free words
@@ -46,7 +49,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     network_option(inbox, "only this network")
     inbox.add_argument("--from", dest="sender", default=None, help="only from this device")
     inbox.add_argument("--since", type=int, default=None, help="received at or after (ms)")
-    inbox.add_argument("--limit", type=int, default=100)
+    limit_option(inbox, MAX_PAGE, "messages")
     inbox.add_argument("--cursor", default=None, help="next_cursor of the previous page")
     inbox.add_argument("--json", action="store_true")
     inbox.set_defaults(run=run_inbox)
@@ -60,7 +63,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             f"--{status}", dest="status", action="store_const", const=status, default=None
         )
     network_option(listing, "only this network")
-    listing.add_argument("--limit", type=int, default=100)
+    limit_option(listing, MAX_LIST_ROWS, "rows")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=run_outbox_list)
     requeue = outbox.add_parser("requeue", help="send a dead row again")

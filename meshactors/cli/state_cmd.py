@@ -11,6 +11,7 @@ from meshactors.cli.common import (
     call,
     connect,
     fail_with,
+    limit_option,
     network_option,
     parse_json_arg,
     print_json,
@@ -18,6 +19,7 @@ from meshactors.cli.common import (
     words_after_network,
 )
 from meshactors.client import ClientError
+from meshactors.netstate.replica import MAX_LIST
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,7 +46,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     network_option(listing)
     listing.add_argument("words", nargs="*", metavar="[NETWORK]")
     listing.add_argument("--prefix", default="", help="only keys starting with it")
-    listing.add_argument("--limit", type=int, default=100, help="keys per page (1-500)")
+    limit_option(listing, MAX_LIST, "keys")
     listing.add_argument("--cursor", default=None, help="next_cursor of the previous page")
     listing.set_defaults(run=run_list, arity=0)
     watch = state.add_parser("watch", help="print each change as a JSON line (Ctrl-C stops)")

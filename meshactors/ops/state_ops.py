@@ -14,10 +14,9 @@ from meshactors.actors import Pending
 from meshactors.control.session import Session
 from meshactors.ops.network_ops import network_of
 from meshactors.ops.optable import Op
-from meshactors.wire.ipc import ErrorCode, OpError
+from meshactors.wire.ipc import DEFAULT_PAGE, ErrorCode, OpError
 
 WRITE_TIMEOUT = 30.0  # seconds a write waits to be saved (the store's own call timeout)
-DEFAULT_LIST = 100  # state_list `limit` when none is given
 
 
 @attrs.frozen
@@ -43,7 +42,7 @@ class StateList:
 
     network: str
     prefix: str = ""
-    limit: int = DEFAULT_LIST
+    limit: int = DEFAULT_PAGE
     cursor: str | None = None
 
 

@@ -27,7 +27,7 @@ MAX_CONCURRENT_REQUESTS = 128
 MAX_CONCURRENT_SETTLING = 128
 SETTLING_OPS = frozenset({"rpc_respond", "rpc_stream_chunk", "rpc_stream_end", "rpc_cancel"})
 MAX_OP_CHARS = 64
-DEFAULT_PAGE = 100  # `inbox` and `outbox_list` rows when no limit is given (daemon and client)
+DEFAULT_PAGE = 100  # `inbox`, `outbox_list`, `state_list` rows when no limit is given (all clients)
 
 
 class ErrorCode(enum.StrEnum):

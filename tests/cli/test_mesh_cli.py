@@ -72,6 +72,9 @@ def test_the_broker_listens_by_default_where_its_unit_and_the_docs_say(
         (["members", "revoke"], ["default member"]),
         (["rpc", "serve"], ["default 30"]),
         (["channel", "send"], ["default 10", "fails at once (exit 7"]),
+        (["inbox"], ["messages per page (1-500, default 100)"]),
+        (["outbox", "list"], ["rows per page (1-500, default 100)"]),
+        (["state", "list"], ["keys per page (1-500, default 100)"]),
     ],
 )
 def test_help_shows_the_defaults_and_what_a_flag_does_not_do(
