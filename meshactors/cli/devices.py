@@ -34,10 +34,14 @@ def resolve_device(args: argparse.Namespace, text: str, network: str | None = No
     return _one_named(text, _known_devices(args, network, me), me, [network])
 
 
-def resolve_device_anywhere(args: argparse.Namespace, text: str) -> str:
+def resolve_device_anywhere(
+    args: argparse.Namespace, text: str, unjoined: str | None = None
+) -> str:
     """The one device id `text` names in any joined network, for a command that covers them
-    all (`inbox` without -n): a device known in several is still one id; a name meaning
-    different devices exits 2 listing them, as `resolve_device` does within one network."""
+    all (`inbox` without -n) or one network `unjoined` (`inbox -n` of a network left, whose
+    inbox is kept but whose devices are known no more): a device known in several is still
+    one id; a name meaning different devices exits 2 listing them, as `resolve_device` does
+    within one network; with `unjoined`, a name matching none says to give the full id."""
     if is_device_id(text):
         return text
     me = call(args, "status")
@@ -46,14 +50,26 @@ def resolve_device_anywhere(args: argparse.Namespace, text: str) -> str:
     for network in networks:
         for device_id, labels in _known_devices(args, network, me).items():
             known.setdefault(device_id, set()).update(labels)
-    return _one_named(text, known, me, networks)
+    unknown = None
+    if unjoined is not None:
+        unknown = (
+            f"{unjoined!r} is not joined, so its devices are not known here, and {text!r} "
+            f"names none in the joined networks; give the full device id "
+            f"(`meshactors inbox -n {unjoined} --json` shows each sender's)"
+        )
+    return _one_named(text, known, me, networks, unknown)
 
 
 def _one_named(
-    text: str, known: dict[str, set[str]], me: dict[str, Any], networks: list[str]
+    text: str,
+    known: dict[str, set[str]],
+    me: dict[str, Any],
+    networks: list[str],
+    unknown: str | None = None,
 ) -> str:
     """The one device of `known` (searched in `networks`) that `text` names, by label (this
-    daemon's own first) or else by prefix; exits 2 or 6 as `resolve_device` says."""
+    daemon's own first) or else by prefix; exits 2 or 6 as `resolve_device` says (6 with
+    `unknown` as its message, if given, when none matches)."""
     where = networks[0] if len(networks) == 1 else "the joined networks"
     by_label = {d for d, labels in known.items() if text in labels}
     if me["device_id"] in by_label:
@@ -65,6 +81,8 @@ def _one_named(
     if matches:
         listed = ", ".join(_described(d, known[d]) for d in matches)
         fail(f"{text!r} names several devices in {where}: {listed}", EXIT_USAGE, "ambiguous")
+    if unknown is not None:
+        fail(unknown, EXIT_NOT_FOUND, "no_such_peer")
     evicted = {str(n["id"]) for n in me["networks"] if eviction(n) is not None}
     if networks and evicted.issuperset(networks):
         # its peers are gone with its link, labels too: say why, as an op given an id does

@@ -106,6 +106,9 @@ def run_inbox(args: argparse.Namespace) -> int:
         sender = None
     elif args.network is None:  # every network's inbox: the sender may be in any of them
         sender = resolve_device_anywhere(args, args.sender)
+    elif args.network not in joined_networks(args):  # left, inbox kept: its peers are gone
+        _check_scope(args, [], "inbox", "messages")  # a typo, not a network left, exits 6
+        sender = resolve_device_anywhere(args, args.sender, unjoined=args.network)
     else:
         sender = resolve_device(args, args.sender)
     answer = _call_given(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import trio
 
-from meshactors.cli.common import EXIT_USAGE
+from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE
 from tests.network.appclient import AppClient
 from tests.network.conftest import NET, Daemon, Mesh, run_cli
 from tests.network.test_rpc import serve_once
@@ -37,12 +38,19 @@ async def _joined_both(a: Daemon, b: Daemon, network_id: str) -> None:
     await b.wait_event("peer_active", network=network_id, device_id=a.device_id)
 
 
-async def test_inbox_from_a_label_or_prefix_without_n_covers_every_network(mesh: Mesh) -> None:
+async def _alice_and_bob(mesh: Mesh) -> tuple[Daemon, Daemon]:
+    """Daemons labelled alice and bob, each approving the other in NET and NET_TOO."""
     a, b = await mesh.daemon("a", label="alice"), await mesh.daemon("b", label="bob")
     for network_id in (NET, NET_TOO):
         await a.join(mesh.url, network_id)
         await b.join(mesh.url, network_id)
         await _joined_both(a, b, network_id)
+    return a, b
+
+
+async def test_inbox_from_a_label_or_prefix_without_n_covers_every_network(mesh: Mesh) -> None:
+    a, b = await _alice_and_bob(mesh)
+    for network_id in (NET, NET_TOO):
         key = f"hello-{network_id}"
         await a.call("send", network=network_id, to=b.device_id, message=key, client_message_id=key)
         await b.wait_event("message", client_message_id=key)
@@ -68,3 +76,28 @@ async def test_inbox_from_a_label_or_prefix_without_n_covers_every_network(mesh:
     in_net = await run_cli(b, "inbox", "-n", NET, "--from", "alice", "--json")
     assert in_net.returncode == 0, in_net.stderr.decode()
     assert [m["network"] for m in json.loads(in_net.stdout)["messages"]] == [NET]
+
+
+async def test_inbox_from_a_name_in_a_network_left_looks_in_the_joined_ones(mesh: Mesh) -> None:
+    a, b = await _alice_and_bob(mesh)
+    await a.call("send", network=NET, to=b.device_id, message="kept", client_message_id="kept")
+    await b.wait_event("message", client_message_id="kept")
+    await b.call("network_remove", network=NET)  # left: its inbox is kept, its peers are not
+
+    async def listed(name: str) -> list[Any]:
+        found = await run_cli(b, "inbox", "-n", NET, "--from", name, "--json")
+        assert found.returncode == 0, found.stderr.decode()
+        return [m["message"] for m in json.loads(found.stdout)["messages"]]
+
+    for name in ("alice", a.device_id[:12]):  # alice is still a peer of net2
+        assert await listed(name) == ["kept"]
+
+    await b.call("network_remove", network=NET_TOO)  # now alice is known nowhere
+    unknown = await run_cli(b, "inbox", "-n", NET, "--from", "alice")
+    assert unknown.returncode == EXIT_NOT_FOUND, unknown.stderr.decode()
+    stderr = unknown.stderr.decode()
+    assert f"{NET!r} is not joined" in stderr and "full device id" in stderr
+    assert await listed(a.device_id) == ["kept"]
+    typo = await run_cli(b, "inbox", "-n", "no-such-net", "--from", "alice")
+    assert typo.returncode == EXIT_NOT_FOUND, typo.stderr.decode()
+    assert "no network 'no-such-net' is joined" in typo.stderr.decode()
