@@ -139,6 +139,33 @@ class MembershipLog:
         self._order = None
         self.resolved = self._resolve()
 
+    def remove(self, digests: set[str]) -> None:
+        """Take facts out (none that a fact left in follows), then resolve the log again."""
+        for digest in digests:
+            del self.facts[digest]
+        grants = (fact.device for fact in self.facts.values() if fact.kind == "grant")
+        self.granted = {self.genesis.owner, *grants}
+        self._order = None
+        self.resolved = self._resolve()
+
+    def ranked(self) -> set[str]:
+        """The devices that may hold owner or admin somewhere in the order: the genesis owner
+        and whom a grant by one of them (void or not) makes owner or admin. A fact by any
+        other device is void wherever it falls and whatever is skipped, so taking it out
+        changes no role and no other fact's place."""
+        makes: dict[str, list[str]] = {}
+        for fact in self.facts.values():
+            if fact.kind == "grant" and fact.role in ("owner", "admin"):
+                makes.setdefault(fact.author, []).append(fact.device)
+        ranked: set[str] = set()
+        stack = [self.genesis.owner]
+        while stack:
+            device = stack.pop()
+            if device not in ranked:
+                ranked.add(device)
+                stack.extend(makes.get(device, ()))
+        return ranked
+
     def heads(self) -> list[str]:
         """The hashes no fact follows yet (the genesis while there is none), sorted."""
         followed = {parent for fact in self.facts.values() for parent in fact.parents}

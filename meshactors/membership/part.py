@@ -206,6 +206,11 @@ class Membership:
             except BadRecord:
                 self.dropped["bad_stored"] += 1
         self._take(facts, stored=True)
+        flood = _flooded(self.log)
+        if flood:
+            self.log.remove(flood)
+            self.dropped["stored_flood"] += len(flood)
+            await self._prune(flood)
         self._rows_before = dict(self.log.resolved.rows)
         if self.log.resolved.evicted(self.me):
             await self.link.send(Park())
@@ -699,11 +704,73 @@ class Membership:
             what="save facts",
         )
 
+    async def _prune(self, flood: set[str]) -> None:
+        """Delete the stored facts the load screened out (see `_flooded`); when the store
+        fails, they stay there and the next start screens them out again."""
+        try:
+            await self.store.call(
+                functools.partial(log_db.drop_facts, network=self.network, digests=flood),
+                what="drop a stored flood",
+            )
+        except (ActorGone, AskTimeout, OpError) as exc:
+            log.warning("stored flood not dropped", network=self.network, error=str(exc))
+
     async def _forget_invite(self) -> None:
         await self.store.call(
             functools.partial(log_db.forget_invite, network=self.network),
             what="forget the held invite",
         )
+
+
+def _flooded(the_log: MembershipLog) -> set[str]:
+    """The facts of a loaded log (taken before the quotas, or kept by a daemon without them)
+    that `Membership._screen` and the rooms would have kept out, by the log's order so that
+    members holding the same facts drop the same: of each device that is never an owner or
+    admin (`MembershipLog.ranked`: its facts are all void, so dropping them changes nothing
+    else), the facts past the first MAX_VOID_PER_AUTHOR, then, from the last, those past
+    ADMIN_ROOM's start; never one that a ranked device's fact follows, nor a grant of the
+    author of one (it would be junk at the next load), and always what follows a dropped
+    fact or whose author's every grant is dropped."""
+    facts, order = the_log.facts, the_log.order()
+    ranked = the_log.ranked()
+    grants: dict[str, list[str]] = {}
+    for digest, fact in facts.items():
+        if fact.kind == "grant":
+            grants.setdefault(fact.device, []).append(digest)
+    needed: set[str] = set()
+    stack = [digest for digest, fact in facts.items() if fact.author in ranked]
+    while stack:
+        digest = stack.pop()
+        if digest not in needed:
+            needed.add(digest)
+            stack += [p for p in facts[digest].parents if p in facts]
+            stack += grants.get(facts[digest].author, [])
+    void = collections.Counter(facts[d].author for d in needed if facts[d].author not in ranked)
+    kept = set(needed)
+
+    def follows_kept(digest: str) -> bool:
+        return all(p in kept for p in facts[digest].parents if p in facts)
+
+    for digest in order:  # parents first
+        author = facts[digest].author
+        if digest not in needed and void[author] < MAX_VOID_PER_AUTHOR and follows_kept(digest):
+            void[author] += 1
+            kept.add(digest)
+    for digest in reversed(order):  # what follows a fact is after it in the order
+        if len(kept) <= _room(None):
+            break
+        if digest not in needed:
+            kept.discard(digest)
+    while True:
+        grants_kept = (facts[d].device for d in kept if facts[d].kind == "grant")
+        granted = {the_log.genesis.owner, *grants_kept}
+        held = len(kept)
+        for digest in order:
+            left = digest in kept and digest not in needed
+            if left and (facts[digest].author not in granted or not follows_kept(digest)):
+                kept.discard(digest)
+        if len(kept) == held:
+            return set(facts) - kept
 
 
 def _gone(device: str) -> dict[str, object]:

@@ -4,7 +4,7 @@ the store actor, read back and verified by the network's core when it starts."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from meshactors.membership.facts import Fact, Genesis, converter, record_hash
@@ -49,6 +49,15 @@ def save_facts(conn: sqlite3.Connection, network: str, facts: Sequence[Fact]) ->
             " VALUES (?, ?, 'fact', ?)"
             " ON CONFLICT (network, hash) DO UPDATE SET record_json = excluded.record_json",
             [(network, record_hash(f), to_json(converter.unstructure(f))) for f in facts],
+        )
+
+
+def drop_facts(conn: sqlite3.Connection, network: str, digests: Collection[str]) -> None:
+    """Delete facts of `network` by hash (a flood screened out at load, never to reload)."""
+    with immediate(conn):
+        conn.executemany(
+            "DELETE FROM membership_log WHERE network = ? AND kind = 'fact' AND hash = ?",
+            [(network, digest) for digest in digests],
         )
 
 

@@ -15,6 +15,7 @@ from meshactors.membership import log as membership_log
 from meshactors.membership import part as membership_part
 from meshactors.membership.facts import MAX_PARENTS, Fact, record_hash
 from meshactors.membership.log import MAX_FACTS, MembershipLog
+from meshactors.membership.store import save_facts
 from meshactors.network.link import Park, UseBrokers
 from tests.membership.conftest import CLOSED, figures, granted, members, push, team
 from tests.membership.logkit import device
@@ -164,3 +165,36 @@ async def test_a_full_log_refuses_our_grant_and_an_invite_and_keeps_no_row(
     assert (answer["by"], answer["reason"]) == (owner.device_id, membership_part.LOG_FULL)
     assert await trio.to_thread.run_sync(_rows, owner.home) == rows
     assert (await members(owner))[member.device_id] == ("member", "member")
+
+
+def _store_flood(home: Path, facts: list[Fact]) -> None:
+    """Append `facts` to CLOSED's log in a stopped daemon's state database, as a daemon from
+    before the quotas kept them (run in a thread)."""
+    db = sqlite3.connect(home / "state.db")
+    try:
+        save_facts(db, CLOSED, facts)
+    finally:
+        db.close()
+
+
+async def test_a_flood_stored_before_the_quotas_is_screened_at_start_and_room_made(
+    mesh: Mesh,
+) -> None:
+    owner, flooder = await team(mesh, "owner", "flooder")
+    before = (await figures(owner))["facts"]
+    the_log = owner.network(CLOSED).membership.log
+    assert the_log is not None
+    flood = promotions(the_log, flooder.services.identity, MAX_FACTS - before, the_log.heads())
+    await flooder.stop()
+    await owner.stop()
+    await trio.to_thread.run_sync(_store_flood, owner.home, flood)
+    rows = await trio.to_thread.run_sync(_rows, owner.home)
+    owner = await mesh.daemon("owner")
+    kept = membership_part.MAX_VOID_PER_AUTHOR
+    shown = await figures(owner)
+    assert shown["facts"] == before + kept
+    assert shown["dropped"] == {"stored_flood": len(flood) - kept}
+    assert await trio.to_thread.run_sync(_rows, owner.home) == rows - (len(flood) - kept)
+    newcomer = device()
+    await owner.call("members_grant", network=CLOSED, device_id=newcomer.device_id, role="member")
+    assert (await members(owner))[newcomer.device_id] == ("member", "member")

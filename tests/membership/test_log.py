@@ -6,6 +6,7 @@ import base64
 import contextlib
 import itertools
 import json
+import unittest.mock
 from typing import Any
 
 import attrs
@@ -14,6 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from meshactors.identity import Identity
+from meshactors.membership import part as membership_part
 from meshactors.membership.facts import (
     BOOTSTRAP_PREFIX,
     MAX_BOOTSTRAP_CHARS,
@@ -282,6 +284,49 @@ def test_every_arrival_order_of_any_log_resolves_alike_and_only_a_holding_evict_
     for target in cast if owner is not None else []:
         evicted = log.resolved.evicted(target.device_id)
         assert _regrant_holds(log, owner, target.device_id) is not evicted
+
+
+_FLOODERS = [device() for _ in range(2)]  # a member of the generated logs and whom it grants
+
+_FLOOD_STEP = st.tuples(
+    st.integers(0, len(_FLOODERS)),  # author: 0 is the genesis owner, then _FLOODERS
+    st.sampled_from(["grant", "revoke", "evict"]),
+    st.integers(0, len(_CAST) + len(_FLOODERS)),  # target: _OWNER, _CAST, then _FLOODERS
+    st.sampled_from(_ROLES),
+    st.integers(2000, 2010),
+    st.lists(st.integers(0, 127), min_size=1, max_size=3),  # parents: among the facts so far
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(steps=st.lists(_STEP, max_size=6), flood=st.lists(_FLOOD_STEP, max_size=24))
+def test_a_stored_flood_screened_out_at_load_changes_no_role_and_nothing_else_void(
+    steps: list[tuple[int, str, int, str, int, list[int]]],
+    flood: list[tuple[int, str, int, str, int, list[int]]],
+) -> None:
+    """A generated log, then a member's facts (and those of a device it grants, and the
+    owner's among and after them), past a quota of 2: what the load's screen drops leaves
+    every device's row, and every other fact void or not, as they were."""
+    genesis, facts = _generated(steps)
+    log = _deliver(MembershipLog(genesis), facts)
+    facts.append(fact(log, _OWNER, "grant", _FLOODERS[0], "member", at_ms=2000))
+    cast = [_OWNER, *_CAST, *_FLOODERS]
+    authors = [_OWNER, *_FLOODERS]
+    for author, kind, target, role, at_ms, picks in flood:
+        parents = sorted({record_hash(facts[p % len(facts)]) for p in picks})
+        role = "" if kind == "evict" else role
+        one = fact(log, authors[author], kind, cast[target], role, at_ms, parents)
+        if one not in facts:
+            facts.append(one)
+    log = _deliver(MembershipLog(genesis), facts)
+    before = log.resolved
+    with unittest.mock.patch.object(membership_part, "MAX_VOID_PER_AUTHOR", 2):
+        dropped = membership_part._flooded(log)
+    assert all(log.facts[d].author in {f.device_id for f in _FLOODERS} for d in dropped)
+    log.remove(dropped)
+    assert log.resolved.rows == before.rows
+    assert log.resolved.void == before.void - dropped
+    assert all(not log.missing(one) for one in log.facts.values())
 
 
 def test_an_invite_admits_as_many_devices_as_its_uses_and_not_after_its_time() -> None:
