@@ -70,6 +70,7 @@ MAX_ORPHANS = 256  # facts held while their parents are fetched; more are droppe
 MAX_VOID_PER_AUTHOR = 16  # void facts kept of one author that is not an owner or admin
 MAX_TTL_S = 30 * 24 * 3600  # an invite's longest life
 HEADS_INTERVAL = 60.0  # seconds between two sends of our heads to the members we see
+MAX_UNANSWERED = 64  # invites whose answer again the store failed, kept to try again
 UNSIGNED = "A" * SIG_CHARS
 EXPIRED, USED_UP = "the invite expired", "the invite was used up"  # reasons of invite_refused
 LOG_FULL = "the membership log is full"  # and why a fact of ours is refused
@@ -108,6 +109,7 @@ class Membership:
     orphans: dict[str, Fact] = attrs.field(factory=dict)
     dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
     accepted: int = 0  # facts taken from peers since start
+    unanswered: dict[str, Invite] = attrs.field(factory=dict)  # to answer again, by device
     _rows_before: dict[str, MemberRow] = attrs.field(factory=dict)  # as last published
 
     @property
@@ -128,6 +130,7 @@ class Membership:
             "members": sum(r.status == MEMBER for r in self.log.resolved.rows.values()),
             "orphans": len(self.orphans),
             "accepted": self.accepted,
+            "to_answer": len(self.unanswered),
             "dropped": dict(self.dropped),
         }
 
@@ -424,8 +427,11 @@ class Membership:
         answer with our heads, so a peer behind us pulls now and not at its next exchange of
         heads (60 s away, if ours to it was lost). Their heads then name all their log (fewer
         than MAX_HEADS, none cut off), so we are strictly ahead: our heads name a fact they
-        lack, or are cut off themselves, and in both cases they do not answer back."""
+        lack, or are cut off themselves, and in both cases they do not answer back. First,
+        answer again the invites the store failed to (see `_reanswer`): members send heads
+        every HEADS_INTERVAL, so they are tried again with no other change."""
         assert self.log is not None
+        await self._answer_unanswered()
         ours = self._heads()
         if not self._knows_all(heads):
             await self.peers.send_control(device_id, self._pull())
@@ -634,9 +640,7 @@ class Membership:
         """A device's grant turned void (`row`, what it set, is gone or replaced): if it
         redeemed an invite and the device is no member now, answer that invite again, so the
         device does not wait for an answer for ever: `the invite was used up` when another
-        device took a one-use invite at the same time, a new grant while the invite holds.
-        One the store fails to save is not made (counted as `unanswered`): the change that led
-        here stands and is enforced all the same."""
+        device took a one-use invite at the same time, a new grant while the invite holds."""
         assert self.log is not None
         resolved = self.log.resolved
         if row is None or row.fact not in resolved.void or row.device == self.me:
@@ -644,11 +648,32 @@ class Membership:
         invite = self.log.facts[row.fact].invite
         if invite is None or resolved.is_member(row.device):
             return
+        await self._reanswer(row.device, invite)
+
+    async def _reanswer(self, device_id: str, invite: Invite) -> None:
+        """Answer a device's invite again. A new grant the store fails to save is not made
+        (counted as `unanswered`; the change that led here stands and is enforced all the
+        same): the invite is kept (up to MAX_UNANSWERED) to try again at the next heads a
+        member sends us (the device itself presents it no more: it was a member)."""
+        self.unanswered.pop(device_id, None)
         try:
-            await self._redeem(row.device, invite)
+            await self._redeem(device_id, invite)
         except (ActorGone, AskTimeout, OpError) as exc:
             self.dropped["unanswered"] += 1
             log.warning("invite not answered again", network=self.network, error=str(exc))
+            if len(self.unanswered) < MAX_UNANSWERED:
+                self.unanswered[device_id] = invite
+
+    async def _answer_unanswered(self) -> None:
+        """Try again the invites kept by `_reanswer`, of the devices that are no member yet."""
+        assert self.log is not None
+        for device_id, invite in list(self.unanswered.items()):
+            if self.unanswered.get(device_id) is not invite:
+                continue  # answered (or kept again) by a try before it
+            if self.log.resolved.is_member(device_id):
+                del self.unanswered[device_id]
+            else:
+                await self._reanswer(device_id, invite)
 
     async def _redeem(self, device_id: str, invite: Invite) -> None:
         """Turn a presented invite into a grant, once, if we may; answer why not otherwise."""

@@ -19,11 +19,11 @@ from meshactors.membership.facts import (
     sign,
     to_bootstrap,
 )
-from meshactors.membership.frames import LogFacts
+from meshactors.membership.frames import LogFacts, LogHeads
 from meshactors.wire.ipc import ErrorCode, OpError
 from tests.membership.conftest import CLOSED, active, import_closed, members, team
 from tests.membership.logkit import device, fact, invite, new_log
-from tests.membership.test_sync import PartPair
+from tests.membership.test_sync import PartPair, Store
 from tests.network.conftest import Daemon, Mesh
 
 
@@ -148,11 +148,12 @@ class UnsavingStore:
         raise AskTimeout(what, 1.0)
 
 
-async def test_an_invite_answered_again_that_the_store_fails_to_save_leaves_the_core_up() -> None:
+async def test_an_invite_the_store_fails_to_answer_again_is_retried_and_the_core_stays_up() -> None:
     """Owner O holds admin A's grant of Y (with O's invite) when co-owner Q's revoke of A,
     made without seeing it, arrives and sorts first: the grant is void, and O would grant Y
     anew, but its store answers no call. The revoke is taken and enforced all the same, the
-    failure is counted, and the frame does not escape as an error that ends the core."""
+    failure is counted, and the frame does not escape as an error that ends the core; the
+    invite is answered at the next heads a member sends, once the store saves again."""
     owner, co_owner, admin, y = device(), device(), device(), device()
     the_log = new_log(owner)
     made = []
@@ -170,6 +171,13 @@ async def test_an_invite_answered_again_that_the_store_fails_to_save_leaves_the_
     assert record_hash(grant_y) in resolved.void and not resolved.is_member(y.device_id)
     assert p.part(owner).dropped["unanswered"] == 1
     assert p.wire.sent["invite_answer"] == 0  # nothing granted, so nothing told
+    # no other change comes: the heads a member sends every HEADS_INTERVAL bring the retry
+    p.part(owner).store = Store()  # type: ignore[assignment]
+    heads = LogHeads(the_log.genesis_hash, p.log(co_owner).heads())
+    await p.part(owner).on_frame(co_owner.device_id, heads)
+    assert p.log(owner).resolved.role_of(y.device_id) == "member"
+    assert p.wire.sent["invite_answer"] == 1
+    assert p.part(owner).figures()["to_answer"] == 0
 
 
 @pytest.mark.parametrize(
