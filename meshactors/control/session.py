@@ -58,9 +58,9 @@ class Session:
         """Queue an event addressed to this connection only; never waits (lags when full). It
         is encoded here, in the pusher's task, so the queue counts its real bytes, but only
         when it may fit: one the queue skips even at its least size is not encoded at all.
-        `reserved`: an end the program waits on (a streamed call's), queued even when full,
-        in the queue's reserve (PUSH_END_RESERVE); with that taken too, the connection is cut
-        off, so the program learns every call ended rather than wait for one."""
+        `reserved`: an end the program waits on (of a call it made or serves, or of a claim),
+        queued even when full, in the queue's reserve (PUSH_END_RESERVE); with that taken too,
+        the connection is cut off, so the program learns all ended rather than wait for one."""
         frame = {"kind": kind, **data}
         least = encoded_size_floor(frame)
         return self.pushes.offer_made(partial(encode, frame), least, reserved=reserved)

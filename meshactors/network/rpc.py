@@ -188,7 +188,8 @@ class Rpc:
         if displaced is None:
             return None
         by = client.client_id
-        displaced.push("handler_displaced", {"network": self.network, "method": method, "by": by})
+        lost = {"network": self.network, "method": method, "by": by}
+        displaced.push("handler_displaced", lost, reserved=True)  # never skipped for lag
         return displaced.client_id
 
     def unregister(self, client: RpcClient, method: str) -> bool:
@@ -455,9 +456,8 @@ class Rpc:
         """Forget a served call the caller no longer waits for, and tell its connection."""
         self._forget_inbound(call)
         call.cancelled = reason
-        call.client.push(
-            "rpc_cancelled", {"network": self.network, "request_id": call.id, "reason": reason}
-        )
+        ended = {"network": self.network, "request_id": call.id, "reason": reason}
+        call.client.push("rpc_cancelled", ended, reserved=True)  # never skipped for lag
 
     def _forget_inbound(self, call: InboundCall) -> None:
         self._inbound.forget(call)
@@ -613,9 +613,8 @@ class Rpc:
     def _release_claims(self) -> None:
         """The actor stops (network removed, or restarted): owners learn their claims ended."""
         for method, claim in self._claims.clear():
-            claim.owner.push(
-                "handler_displaced", {"network": self.network, "method": method, "by": None}
-            )
+            lost = {"network": self.network, "method": method, "by": None}
+            claim.owner.push("handler_displaced", lost, reserved=True)  # never skipped for lag
 
 
 def _deadlines_of(calls: dict[str, Outbound]) -> list[tuple[float, str]]:

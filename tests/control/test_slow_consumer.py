@@ -135,8 +135,7 @@ class StalledSubscriber:
         return await client_figures(self.sender, self.stalled_id)
 
 
-@pytest.fixture
-async def subscriber(connect: Any, monkeypatch: pytest.MonkeyPatch) -> StalledSubscriber:
+async def stalled_subscriber(connect: Any, monkeypatch: pytest.MonkeyPatch) -> StalledSubscriber:
     """A stalled subscriber, its connection's push bytes capped at PUSH_CAP and its bytes
     waiting to be written at OUTGOING_CAP."""
     monkeypatch.setattr(client_module, "MAX_PUSH_BYTES", PUSH_CAP)
@@ -149,6 +148,12 @@ async def subscriber(connect: Any, monkeypatch: pytest.MonkeyPatch) -> StalledSu
     stalled_id = await client_id_of(stalled)
     assert (await stalled.call("channel_subscribe", network="n", channel="c"))["ok"]
     return StalledSubscriber(sender, stalled, stalled_id, device_id)
+
+
+@pytest.fixture
+async def subscriber(connect: Any, monkeypatch: pytest.MonkeyPatch) -> StalledSubscriber:
+    """`stalled_subscriber`, made for the test."""
+    return await stalled_subscriber(connect, monkeypatch)
 
 
 async def test_a_program_not_reading_big_pushes_lags_once_their_bytes_pass_the_cap(
@@ -233,3 +238,50 @@ async def test_an_event_the_push_queue_refuses_is_counted_as_skipped_and_never_e
         ipc.event_frame("second", {"payload": "y"}),
     )
     assert got == [first, Lagged(1), second, Lagged(1)]
+
+
+async def test_a_program_not_reading_still_learns_its_claim_and_its_served_call_ended(
+    connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler whose push queue is full is still told, once it reads again, that another
+    program took its method and that a call it serves was cancelled: those are ends it waits
+    on, queued in the reserve behind the notice of what was skipped before them."""
+    monkeypatch.setattr(client_module, "PUSH_CAPACITY", 16)  # full by count: no event fits
+    subscriber = await stalled_subscriber(connect, monkeypatch)
+    stalled, sender = subscriber.stalled, subscriber.sender
+    for method in ("served", "taken"):
+        assert (await stalled.call("rpc_register", network="n", method=method))["ok"]
+    to_me = {"network": "n", "peer": subscriber.device_id, "method": "served"}
+    call = await sender.send("rpc_call", payload=1, **to_me)
+    with trio.fail_after(30):
+        inbound = await stalled.frame()
+    assert inbound["kind"] == "rpc_inbound"
+    for _ in range(300):  # 30 MB of channel messages: from here on `stalled` reads nothing
+        await subscriber.send("x" * 100_000)
+    await trio.testing.wait_all_tasks_blocked()  # the pump pushed them all
+    skipped = (await subscriber.figures())["lagged"]
+    assert skipped > 0
+    taker = await connect()
+    assert (await taker.call("rpc_register", network="n", method="taken"))["ok"]
+    assert (await sender.call("rpc_cancel", call=call))["ok"]
+    await trio.testing.wait_all_tasks_blocked()
+    assert (await subscriber.figures())["lagged"] == skipped  # neither was skipped
+    with trio.fail_after(30):
+        while (frame := await stalled.frame())["kind"] == "channel_inbound":
+            pass
+        ends = [frame, await stalled.frame(), await stalled.frame()]
+    assert ends == [
+        {"kind": "lagged", "skipped": skipped},
+        {
+            "kind": "handler_displaced",
+            "network": "n",
+            "method": "taken",
+            "by": await client_id_of(taker),
+        },
+        {
+            "kind": "rpc_cancelled",
+            "network": "n",
+            "request_id": inbound["request_id"],
+            "reason": "cancelled",
+        },
+    ]

@@ -74,7 +74,7 @@ async def test_a_credit_for_a_call_that_is_no_stream_is_stray(nursery: trio.Nurs
     class _Server:
         client_id = "c1"
 
-        def push(self, kind: str, data: dict[str, Any]) -> bool:
+        def push(self, kind: str, data: dict[str, Any], *, reserved: bool = False) -> bool:
             return True
 
     rpc.register(_Server(), "plain", streaming=False)
