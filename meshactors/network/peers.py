@@ -80,6 +80,9 @@ MAX_PEERS = 1024  # peers tracked per network (the broker admits 256 by default)
 # past it, or when the table is full, the one seen longest ago (its last hello; after a
 # restart, first seen longest ago) that is not present is forgotten
 MAX_STRANGERS = 256
+# devices present at the broker that never opened a frame to us, kept per network: past it, or
+# when the table is full, the one that joined longest ago is let go (a broker can make up joins)
+MAX_SILENT_PEERS = 256
 REJECTED_NON_MEMBER = "rejected_non_member"  # frames of a device a closed network keeps out
 CONTROL_PLANE_ROLE = "control-plane"  # hidden from peers_list unless `all`
 CAPABILITIES_KEY = "capabilities"  # local_settings key of our advert in a network
@@ -193,6 +196,9 @@ class Peers:
     # device ids of the roster's pending entries, the stranger seen longest ago first (moved to
     # the end by each hello; a load orders them by first seen)
     _strangers: dict[str, None] = attrs.field(factory=dict)
+    # device ids of the peers present that never opened a frame and have no roster entry, the
+    # one that joined longest ago first: let go first when the table is full
+    _silent: dict[str, None] = attrs.field(factory=dict)
     # auto-approvals and the roles peers announced, not saved yet (saved in batches)
     _unsaved: dict[str, roster_db.RosterEntry] = attrs.field(factory=dict)
     # strangers' entries forgotten to make room, not deleted yet (deleted with those batches)
@@ -440,7 +446,7 @@ class Peers:
         self._roster, self._strangers, self._unsaved, self._unsaved_removals = {}, {}, {}, []
         await self._load_settings()
         self.hand_over_openers()
-        self._peers, self._by_key, self._active = {}, {}, set()
+        self._peers, self._by_key, self._active, self._silent = {}, {}, set(), {}
         self._link_was_up, self._outbound = False, None
         self.link_status = LinkStatus("idle", None, None)
         self.phase = Phase.CONNECTING
@@ -536,13 +542,13 @@ class Peers:
 
     def _peer(self, device_id: str, crypto: PeerCrypto | None = None) -> PeerState | None:
         """The peer's state, created on first sight (with `crypto` if the caller built it; a
-        full table forgets strangers not present to make room); None for a bad id or a table
-        full of others."""
+        full table lets silent peers go, then strangers not present, to make room); None for a
+        bad id or a table full of others."""
         peer = self._peers.get(device_id)
         if peer is not None:
             return peer
         while len(self._peers) >= MAX_PEERS:
-            if not self._forget_stranger():
+            if not (self._forget_silent() or self._forget_stranger()):
                 self.dropped["table_full"] += 1
                 if crypto is not None:
                     self.replay_memory.keep(device_id, crypto.opener)
@@ -568,6 +574,7 @@ class Peers:
     def _put_entry(self, entry: roster_db.RosterEntry) -> None:
         """Set a device's roster entry; a pending one keeps its place among the strangers."""
         self._roster[entry.device_id] = entry
+        self._silent.pop(entry.device_id, None)  # kept for its entry now
         if entry.state == "pending":
             self._strangers.setdefault(entry.device_id)
         else:
@@ -605,17 +612,38 @@ class Peers:
         self.dropped["strangers_forgotten"] += 1
         return True
 
+    def _forget_silent(self) -> bool:
+        """Let go of the silent peer that joined longest ago (told as `peer_left`); False when
+        there is none."""
+        device_id = next(iter(self._silent), None)
+        if device_id is None:
+            return False
+        peer = self._peers[device_id]
+        peer.forget_session()
+        self._update(peer)
+        self._drop_peer(peer)
+        self.dropped["silent_forgotten"] += 1
+        return True
+
     def _drop_peer(self, peer: PeerState) -> None:
         """Forget a peer we keep no roster entry for, all but its opener (kept in memory)."""
+        self._silent.pop(peer.device_id, None)
         self.replay_memory.keep(peer.device_id, peer.crypto.opener)
         del self._peers[peer.device_id]
         del self._by_key[peer.public_key]
         self._active.discard(peer.device_id)
 
     async def _on_join(self, device_id: str, role: str) -> None:
+        """A device the broker says is present: silent until a frame of its own opens (every
+        roster entry has its place in the table, so a device not there has none)."""
+        silent = device_id not in self._peers
+        if silent and len(self._silent) >= MAX_SILENT_PEERS:
+            self._forget_silent()
         peer = self._peer(device_id)
         if peer is None:
             return
+        if silent:
+            self._silent[device_id] = None
         peer.present = True
         self._set_role(peer, role)
         self._update(peer)
@@ -656,6 +684,7 @@ class Peers:
             frame = skew
         if peer is None and (peer := self._peer(device_id, crypto)) is None:
             return  # a table full of others
+        self._silent.pop(device_id, None)  # it speaks: not let go for a silent one
         if isinstance(frame, IncompatiblePeer):
             await self._on_incompatible(peer, str(frame))
             return

@@ -1,7 +1,8 @@
 """Strangers (devices seen in an open network, never approved or denied) cannot keep anyone
 else out of the peer table or the roster: past MAX_STRANGERS, or when the table is full, the
 stranger seen longest ago that is not present is forgotten, and approved or denied devices never
-are. The limits are made small here; the strangers are hand-made peers at a real broker."""
+are; nor can silent devices (present at the broker, never a frame), let go first. The limits
+are made small here; the strangers are hand-made peers at a real broker."""
 
 from __future__ import annotations
 
@@ -162,6 +163,33 @@ async def test_a_full_table_makes_room_for_an_approval_or_says_it_is_full(
     assert stranger not in _saved_states(a)
 
 
+async def test_devices_present_that_never_speak_leave_room_for_one_that_does(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Devices the broker says joined but that never open a frame (as a hostile broker may
+    make up) hold at most MAX_SILENT_PEERS places, and a device that speaks takes the place of
+    the one present longest: a table full of them never keeps a real peer out."""
+    monkeypatch.setattr(peers_module, "MAX_PEERS", 3)
+    monkeypatch.setattr(peers_module, "MAX_SILENT_PEERS", 2, raising=False)
+    a = await mesh.daemon("a")
+    await a.join(mesh.url)
+    silent = [RawPeer(NET) for _ in range(4)]
+    async with trio.open_nursery() as nursery:
+        for raw in silent:  # present at the broker, never a word to `a`
+            await raw.join(mesh.url, nursery)
+            await a.wait_event("peer_sighted", device_id=raw.device_id)
+        for gone in silent[:2]:  # past MAX_SILENT_PEERS: the oldest went
+            await a.wait_event("peer_left", device_id=gone.device_id)
+        await a.call("roster_approve", network=NET, device_id=_unseen_device())
+        b = await mesh.daemon("b")  # the table is full: one approved, two silent
+        await b.join(mesh.url)
+        await approve_both(a, b)
+        assert await a.peer(silent[2].device_id) is None  # the one present longest went
+        assert await a.peer(silent[3].device_id) is not None
+        assert (await _dropped(a))["silent_forgotten"] == 3
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_start_keeps_the_newest_strangers_saved(
     mesh: Mesh, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -186,11 +214,11 @@ async def test_a_start_keeps_the_newest_strangers_saved(
 
 
 STRANGER_KEYS = 8  # devices in the generated runs: enough to pass both small limits
-MODEL_PEERS, MODEL_STRANGERS = 5, 2  # the limits the generated runs are held to
+MODEL_PEERS, MODEL_STRANGERS, MODEL_SILENT = 5, 2, 2  # the limits the generated runs are held to
 
 steps = st.lists(
     st.tuples(
-        st.sampled_from(["hello", "leave", "approve", "deny", "remove"]),
+        st.sampled_from(["join", "hello", "leave", "approve", "deny", "remove"]),
         st.integers(0, STRANGER_KEYS - 1),
     ),
     max_size=40,
@@ -214,10 +242,10 @@ class _TableRun:
 
     async def step(self, action: str, index: int) -> None:
         device_id = self.device(index)
+        if action in ("join", "hello") and index not in self.present:
+            await self.peers.on_link_event(PresenceJoin(device_id, "daemon"))
+            self.present.add(index)
         if action == "hello":
-            if index not in self.present:
-                await self.peers.on_link_event(PresenceJoin(device_id, "daemon"))
-                self.present.add(index)
             await self.say_hello(index)
             self.assert_admitted(device_id)
             if self.roster().get(device_id) == "pending":
@@ -230,7 +258,7 @@ class _TableRun:
             await self.peers.forget(device_id)
             self.decided.pop(index, None)
             self.kept.discard(index)
-        else:
+        elif action != "join":
             self.kept.discard(index)
             try:
                 await (
@@ -260,10 +288,16 @@ class _TableRun:
     def roster(self) -> dict[str, str]:
         return {row["device_id"]: row["state"] for row in self.peers.list_roster()}
 
+    def silent(self) -> set[str]:
+        """The devices in the table only as present at the broker: never a frame, no entry."""
+        roster = self.roster()
+        return {d for d, p in self.table().items() if p["status"] == "sighted" and d not in roster}
+
     def assert_full_of_others(self) -> None:
-        """The table is full, and not of strangers that left."""
+        """The table is full, and not of strangers that left nor of silent devices."""
         table, roster = self.table(), self.roster()
         assert len(table) == MODEL_PEERS
+        assert not self.silent()
         assert all(
             roster.get(d) in ("approved", "denied") or p["status"] != "offline"
             for d, p in table.items()
@@ -278,6 +312,7 @@ class _TableRun:
         table, roster = self.table(), self.roster()
         assert len(table) <= MODEL_PEERS
         assert list(roster.values()).count("pending") <= MODEL_STRANGERS
+        assert len(self.silent()) <= MODEL_SILENT
         assert {self.device(i): state for i, state in self.decided.items()} == {
             d: s for d, s in roster.items() if s != "pending"
         }
@@ -341,4 +376,5 @@ def test_generated_runs_keep_strangers_from_keeping_anyone_out(
     ):
         monkeypatch.setattr(peers_module, "MAX_PEERS", MODEL_PEERS)
         monkeypatch.setattr(peers_module, "MAX_STRANGERS", MODEL_STRANGERS, raising=False)
+        monkeypatch.setattr(peers_module, "MAX_SILENT_PEERS", MODEL_SILENT, raising=False)
         trio.run(_run_steps, Path(home), actions)
