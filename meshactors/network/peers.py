@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import enum
 import functools
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
@@ -83,6 +84,9 @@ MAX_STRANGERS = 256
 # devices present at the broker that never opened a frame to us, kept per network: past it, or
 # when the table is full, the one that joined longest ago is let go (a broker can make up joins)
 MAX_SILENT_PEERS = 256
+# seconds between two peer_incompatible events of one peer, at least: a peer that keeps turning
+# incompatible (another major's hello, then ours) changes its status each time, told once
+INCOMPATIBLE_EVENT_INTERVAL = 10.0
 REJECTED_NON_MEMBER = "rejected_non_member"  # frames of a device a closed network keeps out
 CONTROL_PLANE_ROLE = "control-plane"  # hidden from peers_list unless `all`
 CAPABILITIES_KEY = "capabilities"  # local_settings key of our advert in a network
@@ -138,6 +142,7 @@ class PeerState:
     profile: Profile | None = None
     remote_approval: str = "pending"
     incompatible: str | None = None
+    incompatible_told_at: float = -math.inf  # trio time of its last peer_incompatible event
     rtt_ms: float | None = None
     last_seen_ms: int | None = None
     status: PeerStatus = PeerStatus.OFFLINE
@@ -963,13 +968,28 @@ class Peers:
             self._active.add(peer.device_id)
         else:
             self._active.discard(peer.device_id)
-        extra: dict[str, Any] = {}
-        if status is PeerStatus.INCOMPATIBLE:
-            extra["reason"] = peer.incompatible
-        log.info("peer status", network=self.network, device=peer.device_id, status=status.value)
-        self._publish(STATUS_EVENTS[status], peer, **extra)
+        if self._tells(peer, status):
+            extra: dict[str, Any] = {}
+            if status is PeerStatus.INCOMPATIBLE:
+                extra["reason"] = peer.incompatible
+            log.info(
+                "peer status", network=self.network, device=peer.device_id, status=status.value
+            )
+            self._publish(STATUS_EVENTS[status], peer, **extra)
         for listener in self.status_listeners:
             listener(peer.device_id, status)
+
+    def _tells(self, peer: PeerState, status: PeerStatus) -> bool:
+        """Whether a change to `status` is published: always, but a peer's turn to incompatible
+        only once per INCOMPATIBLE_EVENT_INTERVAL (the others counted `incompatible_untold`)."""
+        if status is not PeerStatus.INCOMPATIBLE:
+            return True
+        now = trio.current_time()
+        if now - peer.incompatible_told_at < INCOMPATIBLE_EVENT_INTERVAL:
+            self._drop(peer, "incompatible_untold")
+            return False
+        peer.incompatible_told_at = now
+        return True
 
     def _update_phase(self) -> None:
         if self._outbound is not None:
