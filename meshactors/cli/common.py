@@ -14,7 +14,7 @@ from meshactors.hostguard import HOST_MISMATCH_EXIT_CODE
 from meshactors.logs import SYSLOG_PRIORITIES, is_journal_stream
 from meshactors.paths import Paths, prepare_dirs, resolve_paths
 from meshactors.wire.device_id import SHORT_ID as SHORT_ID  # tables show it (--json: full ids)
-from meshactors.wire.ipc import DEFAULT_PAGE
+from meshactors.wire.ipc import DEFAULT_PAGE, MAX_PAGE
 
 # The exit codes of every command (docs/operations.md, "Exit codes", is the same table).
 EXIT_OK = 0
@@ -210,10 +210,10 @@ def network_option(parser: argparse.ArgumentParser, help: str | None = None) -> 
     )
 
 
-def limit_option(parser: argparse.ArgumentParser, most: int, rows: str) -> None:
+def limit_option(parser: argparse.ArgumentParser, rows: str) -> None:
     """`--limit N`: one page of a listing op, by default the ops' own `DEFAULT_PAGE`; one past
-    `most` (the op's bound) is left to the daemon's `invalid_params` (exit 2)."""
-    text = f"{rows} per page (1-{most}, default %(default)s)"
+    `MAX_PAGE` (the ops' bound) is left to the daemon's `invalid_params` (exit 2)."""
+    text = f"{rows} per page (1-{MAX_PAGE}, default %(default)s)"
     parser.add_argument("--limit", type=int, default=DEFAULT_PAGE, help=text)
 
 

@@ -21,8 +21,6 @@ from meshactors.cli.common import (
     report,
 )
 from meshactors.cli.devices import resolve_device, resolve_device_anywhere
-from meshactors.store.inbox import MAX_PAGE
-from meshactors.store.outbox import MAX_LIST_ROWS
 
 STATUS_FLAGS = ("pending", "inflight", "done", "dead", "aborted")  # outbox list filters
 SEND_WORDS = "TO MESSAGE"  # `send`'s free words
@@ -49,7 +47,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     network_option(inbox, "only this network")
     inbox.add_argument("--from", dest="sender", default=None, help="only from this device")
     inbox.add_argument("--since", type=int, default=None, help="received at or after (ms)")
-    limit_option(inbox, MAX_PAGE, "messages")
+    limit_option(inbox, "messages")
     inbox.add_argument("--cursor", default=None, help="next_cursor of the previous page")
     inbox.add_argument("--json", action="store_true")
     inbox.set_defaults(run=run_inbox)
@@ -63,7 +61,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             f"--{status}", dest="status", action="store_const", const=status, default=None
         )
     network_option(listing, "only this network")
-    limit_option(listing, MAX_LIST_ROWS, "rows")
+    limit_option(listing, "rows")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=run_outbox_list)
     requeue = outbox.add_parser("requeue", help="send a dead row again")

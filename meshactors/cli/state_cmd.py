@@ -19,7 +19,6 @@ from meshactors.cli.common import (
     words_after_network,
 )
 from meshactors.client import ClientError
-from meshactors.netstate.replica import MAX_LIST
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,7 +45,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     network_option(listing)
     listing.add_argument("words", nargs="*", metavar="[NETWORK]")
     listing.add_argument("--prefix", default="", help="only keys starting with it")
-    limit_option(listing, MAX_LIST, "keys")
+    limit_option(listing, "keys")
     listing.add_argument("--cursor", default=None, help="next_cursor of the previous page")
     listing.set_defaults(run=run_list, arity=0)
     watch = state.add_parser("watch", help="print each change as a JSON line (Ctrl-C stops)")

@@ -46,7 +46,7 @@ from meshactors.network.app_wire import AppWire
 from meshactors.network.peers import PeerStatus
 from meshactors.store.actor import StoreActor
 from meshactors.turns import take_turns
-from meshactors.wire.ipc import ErrorCode, OpError
+from meshactors.wire.ipc import MAX_PAGE, ErrorCode, OpError
 from meshactors.wire.peer import Frame
 
 log = structlog.get_logger("meshactors.netstate")
@@ -57,7 +57,6 @@ SYNC_INTERVAL = 60.0  # seconds between summaries to each active peer (repairs a
 SYNC_RATE = 1.0  # ...while that stays under this many summaries a second per network
 MAX_AHEAD_MS = 24 * 3600 * 1000  # a peer's write stamped further ahead of our clock is dropped
 PRUNE_INTERVAL = 3600.0  # seconds between sweeps for expired tombstones (the first at start)
-MAX_LIST = 500  # state_list `limit`
 CHANGED = "state_changed"  # the event kind
 
 
@@ -164,8 +163,8 @@ class StateReplica:
 
     def list_live(self, prefix: str, limit: int, cursor: str | None) -> dict[str, Any]:
         """state_list: live keys starting with `prefix`, in key order, after `cursor`."""
-        if not 1 <= limit <= MAX_LIST:
-            raise OpError(ErrorCode.INVALID_PARAMS, f"limit must be 1-{MAX_LIST}, got {limit}")
+        if not 1 <= limit <= MAX_PAGE:
+            raise OpError(ErrorCode.INVALID_PARAMS, f"limit must be 1-{MAX_PAGE}, got {limit}")
         if cursor is not None:
             _checked(check_key, cursor)
         found = self.map.live(prefix, cursor, limit)

@@ -6,8 +6,7 @@ from typing import Any
 import attrs
 
 from meshactors.store.db import checked_limit, from_json, immediate, to_json
-
-MAX_PAGE = 500  # messages one page returns, bounding one answer on the socket
+from meshactors.wire.ipc import MAX_PAGE
 
 _COLUMNS = (
     "seq, network, sender, client_message_id, message, meta_json, priority, reply_to_id,"

@@ -27,6 +27,7 @@ from meshactors.store.fingerprint import (
     mint_client_message_id,
     request_fingerprint,
 )
+from meshactors.wire.ipc import MAX_PAGE
 
 DESTINATION_KINDS = ("peer", "all", "tag")
 PRIORITIES = ("now", "next", "low")  # draining order: every due 'now' before any 'next'
@@ -37,7 +38,6 @@ BACKOFF_BASE_MS = 500  # ceiling of the first retry's random wait; doubles per a
 BACKOFF_CAP_MS = 5 * 60 * 1000  # no retry waits longer than five minutes
 MAX_RECIPIENTS = 4096  # deliveries rows one accept may write, bounding its transaction
 MAX_CLIENT_MESSAGE_ID_CHARS = 128  # caller-chosen idempotency keys (a minted ULID has 26)
-MAX_LIST_ROWS = 500  # rows one list_rows call returns
 EXPIRE_BATCH = 500  # sends one expire_pending call makes dead, bounding its transaction
 # Deliveries one expire_pending call makes dead: each is told in an event, and a batch this
 # size fits the event hub's inbox with room to spare. It may cut a send short: that send's
@@ -337,7 +337,7 @@ def due_deliveries(
     the walk stops after `limit`, so the cost is bounded by what is returned, not by the
     backlog; without it every due delivery is walked (deliveries_due). Never the history.
     """
-    limit = checked_limit(limit, MAX_LIST_ROWS)
+    limit = checked_limit(limit, MAX_PAGE)
     if recipients is None:
         rows = conn.execute(
             f"SELECT {_DUE_COLUMNS} FROM deliveries d INDEXED BY deliveries_due"
@@ -702,7 +702,7 @@ def list_rows(
         f"SELECT {_ROW_COLUMNS} FROM outbox INDEXED BY {index}"
         f" WHERE {where} AND (:network IS NULL OR network = :network)"
         " ORDER BY created_at DESC, id DESC LIMIT :limit",
-        {"status": status, "network": network, "limit": checked_limit(limit, MAX_LIST_ROWS)},
+        {"status": status, "network": network, "limit": checked_limit(limit, MAX_PAGE)},
     ).fetchall()
     return [_outbox_row(conn, row) for row in rows]
 

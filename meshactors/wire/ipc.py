@@ -28,6 +28,7 @@ MAX_CONCURRENT_SETTLING = 128
 SETTLING_OPS = frozenset({"rpc_respond", "rpc_stream_chunk", "rpc_stream_end", "rpc_cancel"})
 MAX_OP_CHARS = 64
 DEFAULT_PAGE = 100  # `inbox`, `outbox_list`, `state_list` rows when no limit is given (all clients)
+MAX_PAGE = 500  # ...and the most one page of them returns, bounding one answer on the socket
 
 
 class ErrorCode(enum.StrEnum):

@@ -5,7 +5,8 @@ from typing import Any
 
 import pytest
 
-from meshactors.store.inbox import MAX_PAGE, InboxMessage, page, store_message
+from meshactors.store.inbox import InboxMessage, page, store_message
+from meshactors.wire.ipc import MAX_PAGE
 
 
 def receive(conn: sqlite3.Connection, **changes: Any) -> tuple[InboxMessage, bool]:

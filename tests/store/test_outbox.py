@@ -14,7 +14,6 @@ from meshactors.store.fingerprint import fingerprint_prefix, request_fingerprint
 from meshactors.store.outbox import (
     BACKOFF_BASE_MS,
     BACKOFF_CAP_MS,
-    MAX_LIST_ROWS,
     TTL_MS,
     AcceptOutcome,
     DeliveryKey,
@@ -34,6 +33,7 @@ from meshactors.store.outbox import (
     recover_inflight,
     requeue,
 )
+from meshactors.wire.ipc import MAX_PAGE
 
 T0 = 1_000_000
 
@@ -580,11 +580,11 @@ def test_list_rows_filters_newest_first_and_checks_the_limit(conn: sqlite3.Conne
 
 
 def test_list_rows_and_due_deliveries_are_capped(conn: sqlite3.Connection) -> None:
-    for i in range(MAX_LIST_ROWS + 1):
+    for i in range(MAX_PAGE + 1):
         send(conn, client_message_id=f"cm-{i}")
-    assert len(list_rows(conn, status=None, network=None, limit=MAX_LIST_ROWS)) == MAX_LIST_ROWS
-    assert len(due_deliveries(conn, now_ms=T0, limit=MAX_LIST_ROWS)) == MAX_LIST_ROWS
-    with pytest.raises(ValueError, match=f"limit must be 1-{MAX_LIST_ROWS}, got 10000"):
+    assert len(list_rows(conn, status=None, network=None, limit=MAX_PAGE)) == MAX_PAGE
+    assert len(due_deliveries(conn, now_ms=T0, limit=MAX_PAGE)) == MAX_PAGE
+    with pytest.raises(ValueError, match=f"limit must be 1-{MAX_PAGE}, got 10000"):
         list_rows(conn, status=None, network=None, limit=10_000)  # refused, not cut
 
 
