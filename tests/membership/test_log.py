@@ -286,6 +286,41 @@ def test_every_arrival_order_of_any_log_resolves_alike_and_only_a_holding_evict_
         assert _regrant_holds(log, owner, target.device_id) is not evicted
 
 
+@settings(max_examples=150, deadline=None)
+@given(steps=st.lists(_STEP, max_size=8), data=st.data())
+def test_skipping_only_facts_a_plain_replay_voids_resolves_the_same(
+    steps: list[tuple[int, str, int, str, int, list[int]]], data: st.DataObject
+) -> None:
+    """On any generated log, a replay that skips some of the facts the plain replay voids
+    resolves as the plain one does: what lets a resolve whose evicts void nothing new stop
+    after one replay."""
+    genesis, facts = _generated(steps)
+    log = _deliver(MembershipLog(genesis), facts)
+    plain = log._replay(frozenset())
+    skipped = data.draw(st.sets(st.sampled_from(sorted(plain.void)))) if plain.void else set()
+    assert log._replay(frozenset(skipped)) == plain
+
+
+def test_a_batch_replays_the_log_once_when_its_evicts_void_nothing_new() -> None:
+    """An evict of a member whose concurrent fact is void anyway (a member grants nothing):
+    a one-fact batch after it resolves with one replay of the log, not two."""
+    owner, m, x, y = device(), device(), device(), device()
+    log = new_log(owner)
+    accept(log, fact(log, owner, "grant", m, "member", at_ms=1100))
+    heads = log.heads()
+    futile = fact(log, m, "grant", x, "member", at_ms=1200, parents=heads)
+    accept(log, futile, fact(log, owner, "evict", m, at_ms=1300, parents=heads))
+    assert log.resolved.evicted(m.device_id)
+    assert record_hash(futile) in log.resolved.void
+    replay = MembershipLog._replay
+    with unittest.mock.patch.object(
+        MembershipLog, "_replay", autospec=True, side_effect=replay
+    ) as counted:
+        log.add([fact(log, owner, "grant", y, "member", at_ms=1400)])
+    assert counted.call_count == 1
+    assert log.resolved.role_of(y.device_id) == "member"
+
+
 _FLOODERS = [device() for _ in range(2)]  # a member of the generated logs and whom it grants
 
 _FLOOD_STEP = st.tuples(
