@@ -416,6 +416,8 @@ class Peers:
             self._update(peer)
             if not peer.present:
                 self._drop_peer(peer)
+            elif peer.hello is None:  # present, never heard: silent again, let go first
+                self._keep_silent(device_id)
         self._update_phase()
         return bool(known)
 
@@ -617,6 +619,13 @@ class Peers:
         self.dropped["strangers_forgotten"] += 1
         return True
 
+    def _keep_silent(self, device_id: str) -> None:
+        """Count a device present that never opened a frame among the silent, newest last,
+        letting the oldest go past MAX_SILENT_PEERS."""
+        if len(self._silent) >= MAX_SILENT_PEERS:
+            self._forget_silent()
+        self._silent[device_id] = None
+
     def _forget_silent(self) -> bool:
         """Let go of the silent peer that joined longest ago (told as `peer_left`); False when
         there is none."""
@@ -642,13 +651,11 @@ class Peers:
         """A device the broker says is present: silent until a frame of its own opens (every
         roster entry has its place in the table, so a device not there has none)."""
         silent = device_id not in self._peers
-        if silent and len(self._silent) >= MAX_SILENT_PEERS:
-            self._forget_silent()
         peer = self._peer(device_id)
         if peer is None:
             return
         if silent:
-            self._silent[device_id] = None
+            self._keep_silent(device_id)
         peer.present = True
         self._set_role(peer, role)
         self._update(peer)

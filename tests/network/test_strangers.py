@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
@@ -366,6 +366,12 @@ async def test_a_stranger_that_comes_back_is_forgotten_after_those_seen_since(
 
 
 @given(steps)
+@example(  # approved while silent, then removed: silent again, so let go first
+    [
+        *[("join", 4), ("hello", 0), ("hello", 1), ("hello", 3), ("hello", 5)],
+        *[("approve", 4), ("remove", 4), ("hello", 2)],
+    ]
+)
 @settings(deadline=None, max_examples=100)
 def test_generated_runs_keep_strangers_from_keeping_anyone_out(
     actions: list[tuple[str, int]],
