@@ -26,6 +26,7 @@ from meshactors.wire.pipe_frames import (
 )
 
 RECEIVE_BYTES = 256 * 1024  # bytes asked of the socket per read
+LOST = "connection_lost"  # the code of a stream whose connection broke under it
 
 
 class StreamError(ClientError):
@@ -98,7 +99,7 @@ class BinaryStream(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         while not self._pending:
             if self._failed is not None:
-                raise StreamError(self._failed.code, self._failed.message)
+                raise self._error()
             if self._ended:
                 return b""
             with self._broken():
@@ -126,6 +127,12 @@ class BinaryStream(trio.abc.HalfCloseableStream):
             self._pending.clear()
         raise StreamError(self._failed.code, self._failed.message)
 
+    def _error(self) -> StreamError:
+        """The stream's failure to raise: StreamBroken when its connection broke under it."""
+        assert self._failed is not None
+        kind = StreamBroken if self._failed.code == LOST else StreamError
+        return kind(self._failed.code, self._failed.message)
+
     @contextlib.contextmanager
     def _broken(self) -> Iterator[None]:
         """Raise a connection that broke as StreamBroken, with the stream's own error if the
@@ -133,14 +140,16 @@ class BinaryStream(trio.abc.HalfCloseableStream):
         try:
             yield
         except trio.BrokenResourceError as exc:
-            failed = self._failed or Reset("connection_lost", f"the connection failed: {exc}")
+            failed = self._failed or Reset(LOST, f"the connection failed: {exc}")
             raise StreamBroken(failed.code, failed.message) from exc
 
     def feed(self, data: bytes | bytearray) -> None:
-        """Take bytes read from the socket (those after the answer line first)."""
+        """Take bytes read from the socket (those after the answer line first); b"", the
+        connection closed before the stream finished, breaks it (a cancel, or any failure the
+        daemon tells, comes as an error frame first)."""
         if not data:
-            if not self._ended and self._failed is None:
-                self._failed = Reset("cancelled", "the daemon closed the connection")
+            if self._failed is None:
+                self._failed = Reset(LOST, "the connection closed before the stream finished")
             return
         for item in self._parser.feed(bytes(data)):
             if isinstance(item, bytes):

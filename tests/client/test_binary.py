@@ -42,6 +42,26 @@ async def test_a_reset_connection_under_a_binary_stream_is_a_stream_error(tmp_pa
             assert finished.value.code == "connection_lost"
 
 
+async def test_a_connection_closed_cleanly_mid_stream_breaks_the_read_waiting_on_it(
+    tmp_path: Path,
+) -> None:
+    """The daemon closes the connection with nothing unread and no error frame (it stopped, or
+    was killed after reading all we sent): the stream broke, it was not cancelled (a cancel
+    always comes as an error frame), and the read raises StreamBroken `connection_lost`."""
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path) as client,
+    ):
+        await daemon.next_session()  # the client's own connection
+        with trio.fail_after(WAIT):
+            stream = await client.open_stream("lan", "peer", "bulk")
+            await (await daemon.next_session()).hang_up()
+            for _ in range(2):  # and again: the failure stays
+                with pytest.raises(StreamBroken) as received:
+                    await stream.receive_some()
+                assert received.value.code == "connection_lost"
+
+
 async def test_a_connection_closed_before_our_end_fails_the_finish_waiting_on_it(
     tmp_path: Path,
 ) -> None:
