@@ -112,20 +112,17 @@ class BinaryStream(trio.abc.HalfCloseableStream):
     async def finish(self) -> None:
         """Wait until the daemon closes the connection, which it does once both ends ended
         (send_eof first), discarding data the other end still sends; StreamError if the stream
-        failed after all (e.g. the other program reset it after its end). Called before our
-        end was sent, it returns only by raising: it waits for the stream's reset, and the
-        connection closed then with no reset (its daemon died) is StreamBroken."""
+        failed after all (e.g. the other program reset it after its end). The connection
+        closed before both ends ended with no error frame (its daemon died; or, called before
+        our end, a watch for the stream's reset) is StreamBroken."""
         while self._failed is None:
             with self._broken():
                 data = await self.socket.receive_some(RECEIVE_BYTES)
-            if not data:
-                if self._sent_end:
-                    return
-                self._failed = Reset("connection_lost", "the connection closed before our end")
-                raise StreamBroken(self._failed.code, self._failed.message)
+            if not data and self._sent_end and self._ended:
+                return
             self.feed(data)
             self._pending.clear()
-        raise StreamError(self._failed.code, self._failed.message)
+        raise self._error()
 
     def _error(self) -> StreamError:
         """The stream's failure to raise: StreamBroken when its connection broke under it."""

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from meshactors.client import MeshClient, StreamBroken, StreamError
+from meshactors.wire.pipe_frames import END_FRAME, encode
 from tests.client.fakedaemon import fake_daemon
 
 WAIT = 10  # seconds any awaited step may take before the test fails
@@ -79,6 +80,32 @@ async def test_a_connection_closed_before_our_end_fails_the_finish_waiting_on_it
             with pytest.raises(StreamBroken) as finished:
                 await stream.finish()
             assert finished.value.code == "connection_lost"
+
+
+async def test_finish_returns_only_once_both_ends_ended(tmp_path: Path) -> None:
+    """The daemon closes a finished stream's connection after the other end's end frame; a
+    close with our end sent but not the other's (its daemon died after reading ours) is no
+    finish, and `finish` raises StreamBroken rather than returning as if it were."""
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path) as client,
+    ):
+        await daemon.next_session()  # the client's own connection
+        with trio.fail_after(WAIT):
+            for theirs_ended in (True, False):
+                stream = await client.open_stream("lan", "peer", "bulk")
+                session = await daemon.next_session()
+                await stream.send_eof()
+                assert await session.stream.receive_some() == END_FRAME  # nothing left unread
+                if theirs_ended:
+                    await session.stream.send_all(b"".join(encode(b"unread data")) + END_FRAME)
+                await session.hang_up()
+                if theirs_ended:
+                    await stream.finish()
+                else:
+                    with pytest.raises(StreamBroken) as finished:
+                        await stream.finish()
+                    assert finished.value.code == "connection_lost"
 
 
 async def test_data_after_our_end_is_refused(tmp_path: Path) -> None:
