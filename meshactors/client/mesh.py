@@ -18,7 +18,7 @@ from meshactors.client._ops import Data, Ops, params, payload_params, received
 from meshactors.client._serving import Handler, Serving, StreamHandler, is_streaming
 from meshactors.client._streams import RpcStream, StreamTable
 from meshactors.client.binary import BinaryStream, StreamError, switch
-from meshactors.client.errors import ClientClosed, ClientError, ConnectionLost
+from meshactors.client.errors import ClientClosed, ClientError, ConnectionLost, DeadlineExceeded
 from meshactors.client.networks import NetworkSync, converge
 from meshactors.client.reconnect import DaemonLink, Want, WantKind, replay_failed
 from meshactors.client.state import RELIST_KINDS, SharedState
@@ -451,23 +451,35 @@ class MeshClient(Ops):
     @contextlib.asynccontextmanager
     async def state(self, network: str) -> AsyncIterator[SharedState]:
         """A local copy of `network`'s shared state for the block: listed at once, then kept
-        in sync from `state_changed` events, and listed again after each reconnect."""
+        in sync from `state_changed` events, and listed again after each reconnect. A re-list
+        the daemon refuses (say `no_such_network`) ends the block with its ClientError, raised
+        as itself, as is the block's own error (not in an exception group)."""
         shared = SharedState(network)
         with self.events() as events:
             await shared.load(self)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._follow_state, shared, events)
-                try:
-                    yield shared
-                finally:
-                    nursery.cancel_scope.cancel()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._follow_state, shared, events)
+                    try:
+                        yield shared
+                    finally:
+                        nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:  # one error, the block's or the follower's
+                if len(group.exceptions) != 1:
+                    raise
+                alone = group.exceptions[0]
+                raise alone from alone.__cause__
 
     async def _follow_state(self, shared: SharedState, events: EventStream) -> None:
+        """Apply the network's changes; list the map again when some may have been missed. A
+        re-list cut short by a lost connection, or past its deadline (the daemon still away),
+        waits for the next reconnect, which lists it again."""
         async for event in events:
             if shared.wants(event):
                 shared.apply(event)
             elif event.get("kind") in RELIST_KINDS or event.get("kind") == "lagged":
-                await shared.load(self)
+                with contextlib.suppress(ConnectionLost, DeadlineExceeded):
+                    await shared.load(self)
 
     # networks
     async def ensure_networks(

@@ -1,7 +1,7 @@
 """A stand-in daemon on a real Unix socket for what a real one cannot be made to do on cue:
-send a `lagged` frame, hang up in the middle of a client's replay, leave an op unanswered or
-hold its answer. It answers every other op with success and sends whatever event frames the
-test hands it."""
+send a `lagged` frame, hang up in the middle of a client's replay, leave an op unanswered,
+hold its answer or refuse it. It answers every other op with success and sends whatever
+event frames the test hands it."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ ANSWERS: dict[str, dict[str, Any]] = {
     "channel_subscribe": {"retained": 0},
     "stream_open": {"stream_id": "s1", "network": "lan", "peer": "peer", "method": "bulk"},
     "rpc_call_stream": {"request_id": "s1"},
+    "state_list": {"entries": [], "next_cursor": None},
 }
 SWITCHING = ("stream_open", "stream_accept")  # after their answer, the connection is raw bytes
 
@@ -67,6 +68,7 @@ class FakeDaemon:
     hang_up_on: set[str] = attrs.field(factory=set)  # ops answered by closing the connection
     never_answered: set[str] = attrs.field(factory=set)  # ops left unanswered (a busy daemon)
     held: dict[str, trio.Event] = attrs.field(factory=dict)  # ops answered once it is set
+    refused: dict[str, str] = attrs.field(factory=dict)  # ops answered with this error code
     _send: trio.MemorySendChannel[FakeConnection] = attrs.field(init=False)
     _receive: trio.MemoryReceiveChannel[FakeConnection] = attrs.field(init=False)
 
@@ -96,6 +98,10 @@ class FakeDaemon:
                         continue
                     if op in self.held:  # nothing after it is read meanwhile
                         await self.held[op].wait()
+                    if op in self.refused:
+                        error = {"code": self.refused[op], "message": f"{op} refused"}
+                        await session.send({"id": request["id"], "ok": False, "error": error})
+                        continue
                     data = ANSWERS.get(op, {})
                     await session.send({"id": request["id"], "ok": True, "data": data})
                     if op in SWITCHING:  # what the client sends next is left unread

@@ -4,10 +4,14 @@ the daemon."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import trio
 
-from meshactors.client import MeshClient, SharedState
+from meshactors.client import ClientError, MeshClient, SharedState
 from tests.client.conftest import LocalDaemon
+from tests.client.fakedaemon import fake_daemon
 
 NETWORK = {"id": "lan", "brokers": ["ws://127.0.0.1:9/v1"]}  # reaches only itself
 CORE = "daemon/networks/network lan/core"
@@ -65,3 +69,53 @@ def test_a_listed_value_and_an_event_in_either_order_leave_the_newer() -> None:
     assert shared.values == {"k": 2}
     assert shared.apply(gone) and not shared.apply(new)  # a stale listing brings nothing back
     assert shared.values == {}
+
+
+def changed(key: str, value: object, version: str) -> dict[str, object]:
+    """A `state_changed` event of lan, as the daemon sends it."""
+    return {
+        "kind": "state_changed",
+        "network": "lan",
+        "key": key,
+        "value": value,
+        "version": version,
+        "by": "a",
+    }
+
+
+async def test_a_relist_cut_by_a_lost_daemon_waits_for_the_next_reconnect(tmp_path: Path) -> None:
+    """The daemon goes away while the block lists the map again (after a lag, then after the
+    reconnect): the block goes on, and the next reconnect lists the map and follows it."""
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path) as client,
+    ):
+        first = await daemon.next_session()
+        async with client.state("lan") as shared:
+            with trio.fail_after(WAIT):
+                daemon.hang_up_on.add("state_list")
+                await first.send({"kind": "lagged", "skipped": 3})  # lists again: cut
+                await (await daemon.next_session()).wait_op("state_list")  # cut again
+                daemon.hang_up_on.clear()
+                third = await daemon.next_session()
+                await third.wait_op("state_list")
+                await third.send(changed("k", 1, "1.0"))
+                await shared.wait_until(lambda values: values.get("k") == 1)
+
+
+async def test_a_relist_refused_ends_the_block_with_its_error_unwrapped(tmp_path: Path) -> None:
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path) as client,
+    ):
+        session = await daemon.next_session()
+        with trio.fail_after(WAIT), pytest.raises(ClientError) as ended:
+            async with client.state("lan") as shared:
+                daemon.refused["state_list"] = "no_such_network"  # the network was removed
+                await session.send({"kind": "lagged", "skipped": 3})
+                await shared.wait_until(lambda values: False)
+        assert ended.value.code == "no_such_network"
+        daemon.refused.clear()
+        with pytest.raises(KeyError):  # the block's own error, unwrapped too
+            async with client.state("lan"):
+                raise KeyError("the block's")
