@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import socket
 import threading
@@ -155,11 +156,21 @@ class SyncMeshClient:
             self._ready.set()
             await self._stop.wait()
 
-    def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run `fn(*args)` (e.g. `client.peers_list`) on the client's thread and wait for it."""
+    @contextlib.contextmanager
+    def _on_thread(self) -> Iterator[trio.lowlevel.TrioToken]:
+        """The client thread's token while it runs; ClientClosed once it stopped (the client
+        was closed), also when it stops meanwhile."""
         if self._token is None or not self._thread.is_alive():
             raise ClientClosed()
-        return trio.from_thread.run(fn, *args, trio_token=self._token)
+        try:
+            yield self._token
+        except trio.RunFinishedError:
+            raise ClientClosed() from None
+
+    def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run `fn(*args)` (e.g. `client.peers_list`) on the client's thread and wait for it."""
+        with self._on_thread() as token:
+            return trio.from_thread.run(fn, *args, trio_token=token)
 
     def call(
         self, op: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None
@@ -178,10 +189,10 @@ class SyncMeshClient:
         )
 
     def events(self) -> Iterator[dict[str, Any]]:
-        """Every event from now on, blocking between them, until the client closes."""
-        if self._token is None:
-            raise ClientClosed()
-        stream = trio.from_thread.run_sync(self.client.events, trio_token=self._token)
+        """Every event from now on, blocking between them, until the client closes (after it,
+        ClientClosed)."""
+        with self._on_thread() as token:
+            stream = trio.from_thread.run_sync(self.client.events, trio_token=token)
         try:
             while True:
                 try:
@@ -189,8 +200,8 @@ class SyncMeshClient:
                 except StopAsyncIteration:
                     return
         finally:
-            if self._thread.is_alive():
-                trio.from_thread.run_sync(stream.close, trio_token=self._token)
+            with contextlib.suppress(ClientClosed), self._on_thread() as token:
+                trio.from_thread.run_sync(stream.close, trio_token=token)
 
     def close(self) -> None:
         """Disconnect and stop the thread."""

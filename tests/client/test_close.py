@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 
-from meshactors.client import ClientClosed, MeshClient, RequestContext
+from meshactors.client import ClientClosed, MeshClient, RequestContext, SyncMeshClient
 from tests.client.conftest import LocalDaemon
 
 NETWORK = {"id": "lan", "label": "lan", "brokers": ["ws://127.0.0.1:9/v1"], "auto_approve": False}
@@ -100,3 +100,19 @@ async def test_a_channel_joined_after_the_client_closed_is_refused(running: Loca
                     async for _ in late:
                         pass
             leave.set()
+
+
+async def test_a_closed_sync_client_refuses_calls_and_events(running: LocalDaemon) -> None:
+    """After `close`, the blocking client's calls and a new `events()` raise ClientClosed, not
+    the trio error of a thread that stopped."""
+
+    def use_after_close() -> None:
+        client = SyncMeshClient(running.paths.socket).start()
+        client.close()
+        with pytest.raises(ClientClosed):
+            client.call("status")
+        with pytest.raises(ClientClosed):
+            next(client.events())
+
+    with trio.fail_after(20):
+        await trio.to_thread.run_sync(use_after_close)
