@@ -55,6 +55,9 @@ class Subscriber(Generic[T]):
     queued: int = attrs.field(default=0, init=False)  # items waiting to be read (not markers)
     queued_bytes: int = 0  # the `size` of the items waiting to be read, each counted once
     reserve: int = 0  # items offered `reserved` that may be queued past `capacity`
+    # how many items an item stands for when `offer` skips it (a lag notice: those it tells
+    # of, so its count is never lost with it); None: one each
+    weight: Callable[[T], int] | None = None
 
     def __attrs_post_init__(self) -> None:
         self._sender, self._receiver = trio.open_memory_channel[tuple[T | Lagged, int]](
@@ -69,7 +72,7 @@ class Subscriber(Generic[T]):
         only when its reserve is full too)."""
         size = 0 if self.size is None else self.size(item)
         if self._refuses(size, reserved):
-            return self._skip(reserved)
+            return self._skip(reserved, 1 if self.weight is None else self.weight(item))
         try:
             if self._skipped_unreported:
                 self._sender.send_nowait((Lagged(self._skipped_unreported), 0))
@@ -102,11 +105,12 @@ class Subscriber(Generic[T]):
         over = bound is not None and self.queued_bytes > 0 and self.queued_bytes + size > bound
         return self.queued >= self.capacity or over  # (an empty queue takes any one item)
 
-    def _skip(self, reserved: bool) -> bool:
-        """Count an item that did not fit (the reader learns by a `Lagged` marker); False. A
-        `reserved` one overflows the subscriber at once: its reader waits on it."""
-        self.skipped_total += 1
-        self._skipped_unreported += 1
+    def _skip(self, reserved: bool, count: int = 1) -> bool:
+        """Count an item that did not fit, as `count` items (the reader learns by a `Lagged`
+        marker); False. A `reserved` one overflows the subscriber at once: its reader waits
+        on it."""
+        self.skipped_total += count
+        self._skipped_unreported += count
         if reserved or (self.lag_limit is not None and self.skipped_total > self.lag_limit):
             self.overflowed.set()
         return False
@@ -170,11 +174,15 @@ class Broadcast(Generic[T]):
     published: int = 0
 
     def subscribe(
-        self, capacity: int = DEFAULT_SUBSCRIBER_CAPACITY, lag_limit: int | None = None
+        self,
+        capacity: int = DEFAULT_SUBSCRIBER_CAPACITY,
+        lag_limit: int | None = None,
+        weight: Callable[[T], int] | None = None,
     ) -> Subscriber[T]:
         """A new subscriber that sees items published from now on; once it has missed more than
-        `lag_limit` items in all, its `overflowed` event is set (even while it reads nothing)."""
-        subscriber = Subscriber[T](capacity, lag_limit)
+        `lag_limit` items in all, its `overflowed` event is set (even while it reads nothing).
+        `weight`: how many items one it skips counts as (see Subscriber)."""
+        subscriber = Subscriber[T](capacity, lag_limit, weight=weight)
         self.add(subscriber)
         return subscriber
 

@@ -15,7 +15,13 @@ import attrs
 import trio
 
 from meshactors.actors import Broadcast, Subscriber, take_queued
-from meshactors.client._frames import FrameDecoder, answer_data, encode_request, is_event
+from meshactors.client._frames import (
+    FrameDecoder,
+    answer_data,
+    encode_request,
+    events_told,
+    is_event,
+)
 from meshactors.client.errors import (
     ClientError,
     ConnectionLost,
@@ -98,7 +104,7 @@ class Connection:
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.events = self._fanout.subscribe(EVENT_BUFFER)
+        self.events = self._fanout.subscribe(EVENT_BUFFER, weight=events_told)
         self._out_send, self._out_receive = trio.open_memory_channel[bytes](OUTGOING_CAPACITY)
 
     async def call(self, op: str, params: dict[str, Any], timeout: float) -> Any:

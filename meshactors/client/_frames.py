@@ -25,6 +25,15 @@ def encode_request(request_id: RequestId, op: str, params: dict[str, Any]) -> by
     return line
 
 
+def events_told(frame: dict[str, Any]) -> int:
+    """How many events a frame counts as when a full buffer drops it: a `lagged` notice the
+    events it tells were skipped (so the reader's own count keeps them), any other one."""
+    skipped = frame.get("skipped")
+    if frame.get("kind") == "lagged" and type(skipped) is int and skipped > 0:
+        return skipped
+    return 1
+
+
 @attrs.define
 class FrameDecoder:
     """Turns received bytes into decoded JSON objects, one per line, with a size cap."""

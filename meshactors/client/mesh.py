@@ -14,6 +14,7 @@ import attrs
 import trio
 
 from meshactors.actors import Broadcast, Lagged, Subscriber
+from meshactors.client._frames import events_told
 from meshactors.client._ops import Data, Ops, params, payload_params, received
 from meshactors.client._serving import Handler, Serving, StreamHandler, is_streaming
 from meshactors.client._streams import RpcStream, StreamTable
@@ -218,7 +219,7 @@ class MeshClient(Ops):
         """A new reader of every event from now on (each reader gets its own copy)."""
         if self._link.closed:
             raise ClientClosed()
-        return EventStream(self._events.subscribe(EVENT_STREAM_BUFFER))
+        return EventStream(self._events.subscribe(EVENT_STREAM_BUFFER, weight=events_told))
 
     def _route(self, item: dict[str, Any] | Lagged) -> None:
         if isinstance(item, Lagged):  # our own buffer dropped events: maybe a stream's end
