@@ -242,6 +242,17 @@ class HttpConnection:
         """Write part of an endless answer's body."""
         await self._send(h11.Data(data=data))
 
+    async def end_events(self) -> None:
+        """End an endless answer with its last chunk, so the client sees it whole; nothing
+        goes when the connection failed already (a write cut off, the client gone), nor
+        before the answer's head went."""
+        if self._h11.our_state is not h11.SEND_BODY:
+            return
+        with contextlib.suppress(
+            trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError
+        ):
+            await self._send(h11.EndOfMessage())
+
     async def until_hangup(self) -> None:
         """Read and drop whatever the client sends until it closes its side, or a write cut
         off (the client stopped reading) closed the connection."""

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from meshactors.actors import cleanup_scope
 from meshactors.control.event_stream import (
     EVENT_CAPACITY,
     HubSubscription,
@@ -50,6 +51,9 @@ class EventResponse(Protocol):
     async def until_hangup(self) -> None:
         """Return when the client closes its side."""
 
+    async def end_events(self) -> None:
+        """End the response whole (its last chunk), unless the connection failed already."""
+
 
 @attrs.define(eq=False)
 class SseSink:
@@ -80,21 +84,30 @@ async def serve_events(
     keepalive: float = KEEPALIVE_INTERVAL,
 ) -> None:
     """Answer with an event stream until the client hangs up or the hub stops; the session
-    shows it as its connection's (`events`, `events_lagged` in inspect)."""
+    shows it as its connection's (`events`, `events_lagged` in inspect). Unless the client
+    hung up, the response ends whole (also when the daemon stops), so a client tells a
+    stream the daemon ended from one cut off."""
     hub = session.services.events
     live, subscribed_at = await hub.subscribe(EVENT_CAPACITY)  # before the replay: no hole
     with live:
         stream = session.event_stream = HubSubscription(live, subscribed_at)
         session.events_subscribed = True
         sink = SseSink(response.write_body)
-        await response.start_events(SSE_HEADERS)
-        async with trio.open_nursery() as nursery:
+        hung_up = False
+        try:
+            await response.start_events(SSE_HEADERS)
+            async with trio.open_nursery() as nursery:
 
-            async def stream_events() -> None:
-                await replay_then_follow(hub, sink, stream, since)
-                nursery.cancel_scope.cancel()  # the hub stopped: end the response
+                async def stream_events() -> None:
+                    await replay_then_follow(hub, sink, stream, since)
+                    nursery.cancel_scope.cancel()  # the hub stopped: end the response
 
-            nursery.start_soon(sink.keepalive, keepalive)
-            nursery.start_soon(stream_events)
-            await response.until_hangup()
-            nursery.cancel_scope.cancel()
+                nursery.start_soon(sink.keepalive, keepalive)
+                nursery.start_soon(stream_events)
+                await response.until_hangup()
+                hung_up = True
+                nursery.cancel_scope.cancel()
+        finally:
+            if not hung_up:  # the hub or the daemon stopped (or a write failed: nothing sent)
+                with cleanup_scope():
+                    await response.end_events()

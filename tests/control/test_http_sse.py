@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import h11
 import pytest
 import structlog
 import trio
@@ -174,3 +175,25 @@ async def test_a_reader_that_stops_reading_is_cut_off_and_logged_so(
             await publish(daemon.events, "test_noise", *({"padding": padding} for _ in range(50)))
     events = [log["event"] for log in logs if log.get("client") == "c1"]
     assert "http client stopped reading" in events, logs
+
+
+async def test_stopping_the_daemon_ends_an_event_stream_whole(daemon: Services) -> None:
+    """`daemon down` with a client following events: the response ends with its last chunk
+    (curl exits 0, not 18 for a cut transfer), so the client can tell it was ended."""
+    stream = await trio.open_unix_socket(str(daemon.paths.socket))
+    client = h11.Connection(h11.CLIENT)
+    request = h11.Request(method="GET", target="/v1/events", headers=[("Host", "localhost")])
+    await stream.send_all(b"".join(client.send(e) or b"" for e in (request, h11.EndOfMessage())))
+    seen: list[type[h11.Event]] = []
+    with trio.fail_after(10):
+        while h11.EndOfMessage not in seen:
+            event = client.next_event()  # RemoteProtocolError for a body cut off
+            if event is h11.NEED_DATA:
+                client.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Event):
+                seen.append(type(event))
+                assert not isinstance(event, h11.ConnectionClosed)
+                if isinstance(event, h11.Response):
+                    assert event.status_code == 200
+                    daemon.shutdown.ring()  # as `daemon down` does
+    await stream.aclose()
