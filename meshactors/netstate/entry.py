@@ -11,12 +11,16 @@ from typing import Any
 import attrs
 
 from meshactors.netstate.hlc import Stamp
+from meshactors.wire.compact import json_size
 from meshactors.wire.jsonlimits import MAX_JSON_DEPTH, BadJson, check_json
 
 MAX_KEY_BYTES = 256  # a key: 1-256 bytes of printable UTF-8
 MAX_VALUE_BYTES = 16 * 1024  # a value as canonical JSON (ASCII-escaped)
 MAX_VALUE_DEPTH = MAX_JSON_DEPTH - 3  # a peer frame holds a value 3 deeper (frame, list, entry)
 BUCKETS = 256  # the summary of a map: one digest per bucket of keys
+# An entry in a peer frame without its key, value, stamp numbers and author, plus the comma
+# after it: `{key, value, deleted, wall, counter, by}` as frames.WireEntry encodes it.
+_WIRE_FIELDS = len('{"key":,"value":,"deleted":false,"wall":,"counter":,"by":},')
 _CANONICAL = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
 )
@@ -105,6 +109,13 @@ class Entry:
     def size(self) -> int:
         """Bytes the entry counts against a network's state limit."""
         return len(self.key.encode("utf-8")) + len(self.value_json)
+
+    @property
+    def wire_size(self) -> int:
+        """Bytes the entry takes at most in a peer frame, where text is ASCII-escaped (`é` is 6
+        bytes there, 2 in `size`): pages are cut by it, so each fits in one frame."""
+        texts = json_size(self.key) + len(self.value_json) + json_size(self.by)
+        return texts + len(str(self.stamp.wall)) + len(str(self.stamp.counter)) + _WIRE_FIELDS
 
     @property
     def digest(self) -> int:

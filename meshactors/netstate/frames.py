@@ -19,7 +19,8 @@ from meshactors.wire.peer import Frame, register_frame
 
 FEATURE = "state"
 MAX_PAGE_ENTRIES = 256  # entries in one state_put or state_page
-MAX_PAGE_BYTES = 128 * 1024  # their keys and values (as JSON) in one page, after its first
+MAX_PAGE_BYTES = 128 * 1024  # those entries as a frame encodes them (Entry.wire_size, text
+# ASCII-escaped), after the first: a page stays well within MAX_PEER_FRAME_BYTES
 MAX_PULL_ID = 2**62
 _HEX = frozenset("0123456789abcdef")
 
@@ -147,13 +148,13 @@ class StatePage(_StateFrame):
 
 
 def pages(entries: list[Entry]) -> list[list[WireEntry]]:
-    """`entries` cut into pages within MAX_PAGE_ENTRIES and MAX_PAGE_BYTES."""
+    """`entries` cut into pages within MAX_PAGE_ENTRIES and MAX_PAGE_BYTES (as encoded)."""
     cut: list[list[WireEntry]] = []
     size = 0
     for entry in entries:
-        if not cut or len(cut[-1]) == MAX_PAGE_ENTRIES or size + entry.size > MAX_PAGE_BYTES:
+        if not cut or len(cut[-1]) == MAX_PAGE_ENTRIES or size + entry.wire_size > MAX_PAGE_BYTES:
             cut.append([])
             size = 0
         cut[-1].append(WireEntry.of(entry))
-        size += entry.size
+        size += entry.wire_size
     return cut

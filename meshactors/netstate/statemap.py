@@ -143,7 +143,8 @@ class StateMap:
         self, buckets: Collection[int], after: str | None, max_entries: int, max_bytes: int
     ) -> tuple[list[Entry], bool]:
         """Entries of `buckets` with keys after `after`, in key order, at most `max_entries`
-        and (after the first) `max_bytes` of them; and whether more follow."""
+        and (after the first) `max_bytes` of them as a peer frame encodes them
+        (Entry.wire_size); and whether more follow."""
         wanted = set(buckets)
         index = 0 if after is None else bisect.bisect_right(self._keys, after)
         found: list[Entry] = []
@@ -152,10 +153,10 @@ class StateMap:
             if self._buckets[key] not in wanted:
                 continue
             entry = self._entries[key]
-            if found and (len(found) == max_entries or size + entry.size > max_bytes):
+            if found and (len(found) == max_entries or size + entry.wire_size > max_bytes):
                 return found, True
             found.append(entry)
-            size += entry.size
+            size += entry.wire_size
         return found, False
 
     def entries(self) -> Iterable[Entry]:

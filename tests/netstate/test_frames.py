@@ -7,13 +7,16 @@ import contextlib
 import json
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+import attrs
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from meshactors.netstate.entry import BUCKETS, BadEntry, Entry
+from meshactors.netstate.entry import BUCKETS, MAX_KEY_BYTES, MAX_VALUE_BYTES, BadEntry, Entry
 from meshactors.netstate.frames import (
+    FEATURE,
     MAX_PAGE_BYTES,
     MAX_PAGE_ENTRIES,
+    MAX_PULL_ID,
     StatePage,
     StatePull,
     StatePut,
@@ -21,9 +24,15 @@ from meshactors.netstate.frames import (
     WireEntry,
     pages,
 )
-from meshactors.netstate.hlc import Stamp
+from meshactors.netstate.hlc import MAX_COUNTER, MAX_WALL_MS, Stamp
 from meshactors.netstate.statemap import StateMap
-from meshactors.wire.peer import BadPeerFrame, decode_frame, encode_frame
+from meshactors.wire.peer import (
+    MAX_PEER_FRAME_BYTES,
+    BadPeerFrame,
+    decode_frame,
+    encode_for,
+    encode_frame,
+)
 
 DEVICE = "a" * 52
 json_values = st.recursive(
@@ -122,3 +131,71 @@ def test_a_page_cut_keeps_to_its_byte_bound() -> None:
     cut = pages(big)
     assert [len(page) for page in cut] == [8, 8, 4]
     assert all(isinstance(page[0], WireEntry) for page in cut)
+
+
+WIDE_CHARS = 'aé€😀"\\'  # one byte to 4 in UTF-8, up to 12 (a surrogate pair) escaped
+
+
+@attrs.frozen
+class WideWrites:
+    """`count` writes within the client limits, keys of `repeat` times `char` then a number,
+    each the same `value` (a tombstone when None) and stamp."""
+
+    count: int
+    char: str
+    repeat: int
+    value: str | None
+    stamp: Stamp
+
+    def entries(self) -> list[Entry]:
+        """The writes."""
+        keys = [self.char * self.repeat + str(n) for n in range(self.count)]
+        if self.value is None:
+            return [Entry.tombstone(key, self.stamp, DEVICE) for key in keys]
+        return [Entry.write(key, self.value, self.stamp, DEVICE) for key in keys]
+
+
+@st.composite
+def wide_writes(draw: st.DrawFn) -> WideWrites:
+    """Up to 300 writes with keys of the characters that grow most when a frame ASCII-escapes
+    them, and values of any size up to MAX_VALUE_BYTES."""
+    char = draw(st.sampled_from(WIDE_CHARS))
+    repeat = draw(st.integers(1, (MAX_KEY_BYTES - 3) // len(char.encode("utf-8"))))
+    value_char = draw(st.sampled_from(WIDE_CHARS))
+    value = draw(st.none() | st.integers(0, MAX_VALUE_BYTES // 12 - 2).map(value_char.__mul__))
+    stamp = Stamp(draw(st.integers(0, MAX_WALL_MS - 1)), draw(st.integers(0, MAX_COUNTER - 1)))
+    return WideWrites(draw(st.integers(1, 300)), char, repeat, value, stamp)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None, max_examples=60)
+@given(wide_writes())
+@example(WideWrites(300, "é", 120, "v" * 198, Stamp(1_700_000_000_000, 0)))
+def test_every_page_and_put_of_entries_within_the_limits_fits_a_peer_frame(
+    writes: WideWrites,
+) -> None:
+    written = writes.entries()
+    held = StateMap()
+    for entry in written:
+        held.merge(entry)
+    for entry in written:  # the bound pages are cut by holds for each entry as encoded
+        alone = len(encode_frame(StatePut([WireEntry.of(entry)]))) - len(
+            '{"t":"state_put","entries":[]}'
+        )
+        assert alone < entry.wire_size
+    for page in pages(written):
+        assert len(encode_for(StatePut(page), [FEATURE])[0]) <= MAX_PEER_FRAME_BYTES
+    got: list[str] = []
+    after = None
+    while True:
+        found, more = held.page(range(BUCKETS), after, MAX_PAGE_ENTRIES, MAX_PAGE_BYTES)
+        data = encode_for(
+            StatePage(MAX_PULL_ID - 1, [WireEntry.of(e) for e in found], more), [FEATURE]
+        )
+        assert len(data) == 1 and len(data[0]) <= MAX_PEER_FRAME_BYTES
+        decoded = decode_frame(data[0])
+        assert isinstance(decoded, StatePage)
+        got += [wire.key for wire in decoded.entries]
+        if not more:
+            break
+        after = found[-1].key
+    assert got == sorted(entry.key for entry in written)

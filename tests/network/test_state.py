@@ -149,6 +149,18 @@ async def test_a_late_joiner_receives_a_thousand_keys(mesh: Mesh) -> None:
     assert counters["pages_pulled"] >= len(keys) // 256  # in bounded pages, by catch-up
 
 
+async def test_a_late_joiner_receives_keys_that_grow_when_escaped(mesh: Mesh) -> None:
+    """Pages are cut by their size in a frame, where `é` takes 6 bytes: 256 of these entries
+    would be past the frame limit, and a page that big would be refused, at every catch-up."""
+    a, c = await mesh.daemon("a"), await mesh.daemon("c")
+    await a.join(mesh.url)
+    keys = {"é" * 120 + str(n): "v" * 198 for n in range(300)}  # 200 bytes each as JSON
+    await set_many(a, keys)
+    await c.join(mesh.url)
+    await approve_both(a, c)
+    await wait_state(c, keys)
+
+
 async def test_the_map_survives_a_restart_and_later_writes_sort_after_it(mesh: Mesh) -> None:
     a = await mesh.daemon("a")
     await a.join(UNREACHABLE)
