@@ -17,6 +17,7 @@ from meshactors.cli.common import (
     network_of,
     network_option,
     parse_json_arg,
+    told_lagged,
 )
 from meshactors.cli.devices import resolve_device
 from meshactors.cli.settings import add_milliseconds_flag
@@ -95,9 +96,9 @@ def run_sub(args: argparse.Namespace) -> int:
         try:
             client.call("channel_subscribe", network=network, channel=channel)
             for event in client.events():
-                if event.get("kind") == "lagged":
-                    print(f"meshactors: missed {event.get('skipped')} messages", file=sys.stderr)
-                elif event.get("kind") == "channel_inbound" and event["channel"] == channel:
+                if told_lagged(event, "messages"):
+                    continue
+                if event.get("kind") == "channel_inbound" and event["channel"] == channel:
                     _print_messages(event)
         except ClientError as exc:
             fail_with(exc)

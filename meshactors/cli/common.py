@@ -179,6 +179,15 @@ def eviction(network: dict[str, Any]) -> dict[str, Any] | None:
     return evicted
 
 
+def told_lagged(event: dict[str, Any], what: str) -> bool:
+    """Whether `event` is a `lagged` notice; if so, say on stderr how many `what` the daemon
+    skipped, so a follower whose output is read too slowly never misses them in silence."""
+    if event.get("kind") != "lagged":
+        return False
+    print(f"meshactors: missed {event.get('skipped')} {what}", file=sys.stderr)
+    return True
+
+
 def print_json(value: Any) -> None:
     """Pretty JSON on stdout."""
     print(json.dumps(value, indent=2, sort_keys=True))

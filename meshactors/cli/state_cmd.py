@@ -16,6 +16,7 @@ from meshactors.cli.common import (
     parse_json_arg,
     print_json,
     report,
+    told_lagged,
     words_after_network,
 )
 from meshactors.client import ClientError
@@ -106,6 +107,8 @@ def run_watch(args: argparse.Namespace) -> int:
         try:
             client.call("events_subscribe")
             for event in client.events():
+                if told_lagged(event, "events (`state list` shows the map now)"):
+                    continue
                 if (
                     event.get("kind") == "state_changed"
                     and event.get("network") == args.network

@@ -1,5 +1,6 @@
 """`meshactors state get|set|delete|list|watch` against a real daemon process: text and
---json output, and the exit codes of a missing key and a refused one."""
+--json output, and the exit codes of a missing key and a refused one; `watch` against a
+stand-in that tells it of a lag."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import shlex
 import time
 
 import pytest
+import trio
 
+from tests.client.fakedaemon import fake_daemon
 from tests.support import Home
 
 pytestmark = pytest.mark.e2e
@@ -72,3 +75,25 @@ def test_watch_prints_each_change_as_a_json_line(home: Home, me: str) -> None:
     finally:
         watch.terminate()
         watch.communicate(timeout=DEADLINE)
+
+
+async def test_watch_says_on_stderr_how_many_events_the_daemon_skipped(home: Home) -> None:
+    watch = home.popen("state", "watch", "lan", "--prefix", "w/")
+    changed = {"kind": "state_changed", "network": "lan", "key": "w/1", "value": 1}
+    changed |= {"deleted": False, "by": "me", "version": "1.0"}
+    try:
+        async with fake_daemon(home.socket) as daemon:
+            with trio.fail_after(DEADLINE):
+                session = await daemon.next_session()
+                await session.wait_op("events_subscribe")
+                await session.send({"kind": "lagged", "skipped": 3})
+                await session.send(changed)
+                assert watch.stdout is not None and watch.stderr is not None
+                line = await trio.to_thread.run_sync(watch.stdout.readline)
+                assert json.loads(line)["key"] == "w/1"  # printed after the notice
+                watch.terminate()
+                _, errors = await trio.to_thread.run_sync(watch.communicate)
+    finally:
+        watch.kill()
+        watch.wait()
+    assert errors.splitlines() == ["meshactors: missed 3 events (`state list` shows the map now)"]
