@@ -26,6 +26,7 @@ SYSLOG_PRIORITIES = {  # structlog level -> syslog priority (sd-daemon(3) prefix
 }
 DEFAULT_PRIORITY = 6  # info, for a level the table does not know
 CREDENTIAL_PARAMETERS = ("password", "username")  # query parameters redacted_url drops
+UNPARSEABLE_URL = "<unparseable url>"  # what redacted_url shows for a URL it cannot split
 
 Renderer = Callable[[WrappedLogger, str, EventDict], str | bytes]
 
@@ -93,8 +94,12 @@ class JournalPrefix:
 def redacted_url(url: str) -> str:
     """`url` without its user and password, in the address or as query parameters (a Redis
     URL may carry `?password=`, `username=`): a URL in a log line or an error must not leak
-    the credential it carries. The other parameters stay, in their order."""
-    parts = urllib.parse.urlsplit(url)
+    the credential it carries. The other parameters stay, in their order. It never raises:
+    error handlers log with it, so a URL it cannot split (an unclosed `[`) is a placeholder."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return UNPARSEABLE_URL
     host = parts.netloc.rpartition("@")[2]
     query = "&".join(
         pair

@@ -10,8 +10,16 @@ from typing import TextIO
 
 import pytest
 import structlog
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
 
-from meshactors.logs import JournalPrefix, configure_logging, is_journal_stream, redacted_url
+from meshactors.logs import (
+    UNPARSEABLE_URL,
+    JournalPrefix,
+    configure_logging,
+    is_journal_stream,
+    redacted_url,
+)
 
 
 @pytest.fixture
@@ -109,3 +117,25 @@ def test_a_log_line_that_cannot_be_written_is_dropped_not_raised(tmp_path: Path)
 )
 def test_a_redacted_url_keeps_everything_but_the_credentials(url: str, shown: str) -> None:
     assert redacted_url(url) == shown
+
+
+LOGGED_PASSWORD = "hunter2"  # the credential a generated URL carries; never in a redacted one
+
+
+@given(
+    scheme=st.sampled_from(["redis", "rediss", "http"]),
+    user=st.text(st.characters(exclude_characters="/?#@[]"), max_size=4),
+    rest=st.text(max_size=30),
+)
+@example(scheme="redis", user="", rest="[::1/0")
+def test_a_redacted_url_never_raises_nor_shows_the_password(
+    scheme: str, user: str, rest: str
+) -> None:
+    """It runs in error handlers (the cluster link's, on a URL coredis refused): raising there
+    would turn a logged outage into a crash."""
+    assume(LOGGED_PASSWORD not in rest)
+    assert LOGGED_PASSWORD not in redacted_url(f"{scheme}://{user}:{LOGGED_PASSWORD}@{rest}")
+
+
+def test_a_url_that_cannot_be_split_is_shown_as_a_placeholder() -> None:
+    assert redacted_url("redis://:hunter2@[::1/0") == UNPARSEABLE_URL
