@@ -95,7 +95,8 @@ def redacted_url(url: str) -> str:
     """`url` without its user and password, in the address or as query parameters (a Redis
     URL may carry `?password=`, `username=`): a URL in a log line or an error must not leak
     the credential it carries. The other parameters stay, in their order. It never raises:
-    error handlers log with it, so a URL it cannot split (an unclosed `[`) is a placeholder."""
+    error handlers log with it, so a URL it cannot split (an unclosed `[`) is a placeholder,
+    as is one with a `@` left outside its address (`user:pw@host`, its `//` forgotten)."""
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
@@ -106,7 +107,8 @@ def redacted_url(url: str) -> str:
         for pair in parts.query.split("&")
         if urllib.parse.unquote_plus(pair.partition("=")[0]).lower() not in CREDENTIAL_PARAMETERS
     )
-    return urllib.parse.urlunsplit(parts._replace(netloc=host, query=query))
+    shown = urllib.parse.urlunsplit(parts._replace(netloc=host, query=query))
+    return UNPARSEABLE_URL if "@" in shown else shown
 
 
 class SafePrintLogger(structlog.PrintLogger):
