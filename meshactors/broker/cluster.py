@@ -9,6 +9,8 @@ with backoff and jitter (docs/protocol.md, "Brokers in a cluster").
 
 import contextlib
 import random
+import re
+import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Final, Literal, TypeVar
 
@@ -61,6 +63,8 @@ COMMAND_TIMEOUT_S: Final = 3.0  # one Redis command (or connect); longer is an o
 RECONNECT_FIRST_S: Final = 0.25  # first reconnect delay, doubled each failure...
 RECONNECT_MAX_S: Final = 8.0  # ...up to this, each drawn down by up to half (jitter)
 PUBLISH_MAX_BYTES: Final = 1 << 20  # envelopes joined into one publish (a larger one goes alone)
+_ADDRESS: Final = re.compile(r"(\[[^][]+\]|[^][:]+)(:[0-9]*)?")  # HOST[:PORT], IPv6 in [ ]
+_DATABASE_PATH: Final = re.compile(r"(/[0-9]*)?")  # a URL's path: none, or a database number
 
 _log: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -223,12 +227,7 @@ class ClusterLink:
         return connected_at is not None and trio.current_time() - connected_at >= self.ttl_s
 
     def _client(self) -> "coredis.Redis[bytes]":
-        return coredis.Redis.from_url(
-            self.url,
-            connect_timeout=COMMAND_TIMEOUT_S,
-            stream_timeout=COMMAND_TIMEOUT_S,
-            retry_policy=NoRetryPolicy(),
-        )
+        return redis_client(self.url)
 
     async def _session(self, redis: "coredis.Redis[bytes]") -> None:
         with trio.fail_after(COMMAND_TIMEOUT_S):
@@ -565,6 +564,41 @@ class ClusterLink:
                     await self._reap(redis, self.broker_id)
             except* Exception as group:
                 _log.info("cluster_leave_failed", error=_first_error(group))
+
+
+def redis_client(url: str) -> "coredis.Redis[bytes]":
+    """The link's client for `url` (it connects when first used): one command at a time, none
+    retried (a retried publish could deliver an envelope twice)."""
+    return coredis.Redis.from_url(
+        url,
+        connect_timeout=COMMAND_TIMEOUT_S,
+        stream_timeout=COMMAND_TIMEOUT_S,
+        retry_policy=NoRetryPolicy(),
+    )
+
+
+def check_cluster_url(url: str) -> None:
+    """Raise ValueError saying what a cluster URL must be, before a broker starts on it:
+    coredis reads a malformed one silently (`/abc` as database 0, `/1/2` as 12) or fails only
+    on connecting, which the link would retry for ever. The message never shows the URL."""
+    if not url.startswith(("redis://", "rediss://")):
+        raise ValueError("a redis:// or rediss:// URL")
+    bad_address = "a URL whose address is HOST or HOST:PORT, the port from 1 to 65535"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:  # an unclosed "[", a port out of range
+        raise ValueError(bad_address) from None
+    if not _ADDRESS.fullmatch(parts.netloc.rpartition("@")[2]) or port == 0:
+        raise ValueError(bad_address)  # urllib reads [::1]x:5 as [::1]:5, and :0 as port 0
+    if not _DATABASE_PATH.fullmatch(parts.path):
+        raise ValueError("a URL whose path is empty or a database number (/0)")
+    if "db" in urllib.parse.parse_qs(parts.query):
+        raise ValueError("a URL with its database in the path (/N), not in ?db=")
+    try:
+        redis_client(url)
+    except ValueError:  # a query parameter coredis reads as a number, e.g. ?timeout=x
+        raise ValueError("a URL whose query parameters coredis can read") from None
 
 
 def _refuse(command: Control) -> None:

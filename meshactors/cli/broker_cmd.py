@@ -78,12 +78,10 @@ def run(args: argparse.Namespace) -> int:
             if value is not None
         }
         config = BrokerConfig(**limits)
-        if args.cluster is not None and not args.cluster.startswith(("redis://", "rediss://")):
-            raise ValueError(
-                f"--cluster must be a redis:// or rediss:// URL, got {redacted_url(args.cluster)!r}"
-            )
     except (ValueError, TypeError) as exc:
         fail(str(exc), EXIT_USAGE)
+    if args.cluster is not None:
+        _check_cluster(args.cluster)
     configure_logging(json=True if args.log_json else None)
     from meshactors.broker.server import Broker  # not at the top: `daemon up` never needs it
 
@@ -92,6 +90,16 @@ def run(args: argparse.Namespace) -> int:
     except* ListenError as group:
         fail(str(group.exceptions[0]), EXIT_STARTUP)
     return 0
+
+
+def _check_cluster(url: str) -> None:
+    """Exit 2 (usage) on a `--cluster` URL the link could not connect with as meant."""
+    from meshactors.broker.cluster import check_cluster_url  # coredis: only for a cluster
+
+    try:
+        check_cluster_url(url)
+    except ValueError as exc:
+        fail(f"--cluster must be {exc}, got {redacted_url(url)!r}", EXIT_USAGE)
 
 
 async def _serve_until_signal(broker: Broker, host: str, port: int) -> None:
