@@ -8,6 +8,7 @@ with backoff and jitter (docs/protocol.md, "Brokers in a cluster").
 """
 
 import contextlib
+import math
 import random
 import re
 import urllib.parse
@@ -208,9 +209,9 @@ class ClusterLink:
                     async with self._client() as redis:
                         await self._session(redis)
                 except* Exception as group:
-                    _log.warning(
-                        "cluster_degraded", url=redacted_url(self.url), error=_first_error(group)
-                    )
+                    if not _stopping():
+                        error = _first_error(group)
+                        _log.warning("cluster_degraded", url=redacted_url(self.url), error=error)
                 await self.events.send(StateChanged("degraded"))
                 failures = 1 if self._lived() else failures + 1
                 delay = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2 ** min(failures - 1, 16))
@@ -613,6 +614,12 @@ def _refuse(command: Control) -> None:
                 _offer(command.reply, None)
         case Depart():
             pass  # the resync after an outage, or the leave of a stopping link, drops its entry
+
+
+def _stopping() -> bool:
+    """Whether the link is being cancelled (its broker stops): coredis's tasks then end in
+    errors of their own (ClosedResourceError), which are the stop, not an outage."""
+    return trio.current_effective_deadline() == -math.inf
 
 
 def _first_error(group: BaseExceptionGroup[Exception]) -> str:

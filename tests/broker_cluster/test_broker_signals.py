@@ -75,6 +75,7 @@ async def test_a_stop_signal_makes_a_cluster_broker_leave_redis_and_exit_0(
         finally:
             process.kill()
     assert any(e["event"] == "stop signal" and e["signal"] == stop.name for e in events)
+    assert not any(e["event"] == "cluster_degraded" for e in events)  # a stop, no outage
     assert await registered(redis, broker_id) == (False, False)  # left, not left to expire
 
 

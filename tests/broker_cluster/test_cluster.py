@@ -251,6 +251,20 @@ def test_a_refused_cluster_url_is_shown_without_its_password() -> None:
     assert "s3cretPW" not in done.stderr
 
 
+CLEAN_STOPS = 5  # stops of a connected broker; about half of them logged an outage
+
+
+async def test_a_broker_stopped_while_connected_logs_no_outage(redis: RedisServer) -> None:
+    """Operators alert on cluster_degraded: the errors coredis's tasks end in as a stop cancels
+    them (ClosedResourceError) are the stop, not an outage."""
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(CLEAN_STOPS):
+            async with trio.open_nursery() as nursery:
+                await start(nursery, redis)
+                nursery.cancel_scope.cancel()
+    assert [entry for entry in logs if entry["event"] == "cluster_degraded"] == []
+
+
 async def test_a_broker_that_stops_removes_its_members_at_once(
     nursery: trio.Nursery, redis: RedisServer
 ) -> None:
