@@ -25,9 +25,9 @@ PONG_CEILING_S: Final = 60.0
 SEND_TIMEOUT_S: Final = 60.0
 HANDSHAKE_TIMEOUT_S: Final = 10.0  # for the HTTP upgrade, and again for the hello
 # Redis's answer to a hello's admission, before the hello goes on without it: well inside the
-# 10 s a daemon waits for its welcome (network/link.py WELCOME_TIMEOUT), so the member is still
-# connected when a late answer comes; also the longest that admission's leave (a member gone
-# or refused) waits for room in the link's queue
+# 10 s a daemon waits for its welcome (WELCOME_TIMEOUT; `broker` refuses a flag as long), so the
+# member is still connected when a late answer comes; also the longest that admission's leave
+# (a member gone or refused) waits for room in the link's queue
 ADMISSION_TIMEOUT_S: Final = 5.0
 # read from a connection before its hello is admitted: the upgrade request (h11 takes up to
 # 16 KiB) and the hello (1024 characters); then reading waits for the admission
@@ -63,7 +63,10 @@ def _two_heartbeats(
     instance: "BrokerConfig", attribute: "attrs.Attribute[float]", value: float
 ) -> None:
     if value < 2 * instance.cluster_heartbeat:
-        raise ValueError(f"{attribute.name} ({value}) must cover two cluster heartbeats")
+        each = instance.cluster_heartbeat
+        raise ValueError(
+            f"{attribute.name} ({value}) must cover two cluster_heartbeat periods ({each} each)"
+        )
 
 
 @attrs.frozen

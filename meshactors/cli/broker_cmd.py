@@ -4,6 +4,7 @@ standalone or one of a cluster sharing a Redis."""
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from meshactors.cli.settings import seconds_flag
 from meshactors.daemon.broker_actor import parse_listen
 from meshactors.listen import ListenError
 from meshactors.logs import configure_logging, redacted_url
+from meshactors.network.link import WELCOME_TIMEOUT
 from meshactors.stop_signals import stop_signals
 
 if TYPE_CHECKING:
@@ -24,6 +26,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("meshactors.broker")
 
 DEFAULT_LISTEN = "127.0.0.1:7447"  # loopback unless told otherwise; the port the docs use
+CLUSTER_FLAGS = ("cluster_heartbeat", "cluster_ttl", "admission_timeout")  # only a cluster's
+# the BrokerConfig fields a flag sets, each by its flag (max_peers by --max-peers)
+LIMIT_FLAGS = ("max_peers", "max_message_bytes", "handshake_timeout", *CLUSTER_FLAGS)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -65,21 +70,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def run(args: argparse.Namespace) -> int:
     try:
         host, port = parse_listen(args.listen)
-        limits = {
-            key: value
-            for key, value in (
-                ("max_peers", args.max_peers),
-                ("max_message_bytes", args.max_message_bytes),
-                ("handshake_timeout", args.handshake_timeout),
-                ("cluster_heartbeat", args.cluster_heartbeat),
-                ("cluster_ttl", args.cluster_ttl),
-                ("admission_timeout", args.admission_timeout),
+        limits = {key: getattr(args, key) for key in LIMIT_FLAGS if getattr(args, key) is not None}
+        if args.cluster is None and (unused := [key for key in CLUSTER_FLAGS if key in limits]):
+            raise ValueError(f"{unused[0]} is for a cluster: it needs --cluster")
+        if limits.get("admission_timeout", 0) >= WELCOME_TIMEOUT:
+            raise ValueError(
+                f"admission_timeout ({args.admission_timeout}) must be under the {WELCOME_TIMEOUT}"
+                " s a daemon waits for its welcome (WELCOME_TIMEOUT): a hello admitted that late"
+                " finds its daemon gone"
             )
-            if value is not None
-        }
         config = BrokerConfig(**limits)
     except (ValueError, TypeError) as exc:
-        fail(str(exc), EXIT_USAGE)
+        fail(_as_flags(str(exc)), EXIT_USAGE)
     if args.cluster is not None:
         _check_cluster(args.cluster)
     configure_logging(json=True if args.log_json else None)
@@ -90,6 +92,12 @@ def run(args: argparse.Namespace) -> int:
     except* ListenError as group:
         fail(str(group.exceptions[0]), EXIT_STARTUP)
     return 0
+
+
+def _as_flags(message: str) -> str:
+    """`message` with the config fields it names shown as the flags that set them."""
+    fields = re.compile(r"\b(" + "|".join(LIMIT_FLAGS) + r")\b")
+    return fields.sub(lambda field: "--" + field[1].replace("_", "-"), message)
 
 
 def _check_cluster(url: str) -> None:

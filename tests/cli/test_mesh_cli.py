@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from meshactors.cli import build_parser, leaf_parsers, main, parse
+from meshactors.broker.server import Broker
+from meshactors.cli import broker_cmd, build_parser, leaf_parsers, main, parse
 from meshactors.cli.common import EXIT_USAGE
 from meshactors.cli.mesh import format_event, membership_note
 from meshactors.daemon.broker_actor import parse_listen
 from meshactors.membership.facts import MAX_AT_MS
+from meshactors.network.link import WELCOME_TIMEOUT
 
 DEVICE = "a" * 52
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +53,55 @@ def test_the_broker_takes_its_timeouts_as_flags(
         main(["broker", flag, "0"])
     assert exited.value.code == EXIT_USAGE
     assert f"argument {flag}: expected a number greater than 0" in capsys.readouterr().err
+
+
+@pytest.fixture
+def served_brokers(monkeypatch: pytest.MonkeyPatch) -> list[Broker]:
+    """`meshactors broker` runs up to serving, which is stood in for: what it would serve."""
+    served: list[Broker] = []
+
+    async def record(broker: Broker, host: str, port: int) -> None:
+        served.append(broker)
+
+    monkeypatch.setattr(broker_cmd, "_serve_until_signal", record)
+    return served
+
+
+@pytest.mark.parametrize("flag", ["--cluster-heartbeat", "--cluster-ttl", "--admission-timeout"])
+def test_a_cluster_flag_without_a_cluster_is_a_usage_error(
+    flag: str, served_brokers: list[Broker], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["broker", "--listen", "127.0.0.1:0", flag, "3"])
+    assert (exited.value.code, served_brokers) == (EXIT_USAGE, [])
+    assert f"{flag} is for a cluster: it needs --cluster" in capsys.readouterr().err
+
+
+def test_a_heartbeat_the_default_ttl_cannot_cover_names_both_flags(
+    served_brokers: list[Broker], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["broker", "--cluster", "redis://h/0", "--cluster-heartbeat", "5"])
+    assert (exited.value.code, served_brokers) == (EXIT_USAGE, [])
+    err = capsys.readouterr().err
+    assert "--cluster-ttl (8.0) must cover two --cluster-heartbeat periods (5.0 each)" in err
+
+
+@pytest.mark.parametrize(
+    ("seconds", "refused"), [(WELCOME_TIMEOUT - 0.5, False), (WELCOME_TIMEOUT, True), (60, True)]
+)
+def test_an_admission_timeout_past_the_daemons_welcome_timeout_is_refused(
+    seconds: float, refused: bool, served_brokers: list[Broker], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hello admitted after the daemon stopped waiting for its welcome finds it gone."""
+    with pytest.raises(SystemExit) as exited:
+        main(["broker", "--cluster", "redis://h/0", "--admission-timeout", str(seconds)])
+    if not refused:
+        assert exited.value.code == 0
+        assert [broker.config.admission_timeout for broker in served_brokers] == [seconds]
+        return
+    assert (exited.value.code, served_brokers) == (EXIT_USAGE, [])
+    assert "--admission-timeout" in capsys.readouterr().err
 
 
 def test_the_broker_listens_by_default_where_its_unit_and_the_docs_say(
