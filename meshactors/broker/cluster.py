@@ -12,7 +12,7 @@ import math
 import random
 import re
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final, Literal, TypeVar
 
 import attrs
@@ -231,7 +231,7 @@ class ClusterLink:
         return redis_client(self.url)
 
     async def _session(self, redis: "coredis.Redis[bytes]") -> None:
-        with trio.fail_after(COMMAND_TIMEOUT_S):
+        with _step("connect"):
             await redis.ping()
             await self._beat(redis, "set")
         async with trio.open_nursery() as nursery:
@@ -257,10 +257,10 @@ class ClusterLink:
             task_status.started()
             silent_until = trio.current_time() + self.ttl_s
             while True:
-                with trio.fail_after(self.ttl_s):
+                with _step("subscribe", self.ttl_s):
                     message = await pubsub.get_message(timeout=self.ttl_s)
                 if message is None and trio.current_time() > silent_until:
-                    raise trio.TooSlowError("the subscription went silent")
+                    raise trio.TooSlowError("subscribe: the subscription went silent")
                 if message is None or message.get("type") != "message":
                     continue
                 silent_until = trio.current_time() + self.ttl_s
@@ -279,7 +279,7 @@ class ClusterLink:
         taken for dead."""
         while True:
             await trio.sleep(self.heartbeat_s)
-            with trio.fail_after(COMMAND_TIMEOUT_S):
+            with _step("heartbeat"):
                 renewed = await self._beat(redis, "renew")
                 await redis.publish(inbox_channel(self.broker_id), b"")
             if not renewed:  # we were taken for dead and reaped: register everything again
@@ -309,12 +309,12 @@ class ClusterLink:
     async def _reap_dead(self, redis: "coredis.Redis[bytes]") -> None:
         """Remove the members of brokers whose heartbeat expired; one broker reaps each."""
         brokers = await self._members(redis, BROKERS_KEY, is_broker_id)
-        with trio.fail_after(COMMAND_TIMEOUT_S):
+        with _step("reap"):
             alive = await redis.mget([alive_key(b) for b in brokers]) if brokers else ()
         for broker, beat in zip(brokers, alive, strict=True):
             if beat is not None or broker == self.broker_id:
                 continue
-            with trio.fail_after(COMMAND_TIMEOUT_S):
+            with _step("reap"):
                 claimed = await redis.set(
                     reap_key(broker), "1", px=int(self.ttl_s * 1000), condition=coredis.PureToken.NX
                 )
@@ -348,7 +348,7 @@ class ClusterLink:
     ) -> bool:
         """Run one step of a reap of `broker`; False when it found that broker alive again
         (the reap ends: it registers its members itself)."""
-        with trio.fail_after(COMMAND_TIMEOUT_S):
+        with _step("reap"):
             replaced = await redis.eval(script, keys=[alive_key(broker), *keys], args=args)
         if replaced == -1:
             _log.info("cluster_reap_ended_alive", broker_id=broker)
@@ -387,7 +387,7 @@ class ClusterLink:
         keys += [PRESENCE_CHANNEL, networks_key(self.broker_id)]
         args = [str(expiry_ms), hello.device_id, entry.encode(), str(admit.max_peers), join]
         args += [hello.network, str(hello.ts_ms)]
-        with trio.fail_after(COMMAND_TIMEOUT_S):
+        with _step("admit"):
             answer = await redis.eval(_ADMIT, keys=keys, args=args)
         assert isinstance(answer, list)
         await self._count_bad(answer[1])
@@ -405,7 +405,7 @@ class ClusterLink:
         leave = encode_event(False, network, depart.device_id, depart.entry)
         keys = [network_key(network), PRESENCE_CHANNEL, networks_key(broker)]
         args = [depart.device_id, depart.entry.encode(), leave, network, broker]
-        with trio.fail_after(COMMAND_TIMEOUT_S):
+        with _step("depart"):
             replaced = await redis.eval(_DEPART, keys=keys, args=args)
         await self._count_bad(replaced)
 
@@ -416,7 +416,7 @@ class ClusterLink:
         join = encode_event(True, network, device_id, entry)
         keys = [network_key(network), PRESENCE_CHANNEL, networks_key(self.broker_id)]
         args = [device_id, entry.encode(), join, network, str(entry.ts_ms)]
-        with trio.fail_after(COMMAND_TIMEOUT_S):
+        with _step("register"):
             replaced = await redis.eval(_REGISTER, keys=keys, args=args)
         await self._count_bad(replaced)
 
@@ -442,14 +442,14 @@ class ClusterLink:
     async def _forget(self, redis: "coredis.Redis[bytes]", network: str) -> None:
         """Remove a network from our `nets:` unless we have an entry there."""
         keys = [network_key(network), networks_key(self.broker_id)]
-        with trio.fail_after(COMMAND_TIMEOUT_S):
+        with _step("resync"):
             replaced = await redis.eval(_FORGET, keys=keys, args=[network, self.broker_id])
         await self._count_bad(replaced)
 
     async def _entries(self, redis: "coredis.Redis[bytes]", network: str) -> Roster:
         """A network's entries that can be read (a key of another type holds none)."""
         try:
-            with trio.fail_after(COMMAND_TIMEOUT_S):
+            with _step("read a roster"):
                 raw = await redis.hgetall(network_key(network))
         except WrongTypeError:
             await self._count_bad(1)
@@ -477,7 +477,7 @@ class ClusterLink:
         """The members of one of our sets that are `valid` (the others are counted and
         skipped; a key of another type holds none)."""
         try:
-            with trio.fail_after(COMMAND_TIMEOUT_S):
+            with _step("read a set"):
                 raw = await redis.smembers(key)
         except WrongTypeError:
             await self._count_bad(1)
@@ -505,7 +505,7 @@ class ClusterLink:
         brokers = sorted({entry.broker for entry in roster.values()})
         if not brokers:
             return {}
-        with trio.fail_after(COMMAND_TIMEOUT_S):
+        with _step("read heartbeats"):
             beats = await redis.mget([alive_key(b) for b in brokers])
         alive = {b for b, beat in zip(brokers, beats, strict=True) if beat is not None}
         return {d: entry for d, entry in roster.items() if entry.broker in alive}
@@ -527,7 +527,7 @@ class ClusterLink:
                 by_broker.setdefault(forward.broker, []).append(forward)
             for broker, forwards in by_broker.items():
                 message = encode_envelopes([forward.envelope for forward in forwards])
-                with trio.fail_after(COMMAND_TIMEOUT_S):
+                with _step("publish"):
                     received = await redis.publish(inbox_channel(broker), message)
                 if not received:  # that broker died: its members are about to be reaped
                     await self.events.send(Unreceived(forwards))
@@ -614,6 +614,17 @@ def _refuse(command: Control) -> None:
                 _offer(command.reply, None)
         case Depart():
             pass  # the resync after an outage, or the leave of a stopping link, drops its entry
+
+
+@contextlib.contextmanager
+def _step(name: str, seconds: float = COMMAND_TIMEOUT_S) -> Iterator[None]:
+    """trio.fail_after whose TooSlowError names the step Redis did not answer in time (admit,
+    heartbeat, publish…): `cluster_degraded` logs it, and an empty one says nothing."""
+    try:
+        with trio.fail_after(seconds):
+            yield
+    except trio.TooSlowError as slow:
+        raise trio.TooSlowError(f"{name}: no answer from Redis within {seconds} s") from slow
 
 
 def _stopping() -> bool:

@@ -3,11 +3,13 @@ limit and a device on two brokers, across brokers; health; a Redis outage."""
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import coredis
 import pytest
 import structlog
 import trio
@@ -249,6 +251,27 @@ def test_a_refused_cluster_url_is_shown_without_its_password() -> None:
     assert done.returncode == EXIT_USAGE
     assert "'http://h:1'" in done.stderr
     assert "s3cretPW" not in done.stderr
+
+
+REDIS_PAUSE_MS = 60_000  # Redis holds writes this long, unless unpaused (once degraded)
+
+
+@pytest.mark.parametrize("ttl", [1.0, 8.0], ids=["silent_subscription", "heartbeat_unanswered"])
+async def test_an_outage_from_a_redis_that_stopped_answering_names_the_step(
+    nursery: trio.Nursery, redis: RedisServer, ttl: float
+) -> None:
+    """A Redis that holds every write (CLIENT PAUSE WRITE: the heartbeat, its publish): the
+    outage logged says which step went unanswered, not a bare TooSlowError."""
+    with structlog.testing.capture_logs() as logs:
+        broker, _ = await start(nursery, redis, cluster_heartbeat=0.25, cluster_ttl=ttl)
+        async with coredis.Redis.from_url(redis.url) as client:
+            await client.client_pause(REDIS_PAUSE_MS, coredis.PureToken.WRITE)
+            try:
+                await state_is(broker, "degraded")
+            finally:
+                await client.client_unpause()
+    first = next(entry["error"] for entry in logs if entry["event"] == "cluster_degraded")
+    assert re.fullmatch(r"TooSlowError: (subscribe|heartbeat): .*", first), first
 
 
 CLEAN_STOPS = 5  # stops of a connected broker; about half of them logged an outage
