@@ -97,6 +97,12 @@ class Session:
         scope.cancel()
         return True
 
+    @property
+    def gone(self) -> bool:
+        """Whether the connection ended (`close` began): what core still holds for it (claims,
+        calls, subscriptions) counts as released, should the cleanup asking core be cut off."""
+        return self.pushes.left
+
     def on_close(self, cleanup: Cleanup) -> None:
         """Run `cleanup` when the connection ends (see `close`)."""
         self._cleanups.append(cleanup)
@@ -110,7 +116,10 @@ class Session:
     async def close(self) -> None:
         """Run every registered cleanup (leaving none behind), all at once: one that fails is
         logged, and one that hangs (an actor it asks does not answer) is cut off alone by the
-        caller's deadline, so neither keeps the others from releasing what they hold."""
+        caller's deadline, so neither keeps the others from releasing what they hold. The push
+        queue is closed first: from then on the session is `gone`, and every actor that holds
+        something for it drops that when it next looks, whether or not its cleanup arrives."""
+        self.pushes.close()
         cleanups, self._cleanups = self._cleanups, []
         async with trio.open_nursery() as nursery:
             for cleanup in cleanups:

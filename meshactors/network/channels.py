@@ -28,7 +28,7 @@ from meshactors.network.app_wire import AppWire, Postbox
 from meshactors.network.payload import MAX_BATCH, Payload
 from meshactors.network.peers import PeerStatus
 from meshactors.network.retained import RetainedStore, received_store
-from meshactors.network.rpc import new_request_id
+from meshactors.network.rpc import SWEEP_INTERVAL, new_request_id
 from meshactors.wire.ipc import ErrorCode, OpError, event_frame
 from meshactors.wire.peer import Frame
 
@@ -48,6 +48,10 @@ class ChannelClient(Protocol):
     """A local connection as channels see it (a daemon `Session` is one)."""
 
     client_id: str
+
+    @property
+    def gone(self) -> bool:
+        """Whether the connection ended: its subscriptions count as ended."""
 
     def push(self, kind: str, data: dict[str, Any]) -> bool: ...
 
@@ -114,6 +118,14 @@ class ChannelPump(Actor):
 
 
 @attrs.define(eq=False)
+class _Subscriptions:
+    """A connection subscribed here, and the channels it reads."""
+
+    client: ChannelClient
+    channels: set[str] = attrs.field(factory=set)
+
+
+@attrs.define(eq=False)
 class ReliableSend:
     """A reliable send core resends until acknowledged; its sender waits on `done` (set on
     the acknowledgement, on a resend that failed, or at `expires`)."""
@@ -151,6 +163,7 @@ class Channels:
     counters: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     _pumps: dict[str, ChannelPump] = attrs.field(factory=dict, init=False)
     _readers: dict[str, set[str]] = attrs.field(factory=dict, init=False)  # channel → clients
+    _subscribers: dict[str, _Subscriptions] = attrs.field(factory=dict, init=False)  # by client
     _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     _reliable: dict[str, ReliableSend] = attrs.field(factory=dict, init=False)
     _recent_acks: collections.OrderedDict[tuple[str, str], int] = attrs.field(
@@ -181,6 +194,7 @@ class Channels:
         self.received = received_store()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._resend_reliable)
+            nursery.start_soon(self._sweep_gone)
             task_status.started()
             await self.postbox.drain()
 
@@ -193,6 +207,8 @@ class Channels:
             if pump is None:
                 pump = await self._start_pump(channel)
             self._readers[channel].add(client.client_id)
+            subscriptions = self._subscribers.setdefault(client.client_id, _Subscriptions(client))
+            subscriptions.channels.add(channel)
             await pump.inbox.send(PumpJoin(client))
         retained = [(key[0], value) for key, value in self.received.items() if key[1] == channel]
         for sender, payload in retained:
@@ -202,19 +218,30 @@ class Channels:
     async def unsubscribe(self, client: ChannelClient, channel: str) -> bool:
         """Remove `client` from `channel`; the last one out stops the pump. False if absent."""
         async with self._lock:
-            pump, readers = self._pumps.get(channel), self._readers.get(channel, set())
-            if pump is None or client.client_id not in readers:
+            if client.client_id not in self._readers.get(channel, set()):
                 return False
-            readers.discard(client.client_id)
-            if readers:
-                await pump.inbox.send(PumpLeave(client.client_id))
-            else:
-                await self._stop_pump(channel)
+            await self._leave(client.client_id, channel)
             return True
+
+    async def _leave(self, client_id: str, channel: str) -> None:
+        """(Under the lock.) Take `client_id` off `channel`, which it reads; the last one out
+        stops the pump."""
+        readers = self._readers[channel]
+        readers.discard(client_id)
+        subscriptions = self._subscribers[client_id]
+        subscriptions.channels.discard(channel)
+        if not subscriptions.channels:
+            del self._subscribers[client_id]
+        if readers:
+            await self._pumps[channel].inbox.send(PumpLeave(client_id))
+        else:
+            await self._stop_pump(channel)
 
     async def _start_pump(self, channel: str) -> ChannelPump:
         if self.supervisor is None:
             raise OpError(ErrorCode.UNAVAILABLE, f"channels of {self.network} are not running")
+        if len(self._pumps) >= MAX_CHANNELS:
+            await self._release_gone()  # a table full of what gone connections left has room
         if len(self._pumps) >= MAX_CHANNELS:
             raise OpError(ErrorCode.CONFLICT, f"at most {MAX_CHANNELS} channels per network")
         pump = ChannelPump(self.network, channel)
@@ -244,8 +271,26 @@ class Channels:
 
     async def client_gone(self, client: ChannelClient) -> None:
         """Unsubscribe a closed connection from every channel it read."""
-        for channel in [c for c, ids in self._readers.items() if client.client_id in ids]:
+        subscriptions = self._subscribers.get(client.client_id)
+        for channel in sorted(subscriptions.channels if subscriptions else ()):
             await self.unsubscribe(client, channel)
+
+    async def _sweep_gone(self) -> None:
+        """End the subscriptions of connections that are gone every SWEEP_INTERVAL: their
+        close's own unsubscribe was cut off or never came (a flood of closes outran its
+        deadline), and they would hold their channels' pumps for good."""
+        while True:
+            await trio.sleep(SWEEP_INTERVAL)
+            async with self._lock:
+                await self._release_gone()
+
+    async def _release_gone(self) -> None:
+        """(Under the lock.) End every subscription of connections that are gone, counted as
+        `orphans_released`."""
+        for subscriptions in [s for s in self._subscribers.values() if s.client.gone]:
+            for channel in sorted(subscriptions.channels):
+                await self._leave(subscriptions.client.client_id, channel)
+                self.counters["orphans_released"] += 1
 
     # -- sending ----------------------------------------------------------------------------
 

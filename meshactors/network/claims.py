@@ -3,6 +3,7 @@ without sockets or tasks. The last claim wins; the caller tells whoever it displ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import attrs
@@ -57,9 +58,14 @@ class ClaimTable(Generic[Owner]):
         """Methods `owner` holds, in the order claimed."""
         return [method for method, claim in self._claims.items() if claim.owner is owner]
 
-    def drop_owner(self, owner: Owner) -> list[str]:
-        """Release every claim of `owner` (it went away); returns the methods released."""
-        methods = self.methods_of(owner)
+    def full_for(self, method: str) -> bool:
+        """Whether claiming `method` would pass the limit (it is new and the table is full)."""
+        return method not in self._claims and len(self._claims) >= self.limit
+
+    def drop_owners(self, which: Callable[[Owner], bool]) -> list[str]:
+        """Release every claim of the owners `which` picks (they went away); returns the
+        methods released."""
+        methods = [method for method, claim in self._claims.items() if which(claim.owner)]
         for method in methods:
             del self._claims[method]
         return methods

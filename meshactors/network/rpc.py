@@ -47,13 +47,18 @@ MAX_INBOUND_CALLS = 4096  # calls served here at once, per network
 MAX_OUTBOUND_CALLS = 4096  # calls made from here at once, per network
 STREAM_WINDOW = 256  # chunks the serving side may send ahead of the caller's credit
 SERVE_GRACE = 5.0  # seconds past the caller's deadline before the serving side forgets a call
-SWEEP_INTERVAL = 1.0  # seconds between sweeps for served calls past their deadline and grace
+SWEEP_INTERVAL = 1.0  # seconds between sweeps for served calls past their deadline and grace,
+# and for what connections that are gone left behind (claims, calls, channel subscriptions)
 
 
 class RpcClient(Protocol):
     """A local connection as RPC sees it (a daemon `Session` is one)."""
 
     client_id: str
+
+    @property
+    def gone(self) -> bool:
+        """Whether the connection ended: what it holds here counts as released."""
 
     def push(self, kind: str, data: dict[str, Any], *, reserved: bool = False) -> bool: ...
 
@@ -183,7 +188,10 @@ class Rpc:
 
     def register(self, client: RpcClient, method: str, streaming: bool | str) -> str | None:
         """Claim `method` for `client` (`streaming`: True, False or "binary"); returns the
-        client id it displaced, if any."""
+        client id it displaced, if any (a connection that is gone is not displaced: its claim
+        was released). A table full of claims of connections that are gone has room."""
+        if self._live_claim(method) is None and self._claims.full_for(method):
+            self.release_gone()
         displaced = self._claims.claim(client, method, streaming)
         if displaced is None:
             return None
@@ -198,7 +206,7 @@ class Rpc:
 
     def binary_owner(self, method: str) -> RpcClient | None:
         """Who serves binary streams of `method` (a claim with `streaming: "binary"`)."""
-        claim = self._claims.get(method)
+        claim = self._live_claim(method)
         return claim.owner if claim is not None and claim.streaming == "binary" else None
 
     def claims_of(self, client: RpcClient) -> list[str]:
@@ -391,7 +399,7 @@ class Rpc:
     def _on_call(self, sender: str, frame: Frame) -> None:
         assert isinstance(frame, RpcCall)
         self.counters["calls_in"] += 1
-        claim = self._claims.get(frame.method)
+        claim = self._live_claim(frame.method)
         refusal = self._refusal(sender, frame, claim)
         if refusal is not None:
             self._answer_error(sender, frame.id, frame.stream, refusal)
@@ -451,6 +459,7 @@ class Rpc:
             now = trio.current_time()
             for call in [c for c in self._inbound.calls() if c.forget_at <= now]:
                 self._drop_inbound(call, "timeout")
+            self.release_gone()
 
     def _drop_inbound(self, call: InboundCall, reason: str) -> None:
         """Forget a served call the caller no longer waits for, and tell its connection."""
@@ -583,14 +592,40 @@ class Rpc:
 
     def client_gone(self, client: RpcClient) -> None:
         """Release a closed connection's claims, fail its served calls, cancel its calls."""
-        self._claims.drop_owner(client)
+        self._release(lambda owner: owner is client)
+
+    def release_gone(self) -> None:
+        """Release what connections that are gone still hold here, as `client_gone` does: their
+        close's own release was cut off or never came (a flood of closes outran its deadline).
+        Counted as `orphans_released` (claims and calls)."""
+        released = self._release(lambda owner: owner.gone)
+        if released:
+            self.counters["orphans_released"] += released
+
+    def _live_claim(self, method: str) -> Claim[RpcClient] | None:
+        """The claim on `method`, unless its connection is gone: then what every gone
+        connection left is released first, and `method` has no claim."""
+        claim = self._claims.get(method)
+        if claim is not None and claim.owner.gone:
+            self.release_gone()
+            return None
+        return claim
+
+    def _release(self, which: Callable[[RpcClient], bool]) -> int:
+        """Release the claims of the connections `which` picks, fail the calls they serve (the
+        callers hear `handler_gone`), cancel the calls they made; returns how many of those
+        there were."""
+        methods = self._claims.drop_owners(which)
         gone = WireError("handler_gone", "the serving program disconnected mid-call")
-        for call in [c for c in self._inbound.calls() if c.client is client]:
+        served = [c for c in self._inbound.calls() if which(c.client)]
+        for call in served:
             self._forget_inbound(call)
             call.cancelled = "handler_gone"
             self._answer_error(call.caller, call.remote_id, call.stream, gone)
-        for outbound in [c for c in self._outbound.values() if c.client is client]:
+        made = [c for c in self._outbound.values() if which(c.client)]
+        for outbound in made:
             self._abandon(outbound, "cancelled")
+        return len(methods) + len(served) + len(made)
 
     def on_peer_status(self, device_id: str, status: PeerStatus) -> None:
         """A peer that stops being active ends the calls to and from it at once."""

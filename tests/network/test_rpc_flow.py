@@ -27,6 +27,7 @@ class RecordingConnection:
 
     client_id: str = "c1"
     room: int = 1_000_000
+    gone: bool = False
     pushed: list[tuple[str, dict[str, Any]]] = attrs.field(factory=list)
 
     def push(self, kind: str, data: dict[str, Any], *, reserved: bool = False) -> bool:

@@ -73,6 +73,7 @@ async def test_a_credit_for_a_call_that_is_no_stream_is_stray(nursery: trio.Nurs
 
     class _Server:
         client_id = "c1"
+        gone = False
 
         def push(self, kind: str, data: dict[str, Any], *, reserved: bool = False) -> bool:
             return True

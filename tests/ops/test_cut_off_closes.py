@@ -1,0 +1,112 @@
+"""A connection whose close ran out of time before core released what it held (a flood of
+closes, each close's release an ask queued behind the others) leaves nothing behind: core
+treats the claims, calls and subscriptions of a connection that is gone as released."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+import trio
+
+from meshactors.control import supervisor
+from meshactors.daemon.services import Services
+from meshactors.network import channels, rpc
+from meshactors.network.channels import MAX_CHANNELS
+from meshactors.network.claims import MAX_CLAIMS
+from meshactors.network.rpc import MAX_TIMEOUT_MS
+from tests.network.appclient import network_children
+from tests.network.conftest import NET, WAIT
+from tests.ops.test_connection_close import close, held, join, ok
+from tests.support import LineClient
+
+Connect = Callable[[], Awaitable[LineClient]]
+
+CUT_OFF_APPS = 8  # connections that share the claim and channel tables between them
+NEVER = 3600.0  # seconds: a sweep interval that never comes within a test
+
+
+@pytest.fixture
+def cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every connection's close runs out of time at once: no release it asks of core arrives."""
+    monkeypatch.setattr(supervisor, "CLIENT_SHUTDOWN_TIMEOUT", 0.0)
+
+
+@pytest.fixture
+def no_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Core never sweeps on its own (for networks joined from now on): only what it is asked
+    to do finds the connections that are gone."""
+    monkeypatch.setattr(rpc, "SWEEP_INTERVAL", NEVER)
+    monkeypatch.setattr(channels, "SWEEP_INTERVAL", NEVER)
+
+
+async def fill_then_close(connect: Connect) -> None:
+    """Have CUT_OFF_APPS connections claim every method and subscribe every channel a network
+    has room for (and follow events), then close them all together."""
+    apps = [await connect() for _ in range(CUT_OFF_APPS)]
+    for n, app in enumerate(apps):
+        await ok(app, "events_subscribe")
+        for m in range(MAX_CLAIMS // CUT_OFF_APPS):
+            await ok(app, "rpc_register", network=NET, method=f"old{n}-{m}")
+        for c in range(MAX_CHANNELS // CUT_OFF_APPS):
+            await ok(app, "channel_subscribe", network=NET, channel=f"old{n}-{c}")
+    for app in apps:
+        await app.stream.send_eof()
+    for app in apps:
+        await close(app)
+
+
+@pytest.mark.usefixtures("cut_off", "no_sweep")
+async def test_a_full_table_of_what_gone_connections_held_has_room_for_a_new_one(
+    daemon: Services, connect: Connect
+) -> None:
+    admin = await connect()
+    await join(admin, NET)
+    await fill_then_close(connect)
+    fresh = await connect()
+    for m in range(MAX_CLAIMS):
+        await ok(fresh, "rpc_register", network=NET, method=f"new{m}")
+    for c in range(MAX_CHANNELS):
+        await ok(fresh, "channel_subscribe", network=NET, channel=f"new{c}")
+    claims, pumps = await held(admin, NET)
+    fresh_id = (await ok(fresh, "status"))["client_id"]
+    assert claims == {f"new{m}": fresh_id for m in range(MAX_CLAIMS)}
+    assert sorted(pumps) == sorted(f"channel new{c}" for c in range(MAX_CHANNELS))
+    core = network_children(await ok(admin, "inspect"), NET)["core"]["figures"]
+    assert core["rpc"]["counters"]["orphans_released"] == MAX_CLAIMS
+    assert core["channels"]["counters"]["orphans_released"] == MAX_CHANNELS
+    own = daemon.identity.device_id
+    with trio.fail_after(WAIT):
+        answer = await admin.call("rpc_call", network=NET, peer=own, method="old0-0")
+    assert answer["error"]["code"] == "no_handler"
+
+
+@pytest.mark.usefixtures("cut_off", "no_sweep")
+async def test_a_call_to_a_method_whose_connection_is_gone_is_answered_no_handler_at_once(
+    daemon: Services, connect: Connect
+) -> None:
+    admin, app = await connect(), await connect()
+    await join(admin, NET)
+    await ok(app, "rpc_register", network=NET, method="m")
+    await close(app)
+    assert list((await held(admin, NET))[0]) == ["m"]  # its close released nothing
+    own = daemon.identity.device_id
+    with trio.fail_after(WAIT):  # not the call's deadline: that is far longer
+        answer = await admin.call(
+            "rpc_call", network=NET, peer=own, method="m", timeout_ms=MAX_TIMEOUT_MS
+        )
+    assert answer["error"]["code"] == "no_handler"
+    assert await held(admin, NET) == ({}, [])
+
+
+@pytest.mark.usefixtures("cut_off")
+async def test_core_sweeps_away_what_gone_connections_held_with_nobody_asking(
+    daemon: Services, connect: Connect
+) -> None:
+    admin = await connect()
+    await join(admin, NET)
+    await fill_then_close(connect)
+    # Polled: core's sweep announces nothing; each look is an inspect, the wait bounded.
+    with trio.fail_after(WAIT):
+        while await held(admin, NET) != ({}, []):  # noqa: ASYNC110  (nothing to wait on)
+            await trio.sleep(rpc.SWEEP_INTERVAL / 10)
