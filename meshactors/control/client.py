@@ -21,7 +21,10 @@ both ways, with core at the other end of the pipe's channels (see network/stream
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
+import math
 import select
 from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar
@@ -71,7 +74,7 @@ from meshactors.wire.ipc import (
     ok_frame,
     parse_request,
 )
-from meshactors.wire.pipe_frames import End, FrameParser, Reset
+from meshactors.wire.pipe_frames import End, FrameParser, Item, Reset
 
 log = structlog.get_logger("meshactors.client")
 
@@ -307,26 +310,47 @@ class ClientActor(Actor):
     async def _read_pipe(self, pipe: Pipe, data: bytes) -> None:
         """A binary stream's reader: frames from the socket go to core, waiting while core is
         STREAM_INBOX frames behind (so a stalled peer stops this read). Returns (closing the
-        connection; core tells the peer) when the program hangs up; after an error frame (its
-        own, bad framing, or data after its end frame, which only an error frame may follow)
-        it waits for the writer to end the connection."""
+        connection; core tells the peer) when the program hangs up, noticed within HANGUP_CHECK
+        even while core is behind: then all it sent is read at once, and without its end or an
+        error frame among it the rest is dropped. After an error frame (its own, bad framing,
+        or data after its end frame, which only an error frame may follow) it waits for the
+        writer to end the connection."""
         parser = FrameParser()
         ended = False
+        watching = True  # for the hang-up, until it is seen
         async with pipe.from_socket:
             while True:
-                for item in parser.feed(data):
+                items = collections.deque(parser.feed(data))
+                while items:
+                    item = items[0]
                     if ended and not isinstance(item, Reset):
                         item = Reset(
                             "protocol",
                             "data after the end frame: only an error frame may follow it",
                         )
-                    await pipe.from_socket.send(item)
+                    if not await self._to_core(pipe, item, watching):
+                        watching = False  # the program left: all it sent can be read now
+                        items.extend(parser.feed(await _read_to_end(self.stream)))
+                        if not ended and not any(isinstance(it, End | Reset) for it in items):
+                            return  # it left before its end: core resets the stream at once
+                        continue
+                    items.popleft()
                     if isinstance(item, Reset):
                         await trio.sleep_forever()  # the writer ends the connection
                     ended = isinstance(item, End)
                 data = bytes(await receive_some(self.stream, PIPE_RECEIVE))
                 if not data:
                     return
+
+    async def _to_core(self, pipe: Pipe, item: Item, watching: bool) -> bool:
+        """Hand `item` to core, waiting while it is behind; False (not handed) when, `watching`,
+        the program closed its connection meanwhile."""
+        while True:
+            with trio.move_on_after(HANGUP_CHECK if watching else math.inf):
+                await pipe.from_socket.send(item)
+                return True
+            if _hung_up(self.stream):
+                return False
 
     async def _write_pipe(self, pipe: Pipe) -> None:
         """A binary stream's writer: what core queued goes out, joined into writes, and its
@@ -518,6 +542,16 @@ def _hung_up(stream: trio.abc.Stream) -> bool:
     poller = select.poll()
     poller.register(stream.socket.fileno(), 0)  # POLLHUP is reported whatever is asked
     return any(events & select.POLLHUP for _, events in poller.poll(0))
+
+
+async def _read_to_end(stream: trio.abc.ReceiveStream) -> bytes:
+    """What a program that closed its connection still had on the way: never waits, as all of
+    it is queued at its socket (a few hundred KiB, as the kernel bounds it)."""
+    chunks = []
+    with contextlib.suppress(trio.BrokenResourceError):  # it left data of ours unread
+        while chunk := await receive_some(stream, PIPE_RECEIVE):
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _answer_frame(request_id: RequestId | None, outcome: Outcome) -> bytes:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from meshactors.client import BinaryStream, ClientError, MeshClient, StreamError
 from meshactors.network.stream_frames import STREAM_WINDOW_BYTES
@@ -548,3 +549,55 @@ async def test_data_after_the_openers_end_resets_the_stream_after_the_rest(pair:
             "data after the end frame: only an error frame may follow it",
         )
     ]
+
+
+async def test_an_opener_gone_while_waiting_for_credit_cancels_the_stream_at_once(
+    pair: Pair,
+) -> None:
+    """The opener sends more than the window and the daemon's read-ahead, in small frames, to
+    a server that does not read, and closes its connection without an end: its daemon notices
+    while it waits for credit, and the stream leaves both tables before the server reads; the
+    server then reads `cancelled`."""
+    opener, server, a, b = pair
+    release = trio.Event()
+    outcome: list[str] = []
+    done = trio.Event()
+
+    async def stalled(stream: BinaryStream) -> None:
+        await release.wait()
+        try:
+            await read_all(stream)
+        except StreamError as error:
+            outcome.append(error.code)
+        finally:
+            done.set()
+
+    async def stalled_on_credit() -> bool:
+        sending = await figures(a)
+        streams = sending["streams"]
+        return bool(streams) and streams[0]["send_credit"] < STREAM_CHUNK_BYTES + STREAM_FRAME_COST
+
+    async def both_forgot() -> bool:
+        return (await figures(a))["open"] == 0 == (await figures(b))["open"]
+
+    await server.serve_stream(NET, "stalled", stalled)
+    with trio.fail_after(WAIT):
+        stream = await opener.open_stream(NET, b.device_id, "stalled")
+    piece = pattern(64 * 1024)
+    async with trio.open_nursery() as nursery:
+
+        async def write() -> None:
+            for _ in range(4 * MIB // len(piece)):
+                await stream.send_all(piece)
+
+        nursery.start_soon(write)
+        await until(stalled_on_credit)
+        await trio.testing.wait_all_tasks_blocked()  # the opener's writes wait: so does its daemon
+        nursery.cancel_scope.cancel()
+    await stream.aclose()  # no end frame, and frames wait for credit
+    await until(both_forgot)
+    assert "binary-stream" not in protocols(await a.call("inspect"))
+    release.set()
+    with trio.fail_after(WAIT):
+        await done.wait()
+    assert outcome == ["cancelled"]
