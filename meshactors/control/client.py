@@ -91,6 +91,7 @@ PIPE_RECEIVE = 256 * 1024  # bytes asked of a binary stream's socket per read
 PIPE_WRITE_BYTES = 1024 * 1024  # a binary stream's queued frames joined into one write
 DRAIN_TIMEOUT = 30.0  # seconds the requests read before a program's end of input may take
 HANGUP_CHECK = 0.25  # seconds between checks, meanwhile, that the program did not hang up
+RESET_WRITE_TIMEOUT = 5.0  # seconds a binary stream's connection has to write its error frame
 
 
 @attrs.define(eq=False)
@@ -355,23 +356,32 @@ class ClientActor(Actor):
     async def _write_pipe(self, pipe: Pipe) -> None:
         """A binary stream's writer: what core queued goes out, joined into writes, and its
         credit cost goes back to core once written. It ends the connection after an error
-        frame, or when core closes the pipe (the stream finished both ways, or was reset)."""
+        frame, or when core closes the pipe (the stream finished both ways, or was reset);
+        once core queued an error frame, what is queued up to it must be written within
+        RESET_WRITE_TIMEOUT, else the connection is closed at once."""
         assert self._scope is not None
-        async with pipe.consumed:
-            async for item in pipe.to_socket:
-                batch, size = [item], 0
-                while isinstance(batch[-1], bytes) and size < PIPE_WRITE_BYTES:
-                    try:
-                        batch.append(pipe.to_socket.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
+        with trio.CancelScope() as writes:
+            async with pipe.consumed, trio.open_nursery() as nursery:
+                nursery.start_soon(_limit_after_reset, pipe, writes)
+                async for item in pipe.to_socket:
+                    batch, size = [item], 0
+                    while isinstance(batch[-1], bytes) and size < PIPE_WRITE_BYTES:
+                        try:
+                            batch.append(pipe.to_socket.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                        size += len(batch[-1]) if isinstance(batch[-1], bytes) else 0
+                    await self._write(
+                        b"".join(part for it in batch for part in pipe_frames.encode(it))
+                    )
+                    cost = sum(frame_cost(it) for it in batch if isinstance(it, bytes))
+                    if cost:
+                        await pipe.consumed.send(cost)
+                    if isinstance(batch[-1], Reset):
                         break
-                    size += len(batch[-1]) if isinstance(batch[-1], bytes) else 0
-                await self._write(b"".join(part for it in batch for part in pipe_frames.encode(it)))
-                cost = sum(frame_cost(it) for it in batch if isinstance(it, bytes))
-                if cost:
-                    await pipe.consumed.send(cost)
-                if isinstance(batch[-1], Reset):
-                    break
+                nursery.cancel_scope.cancel()
+        if writes.cancelled_caught:
+            log.info("binary stream cut off: its error frame was not read", client=self.client_id)
         self._scope.cancel()
 
     async def _answer(self, request: Request, work: Awaitable[Any] | OpError) -> None:
@@ -542,6 +552,14 @@ def _hung_up(stream: trio.abc.Stream) -> bool:
     poller = select.poll()
     poller.register(stream.socket.fileno(), 0)  # POLLHUP is reported whatever is asked
     return any(events & select.POLLHUP for _, events in poller.poll(0))
+
+
+async def _limit_after_reset(pipe: Pipe, writes: trio.CancelScope) -> None:
+    """Give the writes left a deadline once core queued the stream's error frame: a program
+    that does not read them does not keep its connection and a window of data for ever."""
+    with contextlib.suppress(trio.EndOfChannel):
+        await pipe.resetting.receive()  # core only closes it
+    writes.deadline = trio.current_time() + RESET_WRITE_TIMEOUT
 
 
 async def _read_to_end(stream: trio.abc.ReceiveStream) -> bytes:

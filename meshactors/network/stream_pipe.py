@@ -21,7 +21,8 @@ def frame_cost(data: bytes) -> int:
 @attrs.define(eq=False)
 class Pipe:
     """The connection's side of one stream: what it writes to the socket, what it read from
-    it, and the credit cost of what it wrote (so core can hand credit back)."""
+    it, and the credit cost of what it wrote (so core can hand credit back); `resetting`
+    ends once core queued the stream's error frame, so the writer puts a deadline on the rest."""
 
     stream_id: str
     network: str
@@ -30,6 +31,7 @@ class Pipe:
     to_socket: trio.MemoryReceiveChannel[Item]
     from_socket: trio.MemorySendChannel[Item]
     consumed: trio.MemorySendChannel[int]
+    resetting: trio.MemoryReceiveChannel[None]
 
     def answer(self) -> dict[str, str]:
         """The ok answer of the op that made this connection a pipe."""
@@ -43,11 +45,13 @@ class Pipe:
 
 @attrs.define(eq=False)
 class PipeCore:
-    """Core's side of the same channels."""
+    """Core's side of the same channels; it closes `resetting` (which carries nothing) once
+    it queued the stream's error frame on `to_socket`."""
 
     to_socket: trio.MemorySendChannel[Item]
     from_socket: trio.MemoryReceiveChannel[Item]
     consumed: trio.MemoryReceiveChannel[int]
+    resetting: trio.MemorySendChannel[None]
 
 
 def open_pipe(
@@ -57,5 +61,8 @@ def open_pipe(
     to_send, to_receive = trio.open_memory_channel[Item](to_socket_capacity)
     from_send, from_receive = trio.open_memory_channel[Item](STREAM_INBOX)
     consumed_send, consumed_receive = trio.open_memory_channel[int](to_socket_capacity)
-    pipe = Pipe(stream_id, network, peer, method, to_receive, from_send, consumed_send)
-    return pipe, PipeCore(to_send, from_receive, consumed_receive)
+    resetting_send, resetting_receive = trio.open_memory_channel[None](0)
+    pipe = Pipe(
+        stream_id, network, peer, method, to_receive, from_send, consumed_send, resetting_receive
+    )
+    return pipe, PipeCore(to_send, from_receive, consumed_receive, resetting_send)

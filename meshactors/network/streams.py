@@ -212,6 +212,7 @@ class Streams:
             gone = (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError)
             with contextlib.suppress(*gone):  # TO_SOCKET_CAPACITY keeps a place for it
                 state.core.to_socket.send_nowait(Reset(code, message))
+            state.core.resetting.close()  # the connection writes it soon, or closes
 
     def _maybe_finish(self, state: StreamState) -> None:
         """Both directions ended: the stream is done. Once our end went out, data the peer sent

@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 from meshactors.client import BinaryStream, ClientError, MeshClient, StreamError
+from meshactors.control.client import RESET_WRITE_TIMEOUT
 from meshactors.network.stream_frames import STREAM_WINDOW_BYTES
 from meshactors.network.stream_pipe import STREAM_FRAME_COST
 from meshactors.network.streams import STREAM_CHUNK_BYTES
@@ -601,3 +602,54 @@ async def test_an_opener_gone_while_waiting_for_credit_cancels_the_stream_at_onc
     with trio.fail_after(WAIT):
         await done.wait()
     assert outcome == ["cancelled"]
+
+
+@pytest.fixture
+def real_time_clock() -> trio.testing.MockClock:
+    """Real time that a test can also jump past a deadline."""
+    return trio.testing.MockClock(rate=1)
+
+
+async def test_a_reset_stream_whose_program_stopped_reading_is_cut_off(
+    pair: Pair, real_time_clock: trio.testing.MockClock
+) -> None:
+    """The server reads once and stops; the opener sends most of a window and resets. The
+    server's daemon queues the error frame behind what the program did not read, and closes
+    the connection once that was not written within RESET_WRITE_TIMEOUT: the connection does
+    not stay, holding its data, after its stream left the table."""
+    opener, server, _a, b = pair
+    read_once, release = trio.Event(), trio.Event()
+    outcome: list[str] = []
+    done = trio.Event()
+
+    async def stalls(stream: BinaryStream) -> None:
+        try:
+            await stream.receive_some()
+            read_once.set()
+            await release.wait()
+            await read_all(stream)
+        except StreamError as error:
+            outcome.append(error.code)
+        finally:
+            done.set()
+
+    async def forgotten() -> bool:
+        return (await figures(b))["open"] == 0
+
+    async def cut_off() -> bool:
+        return "binary-stream" not in protocols(await b.call("inspect"))
+
+    await server.serve_stream(NET, "stalls", stalls)
+    with trio.fail_after(WAIT):
+        stream = await opener.open_stream(NET, b.device_id, "stalls")
+        await stream.send_all(pattern(STREAM_WINDOW_BYTES * 3 // 4))  # more than sockets hold
+        await read_once.wait()
+        await stream.reset("enough")
+    await until(forgotten)
+    await trio.testing.wait_all_tasks_blocked()  # the writer waits on the program, deadline set
+    real_time_clock.jump(RESET_WRITE_TIMEOUT)
+    await until(cut_off)
+    release.set()
+    with trio.fail_after(WAIT):
+        await done.wait()
+    assert outcome and outcome[0] in {"remote_error", "cancelled"}
