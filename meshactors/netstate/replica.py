@@ -94,10 +94,13 @@ _Work = _FromPeer | _OwnWrite | _SendSummary | _Prune
 
 @attrs.define
 class _Catchup:
-    """A catch-up from one peer in progress: its id and the buckets it walks."""
+    """A catch-up from one peer in progress: its id, the buckets it walks, the two summaries
+    it started from (the peer's, ours) and our map's count of changes then."""
 
     id: int
     buckets: list[int]
+    summaries: tuple[str, str]
+    changes: int
 
 
 @attrs.define(eq=False)
@@ -115,6 +118,8 @@ class StateReplica:
     counters: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     dropped: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     _pulls: dict[str, _Catchup] = attrs.field(factory=dict, init=False)
+    # by peer: the summaries (theirs, ours) of its last catch-up that changed nothing here
+    _fruitless: dict[str, tuple[str, str]] = attrs.field(factory=dict, init=False)
     _pull_ids: int = attrs.field(default=0, init=False)
     _behind: set[str] = attrs.field(factory=set, init=False)  # peers whose frames we dropped
     _send: trio.MemorySendChannel[_Work] = attrs.field(init=False)
@@ -140,7 +145,7 @@ class StateReplica:
         entries = await self.store.call(
             functools.partial(load_state, network=self.network), what="load the state map"
         )
-        self.map, self.clock, self._pulls = StateMap(), HybridClock(), {}
+        self.map, self.clock, self._pulls, self._fruitless = StateMap(), HybridClock(), {}, {}
         for entry in entries:
             self.map.merge(entry)
             self.clock.observe(entry.stamp)
@@ -225,6 +230,7 @@ class StateReplica:
         that leaves ends its catch-up."""
         if status is not PeerStatus.ACTIVE:
             self._pulls.pop(device_id, None)
+            self._fruitless.pop(device_id, None)
             return
         try:
             self._send.send_nowait(_SendSummary(device_id))
@@ -377,9 +383,16 @@ class StateReplica:
         match frame:
             case StateSummary(digests=digests, ask=ask):
                 buckets = self.map.differing(digests)
-                if buckets:
+                summaries = (digests, self.map.summary())
+                if buckets and self._fruitless.get(sender) == summaries:
+                    # The same two maps as at a catch-up that changed nothing here (what it
+                    # brought lost, or was over the limits): another would change nothing.
+                    self.counters["pulls_skipped"] += 1
+                elif buckets:
                     self._pull_ids = (self._pull_ids + 1) % MAX_PULL_ID
-                    self._pulls[sender] = _Catchup(self._pull_ids, buckets)
+                    self._pulls[sender] = _Catchup(
+                        self._pull_ids, buckets, summaries, self.map.changes
+                    )
                     self.counters["pulls"] += 1
                     await self._send_to(sender, StatePull(self._pull_ids, buckets))
                 if ask and buckets:  # equal maps: neither side has anything to pull
@@ -398,6 +411,17 @@ class StateReplica:
                     await self._send_to(sender, StatePull(pull, current.buckets, entries[-1].key))
                 else:
                     del self._pulls[sender]
+                    self._settle(sender, current)
+
+    def _settle(self, sender: str, done: _Catchup) -> None:
+        """Note a finished catch-up from `sender` that changed nothing in our map: every entry
+        it brought met the map as it is and lost or was over the limits, so while both
+        summaries stay the same, pulling again would change nothing either (members past the
+        limits may differ that way for good)."""
+        if self.map.changes == done.changes:
+            self._fruitless[sender] = done.summaries
+        else:
+            self._fruitless.pop(sender, None)
 
     async def _put_to_all(self, entries: list[Entry]) -> None:
         """Send our writes to every active peer."""

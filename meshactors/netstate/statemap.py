@@ -13,8 +13,9 @@ from meshactors.netstate.entry import BUCKETS, Entry, bucket_of
 
 MAX_KEYS = 10_000  # keys per network, tombstones included, a local write may add one up to
 MAX_STATE_BYTES = 16 * 1024 * 1024  # keys and values (as JSON) per network, the same way
-MERGE_SLACK = 2  # writes merged from peers may take a map to twice those limits (concurrent
-# writers each within the limits still converge); past that they are dropped and counted
+MERGE_SLACK = 2  # writes merged from peers may take a map to twice those limits (two members
+# writing at once, each within the limits, still converge); past that they are dropped and
+# counted, in the order they arrive, so members may then differ (replica.py stops re-pulling)
 TOMBSTONE_TTL_MS = 7 * 24 * 3600 * 1000  # a tombstone is kept this long after its stamp, then
 # forgotten everywhere: a device away longer may bring back a key deleted meanwhile
 DIGEST_CHARS = 16  # one bucket digest in a summary: 64 bits as hex
@@ -32,6 +33,7 @@ class StateMap:
     _digests: list[int] = attrs.field(factory=lambda: [0] * BUCKETS, init=False)
     bytes: int = attrs.field(default=0, init=False)
     tombstones: int = attrs.field(default=0, init=False)
+    changes: int = attrs.field(default=0, init=False)  # entries replaced, added or removed
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -93,6 +95,7 @@ class StateMap:
     def _replace(self, key: str, old: Entry | None, new: Entry | None) -> None:
         """Swap the entry of `key` (`old`, held now, or none) for `new` (or none), keeping
         the keys, the digests and the counts."""
+        self.changes += 1
         if old is None:
             bisect.insort(self._keys, key)
             bucket = self._buckets[key] = bucket_of(key)

@@ -9,14 +9,27 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 import trio
 import trio.testing
 from nacl.signing import SigningKey
 
 from meshactors.actors import ChildSpec, Node, Supervisor, run_root
 from meshactors.clock import wall_ms
-from meshactors.netstate.frames import StatePut, WireEntry
+from meshactors.netstate import statemap
+from meshactors.netstate.entry import Entry
+from meshactors.netstate.frames import (
+    MAX_PAGE_BYTES,
+    MAX_PAGE_ENTRIES,
+    StatePage,
+    StatePull,
+    StatePut,
+    StateSummary,
+    WireEntry,
+)
+from meshactors.netstate.hlc import Stamp
 from meshactors.netstate.replica import WORK_BATCH, StateReplica
+from meshactors.netstate.statemap import StateMap
 from meshactors.netstate.writers import open_network_writers
 from meshactors.network.app_wire import AppWire
 from meshactors.store.actor import StoreActor
@@ -121,6 +134,54 @@ async def test_a_write_of_ours_beating_an_older_one_in_its_batch_is_kept_and_sen
         ]
         assert _put_values(peers, "k") == ["mine"]
         assert replica.counters["lost"] == 0
+
+
+async def test_a_catch_up_that_changed_nothing_is_not_pulled_again_until_a_map_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past twice the limits (three members writing at once), what each member keeps depends
+    on the order writes came in: the maps differ for good, and a member stops pulling a peer
+    whose entries it cannot take, until either map changes."""
+    monkeypatch.setattr(statemap, "MAX_KEYS", 2)  # peers' writes may take the map to 4 keys
+    theirs = StateMap()
+    for n in range(6):
+        theirs.merge(Entry.write(f"t{n}", n, Stamp(1000, 0), PEER))
+    async with running_replica(tmp_path) as (replica, peers, _):
+        assert await _catch_up(peers, theirs)  # takes 4 keys of 6
+        assert (len(replica.map), replica.dropped["over_limit"]) == (4, 2)
+        assert await _catch_up(peers, theirs)  # changes nothing: the last one needed
+        assert (len(replica.map), replica.dropped["over_limit"]) == (4, 4)
+        for _ in range(3):
+            assert not await _catch_up(peers, theirs)
+        assert replica.counters["pulls_skipped"] == 3
+        theirs.merge(Entry.tombstone("t0", Stamp(wall_ms(), 0), PEER))  # their map changes
+        assert await _catch_up(peers, theirs)
+        assert replica.get("t1")["value"] == 1
+        assert replica.map.get("t0") == theirs.get("t0")
+
+
+async def _catch_up(peers: RecordingPeers, theirs: StateMap) -> bool:
+    """Send the replica `theirs`'s summary and serve the pages it pulls; whether it pulled."""
+    summary, page = peers.handlers[StateSummary.tag], peers.handlers[StatePage.tag]
+    before = pulled = len(peers.of(StatePull))
+    summary(PEER, StateSummary(theirs.summary()))
+    with trio.fail_after(WAIT):
+        await _worked(peers)
+        while len(peers.of(StatePull)) > pulled:
+            pull = peers.of(StatePull)[-1]
+            pulled += 1
+            found, more = theirs.page(pull.buckets, pull.after, MAX_PAGE_ENTRIES, MAX_PAGE_BYTES)
+            page(PEER, StatePage(pull.pull, [WireEntry.of(entry) for entry in found], more))
+            await _worked(peers)
+    return pulled > before
+
+
+async def _worked(peers: RecordingPeers) -> None:
+    """Wait until the replica has worked every frame handed to it so far: it works them in
+    order, so once it answers a pull sent after them (with a page, changing nothing)."""
+    served = len(peers.of(StatePage))
+    peers.handlers[StatePull.tag](PEER, StatePull(1, [0]))
+    await peers.wait_sent(StatePage, served + 1)
 
 
 async def _batch_done(replica: StateReplica) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+import trio
 
 from meshactors.network.peers import AppHandler
 from meshactors.wire.peer import Frame
@@ -18,16 +19,28 @@ class RecordingPeers:
     active: list[str]
     handlers: dict[str, AppHandler] = attrs.field(factory=dict)
     sent: list[tuple[str, Frame]] = attrs.field(factory=list)
+    _sending: trio.Event = attrs.field(factory=trio.Event)  # set at the next frame sent
 
     def register_app_handler(self, tag: str, handler: AppHandler) -> None:
         self.handlers[tag] = handler
 
     async def send_app(self, device_id: str, frame: Frame) -> None:
-        self.sent.append((device_id, frame))
+        self._record(device_id, frame)
 
     def send_app_nowait(self, device_id: str, frame: Frame) -> bool:
-        self.sent.append((device_id, frame))
+        self._record(device_id, frame)
         return True
+
+    def _record(self, device_id: str, frame: Frame) -> None:
+        self.sent.append((device_id, frame))
+        self._sending.set()
+        self._sending = trio.Event()
+
+    async def wait_sent(self, kind: type[Frame], count: int) -> None:
+        """Return once `count` frames of type `kind` were sent."""
+        while len(self.of(kind)) < count:
+            sending = self._sending
+            await sending.wait()
 
     def active_peers(self) -> list[str]:
         return list(self.active)
