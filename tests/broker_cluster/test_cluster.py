@@ -271,7 +271,7 @@ async def test_an_outage_from_a_redis_that_stopped_answering_names_the_step(
             finally:
                 await client.client_unpause()
     first = next(entry["error"] for entry in logs if entry["event"] == "cluster_degraded")
-    assert re.fullmatch(r"TooSlowError: (subscribe|heartbeat): .*", first), first
+    assert re.fullmatch(r"TooSlowError: [a-z ]+: no answer from Redis within .*", first), first
 
 
 CLEAN_STOPS = 5  # stops of a connected broker; about half of them logged an outage
