@@ -51,7 +51,7 @@ from meshactors.control.event_stream import (
 from meshactors.control.http import HttpConnection, sniff
 from meshactors.control.http_parse import REQUEST_TIMEOUT
 from meshactors.control.lines import LineReader, Oversized
-from meshactors.control.session import Push, Session
+from meshactors.control.session import CutOffs, Push, Session
 from meshactors.control.tcp_auth import TcpGate
 from meshactors.daemon.services import Services
 from meshactors.network.stream_pipe import Pipe, frame_cost
@@ -103,6 +103,7 @@ class ClientActor(Actor):
     client_id: str
     stream: trio.abc.HalfCloseableStream
     services: Services
+    cut_offs: CutOffs  # where its close counts cleanups cut off (control's, shared by clients)
     prefix: bytes = b""  # bytes already read while telling HTTP from JSON lines
     tcp: TcpGate | None = None  # a TCP connection: HTTP only, every request authenticated
     protocol: str = "unknown"  # "json-lines" or "http" once the first bytes tell; "binary-stream"
@@ -203,7 +204,7 @@ class ClientActor(Actor):
             with cleanup_scope():
                 try:
                     if self._session is not None:
-                        await self._session.close()
+                        await self._session.close(self.cut_offs)
                 finally:
                     # Even when the cleanups ran out of time (an actor they ask is down): the
                     # program must see its connection end, not wait on a silent socket.

@@ -25,6 +25,8 @@ T = TypeVar("T")
 
 log = structlog.get_logger("meshactors.client")
 
+CUT_OFF_LOG_INTERVAL = 60.0  # seconds: at most one info line per interval for cleanups cut off
+
 
 class EventSink(Protocol):
     """Where a session's broadcast events are written: its connection's outgoing queue."""
@@ -34,6 +36,27 @@ class EventSink(Protocol):
 
     async def send_frame(self, kind: str, data: dict[str, Any]) -> None:
         """Write one unlogged event frame."""
+
+
+@attrs.define
+class CutOffs:
+    """How many closed connections' cleanups ran out of time (shown by `control`, which
+    outlives its clients). Harmless: core releases what a gone connection held on its own, so
+    a cut-off is logged at info, once per CUT_OFF_LOG_INTERVAL: a burst of closes that outruns
+    its deadline (thousands at once) writes one line, and the count tells the rest."""
+
+    cleanups: int = 0
+    _logged_at: float | None = None  # trio.current_time() of the last info line
+
+    def cut_off(self, client_id: str) -> None:
+        """Count one cleanup of `client_id` cut off, and log it (at debug within the interval)."""
+        self.cleanups += 1
+        now = trio.current_time()
+        if self._logged_at is not None and now - self._logged_at < CUT_OFF_LOG_INTERVAL:
+            log.debug("cleanup cut off: core releases the rest", client=client_id)
+            return
+        self._logged_at = now
+        log.info("cleanup cut off: core releases the rest", client=client_id, cut_off=self.cleanups)
 
 
 @attrs.define(eq=False)
@@ -113,25 +136,27 @@ class Session:
             self._cleanup_keys.add(key)
             self.on_close(cleanup)
 
-    async def close(self) -> None:
+    async def close(self, cut_offs: CutOffs) -> None:
         """Run every registered cleanup (leaving none behind), all at once: one that fails is
         logged, and one that hangs (an actor it asks does not answer) is cut off alone by the
         caller's deadline, so neither keeps the others from releasing what they hold. The push
         queue is closed first: from then on the session is `gone`, and every actor that holds
-        something for it drops that when it next looks, whether or not its cleanup arrives."""
+        something for it drops that when it next looks, whether or not its cleanup arrives
+        (so a cleanup cut off is only counted in `cut_offs`)."""
         self.pushes.close()
         cleanups, self._cleanups = self._cleanups, []
         async with trio.open_nursery() as nursery:
             for cleanup in cleanups:
-                nursery.start_soon(_run_cleanup, cleanup, self.client_id)
+                nursery.start_soon(_run_cleanup, cleanup, self.client_id, cut_offs)
 
 
-async def _run_cleanup(cleanup: Cleanup, client_id: str) -> None:
-    """Run one of a closed connection's cleanups, logging how it failed or that it was cut off."""
+async def _run_cleanup(cleanup: Cleanup, client_id: str, cut_offs: CutOffs) -> None:
+    """Run one of a closed connection's cleanups, logging how it failed, or counting in
+    `cut_offs` that it was cut off."""
     try:
         await cleanup()
     except Exception:
         log.exception("cleanup failed", client=client_id)
     except trio.Cancelled:
-        log.warning("cleanup cut off: out of time", client=client_id)
+        cut_offs.cut_off(client_id)
         raise

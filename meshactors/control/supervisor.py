@@ -28,6 +28,7 @@ from meshactors.actors import (
 from meshactors.control.client import ClientActor
 from meshactors.control.http import sniff
 from meshactors.control.http_response import encode_alone, error_response
+from meshactors.control.session import CutOffs
 from meshactors.control.tcp_auth import TCP_HOST, TcpAuth, TcpGate, load_or_create_token
 from meshactors.daemon.services import Services
 from meshactors.listen import ListenError, open_tcp_listeners
@@ -72,6 +73,17 @@ class Tally:
 
 
 @attrs.define(eq=False)
+class Control(Supervisor):
+    """The `control` supervisor; its figures also count its clients' cleanups cut off, which
+    no (temporary) client node outlives to show."""
+
+    cut_offs: CutOffs = attrs.field(factory=CutOffs)
+
+    def figures(self) -> dict[str, object]:
+        return {**super().figures(), "cleanups_cut_off": self.cut_offs.cleanups}
+
+
+@attrs.define(eq=False)
 class Admissions:
     """Turns accepted connections into `client c<n>` children of `control`, up to MAX_CLIENTS.
 
@@ -83,7 +95,7 @@ class Admissions:
     before that).
     """
 
-    control: Supervisor
+    control: Control
     services: Services
     _ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
     # TCP clients stopped to make room before passing the token check (the TCP listener
@@ -104,7 +116,7 @@ class Admissions:
         client_id = f"c{next(self._ids)}"  # monotonic, never reused while the daemon runs
         name = f"client {client_id}"
         gate = None if tcp is None else TcpGate(tcp, name, self._passed)
-        actor = ClientActor(client_id, stream, self.services, tcp=gate)
+        actor = ClientActor(client_id, stream, self.services, self.control.cut_offs, tcp=gate)
         spec = ChildSpec(
             name, actor, restart=Restart.TEMPORARY, shutdown_timeout=CLIENT_SHUTDOWN_TIMEOUT
         )
@@ -374,10 +386,10 @@ def control_supervisor(
     services: Services,
     tcp_port: int | None = None,
     inherited_fd: int | None = None,
-) -> Supervisor:
+) -> Control:
     """The `control` subtree: the socket listener (bound, or adopted from the service manager),
     the optional `tcp` listener, and their connections as siblings."""
-    control = Supervisor()
+    control = Control()
     admissions = Admissions(control, services)
     listener = Listener(socket_path, admissions, inherited_fd)
     control.children = [ChildSpec("listener", listener)]

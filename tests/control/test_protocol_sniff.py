@@ -13,6 +13,7 @@ from meshactors.actors import Node, run_root
 from meshactors.control import supervisor
 from meshactors.control.client import ClientActor
 from meshactors.control.http_parse import REQUEST_TIMEOUT
+from meshactors.control.session import CutOffs
 
 LONG_IDLE = 10 * REQUEST_TIMEOUT
 
@@ -23,7 +24,8 @@ async def served_client(nursery: trio.Nursery) -> trio.testing.MemoryStapledStre
     cannot run under MockClock)."""
     server, program = trio.testing.memory_stream_pair()
     services: Any = None
-    await nursery.start(run_root, ClientActor("c1", server, services), Node("client c1", "client"))
+    actor = ClientActor("c1", server, services, CutOffs())
+    await nursery.start(run_root, actor, Node("client c1", "client"))
     return program
 
 

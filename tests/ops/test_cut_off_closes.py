@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import pytest
+import structlog
 import trio
 
 from meshactors.control import supervisor
@@ -110,3 +111,34 @@ async def test_core_sweeps_away_what_gone_connections_held_with_nobody_asking(
     with trio.fail_after(WAIT):
         while await held(admin, NET) != ({}, []):  # noqa: ASYNC110  (nothing to wait on)
             await trio.sleep(rpc.SWEEP_INTERVAL / 10)
+
+
+async def cleanups_cut_off(admin: LineClient) -> int:
+    """The count of closed connections' cleanups cut off, as `control`'s figures show it."""
+    tree = await ok(admin, "inspect")
+    control = next(child for child in tree["children"] if child["name"] == "control")
+    count: int = control["figures"]["cleanups_cut_off"]
+    return count
+
+
+@pytest.mark.usefixtures("cut_off")
+async def test_a_burst_of_cut_off_closes_is_counted_and_logged_once_at_info(
+    connect: Connect,
+) -> None:
+    admin = await connect()
+    await join(admin, NET)
+    assert await cleanups_cut_off(admin) == 0
+    apps = [await connect() for _ in range(CUT_OFF_APPS)]
+    for n, app in enumerate(apps):
+        await ok(app, "rpc_register", network=NET, method=f"m{n}")
+        await ok(app, "channel_subscribe", network=NET, channel=f"c{n}")
+    with structlog.testing.capture_logs() as logs:
+        for app in apps:
+            await app.stream.send_eof()
+        for app in apps:
+            await close(app)
+    # Each close's two releases (its method claim, its subscription) were cut off.
+    assert await cleanups_cut_off(admin) == 2 * CUT_OFF_APPS
+    # One line at info for the burst (the rest at debug, if shown at all), none a warning.
+    told = [entry["log_level"] for entry in logs if entry["event"].startswith("cleanup cut off")]
+    assert [level for level in told if level != "debug"] == ["info"]
