@@ -34,6 +34,8 @@ CHANNEL_BUFFER = 1024  # messages a `subscribe` reader may leave unread before i
 RETAINED_PER_CHANNEL = 1024  # retained values kept for a channel's later local readers
 RELEASE_TIMEOUT = 5.0  # seconds an unsubscribe, a stream cancel or a served stream's finish
 # (after its handler returned) may take on the way out
+RELIST_RETRY_FIRST = 0.5  # seconds before `state()` lists the map again after a re-list's deadline
+RELIST_RETRY_MAX = 8.0  # the bound of that backoff (doubling from the first)
 
 BinaryHandler = Callable[[BinaryStream], Awaitable[None]]
 
@@ -472,15 +474,29 @@ class MeshClient(Ops):
                 raise alone from alone.__cause__
 
     async def _follow_state(self, shared: SharedState, events: EventStream) -> None:
-        """Apply the network's changes; list the map again when some may have been missed. A
-        re-list cut short by a lost connection, or past its deadline (the daemon still away),
-        waits for the next reconnect, which lists it again."""
+        """Apply the network's changes; list the map again when some may have been missed."""
         async for event in events:
             if shared.wants(event):
                 shared.apply(event)
             elif event.get("kind") in RELIST_KINDS or event.get("kind") == "lagged":
-                with contextlib.suppress(ConnectionLost, DeadlineExceeded):
-                    await shared.load(self)
+                await self._relist(shared)
+
+    async def _relist(self, shared: SharedState) -> None:
+        """List the map again. One cut short by a lost connection is left to the reconnect,
+        which lists it again; one past its deadline (a slow daemon, which no reconnect follows)
+        is tried again after a doubling backoff (RELIST_RETRY_FIRST to RELIST_RETRY_MAX) until
+        it is listed or the connection is lost. Events wait meanwhile, applied after it."""
+        delay = RELIST_RETRY_FIRST
+        while True:
+            try:
+                await shared.load(self)
+            except ConnectionLost:
+                return
+            except DeadlineExceeded:
+                await trio.sleep(delay)
+                delay = min(delay * 2, RELIST_RETRY_MAX)
+            else:
+                return
 
     # networks
     async def ensure_networks(

@@ -44,9 +44,9 @@ class FakeConnection:
         async with self._write_lock:
             await self.stream.send_all(b"".join(json.dumps(f).encode() + b"\n" for f in frames))
 
-    async def wait_op(self, op: str) -> None:
-        """Wait until the client asked for `op` on this connection."""
-        while op not in self.ops:
+    async def wait_op(self, op: str, times: int = 1) -> None:
+        """Wait until the client asked for `op` on this connection (`times` times in all)."""
+        while self.ops.count(op) < times:
             changed = self._changed
             await changed.wait()
 
@@ -69,6 +69,8 @@ class FakeDaemon:
     never_answered: set[str] = attrs.field(factory=set)  # ops left unanswered (a busy daemon)
     held: dict[str, trio.Event] = attrs.field(factory=dict)  # ops answered once it is set
     refused: dict[str, str] = attrs.field(factory=dict)  # ops answered with this error code
+    answers: dict[str, dict[str, Any]] = attrs.field(factory=dict)  # ops answered with this
+    # data instead of ANSWERS'
     _send: trio.MemorySendChannel[FakeConnection] = attrs.field(init=False)
     _receive: trio.MemoryReceiveChannel[FakeConnection] = attrs.field(init=False)
 
@@ -102,7 +104,7 @@ class FakeDaemon:
                         error = {"code": self.refused[op], "message": f"{op} refused"}
                         await session.send({"id": request["id"], "ok": False, "error": error})
                         continue
-                    data = ANSWERS.get(op, {})
+                    data = self.answers.get(op, ANSWERS.get(op, {}))
                     await session.send({"id": request["id"], "ok": True, "data": data})
                     if op in SWITCHING:  # what the client sends next is left unread
                         await trio.sleep_forever()  # returning would close the connection

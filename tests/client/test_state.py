@@ -10,12 +10,14 @@ import pytest
 import trio
 
 from meshactors.client import ClientError, MeshClient, SharedState
+from meshactors.client.mesh import RELIST_RETRY_FIRST
 from tests.client.conftest import LocalDaemon
 from tests.client.fakedaemon import fake_daemon
 
 NETWORK = {"id": "lan", "brokers": ["ws://127.0.0.1:9/v1"]}  # reaches only itself
 CORE = "daemon/networks/network lan/core"
 WAIT = 10
+SLOW_CALL_TIMEOUT = 3  # seconds: the client's call deadline where the daemon answers late
 
 
 async def test_the_local_copy_follows_writes_deletes_and_restarts(local: LocalDaemon) -> None:
@@ -71,6 +73,11 @@ def test_a_listed_value_and_an_event_in_either_order_leave_the_newer() -> None:
     assert shared.values == {}
 
 
+def listed(key: str, value: object) -> dict[str, object]:
+    """An entry of lan's `state_list`, as the daemon answers it."""
+    return {"key": key, "value": value, "version": "1.0", "by": "a"}
+
+
 def changed(key: str, value: object, version: str) -> dict[str, object]:
     """A `state_changed` event of lan, as the daemon sends it."""
     return {
@@ -119,3 +126,28 @@ async def test_a_relist_refused_ends_the_block_with_its_error_unwrapped(tmp_path
         with pytest.raises(KeyError):  # the block's own error, unwrapped too
             async with client.state("lan"):
                 raise KeyError("the block's")
+
+
+async def test_a_relist_past_its_deadline_is_tried_again_without_a_reconnect(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The daemon, alive but slow, answers a re-list after the client's deadline: no reconnect
+    comes to list the map again, so the block tries again (after RELIST_RETRY_FIRST) on the
+    same connection, and the map is listed."""
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path, call_timeout=SLOW_CALL_TIMEOUT) as client,
+    ):
+        session = await daemon.next_session()
+        async with client.state("lan") as shared:
+            with trio.fail_after(WAIT):
+                daemon.never_answered.add("state_list")  # late: after the client gave up
+                await session.send({"kind": "lagged", "skipped": 3})  # lists again
+                await session.wait_op("state_list", times=2)
+                started = trio.current_time()
+                daemon.never_answered.clear()  # prompt from now on
+                daemon.answers["state_list"] = {"entries": [listed("k", 1)], "next_cursor": None}
+                await shared.wait_until(lambda values: values.get("k") == 1)
+        assert session.ops.count("state_list") == 3  # on the first connection: no reconnect
+        waited = trio.current_time() - started
+        assert waited == pytest.approx(SLOW_CALL_TIMEOUT + RELIST_RETRY_FIRST, abs=0.01)
