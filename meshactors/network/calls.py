@@ -15,9 +15,10 @@ EXPIRY_SLACK = 1024  # stale deadlines (of finished calls) kept beyond 2x those 
 
 @attrs.define(eq=False)
 class DeadlineHeap:
-    """Call ids by deadline. Finished calls are not removed (that would cost a search): their
-    entries are skipped when due, and the heap is rebuilt from the calls in flight once stale
-    entries outnumber twice those plus `EXPIRY_SLACK`."""
+    """Ids by deadline (of calls; the peer table's, of peers whose status event waits).
+    Finished calls are not removed (that would cost a search): their entries are skipped when
+    due, and the heap is rebuilt from the calls in flight once stale entries outnumber twice
+    those plus `EXPIRY_SLACK`."""
 
     _heap: list[tuple[float, str]] = attrs.field(factory=list, init=False)
 

@@ -3,9 +3,9 @@
 Its task handles every message on its inbox, one at a time: what the link heard (records,
 presence, link status) and ops' requests (`NetworkCore.ask`, reached through `Network.ask`).
 Its parts (the peer table, membership, rpc, channels, streams and the state replica) are
-plain objects only core's tasks touch; their own loops (rtt probes, deadlines, postboxes) run
-in core's nursery, so when core stops or crashes everything that held network state stops
-with it.
+plain objects only core's tasks touch; their own loops (rtt probes, held status events,
+deadlines, postboxes) run in core's nursery, so when core stops or crashes everything that
+held network state stops with it.
 """
 
 from __future__ import annotations
@@ -102,6 +102,7 @@ class NetworkCore(Actor):
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.peers.ping_loop)
+                nursery.start_soon(self.peers.retell_loop)
                 for part in self.parts.values():
                     await nursery.start(part.run)
                 task_status.started()

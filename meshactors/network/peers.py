@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import enum
 import functools
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
@@ -22,9 +21,11 @@ import structlog
 import trio
 
 from meshactors._version import __version__
+from meshactors.broker.limits import TokenBucket
 from meshactors.clock import wall_ms
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
+from meshactors.network.calls import DeadlineHeap
 from meshactors.network.link import (
     LINK_ROLE,
     InboundRecords,
@@ -84,9 +85,17 @@ MAX_STRANGERS = 256
 # devices present at the broker that never opened a frame to us, kept per network: past it, or
 # when the table is full, the one that joined longest ago is let go (a broker can make up joins)
 MAX_SILENT_PEERS = 256
-# seconds between two peer_incompatible events of one peer, at least: a peer that keeps turning
-# incompatible (another major's hello, then ours) changes its status each time, told once
-INCOMPATIBLE_EVENT_INTERVAL = 10.0
+# status events (peer_sighted, peer_pending, ...) told of one peer at once; past them, one more
+# every STATUS_EVENT_INTERVAL seconds: a peer whose status flaps (hellos of two majors, Bye and
+# hello, a broker's joins and leaves) changes its status each time but is told at that pace, its
+# latest status once its turn comes (a session and one reconnection fit in the burst)
+STATUS_EVENT_BURST = 6
+STATUS_EVENT_INTERVAL = 5.0
+# status events of silent devices (announced by the broker, no frame of theirs opened) told at
+# once, all of them together, per network; past them, one every STATUS_EVENT_INTERVAL: a broker
+# can make up joins and leaves of new ids, each a fresh table entry with no pace of its own
+SILENT_EVENT_BURST = 16
+TOKEN_ROUNDING = 1e-9  # seconds of a pace's wait taken as none (float rounding at the wake time)
 REJECTED_NON_MEMBER = "rejected_non_member"  # frames of a device a closed network keeps out
 CONTROL_PLANE_ROLE = "control-plane"  # hidden from peers_list unless `all`
 CAPABILITIES_KEY = "capabilities"  # local_settings key of our advert in a network
@@ -142,10 +151,11 @@ class PeerState:
     profile: Profile | None = None
     remote_approval: str = "pending"
     incompatible: str | None = None
-    incompatible_told_at: float = -math.inf  # trio time of its last peer_incompatible event
     rtt_ms: float | None = None
     last_seen_ms: int | None = None
     status: PeerStatus = PeerStatus.OFFLINE
+    told: PeerStatus = PeerStatus.OFFLINE  # the status its last status event said
+    status_events: TokenBucket = attrs.field(factory=lambda: _status_pace(STATUS_EVENT_BURST))
     dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
     rejected: RejectedFrames = attrs.field(factory=RejectedFrames)  # bad frames it sent
 
@@ -204,6 +214,13 @@ class Peers:
     # device ids of the peers present that never opened a frame and have no roster entry, the
     # one that joined longest ago first: let go first when the table is full
     _silent: dict[str, None] = attrs.field(factory=dict)
+    # the pace of status events about silent devices, all of them together
+    _silent_events: TokenBucket = attrs.field(factory=lambda: _status_pace(SILENT_EVENT_BURST))
+    # device ids of the peers whose latest status is not told yet (their pace held it back),
+    # each with the trio time it may be: the retell loop tells it then
+    _untold: dict[str, float] = attrs.field(factory=dict)
+    _retell_at: DeadlineHeap = attrs.field(factory=DeadlineHeap)  # the same, by time
+    _retell: trio.CancelScope | None = None  # the retell loop's wait, woken by an earlier time
     # auto-approvals and the roles peers announced, not saved yet (saved in batches)
     _unsaved: dict[str, roster_db.RosterEntry] = attrs.field(factory=dict)
     # strangers' entries forgotten to make room, not deleted yet (deleted with those batches)
@@ -454,6 +471,7 @@ class Peers:
         await self._load_settings()
         self.hand_over_openers()
         self._peers, self._by_key, self._active, self._silent = {}, {}, set(), {}
+        self._untold, self._retell_at = {}, DeadlineHeap()
         self._link_was_up, self._outbound = False, None
         self.link_status = LinkStatus("idle", None, None)
         self.phase = Phase.CONNECTING
@@ -530,6 +548,17 @@ class Peers:
             interval=PEER_PING_INTERVAL,
             rate=PING_RATE,
         )
+
+    async def retell_loop(self) -> None:
+        """Tell the latest status of each peer whose pace held its change back, once the pace
+        allows: one task for every peer, so followers never keep a stale status."""
+        while True:
+            with trio.CancelScope(deadline=self._retell_at.next_deadline()) as self._retell:
+                await trio.sleep_forever()
+            for device_id in self._retell_at.due(trio.current_time()):
+                peer = self._peers.get(device_id)
+                if peer is not None and self._untold.pop(device_id, None) is not None:
+                    self._tell_status(peer)
 
     async def _probe(self, device_id: str) -> None:
         """One rtt probe, if the peer is still handshaken when its turn comes."""
@@ -640,7 +669,12 @@ class Peers:
         return True
 
     def _drop_peer(self, peer: PeerState) -> None:
-        """Forget a peer we keep no roster entry for, all but its opener (kept in memory)."""
+        """Forget a peer we keep no roster entry for, all but its opener (kept in memory). A
+        peer last told present is told `peer_left` now, paced or not (its entry, and its pace,
+        go): each such event follows one its pace allowed, so the bound holds at twice."""
+        if peer.told is not PeerStatus.OFFLINE:
+            self._publish_status(peer)
+        self._untold.pop(peer.device_id, None)
         self._silent.pop(peer.device_id, None)
         self.replay_memory.keep(peer.device_id, peer.crypto.opener)
         del self._peers[peer.device_id]
@@ -975,28 +1009,48 @@ class Peers:
             self._active.add(peer.device_id)
         else:
             self._active.discard(peer.device_id)
-        if self._tells(peer, status):
-            extra: dict[str, Any] = {}
-            if status is PeerStatus.INCOMPATIBLE:
-                extra["reason"] = peer.incompatible
-            log.info(
-                "peer status", network=self.network, device=peer.device_id, status=status.value
-            )
-            self._publish(STATUS_EVENTS[status], peer, **extra)
+        if not self._tell_status(peer):
+            self._drop(peer, "status_untold")
         for listener in self.status_listeners:
             listener(peer.device_id, status)
 
-    def _tells(self, peer: PeerState, status: PeerStatus) -> bool:
-        """Whether a change to `status` is published: always, but a peer's turn to incompatible
-        only once per INCOMPATIBLE_EVENT_INTERVAL (the others counted `incompatible_untold`)."""
-        if status is not PeerStatus.INCOMPATIBLE:
-            return True
-        now = trio.current_time()
-        if now - peer.incompatible_told_at < INCOMPATIBLE_EVENT_INTERVAL:
-            self._drop(peer, "incompatible_untold")
+    def _tell_status(self, peer: PeerState) -> bool:
+        """Publish a peer's status event if its pace allows (silent devices share one pace);
+        else hand it to the retell loop, which tells the status the peer has by then. False
+        when nothing was told (nothing new to followers, or held back)."""
+        if peer.status is peer.told:
+            self._untold.pop(peer.device_id, None)
             return False
-        peer.incompatible_told_at = now
+        pace = self._silent_events if peer.device_id in self._silent else peer.status_events
+        now = trio.current_time()
+        if (wait := pace.delay(now)) > TOKEN_ROUNDING:
+            if peer.device_id not in self._untold:
+                self._hold(peer.device_id, now + wait)
+            return False
+        pace.spend(now)
+        self._untold.pop(peer.device_id, None)
+        self._publish_status(peer)
         return True
+
+    def _hold(self, device_id: str, due: float) -> None:
+        """Have the retell loop tell a peer's status at trio time `due`."""
+        untold = self._untold
+        untold[device_id] = due
+        held = functools.partial(_by_time, untold)
+        self._retell_at.add(due, device_id, len(untold), held)
+        if self._retell is not None and due < self._retell.deadline:
+            self._retell.deadline = due
+
+    def _publish_status(self, peer: PeerState) -> None:
+        """Publish the event of the peer's status now."""
+        peer.told = peer.status
+        extra: dict[str, Any] = {}
+        if peer.status is PeerStatus.INCOMPATIBLE:
+            extra["reason"] = peer.incompatible
+        log.info(
+            "peer status", network=self.network, device=peer.device_id, status=peer.status.value
+        )
+        self._publish(STATUS_EVENTS[peer.status], peer, **extra)
 
     def _update_phase(self) -> None:
         if self._outbound is not None:
@@ -1050,6 +1104,16 @@ class Peers:
     def _closed_out(self, peer: PeerState) -> bool:
         """A device a closed network keeps out: shown only with `all`."""
         return self.closed and self._local_approval(peer.device_id) != "approved"
+
+
+def _by_time(untold: dict[str, float]) -> list[tuple[float, str]]:
+    """The (time, device id) of the peers whose status event waits."""
+    return [(due, device_id) for device_id, due in untold.items()]
+
+
+def _status_pace(burst: int) -> TokenBucket:
+    """A pace of status events: `burst` at once, then one every STATUS_EVENT_INTERVAL."""
+    return TokenBucket(1 / STATUS_EVENT_INTERVAL, burst)
 
 
 def _features(peer: PeerState) -> list[str]:
