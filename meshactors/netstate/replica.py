@@ -58,6 +58,8 @@ SYNC_RATE = 1.0  # ...while that stays under this many summaries a second per ne
 MAX_AHEAD_MS = 24 * 3600 * 1000  # a peer's write stamped further ahead of our clock is dropped
 PRUNE_INTERVAL = 3600.0  # seconds between sweeps for expired tombstones (the first at start)
 CHANGED = "state_changed"  # the event kind
+# refusals that may not hold later: the author may become a member, our clock catch up
+TRANSIENT_REFUSALS = ("not_writer", "future_stamp")
 
 
 @attrs.frozen
@@ -95,12 +97,14 @@ _Work = _FromPeer | _OwnWrite | _SendSummary | _Prune
 @attrs.define
 class _Catchup:
     """A catch-up from one peer in progress: its id, the buckets it walks, the two summaries
-    it started from (the peer's, ours) and our map's count of changes then."""
+    it started from (the peer's, ours), our map's count of changes then and our count of
+    transient refusals then."""
 
     id: int
     buckets: list[int]
     summaries: tuple[str, str]
     changes: int
+    refused: int
 
 
 @attrs.define(eq=False)
@@ -391,7 +395,11 @@ class StateReplica:
                 elif buckets:
                     self._pull_ids = (self._pull_ids + 1) % MAX_PULL_ID
                     self._pulls[sender] = _Catchup(
-                        self._pull_ids, buckets, summaries, self.map.changes
+                        self._pull_ids,
+                        buckets,
+                        summaries,
+                        self.map.changes,
+                        self._transient_refusals(),
                     )
                     self.counters["pulls"] += 1
                     await self._send_to(sender, StatePull(self._pull_ids, buckets))
@@ -417,11 +425,17 @@ class StateReplica:
         """Note a finished catch-up from `sender` that changed nothing in our map: every entry
         it brought met the map as it is and lost or was over the limits, so while both
         summaries stay the same, pulling again would change nothing either (members past the
-        limits may differ that way for good)."""
-        if self.map.changes == done.changes:
+        limits may differ that way for good). One with an entry refused for a reason that
+        may go away (TRANSIENT_REFUSALS, by anyone's frame meanwhile) is not noted: the
+        next pull may take it."""
+        if (self.map.changes, self._transient_refusals()) == (done.changes, done.refused):
             self._fruitless[sender] = done.summaries
         else:
             self._fruitless.pop(sender, None)
+
+    def _transient_refusals(self) -> int:
+        """How many received entries were refused for a reason that may not hold later."""
+        return sum(self.dropped[reason] for reason in TRANSIENT_REFUSALS)
 
     async def _put_to_all(self, entries: list[Entry]) -> None:
         """Send our writes to every active peer."""

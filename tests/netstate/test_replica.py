@@ -28,7 +28,7 @@ from meshactors.netstate.frames import (
     WireEntry,
 )
 from meshactors.netstate.hlc import Stamp
-from meshactors.netstate.replica import WORK_BATCH, StateReplica
+from meshactors.netstate.replica import MAX_AHEAD_MS, WORK_BATCH, StateReplica
 from meshactors.netstate.statemap import StateMap
 from meshactors.netstate.writers import open_network_writers
 from meshactors.network.app_wire import AppWire
@@ -158,6 +158,21 @@ async def test_a_catch_up_that_changed_nothing_is_not_pulled_again_until_a_map_c
         assert await _catch_up(peers, theirs)
         assert replica.get("t1")["value"] == 1
         assert replica.map.get("t0") == theirs.get("t0")
+
+
+async def test_a_catch_up_whose_entries_were_refused_for_now_is_pulled_again(
+    tmp_path: Path,
+) -> None:
+    """Entries refused for a reason that may go away (here stamped too far ahead of our
+    clock, which catches up) leave the map as it was, yet the next summary pulls again."""
+    theirs = StateMap()
+    ahead = wall_ms() + MAX_AHEAD_MS + 3_600_000  # an hour past what we take
+    theirs.merge(Entry.write("k", 1, Stamp(ahead, 0), PEER))
+    async with running_replica(tmp_path) as (replica, peers, _):
+        for n in range(1, 4):
+            assert await _catch_up(peers, theirs)
+            assert (len(replica.map), replica.dropped["future_stamp"]) == (0, n)
+        assert replica.counters["pulls_skipped"] == 0
 
 
 async def _catch_up(peers: RecordingPeers, theirs: StateMap) -> bool:
