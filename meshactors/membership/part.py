@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -71,6 +72,7 @@ MAX_VOID_PER_AUTHOR = 16  # void facts kept of one author that is not an owner o
 MAX_TTL_S = 30 * 24 * 3600  # an invite's longest life
 HEADS_INTERVAL = 60.0  # seconds between two sends of our heads to the members we see
 MAX_UNANSWERED = 64  # invites whose answer again the store failed, kept to try again
+REANSWER_BACKOFF = HEADS_INTERVAL  # seconds after a failed try before a kept one is tried again
 UNSIGNED = "A" * SIG_CHARS
 EXPIRED, USED_UP = "the invite expired", "the invite was used up"  # reasons of invite_refused
 LOG_FULL = "the membership log is full"  # and why a fact of ours is refused
@@ -110,6 +112,7 @@ class Membership:
     dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
     accepted: int = 0  # facts taken from peers since start
     unanswered: dict[str, Invite] = attrs.field(factory=dict)  # to answer again, by device
+    _failed_at: float = -math.inf  # trio time the store last failed to answer one again
     _rows_before: dict[str, MemberRow] = attrs.field(factory=dict)  # as last published
 
     @property
@@ -428,8 +431,8 @@ class Membership:
         heads (60 s away, if ours to it was lost). Their heads then name all their log (fewer
         than MAX_HEADS, none cut off), so we are strictly ahead: our heads name a fact they
         lack, or are cut off themselves, and in both cases they do not answer back. First,
-        answer again the invites the store failed to (see `_reanswer`): members send heads
-        every HEADS_INTERVAL, so they are tried again with no other change."""
+        answer again one invite the store failed to (see `_answer_unanswered`): members send
+        heads every HEADS_INTERVAL, so they are tried again with no other change."""
         assert self.log is not None
         await self._answer_unanswered()
         ours = self._heads()
@@ -653,27 +656,27 @@ class Membership:
     async def _reanswer(self, device_id: str, invite: Invite) -> None:
         """Answer a device's invite again. A new grant the store fails to save is not made
         (counted as `unanswered`; the change that led here stands and is enforced all the
-        same): the invite is kept (up to MAX_UNANSWERED) to try again at the next heads a
+        same): the invite is kept (up to MAX_UNANSWERED) to try again at a later heads a
         member sends us (the device itself presents it no more: it was a member)."""
         self.unanswered.pop(device_id, None)
         try:
             await self._redeem(device_id, invite)
         except (ActorGone, AskTimeout, OpError) as exc:
             self.dropped["unanswered"] += 1
+            self._failed_at = trio.current_time()
             log.warning("invite not answered again", network=self.network, error=str(exc))
             if len(self.unanswered) < MAX_UNANSWERED:
                 self.unanswered[device_id] = invite
 
     async def _answer_unanswered(self) -> None:
-        """Try again the invites kept by `_reanswer`, of the devices that are no member yet."""
+        """Try again one invite kept by `_reanswer` (the longest kept), of a device that is no
+        member yet, and none for REANSWER_BACKOFF after the store failed one: heads come from
+        any peer at will, and each try may wait a whole store call out in core's task."""
         assert self.log is not None
-        for device_id, invite in list(self.unanswered.items()):
-            if self.unanswered.get(device_id) is not invite:
-                continue  # answered (or kept again) by a try before it
-            if self.log.resolved.is_member(device_id):
-                del self.unanswered[device_id]
-            else:
-                await self._reanswer(device_id, invite)
+        for device_id in [d for d in self.unanswered if self.log.resolved.is_member(d)]:
+            del self.unanswered[device_id]
+        if self.unanswered and trio.current_time() >= self._failed_at + REANSWER_BACKOFF:
+            await self._reanswer(*next(iter(self.unanswered.items())))
 
     async def _redeem(self, device_id: str, invite: Invite) -> None:
         """Turn a presented invite into a grant, once, if we may; answer why not otherwise."""

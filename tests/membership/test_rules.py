@@ -7,7 +7,10 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import pytest
+import trio
+import trio.testing
 
 from meshactors.actors import AskTimeout
 from meshactors.clock import wall_ms
@@ -20,6 +23,7 @@ from meshactors.membership.facts import (
     to_bootstrap,
 )
 from meshactors.membership.frames import LogFacts, LogHeads
+from meshactors.membership.part import REANSWER_BACKOFF
 from meshactors.wire.ipc import ErrorCode, OpError
 from tests.membership.conftest import CLOSED, active, import_closed, members, team
 from tests.membership.logkit import device, fact, invite, new_log
@@ -141,43 +145,71 @@ async def test_an_invite_a_concurrent_grant_used_up_is_answered_again_and_refuse
     assert p.part(y).summary()["invite_pending"] is False
 
 
+@attrs.define
 class UnsavingStore:
-    """Stands for a store actor that answers no call in time."""
+    """Stands for a store actor that answers no call in time; counts the calls made."""
+
+    calls: int = 0
 
     async def call(self, fn: Callable[..., Any], *, what: str) -> None:
+        self.calls += 1
         raise AskTimeout(what, 1.0)
 
 
-async def test_an_invite_the_store_fails_to_answer_again_is_retried_and_the_core_stays_up() -> None:
-    """Owner O holds admin A's grant of Y (with O's invite) when co-owner Q's revoke of A,
-    made without seeing it, arrives and sorts first: the grant is void, and O would grant Y
-    anew, but its store answers no call. The revoke is taken and enforced all the same, the
-    failure is counted, and the frame does not escape as an error that ends the core; the
-    invite is answered at the next heads a member sends, once the store saves again."""
-    owner, co_owner, admin, y = device(), device(), device(), device()
+async def test_an_invite_the_store_fails_to_answer_again_is_retried_and_the_core_stays_up(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Owner O holds admin A's grants of Y1..Y3 (with O's invite) when co-owner Q's revoke of
+    A, made without seeing them, arrives and sorts first: the grants are void, and O would
+    grant them anew, but its store answers no call. The revoke is taken and enforced all the
+    same, the failures are counted, and the frame does not escape as an error that ends the
+    core. The invites are kept and answered at later heads a member sends, one per heads and
+    none for REANSWER_BACKOFF after the store failed one, so heads sent at will cannot hold
+    the core up for a store call each kept invite."""
+    owner, co_owner, admin = device(), device(), device()
+    ys = [device() for _ in range(3)]
     the_log = new_log(owner)
     made = []
     for n, (target, role) in enumerate(((co_owner, "owner"), (admin, "admin"))):
         made.append(fact(the_log, owner, "grant", target, role, at_ms=2000 + n))
         the_log.add(made[-1:])
-    ticket = invite(the_log, owner, expires_ms=wall_ms() + 3_600_000)
-    grant_y = fact(the_log, admin, "grant", y, "member", at_ms=3000, invite=ticket)
+    ticket = invite(the_log, owner, expires_ms=wall_ms() + 3_600_000, uses=len(ys))
+    grants = [
+        fact(the_log, admin, "grant", y, "member", at_ms=3000 + n, invite=ticket)
+        for n, y in enumerate(ys)
+    ]
     revoke = fact(the_log, co_owner, "revoke", admin, "admin", at_ms=2900)
-    p = PartPair.of(the_log.genesis, owner, co_owner, [*made, grant_y], [*made, revoke])
-    p.part(owner)._rows_before = dict(p.log(owner).resolved.rows)  # as loaded: Y a member
-    p.part(owner).store = UnsavingStore()  # type: ignore[assignment]
-    await p.part(owner).on_frame(co_owner.device_id, LogFacts(the_log.genesis_hash, [revoke]))
+    p = PartPair.of(the_log.genesis, owner, co_owner, [*made, *grants], [*made, revoke])
+    part = p.part(owner)
+    part._rows_before = dict(p.log(owner).resolved.rows)  # as loaded: the Ys members
+    part.store = failing = UnsavingStore()  # type: ignore[assignment]
+    await part.on_frame(co_owner.device_id, LogFacts(the_log.genesis_hash, [revoke]))
     resolved = p.log(owner).resolved
-    assert record_hash(grant_y) in resolved.void and not resolved.is_member(y.device_id)
-    assert p.part(owner).dropped["unanswered"] == 1
+    assert not any(resolved.is_member(y.device_id) for y in ys)
+    assert part.dropped["unanswered"] == len(ys)
     assert p.wire.sent["invite_answer"] == 0  # nothing granted, so nothing told
-    # no other change comes: the heads a member sends every HEADS_INTERVAL bring the retry
-    p.part(owner).store = Store()  # type: ignore[assignment]
+    assert part.figures()["to_answer"] == len(ys)
     heads = LogHeads(the_log.genesis_hash, p.log(co_owner).heads())
-    await p.part(owner).on_frame(co_owner.device_id, heads)
-    assert p.log(owner).resolved.role_of(y.device_id) == "member"
-    assert p.wire.sent["invite_answer"] == 1
-    assert p.part(owner).figures()["to_answer"] == 0
+
+    async def store_calls_of_heads() -> int:
+        """The store calls one heads frame from Q makes."""
+        before = failing.calls
+        await part.on_frame(co_owner.device_id, heads)
+        return failing.calls - before
+
+    assert await store_calls_of_heads() == 0  # the store failed just now
+    mock_clock.jump(REANSWER_BACKOFF)
+    assert await store_calls_of_heads() == 1  # one kept invite tried, and it failed again
+    assert await store_calls_of_heads() == 0  # so none until the backoff has passed
+    assert part.figures()["to_answer"] == len(ys)
+    # the store saves again: the heads a member sends every HEADS_INTERVAL bring the retries
+    part.store = Store()  # type: ignore[assignment]
+    mock_clock.jump(REANSWER_BACKOFF)
+    for answered in range(1, len(ys) + 1):
+        await part.on_frame(co_owner.device_id, heads)
+        assert p.wire.sent["invite_answer"] == answered
+    assert all(p.log(owner).resolved.role_of(y.device_id) == "member" for y in ys)
+    assert part.figures()["to_answer"] == 0
 
 
 @pytest.mark.parametrize(
