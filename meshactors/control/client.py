@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import math
 import select
 from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar
@@ -314,12 +313,13 @@ class ClientActor(Actor):
         STREAM_INBOX frames behind (so a stalled peer stops this read). Returns (closing the
         connection; core tells the peer) when the program hangs up, noticed within HANGUP_CHECK
         even while core is behind: then all it sent is read at once, and without its end or an
-        error frame among it the rest is dropped. After an error frame (its own, bad framing,
-        or data after its end frame, which only an error frame may follow) it waits for the
-        writer to end the connection."""
+        error frame among it the rest is dropped; with one, core has the stream's timeout from
+        the close to take it in, else the connection closes without the rest (core cancels the
+        stream). After an error frame (its own, bad framing, or data after its end frame, which
+        only an error frame may follow) it waits for the writer to end the connection."""
         parser = FrameParser()
         ended = False
-        watching = True  # for the hang-up, until it is seen
+        gone_by: float | None = None  # once the program hung up: when core must have it all
         async with pipe.from_socket:
             while True:
                 items = collections.deque(parser.feed(data))
@@ -330,8 +330,12 @@ class ClientActor(Actor):
                             "protocol",
                             "data after the end frame: only an error frame may follow it",
                         )
-                    if not await self._to_core(pipe, item, watching):
-                        watching = False  # the program left: all it sent can be read now
+                    if not await self._to_core(pipe, item, gone_by):
+                        if gone_by is not None:
+                            message = "binary stream cut off: its end was not taken in time"
+                            log.info(message, client=self.client_id)
+                            return
+                        gone_by = trio.current_time() + pipe.timeout
                         items.extend(parser.feed(await _read_to_end(self.stream)))
                         if not ended and not any(isinstance(it, End | Reset) for it in items):
                             return  # it left before its end: core resets the stream at once
@@ -344,14 +348,15 @@ class ClientActor(Actor):
                 if not data:
                     return
 
-    async def _to_core(self, pipe: Pipe, item: Item, watching: bool) -> bool:
-        """Hand `item` to core, waiting while it is behind; False (not handed) when, `watching`,
-        the program closed its connection meanwhile."""
+    async def _to_core(self, pipe: Pipe, item: Item, gone_by: float | None) -> bool:
+        """Hand `item` to core, waiting while it is behind; False (not handed) when the program
+        closed its connection meanwhile, or, once it did (`gone_by` set), at `gone_by`."""
         while True:
-            with trio.move_on_after(HANGUP_CHECK if watching else math.inf):
+            watch = trio.current_time() + HANGUP_CHECK
+            with trio.move_on_at(watch if gone_by is None else gone_by):
                 await pipe.from_socket.send(item)
                 return True
-            if _hung_up(self.stream):
+            if gone_by is not None or _hung_up(self.stream):
                 return False
 
     async def _write_pipe(self, pipe: Pipe) -> None:

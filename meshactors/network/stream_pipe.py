@@ -28,6 +28,7 @@ class Pipe:
     network: str
     peer: str
     method: str
+    timeout: float  # seconds what the program sent may take to reach core once it hung up
     to_socket: trio.MemoryReceiveChannel[Item]
     from_socket: trio.MemorySendChannel[Item]
     consumed: trio.MemorySendChannel[int]
@@ -55,7 +56,7 @@ class PipeCore:
 
 
 def open_pipe(
-    stream_id: str, network: str, peer: str, method: str, to_socket_capacity: int
+    stream_id: str, network: str, peer: str, method: str, timeout: float, to_socket_capacity: int
 ) -> tuple[Pipe, PipeCore]:
     """The two sides of a new stream's channels."""
     to_send, to_receive = trio.open_memory_channel[Item](to_socket_capacity)
@@ -63,6 +64,14 @@ def open_pipe(
     consumed_send, consumed_receive = trio.open_memory_channel[int](to_socket_capacity)
     resetting_send, resetting_receive = trio.open_memory_channel[None](0)
     pipe = Pipe(
-        stream_id, network, peer, method, to_receive, from_send, consumed_send, resetting_receive
+        stream_id,
+        network,
+        peer,
+        method,
+        timeout,
+        to_receive,
+        from_send,
+        consumed_send,
+        resetting_receive,
     )
     return pipe, PipeCore(to_send, from_receive, consumed_receive, resetting_send)

@@ -178,7 +178,12 @@ class Streams:
 
     def _attach(self, state: StreamState) -> Pipe:
         pipe, core = open_pipe(
-            state.local_id, self.network, state.peer, state.method, TO_SOCKET_CAPACITY
+            state.local_id,
+            self.network,
+            state.peer,
+            state.method,
+            state.timeout,
+            TO_SOCKET_CAPACITY,
         )
         state.core = core
         return pipe

@@ -15,9 +15,9 @@ import trio
 import trio.testing
 
 from meshactors.client import BinaryStream, ClientError, MeshClient, StreamError
-from meshactors.control.client import RESET_WRITE_TIMEOUT
+from meshactors.control.client import HANGUP_CHECK, RESET_WRITE_TIMEOUT
 from meshactors.network.stream_frames import STREAM_WINDOW_BYTES
-from meshactors.network.stream_pipe import STREAM_FRAME_COST
+from meshactors.network.stream_pipe import STREAM_FRAME_COST, STREAM_INBOX, frame_cost
 from meshactors.network.streams import STREAM_CHUNK_BYTES
 from meshactors.paths import resolve_paths
 from meshactors.wire.pipe_frames import MAX_STREAM_FRAME_BYTES, encode
@@ -653,3 +653,55 @@ async def test_a_reset_stream_whose_program_stopped_reading_is_cut_off(
     with trio.fail_after(WAIT):
         await done.wait()
     assert outcome and outcome[0] in {"remote_error", "connection_lost"}  # cut off: no end
+
+
+async def test_an_opener_gone_after_its_end_while_stalled_lets_go_at_its_timeout(
+    pair: Pair, real_time_clock: trio.testing.MockClock
+) -> None:
+    """The opener sends past the window and its daemon's read-ahead to a server that never
+    reads, then its end, and closes: its daemon still waits for credit with the end unread by
+    core. Once the stream's timeout from the close passed, its connection is gone and the
+    stream leaves both tables (the server then reads `cancelled`)."""
+    opener, server, a, b = pair
+    release = trio.Event()
+    outcome: list[str] = []
+    done = trio.Event()
+    piece = pattern(64 * 1024)
+
+    async def never_reads(stream: BinaryStream) -> None:
+        await release.wait()
+        try:
+            await read_all(stream)
+        except StreamError as error:
+            outcome.append(error.code)
+        finally:
+            done.set()
+
+    async def stalled() -> bool:
+        return bool((await figures(a))["streams"][0]["send_credit"] < frame_cost(piece))
+
+    async def both_forgot() -> bool:
+        return (await figures(a))["open"] == 0 == (await figures(b))["open"]
+
+    await server.serve_stream(NET, "never_reads", never_reads)
+    timeout = 5.0
+    with trio.fail_after(WAIT):
+        stream = await opener.open_stream(
+            NET, b.device_id, "never_reads", timeout_ms=int(timeout * 1000)
+        )
+        while not await stalled():
+            await stream.send_all(piece)
+            await trio.testing.wait_all_tasks_blocked()
+        for _ in range(STREAM_INBOX + 2):  # core holds one, the reader waits with one more
+            await stream.send_all(piece)
+        await stream.send_eof()
+    await stream.aclose()
+    for step in (HANGUP_CHECK, timeout):  # the close is noticed, then the timeout from it passes
+        await trio.testing.wait_all_tasks_blocked()
+        real_time_clock.jump(step)
+    await until(both_forgot)
+    assert "binary-stream" not in protocols(await a.call("inspect"))
+    release.set()
+    with trio.fail_after(WAIT):
+        await done.wait()
+    assert outcome == ["cancelled"]
