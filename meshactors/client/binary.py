@@ -113,8 +113,8 @@ class BinaryStream(trio.abc.HalfCloseableStream):
         """Wait until the daemon closes the connection, which it does once both ends ended
         (send_eof first), discarding data the other end still sends; StreamError if the stream
         failed after all (e.g. the other program reset it after its end). The connection
-        closed before both ends ended with no error frame (its daemon died; or, called before
-        our end, a watch for the stream's reset) is StreamBroken."""
+        closed before both ends ended with no error frame (e.g. its daemon died) is
+        StreamBroken."""
         while self._failed is None:
             with self._broken():
                 data = await self.socket.receive_some(RECEIVE_BYTES)
