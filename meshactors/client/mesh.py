@@ -471,7 +471,7 @@ class MeshClient(Ops):
                 if len(group.exceptions) != 1:
                     raise
                 alone = group.exceptions[0]
-                raise alone from alone.__cause__
+                raise alone  # noqa: B904  (its own cause stays; the group shows as context)
 
     async def _follow_state(self, shared: SharedState, events: EventStream) -> None:
         """Apply the network's changes; list the map again when some may have been missed."""
