@@ -1009,15 +1009,15 @@ class Peers:
             self._active.add(peer.device_id)
         else:
             self._active.discard(peer.device_id)
-        if not self._tell_status(peer):
+        if self._tell_status(peer):
             self._drop(peer, "status_untold")
         for listener in self.status_listeners:
             listener(peer.device_id, status)
 
     def _tell_status(self, peer: PeerState) -> bool:
         """Publish a peer's status event if its pace allows (silent devices share one pace);
-        else hand it to the retell loop, which tells the status the peer has by then. False
-        when nothing was told (nothing new to followers, or held back)."""
+        else hand it to the retell loop, which tells the status the peer has by then. True
+        when it was held back (counted untold; a status already told is not)."""
         if peer.status is peer.told:
             self._untold.pop(peer.device_id, None)
             return False
@@ -1026,11 +1026,11 @@ class Peers:
         if (wait := pace.delay(now)) > TOKEN_ROUNDING:
             if peer.device_id not in self._untold:
                 self._hold(peer.device_id, now + wait)
-            return False
+            return True
         pace.spend(now)
         self._untold.pop(peer.device_id, None)
         self._publish_status(peer)
-        return True
+        return False
 
     def _hold(self, device_id: str, due: float) -> None:
         """Have the retell loop tell a peer's status at trio time `due`."""
