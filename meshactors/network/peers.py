@@ -137,6 +137,15 @@ class Phase(enum.StrEnum):
     STOPPED = "stopped"  # the network is not running
 
 
+@attrs.frozen
+class Held:
+    """A status event held back: the trio time it may be told, and its place among those held
+    (kept while it waits, so the retell loop can tell the one held longest first)."""
+
+    due: float
+    place: int
+
+
 @attrs.define(eq=False)
 class PeerState:
     """What we know of one peer in this network."""
@@ -217,8 +226,9 @@ class Peers:
     # the pace of status events about silent devices, all of them together
     _silent_events: TokenBucket = attrs.field(factory=lambda: _status_pace(SILENT_EVENT_BURST))
     # device ids of the peers whose latest status is not told yet (their pace held it back),
-    # each with the trio time it may be: the retell loop tells it then
-    _untold: dict[str, float] = attrs.field(factory=dict)
+    # each with the trio time it may be and its place: the retell loop tells it then
+    _untold: dict[str, Held] = attrs.field(factory=dict)
+    _holds: int = 0  # status events held back so far: the next one's place
     _retell_at: DeadlineHeap = attrs.field(factory=DeadlineHeap)  # the same, by time
     _retell: trio.CancelScope | None = None  # the retell loop's wait, woken by an earlier time
     # auto-approvals and the roles peers announced, not saved yet (saved in batches)
@@ -555,10 +565,14 @@ class Peers:
         while True:
             with trio.CancelScope(deadline=self._retell_at.next_deadline()) as self._retell:
                 await trio.sleep_forever()
-            for device_id in self._retell_at.due(trio.current_time()):
-                peer = self._peers.get(device_id)
-                if peer is not None and self._untold.pop(device_id, None) is not None:
-                    self._tell_status(peer)
+            now = trio.current_time() + TOKEN_ROUNDING  # those due within a rounding: together
+            due = {
+                device_id: held
+                for device_id in self._retell_at.due(now)
+                if (held := self._untold.get(device_id)) is not None and held.due <= now
+            }
+            for device_id in sorted(due, key=lambda device_id: due[device_id].place):
+                self._tell_status(self._peers[device_id])
 
     async def _probe(self, device_id: str) -> None:
         """One rtt probe, if the peer is still handshaken when its turn comes."""
@@ -1018,26 +1032,32 @@ class Peers:
         """Publish a peer's status event if its pace allows (silent devices share one pace);
         else hand it to the retell loop, which tells the status the peer has by then. True
         when it was held back (counted untold; a status already told is not)."""
+        held = self._untold.pop(peer.device_id, None)
         if peer.status is peer.told:
-            self._untold.pop(peer.device_id, None)
             return False
         pace = self._silent_events if peer.device_id in self._silent else peer.status_events
         now = trio.current_time()
         if (wait := pace.delay(now)) > TOKEN_ROUNDING:
-            if peer.device_id not in self._untold:
-                self._hold(peer.device_id, now + wait)
+            self._hold(peer.device_id, now + wait, held)
             return True
         pace.spend(now)
-        self._untold.pop(peer.device_id, None)
         self._publish_status(peer)
         return False
 
-    def _hold(self, device_id: str, due: float) -> None:
-        """Have the retell loop tell a peer's status at trio time `due`."""
+    def _hold(self, device_id: str, due: float, held: Held | None) -> None:
+        """Have the retell loop tell a peer's status at trio time `due`, keeping the place it
+        holds if its event waits already (one still waiting keeps its time too): of those due
+        together, the one held longest is told first, so a shared pace reaches each in turn."""
         untold = self._untold
-        untold[device_id] = due
-        held = functools.partial(_by_time, untold)
-        self._retell_at.add(due, device_id, len(untold), held)
+        if held is None:
+            held = Held(due, self._holds)
+            self._holds += 1
+        elif due <= held.due + TOKEN_ROUNDING:  # still waiting its time: in the heap already
+            untold[device_id] = held
+            return
+        untold[device_id] = attrs.evolve(held, due=due)
+        live = functools.partial(_by_time, untold)
+        self._retell_at.add(due, device_id, len(untold), live)
         if self._retell is not None and due < self._retell.deadline:
             self._retell.deadline = due
 
@@ -1106,9 +1126,9 @@ class Peers:
         return self.closed and self._local_approval(peer.device_id) != "approved"
 
 
-def _by_time(untold: dict[str, float]) -> list[tuple[float, str]]:
+def _by_time(untold: dict[str, Held]) -> list[tuple[float, str]]:
     """The (time, device id) of the peers whose status event waits."""
-    return [(due, device_id) for device_id, due in untold.items()]
+    return [(held.due, device_id) for device_id, held in untold.items()]
 
 
 def _status_pace(burst: int) -> TokenBucket:

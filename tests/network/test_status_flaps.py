@@ -164,3 +164,27 @@ async def test_a_change_undone_within_its_hold_counts_once(
     await trio.sleep(2 * STATUS_EVENT_INTERVAL)
     assert recorder.of(peer.device_id)[-1] == "peer_pending"
     assert len(recorder.of(peer.device_id)) == 1 + STATUS_EVENT_BURST
+
+
+def silent_ids(count: int) -> list[str]:
+    """Made-up device ids, lowest first."""
+    keys = (SigningKey.generate().verify_key for _ in range(count))
+    return sorted(device_id_from_public_key(bytes(key)) for key in keys)
+
+
+async def test_silent_devices_held_back_are_told_first_held_first(
+    paced: tuple[Peers, StatusRecorder], autojump_clock: trio.testing.MockClock
+) -> None:
+    peers, recorder = paced
+    *later, first = silent_ids(SILENT_EVENT_BURST + 21)
+    for device_id in later[:SILENT_EVENT_BURST]:  # the pace spent
+        await peers.on_link_event(PresenceJoin(device_id, "daemon"))
+    held = [first, *later[SILENT_EVENT_BURST:]]  # the highest id held first, then lower ones
+    for device_id in held:
+        await peers.on_link_event(PresenceJoin(device_id, "daemon"))
+    assert len(recorder.events) == SILENT_EVENT_BURST
+    with trio.fail_after((len(held) + 1) * STATUS_EVENT_INTERVAL):
+        while len(recorder.events) < SILENT_EVENT_BURST + len(held):
+            await recorder.changed.wait()
+    retold = [device for _, device in recorder.events[SILENT_EVENT_BURST:]]
+    assert retold == held  # each in its turn: none passed over for a lower id
