@@ -66,6 +66,17 @@ RECONNECT_MAX_S: Final = 8.0  # ...up to this, each drawn down by up to half (ji
 PUBLISH_MAX_BYTES: Final = 1 << 20  # envelopes joined into one publish (a larger one goes alone)
 _ADDRESS: Final = re.compile(r"(\[[^][]+\]|[^][:]+)(:[0-9]*)?")  # HOST[:PORT], IPv6 in [ ]
 _DATABASE_PATH: Final = re.compile(r"(/[0-9]*)?")  # a URL's path: none, or a database number
+# the query parameters a cluster URL may carry: credentials and TLS, as coredis reads them; the
+# others it reads (stream_timeout, noreply…) would replace what the link sets
+CLUSTER_URL_PARAMETERS: Final = (
+    "username",
+    "password",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_ca_certs",
+    "ssl_cert_reqs",
+    "ssl_check_hostname",
+)
 
 _log: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -594,12 +605,19 @@ def check_cluster_url(url: str) -> None:
         raise ValueError(bad_address)  # urllib reads [::1]x:5 as [::1]:5, and :0 as port 0
     if not _DATABASE_PATH.fullmatch(parts.path):
         raise ValueError("a URL whose path is empty or a database number (/0)")
-    if "db" in urllib.parse.parse_qs(parts.query):
+    parameters = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+    if "db" in parameters:
         raise ValueError("a URL with its database in the path (/N), not in ?db=")
+    if other := [name for name in parameters if name not in CLUSTER_URL_PARAMETERS]:
+        allowed = ", ".join(CLUSTER_URL_PARAMETERS)
+        raise ValueError(f"a URL whose query parameters are among {allowed}, not {other[0]!r}")
     try:
-        redis_client(url)
-    except ValueError:  # a query parameter coredis reads as a number, e.g. ?timeout=x
-        raise ValueError("a URL whose query parameters coredis can read") from None
+        redis_client(url)  # a rediss:// URL's TLS context is made here
+    except (KeyError, OSError):  # ?ssl_cert_reqs=bogus, an ssl_* file missing or no PEM
+        raise ValueError(
+            "a URL whose TLS parameters coredis can use: ssl_cert_reqs none, optional or"
+            " required, and ssl_* files that hold PEM"
+        ) from None
 
 
 def _refuse(command: Control) -> None:
