@@ -295,7 +295,8 @@ class ClusterLink:
                 await redis.publish(inbox_channel(self.broker_id), b"")
             if not renewed:  # we were taken for dead and reaped: register everything again
                 _log.warning("cluster_presence_lost", broker_id=self.broker_id)
-                await self._beat(redis, "set")
+                with _step("re-register"):
+                    await self._beat(redis, "set")
                 await self.events.send(StateChanged("connected"))
 
     async def _reaper(self, redis: "coredis.Redis[bytes]") -> None:

@@ -4,6 +4,7 @@ limit and a device on two brokers, across brokers; health; a Redis outage."""
 import contextlib
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,9 @@ import pytest
 import structlog
 import trio
 from nacl.signing import SigningKey
+from structlog.typing import EventDict
 
+from meshactors.broker.cluster_wire import alive_key
 from meshactors.broker.limits import BrokerConfig
 from meshactors.broker.server import Broker
 from meshactors.cli.common import EXIT_USAGE
@@ -274,6 +277,32 @@ async def test_an_outage_from_a_redis_that_stopped_answering_names_the_step(
     assert re.fullmatch(r"TooSlowError: [a-z ]+: no answer from Redis within .*", first), first
 
 
+async def test_a_re_registration_that_redis_never_answers_names_its_step(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    """A broker that finds its presence lost registers again; a Redis that holds writes from
+    that moment on (CLIENT PAUSE WRITE, sent as the loss is logged) ends the session on the
+    step's own deadline, named, rather than on coredis's bare stream timeout."""
+
+    def pause_writes_on_loss(_: object, __: str, event: EventDict) -> EventDict:
+        if event["event"] == "cluster_presence_lost":  # in the link's task: before it registers
+            with socket.create_connection(("127.0.0.1", redis.port), timeout=WAIT_S) as paused:
+                paused.sendall(_resp(b"CLIENT", b"PAUSE", b"%d" % REDIS_PAUSE_MS, b"WRITE"))
+                assert paused.recv(16) == b"+OK\r\n"
+        return event
+
+    with structlog.testing.capture_logs(processors=[pause_writes_on_loss]) as logs:
+        broker, _ = await start(nursery, redis, cluster_heartbeat=0.25)
+        connected = next(entry for entry in logs if entry["event"] == "cluster_connected")
+        try:
+            await _redis_command(redis, b"DEL", alive_key(connected["broker_id"]).encode())
+            await state_is(broker, "degraded")
+        finally:
+            await _redis_command(redis, b"CLIENT", b"UNPAUSE")
+    first = next(entry["error"] for entry in logs if entry["event"] == "cluster_degraded")
+    assert re.fullmatch(r"TooSlowError: re-register: .*", first), first
+
+
 CLEAN_STOPS = 5  # stops of a connected broker; about half of them logged an outage
 
 
@@ -358,13 +387,16 @@ async def test_a_flood_across_brokers_waits_for_the_link_instead_of_dropping(
     assert a.figures()["frames_dropped"] == 0
 
 
+def _resp(*words: bytes) -> bytes:
+    """A Redis command as it goes on the wire."""
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+
+
 async def _redis_command(redis: RedisServer, *words: bytes) -> bytes:
     """One command to the test's Redis on a connection of its own; its raw answer."""
     stream = await trio.open_tcp_stream("127.0.0.1", redis.port)
     async with stream:
-        await stream.send_all(
-            b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
-        )
+        await stream.send_all(_resp(*words))
         with trio.fail_after(WAIT_S):
             return bytes(await stream.receive_some())
 
