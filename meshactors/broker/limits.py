@@ -45,11 +45,17 @@ MAX_PERIOD_S: Final = 86_400.0
 CLUSTER_FORWARD_QUEUE: Final = 8192  # envelopes for other brokers waiting; full: senders wait
 
 
-def _at_least_max_message(
+def _fits_the_outbound_queue(
     instance: "BrokerConfig", attribute: "attrs.Attribute[int]", value: int
 ) -> None:
-    if value < instance.max_message_bytes:
-        raise ValueError(f"{attribute.name} ({value}) must hold one max_message_bytes message")
+    """A message must fit a receiver's outbound queue; said of the message size, which
+    `broker --max-message-bytes` sets (the queue has no flag)."""
+    queue = instance.outbound_queue_bytes
+    if value > queue:
+        raise ValueError(
+            f"{attribute.name} must be at most {queue} (the outbound queue holds one message),"
+            f" not {value}"
+        )
 
 
 def _at_least_pong_timeout(
@@ -73,7 +79,9 @@ def _two_heartbeats(
 class BrokerConfig:
     """Every tunable limit of one broker; defaults are the module constants."""
 
-    max_message_bytes: int = attrs.field(default=MAX_BROKER_MESSAGE_BYTES, validator=v.gt(0))
+    max_message_bytes: int = attrs.field(
+        default=MAX_BROKER_MESSAGE_BYTES, validator=[v.gt(0), _fits_the_outbound_queue]
+    )
     message_rate: float = attrs.field(default=MESSAGE_RATE_PER_S, validator=v.gt(0))
     message_burst: int = attrs.field(default=MESSAGE_BURST, validator=v.ge(1))
     max_peers: int = attrs.field(default=MAX_PEERS_PER_NETWORK, validator=v.ge(1))
@@ -86,9 +94,7 @@ class BrokerConfig:
     admission_timeout: float = attrs.field(default=ADMISSION_TIMEOUT_S, validator=v.gt(0))
     close_timeout: float = attrs.field(default=CLOSE_TIMEOUT_S, validator=v.gt(0))
     outbound_queue_messages: int = attrs.field(default=OUTBOUND_QUEUE_MESSAGES, validator=v.ge(1))
-    outbound_queue_bytes: int = attrs.field(
-        default=OUTBOUND_QUEUE_BYTES, validator=_at_least_max_message
-    )
+    outbound_queue_bytes: int = OUTBOUND_QUEUE_BYTES  # at least max_message_bytes (checked there)
     cluster_heartbeat: float = attrs.field(default=CLUSTER_HEARTBEAT_S, validator=v.gt(0))
     cluster_ttl: float = attrs.field(default=CLUSTER_TTL_S, validator=_two_heartbeats)
     cluster_forward_queue: int = attrs.field(default=CLUSTER_FORWARD_QUEUE, validator=v.ge(1))

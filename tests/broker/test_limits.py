@@ -30,7 +30,7 @@ def test_config_refuses_nonsense_limits() -> None:
         BrokerConfig(max_peers=0)
     with pytest.raises(ValueError):
         BrokerConfig(ping_interval=0)
-    with pytest.raises(ValueError, match="outbound_queue_bytes"):
+    with pytest.raises(ValueError, match=r"max_message_bytes must be at most 1024 \(the outbound"):
         BrokerConfig(max_message_bytes=2048, outbound_queue_bytes=1024)
     with pytest.raises(ValueError, match="pong_ceiling"):
         BrokerConfig(pong_timeout=30, pong_ceiling=20)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
+import attrs
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
+from meshactors.broker.limits import OUTBOUND_QUEUE_BYTES, BrokerConfig
 from meshactors.broker.server import Broker
 from meshactors.cli import broker_cmd, build_parser, leaf_parsers, main, parse
 from meshactors.cli.common import EXIT_USAGE
@@ -102,6 +108,60 @@ def test_an_admission_timeout_past_the_daemons_welcome_timeout_is_refused(
         return
     assert (exited.value.code, served_brokers) == (EXIT_USAGE, [])
     assert "--admission-timeout" in capsys.readouterr().err
+
+
+def test_a_message_size_past_the_outbound_queue_is_refused_in_flag_terms(
+    served_brokers: list[Broker], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["broker", "--max-message-bytes", str(OUTBOUND_QUEUE_BYTES + 1)])
+    assert (exited.value.code, served_brokers) == (EXIT_USAGE, [])
+    err = capsys.readouterr().err
+    queue = f"at most {OUTBOUND_QUEUE_BYTES} (the outbound queue holds one message)"
+    assert f"--max-message-bytes must be {queue}, not {OUTBOUND_QUEUE_BYTES + 1}" in err
+
+
+# each broker limit flag with values on both sides of what BrokerConfig takes
+BROKER_LIMIT_VALUES = {
+    "--max-peers": st.integers(-1, 300),
+    "--max-message-bytes": st.integers(-1, 2 * OUTBOUND_QUEUE_BYTES),
+    "--handshake-timeout": st.floats(0.5, 20),
+    "--cluster-heartbeat": st.floats(0.5, 20),
+    "--cluster-ttl": st.floats(0.5, 20),
+    "--admission-timeout": st.floats(0.5, 20),
+}
+
+
+@settings(max_examples=100, deadline=None)
+@given(limits=st.fixed_dictionaries({}, optional=BROKER_LIMIT_VALUES))
+@example(limits={"--max-message-bytes": OUTBOUND_QUEUE_BYTES + 1})
+@example(limits={"--max-message-bytes": 0, "--max-peers": 0})
+@example(limits={"--cluster-ttl": 1.0})
+def test_a_refused_broker_limit_is_told_in_flags_not_in_config_fields(
+    limits: dict[str, float],
+) -> None:
+    """Flags are all a `broker` user knows: an error names no BrokerConfig field."""
+    served: list[Broker] = []
+
+    async def record(broker: Broker, host: str, port: int) -> None:
+        served.append(broker)
+
+    argv = ["broker", "--listen", "127.0.0.1:0", "--cluster", "redis://h/0"]
+    for flag, value in limits.items():
+        argv += [flag, str(value)]
+    stderr = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(stderr):
+        patch.setattr(broker_cmd, "_serve_until_signal", record)
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+    if exited.value.code == 0:
+        config = attrs.asdict(served[0].config)
+        taken = {f"--{key.replace('_', '-')}": config[key] for key in broker_cmd.LIMIT_FLAGS}
+        assert taken.items() >= limits.items()
+        return
+    assert (exited.value.code, served) == (EXIT_USAGE, []), stderr.getvalue()
+    named = [field.name for field in attrs.fields(BrokerConfig) if field.name in stderr.getvalue()]
+    assert named == [], stderr.getvalue()
 
 
 def test_the_broker_listens_by_default_where_its_unit_and_the_docs_say(
