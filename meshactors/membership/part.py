@@ -163,6 +163,17 @@ class Membership:
             else "denied"
         )
 
+    def approved(self) -> list[str]:
+        """The devices `approval` says `approved` for: the members now, us aside, while we are
+        one (`*` names them all in a closed network, offline ones too)."""
+        assert self.log is not None
+        resolved = self.log.resolved
+        if not resolved.is_member(self.me):
+            return []
+        return [
+            device for device in resolved.rows if device != self.me and resolved.is_member(device)
+        ]
+
     def state_writers(self, others: Callable[[str, str], bool]) -> Callable[[str, str], bool]:
         """The replicated state map's writer check `(sender, author) -> bool` for this network:
         `others` (the open network's check) and, in a closed network, a member as author too.

@@ -148,6 +148,11 @@ class Network(Supervisor):
         core: OpError unavailable or timeout when core does not answer."""
         return await self.ask("list the evicted", self.membership.undeliverable)
 
+    async def recipients(self, tag: str | None) -> list[str]:
+        """Whom a durable send to `*` (`tag` None) or `@tag` names (`Peers.recipients`), asked
+        of core: OpError unavailable or timeout when core does not answer."""
+        return await self.ask("resolve recipients", functools.partial(self.peers.recipients, tag))
+
     def tell(self, fn: Callable[[], None]) -> bool:
         """Have core run `fn` without waiting for it; False when core's inbox is full."""
         return self.core.tell(fn)

@@ -192,6 +192,9 @@ class Gate(Protocol):
     def summary(self) -> dict[str, Any]:
         """What networks_list shows of the membership."""
 
+    def approved(self) -> list[str]:
+        """The devices `approval` says `approved` for, offline ones too, us aside."""
+
     def undeliverable(self) -> frozenset[str] | None:
         """The devices evicted from the network, or None once this device is evicted."""
 
@@ -394,6 +397,21 @@ class Peers:
     def active_peers(self) -> list[str]:
         """Device ids of the peers application traffic may go to now."""
         return [p.device_id for p in self._peers.values() if p.status is PeerStatus.ACTIVE]
+
+    def recipients(self, tag: str | None) -> list[str]:
+        """Whom a durable send to `*` (`tag` None) or `@tag` names, by device id: the approved
+        peers now known, with `@tag` those whose last advert carries the tag. In a closed
+        network `*` is every member too (an offline one has no place in the table, unlike a
+        roster entry); an offline member's tags are unknown, so `@tag` leaves it out."""
+        named = {
+            device_id
+            for device_id, peer in self._peers.items()
+            if self._local_approval(device_id) == "approved"
+            and (tag is None or (peer.capabilities is not None and tag in peer.capabilities.tags))
+        }
+        if tag is None and self.gate is not None and self.gate.closed:
+            named.update(self.gate.approved())
+        return sorted(named)
 
     def list_peers(self, *, include_all: bool) -> list[dict[str, Any]]:
         """peers_list: visible peers (all of them with `include_all`), by device id."""

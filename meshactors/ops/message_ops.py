@@ -151,22 +151,14 @@ async def resolve_recipients(
     """(destination_kind, destination_ref, recipient device ids) for a `to`.
 
     A device id is taken as is (it may be offline, or approved later); `*` and `@tag` are the
-    approved peers now known (with `@tag`, those whose last advert carries the tag).
+    approved peers now known (`Network.recipients`: in a closed network `*` is every member).
     """
     if to == ALL_PEERS or to.startswith(TAG_PREFIX):
         tag = to.removeprefix(TAG_PREFIX) if to != ALL_PEERS else None
         if tag == "":
             raise OpError(ErrorCode.INVALID_PARAMS, "`to` '@' needs a tag after it")
         # A core that does not answer is an OpError: this send's own answer, not the whole run's.
-        peers = await network.ask(
-            "list peers", functools.partial(network.peers.list_peers, include_all=True)
-        )
-        recipients = [
-            peer["device_id"]
-            for peer in peers
-            if peer["approval"] == "approved"
-            and (tag is None or tag in (peer["capabilities"] or {}).get("tags", []))
-        ]
+        recipients = await network.recipients(tag)
         return ("all", ALL_PEERS, recipients) if tag is None else ("tag", tag, recipients)
     if not is_device_id(to):
         raise OpError(
