@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from meshactors.cli.common import (
@@ -62,6 +63,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         )
     network_option(listing, "only this network")
     limit_option(listing, "rows")
+    listing.add_argument("--cursor", default=None, help="next_cursor of the previous page")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=run_outbox_list)
     requeue = outbox.add_parser("requeue", help="send a dead row again")
@@ -109,15 +111,8 @@ def run_inbox(args: argparse.Namespace) -> int:
         sender = resolve_device_anywhere(args, args.sender, unjoined=args.network)
     else:
         sender = resolve_device(args, args.sender)
-    answer = _call_given(
-        args,
-        "inbox",
-        network=args.network,
-        since=args.since,
-        limit=args.limit,
-        cursor=args.cursor,
-        **{"from": sender},
-    )
+    filters = {"network": args.network, "since": args.since, "from": sender}
+    answer = _call_given(args, "inbox", limit=args.limit, cursor=args.cursor, **filters)
     _check_scope(args, answer["messages"], "inbox", "messages")
     if args.json:
         print_json(answer)
@@ -125,7 +120,7 @@ def run_inbox(args: argparse.Namespace) -> int:
     for m in answer["messages"]:
         received = local_time(m["received_at"])
         print(f"{received}  {m['network']}  {m['from'][:SHORT_ID]}  {m['message']}")
-    if _has_next_page(args, answer, sender):
+    if _has_next_page(args, "inbox", "messages", answer, **filters):
         print(f"(next page: --cursor {answer['next_cursor']})")
     return 0
 
@@ -143,45 +138,46 @@ def _check_scope(args: argparse.Namespace, found: list[Any], op: str, key: str) 
     fail(message, EXIT_NOT_FOUND, "no_such_network")
 
 
-def _has_next_page(args: argparse.Namespace, page: dict[str, Any], sender: str | None) -> bool:
-    """Whether a message follows `page` (the daemon gives a cursor after every page)."""
-    if page["next_cursor"] is None or len(page["messages"]) < args.limit:
+def _has_next_page(
+    args: argparse.Namespace, op: str, key: str, page: dict[str, Any], **filters: Any
+) -> bool:
+    """Whether anything follows `page` of `op` (listed under `key`, asked with `filters`): a
+    full page's cursor may be the last one's (the inbox gives one after every page)."""
+    if page["next_cursor"] is None or len(page[key]) < args.limit:
         return False
-    after = _call_given(
-        args,
-        "inbox",
-        network=args.network,
-        since=args.since,
-        limit=1,
-        cursor=page["next_cursor"],
-        **{"from": sender},
-    )
-    return bool(after["messages"])
+    after = _call_given(args, op, limit=1, cursor=page["next_cursor"], **filters)
+    return bool(after[key])
 
 
 def run_outbox_list(args: argparse.Namespace) -> int:
-    rows = _call_given(
-        args, "outbox_list", status=args.status, network=args.network, limit=args.limit
-    )["rows"]
+    filters = {"status": args.status, "network": args.network}
+    answer = _call_given(args, "outbox_list", limit=args.limit, cursor=args.cursor, **filters)
+    rows = answer["rows"]
     _check_scope(args, rows, "outbox_list", "rows")
-    if args.json:
+    if args.json:  # the rows alone, as ever: the next page's hint goes to stderr
         print_json(rows)
-        return 0
-    if not rows:
-        print("outbox is empty")
-        return 0
-    for row in rows:
-        destination = row["destination"]
-        to = {"all": "*", "tag": "@" + destination["ref"]}.get(
-            destination["kind"], destination["ref"][:SHORT_ID]
-        )
-        done = sum(d["status"] == "done" for d in row["deliveries"])
-        error = f"  last_error={row['last_error']}" if row["last_error"] else ""
-        print(
-            f"{row['id']}  {row['status']:<8}  {row['network']}  to {to}"
-            f"  {done}/{len(row['deliveries'])} delivered{error}"
-        )
+    elif not rows:
+        print("outbox is empty" if args.cursor is None else "no older rows")
+    else:
+        print("\n".join(_row_line(row) for row in rows))
+    if _has_next_page(args, "outbox_list", "rows", answer, **filters):
+        hint = f"(next page: --cursor {answer['next_cursor']})"
+        print(hint, file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def _row_line(row: dict[str, Any]) -> str:
+    """One outbox row as `outbox list` prints it."""
+    destination = row["destination"]
+    to = {"all": "*", "tag": "@" + destination["ref"]}.get(
+        destination["kind"], destination["ref"][:SHORT_ID]
+    )
+    done = sum(d["status"] == "done" for d in row["deliveries"])
+    error = f"  last_error={row['last_error']}" if row["last_error"] else ""
+    return (
+        f"{row['id']}  {row['status']:<8}  {row['network']}  to {to}"
+        f"  {done}/{len(row['deliveries'])} delivered{error}"
+    )
 
 
 def run_outbox_requeue(args: argparse.Namespace) -> int:

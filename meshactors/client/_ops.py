@@ -374,11 +374,19 @@ class Ops(abc.ABC):
         )
 
     async def outbox_list(
-        self, *, limit: int = DEFAULT_PAGE, status: str | None = None, network: str | None = None
+        self,
+        *,
+        limit: int = DEFAULT_PAGE,
+        status: str | None = None,
+        network: str | None = None,
+        cursor: str | None = None,
     ) -> Data:
         """Queued durable messages, newest first, optionally only those in one status or one
-        network (without it: every network's, a left one's kept rows included)."""
-        return await self.call("outbox_list", params(status=status, network=network, limit=limit))
+        network (without it: every network's, a left one's kept rows included); pass a full
+        page's `next_cursor` as `cursor` for the older rows after it."""
+        return await self.call(
+            "outbox_list", params(status=status, network=network, limit=limit, cursor=cursor)
+        )
 
     async def outbox_requeue(self, id: str, new_client_message_id: str | None = None) -> Data:
         """Send a dead message again as a new row, superseding the old one; a row still being

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -34,6 +35,9 @@ ALL_PEERS = "*"  # `to`: every approved peer
 TAG_PREFIX = "@"  # `to`: approved peers advertising the tag after it
 MAX_CURSOR_CHARS = 20  # an inbox cursor is a decimal sequence number...
 MAX_CURSOR = 2**63 - 1  # ...that SQLite can compare
+# An outbox cursor is the last row's created_at (ms, up to MAX_CURSOR) and id (a ULID), so the
+# next page starts after it even once retention deleted that row.
+OUTBOX_CURSOR = re.compile(rf"([0-9]{{1,{MAX_CURSOR_CHARS}}})\.([0-9A-Z]{{26}})")
 
 _SEND_ERRORS = {  # store.outbox.SendError code → IPC error code
     "no_recipients": ErrorCode.NO_RECIPIENTS,
@@ -70,11 +74,12 @@ class InboxParams:
 
 @attrs.frozen
 class OutboxListParams:
-    """Params of `outbox_list`."""
+    """Params of `outbox_list`; `cursor` is the previous page's `next_cursor`."""
 
     status: str | None = None
     network: str | None = None
     limit: int = DEFAULT_PAGE
+    cursor: str | None = None
 
 
 @attrs.frozen
@@ -324,16 +329,38 @@ def row_view(row: OutboxRow) -> dict[str, Any]:
     }
 
 
+def _outbox_cursor(text: str | None) -> tuple[int, str] | None:
+    """The (created_at, id) an outbox cursor names; `invalid_params` for anything else."""
+    if text is None:
+        return None
+    found = OUTBOX_CURSOR.fullmatch(text)
+    if found is None or int(found[1]) > MAX_CURSOR:
+        raise OpError(
+            ErrorCode.INVALID_PARAMS,
+            f"not an outbox cursor (pass next_cursor of the previous page): {text[:40]!r}",
+        )
+    return int(found[1]), found[2]
+
+
 async def outbox_list(session: Session, params: OutboxListParams) -> dict[str, Any]:
-    """Sends, newest first, optionally of one status or network."""
+    """Sends, newest first, optionally of one status or network; a full page's `next_cursor`
+    (the last row's) passed back as `cursor` gives the rows older than it."""
     rows = await _store_call(
         session,
         functools.partial(
-            outbox_db.list_rows, status=params.status, network=params.network, limit=params.limit
+            outbox_db.list_rows,
+            status=params.status,
+            network=params.network,
+            limit=params.limit,
+            before=_outbox_cursor(params.cursor),
         ),
         "list outbox",
     )
-    return {"rows": [row_view(row) for row in rows]}
+    last = rows[-1] if len(rows) == params.limit else None
+    return {
+        "rows": [row_view(row) for row in rows],
+        "next_cursor": None if last is None else f"{last.created_at}.{last.id}",
+    }
 
 
 async def _evicted_from(session: Session, row: OutboxRow | None) -> frozenset[str]:
@@ -393,7 +420,7 @@ OPS: list[Op[Any]] = [
         "outbox_list",
         OutboxListParams,
         outbox_list,
-        "queued sends {status?, network?, limit?}",
+        "queued sends {status?, network?, limit?, cursor?}",
         command="outbox list",
         http_get="/v1/outbox",
     ),

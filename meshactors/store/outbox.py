@@ -689,20 +689,36 @@ def recover_inflight(conn: sqlite3.Connection, now_ms: int) -> int:
 
 
 def list_rows(
-    conn: sqlite3.Connection, *, status: str | None, network: str | None, limit: int
+    conn: sqlite3.Connection,
+    *,
+    status: str | None,
+    network: str | None,
+    limit: int,
+    before: tuple[int, str] | None = None,
 ) -> list[OutboxRow]:
-    """Sends for the operator, newest first, optionally of one status and/or network; walks
-    index outbox_by_status (one status) or outbox_recent (all) from the newest end."""
+    """Sends for the operator, newest first, optionally of one status and/or network, and
+    after (older than) the row whose (created_at, id) is `before`; walks index
+    outbox_by_status (one status) or outbox_recent (all) from the newest end, or from
+    `before`, which need not exist any more (retention may have deleted it)."""
     if status is not None:
         _check_choice("status", status, ROW_STATUSES)
     index, where = (
         ("outbox_recent", "1") if status is None else ("outbox_by_status", "status = :status")
     )
+    if before is not None:  # the walk starts at `before`, not at the newest end
+        where += " AND (created_at, id) < (:created_at, :id)"
+    at, row_id = before or (None, None)
     rows = conn.execute(
         f"SELECT {_ROW_COLUMNS} FROM outbox INDEXED BY {index}"
         f" WHERE {where} AND (:network IS NULL OR network = :network)"
         " ORDER BY created_at DESC, id DESC LIMIT :limit",
-        {"status": status, "network": network, "limit": checked_limit(limit, MAX_PAGE)},
+        {
+            "status": status,
+            "network": network,
+            "created_at": at,
+            "id": row_id,
+            "limit": checked_limit(limit, MAX_PAGE),
+        },
     ).fetchall()
     return [_outbox_row(conn, row) for row in rows]
 

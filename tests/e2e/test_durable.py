@@ -65,7 +65,12 @@ def test_a_thousand_messages_arrive_once_through_a_sigkill_of_the_sender(
             assert sent["outcome"] == "accepted"
         again = client.call("send", network=NET, to=ids["b"], message="m0", client_message_id="m0")
         assert again["outcome"] == "accepted"  # still pending: the same row
-    assert len(a.cli("outbox", "list", "--pending", "--limit", "500").stdout.splitlines()) == 500
+    newest = a.cli("outbox", "list", "--pending", "--limit", "500").stdout.splitlines()
+    assert len(newest) == 501  # a full page of rows, then where the older ones start
+    cursor = newest.pop().removeprefix("(next page: --cursor ").removesuffix(")")
+    oldest = a.cli("outbox", "list", "--pending", "--limit", "500", "--cursor", cursor).stdout
+    ids_shown = [line.split()[0] for line in newest + oldest.splitlines()]
+    assert len(set(ids_shown)) == len(ids_shown) == MESSAGES  # every row once, no hint after
 
     b.cli("daemon", "up", "--detach")
     eventually(lambda: True if len(inbox_all(b)) >= KILL_AFTER else None, "b to start receiving")

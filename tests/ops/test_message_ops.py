@@ -11,13 +11,19 @@ from typing import Any
 import nacl.signing
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshactors.daemon.services import Services
 from meshactors.network.message_frames import MAX_MESSAGE_BYTES, MAX_META_BYTES, MAX_REF_CHARS, Msg
+from meshactors.ops.message_ops import OUTBOX_CURSOR, _outbox_cursor
 from meshactors.store import inbox as inbox_db
 from meshactors.store import outbox as outbox_db
 from meshactors.wire.device_id import device_id_from_public_key
+from meshactors.wire.ipc import MAX_PAGE, ErrorCode, OpError
 from meshactors.wire.peer import MAX_PEER_FRAME_BYTES, encode_frame
+from tests.store.test_outbox import T0
+from tests.store.test_outbox import request as outbox_request
 
 NET = "n"
 
@@ -132,6 +138,49 @@ async def test_outbox_list_filters_and_requeue_refuses_what_it_cannot(
     assert requeued["superseded"] == sent["id"]
     again = await client.call("outbox_requeue", outbox_id=sent["id"])
     assert again["error"]["code"] == "not_requeueable"
+
+
+async def test_outbox_list_pages_past_max_page_by_cursor(connect: Any, daemon: Services) -> None:
+    client = await connect()
+
+    def fill(conn: sqlite3.Connection) -> list[str]:
+        return [
+            outbox_db.accept(conn, **outbox_request(client_message_id=f"pg-{i}", now_ms=T0 + i)).id
+            for i in range(MAX_PAGE + 100)
+        ]
+
+    newest_first = list(reversed(await daemon.store.call(fill, what="test: 600 sends")))
+    for limit in (MAX_PAGE, 7):
+        seen: list[str] = []
+        page = (await client.call("outbox_list", limit=limit))["data"]
+        while page["next_cursor"] is not None:
+            seen += [row["id"] for row in page["rows"]]
+            page = await client.call("outbox_list", limit=limit, cursor=page["next_cursor"])
+            page = page["data"]
+        seen += [row["id"] for row in page["rows"]]
+        assert seen == newest_first
+    full = (await client.call("outbox_list", limit=MAX_PAGE, status="pending"))["data"]
+    rest = await client.call(
+        "outbox_list", limit=MAX_PAGE, status="pending", cursor=full["next_cursor"]
+    )
+    assert len(rest["data"]["rows"]) == 100
+    assert rest["data"]["next_cursor"] is None  # a short page is the end
+    newest = newest_first[0]
+    for cursor in ("", "abc", f"1.{newest}x", f"\u0661.{newest}", f"{2**63}.{newest}", newest):
+        bad = await client.call("outbox_list", cursor=cursor)
+        assert bad["error"]["code"] == "invalid_params", cursor
+        assert "not an outbox cursor" in bad["error"]["message"]
+
+
+@given(st.text(max_size=60) | st.from_regex(OUTBOX_CURSOR, fullmatch=True))
+def test_an_outbox_cursor_is_parsed_or_refused_as_invalid_params(text: str) -> None:
+    try:
+        parsed = _outbox_cursor(text)
+    except OpError as error:
+        assert error.code is ErrorCode.INVALID_PARAMS
+    else:
+        created_at, _, row_id = text.partition(".")
+        assert parsed == (int(created_at), row_id)
 
 
 async def test_inbox_pages_by_cursor_and_filters_by_sender(connect: Any, daemon: Services) -> None:

@@ -588,6 +588,29 @@ def test_list_rows_and_due_deliveries_are_capped(conn: sqlite3.Connection) -> No
         list_rows(conn, status=None, network=None, limit=10_000)  # refused, not cut
 
 
+def test_list_rows_pages_past_max_page_before_a_row_even_once_it_is_gone(
+    conn: sqlite3.Connection,
+) -> None:
+    # three sends a millisecond: the id orders the rows of one created_at
+    sent = [send(conn, client_message_id=f"pg-{i}", now_ms=T0 + i // 3) for i in range(600)]
+    newest_first = [row.id for row in reversed(sent)]
+    for limit in (MAX_PAGE, 7):
+        seen: list[str] = []
+        before = None
+        while page := list_rows(conn, status=None, network=None, limit=limit, before=before):
+            seen += [row.id for row in page]
+            before = page[-1].created_at, page[-1].id
+        assert seen == newest_first
+    first = list_rows(conn, status="pending", network="net1", limit=MAX_PAGE)
+    assert [row.id for row in first] == newest_first[:MAX_PAGE]
+    last = first[-1]
+    outbox.delete_sends(conn, [last.id])  # retention may delete the row a cursor names
+    rest = list_rows(
+        conn, status="pending", network="net1", limit=MAX_PAGE, before=(last.created_at, last.id)
+    )
+    assert [row.id for row in rest] == newest_first[MAX_PAGE:]
+
+
 def test_accept_with_room_claims_the_delivery_at_once(conn: sqlite3.Connection) -> None:
     room = {"dev-a": 1}
     first = send(conn, client_message_id="cm-1", room=room)

@@ -132,6 +132,18 @@ HOT: dict[str, tuple[Callable[[sqlite3.Connection], Any], tuple[str, ...]]] = {
         functools.partial(outbox.list_rows, status="dead", network=None, limit=20),
         ("outbox_by_status",),
     ),
+    "list_dead_before": (
+        functools.partial(
+            outbox.list_rows, status="dead", network=None, limit=20, before=(T0 + 5, "0" * 26)
+        ),
+        ("outbox_by_status",),
+    ),
+    "list_all_before": (
+        functools.partial(
+            outbox.list_rows, status=None, network=None, limit=20, before=(T0 + 5, "0" * 26)
+        ),
+        ("outbox_recent",),
+    ),
     "inbox_page": (
         functools.partial(inbox.page, sender="dev-b", limit=50, cursor=HISTORY - 10),
         ("INTEGER PRIMARY KEY",),
