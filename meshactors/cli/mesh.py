@@ -175,7 +175,9 @@ def run_network_update(args: argparse.Namespace) -> int:
 
 def run_network_remove(args: argparse.Namespace) -> int:
     answer = call(args, "network_remove", network=args.id, purge=args.purge)
-    return report(args, answer, f"left {args.id}{' and purged its data' if args.purge else ''}")
+    dropped = f", {answer['purged_unsent']} undelivered sends dropped"
+    purged = f" and purged its data{dropped}" if args.purge else ""
+    return report(args, answer, f"left {args.id}{purged}")
 
 
 def run_network_list(args: argparse.Namespace) -> int:

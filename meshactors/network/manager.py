@@ -60,7 +60,7 @@ class _Update:
 class _Remove:
     network_id: str
     purge: bool
-    reply: Reply[None]
+    reply: Reply[int]
 
 
 _Change = _Add | _Update | _Remove
@@ -155,9 +155,10 @@ class NetworkManager(Supervisor):
         """Apply a new config; returns whether the link reconnects (the brokers changed)."""
         return await self._ask(functools.partial(_Update, config), f"update network {config.id}")
 
-    async def remove(self, network_id: str, *, purge: bool) -> None:
-        """Leave a network at once and forget it (and with `purge` its settings and messages)."""
-        await self._ask(
+    async def remove(self, network_id: str, *, purge: bool) -> int:
+        """Leave a network at once and forget it (and with `purge` its settings and messages);
+        returns how many undelivered sends the purge deleted."""
+        return await self._ask(
             functools.partial(_Remove, network_id, purge), f"remove network {network_id}"
         )
 
@@ -235,7 +236,7 @@ class NetworkManager(Supervisor):
         )
         return reconnect
 
-    async def _leave(self, network_id: str, purge: bool) -> None:
+    async def _leave(self, network_id: str, purge: bool) -> int:
         if not is_network_id(network_id):
             # No network was ever saved under it, and GLOBAL ("") holds the settings of every
             # network (the event ids spent, the global profile, the role): a purge would wipe them.
@@ -254,8 +255,8 @@ class NetworkManager(Supervisor):
                 # It is removed all the same, config too: the saved configs are the networks
                 # we record, and the next daemon start does not join one we dropped.
                 stopping = exc
-        known = await self._unsave(network_id, purge=purge)
-        if network is None and not known:
+        forgotten = await self._unsave(network_id, purge=purge)
+        if network is None and not forgotten.known:
             raise OpError(ErrorCode.NO_SUCH_NETWORK, f"not joined to a network {network_id!r}")
         self.events.publish("network_removed", {"network": network_id, "purge": purge})
         if stopping is not None:
@@ -263,6 +264,7 @@ class NetworkManager(Supervisor):
                 ErrorCode.TIMEOUT,
                 f"network {network_id!r} is removed but still stopping ({stopping})",
             )
+        return forgotten.purged_unsent
 
     async def _save(self, config: NetworkConfig) -> None:
         await self.store.call(
@@ -275,9 +277,9 @@ class NetworkManager(Supervisor):
             what="save network",
         )
 
-    async def _unsave(self, network_id: str, *, purge: bool = False) -> bool:
-        """Forget a network's saved config (`delete_network`; whether it was saved), so that
-        the next daemon start does not join it: the saved configs are the networks we record."""
+    async def _unsave(self, network_id: str, *, purge: bool = False) -> network_db.Forgotten:
+        """Forget a network's saved config (`delete_network`), so that the next daemon start
+        does not join it: the saved configs are the networks we record."""
         return await self.store.call(
             functools.partial(network_db.delete_network, network_id=network_id, purge=purge),
             what="delete network",

@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 
 from meshactors.store.db import from_json, immediate, to_json
-from meshactors.store.outbox import delete_sends
+from meshactors.store.outbox import UNSENT, delete_sends
 
 ROSTER_STATES = ("pending", "approved", "denied")
 GLOBAL = ""  # the settings "network" of values that apply to every network (the global profile)
@@ -41,23 +41,36 @@ def save_network(
     )
 
 
-def delete_network(conn: sqlite3.Connection, network_id: str, purge: bool) -> bool:
+@attrs.frozen
+class Forgotten:
+    """What delete_network did: whether the network was known, and how many of its sends a
+    purge deleted undelivered (pending or inflight), which no message_dead will report."""
+
+    known: bool
+    purged_unsent: int = 0
+
+
+def delete_network(conn: sqlite3.Connection, network_id: str, purge: bool) -> Forgotten:
     """Forget a network's config; with `purge` also its roster, settings, inbox, outbox and
     replicated state.
 
     Without purge the roster, messages and settings stay, so a rejoin with the same id finds
     its approvals again. Purging a network that was already deleted still removes its
-    leftovers. Returns whether the network was known.
+    leftovers. A purge deletes sends whatever their status or age (the idempotency window
+    aside), and counts those not yet delivered.
     """
     with immediate(conn):
         known = conn.execute("DELETE FROM networks WHERE id = ?", (network_id,)).rowcount > 0
-        if purge:
-            sends = conn.execute("SELECT id FROM outbox WHERE network = ?", (network_id,))
-            delete_sends(conn, [row[0] for row in sends])  # counted, as every outbox write is
-            tables = ("roster", "local_settings", "inbox", "netstate", "membership_log")
-            for table in tables:
-                conn.execute(f"DELETE FROM {table} WHERE network = ?", (network_id,))
-    return known
+        if not purge:
+            return Forgotten(known)
+        sends = conn.execute(
+            "SELECT id, status FROM outbox WHERE network = ?", (network_id,)
+        ).fetchall()
+        delete_sends(conn, [row_id for row_id, _ in sends])  # counted, as every outbox write is
+        tables = ("roster", "local_settings", "inbox", "netstate", "membership_log")
+        for table in tables:
+            conn.execute(f"DELETE FROM {table} WHERE network = ?", (network_id,))
+    return Forgotten(known, sum(status in UNSENT for _, status in sends))
 
 
 def load_networks(conn: sqlite3.Connection) -> list[tuple[str, dict[str, Any]]]:

@@ -32,6 +32,7 @@ from meshactors.wire.ipc import MAX_PAGE
 DESTINATION_KINDS = ("peer", "all", "tag")
 PRIORITIES = ("now", "next", "low")  # draining order: every due 'now' before any 'next'
 ROW_STATUSES = ("pending", "inflight", "done", "dead", "aborted")
+UNSENT = ("pending", "inflight")  # statuses of a send not yet delivered to every recipient
 MAX_ATTEMPTS = 20  # a delivery that failed this many times is dead
 TTL_MS = 7 * 24 * 60 * 60 * 1000  # a send older than a week is dead at its next failure
 BACKOFF_BASE_MS = 500  # ceiling of the first retry's random wait; doubles per attempt

@@ -172,6 +172,32 @@ async def test_outbox_list_pages_past_max_page_by_cursor(connect: Any, daemon: S
         assert "not an outbox cursor" in bad["error"]["message"]
 
 
+async def test_a_purge_answers_how_many_undelivered_sends_it_dropped(
+    connect: Any, daemon: Services
+) -> None:
+    client = await joined(connect)
+    peer = new_device()
+    sent = [(await client.call("send", network=NET, to=peer, message=m))["data"] for m in "abc"]
+    await daemon.store.call(
+        functools.partial(
+            outbox_db.mark_failed,
+            outbox_id=sent[0]["id"],
+            recipient=peer,
+            error_code="rejected",
+            permanent=True,
+            now_ms=0,
+        ),
+        what="test: one send dies",
+    )
+    removed = await client.call("network_remove", network=NET, purge=True)
+    assert removed["data"]["purged_unsent"] == 2  # the dead one was told of by message_dead
+    assert (await client.call("outbox_list"))["data"]["rows"] == []
+    rejoined = await joined(connect)
+    await rejoined.call("send", network=NET, to=peer, message="kept")
+    kept = await rejoined.call("network_remove", network=NET)
+    assert kept["data"]["purged_unsent"] == 0  # without purge the send stays
+
+
 @given(st.text(max_size=60) | st.from_regex(OUTBOX_CURSOR, fullmatch=True))
 def test_an_outbox_cursor_is_parsed_or_refused_as_invalid_params(text: str) -> None:
     try:

@@ -9,6 +9,7 @@ from meshactors.store.db import MIGRATIONS, open_database
 from meshactors.store.inbox import page, store_message
 from meshactors.store.networks import (
     GLOBAL,
+    Forgotten,
     RosterEntry,
     UnknownNetwork,
     delete_network,
@@ -21,7 +22,15 @@ from meshactors.store.networks import (
     set_roster_state,
     settle_role,
 )
-from meshactors.store.outbox import accept, list_rows
+from meshactors.store.outbox import (
+    DeliveryKey,
+    accept,
+    list_rows,
+    mark_delivered_many,
+    mark_failed,
+    mark_inflight,
+)
+from tests.store.test_outbox import T0, send
 
 
 def populate(conn: sqlite3.Connection, network: str) -> None:
@@ -141,7 +150,7 @@ def test_put_setting_overwrites(conn: sqlite3.Connection) -> None:
 
 def test_delete_without_purge_forgets_the_config_only(conn: sqlite3.Connection) -> None:
     populate(conn, "net1")
-    assert delete_network(conn, "net1", purge=False)
+    assert delete_network(conn, "net1", purge=False) == Forgotten(known=True, purged_unsent=0)
     assert load_networks(conn) == []
     assert leftovers(conn, "net1") == {
         "roster": 1,
@@ -159,7 +168,8 @@ def test_purge_removes_everything_of_that_network_only(conn: sqlite3.Connection)
     populate(conn, "net1")
     populate(conn, "net2")
     put_setting(conn, GLOBAL, "profile", {"name": "me"})
-    assert delete_network(conn, "net1", purge=True)
+    # populate's one send is pending: nothing would tell of it but this count
+    assert delete_network(conn, "net1", purge=True) == Forgotten(known=True, purged_unsent=1)
     assert leftovers(conn, "net1") == dict.fromkeys(
         ("roster", "local_settings", "inbox", "outbox", "deliveries"), 0
     )
@@ -171,12 +181,28 @@ def test_purge_removes_everything_of_that_network_only(conn: sqlite3.Connection)
     assert [r.network for r in list_rows(conn, status=None, network=None, limit=10)] == ["net2"]
 
 
+def test_purge_counts_the_sends_it_deletes_undelivered(conn: sqlite3.Connection) -> None:
+    save_network(conn, "net1", {"broker": "ws://127.0.0.1:1"}, 10)
+    ids = {
+        status: send(conn, network="net1", client_message_id=status).id
+        for status in ("pending", "inflight", "done", "dead")
+    }
+    assert mark_inflight(conn, [DeliveryKey(ids["inflight"], "dev-a")], T0)
+    done = DeliveryKey(ids["done"], "dev-a")
+    mark_inflight(conn, [done], T0)
+    mark_delivered_many(conn, [done], T0)
+    mark_failed(conn, ids["dead"], "dev-a", error_code="rejected", permanent=True, now_ms=T0)
+    shown = list_rows(conn, status=None, network="net1", limit=10)
+    assert sorted(row.status for row in shown) == ["dead", "done", "inflight", "pending"]
+    assert delete_network(conn, "net1", purge=True) == Forgotten(known=True, purged_unsent=2)
+
+
 def test_purging_an_already_deleted_network_removes_its_leftovers(
     conn: sqlite3.Connection,
 ) -> None:
     populate(conn, "net1")
     delete_network(conn, "net1", purge=False)
-    assert not delete_network(conn, "net1", purge=True)
+    assert delete_network(conn, "net1", purge=True) == Forgotten(known=False, purged_unsent=1)
     assert sum(leftovers(conn, "net1").values()) == 0
 
 
