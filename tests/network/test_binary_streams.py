@@ -10,6 +10,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -71,6 +72,42 @@ async def until(test: Callable[[], Awaitable[bool]]) -> None:
     with trio.fail_after(WAIT):
         while not await test():  # noqa: ASYNC110  (nothing to wait on: see above)
             await trio.sleep(0.01)
+
+
+@attrs.define(eq=False)
+class HeldReader:
+    """A server's stream handler held before it reads (after one read, with `read_first`):
+    once released it reads to the end, keeping the code of the error the stream ends with."""
+
+    read_first: bool = False
+    read_once: trio.Event = attrs.field(factory=trio.Event)
+    release: trio.Event = attrs.field(factory=trio.Event)
+    done: trio.Event = attrs.field(factory=trio.Event)
+    outcome: list[str] = attrs.field(factory=list)
+
+    async def __call__(self, stream: BinaryStream) -> None:
+        try:
+            if self.read_first:
+                await stream.receive_some()
+                self.read_once.set()
+            await self.release.wait()
+            await read_all(stream)
+        except StreamError as error:
+            self.outcome.append(error.code)
+        finally:
+            self.done.set()
+
+    async def ended(self) -> list[str]:
+        """Release the handler and wait for it: the error codes its stream ended with."""
+        self.release.set()
+        with trio.fail_after(WAIT):
+            await self.done.wait()
+        return self.outcome
+
+
+async def forgotten_by_both(a: Daemon, b: Daemon) -> bool:
+    """Whether neither daemon holds a stream open."""
+    return (await figures(a))["open"] == 0 == (await figures(b))["open"]
 
 
 @pytest.fixture
@@ -560,26 +597,12 @@ async def test_an_opener_gone_while_waiting_for_credit_cancels_the_stream_at_onc
     while it waits for credit, and the stream leaves both tables before the server reads; the
     server then reads `cancelled`."""
     opener, server, a, b = pair
-    release = trio.Event()
-    outcome: list[str] = []
-    done = trio.Event()
-
-    async def stalled(stream: BinaryStream) -> None:
-        await release.wait()
-        try:
-            await read_all(stream)
-        except StreamError as error:
-            outcome.append(error.code)
-        finally:
-            done.set()
+    stalled = HeldReader()
 
     async def stalled_on_credit() -> bool:
         sending = await figures(a)
         streams = sending["streams"]
         return bool(streams) and streams[0]["send_credit"] < STREAM_CHUNK_BYTES + STREAM_FRAME_COST
-
-    async def both_forgot() -> bool:
-        return (await figures(a))["open"] == 0 == (await figures(b))["open"]
 
     await server.serve_stream(NET, "stalled", stalled)
     with trio.fail_after(WAIT):
@@ -596,12 +619,9 @@ async def test_an_opener_gone_while_waiting_for_credit_cancels_the_stream_at_onc
         await trio.testing.wait_all_tasks_blocked()  # the opener's writes wait: so does its daemon
         nursery.cancel_scope.cancel()
     await stream.aclose()  # no end frame, and frames wait for credit
-    await until(both_forgot)
+    await until(lambda: forgotten_by_both(a, b))
     assert "binary-stream" not in protocols(await a.call("inspect"))
-    release.set()
-    with trio.fail_after(WAIT):
-        await done.wait()
-    assert outcome == ["cancelled"]
+    assert await stalled.ended() == ["cancelled"]
 
 
 @pytest.fixture
@@ -618,20 +638,7 @@ async def test_a_reset_stream_whose_program_stopped_reading_is_cut_off(
     the connection once that was not written within RESET_WRITE_TIMEOUT: the connection does
     not stay, holding its data, after its stream left the table."""
     opener, server, _a, b = pair
-    read_once, release = trio.Event(), trio.Event()
-    outcome: list[str] = []
-    done = trio.Event()
-
-    async def stalls(stream: BinaryStream) -> None:
-        try:
-            await stream.receive_some()
-            read_once.set()
-            await release.wait()
-            await read_all(stream)
-        except StreamError as error:
-            outcome.append(error.code)
-        finally:
-            done.set()
+    stalls = HeldReader(read_first=True)
 
     async def forgotten() -> bool:
         return (await figures(b))["open"] == 0
@@ -643,15 +650,13 @@ async def test_a_reset_stream_whose_program_stopped_reading_is_cut_off(
     with trio.fail_after(WAIT):
         stream = await opener.open_stream(NET, b.device_id, "stalls")
         await stream.send_all(pattern(STREAM_WINDOW_BYTES * 3 // 4))  # more than sockets hold
-        await read_once.wait()
+        await stalls.read_once.wait()
         await stream.reset("enough")
     await until(forgotten)
     await trio.testing.wait_all_tasks_blocked()  # the writer waits on the program, deadline set
     real_time_clock.jump(RESET_WRITE_TIMEOUT)
     await until(cut_off)
-    release.set()
-    with trio.fail_after(WAIT):
-        await done.wait()
+    outcome = await stalls.ended()
     assert outcome and outcome[0] in {"remote_error", "connection_lost"}  # cut off: no end
 
 
@@ -663,25 +668,11 @@ async def test_an_opener_gone_after_its_end_while_stalled_lets_go_at_its_timeout
     core. Once the stream's timeout from the close passed, its connection is gone and the
     stream leaves both tables (the server then reads `cancelled`)."""
     opener, server, a, b = pair
-    release = trio.Event()
-    outcome: list[str] = []
-    done = trio.Event()
+    never_reads = HeldReader()
     piece = pattern(64 * 1024)
-
-    async def never_reads(stream: BinaryStream) -> None:
-        await release.wait()
-        try:
-            await read_all(stream)
-        except StreamError as error:
-            outcome.append(error.code)
-        finally:
-            done.set()
 
     async def stalled() -> bool:
         return bool((await figures(a))["streams"][0]["send_credit"] < frame_cost(piece))
-
-    async def both_forgot() -> bool:
-        return (await figures(a))["open"] == 0 == (await figures(b))["open"]
 
     await server.serve_stream(NET, "never_reads", never_reads)
     timeout = 5.0
@@ -699,9 +690,6 @@ async def test_an_opener_gone_after_its_end_while_stalled_lets_go_at_its_timeout
     for step in (HANGUP_CHECK, timeout):  # the close is noticed, then the timeout from it passes
         await trio.testing.wait_all_tasks_blocked()
         real_time_clock.jump(step)
-    await until(both_forgot)
+    await until(lambda: forgotten_by_both(a, b))
     assert "binary-stream" not in protocols(await a.call("inspect"))
-    release.set()
-    with trio.fail_after(WAIT):
-        await done.wait()
-    assert outcome == ["cancelled"]
+    assert await never_reads.ended() == ["cancelled"]
