@@ -43,8 +43,10 @@ from meshactors.store.actor import StoreActor
 from meshactors.turns import take_turns
 from meshactors.wire.broker import PresenceJoin, PresenceLeave, Undeliverable
 from meshactors.wire.device_id import (
+    SHORT_ID,
     InvalidDeviceId,
     device_id_from_public_key,
+    device_name,
     is_usable_device_id,
     public_key_from_device_id,
 )
@@ -380,9 +382,27 @@ class Peers:
             raise OpError(
                 ErrorCode.NO_SUCH_PEER, evicted or f"no peer {device_id} in {self.network}"
             )
-        raise OpError(
-            ErrorCode.PEER_NOT_ACTIVE,
-            evicted or f"peer {device_id} is {peer.status.value}, not active",
+        raise OpError(ErrorCode.PEER_NOT_ACTIVE, evicted or self._not_active(peer))
+
+    def _not_active(self, peer: PeerState) -> str:
+        """Why a known peer takes no application traffic, with what would make it active: a
+        user told only `pending` cannot tell which side has to approve."""
+        said = f"peer {device_name(peer.device_id, self._label(peer))} is {peer.status.value}"
+        said += f" in {self.network}, not active"
+        if peer.status not in (PeerStatus.PENDING, PeerStatus.DENIED):
+            return said
+        local, short = self._local_approval(peer.device_id), peer.device_id[:SHORT_ID]
+        if self.closed and local != "approved":
+            return f"{said}: it is not a member: meshactors members grant {short} -n {self.network}"
+        if self.closed:
+            return f"{said}: it does not count us a member yet (its membership log is behind)"
+        if local != "approved":
+            us = "we denied it" if local == "denied" else "we have not approved it"
+            return f"{said}: {us}: meshactors roster approve {short} -n {self.network}"
+        ours = self.identity.device_id[:SHORT_ID]
+        return (
+            f"{said}: it has not approved us yet: run meshactors roster approve {ours}"
+            f" -n {self.network} on that device"
         )
 
     def _evicted(self, device_id: str) -> str | None:

@@ -8,6 +8,7 @@ import attrs
 import pytest
 import trio
 
+from meshactors.wire.device_id import SHORT_ID
 from meshactors.wire.peer import Frame, register_frame
 from tests.network.conftest import NET, WAIT, Mesh, OpFailed, active_pair
 
@@ -65,6 +66,28 @@ async def test_send_to_peer_refuses_peers_that_are_not_active(mesh: Mesh) -> Non
     with pytest.raises(Exception) as unknown:
         await a.network().send_to_peer(a.device_id, NoteFrame("nobody"))
     assert getattr(unknown.value, "code", None) == "no_such_peer"
+
+
+async def test_not_active_says_which_side_has_to_approve_and_how(mesh: Mesh) -> None:
+    a, b = await mesh.daemon("a"), await mesh.daemon("b")
+    await a.join(mesh.url)
+    await b.join(mesh.url)
+    await a.wait_event("peer_pending", device_id=b.device_id)
+    await b.wait_event("peer_pending", device_id=a.device_id)
+    await a.call("roster_approve", network=NET, device_id=b.device_id)
+    for caller, callee in ((a, b), (b, a)):
+        with pytest.raises(OpFailed) as refused:
+            await caller.call("rpc_call", network=NET, peer=callee.device_id, method="m")
+        assert refused.value.code == "peer_not_active"
+        said = (
+            f"peer {callee.name} ({callee.device_id[:SHORT_ID]}) is pending in {NET}, not active: "
+        )
+        approve = f"meshactors roster approve {a.device_id[:SHORT_ID]} -n {NET}"
+        if caller is a:
+            said += f"it has not approved us yet: run {approve} on that device"
+        else:
+            said += f"we have not approved it: {approve}"
+        assert said in str(refused.value)
 
 
 async def test_removed_peer_is_cut_off_at_once(mesh: Mesh) -> None:
