@@ -6,6 +6,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import sys
 from typing import Any, NoReturn
 
@@ -203,11 +204,16 @@ def report(args: argparse.Namespace, data: Any, text: str) -> int:
 
 
 def parse_json_arg(text: str, what: str) -> Any:
-    """A JSON command-line argument, or exit 2 saying which one is broken."""
+    """A JSON command-line argument, or exit 2 saying which one is broken and, since a bare
+    word (`hi`) is the usual slip, how it is written as a JSON string."""
     try:
         return json.loads(text)
     except ValueError as exc:
-        fail(f"{what} is not valid JSON: {exc}", EXIT_USAGE)
+        quoted = shlex.quote(json.dumps(text, ensure_ascii=False))
+        fail(
+            f"{what} is not valid JSON: {exc}; a string must be quoted as JSON: {quoted}",
+            EXIT_USAGE,
+        )
     except RecursionError:
         fail(f"{what} is not valid JSON: nested too deeply to parse", EXIT_USAGE)
 
