@@ -62,6 +62,7 @@ from meshactors.network.link import Park, UseBrokers
 from meshactors.network.peers import Peers
 from meshactors.store import networks as settings_db
 from meshactors.store.actor import StoreActor
+from meshactors.wire.device_id import SHORT_ID
 from meshactors.wire.ipc import ErrorCode, OpError
 from meshactors.wire.peer import Frame
 
@@ -282,7 +283,7 @@ class Membership:
         if resolved.evicted(device):
             raise OpError(ErrorCode.CONFLICT, f"{device} was evicted from {self.network}")
         if kind == "revoke" and resolved.role_of(device) != role:
-            raise OpError(ErrorCode.CONFLICT, f"{device} does not hold {role}")
+            raise OpError(ErrorCode.CONFLICT, self._not_held(device, role))
         digest = record_hash(await self._author(kind, device, role, None))
         if digest in the_log.resolved.void:  # it names at most MAX_PARENTS of our heads
             raise OpError(
@@ -292,6 +293,14 @@ class Membership:
                 "each device stands",
             )
         return {"fact": digest, "member": the_log.resolved.rows[device].view()}
+
+    def _not_held(self, device: str, role: str) -> str:
+        """Why a revoke of `role` is a conflict, with the role `device` holds: a revoke without
+        --role means member, which an admin does not hold, and saying only that left users stuck."""
+        held = self._closed_log().resolved.role_of(device)
+        if held is None:
+            return f"{device[:SHORT_ID]} holds no role in {self.network}: nothing to revoke"
+        return f"{device[:SHORT_ID]} holds {held}, not {role}: use --role {held}"
 
     async def _author(self, kind: str, device: str, role: str, invite: Invite | None) -> Fact:
         """Sign, keep, apply and send a fact of ours; OpError conflict, and nothing kept, when

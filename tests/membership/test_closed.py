@@ -22,6 +22,7 @@ from meshactors.membership.facts import (
     to_token,
 )
 from meshactors.membership.frames import LogFacts
+from meshactors.wire.device_id import SHORT_ID
 from tests.membership.conftest import (
     CLOSED,
     active,
@@ -291,6 +292,19 @@ async def test_a_revoked_member_is_cut_off(mesh: Mesh) -> None:
     with pytest.raises(OpFailed) as refused:
         await member.call("rpc_call", network=CLOSED, peer=owner.device_id, method="m", payload=1)
     assert refused.value.code in ("peer_not_active", "no_such_peer")
+
+
+async def test_a_revoke_of_a_role_not_held_names_the_role_held(mesh: Mesh) -> None:
+    owner, admin = await team(mesh, "owner", "admin", roles=("admin",))
+    short = admin.device_id[:SHORT_ID]
+    with pytest.raises(OpFailed) as wrong:
+        await owner.call("members_revoke", network=CLOSED, device_id=admin.device_id, role="member")
+    assert wrong.value.code == "conflict"
+    assert f"{short} holds admin, not member: use --role admin" in str(wrong.value)
+    await owner.call("members_revoke", network=CLOSED, device_id=admin.device_id, role="admin")
+    with pytest.raises(OpFailed) as again:
+        await owner.call("members_revoke", network=CLOSED, device_id=admin.device_id, role="admin")
+    assert f"{short} holds no role in {CLOSED}: nothing to revoke" in str(again.value)
 
 
 async def test_an_admin_revoked_while_away_learns_it_and_may_no_longer_grant(mesh: Mesh) -> None:
