@@ -1,4 +1,4 @@
-"""`meshactors network|peers|roster|caps|profile|events`: the mesh from the command line."""
+"""`meshactors network|peers|roster|capabilities|profile|events`: the mesh from the command line."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ EVENT_FIELDS_SHOWN = (
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `network`, `peers`, `roster`, `caps`, `profile` and `events` commands."""
+    """Add the `network`, `peers`, `roster`, `capabilities`, `profile` and `events` commands."""
     _register_network(commands)
     peers = commands.add_parser("peers", help="a network's peers")
     network_option(peers)
@@ -43,7 +43,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     peers.add_argument("--json", action="store_true")
     peers.set_defaults(run=run_peers)
     _register_roster(commands)
-    caps_parser = commands.add_parser("caps", aliases=["capabilities"], help="capability adverts")
+    caps_parser = commands.add_parser("capabilities", aliases=["caps"], help="capability adverts")
     caps = caps_parser.add_subparsers(dest="action", required=True)
     caps_set = caps.add_parser("set", help="advertise capabilities in a network")
     network_option(caps_set)

@@ -25,6 +25,15 @@ DEVICE = "a" * 52
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.parametrize("word", ["capabilities", "caps"])
+def test_capabilities_help_names_the_full_command(
+    word: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([word, "set", "--help"])
+    assert capsys.readouterr().out.startswith("usage: meshactors capabilities set ")
+
+
 def test_mesh_commands_parse() -> None:
     parser = build_parser()
     add = parser.parse_args(
