@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from meshactors.cli.common import call, network_of, network_option, print_json, report
+from meshactors.cli.common import (
+    SHORT_ID,
+    call,
+    local_time,
+    network_of,
+    network_option,
+    print_json,
+    report,
+)
 from meshactors.cli.devices import resolve_device
 from meshactors.cli.settings import seconds_flag
 from meshactors.membership.part import MAX_TTL_S
@@ -104,10 +112,11 @@ def run_members_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json(members)
         return 0
-    print(f"{'DEVICE':52}  {'ROLE':6}  {'STATUS':8}  BY")
+    print(f"{'DEVICE':52}  {'ROLE':6}  {'STATUS':8}  {'BY':12}  WHEN")
     for m in members:
-        by = (m["granted_by"] or "-")[:12]
-        print(f"{m['device_id']}  {m['role'] or '-':6}  {m['status']:8}  {by}")
+        by = (m["granted_by"] or "-")[:SHORT_ID]
+        when = local_time(m["at"])
+        print(f"{m['device_id']}  {m['role'] or '-':6}  {m['status']:8}  {by:12}  {when}")
     return 0
 
 

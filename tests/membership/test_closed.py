@@ -9,6 +9,7 @@ import attrs
 import pytest
 import trio
 
+from meshactors.cli.common import local_time
 from meshactors.clock import wall_ms
 from meshactors.membership.facts import (
     SIG_CHARS,
@@ -35,7 +36,7 @@ from tests.membership.conftest import (
     team,
 )
 from tests.network.appclient import AppClient
-from tests.network.conftest import Mesh, OpFailed
+from tests.network.conftest import Mesh, OpFailed, run_cli
 
 
 async def test_a_non_member_never_shows_as_pending_and_a_grant_makes_it_active(
@@ -305,6 +306,19 @@ async def test_a_revoke_of_a_role_not_held_names_the_role_held(mesh: Mesh) -> No
     with pytest.raises(OpFailed) as again:
         await owner.call("members_revoke", network=CLOSED, device_id=admin.device_id, role="admin")
     assert f"{short} holds no role in {CLOSED}: nothing to revoke" in str(again.value)
+
+
+async def test_members_list_shows_who_set_each_standing_and_when(mesh: Mesh) -> None:
+    owner, member = await team(mesh, "owner", "member")
+    listed = await run_cli(owner, "members", "list", "-n", CLOSED)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.decode().splitlines()
+    assert lines[0].split() == ["DEVICE", "ROLE", "STATUS", "BY", "WHEN"]
+    row = (await owner.call("members_list", network=CLOSED))["members"]
+    granted = next(m for m in row if m["device_id"] == member.device_id)
+    shown = next(line for line in lines if line.startswith(member.device_id))
+    by, when = granted["granted_by"][:SHORT_ID], local_time(granted["at"])
+    assert shown.split(maxsplit=4)[1:] == ["member", "member", by, when]
 
 
 async def test_an_admin_revoked_while_away_learns_it_and_may_no_longer_grant(mesh: Mesh) -> None:
