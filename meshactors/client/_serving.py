@@ -40,7 +40,24 @@ StreamHandler = Callable[[Any, RequestContext], AsyncIterator[Any]]  # an async 
 
 def is_streaming(handler: Handler | StreamHandler) -> bool:
     """Async generator functions serve streamed answers; coroutine functions single ones."""
-    return inspect.isasyncgenfunction(handler)
+    return _marked(handler, inspect.isasyncgenfunction)
+
+
+def require_async(handler: Callable[..., Any], *, streams: bool) -> None:
+    """TypeError at once for a handler that is not `async def` (or, if it `streams`, an async
+    generator), a function or an object's `__call__`: awaiting what a plain function returns
+    would otherwise fail every call it gets, and only on the serving side."""
+    if _marked(handler, inspect.iscoroutinefunction):
+        return
+    if streams and _marked(handler, inspect.isasyncgenfunction):
+        return
+    kind = "an async function or async generator" if streams else "an async function"
+    raise TypeError(f"the handler {handler!r} is not {kind}: define it with async def")
+
+
+def _marked(handler: Any, test: Callable[[Any], bool]) -> bool:
+    """`test` holds for the handler, or for its `__call__` (a callable object's)."""
+    return test(handler) or test(handler.__call__)
 
 
 class Responder(Protocol):

@@ -16,7 +16,13 @@ import trio
 from meshactors.actors import Broadcast, Lagged, Subscriber
 from meshactors.client._frames import events_told
 from meshactors.client._ops import Data, Ops, params, payload_params, received
-from meshactors.client._serving import Handler, Serving, StreamHandler, is_streaming
+from meshactors.client._serving import (
+    Handler,
+    Serving,
+    StreamHandler,
+    is_streaming,
+    require_async,
+)
 from meshactors.client._streams import RpcStream, StreamTable
 from meshactors.client.binary import BinaryStream, StreamError, switch
 from meshactors.client.errors import ClientClosed, ClientError, ConnectionLost, DeadlineExceeded
@@ -321,7 +327,9 @@ class MeshClient(Ops):
         """Own `method` on `network`: each inbound call runs `handler(payload, ctx)` in its own
         task (a binary call's payload is its bytes); its return value answers (an async
         generator streams chunks; bytes go binary), an exception's message answers as the
-        error. The claim is restored after every reconnect."""
+        error. The claim is restored after every reconnect. TypeError for a handler not
+        defined with `async def`."""
+        require_async(handler, streams=True)
         want = Want(WantKind.CLAIM, network, method)
         self._serving.handlers[(network, method)] = handler
         await self._claim(want, is_streaming(handler))
@@ -348,7 +356,8 @@ class MeshClient(Ops):
         """Serve binary streams of `method`: each runs `handler(stream)` in its own task and is
         closed after it: once finished if it sent its end (at most RELEASE_TIMEOUT later), else
         at once, which cancels it; an exception resets it with its message. Restored after
-        reconnects; `unserve` ends it."""
+        reconnects; `unserve` ends it. TypeError for a handler not defined with `async def`."""
+        require_async(handler, streams=False)
         want = Want(WantKind.CLAIM, network, method)
         self._binary_handlers[(network, method)] = handler
         await self._claim(want, "binary")
