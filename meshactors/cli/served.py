@@ -19,8 +19,16 @@ from typing import IO, Any
 
 import trio
 
-from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE, fail
-from meshactors.client import MeshClient
+from meshactors.cli.common import (
+    EXIT_BY_ERROR_CODE,
+    EXIT_FAILURE,
+    EXIT_NOT_FOUND,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    CommandFailed,
+    fail,
+)
+from meshactors.client import EventStream, MeshClient
 from meshactors.network.payload import MAX_PAYLOAD_BYTES
 from meshactors.stop_signals import stop_signals
 
@@ -58,13 +66,47 @@ async def serve_until_stopped(
     closed; not under `nohup`) or Ctrl-C: each closes the client, which cancels every handler,
     and each kills its command on the way out. The commands run in sessions of their own, so
     the terminal's hangup reaches the serve alone. The signals are caught before the claim, so
-    no command starts that one would orphan."""
+    no command starts that one would orphan. A claim lost for good (another program claimed
+    METHOD, or the daemon refused it back) ends the serve with one line and its exit code."""
     with trio.open_signal_receiver(*stop_signals(signal.SIGTERM)) as stops:
         async with MeshClient(socket) as client:
-            await claim(client)
-            print(f"serving {method} on {network}; Ctrl-C stops", file=sys.stderr, flush=True)
-            async for _ in stops:
-                return
+            with client.events() as events:  # before the claim: no loss of it goes unseen
+                await claim(client)
+                print(f"serving {method} on {network}; Ctrl-C stops", file=sys.stderr, flush=True)
+                lost = None
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_cancel_on_stop, stops, nursery.cancel_scope)
+                        lost = await _claim_lost(events, network, method)
+                        nursery.cancel_scope.cancel()
+                except* KeyboardInterrupt:  # Ctrl-C, which the nursery wraps: a stop as well
+                    pass
+    if lost is not None:
+        raise lost
+
+
+async def _cancel_on_stop(stops: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    """Cancel `scope` at the first stop signal."""
+    async for _ in stops:
+        scope.cancel()
+        return
+
+
+async def _claim_lost(events: EventStream, network: str, method: str) -> CommandFailed | None:
+    """Once the client dropped its claim of METHOD on NETWORK for good (it serves it no more),
+    the failure that ends the serve: exit 7 when another program claimed it (last claim wins),
+    the refusal's exit code when the daemon refused to give it back after a restart."""
+    async for event in events:
+        if (event.get("network"), event.get("method")) != (network, method):
+            continue
+        if event.get("kind") == "handler_displaced" and event.get("by") is not None:
+            said = f"{method} on {network} was claimed by another program; stopping"
+            return CommandFailed("conflict", said, EXIT_REFUSED)
+        if event.get("kind") == "client_replay_failed":
+            code, message = str(event.get("code")), str(event.get("message"))
+            said = f"{method} on {network} could not be claimed again: {code}: {message}; stopping"
+            return CommandFailed(code, said, EXIT_BY_ERROR_CODE.get(code, EXIT_FAILURE))
+    return None  # the client closed
 
 
 async def open_command(command: list[str], **options: Any) -> trio.Process:

@@ -16,7 +16,7 @@ import nacl.signing
 import pytest
 import trio
 
-from meshactors.cli.common import EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_USAGE
+from meshactors.cli.common import EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_USAGE
 from meshactors.client import MeshClient, RequestContext
 from meshactors.network.payload import MAX_PAYLOAD_BYTES
 from meshactors.wire.device_id import device_id_from_public_key
@@ -62,6 +62,31 @@ async def test_rpc_serve_answers_rpc_call_with_its_commands_output(home: Home, m
     _, served_errors = broken.communicate()
     said = error["message"].replace("\n", " | ")
     assert served_errors.splitlines() == [f"meshactors: broken on lan failed: {said}"]
+
+
+@pytest.mark.parametrize("kind", ["rpc", "stream"])
+async def test_a_serve_whose_method_another_program_claims_stops_exit_7(
+    home: Home, me: str, kind: str
+) -> None:
+    """Last claim wins: the serve, no longer serving, says so and exits instead of staying up."""
+    server = home.popen(kind, "serve", "-n", "lan", "upper", "--", "cat")
+
+    async def other(payload: Any, ctx: RequestContext) -> Any:
+        return payload
+
+    try:
+        with trio.fail_after(30):
+            line = await trio.to_thread.run_sync(started, server, "stderr")
+            assert line.startswith("serving upper on lan")
+            async with MeshClient(home.socket) as client:
+                await client.serve("lan", "upper", other)
+                await exited(server.pid)
+    finally:
+        server.kill()
+        _, errors = server.communicate()
+    assert server.returncode == EXIT_REFUSED
+    said = "upper on lan was claimed by another program; stopping"
+    assert errors.splitlines() == [f"meshactors: {said}"]
 
 
 async def test_rpc_call_in_the_old_positional_form_still_answers(home: Home, me: str) -> None:
