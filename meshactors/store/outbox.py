@@ -425,7 +425,7 @@ def expire_pending(
     with immediate(conn):
         outbox_ids = [
             row[0]
-            for status in ("pending", "inflight")
+            for status in UNSENT
             for row in conn.execute(
                 "SELECT id FROM outbox o WHERE status = ? AND created_at < ?"
                 " AND EXISTS (SELECT 1 FROM deliveries d"
@@ -818,7 +818,7 @@ def delete_sends(conn: sqlite3.Connection, outbox_ids: Sequence[str]) -> int:
 
 def _decide(row_id: str, key: str, status: str, match: bool, prefix: str) -> AcceptOutcome:
     """The lookup table for a request whose client_message_id already has a row."""
-    if match and status in ("pending", "inflight"):
+    if match and status in UNSENT:
         return AcceptOutcome("accepted", row_id, key, status, None, prefix)
     if match and status == "done":
         return AcceptOutcome("duplicate", row_id, key, status, None, prefix)
