@@ -152,9 +152,10 @@ def pages(entries: list[Entry]) -> list[list[WireEntry]]:
     cut: list[list[WireEntry]] = []
     size = 0
     for entry in entries:
-        if not cut or len(cut[-1]) == MAX_PAGE_ENTRIES or size + entry.wire_size > MAX_PAGE_BYTES:
+        cost = entry.wire_size  # escapes the entry's text: once per entry
+        if not cut or len(cut[-1]) == MAX_PAGE_ENTRIES or size + cost > MAX_PAGE_BYTES:
             cut.append([])
             size = 0
         cut[-1].append(WireEntry.of(entry))
-        size += entry.wire_size
+        size += cost
     return cut

@@ -156,10 +156,11 @@ class StateMap:
             if self._buckets[key] not in wanted:
                 continue
             entry = self._entries[key]
-            if found and (len(found) == max_entries or size + entry.wire_size > max_bytes):
+            cost = entry.wire_size  # escapes the entry's text: once per entry
+            if found and (len(found) == max_entries or size + cost > max_bytes):
                 return found, True
             found.append(entry)
-            size += entry.wire_size
+            size += cost
         return found, False
 
     def entries(self) -> Iterable[Entry]:
