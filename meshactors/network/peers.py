@@ -702,7 +702,10 @@ class Peers:
 
     def _keep_silent(self, device_id: str) -> None:
         """Count a device present that never opened a frame among the silent, newest last,
-        letting the oldest go past MAX_SILENT_PEERS."""
+        letting the oldest go past MAX_SILENT_PEERS. One counted already keeps its place: it
+        could otherwise be the oldest let go, then counted again with no table entry."""
+        if device_id in self._silent:
+            return
         if len(self._silent) >= MAX_SILENT_PEERS:
             self._forget_silent()
         self._silent[device_id] = None

@@ -372,6 +372,9 @@ async def test_a_stranger_that_comes_back_is_forgotten_after_those_seen_since(
         *[("approve", 4), ("remove", 4), ("hello", 2)],
     ]
 )
+@example(  # a silent device removed, never approved: still silent, not counted twice
+    [("join", 1), ("join", 3), ("remove", 1), ("join", 0), ("join", 2)]
+)
 @settings(deadline=None, max_examples=100)
 def test_generated_runs_keep_strangers_from_keeping_anyone_out(
     actions: list[tuple[str, int]],
