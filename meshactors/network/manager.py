@@ -258,7 +258,10 @@ class NetworkManager(Supervisor):
         forgotten = await self._unsave(network_id, purge=purge)
         if network is None and not forgotten.known:
             raise OpError(ErrorCode.NO_SUCH_NETWORK, f"not joined to a network {network_id!r}")
-        self.events.publish("network_removed", {"network": network_id, "purge": purge})
+        self.events.publish(
+            "network_removed",
+            {"network": network_id, "purge": purge, "purged_unsent": forgotten.purged_unsent},
+        )
         if stopping is not None:
             raise OpError(
                 ErrorCode.TIMEOUT,

@@ -191,6 +191,8 @@ async def test_a_purge_answers_how_many_undelivered_sends_it_dropped(
     )
     removed = await client.call("network_remove", network=NET, purge=True)
     assert removed["data"]["purged_unsent"] == 2  # the dead one was told of by message_dead
+    told = (await daemon.events.replay(0, 1000)).events
+    assert [e.data["purged_unsent"] for e in told if e.kind == "network_removed"] == [2]
     assert (await client.call("outbox_list"))["data"]["rows"] == []
     rejoined = await joined(connect)
     await rejoined.call("send", network=NET, to=peer, message="kept")
