@@ -1,9 +1,11 @@
-"""The durable outbox: idempotent accept, per-recipient deliveries with backoff, recovery, requeue.
+"""The durable outbox: idempotent accept, per-recipient deliveries with backoff, recovery, requeue,
+abort.
 
 A send is one `outbox` row plus one `deliveries` row per recipient. The row's status is
 derived from its deliveries (see `derive_status`) and stored, except `aborted`, which only
-`requeue` sets and nothing changes afterwards. Every function here that adds, removes or moves
-rows between statuses bumps their row_counts in the same transaction (`bump_counts`).
+`requeue` and `abort` set and nothing changes afterwards. Every function here that adds,
+removes or moves rows between statuses bumps their row_counts in the same transaction
+(`bump_counts`).
 """
 
 import collections
@@ -33,6 +35,7 @@ DESTINATION_KINDS = ("peer", "all", "tag")
 PRIORITIES = ("now", "next", "low")  # draining order: every due 'now' before any 'next'
 ROW_STATUSES = ("pending", "inflight", "done", "dead", "aborted")
 UNSENT = ("pending", "inflight")  # statuses of a send not yet delivered to every recipient
+ABORTABLE = (*UNSENT, "dead")  # row statuses `abort` takes: not done, not aborted already
 MAX_ATTEMPTS = 20  # a delivery that failed this many times is dead
 TTL_MS = 7 * 24 * 60 * 60 * 1000  # a send older than a week is dead at its next failure
 BACKOFF_BASE_MS = 500  # ceiling of the first retry's random wait; doubles per attempt
@@ -46,6 +49,7 @@ EXPIRE_BATCH = 500  # sends one expire_pending call makes dead, bounding its tra
 EXPIRE_DELIVERIES = MAX_RECIPIENTS
 EXPIRED = "expired"  # last_error of pending deliveries that outlived TTL_MS (expire_pending)
 EVICTED = "evicted"  # last_error of deliveries an evict made undeliverable (bury_evicted)
+ABORTED = "aborted"  # last_error of the open deliveries of a send the user aborted (abort)
 
 _PRIORITY_RANK = "CASE o.priority WHEN 'now' THEN 0 WHEN 'next' THEN 1 ELSE 2 END"
 _DUE_COLUMNS = (
@@ -61,7 +65,7 @@ _ROW_COLUMNS = (
 
 
 class SendError(Exception):
-    """A send that cannot be accepted, found or requeued; `code` is stable for clients.
+    """A send that cannot be accepted, found, requeued or aborted; `code` is stable for clients.
 
     Codes: no_recipients, invalid_request, conflict, not_found, not_requeueable.
     """
@@ -746,7 +750,7 @@ def requeue(
     with immediate(conn):
         old = load_row(conn, row_id)
         if old is None:
-            raise SendError("not_found", f"no outbox row {row_id!r}")
+            raise _no_row(row_id)
         if old.status != "dead":
             raise SendError(
                 "not_requeueable",
@@ -796,6 +800,45 @@ def requeue(
         new = load_row(conn, new_id)
     assert new is not None  # inserted in this transaction
     return new
+
+
+def abort(
+    conn: sqlite3.Connection, row_id: str, *, now_ms: int
+) -> tuple[OutboxRow, list[DeliveryKey]]:
+    """Give up a send that is not finished: the row becomes aborted and its open (pending or
+    inflight) deliveries dead with last_error 'aborted', so no claim takes them again (only a
+    pending delivery is claimed) and nothing puts them back to pending. Returns the row and
+    the deliveries it ended. An attempt in flight already cannot be called back: its late ack
+    still makes that delivery done, the row stays aborted. `conflict` for a done or aborted
+    row, `not_found` for no row."""
+    with immediate(conn):
+        old = load_row(conn, row_id)
+        if old is None:
+            raise _no_row(row_id)
+        if old.status not in ABORTABLE:
+            raise SendError(
+                "conflict",
+                f"outbox row {row_id} is {old.status}; only a {', '.join(ABORTABLE[:-1])}"
+                f" or {ABORTABLE[-1]} row can be aborted",
+            )
+        conn.execute(
+            "UPDATE outbox SET status = 'aborted', updated_at = ? WHERE id = ?", (now_ms, row_id)
+        )
+        bump_counts(conn, _moved("outbox", {old.status: 1}, "aborted"))
+        rows = conn.execute(
+            "SELECT rowid, outbox_id, recipient, status FROM deliveries"
+            " WHERE outbox_id = ? AND status IN ('pending', 'inflight')",
+            (row_id,),
+        ).fetchall()
+        ended = _kill(conn, rows, now_ms, last_error=ABORTED)  # the row stays aborted
+        row = load_row(conn, row_id)
+    assert row is not None  # read in this transaction
+    return row, ended
+
+
+def _no_row(row_id: str) -> SendError:
+    """`not_found` for a row id, the id cut short: a client may send any string."""
+    return SendError("not_found", f"no outbox row {row_id[:64]!r}")
 
 
 def delete_sends(conn: sqlite3.Connection, outbox_ids: Sequence[str]) -> int:

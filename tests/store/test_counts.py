@@ -1,6 +1,6 @@
 """The counts the outbox's writes keep in `row_counts` stay equal to the rows in each status,
-whatever sequence of outbox changes runs (claims at accept, pruning, a network's purge and
-requeue included)."""
+whatever sequence of outbox changes runs (claims at accept, pruning, a network's purge,
+requeue and abort included)."""
 
 import sqlite3
 from pathlib import Path
@@ -28,6 +28,7 @@ STEPS = (
     "expire",
     "recover",
     "requeue",
+    "abort",
     "prune",
     "purge",
 )
@@ -83,6 +84,12 @@ def _step(conn: sqlite3.Connection, step: str, pick: int, at: int) -> None:
         rows = outbox.list_rows(conn, status="dead", network=None, limit=5)
         if rows:
             outbox.requeue(conn, rows[pick % len(rows)].id, new_client_message_id=None, now_ms=at)
+        return
+    if step == "abort":
+        rows = outbox.list_rows(conn, status=None, network=None, limit=5)
+        abortable = [row for row in rows if row.status in outbox.ABORTABLE]
+        if abortable:
+            outbox.abort(conn, abortable[pick % len(abortable)].id, now_ms=at)
         return
     status = "pending" if step == "claim" else "inflight"
     found = _deliveries(conn, status)

@@ -1,4 +1,5 @@
-"""The outbox: the idempotency lookup table, derived row status, retries, recovery, requeue."""
+"""The outbox: the idempotency lookup table, derived row status, retries, recovery, requeue,
+abort."""
 
 import sqlite3
 import threading
@@ -19,6 +20,7 @@ from meshactors.store.outbox import (
     DeliveryKey,
     SendError,
     SendRequest,
+    abort,
     accept,
     accept_many,
     backoff_ms,
@@ -560,6 +562,54 @@ def test_requeue_refuses_a_taken_key_unknown_rows_and_other_states(
             requeue(conn, open_id, new_client_message_id=None, now_ms=T0)
         assert info.value.code == "not_requeueable"
     assert count(conn, "outbox") == 4
+
+
+def test_abort_ends_the_open_deliveries_and_nothing_sends_them_again(
+    conn: sqlite3.Connection,
+) -> None:
+    row_id = send(conn, recipients=["a", "b", "c"], destination_kind="all", destination_ref="*").id
+    mark_inflight(conn, [DeliveryKey(row_id, "a")], T0)  # the sender has a's attempt out
+    delivered(conn, row_id, "c", T0)
+    row, ended = abort(conn, row_id, now_ms=T0 + 1)
+    assert ended == [DeliveryKey(row_id, "a"), DeliveryKey(row_id, "b")]
+    assert (row.status, row.superseded_by, row.updated_at) == ("aborted", None, T0 + 1)
+    assert [(d.recipient, d.status, d.last_error) for d in row.deliveries] == [
+        ("a", "dead", "aborted"),
+        ("b", "dead", "aborted"),
+        ("c", "done", None),
+    ]
+    assert due_deliveries(conn, now_ms=T0 + TTL_MS, limit=10) == []
+    assert mark_inflight(conn, [DeliveryKey(row_id, "b")], T0 + 2) == []
+    assert not mark_due_now(conn, row_id, "a", T0 + 2)  # a's peer left: not due again
+    assert recover_inflight(conn, T0 + 2) == 0
+    assert mark_failed(conn, row_id, "a", error_code="x", permanent=False, now_ms=T0 + 2) == (
+        "already_dead"
+    )
+    assert delivered(conn, row_id, "a", T0 + 3) == "done"  # a's attempt arrived after all
+    late = row_of(conn, row_id)
+    assert late.status == "aborted"  # the user's decision stays; the delivery tells the fact
+    assert (late.deliveries[0].recipient, late.deliveries[0].status) == ("a", "done")
+
+
+def test_abort_takes_a_dead_row_and_refuses_finished_and_unknown_ones(
+    conn: sqlite3.Connection,
+) -> None:
+    dead_id = put_in_state(conn, "dead")
+    row, ended = abort(conn, dead_id, now_ms=T0 + 1)
+    assert (row.status, ended) == ("aborted", [])
+    assert row.deliveries[0].last_error != "aborted"  # it had died on its own
+    done_id = send(conn, client_message_id="finished").id
+    delivered(conn, done_id, "dev-a", T0)
+    for finished, status in ((done_id, "done"), (dead_id, "aborted")):
+        with pytest.raises(SendError) as info:
+            abort(conn, finished, now_ms=T0 + 2)
+        assert info.value.code == "conflict"
+        assert f"is {status};" in str(info.value)
+        assert row_of(conn, finished).status == status
+    with pytest.raises(SendError) as info:
+        abort(conn, "x" * 10_000, now_ms=T0)
+    assert info.value.code == "not_found"
+    assert len(str(info.value)) < 100  # the id is cut short
 
 
 def test_list_rows_filters_newest_first_and_checks_the_limit(conn: sqlite3.Connection) -> None:
