@@ -70,6 +70,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     requeue.add_argument("id")
     requeue.add_argument("--new-client-id", default=None)
     requeue.set_defaults(run=run_outbox_requeue)
+    abort = outbox.add_parser(
+        "abort",
+        help="give up a send not finished yet (pending, inflight or dead): it is never sent"
+        " again; an attempt already on its way may still arrive",
+    )
+    abort.add_argument("id")
+    abort.set_defaults(run=run_outbox_abort)
 
 
 def _call_given(args: argparse.Namespace, op: str, **values: Any) -> Any:
@@ -187,3 +194,10 @@ def run_outbox_requeue(args: argparse.Namespace) -> int:
     row = answer["row"]
     text = f"requeued {args.id} as {row['id']} (client id {row['client_message_id']})"
     return report(args, answer, text)
+
+
+def run_outbox_abort(args: argparse.Namespace) -> int:
+    answer = call(args, "outbox_abort", outbox_id=args.id)
+    deliveries = answer["row"]["deliveries"]
+    done = sum(d["status"] == "done" for d in deliveries)
+    return report(args, answer, f"aborted {args.id} ({done}/{len(deliveries)} delivered)")

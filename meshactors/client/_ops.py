@@ -398,6 +398,14 @@ class Ops(abc.ABC):
             "outbox_requeue", params(outbox_id=id, new_client_message_id=new_client_message_id)
         )
 
+    async def outbox_abort(self, id: str) -> Data:
+        """Give up a send not finished yet (pending, inflight or dead): it is never sent again
+        (an attempt already on its way may still arrive); a done or aborted row is refused
+        `conflict`, an unknown id `not_found`. Answers `{row}`.
+
+        On the wire the row id is `outbox_id`: `id` names the request itself."""
+        return await self.call("outbox_abort", params(outbox_id=id))
+
     # replicated state
     async def state_set(self, network: str, key: str, value: Json) -> Data:
         """Set a key of the network's shared state to a JSON value (replicated to peers)."""

@@ -1,4 +1,5 @@
-"""Ops for durable messages: send (idempotent accept), inbox, outbox_list, outbox_requeue.
+"""Ops for durable messages: send (idempotent accept), inbox, outbox_list, outbox_requeue,
+outbox_abort.
 
 `send` resolves `to` against the network's approved peers, then `store.outbox.accept_many` decides
 by the idempotency lookup table (docs/protocol.md); the outbox actor delivers.
@@ -89,6 +90,13 @@ class RequeueParams:
 
     outbox_id: str
     new_client_message_id: str | None = None
+
+
+@attrs.frozen
+class AbortParams:
+    """Params of `outbox_abort`: the row's id (`id` itself names the request on the socket)."""
+
+    outbox_id: str
 
 
 converter.register_structure_hook(
@@ -309,7 +317,8 @@ async def inbox(session: Session, params: InboxParams) -> dict[str, Any]:
 
 
 def row_view(row: OutboxRow) -> dict[str, Any]:
-    """An outbox row as outbox_list and outbox_requeue show it, with each recipient's delivery."""
+    """An outbox row as outbox_list, outbox_requeue and outbox_abort show it, with each
+    recipient's delivery."""
     return {
         "id": row.id,
         "network": row.network,
@@ -398,6 +407,21 @@ async def outbox_requeue(session: Session, params: RequeueParams) -> dict[str, A
     return {"superseded": params.outbox_id, "row": row_view(row)}
 
 
+async def outbox_abort(session: Session, params: AbortParams) -> dict[str, Any]:
+    """Give up a send not finished yet (pending, inflight or dead): the row is aborted and
+    each delivery still open dies, told as any other that gives up (`message_dead`, error
+    `aborted`); `conflict` for a done or aborted row."""
+    row, ended = await _store_call(
+        session,
+        functools.partial(outbox_db.abort, row_id=params.outbox_id, now_ms=wall_ms()),
+        "abort",
+    )
+    for key in ended:
+        dead = {"id": key.outbox_id, "recipient": key.recipient, "error": outbox_db.ABORTED}
+        session.services.events.publish("message_dead", dead)
+    return {"row": row_view(row)}
+
+
 OPS: list[Op[Any]] = [
     Op(
         "send",
@@ -431,5 +455,13 @@ OPS: list[Op[Any]] = [
         "send a dead row again {outbox_id}",
         command="outbox requeue",
         http_post="/v1/outbox/requeue",
+    ),
+    Op(
+        "outbox_abort",
+        AbortParams,
+        outbox_abort,
+        "give up a send not finished yet {outbox_id}",
+        command="outbox abort",
+        http_post="/v1/outbox/abort",
     ),
 ]

@@ -1,5 +1,6 @@
 """Durable messages between real daemons through a real broker: delivery acked end to end,
-dedupe, offline recipients, restarts, `*` and `@tag` fan-out, requeue and event replay."""
+dedupe, offline recipients, restarts, `*` and `@tag` fan-out, requeue, abort and event
+replay."""
 
 from __future__ import annotations
 
@@ -247,6 +248,41 @@ async def test_requeue_sends_a_dead_row_again_under_a_new_id(mesh: Mesh) -> None
     (message,) = await inbox_of(b, 1)
     assert message["client_message_id"] == "retry-1"
     await delivered(a, answer["row"]["id"])
+
+
+async def test_an_aborted_send_never_reaches_its_peer_when_it_comes_back(mesh: Mesh) -> None:
+    a, b = await active_pair(mesh)
+    await b.stop()
+    await a.wait_status(b, "offline")
+    sent = await a.call("send", network=NET, to=b.device_id, message="never")
+    before = a.last_event_id
+    answer = await a.call("outbox_abort", outbox_id=sent["id"])
+    assert answer == {"row": await outbox_row(a, sent["id"])}  # as outbox_list shows it
+    row = answer["row"]
+    assert (row["status"], row["superseded_by"]) == ("aborted", None)
+    assert [(d["status"], d["last_error"]) for d in row["deliveries"]] == [("dead", "aborted")]
+    dead = await a.wait_event("message_dead", after=before, id=sent["id"])
+    assert (dead["recipient"], dead["error"]) == (b.device_id, "aborted")
+
+    later = await a.call("send", network=NET, to=b.device_id, message="later")
+    b = await mesh.daemon("b")  # back on the same path: the aborted send stays behind
+    await delivered(a, later["id"])
+    assert [m["message"] for m in await inbox_of(b, 1)] == ["later"]
+    assert (await outbox_row(a, sent["id"]))["status"] == "aborted"
+
+    with pytest.raises(OpFailed) as again:
+        await a.call("outbox_abort", outbox_id=sent["id"])
+    assert again.value.code == "conflict"
+    assert "is aborted" in str(again.value)
+    with pytest.raises(OpFailed) as done:
+        await a.call("outbox_abort", outbox_id=later["id"])
+    assert done.value.code == "conflict"
+    assert "is done" in str(done.value)
+    assert (await outbox_row(a, later["id"]))["status"] == "done"
+    with pytest.raises(OpFailed) as unknown:
+        await a.call("outbox_abort", outbox_id="01ZZZZZZZZZZZZZZZZZZZZZZZZ")
+    assert unknown.value.code == "not_found"
+    assert a.crashes() == {}
 
 
 async def test_message_events_replay_after_since_on_a_new_subscription(mesh: Mesh) -> None:

@@ -36,6 +36,7 @@ from meshactors.wire.peer import (
 )
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed
 from tests.network.rawpeer import RawPeer, approved_raw_peer
+from tests.network.test_delivery import outbox_row
 
 EXTRA = 8  # messages beyond the window
 
@@ -235,6 +236,36 @@ async def test_places_held_for_a_refused_or_repeated_send_are_given_back(
     await raw.send_frame(b.device_id, MsgAcks([MsgAck(ref, "stored")]))
     await b.wait_event("message_delivered", id=sent["id"])
     assert outbox.figures()["inflight"] == 0
+
+
+async def test_a_row_aborted_in_flight_is_not_sent_again_and_its_late_ack_changes_no_status(
+    nursery: trio.Nursery, mesh: Mesh
+) -> None:
+    b, raw, outbox = await outbox_to_raw_peer(mesh, nursery)
+    (aborted,) = await send_many(b, raw.device_id, 1)
+    await msgs(raw, 1)  # the outbox is sending it: the attempt is out, its ack not yet back
+    answer = await b.call("outbox_abort", outbox_id=aborted)
+    assert answer["row"]["status"] == "aborted"
+    await b.wait_event("message_dead", id=aborted, error="aborted")
+
+    # The peer leaves and comes back: an attempt in flight would be due again at once.
+    before = b.last_event_id
+    await raw.send_frame(b.device_id, Approval("pending"))
+    await b.wait_event("peer_pending", after=before, device_id=raw.device_id)
+    await raw.send_frame(b.device_id, Approval("approved"))
+    await b.wait_event("peer_active", after=before, device_id=raw.device_id)
+    (later,) = await send_many(b, raw.device_id, 1)
+    assert list(await msgs(raw, 1)) == [later]  # queued behind the aborted one: not resent
+
+    # The first attempt's ack still comes: the delivery is done, the row stays aborted.
+    await raw.send_frame(b.device_id, MsgAcks([MsgAck(aborted, "stored"), MsgAck(later, "stored")]))
+    await b.wait_event("message_delivered", id=later)
+    await b.wait_event("message_delivered", id=aborted)
+    row = await outbox_row(b, aborted)
+    assert row["status"] == "aborted"
+    assert [(d["status"], d["last_error"]) for d in row["deliveries"]] == [("done", "aborted")]
+    assert outbox.figures()["inflight"] == 0
+    assert b.crashes() == {}
 
 
 async def test_a_requeued_dead_row_leaves_at_once_for_an_active_peer(

@@ -1,5 +1,5 @@
 """The durable-message ops on one real daemon: the lookup table through `send`, concurrent
-accepts of one key, validation, outbox listing and inbox paging."""
+accepts of one key, validation, outbox listing, abort by the CLI and HTTP, and inbox paging."""
 
 from __future__ import annotations
 
@@ -22,8 +22,12 @@ from meshactors.store import outbox as outbox_db
 from meshactors.wire.device_id import device_id_from_public_key
 from meshactors.wire.ipc import MAX_PAGE, ErrorCode, OpError
 from meshactors.wire.peer import MAX_PEER_FRAME_BYTES, encode_frame
+from tests.daemon_tree import Connect
+from tests.fuzz.conftest import examples_of
+from tests.fuzz.strategies import hostile_json, odd_text
 from tests.store.test_outbox import T0
 from tests.store.test_outbox import request as outbox_request
+from tests.support import Home
 
 NET = "n"
 
@@ -198,6 +202,58 @@ async def test_a_purge_answers_how_many_undelivered_sends_it_dropped(
     await rejoined.call("send", network=NET, to=peer, message="kept")
     kept = await rejoined.call("network_remove", network=NET)
     assert kept["data"]["purged_unsent"] == 0  # without purge the send stays
+
+
+async def test_outbox_abort_by_the_cli_and_by_http(
+    connect: Any, daemon: Services, http: Connect
+) -> None:
+    client = await joined(connect)
+    peer = new_device()
+    by_cli, by_http = [
+        (await client.call("send", network=NET, to=peer, message=text))["data"]["id"]
+        for text in ("cli", "http")
+    ]
+    home = Home(daemon.paths.socket.parent)
+    cli = functools.partial(home.cli, check=False)
+    aborted = await trio.to_thread.run_sync(cli, "outbox", "abort", by_cli)
+    assert (aborted.returncode, aborted.stdout) == (0, f"aborted {by_cli} (0/1 delivered)\n")
+    again = await trio.to_thread.run_sync(cli, "outbox", "abort", by_cli)
+    assert again.returncode == 7  # refused
+    assert "conflict" in again.stderr and "is aborted" in again.stderr, again.stderr
+    missing = await trio.to_thread.run_sync(cli, "outbox", "abort", "nope")
+    assert missing.returncode == 6  # not found
+
+    body = json.dumps({"outbox_id": by_http}).encode()
+    response = await (await http()).request("POST", "/v1/outbox/abort", body)
+    assert response.status == 200
+    row = response.json()["data"]["row"]
+    assert (row["id"], row["status"]) == (by_http, "aborted")
+    shown = (await client.call("outbox_list", status="aborted", limit=10))["data"]["rows"]
+    assert row in shown
+    conflict = await (await http()).request("POST", "/v1/outbox/abort", body)
+    assert (conflict.status, conflict.code) == (409, "conflict")
+
+
+async def test_outbox_abort_refuses_bad_ids_with_a_clear_code(connect: Any) -> None:
+    client = await joined(connect)
+    texts = odd_text | st.integers(1, 200_000).map(lambda n: "0" * n)
+    drawn = await examples_of(
+        st.integers()
+        | st.integers(max_value=-1)
+        | st.integers(min_value=2**64)
+        | hostile_json
+        | texts
+    )
+    for outbox_id in [*drawn, None, True, -1, 2**200, 1.5, [], {}]:
+        answer = await client.call("outbox_abort", outbox_id=outbox_id)
+        code = answer["error"]["code"]
+        assert code in ("invalid_params", "not_found"), (outbox_id, answer)
+        if not isinstance(outbox_id, str):
+            assert code == "invalid_params", (outbox_id, answer)
+        assert len(answer["error"]["message"]) < 1000  # the id is cut short, not echoed whole
+    for params in ({}, {"outbox_id": "x", "extra": 1}):
+        answer = await client.call("outbox_abort", **params)
+        assert answer["error"]["code"] == "invalid_params", answer
 
 
 @given(st.text(max_size=60) | st.from_regex(OUTBOX_CURSOR, fullmatch=True))
