@@ -225,8 +225,9 @@ class Peers:
     # device ids of the roster's pending entries, the stranger seen longest ago first (moved to
     # the end by each hello; a load orders them by first seen)
     _strangers: dict[str, None] = attrs.field(factory=dict)
-    # device ids of the peers present that never opened a frame and have no roster entry, the
-    # one that joined longest ago first: let go first when the table is full
+    # device ids of the peers with no roster entry present at the broker that never opened a
+    # frame, or said Bye since (it leaves the table when it leaves the broker), the one counted
+    # longest ago first: let go first when the table is full
     _silent: dict[str, None] = attrs.field(factory=dict)
     # the pace of status events about silent devices, all of them together
     _silent_events: TokenBucket = attrs.field(factory=lambda: _status_pace(SILENT_EVENT_BURST))
@@ -711,15 +712,12 @@ class Peers:
         self._silent[device_id] = None
 
     def _forget_silent(self) -> bool:
-        """Let go of the silent peer that joined longest ago (told as `peer_left`); False when
+        """Let go of the silent peer counted longest ago (told as `peer_left`); False when
         there is none."""
         device_id = next(iter(self._silent), None)
         if device_id is None:
             return False
-        peer = self._peers[device_id]
-        peer.forget_session()
-        self._update(peer)
-        self._drop_peer(peer)
+        self._gone(self._peers[device_id])
         self.dropped["silent_forgotten"] += 1
         return True
 
@@ -751,12 +749,24 @@ class Peers:
         await self._try_send(peer, self._hello(peer, answer=False))
 
     def _on_leave(self, device_id: str) -> None:
+        """A device left the broker (or the link went): one the table keeps no roster entry
+        for leaves it, one that said Bye before too."""
         peer = self._peers.get(device_id)
-        if peer is None or not peer.present:
-            return
+        if peer is not None and (peer.present or device_id not in self._roster):
+            self._gone(peer)
+
+    def _gone(self, peer: PeerState, *, said_bye: bool = False) -> None:
+        """The peer is not present now: what it told us in its presence no longer holds, and
+        one with no roster entry leaves the table; after a Bye (still at the broker till it
+        says the peer left) it is silent till then instead: let go first, it never holds a
+        place for good, and keeps its entry, and its pace, if it says hello again."""
         peer.forget_session()
         self._update(peer)
-        if device_id not in self._roster:
+        if peer.device_id in self._roster:
+            return
+        if said_bye:
+            self._keep_silent(peer.device_id)
+        else:
             self._drop_peer(peer)
 
     async def _on_record(self, public_key: bytes, sealed: bytes) -> None:
@@ -834,7 +844,8 @@ class Peers:
             case Pong(token=token):
                 peer.rtt_ms = round((time.monotonic_ns() - token) / 1e6, 3)
             case Bye():
-                peer.forget_session()
+                self._gone(peer, said_bye=True)
+                return
             case _ if frame.app:
                 self._route_app(peer, frame)
             case _ if frame.tag in self._control_handlers:

@@ -23,7 +23,9 @@ from meshactors.membership.facts import (
     to_token,
 )
 from meshactors.membership.frames import LogFacts
+from meshactors.network import peers as peers_module
 from meshactors.wire.device_id import SHORT_ID
+from meshactors.wire.peer import Bye
 from tests.membership.conftest import (
     CLOSED,
     active,
@@ -37,6 +39,7 @@ from tests.membership.conftest import (
 )
 from tests.network.appclient import AppClient
 from tests.network.conftest import Mesh, OpFailed, run_cli
+from tests.network.rawpeer import RawPeer
 
 
 async def test_a_non_member_never_shows_as_pending_and_a_grant_makes_it_active(
@@ -379,3 +382,27 @@ async def test_a_member_that_restarts_is_heard_again_under_its_remembered_replay
     assert after is not None and after["frames"]["replayed"] == 0
     assert after["frames"]["opened"] > before["frames"]["opened"]
     assert owner.network(CLOSED).peers.figures()["openers_kept"] == 0
+
+
+async def test_devices_that_say_bye_keep_no_member_out_of_a_full_table(
+    mesh: Mesh, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A closed network keeps no roster entry, so nothing but presence holds a place: a device
+    that says Bye and leaves has none, and one still at the broker after its Bye is let go
+    first, like a silent one. Non-members doing so cannot keep a member from being active."""
+    monkeypatch.setattr(peers_module, "MAX_PEERS", 1)
+    owner, member = await mesh.daemon("owner"), await mesh.daemon("member")
+    bootstrap = await create(owner, mesh)
+    for stays in (False, False, True):
+        raw = RawPeer(CLOSED)
+        async with trio.open_nursery() as presence:
+            await raw.join(mesh.url, nursery if stays else presence)
+            await raw.hello(owner.device_id)
+            await owner.wait_event("peer_denied", network=CLOSED, device_id=raw.device_id)
+            await raw.send_frame(owner.device_id, Bye("network removed"))
+            await owner.wait_event("peer_left", network=CLOSED, device_id=raw.device_id)
+            presence.cancel_scope.cancel()
+    await import_closed(member, mesh, bootstrap)
+    await owner.call("members_grant", network=CLOSED, device_id=member.device_id, role="member")
+    await active(owner, member)
+    assert await owner.peer(raw.device_id, CLOSED) is None  # still present, let go for it

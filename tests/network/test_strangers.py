@@ -33,7 +33,7 @@ from meshactors.store.actor import StoreActor
 from meshactors.wire.broker import PresenceJoin, PresenceLeave
 from meshactors.wire.device_id import device_id_from_public_key
 from meshactors.wire.ipc import ErrorCode, OpError
-from meshactors.wire.peer import encode_frame
+from meshactors.wire.peer import Bye, Frame, encode_frame
 from tests.network.appclient import network_children
 from tests.network.conftest import NET, Daemon, Mesh, OpFailed, approve_both
 from tests.network.rawpeer import RawPeer, pending_hello
@@ -218,7 +218,7 @@ MODEL_PEERS, MODEL_STRANGERS, MODEL_SILENT = 5, 2, 2  # the limits the generated
 
 steps = st.lists(
     st.tuples(
-        st.sampled_from(["join", "hello", "leave", "approve", "deny", "remove"]),
+        st.sampled_from(["join", "hello", "bye", "leave", "approve", "deny", "remove"]),
         st.integers(0, STRANGER_KEYS - 1),
     ),
     max_size=40,
@@ -250,6 +250,10 @@ class _TableRun:
             self.assert_admitted(device_id)
             if self.roster().get(device_id) == "pending":
                 self.kept.add(index)
+        elif action == "bye":  # to peers it handshook; it may leave later, or never
+            if self.table().get(device_id, {}).get("status") in ("pending", "denied", "active"):
+                await self.say(index, Bye("leaving"))
+                self.kept.discard(index)
         elif action == "leave":
             await self.peers.on_link_event(PresenceLeave(device_id))
             self.present.discard(index)
@@ -275,11 +279,14 @@ class _TableRun:
         self.assert_rules()
 
     async def say_hello(self, index: int) -> None:
+        await self.say(index, pending_hello())
+
+    async def say(self, index: int, frame: Frame) -> None:
         key = self.keys[index]
         sealer = self.sealers.setdefault(
             index, PeerCrypto.for_peer(key, self.peers.identity.device_id)
         )
-        sealed = sealer.seal(encode_frame(pending_hello()))
+        sealed = sealer.seal(encode_frame(frame))
         await self.peers.on_link_event(InboundRecords([(bytes(key.verify_key), sealed)]))
 
     def table(self) -> dict[str, dict[str, Any]]:
@@ -289,9 +296,14 @@ class _TableRun:
         return {row["device_id"]: row["state"] for row in self.peers.list_roster()}
 
     def silent(self) -> set[str]:
-        """The devices in the table only as present at the broker: never a frame, no entry."""
+        """The devices in the table only as present at the broker, no entry: never a frame
+        (sighted) or a Bye (offline) since they joined."""
         roster = self.roster()
-        return {d for d, p in self.table().items() if p["status"] == "sighted" and d not in roster}
+        return {
+            d
+            for d, p in self.table().items()
+            if p["status"] in ("sighted", "offline") and d not in roster
+        }
 
     def assert_full_of_others(self) -> None:
         """The table is full, and not of strangers that left nor of silent devices."""
@@ -318,6 +330,9 @@ class _TableRun:
         }
         assert {self.device(i) for i in self.kept} <= set(roster)
         assert set(roster) <= set(table)  # every roster entry has its place
+        # nor is any place held for good: one with no entry goes when it leaves the broker
+        assert set(table) - set(roster) <= {self.device(i) for i in self.present}
+        assert set(self.peers._silent) <= set(table)  # to be let go, each has its place
 
 
 @contextlib.asynccontextmanager
@@ -365,6 +380,25 @@ async def test_a_stranger_that_comes_back_is_forgotten_after_those_seen_since(
         assert run.roster() == {run.device(0): "pending", run.device(2): "pending"}
 
 
+def _model_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hold the peer table to the generated runs' limits."""
+    monkeypatch.setattr(peers_module, "MAX_PEERS", MODEL_PEERS)
+    monkeypatch.setattr(peers_module, "MAX_STRANGERS", MODEL_STRANGERS, raising=False)
+    monkeypatch.setattr(peers_module, "MAX_SILENT_PEERS", MODEL_SILENT, raising=False)
+
+
+async def test_a_device_that_says_bye_and_leaves_holds_no_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Approved, removed while present, then Bye and gone: no entry keeps it in the table."""
+    _model_limits(monkeypatch)
+    async with _table_run(tmp_path) as run:
+        for action, index in [("hello", 0), ("approve", 0), ("remove", 0), ("bye", 0)]:
+            await run.step(action, index)
+        await run.step("leave", 0)
+        assert run.table() == {}
+
+
 @given(steps)
 @example(  # approved while silent, then removed: silent again, so let go first
     [
@@ -383,7 +417,5 @@ def test_generated_runs_keep_strangers_from_keeping_anyone_out(
         tempfile.TemporaryDirectory() as home,
         pytest.MonkeyPatch.context() as monkeypatch,
     ):
-        monkeypatch.setattr(peers_module, "MAX_PEERS", MODEL_PEERS)
-        monkeypatch.setattr(peers_module, "MAX_STRANGERS", MODEL_STRANGERS, raising=False)
-        monkeypatch.setattr(peers_module, "MAX_SILENT_PEERS", MODEL_SILENT, raising=False)
+        _model_limits(monkeypatch)
         trio.run(_run_steps, Path(home), actions)
