@@ -991,10 +991,7 @@ class Peers:
             raise OpError(ErrorCode.INVALID_PARAMS, f"not a usable device id: {device_id!r}")
         peer = self._peer(device_id)
         if peer is None:
-            raise OpError(
-                ErrorCode.UNAVAILABLE,
-                f"peer table full ({MAX_PEERS}) in {self.network}: remove a roster entry first",
-            )
+            raise self._table_full()
         await self._store_roster(device_id, state, label)
         if state == "approved":
             self._publish("peer_approved", peer)
@@ -1003,6 +1000,17 @@ class Peers:
         self._update(peer)
         self._update_phase()
         return self._describe(peer)
+
+    def _table_full(self) -> OpError:
+        """Why a new device found no place: each is held by a device present at the broker or
+        by an approved or denied one that is not (the others were let go to make room)."""
+        said = f"peer table full ({MAX_PEERS}) in {self.network}"
+        away = sum(not peer.present for peer in self._peers.values())
+        if away:
+            said += f": {away} held by devices not present: remove one's roster entry"
+        else:
+            said += ": every place is held by a device present at the broker: wait till some leave"
+        return OpError(ErrorCode.UNAVAILABLE, said)
 
     def _roster_entry(self, device_id: str, state: str, label: str | None) -> roster_db.RosterEntry:
         """A new roster entry for `device_id`; a None label keeps the one already known."""

@@ -156,6 +156,7 @@ async def test_a_full_table_makes_room_for_an_approval_or_says_it_is_full(
         await a.call("roster_approve", network=NET, device_id=third)
     assert full.value.code == "unavailable"
     assert "peer table full (2)" in str(full.value)
+    assert "2 held by devices not present" in str(full.value)
     with pytest.raises(OpFailed) as unusable:
         await a.call("roster_approve", network=NET, device_id="a" * 52)
     assert unusable.value.code == "invalid_params"
@@ -273,6 +274,7 @@ class _TableRun:
             except OpError as refused:
                 assert refused.code is ErrorCode.UNAVAILABLE
                 self.assert_full_of_others()
+                self.assert_held_as_said(refused.message)
             else:
                 self.decided[index] = "approved" if action == "approve" else "denied"
         await self.peers.settle(queued=0)
@@ -314,6 +316,12 @@ class _TableRun:
             roster.get(d) in ("approved", "denied") or p["status"] != "offline"
             for d, p in table.items()
         )
+
+    def assert_held_as_said(self, refusal: str) -> None:
+        """A refusal for a full table says truly what holds its places."""
+        away = sum(p["status"] == "offline" for p in self.table().values())
+        said = f"{away} held by devices not present" if away else "present at the"
+        assert said in refusal
 
     def assert_admitted(self, device_id: str) -> None:
         """A device present at the broker is in the table unless it is full of others."""
@@ -390,13 +398,17 @@ def _model_limits(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_a_device_that_says_bye_and_leaves_holds_no_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Approved, removed while present, then Bye and gone: no entry keeps it in the table."""
+    """Approved, removed while present, then Bye and gone: no entry keeps it in the table, and
+    a full table's refusal names what holds its places."""
     _model_limits(monkeypatch)
     async with _table_run(tmp_path) as run:
         for action, index in [("hello", 0), ("approve", 0), ("remove", 0), ("bye", 0)]:
             await run.step(action, index)
         await run.step("leave", 0)
         assert run.table() == {}
+        for index in range(MODEL_PEERS):  # present, each with a pending entry or none
+            await run.step("hello", index)
+        await run.step("approve", MODEL_PEERS)  # refused: every place is held by one present
 
 
 @given(steps)
