@@ -468,7 +468,9 @@ class Peers:
         return await self._set_roster(device_id, "denied", None)
 
     async def forget(self, device_id: str) -> bool:
-        """roster_remove: forget a device's approval; it is cut off at once."""
+        """roster_remove: forget a device's approval; it is cut off at once (conflict in a
+        closed network, which keeps no roster: it would tell a member we were pending)."""
+        self._refuse_if_closed()
         await self.save_unsaved()
         known = await self.store.call(
             functools.partial(roster_db.remove_roster, network=self.network, device_id=device_id),
@@ -980,11 +982,15 @@ class Peers:
 
     # -- commands -----------------------------------------------------------------------------
 
-    async def _set_roster(self, device_id: str, state: str, label: str | None) -> dict[str, Any]:
+    def _refuse_if_closed(self) -> None:
+        """The roster ops' answer in a closed network, before they change anything: conflict."""
         if self.closed:
             raise OpError(
                 ErrorCode.CONFLICT, f"{self.network} is closed: membership replaces approval"
             )
+
+    async def _set_roster(self, device_id: str, state: str, label: str | None) -> dict[str, Any]:
+        self._refuse_if_closed()
         if device_id == self.identity.device_id:
             raise OpError(ErrorCode.INVALID_PARAMS, "that is this daemon's own device id")
         if not is_usable_device_id(device_id):

@@ -406,3 +406,18 @@ async def test_devices_that_say_bye_keep_no_member_out_of_a_full_table(
     await owner.call("members_grant", network=CLOSED, device_id=member.device_id, role="member")
     await active(owner, member)
     assert await owner.peer(raw.device_id, CLOSED) is None  # still present, let go for it
+
+
+async def test_roster_remove_is_a_conflict_that_leaves_a_member_active(mesh: Mesh) -> None:
+    """A closed network keeps no roster: removing a member from it is refused as the other
+    roster ops are, and tells the member nothing (it would see us pending)."""
+    owner, member = await team(mesh, "owner", "member")
+    with pytest.raises(OpFailed) as refused:
+        await owner.call("roster_remove", network=CLOSED, device_id=member.device_id)
+    assert refused.value.code == "conflict"
+    assert "membership replaces approval" in str(refused.value)
+    mark = member.last_event_id
+    await owner.call("capabilities_set", network=CLOSED, capabilities={"tags": ["after"]})
+    await member.wait_event("peer_capabilities", after=mark, device_id=owner.device_id)
+    seen = await member.peer(owner, CLOSED)  # told after any approval the remove had sent
+    assert seen is not None and (seen["status"], seen["peer_approval"]) == ("active", "approved")
