@@ -14,9 +14,12 @@ Streams that are not a plain socket (TLS, test streams) use trio's calls.
 from __future__ import annotations
 
 import os
+import select
 
 import attrs
 import trio
+
+HANGUP_CHECK = 0.25  # seconds between checks that a peer at its end of input did not hang up
 
 
 async def receive_some(stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes | bytearray:
@@ -98,3 +101,17 @@ class QuickSocketStream(trio.abc.HalfCloseableStream):
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+def hung_up(stream: trio.abc.Stream) -> bool:
+    """Whether the peer closed the whole connection, not only its sending side: a Unix
+    socket whose peer is closed polls as hung up (one half-closed does not); a stream this
+    end closed counts as hung up too."""
+    if not isinstance(stream, trio.SocketStream):
+        return False
+    fd = stream.socket.fileno()
+    if fd < 0:
+        return True
+    poller = select.poll()
+    poller.register(fd, 0)  # POLLHUP is reported whatever is asked
+    return any(events & select.POLLHUP for _, events in poller.poll(0))

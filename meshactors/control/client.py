@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import select
 from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar
 
@@ -55,7 +54,7 @@ from meshactors.control.tcp_auth import TcpGate
 from meshactors.daemon.services import Services
 from meshactors.network.stream_pipe import Pipe, frame_cost
 from meshactors.ops.optable import Each, Outcome, finish
-from meshactors.socket_io import receive_some, send_all
+from meshactors.socket_io import HANGUP_CHECK, hung_up, receive_some, send_all
 from meshactors.store.events import Event
 from meshactors.wire import pipe_frames
 from meshactors.wire.ipc import (
@@ -89,7 +88,6 @@ PUSH_BATCH_BYTES = 64 * 1024  # ... and their bytes: the joining stops once past
 PIPE_RECEIVE = 256 * 1024  # bytes asked of a binary stream's socket per read
 PIPE_WRITE_BYTES = 1024 * 1024  # a binary stream's queued frames joined into one write
 DRAIN_TIMEOUT = 30.0  # seconds the requests read before a program's end of input may take
-HANGUP_CHECK = 0.25  # seconds between checks, meanwhile, that the program did not hang up
 RESET_WRITE_TIMEOUT = 5.0  # seconds a binary stream's connection has to write its error frame
 
 
@@ -254,7 +252,7 @@ class ClientActor(Actor):
                 await self._answer(request, error)
                 continue
             nursery.start_soon(self._answer, request, work)
-        if not _hung_up(self.stream):
+        if not hung_up(self.stream):
             await self._drain()
 
     async def _drain(self) -> None:
@@ -267,7 +265,7 @@ class ClientActor(Actor):
             while self.in_flight or self.outgoing_bytes:
                 with trio.move_on_after(HANGUP_CHECK):
                     await self._next_progress()
-                if _hung_up(self.stream):
+                if hung_up(self.stream):
                     log.info("client hung up: requests cut off", client=self.client_id)
                     return
         if self.in_flight:
@@ -356,7 +354,7 @@ class ClientActor(Actor):
             with trio.move_on_at(watch if gone_by is None else gone_by):
                 await pipe.from_socket.send(item)
                 return True
-            if gone_by is not None or _hung_up(self.stream):
+            if gone_by is not None or hung_up(self.stream):
                 return False
 
     async def _write_pipe(self, pipe: Pipe) -> None:
@@ -548,16 +546,6 @@ class ClientActor(Actor):
 
 
 _NULL_ID = b'{"id":null'  # how every answer frame begins when its id is None
-
-
-def _hung_up(stream: trio.abc.Stream) -> bool:
-    """Whether the program closed the whole connection, not only its sending side: a Unix
-    socket whose peer is closed polls as hung up (one half-closed does not)."""
-    if not isinstance(stream, trio.SocketStream):
-        return False
-    poller = select.poll()
-    poller.register(stream.socket.fileno(), 0)  # POLLHUP is reported whatever is asked
-    return any(events & select.POLLHUP for _, events in poller.poll(0))
 
 
 async def _limit_after_reset(pipe: Pipe, writes: trio.CancelScope) -> None:

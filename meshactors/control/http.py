@@ -5,7 +5,8 @@ Requests on a connection are answered one after the other (keep-alive unless the
 `Connection: close` or speaks HTTP/1.0); a request that cannot be read is answered once and
 the connection closed. A connection waits IDLE_TIMEOUT for its next request only once it was
 served one: its first must begin within REQUEST_TIMEOUT, so connections that never say
-anything cannot hold the TCP listener's places for long. Every byte goes out through `_send`,
+anything cannot hold the TCP listener's places for long. A client that hangs up while its
+request runs is gone: the request is cancelled. Every byte goes out through `_send`,
 in order, to the client actor's one writing path.
 """
 
@@ -14,9 +15,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from http import HTTPStatus
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import attrs
 import h11
@@ -46,12 +48,16 @@ from meshactors.control.http_routes import EventStreamAnswer, route
 from meshactors.control.session import Session
 from meshactors.control.sse import SSE_HEADERS, serve_events
 from meshactors.control.tcp_auth import TcpGate
+from meshactors.socket_io import HANGUP_CHECK, hung_up
 from meshactors.wire.ipc import ErrorCode
+
+T = TypeVar("T")
 
 log = structlog.get_logger("meshactors.http")
 
 CLOSE_LINGER = 1.0  # seconds a closing connection is drained, so unread input can't reset it
 MAX_LINGER_BYTES = MAX_HEAD_BYTES + MAX_BODY_BYTES  # input drained at most while closing
+MAX_READ_AHEAD = MAX_HEAD_BYTES + MAX_BODY_BYTES  # pipelined input kept while a request runs
 KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
 HTTP_PREFIXES = tuple(f"{method} ".encode() for method in KNOWN_METHODS)
 CONTINUE = HTTPStatus.CONTINUE  # the interim answer to `Expect: 100-continue`
@@ -138,7 +144,10 @@ class HttpConnection:
                 self.counters.errors += 1
                 await self._finish(error_response(error))
                 return
-            answer = await route(head, body, self.session, request_id)
+            answer = await self._unless_hung_up(route(head, body, self.session, request_id))
+            if answer is None:
+                log.info("http client hung up mid-request", client=self.session.client_id)
+                return
             if isinstance(answer, EventStreamAnswer):
                 if self._with_body:
                     await serve_events(self, self.session, answer.since)
@@ -254,11 +263,37 @@ class HttpConnection:
             await self._send(h11.EndOfMessage())
 
     async def until_hangup(self) -> None:
-        """Read and drop whatever the client sends until it closes its side, or a write cut
-        off (the client stopped reading) closed the connection."""
-        with contextlib.suppress(trio.ClosedResourceError):
-            while await self.stream.receive_some(RECEIVE_CHUNK):
-                pass
+        """Return once the client is gone: it closed its connection, or a write cut off (the
+        client stopped reading) closed it. What it sends meanwhile is kept for the requests
+        after this one (pipelined), up to MAX_READ_AHEAD bytes, past which nothing more is
+        read. On the Unix socket an end of input may be a half-close, its answer still wanted:
+        the client is gone once its socket polls hung up (checked every HANGUP_CHECK)."""
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            while len(self._h11.trailing_data[0]) < MAX_READ_AHEAD:
+                if not (chunk := await self.stream.receive_some(RECEIVE_CHUNK)):
+                    if not _may_half_close(self.stream):
+                        return
+                    break  # h11 is told of the end by the next request's read
+                self._h11.receive_data(bytes(chunk))
+            while True:  # an end of input leaves the socket readable for good: poll
+                if hung_up(self.stream):
+                    return
+                await trio.sleep(HANGUP_CHECK)
+
+    async def _unless_hung_up(self, work: Awaitable[T]) -> T | None:
+        """`work`'s result; None, `work` cancelled, once the client hangs up first: a caller
+        that left is not waited for (its calls are cancelled on their serving side at once)."""
+        done: list[T] = []
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                done.append(await work)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run)
+            await self.until_hangup()
+            nursery.cancel_scope.cancel()
+        return done[0] if done else None
 
     async def _finish(self, answer: HttpResponse) -> None:
         """Answer a request that cannot be served, then close."""
@@ -276,3 +311,10 @@ class HttpConnection:
                 if not chunk:
                     break
                 drained += len(chunk)
+
+
+def _may_half_close(stream: trio.abc.Stream) -> bool:
+    """Whether an end of input on `stream` may be a half-close the client still waits behind:
+    a Unix socket tells one from a hang-up by polling; over TCP the two look the same, and
+    the end counts as a hang-up."""
+    return isinstance(stream, trio.SocketStream) and stream.socket.family == socket.AF_UNIX

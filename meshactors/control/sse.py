@@ -49,7 +49,7 @@ class EventResponse(Protocol):
         """Write part of the response body (serialised and time-bounded by the connection)."""
 
     async def until_hangup(self) -> None:
-        """Return when the client closes its side."""
+        """Return once the client is gone (closed its connection)."""
 
     async def end_events(self) -> None:
         """End the response whole (its last chunk), unless the connection failed already."""

@@ -1,5 +1,6 @@
 """A program that closes its sending side after its requests gets them all run and answered
-before the daemon closes the connection (`printf … | nc -N -U` works)."""
+before the daemon closes the connection (`printf … | nc -N -U` works); one that closes the
+whole connection (JSON lines or HTTP) has what it still had running cancelled."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import trio.testing
 
 from meshactors.control import client as control_client
 from meshactors.daemon.services import Services
+from tests.control.httptools import encode_request
+from tests.daemon_tree import Connect
 from tests.support import LineClient
 
 KEYS = 100  # state writes sent in one go before the program's end of input
@@ -96,4 +99,30 @@ async def test_a_program_that_closes_after_its_end_of_input_has_its_calls_cancel
     await caller.aclose()
     with trio.fail_after(WAIT):
         cancelled = await event_of(server, "rpc_cancelled")
+    assert cancelled["request_id"] == inbound["request_id"]
+
+
+async def test_an_http_caller_that_hangs_up_mid_call_has_it_cancelled_at_once(
+    daemon: Services, connect: Any, http: Connect
+) -> None:
+    server = await added_network(connect)
+    assert (await server.call("rpc_register", network="n", method="never"))["ok"]
+    caller = await http()
+    own = daemon.identity.device_id
+    params = {"network": "n", "peer": own, "method": "never", "timeout_ms": 600_000}
+    await caller.send(encode_request("POST", "/v1/rpc_call", json.dumps(params).encode()))
+    with trio.fail_after(WAIT):
+        inbound = await event_of(server, "rpc_inbound")
+    control = daemon.tree.children["control"]
+    (node,) = [
+        node
+        for node in control.children.values()
+        if node.kind == "client" and node.figures is not None
+        if node.figures()["protocol"] == "http"
+    ]
+    await caller.stream.aclose()  # as `curl -m 2` giving up
+    with trio.fail_after(WAIT):
+        cancelled = await event_of(server, "rpc_cancelled")
+        while node.name in control.children:
+            await trio.testing.wait_all_tasks_blocked()
     assert cancelled["request_id"] == inbound["request_id"]

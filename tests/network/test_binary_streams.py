@@ -16,11 +16,12 @@ import trio
 import trio.testing
 
 from meshactors.client import BinaryStream, ClientError, MeshClient, StreamError
-from meshactors.control.client import HANGUP_CHECK, RESET_WRITE_TIMEOUT
+from meshactors.control.client import RESET_WRITE_TIMEOUT
 from meshactors.network.stream_frames import STREAM_WINDOW_BYTES
 from meshactors.network.stream_pipe import STREAM_FRAME_COST, STREAM_INBOX, frame_cost
 from meshactors.network.streams import STREAM_CHUNK_BYTES
 from meshactors.paths import resolve_paths
+from meshactors.socket_io import HANGUP_CHECK
 from meshactors.wire.pipe_frames import MAX_STREAM_FRAME_BYTES, encode
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair, approve_both
 from tests.support import LineClient
