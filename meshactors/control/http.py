@@ -232,11 +232,12 @@ class HttpConnection:
                 HttpErrorCode.REQUEST_TIMEOUT, f"request not received within {REQUEST_TIMEOUT} s"
             ) from None
 
-    async def _send(self, *events: h11.Event) -> None:
-        """Encode `events` and write them, in order, one sender at a time, time-bounded."""
+    async def _send(self, *events: h11.Event, timeout: float | None = None) -> None:
+        """Encode `events` and write them, in order, one sender at a time, within `timeout`
+        seconds (WRITE_TIMEOUT unless given)."""
         async with self._sending:
             data = b"".join(self._h11.send(event) or b"" for event in events)
-            with trio.fail_after(WRITE_TIMEOUT) as deadline:
+            with trio.fail_after(WRITE_TIMEOUT if timeout is None else timeout) as deadline:
                 try:
                     await self.write(data)
                 finally:  # logged here: as an event stream ends, its TooSlowError may not
@@ -248,8 +249,9 @@ class HttpConnection:
         await self._send(response_head(200, headers, close=True))
 
     async def write_body(self, data: bytes) -> None:
-        """Write part of an endless answer's body."""
-        await self._send(h11.Data(data=data))
+        """Write part of an endless answer's body, waiting as long as the client reads
+        nothing: what bounds an event stream is its lag (see sse.py), not time."""
+        await self._send(h11.Data(data=data), timeout=math.inf)
 
     async def end_events(self) -> None:
         """End an endless answer with its last chunk, so the client sees it whole; nothing

@@ -2,6 +2,9 @@
 
 Each logged event is `id: <event_id>` / `event: <kind>` / `data: <json>`; notices that are not
 logged (`events_gap`, `lagged`) carry no `id:`, so a reconnect resumes from the last real event.
+A reader that stops reading is treated as over JSON lines: its writes wait (no time limit),
+live events that find its queue full are skipped and told as `lagged` once it reads again,
+and past LAG_DISCONNECT_LIMIT missed events it is cut off.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import trio
 from meshactors.actors import cleanup_scope
 from meshactors.control.event_stream import (
     EVENT_CAPACITY,
+    LAG_DISCONNECT_LIMIT,
     HubSubscription,
+    cut_off_when_overflowed,
     replay_then_follow,
     wire_event,
 )
@@ -86,9 +91,11 @@ async def serve_events(
     """Answer with an event stream until the client hangs up or the hub stops; the session
     shows it as its connection's (`events`, `events_lagged` in inspect). Unless the client
     hung up, the response ends whole (also when the daemon stops), so a client tells a
-    stream the daemon ended from one cut off."""
+    stream the daemon ended from one cut off; one that missed more than LAG_DISCONNECT_LIMIT
+    events raises SlowConsumer (the write it was stuck in cut, so no end can follow)."""
     hub = session.services.events
-    live, subscribed_at = await hub.subscribe(EVENT_CAPACITY)  # before the replay: no hole
+    # before the replay: no hole
+    live, subscribed_at = await hub.subscribe(EVENT_CAPACITY, LAG_DISCONNECT_LIMIT)
     with live:
         stream = session.event_stream = HubSubscription(live, subscribed_at)
         session.events_subscribed = True
@@ -103,6 +110,7 @@ async def serve_events(
                     nursery.cancel_scope.cancel()  # the hub stopped: end the response
 
                 nursery.start_soon(sink.keepalive, keepalive)
+                nursery.start_soon(cut_off_when_overflowed, live)  # even while a write waits
                 nursery.start_soon(stream_events)
                 await response.until_hangup()
                 hung_up = True

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+import attrs
 import h11
 import pytest
 import structlog
 import trio
 import trio.testing
 
-from meshactors.actors import Broadcast
+from meshactors.actors import Broadcast, Subscriber
 from meshactors.control import http as http_module
+from meshactors.control import sse
 from meshactors.control.event_stream import HubSubscription, follow
+from meshactors.control.http import HttpConnection
 from meshactors.control.sse import KEEPALIVE, KEEPALIVE_INTERVAL, SseSink, sse_message
 from meshactors.daemon.services import Services
 from meshactors.event_hub import PERSIST_BATCH
+from meshactors.ops import system_ops
+from meshactors.ops.optable import Op
 from meshactors.store.events import EVENT_LOG_LIMIT, PRUNE_BATCH, Event
 from tests.control.httptools import RawHttp, encode_request, sse_events
 from tests.daemon_tree import Connect
@@ -163,18 +168,102 @@ async def test_a_lagging_reader_gets_a_lagged_event() -> None:
     assert got[1] == {"event": "lagged", "data": {"skipped": 2}}
 
 
-async def test_a_reader_that_stops_reading_is_cut_off_and_logged_so(
+async def test_a_reader_that_stops_reading_is_cut_off_past_the_lag_limit_and_logged_so(
     daemon: Services, http: Connect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(http_module, "WRITE_TIMEOUT", 0.2)
+    monkeypatch.setattr(sse, "LAG_DISCONNECT_LIMIT", 100)
     await open_events(http)  # and never read
     clients = daemon.tree.children["control"].children
     padding = "x" * 4096
     with structlog.testing.capture_logs() as logs:
-        while "client c1" in clients:  # a write finds no room in time: the connection is cut
+        while "client c1" in clients:  # its socket fills, then its queue: it lags, is cut
             await publish(daemon.events, "test_noise", *({"padding": padding} for _ in range(50)))
     events = [log["event"] for log in logs if log.get("client") == "c1"]
-    assert "http client stopped reading" in events, logs
+    assert "client cut off: it stopped reading" in events, logs
+
+
+@attrs.define
+class LiveOnlyHub:
+    """An event hub of live events alone (no log), for an event stream served under MockClock
+    (an in-process daemon's store thread cannot run there)."""
+
+    broadcast: Broadcast[Event] = attrs.field(factory=Broadcast)
+
+    async def subscribe(
+        self, capacity: int, lag_limit: int | None = None
+    ) -> tuple[Subscriber[Event], int]:
+        return self.broadcast.subscribe(capacity, lag_limit), 0
+
+
+@attrs.frozen
+class EventsOnlyTable:
+    """An op table with the event stream's route alone."""
+
+    get_paths: dict[str, str] = attrs.field(factory=lambda: {"/v1/events": "events_subscribe"})
+    post_paths: dict[str, str] = attrs.field(factory=dict)
+    ops: dict[str, Op[Any]] = attrs.field(
+        factory=lambda: {op.name: op for op in system_ops.OPS if op.name == "events_subscribe"}
+    )
+
+
+@attrs.frozen
+class EventsOnlyServices:
+    """What an event stream's session reaches: the op table and the hub."""
+
+    ops: EventsOnlyTable = attrs.field(factory=EventsOnlyTable)
+    events: LiveOnlyHub = attrs.field(factory=LiveOnlyHub)
+
+
+@attrs.define
+class EventsOnlySession:
+    """A session stand-in for an event stream served alone."""
+
+    services: EventsOnlyServices = attrs.field(factory=EventsOnlyServices)
+    client_id: str = "c1"
+    event_stream: HubSubscription | None = None
+    events_subscribed: bool = False
+
+
+@attrs.define
+class NoFigures:
+    """The client actor's counters, for a connection served without one."""
+
+    requests: int = 0
+    errors: int = 0
+
+
+async def test_a_reader_stalled_past_the_write_timeout_is_told_lagged_and_kept(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like a JSON-lines subscriber: a reader that takes nothing for longer than a write of
+    an answer may take misses events, is told so, and keeps its stream."""
+    monkeypatch.setattr(sse, "EVENT_CAPACITY", 2)
+    server, client = trio.testing.lockstep_stream_pair()  # a write waits for the reader
+    session = EventsOnlySession()
+    broadcast = session.services.events.broadcast
+    reader = RawHttp(client)
+    with trio.fail_after(10 * http_module.WRITE_TIMEOUT):  # on the mock clock
+        async with trio.open_nursery() as nursery:
+            connection = HttpConnection(server, cast(Any, session), NoFigures(), server.send_all)
+            nursery.start_soon(connection.serve)
+            await stream_events(reader)
+            broadcast.publish(Event(1, "tick", {}, 0))
+            await trio.testing.wait_all_tasks_blocked()  # its write waits for the reader
+            for n in range(2, 6):  # 2 and 3 are queued, 4 and 5 skipped
+                broadcast.publish(Event(n, "tick", {}, 0))
+            await trio.sleep(2 * http_module.WRITE_TIMEOUT)  # the mock clock's: it stalls
+            got = [(e.get("id"), e["event"], e["data"]) for e in await next_events(reader, 4)]
+            assert [(i, kind) for i, kind, _ in got] == [
+                ("1", "tick"),
+                ("2", "tick"),
+                ("3", "tick"),
+                (None, "lagged"),
+            ]
+            assert got[-1][2] == {"skipped": 2}
+            broadcast.publish(Event(6, "tick", {}, 0))
+            (after,) = await next_events(reader, 1)
+            assert after["id"] == "6"
+            await client.aclose()  # the stream ends with the hang-up
 
 
 async def test_stopping_the_daemon_ends_an_event_stream_whole(daemon: Services) -> None:
