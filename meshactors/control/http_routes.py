@@ -24,6 +24,7 @@ from meshactors.control.http_response import HttpResponse, error_response, ok_re
 from meshactors.control.session import Session
 from meshactors.ops.optable import Op, OpTable, converter, run_request
 from meshactors.wire.ipc import ErrorCode, OpError, Request
+from meshactors.wire.jsonlimits import too_deep
 from meshactors.wire.strict import describe_error
 
 HEALTH_PATH = "/v1/health"
@@ -34,6 +35,7 @@ SEND_STATUS = {"accepted": 202, "duplicate": 200}  # outcome → status (`Op.ide
 TRUE_WORDS = frozenset({"1", "true"})  # query values read as a boolean true
 FALSE_WORDS = frozenset({"0", "false"})
 INT_QUERY = re.compile(r"-?[0-9]{1,19}")  # query values read as an integer
+NOT_AN_OBJECT = "the body must be a JSON object"
 
 
 @attrs.frozen
@@ -133,15 +135,20 @@ async def _post(
 
 
 def json_object(body: bytes) -> dict[str, Any]:
-    """A POST body as op params: a JSON object, or {} for an empty body."""
+    """A POST body as op params: a JSON object, or {} for an empty body. An object nested too
+    deep for the parser is refused as params nested too deep are (`invalid_params`)."""
     if not body.strip():
         return {}
     try:
         value = json.loads(body)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except RecursionError:  # deeper than the parser goes: far past what params may nest
+        if not body.lstrip().startswith(b"{"):
+            raise OpError(ErrorCode.BAD_JSON, NOT_AN_OBJECT) from None
+        raise OpError(ErrorCode.INVALID_PARAMS, f"params: {too_deep().detail}") from None
+    except (UnicodeDecodeError, ValueError) as exc:
         raise OpError(ErrorCode.BAD_JSON, f"body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise OpError(ErrorCode.BAD_JSON, "the body must be a JSON object")
+        raise OpError(ErrorCode.BAD_JSON, NOT_AN_OBJECT)
     return value
 
 

@@ -45,14 +45,14 @@ def _check_items(items: Any, depth: int, max_depth: int) -> None:
                 _check_text(item)
         elif kind is dict:
             if depth >= max_depth:
-                raise _too_deep(max_depth)
+                raise too_deep(max_depth)
             if not all(map(str.isascii, item)):
                 for key in item:
                     _check_text(key)
             _check_items(item.values(), depth + 1, max_depth)
         elif kind is list:
             if depth >= max_depth:
-                raise _too_deep(max_depth)
+                raise too_deep(max_depth)
             _check_items(item, depth + 1, max_depth)
         elif kind is int:
             if not MIN_JSON_INT <= item <= MAX_JSON_INT:
@@ -64,7 +64,8 @@ def _check_items(items: Any, depth: int, max_depth: int) -> None:
             raise BadJson("bad_value", f"not a JSON value: {kind.__name__}")
 
 
-def _too_deep(max_depth: int = MAX_JSON_DEPTH) -> BadJson:
+def too_deep(max_depth: int = MAX_JSON_DEPTH) -> BadJson:
+    """The refusal of a value nested deeper than `max_depth` (also one too deep to parse)."""
     return BadJson("too_deep", f"nested deeper than {max_depth} arrays and objects")
 
 
@@ -88,7 +89,7 @@ def bad_json_path(value: Any, path: str) -> tuple[str, BadJson] | None:
 def _locate(value: Any, path: str, depth: int) -> tuple[str, BadJson] | None:
     """The first failing spot below `path` (depth counts the containers above `value`)."""
     if isinstance(value, dict | list) and depth >= MAX_JSON_DEPTH:
-        return path, _too_deep()
+        return path, too_deep()
     children: list[tuple[str, Any]] = []
     if isinstance(value, dict):
         for key, item in value.items():

@@ -9,13 +9,17 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshactors.control import supervisor
 from meshactors.control.http_parse import MAX_BODY_BYTES, MAX_HEAD_BYTES, MAX_QUERY_FIELDS
+from meshactors.control.http_routes import json_object
 from meshactors.control.session import Session
 from meshactors.daemon.services import Services
 from meshactors.ops.optable import Op
 from meshactors.wire.ipc import ErrorCode, OpError
+from meshactors.wire.jsonlimits import MAX_JSON_DEPTH
 from tests.control.httptools import encode_request
 from tests.daemon_tree import Connect
 
@@ -80,6 +84,23 @@ async def test_post_runs_any_op_with_a_json_body(http: Connect) -> None:
     assert empty.status == 200
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    depth=st.integers(min_value=5_000, max_value=200_000),
+    openers=st.lists(st.sampled_from([b"[", b'{"k":', b"[1,", b' { "" : ']), min_size=1),
+)
+def test_a_body_nested_too_deep_to_parse_is_refused_as_params_too_deep(
+    depth: int, openers: list[bytes]
+) -> None:
+    """Whatever Python's parser gives up on reads as the documented refusal, not its text."""
+    body = b'{"payload":' + b"".join(openers[n % len(openers)] for n in range(depth))
+    with pytest.raises(OpError) as refused:
+        json_object(body)
+    assert refused.value.code == ErrorCode.INVALID_PARAMS
+    too_deep = f"params: nested deeper than {MAX_JSON_DEPTH} arrays and objects"
+    assert refused.value.message == too_deep
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "code"),
     [
@@ -87,6 +108,7 @@ async def test_post_runs_any_op_with_a_json_body(http: Connect) -> None:
         ("POST", "/v1/status", b"[1]", 400, "bad_json"),
         ("POST", "/v1/status", b"\xff", 400, "bad_json"),
         ("POST", "/v1/status", b"[" * 100_000, 400, "bad_json"),
+        ("POST", "/v1/status", b'{"a":' + b"[" * 100_000, 400, "invalid_params"),
         ("POST", "/v1/status", b'{"extra":1}', 400, "invalid_params"),
         ("POST", "/v1/no_such_op", b"{}", 404, "unknown_route"),
         ("GET", "/v1/typo", None, 404, "unknown_route"),
