@@ -41,6 +41,8 @@ MAX_RELIABLE_PENDING = 1024  # reliable sends waiting for an acknowledgement per
 RECENT_ACKS = 4096  # reliable message ids remembered to drop resent duplicates
 ALL = "*"  # the target of a retained send to every peer
 INBOUND = "channel_inbound"  # the event kind of a received message
+UNSUBSCRIBED = "channel_unsubscribed"  # the event kind telling a subscriber its channel ended
+REMOVED = "network_removed"  # its reason: the network was removed
 _PAYLOAD_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # as ipc.encode
 
 
@@ -53,7 +55,7 @@ class ChannelClient(Protocol):
     def gone(self) -> bool:
         """Whether the connection ended: its subscriptions count as ended."""
 
-    def push(self, kind: str, data: dict[str, Any]) -> bool: ...
+    def push(self, kind: str, data: dict[str, Any], *, reserved: bool = False) -> bool: ...
 
     def push_frames(self, frames: list[bytes]) -> int: ...
 
@@ -165,6 +167,7 @@ class Channels:
     _readers: dict[str, set[str]] = attrs.field(factory=dict, init=False)  # channel → clients
     _subscribers: dict[str, _Subscriptions] = attrs.field(factory=dict, init=False)  # by client
     _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
+    _removed: bool = attrs.field(default=False, init=False)  # `network_removed` ran
     _reliable: dict[str, ReliableSend] = attrs.field(factory=dict, init=False)
     _recent_acks: collections.OrderedDict[tuple[str, str], int] = attrs.field(
         factory=collections.OrderedDict, init=False
@@ -201,8 +204,11 @@ class Channels:
     # -- subscribing ------------------------------------------------------------------------
 
     async def subscribe(self, client: ChannelClient, channel: str) -> dict[str, Any]:
-        """Add `client` to `channel` (starting its pump); it gets retained values at once."""
+        """Add `client` to `channel` (starting its pump); it gets retained values at once.
+        OpError no_such_network once the network is being removed."""
         async with self._lock:
+            if self._removed:
+                raise OpError(ErrorCode.NO_SUCH_NETWORK, f"network {self.network!r} was removed")
             pump = self._pumps.get(channel)
             if pump is None:
                 pump = await self._start_pump(channel)
@@ -268,6 +274,26 @@ class Channels:
         del self._pumps[channel], self._readers[channel]
         if self.supervisor is not None:
             await self.supervisor.stop_child(_pump_name(channel))
+
+    async def network_removed(self) -> None:
+        """The network is removed: stop every pump, then tell each subscriber that each of its
+        channels ended (`channel_unsubscribed`, reserved: a lagging connection cannot skip
+        it, and nothing of the channel comes after it); later subscribes are refused. The
+        pumps and subscriptions are forgotten first, as `_stop_pump` does, and a stop that
+        fails still leaves every subscriber told."""
+        async with self._lock:
+            self._removed = True
+            channels, subscribers = sorted(self._pumps), list(self._subscribers.values())
+            self._pumps, self._readers, self._subscribers = {}, {}, {}
+            try:
+                for channel in channels:
+                    if self.supervisor is not None:
+                        await self.supervisor.stop_child(_pump_name(channel))
+            finally:
+                for subscriptions in subscribers:
+                    for channel in sorted(subscriptions.channels):
+                        ended = {"network": self.network, "channel": channel, "reason": REMOVED}
+                        subscriptions.client.push(UNSUBSCRIBED, ended, reserved=True)
 
     async def client_gone(self, client: ChannelClient) -> None:
         """Unsubscribe a closed connection from every channel it read."""

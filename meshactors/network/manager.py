@@ -244,9 +244,8 @@ class NetworkManager(Supervisor):
         network = self._networks.pop(network_id, None)
         stopping: AskTimeout | None = None
         if network is not None:
-            bye = functools.partial(network.peers.say_bye, "network removed")
-            with contextlib.suppress(OpError):  # best effort: the broker says so too
-                await network.ask_await("say bye", bye)
+            with contextlib.suppress(OpError):  # best effort: the broker tells peers too
+                await network.leave("network removed")
             try:
                 await self.stop_child(_child_name(network_id), on_stopped=network.retire)
             except AskTimeout as exc:

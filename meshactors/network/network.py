@@ -157,6 +157,19 @@ class Network(Supervisor):
         """Have core run `fn` without waiting for it; False when core's inbox is full."""
         return self.core.tell(fn)
 
+    async def leave(self, reason: str) -> None:
+        """Before the network is stopped for good (removed): end its channel subscriptions,
+        telling each subscriber, and tell its peers we leave with `reason`, both in core's
+        task (their owner); OpError unavailable or timeout when core does not answer."""
+
+        async def farewell() -> None:
+            try:
+                await self.channels.network_removed()
+            finally:
+                await self.peers.say_bye(reason)
+
+        await self.ask_await("leave", farewell)
+
     def retire(self) -> None:
         """The network is stopped for good (removed, or its supervisor's run ended): an ask to
         its core, queued or to come, fails at once with `unavailable` instead of timing out."""

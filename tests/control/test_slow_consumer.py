@@ -285,3 +285,31 @@ async def test_a_program_not_reading_still_learns_its_claim_and_its_served_call_
             "reason": "cancelled",
         },
     ]
+
+
+async def test_a_program_not_reading_still_learns_its_channel_ended_with_its_network(
+    subscriber: StalledSubscriber,
+) -> None:
+    """A subscriber whose push queue is full is still told, once it reads again, that its
+    network was removed and its subscription with it: an end it waits on, queued in the
+    reserve behind the notice of what was skipped, and nothing of the channel after it."""
+    for _ in range(300):  # 30 MB of channel messages: from here on `stalled` reads nothing
+        await subscriber.send("x" * 100_000)
+    await trio.testing.wait_all_tasks_blocked()  # the pump pushed them all
+    skipped = (await subscriber.figures())["lagged"]
+    assert skipped > 0
+    assert (await subscriber.sender.call("network_remove", network="n"))["ok"]
+    assert (await subscriber.figures())["lagged"] == skipped  # the end was not skipped
+    with trio.fail_after(30):
+        while (frame := await subscriber.stalled.frame())["kind"] == "channel_inbound":
+            pass
+        ends = [frame, await subscriber.stalled.frame()]
+    assert ends == [
+        {"kind": "lagged", "skipped": skipped},
+        {
+            "kind": "channel_unsubscribed",
+            "network": "n",
+            "channel": "c",
+            "reason": "network_removed",
+        },
+    ]

@@ -312,3 +312,23 @@ async def test_the_client_library_unpacks_a_batch_into_messages(mesh: Mesh) -> N
             with trio.fail_after(WAIT):
                 got = [await messages.__anext__() for _ in range(3)]
     assert got == [ChannelMessage(NET, me, "bulk", n) for n in (1, 2, 3)]
+
+
+async def test_removing_the_network_tells_each_subscriber_its_channels_ended(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    _, b = await active_pair(mesh)
+    reader, other = await client_of(b, nursery), await client_of(b, nursery)
+    for channel in ("news", "weather"):
+        await reader.call("channel_subscribe", network=NET, channel=channel)
+    await other.call("channel_subscribe", network=NET, channel="news")
+    await b.call("network_remove", network=NET)
+    told = {
+        (client, channel): await client.event("channel_unsubscribed", channel=channel)
+        for client, channel in ((reader, "news"), (reader, "weather"), (other, "news"))
+    }
+    for event in told.values():
+        assert (event["network"], event["reason"]) == (NET, "network_removed")
+    with pytest.raises(OpFailed) as failure:
+        await reader.call("channel_subscribe", network=NET, channel="news")
+    assert failure.value.code == "no_such_network"
