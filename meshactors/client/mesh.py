@@ -63,7 +63,9 @@ class ChannelGap:
     """Marker among a channel's messages: some may have been lost here, this channel's or not.
     `reason` "lagged": the daemon or the client skipped `skipped` events of the connection;
     "disconnected": the connection was lost, and what was sent until the subscription was
-    restored never arrives (`skipped` None: unknown)."""
+    restored never arrives (`skipped` None: unknown); "unsubscribed": the daemon ended this
+    channel's subscription (its network was removed), and what was sent until it is
+    subscribed again never arrives."""
 
     reason: str
     skipped: int | None = None
@@ -81,14 +83,22 @@ class ChannelFeed:
     # replaced it (the daemon does not say whether a live message was sent retained)
     retained: dict[str, ChannelMessage] = attrs.field(factory=dict)
     _gap_last: bool = False  # the last item was a gap: a second one would say nothing new
+    failure: ClientError | None = None  # why the daemon's subscription ended for good
 
     def join(self) -> Subscriber[ChannelItem]:
         """A new local reader, given first the retained values the channel's earlier readers
         got, as the daemon gives them to each new subscription."""
-        subscriber = self.readers.subscribe(CHANNEL_BUFFER)
+        subscriber = ChannelReader(CHANNEL_BUFFER, feed=self)
+        self.readers.add(subscriber)
         for message in self.retained.values():
             subscriber.offer(message)
         return subscriber
+
+    def fail(self, failure: ClientError) -> None:
+        """The daemon ended the subscription and refused it again: each reader's iteration
+        raises `failure` after what is queued for it."""
+        self.failure = failure
+        self.readers.close()
 
     def message(self, message: ChannelMessage) -> None:
         """Pass a received message to every reader."""
@@ -107,6 +117,24 @@ class ChannelFeed:
         if not self._gap_last:
             self._gap_last = True
             self.readers.publish(gap)
+
+
+@attrs.define(eq=False)
+class ChannelReader(Subscriber[ChannelItem]):
+    """A `subscribe` reader: its iteration ends when the client closes, or raises the error
+    that ended its channel's subscription for good (`ChannelFeed.fail`)."""
+
+    feed: ChannelFeed = attrs.field(kw_only=True)
+
+    async def __anext__(self) -> ChannelItem | Lagged:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            if self.feed.failure is not None:
+                raise self.feed.failure from None
+            raise StopAsyncIteration from None
+        except trio.ClosedResourceError:
+            raise StopAsyncIteration from None
 
 
 @attrs.define(eq=False)
@@ -245,6 +273,8 @@ class MeshClient(Ops):
             self._nursery.start_soon(self._serve_incoming, item)
         elif kind in ("rpc_call_stream_chunk", "rpc_call_stream_end"):
             self._streams.deliver(item)
+        elif kind == "channel_unsubscribed":
+            self._unsubscribed(Want(WantKind.CHANNEL, item.get("network"), item.get("channel")))  # type: ignore[arg-type]
         elif kind == "handler_displaced":
             self._displaced(Want(WantKind.CLAIM, item.get("network"), item.get("method")), item)  # type: ignore[arg-type]
         elif kind == "client_disconnected":
@@ -385,12 +415,16 @@ class MeshClient(Ops):
     async def subscribe(self, network: str, channel: str) -> AsyncIterator[Subscriber[ChannelItem]]:
         """Receive a channel's messages for the block: an async iterator of ChannelMessage,
         Lagged markers if the reader falls behind, and ChannelGap markers where messages may
-        have been lost before they reached the client; re-subscribed after every reconnect.
-        ClientClosed once the client closed (a reader joined then would never see its end)."""
+        have been lost before they reached the client; re-subscribed after every reconnect,
+        and after the daemon ended the subscription, whose refusal then (`no_such_network`:
+        the network was removed) the iteration raises. ClientClosed once the client closed
+        (a reader joined then would never see its end)."""
         if self._link.closed:
             raise ClientClosed()
         want = Want(WantKind.CHANNEL, network, channel)
-        feed = self._channels.setdefault((network, channel), ChannelFeed())
+        feed = self._channels.get((network, channel))
+        if feed is None or feed.failure is not None:  # none, or one whose readers must go
+            feed = self._channels[(network, channel)] = ChannelFeed()
         desired = self._link.desired.channels
         with feed.join() as subscriber:
             desired[want] = desired.get(want, 0) + 1
@@ -404,6 +438,32 @@ class MeshClient(Ops):
                     del self._channels[(network, channel)]
                     with trio.move_on_after(RELEASE_TIMEOUT, shield=True):
                         await self._link.release(want, RELEASE_TIMEOUT)
+
+    def _unsubscribed(self, want: Want) -> None:
+        """The daemon ended a subscription we hold (its network was removed): mark the gap in
+        the channel and subscribe again at once, as a claim a restart ended is claimed again."""
+        feed = self._channels.get((want.network, want.name))
+        if feed is None or want not in self._link.desired.channels or self._nursery is None:
+            return
+        feed.gap(ChannelGap("unsubscribed"))
+        self._link.lost(want)
+        self._nursery.start_soon(self._resubscribe, want, feed)
+
+    async def _resubscribe(self, want: Want, feed: ChannelFeed) -> None:
+        """Subscribe again to a channel the daemon ended; tell the program by a client event
+        either way (`client_resubscribed`, or `client_replay_failed` when the daemon refuses,
+        e.g. `no_such_network`, and then the channel's readers raise that refusal); neither
+        when the readers left before its turn came."""
+        try:
+            subscribed = await self._link.ensure(want, self.call_timeout)
+        except ClientError as error:
+            feed.fail(error)
+            self._route(replay_failed(want, error))
+        else:
+            if subscribed:
+                self._route(
+                    {"kind": "client_resubscribed", "network": want.network, "channel": want.name}
+                )
 
     def _channel_inbound(self, frame: dict[str, Any]) -> None:
         feed = self._channels.get((frame.get("network"), frame.get("channel")))  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ import trio
 from meshactors.client import ChannelGap, ChannelMessage, ClientError, MeshClient
 from tests.client.conftest import LocalDaemon
 from tests.client.fakedaemon import fake_daemon
+from tests.client.test_client import next_kind
 
 WAIT = 10  # seconds any awaited step may take before the test fails
 NETWORK = {"id": "lan", "brokers": ["ws://127.0.0.1:9/v1"]}  # reaches only itself
@@ -187,3 +188,47 @@ async def test_a_binary_message_that_is_not_base64_is_dropped_with_a_warning(
                 )
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("dropped" in message for message in warnings)
+
+
+async def test_a_reader_whose_network_is_removed_raises_no_such_network(
+    running: LocalDaemon,
+) -> None:
+    """The daemon ends the subscription with its network: the client subscribes again at once,
+    as it claims a method again, and the refusal ends the reader with its error."""
+    async with MeshClient(running.paths.socket) as client:
+        await client.ensure_networks([NETWORK])
+        stream = client.events()
+        async with client.subscribe("lan", "news") as news:
+            with trio.fail_after(WAIT):
+                await client.network_remove("lan")
+                assert await news.__anext__() == ChannelGap("unsubscribed")
+                with pytest.raises(ClientError) as ended:
+                    await news.__anext__()
+                assert ended.value.code == "no_such_network"
+                failed = await next_kind(stream, "client_replay_failed")
+                assert (failed["channel"], failed["code"]) == ("news", "no_such_network")
+        await client.ensure_networks([NETWORK])  # back: a new reader reads, and ends cleanly
+        me = (await client.status())["device_id"]
+        async with client.subscribe("lan", "news") as again:
+            await client.channel_send_to("lan", "news", me, "back")
+            with trio.fail_after(WAIT):
+                assert await again.__anext__() == ChannelMessage("lan", me, "news", "back")
+
+
+async def test_a_subscription_the_daemon_ended_is_subscribed_again(tmp_path: Path) -> None:
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path) as client,
+    ):
+        session = await daemon.next_session()
+        stream = client.events()
+        async with client.subscribe("lan", "news") as news:
+            with trio.fail_after(WAIT):
+                ended = {"network": "lan", "channel": "news", "reason": "network_removed"}
+                await session.send({"kind": "channel_unsubscribed", **ended})
+                await session.wait_op("channel_subscribe", times=2)
+                again = await next_kind(stream, "client_resubscribed")
+                assert again == {"kind": "client_resubscribed", "network": "lan", "channel": "news"}
+                await session.send(inbound("news", 2))
+                assert await news.__anext__() == ChannelGap("unsubscribed")
+                assert await news.__anext__() == ChannelMessage("lan", "peer", "news", 2)
