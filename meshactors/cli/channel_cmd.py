@@ -22,6 +22,7 @@ from meshactors.cli.common import (
 from meshactors.cli.devices import resolve_device
 from meshactors.cli.settings import add_milliseconds_flag
 from meshactors.client import ClientError
+from meshactors.client.sync import SyncClient
 from meshactors.network.channels import MAX_TTL_MS
 
 CHANNEL_SEND_WORDS = "CHANNEL PAYLOAD"  # `channel send`'s free words
@@ -54,7 +55,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     send.set_defaults(run=run_send)
     sub = channel.add_parser(
-        "subscribe", aliases=["sub"], help="print each message as a JSON line (Ctrl-C stops)"
+        "subscribe",
+        aliases=["sub"],
+        help="print each message as a JSON line (Ctrl-C stops); exits 6 once the network is "
+        "removed",
     )
     network_option(sub)
     sub.add_argument("words", nargs="+", metavar=SUBSCRIBE_WORDS)
@@ -100,11 +104,32 @@ def run_sub(args: argparse.Namespace) -> int:
                     continue
                 if event.get("kind") == "channel_inbound" and event["channel"] == channel:
                     _print_messages(event)
+                elif _ended(event, network, channel):
+                    _subscribe_again(client, network, channel, str(event.get("reason")))
         except ClientError as exc:
             fail_with(exc)
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def _ended(event: dict[str, Any], network: str, channel: str) -> bool:
+    """Whether `event` says the daemon ended our subscription (`channel_unsubscribed`)."""
+    ours = (event.get("network"), event.get("channel")) == (network, channel)
+    return event.get("kind") == "channel_unsubscribed" and ours
+
+
+def _subscribe_again(client: SyncClient, network: str, channel: str, reason: str) -> None:
+    """The daemon ended the subscription (its network was removed): subscribe again at once,
+    as the client library does, saying on stderr that messages may have been lost; a refusal
+    (`no_such_network`, exit 6) ends the command with one line rather than leave it waiting
+    for messages that can no longer come."""
+    ended = f"{channel} on {network} ended ({reason})"
+    try:
+        client.call("channel_subscribe", network=network, channel=channel)
+    except ClientError as exc:
+        fail_with(exc, f"{ended}; subscribing again failed: ")
+    print(f"meshactors: {ended}; subscribed again, messages may be lost", file=sys.stderr)
 
 
 def _print_messages(event: dict[str, Any]) -> None:

@@ -267,6 +267,24 @@ async def test_channel_send_reaches_channel_sub(home: Home, me: str) -> None:
         reader.wait()
 
 
+async def test_channel_sub_exits_6_once_its_network_is_removed(home: Home, me: str) -> None:
+    """The daemon ends the subscription with its network: the reader says so and exits rather
+    than wait for ever for messages that can no longer come."""
+    home.cli("channel", "send", "lan", "news", "--to", me, "--retain", "1")
+    reader = home.popen("channel", "subscribe", "news")
+    try:
+        with trio.fail_after(30):
+            await trio.to_thread.run_sync(started, reader, "stdout")  # subscribed
+            await trio.to_thread.run_sync(functools.partial(home.cli, "network", "remove", "lan"))
+            await exited(reader.pid)
+    finally:
+        reader.kill()
+        _, errors = reader.communicate()
+    assert reader.returncode == EXIT_NOT_FOUND
+    said = "news on lan ended (network_removed); subscribing again failed: no_such_network: "
+    assert errors.splitlines() == [f"meshactors: {said}not joined to a network 'lan'"]
+
+
 CHUNKS = """
 import json, sys
 n = json.load(sys.stdin)
