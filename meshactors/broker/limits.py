@@ -126,11 +126,12 @@ class TokenBucket:
         self._refill(now)
         return max(0.0, (1 - self._tokens) / self.rate)
 
-    def spend(self, now: float) -> None:
-        """Spend one token even if the bucket holds less (after waiting `delay`, rounding may
-        leave a hair under one); the debt delays the next token."""
+    def spend(self, now: float, tokens: float = 1) -> None:
+        """Spend `tokens` even if the bucket holds less (after waiting `delay`, rounding may
+        leave a hair under one; a cost known only once paid may exceed it); the debt delays
+        the next token."""
         self._refill(now)
-        self._tokens -= 1
+        self._tokens -= tokens
 
     def _refill(self, now: float) -> None:
         if self._stamp is not None:

@@ -18,6 +18,7 @@ import structlog
 import trio
 
 from meshactors.actors import Pending, take_queued
+from meshactors.broker.limits import TokenBucket
 from meshactors.clock import wall_ms
 from meshactors.event_hub import EventPublisher
 from meshactors.netstate.entry import BadEntry, Entry, check_key
@@ -43,7 +44,7 @@ from meshactors.netstate.statemap import (
 from meshactors.netstate.store import load_state, save_state
 from meshactors.netstate.writers import WriterCheck
 from meshactors.network.app_wire import AppWire
-from meshactors.network.peers import PeerStatus
+from meshactors.network.peers import TOKEN_ROUNDING, PeerStatus
 from meshactors.store.actor import StoreActor
 from meshactors.turns import take_turns
 from meshactors.wire.ipc import MAX_PAGE, ErrorCode, OpError
@@ -57,6 +58,13 @@ SYNC_INTERVAL = 60.0  # seconds between summaries to each active peer (repairs a
 SYNC_RATE = 1.0  # ...while that stays under this many summaries a second per network
 MAX_AHEAD_MS = 24 * 3600 * 1000  # a peer's write stamped further ahead of our clock is dropped
 PRUNE_INTERVAL = 3600.0  # seconds between sweeps for expired tombstones (the first at start)
+# The pages we answer one peer's pulls with, in bytes: their entries as encoded, plus PAGE_COST
+# each. A page is small to ask for and up to a frame to answer, so a peer repeating pulls would
+# have us send far more than it does; the pace holds it to a rate, while a full catch-up of the
+# largest map (twice MAX_STATE_BYTES, merged from peers) takes some 20 s at most.
+PULL_PACE_BYTES = 2 * 1024 * 1024  # a second, sustained...
+PULL_PACE_BURST = 8 * 1024 * 1024  # ...and at once
+PAGE_COST = 16 * 1024  # counted for every page beyond its entries: the walk of the map it took
 CHANGED = "state_changed"  # the event kind
 # refusals that may not hold later: the author may become a member, our clock catch up
 TRANSIENT_REFUSALS = ("not_writer", "future_stamp")
@@ -91,7 +99,14 @@ class _Prune:
     """Time to forget the expired tombstones (statemap.TOMBSTONE_TTL_MS)."""
 
 
-_Work = _FromPeer | _OwnWrite | _SendSummary | _Prune
+@attrs.frozen
+class _Release:
+    """The pace of `peer`'s pulls allows its held pull now: answer it."""
+
+    peer: str
+
+
+_Work = _FromPeer | _OwnWrite | _SendSummary | _Prune | _Release
 
 
 @attrs.define
@@ -126,6 +141,10 @@ class StateReplica:
     _fruitless: dict[str, tuple[str, str]] = attrs.field(factory=dict, init=False)
     _pull_ids: int = attrs.field(default=0, init=False)
     _behind: set[str] = attrs.field(factory=set, init=False)  # peers whose frames we dropped
+    # by peer: the pace of the pages we answer it, and the pull past it waiting for the pace
+    _paces: dict[str, TokenBucket] = attrs.field(factory=dict, init=False)
+    _held: dict[str, StatePull] = attrs.field(factory=dict, init=False)
+    _timers: trio.Nursery | None = attrs.field(default=None, init=False)  # wakes held pulls
     _send: trio.MemorySendChannel[_Work] = attrs.field(init=False)
     _receive: trio.MemoryReceiveChannel[_Work] = attrs.field(init=False)
 
@@ -140,6 +159,7 @@ class StateReplica:
             "tombstones": self.map.tombstones,
             "bytes": self.map.bytes,
             "pulls": len(self._pulls),
+            "pulls_held": len(self._held),
             "queued": self._receive.statistics().current_buffer_used,
             "counters": dict(self.counters),
             "dropped": dict(self.dropped),
@@ -150,11 +170,13 @@ class StateReplica:
             functools.partial(load_state, network=self.network), what="load the state map"
         )
         self.map, self.clock, self._pulls, self._fruitless = StateMap(), HybridClock(), {}, {}
+        self._held = {}
         for entry in entries:
             self.map.merge(entry)
             self.clock.observe(entry.stamp)
         self._queue_prune()  # ahead of any write made after start
         async with trio.open_nursery() as nursery:
+            self._timers = nursery
             nursery.start_soon(self._sync_loop)
             nursery.start_soon(self._prune_loop)
             task_status.started()
@@ -235,6 +257,7 @@ class StateReplica:
         if status is not PeerStatus.ACTIVE:
             self._pulls.pop(device_id, None)
             self._fruitless.pop(device_id, None)
+            self._held.pop(device_id, None)  # (its pace stays until the hourly sweep)
             return
         try:
             self._send.send_nowait(_SendSummary(device_id))
@@ -268,6 +291,8 @@ class StateReplica:
         if any(_prunes_first(item) for item in batch):
             expired = len(self.map.prune(horizon))
             self.counters["pruned"] += expired
+        if any(isinstance(item, _Prune) for item in batch):
+            self._forget_paces()
         # Received writes first: one that beats a write of ours in this very batch then
         # makes ours lose here, as one merged in an earlier batch does (save order is free:
         # a row keeps the winner whatever order entries are saved in).
@@ -309,6 +334,8 @@ class StateReplica:
                     await self._send_to(peer, StateSummary(self.map.summary(), ask))
                 case _FromPeer(sender=sender, frame=frame):
                     await self._answer(sender, frame)
+                case _Release(peer=peer) if peer in self._held:
+                    await self._serve(peer, self._held.pop(peer))
         behind, self._behind = self._behind, set()
         for peer in behind:
             await self._send_to(peer, StateSummary(self.map.summary(), ask=True))
@@ -405,11 +432,8 @@ class StateReplica:
                     await self._send_to(sender, StatePull(self._pull_ids, buckets))
                 if ask and buckets:  # equal maps: neither side has anything to pull
                     await self._send_to(sender, StateSummary(self.map.summary()))
-            case StatePull(pull=pull, buckets=buckets, after=after):
-                found, more = self.map.page(buckets, after, MAX_PAGE_ENTRIES, MAX_PAGE_BYTES)
-                self.counters["pages_served"] += 1
-                entries = [WireEntry.of(entry) for entry in found]
-                await self._send_to(sender, StatePage(pull, entries, more))
+            case StatePull():
+                await self._serve(sender, frame)
             case StatePage(pull=pull, entries=entries, more=more):
                 self.counters["pages_pulled"] += 1
                 current = self._pulls.get(sender)
@@ -420,6 +444,38 @@ class StateReplica:
                 else:
                     del self._pulls[sender]
                     self._settle(sender, current)
+
+    async def _serve(self, sender: str, pull: StatePull) -> None:
+        """Answer a pull with a page if the sender's pace allows it now; else hold the pull
+        until it does, the latest one per peer (one it replaces is dropped, `pull_paced`): a
+        catch-up has one pull in flight, so it is slowed to the pace, never cut."""
+        pace = self._paces.setdefault(sender, TokenBucket(PULL_PACE_BYTES, PULL_PACE_BURST))
+        now = trio.current_time()
+        if (wait := pace.delay(now)) > TOKEN_ROUNDING:
+            if sender in self._held:
+                self.dropped["pull_paced"] += 1
+            else:
+                assert self._timers is not None  # set by `run`, which runs this task
+                self._timers.start_soon(self._release_after, sender, wait)
+            self._held[sender] = pull
+            return
+        found, more = self.map.page(pull.buckets, pull.after, MAX_PAGE_ENTRIES, MAX_PAGE_BYTES)
+        pace.spend(now, PAGE_COST + sum(entry.wire_size for entry in found))
+        self.counters["pages_served"] += 1
+        entries = [WireEntry.of(entry) for entry in found]
+        await self._send_to(sender, StatePage(pull.pull, entries, more))
+
+    async def _release_after(self, peer: str, wait: float) -> None:
+        """Queue the release of `peer`'s held pull once its pace allows it (waiting for room
+        in the queue: one such task per held pull)."""
+        await trio.sleep(wait)
+        await self._send.send(_Release(peer))
+
+    def _forget_paces(self) -> None:
+        """Forget the paces of peers no longer active, so those kept are of peers active since
+        the last sweep (one that comes back starts with a full burst, at most once a sweep)."""
+        active = set(self.wire.active_peers())
+        self._paces = {peer: pace for peer, pace in self._paces.items() if peer in active}
 
     def _settle(self, sender: str, done: _Catchup) -> None:
         """Note a finished catch-up from `sender` that changed nothing in our map: every entry

@@ -16,8 +16,9 @@ from nacl.signing import SigningKey
 
 from meshactors.actors import ChildSpec, Node, Supervisor, run_root
 from meshactors.clock import wall_ms
+from meshactors.netstate import replica as replica_module
 from meshactors.netstate import statemap
-from meshactors.netstate.entry import Entry
+from meshactors.netstate.entry import BUCKETS, Entry
 from meshactors.netstate.frames import (
     MAX_PAGE_BYTES,
     MAX_PAGE_ENTRIES,
@@ -28,7 +29,14 @@ from meshactors.netstate.frames import (
     WireEntry,
 )
 from meshactors.netstate.hlc import Stamp
-from meshactors.netstate.replica import MAX_AHEAD_MS, WORK_BATCH, StateReplica
+from meshactors.netstate.replica import (
+    MAX_AHEAD_MS,
+    PAGE_COST,
+    PULL_PACE_BURST,
+    PULL_PACE_BYTES,
+    WORK_BATCH,
+    StateReplica,
+)
 from meshactors.netstate.statemap import StateMap
 from meshactors.netstate.writers import open_network_writers
 from meshactors.network.app_wire import AppWire
@@ -173,6 +181,69 @@ async def test_a_catch_up_whose_entries_were_refused_for_now_is_pulled_again(
             assert await _catch_up(peers, theirs)
             assert (len(replica.map), replica.dropped["future_stamp"]) == (0, n)
         assert replica.counters["pulls_skipped"] == 0
+
+
+async def test_a_peer_repeating_pulls_is_answered_at_its_pace_and_the_rest_dropped(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """A pull costs the peer a few bytes and us a page: pulls past the pace wait, the latest
+    one per peer, and the others are dropped and counted; answers resume as time passes."""
+    mock_clock.autojump_threshold = WAIT  # time stands still, unless the test hangs
+    everything = list(range(BUCKETS))
+    async with running_replica(tmp_path) as (replica, peers, _):
+        await _fill(replica, 9)  # more than one page
+        found, _ = replica.map.page(everything, None, MAX_PAGE_ENTRIES, MAX_PAGE_BYTES)
+        cost = PAGE_COST + sum(entry.wire_size for entry in found)
+        answered = -(-PULL_PACE_BURST // cost)  # the burst, the last page going into debt
+        sent = answered + 10
+        for n in range(sent):  # the same pull over and over, all at once
+            peers.handlers[StatePull.tag](PEER, StatePull(n, everything))
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(peers.of(StatePage)) == answered
+        assert replica.dropped["pull_paced"] == sent - answered - 1
+        assert replica.figures()["pulls_held"] == 1
+        mock_clock.jump(cost / PULL_PACE_BYTES)  # the debt paid: the one held is answered
+        await trio.testing.wait_all_tasks_blocked()
+        assert [page.pull for page in peers.of(StatePage)[answered:]] == [sent - 1]
+        peers.handlers[StatePull.tag](PEER, StatePull(sent, everything))
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(peers.of(StatePage)) == answered + 1  # held: the last page's debt
+        mock_clock.jump(cost / PULL_PACE_BYTES)
+        await trio.testing.wait_all_tasks_blocked()
+        assert [page.pull for page in peers.of(StatePage)[answered:]] == [sent - 1, sent]
+        assert replica.dropped["pull_paced"] == sent - answered - 1  # no more dropped
+        assert replica.figures()["pulls_held"] == 0
+
+
+async def test_a_catch_up_past_the_pull_burst_is_slowed_to_the_pace_and_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
+) -> None:
+    """A catch-up has one pull in flight: past the burst its pulls wait for the pace, and
+    none is dropped."""
+    monkeypatch.setattr(replica_module, "PULL_PACE_BURST", 2 * MAX_PAGE_BYTES)
+    mock_clock.autojump_threshold = WAIT  # time stands still while the store saves...
+    async with running_replica(tmp_path) as (replica, peers, _):
+        await _fill(replica, 40)  # some 5 pages
+        mock_clock.autojump_threshold = 0  # ...then jumps to each held pull's release
+        start, keys, after, more = trio.current_time(), [], None, True
+        with trio.fail_after(WAIT):
+            while more:
+                served = len(peers.of(StatePage))
+                peers.handlers[StatePull.tag](PEER, StatePull(7, list(range(BUCKETS)), after))
+                await peers.wait_sent(StatePage, served + 1)
+                page = peers.of(StatePage)[-1]
+                keys += [entry.key for entry in page.entries]
+                after, more = keys[-1], page.more
+        assert keys == sorted(f"k{n:02}" for n in range(40))
+        assert replica.dropped["pull_paced"] == 0
+        assert trio.current_time() > start  # (paced: the mock clock moved)
+
+
+async def _fill(replica: StateReplica, count: int) -> None:
+    """Write `count` keys of 15 KB each (eight fill a page)."""
+    with trio.fail_after(WAIT):
+        for n in range(count):
+            await replica.write(f"k{n:02}", "x" * 15_000, deleted=False).wait()
 
 
 async def _catch_up(peers: RecordingPeers, theirs: StateMap) -> bool:
