@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 
 from meshactors.wire.compact import dumps_ascii, dumps_utf8, loads
+from meshactors.wire.jsonlimits import too_deep
 
 IPC_API_VERSION = 1
 MAX_FRAME_BYTES = 1024 * 1024  # one request line, newline included
@@ -107,8 +108,10 @@ def parse_request(line: bytes) -> Request:
     """Decode one request line; raises BadFrame with the error to answer."""
     try:
         frame = loads(line.decode("utf-8"))  # str parses faster than bytes
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:
         raise BadFrame(ErrorCode.BAD_JSON, f"not valid JSON: {exc}", None) from None
+    except RecursionError:  # past the parser's stack: far deeper than any request may be
+        raise BadFrame(ErrorCode.BAD_JSON, too_deep().detail, None) from None
     if not isinstance(frame, dict):
         raise BadFrame(ErrorCode.BAD_JSON, "a request must be a JSON object", None)
     notification = "id" not in frame

@@ -132,9 +132,15 @@ async def test_client_actor_appears_in_inspect_and_leaves_on_disconnect(
 
 async def test_deeply_nested_json_is_bad_json_not_a_crash(connect: Any) -> None:
     client = await connect()
-    await client.send_raw(b"[" * 100_000 + b"]" * 100_000 + b"\n")
-    frame = await client.frame()
-    assert frame["error"]["code"] == "bad_json"
+    deep = b'{"a":[' * 50_000 + b"0" + b"]}" * 50_000
+    for line in (b"[" * 100_000 + b"]" * 100_000, b'{"id":5,"op":"status","p":' + deep + b"}"):
+        await client.send_raw(line + b"\n")
+        frame = await client.frame()
+        assert frame["id"] is None  # never read: the line was refused before it
+        assert frame["error"] == {
+            "code": "bad_json",
+            "message": "nested deeper than 64 arrays and objects",
+        }
     assert (await client.call("status"))["ok"] is True
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshactors.daemon.services import Services
 from meshactors.wire.ipc import BadFrame, ErrorCode, parse_request
+from meshactors.wire.jsonlimits import MAX_JSON_DEPTH
 from tests.fuzz.conftest import examples_of, fuzz
 from tests.fuzz.strategies import json_line, json_values, mutated
 from tests.support import LineClient
@@ -26,6 +28,34 @@ def test_parse_request_never_crashes_on_bytes(line: bytes) -> None:
         assert bad.code.value in DOCUMENTED
     else:
         assert isinstance(request.op, str)
+
+
+# openers of the nesting in a deep request line, each with what closes it
+DEEP_OPENERS = {"[": "]", '{"a":': "}", '{"k":[': "]}", "[0,": "]"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    depth=st.integers(5_000, 200_000),
+    pattern=st.lists(st.sampled_from(sorted(DEEP_OPENERS)), min_size=1, max_size=6),
+    closed=st.booleans(),
+    request=st.booleans(),
+)
+def test_a_line_nested_too_deep_to_parse_is_bad_json_saying_so(
+    depth: int, pattern: list[str], closed: bool, request: bool
+) -> None:
+    """Past the parser's stack a line is refused for its depth, never with Python's
+    RecursionError text, and its id (not read) is null."""
+    openers = (pattern * (depth // len(pattern) + 1))[:depth]
+    value = "".join(openers)
+    if closed:
+        value += "0" + "".join(DEEP_OPENERS[opener] for opener in reversed(openers))
+    line = f'{{"id":3,"op":"status","deep":{value}}}' if request else value
+    with pytest.raises(BadFrame) as refused:
+        parse_request(line.encode())
+    assert refused.value.code is ErrorCode.BAD_JSON
+    assert refused.value.message == f"nested deeper than {MAX_JSON_DEPTH} arrays and objects"
+    assert refused.value.request_id is None
 
 
 SYNC = b'{"id":"~fuzz~sync~","op":"status"}\n'  # longer than any fuzzed id
