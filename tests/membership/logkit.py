@@ -6,7 +6,16 @@ import attrs
 import nacl.signing
 
 from meshactors.identity import Identity
-from meshactors.membership.facts import SIG_CHARS, Fact, Invite, new_genesis, nonce, sign
+from meshactors.membership.facts import (
+    NONCE_BYTES,
+    SIG_CHARS,
+    Fact,
+    Genesis,
+    Invite,
+    new_genesis,
+    nonce,
+    sign,
+)
 from meshactors.membership.log import MembershipLog
 
 NET = "team"
@@ -17,8 +26,20 @@ def device() -> Identity:
     return Identity(nacl.signing.SigningKey.generate())
 
 
+def seeded_device(seed: int) -> Identity:
+    """The device whose key `seed` (1 to 255) fixes: the same in every run of the tests."""
+    return Identity(nacl.signing.SigningKey(bytes([seed]) * 32))
+
+
 def new_log(owner: Identity, at_ms: int = 1000) -> MembershipLog:
     return MembershipLog(new_genesis(owner, NET, at_ms))
+
+
+def seeded_log(owner: Identity) -> MembershipLog:
+    """A log whose genesis has a fixed nonce, so that a seeded owner's facts hash alike in
+    every run: a generated log that resolves by its hashes then replays as it first ran."""
+    unsigned = Genesis(NET, owner.device_id, 1000, "00" * NONCE_BYTES, UNSIGNED)
+    return MembershipLog(sign(owner, unsigned))
 
 
 def fact(
