@@ -1,9 +1,10 @@
 """The `state` part of a network's core: the one owner of its replicated key-value map.
 
-Ops reach it only by asking core (`Network.ask`); frame handlers run in core's task and only
-check and queue. One task of core (the part's `run`) works the queue in order: it merges,
-saves to the store, publishes `state_changed`, answers local writes and sends frames, so
-every change of the map and of its rows happens in one place.
+Ops reach it only by asking core (`Network.ask`); frame handlers and the peer status listener
+run in core's task and only check and queue. One task of core (the part's `run`) works the
+queue in order: it merges, saves to the store, publishes `state_changed`, answers local writes
+and sends frames, so every change of the map, of its rows and of what the part keeps by peer
+happens in one place.
 """
 
 from __future__ import annotations
@@ -106,7 +107,14 @@ class _Release:
     peer: str
 
 
-_Work = _FromPeer | _OwnWrite | _SendSummary | _Prune | _Release
+@attrs.frozen
+class _PeerLeft:
+    """A peer is no longer active: end its catch-up and forget the pull of its held back."""
+
+    peer: str
+
+
+_Work = _FromPeer | _OwnWrite | _SendSummary | _Prune | _Release | _PeerLeft
 
 
 @attrs.define
@@ -252,15 +260,12 @@ class StateReplica:
             self._behind.add(sender)
 
     def on_peer_status(self, device_id: str, status: PeerStatus) -> None:
-        """A peer that becomes active gets our summary (if we hold anything it could pull); one
-        that leaves ends its catch-up."""
-        if status is not PeerStatus.ACTIVE:
-            self._pulls.pop(device_id, None)
-            self._fruitless.pop(device_id, None)
-            self._held.pop(device_id, None)  # (its pace stays until the hourly sweep)
-            return
+        """Tell the state task: a peer that becomes active gets our summary (if we hold anything
+        it could pull); one that leaves ends its catch-up (a notice a full queue drops, the
+        hourly sweep makes good)."""
+        left = status is not PeerStatus.ACTIVE
         try:
-            self._send.send_nowait(_SendSummary(device_id))
+            self._send.send_nowait(_PeerLeft(device_id) if left else _SendSummary(device_id))
         except trio.WouldBlock:
             self.dropped["queue_full"] += 1
 
@@ -292,7 +297,7 @@ class StateReplica:
             expired = len(self.map.prune(horizon))
             self.counters["pruned"] += expired
         if any(isinstance(item, _Prune) for item in batch):
-            self._forget_paces()
+            self._forget_left()
         # Received writes first: one that beats a write of ours in this very batch then
         # makes ours lose here, as one merged in an earlier batch does (save order is free:
         # a row keeps the winner whatever order entries are saved in).
@@ -336,6 +341,10 @@ class StateReplica:
                     await self._answer(sender, frame)
                 case _Release(peer=peer) if peer in self._held:
                     await self._serve(peer, self._held.pop(peer))
+                case _PeerLeft(peer=peer):
+                    self._pulls.pop(peer, None)
+                    self._fruitless.pop(peer, None)
+                    self._held.pop(peer, None)  # (its pace stays until the hourly sweep)
         behind, self._behind = self._behind, set()
         for peer in behind:
             await self._send_to(peer, StateSummary(self.map.summary(), ask=True))
@@ -471,11 +480,15 @@ class StateReplica:
         await trio.sleep(wait)
         await self._send.send(_Release(peer))
 
-    def _forget_paces(self) -> None:
-        """Forget the paces of peers no longer active, so those kept are of peers active since
-        the last sweep (one that comes back starts with a full burst, at most once a sweep)."""
+    def _forget_left(self) -> None:
+        """Forget what is kept by peer of peers no longer active: paces, so those kept are of
+        peers active since the last sweep (one that comes back starts with a full burst, at
+        most once a sweep), and whatever a leave notice dropped by a full queue left."""
         active = set(self.wire.active_peers())
         self._paces = {peer: pace for peer, pace in self._paces.items() if peer in active}
+        self._pulls = {peer: pull for peer, pull in self._pulls.items() if peer in active}
+        self._fruitless = {peer: done for peer, done in self._fruitless.items() if peer in active}
+        self._held = {peer: held for peer, held in self._held.items() if peer in active}
 
     def _settle(self, sender: str, done: _Catchup) -> None:
         """Note a finished catch-up from `sender` that changed nothing in our map: every entry

@@ -32,14 +32,17 @@ from meshactors.netstate.hlc import Stamp
 from meshactors.netstate.replica import (
     MAX_AHEAD_MS,
     PAGE_COST,
+    PRUNE_INTERVAL,
     PULL_PACE_BURST,
     PULL_PACE_BYTES,
+    STATE_INBOX,
     WORK_BATCH,
     StateReplica,
 )
 from meshactors.netstate.statemap import StateMap
 from meshactors.netstate.writers import open_network_writers
 from meshactors.network.app_wire import AppWire
+from meshactors.network.peers import PeerStatus
 from meshactors.store.actor import StoreActor
 from meshactors.wire.device_id import device_id_from_public_key
 from tests.network.peerstandin import RecordingPeers
@@ -237,6 +240,28 @@ async def test_a_catch_up_past_the_pull_burst_is_slowed_to_the_pace_and_complete
         assert keys == sorted(f"k{n:02}" for n in range(40))
         assert replica.dropped["pull_paced"] == 0
         assert trio.current_time() > start  # (paced: the mock clock moved)
+
+
+async def test_a_leave_notice_a_full_queue_dropped_is_made_good_at_the_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
+) -> None:
+    """What the part keeps for a peer (here its pull held for the pace) outlives a leave
+    notice that a full queue dropped only until the hourly sweep."""
+    monkeypatch.setattr(replica_module, "PULL_PACE_BYTES", 1)  # after one page, the next...
+    monkeypatch.setattr(replica_module, "PULL_PACE_BURST", 1)  # ...waits PAGE_COST s: hours
+    mock_clock.autojump_threshold = WAIT  # time stands still, unless the test hangs
+    async with running_replica(tmp_path) as (replica, peers, _):
+        for n in range(STATE_INBOX + 1):  # one taken at once, the queue full of the rest...
+            peers.handlers[StatePull.tag](PEER, StatePull(n, [0]))
+        peers.active = []
+        replica.on_peer_status(PEER, PeerStatus.OFFLINE)  # ...so the notice is dropped
+        await trio.testing.wait_all_tasks_blocked()
+        assert replica.dropped["queue_full"] == 1
+        assert (len(peers.of(StatePage)), replica.figures()["pulls_held"]) == (1, 1)
+        mock_clock.jump(PRUNE_INTERVAL)
+        await trio.testing.wait_all_tasks_blocked()
+        assert replica.figures()["pulls_held"] == 0
+        assert len(peers.of(StatePage)) == 1
 
 
 async def _fill(replica: StateReplica, count: int) -> None:
