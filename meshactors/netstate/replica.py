@@ -45,6 +45,7 @@ from meshactors.netstate.statemap import (
 from meshactors.netstate.store import load_state, save_state
 from meshactors.netstate.writers import WriterCheck
 from meshactors.network.app_wire import AppWire
+from meshactors.network.calls import DeadlineHeap
 from meshactors.network.peers import TOKEN_ROUNDING, PeerStatus
 from meshactors.store.actor import StoreActor
 from meshactors.turns import take_turns
@@ -101,20 +102,21 @@ class _Prune:
 
 
 @attrs.frozen
-class _Release:
-    """The pace of `peer`'s pulls allows its held pull now: answer it."""
-
-    peer: str
-
-
-@attrs.frozen
 class _PeerLeft:
     """A peer is no longer active: end its catch-up and forget the pull of its held back."""
 
     peer: str
 
 
-_Work = _FromPeer | _OwnWrite | _SendSummary | _Prune | _Release | _PeerLeft
+_Work = _FromPeer | _OwnWrite | _SendSummary | _Prune | _PeerLeft
+
+
+@attrs.frozen
+class _Held:
+    """A peer's pull past its pace, and when the pace allows it (trio time)."""
+
+    pull: StatePull
+    due: float
 
 
 @attrs.define
@@ -151,8 +153,8 @@ class StateReplica:
     _behind: set[str] = attrs.field(factory=set, init=False)  # peers whose frames we dropped
     # by peer: the pace of the pages we answer it, and the pull past it waiting for the pace
     _paces: dict[str, TokenBucket] = attrs.field(factory=dict, init=False)
-    _held: dict[str, StatePull] = attrs.field(factory=dict, init=False)
-    _timers: trio.Nursery | None = attrs.field(default=None, init=False)  # wakes held pulls
+    _held: dict[str, _Held] = attrs.field(factory=dict, init=False)
+    _release_at: DeadlineHeap = attrs.field(factory=DeadlineHeap, init=False)  # the same, by time
     _send: trio.MemorySendChannel[_Work] = attrs.field(init=False)
     _receive: trio.MemoryReceiveChannel[_Work] = attrs.field(init=False)
 
@@ -178,13 +180,12 @@ class StateReplica:
             functools.partial(load_state, network=self.network), what="load the state map"
         )
         self.map, self.clock, self._pulls, self._fruitless = StateMap(), HybridClock(), {}, {}
-        self._held = {}
+        self._held, self._release_at = {}, DeadlineHeap()
         for entry in entries:
             self.map.merge(entry)
             self.clock.observe(entry.stamp)
         self._queue_prune()  # ahead of any write made after start
         async with trio.open_nursery() as nursery:
-            self._timers = nursery
             nursery.start_soon(self._sync_loop)
             nursery.start_soon(self._prune_loop)
             task_status.started()
@@ -272,9 +273,13 @@ class StateReplica:
     # -- the state task -----------------------------------------------------------------------
 
     async def _work(self) -> None:
-        """Work the queue in batches: merge and save together, then answer and send."""
-        async for first in self._receive:
-            batch = [first, *take_queued(self._receive, WORK_BATCH - 1)]
+        """Work the queue in batches: merge and save together, then answer and send; wake when
+        a held pull's pace allows it, to answer it (one deadline for all: no task per pull)."""
+        while True:
+            batch: list[_Work] = []
+            with trio.move_on_at(self._release_at.next_deadline()):
+                batch.append(await self._receive.receive())
+            batch += take_queued(self._receive, WORK_BATCH - len(batch))
             try:
                 await self._work_batch(batch)
             except BaseException:
@@ -339,12 +344,11 @@ class StateReplica:
                     await self._send_to(peer, StateSummary(self.map.summary(), ask))
                 case _FromPeer(sender=sender, frame=frame):
                     await self._answer(sender, frame)
-                case _Release(peer=peer) if peer in self._held:
-                    await self._serve(peer, self._held.pop(peer))
                 case _PeerLeft(peer=peer):
                     self._pulls.pop(peer, None)
                     self._fruitless.pop(peer, None)
                     self._held.pop(peer, None)  # (its pace stays until the hourly sweep)
+        await self._release()
         behind, self._behind = self._behind, set()
         for peer in behind:
             await self._send_to(peer, StateSummary(self.map.summary(), ask=True))
@@ -461,12 +465,13 @@ class StateReplica:
         pace = self._paces.setdefault(sender, TokenBucket(PULL_PACE_BYTES, PULL_PACE_BURST))
         now = trio.current_time()
         if (wait := pace.delay(now)) > TOKEN_ROUNDING:
-            if sender in self._held:
+            held = self._held.get(sender)
+            if held is not None:  # the latest waits in its place, until the same time
                 self.dropped["pull_paced"] += 1
+                self._held[sender] = attrs.evolve(held, pull=pull)
             else:
-                assert self._timers is not None  # set by `run`, which runs this task
-                self._timers.start_soon(self._release_after, sender, wait)
-            self._held[sender] = pull
+                self._held[sender] = _Held(pull, now + wait)
+                self._release_at.add(now + wait, sender, len(self._held), self._held_by_time)
             return
         found, more = self.map.page(pull.buckets, pull.after, MAX_PAGE_ENTRIES, MAX_PAGE_BYTES)
         pace.spend(now, PAGE_COST + sum(entry.wire_size for entry in found))
@@ -474,11 +479,19 @@ class StateReplica:
         entries = [WireEntry.of(entry) for entry in found]
         await self._send_to(sender, StatePage(pull.pull, entries, more))
 
-    async def _release_after(self, peer: str, wait: float) -> None:
-        """Queue the release of `peer`'s held pull once its pace allows it (waiting for room
-        in the queue: one such task per held pull)."""
-        await trio.sleep(wait)
-        await self._send.send(_Release(peer))
+    def _held_by_time(self) -> list[tuple[float, str]]:
+        """The held pulls' (due, peer): what `_release_at` is rebuilt from."""
+        return [(held.due, peer) for peer, held in self._held.items()]
+
+    async def _release(self) -> None:
+        """Answer the held pulls their paces allow now (a wake-up of a pull answered or
+        forgotten since, or held again later, finds none due)."""
+        now = trio.current_time() + TOKEN_ROUNDING  # those due within a rounding: together
+        for peer in self._release_at.due(now):
+            held = self._held.get(peer)
+            if held is not None and held.due <= now:
+                del self._held[peer]
+                await self._serve(peer, held.pull)
 
     def _forget_left(self) -> None:
         """Forget what is kept by peer of peers no longer active: paces, so those kept are of

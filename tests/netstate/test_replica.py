@@ -242,6 +242,43 @@ async def test_a_catch_up_past_the_pull_burst_is_slowed_to_the_pace_and_complete
         assert trio.current_time() > start  # (paced: the mock clock moved)
 
 
+async def test_a_peer_back_inside_its_wait_has_its_pull_answered_once_at_its_pace(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """A peer that leaves while a pull of its waits for the pace, and comes back to pull
+    again inside that wait, is answered once, when the pace allows; the replica keeps one
+    wake-up per held pull at most (no timer of the pull it left behind runs on)."""
+    mock_clock.autojump_threshold = WAIT  # time stands still, unless the test hangs
+    everything = list(range(BUCKETS))
+    async with running_replica(tmp_path) as (replica, peers, _):
+        await _fill(replica, 9)  # more than one page
+        found, _ = replica.map.page(everything, None, MAX_PAGE_ENTRIES, MAX_PAGE_BYTES)
+        cost = PAGE_COST + sum(entry.wire_size for entry in found)
+        answered = -(-PULL_PACE_BURST // cost)  # the burst, the last page going into debt
+        idle = _tasks()
+        for n in range(answered + 1):  # the last one waits
+            peers.handlers[StatePull.tag](PEER, StatePull(n, everything))
+        await trio.testing.wait_all_tasks_blocked()
+        assert (len(peers.of(StatePage)), replica.figures()["pulls_held"]) == (answered, 1)
+        mock_clock.jump(cost / PULL_PACE_BYTES / 2)  # half the wait
+        peers.active = []
+        replica.on_peer_status(PEER, PeerStatus.OFFLINE)
+        await trio.testing.wait_all_tasks_blocked()
+        assert replica.figures()["pulls_held"] == 0  # what it left waiting is forgotten
+        peers.active = [PEER]
+        replica.on_peer_status(PEER, PeerStatus.ACTIVE)
+        peers.handlers[StatePull.tag](PEER, StatePull(answered + 1, everything))
+        await trio.testing.wait_all_tasks_blocked()
+        assert (len(peers.of(StatePage)), replica.figures()["pulls_held"]) == (answered, 1)
+        assert _tasks() <= idle + 1  # a wake-up per held pull at most
+        mock_clock.jump(cost / PULL_PACE_BYTES / 2)  # the pace it kept allows the pull now
+        await trio.testing.wait_all_tasks_blocked()
+        assert [page.pull for page in peers.of(StatePage)[answered:]] == [answered + 1]
+        assert replica.figures()["pulls_held"] == 0
+        assert replica.dropped["pull_paced"] == 0
+        assert _tasks() == idle
+
+
 async def test_a_leave_notice_a_full_queue_dropped_is_made_good_at_the_sweep(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
 ) -> None:
@@ -262,6 +299,16 @@ async def test_a_leave_notice_a_full_queue_dropped_is_made_good_at_the_sweep(
         await trio.testing.wait_all_tasks_blocked()
         assert replica.figures()["pulls_held"] == 0
         assert len(peers.of(StatePage)) == 1
+
+
+def _tasks() -> int:
+    """The tasks running in this test's trio run."""
+    count, nurseries = 0, list(trio.lowlevel.current_root_task().child_nurseries)
+    while nurseries:
+        tasks = nurseries.pop().child_tasks
+        count += len(tasks)
+        nurseries += [nursery for task in tasks for nursery in task.child_nurseries]
+    return count
 
 
 async def _fill(replica: StateReplica, count: int) -> None:
