@@ -21,6 +21,7 @@ from meshactors.control.event_stream import (
     EVENT_CAPACITY,
     LAG_DISCONNECT_LIMIT,
     HubSubscription,
+    SlowConsumer,
     cut_off_when_overflowed,
     replay_then_follow,
     wire_event,
@@ -92,7 +93,7 @@ async def serve_events(
     shows it as its connection's (`events`, `events_lagged` in inspect). Unless the client
     hung up, the response ends whole (also when the daemon stops), so a client tells a
     stream the daemon ended from one cut off; one that missed more than LAG_DISCONNECT_LIMIT
-    events raises SlowConsumer (the write it was stuck in cut, so no end can follow)."""
+    events raises SlowConsumer, its body cut off without its last chunk, so it resumes."""
     hub = session.services.events
     # before the replay: no hole
     live, subscribed_at = await hub.subscribe(EVENT_CAPACITY, LAG_DISCONNECT_LIMIT)
@@ -100,7 +101,7 @@ async def serve_events(
         stream = session.event_stream = HubSubscription(live, subscribed_at)
         session.events_subscribed = True
         sink = SseSink(response.write_body)
-        hung_up = False
+        hung_up = cut_off = False
         try:
             await response.start_events(SSE_HEADERS)
             async with trio.open_nursery() as nursery:
@@ -115,7 +116,10 @@ async def serve_events(
                 await response.until_hangup()
                 hung_up = True
                 nursery.cancel_scope.cancel()
+        except* SlowConsumer:
+            cut_off = True  # whether or not a write was stuck: no last chunk may follow
+            raise
         finally:
-            if not hung_up:  # the hub or the daemon stopped (or a write failed: nothing sent)
+            if not (hung_up or cut_off):  # the hub or the daemon stopped (or a write failed)
                 with cleanup_scope():
                     await response.end_events()

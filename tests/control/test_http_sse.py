@@ -14,7 +14,7 @@ import trio.testing
 from meshactors.actors import Broadcast, Subscriber
 from meshactors.control import http as http_module
 from meshactors.control import sse
-from meshactors.control.event_stream import HubSubscription, follow
+from meshactors.control.event_stream import HubSubscription, SlowConsumer, follow
 from meshactors.control.http import HttpConnection
 from meshactors.control.sse import KEEPALIVE, KEEPALIVE_INTERVAL, SseSink, sse_message
 from meshactors.daemon.services import Services
@@ -264,6 +264,37 @@ async def test_a_reader_stalled_past_the_write_timeout_is_told_lagged_and_kept(
             (after,) = await next_events(reader, 1)
             assert after["id"] == "6"
             await client.aclose()  # the stream ends with the hang-up
+
+
+async def test_a_reader_cut_off_for_lag_gets_no_last_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cut-off found while no write waits (the stream waiting on its queue) still cuts the
+    body short: a last chunk would tell the client the daemon ended it, so it would not resume."""
+    monkeypatch.setattr(sse, "EVENT_CAPACITY", 2)
+    monkeypatch.setattr(sse, "LAG_DISCONNECT_LIMIT", 3)
+    monkeypatch.setattr(sse, "cleanup_scope", lambda: trio.move_on_after(5, shield=True))
+    server, client = trio.testing.memory_stream_pair()  # writes never wait
+    session = EventsOnlySession()
+    broadcast = session.services.events.broadcast
+    reader = RawHttp(client)
+
+    async def serve_then_close() -> None:
+        connection = HttpConnection(server, cast(Any, session), NoFigures(), server.send_all)
+        async with server:  # as the client actor closes a connection cut off
+            with pytest.RaisesGroup(SlowConsumer, flatten_subgroups=True):
+                await connection.serve()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_then_close)
+            await stream_events(reader)
+            await trio.testing.wait_all_tasks_blocked()  # the stream waits on its queue
+            for n in range(1, 12):  # no checkpoint between: 2 queued, 9 skipped, past 3
+                broadcast.publish(Event(n, "tick", {}, 0))
+            with pytest.raises(EOFError):  # the body ends with the connection, cut short
+                while await reader.chunk():
+                    pass
 
 
 async def test_stopping_the_daemon_ends_an_event_stream_whole(daemon: Services) -> None:
