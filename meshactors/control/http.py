@@ -270,12 +270,15 @@ class HttpConnection:
         after this one (pipelined), up to MAX_READ_AHEAD bytes, past which nothing more is
         read. On the Unix socket an end of input may be a half-close, its answer still wanted:
         the client is gone once its socket polls hung up (checked every HANGUP_CHECK)."""
+        # counted here: h11's trailing_data copies its whole buffer, O(n²) read by read
+        read_ahead = len(self._h11.trailing_data[0])
         with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            while len(self._h11.trailing_data[0]) < MAX_READ_AHEAD:
+            while read_ahead < MAX_READ_AHEAD:
                 if not (chunk := await self.stream.receive_some(RECEIVE_CHUNK)):
                     if not _may_half_close(self.stream):
                         return
                     break  # h11 is told of the end by the next request's read
+                read_ahead += len(chunk)
                 self._h11.receive_data(bytes(chunk))
             while True:  # an end of input leaves the socket readable for good: poll
                 if hung_up(self.stream):

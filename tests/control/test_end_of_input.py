@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from meshactors.control import client as control_client
+from meshactors.control import http as http_module
 from meshactors.daemon.services import Services
 from tests.control.httptools import encode_request
 from tests.daemon_tree import Connect
@@ -126,3 +127,27 @@ async def test_an_http_caller_that_hangs_up_mid_call_has_it_cancelled_at_once(
         while node.name in control.children:
             await trio.testing.wait_all_tasks_blocked()
     assert cancelled["request_id"] == inbound["request_id"]
+
+
+async def test_requests_pipelined_past_the_read_ahead_behind_a_call_are_answered_in_order(
+    daemon: Services, connect: Any, http: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_READ_AHEAD the daemon stops reading while the call runs, and reads on once
+    it is answered: nothing pipelined is lost or answered out of turn."""
+    monkeypatch.setattr(http_module, "MAX_READ_AHEAD", 64)
+    server = await added_network(connect)
+    assert (await server.call("rpc_register", network="n", method="never"))["ok"]
+    caller = await http()
+    own = daemon.identity.device_id
+    params = {"network": "n", "peer": own, "method": "never", "timeout_ms": 600_000}
+    await caller.send(encode_request("POST", "/v1/rpc_call", json.dumps(params).encode()))
+    with trio.fail_after(WAIT):
+        inbound = await event_of(server, "rpc_inbound")
+    for _ in range(8):  # ~ 40 bytes each: past 64 the daemon reads no more meanwhile
+        await caller.send(encode_request("GET", "/v1/status"))
+    assert (await server.call("rpc_respond", request_id=inbound["request_id"], payload=7))["ok"]
+    with trio.fail_after(WAIT):
+        answered = await caller.response()
+        assert (answered.status, answered.json()["data"]["payload"]) == (200, 7)
+        for _ in range(8):
+            assert (await caller.response()).json()["data"]["client_id"]

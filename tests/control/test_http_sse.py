@@ -297,6 +297,40 @@ async def test_a_reader_cut_off_for_lag_gets_no_last_chunk(
                     pass
 
 
+async def test_input_pipelined_behind_an_event_stream_is_read_up_to_its_limit_uncopied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a client sends while its request runs is kept up to MAX_READ_AHEAD and no more;
+    counting it never reads h11's trailing_data, which copies the whole buffer each time
+    (a byte a write up to the limit would cost O(n²))."""
+    monkeypatch.setattr(http_module, "MAX_READ_AHEAD", 64)
+    monkeypatch.setattr(sse, "cleanup_scope", lambda: trio.move_on_after(5, shield=True))
+    copies = 0
+    trailing_data = h11.Connection.trailing_data
+
+    def counted(connection: h11.Connection) -> tuple[bytes, bool]:
+        nonlocal copies
+        copies += 1
+        return trailing_data.__get__(connection)
+
+    server, client = trio.testing.memory_stream_pair()
+    connection = HttpConnection(
+        server, cast(Any, EventsOnlySession()), NoFigures(), server.send_all
+    )
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connection.serve)
+            await stream_events(RawHttp(client))
+            await trio.testing.wait_all_tasks_blocked()  # its hang-up watch reads
+            monkeypatch.setattr(h11.Connection, "trailing_data", property(counted))
+            for _ in range(100):
+                await client.send_all(b"x")
+                await trio.testing.wait_all_tasks_blocked()  # read one byte at a time
+            assert copies == 0
+            assert trailing_data.__get__(connection._h11) == (b"x" * 64, False)
+            nursery.cancel_scope.cancel()
+
+
 async def test_stopping_the_daemon_ends_an_event_stream_whole(daemon: Services) -> None:
     """`daemon down` with a client following events: the response ends with its last chunk
     (curl exits 0, not 18 for a cut transfer), so the client can tell it was ended."""
