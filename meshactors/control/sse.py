@@ -52,7 +52,8 @@ class EventResponse(Protocol):
         """Write the response head."""
 
     async def write_body(self, data: bytes) -> None:
-        """Write part of the response body (serialised and time-bounded by the connection)."""
+        """Write part of the response body, serialised by the connection; it waits as long
+        as the client reads nothing (the stream's lag bounds it, not time)."""
 
     async def until_hangup(self) -> None:
         """Return once the client is gone (closed its connection)."""
