@@ -135,16 +135,14 @@ async def _post(
 
 
 def json_object(body: bytes) -> dict[str, Any]:
-    """A POST body as op params: a JSON object, or {} for an empty body. An object nested too
-    deep for the parser is refused as params nested too deep are (`invalid_params`)."""
+    """A POST body as op params: a JSON object, or {} for an empty body. One nested too deep
+    for the parser to read at all is `bad_json` saying so, as the same JSON line is."""
     if not body.strip():
         return {}
     try:
         value = json.loads(body)
     except RecursionError:  # deeper than the parser goes: far past what params may nest
-        if not body.lstrip().startswith(b"{"):
-            raise OpError(ErrorCode.BAD_JSON, NOT_AN_OBJECT) from None
-        raise OpError(ErrorCode.INVALID_PARAMS, f"params: {too_deep().detail}") from None
+        raise OpError(ErrorCode.BAD_JSON, too_deep().detail) from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise OpError(ErrorCode.BAD_JSON, f"body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):

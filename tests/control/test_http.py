@@ -18,7 +18,7 @@ from meshactors.control.http_routes import json_object
 from meshactors.control.session import Session
 from meshactors.daemon.services import Services
 from meshactors.ops.optable import Op
-from meshactors.wire.ipc import ErrorCode, OpError
+from meshactors.wire.ipc import BadFrame, ErrorCode, OpError, parse_request
 from meshactors.wire.jsonlimits import MAX_JSON_DEPTH
 from tests.control.httptools import encode_request
 from tests.daemon_tree import Connect
@@ -89,16 +89,19 @@ async def test_post_runs_any_op_with_a_json_body(http: Connect) -> None:
     depth=st.integers(min_value=5_000, max_value=200_000),
     openers=st.lists(st.sampled_from([b"[", b'{"k":', b"[1,", b' { "" : ']), min_size=1),
 )
-def test_a_body_nested_too_deep_to_parse_is_refused_as_params_too_deep(
+def test_a_body_nested_too_deep_to_parse_is_bad_json_too_deep_as_a_json_line_is(
     depth: int, openers: list[bytes]
 ) -> None:
-    """Whatever Python's parser gives up on reads as the documented refusal, not its text."""
+    """Whatever Python's parser gives up on reads as the documented refusal, not its text,
+    and as the same content sent as a JSON line is refused (parse_request)."""
     body = b'{"payload":' + b"".join(openers[n % len(openers)] for n in range(depth))
     with pytest.raises(OpError) as refused:
         json_object(body)
-    assert refused.value.code == ErrorCode.INVALID_PARAMS
-    too_deep = f"params: nested deeper than {MAX_JSON_DEPTH} arrays and objects"
-    assert refused.value.message == too_deep
+    with pytest.raises(BadFrame) as refused_as_a_line:
+        parse_request(body)
+    assert refused.value.code == refused_as_a_line.value.code == ErrorCode.BAD_JSON
+    too_deep = f"nested deeper than {MAX_JSON_DEPTH} arrays and objects"
+    assert refused.value.message == refused_as_a_line.value.message == too_deep
 
 
 @pytest.mark.parametrize(
@@ -108,7 +111,7 @@ def test_a_body_nested_too_deep_to_parse_is_refused_as_params_too_deep(
         ("POST", "/v1/status", b"[1]", 400, "bad_json"),
         ("POST", "/v1/status", b"\xff", 400, "bad_json"),
         ("POST", "/v1/status", b"[" * 100_000, 400, "bad_json"),
-        ("POST", "/v1/status", b'{"a":' + b"[" * 100_000, 400, "invalid_params"),
+        ("POST", "/v1/status", b'{"a":' + b"[" * 100_000, 400, "bad_json"),
         ("POST", "/v1/status", b'{"extra":1}', 400, "invalid_params"),
         ("POST", "/v1/no_such_op", b"{}", 404, "unknown_route"),
         ("GET", "/v1/typo", None, 404, "unknown_route"),
