@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+from meshactors.actors import Node
 from meshactors.control import client as control_client
 from meshactors.control import http as http_module
 from meshactors.daemon.services import Services
@@ -104,7 +105,7 @@ async def test_a_program_that_closes_after_its_end_of_input_has_its_calls_cancel
 
 
 async def test_an_http_caller_that_hangs_up_mid_call_has_it_cancelled_at_once(
-    daemon: Services, connect: Any, http: Connect
+    daemon: Services, connect: Any, http: Connect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = await added_network(connect)
     assert (await server.call("rpc_register", network="n", method="never"))["ok"]
@@ -121,11 +122,19 @@ async def test_an_http_caller_that_hangs_up_mid_call_has_it_cancelled_at_once(
         if node.kind == "client" and node.figures is not None
         if node.figures()["protocol"] == "http"
     ]
+    left = trio.Event()
+    detach = Node.detach
+
+    def detach_and_tell(gone: Node) -> None:
+        detach(gone)
+        if gone is node:
+            left.set()
+
+    monkeypatch.setattr(Node, "detach", detach_and_tell)
     await caller.stream.aclose()  # as `curl -m 2` giving up
-    with trio.fail_after(WAIT):
+    with trio.fail_after(WAIT):  # the hang-up is seen at the next HANGUP_CHECK poll
         cancelled = await event_of(server, "rpc_cancelled")
-        while node.name in control.children:
-            await trio.testing.wait_all_tasks_blocked()
+        await left.wait()  # and its client actor leaves
     assert cancelled["request_id"] == inbound["request_id"]
 
 
