@@ -27,7 +27,7 @@ from meshactors.client._streams import RpcStream, StreamTable
 from meshactors.client.binary import BinaryStream, StreamError, switch
 from meshactors.client.errors import ClientClosed, ClientError, ConnectionLost, DeadlineExceeded
 from meshactors.client.networks import NetworkSync, converge
-from meshactors.client.reconnect import DaemonLink, Want, WantKind, replay_failed
+from meshactors.client.reconnect import DaemonLink, Want, WantKind, refusal, replay_failed
 from meshactors.client.state import RELIST_KINDS, SharedState
 from meshactors.paths import resolve_paths
 
@@ -181,7 +181,9 @@ class MeshClient(Ops):
     ) -> None:
         self.socket = Path(socket) if socket is not None else resolve_paths().socket
         self.call_timeout = call_timeout
-        self._link = DaemonLink(self.socket, connect_timeout, self._route, self._connection_lost)
+        self._link = DaemonLink(
+            self.socket, connect_timeout, self._route, self._connection_lost, self._replay_failed
+        )
         self._link.desired.last_event_id = events_since
         self._events: Broadcast[dict[str, Any]] = Broadcast()
         self._channels: dict[tuple[str, str], ChannelFeed] = {}
@@ -464,6 +466,15 @@ class MeshClient(Ops):
                 self._route(
                     {"kind": "client_resubscribed", "network": want.network, "channel": want.name}
                 )
+
+    def _replay_failed(self, want: Want, error: ClientError) -> None:
+        """A want could not be put in place again: tell the program (`client_replay_failed`);
+        a subscription the daemon refused for sure (`refusal`: say `no_such_network`, the
+        network was removed while we were away) also ends its readers with that refusal."""
+        feed = self._channels.get((want.network, want.name))
+        if want.kind is WantKind.CHANNEL and feed is not None and refusal(error):
+            feed.fail(error)
+        self._route(replay_failed(want, error))
 
     def _channel_inbound(self, frame: dict[str, Any]) -> None:
         feed = self._channels.get((frame.get("network"), frame.get("channel")))  # type: ignore[arg-type]

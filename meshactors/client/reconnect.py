@@ -109,6 +109,8 @@ class DaemonLink:
     connect_timeout: float
     route: Callable[[Frame | Lagged], None]  # every event frame, in order, never blocking
     connection_ended: Callable[[], None]  # every event of a lost connection routed; never blocks
+    # a want the replay could not put in place, and why; tells the program, never blocks
+    replay_failed: Callable[[Want, ClientError], None]
     desired: DesiredState = attrs.field(factory=DesiredState)
     reconnects: int = 0
     _current: _Live | None = None
@@ -325,7 +327,7 @@ class DaemonLink:
             except ConnectionLost:
                 raise
             except ClientError as error:
-                self.route(replay_failed(want, error))
+                self.replay_failed(want, error)
         # A release while the replay ran found no connection to undo it on (this one is not
         # the current one yet): what it asked of this one is undone here, before it is.
         while stale := [want for want in live.asked if not self.desired.wants(want)]:
@@ -334,6 +336,12 @@ class DaemonLink:
                     await self._undo(live, want, REPLAY_CALL_TIMEOUT)
                 except ClientError as error:
                     log.info("%s, no longer wanted, not released: %s", want.name, error)
+
+
+def refusal(error: ClientError) -> bool:
+    """Whether `error` is the daemon's sure no to a request (not one of UNSURE_CODES): asking
+    again gets the same answer until something changes (say the network is added again)."""
+    return error.code not in UNSURE_CODES and not isinstance(error, (ConnectionLost, ClientClosed))
 
 
 def replay_failed(want: Want, error: ClientError) -> Frame:

@@ -13,6 +13,8 @@ import pytest
 import trio
 
 from meshactors.client import ChannelGap, ChannelMessage, ClientError, MeshClient
+from meshactors.store.db import open_database
+from meshactors.store.networks import delete_network
 from tests.client.conftest import LocalDaemon
 from tests.client.fakedaemon import fake_daemon
 from tests.client.test_client import next_kind
@@ -213,6 +215,38 @@ async def test_a_reader_whose_network_is_removed_raises_no_such_network(
             await client.channel_send_to("lan", "news", me, "back")
             with trio.fail_after(WAIT):
                 assert await again.__anext__() == ChannelMessage("lan", me, "news", "back")
+
+
+def forget_network(db: Path, network_id: str) -> None:
+    """Remove a network from a stopped daemon's database, as `network_remove` would have."""
+    conn = open_database(db)
+    try:
+        assert delete_network(conn, network_id, purge=False).known
+    finally:
+        conn.close()
+
+
+async def test_a_reader_whose_network_went_while_the_daemon_was_down_raises(
+    running: LocalDaemon,
+) -> None:
+    """The network is gone when the client reconnects: the replay's refusal of the subscription
+    ends the reader with it, as the refusal of a subscribe again after `channel_unsubscribed`
+    does, rather than leave it waiting for messages that cannot come."""
+    async with MeshClient(running.paths.socket) as client:
+        await client.ensure_networks([NETWORK])
+        stream = client.events()
+        async with client.subscribe("lan", "news") as news:
+            with trio.fail_after(WAIT):
+                await running.stop()
+                await next_kind(stream, "client_disconnected")
+                await trio.to_thread.run_sync(forget_network, running.paths.state_db, "lan")
+                await running.start()
+                assert await news.__anext__() == ChannelGap("disconnected")
+                with pytest.raises(ClientError) as ended:
+                    await news.__anext__()
+                assert ended.value.code == "no_such_network"
+                failed = await next_kind(stream, "client_replay_failed")
+                assert (failed["channel"], failed["code"]) == ("news", "no_such_network")
 
 
 async def test_a_subscription_the_daemon_ended_is_subscribed_again(tmp_path: Path) -> None:
