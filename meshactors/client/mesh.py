@@ -449,18 +449,21 @@ class MeshClient(Ops):
             return
         feed.gap(ChannelGap("unsubscribed"))
         self._link.lost(want)
-        self._nursery.start_soon(self._resubscribe, want, feed)
+        self._nursery.start_soon(self._resubscribe, want)
 
-    async def _resubscribe(self, want: Want, feed: ChannelFeed) -> None:
+    async def _resubscribe(self, want: Want) -> None:
         """Subscribe again to a channel the daemon ended; tell the program by a client event
-        either way (`client_resubscribed`, or `client_replay_failed` when the daemon refuses,
-        e.g. `no_such_network`, and then the channel's readers raise that refusal); neither
-        when the readers left before its turn came."""
+        either way (`client_resubscribed`, or `client_replay_failed` when it failed, and then
+        a sure refusal, e.g. `no_such_network`, ends the channel's readers with it, while a
+        failure that may pass, say a deadline while the daemon is down, is left to the next
+        reconnect's replay); neither when the readers left before its turn came, or the client
+        closed meanwhile (the readers end as at any close)."""
         try:
             subscribed = await self._link.ensure(want, self.call_timeout)
+        except ClientClosed:
+            return
         except ClientError as error:
-            feed.fail(error)
-            self._route(replay_failed(want, error))
+            self._replay_failed(want, error)
         else:
             if subscribed:
                 self._route(

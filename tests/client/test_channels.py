@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from meshactors.client import ChannelGap, ChannelMessage, ClientError, MeshClient
 from meshactors.store.db import open_database
@@ -264,5 +265,33 @@ async def test_a_subscription_the_daemon_ended_is_subscribed_again(tmp_path: Pat
                 again = await next_kind(stream, "client_resubscribed")
                 assert again == {"kind": "client_resubscribed", "network": "lan", "channel": "news"}
                 await session.send(inbound("news", 2))
+                assert await news.__anext__() == ChannelGap("unsubscribed")
+                assert await news.__anext__() == ChannelMessage("lan", "peer", "news", 2)
+
+
+async def test_a_subscribe_again_past_its_deadline_leaves_the_readers_to_the_replay(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The daemon ended the subscription and does not answer the subscribe again in time (as
+    one that went down for longer than the call's deadline): the readers are not ended for it,
+    and the next connection's replay subscribes again."""
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path, call_timeout=WAIT / 2) as client,
+    ):
+        session = await daemon.next_session()
+        stream = client.events()
+        async with client.subscribe("lan", "news") as news:
+            with trio.fail_after(WAIT * 2):
+                daemon.never_answered.add("channel_subscribe")
+                ended = {"network": "lan", "channel": "news", "reason": "network_removed"}
+                await session.send({"kind": "channel_unsubscribed", **ended})
+                failed = await next_kind(stream, "client_replay_failed")
+                assert (failed["channel"], failed["code"]) == ("news", "deadline")
+                daemon.never_answered.clear()
+                await session.hang_up()
+                again = await daemon.next_session()
+                await again.wait_op("channel_subscribe")
+                await again.send(inbound("news", 2))
                 assert await news.__anext__() == ChannelGap("unsubscribed")
                 assert await news.__anext__() == ChannelMessage("lan", "peer", "news", 2)
