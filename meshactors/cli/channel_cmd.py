@@ -3,31 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
+
+import trio
 
 from meshactors.cli.common import (
     EXIT_USAGE,
     call,
-    connect,
     fail,
     fail_with,
     free_words,
     network_of,
     network_option,
     parse_json_arg,
+    paths_of,
     told_lagged,
 )
 from meshactors.cli.devices import resolve_device
 from meshactors.cli.settings import add_milliseconds_flag
-from meshactors.client import ClientError
-from meshactors.client.sync import SyncClient
-from meshactors.network.channels import MAX_TTL_MS
+from meshactors.client import (
+    ChannelMessage,
+    ClientError,
+    EventStream,
+    Lagged,
+    MeshClient,
+)
+from meshactors.client.mesh import ChannelItem
+from meshactors.network.channels import MAX_TTL_MS, REMOVED
 
 CHANNEL_SEND_WORDS = "CHANNEL PAYLOAD"  # `channel send`'s free words
 SUBSCRIBE_WORDS = "CHANNEL"  # `channel subscribe`'s
 RELIABLE_TTL_S = 10.0  # seconds `channel send --reliable` resends before answering `timeout`
+LOST_DAEMON = "lost the daemon; messages sent until it is back are lost"  # `channel subscribe`
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -96,47 +108,74 @@ def run_send(args: argparse.Namespace) -> int:
 def run_sub(args: argparse.Namespace) -> int:
     (channel,) = free_words(args, "channel subscribe", SUBSCRIBE_WORDS, "one channel at a time")
     network = network_of(args)
-    with connect(args) as client:
-        try:
-            client.call("channel_subscribe", network=network, channel=channel)
-            for event in client.events():
-                if told_lagged(event, "messages"):
-                    continue
-                if event.get("kind") == "channel_inbound" and event["channel"] == channel:
-                    _print_messages(event)
-                elif _ended(event, network, channel):
-                    _subscribe_again(client, network, channel, str(event.get("reason")))
-        except ClientError as exc:
-            fail_with(exc)
-        except KeyboardInterrupt:
-            pass
+    try:
+        refused = trio.run(_follow, paths_of(args).socket, network, channel)
+    except ClientError as exc:
+        fail_with(exc)
+    except KeyboardInterrupt:
+        return 0
+    if refused is not None:
+        fail_with(refused, f"{_ended(network, channel)}; subscribing again failed: ")
     return 0
 
 
-def _ended(event: dict[str, Any], network: str, channel: str) -> bool:
-    """Whether `event` says the daemon ended our subscription (`channel_unsubscribed`)."""
-    ours = (event.get("network"), event.get("channel")) == (network, channel)
-    return event.get("kind") == "channel_unsubscribed" and ours
+async def _follow(socket: Path, network: str, channel: str) -> ClientError | None:
+    """Print the channel's messages through the client library's `subscribe`, which restores
+    the subscription after a reconnect and after the daemon ended it (its network was
+    removed), until Ctrl-C; the refusal that ended the reader for good (`no_such_network`) is
+    returned, for the command to exit with it."""
+    async with MeshClient(socket) as client:
+        with client.events() as events:  # before the subscribe: no client event goes unseen
+            async with client.subscribe(network, channel) as reader:
+                refused = None
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_tell_resubscribed, events, network, channel)
+                        refused = await _print_items(reader)
+                        nursery.cancel_scope.cancel()
+                except* KeyboardInterrupt:  # Ctrl-C, which the nursery wraps: a stop as well
+                    pass
+    return refused
 
 
-def _subscribe_again(client: SyncClient, network: str, channel: str, reason: str) -> None:
-    """The daemon ended the subscription (its network was removed): subscribe again at once,
-    as the client library does, saying on stderr that messages may have been lost; a refusal
-    (`no_such_network`, exit 6) ends the command with one line rather than leave it waiting
-    for messages that can no longer come."""
-    ended = f"{channel} on {network} ended ({reason})"
+async def _print_items(reader: AsyncIterator[ChannelItem | Lagged]) -> ClientError | None:
+    """One JSON line per message, a line on stderr where some may have been lost; the refusal
+    that ended the reader, if one did."""
     try:
-        client.call("channel_subscribe", network=network, channel=channel)
+        async for item in reader:
+            if isinstance(item, ChannelMessage):
+                _print_message(item)
+            elif isinstance(item, Lagged) or item.reason == "lagged":
+                told_lagged({"kind": "lagged", "skipped": item.skipped}, "messages")
+            elif item.reason == "disconnected":
+                print(f"meshactors: {LOST_DAEMON}", file=sys.stderr, flush=True)
     except ClientError as exc:
-        fail_with(exc, f"{ended}; subscribing again failed: ")
-    print(f"meshactors: {ended}; subscribed again, messages may be lost", file=sys.stderr)
+        return exc
+    return None
 
 
-def _print_messages(event: dict[str, Any]) -> None:
-    """One JSON line per message (a batch event holds several, in `payloads`)."""
-    shown = {key: event[key] for key in event if key not in ("kind", "network", "payloads")}
-    for payload in event.get("payloads", []):
-        print(json.dumps(shown | {"payload": payload}))
-    if "payloads" not in event:
-        print(json.dumps(shown))
-    sys.stdout.flush()
+async def _tell_resubscribed(events: EventStream, network: str, channel: str) -> None:
+    """Say on stderr when the library subscribed again after the daemon ended the channel."""
+    async for event in events:
+        ours = (event.get("network"), event.get("channel")) == (network, channel)
+        if event.get("kind") == "client_resubscribed" and ours:
+            said = f"{_ended(network, channel)}; subscribed again, messages may be lost"
+            print(f"meshactors: {said}", file=sys.stderr, flush=True)
+
+
+def _ended(network: str, channel: str) -> str:
+    """How `channel subscribe` says the daemon ended its subscription (the network was removed:
+    the only reason the daemon has)."""
+    return f"{channel} on {network} ended ({REMOVED})"
+
+
+def _print_message(message: ChannelMessage) -> None:
+    """The message as a JSON line, as the daemon's `channel_inbound` carries it."""
+    shown: dict[str, Any] = {"from": message.peer, "channel": message.channel}
+    if message.data is None:
+        shown["payload"] = message.payload
+    else:
+        shown["payload_b64"] = base64.b64encode(message.data).decode()
+    if message.retained:
+        shown["retained"] = True
+    print(json.dumps(shown), flush=True)

@@ -295,27 +295,37 @@ class MeshClient(Ops):
     def _displaced(self, want: Want, event: dict[str, Any]) -> None:
         """Our claim ended. Another program's claim (`by` names it) stands: last claim wins, so
         ours is dropped. A restart in the daemon ended it (`by` null): claim it again."""
-        if event.get("by") is None and want in self._link.desired.claims and self._nursery:
-            self._link.lost(want)
-            self._nursery.start_soon(self._reclaim, want)
+        if event.get("by") is None and want in self._link.desired.claims:
+            self._restore_soon(want)
             return
         self._drop_claim(want)
 
-    async def _reclaim(self, want: Want) -> None:
-        """Claim again a method a restart took away; tell the program by a client event either
-        way (`client_reclaimed`, or `client_replay_failed` when the daemon refuses it, e.g. the
-        network was removed, and the method is no longer served); neither when the program
-        unserved it before the claim's turn came."""
+    def _restore_soon(self, want: Want) -> None:
+        """The daemon ended a claim or subscription we still want (a restart, a removed
+        network): put it back at once, without waiting for a reconnect."""
+        if self._nursery is not None:
+            self._link.lost(want)
+            self._nursery.start_soon(self._restore, want)
+
+    async def _restore(self, want: Want) -> None:
+        """Put back what `_restore_soon` was given; tell the program by a client event either
+        way: `client_reclaimed` or `client_resubscribed` (want.kind.restored), or
+        `client_replay_failed` when it failed (`_replay_failed`: a sure refusal, e.g. the
+        network was removed, ends a channel's readers; the rest of a channel's failures is
+        left to the next reconnect's replay), and a claim that failed is given up, its method
+        no longer served. Neither when the program let it go before its turn came, or the
+        client closed meanwhile (readers end as at any close)."""
         try:
-            claimed = await self._link.ensure(want, self.call_timeout)
+            restored = await self._link.ensure(want, self.call_timeout)
+        except ClientClosed:
+            return
         except ClientError as error:
-            await self._unclaim_after(want, error)
-            self._route(replay_failed(want, error))
+            if want.kind is WantKind.CLAIM:
+                await self._unclaim_after(want, error)
+            self._replay_failed(want, error)
         else:
-            if claimed:
-                self._route(
-                    {"kind": "client_reclaimed", "network": want.network, "method": want.name}
-                )
+            if restored:
+                self._route({"kind": want.kind.restored} | want.params())
 
     def _drop_claim(self, want: Want) -> None:
         """Forget a claim the daemon took away: its handler goes, and it is never replayed."""
@@ -445,30 +455,10 @@ class MeshClient(Ops):
         """The daemon ended a subscription we hold (its network was removed): mark the gap in
         the channel and subscribe again at once, as a claim a restart ended is claimed again."""
         feed = self._channels.get((want.network, want.name))
-        if feed is None or want not in self._link.desired.channels or self._nursery is None:
+        if feed is None or want not in self._link.desired.channels:
             return
         feed.gap(ChannelGap("unsubscribed"))
-        self._link.lost(want)
-        self._nursery.start_soon(self._resubscribe, want)
-
-    async def _resubscribe(self, want: Want) -> None:
-        """Subscribe again to a channel the daemon ended; tell the program by a client event
-        either way (`client_resubscribed`, or `client_replay_failed` when it failed, and then
-        a sure refusal, e.g. `no_such_network`, ends the channel's readers with it, while a
-        failure that may pass, say a deadline while the daemon is down, is left to the next
-        reconnect's replay); neither when the readers left before its turn came, or the client
-        closed meanwhile (the readers end as at any close)."""
-        try:
-            subscribed = await self._link.ensure(want, self.call_timeout)
-        except ClientClosed:
-            return
-        except ClientError as error:
-            self._replay_failed(want, error)
-        else:
-            if subscribed:
-                self._route(
-                    {"kind": "client_resubscribed", "network": want.network, "channel": want.name}
-                )
+        self._restore_soon(want)
 
     def _replay_failed(self, want: Want, error: ClientError) -> None:
         """A want could not be put in place again: tell the program (`client_replay_failed`);

@@ -41,13 +41,14 @@ Frame = dict[str, Any]
 class WantKind(enum.Enum):
     """What a desired-state entry asks of the daemon."""
 
-    CLAIM = ("rpc_register", "rpc_unregister", "method")
-    CHANNEL = ("channel_subscribe", "channel_unsubscribe", "channel")
+    CLAIM = ("rpc_register", "rpc_unregister", "method", "client_reclaimed")
+    CHANNEL = ("channel_subscribe", "channel_unsubscribe", "channel", "client_resubscribed")
 
-    def __init__(self, apply_op: str, release_op: str, field: str) -> None:
+    def __init__(self, apply_op: str, release_op: str, field: str, restored: str) -> None:
         self.apply_op = apply_op
         self.release_op = release_op
         self.field = field
+        self.restored = restored  # the client event telling one the daemon ended is back
 
 
 @attrs.frozen

@@ -48,7 +48,7 @@ async def test_a_claim_unserved_before_its_reclaim_ran_stays_released(
     local: LocalDaemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started, ended = trio.Event(), trio.Event()
-    reclaim, route = MeshClient._reclaim, MeshClient._route
+    reclaim, route = MeshClient._restore, MeshClient._route
     kinds: list[str] = []
 
     async def late_reclaim(client: MeshClient, want: Want) -> None:
@@ -61,7 +61,7 @@ async def test_a_claim_unserved_before_its_reclaim_ran_stays_released(
             kinds.append(item.get("kind", ""))
         route(client, item)
 
-    monkeypatch.setattr(MeshClient, "_reclaim", late_reclaim)
+    monkeypatch.setattr(MeshClient, "_restore", late_reclaim)
     monkeypatch.setattr(MeshClient, "_route", recording_route)
     local.debug_ops = True
     await local.start()

@@ -16,11 +16,14 @@ import nacl.signing
 import pytest
 import trio
 
+from meshactors.cli.channel_cmd import LOST_DAEMON
 from meshactors.cli.common import EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_USAGE
 from meshactors.client import MeshClient, RequestContext
 from meshactors.network.payload import MAX_PAYLOAD_BYTES
+from meshactors.paths import resolve_paths
 from meshactors.wire.device_id import device_id_from_public_key
 from tests.client.fakedaemon import fake_daemon
+from tests.client.test_channels import forget_network
 from tests.support import Home, LineClient, exited, kill_leftover, pid_written, sleeper
 
 pytestmark = pytest.mark.e2e
@@ -283,6 +286,30 @@ async def test_channel_sub_exits_6_once_its_network_is_removed(home: Home, me: s
     assert reader.returncode == EXIT_NOT_FOUND
     said = "news on lan ended (network_removed); subscribing again failed: no_such_network: "
     assert errors.splitlines() == [f"meshactors: {said}not joined to a network 'lan'"]
+
+
+async def test_channel_sub_outlives_a_daemon_restart_and_exits_6_if_its_network_went(
+    home: Home, me: str
+) -> None:
+    """The command rides the client library: a daemon restart is a gap it says on stderr, not
+    its end, and a network removed while the daemon was down ends it as a removal would."""
+    home.cli("channel", "send", "lan", "news", "--to", me, "--retain", "1")
+    reader = home.popen("channel", "subscribe", "news")
+    try:
+        with trio.fail_after(60):
+            await trio.to_thread.run_sync(started, reader, "stdout")  # subscribed
+            await trio.to_thread.run_sync(functools.partial(home.cli, "daemon", "down"))
+            state_db = resolve_paths({"MESHACTORS_HOME": str(home.path)}).state_db
+            await trio.to_thread.run_sync(forget_network, state_db, "lan")
+            await trio.to_thread.run_sync(functools.partial(home.cli, "daemon", "up", "--detach"))
+            await exited(reader.pid)
+    finally:
+        reader.kill()
+        _, errors = reader.communicate()
+    assert reader.returncode == EXIT_NOT_FOUND
+    said = "news on lan ended (network_removed); subscribing again failed: no_such_network: "
+    lost = f"meshactors: {LOST_DAEMON}"
+    assert errors.splitlines() == [lost, f"meshactors: {said}not joined to a network 'lan'"]
 
 
 CHUNKS = """
