@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, Protocol
 
 import attrs
@@ -35,6 +35,8 @@ from meshactors.wire.peer import Frame
 MAX_CHANNELS = 256  # channels subscribed at once per network (one pump each)
 PUMP_INBOX = 4096  # frames' events queued for one pump before more are dropped (counted)
 PUMP_SHUTDOWN_TIMEOUT = 1.0  # seconds a pump may take to stop
+PUMP_END_TIMEOUT = 1.0  # seconds the pumps of a removed network have, together, to tell their
+# subscribers the channel ended; a pump late by then is stopped and its subscribers told by core
 MAX_TTL_MS = 600_000  # the longest a reliable send may wait for its acknowledgement
 RELIABLE_RESEND = 1.0  # seconds between resends of an unacknowledged reliable message
 MAX_RELIABLE_PENDING = 1024  # reliable sends waiting for an acknowledgement per network
@@ -74,7 +76,17 @@ class PumpLeave:
     client_id: str
 
 
-PumpMessage = list[bytes] | PumpJoin | PumpLeave  # a frame's event lines, or a change of readers
+@attrs.frozen(eq=False)
+class PumpEnd:
+    """To a pump: the channel ended (`reason`): tell each subscriber so, after everything queued
+    before, and push nothing more; `told` is set once they were."""
+
+    reason: str
+    told: trio.Event = attrs.field(factory=trio.Event)
+
+
+# a frame's event lines, a change of readers, or the channel's end
+PumpMessage = list[bytes] | PumpJoin | PumpLeave | PumpEnd
 
 
 @attrs.define(eq=False)
@@ -107,6 +119,12 @@ class ChannelPump(Actor):
                     self.subscribers[client.client_id] = client
                 case PumpLeave(client_id=client_id):
                     self.subscribers.pop(client_id, None)
+                case PumpEnd():
+                    tell_ended(
+                        self.subscribers.values(), self.network, self.channel, message.reason
+                    )
+                    self.subscribers.clear()
+                    message.told.set()
                 case _:
                     self.fan_out(message)
 
@@ -276,24 +294,31 @@ class Channels:
             await self.supervisor.stop_child(_pump_name(channel))
 
     async def network_removed(self) -> None:
-        """The network is removed: stop every pump, then tell each subscriber that each of its
-        channels ended (`channel_unsubscribed`, reserved: a lagging connection cannot skip
-        it, and nothing of the channel comes after it); later subscribes are refused. The
-        pumps and subscriptions are forgotten first, as `_stop_pump` does, and a stop that
-        fails still leaves every subscriber told."""
+        """The network is removed: each pump tells its subscribers that the channel ended
+        (`channel_unsubscribed`, reserved: a lagging connection cannot skip it) after what it
+        was given before, and pushes nothing more, so nothing of the channel follows the
+        notice; later subscribes are refused. A pump that did not within PUMP_END_TIMEOUT
+        (say it crashed and waits for its restart) is stopped, and then its subscribers are
+        told from here; a stop that fails leaves those not yet told untold."""
         async with self._lock:
             self._removed = True
-            channels, subscribers = sorted(self._pumps), list(self._subscribers.values())
+            pumps = self._pumps
+            readers = {
+                channel: [self._subscribers[client_id].client for client_id in sorted(ids)]
+                for channel, ids in self._readers.items()
+            }
             self._pumps, self._readers, self._subscribers = {}, {}, {}
-            try:
-                for channel in channels:
-                    if self.supervisor is not None:
-                        await self.supervisor.stop_child(_pump_name(channel))
-            finally:
-                for subscriptions in subscribers:
-                    for channel in sorted(subscriptions.channels):
-                        ended = {"network": self.network, "channel": channel, "reason": REMOVED}
-                        subscriptions.client.push(UNSUBSCRIBED, ended, reserved=True)
+            ends = {channel: PumpEnd(REMOVED) for channel in sorted(pumps)}
+            with trio.move_on_after(PUMP_END_TIMEOUT):
+                for channel, end in ends.items():
+                    await pumps[channel].inbox.send(end)
+                for end in ends.values():
+                    await end.told.wait()
+            for channel, end in ends.items():
+                if not end.told.is_set() and self.supervisor is not None:
+                    await self.supervisor.stop_child(_pump_name(channel))
+                if not end.told.is_set():  # it can push nothing more: no message follows
+                    tell_ended(readers[channel], self.network, channel, REMOVED)
 
     async def client_gone(self, client: ChannelClient) -> None:
         """Unsubscribe a closed connection from every channel it read."""
@@ -547,6 +572,13 @@ def _event_lines(head: dict[str, Any], field: str, values: list[Any]) -> list[by
     them, with the head they share encoded once."""
     start = event_frame(INBOUND, head | {field: None})[: -len(b"null}\n")]
     return [start + _PAYLOAD_JSON.encode(value).encode() + b"}\n" for value in values]
+
+
+def tell_ended(clients: Iterable[ChannelClient], network: str, channel: str, reason: str) -> None:
+    """Push `channel_unsubscribed` to each of `clients`, in the reserve (never skipped)."""
+    for client in clients:
+        ended = {"network": network, "channel": channel, "reason": reason}
+        client.push(UNSUBSCRIBED, ended, reserved=True)
 
 
 def _pump_name(channel: str) -> str:

@@ -244,7 +244,9 @@ class NetworkManager(Supervisor):
         network = self._networks.pop(network_id, None)
         stopping: AskTimeout | None = None
         if network is not None:
-            with contextlib.suppress(OpError):  # best effort: the broker tells peers too
+            # Best effort: the broker tells peers too; subscribers a deaf core did not tell stay
+            # untold (docs/protocol.md, `channel_unsubscribed`), and the stop goes on regardless.
+            with contextlib.suppress(OpError):
                 await network.leave("network removed")
             try:
                 await self.stop_child(_child_name(network_id), on_stopped=network.retire)

@@ -160,7 +160,9 @@ class Network(Supervisor):
     async def leave(self, reason: str) -> None:
         """Before the network is stopped for good (removed): end its channel subscriptions,
         telling each subscriber, and tell its peers we leave with `reason`, both in core's
-        task (their owner); OpError unavailable or timeout when core does not answer."""
+        task (their owner); OpError unavailable or timeout when core does not answer, and then
+        what it did not get to before the network's stop stays undone: those subscribers are
+        never told (docs/protocol.md, `channel_unsubscribed`)."""
 
         async def farewell() -> None:
             try:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import functools
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+from meshactors.actors import Supervisor
 from meshactors.client import ChannelMessage, MeshClient
 from meshactors.network.app_frames import Chan
 from meshactors.network.payload import MAX_BATCH, MAX_PAYLOAD_BYTES, Payload
@@ -332,3 +335,28 @@ async def test_removing_the_network_tells_each_subscriber_its_channels_ended(
     with pytest.raises(OpFailed) as failure:
         await reader.call("channel_subscribe", network=NET, channel="news")
     assert failure.value.code == "no_such_network"
+
+
+async def test_a_pump_slow_to_stop_does_not_hold_up_the_end_of_its_channel(
+    mesh: Mesh, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The subscribers of a removed network are told before any pump is stopped: a stop that
+    takes long (or a leave core does not finish) does not leave them waiting untold."""
+    _, b = await active_pair(mesh)
+    reader = await client_of(b, nursery)
+    await reader.call("channel_subscribe", network=NET, channel="news")
+    told = trio.Event()
+    stop_child = Supervisor.stop_child
+
+    async def slow_stop(supervisor: Supervisor, name: str, **kwargs: Any) -> bool:
+        if name.startswith("channel "):
+            await told.wait()  # a pump's stop takes until its subscribers were told
+        return await stop_child(supervisor, name, **kwargs)
+
+    monkeypatch.setattr(Supervisor, "stop_child", slow_stop)
+    async with trio.open_nursery() as removing:
+        removing.start_soon(functools.partial(b.call, "network_remove", network=NET))
+        with trio.fail_after(WAIT):
+            event = await reader.event("channel_unsubscribed", channel="news")
+        told.set()
+    assert (event["network"], event["reason"]) == (NET, "network_removed")
