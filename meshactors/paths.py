@@ -97,8 +97,8 @@ def open_regular(path: Path, flags: int, mode: int = PRIVATE_FILE_MODE) -> int:
     try:
         fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, mode)
     except OSError as exc:
-        if exc.errno == errno.ENXIO:  # a FIFO no one reads, opened to write; or a socket
-            raise NotRegularFile(path, os.stat(path).st_mode) from None
+        if exc.errno in (errno.ENXIO, errno.EISDIR):  # a FIFO no one reads, opened to write;
+            raise NotRegularFile(path, os.stat(path).st_mode) from None  # a socket; a directory
         raise
     try:
         found = os.fstat(fd).st_mode

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import attrs
 import structlog
@@ -292,7 +292,7 @@ def _detach(args: argparse.Namespace, paths: Paths) -> int:
     child: subprocess.Popen[bytes] | None = None
     stop = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stop, as Ctrl-C is
     try:
-        with os.fdopen(open_private(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as out:
+        with _open_log(log_path) as out:
             tighten_mode(out.fileno(), log_path)
             started_at = out.seek(0, os.SEEK_END)
             child = subprocess.Popen(
@@ -311,6 +311,17 @@ def _detach(args: argparse.Namespace, paths: Paths) -> int:
         signal.signal(signal.SIGTERM, stop)
     text = f"daemon running (pid {child.pid}), socket {paths.socket}, log {log_path}"
     return report(args, {"pid": child.pid, "socket": str(paths.socket), "log": str(log_path)}, text)
+
+
+def _open_log(log_path: Path) -> BinaryIO:
+    """The detached daemon's log, opened to append (0600); exit 3 naming it when it cannot be
+    (a read-only or full home), as the daemon itself does for the files it cannot open."""
+    try:
+        return os.fdopen(open_private(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab")
+    except (SymlinkRefused, NotRegularFile):
+        raise  # told like every other file of the home
+    except OSError as exc:
+        fail(f"cannot open the daemon's log {log_path}: {exc.strerror or exc}", EXIT_STARTUP)
 
 
 def _wait_started(

@@ -105,6 +105,19 @@ def test_a_fifo_in_place_of_a_home_file_is_refused_at_once(home: Home, name: str
     assert str(fifo) in line and "not a regular file" in line
 
 
+def test_a_directory_in_place_of_the_log_stops_a_detached_start_in_one_line(home: Home) -> None:
+    home.cli("identity", "show")
+    log_dir = home.path / "daemon.log"
+    log_dir.mkdir()
+    result = home.cli("daemon", "up", "--detach", check=False)
+    as_json = home.cli("daemon", "up", "--detach", "--json", check=False)
+    assert result.returncode == as_json.returncode == 3, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line == f"meshactors: {log_dir} is a directory, not a regular file"
+    assert json.loads(as_json.stdout)["error"]["code"] == "startup", as_json.stdout
+    assert home.daemon_pid() is None
+
+
 def test_a_detached_daemon_reports_the_childs_own_reason(home: Home, tmp_path: Path) -> None:
     home.cli("identity", "show")
     link = home.path / "state.db"
