@@ -36,6 +36,11 @@ class HostRecordUnreadable(HostGuardError):
     recording this machine over it (accept-host) is not the way out."""
 
 
+class HostRecordUnwritable(HostGuardError):
+    """The host record cannot be written (a read-only or full home): the machine was not
+    refused, the daemon cannot keep its record, as with any file it cannot write (exit 3)."""
+
+
 class HostCheck(enum.Enum):
     """Outcome of comparing this machine with the host record."""
 
@@ -128,7 +133,7 @@ def fingerprint(facts: HostFacts) -> str:
 def check_host(path: Path, facts: HostFacts) -> HostCheck:
     """Compare `facts` with the host record at `path`, recording them on first start and when only
     the MAC changed. MISMATCH is returned, not raised; a corrupt record raises HostGuardError,
-    an unreadable one HostRecordUnreadable."""
+    an unreadable one HostRecordUnreadable, one that cannot be written HostRecordUnwritable."""
     recorded = _read_record(path)
     if recorded is None:
         accept_host(path, facts)
@@ -142,7 +147,8 @@ def check_host(path: Path, facts: HostFacts) -> HostCheck:
 
 
 def accept_host(path: Path, facts: HostFacts) -> None:
-    """Record `facts` as the identity's machine, replacing any record (even a corrupt one)."""
+    """Record `facts` as the identity's machine, replacing any record (even a corrupt one);
+    HostRecordUnwritable when it cannot be written."""
     record = {
         "version": HOST_FILE_VERSION,
         "machine_id": facts.machine_id,
@@ -153,7 +159,9 @@ def accept_host(path: Path, facts: HostFacts) -> None:
     try:
         write_private_record(path, record)
     except OSError as exc:
-        raise HostGuardError(f"cannot write host record {path}: {exc}") from exc
+        raise HostRecordUnwritable(
+            f"cannot write host record {path}: {exc.strerror or exc}"
+        ) from exc
 
 
 def mismatch_message(path: Path) -> str:

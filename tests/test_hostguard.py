@@ -13,6 +13,7 @@ from meshactors.hostguard import (
     HostFacts,
     HostGuardError,
     HostRecordUnreadable,
+    HostRecordUnwritable,
     accept_host,
     check_host,
     fingerprint,
@@ -256,8 +257,8 @@ def test_accept_host_repairs_a_corrupt_record(tmp_path: Path) -> None:
     assert check_host(path, FACTS) is HostCheck.MATCH
 
 
-def test_unwritable_record_raises_host_guard_error(tmp_path: Path) -> None:
-    with pytest.raises(HostGuardError, match="cannot write host record"):
+def test_unwritable_record_raises_host_record_unwritable(tmp_path: Path) -> None:
+    with pytest.raises(HostRecordUnwritable, match="cannot write host record"):
         check_host(tmp_path / "missing-dir" / "host.json", FACTS)
 
 

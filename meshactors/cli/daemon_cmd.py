@@ -30,7 +30,6 @@ from meshactors.cli.common import (
     CommandFailed,
     call,
     fail,
-    fail_on_state,
     paths_of,
     prepared_paths,
     print_json,
@@ -49,6 +48,7 @@ from meshactors.hostguard import (
     HostCheck,
     HostGuardError,
     HostRecordUnreadable,
+    HostRecordUnwritable,
     accept_host,
     check_host,
     mismatch_message,
@@ -213,7 +213,7 @@ def _checked_identity(paths: Paths) -> Identity:
     try:
         identity = load_or_create_identity(paths.identity_file)
         verdict = check_host(paths.host_file, read_host_facts())
-    except (IdentityError, HostRecordUnreadable) as exc:
+    except (IdentityError, HostRecordUnreadable, HostRecordUnwritable) as exc:
         fail(str(exc), EXIT_STARTUP)
     except HostGuardError as exc:
         fail(str(exc), HOST_MISMATCH_EXIT_CODE)
@@ -478,7 +478,7 @@ def run_accept_host(args: argparse.Namespace) -> int:
     paths = prepared_paths(args)
     try:
         accept_host(paths.host_file, read_host_facts())
-    except OSError as exc:
-        fail_on_state(exc, paths)
+    except HostRecordUnwritable as exc:
+        fail(str(exc), EXIT_STARTUP)
     text = f"this machine is now trusted for the identity in {paths.state_dir}"
     return report(args, {"accepted": True, "state_dir": str(paths.state_dir)}, text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,6 +46,29 @@ def test_a_taken_port_is_one_line_and_exit_3(
     assert len(said) == 1, result.stderr
     assert f"cannot listen on 127.0.0.1:{taken_port}: address already in use" in said[0]
     assert "Traceback" not in result.stderr and "ExceptionGroup" not in result.stderr
+
+
+def no_file_growth() -> None:
+    """`preexec_fn` for a child that can write no byte to a regular file (EFBIG; Python ignores
+    SIGXFSZ), root or not: a home it cannot write to, as a full or read-only one is."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+
+@pytest.mark.parametrize("command", [("daemon", "up"), ("daemon", "accept-host")])
+def test_an_unwritable_host_record_is_exit_3_not_a_host_refusal(
+    home: Home, command: tuple[str, ...]
+) -> None:
+    home.cli("identity", "show")  # the identity, no host record yet: it is written next
+
+    result = home.cli(*command, check=False, preexec_fn=no_file_growth)
+    as_json = home.cli(*command, "--json", check=False, preexec_fn=no_file_growth)
+
+    host_file = home.path / "host.json"
+    assert result.returncode == as_json.returncode == 3, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line == f"meshactors: cannot write host record {host_file}: File too large"
+    assert json.loads(as_json.stdout)["error"]["code"] == "startup", as_json.stdout
+    assert not host_file.exists()
 
 
 def test_a_corrupt_database_with_detach_reports_the_childs_reason(home: Home) -> None:
