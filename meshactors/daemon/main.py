@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 
 import attrs
@@ -139,28 +139,45 @@ async def serve(
         ],
         strategy=Strategy.REST_FOR_ONE,
     )
+    # Stop signals are received until the tree has stopped: a receiver closed as the stop
+    # begins would give SIGTERM back its default action, and a second one would kill the
+    # daemon midway (its pid file, lock, socket and WAL left behind).
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(_stop_on_signal, services.shutdown)  # before anyone sees us ready
-            await nursery.start(run_root, root, tree)
-            log.info(
-                "daemon ready",
-                device_id=options.identity.device_id,
-                socket=str(options.paths.socket),
-                pid=os.getpid(),
-            )
-            if options.ready is not None:
-                options.ready()
-            options.notifier.ready(f"serving on {options.paths.socket}")
-            task_status.started(services)
-            await services.shutdown.wait()
-            log.info("daemon stopping")
-            options.notifier.stopping("stopping")
-            nursery.cancel_scope.cancel()
+        with trio.open_signal_receiver(*stop_signals(signal.SIGTERM, signal.SIGINT)) as signals:
+            async with trio.open_nursery() as watching:
+                watching.start_soon(_stop_on_signal, signals, services.shutdown)
+                await _run_tree(root, tree, services, options, task_status)
+                watching.cancel_scope.cancel()
     except* SupervisorEscalation as group:
         escalation = first_leaf(group)  # the root's; no other task raises one
         raise _gave_up(escalation, options.notifier) from escalation
     log.info("daemon stopped")
+
+
+async def _run_tree(
+    root: Supervisor,
+    tree: Node,
+    services: Services,
+    options: DaemonOptions,
+    task_status: trio.TaskStatus[Services],
+) -> None:
+    """Run the actor tree until `shutdown` rings, then stop it in reverse start order."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, root, tree)
+        log.info(
+            "daemon ready",
+            device_id=options.identity.device_id,
+            socket=str(options.paths.socket),
+            pid=os.getpid(),
+        )
+        if options.ready is not None:
+            options.ready()
+        options.notifier.ready(f"serving on {options.paths.socket}")
+        task_status.started(services)
+        await services.shutdown.wait()
+        log.info("daemon stopping")
+        options.notifier.stopping("stopping")
+        nursery.cancel_scope.cancel()
 
 
 def _gave_up(escalation: SupervisorEscalation, notifier: Notifier) -> DaemonGaveUp:
@@ -190,14 +207,13 @@ def _select_one(conn: sqlite3.Connection) -> None:
     conn.execute("SELECT 1").fetchone()
 
 
-async def _stop_on_signal(
-    shutdown: Doorbell, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Turn a stop signal into a shutdown; started only once the handlers are installed. SIGHUP
-    (the terminal of a foreground `daemon up` closed; not a reload: nothing is reread) stops it
-    too, unless it was ignored at start (`nohup`)."""
-    with trio.open_signal_receiver(*stop_signals(signal.SIGTERM, signal.SIGINT)) as signals:
-        task_status.started()
-        async for signum in signals:
-            log.info("stop signal", signal=signal.Signals(signum).name)
-            shutdown.ring()
+async def _stop_on_signal(signals: AsyncIterator[int], shutdown: Doorbell) -> None:
+    """Turn the first stop signal into a shutdown, and log and ignore the ones that follow
+    while the tree stops. SIGHUP (the terminal of a foreground `daemon up` closed; not a
+    reload: nothing is reread) stops it too, unless it was ignored at start (`nohup`)."""
+    async for signum in signals:
+        log.info("stop signal", signal=signal.Signals(signum).name)
+        shutdown.ring()
+        break
+    async for signum in signals:
+        log.info("stop signal ignored: the daemon is stopping", signal=signal.Signals(signum).name)

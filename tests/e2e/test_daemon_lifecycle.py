@@ -174,6 +174,27 @@ async def test_a_stop_signal_stops_a_foreground_daemon_with_exit_0(
     assert not (home.path / "daemon.pid").exists()
 
 
+async def test_a_second_sigterm_during_the_stop_is_ignored_not_fatal(home: Home) -> None:
+    with trio.fail_after(30):
+        process, log = await foreground_daemon(home)
+        assert process.stderr is not None
+        try:
+            process.send_signal(signal.SIGTERM)
+            while b"daemon stopping" not in log:  # the tree is stopping now
+                chunk = await process.stderr.receive_some(4096)
+                assert chunk, f"daemon exited before its stop began: {log.decode()}"
+                log += chunk
+            process.send_signal(signal.SIGTERM)  # as an impatient `kill` or service manager does
+            events = await logged_to_its_end(process, log)
+        finally:
+            process.kill()
+    ignored = [e for e in events if e["event"] == "stop signal ignored: the daemon is stopping"]
+    assert [e["signal"] for e in ignored] == ["SIGTERM"]
+    assert events[-1]["event"] == "daemon stopped"
+    left_behind = {"daemon.sock", "daemon.pid", "state.db-wal", "state.db-shm"}
+    assert not left_behind & set(os.listdir(home.path))
+
+
 def ignoring_hangups() -> None:
     """`preexec_fn` that starts a child as `nohup` does: with SIGHUP ignored."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
