@@ -129,4 +129,4 @@ def _write(path: Path, identity: Identity, *, replace: bool) -> None:
     except FileExistsError:
         raise
     except OSError as exc:
-        raise IdentityError(f"cannot write identity file {path}: {exc}") from exc
+        raise IdentityError(f"cannot write identity file {path}: {exc.strerror or exc}") from exc

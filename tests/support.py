@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -37,6 +38,12 @@ def obeying_file_modes() -> None:
     for capability in FILE_OVERRIDE_CAPS:
         if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def no_file_growth() -> None:
+    """`preexec_fn` for a child that can write no byte to a regular file (EFBIG; Python ignores
+    SIGXFSZ), root or not: a home it cannot write to, as a full or read-only one is."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
 
 
 @attrs.define(eq=False)

@@ -50,7 +50,9 @@ def run_set_label(args: argparse.Namespace) -> int:
     paths = prepared_paths(args)
     try:
         identity = set_identity_label(paths.identity_file, args.label)
-    except (IdentityError, ValueError) as exc:
+    except IdentityError as exc:  # the file, not the label: as `identity show` says it
+        fail(str(exc), EXIT_STARTUP)
+    except ValueError as exc:
         fail(str(exc), EXIT_USAGE, "invalid_label")
     except OSError as exc:
         fail_on_state(exc, paths)

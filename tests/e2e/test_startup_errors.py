@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import Home
+from tests.support import Home, no_file_growth
 
 pytestmark = pytest.mark.e2e
 
@@ -46,12 +45,6 @@ def test_a_taken_port_is_one_line_and_exit_3(
     assert len(said) == 1, result.stderr
     assert f"cannot listen on 127.0.0.1:{taken_port}: address already in use" in said[0]
     assert "Traceback" not in result.stderr and "ExceptionGroup" not in result.stderr
-
-
-def no_file_growth() -> None:
-    """`preexec_fn` for a child that can write no byte to a regular file (EFBIG; Python ignores
-    SIGXFSZ), root or not: a home it cannot write to, as a full or read-only one is."""
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
 
 
 @pytest.mark.parametrize("command", [("daemon", "up"), ("daemon", "accept-host")])
