@@ -10,6 +10,8 @@ import shlex
 import sys
 from typing import Any, NoReturn
 
+from meshactors.client.errors import DeadlineExceeded
+from meshactors.client.mesh import DEFAULT_CALL_TIMEOUT
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
 from meshactors.hostguard import HOST_MISMATCH_EXIT_CODE
 from meshactors.logs import SYSLOG_PRIORITIES, is_journal_stream
@@ -28,6 +30,8 @@ EXIT_NOT_FOUND = 6  # no such network, peer, method, request or row
 EXIT_REFUSED = 7  # the daemon refused it in its current state
 EXIT_TIMEOUT = 8  # no answer before the deadline
 EXIT_CRASH_LOOP = 9  # `daemon up`: the root supervisor passed its restart intensity; restart it
+STATUS_TIMEOUT = 10.0  # seconds `daemon status`, `daemon version` and `inspect` wait for the
+# answer, which a daemon gives at once: one that is stopped (SIGSTOP) or stuck is said so (exit 8)
 EXIT_INTERRUPTED = 130  # SIGINT (128 + SIGINT) ended `rpc call` or `stream send` before its
 # answer's (stream's) end, or `daemon up --detach`'s wait (SIGTERM too)
 
@@ -149,10 +153,11 @@ def fail_with(exc: ClientError, context: str = "") -> NoReturn:
     raise CommandFailed(exc.code, message, EXIT_BY_ERROR_CODE.get(exc.code, EXIT_FAILURE), line)
 
 
-def connect(args: argparse.Namespace) -> SyncClient:
-    """A connection to the running daemon, or exit 5 saying none runs."""
+def connect(args: argparse.Namespace, timeout: float = DEFAULT_CALL_TIMEOUT) -> SyncClient:
+    """A connection to the running daemon (each call waiting `timeout` seconds at most), or
+    exit 5 saying none runs."""
     try:
-        return SyncClient.connect(paths_of(args).socket)
+        return SyncClient.connect(paths_of(args).socket, timeout)
     except DaemonNotRunning as exc:
         fail_with(exc)
 
@@ -162,6 +167,22 @@ def call(args: argparse.Namespace, op: str, **params: Any) -> Any:
     with connect(args) as client:
         try:
             return client.call(op, **params)
+        except ClientError as exc:
+            fail_with(exc, f"{op} failed: ")
+
+
+def call_status(args: argparse.Namespace, op: str) -> Any:
+    """`call` for an op the daemon answers at once (`status`, `version`, `inspect`): with no
+    answer within STATUS_TIMEOUT, exit 8 saying the daemon is not answering."""
+    with connect(args, STATUS_TIMEOUT) as client:
+        try:
+            return client.call(op)
+        except DeadlineExceeded:
+            fail(
+                f"the daemon is not answering: no answer to {op} within {STATUS_TIMEOUT:g} s "
+                "(stopped, or stuck)",
+                EXIT_TIMEOUT,
+            )
         except ClientError as exc:
             fail_with(exc, f"{op} failed: ")
 

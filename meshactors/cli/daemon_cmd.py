@@ -28,7 +28,7 @@ from meshactors.cli.common import (
     EXIT_STARTUP,
     EXIT_USAGE,
     CommandFailed,
-    call,
+    call_status,
     fail,
     paths_of,
     prepared_paths,
@@ -36,6 +36,7 @@ from meshactors.cli.common import (
     report,
 )
 from meshactors.cli.mesh import membership_note
+from meshactors.client.errors import DeadlineExceeded
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
 from meshactors.control.supervisor import ActivationError, activated_socket
 from meshactors.daemon.broker_actor import parse_listen
@@ -67,7 +68,7 @@ DETACH_READY_TIMEOUT = 30.0  # seconds `up --detach` waits for the socket to ans
 SAYS_IT_BEST = (StoreError, ListenError, SymlinkRefused, NotRegularFile)
 DETACH_EXIT_TIMEOUT = 10.0  # seconds `up --detach` waits for a child that closed its pipe to exit
 MAX_FAILURE_SCAN_BYTES = 1 << 20  # of the log a failed child wrote, searched for its reason
-DOWN_TIMEOUT = 10.0  # seconds `down` waits after asking, before SIGTERM (and again after)
+DOWN_TIMEOUT = 10.0  # seconds `down` waits for its answer, then the exit; after SIGTERM again
 POLL_INTERVAL = 0.05  # seconds between checks while waiting for a daemon to exit
 LOG_FILE = "daemon.log"  # a detached daemon's log, in the state directory
 
@@ -398,7 +399,14 @@ def run_down(args: argparse.Namespace) -> int:
     except (DaemonNotRunning, ClientError, OSError) as exc:
         if running is None:
             return report(args, {"stopped": False}, "no daemon running")
-        told = not isinstance(exc, DaemonNotRunning)  # it serves another socket, or none yet
+        # not told: it serves another socket, or none yet; or it did not answer (stopped, stuck)
+        told = not isinstance(exc, DaemonNotRunning | DeadlineExceeded)
+        if isinstance(exc, DeadlineExceeded):
+            print(
+                f"meshactors: the daemon (pid {running[0]}) did not answer shutdown within "
+                f"{DOWN_TIMEOUT:g} s: sending it SIGTERM",
+                file=sys.stderr,
+            )
     if running is not None and not (told and _wait_exit(paths, running[0], DOWN_TIMEOUT)):
         pid = running[0]
         with contextlib.suppress(ProcessLookupError):  # it exited since we read its pid
@@ -441,7 +449,7 @@ def _running_pid(pid_file: Path) -> int | None:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    status = call(args, "status")
+    status = call_status(args, "status")
     if args.json:
         print_json(status)
         return 0
@@ -465,7 +473,7 @@ def _network_state(network: dict[str, Any]) -> str:
 
 
 def run_version(args: argparse.Namespace) -> int:
-    version = call(args, "version")
+    version = call_status(args, "version")
     if args.json:
         print_json(version)
     else:

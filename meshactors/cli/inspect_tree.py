@@ -8,7 +8,7 @@ import shutil
 import textwrap
 from typing import Any
 
-from meshactors.cli.common import EXIT_NOT_FOUND, call, fail, print_json
+from meshactors.cli.common import EXIT_NOT_FOUND, call_status, fail, print_json
 
 DEFAULT_WIDTH = 120  # columns when the output is no terminal and COLUMNS is unset
 MIN_TEXT_WIDTH = 24  # columns kept for text however deep the tree indents
@@ -28,7 +28,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def run(args: argparse.Namespace) -> int:
-    tree = call(args, "inspect")
+    tree = call_status(args, "inspect")
     if args.path is not None:
         tree = subtree(tree, args.path)
     if args.json:

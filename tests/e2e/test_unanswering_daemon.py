@@ -1,0 +1,96 @@
+"""A daemon that accepts connections but never answers (stopped by SIGSTOP, or stuck): the
+status commands say so within their short deadline, and `daemon down` goes straight to
+SIGTERM once its `shutdown` went unanswered. The CLI runs in-process, its deadlines lowered."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import pytest
+
+from meshactors.cli import common, daemon_cmd, main
+from meshactors.cli.common import EXIT_FAILURE, EXIT_TIMEOUT
+from tests.support import Home, listening_unix_socket
+
+pytestmark = pytest.mark.e2e
+LOWERED_DEADLINE = 0.2  # seconds: the deadlines under test, lowered so the test waits little
+EXIT_WAIT = 30.0  # seconds a continued daemon may take to act on its pending SIGTERM
+
+
+def run_cli(*words: str) -> int:
+    """`meshactors WORDS…` in this process; its exit status."""
+    with pytest.raises(SystemExit) as exited:
+        main(list(words))
+    code = exited.value.code
+    assert isinstance(code, int)
+    return code
+
+
+@pytest.fixture
+def in_home(home: Home, monkeypatch: pytest.MonkeyPatch) -> Home:
+    """`home`, as the environment of the CLI run in this process."""
+    for name in [name for name in os.environ if name.startswith("MESHACTORS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MESHACTORS_HOME", str(home.path))
+    return home
+
+
+@pytest.mark.parametrize("command", [("daemon", "status"), ("daemon", "version"), ("inspect",)])
+def test_a_status_command_says_the_daemon_is_not_answering(
+    in_home: Home,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: tuple[str, ...],
+) -> None:
+    monkeypatch.setattr(common, "STATUS_TIMEOUT", LOWERED_DEADLINE)
+    with listening_unix_socket(in_home.socket):  # accepts, never answers
+        status = run_cli(*command)
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        as_json = run_cli(*command, "--json")
+        error = json.loads(capsys.readouterr().out)["error"]
+    op = command[-1]
+    said = f"the daemon is not answering: no answer to {op} within {LOWERED_DEADLINE:g} s"
+    assert status == as_json == EXIT_TIMEOUT
+    assert line.startswith(f"meshactors: {said}")
+    assert error["code"] == "timeout" and error["message"].startswith(said)
+
+
+@contextmanager
+def stopped(pid: int) -> Iterator[int]:
+    """Daemon `pid` stopped by SIGSTOP; continued as the block ends. Yields a pidfd of it,
+    readable once it has exited."""
+    pidfd = os.pidfd_open(pid)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pidfd
+    finally:
+        with suppress(ProcessLookupError):  # it may have exited already
+            signal.pidfd_send_signal(pidfd, signal.SIGCONT)
+        os.close(pidfd)
+
+
+def test_down_sends_sigterm_as_soon_as_shutdown_goes_unanswered(
+    in_home: Home, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(daemon_cmd, "DOWN_TIMEOUT", LOWERED_DEADLINE)
+    in_home.cli("daemon", "up", "--detach")
+    pid = in_home.daemon_pid()
+    assert pid is not None
+    with stopped(pid) as pidfd:
+        status = run_cli("daemon", "down")
+        lines = capsys.readouterr().err.strip().splitlines()
+        signal.pidfd_send_signal(pidfd, signal.SIGCONT)  # it acts on the SIGTERM left pending
+        exited, _, _ = select.select([pidfd], [], [], EXIT_WAIT)
+    assert status == EXIT_FAILURE  # a stopped process cannot act on SIGTERM within the wait
+    assert lines == [
+        f"meshactors: the daemon (pid {pid}) did not answer shutdown within "
+        f"{LOWERED_DEADLINE:g} s: sending it SIGTERM",
+        f"meshactors: daemon (pid {pid}) did not stop after SIGTERM",
+    ]
+    assert exited, "the continued daemon did not stop: it was sent no SIGTERM"
+    assert in_home.daemon_pid() is None
