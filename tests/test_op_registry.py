@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from meshactors.cli import build_parser
+from meshactors.cli.app import build_parser
 from meshactors.client import MeshClient
 from meshactors.daemon.main import build_ops
 from meshactors.ops.optable import Op

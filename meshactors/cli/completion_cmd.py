@@ -52,7 +52,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def run(args: argparse.Namespace) -> int:
-    from meshactors.cli import build_parser  # the whole parser, this command included
+    from meshactors.cli.app import build_parser  # the whole parser, this command included
 
     table = completion_table(build_parser())
     lines = "\n".join(

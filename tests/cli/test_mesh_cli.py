@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from meshactors.broker.limits import OUTBOUND_QUEUE_BYTES, BrokerConfig
 from meshactors.broker.server import Broker
-from meshactors.cli import broker_cmd, build_parser, leaf_parsers, main, parse
+from meshactors.cli import broker_cmd, main
+from meshactors.cli.app import build_parser, leaf_parsers, parse
 from meshactors.cli.common import EXIT_USAGE
 from meshactors.cli.mesh import format_event, membership_note
 from meshactors.daemon.broker_actor import parse_listen

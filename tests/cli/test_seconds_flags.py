@@ -12,7 +12,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from meshactors.broker.limits import MAX_PERIOD_S
-from meshactors.cli import build_parser, leaf_parsers, main, parse
+from meshactors.cli import main
+from meshactors.cli.app import build_parser, leaf_parsers, parse
 from meshactors.cli.common import EXIT_USAGE
 from meshactors.daemon.outbox import MAX_ACK_TIMEOUT_S
 from meshactors.membership.part import MAX_TTL_S

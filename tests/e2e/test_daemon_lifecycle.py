@@ -26,6 +26,7 @@ from tests.support import Home, LineClient, obeying_file_modes
 pytestmark = pytest.mark.e2e
 DOWN_BEFORE_POLL_S = 8.0  # a `down` that cannot ask must not first wait out its 10 s poll
 START_GATE = Path(__file__).parent / "start_gate"  # its sitecustomize holds a process at start
+ERROR_INTERRUPTED = {"code": "interrupted", "message": "interrupted"}  # `--json`'s, for Ctrl-C
 
 
 def client_names(tree: dict[str, object]) -> set[str]:
@@ -218,6 +219,45 @@ async def test_a_daemon_started_with_sighup_ignored_keeps_serving_after_one(home
 async def opened_to_write(fifo: Path) -> int:
     """Open `fifo` to write: this returns once a process opened it to read."""
     return await trio.to_thread.run_sync(os.open, fifo, os.O_WRONLY, abandon_on_cancel=True)
+
+
+@pytest.mark.parametrize("json_flag", [(), ("--json",)], ids=["text", "json"])
+async def test_ctrl_c_while_the_commands_load_is_one_line_and_exit_130(
+    home: Home, tmp_path: Path, json_flag: tuple[str, ...]
+) -> None:
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    env = home.env | {
+        "PYTHONPATH": os.pathsep.join([str(START_GATE), os.environ.get("PYTHONPATH", "")]),
+        "START_GATE": str(gate),
+        "START_GATE_FOR": "--detach",
+        "START_GATE_IMPORT": "trio",  # loaded with the commands, before any of them runs
+    }
+    with trio.fail_after(60):
+        up = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "meshactors", "daemon", "up", "--detach", *json_flag],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        held = await opened_to_write(gate)  # it is loading the commands, held there
+        try:
+            up.send_signal(signal.SIGINT)
+            assert up.stdout is not None and up.stderr is not None
+            out, err = b"", b""
+            while chunk := await up.stderr.receive_some():
+                err += chunk
+            while chunk := await up.stdout.receive_some():
+                out += chunk
+            status = await up.wait()
+        finally:
+            os.close(held)
+    assert status == EXIT_INTERRUPTED, err.decode()
+    if json_flag:
+        assert (json.loads(out), err) == ({"error": ERROR_INTERRUPTED}, b"")
+    else:
+        assert (out, err) == (b"", b"meshactors: interrupted\n")
+    assert home.daemon_pid() is None
 
 
 @contextmanager
