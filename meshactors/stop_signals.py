@@ -13,3 +13,11 @@ def stop_signals(*signals: signal.Signals) -> tuple[signal.Signals, ...]:
     if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
         return signals
     return (*signals, signal.SIGHUP)
+
+
+def ignore_from_now(signals: tuple[signal.Signals, ...]) -> None:
+    """Ignore `signals` for the rest of the process, outside the receivers that take them (a
+    receiver restores this on exit): a stop signal after a command's own stop cannot kill it
+    while it lets go of its files. Call it with no checkpoint before the receiver opens."""
+    for signum in signals:
+        signal.signal(signum, signal.SIG_IGN)

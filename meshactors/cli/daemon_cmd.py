@@ -60,6 +60,7 @@ from meshactors.listen import ListenError
 from meshactors.logs import configure_logging
 from meshactors.network.link import ROLES
 from meshactors.paths import NotRegularFile, Paths, SymlinkRefused, open_private, tighten_mode
+from meshactors.stop_signals import ignore_from_now
 from meshactors.store.db import StoreError
 from meshactors.store.retention import RETENTION_DAYS, RETENTION_ROWS, Retention
 
@@ -180,6 +181,7 @@ def run_up(args: argparse.Namespace) -> int:
     except OSError as exc:
         where = exc.filename or " and ".join(map(str, options.paths.lock_files))
         fail(f"cannot take the daemon lock {where}: {exc.strerror}", EXIT_STARTUP)
+    ignore_from_now(options.stops)  # till serve's receiver takes them, and once it is done
     try:
         trio.run(serve, options)
     except* ChildStartFailed as group:

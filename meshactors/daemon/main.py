@@ -73,6 +73,10 @@ class DaemonOptions:
     )
     durable: DurableSettings = attrs.field(factory=DurableSettings)  # retention, ack timeout
     debug_ops: bool = False  # --debug-ops: also answer the ops of debug_ops (debug_crash)
+    # the signals that stop it, read before any receiver replaces SIGHUP's disposition
+    stops: tuple[signal.Signals, ...] = attrs.field(
+        factory=lambda: stop_signals(signal.SIGTERM, signal.SIGINT)
+    )
 
 
 def build_ops(*, debug: bool = False) -> OpTable:
@@ -141,9 +145,10 @@ async def serve(
     )
     # Stop signals are received until the tree has stopped: a receiver closed as the stop
     # begins would give SIGTERM back its default action, and a second one would kill the
-    # daemon midway (its pid file, lock, socket and WAL left behind).
+    # daemon midway (its pid file, lock, socket and WAL left behind). `daemon up` ignores them
+    # outside the receiver (which restores that) until it exits.
     try:
-        with trio.open_signal_receiver(*stop_signals(signal.SIGTERM, signal.SIGINT)) as signals:
+        with trio.open_signal_receiver(*options.stops) as signals:
             async with trio.open_nursery() as watching:
                 watching.start_soon(_stop_on_signal, signals, services.shutdown)
                 await _run_tree(root, tree, services, options, task_status)
