@@ -146,17 +146,19 @@ class Serving:
         try:
             with scope:
                 if is_streaming(handler):
-                    await self._stream(handler(payload, context), context)  # type: ignore[arg-type]
+                    await self._stream(handler, payload, context)  # type: ignore[arg-type]
                 else:
-                    await self._run(handler(payload, context), context)  # type: ignore[arg-type]
+                    await self._run(handler, payload, context)  # type: ignore[arg-type]
         finally:
             self.running -= 1
             if self.answering.get(context.request_id) is scope:
                 del self.answering[context.request_id]
 
-    async def _run(self, answer: Awaitable[Any], context: RequestContext) -> None:
+    async def _run(self, handler: Handler, payload: Any, context: RequestContext) -> None:
+        """Answer with the handler's result; calling it is inside the `try`, so one that raises
+        at once (a wrong signature) answers its error as one that raises later does."""
         try:
-            result = await answer
+            result = await handler(payload, context)
         except Exception as exc:
             await self._deliver(
                 self.responder.rpc_respond(context.request_id, error=_message(exc, context)),
@@ -171,9 +173,12 @@ class Serving:
                 self.responder.rpc_respond(context.request_id, error=refused), context
             )
 
-    async def _stream(self, chunks: AsyncIterator[Any], context: RequestContext) -> None:
+    async def _stream(self, handler: StreamHandler, payload: Any, context: RequestContext) -> None:
+        """Send the generator's items, then the end (with its error, as `_run` answers one)."""
         error = None
+        chunks: AsyncIterator[Any] | None = None
         try:
+            chunks = handler(payload, context)
             async for chunk in chunks:
                 try:
                     await _sent(
