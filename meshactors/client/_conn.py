@@ -146,7 +146,8 @@ class Connection:
     def _give_up(self, pending: _Pending) -> None:
         """Its caller stopped waiting: the answer, when it comes, only frees the slot; an
         `rpc_call` is cancelled at the daemon at once, an `rpc_call_stream` once its answer
-        names the call it opened (either way the serving side is told)."""
+        names the call it opened (either way the serving side is told). A connection that is
+        ending needs neither: the daemon cancels a gone connection's calls itself."""
         if self._nursery is None:
             return
         if pending.op == "rpc_call":
@@ -178,17 +179,21 @@ class Connection:
         """Read and write until the daemon hangs up or the caller cancels."""
         try:
             async with trio.open_nursery() as nursery:
+                # it takes give-ups only while its body runs: once the body ends it closes
+                # with its tasks, and the connection ends, which cancels its calls itself
                 self._nursery = nursery
-                nursery.start_soon(self._write)
-                task_status.started()
-                await self._read()
-                nursery.cancel_scope.cancel()
+                try:
+                    nursery.start_soon(self._write)
+                    task_status.started()
+                    await self._read()
+                    nursery.cancel_scope.cancel()
+                finally:
+                    self._nursery = None
         except* ClientError as group:
             self.close(first_leaf(group))
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
             self.close(ConnectionLost(f"the connection failed: {first_leaf(group)}"))
         finally:
-            self._nursery = None
             self.close(ConnectionLost())
 
     async def _read(self) -> None:
