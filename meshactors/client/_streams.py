@@ -9,7 +9,7 @@ import attrs
 import trio
 
 from meshactors.client._ops import received
-from meshactors.client.errors import ClientError
+from meshactors.client.errors import ClientError, DeadlineExceeded
 
 STREAM_BUFFER = 1024  # chunks received but not yet read; past it the stream fails as lagged
 EARLY_FRAMES = 1024  # stream events held while their call's answer is still on its way
@@ -18,9 +18,11 @@ EARLY_FRAMES = 1024  # stream events held while their call's answer is still on 
 @attrs.define(eq=False)
 class RpcStream:
     """The chunks of one streamed answer (a binary chunk as bytes); iteration ends at the end
-    event or raises its error."""
+    event or raises its error, or DeadlineExceeded past `deadline` (a daemon gone quiet)."""
 
     request_id: str
+    deadline: float  # trio time: the daemon's whole-stream deadline and a margin
+    allowed: float  # seconds from the call to `deadline`, for DeadlineExceeded to say
     # the daemon ended the call (its end event) or lost it with our connection: nothing to
     # cancel; a stream that only ended here (lagged, bad_payload, its caller left) is cancelled
     daemon_done: bool = False
@@ -36,7 +38,10 @@ class RpcStream:
 
     async def __anext__(self) -> Any:
         try:
-            return await self._receive.receive()
+            with trio.move_on_at(self.deadline):
+                return await self._receive.receive()
+            self._end(DeadlineExceeded("rpc_call_stream", self.allowed))  # its end never came
+            return await self._receive.receive()  # the chunks already here, then the failure
         except trio.EndOfChannel:
             if self._failure is not None:
                 raise self._failure from None
@@ -91,9 +96,10 @@ class StreamTable:
         elif self.opening and self._opening_lagged is None and len(self._early) < EARLY_FRAMES:
             self._early.append(frame)
 
-    def open(self, request_id: str) -> RpcStream:
-        """The stream for a call just answered, with whatever of it arrived first."""
-        stream = self.streams[request_id] = RpcStream(request_id)
+    def open(self, request_id: str, deadline: float, allowed: float) -> RpcStream:
+        """The stream for a call just answered, with whatever of it arrived first; it fails
+        past `deadline`, `allowed` seconds after the call began."""
+        stream = self.streams[request_id] = RpcStream(request_id, deadline, allowed)
         early, self._early = self._early, []
         for frame in early:
             self.deliver(frame)

@@ -15,7 +15,7 @@ import trio
 
 from meshactors.actors import Broadcast, Lagged, Subscriber
 from meshactors.client._frames import events_told
-from meshactors.client._ops import Data, Ops, params, payload_params, received
+from meshactors.client._ops import RPC_DEADLINE_MARGIN, Data, Ops, params, payload_params, received
 from meshactors.client._serving import (
     Handler,
     Serving,
@@ -29,6 +29,7 @@ from meshactors.client.errors import ClientClosed, ClientError, ConnectionLost, 
 from meshactors.client.networks import NetworkSync, converge
 from meshactors.client.reconnect import DaemonLink, Want, WantKind, refusal, replay_failed
 from meshactors.client.state import RELIST_KINDS, SharedState
+from meshactors.network.rpc import DEFAULT_TIMEOUT_MS
 from meshactors.paths import resolve_paths
 
 log = logging.getLogger("meshactors.client")  # the application decides where it goes
@@ -504,6 +505,11 @@ class MeshClient(Ops):
         (a binary one as bytes) in the block; leaving the block before the daemon ended the
         stream (early, or after a `lagged` or `bad_payload` that ended it only here) cancels
         the call on the serving side."""
+        # the daemon's deadline is for the whole stream: past it (and the margin an rpc_call
+        # waits) the iteration fails even if the daemon never ends the stream
+        allowed = (DEFAULT_TIMEOUT_MS if timeout_ms is None else timeout_ms) / 1000
+        allowed += RPC_DEADLINE_MARGIN
+        deadline = trio.current_time() + allowed
         self._streams.opening += 1
         try:
             answer = await self.call(
@@ -511,7 +517,7 @@ class MeshClient(Ops):
                 params(network=network, peer=peer, method=method, timeout_ms=timeout_ms)
                 | payload_params(payload, data),
             )
-            stream = self._streams.open(answer["request_id"])
+            stream = self._streams.open(answer["request_id"], deadline, allowed)
         finally:
             self._streams.done_opening()
         try:

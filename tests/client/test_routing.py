@@ -3,6 +3,7 @@ handler outcomes become the right answers, and stream events reach their iterato
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +15,8 @@ import trio.testing
 from meshactors.client import ClientError, RequestContext
 from meshactors.client._serving import Serving
 from meshactors.client._streams import STREAM_BUFFER, StreamTable
+
+UNTIMED = (math.inf, math.inf)  # a stream's deadline and allowed seconds: these end on their own
 
 
 @attrs.define
@@ -119,7 +122,7 @@ async def test_chunks_that_beat_the_answer_are_kept_for_their_stream() -> None:
     table = StreamTable(opening=1)
     table.deliver(chunk("s1", "a"))  # before the rpc_call_stream answer was handled
     table.deliver(chunk("other", "x"))
-    stream = table.open("s1")
+    stream = table.open("s1", *UNTIMED)
     table.done_opening()
     table.deliver(chunk("s1", "b"))
     table.deliver(end("s1"))
@@ -131,7 +134,7 @@ async def test_chunks_that_beat_the_answer_are_kept_for_their_stream() -> None:
 async def test_a_stream_end_with_an_error_raises_it_after_the_chunks() -> None:
     table = StreamTable()
     table.opening = 1
-    stream = table.open("s1")
+    stream = table.open("s1", *UNTIMED)
     table.done_opening()
     table.deliver(chunk("s1", 1))
     table.deliver(end("s1", {"code": "handler_gone", "message": "the server left"}))
@@ -143,7 +146,7 @@ async def test_a_stream_end_with_an_error_raises_it_after_the_chunks() -> None:
 
 async def test_a_reader_that_falls_behind_gets_a_lagged_error_not_a_gap() -> None:
     table = StreamTable(opening=1)
-    stream = table.open("s1")
+    stream = table.open("s1", *UNTIMED)
     for n in range(STREAM_BUFFER + 1):
         table.deliver(chunk("s1", n))
     received = [await stream.__anext__() for _ in range(STREAM_BUFFER)]
@@ -171,7 +174,7 @@ async def test_a_binary_call_not_base64_is_answered_with_an_error() -> None:
 
 async def test_a_binary_chunk_not_base64_ends_its_stream() -> None:
     table = StreamTable(opening=1)
-    stream = table.open("s1")
+    stream = table.open("s1", *UNTIMED)
     table.deliver({"kind": "rpc_call_stream_chunk", "request_id": "s1", "payload_b64": "aGk="})
     table.deliver({"kind": "rpc_call_stream_chunk", "request_id": "s1", "payload_b64": "no!"})
     assert await stream.__anext__() == b"hi"
@@ -185,14 +188,14 @@ async def test_a_stream_opened_across_a_lag_of_the_client_ends_lagged() -> None:
     table.deliver(chunk("s1", "a"))  # arrived before the answer, then the lag: maybe a hole
     table.lagged(ClientError("lagged", "the client dropped 3 events of its connection"))
     table.deliver(chunk("s1", "c"))  # after the hole: never delivered as if it followed "a"
-    stream = table.open("s1")
+    stream = table.open("s1", *UNTIMED)
     table.done_opening()
     with pytest.raises(ClientError) as failure:
         await stream.__anext__()
     assert failure.value.code == "lagged"
     assert not stream.daemon_done  # ended here only: leaving its block cancels it at the daemon
     table.opening = 1  # the lag is over: a stream opened now is not failed for it
-    later = table.open("s2")
+    later = table.open("s2", *UNTIMED)
     table.done_opening()
     table.deliver(chunk("s2", "d"))
     table.deliver(end("s2"))
