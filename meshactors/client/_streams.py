@@ -93,8 +93,12 @@ class StreamTable:
             stream._deliver(frame)
             if frame["kind"] == "rpc_call_stream_end":
                 del self.streams[stream.request_id]
-        elif self.opening and self._opening_lagged is None and len(self._early) < EARLY_FRAMES:
-            self._early.append(frame)
+        elif self.opening and self._opening_lagged is None:
+            if len(self._early) < EARLY_FRAMES:
+                self._early.append(frame)
+            else:  # a chunk or end of a stream being opened would be lost: they fail instead
+                early = f"more than {EARLY_FRAMES} stream events came before their call's answer"
+                self._opening_lost(ClientError("lagged", early))
 
     def open(self, request_id: str, deadline: float, allowed: float) -> RpcStream:
         """The stream for a call just answered, with whatever of it arrived first; it fails
@@ -122,8 +126,12 @@ class StreamTable:
         for stream in self.streams.values():
             stream._end(failure)
         if self.opening:
-            self._opening_lagged = failure
-            self._early.clear()
+            self._opening_lost(failure)
+
+    def _opening_lost(self, failure: ClientError) -> None:
+        """Events of streams being opened were lost: each one opened until none is fails so."""
+        self._opening_lagged = failure
+        self._early.clear()
 
     def forget(self, stream: RpcStream) -> None:
         """Stop routing to a stream its caller left."""

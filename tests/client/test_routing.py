@@ -14,7 +14,7 @@ import trio.testing
 
 from meshactors.client import ClientError, RequestContext
 from meshactors.client._serving import Serving
-from meshactors.client._streams import STREAM_BUFFER, StreamTable
+from meshactors.client._streams import EARLY_FRAMES, STREAM_BUFFER, StreamTable
 
 UNTIMED = (math.inf, math.inf)  # a stream's deadline and allowed seconds: these end on their own
 
@@ -200,3 +200,22 @@ async def test_a_stream_opened_across_a_lag_of_the_client_ends_lagged() -> None:
     table.deliver(chunk("s2", "d"))
     table.deliver(end("s2"))
     assert [item async for item in later] == ["d"]
+
+
+async def test_a_stream_whose_early_events_overflowed_ends_lagged_not_short() -> None:
+    """Past EARLY_FRAMES events held before their call's answer, a chunk or the end of a
+    stream being opened would be lost unseen: each stream opened until none is ends `lagged`."""
+    table = StreamTable(opening=2)
+    for n in range(EARLY_FRAMES):
+        table.deliver(chunk("s1", n))
+    table.deliver(end("s1"))  # one past the cap: without the fix, dropped and never seen
+    stream = table.open("s1", *UNTIMED)
+    table.done_opening()
+    later = table.open("s2", *UNTIMED)  # opening meanwhile: its first events may be lost too
+    table.done_opening()
+    for opened in (stream, later):
+        with pytest.raises(ClientError) as failure:
+            await opened.__anext__()
+        assert failure.value.code == "lagged"
+        assert f"more than {EARLY_FRAMES} stream events" in failure.value.message
+        assert not opened.daemon_done  # ended here only: leaving its block cancels it
