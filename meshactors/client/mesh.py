@@ -27,7 +27,14 @@ from meshactors.client._streams import RpcStream, StreamTable
 from meshactors.client.binary import BinaryStream, StreamError, switch
 from meshactors.client.errors import ClientClosed, ClientError, ConnectionLost, DeadlineExceeded
 from meshactors.client.networks import NetworkSync, converge
-from meshactors.client.reconnect import DaemonLink, Want, WantKind, refusal, replay_failed
+from meshactors.client.reconnect import (
+    DaemonLink,
+    Want,
+    WantKind,
+    claimed_by_another,
+    refusal,
+    replay_failed,
+)
 from meshactors.client.state import RELIST_KINDS, SharedState
 from meshactors.network.rpc import DEFAULT_TIMEOUT_MS
 from meshactors.paths import resolve_paths
@@ -317,7 +324,7 @@ class MeshClient(Ops):
         no longer served. Neither when the program let it go before its turn came, or the
         client closed meanwhile (readers end as at any close)."""
         try:
-            restored = await self._link.ensure(want, self.call_timeout)
+            restored = await self._link.ensure(want, self.call_timeout, restoring=True)
         except ClientClosed:
             return
         except ClientError as error:
@@ -464,10 +471,13 @@ class MeshClient(Ops):
     def _replay_failed(self, want: Want, error: ClientError) -> None:
         """A want could not be put in place again: tell the program (`client_replay_failed`);
         a subscription the daemon refused for sure (`refusal`: say `no_such_network`, the
-        network was removed while we were away) also ends its readers with that refusal."""
+        network was removed while we were away) also ends its readers with that refusal, and
+        a claim another program made meanwhile stands, so ours is dropped, as if displaced."""
         feed = self._channels.get((want.network, want.name))
         if want.kind is WantKind.CHANNEL and feed is not None and refusal(error):
             feed.fail(error)
+        if want.kind is WantKind.CLAIM and claimed_by_another(error):
+            self._drop_claim(want)
         self._route(replay_failed(want, error))
 
     def _channel_inbound(self, frame: dict[str, Any]) -> None:

@@ -76,10 +76,13 @@ class DesiredState:
         """Whether `want` is an entry of the desired state."""
         return want in self.claims or want in self.channels
 
-    def apply_params(self, want: Want) -> dict[str, Any]:
-        """Params of the op that puts `want` in place."""
+    def apply_params(self, want: Want, *, restoring: bool) -> dict[str, Any]:
+        """Params of the op that puts `want` in place. A claim `restoring` (held before, lost
+        to a reconnect or a restart) displaces no one: a program that claimed the method
+        meanwhile is newer, and keeps it (last claim wins)."""
         if want.kind is WantKind.CLAIM:
-            return want.params() | {"streaming": self.claims.get(want, False)}
+            restored = {"if_unclaimed": True} if restoring else {}
+            return want.params() | {"streaming": self.claims.get(want, False)} | restored
         return want.params()
 
 
@@ -165,12 +168,13 @@ class DaemonLink:
         # negative time left is a deadline reached, not an error of trio's timers
         return await live.conn.call(op, params, max(0.0, deadline - trio.current_time()))
 
-    async def ensure(self, want: Want, timeout: float) -> bool:
+    async def ensure(self, want: Want, timeout: float, *, restoring: bool = False) -> bool:
         """Put a desired-state entry in place now (it is replayed on later connects anyway),
         once the ensures and releases of it begun before ended: so one that joins an ensure in
         flight returns when that one put the entry in place, or tries itself if it failed.
         False when the entry was dropped from the desired state before its turn (an `unserve`
-        ahead of a reclaim): it is not put in place, as the release in its turn undid it."""
+        ahead of a reclaim): it is not put in place, as the release in its turn undid it.
+        `restoring`: the daemon ended it (see `DesiredState.apply_params`)."""
         with trio.move_on_after(timeout):
             async with self._turns.turn(want):
                 if not self.desired.wants(want):
@@ -178,7 +182,7 @@ class DaemonLink:
                 while True:
                     live = await self._live()
                     try:
-                        await self._apply(live, want, timeout)
+                        await self._apply(live, want, timeout, restoring=restoring)
                         return True
                     except ConnectionLost:
                         continue  # the replay on the next connection puts it in place
@@ -237,13 +241,14 @@ class DaemonLink:
         with contextlib.suppress(ConnectionLost):  # the daemon released it with the connection
             await live.conn.call(want.kind.release_op, want.params(), timeout)
 
-    async def _apply(self, live: _Live, want: Want, timeout: float) -> None:
+    async def _apply(self, live: _Live, want: Want, timeout: float, *, restoring: bool) -> None:
         if want in live.applied:
             return
         live.applied.add(want)
         live.asked.add(want)
+        params = self.desired.apply_params(want, restoring=restoring)
         try:
-            await live.conn.call(want.kind.apply_op, self.desired.apply_params(want), timeout)
+            await live.conn.call(want.kind.apply_op, params, timeout)
         except BaseException as error:
             live.applied.discard(want)
             if isinstance(error, ClientError) and error.code not in UNSURE_CODES:
@@ -324,7 +329,7 @@ class DaemonLink:
             if not self.desired.wants(want):
                 continue  # released while the replay ran
             try:
-                await self._apply(live, want, REPLAY_CALL_TIMEOUT)
+                await self._apply(live, want, REPLAY_CALL_TIMEOUT, restoring=True)
             except ConnectionLost:
                 raise
             except ClientError as error:
@@ -337,6 +342,11 @@ class DaemonLink:
                     await self._undo(live, want, REPLAY_CALL_TIMEOUT)
                 except ClientError as error:
                     log.info("%s, no longer wanted, not released: %s", want.name, error)
+
+
+def claimed_by_another(error: ClientError) -> bool:
+    """Whether `error` refused a claim being restored as another connection holds it."""
+    return error.code == "conflict" and "holder" in error.details
 
 
 def refusal(error: ClientError) -> bool:

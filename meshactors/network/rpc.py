@@ -186,11 +186,20 @@ class Rpc:
 
     # -- claims ----------------------------------------------------------------------------
 
-    def register(self, client: RpcClient, method: str, streaming: bool | str) -> str | None:
+    def register(
+        self, client: RpcClient, method: str, streaming: bool | str, *, if_unclaimed: bool = False
+    ) -> str | None:
         """Claim `method` for `client` (`streaming`: True, False or "binary"); returns the
         client id it displaced, if any (a connection that is gone is not displaced: its claim
-        was released). A table full of claims of connections that are gone has room."""
-        if self._live_claim(method) is None and self._claims.full_for(method):
+        was released). A table full of claims of connections that are gone has room.
+        `if_unclaimed` (a claim restored, not a new one): OpError conflict, naming the holder
+        as `holder`, when another connection owns it, which keeps it."""
+        held = self._live_claim(method)
+        if if_unclaimed and held is not None and held.owner is not client:
+            holder = held.owner.client_id
+            message = f"{method!r} is claimed by {holder}"
+            raise OpError(ErrorCode.CONFLICT, message, holder=holder)
+        if held is None and self._claims.full_for(method):
             self.release_gone()
         displaced = self._claims.claim(client, method, streaming)
         if displaced is None:

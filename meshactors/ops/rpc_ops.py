@@ -30,11 +30,13 @@ T = TypeVar("T")
 @attrs.frozen
 class RpcRegister:
     """Params of `rpc_register`: own `method` on `network` (last claim wins); `streaming` is
-    false, true (answers with a stream) or "binary" (serves binary streams)."""
+    false, true (answers with a stream) or "binary" (serves binary streams); `if_unclaimed`:
+    refuse (`conflict`) instead of displacing another connection (a claim being restored)."""
 
     network: str
     method: str
     streaming: Any = False  # checked by rpc_register: the converter has no bool | str
+    if_unclaimed: bool = False
 
 
 @attrs.frozen
@@ -229,7 +231,13 @@ async def rpc_register(session: Session, params: RpcRegister) -> dict[str, Any]:
         raise OpError(ErrorCode.INVALID_PARAMS, message)
     network = network_of(session, params.network)
     _watch(session, params.network)
-    claim = functools.partial(network.rpc.register, session, params.method, params.streaming)
+    claim = functools.partial(
+        network.rpc.register,
+        session,
+        params.method,
+        params.streaming,
+        if_unclaimed=params.if_unclaimed,
+    )
     displaced = await network.ask("rpc_register", claim)
     return {"network": params.network, "method": params.method, "displaced": displaced}
 
