@@ -93,9 +93,16 @@ class Session:
         (each one that was not counts as skipped, as with `push`)."""
         return sum(self.pushes.offer(frame) for frame in frames)
 
+    def check_cancellable(self, request_id: RequestId) -> None:
+        """OpError conflict, before a cancellable request starts, when this connection has one
+        of the same id in flight: `rpc_cancel{call}` could then reach only one of them."""
+        if request_id in self._cancellable:
+            message = f"request id {request_id!r:.64} is already in flight: give each its own"
+            raise OpError(ErrorCode.CONFLICT, message)
+
     def cancellable(self, request_id: RequestId, work: Awaitable[T]) -> Awaitable[T]:
-        """`work` of this connection's request `request_id`, run so that `cancel_request` can
-        stop it: the request then fails with `cancelled`."""
+        """`work` of this connection's request `request_id` (see `check_cancellable`), run so
+        that `cancel_request` can stop it: the request then fails with `cancelled`."""
         scope = self._cancellable[request_id] = trio.CancelScope()
         return self._run_cancellable(request_id, scope, work)
 

@@ -206,13 +206,16 @@ class OpTable:
         Raises OpError; a handler's bug is logged and becomes `internal`.
         """
         op, params = self.validate(session, request)
+        cancel_id = request.id if op.cancellable else None  # rpc_cancel{call} names it
+        if cancel_id is not None:
+            session.check_cancellable(cancel_id)  # before anything of it is done
         if op.ordered_by is None:
             work = _started(session, op, params)
         else:
             turn = session.turns.turn(op.ordered_by(params))
             work = _in_turn(turn, functools.partial(_started, session, op, params))
-        if op.cancellable and request.id is not None:
-            return session.cancellable(request.id, work)
+        if cancel_id is not None:
+            return session.cancellable(cancel_id, work)
         return work
 
     async def run_in_order(
