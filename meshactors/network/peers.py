@@ -97,8 +97,16 @@ STATUS_EVENT_INTERVAL = 5.0
 # once, all of them together, per network; past them, one every STATUS_EVENT_INTERVAL: a broker
 # can make up joins and leaves of new ids, each a fresh table entry with no pace of its own
 SILENT_EVENT_BURST = 16
+# peer_capabilities and peer_profile events told of one peer at once; past them, one every
+# DETAIL_EVENT_INTERVAL seconds: a peer that changes its advert or profile over and over keeps
+# the latest in its state (peers_list shows it) but the changes past the pace are not told
+# (counted `details_untold`), so it cannot push the others' events out of the event log
+DETAIL_EVENT_BURST = 4
+DETAIL_EVENT_INTERVAL = 5.0
+DETAILS_UNTOLD = "details_untold"
 TOKEN_ROUNDING = 1e-9  # seconds of a pace's wait taken as none (float rounding at the wake time)
 REJECTED_NON_MEMBER = "rejected_non_member"  # frames of a device a closed network keeps out
+FROM_DENIED = "from_denied"  # capabilities and profiles of a device we denied (open network)
 CONTROL_PLANE_ROLE = "control-plane"  # hidden from peers_list unless `all`
 CAPABILITIES_KEY = "capabilities"  # local_settings key of our advert in a network
 PROFILE_KEY = "profile"  # local_settings key of our profile (per network, or GLOBAL)
@@ -167,6 +175,9 @@ class PeerState:
     status: PeerStatus = PeerStatus.OFFLINE
     told: PeerStatus = PeerStatus.OFFLINE  # the status its last status event said
     status_events: TokenBucket = attrs.field(factory=lambda: _status_pace(STATUS_EVENT_BURST))
+    detail_events: TokenBucket = attrs.field(
+        factory=lambda: TokenBucket(1 / DETAIL_EVENT_INTERVAL, DETAIL_EVENT_BURST)
+    )
     dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
     rejected: RejectedFrames = attrs.field(factory=RejectedFrames)  # bad frames it sent
 
@@ -837,6 +848,8 @@ class Peers:
         match frame:
             case Approval(state=state):
                 peer.remote_approval = state
+            case Caps() | ProfileFrame() if self._local_approval(peer.device_id) == "denied":
+                self._drop(peer, REJECTED_NON_MEMBER if self.closed else FROM_DENIED)
             case Caps(capabilities=capabilities):
                 self._set_peer_capabilities(peer, capabilities)
             case ProfileFrame(profile=profile):
@@ -923,14 +936,22 @@ class Peers:
         changed = peer.capabilities != capabilities
         peer.capabilities = capabilities
         if changed and announce:
-            self._publish(
-                "peer_capabilities", peer, capabilities=converter.unstructure(capabilities)
+            self._tell_detail(
+                peer, "peer_capabilities", capabilities=converter.unstructure(capabilities)
             )
 
     def _set_peer_profile(self, peer: PeerState, profile: Profile) -> None:
         if peer.profile is not None and peer.profile != profile:
-            self._publish("peer_profile", peer, profile=converter.unstructure(profile))
+            self._tell_detail(peer, "peer_profile", profile=converter.unstructure(profile))
         peer.profile = profile
+
+    def _tell_detail(self, peer: PeerState, kind: str, **extra: Any) -> None:
+        """Publish a peer's new capabilities or profile if its pace allows, else count it
+        untold: the peer's state keeps the latest either way, so the event log is not flooded."""
+        if peer.detail_events.take(trio.current_time()):
+            self._publish(kind, peer, **extra)
+        else:
+            self._drop(peer, DETAILS_UNTOLD)
 
     # -- sending ------------------------------------------------------------------------------
 
