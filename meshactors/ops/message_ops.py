@@ -419,6 +419,7 @@ async def outbox_abort(session: Session, params: AbortParams) -> dict[str, Any]:
     for key in ended:
         dead = {"id": key.outbox_id, "recipient": key.recipient, "error": outbox_db.ABORTED}
         session.services.events.publish("message_dead", dead)
+    session.services.outbox.poke()  # its pass recounts the rows: inspect's `pending` follows
     return {"row": row_view(row)}
 
 

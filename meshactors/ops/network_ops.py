@@ -149,6 +149,8 @@ async def network_update(session: Session, params: ConfigParams) -> dict[str, An
 async def network_remove(session: Session, params: NetworkRemove) -> dict[str, Any]:
     """Leave a network now and forget it; says how many undelivered sends a purge deleted."""
     unsent = await session.services.networks.remove(params.network, purge=params.purge)
+    if params.purge:  # its pass recounts the rows: inspect's `pending` follows
+        session.services.outbox.poke()
     return {"removed": params.network, "purge": params.purge, "purged_unsent": unsent}
 
 

@@ -14,6 +14,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meshactors.daemon import outbox as outbox_module
 from meshactors.daemon.services import Services
 from meshactors.network.message_frames import MAX_MESSAGE_BYTES, MAX_META_BYTES, MAX_REF_CHARS, Msg
 from meshactors.ops.message_ops import OUTBOX_CURSOR, _outbox_cursor
@@ -25,6 +26,7 @@ from meshactors.wire.peer import MAX_PEER_FRAME_BYTES, encode_frame
 from tests.daemon_tree import Connect
 from tests.fuzz.conftest import examples_of
 from tests.fuzz.strategies import hostile_json, odd_text
+from tests.network.test_binary_streams import until
 from tests.store.test_outbox import T0
 from tests.store.test_outbox import request as outbox_request
 from tests.support import Home
@@ -202,6 +204,24 @@ async def test_a_purge_answers_how_many_undelivered_sends_it_dropped(
     await rejoined.call("send", network=NET, to=peer, message="kept")
     kept = await rejoined.call("network_remove", network=NET)
     assert kept["data"]["purged_unsent"] == 0  # without purge the send stays
+
+
+async def test_inspects_pending_follows_an_abort_and_a_purge_at_once(
+    connect: Any, daemon: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox_module, "IDLE_POLL_S", 3600.0)  # no idle pass recounts them
+    client = await joined(connect)
+    peer = new_device()
+    sent = [(await client.call("send", network=NET, to=peer, message=m))["data"] for m in "ab"]
+
+    async def pending(count: int) -> bool:
+        return daemon.outbox.figures()["pending"] == count
+
+    await until(functools.partial(pending, 2))  # a send pokes the outbox: counted at once
+    await client.call("outbox_abort", outbox_id=sent[0]["id"])
+    await until(functools.partial(pending, 1))
+    await client.call("network_remove", network=NET, purge=True)
+    await until(functools.partial(pending, 0))
 
 
 async def test_outbox_abort_by_the_cli_and_by_http(
