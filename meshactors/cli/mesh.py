@@ -218,7 +218,7 @@ def _peer_row(p: dict[str, Any]) -> list[str]:
     name = (p["profile"] or {}).get("display_name") or "-"
     tags = ",".join((p["capabilities"] or {}).get("tags", [])) or "-"
     status = p["status"] if not p["incompatible"] else f"incompatible ({p['incompatible']})"
-    return [_short(p["device_id"]), p["label"] or "-", status, p["role"], rtt, name, tags]
+    return [_short(p["device_id"]), p["label"] or "-", status, p["role"] or "-", rtt, name, tags]
 
 
 def run_roster_list(args: argparse.Namespace) -> int:

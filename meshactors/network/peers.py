@@ -163,7 +163,7 @@ class PeerState:
     device_id: str
     public_key: bytes
     crypto: PeerCrypto
-    role: str = LINK_ROLE
+    role: str | None = None  # the role it announced (broker or hello); None until heard
     present: bool = False
     hello: Hello | None = None
     capabilities: Capabilities | None = None
@@ -547,7 +547,7 @@ class Peers:
             peer = self._peer(entry.device_id)
             if peer is not None:
                 peer.status = PeerStatus.OFFLINE
-                peer.role = entry.role or LINK_ROLE
+                peer.role = entry.role
 
     async def _load_settings(self) -> None:
         """Our capabilities here and our profiles (this network's, the global one), as saved."""

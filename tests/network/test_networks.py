@@ -30,6 +30,7 @@ from tests.network.conftest import (
     approve_both,
     solo_daemon,
 )
+from tests.ops.test_message_ops import new_device
 from tests.support import StartGate
 
 
@@ -227,6 +228,23 @@ async def test_roles_are_declared_kept_and_remembered_for_offline_peers(mesh: Me
     assert (await b.call("status"))["role"] == "control-plane"
     await a.wait_status(b, "active")
     assert (await a.peer(b) or {})["role"] == "control-plane"
+
+
+async def test_a_device_approved_in_advance_has_no_role_until_heard(mesh: Mesh) -> None:
+    a = await mesh.daemon("a")
+    await a.join(mesh.url)
+    device_id = new_device()
+    await a.call("roster_approve", network=NET, device_id=device_id)
+
+    async def roles() -> tuple[Any, Any]:
+        (peer,) = (await a.call("peers_list", network=NET, all=True))["peers"]
+        (entry,) = (await a.call("roster_list", network=NET))["roster"]
+        return peer["role"], entry["role"]
+
+    assert await roles() == (None, None)
+    await a.stop()
+    a = await mesh.daemon("a")  # loaded from the roster: still unheard
+    assert await roles() == (None, None)
 
 
 async def test_both_peers_are_active_again_after_a_broker_restart(mesh: Mesh) -> None:
