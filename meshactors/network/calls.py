@@ -15,7 +15,7 @@ EXPIRY_SLACK = 1024  # stale deadlines (of finished calls) kept beyond 2x those 
 
 @attrs.define(eq=False)
 class DeadlineHeap:
-    """Ids by deadline (of calls; the peer table's, of peers whose status event waits).
+    """Ids by deadline (of calls; the peer table's, of peers whose status or detail events wait).
     Finished calls are not removed (that would cost a search): their entries are skipped when
     due, and the heap is rebuilt from the calls in flight once stale entries outnumber twice
     those plus `EXPIRY_SLACK`."""

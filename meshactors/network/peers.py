@@ -99,11 +99,15 @@ STATUS_EVENT_INTERVAL = 5.0
 SILENT_EVENT_BURST = 16
 # peer_capabilities and peer_profile events told of one peer at once; past them, one every
 # DETAIL_EVENT_INTERVAL seconds: a peer that changes its advert or profile over and over keeps
-# the latest in its state (peers_list shows it) but the changes past the pace are not told
-# (counted `details_untold`), so it cannot push the others' events out of the event log
-DETAIL_EVENT_BURST = 4
-DETAIL_EVENT_INTERVAL = 5.0
+# the latest in its state (peers_list shows it) and each kind's latest is told once the pace
+# allows, the changes it replaced while held never (counted `details_untold`), so it cannot
+# push the others' events out of the event log (a program's handful of changes fit the burst)
+DETAIL_EVENT_BURST = 16
+DETAIL_EVENT_INTERVAL = 1.0
 DETAILS_UNTOLD = "details_untold"
+CAPABILITIES_EVENT = "peer_capabilities"
+PROFILE_EVENT = "peer_profile"
+DETAIL_EVENTS = {CAPABILITIES_EVENT: "capabilities", PROFILE_EVENT: "profile"}  # their field
 TOKEN_ROUNDING = 1e-9  # seconds of a pace's wait taken as none (float rounding at the wake time)
 REJECTED_NON_MEMBER = "rejected_non_member"  # frames of a device a closed network keeps out
 FROM_DENIED = "from_denied"  # capabilities and profiles of a device we denied (open network)
@@ -149,11 +153,13 @@ class Phase(enum.StrEnum):
 
 @attrs.frozen
 class Held:
-    """A status event held back: the trio time it may be told, and its place among those held
-    (kept while it waits, so the retell loop can tell the one held longest first)."""
+    """A peer's status event, or its detail events of `kinds`, held back: the trio time they may
+    be told, and their place among those held (kept while they wait, so the retell loop can
+    tell the one held longest first)."""
 
     due: float
     place: int
+    kinds: tuple[str, ...] = ()  # the detail events held, in the order they were
 
 
 @attrs.define(eq=False)
@@ -245,7 +251,8 @@ class Peers:
     # device ids of the peers whose latest status is not told yet (their pace held it back),
     # each with the trio time it may be and its place: the retell loop tells it then
     _untold: dict[str, Held] = attrs.field(factory=dict)
-    _holds: int = 0  # status events held back so far: the next one's place
+    _untold_details: dict[str, Held] = attrs.field(factory=dict)  # on the same heap and loop
+    _holds: int = 0  # status and detail events held back so far: the next one's place
     _retell_at: DeadlineHeap = attrs.field(factory=DeadlineHeap)  # the same, by time
     _retell: trio.CancelScope | None = None  # the retell loop's wait, woken by an earlier time
     # auto-approvals and the roles peers announced, not saved yet (saved in batches)
@@ -533,7 +540,7 @@ class Peers:
         await self._load_settings()
         self.hand_over_openers()
         self._peers, self._by_key, self._active, self._silent = {}, {}, set(), {}
-        self._untold, self._retell_at = {}, DeadlineHeap()
+        self._untold, self._untold_details, self._retell_at = {}, {}, DeadlineHeap()
         self._link_was_up, self._outbound = False, None
         self.link_status = LinkStatus("idle", None, None)
         self.phase = Phase.CONNECTING
@@ -612,19 +619,22 @@ class Peers:
         )
 
     async def retell_loop(self) -> None:
-        """Tell the latest status of each peer whose pace held its change back, once the pace
-        allows: one task for every peer, so followers never keep a stale status."""
+        """Tell the latest status, capabilities and profile of each peer whose pace held its
+        change back, once the pace allows: one task for every peer, so followers never keep a
+        stale one."""
+        retells = ((self._untold, self._tell_status), (self._untold_details, self._retell_details))
         while True:
             with trio.CancelScope(deadline=self._retell_at.next_deadline()) as self._retell:
                 await trio.sleep_forever()
             now = trio.current_time() + TOKEN_ROUNDING  # those due within a rounding: together
-            due = {
-                device_id: held
-                for device_id in self._retell_at.due(now)
-                if (held := self._untold.get(device_id)) is not None and held.due <= now
-            }
-            for device_id in sorted(due, key=lambda device_id: due[device_id].place):
-                self._tell_status(self._peers[device_id])
+            due = [
+                (held.place, device_id, tell)
+                for device_id in set(self._retell_at.due(now))
+                for untold, tell in retells
+                if (held := untold.get(device_id)) is not None and held.due <= now
+            ]
+            for _, device_id, tell in sorted(due, key=lambda entry: entry[0]):
+                tell(self._peers[device_id])
 
     async def _probe(self, device_id: str) -> None:
         """One rtt probe, if the peer is still handshaken when its turn comes."""
@@ -741,6 +751,8 @@ class Peers:
         if peer.told is not PeerStatus.OFFLINE:
             self._publish_status(peer)
         self._untold.pop(peer.device_id, None)
+        if (held := self._untold_details.pop(peer.device_id, None)) is not None:
+            self.dropped[DETAILS_UNTOLD] += len(held.kinds)  # never told now
         self._silent.pop(peer.device_id, None)
         self.replay_memory.keep(peer.device_id, peer.crypto.opener)
         del self._peers[peer.device_id]
@@ -936,22 +948,42 @@ class Peers:
         changed = peer.capabilities != capabilities
         peer.capabilities = capabilities
         if changed and announce:
-            self._tell_detail(
-                peer, "peer_capabilities", capabilities=converter.unstructure(capabilities)
-            )
+            self._tell_detail(peer, CAPABILITIES_EVENT)
 
     def _set_peer_profile(self, peer: PeerState, profile: Profile) -> None:
-        if peer.profile is not None and peer.profile != profile:
-            self._tell_detail(peer, "peer_profile", profile=converter.unstructure(profile))
+        changed = peer.profile is not None and peer.profile != profile
         peer.profile = profile
+        if changed:
+            self._tell_detail(peer, PROFILE_EVENT)
 
-    def _tell_detail(self, peer: PeerState, kind: str, **extra: Any) -> None:
-        """Publish a peer's new capabilities or profile if its pace allows, else count it
-        untold: the peer's state keeps the latest either way, so the event log is not flooded."""
-        if peer.detail_events.take(trio.current_time()):
-            self._publish(kind, peer, **extra)
-        else:
+    def _tell_detail(self, peer: PeerState, kind: str) -> None:
+        """Tell a peer's new capabilities or profile (event `kind`) if its pace allows, else
+        once it does: a change while that kind is held is merged into it (the one it replaces
+        is counted untold), so the event log is not flooded and the latest is always told."""
+        held = self._untold_details.get(peer.device_id)
+        if held is None:
+            self._tell_details(peer, (kind,), None)
+        elif kind in held.kinds:
             self._drop(peer, DETAILS_UNTOLD)
+        else:
+            self._untold_details[peer.device_id] = attrs.evolve(held, kinds=(*held.kinds, kind))
+
+    def _retell_details(self, peer: PeerState) -> None:
+        """Tell the detail events held of a peer, whose time has come, as its pace allows."""
+        held = self._untold_details.pop(peer.device_id)
+        self._tell_details(peer, held.kinds, held)
+
+    def _tell_details(self, peer: PeerState, kinds: tuple[str, ...], held: Held | None) -> None:
+        """Publish the events of `kinds`, each with the peer's current value, while its pace
+        allows; hold the rest for the retell loop."""
+        now = trio.current_time()
+        for n, kind in enumerate(kinds):
+            if (wait := peer.detail_events.delay(now)) > TOKEN_ROUNDING:
+                self._hold(self._untold_details, peer.device_id, now + wait, held, kinds[n:])
+                return
+            peer.detail_events.spend(now)
+            field = DETAIL_EVENTS[kind]
+            self._publish(kind, peer, **{field: _plain(getattr(peer, field))})
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -1125,26 +1157,34 @@ class Peers:
         pace = self._silent_events if peer.device_id in self._silent else peer.status_events
         now = trio.current_time()
         if (wait := pace.delay(now)) > TOKEN_ROUNDING:
-            self._hold(peer.device_id, now + wait, held)
+            self._hold(self._untold, peer.device_id, now + wait, held)
             return True
         pace.spend(now)
         self._publish_status(peer)
         return False
 
-    def _hold(self, device_id: str, due: float, held: Held | None) -> None:
-        """Have the retell loop tell a peer's status at trio time `due`, keeping the place it
-        holds if its event waits already (one still waiting keeps its time too): of those due
-        together, the one held longest is told first, so a shared pace reaches each in turn."""
-        untold = self._untold
+    def _hold(
+        self,
+        untold: dict[str, Held],
+        device_id: str,
+        due: float,
+        held: Held | None,
+        kinds: tuple[str, ...] = (),
+    ) -> None:
+        """Have the retell loop tell a peer's status (`untold` is `_untold`) or its detail
+        events of `kinds` (`_untold_details`) at trio time `due`, keeping the place it holds if
+        its events wait already (one still waiting keeps its time too): of those due together,
+        the one held longest is told first, so a shared pace reaches each in turn."""
         if held is None:
             held = Held(due, self._holds)
             self._holds += 1
         elif due <= held.due + TOKEN_ROUNDING:  # still waiting its time: in the heap already
-            untold[device_id] = held
+            untold[device_id] = attrs.evolve(held, kinds=kinds)
             return
-        untold[device_id] = attrs.evolve(held, due=due)
-        live = functools.partial(_by_time, untold)
-        self._retell_at.add(due, device_id, len(untold), live)
+        untold[device_id] = attrs.evolve(held, due=due, kinds=kinds)
+        live = functools.partial(_by_time, self._untold, self._untold_details)
+        waiting = len(self._untold) + len(self._untold_details)
+        self._retell_at.add(due, device_id, waiting, live)
         if self._retell is not None and due < self._retell.deadline:
             self._retell.deadline = due
 
@@ -1213,9 +1253,9 @@ class Peers:
         return self.closed and self._local_approval(peer.device_id) != "approved"
 
 
-def _by_time(untold: dict[str, Held]) -> list[tuple[float, str]]:
-    """The (time, device id) of the peers whose status event waits."""
-    return [(held.due, device_id) for device_id, held in untold.items()]
+def _by_time(*untold: dict[str, Held]) -> list[tuple[float, str]]:
+    """The (time, device id) of the peers whose status or detail events wait."""
+    return [(held.due, device_id) for each in untold for device_id, held in each.items()]
 
 
 def _status_pace(burst: int) -> TokenBucket:
