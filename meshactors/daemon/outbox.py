@@ -275,6 +275,11 @@ def msg_frame(delivery: Delivery) -> Msg:
     )
 
 
+def dead_event(key: outbox_db.DeliveryKey, error: str) -> dict[str, Any]:
+    """The data of `message_dead`: a recipient's copy of a send given up, and why."""
+    return {"id": key.outbox_id, "recipient": key.recipient, "error": error}
+
+
 def message_view(message: InboxMessage, *, full: bool = True) -> dict[str, Any]:
     """An inbox message as ops and `message` events show it (`from` is the sender)."""
     view = {
@@ -706,8 +711,7 @@ class Outbox(Actor):
             more = buried.more
             self.counts["dead"] += len(buried.deliveries)
             for key in buried.deliveries:
-                dead = {"id": key.outbox_id, "recipient": key.recipient, "error": error}
-                self.events.publish("message_dead", dead)
+                self.events.publish("message_dead", dead_event(key, error))
             if buried.deliveries:
                 # No deadline: it only paces, and waits no longer than the log's writes.
                 await self.events.flush(timeout=math.inf)

@@ -17,7 +17,7 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from meshactors.clock import wall_ms
 from meshactors.control.session import Session
-from meshactors.daemon.outbox import message_view
+from meshactors.daemon.outbox import dead_event, message_view
 from meshactors.network.message_frames import MAX_MESSAGE_BYTES, MAX_META_BYTES
 from meshactors.ops.network_ops import network_of
 from meshactors.ops.optable import Merge, Op, converter
@@ -417,8 +417,7 @@ async def outbox_abort(session: Session, params: AbortParams) -> dict[str, Any]:
         "abort",
     )
     for key in ended:
-        dead = {"id": key.outbox_id, "recipient": key.recipient, "error": outbox_db.ABORTED}
-        session.services.events.publish("message_dead", dead)
+        session.services.events.publish("message_dead", dead_event(key, outbox_db.ABORTED))
     session.services.outbox.poke()  # its pass recounts the rows: inspect's `pending` follows
     return {"row": row_view(row)}
 
