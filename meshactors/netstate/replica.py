@@ -2,9 +2,9 @@
 
 Ops reach it only by asking core (`Network.ask`); frame handlers and the peer status listener
 run in core's task and only check and queue. One task of core (the part's `run`) works the
-queue in order: it merges, saves to the store, publishes `state_changed`, answers local writes
-and sends frames, so every change of the map, of its rows and of what the part keeps by peer
-happens in one place.
+queue in order: it stamps local writes, merges, saves to the store, publishes `state_changed`,
+answers local writes and sends frames, so every change of the map, of its clock, of its rows
+and of what the part keeps by peer happens in one place.
 """
 
 from __future__ import annotations
@@ -82,9 +82,10 @@ class _FromPeer:
 
 @attrs.frozen
 class _OwnWrite:
-    """A write of ours to put in the map, save, announce and send."""
+    """A write of ours to stamp, put in the map, save, announce and send: `unstamped` is its
+    entry as checked in core's task, stamped ZERO until the state task gives it its stamp."""
 
-    entry: Entry
+    unstamped: Entry
     done: Pending[dict[str, Any]]
 
 
@@ -215,28 +216,22 @@ class StateReplica:
         }
 
     def write(self, key: str, value: Any, *, deleted: bool) -> Pending[dict[str, Any]]:
-        """state_set / state_delete: stamp the write and queue it for the state task, which
-        puts it in the map, saves it, then announces and sends it (or takes it back if the
-        save fails); the op waits on the returned outcome."""
+        """state_set / state_delete: check the write and queue it for the state task, which
+        stamps it, puts it in the map (or refuses it: `conflict`, `state_full`), saves it,
+        then announces and sends it (or takes it back if the save fails); the op waits on
+        the returned outcome."""
         own = self.wire.own_id
         if not self.may_write(own, own):
             raise OpError(ErrorCode.FORBIDDEN, f"this device may not write {self.network}'s state")
-        _checked(check_key, key)
-        old = self.map.get(key)
-        stamp = self.clock.tick(wall_ms(), old.stamp if old else ZERO)
-        if not stamp.valid():  # a clock at the end of its range (a stamp saved before checks)
-            raise OpError(ErrorCode.CONFLICT, f"{self.network}'s state clock is out of range")
         try:
-            entry = (
-                Entry.tombstone(key, stamp, own) if deleted else Entry.write(key, value, stamp, own)
+            unstamped = (
+                Entry.tombstone(key, ZERO, own) if deleted else Entry.write(key, value, ZERO, own)
             )
         except BadEntry as bad:
             raise _client_error(bad) from None
-        if not self.map.fits(entry):
-            raise self._full()
         done: Pending[dict[str, Any]] = Pending()
         try:
-            self._send.send_nowait(_OwnWrite(entry, done))
+            self._send.send_nowait(_OwnWrite(unstamped, done))
         except trio.WouldBlock:
             raise OpError(ErrorCode.UNAVAILABLE, "the state map is busy; retry") from None
         return done
@@ -303,36 +298,31 @@ class StateReplica:
             self.counters["pruned"] += expired
         if any(isinstance(item, _Prune) for item in batch):
             self._forget_left()
-        # Received writes first: one that beats a write of ours in this very batch then
-        # makes ours lose here, as one merged in an earlier batch does (save order is free:
-        # a row keeps the winner whatever order entries are saved in).
+        # Received writes first, then ours, each stamped here: after every stamp this task
+        # merged (this batch's too), so ours beats what it replaces and its op is answered
+        # with what the map holds (save order is free: a row keeps the winner whatever order
+        # entries are saved in).
         merged = self._merge(self._received_entries(batch, now), horizon)
-        local: list[tuple[_OwnWrite, Entry | None]] = []  # and the entry each replaced
+        local: list[tuple[_OwnWrite, Entry, Entry | None]] = []  # and the entry each replaced
         for item in (item for item in batch if isinstance(item, _OwnWrite)):
-            held = self.map.get(item.entry.key)
-            if not self.map.fits(item.entry):  # writes queued before it filled the map
-                item.done.fail(self._full())
-            elif self.map.merge(item.entry):
-                local.append((item, held))
-            else:
-                # A peer's newer write to the key was merged after ours was stamped: ours
-                # happened and lost at once, so it is answered, but not kept, told or sent.
-                self.counters["lost"] += 1
-                item.done.resolve(self._view(item.entry))
-        ours = [item.entry for item, _ in local]
+            entry = self._stamped(item, now)
+            if entry is not None:
+                local.append((item, entry, self.map.get(entry.key)))
+                self.map.merge(entry)
+        ours = [entry for _, entry, _ in local]
         expired += sum(entry.deleted and entry.stamp.wall < horizon for entry in merged)
         error = await self._save(merged + ours, horizon if expired else None)
         if error is not None:
             # Our writes did not happen: the map holds what they replaced again (a peer's
             # write they had beaten meanwhile comes back at the next catch-up with its peer).
-            for item, previous in reversed(local):
-                self.map.undo(item.entry, previous)
+            for _, entry, previous in reversed(local):
+                self.map.undo(entry, previous)
             ours = []
         for entry in merged + ours:  # in the order they changed the map
             self._publish(entry)
-        for item, _ in local:
+        for item, entry, _ in local:
             if error is None:
-                item.done.resolve(self._view(item.entry))
+                item.done.resolve(self._view(entry))
             else:
                 item.done.fail(error)
         if ours:
@@ -352,6 +342,22 @@ class StateReplica:
         behind, self._behind = self._behind, set()
         for peer in behind:
             await self._send_to(peer, StateSummary(self.map.summary(), ask=True))
+
+    def _stamped(self, write: _OwnWrite, now: int) -> Entry | None:
+        """Our write stamped by the clock at `now`, after the entry it replaces; None when it
+        is refused (its op told): the clock at the end of its range (a stamp saved before
+        checks, `conflict`), or a map it would take past the limits (`state_full`)."""
+        old = self.map.get(write.unstamped.key)
+        stamp = self.clock.tick(now, old.stamp if old else ZERO)
+        if not stamp.valid():
+            write.done.fail(
+                OpError(ErrorCode.CONFLICT, f"{self.network}'s state clock is out of range")
+            )
+            return None
+        if not self.map.fits(write.unstamped):
+            write.done.fail(self._full())
+            return None
+        return attrs.evolve(write.unstamped, stamp=stamp)
 
     async def _save(self, changed: list[Entry], expired_before: int | None) -> OpError | None:
         """Save the entries that changed the map, and with `expired_before` delete the rows of

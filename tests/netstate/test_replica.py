@@ -4,7 +4,8 @@ at the wire: what it keeps, announces and sends when writes race."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from meshactors.netstate.frames import (
     StateSummary,
     WireEntry,
 )
-from meshactors.netstate.hlc import Stamp
+from meshactors.netstate.hlc import MAX_COUNTER, MAX_WALL_MS, Stamp
 from meshactors.netstate.replica import (
     MAX_AHEAD_MS,
     PAGE_COST,
@@ -40,11 +41,13 @@ from meshactors.netstate.replica import (
     StateReplica,
 )
 from meshactors.netstate.statemap import StateMap
+from meshactors.netstate.store import save_state
 from meshactors.netstate.writers import open_network_writers
 from meshactors.network.app_wire import AppWire
 from meshactors.network.peers import PeerStatus
 from meshactors.store.actor import StoreActor
 from meshactors.wire.device_id import device_id_from_public_key
+from meshactors.wire.ipc import ErrorCode, OpError
 from tests.network.peerstandin import RecordingPeers
 
 NET = "net"
@@ -70,9 +73,10 @@ class Announced:
 
 @contextlib.asynccontextmanager
 async def running_replica(
-    tmp_path: Path,
+    tmp_path: Path, saved: Sequence[Entry] = ()
 ) -> AsyncIterator[tuple[StateReplica, RecordingPeers, Announced]]:
-    """NET's replica on a store in tmp_path, running until the block ends."""
+    """NET's replica on a store in tmp_path (holding `saved` before it starts), running until
+    the block ends."""
     store = StoreActor(tmp_path / "state.db")
     peers, announced = RecordingPeers([PEER]), Announced()
     wire = AppWire(peers, ME)
@@ -80,50 +84,80 @@ async def running_replica(
     tree = Supervisor(children=[ChildSpec("store", store)])
     async with trio.open_nursery() as nursery:
         await nursery.start(run_root, tree, Node(name="tree", kind="supervisor"))
+        await store.call(functools.partial(save_state, network=NET, entries=saved), what="save")
         await nursery.start(replica.run)
         await trio.testing.wait_all_tasks_blocked()  # the sweep queued at start is done
         yield replica, peers, announced
         nursery.cancel_scope.cancel()
 
 
-async def test_a_write_of_ours_beaten_before_its_turn_is_answered_not_announced_or_sent(
+async def test_a_write_of_ours_queued_behind_a_peers_newer_write_is_stamped_after_it(
     tmp_path: Path,
 ) -> None:
+    """A write is stamped when the state task puts it in the map: after every stamp it merged
+    before, here a peer's write to the key queued ahead of ours, stamped a minute ahead."""
     async with running_replica(tmp_path) as (replica, peers, announced):
         put = peers.handlers[StatePut.tag]
         ahead = wall_ms() + 60_000  # the peer's clock is a minute ahead of ours
         for n in range(WORK_BATCH - 1):  # a full batch of its puts, the last one to "k"
             put(PEER, StatePut([WireEntry(f"p{n}", n, False, ahead, 0, PEER)]))
         put(PEER, StatePut([WireEntry("k", "theirs", False, ahead, 0, PEER)]))
-        # Stamped now, before the state task has merged the peer's write to "k": behind it.
-        done = replica.write("k", "mine", deleted=False)
+        done = replica.write("k", "mine", deleted=False)  # queued before theirs is merged
         with trio.fail_after(WAIT):
             answer = await done.wait()
-        await trio.testing.wait_all_tasks_blocked()  # the rest of the batch is done
-        assert (answer["value"], answer["by"]) == ("mine", ME)  # the op hears its write
-        assert replica.get("k")["value"] == "theirs"
-        assert [event["value"] for event in announced.events if event["key"] == "k"] == ["theirs"]
-        assert [frame for _, frame in peers.sent if isinstance(frame, StatePut)] == []
-        assert replica.counters["lost"] == 1
+            await _batch_done(replica)
+        _assert_kept_after(replica, peers, announced, answer, Stamp(ahead, 0))
 
 
-async def test_a_write_of_ours_beaten_in_its_own_batch_is_answered_not_announced_or_sent(
+async def test_a_write_of_ours_in_a_batch_with_a_peers_newer_write_is_stamped_after_it(
     tmp_path: Path,
 ) -> None:
+    """Ours queued first and a peer's write to the key stamped a minute ahead after it, both
+    worked in one batch: ours is stamped after the peer's, so the op's answer is what the map
+    holds, tells and sends."""
     async with running_replica(tmp_path) as (replica, peers, announced):
         ahead = wall_ms() + 60_000  # the peer's clock is a minute ahead of ours
-        # Ours first, theirs after, both queued before the state task looks: one batch.
         put = peers.handlers[StatePut.tag]
         done = replica.write("k", "mine", deleted=False)
         put(PEER, StatePut([WireEntry("k", "theirs", False, ahead, 0, PEER)]))
         with trio.fail_after(WAIT):
-            answer = await done.wait()  # (answered before the batch's save: it lost)
+            answer = await done.wait()
             await _batch_done(replica)
-        assert (answer["value"], answer["by"]) == ("mine", ME)  # the op hears its write
-        assert replica.get("k")["value"] == "theirs"
-        assert [event["value"] for event in announced.events if event["key"] == "k"] == ["theirs"]
-        assert _put_values(peers, "k") == []
-        assert replica.counters["lost"] == 1
+        _assert_kept_after(replica, peers, announced, answer, Stamp(ahead, 0))
+
+
+def _assert_kept_after(
+    replica: StateReplica,
+    peers: RecordingPeers,
+    announced: Announced,
+    answer: dict[str, Any],
+    theirs: Stamp,
+) -> None:
+    """Our write to "k", answered `answer`, is stamped after the peer's (`theirs`) and is what
+    the map holds, told after the peer's and sent."""
+    wall, counter = map(int, answer["version"].split("."))
+    assert Stamp(wall, counter) > theirs
+    assert (answer["value"], answer["by"]) == ("mine", ME)
+    assert replica.get("k") == answer
+    assert [event["value"] for event in announced.events if event["key"] == "k"] == [
+        "theirs",
+        "mine",
+    ]
+    assert _put_values(peers, "k") == ["mine"]
+
+
+async def test_a_write_refused_by_a_clock_at_the_end_of_its_range_is_a_conflict(
+    tmp_path: Path,
+) -> None:
+    """A stamp saved before stamps were checked can leave the clock no stamp to give: our
+    write is refused `conflict` and changes nothing."""
+    last = Entry.write("k", "old", Stamp(MAX_WALL_MS - 1, MAX_COUNTER - 1), PEER)
+    async with running_replica(tmp_path, [last]) as (replica, peers, announced):
+        with pytest.raises(OpError) as refused, trio.fail_after(WAIT):
+            await replica.write("k", "mine", deleted=False).wait()
+        assert refused.value.code is ErrorCode.CONFLICT
+        assert replica.map.get("k") == last
+        assert (announced.events, _put_values(peers, "k")) == ([], [])
 
 
 async def test_a_write_of_ours_beating_an_older_one_in_its_batch_is_kept_and_sent(
@@ -144,7 +178,6 @@ async def test_a_write_of_ours_beating_an_older_one_in_its_batch_is_kept_and_sen
             "mine",
         ]
         assert _put_values(peers, "k") == ["mine"]
-        assert replica.counters["lost"] == 0
 
 
 async def test_a_catch_up_that_changed_nothing_is_not_pulled_again_until_a_map_changes(
