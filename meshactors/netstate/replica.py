@@ -46,7 +46,7 @@ from meshactors.netstate.store import load_state, save_state
 from meshactors.netstate.writers import WriterCheck
 from meshactors.network.app_wire import AppWire
 from meshactors.network.calls import DeadlineHeap
-from meshactors.network.peers import TOKEN_ROUNDING, PeerStatus
+from meshactors.network.peers import MAX_PEERS, TOKEN_ROUNDING, PeerStatus
 from meshactors.store.actor import StoreActor
 from meshactors.turns import take_turns
 from meshactors.wire.ipc import MAX_PAGE, ErrorCode, OpError
@@ -55,6 +55,8 @@ from meshactors.wire.peer import Frame
 log = structlog.get_logger("meshactors.netstate")
 
 STATE_INBOX = 1024  # frames and local writes queued for the state task; more are refused
+BEHIND_QUEUE = MAX_PEERS  # peers whose frames a full queue dropped, told the state task once
+# each until it takes them: every peer the table tracks fits
 WORK_BATCH = 256  # queued items worked (and saved in one store call) together
 SYNC_INTERVAL = 60.0  # seconds between summaries to each active peer (repairs a lost write)...
 SYNC_RATE = 1.0  # ...while that stays under this many summaries a second per network
@@ -136,7 +138,17 @@ class _Catchup:
 @attrs.define(eq=False)
 class StateReplica:
     """One network's replicated map, a part of its core: reads and local writes come as
-    asks, peers' writes and catch-up pages as frames."""
+    asks, peers' writes and catch-up pages as frames.
+
+    Each field has one writer. The state task (`run`: `_work`, with `_sync_loop` and
+    `_prune_loop`, which only queue work) owns `map`, `clock`, `counters`, `dropped` and what
+    it keeps by peer. Core's task (the asks, the frame handlers, the peer status listener)
+    owns `dropped_in_core` and `_behind_told`, and reaches the state task only through
+    `_send` and `_behind_send`. Core's task reads `map` (`get`, `list_live`) between the
+    state task's steps: it sees a write of ours from its merge until a failed save takes it
+    back. The state task reads core's peer table through `wire` and `may_write`, as every
+    part's loop does; `figures` reads both sides.
+    """
 
     network: str
     wire: AppWire
@@ -147,20 +159,26 @@ class StateReplica:
     clock: HybridClock = attrs.field(factory=HybridClock, init=False)
     counters: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     dropped: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    # what core's task dropped (a full queue); `figures` shows it summed with `dropped`
+    dropped_in_core: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     _pulls: dict[str, _Catchup] = attrs.field(factory=dict, init=False)
     # by peer: the summaries (theirs, ours) of its last catch-up that changed nothing here
     _fruitless: dict[str, tuple[str, str]] = attrs.field(factory=dict, init=False)
     _pull_ids: int = attrs.field(default=0, init=False)
-    _behind: set[str] = attrs.field(factory=set, init=False)  # peers whose frames we dropped
+    # core's: the peers told on `_behind_send` since the state task last took every one
+    _behind_told: set[str] = attrs.field(factory=set, init=False)
     # by peer: the pace of the pages we answer it, and the pull past it waiting for the pace
     _paces: dict[str, TokenBucket] = attrs.field(factory=dict, init=False)
     _held: dict[str, _Held] = attrs.field(factory=dict, init=False)
     _release_at: DeadlineHeap = attrs.field(factory=DeadlineHeap, init=False)  # the same, by time
     _send: trio.MemorySendChannel[_Work] = attrs.field(init=False)
     _receive: trio.MemoryReceiveChannel[_Work] = attrs.field(init=False)
+    _behind_send: trio.MemorySendChannel[str] = attrs.field(init=False)
+    _behind_receive: trio.MemoryReceiveChannel[str] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._send, self._receive = trio.open_memory_channel[_Work](STATE_INBOX)
+        self._behind_send, self._behind_receive = trio.open_memory_channel[str](BEHIND_QUEUE)
         for frame in (StatePut, StatePage, StateSummary, StatePull):
             self.wire.register(frame.tag, self._queue)
 
@@ -173,7 +191,7 @@ class StateReplica:
             "pulls_held": len(self._held),
             "queued": self._receive.statistics().current_buffer_used,
             "counters": dict(self.counters),
-            "dropped": dict(self.dropped),
+            "dropped": dict(self.dropped + self.dropped_in_core),
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -248,12 +266,27 @@ class StateReplica:
 
     def _queue(self, sender: str, frame: Frame) -> None:
         """Queue a state frame for the state task; a full queue drops it, and the state task
-        then catches up with its sender (summaries both ways)."""
+        is told to catch up with its sender (summaries both ways)."""
         try:
             self._send.send_nowait(_FromPeer(sender, frame))
         except trio.WouldBlock:
-            self.dropped["queue_full"] += 1
-            self._behind.add(sender)
+            self.dropped_in_core["queue_full"] += 1
+            self._tell_behind(sender)
+
+    def _tell_behind(self, sender: str) -> None:
+        """Tell the state task that frames of `sender` were dropped, once until it takes the
+        notice: it takes every notice at once after each batch, so an empty channel means
+        it took all those told (a full one drops the notice: the periodic sync repairs)."""
+        if not self._behind_send.statistics().current_buffer_used:
+            self._behind_told.clear()
+        if sender in self._behind_told:
+            return
+        try:
+            self._behind_send.send_nowait(sender)
+        except trio.WouldBlock:
+            self.dropped_in_core["behind_full"] += 1
+            return
+        self._behind_told.add(sender)
 
     def on_peer_status(self, device_id: str, status: PeerStatus) -> None:
         """Tell the state task: a peer that becomes active gets our summary (if we hold anything
@@ -263,7 +296,7 @@ class StateReplica:
         try:
             self._send.send_nowait(_PeerLeft(device_id) if left else _SendSummary(device_id))
         except trio.WouldBlock:
-            self.dropped["queue_full"] += 1
+            self.dropped_in_core["queue_full"] += 1
 
     # -- the state task -----------------------------------------------------------------------
 
@@ -339,8 +372,7 @@ class StateReplica:
                     self._fruitless.pop(peer, None)
                     self._held.pop(peer, None)  # (its pace stays until the hourly sweep)
         await self._release()
-        behind, self._behind = self._behind, set()
-        for peer in behind:
+        for peer in take_queued(self._behind_receive, BEHIND_QUEUE):  # (each told once)
             await self._send_to(peer, StateSummary(self.map.summary(), ask=True))
 
     def _stamped(self, write: _OwnWrite, now: int) -> Entry | None:

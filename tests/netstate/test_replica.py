@@ -58,7 +58,7 @@ def _device() -> str:
     return device_id_from_public_key(bytes(SigningKey.generate().verify_key))
 
 
-ME, PEER = _device(), _device()
+ME, PEER, OTHER_PEER = _device(), _device(), _device()
 
 
 @attrs.define
@@ -326,12 +326,44 @@ async def test_a_leave_notice_a_full_queue_dropped_is_made_good_at_the_sweep(
         peers.active = []
         replica.on_peer_status(PEER, PeerStatus.OFFLINE)  # ...so the notice is dropped
         await trio.testing.wait_all_tasks_blocked()
-        assert replica.dropped["queue_full"] == 1
+        assert replica.dropped_in_core["queue_full"] == 1
         assert (len(peers.of(StatePage)), replica.figures()["pulls_held"]) == (1, 1)
         mock_clock.jump(PRUNE_INTERVAL)
         await trio.testing.wait_all_tasks_blocked()
         assert replica.figures()["pulls_held"] == 0
         assert len(peers.of(StatePage)) == 1
+
+
+async def test_peers_whose_frames_a_full_queue_dropped_are_each_asked_for_a_summary_once(
+    tmp_path: Path,
+) -> None:
+    """Frames a full queue drops bring each sender one summary asking for its own once the
+    state task has worked on (summaries both ways), and again for a later drop; a write of
+    ours meanwhile is refused `unavailable`."""
+    async with running_replica(tmp_path) as (replica, peers, _):
+        peers.active.append(OTHER_PEER)
+        stale = StatePage(1, [], more=False)  # a page of no pull: worked, changes nothing
+        page = peers.handlers[StatePage.tag]
+        for _ in range(STATE_INBOX + 1):  # one taken at once, the queue full of the rest
+            page(PEER, stale)
+        for sender in (PEER, PEER, OTHER_PEER, PEER, OTHER_PEER):
+            page(sender, stale)  # dropped
+        with pytest.raises(OpError) as busy:
+            replica.write("k", 1, deleted=False)
+        assert busy.value.code is ErrorCode.UNAVAILABLE
+        await trio.testing.wait_all_tasks_blocked()
+        assert _asked(peers) == [PEER, OTHER_PEER]
+        for _ in range(STATE_INBOX + 1):
+            page(OTHER_PEER, stale)
+        page(PEER, stale)  # dropped again: told again
+        await trio.testing.wait_all_tasks_blocked()
+        assert _asked(peers) == [PEER, OTHER_PEER, PEER]
+        assert replica.figures()["dropped"] == {"queue_full": 6, "stale_page": 2 * STATE_INBOX + 2}
+
+
+def _asked(peers: RecordingPeers) -> list[str]:
+    """The peers sent a summary that asks for theirs, in order."""
+    return [to for to, frame in peers.sent if isinstance(frame, StateSummary) and frame.ask]
 
 
 def _tasks() -> int:
