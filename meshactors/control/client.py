@@ -49,7 +49,7 @@ from meshactors.control.event_stream import (
 from meshactors.control.http import HttpConnection, sniff
 from meshactors.control.http_parse import REQUEST_TIMEOUT
 from meshactors.control.lines import LineReader, Oversized
-from meshactors.control.session import CutOffs, Push, Session
+from meshactors.control.session import CutOff, Push, Session
 from meshactors.control.tcp_auth import TcpGate
 from meshactors.daemon.services import Services
 from meshactors.network.stream_pipe import Pipe, frame_cost
@@ -100,7 +100,7 @@ class ClientActor(Actor):
     client_id: str
     stream: trio.abc.HalfCloseableStream
     services: Services
-    cut_offs: CutOffs  # where its close counts cleanups cut off (control's, shared by clients)
+    cut_offs: trio.MemorySendChannel[CutOff]  # control's: where its close reports cleanups cut off
     prefix: bytes = b""  # bytes already read while telling HTTP from JSON lines
     tcp: TcpGate | None = None  # a TCP connection: HTTP only, every request authenticated
     protocol: str = "unknown"  # "json-lines" or "http" once the first bytes tell; "binary-stream"

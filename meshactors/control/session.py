@@ -25,8 +25,6 @@ T = TypeVar("T")
 
 log = structlog.get_logger("meshactors.client")
 
-CUT_OFF_LOG_INTERVAL = 60.0  # seconds: at most one info line per interval for cleanups cut off
-
 
 class EventSink(Protocol):
     """Where a session's broadcast events are written: its connection's outgoing queue."""
@@ -38,25 +36,13 @@ class EventSink(Protocol):
         """Write one unlogged event frame."""
 
 
-@attrs.define
-class CutOffs:
-    """How many closed connections' cleanups ran out of time (shown by `control`, which
-    outlives its clients). Harmless: core releases what a gone connection held on its own, so
-    a cut-off is logged at info, once per CUT_OFF_LOG_INTERVAL: a burst of closes that outruns
-    its deadline (thousands at once) writes one line, and the count tells the rest."""
+@attrs.frozen
+class CutOff:
+    """How many of a closed connection's cleanups ran out of time: the one message its close
+    tells `control`, which counts them (no client node outlives its close to show them)."""
 
-    cleanups: int = 0
-    _logged_at: float | None = None  # trio.current_time() of the last info line
-
-    def cut_off(self, client_id: str) -> None:
-        """Count one cleanup of `client_id` cut off, and log it (at debug within the interval)."""
-        self.cleanups += 1
-        now = trio.current_time()
-        if self._logged_at is not None and now - self._logged_at < CUT_OFF_LOG_INTERVAL:
-            log.debug("cleanup cut off: core releases the rest", client=client_id)
-            return
-        self._logged_at = now
-        log.info("cleanup cut off: core releases the rest", client=client_id, cut_off=self.cleanups)
+    client_id: str
+    cleanups: int
 
 
 @attrs.define(eq=False)
@@ -143,27 +129,46 @@ class Session:
             self._cleanup_keys.add(key)
             self.on_close(cleanup)
 
-    async def close(self, cut_offs: CutOffs) -> None:
+    async def close(self, cut_offs: trio.MemorySendChannel[CutOff]) -> None:
         """Run every registered cleanup (leaving none behind), all at once: one that fails is
         logged, and one that hangs (an actor it asks does not answer) is cut off alone by the
         caller's deadline, so neither keeps the others from releasing what they hold. The push
         queue is closed first: from then on the session is `gone`, and every actor that holds
         something for it drops that when it next looks, whether or not its cleanup arrives
-        (so a cleanup cut off is only counted in `cut_offs`)."""
+        (so cleanups cut off are only counted: one CutOff on `cut_offs`, control's, tells how
+        many, without waiting; see `_report_cut_off`)."""
         self.pushes.close()
         cleanups, self._cleanups = self._cleanups, []
-        async with trio.open_nursery() as nursery:
-            for cleanup in cleanups:
-                nursery.start_soon(_run_cleanup, cleanup, self.client_id, cut_offs)
+        cut: list[Cleanup] = []  # the cleanups cut off, as their tasks (this close's) find
+        try:
+            async with trio.open_nursery() as nursery:
+                for cleanup in cleanups:
+                    nursery.start_soon(_run_cleanup, cleanup, self.client_id, cut)
+        finally:
+            if cut:
+                _report_cut_off(cut_offs, CutOff(self.client_id, len(cut)))
 
 
-async def _run_cleanup(cleanup: Cleanup, client_id: str, cut_offs: CutOffs) -> None:
-    """Run one of a closed connection's cleanups, logging how it failed, or counting in
-    `cut_offs` that it was cut off."""
+def _report_cut_off(cut_offs: trio.MemorySendChannel[CutOff], report: CutOff) -> None:
+    """Tell control `report` without waiting (a close runs past its deadline already): a
+    channel found full (it is sized never to be: CUT_OFF_REPORTS) drops it, logged at debug."""
+    try:
+        cut_offs.send_nowait(report)
+    except trio.WouldBlock:
+        log.debug(
+            "cleanup cut off, not counted: control is behind",
+            client=report.client_id,
+            cleanups=report.cleanups,
+        )
+
+
+async def _run_cleanup(cleanup: Cleanup, client_id: str, cut: list[Cleanup]) -> None:
+    """Run one of a closed connection's cleanups, logging how it failed, or adding it to `cut`
+    when it was cut off."""
     try:
         await cleanup()
     except Exception:
         log.exception("cleanup failed", client=client_id)
     except trio.Cancelled:
-        cut_offs.cut_off(client_id)
+        cut.append(cleanup)
         raise

@@ -6,7 +6,7 @@ import errno
 import itertools
 import os
 import socket as stdlib_socket
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -20,6 +20,7 @@ from meshactors.actors import (
     AskTimeout,
     ChildSpec,
     ChildStartFailed,
+    Inbox,
     Restart,
     Supervisor,
     cleanup_scope,
@@ -28,7 +29,7 @@ from meshactors.actors import (
 from meshactors.control.client import ClientActor
 from meshactors.control.http import sniff
 from meshactors.control.http_response import encode_alone, error_response
-from meshactors.control.session import CutOffs
+from meshactors.control.session import CutOff
 from meshactors.control.tcp_auth import TCP_HOST, TcpAuth, TcpGate, load_or_create_token
 from meshactors.daemon.services import Services
 from meshactors.listen import ListenError, open_tcp_listeners
@@ -46,6 +47,11 @@ CLIENT_SHUTDOWN_TIMEOUT = 2.0  # seconds a client's cleanup may take (releasing 
 REFUSAL_TIMEOUT = 1.0  # seconds a refused connection gets: to show what it speaks, take its answer
 MAX_REFUSING = 64  # refused connections answered at once (each in its own task); more are
 # closed unanswered, so a flood of silent connections costs neither the listener nor memory
+CUT_OFF_REPORTS = MAX_CLIENTS  # clients' CutOff reports queued for control's count: never
+# full in practice, as each client sends at most one (at its close), at most MAX_CLIENTS run at
+# once, and control takes all that are queued whenever it runs; one that finds it full anyway
+# is dropped (logged at debug), so a close never waits on it
+CUT_OFF_LOG_INTERVAL = 60.0  # seconds: at most one info line per interval for cleanups cut off
 SOCKET_MODE = 0o600
 SD_LISTEN_FDS_START = 3  # the first descriptor a socket-activating service manager passes
 
@@ -72,15 +78,55 @@ class Tally:
     failed: int = 0  # accepted, but control did not start their client: closed unanswered
 
 
+@attrs.define
+class CutOffs:
+    """How many closed connections' cleanups ran out of time, as their clients told `control`.
+    Harmless: core releases what a gone connection held on its own, so a cut-off is logged at
+    info, once per CUT_OFF_LOG_INTERVAL: a burst of closes that outruns its deadline
+    (thousands at once) writes one line, and the count tells the rest."""
+
+    cleanups: int = 0
+    _logged_at: float | None = None  # trio.current_time() of the last info line
+
+    def count(self, report: CutOff) -> None:
+        """Count a client's cleanups cut off, and log it (at debug within the interval)."""
+        self.cleanups += report.cleanups
+        now = trio.current_time()
+        if self._logged_at is not None and now - self._logged_at < CUT_OFF_LOG_INTERVAL:
+            log.debug("cleanup cut off: core releases the rest", client=report.client_id)
+            return
+        self._logged_at = now
+        log.info(
+            "cleanup cut off: core releases the rest",
+            client=report.client_id,
+            cut_off=self.cleanups,
+        )
+
+
 @attrs.define(eq=False)
 class Control(Supervisor):
     """The `control` supervisor; its figures also count its clients' cleanups cut off, which
-    no (temporary) client node outlives to show."""
+    no (temporary) client node outlives to show: each client's close reports them on
+    `cut_off_reports` (one CutOff), and control's own task alone counts them. Both outlive
+    a restart of control, so no report is lost to one."""
 
-    cut_offs: CutOffs = attrs.field(factory=CutOffs)
+    cut_off_reports: Inbox[CutOff] = attrs.field(factory=lambda: Inbox(CUT_OFF_REPORTS))
+    _cut_offs: CutOffs = attrs.field(factory=CutOffs, init=False)  # `_count_cut_offs` writes
 
     def figures(self) -> dict[str, object]:
-        return {**super().figures(), "cleanups_cut_off": self.cut_offs.cleanups}
+        # read from the task that runs `inspect`, as every actor's figures are
+        return {**super().figures(), "cleanups_cut_off": self._cut_offs.cleanups}
+
+    def own_tasks(self) -> list[Callable[[], Awaitable[None]]]:
+        return [self._count_cut_offs]
+
+    async def _count_cut_offs(self) -> None:
+        """Count the clients' reports of cleanups cut off, all those queued at once: the one
+        writer of the count."""
+        reports = self.cut_off_reports.receiver
+        async for first in reports:
+            for report in [first, *take_queued(reports, CUT_OFF_REPORTS)]:
+                self._cut_offs.count(report)
 
 
 @attrs.define(eq=False)
@@ -116,7 +162,8 @@ class Admissions:
         client_id = f"c{next(self._ids)}"  # monotonic, never reused while the daemon runs
         name = f"client {client_id}"
         gate = None if tcp is None else TcpGate(tcp, name, self._passed)
-        actor = ClientActor(client_id, stream, self.services, self.control.cut_offs, tcp=gate)
+        reports = self.control.cut_off_reports.sender
+        actor = ClientActor(client_id, stream, self.services, reports, tcp=gate)
         spec = ChildSpec(
             name, actor, restart=Restart.TEMPORARY, shutdown_timeout=CLIENT_SHUTDOWN_TIMEOUT
         )

@@ -13,7 +13,7 @@ from meshactors.actors import Node, run_root
 from meshactors.control import supervisor
 from meshactors.control.client import ClientActor
 from meshactors.control.http_parse import REQUEST_TIMEOUT
-from meshactors.control.session import CutOffs
+from meshactors.control.session import CutOff
 
 LONG_IDLE = 10 * REQUEST_TIMEOUT
 
@@ -24,7 +24,8 @@ async def served_client(nursery: trio.Nursery) -> trio.testing.MemoryStapledStre
     cannot run under MockClock)."""
     server, program = trio.testing.memory_stream_pair()
     services: Any = None
-    actor = ClientActor("c1", server, services, CutOffs())
+    reports, _ = trio.open_memory_channel[CutOff](1)
+    actor = ClientActor("c1", server, services, reports)
     await nursery.start(run_root, actor, Node("client c1", "client"))
     return program
 

@@ -9,8 +9,11 @@ from collections.abc import Awaitable, Callable
 import pytest
 import structlog
 import trio
+import trio.testing
 
+from meshactors.actors import Broadcast
 from meshactors.control import supervisor
+from meshactors.control.session import CutOff, Push, Session
 from meshactors.daemon.services import Services
 from meshactors.network import channels, rpc
 from meshactors.network.channels import MAX_CHANNELS
@@ -142,3 +145,50 @@ async def test_a_burst_of_cut_off_closes_is_counted_and_logged_once_at_info(
     # One line at info for the burst (the rest at debug, if shown at all), none a warning.
     told = [entry["log_level"] for entry in logs if entry["event"].startswith("cleanup cut off")]
     assert [level for level in told if level != "debug"] == ["info"]
+
+
+@pytest.mark.usefixtures("cut_off")
+async def test_clients_closing_at_once_each_tell_control_which_alone_counts_them(
+    connect: Connect,
+) -> None:
+    admin = await connect()
+    await join(admin, NET)
+    apps = [await connect() for _ in range(CUT_OFF_APPS)]
+    for n, app in enumerate(apps):  # one release to cut off (its claim), odd ones two
+        await ok(app, "rpc_register", network=NET, method=f"m{n}")
+        if n % 2:
+            await ok(app, "channel_subscribe", network=NET, channel=f"c{n}")
+    ids = [(await ok(app, "status"))["client_id"] for app in apps]
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars]
+    ) as logs:
+        for app in apps:
+            await app.stream.send_eof()
+        for app in apps:
+            await close(app)
+    assert await cleanups_cut_off(admin) == CUT_OFF_APPS + CUT_OFF_APPS // 2
+    told = [entry for entry in logs if entry["event"].startswith("cleanup cut off")]
+    # One report per close, counted and logged in control's task, not in the clients'.
+    assert sorted(entry["client"] for entry in told) == sorted(ids)
+    assert {entry["actor"] for entry in told} == {"daemon/control"}
+
+
+async def test_a_close_whose_report_finds_control_behind_drops_it_without_waiting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    reports, queued = trio.open_memory_channel[CutOff](1)
+    reports.send_nowait(CutOff("c0", 1))  # full: control has not taken an earlier one
+    services: Services = None  # type: ignore[assignment]  # a close needs none
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            pushes = Broadcast[Push]().subscribe(16, 16)
+            session = Session("c1", services, pushes, nursery, sink=None)  # type: ignore[arg-type]
+            session.on_close(trio.sleep_forever)  # an ask that is never answered
+            with trio.move_on_after(supervisor.CLIENT_SHUTDOWN_TIMEOUT) as deadline:
+                await session.close(reports)
+    assert deadline.cancelled_caught
+    assert queued.receive_nowait() == CutOff("c0", 1)
+    with pytest.raises(trio.WouldBlock):
+        queued.receive_nowait()
+    dropped = [entry for entry in logs if entry["event"].startswith("cleanup cut off")]
+    assert [(e["log_level"], e["client"], e["cleanups"]) for e in dropped] == [("debug", "c1", 1)]

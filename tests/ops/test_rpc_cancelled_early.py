@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from meshactors.actors import Broadcast
-from meshactors.control.session import CutOffs, Push, Session
+from meshactors.control.session import CutOff, Push, Session
 from meshactors.daemon.services import Services
 from meshactors.ops.optable import finish
 from meshactors.wire.ipc import ErrorCode, OpError, Request
@@ -42,7 +42,7 @@ async def test_a_call_cancelled_before_it_ran_never_reaches_its_serving_side(
         with pytest.raises(OpError) as refused:
             await finish(session, request, work)
         assert refused.value.code == ErrorCode.CANCELLED
-        await session.close(CutOffs())
+        await session.close(trio.open_memory_channel[CutOff](1)[0])
     caller: LineClient = await connect()
     await caller.send("rpc_call", **CALL, peer=own, payload="later")
     with trio.fail_after(WAIT):
