@@ -11,6 +11,7 @@ from meshactors.actors._queued import hand_over, take_queued
 from meshactors.actors._registry import ActorState, Node, current_node
 from meshactors.actors._sequencer import Sequencer, Turn
 from meshactors.actors._supervisor import (
+    ASK_TIMEOUT,
     ChildSpec,
     ChildStartFailed,
     Restart,
@@ -22,6 +23,7 @@ from meshactors.actors._supervisor import (
 )
 
 __all__ = [
+    "ASK_TIMEOUT",
     "DEFAULT_INBOX_CAPACITY",
     "DEFAULT_SUBSCRIBER_CAPACITY",
     "Actor",

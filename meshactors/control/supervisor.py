@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import socket as stdlib_socket
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -15,12 +14,14 @@ import structlog
 import trio
 
 from meshactors.actors import (
+    ASK_TIMEOUT,
     Actor,
     ActorGone,
     AskTimeout,
     ChildSpec,
     ChildStartFailed,
     Inbox,
+    Reply,
     Restart,
     Supervisor,
     cleanup_scope,
@@ -105,20 +106,34 @@ class CutOffs:
 
 @attrs.define(eq=False)
 class Control(Supervisor):
-    """The `control` supervisor; its figures also count its clients' cleanups cut off, which
-    no (temporary) client node outlives to show: each client's close reports them on
-    `cut_off_reports` (one CutOff), and control's own task alone counts them. Both outlive
-    a restart of control, so no report is lost to one."""
+    """The `control` supervisor; it numbers its clients, and its figures also count their
+    cleanups cut off, which no (temporary) client node outlives to show: each client's close
+    reports them on `cut_off_reports` (one CutOff). Tasks of control's own alone write the
+    number and the count; they, and their channels, outlive a restart of control, so no
+    number is given twice and no report is lost to one."""
 
     cut_off_reports: Inbox[CutOff] = attrs.field(factory=lambda: Inbox(CUT_OFF_REPORTS))
+    numbering: Inbox[Reply[int]] = attrs.field(factory=Inbox)  # the listeners' asks for one
     _cut_offs: CutOffs = attrs.field(factory=CutOffs, init=False)  # `_count_cut_offs` writes
+    _numbered: int = attrs.field(default=0, init=False)  # the last client number given
 
     def figures(self) -> dict[str, object]:
         # read from the task that runs `inspect`, as every actor's figures are
         return {**super().figures(), "cleanups_cut_off": self._cut_offs.cleanups}
 
     def own_tasks(self) -> list[Callable[[], Awaitable[None]]]:
-        return [self._count_cut_offs]
+        return [self._count_cut_offs, self._number_clients]
+
+    async def number_client(self) -> int:
+        """A new client's number `n` (its id is `c<n>`): monotonic and never reused while the
+        daemon runs, across the socket and TCP, whose listeners both ask."""
+        return await self.numbering.ask(lambda reply: reply, timeout=ASK_TIMEOUT, what="number")
+
+    async def _number_clients(self) -> None:
+        """Answer each ask for a client number with the next: the one writer of the number."""
+        async for reply in self.numbering.receiver:
+            self._numbered += 1
+            reply.ok(self._numbered)
 
     async def _count_cut_offs(self) -> None:
         """Count the clients' reports of cleanups cut off, all those queued at once: the one
@@ -133,17 +148,16 @@ class Control(Supervisor):
 class Admissions:
     """Turns accepted connections into `client c<n>` children of `control`, up to MAX_CLIENTS.
 
-    Shared by every listener, so client ids are unique across the socket and TCP. A TCP
-    client tells (on `_passed`) when its first request passes the token check; when all
-    MAX_TCP_CLIENTS places are taken, the oldest that has not is stopped (by `control`, which
-    cancels it) to make room, so strangers churn among themselves and the owner's connection
-    gets a place (kept once it passed the check; MAX_TCP_CLIENTS newer ones can push it out
-    before that).
+    Shared by every listener; `control` numbers the clients, so their ids are unique across
+    the socket and TCP. A TCP client tells (on `_passed`) when its first request passes the
+    token check; when all MAX_TCP_CLIENTS places are taken, the oldest that has not is stopped
+    (by `control`, which cancels it) to make room, so strangers churn among themselves and the
+    owner's connection gets a place (kept once it passed the check; MAX_TCP_CLIENTS newer ones
+    can push it out before that).
     """
 
     control: Control
     services: Services
-    _ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
     # TCP clients stopped to make room before passing the token check (the TCP listener
     # shows it: on the Unix socket nobody is evicted)
     evicted: int = attrs.field(default=0, init=False)
@@ -158,16 +172,18 @@ class Admissions:
         self._passed, self._passed_receive = trio.open_memory_channel[str](MAX_CLIENTS)
 
     async def _admit(self, stream: trio.SocketStream, tcp: TcpAuth | None) -> bool:
-        """Start a client actor for `stream`; False when control did not, and it is closed."""
-        client_id = f"c{next(self._ids)}"  # monotonic, never reused while the daemon runs
-        name = f"client {client_id}"
-        gate = None if tcp is None else TcpGate(tcp, name, self._passed)
-        reports = self.control.cut_off_reports.sender
-        actor = ClientActor(client_id, stream, self.services, reports, tcp=gate)
-        spec = ChildSpec(
-            name, actor, restart=Restart.TEMPORARY, shutdown_timeout=CLIENT_SHUTDOWN_TIMEOUT
-        )
+        """Start a client actor for `stream`, numbered by control; False when control did not,
+        and it is closed."""
+        name: str | None = None  # once numbered
         try:
+            client_id = f"c{await self.control.number_client()}"
+            name = f"client {client_id}"
+            gate = None if tcp is None else TcpGate(tcp, name, self._passed)
+            reports = self.control.cut_off_reports.sender
+            actor = ClientActor(client_id, stream, self.services, reports, tcp=gate)
+            spec = ChildSpec(
+                name, actor, restart=Restart.TEMPORARY, shutdown_timeout=CLIENT_SHUTDOWN_TIMEOUT
+            )
             await self.control.start_child(spec)
         except (ActorGone, AskTimeout, ChildStartFailed) as failed:
             await self._admission_failed(stream, name, failed)
@@ -177,15 +193,16 @@ class Admissions:
         return True
 
     async def _admission_failed(
-        self, stream: trio.SocketStream, name: str, error: Exception
+        self, stream: trio.SocketStream, name: str | None, error: Exception
     ) -> None:
-        """Close the connection of a client control did not start (the ask failed: control is
-        stuck or stopping, or the client failed to start), so the listener goes on and the
-        program is not left on a silent socket. Unanswered: a start that timed out may still
-        be carried out, and a busy answer would then read and write the socket beside the
-        client; the stop queued behind that start ends such a client, which finds its socket
-        closed anyway and ends as if the program hung up."""
-        self.control.stop_child_nowait(name)  # (False when there is no room: it ends by itself)
+        """Close the connection of a client control did not number or start (the ask failed:
+        control is stuck or stopping, or the client failed to start), so the listener goes on
+        and the program is not left on a silent socket. Unanswered: a start that timed out may
+        still be carried out, and a busy answer would then read and write the socket beside
+        the client; the stop queued behind that start ends such a client (`name`), which finds
+        its socket closed anyway and ends as if the program hung up."""
+        if name is not None:  # (False when there is no room: it ends by itself)
+            self.control.stop_child_nowait(name)
         await stream.aclose()
         log.warning("connection closed: control did not start its client", error=str(error))
 

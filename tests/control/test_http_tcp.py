@@ -13,12 +13,14 @@ import pytest
 import structlog
 import trio
 
-from meshactors.actors import AskTimeout, ChildSpec, Supervisor
+from meshactors.actors import AskTimeout, ChildSpec, Node, Supervisor, run_root
 from meshactors.control import supervisor
 from meshactors.control.tcp_auth import TokenFileError, load_or_create_token
 from meshactors.daemon.services import Services
 from tests.control.httptools import RawHttp
 from tests.daemon_tree import Connect, raw_http, serving
+
+EACH_WAY = 8  # connections opened at once on the socket and, as many, over TCP
 
 
 @attrs.frozen
@@ -160,6 +162,42 @@ async def test_tcp_clients_share_the_client_numbering(tcp_daemon: TcpDaemon, tcp
     ).json()["data"]["client_id"]
     assert {first, second} == {"c1", "c2"}
     await unix.stream.aclose()
+
+
+async def test_connections_at_once_on_both_listeners_are_numbered_in_one_sequence(
+    tcp_daemon: TcpDaemon, tcp: Connect
+) -> None:
+    unix = partial(trio.open_unix_socket, str(tcp_daemon.services.paths.socket))
+    auth = {"Host": tcp_daemon.host, "Authorization": f"Bearer {tcp_daemon.token}"}
+    ids: list[str] = []
+
+    async def status(connection: RawHttp, **headers: str) -> None:
+        ids.append(
+            (await connection.request("GET", "/v1/status", **headers)).json()["data"]["client_id"]
+        )
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(EACH_WAY):
+            nursery.start_soon(status, RawHttp(await unix()))
+            nursery.start_soon(partial(status, await tcp(), **auth))
+    assert sorted(ids) == sorted(f"c{n}" for n in range(1, 2 * EACH_WAY + 1))
+
+
+async def test_control_alone_numbers_the_clients_both_listeners_ask_for() -> None:
+    control = supervisor.Control()
+    numbers: list[int] = []
+
+    async def listener() -> None:
+        for _ in range(EACH_WAY):
+            numbers.append(await control.number_client())
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, control, Node("control", "supervisor"))
+        async with trio.open_nursery() as listeners:
+            listeners.start_soon(listener)
+            listeners.start_soon(listener)
+        nursery.cancel_scope.cancel()
+    assert sorted(numbers) == list(range(1, 2 * EACH_WAY + 1))
 
 
 def test_token_is_reused_and_a_wide_mode_tightened(tmp_path: Path) -> None:
