@@ -22,6 +22,7 @@ import trio
 from meshactors.actors import ChildStartFailed
 from meshactors.cli import service_cmd, settings
 from meshactors.cli.common import (
+    EXIT_BY_ERROR_CODE,
     EXIT_CRASH_LOOP,
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -36,7 +37,7 @@ from meshactors.cli.common import (
     report,
 )
 from meshactors.cli.mesh import membership_note
-from meshactors.client.errors import DeadlineExceeded
+from meshactors.client.errors import ConnectionLost, DeadlineExceeded
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
 from meshactors.control.supervisor import ActivationError, activated_socket
 from meshactors.daemon.broker_actor import parse_listen
@@ -399,8 +400,10 @@ def run_down(args: argparse.Namespace) -> int:
         with SyncClient.connect(paths.socket, timeout=DOWN_TIMEOUT) as client:
             client.call("shutdown")
     except (DaemonNotRunning, ClientError, OSError) as exc:
-        if running is None:
+        if running is None and isinstance(exc, DaemonNotRunning):
             return report(args, {"stopped": False}, "no daemon running")
+        if running is None:
+            _not_stopped(paths.socket, exc)
         # not told: it serves another socket, or none yet; or it did not answer (stopped, stuck)
         told = not isinstance(exc, DaemonNotRunning | DeadlineExceeded)
         if isinstance(exc, DeadlineExceeded):
@@ -416,6 +419,24 @@ def run_down(args: argparse.Namespace) -> int:
         if not _wait_exit(paths, pid, DOWN_TIMEOUT):
             fail(f"daemon (pid {pid}) did not stop after SIGTERM")
     return report(args, {"stopped": True}, "daemon stopped")
+
+
+def _not_stopped(socket: Path, exc: ClientError | OSError) -> NoReturn:
+    """End a `down` whose `shutdown` nothing carried out though `socket` was not free, while no
+    lock file names a live daemon to SIGTERM: say why, never "no daemon running"."""
+    if isinstance(exc, OSError):  # the request was never made (e.g. out of file descriptors)
+        fail(f"cannot ask {socket} to shut down: {exc.strerror or exc}; no daemon was stopped")
+    if isinstance(exc, DeadlineExceeded):
+        how = f"did not answer shutdown within {DOWN_TIMEOUT:g} s"
+    elif isinstance(exc, ConnectionLost):
+        how = "closed the connection without answering shutdown"
+    else:  # an error answer, or lines that are not frames
+        how = f"answered shutdown with {exc.code}: {exc.message}"
+    message = (
+        f"something on {socket} {how}, and no pid file or state lock names a daemon: "
+        "it was not stopped"
+    )
+    raise CommandFailed(exc.code, message, EXIT_BY_ERROR_CODE.get(exc.code, EXIT_FAILURE))
 
 
 def _wait_exit(paths: Paths, pid: int, timeout: float) -> bool:

@@ -1,6 +1,7 @@
 """A daemon that accepts connections but never answers (stopped by SIGSTOP, or stuck): the
 status commands say so within their short deadline, and `daemon down` goes straight to
-SIGTERM once its `shutdown` went unanswered. The CLI runs in-process, its deadlines lowered."""
+SIGTERM once its `shutdown` went unanswered, or, with no daemon's pid to signal, says that
+what listens was not stopped. The CLI runs in-process, its deadlines lowered."""
 
 from __future__ import annotations
 
@@ -8,18 +9,20 @@ import json
 import os
 import select
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
 import pytest
 
 from meshactors.cli import common, daemon_cmd, main
-from meshactors.cli.common import EXIT_FAILURE, EXIT_TIMEOUT
+from meshactors.cli.common import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_TIMEOUT
 from tests.support import Home, listening_unix_socket
 
 pytestmark = pytest.mark.e2e
 LOWERED_DEADLINE = 0.2  # seconds: the deadlines under test, lowered so the test waits little
 EXIT_WAIT = 30.0  # seconds a continued daemon may take to act on its pending SIGTERM
+ACCEPT_WAIT = 30.0  # seconds a server that hangs up waits for `daemon down` to connect
 
 
 def run_cli(*words: str) -> int:
@@ -94,3 +97,38 @@ def test_down_sends_sigterm_as_soon_as_shutdown_goes_unanswered(
     ]
     assert exited, "the continued daemon did not stop: it was sent no SIGTERM"
     assert in_home.daemon_pid() is None
+
+
+def test_down_says_what_listens_without_a_pid_file_was_not_stopped(
+    in_home: Home, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(daemon_cmd, "DOWN_TIMEOUT", LOWERED_DEADLINE)
+    with listening_unix_socket(in_home.socket):  # accepts, never answers; no pid file names it
+        status = run_cli("daemon", "down")
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        as_json = run_cli("daemon", "down", "--json")
+        error = json.loads(capsys.readouterr().out)["error"]
+    said = (
+        f"something on {in_home.socket} did not answer shutdown within {LOWERED_DEADLINE:g} s, "
+        "and no pid file or state lock names a daemon: it was not stopped"
+    )
+    assert status == as_json == EXIT_TIMEOUT
+    assert line == f"meshactors: {said}"
+    assert error == {"code": "deadline", "message": said}
+
+
+def test_down_says_what_hung_up_without_a_pid_file_was_not_stopped(
+    in_home: Home, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with listening_unix_socket(in_home.socket) as sock:
+        sock.settimeout(ACCEPT_WAIT)
+        hang_up = threading.Thread(target=lambda: sock.accept()[0].close())
+        hang_up.start()
+        status = run_cli("daemon", "down")
+        hang_up.join()
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert status == EXIT_NOT_RUNNING
+    assert line == (
+        f"meshactors: something on {in_home.socket} closed the connection without answering "
+        "shutdown, and no pid file or state lock names a daemon: it was not stopped"
+    )
