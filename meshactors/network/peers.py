@@ -84,7 +84,7 @@ MAX_PEERS = 1024  # peers tracked per network (the broker admits 256 by default)
 # past it, or when the table is full, the one seen longest ago (its last hello; after a
 # restart, first seen longest ago) that is not present is forgotten
 MAX_STRANGERS = 256
-# devices present at the broker that never opened a frame to us, kept per network: past it, or
+# devices present at the broker that never said hello to us, kept per network: past it, or
 # when the table is full, the one that joined longest ago is let go (a broker can make up joins)
 MAX_SILENT_PEERS = 256
 # status events (peer_sighted, peer_pending, ...) told of one peer at once; past them, one more
@@ -93,7 +93,7 @@ MAX_SILENT_PEERS = 256
 # latest status once its turn comes (a session and one reconnection fit in the burst)
 STATUS_EVENT_BURST = 6
 STATUS_EVENT_INTERVAL = 5.0
-# status events of silent devices (announced by the broker, no frame of theirs opened) told at
+# status events of silent devices (announced by the broker, no hello of theirs opened) told at
 # once, all of them together, per network; past them, one every STATUS_EVENT_INTERVAL: a broker
 # can make up joins and leaves of new ids, each a fresh table entry with no pace of its own
 SILENT_EVENT_BURST = 16
@@ -242,8 +242,8 @@ class Peers:
     # device ids of the roster's pending entries, the stranger seen longest ago first (moved to
     # the end by each hello; a load orders them by first seen)
     _strangers: dict[str, None] = attrs.field(factory=dict)
-    # device ids of the peers with no roster entry present at the broker that never opened a
-    # frame, or said Bye since (it leaves the table when it leaves the broker), the one counted
+    # device ids of the peers with no roster entry present at the broker that never said
+    # hello, or said Bye since (it leaves the table when it leaves the broker), the one counted
     # longest ago first: let go first when the table is full
     _silent: dict[str, None] = attrs.field(factory=dict)
     # the pace of status events about silent devices, all of them together
@@ -725,7 +725,7 @@ class Peers:
         return True
 
     def _keep_silent(self, device_id: str) -> None:
-        """Count a device present that never opened a frame among the silent, newest last,
+        """Count a device present that never said hello among the silent, newest last,
         letting the oldest go past MAX_SILENT_PEERS. One counted already keeps its place: it
         could otherwise be the oldest let go, then counted again with no table entry."""
         if device_id in self._silent:
@@ -760,7 +760,7 @@ class Peers:
         self._active.discard(peer.device_id)
 
     async def _on_join(self, device_id: str, role: str) -> None:
-        """A device the broker says is present: silent until a frame of its own opens (every
+        """A device the broker says is present: silent until a hello of its own opens (every
         roster entry has its place in the table, so a device not there has none)."""
         silent = device_id not in self._peers
         peer = self._peer(device_id)
@@ -795,8 +795,8 @@ class Peers:
             self._drop_peer(peer)
 
     async def _on_record(self, public_key: bytes, sealed: bytes) -> None:
-        """Open and decode one record. A sender the table does not hold enters it only once its
-        frame did both, so a broker's junk from made-up keys makes no entry."""
+        """Open and decode one record. Until a sender said hello only a hello is heard from it:
+        a frame that fails, or any other before a hello (`before_hello`), is dropped unheard."""
         peer = self._by_key.get(public_key)
         if peer is not None:
             device_id, crypto = peer.device_id, peer.crypto
@@ -812,12 +812,16 @@ class Peers:
         try:
             frame: Frame | IncompatiblePeer = decode_frame(crypto.open(sealed))
         except (FrameRejected, BadPeerFrame) as bad:
-            if peer is None:  # no entry made: its opener waits in memory, as a let-go peer's
-                self.replay_memory.keep(device_id, crypto.opener)
+            self._unheard(peer, device_id, crypto)
             self._reject(peer, bad.reason)
             return
         except IncompatiblePeer as skew:
             frame = skew
+        said_hello = peer is not None and peer.hello is not None
+        if not (said_hello or isinstance(frame, Hello | IncompatiblePeer)):
+            self._unheard(peer, device_id, crypto)
+            self._drop(peer, "before_hello")
+            return
         if peer is None and (peer := self._peer(device_id, crypto)) is None:
             return  # a table full of others
         self._silent.pop(device_id, None)  # it speaks: not let go for a silent one
@@ -831,10 +835,19 @@ class Peers:
         peer.present = True
         await self._on_frame(peer, frame)
 
-    def _drop(self, peer: PeerState, reason: str) -> None:
-        """Count a frame we dropped, per peer and per network."""
-        peer.dropped[reason] += 1
+    def _unheard(self, peer: PeerState | None, device_id: str, crypto: PeerCrypto) -> None:
+        """A frame from `device_id` was dropped unheard: a sender the table does not hold gets
+        no entry (a broker's junk from made-up keys makes none; its opener waits in memory, as a
+        let-go peer's), and one it holds keeps its state (a silent one is still let go first)."""
+        if peer is None:
+            self.replay_memory.keep(device_id, crypto.opener)
+
+    def _drop(self, peer: PeerState | None, reason: str) -> None:
+        """Count a frame we dropped, per network and per peer (None: one the table does not
+        hold)."""
         self.dropped[reason] += 1
+        if peer is not None:
+            peer.dropped[reason] += 1
 
     def _reject(self, peer: PeerState | None, reason: str) -> None:
         """Count a bad frame (it failed to open or to decode: no handler saw it) as dropped and
@@ -842,10 +855,9 @@ class Peers:
         REJECT_EVENT_INTERVAL per peer; one from a sender the table does not hold (None) is
         counted per network only."""
         self.rejected_frames += 1
-        if peer is None:
-            self.dropped[reason] += 1
-            return
         self._drop(peer, reason)
+        if peer is None:
+            return
         report = peer.rejected.count(reason, trio.current_time())
         if report is not None:
             self._publish("peer_frame_rejected", peer, **report)
@@ -853,9 +865,6 @@ class Peers:
     async def _on_frame(self, peer: PeerState, frame: Frame) -> None:
         if isinstance(frame, Hello):
             await self._on_hello(peer, frame)
-            return
-        if peer.hello is None:
-            self._drop(peer, "before_hello")
             return
         match frame:
             case Approval(state=state):

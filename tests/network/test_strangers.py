@@ -1,7 +1,7 @@
 """Strangers (devices seen in an open network, never approved or denied) cannot keep anyone
 else out of the peer table or the roster: past MAX_STRANGERS, or when the table is full, the
 stranger seen longest ago that is not present is forgotten, and approved or denied devices never
-are; nor can silent devices (present at the broker, never a frame), let go first. The limits
+are; nor can silent devices (present at the broker, never a hello), let go first. The limits
 are made small here; the strangers are hand-made peers at a real broker."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from meshactors.store.actor import StoreActor
 from meshactors.wire.broker import PresenceJoin, PresenceLeave
 from meshactors.wire.device_id import device_id_from_public_key
 from meshactors.wire.ipc import ErrorCode, OpError
-from meshactors.wire.peer import Bye, Frame, encode_frame
+from meshactors.wire.peer import Bye, Frame, Ping, encode_frame
 from tests.network.appclient import network_children
 from tests.network.conftest import NET, Daemon, Mesh, OpFailed, approve_both
 from tests.network.rawpeer import RawPeer, pending_hello
@@ -167,7 +167,7 @@ async def test_a_full_table_makes_room_for_an_approval_or_says_it_is_full(
 async def test_devices_present_that_never_speak_leave_room_for_one_that_does(
     mesh: Mesh, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Devices the broker says joined but that never open a frame (as a hostile broker may
+    """Devices the broker says joined but that never say hello (as a hostile broker may
     make up) hold at most MAX_SILENT_PEERS places, and a device that speaks takes the place of
     the one present longest: a table full of them never keeps a real peer out."""
     monkeypatch.setattr(peers_module, "MAX_PEERS", 3)
@@ -188,6 +188,30 @@ async def test_devices_present_that_never_speak_leave_room_for_one_that_does(
         assert await a.peer(silent[2].device_id) is None  # the one present longest went
         assert await a.peer(silent[3].device_id) is not None
         assert (await _dropped(a))["silent_forgotten"] == 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_frame_before_hello_keeps_a_silent_device_silent(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A silent device that sends anything but hello has its frame dropped (`before_hello`)
+    as unheard: it is still let go first, so junk buys it no place past MAX_SILENT_PEERS."""
+    monkeypatch.setattr(peers_module, "MAX_SILENT_PEERS", 2, raising=False)
+    a = await mesh.daemon("a")
+    await a.join(mesh.url)
+    talker, *others = [RawPeer(NET) for _ in range(3)]
+    async with trio.open_nursery() as nursery:
+        await talker.join(mesh.url, nursery)
+        await a.wait_event("peer_sighted", device_id=talker.device_id)
+        await talker.send_frame(a.device_id, Ping(1))
+        await talker.send_raw(a.device_id, b"junk")  # told as rejected: the ping came before
+        await a.wait_event("peer_frame_rejected", device_id=talker.device_id)
+        assert (await _dropped(a))["before_hello"] == 1
+        for raw in others:  # past MAX_SILENT_PEERS: the oldest silent one, the talker, goes
+            await raw.join(mesh.url, nursery)
+            await a.wait_event("peer_sighted", device_id=raw.device_id)
+        assert await a.peer(talker.device_id) is None
+        assert (await _dropped(a))["silent_forgotten"] == 1
         nursery.cancel_scope.cancel()
 
 
@@ -219,7 +243,7 @@ MODEL_PEERS, MODEL_STRANGERS, MODEL_SILENT = 5, 2, 2  # the limits the generated
 
 steps = st.lists(
     st.tuples(
-        st.sampled_from(["join", "hello", "bye", "leave", "approve", "deny", "remove"]),
+        st.sampled_from(["join", "hello", "ping", "bye", "leave", "approve", "deny", "remove"]),
         st.integers(0, STRANGER_KEYS - 1),
     ),
     max_size=40,
@@ -255,6 +279,8 @@ class _TableRun:
             if self.table().get(device_id, {}).get("status") in ("pending", "denied", "active"):
                 await self.say(index, Bye("leaving"))
                 self.kept.discard(index)
+        elif action == "ping":  # to anyone, hello said or not: before it, dropped unheard
+            await self.say(index, Ping(index))
         elif action == "leave":
             await self.peers.on_link_event(PresenceLeave(device_id))
             self.present.discard(index)
@@ -298,7 +324,7 @@ class _TableRun:
         return {row["device_id"]: row["state"] for row in self.peers.list_roster()}
 
     def silent(self) -> set[str]:
-        """The devices in the table only as present at the broker, no entry: never a frame
+        """The devices in the table only as present at the broker, no entry: never a hello
         (sighted) or a Bye (offline) since they joined."""
         roster = self.roster()
         return {
@@ -417,6 +443,9 @@ async def test_a_device_that_says_bye_and_leaves_holds_no_place(
         *[("join", 4), ("hello", 0), ("hello", 1), ("hello", 3), ("hello", 5)],
         *[("approve", 4), ("remove", 4), ("hello", 2)],
     ]
+)
+@example(  # a frame before hello: still silent, let go first, and a leaver gets no place
+    [("join", 0), ("ping", 0), ("join", 1), ("join", 2), ("leave", 2), ("ping", 2)]
 )
 @example(  # a silent device removed, never approved: still silent, not counted twice
     [("join", 1), ("join", 3), ("remove", 1), ("join", 0), ("join", 2)]
