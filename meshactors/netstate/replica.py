@@ -34,7 +34,7 @@ from meshactors.netstate.frames import (
     WireEntry,
     pages,
 )
-from meshactors.netstate.hlc import ZERO, HybridClock
+from meshactors.netstate.hlc import ZERO, HybridClock, Stamp
 from meshactors.netstate.statemap import (
     MAX_KEYS,
     MAX_STATE_BYTES,
@@ -203,6 +203,7 @@ class StateReplica:
         for entry in entries:
             self.map.merge(entry)
             self.clock.observe(entry.stamp)
+        self._warn_if_ahead(entries)
         self._queue_prune()  # ahead of any write made after start
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sync_loop)
@@ -253,6 +254,36 @@ class StateReplica:
         except trio.WouldBlock:
             raise OpError(ErrorCode.UNAVAILABLE, "the state map is busy; retry") from None
         return done
+
+    def _warn_if_ahead(self, loaded: list[Entry]) -> None:
+        """Warn and count (`loaded_ahead`) the loaded entries stamped more than MAX_AHEAD_MS
+        past this machine's clock: the clock starts from them, so our writes are refused
+        until it catches up (`_stamped`), which an operator should hear of at start."""
+        now = wall_ms()
+        ahead = [entry for entry in loaded if entry.stamp.wall - now > MAX_AHEAD_MS]
+        if ahead:
+            self.counters["loaded_ahead"] += len(ahead)
+            log.warning(
+                "state clock ahead: our writes are refused",
+                network=self.network,
+                entries=len(ahead),
+                reason=self._clock_ahead(self.clock.last, now).message,
+            )
+
+    def _clock_ahead(self, stamp: Stamp, now: int) -> OpError:
+        """The refusal of a write our clock would stamp `stamp`, more than MAX_AHEAD_MS past
+        this machine's clock (`now`): every peer would drop it (`future_stamp`)."""
+        ahead, limit = _hours(stamp.wall - now), _hours(MAX_AHEAD_MS)
+        return OpError(
+            ErrorCode.CONFLICT,
+            f"{self.network}'s state clock is {ahead} h ahead of this machine's clock (the "
+            f"map holds a write stamped that far ahead: made while this clock ran ahead, or "
+            f"the clock was set back since), and peers drop writes stamped more than {limit} h "
+            f"ahead of theirs; set this machine's clock right if it is wrong, else writes are "
+            f"taken again in {_hours(stamp.wall - now - MAX_AHEAD_MS)} h, or at once after "
+            f"`meshactors network remove {self.network} --purge` and joining again (which "
+            f"forgets this copy of the map, and the network's roster and messages here)",
+        )
 
     def _full(self) -> OpError:
         """The refusal of a write that would take the map past its limits."""
@@ -377,14 +408,13 @@ class StateReplica:
 
     def _stamped(self, write: _OwnWrite, now: int) -> Entry | None:
         """Our write stamped by the clock at `now`, after the entry it replaces; None when it
-        is refused (its op told): the clock at the end of its range (a stamp saved before
-        checks, `conflict`), or a map it would take past the limits (`state_full`)."""
+        is refused (its op told): a stamp more than MAX_AHEAD_MS past `now`, which every peer
+        would drop (the clock started from a saved stamp that far ahead, up to the end of its
+        range: `conflict`), or a map it would take past the limits (`state_full`)."""
         old = self.map.get(write.unstamped.key)
         stamp = self.clock.tick(now, old.stamp if old else ZERO)
-        if not stamp.valid():
-            write.done.fail(
-                OpError(ErrorCode.CONFLICT, f"{self.network}'s state clock is out of range")
-            )
+        if stamp.wall - now > MAX_AHEAD_MS:  # (every stamp out of range is)
+            write.done.fail(self._clock_ahead(stamp, now))
             return None
         if not self.map.fits(write.unstamped):
             write.done.fail(self._full())
@@ -623,6 +653,11 @@ def _prunes_first(item: _Work) -> bool:
     return isinstance(item, _Prune | _SendSummary) or (
         isinstance(item, _FromPeer) and isinstance(item.frame, StateSummary)
     )
+
+
+def _hours(ms: int) -> str:
+    """Milliseconds as hours, to a tenth."""
+    return f"{ms / 3_600_000:,.1f}"
 
 
 def _checked(check: Callable[[str], object], text: str) -> None:

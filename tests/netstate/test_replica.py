@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 import pytest
+import structlog
 import trio
 import trio.testing
 from nacl.signing import SigningKey
@@ -51,6 +52,7 @@ from meshactors.wire.ipc import ErrorCode, OpError
 from tests.network.peerstandin import RecordingPeers
 
 NET = "net"
+HOUR_MS = 3_600_000
 WAIT = 10.0  # seconds any awaited condition may take before the test fails
 
 
@@ -158,6 +160,34 @@ async def test_a_write_refused_by_a_clock_at_the_end_of_its_range_is_a_conflict(
         assert refused.value.code is ErrorCode.CONFLICT
         assert replica.map.get("k") == last
         assert (announced.events, _put_values(peers, "k")) == ([], [])
+
+
+async def test_a_clock_started_from_a_saved_stamp_far_ahead_refuses_our_writes(
+    tmp_path: Path,
+) -> None:
+    """A row saved while this machine's clock ran 48 h ahead: the clock starts from it, so
+    every write of ours would be stamped ahead of what peers take; the start warns and
+    counts it, and a write is refused `conflict` saying how far ahead, changing nothing."""
+    ahead = Entry.write("skew", "from the future", Stamp(wall_ms() + 48 * HOUR_MS, 0), ME)
+    with structlog.testing.capture_logs() as logs:
+        async with running_replica(tmp_path, [ahead]) as (replica, peers, announced):
+            with pytest.raises(OpError) as refused, trio.fail_after(WAIT):
+                await replica.write("later", "mine", deleted=False).wait()
+            assert replica.counters["loaded_ahead"] == 1
+            assert replica.map.get("later") is None
+            assert (announced.events, peers.of(StatePut)) == ([], [])
+    assert refused.value.code is ErrorCode.CONFLICT
+    assert "state clock is 48.0 h ahead of this machine's clock" in refused.value.message
+    assert "taken again in 24.0 h" in refused.value.message
+    (warned,) = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert (warned["network"], warned["entries"]) == (NET, 1)
+    (tmp_path / "within").mkdir()
+    within = Entry.write("skew", "ahead", Stamp(wall_ms() + 23 * HOUR_MS, 0), ME)
+    async with running_replica(tmp_path / "within", [within]) as (replica, peers, _):
+        with trio.fail_after(WAIT):  # 23 h ahead: peers take it, and so ours after it
+            answer = await replica.write("later", "mine", deleted=False).wait()
+        assert answer["version"] > within.version
+        assert replica.counters["loaded_ahead"] == 0
 
 
 async def test_a_write_of_ours_beating_an_older_one_in_its_batch_is_kept_and_sent(
