@@ -354,6 +354,7 @@ class StateReplica:
         # Only this task changes the map, and it serves peers' pulls only after the save: a
         # write of ours is in the map from here until its save is known (reads by ops meanwhile
         # see it), and a peer never gets one whose save failed.
+        batch = [item for item in batch if not self._unasked(item)]
         now = wall_ms()
         horizon = now - TOMBSTONE_TTL_MS  # tombstones stamped before it have expired
         expired = 0
@@ -452,6 +453,19 @@ class StateReplica:
         self.counters["merged"] += len(changed)
         return list(changed.values())
 
+    def _unasked(self, item: _Work) -> bool:
+        """Whether `item` is a page that answers no pull we have open with its sender (the
+        pull id and the sender must match), counted `stale_page` and dropped whole: a page
+        carries others' writes, so only a peer we pull from may bring them (checked against
+        the pulls open as the batch begins; one the batch's work ends later was asked)."""
+        if not isinstance(item, _FromPeer) or not isinstance(item.frame, StatePage):
+            return False
+        current = self._pulls.get(item.sender)
+        if current is not None and current.id == item.frame.pull:
+            return False
+        self.dropped["stale_page"] += 1
+        return True
+
     def _received_entries(self, batch: list[_Work], now: int) -> list[Entry]:
         """The entries of received puts and pages from authors that may write them, stamped
         no more than MAX_AHEAD_MS past our clock at `now` (the refused ones counted): a stamp
@@ -516,11 +530,11 @@ class StateReplica:
             case StatePull():
                 await self._serve(sender, frame)
             case StatePage(pull=pull, entries=entries, more=more):
-                self.counters["pages_pulled"] += 1
+                self.counters["pages_pulled"] += 1  # (asked: `_unasked` dropped the others)
                 current = self._pulls.get(sender)
                 if current is None or current.id != pull:
-                    self.dropped["stale_page"] += 1
-                elif more and entries:
+                    return  # its pull ended earlier in this batch (a new summary, a leave)
+                if more and entries:
                     await self._send_to(sender, StatePull(pull, current.buckets, entries[-1].key))
                 else:
                     del self._pulls[sender]

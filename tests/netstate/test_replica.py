@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import pytest
 import structlog
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from meshactors.actors import ChildSpec, Node, Supervisor, run_root
@@ -24,6 +27,7 @@ from meshactors.netstate.entry import BUCKETS, Entry
 from meshactors.netstate.frames import (
     MAX_PAGE_BYTES,
     MAX_PAGE_ENTRIES,
+    MAX_PULL_ID,
     StatePage,
     StatePull,
     StatePut,
@@ -247,6 +251,56 @@ async def test_a_catch_up_whose_entries_were_refused_for_now_is_pulled_again(
             assert await _catch_up(peers, theirs)
             assert (len(replica.map), replica.dropped["future_stamp"]) == (0, n)
         assert replica.counters["pulls_skipped"] == 0
+
+
+unasked_pages = st.lists(
+    st.tuples(
+        st.sampled_from([PEER, OTHER_PEER]),  # the sender: the one pulled from, or another
+        st.integers(0, MAX_PULL_ID - 1),  # the pull id
+        st.sampled_from([ME, PEER, OTHER_PEER]),  # whom its entry credits
+        st.booleans(),  # more
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@given(unasked_pages)
+@settings(max_examples=25, deadline=None)
+def test_generated_pages_of_no_pull_open_with_their_sender_merge_nothing(
+    pages: list[tuple[str, int, str, bool]],
+) -> None:
+    """Pages whose sender and pull id are not those of the pull open (with PEER) are dropped
+    whole and counted `stale_page`, whoever their entries credit; then the page that answers
+    it is merged."""
+    trio.run(_unasked_pages_merge_nothing, pages)
+
+
+async def _unasked_pages_merge_nothing(pages: list[tuple[str, int, str, bool]]) -> None:
+    theirs = StateMap()
+    theirs.merge(Entry.write("asked", 1, Stamp(wall_ms(), 0), PEER))
+    page = StatePage.tag
+    with tempfile.TemporaryDirectory() as home:
+        async with running_replica(Path(home)) as (replica, peers, announced):
+            peers.active.append(OTHER_PEER)
+            peers.handlers[StateSummary.tag](PEER, StateSummary(theirs.summary()))
+            with trio.fail_after(WAIT):
+                await peers.wait_sent(StatePull, 1)
+            (opened,) = peers.of(StatePull)
+            for n, (sender, pull, by, more) in enumerate(pages):
+                if (sender, pull) == (PEER, opened.pull):  # that one is asked: another id
+                    pull = (pull + 1) % MAX_PULL_ID
+                forged = WireEntry(f"forged{n}", n, False, wall_ms(), 0, by)
+                peers.handlers[page](sender, StatePage(pull, [forged], more))
+            found, _ = theirs.page(opened.buckets, None, MAX_PAGE_ENTRIES, MAX_PAGE_BYTES)
+            asked = StatePage(opened.pull, [WireEntry.of(entry) for entry in found], False)
+            peers.handlers[page](PEER, asked)
+            with trio.fail_after(WAIT):
+                await _worked(peers)
+            assert [entry.key for entry in replica.map.live("", None, 10)] == ["asked"]
+            assert [event["key"] for event in announced.events] == ["asked"]
+            assert replica.dropped["stale_page"] == len(pages)
+            assert replica.figures()["pulls"] == 0  # the asked page ended the catch-up
 
 
 async def test_a_peer_repeating_pulls_is_answered_at_its_pace_and_the_rest_dropped(

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import trio
 
+from meshactors.clock import wall_ms
 from meshactors.netstate import replica
 from meshactors.netstate.entry import BUCKETS, Entry
 from meshactors.netstate.frames import StatePage, StatePull, StatePut, StateSummary, WireEntry
@@ -79,6 +80,29 @@ async def test_bad_writes_from_a_peer_are_dropped_and_counted(
     }
     mine = await b.call("state_set", network=NET, key="mine", value=1)  # our clock is fine
     assert int(mine["version"].split(".")[0]) < 2**53 - 1
+
+
+async def test_a_page_nobody_asked_for_is_dropped_whole_whoever_its_entries_credit(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    """A page is taken only as the answer to a pull we sent its sender: an approved peer that
+    pushes one unasked, its entries credited to another device (which a put could not do),
+    or to b itself, or to the peer, stamped ahead to beat honest writes, has nothing merged."""
+    b, raw = await approved_raw_peer(mesh, nursery)
+    await b.call("state_set", network=NET, key="shared", value="honest")
+    ahead = wall_ms() + 23 * 3600 * 1000  # within what b takes from a peer
+    credited = (RawPeer(NET).device_id, b.device_id, raw.device_id)
+    forged = [WireEntry("shared", "forged", False, ahead, 0, by) for by in credited]
+    for pull, entry in enumerate(forged):
+        await raw.send_frame(b.device_id, StatePage(pull, [entry], more=False))
+    good = WireEntry("fine", 1, False, 5, 0, raw.device_id)
+    await raw.send_frame(b.device_id, StatePut([good]))  # worked after the pages
+    await b.wait_event("state_changed", key="fine")
+    got = await b.call("state_get", network=NET, key="shared")
+    assert (got["value"], got["by"]) == ("honest", b.device_id)
+    figures = state_figures(await b.call("inspect"))
+    assert figures["dropped"] == {"stale_page": len(forged)}
+    assert figures["keys"] == 2
 
 
 async def test_a_peer_pulls_the_map_in_pages_of_its_buckets(
