@@ -19,7 +19,7 @@ from meshactors.cli.common import (
     told_lagged,
     words_after_network,
 )
-from meshactors.client import ClientError
+from meshactors.client import ClientError, SyncClient
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -106,6 +106,7 @@ def run_watch(args: argparse.Namespace) -> int:
     with connect(args) as client:
         try:
             client.call("events_subscribe")
+            _check_network(client, args.network)
             for event in client.events():
                 if told_lagged(event, "events (`state list` shows the map now)"):
                     continue
@@ -122,3 +123,13 @@ def run_watch(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def _check_network(client: SyncClient, network: str) -> None:
+    """Exit as the other state commands do (6, `no_such_network`) when `network` is not
+    joined, rather than wait for its changes for ever: asked with a one-key `state_list`
+    after subscribing, so no change made once it answers goes unseen."""
+    try:
+        client.call("state_list", network=network, limit=1)
+    except ClientError as exc:
+        fail_with(exc, "state watch failed: ")

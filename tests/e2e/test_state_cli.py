@@ -1,6 +1,6 @@
 """`meshactors state get|set|delete|list|watch` against a real daemon process: text and
---json output, and the exit codes of a missing key and a refused one; `watch` against a
-stand-in that tells it of a lag."""
+--json output, and the exit codes of a missing key, a refused one and a network not joined;
+`watch` against a stand-in that tells it of a lag."""
 
 from __future__ import annotations
 
@@ -75,6 +75,19 @@ def test_watch_prints_each_change_as_a_json_line(home: Home, me: str) -> None:
     finally:
         watch.terminate()
         watch.communicate(timeout=DEADLINE)
+
+
+def test_watch_of_a_network_not_joined_exits_6_as_list_does(home: Home, me: str) -> None:
+    """A typo in the network is refused at once, as by the other state commands, rather
+    than waited on for ever."""
+    listed = home.cli("state", "list", "nonet", check=False)
+    watched = home.cli("state", "watch", "nonet", check=False, timeout=DEADLINE)
+    assert watched.returncode == listed.returncode == 6
+    assert listed.stderr.startswith("meshactors: state_list failed: no_such_network: ")
+    assert watched.stderr == listed.stderr.replace("state_list", "state watch")
+    as_json = home.cli("state", "watch", "nonet", "--json", check=False, timeout=DEADLINE)
+    assert as_json.returncode == 6
+    assert json.loads(as_json.stdout)["error"]["code"] == "no_such_network"
 
 
 async def test_watch_says_on_stderr_how_many_events_the_daemon_skipped(home: Home) -> None:
