@@ -50,6 +50,9 @@ RELEASE_TIMEOUT = 5.0  # seconds an unsubscribe, a stream cancel or a served str
 # (after its handler returned) may take on the way out
 RELIST_RETRY_FIRST = 0.5  # seconds before `state()` lists the map again after a re-list's deadline
 RELIST_RETRY_MAX = 8.0  # the bound of that backoff (doubling from the first)
+RESTORE_RETRY_FIRST = 0.5  # seconds before a claim or subscription the daemon ended is put back
+# again after a try that failed for a reason that may pass (the connection staying up)
+RESTORE_RETRY_MAX = 8.0  # the bound of that backoff (doubling from the first)
 
 BinaryHandler = Callable[[BinaryStream], Awaitable[None]]
 
@@ -198,6 +201,8 @@ class MeshClient(Ops):
         self._serving = Serving(self)
         self._streams = StreamTable()
         self._binary_handlers: dict[tuple[str, str], BinaryHandler] = {}
+        # the wants a `_restore` runs for → whether the daemon ended it again since its last try
+        self._restoring: dict[Want, bool] = {}
         self._networks_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self._exit_stack = contextlib.AsyncExitStack()
@@ -310,30 +315,53 @@ class MeshClient(Ops):
 
     def _restore_soon(self, want: Want) -> None:
         """The daemon ended a claim or subscription we still want (a restart, a removed
-        network): put it back at once, without waiting for a reconnect."""
-        if self._nursery is not None:
-            self._link.lost(want)
+        network): put it back at once, without waiting for a reconnect. One restore runs per
+        want: an end while it runs has it put the want back once more."""
+        if self._nursery is None:
+            return
+        self._link.lost(want)
+        running = want in self._restoring
+        self._restoring[want] = running
+        if not running:
             self._nursery.start_soon(self._restore, want)
 
     async def _restore(self, want: Want) -> None:
-        """Put back what `_restore_soon` was given; tell the program by a client event either
-        way: `client_reclaimed` or `client_resubscribed` (want.kind.restored), or
-        `client_replay_failed` when it failed (`_replay_failed`: a sure refusal, e.g. the
-        network was removed, ends a channel's readers; the rest of a channel's failures is
-        left to the next reconnect's replay), and a claim that failed is given up, its method
-        no longer served. Neither when the program let it go before its turn came, or the
-        client closed meanwhile (readers end as at any close)."""
+        """Put back what `_restore_soon` was given; tell the program by a client event:
+        `client_reclaimed` or `client_resubscribed` (want.kind.restored) once it is back, and
+        `client_replay_failed` for each try that failed (`_replay_failed`). A sure refusal
+        (`refusal`: e.g. the network was removed) ends a channel's readers and gives a claim
+        up, its method no longer served. A failure that may pass (UNSURE_CODES: the daemon's
+        `timeout` or `unavailable`, our deadline) gives nothing up: it is tried again after a
+        doubling backoff (RESTORE_RETRY_FIRST to RESTORE_RETRY_MAX) while its last try failed
+        on the connection still current (`DaemonLink.may_retry`); once that one is lost, the
+        next connection's replay puts it back instead. Nothing is told when the program let it
+        go before its turn came, or the client closed (readers end as at any close)."""
+        delay = RESTORE_RETRY_FIRST
         try:
-            restored = await self._link.ensure(want, self.call_timeout, restoring=True)
-        except ClientClosed:
-            return
-        except ClientError as error:
-            if want.kind is WantKind.CLAIM:
-                await self._unclaim_after(want, error)
-            self._replay_failed(want, error)
-        else:
-            if restored:
-                self._route({"kind": want.kind.restored} | want.params())
+            while True:
+                self._restoring[want] = False
+                try:
+                    restored = await self._link.ensure(want, self.call_timeout, restoring=True)
+                except ClientClosed:
+                    return
+                except ClientError as error:
+                    if want.kind is WantKind.CLAIM and refusal(error):
+                        await self._unclaim_after(want, error)
+                    self._replay_failed(want, error)
+                    if not self._link.may_retry(want):
+                        return
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, RESTORE_RETRY_MAX)
+                    if not self._link.may_retry(want):  # lost meanwhile: the replay took over
+                        return
+                    continue
+                if restored and self._restoring[want]:
+                    continue  # the daemon ended it again after it was put back: once more
+                if restored:
+                    self._route({"kind": want.kind.restored} | want.params())
+                return
+        finally:
+            del self._restoring[want]
 
     def _drop_claim(self, want: Want) -> None:
         """Forget a claim the daemon took away: its handler goes, and it is never replayed."""

@@ -95,6 +95,9 @@ class _Live:
     # asked of it and not released since, unless refused: one given up (a deadline, a cancel)
     # or failed `timeout`/`unavailable` may still be carried out (UNSURE_CODES)
     asked: set[Want] = attrs.field(factory=set)
+    # asked of it, and the last ask not answered for sure (UNSURE_CODES, a deadline, a cancel):
+    # not in place, and asking it again there may yet put it in place
+    unsure: set[Want] = attrs.field(factory=set)
 
 
 @attrs.define(eq=False)
@@ -209,12 +212,27 @@ class DaemonLink:
         if self._current is not None:
             self._current.applied.discard(want)
             self._current.asked.discard(want)
+            self._current.unsure.discard(want)
 
     def lost(self, want: Want) -> None:
         """The daemon ended an entry the client still wants (a restart): the next `ensure` or
         replay puts it in place again."""
         if self._current is not None:
             self._current.applied.discard(want)
+
+    def may_retry(self, want: Want) -> bool:
+        """Whether the last try to put `want` in place failed on the current connection, still
+        up, for a reason that may pass (`_Live.unsure`), with the client open and the entry
+        still wanted: trying again there may put it in place. Once that connection is lost,
+        the next one's replay puts it in place instead."""
+        live = self._current
+        return (
+            not self._closed
+            and live is not None
+            and not live.conn.closed.is_set()
+            and want in live.unsure
+            and self.desired.wants(want)
+        )
 
     async def _live(self) -> _Live:
         while True:
@@ -238,6 +256,7 @@ class DaemonLink:
             return
         live.asked.discard(want)
         live.applied.discard(want)
+        live.unsure.discard(want)
         with contextlib.suppress(ConnectionLost):  # the daemon released it with the connection
             await live.conn.call(want.kind.release_op, want.params(), timeout)
 
@@ -246,6 +265,7 @@ class DaemonLink:
             return
         live.applied.add(want)
         live.asked.add(want)
+        live.unsure.discard(want)
         params = self.desired.apply_params(want, restoring=restoring)
         try:
             await live.conn.call(want.kind.apply_op, params, timeout)
@@ -253,6 +273,8 @@ class DaemonLink:
             live.applied.discard(want)
             if isinstance(error, ClientError) and error.code not in UNSURE_CODES:
                 live.asked.discard(want)  # refused: nothing to undo
+            else:
+                live.unsure.add(want)
             raise
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
