@@ -193,7 +193,12 @@ class MeshClient(Ops):
         self.socket = Path(socket) if socket is not None else resolve_paths().socket
         self.call_timeout = call_timeout
         self._link = DaemonLink(
-            self.socket, connect_timeout, self._route, self._connection_lost, self._replay_failed
+            self.socket,
+            connect_timeout,
+            self._route,
+            self._connection_lost,
+            self._replay_failed,
+            self._restore_soon,
         )
         self._link.desired.last_event_id = events_since
         self._events: Broadcast[dict[str, Any]] = Broadcast()
@@ -201,7 +206,8 @@ class MeshClient(Ops):
         self._serving = Serving(self)
         self._streams = StreamTable()
         self._binary_handlers: dict[tuple[str, str], BinaryHandler] = {}
-        # the wants a `_restore` runs for → whether the daemon ended it again since its last try
+        # the wants a `_restore` runs for → whether one was found not in place again since its
+        # last try (the daemon ended it, or a reconnect's replay failed it for now)
         self._restoring: dict[Want, bool] = {}
         self._networks_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
@@ -315,8 +321,9 @@ class MeshClient(Ops):
 
     def _restore_soon(self, want: Want) -> None:
         """The daemon ended a claim or subscription we still want (a restart, a removed
-        network): put it back at once, without waiting for a reconnect. One restore runs per
-        want: an end while it runs has it put the want back once more."""
+        network), or a reconnect's replay failed it for a reason that may pass: put it back on
+        the current connection, without waiting for another reconnect. One restore runs per
+        want: either cause, while it runs, has it put the want back once more."""
         if self._nursery is None:
             return
         self._link.lost(want)
@@ -332,13 +339,19 @@ class MeshClient(Ops):
         (`refusal`: e.g. the network was removed) ends a channel's readers and gives a claim
         up, its method no longer served. A failure that may pass (UNSURE_CODES: the daemon's
         `timeout` or `unavailable`, our deadline) gives nothing up: it is tried again after a
-        doubling backoff (RESTORE_RETRY_FIRST to RESTORE_RETRY_MAX) while its last try failed
-        on the connection still current (`DaemonLink.may_retry`); once that one is lost, the
-        next connection's replay puts it back instead. Nothing is told when the program let it
-        go before its turn came, or the client closed (readers end as at any close)."""
+        doubling backoff (RESTORE_RETRY_FIRST to RESTORE_RETRY_MAX) while its last try (this
+        restore's, or the replay's that handed it over) failed on the connection still current
+        (`DaemonLink.may_retry`); once that one is lost, the next connection's replay puts it
+        back instead. Nothing is told when the program let it go before its turn came, or the
+        client closed (readers end as at any close)."""
         delay = RESTORE_RETRY_FIRST
         try:
             while True:
+                if self._link.may_retry(want):  # its last try here failed for now: back off
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, RESTORE_RETRY_MAX)
+                    if not self._link.may_retry(want):  # lost meanwhile: the replay took over
+                        return
                 self._restoring[want] = False
                 try:
                     restored = await self._link.ensure(want, self.call_timeout, restoring=True)
@@ -350,13 +363,9 @@ class MeshClient(Ops):
                     self._replay_failed(want, error)
                     if not self._link.may_retry(want):
                         return
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, RESTORE_RETRY_MAX)
-                    if not self._link.may_retry(want):  # lost meanwhile: the replay took over
-                        return
                     continue
                 if restored and self._restoring[want]:
-                    continue  # the daemon ended it again after it was put back: once more
+                    continue  # found not in place again after it was put back: once more
                 if restored:
                     self._route({"kind": want.kind.restored} | want.params())
                 return
@@ -500,7 +509,8 @@ class MeshClient(Ops):
         """A want could not be put in place again: tell the program (`client_replay_failed`);
         a subscription the daemon refused for sure (`refusal`: say `no_such_network`, the
         network was removed while we were away) also ends its readers with that refusal, and
-        a claim another program made meanwhile stands, so ours is dropped, as if displaced."""
+        a claim another program made meanwhile stands, so ours is dropped, as if displaced. One
+        a replay failed for a reason that may pass, the link hands to `_restore_soon` too."""
         feed = self._channels.get((want.network, want.name))
         if want.kind is WantKind.CHANNEL and feed is not None and refusal(error):
             feed.fail(error)

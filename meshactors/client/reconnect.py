@@ -118,6 +118,9 @@ class DaemonLink:
     connection_ended: Callable[[], None]  # every event of a lost connection routed; never blocks
     # a want the replay could not put in place, and why; tells the program, never blocks
     replay_failed: Callable[[Want, ClientError], None]
+    # a want the replay left unsure (`_Live.unsure`), once its connection is the current one:
+    # the owner tries it again there while that one stays up (`may_retry`); never blocks
+    retry: Callable[[Want], None]
     desired: DesiredState = attrs.field(factory=DesiredState)
     reconnects: int = 0
     _current: _Live | None = None
@@ -224,7 +227,8 @@ class DaemonLink:
         """Whether the last try to put `want` in place failed on the current connection, still
         up, for a reason that may pass (`_Live.unsure`), with the client open and the entry
         still wanted: trying again there may put it in place. Once that connection is lost,
-        the next one's replay puts it in place instead."""
+        the next one's replay puts it in place instead (and hands it to `retry` if that one
+        fails so too)."""
         live = self._current
         return (
             not self._closed
@@ -300,6 +304,9 @@ class DaemonLink:
                             else:
                                 started = True
                                 task_status.started()
+                            for want in [*self.desired.claims, *self.desired.channels]:
+                                if want in live.unsure:  # the replay failed it for now
+                                    self.retry(want)
                             await conn.closed.wait()
                         except BaseException:
                             nursery.cancel_scope.cancel()
