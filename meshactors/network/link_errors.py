@@ -7,6 +7,7 @@ from __future__ import annotations
 import enum
 import socket
 import ssl
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -26,6 +27,7 @@ class LinkErrorKind(enum.StrEnum):
 
     REFUSED = "refused"  # nothing listens on the host and port
     NOT_FOUND = "not_found"  # an HTTP answer other than the upgrade, e.g. 404 on the path
+    BUSY = "busy"  # an HTTP 5xx answer: the broker (or its proxy) is overloaded, e.g. full
     DNS = "dns"  # the host name does not resolve
     TLS = "tls"  # the TLS handshake failed (wss:// to a plain port, a bad certificate)
     TIMEOUT = "timeout"  # a step of connecting, the welcome, a pong or a send not in time
@@ -69,9 +71,7 @@ def classify(error: BaseException, url: str, *, welcomed: bool) -> LinkError:
     from wsproto.utilities import LocalProtocolError
 
     if isinstance(error, ConnectionRejected):
-        status = error.status_code
-        path = urlsplit(url).path or "/"
-        return _error(LinkErrorKind.NOT_FOUND, f"the broker answered HTTP {status} for {path}")
+        return _rejected(error.status_code, urlsplit(url).path or "/")
     if isinstance(error, ConnectionTimeout):
         return _error(LinkErrorKind.TIMEOUT, str(error) or "no WebSocket upgrade in time")
     if isinstance(error, trio.TooSlowError):
@@ -85,6 +85,15 @@ def classify(error: BaseException, url: str, *, welcomed: bool) -> LinkError:
     if isinstance(error, OSError):
         return _os_error(error, url)
     return _error(LinkErrorKind.PROTOCOL, str(error) or type(error).__name__)
+
+
+def _rejected(status: int, path: str) -> LinkError:
+    """An HTTP answer instead of the upgrade: a 5xx is an overloaded broker (503 at its
+    connection limit) that room later heals; anything else a wrong path that it does not."""
+    if status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+        why = f"the broker answered HTTP {status} for {path}: it is overloaded, retrying"
+        return _error(LinkErrorKind.BUSY, why)
+    return _error(LinkErrorKind.NOT_FOUND, f"the broker answered HTTP {status} for {path}")
 
 
 def _closed(error: ConnectionClosed, *, welcomed: bool) -> LinkError:

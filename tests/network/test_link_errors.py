@@ -29,7 +29,7 @@ from meshactors.network.link import (
 )
 from meshactors.network.link_errors import LinkError, LinkErrorKind, classify
 from meshactors.wire.broker import build_hello
-from tests.broker.support import start_broker
+from tests.broker.support import connect, start_broker
 from tests.network.linksink import LinkEventRecorder
 from tests.network.tlsserver import TEST_CA, handshake_only, serve_tls
 
@@ -73,6 +73,26 @@ async def test_a_wrong_path_is_not_found_and_does_not_heal(nursery: trio.Nursery
     error = await failure_of(url.replace("/v1", "/v2"))
     assert error.kind is LinkErrorKind.NOT_FOUND and "404 for /v2" in error.reason
     assert not error.heals_by_retrying
+
+
+async def test_a_broker_at_its_connection_limit_is_busy_and_its_link_joins_once_room_frees(
+    nursery: trio.Nursery,
+) -> None:
+    """The broker's 503 heals by retrying: the link backs off as usual, not the longest wait."""
+    _, url = await start_broker(nursery, max_connections=1)
+    heard = LinkEventRecorder()
+    link = Link("n", [url], SigningKey.generate(), heard)
+    async with trio.open_nursery() as linked:
+        async with connect(url):  # the broker's one place
+            error = await failure_of(url)
+            assert error.kind is LinkErrorKind.BUSY and "503 for /v1" in error.reason
+            assert error.heals_by_retrying
+            await linked.start(run_root, link, Node(name="link", kind="link"))
+            with trio.fail_after(WAIT):
+                assert (await heard.first_error()).kind is LinkErrorKind.BUSY
+        with trio.fail_after(WAIT):  # the first retries wait a fraction of a second, not 30 s
+            await heard.up()
+        linked.cancel_scope.cancel()
 
 
 async def test_a_refused_hello_is_rejected_with_the_brokers_reason(nursery: trio.Nursery) -> None:
@@ -145,6 +165,7 @@ async def test_a_trusted_certificate_for_another_address_is_tls(
         (LinkErrorKind.NOT_FOUND, True),
         (LinkErrorKind.REJECTED, True),
         (LinkErrorKind.REFUSED, False),
+        (LinkErrorKind.BUSY, False),
     ],
 )
 def test_an_error_retrying_cannot_heal_waits_the_longest_backoff(
