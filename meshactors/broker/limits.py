@@ -13,6 +13,11 @@ from meshactors.wire.broker import MAX_BROKER_MESSAGE_BYTES, MESSAGE_BURST, MESS
 
 MAX_PEERS_PER_NETWORK: Final = 256  # members of one network; one more is network_full
 MAX_CONNECTIONS: Final = 4096  # open WebSockets per broker (incl. before hello); more get HTTP 503
+# seconds a 503 at the connection limit asks a client to wait (Retry-After); daemons back off
+# on their own, this is for other clients and proxies
+CONNECTION_LIMIT_RETRY_AFTER_S: Final = 5
+# a `connection_refused` log line at most this often: a full broker refuses a fleet's retries
+REFUSAL_LOG_INTERVAL_S: Final = 10.0
 PING_INTERVAL_S: Final = 20.0  # idle time between keepalive pings
 PONG_TIMEOUT_S: Final = 20.0  # a ping unanswered this long, with nothing else heard, drops it
 # a ping unanswered this long drops the connection even while messages move: writes to a

@@ -14,6 +14,7 @@ import collections
 import contextlib
 import secrets
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Final
 
 import attrs
@@ -46,9 +47,11 @@ from meshactors.broker.cluster_messages import (
 from meshactors.broker.cluster_wire import Envelope, PresenceEntry, PresenceEvent
 from meshactors.broker.health import ForwardingStream, answer_health
 from meshactors.broker.limits import (
+    CONNECTION_LIMIT_RETRY_AFTER_S,
     NOTICE_BURST,
     NOTICE_RATE_PER_S,
     PRE_ADMISSION_BYTES,
+    REFUSAL_LOG_INTERVAL_S,
     BrokerConfig,
     TokenBucket,
 )
@@ -200,6 +203,10 @@ class Broker:
     _listen: str = attrs.field(init=False, default="")
     _admissions: set[trio.CancelScope] = attrs.field(init=False, factory=set)
     _stopping: bool = attrs.field(init=False, default=False)  # _stop ran: nothing new joins
+    # one `connection_refused` line per REFUSAL_LOG_INTERVAL_S (a full broker refuses a fleet)
+    _refusal_log: TokenBucket = attrs.field(
+        init=False, factory=lambda: TokenBucket(1 / REFUSAL_LOG_INTERVAL_S, 1)
+    )
 
     @_nonces.default
     def _replay_memory(self) -> NonceCache:
@@ -257,16 +264,19 @@ class Broker:
             await self._state_changed.wait()
 
     def health(self) -> dict[str, object]:
-        """What `GET /health` answers: cluster state, sizes, and routed and dropped frames."""
+        """What `GET /health` answers: cluster state, sizes, routed and dropped frames, and
+        every counter (`figures`: refusals and closes by reason) for a broker run on its own."""
         counts = self._counts
         return {
             "cluster": self._shown_state,
             "broker_id": self._broker_id,
             "connections": self._connections,
+            "max_connections": self.config.max_connections,
             "members": sum(len(members) for members in self._networks.values()),
             "networks": len(self._networks),
             "routed": counts["frames_relayed"] + counts["frames_forwarded"],
             "dropped": counts["frames_dropped"] + counts["cluster_undeliverable"],
+            "figures": self._counters(),
         }
 
     def figures(self) -> dict[str, int | str]:
@@ -280,6 +290,11 @@ class Broker:
             "nonces_evicted": self._nonces.evicted,
             "cluster": self._shown_state,
         }
+        figures.update(self._counters())
+        return figures
+
+    def _counters(self) -> dict[str, int]:
+        """Every counter by name, zero or not: traffic, and refusals and closes by reason."""
         counted = ["messages_relayed", "frames_relayed", "frames_dropped", "connection_errors"]
         counted += ["frames_forwarded", "cluster_delivered", "cluster_undeliverable"]
         counted += ["cluster_forwards_lost", "cluster_bad_messages", "cluster_departs_lost"]
@@ -287,8 +302,7 @@ class Broker:
         counted += ["rejected_connection_limit", "rejected_path"]
         counted += [f"rejected_hello_{reason}" for reason in RejectReason]
         counted += [f"closed_{reason}" for reason in SessionEnd]
-        figures.update((key, self._counts[key]) for key in counted)
-        return figures
+        return {key: self._counts[key] for key in counted}
 
     async def _accept(
         self,
@@ -382,7 +396,7 @@ class Broker:
                 max_message_size=self.config.max_message_bytes,
                 receive_buffer_size=RECEIVE_BUFFER_BYTES,
             )
-            ws = await self._upgrade(request)
+            ws = await self._upgrade(request, log)
         if ws is None:
             return None
         member = await self._admit(nursery, ws, source, log)
@@ -391,17 +405,35 @@ class Broker:
         gate.opened.set()  # admitted: its messages may now be max_message_bytes long
         return ws, member
 
-    async def _upgrade(self, request: WebSocketRequest) -> WebSocketConnection | None:
+    async def _upgrade(self, request: WebSocketRequest, log: _Logger) -> WebSocketConnection | None:
         """Answer the HTTP upgrade: the WebSocket, or None after refusing the request."""
         if request.path != BROKER_PATH:
             self._counts["rejected_path"] += 1
             await request.reject(404)
             return None
-        if self._connections > self.config.max_connections:
-            self._counts["rejected_connection_limit"] += 1
-            await request.reject(503)
+        if self._connections > (limit := self.config.max_connections):
+            self._refuse_at_the_limit(log)
+            await request.reject(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                extra_headers=[
+                    (b"retry-after", str(CONNECTION_LIMIT_RETRY_AFTER_S).encode()),
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                ],
+                body=f"the broker is at its connection limit ({limit}): retry later\n".encode(),
+            )
             return None
         return await request.accept()
+
+    def _refuse_at_the_limit(self, log: _Logger) -> None:
+        """Count a connection refused at max_connections, and say so (rate-limited)."""
+        self._counts["rejected_connection_limit"] += 1
+        if self._refusal_log.take(trio.current_time()):
+            log.warning(
+                "connection_refused",
+                reason="connection_limit",
+                max_connections=self.config.max_connections,
+                refused=self._counts["rejected_connection_limit"],
+            )
 
     async def _admit(
         self, nursery: trio.Nursery, ws: WebSocketConnection, source: str, log: _Logger

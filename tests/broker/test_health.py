@@ -3,16 +3,24 @@
 import json
 
 import pytest
+import structlog
 import trio
+from trio_websocket import ConnectionRejected
 
+from meshactors.broker.limits import CONNECTION_LIMIT_RETRY_AFTER_S
 from meshactors.broker.server import Broker
-from tests.broker.support import WAIT_S, start_broker
+from tests.broker.support import WAIT_S, connect, start_broker
 
 
 async def answer_to(nursery: trio.Nursery, request: bytes) -> tuple[Broker, bytes, bytes]:
     """A new broker, and the status line and the rest (headers, body) of its answer to
     `request`, read until it closes."""
     broker, url = await start_broker(nursery)
+    return broker, *await answer_from(url, request)
+
+
+async def answer_from(url: str, request: bytes) -> tuple[bytes, bytes]:
+    """The status line and the rest of the answer of the broker at `url` to `request`."""
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     with trio.fail_after(WAIT_S):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -22,7 +30,7 @@ async def answer_to(nursery: trio.Nursery, request: bytes) -> tuple[Broker, byte
             while chunk := await stream.receive_some():
                 answer += chunk
     status_line, _, rest = answer.partition(b"\r\n")
-    return broker, status_line, rest
+    return status_line, rest
 
 
 def health_request(method: str, target: str) -> bytes:
@@ -73,3 +81,31 @@ async def test_a_longer_path_is_not_health(nursery: trio.Nursery) -> None:
     broker, status_line, _ = await answer_to(nursery, health_request("GET", "/healthz"))
     assert not status_line.startswith(b"HTTP/1.1 200")
     assert broker.figures()["health_requests"] == 0
+
+
+async def test_a_full_broker_says_so_in_its_503_its_log_and_its_health(
+    nursery: trio.Nursery,
+) -> None:
+    """The 503 at the connection limit names the limit and has a Retry-After; the refusals are
+    logged (once for a burst) and counted in /health's `figures`."""
+    _, url = await start_broker(nursery, max_connections=1)
+    with structlog.testing.capture_logs() as logs:
+        async with connect(url):  # the broker's one place
+            for _ in range(2):
+                with pytest.raises(ConnectionRejected) as refused:
+                    async with connect(url):
+                        pass
+    assert refused.value.status_code == 503
+    headers = {name.lower(): value for name, value in refused.value.headers or []}
+    assert headers[b"retry-after"] == str(CONNECTION_LIMIT_RETRY_AFTER_S).encode()
+    assert refused.value.body == b"the broker is at its connection limit (1): retry later\n"
+    said = [entry for entry in logs if entry["event"] == "connection_refused"]
+    assert [(entry["reason"], entry["log_level"]) for entry in said] == [
+        ("connection_limit", "warning")
+    ]
+    status_line, rest = await answer_from(url, health_request("GET", "/health"))
+    assert status_line == b"HTTP/1.1 200 OK"
+    health = json.loads(headers_and_body(rest)[1])
+    assert health["max_connections"] == 1
+    assert health["figures"]["rejected_connection_limit"] == 2
+    assert health["figures"]["closed_going_away"] == 0  # the closes by reason are there too
