@@ -59,6 +59,7 @@ from meshactors.broker.nonces import NonceCache, source_of
 from meshactors.clock import wall_ms
 from meshactors.keepalive import PingOutcome, await_pong
 from meshactors.listen import open_tcp_listeners
+from meshactors.open_files import connections_that_fit
 from meshactors.socket_io import QuickSocketStream
 from meshactors.wire.broker import (
     BROKER_PATH,
@@ -81,6 +82,7 @@ from meshactors.wire.broker import (
 from meshactors.wire.device_id import device_id_from_public_key, public_key_from_device_id
 
 RECEIVE_BUFFER_BYTES: Final = 64 * 1024  # bytes trio-websocket's reader asks the socket for
+FILES_PER_CONNECTION: Final = 1  # open files a connection holds: its socket
 
 _Logger = structlog.typing.FilteringBoundLogger
 _log: _Logger = structlog.get_logger(__name__)
@@ -200,6 +202,10 @@ class Broker:
     _nonces: NonceCache = attrs.field(init=False)
     _counts: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
     _connections: int = attrs.field(init=False, default=0)
+    # config.max_connections, or fewer where the open-file limit holds less (set by serve)
+    _max_connections: int = attrs.field(
+        init=False, default=attrs.Factory(lambda self: self.config.max_connections, takes_self=True)
+    )
     _listen: str = attrs.field(init=False, default="")
     _admissions: set[trio.CancelScope] = attrs.field(init=False, factory=set)
     _stopping: bool = attrs.field(init=False, default=False)  # _stop ran: nothing new joins
@@ -221,6 +227,9 @@ class Broker:
         On cancellation it stops accepting and closes every session with 1001 going_away,
         waiting at most close_timeout for the closing handshakes.
         """
+        self._max_connections = connections_that_fit(
+            self.config.max_connections, FILES_PER_CONNECTION, what="max_connections"
+        )
         listeners = await open_tcp_listeners(host, port)
         bound_port: int = listeners[0].socket.getsockname()[1]
         lifetime, accepting = trio.CancelScope(shield=True), trio.CancelScope()
@@ -271,7 +280,7 @@ class Broker:
             "cluster": self._shown_state,
             "broker_id": self._broker_id,
             "connections": self._connections,
-            "max_connections": self.config.max_connections,
+            "max_connections": self._max_connections,
             "members": sum(len(members) for members in self._networks.values()),
             "networks": len(self._networks),
             "routed": counts["frames_relayed"] + counts["frames_forwarded"],
@@ -411,7 +420,7 @@ class Broker:
             self._counts["rejected_path"] += 1
             await request.reject(404)
             return None
-        if self._connections > (limit := self.config.max_connections):
+        if self._connections > (limit := self._max_connections):
             self._refuse_at_the_limit(log)
             await request.reject(
                 HTTPStatus.SERVICE_UNAVAILABLE,
@@ -431,7 +440,7 @@ class Broker:
             log.warning(
                 "connection_refused",
                 reason="connection_limit",
-                max_connections=self.config.max_connections,
+                max_connections=self._max_connections,
                 refused=self._counts["rejected_connection_limit"],
             )
 
