@@ -1,5 +1,6 @@
 """structlog setup: a console renderer on a terminal, JSON lines otherwise, to stderr; under
-journald each line starts with its syslog priority (`<3>`…`<7>`) so `journalctl -p` filters."""
+journald each line starts with its syslog priority (`<3>`…`<7>`) so `journalctl -p` filters.
+stdlib logging (trio's, libraries') goes through the same renderer: one JSON line each too."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import TextIO
 
 import attrs
 import structlog
-from structlog.typing import EventDict, WrappedLogger
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 JOURNAL_STREAM_ENV = "JOURNAL_STREAM"  # "dev:ino" of the stream systemd connected to journald
 SYSLOG_PRIORITIES = {  # structlog level -> syslog priority (sd-daemon(3) prefixes)
@@ -27,6 +28,10 @@ SYSLOG_PRIORITIES = {  # structlog level -> syslog priority (sd-daemon(3) prefix
 DEFAULT_PRIORITY = 6  # info, for a level the table does not know
 CREDENTIAL_PARAMETERS = ("password", "username")  # query parameters redacted_url drops
 UNPARSEABLE_URL = "<unparseable url>"  # what redacted_url shows for a URL it cannot split
+
+# stdlib logging's records (trio's, libraries') below this are not logged, as with Python's
+# last-resort handler that wrote them before
+STDLIB_LEVEL = logging.WARNING
 
 Renderer = Callable[[WrappedLogger, str, EventDict], str | bytes]
 
@@ -53,18 +58,29 @@ def configure_logging(
     )
     if is_journal_stream(out, os.environ if env is None else env):
         renderer = JournalPrefix(renderer)
+    stamped: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    exc_info = structlog.processors.format_exc_info if use_json else structlog.dev.set_exc_info
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info if use_json else structlog.dev.set_exc_info,
-            renderer,
-        ],
+        processors=[*stamped, exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=lambda *_: SafePrintLogger(stream or sys.stderr),
         cache_logger_on_first_use=cache,
     )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*stamped, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, exc_info, renderer],
+    )
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, StdlibHandler)]:
+        root.removeHandler(handler)  # the setup this one replaces
+    handler = StdlibHandler(stream)
+    handler.setFormatter(formatter)
+    handler.setLevel(max(STDLIB_LEVEL, logging.getLevelName(level.upper())))
+    root.addHandler(handler)
 
 
 def is_journal_stream(stream: TextIO, env: Mapping[str, str]) -> bool:
@@ -125,3 +141,20 @@ class SafePrintLogger(structlog.PrintLogger):
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
+
+
+class StdlibHandler(logging.Handler):
+    """Writes stdlib logging's records as structlog renders them, where structlog writes (a
+    record that cannot be written is dropped, as SafePrintLogger drops it)."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        super().__init__()
+        self.stream = stream  # None: sys.stderr as it is when a record is logged
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # a record whose message does not format: logging must not raise
+            SafePrintLogger.dropped += 1
+            return
+        SafePrintLogger(self.stream or sys.stderr).msg(line)

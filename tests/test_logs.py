@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from meshactors.logs import (
     UNPARSEABLE_URL,
     JournalPrefix,
+    StdlibHandler,
     configure_logging,
     is_journal_stream,
     redacted_url,
@@ -28,6 +30,9 @@ def log_file(tmp_path: Path) -> Iterator[TextIO]:
     with open(tmp_path / "log", "w+", encoding="utf-8") as file:
         yield file
     structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, StdlibHandler)]:
+        root.removeHandler(handler)
 
 
 def stream_id(file: TextIO) -> str:
@@ -84,6 +89,27 @@ def test_without_journald_lines_are_plain(log_file: TextIO) -> None:
 
     log_file.seek(0)
     assert json.loads(log_file.read())["event"] == "boom"
+
+
+def test_a_library_warning_with_a_traceback_is_one_json_line(log_file: TextIO) -> None:
+    """trio's EMFILE warning from its accept loop, say: under JSON logging not a plain
+    multi-line traceback but one JSON object, its traceback a field."""
+    configure_logging(json=True, stream=log_file, env={})
+    try:
+        raise OSError(24, "Too many open files")
+    except OSError as error:
+        logging.getLogger("trio").warning("accept returned %s; retrying", "EMFILE", exc_info=error)
+    logging.getLogger("trio").info("below the stdlib level: not logged")
+
+    log_file.seek(0)
+    (line,) = log_file.read().splitlines()
+    event = json.loads(line)
+    assert (event["event"], event["level"], event["logger"]) == (
+        "accept returned EMFILE; retrying",
+        "warning",
+        "trio",
+    )
+    assert "OSError: [Errno 24] Too many open files" in event["exception"]
 
 
 def test_a_log_line_that_cannot_be_written_is_dropped_not_raised(tmp_path: Path) -> None:
