@@ -28,7 +28,7 @@ from meshactors.cli.common import (
     CommandFailed,
     fail,
 )
-from meshactors.client import EventStream, MeshClient
+from meshactors.client import UNSURE_CODES, EventStream, MeshClient
 from meshactors.network.payload import MAX_PAYLOAD_BYTES
 from meshactors.stop_signals import stop_signals
 
@@ -77,7 +77,7 @@ async def serve_until_stopped(
                 try:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(_cancel_on_stop, stops, nursery.cancel_scope)
-                        lost = await _claim_lost(events, network, method)
+                        lost = await claim_lost(events, network, method)
                         nursery.cancel_scope.cancel()
                 except* KeyboardInterrupt:  # Ctrl-C, which the nursery wraps: a stop as well
                     pass
@@ -92,17 +92,18 @@ async def _cancel_on_stop(stops: AsyncIterator[int], scope: trio.CancelScope) ->
         return
 
 
-async def _claim_lost(events: EventStream, network: str, method: str) -> CommandFailed | None:
+async def claim_lost(events: EventStream, network: str, method: str) -> CommandFailed | None:
     """Once the client dropped its claim of METHOD on NETWORK for good (it serves it no more),
     the failure that ends the serve: exit 7 when another program claimed it (last claim wins),
-    the refusal's exit code when the daemon refused to give it back after a restart."""
+    the refusal's exit code when the daemon refused to give it back after a restart. A failure
+    that may pass (UNSURE_CODES) does not end it: the client keeps the claim and tries again."""
     async for event in events:
         if (event.get("network"), event.get("method")) != (network, method):
             continue
         if event.get("kind") == "handler_displaced" and event.get("by") is not None:
             said = f"{method} on {network} was claimed by another program; stopping"
             return CommandFailed("conflict", said, EXIT_REFUSED)
-        if event.get("kind") == "client_replay_failed":
+        if event.get("kind") == "client_replay_failed" and event.get("code") not in UNSURE_CODES:
             code, message = str(event.get("code")), str(event.get("message"))
             said = f"{method} on {network} could not be claimed again: {code}: {message}; stopping"
             return CommandFailed(code, said, EXIT_BY_ERROR_CODE.get(code, EXIT_FAILURE))

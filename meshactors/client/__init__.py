@@ -16,10 +16,12 @@ from meshactors.client.errors import (
 )
 from meshactors.client.mesh import ChannelGap, ChannelMessage, EventStream, MeshClient
 from meshactors.client.networks import NetworkSync
+from meshactors.client.reconnect import UNSURE_CODES
 from meshactors.client.state import SharedState
 from meshactors.client.sync import SyncClient, SyncMeshClient
 
 __all__ = [
+    "UNSURE_CODES",
     "BinaryStream",
     "ChannelGap",
     "ChannelMessage",

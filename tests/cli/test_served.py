@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import cast
 
@@ -15,9 +16,10 @@ import pytest
 import trio
 import trio.testing
 
-from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_USAGE, CommandFailed
+from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_USAGE, CommandFailed
 from meshactors.cli.served import (
     KILL_WAIT_SECONDS,
+    claim_lost,
     command_failed,
     kill_group,
     open_command,
@@ -25,6 +27,7 @@ from meshactors.cli.served import (
     served_command,
     stream_command,
 )
+from meshactors.client import EventStream
 from meshactors.wire.pipe_frames import FrameParser, Reset, encode
 from tests.support import exited, kill_leftover, pid_written, pids_written, sleeper
 
@@ -40,6 +43,33 @@ async def test_output_nested_too_deeply_answers_as_its_text() -> None:
 async def test_a_streamed_line_nested_too_deeply_answers_as_its_text() -> None:
     lines = [line async for line in stream_command(WRITE_DEEP, None, TIMEOUT)]
     assert [line.strip() for line in lines] == [DEEP]
+
+
+async def _told(*events: dict[str, object]) -> AsyncIterator[dict[str, object]]:
+    for event in events:
+        yield event
+
+
+async def test_a_serve_goes_on_past_a_claim_again_that_failed_for_a_reason_that_may_pass() -> None:
+    """The client keeps a claim whose restore failed `unavailable` and tries again: only a loss
+    for good (here another program's claim) ends the serve."""
+    told = _told(
+        {"kind": "client_replay_failed", "network": "n", "method": "m", "code": "unavailable"},
+        {"kind": "client_replay_failed", "network": "n", "method": "m", "code": "deadline"},
+        {"kind": "handler_displaced", "network": "n", "method": "m", "by": "c9"},
+    )
+    lost = await claim_lost(cast(EventStream, told), "n", "m")
+    assert lost is not None
+    assert (lost.error_code, lost.code) == ("conflict", EXIT_REFUSED)
+
+
+async def test_a_serve_ends_on_a_claim_again_refused_for_sure() -> None:
+    told = _told(
+        {"kind": "client_replay_failed", "network": "n", "method": "m", "code": "no_such_network"}
+    )
+    lost = await claim_lost(cast(EventStream, told), "n", "m")
+    assert lost is not None
+    assert (lost.error_code, lost.code) == ("no_such_network", EXIT_NOT_FOUND)
 
 
 def test_a_failed_command_s_non_ascii_stderr_reaches_the_opener_with_its_last_line() -> None:
