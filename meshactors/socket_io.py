@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import select
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
@@ -115,3 +116,25 @@ def hung_up(stream: trio.abc.Stream) -> bool:
     poller = select.poll()
     poller.register(fd, 0)  # POLLHUP is reported whatever is asked
     return any(events & select.POLLHUP for _, events in poller.poll(0))
+
+
+async def unless_hung_up(stream: trio.abc.Stream, work: Callable[[], Awaitable[object]]) -> bool:
+    """Run `work`, checking every HANGUP_CHECK that the peer did not hang up meanwhile (only
+    polling tells: see `hung_up`); a hang-up cancels it. Whether `work` ran to its end."""
+    finished = False
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_cancel_on_hang_up, stream, nursery.cancel_scope)
+        await work()
+        finished = True
+        nursery.cancel_scope.cancel()
+    return finished
+
+
+async def _cancel_on_hang_up(stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
+    """Cancel `scope` once the peer hung up, looked at every HANGUP_CHECK (nothing to wait
+    on: a socket at its end of input polls readable for good)."""
+    while True:
+        await trio.sleep(HANGUP_CHECK)
+        if hung_up(stream):
+            scope.cancel()
+            return

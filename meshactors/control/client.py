@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar
@@ -54,7 +55,7 @@ from meshactors.control.tcp_auth import TcpGate
 from meshactors.daemon.services import Services
 from meshactors.network.stream_pipe import Pipe, frame_cost
 from meshactors.ops.optable import Each, Outcome, finish
-from meshactors.socket_io import HANGUP_CHECK, hung_up, receive_some, send_all
+from meshactors.socket_io import HANGUP_CHECK, hung_up, receive_some, send_all, unless_hung_up
 from meshactors.store.events import Event
 from meshactors.wire import pipe_frames
 from meshactors.wire.ipc import (
@@ -262,14 +263,16 @@ class ClientActor(Actor):
         HANGUP_CHECK, and what it still had running is cancelled (an end of input leaves its
         socket readable for good, so only polling tells a hang-up)."""
         with trio.move_on_after(DRAIN_TIMEOUT):
-            while self.in_flight or self.outgoing_bytes:
-                with trio.move_on_after(HANGUP_CHECK):
-                    await self._next_progress()
-                if hung_up(self.stream):
-                    log.info("client hung up: requests cut off", client=self.client_id)
-                    return
+            if not await unless_hung_up(self.stream, self._all_written):
+                log.info("client hung up: requests cut off", client=self.client_id)
+                return
         if self.in_flight:
             log.info("client ended its input: requests cut off", client=self.client_id)
+
+    async def _all_written(self) -> None:
+        """Wait until every request read is answered and its answer written."""
+        while self.in_flight or self.outgoing_bytes:
+            await self._next_progress()
 
     def _over_cap(self, settling: bool) -> OpError | None:
         """`too_many_requests` when one more request of its kind would pass its cap: requests
@@ -287,7 +290,9 @@ class ClientActor(Actor):
 
     async def _switch(self, request: Request, reader: LineReader) -> bool:
         """Run an op that may make this connection a binary stream, here in the reader's task
-        so no line after it is read; True once the connection is a pipe (then served)."""
+        so no line after it is read; True once the connection is done with: a pipe (then
+        served), or its program hung up while the op ran (noticed within HANGUP_CHECK: the op
+        is cancelled, so a stream_open's offer ends on both daemons at once)."""
         assert self._session is not None
         work: Awaitable[Any] | OpError
         if self.requests or self.errors or self.in_flight > 1:
@@ -297,7 +302,9 @@ class ClientActor(Actor):
                 work = self.services.ops.begin(self._session, request)
             except OpError as error:
                 work = error
-        await self._answer(request, work)
+        if not await unless_hung_up(self.stream, functools.partial(self._answer, request, work)):
+            log.info("client hung up: its binary stream's op cut off", client=self.client_id)
+            return True
         pipe = self._session.pipe
         if pipe is None:
             return False

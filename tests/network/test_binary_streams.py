@@ -23,6 +23,7 @@ from meshactors.network.streams import STREAM_CHUNK_BYTES
 from meshactors.paths import resolve_paths
 from meshactors.socket_io import HANGUP_CHECK
 from meshactors.wire.pipe_frames import MAX_STREAM_FRAME_BYTES, encode
+from tests.network.appclient import AppClient
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair, approve_both
 from tests.support import LineClient
 
@@ -694,3 +695,27 @@ async def test_an_opener_gone_after_its_end_while_stalled_lets_go_at_its_timeout
     await until(lambda: forgotten_by_both(a, b))
     assert "binary-stream" not in protocols(await a.call("inspect"))
     assert await never_reads.ended() == ["cancelled"]
+
+
+async def test_an_opener_that_hangs_up_while_waiting_ends_the_offer_on_both_daemons(
+    pair: Pair, nursery: trio.Nursery
+) -> None:
+    """The program gives up on its stream_open (closes its connection) before the server's
+    program accepted: its daemon notices within HANGUP_CHECK, not after timeout_ms, so the
+    offer leaves both tables (no place held) and a late accept of it is refused."""
+    _opener, _server, a, b = pair
+    socket = resolve_paths({"MESHACTORS_HOME": str(b.home)}).socket
+    owner = await AppClient.open(socket, nursery)
+    await owner.call("rpc_register", network=NET, method="lazy", streaming="binary")
+    lines = await line_client(a)
+    await lines.send(
+        "stream_open", network=NET, peer=b.device_id, method="lazy", timeout_ms=600_000
+    )
+    offer = await owner.event("stream_incoming")
+    assert (await figures(a))["open"] == 1 == (await figures(b))["open"]
+    await lines.aclose()
+    await until(lambda: forgotten_by_both(a, b))
+    late = await (await line_client(b)).call(
+        "stream_accept", network=NET, stream_id=offer["stream_id"]
+    )
+    assert late["error"]["code"] == "unknown_request"
