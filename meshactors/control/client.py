@@ -53,7 +53,7 @@ from meshactors.control.lines import LineReader, Oversized
 from meshactors.control.session import CutOff, Push, Session
 from meshactors.control.tcp_auth import TcpGate
 from meshactors.daemon.services import Services
-from meshactors.network.stream_pipe import Pipe, frame_cost
+from meshactors.network.stream_pipe import STREAM_PIECE_BYTES, Pipe, frame_cost
 from meshactors.ops.optable import Each, Outcome, finish
 from meshactors.socket_io import HANGUP_CHECK, hung_up, receive_some, send_all, unless_hung_up
 from meshactors.store.events import Event
@@ -314,15 +314,17 @@ class ClientActor(Actor):
         return True
 
     async def _read_pipe(self, pipe: Pipe, data: bytes) -> None:
-        """A binary stream's reader: frames from the socket go to core, waiting while core is
-        STREAM_INBOX frames behind (so a stalled peer stops this read). Returns (closing the
-        connection; core tells the peer) when the program hangs up, noticed within HANGUP_CHECK
-        even while core is behind: then all it sent is read at once, and without its end or an
-        error frame among it the rest is dropped; with one, core has the stream's timeout from
-        the close to take it in, else the connection closes without the rest (core cancels the
-        stream). After an error frame (its own, bad framing, or data after its end frame, which
-        only an error frame may follow) it waits for the writer to end the connection."""
-        parser = FrameParser()
+        """A binary stream's reader: frames from the socket go to core as their bytes come, cut
+        into pieces of STREAM_PIECE_BYTES, waiting while core is STREAM_INBOX pieces behind (so
+        a stalled peer stops this read, with at most STREAM_INBOX_BYTES and one read waiting
+        for core). Returns (closing the connection; core tells the peer) when the program hangs
+        up, noticed within HANGUP_CHECK even while core is behind: then all it sent is read at
+        once, and without its end or an error frame among it the rest is dropped; with one, core
+        has the stream's timeout from the close to take it in, else the connection closes
+        without the rest (core cancels the stream). After an error frame (its own, bad framing,
+        or data after its end frame, which only an error frame may follow) it waits for the
+        writer to end the connection."""
+        parser = FrameParser(STREAM_PIECE_BYTES)
         ended = False
         gone_by: float | None = None  # once the program hung up: when core must have it all
         async with pipe.from_socket:

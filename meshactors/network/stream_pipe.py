@@ -9,7 +9,9 @@ import trio
 
 from meshactors.wire.pipe_frames import Item
 
-STREAM_INBOX = 8  # frames a connection's reader may read ahead of core's sender
+STREAM_INBOX_BYTES = 1024 * 1024  # bytes a connection's reader may read ahead of core's sender
+STREAM_INBOX = 8  # ... as items of the channel: data cut into pieces of at most
+STREAM_PIECE_BYTES = STREAM_INBOX_BYTES // STREAM_INBOX  # bytes, as the reader reads them
 STREAM_FRAME_COST = 256  # credit a data frame costs beyond its length, so tiny frames count
 
 

@@ -17,6 +17,12 @@ from meshactors.wire.pipe_frames import Item
 
 MAX_STREAMS = 128  # streams open per network, those waiting to be accepted included
 CREDIT_RETURN = STREAM_WINDOW_BYTES // 4  # credit consumed before it is handed back
+# stream bytes in flight to one peer (sent, their credit not back yet), all its streams
+# together: well under what the broker queues for one receiver (OUTBOUND_QUEUE_BYTES, 8 MiB)
+PEER_STREAM_BYTES = 4 * 1024 * 1024
+# credit handed back early once the connection wrote all that came: streams whose programs
+# keep up then never sit on their peer's budget, as all of them together hold back at most half
+CREDIT_TRICKLE = PEER_STREAM_BYTES // (2 * MAX_STREAMS)
 
 Key = tuple[str, str, bool]  # (peer, the opener's id, whether we opened it)
 
@@ -87,11 +93,12 @@ class StreamState:
         return True
 
     def written(self, cost: int) -> int:
-        """The connection wrote `cost` of what arrived: the credit to hand back now (0 until a
-        quarter window is owed, or once the peer ended and needs no more)."""
+        """The connection wrote `cost` of what arrived: the credit to hand back now, once a
+        quarter window is owed, or CREDIT_TRICKLE with all that came written (else 0); after
+        the peer's end too, as it frees the peer's budget (PEER_STREAM_BYTES)."""
         self.held -= cost
         self.owed += cost
-        if self.owed < CREDIT_RETURN or self.remote_ended:
+        if self.owed < CREDIT_RETURN and (self.held or self.owed < CREDIT_TRICKLE):
             return 0
         credit, self.owed = self.owed, 0
         self.allowance += credit
@@ -137,3 +144,40 @@ class BinaryStreamTable:
 
     def __len__(self) -> int:
         return len(self._by_local)
+
+
+@attrs.define(eq=False)
+class PeerBudgets:
+    """The stream bytes each peer has in flight from us, all its streams together, at most
+    `limit`: a stream sends only with room in its peer's budget as well as its own credit."""
+
+    limit: int = PEER_STREAM_BYTES
+    peak: int = 0  # the most any peer ever had in flight
+    _in_flight: dict[str, int] = attrs.field(factory=dict, init=False)
+    _short: set[str] = attrs.field(factory=set, init=False)  # peers a stream found no room at
+
+    def take(self, peer: str, cost: int) -> bool:
+        """Take `cost` for a data frame to `peer`; False (nothing taken) without room."""
+        used = self._in_flight.get(peer, 0) + cost
+        if used > self.limit:
+            self._short.add(peer)
+            return False
+        self._in_flight[peer] = used
+        self.peak = max(self.peak, used)
+        return True
+
+    def give_back(self, peer: str, amount: int) -> bool:
+        """`amount` of what `peer` had in flight is back; True when a stream found no room
+        since the last give-back (so streams to it should look again)."""
+        left = self._in_flight[peer] - amount
+        if left:
+            self._in_flight[peer] = left
+        else:
+            del self._in_flight[peer]
+        short = peer in self._short
+        self._short.discard(peer)
+        return short
+
+    def in_flight(self) -> dict[str, int]:
+        """Bytes in flight by peer (peers with none left out)."""
+        return dict(self._in_flight)

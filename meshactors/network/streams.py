@@ -2,7 +2,8 @@
 
 Core owns every stream's state (credit, sequence numbers, ends); a stream's connection talks
 to it only through the channels of its `Pipe`. Per open stream two tasks of core run: one
-sends what the connection read from its socket as `stream_data` while credit allows, one
+sends what the connection read from its socket as `stream_data` while credit allows (the
+stream's own, and room in what all streams to its peer may have in flight: `PeerBudgets`), one
 hands credit back as the connection writes what arrived. Frame handlers run in core's task and
 never wait: arriving bytes fit the connection's channel because the sender never has more
 than a window of credit (docs/protocol.md, "Binary streams"). A program that closes its
@@ -35,7 +36,7 @@ from meshactors.network.stream_frames import (
     wire_error,
 )
 from meshactors.network.stream_pipe import STREAM_FRAME_COST, Pipe, frame_cost, open_pipe
-from meshactors.network.stream_table import BinaryStreamTable, StreamState
+from meshactors.network.stream_table import BinaryStreamTable, PeerBudgets, StreamState
 from meshactors.wire.ipc import ErrorCode, OpError
 from meshactors.wire.peer import Frame
 from meshactors.wire.pipe_frames import END, End, Item, Reset
@@ -59,6 +60,7 @@ class Streams:
     postbox: Postbox = attrs.field(init=False)
     counters: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     table: BinaryStreamTable = attrs.field(factory=BinaryStreamTable, init=False)
+    budgets: PeerBudgets = attrs.field(factory=PeerBudgets, init=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -86,6 +88,8 @@ class Streams:
                 }
                 for s in self.table
             ],
+            "in_flight": self.budgets.in_flight(),
+            "in_flight_peak": self.budgets.peak,
             "counters": dict(self.counters),
             "dropped": dict(self.postbox.dropped),
         }
@@ -169,8 +173,10 @@ class Streams:
 
     def _forget(self, state: StreamState) -> None:
         """Drop a stream from the table: its tasks stop, its connection reads what was
-        queued for it and then the end of the channel."""
-        self.table.forget(state)
+        queued for it and then the end of the channel, and what it had in flight goes back to
+        its peer's budget (credit for it that comes later finds no stream)."""
+        if self.table.forget(state):
+            self._give_back(state.peer, STREAM_WINDOW_BYTES - state.send_credit)
         state.scope.cancel()
         if state.core is not None:  # the connection reads what was queued, then the end
             state.core.to_socket.close()
@@ -302,16 +308,32 @@ class Streams:
         for start in range(0, len(data), STREAM_CHUNK_BYTES):
             piece = data[start : start + STREAM_CHUNK_BYTES]
             cost = frame_cost(piece)
-            while (seq := state.spend(cost)) is None:
+            while (seq := self._spend(state, cost)) is None:
                 await self._wait_credit(state)
             await self._send(state, StreamData(state.wire_id, state.opener, seq, piece))
             self.counters["bytes_out"] += len(piece)
 
+    def _spend(self, state: StreamState, cost: int) -> int | None:
+        """Spend `cost` of the stream's credit and of its peer's budget: the data frame's
+        sequence number, or None (nothing spent) while either is short."""
+        if cost > state.send_credit or not self.budgets.take(state.peer, cost):
+            return None
+        return state.spend(cost)
+
+    def _give_back(self, peer: str, amount: int) -> None:
+        """`amount` in flight to `peer` is back in its budget: streams to it that found no room
+        look again."""
+        if amount and self.budgets.give_back(peer, amount):
+            for state in self.table:
+                if state.peer == peer:
+                    state.wake()
+
     async def _wait_credit(self, state: StreamState) -> None:
-        """Wait for credit. Once the program left, everything it still sent is read at once:
-        with neither its end nor an error frame in it, the stream is reset (which cancels this
-        task) rather than after the credit for all of it. The event is taken before that read:
-        credit arriving while it yields wakes this wait, not a fresh event nobody sets."""
+        """Wait for credit (the stream's own, or room in its peer's budget). Once the program
+        left, everything it still sent is read at once: with neither its end nor an error frame
+        in it, the stream is reset (which cancels this task) rather than after the credit for
+        all of it. The event is taken before that read: credit arriving while it yields wakes
+        this wait, not a fresh event nobody sets."""
         assert state.core is not None
         changed = state.changed
         if state.left:
@@ -425,6 +447,8 @@ class Streams:
             return
         if not state.granted(frame.bytes):
             self._reset(state, "protocol", "credit beyond the window")
+            return
+        self._give_back(state.peer, frame.bytes)
 
     def _on_end(self, sender: str, frame: Frame) -> None:
         assert isinstance(frame, StreamEnd)

@@ -79,15 +79,30 @@ def _middle_cut(message: str, kept: int) -> str:
 @attrs.define(eq=False)
 class FrameParser:
     """Cuts bytes read from a stream's socket into items; a bad length word becomes a Reset
-    (`frame_too_large`) after which nothing more is parsed."""
+    (`frame_too_large`) after which nothing more is parsed. With `piece`, a data frame's bytes
+    are yielded as they come, cut into pieces of at most `piece` bytes (frame boundaries are not
+    kept end to end), so the parser holds no data frame whole: at most a length word or an
+    error frame; without it, each data frame whole."""
 
+    piece: int | None = None
     _buffer: bytearray = attrs.field(factory=bytearray)
+    _data_left: int = 0  # with `piece`: bytes of the data frame begun that are still to come
     broken: bool = False
 
     def feed(self, data: bytes) -> Iterator[Item]:
-        """Take `data`; yield each item it completes, in order."""
+        """Take `data`; yield each item it completes (or, with `piece`, each piece), in order."""
         self._buffer += data
-        while not self.broken and len(self._buffer) >= _LENGTH.size:
+        while not self.broken and self._buffer:
+            if self._data_left:
+                assert self.piece is not None  # only a parser with pieces begins a frame so
+                size = min(len(self._buffer), self._data_left, self.piece)
+                body = bytes(self._buffer[:size])
+                del self._buffer[:size]
+                self._data_left -= size
+                yield body
+                continue
+            if len(self._buffer) < _LENGTH.size:
+                return
             (word,) = _LENGTH.unpack_from(self._buffer)
             size = word & ~ERROR_BIT
             limit = MAX_ERROR_FRAME_BYTES if word & ERROR_BIT else MAX_STREAM_FRAME_BYTES
@@ -95,6 +110,10 @@ class FrameParser:
                 self.broken = True
                 yield Reset("frame_too_large", f"a frame of {size} bytes; the limit is {limit}")
                 return
+            if self.piece is not None and size and not word & ERROR_BIT:
+                del self._buffer[: _LENGTH.size]
+                self._data_left = size
+                continue
             if len(self._buffer) < _LENGTH.size + size:
                 return
             body = bytes(self._buffer[_LENGTH.size : _LENGTH.size + size])

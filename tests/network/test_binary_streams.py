@@ -19,6 +19,7 @@ from meshactors.client import BinaryStream, ClientError, MeshClient, StreamError
 from meshactors.control.client import RESET_WRITE_TIMEOUT
 from meshactors.network.stream_frames import STREAM_WINDOW_BYTES
 from meshactors.network.stream_pipe import STREAM_FRAME_COST, STREAM_INBOX, frame_cost
+from meshactors.network.stream_table import PEER_STREAM_BYTES
 from meshactors.network.streams import STREAM_CHUNK_BYTES
 from meshactors.paths import resolve_paths
 from meshactors.socket_io import HANGUP_CHECK
@@ -719,3 +720,100 @@ async def test_an_opener_that_hangs_up_while_waiting_ends_the_offer_on_both_daem
         "stream_accept", network=NET, stream_id=offer["stream_id"]
     )
     assert late["error"]["code"] == "unknown_request"
+
+
+PEER_STREAMS = 5  # streams to one peer in the budget tests: their windows are well past it
+
+
+def in_flight_of(found: dict[str, Any]) -> int:
+    """What a daemon's streams have in flight, by their own credit: sent, credit not back."""
+    return sum(STREAM_WINDOW_BYTES - stream["send_credit"] for stream in found["streams"])
+
+
+async def budget_taken(a: Daemon, b: Daemon) -> bool:
+    """Whether a's streams to b have in flight all but less than a data piece of a peer's
+    budget, and all a sent has reached b."""
+    sending, receiving = await figures(a), await figures(b)
+    out, arrived = sending["counters"].get("bytes_out", 0), receiving["counters"].get("bytes_in")
+    return in_flight_of(sending) > PEER_STREAM_BYTES - frame_cost(b"x" * STREAM_CHUNK_BYTES) and (
+        out == arrived
+    )
+
+
+async def budgets_back(a: Daemon, b: Daemon) -> bool:
+    """Whether neither daemon has stream bytes in flight to any peer."""
+    return (await figures(a))["in_flight"] == {} == (await figures(b))["in_flight"]
+
+
+async def test_many_streams_to_one_peer_share_its_budget_and_arrive_exact(
+    pair: Pair,
+) -> None:
+    """Streams to one peer whose programs do not read yet: together they have no more than
+    PEER_STREAM_BYTES in flight (not a window each: what the broker queues for one receiver
+    stays under its limit), then every byte arrives exact, and the budget comes back."""
+    opener, server, a, b = pair
+    release = trio.Event()
+
+    async def held_digest(stream: BinaryStream) -> None:
+        await release.wait()
+        await digest_server(stream)
+
+    await server.serve_stream(NET, "held", held_digest)
+    sent = [bytes([index]) + pattern(3 * MIB) for index in range(PEER_STREAMS)]
+    answers: dict[int, bytes] = {}
+
+    async def send(index: int) -> None:
+        async with await opener.open_stream(NET, b.device_id, "held") as stream:
+            await stream.send_all(sent[index])
+            await stream.send_eof()
+            answers[index] = await read_all(stream)
+            await stream.finish()
+
+    with trio.fail_after(WAIT * 3):
+        async with trio.open_nursery() as senders:
+            for index in range(PEER_STREAMS):
+                senders.start_soon(send, index)
+            await until(lambda: budget_taken(a, b))
+            await trio.testing.wait_all_tasks_blocked()  # the senders wait: so does a's core
+            sending = await figures(a)
+            assert in_flight_of(sending) <= PEER_STREAM_BYTES
+            assert sending["in_flight"] == {b.device_id: in_flight_of(sending)}
+            release.set()
+    assert answers == {
+        index: len(data).to_bytes(8, "big") + hashlib.sha256(data).digest()
+        for index, data in enumerate(sent)
+    }
+    assert (await figures(a))["in_flight_peak"] <= PEER_STREAM_BYTES
+    await until(lambda: budgets_back(a, b))
+
+
+async def test_streams_reset_midway_give_their_peers_budget_back(pair: Pair) -> None:
+    """Streams to one peer stalled at its budget, then their programs hang up before their end:
+    the streams are reset, their bytes in flight come back to the budget on both daemons, and a
+    new stream to the peer carries more than the budget."""
+    opener, server, a, b = pair
+    stalled = HeldReader()
+    await server.serve_stream(NET, "stalled", stalled)
+    await server.serve_stream(NET, "digest", digest_server)
+    with trio.fail_after(WAIT):
+        streams = [
+            await opener.open_stream(NET, b.device_id, "stalled") for _ in range(PEER_STREAMS)
+        ]
+    async with trio.open_nursery() as writers:
+        for stream in streams:
+            writers.start_soon(stream.send_all, pattern(3 * MIB))
+        await until(lambda: budget_taken(a, b))
+        writers.cancel_scope.cancel()
+    for stream in streams:
+        await stream.aclose()  # no end frame: each stream is cancelled
+    await until(lambda: forgotten_by_both(a, b))
+    assert await budgets_back(a, b)
+    assert (await figures(a))["in_flight_peak"] <= PEER_STREAM_BYTES
+    data = pattern(2 * PEER_STREAM_BYTES + 1)
+    with trio.fail_after(WAIT * 3):
+        async with await opener.open_stream(NET, b.device_id, "digest") as stream:
+            await stream.send_all(data)
+            await stream.send_eof()
+            assert await read_all(stream) == len(data).to_bytes(8, "big") + (
+                hashlib.sha256(data).digest()
+            )

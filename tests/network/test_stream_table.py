@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from meshactors.network.stream_frames import STREAM_WINDOW_BYTES
-from meshactors.network.stream_table import CREDIT_RETURN, BinaryStreamTable, StreamState
+from meshactors.network.stream_table import (
+    CREDIT_RETURN,
+    CREDIT_TRICKLE,
+    MAX_STREAMS,
+    PEER_STREAM_BYTES,
+    BinaryStreamTable,
+    PeerBudgets,
+    StreamState,
+)
 
 
 def state(local_id: str = "l1", *, opener: bool = True) -> StreamState:
@@ -40,11 +48,22 @@ def test_credit_goes_back_a_quarter_window_at_a_time_as_the_connection_writes() 
     assert (stream.held, stream.allowance) == (0, STREAM_WINDOW_BYTES)
 
 
-def test_no_credit_goes_back_once_the_peer_ended() -> None:
+def test_credit_still_goes_back_once_the_peer_ended_as_it_frees_the_peers_budget() -> None:
     stream = state()
     assert stream.arrived(1, CREDIT_RETURN)
     stream.remote_ended = True
-    assert stream.written(CREDIT_RETURN) == 0
+    assert stream.written(CREDIT_RETURN) == CREDIT_RETURN
+
+
+def test_a_trickle_of_credit_goes_back_once_all_that_came_is_written() -> None:
+    """A connection that keeps up hands credit back before a quarter window is owed, so many
+    streams to one peer never hold its budget (PEER_STREAM_BYTES) between them; one behind
+    waits for the quarter window."""
+    stream = state()
+    assert stream.arrived(1, CREDIT_TRICKLE - 1) and stream.written(CREDIT_TRICKLE - 1) == 0
+    assert stream.arrived(2, 2) and stream.written(1) == 0  # one byte of it not written yet
+    assert stream.written(1) == CREDIT_TRICKLE + 1
+    assert MAX_STREAMS * CREDIT_TRICKLE <= PEER_STREAM_BYTES // 2
 
 
 def test_the_table_finds_a_stream_by_its_side_and_has_a_limit() -> None:
@@ -58,3 +77,12 @@ def test_the_table_finds_a_stream_by_its_side_and_has_a_limit() -> None:
     assert table.find("other", "w1", ours=True) is None
     assert table.forget(ours) and not table.forget(ours)
     assert list(table) == [theirs] and table.local("l1") is None
+
+
+def test_a_peers_budget_is_shared_by_its_streams_and_comes_back_in_full() -> None:
+    budgets = PeerBudgets(limit=10)
+    assert budgets.take("p", 6) and budgets.take("q", 10)  # each peer has its own
+    assert not budgets.take("p", 5)  # room for 4 more only
+    assert budgets.give_back("p", 1)  # a stream found no room: streams to p look again
+    assert budgets.take("p", 5) and not budgets.give_back("p", 10)
+    assert (budgets.in_flight(), budgets.peak) == ({"q": 10}, 10)

@@ -44,6 +44,41 @@ def test_any_cut_of_the_bytes_parses_to_the_same_items(
     assert list(parser.feed(b"".join(encode(b"next")))) == [b"next"]  # nothing left over
 
 
+@given(items, st.data(), st.integers(1, 400))
+def test_with_pieces_data_comes_as_it_is_read_in_pieces_with_the_ends_in_place(
+    sent: list[Item], data: st.DataObject, piece: int
+) -> None:
+    """A parser with `piece` holds no data frame whole: each read's data comes out at once,
+    cut into pieces of at most `piece` bytes; the bytes between two ends are the same."""
+    sent = [*sent, b"after the end", Reset("cancelled", "bye")]
+    wire, data_at = b"", []  # the wire bytes, and where each data byte of it is
+    for item in sent:
+        head, *body = encode(item)
+        if isinstance(item, bytes):
+            data_at.extend(range(len(wire) + len(head), len(wire) + len(head) + len(item)))
+        wire += head + b"".join(body)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=10)))
+    parser = FrameParser(piece)
+    got: list[Item] = []
+    for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+        got.extend(parser.feed(wire[start:end]))
+        read = bytes(wire[at] for at in data_at if at < end)
+        assert b"".join(item for item in got if isinstance(item, bytes)) == read
+    assert all(len(item) <= piece for item in got if isinstance(item, bytes))
+    assert _joined(got) == _joined(sent)
+
+
+def _joined(items: list[Item]) -> list[Item]:
+    """`items` with the data between two other items joined into one."""
+    joined: list[Item] = []
+    for item in items:
+        if isinstance(item, bytes) and joined and isinstance(joined[-1], bytes):
+            joined[-1] += item
+        else:
+            joined.append(item)
+    return joined
+
+
 def test_an_error_frame_carries_code_and_message_and_stops_parsing() -> None:
     wire = b"".join(encode(Reset("peer_not_active", "gone"))) + b"".join(encode(b"after"))
     assert list(FrameParser().feed(wire)) == [Reset("peer_not_active", "gone")]
