@@ -373,11 +373,14 @@ class Streams:
         assert isinstance(frame, StreamOpen)
         owner = self.binary_owner(frame.method)
         refusal = None
+        on = self.wire.own_name
         if owner is None:
-            on = self.wire.own_name
             refusal = ("no_handler", f"no one serves binary streams of {frame.method!r} on {on}")
-        elif self._nursery is None or not self.table.has_room():
-            refusal = ("remote_error", "busy: too many streams open")
+        elif self._nursery is None:
+            refusal = ("remote_error", f"busy: the streams of {self.network} on {on} stopped")
+        elif not self.table.has_room():
+            full = f"{self.table.limit} streams open in {self.network}, its limit (MAX_STREAMS)"
+            refusal = ("remote_error", f"busy: {on} has {full}")
         elif self.table.find(sender, frame.id, ours=False) is not None:
             self.counters["stray_frames"] += 1
             return

@@ -23,7 +23,7 @@ from meshactors.network.stream_frames import (
     StreamReset,
 )
 from meshactors.network.stream_pipe import STREAM_FRAME_COST, Pipe, frame_cost
-from meshactors.network.stream_table import CREDIT_RETURN
+from meshactors.network.stream_table import CREDIT_RETURN, MAX_STREAMS
 from meshactors.network.streams import Streams
 from meshactors.wire.ipc import ErrorCode, OpError
 from meshactors.wire.peer import Frame
@@ -100,6 +100,21 @@ async def test_frames_for_no_stream_are_counted_not_acted_on(served: ServedStrea
     served.peers.deliver(StreamCredit(WIRE_ID, False, 10))
     assert served.streams.figures()["counters"]["stray_frames"] == 3
     assert await resets(served) == []
+
+
+async def test_an_open_to_a_full_table_is_refused_naming_the_limit_and_the_peer(
+    served: ServedStreams,
+) -> None:
+    """The opener learns who is busy and why (docs/protocol.md, "Binary streams"), not a bare
+    `too many streams open`."""
+    for number in range(MAX_STREAMS):
+        served.peers.deliver(StreamOpen(f"{number:032x}", "files", 30_000))
+    assert served.streams.figures()["open"] == MAX_STREAMS
+    served.peers.deliver(StreamOpen(WIRE_ID, "files", 30_000))
+    await trio.testing.wait_all_tasks_blocked()
+    (refusal,) = [frame.error for frame in served.peers.of(StreamReset)]
+    said = f"busy: {ME} has {MAX_STREAMS} streams open in net, its limit (MAX_STREAMS)"
+    assert (refusal.code, refusal.message) == ("remote_error", said)
 
 
 async def test_data_before_the_accept_is_dropped(served: ServedStreams) -> None:
