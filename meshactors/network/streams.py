@@ -148,7 +148,15 @@ class Streams:
         if self._nursery is None:
             raise OpError(ErrorCode.UNAVAILABLE, f"streams of {self.network} are not running")
         if not self.table.has_room():
-            raise OpError(ErrorCode.CONFLICT, f"at most {self.table.limit} streams per network")
+            raise OpError(ErrorCode.CONFLICT, f"this device has {self._table_full()}")
+
+    def _table_full(self) -> str:
+        """What a full table says of itself: its limit, which a stream to the device itself
+        fills twice (both of its ends are entries of the one table)."""
+        return (
+            f"{self.table.limit} streams open in {self.network}, its limit (MAX_STREAMS; a stream"
+            " from a device to itself takes two places, one for each end)"
+        )
 
     async def _sweep(self) -> None:
         """End the streams nobody accepted in time: incoming ones the opener stopped waiting
@@ -379,8 +387,7 @@ class Streams:
         elif self._nursery is None:
             refusal = ("remote_error", f"busy: the streams of {self.network} on {on} stopped")
         elif not self.table.has_room():
-            full = f"{self.table.limit} streams open in {self.network}, its limit (MAX_STREAMS)"
-            refusal = ("remote_error", f"busy: {on} has {full}")
+            refusal = ("remote_error", f"busy: {on} has {self._table_full()}")
         elif self.table.find(sender, frame.id, ours=False) is not None:
             self.counters["stray_frames"] += 1
             return

@@ -19,13 +19,21 @@ from meshactors.client import BinaryStream, ClientError, MeshClient, StreamError
 from meshactors.control.client import RESET_WRITE_TIMEOUT
 from meshactors.network.stream_frames import STREAM_WINDOW_BYTES
 from meshactors.network.stream_pipe import STREAM_FRAME_COST, STREAM_INBOX, frame_cost
-from meshactors.network.stream_table import PEER_STREAM_BYTES
+from meshactors.network.stream_table import MAX_STREAMS, PEER_STREAM_BYTES
 from meshactors.network.streams import STREAM_CHUNK_BYTES
 from meshactors.paths import resolve_paths
 from meshactors.socket_io import HANGUP_CHECK
 from meshactors.wire.pipe_frames import MAX_STREAM_FRAME_BYTES, encode
 from tests.network.appclient import AppClient
-from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair, approve_both
+from tests.network.conftest import (
+    NET,
+    WAIT,
+    Daemon,
+    Mesh,
+    active_pair,
+    approve_both,
+    solo_daemon,
+)
 from tests.support import LineClient
 
 MIB = 1024 * 1024
@@ -817,3 +825,27 @@ async def test_streams_reset_midway_give_their_peers_budget_back(pair: Pair) -> 
             assert await read_all(stream) == len(data).to_bytes(8, "big") + (
                 hashlib.sha256(data).digest()
             )
+
+
+async def test_streams_to_the_device_itself_take_two_places_and_the_refusal_says_so(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    """Both ends of a stream from a daemon to itself are entries of its one table: half of
+    MAX_STREAMS such streams fill it, and the refusal of one more says why."""
+    solo = await solo_daemon(mesh)
+    client = await client_of(solo, nursery)
+    await client.serve_stream(NET, "digest", digest_server)
+    with trio.fail_after(WAIT * 3):
+        held = [
+            await client.open_stream(NET, solo.device_id, "digest") for _ in range(MAX_STREAMS // 2)
+        ]
+        assert (await figures(solo))["open"] == MAX_STREAMS
+        with pytest.raises(ClientError) as refused:
+            await client.open_stream(NET, solo.device_id, "digest")
+    assert refused.value.code == "conflict"
+    assert f"{MAX_STREAMS} streams open in {NET}" in str(refused.value)
+    assert "a stream from a device to itself takes two places, one for each end" in str(
+        refused.value
+    )
+    for stream in held:
+        await stream.aclose()
