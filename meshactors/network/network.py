@@ -158,14 +158,16 @@ class Network(Supervisor):
         return self.core.tell(fn)
 
     async def leave(self, reason: str) -> None:
-        """Before the network is stopped for good (removed): end its channel subscriptions,
-        telling each subscriber, and tell its peers we leave with `reason`, both in core's
-        task (their owner); OpError unavailable or timeout when core does not answer, and then
-        what it did not get to before the network's stop stays undone: those subscribers are
-        never told (docs/protocol.md, `channel_unsubscribed`)."""
+        """Before the network is stopped for good (removed): end its binary streams (`stopped`)
+        and its channel subscriptions, telling each subscriber, and tell its peers we leave
+        with `reason`, all in core's task (their owner); OpError unavailable or timeout when
+        core does not answer, and then what it did not get to before the network's stop stays
+        undone: those subscribers are never told (docs/protocol.md, `channel_unsubscribed`),
+        and streams to peers end as the link does (`peer_not_active`)."""
 
         async def farewell() -> None:
             try:
+                self.streams.network_removed()
                 await self.channels.network_removed()
             finally:
                 await self.peers.say_bye(reason)

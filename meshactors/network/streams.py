@@ -62,6 +62,7 @@ class Streams:
     table: BinaryStreamTable = attrs.field(factory=BinaryStreamTable, init=False)
     budgets: PeerBudgets = attrs.field(factory=PeerBudgets, init=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
+    _removed: bool = attrs.field(default=False, init=False)  # the network is being removed
 
     def __attrs_post_init__(self) -> None:
         self.postbox = Postbox(self.wire)
@@ -103,8 +104,25 @@ class Streams:
                 await self.postbox.drain()
         finally:
             self._nursery = None
-            for state in self.table:
-                self._reset(state, "stopped", f"streams of {self.network} stopped", peer=False)
+            self._stop_all(f"streams of {self.network} stopped")
+
+    def network_removed(self) -> None:
+        """The network is being removed: its streams end with `stopped` now, before the goodbye
+        to the peers and the link's end would make them `peer_not_active` (the peers learn it
+        from the goodbye), and no stream opens any more."""
+        self._removed = True
+        self._stop_all(f"the network {self.network} was removed")
+
+    def _stop_all(self, message: str) -> None:
+        """End every stream with `stopped` for its local program; the peers learn from the
+        network's end (a goodbye, or the broker saying we left)."""
+        for state in self.table:
+            self._reset(state, "stopped", message, peer=False)
+
+    @property
+    def _running(self) -> bool:
+        """Whether streams may open: the part runs, and the network is not being removed."""
+        return self._nursery is not None and not self._removed
 
     # -- the ops ---------------------------------------------------------------------------
 
@@ -145,7 +163,7 @@ class Streams:
         return pipe
 
     def _check_room(self) -> None:
-        if self._nursery is None:
+        if not self._running:
             raise OpError(ErrorCode.UNAVAILABLE, f"streams of {self.network} are not running")
         if not self.table.has_room():
             raise OpError(ErrorCode.CONFLICT, f"this device has {self._table_full()}")
@@ -384,7 +402,7 @@ class Streams:
         on = self.wire.own_name
         if owner is None:
             refusal = ("no_handler", f"no one serves binary streams of {frame.method!r} on {on}")
-        elif self._nursery is None:
+        elif not self._running:
             refusal = ("remote_error", f"busy: the streams of {self.network} on {on} stopped")
         elif not self.table.has_room():
             refusal = ("remote_error", f"busy: {on} has {self._table_full()}")

@@ -849,3 +849,28 @@ async def test_streams_to_the_device_itself_take_two_places_and_the_refusal_says
     )
     for stream in held:
         await stream.aclose()
+
+
+@pytest.mark.parametrize("to_itself", [False, True], ids=["to_a_peer", "to_itself"])
+async def test_removing_the_network_ends_its_streams_with_stopped(
+    pair: Pair, to_itself: bool
+) -> None:
+    """The program of the daemon whose network is removed reads `stopped` (docs/protocol.md:
+    "the network was removed"), whether its stream goes to a peer or to its own device: not
+    `peer_not_active`, as the removal's goodbye to the peers comes first."""
+    opener, server, a, b = pair
+    accepted = trio.Event()
+
+    async def wait_forever(stream: BinaryStream) -> None:
+        accepted.set()
+        await read_all(stream)
+
+    await (opener if to_itself else server).serve_stream(NET, "forever", wait_forever)
+    with trio.fail_after(WAIT):
+        peer = a if to_itself else b
+        async with await opener.open_stream(NET, peer.device_id, "forever") as stream:
+            await accepted.wait()
+            await a.call("network_remove", network=NET)
+            with pytest.raises(StreamError) as ended:
+                await read_all(stream)
+    assert ended.value.code == "stopped"
