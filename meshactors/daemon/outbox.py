@@ -28,6 +28,10 @@ the retention in small batches (store.retention), both off the drain path. An ev
 closed network makes dead at once what waits to go to the evicted device (or everything of
 that network, when it is this device): it is never active again.
 
+A full disk: a write of these loops that the state database refuses (`storage`) is made
+again every STORAGE_RETRY_S, with what it carries (acks to record, received messages to
+store and ack) kept meanwhile, so the outbox waits for the disk instead of crashing.
+
 Receiving: `msg` frames, alone or in a `msg_batch`, are stored in the inbox (deduplicated on
 sender and client_message_id), a `message` event is published only for a new one, and every one is
 acked, so a sender whose earlier ack was lost still finishes. The acks of one stored batch go
@@ -42,14 +46,15 @@ import itertools
 import json
 import math
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
 import structlog
 import trio
 
 from meshactors.actors import Actor, Doorbell, Inbox, Lagged, Reply, Subscriber, take_queued
+from meshactors.broker.limits import TokenBucket
 from meshactors.clock import wall_ms
 from meshactors.event_hub import EventHub
 from meshactors.network.manager import NetworkManager
@@ -83,6 +88,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("meshactors.outbox")
 
+T = TypeVar("T")
+
 ACK_TIMEOUT_S = 30.0  # default seconds a sent msg waits for its msg_ack before it fails
 MAX_ACK_TIMEOUT_S = 86_400.0  # the longest `--ack-timeout`
 # Deliveries in flight to one peer at once: several claim batches, so the sender claims and
@@ -97,6 +104,10 @@ MAX_ACCEPTING = ACCEPT_INBOX
 IDLE_POLL_S = 60.0  # longest sleep when nothing is due (wake-ups do the real work)
 SWEEP_INTERVAL_S = 60.0  # seconds between TTL sweeps and retention passes
 PRUNE_PAUSE_S = 0.1  # seconds between prune batches while a retention pass has work
+# A store call of the outbox's own loops that the state database refuses (`storage`: a full
+# disk, nothing written) is made again after this many seconds, the work it carries kept.
+STORAGE_RETRY_S = 5.0
+STORAGE_LOG_INTERVAL_S = 60.0  # at most one warning per this many seconds while it refuses
 RECEIVE_QUEUE = 4096  # incoming msg frames waiting to be stored; more are dropped (resent)
 RECEIVE_BATCH = MAX_ACKS  # incoming messages stored per store call (their acks fit one frame)
 ACK_QUEUE = 1024  # incoming ack frames (msg_ack or msg_acks) waiting; more are dropped (resent)
@@ -348,6 +359,9 @@ class Outbox(Actor):
     )
     counts: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     stored_counts: dict[str, int] = attrs.field(factory=dict, init=False)
+    _storage_warnings: TokenBucket = attrs.field(
+        factory=lambda: TokenBucket(1 / STORAGE_LOG_INTERVAL_S, 1), init=False
+    )
 
     def __attrs_post_init__(self) -> None:
         self._received = trio.open_memory_channel[_Received](RECEIVE_QUEUE)
@@ -389,9 +403,42 @@ class Outbox(Actor):
             "redue": self.counts["redue"],
             "backoffs_cut": self.counts["backoffs_cut"],
             "pruned": self.counts["pruned"],
+            "storage_refused": self.counts["storage_refused"],
             "received_queue": self._received[1].statistics().current_buffer_used,
             "accepting": MAX_ACCEPTING - self._accepting.value,
         }
+
+    async def _until_written(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+        """What `attempt()` returns, attempted again every STORAGE_RETRY_S while the state
+        database refuses its writes (`storage`: nothing of it was written), so a full disk
+        makes the outbox's loops wait with their work, not crash the actor (and, crash after
+        crash, the daemon); warned at most once per STORAGE_LOG_INTERVAL_S."""
+        while True:
+            try:
+                return await attempt()
+            except OpError as exc:
+                if exc.code is not ErrorCode.STORAGE:
+                    raise
+                self.counts["storage_refused"] += 1
+                if self._storage_warnings.take(trio.current_time()):
+                    log.warning(
+                        "the state database refuses writes: the outbox tries again",
+                        what=what,
+                        error=exc.message,
+                        refused=self.counts["storage_refused"],
+                        retry_s=STORAGE_RETRY_S,
+                    )
+            await trio.sleep(STORAGE_RETRY_S)
+
+    async def _write(self, fn: Callable[..., T], what: str, **params: Any) -> T:
+        """`fn(conn, **params, now_ms=…)` as a store call, made again (the clock read again)
+        while the disk refuses it (`_until_written`)."""
+
+        async def attempt() -> T:
+            call = functools.partial(fn, **params, now_ms=wall_ms())
+            return await self.store.call(call, what=what)
+
+        return await self._until_written(attempt, what)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         recovered = await self.store.call(
@@ -522,21 +569,28 @@ class Outbox(Actor):
     async def _drain(self, nursery: trio.Nursery) -> None:
         while True:
             self._doorbell.clear()
-            next_due, counted = None, False
-            for network in self.networks.all():
-                claim = await self._pass(network, nursery)
-                if claim is None:
-                    continue
-                self.stored_counts, counted = claim.counts, True
-                if (due := claim.next_due_ms) is not None:
-                    next_due = due if next_due is None else min(next_due, due)
-            if not counted:  # no pass claimed: count in a store call of its own
-                self.stored_counts = await self.store.call(
-                    outbox_db.delivery_counts, what="count deliveries"
-                )
+            next_due = await self._until_written(
+                functools.partial(self._pass_all, nursery), "claim due deliveries"
+            )
             wait = IDLE_POLL_S if next_due is None else max(0.0, (next_due - wall_ms()) / 1000)
             with trio.move_on_after(min(wait, IDLE_POLL_S)):
                 await self._doorbell.wait()
+
+    async def _pass_all(self, nursery: trio.Nursery) -> int | None:
+        """A pass over every network; when the next delivery not claimed falls due."""
+        next_due, counted = None, False
+        for network in self.networks.all():
+            claim = await self._pass(network, nursery)
+            if claim is None:
+                continue
+            self.stored_counts, counted = claim.counts, True
+            if (due := claim.next_due_ms) is not None:
+                next_due = due if next_due is None else min(next_due, due)
+        if not counted:  # no pass claimed: count in a store call of its own
+            self.stored_counts = await self.store.call(
+                outbox_db.delivery_counts, what="count deliveries"
+            )
+        return next_due
 
     async def _pass(self, network: Network, nursery: trio.Nursery) -> _Claim | None:
         """Claim what is due to the network's active peers with room in their window and
@@ -659,10 +713,8 @@ class Outbox(Actor):
                 self._recording = [first, *take_queued(receiver, SETTLE_BATCH - 1)]
             batch = self._recording
             try:
-                statuses = await self.store.call(
-                    functools.partial(record_settled, batch=batch, now_ms=wall_ms()),
-                    what="record deliveries",
-                )
+                # kept while the disk refuses it: acks that come meanwhile queue behind it
+                statuses = await self._write(record_settled, "record deliveries", batch=batch)
             except Exception:
                 self._recording = []  # the store answered (a failure): not again after a restart
                 raise
@@ -707,7 +759,7 @@ class Outbox(Actor):
         queue (a full one drops or leaves unlogged what comes next)."""
         more = True
         while more:
-            buried = await self.store.call(functools.partial(kill, now_ms=wall_ms()), what=what)
+            buried = await self._write(kill, what)
             more = buried.more
             self.counts["dead"] += len(buried.deliveries)
             for key in buried.deliveries:
@@ -733,10 +785,7 @@ class Outbox(Actor):
         time with a pause between, so the drain path never waits long for the store."""
         retention = self.settings.retention
         while True:
-            while deleted := await self.store.call(
-                functools.partial(prune_step, retention=retention, now_ms=wall_ms()),
-                what="prune history",
-            ):
+            while deleted := await self._write(prune_step, "prune history", retention=retention):
                 self.counts["pruned"] += deleted
                 await trio.sleep(PRUNE_PAUSE_S)
             await trio.sleep(SWEEP_INTERVAL_S)
@@ -770,10 +819,9 @@ class Outbox(Actor):
             batch = self._storing
             refused = [(item, refusal(item.frame)) for item in batch]
             storable = [item for item, reason in refused if reason is None]
-            try:
-                stored = await self.store.call(
-                    functools.partial(store_received, batch=storable, now_ms=wall_ms()),
-                    what="store received messages",
+            try:  # kept while the disk refuses it: the senders are acked once it is stored
+                stored = await self._write(
+                    store_received, "store received messages", batch=storable
                 )
             except Exception:
                 log.exception("could not store received messages", count=len(storable))
@@ -842,11 +890,8 @@ class Outbox(Actor):
     async def _due_now(self, network_id: str, peer: str) -> None:
         """A peer is reachable again: what waits out a backoff for it goes now, not minutes
         later (the backoff is there for a peer that cannot be reached)."""
-        self.counts["backoffs_cut"] += await self.store.call(
-            functools.partial(
-                outbox_db.due_now_to_peer, network=network_id, recipient=peer, now_ms=wall_ms()
-            ),
-            what="make deliveries due",
+        self.counts["backoffs_cut"] += await self._write(
+            outbox_db.due_now_to_peer, "make deliveries due", network=network_id, recipient=peer
         )
 
     def _peer_changed(self, network_id: str, peer: str) -> None:

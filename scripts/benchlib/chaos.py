@@ -42,7 +42,10 @@ CHURN_IN_FLIGHT = 16  # network updates the churning client keeps outstanding
 RTT_EVERY_S = 0.05  # how often the observing client samples its status round trip
 STALL_READ_TIMEOUT = 60.0  # seconds the stalled client may read to its lag marker or the end
 UNREACHABLE_BROKER = "ws://127.0.0.1:9/v1"  # the discard port: the link stays in backoff
-FULL_TMPFS = "512k"  # size of the "disk full" tmpfs
+FULL_TMPFS = "8m"  # the "disk full" tmpfs: the database and its WAL fit before the filler
+FULL_NETWORK = "full"  # the network of full_state's daemon and its peer
+FULL_SENDS = 20  # durable sends due to the peer that comes back while the disk is full
+FULL_POLL_S = 0.1  # how often full_state reads the outbox's refusals while it waits for one
 CORRUPT_BYTES = 64 * 1024  # random bytes written as the "garbage" state.db
 MESSAGE_SHOWN = 160  # characters of the daemon's refusal kept in a verdict
 CORRUPT_EVENTS = 2000  # events logged in a real database before it is damaged (~120 pages)
@@ -297,45 +300,105 @@ def read_only_state(smoke: bool) -> Verdict:
 
 @in_trio
 async def full_state(smoke: bool) -> Verdict:
-    """The state directory's disk fills while the daemon runs: writes fail with a clear error,
-    the daemon stays up, and once space is back it works and the database is intact."""
+    """The state directory's disk fills while the daemon runs, with durable sends queued for a
+    peer that then comes back: writes fail with a clear error, the daemon stays up (its outbox
+    waits, refused, instead of crashing), and once space is back it works, the peer gets
+    every send, and the database is intact."""
     name = "full_state"
-    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
-        home = Path(tmp) / "home"
+    with (
+        tempfile.TemporaryDirectory(prefix="chaos-") as tmp,
+        resources.running_broker() as url,
+        contextlib.ExitStack() as stack,
+    ):
+        home, peer = Path(tmp) / "home", Path(tmp) / "peer"
         home.mkdir()
-        with _mounted(["-t", "tmpfs", "-o", f"size={FULL_TMPFS}", "tmpfs"], home) as refused:
-            if refused:
-                return Verdict(name, "SKIP", refused)
-            with resources.running_daemon(home) as (_pid, sock):
+        peer.mkdir()
+        refused = stack.enter_context(
+            _mounted(["-t", "tmpfs", "-o", f"size={FULL_TMPFS}", "tmpfs"], home)
+        )
+        if refused:
+            return Verdict(name, "SKIP", refused)
+        with contextlib.ExitStack() as daemons:
+            _pid, sock = daemons.enter_context(resources.running_daemon(home))
+            daemons.enter_context(resources.running_daemon(peer))
+            peer_id = await _joined(peer / "daemon.sock", url)
+            async with MeshClient(sock) as client:
+                await _joined(sock, url)
+                await _until_active(client, FULL_NETWORK, peer_id)
+                resources.cli(peer, "daemon", "down")
+                for n in range(FULL_SENDS):  # due to the peer once it is back
+                    params = {"network": FULL_NETWORK, "to": peer_id, "message": f"f{n}"}
+                    await client.call("send", params | {"client_message_id": f"f{n}"})
                 filler = home / "filler"
                 with contextlib.suppress(OSError), filler.open("wb") as out:
                     while True:
                         out.write(b"\0" * 4096)
                         out.flush()
+                resources.cli(peer, "daemon", "up", "--detach")
+                await _until_refused(client)
                 errors = []
-                async with MeshClient(sock) as client:
-                    for n in range(20):  # each add writes a config row and an event
-                        config = {"id": f"full{n}", "brokers": [UNREACHABLE_BROKER]}
-                        try:
-                            await client.call("network_add", {"config": config})
-                        except ClientError as exc:
-                            errors.append(exc.code)
-                    status_ok = "device_id" in await client.call("status")
-                    filler.unlink()
-                    await client.call(
-                        "network_add", {"config": {"id": "after", "brokers": [UNREACHABLE_BROKER]}}
-                    )
-                    listed = {n["id"] for n in (await client.call("networks_list"))["networks"]}
-            integrity = _integrity(home / "state.db")
+                for n in range(20):  # each add writes a config row and an event
+                    config = {"id": f"full{n}", "brokers": [UNREACHABLE_BROKER]}
+                    try:
+                        await client.call("network_add", {"config": config})
+                    except ClientError as exc:
+                        errors.append(exc.code)
+                status_ok = "device_id" in await client.call("status")
+                filler.unlink()
+                await client.call(
+                    "network_add", {"config": {"id": "after", "brokers": [UNREACHABLE_BROKER]}}
+                )
+                listed = {n["id"] for n in (await client.call("networks_list"))["networks"]}
+                inbox = MeshClient(peer / "daemon.sock", events_since=0)  # replays them all
+                events = inbox.events()  # before connecting: no replayed event can be missed
+                async with inbox:
+                    arrived: set[str] = set()
+                    await _arrivals(events, arrived, FULL_SENDS)
+                outbox = _node(await client.call("inspect"), "outbox")
+        integrity = _integrity(home / "state.db")
     ok = bool(errors) and set(errors) == {"storage"} and status_ok and "after" in listed
-    ok = ok and integrity == "ok"
+    ok = ok and integrity == "ok" and len(arrived) == FULL_SENDS and outbox["restarts"] == 0
     return _verdict(
         name,
         ok,
         f"{len(errors)} of 20 writes refused with {sorted(set(errors))}; daemon answered; "
-        f"after freeing space a write worked; integrity_check {integrity}",
+        f"after freeing space a write worked; the peer back meanwhile got {len(arrived)} of "
+        f"{FULL_SENDS} sends, the outbox refused {outbox['figures']['storage_refused']} times "
+        f"and restarted {outbox['restarts']} times; integrity_check {integrity}",
         codes=sorted(set(errors)),
+        arrived=len(arrived),
+        outbox_restarts=outbox["restarts"],
+        storage_refused=outbox["figures"]["storage_refused"],
     )
+
+
+async def _joined(sock: Path, url: str) -> str:
+    """Join the daemon at `sock` to FULL_NETWORK through `url`; returns its device id."""
+    async with MeshClient(sock) as client:
+        config = {"id": FULL_NETWORK, "brokers": [url], "auto_approve": True}
+        await client.call("network_add", {"config": config})
+        return str((await client.call("status"))["device_id"])
+
+
+async def _until_refused(client: MeshClient) -> None:
+    """Return once the daemon's outbox has had a write refused (`storage_refused`; another
+    process's figure: read until it moves, within the scenario's bound)."""
+    while True:
+        outbox = _node(await client.call("inspect"), "outbox")
+        if outbox["figures"]["storage_refused"]:
+            return
+        await trio.sleep(FULL_POLL_S)
+
+
+def _node(tree: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The first node of `kind` in an inspect tree."""
+    nodes = [tree]
+    while nodes:
+        node = nodes.pop(0)
+        if node["kind"] == kind:
+            return node
+        nodes.extend(node["children"])
+    raise LookupError(kind)
 
 
 def _integrity(db: Path) -> str:

@@ -43,3 +43,11 @@ def test_broker_restart_under_rpc_stream_fails_clearly_then_resumes() -> None:
     assert verdict.status == "PASS", verdict.line()
     assert verdict.figures["error_code"] == "peer_not_active"
     assert verdict.figures["stream_after_restart"] is True
+
+
+def test_full_state_refuses_writes_keeps_the_daemon_and_delivers_after() -> None:
+    verdict = run_scenario(SCENARIOS["full_state"], smoke=True)
+    if verdict.status == "SKIP":  # mounting a tmpfs needs root
+        pytest.skip(verdict.detail)
+    assert verdict.status == "PASS", verdict.line()
+    assert (verdict.figures["outbox_restarts"], verdict.figures["codes"]) == (0, ["storage"])
