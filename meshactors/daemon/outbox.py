@@ -26,7 +26,9 @@ the peer): it never went.
 Housekeeping: a sweep makes sends past their TTL dead, and a prune loop deletes history past
 the retention in small batches (store.retention), both off the drain path. An evict in a
 closed network makes dead at once what waits to go to the evicted device (or everything of
-that network, when it is this device): it is never active again.
+that network, when it is this device): it is never active again. Every delivery that dies so,
+or by an `outbox_abort` (the op hands them over: `tell_dead`), is told one batch at a time,
+so aborts answered together do not flood the event hub.
 
 A full disk: a write of these loops that the state database refuses (`storage`) is made
 again every STORAGE_RETRY_S, with what it carries (acks to record, received messages to
@@ -98,6 +100,7 @@ MAX_ACK_TIMEOUT_S = 86_400.0  # the longest `--ack-timeout`
 PEER_WINDOW = 1024
 CLAIM_BATCH = 256  # due deliveries claimed per network per pass
 ACCEPT_INBOX = 256  # runs of sends waiting to be accepted before `send` ops wait
+TELL_INBOX = 64  # ops' dead deliveries (aborts) waiting to be told before those ops wait
 # Runs being accepted at once: each waits for the store however long it takes, holding its
 # bodies, so while the disk stalls more runs wait in the inbox (their asks time out) instead.
 MAX_ACCEPTING = ACCEPT_INBOX
@@ -141,6 +144,16 @@ class AcceptRun:
     requests: Sequence[SendRequest]
     recipients: Sequence[str]
     reply: Reply[list[AcceptOutcome | Exception]]
+
+
+@attrs.frozen
+class TellDead:
+    """Deliveries an op made dead (`outbox_abort`), to be told like the outbox's own; answered
+    once they are."""
+
+    deliveries: Sequence[outbox_db.DeliveryKey]
+    error: str
+    reply: Reply[None]
 
 
 @attrs.frozen
@@ -330,6 +343,10 @@ class Outbox(Actor):
     networks: NetworkManager
     settings: DurableSettings = attrs.field(factory=DurableSettings)
     inbox: Inbox[AcceptRun] = attrs.field(factory=lambda: Inbox(ACCEPT_INBOX))
+    tell_inbox: Inbox[TellDead] = attrs.field(factory=lambda: Inbox(TELL_INBOX))
+    # held while one batch of `message_dead` events goes to the hub, so the sweep, the evict
+    # burial and ops' aborts have one batch in the hub at a time between them
+    _telling: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     _doorbell: Doorbell = attrs.field(factory=Doorbell, init=False)  # rung for a pass soon
     _accepting: trio.Semaphore = attrs.field(
         factory=lambda: trio.Semaphore(MAX_ACCEPTING), init=False
@@ -382,6 +399,15 @@ class Outbox(Actor):
             what="outbox: accept sends",
         )
         return outcomes
+
+    async def tell_dead(self, deliveries: Sequence[outbox_db.DeliveryKey], error: str) -> None:
+        """Tell deliveries an op made dead (`message_dead` with `error`), paced with the
+        outbox's own (`_tell_dead`); returns once the hub has numbered and logged them."""
+        await self.tell_inbox.ask(
+            lambda reply: TellDead(deliveries, error, reply),
+            timeout=STORE_CALL_TIMEOUT,
+            what="outbox: tell deliveries dead",
+        )
 
     def poke(self) -> None:
         """Run a delivery pass soon (a send was accepted, a peer became active, a row was
@@ -457,6 +483,7 @@ class Outbox(Actor):
                 nursery.start_soon(self._take_acks)
                 nursery.start_soon(self._sweep)
                 nursery.start_soon(self._prune)
+                nursery.start_soon(self._tell_ops_dead)
                 nursery.start_soon(self._accept_runs, nursery)
                 task_status.started()
                 await self._drain(nursery)
@@ -761,12 +788,29 @@ class Outbox(Actor):
         while more:
             buried = await self._write(kill, what)
             more = buried.more
-            self.counts["dead"] += len(buried.deliveries)
-            for key in buried.deliveries:
+            await self._tell_dead(buried.deliveries, error)
+
+    async def _tell_ops_dead(self) -> None:
+        """Tell, one op at a time, the deliveries ops made dead (`tell_dead`)."""
+        async for told in self.tell_inbox.receiver:
+            await told.reply.answer_with(
+                functools.partial(self._tell_dead, told.deliveries, told.error)
+            )
+
+    async def _tell_dead(self, deliveries: Sequence[outbox_db.DeliveryKey], error: str) -> None:
+        """Tell each delivery that died (`message_dead` with `error`), a batch (at most
+        EXPIRE_DELIVERIES or MAX_RECIPIENTS) at a time: the hub numbers and logs one batch
+        before the next is published, so neither a backlog nor many aborts answered together
+        put more than a batch in the hub's inbox or log queue (a full one drops or leaves
+        unlogged what comes next)."""
+        if not deliveries:
+            return
+        async with self._telling:
+            self.counts["dead"] += len(deliveries)
+            for key in deliveries:
                 self.events.publish("message_dead", dead_event(key, error))
-            if buried.deliveries:
-                # No deadline: it only paces, and waits no longer than the log's writes.
-                await self.events.flush(timeout=math.inf)
+            # No deadline: it only paces, and waits no longer than the log's writes.
+            await self.events.flush(timeout=math.inf)
 
     async def _bury_evicted(self, network_id: str) -> None:
         """Make dead the deliveries of a network that can never go: to a device evicted from

@@ -17,7 +17,7 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from meshactors.clock import wall_ms
 from meshactors.control.session import Session
-from meshactors.daemon.outbox import dead_event, message_view
+from meshactors.daemon.outbox import message_view
 from meshactors.network.message_frames import MAX_MESSAGE_BYTES, MAX_META_BYTES
 from meshactors.ops.network_ops import network_of
 from meshactors.ops.optable import Merge, Op, converter
@@ -416,8 +416,7 @@ async def outbox_abort(session: Session, params: AbortParams) -> dict[str, Any]:
         functools.partial(outbox_db.abort, row_id=params.outbox_id, now_ms=wall_ms()),
         "abort",
     )
-    for key in ended:
-        session.services.events.publish("message_dead", dead_event(key, outbox_db.ABORTED))
+    await session.services.outbox.tell_dead(ended, outbox_db.ABORTED)
     session.services.outbox.poke()  # its pass recounts the rows: inspect's `pending` follows
     return {"row": row_view(row)}
 

@@ -3,6 +3,7 @@ accepts of one key, validation, outbox listing, abort by the CLI and HTTP, and i
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import sqlite3
@@ -14,12 +15,15 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meshactors.clock import wall_ms
 from meshactors.daemon import outbox as outbox_module
 from meshactors.daemon.services import Services
+from meshactors.event_hub import HUB_INBOX
 from meshactors.network.message_frames import MAX_MESSAGE_BYTES, MAX_META_BYTES, MAX_REF_CHARS, Msg
 from meshactors.ops.message_ops import OUTBOX_CURSOR, _outbox_cursor
 from meshactors.store import inbox as inbox_db
 from meshactors.store import outbox as outbox_db
+from meshactors.store.events import Event
 from meshactors.wire.device_id import device_id_from_public_key
 from meshactors.wire.ipc import MAX_PAGE, ErrorCode, OpError
 from meshactors.wire.peer import MAX_PEER_FRAME_BYTES, encode_frame
@@ -32,6 +36,8 @@ from tests.store.test_outbox import request as outbox_request
 from tests.support import Home
 
 NET = "n"
+ABORTED_ROWS = 2 * HUB_INBOX // outbox_db.MAX_RECIPIENTS + 1  # deliveries past the hub's inbox
+ABORT_WAIT = 30.0  # seconds for the aborts' answers and their events
 
 
 def new_device() -> str:
@@ -252,6 +258,41 @@ async def test_outbox_abort_by_the_cli_and_by_http(
     assert row in shown
     conflict = await (await http()).request("POST", "/v1/outbox/abort", body)
     assert (conflict.status, conflict.code) == (409, "conflict")
+
+
+async def test_pipelined_aborts_of_many_recipients_tell_each_delivery_dead(
+    connect: Any, daemon: Services
+) -> None:
+    # Their deliveries are twice what the event hub's inbox holds: aborts answered together
+    # (the store runs calls that queue together in one trip) must not flood it.
+    client = await joined(connect)
+    recipients = [f"dev-{n}" for n in range(outbox_db.MAX_RECIPIENTS)]
+    rows = []
+    for n in range(ABORTED_ROWS):
+        accept = functools.partial(
+            outbox_db.accept,
+            **outbox_request(
+                network=NET, recipients=recipients, client_message_id=f"many-{n}", now_ms=wall_ms()
+            ),
+        )
+        rows.append((await daemon.store.call(accept, what="test: a send to many")).id)
+    told = len(rows) * len(recipients)
+    watch, _ = await daemon.events.subscribe(told + 1)
+    for row_id in rows:
+        await client.send("outbox_abort", outbox_id=row_id)
+    with trio.fail_after(ABORT_WAIT):
+        answers = [await client.frame() for _ in rows]
+        assert all(answer["ok"] for answer in answers), answers
+        dead: collections.Counter[str] = collections.Counter()
+        while sum(dead.values()) < told:
+            assert daemon.events.figures()["dropped"] == 0
+            event = await watch.receive()
+            assert isinstance(event, Event)
+            if event.kind == "message_dead":
+                assert event.data["error"] == outbox_db.ABORTED
+                dead[event.data["id"]] += 1
+    assert dead == dict.fromkeys(rows, len(recipients))
+    assert daemon.events.figures()["dropped"] == 0
 
 
 async def test_outbox_abort_refuses_bad_ids_with_a_clear_code(connect: Any) -> None:
