@@ -127,7 +127,7 @@ def run_inbox(args: argparse.Namespace) -> int:
     for m in answer["messages"]:
         received = local_time(m["received_at"])
         print(f"{received}  {m['network']}  {m['from'][:SHORT_ID]}  {m['message']}")
-    if _has_next_page(args, "inbox", "messages", answer, **filters):
+    if _has_next_page(args, "inbox", "messages", answer, answer["more"], **filters):
         print(f"(next page: --cursor {answer['next_cursor']})")
     return 0
 
@@ -146,12 +146,16 @@ def _check_scope(args: argparse.Namespace, found: list[Any], op: str, key: str) 
 
 
 def _has_next_page(
-    args: argparse.Namespace, op: str, key: str, page: dict[str, Any], **filters: Any
+    args: argparse.Namespace, op: str, key: str, page: dict[str, Any], cut: bool, **filters: Any
 ) -> bool:
-    """Whether anything follows `page` of `op` (listed under `key`, asked with `filters`): a
-    full page's cursor may be the last one's (the inbox gives one after every page)."""
-    if page["next_cursor"] is None or len(page[key]) < args.limit:
+    """Whether anything follows `page` of `op` (listed under `key`, asked with `filters`),
+    which the daemon says it `cut` short (the inbox's `more`, the outbox's `next_cursor`):
+    never the page's length alone, as a page of large rows is cut before its limit (then
+    the row that did not fit follows), and a page cut at its limit may hold the last row."""
+    if not cut:
         return False
+    if len(page[key]) < args.limit:
+        return True
     after = _call_given(args, op, limit=1, cursor=page["next_cursor"], **filters)
     return bool(after[key])
 
@@ -167,7 +171,8 @@ def run_outbox_list(args: argparse.Namespace) -> int:
         print("outbox is empty" if args.cursor is None else "no older rows")
     else:
         print("\n".join(_row_line(row) for row in rows))
-    if _has_next_page(args, "outbox_list", "rows", answer, **filters):
+    cut = answer["next_cursor"] is not None
+    if _has_next_page(args, "outbox_list", "rows", answer, cut, **filters):
         hint = f"(next page: --cursor {answer['next_cursor']})"
         print(hint, file=sys.stderr if args.json else sys.stdout)
     return 0

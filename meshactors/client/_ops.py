@@ -366,7 +366,8 @@ class Ops(abc.ABC):
         cursor: str | None = None,
     ) -> Data:
         """A page of received messages (`sender` is the op's `from`; `since` is ms since the
-        epoch; pass the answer's `next_cursor` as `cursor` for the next page)."""
+        epoch; pass the answer's `next_cursor` as `cursor` for the next page: at once while
+        `more` is true, as a page of large messages is cut before `limit`, later to poll)."""
         return await self.call(
             "inbox",
             params(network=network, since=since, limit=limit, cursor=cursor)
@@ -382,8 +383,9 @@ class Ops(abc.ABC):
         cursor: str | None = None,
     ) -> Data:
         """Queued durable messages, newest first, optionally only those in one status or one
-        network (without it: every network's, a left one's kept rows included); pass a full
-        page's `next_cursor` as `cursor` for the older rows after it."""
+        network (without it: every network's, a left one's kept rows included); pass the
+        page's `next_cursor` as `cursor` for the older rows after it, until it is null (a
+        page of large rows is cut before `limit`: only a null cursor means the end)."""
         return await self.call(
             "outbox_list", params(status=status, network=network, limit=limit, cursor=cursor)
         )

@@ -297,8 +297,9 @@ def _cursor(text: str | None) -> int | None:
 
 
 async def inbox(session: Session, params: InboxParams) -> dict[str, Any]:
-    """A page of received messages, oldest first; pass `next_cursor` back for the next."""
-    messages, next_cursor = await _store_call(
+    """A page of received messages, oldest first; pass `next_cursor` back for the next (at
+    once while `more`: the page was cut)."""
+    messages, next_cursor, more = await _store_call(
         session,
         functools.partial(
             inbox_db.page,
@@ -313,6 +314,7 @@ async def inbox(session: Session, params: InboxParams) -> dict[str, Any]:
     return {
         "messages": [message_view(message) for message in messages],
         "next_cursor": None if next_cursor is None else str(next_cursor),
+        "more": more,
     }
 
 
@@ -352,9 +354,10 @@ def _outbox_cursor(text: str | None) -> tuple[int, str] | None:
 
 
 async def outbox_list(session: Session, params: OutboxListParams) -> dict[str, Any]:
-    """Sends, newest first, optionally of one status or network; a full page's `next_cursor`
-    (the last row's) passed back as `cursor` gives the rows older than it."""
-    rows = await _store_call(
+    """Sends, newest first, optionally of one status or network; the `next_cursor` of a page
+    cut short (full, or at MAX_PAGE_DATA_BYTES: the last row's; null at the end) passed back
+    as `cursor` gives the rows older than it."""
+    rows, more = await _store_call(
         session,
         functools.partial(
             outbox_db.list_rows,
@@ -365,7 +368,7 @@ async def outbox_list(session: Session, params: OutboxListParams) -> dict[str, A
         ),
         "list outbox",
     )
-    last = rows[-1] if len(rows) == params.limit else None
+    last = rows[-1] if more else None
     return {
         "rows": [row_view(row) for row in rows],
         "next_cursor": None if last is None else f"{last.created_at}.{last.id}",

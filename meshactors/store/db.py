@@ -385,8 +385,7 @@ def from_json(text: str) -> Any:
 
 def checked_limit(limit: int, maximum: int) -> int:
     """A page size from 1 to `maximum`, so no call reads an unbounded result; one beyond is
-    refused (ValueError, answered `invalid_params`), not cut, so a caller never mistakes a
-    short page for the end."""
+    refused (ValueError, answered `invalid_params`) rather than quietly lowered."""
     if not 1 <= limit <= maximum:
         raise ValueError(f"limit must be 1-{maximum}, got {limit}")
     return limit

@@ -1,12 +1,13 @@
 """The inbox: messages from peers, stored once per sender's client_message_id, paged by cursor."""
 
+import contextlib
 import sqlite3
 from typing import Any
 
 import attrs
 
 from meshactors.store.db import checked_limit, from_json, immediate, to_json
-from meshactors.wire.ipc import MAX_PAGE
+from meshactors.wire.ipc import MAX_PAGE, MAX_PAGE_DATA_BYTES
 
 _COLUMNS = (
     "seq, network, sender, client_message_id, message, meta_json, priority, reply_to_id,"
@@ -94,36 +95,51 @@ def page(
     since_ms: int | None = None,
     limit: int,
     cursor: int | None,
-) -> tuple[list[InboxMessage], int | None]:
+    max_bytes: int = MAX_PAGE_DATA_BYTES,
+) -> tuple[list[InboxMessage], int | None, bool]:
     """One page of the inbox, oldest first (by seq), after `cursor` (None: from the start).
 
     Filters are optional; `since_ms` keeps messages received at or after it (our clock).
-    Returns the messages and the cursor for the next page: the last seq returned when the
-    page is full, else the newest seq there is (the scan passed every row up to it), so
+    At most `limit` (capped at MAX_PAGE) messages and, past the first, `max_bytes` of their
+    text and meta, read one at a time, so a page of large messages is cut short with the
+    rest unread. Returns the messages, the cursor for the next page and whether the page was
+    cut (by either bound: ask again at once). The cursor is the last seq returned when the
+    page was cut, else the newest seq there is (the scan passed every row up to it), so
     polling with it never skips or repeats, and a filtered poll that matches nothing does
-    not walk the same rows again. `limit` is capped at MAX_PAGE.
+    not walk the same rows again.
     """
     limit = checked_limit(limit, MAX_PAGE)
-    rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM inbox WHERE seq > :cursor"
-        " AND (:network IS NULL OR network = :network)"
-        " AND (:sender IS NULL OR sender = :sender)"
-        " AND (:since IS NULL OR received_at >= :since)"
-        " ORDER BY seq LIMIT :limit",
-        {
-            "cursor": 0 if cursor is None else cursor,
-            "network": network,
-            "sender": sender,
-            "since": since_ms,
-            "limit": limit,
-        },
-    ).fetchall()
-    messages = [_message(row) for row in rows]
-    if len(messages) == limit:
-        return messages, messages[-1].seq
+    messages: list[InboxMessage] = []
+    size, cut = 0, False
+    with contextlib.closing(
+        conn.execute(
+            f"SELECT {_COLUMNS}, length(CAST(message AS BLOB))"
+            " + coalesce(length(CAST(meta_json AS BLOB)), 0)"
+            " FROM inbox WHERE seq > :cursor"
+            " AND (:network IS NULL OR network = :network)"
+            " AND (:sender IS NULL OR sender = :sender)"
+            " AND (:since IS NULL OR received_at >= :since)"
+            " ORDER BY seq LIMIT :limit",
+            {
+                "cursor": 0 if cursor is None else cursor,
+                "network": network,
+                "sender": sender,
+                "since": since_ms,
+                "limit": limit,
+            },
+        )
+    ) as rows:
+        for row in rows:  # read one at a time: the rows past the byte bound stay unread
+            size += row[-1]
+            if messages and size > max_bytes:
+                cut = True
+                break
+            messages.append(_message(row))
+    if cut or len(messages) == limit:
+        return messages, messages[-1].seq, True
     # Only the store's one connection writes, so nothing came in between the two reads.
     newest: int | None = conn.execute("SELECT max(seq) FROM inbox").fetchone()[0]
-    return messages, max((seq for seq in (cursor, newest) if seq is not None), default=None)
+    return messages, max((seq for seq in (cursor, newest) if seq is not None), default=None), False
 
 
 def _message(row: tuple[Any, ...]) -> InboxMessage:

@@ -9,6 +9,7 @@ removes or moves rows between statuses bumps their row_counts in the same transa
 """
 
 import collections
+import contextlib
 import random
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -29,7 +30,7 @@ from meshactors.store.fingerprint import (
     mint_client_message_id,
     request_fingerprint,
 )
-from meshactors.wire.ipc import MAX_PAGE
+from meshactors.wire.ipc import MAX_PAGE, MAX_PAGE_DATA_BYTES
 
 DESTINATION_KINDS = ("peer", "all", "tag")
 PRIORITIES = ("now", "next", "low")  # draining order: every due 'now' before any 'next'
@@ -50,6 +51,9 @@ EXPIRE_DELIVERIES = MAX_RECIPIENTS
 EXPIRED = "expired"  # last_error of pending deliveries that outlived TTL_MS (expire_pending)
 EVICTED = "evicted"  # last_error of deliveries an evict made undeliverable (bury_evicted)
 ABORTED = "aborted"  # last_error of the open deliveries of a send the user aborted (abort)
+# a listed delivery's JSON besides its recipient and last_error (status, attempts, next
+# attempt, keys), about: what each counts toward a listing's MAX_PAGE_DATA_BYTES
+LISTED_DELIVERY_BYTES = 100
 
 _PRIORITY_RANK = "CASE o.priority WHEN 'now' THEN 0 WHEN 'next' THEN 1 ELSE 2 END"
 _DUE_COLUMNS = (
@@ -700,11 +704,15 @@ def list_rows(
     network: str | None,
     limit: int,
     before: tuple[int, str] | None = None,
-) -> list[OutboxRow]:
+    max_bytes: int = MAX_PAGE_DATA_BYTES,
+) -> tuple[list[OutboxRow], bool]:
     """Sends for the operator, newest first, optionally of one status and/or network, and
     after (older than) the row whose (created_at, id) is `before`; walks index
     outbox_by_status (one status) or outbox_recent (all) from the newest end, or from
-    `before`, which need not exist any more (retention may have deleted it)."""
+    `before`, which need not exist any more (retention may have deleted it). At most `limit`
+    rows and, past the first, `max_bytes` of their listed text (`_listed_bytes`), read one
+    at a time, so a page of large rows is cut short with the rest unread; also returns
+    whether the page was cut (by either bound: older rows may follow)."""
     if status is not None:
         _check_choice("status", status, ROW_STATUSES)
     index, where = (
@@ -713,19 +721,34 @@ def list_rows(
     if before is not None:  # the walk starts at `before`, not at the newest end
         where += " AND (created_at, id) < (:created_at, :id)"
     at, row_id = before or (None, None)
-    rows = conn.execute(
-        f"SELECT {_ROW_COLUMNS} FROM outbox INDEXED BY {index}"
-        f" WHERE {where} AND (:network IS NULL OR network = :network)"
-        " ORDER BY created_at DESC, id DESC LIMIT :limit",
-        {
-            "status": status,
-            "network": network,
-            "created_at": at,
-            "id": row_id,
-            "limit": checked_limit(limit, MAX_PAGE),
-        },
-    ).fetchall()
-    return [_outbox_row(conn, row) for row in rows]
+    limit = checked_limit(limit, MAX_PAGE)
+    found: list[OutboxRow] = []
+    size = 0
+    with contextlib.closing(
+        conn.execute(
+            f"SELECT {_ROW_COLUMNS}, length(CAST(message AS BLOB))"
+            " + coalesce(length(CAST(meta_json AS BLOB)), 0)"
+            f" FROM outbox INDEXED BY {index}"
+            f" WHERE {where} AND (:network IS NULL OR network = :network)"
+            " ORDER BY created_at DESC, id DESC LIMIT :limit",
+            {"status": status, "network": network, "created_at": at, "id": row_id, "limit": limit},
+        )
+    ) as rows:
+        for row in rows:  # read one at a time: the rows past the byte bound stay unread
+            listed = _outbox_row(conn, row)
+            size += row[-1] + _listed_bytes(listed)
+            if found and size > max_bytes:
+                return found, True
+            found.append(listed)
+    return found, len(found) == limit
+
+
+def _listed_bytes(row: OutboxRow) -> int:
+    """What a row's deliveries add to a listing, about: their recipients and errors, and
+    LISTED_DELIVERY_BYTES for the rest of each (its text and meta are counted apart)."""
+    return sum(
+        len(d.recipient) + len(d.last_error or "") + LISTED_DELIVERY_BYTES for d in row.deliveries
+    )
 
 
 def requeue(

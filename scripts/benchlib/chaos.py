@@ -774,7 +774,7 @@ async def inbox_all(client: MeshClient) -> list[dict[str, Any]]:
     while True:
         page = await client.inbox(limit=INBOX_PAGE, cursor=cursor)
         messages += page["messages"]
-        if len(page["messages"]) < INBOX_PAGE:
+        if not page["more"]:  # a page of large messages is cut short before INBOX_PAGE
             return messages
         cursor = page["next_cursor"]
 

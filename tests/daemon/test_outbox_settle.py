@@ -18,5 +18,5 @@ def test_a_timeout_recorded_after_its_ack_is_no_news(tmp_path: Path) -> None:
     assert outbox_db.mark_inflight(conn, [key], T0) == [key]
     late = [_Settled(sent.id, "dev-a", None), _Settled(sent.id, "dev-a", ACK_TIMEOUT)]
     assert record_settled(conn, late, T0 + 1) == ["done", "already_done"]
-    (row,) = outbox_db.list_rows(conn, status="done", network=None, limit=10)
+    (row,), _ = outbox_db.list_rows(conn, status="done", network=None, limit=10)
     assert row.deliveries[0].attempts == 0

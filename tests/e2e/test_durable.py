@@ -45,7 +45,7 @@ def inbox_all(home: Home) -> list[dict[str, Any]]:
             params: dict[str, Any] = {"limit": 500} | ({"cursor": cursor} if cursor else {})
             page = client.call("inbox", **params)
             messages += page["messages"]
-            if len(page["messages"]) < 500:
+            if not page["more"]:
                 return messages
             cursor = page["next_cursor"]
 

@@ -25,7 +25,7 @@ from meshactors.store import inbox as inbox_db
 from meshactors.store import outbox as outbox_db
 from meshactors.store.events import Event
 from meshactors.wire.device_id import device_id_from_public_key
-from meshactors.wire.ipc import MAX_PAGE, ErrorCode, OpError
+from meshactors.wire.ipc import MAX_PAGE, MAX_PAGE_DATA_BYTES, ErrorCode, OpError
 from meshactors.wire.peer import MAX_PEER_FRAME_BYTES, encode_frame
 from tests.daemon_tree import Connect
 from tests.fuzz.conftest import examples_of
@@ -38,6 +38,8 @@ from tests.support import Home
 NET = "n"
 ABORTED_ROWS = 2 * HUB_INBOX // outbox_db.MAX_RECIPIENTS + 1  # deliveries past the hub's inbox
 ABORT_WAIT = 30.0  # seconds for the aborts' answers and their events
+LARGE_MESSAGE_CHARS = 100_000  # an inbox message about a tenth of a page's bytes
+WIDE_ROWS = 20  # outbox rows to 1,000 recipients: some 3 MB listed, several pages
 
 
 def new_device() -> str:
@@ -176,7 +178,7 @@ async def test_outbox_list_pages_past_max_page_by_cursor(connect: Any, daemon: S
         "outbox_list", limit=MAX_PAGE, status="pending", cursor=full["next_cursor"]
     )
     assert len(rest["data"]["rows"]) == 100
-    assert rest["data"]["next_cursor"] is None  # a short page is the end
+    assert rest["data"]["next_cursor"] is None  # neither full nor cut by bytes: the end
     newest = newest_first[0]
     for cursor in ("", "abc", f"1.{newest}x", f"\u0661.{newest}", f"{2**63}.{newest}", newest):
         bad = await client.call("outbox_list", cursor=cursor)
@@ -358,6 +360,87 @@ async def test_inbox_pages_by_cursor_and_filters_by_sender(connect: Any, daemon:
     for cursor in ("abc", "", "-1", "\u00b2", "1\u0663", "99999999999999999999"):
         bad = await client.call("inbox", limit=10, cursor=cursor)
         assert bad["error"]["code"] == "invalid_params", cursor
+
+
+async def test_an_inbox_page_of_large_messages_is_cut_by_bytes_and_its_cursor_goes_on(
+    connect: Any, daemon: Services
+) -> None:
+    client = await connect()
+    # a page holds about ten of these; one past the bound comes alone, small ones end it
+    sizes = [LARGE_MESSAGE_CHARS] * 25 + [2 * MAX_PAGE_DATA_BYTES] + [10] * 3
+
+    def fill(conn: sqlite3.Connection) -> list[int]:
+        return [
+            inbox_db.store_message(
+                conn,
+                network=NET,
+                sender="dev-big",
+                client_message_id=f"big-{i}",
+                message="x" * size,
+                meta=None,
+                priority="next",
+                reply_to_id=None,
+                sent_at=i,
+                now_ms=1000 + i,
+            )[0].seq
+            for i, size in enumerate(sizes)
+        ]
+
+    stored = await daemon.store.call(fill, what="test: large messages")
+    cli = functools.partial(Home(daemon.paths.socket.parent).cli, "inbox", "--limit", "500")
+    first = (await trio.to_thread.run_sync(cli)).stdout.splitlines()
+    assert len(first) < len(stored) and first[-1].startswith("(next page: --cursor ")
+    seen: list[int] = []
+    cut = 0
+    page = (await client.call("inbox", limit=MAX_PAGE))["data"]
+    while True:
+        assert page["messages"]  # a row always fits: paging moves on
+        largest = max(len(json.dumps(m)) for m in page["messages"])
+        assert len(json.dumps(page)) <= MAX_PAGE_DATA_BYTES + largest
+        seen += [m["seq"] for m in page["messages"]]
+        if not page["more"]:
+            break
+        cut += 1
+        page = await client.call("inbox", limit=MAX_PAGE, cursor=page["next_cursor"])
+        page = page["data"]
+    assert seen == stored  # each once, in order
+    assert cut >= 4
+
+
+async def test_an_outbox_list_page_of_many_deliveries_is_cut_by_bytes_and_its_cursor_goes_on(
+    connect: Any, daemon: Services
+) -> None:
+    client = await connect()
+    recipients = [f"{n:052d}" for n in range(1000)]  # ~150 KB a row as listed
+
+    def fill(conn: sqlite3.Connection) -> list[str]:
+        return [
+            outbox_db.accept(
+                conn,
+                **outbox_request(
+                    recipients=recipients, client_message_id=f"wide-{i}", now_ms=T0 + i
+                ),
+            ).id
+            for i in range(WIDE_ROWS)
+        ]
+
+    newest_first = list(reversed(await daemon.store.call(fill, what="test: wide sends")))
+    home = Home(daemon.paths.socket.parent)
+    cli = functools.partial(home.cli, "outbox", "list", "--limit", "500")
+    first = (await trio.to_thread.run_sync(cli)).stdout.splitlines()
+    assert len(first) < WIDE_ROWS and first[-1].startswith("(next page: --cursor ")
+    seen: list[str] = []
+    page = (await client.call("outbox_list", limit=MAX_PAGE))["data"]
+    assert 0 < len(page["rows"]) < WIDE_ROWS and page["next_cursor"] is not None  # cut
+    while True:
+        largest = max(len(json.dumps(row)) for row in page["rows"])
+        assert len(json.dumps(page)) <= MAX_PAGE_DATA_BYTES + largest
+        seen += [row["id"] for row in page["rows"]]
+        if page["next_cursor"] is None:
+            break
+        page = await client.call("outbox_list", limit=MAX_PAGE, cursor=page["next_cursor"])
+        page = page["data"]
+    assert seen == newest_first  # each once, newest first
 
 
 async def test_send_refuses_a_well_formed_id_that_roster_deny_calls_unusable(

@@ -81,12 +81,12 @@ def _step(conn: sqlite3.Connection, step: str, pick: int, at: int) -> None:
         )
         return
     if step == "requeue":
-        rows = outbox.list_rows(conn, status="dead", network=None, limit=5)
+        rows, _ = outbox.list_rows(conn, status="dead", network=None, limit=5)
         if rows:
             outbox.requeue(conn, rows[pick % len(rows)].id, new_client_message_id=None, now_ms=at)
         return
     if step == "abort":
-        rows = outbox.list_rows(conn, status=None, network=None, limit=5)
+        rows, _ = outbox.list_rows(conn, status=None, network=None, limit=5)
         abortable = [row for row in rows if row.status in outbox.ABORTABLE]
         if abortable:
             outbox.abort(conn, abortable[pick % len(abortable)].id, now_ms=at)

@@ -61,17 +61,17 @@ def test_the_same_id_from_another_sender_or_network_is_a_new_message(
 
 def test_paging_walks_oldest_first_with_the_cursor(conn: sqlite3.Connection) -> None:
     stored = [receive(conn, client_message_id=f"cm-{i}")[0] for i in range(5)]
-    first, cursor = page(conn, limit=2, cursor=None)
+    first, cursor, _ = page(conn, limit=2, cursor=None)
     assert first == stored[:2]
     assert cursor == stored[1].seq
-    second, cursor = page(conn, limit=2, cursor=cursor)
+    second, cursor, _ = page(conn, limit=2, cursor=cursor)
     assert second == stored[2:4]
-    third, cursor = page(conn, limit=2, cursor=cursor)
+    third, cursor, more = page(conn, limit=2, cursor=cursor)
+    assert not more  # short: the end, for now
     assert third == stored[4:]
-    empty, same = page(conn, limit=2, cursor=cursor)
-    assert (empty, same) == ([], cursor)
+    assert page(conn, limit=2, cursor=cursor) == ([], cursor, False)
     later = receive(conn, client_message_id="cm-late")[0]
-    assert page(conn, limit=2, cursor=cursor) == ([later], later.seq)
+    assert page(conn, limit=2, cursor=cursor) == ([later], later.seq, False)
 
 
 def test_a_filtered_poll_that_matches_nothing_moves_past_what_it_read(
@@ -79,15 +79,15 @@ def test_a_filtered_poll_that_matches_nothing_moves_past_what_it_read(
 ) -> None:
     # Else every poll for a quiet sender walks the whole inbox after the cursor again.
     others = [receive(conn, client_message_id=f"o{i}", sender="dev-b")[0] for i in range(50)]
-    found, cursor = page(conn, sender="dev-a", limit=10, cursor=None)
+    found, cursor, _ = page(conn, sender="dev-a", limit=10, cursor=None)
     assert (found, cursor) == ([], others[-1].seq)
     mine = receive(conn, client_message_id="m1")[0]
     receive(conn, client_message_id="o-late", sender="dev-b")
-    assert page(conn, sender="dev-a", limit=10, cursor=cursor) == ([mine], mine.seq + 1)
+    assert page(conn, sender="dev-a", limit=10, cursor=cursor) == ([mine], mine.seq + 1, False)
 
 
 def test_an_empty_inbox_pages_to_nothing(conn: sqlite3.Connection) -> None:
-    assert page(conn, limit=10, cursor=None) == ([], None)
+    assert page(conn, limit=10, cursor=None) == ([], None, False)
 
 
 def test_paging_filters_by_network_sender_and_received_time(conn: sqlite3.Connection) -> None:
@@ -105,10 +105,10 @@ def test_the_page_size_is_capped(conn: sqlite3.Connection) -> None:
         receive(conn, client_message_id=str(i))
     with pytest.raises(ValueError, match=f"limit must be 1-{MAX_PAGE}"):
         page(conn, limit=MAX_PAGE + 1, cursor=None)  # refused, not cut
-    messages, cursor = page(conn, limit=MAX_PAGE, cursor=None)
-    assert len(messages) == MAX_PAGE
-    rest, _ = page(conn, limit=MAX_PAGE, cursor=cursor)
-    assert len(rest) == 1
+    messages, cursor, more = page(conn, limit=MAX_PAGE, cursor=None)
+    assert (len(messages), more) == (MAX_PAGE, True)
+    rest, _, more = page(conn, limit=MAX_PAGE, cursor=cursor)
+    assert (len(rest), more) == (1, False)
 
 
 def test_a_non_positive_limit_is_refused(conn: sqlite3.Connection) -> None:

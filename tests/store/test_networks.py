@@ -178,7 +178,7 @@ def test_purge_removes_everything_of_that_network_only(conn: sqlite3.Connection)
     )
     assert [name for name, _ in load_networks(conn)] == ["net2"]
     assert get_settings(conn, GLOBAL) == {"profile": {"name": "me"}}
-    assert [r.network for r in list_rows(conn, status=None, network=None, limit=10)] == ["net2"]
+    assert [r.network for r in list_rows(conn, status=None, network=None, limit=10)[0]] == ["net2"]
 
 
 def test_purge_counts_the_sends_it_deletes_undelivered(conn: sqlite3.Connection) -> None:
@@ -192,7 +192,7 @@ def test_purge_counts_the_sends_it_deletes_undelivered(conn: sqlite3.Connection)
     mark_inflight(conn, [done], T0)
     mark_delivered_many(conn, [done], T0)
     mark_failed(conn, ids["dead"], "dev-a", error_code="rejected", permanent=True, now_ms=T0)
-    shown = list_rows(conn, status=None, network="net1", limit=10)
+    shown, _ = list_rows(conn, status=None, network="net1", limit=10)
     assert sorted(row.status for row in shown) == ["dead", "done", "inflight", "pending"]
     assert delete_network(conn, "net1", purge=True) == Forgotten(known=True, purged_unsent=2)
 

@@ -69,7 +69,7 @@ def delivered(conn: sqlite3.Connection, row_id: str, recipient: str, now_ms: int
 
 
 def row_of(conn: sqlite3.Connection, row_id: str) -> outbox.OutboxRow:
-    (row,) = [r for r in list_rows(conn, status=None, network=None, limit=500) if r.id == row_id]
+    (row,) = [r for r in list_rows(conn, status=None, network=None, limit=500)[0] if r.id == row_id]
     return row
 
 
@@ -617,11 +617,15 @@ def test_list_rows_filters_newest_first_and_checks_the_limit(conn: sqlite3.Conne
     second = send(conn, client_message_id="2", now_ms=T0 + 1).id
     other = send(conn, client_message_id="3", network="net2", now_ms=T0 + 2).id
     delivered(conn, first, "dev-a", T0)
-    every = list_rows(conn, status=None, network=None, limit=10)
+    every, more = list_rows(conn, status=None, network=None, limit=10)
+    assert not more
     assert [r.id for r in every] == [other, second, first]
-    assert [r.id for r in list_rows(conn, status="pending", network="net1", limit=10)] == [second]
-    assert [r.id for r in list_rows(conn, status="done", network=None, limit=10)] == [first]
-    assert len(list_rows(conn, status=None, network=None, limit=1)) == 1
+    assert [r.id for r in list_rows(conn, status="pending", network="net1", limit=10)[0]] == [
+        second
+    ]
+    assert [r.id for r in list_rows(conn, status="done", network=None, limit=10)[0]] == [first]
+    one, more = list_rows(conn, status=None, network=None, limit=1)
+    assert (len(one), more) == (1, True)
     with pytest.raises(SendError) as info:
         list_rows(conn, status="lost", network=None, limit=10)
     assert info.value.code == "invalid_request"
@@ -632,7 +636,7 @@ def test_list_rows_filters_newest_first_and_checks_the_limit(conn: sqlite3.Conne
 def test_list_rows_and_due_deliveries_are_capped(conn: sqlite3.Connection) -> None:
     for i in range(MAX_PAGE + 1):
         send(conn, client_message_id=f"cm-{i}")
-    assert len(list_rows(conn, status=None, network=None, limit=MAX_PAGE)) == MAX_PAGE
+    assert len(list_rows(conn, status=None, network=None, limit=MAX_PAGE)[0]) == MAX_PAGE
     assert len(due_deliveries(conn, now_ms=T0, limit=MAX_PAGE)) == MAX_PAGE
     with pytest.raises(ValueError, match=f"limit must be 1-{MAX_PAGE}, got 10000"):
         list_rows(conn, status=None, network=None, limit=10_000)  # refused, not cut
@@ -647,17 +651,20 @@ def test_list_rows_pages_past_max_page_before_a_row_even_once_it_is_gone(
     for limit in (MAX_PAGE, 7):
         seen: list[str] = []
         before = None
-        while page := list_rows(conn, status=None, network=None, limit=limit, before=before):
+        more = True
+        while more:
+            page, more = list_rows(conn, status=None, network=None, limit=limit, before=before)
             seen += [row.id for row in page]
             before = page[-1].created_at, page[-1].id
         assert seen == newest_first
-    first = list_rows(conn, status="pending", network="net1", limit=MAX_PAGE)
+    first, _ = list_rows(conn, status="pending", network="net1", limit=MAX_PAGE)
     assert [row.id for row in first] == newest_first[:MAX_PAGE]
     last = first[-1]
     outbox.delete_sends(conn, [last.id])  # retention may delete the row a cursor names
-    rest = list_rows(
+    rest, more = list_rows(
         conn, status="pending", network="net1", limit=MAX_PAGE, before=(last.created_at, last.id)
     )
+    assert not more
     assert [row.id for row in rest] == newest_first[MAX_PAGE:]
 
 
