@@ -49,7 +49,7 @@ from meshactors.network.calls import DeadlineHeap
 from meshactors.network.peers import MAX_PEERS, TOKEN_ROUNDING, PeerStatus
 from meshactors.store.actor import StoreActor
 from meshactors.turns import take_turns
-from meshactors.wire.ipc import MAX_PAGE, ErrorCode, OpError
+from meshactors.wire.ipc import MAX_PAGE, MAX_PAGE_DATA_BYTES, ErrorCode, OpError
 from meshactors.wire.peer import Frame
 
 log = structlog.get_logger("meshactors.netstate")
@@ -227,11 +227,11 @@ class StateReplica:
             raise OpError(ErrorCode.INVALID_PARAMS, f"limit must be 1-{MAX_PAGE}, got {limit}")
         if cursor is not None:
             _checked(check_key, cursor)
-        found = self.map.live(prefix, cursor, limit)
+        found, more = self.map.live(prefix, cursor, limit, MAX_PAGE_DATA_BYTES)
         return {
             "network": self.network,
             "entries": [self._view(entry) for entry in found],
-            "next_cursor": found[-1].key if len(found) == limit else None,
+            "next_cursor": found[-1].key if more else None,
         }
 
     def write(self, key: str, value: Any, *, deleted: bool) -> Pending[dict[str, Any]]:

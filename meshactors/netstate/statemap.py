@@ -113,22 +113,30 @@ class StateMap:
         self.bytes += new.size
         self.tombstones += new.deleted
 
-    def live(self, prefix: str, after: str | None, limit: int) -> list[Entry]:
-        """Up to `limit` entries that are not tombstones, keys starting with `prefix` and
-        sorting after `after`, in key order."""
+    def live(
+        self, prefix: str, after: str | None, limit: int, max_bytes: int
+    ) -> tuple[list[Entry], bool]:
+        """Entries that are not tombstones, keys starting with `prefix` and sorting after
+        `after`, in key order, at most `limit` and (after the first) `max_bytes` of them
+        (Entry.size); and whether either bound cut them short (more may follow)."""
         index = bisect.bisect_left(self._keys, prefix)
         if after is not None:
             index = max(index, bisect.bisect_right(self._keys, after))
         found: list[Entry] = []
+        size = 0
         for key in self._keys[index:]:
             if not key.startswith(prefix):
                 break
             entry = self._entries[key]
-            if not entry.deleted:
-                found.append(entry)
-                if len(found) == limit:
-                    break
-        return found
+            if entry.deleted:
+                continue
+            size += entry.size
+            if found and size > max_bytes:
+                return found, True
+            found.append(entry)
+            if len(found) == limit:
+                return found, True
+        return found, False
 
     def summary(self) -> str:
         """The bucket digests as one hex string (SUMMARY_CHARS)."""

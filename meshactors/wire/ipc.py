@@ -31,8 +31,9 @@ MAX_OP_CHARS = 64
 DEFAULT_PAGE = 100  # `inbox`, `outbox_list`, `state_list` rows when no limit is given (all clients)
 MAX_PAGE = 500  # ...and the most one page of them returns, bounding one answer on the socket
 # ...and past a page's first row, at most this many bytes of its rows' stored text (inbox and
-# outbox messages with their meta, outbox deliveries): a page of large rows is cut short (its
-# `next_cursor` set, the inbox's `more` true), so an answer being built stays bounded
+# outbox messages with their meta, outbox deliveries, state keys and values): a page of large
+# rows is cut short (its `next_cursor` set, the inbox's `more` true), so an answer being built
+# stays bounded
 MAX_PAGE_DATA_BYTES = 1024 * 1024
 
 

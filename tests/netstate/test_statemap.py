@@ -99,7 +99,7 @@ def test_a_later_stamp_wins_and_the_author_breaks_ties() -> None:
     assert merged.get("k") == tie
     gone = Entry.tombstone("k", Stamp(11, 0), DEVICES[0])
     merged.merge(gone)
-    assert merged.get("k") == gone and merged.live("", None, 10) == []
+    assert merged.get("k") == gone and merged.live("", None, 10, 10**6) == ([], False)
     assert merged.tombstones == 1 and len(merged) == 1
 
 
@@ -126,9 +126,10 @@ def test_live_lists_by_prefix_after_a_cursor() -> None:
     merged = StateMap()
     for key in ("a", "b/1", "b/2", "b/3", "c"):
         merged.merge(Entry.write(key, key, Stamp(1, 0), DEVICES[0]))
-    assert [e.key for e in merged.live("b/", None, 2)] == ["b/1", "b/2"]
-    assert [e.key for e in merged.live("b/", "b/2", 5)] == ["b/3"]
-    assert [e.key for e in merged.live("", "b/3", 5)] == ["c"]
+    assert [e.key for e in merged.live("b/", None, 2, 10**6)[0]] == ["b/1", "b/2"]
+    assert [e.key for e in merged.live("b/", "b/2", 5, 10**6)[0]] == ["b/3"]
+    assert [e.key for e in merged.live("", "b/3", 5, 10**6)[0]] == ["c"]
+    assert merged.live("b/", None, 5, 1) == ([merged.get("b/1")], True)  # the first fits
 
 
 def test_keys_and_values_out_of_bounds_are_refused() -> None:

@@ -14,11 +14,14 @@ import trio
 import trio.testing
 
 from meshactors.netstate import statemap
+from meshactors.wire.ipc import MAX_PAGE, MAX_PAGE_DATA_BYTES
 from tests.network.conftest import NET, UNREACHABLE, WAIT, Daemon, Mesh, OpFailed, approve_both
 from tests.network.test_restarts import crash_path
 from tests.support import LineClient
 
 PIPELINE = 100  # writes one test client keeps in flight (a connection takes 128)
+LARGE_STATE_CHARS = 16_000  # a value near MAX_VALUE_BYTES
+LARGE_STATE_KEYS = 150  # of them: some 2.4 MB, a single page before pages were cut by bytes
 
 
 async def state_of(daemon: Daemon) -> dict[str, Any]:
@@ -291,3 +294,25 @@ async def test_a_write_taken_when_core_crashes_is_answered_unavailable_at_once(
         stall.execute("COMMIT")
     assert answer["error"]["code"] == "unavailable"
     await writer.aclose()
+
+
+async def test_a_state_list_page_of_large_values_is_cut_by_bytes_and_its_cursor_goes_on(
+    mesh: Mesh,
+) -> None:
+    a = await mesh.daemon("a")
+    await a.join(UNREACHABLE)
+    # near the largest value each: some 63 to a page's MAX_PAGE_DATA_BYTES, not 500
+    values = {f"big/{n:03d}": "x" * LARGE_STATE_CHARS for n in range(LARGE_STATE_KEYS)}
+    await set_many(a, values)
+    listed: list[str] = []
+    page = await a.call("state_list", network=NET, limit=MAX_PAGE)
+    assert 0 < len(page["entries"]) < LARGE_STATE_KEYS and page["next_cursor"] is not None
+    while True:
+        assert sum(len(e["key"]) + len(e["value"]) for e in page["entries"]) <= (
+            MAX_PAGE_DATA_BYTES
+        )
+        listed += [entry["key"] for entry in page["entries"]]
+        if page["next_cursor"] is None:
+            break
+        page = await a.call("state_list", network=NET, limit=MAX_PAGE, cursor=page["next_cursor"])
+    assert listed == sorted(values)  # each once, in key order
