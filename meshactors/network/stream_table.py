@@ -95,9 +95,13 @@ class StreamState:
     def written(self, cost: int) -> int:
         """The connection wrote `cost` of what arrived: the credit to hand back now, once a
         quarter window is owed, or CREDIT_TRICKLE with all that came written (else 0); after
-        the peer's end too, as it frees the peer's budget (PEER_STREAM_BYTES)."""
+        the peer's end too while ours has not gone out, as it frees the peer's budget
+        (PEER_STREAM_BYTES). Once both ends are done none: the peer forgot the stream (its
+        budget back) or does once our end comes, so credit would find no stream."""
         self.held -= cost
         self.owed += cost
+        if self.remote_ended and self.local_ended:
+            return 0
         if self.owed < CREDIT_RETURN and (self.held or self.owed < CREDIT_TRICKLE):
             return 0
         credit, self.owed = self.owed, 0

@@ -55,6 +55,16 @@ def test_credit_still_goes_back_once_the_peer_ended_as_it_frees_the_peers_budget
     assert stream.written(CREDIT_RETURN) == CREDIT_RETURN
 
 
+def test_no_credit_goes_back_once_both_ends_are_done_as_the_peer_forgot_the_stream() -> None:
+    """The peer forgets a stream once its end went out after ours came: credit sent then would
+    reach no stream there and be counted in its stray_frames."""
+    stream = state()
+    assert stream.arrived(1, CREDIT_TRICKLE) and stream.arrived(2, CREDIT_RETURN)
+    stream.remote_ended = stream.local_ended = True
+    assert stream.written(CREDIT_TRICKLE) == 0 and stream.written(CREDIT_RETURN) == 0
+    assert stream.held == 0
+
+
 def test_a_trickle_of_credit_goes_back_once_all_that_came_is_written() -> None:
     """A connection that keeps up hands credit back before a quarter window is owed, so many
     streams to one peer never hold its budget (PEER_STREAM_BYTES) between them; one behind
