@@ -18,7 +18,9 @@ from meshactors.wire.pipe_frames import Item
 MAX_STREAMS = 128  # streams open per network, those waiting to be accepted included
 CREDIT_RETURN = STREAM_WINDOW_BYTES // 4  # credit consumed before it is handed back
 # stream bytes in flight to one peer (sent, their credit not back yet), all its streams
-# together: well under what the broker queues for one receiver (OUTBOUND_QUEUE_BYTES, 8 MiB)
+# together: half what the broker queues for one receiver (OUTBOUND_QUEUE_BYTES, 8 MiB), which
+# this daemon alone never fills with streams; several senders to one peer, together with its
+# state pages and RPC traffic, still can
 PEER_STREAM_BYTES = 4 * 1024 * 1024
 # credit handed back early once the connection wrote all that came: streams whose programs
 # keep up then never sit on their peer's budget, as all of them together hold back at most half
