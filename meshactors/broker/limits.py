@@ -38,6 +38,10 @@ ADMISSION_TIMEOUT_S: Final = 5.0
 # 16 KiB) and the hello (1024 characters); then reading waits for the admission
 PRE_ADMISSION_BYTES: Final = 32 * 1024
 CLOSE_TIMEOUT_S: Final = 5.0  # for the WebSocket closing handshake
+# connections past max_connections in their handshake at once (to be refused with the 503, or
+# asking /health); more are closed at once unanswered, so a burst over the limit stays within
+# the open files OPEN_FILES_RESERVE (128) keeps (as control's MAX_REFUSING does for its clients)
+MAX_REFUSING: Final = 64
 OUTBOUND_QUEUE_MESSAGES: Final = 4096  # queued messages to one receiver before slow_consumer
 OUTBOUND_QUEUE_BYTES: Final = 8 << 20  # queued bytes to one receiver before slow_consumer
 NOTICE_RATE_PER_S: Final = 10.0  # undeliverable notices per connection, sustained

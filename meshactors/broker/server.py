@@ -48,6 +48,7 @@ from meshactors.broker.cluster_wire import Envelope, PresenceEntry, PresenceEven
 from meshactors.broker.health import ForwardingStream, answer_health
 from meshactors.broker.limits import (
     CONNECTION_LIMIT_RETRY_AFTER_S,
+    MAX_REFUSING,
     NOTICE_BURST,
     NOTICE_RATE_PER_S,
     PRE_ADMISSION_BYTES,
@@ -308,7 +309,7 @@ class Broker:
         counted += ["frames_forwarded", "cluster_delivered", "cluster_undeliverable"]
         counted += ["cluster_forwards_lost", "cluster_bad_messages", "cluster_departs_lost"]
         counted += ["health_requests"]
-        counted += ["rejected_connection_limit", "rejected_path"]
+        counted += ["rejected_connection_limit", "closed_past_refusals", "rejected_path"]
         counted += [f"rejected_hello_{reason}" for reason in RejectReason]
         counted += [f"closed_{reason}" for reason in SessionEnd]
         return {key: self._counts[key] for key in counted}
@@ -352,6 +353,10 @@ class Broker:
         The stream is ours, not trio-websocket's, so it is closed when the connection ends even
         where trio-websocket leaves it open (see docs/architecture.md, the WebSocket layer).
         """
+        if self._connections >= self._max_connections + MAX_REFUSING:
+            self._counts["closed_past_refusals"] += 1  # unanswered: no file to spare for it
+            await trio.aclose_forcefully(stream)
+            return
         remote, source = _peer(stream)
         log = _log.bind(remote=remote)
         admission = trio.CancelScope()  # cancelled by _stop until a session is running

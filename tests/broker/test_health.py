@@ -1,13 +1,15 @@
 """The broker's `/health` on a real loopback broker: any query, HEAD, and 405 for the rest."""
 
 import json
+import os
 
 import pytest
 import structlog
 import trio
+import trio.testing
 from trio_websocket import ConnectionRejected
 
-from meshactors.broker.limits import CONNECTION_LIMIT_RETRY_AFTER_S
+from meshactors.broker.limits import CONNECTION_LIMIT_RETRY_AFTER_S, MAX_REFUSING
 from meshactors.broker.server import Broker
 from tests.broker.support import WAIT_S, connect, start_broker
 
@@ -109,3 +111,35 @@ async def test_a_full_broker_says_so_in_its_503_its_log_and_its_health(
     assert health["max_connections"] == 1
     assert health["figures"]["rejected_connection_limit"] == 2
     assert health["figures"]["closed_going_away"] == 0  # the closes by reason are there too
+
+
+PAST_THE_CAP = 3 * MAX_REFUSING  # silent connections past the limit in the burst test
+
+
+def open_files() -> int:
+    """This process's open files (the broker runs in it)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_a_burst_past_the_limit_is_closed_past_the_cap_and_health_answers_after(
+    nursery: trio.Nursery,
+) -> None:
+    """Silent connections far past max_connections: at most MAX_REFUSING of them are held in
+    their handshake, the rest closed at once unanswered, so the broker holds no more than
+    limit + cap of them; once they hang up /health answers again."""
+    _, url = await start_broker(nursery, max_connections=2)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    before = open_files()
+    burst = []
+    with trio.fail_after(WAIT_S):
+        for _ in range(2 + PAST_THE_CAP):
+            burst.append(await trio.open_tcp_stream("127.0.0.1", port))
+        await trio.testing.wait_all_tasks_blocked()  # the broker took all: its accept waits
+        held_by_broker = open_files() - before - len(burst)
+        assert held_by_broker <= 2 + MAX_REFUSING
+        for stream in burst:
+            await stream.aclose()
+    status_line, rest = await answer_from(url, health_request("GET", "/health"))
+    assert status_line == b"HTTP/1.1 200 OK"
+    figures = json.loads(headers_and_body(rest)[1])["figures"]
+    assert figures["closed_past_refusals"] == PAST_THE_CAP - MAX_REFUSING
