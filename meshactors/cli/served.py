@@ -66,21 +66,21 @@ async def serve_until_stopped(
     closed; not under `nohup`) or Ctrl-C: each closes the client, which cancels every handler,
     and each kills its command on the way out. The commands run in sessions of their own, so
     the terminal's hangup reaches the serve alone. The signals are caught before the claim, so
-    no command starts that one would orphan. A claim lost for good (another program claimed
-    METHOD, or the daemon refused it back) ends the serve with one line and its exit code."""
-    with trio.open_signal_receiver(*stop_signals(signal.SIGTERM)) as stops:
+    no command starts that one would orphan. Ctrl-C is received as they are, never raised as
+    KeyboardInterrupt: one raised in a client task (a handler's, the connection's) would end
+    the serve in a traceback, exit 1, and could leave a command it had just started running.
+    A claim lost for good (another program claimed METHOD, or the daemon refused it back)
+    ends the serve with one line and its exit code."""
+    with trio.open_signal_receiver(*stop_signals(signal.SIGTERM, signal.SIGINT)) as stops:
         async with MeshClient(socket) as client:
             with client.events() as events:  # before the claim: no loss of it goes unseen
                 await claim(client)
                 print(f"serving {method} on {network}; Ctrl-C stops", file=sys.stderr, flush=True)
                 lost = None
-                try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_cancel_on_stop, stops, nursery.cancel_scope)
-                        lost = await claim_lost(events, network, method)
-                        nursery.cancel_scope.cancel()
-                except* KeyboardInterrupt:  # Ctrl-C, which the nursery wraps: a stop as well
-                    pass
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_cancel_on_stop, stops, nursery.cancel_scope)
+                    lost = await claim_lost(events, network, method)
+                    nursery.cancel_scope.cancel()
     if lost is not None:
         raise lost
 

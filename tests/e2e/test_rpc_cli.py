@@ -18,7 +18,8 @@ import trio
 
 from meshactors.cli.channel_cmd import LOST_DAEMON
 from meshactors.cli.common import EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_USAGE
-from meshactors.client import MeshClient, RequestContext
+from meshactors.cli.served import serve_until_stopped
+from meshactors.client import ClientError, MeshClient, RequestContext
 from meshactors.network.payload import MAX_PAYLOAD_BYTES
 from meshactors.paths import resolve_paths
 from meshactors.wire.device_id import device_id_from_public_key
@@ -445,3 +446,28 @@ async def test_stopping_rpc_serve_kills_the_running_command_and_its_children(
         server.wait()
         kill_leftover(pid)
     assert json.loads(answer)["error"]["code"] == "handler_gone"
+
+
+async def test_ctrl_c_landing_in_a_handler_task_stops_the_serve_as_any_stop(
+    home: Home, me: str
+) -> None:
+    """Ctrl-C that lands while a handler's task (not the serve's own) runs its code stops the
+    serve as SIGTERM does; raised there as KeyboardInterrupt, it ended the serve in a traceback
+    and exit 1 (seen on a loaded machine, as the serve started a call's command)."""
+    claimed = trio.Event()
+
+    async def interrupted(payload: Any, ctx: RequestContext) -> Any:
+        signal.raise_signal(signal.SIGINT)  # delivered in this task, at its next bytecode
+        await trio.sleep_forever()
+
+    async def claim(client: MeshClient) -> None:
+        await client.serve("lan", "slow", interrupted)
+        claimed.set()
+
+    async with MeshClient(home.socket) as caller, trio.open_nursery() as nursery:
+        nursery.start_soon(serve_until_stopped, home.socket, "lan", "slow", claim)
+        with trio.fail_after(60):
+            await claimed.wait()
+            with pytest.raises(ClientError) as gone:
+                await caller.rpc_call("lan", me, "slow")
+    assert gone.value.code == "handler_gone"
