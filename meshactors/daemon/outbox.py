@@ -49,13 +49,22 @@ import json
 import math
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import attrs
 import structlog
 import trio
 
-from meshactors.actors import Actor, Doorbell, Inbox, Lagged, Reply, Subscriber, take_queued
+from meshactors.actors import (
+    Actor,
+    Doorbell,
+    Inbox,
+    Lagged,
+    Reply,
+    Subscriber,
+    ask,
+    take_queued,
+)
 from meshactors.broker.limits import TokenBucket
 from meshactors.clock import wall_ms
 from meshactors.event_hub import EventHub
@@ -91,6 +100,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("meshactors.outbox")
 
 T = TypeVar("T")
+M = TypeVar("M")
 
 ACK_TIMEOUT_S = 30.0  # default seconds a sent msg waits for its msg_ack before it fails
 MAX_ACK_TIMEOUT_S = 86_400.0  # the longest `--ack-timeout`
@@ -154,6 +164,17 @@ class TellDead:
     deliveries: Sequence[outbox_db.DeliveryKey]
     error: str
     reply: Reply[None]
+
+
+@attrs.frozen
+class _Shielded(Generic[M]):
+    """An inbox sent to with no cancellation in the way, for what must get there once sent."""
+
+    inbox: Inbox[M]
+
+    async def send(self, message: M, /) -> None:
+        with trio.CancelScope(shield=True):
+            await self.inbox.send(message)
 
 
 @attrs.frozen
@@ -402,8 +423,12 @@ class Outbox(Actor):
 
     async def tell_dead(self, deliveries: Sequence[outbox_db.DeliveryKey], error: str) -> None:
         """Tell deliveries an op made dead (`message_dead` with `error`), paced with the
-        outbox's own (`_tell_dead`); returns once the hub has numbered and logged them."""
-        await self.tell_inbox.ask(
+        outbox's own (`_tell_dead`); returns once the hub has numbered and logged them. Their
+        death is committed, so they are queued whatever becomes of the op (a hang-up, the
+        deadline): shielded and with no deadline, TELL_INBOX being bounded and drained by
+        this actor; only the wait for the answer may end in AskTimeout or ActorGone."""
+        await ask(
+            _Shielded(self.tell_inbox),
             lambda reply: TellDead(deliveries, error, reply),
             timeout=STORE_CALL_TIMEOUT,
             what="outbox: tell deliveries dead",

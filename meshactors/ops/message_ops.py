@@ -7,14 +7,17 @@ by the idempotency lookup table (docs/protocol.md); the outbox actor delivers.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import trio
 from cattrs.gen import make_dict_structure_fn, override
 
+from meshactors.actors import ActorGone, AskTimeout
 from meshactors.clock import wall_ms
 from meshactors.control.session import Session
 from meshactors.daemon.outbox import message_view
@@ -413,13 +416,19 @@ async def outbox_requeue(session: Session, params: RequeueParams) -> dict[str, A
 async def outbox_abort(session: Session, params: AbortParams) -> dict[str, Any]:
     """Give up a send not finished yet (pending, inflight or dead): the row is aborted and
     each delivery still open dies, told as any other that gives up (`message_dead`, error
-    `aborted`); `conflict` for a done or aborted row."""
-    row, ended = await _store_call(
-        session,
-        functools.partial(outbox_db.abort, row_id=params.outbox_id, now_ms=wall_ms()),
-        "abort",
-    )
-    await session.services.outbox.tell_dead(ended, outbox_db.ABORTED)
+    `aborted`); `conflict` for a done or aborted row. Once the store answers, the abort is
+    committed: a hang-up does not cut the store call off (it has its own deadline), its
+    deliveries are handed to the outbox whatever happens, and it is answered ok even when
+    waiting for their events fails."""
+    with trio.CancelScope(shield=True):
+        row, ended = await _store_call(
+            session,
+            functools.partial(outbox_db.abort, row_id=params.outbox_id, now_ms=wall_ms()),
+            "abort",
+        )
+    # queued all the same if the wait fails (tell_dead): told once the outbox gets to them
+    with contextlib.suppress(ActorGone, AskTimeout):
+        await session.services.outbox.tell_dead(ended, outbox_db.ABORTED)
     session.services.outbox.poke()  # its pass recounts the rows: inspect's `pending` follows
     return {"row": row_view(row)}
 

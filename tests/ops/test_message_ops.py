@@ -38,6 +38,8 @@ from tests.support import Home
 NET = "n"
 ABORTED_ROWS = 2 * HUB_INBOX // outbox_db.MAX_RECIPIENTS + 1  # deliveries past the hub's inbox
 ABORT_WAIT = 30.0  # seconds for the aborts' answers and their events
+SLOW_TELL_ABORTS = outbox_module.TELL_INBOX + 2  # one told, a full queue, one waiting
+SLOW_TELL_TIMEOUT = 0.05  # the outbox's STORE_CALL_TIMEOUT here: aborts' waits run out
 LARGE_MESSAGE_CHARS = 100_000  # an inbox message about a tenth of a page's bytes
 WIDE_ROWS = 20  # outbox rows to 1,000 recipients: some 3 MB listed, several pages
 
@@ -295,6 +297,37 @@ async def test_pipelined_aborts_of_many_recipients_tell_each_delivery_dead(
                 dead[event.data["id"]] += 1
     assert dead == dict.fromkeys(rows, len(recipients))
     assert daemon.events.figures()["dropped"] == 0
+
+
+async def test_aborts_the_outbox_is_slow_to_tell_are_answered_ok_and_all_told(
+    connect: Any, daemon: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The outbox is held telling another batch: one abort's deliveries wait to be told, the
+    # queue behind it fills, and one more abort waits for a place past its deadline.
+    client = await joined(connect)
+    rows = [
+        (await client.call("send", network=NET, to=new_device(), message="x"))["data"]["id"]
+        for _ in range(SLOW_TELL_ABORTS)
+    ]
+    watch, _ = await daemon.events.subscribe(SLOW_TELL_ABORTS + 1)
+    monkeypatch.setattr(outbox_module, "STORE_CALL_TIMEOUT", SLOW_TELL_TIMEOUT)
+    async with daemon.outbox._telling:
+        for row_id in rows:
+            await client.send("outbox_abort", outbox_id=row_id)
+        with trio.fail_after(ABORT_WAIT):
+            first = await client.frame()  # past the shortened deadline, its events untold
+    with trio.fail_after(ABORT_WAIT):
+        answers = [first, *[await client.frame() for _ in rows[1:]]]
+        assert all(answer["ok"] for answer in answers), answers
+        dead = set()
+        while len(dead) < len(rows):
+            event = await watch.receive()
+            assert isinstance(event, Event)
+            if event.kind == "message_dead":
+                dead.add(event.data["id"])
+    assert dead == set(rows)
+    shown = (await client.call("outbox_list", status="aborted", limit=MAX_PAGE))["data"]["rows"]
+    assert {row["id"] for row in shown} == set(rows)
 
 
 async def test_outbox_abort_refuses_bad_ids_with_a_clear_code(connect: Any) -> None:
