@@ -111,6 +111,10 @@ PEER_WINDOW = 1024
 CLAIM_BATCH = 256  # due deliveries claimed per network per pass
 ACCEPT_INBOX = 256  # runs of sends waiting to be accepted before `send` ops wait
 TELL_INBOX = 64  # ops' dead deliveries (aborts) waiting to be told before those ops wait
+# seconds an op waits for a place in TELL_INBOX whatever becomes of it (a hang-up cannot cut
+# it short); past it the outbox is taken as gone (a stop): the deliveries stay dead, untold,
+# and a warning says how many
+TELL_PLACE_TIMEOUT = 60.0
 # Runs being accepted at once: each waits for the store however long it takes, holding its
 # bodies, so while the disk stalls more runs wait in the inbox (their asks time out) instead.
 MAX_ACCEPTING = ACCEPT_INBOX
@@ -168,13 +172,19 @@ class TellDead:
 
 @attrs.frozen
 class _Shielded(Generic[M]):
-    """An inbox sent to with no cancellation in the way, for what must get there once sent."""
+    """An inbox sent to with no cancellation in the way, for what must get there once sent:
+    only TELL_PLACE_TIMEOUT ends the wait for a place (as a gone actor, for the asker)."""
 
     inbox: Inbox[M]
 
     async def send(self, message: M, /) -> None:
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + TELL_PLACE_TIMEOUT):
             await self.inbox.send(message)
+            return
+        log.warning(
+            "deliveries made dead not told: the outbox took nothing", wait_s=TELL_PLACE_TIMEOUT
+        )
+        raise trio.BrokenResourceError("no place in the outbox's queue")
 
 
 @attrs.frozen
