@@ -5,11 +5,13 @@ devices which keys they disagree on."""
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Collection, Iterable
 
 import attrs
 
 from meshactors.netstate.entry import BUCKETS, Entry, bucket_of
+from meshactors.wire.ipc import within_page_bytes
 
 MAX_KEYS = 10_000  # keys per network, tombstones included, a local write may add one up to
 MAX_STATE_BYTES = 16 * 1024 * 1024  # keys and values (as JSON) per network, the same way
@@ -122,21 +124,11 @@ class StateMap:
         index = bisect.bisect_left(self._keys, prefix)
         if after is not None:
             index = max(index, bisect.bisect_right(self._keys, after))
-        found: list[Entry] = []
-        size = 0
-        for key in self._keys[index:]:
-            if not key.startswith(prefix):
-                break
-            entry = self._entries[key]
-            if entry.deleted:
-                continue
-            size += entry.size
-            if found and size > max_bytes:
-                return found, True
-            found.append(entry)
-            if len(found) == limit:
-                return found, True
-        return found, False
+        keys = itertools.takewhile(lambda key: key.startswith(prefix), self._keys[index:])
+        live = (entry for entry in map(self._entries.__getitem__, keys) if not entry.deleted)
+        sized = ((entry, entry.size) for entry in itertools.islice(live, limit))
+        found, cut = within_page_bytes(sized, max_bytes)
+        return found, cut or len(found) == limit
 
     def summary(self) -> str:
         """The bucket digests as one hex string (SUMMARY_CHARS)."""

@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 
 from meshactors.store.db import checked_limit, from_json, immediate, to_json
-from meshactors.wire.ipc import MAX_PAGE, MAX_PAGE_DATA_BYTES
+from meshactors.wire.ipc import MAX_PAGE, MAX_PAGE_DATA_BYTES, within_page_bytes
 
 _COLUMNS = (
     "seq, network, sender, client_message_id, message, meta_json, priority, reply_to_id,"
@@ -109,8 +109,6 @@ def page(
     not walk the same rows again.
     """
     limit = checked_limit(limit, MAX_PAGE)
-    messages: list[InboxMessage] = []
-    size, cut = 0, False
     with contextlib.closing(
         conn.execute(
             f"SELECT {_COLUMNS}, length(CAST(message AS BLOB))"
@@ -128,13 +126,8 @@ def page(
                 "limit": limit,
             },
         )
-    ) as rows:
-        for row in rows:  # read one at a time: the rows past the byte bound stay unread
-            size += row[-1]
-            if messages and size > max_bytes:
-                cut = True
-                break
-            messages.append(_message(row))
+    ) as rows:  # read one at a time: the rows past the byte bound stay unread
+        messages, cut = within_page_bytes(((_message(row), row[-1]) for row in rows), max_bytes)
     if cut or len(messages) == limit:
         return messages, messages[-1].seq, True
     # Only the store's one connection writes, so nothing came in between the two reads.

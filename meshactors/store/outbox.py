@@ -12,7 +12,7 @@ import collections
 import contextlib
 import random
 import sqlite3
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -30,7 +30,7 @@ from meshactors.store.fingerprint import (
     mint_client_message_id,
     request_fingerprint,
 )
-from meshactors.wire.ipc import MAX_PAGE, MAX_PAGE_DATA_BYTES
+from meshactors.wire.ipc import MAX_PAGE, MAX_PAGE_DATA_BYTES, within_page_bytes
 
 DESTINATION_KINDS = ("peer", "all", "tag")
 PRIORITIES = ("now", "next", "low")  # draining order: every due 'now' before any 'next'
@@ -722,8 +722,6 @@ def list_rows(
         where += " AND (created_at, id) < (:created_at, :id)"
     at, row_id = before or (None, None)
     limit = checked_limit(limit, MAX_PAGE)
-    found: list[OutboxRow] = []
-    size = 0
     with contextlib.closing(
         conn.execute(
             f"SELECT {_ROW_COLUMNS}, length(CAST(message AS BLOB))"
@@ -733,14 +731,19 @@ def list_rows(
             " ORDER BY created_at DESC, id DESC LIMIT :limit",
             {"status": status, "network": network, "created_at": at, "id": row_id, "limit": limit},
         )
-    ) as rows:
-        for row in rows:  # read one at a time: the rows past the byte bound stay unread
-            listed = _outbox_row(conn, row)
-            size += row[-1] + _listed_bytes(listed)
-            if found and size > max_bytes:
-                return found, True
-            found.append(listed)
-    return found, len(found) == limit
+    ) as rows:  # read one at a time: the rows past the byte bound stay unread
+        found, cut = within_page_bytes(_listed(conn, rows), max_bytes)
+    return found, cut or len(found) == limit
+
+
+def _listed(
+    conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]
+) -> Iterator[tuple[OutboxRow, int]]:
+    """Each listed row with its size: its text and meta (the query's last column) and what
+    its deliveries add (`_listed_bytes`)."""
+    for row in rows:
+        listed = _outbox_row(conn, row)
+        yield listed, row[-1] + _listed_bytes(listed)
 
 
 def _listed_bytes(row: OutboxRow) -> int:

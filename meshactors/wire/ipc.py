@@ -9,7 +9,8 @@ is `{"kind": "…", …}`. Ids are strings or integers chosen by the client and 
 from __future__ import annotations
 
 import enum
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import attrs
 
@@ -35,6 +36,22 @@ MAX_PAGE = 500  # ...and the most one page of them returns, bounding one answer 
 # rows is cut short (its `next_cursor` set, the inbox's `more` true), so an answer being built
 # stays bounded
 MAX_PAGE_DATA_BYTES = 1024 * 1024
+
+T = TypeVar("T")
+
+
+def within_page_bytes(sized: Iterable[tuple[T, int]], max_bytes: int) -> tuple[list[T], bool]:
+    """The items of (item, size) pairs, in order, until their sizes add up past `max_bytes`
+    (the first is always taken, so paging goes on); and whether that cut them short. Pairs
+    past the cut are never drawn: a lazy `sized` reads no further."""
+    taken: list[T] = []
+    total = 0
+    for item, size in sized:
+        total += size
+        if taken and total > max_bytes:
+            return taken, True
+        taken.append(item)
+    return taken, False
 
 
 class ErrorCode(enum.StrEnum):
