@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar
@@ -22,6 +21,9 @@ log = structlog.get_logger("meshactors.actors")
 
 STOP_GRACE = 1.0  # seconds a supervisor waits beyond a child's shutdown timeout before moving on
 ASK_TIMEOUT = 30.0  # seconds to wait for a supervisor to start or stop a dynamic child
+# Messages (forwarded asks, children's exits, restarts due) a supervisor's run may have queued
+# for its loop; past it their senders wait (the forwarder: asks back up in the bounded inbox).
+CONTROL_QUEUE = 64
 
 
 class Restart(enum.StrEnum):
@@ -218,7 +220,7 @@ class Supervisor(Actor):
         node.children.clear()  # a restart lists only the children it starts, not the last run's
         self._running = {}
         self._restart_times.clear()
-        control_send, control_receive = trio.open_memory_channel[_Control](math.inf)
+        control_send, control_receive = trio.open_memory_channel[_Control](CONTROL_QUEUE)
         self._control = control_send
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:
@@ -235,11 +237,13 @@ class Supervisor(Actor):
             except (SupervisorEscalation, ChildStartFailed) as exc:
                 failure = exc
             finally:
-                # However the run ends, the requests it took and did not handle, and those it
-                # takes while it stops its children, are dropped: their askers hear ActorGone
-                # at once instead of at their deadline.
+                # However the run ends, the requests it took and did not handle (queued, or
+                # held by a sender waiting for room), and those it takes while it stops its
+                # children, are dropped: their askers hear ActorGone at once instead of at
+                # their deadline. Closed, the channel refuses every later sender at once.
                 self._control = None
                 _drop_requests(control_receive)
+                control_receive.close()
                 await self._stop_all()
                 nursery.cancel_scope.cancel()
         if failure is not None:
@@ -249,10 +253,24 @@ class Supervisor(Actor):
         """Move asks from the bounded public inbox onto the control channel, in order; once
         the run ends, drop them instead (nothing would handle them)."""
         async for request in self.inbox.receiver:
-            if self._control is None:
-                request.reply.drop()
-            else:
-                self._control.send_nowait(request)
+            queued = False
+            try:
+                queued = await self._tell(request)
+            finally:
+                if not queued:  # the run ended, or this task was cancelled while it waited
+                    request.reply.drop()
+
+    async def _tell(self, message: _Control) -> bool:
+        """Queue a message for this run's loop, waiting while the queue is full; False once
+        the run has ended. No sender is the loop's own task, so the wait always ends."""
+        control = self._control
+        if control is None:
+            return False
+        try:
+            await control.send(message)
+        except trio.BrokenResourceError:
+            return False
+        return True
 
     async def _handle(self, message: _Control, node: Node) -> None:
         match message:
@@ -356,8 +374,8 @@ class Supervisor(Actor):
             child.done.set()
         if not signal.called:
             task_status.started(error or RuntimeError("returned before it started"))
-        elif not child.scope.cancel_called and self._control is not None:
-            self._control.send_nowait(_ChildExited(child, generation, error))
+        elif not child.scope.cancel_called:
+            await self._tell(_ChildExited(child, generation, error))
 
     async def _on_exit(self, child: _Child, error: Exception | None) -> None:
         path = child.node.path
@@ -411,8 +429,7 @@ class Supervisor(Actor):
 
     async def _restart_later(self, runs: tuple[tuple[_Child, int], ...], delay: float) -> None:
         await trio.sleep(delay)
-        if self._control is not None:
-            self._control.send_nowait(_RestartDue(runs))
+        await self._tell(_RestartDue(runs))
 
     async def _stop(self, child: _Child) -> None:
         """Cancel one child and wait for its bounded cleanup."""

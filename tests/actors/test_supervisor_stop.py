@@ -1,6 +1,6 @@
 """A supervisor told to stop while it restarts a child still stops (it used to wait forever),
 the requests it had taken are dropped when it ends, not left to their deadline, and the exit
-of a child it stopped or replaced is not taken for the new child's."""
+of a child it stopped or replaced is not taken for the new child's; its queue stays bounded."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 from meshactors.actors import (
+    DEFAULT_INBOX_CAPACITY,
     Actor,
     ActorGone,
     ActorState,
@@ -28,6 +29,7 @@ from meshactors.actors import (
     SupervisorEscalation,
     run_root,
 )
+from meshactors.actors._supervisor import CONTROL_QUEUE
 from tests.actors.conftest import Journal, ProbeActor
 from tests.support import StartGate
 
@@ -215,3 +217,66 @@ async def test_a_restart_due_for_a_replaced_child_leaves_the_new_one_its_own_bac
         "start new",
         "stop new",
     ]
+
+
+async def test_the_supervisors_queue_stays_bounded_and_everything_in_it_is_served(
+    journal: Journal, root: Node
+) -> None:
+    """While the supervisor is held in a start (a gate child), children exit and more starts
+    are asked than its queue holds: its queue (once unbounded, the inbox's bound defeated by
+    the forwarder) stops at CONTROL_QUEUE, the rest wait their turn, and all are served."""
+    exiting = [ProbeActor(f"e{i}", journal) for i in range(CONTROL_QUEUE)]
+    sup = Supervisor(children=[ChildSpec(p.name, p, Restart.TEMPORARY) for p in exiting])
+    gate = StartGate()
+    starts = CONTROL_QUEUE + DEFAULT_INBOX_CAPACITY
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        nursery.start_soon(sup.start_child, ChildSpec("gate", gate, Restart.TEMPORARY))
+        with trio.fail_after(PROMPT):
+            await gate.starting.wait()
+        for probe in exiting:
+            await probe.inbox.sender.send("exit")
+        for i in range(starts):
+            spec = ChildSpec(f"s{i}", ProbeActor(f"s{i}", journal), Restart.TEMPORARY)
+            nursery.start_soon(sup.start_child, spec)
+        await trio.testing.wait_all_tasks_blocked()  # every exit and start waits its turn
+        assert sup._control is not None
+        held = sup._control.statistics()
+        assert (held.max_buffer_size, held.current_buffer_used) == (CONTROL_QUEUE, CONTROL_QUEUE)
+        assert held.tasks_waiting_send > 0
+        gate.opened.set()
+        with trio.fail_after(PROMPT):
+            await journal.wait_for(lambda events: len(events) == 2 * CONTROL_QUEUE + starts)
+        await trio.testing.wait_all_tasks_blocked()  # the last exits are handled
+        children = set(root.children)
+        nursery.cancel_scope.cancel()
+    assert children == {"gate"} | {f"s{i}" for i in range(starts)}
+
+
+async def test_an_ask_a_sender_holds_for_a_full_queue_is_dropped_when_the_run_ends(
+    root: Node,
+) -> None:
+    """The queue is full and the forwarder holds one more ask, waiting for room, when the
+    supervisor is stopped: that ask too is dropped, its asker told at once (ActorGone)."""
+    sup, gate = Supervisor(), StartGate()
+    tree = trio.CancelScope()
+
+    async def run_tree(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with tree:
+            await run_root(sup, root, task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_tree)
+        held_in_start = functools.partial(sup.start_child, ChildSpec("gate", gate))
+        nursery.start_soon(Outcome().of, held_in_start)
+        with trio.fail_after(PROMPT):
+            await gate.starting.wait()
+        stops = [Outcome() for _ in range(CONTROL_QUEUE + 1)]
+        for stop in stops:
+            nursery.start_soon(stop.of, functools.partial(sup.stop_child, "absent"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert sup._control is not None
+        assert sup._control.statistics().tasks_waiting_send == 1  # the forwarder, holding one
+        tree.cancel()
+        for stop in stops:
+            await stop.wait_gone()
