@@ -131,10 +131,17 @@ async def unless_hung_up(stream: trio.abc.Stream, work: Callable[[], Awaitable[o
 
 
 async def _cancel_on_hang_up(stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
-    """Cancel `scope` once the peer hung up, looked at every HANGUP_CHECK (nothing to wait
-    on: a socket at its end of input polls readable for good)."""
+    """Cancel `scope` once the peer hung up: looked at first after one HANGUP_CHECK."""
+    await trio.sleep(HANGUP_CHECK)
+    await wait_hung_up(stream)
+    scope.cancel()
+
+
+async def wait_hung_up(stream: trio.abc.Stream) -> None:
+    """Return once the peer hung up, looked at now and every HANGUP_CHECK after (nothing to
+    wait on: a socket at its end of input polls readable for good); never for a stream that
+    is not a plain socket."""
     while True:
-        await trio.sleep(HANGUP_CHECK)
         if hung_up(stream):
-            scope.cancel()
             return
+        await trio.sleep(HANGUP_CHECK)

@@ -48,7 +48,7 @@ from meshactors.control.http_routes import EventStreamAnswer, route
 from meshactors.control.session import Session
 from meshactors.control.sse import SSE_HEADERS, serve_events
 from meshactors.control.tcp_auth import TcpGate
-from meshactors.socket_io import HANGUP_CHECK, hung_up
+from meshactors.socket_io import wait_hung_up
 from meshactors.wire.ipc import ErrorCode
 
 T = TypeVar("T")
@@ -280,10 +280,7 @@ class HttpConnection:
                     break  # h11 is told of the end by the next request's read
                 read_ahead += len(chunk)
                 self._h11.receive_data(bytes(chunk))
-            while True:  # an end of input leaves the socket readable for good: poll
-                if hung_up(self.stream):
-                    return
-                await trio.sleep(HANGUP_CHECK)
+            await wait_hung_up(self.stream)  # an end of input: only polling tells a hang-up
 
     async def _unless_hung_up(self, work: Awaitable[T]) -> T | None:
         """`work`'s result; None, `work` cancelled, once the client hangs up first: a caller
