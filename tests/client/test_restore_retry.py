@@ -8,18 +8,21 @@ no further reconnect. Each failed try is told, and nothing is given up for it.""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
+import attrs
 import trio
 import trio.testing
 
-from meshactors.actors import ChildSpec, Restart
-from meshactors.client import ChannelGap, ChannelMessage, MeshClient, RequestContext
+from meshactors.actors import ChildSpec, Restart, Subscriber
+from meshactors.client import ChannelGap, ChannelMessage, EventStream, MeshClient, RequestContext
+from meshactors.client.mesh import DEFAULT_CALL_TIMEOUT, ChannelItem
 from meshactors.daemon.services import Services
 from meshactors.wire.ipc import OpError
 from tests.client.conftest import NETWORK, LocalDaemon
 from tests.client.test_client import next_kind
-from tests.support import StartGate, hold_op
+from tests.support import HeldOp, StartGate, hold_op
 
 LAN_CORE = "daemon/networks/network lan/core"
 RETRY_WAIT = 30  # seconds a test may take: tries again after RESTORE_RETRY_FIRST and more
@@ -53,13 +56,98 @@ async def occupy_core_until_removed(services: Services, busy: trio.Event) -> Non
         await occupy_core(services, busy, trio.Event())
 
 
-def start_gate(services: Services, nursery: trio.Nursery) -> StartGate:
-    """A child of lan's network supervisor that starts only once opened: until then the
-    supervisor starts nothing else, so a subscribe waits in core for its channel's pump."""
-    gate = StartGate()
-    spec = ChildSpec("gate", gate, Restart.TEMPORARY)
-    nursery.start_soon(services.networks.get("lan").start_child, spec)
-    return gate
+@attrs.define(eq=False)
+class NewsScene:
+    """A daemon with lan joined, `client` subscribed to its `news` (read by `news`, its events
+    by `stream`), `admin` to drive the daemon, and a nursery for what runs beside the test."""
+
+    services: Services
+    client: MeshClient
+    admin: MeshClient
+    nursery: trio.Nursery
+    me: str
+    stream: EventStream
+    news: Subscriber[ChannelItem]
+
+    async def fail_behind_a_crash(self, held: HeldOp) -> StartGate:
+        """Let the held subscribe on into core, which waits for the channel's pump behind a
+        child of lan's supervisor that starts only once opened, and crash core: the client is
+        told `unavailable`. Returns that child, for the test to open."""
+        gate = StartGate()
+        spec = ChildSpec("gate", gate, Restart.TEMPORARY)
+        self.nursery.start_soon(self.services.networks.get("lan").start_child, spec)
+        await gate.starting.wait()
+        held.go.set()
+        await trio.testing.wait_all_tasks_blocked()  # core waits behind the gate
+        await self.admin.call("debug_crash", {"path": LAN_CORE})
+        failed = await next_kind(self.stream, "client_replay_failed")
+        assert (failed["channel"], failed["code"]) == ("news", "unavailable")
+        return gate
+
+    async def hear_again(self, gate: StartGate, gap: str) -> None:
+        """Open the gate: the client subscribes again, and the reader, after a gap for `gap`,
+        gets the next message."""
+        gate.opened.set()
+        again = await next_kind(self.stream, "client_resubscribed")
+        assert again == {"kind": "client_resubscribed", "network": "lan", "channel": "news"}
+        await self.admin.channel_send_to("lan", "news", self.me, "heard")
+        assert await self.news.__anext__() == ChannelGap(gap)
+        assert await self.news.__anext__() == ChannelMessage("lan", self.me, "news", "heard")
+
+
+@contextlib.asynccontextmanager
+async def news_scene(local: LocalDaemon) -> AsyncIterator[NewsScene]:
+    """Start the daemon (with `debug_crash`) and set up a NewsScene in it."""
+    local.debug_ops = True
+    services = await local.start()
+    async with (
+        MeshClient(local.paths.socket) as client,
+        MeshClient(local.paths.socket) as admin,
+        trio.open_nursery() as nursery,
+    ):
+        await admin.ensure_networks([NETWORK])
+        me = (await admin.status())["device_id"]
+        stream = client.events()
+        async with client.subscribe("lan", "news") as news:
+            yield NewsScene(services, client, admin, nursery, me, stream, news)
+
+
+@attrs.define(eq=False)
+class EchoScene:
+    """A daemon with lan joined, `server` serving `echo` on it (its events read by `stream`),
+    `caller` to call it and drive the daemon, and a nursery for what runs beside the test."""
+
+    services: Services
+    server: MeshClient
+    caller: MeshClient
+    nursery: trio.Nursery
+    me: str
+    stream: EventStream
+
+    async def serves_again(self) -> None:
+        """The client claims `echo` again, and calls are served again."""
+        reclaimed = await next_kind(self.stream, "client_reclaimed")
+        assert reclaimed == {"kind": "client_reclaimed", "network": "lan", "method": "echo"}
+        assert (await self.caller.rpc_call("lan", self.me, "echo", 7))["payload"] == 7
+
+
+@contextlib.asynccontextmanager
+async def echo_scene(
+    local: LocalDaemon, call_timeout: float = DEFAULT_CALL_TIMEOUT
+) -> AsyncIterator[EchoScene]:
+    """Start the daemon (with `debug_crash`) and set up an EchoScene in it, its server's
+    calls to the daemon given `call_timeout`."""
+    local.debug_ops = True
+    services = await local.start()
+    async with (
+        MeshClient(local.paths.socket, call_timeout=call_timeout) as server,
+        MeshClient(local.paths.socket) as caller,
+        trio.open_nursery() as nursery,
+    ):
+        await caller.ensure_networks([NETWORK])
+        me = (await caller.status())["device_id"]
+        await server.serve("lan", "echo", echo)
+        yield EchoScene(services, server, caller, nursery, me, server.events())
 
 
 async def test_a_subscribe_again_answered_unavailable_is_tried_again_until_it_is_heard(
@@ -68,36 +156,15 @@ async def test_a_subscribe_again_answered_unavailable_is_tried_again_until_it_is
     """The network is removed (`channel_unsubscribed`) and added again; the subscribe again
     waits in the new core for the channel's pump when that core crashes: `unavailable`. The
     client subscribes again once the core is back, and the reader gets the next message."""
-    local.debug_ops = True
-    services = await local.start()
-    async with (
-        MeshClient(local.paths.socket) as client,
-        MeshClient(local.paths.socket) as admin,
-        trio.open_nursery() as nursery,
-    ):
-        await admin.ensure_networks([NETWORK])
-        me = (await admin.status())["device_id"]
-        stream = client.events()
-        async with client.subscribe("lan", "news") as news:
-            with trio.fail_after(RETRY_WAIT):
-                held = hold_op(services, "channel_subscribe")
-                await admin.call("network_remove", {"network": "lan"})
-                await held.entered.wait()  # the subscribe again waits for the network's return
-                await admin.ensure_networks([NETWORK])
-                gate = start_gate(services, nursery)
-                await gate.starting.wait()
-                held.go.set()
-                await trio.testing.wait_all_tasks_blocked()  # core waits behind the gate
-                await admin.call("debug_crash", {"path": LAN_CORE})
-                failed = await next_kind(stream, "client_replay_failed")
-                assert (failed["channel"], failed["code"]) == ("news", "unavailable")
-                gate.opened.set()
-                again = await next_kind(stream, "client_resubscribed")
-                assert again == {"kind": "client_resubscribed", "network": "lan", "channel": "news"}
-                await admin.channel_send_to("lan", "news", me, "heard")
-                assert await news.__anext__() == ChannelGap("unsubscribed")
-                assert await news.__anext__() == ChannelMessage("lan", me, "news", "heard")
-        assert client.reconnects == 0
+    async with news_scene(local) as scene:
+        with trio.fail_after(RETRY_WAIT):
+            held = hold_op(scene.services, "channel_subscribe")
+            await scene.admin.call("network_remove", {"network": "lan"})
+            await held.entered.wait()  # the subscribe again waits for the network's return
+            await scene.admin.ensure_networks([NETWORK])
+            gate = await scene.fail_behind_a_crash(held)
+            await scene.hear_again(gate, "unsubscribed")
+        assert scene.client.reconnects == 0
 
 
 async def test_a_claim_again_past_its_deadline_is_tried_again_until_it_serves(
@@ -106,33 +173,21 @@ async def test_a_claim_again_past_its_deadline_is_tried_again_until_it_serves(
     """A restart of the network's core ends the claim (`handler_displaced`, `by` null); the
     claim again waits behind a core kept busy past the client's deadline. The client keeps the
     handler and claims again once the core answers, and calls are served again."""
-    local.debug_ops = True
-    services = await local.start()
     busy, free = trio.Event(), trio.Event()
-    async with (
-        MeshClient(local.paths.socket, call_timeout=SHORT_CALL_TIMEOUT) as server,
-        MeshClient(local.paths.socket) as caller,
-        trio.open_nursery() as nursery,
-    ):
-        await caller.ensure_networks([NETWORK])
-        me = (await caller.status())["device_id"]
-        await server.serve("lan", "echo", echo)
-        stream = server.events()
+    async with echo_scene(local, SHORT_CALL_TIMEOUT) as scene:
         with trio.fail_after(RETRY_WAIT):
-            held = hold_op(services, "rpc_register")
-            await caller.call("debug_crash", {"path": LAN_CORE})
-            assert (await next_kind(stream, "handler_displaced"))["by"] is None
+            held = hold_op(scene.services, "rpc_register")
+            await scene.caller.call("debug_crash", {"path": LAN_CORE})
+            assert (await next_kind(scene.stream, "handler_displaced"))["by"] is None
             await held.entered.wait()  # the claim again waits until the core is busy
-            nursery.start_soon(occupy_core, services, busy, free)
+            scene.nursery.start_soon(occupy_core, scene.services, busy, free)
             await busy.wait()
             held.go.set()
-            failed = await next_kind(stream, "client_replay_failed")
+            failed = await next_kind(scene.stream, "client_replay_failed")
             assert (failed["method"], failed["code"]) == ("echo", "deadline")
             free.set()
-            reclaimed = await next_kind(stream, "client_reclaimed")
-            assert reclaimed == {"kind": "client_reclaimed", "network": "lan", "method": "echo"}
-            assert (await caller.rpc_call("lan", me, "echo", 7))["payload"] == 7
-        assert server.reconnects == 0
+            await scene.serves_again()
+        assert scene.server.reconnects == 0
 
 
 async def test_a_replayed_subscribe_answered_unavailable_is_tried_again_until_it_is_heard(
@@ -141,36 +196,15 @@ async def test_a_replayed_subscribe_answered_unavailable_is_tried_again_until_it
     """The connection is lost; the replay's subscribe on the next one waits in lan's core for
     the channel's pump when that core crashes: `unavailable`. The client subscribes again on
     that connection once the core is back, and the reader gets the next message."""
-    local.debug_ops = True
-    services = await local.start()
-    async with (
-        MeshClient(local.paths.socket) as client,
-        MeshClient(local.paths.socket) as admin,
-        trio.open_nursery() as nursery,
-    ):
-        await admin.ensure_networks([NETWORK])
-        me = (await admin.status())["device_id"]
-        stream = client.events()
-        async with client.subscribe("lan", "news") as news:
-            with trio.fail_after(RETRY_WAIT):
-                held = hold_op(services, "channel_subscribe")
-                await drop_connection(admin, client)
-                await held.entered.wait()  # the replay's subscribe
-                gate = start_gate(services, nursery)
-                await gate.starting.wait()
-                held.go.set()
-                await trio.testing.wait_all_tasks_blocked()  # core waits behind the gate
-                await admin.call("debug_crash", {"path": LAN_CORE})
-                failed = await next_kind(stream, "client_replay_failed")
-                assert (failed["channel"], failed["code"]) == ("news", "unavailable")
-                await next_kind(stream, "client_reconnected")
-                gate.opened.set()
-                again = await next_kind(stream, "client_resubscribed")
-                assert again == {"kind": "client_resubscribed", "network": "lan", "channel": "news"}
-                await admin.channel_send_to("lan", "news", me, "heard")
-                assert await news.__anext__() == ChannelGap("disconnected")
-                assert await news.__anext__() == ChannelMessage("lan", me, "news", "heard")
-        assert client.reconnects == 1
+    async with news_scene(local) as scene:
+        with trio.fail_after(RETRY_WAIT):
+            held = hold_op(scene.services, "channel_subscribe")
+            await drop_connection(scene.admin, scene.client)
+            await held.entered.wait()  # the replay's subscribe
+            gate = await scene.fail_behind_a_crash(held)
+            await next_kind(scene.stream, "client_reconnected")
+            await scene.hear_again(gate, "disconnected")
+        assert scene.client.reconnects == 1
 
 
 async def test_a_replayed_claim_answered_timeout_is_tried_again_until_it_serves(
@@ -180,34 +214,22 @@ async def test_a_replayed_claim_answered_timeout_is_tried_again_until_it_serves(
     until the daemon answers `timeout`, and the network is removed meanwhile, so it is never
     carried out. The client keeps the handler and claims again on that connection once the
     network is back, and calls are served again."""
-    local.debug_ops = True
-    services = await local.start()
     busy = trio.Event()
-    async with (
-        MeshClient(local.paths.socket) as server,
-        MeshClient(local.paths.socket) as caller,
-        trio.open_nursery() as nursery,
-    ):
-        await caller.ensure_networks([NETWORK])
-        me = (await caller.status())["device_id"]
-        await server.serve("lan", "echo", echo)
-        stream = server.events()
+    async with echo_scene(local) as scene:
         with trio.fail_after(RETRY_WAIT):
-            replayed = hold_op(services, "rpc_register")
-            await drop_connection(caller, server)
+            replayed = hold_op(scene.services, "rpc_register")
+            await drop_connection(scene.caller, scene.server)
             await replayed.entered.wait()
-            nursery.start_soon(occupy_core_until_removed, services, busy)
+            scene.nursery.start_soon(occupy_core_until_removed, scene.services, busy)
             await busy.wait()
-            retried = hold_op(services, "rpc_register")  # held until the network is back
+            retried = hold_op(scene.services, "rpc_register")  # held until the network is back
             replayed.go.set()
             await trio.testing.wait_all_tasks_blocked()  # the replay's claim waits in core
-            await caller.call("network_remove", {"network": "lan"})  # its ask of core times out
-            failed = await next_kind(stream, "client_replay_failed")
+            await scene.caller.call("network_remove", {"network": "lan"})  # core's ask times out
+            failed = await next_kind(scene.stream, "client_replay_failed")
             assert (failed["method"], failed["code"]) == ("echo", "timeout")
-            await next_kind(stream, "client_reconnected")
-            await caller.ensure_networks([NETWORK])
+            await next_kind(scene.stream, "client_reconnected")
+            await scene.caller.ensure_networks([NETWORK])
             retried.go.set()
-            reclaimed = await next_kind(stream, "client_reclaimed")
-            assert reclaimed == {"kind": "client_reclaimed", "network": "lan", "method": "echo"}
-            assert (await caller.rpc_call("lan", me, "echo", 7))["payload"] == 7
-        assert server.reconnects == 1
+            await scene.serves_again()
+        assert scene.server.reconnects == 1
