@@ -54,6 +54,11 @@ async def fill_then_close(connect: Connect) -> None:
             await ok(app, "rpc_register", network=NET, method=f"old{n}-{m}")
         for c in range(MAX_CHANNELS // CUT_OFF_APPS):
             await ok(app, "channel_subscribe", network=NET, channel=f"old{n}-{c}")
+    await close_together(apps)
+
+
+async def close_together(apps: list[LineClient]) -> None:
+    """End every connection's input, then close each: their closes overlap."""
     for app in apps:
         await app.stream.send_eof()
     for app in apps:
@@ -124,22 +129,30 @@ async def cleanups_cut_off(admin: LineClient) -> int:
     return count
 
 
+async def claiming_apps(
+    connect: Connect, subscribing: range
+) -> tuple[LineClient, list[LineClient]]:
+    """A connection that joined NET (to look on), and CUT_OFF_APPS more, the nth claiming
+    method `m{n}` on NET and, when n is in `subscribing`, subscribed to channel `c{n}`: each
+    close has one or two releases to cut off."""
+    admin = await connect()
+    await join(admin, NET)
+    apps = [await connect() for _ in range(CUT_OFF_APPS)]
+    for n, app in enumerate(apps):
+        await ok(app, "rpc_register", network=NET, method=f"m{n}")
+        if n in subscribing:
+            await ok(app, "channel_subscribe", network=NET, channel=f"c{n}")
+    return admin, apps
+
+
 @pytest.mark.usefixtures("cut_off")
 async def test_a_burst_of_cut_off_closes_is_counted_and_logged_once_at_info(
     connect: Connect,
 ) -> None:
-    admin = await connect()
-    await join(admin, NET)
+    admin, apps = await claiming_apps(connect, subscribing=range(CUT_OFF_APPS))
     assert await cleanups_cut_off(admin) == 0
-    apps = [await connect() for _ in range(CUT_OFF_APPS)]
-    for n, app in enumerate(apps):
-        await ok(app, "rpc_register", network=NET, method=f"m{n}")
-        await ok(app, "channel_subscribe", network=NET, channel=f"c{n}")
     with structlog.testing.capture_logs() as logs:
-        for app in apps:
-            await app.stream.send_eof()
-        for app in apps:
-            await close(app)
+        await close_together(apps)
     # Each close's two releases (its method claim, its subscription) were cut off.
     assert await cleanups_cut_off(admin) == 2 * CUT_OFF_APPS
     # One line at info for the burst (the rest at debug, if shown at all), none a warning.
@@ -151,21 +164,13 @@ async def test_a_burst_of_cut_off_closes_is_counted_and_logged_once_at_info(
 async def test_clients_closing_at_once_each_tell_control_which_alone_counts_them(
     connect: Connect,
 ) -> None:
-    admin = await connect()
-    await join(admin, NET)
-    apps = [await connect() for _ in range(CUT_OFF_APPS)]
-    for n, app in enumerate(apps):  # one release to cut off (its claim), odd ones two
-        await ok(app, "rpc_register", network=NET, method=f"m{n}")
-        if n % 2:
-            await ok(app, "channel_subscribe", network=NET, channel=f"c{n}")
+    # one release to cut off (its claim), odd ones two
+    admin, apps = await claiming_apps(connect, subscribing=range(1, CUT_OFF_APPS, 2))
     ids = [(await ok(app, "status"))["client_id"] for app in apps]
     with structlog.testing.capture_logs(
         processors=[structlog.contextvars.merge_contextvars]
     ) as logs:
-        for app in apps:
-            await app.stream.send_eof()
-        for app in apps:
-            await close(app)
+        await close_together(apps)
     assert await cleanups_cut_off(admin) == CUT_OFF_APPS + CUT_OFF_APPS // 2
     told = [entry for entry in logs if entry["event"].startswith("cleanup cut off")]
     # One report per close, counted and logged in control's task, not in the clients'.
