@@ -164,26 +164,34 @@ def connect(args: argparse.Namespace, timeout: float = DEFAULT_CALL_TIMEOUT) -> 
 
 def call(args: argparse.Namespace, op: str, **params: Any) -> Any:
     """Run one op on the daemon and return its data, or exit with its error."""
-    with connect(args) as client:
-        try:
-            return client.call(op, **params)
-        except ClientError as exc:
-            fail_with(exc, f"{op} failed: ")
+    return _call(args, op, params)
 
 
 def call_status(args: argparse.Namespace, op: str) -> Any:
     """`call` for an op the daemon answers at once (`status`, `version`, `inspect`): with no
     answer within STATUS_TIMEOUT, exit 8 saying the daemon is not answering."""
-    with connect(args, STATUS_TIMEOUT) as client:
+    silent = (
+        f"the daemon is not answering: no answer to {op} within {STATUS_TIMEOUT:g} s "
+        "(stopped, or stuck)"
+    )
+    return _call(args, op, {}, STATUS_TIMEOUT, silent)
+
+
+def _call(
+    args: argparse.Namespace,
+    op: str,
+    params: dict[str, Any],
+    timeout: float = DEFAULT_CALL_TIMEOUT,
+    silent: str | None = None,
+) -> Any:
+    """Run one op on the daemon, waiting `timeout` seconds at most, and return its data, or
+    exit with its error; given `silent`, no answer in time exits 8 saying that instead."""
+    with connect(args, timeout) as client:
         try:
-            return client.call(op)
-        except DeadlineExceeded:
-            fail(
-                f"the daemon is not answering: no answer to {op} within {STATUS_TIMEOUT:g} s "
-                "(stopped, or stuck)",
-                EXIT_TIMEOUT,
-            )
+            return client.call(op, **params)
         except ClientError as exc:
+            if silent is not None and isinstance(exc, DeadlineExceeded):
+                fail(silent, EXIT_TIMEOUT)
             fail_with(exc, f"{op} failed: ")
 
 
