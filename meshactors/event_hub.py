@@ -22,10 +22,12 @@ from meshactors.actors import (
     cleanup_scope,
     take_queued,
 )
+from meshactors.broker.limits import TokenBucket
 from meshactors.clock import wall_ms
 from meshactors.store import events as event_log
 from meshactors.store.actor import StoreActor
 from meshactors.store.events import Event, SinceResult
+from meshactors.wire.ipc import ErrorCode, OpError
 
 log = structlog.get_logger("meshactors.events")
 
@@ -37,6 +39,7 @@ PERSIST_BATCH = 500  # events written per transaction
 # and a batch hold, renewed at half, so a log that keeps up never holds numbering back.
 SPEND_AHEAD = 2 * (PERSIST_QUEUE + PERSIST_BATCH)
 HUB_ASK_TIMEOUT = 10.0  # seconds a subscribe or replay waits for the hub
+LOG_WARNING_INTERVAL_S = 60.0  # at most one warning per this many seconds while writes fail
 
 
 @attrs.frozen
@@ -58,9 +61,10 @@ class _Join:
 
 @attrs.frozen
 class _Flush:
-    """Answer once every event numbered so far is written to the log."""
+    """Answer once every event numbered so far is written to the log (or lost: the answer is
+    the newest id lost, see `EventHub.flush`)."""
 
-    reply: Reply[None]
+    reply: Reply[int]
 
 
 @attrs.frozen
@@ -92,6 +96,14 @@ class EventHub(Actor):
     unlogged: int = 0  # events numbered and sent live but not logged (the log queue was full)
     dropped: int = 0  # events never numbered: the inbox was full, no spent id was left for
     # them (the log is SPEND_AHEAD events behind or failing), or a stop cut them off
+    # The newest id sent live but never logged (0: none this run), and the newest of them the
+    # log has recorded as lost: a replay after an older id reports the hole (`events_gap`).
+    _lost_through: int = 0
+    _lost_noted: int = 0
+    _failed_writes: int = 0  # log writes that failed since the last warning
+    _warnings: TokenBucket = attrs.field(
+        factory=lambda: TokenBucket(1 / LOG_WARNING_INTERVAL_S, 1), init=False
+    )
     _spent: int = 0  # the newest id the log marks spent: no id past it is sent
     _spending: bool = False  # a _Spend is queued for the log writer
     _to_log: trio.MemorySendChannel[_LogItem] = attrs.field(init=False)
@@ -125,18 +137,22 @@ class EventHub(Actor):
             raise
         return subscriber, last
 
-    async def flush(self, timeout: float = HUB_ASK_TIMEOUT) -> None:
+    async def flush(self, timeout: float = HUB_ASK_TIMEOUT) -> int:
         """Return once every event published before this call is numbered, sent live and in
-        the log (a publisher of a large burst paces itself by it)."""
-        await self.inbox.ask(_Flush, timeout=timeout, what="flush the event log")
+        the log, or lost to it (a publisher of a large burst paces itself by it); the answer
+        is the newest id this run sent live but never logged (0: none)."""
+        lost: int = await self.inbox.ask(_Flush, timeout=timeout, what="flush the event log")
+        return lost
 
     async def replay(self, since: int, limit: int) -> SinceResult:
-        """Logged events after `since`, oldest first, with a flag for a gap the log can't fill;
-        every event published before this call is in the log by then."""
-        await self.flush()
-        return await self.store.call(
+        """Logged events after `since`, oldest first, with a flag for a gap the log can't fill
+        (pruned, or never logged: the log still refuses to record that); every event published
+        before this call is in the log by then, or lost to it."""
+        lost = await self.flush()
+        result: SinceResult = await self.store.call(
             functools.partial(event_log.since, event_id=since, limit=limit), what="replay events"
         )
+        return attrs.evolve(result, gap=True) if since < lost else result
 
     def figures(self) -> dict[str, object]:
         return {
@@ -178,7 +194,7 @@ class EventHub(Actor):
                 try:
                     self._to_log.send_nowait(event)
                 except trio.WouldBlock:
-                    self.unlogged += 1
+                    self._lose([event])
             case _Join(subscriber=subscriber, reply=reply):
                 self.broadcast.add(subscriber)
                 reply.ok(self.last_event_id)
@@ -237,40 +253,68 @@ class EventHub(Actor):
             match item:
                 case _Published():
                     self.dropped += 1
-                case Event():
-                    self.unlogged += 1
+                case Event() as event:
+                    self._lose([event])
                 case _Join(reply=reply) | _Flush(reply=reply):
                     reply.drop()
 
+    def _lose(self, events: list[Event]) -> None:
+        """Count events sent live that the log will never hold, and mark the newest, so a
+        replay across them reports the hole (`events_gap`), as one across pruned events does."""
+        self.unlogged += len(events)
+        newest = max((event.event_id for event in events), default=0)
+        self._lost_through = max(self._lost_through, newest)
+
     async def _write(self, batch: list[_LogItem]) -> None:
-        """Log a batch's events, marking more ids spent when numbering nears the mark, then
-        answer its flushes; a write cut off (the hub stops) drops them, so their askers hear
-        ActorGone at once."""
+        """Log a batch's events, marking more ids spent when numbering nears the mark and the
+        newest id lost since the last write, then answer its flushes; a write cut off (the hub
+        stops) drops them, so their askers hear ActorGone at once."""
         events = [item for item in batch if isinstance(item, Event)]
         flushes = [item.reply for item in batch if isinstance(item, _Flush)]
         spend_to = None
         if self._spent - self.last_event_id < SPEND_AHEAD // 2:
             spend_to = self.last_event_id + SPEND_AHEAD
+        lost = self._lost_through if self._lost_through > self._lost_noted else None
         try:
             try:
-                if events or spend_to is not None:
+                if events or spend_to is not None or lost is not None:
                     # No deadline: a write the store has taken still happens after one runs
                     # out (a loop frozen past it), so only the store's own answer says whether
                     # it did. A stopped store drops the call unrun: ActorGone, events unlogged.
                     await self.store.call(
-                        functools.partial(event_log.append_batch, batch=events, spend_to=spend_to),
+                        functools.partial(
+                            event_log.append_batch, batch=events, spend_to=spend_to, lost=lost
+                        ),
                         what="log events",
                         timeout=math.inf,
                     )
                     if spend_to is not None:
                         self._spent = spend_to
-            except Exception:
-                self.unlogged += len(events)
-                log.exception("could not log events", count=len(events))
+                    if lost is not None:
+                        self._lost_noted = lost
+            except Exception as exc:
+                self._lose(events)
+                self._warn(exc)
             for reply in flushes:
-                reply.ok(None)
+                reply.ok(self._lost_through)
         finally:
             if any(isinstance(item, _Spend) for item in batch):
                 self._spending = False  # asked again by the next event the mark holds back
             for reply in flushes:
                 reply.drop()  # harmless after an answer
+
+    def _warn(self, exc: Exception) -> None:
+        """Log a failed write at most once per LOG_WARNING_INTERVAL_S, with the failures since
+        the last warning: a full disk fails every write, and must not flood the log too."""
+        self._failed_writes += 1
+        if not self._warnings.take(trio.current_time()):
+            return
+        refused = isinstance(exc, OpError) and exc.code is ErrorCode.STORAGE
+        log.warning(
+            "could not log events: a replay across them reports events_gap",
+            error=str(exc),
+            failed_writes=self._failed_writes,
+            unlogged=self.unlogged,
+            exc_info=None if refused else exc,  # a refusal says it all; anything else: a bug
+        )
+        self._failed_writes = 0

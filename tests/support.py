@@ -8,6 +8,7 @@ import os
 import resource
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,6 +23,7 @@ from meshactors.actors import Actor
 from meshactors.daemon.lock import read_running_pid
 from meshactors.daemon.services import Services
 from meshactors.event_hub import EventHub
+from meshactors.store.actor import StoreActor
 from meshactors.store.events import Event
 
 CLI_TIMEOUT = 60  # seconds any one CLI command may take
@@ -215,6 +217,17 @@ async def client_figures(inspector: LineClient, client_id: str) -> dict[str, Any
     (client,) = [child for child in control["children"] if child["name"] == f"client {client_id}"]
     figures: dict[str, Any] = client["figures"]
     return figures
+
+
+async def refuse_writes(store: StoreActor, refuse: bool) -> None:
+    """Make a state database refuse every write, as a full disk does, or take them again:
+    SQLite's `query_only` fails them with SQLITE_READONLY, which the store answers as
+    `storage` like SQLITE_FULL."""
+
+    def set_query_only(conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA query_only = {int(refuse)}")
+
+    await store.call(set_query_only, what="test: refuse writes")
 
 
 async def publish(hub: EventHub, kind: str, *datas: dict[str, Any]) -> list[Event]:

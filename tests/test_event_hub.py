@@ -2,7 +2,8 @@
 (a disk that stalls, a loop frozen past the deadline) is still logged, and not counted as
 unlogged; a flush whose write a stop cuts off, or that a stop cuts off while it waits for
 room in a full log queue, is told so at once; what is still queued at a stop is logged, a
-full log queue and all."""
+full log queue and all; events a refused write loses are a gap to a replay, and the
+refusals are warned at most once an interval."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+import structlog
 import trio
 import trio.testing
 
@@ -22,6 +24,7 @@ from meshactors import event_hub
 from meshactors.actors import ActorGone, ChildSpec, Node, Supervisor, run_root
 from meshactors.event_hub import EventHub
 from meshactors.store.actor import STORE_CALL_TIMEOUT, StoreActor
+from tests.support import publish, refuse_writes
 
 
 async def test_a_log_write_slower_than_the_store_deadline_is_kept_and_counted_logged(
@@ -258,3 +261,36 @@ async def test_events_logged_before_a_restart_are_still_replayed_after_it(tmp_pa
     assert runs[1][0] > runs[0][-1] + event_hub.SPEND_AHEAD // 2  # the ids jumped
     assert not replayed.gap
     assert [event.event_id for event in replayed.events] == runs[0][1:] + runs[1]
+
+
+async def test_events_a_refused_log_write_lost_are_a_replay_gap_warned_once_an_interval(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    async with running_hub(tmp_path) as hub:
+        live, _ = await hub.subscribe(16)
+        (kept,) = await publish(hub, "tick", {"n": 0})
+        await hub.flush()
+        await refuse_writes(hub.store, True)  # a full disk: every log write is refused
+        with structlog.testing.capture_logs() as logs:
+            lost = []
+            for n in range(1, 4):  # a write each, all refused
+                if n == 3:
+                    mock_clock.jump(event_hub.LOG_WARNING_INTERVAL_S)
+                lost += await publish(hub, "tick", {"n": n})
+                await hub.flush()
+        warnings = [entry for entry in logs if entry["event"].startswith("could not log events")]
+        # the first failure at once, then one warning an interval later counting those since
+        assert [entry["failed_writes"] > 1 for entry in warnings] == [False, True]
+        assert hub.figures()["unlogged"] == 3
+        assert [(await live.receive()).data["n"] for _ in range(4)] == [0, 1, 2, 3]  # live: all
+        assert (await hub.replay(kept.event_id, 100)).gap  # while the log still refuses them
+        await refuse_writes(hub.store, False)
+        (after,) = await publish(hub, "tick", {"n": 4})
+        replayed = await hub.replay(kept.event_id, 100)
+        assert (replayed.gap, [event.event_id for event in replayed.events]) == (
+            True,
+            [after.event_id],
+        )
+        assert not (await hub.replay(lost[-1].event_id, 100)).gap  # none lost after the last
+    async with running_hub(tmp_path) as hub:  # the log recorded the loss: a restart keeps it
+        assert (await hub.replay(kept.event_id, 100)).gap

@@ -96,7 +96,8 @@ def _past(after: int, low: int, high: int) -> int:
 async def replay_then_follow(
     hub: EventHub, sink: EventSink, stream: HubSubscription, since: int | None
 ) -> None:
-    """Replay what the log holds after `since` (reporting any hole), then follow live events.
+    """Replay what the log holds after `since` (reporting a hole once, before the replayed
+    events: later reads of the same replay add nothing to it), then follow live events.
 
     `stream` must be subscribed first: without `since`, events after its `subscribed_at` are
     sent, even those published before this runs; a `since` past it (ids of an older log: the
@@ -104,9 +105,11 @@ async def replay_then_follow(
     """
     after = stream.subscribed_at if since is None else min(since, stream.subscribed_at)
     if since is not None:
+        gap_told = False
         while True:
             result = await hub.replay(after, MAX_REPLAY)
-            if result.gap:
+            if result.gap and not gap_told:
+                gap_told = True
                 await sink.send_frame(
                     "events_gap", {"since": after, "oldest_kept": result.oldest_kept}
                 )

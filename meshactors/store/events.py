@@ -17,7 +17,9 @@ MAX_REPLAY_BYTES = 1024 * 1024  # ... and their logged data's bytes (the first e
 SPENT_KEY = "event_ids_spent"  # GLOBAL setting: no event id up to it is ever handed out again
 # GLOBAL setting: how many events the log holds, at most (retention deletes without lowering it)
 ROWS_KEY = "event_log_rows"
-PRUNED_KEY = "event_log_pruned"  # GLOBAL setting: the newest event id pruned from the log
+# GLOBAL setting: the newest event id the log lost, pruned or never written (named when only
+# pruning lost any)
+LOST_KEY = "event_log_pruned"
 
 
 @attrs.frozen
@@ -35,20 +37,26 @@ class SinceResult:
     """Events after a client's last seen id, and whether pruning left a hole before them."""
 
     events: tuple[Event, ...]
-    gap: bool  # events right after the asked id were pruned and cannot be replayed
+    gap: bool  # events after the asked id were pruned, or never logged: they cannot be replayed
     oldest_kept: int | None  # the oldest event_id still in the log (None: log empty)
     more: bool  # a limit cut the read short: events after the last one may be left
 
 
 def append_batch(
-    conn: sqlite3.Connection, batch: Sequence[Event], spend_to: int | None = None
+    conn: sqlite3.Connection,
+    batch: Sequence[Event],
+    spend_to: int | None = None,
+    lost: int | None = None,
 ) -> None:
     """Log events whose ids the caller already assigned (increasing, past the spent mark: the
     event hub numbers them), keeping at most EVENT_LOG_LIMIT (see `_keep_newest`); with
-    `spend_to`, mark every id up to it spent in the same transaction."""
+    `spend_to`, mark every id up to it spent in the same transaction; with `lost`, record
+    that the event of that id (and maybe others before it) will never be logged."""
     with immediate(conn):
         if spend_to is not None:
             _mark_spent(conn, spend_to)
+        if lost is not None:
+            note_lost(conn, lost)
         if not batch:
             return
         conn.executemany(
@@ -74,19 +82,20 @@ def _keep_newest(conn: sqlite3.Connection, added: int) -> None:
             (EVENT_LOG_LIMIT - PRUNE_BATCH,),
         ).fetchone()
         conn.execute("DELETE FROM events WHERE event_id <= ?", (cut,))
-        note_pruned(conn, cut)
+        note_lost(conn, cut)
         rows = EVENT_LOG_LIMIT - PRUNE_BATCH
     put_setting(conn, GLOBAL, ROWS_KEY, rows)
 
 
-def note_pruned(conn: sqlite3.Connection, upto: int) -> None:
-    """Record that the log pruned events up to id `upto`, so a replay after an earlier id
-    reports the gap (ids jump at a restart, so the oldest kept id cannot tell)."""
-    put_setting(conn, GLOBAL, PRUNED_KEY, max(upto, _through(conn, PRUNED_KEY)))
+def note_lost(conn: sqlite3.Connection, upto: int) -> None:
+    """Record that the log lost events up to id `upto` (pruned them, or never got them), so a
+    replay after an earlier id reports the gap (ids jump at a restart, so the oldest kept id
+    cannot tell)."""
+    put_setting(conn, GLOBAL, LOST_KEY, max(upto, _through(conn, LOST_KEY)))
 
 
 def _through(conn: sqlite3.Connection, key: str) -> int:
-    """The event id a GLOBAL mark (PRUNED_KEY, SPENT_KEY) reaches (0: never stored)."""
+    """The event id a GLOBAL mark (LOST_KEY, SPENT_KEY) reaches (0: never stored)."""
     mark = get_setting(conn, GLOBAL, key)
     return mark if isinstance(mark, int) else 0
 
@@ -96,9 +105,10 @@ def since(conn: sqlite3.Connection, event_id: int, limit: int) -> SinceResult:
     the first no more than MAX_REPLAY_BYTES of logged data, so a replay holds a bounded
     amount however large the events; `more` says either limit cut the read short.
 
-    `gap` is True when some events after `event_id` were already pruned: the client
-    missed them for good and must resynchronise some other way. Pass 0 to mean "from
-    the beginning of time". Ids the log never held (those skipped at a restart) are no gap.
+    `gap` is True when some events after `event_id` were already pruned, or sent live but
+    never logged (`note_lost`): the client missed them for good and must resynchronise some
+    other way. Pass 0 to mean "from the beginning of time". Ids the log never held that were
+    never sent (those skipped at a restart) are no gap.
     """
     if event_id < 0:
         raise ValueError(f"event_id must be at least 0, got {event_id}")
@@ -121,7 +131,7 @@ def since(conn: sqlite3.Connection, event_id: int, limit: int) -> SinceResult:
     oldest_kept: int | None = conn.execute("SELECT min(event_id) FROM events").fetchone()[0]
     return SinceResult(
         events=tuple(events),
-        gap=_through(conn, PRUNED_KEY) > event_id,
+        gap=_through(conn, LOST_KEY) > event_id,
         oldest_kept=oldest_kept,
         more=more or len(events) == limit,
     )
@@ -136,9 +146,9 @@ def resume_numbering(conn: sqlite3.Connection, ahead: int) -> int:
     with immediate(conn):
         resume = max(last_event_id(conn), _through(conn, SPENT_KEY))
         _mark_spent(conn, resume + ahead)
-        if get_setting(conn, GLOBAL, PRUNED_KEY) is None:
+        if get_setting(conn, GLOBAL, LOST_KEY) is None:
             oldest = conn.execute("SELECT min(event_id) FROM events").fetchone()[0]
-            note_pruned(conn, last_event_id(conn) if oldest is None else oldest - 1)
+            note_lost(conn, last_event_id(conn) if oldest is None else oldest - 1)
     return resume
 
 

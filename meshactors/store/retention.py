@@ -126,5 +126,5 @@ def prune_events(conn: sqlite3.Connection, retention: Retention, now_ms: int) ->
             (retention.batch, now_ms - retention.age_ms),
         ).fetchall()
         if pruned:
-            events.note_pruned(conn, max(row[0] for row in pruned))
+            events.note_lost(conn, max(row[0] for row in pruned))
         return len(pruned)

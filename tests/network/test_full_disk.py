@@ -1,33 +1,23 @@
 """Durable messages while the state database refuses writes (a full disk: `storage`): the
 outbox waits with its work instead of crashing (five crashes in 10 s stopped the daemon), and
-delivers, stores and records everything once the disk takes writes again."""
+delivers, stores and records everything once the disk takes writes again; the events the
+event log could not take are a gap to a replay across them."""
 
 from __future__ import annotations
-
-import sqlite3
 
 import pytest
 import structlog
 import trio
 
+from meshactors.control import event_stream
 from meshactors.daemon import outbox as outbox_module
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair
 from tests.network.test_delivery import delivered, inbox_of
+from tests.support import LineClient, publish, refuse_writes
 
 FULL_DISK_SENDS = 5
 FULL_DISK_RETRY_S = 0.05  # the outbox's STORAGE_RETRY_S here: the test need not wait 5 s
 FULL_DISK_POLL_S = 0.01  # how often a wait reads the outbox's refusal count
-
-
-async def refuse_writes(daemon: Daemon, refuse: bool) -> None:
-    """Make the daemon's state database refuse every write, as a full disk does, or take them
-    again: SQLite's `query_only` fails them with SQLITE_READONLY, which the store answers as
-    `storage` like SQLITE_FULL."""
-
-    def set_query_only(conn: sqlite3.Connection) -> None:
-        conn.execute(f"PRAGMA query_only = {int(refuse)}")
-
-    await daemon.services.store.call(set_query_only, what="test: refuse writes")
 
 
 async def refused(daemon: Daemon, times: int) -> None:
@@ -55,13 +45,13 @@ async def test_a_peer_back_while_the_disk_is_full_gets_everything_once_it_is_not
         await a.call("send", network=NET, to=b.device_id, message=f"m{n}")
         for n in range(FULL_DISK_SENDS)
     ]
-    await refuse_writes(a, True)
+    await refuse_writes(a.services.store, True)
     with structlog.testing.capture_logs() as logs:
         b = await mesh.daemon("b")
         await refused(a, 1)  # told of its return
         a.services.outbox.poke()  # a pass claims for it
         await refused(a, 4)  # and both try again
-    await refuse_writes(a, False)
+    await refuse_writes(a.services.store, False)
     warnings = [e for e in logs if e["event"].startswith("the state database refuses writes")]
     assert len(warnings) == 1  # once per STORAGE_LOG_INTERVAL_S, not once per attempt
     for row in sent:
@@ -76,23 +66,49 @@ async def test_acks_that_come_while_the_disk_is_full_are_recorded_once_it_is_not
     mesh: Mesh,
 ) -> None:
     a, b = await active_pair(mesh)
-    await refuse_writes(b, True)  # b cannot store what comes: it acks nothing yet
+    await refuse_writes(b.services.store, True)  # b cannot store what comes: it acks nothing yet
     sent = [
         await a.call("send", network=NET, to=b.device_id, message=f"m{n}")
         for n in range(FULL_DISK_SENDS)
     ]
     assert {row["status"] for row in sent} == {"inflight"}
     await refused(b, 1)  # b holds the received messages
-    await refuse_writes(a, True)
-    await refuse_writes(b, False)  # b stores and acks them; a cannot record the acks
+    await refuse_writes(a.services.store, True)
+    await refuse_writes(b.services.store, False)  # b stores and acks them; a cannot record the acks
     outbox = a.services.outbox
     with trio.fail_after(WAIT):
         while not (outbox._recording and outbox.counts["storage_refused"]):
             assert a.crashes() == {}
             await trio.sleep(FULL_DISK_POLL_S)
-    await refuse_writes(a, False)
+    await refuse_writes(a.services.store, False)
     for row in sent:
         await delivered(a, row["id"])
     assert len(await inbox_of(b, FULL_DISK_SENDS)) == FULL_DISK_SENDS
     assert len([e for e in b.events if e["kind"] == "message"]) == FULL_DISK_SENDS
     assert (a.crashes(), b.crashes()) == ({}, {})
+
+
+async def test_a_replay_across_events_the_full_disk_kept_out_of_the_log_reports_the_gap_once(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(event_stream, "MAX_REPLAY", 1)  # a read per event: each sees the hole
+    a = await mesh.daemon("a")
+    hub = a.services.events
+    (before,) = await publish(hub, "test_before", {})
+    await publish(hub, "test_logged", {"n": 0}, {"n": 1})
+    await hub.flush()
+    await refuse_writes(a.services.store, True)
+    lost = await publish(hub, "test_lost", {}, {})
+    await hub.flush()
+    await refuse_writes(a.services.store, False)
+    await publish(hub, "test_after", {})
+    await a.wait_event("test_after")
+    assert [e["event_id"] for e in a.events if e["kind"] == "test_lost"] == [
+        event.event_id for event in lost
+    ]  # the live stream had them all
+    client = LineClient(await trio.open_unix_socket(str(a.services.paths.socket)))
+    await client.call("events_subscribe", since=before.event_id)
+    with trio.fail_after(WAIT):
+        frames = [(await client.frame())["kind"] for _ in range(4)]
+    assert frames == ["events_gap", "test_logged", "test_logged", "test_after"]
+    assert a.crashes() == {}
