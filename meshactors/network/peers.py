@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import enum
 import functools
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
@@ -104,6 +105,11 @@ SILENT_EVENT_BURST = 16
 # push the others' events out of the event log (a program's handful of changes fit the burst)
 DETAIL_EVENT_BURST = 16
 DETAIL_EVENT_INTERVAL = 1.0
+# network_phase events told of one network at once; past them, one every STATUS_EVENT_INTERVAL:
+# a broker link that flaps (up, down, up) changes the phase each time but is told at that pace,
+# its latest phase once its turn comes (a reconnection's degraded, alone, active fit the burst)
+PHASE_EVENT_BURST = 6
+PHASE_UNTOLD = "phase_untold"  # phase changes not told as they happened (core's `dropped`)
 DETAILS_UNTOLD = "details_untold"
 CAPABILITIES_EVENT = "peer_capabilities"
 PROFILE_EVENT = "peer_profile"
@@ -230,6 +236,9 @@ class Peers:
     auto_approve: bool = False
     role: str = LINK_ROLE  # the role the link announces, sent in our hellos
     phase: Phase = Phase.CONNECTING
+    _phase_told: Phase = Phase.CONNECTING  # the phase the last network_phase event said
+    _phase_due: float = math.inf  # trio time the retell loop tells a held phase (inf: none)
+    _phase_events: TokenBucket = attrs.field(factory=lambda: _status_pace(PHASE_EVENT_BURST))
     capabilities: Capabilities = attrs.field(factory=Capabilities)
     _global_profile: Profile = attrs.field(factory=Profile)
     _network_profile: Profile | None = None
@@ -543,7 +552,8 @@ class Peers:
         self._untold, self._untold_details, self._retell_at = {}, {}, DeadlineHeap()
         self._link_was_up, self._outbound = False, None
         self.link_status = LinkStatus("idle", None, None)
-        self.phase = Phase.CONNECTING
+        self.phase = self._phase_told = Phase.CONNECTING  # told nothing yet (its pace is kept)
+        self._phase_due = math.inf
         # the operator's decisions first, then the strangers first seen longest ago first (the
         # roster saves when a stranger was first seen, not when last: a hello would cost a
         # write): past MAX_STRANGERS, or past a full table, those are forgotten
@@ -620,13 +630,16 @@ class Peers:
 
     async def retell_loop(self) -> None:
         """Tell the latest status, capabilities and profile of each peer whose pace held its
-        change back, once the pace allows: one task for every peer, so followers never keep a
-        stale one."""
+        change back, and the network's latest phase, once the pace allows: one task for every
+        peer and the phase, so followers never keep a stale one."""
         retells = ((self._untold, self._tell_status), (self._untold_details, self._retell_details))
         while True:
-            with trio.CancelScope(deadline=self._retell_at.next_deadline()) as self._retell:
+            deadline = min(self._retell_at.next_deadline(), self._phase_due)
+            with trio.CancelScope(deadline=deadline) as self._retell:
                 await trio.sleep_forever()
             now = trio.current_time() + TOKEN_ROUNDING  # those due within a rounding: together
+            if self._phase_due <= now:
+                self._tell_phase()
             due = [
                 (held.place, device_id, tell)
                 for device_id in set(self._retell_at.due(now))
@@ -1194,6 +1207,10 @@ class Peers:
         live = functools.partial(_by_time, self._untold, self._untold_details)
         waiting = len(self._untold) + len(self._untold_details)
         self._retell_at.add(due, device_id, waiting, live)
+        self._wake_retell(due)
+
+    def _wake_retell(self, due: float) -> None:
+        """Have the retell loop wake by trio time `due` (it sleeps until the earliest due)."""
         if self._retell is not None and due < self._retell.deadline:
             self._retell.deadline = due
 
@@ -1209,16 +1226,36 @@ class Peers:
         self._publish(STATUS_EVENTS[peer.status], peer, **extra)
 
     def _update_phase(self) -> None:
+        """Recompute the phase (status and networks_list show it at once) and tell a change
+        as the pace allows; one not told as it happened is counted (PHASE_UNTOLD)."""
         if self._outbound is not None:
             phase = Phase.ACTIVE if self._active else Phase.ALONE
         else:
             phase = Phase.DEGRADED if self._link_was_up else Phase.CONNECTING
         if phase is not self.phase:
-            previous, self.phase = self.phase, phase
-            self.events.publish(
-                "network_phase",
-                {"network": self.network, "phase": phase.value, "previous": previous.value},
-            )
+            self.phase = phase
+            if self._phase_due < math.inf or self._tell_phase():
+                self.dropped[PHASE_UNTOLD] += 1
+
+    def _tell_phase(self) -> bool:
+        """Publish the phase (`previous`: the one told last) unless it is the one told last;
+        past the pace, hand it to the retell loop, which tells the phase the network has by
+        then. True when it was held back."""
+        self._phase_due = math.inf
+        if self.phase is self._phase_told:
+            return False
+        now = trio.current_time()
+        if (wait := self._phase_events.delay(now)) > TOKEN_ROUNDING:
+            self._phase_due = now + wait
+            self._wake_retell(self._phase_due)
+            return True
+        self._phase_events.spend(now)
+        previous, self._phase_told = self._phase_told, self.phase
+        self.events.publish(
+            "network_phase",
+            {"network": self.network, "phase": self.phase.value, "previous": previous.value},
+        )
+        return False
 
     def _publish(self, kind: str, peer: PeerState, **extra: Any) -> None:
         data = {
