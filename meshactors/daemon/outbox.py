@@ -43,6 +43,7 @@ to each sender in one `msg_acks` frame (batched acks).
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import itertools
 import json
@@ -57,6 +58,7 @@ import trio
 
 from meshactors.actors import (
     Actor,
+    ActorGone,
     Doorbell,
     Inbox,
     Lagged,
@@ -782,6 +784,7 @@ class Outbox(Actor):
                 raise
             self._recording = []
             told: set[tuple[str, str]] = set()  # deliveries this batch published as delivered
+            published = 0
             for item, status in zip(batch, statuses, strict=True):
                 if item.error == PEER_CHANGED:
                     self.counts["redue"] += 1
@@ -806,6 +809,8 @@ class Outbox(Actor):
                         "message_delivered" if status == "done" else "message_dead",
                         {"id": item.outbox_id, "recipient": item.recipient, "error": item.error},
                     )
+                    published += 1
+            await self._pace_events(published)
 
     async def _sweep(self) -> None:
         """Make sends past their TTL dead even if their peer never came back."""
@@ -816,9 +821,7 @@ class Outbox(Actor):
     async def _bury(self, kill: Callable[..., outbox_db.Expired], error: str, what: str) -> None:
         """Call `kill` (a store function making deliveries dead in bounded batches) until it
         has no more; each delivery that ends so is told like any other that gives up
-        (`message_dead` with `error`). The hub numbers and logs one batch's events before the
-        next is taken, so a backlog never has more than a batch in the hub's inbox or log
-        queue (a full one drops or leaves unlogged what comes next)."""
+        (`message_dead` with `error`), one batch at a time (`_pace_events`)."""
         more = True
         while more:
             buried = await self._write(kill, what)
@@ -834,16 +837,25 @@ class Outbox(Actor):
 
     async def _tell_dead(self, deliveries: Sequence[outbox_db.DeliveryKey], error: str) -> None:
         """Tell each delivery that died (`message_dead` with `error`), a batch (at most
-        EXPIRE_DELIVERIES or MAX_RECIPIENTS) at a time: the hub numbers and logs one batch
-        before the next is published, so neither a backlog nor many aborts answered together
-        put more than a batch in the hub's inbox or log queue (a full one drops or leaves
-        unlogged what comes next)."""
+        EXPIRE_DELIVERIES or MAX_RECIPIENTS) at a time (`_pace_events`), one caller at a time,
+        so neither a backlog nor many aborts answered together put more than a batch in the
+        hub."""
         if not deliveries:
             return
         async with self._telling:
             self.counts["dead"] += len(deliveries)
             for key in deliveries:
                 self.events.publish("message_dead", dead_event(key, error))
+            await self._pace_events(len(deliveries))
+
+    async def _pace_events(self, published: int) -> None:
+        """After a batch published `published` events, wait until the hub has numbered and
+        logged them before the next batch, so a burst of batches (a backlog made dead,
+        thousands of messages or acks at once) never has more than one batch of each loop in
+        the hub's inbox or log queue, where a full one drops or leaves unlogged what comes."""
+        if not published:
+            return
+        with contextlib.suppress(ActorGone):  # the hub stopped or restarted: none left to wait
             # No deadline: it only paces, and waits no longer than the log's writes.
             await self.events.flush(timeout=math.inf)
 
@@ -906,10 +918,12 @@ class Outbox(Actor):
                 log.exception("could not store received messages", count=len(storable))
                 self._storing = []
                 continue  # not acked: the senders try again
+            published = 0
             for message, new in stored:
                 self.counts["received" if new else "duplicates"] += 1
                 if new or redo:
                     self.events.publish("message", message_view(message, full=False))
+                    published += 1
             results = iter(stored)
             acks: dict[tuple[str, str], list[MsgAck]] = collections.defaultdict(list)
             for item, reason in refused:
@@ -921,6 +935,7 @@ class Outbox(Actor):
             for (network_id, sender), answers in acks.items():
                 await self._answer(network_id, sender, answers)
             self._storing = []
+            await self._pace_events(published)  # after the acks: their senders need not wait
 
     async def _answer(self, network_id: str, sender: str, acks: list[MsgAck]) -> None:
         """Ack one sender's messages of a stored batch in one `msg_acks` frame (split or sent
