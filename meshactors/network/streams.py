@@ -146,12 +146,14 @@ class Streams:
         self.counters["opened"] += 1
         return state.ready
 
-    async def accept(self, local_id: str) -> Pipe:
-        """Take an incoming stream offered by `stream_incoming`: tell the opener and let the
-        bytes flow (OpError unknown_request when none waits under that id)."""
+    async def accept(self, local_id: str, taker: str) -> Pipe:
+        """Take an incoming stream offered by `stream_incoming` for the connection `taker`
+        (its client id): tell the opener and let the bytes flow (OpError unknown_request when
+        none waits under that id)."""
         state = self.table.local(local_id)
         if state is None or state.opener or state.core is not None:
             raise OpError(ErrorCode.UNKNOWN_REQUEST, f"no incoming stream {local_id[:64]!r} waits")
+        state.taker = taker
         pipe = self._attach(state)
         try:
             await self.wire.send(state.peer, StreamReady(state.wire_id))  # before any data
@@ -161,6 +163,16 @@ class Streams:
         self._start(state)
         self.counters["accepted"] += 1
         return pipe
+
+    def untaken(self, local_id: str, taker: str) -> None:
+        """The connection `taker` closed without taking the pipe its stream_accept of
+        `local_id` was to get (it hung up, or stopped waiting, before core's answer): a stream
+        that accept attached ends `cancelled` for the opener, its place and budget freed, as
+        nobody reads or writes it. Nothing happens when that accept did not attach it."""
+        state = self.table.local(local_id)
+        if state is not None and state.taker == taker:
+            message = "the serving program went away before it took the stream"
+            self._reset(state, "cancelled", message, local=False)
 
     def _check_room(self) -> None:
         if not self._running:

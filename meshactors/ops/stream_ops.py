@@ -68,9 +68,19 @@ async def stream_open(session: Session, params: StreamOpenParams) -> dict[str, A
 
 
 async def stream_accept(session: Session, params: StreamAcceptParams) -> dict[str, Any]:
-    """Become the serving end of an incoming binary stream."""
+    """Become the serving end of an incoming binary stream. Should the connection close
+    without the pipe (core's answer came too late for it), its close has core end the stream
+    the accept attached, which nobody else would ever read or end."""
     network = network_of(session, params.network)
-    accept = functools.partial(network.streams.accept, params.stream_id)
+    taker = session.client_id
+
+    async def unless_taken() -> None:
+        if session.pipe is None and not network.retired:  # a retired one stopped its streams
+            untaken = functools.partial(network.streams.untaken, params.stream_id, taker)
+            await network.ask("end a stream nobody took", untaken)
+
+    session.on_close(unless_taken)
+    accept = functools.partial(network.streams.accept, params.stream_id, taker)
     return _take(session, await network.ask_await("stream_accept", accept))
 
 

@@ -12,11 +12,13 @@ from typing import Any
 
 import attrs
 import pytest
+import structlog
 import trio
 import trio.testing
 
 from meshactors.client import BinaryStream, ClientError, MeshClient, StreamError
 from meshactors.control.client import RESET_WRITE_TIMEOUT
+from meshactors.network.network import Network
 from meshactors.network.stream_frames import STREAM_WINDOW_BYTES
 from meshactors.network.stream_pipe import STREAM_FRAME_COST, STREAM_INBOX, frame_cost
 from meshactors.network.stream_table import MAX_STREAMS, PEER_STREAM_BYTES
@@ -728,6 +730,84 @@ async def test_an_opener_that_hangs_up_while_waiting_ends_the_offer_on_both_daem
         "stream_accept", network=NET, stream_id=offer["stream_id"]
     )
     assert late["error"]["code"] == "unknown_request"
+
+
+@attrs.define(eq=False)
+class HeldCore:
+    """A daemon's network core held inside one request until released: what is asked of it
+    meanwhile waits in its inbox, in order."""
+
+    network: Network
+    running: trio.Event = attrs.field(factory=trio.Event)
+    release: trio.Event = attrs.field(factory=trio.Event)
+
+    async def hold(self) -> None:
+        self.running.set()
+        await self.release.wait()
+
+    async def run(self) -> None:
+        await self.network.core.ask(self.hold, "hold core", timeout=WAIT)
+
+    async def queued(self, count: int) -> None:
+        """Wait until `count` requests (asks, tells) wait in core's inbox: its traffic aside."""
+        inbox = self.network.core.inbox
+        await until(lambda: _now(inbox.waiting() - inbox.statistics().current_buffer_used == count))
+
+
+async def _now(value: bool) -> bool:
+    """`value`, for `until`."""
+    return value
+
+
+async def budget_in_use(a: Daemon) -> bool:
+    """Whether a's streams have bytes in flight to a peer."""
+    return bool((await figures(a))["in_flight"])
+
+
+async def test_an_accept_answered_after_its_program_hung_up_ends_the_stream(
+    pair: Pair, nursery: trio.Nursery
+) -> None:
+    """The serving program sends stream_accept and hangs up before core answers it (core is
+    held until the op was cut off): the stream core then attaches is taken by nobody, so the
+    connection's close ends it. The opener, which got its stream and sent into it, reads
+    `cancelled`; the stream leaves both tables and its bytes in flight go back to the budget."""
+    opener, _server, a, b = pair
+    socket = resolve_paths({"MESHACTORS_HOME": str(b.home)}).socket
+    owner = await AppClient.open(socket, nursery)
+    await owner.call("rpc_register", network=NET, method="late", streaming="binary")
+    opened: list[BinaryStream] = []
+    is_open = trio.Event()
+
+    async def open_it() -> None:
+        opened.append(await opener.open_stream(NET, b.device_id, "late"))
+        is_open.set()
+
+    nursery.start_soon(open_it)
+    offer = await owner.event("stream_incoming")
+    first, second = HeldCore(b.network()), HeldCore(b.network())
+    nursery.start_soon(first.run)
+    with trio.fail_after(WAIT), structlog.testing.capture_logs() as logs:
+        await first.running.wait()
+        lines = await line_client(b)
+        await lines.send("stream_accept", network=NET, stream_id=offer["stream_id"])
+        await first.queued(1)  # the accept waits for core
+        nursery.start_soon(second.run)
+        await first.queued(2)  # core is held again right after the accept
+        await lines.aclose()
+        await until(lambda: _now(any(e["event"].endswith("op cut off") for e in logs)))
+    first.release.set()
+    with trio.fail_after(WAIT):
+        await second.running.wait()  # the accept ran: the opener has its stream
+        await is_open.wait()
+        (stream,) = opened
+        await stream.send_all(pattern(64 * 1024))
+    await until(lambda: budget_in_use(a))  # sent: its credit cannot come back
+    second.release.set()
+    with trio.fail_after(WAIT), pytest.raises(StreamError) as ended:
+        await read_all(stream)
+    assert ended.value.code == "cancelled"
+    await until(lambda: forgotten_by_both(a, b))
+    await until(lambda: budgets_back(a, b))
 
 
 PEER_STREAMS = 5  # streams to one peer in the budget tests: their windows are well past it

@@ -56,7 +56,7 @@ async def accepted(served: ServedStreams) -> Pipe:
     served.peers.deliver(StreamOpen(WIRE_ID, "files", 30_000))
     kind, offer = served.owner.pushed[-1]
     assert kind == "stream_incoming" and offer["from"] == PEER
-    pipe = await served.streams.accept(offer["stream_id"])
+    pipe = await served.streams.accept(offer["stream_id"], "c1")
     assert served.peers.of(StreamReady) == [StreamReady(WIRE_ID)]
     return pipe
 
@@ -140,7 +140,7 @@ async def test_an_offer_nobody_accepts_goes_after_the_openers_timeout(
     assert await resets(served) == ["timeout"]
     assert served.streams.figures()["open"] == 0
     with pytest.raises(OpError) as late:
-        await served.streams.accept(offer["stream_id"])
+        await served.streams.accept(offer["stream_id"], "c1")
     assert late.value.code is ErrorCode.UNKNOWN_REQUEST
 
 
