@@ -25,6 +25,9 @@ PEER_STREAM_BYTES = 4 * 1024 * 1024
 # credit handed back early once the connection wrote all that came: streams whose programs
 # keep up then never sit on their peer's budget, as all of them together hold back at most half
 CREDIT_TRICKLE = PEER_STREAM_BYTES // (2 * MAX_STREAMS)
+# streams ended lately remembered per peer, so that a frame of one crossing its end (the
+# peer's last credit as our end goes out) is told from a stray frame; the oldest goes first
+ENDED_KEPT = 32
 
 Key = tuple[str, str, bool]  # (peer, the opener's id, whether we opened it)
 
@@ -114,11 +117,14 @@ class StreamState:
 
 @attrs.define(eq=False)
 class BinaryStreamTable:
-    """Streams by local id and by (peer, opener's id, side), at most `limit`."""
+    """Streams by local id and by (peer, opener's id, side), at most `limit`; and the keys of
+    the last `ended_kept` each peer had that ended (`forget`), until it stops being active."""
 
     limit: int = MAX_STREAMS
+    ended_kept: int = ENDED_KEPT
     _by_key: dict[Key, StreamState] = attrs.field(factory=dict, init=False)
     _by_local: dict[str, StreamState] = attrs.field(factory=dict, init=False)
+    _ended: dict[str, dict[Key, None]] = attrs.field(factory=dict, init=False)  # oldest first
 
     def has_room(self) -> bool:
         return len(self._by_local) < self.limit
@@ -126,6 +132,7 @@ class BinaryStreamTable:
     def add(self, state: StreamState) -> None:
         self._by_key[state.key] = state
         self._by_local[state.local_id] = state
+        self._ended.get(state.peer, {}).pop(state.key, None)
 
     def holds(self, state: StreamState) -> bool:
         """Whether `state` is in the table (not forgotten)."""
@@ -137,7 +144,19 @@ class BinaryStreamTable:
             return False
         del self._by_local[state.local_id]
         del self._by_key[state.key]
+        ended = self._ended.setdefault(state.peer, {})
+        ended[state.key] = None
+        if len(ended) > self.ended_kept:
+            del ended[next(iter(ended))]
         return True
+
+    def ended_lately(self, peer: str, wire_id: str, *, ours: bool) -> bool:
+        """Whether the stream `peer` means by `wire_id` is one of its last that ended."""
+        return (peer, wire_id, ours) in self._ended.get(peer, {})
+
+    def peer_gone(self, peer: str) -> None:
+        """`peer` stopped being active: what ended with it is forgotten too."""
+        self._ended.pop(peer, None)
 
     def local(self, local_id: str) -> StreamState | None:
         return self._by_local.get(local_id)

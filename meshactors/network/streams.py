@@ -402,9 +402,13 @@ class Streams:
     # -- frames from peers -----------------------------------------------------------------
 
     def _find(self, sender: str, wire_id: str, *, ours: bool) -> StreamState | None:
+        """The stream a frame from `sender` is for; None (the frame dropped) when none is open:
+        counted as `late_frames` when it ended lately (the frame crossed its end or reset on
+        the way), else as `stray_frames`."""
         state = self.table.find(sender, wire_id, ours=ours)
         if state is None:
-            self.counters["stray_frames"] += 1
+            late = self.table.ended_lately(sender, wire_id, ours=ours)
+            self.counters["late_frames" if late else "stray_frames"] += 1
         return state
 
     def _on_open(self, sender: str, frame: Frame) -> None:
@@ -516,6 +520,7 @@ class Streams:
             return
         for state in [s for s in self.table if s.peer == device_id]:
             self._reset(state, "peer_not_active", f"peer {device_id} left", peer=False)
+        self.table.peer_gone(device_id)
 
 
 def _connection_closed(state: StreamState) -> bool:

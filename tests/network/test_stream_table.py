@@ -6,6 +6,7 @@ from meshactors.network.stream_frames import STREAM_WINDOW_BYTES
 from meshactors.network.stream_table import (
     CREDIT_RETURN,
     CREDIT_TRICKLE,
+    ENDED_KEPT,
     MAX_STREAMS,
     PEER_STREAM_BYTES,
     BinaryStreamTable,
@@ -87,6 +88,27 @@ def test_the_table_finds_a_stream_by_its_side_and_has_a_limit() -> None:
     assert table.find("other", "w1", ours=True) is None
     assert table.forget(ours) and not table.forget(ours)
     assert list(table) == [theirs] and table.local("l1") is None
+
+
+def test_the_table_keeps_the_last_streams_a_peer_ended_until_the_peer_goes() -> None:
+    """ENDED_KEPT of them per peer, the oldest dropped first, all at once when the peer stops
+    being active; a stream opened again under an ended key is open, not ended."""
+    table = BinaryStreamTable()
+    ended = [
+        StreamState(f"l{n}", f"w{n}", "peer", "files", True, 30.0) for n in range(ENDED_KEPT + 1)
+    ]
+    for stream in ended:
+        table.add(stream)
+        table.forget(stream)
+    assert not table.ended_lately("peer", "w0", ours=True)
+    assert table.ended_lately("peer", "w1", ours=True)
+    assert table.ended_lately("peer", f"w{ENDED_KEPT}", ours=True)
+    assert not table.ended_lately("peer", "w1", ours=False)  # the other side's w1: never seen
+    assert not table.ended_lately("other", "w1", ours=True)
+    table.add(ended[1])
+    assert not table.ended_lately("peer", "w1", ours=True)
+    table.peer_gone("peer")
+    assert not table.ended_lately("peer", f"w{ENDED_KEPT}", ours=True)
 
 
 def test_a_peers_budget_is_shared_by_its_streams_and_comes_back_in_full() -> None:

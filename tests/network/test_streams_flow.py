@@ -102,6 +102,30 @@ async def test_frames_for_no_stream_are_counted_not_acted_on(served: ServedStrea
     assert await resets(served) == []
 
 
+async def test_credit_crossing_the_end_of_a_request_reply_stream_is_not_stray(
+    served: ServedStreams,
+) -> None:
+    """The peer sends its request and end; the program answers and ends, which finishes the
+    stream here. The peer's credit for the answer, sent before our end reached it, arrives
+    after: it crossed the end and is dropped as late, not stray; a frame for a stream never
+    known still counts as stray."""
+    pipe = await accepted(served)
+    served.peers.deliver(StreamData(WIRE_ID, True, 1, b"request"))
+    served.peers.deliver(StreamEnd(WIRE_ID, True, 1))
+    assert [pipe.to_socket.receive_nowait(), pipe.to_socket.receive_nowait()] == [b"request", END]
+    await pipe.consumed.send(frame_cost(b"request"))  # the connection wrote it
+    await pipe.from_socket.send(b"reply")
+    await pipe.from_socket.send(END)
+    await trio.testing.wait_all_tasks_blocked()
+    assert served.streams.figures()["counters"]["finished"] == 1
+    served.peers.deliver(StreamCredit(WIRE_ID, True, frame_cost(b"reply")))
+    counters = served.streams.figures()["counters"]
+    assert counters.get("stray_frames", 0) == 0 and counters["late_frames"] == 1
+    served.peers.deliver(StreamCredit("cd" * 16, True, 10))
+    assert served.streams.figures()["counters"]["stray_frames"] == 1
+    assert await resets(served) == []
+
+
 async def test_an_open_to_a_full_table_is_refused_naming_the_limit_and_the_peer(
     served: ServedStreams,
 ) -> None:
