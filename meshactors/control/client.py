@@ -90,6 +90,8 @@ PIPE_RECEIVE = 256 * 1024  # bytes asked of a binary stream's socket per read
 PIPE_WRITE_BYTES = 1024 * 1024  # a binary stream's queued frames joined into one write
 DRAIN_TIMEOUT = 30.0  # seconds the requests read before a program's end of input may take
 RESET_WRITE_TIMEOUT = 5.0  # seconds a binary stream's connection has to write its error frame
+FINISHED_STALL_TIMEOUT = 30.0  # seconds each write of what is left for a finished binary
+# stream's program may take: one that stops reading it lets its connection go
 
 
 @attrs.define(eq=False)
@@ -370,12 +372,14 @@ class ClientActor(Actor):
         """A binary stream's writer: what core queued goes out, joined into writes, and its
         credit cost goes back to core once written. It ends the connection after an error
         frame, or when core closes the pipe (the stream finished both ways, or was reset);
-        once core queued an error frame, what is queued up to it must be written within
-        RESET_WRITE_TIMEOUT, else the connection is closed at once."""
+        once the stream is over, the rest has a deadline (`_WriteDeadline`), past which the
+        connection is closed at once."""
         assert self._scope is not None
         with trio.CancelScope() as writes:
+            deadline = _WriteDeadline(writes)
             async with pipe.consumed, trio.open_nursery() as nursery:
-                nursery.start_soon(_limit_after_reset, pipe, writes)
+                nursery.start_soon(deadline.after_reset, pipe)
+                nursery.start_soon(deadline.after_finish, pipe)
                 async for item in pipe.to_socket:
                     batch, size = [item], 0
                     while isinstance(batch[-1], bytes) and size < PIPE_WRITE_BYTES:
@@ -387,13 +391,16 @@ class ClientActor(Actor):
                     await self._write(
                         b"".join(part for it in batch for part in pipe_frames.encode(it))
                     )
+                    deadline.wrote()
                     cost = sum(frame_cost(it) for it in batch if isinstance(it, bytes))
                     if cost:
                         await pipe.consumed.send(cost)
                     if isinstance(batch[-1], Reset):
                         break
                 nursery.cancel_scope.cancel()
-        if writes.cancelled_caught:
+        if writes.cancelled_caught and deadline.finished:
+            log.info("binary stream cut off: its last data was not read", client=self.client_id)
+        elif writes.cancelled_caught:
             log.info("binary stream cut off: its error frame was not read", client=self.client_id)
         self._scope.cancel()
 
@@ -557,12 +564,34 @@ class ClientActor(Actor):
 _NULL_ID = b'{"id":null'  # how every answer frame begins when its id is None
 
 
-async def _limit_after_reset(pipe: Pipe, writes: trio.CancelScope) -> None:
-    """Give the writes left a deadline once core queued the stream's error frame: a program
-    that does not read them does not keep its connection and a window of data for ever."""
-    with contextlib.suppress(trio.EndOfChannel):
-        await pipe.resetting.receive()  # core only closes it
-    writes.deadline = trio.current_time() + RESET_WRITE_TIMEOUT
+@attrs.define(eq=False)
+class _WriteDeadline:
+    """The deadline of a binary stream's writes once its stream is over, so a program that
+    does not read what is left keeps neither its connection nor a window of data for ever:
+    all up to the error frame within RESET_WRITE_TIMEOUT of a reset; once it finished, each
+    write within FINISHED_STALL_TIMEOUT of the one before (a program that reads slowly still
+    gets all its data)."""
+
+    writes: trio.CancelScope
+    finished: bool = False
+
+    async def after_reset(self, pipe: Pipe) -> None:
+        """Set the reset's deadline once core queued the stream's error frame."""
+        with contextlib.suppress(trio.EndOfChannel):
+            await pipe.resetting.receive()  # core only closes it
+        self.writes.deadline = trio.current_time() + RESET_WRITE_TIMEOUT
+
+    async def after_finish(self, pipe: Pipe) -> None:
+        """Start the finished stream's deadlines once core says it finished."""
+        with contextlib.suppress(trio.EndOfChannel):
+            await pipe.finished.receive()  # core only closes it
+        self.finished = True
+        self.wrote()
+
+    def wrote(self) -> None:
+        """A write is done: once the stream finished, the next has its own time."""
+        if self.finished:
+            self.writes.deadline = trio.current_time() + FINISHED_STALL_TIMEOUT
 
 
 async def _read_to_end(stream: trio.abc.ReceiveStream) -> bytes:

@@ -24,7 +24,8 @@ def frame_cost(data: bytes) -> int:
 class Pipe:
     """The connection's side of one stream: what it writes to the socket, what it read from
     it, and the credit cost of what it wrote (so core can hand credit back); `resetting`
-    ends once core queued the stream's error frame, so the writer puts a deadline on the rest."""
+    ends once core queued the stream's error frame, and `finished` once the stream finished
+    both ways, so the writer puts a deadline on the rest."""
 
     stream_id: str
     network: str
@@ -35,6 +36,7 @@ class Pipe:
     from_socket: trio.MemorySendChannel[Item]
     consumed: trio.MemorySendChannel[int]
     resetting: trio.MemoryReceiveChannel[None]
+    finished: trio.MemoryReceiveChannel[None]
 
     def answer(self) -> dict[str, str]:
         """The ok answer of the op that made this connection a pipe."""
@@ -49,12 +51,14 @@ class Pipe:
 @attrs.define(eq=False)
 class PipeCore:
     """Core's side of the same channels; it closes `resetting` (which carries nothing) once
-    it queued the stream's error frame on `to_socket`."""
+    it queued the stream's error frame on `to_socket`, and `finished` (nor does it) once the
+    stream finished."""
 
     to_socket: trio.MemorySendChannel[Item]
     from_socket: trio.MemoryReceiveChannel[Item]
     consumed: trio.MemoryReceiveChannel[int]
     resetting: trio.MemorySendChannel[None]
+    finished: trio.MemorySendChannel[None]
 
 
 def open_pipe(
@@ -65,6 +69,7 @@ def open_pipe(
     from_send, from_receive = trio.open_memory_channel[Item](STREAM_INBOX)
     consumed_send, consumed_receive = trio.open_memory_channel[int](to_socket_capacity)
     resetting_send, resetting_receive = trio.open_memory_channel[None](0)
+    finished_send, finished_receive = trio.open_memory_channel[None](0)
     pipe = Pipe(
         stream_id,
         network,
@@ -75,5 +80,7 @@ def open_pipe(
         from_send,
         consumed_send,
         resetting_receive,
+        finished_receive,
     )
-    return pipe, PipeCore(to_send, from_receive, consumed_receive, resetting_send)
+    core = PipeCore(to_send, from_receive, consumed_receive, resetting_send, finished_send)
+    return pipe, core

@@ -274,6 +274,8 @@ class Streams:
             self._reset(state, "cancelled", "the other program went away", local=False)
         elif state.remote_ended and (state.left or not _connection_closed(state)):
             self.counters["finished"] += 1
+            assert state.core is not None
+            state.core.finished.close()  # what is left for the connection now has a deadline
             self._forget(state)
 
     def _left(self, state: StreamState) -> None:

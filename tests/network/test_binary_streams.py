@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 from meshactors.client import BinaryStream, ClientError, MeshClient, StreamError
-from meshactors.control.client import RESET_WRITE_TIMEOUT
+from meshactors.control.client import FINISHED_STALL_TIMEOUT, RESET_WRITE_TIMEOUT
 from meshactors.network.network import Network
 from meshactors.network.stream_frames import STREAM_WINDOW_BYTES
 from meshactors.network.stream_pipe import STREAM_FRAME_COST, STREAM_INBOX, frame_cost
@@ -89,10 +89,12 @@ async def until(test: Callable[[], Awaitable[bool]]) -> None:
 
 @attrs.define(eq=False)
 class HeldReader:
-    """A server's stream handler held before it reads (after one read, with `read_first`):
-    once released it reads to the end, keeping the code of the error the stream ends with."""
+    """A server's stream handler held before it reads (after one read, with `read_first`, and
+    its end then, with `end_first`): once released it reads to the end, keeping the code of
+    the error the stream ends with."""
 
     read_first: bool = False
+    end_first: bool = False
     read_once: trio.Event = attrs.field(factory=trio.Event)
     release: trio.Event = attrs.field(factory=trio.Event)
     done: trio.Event = attrs.field(factory=trio.Event)
@@ -103,6 +105,8 @@ class HeldReader:
             if self.read_first:
                 await stream.receive_some()
                 self.read_once.set()
+            if self.end_first:
+                await stream.send_eof()
             await self.release.wait()
             await read_all(stream)
         except StreamError as error:
@@ -671,6 +675,38 @@ async def test_a_reset_stream_whose_program_stopped_reading_is_cut_off(
     await until(cut_off)
     outcome = await stalls.ended()
     assert outcome and outcome[0] in {"remote_error", "connection_lost"}  # cut off: no end
+
+
+async def test_a_finished_stream_whose_program_stopped_reading_is_cut_off(
+    pair: Pair, real_time_clock: trio.testing.MockClock
+) -> None:
+    """The server reads once, sends its end and stops reading; the opener sends most of a
+    window and its end. The stream finishes and leaves the table with what the server did not
+    read still queued for it: its daemon closes the connection once a write of that waited
+    FINISHED_STALL_TIMEOUT, rather than keep it and its data for ever."""
+    opener, server, a, b = pair
+    stalls = HeldReader(read_first=True, end_first=True)
+
+    async def finished() -> bool:
+        found = await figures(b)
+        return found["open"] == 0 and found["counters"].get("finished") == 1
+
+    async def cut_off() -> bool:
+        return "binary-stream" not in protocols(await b.call("inspect"))
+
+    await server.serve_stream(NET, "stalls", stalls)
+    with trio.fail_after(WAIT):
+        stream = await opener.open_stream(NET, b.device_id, "stalls")
+        await stream.send_all(pattern(STREAM_WINDOW_BYTES * 3 // 4))  # more than sockets hold
+        await stream.send_eof()
+        assert await read_all(stream) == b""  # the server's end
+    await until(finished)
+    await trio.testing.wait_all_tasks_blocked()  # the writer waits on the program, deadline set
+    assert not await cut_off()
+    real_time_clock.jump(FINISHED_STALL_TIMEOUT)
+    await until(cut_off)
+    assert await stalls.ended() == ["connection_lost"]
+    await until(lambda: budgets_back(a, b))
 
 
 async def test_an_opener_gone_after_its_end_while_stalled_lets_go_at_its_timeout(
