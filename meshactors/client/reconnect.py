@@ -282,12 +282,13 @@ class DaemonLink:
             raise
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        timeout = self.connect_timeout
+        first_deadline = trio.current_time() + self.connect_timeout  # of the first connect
         started = False
         delay = 0.0
         while True:
-            await trio.sleep(delay)
+            await trio.sleep(delay if started else min(delay, _left(first_deadline)))
             delay = min(max(delay * 2, RECONNECT_DELAY_FIRST), RECONNECT_DELAY_MAX)
+            timeout = RECONNECT_TIMEOUT if started else _left(first_deadline)
             failure: ClientError | None = None
             try:
                 async with open_connection(self.path, timeout) as conn, self._losing():
@@ -317,10 +318,10 @@ class DaemonLink:
             except* ClientError as group:
                 failure = first_leaf(group)
             if failure is not None:
-                if not started:
+                # a daemon too full to take us (`unavailable`) is retried like one starting
+                if not started and (failure.code != "unavailable" or not _left(first_deadline)):
                     raise failure
                 log.info("daemon unreachable on %s; retrying: %s", self.path, failure)
-            timeout = RECONNECT_TIMEOUT
 
     def _reconnected(self) -> None:
         """Tell the program a new connection carries the desired state again."""
@@ -371,6 +372,11 @@ class DaemonLink:
                     await self._undo(live, want, REPLAY_CALL_TIMEOUT)
                 except ClientError as error:
                     log.info("%s, no longer wanted, not released: %s", want.name, error)
+
+
+def _left(deadline: float) -> float:
+    """Seconds until `deadline`, 0 once it has passed."""
+    return max(0.0, deadline - trio.current_time())
 
 
 def claimed_by_another(error: ClientError) -> bool:

@@ -1,0 +1,75 @@
+"""A daemon too full to take a client (`unavailable`: MAX_CLIENTS connections held) is waited
+for on the client's first connect like one still starting: retried until connect_timeout, and
+only then its refusal raised."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import pytest
+import trio
+
+from meshactors.client import ClientError, MeshClient, reconnect
+from meshactors.client._conn import Connection
+from meshactors.control import supervisor
+from tests.client.conftest import LocalDaemon
+
+FULL_CONNECT_TIMEOUT = 0.5  # seconds the client waits for room that is never made
+
+
+def count_connects(monkeypatch: pytest.MonkeyPatch, retried: trio.Event) -> list[Path]:
+    """Each connection the client's link opens from now on, in a list; `retried` is set once
+    it opens a second one (the first was refused)."""
+    connect = reconnect.open_connection
+    opened: list[Path] = []
+
+    def counted(path: Path, timeout: float) -> AbstractAsyncContextManager[Connection]:
+        opened.append(path)
+        if len(opened) == 2:
+            retried.set()
+        return connect(path, timeout)
+
+    monkeypatch.setattr(reconnect, "open_connection", counted)
+    return opened
+
+
+async def test_a_first_connect_to_a_full_daemon_waits_for_room(
+    running: LocalDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervisor, "MAX_CLIENTS", 1)
+    socket = running.paths.socket
+    retried = trio.Event()
+    clients_seen: list[int] = []
+
+    async def connect_late() -> None:
+        async with MeshClient(socket, connect_timeout=15) as late:
+            clients_seen.append((await late.status())["clients"])
+
+    with trio.fail_after(20):
+        # the holder takes the one place, and leaves it once the late client was refused
+        async with trio.open_nursery() as nursery, MeshClient(socket) as holder:
+            assert (await holder.status())["clients"] == 1
+            count_connects(monkeypatch, retried)
+            nursery.start_soon(connect_late)
+            await retried.wait()  # refused once, and trying again
+    assert clients_seen == [1]
+
+
+async def test_a_daemon_full_for_the_whole_connect_timeout_raises_its_refusal(
+    running: LocalDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervisor, "MAX_CLIENTS", 1)
+    socket = running.paths.socket
+    async with MeshClient(socket) as holder:
+        assert (await holder.status())["clients"] == 1
+        opened = count_connects(monkeypatch, trio.Event())
+        started = trio.current_time()
+        with trio.fail_after(20), pytest.raises(ClientError) as refused:
+            async with MeshClient(socket, connect_timeout=FULL_CONNECT_TIMEOUT):
+                pass
+        assert trio.current_time() - started >= FULL_CONNECT_TIMEOUT
+        assert len(opened) > 1
+        assert refused.value.code == "unavailable"
+        assert "clients at once" in refused.value.message
+        assert (await holder.status())["clients"] == 1  # the holder was never disturbed
