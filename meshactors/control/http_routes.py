@@ -7,7 +7,6 @@ op's params class declares, then validated as strictly as a JSON-lines request.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import types
@@ -23,8 +22,7 @@ from meshactors.control.http_parse import RequestHead, query_pairs
 from meshactors.control.http_response import HttpResponse, error_response, ok_response
 from meshactors.control.session import Session
 from meshactors.ops.optable import Op, OpTable, converter, run_request
-from meshactors.wire.ipc import ErrorCode, OpError, Request
-from meshactors.wire.jsonlimits import too_deep
+from meshactors.wire.ipc import ErrorCode, OpError, Request, read_json_object
 from meshactors.wire.strict import describe_error
 
 HEALTH_PATH = "/v1/health"
@@ -35,7 +33,6 @@ SEND_STATUS = {"accepted": 202, "duplicate": 200}  # outcome → status (`Op.ide
 TRUE_WORDS = frozenset({"1", "true"})  # query values read as a boolean true
 FALSE_WORDS = frozenset({"0", "false"})
 INT_QUERY = re.compile(r"-?[0-9]{1,19}")  # query values read as an integer
-NOT_AN_OBJECT = "the body must be a JSON object"
 
 
 @attrs.frozen
@@ -135,19 +132,11 @@ async def _post(
 
 
 def json_object(body: bytes) -> dict[str, Any]:
-    """A POST body as op params: a JSON object, or {} for an empty body. One nested too deep
-    for the parser to read at all is `bad_json` saying so, as the same JSON line is."""
+    """A POST body as op params: a JSON object, or {} for an empty body; read as the same JSON
+    line is (strictly UTF-8, `bad_json` saying why otherwise)."""
     if not body.strip():
         return {}
-    try:
-        value = json.loads(body)
-    except RecursionError:  # deeper than the parser goes: far past what params may nest
-        raise OpError(ErrorCode.BAD_JSON, too_deep().detail) from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise OpError(ErrorCode.BAD_JSON, f"body is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise OpError(ErrorCode.BAD_JSON, NOT_AN_OBJECT)
-    return value
+    return read_json_object(body, "the body")
 
 
 def query_params(query: Sequence[tuple[str, str]], params_type: type) -> dict[str, Any]:

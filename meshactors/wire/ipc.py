@@ -126,16 +126,24 @@ class BadFrame(OpError):
         self.request_id = request_id
 
 
-def parse_request(line: bytes) -> Request:
-    """Decode one request line; raises BadFrame with the error to answer."""
+def read_json_object(data: bytes, what: str) -> dict[str, Any]:
+    """`data` (a request line, an HTTP body: `what`) as a JSON object, or BadFrame `bad_json`
+    with no request id (none was read). Strictly UTF-8, as JSON between programs must be (RFC
+    8259): a BOM, or UTF-16 or UTF-32 that `json.loads` would guess from bytes, is refused."""
     try:
-        frame = loads(line.decode("utf-8"))  # str parses faster than bytes
+        value = loads(data.decode("utf-8"))  # str parses faster than bytes
     except (UnicodeDecodeError, ValueError) as exc:
-        raise BadFrame(ErrorCode.BAD_JSON, f"not valid JSON: {exc}", None) from None
+        raise BadFrame(ErrorCode.BAD_JSON, f"{what} is not valid JSON: {exc}", None) from None
     except RecursionError:  # past the parser's stack: far deeper than any request may be
         raise BadFrame(ErrorCode.BAD_JSON, too_deep().detail, None) from None
-    if not isinstance(frame, dict):
-        raise BadFrame(ErrorCode.BAD_JSON, "a request must be a JSON object", None)
+    if not isinstance(value, dict):
+        raise BadFrame(ErrorCode.BAD_JSON, f"{what} must be a JSON object", None)
+    return value
+
+
+def parse_request(line: bytes) -> Request:
+    """Decode one request line; raises BadFrame with the error to answer."""
+    frame = read_json_object(line, "a request")
     notification = "id" not in frame
     request_id = frame.pop("id", None)
     if not notification and not _valid_id(request_id):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import select
 from typing import Any
 
@@ -104,12 +105,45 @@ def test_a_body_nested_too_deep_to_parse_is_bad_json_too_deep_as_a_json_line_is(
     assert refused.value.message == refused_as_a_line.value.message == too_deep
 
 
+OTHER_ENCODINGS = ["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"]
+
+
+def not_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    body=st.one_of(
+        st.builds(  # a JSON object, in an encoding `json.loads` would guess from bytes
+            lambda value, encoding: json.dumps(value).encode(encoding),
+            st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8), max_size=4),
+            st.sampled_from(OTHER_ENCODINGS),
+        ),
+        st.binary(min_size=1).filter(not_utf8),
+    )
+)
+def test_a_body_not_in_utf8_is_bad_json_as_a_json_line_is(body: bytes) -> None:
+    """A body is read as strictly as a JSON line: UTF-8, no BOM, no other encoding guessed."""
+    with pytest.raises(OpError) as refused:
+        json_object(body)
+    with pytest.raises(BadFrame) as refused_as_a_line:
+        parse_request(body)
+    assert refused.value.code == refused_as_a_line.value.code == ErrorCode.BAD_JSON
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "code"),
     [
         ("POST", "/v1/status", b"{not json", 400, "bad_json"),
         ("POST", "/v1/status", b"[1]", 400, "bad_json"),
         ("POST", "/v1/status", b"\xff", 400, "bad_json"),
+        ("POST", "/v1/status", b"\xef\xbb\xbf{}", 400, "bad_json"),  # a UTF-8 BOM
+        ("POST", "/v1/status", "{}".encode("utf-16"), 400, "bad_json"),
         ("POST", "/v1/status", b"[" * 100_000, 400, "bad_json"),
         ("POST", "/v1/status", b'{"a":' + b"[" * 100_000, 400, "bad_json"),
         ("POST", "/v1/status", b'{"extra":1}', 400, "invalid_params"),
