@@ -286,7 +286,9 @@ async def rpc_cancel(session: Session, params: RequestRef) -> dict[str, Any]:
     if params.request_id is not None and params.call is None:
         cancel = functools.partial(Rpc.cancel, client=session, request_id=params.request_id)
         await _at_holder(session, params.request_id, "rpc_cancel", cancel, served=False)
-    elif params.call is None or params.request_id is not None:
+    elif params.call is None:
+        raise OpError(ErrorCode.INVALID_PARAMS, "give request_id or call: one is required")
+    elif params.request_id is not None:
         raise OpError(ErrorCode.INVALID_PARAMS, "give request_id or call, not both")
     elif isinstance(params.call, bool) or not isinstance(params.call, int | str):
         raise OpError(ErrorCode.INVALID_PARAMS, "params.call must be a string or an integer")
