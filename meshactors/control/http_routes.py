@@ -33,6 +33,9 @@ SEND_STATUS = {"accepted": 202, "duplicate": 200}  # outcome → status (`Op.ide
 TRUE_WORDS = frozenset({"1", "true"})  # query values read as a boolean true
 FALSE_WORDS = frozenset({"0", "false"})
 INT_QUERY = re.compile(r"-?[0-9]{1,19}")  # query values read as an integer
+# query values of an integer field with more significant digits than any 64-bit integer has:
+# out of range, refused so, never parsed (an int of thousands of digits is slow, or refused)
+LONG_INT_QUERY = re.compile(r"-?0*[1-9][0-9]{19,}")
 
 
 @attrs.frozen
@@ -149,7 +152,7 @@ def query_params(query: Sequence[tuple[str, str]], params_type: type) -> dict[st
     for key, value in query:
         if key in params:
             raise OpError(ErrorCode.INVALID_PARAMS, f"query parameter {key!r} given twice")
-        params[key] = _convert(value, hints.get(key))
+        params[key] = _convert(key, value, hints.get(key))
     return params
 
 
@@ -163,9 +166,10 @@ def structure_query(query: Sequence[tuple[str, str]], params_type: type[Any]) ->
         raise OpError(ErrorCode.INVALID_PARAMS, describe_error(exc)) from None
 
 
-def _convert(value: str, hint: Any) -> Any:
+def _convert(key: str, value: str, hint: Any) -> Any:
     """A query string as the field type wants it; left a string when it does not fit (so the
-    strict validation names the field)."""
+    strict validation names the field). An integer too long for 64 bits is refused here, as
+    out of range, rather than as a string."""
     target = _without_none(hint)
     if target is bool:
         if value in TRUE_WORDS:
@@ -175,6 +179,9 @@ def _convert(value: str, hint: Any) -> Any:
     elif target is int:
         if INT_QUERY.fullmatch(value):
             return int(value)
+        if LONG_INT_QUERY.fullmatch(value):
+            message = f"params.{key}: out of range, an integer beyond 64 bits"
+            raise OpError(ErrorCode.INVALID_PARAMS, message)
     elif target is float:
         try:
             number = float(value)

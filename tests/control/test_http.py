@@ -235,6 +235,25 @@ async def test_get_query_values_are_converted_by_the_ops_declared_types(
     assert extra.code == "invalid_params"
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/inbox?limit=99999999999999999999999",
+        "/v1/inbox?limit=-00099999999999999999999",
+        "/v1/events?since=1" + "0" * 5000,  # never parsed: past the digits int() takes
+    ],
+)
+async def test_a_query_integer_past_64_bits_is_said_to_be_out_of_range(
+    http: Connect, path: str
+) -> None:
+    client = await http()
+    response = await client.request("GET", path)
+    assert (response.status, response.code) == (400, "invalid_params")
+    field = path.split("?")[1].split("=")[0]
+    message = f"params.{field}: out of range, an integer beyond 64 bits"
+    assert response.json()["error"]["message"] == message
+
+
 async def test_send_statuses_and_the_idempotency_key_rule(daemon: Services, http: Connect) -> None:
     seen: list[StandInSendParams] = []
 
