@@ -204,7 +204,9 @@ class SyncMeshClient:
                 trio.from_thread.run_sync(stream.close, trio_token=token)
 
     def close(self) -> None:
-        """Disconnect and stop the thread."""
+        """Disconnect and stop the thread (nothing to do for a client never started)."""
+        if self._thread.ident is None:  # never started: a join would raise
+            return
         if self._token is not None and self._stop is not None and self._thread.is_alive():
             trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
         self._thread.join()

@@ -4,6 +4,7 @@ readers and event readers each see the end at once, never a wait for a daemon go
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -116,3 +117,13 @@ async def test_a_closed_sync_client_refuses_calls_and_events(running: LocalDaemo
 
     with trio.fail_after(20):
         await trio.to_thread.run_sync(use_after_close)
+
+
+def test_a_sync_client_never_started_closes_quietly(tmp_path: Path) -> None:
+    """`close` before `start` has no thread to stop: it returns (not the RuntimeError of a
+    join of a thread never started), and calls refuse as on any client not running."""
+    client = SyncMeshClient(tmp_path / "daemon.sock")
+    client.close()
+    client.close()
+    with pytest.raises(ClientClosed):
+        client.call("status")
