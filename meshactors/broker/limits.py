@@ -13,6 +13,11 @@ from meshactors.wire.broker import MAX_BROKER_MESSAGE_BYTES, MESSAGE_BURST, MESS
 
 MAX_PEERS_PER_NETWORK: Final = 256  # members of one network; one more is network_full
 MAX_CONNECTIONS: Final = 4096  # open WebSockets per broker (incl. before hello); more get HTTP 503
+# connections from one address (an IPv4 address or an IPv6 /64) that have not yet been admitted
+# by their hello; more get HTTP 503, without taking a place under max_connections, so one
+# address cannot hold every place with silent connections. Behind a proxy every client has the
+# proxy's address: raise it there
+MAX_UNHELLOED_PER_ADDRESS: Final = 256
 # seconds a 503 at the connection limit asks a client to wait (Retry-After); daemons back off
 # on their own, this is for other clients and proxies
 CONNECTION_LIMIT_RETRY_AFTER_S: Final = 5
@@ -38,9 +43,10 @@ ADMISSION_TIMEOUT_S: Final = 5.0
 # 16 KiB) and the hello (1024 characters); then reading waits for the admission
 PRE_ADMISSION_BYTES: Final = 32 * 1024
 CLOSE_TIMEOUT_S: Final = 5.0  # for the WebSocket closing handshake
-# connections past max_connections in their handshake at once (to be refused with the 503, or
-# asking /health); more are closed at once unanswered, so a burst over the limit stays within
-# the open files OPEN_FILES_RESERVE (128) keeps (as control's MAX_REFUSING does for its clients)
+# connections past max_connections or max_unhelloed_per_address in their handshake at once (to
+# be refused with the 503, or asking /health); more are closed at once unanswered, so a burst
+# over the limits stays within the open files OPEN_FILES_RESERVE (128) keeps (as control's
+# MAX_REFUSING does for its clients)
 MAX_REFUSING: Final = 64
 OUTBOUND_QUEUE_MESSAGES: Final = 4096  # queued messages to one receiver before slow_consumer
 OUTBOUND_QUEUE_BYTES: Final = 8 << 20  # queued bytes to one receiver before slow_consumer
@@ -95,6 +101,9 @@ class BrokerConfig:
     message_burst: int = attrs.field(default=MESSAGE_BURST, validator=v.ge(1))
     max_peers: int = attrs.field(default=MAX_PEERS_PER_NETWORK, validator=v.ge(1))
     max_connections: int = attrs.field(default=MAX_CONNECTIONS, validator=v.ge(1))
+    max_unhelloed_per_address: int = attrs.field(
+        default=MAX_UNHELLOED_PER_ADDRESS, validator=v.ge(1)
+    )
     ping_interval: float = attrs.field(default=PING_INTERVAL_S, validator=v.gt(0))
     pong_timeout: float = attrs.field(default=PONG_TIMEOUT_S, validator=v.gt(0))
     pong_ceiling: float = attrs.field(default=PONG_CEILING_S, validator=_at_least_pong_timeout)

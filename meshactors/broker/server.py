@@ -203,6 +203,11 @@ class Broker:
     _nonces: NonceCache = attrs.field(init=False)
     _counts: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
     _connections: int = attrs.field(init=False, default=0)
+    # connections not yet admitted by a hello, by source (the client's address): each holds a
+    # place under max_connections, at most max_unhelloed_per_address of each source...
+    _unhelloed: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
+    # ...and those that came past it, which hold no place: each is refused with a 503
+    _over_address_limit: int = attrs.field(init=False, default=0)
     # config.max_connections, or fewer where the open-file limit holds less (set by serve)
     _max_connections: int = attrs.field(
         init=False, default=attrs.Factory(lambda self: self.config.max_connections, takes_self=True)
@@ -210,10 +215,9 @@ class Broker:
     _listen: str = attrs.field(init=False, default="")
     _admissions: set[trio.CancelScope] = attrs.field(init=False, factory=set)
     _stopping: bool = attrs.field(init=False, default=False)  # _stop ran: nothing new joins
-    # one `connection_refused` line per REFUSAL_LOG_INTERVAL_S (a full broker refuses a fleet)
-    _refusal_log: TokenBucket = attrs.field(
-        init=False, factory=lambda: TokenBucket(1 / REFUSAL_LOG_INTERVAL_S, 1)
-    )
+    # one `connection_refused` line per REFUSAL_LOG_INTERVAL_S for each reason (a full broker
+    # refuses a fleet)
+    _refusal_logs: dict[str, TokenBucket] = attrs.field(init=False, factory=dict)
 
     @_nonces.default
     def _replay_memory(self) -> NonceCache:
@@ -309,7 +313,8 @@ class Broker:
         counted += ["frames_forwarded", "cluster_delivered", "cluster_undeliverable"]
         counted += ["cluster_forwards_lost", "cluster_bad_messages", "cluster_departs_lost"]
         counted += ["health_requests"]
-        counted += ["rejected_connection_limit", "closed_past_refusals", "rejected_path"]
+        counted += ["rejected_connection_limit", "rejected_address_limit"]
+        counted += ["closed_past_refusals", "rejected_path"]
         counted += [f"rejected_hello_{reason}" for reason in RejectReason]
         counted += [f"closed_{reason}" for reason in SessionEnd]
         return {key: self._counts[key] for key in counted}
@@ -353,25 +358,35 @@ class Broker:
         The stream is ours, not trio-websocket's, so it is closed when the connection ends even
         where trio-websocket leaves it open (see docs/architecture.md, the WebSocket layer).
         """
-        if self._connections >= self._max_connections + MAX_REFUSING:
+        remote, source = _peer(stream)
+        over_address_limit = self._unhelloed[source] >= self.config.max_unhelloed_per_address
+        if self._no_room_to_refuse(over_address_limit):
             self._counts["closed_past_refusals"] += 1  # unanswered: no file to spare for it
             await trio.aclose_forcefully(stream)
             return
-        remote, source = _peer(stream)
         log = _log.bind(remote=remote)
         admission = trio.CancelScope()  # cancelled by _stop until a session is running
         self._admissions.add(admission)
         if self._stopping:  # accepted before the stop, handled after it: dropped at once
             admission.cancel()
         self._connections += 1
+        if over_address_limit:
+            self._over_address_limit += 1
+        else:
+            self._unhelloed[source] += 1
+        unhelloed = not over_address_limit
         try:
             async with stream, trio.open_nursery() as nursery:
                 try:
                     admitted = None
                     with admission:
-                        admitted = await self._open_session(nursery, stream, source, log)
+                        admitted = await self._open_session(
+                            nursery, stream, source, over_address_limit, log
+                        )
                     self._admissions.discard(admission)
                     if admitted is not None:
+                        self._said_hello(source)
+                        unhelloed = False
                         await self._run_session(*admitted, log)
                 finally:
                     nursery.cancel_scope.cancel()  # trio-websocket's reader, however we end
@@ -386,11 +401,38 @@ class Broker:
         finally:
             self._admissions.discard(admission)
             self._connections -= 1
+            if over_address_limit:
+                self._over_address_limit -= 1
+            elif unhelloed:
+                self._said_hello(source)
+
+    def _no_room_to_refuse(self, over_address_limit: bool) -> bool:
+        """Whether a new connection is one to refuse (past max_connections, or over its
+        address's limit) and MAX_REFUSING others are being refused already: it is then closed
+        unanswered."""
+        placed = self._connections - self._over_address_limit
+        if not over_address_limit and placed < self._max_connections:
+            return False  # it takes a place
+        refusing = max(0, placed - self._max_connections) + self._over_address_limit
+        return refusing >= MAX_REFUSING
+
+    def _said_hello(self, source: str) -> None:
+        """A connection from `source` no longer counts against its address's limit: its hello
+        was admitted, or it ended."""
+        self._unhelloed[source] -= 1
+        if not self._unhelloed[source]:
+            del self._unhelloed[source]
 
     async def _open_session(
-        self, nursery: trio.Nursery, stream: trio.SocketStream, source: str, log: _Logger
+        self,
+        nursery: trio.Nursery,
+        stream: trio.SocketStream,
+        source: str,
+        over_address_limit: bool,
+        log: _Logger,
     ) -> tuple[WebSocketConnection, _Member] | None:
-        """Upgrade (or refuse) the HTTP request, then admit its hello; None when refused.
+        """Upgrade (or refuse: `over_address_limit`, among others) the HTTP request, then admit
+        its hello; None when refused.
 
         Until the hello is admitted the connection is read through an _AdmissionGate; the
         upgrade ends early when the stream does (_UpgradeWatch)."""
@@ -410,7 +452,7 @@ class Broker:
                 max_message_size=self.config.max_message_bytes,
                 receive_buffer_size=RECEIVE_BUFFER_BYTES,
             )
-            ws = await self._upgrade(request, log)
+            ws = await self._upgrade(request, over_address_limit, log)
         if ws is None:
             return None
         member = await self._admit(nursery, ws, source, log)
@@ -419,35 +461,43 @@ class Broker:
         gate.opened.set()  # admitted: its messages may now be max_message_bytes long
         return ws, member
 
-    async def _upgrade(self, request: WebSocketRequest, log: _Logger) -> WebSocketConnection | None:
+    async def _upgrade(
+        self, request: WebSocketRequest, over_address_limit: bool, log: _Logger
+    ) -> WebSocketConnection | None:
         """Answer the HTTP upgrade: the WebSocket, or None after refusing the request."""
         if request.path != BROKER_PATH:
             self._counts["rejected_path"] += 1
             await request.reject(404)
             return None
-        if self._connections > (limit := self._max_connections):
-            self._refuse_at_the_limit(log)
-            await request.reject(
-                HTTPStatus.SERVICE_UNAVAILABLE,
-                extra_headers=[
-                    (b"retry-after", str(CONNECTION_LIMIT_RETRY_AFTER_S).encode()),
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                ],
-                body=f"the broker is at its connection limit ({limit}): retry later\n".encode(),
-            )
+        if over_address_limit:
+            limit = self.config.max_unhelloed_per_address
+            line = f"too many connections from this address before their hello ({limit})"
+            await self._refuse(request, "address_limit", line, log, max_unhelloed_per_address=limit)
+            return None
+        if self._connections - self._over_address_limit > (limit := self._max_connections):
+            line = f"the broker is at its connection limit ({limit})"
+            await self._refuse(request, "connection_limit", line, log, max_connections=limit)
             return None
         return await request.accept()
 
-    def _refuse_at_the_limit(self, log: _Logger) -> None:
-        """Count a connection refused at max_connections, and say so (rate-limited)."""
-        self._counts["rejected_connection_limit"] += 1
-        if self._refusal_log.take(trio.current_time()):
-            log.warning(
-                "connection_refused",
-                reason="connection_limit",
-                max_connections=self._max_connections,
-                refused=self._counts["rejected_connection_limit"],
-            )
+    async def _refuse(
+        self, request: WebSocketRequest, reason: str, line: str, log: _Logger, **limit: int
+    ) -> None:
+        """Answer the upgrade 503 with Retry-After and `line` (naming the limit), count it in
+        `rejected_<reason>`, and say so (once per REFUSAL_LOG_INTERVAL_S for each reason)."""
+        counter = f"rejected_{reason}"
+        self._counts[counter] += 1
+        said = self._refusal_logs.setdefault(reason, TokenBucket(1 / REFUSAL_LOG_INTERVAL_S, 1))
+        if said.take(trio.current_time()):
+            log.warning("connection_refused", reason=reason, **limit, refused=self._counts[counter])
+        await request.reject(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            extra_headers=[
+                (b"retry-after", str(CONNECTION_LIMIT_RETRY_AFTER_S).encode()),
+                (b"content-type", b"text/plain; charset=utf-8"),
+            ],
+            body=f"{line}: retry later\n".encode(),
+        )
 
     async def _admit(
         self, nursery: trio.Nursery, ws: WebSocketConnection, source: str, log: _Logger

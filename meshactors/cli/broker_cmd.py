@@ -28,7 +28,13 @@ log = structlog.get_logger("meshactors.broker")
 DEFAULT_LISTEN = "127.0.0.1:7447"  # loopback unless told otherwise; the port the docs use
 CLUSTER_FLAGS = ("cluster_heartbeat", "cluster_ttl", "admission_timeout")  # only a cluster's
 # the BrokerConfig fields a flag sets, each by its flag (max_peers by --max-peers)
-LIMIT_FLAGS = ("max_peers", "max_message_bytes", "handshake_timeout", *CLUSTER_FLAGS)
+LIMIT_FLAGS = (
+    "max_peers",
+    "max_message_bytes",
+    "max_unhelloed_per_address",
+    "handshake_timeout",
+    *CLUSTER_FLAGS,
+)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,6 +46,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     seconds = seconds_flag(MAX_PERIOD_S)  # each time below: more than 0, at most a day
     parser.add_argument("--max-peers", type=int, default=None, help="daemons per network")
     parser.add_argument("--max-message-bytes", type=int, default=None)
+    parser.add_argument(
+        "--max-unhelloed-per-address",
+        type=int,
+        default=None,
+        metavar="N",
+        help="connections from one address before their hello (behind a proxy: raise it);"
+        " default 256",
+    )
     parser.add_argument(
         "--handshake-timeout",
         type=seconds,

@@ -188,6 +188,11 @@ SETTINGS = (
     Setting("broker.max_peers", _positive, BrokerConfig().max_peers),
     Setting("broker.max_message_bytes", _positive, BrokerConfig().max_message_bytes),
     Setting("broker.max_connections", _positive, BrokerConfig().max_connections),
+    Setting(
+        "broker.max_unhelloed_per_address",
+        _positive,
+        BrokerConfig().max_unhelloed_per_address,
+    ),
 )
 BY_KEY = {setting.key: setting for setting in SETTINGS}
 

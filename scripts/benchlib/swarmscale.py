@@ -170,6 +170,8 @@ def swarm_of(
             port = free_port()
             command = [sys.executable, "-m", "meshactors", "broker", "--log-json"]
             command += ["--listen", f"127.0.0.1:{port}", "--max-peers", str(max(size, 2))]
+            # every daemon of the swarm connects from 127.0.0.1: all may reconnect at once
+            command += ["--max-unhelloed-per-address", str(max(size, 2))]
             command += ["--cluster", cluster] if cluster is not None else []
             log = stack.enter_context((root / BROKER_LOG.format(n)).open("wb"))
             broker = subprocess.Popen(command, cwd=ROOT, stderr=log)

@@ -7,11 +7,12 @@ import pytest
 import structlog
 import trio
 import trio.testing
+from nacl.signing import SigningKey
 from trio_websocket import ConnectionRejected
 
 from meshactors.broker.limits import CONNECTION_LIMIT_RETRY_AFTER_S, MAX_REFUSING
 from meshactors.broker.server import Broker
-from tests.broker.support import WAIT_S, connect, start_broker
+from tests.broker.support import WAIT_S, connect, joined, start_broker
 
 
 async def answer_to(nursery: trio.Nursery, request: bytes) -> tuple[Broker, bytes, bytes]:
@@ -143,3 +144,70 @@ async def test_a_burst_past_the_limit_is_closed_past_the_cap_and_health_answers_
     assert status_line == b"HTTP/1.1 200 OK"
     figures = json.loads(headers_and_body(rest)[1])["figures"]
     assert figures["closed_past_refusals"] == PAST_THE_CAP - MAX_REFUSING
+
+
+async def silent_connections(url: str, count: int) -> list[trio.SocketStream]:
+    """`count` connections from 127.0.0.1 that say nothing, each taken in by the broker."""
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with trio.fail_after(WAIT_S):
+        streams = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(count)]
+        await trio.testing.wait_all_tasks_blocked()  # the broker took all: its accept waits
+    return streams
+
+
+async def test_an_address_past_its_limit_before_hello_is_refused_and_takes_no_place(
+    nursery: trio.Nursery,
+) -> None:
+    """127.0.0.1's second connection before its hello is past its address's limit: it holds
+    no place, so 127.0.0.2 still gets one, and one more from 127.0.0.1 is answered 503."""
+    _, url = await start_broker(nursery, max_connections=2, max_unhelloed_per_address=1)
+    silent = await silent_connections(url, 2)
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(2):
+            with pytest.raises(ConnectionRejected) as refused:
+                async with connect(url):
+                    pass
+    assert refused.value.status_code == 503
+    headers = {name.lower(): value for name, value in refused.value.headers or []}
+    assert headers[b"retry-after"] == str(CONNECTION_LIMIT_RETRY_AFTER_S).encode()
+    line = b"too many connections from this address before their hello (1): retry later\n"
+    assert refused.value.body == line
+    said = [entry for entry in logs if entry["event"] == "connection_refused"]
+    assert [(entry["reason"], entry["max_unhelloed_per_address"]) for entry in said] == [
+        ("address_limit", 1)
+    ]
+    async with joined(url, SigningKey.generate(), "net", local_host="127.0.0.2"):
+        pass  # the place 127.0.0.1's second connection did not take
+    status_line, rest = await answer_from(url, health_request("GET", "/health"))
+    assert status_line == b"HTTP/1.1 200 OK"
+    figures = json.loads(headers_and_body(rest)[1])["figures"]
+    assert (figures["rejected_address_limit"], figures["rejected_connection_limit"]) == (2, 0)
+    for stream in silent:
+        await stream.aclose()
+
+
+async def test_a_burst_from_one_address_leaves_the_places_to_others(
+    nursery: trio.Nursery,
+) -> None:
+    """Silent connections from 127.0.0.1 far past its address's limit: those past MAX_REFUSING
+    of them being refused are closed at once, and none keeps 127.0.0.2 from a place."""
+    broker, url = await start_broker(nursery, max_connections=2, max_unhelloed_per_address=1)
+    silent = await silent_connections(url, 1 + 2 * MAX_REFUSING)
+    async with joined(url, SigningKey.generate(), "net", local_host="127.0.0.2"):
+        pass
+    assert broker.figures()["closed_past_refusals"] == MAX_REFUSING
+    for stream in silent:
+        await stream.aclose()
+
+
+async def test_connections_admitted_by_their_hello_do_not_count_against_the_address(
+    nursery: trio.Nursery,
+) -> None:
+    _, url = await start_broker(nursery, max_unhelloed_per_address=1)
+    keys = [SigningKey.generate() for _ in range(3)]
+    async with (
+        joined(url, keys[0], "net"),
+        joined(url, keys[1], "net"),
+        joined(url, keys[2], "net") as (_, welcome),
+    ):
+        assert len(welcome["peers"]) == 2

@@ -135,6 +135,7 @@ def test_a_message_size_past_the_outbound_queue_is_refused_in_flag_terms(
 BROKER_LIMIT_VALUES = {
     "--max-peers": st.integers(-1, 300),
     "--max-message-bytes": st.integers(-1, 2 * OUTBOUND_QUEUE_BYTES),
+    "--max-unhelloed-per-address": st.integers(-1, 300),
     "--handshake-timeout": st.floats(0.5, 20),
     "--cluster-heartbeat": st.floats(0.5, 20),
     "--cluster-ttl": st.floats(0.5, 20),
@@ -146,6 +147,7 @@ BROKER_LIMIT_VALUES = {
 @given(limits=st.fixed_dictionaries({}, optional=BROKER_LIMIT_VALUES))
 @example(limits={"--max-message-bytes": OUTBOUND_QUEUE_BYTES + 1})
 @example(limits={"--max-message-bytes": 0, "--max-peers": 0})
+@example(limits={"--max-unhelloed-per-address": 0})
 @example(limits={"--cluster-ttl": 1.0})
 def test_a_refused_broker_limit_is_told_in_flags_not_in_config_fields(
     limits: dict[str, float],
