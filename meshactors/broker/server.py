@@ -45,7 +45,7 @@ from meshactors.broker.cluster_messages import (
     Unreceived,
 )
 from meshactors.broker.cluster_wire import Envelope, PresenceEntry, PresenceEvent
-from meshactors.broker.health import ForwardingStream, answer_health
+from meshactors.broker.health import ForwardingStream, PrefixedStream, answer_plain_http
 from meshactors.broker.limits import (
     CONNECTION_LIMIT_RETRY_AFTER_S,
     MAX_REFUSING,
@@ -312,7 +312,7 @@ class Broker:
         counted = ["messages_relayed", "frames_relayed", "frames_dropped", "connection_errors"]
         counted += ["frames_forwarded", "cluster_delivered", "cluster_undeliverable"]
         counted += ["cluster_forwards_lost", "cluster_bad_messages", "cluster_departs_lost"]
-        counted += ["health_requests"]
+        counted += ["health_requests", "rejected_not_websocket"]
         counted += ["rejected_connection_limit", "rejected_address_limit"]
         counted += ["closed_past_refusals", "rejected_path"]
         counted += [f"rejected_hello_{reason}" for reason in RejectReason]
@@ -439,11 +439,11 @@ class Broker:
         ws: WebSocketConnection | None = None
         with trio.move_on_after(self.config.handshake_timeout) as upgrade:
             try:  # a message relayed a scheduler pass shorter (socket_io)
-                handed_on = await answer_health(QuickSocketStream(stream), self.health)
+                handed_on = await answer_plain_http(QuickSocketStream(stream), self.health)
             except trio.BrokenResourceError:  # a reset before the first bytes: a port scanner's,
                 return None  # say; the client vanished, nothing wrong with the broker
-            if handed_on is None:
-                self._counts["health_requests"] += 1
+            if not isinstance(handed_on, PrefixedStream):  # answered: /health, or not an upgrade
+                self._counts[handed_on] += 1
                 return None
             gate = _AdmissionGate(_UpgradeWatch(handed_on, upgrade), PRE_ADMISSION_BYTES)
             request = await wrap_server_stream(

@@ -8,11 +8,12 @@ import structlog
 import trio
 import trio.testing
 from nacl.signing import SigningKey
-from trio_websocket import ConnectionRejected
+from trio_websocket import ConnectionRejected, open_websocket_url
 
+from meshactors.broker.health import MAX_HEALTH_REQUEST_BYTES, NOT_WEBSOCKET
 from meshactors.broker.limits import CONNECTION_LIMIT_RETRY_AFTER_S, MAX_REFUSING
 from meshactors.broker.server import Broker
-from tests.broker.support import WAIT_S, connect, joined, start_broker
+from tests.broker.support import WAIT_S, connect, hello, joined, start_broker
 
 
 async def answer_to(nursery: trio.Nursery, request: bytes) -> tuple[Broker, bytes, bytes]:
@@ -84,6 +85,52 @@ async def test_a_longer_path_is_not_health(nursery: trio.Nursery) -> None:
     broker, status_line, _ = await answer_to(nursery, health_request("GET", "/healthz"))
     assert not status_line.startswith(b"HTTP/1.1 200")
     assert broker.figures()["health_requests"] == 0
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_plain_http_to_the_websocket_path_is_told_it_wants_an_upgrade(
+    nursery: trio.Nursery, method: str
+) -> None:
+    """A browser or `curl` on /v1 is told what the path wants (it was an empty 400)."""
+    broker, status_line, rest = await answer_to(nursery, health_request(method, "/v1"))
+    assert status_line == b"HTTP/1.1 426 Upgrade Required"
+    headers, body = headers_and_body(rest)
+    assert headers["content-type"] == "text/plain; charset=utf-8"
+    assert headers["upgrade"] == "websocket"
+    assert body == NOT_WEBSOCKET
+    assert b"WebSocket endpoint" in body
+    assert b"Upgrade: websocket" in body
+    assert broker.figures()["rejected_not_websocket"] == 1
+
+
+async def test_head_on_the_websocket_path_has_the_head_alone(nursery: trio.Nursery) -> None:
+    _, status_line, rest = await answer_to(nursery, health_request("HEAD", "/v1"))
+    assert status_line == b"HTTP/1.1 426 Upgrade Required"
+    headers, body = headers_and_body(rest)
+    assert int(headers["content-length"]) == len(NOT_WEBSOCKET)
+    assert body == b""
+
+
+async def test_an_upgrade_the_handshake_refuses_is_still_its_to_answer(
+    nursery: trio.Nursery,
+) -> None:
+    """A request that asks the upgrade but leaves out its key goes on to the handshake, which
+    refuses it (400) as it always did."""
+    request = b"GET /v1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    broker, status_line, _ = await answer_to(nursery, request)
+    assert status_line.startswith(b"HTTP/1.1 400")
+    assert broker.figures()["rejected_not_websocket"] == 0
+
+
+async def test_an_upgrade_longer_than_a_health_request_still_joins(nursery: trio.Nursery) -> None:
+    """The upgrade's head is read whole before the handshake; one past MAX_HEALTH_REQUEST_BYTES
+    is the handshake's to read (up to 16 KiB), as before."""
+    _, url = await start_broker(nursery)
+    padding = [(b"x-padding", b"a" * (MAX_HEALTH_REQUEST_BYTES + 1024))]
+    async with open_websocket_url(url, extra_headers=padding, connect_timeout=WAIT_S) as ws:
+        await ws.send_message(hello(SigningKey.generate(), "net"))
+        with trio.fail_after(WAIT_S):
+            assert json.loads(await ws.get_message())["type"] == "welcome"
 
 
 async def test_a_full_broker_says_so_in_its_503_its_log_and_its_health(
