@@ -612,6 +612,11 @@ def check_cluster_url(url: str) -> None:
     if other := [name for name in parameters if name not in CLUSTER_URL_PARAMETERS]:
         allowed = ", ".join(CLUSTER_URL_PARAMETERS)
         raise ValueError(f"a URL whose query parameters are among {allowed}, not {other[0]!r}")
+    tls = [name for name in parameters if name.startswith("ssl_")]
+    if tls and url.startswith("redis://"):  # coredis would connect without TLS, silently
+        raise ValueError(
+            f"a rediss:// URL to take TLS parameters ({tls[0]}): redis:// connects without TLS"
+        )
     try:
         redis_client(url)  # a rediss:// URL's TLS context is made here
     except (KeyError, OSError):  # ?ssl_cert_reqs=bogus, an ssl_* file missing or no PEM

@@ -12,7 +12,12 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from meshactors.broker.cluster import COMMAND_TIMEOUT_S, redis_client
+from meshactors.broker.cluster import (
+    CLUSTER_URL_PARAMETERS,
+    COMMAND_TIMEOUT_S,
+    check_cluster_url,
+    redis_client,
+)
 from meshactors.broker.server import Broker
 from meshactors.cli import broker_cmd, main
 from meshactors.cli.common import EXIT_USAGE
@@ -47,7 +52,7 @@ LINK_SETTINGS = {
 @st.composite
 def cluster_urls(draw: st.DrawFn) -> tuple[str, bool | None]:
     """A URL and whether it should be accepted (None: not known, as for a free-form one or
-    TLS parameters coredis reads only in a rediss:// URL)."""
+    TLS parameters only coredis can judge); TLS parameters need a rediss:// URL."""
     if draw(st.booleans()):
         return draw(st.text(max_size=40).map(lambda rest: "redis://" + rest)), None
     parts = [
@@ -55,6 +60,9 @@ def cluster_urls(draw: st.DrawFn) -> tuple[str, bool | None]:
         for choices in (URL_SCHEMES, URL_USERS, URL_HOSTS, URL_PORTS, URL_PATHS, URL_QUERIES)
     ]
     known = [good for _, good in parts]
+    scheme, query = parts[0][0], parts[-1][0]
+    if scheme == "redis://" and "ssl_" in query:
+        known.append(False)  # redis:// would connect without TLS, ignoring them
     good = False if False in known else None if None in known else True
     return "".join(text for text, _ in parts), good
 
@@ -88,6 +96,8 @@ def _broker_exit(url: str) -> tuple[object, str]:
 @example(case=("redis://h?no%72eply=1", False))
 @example(case=("rediss://h?ssl_cert_reqs=bogus", False))
 @example(case=("rediss://h?ssl_ca_certs=/nonexistent", False))
+@example(case=("redis://h?ssl_cert_reqs=required", False))
+@example(case=("rediss://h?ssl_cert_reqs=required", True))
 def test_a_cluster_url_is_refused_with_exit_2_or_read_as_written(
     case: tuple[str, bool | None],
 ) -> None:
@@ -117,3 +127,17 @@ def test_a_cluster_url_parameter_that_would_override_the_link_is_named(override:
     assert code == EXIT_USAGE, error
     assert f"not {override.partition('=')[0]!r}" in error
     assert "hunter2" not in error
+
+
+@pytest.mark.parametrize("parameter", [name for name in CLUSTER_URL_PARAMETERS if "ssl_" in name])
+def test_tls_parameters_on_a_redis_url_are_refused_not_ignored(parameter: str) -> None:
+    """redis:// connects without TLS whatever its ssl_* parameters say: say so at start."""
+    url = f"redis://:hunter2@h:6379/0?{parameter}=x"
+    with pytest.raises(ValueError, match="rediss://") as refused:
+        check_cluster_url(url)
+    assert str(refused.value).startswith(f"a rediss:// URL to take TLS parameters ({parameter})")
+    code, error = _broker_exit(url)
+    assert code == EXIT_USAGE, error
+    assert f"--cluster must be a rediss:// URL to take TLS parameters ({parameter})" in error
+    assert "hunter2" not in error
+    assert served_urls == []
