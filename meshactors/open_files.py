@@ -1,7 +1,8 @@
 """The process's open-file limit (RLIMIT_NOFILE): raised to its hard limit at start, since the
 soft limit most systems give a service (1,024) is far below what a broker or daemon at its
 connection limit holds open; and the connections that fit under it, so that a full broker
-answers its 503 instead of failing to accept (EMFILE) and answering nothing."""
+answers its 503 (a full daemon its `unavailable`) instead of failing to accept (EMFILE) and
+answering nothing."""
 
 import resource
 from typing import Final
@@ -28,14 +29,17 @@ def raise_open_files_limit() -> int:
     return soft
 
 
-def connections_that_fit(wanted: int, files_per_connection: int, *, what: str) -> int:
+def connections_that_fit(
+    wanted: int, files_per_connection: int, *, what: str, besides: int = 0
+) -> int:
     """`wanted`, or fewer (at least 1) when that many connections, `files_per_connection` open
-    files each, and OPEN_FILES_RESERVE would pass the (raised) open-file limit; logs a warning
-    naming `what` (the limit's name) when lowered."""
+    files each, OPEN_FILES_RESERVE and `besides` (other files the process may hold at once)
+    would pass the (raised) open-file limit; logs a warning naming `what` (the limit's name)
+    when lowered."""
     limit = raise_open_files_limit()
     if limit == resource.RLIM_INFINITY:
         return wanted
-    fitting = max(1, (limit - OPEN_FILES_RESERVE) // files_per_connection)
+    fitting = max(1, (limit - OPEN_FILES_RESERVE - besides) // files_per_connection)
     if fitting >= wanted:
         return wanted
     _log.warning(

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 
+from meshactors.control.supervisor import MAX_CLIENTS
 from meshactors.daemon.main import DaemonOptions, serve
 from meshactors.daemon.services import Services
 from meshactors.identity import load_or_create_identity
@@ -24,12 +25,16 @@ HTTP_DEADLINE = 10  # seconds a test that opens raw HTTP connections may take in
 
 
 @asynccontextmanager
-async def serving(home: Path, tcp_port: int | None = None) -> AsyncIterator[Services]:
+async def serving(
+    home: Path, tcp_port: int | None = None, max_clients: int = MAX_CLIENTS
+) -> AsyncIterator[Services]:
     """A daemon tree in `home` (and on loopback TCP if `tcp_port` is given) until the block ends."""
     paths = resolve_paths({"MESHACTORS_HOME": str(home)})
     prepare_dirs(paths)
     identity = load_or_create_identity(paths.identity_file)
-    options = DaemonOptions(paths=paths, identity=identity, tcp_port=tcp_port)
+    options = DaemonOptions(
+        paths=paths, identity=identity, tcp_port=tcp_port, max_clients=max_clients
+    )
     async with trio.open_nursery() as nursery:
         services: Services = await nursery.start(serve, options)
         try:
@@ -57,8 +62,9 @@ async def raw_http(
 
 
 @pytest.fixture
-async def daemon(tmp_path: Path) -> AsyncIterator[Services]:
-    async with serving(tmp_path) as services:
+async def daemon(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Services]:
+    """A daemon tree in `tmp_path`; parametrized indirectly, with `serving`'s options."""
+    async with serving(tmp_path, **getattr(request, "param", {})) as services:
         yield services
 
 

@@ -60,7 +60,6 @@ from meshactors.identity import Identity, IdentityError, load_or_create_identity
 from meshactors.listen import ListenError
 from meshactors.logs import configure_logging
 from meshactors.network.link import ROLES
-from meshactors.open_files import raise_open_files_limit
 from meshactors.paths import NotRegularFile, Paths, SymlinkRefused, open_private, tighten_mode
 from meshactors.stop_signals import ignore_from_now
 from meshactors.store.db import StoreError
@@ -155,7 +154,6 @@ def run_up(args: argparse.Namespace) -> int:
     if args.detach:
         return _detach(args, paths)
     configure_logging(json=True if args.log_json else None, level=args.log_level)
-    raise_open_files_limit()  # MAX_CLIENTS connections need more than the usual 1,024
     options = _service_manager_options(
         DaemonOptions(
             paths=paths,

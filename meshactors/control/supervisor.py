@@ -39,7 +39,9 @@ from meshactors.wire.ipc import ErrorCode, OpError, error_frame
 
 log = structlog.get_logger("meshactors.control")
 
-MAX_CLIENTS = 4096  # connections served at once; more are told so and closed
+MAX_CLIENTS = 4096  # connections served at once (fewer where open files are short); more are
+# told so and closed
+FILES_PER_CLIENT = 1  # open files a client connection holds: its socket
 MAX_TCP_CLIENTS = 256  # of them over TCP, where anyone local may connect before any token is
 # checked: the owner's Unix socket always keeps the rest. When they are all taken, a newcomer
 # evicts the oldest that has not yet passed the token check (only when none is left is it refused)
@@ -56,9 +58,6 @@ CUT_OFF_LOG_INTERVAL = 60.0  # seconds: at most one info line per interval for c
 SOCKET_MODE = 0o600
 SD_LISTEN_FDS_START = 3  # the first descriptor a socket-activating service manager passes
 
-_BUSY = OpError(ErrorCode.UNAVAILABLE, f"at most {MAX_CLIENTS} clients at once")
-BUSY_LINE = error_frame(None, _BUSY)  # what a JSON-lines client is told when the daemon is full
-BUSY_HTTP = encode_alone(error_response(_BUSY))  # the same as an HTTP answer
 BUSY_TCP = encode_alone(
     error_response(OpError(ErrorCode.UNAVAILABLE, f"at most {MAX_TCP_CLIENTS} TCP clients at once"))
 )
@@ -158,6 +157,7 @@ class Admissions:
 
     control: Control
     services: Services
+    max_clients: int = MAX_CLIENTS  # fewer where the open-file limit holds less
     # TCP clients stopped to make room before passing the token check (the TCP listener
     # shows it: on the Unix socket nobody is evicted)
     evicted: int = attrs.field(default=0, init=False)
@@ -165,11 +165,17 @@ class Admissions:
     _over_tcp: dict[str, bool] = attrs.field(factory=dict)
     _passed: trio.MemorySendChannel[str] = attrs.field(init=False)
     _passed_receive: trio.MemoryReceiveChannel[str] = attrs.field(init=False)
+    # what a client is told when the daemon is full: as a JSON line, and as an HTTP answer
+    _busy_line: bytes = attrs.field(init=False)
+    _busy_http: bytes = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         # Never full: each TCP client sends once, and the TCP listener takes what is queued
         # before each admission, so at most the clients alive since then (and one more) wait.
         self._passed, self._passed_receive = trio.open_memory_channel[str](MAX_CLIENTS)
+        busy = OpError(ErrorCode.UNAVAILABLE, f"at most {self.max_clients} clients at once")
+        self._busy_line = error_frame(None, busy)
+        self._busy_http = encode_alone(error_response(busy))
 
     async def _admit(self, stream: trio.SocketStream, tcp: TcpAuth | None) -> bool:
         """Start a client actor for `stream`, numbered by control; False when control did not,
@@ -223,20 +229,20 @@ class Admissions:
             async with stream:
                 with trio.move_on_after(REFUSAL_TIMEOUT):
                     if tcp is None:  # the Unix socket speaks both: answer in its own protocol
-                        busy = await _busy_answer(stream)
+                        busy = self._busy_http if await _speaks_http(stream) else self._busy_line
                     await stream.send_all(busy)
         except trio.BrokenResourceError:  # it hung up before its answer: nothing to tell
             pass
 
     def _refusal(self, tcp: TcpAuth | None) -> bytes | None:
-        """What a new connection is told when there is no room for it (on the Unix socket
-        BUSY_LINE, or BUSY_HTTP once it shows it speaks HTTP), or None; on TCP it gets the
+        """What a new connection is told when there is no room for it (on the Unix socket a
+        JSON line, or an HTTP answer once it shows it speaks HTTP), or None; on TCP it gets the
         place of a stranger when there is one (see `_evict_stranger`)."""
         clients = {node.name for node in self.services.client_nodes()}
         if tcp is not None:
             self._take_passes(clients)
-        if len(clients) >= MAX_CLIENTS:
-            return BUSY_LINE if tcp is None else BUSY_HTTP
+        if len(clients) >= self.max_clients:
+            return self._busy_line if tcp is None else self._busy_http
         if tcp is None or len(self._over_tcp) < MAX_TCP_CLIENTS:
             return None
         if self._evict_stranger():
@@ -351,14 +357,13 @@ class TcpListener(Actor):
                 await listener.aclose()
 
 
-async def _busy_answer(stream: trio.abc.ReceiveStream) -> bytes:
-    """BUSY_HTTP for a connection whose first bytes begin an HTTP request, else BUSY_LINE (also
-    for one that tells nothing within half of REFUSAL_TIMEOUT: the rest is for the answer)."""
+async def _speaks_http(stream: trio.abc.ReceiveStream) -> bool:
+    """Whether a refused connection's first bytes begin an HTTP request (not for one that tells
+    nothing within half of REFUSAL_TIMEOUT: the rest is for the answer, a JSON line)."""
     with trio.move_on_after(REFUSAL_TIMEOUT / 2):
         speaks_http, _ = await sniff(stream)
-        if speaks_http:
-            return BUSY_HTTP
-    return BUSY_LINE
+        return speaks_http is True
+    return False
 
 
 async def bind_unix_listener(path: Path) -> trio.SocketListener:
@@ -450,11 +455,12 @@ def control_supervisor(
     services: Services,
     tcp_port: int | None = None,
     inherited_fd: int | None = None,
+    max_clients: int = MAX_CLIENTS,
 ) -> Control:
     """The `control` subtree: the socket listener (bound, or adopted from the service manager),
-    the optional `tcp` listener, and their connections as siblings."""
+    the optional `tcp` listener, and their connections (at most `max_clients`) as siblings."""
     control = Control()
-    admissions = Admissions(control, services)
+    admissions = Admissions(control, services, max_clients)
     listener = Listener(socket_path, admissions, inherited_fd)
     control.children = [ChildSpec("listener", listener)]
     if tcp_port is not None:

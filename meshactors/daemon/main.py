@@ -23,7 +23,7 @@ from meshactors.actors import (
     run_root,
 )
 from meshactors.broker.limits import BrokerConfig
-from meshactors.control.supervisor import control_supervisor
+from meshactors.control.supervisor import FILES_PER_CLIENT, MAX_CLIENTS, control_supervisor
 from meshactors.daemon.broker_actor import BrokerActor
 from meshactors.daemon.outbox import DurableSettings, Outbox
 from meshactors.daemon.sdnotify import Notifier, NotifierActor
@@ -32,7 +32,8 @@ from meshactors.event_hub import EventHub
 from meshactors.exception_groups import first_leaf
 from meshactors.identity import Identity
 from meshactors.network.link import ROLES
-from meshactors.network.manager import NetworkManager
+from meshactors.network.manager import MAX_NETWORKS, NetworkManager
+from meshactors.open_files import connections_that_fit
 from meshactors.ops import (
     debug_ops,
     membership_ops,
@@ -73,6 +74,7 @@ class DaemonOptions:
     )
     durable: DurableSettings = attrs.field(factory=DurableSettings)  # retention, ack timeout
     debug_ops: bool = False  # --debug-ops: also answer the ops of debug_ops (debug_crash)
+    max_clients: int = MAX_CLIENTS  # clients served at once, fewer where open files are short
     # the signals that stop it, read before any receiver replaces SIGHUP's disposition
     stops: tuple[signal.Signals, ...] = attrs.field(
         factory=lambda: stop_signals(signal.SIGTERM, signal.SIGINT)
@@ -133,7 +135,11 @@ async def serve(
             ChildSpec(
                 "control",
                 control_supervisor(
-                    options.paths.socket, services, options.tcp_port, options.listen_fd
+                    options.paths.socket,
+                    services,
+                    options.tcp_port,
+                    options.listen_fd,
+                    _clients_that_fit(options.max_clients),
                 ),
             ),
             # After control: ops reach it only through its channels, so its crash and restart
@@ -201,6 +207,13 @@ def _gave_up(escalation: SupervisorEscalation, notifier: Notifier) -> DaemonGave
     )
     notifier.stopping(str(gave_up))
     return gave_up
+
+
+def _clients_that_fit(wanted: int) -> int:
+    """`wanted`, or fewer where the (raised) open-file limit holds less: a full daemon then
+    answers `unavailable` rather than failing to accept (EMFILE). Each joined network's broker
+    link holds a file besides."""
+    return connections_that_fit(wanted, FILES_PER_CLIENT, what="max_clients", besides=MAX_NETWORKS)
 
 
 async def _probe_store(store: StoreActor) -> None:

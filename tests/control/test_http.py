@@ -327,10 +327,10 @@ async def test_json_lines_still_work_next_to_http(daemon: Services, connect: Any
     assert (await lines.call("status"))["ok"] is True
 
 
+@pytest.mark.parametrize("daemon", [{"max_clients": 1}], indirect=True)
 async def test_a_full_daemon_refuses_each_client_in_its_own_protocol(
-    connect: Any, http: Connect, monkeypatch: pytest.MonkeyPatch
+    connect: Any, http: Connect
 ) -> None:
-    monkeypatch.setattr(supervisor, "MAX_CLIENTS", 1)
     holder = await connect()
     assert (await holder.call("status"))["ok"]
     refused = await http()
@@ -341,14 +341,15 @@ async def test_a_full_daemon_refuses_each_client_in_its_own_protocol(
     await line.send_raw(b'{"id":1,"op":"status"}\n')
     frame = await line.frame()
     assert (frame["id"], frame["error"]["code"]) == (None, "unavailable")
+    assert frame["error"]["message"] == "at most 1 clients at once"
 
 
+@pytest.mark.parametrize("daemon", [{"max_clients": 1}], indirect=True)
 async def test_silent_refused_connections_do_not_hold_up_the_next_refusal(
     connect: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each refused connection is answered in its own task: one that says nothing keeps only
     itself waiting, and past MAX_REFUSING of them a new one is closed unanswered."""
-    monkeypatch.setattr(supervisor, "MAX_CLIENTS", 1)
     monkeypatch.setattr(supervisor, "REFUSAL_TIMEOUT", 600.0)  # the silent ones wait for good
     monkeypatch.setattr(supervisor, "MAX_REFUSING", 3)
     holder = await connect()

@@ -54,21 +54,21 @@ async def test_a_connection_that_sends_nothing_yet_is_kept(
 
 
 @pytest.mark.parametrize(
-    ("sent", "answer", "after"),
+    ("sent", "http", "after"),
     [
-        (b"GET ", supervisor.BUSY_HTTP, 0.0),
-        (b'{"id":1}', supervisor.BUSY_LINE, 0.0),
-        (b"", supervisor.BUSY_LINE, supervisor.REFUSAL_TIMEOUT / 2),  # tells nothing
-        (b"GE", supervisor.BUSY_LINE, supervisor.REFUSAL_TIMEOUT / 2),  # not REQUEST_TIMEOUT
+        (b"GET ", True, 0.0),
+        (b'{"id":1}', False, 0.0),
+        (b"", False, supervisor.REFUSAL_TIMEOUT / 2),  # tells nothing
+        (b"GE", False, supervisor.REFUSAL_TIMEOUT / 2),  # not REQUEST_TIMEOUT
     ],
 )
 async def test_a_refused_connection_is_answered_in_what_its_first_bytes_tell(
-    autojump_clock: trio.testing.MockClock, sent: bytes, answer: bytes, after: float
+    autojump_clock: trio.testing.MockClock, sent: bytes, http: bool, after: float
 ) -> None:
     """The busy answer's protocol, told within half of REFUSAL_TIMEOUT, else JSON lines."""
     server, program = trio.testing.memory_stream_pair()
     if sent:
         await program.send_all(sent)
     start = trio.current_time()
-    assert await supervisor._busy_answer(server) == answer
+    assert await supervisor._speaks_http(server) is http
     assert trio.current_time() - start == pytest.approx(after)
