@@ -68,7 +68,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     listing.set_defaults(run=run_outbox_list)
     requeue = outbox.add_parser("requeue", help="send a dead row again")
     requeue.add_argument("id")
-    requeue.add_argument("--new-client-id", default=None)
+    requeue.add_argument(
+        "--new-client-id",
+        default=None,
+        help="the new row's idempotency key (default: minted); it goes out as the same message",
+    )
     requeue.set_defaults(run=run_outbox_requeue)
     abort = outbox.add_parser(
         "abort",

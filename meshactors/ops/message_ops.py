@@ -339,6 +339,7 @@ def row_view(row: OutboxRow) -> dict[str, Any]:
         "updated_at": row.updated_at,
         "last_error": row.last_error,
         "superseded_by": row.superseded_by,
+        "origin_client_message_id": row.origin_client_message_id,
         "deliveries": [attrs.asdict(delivery) for delivery in row.deliveries],
     }
 
@@ -393,9 +394,10 @@ async def _evicted_from(session: Session, row: OutboxRow | None) -> frozenset[st
 
 
 async def outbox_requeue(session: Session, params: RequeueParams) -> dict[str, Any]:
-    """Send a dead row again as a new row (same routing) to its dead recipients that were not
-    evicted from the network; the old one is aborted. `conflict`, as a send would be, when
-    that leaves nobody or this device was evicted."""
+    """Send a dead row again as a new row (same routing, and out under the same origin key,
+    so a recipient that has it dedupes it) to its dead recipients that were not evicted from
+    the network; the old one is aborted. `conflict`, as a send would be, when that leaves
+    nobody or this device was evicted."""
     find = functools.partial(outbox_db.load_row, row_id=params.outbox_id)
     evicted = await _evicted_from(session, await _store_call(session, find, "find the row"))
     row = await _store_call(

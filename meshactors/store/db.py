@@ -208,6 +208,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         for table in ("outbox", "deliveries")
         for event in ("insert", "delete", "update")
     ),
+    # 8: the key a requeued send goes out under: the first send's, so a recipient that stored
+    # a copy whose ack was lost dedupes the requeue (NULL: the row's own client_message_id)
+    ("ALTER TABLE outbox ADD COLUMN origin_client_message_id TEXT",),
 )
 
 _CORRUPTION_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})

@@ -56,8 +56,10 @@ ABORTED = "aborted"  # last_error of the open deliveries of a send the user abor
 LISTED_DELIVERY_BYTES = 100
 
 _PRIORITY_RANK = "CASE o.priority WHEN 'now' THEN 0 WHEN 'next' THEN 1 ELSE 2 END"
+# the key a row goes out under, which its recipients dedupe on: a requeued send's first key
+_ORIGIN_KEY = "coalesce({t}origin_client_message_id, {t}client_message_id)"
 _DUE_COLUMNS = (
-    "d.outbox_id, d.recipient, o.network, o.client_message_id, o.destination_kind,"
+    f"d.outbox_id, d.recipient, o.network, {_ORIGIN_KEY.format(t='o.')}, o.destination_kind,"
     " o.destination_ref, o.priority, o.message, o.meta_json, o.reply_to_id, d.attempts,"
     " o.created_at"
 )
@@ -66,6 +68,7 @@ _ROW_COLUMNS = (
     " priority, message, meta_json, reply_to_id, status, created_at, updated_at, last_error,"
     " superseded_by"
 )
+_ROW_READ = f"{_ROW_COLUMNS}, {_ORIGIN_KEY.format(t='')}"  # a row as OutboxRow holds it
 
 
 class SendError(Exception):
@@ -108,7 +111,7 @@ class Delivery:
     outbox_id: str
     recipient: str
     network: str
-    client_message_id: str
+    client_message_id: str  # the key it goes out under: its row's origin_client_message_id
     destination_kind: str
     destination_ref: str
     priority: str
@@ -154,6 +157,8 @@ class OutboxRow:
     updated_at: int
     last_error: str | None
     superseded_by: str | None
+    # the key its recipients see and dedupe on: its own, or for a requeue the first send's
+    origin_client_message_id: str
     deliveries: tuple[RecipientState, ...]
 
 
@@ -247,6 +252,7 @@ class _Checked:
     key: str  # its client_message_id, or one minted
     fingerprint: bytes
     row_id: str  # minted for it, used if it makes a new row
+    origin: str | None = None  # the key it goes out under, when not `key` (a requeue)
 
 
 def _checked(request: SendRequest) -> _Checked:
@@ -724,7 +730,7 @@ def list_rows(
     limit = checked_limit(limit, MAX_PAGE)
     with contextlib.closing(
         conn.execute(
-            f"SELECT {_ROW_COLUMNS}, length(CAST(message AS BLOB))"
+            f"SELECT {_ROW_READ}, length(CAST(message AS BLOB))"
             " + coalesce(length(CAST(meta_json AS BLOB)), 0)"
             f" FROM outbox INDEXED BY {index}"
             f" WHERE {where} AND (:network IS NULL OR network = :network)"
@@ -766,10 +772,11 @@ def requeue(
 
     The new row goes to the recipients whose delivery died, but those in `evicted` (devices
     evicted from the row's network, which it can never reach; a conflict when that leaves
-    nobody), under a fresh (or the given) client_message_id; the old row becomes aborted with
-    superseded_by set. Returns the new row. Only a dead row: a pending or inflight delivery is
-    still being tried and an earlier attempt may already be with its recipient, whose dedupe
-    would not know the new key.
+    nobody), under a fresh (or the given) client_message_id for the lookup table, and out
+    under the old row's origin key: a recipient that stored an attempt whose ack was lost
+    (which is how a delivered copy can die) dedupes it. The old row becomes aborted with
+    superseded_by set. Returns the new row. Only a dead row: a pending or inflight delivery
+    is still being tried, and ends done or dead on its own.
     """
     if new_client_message_id is not None:
         _check_client_message_id(new_client_message_id)
@@ -815,6 +822,7 @@ def requeue(
                 key,
                 old.request_fingerprint,
                 new_id,
+                old.origin_client_message_id,
             ),
         )
         inserts.write(conn)
@@ -939,6 +947,7 @@ class _Inserts:
                 "inflight" if claimed else "pending",
                 now_ms,
                 now_ms,
+                item.origin,
             )
         )
         rank = PRIORITIES.index(request.priority)  # deliveries_queue orders each peer's queue
@@ -963,8 +972,8 @@ class _Inserts:
     def write(self, conn: sqlite3.Connection) -> None:
         """Insert what was staged."""
         conn.executemany(
-            f"INSERT INTO outbox ({_ROW_COLUMNS}) VALUES"
-            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+            f"INSERT INTO outbox ({_ROW_COLUMNS}, origin_client_message_id) VALUES"
+            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)",
             self.rows,
         )
         conn.executemany(
@@ -1042,7 +1051,7 @@ def _moved(table: str, old: Mapping[str, int], new: str) -> collections.Counter[
 
 def load_row(conn: sqlite3.Connection, row_id: str) -> OutboxRow | None:
     """One send with its deliveries, or None when there is no such row."""
-    row = conn.execute(f"SELECT {_ROW_COLUMNS} FROM outbox WHERE id = ?", (row_id,)).fetchone()
+    row = conn.execute(f"SELECT {_ROW_READ} FROM outbox WHERE id = ?", (row_id,)).fetchone()
     return None if row is None else _outbox_row(conn, row)
 
 
@@ -1068,6 +1077,7 @@ def _outbox_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> OutboxRow:
         updated_at=row[12],
         last_error=row[13],
         superseded_by=row[14],
+        origin_client_message_id=row[15],
         deliveries=tuple(RecipientState(*delivery) for delivery in deliveries),
     )
 

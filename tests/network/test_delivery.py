@@ -15,6 +15,7 @@ import trio
 from meshactors.daemon.outbox import Outbox
 from meshactors.network.message_frames import Msg
 from meshactors.store import outbox as outbox_db
+from meshactors.store.db import immediate
 from meshactors.store.retention import IDEMPOTENCY_WINDOW_MS, Retention, prune_outbox
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, OpFailed, active_pair, approve_both
 from tests.support import LineClient
@@ -244,10 +245,46 @@ async def test_requeue_sends_a_dead_row_again_under_a_new_id(mesh: Mesh) -> None
     with pytest.raises(OpFailed) as done_twice:
         await a.call("outbox_requeue", outbox_id=sent["id"])
     assert done_twice.value.code == "not_requeueable"
+    assert answer["row"]["origin_client_message_id"] == sent["client_message_id"]
     b = await mesh.daemon("b")
     (message,) = await inbox_of(b, 1)
-    assert message["client_message_id"] == "retry-1"
+    assert message["client_message_id"] == sent["client_message_id"]  # the same message
     await delivered(a, answer["row"]["id"])
+
+
+def ack_never_came(conn: sqlite3.Connection, outbox_id: str) -> None:
+    """Make a delivered send dead, as the TTL sweep leaves one whose acks were all lost."""
+    with immediate(conn):
+        for table, key in (("deliveries", "outbox_id"), ("outbox", "id")):
+            conn.execute(f"UPDATE {table} SET status = 'dead' WHERE {key} = ?", (outbox_id,))
+            conn.execute(
+                "UPDATE row_counts SET n = n + (CASE status WHEN 'dead' THEN 1 ELSE -1 END)"
+                " WHERE tbl = ? AND status IN ('done', 'dead')",
+                (table,),
+            )
+        expired = "UPDATE deliveries SET last_error = 'expired' WHERE outbox_id = ?"
+        conn.execute(expired, (outbox_id,))
+
+
+async def test_a_requeued_copy_of_a_message_that_arrived_reaches_the_program_once(
+    mesh: Mesh,
+) -> None:
+    a, b = await active_pair(mesh)
+    sent = await a.call("send", network=NET, to=b.device_id, message="once only")
+    await b.wait_event("message", client_message_id=sent["client_message_id"])
+    await delivered(a, sent["id"])
+    lost = functools.partial(ack_never_came, outbox_id=sent["id"])
+    await a.services.store.call(lost, what="test: the ack never came")
+    assert (await outbox_row(a, sent["id"]))["status"] == "dead"
+
+    answer = await a.call("outbox_requeue", outbox_id=sent["id"])
+    await delivered(a, answer["row"]["id"])  # acked `duplicate`: the recipient has it
+
+    receiver = b.services.outbox
+    assert isinstance(receiver, Outbox)
+    assert receiver.counts["duplicates"] == 1
+    assert [m["message"] for m in await inbox_of(b, 1)] == ["once only"]
+    assert [e["message"] for e in b.events if e["kind"] == "message"] == ["once only"]
 
 
 async def test_an_aborted_send_never_reaches_its_peer_when_it_comes_back(mesh: Mesh) -> None:

@@ -501,7 +501,19 @@ def test_requeue_keeps_routing_and_supersedes_the_old_row(conn: sqlite3.Connecti
     ]
     aborted = row_of(conn, old_id)
     assert (aborted.status, aborted.superseded_by) == ("aborted", new.id)
-    assert {d.recipient for d in due_deliveries(conn, now_ms=T0 + 1000, limit=10)} == {"b", "c"}
+    due = due_deliveries(conn, now_ms=T0 + 1000, limit=10)
+    assert {d.recipient for d in due} == {"b", "c"}
+    # out as the same message, which a recipient that stored it dedupes, through a chain too
+    assert old.origin_client_message_id == old.client_message_id
+    assert new.origin_client_message_id == old.client_message_id
+    assert {d.client_message_id for d in due} == {old.client_message_id}
+    for recipient in ("b", "c"):
+        mark_failed(conn, new.id, recipient, error_code="denied", permanent=True, now_ms=T0)
+    newer = requeue(conn, new.id, new_client_message_id="third", now_ms=T0 + 2000)
+    assert (newer.client_message_id, newer.origin_client_message_id) == (
+        "third",
+        old.client_message_id,
+    )
 
 
 def test_requeue_leaves_out_evicted_recipients_and_refuses_a_row_of_only_them(
