@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from meshactors.client.errors import DeadlineExceeded
@@ -79,19 +80,29 @@ EXIT_BY_ERROR_CODE = {  # a daemon's (or the client library's) error code -> exi
 
 
 class CommandFailed(SystemExit):
-    """A command's failure: its exit status, a stable `code` and a one-line message; `main`
-    prints it (as `{"error": …}` on stdout under --json, else on stderr)."""
+    """A command's failure: its exit status, a stable `code`, a one-line message and the
+    details a daemon's error carried besides them; `main` prints it (as `{"error": …}` on
+    stdout under --json, the whole error object, else the line on stderr)."""
 
-    def __init__(self, code: str, message: str, status: int, line: str | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        status: int,
+        line: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(status)
         self.error_code = code
         self.message = message
         self.line = message if line is None else line  # what stderr says, when not --json
+        self.details = dict(details or {})  # e.g. a send conflict's reason, id, fingerprint
 
     def render(self, *, as_json: bool) -> None:
         """Print the failure where the caller's output mode says."""
         if as_json:
-            print(json.dumps({"error": {"code": self.error_code, "message": self.message}}))
+            error = {"code": self.error_code, "message": self.message, **self.details}
+            print(json.dumps({"error": error}))
         else:  # under journald with its priority, as log lines have: `journalctl -p err` finds it
             journal = is_journal_stream(sys.stderr, os.environ)
             priority = f"<{SYSLOG_PRIORITIES['error']}>" if journal else ""
@@ -144,13 +155,17 @@ def interrupted(what: str) -> NoReturn:
     fail(f"interrupted: {what}", EXIT_INTERRUPTED)
 
 
-def fail_with(exc: ClientError, context: str = "") -> NoReturn:
-    """End the command with a daemon's (or the client's) error, its exit code from its code."""
-    if isinstance(exc, DaemonNotRunning):
+def fail_with(exc: ClientError, context: str = "", said: str | None = None) -> NoReturn:
+    """End the command with a daemon's (or the client's) error: its exit code from its code,
+    its details kept for --json; `said` (else `context` before it) is what the line says."""
+    if said is not None:
+        message = line = said
+    elif isinstance(exc, DaemonNotRunning):
         message = line = f"{exc.message}; {exc.hint}"
     else:
         message, line = exc.message, f"{context}{exc.code}: {exc.message}"
-    raise CommandFailed(exc.code, message, EXIT_BY_ERROR_CODE.get(exc.code, EXIT_FAILURE), line)
+    status = EXIT_BY_ERROR_CODE.get(exc.code, EXIT_FAILURE)
+    raise CommandFailed(exc.code, message, status, line, exc.details)
 
 
 def connect(args: argparse.Namespace, timeout: float = DEFAULT_CALL_TIMEOUT) -> SyncClient:

@@ -22,7 +22,6 @@ import trio
 from meshactors.actors import ChildStartFailed
 from meshactors.cli import service_cmd, settings
 from meshactors.cli.common import (
-    EXIT_BY_ERROR_CODE,
     EXIT_CRASH_LOOP,
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -31,6 +30,7 @@ from meshactors.cli.common import (
     CommandFailed,
     call_status,
     fail,
+    fail_with,
     paths_of,
     prepared_paths,
     print_json,
@@ -432,11 +432,11 @@ def _not_stopped(socket: Path, exc: ClientError | OSError) -> NoReturn:
         how = "closed the connection without answering shutdown"
     else:  # an error answer, or lines that are not frames
         how = f"answered shutdown with {exc.code}: {exc.message}"
-    message = (
+    said = (
         f"something on {socket} {how}, and no pid file or state lock names a daemon: "
         "it was not stopped"
     )
-    raise CommandFailed(exc.code, message, EXIT_BY_ERROR_CODE.get(exc.code, EXIT_FAILURE))
+    fail_with(exc, said=said)
 
 
 def _wait_exit(paths: Paths, pid: int, timeout: float) -> bool:

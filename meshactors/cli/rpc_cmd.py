@@ -102,9 +102,7 @@ def run_call(args: argparse.Namespace) -> int:
                     print(json.dumps(_payload_of(event)), flush=True)
                 elif event["kind"] == "rpc_call_stream_end":
                     if "error" in event:
-                        error = event["error"]
-                        failed = ClientError(error["code"], error["message"])
-                        fail_with(failed, "stream failed: ")
+                        fail_with(ClientError.from_wire(event["error"]), "stream failed: ")
                     return 0
         except ClientError as exc:
             fail_with(exc)

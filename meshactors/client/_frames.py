@@ -78,5 +78,4 @@ def answer_data(frame: dict[str, Any]) -> Any:
     error = frame.get("error")
     if not isinstance(error, dict):
         raise ProtocolError(f"an error answer without an error object: {frame!r}")
-    details = {k: v for k, v in error.items() if k not in ("code", "message")}
-    raise ClientError(str(error.get("code")), str(error.get("message")), details)
+    raise ClientError.from_wire(error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,12 @@ class ClientError(Exception):
         self.code = code
         self.message = message
         self.details = details or {}
+
+    @classmethod
+    def from_wire(cls, error: Mapping[str, Any]) -> ClientError:
+        """The error object of an answer or event: its code, message and the rest as details."""
+        details = {k: v for k, v in error.items() if k not in ("code", "message")}
+        return cls(str(error.get("code")), str(error.get("message")), details)
 
 
 class DaemonNotRunning(ClientError):
