@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from meshactors.cli.common import (
@@ -169,16 +168,16 @@ def run_outbox_list(args: argparse.Namespace) -> int:
     answer = _call_given(args, "outbox_list", limit=args.limit, cursor=args.cursor, **filters)
     rows = answer["rows"]
     _check_scope(args, rows, "outbox_list", "rows")
-    if args.json:  # the rows alone, as ever: the next page's hint goes to stderr
-        print_json(rows)
-    elif not rows:
+    if args.json:  # the op's answer, as `inbox` and `state list` print theirs: a script pages
+        print_json(answer)  # by passing next_cursor back as --cursor until it is null
+        return 0
+    if not rows:
         print("outbox is empty" if args.cursor is None else "no older rows")
     else:
         print("\n".join(_row_line(row) for row in rows))
     cut = answer["next_cursor"] is not None
     if _has_next_page(args, "outbox_list", "rows", answer, cut, **filters):
-        hint = f"(next page: --cursor {answer['next_cursor']})"
-        print(hint, file=sys.stderr if args.json else sys.stdout)
+        print(f"(next page: --cursor {answer['next_cursor']})")
     return 0
 
 

@@ -137,7 +137,7 @@ def test_a_device_is_named_by_a_prefix_or_a_label_and_ambiguity_lists_candidates
     assert denied["peer"]["device_id"] == first
     lan.cli("roster", "approve", second, "--label", "solo")
     sent = json.loads(lan.cli("send", "solo", "by label", "--json").stdout)
-    listed = json.loads(lan.cli("outbox", "list", "--json").stdout)
+    listed = json.loads(lan.cli("outbox", "list", "--json").stdout)["rows"]
     assert [row["destination"]["ref"] for row in listed if row["id"] == sent["id"]] == [second]
     short = lan.cli("roster", "remove", first[:7], check=False)
     assert short.returncode == EXIT_NOT_FOUND and "8+ characters" in short.stderr
@@ -199,8 +199,8 @@ def test_identity_set_label_says_how_to_clear_it_and_that_it_was_cleared(home: H
 def test_outbox_list_filters_by_network(lan: Home) -> None:
     lan.cli("network", "add", "wan", "--broker", BROKER)
     lan.cli("send", "-n", "wan", new_device(), "to wan")
-    assert json.loads(lan.cli("outbox", "list", "-n", "lan", "--json").stdout) == []
-    (row,) = json.loads(lan.cli("outbox", "list", "-n", "wan", "--json").stdout)
+    assert json.loads(lan.cli("outbox", "list", "-n", "lan", "--json").stdout)["rows"] == []
+    (row,) = json.loads(lan.cli("outbox", "list", "-n", "wan", "--json").stdout)["rows"]
     assert row["network"] == "wan"
 
 
@@ -216,6 +216,7 @@ def test_inbox_and_outbox_list_of_no_joined_network_exit_6_unless_it_left_messag
         assert unknown.returncode == EXIT_NOT_FOUND
         assert error_of(unknown)["code"] == "no_such_network"
         assert lan.cli(*command, "-n", "lan").returncode == 0
-    (row,) = json.loads(lan.cli("outbox", "list", "-n", "wan", "--json").stdout)
+    (row,) = json.loads(lan.cli("outbox", "list", "-n", "wan", "--json").stdout)["rows"]
     assert row["network"] == "wan"
-    assert json.loads(lan.cli("outbox", "list", "-n", "wan", "--dead", "--json").stdout) == []
+    dead = json.loads(lan.cli("outbox", "list", "-n", "wan", "--dead", "--json").stdout)
+    assert dead == {"rows": [], "next_cursor": None}
