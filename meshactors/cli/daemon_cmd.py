@@ -37,7 +37,7 @@ from meshactors.cli.common import (
     report,
 )
 from meshactors.cli.mesh import membership_note
-from meshactors.client.errors import ConnectionLost, DeadlineExceeded
+from meshactors.client.errors import ConnectionLost, DeadlineExceeded, SocketPathTooLong
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
 from meshactors.control.supervisor import ActivationError, activated_socket
 from meshactors.daemon.broker_actor import parse_listen
@@ -399,8 +399,8 @@ def run_down(args: argparse.Namespace) -> int:
     try:
         with SyncClient.connect(paths.socket, timeout=DOWN_TIMEOUT) as client:
             client.call("shutdown")
-    except (DaemonNotRunning, ClientError, OSError) as exc:
-        if running is None and isinstance(exc, DaemonNotRunning):
+    except (ClientError, OSError) as exc:
+        if running is None and _nothing_listens(exc):
             return report(args, {"stopped": False}, "no daemon running")
         if running is None:
             _not_stopped(paths.socket, exc)
@@ -421,11 +421,19 @@ def run_down(args: argparse.Namespace) -> int:
     return report(args, {"stopped": True}, "daemon stopped")
 
 
+def _nothing_listens(exc: ClientError | OSError) -> bool:
+    """Whether connecting found nothing on the socket: not a path no socket can have."""
+    return isinstance(exc, DaemonNotRunning) and not isinstance(exc, SocketPathTooLong)
+
+
 def _not_stopped(socket: Path, exc: ClientError | OSError) -> NoReturn:
-    """End a `down` whose `shutdown` nothing carried out though `socket` was not free, while no
-    lock file names a live daemon to SIGTERM: say why, never "no daemon running"."""
+    """End a `down` whose `shutdown` nothing carried out though `socket` was not free, or is a
+    path no socket can have, while no lock file names a live daemon to SIGTERM: say why,
+    never "no daemon running"."""
     if isinstance(exc, OSError):  # the request was never made (e.g. out of file descriptors)
         fail(f"cannot ask {socket} to shut down: {exc.strerror or exc}; no daemon was stopped")
+    if isinstance(exc, SocketPathTooLong):  # its size and the limit, as every command says
+        fail_with(exc)
     if isinstance(exc, DeadlineExceeded):
         how = f"did not answer shutdown within {DOWN_TIMEOUT:g} s"
     elif isinstance(exc, ConnectionLost):

@@ -17,6 +17,7 @@ import pytest
 
 from meshactors.cli import common, daemon_cmd, main
 from meshactors.cli.common import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_TIMEOUT
+from meshactors.paths import MAX_SOCKET_PATH_BYTES, SOCKET_PATH_FIX
 from tests.support import Home, listening_unix_socket
 
 pytestmark = pytest.mark.e2e
@@ -132,3 +133,19 @@ def test_down_says_what_hung_up_without_a_pid_file_was_not_stopped(
         f"meshactors: something on {in_home.socket} closed the connection without answering "
         "shutdown, and no pid file or state lock names a daemon: it was not stopped"
     )
+
+
+def test_down_with_a_socket_path_too_long_says_so_not_that_none_runs(
+    in_home: Home, capsys: pytest.CaptureFixture[str]
+) -> None:
+    socket_path = in_home.path / ("s" * MAX_SOCKET_PATH_BYTES)
+    status = run_cli("--socket", str(socket_path), "daemon", "down")
+    said = capsys.readouterr()
+    as_json = run_cli("--socket", str(socket_path), "daemon", "down", "--json")
+    printed = json.loads(capsys.readouterr().out)
+    size = len(os.fsencode(socket_path))
+    why = f"the path is {size} bytes, longer than the {MAX_SOCKET_PATH_BYTES} a Unix socket's"
+    assert (status, as_json, said.out) == (EXIT_NOT_RUNNING, EXIT_NOT_RUNNING, "")
+    (line,) = said.err.strip().splitlines()
+    assert why in line and SOCKET_PATH_FIX in line
+    assert printed["error"]["code"] == "not_running" and why in printed["error"]["message"]
