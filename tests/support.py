@@ -203,6 +203,16 @@ def listening_unix_socket(path: Path) -> Iterator[socket.socket]:
         yield sock
 
 
+def answer_one_request_with(sock: socket.socket, error: dict[str, Any]) -> None:
+    """Accept one connection on the listening `sock` and answer its first request with the
+    error object `error`, as a daemon refusing it would."""
+    connection, _ = sock.accept()
+    with connection, connection.makefile("rwb") as lines:
+        request = json.loads(lines.readline())
+        lines.write(json.dumps({"id": request["id"], "ok": False, "error": error}).encode() + b"\n")
+        lines.flush()
+
+
 async def client_id_of(connection: LineClient) -> str:
     """The id the daemon gave `connection` (its `status` says)."""
     client_id: str = (await connection.call("status"))["data"]["client_id"]

@@ -404,6 +404,10 @@ def run_down(args: argparse.Namespace) -> int:
             return report(args, {"stopped": False}, "no daemon running")
         if running is None:
             _not_stopped(paths.socket, exc)
+        if type(exc) is ClientError:  # its own error answer (failing to reach or hear it is
+            # a subclass): it stays up, and says why; neither a wait nor a SIGTERM overrules it
+            said = f"the daemon (pid {running[0]}) answered shutdown with {exc.code}: "
+            fail_with(exc, said=f"{said}{exc.message}; it was not stopped")
         # not told: it serves another socket, or none yet; or it did not answer (stopped, stuck)
         told = not isinstance(exc, DaemonNotRunning | DeadlineExceeded)
         if isinstance(exc, DeadlineExceeded):

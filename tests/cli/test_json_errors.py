@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
 import threading
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import trio
 from meshactors.cli.common import EXIT_REFUSED
 from meshactors.daemon.services import Services
 from meshactors.wire.device_id import device_id_from_public_key
-from tests.support import Home, LineClient, listening_unix_socket
+from tests.support import Home, LineClient, answer_one_request_with, listening_unix_socket
 
 JSON_ERRORS_NET = "n"
 REFUSAL_WAIT = 30.0  # seconds the stand-in daemon waits for `daemon down` to connect
@@ -42,21 +41,12 @@ async def test_send_prints_the_whole_conflict_the_daemon_answered(daemon: Servic
     assert printed["reason"] == "pending_fingerprint_mismatch"  # a detail, not code or message
 
 
-def answer_one_with(sock: socket.socket, error: dict[str, object]) -> None:
-    """Accept one connection on the listening `sock` and answer its request with `error`."""
-    connection, _ = sock.accept()
-    with connection, connection.makefile("rwb") as lines:
-        request = json.loads(lines.readline())
-        lines.write(json.dumps({"id": request["id"], "ok": False, "error": error}).encode() + b"\n")
-        lines.flush()
-
-
 def test_daemon_down_prints_the_whole_error_shutdown_was_answered_with(tmp_path: Path) -> None:
     home = Home(tmp_path)
     error = {"code": "unavailable", "message": "busy", "retry_after_ms": 250}
     with listening_unix_socket(home.socket) as sock:  # no pid file names it
         sock.settimeout(REFUSAL_WAIT)
-        answering = threading.Thread(target=answer_one_with, args=(sock, error))
+        answering = threading.Thread(target=answer_one_request_with, args=(sock, error))
         answering.start()
         result = home.cli("daemon", "down", "--json", check=False)
         answering.join()

@@ -9,6 +9,8 @@ import json
 import os
 import select
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -16,9 +18,9 @@ from contextlib import contextmanager, suppress
 import pytest
 
 from meshactors.cli import common, daemon_cmd, main
-from meshactors.cli.common import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_TIMEOUT
-from meshactors.paths import MAX_SOCKET_PATH_BYTES, SOCKET_PATH_FIX
-from tests.support import Home, listening_unix_socket
+from meshactors.cli.common import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_REFUSED, EXIT_TIMEOUT
+from meshactors.paths import MAX_SOCKET_PATH_BYTES, SOCKET_PATH_FIX, resolve_paths
+from tests.support import Home, answer_one_request_with, listening_unix_socket
 
 pytestmark = pytest.mark.e2e
 LOWERED_DEADLINE = 0.2  # seconds: the deadlines under test, lowered so the test waits little
@@ -133,6 +135,52 @@ def test_down_says_what_hung_up_without_a_pid_file_was_not_stopped(
         f"meshactors: something on {in_home.socket} closed the connection without answering "
         "shutdown, and no pid file or state lock names a daemon: it was not stopped"
     )
+
+
+@contextmanager
+def pid_file_holder(home: Home) -> Iterator[subprocess.Popen[bytes]]:
+    """A process holding the home's pid file lock with its pid in it, as a daemon does, till
+    the block ends (it exits once its stdin closes); yielded once it holds it."""
+    pid_file = resolve_paths({"MESHACTORS_HOME": str(home.path)}).pid_file
+    hold = (
+        "import fcntl, os, sys\n"
+        f"fd = os.open({str(pid_file)!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, b'%d\\n' % os.getpid())\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        yield holder
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(EXIT_WAIT)
+
+
+def test_down_says_at_once_what_a_daemon_refusing_shutdown_answered(
+    in_home: Home, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(daemon_cmd, "DOWN_TIMEOUT", LOWERED_DEADLINE)  # what a wait would take
+    error = {"code": "unavailable", "message": "busy"}
+    with pid_file_holder(in_home) as holder, listening_unix_socket(in_home.socket) as sock:
+        sock.settimeout(ACCEPT_WAIT)
+        answering = threading.Thread(target=answer_one_request_with, args=(sock, error))
+        answering.start()
+        status = run_cli("daemon", "down")
+        answering.join()
+        signalled = holder.poll()  # a SIGTERM after a wait would have ended it
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == EXIT_REFUSED
+    assert lines == [
+        f"meshactors: the daemon (pid {holder.pid}) answered shutdown with unavailable: busy; "
+        "it was not stopped"
+    ]
+    assert signalled is None
 
 
 def test_down_with_a_socket_path_too_long_says_so_not_that_none_runs(
