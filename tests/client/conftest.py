@@ -13,6 +13,7 @@ import trio
 
 from meshactors.client import MeshClient
 from meshactors.client._serving import Handler, StreamHandler
+from meshactors.control.supervisor import MAX_CLIENTS
 from meshactors.daemon.main import DaemonOptions, serve
 from meshactors.daemon.services import Services
 from meshactors.identity import load_or_create_identity
@@ -31,6 +32,7 @@ class LocalDaemon:
     nursery: trio.Nursery
     services: Services | None = None
     debug_ops: bool = False  # `daemon up --debug-ops`: `debug_crash` answers
+    max_clients: int = MAX_CLIENTS  # clients served at once
     _stopped: trio.Event = attrs.field(factory=trio.Event)
 
     async def start(self) -> Services:
@@ -38,6 +40,7 @@ class LocalDaemon:
             paths=self.paths,
             identity=load_or_create_identity(self.paths.identity_file),
             debug_ops=self.debug_ops,
+            max_clients=self.max_clients,
         )
         self._stopped = trio.Event()
         self.services = await self.nursery.start(self._run, options)

@@ -12,7 +12,6 @@ import trio
 
 from meshactors.client import ClientError, MeshClient, reconnect
 from meshactors.client._conn import Connection
-from meshactors.control import supervisor
 from tests.client.conftest import LocalDaemon
 
 FULL_CONNECT_TIMEOUT = 0.5  # seconds the client waits for room that is never made
@@ -35,10 +34,11 @@ def count_connects(monkeypatch: pytest.MonkeyPatch, retried: trio.Event) -> list
 
 
 async def test_a_first_connect_to_a_full_daemon_waits_for_room(
-    running: LocalDaemon, monkeypatch: pytest.MonkeyPatch
+    local: LocalDaemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(supervisor, "MAX_CLIENTS", 1)
-    socket = running.paths.socket
+    local.max_clients = 1
+    await local.start()
+    socket = local.paths.socket
     retried = trio.Event()
     clients_seen: list[int] = []
 
@@ -57,10 +57,11 @@ async def test_a_first_connect_to_a_full_daemon_waits_for_room(
 
 
 async def test_a_daemon_full_for_the_whole_connect_timeout_raises_its_refusal(
-    running: LocalDaemon, monkeypatch: pytest.MonkeyPatch
+    local: LocalDaemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(supervisor, "MAX_CLIENTS", 1)
-    socket = running.paths.socket
+    local.max_clients = 1
+    await local.start()
+    socket = local.paths.socket
     async with MeshClient(socket) as holder:
         assert (await holder.status())["clients"] == 1
         opened = count_connects(monkeypatch, trio.Event())
