@@ -30,9 +30,10 @@ that network, when it is this device): it is never active again. Every delivery 
 or by an `outbox_abort` (the op hands them over: `tell_dead`), is told one batch at a time,
 so aborts answered together do not flood the event hub.
 
-A full disk: a write of these loops that the state database refuses (`storage`) is made
-again every STORAGE_RETRY_S, with what it carries (acks to record, received messages to
-store and ack) kept meanwhile, so the outbox waits for the disk instead of crashing.
+A full disk: a write of these loops (or of the recovery at start) that the state database
+refuses (`storage`) is made again every STORAGE_RETRY_S, with what it carries (acks to record,
+received messages to store and ack) kept meanwhile, so the outbox waits for the disk instead
+of crashing.
 
 Receiving: `msg` frames, alone or in a `msg_batch`, are stored in the inbox (deduplicated on
 sender and client_message_id), a `message` event is published only for a new one, and every one is
@@ -504,15 +505,18 @@ class Outbox(Actor):
         return await self._until_written(attempt, what)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        recovered = await self.store.call(
-            functools.partial(outbox_db.recover_inflight, now_ms=wall_ms()), what="recover inflight"
-        )
-        if recovered:
-            log.info("recovered inflight deliveries", count=recovered)
         self._inflight.clear()
         self._waiters.clear()
         watch, _ = await self.events.subscribe(WATCH_CAPACITY)
         with watch:
+            task_status.started()
+            # Started before the recovery, which a full disk makes wait (asks queue meanwhile):
+            # a start waiting for the disk holds up neither the daemon's start nor the
+            # supervisor, and a refusal is no crash counted toward its restart limit. Nothing
+            # claims or accepts before it, so it resets only the last run's attempts.
+            recovered = await self._write(outbox_db.recover_inflight, "recover inflight")
+            if recovered:
+                log.info("recovered inflight deliveries", count=recovered)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch, watch)
                 nursery.start_soon(self._store_received)
@@ -522,7 +526,6 @@ class Outbox(Actor):
                 nursery.start_soon(self._prune)
                 nursery.start_soon(self._tell_ops_dead)
                 nursery.start_soon(self._accept_runs, nursery)
-                task_status.started()
                 await self._drain(nursery)
 
     # -- accepting ----------------------------------------------------------------------------

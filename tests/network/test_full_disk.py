@@ -13,11 +13,13 @@ from meshactors.control import event_stream
 from meshactors.daemon import outbox as outbox_module
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair
 from tests.network.test_delivery import delivered, inbox_of
+from tests.network.test_restarts import debug_pair
 from tests.support import LineClient, publish, refuse_writes
 
 FULL_DISK_SENDS = 5
 FULL_DISK_RETRY_S = 0.05  # the outbox's STORAGE_RETRY_S here: the test need not wait 5 s
 FULL_DISK_POLL_S = 0.01  # how often a wait reads the outbox's refusal count
+FULL_DISK_RECOVERY_REFUSALS = 3  # refused recoveries an outbox restarted on a full disk waits out
 
 
 async def refused(daemon: Daemon, times: int) -> None:
@@ -112,3 +114,40 @@ async def test_a_replay_across_events_the_full_disk_kept_out_of_the_log_reports_
         frames = [(await client.frame())["kind"] for _ in range(4)]
     assert frames == ["events_gap", "test_logged", "test_logged", "test_after"]
     assert a.crashes() == {}
+
+
+async def test_an_outbox_restarted_while_the_disk_is_full_waits_and_then_delivers(
+    mesh: Mesh,
+) -> None:
+    a, b = await debug_pair(mesh)
+    await refuse_writes(
+        b.services.store, True
+    )  # b stores nothing, so acks nothing: a's sends stay in flight
+    sent = [
+        await a.call("send", network=NET, to=b.device_id, message=f"m{n}")
+        for n in range(FULL_DISK_SENDS)
+    ]
+    assert {row["status"] for row in sent} == {"inflight"}
+    await refuse_writes(a.services.store, True)
+    outbox, node = a.services.outbox, a.services.tree.children["outbox"]
+    goal = outbox.counts["storage_refused"] + FULL_DISK_RECOVERY_REFUSALS
+    with structlog.testing.capture_logs() as logs:
+        await a.call("debug_crash", path="daemon/outbox")  # its recovery at start is refused
+        with trio.fail_after(WAIT):
+            while outbox.counts["storage_refused"] < goal:
+                # Plain values only in asserts: a failing one naming a daemon object would
+                # have pytest print the whole daemon through it.
+                restarts = node.restarts
+                assert restarts <= 1  # it waits for the disk, not crash after crash
+                await trio.sleep(FULL_DISK_POLL_S)
+        await b.stop()  # what b held unstored is gone: only a's recovery sends it again
+        await a.wait_status(b, "offline")
+        await refuse_writes(a.services.store, False)
+        b = await mesh.daemon("b")
+        for row in sent:
+            await delivered(a, row["id"])
+    recovered = [e["count"] for e in logs if e["event"] == "recovered inflight deliveries"]
+    assert recovered == [FULL_DISK_SENDS]
+    assert len(await inbox_of(b, FULL_DISK_SENDS)) == FULL_DISK_SENDS
+    restarts = node.restarts
+    assert restarts == 1
