@@ -33,7 +33,9 @@ so aborts answered together do not flood the event hub.
 A full disk: a write of these loops (or of the recovery at start) that the state database
 refuses (`storage`) is made again every STORAGE_RETRY_S, with what it carries (acks to record,
 received messages to store and ack) kept meanwhile, so the outbox waits for the disk instead
-of crashing.
+of crashing. A returning peer's backoffs cut and an evict's burial are work the event watcher
+hands to a task of its own (`_do_peer_work`), so a refused write never stops it reading the
+daemon's events.
 
 Receiving: `msg` frames, alone or in a `msg_batch`, are stored in the inbox (deduplicated on
 sender and client_message_id), a `message` event is published only for a new one, and every one is
@@ -104,6 +106,7 @@ log = structlog.get_logger("meshactors.outbox")
 
 T = TypeVar("T")
 M = TypeVar("M")
+_Pause = Callable[[float], Awaitable[object]]  # how a refused write waits its STORAGE_RETRY_S
 
 ACK_TIMEOUT_S = 30.0  # default seconds a sent msg waits for its msg_ack before it fails
 MAX_ACK_TIMEOUT_S = 86_400.0  # the longest `--ack-timeout`
@@ -134,6 +137,11 @@ ACK_QUEUE = 1024  # incoming ack frames (msg_ack or msg_acks) waiting; more are 
 SETTLE_QUEUE = 4096  # finished attempts waiting to be recorded before deliverers wait
 SETTLE_BATCH = 512  # finished attempts recorded per store call
 WATCH_CAPACITY = 1024  # daemon events queued for the wake-up watcher before it lags
+# Peer work (a peer back: its backoffs cut; an evict: what can never go buried) the watcher
+# hands to a task of its own, which takes it even while it waits for the disk, keeping one of
+# each job: at most this many handed over and not taken, and as many different ones taken and
+# not done. Past them the watcher waits for a place (and may lag: WATCH_CAPACITY).
+PEER_WORK_QUEUE = 1024
 PEER_ACTIVE = STATUS_EVENTS[PeerStatus.ACTIVE]  # its deliveries waiting out a backoff go now
 WAKE_EVENTS = frozenset({PEER_ACTIVE, "network_added"})  # events that may make work due
 PEER_CHANGE_EVENTS = frozenset(STATUS_EVENTS.values())  # a peer's session began or ended
@@ -215,6 +223,55 @@ class _Acks:
     network: str
     sender: str
     acks: Sequence[MsgAck]
+
+
+@attrs.frozen
+class _DueNow:
+    """Peer work: a peer is active again, so what waits out a backoff for it goes now."""
+
+    network: str
+    peer: str
+
+
+@attrs.frozen
+class _BuryEvicted:
+    """Peer work: a network's evict, so what can never go there dies (`_bury_evicted`)."""
+
+    network: str
+
+
+_PeerWork = _DueNow | _BuryEvicted
+
+
+@attrs.define(eq=False)
+class _PeerWorkQueue:
+    """The peer work handed to the outbox's peer work task, as it takes it: one of each job
+    (a repeat handed over before the job is done is the same job), oldest first, at most
+    PEER_WORK_QUEUE. Only that task uses it."""
+
+    receiver: trio.MemoryReceiveChannel[_PeerWork]
+    pending: dict[_PeerWork, None] = attrs.field(factory=dict)  # an ordered set
+
+    async def next(self) -> _PeerWork:
+        """The oldest job not done, taken off `pending` (waiting for one when none is)."""
+        self._take(take_queued(self.receiver, PEER_WORK_QUEUE - len(self.pending)))
+        if not self.pending:
+            self._take([await self.receiver.receive()])
+        job = next(iter(self.pending))
+        del self.pending[job]
+        return job
+
+    async def gather(self, seconds: float) -> None:
+        """Sleep `seconds` (a wait for the disk), taking the jobs handed over meanwhile, so
+        the watcher handing them over does not wait for a place while this task waits."""
+        with trio.move_on_after(seconds):
+            while len(self.pending) < PEER_WORK_QUEUE:
+                self._take([await self.receiver.receive()])
+            await trio.sleep_forever()  # full: the rest wait in the channel
+
+    def _take(self, jobs: Sequence[_PeerWork]) -> None:
+        for job in jobs:
+            self.pending[job] = None
 
 
 @attrs.define(eq=False)
@@ -472,11 +529,13 @@ class Outbox(Actor):
             "accepting": MAX_ACCEPTING - self._accepting.value,
         }
 
-    async def _until_written(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
-        """What `attempt()` returns, attempted again every STORAGE_RETRY_S while the state
-        database refuses its writes (`storage`: nothing of it was written), so a full disk
-        makes the outbox's loops wait with their work, not crash the actor (and, crash after
-        crash, the daemon); warned at most once per STORAGE_LOG_INTERVAL_S."""
+    async def _until_written(
+        self, attempt: Callable[[], Awaitable[T]], what: str, pause: _Pause = trio.sleep
+    ) -> T:
+        """What `attempt()` returns, attempted again every STORAGE_RETRY_S (`pause`d) while
+        the state database refuses its writes (`storage`: nothing of it was written), so a
+        full disk makes the outbox's loops wait with their work, not crash the actor (and,
+        crash after crash, the daemon); warned at most once per STORAGE_LOG_INTERVAL_S."""
         while True:
             try:
                 return await attempt()
@@ -492,9 +551,11 @@ class Outbox(Actor):
                         refused=self.counts["storage_refused"],
                         retry_s=STORAGE_RETRY_S,
                     )
-            await trio.sleep(STORAGE_RETRY_S)
+            await pause(STORAGE_RETRY_S)
 
-    async def _write(self, fn: Callable[..., T], what: str, **params: Any) -> T:
+    async def _write(
+        self, fn: Callable[..., T], what: str, *, pause: _Pause = trio.sleep, **params: Any
+    ) -> T:
         """`fn(conn, **params, now_ms=…)` as a store call, made again (the clock read again)
         while the disk refuses it (`_until_written`)."""
 
@@ -502,7 +563,7 @@ class Outbox(Actor):
             call = functools.partial(fn, **params, now_ms=wall_ms())
             return await self.store.call(call, what=what)
 
-        return await self._until_written(attempt, what)
+        return await self._until_written(attempt, what, pause)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._inflight.clear()
@@ -517,8 +578,10 @@ class Outbox(Actor):
             recovered = await self._write(outbox_db.recover_inflight, "recover inflight")
             if recovered:
                 log.info("recovered inflight deliveries", count=recovered)
+            work, taken = trio.open_memory_channel[_PeerWork](PEER_WORK_QUEUE)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch, watch)
+                nursery.start_soon(self._watch, watch, work)
+                nursery.start_soon(self._do_peer_work, _PeerWorkQueue(taken))
                 nursery.start_soon(self._store_received)
                 nursery.start_soon(self._record_settled)
                 nursery.start_soon(self._take_acks)
@@ -821,13 +884,19 @@ class Outbox(Actor):
             await self._bury(outbox_db.expire_pending, outbox_db.EXPIRED, "expire sends")
             await trio.sleep(SWEEP_INTERVAL_S)
 
-    async def _bury(self, kill: Callable[..., outbox_db.Expired], error: str, what: str) -> None:
+    async def _bury(
+        self,
+        kill: Callable[..., outbox_db.Expired],
+        error: str,
+        what: str,
+        pause: _Pause = trio.sleep,
+    ) -> None:
         """Call `kill` (a store function making deliveries dead in bounded batches) until it
         has no more; each delivery that ends so is told like any other that gives up
         (`message_dead` with `error`), one batch at a time (`_pace_events`)."""
         more = True
         while more:
-            buried = await self._write(kill, what)
+            buried = await self._write(kill, what, pause=pause)
             more = buried.more
             await self._tell_dead(buried.deliveries, error)
 
@@ -862,7 +931,7 @@ class Outbox(Actor):
             # No deadline: it only paces, and waits no longer than the log's writes.
             await self.events.flush(timeout=math.inf)
 
-    async def _bury_evicted(self, network_id: str) -> None:
+    async def _bury_evicted(self, network_id: str, pause: _Pause) -> None:
         """Make dead the deliveries of a network that can never go: to a device evicted from
         it, or all of them once this device is evicted (Membership.undeliverable)."""
         try:
@@ -872,7 +941,7 @@ class Outbox(Actor):
             return
         if evicted is None or evicted:
             kill = functools.partial(outbox_db.bury_evicted, network=network_id, recipients=evicted)
-            await self._bury(kill, outbox_db.EVICTED, "bury sends to the evicted")
+            await self._bury(kill, outbox_db.EVICTED, "bury sends to the evicted", pause)
 
     async def _prune(self) -> None:
         """Every SWEEP_INTERVAL_S, delete history past the retention, one small batch at a
@@ -961,35 +1030,57 @@ class Outbox(Actor):
         network.register_app_handler(MsgAck.tag, functools.partial(self._on_ack, network_id))
         network.register_app_handler(MsgAcks.tag, functools.partial(self._on_acks, network_id))
 
-    async def _watch(self, watch: Subscriber[Event]) -> None:
-        """Act on the daemon's events; an evict this actor missed (it was down, or the watch
+    async def _watch(
+        self, watch: Subscriber[Event], work: trio.MemorySendChannel[_PeerWork]
+    ) -> None:
+        """Act on the daemon's events: at once on what needs no store call, handing the rest
+        (peer work) to `_do_peer_work`, so a full disk, which makes those store calls wait,
+        never stops this reading (a watch that lags misses peers that left, whose attempts
+        then wait out the ack timeout). An evict this actor missed (it was down, or the watch
         lagged) is found by asking every network."""
-        await self._bury_all_evicted()
+        await self._bury_all_evicted(work)
         async for event in watch:
             if isinstance(event, Lagged):
-                await self._bury_all_evicted()
+                await self._bury_all_evicted(work)
                 self.poke()
                 continue
             if event.kind in PEER_CHANGE_EVENTS:
                 self._peer_changed(event.data["network"], event.data["device_id"])
             if event.kind == PEER_ACTIVE:
-                await self._due_now(event.data["network"], event.data["device_id"])
+                await work.send(_DueNow(event.data["network"], event.data["device_id"]))
             if event.kind == MEMBER_EVICTED:
-                await self._bury_evicted(event.data["network"])
+                await work.send(_BuryEvicted(event.data["network"]))
             if event.kind in WAKE_EVENTS:
                 self.poke()
 
-    async def _bury_all_evicted(self) -> None:
-        """`_bury_evicted` for every network."""
+    async def _bury_all_evicted(self, work: trio.MemorySendChannel[_PeerWork]) -> None:
+        """Hand over `_bury_evicted` for every network."""
         for network in self.networks.all():
-            await self._bury_evicted(network.config.id)
+            await work.send(_BuryEvicted(network.config.id))
 
-    async def _due_now(self, network_id: str, peer: str) -> None:
+    async def _do_peer_work(self, work: _PeerWorkQueue) -> None:
+        """Do the peer work the watcher hands over, one job at a time, taking what it hands
+        over meanwhile even while a refused write waits for the disk (`gather`)."""
+        while True:
+            match await work.next():
+                case _DueNow(network=network_id, peer=peer):
+                    await self._due_now(network_id, peer, work.gather)
+                case _BuryEvicted(network=network_id):
+                    await self._bury_evicted(network_id, work.gather)
+
+    async def _due_now(self, network_id: str, peer: str, pause: _Pause) -> None:
         """A peer is reachable again: what waits out a backoff for it goes now, not minutes
         later (the backoff is there for a peer that cannot be reached)."""
-        self.counts["backoffs_cut"] += await self._write(
-            outbox_db.due_now_to_peer, "make deliveries due", network=network_id, recipient=peer
+        cut = await self._write(
+            outbox_db.due_now_to_peer,
+            "make deliveries due",
+            pause=pause,
+            network=network_id,
+            recipient=peer,
         )
+        self.counts["backoffs_cut"] += cut
+        if cut:
+            self.poke()  # a pass that ran at the peer's return found them not due yet
 
     def _peer_changed(self, network_id: str, peer: str) -> None:
         """Release the attempts in flight to a peer that left or came back: their acks will

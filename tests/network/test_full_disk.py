@@ -5,12 +5,18 @@ event log could not take are a gap to a replay across them."""
 
 from __future__ import annotations
 
+import sqlite3
+from typing import Any
+
 import pytest
 import structlog
 import trio
 
+from meshactors.clock import wall_ms
 from meshactors.control import event_stream
 from meshactors.daemon import outbox as outbox_module
+from meshactors.store import outbox as outbox_store
+from tests.membership.conftest import CLOSED, team
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair
 from tests.network.test_delivery import delivered, inbox_of
 from tests.network.test_restarts import debug_pair
@@ -20,6 +26,7 @@ FULL_DISK_SENDS = 5
 FULL_DISK_RETRY_S = 0.05  # the outbox's STORAGE_RETRY_S here: the test need not wait 5 s
 FULL_DISK_POLL_S = 0.01  # how often a wait reads the outbox's refusal count
 FULL_DISK_RECOVERY_REFUSALS = 3  # refused recoveries an outbox restarted on a full disk waits out
+FULL_DISK_BACKOFF_MS = 3_600_000  # a backoff a delivery waits out, as failed attempts leave it
 
 
 async def refused(daemon: Daemon, times: int) -> None:
@@ -151,3 +158,71 @@ async def test_an_outbox_restarted_while_the_disk_is_full_waits_and_then_deliver
     assert len(await inbox_of(b, FULL_DISK_SENDS)) == FULL_DISK_SENDS
     restarts = node.restarts
     assert restarts == 1
+
+
+async def back_off(daemon: Daemon, row_id: str) -> None:
+    """Have the delivery of row `row_id` wait out an hour, as eight failed attempts leave it."""
+
+    def edit(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "UPDATE deliveries SET attempts = 8, next_attempt_at = ? WHERE outbox_id = ?",
+            (wall_ms() + FULL_DISK_BACKOFF_MS, row_id),
+        )
+
+    await daemon.services.store.call(edit, what="test: back off")
+
+
+async def released(daemon: Daemon) -> None:
+    """Return once the daemon's outbox has no attempt in flight, none of its actors having
+    crashed meanwhile."""
+    outbox = daemon.services.outbox
+    with trio.fail_after(WAIT):
+        while outbox.figures()["inflight"]:
+            assert daemon.crashes() == {}
+            await trio.sleep(FULL_DISK_POLL_S)
+
+
+async def test_the_outbox_reads_peer_events_while_the_disk_is_full_and_catches_up_after(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner, back, gone, away = await team(mesh, "owner", "back", "gone", "away")
+    for peer in (back, gone):
+        await peer.stop()
+        await owner.wait_status(peer, "offline")
+    to_gone = await owner.call("send", network=CLOSED, to=gone.device_id, message="never")
+    to_back = await owner.call("send", network=CLOSED, to=back.device_id, message="later")
+    await back_off(owner, to_back["id"])  # back's return cuts it short
+    await refuse_writes(away.services.store, True)  # away stores nothing, so acks nothing
+    to_away = await owner.call("send", network=CLOSED, to=away.device_id, message="again")
+    assert to_away["status"] == "inflight"
+    bury, owners = outbox_store.bury_evicted, str(owner.services.store.path)
+    freed = trio.Event()
+
+    def full_from_the_burial(conn: sqlite3.Connection, **params: Any) -> outbox_store.Expired:
+        """The owner's burial on a disk that fills up as it comes: refused, like every
+        write after it until the test frees the disk."""
+        (_, _, file), *_ = conn.execute("PRAGMA database_list")
+        if not freed.is_set() and file == owners:
+            conn.execute("PRAGMA query_only = 1")
+        return bury(conn, **params)
+
+    monkeypatch.setattr(outbox_store, "bury_evicted", full_from_the_burial)
+    await owner.call("members_evict", network=CLOSED, device_id=gone.device_id)
+    await refused(owner, 1)  # the burial waits for the disk
+    mark = owner.last_event_id
+    await away.stop()  # the watcher reads that, so away's attempt is released at once
+    await owner.wait_status(away, "offline", after=mark)
+    await released(owner)
+    mark = owner.last_event_id
+    back = await mesh.daemon("back")
+    await owner.wait_status(back, "active", after=mark)
+    freed.set()
+    await refuse_writes(owner.services.store, False)
+    dead = await owner.wait_event("message_dead", id=to_gone["id"])
+    assert (dead["recipient"], dead["error"]) == (gone.device_id, "evicted")
+    await delivered(owner, to_back["id"])  # its backoff cut: not an hour later
+    away = await mesh.daemon("away")
+    await delivered(owner, to_away["id"])
+    figures = owner.services.outbox.figures()
+    assert (figures["backoffs_cut"], figures["redue"]) == (1, 1)
+    assert owner.crashes() == {}
