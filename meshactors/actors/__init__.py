@@ -1,6 +1,6 @@
 """The actor runtime: bounded inboxes, ask with deadlines, supervisors, the live registry."""
 
-from meshactors.actors._actor import DEFAULT_INBOX_CAPACITY, Actor, Inbox, cleanup_scope
+from meshactors.actors._actor import DEFAULT_INBOX_CAPACITY, Actor, Inbox
 from meshactors.actors._ask import ActorGone, AskTimeout, Reply, ask, unanswered
 from meshactors.actors._crash import DebugCrash
 from meshactors.actors._doorbell import Doorbell
@@ -8,7 +8,7 @@ from meshactors.actors._fanout import DEFAULT_SUBSCRIBER_CAPACITY, Broadcast, La
 from meshactors.actors._lanes import LanedInbox
 from meshactors.actors._pending import Pending
 from meshactors.actors._queued import hand_over, take_queued
-from meshactors.actors._registry import ActorState, Node, current_node
+from meshactors.actors._registry import ActorState, Node, cleanup_scope, current_node
 from meshactors.actors._sequencer import Sequencer, Turn
 from meshactors.actors._supervisor import (
     ASK_TIMEOUT,

@@ -10,7 +10,6 @@ import attrs
 import trio
 
 from meshactors.actors._ask import Reply, ask
-from meshactors.actors._registry import current_node
 
 M = TypeVar("M")
 T = TypeVar("T")
@@ -34,9 +33,11 @@ class Inbox(Generic[M]):
         """Queue `message` for the owner, waiting while the inbox is full."""
         await self.sender.send(message)
 
-    async def ask(self, build: Callable[[Reply[T]], M], *, timeout: float, what: str) -> T:
-        """Ask the owning actor and wait for its answer under a deadline."""
-        return await ask(self.sender, build, timeout=timeout, what=what)
+    async def ask(
+        self, build: Callable[[Reply[T]], M], *, timeout: float, what: str, settle: bool = False
+    ) -> T:
+        """Ask the owning actor and wait for its answer under a deadline (`ask`)."""
+        return await ask(self.sender, build, timeout=timeout, what=what, settle=settle)
 
     def statistics(self) -> trio.MemoryChannelStatistics:
         """Buffer use, for the inspect tree."""
@@ -60,8 +61,3 @@ class Actor(abc.ABC):
         """Statistics of the actor's `inbox` attribute, when it has one."""
         inbox = getattr(self, "inbox", None)
         return inbox.statistics() if isinstance(inbox, Inbox) else None
-
-
-def cleanup_scope() -> trio.CancelScope:
-    """A shielded scope for `finally` cleanup, bounded by the current actor's shutdown timeout."""
-    return trio.move_on_after(current_node().shutdown_timeout, shield=True)

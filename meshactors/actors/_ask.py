@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Generic, Protocol, TypeVar
 
 import attrs
 import trio
 
+from meshactors.actors._registry import ActorState, cleanup_scope, current_node
 from meshactors.wire.ipc import ErrorCode, OpError
 
 T = TypeVar("T")
@@ -105,8 +107,15 @@ async def ask(
     *,
     timeout: float,
     what: str,
+    settle: bool = False,
 ) -> T:
     """Send `build(reply)` to `inbox` and wait for the answer, at most `timeout` seconds in all.
+
+    With `settle`, an asker whose actor is stopped for good (`stopping`; not to restart, whose
+    next run can redo what the last one held) once the request is sent still waits for the
+    answer, within its cleanup budget (`cleanup_scope`), and returns it; the cancel comes at
+    its next checkpoint. For a request whose outcome the asker must act on even as it stops,
+    as nothing will after: the events of what a store call committed.
 
     Every store call and core command is one ask, so this stays lean: an unsubscripted
     channel (a subscripted one goes through typing's generic alias on each call) and a plain
@@ -118,9 +127,27 @@ async def ask(
         with trio.CancelScope(deadline=trio.current_time() + timeout) as waiting:
             try:
                 await inbox.send(build(Reply(send)))
-                answer = await receive.receive()
+                try:
+                    answer = await receive.receive()
+                except trio.Cancelled:
+                    late = None if waiting.cancel_called or not settle else await _settle(receive)
+                    if late is None:
+                        raise
+                    answer = late
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
                 raise ActorGone(f"{what}: the actor is not running") from None
         if waiting.cancelled_caught:
             raise AskTimeout(what, timeout)
     return answer.unwrap()
+
+
+async def _settle(receive: trio.MemoryReceiveChannel[_Answer[T]]) -> _Answer[T] | None:
+    """The answer of an ask whose asker is cancelled, waited for within its cleanup budget if
+    its actor stops for good; None when it does not (a restart, whose wait for a crashed
+    actor's answer would only hold the restart back), or the answer does not come by then,
+    or the asked actor dropped the request."""
+    if current_node().state is not ActorState.STOPPING:
+        return None
+    with cleanup_scope(), contextlib.suppress(trio.EndOfChannel):
+        return await receive.receive()
+    return None

@@ -125,6 +125,11 @@ def current_node() -> Node:
     return _current_node.get()
 
 
+def cleanup_scope() -> trio.CancelScope:
+    """A shielded scope for `finally` cleanup, bounded by the current actor's shutdown timeout."""
+    return trio.move_on_after(current_node().shutdown_timeout, shield=True)
+
+
 def set_current_node(node: Node) -> None:
     """Bind `node` as the current actor for this task and the tasks it spawns."""
     _current_node.set(node)

@@ -404,7 +404,7 @@ class Supervisor(Actor):
         affected = self._affected_by(child)
         for sibling in reversed(affected):
             if sibling is not child and sibling.running:
-                await self._stop(sibling)
+                await self._stop(sibling, restart=sibling.spec.restart is not Restart.TEMPORARY)
         runs = []
         for sibling in affected:
             if sibling is not child and sibling.spec.restart is Restart.TEMPORARY:
@@ -431,9 +431,10 @@ class Supervisor(Actor):
         await trio.sleep(delay)
         await self._tell(_RestartDue(runs))
 
-    async def _stop(self, child: _Child) -> None:
-        """Cancel one child and wait for its bounded cleanup."""
-        child.node.state = ActorState.STOPPING
+    async def _stop(self, child: _Child, *, restart: bool = False) -> None:
+        """Cancel one child and wait for its bounded cleanup; one stopped to `restart` shows
+        `restarting` meanwhile, not `stopping` (stopped for good: a settled ask tells)."""
+        child.node.state = ActorState.RESTARTING if restart else ActorState.STOPPING
         child.scope.cancel()
         with trio.move_on_after(child.spec.shutdown_timeout + STOP_GRACE, shield=True):
             await child.done.wait()

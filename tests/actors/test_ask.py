@@ -1,12 +1,31 @@
-"""`ask`: answers, reported errors, deadlines and stopped actors."""
+"""`ask`: answers, reported errors, deadlines and stopped actors; a settled ask's answer to
+an asker cancelled once it asked."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
 
 import attrs
 import pytest
 import trio
+import trio.testing
 
-from meshactors.actors import ActorGone, AskTimeout, Inbox, Reply
+from meshactors.actors import (
+    Actor,
+    ActorGone,
+    AskTimeout,
+    ChildSpec,
+    Inbox,
+    Node,
+    Reply,
+    Strategy,
+    Supervisor,
+    run_root,
+)
+from tests.actors.conftest import Journal, ProbeActor
+
+SETTLING_CLEANUP_S = 5.0  # the settling asker's shutdown timeout: its cleanup budget
 
 
 @attrs.frozen
@@ -85,3 +104,96 @@ async def test_a_request_dropped_mid_way_fails_the_asker_at_once(
         with pytest.raises(ActorGone):
             await inbox.ask(lambda r: Double(1, r), timeout=10, what="double")
         assert trio.current_time() == began  # not after the deadline
+
+
+@attrs.define(eq=False)
+class SettlingAsker(Actor):
+    """Asks once (its first run) with `settle` and records what the ask returned or raised,
+    whether a checkpoint after it was cancelled, and when that run ended."""
+
+    kind: ClassVar[str] = "asker"
+    inbox: Inbox[Double]
+    outcomes: list[object] = attrs.field(factory=list)
+    ended_at: float | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        if self.ended_at is not None:
+            await trio.sleep_forever()  # a restart: nothing more to ask
+        try:
+            answer = await self.inbox.ask(
+                lambda r: Double(21, r), timeout=30, what="double", settle=True
+            )
+            self.outcomes.append(answer)
+            await trio.lowlevel.checkpoint()
+        except BaseException as exc:
+            self.outcomes.append(type(exc))
+            raise
+        finally:
+            self.ended_at = trio.current_time()
+
+
+async def _stop_once_asked(
+    answer: Callable[[Reply[int]], None], after: float, *, restart: bool = False
+) -> SettlingAsker:
+    """Run a SettlingAsker under a supervisor, stop it once its request is sent (for good, or
+    to `restart` it: the sibling before it crashes), then (`after` seconds on) answer it with
+    `answer`; returns the asker once the tree has stopped."""
+    inbox: Inbox[Double] = Inbox(capacity=4)
+    asker = SettlingAsker(inbox)
+    first = ProbeActor("first", Journal())
+    children = [
+        ChildSpec("first", first),
+        ChildSpec("asker", asker, shutdown_timeout=SETTLING_CLEANUP_S),
+    ]
+    supervisor = Supervisor(children=children, strategy=Strategy.REST_FOR_ONE)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, supervisor, Node(name="root", kind="supervisor"))
+        request = await inbox.receiver.receive()
+        if restart:
+            await first.inbox.send("crash")
+        else:
+            nursery.cancel_scope.cancel()  # the tree stops: its children for good
+        with trio.CancelScope(shield=True):
+            await trio.sleep(after)
+            answer(request.reply)
+        nursery.cancel_scope.cancel()
+    return asker
+
+
+async def test_a_settled_ask_stopped_once_sent_returns_the_answer_then_is_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    began = trio.current_time()
+    asker = await _stop_once_asked(lambda reply: reply.ok(42), SETTLING_CLEANUP_S / 2)
+    assert asker.outcomes == [42, trio.Cancelled]
+    assert asker.ended_at == pytest.approx(began + SETTLING_CLEANUP_S / 2)
+
+
+async def test_a_settled_ask_waits_no_longer_than_the_askers_cleanup_budget(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    began = trio.current_time()
+    asker = await _stop_once_asked(lambda reply: reply.ok(42), SETTLING_CLEANUP_S * 2)
+    assert asker.outcomes == [trio.Cancelled]
+    assert asker.ended_at == pytest.approx(began + SETTLING_CLEANUP_S)
+
+
+async def test_a_settled_ask_dropped_after_its_stop_is_cancelled_not_gone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    began = trio.current_time()
+    asker = await _stop_once_asked(lambda reply: reply.drop(), 1)
+    assert asker.outcomes == [trio.Cancelled]
+    assert asker.ended_at == pytest.approx(began + 1)
+
+
+async def test_a_settled_ask_stopped_to_restart_does_not_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A restart's wait for an answer would hold it back (for good when the asked actor is
+    the one that crashed); the next run redoes what the last one held."""
+    began = trio.current_time()
+    asker = await _stop_once_asked(lambda reply: reply.ok(42), 1, restart=True)
+    assert asker.outcomes == [trio.Cancelled]
+    assert asker.ended_at == pytest.approx(began)
