@@ -40,7 +40,10 @@ daemon's events.
 Receiving: `msg` frames, alone or in a `msg_batch`, are stored in the inbox (deduplicated on
 sender and client_message_id), a `message` event is published only for a new one, and every one is
 acked, so a sender whose earlier ack was lost still finishes. The acks of one stored batch go
-to each sender in one `msg_acks` frame (batched acks).
+to each sender in one `msg_acks` frame (batched acks). A stop that comes while the store
+commits a batch still takes the store's answer (a settled call, within the outbox's shutdown
+timeout) and publishes the batch's events: after the restart the senders' redeliveries are
+answered `duplicate`, which publishes nothing.
 """
 
 from __future__ import annotations
@@ -554,14 +557,21 @@ class Outbox(Actor):
             await pause(STORAGE_RETRY_S)
 
     async def _write(
-        self, fn: Callable[..., T], what: str, *, pause: _Pause = trio.sleep, **params: Any
+        self,
+        fn: Callable[..., T],
+        what: str,
+        *,
+        pause: _Pause = trio.sleep,
+        settle: bool = False,
+        **params: Any,
     ) -> T:
         """`fn(conn, **params, now_ms=…)` as a store call, made again (the clock read again)
-        while the disk refuses it (`_until_written`)."""
+        while the disk refuses it (`_until_written`); with `settle`, a stop for good that comes
+        while the store runs it still returns what it committed (`ask`)."""
 
         async def attempt() -> T:
             call = functools.partial(fn, **params, now_ms=wall_ms())
-            return await self.store.call(call, what=what)
+            return await self.store.call(call, what=what, settle=settle)
 
         return await self._until_written(attempt, what, pause)
 
@@ -983,8 +993,10 @@ class Outbox(Actor):
             refused = [(item, refusal(item.frame)) for item in batch]
             storable = [item for item, reason in refused if reason is None]
             try:  # kept while the disk refuses it: the senders are acked once it is stored
+                # Settled: a stop cannot leave what the store committed without its events
+                # (a redelivery after the restart is answered `duplicate`, which tells nothing).
                 stored = await self._write(
-                    store_received, "store received messages", batch=storable
+                    store_received, "store received messages", settle=True, batch=storable
                 )
             except Exception:
                 log.exception("could not store received messages", count=len(storable))

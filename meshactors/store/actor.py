@@ -68,11 +68,16 @@ class StoreActor(Actor):
         *,
         what: str,
         timeout: float = STORE_CALL_TIMEOUT,
+        settle: bool = False,
     ) -> T:
         """Run a repository function against the database and return its result (AskTimeout
-        after `timeout` seconds: the call may still run later)."""
+        after `timeout` seconds: the call may still run later); with `settle`, a stop for good
+        of the caller waits for the result too (`ask`), so it can act on what it committed."""
         result: T = await self.inbox.ask(
-            lambda reply: StoreCall(fn, reply), timeout=timeout, what=f"store: {what}"
+            lambda reply: StoreCall(fn, reply),
+            timeout=timeout,
+            what=f"store: {what}",
+            settle=settle,
         )
         return result
 
