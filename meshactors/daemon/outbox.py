@@ -13,7 +13,8 @@ seal for many messages; single `msg`s to a peer without the feature) in one ask 
 network's core (they leave together, in one WebSocket message when they fit); each
 delivery then waits for the recipient's `msg_ack` (alone or in a `msg_acks` batch); only that
 ack marks the delivery done. Acks reach this actor through its own bounded queue and are
-recorded in batches, one store call for all that finished together. A failed attempt is
+recorded in batches, one store call for all that finished together (a stop that comes while
+the store records them still takes its answer and publishes their events). A failed attempt is
 recorded with its error code and retried with backoff (store.outbox.mark_failed). Passes run
 on a new accept, a peer becoming active, a finished attempt, or the next due retry. Deliveries left
 inflight by a crash are put back to pending at start. An attempt in flight to a peer that
@@ -853,8 +854,12 @@ class Outbox(Actor):
                 self._recording = [first, *take_queued(receiver, SETTLE_BATCH - 1)]
             batch = self._recording
             try:
-                # kept while the disk refuses it: acks that come meanwhile queue behind it
-                statuses = await self._write(record_settled, "record deliveries", batch=batch)
+                # kept while the disk refuses it: acks that come meanwhile queue behind it;
+                # settled, so a stop cannot leave what the store committed untold (a delivery
+                # done is never sent again, so nothing would tell it after the restart)
+                statuses = await self._write(
+                    record_settled, "record deliveries", settle=True, batch=batch
+                )
             except Exception:
                 self._recording = []  # the store answered (a failure): not again after a restart
                 raise

@@ -1,6 +1,7 @@
 """A graceful stop that comes while the store commits what the outbox publishes events for
 still publishes them: a stop cannot leave a received message without its `message` event
-(the sender's redelivery after the restart, answered `duplicate`, would never publish it)."""
+(the sender's redelivery after the restart, answered `duplicate`, would never publish it),
+nor an acked delivery without its `message_delivered` (done, it is never sent again)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,18 @@ async def test_a_stop_while_received_messages_commit_still_publishes_their_event
     (message,) = (await b.call("inbox", limit=10))["messages"]
     logged = await _logged(b, "message", client_message_id=HELD_KEY)
     assert [data["seq"] for data in logged] == [message["seq"]]
+
+
+async def test_a_stop_while_an_ack_is_recorded_still_publishes_its_delivery(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the only send's ack: the first acked attempt (error None) a records
+    held = HeldStoreCall("record_settled", lambda batch: any(i.error is None for i in batch))
+    monkeypatch.setattr(outbox_module, "record_settled", held)
+    a, b = await active_pair(mesh)
+    sent = await a.call("send", network=NET, to=b.device_id, message="m")
+    await _stop_while_held(a, held)  # the delivery is done in a's outbox as the stop comes
+
+    a = await mesh.daemon("a")
+    logged = await _logged(a, "message_delivered", id=sent["id"])
+    assert [data["recipient"] for data in logged] == [b.device_id]
