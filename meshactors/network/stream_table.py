@@ -46,7 +46,7 @@ class StreamState:
     due: float = float("inf")  # trio time: a stream not accepted by then goes, and one whose
     # program left goes by then too (`left`: it is kept only to send what the program sent)
     core: PipeCore | None = None  # attached once the stream flows
-    taker: str | None = None  # the connection (client id) whose stream_accept attached it
+    taker: str | None = None  # the connection (client id) whose stream_open or _accept set it up
     send_credit: int = STREAM_WINDOW_BYTES  # what we may still send
     allowance: int = STREAM_WINDOW_BYTES  # what the peer may still send us
     held: int = 0  # credit of what arrived and the connection has not written yet

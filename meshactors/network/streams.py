@@ -126,13 +126,14 @@ class Streams:
 
     # -- the ops ---------------------------------------------------------------------------
 
-    async def open(self, peer: str, method: str, timeout_ms: int) -> Pending[Pipe]:
-        """Open a stream to `peer`'s owner of `method`; the Pending gives the connection's
-        pipe once the peer's program accepted (OpError with the peer's refusal). The peer
-        forgets the offer after `timeout_ms`."""
+    async def open(self, peer: str, method: str, timeout_ms: int, taker: str) -> Pending[Pipe]:
+        """Open a stream to `peer`'s owner of `method` for the connection `taker` (its client
+        id); the Pending gives the connection's pipe once the peer's program accepted (OpError
+        with the peer's refusal). The peer forgets the offer after `timeout_ms`."""
         self._check_room()
         wire_id = new_request_id()
-        state = StreamState(wire_id, wire_id, peer, method, opener=True, timeout=timeout_ms / 1000)
+        timeout = timeout_ms / 1000
+        state = StreamState(wire_id, wire_id, peer, method, True, timeout, taker=taker)
         state.ready = Pending(lambda: _told(self.tell(functools.partial(self._abandon, state))))
         # The op stops waiting then and tells us; should that word not reach core (its lane
         # full), the sweep still ends the offer a beat later.
@@ -164,15 +165,17 @@ class Streams:
         self.counters["accepted"] += 1
         return pipe
 
-    def untaken(self, local_id: str, taker: str) -> None:
-        """The connection `taker` closed without taking the pipe its stream_accept of
-        `local_id` was to get (it hung up, or stopped waiting, before core's answer): a stream
-        that accept attached ends `cancelled` for the opener, its place and budget freed, as
-        nobody reads or writes it. Nothing happens when that accept did not attach it."""
-        state = self.table.local(local_id)
-        if state is not None and state.taker == taker:
-            message = "the serving program went away before it took the stream"
-            self._reset(state, "cancelled", message, local=False)
+    def untaken(self, taker: str) -> None:
+        """The connection `taker` closed without taking the pipe its stream_open or
+        stream_accept was to get (it hung up, or stopped waiting, about when core answered):
+        the stream that op set up ends `cancelled` for the peer, its place and budget freed, as
+        nobody reads or writes it, whether it flows (attached with nobody holding it) or still
+        waits for the peer. Nothing happens when it is gone already. A stream op is a
+        connection's first request, so one connection sets up one stream at most."""
+        for state in self.table:
+            if state.taker == taker:
+                message = "the other program went away before it took the stream"
+                self._reset(state, "cancelled", message, local=False)
 
     def _check_room(self) -> None:
         if not self._running:

@@ -8,8 +8,10 @@ then reads and writes length-prefixed frames through the returned pipe (docs/pro
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -21,6 +23,9 @@ from meshactors.network.stream_pipe import Pipe
 from meshactors.ops.network_ops import network_of
 from meshactors.ops.optable import Op
 from meshactors.wire.ipc import ErrorCode, OpError
+
+if TYPE_CHECKING:
+    from meshactors.network.network import Network
 
 
 @attrs.frozen
@@ -60,28 +65,38 @@ async def stream_open(session: Session, params: StreamOpenParams) -> dict[str, A
     check_name(params.method, "method")
     timeout_ms = check_timeout(params.timeout_ms)
     network = network_of(session, params.network)
-    open_stream = functools.partial(network.streams.open, params.peer, params.method, timeout_ms)
-    ready = await network.ask_await("stream_open", open_stream)
-    with trio.move_on_after(timeout_ms / 1000):
-        return _take(session, await ready)
-    raise OpError(ErrorCode.TIMEOUT, f"{params.peer} did not accept within {timeout_ms} ms")
+    open_stream = functools.partial(
+        network.streams.open, params.peer, params.method, timeout_ms, session.client_id
+    )
+    with _ended_unless_taken(session, network):
+        ready = await network.ask_await("stream_open", open_stream)
+        with trio.move_on_after(timeout_ms / 1000):
+            return _take(session, await ready)
+        raise OpError(ErrorCode.TIMEOUT, f"{params.peer} did not accept within {timeout_ms} ms")
 
 
 async def stream_accept(session: Session, params: StreamAcceptParams) -> dict[str, Any]:
-    """Become the serving end of an incoming binary stream. Should the connection close
-    without the pipe (core's answer came too late for it), its close has core end the stream
-    the accept attached, which nobody else would ever read or end."""
+    """Become the serving end of an incoming binary stream."""
     network = network_of(session, params.network)
-    taker = session.client_id
+    accept = functools.partial(network.streams.accept, params.stream_id, session.client_id)
+    with _ended_unless_taken(session, network):
+        return _take(session, await network.ask_await("stream_accept", accept))
+
+
+@contextlib.contextmanager
+def _ended_unless_taken(session: Session, network: Network) -> Iterator[None]:
+    """Around a stream op's work with core: should the connection close without the pipe
+    (the op was cut off, or gave up, about when core set the stream up), its close has core
+    end what the op set up (`Streams.untaken`), which nobody else would ever read or end; not
+    of a retired network (its streams stopped)."""
 
     async def unless_taken() -> None:
-        if session.pipe is None and not network.retired:  # a retired one stopped its streams
-            untaken = functools.partial(network.streams.untaken, params.stream_id, taker)
+        if session.pipe is None and not network.retired:
+            untaken = functools.partial(network.streams.untaken, session.client_id)
             await network.ask("end a stream nobody took", untaken)
 
     session.on_close(unless_taken)
-    accept = functools.partial(network.streams.accept, params.stream_id, taker)
-    return _take(session, await network.ask_await("stream_accept", accept))
+    yield
 
 
 OPS: list[Op[Any]] = [

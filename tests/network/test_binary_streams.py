@@ -846,6 +846,45 @@ async def test_an_accept_answered_after_its_program_hung_up_ends_the_stream(
     await until(lambda: budgets_back(a, b))
 
 
+async def test_an_open_answered_after_its_program_hung_up_ends_the_stream(
+    pair: Pair, nursery: trio.Nursery
+) -> None:
+    """The opening program sends stream_open and hangs up before core answers it (core is held
+    until the op was cut off), so nobody waits on the offer core then sends: the peer's program
+    accepts it and sends into it, and the stream core attaches on stream_ready is taken by
+    nobody. The connection's close ends it: the serving program reads `cancelled`, the stream
+    leaves both tables and its bytes in flight go back to the budget."""
+    _opener, server, a, b = pair
+    socket = resolve_paths({"MESHACTORS_HOME": str(b.home)}).socket
+    owner = await AppClient.open(socket, nursery)
+    await owner.call("rpc_register", network=NET, method="unheld", streaming="binary")
+    first, second = HeldCore(a.network()), HeldCore(a.network())
+    nursery.start_soon(first.run)
+    with trio.fail_after(WAIT), structlog.testing.capture_logs() as logs:
+        await first.running.wait()
+        lines = await line_client(a)
+        await lines.send("stream_open", network=NET, peer=b.device_id, method="unheld")
+        await first.queued(1)  # the open waits for core
+        nursery.start_soon(second.run)
+        await first.queued(2)  # core is held again right after the open
+        await lines.aclose()
+        await until(lambda: _now(any(e["event"].endswith("op cut off") for e in logs)))
+    first.release.set()
+    with trio.fail_after(WAIT):
+        await second.running.wait()  # the open ran: the offer went out
+        offer = await owner.event("stream_incoming")
+        stream = await server.accept_stream(NET, offer["stream_id"])
+        await stream.send_all(pattern(64 * 1024))
+    await until(lambda: budget_in_use(b))  # sent: its credit cannot come back
+    await until(lambda: _now(a.network().core.inbox.statistics().current_buffer_used > 0))
+    second.release.set()  # stream_ready, in the traffic lane, goes before the close's request
+    with trio.fail_after(WAIT), pytest.raises(StreamError) as ended:
+        await read_all(stream)
+    assert ended.value.code == "cancelled"
+    await until(lambda: forgotten_by_both(a, b))
+    await until(lambda: budgets_back(a, b))
+
+
 PEER_STREAMS = 5  # streams to one peer in the budget tests: their windows are well past it
 
 

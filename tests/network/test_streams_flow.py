@@ -179,7 +179,7 @@ async def test_an_offer_of_ours_goes_after_its_timeout_when_the_op_could_not_say
     peers = RecordingPeers([PEER])
     streams = Streams("net", AppWire(peers, ME), _lane_full, lambda _m: None)
     await nursery.start(streams.run)
-    ready = await streams.open(PEER, "files", 5_000)
+    ready = await streams.open(PEER, "files", 5_000, "c1")
     with trio.move_on_after(5):  # the op gives up, as stream_open does after timeout_ms
         await ready.wait()
     assert streams.figures()["open"] == 1
