@@ -87,16 +87,23 @@ async def stream_accept(session: Session, params: StreamAcceptParams) -> dict[st
 def _ended_unless_taken(session: Session, network: Network) -> Iterator[None]:
     """Around a stream op's work with core: should the connection close without the pipe
     (the op was cut off, or gave up, about when core set the stream up), its close has core
-    end what the op set up (`Streams.untaken`), which nobody else would ever read or end; not
-    of a retired network (its streams stopped)."""
+    end what the op set up (`Streams.untaken`), which nobody else would ever read or end. It
+    asks nothing after an error other than a timeout (core is done with the request and holds
+    nothing of it: it or the peer refused, or core stopped), nor of a retired network (its
+    streams stopped)."""
+    refused = False
 
     async def unless_taken() -> None:
-        if session.pipe is None and not network.retired:
+        if session.pipe is None and not refused and not network.retired:
             untaken = functools.partial(network.streams.untaken, session.client_id)
             await network.ask("end a stream nobody took", untaken)
 
     session.on_close(unless_taken)
-    yield
+    try:
+        yield
+    except OpError as error:
+        refused = error.code is not ErrorCode.TIMEOUT  # core may still run a request timed out
+        raise
 
 
 OPS: list[Op[Any]] = [
