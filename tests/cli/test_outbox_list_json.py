@@ -8,9 +8,9 @@ import sqlite3
 
 import trio
 
+from meshactors.clock import wall_ms
 from meshactors.daemon.services import Services
 from meshactors.store import outbox as outbox_db
-from tests.store.test_outbox import T0
 from tests.store.test_outbox import request as outbox_request
 from tests.support import Home
 
@@ -22,9 +22,10 @@ async def test_a_script_pages_outbox_list_json_to_its_end_by_next_cursor(
     daemon: Services,
 ) -> None:
     def fill(conn: sqlite3.Connection) -> list[str]:
+        now = wall_ms()  # not yet expired: the outbox's TTL sweep, running beside, leaves them
         return [
             outbox_db.accept(
-                conn, **outbox_request(client_message_id=f"listed-{n}", now_ms=T0 + n)
+                conn, **outbox_request(client_message_id=f"listed-{n}", now_ms=now + n)
             ).id
             for n in range(LISTED_SENDS)
         ]

@@ -31,7 +31,6 @@ from tests.daemon_tree import Connect
 from tests.fuzz.conftest import examples_of
 from tests.fuzz.strategies import hostile_json, odd_text
 from tests.network.test_binary_streams import until
-from tests.store.test_outbox import T0
 from tests.store.test_outbox import request as outbox_request
 from tests.support import Home
 
@@ -160,8 +159,9 @@ async def test_outbox_list_pages_past_max_page_by_cursor(connect: Any, daemon: S
     client = await connect()
 
     def fill(conn: sqlite3.Connection) -> list[str]:
+        now = wall_ms()  # not yet expired: the outbox's TTL sweep, running beside, leaves them
         return [
-            outbox_db.accept(conn, **outbox_request(client_message_id=f"pg-{i}", now_ms=T0 + i)).id
+            outbox_db.accept(conn, **outbox_request(client_message_id=f"pg-{i}", now_ms=now + i)).id
             for i in range(MAX_PAGE + 100)
         ]
 
@@ -447,11 +447,12 @@ async def test_an_outbox_list_page_of_many_deliveries_is_cut_by_bytes_and_its_cu
     recipients = [f"{n:052d}" for n in range(1000)]  # ~150 KB a row as listed
 
     def fill(conn: sqlite3.Connection) -> list[str]:
+        now = wall_ms()  # not yet expired: the outbox's TTL sweep, running beside, leaves them
         return [
             outbox_db.accept(
                 conn,
                 **outbox_request(
-                    recipients=recipients, client_message_id=f"wide-{i}", now_ms=T0 + i
+                    recipients=recipients, client_message_id=f"wide-{i}", now_ms=now + i
                 ),
             ).id
             for i in range(WIDE_ROWS)
