@@ -13,6 +13,7 @@ from meshactors.wire.broker import MAX_BROKER_MESSAGE_BYTES, MESSAGE_BURST, MESS
 
 MAX_PEERS_PER_NETWORK: Final = 256  # members of one network; one more is network_full
 MAX_CONNECTIONS: Final = 4096  # open WebSockets per broker (incl. before hello); more get HTTP 503
+FILES_PER_CONNECTION: Final = 1  # open files a connection holds: its socket
 # connections from one address (an IPv4 address or an IPv6 /64) that have not yet been admitted
 # by their hello; more get HTTP 503, without taking a place under max_connections, so one
 # address cannot hold every place with silent connections. Behind a proxy every client has the

@@ -48,6 +48,7 @@ from meshactors.broker.cluster_wire import Envelope, PresenceEntry, PresenceEven
 from meshactors.broker.health import ForwardingStream, PrefixedStream, answer_plain_http
 from meshactors.broker.limits import (
     CONNECTION_LIMIT_RETRY_AFTER_S,
+    FILES_PER_CONNECTION,
     MAX_REFUSING,
     NOTICE_BURST,
     NOTICE_RATE_PER_S,
@@ -60,7 +61,7 @@ from meshactors.broker.nonces import NonceCache, source_of
 from meshactors.clock import wall_ms
 from meshactors.keepalive import PingOutcome, await_pong
 from meshactors.listen import open_tcp_listeners
-from meshactors.open_files import connections_that_fit
+from meshactors.open_files import ConnectionLimit, connections_that_fit
 from meshactors.socket_io import QuickSocketStream
 from meshactors.wire.broker import (
     BROKER_PATH,
@@ -83,7 +84,6 @@ from meshactors.wire.broker import (
 from meshactors.wire.device_id import device_id_from_public_key, public_key_from_device_id
 
 RECEIVE_BUFFER_BYTES: Final = 64 * 1024  # bytes trio-websocket's reader asks the socket for
-FILES_PER_CONNECTION: Final = 1  # open files a connection holds: its socket
 
 _Logger = structlog.typing.FilteringBoundLogger
 _log: _Logger = structlog.get_logger(__name__)
@@ -232,8 +232,8 @@ class Broker:
         On cancellation it stops accepting and closes every session with 1001 going_away,
         waiting at most close_timeout for the closing handshakes.
         """
-        self._max_connections = connections_that_fit(
-            self.config.max_connections, FILES_PER_CONNECTION, what="max_connections"
+        (self._max_connections,) = connections_that_fit(
+            ConnectionLimit("max_connections", self.config.max_connections, FILES_PER_CONNECTION)
         )
         listeners = await open_tcp_listeners(host, port)
         bound_port: int = listeners[0].socket.getsockname()[1]

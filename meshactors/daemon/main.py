@@ -22,7 +22,7 @@ from meshactors.actors import (
     SupervisorEscalation,
     run_root,
 )
-from meshactors.broker.limits import BrokerConfig
+from meshactors.broker.limits import FILES_PER_CONNECTION, BrokerConfig
 from meshactors.control.supervisor import FILES_PER_CLIENT, MAX_CLIENTS, control_supervisor
 from meshactors.daemon.broker_actor import BrokerActor
 from meshactors.daemon.outbox import DurableSettings, Outbox
@@ -33,7 +33,7 @@ from meshactors.exception_groups import first_leaf
 from meshactors.identity import Identity
 from meshactors.network.link import ROLES
 from meshactors.network.manager import MAX_NETWORKS, NetworkManager
-from meshactors.open_files import connections_that_fit
+from meshactors.open_files import ConnectionLimit, connections_that_fit
 from meshactors.ops import (
     debug_ops,
     membership_ops,
@@ -107,6 +107,7 @@ async def serve(
         identity=options.identity, store=store, events=events, declared_role=options.role
     )
     outbox = Outbox(store, events, networks, options.durable)
+    max_clients, embedded = _open_files_shared(options)
     services = Services(
         version=__version__,
         identity=options.identity,
@@ -118,13 +119,6 @@ async def serve(
         started_at=trio.current_time(),
         networks=networks,
         outbox=outbox,
-    )
-    embedded = (
-        []
-        if options.broker_listen is None
-        else [
-            ChildSpec("broker", BrokerActor(*options.broker_listen, config=options.broker_config))
-        ]
     )
     root = Supervisor(
         children=[
@@ -139,7 +133,7 @@ async def serve(
                     services,
                     options.tcp_port,
                     options.listen_fd,
-                    _clients_that_fit(options.max_clients),
+                    max_clients,
                 ),
             ),
             # After control: ops reach it only through its channels, so its crash and restart
@@ -209,11 +203,21 @@ def _gave_up(escalation: SupervisorEscalation, notifier: Notifier) -> DaemonGave
     return gave_up
 
 
-def _clients_that_fit(wanted: int) -> int:
-    """`wanted`, or fewer where the (raised) open-file limit holds less: a full daemon then
-    answers `unavailable` rather than failing to accept (EMFILE). Each joined network's broker
-    link holds a file besides."""
-    return connections_that_fit(wanted, FILES_PER_CLIENT, what="max_clients", besides=MAX_NETWORKS)
+def _open_files_shared(options: DaemonOptions) -> tuple[int, list[ChildSpec]]:
+    """The clients served at once and the embedded broker's child (if any), their limits
+    lowered where the (raised) open-file limit holds less, so a full daemon answers
+    `unavailable` and a full broker its 503 rather than failing to accept (EMFILE). The
+    broker's connections and the clients share the one process's limit; each joined network's
+    broker link holds a file besides."""
+    clients = ConnectionLimit("max_clients", options.max_clients, FILES_PER_CLIENT)
+    if options.broker_listen is None:
+        (max_clients,) = connections_that_fit(clients, besides=MAX_NETWORKS)
+        return max_clients, []
+    config = options.broker_config
+    connections = ConnectionLimit("max_connections", config.max_connections, FILES_PER_CONNECTION)
+    max_clients, max_connections = connections_that_fit(clients, connections, besides=MAX_NETWORKS)
+    shared = attrs.evolve(config, max_connections=max_connections)
+    return max_clients, [ChildSpec("broker", BrokerActor(*options.broker_listen, config=shared))]
 
 
 async def _probe_store(store: StoreActor) -> None:
