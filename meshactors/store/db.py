@@ -209,8 +209,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         for event in ("insert", "delete", "update")
     ),
     # 8: the key a requeued send goes out under: the first send's, so a recipient that stored
-    # a copy whose ack was lost dedupes the requeue (NULL: the row's own client_message_id)
-    ("ALTER TABLE outbox ADD COLUMN origin_client_message_id TEXT",),
+    # a copy whose ack was lost dedupes the requeue (NULL: the row's own client_message_id);
+    # a new send looks it up too, as a key still taken once the first row is gone
+    (
+        "ALTER TABLE outbox ADD COLUMN origin_client_message_id TEXT",
+        "CREATE INDEX outbox_by_origin ON outbox (network, origin_client_message_id)"
+        " WHERE origin_client_message_id IS NOT NULL",
+    ),
 )
 
 _CORRUPTION_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})

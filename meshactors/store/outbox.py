@@ -215,7 +215,8 @@ def accept_many(
             checked.append(exc)
     outcomes: list[AcceptOutcome | Exception] = []
     with immediate(conn):
-        taken = _taken_keys(conn, [item for item in checked if isinstance(item, _Checked)])
+        keys = [(item.request.network, item.key) for item in checked if isinstance(item, _Checked)]
+        taken = _taken_keys(conn, keys)
         inserts = _Inserts()
         for item in checked:
             if not isinstance(item, _Checked):
@@ -281,22 +282,27 @@ def _checked(request: SendRequest) -> _Checked:
 
 
 def _taken_keys(
-    conn: sqlite3.Connection, checked: Sequence[_Checked]
+    conn: sqlite3.Connection, keys: Collection[tuple[str, str]]
 ) -> dict[tuple[str, str], tuple[str, str, bytes]]:
-    """The rows already holding the requests' (network, client_message_id) keys, in one
-    statement: (network, key) → (id, status, fingerprint)."""
-    if not checked:
+    """The rows already holding the (network, client_message_id) keys, in one statement:
+    (network, key) → (id, status, fingerprint). A key no row holds as its own is still held by
+    a requeue that goes out under it (its origin, once retention deleted the first row): a new
+    send under it would reach the recipients as that requeue and be deduped away. The row
+    holding it as its own decides, else the chain's last requeue."""
+    if not keys:
         return {}
-    wanted = to_json([[item.request.network, item.key] for item in checked])
-    return {
-        (network, key): (row_id, status, fp)
-        for network, key, row_id, status, fp in conn.execute(
-            "SELECT network, client_message_id, id, status, request_fingerprint FROM outbox"
-            " WHERE (network, client_message_id) IN (SELECT json_extract(value, '$[0]'),"
-            " json_extract(value, '$[1]') FROM json_each(?))",
-            (wanted,),
-        )
-    }
+    wanted = to_json([list(key) for key in keys])
+    pairs = "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1)"
+    rows = conn.execute(
+        "SELECT network, client_message_id, id, status, request_fingerprint, 2 AS rank"
+        f" FROM outbox WHERE (network, client_message_id) IN ({pairs})"
+        " UNION ALL SELECT network, origin_client_message_id, id, status, request_fingerprint,"
+        " superseded_by IS NULL FROM outbox INDEXED BY outbox_by_origin"
+        " WHERE origin_client_message_id IS NOT NULL"
+        f" AND (network, origin_client_message_id) IN ({pairs}) ORDER BY rank",
+        (wanted,),
+    )
+    return {(network, key): (row_id, status, fp) for network, key, row_id, status, fp, _ in rows}
 
 
 def _accepted(item: _Checked, claimed: Sequence[str]) -> AcceptOutcome:
@@ -792,10 +798,7 @@ def requeue(
                 " have reached its recipient)",
             )
         key = new_client_message_id or mint_client_message_id(now_ms)
-        taken = conn.execute(
-            "SELECT id FROM outbox WHERE network = ? AND client_message_id = ?",
-            (old.network, key),
-        ).fetchone()
+        taken = _taken_keys(conn, [(old.network, key)]).get((old.network, key))
         if taken is not None:
             raise SendError("conflict", f"client_message_id {key!r} is already row {taken[0]}")
         dead = [d.recipient for d in old.deliveries if d.status == "dead"]

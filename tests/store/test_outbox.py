@@ -516,6 +516,36 @@ def test_requeue_keeps_routing_and_supersedes_the_old_row(conn: sqlite3.Connecti
     )
 
 
+def test_a_requeues_first_key_stays_taken_once_retention_deleted_the_first_row(
+    conn: sqlite3.Connection,
+) -> None:
+    """The requeue goes out under the first row's key: a new send under it would reach the
+    recipients as the same message and be deduped away, so the requeue answers for it."""
+    first_id = put_in_state(conn, "dead")
+    mid = requeue(conn, first_id, new_client_message_id="cm-2", now_ms=T0 + 1)
+    mark_failed(conn, mid.id, "dev-a", error_code="rejected", permanent=True, now_ms=T0 + 1)
+    last = requeue(conn, mid.id, new_client_message_id="cm-3", now_ms=T0 + 2)
+    assert outbox.delete_sends(conn, [first_id]) == 1
+    rows_before = count(conn, "outbox")
+    other = send(conn, message="another message", now_ms=T0 + 5)
+    assert (other.outcome, other.id, other.reason) == (
+        "conflict",
+        last.id,
+        "pending_fingerprint_mismatch",
+    )
+    retry = send(conn, now_ms=T0 + 5)  # the first send's retry: its requeue has it
+    assert (retry.outcome, retry.id) == ("accepted", last.id)
+    assert count(conn, "outbox") == rows_before
+    dead_id = send(conn, client_message_id="cm-other").id
+    mark_failed(conn, dead_id, "dev-a", error_code="rejected", permanent=True, now_ms=T0 + 6)
+    with pytest.raises(SendError) as info:  # nor may a requeue take it
+        requeue(conn, dead_id, new_client_message_id="cm-1", now_ms=T0 + 7)
+    assert (info.value.code, str(info.value)) == (
+        "conflict",
+        f"client_message_id 'cm-1' is already row {last.id}",
+    )
+
+
 def test_requeue_leaves_out_evicted_recipients_and_refuses_a_row_of_only_them(
     conn: sqlite3.Connection,
 ) -> None:
