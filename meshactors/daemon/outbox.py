@@ -143,8 +143,9 @@ SETTLE_BATCH = 512  # finished attempts recorded per store call
 WATCH_CAPACITY = 1024  # daemon events queued for the wake-up watcher before it lags
 # Peer work (a peer back: its backoffs cut; an evict: what can never go buried) the watcher
 # hands to a task of its own, which takes it even while it waits for the disk, keeping one of
-# each job: at most this many handed over and not taken, and as many different ones taken and
-# not done. Past them the watcher waits for a place (and may lag: WATCH_CAPACITY).
+# each job not yet started: at most this many handed over and not taken, and as many different
+# ones taken and not started. Past them the watcher waits for a place (and may lag:
+# WATCH_CAPACITY).
 PEER_WORK_QUEUE = 1024
 PEER_ACTIVE = STATUS_EVENTS[PeerStatus.ACTIVE]  # its deliveries waiting out a backoff go now
 WAKE_EVENTS = frozenset({PEER_ACTIVE, "network_added"})  # events that may make work due
@@ -249,15 +250,16 @@ _PeerWork = _DueNow | _BuryEvicted
 
 @attrs.define(eq=False)
 class _PeerWorkQueue:
-    """The peer work handed to the outbox's peer work task, as it takes it: one of each job
-    (a repeat handed over before the job is done is the same job), oldest first, at most
-    PEER_WORK_QUEUE. Only that task uses it."""
+    """The peer work handed to the outbox's peer work task and not yet started, as it takes
+    it: one of each job (a repeat taken while the job waits here is merged into it; one taken
+    once it started is done again after it), oldest first, at most PEER_WORK_QUEUE. Only that
+    task uses it."""
 
     receiver: trio.MemoryReceiveChannel[_PeerWork]
     pending: dict[_PeerWork, None] = attrs.field(factory=dict)  # an ordered set
 
     async def next(self) -> _PeerWork:
-        """The oldest job not done, taken off `pending` (waiting for one when none is)."""
+        """The oldest job not started, taken off `pending` (waiting for one when none is)."""
         self._take(take_queued(self.receiver, PEER_WORK_QUEUE - len(self.pending)))
         if not self.pending:
             self._take([await self.receiver.receive()])
