@@ -60,11 +60,32 @@ class _Join:
 
 
 @attrs.frozen
+class _Lost:
+    """Events sent live that the log will never hold: how many, and the newest id (0: none).
+    The log writer keeps the sum (see `EventHub._lose`)."""
+
+    count: int = 0
+    newest: int = 0
+
+    def plus(self, other: _Lost) -> _Lost:
+        """Both losses as one."""
+        return _Lost(self.count + other.count, max(self.newest, other.newest))
+
+    @classmethod
+    def of(cls, events: Iterable[Event]) -> _Lost:
+        """The loss of `events`."""
+        ids = [event.event_id for event in events]
+        return cls(len(ids), max(ids, default=0))
+
+
+@attrs.frozen
 class _Flush:
     """Answer once every event numbered so far is written to the log (or lost: the answer is
-    the newest id lost, see `EventHub.flush`)."""
+    the newest id lost, see `EventHub.flush`); `lost`: what the hub lost before it and has not
+    handed to the log writer yet."""
 
     reply: Reply[int]
+    lost: _Lost = _Lost()
 
 
 @attrs.frozen
@@ -73,7 +94,7 @@ class _Spend:
 
 
 _HubMessage = _Published | _Join | _Flush
-_LogItem = Event | _Flush | _Spend
+_LogItem = Event | _Flush | _Spend | _Lost
 
 
 class EventPublisher(Protocol):
@@ -93,13 +114,18 @@ class EventHub(Actor):
     inbox: Inbox[_HubMessage] = attrs.field(factory=lambda: Inbox(HUB_INBOX))
     broadcast: Broadcast[Event] = attrs.field(factory=Broadcast)
     last_event_id: int = 0
-    unlogged: int = 0  # events numbered and sent live but not logged (the log queue was full)
+    # events numbered and sent live but not logged (the log queue was full, or the write
+    # failed), as far as the log writer was told (see `figures`)
+    unlogged: int = 0
     dropped: int = 0  # events never numbered: the inbox was full, no spent id was left for
     # them (the log is SPEND_AHEAD events behind or failing), or a stop cut them off
     # The newest id sent live but never logged (0: none this run), and the newest of them the
     # log has recorded as lost: a replay after an older id reports the hole (`events_gap`).
+    # Only the log writer's task changes these and `unlogged` (or, once it is gone at a stop,
+    # the hub's task, which then does the writing); the hub's task hands it what it loses.
     _lost_through: int = 0
     _lost_noted: int = 0
+    _unqueued: _Lost = _Lost()  # lost by the hub's task (log queue full), not yet handed over
     _failed_writes: int = 0  # log writes that failed since the last warning
     _warnings: TokenBucket = attrs.field(
         factory=lambda: TokenBucket(1 / LOG_WARNING_INTERVAL_S, 1), init=False
@@ -159,7 +185,7 @@ class EventHub(Actor):
             "last_event_id": self.last_event_id,
             "subscribers": self.broadcast.subscriber_count,
             "log_queue": self._log_queue.statistics().current_buffer_used,
-            "unlogged": self.unlogged,
+            "unlogged": self.unlogged + self._unqueued.count,
             "dropped": self.dropped,
         }
 
@@ -177,6 +203,8 @@ class EventHub(Actor):
                 async for message in self.inbox.receiver:
                     await self._take(message)
         finally:
+            self._lose(self._unqueued)  # the writer is gone: this task does its part now
+            self._unqueued = _Lost()
             with cleanup_scope():
                 await self._take_queued()
                 await self._flush_queued()
@@ -191,19 +219,33 @@ class EventHub(Actor):
                 self.last_event_id += 1
                 event = Event(self.last_event_id, kind, data, at_ms)
                 self.broadcast.publish(event)
-                try:
-                    self._to_log.send_nowait(event)
-                except trio.WouldBlock:
-                    self._lose([event])
+                self._queue_for_log(event)
             case _Join(subscriber=subscriber, reply=reply):
                 self.broadcast.add(subscriber)
                 reply.ok(self.last_event_id)
             case _Flush(reply=reply):
-                try:
-                    await self._to_log.send(message)  # behind every event numbered before it
+                try:  # behind every event numbered before it, with what was lost before it
+                    await self._to_log.send(attrs.evolve(message, lost=self._unqueued))
+                    self._unqueued = _Lost()
                 except BaseException:
                     reply.drop()  # cut off waiting for room (the hub stops): ActorGone now
                     raise
+
+    def _queue_for_log(self, event: Event) -> None:
+        """Queue `event` for the log writer, then what was lost before it; an event that
+        finds the log queue full is lost, and a loss that finds it full is handed over later
+        (with the next event, or flush, that finds room)."""
+        try:
+            self._to_log.send_nowait(event)
+        except trio.WouldBlock:
+            self._unqueued = self._unqueued.plus(_Lost.of([event]))
+            return
+        if self._unqueued.count:
+            try:
+                self._to_log.send_nowait(self._unqueued)
+                self._unqueued = _Lost()
+            except trio.WouldBlock:
+                pass
 
     def _ask_to_spend(self) -> None:
         """Have the log writer mark more ids spent, so numbering goes on once the log does
@@ -254,23 +296,33 @@ class EventHub(Actor):
                 case _Published():
                     self.dropped += 1
                 case Event() as event:
-                    self._lose([event])
-                case _Join(reply=reply) | _Flush(reply=reply):
+                    self._lose(_Lost.of([event]))
+                case _Lost() as lost:
+                    self._lose(lost)
+                case _Join(reply=reply):
+                    reply.drop()
+                case _Flush(reply=reply, lost=lost):
+                    self._lose(lost)
                     reply.drop()
 
-    def _lose(self, events: list[Event]) -> None:
+    def _lose(self, lost: _Lost) -> None:
         """Count events sent live that the log will never hold, and mark the newest, so a
-        replay across them reports the hole (`events_gap`), as one across pruned events does."""
-        self.unlogged += len(events)
-        newest = max((event.event_id for event in events), default=0)
-        self._lost_through = max(self._lost_through, newest)
+        replay across them reports the hole (`events_gap`), as one across pruned events does.
+        The log writer's alone (see `_lost_through`)."""
+        self.unlogged += lost.count
+        self._lost_through = max(self._lost_through, lost.newest)
 
     async def _write(self, batch: list[_LogItem]) -> None:
         """Log a batch's events, marking more ids spent when numbering nears the mark and the
-        newest id lost since the last write, then answer its flushes; a write cut off (the hub
-        stops) drops them, so their askers hear ActorGone at once."""
+        newest id lost since the last write (with what the hub handed over lost in it), then
+        answer its flushes; a write cut off (the hub stops) drops them, so their askers hear
+        ActorGone at once."""
         events = [item for item in batch if isinstance(item, Event)]
         flushes = [item.reply for item in batch if isinstance(item, _Flush)]
+        for item in batch:  # what the hub lost, handed over: recorded by this write
+            match item:
+                case (_Lost() as handed) | _Flush(lost=handed):
+                    self._lose(handed)
         spend_to = None
         if self._spent - self.last_event_id < SPEND_AHEAD // 2:
             spend_to = self.last_event_id + SPEND_AHEAD
@@ -293,7 +345,7 @@ class EventHub(Actor):
                     if lost is not None:
                         self._lost_noted = lost
             except Exception as exc:
-                self._lose(events)
+                self._lose(_Lost.of(events))
                 self._warn(exc)
             for reply in flushes:
                 reply.ok(self._lost_through)

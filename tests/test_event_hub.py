@@ -2,8 +2,8 @@
 (a disk that stalls, a loop frozen past the deadline) is still logged, and not counted as
 unlogged; a flush whose write a stop cuts off, or that a stop cuts off while it waits for
 room in a full log queue, is told so at once; what is still queued at a stop is logged, a
-full log queue and all; events a refused write loses are a gap to a replay, and the
-refusals are warned at most once an interval."""
+full log queue and all; events a refused write or a full log queue loses are a gap to a
+replay, and the refusals are warned at most once an interval."""
 
 from __future__ import annotations
 
@@ -294,3 +294,25 @@ async def test_events_a_refused_log_write_lost_are_a_replay_gap_warned_once_an_i
         assert not (await hub.replay(lost[-1].event_id, 100)).gap  # none lost after the last
     async with running_hub(tmp_path) as hub:  # the log recorded the loss: a restart keeps it
         assert (await hub.replay(kept.event_id, 100)).gap
+
+
+async def test_events_a_full_log_queue_lost_are_counted_and_a_replay_gap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub's task loses them and hands the loss to the log writer, which records it."""
+    monkeypatch.setattr(event_hub, "PERSIST_QUEUE", 2)
+    async with stalled_hub(tmp_path) as stalled:
+        hub = stalled.hub
+        hub.publish("tick", {"n": 0})
+        await trio.testing.wait_all_tasks_blocked()  # its write is the store's now
+        for n in range(1, 5):  # 1 and 2 fill the log queue; 3 and 4 find it full
+            hub.publish("tick", {"n": n})
+        await trio.testing.wait_all_tasks_blocked()
+        assert hub.figures()["unlogged"] == 2
+        stalled.release()
+        with trio.fail_after(5):
+            assert await hub.flush() == 5  # the newest lost: event 4's id
+            assert (await hub.replay(0, 100)).gap
+            assert not (await hub.replay(5, 100)).gap
+    async with running_hub(tmp_path) as hub:  # the log recorded the loss: a restart keeps it
+        assert (await hub.replay(0, 100)).gap
