@@ -51,12 +51,20 @@ async def receive_some(stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes 
         return data
 
 
-async def send_all(stream: trio.abc.SendStream, data: bytes | bytearray | memoryview) -> None:
+async def send_all(
+    stream: trio.abc.SendStream,
+    data: bytes | bytearray | memoryview,
+    progress: Callable[[], None] | None = None,
+) -> None:
     """`stream.send_all(data)`, one scheduler pass shorter on a plain socket: it waits (its
-    schedule point) only while the socket takes no more bytes.
+    schedule point) only while the socket takes no more bytes. `progress` is called each time
+    the socket took some of them (once at the end on another stream), so a deadline on a slow
+    reader can count from its last read rather than from the start of a large write.
     Raises trio.BrokenResourceError (the connection failed) or trio.ClosedResourceError."""
     if not isinstance(stream, trio.SocketStream):
         await stream.send_all(data)
+        if progress is not None:
+            progress()
         return
     await trio.lowlevel.checkpoint_if_cancelled()
     left = data
@@ -71,6 +79,8 @@ async def send_all(stream: trio.abc.SendStream, data: bytes | bytearray | memory
             continue
         except OSError as exc:
             raise trio.BrokenResourceError(str(exc)) from exc
+        if progress is not None:
+            progress()
         if sent == len(left):
             return
         left = memoryview(left)[sent:]

@@ -25,7 +25,7 @@ import collections
 import contextlib
 import functools
 import json
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -90,8 +90,8 @@ PIPE_RECEIVE = 256 * 1024  # bytes asked of a binary stream's socket per read
 PIPE_WRITE_BYTES = 1024 * 1024  # a binary stream's queued frames joined into one write
 DRAIN_TIMEOUT = 30.0  # seconds the requests read before a program's end of input may take
 RESET_WRITE_TIMEOUT = 5.0  # seconds a binary stream's connection has to write its error frame
-FINISHED_STALL_TIMEOUT = 30.0  # seconds each write of what is left for a finished binary
-# stream's program may take: one that stops reading it lets its connection go
+FINISHED_STALL_TIMEOUT = 30.0  # seconds the socket of a finished binary stream's program may
+# take none of what is left for it: one that stops reading it lets its connection go
 
 
 @attrs.define(eq=False)
@@ -389,9 +389,9 @@ class ClientActor(Actor):
                             break
                         size += len(batch[-1]) if isinstance(batch[-1], bytes) else 0
                     await self._write(
-                        b"".join(part for it in batch for part in pipe_frames.encode(it))
+                        b"".join(part for it in batch for part in pipe_frames.encode(it)),
+                        progress=deadline.wrote,
                     )
-                    deadline.wrote()
                     cost = sum(frame_cost(it) for it in batch if isinstance(it, bytes))
                     if cost:
                         await pipe.consumed.send(cost)
@@ -551,11 +551,12 @@ class ClientActor(Actor):
         if self._session is not None and self._session.pipe is not None:
             await self._write_pipe(self._session.pipe)
 
-    async def _write(self, data: bytes) -> None:
-        """The one place bytes reach the socket: the writer task's, or the HTTP handler's."""
+    async def _write(self, data: bytes, progress: Callable[[], None] | None = None) -> None:
+        """The one place bytes reach the socket: the writer task's, or the HTTP handler's
+        (`progress`: see `send_all`)."""
         self.writes += 1
         try:
-            await send_all(self.stream, data)
+            await send_all(self.stream, data, progress)
         except trio.Cancelled:
             await trio.aclose_forcefully(self.stream)  # a frame may be cut: nothing may follow it
             raise
@@ -568,9 +569,9 @@ _NULL_ID = b'{"id":null'  # how every answer frame begins when its id is None
 class _WriteDeadline:
     """The deadline of a binary stream's writes once its stream is over, so a program that
     does not read what is left keeps neither its connection nor a window of data for ever:
-    all up to the error frame within RESET_WRITE_TIMEOUT of a reset; once it finished, each
-    write within FINISHED_STALL_TIMEOUT of the one before (a program that reads slowly still
-    gets all its data)."""
+    all up to the error frame within RESET_WRITE_TIMEOUT of a reset; once it finished, some
+    bytes taken by the socket within FINISHED_STALL_TIMEOUT of the last (a program that reads
+    slowly still gets all its data, however long a write of it takes)."""
 
     writes: trio.CancelScope
     finished: bool = False
@@ -589,7 +590,7 @@ class _WriteDeadline:
         self.wrote()
 
     def wrote(self) -> None:
-        """A write is done: once the stream finished, the next has its own time."""
+        """The socket took some bytes: once the stream finished, what follows has its time."""
         if self.finished:
             self.writes.deadline = trio.current_time() + FINISHED_STALL_TIMEOUT
 

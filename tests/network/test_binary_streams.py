@@ -709,6 +709,71 @@ async def test_a_finished_stream_whose_program_stopped_reading_is_cut_off(
     await until(lambda: budgets_back(a, b))
 
 
+@attrs.define(eq=False)
+class SteadyReader:
+    """A server's stream handler that reads once and sends its end, then reads one piece each
+    time the test lets it (`read_one`), keeping what it read, until the end or an error."""
+
+    data: bytearray = attrs.field(factory=bytearray)
+    ended: bool = False
+    error: str | None = None  # the code of the error its stream ended with
+    _go: trio.MemorySendChannel[None] = attrs.field(init=False)
+    _going: trio.MemoryReceiveChannel[None] = attrs.field(init=False)
+    _took: trio.Event = attrs.field(factory=trio.Event)
+
+    def __attrs_post_init__(self) -> None:
+        self._go, self._going = trio.open_memory_channel[None](1)
+
+    async def __call__(self, stream: BinaryStream) -> None:
+        self.data += await stream.receive_some()
+        await stream.send_eof()
+        async for _ in self._going:
+            try:
+                piece = await stream.receive_some()
+            except StreamError as error:
+                self.error = error.code
+                piece = b""
+            self.data += piece
+            self.ended = not piece
+            self._took.set()
+
+    async def read_one(self) -> None:
+        """Let it read one piece (up to what one read of its socket brings), and wait for it."""
+        self._took = trio.Event()
+        await self._go.send(None)
+        with trio.fail_after(WAIT):
+            await self._took.wait()
+
+
+async def test_a_finished_streams_slow_but_steady_reader_gets_all_its_data(
+    pair: Pair, real_time_clock: trio.testing.MockClock
+) -> None:
+    """The server's program reads what is left of a finished stream a piece at a time, most
+    of FINISHED_STALL_TIMEOUT apart, far longer than that in all (and than one write of it
+    takes): each piece its socket takes gives the rest its time again, so it gets all."""
+    opener, server, _a, b = pair
+    steady = SteadyReader()
+    sent = pattern(STREAM_WINDOW_BYTES * 3 // 4)  # more than sockets hold
+
+    async def finished() -> bool:
+        found = await figures(b)
+        return found["open"] == 0 and found["counters"].get("finished") == 1
+
+    await server.serve_stream(NET, "steady", steady)
+    with trio.fail_after(WAIT):
+        stream = await opener.open_stream(NET, b.device_id, "steady")
+        await stream.send_all(sent)
+        await stream.send_eof()
+        assert await read_all(stream) == b""  # the server's end
+    await until(finished)
+    while not steady.ended:
+        await trio.testing.wait_all_tasks_blocked()  # the writer waits on the program
+        real_time_clock.jump(FINISHED_STALL_TIMEOUT * 0.75)
+        await steady.read_one()
+    assert steady.error is None  # not cut off
+    assert bytes(steady.data) == sent
+
+
 async def test_an_opener_gone_after_its_end_while_stalled_lets_go_at_its_timeout(
     pair: Pair, real_time_clock: trio.testing.MockClock
 ) -> None:
