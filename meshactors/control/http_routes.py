@@ -32,7 +32,8 @@ IDEMPOTENCY_FIELD = "client_message_id"  # a body value wins over the header
 SEND_STATUS = {"accepted": 202, "duplicate": 200}  # outcome → status (`Op.idempotency_key`)
 TRUE_WORDS = frozenset({"1", "true"})  # query values read as a boolean true
 FALSE_WORDS = frozenset({"0", "false"})
-INT_QUERY = re.compile(r"-?[0-9]{1,19}")  # query values read as an integer
+# query values read as an integer: a sign, leading zeros (no digits of it), and its digits
+INT_QUERY = re.compile(r"(-?)0*([0-9]{1,19})")
 # query values of an integer field with more significant digits than any 64-bit integer has:
 # out of range, refused so, never parsed (an int of thousands of digits is slow, or refused)
 LONG_INT_QUERY = re.compile(r"-?0*[1-9][0-9]{19,}")
@@ -110,9 +111,9 @@ async def _get(
         since = structure_query(query, op.params).since
         last_event_id = head.headers.get("last-event-id")
         if last_event_id is not None:  # a reconnecting EventSource: the header wins
-            if not INT_QUERY.fullmatch(last_event_id):
+            since = query_int(last_event_id)
+            if since is None:
                 raise OpError(ErrorCode.INVALID_PARAMS, "Last-Event-ID must be an event id")
-            since = int(last_event_id)
         check_since(since)
         return EventStreamAnswer(since)
     params = query_params(query, op.params)
@@ -177,8 +178,8 @@ def _convert(key: str, value: str, hint: Any) -> Any:
         if value in FALSE_WORDS:
             return False
     elif target is int:
-        if INT_QUERY.fullmatch(value):
-            return int(value)
+        if (whole := query_int(value)) is not None:
+            return whole
         if LONG_INT_QUERY.fullmatch(value):
             message = f"params.{key}: out of range, an integer beyond 64 bits"
             raise OpError(ErrorCode.INVALID_PARAMS, message)
@@ -190,6 +191,13 @@ def _convert(key: str, value: str, hint: Any) -> Any:
         if math.isfinite(number):
             return number
     return value
+
+
+def query_int(value: str) -> int | None:
+    """`value` as an integer of at most 19 digits past any leading zeros (so `007` is 7), or
+    None; only those digits are parsed, however many zeros lead them."""
+    match = INT_QUERY.fullmatch(value)
+    return None if match is None else int(match[1] + match[2])
 
 
 def _without_none(hint: Any) -> Any:

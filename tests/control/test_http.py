@@ -227,6 +227,11 @@ async def test_get_query_values_are_converted_by_the_ops_declared_types(
     assert seen == [Paging(all=True, limit=5, ratio=0.5, status="pending")]
     assert (await client.request("GET", "/v1/outbox?all=0")).status == 200
     assert seen[-1].all is False
+    for zeros in ("0" * 20, "0" * 5000):  # leading zeros are no digits: 1 however many lead
+        assert (await client.request("GET", f"/v1/outbox?limit={zeros}1")).status == 200
+        assert seen[-1].limit == 1
+    assert (await client.request("GET", "/v1/outbox?limit=-000")).status == 200
+    assert seen[-1].limit == 0
     for query, field in [("all=yes", "all"), ("limit=5x", "limit"), ("ratio=nan", "ratio")]:
         bad = await client.request("GET", f"/v1/outbox?{query}")
         assert bad.code == "invalid_params"
