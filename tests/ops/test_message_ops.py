@@ -145,7 +145,7 @@ async def test_outbox_list_filters_and_requeue_refuses_what_it_cannot(
             recipient=peer,
             error_code="invalid_message",
             permanent=True,
-            now_ms=0,
+            now_ms=wall_ms(),  # recent: the retention pass beside keeps it
         ),
         what="test: the delivery dies",
     )
@@ -201,7 +201,7 @@ async def test_a_purge_answers_how_many_undelivered_sends_it_dropped(
             recipient=peer,
             error_code="rejected",
             permanent=True,
-            now_ms=0,
+            now_ms=wall_ms(),  # recent: the retention pass beside keeps it
         ),
         what="test: one send dies",
     )
@@ -366,6 +366,7 @@ def test_an_outbox_cursor_is_parsed_or_refused_as_invalid_params(text: str) -> N
 async def test_inbox_pages_by_cursor_and_filters_by_sender(connect: Any, daemon: Services) -> None:
     client = await connect()
     senders = [new_device(), new_device()]
+    base = wall_ms()  # recent: the retention pass beside keeps them
     for i in range(5):
         await daemon.store.call(
             functools.partial(
@@ -378,7 +379,7 @@ async def test_inbox_pages_by_cursor_and_filters_by_sender(connect: Any, daemon:
                 priority="next",
                 reply_to_id=None,
                 sent_at=i,
-                now_ms=1000 + i,
+                now_ms=base + i,
             ),
             what="test: store",
         )
@@ -388,7 +389,7 @@ async def test_inbox_pages_by_cursor_and_filters_by_sender(connect: Any, daemon:
     assert [m["message"] for m in rest["messages"]] == ["m3", "m4"]
     mine = (await client.call("inbox", limit=10, **{"from": senders[1]}))["data"]
     assert [m["message"] for m in mine["messages"]] == ["m1", "m3"]
-    recent = (await client.call("inbox", limit=10, since=1003))["data"]
+    recent = (await client.call("inbox", limit=10, since=base + 3))["data"]
     assert [m["message"] for m in recent["messages"]] == ["m3", "m4"]
     for cursor in ("abc", "", "-1", "\u00b2", "1\u0663", "99999999999999999999"):
         bad = await client.call("inbox", limit=10, cursor=cursor)
@@ -403,6 +404,7 @@ async def test_an_inbox_page_of_large_messages_is_cut_by_bytes_and_its_cursor_go
     sizes = [LARGE_MESSAGE_CHARS] * 25 + [2 * MAX_PAGE_DATA_BYTES] + [10] * 3
 
     def fill(conn: sqlite3.Connection) -> list[int]:
+        base = wall_ms()  # recent: the retention pass beside keeps them
         return [
             inbox_db.store_message(
                 conn,
@@ -414,7 +416,7 @@ async def test_an_inbox_page_of_large_messages_is_cut_by_bytes_and_its_cursor_go
                 priority="next",
                 reply_to_id=None,
                 sent_at=i,
-                now_ms=1000 + i,
+                now_ms=base + i,
             )[0].seq
             for i, size in enumerate(sizes)
         ]
