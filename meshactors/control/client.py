@@ -50,7 +50,7 @@ from meshactors.control.event_stream import (
 from meshactors.control.http import HttpConnection, sniff
 from meshactors.control.http_parse import REQUEST_TIMEOUT
 from meshactors.control.lines import LineReader, Oversized
-from meshactors.control.session import CutOff, Push, Session
+from meshactors.control.session import CutOff, Push, Session, push_size
 from meshactors.control.tcp_auth import TcpGate
 from meshactors.daemon.services import Services
 from meshactors.network.stream_pipe import STREAM_PIECE_BYTES, Pipe, frame_cost
@@ -118,6 +118,7 @@ class ClientActor(Actor):
     writes: int = 0  # socket writes made: each carries whatever was queued for it
     outgoing_bytes: int = 0  # bytes of answers and events queued for the writer, not written
     outgoing_bytes_peak: int = 0  # the most they ever were
+    unsubscribed_dropped: int = 0  # event lines of channels it left, dropped unwritten
     _progress: trio.Event = attrs.field(factory=trio.Event, init=False)  # a request settled, or
     # a write was done: what `_drain` and frames waiting for room wait for
     _room: trio.Lock = attrs.field(factory=trio.Lock, init=False)  # held by the frame waiting
@@ -152,6 +153,7 @@ class ClientActor(Actor):
             "pushes_queued": session.pushes.queued if session else 0,
             "pushes_bytes": session.pushes.queued_bytes if session else 0,
             "lagged": session.pushes.skipped_total if session else 0,
+            "unsubscribed_dropped": self.unsubscribed_dropped,
             "events_lagged": session.event_stream.lagged if session and session.event_stream else 0,
         }
 
@@ -160,7 +162,7 @@ class ClientActor(Actor):
             PUSH_CAPACITY,
             LAG_DISCONNECT_LIMIT,
             max_bytes=MAX_PUSH_BYTES,
-            size=len,
+            size=push_size,
             reserve=PUSH_END_RESERVE,
         )
         try:
@@ -480,15 +482,33 @@ class ClientActor(Actor):
 
     async def _forward_pushes(self, pushes: Subscriber[Push]) -> None:
         """Move pushed events to the outgoing channel, those queued together as one frame, and
-        report lag where events were skipped: between the events before the hole and after."""
+        report lag where events were skipped: between the events before the hole and after.
+        The lines of a channel subscription that ended are dropped (`_live`)."""
         async for item in pushes:
-            marker = item if isinstance(item, Lagged) else await self._emit_batch(item, pushes)
+            if isinstance(item, Lagged):
+                marker: Lagged | None = item
+            elif (line := self._live(item)) is None:
+                continue
+            else:
+                marker = await self._emit_batch(line, pushes)
             if marker is not None:
                 await report_lag(marker, pushes, self)
 
-    async def _emit_batch(self, first: Push, pushes: Subscriber[Push]) -> Lagged | None:
-        """Emit `first` and the events queued behind it (up to PUSH_BATCH, PUSH_BATCH_BYTES) as
-        one frame; a lag marker ends the batch and is returned, to be reported after it."""
+    def _live(self, push: Push) -> bytes | None:
+        """The line of `push`, or None (counted) when its channel subscription ended. The
+        unsubscribe ends it before queueing its answer, and a line found live here is queued
+        for the writer with no checkpoint in between (`_emit` keeps the order of frames), so
+        no line of the channel is written after that answer."""
+        reader, line = push
+        if reader is not None and reader.ended:
+            self.unsubscribed_dropped += 1
+            return None
+        return line
+
+    async def _emit_batch(self, first: bytes, pushes: Subscriber[Push]) -> Lagged | None:
+        """Emit `first` and the live events queued behind it (up to PUSH_BATCH,
+        PUSH_BATCH_BYTES) as one frame; a lag marker ends the batch and is returned, to be
+        reported after it."""
         frames, size = [first], len(first)
         marker: Lagged | None = None
         while pushes.queued and len(frames) < PUSH_BATCH and size < PUSH_BATCH_BYTES:
@@ -496,8 +516,10 @@ class ClientActor(Actor):
             if isinstance(event, Lagged):
                 marker = event
                 break
-            frames.append(event)
-            size += len(event)
+            line = self._live(event)
+            if line is not None:
+                frames.append(line)
+                size += len(line)
         await self._emit(b"".join(frames))
         return marker
 

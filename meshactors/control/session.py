@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from meshactors.control.event_stream import HubSubscription
 
 Cleanup = Callable[[], Awaitable[None]]
-Push = bytes  # an event line, encoded by whoever pushed it, so the queue knows its size
+# an event line, encoded by whoever pushed it so the queue knows its size, and the channel
+# subscription it belongs to (None: none)
+Push = tuple["ChannelSubscription | None", bytes]
 T = TypeVar("T")
 
 log = structlog.get_logger("meshactors.client")
@@ -63,21 +65,24 @@ class Session:
     _cleanup_keys: set[str] = attrs.field(factory=set)
     _cancellable: dict[RequestId, trio.CancelScope] = attrs.field(factory=dict)
 
-    def push(self, kind: str, data: dict[str, Any], *, reserved: bool = False) -> bool:
+    def push(
+        self,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        reserved: bool = False,
+        reader: ChannelSubscription | None = None,
+    ) -> bool:
         """Queue an event addressed to this connection only; never waits (lags when full). It
         is encoded here, in the pusher's task, so the queue counts its real bytes, but only
         when it may fit: one the queue skips even at its least size is not encoded at all.
         `reserved`: an end the program waits on (of a call it made or serves, or of a claim),
         queued even when full, in the queue's reserve (PUSH_END_RESERVE); with that taken too,
-        the connection is cut off, so the program learns all ended rather than wait for one."""
+        the connection is cut off, so the program learns all ended rather than wait for one.
+        `reader`: the channel subscription the event belongs to."""
         frame = {"kind": kind, **data}
         least = encoded_size_floor(frame)
-        return self.pushes.offer_made(partial(encode, frame), least, reserved=reserved)
-
-    def push_frames(self, frames: list[bytes]) -> int:
-        """Queue encoded event lines, in order, without waiting; returns how many were taken
-        (each one that was not counts as skipped, as with `push`)."""
-        return sum(self.pushes.offer(frame) for frame in frames)
+        return self.pushes.offer_made(partial(_made, reader, frame), least, reserved=reserved)
 
     def check_cancellable(self, request_id: RequestId) -> None:
         """OpError conflict, before a cancellable request starts, when this connection has one
@@ -147,6 +152,52 @@ class Session:
         finally:
             if cut:
                 _report_cut_off(cut_offs, CutOff(self.client_id, len(cut)))
+
+
+@attrs.define(eq=False)
+class ChannelSubscription:
+    """One channel subscription of a connection, as its channel's pump and the network's core
+    push to it. Its event lines wait in the connection's push queue tagged with it, so once its
+    unsubscribe ended it (`end`) the connection's forwarder drops those still queued, and any
+    the pump pushes before it hears of the leave: nothing of the subscription is written after
+    the unsubscribe's answer."""
+
+    session: Session
+    ended: bool = False  # set and read only in the connection's own tasks
+
+    @property
+    def client_id(self) -> str:
+        """The connection's id: a connection reads a channel once."""
+        return self.session.client_id
+
+    @property
+    def gone(self) -> bool:
+        """Whether the connection ended: the subscription counts as ended."""
+        return self.session.gone
+
+    def push(self, kind: str, data: dict[str, Any], *, reserved: bool = False) -> bool:
+        """`Session.push` of an event of this subscription."""
+        return self.session.push(kind, data, reserved=reserved, reader=self)
+
+    def push_frames(self, frames: list[bytes]) -> int:
+        """Queue encoded event lines, in order, without waiting; returns how many were taken
+        (each one that was not counts as skipped, as with `push`)."""
+        return sum(self.session.pushes.offer((self, frame)) for frame in frames)
+
+    def end(self) -> None:
+        """The subscription ended, its unsubscribe about to be answered (called in the
+        connection's task): what is still queued of it is dropped."""
+        self.ended = True
+
+
+def push_size(push: Push) -> int:
+    """The bytes of a queued event line, as the push queue counts them."""
+    return len(push[1])
+
+
+def _made(reader: ChannelSubscription | None, frame: dict[str, Any]) -> Push:
+    """`frame` encoded, queued as `reader`'s."""
+    return reader, encode(frame)
 
 
 def _report_cut_off(cut_offs: trio.MemorySendChannel[CutOff], report: CutOff) -> None:

@@ -49,9 +49,12 @@ _PAYLOAD_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # a
 
 
 class ChannelClient(Protocol):
-    """A local connection as channels see it (a daemon `Session` is one)."""
+    """A local connection's subscription to one channel, as channels see it (a daemon
+    `ChannelSubscription` is one): what its messages are pushed to."""
 
-    client_id: str
+    @property
+    def client_id(self) -> str:
+        """The connection's id: a connection reads a channel once."""
 
     @property
     def gone(self) -> bool:
@@ -60,6 +63,10 @@ class ChannelClient(Protocol):
     def push(self, kind: str, data: dict[str, Any], *, reserved: bool = False) -> bool: ...
 
     def push_frames(self, frames: list[bytes]) -> int: ...
+
+    def end(self) -> None:
+        """Its unsubscribe is answered (called by the connection, never here): nothing of the
+        subscription is written after that answer."""
 
 
 @attrs.frozen
@@ -139,10 +146,14 @@ class ChannelPump(Actor):
 
 @attrs.define(eq=False)
 class _Subscriptions:
-    """A connection subscribed here, and the channels it reads."""
+    """A connection subscribed here: the channels it reads, each with its reader."""
 
-    client: ChannelClient
-    channels: set[str] = attrs.field(factory=set)
+    readers: dict[str, ChannelClient] = attrs.field(factory=dict)
+
+    @property
+    def gone(self) -> bool:
+        """Whether the connection ended (its readers share it)."""
+        return any(reader.gone for reader in self.readers.values())
 
 
 @attrs.define(eq=False)
@@ -221,45 +232,52 @@ class Channels:
 
     # -- subscribing ------------------------------------------------------------------------
 
-    async def subscribe(self, client: ChannelClient, channel: str) -> dict[str, Any]:
-        """Add `client` to `channel` (starting its pump); it gets retained values at once.
-        OpError no_such_network once the network is being removed."""
+    async def subscribe(self, reader: ChannelClient, channel: str) -> dict[str, Any]:
+        """Have `reader` read `channel` (starting its pump); it gets retained values at once.
+        A connection that reads it already keeps the reader it has, so that reader's
+        unsubscribe ends all it was given. OpError no_such_network once the network is being
+        removed."""
         async with self._lock:
             if self._removed:
                 raise OpError(ErrorCode.NO_SUCH_NETWORK, f"network {self.network!r} was removed")
-            pump = self._pumps.get(channel)
-            if pump is None:
-                pump = await self._start_pump(channel)
-            self._readers[channel].add(client.client_id)
-            subscriptions = self._subscribers.setdefault(client.client_id, _Subscriptions(client))
-            subscriptions.channels.add(channel)
-            await pump.inbox.send(PumpJoin(client))
+            held = self._subscribers.get(reader.client_id)
+            if held is not None and channel in held.readers:
+                reader = held.readers[channel]
+            else:
+                pump = self._pumps.get(channel)
+                if pump is None:
+                    pump = await self._start_pump(channel)
+                self._readers[channel].add(reader.client_id)
+                subscriptions = self._subscribers.setdefault(reader.client_id, _Subscriptions())
+                subscriptions.readers[channel] = reader
+                await pump.inbox.send(PumpJoin(reader))
         retained = [(key[0], value) for key, value in self.received.items() if key[1] == channel]
         for sender, payload in retained:
-            client.push(INBOUND, self._event(sender, channel, payload, retained=True))
+            reader.push(INBOUND, self._event(sender, channel, payload, retained=True))
         return {"network": self.network, "channel": channel, "retained": len(retained)}
 
-    async def unsubscribe(self, client: ChannelClient, channel: str) -> bool:
-        """Remove `client` from `channel`; the last one out stops the pump. False if absent."""
+    async def unsubscribe(self, client_id: str, channel: str) -> ChannelClient | None:
+        """Take the connection `client_id` off `channel`; the last one out stops the pump.
+        Returns its reader, for the connection to `end`; None if it did not read it."""
         async with self._lock:
-            if client.client_id not in self._readers.get(channel, set()):
-                return False
-            await self._leave(client.client_id, channel)
-            return True
+            if client_id not in self._readers.get(channel, set()):
+                return None
+            return await self._leave(client_id, channel)
 
-    async def _leave(self, client_id: str, channel: str) -> None:
+    async def _leave(self, client_id: str, channel: str) -> ChannelClient:
         """(Under the lock.) Take `client_id` off `channel`, which it reads; the last one out
-        stops the pump."""
+        stops the pump. Returns its reader."""
         readers = self._readers[channel]
         readers.discard(client_id)
         subscriptions = self._subscribers[client_id]
-        subscriptions.channels.discard(channel)
-        if not subscriptions.channels:
+        reader = subscriptions.readers.pop(channel)
+        if not subscriptions.readers:
             del self._subscribers[client_id]
         if readers:
             await self._pumps[channel].inbox.send(PumpLeave(client_id))
         else:
             await self._stop_pump(channel)
+        return reader
 
     async def _start_pump(self, channel: str) -> ChannelPump:
         if self.supervisor is None:
@@ -304,7 +322,7 @@ class Channels:
             self._removed = True
             pumps = self._pumps
             readers = {
-                channel: [self._subscribers[client_id].client for client_id in sorted(ids)]
+                channel: [self._subscribers[client].readers[channel] for client in sorted(ids)]
                 for channel, ids in self._readers.items()
             }
             self._pumps, self._readers, self._subscribers = {}, {}, {}
@@ -320,11 +338,11 @@ class Channels:
                 if not end.told.is_set():  # it can push nothing more: no message follows
                     tell_ended(readers[channel], self.network, channel, REMOVED)
 
-    async def client_gone(self, client: ChannelClient) -> None:
+    async def client_gone(self, client_id: str) -> None:
         """Unsubscribe a closed connection from every channel it read."""
-        subscriptions = self._subscribers.get(client.client_id)
-        for channel in sorted(subscriptions.channels if subscriptions else ()):
-            await self.unsubscribe(client, channel)
+        subscriptions = self._subscribers.get(client_id)
+        for channel in sorted(subscriptions.readers if subscriptions else ()):
+            await self.unsubscribe(client_id, channel)
 
     async def _sweep_gone(self) -> None:
         """End the subscriptions of connections that are gone every SWEEP_INTERVAL: their
@@ -338,9 +356,10 @@ class Channels:
     async def _release_gone(self) -> None:
         """(Under the lock.) End every subscription of connections that are gone, counted as
         `orphans_released`."""
-        for subscriptions in [s for s in self._subscribers.values() if s.client.gone]:
-            for channel in sorted(subscriptions.channels):
-                await self._leave(subscriptions.client.client_id, channel)
+        gone = [(client_id, s) for client_id, s in self._subscribers.items() if s.gone]
+        for client_id, subscriptions in gone:
+            for channel in sorted(subscriptions.readers):
+                await self._leave(client_id, channel)
                 self.counters["orphans_released"] += 1
 
     # -- sending ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import attrs
 import trio
 
-from meshactors.control.session import Session
+from meshactors.control.session import ChannelSubscription, Session
 from meshactors.network.app_frames import MAX_ERROR_CHARS, MAX_ID_CHARS
 from meshactors.network.payload import Payload, check_name, payload_of, payloads_of
 from meshactors.network.rpc import Rpc, check_timeout
@@ -207,7 +207,7 @@ def _watch_channels(session: Session, network_id: str) -> None:
     """Have the connection's close end its subscriptions in the network `network_id`."""
 
     async def release(network: Network) -> None:
-        unsubscribe = functools.partial(network.channels.client_gone, session)
+        unsubscribe = functools.partial(network.channels.client_gone, session.client_id)
         await network.ask_await("unsubscribe a closed connection", unsubscribe)
 
     _release_at_close(session, network_id, "channels", release)
@@ -352,15 +352,19 @@ async def channel_subscribe(session: Session, params: ChannelRef) -> dict[str, A
     check_name(params.channel, "channel")
     network = network_of(session, params.network)
     _watch_channels(session, params.network)
-    subscribe = functools.partial(network.channels.subscribe, session, params.channel)
+    reader = ChannelSubscription(session)
+    subscribe = functools.partial(network.channels.subscribe, reader, params.channel)
     return await network.ask_await("channel_subscribe", subscribe)
 
 
 async def channel_unsubscribe(session: Session, params: ChannelRef) -> dict[str, Any]:
-    """Stop receiving a channel."""
+    """Stop receiving a channel: nothing of it is written after the answer."""
     network = network_of(session, params.network)
-    unsubscribe = functools.partial(network.channels.unsubscribe, session, params.channel)
-    return {"unsubscribed": await network.ask_await("channel_unsubscribe", unsubscribe)}
+    unsubscribe = functools.partial(network.channels.unsubscribe, session.client_id, params.channel)
+    reader = await network.ask_await("channel_unsubscribe", unsubscribe)
+    if reader is not None:
+        reader.end()
+    return {"unsubscribed": reader is not None}
 
 
 async def channel_send_to(session: Session, params: ChannelSendTo) -> dict[str, Any]:

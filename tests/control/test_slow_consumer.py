@@ -14,7 +14,7 @@ from meshactors.actors import Broadcast, Lagged, Subscriber
 from meshactors.control import client as client_module
 from meshactors.control import event_stream
 from meshactors.control import session as session_module
-from meshactors.control.session import Push, Session
+from meshactors.control.session import Push, Session, push_size
 from meshactors.daemon.services import Services
 from meshactors.ops import system_ops
 from meshactors.wire import ipc
@@ -222,7 +222,7 @@ async def test_an_event_the_push_queue_refuses_is_counted_as_skipped_and_never_e
         return ipc.encode(frame)
 
     monkeypatch.setattr(session_module, "encode", counting_encode)
-    pushes = Subscriber[Push](2, lag_limit=10, max_bytes=1000, size=len)
+    pushes = Subscriber[Push](2, lag_limit=10, max_bytes=1000, size=push_size)
     unused: Any = None  # push touches only the queue
     session = Session("c1", unused, pushes, unused, unused)
     assert session.push("first", {"payload": "x" * 100})
@@ -237,7 +237,7 @@ async def test_an_event_the_push_queue_refuses_is_counted_as_skipped_and_never_e
         ipc.event_frame("first", {"payload": "x" * 100}),
         ipc.event_frame("second", {"payload": "y"}),
     )
-    assert got == [first, Lagged(1), second, Lagged(1)]
+    assert got == [(None, first), Lagged(1), (None, second), Lagged(1)]
 
 
 async def test_a_program_not_reading_still_learns_its_claim_and_its_served_call_ended(
@@ -313,3 +313,37 @@ async def test_a_program_not_reading_still_learns_its_channel_ended_with_its_net
             "reason": "network_removed",
         },
     ]
+
+
+async def test_nothing_of_a_channel_follows_its_unsubscribe_answer(
+    subscriber: StalledSubscriber,
+) -> None:
+    """A subscriber that leaves a channel while messages of it wait for it (it read nothing,
+    and another connection keeps the channel's pump going) gets none of them after the
+    answer: those not yet written are dropped. Subscribing again, it gets the new ones."""
+    stalled, sender = subscriber.stalled, subscriber.sender
+    assert (await sender.call("channel_subscribe", network="n", channel="c"))["ok"]
+    for _ in range(1000):  # from here on `stalled` reads nothing
+        await subscriber.send("x" * 1000)
+        await trio.testing.wait_all_tasks_blocked()  # pushed, and forwarded as a frame of its own
+    figures = await subscriber.figures()
+    assert figures["outgoing"] == client_module.OUTGOING_CAPACITY  # full of frames, not bytes
+    assert figures["pushes_queued"] > 0  # so these wait behind them
+    left = await stalled.send("channel_unsubscribe", network="n", channel="c")
+    await trio.testing.wait_all_tasks_blocked()  # answered: the answer waits to be written
+    with trio.fail_after(30):
+        while (frame := await stalled.frame()).get("id") != left:
+            pass
+        assert frame == {"id": left, "ok": True, "data": {"unsubscribed": True}}
+        after = await stalled.send("version")
+        kinds = []
+        while (frame := await stalled.frame()).get("id") != after:
+            kinds.append(frame["kind"])
+    assert "channel_inbound" not in kinds
+    assert (await subscriber.figures())["unsubscribed_dropped"] > 0
+    assert (await stalled.call("channel_subscribe", network="n", channel="c"))["ok"]
+    await subscriber.send("again")
+    with trio.fail_after(30):
+        while (frame := await stalled.frame()).get("kind") != "channel_inbound":
+            pass
+    assert frame["payload"] == "again"
