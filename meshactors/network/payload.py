@@ -85,7 +85,7 @@ def check_size(payload: Payload) -> None:
     if size > MAX_PAYLOAD_BYTES:
         raise OpError(
             ErrorCode.PAYLOAD_TOO_LARGE,
-            f"payload is {size} bytes as JSON; the limit is {MAX_PAYLOAD_BYTES}",
+            f"payload is {size} bytes as ASCII-escaped JSON; the limit is {MAX_PAYLOAD_BYTES}",
         )
 
 

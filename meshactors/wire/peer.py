@@ -174,7 +174,8 @@ def _check_extra(
     except (TypeError, ValueError) as exc:
         raise ValueError(f"extra must be a JSON object: {exc}") from None
     if size > MAX_EXTRA_BYTES:
-        raise ValueError(f"extra is {size} bytes as JSON; the limit is {MAX_EXTRA_BYTES}")
+        limit = MAX_EXTRA_BYTES
+        raise ValueError(f"extra is {size} bytes as ASCII-escaped JSON; the limit is {limit}")
 
 
 def _check_count(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
