@@ -32,6 +32,7 @@ EVENT_FIELDS_SHOWN = (
     *("network", "phase", "previous", "status", "reason", "purge", "reconnect"),
     *("since", "oldest_kept", "skipped"),  # the stream's own notices: events_gap, lagged
 )
+TAGS_CELL_CHARS = 40  # the widest TAGS cell of `meshactors peers` (--json shows every tag)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -216,9 +217,24 @@ def run_peers(args: argparse.Namespace) -> int:
 def _peer_row(p: dict[str, Any]) -> list[str]:
     rtt = "-" if p["rtt_ms"] is None else f"{p['rtt_ms']:.1f}ms"
     name = (p["profile"] or {}).get("display_name") or "-"
-    tags = ",".join((p["capabilities"] or {}).get("tags", [])) or "-"
+    tags = tags_cell((p["capabilities"] or {}).get("tags", []))
     status = p["status"] if not p["incompatible"] else f"incompatible ({p['incompatible']})"
     return [_short(p["device_id"]), p["label"] or "-", status, p["role"] or "-", rtt, name, tags]
+
+
+def tags_cell(tags: list[str]) -> str:
+    """A peer's tags for its row, within TAGS_CELL_CHARS: as many as fit, comma-separated,
+    then `+N` for the N left out (a first tag too long is cut, ending in `…`), so one peer's
+    long advert does not widen every row of the table; `-` for none."""
+    cell = ",".join(tags)
+    if len(cell) <= TAGS_CELL_CHARS:
+        return cell or "-"
+    for shown in range(len(tags) - 1, 0, -1):
+        cell = ",".join(tags[:shown]) + f",+{len(tags) - shown}"
+        if len(cell) <= TAGS_CELL_CHARS:
+            return cell
+    rest = "…" + (f",+{len(tags) - 1}" if len(tags) > 1 else "")
+    return tags[0][: TAGS_CELL_CHARS - len(rest)] + rest
 
 
 def run_roster_list(args: argparse.Namespace) -> int:

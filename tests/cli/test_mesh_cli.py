@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from meshactors.broker.limits import OUTBOUND_QUEUE_BYTES, BrokerConfig
 from meshactors.broker.server import Broker
-from meshactors.cli import broker_cmd, main
+from meshactors.cli import broker_cmd, main, mesh
 from meshactors.cli.app import build_parser, leaf_parsers, parse
 from meshactors.cli.common import EXIT_USAGE
-from meshactors.cli.mesh import format_event, membership_note
+from meshactors.cli.mesh import TAGS_CELL_CHARS, format_event, membership_note, tags_cell
 from meshactors.daemon.broker_actor import parse_listen
 from meshactors.membership.facts import MAX_AT_MS
 from meshactors.network.link import WELCOME_TIMEOUT
@@ -283,3 +283,49 @@ def test_a_flag_given_a_bare_double_dash_as_its_value_is_a_usage_error() -> None
         assert refused.value.code == EXIT_USAGE
     served = parse(build_parser(), ["rpc", "serve", "m", "--", "cmd", "--opt=--"])
     assert served.command[-1] == "--opt=--"
+
+
+def test_a_peer_advertising_many_long_tags_does_not_widen_the_peers_table(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tags = [f"{n:02d}" + "t" * 62 for n in range(64)]  # the most an advert may carry
+    peers = [
+        {
+            "device_id": name * 52,
+            "label": name,
+            "status": "active",
+            "incompatible": None,
+            "role": None,
+            "rtt_ms": None,
+            "profile": None,
+            "capabilities": {"tags": peer_tags},
+        }
+        for name, peer_tags in (("a", tags), ("b", ["gpu"]))
+    ]
+    monkeypatch.setattr(mesh, "call", lambda *_args, **_params: {"peers": peers})
+    for args in (["peers", "--network", "n"], ["peers", "--network", "n", "--json"]):
+        with pytest.raises(SystemExit) as exited:
+            main(args)
+        assert exited.value.code == 0
+    table, listed = capsys.readouterr().out.split("\n[", 1)
+    lines = table.splitlines()
+    assert max(map(len, lines)) < 100
+    assert lines[1].split()[-1] == tags[0][: TAGS_CELL_CHARS - 5] + "…,+63"
+    assert lines[2].split()[-1] == "gpu"
+    assert [p["capabilities"]["tags"] for p in json.loads("[" + listed)] == [tags, ["gpu"]]
+
+
+@given(st.lists(st.text("abc", min_size=1, max_size=64), max_size=64))
+def test_a_tags_cell_shows_the_first_tags_and_counts_the_rest(tags: list[str]) -> None:
+    cell = tags_cell(tags)
+    assert len(cell) <= TAGS_CELL_CHARS
+    if len(",".join(tags)) <= TAGS_CELL_CHARS:
+        assert cell == (",".join(tags) or "-")
+        return
+    *shown, rest = cell.split(",") if "," in cell else (cell, "+0")
+    left = int(rest.removeprefix("+"))
+    if shown[-1].endswith("…"):  # the first tag alone was too long: cut
+        assert len(shown) == 1 and tags[0].startswith(shown[0].removesuffix("…"))
+        assert left == len(tags) - 1
+    else:
+        assert shown == tags[: len(tags) - left] and left > 0
