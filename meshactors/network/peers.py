@@ -986,7 +986,7 @@ class Peers:
         if held is None:
             self._tell_details(peer, (kind,), None)
         elif kind in held.kinds:
-            self._drop(peer, DETAILS_UNTOLD)
+            self.dropped[DETAILS_UNTOLD] += 1  # an event, not a frame: the network's count
         else:
             self._untold_details[peer.device_id] = attrs.evolve(held, kinds=(*held.kinds, kind))
 
@@ -1165,7 +1165,7 @@ class Peers:
         else:
             self._active.discard(peer.device_id)
         if self._tell_status(peer):
-            self._drop(peer, "status_untold")
+            self.dropped["status_untold"] += 1  # an event, not a frame: the network's count
         for listener in self.status_listeners:
             listener(peer.device_id, status)
 

@@ -160,6 +160,7 @@ async def test_a_peer_changing_its_advert_over_and_over_is_told_at_a_pace_then_i
     # past the burst each kind is held; every change after the first held replaces one untold
     assert peers.figures()["dropped"][DETAILS_UNTOLD] == 2000 - DETAIL_EVENT_BURST - 2
     shown = _shown(peers, peer)  # the latest is the table's at once
+    assert DETAILS_UNTOLD not in shown["frames"]  # events the network held, not frames
     assert shown["capabilities"]["max_connections"] == 1000
     assert shown["profile"]["summary"] == "999"
     await recorder.wait_for(DETAIL_EVENT_BURST + 2)  # once the pace allows: the latest of each
