@@ -9,7 +9,7 @@ from typing import Generic, Protocol, TypeVar
 import attrs
 import trio
 
-from meshactors.actors._registry import ActorState, cleanup_scope, current_node
+from meshactors.actors._registry import cleanup_scope, current_node
 from meshactors.wire.ipc import ErrorCode, OpError
 
 T = TypeVar("T")
@@ -111,11 +111,11 @@ async def ask(
 ) -> T:
     """Send `build(reply)` to `inbox` and wait for the answer, at most `timeout` seconds in all.
 
-    With `settle`, an asker whose actor is stopped for good (`stopping`; not to restart, whose
-    next run can redo what the last one held) once the request is sent still waits for the
-    answer, within its cleanup budget (`cleanup_scope`), and returns it; the cancel comes at
-    its next checkpoint. For a request whose outcome the asker must act on even as it stops,
-    as nothing will after: the events of what a store call committed.
+    With `settle`, an asker whose actor is stopped for good (`Node.stopping_for_good`; not
+    to restart, whose next run can redo what the last one held) once the request is sent
+    still waits for the answer, within its cleanup budget (`cleanup_scope`), and returns it;
+    the cancel comes at its next checkpoint. For a request whose outcome the asker must act
+    on even as it stops, as nothing will after: the events of what a store call committed.
 
     Every store call and core command is one ask, so this stays lean: an unsubscripted
     channel (a subscripted one goes through typing's generic alias on each call) and a plain
@@ -146,7 +146,7 @@ async def _settle(receive: trio.MemoryReceiveChannel[_Answer[T]]) -> _Answer[T] 
     its actor stops for good; None when it does not (a restart, whose wait for a crashed
     actor's answer would only hold the restart back), or the answer does not come by then,
     or the asked actor dropped the request."""
-    if current_node().state is not ActorState.STOPPING:
+    if not current_node().stopping_for_good:
         return None
     with cleanup_scope(), contextlib.suppress(trio.EndOfChannel):
         return await receive.receive()

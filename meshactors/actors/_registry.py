@@ -40,6 +40,9 @@ class Node:
     inbox_statistics: Callable[[], trio.MemoryChannelStatistics | None] | None = None
     figures: Callable[[], Mapping[str, Any]] | None = None
     crash_switch: CrashSwitch | None = None  # set while a supervisor runs it
+    # Set by its supervisor's stop that nothing restarts (not `state`, which is for display):
+    # a settled ask waits for its answer only then (`ask`).
+    stopping_for_good: bool = False
 
     @property
     def path(self) -> str:

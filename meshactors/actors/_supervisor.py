@@ -244,7 +244,7 @@ class Supervisor(Actor):
                 self._control = None
                 _drop_requests(control_receive)
                 control_receive.close()
-                await self._stop_all()
+                await self._stop_all(restart=_children_restart(node, failure))
                 nursery.cancel_scope.cancel()
         if failure is not None:
             raise failure
@@ -433,7 +433,9 @@ class Supervisor(Actor):
 
     async def _stop(self, child: _Child, *, restart: bool = False) -> None:
         """Cancel one child and wait for its bounded cleanup; one stopped to `restart` shows
-        `restarting` meanwhile, not `stopping` (stopped for good: a settled ask tells)."""
+        `restarting` meanwhile, not `stopping`, and is not `stopping_for_good` (which a settled
+        ask and the child's own children, if a supervisor, go by)."""
+        child.node.stopping_for_good = not restart
         child.node.state = ActorState.RESTARTING if restart else ActorState.STOPPING
         child.scope.cancel()
         with trio.move_on_after(child.spec.shutdown_timeout + STOP_GRACE, shield=True):
@@ -442,11 +444,11 @@ class Supervisor(Actor):
             log.error("actor ignored its shutdown timeout", actor=child.node.path)
         child.node.state = ActorState.STOPPED
 
-    async def _stop_all(self) -> None:
-        """Stop every running child, last started first."""
+    async def _stop_all(self, *, restart: bool) -> None:
+        """Stop every running child, last started first, for good or to `restart`."""
         for child in reversed(list(self._running.values())):
             if child.running:
-                await self._stop(child)
+                await self._stop(child, restart=restart)
 
 
 def _drop_requests(control: trio.MemoryReceiveChannel[_Control]) -> None:
@@ -458,6 +460,18 @@ def _drop_requests(control: trio.MemoryReceiveChannel[_Control]) -> None:
             return
         if isinstance(message, StartChild | StopChild):
             message.reply.drop()
+
+
+def _children_restart(node: Node, failure: Exception | None) -> bool:
+    """Whether a supervisor whose run ends stops its children to restart rather than for
+    good: unless it is stopped for good itself (by its parent; the root, which has none, by
+    whoever stops the tree), its run ends to start again (its parent restarts it); and one
+    that gives up (`failure`) is restarted by its parent, or is the root, whose daemon the
+    service manager starts afresh. So a child's wait for a crashed sibling (a settled ask of
+    the store whose crashes escalated) does not hold back the escalation."""
+    if failure is not None:
+        return True
+    return node.parent is not None and not node.stopping_for_good
 
 
 def _restarts(restart: Restart, error: Exception | None) -> bool:

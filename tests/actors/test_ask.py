@@ -19,13 +19,16 @@ from meshactors.actors import (
     Inbox,
     Node,
     Reply,
+    RestartLimits,
     Strategy,
     Supervisor,
+    SupervisorEscalation,
     run_root,
 )
 from tests.actors.conftest import Journal, ProbeActor
 
 SETTLING_CLEANUP_S = 5.0  # the settling asker's shutdown timeout: its cleanup budget
+SETTLING_LIMITS = RestartLimits()  # the settling tree's unless a test sets its own
 
 
 @attrs.frozen
@@ -133,6 +136,21 @@ class SettlingAsker(Actor):
             self.ended_at = trio.current_time()
 
 
+def _settling_tree(
+    inbox: Inbox[Double], limits: RestartLimits = SETTLING_LIMITS
+) -> tuple[Supervisor, ProbeActor, SettlingAsker]:
+    """A supervisor of a SettlingAsker asking `inbox` and, before it, a sibling whose crash
+    restarts the asker (`rest_for_one`) or, past `limits`, escalates."""
+    asker = SettlingAsker(inbox)
+    first = ProbeActor("first", Journal())
+    children = [
+        ChildSpec("first", first),
+        ChildSpec("asker", asker, shutdown_timeout=SETTLING_CLEANUP_S),
+    ]
+    supervisor = Supervisor(children=children, strategy=Strategy.REST_FOR_ONE, limits=limits)
+    return supervisor, first, asker
+
+
 async def _stop_once_asked(
     answer: Callable[[Reply[int]], None], after: float, *, restart: bool = False
 ) -> SettlingAsker:
@@ -140,13 +158,7 @@ async def _stop_once_asked(
     to `restart` it: the sibling before it crashes), then (`after` seconds on) answer it with
     `answer`; returns the asker once the tree has stopped."""
     inbox: Inbox[Double] = Inbox(capacity=4)
-    asker = SettlingAsker(inbox)
-    first = ProbeActor("first", Journal())
-    children = [
-        ChildSpec("first", first),
-        ChildSpec("asker", asker, shutdown_timeout=SETTLING_CLEANUP_S),
-    ]
-    supervisor = Supervisor(children=children, strategy=Strategy.REST_FOR_ONE)
+    supervisor, first, asker = _settling_tree(inbox)
     async with trio.open_nursery() as nursery:
         await nursery.start(run_root, supervisor, Node(name="root", kind="supervisor"))
         request = await inbox.receiver.receive()
@@ -195,5 +207,28 @@ async def test_a_settled_ask_stopped_to_restart_does_not_wait(
     the one that crashed); the next run redoes what the last one held."""
     began = trio.current_time()
     asker = await _stop_once_asked(lambda reply: reply.ok(42), 1, restart=True)
+    assert asker.outcomes == [trio.Cancelled]
+    assert asker.ended_at == pytest.approx(began)
+
+
+async def test_a_settled_ask_stopped_by_an_escalation_does_not_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A supervisor that gives up stops its children to restart (its parent restarts it, or
+    the service manager a fresh daemon): a wait would hold the escalation back by the asker's
+    cleanup budget, for an actor that may be the one whose crashes passed the limit."""
+    inbox: Inbox[Double] = Inbox(capacity=4)
+    supervisor, first, asker = _settling_tree(inbox, RestartLimits(intensity=0))
+    held: list[Double] = []  # the request, never answered
+
+    async def crash_once_asked() -> None:
+        held.append(await inbox.receiver.receive())
+        await first.inbox.send("crash")
+
+    began = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(crash_once_asked)
+        with pytest.raises(SupervisorEscalation):
+            await run_root(supervisor, Node(name="root", kind="supervisor"))
     assert asker.outcomes == [trio.Cancelled]
     assert asker.ended_at == pytest.approx(began)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+import attrs
 import pytest
 import structlog
 import trio
 import trio.testing
 
 from meshactors.actors import (
+    Actor,
     ActorState,
     ChildSpec,
     ChildStartFailed,
@@ -18,6 +22,7 @@ from meshactors.actors import (
     Strategy,
     Supervisor,
     SupervisorEscalation,
+    current_node,
     run_root,
 )
 from tests.actors.conftest import Journal, ProbeActor
@@ -115,6 +120,62 @@ async def test_intensity_exceeded_escalates_to_the_parent(
     assert isinstance(inner_failure, SupervisorEscalation)
     assert str(inner_failure).startswith("root/inner: more than 3 restarts in 10s, last by")
     assert journal.events.count("start a") == FAST.intensity + 1
+
+
+@attrs.define(eq=False)
+class StopWitness(Actor):
+    """Runs till stopped and records how its first stop showed on its node: the state and
+    whether for good (what a settled ask goes by)."""
+
+    kind: ClassVar[str] = "witness"
+    shown: tuple[ActorState, bool] | None = None
+    stopped: trio.Event = attrs.field(factory=trio.Event)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.stopped.set()
+            if self.shown is None:
+                node = current_node()
+                self.shown = (node.state, node.stopping_for_good)
+
+
+@pytest.mark.parametrize(
+    ("crashed", "shown"),
+    [
+        ("first", (ActorState.RESTARTING, False)),  # inner is restarted as a later sibling
+        ("second", (ActorState.RESTARTING, False)),  # inner gives up: root restarts it
+        (None, (ActorState.STOPPING, True)),  # the tree stops
+    ],
+)
+async def test_a_supervisors_children_stop_for_good_only_when_it_does(
+    journal: Journal,
+    root: Node,
+    autojump_clock: trio.testing.MockClock,
+    crashed: str | None,
+    shown: tuple[ActorState, bool],
+) -> None:
+    first, second = probes(journal, "first", "second")
+    witness = StopWitness()
+    inner = Supervisor(
+        children=[ChildSpec("second", second), ChildSpec("witness", witness)],
+        strategy=Strategy.REST_FOR_ONE,
+        limits=RestartLimits(intensity=0, period=10.0),
+    )
+    outer = Supervisor(
+        children=[ChildSpec("first", first), ChildSpec("inner", inner)],
+        strategy=Strategy.REST_FOR_ONE,
+        limits=FAST,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, outer, root)
+        if crashed is not None:
+            await {"first": first, "second": second}[crashed].inbox.sender.send("crash")
+            await witness.stopped.wait()
+        nursery.cancel_scope.cancel()
+    assert witness.shown == shown
 
 
 async def test_transient_restarts_after_crash_but_not_after_normal_exit(
