@@ -9,7 +9,7 @@ from typing import Generic, Protocol, TypeVar
 import attrs
 import trio
 
-from meshactors.actors._registry import cleanup_scope, current_node
+from meshactors.actors._registry import cleanup_scope, in_stop_for_good
 from meshactors.wire.ipc import ErrorCode, OpError
 
 T = TypeVar("T")
@@ -144,9 +144,9 @@ async def ask(
 async def _settle(receive: trio.MemoryReceiveChannel[_Answer[T]]) -> _Answer[T] | None:
     """The answer of an ask whose asker is cancelled, waited for within its cleanup budget if
     its actor stops for good; None when it does not (a restart, whose wait for a crashed
-    actor's answer would only hold the restart back), or the answer does not come by then,
-    or the asked actor dropped the request."""
-    if not current_node().stopping_for_good:
+    actor's answer would only hold the restart back) or the asker is no actor, or the answer
+    does not come by then, or the asked actor dropped the request."""
+    if not in_stop_for_good():
         return None
     with cleanup_scope(), contextlib.suppress(trio.EndOfChannel):
         return await receive.receive()

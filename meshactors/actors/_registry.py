@@ -128,6 +128,13 @@ def current_node() -> Node:
     return _current_node.get()
 
 
+def in_stop_for_good() -> bool:
+    """Whether the current task's actor is being stopped for good; False in a task of no
+    actor (nothing stops it so: its cancel is any other)."""
+    node = _current_node.get(None)
+    return node is not None and node.stopping_for_good
+
+
 def cleanup_scope() -> trio.CancelScope:
     """A shielded scope for `finally` cleanup, bounded by the current actor's shutdown timeout."""
     return trio.move_on_after(current_node().shutdown_timeout, shield=True)

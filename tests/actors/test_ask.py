@@ -232,3 +232,14 @@ async def test_a_settled_ask_stopped_by_an_escalation_does_not_wait(
             await run_root(supervisor, Node(name="root", kind="supervisor"))
     assert asker.outcomes == [trio.Cancelled]
     assert asker.ended_at == pytest.approx(began)
+
+
+async def test_a_settled_ask_of_no_actor_is_cancelled_as_any(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An asker with no actor of its own (a test's task, a helper's) is not stopped for good:
+    its cancel ends the ask as without `settle`."""
+    inbox: Inbox[Double] = Inbox(capacity=4)
+    with trio.move_on_after(1) as waiting:
+        await inbox.ask(lambda r: Double(1, r), timeout=30, what="double", settle=True)
+    assert waiting.cancelled_caught
