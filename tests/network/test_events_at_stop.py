@@ -15,7 +15,6 @@ import pytest
 import trio
 import trio.testing
 
-from meshactors.actors import ActorState
 from meshactors.daemon import outbox as outbox_module
 from meshactors.store import events as event_log
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair
@@ -44,16 +43,40 @@ class HeldStoreCall:
         return result
 
 
-async def _stop_while_held(daemon: Daemon, held: HeldStoreCall) -> None:
+def _stops_seen(monkeypatch: pytest.MonkeyPatch) -> trio.Event:
+    """An event set once a stop cancels the run of an outbox (any daemon's: the tests stop
+    one at a time): the run is wrapped with a task beside it, in the outbox's scope, that
+    waits for that cancel."""
+    real = outbox_module.Outbox.run
+    stopped = trio.Event()
+
+    async def wait_for_the_stop() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            stopped.set()
+
+    async def run(
+        outbox: outbox_module.Outbox,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_for_the_stop)
+            await real(outbox, task_status=task_status)
+
+    monkeypatch.setattr(outbox_module.Outbox, "run", run)
+    return stopped
+
+
+async def _stop_while_held(daemon: Daemon, held: HeldStoreCall, stopped: trio.Event) -> None:
     """Stop `daemon` once its outbox waits for the held call, releasing it only once the stop
-    has reached the outbox."""
-    outbox = daemon.services.tree.children["outbox"]
+    (`stopped`: `_stops_seen`) has reached the outbox's wait."""
     with trio.fail_after(WAIT):
         await held.done.wait()
         daemon.services.shutdown.ring()
-        while outbox.state is ActorState.RUNNING:
-            await trio.testing.wait_all_tasks_blocked()
-        await trio.testing.wait_all_tasks_blocked()  # the stop reached the outbox's wait
+        await stopped.wait()
+        await trio.testing.wait_all_tasks_blocked()  # the cancel reached the outbox's wait
     held.release.set()
     await daemon.stop()
 
@@ -80,11 +103,12 @@ async def test_a_stop_while_received_messages_commit_still_publishes_their_event
         "store_received", lambda batch: any(i.frame.client_message_id == HELD_KEY for i in batch)
     )
     monkeypatch.setattr(outbox_module, "store_received", held)
+    stopped = _stops_seen(monkeypatch)
     a, b = await active_pair(mesh)
     sent = await a.call(
         "send", network=NET, to=b.device_id, message="m", client_message_id=HELD_KEY
     )
-    await _stop_while_held(b, held)  # stored in b's inbox as the stop comes
+    await _stop_while_held(b, held, stopped)  # stored in b's inbox as the stop comes
 
     b = await mesh.daemon("b")  # a sends it again: b answers `duplicate`, which tells nothing
     await delivered(a, sent["id"])
@@ -99,9 +123,10 @@ async def test_a_stop_while_an_ack_is_recorded_still_publishes_its_delivery(
     # the only send's ack: the first acked attempt (error None) a records
     held = HeldStoreCall("record_settled", lambda batch: any(i.error is None for i in batch))
     monkeypatch.setattr(outbox_module, "record_settled", held)
+    stopped = _stops_seen(monkeypatch)
     a, b = await active_pair(mesh)
     sent = await a.call("send", network=NET, to=b.device_id, message="m")
-    await _stop_while_held(a, held)  # the delivery is done in a's outbox as the stop comes
+    await _stop_while_held(a, held, stopped)  # the delivery is done in a's outbox as the stop comes
 
     a = await mesh.daemon("a")
     logged = await _logged(a, "message_delivered", id=sent["id"])
