@@ -647,6 +647,30 @@ def real_time_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(rate=1)
 
 
+async def stalls_cut_off(daemon: Daemon) -> bool:
+    """Whether `daemon` closed the connection of the stalled server's program."""
+    return "binary-stream" not in protocols(await daemon.call("inspect"))
+
+
+async def send_to_stalls(pair: Pair, stalls: HeldReader) -> BinaryStream:
+    """A stream from the opener to `stalls` on the server, with most of a window sent: more
+    than the sockets hold, so the server's daemon has some left to write when it stalls."""
+    opener, server, _a, b = pair
+    await server.serve_stream(NET, "stalls", stalls)
+    stream = await opener.open_stream(NET, b.device_id, "stalls")
+    await stream.send_all(pattern(STREAM_WINDOW_BYTES * 3 // 4))
+    return stream
+
+
+async def cut_off_past(daemon: Daemon, clock: trio.testing.MockClock, timeout: float) -> None:
+    """`daemon` keeps the stalled connection while its writer waits out `timeout`, and closes
+    it once the clock is past that."""
+    await trio.testing.wait_all_tasks_blocked()  # the writer waits on the program, deadline set
+    assert not await stalls_cut_off(daemon)
+    clock.jump(timeout)
+    await until(lambda: stalls_cut_off(daemon))
+
+
 async def test_a_reset_stream_whose_program_stopped_reading_is_cut_off(
     pair: Pair, real_time_clock: trio.testing.MockClock
 ) -> None:
@@ -654,25 +678,18 @@ async def test_a_reset_stream_whose_program_stopped_reading_is_cut_off(
     server's daemon queues the error frame behind what the program did not read, and closes
     the connection once that was not written within RESET_WRITE_TIMEOUT: the connection does
     not stay, holding its data, after its stream left the table."""
-    opener, server, _a, b = pair
+    _opener, _server, _a, b = pair
     stalls = HeldReader(read_first=True)
 
     async def forgotten() -> bool:
         return (await figures(b))["open"] == 0
 
-    async def cut_off() -> bool:
-        return "binary-stream" not in protocols(await b.call("inspect"))
-
-    await server.serve_stream(NET, "stalls", stalls)
     with trio.fail_after(WAIT):
-        stream = await opener.open_stream(NET, b.device_id, "stalls")
-        await stream.send_all(pattern(STREAM_WINDOW_BYTES * 3 // 4))  # more than sockets hold
+        stream = await send_to_stalls(pair, stalls)
         await stalls.read_once.wait()
         await stream.reset("enough")
     await until(forgotten)
-    await trio.testing.wait_all_tasks_blocked()  # the writer waits on the program, deadline set
-    real_time_clock.jump(RESET_WRITE_TIMEOUT)
-    await until(cut_off)
+    await cut_off_past(b, real_time_clock, RESET_WRITE_TIMEOUT)
     outcome = await stalls.ended()
     assert outcome and outcome[0] in {"remote_error", "connection_lost"}  # cut off: no end
 
@@ -684,27 +701,19 @@ async def test_a_finished_stream_whose_program_stopped_reading_is_cut_off(
     window and its end. The stream finishes and leaves the table with what the server did not
     read still queued for it: its daemon closes the connection once a write of that waited
     FINISHED_STALL_TIMEOUT, rather than keep it and its data for ever."""
-    opener, server, a, b = pair
+    _opener, _server, a, b = pair
     stalls = HeldReader(read_first=True, end_first=True)
 
     async def finished() -> bool:
         found = await figures(b)
         return found["open"] == 0 and found["counters"].get("finished") == 1
 
-    async def cut_off() -> bool:
-        return "binary-stream" not in protocols(await b.call("inspect"))
-
-    await server.serve_stream(NET, "stalls", stalls)
     with trio.fail_after(WAIT):
-        stream = await opener.open_stream(NET, b.device_id, "stalls")
-        await stream.send_all(pattern(STREAM_WINDOW_BYTES * 3 // 4))  # more than sockets hold
+        stream = await send_to_stalls(pair, stalls)
         await stream.send_eof()
         assert await read_all(stream) == b""  # the server's end
     await until(finished)
-    await trio.testing.wait_all_tasks_blocked()  # the writer waits on the program, deadline set
-    assert not await cut_off()
-    real_time_clock.jump(FINISHED_STALL_TIMEOUT)
-    await until(cut_off)
+    await cut_off_past(b, real_time_clock, FINISHED_STALL_TIMEOUT)
     assert await stalls.ended() == ["connection_lost"]
     await until(lambda: budgets_back(a, b))
 
