@@ -2,12 +2,14 @@
 
 import json
 import os
+from typing import Any
 
 import pytest
 import structlog
 import trio
 import trio.testing
 from nacl.signing import SigningKey
+from structlog.typing import EventDict
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from meshactors.broker.health import MAX_HEALTH_REQUEST_BYTES, NOT_WEBSOCKET
@@ -46,6 +48,32 @@ def headers_and_body(rest: bytes) -> tuple[dict[str, str], bytes]:
     head, _, body = rest.partition(b"\r\n\r\n")
     fields = (line.decode().partition(":") for line in head.split(b"\r\n"))
     return {name.lower(): value.strip() for name, _, value in fields}, body
+
+
+async def health_of(url: str) -> dict[str, Any]:
+    """The body of the broker at `url`'s answer to `GET /health`, which must be a 200."""
+    status_line, rest = await answer_from(url, health_request("GET", "/health"))
+    assert status_line == b"HTTP/1.1 200 OK"
+    health: dict[str, Any] = json.loads(headers_and_body(rest)[1])
+    return health
+
+
+async def refused_twice(url: str) -> ConnectionRejected:
+    """The second of two connections to the broker at `url` that it refuses, each with a 503
+    that says when to retry."""
+    for _ in range(2):
+        with pytest.raises(ConnectionRejected) as refused:
+            async with connect(url):
+                pass
+    assert refused.value.status_code == 503
+    headers = {name.lower(): value for name, value in refused.value.headers or []}
+    assert headers[b"retry-after"] == str(CONNECTION_LIMIT_RETRY_AFTER_S).encode()
+    return refused.value
+
+
+def refusals_logged(logs: list[EventDict]) -> list[EventDict]:
+    """The `connection_refused` entries among captured log entries."""
+    return [entry for entry in logs if entry["event"] == "connection_refused"]
 
 
 @pytest.mark.parametrize("target", ["/health", "/health?x=1", "/health?"])
@@ -141,21 +169,12 @@ async def test_a_full_broker_says_so_in_its_503_its_log_and_its_health(
     _, url = await start_broker(nursery, max_connections=1)
     with structlog.testing.capture_logs() as logs:
         async with connect(url):  # the broker's one place
-            for _ in range(2):
-                with pytest.raises(ConnectionRejected) as refused:
-                    async with connect(url):
-                        pass
-    assert refused.value.status_code == 503
-    headers = {name.lower(): value for name, value in refused.value.headers or []}
-    assert headers[b"retry-after"] == str(CONNECTION_LIMIT_RETRY_AFTER_S).encode()
-    assert refused.value.body == b"the broker is at its connection limit (1): retry later\n"
-    said = [entry for entry in logs if entry["event"] == "connection_refused"]
-    assert [(entry["reason"], entry["log_level"]) for entry in said] == [
+            refused = await refused_twice(url)
+    assert refused.body == b"the broker is at its connection limit (1): retry later\n"
+    assert [(entry["reason"], entry["log_level"]) for entry in refusals_logged(logs)] == [
         ("connection_limit", "warning")
     ]
-    status_line, rest = await answer_from(url, health_request("GET", "/health"))
-    assert status_line == b"HTTP/1.1 200 OK"
-    health = json.loads(headers_and_body(rest)[1])
+    health = await health_of(url)
     assert health["max_connections"] == 1
     assert health["figures"]["rejected_connection_limit"] == 2
     assert health["figures"]["closed_going_away"] == 0  # the closes by reason are there too
@@ -187,9 +206,7 @@ async def test_a_burst_past_the_limit_is_closed_past_the_cap_and_health_answers_
         assert held_by_broker <= 2 + MAX_REFUSING
         for stream in burst:
             await stream.aclose()
-    status_line, rest = await answer_from(url, health_request("GET", "/health"))
-    assert status_line == b"HTTP/1.1 200 OK"
-    figures = json.loads(headers_and_body(rest)[1])["figures"]
+    figures = (await health_of(url))["figures"]
     assert figures["closed_past_refusals"] == PAST_THE_CAP - MAX_REFUSING
 
 
@@ -210,24 +227,16 @@ async def test_an_address_past_its_limit_before_hello_is_refused_and_takes_no_pl
     _, url = await start_broker(nursery, max_connections=2, max_unhelloed_per_address=1)
     silent = await silent_connections(url, 2)
     with structlog.testing.capture_logs() as logs:
-        for _ in range(2):
-            with pytest.raises(ConnectionRejected) as refused:
-                async with connect(url):
-                    pass
-    assert refused.value.status_code == 503
-    headers = {name.lower(): value for name, value in refused.value.headers or []}
-    assert headers[b"retry-after"] == str(CONNECTION_LIMIT_RETRY_AFTER_S).encode()
+        refused = await refused_twice(url)
     line = b"too many connections from this address before their hello (1): retry later\n"
-    assert refused.value.body == line
-    said = [entry for entry in logs if entry["event"] == "connection_refused"]
+    assert refused.body == line
+    said = refusals_logged(logs)
     assert [(entry["reason"], entry["max_unhelloed_per_address"]) for entry in said] == [
         ("address_limit", 1)
     ]
     async with joined(url, SigningKey.generate(), "net", local_host="127.0.0.2"):
         pass  # the place 127.0.0.1's second connection did not take
-    status_line, rest = await answer_from(url, health_request("GET", "/health"))
-    assert status_line == b"HTTP/1.1 200 OK"
-    figures = json.loads(headers_and_body(rest)[1])["figures"]
+    figures = (await health_of(url))["figures"]
     assert (figures["rejected_address_limit"], figures["rejected_connection_limit"]) == (2, 0)
     for stream in silent:
         await stream.aclose()
