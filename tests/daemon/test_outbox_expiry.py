@@ -9,16 +9,12 @@ from pathlib import Path
 
 import trio
 
-from meshactors.actors import ChildSpec, Node, Supervisor, run_root
-from meshactors.daemon.outbox import Outbox
-from meshactors.event_hub import HUB_INBOX, PERSIST_QUEUE, EventHub
-from meshactors.identity import load_or_create_identity
-from meshactors.network.manager import NetworkManager
+from meshactors.event_hub import HUB_INBOX, PERSIST_QUEUE
 from meshactors.store import outbox as outbox_db
-from meshactors.store.actor import StoreActor
 from meshactors.store.db import open_database
 from meshactors.store.events import Event
 from meshactors.store.outbox import EXPIRED, MAX_RECIPIENTS
+from tests.daemon.outbox_parts import outbox_parts
 from tests.daemon_tree import serving
 from tests.store.test_outbox import send
 from tests.support import LineClient
@@ -55,18 +51,10 @@ async def test_a_sweep_that_kills_more_deliveries_than_the_hub_holds_tells_each_
         for n in range(2 * max(HUB_INBOX, PERSIST_QUEUE) // MAX_RECIPIENTS + 1):
             send(conn, recipients=recipients, client_message_id=f"old-{n}")  # 1970: expired
         killed = outbox_db.delivery_counts(conn)["pending"]
-    store = StoreActor(database)
-    hub = EventHub(store)
-    identity = load_or_create_identity(tmp_path / "identity.key")
-    networks = NetworkManager(identity=identity, store=store, events=hub)
-    tree = Supervisor(
-        children=[ChildSpec("store", store), ChildSpec("events", hub), ChildSpec("nets", networks)]
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(run_root, tree, Node(name="tree", kind="supervisor"))
+    async with outbox_parts(tmp_path) as parts:
+        hub = parts.hub
         watch, _ = await hub.subscribe(killed + 1)
-        outbox = Outbox(store, hub, networks)
-        await nursery.start(run_root, outbox, Node(name="outbox", kind="outbox"))
+        await parts.start_outbox()
         dead = 0
         with trio.fail_after(WAIT):
             while dead < killed:
@@ -76,4 +64,3 @@ async def test_a_sweep_that_kills_more_deliveries_than_the_hub_holds_tells_each_
                 dead += event.kind == "message_dead"
         await hub.flush()  # every event is in the log
         assert hub.figures()["unlogged"] == 0
-        nursery.cancel_scope.cancel()
