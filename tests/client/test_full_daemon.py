@@ -33,12 +33,18 @@ def count_connects(monkeypatch: pytest.MonkeyPatch, retried: trio.Event) -> list
     return opened
 
 
-async def test_a_first_connect_to_a_full_daemon_waits_for_room(
-    local: LocalDaemon, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+async def one_place(local: LocalDaemon) -> Path:
+    """The socket of the local daemon, started with room for one client at once."""
     local.max_clients = 1
     await local.start()
-    socket = local.paths.socket
+    return local.paths.socket
+
+
+async def test_a_first_connect_to_a_full_daemon_waits_for_room(
+    one_place: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    socket = one_place
     retried = trio.Event()
     clients_seen: list[int] = []
 
@@ -57,11 +63,9 @@ async def test_a_first_connect_to_a_full_daemon_waits_for_room(
 
 
 async def test_a_daemon_full_for_the_whole_connect_timeout_raises_its_refusal(
-    local: LocalDaemon, monkeypatch: pytest.MonkeyPatch
+    one_place: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    local.max_clients = 1
-    await local.start()
-    socket = local.paths.socket
+    socket = one_place
     async with MeshClient(socket) as holder:
         assert (await holder.status())["clients"] == 1
         opened = count_connects(monkeypatch, trio.Event())
