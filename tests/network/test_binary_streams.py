@@ -874,6 +874,26 @@ async def budget_in_use(a: Daemon) -> bool:
     return bool((await figures(a))["in_flight"])
 
 
+async def cut_off_while_held(
+    nursery: trio.Nursery, daemon: Daemon, op: str, **params: Any
+) -> tuple[HeldCore, HeldCore]:
+    """A program sends `op` to `daemon` while its core is held (`first`) and hangs up while the
+    op waits: returned once the op was cut off, with core held again right after the op
+    (`second`), both still to release."""
+    first, second = HeldCore(daemon.network()), HeldCore(daemon.network())
+    nursery.start_soon(first.run)
+    with trio.fail_after(WAIT), structlog.testing.capture_logs() as logs:
+        await first.running.wait()
+        lines = await line_client(daemon)
+        await lines.send(op, **params)
+        await first.queued(1)  # the op waits for core
+        nursery.start_soon(second.run)
+        await first.queued(2)  # core is held again right after the op
+        await lines.aclose()
+        await until(lambda: _now(any(e["event"].endswith("op cut off") for e in logs)))
+    return first, second
+
+
 async def test_an_accept_answered_after_its_program_hung_up_ends_the_stream(
     pair: Pair, nursery: trio.Nursery
 ) -> None:
@@ -894,17 +914,9 @@ async def test_an_accept_answered_after_its_program_hung_up_ends_the_stream(
 
     nursery.start_soon(open_it)
     offer = await owner.event("stream_incoming")
-    first, second = HeldCore(b.network()), HeldCore(b.network())
-    nursery.start_soon(first.run)
-    with trio.fail_after(WAIT), structlog.testing.capture_logs() as logs:
-        await first.running.wait()
-        lines = await line_client(b)
-        await lines.send("stream_accept", network=NET, stream_id=offer["stream_id"])
-        await first.queued(1)  # the accept waits for core
-        nursery.start_soon(second.run)
-        await first.queued(2)  # core is held again right after the accept
-        await lines.aclose()
-        await until(lambda: _now(any(e["event"].endswith("op cut off") for e in logs)))
+    first, second = await cut_off_while_held(
+        nursery, b, "stream_accept", network=NET, stream_id=offer["stream_id"]
+    )
     first.release.set()
     with trio.fail_after(WAIT):
         await second.running.wait()  # the accept ran: the opener has its stream
@@ -932,17 +944,9 @@ async def test_an_open_answered_after_its_program_hung_up_ends_the_stream(
     socket = resolve_paths({"MESHACTORS_HOME": str(b.home)}).socket
     owner = await AppClient.open(socket, nursery)
     await owner.call("rpc_register", network=NET, method="unheld", streaming="binary")
-    first, second = HeldCore(a.network()), HeldCore(a.network())
-    nursery.start_soon(first.run)
-    with trio.fail_after(WAIT), structlog.testing.capture_logs() as logs:
-        await first.running.wait()
-        lines = await line_client(a)
-        await lines.send("stream_open", network=NET, peer=b.device_id, method="unheld")
-        await first.queued(1)  # the open waits for core
-        nursery.start_soon(second.run)
-        await first.queued(2)  # core is held again right after the open
-        await lines.aclose()
-        await until(lambda: _now(any(e["event"].endswith("op cut off") for e in logs)))
+    first, second = await cut_off_while_held(
+        nursery, a, "stream_open", network=NET, peer=b.device_id, method="unheld"
+    )
     first.release.set()
     with trio.fail_after(WAIT):
         await second.running.wait()  # the open ran: the offer went out
