@@ -117,8 +117,11 @@ class EventHub(Actor):
     # events numbered and sent live but not logged (the log queue was full, or the write
     # failed), as far as the log writer was told (see `figures`)
     unlogged: int = 0
-    dropped: int = 0  # events never numbered: the inbox was full, no spent id was left for
-    # them (the log is SPEND_AHEAD events behind or failing), or a stop cut them off
+    dropped: int = 0  # events the hub's task never numbered: no spent id was left for them
+    # (the log is SPEND_AHEAD events behind or failing), or a stop cut them off
+    # events `publish` dropped on a full inbox: the publishers' tasks alone count them, the
+    # hub's never (`figures` shows the sum as `dropped`)
+    inbox_full: int = 0
     # The newest id sent live but never logged (0: none this run), and the newest of them the
     # log has recorded as lost: a replay after an older id reports the hole (`events_gap`).
     # Only the log writer's task changes these and `unlogged` (or, once it is gone at a stop,
@@ -144,7 +147,7 @@ class EventHub(Actor):
         try:
             self.inbox.sender.send_nowait(_Published(kind, data, wall_ms()))
         except trio.WouldBlock:
-            self.dropped += 1
+            self.inbox_full += 1
 
     async def subscribe(
         self, capacity: int, lag_limit: int | None = None
@@ -186,7 +189,7 @@ class EventHub(Actor):
             "subscribers": self.broadcast.subscriber_count,
             "log_queue": self._log_queue.statistics().current_buffer_used,
             "unlogged": self.unlogged + self._unqueued.count,
-            "dropped": self.dropped,
+            "dropped": self.dropped + self.inbox_full,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

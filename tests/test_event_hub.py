@@ -316,3 +316,19 @@ async def test_events_a_full_log_queue_lost_are_counted_and_a_replay_gap(
             assert not (await hub.replay(5, 100)).gap
     async with running_hub(tmp_path) as hub:  # the log recorded the loss: a restart keeps it
         assert (await hub.replay(0, 100)).gap
+
+
+async def test_events_a_full_hub_inbox_refuses_are_dropped_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`publish` never waits: what finds the inbox full is counted by the publisher's task."""
+    monkeypatch.setattr(event_hub, "HUB_INBOX", 2)
+    async with running_hub(tmp_path) as hub:
+        live, _ = await hub.subscribe(16)
+        await trio.testing.wait_all_tasks_blocked()  # the hub waits: the first goes to it
+        for n in range(5):  # no checkpoint between them: the hub takes no more meanwhile
+            hub.publish("tick", {"n": n})
+        with trio.fail_after(5):
+            await hub.flush()
+        assert [(await live.receive()).data["n"] for _ in range(3)] == [0, 1, 2]
+        assert (hub.figures()["dropped"], hub.figures()["last_event_id"]) == (2, 3)
