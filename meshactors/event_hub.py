@@ -36,7 +36,8 @@ PERSIST_QUEUE = 10_000  # events waiting to be written to the log before new one
 PERSIST_BATCH = 500  # events written per transaction
 # Ids the log marks spent ahead of numbering: only a spent id is sent, so a restart (numbering
 # on past every spent id) never hands out one that went live unlogged. Twice what the log queue
-# and a batch hold, renewed at half, so a log that keeps up never holds numbering back.
+# and a batch hold, renewed at half: the renewal waits behind at most that many queued events,
+# so a log that keeps up never holds numbering back.
 SPEND_AHEAD = 2 * (PERSIST_QUEUE + PERSIST_BATCH)
 HUB_ASK_TIMEOUT = 10.0  # seconds a subscribe or replay waits for the hub
 LOG_WARNING_INTERVAL_S = 60.0  # at most one warning per this many seconds while writes fail
@@ -90,7 +91,12 @@ class _Flush:
 
 @attrs.frozen
 class _Spend:
-    """Ask the log writer to mark more ids spent: numbering has reached the mark."""
+    """Ask the log writer to mark ids up to `upto` spent: it sends `upto` on `marked` once the
+    log holds the mark and closes it either way, so the hub, which alone keeps the mark, knows
+    to ask again when the write failed."""
+
+    upto: int
+    marked: trio.MemorySendChannel[int]
 
 
 _HubMessage = _Published | _Join | _Flush
@@ -133,8 +139,10 @@ class EventHub(Actor):
     _warnings: TokenBucket = attrs.field(
         factory=lambda: TokenBucket(1 / LOG_WARNING_INTERVAL_S, 1), init=False
     )
-    _spent: int = 0  # the newest id the log marks spent: no id past it is sent
-    _spending: bool = False  # a _Spend is queued for the log writer
+    # The newest id the log marks spent (no id past it is sent), and where the log writer
+    # answers the hub's _Spend while one is out: the hub's task alone reads and writes both.
+    _spent: int = 0
+    _marking: trio.MemoryReceiveChannel[int] | None = None
     _to_log: trio.MemorySendChannel[_LogItem] = attrs.field(init=False)
     _log_queue: trio.MemoryReceiveChannel[_LogItem] = attrs.field(init=False)
 
@@ -198,7 +206,7 @@ class EventHub(Actor):
             what="resume event numbering",
         )
         self._spent = self.last_event_id + SPEND_AHEAD
-        self._spending = False
+        self._marking = None  # a _Spend of an earlier run, if any, is no concern of this one
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_log)
@@ -215,9 +223,9 @@ class EventHub(Actor):
     async def _take(self, message: _HubMessage) -> None:
         match message:
             case _Published(kind=kind, data=data, at_ms=at_ms):
+                self._spend_ahead()
                 if self.last_event_id >= self._spent:  # its id could go out again after a kill
                     self.dropped += 1
-                    self._ask_to_spend()
                     return
                 self.last_event_id += 1
                 event = Event(self.last_event_id, kind, data, at_ms)
@@ -250,15 +258,26 @@ class EventHub(Actor):
             except trio.WouldBlock:
                 pass
 
-    def _ask_to_spend(self) -> None:
-        """Have the log writer mark more ids spent, so numbering goes on once the log does
-        (a full log queue needs no ask: its writes mark them)."""
-        if not self._spending:
+    def _spend_ahead(self) -> None:
+        """Take the log writer's answer to the _Spend out, if it came, and ask for another
+        SPEND_AHEAD ids once fewer than half are left, so numbering goes on once the log does
+        (a full log queue takes no ask: the next event asks again)."""
+        if self._marking is not None:
             try:
-                self._to_log.send_nowait(_Spend())
-                self._spending = True
+                self._spent = max(self._spent, self._marking.receive_nowait())
             except trio.WouldBlock:
-                pass
+                return  # not written yet
+            except trio.EndOfChannel:
+                pass  # the write failed, or a stop cut it off: ask again
+            self._marking = None
+        if self._spent - self.last_event_id >= SPEND_AHEAD // 2:
+            return
+        marked, marking = trio.open_memory_channel[int](1)
+        try:
+            self._to_log.send_nowait(_Spend(self.last_event_id + SPEND_AHEAD, marked))
+        except trio.WouldBlock:
+            return
+        self._marking = marking
 
     async def _take_queued(self) -> None:
         """Number what was published before the hub stopped, so it is logged too. The log
@@ -316,19 +335,17 @@ class EventHub(Actor):
         self._lost_through = max(self._lost_through, lost.newest)
 
     async def _write(self, batch: list[_LogItem]) -> None:
-        """Log a batch's events, marking more ids spent when numbering nears the mark and the
-        newest id lost since the last write (with what the hub handed over lost in it), then
-        answer its flushes; a write cut off (the hub stops) drops them, so their askers hear
-        ActorGone at once."""
+        """Log a batch's events, the spent mark the hub asked for and the newest id lost since
+        the last write (with what the hub handed over lost in it), then answer its flushes and
+        spends; a write cut off (the hub stops) drops them, so their askers hear at once."""
         events = [item for item in batch if isinstance(item, Event)]
         flushes = [item.reply for item in batch if isinstance(item, _Flush)]
+        spends = [item for item in batch if isinstance(item, _Spend)]
         for item in batch:  # what the hub lost, handed over: recorded by this write
             match item:
                 case (_Lost() as handed) | _Flush(lost=handed):
                     self._lose(handed)
-        spend_to = None
-        if self._spent - self.last_event_id < SPEND_AHEAD // 2:
-            spend_to = self.last_event_id + SPEND_AHEAD
+        spend_to = max((spend.upto for spend in spends), default=None)
         lost = self._lost_through if self._lost_through > self._lost_noted else None
         try:
             try:
@@ -343,18 +360,18 @@ class EventHub(Actor):
                         what="log events",
                         timeout=math.inf,
                     )
-                    if spend_to is not None:
-                        self._spent = spend_to
                     if lost is not None:
                         self._lost_noted = lost
+                    for spend in spends:
+                        spend.marked.send_nowait(spend.upto)
             except Exception as exc:
                 self._lose(_Lost.of(events))
                 self._warn(exc)
             for reply in flushes:
                 reply.ok(self._lost_through)
         finally:
-            if any(isinstance(item, _Spend) for item in batch):
-                self._spending = False  # asked again by the next event the mark holds back
+            for spend in spends:
+                spend.marked.close()  # answered or not: the hub asks again if not
             for reply in flushes:
                 reply.drop()  # harmless after an answer
 

@@ -241,11 +241,7 @@ async def test_no_id_past_what_the_log_marks_spent_is_sent(
             await stalled.hub.flush()
             stalled.hub.publish("tick", {"n": 6})
             assert (await live.receive()).event_id == 5
-    with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
-        (spent,) = db.execute(
-            "SELECT value_json FROM local_settings WHERE key = 'event_ids_spent'"
-        ).fetchone()
-    assert int(spent) >= 5
+    assert spent_mark(tmp_path) >= 5
 
 
 async def test_events_logged_before_a_restart_are_still_replayed_after_it(tmp_path: Path) -> None:
@@ -332,3 +328,27 @@ async def test_events_a_full_hub_inbox_refuses_are_dropped_and_counted(
             await hub.flush()
         assert [(await live.receive()).data["n"] for _ in range(3)] == [0, 1, 2]
         assert (hub.figures()["dropped"], hub.figures()["last_event_id"]) == (2, 3)
+
+
+def spent_mark(home: Path) -> int:
+    """The event ids the log in `home` marks spent, up to."""
+    with contextlib.closing(sqlite3.connect(home / "state.db")) as db:
+        (spent,) = db.execute(
+            "SELECT value_json FROM local_settings WHERE key = 'event_ids_spent'"
+        ).fetchone()
+    return int(spent)
+
+
+async def test_the_spent_mark_grows_ahead_of_numbering_while_the_log_keeps_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(event_hub, "SPEND_AHEAD", 4)
+    async with running_hub(tmp_path) as hub:
+        live, _ = await hub.subscribe(16)
+        with trio.fail_after(5):
+            for n in range(12):  # three times what the start marked spent, each one logged
+                hub.publish("tick", {"n": n})
+                await hub.flush()
+            sent = [(await live.receive()).event_id for _ in range(12)]
+        assert (sent, hub.figures()["dropped"]) == (list(range(1, 13)), 0)
+        assert spent_mark(tmp_path) > 12
