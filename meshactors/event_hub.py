@@ -39,6 +39,9 @@ PERSIST_BATCH = 500  # events written per transaction
 # and a batch hold, renewed at half: the renewal waits behind at most that many queued events,
 # so a log that keeps up never holds numbering back.
 SPEND_AHEAD = 2 * (PERSIST_QUEUE + PERSIST_BATCH)
+# The event that tells subscribers (live and replaying) how many events the hub dropped unnumbered
+# since the last one (`count`): numbered just before the first event it numbers after them.
+EVENTS_DROPPED = "events_dropped"
 HUB_ASK_TIMEOUT = 10.0  # seconds a subscribe or replay waits for the hub
 LOG_WARNING_INTERVAL_S = 60.0  # at most one warning per this many seconds while writes fail
 
@@ -125,6 +128,7 @@ class EventHub(Actor):
     unlogged: int = 0
     dropped: int = 0  # events the hub's task never numbered: no spent id was left for them
     # (the log is SPEND_AHEAD events behind or failing), or a stop cut them off
+    _untold: int = 0  # of those, the ones no EVENTS_DROPPED event has told of yet
     # events `publish` dropped on a full inbox: the publishers' tasks alone count them, the
     # hub's never (`figures` shows the sum as `dropped`)
     inbox_full: int = 0
@@ -222,15 +226,13 @@ class EventHub(Actor):
 
     async def _take(self, message: _HubMessage) -> None:
         match message:
-            case _Published(kind=kind, data=data, at_ms=at_ms):
-                self._spend_ahead()
-                if self.last_event_id >= self._spent:  # its id could go out again after a kill
-                    self.dropped += 1
-                    return
-                self.last_event_id += 1
-                event = Event(self.last_event_id, kind, data, at_ms)
-                self.broadcast.publish(event)
-                self._queue_for_log(event)
+            case _Published(at_ms=at_ms) as published:
+                if self._untold:  # where the hole is: before the first event numbered after it
+                    notice = _Published(EVENTS_DROPPED, {"count": self._untold}, at_ms)
+                    if self._number(notice):
+                        self._untold = 0
+                if not self._number(published):
+                    self._drop()
             case _Join(subscriber=subscriber, reply=reply):
                 self.broadcast.add(subscriber)
                 reply.ok(self.last_event_id)
@@ -241,6 +243,23 @@ class EventHub(Actor):
                 except BaseException:
                     reply.drop()  # cut off waiting for room (the hub stops): ActorGone now
                     raise
+
+    def _number(self, published: _Published) -> bool:
+        """Number `published`, send it live and queue it for the log; False when no spent id is
+        left for it (its id could go out again after a kill)."""
+        self._spend_ahead()
+        if self.last_event_id >= self._spent:
+            return False
+        self.last_event_id += 1
+        event = Event(self.last_event_id, published.kind, published.data, published.at_ms)
+        self.broadcast.publish(event)
+        self._queue_for_log(event)
+        return True
+
+    def _drop(self) -> None:
+        """Count an event never numbered, for the next EVENTS_DROPPED event to tell of."""
+        self.dropped += 1
+        self._untold += 1
 
     def _queue_for_log(self, event: Event) -> None:
         """Queue `event` for the log writer, then what was lost before it; an event that
@@ -316,7 +335,7 @@ class EventHub(Actor):
         for item in untaken:
             match item:
                 case _Published():
-                    self.dropped += 1
+                    self._drop()
                 case Event() as event:
                     self._lose(_Lost.of([event]))
                 case _Lost() as lost:
