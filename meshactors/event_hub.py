@@ -187,13 +187,15 @@ class EventHub(Actor):
 
     async def replay(self, since: int, limit: int) -> SinceResult:
         """Logged events after `since`, oldest first, with a flag for a gap the log can't fill
-        (pruned, or never logged: the log still refuses to record that); every event published
-        before this call is in the log by then, or lost to it."""
+        and the newest id in it (pruned, or never logged: the log still refuses to record
+        that); every event published before this call is in the log by then, or lost to it."""
         lost = await self.flush()
         result: SinceResult = await self.store.call(
             functools.partial(event_log.since, event_id=since, limit=limit), what="replay events"
         )
-        return attrs.evolve(result, gap=True) if since < lost else result
+        if since < lost:
+            return attrs.evolve(result, gap=True, lost_through=max(result.lost_through, lost))
+        return result
 
     def figures(self) -> dict[str, object]:
         return {

@@ -13,7 +13,7 @@ import attrs
 from meshactors.actors import Lagged, Subscriber
 from meshactors.control.session import EventSink
 from meshactors.event_hub import EventHub
-from meshactors.store.events import MAX_REPLAY, Event
+from meshactors.store.events import MAX_REPLAY, Event, SinceResult
 from meshactors.wire.ipc import ErrorCode, OpError
 from meshactors.wire.jsonlimits import MAX_JSON_INT
 
@@ -96,8 +96,10 @@ def _past(after: int, low: int, high: int) -> int:
 async def replay_then_follow(
     hub: EventHub, sink: EventSink, stream: HubSubscription, since: int | None
 ) -> None:
-    """Replay what the log holds after `since` (reporting a hole once, before the replayed
-    events: later reads of the same replay add nothing to it), then follow live events.
+    """Replay what the log holds after `since`, then follow live events. A hole is reported
+    once, where it is: just before the first replayed event after the newest id the log lost
+    (or after them all, when none is), so the events after the notice have no hole between
+    them; a hole a later read of the same replay finds once that notice is sent adds nothing.
 
     `stream` must be subscribed first: without `since`, events after its `subscribed_at` are
     sent, even those published before this runs; a `since` past it (ids of an older log: the
@@ -105,17 +107,24 @@ async def replay_then_follow(
     """
     after = stream.subscribed_at if since is None else min(since, stream.subscribed_at)
     if since is not None:
-        gap_told = False
+        start, hole, told = after, 0, False  # hole: the newest id lost, while its notice is due
         while True:
             result = await hub.replay(after, MAX_REPLAY)
-            if result.gap and not gap_told:
-                gap_told = True
-                await sink.send_frame(
-                    "events_gap", {"since": after, "oldest_kept": result.oldest_kept}
-                )
+            if result.gap and not told:
+                hole = max(hole, result.lost_through)
             for event in result.events:
+                if hole and event.event_id > hole:
+                    await _tell_gap(sink, start, result)
+                    hole, told = 0, True
                 await sink.send_event(event)
                 after = event.event_id
             if not result.more:
                 break
+        if hole:
+            await _tell_gap(sink, start, result)
     await follow(stream, after, sink)
+
+
+async def _tell_gap(sink: EventSink, since: int, result: SinceResult) -> None:
+    """The `events_gap` notice of a replay from `since`: some events after it are lost."""
+    await sink.send_frame("events_gap", {"since": since, "oldest_kept": result.oldest_kept})

@@ -38,6 +38,9 @@ class SinceResult:
 
     events: tuple[Event, ...]
     gap: bool  # events after the asked id were pruned, or never logged: they cannot be replayed
+    # the newest id the log lost, pruned or never logged (0: none): the events after it have
+    # no hole between them, so a replay tells of the gap just before the first of them
+    lost_through: int
     oldest_kept: int | None  # the oldest event_id still in the log (None: log empty)
     more: bool  # a limit cut the read short: events after the last one may be left
 
@@ -129,9 +132,11 @@ def since(conn: sqlite3.Connection, event_id: int, limit: int) -> SinceResult:
                 break
             events.append(Event(row[0], row[1], from_json(row[2]), row[3]))
     oldest_kept: int | None = conn.execute("SELECT min(event_id) FROM events").fetchone()[0]
+    lost_through = _through(conn, LOST_KEY)
     return SinceResult(
         events=tuple(events),
-        gap=_through(conn, LOST_KEY) > event_id,
+        gap=lost_through > event_id,
+        lost_through=lost_through,
         oldest_kept=oldest_kept,
         more=more or len(events) == limit,
     )

@@ -18,7 +18,7 @@ from meshactors.control.event_stream import HubSubscription, SlowConsumer, follo
 from meshactors.daemon.services import Services
 from meshactors.ops import system_ops
 from meshactors.store.events import MAX_REPLAY_BYTES, Event
-from tests.support import LineClient, client_figures, client_id_of, publish
+from tests.support import LineClient, client_figures, client_id_of, publish, refuse_writes
 
 CYCLES = 100  # connections that subscribe and close at once: an unanswered join races the close
 LIVE = 10  # live events published while a replay waits
@@ -196,3 +196,21 @@ async def test_inspect_shows_the_events_a_subscriber_was_told_it_missed(
     assert frame["skipped"] > 0
     figures = await client_figures(await connect(), stalled_id)
     assert (figures["events"], figures["events_lagged"]) == (True, frame["skipped"])
+
+
+async def test_a_hole_after_every_logged_event_is_told_after_the_replay_before_live_ones(
+    daemon: Services, connect: Any
+) -> None:
+    before, _ = await publish(daemon.events, "test_kept", {"n": 0}, {"n": 1})
+    await daemon.events.flush()
+    await refuse_writes(daemon.store, True)  # a full disk: the log loses what comes now
+    await publish(daemon.events, "test_lost", {})
+    await daemon.events.flush()
+    client = await connect()
+    await client.call("events_subscribe", since=before.event_id)
+    with trio.fail_after(30):
+        frames = [await client.frame() for _ in range(2)]
+        await publish(daemon.events, "test_live", {})
+        frames.append(await client.frame())
+    assert [frame["kind"] for frame in frames] == ["test_kept", "events_gap", "test_live"]
+    assert frames[1]["since"] == before.event_id
