@@ -3,7 +3,9 @@
 unlogged; a flush whose write a stop cuts off, or that a stop cuts off while it waits for
 room in a full log queue, is told so at once; what is still queued at a stop is logged, a
 full log queue and all; events a refused write or a full log queue loses are a gap to a
-replay, and the refusals are warned at most once an interval."""
+replay, and the refusals are warned at most once an interval; the spent mark grows ahead of
+numbering, and events dropped unnumbered (a full inbox, no spent id left) are counted, those
+for want of an id told by an `events_dropped` event where they were."""
 
 from __future__ import annotations
 
