@@ -64,7 +64,6 @@ from meshactors.listen import open_tcp_listeners
 from meshactors.open_files import ConnectionLimit, connections_that_fit
 from meshactors.socket_io import QuickSocketStream
 from meshactors.wire.broker import (
-    BROKER_PATH,
     MESSAGE_TOO_BIG,
     SESSION_CLOSE_CODES,
     HelloRejected,
@@ -108,30 +107,6 @@ class _AdmissionGate(ForwardingStream):
         data = await self.stream.receive_some(min(max_bytes or self.allowance, self.allowance))
         self.allowance -= len(data)
         return data
-
-
-@attrs.define(eq=False)
-class _UpgradeWatch(ForwardingStream):
-    """The stream trio-websocket's handshake reads: its end (EOF, a reset, or trio-websocket
-    closing it after answering a bad request 400) cancels `upgrade`, because trio-websocket's
-    reader stops there without waking the task waiting for the request, which would hold the
-    connection and its place under max_connections until handshake_timeout."""
-
-    upgrade: trio.CancelScope  # a scope already left is not affected
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        try:
-            data = await self.stream.receive_some(max_bytes)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.upgrade.cancel()
-            raise
-        if not data:
-            self.upgrade.cancel()
-        return data
-
-    async def aclose(self) -> None:
-        self.upgrade.cancel()
-        await self.stream.aclose()
 
 
 @attrs.define(eq=False)
@@ -314,7 +289,7 @@ class Broker:
         counted += ["cluster_forwards_lost", "cluster_bad_messages", "cluster_departs_lost"]
         counted += ["health_requests", "rejected_not_websocket"]
         counted += ["rejected_connection_limit", "rejected_address_limit"]
-        counted += ["closed_past_refusals", "rejected_path"]
+        counted += ["closed_past_refusals", "rejected_path", "rejected_bad_request"]
         counted += [f"rejected_hello_{reason}" for reason in RejectReason]
         counted += [f"closed_{reason}" for reason in SessionEnd]
         return {key: self._counts[key] for key in counted}
@@ -434,18 +409,19 @@ class Broker:
         """Upgrade (or refuse: `over_address_limit`, among others) the HTTP request, then admit
         its hello; None when refused.
 
-        Until the hello is admitted the connection is read through an _AdmissionGate; the
-        upgrade ends early when the stream does (_UpgradeWatch)."""
+        Until the hello is admitted the connection is read through an _AdmissionGate."""
         ws: WebSocketConnection | None = None
-        with trio.move_on_after(self.config.handshake_timeout) as upgrade:
+        with trio.move_on_after(self.config.handshake_timeout):
             try:  # a message relayed a scheduler pass shorter (socket_io)
                 handed_on = await answer_plain_http(QuickSocketStream(stream), self.health)
-            except trio.BrokenResourceError:  # a reset before the first bytes: a port scanner's,
-                return None  # say; the client vanished, nothing wrong with the broker
-            if not isinstance(handed_on, PrefixedStream):  # answered: /health, or not an upgrade
-                self._counts[handed_on] += 1
+            except trio.BrokenResourceError:  # a reset before the request is whole (a port
+                return None  # scanner's, say) or as it is answered; nothing wrong with the broker
+            if not isinstance(handed_on, PrefixedStream):  # answered (/health, or refused), or
+                if handed_on is not None:  # nothing came to answer
+                    self._counts[handed_on] += 1
                 return None
-            gate = _AdmissionGate(_UpgradeWatch(handed_on, upgrade), PRE_ADMISSION_BYTES)
+            # the handshake takes the upgrade in its first read: it was read whole and checked
+            gate = _AdmissionGate(handed_on, PRE_ADMISSION_BYTES)
             request = await wrap_server_stream(
                 nursery,
                 gate,
@@ -465,10 +441,6 @@ class Broker:
         self, request: WebSocketRequest, over_address_limit: bool, log: _Logger
     ) -> WebSocketConnection | None:
         """Answer the HTTP upgrade: the WebSocket, or None after refusing the request."""
-        if request.path != BROKER_PATH:
-            self._counts["rejected_path"] += 1
-            await request.reject(404)
-            return None
         if over_address_limit:
             limit = self.config.max_unhelloed_per_address
             line = f"too many connections from this address before their hello ({limit})"

@@ -1,4 +1,5 @@
-"""The broker's `/health` on a real loopback broker: any query, HEAD, and 405 for the rest."""
+"""Plain HTTP on a real loopback broker: `/health` (any query, HEAD, and 405 for the rest), and
+a clear answer, never wsproto's empty 400, to every other request the handshake would refuse."""
 
 import json
 import os
@@ -12,7 +13,15 @@ from nacl.signing import SigningKey
 from structlog.typing import EventDict
 from trio_websocket import ConnectionRejected, open_websocket_url
 
-from meshactors.broker.health import MAX_HEALTH_REQUEST_BYTES, NOT_WEBSOCKET
+from meshactors.broker.health import (
+    BAD_REQUEST,
+    HEAD_TOO_LONG,
+    MAX_REQUEST_HEAD_BYTES,
+    NOT_FOUND,
+    NOT_WEBSOCKET,
+    UNDECODABLE_UPGRADE,
+    WEBSOCKET_METHOD_NOT_ALLOWED,
+)
 from meshactors.broker.limits import CONNECTION_LIMIT_RETRY_AFTER_S, MAX_REFUSING
 from meshactors.broker.server import Broker
 from tests.broker.support import WAIT_S, connect, hello, joined, start_broker
@@ -108,19 +117,27 @@ async def test_other_methods_on_health_are_405(
     assert "GET" in json.loads(body)["error"]
 
 
-async def test_a_longer_path_is_not_health(nursery: trio.Nursery) -> None:
-    """`/healthz` is handed on to the WebSocket handshake, which refuses it."""
-    broker, status_line, _ = await answer_to(nursery, health_request("GET", "/healthz"))
-    assert not status_line.startswith(b"HTTP/1.1 200")
-    assert broker.figures()["health_requests"] == 0
+@pytest.mark.parametrize("method", ["GET", "POST", "HEAD"])
+@pytest.mark.parametrize("target", ["/healthz", "/", "/v1/", "/v1?x=1", "/v2", "*"])
+async def test_another_path_is_told_it_is_not_found(
+    nursery: trio.Nursery, method: str, target: str
+) -> None:
+    """`/healthz`, `/` and the rest are a 404 saying where the broker answers (they were an
+    empty 400)."""
+    broker, status_line, rest = await answer_to(nursery, health_request(method, target))
+    assert status_line == b"HTTP/1.1 404 Not Found"
+    headers, body = headers_and_body(rest)
+    assert headers["content-type"] == "text/plain; charset=utf-8"
+    assert int(headers["content-length"]) == len(NOT_FOUND)
+    assert body == (b"" if method == "HEAD" else NOT_FOUND)
+    assert (broker.figures()["rejected_path"], broker.figures()["health_requests"]) == (1, 0)
 
 
-@pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_plain_http_to_the_websocket_path_is_told_it_wants_an_upgrade(
-    nursery: trio.Nursery, method: str
+    nursery: trio.Nursery,
 ) -> None:
     """A browser or `curl` on /v1 is told what the path wants (it was an empty 400)."""
-    broker, status_line, rest = await answer_to(nursery, health_request(method, "/v1"))
+    broker, status_line, rest = await answer_to(nursery, health_request("GET", "/v1"))
     assert status_line == b"HTTP/1.1 426 Upgrade Required"
     headers, body = headers_and_body(rest)
     assert headers["content-type"] == "text/plain; charset=utf-8"
@@ -139,22 +156,108 @@ async def test_head_on_the_websocket_path_has_the_head_alone(nursery: trio.Nurse
     assert body == b""
 
 
-async def test_an_upgrade_the_handshake_refuses_is_still_its_to_answer(
-    nursery: trio.Nursery,
+UPGRADE_FIELDS = (
+    "Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "PATCH", "BREW"])
+@pytest.mark.parametrize("fields", ["Host: x\r\n", UPGRADE_FIELDS])
+async def test_other_methods_on_the_websocket_path_are_405(
+    nursery: trio.Nursery, method: str, fields: str
 ) -> None:
-    """A request that asks the upgrade but leaves out its key goes on to the handshake, which
-    refuses it (400) as it always did."""
-    request = b"GET /v1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
-    broker, status_line, _ = await answer_to(nursery, request)
-    assert status_line.startswith(b"HTTP/1.1 400")
-    assert broker.figures()["rejected_not_websocket"] == 0
+    """With the upgrade's headers or without (they were an empty 400 or a 426)."""
+    request = f"{method} /v1 HTTP/1.1\r\n{fields}\r\n".encode()
+    broker, status_line, rest = await answer_to(nursery, request)
+    assert status_line == b"HTTP/1.1 405 Method Not Allowed"
+    headers, body = headers_and_body(rest)
+    assert headers["allow"] == "GET"
+    assert body == WEBSOCKET_METHOD_NOT_ALLOWED
+    assert broker.figures()["rejected_not_websocket"] == 1
 
 
-async def test_an_upgrade_longer_than_a_health_request_still_joins(nursery: trio.Nursery) -> None:
-    """The upgrade's head is read whole before the handshake; one past MAX_HEALTH_REQUEST_BYTES
-    is the handshake's to read (up to 16 KiB), as before."""
+@pytest.mark.parametrize(
+    ("dropped", "replaced_by", "status", "named"),
+    [
+        ("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "", 400, b"Sec-WebSocket-Key"),
+        ("Sec-WebSocket-Version: 13\r\n", "", 400, b"Sec-WebSocket-Version"),
+        ("Sec-WebSocket-Version: 13\r\n", "Sec-WebSocket-Version: 8\r\n", 426, b"Version"),
+        ("Connection: Upgrade\r\n", "Connection: keep-alive\r\n", 400, b"Connection: Upgrade"),
+        ("Upgrade: websocket\r\n", "Upgrade: websocket, h2c\r\n", 400, b"Upgrade: websocket"),
+    ],
+)
+async def test_a_broken_upgrade_is_told_what_is_wrong(
+    nursery: trio.Nursery, dropped: str, replaced_by: str, status: int, named: bytes
+) -> None:
+    """wsproto's refusal, with its status and headers (a 426 names the version it takes), and
+    a line naming what it found wrong and what an upgrade needs (it was an empty 400)."""
+    fields = UPGRADE_FIELDS.replace(dropped, replaced_by)
+    request = f"GET /v1 HTTP/1.1\r\n{fields}\r\n".encode()
+    broker, status_line, rest = await answer_to(nursery, request)
+    assert status_line.startswith(f"HTTP/1.1 {status} ".encode())
+    headers, body = headers_and_body(rest)
+    assert headers["content-type"] == "text/plain; charset=utf-8"
+    assert body.startswith(b"/v1 cannot take this WebSocket upgrade: ")
+    assert named in body.partition(b"(it takes")[0]
+    assert b"Sec-WebSocket-Version: 13" in body
+    if status == 426:
+        assert headers["sec-websocket-version"] == "13"
+    figures = broker.figures()
+    assert (figures["rejected_bad_request"], figures["rejected_not_websocket"]) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    "field", [b"Connection: Upgrade, \xb1", b"Sec-WebSocket-Protocol: \xff", b"Host: xn--zz"]
+)
+async def test_an_upgrade_with_a_header_wsproto_cannot_decode_is_a_400(
+    nursery: trio.Nursery, field: bytes
+) -> None:
+    """wsproto decodes these itself; what is not text failed trio-websocket's reader (a
+    connection error, and no answer)."""
+    fields = UPGRADE_FIELDS.replace("Host: x\r\n", "").encode()
+    host = b"" if field.startswith(b"Host") else b"Host: x\r\n"
+    request = b"GET /v1 HTTP/1.1\r\n" + host + fields + field + b"\r\n\r\n"
+    broker, status_line, rest = await answer_to(nursery, request)
+    assert status_line == b"HTTP/1.1 400 Bad Request"
+    assert UNDECODABLE_UPGRADE.encode() in headers_and_body(rest)[1]
+    figures = broker.figures()
+    assert (figures["rejected_bad_request"], figures["connection_errors"]) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"GET /v1 HTTP/1.1\r\n\r\n",  # no Host
+        b"GET /health HTTP/1.1\r\nHost: x\r\nno colon\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",  # TLS-ish
+    ],
+)
+async def test_a_request_h11_cannot_read_is_a_400_saying_so(
+    nursery: trio.Nursery, request_bytes: bytes
+) -> None:
+    broker, status_line, rest = await answer_to(nursery, request_bytes)
+    assert status_line == b"HTTP/1.1 400 Bad Request"
+    assert headers_and_body(rest)[1] == BAD_REQUEST
+    assert broker.figures()["rejected_bad_request"] == 1
+
+
+async def test_a_request_head_past_its_cap_is_a_431_saying_so(nursery: trio.Nursery) -> None:
+    """One byte past the cap, unfinished: the broker reads all of it (what it leaves unread
+    when it closes would reset the connection, the answer with it)."""
+    start = b"GET /v1 HTTP/1.1\r\nHost: x\r\nX-Padding: "
+    request = start + b"a" * (MAX_REQUEST_HEAD_BYTES + 1 - len(start))
+    _, status_line, rest = await answer_to(nursery, request)
+    assert status_line == b"HTTP/1.1 431 Request Header Fields Too Large"
+    assert headers_and_body(rest)[1] == HEAD_TOO_LONG
+
+
+async def test_an_upgrade_up_to_the_head_cap_still_joins(nursery: trio.Nursery) -> None:
+    """The upgrade's head is read whole and checked before the handshake, which reads it again:
+    a long one (as the handshake took before) still joins."""
     _, url = await start_broker(nursery)
-    padding = [(b"x-padding", b"a" * (MAX_HEALTH_REQUEST_BYTES + 1024))]
+    padding = [(b"x-padding", b"a" * (MAX_REQUEST_HEAD_BYTES - 1024))]
     async with open_websocket_url(url, extra_headers=padding, connect_timeout=WAIT_S) as ws:
         await ws.send_message(hello(SigningKey.generate(), "net"))
         with trio.fail_after(WAIT_S):

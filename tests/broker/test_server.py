@@ -13,6 +13,7 @@ import trio.testing
 from nacl.signing import SigningKey
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
+from meshactors.broker.health import NOT_FOUND
 from meshactors.broker.limits import BrokerConfig
 from meshactors.broker.server import Broker
 from meshactors.clock import wall_ms
@@ -351,6 +352,7 @@ async def test_unknown_path_and_connection_limit_are_refused_at_upgrade(
         async with connect(url.replace("/v1", "/v2")):
             pass
     assert wrong_path.value.status_code == 404
+    assert wrong_path.value.body == NOT_FOUND
     async with connect(url):
         with pytest.raises(ConnectionRejected) as over_limit:
             async with connect(url):
@@ -467,7 +469,9 @@ async def test_refused_upgrade_and_oversize_close_end_the_tcp_connection(
     ("sent", "then_eof", "answer"),
     [
         pytest.param(b"", True, b"", id="nothing"),
-        pytest.param(b"GET /v1 HTTP/1.1\r\nHost: x\r\nUpgrade: websoc", True, b"", id="half"),
+        pytest.param(
+            b"GET /v1 HTTP/1.1\r\nHost: x\r\nUpgrade: websoc", True, b"HTTP/1.1 400", id="half"
+        ),
         pytest.param(
             b"GET /v1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
             False,
@@ -479,16 +483,16 @@ async def test_refused_upgrade_and_oversize_close_end_the_tcp_connection(
 async def test_a_connection_whose_upgrade_cannot_go_on_ends_at_once(
     nursery: trio.Nursery, sent: bytes, then_eof: bool, answer: bytes
 ) -> None:
-    """trio-websocket's reader stops at the end of the stream (or after answering a bad request
-    400) without waking the handshake, which would hold the connection and its place under
-    max_connections for handshake_timeout (an hour here)."""
+    """A connection that ends before its request is whole, or whose request is answered, ends
+    at once: it does not hold its place under max_connections for handshake_timeout (an hour
+    here)."""
     broker, url = await start_broker(nursery, handshake_timeout=3600, max_connections=1)
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     await stream.send_all(sent)
     if then_eof:
         await stream.send_eof()
-    # the broker (or trio-websocket after its 400) closed its end
+    # the broker closed its end
     assert (await _read_to_eof(stream)).startswith(answer)
     await trio.testing.wait_all_tasks_blocked()  # the broker's handler has finished with it
     assert broker.figures()["connections"] == 0
@@ -499,14 +503,14 @@ async def test_a_connection_whose_upgrade_cannot_go_on_ends_at_once(
 async def test_a_connection_reset_before_its_upgrade_request_ends_at_once(
     nursery: trio.Nursery,
 ) -> None:
-    """A reset (no EOF to read back) that trio-websocket's reader meets ends the handshake as
-    an EOF does."""
+    """A reset (no EOF to read back) in the middle of the request ends the connection as an EOF
+    does."""
     broker, url = await start_broker(nursery, handshake_timeout=3600)
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     stream = await trio.open_tcp_stream("127.0.0.1", port)
-    await stream.send_all(b"GET /v1 HTTP/1.1\r\n")  # not a health request: handed on
+    await stream.send_all(b"GET /v1 HTTP/1.1\r\n")
     await _connections_become(broker, 1)
-    await trio.testing.wait_all_tasks_blocked()  # trio-websocket's reader waits for the rest
+    await trio.testing.wait_all_tasks_blocked()  # the broker waits for the rest
     stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     await stream.aclose()  # lingering 0 s: the close is a reset
     await _connections_become(broker, 0)
