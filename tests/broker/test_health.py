@@ -3,6 +3,8 @@ a clear answer, never wsproto's empty 400, to every other request the handshake 
 
 import json
 import os
+import socket
+import struct
 from typing import Any
 
 import pytest
@@ -24,7 +26,7 @@ from meshactors.broker.health import (
 )
 from meshactors.broker.limits import CONNECTION_LIMIT_RETRY_AFTER_S, MAX_REFUSING
 from meshactors.broker.server import Broker
-from tests.broker.support import WAIT_S, connect, hello, joined, start_broker
+from tests.broker.support import WAIT_S, closed_with, connect, hello, joined, start_broker
 
 
 async def answer_to(nursery: trio.Nursery, request: bytes) -> tuple[Broker, bytes, bytes]:
@@ -160,6 +162,9 @@ UPGRADE_FIELDS = (
     "Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
 )
+
+
+UPGRADE_REQUEST = f"GET /v1 HTTP/1.1\r\n{UPGRADE_FIELDS}\r\n".encode()
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "PATCH", "BREW"])
@@ -370,3 +375,51 @@ async def test_connections_admitted_by_their_hello_do_not_count_against_the_addr
         joined(url, keys[2], "net") as (_, welcome),
     ):
         assert len(welcome["peers"]) == 2
+
+
+async def _end_before_hello(url: str, sent: bytes, reset: bool) -> None:
+    """A connection from 127.0.0.1 that sends `sent`, then hangs up (a reset, or an EOF after
+    which it reads what the broker answers) without a hello."""
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(sent)
+    with trio.fail_after(WAIT_S):
+        if reset:
+            await trio.testing.wait_all_tasks_blocked()  # the broker read what was sent
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            await stream.send_eof()
+            while await stream.receive_some():
+                pass
+    await stream.aclose()
+
+
+@pytest.mark.parametrize(
+    ("sent", "reset"),
+    [
+        pytest.param(b"", False, id="nothing"),
+        pytest.param(b"GET /v1 HTTP/1.1\r\n", True, id="reset-mid-request"),
+        pytest.param(UPGRADE_REQUEST, False, id="upgraded-no-hello"),
+        pytest.param(UPGRADE_REQUEST, True, id="upgraded-reset"),
+        pytest.param(health_request("GET", "/health"), False, id="health"),
+        pytest.param(b"NOT HTTP\r\n\r\n", False, id="refused-400"),
+    ],
+)
+async def test_a_connection_ended_before_its_hello_gives_its_address_its_place_back(
+    nursery: trio.Nursery, sent: bytes, reset: bool
+) -> None:
+    """With one connection before hello allowed per address, each ending leaves room for the
+    next from the same address, however it ended."""
+    broker, url = await start_broker(nursery, max_unhelloed_per_address=1)
+    for _ in range(2):
+        await _end_before_hello(url, sent, reset)
+        with trio.fail_after(WAIT_S):
+            while broker.figures()["connections"]:
+                await trio.testing.wait_all_tasks_blocked()
+    for _ in range(2):
+        async with connect(url) as ws:
+            await ws.send_message("{not a hello")
+            await closed_with(ws)
+    async with joined(url, SigningKey.generate(), "net"):
+        pass
+    assert broker.figures()["rejected_address_limit"] == 0
