@@ -56,7 +56,8 @@ def canonical(value: Any) -> str:
         raise BadEntry("bad_value", f"a value must be JSON: {exc}") from None
     if len(text) > MAX_VALUE_BYTES:
         raise BadEntry(
-            "value_too_large", f"the value is {len(text)} bytes as JSON, limit {MAX_VALUE_BYTES}"
+            "value_too_large",
+            f"the value is {len(text)} bytes as ASCII-escaped JSON; the limit is {MAX_VALUE_BYTES}",
         )
     return text
 

@@ -149,7 +149,8 @@ def _check_sizes(params: SendParams) -> None:
         raise OpError(ErrorCode.INVALID_PARAMS, f"meta: {exc}") from None
     if len(meta) > MAX_META_BYTES:
         raise OpError(
-            ErrorCode.PAYLOAD_TOO_LARGE, f"meta is {len(meta)} bytes; the limit is {MAX_META_BYTES}"
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"meta is {len(meta)} bytes as ASCII-escaped JSON; the limit is {MAX_META_BYTES}",
         )
     reply = params.reply_to_id
     if reply is not None and (

@@ -140,10 +140,12 @@ def test_keys_and_values_out_of_bounds_are_refused() -> None:
             assert bad.reason == "bad_key"
         else:
             raise AssertionError(key)
-    try:
-        canonical("x" * MAX_VALUE_BYTES)
+    try:  # 6,000 bytes as UTF-8, but as the frame carries it each é is `\u00e9`
+        canonical("é" * 3000)
     except BadEntry as bad:
         assert bad.reason == "value_too_large"
+        said = f"the value is 18002 bytes as ASCII-escaped JSON; the limit is {MAX_VALUE_BYTES}"
+        assert str(bad) == said
     else:
         raise AssertionError("a value past the limit")
     nested: object = 1

@@ -524,6 +524,18 @@ async def test_pipelined_sends_on_one_connection_commit_in_one_store_call_each_a
     assert {row["id"] for row in rows} == set(accepted.values())
 
 
+async def test_an_oversize_meta_is_refused_naming_how_it_was_measured(connect: Any) -> None:
+    """6,008 bytes as UTF-8, but counted as the peer frame carries it (each é is `\\u00e9`)."""
+    client = await joined(connect)
+    over = await client.call(
+        "send", network=NET, to=new_device(), message="x", meta={"m": "é" * 3000}
+    )
+    assert over["error"] == {
+        "code": "payload_too_large",
+        "message": f"meta is 18008 bytes as ASCII-escaped JSON; the limit is {MAX_META_BYTES}",
+    }
+
+
 @pytest.mark.parametrize("char", ["x", "\u4e2d", "\U0001f600", "\x01", '"'])
 async def test_the_longest_message_a_send_takes_fits_a_peer_frame(connect: Any, char: str) -> None:
     """The message limit counts the text as the peer frame carries it, where JSON escapes
