@@ -29,7 +29,9 @@ the retention in small batches (store.retention), both off the drain path. An ev
 closed network makes dead at once what waits to go to the evicted device (or everything of
 that network, when it is this device): it is never active again. Every delivery that dies so,
 or by an `outbox_abort` (the op hands them over: `tell_dead`), is told one batch at a time,
-so aborts answered together do not flood the event hub.
+so aborts answered together do not flood the event hub. Such a death is committed `untold`
+and marked told once its `message_dead` is logged: what a stop or a kill left between the
+two is told at the next start (`_tell_untold`), and a death told already is not told again.
 
 A full disk: a write of these loops (or of the recovery at start) that the state database
 refuses (`storage`) is made again every STORAGE_RETRY_S, with what it carries (acks to record,
@@ -122,8 +124,8 @@ CLAIM_BATCH = 256  # due deliveries claimed per network per pass
 ACCEPT_INBOX = 256  # runs of sends waiting to be accepted before `send` ops wait
 TELL_INBOX = 64  # ops' dead deliveries (aborts) waiting to be told before those ops wait
 # seconds an op waits for a place in TELL_INBOX whatever becomes of it (a hang-up cannot cut
-# it short); past it the outbox is taken as gone (a stop): the deliveries stay dead, untold,
-# and a warning says how many
+# it short); past it the outbox is taken as gone (a stop): the deliveries stay dead, untold
+# until the outbox's next start tells them (`_tell_untold`), and a warning says so
 TELL_PLACE_TIMEOUT = 60.0
 # Runs being accepted at once: each waits for the store however long it takes, holding its
 # bodies, so while the disk stalls more runs wait in the inbox (their asks time out) instead.
@@ -591,6 +593,7 @@ class Outbox(Actor):
             recovered = await self._write(outbox_db.recover_inflight, "recover inflight")
             if recovered:
                 log.info("recovered inflight deliveries", count=recovered)
+            await self._tell_untold()
             work, taken = trio.open_memory_channel[_PeerWork](PEER_WORK_QUEUE)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch, watch, work)
@@ -915,7 +918,7 @@ class Outbox(Actor):
         while more:
             buried = await self._write(kill, what, pause=pause)
             more = buried.more
-            await self._tell_dead(buried.deliveries, error)
+            await self._tell_dead(buried.deliveries, error, pause)
 
     async def _tell_ops_dead(self) -> None:
         """Tell, one op at a time, the deliveries ops made dead (`tell_dead`)."""
@@ -924,18 +927,47 @@ class Outbox(Actor):
                 functools.partial(self._tell_dead, told.deliveries, told.error)
             )
 
-    async def _tell_dead(self, deliveries: Sequence[outbox_db.DeliveryKey], error: str) -> None:
-        """Tell each delivery that died (`message_dead` with `error`), a batch (at most
-        EXPIRE_DELIVERIES or MAX_RECIPIENTS) at a time (`_pace_events`), one caller at a time,
-        so neither a backlog nor many aborts answered together put more than a batch in the
-        hub."""
+    async def _tell_untold(self) -> None:
+        """Tell the deaths the last run (or an op) committed and a stop or a kill left untold,
+        EXPIRE_DELIVERIES at a time: each is told until its event is logged (`_tell_dead`)."""
+        while untold := await self.store.call(
+            functools.partial(outbox_db.untold_deaths, limit=outbox_db.EXPIRE_DELIVERIES),
+            what="read untold deaths",
+        ):
+            by_error: dict[str, list[outbox_db.DeliveryKey]] = collections.defaultdict(list)
+            for key, error in untold:
+                by_error[error].append(key)
+            for error, keys in by_error.items():
+                await self._tell_dead(keys, error)
+
+    async def _tell_dead(
+        self,
+        deliveries: Sequence[outbox_db.DeliveryKey],
+        error: str,
+        pause: _Pause = trio.sleep,
+    ) -> None:
+        """Tell each delivery that died (`message_dead` with `error`) and is not told yet, a
+        batch (at most EXPIRE_DELIVERIES or MAX_RECIPIENTS) at a time (`_pace_events`), one
+        caller at a time, so neither a backlog nor many aborts answered together put more
+        than a batch in the hub; marked told once the hub has logged them, so a stop before
+        that leaves them to `_tell_untold` at the next start."""
         if not deliveries:
             return
         async with self._telling:
-            self.counts["dead"] += len(deliveries)
-            for key in deliveries:
+            untold = await self.store.call(
+                functools.partial(outbox_db.still_untold, keys=deliveries),
+                what="read untold deaths",
+            )
+            if not untold:
+                return
+            self.counts["dead"] += len(untold)
+            for key in untold:
                 self.events.publish("message_dead", dead_event(key, error))
-            await self._pace_events(len(deliveries))
+            try:  # paced as `_pace_events` paces, and known logged only once it answers
+                await self.events.flush(timeout=math.inf)
+            except ActorGone:
+                return  # the hub stopped before it logged them: told again at the next start
+            await self._write(outbox_db.mark_told, "mark deaths told", pause=pause, keys=untold)
 
     async def _pace_events(self, published: int) -> None:
         """After a batch published `published` events, wait until the hub has numbered and

@@ -216,6 +216,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX outbox_by_origin ON outbox (network, origin_client_message_id)"
         " WHERE origin_client_message_id IS NOT NULL",
     ),
+    # 9: a death (expiry, evict, abort) committed and its `message_dead` not yet logged, so a
+    # stop (or a kill) between the two leaves it to be told at the outbox's next start
+    (
+        "ALTER TABLE deliveries ADD COLUMN untold INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX deliveries_untold ON deliveries (outbox_id, recipient) WHERE untold = 1",
+    ),
 )
 
 _CORRUPTION_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})

@@ -506,10 +506,11 @@ def _kill(
     last_error: str,
 ) -> list[DeliveryKey]:
     """Make the deliveries `rows` name (rowid, outbox_id, recipient, status) dead with
-    `last_error`, refresh their sends' statuses and move their row_counts: the one ending
-    that expiry and eviction share. Call it inside the transaction that chose the rows."""
+    `last_error` and untold (`mark_told` clears it once their `message_dead` is logged),
+    refresh their sends' statuses and move their row_counts: the one ending that expiry,
+    eviction and abort share. Call it inside the transaction that chose the rows."""
     conn.execute(
-        "UPDATE deliveries SET status = 'dead', last_error = ?"
+        "UPDATE deliveries SET status = 'dead', last_error = ?, untold = 1"
         " WHERE rowid IN (SELECT value FROM json_each(?))",
         (last_error, to_json([row[0] for row in rows])),
     )
@@ -520,6 +521,48 @@ def _kill(
     moved = collections.Counter(status for *_, status in rows)
     bump_counts(conn, _moved("deliveries", moved, "dead"))
     return killed
+
+
+def untold_deaths(conn: sqlite3.Connection, *, limit: int) -> list[tuple[DeliveryKey, str]]:
+    """Up to `limit` deliveries `_kill` made dead whose `message_dead` is not logged yet (a
+    stop came between), each with its last_error; walks index deliveries_untold only."""
+    rows = conn.execute(
+        "SELECT outbox_id, recipient, last_error FROM deliveries INDEXED BY deliveries_untold"
+        " WHERE untold = 1 AND status = 'dead' LIMIT ?",
+        (limit,),
+    )
+    return [(DeliveryKey(outbox_id, recipient), error) for outbox_id, recipient, error in rows]
+
+
+def still_untold(conn: sqlite3.Connection, keys: Sequence[DeliveryKey]) -> list[DeliveryKey]:
+    """Those of `keys` (deaths) not told yet, in order: one told already (by the outbox's
+    start, while the op that made it waited), or delivered after all, is left out; one whose
+    row retention deleted meanwhile is kept (its death is known, its event still owed)."""
+    told = set(
+        conn.execute(
+            "SELECT outbox_id, recipient FROM deliveries WHERE untold = 0 AND (outbox_id,"
+            " recipient) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')"
+            " FROM json_each(?))",
+            (_key_pairs(keys),),
+        )
+    )
+    return [key for key in keys if (key.outbox_id, key.recipient) not in told]
+
+
+def mark_told(conn: sqlite3.Connection, keys: Sequence[DeliveryKey], now_ms: int) -> None:
+    """Record that the deaths of `keys` are told (their `message_dead` events are logged)."""
+    with immediate(conn):
+        conn.execute(
+            "UPDATE deliveries SET untold = 0 WHERE untold = 1 AND (outbox_id, recipient) IN"
+            " (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')"
+            " FROM json_each(?))",
+            (_key_pairs(keys),),
+        )
+
+
+def _key_pairs(keys: Iterable[DeliveryKey]) -> str:
+    """`keys` as a JSON list of [outbox_id, recipient] pairs, for json_each."""
+    return to_json([[key.outbox_id, key.recipient] for key in dict.fromkeys(keys)])
 
 
 def delivery_counts(conn: sqlite3.Connection) -> dict[str, int]:
@@ -592,12 +635,13 @@ def mark_delivered_many(
                 "SELECT outbox_id, recipient, status FROM deliveries"
                 " WHERE (outbox_id, recipient) IN (SELECT json_extract(value, '$[0]'),"
                 " json_extract(value, '$[1]') FROM json_each(?))",
-                (to_json([[key.outbox_id, key.recipient] for key in dict.fromkeys(keys)]),),
+                (_key_pairs(keys),),
             )
         }
         finishing = [key for key, status in found.items() if status != "done"]
-        conn.executemany(
-            "UPDATE deliveries SET status = 'done' WHERE outbox_id = ? AND recipient = ?",
+        conn.executemany(  # a late ack of a delivery made dead: done, no death left to tell
+            "UPDATE deliveries SET status = 'done', untold = 0"
+            " WHERE outbox_id = ? AND recipient = ?",
             finishing,
         )
         moved = collections.Counter(found[key] for key in finishing)

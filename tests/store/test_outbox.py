@@ -633,6 +633,26 @@ def test_abort_ends_the_open_deliveries_and_nothing_sends_them_again(
     assert (late.deliveries[0].recipient, late.deliveries[0].status) == ("a", "done")
 
 
+def test_a_death_stays_untold_until_marked_told_or_delivered_after_all(
+    conn: sqlite3.Connection,
+) -> None:
+    row_id = send(conn, recipients=["a", "b", "c"], destination_kind="all", destination_ref="*").id
+    mark_failed(conn, row_id, "c", error_code="x", permanent=True, now_ms=T0)  # told when recorded
+    _, ended = abort(conn, row_id, now_ms=T0 + 1)
+    assert ended == [DeliveryKey(row_id, "a"), DeliveryKey(row_id, "b")]
+    assert outbox.untold_deaths(conn, limit=10) == [(key, "aborted") for key in ended]
+    pruned = DeliveryKey("gone", "a")  # retention deleted its row: its event is still owed
+    assert outbox.still_untold(conn, [*reversed(ended), DeliveryKey(row_id, "c"), pruned]) == [
+        DeliveryKey(row_id, "b"),
+        DeliveryKey(row_id, "a"),
+        pruned,
+    ]
+    outbox.mark_told(conn, ended[:1], T0 + 2)
+    assert delivered(conn, row_id, "b", T0 + 3) == "done"  # b's copy arrived after all
+    assert outbox.untold_deaths(conn, limit=10) == []
+    assert outbox.still_untold(conn, ended) == []
+
+
 def test_abort_takes_a_dead_row_and_refuses_finished_and_unknown_ones(
     conn: sqlite3.Connection,
 ) -> None:

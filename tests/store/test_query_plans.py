@@ -28,6 +28,7 @@ PARTIAL_INDEXES = (
     "deliveries_pending",
     "deliveries_queue",
     "deliveries_inflight",
+    "deliveries_untold",
 )
 ORDERED_WALKS = ("outbox_recent",)  # walked in ORDER BY order, so LIMIT ends the walk
 WRITES = re.compile(r"^\s*(SELECT|UPDATE|DELETE|INSERT|WITH)\b", re.IGNORECASE)
@@ -119,6 +120,18 @@ HOT: dict[str, tuple[Callable[[sqlite3.Connection], Any], tuple[str, ...]]] = {
     "recover_inflight": (
         functools.partial(outbox.recover_inflight, now_ms=NOW),
         ("deliveries_inflight",),
+    ),
+    "untold_deaths": (
+        functools.partial(outbox.untold_deaths, limit=10),
+        ("deliveries_untold",),
+    ),
+    "still_untold": (
+        functools.partial(outbox.still_untold, keys=[DeliveryKey("x", "dev-a")]),
+        ("sqlite_autoindex_deliveries_1",),
+    ),
+    "mark_told": (
+        functools.partial(outbox.mark_told, keys=[DeliveryKey("x", "dev-a")], now_ms=NOW),
+        (),
     ),
     "accept_repeat": (
         lambda conn: outbox.accept(conn, **request(client_message_id="old-1", now_ms=NOW)),

@@ -1,0 +1,98 @@
+"""A death the store committed and the outbox never told (a stop or a kill came between the
+commit and the `message_dead` event) is told at the outbox's next start, and only then: a
+further start does not tell it again."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from meshactors.clock import wall_ms
+from meshactors.store import events as event_log
+from meshactors.store import outbox as outbox_db
+from meshactors.store.db import open_database
+from meshactors.store.events import Event
+from meshactors.store.outbox import EXPIRED, TTL_MS
+from tests.daemon.outbox_parts import OutboxParts, outbox_parts
+from tests.store.test_outbox import send
+
+UNTOLD_WAIT = 10.0  # seconds for a start's sweep, its events and the store's release
+PAST_TTL_MS = 3_600_000  # how long past its TTL the send that dies untold was
+
+
+class HeldSweep:
+    """Stands in for `expire_pending`: each call runs and says so (`swept`, set anew by the
+    test per start); the first that kills anything then holds its answer in the store's thread
+    until `release`, so the outbox can be stopped with the death committed and untold."""
+
+    def __init__(self) -> None:
+        self.real = outbox_db.expire_pending
+        self.swept = trio.Event()
+        self.holding = trio.Event()
+        self.release = threading.Event()
+
+    def __call__(self, conn: sqlite3.Connection, **params: Any) -> outbox_db.Expired:
+        expired = self.real(conn, **params)
+        trio.from_thread.run_sync(self.swept.set)
+        if expired.deliveries and not self.holding.is_set():
+            trio.from_thread.run_sync(self.holding.set)
+            self.release.wait(UNTOLD_WAIT)  # bounded: a failing test cannot hang the store
+        return expired
+
+
+async def _release_once_stopped(held: HeldSweep) -> None:
+    """Let the held sweep answer once the stop has run its course (everything waits)."""
+    await trio.testing.wait_all_tasks_blocked()
+    held.release.set()
+
+
+async def _told_dead(parts: OutboxParts, row_id: str) -> list[str]:
+    """The errors of the `message_dead` events of row `row_id` in the event log."""
+    await parts.hub.flush()
+    logged = await parts.store.call(
+        functools.partial(event_log.since, event_id=0, limit=event_log.MAX_REPLAY),
+        what="test: read the event log",
+    )
+    dead = [e.data for e in logged.events if e.kind == "message_dead"]
+    return [data["error"] for data in dead if data["id"] == row_id]
+
+
+async def test_a_death_committed_before_a_stop_is_told_once_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with contextlib.closing(open_database(tmp_path / "state.db")) as conn:
+        # past its TTL, so the first sweep kills it, yet kept by retention (the dead grace)
+        old = send(conn, recipients=["dev-a"], now_ms=wall_ms() - TTL_MS - PAST_TTL_MS)
+    held = HeldSweep()
+    monkeypatch.setattr(outbox_db, "expire_pending", held)
+    async with trio.open_nursery() as outside, outbox_parts(tmp_path) as parts:
+        await parts.start_outbox()
+        with trio.fail_after(UNTOLD_WAIT):
+            await held.holding.wait()  # dead in the store, not yet told
+        # the stop cancels the outbox while it waits for the answer: nothing is told
+        outside.start_soon(_release_once_stopped, held)
+    async with outbox_parts(tmp_path) as parts:
+        assert await _told_dead(parts, old.id) == []
+        watch, _ = await parts.hub.subscribe(16)
+        held.swept = trio.Event()
+        await parts.start_outbox()
+        with trio.fail_after(UNTOLD_WAIT):
+            async for event in watch:
+                if isinstance(event, Event) and event.kind == "message_dead":
+                    assert event.data == {"id": old.id, "recipient": "dev-a", "error": EXPIRED}
+                    break
+            await held.swept.wait()  # the sweep runs after the start's telling: marked told
+    async with outbox_parts(tmp_path) as parts:
+        held.swept = trio.Event()
+        await parts.start_outbox()
+        with trio.fail_after(UNTOLD_WAIT):
+            await held.swept.wait()
+        assert await _told_dead(parts, old.id) == [EXPIRED]
