@@ -46,7 +46,9 @@ acked, so a sender whose earlier ack was lost still finishes. The acks of one st
 to each sender in one `msg_acks` frame (batched acks). A stop that comes while the store
 commits a batch still takes the store's answer (a settled call, within the outbox's shutdown
 timeout) and publishes the batch's events: after the restart the senders' redeliveries are
-answered `duplicate`, which publishes nothing.
+answered `duplicate`, which publishes nothing. For the same reason a settled call (a received
+batch, a batch of acks) waits for its answer however long the store takes, never giving it up
+at STORE_CALL_TIMEOUT while the store may still commit it.
 """
 
 from __future__ import annotations
@@ -571,12 +573,16 @@ class Outbox(Actor):
         **params: Any,
     ) -> T:
         """`fn(conn, **params, now_ms=…)` as a store call, made again (the clock read again)
-        while the disk refuses it (`_until_written`); with `settle`, a stop for good that comes
-        while the store runs it still returns what it committed (`ask`)."""
+        while the disk refuses it (`_until_written`). With `settle`, for a call whose events
+        only its answer tells: that answer is waited for however long the store takes (no
+        STORE_CALL_TIMEOUT: a store slower than that still commits the call, and a redelivery
+        then found `duplicate` would publish nothing), and a stop for good that comes while
+        the store runs it still returns what it committed (`ask`)."""
+        timeout = math.inf if settle else STORE_CALL_TIMEOUT
 
         async def attempt() -> T:
             call = functools.partial(fn, **params, now_ms=wall_ms())
-            return await self.store.call(call, what=what, settle=settle)
+            return await self.store.call(call, what=what, timeout=timeout, settle=settle)
 
         return await self._until_written(attempt, what, pause)
 
