@@ -38,7 +38,9 @@ refuses (`storage`) is made again every STORAGE_RETRY_S, with what it carries (a
 received messages to store and ack) kept meanwhile, so the outbox waits for the disk instead
 of crashing. A returning peer's backoffs cut and an evict's burial are work the event watcher
 hands to a task of its own (`_do_peer_work`), so a refused write never stops it reading the
-daemon's events.
+daemon's events. What events the watcher missed (the outbox was down, or the watch lagged)
+would have asked for is read from how things stand instead: every active peer's backoffs cut,
+every network's evicted buried.
 
 Receiving: `msg` frames, alone or in a `msg_batch`, are stored in the inbox (deduplicated on
 sender and client_message_id), a `message` event is published only for a new one, and every one is
@@ -243,13 +245,21 @@ class _DueNow:
 
 
 @attrs.frozen
+class _CutActive:
+    """Peer work: a network's peers may have come back unseen (the outbox was down, or its
+    watch lagged), so what waits out a backoff for each peer active now goes now."""
+
+    network: str
+
+
+@attrs.frozen
 class _BuryEvicted:
     """Peer work: a network's evict, so what can never go there dies (`_bury_evicted`)."""
 
     network: str
 
 
-_PeerWork = _DueNow | _BuryEvicted
+_PeerWork = _DueNow | _CutActive | _BuryEvicted
 
 
 @attrs.define(eq=False)
@@ -1093,12 +1103,13 @@ class Outbox(Actor):
         """Act on the daemon's events: at once on what needs no store call, handing the rest
         (peer work) to `_do_peer_work`, so a full disk, which makes those store calls wait,
         never stops this reading (a watch that lags misses peers that left, whose attempts
-        then wait out the ack timeout). An evict this actor missed (it was down, or the watch
-        lagged) is found by asking every network."""
-        await self._bury_all_evicted(work)
+        then wait out the ack timeout). What the events this actor missed (it was down, or
+        the watch lagged) would have handed over is handed over for every network
+        (`_catch_up`)."""
+        await self._catch_up(work)
         async for event in watch:
             if isinstance(event, Lagged):
-                await self._bury_all_evicted(work)
+                await self._catch_up(work)
                 self.poke()
                 continue
             if event.kind in PEER_CHANGE_EVENTS:
@@ -1110,9 +1121,12 @@ class Outbox(Actor):
             if event.kind in WAKE_EVENTS:
                 self.poke()
 
-    async def _bury_all_evicted(self, work: trio.MemorySendChannel[_PeerWork]) -> None:
-        """Hand over `_bury_evicted` for every network."""
+    async def _catch_up(self, work: trio.MemorySendChannel[_PeerWork]) -> None:
+        """Hand over, for every network, the peer work missed events may have asked for, read
+        from how things stand now rather than from the events: the backoffs of its active
+        peers cut (`_cut_active`), what goes to the evicted buried (`_bury_evicted`)."""
         for network in self.networks.all():
+            await work.send(_CutActive(network.config.id))
             await work.send(_BuryEvicted(network.config.id))
 
     async def _do_peer_work(self, work: _PeerWorkQueue) -> None:
@@ -1122,6 +1136,8 @@ class Outbox(Actor):
             match await work.next():
                 case _DueNow(network=network_id, peer=peer):
                     await self._due_now(network_id, peer, work.gather)
+                case _CutActive(network=network_id):
+                    await self._cut_active(network_id, work.gather)
                 case _BuryEvicted(network=network_id):
                     await self._bury_evicted(network_id, work.gather)
 
@@ -1138,6 +1154,16 @@ class Outbox(Actor):
         self.counts["backoffs_cut"] += cut
         if cut:
             self.poke()  # a pass that ran at the peer's return found them not due yet
+
+    async def _cut_active(self, network_id: str, pause: _Pause) -> None:
+        """`_due_now` for each peer of a network active now: one whose `peer_active` this actor
+        missed would otherwise wait out its backoff."""
+        try:
+            active = await self.networks.get(network_id).active_peers()
+        except OpError:  # gone, or its core restarts: each peer is told active again after it
+            return
+        for peer in sorted(active):
+            await self._due_now(network_id, peer, pause)
 
     def _peer_changed(self, network_id: str, peer: str) -> None:
         """Release the attempts in flight to a peer that left or came back: their acks will
