@@ -147,20 +147,34 @@ async def _started(
 
 
 async def run_command(command: list[str], payload: Any, timeout: float) -> Any:
-    """Run `command` with `payload` as JSON on stdin; its stdout (JSON, else text) answers, a
-    failure raises with its exit status and the tail of its stderr as the message."""
+    """Run `command` with `payload` as JSON on stdin; its stdout (JSON, else text; at most
+    MAX_PAYLOAD_BYTES) answers, a failure raises with its exit status and the tail of its
+    stderr as the message."""
     async with _started(command, payload) as (process, stderr):
         assert process.stdout is not None
-        output = bytearray()
+        output = b""
         with trio.move_on_after(timeout) as scope:
-            while data := await process.stdout.receive_some():
-                output += data
+            output = await read_output(process.stdout, command)
             status = await process.wait()
         if scope.cancelled_caught:
             raise _too_long(command, timeout)
         if status != 0:
             raise command_failed(command, status, _tail(stderr))
-    return _decoded(bytes(output))
+    return _decoded(output)
+
+
+async def read_output(stdout: trio.abc.ReceiveStream, command: list[str]) -> bytes:
+    """All of `stdout` until it closes; ServedCommandFailed as soon as it passes
+    MAX_PAYLOAD_BYTES, which no answer carries, one byte past it read and no more: memory
+    stays bounded however much the command writes, and the command is killed as for a
+    timeout (its block in `run_command` ends)."""
+    output = bytearray()
+    while data := await stdout.receive_some(MAX_PAYLOAD_BYTES + 1 - len(output)):
+        output += data
+        if len(output) > MAX_PAYLOAD_BYTES:
+            said = f"{command[0]} wrote more than {MAX_PAYLOAD_BYTES} bytes and was killed"
+            raise ServedCommandFailed(said)
+    return bytes(output)
 
 
 async def stream_command(command: list[str], payload: Any, timeout: float) -> AsyncIterator[Any]:

@@ -19,21 +19,25 @@ import trio.testing
 from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_USAGE, CommandFailed
 from meshactors.cli.served import (
     KILL_WAIT_SECONDS,
+    ServedCommandFailed,
     claim_lost,
     command_failed,
     kill_group,
     open_command,
+    read_output,
     run_command,
     served_command,
     stream_command,
 )
 from meshactors.client import EventStream
+from meshactors.network.payload import MAX_PAYLOAD_BYTES
 from meshactors.wire.pipe_frames import FrameParser, Reset, encode
 from tests.support import exited, kill_leftover, pid_written, pids_written, sleeper
 
 DEEP = "[" * 5000  # deeper than the parser goes: RecursionError, not ValueError
 WRITE_DEEP = [sys.executable, "-c", f"print({DEEP!r})"]
 TIMEOUT = 60.0  # seconds the command may take: a bound, not a pause
+OVER_A_PAYLOAD = f"{8 * MAX_PAYLOAD_BYTES}"  # bytes a command writes: more than an answer takes
 
 
 async def test_output_nested_too_deeply_answers_as_its_text() -> None:
@@ -189,3 +193,49 @@ async def test_a_killed_command_that_does_not_end_is_waited_for_a_bounded_time(
     finally:
         process.kill()
         await process.wait()
+
+
+@attrs.define
+class EndlessOutput:
+    """A command's stdout that never ends, counting the bytes read from it."""
+
+    read: int = 0
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        data = b"x" * min(max_bytes or 65536, 65536)
+        self.read += len(data)
+        await trio.lowlevel.checkpoint()
+        return data
+
+
+async def test_output_is_read_no_further_than_one_byte_past_a_payload() -> None:
+    """However much a command writes, what is kept of it stays bounded."""
+    stdout = EndlessOutput()
+    with pytest.raises(ServedCommandFailed) as refused:
+        await read_output(cast(trio.abc.ReceiveStream, stdout), ["yes"])
+    assert stdout.read == MAX_PAYLOAD_BYTES + 1
+    assert str(refused.value) == f"yes wrote more than {MAX_PAYLOAD_BYTES} bytes and was killed"
+
+
+async def test_a_command_writing_more_than_a_payload_is_killed_with_what_it_started(
+    tmp_path: Path,
+) -> None:
+    """`sh -c` starts `sleep`, then writes more than an answer carries and waits: the call
+    fails at once with why, and both are killed, where it used to wait out the timeout."""
+    fifo, pids = tmp_path / "pid.fifo", []
+    os.mkfifo(fifo)
+    script = f'sleep 1000 & echo $! > "$0"; head -c {OVER_A_PAYLOAD} /dev/zero; wait'
+
+    async def note_pid() -> None:
+        pids.append(await pid_written(fifo))
+
+    try:
+        with trio.fail_after(30):  # well within the command's own TIMEOUT
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(note_pid)
+                with pytest.raises(ServedCommandFailed) as refused:
+                    await run_command(["sh", "-c", script, str(fifo)], None, TIMEOUT)
+            await exited(pids[0])
+    finally:
+        kill_leftover(pids[0] if pids else None)
+    assert str(refused.value) == f"sh wrote more than {MAX_PAYLOAD_BYTES} bytes and was killed"

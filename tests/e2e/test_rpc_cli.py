@@ -384,6 +384,7 @@ async def test_channel_send_reliable_answers_once_acknowledged(home: Home, me: s
 
 HUGE = "print(12345678901234567890123)"  # JSON, but beyond 64 bits: no payload carries it
 LONG_LINE = f"print('first'); print('x' * {MAX_PAYLOAD_BYTES + 1}); print('never')"
+FLOOD_BYTES = f"{8 * MAX_PAYLOAD_BYTES}"  # a command's output: more than an answer carries
 
 
 async def test_rpc_serve_answers_remote_error_when_the_output_is_refused(
@@ -391,17 +392,20 @@ async def test_rpc_serve_answers_remote_error_when_the_output_is_refused(
 ) -> None:
     huge = home.popen("rpc", "serve", "huge", "--", sys.executable, "-c", HUGE)
     long = home.popen("rpc", "serve", "--stream", "long", "--", sys.executable, "-c", LONG_LINE)
+    flood = home.popen("rpc", "serve", "flood", "--", "head", "-c", FLOOD_BYTES, "/dev/zero")
+    servers = (huge, long, flood)
     try:
         with trio.fail_after(30):  # well within the calls' own 60 s
-            for server in (huge, long):
+            for server in servers:
                 line = await trio.to_thread.run_sync(started, server, "stderr")
                 assert line.startswith("serving")
             call = functools.partial(home.cli, "rpc", "call", "--timeout", "60", check=False)
             refused = await trio.to_thread.run_sync(call, me, "huge", "--json")
             streamed = await trio.to_thread.run_sync(call, me, "long", "--stream", "--json")
+            flooded = await trio.to_thread.run_sync(call, me, "flood", "--json")
             warned = await trio.to_thread.run_sync(started, huge, "stderr")
     finally:
-        for server in (huge, long):
+        for server in servers:
             server.kill()
             server.wait()
     assert refused.returncode == 1
@@ -415,6 +419,10 @@ async def test_rpc_serve_answers_remote_error_when_the_output_is_refused(
     error = json.loads(end)["error"]
     assert error["code"] == "remote_error"
     assert error["message"].endswith(f"wrote a line over {MAX_PAYLOAD_BYTES} bytes")
+    assert flooded.returncode == 1
+    error = json.loads(flooded.stdout)["error"]
+    assert error["code"] == "remote_error"
+    assert error["message"] == f"head wrote more than {MAX_PAYLOAD_BYTES} bytes and was killed"
 
 
 @pytest.mark.parametrize(
