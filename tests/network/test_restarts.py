@@ -14,6 +14,7 @@ import trio.testing
 
 from meshactors.actors import ActorState, ChildSpec, Restart
 from meshactors.network.app_frames import Chan
+from meshactors.network.rpc import MAX_TIMEOUT_MS
 from tests.network.appclient import AppClient, network_children
 from tests.network.conftest import NET, UNREACHABLE, WAIT, Daemon, Mesh, OpFailed, approve_both
 from tests.network.rawpeer import approved_raw_peer
@@ -200,6 +201,32 @@ async def test_a_link_crash_keeps_claims_and_calls_resume(
         )
     assert answer["payload"] == 3  # served by the claim made before the crash
     assert [e for e in server.events if e["kind"] == "handler_displaced"] == []
+
+
+@pytest.mark.parametrize("actor", ["core", "network root"])
+async def test_a_crash_of_the_caller_s_core_ends_its_streams_on_the_serving_side_at_once(
+    mesh: Mesh, nursery: trio.Nursery, actor: str
+) -> None:
+    """The caller's stream fails there (`unavailable` as core stops, `peer_not_active` when
+    the link stopped first) and no cancel is sent, yet the serving side does not hold it till
+    its deadline: the link restarts with core, and the caller leaving the broker ends the call
+    there (`peer_left`)."""
+    a, b = await debug_pair(mesh)
+    caller, server = await client_of(a, nursery), await client_of(b, nursery)
+    await server.call("rpc_register", network=NET, method="forever", streaming=True)
+    started = await caller.call(
+        "rpc_call_stream",
+        network=NET,
+        peer=b.device_id,
+        method="forever",
+        timeout_ms=MAX_TIMEOUT_MS,
+    )
+    inbound = await server.event("rpc_inbound", method="forever")
+    await a.call("debug_crash", path=crash_path(actor))
+    end = await caller.event("rpc_call_stream_end", request_id=started["request_id"])
+    assert end["error"]["code"] in ("unavailable", "peer_not_active")
+    told = await server.event("rpc_cancelled", request_id=inbound["request_id"])
+    assert told["reason"] == "peer_left"
 
 
 async def serve_once(server: AppClient, payload: int) -> None:
