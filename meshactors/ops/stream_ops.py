@@ -85,24 +85,29 @@ async def stream_accept(session: Session, params: StreamAcceptParams) -> dict[st
 
 @contextlib.contextmanager
 def _ended_unless_taken(session: Session, network: Network) -> Iterator[None]:
-    """Around a stream op's work with core: should the connection close without the pipe
-    (the op was cut off, or gave up, about when core set the stream up), its close has core
-    end what the op set up (`Streams.untaken`), which nobody else would ever read or end. It
-    asks nothing after an error other than a timeout (core is done with the request and holds
+    """Around a stream op's work with core: what the op set up and the connection never took
+    is ended by core (`Streams.untaken`), as nobody else would ever read or end it. An op
+    answered `timeout` has it ended at once: core may have run the request, or still run it,
+    after the op stopped waiting, and a peer accepting just then would leave the stream
+    attached, holding its place, for as long as the program keeps its connection open. The
+    word goes behind the request in core's inbox, so it finds whatever that set up; should it
+    not fit there, the connection's close asks again. A connection that closed without the
+    pipe (the op was cut off about when core set the stream up) has its close ask. Nothing is
+    asked after an error other than a timeout (core is done with the request and holds
     nothing of it: it or the peer refused, or core stopped), nor of a retired network (its
     streams stopped)."""
-    refused = False
+    untaken = functools.partial(network.streams.untaken, session.client_id)
+    settled = False  # core holds nothing the op set up, or was told to end it
 
     async def unless_taken() -> None:
-        if session.pipe is None and not refused and not network.retired:
-            untaken = functools.partial(network.streams.untaken, session.client_id)
+        if session.pipe is None and not settled and not network.retired:
             await network.ask("end a stream nobody took", untaken)
 
     session.on_close(unless_taken)
     try:
         yield
     except OpError as error:
-        refused = error.code is not ErrorCode.TIMEOUT  # core may still run a request timed out
+        settled = error.code is not ErrorCode.TIMEOUT or network.tell(untaken)
         raise
 
 

@@ -18,6 +18,7 @@ import trio.testing
 
 from meshactors.client import BinaryStream, ClientError, MeshClient, StreamError
 from meshactors.control.client import FINISHED_STALL_TIMEOUT, RESET_WRITE_TIMEOUT
+from meshactors.network.core import COMMAND_TIMEOUT
 from meshactors.network.network import Network
 from meshactors.network.stream_frames import STREAM_WINDOW_BYTES
 from meshactors.network.stream_pipe import STREAM_FRAME_COST, STREAM_INBOX, frame_cost
@@ -848,6 +849,7 @@ class HeldCore:
     meanwhile waits in its inbox, in order."""
 
     network: Network
+    patience: float = WAIT  # seconds the hold may last: past a clock's jump, when there is one
     running: trio.Event = attrs.field(factory=trio.Event)
     release: trio.Event = attrs.field(factory=trio.Event)
 
@@ -856,7 +858,7 @@ class HeldCore:
         await self.release.wait()
 
     async def run(self) -> None:
-        await self.network.core.ask(self.hold, "hold core", timeout=WAIT)
+        await self.network.core.ask(self.hold, "hold core", timeout=self.patience)
 
     async def queued(self, count: int) -> None:
         """Wait until `count` requests (asks, tells) wait in core's inbox: its traffic aside."""
@@ -961,6 +963,45 @@ async def test_an_open_answered_after_its_program_hung_up_ends_the_stream(
     assert ended.value.code == "cancelled"
     await until(lambda: forgotten_by_both(a, b))
     await until(lambda: budgets_back(a, b))
+
+
+async def test_an_open_answered_timeout_as_the_peer_accepts_ends_the_stream(
+    pair: Pair, nursery: trio.Nursery, real_time_clock: trio.testing.MockClock
+) -> None:
+    """The opener's core is held past COMMAND_TIMEOUT, so its program's stream_open is answered
+    `timeout` before core ran it; released, core sends the offer and, held again, takes the
+    peer's accept only after that answer went. The program keeps its connection open, yet the
+    stream the op set up ends at once (the serving program reads `cancelled`) and leaves both
+    tables, rather than stay attached to nobody until that connection closes."""
+    _opener, server, a, b = pair
+    socket = resolve_paths({"MESHACTORS_HOME": str(b.home)}).socket
+    owner = await AppClient.open(socket, nursery)
+    await owner.call("rpc_register", network=NET, method="tardy", streaming="binary")
+    first, second = (HeldCore(a.network(), patience=COMMAND_TIMEOUT + WAIT) for _ in range(2))
+    nursery.start_soon(first.run)
+    with trio.fail_after(WAIT):
+        await first.running.wait()
+        lines = await line_client(a)
+        params = {"network": NET, "peer": b.device_id, "method": "tardy", "timeout_ms": 600_000}
+        request = await lines.send("stream_open", **params)
+        await first.queued(1)  # the op waits for core
+        nursery.start_soon(second.run)
+        await first.queued(2)  # core is held again right after the op
+    real_time_clock.jump(COMMAND_TIMEOUT)  # the op's ask times out
+    with trio.fail_after(WAIT):
+        answer = await lines.frame()
+        assert (answer["id"], answer["error"]["code"]) == (request, "timeout")
+        first.release.set()
+        await second.running.wait()  # the open ran: the offer went out
+        offer = await owner.event("stream_incoming")
+        stream = await server.accept_stream(NET, offer["stream_id"])
+    await until(lambda: _now(a.network().core.inbox.statistics().current_buffer_used > 0))
+    second.release.set()  # stream_ready, in the traffic lane, goes first
+    with trio.fail_after(WAIT), pytest.raises(StreamError) as ended:
+        await read_all(stream)
+    assert ended.value.code == "cancelled"
+    await until(lambda: forgotten_by_both(a, b))
+    await lines.aclose()
 
 
 PEER_STREAMS = 5  # streams to one peer in the budget tests: their windows are well past it
