@@ -34,6 +34,10 @@ REPLAY_CALL_TIMEOUT = 30.0  # seconds each replayed claim or subscription may ta
 # errors after which the daemon may still carry the request out: its core did not answer in
 # time, or we stopped waiting (a cancel, too)
 UNSURE_CODES = frozenset({"timeout", "unavailable", "deadline"})
+# failures of the first connect retried like a daemon still starting, until connect_timeout:
+# a daemon too full to take us answers `unavailable`, or closes the connection unanswered
+# (past MAX_REFUSING refusals at once, or while its `control` cannot take a client)
+FIRST_CONNECT_RETRIED = frozenset({"unavailable", "connection_lost"})
 
 Frame = dict[str, Any]
 
@@ -318,8 +322,9 @@ class DaemonLink:
             except* ClientError as group:
                 failure = first_leaf(group)
             if failure is not None:
-                # a daemon too full to take us (`unavailable`) is retried like one starting
-                if not started and (failure.code != "unavailable" or not _left(first_deadline)):
+                if not started and (
+                    failure.code not in FIRST_CONNECT_RETRIED or not _left(first_deadline)
+                ):
                     raise failure
                 log.info("daemon unreachable on %s; retrying: %s", self.path, failure)
 

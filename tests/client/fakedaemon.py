@@ -1,7 +1,7 @@
 """A stand-in daemon on a real Unix socket for what a real one cannot be made to do on cue:
-send a `lagged` frame, hang up in the middle of a client's replay, leave an op unanswered,
-hold its answer or refuse it. It answers every other op with success and sends whatever
-event frames the test hands it."""
+send a `lagged` frame, close a connection unanswered, hang up in the middle of a client's
+replay, leave an op unanswered, hold its answer or refuse it. It answers every other op with
+success and sends whatever event frames the test hands it."""
 
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ class FakeDaemon:
     refused: dict[str, str] = attrs.field(factory=dict)  # ops answered with this error code
     answers: dict[str, dict[str, Any]] = attrs.field(factory=dict)  # ops answered with this
     # data instead of ANSWERS'
+    closed_at_once: int = 0  # connections to come closed unread, as a daemon past MAX_REFUSING
     _send: trio.MemorySendChannel[FakeConnection] = attrs.field(init=False)
     _receive: trio.MemoryReceiveChannel[FakeConnection] = attrs.field(init=False)
 
@@ -82,6 +83,10 @@ class FakeDaemon:
         return await self._receive.receive()
 
     async def serve(self, stream: trio.SocketStream) -> None:
+        if self.closed_at_once:
+            self.closed_at_once -= 1
+            await stream.aclose()
+            return
         session = FakeConnection(stream)
         self._send.send_nowait(session)
         buffer = b""
