@@ -82,13 +82,21 @@ class StreamTable:
 
     opening: int = 0  # rpc_call_stream requests whose answer has not been handled yet
     streams: dict[str, RpcStream] = attrs.field(factory=dict)
+    # streams their callers left before the daemon ended them: their events, until the end
+    # the daemon always sends last, are dropped, never held as another stream's early ones
+    _left: set[str] = attrs.field(factory=set)
     _early: list[dict[str, Any]] = attrs.field(factory=list)
     # events were dropped while streams were opening: each one opened until none is fails so
     _opening_lagged: ClientError | None = None
 
     def deliver(self, frame: dict[str, Any]) -> None:
         """Route one stream event; never waits."""
-        stream = self.streams.get(frame.get("request_id"))  # type: ignore[arg-type]
+        request_id = frame.get("request_id")
+        if request_id in self._left:
+            if frame["kind"] == "rpc_call_stream_end":
+                self._left.discard(request_id)
+            return
+        stream = self.streams.get(request_id)  # type: ignore[arg-type]
         if stream is not None:
             stream._deliver(frame)
             if frame["kind"] == "rpc_call_stream_end":
@@ -125,6 +133,7 @@ class StreamTable:
         until none is being opened (its first events may be among those dropped)."""
         for stream in self.streams.values():
             stream._end(failure)
+        self._left.clear()  # their ends may be among those dropped: none is waited for
         if self.opening:
             self._opening_lost(failure)
 
@@ -134,8 +143,11 @@ class StreamTable:
         self._early.clear()
 
     def forget(self, stream: RpcStream) -> None:
-        """Stop routing to a stream its caller left."""
+        """Stop routing to a stream its caller left; what the daemon still sends of it, up to
+        its end, is dropped."""
         self.streams.pop(stream.request_id, None)
+        if not stream.daemon_done:
+            self._left.add(stream.request_id)
         stream._end(None)
 
     def fail_all(self, failure: ClientError) -> None:
@@ -145,3 +157,4 @@ class StreamTable:
             stream.daemon_done = True
             stream._end(failure)
         self.streams.clear()
+        self._left.clear()

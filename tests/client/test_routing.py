@@ -219,3 +219,23 @@ async def test_a_stream_whose_early_events_overflowed_ends_lagged_not_short() ->
         assert failure.value.code == "lagged"
         assert f"more than {EARLY_FRAMES} stream events" in failure.value.message
         assert not opened.daemon_done  # ended here only: leaving its block cancels it
+
+
+async def test_a_left_streams_late_events_never_end_a_stream_being_opened_lagged() -> None:
+    """s1's caller left its block before the daemon ended s1: what the daemon still sends of
+    it, however much, is dropped, not held as early events while s2's call is answered (past
+    EARLY_FRAMES they would end s2 `lagged`), and s2 gets all of its own."""
+    table = StreamTable(opening=1)
+    left = table.open("s1", *UNTIMED)
+    table.done_opening()
+    table.forget(left)  # its caller left: the cancel is on its way to the daemon
+    table.opening = 1  # s2's call is being answered
+    table.deliver(chunk("s2", "a"))
+    for n in range(EARLY_FRAMES):
+        table.deliver(chunk("s1", n))
+    table.deliver(end("s1"))
+    table.deliver(chunk("s2", "b"))
+    stream = table.open("s2", *UNTIMED)
+    table.done_opening()
+    table.deliver(end("s2"))
+    assert [item async for item in stream] == ["a", "b"]
