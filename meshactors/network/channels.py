@@ -197,6 +197,8 @@ class Channels:
     _subscribers: dict[str, _Subscriptions] = attrs.field(factory=dict, init=False)  # by client
     _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     _removed: bool = attrs.field(default=False, init=False)  # `network_removed` ran
+    # the channels `network_removed` ends, each with its pump's end and readers, till told
+    _ending: dict[str, tuple[PumpEnd, list[ChannelClient]]] = attrs.field(factory=dict, init=False)
     _reliable: dict[str, ReliableSend] = attrs.field(factory=dict, init=False)
     _recent_acks: collections.OrderedDict[tuple[str, str], int] = attrs.field(
         factory=collections.OrderedDict, init=False
@@ -317,26 +319,44 @@ class Channels:
         was given before, and pushes nothing more, so nothing of the channel follows the
         notice; later subscribes are refused. A pump that did not within PUMP_END_TIMEOUT
         (say it crashed and waits for its restart) is stopped, and then its subscribers are
-        told from here; a stop that fails leaves those not yet told untold."""
+        told from here; those the network's stop catches untold are told after it
+        (`stopped_removed`)."""
         async with self._lock:
             self._removed = True
             pumps = self._pumps
-            readers = {
-                channel: [self._subscribers[client].readers[channel] for client in sorted(ids)]
-                for channel, ids in self._readers.items()
+            self._ending = {
+                channel: (PumpEnd(REMOVED), readers)
+                for channel, readers in self._take_readers().items()
             }
-            self._pumps, self._readers, self._subscribers = {}, {}, {}
-            ends = {channel: PumpEnd(REMOVED) for channel in sorted(pumps)}
             with trio.move_on_after(PUMP_END_TIMEOUT):
-                for channel, end in ends.items():
+                for channel, (end, _readers) in self._ending.items():
                     await pumps[channel].inbox.send(end)
-                for end in ends.values():
+                for end, _readers in self._ending.values():
                     await end.told.wait()
-            for channel, end in ends.items():
+            for channel, (end, readers) in list(self._ending.items()):
                 if not end.told.is_set() and self.supervisor is not None:
                     await self.supervisor.stop_child(_pump_name(channel))
                 if not end.told.is_set():  # it can push nothing more: no message follows
-                    tell_ended(readers[channel], self.network, channel, REMOVED)
+                    tell_ended(readers, self.network, channel, REMOVED)
+                del self._ending[channel]
+
+    def stopped_removed(self) -> None:
+        """The network, removed, has stopped, and with it core and every pump: the subscribers
+        nobody told (core never got to `network_removed`, say its ask timed out, or the stop
+        cut it short) are told now; nothing of their channels can follow."""
+        untold = {c: readers for c, (end, readers) in self._ending.items() if not end.told.is_set()}
+        self._ending = {}
+        for channel, readers in (untold | self._take_readers()).items():
+            tell_ended(readers, self.network, channel, REMOVED)
+
+    def _take_readers(self) -> dict[str, list[ChannelClient]]:
+        """Every subscription, by channel, taken out of the tables (which are left empty)."""
+        readers = {
+            channel: [self._subscribers[client].readers[channel] for client in sorted(ids)]
+            for channel, ids in sorted(self._readers.items())
+        }
+        self._pumps, self._readers, self._subscribers = {}, {}, {}
+        return readers
 
     async def client_gone(self, client_id: str) -> None:
         """Unsubscribe a closed connection from every channel it read."""

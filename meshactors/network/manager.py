@@ -244,12 +244,12 @@ class NetworkManager(Supervisor):
         network = self._networks.pop(network_id, None)
         stopping: AskTimeout | None = None
         if network is not None:
-            # Best effort: the broker tells peers too; subscribers a deaf core did not tell stay
-            # untold (docs/protocol.md, `channel_unsubscribed`), and the stop goes on regardless.
+            # Best effort: the broker tells peers too; subscribers a deaf core did not tell are
+            # told once the network stopped (`Network.removed`), and the stop goes on regardless.
             with contextlib.suppress(OpError):
                 await network.leave("network removed")
             try:
-                await self.stop_child(_child_name(network_id), on_stopped=network.retire)
+                await self.stop_child(_child_name(network_id), on_stopped=network.removed)
             except AskTimeout as exc:
                 # The stop still waits in this supervisor's queue and will be carried out,
                 # retiring the network then (not now: its core still runs and reads its inbox).

@@ -161,9 +161,9 @@ class Network(Supervisor):
         """Before the network is stopped for good (removed): end its binary streams (`stopped`)
         and its channel subscriptions, telling each subscriber, and tell its peers we leave
         with `reason`, all in core's task (their owner); OpError unavailable or timeout when
-        core does not answer, and then what it did not get to before the network's stop stays
-        undone: those subscribers are never told (docs/protocol.md, `channel_unsubscribed`),
-        and streams to peers end as the link does (`peer_not_active`)."""
+        core does not answer, and then what it did not get to before the network's stop is
+        done by the stop: those subscribers are told once it stopped (`removed`), and streams
+        to peers end as the link does (`peer_not_active`)."""
 
         async def farewell() -> None:
             try:
@@ -173,6 +173,12 @@ class Network(Supervisor):
                 await self.peers.say_bye(reason)
 
         await self.ask_await("leave", farewell)
+
+    def removed(self) -> None:
+        """The network, removed, has stopped: `retire` it, and tell the channel subscribers its
+        core did not get to tell (`Channels.stopped_removed`)."""
+        self.retire()
+        self.channels.stopped_removed()
 
     def retire(self) -> None:
         """The network is stopped for good (removed, or its supervisor's run ended): an ask to

@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from meshactors.actors import ActorState
 from meshactors.broker.server import Broker
@@ -267,3 +268,9 @@ async def active_pair(mesh: Mesh) -> tuple[Daemon, Daemon]:
     await b.join(mesh.url)
     await approve_both(a, b)
     return a, b
+
+
+@pytest.fixture
+def real_time_clock() -> trio.testing.MockClock:
+    """Real time that a test can also jump past a deadline."""
+    return trio.testing.MockClock(rate=1)

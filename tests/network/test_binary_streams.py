@@ -642,12 +642,6 @@ async def test_an_opener_gone_while_waiting_for_credit_cancels_the_stream_at_onc
     assert await stalled.ended() == ["cancelled"]
 
 
-@pytest.fixture
-def real_time_clock() -> trio.testing.MockClock:
-    """Real time that a test can also jump past a deadline."""
-    return trio.testing.MockClock(rate=1)
-
-
 async def stalls_cut_off(daemon: Daemon) -> bool:
     """Whether `daemon` closed the connection of the stalled server's program."""
     return "binary-stream" not in protocols(await daemon.call("inspect"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 from typing import Any
 
@@ -10,9 +11,11 @@ import pytest
 import trio
 import trio.testing
 
-from meshactors.actors import Supervisor
+from meshactors.actors import ActorGone, Supervisor
 from meshactors.client import ChannelMessage, MeshClient
 from meshactors.network.app_frames import Chan
+from meshactors.network.channels import ChannelPump
+from meshactors.network.core import COMMAND_TIMEOUT
 from meshactors.network.payload import MAX_BATCH, MAX_PAYLOAD_BYTES, Payload
 from meshactors.network.retained import RETAINED_MAX_VALUES
 from tests.network.appclient import AppClient, network_children
@@ -27,6 +30,7 @@ from tests.network.conftest import (
     solo_daemon,
 )
 from tests.network.rawpeer import approved_raw_peer
+from tests.network.test_binary_streams import HeldCore
 
 
 async def joined(mesh: Mesh, *names: str) -> list[Daemon]:
@@ -360,3 +364,78 @@ async def test_a_pump_slow_to_stop_does_not_hold_up_the_end_of_its_channel(
             event = await reader.event("channel_unsubscribed", channel="news")
         told.set()
     assert (event["network"], event["reason"]) == (NET, "network_removed")
+
+
+async def test_subscribers_a_removed_networks_core_never_told_are_told_after_its_stop(
+    mesh: Mesh, nursery: trio.Nursery, real_time_clock: trio.testing.MockClock
+) -> None:
+    """Core is held past COMMAND_TIMEOUT, so the removal's leave times out before core takes
+    it up, and the network is stopped with its subscribers untold: they are told once it
+    stopped, when nothing of the channel can follow."""
+    _, b = await active_pair(mesh)
+    reader = await client_of(b, nursery)
+    await reader.call("channel_subscribe", network=NET, channel="news")
+    held = HeldCore(b.network(), patience=COMMAND_TIMEOUT + WAIT)
+    removed = trio.Event()
+
+    async def hold() -> None:
+        with contextlib.suppress(ActorGone):  # the network's stop ends the hold
+            await held.run()
+
+    async def remove() -> None:
+        await b.call("network_remove", network=NET)
+        removed.set()
+
+    nursery.start_soon(hold)
+    with trio.fail_after(WAIT):
+        await held.running.wait()
+        nursery.start_soon(remove)
+        await held.queued(1)  # the leave waits for core
+    real_time_clock.jump(COMMAND_TIMEOUT)  # the leave's ask times out
+    event = await reader.event("channel_unsubscribed", channel="news")
+    assert (event["network"], event["reason"]) == (NET, "network_removed")
+    with trio.fail_after(WAIT):
+        await removed.wait()
+
+
+async def test_subscribers_a_removed_networks_stop_caught_untold_are_told_after_it(
+    mesh: Mesh,
+    nursery: trio.Nursery,
+    monkeypatch: pytest.MonkeyPatch,
+    real_time_clock: trio.testing.MockClock,
+) -> None:
+    """Core takes up the removal's leave, but the channel's pump tells nobody (stuck, as one
+    waiting for its restart) and its stop hangs, so the leave times out and the network's
+    stop cuts it short: the subscriber is told once the network stopped."""
+    _, b = await active_pair(mesh)
+    stopping = trio.Event()
+    stop_child = Supervisor.stop_child
+
+    async def stuck(_pump: ChannelPump, *, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def hanging_stop(supervisor: Supervisor, name: str, **kwargs: Any) -> bool:
+        if name.startswith("channel "):
+            stopping.set()
+            await trio.sleep_forever()
+        return await stop_child(supervisor, name, **kwargs)
+
+    monkeypatch.setattr(ChannelPump, "run", stuck)
+    monkeypatch.setattr(Supervisor, "stop_child", hanging_stop)
+    reader = await client_of(b, nursery)
+    await reader.call("channel_subscribe", network=NET, channel="news")
+    removed = trio.Event()
+
+    async def remove() -> None:
+        await b.call("network_remove", network=NET)
+        removed.set()
+
+    nursery.start_soon(remove)
+    with trio.fail_after(WAIT):
+        await stopping.wait()  # the pump told nobody within PUMP_END_TIMEOUT
+    real_time_clock.jump(COMMAND_TIMEOUT)  # the leave's ask times out
+    event = await reader.event("channel_unsubscribed", channel="news")
+    assert (event["network"], event["reason"]) == (NET, "network_removed")
+    with trio.fail_after(WAIT):
+        await removed.wait()
