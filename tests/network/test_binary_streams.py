@@ -998,6 +998,47 @@ async def test_an_open_answered_timeout_as_the_peer_accepts_ends_the_stream(
     await lines.aclose()
 
 
+async def test_an_accept_answered_timeout_ends_the_stream_it_set_up(
+    pair: Pair, nursery: trio.Nursery, real_time_clock: trio.testing.MockClock
+) -> None:
+    """The server's core is held past COMMAND_TIMEOUT, so its program's stream_accept is
+    answered `timeout` before core ran it; released, core accepts and the opener gets its
+    stream. The program keeps its connection open but never takes the stream: it ends at once
+    (the opener reads `cancelled`) and leaves both tables."""
+    opener, _server, a, b = pair
+    socket = resolve_paths({"MESHACTORS_HOME": str(b.home)}).socket
+    owner = await AppClient.open(socket, nursery)
+    await owner.call("rpc_register", network=NET, method="unsure", streaming="binary")
+    opened: list[BinaryStream] = []
+    is_open = trio.Event()
+
+    async def open_it() -> None:
+        opened.append(await opener.open_stream(NET, b.device_id, "unsure", timeout_ms=600_000))
+        is_open.set()
+
+    nursery.start_soon(open_it)
+    offer = await owner.event("stream_incoming")
+    held = HeldCore(b.network(), patience=COMMAND_TIMEOUT + WAIT)
+    nursery.start_soon(held.run)
+    with trio.fail_after(WAIT):
+        await held.running.wait()
+        lines = await line_client(b)
+        request = await lines.send("stream_accept", network=NET, stream_id=offer["stream_id"])
+        await held.queued(1)  # the op waits for core
+    real_time_clock.jump(COMMAND_TIMEOUT)  # the op's ask times out
+    with trio.fail_after(WAIT):
+        answer = await lines.frame()
+        assert (answer["id"], answer["error"]["code"]) == (request, "timeout")
+        held.release.set()  # core accepts now
+        await is_open.wait()
+        (stream,) = opened
+    with trio.fail_after(WAIT), pytest.raises(StreamError) as ended:
+        await read_all(stream)
+    assert ended.value.code == "cancelled"
+    await until(lambda: forgotten_by_both(a, b))
+    await lines.aclose()
+
+
 PEER_STREAMS = 5  # streams to one peer in the budget tests: their windows are well past it
 
 
