@@ -34,6 +34,9 @@ from meshactors.stop_signals import stop_signals
 
 MAX_STDERR_CHARS = 2000  # the tail of a failed command's stderr sent back as the error message
 STDERR_TAIL_BYTES = 4 * MAX_STDERR_CHARS  # bytes kept to decode it: a character is up to 4
+# a command's stdout kept for one answer: its JSON, indented, may be a few times the compact
+# payload it decodes to, which the payload's own check (MAX_PAYLOAD_BYTES) then measures
+MAX_OUTPUT_BYTES = 8 * MAX_PAYLOAD_BYTES
 KILL_WAIT_SECONDS = 5.0  # a killed command is waited for this long at most, then left unreaped
 
 
@@ -148,7 +151,7 @@ async def _started(
 
 async def run_command(command: list[str], payload: Any, timeout: float) -> Any:
     """Run `command` with `payload` as JSON on stdin; its stdout (JSON, else text; at most
-    MAX_PAYLOAD_BYTES) answers, a failure raises with its exit status and the tail of its
+    MAX_OUTPUT_BYTES) answers, a failure raises with its exit status and the tail of its
     stderr as the message."""
     async with _started(command, payload) as (process, stderr):
         assert process.stdout is not None
@@ -165,14 +168,14 @@ async def run_command(command: list[str], payload: Any, timeout: float) -> Any:
 
 async def read_output(stdout: trio.abc.ReceiveStream, command: list[str]) -> bytes:
     """All of `stdout` until it closes; ServedCommandFailed as soon as it passes
-    MAX_PAYLOAD_BYTES, which no answer carries, one byte past it read and no more: memory
-    stays bounded however much the command writes, and the command is killed as for a
-    timeout (its block in `run_command` ends)."""
+    MAX_OUTPUT_BYTES, one byte past it read and no more: memory stays bounded however much
+    the command writes, and the command is killed as for a timeout (its block in
+    `run_command` ends)."""
     output = bytearray()
-    while data := await stdout.receive_some(MAX_PAYLOAD_BYTES + 1 - len(output)):
+    while data := await stdout.receive_some(MAX_OUTPUT_BYTES + 1 - len(output)):
         output += data
-        if len(output) > MAX_PAYLOAD_BYTES:
-            said = f"{command[0]} wrote more than {MAX_PAYLOAD_BYTES} bytes and was killed"
+        if len(output) > MAX_OUTPUT_BYTES:
+            said = f"{command[0]} wrote more than {MAX_OUTPUT_BYTES} bytes and was killed"
             raise ServedCommandFailed(said)
     return bytes(output)
 

@@ -4,6 +4,7 @@ running when it exited dies as its call ends."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -19,6 +20,7 @@ import trio.testing
 from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_USAGE, CommandFailed
 from meshactors.cli.served import (
     KILL_WAIT_SECONDS,
+    MAX_OUTPUT_BYTES,
     ServedCommandFailed,
     claim_lost,
     command_failed,
@@ -37,7 +39,7 @@ from tests.support import exited, kill_leftover, pid_written, pids_written, slee
 DEEP = "[" * 5000  # deeper than the parser goes: RecursionError, not ValueError
 WRITE_DEEP = [sys.executable, "-c", f"print({DEEP!r})"]
 TIMEOUT = 60.0  # seconds the command may take: a bound, not a pause
-OVER_A_PAYLOAD = f"{8 * MAX_PAYLOAD_BYTES}"  # bytes a command writes: more than an answer takes
+OVER_THE_OUTPUT_CAP = f"{2 * MAX_OUTPUT_BYTES}"  # bytes a command writes: more than it may
 
 
 async def test_output_nested_too_deeply_answers_as_its_text() -> None:
@@ -208,23 +210,23 @@ class EndlessOutput:
         return data
 
 
-async def test_output_is_read_no_further_than_one_byte_past_a_payload() -> None:
+async def test_output_is_read_no_further_than_one_byte_past_its_cap() -> None:
     """However much a command writes, what is kept of it stays bounded."""
     stdout = EndlessOutput()
     with pytest.raises(ServedCommandFailed) as refused:
         await read_output(cast(trio.abc.ReceiveStream, stdout), ["yes"])
-    assert stdout.read == MAX_PAYLOAD_BYTES + 1
-    assert str(refused.value) == f"yes wrote more than {MAX_PAYLOAD_BYTES} bytes and was killed"
+    assert stdout.read == MAX_OUTPUT_BYTES + 1
+    assert str(refused.value) == f"yes wrote more than {MAX_OUTPUT_BYTES} bytes and was killed"
 
 
-async def test_a_command_writing_more_than_a_payload_is_killed_with_what_it_started(
+async def test_a_command_writing_past_its_output_cap_is_killed_with_what_it_started(
     tmp_path: Path,
 ) -> None:
     """`sh -c` starts `sleep`, then writes more than an answer carries and waits: the call
     fails at once with why, and both are killed, where it used to wait out the timeout."""
     fifo, pids = tmp_path / "pid.fifo", []
     os.mkfifo(fifo)
-    script = f'sleep 1000 & echo $! > "$0"; head -c {OVER_A_PAYLOAD} /dev/zero; wait'
+    script = f'sleep 1000 & echo $! > "$0"; head -c {OVER_THE_OUTPUT_CAP} /dev/zero; wait'
 
     async def note_pid() -> None:
         pids.append(await pid_written(fifo))
@@ -238,4 +240,14 @@ async def test_a_command_writing_more_than_a_payload_is_killed_with_what_it_star
             await exited(pids[0])
     finally:
         kill_leftover(pids[0] if pids else None)
-    assert str(refused.value) == f"sh wrote more than {MAX_PAYLOAD_BYTES} bytes and was killed"
+    assert str(refused.value) == f"sh wrote more than {MAX_OUTPUT_BYTES} bytes and was killed"
+
+
+async def test_indented_json_over_a_payload_that_decodes_within_one_answers() -> None:
+    """A command printing indented JSON (`jq .`) writes a few times the payload it decodes
+    to: measured as written it would pass MAX_PAYLOAD_BYTES, decoded it fits and answers."""
+    items = [f"item-{n:05}" for n in range(6000)]  # ~100 KiB compact, ~200 KiB indented
+    script = f"import json; print(json.dumps({items!r}, indent=8))"
+    assert len(json.dumps(items, indent=8)) > MAX_PAYLOAD_BYTES > len(json.dumps(items))
+    with trio.fail_after(30):
+        assert await run_command([sys.executable, "-c", script], None, TIMEOUT) == items

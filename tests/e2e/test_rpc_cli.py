@@ -18,7 +18,7 @@ import trio
 
 from meshactors.cli.channel_cmd import LOST_DAEMON
 from meshactors.cli.common import EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_USAGE
-from meshactors.cli.served import serve_until_stopped
+from meshactors.cli.served import MAX_OUTPUT_BYTES, serve_until_stopped
 from meshactors.client import ClientError, MeshClient, RequestContext
 from meshactors.network.payload import MAX_PAYLOAD_BYTES
 from meshactors.paths import resolve_paths
@@ -384,7 +384,7 @@ async def test_channel_send_reliable_answers_once_acknowledged(home: Home, me: s
 
 HUGE = "print(12345678901234567890123)"  # JSON, but beyond 64 bits: no payload carries it
 LONG_LINE = f"print('first'); print('x' * {MAX_PAYLOAD_BYTES + 1}); print('never')"
-FLOOD_BYTES = f"{8 * MAX_PAYLOAD_BYTES}"  # a command's output: more than an answer carries
+FLOOD_BYTES = f"{2 * MAX_OUTPUT_BYTES}"  # a command's output: more than rpc serve keeps
 
 
 async def test_rpc_serve_answers_remote_error_when_the_output_is_refused(
@@ -422,7 +422,7 @@ async def test_rpc_serve_answers_remote_error_when_the_output_is_refused(
     assert flooded.returncode == 1
     error = json.loads(flooded.stdout)["error"]
     assert error["code"] == "remote_error"
-    assert error["message"] == f"head wrote more than {MAX_PAYLOAD_BYTES} bytes and was killed"
+    assert error["message"] == f"head wrote more than {MAX_OUTPUT_BYTES} bytes and was killed"
 
 
 @pytest.mark.parametrize(
