@@ -14,7 +14,9 @@ import trio
 from meshactors.client._ops import Ops
 
 LIST_PAGE = 500  # keys per state_list call while listing the map
-RELIST_KINDS = ("client_reconnected", "client_events_reset")  # events that may have missed
+# events after which the map is listed again: changes may have been missed (a reconnect, a
+# reset, the daemon's own notice of events it dropped unnumbered)
+RELIST_KINDS = ("client_reconnected", "client_events_reset", "events_dropped")
 
 
 @attrs.define(eq=False)

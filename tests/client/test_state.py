@@ -110,6 +110,22 @@ async def test_a_relist_cut_by_a_lost_daemon_waits_for_the_next_reconnect(tmp_pa
                 await shared.wait_until(lambda values: values.get("k") == 1)
 
 
+async def test_events_the_daemon_dropped_list_the_map_again(tmp_path: Path) -> None:
+    """The daemon tells of events it dropped unnumbered (`events_dropped`): a change among
+    them never comes, so the block lists the map again and has the value."""
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path) as client,
+    ):
+        session = await daemon.next_session()
+        async with client.state("lan") as shared:
+            with trio.fail_after(WAIT):
+                daemon.answers["state_list"] = {"entries": [listed("k", 1)], "next_cursor": None}
+                await session.send({"kind": "events_dropped", "count": 2, "event_id": 7})
+                await shared.wait_until(lambda values: values.get("k") == 1)
+        assert session.ops.count("state_list") == 2
+
+
 async def test_a_relist_refused_ends_the_block_with_its_error_unwrapped(tmp_path: Path) -> None:
     async with (
         fake_daemon(tmp_path / "daemon.sock") as daemon,
