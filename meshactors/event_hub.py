@@ -129,9 +129,6 @@ class EventHub(Actor):
     dropped: int = 0  # events the hub's task never numbered: no spent id was left for them
     # (the log is SPEND_AHEAD events behind or failing), or a stop cut them off
     _untold: int = 0  # of those, the ones no EVENTS_DROPPED event has told of yet
-    # events `publish` dropped on a full inbox: the publishers' tasks alone count them, the
-    # hub's never (`figures` shows the sum as `dropped`)
-    inbox_full: int = 0
     # The newest id sent live but never logged (0: none this run), and the newest of them the
     # log has recorded as lost: a replay after an older id reports the hole (`events_gap`).
     # Only the log writer's task changes these and `unlogged` (or, once it is gone at a stop,
@@ -154,12 +151,9 @@ class EventHub(Actor):
         self._to_log, self._log_queue = trio.open_memory_channel[_LogItem](PERSIST_QUEUE)
 
     def publish(self, kind: str, data: dict[str, Any]) -> None:
-        """Queue an event for the hub to number and publish; never waits (a full inbox drops
-        it and counts it)."""
-        try:
-            self.inbox.sender.send_nowait(_Published(kind, data, wall_ms()))
-        except trio.WouldBlock:
-            self.inbox_full += 1
+        """Queue an event for the hub to number and publish; never waits (a full inbox
+        refuses it and counts it, `Inbox.refused`)."""
+        self.inbox.offer(_Published(kind, data, wall_ms()))
 
     async def subscribe(
         self, capacity: int, lag_limit: int | None = None
@@ -203,7 +197,7 @@ class EventHub(Actor):
             "subscribers": self.broadcast.subscriber_count,
             "log_queue": self._log_queue.statistics().current_buffer_used,
             "unlogged": self.unlogged + self._unqueued.count,
-            "dropped": self.dropped + self.inbox_full,
+            "dropped": self.dropped + self.inbox.refused,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -25,6 +25,9 @@ class Inbox(Generic[M]):
     capacity: int = DEFAULT_INBOX_CAPACITY
     sender: trio.MemorySendChannel[M] = attrs.field(init=False)
     receiver: trio.MemoryReceiveChannel[M] = attrs.field(init=False)
+    # messages `offer` found no room for: the inbox's own count, as a channel keeps its
+    # statistics, so no actor's state is written from its senders' tasks
+    refused: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.sender, self.receiver = trio.open_memory_channel[M](self.capacity)
@@ -32,6 +35,15 @@ class Inbox(Generic[M]):
     async def send(self, message: M) -> None:
         """Queue `message` for the owner, waiting while the inbox is full."""
         await self.sender.send(message)
+
+    def offer(self, message: M) -> bool:
+        """Queue `message` if there is room, never waiting; a full inbox refuses and counts it."""
+        try:
+            self.sender.send_nowait(message)
+        except trio.WouldBlock:
+            self.refused += 1
+            return False
+        return True
 
     async def ask(
         self, build: Callable[[Reply[T]], M], *, timeout: float, what: str, settle: bool = False

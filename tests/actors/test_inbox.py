@@ -53,3 +53,11 @@ async def test_a_full_inbox_makes_the_sender_wait() -> None:
             assert await inbox.receiver.receive() == 1
             await sent.wait()
         assert await inbox.receiver.receive() == 2
+
+
+def test_an_offer_to_a_full_inbox_is_refused_and_counted_there() -> None:
+    inbox: Inbox[int] = Inbox(capacity=1)
+    assert inbox.offer(1)
+    assert not inbox.offer(2)
+    assert inbox.refused == 1
+    assert inbox.receiver.receive_nowait() == 1
