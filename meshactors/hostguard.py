@@ -13,7 +13,7 @@ from typing import TypeGuard
 
 import attrs
 
-from meshactors.paths import SymlinkRefused, read_private_record, write_private_record
+from meshactors.paths import RefusedFile, read_private_record, write_private_record
 
 HOST_MISMATCH_EXIT_CODE = 4  # CLI exit status when the identity was recorded on another machine
 HOST_FILE_VERSION = 1  # bump when the host record's keys or the fingerprint recipe change
@@ -196,8 +196,8 @@ def _read_record(path: Path) -> HostFacts | None:
         return facts
     except FileNotFoundError:
         return None
-    except SymlinkRefused:
-        raise  # not a corrupt record: a link the daemon will not follow (exit 3)
+    except RefusedFile:
+        raise  # not a corrupt record: a link or another user's file, never used (exit 3)
     except OSError as exc:
         raise HostRecordUnreadable(
             f"host record {path} is unreadable ({exc.strerror or exc})"

@@ -11,7 +11,7 @@ import attrs
 import nacl.bindings
 import nacl.signing
 
-from meshactors.paths import SymlinkRefused, read_private_record, write_private_record
+from meshactors.paths import RefusedFile, read_private_record, write_private_record
 from meshactors.wire.device_id import device_id_from_public_key
 
 IDENTITY_FILE_VERSION = 1  # bump when the file's keys or encoding change
@@ -108,8 +108,8 @@ def _read(path: Path) -> Identity | None:
         return Identity(nacl.signing.SigningKey(seed), label)
     except FileNotFoundError:
         return None
-    except SymlinkRefused:
-        raise  # told like every other file of the home (symlink_refused), not as unusable
+    except RefusedFile:
+        raise  # told like every other file of the home (its own code), not as unusable
     except (OSError, ValueError) as exc:
         raise IdentityError(
             f"identity file {path} is unusable ({exc}); it was left untouched: "

@@ -6,7 +6,7 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import attrs
@@ -16,6 +16,7 @@ APP_NAME = "meshactors"  # directory name under each XDG base directory
 SOCKET_NAME = "daemon.sock"  # control socket file name inside the runtime dir
 FALLBACK_RUNTIME_DIR = "/tmp/meshactors-{uid}"  # runtime dir when XDG_RUNTIME_DIR is unset
 PRIVATE_DIR_MODE = 0o700  # state and runtime dirs: the identity and the socket are the owner's
+SHARED_WRITE_BITS = 0o022  # a private dir with one of these was open to others' files: warned
 PRIVATE_FILE_MODE = 0o600  # identity, host record, tokens: readable by the owner only
 ROOT_UID = 0  # besides ours, the only owner whose symlink to a private directory we follow
 TMP_SUFFIX_BYTES = 8  # random bytes in a temporary file's name, so writers never collide
@@ -37,9 +38,18 @@ class UnsafeDirectory(PermissionError):
         return f"{self.filename}: {self.strerror}"
 
 
-class SymlinkRefused(PermissionError):
+class RefusedFile(PermissionError):
+    """A file the daemon keeps in its home that it will not use, whatever it holds: told in
+    its own words, exit 3, never as a damaged or unreadable file. `code` names it under --json."""
+
+    code = "refused_file"
+
+
+class SymlinkRefused(RefusedFile):
     """A file the daemon keeps in its home is a symlink: it is never followed (a link could
     make the daemon read, write or chmod a file outside the home)."""
+
+    code = "symlink_refused"
 
     def __init__(self, path: Path) -> None:
         super().__init__(
@@ -51,6 +61,26 @@ class SymlinkRefused(PermissionError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+class ForeignFile(RefusedFile):
+    """A file the daemon keeps in its home belongs to another user: one planted in a home that
+    was once group- or world-writable would hand that user our identity or configuration."""
+
+    code = "foreign_file"
+
+    def __init__(self, path: Path, owner: int) -> None:
+        me = os.geteuid()
+        super().__init__(
+            errno.EPERM,
+            f"belongs to uid {owner}, not to us (uid {me}); refusing to use a file another "
+            f"user made: remove it, or chown it to uid {me} if you trust it",
+        )
+        self.filename = str(path)
+        self.owner = owner
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
 
 
 class NotRegularFile(OSError):
@@ -91,9 +121,12 @@ _KINDS = (
 )
 
 
-def open_regular(path: Path, flags: int, mode: int = PRIVATE_FILE_MODE) -> int:
+def open_regular(
+    path: Path, flags: int, mode: int = PRIVATE_FILE_MODE, *, owners: Collection[int] = ()
+) -> int:
     """`os.open` that refuses anything but a regular file (NotRegularFile) without waiting:
-    opened non-blocking (a FIFO opens at once), checked, then made blocking again."""
+    opened non-blocking (a FIFO opens at once), checked, then made blocking again. With
+    `owners`, a file none of them owns is refused too (ForeignFile), checked on the fd."""
     try:
         fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, mode)
     except OSError as exc:
@@ -101,9 +134,11 @@ def open_regular(path: Path, flags: int, mode: int = PRIVATE_FILE_MODE) -> int:
             raise NotRegularFile(path, os.stat(path).st_mode) from None  # a socket; a directory
         raise
     try:
-        found = os.fstat(fd).st_mode
-        if not stat.S_ISREG(found):
-            raise NotRegularFile(path, found)
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise NotRegularFile(path, status.st_mode)
+        if owners and status.st_uid not in owners:
+            raise ForeignFile(path, status.st_uid)
         os.set_blocking(fd, True)  # as callers expect; a detached daemon inherits the log's
     except BaseException:
         os.close(fd)
@@ -112,23 +147,27 @@ def open_regular(path: Path, flags: int, mode: int = PRIVATE_FILE_MODE) -> int:
 
 
 def open_private(path: Path, flags: int, mode: int = PRIVATE_FILE_MODE) -> int:
-    """`open_regular` for a file in the home, never through a symlink (SymlinkRefused)."""
+    """`open_regular` for a file in the home, never through a symlink (SymlinkRefused), and
+    only when it is ours (ForeignFile)."""
     try:
-        return open_regular(path, flags | os.O_NOFOLLOW, mode)
+        return open_regular(path, flags | os.O_NOFOLLOW, mode, owners=(os.geteuid(),))
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise SymlinkRefused(path) from None
         raise
 
 
-def refuse_symlink(path: Path) -> None:
-    """Raise SymlinkRefused if `path` is a symlink (for files opened by others, e.g. SQLite)."""
+def refuse_unsafe(path: Path) -> None:
+    """Raise SymlinkRefused if `path` is a symlink, ForeignFile if another user owns it (for
+    files opened by others, e.g. SQLite's WAL: the home is 0700 by now, so none can change)."""
     try:
-        is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+        status = os.lstat(path)
     except OSError:
         return  # absent, or unreachable: the open that follows reports why
-    if is_link:
+    if stat.S_ISLNK(status.st_mode):
         raise SymlinkRefused(path)
+    if status.st_uid != os.geteuid():
+        raise ForeignFile(path, status.st_uid)
 
 
 @attrs.frozen
@@ -262,7 +301,9 @@ def prepare_dirs(paths: Paths) -> None:
 
 
 def _make_private_dir(directory: Path) -> None:
-    """Create `directory` (and parents) and make it 0700; refuse one that another user owns,
+    """Create `directory` (and parents) and make it 0700 (a group- or world-writable one with a
+    warning: files another user left there are refused as they are opened); refuse one that
+    another user owns,
     and a symlink in its place that another user made (in /tmp, anyone may plant one to one
     of our own directories, which we would chmod and fill). A symlink made by us or root (as
     systemd makes a DynamicUser's StateDirectory) is followed."""
@@ -279,8 +320,12 @@ def _make_private_dir(directory: Path) -> None:
             raise UnsafeDirectory(
                 directory, f"belongs to uid {status.st_uid}, not to us (uid {os.geteuid()})"
             )
-        if stat.S_IMODE(status.st_mode) != PRIVATE_DIR_MODE:
+        mode = stat.S_IMODE(status.st_mode)
+        if mode != PRIVATE_DIR_MODE:
             os.fchmod(fd, PRIVATE_DIR_MODE)
+        if mode & SHARED_WRITE_BITS:  # others could have left files there: say so (umask 002)
+            was, now = oct(mode), oct(PRIVATE_DIR_MODE)
+            log.warning("private_dir_mode_narrowed", path=str(directory), was=was, now=now)
     finally:
         os.close(fd)
 

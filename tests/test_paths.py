@@ -7,18 +7,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from meshactors.paths import (
+    ForeignFile,
     Paths,
+    SymlinkRefused,
     UnsafeDirectory,
+    open_private,
     prepare_dirs,
     read_private_record,
+    refuse_unsafe,
     resolve_paths,
     write_private_file,
     write_private_record,
 )
 
 FIELDS = frozenset({"version", "value"})
+PLANTER_UID = 1000  # another user who could write to a home that was group- or world-writable
 
 
 def mode_of(path: Path) -> int:
@@ -126,6 +132,20 @@ def test_prepare_dirs_tightens_existing_dirs_but_not_a_shared_socket_dir(tmp_pat
     assert mode_of(shared) == 0o755
 
 
+def test_narrowing_a_group_writable_home_is_logged_with_both_modes(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o775)  # as umask 002 makes it
+
+    with structlog.testing.capture_logs() as logs:
+        prepare_dirs(resolve_paths({"MESHACTORS_HOME": str(home)}))
+
+    assert mode_of(home) == 0o700
+    assert [(e["event"], e["path"], e["was"], e["now"]) for e in logs] == [
+        ("private_dir_mode_narrowed", str(home), "0o775", "0o700")
+    ]
+
+
 def test_prepare_dirs_with_home(tmp_path: Path) -> None:
     home = tmp_path / "home"
 
@@ -175,6 +195,41 @@ def test_prepare_dirs_refuses_a_symlink_another_user_planted(tmp_path: Path) -> 
     )
     assert mode_of(ours) == 0o755
     assert list(ours.iterdir()) == []
+
+
+@pytest.fixture
+def planted(tmp_path: Path) -> Path:
+    """A file in the home that another user made (chown needs root: skipped otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip("making a file owned by another user needs root")
+    path = tmp_path / "identity.json"
+    path.write_text("{}")
+    os.chown(path, PLANTER_UID, PLANTER_UID)
+    return path
+
+
+def test_a_home_file_another_user_owns_is_refused(planted: Path) -> None:
+    with pytest.raises(ForeignFile) as caught:
+        os.close(open_private(planted, os.O_RDONLY))
+    with pytest.raises(ForeignFile):
+        refuse_unsafe(planted)  # SQLite's own files, checked before SQLite opens them
+
+    assert str(caught.value) == (
+        f"{planted}: belongs to uid {PLANTER_UID}, not to us (uid 0); refusing to use a file "
+        "another user made: remove it, or chown it to uid 0 if you trust it"
+    )
+
+
+def test_refuse_unsafe_passes_our_file_and_refuses_a_symlink(tmp_path: Path) -> None:
+    ours = tmp_path / "state.db-wal"
+    ours.write_bytes(b"")
+    link = tmp_path / "state.db-shm"
+    link.symlink_to(ours)
+
+    refuse_unsafe(ours)
+    refuse_unsafe(tmp_path / "absent")
+    with pytest.raises(SymlinkRefused):
+        refuse_unsafe(link)
 
 
 def test_prepare_dirs_follows_our_own_symlink(tmp_path: Path) -> None:

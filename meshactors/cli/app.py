@@ -27,7 +27,7 @@ from meshactors.cli import (
 )
 from meshactors.cli.common import EXIT_STARTUP, EXIT_USAGE, CommandFailed, fail
 from meshactors.logs import configure_logging
-from meshactors.paths import NotRegularFile, SymlinkRefused
+from meshactors.paths import NotRegularFile, RefusedFile
 
 COMMAND_GROUPS = (
     daemon_cmd,
@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> None:
         try:
             args = parse(build_parser(), words)
             status = args.run(args)
-        except SymlinkRefused as exc:  # a file in the home: refused wherever it is met
-            raise CommandFailed("symlink_refused", str(exc), EXIT_STARTUP) from None
+        except RefusedFile as exc:  # a file in the home: refused wherever it is met
+            raise CommandFailed(exc.code, str(exc), EXIT_STARTUP) from None
         except NotRegularFile as exc:  # a FIFO or device in the home: likewise, exit 3
             fail(str(exc), EXIT_STARTUP)
         sys.stdout.flush()  # a closed pipe shows up here for output still buffered

@@ -16,7 +16,7 @@ from meshactors.client.mesh import DEFAULT_CALL_TIMEOUT
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
 from meshactors.hostguard import HOST_MISMATCH_EXIT_CODE
 from meshactors.logs import SYSLOG_PRIORITIES, is_journal_stream
-from meshactors.paths import Paths, prepare_dirs, resolve_paths
+from meshactors.paths import Paths, RefusedFile, prepare_dirs, resolve_paths
 from meshactors.wire.device_id import SHORT_ID as SHORT_ID  # tables show it (--json: full ids)
 from meshactors.wire.ipc import DEFAULT_PAGE, MAX_PAGE
 
@@ -140,7 +140,10 @@ def prepared_paths(args: argparse.Namespace) -> Paths:
 
 
 def fail_on_state(exc: OSError, paths: Paths) -> NoReturn:
-    """Exit 3 naming the state file or directory that could not be read or written."""
+    """Exit 3 naming the state file or directory that could not be read or written; a file
+    refused as a symlink or another user's is told in its own words (see `main`)."""
+    if isinstance(exc, RefusedFile):
+        raise exc
     fail(f"cannot prepare {exc.filename or paths.state_dir}: {exc.strerror or exc}", EXIT_STARTUP)
 
 

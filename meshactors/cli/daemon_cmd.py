@@ -60,14 +60,14 @@ from meshactors.identity import Identity, IdentityError, load_or_create_identity
 from meshactors.listen import ListenError
 from meshactors.logs import configure_logging
 from meshactors.network.link import ROLES
-from meshactors.paths import NotRegularFile, Paths, SymlinkRefused, open_private, tighten_mode
+from meshactors.paths import NotRegularFile, Paths, RefusedFile, open_private, tighten_mode
 from meshactors.stop_signals import ignore_from_now
 from meshactors.store.db import StoreError
 from meshactors.store.retention import RETENTION_DAYS, RETENTION_ROWS, Retention
 
 DETACH_READY_TIMEOUT = 30.0  # seconds `up --detach` waits for the socket to answer
 # errors whose message is the line to show
-SAYS_IT_BEST = (StoreError, ListenError, SymlinkRefused, NotRegularFile)
+SAYS_IT_BEST = (StoreError, ListenError, RefusedFile, NotRegularFile)
 DETACH_EXIT_TIMEOUT = 10.0  # seconds `up --detach` waits for a child that closed its pipe to exit
 MAX_FAILURE_SCAN_BYTES = 1 << 20  # of the log a failed child wrote, searched for its reason
 DOWN_TIMEOUT = 10.0  # seconds `down` waits for its answer, then the exit; after SIGTERM again
@@ -177,8 +177,8 @@ def run_up(args: argparse.Namespace) -> int:
         fail(f"{exc}", EXIT_FAILURE)
     except SocketInUse as exc:  # as a taken port is
         fail(str(exc), EXIT_STARTUP)
-    except SymlinkRefused:
-        raise  # told like every other file of the home (symlink_refused)
+    except RefusedFile:
+        raise  # told like every other file of the home (its own code)
     except OSError as exc:
         where = exc.filename or " and ".join(map(str, options.paths.lock_files))
         fail(f"cannot take the daemon lock {where}: {exc.strerror}", EXIT_STARTUP)
@@ -187,7 +187,7 @@ def run_up(args: argparse.Namespace) -> int:
         trio.run(serve, options)
     except* ChildStartFailed as group:
         cause = _root_cause(group)
-        code = "symlink_refused" if isinstance(cause, SymlinkRefused) else None
+        code = cause.code if isinstance(cause, RefusedFile) else None
         fail(f"the daemon could not start: {_said(cause)}", EXIT_STARTUP, code)
     except* DaemonGaveUp as group:
         fail(str(group.exceptions[0]), EXIT_CRASH_LOOP)  # logged already, with the details
@@ -322,7 +322,7 @@ def _open_log(log_path: Path) -> BinaryIO:
     (a read-only or full home), as the daemon itself does for the files it cannot open."""
     try:
         return os.fdopen(open_private(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab")
-    except (SymlinkRefused, NotRegularFile):
+    except (RefusedFile, NotRegularFile):
         raise  # told like every other file of the home
     except OSError as exc:
         fail(f"cannot open the daemon's log {log_path}: {exc.strerror or exc}", EXIT_STARTUP)
@@ -477,7 +477,7 @@ def _running_pid(pid_file: Path) -> int | None:
     left by a `sudo meshactors daemon up`): the daemon it names cannot be told apart."""
     try:
         return read_running_pid(pid_file)
-    except (SymlinkRefused, NotRegularFile):
+    except (RefusedFile, NotRegularFile):
         raise  # told like every other file of the home
     except OSError as exc:
         fail(f"cannot read the daemon's pid file {pid_file}: {exc.strerror or exc}", EXIT_STARTUP)

@@ -20,7 +20,7 @@ from meshactors.daemon.broker_actor import parse_listen
 from meshactors.daemon.outbox import ACK_TIMEOUT_S, MAX_ACK_TIMEOUT_S
 from meshactors.network.link import ROLES
 from meshactors.network.rpc import DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS
-from meshactors.paths import NotRegularFile, open_regular
+from meshactors.paths import ROOT_UID, NotRegularFile, open_regular
 from meshactors.store.retention import (
     MAX_RETENTION_DAYS,
     MAX_RETENTION_ROWS,
@@ -216,9 +216,11 @@ class Effective:
 
 def read_file(path: Path, *, follow: bool) -> dict[str, Any]:
     """The checked values `path` sets ({} if there is no such file and it was not named);
-    `follow=False` refuses a symlink (the file in the home is never followed through one)."""
+    `follow=False` (the file in the home) refuses a symlink, and a file neither we nor root
+    own (another user could have planted it while the directory was open to them)."""
+    owners = () if follow else (os.geteuid(), ROOT_UID)
     try:
-        fd = open_regular(path, os.O_RDONLY | (0 if follow else os.O_NOFOLLOW))
+        fd = open_regular(path, os.O_RDONLY | (0 if follow else os.O_NOFOLLOW), owners=owners)
     except FileNotFoundError:
         if follow:
             raise SettingsError(f"{path}: no such file") from None

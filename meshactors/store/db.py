@@ -12,10 +12,10 @@ from typing import Any
 
 from meshactors.paths import (
     TMP_SUFFIX_BYTES,
-    SymlinkRefused,
+    RefusedFile,
     fsync_directory,
     open_private,
-    refuse_symlink,
+    refuse_unsafe,
     temp_name,
     tighten_mode,
 )
@@ -241,7 +241,7 @@ def open_database(path: Path) -> sqlite3.Connection:
     (`_create`; what a crash left of one is removed first), so an existing file is never one
     this code left half made: it is checked before anything is written to it, an empty,
     damaged or foreign file raises StoreError and is never overwritten or repaired, and a
-    symlink in the place of any of its files raises SymlinkRefused.
+    symlink in the place of any of its files, or one another user owns, raises RefusedFile.
     """
     if sqlite3.sqlite_version_info < MIN_SQLITE:
         wanted = ".".join(map(str, MIN_SQLITE))
@@ -250,7 +250,7 @@ def open_database(path: Path) -> sqlite3.Connection:
             "(RETURNING); use a Python built with a newer SQLite"
         )
     _remove_stray_temps(path)
-    if not _existing(path):  # SymlinkRefused, as for every file of the home
+    if not _existing(path):  # RefusedFile, as for every file of the home
         _create(path)
     return _open(path, path)
 
@@ -302,17 +302,18 @@ def _open(path: Path, shown: Path) -> sqlite3.Connection:
 
 
 def _existing(path: Path) -> bool:
-    """Whether the database file exists; refuse it, or its WAL or SHM file, as a symlink, and
+    """Whether the database file exists; refuse it, or its WAL or SHM file, as a symlink or
+    another user's (RefusedFile), and
     an empty one (`_create` never leaves one: it was truncated, and opening it would start a
     new database in its place); drop any mode beyond 0600. What the OS refuses otherwise is
     left for SQLite's own open to report."""
     for each in _files(path):
-        refuse_symlink(each)
+        refuse_unsafe(each)
     try:
         fd = open_private(path, os.O_RDWR)
     except FileNotFoundError:
         return False
-    except SymlinkRefused:
+    except RefusedFile:
         raise
     except OSError:
         return True

@@ -166,3 +166,47 @@ def test_a_mode_tightened_before_any_command_is_said_on_stderr_not_in_the_output
     (line,) = shown.stderr.splitlines()  # stderr is no terminal: a JSON line
     assert json.loads(line)["event"] == "private_file_mode_tightened"
     assert stat.S_IMODE((home.path / "identity.json").stat().st_mode) == 0o600
+
+
+FOREIGN_UID = 1000  # the owner of files another user planted in a home once open to them
+
+# name in the home -> the command that opens it, and its code under --json
+FOREIGN_FILE_OPENERS = {
+    "identity.json": (("identity", "show"), "foreign_file"),
+    "host.json": (("daemon", "up"), "foreign_file"),
+    "http-token": (("daemon", "up", "--tcp", "FREE_PORT"), "foreign_file"),
+    "state.db": (("daemon", "up"), "foreign_file"),
+    "state.db-wal": (("daemon", "up"), "foreign_file"),
+    "state.db-shm": (("daemon", "up"), "foreign_file"),
+    "daemon.pid": (("daemon", "up"), "foreign_file"),
+    "daemon.lock": (("daemon", "up"), "foreign_file"),
+    "daemon.log": (("daemon", "up", "--detach"), "foreign_file"),
+    "daemon.toml": (("daemon", "up"), "bad_config"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FOREIGN_FILE_OPENERS))
+def test_a_home_file_another_user_owns_is_refused_in_one_line(home: Home, name: str) -> None:
+    """Run as root (`sudo meshactors daemon up`), a file uid 1000 left is neither read nor used."""
+    if os.geteuid() != 0:
+        pytest.skip("making a file owned by another user needs root")
+    if name != "identity.json":
+        home.cli("identity", "show")
+    if name not in ("identity.json", "host.json"):
+        home.cli("daemon", "accept-host")
+    command, code = FOREIGN_FILE_OPENERS[name]
+    args = [str(free_port()) if arg == "FREE_PORT" else arg for arg in command]
+    planted = home.path / name
+    planted.unlink(missing_ok=True)
+    planted.write_text("debug_ops = true\n" if name == "daemon.toml" else "planted\n")
+    os.chown(planted, FOREIGN_UID, FOREIGN_UID)
+    try:
+        result = home.cli(*args, check=False)
+        as_json = home.cli(*args, "--json", check=False)
+    finally:
+        planted.unlink()  # the fixture's clean-up reads daemon.pid
+    assert result.returncode == as_json.returncode == 3, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert str(planted) in line and f"belongs to uid {FOREIGN_UID}, not to us" in line, line
+    assert json.loads(as_json.stdout)["error"]["code"] == code, as_json.stdout
+    assert home.daemon_pid() is None
