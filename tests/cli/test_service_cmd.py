@@ -70,6 +70,7 @@ def test_user_install_writes_service_and_socket(
     assert f"ExecStart={sys.executable} -P -m meshactors daemon up\n" in service
     assert "Type=notify\n" in service and "WatchdogSec=" in service
     assert "Restart=on-failure\n" in service
+    assert "\nLimitNOFILE=65536\n" in service  # as the system unit: a client is an open file
     assert "@MESHACTORS@" not in service
     assert service.count(sys.executable) == 1  # only ExecStart= names it, no comment
     socket_unit = (unit_dir / "meshactors.socket").read_text()
