@@ -9,7 +9,7 @@ import os
 import sys
 import urllib.parse
 from collections.abc import Callable, Mapping
-from typing import TextIO
+from typing import ClassVar, TextIO
 
 import attrs
 import structlog
@@ -129,15 +129,42 @@ def redacted_url(url: str) -> str:
 
 class SafePrintLogger(structlog.PrintLogger):
     """A print logger that drops a line it cannot write (a full disk, a closed pipe) rather
-    than raising into the actor that logged it: logging must never crash the daemon."""
+    than raising into the actor that logged it: logging must never crash the daemon.
+
+    Each line goes to the file's descriptor whole, in `os.write` calls of its own (a text
+    layer's buffer would keep part of a line a full disk refused, or lose its newline, and
+    splice it with the next). A line cut short leaves its start in the file; the next line
+    written there begins with a newline, so every other line still parses on its own."""
 
     dropped: int = 0
+    cut_short: ClassVar[set[int]] = set()  # descriptors whose last line was written in part
 
     def msg(self, message: str) -> None:
-        try:
-            super().msg(message)
-        except (OSError, ValueError):
-            SafePrintLogger.dropped += 1
+        with self._lock:
+            try:
+                fd = self._file.fileno()
+            except (OSError, ValueError):  # no descriptor (io.UnsupportedOperation), or closed
+                fd = None
+            try:
+                if fd is None:
+                    print(message, file=self._file, flush=True)
+                else:
+                    self._file.flush()  # what was printed there before goes first
+                    self._write_line(fd, message)
+            except (OSError, ValueError):
+                SafePrintLogger.dropped += 1
+
+    def _write_line(self, fd: int, message: str) -> None:
+        """Write `message` and its newline on `fd`, after a newline ending a line cut short."""
+        encoding = getattr(self._file, "encoding", None) or "utf-8"
+        data = memoryview(f"{message}\n".encode(encoding, "backslashreplace"))
+        if fd in SafePrintLogger.cut_short:
+            data = memoryview(b"\n" + data)
+        while data:
+            written = os.write(fd, data)  # raises with nothing written: the file is as it was
+            SafePrintLogger.cut_short.add(fd)
+            data = data[written:]
+        SafePrintLogger.cut_short.discard(fd)
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
@@ -167,3 +168,30 @@ def test_a_redacted_url_never_raises_nor_shows_the_password(
 
 def test_a_url_that_cannot_be_split_is_shown_as_a_placeholder() -> None:
     assert redacted_url("redis://:hunter2@[::1/0") == UNPARSEABLE_URL
+
+
+CUT_AT = 20  # bytes of a log line the file has room for
+LINES_WHILE_FULL = 500  # lines logged while the file cannot grow: more than a text buffer holds
+
+
+def test_a_line_a_full_disk_cut_short_is_never_spliced_with_the_next(tmp_path: Path) -> None:
+    """The file may grow by only part of a line (a short write), then by nothing (EFBIG, as a
+    full disk says ENOSPC) for a while, then freely again: each line left stands alone."""
+    from meshactors.logs import SafePrintLogger
+
+    path = tmp_path / "daemon.log"
+    said = [json.dumps({"event": f"line {n}", "pad": "x" * 60}) for n in range(LINES_WHILE_FULL)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    with path.open("w") as stream:
+        logger = SafePrintLogger(stream)
+        before = SafePrintLogger.dropped
+        logger.info("first")
+        resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + CUT_AT, hard))
+        try:
+            for line in said:  # CUT_AT bytes of the first are written, none of the others
+                logger.info(line)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        logger.info("last")
+    assert SafePrintLogger.dropped == before + len(said)
+    assert path.read_text().split("\n") == ["first", said[0][:CUT_AT], "last", ""]
