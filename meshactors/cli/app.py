@@ -141,7 +141,10 @@ def main(argv: list[str] | None = None) -> None:
             fail(str(exc), EXIT_STARTUP)
         sys.stdout.flush()  # a closed pipe shows up here for output still buffered
     except CommandFailed as failed:
-        failed.render(as_json=args.json if args is not None else "--json" in words)
+        if getattr(args, "ready_fd", None) is not None:  # `up --detach`'s child: its stderr is
+            failed.log()  # daemon.log, JSON lines, which the parent reads its reason from
+        else:
+            failed.render(as_json=args.json if args is not None else "--json" in words)
         raise SystemExit(failed.code) from None
     except BrokenPipeError:
         _quiet_stdout()

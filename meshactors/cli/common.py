@@ -11,6 +11,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
+import structlog
+
 from meshactors.client.errors import DeadlineExceeded
 from meshactors.client.mesh import DEFAULT_CALL_TIMEOUT
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
@@ -36,6 +38,7 @@ STATUS_TIMEOUT = 10.0  # seconds `daemon status`, `daemon version` and `inspect`
 EXIT_INTERRUPTED = 130  # SIGINT (128 + SIGINT) ended `rpc call` or `stream send` before its
 # answer's (stream's) end, or `daemon up --detach`'s wait (SIGTERM too)
 
+FAILED_EVENT = "command_failed"  # the event a failure is logged as where stderr is a JSON log
 ERROR_CODE_BY_EXIT = {  # the `code` of a failure the CLI itself detects, by its exit code
     EXIT_FAILURE: "failed",
     EXIT_USAGE: "usage",
@@ -107,6 +110,12 @@ class CommandFailed(SystemExit):
             journal = is_journal_stream(sys.stderr, os.environ)
             priority = f"<{SYSLOG_PRIORITIES['error']}>" if journal else ""
             print(f"{priority}meshactors: {one_line(self.line)}", file=sys.stderr)
+
+    def log(self) -> None:
+        """Log the failure as an error event (`command_failed`), for a command whose stderr is
+        a JSON log (a detached daemon's daemon.log), where a plain line would be the odd one."""
+        error = {"code": self.error_code, "message": self.message, **self.details}
+        structlog.get_logger("meshactors.cli").error(FAILED_EVENT, **error)
 
 
 def one_line(text: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import select
 import signal
@@ -27,6 +28,7 @@ from meshactors.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_STARTUP,
     EXIT_USAGE,
+    FAILED_EVENT,
     CommandFailed,
     call_status,
     fail,
@@ -382,14 +384,20 @@ def _wait_ready(fd: int, timeout: float) -> bool | None:
 
 
 def _failure_line(log_path: Path, offset: int) -> str | None:
-    """The child's own one-line reason (`meshactors: …` on its stderr), from the log it wrote
-    since `offset`, or None when it wrote none."""
+    """The child's own reason (its last `command_failed` event), from the log it wrote since
+    `offset`, or None when it logged none."""
     with os.fdopen(open_private(log_path, os.O_RDONLY), "rb") as log:
         log.seek(offset)
         written = log.read(MAX_FAILURE_SCAN_BYTES)
-    lines = written.decode("utf-8", "replace").splitlines()
-    said = [line.removeprefix("meshactors: ") for line in lines if line.startswith("meshactors: ")]
-    return said[-1] if said else None
+    said = None
+    for line in written.decode("utf-8", "replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:  # a line cut short, or a traceback's
+            continue
+        if isinstance(event, dict) and event.get("event") == FAILED_EVENT:
+            said = str(event.get("message"))
+    return said
 
 
 def run_down(args: argparse.Namespace) -> int:

@@ -127,6 +127,11 @@ def test_a_detached_daemon_reports_the_childs_own_reason(home: Home, tmp_path: P
         assert result.returncode == 3, result.stderr
         assert "symlink" in result.stderr, result.stderr
         assert "did not become ready" not in result.stderr
+    logged = [json.loads(line) for line in (home.path / "daemon.log").read_text().splitlines()]
+    failures = [event for event in logged if event["event"] == "command_failed"]
+    assert [(event["level"], event["code"]) for event in failures] == [
+        ("error", "symlink_refused")
+    ] * 5
 
 
 def test_the_log_and_lock_files_are_private(home: Home) -> None:
