@@ -21,7 +21,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser = commands.add_parser("identity", help="show or label this device's identity")
     actions = parser.add_subparsers(dest="action", required=True)
     show = actions.add_parser("show", help="print the device id and label")
-    show.add_argument("--json", action="store_true")
     show.set_defaults(run=run_show)
     label = actions.add_parser("set-label", help="set (or with no LABEL, clear) the label")
     label.add_argument("label", nargs="?", default=None)

@@ -22,9 +22,25 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "path", nargs="?", default=None, help="only this subtree, e.g. networks/'network lan'"
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="every figure, wrapped")
-    parser.add_argument("--width", type=int, default=None, help="columns (default: terminal)")
+    parser.add_argument(
+        "--width",
+        type=_width,
+        default=None,
+        help=f"columns, at least {MIN_TEXT_WIDTH} (default: the terminal's)",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable, every figure")
     parser.set_defaults(run=run)
+
+
+def _width(text: str) -> int:
+    """`--width`: a whole number of columns, at least MIN_TEXT_WIDTH (fewer fit no line)."""
+    try:
+        width = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if width < MIN_TEXT_WIDTH:
+        raise argparse.ArgumentTypeError(f"at least {MIN_TEXT_WIDTH} columns, not {width}")
+    return width
 
 
 def run(args: argparse.Namespace) -> int:

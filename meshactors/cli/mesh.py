@@ -41,7 +41,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     peers = commands.add_parser("peers", help="a network's peers")
     network_option(peers)
     peers.add_argument("--all", action="store_true", help="also control planes and invisible")
-    peers.add_argument("--json", action="store_true")
     peers.set_defaults(run=run_peers)
     _register_roster(commands)
     caps_parser = commands.add_parser("capabilities", aliases=["caps"], help="capability adverts")
@@ -71,7 +70,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     profile_set.set_defaults(run=run_profile_set, visible=None)
     profile_show = profile.add_parser("show", help="your global (or one network's) profile")
     profile_show.add_argument("-n", "--network", default=None, help="in this network")
-    profile_show.add_argument("--json", action="store_true")
     profile_show.set_defaults(run=run_profile_show)
     events = commands.add_parser("events", help="follow the daemon's events (Ctrl-C stops)")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -101,7 +99,6 @@ def _register_network(commands: argparse._SubParsersAction[argparse.ArgumentPars
     remove.add_argument("--purge", action="store_true", help="also its settings and messages")
     remove.set_defaults(run=run_network_remove)
     listing = network.add_parser("list", help="joined networks and their phases")
-    listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=run_network_list)
     members_cmd.register_network_actions(network)
 
@@ -111,7 +108,6 @@ def _register_roster(commands: argparse._SubParsersAction[argparse.ArgumentParse
     actions = roster.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="a network's roster")
     network_option(listing)
-    listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=run_roster_list)
     for name, run, text in (
         ("approve", run_roster_approve, "approve a device"),

@@ -41,7 +41,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     send.add_argument("--meta", default=None, help="a JSON object sent with the message")
     send.add_argument("--reply-to", default=None, help="client_message_id this answers")
     send.add_argument("--client-id", default=None, help="idempotency key (default: minted)")
-    send.add_argument("--json", action="store_true")
     send.set_defaults(run=run_send)
     inbox = commands.add_parser("inbox", help="received messages, oldest first")
     network_option(inbox, "only this network")
@@ -49,7 +48,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     inbox.add_argument("--since", type=int, default=None, help="received at or after (ms)")
     limit_option(inbox, "messages")
     inbox.add_argument("--cursor", default=None, help="next_cursor of the previous page")
-    inbox.add_argument("--json", action="store_true")
     inbox.set_defaults(run=run_inbox)
     outbox = commands.add_parser("outbox", help="queued sends").add_subparsers(
         dest="action", required=True
@@ -63,7 +61,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     network_option(listing, "only this network")
     limit_option(listing, "rows")
     listing.add_argument("--cursor", default=None, help="next_cursor of the previous page")
-    listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=run_outbox_list)
     requeue = outbox.add_parser("requeue", help="send a dead row again")
     requeue.add_argument("id")

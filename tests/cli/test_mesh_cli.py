@@ -329,3 +329,23 @@ def test_a_tags_cell_shows_the_first_tags_and_counts_the_rest(tags: list[str]) -
         assert left == len(tags) - 1
     else:
         assert shown == tags[: len(tags) - left] and left > 0
+
+
+def test_every_commands_json_flag_says_what_it_does() -> None:
+    unexplained = [
+        leaf.prog
+        for leaf in leaf_parsers(build_parser())
+        if not leaf._option_string_actions["--json"].help
+    ]
+    assert unexplained == []
+
+
+@pytest.mark.parametrize("width", ["0", "-3", "23", "wide"])
+def test_inspect_refuses_a_width_no_line_fits_in(
+    width: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["inspect", "--width", width])
+    assert exited.value.code == EXIT_USAGE
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # after argparse's usage line
+    assert line.startswith("meshactors: inspect: argument --width: "), line
