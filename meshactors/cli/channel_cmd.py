@@ -22,6 +22,7 @@ from meshactors.cli.common import (
     network_option,
     parse_json_arg,
     paths_of,
+    say,
     told_lagged,
 )
 from meshactors.cli.devices import resolve_device
@@ -148,7 +149,7 @@ async def _print_items(reader: AsyncIterator[ChannelItem | Lagged]) -> ClientErr
             elif isinstance(item, Lagged) or item.reason == "lagged":
                 told_lagged({"kind": "lagged", "skipped": item.skipped}, "messages")
             elif item.reason == "disconnected":
-                print(f"meshactors: {LOST_DAEMON}", file=sys.stderr, flush=True)
+                say(f"meshactors: {LOST_DAEMON}", file=sys.stderr, flush=True)
     except ClientError as exc:
         return exc
     return None
@@ -160,7 +161,7 @@ async def _tell_resubscribed(events: EventStream, network: str, channel: str) ->
         ours = (event.get("network"), event.get("channel")) == (network, channel)
         if event.get("kind") == "client_resubscribed" and ours:
             said = f"{_ended(network, channel)}; subscribed again, messages may be lost"
-            print(f"meshactors: {said}", file=sys.stderr, flush=True)
+            say(f"meshactors: {said}", file=sys.stderr, flush=True)
 
 
 def _ended(network: str, channel: str) -> str:

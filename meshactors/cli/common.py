@@ -9,7 +9,7 @@ import os
 import shlex
 import sys
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import structlog
 
@@ -119,8 +119,34 @@ class CommandFailed(SystemExit):
 
 
 def one_line(text: str) -> str:
-    """`text` on one line: its non-blank lines joined by " | " (a remote stderr has several)."""
-    return " | ".join(line.strip() for line in text.splitlines() if line.strip())
+    """`text` on one line: its non-blank lines joined by " | " (a remote stderr has several),
+    made `printable`."""
+    return " | ".join(printable(line.strip()) for line in text.splitlines() if line.strip())
+
+
+def printable(text: str) -> str:
+    """`text` with each character str.isprintable refuses (C0 and C1 controls, DEL, line
+    breaks, format and unassigned code points) written as a Python escape (\\x1b, \\u2028): a
+    peer's or broker's words in a table cell, a tree or an error line cannot move the cursor,
+    clear or retitle the operator's terminal, or start a line of their own."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _escaped(char) for char in text)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def say(text: str = "", *, file: TextIO | None = None, flush: bool = False) -> None:
+    """Print a line (or lines) of the CLI's text output: `printable` but for the line breaks
+    and tabs that lay it out. The CLI's text lines go through here (an error line through
+    `one_line`); --json output through neither: JSON escapes what it holds."""
+    shown = "\n".join("\t".join(map(printable, line.split("\t"))) for line in text.split("\n"))
+    print(shown, file=file, flush=flush)
 
 
 def local_time(ms: int) -> str:
@@ -241,7 +267,7 @@ def told_lagged(event: dict[str, Any], what: str) -> bool:
     skipped, so a follower whose output is read too slowly never misses them in silence."""
     if event.get("kind") != "lagged":
         return False
-    print(f"meshactors: missed {event.get('skipped')} {what}", file=sys.stderr)
+    say(f"meshactors: missed {event.get('skipped')} {what}", file=sys.stderr)
     return True
 
 
@@ -255,7 +281,7 @@ def report(args: argparse.Namespace, data: Any, text: str) -> int:
     if getattr(args, "json", False):
         print_json(data)
     else:
-        print(text)
+        say(text)
     return EXIT_OK
 
 
@@ -325,7 +351,7 @@ def legacy_network(args: argparse.Namespace, words: list[str], old: str, new: st
         what = f"give the network once: either -n/--network or as the first word of {old}"
         fail(what, EXIT_USAGE)
     args.network = words[0]
-    print(f"meshactors: `{old}` is deprecated; use `{new}`", file=sys.stderr)
+    say(f"meshactors: `{old}` is deprecated; use `{new}`", file=sys.stderr)
     return words[1:]
 
 

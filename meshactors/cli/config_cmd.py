@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from meshactors.cli import settings
-from meshactors.cli.common import EXIT_STARTUP, fail, paths_of, print_json
+from meshactors.cli.common import EXIT_STARTUP, fail, paths_of, print_json, say
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,10 +29,10 @@ def run_show(args: argparse.Namespace) -> int:
         shown = {k: {"value": v, "source": effective.sources[k]} for k, v in values}
         print_json({"file": str(path), "settings": shown})
         return 0
-    print(f"# {path}{'' if path.exists() else ' (absent: defaults only)'}")
+    say(f"# {path}{'' if path.exists() else ' (absent: defaults only)'}")
     width = max(map(len, effective.values))
     for key, value in effective.values.items():
-        print(f"{key.ljust(width)}  {_toml(value):<24}  {effective.sources[key]}")
+        say(f"{key.ljust(width)}  {_toml(value):<24}  {effective.sources[key]}")
     return 0
 
 

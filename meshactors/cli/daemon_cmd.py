@@ -37,6 +37,7 @@ from meshactors.cli.common import (
     prepared_paths,
     print_json,
     report,
+    say,
 )
 from meshactors.cli.mesh import membership_note
 from meshactors.client.errors import ConnectionLost, DeadlineExceeded, SocketPathTooLong
@@ -417,7 +418,7 @@ def run_down(args: argparse.Namespace) -> int:
         # not told: it serves another socket, or none yet; or it did not answer (stopped, stuck)
         told = not isinstance(exc, DaemonNotRunning | DeadlineExceeded)
         if isinstance(exc, DeadlineExceeded):
-            print(
+            say(
                 f"meshactors: the daemon (pid {running[0]}) did not answer shutdown within "
                 f"{DOWN_TIMEOUT:g} s: sending it SIGTERM",
                 file=sys.stderr,
@@ -494,15 +495,15 @@ def run_status(args: argparse.Namespace) -> int:
     if args.json:
         print_json(status)
         return 0
-    print(f"device_id  {status['device_id']}")
-    print(f"label      {status['label'] or '-'}")
-    print(f"role       {status['role']}")
-    print(f"version    {status['version']}")
-    print(f"uptime     {status['uptime_s']:.1f}s")
-    print(f"socket     {status['socket']}")
-    print(f"clients    {status['clients']}")
+    say(f"device_id  {status['device_id']}")
+    say(f"label      {status['label'] or '-'}")
+    say(f"role       {status['role']}")
+    say(f"version    {status['version']}")
+    say(f"uptime     {status['uptime_s']:.1f}s")
+    say(f"socket     {status['socket']}")
+    say(f"clients    {status['clients']}")
     networks = status.get("networks") or []
-    print(f"networks   {', '.join(map(_network_state, networks)) or '-'}")
+    say(f"networks   {', '.join(map(_network_state, networks)) or '-'}")
     return 0
 
 
@@ -518,8 +519,8 @@ def run_version(args: argparse.Namespace) -> int:
     if args.json:
         print_json(version)
     else:
-        print(f"daemon {version['version']}, IPC API {version['ipc_api']}")
-        print(f"ops: {' '.join(version['ops'])}")
+        say(f"daemon {version['version']}, IPC API {version['ipc_api']}")
+        say(f"ops: {' '.join(version['ops'])}")
     return 0
 
 

@@ -12,6 +12,7 @@ from meshactors.cli.common import (
     prepared_paths,
     print_json,
     report,
+    say,
 )
 from meshactors.identity import IdentityError, load_or_create_identity, set_identity_label
 
@@ -38,8 +39,8 @@ def run_show(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"device_id": identity.device_id, "label": identity.label})
     else:
-        print(f"device_id  {identity.device_id}")
-        print(f"label      {identity.label or '-'}")
+        say(f"device_id  {identity.device_id}")
+        say(f"label      {identity.label or '-'}")
     return 0
 
 

@@ -8,7 +8,7 @@ import shutil
 import textwrap
 from typing import Any
 
-from meshactors.cli.common import EXIT_NOT_FOUND, call_status, fail, print_json
+from meshactors.cli.common import EXIT_NOT_FOUND, call_status, fail, print_json, printable, say
 
 DEFAULT_WIDTH = 120  # columns when the output is no terminal and COLUMNS is unset
 MIN_TEXT_WIDTH = 24  # columns kept for text however deep the tree indents
@@ -52,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     width = args.width or shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns
     lines, hidden = render_tree(tree, width=width, verbose=args.verbose)
-    print("\n".join(lines))
+    say("\n".join(lines))
     if hidden:
-        print(f"({hidden} long figures hidden: --verbose shows them, --json has everything)")
+        say(f"({hidden} long figures hidden: --verbose shows them, --json has everything)")
     return 0
 
 
@@ -110,12 +110,14 @@ def describe(node: dict[str, Any]) -> str:
     if inbox is not None:
         size = "∞" if inbox["size"] is None else inbox["size"]
         parts.append(f"inbox {inbox['used']}/{size}")
-    return "  ".join(parts)
+    return printable("  ".join(parts))
 
 
 def figure_words(node: dict[str, Any], verbose: bool) -> tuple[list[str], int]:
-    """`key=value` per figure; without `verbose`, the long ones are left out and counted."""
-    words = [f"{key}={_short(value)}" for key, value in (node.get("figures") or {}).items()]
+    """`key=value` per figure, `printable` (a broker's close reason is one); without `verbose`,
+    the long ones are left out and counted."""
+    figures = (node.get("figures") or {}).items()
+    words = [printable(f"{key}={_short(value)}") for key, value in figures]
     if verbose:
         return words, 0
     shown = [word for word in words if len(word) <= SHORT_FIGURE]

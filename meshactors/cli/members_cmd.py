@@ -13,6 +13,7 @@ from meshactors.cli.common import (
     network_option,
     print_json,
     report,
+    say,
 )
 from meshactors.cli.devices import resolve_device
 from meshactors.cli.settings import seconds_flag
@@ -89,8 +90,8 @@ def run_network_create(args: argparse.Namespace) -> int:
     if args.json:
         print_json(answer)
     else:
-        print(f"created closed network {args.id}, owned by this device; its bootstrap:")
-        print(answer["bootstrap"])
+        say(f"created closed network {args.id}, owned by this device; its bootstrap:")
+        say(answer["bootstrap"])
     return 0
 
 
@@ -112,11 +113,11 @@ def run_members_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json(members)
         return 0
-    print(f"{'DEVICE':52}  {'ROLE':6}  {'STATUS':8}  {'BY':12}  WHEN")
+    say(f"{'DEVICE':52}  {'ROLE':6}  {'STATUS':8}  {'BY':12}  WHEN")
     for m in members:
         by = (m["granted_by"] or "-")[:SHORT_ID]
         when = local_time(m["at"])
-        print(f"{m['device_id']}  {m['role'] or '-':6}  {m['status']:8}  {by:12}  {when}")
+        say(f"{m['device_id']}  {m['role'] or '-':6}  {m['status']:8}  {by:12}  {when}")
     return 0
 
 

@@ -23,7 +23,9 @@ from meshactors.cli.common import (
     network_option,
     parse_json_arg,
     print_json,
+    printable,
     report,
+    say,
 )
 from meshactors.cli.devices import resolve_device
 from meshactors.client.sync import ClientError
@@ -133,17 +135,18 @@ def _listing(
     header: list[str],
     row: Callable[[dict[str, Any]], list[str]],
 ) -> int:
-    """Print `items` as JSON with --json, else as a table of one `row` each (or `empty`)."""
+    """Print `items` as JSON with --json, else as a table of one `row` each (or `empty`),
+    every cell `printable`: a peer's or broker's words stay in their cell."""
     if args.json:
         print_json(items)
         return 0
     if not items:
-        print(empty)
+        say(empty)
         return 0
-    rows = [header, *map(row, items)]
+    rows = [header, *([printable(cell) for cell in row(item)] for item in items)]
     widths = [max(len(cells[i]) for cells in rows) for i in range(len(header))]
     for cells in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)))
+        say("  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)))
     return 0
 
 
@@ -300,11 +303,11 @@ def run_profile_show(args: argparse.Namespace) -> int:
         return 0
     profile = shown["profile"]
     scope = "global" if args.network is None or shown["inherited"] else args.network
-    print(f"display_name  {profile['display_name'] or '-'}")
-    print(f"status        {profile['status']}")
-    print(f"summary       {profile['summary'] or '-'}")
-    print(f"visible       {'yes' if profile['visible'] else 'no'}")
-    print(f"scope         {scope}")
+    say(f"display_name  {profile['display_name'] or '-'}")
+    say(f"status        {profile['status']}")
+    say(f"summary       {profile['summary'] or '-'}")
+    say(f"visible       {'yes' if profile['visible'] else 'no'}")
+    say(f"scope         {scope}")
     return 0
 
 
@@ -340,4 +343,4 @@ def format_event(event: dict[str, Any], *, as_json: bool) -> str:
         label = event.get("label")
         parts.append(_short(event["device_id"]) + (f" ({label})" if label else ""))
     parts += [f"{key}={event[key]}" for key in EVENT_FIELDS_SHOWN if key in event]
-    return "  ".join(parts)
+    return printable("  ".join(parts))

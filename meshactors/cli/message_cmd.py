@@ -18,7 +18,9 @@ from meshactors.cli.common import (
     network_option,
     parse_json_arg,
     print_json,
+    printable,
     report,
+    say,
 )
 from meshactors.cli.devices import resolve_device, resolve_device_anywhere
 
@@ -104,7 +106,7 @@ def run_send(args: argparse.Namespace) -> int:
     if args.json:
         print_json(answer)
     else:
-        print(f"{answer['outcome']} {answer['id']} (client id {answer['client_message_id']})")
+        say(f"{answer['outcome']} {answer['id']} (client id {answer['client_message_id']})")
     return 0
 
 
@@ -126,9 +128,9 @@ def run_inbox(args: argparse.Namespace) -> int:
         return 0
     for m in answer["messages"]:
         received = local_time(m["received_at"])
-        print(f"{received}  {m['network']}  {m['from'][:SHORT_ID]}  {m['message']}")
+        say(f"{received}  {m['network']}  {m['from'][:SHORT_ID]}  {printable(str(m['message']))}")
     if _has_next_page(args, "inbox", "messages", answer, answer["more"], **filters):
-        print(f"(next page: --cursor {answer['next_cursor']})")
+        say(f"(next page: --cursor {answer['next_cursor']})")
     return 0
 
 
@@ -169,12 +171,12 @@ def run_outbox_list(args: argparse.Namespace) -> int:
         print_json(answer)  # by passing next_cursor back as --cursor until it is null
         return 0
     if not rows:
-        print("outbox is empty" if args.cursor is None else "no older rows")
+        say("outbox is empty" if args.cursor is None else "no older rows")
     else:
-        print("\n".join(_row_line(row) for row in rows))
+        say("\n".join(_row_line(row) for row in rows))
     cut = answer["next_cursor"] is not None
     if _has_next_page(args, "outbox_list", "rows", answer, cut, **filters):
-        print(f"(next page: --cursor {answer['next_cursor']})")
+        say(f"(next page: --cursor {answer['next_cursor']})")
     return 0
 
 
@@ -185,7 +187,7 @@ def _row_line(row: dict[str, Any]) -> str:
         destination["kind"], destination["ref"][:SHORT_ID]
     )
     done = sum(d["status"] == "done" for d in row["deliveries"])
-    error = f"  last_error={row['last_error']}" if row["last_error"] else ""
+    error = f"  last_error={printable(row['last_error'])}" if row["last_error"] else ""
     return (
         f"{row['id']}  {row['status']:<8}  {row['network']}  to {to}"
         f"  {done}/{len(row['deliveries'])} delivered{error}"

@@ -27,6 +27,7 @@ from meshactors.cli.common import (
     EXIT_USAGE,
     CommandFailed,
     fail,
+    say,
 )
 from meshactors.client import UNSURE_CODES, EventStream, MeshClient
 from meshactors.network.payload import MAX_PAYLOAD_BYTES
@@ -78,7 +79,7 @@ async def serve_until_stopped(
         async with MeshClient(socket) as client:
             with client.events() as events:  # before the claim: no loss of it goes unseen
                 await claim(client)
-                print(f"serving {method} on {network}; Ctrl-C stops", file=sys.stderr, flush=True)
+                say(f"serving {method} on {network}; Ctrl-C stops", file=sys.stderr, flush=True)
                 lost = None
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_cancel_on_stop, stops, nursery.cancel_scope)

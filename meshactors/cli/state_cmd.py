@@ -16,6 +16,7 @@ from meshactors.cli.common import (
     parse_json_arg,
     print_json,
     report,
+    say,
     told_lagged,
     words_after_network,
 )
@@ -94,10 +95,10 @@ def run_list(args: argparse.Namespace) -> int:
         print_json(page)
         return 0
     for entry in page["entries"]:
-        print(f"{entry['key']}\t{json.dumps(entry['value'])}")
+        say(f"{entry['key']}\t{json.dumps(entry['value'])}")
     if page["next_cursor"] is not None:
         hint = shlex.quote(page["next_cursor"])  # a key may hold spaces and quotes
-        print(f"meshactors: more after --cursor {hint}", file=sys.stderr)
+        say(f"meshactors: more after --cursor {hint}", file=sys.stderr)
     return 0
 
 

@@ -31,6 +31,8 @@ pytestmark = pytest.mark.e2e
 
 UPPER = "import sys, json; print(json.dumps(json.load(sys.stdin).upper()))"
 BROKEN = "import sys; sys.stderr.write('first\\ncannot do that'); sys.exit(3)"
+# a handler whose error would clear the caller's terminal and retitle it, were it printed raw
+CLEARS_SCREEN = "import sys; sys.stderr.write('\\x1b[2Jgone\\x1b]0;owned\\x07'); sys.exit(1)"
 
 
 def started(process: subprocess.Popen[str], line_from: str) -> str:
@@ -66,6 +68,32 @@ async def test_rpc_serve_answers_rpc_call_with_its_commands_output(home: Home, m
     _, served_errors = broken.communicate()
     said = error["message"].replace("\n", " | ")
     assert served_errors.splitlines() == [f"meshactors: broken on lan failed: {said}"]
+
+
+async def test_a_remote_error_reaches_the_terminal_escaped_and_json_as_it_is(
+    home: Home, me: str
+) -> None:
+    server = home.popen("rpc", "serve", "evil", "--", sys.executable, "-c", CLEARS_SCREEN)
+    try:
+        with trio.fail_after(30):
+            line = await trio.to_thread.run_sync(started, server, "stderr")
+            assert line.startswith("serving")
+            text = await trio.to_thread.run_sync(
+                functools.partial(home.cli, "rpc", "call", me, "evil", check=False)
+            )
+            as_json = await trio.to_thread.run_sync(
+                functools.partial(home.cli, "rpc", "call", me, "evil", "--json", check=False)
+            )
+    finally:
+        server.kill()
+        server.wait()
+    _, served_errors = server.communicate()
+    assert text.returncode == as_json.returncode == 1
+    (said,) = text.stderr.splitlines()
+    assert said.startswith("meshactors: remote_error: ")
+    assert said.endswith("exited 1: \\x1b[2Jgone\\x1b]0;owned\\x07"), said
+    assert json.loads(as_json.stdout)["error"]["message"].endswith("\x1b[2Jgone\x1b]0;owned\x07")
+    assert "\x1b" not in served_errors and "\\x1b[2Jgone" in served_errors, served_errors
 
 
 @pytest.mark.parametrize("kind", ["rpc", "stream"])
