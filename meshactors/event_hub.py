@@ -6,7 +6,7 @@ from __future__ import annotations
 import collections
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Protocol
 
 import attrs
@@ -93,6 +93,26 @@ class _Flush:
 
 
 @attrs.frozen
+class _PublishLogged:
+    """Events of one kind to number, fan out and log together (`EventHub.publish_logged`); the
+    answer says whether the log holds them all."""
+
+    kind: str
+    datas: Sequence[dict[str, Any]]
+    at_ms: int
+    reply: Reply[bool]
+
+
+@attrs.frozen
+class _Logged:
+    """Queued for the log writer just behind a `_PublishLogged`'s events, ids `first` on: it
+    answers whether none of them was lost (written, not refused or cut off)."""
+
+    first: int
+    reply: Reply[bool]
+
+
+@attrs.frozen
 class _Spend:
     """Ask the log writer to mark ids up to `upto` spent: it sends `upto` on `marked` once the
     log holds the mark and closes it either way, so the hub, which alone keeps the mark, knows
@@ -102,8 +122,8 @@ class _Spend:
     marked: trio.MemorySendChannel[int]
 
 
-_HubMessage = _Published | _Join | _Flush
-_LogItem = Event | _Flush | _Spend | _Lost
+_HubMessage = _Published | _Join | _Flush | _PublishLogged
+_LogItem = Event | _Flush | _Spend | _Lost | _Logged
 
 
 class EventPublisher(Protocol):
@@ -179,6 +199,18 @@ class EventHub(Actor):
         lost: int = await self.inbox.ask(_Flush, timeout=timeout, what="flush the event log")
         return lost
 
+    async def publish_logged(self, kind: str, datas: Sequence[dict[str, Any]]) -> bool:
+        """Publish an event of `kind` for each of `datas`, waiting for room in the inbox (none
+        is dropped there), and answer once the log has them: True when it holds every one,
+        False when any went unlogged or unnumbered (a refused or cut-off write, a full log
+        queue, no spent id left), for a publisher that must tell them again then."""
+        logged: bool = await self.inbox.ask(
+            functools.partial(_PublishLogged, kind, datas, wall_ms()),
+            timeout=math.inf,
+            what="publish and log events",
+        )
+        return logged
+
     async def replay(self, since: int, limit: int) -> SinceResult:
         """Logged events after `since`, oldest first, with a flag for a gap the log can't fill
         and the newest id in it (pruned, or never logged: the log still refuses to record
@@ -223,12 +255,22 @@ class EventHub(Actor):
     async def _take(self, message: _HubMessage) -> None:
         match message:
             case _Published(at_ms=at_ms) as published:
-                if self._untold:  # where the hole is: before the first event numbered after it
-                    notice = _Published(EVENTS_DROPPED, {"count": self._untold}, at_ms)
-                    if self._number(notice):
-                        self._untold = 0
-                if not self._number(published):
+                self._tell_dropped(at_ms)
+                if self._publish(published) is None:
                     self._drop()
+            case _PublishLogged(kind=kind, datas=datas, at_ms=at_ms, reply=reply):
+                self._tell_dropped(at_ms)
+                first = self.last_event_id + 1
+                queued = [self._publish(_Published(kind, data, at_ms)) for data in datas]
+                self._drop(queued.count(None))
+                if not all(queued):
+                    reply.ok(False)
+                    return
+                try:  # just behind its events, so the writer answers once they are written
+                    await self._to_log.send(_Logged(first, reply))
+                except BaseException:
+                    reply.drop()  # cut off waiting for room (the hub stops): ActorGone now
+                    raise
             case _Join(subscriber=subscriber, reply=reply):
                 self.broadcast.add(subscriber)
                 reply.ok(self.last_event_id)
@@ -240,38 +282,47 @@ class EventHub(Actor):
                     reply.drop()  # cut off waiting for room (the hub stops): ActorGone now
                     raise
 
-    def _number(self, published: _Published) -> bool:
-        """Number `published`, send it live and queue it for the log; False when no spent id is
-        left for it (its id could go out again after a kill)."""
+    def _tell_dropped(self, at_ms: int) -> None:
+        """Publish the EVENTS_DROPPED event of the events dropped since the last one, if any:
+        where the hole is, before the first event numbered after it."""
+        if self._untold:
+            notice = _Published(EVENTS_DROPPED, {"count": self._untold}, at_ms)
+            if self._publish(notice) is not None:
+                self._untold = 0
+
+    def _publish(self, published: _Published) -> bool | None:
+        """Number `published`, send it live and queue it for the log: True once queued, False
+        when the log queue was full (lost to the log), None when no spent id is left for it
+        (its id could go out again after a kill)."""
         self._spend_ahead()
         if self.last_event_id >= self._spent:
-            return False
+            return None
         self.last_event_id += 1
         event = Event(self.last_event_id, published.kind, published.data, published.at_ms)
         self.broadcast.publish(event)
-        self._queue_for_log(event)
-        return True
+        return self._queue_for_log(event)
 
-    def _drop(self) -> None:
-        """Count an event never numbered, for the next EVENTS_DROPPED event to tell of."""
-        self.dropped += 1
-        self._untold += 1
+    def _drop(self, count: int = 1) -> None:
+        """Count events never numbered, for the next EVENTS_DROPPED event to tell of."""
+        self.dropped += count
+        self._untold += count
 
-    def _queue_for_log(self, event: Event) -> None:
+    def _queue_for_log(self, event: Event) -> bool:
         """Queue `event` for the log writer, then what was lost before it; an event that
-        finds the log queue full is lost, and a loss that finds it full is handed over later
-        (with the next event, or flush, that finds room)."""
+        finds the log queue full is lost (False), and a loss that finds it full is handed
+        over later (with the next event, or flush, that finds room)."""
         try:
             self._to_log.send_nowait(event)
         except trio.WouldBlock:
             self._unqueued = self._unqueued.plus(_Lost.of([event]))
-            return
+            return False
         if self._unqueued.count:
             try:
                 self._to_log.send_nowait(self._unqueued)
                 self._unqueued = _Lost()
             except trio.WouldBlock:
                 pass
+        return True
 
     def _spend_ahead(self) -> None:
         """Take the log writer's answer to the _Spend out, if it came, and ask for another
@@ -332,6 +383,9 @@ class EventHub(Actor):
             match item:
                 case _Published():
                     self._drop()
+                case _PublishLogged(datas=datas, reply=reply):
+                    self._drop(len(datas))
+                    reply.drop()
                 case Event() as event:
                     self._lose(_Lost.of([event]))
                 case _Lost() as lost:
@@ -340,6 +394,8 @@ class EventHub(Actor):
                     reply.drop()
                 case _Flush(reply=reply, lost=lost):
                     self._lose(lost)
+                    reply.drop()
+                case _Logged(reply=reply):
                     reply.drop()
 
     def _lose(self, lost: _Lost) -> None:
@@ -351,11 +407,12 @@ class EventHub(Actor):
 
     async def _write(self, batch: list[_LogItem]) -> None:
         """Log a batch's events, the spent mark the hub asked for and the newest id lost since
-        the last write (with what the hub handed over lost in it), then answer its flushes and
-        spends; a write cut off (the hub stops) drops them, so their askers hear at once."""
+        the last write (with what the hub handed over lost in it), then answer its flushes,
+        `_Logged`s and spends; a write cut off (the hub stops) drops them, so their askers
+        hear at once."""
         events = [item for item in batch if isinstance(item, Event)]
-        flushes = [item.reply for item in batch if isinstance(item, _Flush)]
         spends = [item for item in batch if isinstance(item, _Spend)]
+        lost_before = self._lost_through
         for item in batch:  # what the hub lost, handed over: recorded by this write
             match item:
                 case (_Lost() as handed) | _Flush(lost=handed):
@@ -379,16 +436,37 @@ class EventHub(Actor):
                         self._lost_noted = lost
                     for spend in spends:
                         spend.marked.send_nowait(spend.upto)
+                written = True
             except Exception as exc:
                 self._lose(_Lost.of(events))
                 self._warn(exc)
-            for reply in flushes:
-                reply.ok(self._lost_through)
+                written = False
+            self._answer_logged(batch, lost_before, written)
+            for item in batch:
+                if isinstance(item, _Flush):
+                    item.reply.ok(self._lost_through)
         finally:
             for spend in spends:
                 spend.marked.close()  # answered or not: the hub asks again if not
-            for reply in flushes:
-                reply.drop()  # harmless after an answer
+            for item in batch:
+                if isinstance(item, _Flush | _Logged):
+                    item.reply.drop()  # harmless after an answer
+
+    @staticmethod
+    def _answer_logged(batch: list[_LogItem], lost_before: int, written: bool) -> None:
+        """Answer each `_Logged` of a batch: its events (ids `first` to just before it) are in
+        the log unless one was lost, so unless the newest id lost before it (in an earlier
+        write, handed over by the hub, or in this batch's write if it failed) is `first` or
+        newer. Only ids before it count: what follows it in the batch may be lost alone."""
+        newest = lost_before
+        for item in batch:
+            match item:
+                case Event(event_id=event_id) if not written:
+                    newest = max(newest, event_id)
+                case (_Lost() as handed) | _Flush(lost=handed):
+                    newest = max(newest, handed.newest)
+                case _Logged(first=first, reply=reply):
+                    reply.ok(newest < first)
 
     def _warn(self, exc: Exception) -> None:
         """Log a failed write at most once per LOG_WARNING_INTERVAL_S, with the failures since

@@ -5,7 +5,8 @@ room in a full log queue, is told so at once; what is still queued at a stop is 
 full log queue and all; events a refused write or a full log queue loses are a gap to a
 replay, and the refusals are warned at most once an interval; the spent mark grows ahead of
 numbering, and events dropped unnumbered (a full inbox, no spent id left) are counted, those
-for want of an id told by an `events_dropped` event where they were."""
+for want of an id told by an `events_dropped` event where they were; `publish_logged` answers
+whether the log holds all its events."""
 
 from __future__ import annotations
 
@@ -335,6 +336,33 @@ async def test_events_a_full_hub_inbox_refuses_are_dropped_and_counted(
             await hub.flush()
         assert [(await live.receive()).data["n"] for _ in range(3)] == [0, 1, 2]
         assert (hub.figures()["dropped"], hub.figures()["last_event_id"]) == (2, 3)
+
+
+async def test_publish_logged_says_whether_the_log_holds_every_event_it_published(
+    tmp_path: Path,
+) -> None:
+    async with running_hub(tmp_path) as hub:
+        live, _ = await hub.subscribe(16)
+        with trio.fail_after(5):
+            assert await hub.publish_logged("tick", [{"n": 0}, {"n": 1}])
+            await refuse_writes(hub.store, True)  # a full disk: the write is refused
+            assert not await hub.publish_logged("tick", [{"n": 2}])
+            await refuse_writes(hub.store, False)
+            assert await hub.publish_logged("tick", [{"n": 3}])
+            assert [(await live.receive()).data["n"] for _ in range(4)] == [0, 1, 2, 3]
+        replayed = await hub.replay(0, 100)
+        assert [event.data["n"] for event in replayed.events] == [0, 1, 3]
+
+
+async def test_publish_logged_says_no_when_the_log_queue_loses_one_of_its_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(event_hub, "PERSIST_QUEUE", 2)
+    async with stalled_hub(tmp_path) as stalled:
+        stalled.hub.publish("tick", {"n": 0})
+        await trio.testing.wait_all_tasks_blocked()  # its write is the store's now
+        with trio.fail_after(5):  # 1 and 2 fill the log queue, 3 finds it full: no wait
+            assert not await stalled.hub.publish_logged("tick", [{"n": n} for n in (1, 2, 3)])
 
 
 def spent_mark(home: Path) -> int:

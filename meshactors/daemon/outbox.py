@@ -30,8 +30,10 @@ closed network makes dead at once what waits to go to the evicted device (or eve
 that network, when it is this device): it is never active again. Every delivery that dies so,
 or by an `outbox_abort` (the op hands them over: `tell_dead`), is told one batch at a time,
 so aborts answered together do not flood the event hub. Such a death is committed `untold`
-and marked told once its `message_dead` is logged: what a stop or a kill left between the
-two is told at the next start (`_tell_untold`), and a death told already is not told again.
+and marked told once the hub says its `message_dead` is logged: one whose event went unlogged
+(a refused write, a full log queue, the hub stopped), or that a stop or a kill left between
+the two, is told at the next start (`_tell_untold`). At least once: a stop that lands after
+the log write and before the mark tells it again at the next start.
 
 A full disk: a write of these loops (or of the recovery at start) that the state database
 refuses (`storage`) is made again every STORAGE_RETRY_S, with what it carries (acks to record,
@@ -185,11 +187,11 @@ class AcceptRun:
 @attrs.frozen
 class TellDead:
     """Deliveries an op made dead (`outbox_abort`), to be told like the outbox's own; answered
-    once they are."""
+    once they are, with whether the log holds their events (`_tell_dead`)."""
 
     deliveries: Sequence[outbox_db.DeliveryKey]
     error: str
-    reply: Reply[None]
+    reply: Reply[bool]
 
 
 @attrs.frozen
@@ -513,7 +515,8 @@ class Outbox(Actor):
 
     async def tell_dead(self, deliveries: Sequence[outbox_db.DeliveryKey], error: str) -> None:
         """Tell deliveries an op made dead (`message_dead` with `error`), paced with the
-        outbox's own (`_tell_dead`); returns once the hub has numbered and logged them. Their
+        outbox's own (`_tell_dead`); returns once the hub has logged them, or said it could not
+        (they stay untold until the outbox's next start). Their
         death is committed, so they are queued whatever becomes of the op (a hang-up, the
         deadline): shielded and with no deadline, TELL_INBOX being bounded and drained by
         this actor; only the wait for the answer may end in AskTimeout or ActorGone."""
@@ -945,7 +948,9 @@ class Outbox(Actor):
 
     async def _tell_untold(self) -> None:
         """Tell the deaths the last run (or an op) committed and a stop or a kill left untold,
-        EXPIRE_DELIVERIES at a time: each is told until its event is logged (`_tell_dead`)."""
+        EXPIRE_DELIVERIES at a time, until none is left or a batch's events were not all
+        logged (`_tell_dead`): those stay untold for the next start, not published again and
+        again by this one."""
         while untold := await self.store.call(
             functools.partial(outbox_db.untold_deaths, limit=outbox_db.EXPIRE_DELIVERIES),
             what="read untold deaths",
@@ -954,36 +959,41 @@ class Outbox(Actor):
             for key, error in untold:
                 by_error[error].append(key)
             for error, keys in by_error.items():
-                await self._tell_dead(keys, error)
+                if not await self._tell_dead(keys, error):
+                    return
 
     async def _tell_dead(
         self,
         deliveries: Sequence[outbox_db.DeliveryKey],
         error: str,
         pause: _Pause = trio.sleep,
-    ) -> None:
+    ) -> bool:
         """Tell each delivery that died (`message_dead` with `error`) and is not told yet, a
-        batch (at most EXPIRE_DELIVERIES or MAX_RECIPIENTS) at a time (`_pace_events`), one
-        caller at a time, so neither a backlog nor many aborts answered together put more
-        than a batch in the hub; marked told once the hub has logged them, so a stop before
-        that leaves them to `_tell_untold` at the next start."""
+        batch (at most EXPIRE_DELIVERIES or MAX_RECIPIENTS) at a time, one caller at a time,
+        waiting until the hub has logged them (paced as `_pace_events` paces), so neither a
+        backlog nor many aborts answered together put more than a batch in the hub; marked
+        told only once the hub says the log holds them all, so events that went unlogged
+        (a refused write, a full log queue, the hub stopped) leave them to `_tell_untold` at
+        the next start. True when none is left untold."""
         if not deliveries:
-            return
+            return True
         async with self._telling:
             untold = await self.store.call(
                 functools.partial(outbox_db.still_untold, keys=deliveries),
                 what="read untold deaths",
             )
             if not untold:
-                return
+                return True
             self.counts["dead"] += len(untold)
-            for key in untold:
-                self.events.publish("message_dead", dead_event(key, error))
-            try:  # paced as `_pace_events` paces, and known logged only once it answers
-                await self.events.flush(timeout=math.inf)
+            try:
+                logged = await self.events.publish_logged(
+                    "message_dead", [dead_event(key, error) for key in untold]
+                )
             except ActorGone:
-                return  # the hub stopped before it logged them: told again at the next start
-            await self._write(outbox_db.mark_told, "mark deaths told", pause=pause, keys=untold)
+                return False  # the hub stopped before it logged them
+            if logged:
+                await self._write(outbox_db.mark_told, "mark deaths told", pause=pause, keys=untold)
+            return logged
 
     async def _pace_events(self, published: int) -> None:
         """After a batch published `published` events, wait until the hub has numbered and

@@ -1,6 +1,7 @@
 """A death the store committed and the outbox never told (a stop or a kill came between the
-commit and the `message_dead` event) is told at the outbox's next start, and only then: a
-further start does not tell it again."""
+commit and the `message_dead` event, or the event log refused the event) is told at the
+outbox's next start, and only then: a further start does not tell it again, and a start whose
+telling the log refuses tells it once, leaving it untold for the next."""
 
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ from meshactors.store import events as event_log
 from meshactors.store import outbox as outbox_db
 from meshactors.store.db import open_database
 from meshactors.store.events import Event
-from meshactors.store.outbox import EXPIRED, TTL_MS
+from meshactors.store.outbox import EXPIRED, TTL_MS, DeliveryKey
 from tests.daemon.outbox_parts import OutboxParts, outbox_parts
 from tests.store.test_outbox import send
 
 UNTOLD_WAIT = 10.0  # seconds for a start's sweep, its events and the store's release
 PAST_TTL_MS = 3_600_000  # how long past its TTL the send that dies untold was
+LOG_WRITE = event_log.append_batch  # the event log's real write
 
 
 class HeldSweep:
@@ -96,3 +98,45 @@ async def test_a_death_committed_before_a_stop_is_told_once_at_the_next_start(
         with trio.fail_after(UNTOLD_WAIT):
             await held.swept.wait()
         assert await _told_dead(parts, old.id) == [EXPIRED]
+
+
+def refusing_log_writes(conn: sqlite3.Connection, **params: Any) -> None:
+    """Stands in for `append_batch`: the state database refuses the event log's write alone,
+    as a full disk refuses it (SQLITE_READONLY: the store answers `storage`)."""
+    conn.execute("PRAGMA query_only = 1")
+    try:
+        LOG_WRITE(conn, **params)
+    finally:
+        conn.execute("PRAGMA query_only = 0")
+
+
+async def test_a_death_whose_event_the_log_refused_stays_untold_told_once_a_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with contextlib.closing(open_database(tmp_path / "state.db")) as conn:
+        old = send(conn, recipients=["dev-a"], now_ms=wall_ms() - TTL_MS - PAST_TTL_MS)
+        outbox_db.expire_pending(conn, now_ms=wall_ms())  # dead and untold, as a stop leaves it
+    dead = [(DeliveryKey(old.id, "dev-a"), EXPIRED)]
+    sweeps = HeldSweep()  # nothing left to kill: it only tells when the start's telling ended
+    monkeypatch.setattr(outbox_db, "expire_pending", sweeps)
+    monkeypatch.setattr(event_log, "append_batch", refusing_log_writes)
+    async with outbox_parts(tmp_path) as parts:
+        outbox = await parts.start_outbox()
+        with trio.fail_after(UNTOLD_WAIT):
+            await sweeps.swept.wait()  # past the start's telling: it did not go round again
+        untold = await parts.store.call(
+            functools.partial(outbox_db.untold_deaths, limit=10), what="test: read untold"
+        )
+        # published once, not logged: still untold
+        assert (outbox.counts["dead"], untold) == (1, dead)
+    monkeypatch.setattr(event_log, "append_batch", LOG_WRITE)  # the disk has room again
+    async with outbox_parts(tmp_path) as parts:
+        sweeps.swept = trio.Event()
+        await parts.start_outbox()
+        with trio.fail_after(UNTOLD_WAIT):
+            await sweeps.swept.wait()
+        assert await _told_dead(parts, old.id) == [EXPIRED]
+        untold = await parts.store.call(
+            functools.partial(outbox_db.untold_deaths, limit=10), what="test: read untold"
+        )
+        assert untold == []
