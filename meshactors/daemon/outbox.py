@@ -64,7 +64,7 @@ import itertools
 import json
 import math
 import sqlite3
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import attrs
@@ -1145,35 +1145,35 @@ class Outbox(Actor):
         while True:
             match await work.next():
                 case _DueNow(network=network_id, peer=peer):
-                    await self._due_now(network_id, peer, work.gather)
+                    await self._due_now(network_id, [peer], work.gather)
                 case _CutActive(network=network_id):
                     await self._cut_active(network_id, work.gather)
                 case _BuryEvicted(network=network_id):
                     await self._bury_evicted(network_id, work.gather)
 
-    async def _due_now(self, network_id: str, peer: str, pause: _Pause) -> None:
-        """A peer is reachable again: what waits out a backoff for it goes now, not minutes
-        later (the backoff is there for a peer that cannot be reached)."""
+    async def _due_now(self, network_id: str, peers: Collection[str], pause: _Pause) -> None:
+        """Peers are reachable again: what waits out a backoff for them goes now, not minutes
+        later (the backoff is there for a peer that cannot be reached); one store call."""
         cut = await self._write(
-            outbox_db.due_now_to_peer,
+            outbox_db.due_now_to_peers,
             "make deliveries due",
             pause=pause,
             network=network_id,
-            recipient=peer,
+            recipients=peers,
         )
         self.counts["backoffs_cut"] += cut
         if cut:
             self.poke()  # a pass that ran at the peer's return found them not due yet
 
     async def _cut_active(self, network_id: str, pause: _Pause) -> None:
-        """`_due_now` for each peer of a network active now: one whose `peer_active` this actor
-        missed would otherwise wait out its backoff."""
+        """`_due_now` for the peers of a network active now, all in one store call: one whose
+        `peer_active` this actor missed would otherwise wait out its backoff."""
         try:
             active = await self.networks.get(network_id).active_peers()
         except OpError:  # gone, or its core restarts: each peer is told active again after it
             return
-        for peer in sorted(active):
-            await self._due_now(network_id, peer, pause)
+        if active:
+            await self._due_now(network_id, active, pause)
 
     def _peer_changed(self, network_id: str, peer: str) -> None:
         """Release the attempts in flight to a peer that left or came back: their acks will

@@ -713,18 +713,21 @@ def mark_failed(
     return str(status)
 
 
-def due_now_to_peer(conn: sqlite3.Connection, network: str, recipient: str, now_ms: int) -> int:
-    """Make every pending delivery to a peer that just became active due now, cutting short
-    the backoff of attempts that failed while it could not be reached; attempts are kept.
-    Walks index deliveries_pending (that peer's deliveries not yet due). Returns how many."""
+def due_now_to_peers(
+    conn: sqlite3.Connection, network: str, recipients: Collection[str], now_ms: int
+) -> int:
+    """Make every pending delivery to peers that just became active (or all the active peers
+    of a network, after a lagged watch) due now, in one transaction, cutting short the
+    backoff of attempts that failed while they could not be reached; attempts are kept.
+    Walks index deliveries_pending (those peers' deliveries not yet due). Returns how many."""
     with immediate(conn):
         cursor = conn.execute(
             "UPDATE deliveries SET next_attempt_at = :now"
             " WHERE rowid IN (SELECT d.rowid FROM deliveries d INDEXED BY deliveries_pending"
             " CROSS JOIN outbox o ON o.id = d.outbox_id"
-            " WHERE d.recipient = :recipient AND d.status = 'pending'"
-            " AND d.next_attempt_at > :now AND o.network = :network)",
-            {"now": now_ms, "recipient": recipient, "network": network},
+            " WHERE d.recipient IN (SELECT value FROM json_each(:recipients))"
+            " AND d.status = 'pending' AND d.next_attempt_at > :now AND o.network = :network)",
+            {"now": now_ms, "recipients": to_json(sorted(recipients)), "network": network},
         )
     return cursor.rowcount
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 import pytest
 import trio
@@ -51,12 +51,15 @@ async def test_a_peer_back_while_the_watch_lags_has_its_backoffs_cut(
     holding, release = trio.Event(), trio.Event()
 
     async def held_due_now(
-        outbox: Outbox, network_id: str, peer: str, pause: Callable[[float], Awaitable[object]]
+        outbox: Outbox,
+        network_id: str,
+        peers: Collection[str],
+        pause: Callable[[float], Awaitable[object]],
     ) -> None:
         if not holding.is_set():
             holding.set()
             await release.wait()
-        await real_due_now(outbox, network_id, peer, pause)
+        await real_due_now(outbox, network_id, peers, pause)
 
     def stand_in_back(n: int) -> None:
         a.services.events.publish(PEER_ACTIVE, {"network": NET, "device_id": f"stand-in-{n}"})

@@ -26,7 +26,7 @@ from meshactors.store.outbox import (
     backoff_ms,
     derive_status,
     due_deliveries,
-    due_now_to_peer,
+    due_now_to_peers,
     list_rows,
     mark_delivered_many,
     mark_due_now,
@@ -303,12 +303,12 @@ def test_due_deliveries_filter_by_time_and_network(conn: sqlite3.Connection) -> 
     assert [d.outbox_id for d in in_net2] == [there]
 
 
-def test_due_now_to_peer_cuts_only_that_peers_backoffs_in_that_network(
+def test_due_now_to_peers_cuts_only_those_peers_backoffs_in_that_network(
     conn: sqlite3.Connection,
 ) -> None:
-    fan = send(conn, recipients=["a", "b"], destination_kind="all", destination_ref="*").id
+    fan = send(conn, recipients=["a", "b", "c"], destination_kind="all", destination_ref="*").id
     elsewhere = send(conn, network="net2", recipients=["a"], client_message_id="cm-2").id
-    keys = [DeliveryKey(fan, "a"), DeliveryKey(fan, "b"), DeliveryKey(elsewhere, "a")]
+    keys = [DeliveryKey(fan, peer) for peer in "abc"] + [DeliveryKey(elsewhere, "a")]
     mark_inflight(conn, keys, T0)
     for key in keys:
         mark_failed(
@@ -321,10 +321,14 @@ def test_due_now_to_peer_cuts_only_that_peers_backoffs_in_that_network(
             rand=lambda: 1.0,
         )
     assert due_deliveries(conn, now_ms=T0 + 1, limit=10) == []
-    assert due_now_to_peer(conn, "net1", "a", T0 + 1) == 1
+    assert due_now_to_peers(conn, "net1", ["a"], T0 + 1) == 1
     (due,) = due_deliveries(conn, now_ms=T0 + 1, limit=10)
     assert (due.outbox_id, due.recipient, due.attempts) == (fan, "a", 1)  # attempts kept
-    assert due_now_to_peer(conn, "net1", "a", T0 + 1) == 0  # nothing left waiting
+    assert due_now_to_peers(conn, "net1", ["a"], T0 + 1) == 0  # nothing left waiting
+    # several peers in one call: each one's backoff cut, with one a backoff never held
+    assert due_now_to_peers(conn, "net1", ["b", "c", "gone"], T0 + 1) == 2
+    due_now = due_deliveries(conn, now_ms=T0 + 1, limit=10)
+    assert sorted((d.outbox_id, d.recipient) for d in due_now) == [(fan, p) for p in "abc"]
 
 
 def test_mark_inflight_claims_only_pending_deliveries(conn: sqlite3.Connection) -> None:

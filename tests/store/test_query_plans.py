@@ -112,6 +112,12 @@ HOT: dict[str, tuple[Callable[[sqlite3.Connection], Any], tuple[str, ...]]] = {
         functools.partial(outbox.next_due_at, network="net1", recipients=["dev-a"]),
         ("deliveries_pending",),
     ),
+    "due_now_to_peers": (
+        functools.partial(
+            outbox.due_now_to_peers, network="net1", recipients=["dev-a", "dev-c"], now_ms=NOW
+        ),
+        ("deliveries_pending",),
+    ),
     "delivery_counts": (outbox.delivery_counts, ("row_counts",)),
     "expire_pending": (
         functools.partial(outbox.expire_pending, now_ms=NOW + outbox.TTL_MS),
