@@ -84,7 +84,7 @@ from meshactors.actors import (
 )
 from meshactors.broker.limits import TokenBucket
 from meshactors.clock import wall_ms
-from meshactors.event_hub import EventHub
+from meshactors.event_hub import EVENTS_DROPPED, EventHub
 from meshactors.network.manager import NetworkManager
 from meshactors.network.message_frames import (
     ACK_TIMEOUT,
@@ -1113,12 +1113,12 @@ class Outbox(Actor):
         """Act on the daemon's events: at once on what needs no store call, handing the rest
         (peer work) to `_do_peer_work`, so a full disk, which makes those store calls wait,
         never stops this reading (a watch that lags misses peers that left, whose attempts
-        then wait out the ack timeout). What the events this actor missed (it was down, or
-        the watch lagged) would have handed over is handed over for every network
-        (`_catch_up`)."""
+        then wait out the ack timeout). What the events this actor missed (it was down, the
+        watch lagged, or the hub dropped events unnumbered: EVENTS_DROPPED) would have handed
+        over is handed over for every network (`_catch_up`)."""
         await self._catch_up(work)
         async for event in watch:
-            if isinstance(event, Lagged):
+            if isinstance(event, Lagged) or event.kind == EVENTS_DROPPED:
                 await self._catch_up(work)
                 self.poke()
                 continue
