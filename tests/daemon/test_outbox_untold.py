@@ -9,6 +9,7 @@ import contextlib
 import functools
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ import pytest
 import trio
 import trio.testing
 
+from meshactors.actors import ActorGone
 from meshactors.clock import wall_ms
+from meshactors.event_hub import EventHub
 from meshactors.store import events as event_log
 from meshactors.store import outbox as outbox_db
 from meshactors.store.db import open_database
@@ -140,3 +143,34 @@ async def test_a_death_whose_event_the_log_refused_stays_untold_told_once_a_star
             functools.partial(outbox_db.untold_deaths, limit=10), what="test: read untold"
         )
         assert untold == []
+
+
+async def test_a_start_whose_hub_is_gone_asks_it_once_per_untold_death(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with contextlib.closing(open_database(tmp_path / "state.db")) as conn:
+        for n in range(2):
+            send(
+                conn,
+                recipients=["dev-a"],
+                client_message_id=f"gone-{n}",
+                now_ms=wall_ms() - TTL_MS - PAST_TTL_MS,
+            )
+            outbox_db.expire_pending(conn, now_ms=wall_ms())  # dead and untold
+    sweeps = HeldSweep()
+    monkeypatch.setattr(outbox_db, "expire_pending", sweeps)
+    asked: list[int] = []
+
+    async def hub_gone(hub: EventHub, kind: str, datas: Sequence[dict[str, Any]]) -> bool:
+        asked.append(len(datas))
+        raise ActorGone("publish and log events: the actor is not running")
+
+    monkeypatch.setattr(EventHub, "publish_logged", hub_gone)
+    async with outbox_parts(tmp_path) as parts:
+        await parts.start_outbox()
+        with trio.fail_after(UNTOLD_WAIT):
+            await sweeps.swept.wait()  # past the start's telling: it did not go round again
+        untold = await parts.store.call(
+            functools.partial(outbox_db.untold_deaths, limit=10), what="test: read untold"
+        )
+        assert (asked, len(untold)) == ([2], 2)  # asked once for both, both still untold
