@@ -32,8 +32,10 @@ or by an `outbox_abort` (the op hands them over: `tell_dead`), is told one batch
 so aborts answered together do not flood the event hub. Such a death is committed `untold`
 and marked told once the hub says its `message_dead` is logged: one whose event went unlogged
 (a refused write, a full log queue, the hub stopped), or that a stop or a kill left between
-the two, is told at the next start (`_tell_untold`). At least once: a stop that lands after
-the log write and before the mark tells it again at the next start.
+the two, is told again by the sweep, at the start and every SWEEP_INTERVAL_S after
+(`_tell_untold`), so a daemon that runs for weeks tells it once the log takes it. At least
+once: a stop that lands after the log write and before the mark tells it again at the next
+start; within a run each is published until logged, then never again (`_tell_dead`).
 
 A full disk: a write of these loops (or of the recovery at start) that the state database
 refuses (`storage`) is made again every STORAGE_RETRY_S, with what it carries (acks to record,
@@ -131,13 +133,13 @@ ACCEPT_INBOX = 256  # runs of sends waiting to be accepted before `send` ops wai
 TELL_INBOX = 64  # ops' dead deliveries (aborts) waiting to be told before those ops wait
 # seconds an op waits for a place in TELL_INBOX whatever becomes of it (a hang-up cannot cut
 # it short); past it the outbox is taken as gone (a stop): the deliveries stay dead, untold
-# until the outbox's next start tells them (`_tell_untold`), and a warning says so
+# until the outbox's next sweep tells them (`_tell_untold`), and a warning says so
 TELL_PLACE_TIMEOUT = 60.0
 # Runs being accepted at once: each waits for the store however long it takes, holding its
 # bodies, so while the disk stalls more runs wait in the inbox (their asks time out) instead.
 MAX_ACCEPTING = ACCEPT_INBOX
 IDLE_POLL_S = 60.0  # longest sleep when nothing is due (wake-ups do the real work)
-SWEEP_INTERVAL_S = 60.0  # seconds between TTL sweeps and retention passes
+SWEEP_INTERVAL_S = 60.0  # seconds between sweeps (untold deaths, TTL) and retention passes
 PRUNE_PAUSE_S = 0.1  # seconds between prune batches while a retention pass has work
 # A store call of the outbox's own loops that the state database refuses (`storage`: a full
 # disk, nothing written) is made again after this many seconds, the work it carries kept.
@@ -516,7 +518,7 @@ class Outbox(Actor):
     async def tell_dead(self, deliveries: Sequence[outbox_db.DeliveryKey], error: str) -> None:
         """Tell deliveries an op made dead (`message_dead` with `error`), paced with the
         outbox's own (`_tell_dead`); returns once the hub has logged them, or said it could not
-        (they stay untold until the outbox's next start). Their
+        (they stay untold until the outbox's next sweep). Their
         death is committed, so they are queued whatever becomes of the op (a hang-up, the
         deadline): shielded and with no deadline, TELL_INBOX being bounded and drained by
         this actor; only the wait for the answer may end in AskTimeout or ActorGone."""
@@ -612,7 +614,6 @@ class Outbox(Actor):
             recovered = await self._write(outbox_db.recover_inflight, "recover inflight")
             if recovered:
                 log.info("recovered inflight deliveries", count=recovered)
-            await self._tell_untold()
             work, taken = trio.open_memory_channel[_PeerWork](PEER_WORK_QUEUE)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch, watch, work)
@@ -918,8 +919,11 @@ class Outbox(Actor):
             await self._pace_events(published)
 
     async def _sweep(self) -> None:
-        """Make sends past their TTL dead even if their peer never came back."""
+        """Every SWEEP_INTERVAL_S, from the start: tell the deaths left untold (by the last run,
+        or a telling of this one the log refused), then make sends past their TTL dead even if
+        their peer never came back."""
         while True:
+            await self._tell_untold()
             await self._bury(outbox_db.expire_pending, outbox_db.EXPIRED, "expire sends")
             await trio.sleep(SWEEP_INTERVAL_S)
 
@@ -947,10 +951,10 @@ class Outbox(Actor):
             )
 
     async def _tell_untold(self) -> None:
-        """Tell the deaths the last run (or an op) committed and a stop or a kill left untold,
-        EXPIRE_DELIVERIES at a time, until none is left or a batch's events were not all
-        logged (`_tell_dead`): those stay untold for the next start, not published again and
-        again by this one."""
+        """Tell the deaths committed and left untold (a stop or a kill came between, or the log
+        did not take their events), EXPIRE_DELIVERIES at a time, until none is left or a
+        batch's events were not all logged (`_tell_dead`): those stay untold for the next
+        sweep, not published again and again by this one."""
         while untold := await self.store.call(
             functools.partial(outbox_db.untold_deaths, limit=outbox_db.EXPIRE_DELIVERIES),
             what="read untold deaths",
@@ -974,7 +978,9 @@ class Outbox(Actor):
         backlog nor many aborts answered together put more than a batch in the hub; marked
         told only once the hub says the log holds them all, so events that went unlogged
         (a refused write, a full log queue, the hub stopped) leave them to `_tell_untold` at
-        the next start. True when none is left untold."""
+        the next sweep; counted dead then. The told ones are read under the lock that
+        serialises the tellings, so a death told meanwhile is not published again. True when
+        none is left untold."""
         if not deliveries:
             return True
         async with self._telling:
@@ -984,7 +990,6 @@ class Outbox(Actor):
             )
             if not untold:
                 return True
-            self.counts["dead"] += len(untold)
             try:
                 logged = await self.events.publish_logged(
                     "message_dead", [dead_event(key, error) for key in untold]
@@ -993,6 +998,7 @@ class Outbox(Actor):
                 return False  # the hub stopped before it logged them
             if logged:
                 await self._write(outbox_db.mark_told, "mark deaths told", pause=pause, keys=untold)
+                self.counts["dead"] += len(untold)  # once each, however often its telling failed
             return logged
 
     async def _pace_events(self, published: int) -> None:
