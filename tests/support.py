@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import attrs
 import trio
+import trio.testing
 
 from meshactors.actors import Actor
 from meshactors.daemon.lock import read_running_pid
@@ -238,6 +239,24 @@ async def refuse_writes(store: StoreActor, refuse: bool) -> None:
         conn.execute(f"PRAGMA query_only = {int(refuse)}")
 
     await store.call(set_query_only, what="test: refuse writes")
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    """A store call that does nothing: its answer says the calls queued before it are done."""
+
+
+async def store_quiet(store: StoreActor, timeout: float) -> None:
+    """Return once a round trip to the store finds no other call made meanwhile: what was set
+    off before is answered and nothing follows (under a clock that stands still, only a store
+    answer could start another call). Fails past `timeout`."""
+    with trio.fail_after(timeout):
+        while True:
+            await trio.testing.wait_all_tasks_blocked()
+            before = store.calls
+            await store.call(_nothing, what="test: wait for the store to be quiet")
+            await trio.testing.wait_all_tasks_blocked()
+            if store.calls == before + 1:
+                return
 
 
 async def publish(hub: EventHub, kind: str, *datas: dict[str, Any]) -> list[Event]:

@@ -4,7 +4,6 @@ an outbox by hand share them."""
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -50,19 +49,3 @@ async def outbox_parts(tmp_path: Path) -> AsyncIterator[OutboxParts]:
         await nursery.start(run_root, tree, Node(name="tree", kind="supervisor"))
         yield OutboxParts(store, hub, networks, nursery)
         nursery.cancel_scope.cancel()
-
-
-def _nothing(conn: sqlite3.Connection) -> None:
-    """A store call that does nothing: its answer says the calls queued before it are done."""
-
-
-async def store_idle(store: StoreActor) -> None:
-    """Return once no store call runs or waits and none is made (no timer fires meanwhile, so
-    only a store answer could start another): a round with no call but the test's own."""
-    while True:
-        await trio.testing.wait_all_tasks_blocked()
-        before = store.calls
-        await store.call(_nothing, what="test: wait for the store")
-        await trio.testing.wait_all_tasks_blocked()
-        if store.calls == before + 1:
-            return

@@ -16,8 +16,9 @@ from meshactors.daemon import outbox as outbox_module
 from meshactors.network.message_frames import Msg
 from meshactors.store.actor import STORE_CALL_TIMEOUT
 from meshactors.store.events import Event
-from tests.daemon.outbox_parts import outbox_parts, store_idle
+from tests.daemon.outbox_parts import outbox_parts
 from tests.network.test_events_at_stop import HeldStoreCall
+from tests.support import store_quiet
 
 SLOW_WAIT = 10.0  # seconds (real, once the clock runs) for the events the test waits for
 SLOW_KEY = "slow-store"  # the message whose first store call outlives STORE_CALL_TIMEOUT
@@ -38,7 +39,8 @@ async def test_a_store_slower_than_the_call_timeout_still_tells_the_message(
     async with outbox_parts(tmp_path) as parts:
         watch, _ = await parts.hub.subscribe(16)
         outbox = await parts.start_outbox()
-        await store_idle(parts.store)  # the start's calls are done: none waits on the jump
+        # the start's calls are done: none waits on the jump
+        await store_quiet(parts.store, SLOW_WAIT)
         outbox._queue_received("net1", "dev-a", [_msg(SLOW_KEY)])
         with trio.fail_after(SLOW_WAIT):
             await held.done.wait()  # stored, its answer held past the deadline below

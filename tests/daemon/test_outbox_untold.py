@@ -27,8 +27,9 @@ from meshactors.store import outbox as outbox_db
 from meshactors.store.db import open_database
 from meshactors.store.events import Event
 from meshactors.store.outbox import EXPIRED, TTL_MS, DeliveryKey
-from tests.daemon.outbox_parts import OutboxParts, outbox_parts, store_idle
+from tests.daemon.outbox_parts import OutboxParts, outbox_parts
 from tests.store.test_outbox import send
+from tests.support import store_quiet
 
 UNTOLD_WAIT = 10.0  # seconds for a start's sweep, its events and the store's release
 PAST_TTL_MS = 3_600_000  # how long past its TTL the send that dies untold was
@@ -174,7 +175,7 @@ async def test_a_death_whose_telling_the_log_refused_is_told_at_a_later_sweep_on
         outbox = await parts.start_outbox()
         with trio.fail_after(UNTOLD_WAIT):
             await sweeps.swept.wait()  # the start's sweep told it; the log refused it
-            await store_idle(parts.store)  # the sweep sleeps: the jump below wakes it
+            await store_quiet(parts.store, UNTOLD_WAIT)  # the sweep sleeps: the jump below wakes it
         assert await _untold(parts) == dead
         monkeypatch.setattr(event_log, "append_batch", LOG_WRITE)  # the disk has room again
         for _ in range(2):  # the next sweep tells it; the one after finds nothing to tell
@@ -182,7 +183,7 @@ async def test_a_death_whose_telling_the_log_refused_is_told_at_a_later_sweep_on
             mock_clock.jump(SWEEP_INTERVAL_S)
             with trio.fail_after(UNTOLD_WAIT):
                 await sweeps.swept.wait()
-                await store_idle(parts.store)
+                await store_quiet(parts.store, UNTOLD_WAIT)
         told = await _told_dead(parts, dead[0][0].outbox_id)
         assert (told, await _untold(parts), outbox.counts["dead"]) == ([EXPIRED], [], 1)
 

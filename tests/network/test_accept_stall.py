@@ -19,12 +19,11 @@ import trio.testing
 
 from meshactors.daemon import outbox as outbox_module
 from meshactors.daemon.outbox import Outbox
-from meshactors.store.actor import STORE_CALL_TIMEOUT, StoreActor
-from meshactors.store.outbox import delivery_counts
+from meshactors.store.actor import STORE_CALL_TIMEOUT
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair
 from tests.network.test_delivery import delivered
 from tests.network.test_restarts import debug_pair
-from tests.support import LineClient
+from tests.support import LineClient, store_quiet
 
 
 @pytest.fixture
@@ -39,7 +38,7 @@ async def test_an_accept_committed_after_its_deadline_is_sent_and_retried_by_its
     a, b = await active_pair(mesh)
     send: dict[str, Any] = {"network": NET, "to": b.device_id, "message": "late"}
     send["client_message_id"] = "late-1"
-    await _quiet(a.services.store)  # only the accept will wait on the stalled disk
+    await store_quiet(a.services.store, WAIT)  # only the accept will wait on the stalled disk
     stall = sqlite3.connect(a.services.paths.state_db, isolation_level=None)
     with contextlib.closing(stall):
         stall.execute("BEGIN IMMEDIATE")  # the disk stalls: the store's accept waits on it
@@ -54,19 +53,6 @@ async def test_an_accept_committed_after_its_deadline_is_sent_and_retried_by_its
     await delivered(a, retried["id"])
     again = await a.call("send", **send)
     assert (again["outcome"], again["id"]) == ("duplicate", retried["id"])
-
-
-async def _quiet(store: StoreActor) -> None:
-    """Return once a round trip to the store finds no other call made meanwhile: what the
-    daemon set off before (a pass, a peer's backoffs cut) is answered and nothing follows."""
-    with trio.fail_after(WAIT):
-        while True:
-            await trio.testing.wait_all_tasks_blocked()
-            calls = store.calls
-            await store.call(delivery_counts, what="wait for quiet")
-            await trio.testing.wait_all_tasks_blocked()
-            if store.calls == calls + 1:
-                return
 
 
 async def _answer_past_the_deadline(
@@ -93,7 +79,7 @@ async def test_a_stalled_store_holds_at_most_max_accepting_accepts_and_sends_all
     a, b = await active_pair(mesh)
     outbox = a.services.outbox
     assert isinstance(outbox, Outbox)
-    await _quiet(a.services.store)
+    await store_quiet(a.services.store, WAIT)
     keys = [f"held-{n}" for n in range(5)]
     answers: list[dict[str, Any]] = []
     stall = sqlite3.connect(a.services.paths.state_db, isolation_level=None)
@@ -123,7 +109,7 @@ async def test_an_outbox_crash_answers_the_runs_it_held_unavailable_at_once(
     key delivers every message."""
     monkeypatch.setattr(outbox_module, "MAX_ACCEPTING", 2, raising=False)
     a, b = await debug_pair(mesh)
-    await _quiet(a.services.store)
+    await store_quiet(a.services.store, WAIT)
     keys = [f"held-{n}" for n in range(5)]
     answers, answered = trio.open_memory_channel[dict[str, Any]](len(keys))
     stall = sqlite3.connect(a.services.paths.state_db, isolation_level=None)
@@ -156,7 +142,7 @@ async def test_a_peer_that_left_while_a_run_waited_for_its_accept_place_uses_up_
     a, b = await active_pair(mesh)
     outbox = a.services.outbox
     assert isinstance(outbox, Outbox)
-    await _quiet(a.services.store)
+    await store_quiet(a.services.store, WAIT)
     answers: list[dict[str, Any]] = []
     stall = sqlite3.connect(a.services.paths.state_db, isolation_level=None)
     async with contextlib.AsyncExitStack() as stack:
@@ -171,7 +157,7 @@ async def test_a_peer_that_left_while_a_run_waited_for_its_accept_place_uses_up_
             await a.wait_status(b, "offline")
             stall.execute("COMMIT")
     assert all(answer["ok"] for answer in answers)
-    await _quiet(a.services.store)  # what the accepts set off is recorded
+    await store_quiet(a.services.store, WAIT)  # what the accepts set off is recorded
     rows = (await a.call("outbox_list", limit=10))["rows"]
     (waiting,) = [row for row in rows if row["client_message_id"] == "waiting"]
     (delivery,) = waiting["deliveries"]
@@ -192,7 +178,7 @@ async def test_a_peer_that_left_while_its_claim_was_being_stored_uses_up_no_atte
     a, b = await active_pair(mesh)
     outbox = a.services.outbox
     assert isinstance(outbox, Outbox)
-    await _quiet(a.services.store)
+    await store_quiet(a.services.store, WAIT)
     answers: list[dict[str, Any]] = []
     params = {"network": NET, "to": b.device_id, "message": "m", "client_message_id": "left"}
     removals: list[dict[str, Any]] = []
@@ -214,7 +200,7 @@ async def test_a_peer_that_left_while_its_claim_was_being_stored_uses_up_no_atte
     (answer,) = answers
     assert answer["data"]["status"] == "inflight"  # claimed for b, active when it was read
     assert all(removal["ok"] for removal in removals)
-    await _quiet(a.services.store)  # the attempt that found b gone is recorded
+    await store_quiet(a.services.store, WAIT)  # the attempt that found b gone is recorded
     (row,) = (await a.call("outbox_list", limit=10))["rows"]
     (delivery,) = row["deliveries"]
     # Never on its way: it waits for b again, its attempts untouched.
