@@ -813,6 +813,46 @@ async def test_an_opener_gone_after_its_end_while_stalled_lets_go_at_its_timeout
     assert await never_reads.ended() == ["cancelled"]
 
 
+async def serving_program(daemon: Daemon, nursery: trio.Nursery, method: str) -> AppClient:
+    """A program on `daemon` that serves binary streams of `method`, its events kept."""
+    socket = resolve_paths({"MESHACTORS_HOME": str(daemon.home)}).socket
+    owner = await AppClient.open(socket, nursery)
+    await owner.call("rpc_register", network=NET, method=method, streaming="binary")
+    return owner
+
+
+@attrs.define(eq=False)
+class OpeningStream:
+    """An opener's `open_stream` run in a task of its own, so the test can hold the server's
+    accept meanwhile: `stream` waits for what it opened."""
+
+    opened: list[BinaryStream] = attrs.field(factory=list)
+    is_open: trio.Event = attrs.field(factory=trio.Event)
+
+    async def open(
+        self, opener: MeshClient, peer: str, method: str, timeout_ms: int | None = None
+    ) -> None:
+        self.opened.append(await opener.open_stream(NET, peer, method, timeout_ms=timeout_ms))
+        self.is_open.set()
+
+    async def stream(self) -> BinaryStream:
+        await self.is_open.wait()
+        (stream,) = self.opened
+        return stream
+
+
+async def offered(
+    pair: Pair, nursery: trio.Nursery, method: str, timeout_ms: int | None = None
+) -> tuple[dict[str, Any], OpeningStream]:
+    """b's program serves `method` and the opener asks b for a stream of it in its own task:
+    the `stream_incoming` event b's program got, and the opening to wait on."""
+    opener, _server, _a, b = pair
+    owner = await serving_program(b, nursery, method)
+    opening = OpeningStream()
+    nursery.start_soon(opening.open, opener, b.device_id, method, timeout_ms)
+    return await owner.event("stream_incoming"), opening
+
+
 async def test_an_opener_that_hangs_up_while_waiting_ends_the_offer_on_both_daemons(
     pair: Pair, nursery: trio.Nursery
 ) -> None:
@@ -820,9 +860,7 @@ async def test_an_opener_that_hangs_up_while_waiting_ends_the_offer_on_both_daem
     program accepted: its daemon notices within HANGUP_CHECK, not after timeout_ms, so the
     offer leaves both tables (no place held) and a late accept of it is refused."""
     _opener, _server, a, b = pair
-    socket = resolve_paths({"MESHACTORS_HOME": str(b.home)}).socket
-    owner = await AppClient.open(socket, nursery)
-    await owner.call("rpc_register", network=NET, method="lazy", streaming="binary")
+    owner = await serving_program(b, nursery, "lazy")
     lines = await line_client(a)
     await lines.send(
         "stream_open", network=NET, peer=b.device_id, method="lazy", timeout_ms=600_000
@@ -897,27 +935,15 @@ async def test_an_accept_answered_after_its_program_hung_up_ends_the_stream(
     held until the op was cut off): the stream core then attaches is taken by nobody, so the
     connection's close ends it. The opener, which got its stream and sent into it, reads
     `cancelled`; the stream leaves both tables and its bytes in flight go back to the budget."""
-    opener, _server, a, b = pair
-    socket = resolve_paths({"MESHACTORS_HOME": str(b.home)}).socket
-    owner = await AppClient.open(socket, nursery)
-    await owner.call("rpc_register", network=NET, method="late", streaming="binary")
-    opened: list[BinaryStream] = []
-    is_open = trio.Event()
-
-    async def open_it() -> None:
-        opened.append(await opener.open_stream(NET, b.device_id, "late"))
-        is_open.set()
-
-    nursery.start_soon(open_it)
-    offer = await owner.event("stream_incoming")
+    _opener, _server, a, b = pair
+    offer, opening = await offered(pair, nursery, "late")
     first, second = await cut_off_while_held(
         nursery, b, "stream_accept", network=NET, stream_id=offer["stream_id"]
     )
     first.release.set()
     with trio.fail_after(WAIT):
         await second.running.wait()  # the accept ran: the opener has its stream
-        await is_open.wait()
-        (stream,) = opened
+        stream = await opening.stream()
         await stream.send_all(pattern(64 * 1024))
     await until(lambda: budget_in_use(a))  # sent: its credit cannot come back
     second.release.set()
@@ -937,9 +963,7 @@ async def test_an_open_answered_after_its_program_hung_up_ends_the_stream(
     nobody. The connection's close ends it: the serving program reads `cancelled`, the stream
     leaves both tables and its bytes in flight go back to the budget."""
     _opener, server, a, b = pair
-    socket = resolve_paths({"MESHACTORS_HOME": str(b.home)}).socket
-    owner = await AppClient.open(socket, nursery)
-    await owner.call("rpc_register", network=NET, method="unheld", streaming="binary")
+    owner = await serving_program(b, nursery, "unheld")
     first, second = await cut_off_while_held(
         nursery, a, "stream_open", network=NET, peer=b.device_id, method="unheld"
     )
@@ -968,9 +992,7 @@ async def test_an_open_answered_timeout_as_the_peer_accepts_ends_the_stream(
     stream the op set up ends at once (the serving program reads `cancelled`) and leaves both
     tables, rather than stay attached to nobody until that connection closes."""
     _opener, server, a, b = pair
-    socket = resolve_paths({"MESHACTORS_HOME": str(b.home)}).socket
-    owner = await AppClient.open(socket, nursery)
-    await owner.call("rpc_register", network=NET, method="tardy", streaming="binary")
+    owner = await serving_program(b, nursery, "tardy")
     first, second = (HeldCore(a.network(), patience=COMMAND_TIMEOUT + WAIT) for _ in range(2))
     nursery.start_soon(first.run)
     with trio.fail_after(WAIT):
@@ -1005,19 +1027,8 @@ async def test_an_accept_answered_timeout_ends_the_stream_it_set_up(
     answered `timeout` before core ran it; released, core accepts and the opener gets its
     stream. The program keeps its connection open but never takes the stream: it ends at once
     (the opener reads `cancelled`) and leaves both tables."""
-    opener, _server, a, b = pair
-    socket = resolve_paths({"MESHACTORS_HOME": str(b.home)}).socket
-    owner = await AppClient.open(socket, nursery)
-    await owner.call("rpc_register", network=NET, method="unsure", streaming="binary")
-    opened: list[BinaryStream] = []
-    is_open = trio.Event()
-
-    async def open_it() -> None:
-        opened.append(await opener.open_stream(NET, b.device_id, "unsure", timeout_ms=600_000))
-        is_open.set()
-
-    nursery.start_soon(open_it)
-    offer = await owner.event("stream_incoming")
+    _opener, _server, a, b = pair
+    offer, opening = await offered(pair, nursery, "unsure", timeout_ms=600_000)
     held = HeldCore(b.network(), patience=COMMAND_TIMEOUT + WAIT)
     nursery.start_soon(held.run)
     with trio.fail_after(WAIT):
@@ -1030,8 +1041,7 @@ async def test_an_accept_answered_timeout_ends_the_stream_it_set_up(
         answer = await lines.frame()
         assert (answer["id"], answer["error"]["code"]) == (request, "timeout")
         held.release.set()  # core accepts now
-        await is_open.wait()
-        (stream,) = opened
+        stream = await opening.stream()
     with trio.fail_after(WAIT), pytest.raises(StreamError) as ended:
         await read_all(stream)
     assert ended.value.code == "cancelled"
