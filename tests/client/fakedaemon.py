@@ -14,6 +14,9 @@ from typing import Any
 import attrs
 import trio
 
+from meshactors.client import MeshClient
+from meshactors.client.mesh import DEFAULT_CALL_TIMEOUT
+
 ANSWERS: dict[str, dict[str, Any]] = {
     "events_subscribe": {"client_id": "c1", "last_event_id": 0},
     "channel_subscribe": {"retained": 0},
@@ -128,3 +131,16 @@ async def fake_daemon(path: Path) -> AsyncIterator[FakeDaemon]:
         nursery.start_soon(trio.serve_listeners, daemon.serve, [trio.SocketListener(listener)])
         yield daemon
         nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def fake_session(
+    tmp_path: Path, call_timeout: float = DEFAULT_CALL_TIMEOUT
+) -> AsyncIterator[tuple[FakeDaemon, MeshClient, FakeConnection]]:
+    """A FakeDaemon in `tmp_path`, a MeshClient of it and the client's first connection to
+    it, for the block."""
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path, call_timeout=call_timeout) as client,
+    ):
+        yield daemon, client, await daemon.next_session()

@@ -12,7 +12,7 @@ import trio
 from meshactors.client import ClientError, MeshClient, SharedState
 from meshactors.client.mesh import RELIST_RETRY_FIRST
 from tests.client.conftest import LocalDaemon
-from tests.client.fakedaemon import fake_daemon
+from tests.client.fakedaemon import fake_session
 
 NETWORK = {"id": "lan", "brokers": ["ws://127.0.0.1:9/v1"]}  # reaches only itself
 CORE = "daemon/networks/network lan/core"
@@ -93,31 +93,22 @@ def changed(key: str, value: object, version: str) -> dict[str, object]:
 async def test_a_relist_cut_by_a_lost_daemon_waits_for_the_next_reconnect(tmp_path: Path) -> None:
     """The daemon goes away while the block lists the map again (after a lag, then after the
     reconnect): the block goes on, and the next reconnect lists the map and follows it."""
-    async with (
-        fake_daemon(tmp_path / "daemon.sock") as daemon,
-        MeshClient(daemon.path) as client,
-    ):
-        first = await daemon.next_session()
-        async with client.state("lan") as shared:
-            with trio.fail_after(WAIT):
-                daemon.hang_up_on.add("state_list")
-                await first.send({"kind": "lagged", "skipped": 3})  # lists again: cut
-                await (await daemon.next_session()).wait_op("state_list")  # cut again
-                daemon.hang_up_on.clear()
-                third = await daemon.next_session()
-                await third.wait_op("state_list")
-                await third.send(changed("k", 1, "1.0"))
-                await shared.wait_until(lambda values: values.get("k") == 1)
+    async with fake_session(tmp_path) as (daemon, client, first), client.state("lan") as shared:
+        with trio.fail_after(WAIT):
+            daemon.hang_up_on.add("state_list")
+            await first.send({"kind": "lagged", "skipped": 3})  # lists again: cut
+            await (await daemon.next_session()).wait_op("state_list")  # cut again
+            daemon.hang_up_on.clear()
+            third = await daemon.next_session()
+            await third.wait_op("state_list")
+            await third.send(changed("k", 1, "1.0"))
+            await shared.wait_until(lambda values: values.get("k") == 1)
 
 
 async def test_events_the_daemon_dropped_list_the_map_again(tmp_path: Path) -> None:
     """The daemon tells of events it dropped unnumbered (`events_dropped`): a change among
     them never comes, so the block lists the map again and has the value."""
-    async with (
-        fake_daemon(tmp_path / "daemon.sock") as daemon,
-        MeshClient(daemon.path) as client,
-    ):
-        session = await daemon.next_session()
+    async with fake_session(tmp_path) as (daemon, client, session):
         async with client.state("lan") as shared:
             with trio.fail_after(WAIT):
                 daemon.answers["state_list"] = {"entries": [listed("k", 1)], "next_cursor": None}
@@ -127,11 +118,7 @@ async def test_events_the_daemon_dropped_list_the_map_again(tmp_path: Path) -> N
 
 
 async def test_a_relist_refused_ends_the_block_with_its_error_unwrapped(tmp_path: Path) -> None:
-    async with (
-        fake_daemon(tmp_path / "daemon.sock") as daemon,
-        MeshClient(daemon.path) as client,
-    ):
-        session = await daemon.next_session()
+    async with fake_session(tmp_path) as (daemon, client, session):
         with trio.fail_after(WAIT), pytest.raises(ClientError) as ended:
             async with client.state("lan") as shared:
                 daemon.refused["state_list"] = "no_such_network"  # the network was removed
@@ -150,11 +137,7 @@ async def test_a_relist_past_its_deadline_is_tried_again_without_a_reconnect(
     """The daemon, alive but slow, answers a re-list after the client's deadline: no reconnect
     comes to list the map again, so the block tries again (after RELIST_RETRY_FIRST) on the
     same connection, and the map is listed."""
-    async with (
-        fake_daemon(tmp_path / "daemon.sock") as daemon,
-        MeshClient(daemon.path, call_timeout=SLOW_CALL_TIMEOUT) as client,
-    ):
-        session = await daemon.next_session()
+    async with fake_session(tmp_path, call_timeout=SLOW_CALL_TIMEOUT) as (daemon, client, session):
         async with client.state("lan") as shared:
             with trio.fail_after(WAIT):
                 daemon.never_answered.add("state_list")  # late: after the client gave up
