@@ -24,9 +24,10 @@ import trio
 import trio.testing
 
 from meshactors import event_hub
-from meshactors.actors import ActorGone, ChildSpec, Node, Supervisor, run_root
+from meshactors.actors import ActorGone, ChildSpec, Node, Subscriber, Supervisor, run_root
 from meshactors.event_hub import EventHub
 from meshactors.store.actor import STORE_CALL_TIMEOUT, StoreActor
+from meshactors.store.events import Event
 from tests.support import publish, refuse_writes
 
 
@@ -97,6 +98,14 @@ async def running_hub(tmp_path: Path) -> AsyncIterator[EventHub]:
         await nursery.start(run_root, tree, Node(name="tree", kind="supervisor"))
         yield hub
         nursery.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def watched_hub(tmp_path: Path) -> AsyncIterator[tuple[EventHub, Subscriber[Event]]]:
+    """A running hub (`running_hub`) and a live watch of all it publishes from its start."""
+    async with running_hub(tmp_path) as hub:
+        live, _ = await hub.subscribe(16)
+        yield hub, live
 
 
 @contextlib.asynccontextmanager
@@ -214,8 +223,7 @@ async def test_a_restart_never_reuses_an_id_sent_live_but_not_logged(
     with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
         logged = [row[0] for row in db.execute("SELECT event_id FROM events")]
     assert max(logged, default=0) < max(sent)  # the newest ones went live, not to the log
-    async with running_hub(tmp_path) as hub:
-        live, _ = await hub.subscribe(16)
+    async with watched_hub(tmp_path) as (hub, live):
         hub.publish("tick", {"n": 3})
         after_restart = (await live.receive()).event_id
         assert after_restart > max(sent)
@@ -255,8 +263,7 @@ async def test_no_id_past_what_the_log_marks_spent_is_sent(
 async def test_events_logged_before_a_restart_are_still_replayed_after_it(tmp_path: Path) -> None:
     runs: list[list[int]] = []
     for run in range(2):  # a new hub on the same database: its ids jump past the last run's
-        async with running_hub(tmp_path) as hub:
-            live, _ = await hub.subscribe(16)
+        async with watched_hub(tmp_path) as (hub, live):
             for n in range(3):
                 hub.publish("tick", {"run": run, "n": n})
             with trio.fail_after(5):
@@ -270,8 +277,7 @@ async def test_events_logged_before_a_restart_are_still_replayed_after_it(tmp_pa
 async def test_events_a_refused_log_write_lost_are_a_replay_gap_warned_once_an_interval(
     tmp_path: Path, mock_clock: trio.testing.MockClock
 ) -> None:
-    async with running_hub(tmp_path) as hub:
-        live, _ = await hub.subscribe(16)
+    async with watched_hub(tmp_path) as (hub, live):
         (kept,) = await publish(hub, "tick", {"n": 0})
         await hub.flush()
         await refuse_writes(hub.store, True)  # a full disk: every log write is refused
@@ -327,8 +333,7 @@ async def test_events_a_full_hub_inbox_refuses_are_dropped_and_counted(
 ) -> None:
     """`publish` never waits: what finds the inbox full is counted by the publisher's task."""
     monkeypatch.setattr(event_hub, "HUB_INBOX", 2)
-    async with running_hub(tmp_path) as hub:
-        live, _ = await hub.subscribe(16)
+    async with watched_hub(tmp_path) as (hub, live):
         await trio.testing.wait_all_tasks_blocked()  # the hub waits: the first goes to it
         for n in range(5):  # no checkpoint between them: the hub takes no more meanwhile
             hub.publish("tick", {"n": n})
@@ -341,8 +346,7 @@ async def test_events_a_full_hub_inbox_refuses_are_dropped_and_counted(
 async def test_publish_logged_says_whether_the_log_holds_every_event_it_published(
     tmp_path: Path,
 ) -> None:
-    async with running_hub(tmp_path) as hub:
-        live, _ = await hub.subscribe(16)
+    async with watched_hub(tmp_path) as (hub, live):
         with trio.fail_after(5):
             assert await hub.publish_logged("tick", [{"n": 0}, {"n": 1}])
             await refuse_writes(hub.store, True)  # a full disk: the write is refused
@@ -378,8 +382,7 @@ async def test_the_spent_mark_grows_ahead_of_numbering_while_the_log_keeps_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(event_hub, "SPEND_AHEAD", 4)
-    async with running_hub(tmp_path) as hub:
-        live, _ = await hub.subscribe(16)
+    async with watched_hub(tmp_path) as (hub, live):
         with trio.fail_after(5):
             for n in range(12):  # three times what the start marked spent, each one logged
                 hub.publish("tick", {"n": n})
