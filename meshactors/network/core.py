@@ -121,4 +121,4 @@ class NetworkCore(Actor):
                 told()
             case _:
                 await self.peers.on_link_event(message)
-        await self.peers.settle(queued=self.inbox.waiting())
+        await self.peers.settle(queued=self.inbox.waiting)

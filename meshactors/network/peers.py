@@ -609,13 +609,14 @@ class Peers:
                 self.dropped["undeliverable"] += 1
                 self._on_leave(device_id)
 
-    async def settle(self, *, queued: int) -> None:
+    async def settle(self, *, queued: Callable[[], int]) -> None:
         """After each message core handled: the phase it led to; the held roster changes
-        (auto-approvals, roles, forgotten strangers) saved once core's inbox is empty (`queued`
-        messages wait in it) or they are many."""
+        (auto-approvals, roles, forgotten strangers) saved once core's inbox is empty
+        (`queued()` messages wait in it: counted only while changes are held, not per
+        message) or they are many."""
         self._update_phase()
         held = len(self._unsaved) + len(self._unsaved_removals)
-        if held and (not queued or held >= ROSTER_BATCH):
+        if held and (held >= ROSTER_BATCH or not queued()):
             await self.save_unsaved()
 
     async def ping_loop(self) -> None:

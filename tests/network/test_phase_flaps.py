@@ -45,7 +45,7 @@ async def link(peers: Peers, *, up: bool) -> None:
     settle, as core does after each message."""
     outbound: Any = object()  # the link's queue: nothing is sent, as no peer is present
     await peers.on_link_event(LinkUp("ws://broker", [], outbound) if up else LinkLost("flap"))
-    await peers.settle(queued=0)
+    await peers.settle(queued=lambda: 0)
 
 
 async def test_a_flapping_link_is_told_a_burst_then_its_latest_phase(

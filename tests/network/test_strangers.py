@@ -303,7 +303,7 @@ class _TableRun:
                 self.assert_held_as_said(refused.message)
             else:
                 self.decided[index] = "approved" if action == "approve" else "denied"
-        await self.peers.settle(queued=0)
+        await self.peers.settle(queued=lambda: 0)
         self.assert_rules()
 
     async def say_hello(self, index: int) -> None:
