@@ -108,6 +108,7 @@ async def ask(
     timeout: float,
     what: str,
     settle: bool = False,
+    shield: bool = False,
 ) -> T:
     """Send `build(reply)` to `inbox` and wait for the answer, at most `timeout` seconds in all.
 
@@ -117,6 +118,10 @@ async def ask(
     the cancel comes at its next checkpoint. For a request whose outcome the asker must act
     on even as it stops, as nothing will after: the events of what a store call committed.
 
+    With `shield`, nothing from outside cancels the ask, only its own deadline: for work the
+    asker must see through once core took it (an opened call, answered or cancelled by core),
+    in the ask's one cancel scope rather than a shielding scope of its own around it.
+
     Every store call and core command is one ask, so this stays lean: an unsubscripted
     channel (a subscripted one goes through typing's generic alias on each call) and a plain
     cancel scope rather than `fail_after`'s generator context manager."""
@@ -124,7 +129,7 @@ async def ask(
     receive: trio.MemoryReceiveChannel[_Answer[T]]
     send, receive = trio.open_memory_channel(1)
     with receive:
-        with trio.CancelScope(deadline=trio.current_time() + timeout) as waiting:
+        with trio.CancelScope(deadline=trio.current_time() + timeout, shield=shield) as waiting:
             try:
                 await inbox.send(build(Reply(send)))
                 try:

@@ -52,10 +52,13 @@ class LanedInbox(Generic[M]):
         await hand_over(self._traffic, message)
         self._bell.ring()
 
-    async def ask(self, build: Callable[[Reply[T]], M], *, timeout: float, what: str) -> T:
-        """Ask the owner (ahead of queued traffic) and wait for its answer under a deadline."""
+    async def ask(
+        self, build: Callable[[Reply[T]], M], *, timeout: float, what: str, shield: bool = False
+    ) -> T:
+        """Ask the owner (ahead of queued traffic) and wait for its answer under a deadline
+        (`shield`: see `ask`)."""
         lane = _RingingLane(self._requests, self._bell.ring)
-        return await ask(lane, build, timeout=timeout, what=what)
+        return await ask(lane, build, timeout=timeout, what=what, shield=shield)
 
     def tell_nowait(self, message: M) -> None:
         """Queue a request without waiting; trio.WouldBlock when its lane is full."""

@@ -73,11 +73,20 @@ class NetworkCore(Actor):
         return {**self.peers.figures(), **{n: p.figures() for n, p in self.parts.items()}}
 
     async def ask(
-        self, fn: Callable[[], Awaitable[T]], what: str, timeout: float = COMMAND_TIMEOUT
+        self,
+        fn: Callable[[], Awaitable[T]],
+        what: str,
+        timeout: float = COMMAND_TIMEOUT,
+        *,
+        shield: bool = False,
     ) -> T:
-        """Run `fn` in core's task and return its result (AskTimeout, ActorGone)."""
+        """Run `fn` in core's task and return its result (AskTimeout, ActorGone; `shield`: see
+        `ask`)."""
         result: T = await self.inbox.ask(
-            lambda reply: _Call(fn, reply), timeout=timeout, what=f"{self.peers.network}: {what}"
+            lambda reply: _Call(fn, reply),
+            timeout=timeout,
+            what=f"{self.peers.network}: {what}",
+            shield=shield,
         )
         return result
 

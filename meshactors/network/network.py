@@ -125,21 +125,34 @@ class Network(Supervisor):
     def figures(self) -> dict[str, object]:
         return {**super().figures(), "network": self.config.id, "phase": self.peers.shown_phase}
 
-    async def ask(self, what: str, fn: Callable[[], T], timeout: float = COMMAND_TIMEOUT) -> T:
+    async def ask(
+        self,
+        what: str,
+        fn: Callable[[], T],
+        timeout: float = COMMAND_TIMEOUT,
+        *,
+        shield: bool = False,
+    ) -> T:
         """Run `fn` in core's task (the one owner of this network's state) and return its
-        result; OpError unavailable or timeout when core does not answer."""
+        result; OpError unavailable or timeout when core does not answer. With `shield`, only
+        the timeout ends the wait, no cancel from outside (see `meshactors.actors.ask`)."""
 
         async def run() -> T:
             return fn()
 
-        return await self.ask_await(what, run, timeout)
+        return await self.ask_await(what, run, timeout, shield=shield)
 
     async def ask_await(
-        self, what: str, fn: Callable[[], Awaitable[T]], timeout: float = COMMAND_TIMEOUT
+        self,
+        what: str,
+        fn: Callable[[], Awaitable[T]],
+        timeout: float = COMMAND_TIMEOUT,
+        *,
+        shield: bool = False,
     ) -> T:
         """`ask` for work that may wait inside core (only on the link's bounded queue)."""
         try:
-            return await self.core.ask(fn, what, timeout)
+            return await self.core.ask(fn, what, timeout, shield=shield)
         except (ActorGone, AskTimeout) as exc:
             raise unanswered(exc) from None
 

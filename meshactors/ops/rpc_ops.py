@@ -266,8 +266,8 @@ async def rpc_call(session: Session, params: RpcCallParams) -> dict[str, Any]:
         network.rpc.call, session, params.peer, params.method, payload, timeout_ms
     )
     await trio.lowlevel.checkpoint_if_cancelled()
-    with trio.CancelScope(shield=True):  # a call core opened is waited for: a cancel ends it
-        answer = await network.ask("rpc_call", call)
+    # shielded: a call core opened is waited for; a cancel ends it (abandon) at the wait below
+    answer = await network.ask("rpc_call", call, shield=True)
     return await answer
 
 
