@@ -42,10 +42,20 @@ class LanedInbox(Generic[M]):
     _requests_out: trio.MemoryReceiveChannel[M] = attrs.field(init=False)
     _bell: Doorbell = attrs.field(init=False, factory=Doorbell)
     _traffic_next: bool = attrs.field(init=False, default=False)  # a request was just read
+    _ringing: _RingingLane[M] = attrs.field(init=False)  # what `ask` sends to: made once
+    _turns: tuple[list[trio.MemoryReceiveChannel[M]], list[trio.MemoryReceiveChannel[M]]] = (
+        attrs.field(init=False)
+    )
 
     def __attrs_post_init__(self) -> None:
         self._traffic, self._traffic_out = trio.open_memory_channel[M](self.capacity)
         self._requests, self._requests_out = trio.open_memory_channel[M](self.request_capacity)
+        self._ringing = _RingingLane(self._requests, self._bell.ring)
+        # the lanes in the order `receive` tries them, by `_traffic_next`: requests first or not
+        self._turns = (
+            [self._requests_out, self._traffic_out],
+            [self._traffic_out, self._requests_out],
+        )
 
     async def send(self, message: M) -> None:
         """Queue traffic for the owner, waiting only while its lane is full (`hand_over`)."""
@@ -57,8 +67,7 @@ class LanedInbox(Generic[M]):
     ) -> T:
         """Ask the owner (ahead of queued traffic) and wait for its answer under a deadline
         (`shield`: see `ask`)."""
-        lane = _RingingLane(self._requests, self._bell.ring)
-        return await ask(lane, build, timeout=timeout, what=what, shield=shield)
+        return await ask(self._ringing, build, timeout=timeout, what=what, shield=shield)
 
     def tell_nowait(self, message: M) -> None:
         """Queue a request without waiting; trio.WouldBlock when its lane is full."""
@@ -68,8 +77,7 @@ class LanedInbox(Generic[M]):
     async def receive(self) -> M:
         """The next message from the lane whose turn it is, else from the other, else wait."""
         while True:
-            lanes = [self._requests_out, self._traffic_out]
-            for lane in reversed(lanes) if self._traffic_next else lanes:
+            for lane in self._turns[self._traffic_next]:
                 try:
                     message = lane.receive_nowait()
                 except trio.WouldBlock:
