@@ -58,6 +58,7 @@ class Subscriber(Generic[T]):
     # how many items an item stands for when `offer` skips it (a lag notice: those it tells
     # of, so its count is never lost with it); None: one each
     weight: Callable[[T], int] | None = None
+    _left: bool = attrs.field(default=False, init=False)  # `close` ran
 
     def __attrs_post_init__(self) -> None:
         self._sender, self._receiver = trio.open_memory_channel[tuple[T | Lagged, int]](
@@ -117,8 +118,9 @@ class Subscriber(Generic[T]):
 
     @property
     def left(self) -> bool:
-        """Whether the reader closed its end (or the stream was ended)."""
-        return self._sender.statistics().open_receive_channels == 0
+        """Whether the reader closed its end: a flag `close` sets, as core asks it of a
+        serving connection on every call (channel statistics are an object each time)."""
+        return self._left
 
     async def receive(self) -> T | Lagged:
         """The next item or marker in order; once everything queued is read, the marker of
@@ -153,6 +155,7 @@ class Subscriber(Generic[T]):
     def close(self) -> None:
         """Leave the broadcast (the reader's side): nothing more is read or queued."""
         self._receiver.close()
+        self._left = True
         self.queued = self.queued_bytes = 0  # closing the last receiving end dropped them
 
     def end(self) -> None:
