@@ -43,6 +43,11 @@ RECEIVE_CHUNK = 64 * 1024  # bytes asked of the socket per read
 RETRYABLE_ERRNOS = (errno.ENOENT, errno.ECONNREFUSED)  # no socket yet, or no one listening
 
 Event = dict[str, Any]
+# markers a connection routes among its event frames, for the client's stream table only: the
+# call a given-up `rpc_call_stream` opened is being cancelled (its late events are dropped,
+# never held as those of a stream being opened), or had ended before that cancel
+STREAM_LEFT = "client_stream_left"
+STREAM_OVER = "client_stream_over"
 
 
 async def connect_unix(path: Path, timeout: float) -> trio.SocketStream:
@@ -167,9 +172,16 @@ class Connection:
         await pending.done.wait()
         if pending.frame is None:  # the connection failed: the daemon ends its calls itself
             return
-        with contextlib.suppress(ClientError):  # an error answer opened no call
+        try:
             request_id = answer_data(pending.frame)["request_id"]
+        except ClientError:  # an error answer opened no call
+            return
+        self._fanout.publish({"kind": STREAM_LEFT, "request_id": request_id})
+        try:
             await self.call("rpc_cancel", {"request_id": request_id}, CALL_CANCEL_TIMEOUT)
+        except ClientError as failure:
+            if failure.code == "unknown_request":  # its end may be routed already: none waited
+                self._fanout.publish({"kind": STREAM_OVER, "request_id": request_id})
 
     def _check_open(self) -> None:
         if self.closed.is_set():

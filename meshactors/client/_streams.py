@@ -82,8 +82,9 @@ class StreamTable:
 
     opening: int = 0  # rpc_call_stream requests whose answer has not been handled yet
     streams: dict[str, RpcStream] = attrs.field(factory=dict)
-    # streams their callers left before the daemon ended them: their events, until the end
-    # the daemon always sends last, are dropped, never held as another stream's early ones
+    # streams their callers left (or calls given up before their answer opened them) before
+    # the daemon ended them: their events, until the end the daemon always sends last, are
+    # dropped, never held as another stream's early ones
     _left: set[str] = attrs.field(factory=set)
     _early: list[dict[str, Any]] = attrs.field(factory=list)
     # events were dropped while streams were opening: each one opened until none is fails so
@@ -149,6 +150,19 @@ class StreamTable:
         if not stream.daemon_done:
             self._left.add(stream.request_id)
         stream._end(None)
+
+    def leave(self, request_id: str) -> None:
+        """A call given up before its answer opened stream `request_id`, now being cancelled:
+        its events held or still to come, up to its end, are dropped."""
+        held = [frame for frame in self._early if frame.get("request_id") == request_id]
+        self._early = [frame for frame in self._early if frame.get("request_id") != request_id]
+        if all(frame["kind"] != "rpc_call_stream_end" for frame in held):
+            self._left.add(request_id)
+
+    def over(self, request_id: str) -> None:
+        """Stream `request_id` had ended before its cancel: its end, maybe routed already
+        while it was unknown here, is waited for no longer."""
+        self._left.discard(request_id)
 
     def fail_all(self, failure: ClientError) -> None:
         """End every open stream with `failure` (the connection carrying them is gone, and the

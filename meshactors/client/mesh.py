@@ -14,6 +14,7 @@ import attrs
 import trio
 
 from meshactors.actors import Broadcast, Lagged, Subscriber
+from meshactors.client._conn import STREAM_LEFT, STREAM_OVER
 from meshactors.client._frames import events_told
 from meshactors.client._ops import RPC_DEADLINE_MARGIN, Data, Ops, params, payload_params, received
 from meshactors.client._serving import (
@@ -284,6 +285,12 @@ class MeshClient(Ops):
             self._streams.lagged(ClientError("lagged", dropped))
             item = {"kind": "lagged", "skipped": item.skipped, "source": "client"}
         kind = item.get("kind")
+        if kind == STREAM_LEFT:  # the connection's own markers, for the stream table alone
+            self._streams.leave(item["request_id"])
+            return
+        if kind == STREAM_OVER:
+            self._streams.over(item["request_id"])
+            return
         if kind == "rpc_inbound" and self._nursery is not None:
             self._serving.inbound(item, self._nursery)
         elif kind == "rpc_cancelled":

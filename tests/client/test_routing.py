@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -15,6 +16,7 @@ import trio.testing
 from meshactors.client import ClientError, RequestContext
 from meshactors.client._serving import Serving
 from meshactors.client._streams import EARLY_FRAMES, STREAM_BUFFER, StreamTable
+from tests.client.fakedaemon import fake_session
 
 UNTIMED = (math.inf, math.inf)  # a stream's deadline and allowed seconds: these end on their own
 
@@ -239,3 +241,46 @@ async def test_a_left_streams_late_events_never_end_a_stream_being_opened_lagged
     table.done_opening()
     table.deliver(end("s2"))
     assert [item async for item in stream] == ["a", "b"]
+
+
+async def test_a_stream_given_up_before_its_answer_never_ends_a_stream_being_opened_lagged(
+    tmp_path: Path,
+) -> None:
+    """s1's call was given up before its answer: once that answer names s1 (and its cancel is
+    sent), what the daemon still sends of s1, however much, is dropped, not held as early
+    events while s2's call is answered, and s2 gets all of its own."""
+    async with fake_session(tmp_path) as (daemon, client, session):
+        daemon.held["rpc_call_stream"] = first_answer = trio.Event()
+        given_up = trio.CancelScope()
+        got: list[Any] = []
+
+        async def give_up_stream_1() -> None:
+            with given_up:
+                async with client.rpc_call_stream("lan", "peer", "bulk"):
+                    pytest.fail("its answer was held until it was given up")
+
+        async def read_stream_2() -> None:
+            async with client.rpc_call_stream("lan", "peer", "bulk") as stream:
+                got.extend([item async for item in stream])
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(give_up_stream_1)
+                await session.wait_op("rpc_call_stream")
+                given_up.cancel()
+            daemon.held["rpc_call_stream"] = second_answer = trio.Event()
+            first_answer.set()  # answered s1 ("s1"): the client cancels it
+            await session.wait_op("rpc_cancel")
+            daemon.answers["rpc_call_stream"] = {"request_id": "s2"}
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_stream_2)
+                await session.wait_op("rpc_call_stream", 2)
+                late = [chunk("s1", n) for n in range(EARLY_FRAMES + 1)]
+                with client.events() as events:
+                    await session.send_together([*late, chunk("s2", "a")])
+                    async for event in events:  # all routed while s2's answer is held
+                        if event == chunk("s2", "a"):
+                            break
+                second_answer.set()
+                await session.send_together([chunk("s2", "b"), end("s1"), end("s2")])
+        assert got == ["a", "b"]
