@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
-from meshactors.broker.limits import MAX_PERIOD_S, BrokerConfig
+from meshactors.broker.limits import MAX_PERIOD_S, OUTBOUND_QUEUE_BYTES, BrokerConfig
 from meshactors.cli.common import EXIT_STARTUP, EXIT_USAGE, fail
 from meshactors.cli.settings import seconds_flag
 from meshactors.daemon.broker_actor import parse_listen
@@ -19,6 +19,7 @@ from meshactors.listen import ListenError
 from meshactors.logs import configure_logging, redacted_url
 from meshactors.network.link import WELCOME_TIMEOUT
 from meshactors.stop_signals import stop_signals
+from meshactors.wire.broker import MAX_BROKER_MESSAGE_BYTES
 
 if TYPE_CHECKING:
     from meshactors.broker.server import Broker
@@ -45,7 +46,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     seconds = seconds_flag(MAX_PERIOD_S)  # each time below: more than 0, at most a day
     parser.add_argument("--max-peers", type=int, default=None, help="daemons per network")
-    parser.add_argument("--max-message-bytes", type=int, default=None)
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="one WebSocket message; a larger one closes its connection (default "
+        f"{MAX_BROKER_MESSAGE_BYTES}, at most {OUTBOUND_QUEUE_BYTES})",
+    )
     parser.add_argument(
         "--max-unhelloed-per-address",
         type=int,

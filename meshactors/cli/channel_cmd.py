@@ -74,7 +74,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "removed",
     )
     network_option(sub)
-    sub.add_argument("words", nargs="+", metavar=SUBSCRIBE_WORDS)
+    sub.add_argument("words", nargs="+", metavar=SUBSCRIBE_WORDS, help="one channel's name")
     sub.set_defaults(run=run_sub)
 
 

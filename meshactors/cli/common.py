@@ -17,6 +17,7 @@ from meshactors.client.errors import DeadlineExceeded
 from meshactors.client.mesh import DEFAULT_CALL_TIMEOUT
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
 from meshactors.hostguard import HOST_MISMATCH_EXIT_CODE
+from meshactors.identity import LABEL_MAX_CHARS
 from meshactors.logs import SYSLOG_PRIORITIES, is_journal_stream
 from meshactors.paths import Paths, RefusedFile, prepare_dirs, resolve_paths
 from meshactors.wire.device_id import SHORT_ID as SHORT_ID  # tables show it (--json: full ids)
@@ -300,11 +301,26 @@ def parse_json_arg(text: str, what: str) -> Any:
         fail(f"{what} is not valid JSON: nested too deeply to parse", EXIT_USAGE)
 
 
+# what a command that takes its network as its first word (`state get NET KEY`) says of it
+NETWORK_WORD = "NETWORK: as -n/--network (default: the only joined one)"
+
+
 def network_option(parser: argparse.ArgumentParser, help: str | None = None) -> None:
     """The `-n/--network` option every command working on one network takes."""
     parser.add_argument(
         "-n", "--network", default=None, help=help or "network id (default: the only joined one)"
     )
+
+
+def network_id_argument(parser: argparse.ArgumentParser) -> None:
+    """The network `id` that `network add|update|remove|create|import` take first."""
+    parser.add_argument("id", help="network id: 1-64 characters of A-Za-z0-9._-")
+
+
+def label_option(parser: argparse.ArgumentParser, what: str, unset: str = "none") -> None:
+    """`--label`: the name lists show for `what` (a network, a device), `unset` when not given."""
+    text = f"{what}'s name in lists: 1-{LABEL_MAX_CHARS} printable characters (default: {unset})"
+    parser.add_argument("--label", default=None, help=text)
 
 
 def limit_option(parser: argparse.ArgumentParser, rows: str) -> None:

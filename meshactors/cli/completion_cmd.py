@@ -47,7 +47,7 @@ compdef _meshactors meshactors
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `completion` command."""
     parser = commands.add_parser("completion", help="print a shell completion script")
-    parser.add_argument("shell", choices=("bash", "zsh"))
+    parser.add_argument("shell", choices=("bash", "zsh"), help="the shell the script is for")
     parser.set_defaults(run=run)
 
 

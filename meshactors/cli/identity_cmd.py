@@ -14,7 +14,12 @@ from meshactors.cli.common import (
     report,
     say,
 )
-from meshactors.identity import IdentityError, load_or_create_identity, set_identity_label
+from meshactors.identity import (
+    LABEL_MAX_CHARS,
+    IdentityError,
+    load_or_create_identity,
+    set_identity_label,
+)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,7 +29,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     show = actions.add_parser("show", help="print the device id and label")
     show.set_defaults(run=run_show)
     label = actions.add_parser("set-label", help="set (or with no LABEL, clear) the label")
-    label.add_argument("label", nargs="?", default=None)
+    label.add_argument(
+        "label",
+        nargs="?",
+        default=None,
+        help=f"1-{LABEL_MAX_CHARS} printable characters peers see (a running daemon: after a "
+        "restart)",
+    )
     label.set_defaults(run=run_set_label)
 
 

@@ -8,7 +8,9 @@ from typing import Any
 from meshactors.cli.common import (
     SHORT_ID,
     call,
+    label_option,
     local_time,
+    network_id_argument,
     network_of,
     network_option,
     print_json,
@@ -61,20 +63,20 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def register_network_actions(network: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `network create`, `network import` and `network join-invite`."""
     create = network.add_parser("create", help="create a closed network owned by this device")
-    create.add_argument("id")
+    network_id_argument(create)
     create.add_argument("--closed", action="store_true", required=True, help="(required)")
     create.add_argument("--broker", action="append", required=True, help="ws://HOST:PORT/v1")
-    create.add_argument("--label", default=None)
+    label_option(create, "the network")
     create.set_defaults(run=run_network_create)
     imported = network.add_parser("import", help="join a closed network by its bootstrap")
-    imported.add_argument("id")
+    network_id_argument(imported)
     imported.add_argument("--bootstrap", required=True, help="the owner's bootstrap string")
     imported.add_argument("--broker", action="append", required=True, help="ws://HOST:PORT/v1")
-    imported.add_argument("--label", default=None)
+    label_option(imported, "the network")
     imported.set_defaults(run=run_network_import)
     join = network.add_parser("join-invite", help="join a closed network by an invite token")
-    join.add_argument("token")
-    join.add_argument("--label", default=None)
+    join.add_argument("token", help="the token `members invite` printed")
+    label_option(join, "the network", "none; a network joined already keeps its own")
     join.set_defaults(run=run_network_join_invite)
 
 

@@ -17,8 +17,10 @@ from meshactors.cli.common import (
     eviction,
     fail,
     fail_with,
+    label_option,
     local_time,
     membership_of,
+    network_id_argument,
     network_of,
     network_option,
     parse_json_arg,
@@ -29,6 +31,7 @@ from meshactors.cli.common import (
 )
 from meshactors.cli.devices import resolve_device
 from meshactors.client.sync import ClientError
+from meshactors.wire.peer import MAX_TEXT_CHARS, PROFILE_STATUSES
 
 EVENT_FIELDS_SHOWN = (
     *("network", "phase", "previous", "status", "reason", "purge", "reconnect"),
@@ -50,8 +53,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     caps_set = caps.add_parser("set", help="advertise capabilities in a network")
     network_option(caps_set)
     caps_set.add_argument("--tag", action="append", default=[], help="repeat for several")
-    caps_set.add_argument("--app-version", default="")
-    caps_set.add_argument("--max-connections", type=int, default=0)
+    caps_set.add_argument(
+        "--app-version",
+        default="",
+        help=f"your program's version, shown to peers (at most {MAX_TEXT_CHARS} characters)",
+    )
+    caps_set.add_argument(
+        "--max-connections",
+        type=int,
+        default=0,
+        help="connections your program takes, told to peers as is (0-2^31, default 0)",
+    )
     caps_set.add_argument("--extra", default="{}", help="any JSON object, passed on untouched")
     caps_set.set_defaults(run=run_caps_set)
     profile = commands.add_parser("profile", help="your profile").add_subparsers(
@@ -62,7 +74,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     profile_set.add_argument("-n", "--network", default=None, help="only this network")
     profile_set.add_argument("--display-name", default=None, help='"" clears it')
-    profile_set.add_argument("--status", choices=("idle", "working", "dnd"), default=None)
+    profile_set.add_argument(
+        "--status", choices=PROFILE_STATUSES, default=None, help="what peers see you doing"
+    )
     profile_set.add_argument("--summary", default=None, help='"" clears it')
     shown = profile_set.add_mutually_exclusive_group()
     shown.add_argument(
@@ -83,21 +97,29 @@ def _register_network(commands: argparse._SubParsersAction[argparse.ArgumentPars
     actions = commands.add_parser("network", help="join, change and leave networks")
     network = actions.add_subparsers(dest="action", required=True)
     add = network.add_parser("add", help="join a network through one or more brokers")
-    add.add_argument("id")
+    network_id_argument(add)
     add.add_argument("--broker", action="append", required=True, help="ws://HOST:PORT/v1")
-    add.add_argument("--label", default=None)
-    add.add_argument("--auto-approve", action="store_true")
+    label_option(add, "the network")
+    add.add_argument(
+        "--auto-approve",
+        action="store_true",
+        help="approve every device seen in it, without `roster approve` (default: off)",
+    )
     add.set_defaults(run=run_network_add)
     update = network.add_parser("update", help="change a joined network's config")
-    update.add_argument("id")
+    network_id_argument(update)
     update.add_argument("--broker", action="append", default=None, help="replaces the list")
-    update.add_argument("--label", default=None)
+    label_option(update, "the network", "unchanged")
     update.add_argument(
-        "--auto-approve", action=argparse.BooleanOptionalAction, default=None, dest="auto_approve"
+        "--auto-approve",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        dest="auto_approve",
+        help="approve every device seen from now on, or stop (default: unchanged)",
     )
     update.set_defaults(run=run_network_update)
     remove = network.add_parser("remove", help="leave a network")
-    remove.add_argument("id")
+    network_id_argument(remove)
     remove.add_argument("--purge", action="store_true", help="also its settings and messages")
     remove.set_defaults(run=run_network_remove)
     listing = network.add_parser("list", help="joined networks and their phases")
@@ -120,7 +142,7 @@ def _register_roster(commands: argparse._SubParsersAction[argparse.ArgumentParse
         action.add_argument("device_id", help="a device id, its first 8+ characters, or a label")
         network_option(action)
         if name == "approve":
-            action.add_argument("--label", default=None)
+            label_option(action, "the device", "the one it had")
         action.set_defaults(run=run)
 
 

@@ -23,8 +23,15 @@ from meshactors.cli.common import (
     say,
 )
 from meshactors.cli.devices import resolve_device, resolve_device_anywhere
+from meshactors.store.outbox import PRIORITIES
 
-STATUS_FLAGS = ("pending", "inflight", "done", "dead", "aborted")  # outbox list filters
+STATUS_FLAGS = {  # outbox list filters: a row's status (docs/protocol.md, "Row status"), each
+    "pending": "only rows waiting for a delivery",
+    "inflight": "only rows with a delivery on its way",
+    "done": "only rows delivered to every recipient",
+    "dead": "only rows finished with a delivery given up (`outbox requeue` retries it)",
+    "aborted": "only rows aborted or requeued",
+}
 SEND_WORDS = "TO MESSAGE"  # `send`'s free words
 
 
@@ -39,7 +46,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="TO: a device (id, 8+ characters of it, "
         "or label), '*' (every approved peer) or '@tag'",
     )
-    send.add_argument("--priority", choices=("now", "next", "low"), default="next")
+    send.add_argument(
+        "--priority",
+        choices=PRIORITIES,
+        default="next",
+        help="queue order: every due 'now' goes before any 'next', 'next' before 'low' "
+        "(default %(default)s)",
+    )
     send.add_argument("--meta", default=None, help="a JSON object sent with the message")
     send.add_argument("--reply-to", default=None, help="client_message_id this answers")
     send.add_argument("--client-id", default=None, help="idempotency key (default: minted)")
@@ -56,16 +69,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     listing = outbox.add_parser("list", help="sends, newest first")
     flags = listing.add_mutually_exclusive_group()
-    for status in STATUS_FLAGS:
+    for status, text in STATUS_FLAGS.items():
         flags.add_argument(
-            f"--{status}", dest="status", action="store_const", const=status, default=None
+            f"--{status}", dest="status", action="store_const", const=status, help=text
         )
     network_option(listing, "only this network")
     limit_option(listing, "rows")
     listing.add_argument("--cursor", default=None, help="next_cursor of the previous page")
     listing.set_defaults(run=run_outbox_list)
     requeue = outbox.add_parser("requeue", help="send a dead row again")
-    requeue.add_argument("id")
+    requeue.add_argument("id", help="a dead row's id, as `send` and `outbox list` print it")
     requeue.add_argument(
         "--new-client-id",
         default=None,
@@ -77,7 +90,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="give up a send not finished yet (pending, inflight or dead): it is never sent"
         " again; an attempt already on its way may still arrive",
     )
-    abort.add_argument("id")
+    abort.add_argument("id", help="the row's id, as `send` and `outbox list` print it")
     abort.set_defaults(run=run_outbox_abort)
 
 

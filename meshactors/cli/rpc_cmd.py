@@ -57,7 +57,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "serve", help="serve METHOD: run CMD per call, payload JSON on stdin, stdout answers"
     )
     network_option(serve)
-    serve.add_argument("method")
+    serve.add_argument("method", help="the method to claim (a later claim elsewhere takes it over)")
     serve.add_argument(
         "--timeout",
         type=seconds_flag(MAX_TIMEOUT_MS / 1000),

@@ -8,6 +8,7 @@ import shlex
 import sys
 
 from meshactors.cli.common import (
+    NETWORK_WORD,
     call,
     connect,
     fail_with,
@@ -31,28 +32,31 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     get = state.add_parser("get", help="print a key's value as JSON")
     network_option(get)
-    get.add_argument("words", nargs="+", metavar="[NETWORK] KEY")
+    get.add_argument("words", nargs="+", metavar="[NETWORK] KEY", help=NETWORK_WORD)
     get.set_defaults(run=run_get, arity=1)
     put = state.add_parser("set", help="set a key to a JSON value on every member")
     network_option(put)
     put.add_argument(
-        "words", nargs="+", metavar="[NETWORK] KEY VALUE", help="VALUE: JSON, e.g. '\"dark\"'"
+        "words",
+        nargs="+",
+        metavar="[NETWORK] KEY VALUE",
+        help=f"VALUE: JSON, e.g. '\"dark\"'; {NETWORK_WORD}",
     )
     put.set_defaults(run=run_set, arity=2)
     delete = state.add_parser("delete", help="delete a key on every member")
     network_option(delete)
-    delete.add_argument("words", nargs="+", metavar="[NETWORK] KEY")
+    delete.add_argument("words", nargs="+", metavar="[NETWORK] KEY", help=NETWORK_WORD)
     delete.set_defaults(run=run_delete, arity=1)
     listing = state.add_parser("list", help="print keys and values, in key order")
     network_option(listing)
-    listing.add_argument("words", nargs="*", metavar="[NETWORK]")
+    listing.add_argument("words", nargs="*", metavar="[NETWORK]", help=NETWORK_WORD)
     listing.add_argument("--prefix", default="", help="only keys starting with it")
     limit_option(listing, "keys")
     listing.add_argument("--cursor", default=None, help="next_cursor of the previous page")
     listing.set_defaults(run=run_list, arity=0)
     watch = state.add_parser("watch", help="print each change as a JSON line (Ctrl-C stops)")
     network_option(watch)
-    watch.add_argument("words", nargs="*", metavar="[NETWORK]")
+    watch.add_argument("words", nargs="*", metavar="[NETWORK]", help=NETWORK_WORD)
     watch.add_argument("--prefix", default="", help="only keys starting with it")
     watch.set_defaults(run=run_watch, arity=0)
 

@@ -12,6 +12,7 @@ import sys
 import trio
 
 from meshactors.cli.common import (
+    NETWORK_WORD,
     fail_with,
     interrupted,
     network_option,
@@ -47,8 +48,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "words",
         nargs="+",
         metavar="[NETWORK] PEER METHOD",
-        help="PEER: a device id, 8+ characters of it or a label; "
-        "NETWORK: as -n/--network (default: the only joined one)",
+        help=f"PEER: a device id, 8+ characters of it or a label; {NETWORK_WORD}",
     )
     add_timeout_flag(send, help="to wait for accept")
     send.set_defaults(run=run_send)
@@ -56,7 +56,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "serve", help="serve METHOD: run CMD per stream, its stdin and stdout the stream's bytes"
     )
     network_option(serve)
-    serve.add_argument("method", metavar="[NETWORK] METHOD")
+    serve.add_argument(
+        "method",
+        metavar="[NETWORK] METHOD",
+        help=f"the method to claim; {NETWORK_WORD}",
+    )
     serve.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…")
     serve.set_defaults(run=run_serve)
 

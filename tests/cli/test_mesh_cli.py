@@ -331,11 +331,12 @@ def test_a_tags_cell_shows_the_first_tags_and_counts_the_rest(tags: list[str]) -
         assert shown == tags[: len(tags) - left] and left > 0
 
 
-def test_every_commands_json_flag_says_what_it_does() -> None:
+def test_every_option_and_argument_of_every_command_says_what_it_does() -> None:
     unexplained = [
-        leaf.prog
-        for leaf in leaf_parsers(build_parser())
-        if not leaf._option_string_actions["--json"].help
+        f"{leaf.prog} {'/'.join(action.option_strings) or action.dest}"
+        for leaf in leaf_parsers(build_parser())  # `broker` and `daemon up` among them
+        for action in leaf._actions
+        if not action.help
     ]
     assert unexplained == []
 
