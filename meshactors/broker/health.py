@@ -2,11 +2,12 @@
 connection, so that no request gets wsproto's empty 400. `GET /health`, so that
 `curl http://HOST:PORT/health` needs no WebSocket client: a query string is ignored (a
 cache-buster), HEAD is answered as GET without the body, and any other method on /health gets a
-405 naming those two. On the WebSocket path, a method other than GET and HEAD gets a 405, a
-request that asks no WebSocket upgrade (a browser, `curl`) a 426 saying what the path wants, and
-an upgrade wsproto would refuse the status wsproto gives it with a line saying why. Any other
-path is a 404, a request h11 cannot read a 400 (431 for a head too long). Only an upgrade the
-handshake will take is handed on to it, with the bytes already read put back in front."""
+405 naming those two. On the WebSocket path, a method other than GET and HEAD gets a 405 naming
+those two too, a request that asks no WebSocket upgrade (a browser, `curl`) a 426 saying what
+the path wants, and an upgrade wsproto would refuse the status wsproto gives it with a line
+saying why. Any other path is a 404, a request h11 cannot read a 400 (431 for a head too long).
+Only an upgrade the handshake will take is handed on to it, with the bytes already read put back
+in front."""
 
 import json
 from collections.abc import Callable, Sequence
@@ -28,6 +29,8 @@ BROKER_HEALTH_PATH: Final = b"/health"
 MAX_REQUEST_HEAD_BYTES: Final = 16 * 1024
 HEALTH_METHODS: Final = ("GET", "HEAD")  # what /health answers; other methods get a 405
 _NOT_ALLOWED: Final = b'{"error":"/health answers GET and HEAD only"}\n'
+# what the WebSocket path answers without a 405 (HEAD: the 426's head, as for GET); its Allow
+WEBSOCKET_PATH_METHODS: Final = ("GET", "HEAD")
 _TEXT: Final = (("content-type", "text/plain; charset=utf-8"),)
 # what the WebSocket path's upgrade must have (wsproto's checks), said in the answers below
 _UPGRADE_NEEDS: Final = (
@@ -131,8 +134,8 @@ async def answer_plain_http(
     if event.target != BROKER_PATH.encode():
         await _answer(stream, http, event.method, HTTPStatus.NOT_FOUND, NOT_FOUND)
         return "rejected_path"
-    if event.method not in (b"GET", b"HEAD"):  # (HEAD: the 426's head, as for GET)
-        allow = [*_TEXT, ("allow", "GET")]
+    if event.method.decode("ascii") not in WEBSOCKET_PATH_METHODS:
+        allow = [*_TEXT, ("allow", ", ".join(WEBSOCKET_PATH_METHODS))]
         status = HTTPStatus.METHOD_NOT_ALLOWED
         await _answer(stream, http, event.method, status, WEBSOCKET_METHOD_NOT_ALLOWED, allow)
         return "rejected_not_websocket"

@@ -177,7 +177,7 @@ async def test_other_methods_on_the_websocket_path_are_405(
     broker, status_line, rest = await answer_to(nursery, request)
     assert status_line == b"HTTP/1.1 405 Method Not Allowed"
     headers, body = headers_and_body(rest)
-    assert headers["allow"] == "GET"
+    assert headers["allow"] == "GET, HEAD"  # HEAD is answered too: the 426's head
     assert body == WEBSOCKET_METHOD_NOT_ALLOWED
     assert broker.figures()["rejected_not_websocket"] == 1
 
