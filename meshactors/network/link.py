@@ -15,7 +15,6 @@ undeliverable notices go to core as they decode, and one it cannot read is count
 
 from __future__ import annotations
 
-import math
 import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -433,57 +432,54 @@ class Link(Actor):
     ) -> None:
         """The one writer: drain the queue into as few messages as fit under the broker's size
         limit, at the pace its welcome allows. A message not taken within LINK_SEND_TIMEOUT
-        ends the connection: one cancel scope for the whole loop, whose deadline is set only
-        while a message is being written (not a scope per message)."""
+        ends the connection."""
         carry: _Queued | None = None
-        batch: list[_Queued] = []
-        with trio.CancelScope() as stalled:
-            while True:
-                # Under load (a record was already waiting) the batch may wait a few idle
-                # scheduler passes for more; a record that found the queue empty goes out at once.
-                idle_passes = BATCH_IDLE_PASSES
-                if carry is not None:
-                    first, carry = carry, None
-                else:
-                    try:
-                        first = receive.receive_nowait()
-                    except trio.WouldBlock:
-                        first, idle_passes = await receive.receive(), 0
-                if RECORD_HEADER_BYTES + len(first[1]) > max_bytes:
-                    self.dropped += 1
+        while True:
+            # Under load (a record was already waiting) the batch may wait a few idle scheduler
+            # passes for more; a record that found the queue empty goes out at once.
+            idle_passes = BATCH_IDLE_PASSES
+            if carry is not None:
+                first, carry = carry, None
+            else:
+                try:
+                    first = receive.receive_nowait()
+                except trio.WouldBlock:
+                    first, idle_passes = await receive.receive(), 0
+            if RECORD_HEADER_BYTES + len(first[1]) > max_bytes:
+                self.dropped += 1
+                continue
+            if (wait := self._pace.delay(trio.current_time())) > 0:
+                await trio.sleep(wait)  # over the broker's rate: records queued meanwhile join
+            self._pace.spend(trio.current_time())
+            batch, size, idle = [first], RECORD_HEADER_BYTES + len(first[1]), 0
+            while len(batch) < BATCH_MAX_RECORDS and carry is None:
+                try:
+                    record = receive.receive_nowait()
+                except trio.WouldBlock:
+                    if idle >= idle_passes:
+                        break
+                    # Let busy senders add more before sending: the batch grows while the
+                    # scheduler's passes bring new records and ends after a few idle ones.
+                    idle += 1
+                    await trio.lowlevel.checkpoint()
                     continue
-                if (wait := self._pace.delay(trio.current_time())) > 0:
-                    await trio.sleep(wait)  # over the broker's rate: records queued meanwhile join
-                self._pace.spend(trio.current_time())
-                batch, size, idle = [first], RECORD_HEADER_BYTES + len(first[1]), 0
-                while len(batch) < BATCH_MAX_RECORDS and carry is None:
-                    try:
-                        record = receive.receive_nowait()
-                    except trio.WouldBlock:
-                        if idle >= idle_passes:
-                            break
-                        # Let busy senders add more before sending: the batch grows while the
-                        # scheduler's passes bring new records and ends after a few idle ones.
-                        idle += 1
-                        await trio.lowlevel.checkpoint()
-                        continue
-                    idle = 0
-                    size += RECORD_HEADER_BYTES + len(record[1])
-                    if size > max_bytes:
-                        carry = record
-                    else:
-                        batch.append(record)
-                stalled.deadline = trio.current_time() + LINK_SEND_TIMEOUT
+                idle = 0
+                size += RECORD_HEADER_BYTES + len(record[1])
+                if size > max_bytes:
+                    carry = record
+                else:
+                    batch.append(record)
+            with trio.move_on_after(LINK_SEND_TIMEOUT) as stalled:
                 await ws.send_message(encode_batch(batch))
-                stalled.deadline = math.inf
-                self.batches_out += 1
-                self.frames_out += len(batch)
-        # only the deadline ends the loop: the broker took no message in time
-        self.send_timeouts += 1
-        self.dropped += len(batch) + (carry is not None)
-        stuck = f"the broker took no message for {LINK_SEND_TIMEOUT:g} s: it is not reading"
-        self._failed(LinkError(LinkErrorKind.TIMEOUT, stuck), self.url or "")
-        await _abort(ws)
+            if stalled.cancelled_caught:  # it is not reading: its being heard does not help
+                self.send_timeouts += 1
+                self.dropped += len(batch) + (carry is not None)
+                stuck = f"the broker took no message for {LINK_SEND_TIMEOUT:g} s: it is not reading"
+                self._failed(LinkError(LinkErrorKind.TIMEOUT, stuck), self.url or "")
+                await _abort(ws)
+                return
+            self.batches_out += 1
+            self.frames_out += len(batch)
 
     async def _keepalive(self, ws: WebSocketConnection) -> None:
         """Close a connection whose broker went silent: a ping unanswered for a whole
