@@ -15,11 +15,6 @@ import trio
 from meshactors.client._conn import connect_unix
 from meshactors.client._frames import answer_data, decode_frame, encode_request
 from meshactors.client.errors import ClientError, ConnectionLost, ProtocolError
-from meshactors.client.reconnect import (
-    RECONNECT_DELAY_FIRST,
-    RECONNECT_DELAY_MAX,
-    retried_at_connect,
-)
 from meshactors.wire.ipc import MAX_FRAME_BYTES
 from meshactors.wire.pipe_frames import (
     END_FRAME,
@@ -167,26 +162,7 @@ class BinaryStream(trio.abc.HalfCloseableStream):
 
 async def switch(socket: Path, op: str, params: dict[str, Any], timeout: float) -> BinaryStream:
     """Connect, send the switching op as the connection's first request, and return the stream
-    once answered (ClientError with the daemon's code otherwise). A daemon that refuses the
-    connection (too full: `unavailable`, or closing it unanswered) is tried again, as for the
-    first connect, until `timeout` seconds passed, the bound of the connect itself."""
-    deadline = trio.current_time() + timeout
-    delay = RECONNECT_DELAY_FIRST
-    while True:
-        try:
-            return await _switch_once(socket, op, params, deadline - trio.current_time())
-        except ClientError as failure:
-            if not retried_at_connect(failure, deadline):
-                raise
-        await trio.sleep(min(delay, max(0.0, deadline - trio.current_time())))
-        delay = min(delay * 2, RECONNECT_DELAY_MAX)
-
-
-async def _switch_once(
-    socket: Path, op: str, params: dict[str, Any], timeout: float
-) -> BinaryStream:
-    """One connection's switching op and its answer; a connection that fails before the
-    answer raises ConnectionLost."""
+    once answered (ClientError with the daemon's code otherwise)."""
     stream = await connect_unix(socket, timeout)
     try:
         await stream.send_all(encode_request(1, op, params))
@@ -203,9 +179,6 @@ async def _switch_once(
         if len(buffer) > newline + 1:
             binary.feed(buffer[newline + 1 :])
         return binary
-    except (trio.BrokenResourceError, OSError) as failed:
-        await trio.aclose_forcefully(stream)
-        raise ConnectionLost(f"the connection failed: {failed}") from failed
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise

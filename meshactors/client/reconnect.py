@@ -34,8 +34,7 @@ REPLAY_CALL_TIMEOUT = 30.0  # seconds each replayed claim or subscription may ta
 # errors after which the daemon may still carry the request out: its core did not answer in
 # time, or we stopped waiting (a cancel, too)
 UNSURE_CODES = frozenset({"timeout", "unavailable", "deadline"})
-# failures of the first connect (and of a binary stream's own) retried like a daemon still
-# starting, until connect_timeout (the stream's: its call_timeout):
+# failures of the first connect retried like a daemon still starting, until connect_timeout:
 # a daemon too full to take us answers `unavailable`, or closes the connection unanswered
 # (past MAX_REFUSING refusals at once, or while its `control` cannot take a client)
 FIRST_CONNECT_RETRIED = frozenset({"unavailable", "connection_lost"})
@@ -323,7 +322,9 @@ class DaemonLink:
             except* ClientError as group:
                 failure = first_leaf(group)
             if failure is not None:
-                if not started and not retried_at_connect(failure, first_deadline):
+                if not started and (
+                    failure.code not in FIRST_CONNECT_RETRIED or not _left(first_deadline)
+                ):
                     raise failure
                 log.info("daemon unreachable on %s; retrying: %s", self.path, failure)
 
@@ -376,12 +377,6 @@ class DaemonLink:
                     await self._undo(live, want, REPLAY_CALL_TIMEOUT)
                 except ClientError as error:
                     log.info("%s, no longer wanted, not released: %s", want.name, error)
-
-
-def retried_at_connect(failure: ClientError, deadline: float) -> bool:
-    """Whether a connect (the first one, or a binary stream's) that failed so is tried again:
-    the daemon refused it (FIRST_CONNECT_RETRIED) and `deadline` has not passed."""
-    return failure.code in FIRST_CONNECT_RETRIED and _left(deadline) > 0
 
 
 def _left(deadline: float) -> float:

@@ -1,7 +1,6 @@
 """A daemon that closes the client's first connection unanswered (past MAX_REFUSING refused
 connections at once) is waited for like one too full to take it: the connect is retried
-until connect_timeout, and only then the lost connection raised. So is a binary stream's own
-connection, until the call_timeout that bounds its connect."""
+until connect_timeout, and only then the lost connection raised."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import pytest
 import trio
 
 from meshactors.client import ClientError, MeshClient
-from tests.client.fakedaemon import fake_daemon, fake_session
+from tests.client.fakedaemon import fake_daemon
 
 UNANSWERED_WAIT = 10.0  # seconds the tests below may take before they fail
 UNANSWERED_CONNECT_TIMEOUT = 0.5  # seconds the client waits for a daemon that never answers
@@ -43,58 +42,3 @@ async def test_a_daemon_closing_unanswered_for_the_whole_connect_timeout_raises_
         assert trio.current_time() - started >= UNANSWERED_CONNECT_TIMEOUT
         assert daemon.closed_at_once < 10**9 - 1  # tried more than once
         assert lost.value.code == "connection_lost"
-
-
-async def test_a_binary_streams_connection_closed_unanswered_is_retried_until_answered(
-    tmp_path: Path,
-) -> None:
-    async with fake_session(tmp_path, call_timeout=UNANSWERED_WAIT) as (daemon, client, _):
-        daemon.closed_at_once = CLOSED_FIRST
-        with trio.fail_after(UNANSWERED_WAIT):
-            async with await client.open_stream("lan", "peer", "bulk") as stream:
-                session = await daemon.next_session()  # the one answered
-        assert daemon.closed_at_once == 0
-        assert session.ops == ["stream_open"]
-        assert stream.stream_id == "s1"
-
-
-async def test_a_binary_streams_connection_answered_unavailable_is_retried_until_answered(
-    tmp_path: Path,
-) -> None:
-    async with fake_session(tmp_path, call_timeout=UNANSWERED_WAIT) as (daemon, client, _):
-        daemon.refused["stream_open"] = "unavailable"  # a daemon full of clients
-        opened: list[str] = []
-
-        async def open_one() -> None:
-            async with await client.open_stream("lan", "peer", "bulk") as stream:
-                opened.append(stream.stream_id)
-
-        with trio.fail_after(UNANSWERED_WAIT):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(open_one)
-                for _ in range(CLOSED_FIRST):
-                    refused = await daemon.next_session()
-                    await refused.wait_op("stream_open")  # refused as soon as asked
-                del daemon.refused["stream_open"]
-            answered = await daemon.next_session()
-        assert answered.ops == ["stream_open"]
-        assert opened == ["s1"]
-
-
-async def test_a_binary_streams_connection_refused_past_its_timeout_raises_unavailable(
-    tmp_path: Path,
-) -> None:
-    async with fake_session(tmp_path, call_timeout=UNANSWERED_CONNECT_TIMEOUT) as (
-        daemon,
-        client,
-        _,
-    ):
-        daemon.refused["stream_open"] = "unavailable"
-        started = trio.current_time()
-        with trio.fail_after(UNANSWERED_WAIT):
-            with pytest.raises(ClientError) as refused:
-                await client.open_stream("lan", "peer", "bulk")
-            assert trio.current_time() - started >= UNANSWERED_CONNECT_TIMEOUT
-            await daemon.next_session()
-            await daemon.next_session()  # tried more than once
-        assert refused.value.code == "unavailable"
