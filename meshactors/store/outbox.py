@@ -58,6 +58,8 @@ LISTED_DELIVERY_BYTES = 100
 _PRIORITY_RANK = "CASE o.priority WHEN 'now' THEN 0 WHEN 'next' THEN 1 ELSE 2 END"
 # the key a row goes out under, which its recipients dedupe on: a requeued send's first key
 _ORIGIN_KEY = "coalesce({t}origin_client_message_id, {t}client_message_id)"
+# the rows of the one parameter, a JSON list of pairs, for `(a, b) IN (...)` (`_key_pairs`)
+_PAIRS = "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1)"
 _DUE_COLUMNS = (
     f"d.outbox_id, d.recipient, o.network, {_ORIGIN_KEY.format(t='o.')}, o.destination_kind,"
     " o.destination_ref, o.priority, o.message, o.meta_json, o.reply_to_id, d.attempts,"
@@ -292,14 +294,13 @@ def _taken_keys(
     if not keys:
         return {}
     wanted = to_json([list(key) for key in keys])
-    pairs = "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1)"
     rows = conn.execute(
         "SELECT network, client_message_id, id, status, request_fingerprint, 2 AS rank"
-        f" FROM outbox WHERE (network, client_message_id) IN ({pairs})"
+        f" FROM outbox WHERE (network, client_message_id) IN ({_PAIRS})"
         " UNION ALL SELECT network, origin_client_message_id, id, status, request_fingerprint,"
         " superseded_by IS NULL FROM outbox INDEXED BY outbox_by_origin"
         " WHERE origin_client_message_id IS NOT NULL"
-        f" AND (network, origin_client_message_id) IN ({pairs}) ORDER BY rank",
+        f" AND (network, origin_client_message_id) IN ({_PAIRS}) ORDER BY rank",
         (wanted,),
     )
     return {(network, key): (row_id, status, fp) for network, key, row_id, status, fp, _ in rows}
@@ -540,9 +541,8 @@ def still_untold(conn: sqlite3.Connection, keys: Sequence[DeliveryKey]) -> list[
     row retention deleted meanwhile is kept (its death is known, its event still owed)."""
     told = set(
         conn.execute(
-            "SELECT outbox_id, recipient FROM deliveries WHERE untold = 0 AND (outbox_id,"
-            " recipient) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')"
-            " FROM json_each(?))",
+            "SELECT outbox_id, recipient FROM deliveries WHERE untold = 0"
+            f" AND (outbox_id, recipient) IN ({_PAIRS})",
             (_key_pairs(keys),),
         )
     )
@@ -554,8 +554,7 @@ def mark_told(conn: sqlite3.Connection, keys: Sequence[DeliveryKey], now_ms: int
     with immediate(conn):
         conn.execute(
             "UPDATE deliveries SET untold = 0 WHERE untold = 1 AND (outbox_id, recipient) IN"
-            " (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')"
-            " FROM json_each(?))",
+            f" ({_PAIRS})",
             (_key_pairs(keys),),
         )
 
@@ -633,8 +632,7 @@ def mark_delivered_many(
             (outbox_id, recipient): status
             for outbox_id, recipient, status in conn.execute(
                 "SELECT outbox_id, recipient, status FROM deliveries"
-                " WHERE (outbox_id, recipient) IN (SELECT json_extract(value, '$[0]'),"
-                " json_extract(value, '$[1]') FROM json_each(?))",
+                f" WHERE (outbox_id, recipient) IN ({_PAIRS})",
                 (_key_pairs(keys),),
             )
         }
