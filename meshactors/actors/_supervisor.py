@@ -286,10 +286,29 @@ class Supervisor(Actor):
                 else:
                     log.debug("ignored the exit of an earlier run", actor=exited.node.path)
             case _RestartDue(runs=runs):
-                for child, generation in runs:
+                for child in self._due(runs):
                     # (still running: it ignored its shutdown timeout, and is left to end)
-                    if self._is_latest(child, generation) and not child.running:
+                    if not child.running and not self._behind_a_restart(child):
                         await self._relaunch(child)
+
+    def _due(self, runs: tuple[tuple[_Child, int], ...]) -> list[_Child]:
+        """The children a restart due starts, in start order: its runs still the latest; under
+        REST_FOR_ONE also every later child, whose own restart (queued behind, or ahead when
+        its exit was handled before an earlier sibling's) waits for this one."""
+        due = [child for child, generation in runs if self._is_latest(child, generation)]
+        if self.strategy is Strategy.ONE_FOR_ONE or not due:
+            return due
+        order = list(self._running.values())
+        return order[min(order.index(child) for child in due) :]
+
+    def _behind_a_restart(self, child: _Child) -> bool:
+        """Whether, under REST_FOR_ONE, an earlier sibling is down (its restart pending, or its
+        start just failed): `child` starts after it, by that sibling's restart, never before
+        it (a start that asks the sibling would hold this loop, and so the sibling, forever)."""
+        if self.strategy is Strategy.ONE_FOR_ONE:
+            return False
+        order = list(self._running.values())
+        return any(not sibling.running for sibling in order[: order.index(child)])
 
     def _is_latest(self, child: _Child, generation: int) -> bool:
         """Whether that run is the child's latest and the child still the one of its name: a

@@ -78,6 +78,82 @@ async def test_rest_for_one_restarts_the_child_and_later_ones(
         nursery.cancel_scope.cancel()
 
 
+@attrs.define(eq=False)
+class Provider(Actor):
+    """Serves `Dependent`; on a message it goes down, waits till its dependent has ended (so
+    the supervisor hears of the dependent's exit before its own), then crashes."""
+
+    kind: ClassVar[str] = "provider"
+    journal: Journal
+    up: trio.Event = attrs.field(factory=trio.Event)
+    down: trio.Event = attrs.field(factory=trio.Event)
+    dependent_ended: trio.Event = attrs.field(factory=trio.Event)
+    inbox: Inbox[str] = attrs.field(factory=Inbox)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.journal.record("start provider")
+        self.down = trio.Event()
+        self.up.set()
+        task_status.started()
+        try:
+            await self.inbox.receiver.receive()
+        finally:
+            self.up = trio.Event()
+            self.down.set()
+        await self.dependent_ended.wait()
+        raise RuntimeError("provider crashed on purpose")
+
+
+@attrs.define(eq=False)
+class Dependent(Actor):
+    """Starts only once its provider is up, and crashes when the provider goes down (as the
+    daemon's outbox does when the store it asks is not running)."""
+
+    kind: ClassVar[str] = "dependent"
+    journal: Journal
+    provider: Provider
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.provider.up.wait()
+        self.journal.record("start dependent")
+        ended = self.provider.dependent_ended = trio.Event()
+        task_status.started()
+        try:
+            await self.provider.down.wait()
+        finally:
+            ended.set()
+        raise RuntimeError("dependent crashed: its provider is gone")
+
+
+async def test_a_rest_for_one_restart_starts_an_earlier_sibling_first_whatever_exit_came_first(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    """CI's hang: the store crashed, the outbox (after it) crashed on finding it gone, and its
+    exit was handled first; its shorter backoff ended first, and its start, asking the store
+    not yet restarted, held the supervisor's loop, and so the store's restart, forever."""
+    provider = Provider(journal)
+    dependent = Dependent(journal, provider)
+    tail = ProbeActor("tail", journal)
+    children = [
+        ChildSpec("provider", provider),
+        ChildSpec("dependent", dependent),
+        ChildSpec("tail", tail),
+    ]
+    sup = Supervisor(children=children, strategy=Strategy.REST_FOR_ONE, limits=FAST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        await provider.inbox.sender.send("crash")
+        with trio.fail_after(60):
+            await journal.wait_count("start tail", 2)
+        assert journal.events[3:] == [
+            "stop tail",
+            "start provider",
+            "start dependent",
+            "start tail",
+        ]
+        nursery.cancel_scope.cancel()
+
+
 async def test_restart_waits_for_backoff(
     journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
 ) -> None:
