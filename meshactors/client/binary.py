@@ -14,7 +14,12 @@ import trio
 
 from meshactors.client._conn import connect_unix
 from meshactors.client._frames import answer_data, decode_frame, encode_request
-from meshactors.client.errors import ClientError, ConnectionLost, ProtocolError
+from meshactors.client.errors import (
+    ClientError,
+    ConnectionLost,
+    DeadlineExceeded,
+    ProtocolError,
+)
 from meshactors.wire.ipc import MAX_FRAME_BYTES
 from meshactors.wire.pipe_frames import (
     END_FRAME,
@@ -27,6 +32,9 @@ from meshactors.wire.pipe_frames import (
 
 RECEIVE_BYTES = 256 * 1024  # bytes asked of the socket per read
 LOST = "connection_lost"  # the code of a stream whose connection broke under it
+# seconds waited past a stream op's own bound for its answer: the daemon may first take up to
+# its COMMAND_TIMEOUT (10 s) to hand the op to the network's core
+STREAM_DEADLINE_MARGIN = 15.0
 
 
 class StreamError(ClientError):
@@ -160,25 +168,39 @@ class BinaryStream(trio.abc.HalfCloseableStream):
         await self.socket.aclose()
 
 
-async def switch(socket: Path, op: str, params: dict[str, Any], timeout: float) -> BinaryStream:
-    """Connect, send the switching op as the connection's first request, and return the stream
-    once answered (ClientError with the daemon's code otherwise)."""
+async def switch(
+    socket: Path, op: str, params: dict[str, Any], timeout: float, own_timeout: float
+) -> BinaryStream:
+    """Connect (within `timeout` seconds), send the switching op as the connection's first
+    request, and return the stream once answered (ClientError with the daemon's code
+    otherwise). Sending the op and its answer take at most `own_timeout`, the op's own bound
+    at the daemon, and STREAM_DEADLINE_MARGIN more: a daemon that took the op and never
+    answers it (hung, or its socket stalled) is DeadlineExceeded, never waited for forever."""
     stream = await connect_unix(socket, timeout)
     try:
-        await stream.send_all(encode_request(1, op, params))
-        buffer = bytearray()
-        while (newline := buffer.find(b"\n")) < 0:
-            if len(buffer) > MAX_FRAME_BYTES:
-                raise ProtocolError(f"an answer over {MAX_FRAME_BYTES} bytes")
-            chunk = await stream.receive_some(RECEIVE_BYTES)
-            if not chunk:
-                raise ConnectionLost()
-            buffer += chunk
-        info = answer_data(decode_frame(bytes(buffer[:newline])))
-        binary = BinaryStream(stream, info)
-        if len(buffer) > newline + 1:
-            binary.feed(buffer[newline + 1 :])
-        return binary
+        allowed = own_timeout + STREAM_DEADLINE_MARGIN
+        with trio.move_on_after(allowed):
+            await stream.send_all(encode_request(1, op, params))
+            return await _answered(stream)
+        raise DeadlineExceeded(op, allowed)
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
+
+
+async def _answered(stream: trio.SocketStream) -> BinaryStream:
+    """Read the switching op's answer line: the stream it made (the bytes after the line are
+    its first), or the daemon's error as ClientError."""
+    buffer = bytearray()
+    while (newline := buffer.find(b"\n")) < 0:
+        if len(buffer) > MAX_FRAME_BYTES:
+            raise ProtocolError(f"an answer over {MAX_FRAME_BYTES} bytes")
+        chunk = await stream.receive_some(RECEIVE_BYTES)
+        if not chunk:
+            raise ConnectionLost()
+        buffer += chunk
+    info = answer_data(decode_frame(bytes(buffer[:newline])))
+    binary = BinaryStream(stream, info)
+    if len(buffer) > newline + 1:
+        binary.feed(buffer[newline + 1 :])
+    return binary

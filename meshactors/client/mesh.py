@@ -439,12 +439,14 @@ class MeshClient(Ops):
         """A binary stream to `peer`'s program serving `method`, on a connection of its own,
         once that program accepted it (within `timeout_ms`, default 30 s)."""
         stream_params = params(network=network, peer=peer, method=method, timeout_ms=timeout_ms)
-        return await switch(self.socket, "stream_open", stream_params, self.call_timeout)
+        allowed = (DEFAULT_TIMEOUT_MS if timeout_ms is None else timeout_ms) / 1000
+        return await switch(self.socket, "stream_open", stream_params, self.call_timeout, allowed)
 
     async def accept_stream(self, network: str, stream_id: str) -> BinaryStream:
         """Become the serving end of the incoming stream a `stream_incoming` event offered."""
         accept_params = params(network=network, stream_id=stream_id)
-        return await switch(self.socket, "stream_accept", accept_params, self.call_timeout)
+        # no bound of its own: the daemon answers once core did (STREAM_DEADLINE_MARGIN covers it)
+        return await switch(self.socket, "stream_accept", accept_params, self.call_timeout, 0.0)
 
     async def serve_stream(self, network: str, method: str, handler: BinaryHandler) -> None:
         """Serve binary streams of `method`: each runs `handler(stream)` in its own task and is
