@@ -50,25 +50,59 @@ STREAM_LEFT = "client_stream_left"
 STREAM_OVER = "client_stream_over"
 
 
-async def connect_unix(path: Path, timeout: float) -> trio.SocketStream:
-    """Connect to the daemon's socket, retrying while it is absent or refuses (it may be
-    starting) with a doubling backoff, for at most `timeout` seconds; then DaemonNotRunning
-    (at once, SocketPathTooLong, for a path no socket can have)."""
+async def connect_unix(path: Path, timeout: float, first: bytes = b"") -> trio.SocketStream:
+    """Connect to the daemon's socket and send it `first` (the connection's first request, if
+    any), retrying with a doubling backoff for at most `timeout` seconds while the socket is
+    absent or refuses (the daemon may be starting), or the daemon closed the connection before
+    one byte of `first` was written (nothing of it reached the daemon); then DaemonNotRunning,
+    or ConnectionLost for connections closed so (at once, SocketPathTooLong, for a path no
+    socket can have). Once a byte went out nothing is retried: a failure is ConnectionLost, as
+    the daemon may have read the request and run it."""
     SocketPathTooLong.check(path)
     deadline = trio.current_time() + timeout
     delay = CONNECT_RETRY_FIRST
     while True:
         try:
-            return await trio.open_unix_socket(str(path))
+            stream = await trio.open_unix_socket(str(path))
         except OSError as exc:
             reason = exc.strerror or str(exc)
             if exc.errno not in RETRYABLE_ERRNOS:
                 raise ClientError("connect_failed", f"cannot connect to {path}: {reason}") from None
-            remaining = deadline - trio.current_time()
-            if remaining <= 0:
-                raise DaemonNotRunning(path, reason) from None
+            failure: ClientError = DaemonNotRunning(path, reason)
+        else:
+            unsent = await _send_first(stream, first)
+            if unsent is None:
+                return stream
+            failure = unsent
+        remaining = deadline - trio.current_time()
+        if remaining <= 0:
+            raise failure
         await trio.sleep(min(delay, remaining))
         delay = min(delay * 2, CONNECT_RETRY_MAX)
+
+
+async def _send_first(stream: trio.SocketStream, first: bytes) -> ConnectionLost | None:
+    """Send `first` on a new connection: None once all of it went out; the error to retry on
+    when not one byte could be written (the daemon had closed the connection), the stream
+    closed. A failure past the first byte closes it and raises ConnectionLost."""
+    if not first:
+        return None
+    try:
+        try:
+            sent = await stream.socket.send(first)  # writes some bytes, or raises having none
+        except OSError as exc:
+            await trio.aclose_forcefully(stream)
+            reason = exc.strerror or str(exc)
+            return ConnectionLost(f"the daemon closed the connection before a request ({reason})")
+        if sent < len(first):
+            await stream.send_all(first[sent:])
+    except trio.BrokenResourceError as exc:
+        await trio.aclose_forcefully(stream)
+        raise ConnectionLost(f"the connection failed: {exc}") from exc
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return None
 
 
 @attrs.define(eq=False)

@@ -171,18 +171,22 @@ class BinaryStream(trio.abc.HalfCloseableStream):
 async def switch(
     socket: Path, op: str, params: dict[str, Any], timeout: float, own_timeout: float
 ) -> BinaryStream:
-    """Connect (within `timeout` seconds), send the switching op as the connection's first
-    request, and return the stream once answered (ClientError with the daemon's code
-    otherwise). Sending the op and its answer take at most `own_timeout`, the op's own bound
-    at the daemon, and STREAM_DEADLINE_MARGIN more: a daemon that took the op and never
-    answers it (hung, or its socket stalled) is DeadlineExceeded, never waited for forever."""
-    stream = await connect_unix(socket, timeout)
+    """Connect and send the switching op as the connection's first request (within `timeout`
+    seconds, retried as `connect_unix` says: only while nothing of the op was written, so it
+    never runs twice), and return the stream once answered (ClientError with the daemon's
+    code otherwise; ConnectionLost for a connection that fails meanwhile). The answer takes
+    at most `own_timeout`, the op's own bound at the daemon, and STREAM_DEADLINE_MARGIN more:
+    a daemon that took the op and never answers it (hung, or its socket stalled) is
+    DeadlineExceeded, never waited for forever."""
+    stream = await connect_unix(socket, timeout, encode_request(1, op, params))
     try:
         allowed = own_timeout + STREAM_DEADLINE_MARGIN
         with trio.move_on_after(allowed):
-            await stream.send_all(encode_request(1, op, params))
             return await _answered(stream)
         raise DeadlineExceeded(op, allowed)
+    except trio.BrokenResourceError as exc:
+        await trio.aclose_forcefully(stream)
+        raise ConnectionLost(f"the connection failed: {exc}") from exc
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise

@@ -6,6 +6,7 @@ success and sends whatever event frames the test hands it."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -75,6 +76,7 @@ class FakeDaemon:
     answers: dict[str, dict[str, Any]] = attrs.field(factory=dict)  # ops answered with this
     # data instead of ANSWERS'
     closed_at_once: int = 0  # connections to come closed unread, as a daemon past MAX_REFUSING
+    received: Counter[str] = attrs.field(factory=Counter)  # ops read, on all connections
     _send: trio.MemorySendChannel[FakeConnection] = attrs.field(init=False)
     _receive: trio.MemoryReceiveChannel[FakeConnection] = attrs.field(init=False)
 
@@ -101,6 +103,7 @@ class FakeDaemon:
                     request = json.loads(line)
                     op = request["op"]
                     session.record(op)
+                    self.received[op] += 1
                     if op in self.hang_up_on:
                         await session.hang_up()
                         return
