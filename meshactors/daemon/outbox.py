@@ -954,10 +954,13 @@ class Outbox(Actor):
         """Tell the deaths committed and left untold (a stop or a kill came between, or the log
         did not take their events), EXPIRE_DELIVERIES at a time, until none is left or a
         batch's events were not all logged (`_tell_dead`): those stay untold for the next
-        sweep, not published again and again by this one."""
+        sweep, not published again and again by this one. Its reads wait for the store however
+        long it takes (no STORE_CALL_TIMEOUT): a slow store delays the telling, never crashes
+        the sweep (and with it the outbox)."""
         while untold := await self.store.call(
             functools.partial(outbox_db.untold_deaths, limit=outbox_db.EXPIRE_DELIVERIES),
             what="read untold deaths",
+            timeout=math.inf,
         ):
             by_error: dict[str, list[outbox_db.DeliveryKey]] = collections.defaultdict(list)
             for key, error in untold:
@@ -987,6 +990,7 @@ class Outbox(Actor):
             untold = await self.store.call(
                 functools.partial(outbox_db.still_untold, keys=deliveries),
                 what="read untold deaths",
+                timeout=math.inf,  # a slow store delays the telling (`_tell_untold`)
             )
             if not untold:
                 return True

@@ -26,13 +26,18 @@ from meshactors.store import events as event_log
 from meshactors.store import outbox as outbox_db
 from meshactors.store.db import open_database
 from meshactors.store.events import Event
-from meshactors.store.outbox import EXPIRED, TTL_MS, DeliveryKey
-from tests.daemon.outbox_parts import OutboxParts, outbox_parts
+from meshactors.store.outbox import EXPIRED, TTL_MS
+from tests.daemon.outbox_parts import (
+    PAST_TTL_MS,
+    OutboxParts,
+    outbox_parts,
+    stored_untold,
+    untold_expired,
+)
 from tests.store.test_outbox import send
 from tests.support import store_quiet
 
 UNTOLD_WAIT = 10.0  # seconds for a start's sweep, its events and the store's release
-PAST_TTL_MS = 3_600_000  # how long past its TTL the send that dies untold was
 LOG_WRITE = event_log.append_batch  # the event log's real write
 
 
@@ -106,23 +111,6 @@ async def test_a_death_committed_before_a_stop_is_told_once_at_the_next_start(
         assert await _told_dead(parts, old.id) == [EXPIRED]
 
 
-def _untold_expired(tmp_path: Path) -> list[tuple[DeliveryKey, str]]:
-    """A send to dev-a committed dead past its TTL and left untold, as a stop leaves it, in
-    `tmp_path`'s state.db: the `untold_deaths` it makes."""
-    with contextlib.closing(open_database(tmp_path / "state.db")) as conn:
-        old = send(conn, recipients=["dev-a"], now_ms=wall_ms() - TTL_MS - PAST_TTL_MS)
-        outbox_db.expire_pending(conn, now_ms=wall_ms())
-    return [(DeliveryKey(old.id, "dev-a"), EXPIRED)]
-
-
-async def _untold(parts: OutboxParts) -> list[tuple[DeliveryKey, str]]:
-    """The deaths the store holds untold (up to 10)."""
-    untold: list[tuple[DeliveryKey, str]] = await parts.store.call(
-        functools.partial(outbox_db.untold_deaths, limit=10), what="test: read untold"
-    )
-    return untold
-
-
 def refusing_log_writes(conn: sqlite3.Connection, **params: Any) -> None:
     """Stands in for `append_batch`: the state database refuses the event log's write alone,
     as a full disk refuses it (SQLITE_READONLY: the store answers `storage`)."""
@@ -136,7 +124,7 @@ def refusing_log_writes(conn: sqlite3.Connection, **params: Any) -> None:
 async def test_a_death_whose_event_the_log_refused_stays_untold_told_once_a_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dead = _untold_expired(tmp_path)
+    dead = untold_expired(tmp_path)
     sweeps = HeldSweep()  # nothing left to kill: it only tells when the start's telling ended
     monkeypatch.setattr(outbox_db, "expire_pending", sweeps)
     monkeypatch.setattr(event_log, "append_batch", refusing_log_writes)
@@ -147,7 +135,7 @@ async def test_a_death_whose_event_the_log_refused_stays_untold_told_once_a_star
             await sweeps.swept.wait()  # past the start's telling: it did not go round again
         published = [e for e in await _queued(watch) if e.kind == "message_dead"]
         # published once, not logged: still untold, not counted dead
-        assert (len(published), outbox.counts["dead"], await _untold(parts)) == (1, 0, dead)
+        assert (len(published), outbox.counts["dead"], await stored_untold(parts)) == (1, 0, dead)
     monkeypatch.setattr(event_log, "append_batch", LOG_WRITE)  # the disk has room again
     async with outbox_parts(tmp_path) as parts:
         sweeps.swept = trio.Event()
@@ -155,7 +143,7 @@ async def test_a_death_whose_event_the_log_refused_stays_untold_told_once_a_star
         with trio.fail_after(UNTOLD_WAIT):
             await sweeps.swept.wait()
         assert await _told_dead(parts, dead[0][0].outbox_id) == [EXPIRED]
-        assert await _untold(parts) == []
+        assert await stored_untold(parts) == []
 
 
 async def _queued(watch: Subscriber[Event]) -> list[Event]:
@@ -167,7 +155,7 @@ async def test_a_death_whose_telling_the_log_refused_is_told_at_a_later_sweep_on
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
 ) -> None:
     mock_clock.rate = 1  # the waits are bounded; only a jump brings the next sweep
-    dead = _untold_expired(tmp_path)
+    dead = untold_expired(tmp_path)
     sweeps = HeldSweep()  # nothing left to kill: it only says each sweep's telling ended
     monkeypatch.setattr(outbox_db, "expire_pending", sweeps)
     monkeypatch.setattr(event_log, "append_batch", refusing_log_writes)
@@ -176,7 +164,7 @@ async def test_a_death_whose_telling_the_log_refused_is_told_at_a_later_sweep_on
         with trio.fail_after(UNTOLD_WAIT):
             await sweeps.swept.wait()  # the start's sweep told it; the log refused it
             await store_quiet(parts.store, UNTOLD_WAIT)  # the sweep sleeps: the jump below wakes it
-        assert await _untold(parts) == dead
+        assert await stored_untold(parts) == dead
         monkeypatch.setattr(event_log, "append_batch", LOG_WRITE)  # the disk has room again
         for _ in range(2):  # the next sweep tells it; the one after finds nothing to tell
             sweeps.swept = trio.Event()
@@ -185,7 +173,7 @@ async def test_a_death_whose_telling_the_log_refused_is_told_at_a_later_sweep_on
                 await sweeps.swept.wait()
                 await store_quiet(parts.store, UNTOLD_WAIT)
         told = await _told_dead(parts, dead[0][0].outbox_id)
-        assert (told, await _untold(parts), outbox.counts["dead"]) == ([EXPIRED], [], 1)
+        assert (told, await stored_untold(parts), outbox.counts["dead"]) == ([EXPIRED], [], 1)
 
 
 async def test_a_start_whose_hub_is_gone_asks_it_once_per_untold_death(
