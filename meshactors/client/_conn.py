@@ -45,7 +45,8 @@ RETRYABLE_ERRNOS = (errno.ENOENT, errno.ECONNREFUSED)  # no socket yet, or no on
 Event = dict[str, Any]
 # markers a connection routes among its event frames, for the client's stream table only: the
 # call a given-up `rpc_call_stream` opened is being cancelled (its late events are dropped,
-# never held as those of a stream being opened), or had ended before that cancel
+# never held as those of a stream being opened), or its cancel failed (it had ended, or its
+# end may never come)
 STREAM_LEFT = "client_stream_left"
 STREAM_OVER = "client_stream_over"
 
@@ -202,7 +203,10 @@ class Connection:
 
     async def _cancel_stream(self, pending: _Pending) -> None:
         """Cancel the streamed call a given-up `rpc_call_stream` opened, by the request id its
-        answer carries: nobody reads its chunks, so it would run on until its timeout."""
+        answer carries: nobody reads its chunks, so it would run on until its timeout. Its
+        events are dropped until its end, which the daemon sends after a cancel answered ok;
+        a cancel that failed (`unknown_request`: it had ended; `unavailable`, no answer: a
+        core restart may have lost the call, end and all) waits for no end."""
         await pending.done.wait()
         if pending.frame is None:  # the connection failed: the daemon ends its calls itself
             return
@@ -213,9 +217,8 @@ class Connection:
         self._fanout.publish({"kind": STREAM_LEFT, "request_id": request_id})
         try:
             await self.call("rpc_cancel", {"request_id": request_id}, CALL_CANCEL_TIMEOUT)
-        except ClientError as failure:
-            if failure.code == "unknown_request":  # its end may be routed already: none waited
-                self._fanout.publish({"kind": STREAM_OVER, "request_id": request_id})
+        except ClientError:  # after the events that came before its answer
+            self._fanout.publish({"kind": STREAM_OVER, "request_id": request_id})
 
     def _check_open(self) -> None:
         if self.closed.is_set():

@@ -83,8 +83,9 @@ class StreamTable:
     opening: int = 0  # rpc_call_stream requests whose answer has not been handled yet
     streams: dict[str, RpcStream] = attrs.field(factory=dict)
     # streams their callers left (or calls given up before their answer opened them) before
-    # the daemon ended them: their events, until the end the daemon always sends last, are
-    # dropped, never held as another stream's early ones
+    # the daemon ended them: their events, until the end the daemon sends last after a cancel
+    # answered ok (or until that cancel failed), are dropped, never held as another stream's
+    # early ones
     _left: set[str] = attrs.field(factory=set)
     _early: list[dict[str, Any]] = attrs.field(factory=list)
     # events were dropped while streams were opening: each one opened until none is fails so
@@ -160,8 +161,9 @@ class StreamTable:
             self._left.add(request_id)
 
     def over(self, request_id: str) -> None:
-        """Stream `request_id` had ended before its cancel: its end, maybe routed already
-        while it was unknown here, is waited for no longer."""
+        """The cancel of stream `request_id`, given up, failed (it had ended, or its end may
+        never come: a core restart lost the call, or no answer): its end is waited for no
+        longer, whatever the cancel met."""
         self._left.discard(request_id)
 
     def fail_all(self, failure: ClientError) -> None:

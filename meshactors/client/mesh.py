@@ -582,9 +582,18 @@ class MeshClient(Ops):
         finally:
             self._streams.forget(stream)
             if not stream.daemon_done:
-                with trio.move_on_after(RELEASE_TIMEOUT, shield=True):
-                    with contextlib.suppress(ClientError):
-                        await self.rpc_cancel(stream.request_id)
+                await self._cancel_left(stream.request_id)
+
+    async def _cancel_left(self, request_id: str) -> None:
+        """Cancel a stream its caller left before the daemon ended it. Answered ok, its end
+        follows (the daemon always sends one) and drops it from the stream table; a cancel
+        that failed or ran out of time (it had ended, or a core restart lost it, end and all)
+        drops it now, as that end may never come."""
+        with trio.move_on_after(RELEASE_TIMEOUT, shield=True):
+            with contextlib.suppress(ClientError):
+                await self.rpc_cancel(request_id)
+                return
+        self._streams.over(request_id)
 
     # replicated state
     @contextlib.asynccontextmanager
