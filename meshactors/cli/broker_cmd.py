@@ -8,6 +8,7 @@ import re
 import signal
 from typing import TYPE_CHECKING
 
+import attrs
 import structlog
 import trio
 
@@ -19,7 +20,6 @@ from meshactors.listen import ListenError
 from meshactors.logs import configure_logging, redacted_url
 from meshactors.network.link import WELCOME_TIMEOUT
 from meshactors.stop_signals import stop_signals
-from meshactors.wire.broker import MAX_BROKER_MESSAGE_BYTES
 
 if TYPE_CHECKING:
     from meshactors.broker.server import Broker
@@ -45,14 +45,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--listen", default=DEFAULT_LISTEN, help="HOST:PORT (port 0: any free; default %(default)s)"
     )
     seconds = seconds_flag(MAX_PERIOD_S)  # each time below: more than 0, at most a day
-    parser.add_argument("--max-peers", type=int, default=None, help="daemons per network")
+    parser.add_argument(
+        "--max-peers", type=int, default=None, help=f"daemons per network; {_default('max_peers')}"
+    )
     parser.add_argument(
         "--max-message-bytes",
         type=int,
         default=None,
         metavar="BYTES",
-        help="one WebSocket message; a larger one closes its connection (default "
-        f"{MAX_BROKER_MESSAGE_BYTES}, at most {OUTBOUND_QUEUE_BYTES})",
+        help="one WebSocket message; a larger one closes its connection "
+        f"({_default('max_message_bytes')}, at most {OUTBOUND_QUEUE_BYTES})",
     )
     parser.add_argument(
         "--max-unhelloed-per-address",
@@ -60,33 +62,48 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=None,
         metavar="N",
         help="connections from one address before their hello (behind a proxy: raise it);"
-        " default 256",
+        f" {_default('max_unhelloed_per_address')}",
     )
     parser.add_argument(
         "--handshake-timeout",
         type=seconds,
         default=None,
         metavar="SECONDS",
-        help="for the upgrade, and again for the hello; default 10",
+        help=f"for the upgrade, and again for the hello; {_default('handshake_timeout')}",
     )
     parser.add_argument(
         "--cluster", default=None, metavar="URL", help="redis://HOST:PORT/DB shared by the brokers"
     )
     parser.add_argument(
-        "--cluster-heartbeat", type=seconds, default=None, metavar="SECONDS", help="default 2"
+        "--cluster-heartbeat",
+        type=seconds,
+        default=None,
+        metavar="SECONDS",
+        help=f"how often this broker renews its presence; {_default('cluster_heartbeat')}",
     )
     parser.add_argument(
-        "--cluster-ttl", type=seconds, default=None, metavar="SECONDS", help="default 8"
+        "--cluster-ttl",
+        type=seconds,
+        default=None,
+        metavar="SECONDS",
+        help="how long a silent broker's presence lasts, two heartbeats at least; "
+        + _default("cluster_ttl"),
     )
     parser.add_argument(
         "--admission-timeout",
         type=seconds,
         default=None,
         metavar="SECONDS",
-        help="for Redis's answer to a hello; default 5",
+        help=f"for Redis's answer to a hello; {_default('admission_timeout')}",
     )
     parser.add_argument("--log-json", action="store_true", help="JSON log lines even on a tty")
     parser.set_defaults(run=run)
+
+
+def _default(field: str) -> str:
+    """`default N`: BrokerConfig's default for `field`, which its flag (left out) keeps."""
+    value = attrs.fields_dict(BrokerConfig)[field].default
+    return f"default {value:g}" if isinstance(value, float) else f"default {value}"
 
 
 def run(args: argparse.Namespace) -> int:

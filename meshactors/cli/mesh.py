@@ -64,7 +64,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=0,
         help="connections your program takes, told to peers as is (0-2^31, default 0)",
     )
-    caps_set.add_argument("--extra", default="{}", help="any JSON object, passed on untouched")
+    caps_set.add_argument(
+        "--extra", default="{}", help="any JSON object, passed on untouched (default %(default)s)"
+    )
     caps_set.set_defaults(run=run_caps_set)
     profile = commands.add_parser("profile", help="your profile").add_subparsers(
         dest="action", required=True

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
+import re
 from pathlib import Path
 
 import attrs
@@ -339,6 +341,29 @@ def test_every_option_and_argument_of_every_command_says_what_it_does() -> None:
         if not action.help
     ]
     assert unexplained == []
+
+
+def test_every_option_with_a_default_shows_it() -> None:
+    """An option that stands for a value when left out says which (none: nothing to say)."""
+    unshown = [
+        f"{leaf.prog} {'/'.join(action.option_strings)}"
+        for leaf in leaf_parsers(build_parser())
+        for action in leaf._actions
+        if action.option_strings
+        and action.default not in (None, False, "", [], argparse.SUPPRESS)
+        and "default" not in (action.help or "")
+    ]
+    assert unshown == []
+
+
+def test_each_broker_limit_flag_shows_the_default_it_leaves() -> None:
+    """Broker limits default to None (BrokerConfig's own default stands): the help says it."""
+    (broker,) = [leaf for leaf in leaf_parsers(build_parser()) if leaf.prog == "meshactors broker"]
+    helps = {action.dest: action.help or "" for action in broker._actions}
+    for field in broker_cmd.LIMIT_FLAGS:
+        said = re.search(r"default ([0-9.]+)", helps[field])
+        assert said is not None, field
+        assert float(said.group(1)) == attrs.fields_dict(BrokerConfig)[field].default, field
 
 
 @pytest.mark.parametrize("width", ["0", "-3", "23", "wide"])
