@@ -23,7 +23,7 @@ from meshactors.cli.common import (
     say,
 )
 from meshactors.cli.devices import resolve_device, resolve_device_anywhere
-from meshactors.store.outbox import PRIORITIES
+from meshactors.wire.ipc import PRIORITIES
 
 STATUS_FLAGS = {  # outbox list filters: a row's status (docs/protocol.md, "Row status"), each
     "pending": "only rows waiting for a delivery",

@@ -12,11 +12,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from meshactors.client.errors import ClientError
-from meshactors.wire.ipc import DEFAULT_PAGE
+from meshactors.wire.ipc import DEFAULT_PAGE, Priority
 
 Json = Any
 Data = Any  # an op's answer `data`
-Priority = Literal["now", "next", "low"]
 PresenceStatus = Literal["idle", "working", "dnd"]
 
 RPC_DEADLINE_MARGIN = 5.0  # seconds the client waits past an rpc_call's timeout_ms

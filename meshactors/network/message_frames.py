@@ -13,8 +13,9 @@ from typing import Any
 
 import attrs
 
-from meshactors.store.outbox import MAX_CLIENT_MESSAGE_ID_CHARS, PRIORITIES
+from meshactors.store.outbox import MAX_CLIENT_MESSAGE_ID_CHARS
 from meshactors.wire.compact import json_size
+from meshactors.wire.ipc import PRIORITIES
 from meshactors.wire.jsonlimits import MAX_JSON_DEPTH, BadJson, check_json
 from meshactors.wire.peer import Frame, register_frame
 

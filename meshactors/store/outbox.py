@@ -30,10 +30,9 @@ from meshactors.store.fingerprint import (
     mint_client_message_id,
     request_fingerprint,
 )
-from meshactors.wire.ipc import MAX_PAGE, MAX_PAGE_DATA_BYTES, within_page_bytes
+from meshactors.wire.ipc import MAX_PAGE, MAX_PAGE_DATA_BYTES, PRIORITIES, within_page_bytes
 
 DESTINATION_KINDS = ("peer", "all", "tag")
-PRIORITIES = ("now", "next", "low")  # draining order: every due 'now' before any 'next'
 ROW_STATUSES = ("pending", "inflight", "done", "dead", "aborted")
 UNSENT = ("pending", "inflight")  # statuses of a send not yet delivered to every recipient
 ABORTABLE = (*UNSENT, "dead")  # row statuses `abort` takes: not done, not aborted already

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import attrs
 
@@ -36,6 +36,10 @@ MAX_PAGE = 500  # ...and the most one page of them returns, bounding one answer 
 # rows is cut short (its `next_cursor` set, the inbox's `more` true), so an answer being built
 # stays bounded
 MAX_PAGE_DATA_BYTES = 1024 * 1024
+# a durable send's queue order: every due 'now' goes before any 'next', 'next' before 'low';
+# the client library's type and the daemon's check (PRIORITIES, in draining order) are one
+Priority = Literal["now", "next", "low"]
+PRIORITIES: tuple[Priority, ...] = get_args(Priority)
 
 T = TypeVar("T")
 
