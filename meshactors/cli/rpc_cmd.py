@@ -171,14 +171,28 @@ def _log_failures_in_one_line() -> None:
 
 
 async def _serve(args: argparse.Namespace, network: str, method: str, command: list[str]) -> None:
-    async def handle(payload: Any, ctx: RequestContext) -> Any:
-        return await run_command(command, payload, args.timeout)
+    """Serve METHOD with CMD until stopped; the commands' stderr is read by tasks of a nursery
+    of the serve's own (a streamed answer's generator cannot hold one), and what the serve
+    raises is raised as itself, not in that nursery's group."""
+    try:
+        async with trio.open_nursery() as readers:
 
-    async def handle_stream(payload: Any, ctx: RequestContext) -> AsyncIterator[Any]:
-        async for chunk in stream_command(command, payload, args.timeout):
-            yield chunk
+            async def handle(payload: Any, ctx: RequestContext) -> Any:
+                return await run_command(command, payload, args.timeout, readers)
 
-    async def claim(client: MeshClient) -> None:
-        await client.serve(network, method, handle_stream if args.stream else handle)
+            async def handle_stream(payload: Any, ctx: RequestContext) -> AsyncIterator[Any]:
+                chunks = stream_command(command, payload, args.timeout, readers)
+                async with contextlib.aclosing(chunks):  # its command killed in this task
+                    async for chunk in chunks:
+                        yield chunk
 
-    await serve_until_stopped(paths_of(args).socket, network, method, claim)
+            async def claim(client: MeshClient) -> None:
+                await client.serve(network, method, handle_stream if args.stream else handle)
+
+            await serve_until_stopped(paths_of(args).socket, network, method, claim)
+            readers.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # one error: the serve's (the readers raise none)
+        if len(group.exceptions) != 1:
+            raise
+        alone = group.exceptions[0]
+        raise alone  # noqa: B904  (its own cause stays; the group shows as context)

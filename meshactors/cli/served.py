@@ -13,10 +13,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+import attrs
 import trio
 
 from meshactors.cli.common import (
@@ -34,7 +35,9 @@ from meshactors.network.payload import MAX_PAYLOAD_BYTES
 from meshactors.stop_signals import stop_signals
 
 MAX_STDERR_CHARS = 2000  # the tail of a failed command's stderr sent back as the error message
-STDERR_TAIL_BYTES = 4 * MAX_STDERR_CHARS  # bytes kept to decode it: a character is up to 4
+# bytes kept of a command's stderr, read from a pipe as it writes (nothing on disk): enough to
+# decode the tail, a character being up to 4
+STDERR_TAIL_BYTES = 4 * MAX_STDERR_CHARS
 # a command's stdout kept for one answer: its JSON, indented, may be a few times the compact
 # payload it decodes to, which the payload's own check (MAX_PAYLOAD_BYTES) then measures
 MAX_OUTPUT_BYTES = 8 * MAX_PAYLOAD_BYTES
@@ -134,36 +137,73 @@ async def kill_group(process: trio.Process) -> None:
         await process.wait()
 
 
+@attrs.define(eq=False)
+class StderrTail:
+    """The last STDERR_TAIL_BYTES a command wrote to its stderr pipe, read while it writes:
+    memory stays bounded, and nothing on disk grows, however much it writes."""
+
+    kept: bytearray = attrs.field(factory=bytearray)
+    closed: trio.Event = attrs.field(factory=trio.Event)  # the pipe's end: all of it read
+    reading: trio.CancelScope = attrs.field(factory=trio.CancelScope)  # `stop` ends the read
+
+    async def collect(self, stderr: trio.abc.ReceiveStream) -> None:
+        """Read `stderr` until it closes (or `stop`), keeping its tail."""
+        with self.reading:
+            while data := await stderr.receive_some():
+                self.kept.extend(data)
+                del self.kept[:-STDERR_TAIL_BYTES]
+            self.closed.set()
+
+    async def failure(self, process: trio.Process, command: list[str]) -> ServedCommandFailed:
+        """`command` exited non-zero: what it left running in its group killed, so its stderr
+        closes, its failure with the last of what it wrote there (wait under the call's
+        deadline: a process that left the group may hold the pipe)."""
+        await kill_group(process)
+        await self.closed.wait()
+        assert process.returncode is not None
+        return command_failed(command, process.returncode, bytes(self.kept))
+
+
 @contextlib.asynccontextmanager
 async def _started(
-    command: list[str], payload: Any
-) -> AsyncIterator[tuple[trio.Process, IO[bytes]]]:
-    """`command` running with `payload` as JSON on stdin, stdout a pipe and stderr a file (the
-    files need no task of ours), and its group killed when the block ends, however it ends."""
-    with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as stderr:
+    command: list[str], payload: Any, readers: trio.Nursery
+) -> AsyncIterator[tuple[trio.Process, StderrTail]]:
+    """`command` running with `payload` as JSON on stdin (a file: no task of ours), stdout a
+    pipe and stderr a pipe whose tail a task in `readers` keeps, and its group killed when the
+    block ends, however it ends, and that read stopped (a process that left the group may
+    hold the pipe)."""
+    tail = StderrTail()
+    with tempfile.TemporaryFile() as stdin:
         stdin.write(json.dumps(payload).encode())
         stdin.seek(0)
-        process = await open_command(command, stdin=stdin, stdout=subprocess.PIPE, stderr=stderr)
+        pipe = subprocess.PIPE
+        process = await open_command(command, stdin=stdin, stdout=pipe, stderr=pipe)
+        assert process.stderr is not None
+        readers.start_soon(tail.collect, process.stderr)
         try:
-            yield process, stderr
+            yield process, tail
         finally:
+            tail.reading.cancel()
             await kill_group(process)
 
 
-async def run_command(command: list[str], payload: Any, timeout: float) -> Any:
+async def run_command(
+    command: list[str], payload: Any, timeout: float, readers: trio.Nursery
+) -> Any:
     """Run `command` with `payload` as JSON on stdin; its stdout (JSON, else text; at most
     MAX_OUTPUT_BYTES) answers, a failure raises with its exit status and the tail of its
-    stderr as the message."""
-    async with _started(command, payload) as (process, stderr):
+    stderr (read by a task in `readers`) as the message."""
+    async with _started(command, payload, readers) as (process, stderr):
         assert process.stdout is not None
-        output = b""
+        output, failure = b"", None
         with trio.move_on_after(timeout) as scope:
             output = await read_output(process.stdout, command)
-            status = await process.wait()
+            if await process.wait() != 0:
+                failure = await stderr.failure(process, command)
         if scope.cancelled_caught:
             raise _too_long(command, timeout)
-        if status != 0:
-            raise command_failed(command, status, _tail(stderr))
+        if failure is not None:
+            raise failure
     return _decoded(output)
 
 
@@ -181,20 +221,25 @@ async def read_output(stdout: trio.abc.ReceiveStream, command: list[str]) -> byt
     return bytes(output)
 
 
-async def stream_command(command: list[str], payload: Any, timeout: float) -> AsyncIterator[Any]:
+async def stream_command(
+    command: list[str], payload: Any, timeout: float, readers: trio.Nursery
+) -> AsyncGenerator[Any, None]:
     """Run `command` as `run_command` does, yielding each line of its stdout (JSON, else text)
-    as soon as it is written."""
+    as soon as it is written (its stderr read by a task in `readers`: a generator must not
+    yield inside a nursery of its own)."""
     deadline = trio.current_time() + timeout
-    async with _started(command, payload) as (process, stderr):
+    async with _started(command, payload, readers) as (process, stderr):
         assert process.stdout is not None
         async for line in _lines(process.stdout, deadline, command, timeout):
             yield _decoded(line)
-        with trio.move_on_at(deadline):
-            await process.wait()
-        if process.returncode is None:
+        failure = None
+        with trio.move_on_at(deadline) as scope:
+            if await process.wait() != 0:
+                failure = await stderr.failure(process, command)
+        if scope.cancelled_caught:
             raise _too_long(command, timeout)
-        if process.returncode != 0:
-            raise command_failed(command, process.returncode, _tail(stderr))
+        if failure is not None:
+            raise failure
 
 
 async def _lines(
@@ -231,20 +276,6 @@ def _decoded(text: bytes) -> Any:
         return json.loads(decoded)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than it parses
         return decoded
-
-
-def _tail(stderr: IO[bytes]) -> bytes:
-    """The last STDERR_TAIL_BYTES of a command's stderr file."""
-    stderr.seek(0, 2)
-    stderr.seek(max(0, stderr.tell() - STDERR_TAIL_BYTES))
-    return stderr.read()
-
-
-def keep_tail(kept: bytearray, data: bytes | bytearray) -> None:
-    """Add `data` read from a command's stderr to `kept`, which keeps only the last
-    STDERR_TAIL_BYTES: memory stays bounded however much the command writes."""
-    kept.extend(data)
-    del kept[:-STDERR_TAIL_BYTES]
 
 
 def command_failed(command: list[str], status: int, stderr: bytes) -> ServedCommandFailed:

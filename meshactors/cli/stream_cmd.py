@@ -21,8 +21,8 @@ from meshactors.cli.common import (
 )
 from meshactors.cli.devices import resolve_device
 from meshactors.cli.served import (
+    StderrTail,
     command_failed,
-    keep_tail,
     kill_group,
     open_command,
     serve_until_stopped,
@@ -150,7 +150,7 @@ async def run_piped(command: list[str], stream: BinaryStream) -> None:
     process = await open_command(command, stdin=pipe, stdout=pipe, stderr=pipe)
     assert process.stdin is not None and process.stdout is not None
     assert process.stderr is not None
-    errors = bytearray()
+    errors = StderrTail()
     watching = trio.CancelScope()
 
     async def feed() -> None:
@@ -163,15 +163,10 @@ async def run_piped(command: list[str], stream: BinaryStream) -> None:
                     await drain(stream, process.stdin)  # False: it stopped reading, fine
             await stream.finish()  # raises (our end is not sent yet) unless cancelled first
 
-    async def collect() -> None:
-        assert process.stderr is not None
-        while data := await process.stderr.receive_some(COPY_BYTES):
-            keep_tail(errors, data)
-
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(feed)
-            nursery.start_soon(collect)
+            nursery.start_soon(errors.collect, process.stderr)
             await pump(process.stdout, stream)
             status = await process.wait()
             watching.cancel()
@@ -179,5 +174,5 @@ async def run_piped(command: list[str], stream: BinaryStream) -> None:
     finally:
         await kill_group(process)  # the command too, when this failed or was cancelled
     if status != 0:  # before our end: the opener reads the failure, not a clean end
-        raise command_failed(command, status, bytes(errors))
+        raise command_failed(command, status, bytes(errors.kept))
     await stream.send_eof()

@@ -4,13 +4,14 @@ running when it exited dies as its call ends."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import attrs
 import pytest
@@ -21,6 +22,8 @@ from meshactors.cli.common import EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_USAGE, Comm
 from meshactors.cli.served import (
     KILL_WAIT_SECONDS,
     MAX_OUTPUT_BYTES,
+    MAX_STDERR_CHARS,
+    STDERR_TAIL_BYTES,
     ServedCommandFailed,
     claim_lost,
     command_failed,
@@ -43,11 +46,13 @@ OVER_THE_OUTPUT_CAP = f"{2 * MAX_OUTPUT_BYTES}"  # bytes a command writes: more 
 
 
 async def test_output_nested_too_deeply_answers_as_its_text() -> None:
-    assert await run_command(WRITE_DEEP, None, TIMEOUT) == DEEP + "\n"
+    async with trio.open_nursery() as readers:
+        assert await run_command(WRITE_DEEP, None, TIMEOUT, readers) == DEEP + "\n"
 
 
 async def test_a_streamed_line_nested_too_deeply_answers_as_its_text() -> None:
-    lines = [line async for line in stream_command(WRITE_DEEP, None, TIMEOUT)]
+    async with trio.open_nursery() as readers:
+        lines = [line async for line in stream_command(WRITE_DEEP, None, TIMEOUT, readers)]
     assert [line.strip() for line in lines] == [DEEP]
 
 
@@ -104,13 +109,14 @@ def test_both_serves_split_the_command_after_dashes_alike(serve: str) -> None:
     assert absent.value.code == EXIT_NOT_FOUND
 
 
-async def run(command: list[str], streamed: bool) -> None:
-    """Run `command` as `rpc serve` does, its output answering whole or line by line."""
-    if streamed:
-        async for _ in stream_command(command, None, TIMEOUT):
-            pass
-    else:
-        await run_command(command, None, TIMEOUT)
+async def run(command: list[str], streamed: bool) -> list[Any]:
+    """Run `command` as `rpc serve` does, its output answering whole or line by line (its
+    stderr read by a task of a nursery of its own, as `rpc serve` reads it)."""
+    async with trio.open_nursery() as readers:
+        if not streamed:
+            return [await run_command(command, None, TIMEOUT, readers)]
+        async with contextlib.aclosing(stream_command(command, None, TIMEOUT, readers)) as lines:
+            return [line async for line in lines]
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
@@ -236,7 +242,7 @@ async def test_a_command_writing_past_its_output_cap_is_killed_with_what_it_star
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(note_pid)
                 with pytest.raises(ServedCommandFailed) as refused:
-                    await run_command(["sh", "-c", script, str(fifo)], None, TIMEOUT)
+                    await run_command(["sh", "-c", script, str(fifo)], None, TIMEOUT, nursery)
             await exited(pids[0])
     finally:
         kill_leftover(pids[0] if pids else None)
@@ -250,4 +256,48 @@ async def test_indented_json_over_a_payload_that_decodes_within_one_answers() ->
     script = f"import json; print(json.dumps({items!r}, indent=8))"
     assert len(json.dumps(items, indent=8)) > MAX_PAYLOAD_BYTES > len(json.dumps(items))
     with trio.fail_after(30):
-        assert await run_command([sys.executable, "-c", script], None, TIMEOUT) == items
+        assert await run([sys.executable, "-c", script], streamed=False) == [items]
+
+
+# a command's stderr well past what is kept of it, and past a pipe's buffer: it is read as
+# the command writes, or the command would block
+OVER_THE_STDERR_TAIL = 64 * STDERR_TAIL_BYTES
+# writes that much to stderr, then its last words there, then what holds its stderr (a file's
+# size, a pipe's 0) to stdout, and exits with argv[1]
+WRITE_STDERR = (
+    "import os, sys\n"
+    f"for _ in range({OVER_THE_STDERR_TAIL // 1000}): os.write(2, b'x' * 1000)\n"
+    "os.write(2, b'last words')\n"
+    "print(os.fstat(2).st_size)\n"
+    "sys.exit(int(sys.argv[1]))\n"
+)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+async def test_a_command_writing_past_the_stderr_tail_leaves_no_more_of_it(
+    streamed: bool,
+) -> None:
+    """However much a command writes to stderr, no more than its tail is kept (nothing on
+    disk grows with it), and its output answers as ever."""
+    with trio.fail_after(30):
+        answered = await run([sys.executable, "-c", WRITE_STDERR, "0"], streamed)
+    assert len(answered) == 1 and 0 <= answered[0] <= STDERR_TAIL_BYTES
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+async def test_a_failed_command_past_the_stderr_tail_fails_with_its_last_words(
+    streamed: bool,
+) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as readers:
+            with pytest.raises(ServedCommandFailed) as failed:
+                command = [sys.executable, "-c", WRITE_STDERR, "3"]
+                if streamed:
+                    async with contextlib.aclosing(
+                        stream_command(command, None, TIMEOUT, readers)
+                    ) as lines:
+                        assert [line async for line in lines] == [0]
+                else:
+                    await run_command(command, None, TIMEOUT, readers)
+    tail = ("x" * MAX_STDERR_CHARS + "last words")[-MAX_STDERR_CHARS:]
+    assert str(failed.value) == f"{sys.executable} exited 3: {tail}"
