@@ -173,6 +173,7 @@ class Supervisor(Actor):
     _restart_times: deque[float] = attrs.field(factory=deque, init=False)
     _control: trio.MemorySendChannel[_Control] | None = attrs.field(default=None, init=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
+    _starting: _Child | None = attrs.field(default=None, init=False)  # the restart it awaits
 
     async def start_child(self, spec: ChildSpec, *, replace: bool = False) -> None:
         """Add a child at runtime; returns once it is running, raises if it failed to start.
@@ -347,11 +348,22 @@ class Supervisor(Actor):
             raise
 
     async def _relaunch(self, child: _Child) -> None:
-        """Start a child again after its backoff; a failed start counts as another crash."""
+        """Start a child again after its backoff; a failed start counts as another crash. One
+        abandoned because an earlier sibling's run ended meanwhile (`_abandon_later_start`)
+        does not: that sibling's exit, queued, restarts this child too."""
+        failed: ChildStartFailed | None = None
+        self._starting = child
         try:
             await self._launch(child)
         except ChildStartFailed as exc:
-            await self._on_exit(child, exc)
+            failed = exc
+        finally:
+            self._starting = None
+        if child.scope.cancel_called:  # only `_abandon_later_start` cancels a start
+            child.node.state = ActorState.RESTARTING
+            log.info("restart abandoned: an earlier sibling's run ended", actor=child.node.path)
+        elif failed is not None:
+            await self._on_exit(child, failed)
 
     async def _launch(self, child: _Child) -> None:
         assert self._nursery is not None
@@ -394,7 +406,25 @@ class Supervisor(Actor):
         if not signal.called:
             task_status.started(error or RuntimeError("returned before it started"))
         elif not child.scope.cancel_called:
+            self._abandon_later_start(child, generation, error)
             await self._tell(_ChildExited(child, generation, error))
+
+    def _abandon_later_start(self, child: _Child, generation: int, error: Exception | None) -> None:
+        """Under REST_FOR_ONE, cancel the restart the loop awaits of a child after `child`,
+        whose run just ended to restart: its restart starts that child again, and a start that
+        asks `child` (`events` or `networks` the store) would hold the loop, and so the restart,
+        till the ask times out. Run in the ended child's task: the loop, in that start, cannot."""
+        starting = self._starting
+        if (
+            starting is None
+            or self.strategy is Strategy.ONE_FOR_ONE
+            or not _restarts(child.spec.restart, error)
+            or not self._is_latest(child, generation)
+        ):
+            return
+        order = list(self._running.values())
+        if order.index(starting) > order.index(child):
+            starting.scope.cancel()
 
     async def _on_exit(self, child: _Child, error: Exception | None) -> None:
         path = child.node.path

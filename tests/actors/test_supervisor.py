@@ -13,10 +13,12 @@ import trio.testing
 from meshactors.actors import (
     Actor,
     ActorState,
+    AskTimeout,
     ChildSpec,
     ChildStartFailed,
     Inbox,
     Node,
+    Reply,
     Restart,
     RestartLimits,
     Strategy,
@@ -151,6 +153,83 @@ async def test_a_rest_for_one_restart_starts_an_earlier_sibling_first_whatever_e
             "start dependent",
             "start tail",
         ]
+        nursery.cancel_scope.cancel()
+
+
+@attrs.define(eq=False)
+class Answerer(Actor):
+    """Answers each ask on its inbox, which outlives its restarts (as the store's does); a
+    `None` in the inbox crashes it, leaving the asks queued behind for its next run."""
+
+    kind: ClassVar[str] = "answerer"
+    journal: Journal
+    inbox: Inbox[Reply[str] | None] = attrs.field(factory=Inbox)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.journal.record("start answerer")
+        task_status.started()
+        async for reply in self.inbox.receiver:
+            if reply is None:
+                raise RuntimeError("answerer crashed on purpose")
+            reply.ok("answered")
+
+
+@attrs.define(eq=False)
+class Asker(Actor):
+    """Asks its answerer before it starts (as `events` asks the store); its first restart
+    crashes the answerer first, so its ask waits for the answerer's restart, which only its
+    supervisor's loop, busy starting it, can begin."""
+
+    kind: ClassVar[str] = "asker"
+    journal: Journal
+    answerer: Answerer
+    runs: int = 0
+    inbox: Inbox[str] = attrs.field(factory=Inbox)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.runs += 1
+        if self.runs == 2:
+            await self.answerer.inbox.send(None)
+        try:
+            await self.answerer.inbox.ask(lambda reply: reply, timeout=30.0, what="an answer")
+        except AskTimeout:
+            self.journal.record("asker gave up")
+            raise
+        self.journal.record("start asker")
+        task_status.started()
+        await self.inbox.receiver.receive()
+        raise RuntimeError("asker crashed on purpose")
+
+
+async def test_a_rest_for_one_start_is_abandoned_when_an_earlier_sibling_crashes_meanwhile(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A start that waits for an earlier sibling which crashes meanwhile holds the loop, and so
+    that sibling's restart, until the wait times out (the store crashing while `events` or
+    `networks` asks it at start): the start is given up, and the sibling's restart starts both,
+    in order, no crash charged to the one given up."""
+    answerer = Answerer(journal)
+    asker = Asker(journal, answerer)
+    tail = ProbeActor("tail", journal)
+    children = [
+        ChildSpec("answerer", answerer),
+        ChildSpec("asker", asker),
+        ChildSpec("tail", tail),
+    ]
+    sup = Supervisor(children=children, strategy=Strategy.REST_FOR_ONE, limits=FAST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        await asker.inbox.sender.send("crash")
+        with trio.fail_after(60):
+            await journal.wait_count("start tail", 2)
+        assert journal.events[3:] == [
+            "stop tail",
+            "start answerer",
+            "start asker",
+            "start tail",
+        ]
+        restarts = {name: node.restarts for name, node in root.children.items()}
+        assert restarts == {"answerer": 1, "asker": 2, "tail": 2}
         nursery.cancel_scope.cancel()
 
 

@@ -14,6 +14,7 @@ import trio.testing
 
 from meshactors.actors import ActorState, ChildSpec, Restart
 from meshactors.network.app_frames import Chan
+from meshactors.network.network import Network
 from meshactors.network.rpc import MAX_TIMEOUT_MS
 from tests.network.appclient import AppClient, network_children
 from tests.network.conftest import NET, UNREACHABLE, WAIT, Daemon, Mesh, OpFailed, approve_both
@@ -394,6 +395,28 @@ async def test_durable_sends_under_a_crash_all_arrive_once(
         await a.wait_event("message_delivered", id=row_id)
     messages = (await b.call("inbox", limit=500))["messages"]
     assert sorted(m["message"] for m in messages) == sorted(f"m{n}" for n in range(count))
+
+
+async def test_a_store_crash_while_networks_restarts_holds_up_no_restart(
+    mesh: Mesh, nursery: trio.Nursery
+) -> None:
+    """The store crashes while the root restarts `networks`, whose start (a network's core
+    loading its roster) then asks it: the root's loop, in that start, would handle the store's
+    exit, and so restart it, only once the ask timed out (STORE_CALL_TIMEOUT, past WAIT). The
+    start is abandoned and the store's restart starts both, in order."""
+    a, b = await debug_pair(mesh)
+    store = b.services.tree.children["store"]
+    crashed: list[bool] = []
+
+    def crash_the_store(network: Network) -> None:
+        if not crashed:  # as networks' restart builds the saved network, before it starts it
+            crashed.append(store.request_crash("while networks restarts"))
+
+    b.services.networks.on_build.append(crash_the_store)
+    await crash(mesh, b, "daemon/networks")
+    assert crashed == [True]
+    await reliable(await client_of(a, nursery), b, "barrier", "b is reachable again", via=a)
+    assert store.restarts == 1
 
 
 async def test_durable_sends_survive_an_outbox_crash(mesh: Mesh) -> None:
