@@ -32,6 +32,10 @@ UNPARSEABLE_URL = "<unparseable url>"  # what redacted_url shows for a URL it ca
 # stdlib logging's records (trio's, libraries') below this are not logged, as with Python's
 # last-resort handler that wrote them before
 STDLIB_LEVEL = logging.WARNING
+# libraries whose records below CRITICAL are dropped: coredis logs every reconnect attempt a hung
+# Redis cancels at error level with a ~9 KB traceback, an outage the cluster link already logs
+# once as `cluster_degraded`
+QUIET_LOGGERS = ("coredis",)
 
 Renderer = Callable[[WrappedLogger, str, EventDict], str | bytes]
 
@@ -79,8 +83,15 @@ def configure_logging(
         root.removeHandler(handler)  # the setup this one replaces
     handler = StdlibHandler(stream)
     handler.setFormatter(formatter)
+    handler.addFilter(quiet_libraries)
     handler.setLevel(max(STDLIB_LEVEL, logging.getLevelName(level.upper())))
     root.addHandler(handler)
+
+
+def quiet_libraries(record: logging.LogRecord) -> bool:
+    """Whether `record` is logged: not when a QUIET_LOGGERS library logged it below CRITICAL."""
+    library = record.name.partition(".")[0]
+    return library not in QUIET_LOGGERS or record.levelno >= logging.CRITICAL
 
 
 def is_journal_stream(stream: TextIO, env: Mapping[str, str]) -> bool:

@@ -195,3 +195,20 @@ def test_a_line_a_full_disk_cut_short_is_never_spliced_with_the_next(tmp_path: P
         logger.info("last")
     assert SafePrintLogger.dropped == before + len(said)
     assert path.read_text().split("\n") == ["first", said[0][:CUT_AT], "last", ""]
+
+
+def test_a_coredis_error_is_dropped_while_our_warnings_are_logged(log_file: TextIO) -> None:
+    """A hung Redis makes coredis log each cut-short reconnect at error with a long traceback;
+    the broker's own `cluster_degraded` warning says it once."""
+    configure_logging(json=True, stream=log_file, env={})
+    try:
+        raise TimeoutError("handshake cancelled")
+    except TimeoutError:
+        logging.getLogger("coredis").exception("Connection attempt failed unexpectedly!")
+    logging.getLogger("coredis.connection").error("a child logger of coredis")
+    logging.getLogger("coredis").critical("kept: critical")
+    structlog.get_logger("test").warning("cluster_degraded")
+
+    log_file.seek(0)
+    events = [json.loads(line)["event"] for line in log_file.read().splitlines()]
+    assert events == ["kept: critical", "cluster_degraded"]
