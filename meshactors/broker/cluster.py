@@ -82,14 +82,18 @@ _log: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 # Atomic steps on Redis (Lua). Each publishes its presence event in the same step as the change.
-# Redis is the brokers' alone, yet what it holds is read as untrusted: an entry whose hello time
-# cannot be read counts as absent (a newer one replaces it), and a key of another type than
-# the brokers write is replaced (`claim`); both are counted.
+# Which of two entries of a device is newer is decided as server.py's `_newer` decides it: the
+# later hello, then the larger broker id (lowercase hex of one length: Lua's strcoll order is
+# Python's there). Redis is the brokers' alone, yet what it holds is read as untrusted: an entry
+# whose hello time or broker cannot be read counts as absent (a newer one replaces it), and a
+# key of another type than the brokers write is replaced (`claim`); both are counted.
 _FUNCTIONS: Final = """
-local function hello_ts(raw)
+local function held_newer(raw, t, b)
+  if not raw then return false end
   local ok, entry = pcall(cjson.decode, raw)
-  if ok and type(entry) == 'table' and type(entry.t) == 'number' then return entry.t end
-  return nil
+  if not (ok and type(entry) == 'table' and type(entry.t) == 'number') then return false end
+  if type(entry.b) ~= 'string' then return false end
+  return entry.t > t or (entry.t == t and entry.b > b)
 end
 local function claim(key, kind)
   local found = redis.call('type', key)['ok']
@@ -112,8 +116,7 @@ local replaced = claim(KEYS[2], 'hash') + claim(KEYS[4], 'set')
 if not redis.call('set', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return {'replayed', replaced} end
 local old = redis.call('hget', KEYS[2], ARGV[2])
 if not old and redis.call('hlen', KEYS[2]) >= tonumber(ARGV[4]) then return {'full', replaced} end
-local t = old and hello_ts(old)
-if t and t > tonumber(ARGV[7]) then return {'older', replaced} end
+if held_newer(old, tonumber(ARGV[7]), ARGV[8]) then return {'older', replaced} end
 redis.call('hset', KEYS[2], ARGV[2], ARGV[3])
 redis.call('sadd', KEYS[4], ARGV[6])
 redis.call('publish', KEYS[3], ARGV[5])
@@ -126,8 +129,7 @@ _REGISTER: Final = (
 local replaced = claim(KEYS[1], 'hash') + claim(KEYS[3], 'set')
 redis.call('sadd', KEYS[3], ARGV[4])
 local old = redis.call('hget', KEYS[1], ARGV[1])
-local t = old and hello_ts(old)
-if old == ARGV[2] or (t and t > tonumber(ARGV[5])) then return replaced end
+if old == ARGV[2] or held_newer(old, tonumber(ARGV[5]), ARGV[6]) then return replaced end
 redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
 redis.call('publish', KEYS[2], ARGV[3])
 return replaced
@@ -398,7 +400,7 @@ class ClusterLink:
         keys = [nonce_key(hello.device_id, hello.nonce), network_key(hello.network)]
         keys += [PRESENCE_CHANNEL, networks_key(self.broker_id)]
         args = [str(expiry_ms), hello.device_id, entry.encode(), str(admit.max_peers), join]
-        args += [hello.network, str(hello.ts_ms)]
+        args += [hello.network, str(hello.ts_ms), entry.broker]
         with _step("admit"):
             answer = await redis.eval(_ADMIT, keys=keys, args=args)
         assert isinstance(answer, list)
@@ -427,7 +429,7 @@ class ClusterLink:
         """Record our member's entry (with its `join`) unless Redis holds it or a newer one."""
         join = encode_event(True, network, device_id, entry)
         keys = [network_key(network), PRESENCE_CHANNEL, networks_key(self.broker_id)]
-        args = [device_id, entry.encode(), join, network, str(entry.ts_ms)]
+        args = [device_id, entry.encode(), join, network, str(entry.ts_ms), entry.broker]
         with _step("register"):
             replaced = await redis.eval(_REGISTER, keys=keys, args=args)
         await self._count_bad(replaced)

@@ -34,7 +34,7 @@ from meshactors.broker.cluster_wire import (
     networks_key,
 )
 from meshactors.clock import wall_ms
-from meshactors.wire.broker import verify_hello
+from meshactors.wire.broker import build_hello, verify_hello
 from scripts.benchlib.redisserver import RedisServer
 from tests.broker.support import WAIT_S, hello
 from tests.broker_cluster.test_cluster import ALICE, did
@@ -265,3 +265,23 @@ async def test_every_heartbeat_keeps_the_broker_in_brokers(redis: RedisServer) -
                     while not await ticks.get_message(True, timeout=WAIT_S):
                         pass
         assert await store.smembers(BROKERS_KEY) == {ME.encode()}
+
+
+@pytest.mark.parametrize("command", ["admit", "register"])
+async def test_an_entry_of_the_same_hello_time_from_a_larger_broker_id_is_kept(
+    redis: RedisServer, command: str
+) -> None:
+    """Redis orders two entries of a device as the brokers' mirrors do (the hello time, then
+    the broker id): a replayed hello of the same time does not take the routing over."""
+    ts_ms = wall_ms()
+    held = PresenceEntry("fedcba9876543210", "daemon", ts_ms).encode().encode()
+    verified = verify_hello(build_hello(ALICE, "net", "daemon", now_ms=ts_ms), now_ms=ts_ms)
+    ours = PresenceEntry(ME, "daemon", ts_ms)
+    async with client(redis) as store, linked(redis.url) as link:
+        await store.hset(network_key("net"), {did(ALICE): held})
+        if command == "admit":
+            result = await link.ask(lambda reply: Admit(verified, ours, 8, reply))
+            assert result.status == "older"
+        else:
+            await link.ask(lambda reply: Resync([("net", did(ALICE), ours)], reply))
+        assert await store.hget(network_key("net"), did(ALICE)) == held
