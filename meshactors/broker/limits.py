@@ -3,6 +3,7 @@
 The message size, rate and burst defaults are the protocol's (a welcome that leaves them out
 means them), so they live in meshactors/wire/broker.py."""
 
+from collections.abc import Callable
 from typing import Final
 
 import attrs
@@ -55,6 +56,12 @@ NOTICE_RATE_PER_S: Final = 10.0  # undeliverable notices per connection, sustain
 NOTICE_BURST: Final = 20  # undeliverable notices per connection, burst
 CLUSTER_HEARTBEAT_S: Final = 2.0  # a clustered broker renews its presence this often...
 CLUSTER_TTL_S: Final = 8.0  # ...which lapses this long after its last beat (then reaped)
+# the least --cluster-heartbeat: each beat is two Redis round trips; a few ms apart they load
+# Redis and flap with any scheduling delay, and none of them is answered sooner for it
+MIN_CLUSTER_HEARTBEAT_S: Final = 0.1
+# the least --cluster-ttl: it is also how long the subscription may stay silent, and Redis
+# takes the expiry in whole ms (under 1 ms: PX 0, refused, the link never connects)
+MIN_CLUSTER_TTL_S: Final = 1.0
 # the longest a broker's timeout or cluster period (--handshake-timeout, --admission-timeout,
 # --cluster-heartbeat, --cluster-ttl) may be set to: a day
 MAX_PERIOD_S: Final = 86_400.0
@@ -79,6 +86,20 @@ def _at_least_pong_timeout(
 ) -> None:
     if value < instance.pong_timeout:
         raise ValueError(f"{attribute.name} ({value}) must be at least pong_timeout")
+
+
+Validator = Callable[["BrokerConfig", "attrs.Attribute[float]", float], None]
+
+
+def _at_least(least: float, name: str) -> Validator:
+    """A validator refusing a period under `least` seconds (the constant `name`), which can
+    never work."""
+
+    def check(instance: "BrokerConfig", attribute: "attrs.Attribute[float]", value: float) -> None:
+        if not value >= least:
+            raise ValueError(f"{attribute.name} ({value}) must be at least {least} s ({name})")
+
+    return check
 
 
 def _two_heartbeats(
@@ -114,8 +135,14 @@ class BrokerConfig:
     close_timeout: float = attrs.field(default=CLOSE_TIMEOUT_S, validator=v.gt(0))
     outbound_queue_messages: int = attrs.field(default=OUTBOUND_QUEUE_MESSAGES, validator=v.ge(1))
     outbound_queue_bytes: int = OUTBOUND_QUEUE_BYTES  # at least max_message_bytes (checked there)
-    cluster_heartbeat: float = attrs.field(default=CLUSTER_HEARTBEAT_S, validator=v.gt(0))
-    cluster_ttl: float = attrs.field(default=CLUSTER_TTL_S, validator=_two_heartbeats)
+    cluster_heartbeat: float = attrs.field(
+        default=CLUSTER_HEARTBEAT_S,
+        validator=_at_least(MIN_CLUSTER_HEARTBEAT_S, "MIN_CLUSTER_HEARTBEAT_S"),
+    )
+    cluster_ttl: float = attrs.field(
+        default=CLUSTER_TTL_S,
+        validator=[_at_least(MIN_CLUSTER_TTL_S, "MIN_CLUSTER_TTL_S"), _two_heartbeats],
+    )
     cluster_forward_queue: int = attrs.field(default=CLUSTER_FORWARD_QUEUE, validator=v.ge(1))
     nonce_entries: int = attrs.field(default=NONCE_CACHE_ENTRIES, validator=v.ge(1))
 

@@ -375,3 +375,22 @@ def test_inspect_refuses_a_width_no_line_fits_in(
     assert exited.value.code == EXIT_USAGE
     line = capsys.readouterr().err.strip().splitlines()[-1]  # after argparse's usage line
     assert line.startswith("meshactors: inspect: argument --width: "), line
+
+
+@pytest.mark.parametrize(
+    ("flags", "told"),
+    [
+        (["--cluster-heartbeat", "0.001", "--cluster-ttl", "1"], "--cluster-heartbeat (0.001)"),
+        (["--cluster-ttl", "0.0005"], "--cluster-ttl (0.0005)"),
+        (["--cluster-ttl", "0.5", "--cluster-heartbeat", "0.1"], "--cluster-ttl (0.5)"),
+    ],
+)
+def test_cluster_periods_that_can_never_work_are_refused(
+    flags: list[str], told: str, served_brokers: list[Broker], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A TTL under 1 ms is PX 0 (Redis refuses it: never connected); one beat every few ms
+    flaps: both exit 2 naming the flag and its floor."""
+    with pytest.raises(SystemExit) as exited:
+        main(["broker", "--cluster", "redis://h/0", *flags])
+    assert (exited.value.code, served_brokers) == (EXIT_USAGE, [])
+    assert f"{told} must be at least" in capsys.readouterr().err
