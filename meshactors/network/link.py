@@ -263,10 +263,11 @@ class Link(Actor):
                 url = self.brokers[self._next_url % len(self.brokers)]
                 self.state = "connecting"
                 await self._report()
-                welcomed = await self._connect_once(url)
-                if not welcomed:
+                if not await self._connect_once(url):
                     self.failures += 1
-                    self._next_url += 1  # try the next broker in turn
+                # the next broker in turn, after a dropped session too: a hung broker is left
+                # only by our keepalive, and would be tried first again
+                self._next_url += 1
                 self.state = "backoff"
                 await self._report()
                 await trio.sleep(self._backoff())

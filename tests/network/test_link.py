@@ -94,6 +94,36 @@ async def test_an_unreachable_broker_is_retried_with_backoff_and_core_hears_why(
     assert heard.statuses[-1].state == "stopped"
 
 
+async def test_a_dropped_session_moves_the_link_to_the_next_broker(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A broker that welcomed us then dropped us (our keepalive leaves a hung one) is not
+    the first one tried again: the next in the list is."""
+
+    async def dropping(request: WebSocketRequest) -> None:
+        await (await _welcomed(request)).aclose()
+
+    async def next_one(request: WebSocketRequest) -> None:
+        await _welcomed(request)
+        await trio.sleep_forever()
+
+    heard = LinkEventRecorder()
+    async with trio.open_nursery() as nursery:
+        first, second = [
+            await nursery.start(serve_websocket, broker, "127.0.0.1", 0, None)
+            for broker in (dropping, next_one)
+        ]
+        urls = [f"ws://127.0.0.1:{server.port}/v1" for server in (first, second)]
+        link = Link("net1", urls, SigningKey.generate(), heard, rng=random.Random(1))
+        await nursery.start(run_root, link, Node(name="link", kind="link"))
+        with trio.fail_after(WAIT):
+            await heard.up()
+            assert isinstance(await heard.events.receive(), LinkLost)
+            await heard.up()
+        assert (link.connects, link.failures, link.url) == (2, 0, urls[1])
+        nursery.cancel_scope.cancel()
+
+
 async def _welcomed(request: WebSocketRequest, **limits: int) -> WebSocketConnection:
     """Accept the link's connection, read its hello and welcome it (announcing `limits`)."""
     ws = await request.accept()
