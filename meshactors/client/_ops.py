@@ -9,14 +9,14 @@ from __future__ import annotations
 import abc
 import base64
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from meshactors.client.errors import ClientError
 from meshactors.wire.ipc import DEFAULT_PAGE, Priority
+from meshactors.wire.peer import PresenceStatus
 
 Json = Any
 Data = Any  # an op's answer `data`
-PresenceStatus = Literal["idle", "working", "dnd"]
 
 RPC_DEADLINE_MARGIN = 5.0  # seconds the client waits past an rpc_call's timeout_ms
 RELIABLE_DEADLINE_MARGIN = 15.0  # ...past a reliable send's ttl_ms: the daemon may take 10 s

@@ -14,7 +14,7 @@ a minor release may add frame types (announced in `features`) but never change a
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 import attrs
 
@@ -46,7 +46,9 @@ MAX_TEXT_CHARS = 280  # profile summary, app_version and similar one-line texts
 MAX_NAME_CHARS = 64  # profile display name, a peer's label
 MAX_FEATURES = 64  # features named in a hello
 MAX_VERSION_PART = 65535  # a major or minor above this is shown as `?` in an incompatible reason
-PROFILE_STATUSES = ("idle", "working", "dnd")
+# the client library's type and the daemon's check (PROFILE_STATUSES) are one definition
+PresenceStatus = Literal["idle", "working", "dnd"]
+PROFILE_STATUSES: tuple[PresenceStatus, ...] = get_args(PresenceStatus)
 APPROVAL_STATES = ("pending", "approved", "denied")  # our roster state of the peer, as told to it
 
 F = TypeVar("F", bound="Frame")
