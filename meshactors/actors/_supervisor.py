@@ -118,8 +118,9 @@ class _ChildExited:
 
 @attrs.frozen
 class _RestartDue:
-    """A crash's backoff is over: each child starts again, with the generation of the run
-    that ended, unless that run is no longer its latest (replaced, stopped, restarted since)."""
+    """A restart's backoff is over: each child starts again, in order, with the number of the
+    restart scheduled for it, unless a later one was scheduled since (an earlier sibling's
+    crash restarts it too), or it was replaced or stopped."""
 
     runs: tuple[tuple[_Child, int], ...]
 
@@ -134,6 +135,7 @@ class _Child:
     spec: ChildSpec
     node: Node
     generation: int = 0
+    due: int = 0  # the restarts scheduled for it: only the latest one starts it
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     done: trio.Event = attrs.field(factory=trio.Event)
     restart_times: deque[float] = attrs.field(factory=deque)  # its own window, when contained
@@ -287,29 +289,45 @@ class Supervisor(Actor):
                 else:
                     log.debug("ignored the exit of an earlier run", actor=exited.node.path)
             case _RestartDue(runs=runs):
-                for child in self._due(runs):
+                for child, due in runs:
                     # (still running: it ignored its shutdown timeout, and is left to end)
-                    if not child.running and not self._behind_a_restart(child):
-                        await self._relaunch(child)
+                    if not self._is_due(child, due) or child.running:
+                        continue
+                    if self._behind_a_sibling_down(child):
+                        self._schedule(self._down_from(child), self.limits.backoff_initial)
+                        break
+                    await self._relaunch(child)
 
-    def _due(self, runs: tuple[tuple[_Child, int], ...]) -> list[_Child]:
-        """The children a restart due starts, in start order: its runs still the latest; under
-        REST_FOR_ONE also every later child, whose own restart (queued behind, or ahead when
-        its exit was handled before an earlier sibling's) waits for this one."""
-        due = [child for child, generation in runs if self._is_latest(child, generation)]
-        if self.strategy is Strategy.ONE_FOR_ONE or not due:
-            return due
-        order = list(self._running.values())
-        return order[min(order.index(child) for child in due) :]
+    def _is_due(self, child: _Child, due: int) -> bool:
+        """Whether that restart is the latest scheduled for the child, and the child still the
+        one of its name: one an earlier sibling's crash, a failed start, or an abandoned one
+        scheduled again since, or of a child replaced or stopped, is stale."""
+        return self._running.get(child.spec.name) is child and child.due == due
 
-    def _behind_a_restart(self, child: _Child) -> bool:
-        """Whether, under REST_FOR_ONE, an earlier sibling is down (its restart pending, or its
-        start just failed): `child` starts after it, by that sibling's restart, never before
-        it (a start that asks the sibling would hold this loop, and so the sibling, forever)."""
+    def _behind_a_sibling_down(self, child: _Child) -> bool:
+        """Whether, under REST_FOR_ONE, an earlier sibling is down (its exit queued, its restart
+        pending): `child` starts only after it (a start that asks the sibling would hold this
+        loop, and so the sibling's restart), so it is tried again after a backoff, unless the
+        sibling's exit restarts it first."""
         if self.strategy is Strategy.ONE_FOR_ONE:
             return False
         order = list(self._running.values())
         return any(not sibling.running for sibling in order[: order.index(child)])
+
+    def _down_from(self, child: _Child) -> list[_Child]:
+        """`child` and every later sibling that is down, in start order (REST_FOR_ONE)."""
+        order = list(self._running.values())
+        return [sibling for sibling in order[order.index(child) :] if not sibling.running]
+
+    def _schedule(self, children: list[_Child], delay: float) -> None:
+        """Start `children` again, in order, after `delay` seconds; any restart of theirs
+        scheduled before is stale from now on."""
+        runs = []
+        for child in children:
+            child.due += 1
+            runs.append((child, child.due))
+        assert self._nursery is not None
+        self._nursery.start_soon(self._restart_later, tuple(runs), delay)
 
     def _is_latest(self, child: _Child, generation: int) -> bool:
         """Whether that run is the child's latest and the child still the one of its name: a
@@ -350,7 +368,8 @@ class Supervisor(Actor):
     async def _relaunch(self, child: _Child) -> None:
         """Start a child again after its backoff; a failed start counts as another crash. One
         abandoned because an earlier sibling's run ended meanwhile (`_abandon_later_start`)
-        does not: that sibling's exit, queued, restarts this child too."""
+        does not: it and the later siblings down are tried again after a backoff, unless that
+        sibling's exit, queued, restarts them first (a stop of that sibling makes it stale)."""
         failed: ChildStartFailed | None = None
         self._starting = child
         try:
@@ -362,6 +381,7 @@ class Supervisor(Actor):
         if child.scope.cancel_called:  # only `_abandon_later_start` cancels a start
             child.node.state = ActorState.RESTARTING
             log.info("restart abandoned: an earlier sibling's run ended", actor=child.node.path)
+            self._schedule(self._down_from(child), self.limits.backoff_initial)
         elif failed is not None:
             await self._on_exit(child, failed)
 
@@ -454,7 +474,7 @@ class Supervisor(Actor):
         for sibling in reversed(affected):
             if sibling is not child and sibling.running:
                 await self._stop(sibling, restart=sibling.spec.restart is not Restart.TEMPORARY)
-        runs = []
+        again: list[_Child] = []
         for sibling in affected:
             if sibling is not child and sibling.spec.restart is Restart.TEMPORARY:
                 del self._running[sibling.spec.name]
@@ -462,10 +482,8 @@ class Supervisor(Actor):
                 continue
             sibling.node.state = ActorState.RESTARTING
             sibling.node.restarts += 1
-            runs.append((sibling, sibling.generation))
-        assert self._nursery is not None
-        delay = self.limits.backoff(len(window))
-        self._nursery.start_soon(self._restart_later, tuple(runs), delay)
+            again.append(sibling)
+        self._schedule(again, self.limits.backoff(len(window)))
 
     def _affected_by(self, child: _Child) -> list[_Child]:
         """The children a crash of `child` restarts, in start order."""

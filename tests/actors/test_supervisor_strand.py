@@ -1,0 +1,133 @@
+"""Under rest_for_one a restart the supervisor gives up on, or holds back while an earlier
+sibling is down, is tried again: no child is left down for good when that sibling's exit
+turns out stale (it was stopped) or is not restarted (a transient's work done), and a
+temporary child forgotten meanwhile does not break the loop."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import attrs
+import trio
+import trio.testing
+
+from meshactors.actors import (
+    Actor,
+    ChildSpec,
+    Inbox,
+    Node,
+    Restart,
+    RestartLimits,
+    Strategy,
+    Supervisor,
+    run_root,
+)
+from tests.actors.conftest import Journal, ProbeActor
+
+STRAND_LIMITS = RestartLimits(intensity=3, period=10.0, backoff_initial=0.1, backoff_max=1.0)
+STRAND_DEADLINE = 100.0  # seconds (mock clock) for a restart; far above every backoff
+
+
+@attrs.define(eq=False)
+class HeldRestart(Actor):
+    """Named `y`: its first restart waits at `gate` before it starts (as an ask of an earlier
+    sibling would); it crashes on any message."""
+
+    kind: ClassVar[str] = "held_restart"
+    journal: Journal
+    runs: int = 0
+    starting: trio.Event = attrs.field(factory=trio.Event)
+    gate: trio.Event = attrs.field(factory=trio.Event)
+    inbox: Inbox[str] = attrs.field(factory=Inbox)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.runs += 1
+        if self.runs == 2:
+            self.starting.set()
+            await self.gate.wait()
+        self.journal.record("start y")
+        task_status.started()
+        await self.inbox.receiver.receive()
+        raise RuntimeError("y crashed on purpose")
+
+
+@attrs.define(eq=False)
+class DoneOnRestart(Actor):
+    """Named `w`: crashes on a message; its next run ends its work at once (a normal exit)."""
+
+    kind: ClassVar[str] = "done_on_restart"
+    journal: Journal
+    runs: int = 0
+    inbox: Inbox[str] = attrs.field(factory=Inbox)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.runs += 1
+        self.journal.record("start w")
+        task_status.started()
+        if self.runs == 1:
+            await self.inbox.receiver.receive()
+            raise RuntimeError("w crashed on purpose")
+        await trio.lowlevel.checkpoint()
+
+
+def rest_for_one(*children: ChildSpec) -> Supervisor:
+    return Supervisor(children=children, strategy=Strategy.REST_FOR_ONE, limits=STRAND_LIMITS)
+
+
+async def test_an_abandoned_restart_is_tried_again_when_the_sibling_that_ended_is_stopped(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    """x crashes while y restarts (y's start abandoned), but a stop of x queued before makes
+    x's exit stale: y and z were left restarting for good."""
+    x, y, z = ProbeActor("x", journal), HeldRestart(journal), ProbeActor("z", journal)
+    sup = rest_for_one(ChildSpec("x", x), ChildSpec("y", y), ChildSpec("z", z))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        await y.inbox.sender.send("crash")
+        await y.starting.wait()
+        nursery.start_soon(sup.stop_child, "x")
+        await trio.testing.wait_all_tasks_blocked()
+        await x.inbox.sender.send("crash")
+        with trio.fail_after(STRAND_DEADLINE):
+            await journal.wait_count("start z", 2)
+        assert journal.events.count("start y") == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_restart_held_behind_a_transient_sibling_whose_work_is_done_goes_ahead(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    """w (transient) crashes and, restarted, exits at once: its exit is not restarted, and y
+    and z, held behind it while it was down, were never started again."""
+    w, y, z = DoneOnRestart(journal), ProbeActor("y", journal), ProbeActor("z", journal)
+    sup = rest_for_one(
+        ChildSpec("w", w, restart=Restart.TRANSIENT), ChildSpec("y", y), ChildSpec("z", z)
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        await w.inbox.sender.send("crash")
+        with trio.fail_after(STRAND_DEADLINE):
+            await journal.wait_count("start z", 2)
+        assert journal.events.count("start y") == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_restart_due_skips_a_temporary_child_forgotten_by_a_failed_start(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    """w's restart fails to start, which forgets the temporary t added while w was down; the
+    loop then looked t up among its children and crashed the supervisor (ValueError)."""
+    w, t = ProbeActor("w", journal), ProbeActor("t", journal)
+    sup = rest_for_one(ChildSpec("w", w))
+    with trio.fail_after(STRAND_DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_root, sup, root)
+            await w.inbox.sender.send("crash")
+            await journal.wait_count("stop w", 1)
+            w.fail_start = True
+            await sup.start_child(ChildSpec("t", t, restart=Restart.TEMPORARY))
+            await journal.wait_count("fail w", 2)
+            assert "t" not in root.children
+            w.fail_start = False
+            await journal.wait_count("start w", 2)
+            nursery.cancel_scope.cancel()
