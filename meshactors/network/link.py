@@ -263,11 +263,11 @@ class Link(Actor):
                 url = self.brokers[self._next_url % len(self.brokers)]
                 self.state = "connecting"
                 await self._report()
-                if not await self._connect_once(url):
+                welcomed = await self._connect_once(url)
+                if not welcomed:
                     self.failures += 1
-                # the next broker in turn, after a dropped session too: a hung broker is left
-                # only by our keepalive, and would be tried first again
-                self._next_url += 1
+                if not welcomed or self._left_for_silence():
+                    self._next_url += 1  # try the next broker in turn
                 self.state = "backoff"
                 await self._report()
                 await trio.sleep(self._backoff())
@@ -275,6 +275,13 @@ class Link(Actor):
         self.state = "stopped"
         await self._report()
         await trio.sleep_forever()
+
+    def _left_for_silence(self) -> bool:
+        """Whether the session just ended was left by our own deadlines (keepalive, a send
+        not taken): the broker hangs, and the next in the list is tried first. One the broker
+        or the network closed is tried first again: where its peers still are, when several
+        brokers listed are not one cluster."""
+        return self.last_error is not None and self.last_error.kind is LinkErrorKind.TIMEOUT
 
     async def _take_brokers(self) -> None:
         """Use each new broker list from the inbox: drop the connection, connect again at once

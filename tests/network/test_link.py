@@ -94,14 +94,12 @@ async def test_an_unreachable_broker_is_retried_with_backoff_and_core_hears_why(
     assert heard.statuses[-1].state == "stopped"
 
 
-async def test_a_dropped_session_moves_the_link_to_the_next_broker(
-    autojump_clock: trio.testing.MockClock,
+async def test_a_broker_left_for_silence_is_not_the_first_tried_again(
+    mock_clock: trio.testing.MockClock,
 ) -> None:
-    """A broker that welcomed us then dropped us (our keepalive leaves a hung one) is not
-    the first one tried again: the next in the list is."""
-
-    async def dropping(request: WebSocketRequest) -> None:
-        await (await _welcomed(request)).aclose()
+    """A broker that welcomed us and then hung (our keepalive left it) is not tried first
+    again: the next in the list is."""
+    say, said = trio.open_memory_channel[str](1)
 
     async def next_one(request: WebSocketRequest) -> None:
         await _welcomed(request)
@@ -111,16 +109,54 @@ async def test_a_dropped_session_moves_the_link_to_the_next_broker(
     async with trio.open_nursery() as nursery:
         first, second = [
             await nursery.start(serve_websocket, broker, "127.0.0.1", 0, None)
-            for broker in (dropping, next_one)
+            for broker in (_deaf_broker(said), next_one)
+        ]
+        urls = [f"ws://127.0.0.1:{server.port}/v1" for server in (first, second)]
+        link = Link("net1", urls, SigningKey.generate(), heard, rng=random.Random(1))
+        await nursery.start(run_root, link, Node(name="link", kind="link"))
+        outbound = (await heard.up()).outbound
+        for sealed in (b"1", b"2"):  # two messages the broker never reads: its reader stalls
+            await trio.testing.wait_all_tasks_blocked()
+            assert outbound.send_nowait(bytes(32), sealed)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(link_module.LINK_PING_INTERVAL)  # our ping, never answered
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(link_module.LINK_PONG_TIMEOUT)
+        assert isinstance(await heard.events.receive(), LinkLost)
+        assert link.last_error is not None and link.last_error.kind is LinkErrorKind.TIMEOUT
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(BACKOFF_CAP)
+        assert (await heard.up()).url == urls[1]
+        nursery.cancel_scope.cancel()
+        say.close()
+
+
+async def test_a_broker_that_closed_our_session_is_the_first_tried_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A broker that closed a session (a restart, a kick) is tried first again, not the next
+    in the list: when the brokers listed are not one cluster, its peers are still there."""
+
+    async def closing(request: WebSocketRequest) -> None:
+        await (await _welcomed(request)).aclose()
+
+    async def other(request: WebSocketRequest) -> None:
+        await _welcomed(request)
+        await trio.sleep_forever()
+
+    heard = LinkEventRecorder()
+    async with trio.open_nursery() as nursery:
+        first, second = [
+            await nursery.start(serve_websocket, broker, "127.0.0.1", 0, None)
+            for broker in (closing, other)
         ]
         urls = [f"ws://127.0.0.1:{server.port}/v1" for server in (first, second)]
         link = Link("net1", urls, SigningKey.generate(), heard, rng=random.Random(1))
         await nursery.start(run_root, link, Node(name="link", kind="link"))
         with trio.fail_after(WAIT):
-            await heard.up()
+            assert (await heard.up()).url == urls[0]
             assert isinstance(await heard.events.receive(), LinkLost)
-            await heard.up()
-        assert (link.connects, link.failures, link.url) == (2, 0, urls[1])
+            assert (await heard.up()).url == urls[0]
         nursery.cancel_scope.cancel()
 
 
