@@ -180,7 +180,7 @@ async def switch(
     DeadlineExceeded, never waited for forever."""
     stream = await connect_unix(socket, timeout, encode_request(1, op, params))
     try:
-        allowed = own_timeout + STREAM_DEADLINE_MARGIN
+        allowed = max(0.0, own_timeout) + STREAM_DEADLINE_MARGIN  # the daemon refuses < 0
         with trio.move_on_after(allowed):
             return await _answered(stream)
         raise DeadlineExceeded(op, allowed)

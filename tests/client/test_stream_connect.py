@@ -144,3 +144,16 @@ async def test_a_stream_opened_while_the_daemon_restarts_reaches_it_once_back(
                 assert not answers
                 await running.start()
     assert answers == ["no_handler"]  # the restarted daemon's answer
+
+
+async def test_a_negative_stream_timeout_is_the_daemons_invalid_params(
+    running: LocalDaemon,
+) -> None:
+    """A `timeout_ms` far below zero made the client's own wait a negative one, a ValueError
+    after the op was sent; the daemon's answer is what the program gets."""
+    async with MeshClient(running.paths.socket, call_timeout=RESTART_WAIT) as client:
+        await client.ensure_networks([NETWORK])
+        me = (await client.status())["device_id"]
+        with trio.fail_after(RESTART_WAIT), pytest.raises(ClientError) as refused:
+            await client.open_stream("lan", me, "bulk", timeout_ms=-20_000)
+    assert refused.value.code == "invalid_params"
