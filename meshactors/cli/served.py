@@ -38,6 +38,9 @@ MAX_STDERR_CHARS = 2000  # the tail of a failed command's stderr sent back as th
 # bytes kept of a command's stderr, read from a pipe as it writes (nothing on disk): enough to
 # decode the tail, a character being up to 4
 STDERR_TAIL_BYTES = 4 * MAX_STDERR_CHARS
+# seconds a failed command's stderr is read for once its group is killed: a process that left
+# the group (a new session) may hold the pipe open for ever
+STDERR_CLOSE_GRACE = 1.0
 # a command's stdout kept for one answer: its JSON, indented, may be a few times the compact
 # payload it decodes to, which the payload's own check (MAX_PAYLOAD_BYTES) then measures
 MAX_OUTPUT_BYTES = 8 * MAX_PAYLOAD_BYTES
@@ -156,10 +159,11 @@ class StderrTail:
 
     async def failure(self, process: trio.Process, command: list[str]) -> ServedCommandFailed:
         """`command` exited non-zero: what it left running in its group killed, so its stderr
-        closes, its failure with the last of what it wrote there (wait under the call's
-        deadline: a process that left the group may hold the pipe)."""
+        closes, its failure with the last of what it wrote there, read for at most
+        STDERR_CLOSE_GRACE (a process that left the group may hold the pipe open)."""
         await kill_group(process)
-        await self.closed.wait()
+        with trio.move_on_after(STDERR_CLOSE_GRACE):
+            await self.closed.wait()
         assert process.returncode is not None
         return command_failed(command, process.returncode, bytes(self.kept))
 

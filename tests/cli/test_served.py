@@ -301,3 +301,41 @@ async def test_a_failed_command_past_the_stderr_tail_fails_with_its_last_words(
                     await run_command(command, None, TIMEOUT, readers)
     tail = ("x" * MAX_STDERR_CHARS + "last words")[-MAX_STDERR_CHARS:]
     assert str(failed.value) == f"{sys.executable} exited 3: {tail}"
+
+
+LEFTOVER_TIMEOUT = 20.0  # seconds the command below may take: a bound, not a pause
+# starts `sleep` in a session of its own (out of the group a failure kills) holding its stderr
+# (not its stdout), writes its pid to argv[1], says why on stderr and exits 3
+LEAVE_STDERR_HELD = (
+    "import os, subprocess, sys\n"
+    "held = subprocess.Popen(\n"
+    "    ['sleep', '1000'], stdout=subprocess.DEVNULL, start_new_session=True\n"
+    ")\n"
+    "with open(sys.argv[1], 'w') as fifo: fifo.write(f'{held.pid}\\n')\n"
+    "os.write(2, b'oops')\n"
+    "sys.exit(3)\n"
+)
+
+
+async def test_a_failed_command_whose_stderr_a_leftover_holds_fails_with_its_status(
+    tmp_path: Path,
+) -> None:
+    """A command exits 3 leaving a process outside its group holding its stderr: the call
+    fails with that status and what it wrote once STDERR_CLOSE_GRACE passed, where it used to
+    wait out the timeout and say the command ran too long."""
+    fifo, pids = tmp_path / "pid.fifo", []
+    os.mkfifo(fifo)
+
+    async def note_pid() -> None:
+        pids.append(await pid_written(fifo))
+
+    command = [sys.executable, "-c", LEAVE_STDERR_HELD, str(fifo)]
+    try:
+        with trio.fail_after(LEFTOVER_TIMEOUT + 30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(note_pid)
+                with pytest.raises(ServedCommandFailed) as failed:
+                    await run_command(command, None, LEFTOVER_TIMEOUT, nursery)
+    finally:
+        kill_leftover(pids[0] if pids else None)
+    assert str(failed.value) == f"{sys.executable} exited 3: oops"
