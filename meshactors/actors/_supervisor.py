@@ -144,6 +144,12 @@ class _Child:
     def running(self) -> bool:
         return self.generation > 0 and not self.done.is_set()
 
+    @property
+    def up(self) -> bool:
+        """Running and not being stopped: a run cancelled (stopped to restart, or a start
+        abandoned after it started) that has not ended yet is down, its restart pending."""
+        return self.running and not self.scope.cancel_called
+
 
 @attrs.define
 class _StartSignal:
@@ -290,10 +296,10 @@ class Supervisor(Actor):
                     log.debug("ignored the exit of an earlier run", actor=exited.node.path)
             case _RestartDue(runs=runs):
                 for child, due in runs:
-                    # (still running: it ignored its shutdown timeout, and is left to end)
-                    if not self._is_due(child, due) or child.running:
+                    if not self._is_due(child, due):
                         continue
-                    if self._behind_a_sibling_down(child):
+                    # (still running: its cancelled run outlived its stop, and has to end first)
+                    if child.running or self._behind_a_sibling_down(child):
                         self._schedule(self._down_from(child), self.limits.backoff_initial)
                         break
                     await self._relaunch(child)
@@ -312,12 +318,15 @@ class Supervisor(Actor):
         if self.strategy is Strategy.ONE_FOR_ONE:
             return False
         order = list(self._running.values())
-        return any(not sibling.running for sibling in order[: order.index(child)])
+        return any(not sibling.up for sibling in order[: order.index(child)])
 
     def _down_from(self, child: _Child) -> list[_Child]:
-        """`child` and every later sibling that is down, in start order (REST_FOR_ONE)."""
+        """`child` and, under REST_FOR_ONE, every later sibling that is down, in start order."""
+        if self.strategy is Strategy.ONE_FOR_ONE:
+            return [child]
         order = list(self._running.values())
-        return [sibling for sibling in order[order.index(child) :] if not sibling.running]
+        later = order[order.index(child) + 1 :]
+        return [child, *(sibling for sibling in later if not sibling.up)]
 
     def _schedule(self, children: list[_Child], delay: float) -> None:
         """Start `children` again, in order, after `delay` seconds; any restart of theirs

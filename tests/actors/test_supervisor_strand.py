@@ -1,13 +1,15 @@
 """Under rest_for_one a restart the supervisor gives up on, or holds back while an earlier
 sibling is down, is tried again: no child is left down for good when that sibling's exit
-turns out stale (it was stopped) or is not restarted (a transient's work done), and a
-temporary child forgotten meanwhile does not break the loop."""
+turns out stale (it was stopped) or is not restarted (a transient's work done), nor when its
+own stopped run outlives its shutdown budget, and a temporary child forgotten meanwhile does
+not break the loop."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
 import attrs
+import pytest
 import trio
 import trio.testing
 
@@ -22,10 +24,13 @@ from meshactors.actors import (
     Supervisor,
     run_root,
 )
+from meshactors.actors._supervisor import STOP_GRACE
 from tests.actors.conftest import Journal, ProbeActor
 
 STRAND_LIMITS = RestartLimits(intensity=3, period=10.0, backoff_initial=0.1, backoff_max=1.0)
 STRAND_DEADLINE = 100.0  # seconds (mock clock) for a restart; far above every backoff
+LINGER_BUDGET = 1.0  # the lingering child's shutdown timeout
+LINGER_PAST = 5.0  # seconds its first run's cleanup runs past that budget and STOP_GRACE
 
 
 @attrs.define(eq=False)
@@ -131,3 +136,115 @@ async def test_a_restart_due_skips_a_temporary_child_forgotten_by_a_failed_start
             w.fail_start = False
             await journal.wait_count("start w", 2)
             nursery.cancel_scope.cancel()
+
+
+@attrs.define(eq=False)
+class Lingering(Actor):
+    """Named `slow`: its first run's cleanup outlives its shutdown budget (a supervisor whose
+    own children's stops, one after another, take longer than its budget)."""
+
+    kind: ClassVar[str] = "lingering"
+    journal: Journal
+    runs: int = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.runs += 1
+        self.journal.record("start slow")
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            if self.runs == 1:
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(LINGER_BUDGET + STOP_GRACE + LINGER_PAST)
+            self.journal.record("stop slow")
+
+
+@pytest.mark.parametrize("then_crash_z", [False, True], ids=["slow", "z behind slow"])
+async def test_a_sibling_whose_stop_outlives_its_budget_is_restarted_once_it_ends(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock, then_crash_z: bool
+) -> None:
+    """x crashes and slow, stopped to restart, outlives its budget: its restart came due while
+    it still ran and was skipped, and its run ended with no exit (it was stopped), so it was
+    never started again; z, crashing later, was held behind it for ever."""
+    x, slow, z = ProbeActor("x", journal), Lingering(journal), ProbeActor("z", journal)
+    sup = rest_for_one(
+        ChildSpec("x", x),
+        ChildSpec("slow", slow, shutdown_timeout=LINGER_BUDGET),
+        ChildSpec("z", z),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        await x.inbox.sender.send("crash")
+        with trio.fail_after(STRAND_DEADLINE):
+            await journal.wait_count("stop slow", 1)
+            if then_crash_z:
+                await journal.wait_count("start z", 2)
+                await z.inbox.sender.send("crash")
+            await journal.wait_count("start slow", 2)
+            await journal.wait_count("start z", 3 if then_crash_z else 2)
+        nursery.cancel_scope.cancel()
+
+
+@attrs.define(eq=False)
+class CrashOnGo(Actor):
+    """Named `x`: crashes once `go` is set."""
+
+    kind: ClassVar[str] = "crash_on_go"
+    journal: Journal
+    go: trio.Event
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.journal.record("start x")
+        task_status.started()
+        await self.go.wait()
+        raise RuntimeError("x crashed on purpose")
+
+
+@attrs.define(eq=False)
+class StartsOnGo(Actor):
+    """Named `y`: crashes on a message; its restart starts once `go` is set, so it calls
+    `started()` in the very scheduler batch in which x crashes."""
+
+    kind: ClassVar[str] = "starts_on_go"
+    journal: Journal
+    go: trio.Event
+    runs: int = 0
+    starting: trio.Event = attrs.field(factory=trio.Event)
+    inbox: Inbox[str] = attrs.field(factory=Inbox)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.runs += 1
+        if self.runs == 2:
+            self.starting.set()
+            await self.go.wait()
+        self.journal.record("start y")
+        task_status.started()
+        try:
+            await self.inbox.receiver.receive()
+            raise RuntimeError("y crashed on purpose")
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(0.01)  # a short cleanup, well within its budget
+            self.journal.record("stop y")
+
+
+async def test_a_restart_abandoned_just_after_it_started_is_tried_again(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    """x crashes as y's restart calls started(): y's run is cancelled yet still running, so
+    it was left out of the retry, and a stop of x queued before made x's exit stale: y was
+    down for good."""
+    go = trio.Event()
+    x, y, z = CrashOnGo(journal, go), StartsOnGo(journal, go), ProbeActor("z", journal)
+    sup = rest_for_one(ChildSpec("x", x), ChildSpec("y", y), ChildSpec("z", z))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        await y.inbox.sender.send("crash")
+        await y.starting.wait()
+        nursery.start_soon(sup.stop_child, "x")
+        await trio.testing.wait_all_tasks_blocked()
+        go.set()
+        with trio.fail_after(STRAND_DEADLINE):
+            await journal.wait_count("start y", 3)
+        nursery.cancel_scope.cancel()
