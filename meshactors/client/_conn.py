@@ -88,7 +88,7 @@ async def _send_first(stream: trio.SocketStream, first: bytes) -> ConnectionLost
     closed. A failure past the first byte closes it and raises ConnectionLost."""
     if not first:
         return None
-    try:
+    async with closed_on_failure(stream):
         try:
             sent = await stream.socket.send(first)  # writes some bytes, or raises having none
         except OSError as exc:
@@ -97,13 +97,20 @@ async def _send_first(stream: trio.SocketStream, first: bytes) -> ConnectionLost
             return ConnectionLost(f"the daemon closed the connection before a request ({reason})")
         if sent < len(first):
             await stream.send_all(first[sent:])
+    return None
+
+
+@asynccontextmanager
+async def closed_on_failure(stream: trio.SocketStream) -> AsyncIterator[None]:
+    """Close `stream` when the block fails, however; a broken stream fails ConnectionLost."""
+    try:
+        yield
     except trio.BrokenResourceError as exc:
         await trio.aclose_forcefully(stream)
         raise ConnectionLost(f"the connection failed: {exc}") from exc
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
-    return None
 
 
 @attrs.define(eq=False)

@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 import trio
 
-from meshactors.client._conn import connect_unix
+from meshactors.client._conn import closed_on_failure, connect_unix
 from meshactors.client._frames import answer_data, decode_frame, encode_request
 from meshactors.client.errors import (
     ClientError,
@@ -179,17 +179,11 @@ async def switch(
     a daemon that took the op and never answers it (hung, or its socket stalled) is
     DeadlineExceeded, never waited for forever."""
     stream = await connect_unix(socket, timeout, encode_request(1, op, params))
-    try:
+    async with closed_on_failure(stream):
         allowed = max(0.0, own_timeout) + STREAM_DEADLINE_MARGIN  # the daemon refuses < 0
         with trio.move_on_after(allowed):
             return await _answered(stream)
         raise DeadlineExceeded(op, allowed)
-    except trio.BrokenResourceError as exc:
-        await trio.aclose_forcefully(stream)
-        raise ConnectionLost(f"the connection failed: {exc}") from exc
-    except BaseException:
-        await trio.aclose_forcefully(stream)
-        raise
 
 
 async def _answered(stream: trio.SocketStream) -> BinaryStream:

@@ -127,6 +127,34 @@ class Dependent(Actor):
         raise RuntimeError("dependent crashed: its provider is gone")
 
 
+async def restart_in_order(
+    journal: Journal,
+    root: Node,
+    earlier: tuple[str, Actor],
+    later: tuple[str, Actor],
+    crashing: Inbox[str],
+) -> dict[str, int]:
+    """Run `earlier`, `later` and a tail under a rest_for_one supervisor, crash the actor that
+    reads `crashing`, and check that the tail stops and the three start again in order; the
+    restarts each child counted."""
+    tail = ProbeActor("tail", journal)
+    children = [ChildSpec(*earlier), ChildSpec(*later), ChildSpec("tail", tail)]
+    sup = Supervisor(children=children, strategy=Strategy.REST_FOR_ONE, limits=FAST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        await crashing.sender.send("crash")
+        with trio.fail_after(60):
+            await journal.wait_count("start tail", 2)
+        assert journal.events[3:] == [
+            "stop tail",
+            f"start {earlier[0]}",
+            f"start {later[0]}",
+            "start tail",
+        ]
+        nursery.cancel_scope.cancel()
+    return {name: node.restarts for name, node in root.children.items()}
+
+
 async def test_a_rest_for_one_restart_starts_an_earlier_sibling_first_whatever_exit_came_first(
     journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -135,25 +163,9 @@ async def test_a_rest_for_one_restart_starts_an_earlier_sibling_first_whatever_e
     not yet restarted, held the supervisor's loop, and so the store's restart, forever."""
     provider = Provider(journal)
     dependent = Dependent(journal, provider)
-    tail = ProbeActor("tail", journal)
-    children = [
-        ChildSpec("provider", provider),
-        ChildSpec("dependent", dependent),
-        ChildSpec("tail", tail),
-    ]
-    sup = Supervisor(children=children, strategy=Strategy.REST_FOR_ONE, limits=FAST)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(run_root, sup, root)
-        await provider.inbox.sender.send("crash")
-        with trio.fail_after(60):
-            await journal.wait_count("start tail", 2)
-        assert journal.events[3:] == [
-            "stop tail",
-            "start provider",
-            "start dependent",
-            "start tail",
-        ]
-        nursery.cancel_scope.cancel()
+    await restart_in_order(
+        journal, root, ("provider", provider), ("dependent", dependent), provider.inbox
+    )
 
 
 @attrs.define(eq=False)
@@ -210,27 +222,10 @@ async def test_a_rest_for_one_start_is_abandoned_when_an_earlier_sibling_crashes
     in order, no crash charged to the one given up."""
     answerer = Answerer(journal)
     asker = Asker(journal, answerer)
-    tail = ProbeActor("tail", journal)
-    children = [
-        ChildSpec("answerer", answerer),
-        ChildSpec("asker", asker),
-        ChildSpec("tail", tail),
-    ]
-    sup = Supervisor(children=children, strategy=Strategy.REST_FOR_ONE, limits=FAST)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(run_root, sup, root)
-        await asker.inbox.sender.send("crash")
-        with trio.fail_after(60):
-            await journal.wait_count("start tail", 2)
-        assert journal.events[3:] == [
-            "stop tail",
-            "start answerer",
-            "start asker",
-            "start tail",
-        ]
-        restarts = {name: node.restarts for name, node in root.children.items()}
-        assert restarts == {"answerer": 1, "asker": 2, "tail": 2}
-        nursery.cancel_scope.cancel()
+    restarts = await restart_in_order(
+        journal, root, ("answerer", answerer), ("asker", asker), asker.inbox
+    )
+    assert restarts == {"answerer": 1, "asker": 2, "tail": 2}
 
 
 async def test_restart_waits_for_backoff(

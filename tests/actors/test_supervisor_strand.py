@@ -34,29 +34,6 @@ LINGER_PAST = 5.0  # seconds its first run's cleanup runs past that budget and S
 
 
 @attrs.define(eq=False)
-class HeldRestart(Actor):
-    """Named `y`: its first restart waits at `gate` before it starts (as an ask of an earlier
-    sibling would); it crashes on any message."""
-
-    kind: ClassVar[str] = "held_restart"
-    journal: Journal
-    runs: int = 0
-    starting: trio.Event = attrs.field(factory=trio.Event)
-    gate: trio.Event = attrs.field(factory=trio.Event)
-    inbox: Inbox[str] = attrs.field(factory=Inbox)
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.runs += 1
-        if self.runs == 2:
-            self.starting.set()
-            await self.gate.wait()
-        self.journal.record("start y")
-        task_status.started()
-        await self.inbox.receiver.receive()
-        raise RuntimeError("y crashed on purpose")
-
-
-@attrs.define(eq=False)
 class DoneOnRestart(Actor):
     """Named `w`: crashes on a message; its next run ends its work at once (a normal exit)."""
 
@@ -84,7 +61,7 @@ async def test_an_abandoned_restart_is_tried_again_when_the_sibling_that_ended_i
 ) -> None:
     """x crashes while y restarts (y's start abandoned), but a stop of x queued before makes
     x's exit stale: y and z were left restarting for good."""
-    x, y, z = ProbeActor("x", journal), HeldRestart(journal), ProbeActor("z", journal)
+    x, y, z = ProbeActor("x", journal), StartsOnGo(journal, trio.Event()), ProbeActor("z", journal)
     sup = rest_for_one(ChildSpec("x", x), ChildSpec("y", y), ChildSpec("z", z))
     async with trio.open_nursery() as nursery:
         await nursery.start(run_root, sup, root)

@@ -44,34 +44,26 @@ class LateSender:
         return stream
 
 
-async def test_an_open_the_daemon_never_answers_ends_past_its_timeout_and_margin(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock
+@pytest.mark.parametrize("op", ["stream_open", "stream_accept"])
+async def test_a_stream_op_the_daemon_never_answers_ends_past_its_timeout_and_margin(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, op: str
 ) -> None:
+    """An open waits its own `timeout_ms` and the margin; an accept, with no bound of its own,
+    the margin alone."""
     async with fake_session(tmp_path) as (daemon, client, _):
-        daemon.never_answered.add("stream_open")
+        daemon.never_answered.add(op)
         started = trio.current_time()
         with trio.fail_after(SWITCH_WAIT), pytest.raises(DeadlineExceeded) as late:
-            await client.open_stream("lan", "peer", "bulk", timeout_ms=OPEN_TIMEOUT_MS)
+            if op == "stream_open":
+                await client.open_stream("lan", "peer", "bulk", timeout_ms=OPEN_TIMEOUT_MS)
+            else:
+                await client.accept_stream("lan", "s1")
         waited = trio.current_time() - started
         session = await daemon.next_session()
-    assert waited >= OPEN_TIMEOUT_MS / 1000 + STREAM_DEADLINE_MARGIN
+    own = OPEN_TIMEOUT_MS / 1000 if op == "stream_open" else 0.0
+    assert waited >= own + STREAM_DEADLINE_MARGIN
     assert late.value.code == "deadline"
-    assert session.ops == ["stream_open"]
-
-
-async def test_an_accept_the_daemon_never_answers_ends_past_the_margin(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock
-) -> None:
-    async with fake_session(tmp_path) as (daemon, client, _):
-        daemon.never_answered.add("stream_accept")
-        started = trio.current_time()
-        with trio.fail_after(SWITCH_WAIT), pytest.raises(DeadlineExceeded) as late:
-            await client.accept_stream("lan", "s1")
-        waited = trio.current_time() - started
-        session = await daemon.next_session()
-    assert waited >= STREAM_DEADLINE_MARGIN
-    assert late.value.code == "deadline"
-    assert session.ops == ["stream_accept"]
+    assert session.ops == [op]
 
 
 async def test_a_stream_connection_closed_before_its_op_was_written_is_tried_again(

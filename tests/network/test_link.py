@@ -100,20 +100,8 @@ async def test_a_broker_left_for_silence_is_not_the_first_tried_again(
     """A broker that welcomed us and then hung (our keepalive left it) is not tried first
     again: the next in the list is."""
     say, said = trio.open_memory_channel[str](1)
-
-    async def next_one(request: WebSocketRequest) -> None:
-        await _welcomed(request)
-        await trio.sleep_forever()
-
-    heard = LinkEventRecorder()
     async with trio.open_nursery() as nursery:
-        first, second = [
-            await nursery.start(serve_websocket, broker, "127.0.0.1", 0, None)
-            for broker in (_deaf_broker(said), next_one)
-        ]
-        urls = [f"ws://127.0.0.1:{server.port}/v1" for server in (first, second)]
-        link = Link("net1", urls, SigningKey.generate(), heard, rng=random.Random(1))
-        await nursery.start(run_root, link, Node(name="link", kind="link"))
+        link, heard, urls = await _link_to_two(nursery, _deaf_broker(said), _welcoming)
         outbound = (await heard.up()).outbound
         for sealed in (b"1", b"2"):  # two messages the broker never reads: its reader stalls
             await trio.testing.wait_all_tasks_blocked()
@@ -140,24 +128,38 @@ async def test_a_broker_that_closed_our_session_is_the_first_tried_again(
     async def closing(request: WebSocketRequest) -> None:
         await (await _welcomed(request)).aclose()
 
-    async def other(request: WebSocketRequest) -> None:
-        await _welcomed(request)
-        await trio.sleep_forever()
-
-    heard = LinkEventRecorder()
     async with trio.open_nursery() as nursery:
-        first, second = [
-            await nursery.start(serve_websocket, broker, "127.0.0.1", 0, None)
-            for broker in (closing, other)
-        ]
-        urls = [f"ws://127.0.0.1:{server.port}/v1" for server in (first, second)]
-        link = Link("net1", urls, SigningKey.generate(), heard, rng=random.Random(1))
-        await nursery.start(run_root, link, Node(name="link", kind="link"))
+        _, heard, urls = await _link_to_two(nursery, closing, _welcoming)
         with trio.fail_after(WAIT):
             assert (await heard.up()).url == urls[0]
             assert isinstance(await heard.events.receive(), LinkLost)
             assert (await heard.up()).url == urls[0]
         nursery.cancel_scope.cancel()
+
+
+Broker = Callable[[WebSocketRequest], Awaitable[None]]
+
+
+async def _welcoming(request: WebSocketRequest) -> None:
+    """A broker that welcomes the link and keeps the connection."""
+    await _welcomed(request)
+    await trio.sleep_forever()
+
+
+async def _link_to_two(
+    nursery: trio.Nursery, first: Broker, second: Broker
+) -> tuple[Link, LinkEventRecorder, list[str]]:
+    """A link (its jitter seeded) running in `nursery`, listing `first` then `second`, each
+    served on a free port; with their URLs."""
+    servers = [
+        await nursery.start(serve_websocket, broker, "127.0.0.1", 0, None)
+        for broker in (first, second)
+    ]
+    urls = [f"ws://127.0.0.1:{server.port}/v1" for server in servers]
+    heard = LinkEventRecorder()
+    link = Link("net1", urls, SigningKey.generate(), heard, rng=random.Random(1))
+    await nursery.start(run_root, link, Node(name="link", kind="link"))
+    return link, heard, urls
 
 
 async def _welcomed(request: WebSocketRequest, **limits: int) -> WebSocketConnection:
