@@ -147,20 +147,25 @@ class StderrTail:
 
     kept: bytearray = attrs.field(factory=bytearray)
     closed: trio.Event = attrs.field(factory=trio.Event)  # the pipe's end: all of it read
-    reading: trio.CancelScope = attrs.field(factory=trio.CancelScope)  # `stop` ends the read
+    reading: trio.CancelScope = attrs.field(factory=trio.CancelScope)  # cancelled: reading ends
 
     async def collect(self, stderr: trio.abc.ReceiveStream) -> None:
-        """Read `stderr` until it closes (or `stop`), keeping its tail."""
+        """Read `stderr` until it closes (or `reading` is cancelled), keeping its tail."""
         with self.reading:
             while data := await stderr.receive_some():
                 self.kept.extend(data)
                 del self.kept[:-STDERR_TAIL_BYTES]
             self.closed.set()
 
-    async def failure(self, process: trio.Process, command: list[str]) -> ServedCommandFailed:
-        """`command` exited non-zero: what it left running in its group killed, so its stderr
-        closes, its failure with the last of what it wrote there, read for at most
-        STDERR_CLOSE_GRACE (a process that left the group may hold the pipe open)."""
+    async def exit_failure(
+        self, process: trio.Process, command: list[str]
+    ) -> ServedCommandFailed | None:
+        """Once `command` exited: None when it exited 0, else (what it left running in its
+        group killed, so its stderr closes) its failure with the last of what it wrote there,
+        read for at most STDERR_CLOSE_GRACE (a process that left the group may hold the pipe
+        open)."""
+        if await process.wait() == 0:
+            return None
         await kill_group(process)
         with trio.move_on_after(STDERR_CLOSE_GRACE):
             await self.closed.wait()
@@ -202,8 +207,7 @@ async def run_command(
         output, failure = b"", None
         with trio.move_on_after(timeout) as scope:
             output = await read_output(process.stdout, command)
-            if await process.wait() != 0:
-                failure = await stderr.failure(process, command)
+            failure = await stderr.exit_failure(process, command)
         if scope.cancelled_caught:
             raise _too_long(command, timeout)
         if failure is not None:
@@ -238,8 +242,7 @@ async def stream_command(
             yield _decoded(line)
         failure = None
         with trio.move_on_at(deadline) as scope:
-            if await process.wait() != 0:
-                failure = await stderr.failure(process, command)
+            failure = await stderr.exit_failure(process, command)
         if scope.cancelled_caught:
             raise _too_long(command, timeout)
         if failure is not None:
