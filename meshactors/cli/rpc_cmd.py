@@ -28,6 +28,7 @@ from meshactors.cli.devices import resolve_device
 from meshactors.cli.served import run_command, serve_until_stopped, served_command, stream_command
 from meshactors.cli.settings import add_timeout_flag, seconds_flag
 from meshactors.client import ClientError, MeshClient, RequestContext, SyncClient
+from meshactors.exception_groups import one_error_bare
 from meshactors.network.rpc import MAX_TIMEOUT_MS
 
 SERVE_COMMAND_TIMEOUT = 30.0  # seconds a served command may run before it is killed (default)
@@ -174,7 +175,7 @@ async def _serve(args: argparse.Namespace, network: str, method: str, command: l
     """Serve METHOD with CMD until stopped; the commands' stderr is read by tasks of a nursery
     of the serve's own (a streamed answer's generator cannot hold one), and what the serve
     raises is raised as itself, not in that nursery's group."""
-    try:
+    with one_error_bare():  # the serve's (the readers raise none)
         async with trio.open_nursery() as readers:
 
             async def handle(payload: Any, ctx: RequestContext) -> Any:
@@ -191,8 +192,3 @@ async def _serve(args: argparse.Namespace, network: str, method: str, command: l
 
             await serve_until_stopped(paths_of(args).socket, network, method, claim)
             readers.cancel_scope.cancel()
-    except BaseExceptionGroup as group:  # one error: the serve's (the readers raise none)
-        if len(group.exceptions) != 1:
-            raise
-        alone = group.exceptions[0]
-        raise alone  # noqa: B904  (its own cause stays; the group shows as context)

@@ -37,6 +37,7 @@ from meshactors.client.reconnect import (
     replay_failed,
 )
 from meshactors.client.state import RELIST_KINDS, SharedState
+from meshactors.exception_groups import one_error_bare
 from meshactors.network.rpc import DEFAULT_TIMEOUT_MS
 from meshactors.paths import resolve_paths
 
@@ -605,18 +606,13 @@ class MeshClient(Ops):
         shared = SharedState(network)
         with self.events() as events:
             await shared.load(self)
-            try:
+            with one_error_bare():  # the block's or the follower's
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._follow_state, shared, events)
                     try:
                         yield shared
                     finally:
                         nursery.cancel_scope.cancel()
-            except BaseExceptionGroup as group:  # one error, the block's or the follower's
-                if len(group.exceptions) != 1:
-                    raise
-                alone = group.exceptions[0]
-                raise alone  # noqa: B904  (its own cause stays; the group shows as context)
 
     async def _follow_state(self, shared: SharedState, events: EventStream) -> None:
         """Apply the network's changes; list the map again when some may have been missed."""
