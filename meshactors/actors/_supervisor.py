@@ -120,7 +120,7 @@ class _ChildExited:
 class _RestartDue:
     """A restart's backoff is over: each child starts again, in order, with the number of the
     restart scheduled for it, unless a later one was scheduled since (an earlier sibling's
-    crash restarts it too), or it was replaced or stopped."""
+    crash restarts it too, or a crash of its own), or it was replaced or stopped."""
 
     runs: tuple[tuple[_Child, int], ...]
 
@@ -295,19 +295,29 @@ class Supervisor(Actor):
                 else:
                     log.debug("ignored the exit of an earlier run", actor=exited.node.path)
             case _RestartDue(runs=runs):
-                for child, due in runs:
-                    if not self._is_due(child, due):
-                        continue
-                    # (still running: its cancelled run outlived its stop, and has to end first)
-                    if child.running or self._behind_a_sibling_down(child):
-                        self._schedule(self._down_from(child), self.limits.backoff_initial)
-                        break
-                    await self._relaunch(child)
+                await self._restart(runs)
+
+    async def _restart(self, runs: tuple[tuple[_Child, int], ...]) -> None:
+        """Start again, in order, each child of a restart due. From the first that cannot start
+        now (its cancelled run outlived its stop and has to end first, or an earlier sibling is
+        down) or whose start is abandoned, the rest are tried again after `backoff_initial`,
+        with their numbers (`_is_due`)."""
+        for index, (child, due) in enumerate(runs):
+            if not self._is_due(child, due):
+                continue
+            if (
+                child.running
+                or self._behind_a_sibling_down(child)
+                or not await self._relaunch(child)
+            ):
+                self._due_after(runs[index:], self.limits.backoff_initial)
+                return
 
     def _is_due(self, child: _Child, due: int) -> bool:
         """Whether that restart is the latest scheduled for the child, and the child still the
-        one of its name: one an earlier sibling's crash, a failed start, or an abandoned one
-        scheduled again since, or of a child replaced or stopped, is stale."""
+        one of its name: one an earlier sibling's crash or a failed start scheduled again since,
+        or of a child replaced or stopped, is stale. A retry keeps its numbers, so a later
+        sibling's own restart (its crash's backoff) stays the latest."""
         return self._running.get(child.spec.name) is child and child.due == due
 
     def _behind_a_sibling_down(self, child: _Child) -> bool:
@@ -320,14 +330,6 @@ class Supervisor(Actor):
         order = list(self._running.values())
         return any(not sibling.up for sibling in order[: order.index(child)])
 
-    def _down_from(self, child: _Child) -> list[_Child]:
-        """`child` and, under REST_FOR_ONE, every later sibling that is down, in start order."""
-        if self.strategy is Strategy.ONE_FOR_ONE:
-            return [child]
-        order = list(self._running.values())
-        later = order[order.index(child) + 1 :]
-        return [child, *(sibling for sibling in later if not sibling.up)]
-
     def _schedule(self, children: list[_Child], delay: float) -> None:
         """Start `children` again, in order, after `delay` seconds; any restart of theirs
         scheduled before is stale from now on."""
@@ -335,8 +337,12 @@ class Supervisor(Actor):
         for child in children:
             child.due += 1
             runs.append((child, child.due))
+        self._due_after(tuple(runs), delay)
+
+    def _due_after(self, runs: tuple[tuple[_Child, int], ...], delay: float) -> None:
+        """Queue those restarts for this run's loop after `delay` seconds."""
         assert self._nursery is not None
-        self._nursery.start_soon(self._restart_later, tuple(runs), delay)
+        self._nursery.start_soon(self._restart_later, runs, delay)
 
     def _is_latest(self, child: _Child, generation: int) -> bool:
         """Whether that run is the child's latest and the child still the one of its name: a
@@ -374,11 +380,11 @@ class Supervisor(Actor):
             child.node.detach()
             raise
 
-    async def _relaunch(self, child: _Child) -> None:
-        """Start a child again after its backoff; a failed start counts as another crash. One
-        abandoned because an earlier sibling's run ended meanwhile (`_abandon_later_start`)
-        does not: it and the later siblings down are tried again after a backoff, unless that
-        sibling's exit, queued, restarts them first (a stop of that sibling makes it stale)."""
+    async def _relaunch(self, child: _Child) -> bool:
+        """Start a child again after its backoff; False when the start was abandoned because an
+        earlier sibling's run ended meanwhile (`_abandon_later_start`), which counts no crash.
+        A failed start counts as another crash: the restart it schedules makes those of the
+        later siblings still due stale."""
         failed: ChildStartFailed | None = None
         self._starting = child
         try:
@@ -390,9 +396,10 @@ class Supervisor(Actor):
         if child.scope.cancel_called:  # only `_abandon_later_start` cancels a start
             child.node.state = ActorState.RESTARTING
             log.info("restart abandoned: an earlier sibling's run ended", actor=child.node.path)
-            self._schedule(self._down_from(child), self.limits.backoff_initial)
-        elif failed is not None:
+            return False
+        if failed is not None:
             await self._on_exit(child, failed)
+        return True
 
     async def _launch(self, child: _Child) -> None:
         assert self._nursery is not None

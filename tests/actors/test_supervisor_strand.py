@@ -2,7 +2,7 @@
 sibling is down, is tried again: no child is left down for good when that sibling's exit
 turns out stale (it was stopped) or is not restarted (a transient's work done), nor when its
 own stopped run outlives its shutdown budget, and a temporary child forgotten meanwhile does
-not break the loop."""
+not break the loop. A retry leaves a later sibling's own restart its backoff."""
 
 from __future__ import annotations
 
@@ -180,19 +180,21 @@ class CrashOnGo(Actor):
 
 @attrs.define(eq=False)
 class StartsOnGo(Actor):
-    """Named `y`: crashes on a message; its restart starts once `go` is set, so it calls
-    `started()` in the very scheduler batch in which x crashes."""
+    """Named `y`: crashes on a message; its run `gated` (its first restart, unless told)
+    starts once `go` is set, so it calls `started()` in the very scheduler batch in which x
+    crashes."""
 
     kind: ClassVar[str] = "starts_on_go"
     journal: Journal
     go: trio.Event
+    gated: int = 2
     runs: int = 0
     starting: trio.Event = attrs.field(factory=trio.Event)
     inbox: Inbox[str] = attrs.field(factory=Inbox)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.runs += 1
-        if self.runs == 2:
+        if self.runs == self.gated:
             self.starting.set()
             await self.go.wait()
         self.journal.record("start y")
@@ -224,4 +226,39 @@ async def test_a_restart_abandoned_just_after_it_started_is_tried_again(
         go.set()
         with trio.fail_after(STRAND_DEADLINE):
             await journal.wait_count("start y", 3)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_retry_leaves_a_later_siblings_own_restart_its_backoff(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    """y's restart is abandoned (x crashes, a stop of x queued before) while z, added since
+    and crashed, waits out its own backoff, the window's third (4 s): the retry of y renumbered
+    z's restart, which came with it after `backoff_initial` (3 s after z's crash)."""
+    limits = RestartLimits(intensity=10, period=100.0, backoff_initial=1.0, backoff_max=16.0)
+    x, z = ProbeActor("x", journal), ProbeActor("z", journal)
+    y = StartsOnGo(journal, trio.Event(), gated=3)
+    sup = Supervisor(
+        children=[ChildSpec("x", x), ChildSpec("y", y)],
+        strategy=Strategy.REST_FOR_ONE,
+        limits=limits,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        with trio.fail_after(STRAND_DEADLINE):
+            await x.inbox.sender.send("crash")  # the window's first restart: 1 s
+            await journal.wait_count("start y", 2)
+            await y.inbox.sender.send("crash")  # the second: 2 s
+            await journal.wait_count("stop y", 2)
+            await sup.start_child(ChildSpec("z", z))  # runs whatever its siblings' state
+            await z.inbox.sender.send("crash")  # the third: 4 s
+            await journal.wait_count("stop z", 1)
+            crashed_at = trio.current_time()
+            await y.starting.wait()
+            nursery.start_soon(sup.stop_child, "x")
+            await trio.testing.wait_all_tasks_blocked()
+            await x.inbox.sender.send("crash")
+            await journal.wait_count("start z", 2)
+        assert trio.current_time() - crashed_at == pytest.approx(limits.backoff(3))
+        assert journal.events.count("start y") == 3
         nursery.cancel_scope.cancel()
