@@ -109,10 +109,13 @@ SupervisorRequest = StartChild | StopChild
 @attrs.frozen
 class _ChildExited:
     """One run of a child ended by itself; the child object and its generation say which run,
-    so an exit queued behind a replace, or a stop and start, of that name is not the new one's."""
+    so an exit queued behind a replace, or a stop and start, of that name is not the new one's.
+    `due` is the restarts scheduled for the child when it ended: one scheduled since (an earlier
+    sibling's crash, handled first, restarts it with the rest) has dealt with that end."""
 
     child: _Child
     generation: int
+    due: int
     error: Exception | None
 
 
@@ -289,11 +292,11 @@ class Supervisor(Actor):
                 await reply.answer_with(functools.partial(self._remove, name))
                 if on_stopped is not None:
                     on_stopped()
-            case _ChildExited(child=exited, generation=generation, error=error):
-                if self._is_latest(exited, generation):
+            case _ChildExited(child=exited, generation=generation, due=due, error=error):
+                if self._is_latest(exited, generation) and exited.due == due:
                     await self._on_exit(exited, error)
                 else:
-                    log.debug("ignored the exit of an earlier run", actor=exited.node.path)
+                    log.debug("ignored the exit of a run dealt with", actor=exited.node.path)
             case _RestartDue(runs=runs):
                 await self._restart(runs)
 
@@ -443,7 +446,7 @@ class Supervisor(Actor):
             task_status.started(error or RuntimeError("returned before it started"))
         elif not child.scope.cancel_called:
             self._abandon_later_start(child, generation, error)
-            await self._tell(_ChildExited(child, generation, error))
+            await self._tell(_ChildExited(child, generation, child.due, error))
 
     def _abandon_later_start(self, child: _Child, generation: int, error: Exception | None) -> None:
         """Under REST_FOR_ONE, cancel the restart the loop awaits of a child after `child`,

@@ -30,6 +30,7 @@ from meshactors.actors import (
 from tests.actors.conftest import Journal, ProbeActor
 
 FAST = RestartLimits(intensity=3, period=10.0, backoff_initial=0.1, backoff_max=1.0)
+PROMPT = 5.0  # seconds (mock clock) for what waits on no ask; far below an ask's 30 s
 
 
 def probes(journal: Journal, *names: str, restart: Restart = Restart.PERMANENT) -> list[ProbeActor]:
@@ -226,6 +227,31 @@ async def test_a_rest_for_one_start_is_abandoned_when_an_earlier_sibling_crashes
         journal, root, ("answerer", answerer), ("asker", asker), asker.inbox
     )
     assert restarts == {"answerer": 1, "asker": 2, "tail": 2}
+
+
+async def test_a_child_ended_just_before_an_earlier_siblings_crash_stops_it_counts_once(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    """x crashes, then z (the outbox finding the store gone), both exits queued while a stop of
+    w holds the loop. x's restart takes z with it; z's own exit, handled after, counted a second
+    restart in the window and restarted z again, alone and after a longer backoff."""
+    x, y, z = probes(journal, "x", "y", "z")
+    w = ProbeActor("w", journal, cleanup_seconds=1.0)
+    sup = Supervisor(children=specs([x, y, z, w]), strategy=Strategy.REST_FOR_ONE, limits=FAST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        nursery.start_soon(sup.stop_child, "w")
+        await trio.testing.wait_all_tasks_blocked()  # the loop waits out w's cleanup
+        await x.inbox.sender.send("crash")
+        await trio.testing.wait_all_tasks_blocked()  # x's exit is queued first
+        await z.inbox.sender.send("crash")
+        with trio.fail_after(PROMPT):
+            await journal.wait_count("start z", 2)
+        await trio.testing.wait_all_tasks_blocked()  # every exit is handled
+        assert journal.events[-3:] == ["start x", "start y", "start z"]
+        assert sup.figures()["restarts_in_window"] == 1
+        assert root.children["z"].restarts == 1
+        nursery.cancel_scope.cancel()
 
 
 async def test_restart_waits_for_backoff(
