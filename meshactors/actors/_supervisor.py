@@ -139,6 +139,8 @@ class _Child:
     node: Node
     generation: int = 0
     due: int = 0  # the restarts scheduled for it: only the latest one starts it
+    has_run: bool = False  # a start of it finished: its supervisor has started, and a
+    # restart of it counts, only then
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     done: trio.Event = attrs.field(factory=trio.Event)
     restart_times: deque[float] = attrs.field(factory=deque)  # its own window, when contained
@@ -184,10 +186,12 @@ class Supervisor(Actor):
     _restart_times: deque[float] = attrs.field(factory=deque, init=False)
     _control: trio.MemorySendChannel[_Control] | None = attrs.field(default=None, init=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
-    _starting: _Child | None = attrs.field(default=None, init=False)  # the restart it awaits
+    _starting: _Child | None = attrs.field(default=None, init=False)  # the start it awaits
 
     async def start_child(self, spec: ChildSpec, *, replace: bool = False) -> None:
         """Add a child at runtime; returns once it is running, raises if it failed to start.
+        Under REST_FOR_ONE it also returns when an earlier sibling's run ended during the start:
+        the start is abandoned and the child kept, to start with that sibling's restart.
         A child of that name already there is refused (ValueError), or with `replace` stopped
         and forgotten first (an asker whose record of its children may lag this supervisor's)."""
         await self.inbox.ask(
@@ -238,14 +242,20 @@ class Supervisor(Actor):
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
-                for spec in self.children:
-                    await self._add(spec, node)
+                for index, spec in enumerate(self.children):
+                    if not await self._add(spec, node, later=self.children[index + 1 :]):
+                        break
                 nursery.start_soon(self._forward_requests)
                 for task in self.own_tasks():
                     nursery.start_soon(task)
-                task_status.started()
-                async for message in control_receive:
-                    await self._handle(message, node)
+                started = False
+                while True:
+                    # Started once each child has run: a first start abandoned waits for its
+                    # restart (the daemon is ready only once `control` listens).
+                    if not started and all(c.has_run for c in self._running.values()):
+                        started = True
+                        task_status.started()
+                    await self._handle(await control_receive.receive(), node)
             except (SupervisorEscalation, ChildStartFailed) as exc:
                 failure = exc
             finally:
@@ -370,41 +380,48 @@ class Supervisor(Actor):
         child.node.detach()
         return True
 
-    async def _add(self, spec: ChildSpec, node: Node) -> None:
-        """Register a new child and start it; forget it again if it failed to start."""
-        child = _Child(spec, node.add_child(spec.name, spec.actor.kind, spec.shutdown_timeout))
-        child.node.figures = spec.actor.figures
-        child.node.inbox_statistics = spec.actor.inbox_statistics
-        self._running[spec.name] = child
+    async def _add(self, spec: ChildSpec, node: Node, later: Sequence[ChildSpec] = ()) -> bool:
+        """Register a new child and start it; forget it again if it failed to start. False when
+        the start was abandoned (`_launch`): the child, and `later` (registered unstarted),
+        start with the restart of the sibling whose run ended, or, if its exit restarts nothing
+        (it was stopped meanwhile), after `backoff_initial`."""
+        child = self._register(spec, node)
         try:
-            await self._launch(child)
+            started = await self._launch(child)
         except ChildStartFailed:
             del self._running[spec.name]
             child.node.detach()
             raise
+        if not started:
+            waiting = [child, *(self._register(each, node) for each in later)]
+            self._schedule(waiting, self.limits.backoff_initial)
+        return started
+
+    def _register(self, spec: ChildSpec, node: Node) -> _Child:
+        """Add a child, not started yet, after those there."""
+        child = _Child(spec, node.add_child(spec.name, spec.actor.kind, spec.shutdown_timeout))
+        child.node.figures = spec.actor.figures
+        child.node.inbox_statistics = spec.actor.inbox_statistics
+        self._running[spec.name] = child
+        return child
 
     async def _relaunch(self, child: _Child) -> bool:
-        """Start a child again after its backoff; False when the start was abandoned because an
-        earlier sibling's run ended meanwhile (`_abandon_later_start`), which counts no crash.
-        A failed start counts as another crash: the restart it schedules makes those of the
-        later siblings still due stale."""
-        failed: ChildStartFailed | None = None
-        self._starting = child
+        """Start a child again after its backoff; False when the start was abandoned (`_launch`),
+        which counts no crash. A failed start counts as another crash: the restart it schedules
+        makes those of the later siblings still due stale."""
         try:
-            await self._launch(child)
-        except ChildStartFailed as exc:
-            failed = exc
-        finally:
-            self._starting = None
-        if child.scope.cancel_called:  # only `_abandon_later_start` cancels a start
-            child.node.state = ActorState.RESTARTING
-            log.info("restart abandoned: an earlier sibling's run ended", actor=child.node.path)
-            return False
-        if failed is not None:
+            started = await self._launch(child)
+        except ChildStartFailed as failed:
             await self._on_exit(child, failed)
-        return True
+            return True
+        if not started:
+            child.node.state = ActorState.RESTARTING
+        return started
 
-    async def _launch(self, child: _Child) -> None:
+    async def _launch(self, child: _Child) -> bool:
+        """Start one run of a child: True once it runs. False when the start was abandoned
+        (under REST_FOR_ONE an earlier sibling's run ended meanwhile, `_abandon_later_start`):
+        the child is down, and the sibling's restart starts it again."""
         assert self._nursery is not None
         child.generation += 1
         # Unshielded while starting: if this supervisor is stopped meanwhile, trio leaves the child
@@ -412,12 +429,21 @@ class Supervisor(Actor):
         child.scope = trio.CancelScope()
         child.done = trio.Event()
         child.node.state = ActorState.STARTING
-        error = await self._nursery.start(self._child_main, child, child.generation)
+        self._starting = child
+        try:
+            error = await self._nursery.start(self._child_main, child, child.generation)
+        finally:
+            self._starting = None
         child.scope.shield = True  # running in our nursery: only this supervisor stops it, in order
+        if child.scope.cancel_called:  # only `_abandon_later_start` cancels a start
+            log.info("start abandoned: an earlier sibling's run ended", actor=child.node.path)
+            return False
         if error is not None:
             child.node.state = ActorState.CRASHED
             raise ChildStartFailed(f"{child.node.path} failed to start: {error!r}") from error
         child.node.mark_running()
+        child.has_run = True
+        return True
 
     async def _child_main(
         self,
@@ -449,10 +475,11 @@ class Supervisor(Actor):
             await self._tell(_ChildExited(child, generation, child.due, error))
 
     def _abandon_later_start(self, child: _Child, generation: int, error: Exception | None) -> None:
-        """Under REST_FOR_ONE, cancel the restart the loop awaits of a child after `child`,
-        whose run just ended to restart: its restart starts that child again, and a start that
-        asks `child` (`events` or `networks` the store) would hold the loop, and so the restart,
-        till the ask times out. Run in the ended child's task: the loop, in that start, cannot."""
+        """Under REST_FOR_ONE, cancel the start (a first one or a restart) the loop awaits of a
+        child after `child`, whose run just ended to restart: its restart starts that child
+        again, and a start that asks `child` (`events` or `networks` the store) would hold the
+        loop, and so the restart, till the ask times out. Run in the ended child's task: the
+        loop, in that start, cannot."""
         starting = self._starting
         if (
             starting is None
@@ -500,7 +527,8 @@ class Supervisor(Actor):
                 sibling.node.detach()
                 continue
             sibling.node.state = ActorState.RESTARTING
-            sibling.node.restarts += 1
+            if sibling.has_run:  # not one whose first start waited for this restart
+                sibling.node.restarts += 1
             again.append(sibling)
         self._schedule(again, self.limits.backoff(len(window)))
 

@@ -189,19 +189,20 @@ class Answerer(Actor):
 
 @attrs.define(eq=False)
 class Asker(Actor):
-    """Asks its answerer before it starts (as `events` asks the store); its first restart
-    crashes the answerer first, so its ask waits for the answerer's restart, which only its
-    supervisor's loop, busy starting it, can begin."""
+    """Asks its answerer before it starts (as `events` asks the store); its run `crashing`
+    (its first restart, unless told) crashes the answerer first, so its ask waits for the
+    answerer's restart, which only its supervisor's loop, busy starting it, can begin."""
 
     kind: ClassVar[str] = "asker"
     journal: Journal
     answerer: Answerer
+    crashing: int = 2
     runs: int = 0
     inbox: Inbox[str] = attrs.field(factory=Inbox)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.runs += 1
-        if self.runs == 2:
+        if self.runs == self.crashing:
             await self.answerer.inbox.send(None)
         try:
             await self.answerer.inbox.ask(lambda reply: reply, timeout=30.0, what="an answer")
@@ -227,6 +228,46 @@ async def test_a_rest_for_one_start_is_abandoned_when_an_earlier_sibling_crashes
         journal, root, ("answerer", answerer), ("asker", asker), asker.inbox
     )
     assert restarts == {"answerer": 1, "asker": 2, "tail": 2}
+
+
+async def test_a_first_start_is_abandoned_when_an_earlier_sibling_crashes_meanwhile(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The daemon's own start: the store crashes while `events`, starting, asks it. The ask held
+    the supervisor, and so the store's restart, till it timed out, which failed the start and
+    the tree. The start is given up, the store's restart starts it and the child after it, in
+    order, and the supervisor has started once both have, neither counting a restart."""
+    answerer = Answerer(journal)
+    asker, tail = Asker(journal, answerer, crashing=1), ProbeActor("tail", journal)
+    children = [ChildSpec("answerer", answerer), ChildSpec("asker", asker), ChildSpec("tail", tail)]
+    sup = Supervisor(children=children, strategy=Strategy.REST_FOR_ONE, limits=FAST)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(PROMPT):
+            await nursery.start(run_root, sup, root)
+        assert journal.events == ["start answerer", "start answerer", "start asker", "start tail"]
+        restarts = {name: node.restarts for name, node in root.children.items()}
+        assert restarts == {"answerer": 1, "asker": 0, "tail": 0}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_start_child_is_abandoned_when_an_earlier_sibling_crashes_meanwhile(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A child added at runtime whose start asks an earlier sibling that crashes meanwhile: the
+    asker of the start waited out that ask, and was told the start failed. It is answered at
+    once, and the sibling's restart starts the child."""
+    answerer = Answerer(journal)
+    children = [ChildSpec("answerer", answerer)]
+    sup = Supervisor(children=children, strategy=Strategy.REST_FOR_ONE, limits=FAST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        with trio.fail_after(PROMPT):
+            await sup.start_child(ChildSpec("asker", Asker(journal, answerer, crashing=1)))
+            await journal.wait_count("start asker", 1)
+        await trio.testing.wait_all_tasks_blocked()  # the supervisor marked it running
+        assert journal.events == ["start answerer", "start answerer", "start asker"]
+        assert root.children["asker"].state is ActorState.RUNNING
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_child_ended_just_before_an_earlier_siblings_crash_stops_it_counts_once(
