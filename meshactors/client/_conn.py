@@ -43,12 +43,10 @@ RECEIVE_CHUNK = 64 * 1024  # bytes asked of the socket per read
 RETRYABLE_ERRNOS = (errno.ENOENT, errno.ECONNREFUSED)  # no socket yet, or no one listening
 
 Event = dict[str, Any]
-# markers a connection routes among its event frames, for the client's stream table only: the
-# call a given-up `rpc_call_stream` opened is being cancelled (its late events are dropped,
-# never held as those of a stream being opened), or its cancel failed (it had ended, or its
-# end may never come)
+# the marker a connection routes among its event frames, for the client's stream table only:
+# the call a given-up `rpc_call_stream` opened is being cancelled (its late events are dropped
+# until its end or its deadline, never held as those of a stream being opened)
 STREAM_LEFT = "client_stream_left"
-STREAM_OVER = "client_stream_over"
 
 
 async def connect_unix(path: Path, timeout: float, first: bytes = b"") -> trio.SocketStream:
@@ -169,7 +167,7 @@ class Connection:
                 await pending.done.wait()
             finally:
                 if not pending.done.is_set():
-                    self._give_up(pending)
+                    self._give_up(pending, params)
         if pending is None or not pending.done.is_set():
             raise DeadlineExceeded(op, timeout)
         if pending.frame is not None:
@@ -190,7 +188,7 @@ class Connection:
         self._out_send.send_nowait(line)  # never full: see OUTGOING_CAPACITY
         return pending
 
-    def _give_up(self, pending: _Pending) -> None:
+    def _give_up(self, pending: _Pending, params: dict[str, Any]) -> None:
         """Its caller stopped waiting: the answer, when it comes, only frees the slot; an
         `rpc_call` is cancelled at the daemon at once, an `rpc_call_stream` once its answer
         names the call it opened (either way the serving side is told). A connection that is
@@ -200,7 +198,7 @@ class Connection:
         if pending.op == "rpc_call":
             self._nursery.start_soon(self._cancel_call, pending.request_id)
         elif pending.op == "rpc_call_stream":
-            self._nursery.start_soon(self._cancel_stream, pending)
+            self._nursery.start_soon(self._cancel_stream, pending, params.get("timeout_ms"))
 
     async def _cancel_call(self, request_id: int) -> None:
         """Cancel our own `rpc_call` request by its id; one answered meanwhile (or a lost
@@ -208,12 +206,12 @@ class Connection:
         with contextlib.suppress(ClientError):
             await self.call("rpc_cancel", {"call": request_id}, CALL_CANCEL_TIMEOUT)
 
-    async def _cancel_stream(self, pending: _Pending) -> None:
-        """Cancel the streamed call a given-up `rpc_call_stream` opened, by the request id its
-        answer carries: nobody reads its chunks, so it would run on until its timeout. Its
-        events are dropped until its end, which the daemon sends after a cancel answered ok;
-        a cancel that failed (`unknown_request`: it had ended; `unavailable`, no answer: a
-        core restart may have lost the call, end and all) waits for no end."""
+    async def _cancel_stream(self, pending: _Pending, timeout_ms: int | None) -> None:
+        """Cancel the streamed call a given-up `rpc_call_stream` (asked with `timeout_ms`)
+        opened, by the request id its answer carries: nobody reads its chunks, so it would run
+        on until its timeout. Its events are dropped until its end, which the daemon sends
+        after a cancel answered ok, or until its deadline (a cancel that failed: it had ended,
+        or a core restart may have lost the call, end and all; or no answer)."""
         await pending.done.wait()
         if pending.frame is None:  # the connection failed: the daemon ends its calls itself
             return
@@ -221,11 +219,10 @@ class Connection:
             request_id = answer_data(pending.frame)["request_id"]
         except ClientError:  # an error answer opened no call
             return
-        self._fanout.publish({"kind": STREAM_LEFT, "request_id": request_id})
-        try:
+        marker = {"kind": STREAM_LEFT, "request_id": request_id, "timeout_ms": timeout_ms}
+        self._fanout.publish(marker)  # after the events that came before its answer
+        with contextlib.suppress(ClientError):
             await self.call("rpc_cancel", {"request_id": request_id}, CALL_CANCEL_TIMEOUT)
-        except ClientError:  # after the events that came before its answer
-            self._fanout.publish({"kind": STREAM_OVER, "request_id": request_id})
 
     def _check_open(self) -> None:
         if self.closed.is_set():

@@ -8,11 +8,21 @@ from typing import Any
 import attrs
 import trio
 
-from meshactors.client._ops import received
+from meshactors.client._ops import RPC_DEADLINE_MARGIN, received
 from meshactors.client.errors import ClientError, DeadlineExceeded
+from meshactors.network.rpc import DEFAULT_TIMEOUT_MS
 
 STREAM_BUFFER = 1024  # chunks received but not yet read; past it the stream fails as lagged
 EARLY_FRAMES = 1024  # stream events held while their call's answer is still on its way
+# streams left before their end whose late events are still told apart (and dropped) until
+# their deadline; past it the one left longest ago is forgotten
+LEFT_STREAMS = 4096
+
+
+def stream_allowed(timeout_ms: int | None) -> float:
+    """Seconds a streamed call with this `timeout_ms` may last as the client counts it: the
+    daemon's whole-stream deadline and the margin an rpc_call waits past it."""
+    return (DEFAULT_TIMEOUT_MS if timeout_ms is None else timeout_ms) / 1000 + RPC_DEADLINE_MARGIN
 
 
 @attrs.define(eq=False)
@@ -83,10 +93,10 @@ class StreamTable:
     opening: int = 0  # rpc_call_stream requests whose answer has not been handled yet
     streams: dict[str, RpcStream] = attrs.field(factory=dict)
     # streams their callers left (or calls given up before their answer opened them) before
-    # the daemon ended them: their events, until the end the daemon sends last after a cancel
-    # answered ok (or until that cancel failed), are dropped, never held as another stream's
-    # early ones
-    _left: set[str] = attrs.field(factory=set)
+    # the daemon ended them, each until its deadline (trio time): their events, up to their
+    # end, are dropped, never held as another stream's early ones, however their cancel
+    # ended (answered ok, failed, or no answer: the daemon may still send some)
+    _left: dict[str, float] = attrs.field(factory=dict)
     _early: list[dict[str, Any]] = attrs.field(factory=list)
     # events were dropped while streams were opening: each one opened until none is fails so
     _opening_lagged: ClientError | None = None
@@ -96,7 +106,7 @@ class StreamTable:
         request_id = frame.get("request_id")
         if request_id in self._left:
             if frame["kind"] == "rpc_call_stream_end":
-                self._left.discard(request_id)
+                del self._left[request_id]
             return
         stream = self.streams.get(request_id)  # type: ignore[arg-type]
         if stream is not None:
@@ -135,7 +145,6 @@ class StreamTable:
         until none is being opened (its first events may be among those dropped)."""
         for stream in self.streams.values():
             stream._end(failure)
-        self._left.clear()  # their ends may be among those dropped: none is waited for
         if self.opening:
             self._opening_lost(failure)
 
@@ -146,25 +155,31 @@ class StreamTable:
 
     def forget(self, stream: RpcStream) -> None:
         """Stop routing to a stream its caller left; what the daemon still sends of it, up to
-        its end, is dropped."""
+        its end or its deadline, is dropped."""
         self.streams.pop(stream.request_id, None)
         if not stream.daemon_done:
-            self._left.add(stream.request_id)
+            self._leave(stream.request_id, stream.deadline)
         stream._end(None)
 
-    def leave(self, request_id: str) -> None:
-        """A call given up before its answer opened stream `request_id`, now being cancelled:
-        its events held or still to come, up to its end, are dropped."""
+    def leave(self, request_id: str, timeout_ms: int | None) -> None:
+        """A call given up before its answer opened stream `request_id` (asked with
+        `timeout_ms`), now being cancelled: its events held or still to come, up to its end or
+        its deadline, are dropped."""
         held = [frame for frame in self._early if frame.get("request_id") == request_id]
         self._early = [frame for frame in self._early if frame.get("request_id") != request_id]
         if all(frame["kind"] != "rpc_call_stream_end" for frame in held):
-            self._left.add(request_id)
+            self._leave(request_id, trio.current_time() + stream_allowed(timeout_ms))
 
-    def over(self, request_id: str) -> None:
-        """The cancel of stream `request_id`, given up, failed (it had ended, or its end may
-        never come: a core restart lost the call, or no answer): its end is waited for no
-        longer, whatever the cancel met."""
-        self._left.discard(request_id)
+    def _leave(self, request_id: str, deadline: float) -> None:
+        """Drop the events of stream `request_id` until its end, or `deadline` (trio time):
+        past it the daemon has ended it (or lost it, when a core restart lost the call, or the
+        end itself was among events dropped) and sends nothing more of it. At most
+        LEFT_STREAMS are kept, the one left longest ago going first."""
+        now = trio.current_time()
+        self._left = {left: until for left, until in self._left.items() if until > now}
+        if len(self._left) >= LEFT_STREAMS:
+            del self._left[next(iter(self._left))]
+        self._left[request_id] = deadline
 
     def fail_all(self, failure: ClientError) -> None:
         """End every open stream with `failure` (the connection carrying them is gone, and the

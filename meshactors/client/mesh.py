@@ -14,9 +14,9 @@ import attrs
 import trio
 
 from meshactors.actors import Broadcast, Lagged, Subscriber
-from meshactors.client._conn import STREAM_LEFT, STREAM_OVER
+from meshactors.client._conn import STREAM_LEFT
 from meshactors.client._frames import events_told
-from meshactors.client._ops import RPC_DEADLINE_MARGIN, Data, Ops, params, payload_params, received
+from meshactors.client._ops import Data, Ops, params, payload_params, received
 from meshactors.client._serving import (
     Handler,
     Serving,
@@ -24,7 +24,7 @@ from meshactors.client._serving import (
     is_streaming,
     require_async,
 )
-from meshactors.client._streams import RpcStream, StreamTable
+from meshactors.client._streams import RpcStream, StreamTable, stream_allowed
 from meshactors.client.binary import BinaryStream, StreamError, switch
 from meshactors.client.errors import ClientClosed, ClientError, ConnectionLost, DeadlineExceeded
 from meshactors.client.networks import NetworkSync, converge
@@ -286,11 +286,8 @@ class MeshClient(Ops):
             self._streams.lagged(ClientError("lagged", dropped))
             item = {"kind": "lagged", "skipped": item.skipped, "source": "client"}
         kind = item.get("kind")
-        if kind == STREAM_LEFT:  # the connection's own markers, for the stream table alone
-            self._streams.leave(item["request_id"])
-            return
-        if kind == STREAM_OVER:
-            self._streams.over(item["request_id"])
+        if kind == STREAM_LEFT:  # the connection's own marker, for the stream table alone
+            self._streams.leave(item["request_id"], item["timeout_ms"])
             return
         if kind == "rpc_inbound" and self._nursery is not None:
             self._serving.inbound(item, self._nursery)
@@ -565,8 +562,7 @@ class MeshClient(Ops):
         the call on the serving side."""
         # the daemon's deadline is for the whole stream: past it (and the margin an rpc_call
         # waits) the iteration fails even if the daemon never ends the stream
-        allowed = (DEFAULT_TIMEOUT_MS if timeout_ms is None else timeout_ms) / 1000
-        allowed += RPC_DEADLINE_MARGIN
+        allowed = stream_allowed(timeout_ms)
         deadline = trio.current_time() + allowed
         self._streams.opening += 1
         try:
@@ -586,15 +582,12 @@ class MeshClient(Ops):
                 await self._cancel_left(stream.request_id)
 
     async def _cancel_left(self, request_id: str) -> None:
-        """Cancel a stream its caller left before the daemon ended it. Answered ok, its end
-        follows (the daemon always sends one) and drops it from the stream table; a cancel
-        that failed or ran out of time (it had ended, or a core restart lost it, end and all)
-        drops it now, as that end may never come."""
+        """Cancel a stream its caller left before the daemon ended it. However the cancel
+        ends (answered ok, failed, or out of time) the stream table drops its events until
+        its end or its deadline (`StreamTable.forget`), so nothing is left to do on failure."""
         with trio.move_on_after(RELEASE_TIMEOUT, shield=True):
             with contextlib.suppress(ClientError):
                 await self.rpc_cancel(request_id)
-                return
-        self._streams.over(request_id)
 
     # replicated state
     @contextlib.asynccontextmanager
