@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -41,6 +42,9 @@ CALL_CANCEL_TIMEOUT = 10.0  # seconds the cancel of a call given up waits for it
 EVENT_BUFFER = 4096  # event frames received but not yet routed before the newest are dropped
 RECEIVE_CHUNK = 64 * 1024  # bytes asked of the socket per read
 RETRYABLE_ERRNOS = (errno.ENOENT, errno.ECONNREFUSED)  # no socket yet, or no one listening
+# why a connect found no room: the daemon's listen queue (LISTEN_BACKLOG) holds connections
+# it has not accepted yet, up to its bound, and a Unix socket's connect then fails EAGAIN
+QUEUE_FULL = "the daemon is too busy to take a connection: its listen queue is full"
 
 Event = dict[str, Any]
 # the marker a connection routes among its event frames, for the client's stream table only:
@@ -52,22 +56,26 @@ STREAM_LEFT = "client_stream_left"
 async def connect_unix(path: Path, timeout: float, first: bytes = b"") -> trio.SocketStream:
     """Connect to the daemon's socket and send it `first` (the connection's first request, if
     any), retrying with a doubling backoff for at most `timeout` seconds while the socket is
-    absent or refuses (the daemon may be starting), or the daemon closed the connection before
-    one byte of `first` was written (nothing of it reached the daemon); then DaemonNotRunning,
-    or ConnectionLost for connections closed so (at once, SocketPathTooLong, for a path no
-    socket can have). Once a byte went out nothing is retried: a failure is ConnectionLost, as
-    the daemon may have read the request and run it."""
+    absent or refuses (the daemon may be starting), its listen queue is full (a daemon too
+    busy to accept), or the daemon closed the connection before one byte of `first` was
+    written (nothing of it reached the daemon); then DaemonNotRunning, `unavailable` for a
+    queue full, or ConnectionLost for connections closed so (at once, SocketPathTooLong, for a
+    path no socket can have). Once a byte went out nothing is retried: a failure is
+    ConnectionLost, as the daemon may have read the request and run it."""
     SocketPathTooLong.check(path)
     deadline = trio.current_time() + timeout
     delay = CONNECT_RETRY_FIRST
     while True:
         try:
-            stream = await trio.open_unix_socket(str(path))
+            stream = await open_unix(path)
         except OSError as exc:
             reason = exc.strerror or str(exc)
-            if exc.errno not in RETRYABLE_ERRNOS:
+            if exc.errno == errno.EAGAIN:
+                failure: ClientError = ClientError("unavailable", f"{path}: {QUEUE_FULL}")
+            elif exc.errno in RETRYABLE_ERRNOS:
+                failure = DaemonNotRunning(path, reason)
+            else:
                 raise ClientError("connect_failed", f"cannot connect to {path}: {reason}") from None
-            failure: ClientError = DaemonNotRunning(path, reason)
         else:
             unsent = await _send_first(stream, first)
             if unsent is None:
@@ -78,6 +86,21 @@ async def connect_unix(path: Path, timeout: float, first: bytes = b"") -> trio.S
             raise failure
         await trio.sleep(min(delay, remaining))
         delay = min(delay * 2, CONNECT_RETRY_MAX)
+
+
+async def open_unix(path: Path) -> trio.SocketStream:
+    """Connect to the Unix socket at `path` without waiting: a full listen queue raises
+    EAGAIN (trio's `open_unix_socket` takes that for a connect under way, and hands back a
+    socket never connected), any other failure its OSError."""
+    await trio.lowlevel.checkpoint()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.connect(str(path))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
 
 
 async def _send_first(stream: trio.SocketStream, first: bytes) -> ConnectionLost | None:

@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from meshactors.client import ClientError, DeadlineExceeded, MeshClient
+from meshactors.client import ClientError, DeadlineExceeded, MeshClient, _conn
 from meshactors.client.binary import STREAM_DEADLINE_MARGIN
 from tests.client.conftest import NETWORK, LocalDaemon
 from tests.client.fakedaemon import fake_session
@@ -34,9 +34,9 @@ class LateSender:
 
     slow: int
     connects: int = 0
-    _open: Callable[[str], Awaitable[trio.SocketStream]] = trio.open_unix_socket
+    _open: Callable[[Path], Awaitable[trio.SocketStream]] = _conn.open_unix
 
-    async def open(self, path: str) -> trio.SocketStream:
+    async def open(self, path: Path) -> trio.SocketStream:
         self.connects += 1
         stream = await self._open(path)
         if self.connects <= self.slow:
@@ -72,7 +72,7 @@ async def test_a_stream_connection_closed_before_its_op_was_written_is_tried_aga
     async with fake_session(tmp_path) as (daemon, client, _):
         daemon.closed_at_once = CLOSED_BEFORE_SENT
         late = LateSender(CLOSED_BEFORE_SENT)
-        monkeypatch.setattr(trio, "open_unix_socket", late.open)
+        monkeypatch.setattr(_conn, "open_unix", late.open)
         with trio.fail_after(RESTART_WAIT):
             async with await client.open_stream("lan", "peer", "bulk") as stream:
                 session = await daemon.next_session()  # the one answered
@@ -89,7 +89,7 @@ async def test_stream_connections_closed_before_the_op_for_its_whole_timeout_rai
     async with fake_session(tmp_path, call_timeout=SWITCH_CONNECT_TIMEOUT) as (daemon, client, _):
         daemon.closed_at_once = 10**9  # closes every one
         late = LateSender(10**9)
-        monkeypatch.setattr(trio, "open_unix_socket", late.open)
+        monkeypatch.setattr(_conn, "open_unix", late.open)
         started = trio.current_time()
         with trio.fail_after(SWITCH_WAIT), pytest.raises(ClientError) as lost:
             await client.open_stream("lan", "peer", "bulk")
