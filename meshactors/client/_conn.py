@@ -26,6 +26,7 @@ from meshactors.client._frames import (
 from meshactors.client.errors import (
     ClientError,
     ConnectionLost,
+    DaemonBusy,
     DaemonNotRunning,
     DeadlineExceeded,
     ProtocolError,
@@ -44,7 +45,7 @@ RECEIVE_CHUNK = 64 * 1024  # bytes asked of the socket per read
 RETRYABLE_ERRNOS = (errno.ENOENT, errno.ECONNREFUSED)  # no socket yet, or no one listening
 # why a connect found no room: the daemon's listen queue (LISTEN_BACKLOG) holds connections
 # it has not accepted yet, up to its bound, and a Unix socket's connect then fails EAGAIN
-QUEUE_FULL = "the daemon is too busy to take a connection: its listen queue is full"
+QUEUE_FULL = "its listen queue is full"
 
 Event = dict[str, Any]
 # the marker a connection routes among its event frames, for the client's stream table only:
@@ -53,25 +54,46 @@ Event = dict[str, Any]
 STREAM_LEFT = "client_stream_left"
 
 
-async def connect_unix(path: Path, timeout: float, first: bytes = b"") -> trio.SocketStream:
+@attrs.define
+class ConnectRetry:
+    """The connect retry policy: tries spaced by a delay doubling from CONNECT_RETRY_FIRST to
+    CONNECT_RETRY_MAX, until `deadline` (trio time). One is shared by every try of a connect,
+    also those its caller makes again after a refusal (see `binary.switch`)."""
+
+    deadline: float
+    _delay: float = CONNECT_RETRY_FIRST
+
+    @classmethod
+    def within(cls, timeout: float) -> ConnectRetry:
+        """Tries for `timeout` seconds from now."""
+        return cls(trio.current_time() + timeout)
+
+    async def wait(self, failure: ClientError) -> None:
+        """Wait before the next try; raise `failure` (the last try's) once the deadline passed."""
+        remaining = self.deadline - trio.current_time()
+        if remaining <= 0:
+            raise failure
+        await trio.sleep(min(self._delay, remaining))
+        self._delay = min(self._delay * 2, CONNECT_RETRY_MAX)
+
+
+async def connect_unix(path: Path, retry: ConnectRetry, first: bytes = b"") -> trio.SocketStream:
     """Connect to the daemon's socket and send it `first` (the connection's first request, if
-    any), retrying with a doubling backoff for at most `timeout` seconds while the socket is
-    absent or refuses (the daemon may be starting), its listen queue is full (a daemon too
-    busy to accept), or the daemon closed the connection before one byte of `first` was
-    written (nothing of it reached the daemon); then DaemonNotRunning, `unavailable` for a
-    queue full, or ConnectionLost for connections closed so (at once, SocketPathTooLong, for a
-    path no socket can have). Once a byte went out nothing is retried: a failure is
-    ConnectionLost, as the daemon may have read the request and run it."""
+    any), retrying as `retry` says while the socket is absent or refuses (the daemon may be
+    starting), its listen queue is full (a daemon too busy to accept), or the daemon closed
+    the connection before one byte of `first` was written (nothing of it reached the daemon);
+    then DaemonNotRunning, DaemonBusy for a queue full, or ConnectionLost for connections
+    closed so (at once, SocketPathTooLong, for a path no socket can have). Once a byte went
+    out nothing is retried: a failure is ConnectionLost, as the daemon may have read the
+    request and run it."""
     SocketPathTooLong.check(path)
-    deadline = trio.current_time() + timeout
-    delay = CONNECT_RETRY_FIRST
     while True:
         try:
             stream = await open_unix(path)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             if exc.errno == errno.EAGAIN:
-                failure: ClientError = ClientError("unavailable", f"{path}: {QUEUE_FULL}")
+                failure: ClientError = DaemonBusy(path, QUEUE_FULL)
             elif exc.errno in RETRYABLE_ERRNOS:
                 failure = DaemonNotRunning(path, reason)
             else:
@@ -81,11 +103,7 @@ async def connect_unix(path: Path, timeout: float, first: bytes = b"") -> trio.S
             if unsent is None:
                 return stream
             failure = unsent
-        remaining = deadline - trio.current_time()
-        if remaining <= 0:
-            raise failure
-        await trio.sleep(min(delay, remaining))
-        delay = min(delay * 2, CONNECT_RETRY_MAX)
+        await retry.wait(failure)
 
 
 async def open_unix(path: Path) -> trio.SocketStream:
@@ -313,7 +331,7 @@ class Connection:
 @asynccontextmanager
 async def open_connection(path: Path, connect_timeout: float) -> AsyncIterator[Connection]:
     """Connect (retrying up to `connect_timeout`) and serve the connection for the block."""
-    stream = await connect_unix(path, connect_timeout)
+    stream = await connect_unix(path, ConnectRetry.within(connect_timeout))
     async with stream:
         connection = Connection(stream)
         async with trio.open_nursery() as nursery:

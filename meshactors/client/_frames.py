@@ -79,3 +79,12 @@ def answer_data(frame: dict[str, Any]) -> Any:
     if not isinstance(error, dict):
         raise ProtocolError(f"an error answer without an error object: {frame!r}")
     raise ClientError.from_wire(error)
+
+
+def connection_refused(frame: dict[str, Any]) -> str | None:
+    """Why the daemon refused a whole connection before handling any of it (an `unavailable`
+    answer without an id: it serves as many clients as it can), or None for any other frame."""
+    error = frame.get("error")
+    if frame.get("id") is not None or frame.get("ok") is not False or not isinstance(error, dict):
+        return None
+    return str(error.get("message")) if error.get("code") == "unavailable" else None

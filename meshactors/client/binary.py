@@ -12,11 +12,12 @@ from typing import Any
 import attrs
 import trio
 
-from meshactors.client._conn import closed_on_failure, connect_unix
-from meshactors.client._frames import answer_data, decode_frame, encode_request
+from meshactors.client._conn import ConnectRetry, closed_on_failure, connect_unix
+from meshactors.client._frames import answer_data, connection_refused, decode_frame, encode_request
 from meshactors.client.errors import (
     ClientError,
     ConnectionLost,
+    DaemonBusy,
     DeadlineExceeded,
     ProtocolError,
 )
@@ -173,22 +174,30 @@ async def switch(
 ) -> BinaryStream:
     """Connect and send the switching op as the connection's first request (within `timeout`
     seconds, retried as `connect_unix` says: only while nothing of the op was written, so it
-    never runs twice), and return the stream once answered (ClientError with the daemon's
-    code otherwise; ConnectionLost for a connection that fails meanwhile). The answer takes
-    at most `own_timeout`, the op's own bound at the daemon, and STREAM_DEADLINE_MARGIN more:
-    a daemon that took the op and never answers it (hung, or its socket stalled) is
-    DeadlineExceeded, never waited for forever."""
-    stream = await connect_unix(socket, timeout, encode_request(1, op, params))
-    async with closed_on_failure(stream):
-        allowed = max(0.0, own_timeout) + STREAM_DEADLINE_MARGIN  # the daemon refuses < 0
-        with trio.move_on_after(allowed):
-            return await _answered(stream)
-        raise DeadlineExceeded(op, allowed)
+    never runs twice; and, on a new connection, while the daemon refuses the whole connection
+    too busy to take it, DaemonBusy, as it handled none of it), and return the stream once
+    answered (ClientError with the daemon's code otherwise; ConnectionLost for a connection
+    that fails meanwhile). The answer takes at most `own_timeout`, the op's own bound at the
+    daemon, and STREAM_DEADLINE_MARGIN more: a daemon that took the op and never answers it
+    (hung, or its socket stalled) is DeadlineExceeded, never waited for forever."""
+    retry = ConnectRetry.within(timeout)
+    first = encode_request(1, op, params)
+    allowed = max(0.0, own_timeout) + STREAM_DEADLINE_MARGIN  # the daemon refuses < 0
+    while True:
+        stream = await connect_unix(socket, retry, first)
+        try:
+            async with closed_on_failure(stream):
+                with trio.move_on_after(allowed):
+                    return await _answered(stream, socket)
+                raise DeadlineExceeded(op, allowed)
+        except DaemonBusy as busy:
+            await retry.wait(busy)
 
 
-async def _answered(stream: trio.SocketStream) -> BinaryStream:
+async def _answered(stream: trio.SocketStream, socket: Path) -> BinaryStream:
     """Read the switching op's answer line: the stream it made (the bytes after the line are
-    its first), or the daemon's error as ClientError."""
+    its first), or the daemon's error as ClientError (DaemonBusy for its refusal of the whole
+    connection at `socket`)."""
     buffer = bytearray()
     while (newline := buffer.find(b"\n")) < 0:
         if len(buffer) > MAX_FRAME_BYTES:
@@ -197,7 +206,10 @@ async def _answered(stream: trio.SocketStream) -> BinaryStream:
         if not chunk:
             raise ConnectionLost()
         buffer += chunk
-    info = answer_data(decode_frame(bytes(buffer[:newline])))
+    frame = decode_frame(bytes(buffer[:newline]))
+    if (busy := connection_refused(frame)) is not None:
+        raise DaemonBusy(socket, busy)
+    info = answer_data(frame)
     binary = BinaryStream(stream, info)
     if len(buffer) > newline + 1:
         binary.feed(buffer[newline + 1 :])

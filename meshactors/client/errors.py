@@ -59,6 +59,16 @@ class SocketPathTooLong(DaemonNotRunning):
             raise cls(path, reason)
 
 
+class DaemonBusy(ClientError):
+    """The daemon took none of a new connection, too busy for one more (its listen queue is
+    full, or it serves as many clients as it can): `unavailable`, safe to retry, as nothing
+    sent on the connection was handled (after retrying for the connect timeout)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__("unavailable", f"the daemon on {path} takes no connection now ({reason})")
+        self.path = path
+
+
 class ConnectionLost(ClientError):
     """The connection closed before the answer came; the op may or may not have run."""
 

@@ -18,7 +18,7 @@ import trio
 import trio.testing
 
 from meshactors.client import ClientError, MeshClient
-from meshactors.client._conn import connect_unix
+from meshactors.client._conn import ConnectRetry, connect_unix
 
 FULL_TIMEOUT = 3.0  # seconds (of the mock clock) a connect waits for room that never comes
 ROOM_WAIT = 30.0  # seconds a connect may take to get in once there is room
@@ -83,7 +83,7 @@ async def test_a_connect_to_a_full_queue_raises_unavailable_past_its_timeout(
     with full_queue(path):
         started = trio.current_time()
         with trio.fail_after(FULL_TIMEOUT * 2), pytest.raises(ClientError) as refused:
-            await connect_unix(path, FULL_TIMEOUT)
+            await connect_unix(path, ConnectRetry.within(FULL_TIMEOUT))
         waited = trio.current_time() - started
     assert refused.value.code == "unavailable"
     assert "listen queue is full" in refused.value.message
@@ -105,7 +105,7 @@ async def test_a_connect_to_a_full_queue_gets_in_once_there_is_room(tmp_path: Pa
     connected: list[trio.SocketStream] = []
 
     async def connect() -> None:
-        connected.append(await connect_unix(path, ROOM_WAIT))
+        connected.append(await connect_unix(path, ConnectRetry.within(ROOM_WAIT)))
 
     with full_queue(path) as full, trio.fail_after(ROOM_WAIT):
         async with trio.open_nursery() as nursery:

@@ -69,8 +69,8 @@ async def test_a_stream_whose_caller_stopped_reading_ends_lagged_once_it_reads_a
     sockets: list[PausableSocket] = []
     connect = _conn.connect_unix
 
-    async def connect_pausable(path: Path, timeout: float) -> trio.abc.Stream:
-        socket = PausableSocket(await connect(path, timeout))
+    async def connect_pausable(path: Path, retry: _conn.ConnectRetry) -> trio.abc.Stream:
+        socket = PausableSocket(await connect(path, retry))
         socket.reading.set()
         sockets.append(socket)
         return socket
