@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import attrs
 import pytest
@@ -100,3 +102,22 @@ def home(tmp_path: Path) -> Iterator[Home]:
     home = Home(tmp_path)
     yield home
     home.stop_daemon()
+
+
+def count_connects(
+    monkeypatch: pytest.MonkeyPatch, module: ModuleType, name: str, retried: trio.Event
+) -> list[Path]:
+    """Each connection `module.name` (a connect, given the socket's path first) opens from
+    now on, by path, in a list; `retried` is set once it opens a second one (the first was
+    refused)."""
+    connect = getattr(module, name)
+    opened: list[Path] = []
+
+    def counted(path: Path, *args: Any) -> Any:
+        opened.append(path)
+        if len(opened) == 2:
+            retried.set()
+        return connect(path, *args)
+
+    monkeypatch.setattr(module, name, counted)
+    return opened

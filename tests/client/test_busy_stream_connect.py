@@ -5,35 +5,16 @@ is; one refused for the whole of it raises that refusal (DaemonBusy, `unavailabl
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import pytest
 import trio
 
 from meshactors.client import BinaryStream, ClientError, MeshClient, binary
-from tests.client.conftest import NETWORK, LocalDaemon
+from tests.client.conftest import NETWORK, LocalDaemon, count_connects
 
 PLACES = 4  # the daemon's clients at once: two programs, and a stream's two ends
 STREAM_WAIT = 30.0  # seconds the exchange may take before the test fails
 FULL_TIMEOUT = 0.5  # seconds the caller waits for a place that never comes
 GREETING = b"hello"  # sent through the stream, and echoed back
-
-
-def count_stream_connects(monkeypatch: pytest.MonkeyPatch, retried: trio.Event) -> list[Path]:
-    """Each connection a binary stream opens from now on, in a list; `retried` is set once a
-    second one is opened (the first was refused)."""
-    connect = binary.connect_unix
-    opened: list[Path] = []
-
-    async def counted(path: Path, *args: Any) -> trio.SocketStream:
-        opened.append(path)
-        if len(opened) == 2:
-            retried.set()
-        return await connect(path, *args)
-
-    monkeypatch.setattr(binary, "connect_unix", counted)
-    return opened
 
 
 async def echo(stream: BinaryStream) -> None:
@@ -65,7 +46,7 @@ async def test_a_stream_opened_while_the_daemon_is_full_gets_in_once_there_is_ro
 
         with trio.fail_after(STREAM_WAIT):
             async with trio.open_nursery() as nursery:
-                count_stream_connects(monkeypatch, retried)
+                count_connects(monkeypatch, binary, "connect_unix", retried)
                 async with MeshClient(socket) as filler, MeshClient(socket):  # the last places
                     assert (await filler.status())["clients"] == PLACES
                     nursery.start_soon(open_echo)
@@ -80,7 +61,7 @@ async def test_a_stream_refused_for_its_whole_timeout_raises_the_refusal(
     local.max_clients = 1
     socket = (await local.start()).paths.socket
     async with MeshClient(socket, call_timeout=FULL_TIMEOUT) as holder:
-        opened = count_stream_connects(monkeypatch, trio.Event())
+        opened = count_connects(monkeypatch, binary, "connect_unix", trio.Event())
         started = trio.current_time()
         with trio.fail_after(STREAM_WAIT), pytest.raises(ClientError) as refused:
             await holder.open_stream("lan", "peer", "echo")

@@ -4,33 +4,15 @@ only then its refusal raised."""
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
 import trio
 
 from meshactors.client import ClientError, MeshClient, reconnect
-from meshactors.client._conn import Connection
-from tests.client.conftest import LocalDaemon
+from tests.client.conftest import LocalDaemon, count_connects
 
 FULL_CONNECT_TIMEOUT = 0.5  # seconds the client waits for room that is never made
-
-
-def count_connects(monkeypatch: pytest.MonkeyPatch, retried: trio.Event) -> list[Path]:
-    """Each connection the client's link opens from now on, in a list; `retried` is set once
-    it opens a second one (the first was refused)."""
-    connect = reconnect.open_connection
-    opened: list[Path] = []
-
-    def counted(path: Path, timeout: float) -> AbstractAsyncContextManager[Connection]:
-        opened.append(path)
-        if len(opened) == 2:
-            retried.set()
-        return connect(path, timeout)
-
-    monkeypatch.setattr(reconnect, "open_connection", counted)
-    return opened
 
 
 @pytest.fixture
@@ -56,7 +38,7 @@ async def test_a_first_connect_to_a_full_daemon_waits_for_room(
         # the holder takes the one place, and leaves it once the late client was refused
         async with trio.open_nursery() as nursery, MeshClient(socket) as holder:
             assert (await holder.status())["clients"] == 1
-            count_connects(monkeypatch, retried)
+            count_connects(monkeypatch, reconnect, "open_connection", retried)
             nursery.start_soon(connect_late)
             await retried.wait()  # refused once, and trying again
     assert clients_seen == [1]
@@ -68,7 +50,7 @@ async def test_a_daemon_full_for_the_whole_connect_timeout_raises_its_refusal(
     socket = one_place
     async with MeshClient(socket) as holder:
         assert (await holder.status())["clients"] == 1
-        opened = count_connects(monkeypatch, trio.Event())
+        opened = count_connects(monkeypatch, reconnect, "open_connection", trio.Event())
         started = trio.current_time()
         with trio.fail_after(20), pytest.raises(ClientError) as refused:
             async with MeshClient(socket, connect_timeout=FULL_CONNECT_TIMEOUT):
