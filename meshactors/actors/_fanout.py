@@ -6,6 +6,8 @@ how many with a `Lagged` marker where they would have been, so memory stays boun
 reader never stalls the pump or the other subscribers, and it knows which items it got came
 before the hole and which after. A reader leaves by closing its end; the publisher forgets it
 when it next looks, so only the publisher's task ever touches the list of subscribers.
+A `Subscriber` serves as one actor's inbox too (a channel pump's): items it may skip are
+offered, and those it must not (a change of its readers) are sent, waiting for room.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class Subscriber(Generic[T]):
     # of, so its count is never lost with it); None: one each
     weight: Callable[[T], int] | None = None
     _left: bool = attrs.field(default=False, init=False)  # `close` ran
+    # set (and replaced) when an item is read, for a `send` waiting for room; None: none waits
+    _room: trio.Event | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._sender, self._receiver = trio.open_memory_channel[tuple[T | Lagged, int]](
@@ -75,15 +79,32 @@ class Subscriber(Generic[T]):
         if self._refuses(size, reserved):
             return self._skip(reserved, 1 if self.weight is None else self.weight(item))
         try:
-            if self._skipped_unreported:
-                self._sender.send_nowait((Lagged(self._skipped_unreported), 0))
-                self._skipped_unreported = 0
-            self._sender.send_nowait((item, size))
+            self._put(item, size)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
+        return True
+
+    async def send(self, item: T) -> None:
+        """Queue an item that must never be skipped (a publisher that may wait, as core with
+        a change of a pump's readers): wait while the queue holds `capacity` items, then queue
+        it as `offer` would, whatever its bytes. Raises BrokenResourceError once the reader
+        closed its end."""
+        while self.queued >= self.capacity:
+            if self._room is None:
+                self._room = trio.Event()
+            await self._room.wait()
+        self._put(item, 0 if self.size is None else self.size(item))
+
+    def _put(self, item: T, size: int) -> None:
+        """Queue `item` of `size` bytes behind the marker of the items skipped just before it.
+        The channel has room for both: items never pass `capacity` + `reserve` (`send` waits
+        below `capacity`), each with at most one marker before it."""
+        if self._skipped_unreported:
+            self._sender.send_nowait((Lagged(self._skipped_unreported), 0))
+            self._skipped_unreported = 0
+        self._sender.send_nowait((item, size))
         self.queued += 1
         self.queued_bytes += size
-        return True
 
     def offer_made(
         self, make: Callable[[], T], least_size: int = 0, *, reserved: bool = False
@@ -136,6 +157,9 @@ class Subscriber(Generic[T]):
         if not isinstance(entry, Lagged):
             self.queued -= 1
             self.queued_bytes -= size
+            if self._room is not None:
+                self._room.set()
+                self._room = None
         return entry
 
     def __aiter__(self) -> Subscriber[T]:
@@ -147,6 +171,10 @@ class Subscriber(Generic[T]):
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise StopAsyncIteration from None
 
+    def statistics(self) -> trio.MemoryChannelStatistics:
+        """Buffer use (items and markers), for the inspect tree."""
+        return self._receiver.statistics()
+
     @property
     def drained(self) -> bool:
         """Nothing to read: no item queued and no lag left to report."""
@@ -157,6 +185,8 @@ class Subscriber(Generic[T]):
         self._receiver.close()
         self._left = True
         self.queued = self.queued_bytes = 0  # closing the last receiving end dropped them
+        if self._room is not None:  # a waiting `send` finds the end closed
+            self._room.set()
 
     def end(self) -> None:
         """End the stream (the publisher's side): readers see what is queued, then the end."""

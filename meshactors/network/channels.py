@@ -3,9 +3,9 @@ subscribed channel, made by the first subscriber and stopped after the last.
 
 Received messages go from the frame handler to the channel's pump as event lines, encoded
 once per frame whatever the number of subscribers (a bounded inbox of frames' worth of
-events; a full one drops and counts), which pushes them to each subscribed connection without
-waiting: a connection that stops reading lags and is cut off by its own actor, never stalling
-the pump.
+events; a full one drops them, counts them, and marks where: the pump tells each subscriber
+`lagged` there), which pushes them to each subscribed connection without waiting: a
+connection that stops reading lags and is cut off by its own actor, never stalling the pump.
 Retained values: the last `retain` message per (sender, channel) is kept here and shown to
 each new subscriber at once; our own retained sends go again to every peer that becomes
 active. Both stores are bounded (RETAINED_*); the oldest entry goes first.
@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Protocol
 import attrs
 import trio
 
-from meshactors.actors import Actor, ChildSpec, Inbox, Restart, Supervisor
+from meshactors.actors import Actor, ChildSpec, Lagged, Restart, Subscriber, Supervisor
 from meshactors.network.app_frames import Chan, ChanAck, ChanBatch, ChanRun, payload_of_frame
 from meshactors.network.app_wire import AppWire, Postbox
 from meshactors.network.payload import MAX_BATCH, Payload
@@ -33,7 +33,7 @@ from meshactors.wire.ipc import ErrorCode, OpError, event_frame
 from meshactors.wire.peer import Frame
 
 MAX_CHANNELS = 256  # channels subscribed at once per network (one pump each)
-PUMP_INBOX = 4096  # frames' events queued for one pump before more are dropped (counted)
+PUMP_INBOX = 4096  # frames' events queued for one pump before more are dropped (told: lagged)
 PUMP_SHUTDOWN_TIMEOUT = 1.0  # seconds a pump may take to stop
 PUMP_END_TIMEOUT = 1.0  # seconds the pumps of a removed network have, together, to tell their
 # subscribers the channel ended; a pump late by then is stopped and its subscribers told by core
@@ -44,6 +44,7 @@ RECENT_ACKS = 4096  # reliable message ids remembered to drop resent duplicates
 ALL = "*"  # the target of a retained send to every peer
 INBOUND = "channel_inbound"  # the event kind of a received message
 UNSUBSCRIBED = "channel_unsubscribed"  # the event kind telling a subscriber its channel ended
+LAGGED = "lagged"  # the event kind telling a subscriber how many events it missed, where
 REMOVED = "network_removed"  # its reason: the network was removed
 _PAYLOAD_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # as ipc.encode
 
@@ -92,20 +93,43 @@ class PumpEnd:
     told: trio.Event = attrs.field(factory=trio.Event)
 
 
-# a frame's event lines, a change of readers, or the channel's end
-PumpMessage = list[bytes] | PumpJoin | PumpLeave | PumpEnd
+@attrs.frozen
+class PumpReliable:
+    """To a pump: the event line of a reliable message. One a full inbox drops is no loss the
+    subscribers are told of: it goes unacknowledged, so its sender sends it again."""
+
+    lines: list[bytes]
+
+
+# a frame's event lines (a reliable message's as such), a change of readers, or the channel's end
+PumpMessage = list[bytes] | PumpReliable | PumpJoin | PumpLeave | PumpEnd
+
+
+def _events_in(message: PumpMessage) -> int:
+    """How many events a pump's subscribers miss when its inbox drops `message`: a frame's
+    lines; a reliable message's none (it is sent again), and core waits to send the rest."""
+    if isinstance(message, list):
+        return len(message)
+    return 0
+
+
+def _pump_inbox() -> Subscriber[PumpMessage]:
+    """A pump's inbox: PUMP_INBOX messages, past which event lines are dropped and a `Lagged`
+    marker of their events left where they were."""
+    return Subscriber[PumpMessage](PUMP_INBOX, weight=_events_in)
 
 
 @attrs.define(eq=False)
 class ChannelPump(Actor):
     """Fans one channel's messages out to its subscribed connections, never waiting. Core
-    feeds it only by messages: event lines, and who joins or leaves."""
+    feeds it only by messages: event lines, and who joins or leaves; where its inbox dropped
+    lines, it finds a `Lagged` marker and tells each subscriber then."""
 
     kind: ClassVar[str] = "channel"
 
     network: str
     channel: str
-    inbox: Inbox[PumpMessage] = attrs.field(factory=lambda: Inbox(PUMP_INBOX))
+    inbox: Subscriber[PumpMessage] = attrs.field(factory=_pump_inbox)
     subscribers: dict[str, ChannelClient] = attrs.field(factory=dict)
     delivered: int = 0
     lagged: int = 0
@@ -116,12 +140,19 @@ class ChannelPump(Actor):
             "subscribers": sorted(self.subscribers),
             "delivered": self.delivered,
             "lagged": self.lagged,
+            "inbox_dropped": self.inbox.skipped_total,
         }
+
+    def inbox_statistics(self) -> trio.MemoryChannelStatistics:
+        """Its inbox's buffer use (messages and lag markers), for the inspect tree."""
+        return self.inbox.statistics()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        async for message in self.inbox.receiver:
+        async for message in self.inbox:
             match message:
+                case Lagged(skipped=skipped):
+                    self.tell_lagged(skipped)
                 case PumpJoin(client=client):
                     self.subscribers[client.client_id] = client
                 case PumpLeave(client_id=client_id):
@@ -132,8 +163,13 @@ class ChannelPump(Actor):
                     )
                     self.subscribers.clear()
                     message.told.set()
+                case PumpReliable(lines=lines):
+                    self.fan_out(lines)
                 case _:
                     self.fan_out(message)
+            # A full inbox is read without waiting: let others run between its messages (the
+            # readers' forwarders, core), as a wait for each would.
+            await trio.lowlevel.checkpoint()
 
     def fan_out(self, events: list[bytes]) -> None:
         """Push event lines, in order, to every subscriber; a full connection lags (per event),
@@ -142,6 +178,14 @@ class ChannelPump(Actor):
             taken = client.push_frames(events)
             self.delivered += taken
             self.lagged += len(events) - taken
+
+    def tell_lagged(self, skipped: int) -> None:
+        """Tell every subscriber that `skipped` events of the channel were dropped here, after
+        the events before them and before those after (a full connection lags it in turn)."""
+        notice = {"network": self.network, "channel": self.channel, "skipped": skipped}
+        for client in list(self.subscribers.values()):
+            if not client.push(LAGGED, notice):
+                self.lagged += 1
 
 
 @attrs.define(eq=False)
@@ -497,7 +541,12 @@ class Channels:
             self.received.put((sender, frame.channel), payload)
         ((field, value),) = payload.fields().items()
         head = self._head(sender, frame.channel)
-        subscribers = self._accept(frame.channel, 1, lambda: _event_lines(head, field, [value]))
+        subscribers = self._accept(
+            frame.channel,
+            1,
+            lambda: _event_lines(head, field, [value]),
+            reliable=frame.ack is not None,
+        )
         if frame.ack is not None and subscribers is not None:
             self._recent_acks[(sender, frame.ack)] = subscribers
             if len(self._recent_acks) > RECENT_ACKS:
@@ -521,19 +570,25 @@ class Channels:
         if frame.retain:
             self.received.put((sender, frame.channel), Payload(frame.payloads[-1], frame.binary))
 
-    def _accept(self, channel: str, count: int, events: Callable[[], list[bytes]]) -> int | None:
+    def _accept(
+        self,
+        channel: str,
+        count: int,
+        events: Callable[[], list[bytes]],
+        *,
+        reliable: bool = False,
+    ) -> int | None:
         """Hand one frame's `count` messages to the channel's pump as event lines (encoded
         only if someone subscribes); returns how many subscribers they reach, or None when the
-        pump was full (dropped, counted)."""
+        pump was full: dropped, counted, and, unless `reliable` (resent until acknowledged),
+        marked in its inbox for the pump to tell its subscribers where."""
         self.counters["received"] += count
         self.counters["frames_received"] += 1  # received / frames_received: how well runs batch
         pump = self._pumps.get(channel)
         if pump is None:
             return 0
         lines = events()
-        try:
-            pump.inbox.sender.send_nowait(lines)
-        except trio.WouldBlock:
+        if not pump.inbox.offer(PumpReliable(lines) if reliable else lines):
             self.counters["pump_full"] += len(lines)
             return None
         return len(self._readers[channel])

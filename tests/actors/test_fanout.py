@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import trio
+import trio.testing
 
 from meshactors.actors import Broadcast, Lagged, Subscriber
 
@@ -143,3 +145,39 @@ async def test_a_reserved_item_passes_a_full_queue_behind_its_marker_up_to_the_r
     assert sub.overflowed.is_set()  # the reader cannot be trusted to learn what ended
     assert (sub.queued, sub.skipped_total) == (3, 2)
     assert await _read(sub, 5) == ["chunk", Lagged(1), "end", "fin", Lagged(1)]
+
+
+async def test_a_sent_item_waits_for_room_behind_its_marker_and_is_never_skipped() -> None:
+    sub = Subscriber[str](2)
+    assert sub.offer("a") and sub.offer("b") and not sub.offer("c")  # full: skipped
+    sent = trio.Event()
+
+    async def send_join() -> None:
+        await sub.send("join")
+        sent.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_join)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not sent.is_set()  # full in items: it waits, where `offer` would skip
+        assert await sub.receive() == "a"  # room: the send goes on
+    assert sub.queued == 2 and sub.skipped_total == 1
+    assert await _read(sub, 3) == ["b", Lagged(1), "join"]
+
+
+async def test_a_send_waiting_for_room_fails_once_the_reader_closes() -> None:
+    sub = Subscriber[str](1)
+    assert sub.offer("a")
+    failed = trio.Event()
+
+    async def send_join() -> None:
+        with pytest.raises(trio.BrokenResourceError):
+            await sub.send("join")
+        failed.set()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_join)
+            await trio.testing.wait_all_tasks_blocked()
+            sub.close()
+    assert failed.is_set()
