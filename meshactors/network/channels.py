@@ -502,6 +502,7 @@ class Channels:
         except BaseException:
             del self._reliable[ack]
             raise
+        self.counters["sent"] += 1  # once: its resends are the same message
         return reliable
 
     def end_reliable(self, ack: str) -> None:

@@ -196,6 +196,21 @@ async def test_a_reliable_send_answers_once_acknowledged(mesh: Mesh, nursery: tr
     assert failure.value.code == "invalid_params"
 
 
+async def test_a_reliable_send_counts_as_sent_once(mesh: Mesh, nursery: trio.Nursery) -> None:
+    a, b = await active_pair(mesh)
+    sender = await client_of(a, nursery)
+    await sender.call(
+        "channel_send_reliable",
+        network=NET,
+        channel="orders",
+        peer=b.device_id,
+        payload="buy",
+        ttl_ms=5000,
+    )
+    core = network_children(await sender.call("inspect"), NET)["core"]["figures"]
+    assert core["channels"]["counters"]["sent"] == 1
+
+
 async def test_pumps_come_with_the_first_subscriber_and_go_with_the_last(
     mesh: Mesh, nursery: trio.Nursery
 ) -> None:
