@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import attrs
+import pytest
 import trio
 import trio.testing
 
@@ -25,6 +30,49 @@ from meshactors.store.outbox import EXPIRED, TTL_MS, DeliveryKey
 from tests.store.test_outbox import send
 
 PAST_TTL_MS = 3_600_000  # how long past its TTL the send that dies untold was
+HELD_WAIT = 10.0  # longest a held store call holds the store's thread: a failing test ends
+
+
+def any_call(params: Mapping[str, Any], result: object) -> bool:
+    """Hold the first call, whatever it carries and returns."""
+    return True
+
+
+@attrs.define(eq=False)
+class HeldStoreCall:
+    """Stands in for a store function (`hold` puts it in place): each call runs and says so
+    (`called`, which a test may set anew); the first whose keyword arguments and result
+    `holds` picks says so too (`holding`) and then holds its answer in the store's thread until
+    `release`, as a slow store (a long fsync, a busy disk) or a stop's timing would."""
+
+    real: Callable[..., Any]
+    holds: Callable[[Mapping[str, Any], Any], bool] = any_call
+    called: trio.Event = attrs.field(factory=trio.Event)
+    holding: trio.Event = attrs.field(factory=trio.Event)
+    release: threading.Event = attrs.field(factory=threading.Event)
+    _held: bool = attrs.field(default=False, init=False)  # read and set in the store's thread
+
+    @classmethod
+    def hold(
+        cls,
+        monkeypatch: pytest.MonkeyPatch,
+        module: ModuleType,
+        name: str,
+        holds: Callable[[Mapping[str, Any], Any], bool] = any_call,
+    ) -> HeldStoreCall:
+        """Put a held call in place of `module.name` for the test."""
+        held = cls(getattr(module, name), holds)
+        monkeypatch.setattr(module, name, held)
+        return held
+
+    def __call__(self, conn: sqlite3.Connection, **params: Any) -> Any:
+        result = self.real(conn, **params)
+        trio.from_thread.run_sync(self.called.set)
+        if not self._held and self.holds(params, result):
+            self._held = True
+            trio.from_thread.run_sync(self.holding.set)
+            self.release.wait(HELD_WAIT)  # bounded: a failing test cannot hang the store
+        return result
 
 
 @attrs.define
@@ -57,6 +105,32 @@ async def outbox_parts(tmp_path: Path) -> AsyncIterator[OutboxParts]:
         await nursery.start(run_root, tree, Node(name="tree", kind="supervisor"))
         yield OutboxParts(store, hub, networks, nursery)
         nursery.cancel_scope.cancel()
+
+
+def stops_seen(monkeypatch: pytest.MonkeyPatch) -> trio.Event:
+    """An event set once a stop cancels the run of an outbox (any daemon's: the tests stop
+    one at a time): the run is wrapped with a task beside it, in the outbox's scope, that
+    waits for that cancel."""
+    real = Outbox.run
+    stopped = trio.Event()
+
+    async def wait_for_the_stop() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            stopped.set()
+
+    async def run(
+        outbox: Outbox,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_for_the_stop)
+            await real(outbox, task_status=task_status)
+
+    monkeypatch.setattr(Outbox, "run", run)
+    return stopped
 
 
 def untold_expired(tmp_path: Path) -> list[tuple[DeliveryKey, str]]:

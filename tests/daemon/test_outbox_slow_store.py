@@ -6,9 +6,6 @@ store answers, instead of crashing the outbox."""
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -21,9 +18,13 @@ from meshactors.network.message_frames import Msg
 from meshactors.store import outbox as outbox_db
 from meshactors.store.actor import STORE_CALL_TIMEOUT
 from meshactors.store.events import Event
-from meshactors.store.outbox import EXPIRED, DeliveryKey
-from tests.daemon.outbox_parts import outbox_parts, stored_untold, untold_expired
-from tests.network.test_events_at_stop import HeldStoreCall
+from meshactors.store.outbox import EXPIRED
+from tests.daemon.outbox_parts import (
+    HeldStoreCall,
+    outbox_parts,
+    stored_untold,
+    untold_expired,
+)
 from tests.support import store_quiet
 
 SLOW_WAIT = 10.0  # seconds (real, once the clock runs) for the events the test waits for
@@ -35,25 +36,34 @@ def _msg(key: str) -> Msg:
     return Msg(key, key, "m", None, "next", None, wall_ms())
 
 
+async def _past_the_deadline(held: HeldStoreCall, clock: trio.testing.MockClock) -> None:
+    """Once `held` holds, move the clock past STORE_CALL_TIMEOUT while the store holds it, then
+    release it and let the clock run (the waits that follow are bounded)."""
+    with trio.fail_after(SLOW_WAIT):
+        await held.holding.wait()
+    await trio.testing.wait_all_tasks_blocked()  # every call made meanwhile waits for the store
+    clock.jump(STORE_CALL_TIMEOUT + 1)
+    await trio.testing.wait_all_tasks_blocked()  # every wait is past its deadline
+    held.release.set()
+    clock.rate = 1
+
+
 async def test_a_store_slower_than_the_call_timeout_still_tells_the_message(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
 ) -> None:
-    held = HeldStoreCall(
-        "store_received", lambda batch: any(i.frame.client_message_id == SLOW_KEY for i in batch)
+    held = HeldStoreCall.hold(
+        monkeypatch,
+        outbox_module,
+        "store_received",
+        lambda params, _: any(i.frame.client_message_id == SLOW_KEY for i in params["batch"]),
     )
-    monkeypatch.setattr(outbox_module, "store_received", held)
     async with outbox_parts(tmp_path) as parts:
         watch, _ = await parts.hub.subscribe(16)
         outbox = await parts.start_outbox()
         # the start's calls are done: none waits on the jump
         await store_quiet(parts.store, SLOW_WAIT)
         outbox._queue_received("net1", "dev-a", [_msg(SLOW_KEY)])
-        with trio.fail_after(SLOW_WAIT):
-            await held.done.wait()  # stored, its answer held past the deadline below
-        mock_clock.jump(STORE_CALL_TIMEOUT + 1)
-        await trio.testing.wait_all_tasks_blocked()  # the outbox's wait is past its deadline
-        held.release.set()
-        mock_clock.rate = 1  # the clock runs again: the waits below are bounded
+        await _past_the_deadline(held, mock_clock)
         # the sender, not acked in time, sends it again; then something new
         outbox._queue_received("net1", "dev-a", [_msg(SLOW_KEY), _msg("after")])
         told: list[str] = []
@@ -66,39 +76,15 @@ async def test_a_store_slower_than_the_call_timeout_still_tells_the_message(
         assert told == [SLOW_KEY, "after"]
 
 
-class HeldUntoldRead:
-    """Stands in for `still_untold`: the first call runs, says so (`holding`), then holds its
-    answer in the store's thread until `release`."""
-
-    def __init__(self) -> None:
-        self.real = outbox_db.still_untold
-        self.holding = trio.Event()
-        self.release = threading.Event()
-
-    def __call__(self, conn: sqlite3.Connection, keys: Sequence[DeliveryKey]) -> list[DeliveryKey]:
-        untold = self.real(conn, keys)
-        if not self.holding.is_set():
-            trio.from_thread.run_sync(self.holding.set)
-            self.release.wait(SLOW_WAIT)  # bounded: a failing test cannot hang the store
-        return untold
-
-
 async def test_a_sweep_whose_untold_read_outlives_the_call_timeout_still_tells(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
 ) -> None:
     dead = untold_expired(tmp_path)
-    held = HeldUntoldRead()
-    monkeypatch.setattr(outbox_db, "still_untold", held)
+    held = HeldStoreCall.hold(monkeypatch, outbox_db, "still_untold")
     async with outbox_parts(tmp_path) as parts:
         watch, _ = await parts.hub.subscribe(16)
         await parts.start_outbox()
-        with trio.fail_after(SLOW_WAIT):
-            await held.holding.wait()  # the start's sweep reads, its answer held
-        await trio.testing.wait_all_tasks_blocked()  # the start's other calls are answered
-        mock_clock.jump(STORE_CALL_TIMEOUT + 1)
-        await trio.testing.wait_all_tasks_blocked()  # the sweep's wait is past its deadline
-        held.release.set()
-        mock_clock.rate = 1  # the clock runs again: the waits below are bounded
+        await _past_the_deadline(held, mock_clock)  # the start's sweep's read
         with trio.fail_after(SLOW_WAIT):
             async for event in watch:
                 if isinstance(event, Event) and event.kind == "message_dead":

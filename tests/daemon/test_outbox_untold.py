@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import sqlite3
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from meshactors.store.events import Event
 from meshactors.store.outbox import EXPIRED, TTL_MS
 from tests.daemon.outbox_parts import (
     PAST_TTL_MS,
+    HeldStoreCall,
     OutboxParts,
     outbox_parts,
     stored_untold,
@@ -41,27 +41,16 @@ UNTOLD_WAIT = 10.0  # seconds for a start's sweep, its events and the store's re
 LOG_WRITE = event_log.append_batch  # the event log's real write
 
 
-class HeldSweep:
-    """Stands in for `expire_pending`: each call runs and says so (`swept`, set anew by the
-    test per start); the first that kills anything then holds its answer in the store's thread
-    until `release`, so the outbox can be stopped with the death committed and untold."""
-
-    def __init__(self) -> None:
-        self.real = outbox_db.expire_pending
-        self.swept = trio.Event()
-        self.holding = trio.Event()
-        self.release = threading.Event()
-
-    def __call__(self, conn: sqlite3.Connection, **params: Any) -> outbox_db.Expired:
-        expired = self.real(conn, **params)
-        trio.from_thread.run_sync(self.swept.set)
-        if expired.deliveries and not self.holding.is_set():
-            trio.from_thread.run_sync(self.holding.set)
-            self.release.wait(UNTOLD_WAIT)  # bounded: a failing test cannot hang the store
-        return expired
+def _sweeps(monkeypatch: pytest.MonkeyPatch) -> HeldStoreCall:
+    """`expire_pending` held: each sweep says so (`called`, set anew by the test per start);
+    the first that kills anything then holds its answer, so the outbox can be stopped with the
+    death committed and untold."""
+    return HeldStoreCall.hold(
+        monkeypatch, outbox_db, "expire_pending", lambda _, expired: bool(expired.deliveries)
+    )
 
 
-async def _release_once_stopped(held: HeldSweep) -> None:
+async def _release_once_stopped(held: HeldStoreCall) -> None:
     """Let the held sweep answer once the stop has run its course (everything waits)."""
     await trio.testing.wait_all_tasks_blocked()
     held.release.set()
@@ -84,8 +73,7 @@ async def test_a_death_committed_before_a_stop_is_told_once_at_the_next_start(
     with contextlib.closing(open_database(tmp_path / "state.db")) as conn:
         # past its TTL, so the first sweep kills it, yet kept by retention (the dead grace)
         old = send(conn, recipients=["dev-a"], now_ms=wall_ms() - TTL_MS - PAST_TTL_MS)
-    held = HeldSweep()
-    monkeypatch.setattr(outbox_db, "expire_pending", held)
+    held = _sweeps(monkeypatch)
     async with trio.open_nursery() as outside, outbox_parts(tmp_path) as parts:
         await parts.start_outbox()
         with trio.fail_after(UNTOLD_WAIT):
@@ -95,19 +83,19 @@ async def test_a_death_committed_before_a_stop_is_told_once_at_the_next_start(
     async with outbox_parts(tmp_path) as parts:
         assert await _told_dead(parts, old.id) == []
         watch, _ = await parts.hub.subscribe(16)
-        held.swept = trio.Event()
+        held.called = trio.Event()
         await parts.start_outbox()
         with trio.fail_after(UNTOLD_WAIT):
             async for event in watch:
                 if isinstance(event, Event) and event.kind == "message_dead":
                     assert event.data == {"id": old.id, "recipient": "dev-a", "error": EXPIRED}
                     break
-            await held.swept.wait()  # the sweep runs after the start's telling: marked told
+            await held.called.wait()  # the sweep runs after the start's telling: marked told
     async with outbox_parts(tmp_path) as parts:
-        held.swept = trio.Event()
+        held.called = trio.Event()
         await parts.start_outbox()
         with trio.fail_after(UNTOLD_WAIT):
-            await held.swept.wait()
+            await held.called.wait()
         assert await _told_dead(parts, old.id) == [EXPIRED]
 
 
@@ -125,23 +113,22 @@ async def test_a_death_whose_event_the_log_refused_stays_untold_told_once_a_star
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dead = untold_expired(tmp_path)
-    sweeps = HeldSweep()  # nothing left to kill: it only tells when the start's telling ended
-    monkeypatch.setattr(outbox_db, "expire_pending", sweeps)
+    sweeps = _sweeps(monkeypatch)  # nothing left to kill: it says when the start's telling ended
     monkeypatch.setattr(event_log, "append_batch", refusing_log_writes)
     async with outbox_parts(tmp_path) as parts:
         watch, _ = await parts.hub.subscribe(16)
         outbox = await parts.start_outbox()
         with trio.fail_after(UNTOLD_WAIT):
-            await sweeps.swept.wait()  # past the start's telling: it did not go round again
+            await sweeps.called.wait()  # past the start's telling: it did not go round again
         published = [e for e in await _queued(watch) if e.kind == "message_dead"]
         # published once, not logged: still untold, not counted dead
         assert (len(published), outbox.counts["dead"], await stored_untold(parts)) == (1, 0, dead)
     monkeypatch.setattr(event_log, "append_batch", LOG_WRITE)  # the disk has room again
     async with outbox_parts(tmp_path) as parts:
-        sweeps.swept = trio.Event()
+        sweeps.called = trio.Event()
         await parts.start_outbox()
         with trio.fail_after(UNTOLD_WAIT):
-            await sweeps.swept.wait()
+            await sweeps.called.wait()
         assert await _told_dead(parts, dead[0][0].outbox_id) == [EXPIRED]
         assert await stored_untold(parts) == []
 
@@ -156,21 +143,20 @@ async def test_a_death_whose_telling_the_log_refused_is_told_at_a_later_sweep_on
 ) -> None:
     mock_clock.rate = 1  # the waits are bounded; only a jump brings the next sweep
     dead = untold_expired(tmp_path)
-    sweeps = HeldSweep()  # nothing left to kill: it only says each sweep's telling ended
-    monkeypatch.setattr(outbox_db, "expire_pending", sweeps)
+    sweeps = _sweeps(monkeypatch)  # nothing left to kill: it only says each sweep's telling ended
     monkeypatch.setattr(event_log, "append_batch", refusing_log_writes)
     async with outbox_parts(tmp_path) as parts:
         outbox = await parts.start_outbox()
         with trio.fail_after(UNTOLD_WAIT):
-            await sweeps.swept.wait()  # the start's sweep told it; the log refused it
+            await sweeps.called.wait()  # the start's sweep told it; the log refused it
             await store_quiet(parts.store, UNTOLD_WAIT)  # the sweep sleeps: the jump below wakes it
         assert await stored_untold(parts) == dead
         monkeypatch.setattr(event_log, "append_batch", LOG_WRITE)  # the disk has room again
         for _ in range(2):  # the next sweep tells it; the one after finds nothing to tell
-            sweeps.swept = trio.Event()
+            sweeps.called = trio.Event()
             mock_clock.jump(SWEEP_INTERVAL_S)
             with trio.fail_after(UNTOLD_WAIT):
-                await sweeps.swept.wait()
+                await sweeps.called.wait()
                 await store_quiet(parts.store, UNTOLD_WAIT)
         told = await _told_dead(parts, dead[0][0].outbox_id)
         assert (told, await stored_untold(parts), outbox.counts["dead"]) == ([EXPIRED], [], 1)
@@ -188,8 +174,7 @@ async def test_a_start_whose_hub_is_gone_asks_it_once_per_untold_death(
                 now_ms=wall_ms() - TTL_MS - PAST_TTL_MS,
             )
             outbox_db.expire_pending(conn, now_ms=wall_ms())  # dead and untold
-    sweeps = HeldSweep()
-    monkeypatch.setattr(outbox_db, "expire_pending", sweeps)
+    sweeps = _sweeps(monkeypatch)
     asked: list[int] = []
 
     async def hub_gone(hub: EventHub, kind: str, datas: Sequence[dict[str, Any]]) -> bool:
@@ -200,7 +185,7 @@ async def test_a_start_whose_hub_is_gone_asks_it_once_per_untold_death(
     async with outbox_parts(tmp_path) as parts:
         await parts.start_outbox()
         with trio.fail_after(UNTOLD_WAIT):
-            await sweeps.swept.wait()  # past the start's telling: it did not go round again
+            await sweeps.called.wait()  # past the start's telling: it did not go round again
         untold = await parts.store.call(
             functools.partial(outbox_db.untold_deaths, limit=10), what="test: read untold"
         )
