@@ -52,9 +52,19 @@ acked, so a sender whose earlier ack was lost still finishes. The acks of one st
 to each sender in one `msg_acks` frame (batched acks). A stop that comes while the store
 commits a batch still takes the store's answer (a settled call, within the outbox's shutdown
 timeout) and publishes the batch's events: after the restart the senders' redeliveries are
-answered `duplicate`, which publishes nothing. For the same reason a settled call (a received
-batch, a batch of acks) waits for its answer however long the store takes, never giving it up
-at STORE_CALL_TIMEOUT while the store may still commit it.
+answered `duplicate`, which publishes nothing.
+
+Waiting for the store: every store call the outbox makes (`_call_store`) waits for the store's
+answer however long it takes, with no STORE_CALL_TIMEOUT. Its only waiter is one of the
+outbox's own tasks: a client asks the outbox (`accept`, `tell_dead`) under STORE_CALL_TIMEOUT
+of its own and hears `timeout` past it, while the outbox goes on waiting. So a store slower
+than that (a long fsync, a big prune, a busy disk) delays the outbox's work, never crashes and
+restarts it, and no call the store commits late is given up (an accept's claim, a received
+batch's events). Such a wait ends with the store: a store that stops answers or drops
+(ActorGone) the calls it took, its next run answers those still queued (its inbox outlives
+restarts), and a crash of the store restarts the outbox after it (the daemon's root is
+rest_for_one), which ends the wait at once; a store stuck in its thread is the service
+manager's to end (the `notifier`'s watchdog probe goes unanswered).
 """
 
 from __future__ import annotations
@@ -587,19 +597,24 @@ class Outbox(Actor):
         settle: bool = False,
         **params: Any,
     ) -> T:
-        """`fn(conn, **params, now_ms=…)` as a store call, made again (the clock read again)
-        while the disk refuses it (`_until_written`). With `settle`, for a call whose events
-        only its answer tells: that answer is waited for however long the store takes (no
-        STORE_CALL_TIMEOUT: a store slower than that still commits the call, and a redelivery
-        then found `duplicate` would publish nothing), and a stop for good that comes while
-        the store runs it still returns what it committed (`ask`)."""
-        timeout = math.inf if settle else STORE_CALL_TIMEOUT
+        """`fn(conn, **params, now_ms=…)` as a store call (`_call_store`), made again (the
+        clock read again) while the disk refuses it (`_until_written`). With `settle`, for a
+        call whose events only its answer tells: a stop for good that comes while the store
+        runs it still returns what it committed (`ask`)."""
 
         async def attempt() -> T:
             call = functools.partial(fn, **params, now_ms=wall_ms())
-            return await self.store.call(call, what=what, timeout=timeout, settle=settle)
+            return await self._call_store(call, what, settle=settle)
 
         return await self._until_written(attempt, what, pause)
+
+    async def _call_store(
+        self, fn: Callable[[sqlite3.Connection], T], what: str, *, settle: bool = False
+    ) -> T:
+        """`fn(conn)` in the store, its answer waited for however long the store takes: the
+        outbox's own work, never a client's wait (module docstring, "Waiting for the store"),
+        so a slow store delays it and only the store's crash or restart ends the wait."""
+        return await self.store.call(fn, what=what, timeout=math.inf, settle=settle)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._inflight.clear()
@@ -700,13 +715,12 @@ class Outbox(Actor):
         reserved = dict(room)
         claimed: list[Delivery] = []
         try:
-            # No deadline: an accept the store has taken still commits after one runs out,
-            # and may claim deliveries (inflight) that only this task sends, so only the
-            # store's answer says what to send. The op asking is still answered in time.
-            outcomes = await self.store.call(
+            # An accept the store has taken still commits after a deadline, and may claim
+            # deliveries (inflight) that only this task sends, so only the store's answer
+            # says what to send. The op asking is still answered in time (`accept`).
+            outcomes = await self._call_store(
                 functools.partial(outbox_db.accept_many, requests=run.requests, room=room),
-                what="accept sends",
-                timeout=math.inf,
+                "accept sends",
             )
             claimed = [
                 delivery
@@ -753,8 +767,8 @@ class Outbox(Actor):
             if (due := claim.next_due_ms) is not None:
                 next_due = due if next_due is None else min(next_due, due)
         if not counted:  # no pass claimed: count in a store call of its own
-            self.stored_counts = await self.store.call(
-                outbox_db.delivery_counts, what="count deliveries"
+            self.stored_counts = await self._call_store(
+                outbox_db.delivery_counts, "count deliveries"
             )
         return next_due
 
@@ -770,9 +784,9 @@ class Outbox(Actor):
         windows = {peer: room for peer, room in windows.items() if room > 0}
         if not windows:
             return None
-        claim = await self.store.call(
+        claim = await self._call_store(
             functools.partial(claim_due, network=network_id, windows=windows, now_ms=wall_ms()),
-            what="claim due deliveries",
+            "claim due deliveries",
         )
         for delivery in claim.deliveries:
             self._inflight[network_id, delivery.recipient] += 1
@@ -954,13 +968,10 @@ class Outbox(Actor):
         """Tell the deaths committed and left untold (a stop or a kill came between, or the log
         did not take their events), EXPIRE_DELIVERIES at a time, until none is left or a
         batch's events were not all logged (`_tell_dead`): those stay untold for the next
-        sweep, not published again and again by this one. Its reads wait for the store however
-        long it takes (no STORE_CALL_TIMEOUT): a slow store delays the telling, never crashes
-        the sweep (and with it the outbox)."""
-        while untold := await self.store.call(
+        sweep, not published again and again by this one."""
+        while untold := await self._call_store(
             functools.partial(outbox_db.untold_deaths, limit=outbox_db.EXPIRE_DELIVERIES),
-            what="read untold deaths",
-            timeout=math.inf,
+            "read untold deaths",
         ):
             by_error: dict[str, list[outbox_db.DeliveryKey]] = collections.defaultdict(list)
             for key, error in untold:
@@ -987,10 +998,8 @@ class Outbox(Actor):
         if not deliveries:
             return True
         async with self._telling:
-            untold = await self.store.call(
-                functools.partial(outbox_db.still_untold, keys=deliveries),
-                what="read untold deaths",
-                timeout=math.inf,  # a slow store delays the telling (`_tell_untold`)
+            untold = await self._call_store(
+                functools.partial(outbox_db.still_untold, keys=deliveries), "read untold deaths"
             )
             if not untold:
                 return True

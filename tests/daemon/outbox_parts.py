@@ -17,7 +17,7 @@ import pytest
 import trio
 import trio.testing
 
-from meshactors.actors import ChildSpec, Node, Supervisor, run_root
+from meshactors.actors import ChildSpec, Node, Strategy, Supervisor, run_root
 from meshactors.clock import wall_ms
 from meshactors.daemon.outbox import Outbox
 from meshactors.event_hub import EventHub
@@ -77,18 +77,29 @@ class HeldStoreCall:
 
 @attrs.define
 class OutboxParts:
-    """The store, event hub and network manager an outbox needs, running in `nursery`."""
+    """The store, event hub and network manager an outbox needs, running in `nursery` under
+    `tree`, a supervisor that restarts what follows a crashed child as the daemon's root does."""
 
     store: StoreActor
     hub: EventHub
     networks: NetworkManager
     nursery: trio.Nursery
+    tree: Supervisor
+    tree_node: Node
 
     async def start_outbox(self) -> Outbox:
         """An outbox on these parts, started now: a test may subscribe to the hub first."""
         outbox = Outbox(self.store, self.hub, self.networks)
         await self.nursery.start(run_root, outbox, Node(name="outbox", kind="outbox"))
         return outbox
+
+    async def supervise_outbox(self) -> Node:
+        """An outbox on these parts, started now as the tree's last child, so a crash of the
+        store restarts it after the store as the daemon's root does; its node."""
+        await self.tree.start_child(
+            ChildSpec("outbox", Outbox(self.store, self.hub, self.networks))
+        )
+        return self.tree_node.children["outbox"]
 
 
 @contextlib.asynccontextmanager
@@ -99,11 +110,13 @@ async def outbox_parts(tmp_path: Path) -> AsyncIterator[OutboxParts]:
     identity = load_or_create_identity(tmp_path / "identity.key")
     networks = NetworkManager(identity=identity, store=store, events=hub)
     tree = Supervisor(
-        children=[ChildSpec("store", store), ChildSpec("events", hub), ChildSpec("nets", networks)]
+        children=[ChildSpec("store", store), ChildSpec("events", hub), ChildSpec("nets", networks)],
+        strategy=Strategy.REST_FOR_ONE,
     )
+    tree_node = Node(name="tree", kind="supervisor")
     async with trio.open_nursery() as nursery:
-        await nursery.start(run_root, tree, Node(name="tree", kind="supervisor"))
-        yield OutboxParts(store, hub, networks, nursery)
+        await nursery.start(run_root, tree, tree_node)
+        yield OutboxParts(store, hub, networks, nursery, tree, tree_node)
         nursery.cancel_scope.cancel()
 
 
