@@ -24,7 +24,7 @@ from meshactors.event_hub import EventHub
 from meshactors.identity import load_or_create_identity
 from meshactors.network.manager import NetworkManager
 from meshactors.store import outbox as outbox_db
-from meshactors.store.actor import StoreActor
+from meshactors.store.actor import STORE_CALL_TIMEOUT, StoreActor
 from meshactors.store.db import open_database
 from meshactors.store.outbox import EXPIRED, TTL_MS, DeliveryKey
 from tests.store.test_outbox import send
@@ -73,6 +73,18 @@ class HeldStoreCall:
             trio.from_thread.run_sync(self.holding.set)
             self.release.wait(HELD_WAIT)  # bounded: a failing test cannot hang the store
         return result
+
+
+async def past_the_deadline(held: HeldStoreCall, clock: trio.testing.MockClock) -> None:
+    """Once `held` holds, move the clock past STORE_CALL_TIMEOUT while the store holds it, then
+    release it and let the clock run (the waits that follow are bounded)."""
+    with trio.fail_after(HELD_WAIT):
+        await held.holding.wait()
+    await trio.testing.wait_all_tasks_blocked()  # every call made meanwhile waits for the store
+    clock.jump(STORE_CALL_TIMEOUT + 1)
+    await trio.testing.wait_all_tasks_blocked()  # every wait is past its deadline
+    held.release.set()
+    clock.rate = 1
 
 
 @attrs.define

@@ -32,6 +32,7 @@ from tests.daemon.outbox_parts import (
     HeldStoreCall,
     OutboxParts,
     outbox_parts,
+    past_the_deadline,
     stops_seen,
     stored_untold,
     untold_expired,
@@ -45,18 +46,6 @@ SLOW_KEY = "slow-store"  # the message whose first store call outlives STORE_CAL
 def _msg(key: str) -> Msg:
     """A durable message from a peer, under `key`."""
     return Msg(key, key, "m", None, "next", None, wall_ms())
-
-
-async def _past_the_deadline(held: HeldStoreCall, clock: trio.testing.MockClock) -> None:
-    """Once `held` holds, move the clock past STORE_CALL_TIMEOUT while the store holds it, then
-    release it and let the clock run (the waits that follow are bounded)."""
-    with trio.fail_after(SLOW_WAIT):
-        await held.holding.wait()
-    await trio.testing.wait_all_tasks_blocked()  # every call made meanwhile waits for the store
-    clock.jump(STORE_CALL_TIMEOUT + 1)
-    await trio.testing.wait_all_tasks_blocked()  # every wait is past its deadline
-    held.release.set()
-    clock.rate = 1
 
 
 async def test_a_store_slower_than_the_call_timeout_still_tells_the_message(
@@ -74,7 +63,7 @@ async def test_a_store_slower_than_the_call_timeout_still_tells_the_message(
         # the start's calls are done: none waits on the jump
         await store_quiet(parts.store, SLOW_WAIT)
         outbox._queue_received("net1", "dev-a", [_msg(SLOW_KEY)])
-        await _past_the_deadline(held, mock_clock)
+        await past_the_deadline(held, mock_clock)
         # the sender, not acked in time, sends it again; then something new
         outbox._queue_received("net1", "dev-a", [_msg(SLOW_KEY), _msg("after")])
         told: list[str] = []
@@ -95,7 +84,7 @@ async def test_a_sweep_whose_untold_read_outlives_the_call_timeout_still_tells(
     async with outbox_parts(tmp_path) as parts:
         watch, _ = await parts.hub.subscribe(16)
         await parts.start_outbox()
-        await _past_the_deadline(held, mock_clock)  # the start's sweep's read
+        await past_the_deadline(held, mock_clock)  # the start's sweep's read
         with trio.fail_after(SLOW_WAIT):
             async for event in watch:
                 if isinstance(event, Event) and event.kind == "message_dead":
@@ -148,7 +137,7 @@ async def test_a_background_store_call_slower_than_the_call_timeout_crashes_noth
     async with outbox_parts(tmp_path) as parts:
         node = await parts.supervise_outbox()
         call.after(parts)
-        await _past_the_deadline(held, mock_clock)
+        await past_the_deadline(held, mock_clock)
         await store_quiet(parts.store, SLOW_WAIT)  # the outbox took the answer and went on
         assert (node.state, node.restarts) == (ActorState.RUNNING, 0)
 
