@@ -172,9 +172,9 @@ def _log_failures_in_one_line() -> None:
 
 
 async def _serve(args: argparse.Namespace, network: str, method: str, command: list[str]) -> None:
-    """Serve METHOD with CMD until stopped; the commands' stderr is read by tasks of a nursery
-    of the serve's own (a streamed answer's generator cannot hold one), and what the serve
-    raises is raised as itself, not in that nursery's group."""
+    """Serve METHOD with CMD until stopped; the commands' stderr is read, and their exits
+    watched, by tasks of a nursery of the serve's own (a streamed answer's generator cannot
+    hold one), and what the serve raises is raised as itself, not in that nursery's group."""
     with one_error_bare():  # the serve's (the readers raise none)
         async with trio.open_nursery() as readers:
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -38,13 +39,16 @@ MAX_STDERR_CHARS = 2000  # the tail of a failed command's stderr sent back as th
 # bytes kept of a command's stderr, read from a pipe as it writes (nothing on disk): enough to
 # decode the tail, a character being up to 4
 STDERR_TAIL_BYTES = 4 * MAX_STDERR_CHARS
-# seconds a failed command's stderr is read for once its group is killed: a process that left
-# the group (a new session) may hold the pipe open for ever
-STDERR_CLOSE_GRACE = 1.0
+# seconds a failed command's stdout and stderr are read for once its group is killed: a
+# process that left the group (a new session) may hold either pipe open for ever
+PIPES_CLOSE_GRACE = 1.0
 # a command's stdout kept for one answer: its JSON, indented, may be a few times the compact
 # payload it decodes to, which the payload's own check (MAX_PAYLOAD_BYTES) then measures
 MAX_OUTPUT_BYTES = 8 * MAX_PAYLOAD_BYTES
 KILL_WAIT_SECONDS = 5.0  # a killed command is waited for this long at most, then left unreaped
+
+# the next bytes of a command's stdout, at most so many (None: any)
+Receive = Callable[[int | None], Awaitable[bytes | bytearray]]
 
 
 class ServedCommandFailed(Exception):
@@ -147,52 +151,86 @@ class StderrTail:
 
     kept: bytearray = attrs.field(factory=bytearray)
     closed: trio.Event = attrs.field(factory=trio.Event)  # the pipe's end: all of it read
-    reading: trio.CancelScope = attrs.field(factory=trio.CancelScope)  # cancelled: reading ends
 
     async def collect(self, stderr: trio.abc.ReceiveStream) -> None:
-        """Read `stderr` until it closes (or `reading` is cancelled), keeping its tail."""
-        with self.reading:
-            while data := await stderr.receive_some():
-                self.kept.extend(data)
-                del self.kept[:-STDERR_TAIL_BYTES]
-            self.closed.set()
+        """Read `stderr` until it closes, keeping its tail."""
+        while data := await stderr.receive_some():
+            self.kept.extend(data)
+            del self.kept[:-STDERR_TAIL_BYTES]
+        self.closed.set()
 
-    async def exit_failure(
-        self, process: trio.Process, command: list[str]
-    ) -> ServedCommandFailed | None:
-        """Once `command` exited: None when it exited 0, else (what it left running in its
-        group killed, so its stderr closes) its failure with the last of what it wrote there,
-        read for at most STDERR_CLOSE_GRACE (a process that left the group may hold the pipe
-        open)."""
-        if await process.wait() == 0:
-            return None
-        await kill_group(process)
-        with trio.move_on_after(STDERR_CLOSE_GRACE):
-            await self.closed.wait()
-        assert process.returncode is not None
-        return command_failed(command, process.returncode, bytes(self.kept))
+
+@attrs.define(eq=False)
+class CommandPipes:
+    """A served command's pipes as its call reads them: its stderr's tail kept by a task of
+    its own, which also waits for its exit. Once it exited with failure, what it left in its
+    group is killed and both pipes are read for PIPES_CLOSE_GRACE more at most: a process
+    that left the group may hold either open for ever, and the failure answers, not what such
+    a process writes. After an exit 0 its stdout is read to its end (or the call's deadline):
+    that is the answer, which what it left running may still be writing."""
+
+    process: trio.Process
+    command: list[str]
+    tail: StderrTail = attrs.field(factory=StderrTail)
+    ended: trio.Event = attrs.field(factory=trio.Event)  # exited, and after a failure its grace
+    failure: ServedCommandFailed | None = None  # set before `ended`, after a failed exit
+    grace_ends: float = math.inf  # when a failed command's pipes are read no more
+    stdout_read: trio.CancelScope = attrs.field(factory=trio.CancelScope)  # the current read
+    watching: trio.CancelScope = attrs.field(factory=trio.CancelScope)  # cancelled: call's end
+
+    async def watch(self, stderr: trio.abc.ReceiveStream) -> None:
+        """Keep the tail of `stderr` and wait for the command's exit; after a failed one, kill
+        its group, cut both reads at the grace's end, and note the failure with that tail."""
+        with self.watching:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.tail.collect, stderr)
+                status = await self.process.wait()
+                if status != 0:
+                    await kill_group(self.process)  # what it left in its group: pipes close
+                    self.grace_ends = trio.current_time() + PIPES_CLOSE_GRACE
+                    self.stdout_read.deadline = self.grace_ends
+                    with trio.move_on_at(self.grace_ends):
+                        await self.tail.closed.wait()
+                    nursery.cancel_scope.cancel()
+                    self.failure = command_failed(self.command, status, bytes(self.tail.kept))
+                self.ended.set()
+
+    async def receive_output(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """The next bytes of the command's stdout: b"" at its end, and once a failed
+        command's grace passed."""
+        assert self.process.stdout is not None
+        self.stdout_read = trio.CancelScope(deadline=self.grace_ends)
+        with self.stdout_read:
+            return await self.process.stdout.receive_some(max_bytes)
+        return b""
+
+    async def exit_failure(self) -> ServedCommandFailed | None:
+        """Once the command exited: None when it exited 0, else (its grace passed) its failure
+        with the last of what it wrote to stderr."""
+        await self.ended.wait()
+        return self.failure
 
 
 @contextlib.asynccontextmanager
 async def _started(
     command: list[str], payload: Any, readers: trio.Nursery
-) -> AsyncIterator[tuple[trio.Process, StderrTail]]:
-    """`command` running with `payload` as JSON on stdin (a file: no task of ours), stdout a
-    pipe and stderr a pipe whose tail a task in `readers` keeps, and its group killed when the
-    block ends, however it ends, and that read stopped (a process that left the group may
-    hold the pipe)."""
-    tail = StderrTail()
+) -> AsyncIterator[CommandPipes]:
+    """`command` running with `payload` as JSON on stdin (a file: no task of ours), stdout
+    and stderr pipes, a task in `readers` keeping stderr's tail and watching for its exit,
+    and its group killed when the block ends, however it ends, and that task ended (a
+    process that left the group may hold stderr)."""
     with tempfile.TemporaryFile() as stdin:
         stdin.write(json.dumps(payload).encode())
         stdin.seek(0)
         pipe = subprocess.PIPE
         process = await open_command(command, stdin=stdin, stdout=pipe, stderr=pipe)
         assert process.stderr is not None
-        readers.start_soon(tail.collect, process.stderr)
+        pipes = CommandPipes(process, command)
+        readers.start_soon(pipes.watch, process.stderr)
         try:
-            yield process, tail
+            yield pipes
         finally:
-            tail.reading.cancel()
+            pipes.watching.cancel()
             await kill_group(process)
 
 
@@ -202,12 +240,11 @@ async def run_command(
     """Run `command` with `payload` as JSON on stdin; its stdout (JSON, else text; at most
     MAX_OUTPUT_BYTES) answers, a failure raises with its exit status and the tail of its
     stderr (read by a task in `readers`) as the message."""
-    async with _started(command, payload, readers) as (process, stderr):
-        assert process.stdout is not None
+    async with _started(command, payload, readers) as pipes:
         output, failure = b"", None
         with trio.move_on_after(timeout) as scope:
-            output = await read_output(process.stdout, command)
-            failure = await stderr.exit_failure(process, command)
+            output = await read_output(pipes.receive_output, command)
+            failure = await pipes.exit_failure()
         if scope.cancelled_caught:
             raise _too_long(command, timeout)
         if failure is not None:
@@ -215,13 +252,13 @@ async def run_command(
     return _decoded(output)
 
 
-async def read_output(stdout: trio.abc.ReceiveStream, command: list[str]) -> bytes:
-    """All of `stdout` until it closes; ServedCommandFailed as soon as it passes
-    MAX_OUTPUT_BYTES, one byte past it read and no more: memory stays bounded however much
-    the command writes, and the command is killed as for a timeout (its block in
-    `run_command` ends)."""
+async def read_output(receive: Receive, command: list[str]) -> bytes:
+    """All of stdout (`receive` its next bytes) until it ends; ServedCommandFailed as soon as
+    it passes MAX_OUTPUT_BYTES, one byte past it read and no more: memory stays bounded
+    however much the command writes, and the command is killed as for a timeout (its block
+    in `run_command` ends)."""
     output = bytearray()
-    while data := await stdout.receive_some(MAX_OUTPUT_BYTES + 1 - len(output)):
+    while data := await receive(MAX_OUTPUT_BYTES + 1 - len(output)):
         output += data
         if len(output) > MAX_OUTPUT_BYTES:
             said = f"{command[0]} wrote more than {MAX_OUTPUT_BYTES} bytes and was killed"
@@ -236,13 +273,12 @@ async def stream_command(
     as soon as it is written (its stderr read by a task in `readers`: a generator must not
     yield inside a nursery of its own)."""
     deadline = trio.current_time() + timeout
-    async with _started(command, payload, readers) as (process, stderr):
-        assert process.stdout is not None
-        async for line in _lines(process.stdout, deadline, command, timeout):
+    async with _started(command, payload, readers) as pipes:
+        async for line in _lines(pipes.receive_output, deadline, command, timeout):
             yield _decoded(line)
         failure = None
         with trio.move_on_at(deadline) as scope:
-            failure = await stderr.exit_failure(process, command)
+            failure = await pipes.exit_failure()
         if scope.cancelled_caught:
             raise _too_long(command, timeout)
         if failure is not None:
@@ -250,14 +286,15 @@ async def stream_command(
 
 
 async def _lines(
-    stdout: trio.abc.ReceiveStream, deadline: float, command: list[str], timeout: float
+    receive: Receive, deadline: float, command: list[str], timeout: float
 ) -> AsyncIterator[bytes]:
-    """The non-blank lines of `stdout` until it closes, each at most MAX_PAYLOAD_BYTES."""
+    """The non-blank lines of stdout (`receive` its next bytes) until it ends, each at most
+    MAX_PAYLOAD_BYTES."""
     buffer = b""
     while True:
         data = None
         with trio.move_on_at(deadline):
-            data = await stdout.receive_some()
+            data = await receive(None)
         if data is None:
             raise _too_long(command, timeout)
         *complete, buffer = (buffer + data).split(b"\n") if data else [buffer, b""]

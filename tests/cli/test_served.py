@@ -220,7 +220,7 @@ async def test_output_is_read_no_further_than_one_byte_past_its_cap() -> None:
     """However much a command writes, what is kept of it stays bounded."""
     stdout = EndlessOutput()
     with pytest.raises(ServedCommandFailed) as refused:
-        await read_output(cast(trio.abc.ReceiveStream, stdout), ["yes"])
+        await read_output(stdout.receive_some, ["yes"])
     assert stdout.read == MAX_OUTPUT_BYTES + 1
     assert str(refused.value) == f"yes wrote more than {MAX_OUTPUT_BYTES} bytes and was killed"
 
@@ -303,39 +303,57 @@ async def test_a_failed_command_past_the_stderr_tail_fails_with_its_last_words(
     assert str(failed.value) == f"{sys.executable} exited 3: {tail}"
 
 
-LEFTOVER_TIMEOUT = 20.0  # seconds the command below may take: a bound, not a pause
-# starts `sleep` in a session of its own (out of the group a failure kills) holding its stderr
-# (not its stdout), writes its pid to argv[1], says why on stderr and exits 3
-LEAVE_STDERR_HELD = (
+LEFTOVER_TIMEOUT = 20.0  # seconds the commands below may take: a bound, not a pause
+# starts `sleep` in a session of its own (out of the group a failure kills) holding the pipe
+# named by argv[2] (the other goes to /dev/null), writes its pid to argv[1], says why on
+# stderr and exits 3
+LEAVE_A_PIPE_HELD = (
     "import os, subprocess, sys\n"
     "held = subprocess.Popen(\n"
-    "    ['sleep', '1000'], stdout=subprocess.DEVNULL, start_new_session=True\n"
+    "    ['sleep', '1000'],\n"
+    "    stdout=subprocess.DEVNULL if sys.argv[2] == 'stderr' else None,\n"
+    "    stderr=subprocess.DEVNULL if sys.argv[2] == 'stdout' else None,\n"
+    "    start_new_session=True,\n"
     ")\n"
     "with open(sys.argv[1], 'w') as fifo: fifo.write(f'{held.pid}\\n')\n"
     "os.write(2, b'oops')\n"
     "sys.exit(3)\n"
 )
+# the same from `sh`, its `sleep` left in its group holding both pipes
+LEAVE_BOTH_PIPES_IN_THE_GROUP = 'sleep 1000 & echo $! > "$0"; printf oops >&2; exit 3'
 
 
-async def test_a_failed_command_whose_stderr_a_leftover_holds_fails_with_its_status(
-    tmp_path: Path,
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("held", ["stderr", "stdout", "both, in its group"])
+async def test_a_failed_command_whose_pipe_a_leftover_holds_fails_with_its_status(
+    tmp_path: Path, held: str, streamed: bool
 ) -> None:
-    """A command exits 3 leaving a process outside its group holding its stderr: the call
-    fails with that status and what it wrote once STDERR_CLOSE_GRACE passed, where it used to
-    wait out the timeout and say the command ran too long."""
+    """A command exits 3 leaving a process holding its stderr, its stdout or both: the call
+    fails with that status and what it wrote once the leftover in its group was killed, or
+    PIPES_CLOSE_GRACE passed for one outside it, where it used to wait out the timeout and say
+    the command ran too long."""
     fifo, pids = tmp_path / "pid.fifo", []
     os.mkfifo(fifo)
 
     async def note_pid() -> None:
         pids.append(await pid_written(fifo))
 
-    command = [sys.executable, "-c", LEAVE_STDERR_HELD, str(fifo)]
+    if held == "both, in its group":
+        command, program = ["sh", "-c", LEAVE_BOTH_PIPES_IN_THE_GROUP, str(fifo)], "sh"
+    else:
+        command = [sys.executable, "-c", LEAVE_A_PIPE_HELD, str(fifo), held]
+        program = sys.executable
     try:
         with trio.fail_after(LEFTOVER_TIMEOUT + 30):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(note_pid)
                 with pytest.raises(ServedCommandFailed) as failed:
-                    await run_command(command, None, LEFTOVER_TIMEOUT, nursery)
+                    if streamed:
+                        chunks = stream_command(command, None, LEFTOVER_TIMEOUT, nursery)
+                        async with contextlib.aclosing(chunks):
+                            assert [chunk async for chunk in chunks] == []
+                    else:
+                        await run_command(command, None, LEFTOVER_TIMEOUT, nursery)
     finally:
         kill_leftover(pids[0] if pids else None)
-    assert str(failed.value) == f"{sys.executable} exited 3: oops"
+    assert str(failed.value) == f"{program} exited 3: oops"
