@@ -8,9 +8,10 @@ burst its welcome announces (a broker closes a connection that exceeds them): pa
 records wait in the queue and leave together in the next message the rate allows. A message the
 broker does not take within LINK_SEND_TIMEOUT ends the connection, heard or not. When the
 connection drops, senders waiting on the queue fail with LinkDown and the link reconnects after
-a full-jitter exponential backoff, reset by the next welcome. What it sends and reads is the
-broker protocol of meshactors/wire/broker.py (the broker imports the same module); presence and
-undeliverable notices go to core as they decode, and one it cannot read is counted.
+a full-jitter exponential backoff, reset by a session that lasted SHORT_SESSION. What it sends
+and reads is the broker protocol of meshactors/wire/broker.py (the broker imports the same
+module); presence and undeliverable notices go to core as they decode, and one it cannot read
+is counted.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ _Queued = tuple[bytes, bytes]  # (destination public key, sealed bytes) for the 
 
 BACKOFF_BASE = 0.25  # seconds: the first retry waits up to this long
 BACKOFF_CAP = 30.0  # seconds: no retry ever waits longer
+# seconds a session must last from its welcome to reset the backoff: one shorter (a broker that
+# welcomes and closes at once) counts as a failed attempt, so the backoff grows and the next
+# URL is tried, where the same broker would be retried at the first step for ever
+SHORT_SESSION = 10.0
 CONNECT_TIMEOUT = 10.0  # seconds for TCP, the TLS handshake (wss://) and the WebSocket upgrade
 WELCOME_TIMEOUT = 10.0  # seconds for our hello to leave and the broker's welcome to come back
 CLOSE_TIMEOUT = 2.0  # seconds for the WebSocket closing handshake
@@ -257,16 +262,21 @@ class Link(Actor):
                 await self._report()
 
     async def _connect_forever(self) -> None:
-        """Connect to each broker in turn, with backoff between failed attempts, until parked."""
+        """Connect to each broker in turn, with backoff between failed attempts, until parked.
+        An attempt failed unless its session held SHORT_SESSION: one that held resets the
+        backoff."""
         while not self._parked:
             with trio.CancelScope() as self._cycle:
                 url = self.brokers[self._next_url % len(self.brokers)]
                 self.state = "connecting"
                 await self._report()
-                welcomed = await self._connect_once(url)
-                if not welcomed:
+                welcomed_for = await self._connect_once(url)
+                held = welcomed_for is not None and welcomed_for >= SHORT_SESSION
+                if held:
+                    self._attempt = 0
+                else:
                     self.failures += 1
-                if not welcomed or self._left_for_silence():
+                if not held or self._left_for_silence():
                     self._next_url += 1  # try the next broker in turn
                 self.state = "backoff"
                 await self._report()
@@ -279,8 +289,8 @@ class Link(Actor):
     def _left_for_silence(self) -> bool:
         """Whether the session just ended was left by our own deadlines (keepalive, a send
         not taken): the broker hangs, and the next in the list is tried first. One the broker
-        or the network closed is tried first again: where its peers still are, when several
-        brokers listed are not one cluster."""
+        or the network closed after it held SHORT_SESSION is tried first again: where its peers
+        still are, when several brokers listed are not one cluster."""
         return self.last_error is not None and self.last_error.kind is LinkErrorKind.TIMEOUT
 
     async def _take_brokers(self) -> None:
@@ -303,14 +313,15 @@ class Link(Actor):
         """Tell core the state the link is in now."""
         await self.deliver.send(LinkStatus(self.state, self.url, self.last_error))
 
-    async def _connect_once(self, url: str) -> bool:
-        """One connection's life; returns whether the broker welcomed us."""
+    async def _connect_once(self, url: str) -> float | None:
+        """One connection's life; returns the seconds from the broker's welcome to the
+        connection's end, None when it did not welcome us."""
         # trio-websocket is imported by the first connection, after READY (a cold start
         # without it is ~30 ms shorter; docs/performance.md, "Cold start").
         from trio_websocket import ConnectionClosed, HandshakeError
         from wsproto.utilities import LocalProtocolError
 
-        welcomed = False
+        welcomed, welcomed_at = False, 0.0
         try:
             with trio.CancelScope() as leaving:
                 async with open_broker_websocket(url) as ws:
@@ -324,7 +335,7 @@ class Link(Actor):
                         with trio.fail_after(WELCOME_TIMEOUT):  # a broker that never reads too
                             await ws.send_message(hello)
                             welcome = decode_welcome(await ws.get_message())
-                        welcomed = True
+                        welcomed, welcomed_at = True, trio.current_time()
                         await self._serve(ws, url, welcome)
                     finally:  # leaving waits for trio-websocket's reader, which a cut close
                         # (ours, or the broker's reply behind our stuck write) leaves parked
@@ -341,7 +352,7 @@ class Link(Actor):
             LocalProtocolError,  # trio-websocket answered a ping on a closing connection
         ) as exc:
             self._ended(exc, url, welcomed=welcomed)
-        return welcomed
+        return trio.current_time() - welcomed_at if welcomed else None
 
     def _backoff(self) -> float:
         """Seconds before the next attempt: full jitter, or the longest wait at once after an
@@ -374,7 +385,6 @@ class Link(Actor):
     async def _serve(self, ws: WebSocketConnection, url: str, welcome: Welcome) -> None:
         """Relay until the connection drops; tell core it is up, and that it went down."""
         send, receive = trio.open_memory_channel[_Queued](OUTBOUND_QUEUE)
-        self._attempt = 0
         self.connects += 1
         self.state, self.url, self.last_error, self._reported = "up", url, None, None
         self._outbound = receive

@@ -24,6 +24,7 @@ from meshactors.network.link import (
     BACKOFF_BASE,
     BACKOFF_CAP,
     PACE_SHARE,
+    SHORT_SESSION,
     InboundRecords,
     Link,
     LinkDown,
@@ -122,18 +123,60 @@ async def test_a_broker_left_for_silence_is_not_the_first_tried_again(
 async def test_a_broker_that_closed_our_session_is_the_first_tried_again(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A broker that closed a session (a restart, a kick) is tried first again, not the next
-    in the list: when the brokers listed are not one cluster, its peers are still there."""
+    """A broker that closed a session that held (a restart, a kick) is tried first again, not
+    the next in the list: when the brokers listed are not one cluster, its peers are still
+    there."""
 
     async def closing(request: WebSocketRequest) -> None:
-        await (await _welcomed(request)).aclose()
+        ws = await _welcomed(request)
+        await trio.sleep(SHORT_SESSION)  # virtual time: the session held
+        await ws.aclose()
 
     async with trio.open_nursery() as nursery:
         _, heard, urls = await _link_to_two(nursery, closing, _welcoming)
-        with trio.fail_after(WAIT):
+        with trio.fail_after(SHORT_SESSION + WAIT):
             assert (await heard.up()).url == urls[0]
             assert isinstance(await heard.events.receive(), LinkLost)
             assert (await heard.up()).url == urls[0]
+        nursery.cancel_scope.cancel()
+
+
+async def _closing_at_once(request: WebSocketRequest) -> None:
+    """A broker that welcomes the link and closes the connection at once."""
+    await (await _welcomed(request)).aclose()
+
+
+async def test_a_broker_that_closes_each_session_at_once_is_left_for_the_next(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A session shorter than SHORT_SESSION is a failed attempt: the next broker in the list
+    is tried, where the one that welcomed and closed used to be tried again for ever."""
+    async with trio.open_nursery() as nursery:
+        link, heard, urls = await _link_to_two(nursery, _closing_at_once, _welcoming)
+        with trio.fail_after(WAIT):
+            assert (await heard.up()).url == urls[0]
+            assert isinstance(await heard.events.receive(), LinkLost)
+            assert (await heard.up()).url == urls[1]
+        assert (link.connects, link.failures) == (2, 1)
+        nursery.cancel_scope.cancel()
+
+
+FLAPPING_FOR = 60.0  # virtual seconds a link is left with a broker closing each session at once
+
+
+async def test_a_broker_that_closes_each_session_at_once_is_retried_with_growing_backoff(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Sessions shorter than SHORT_SESSION reset no backoff: it grows as for a broker that
+    refuses, and each counts as a failure. Reset by each welcome, every retry waited at most
+    BACKOFF_BASE: at least FLAPPING_FOR / BACKOFF_BASE sessions in FLAPPING_FOR."""
+    async with trio.open_nursery() as nursery:
+        link, _ = await _link_to(nursery, _closing_at_once)
+        await trio.sleep(FLAPPING_FOR)
+        assert link.connects < FLAPPING_FOR / BACKOFF_BASE
+        # Retry k waits at most BACKOFF_BASE * 2**k: FLAPPING_FOR holds the first seven
+        # (ceilings sum to 31.75 s) whatever the jitter draws.
+        assert 7 <= link.failures == link.connects
         nursery.cancel_scope.cancel()
 
 
