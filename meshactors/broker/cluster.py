@@ -64,6 +64,8 @@ COMMAND_TIMEOUT_S: Final = 3.0  # one Redis command (or connect); longer is an o
 RECONNECT_FIRST_S: Final = 0.25  # first reconnect delay, doubled each failure...
 RECONNECT_MAX_S: Final = 8.0  # ...up to this, each drawn down by up to half (jitter)
 PUBLISH_MAX_BYTES: Final = 1 << 20  # envelopes joined into one publish (a larger one goes alone)
+# characters of the error `cluster_degraded` and `cluster_leave_failed` log: one short line
+MAX_CLUSTER_ERROR_CHARS: Final = 200
 _ADDRESS: Final = re.compile(r"(\[[^][]+\]|[^][:]+)(:[0-9]*)?")  # HOST[:PORT], IPv6 in [ ]
 _DATABASE_PATH: Final = re.compile(r"(/[0-9]*)?")  # a URL's path: none, or a database number
 # the query parameters a cluster URL may carry: credentials and TLS, as coredis reads them; the
@@ -223,7 +225,7 @@ class ClusterLink:
                         await self._session(redis)
                 except* Exception as group:
                     if not _stopping():
-                        error = _first_error(group)
+                        error = error_summary(group)
                         _log.warning("cluster_degraded", url=redacted_url(self.url), error=error)
                 await self.events.send(StateChanged("degraded"))
                 failures = 1 if self._lived() else failures + 1
@@ -578,7 +580,7 @@ class ClusterLink:
                     await redis.delete([alive_key(self.broker_id)])
                     await self._reap(redis, self.broker_id)
             except* Exception as group:
-                _log.info("cluster_leave_failed", error=_first_error(group))
+                _log.info("cluster_leave_failed", error=error_summary(group))
 
 
 def redis_client(url: str) -> "coredis.Redis[bytes]":
@@ -659,12 +661,19 @@ def _stopping() -> bool:
     return trio.current_effective_deadline() == -math.inf
 
 
-def _first_error(group: BaseExceptionGroup[Exception]) -> str:
+def error_summary(group: BaseExceptionGroup[Exception]) -> str:
+    """The group's first error in one stable short line: its class name, then its message
+    (if any) on one line, at most MAX_CLUSTER_ERROR_CHARS in all: what an operator alerts and
+    greps on, whatever coredis, the OS or a Lua script put in the message."""
     leaves: Iterable[BaseException] = group.exceptions
     first = next(iter(leaves))
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
-    return f"{type(first).__name__}: {first}"
+    message = " ".join(str(first).split())
+    summary = f"{type(first).__name__}: {message}" if message else type(first).__name__
+    if len(summary) > MAX_CLUSTER_ERROR_CHARS:
+        summary = summary[: MAX_CLUSTER_ERROR_CHARS - 1] + "…"
+    return summary
 
 
 def _offer(reply: trio.MemorySendChannel[T], value: T) -> None:

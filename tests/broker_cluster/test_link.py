@@ -1,14 +1,22 @@
 """The Redis link alone: with Redis unreachable it answers admissions `unavailable` and tries
 again after a backoff that doubles up to its bound, drawn down by jitter; stopped, it answers
-what is still queued as in an outage (MockClock)."""
+what is still queued as in an outage (MockClock); what it logs of an error is one short line."""
 
 import itertools
 
 import pytest
 import trio
 import trio.testing
+from hypothesis import example, given
+from hypothesis import strategies as st
 
-from meshactors.broker.cluster import RECONNECT_FIRST_S, RECONNECT_MAX_S, ClusterLink
+from meshactors.broker.cluster import (
+    MAX_CLUSTER_ERROR_CHARS,
+    RECONNECT_FIRST_S,
+    RECONNECT_MAX_S,
+    ClusterLink,
+    error_summary,
+)
 from meshactors.broker.cluster_messages import (
     Admit,
     AdmitResult,
@@ -83,3 +91,19 @@ async def test_commands_queued_when_the_link_stops_are_answered_as_in_an_outage(
         assert (await late_admission.receive()).status == "unavailable"
     with pytest.raises(trio.BrokenResourceError):
         control.send_nowait(Depart("net", verified.device_id, entry))
+
+
+@given(st.text())
+@example("")
+@example("Error running script:\n@user_script:12: " + "x" * 10 * MAX_CLUSTER_ERROR_CHARS)
+def test_an_error_is_logged_as_its_class_and_message_on_one_bounded_line(message: str) -> None:
+    """However long or many-lined the message (coredis's, the OS's, a Lua script's), the error
+    logged is its class name and that message on one line, cut to MAX_CLUSTER_ERROR_CHARS."""
+    logged = error_summary(
+        ExceptionGroup("session", [ExceptionGroup("a step", [OSError(message)])])
+    )
+    assert len(logged) <= MAX_CLUSTER_ERROR_CHARS
+    one_line = " ".join(message.split())
+    whole = f"OSError: {one_line}" if one_line else "OSError"
+    cut = whole[: MAX_CLUSTER_ERROR_CHARS - 1] + "…"
+    assert logged == (whole if len(whole) <= MAX_CLUSTER_ERROR_CHARS else cut)
