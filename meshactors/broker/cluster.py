@@ -334,12 +334,13 @@ class ClusterLink:
                 claimed = await redis.set(
                     reap_key(broker), "1", px=int(self.ttl_s * 1000), condition=coredis.PureToken.NX
                 )
-            if claimed:
-                await self._reap(redis, broker)
+            if claimed and (networks := await self._reap(redis, broker)) is not None:
+                _log.info("cluster_reaped", broker_id=broker, networks=networks)
 
-    async def _reap(self, redis: "coredis.Redis[bytes]", broker: str) -> None:
-        """Remove a dead broker's entries network by network, each with its `leave`, then its
-        `nets:` and its id in `brokers`; stop once it is alive again."""
+    async def _reap(self, redis: "coredis.Redis[bytes]", broker: str) -> int | None:
+        """Remove a dead (or, leaving, our own) broker's entries network by network, each with
+        its `leave`, then its `nets:` and its id in `brokers`; the number of its networks, or
+        None when it was found alive again and the reap stopped."""
         networks = await self._members(redis, networks_key(broker), is_network_id)
         for network in networks:
             args: list[str] = []
@@ -349,10 +350,11 @@ class ClusterLink:
                     args += [device_id, entry.encode(), leave]
             keys = [network_key(network), PRESENCE_CHANNEL]
             if args and not await self._reap_step(redis, broker, _REAP_NETWORK, keys, args):
-                return
+                return None
         keys = [networks_key(broker), BROKERS_KEY]
         if await self._reap_step(redis, broker, _REAPED, keys, [broker]):
-            _log.info("cluster_reaped", broker_id=broker, networks=len(networks))
+            return len(networks)
+        return None
 
     async def _reap_step(
         self,
@@ -573,12 +575,14 @@ class ClusterLink:
             await self.events.send(Dropped("cluster_forwards_lost"))
 
     async def _leave(self) -> None:
-        """On shutdown: remove our members and heartbeat so peers see `leave` at once."""
+        """On shutdown: remove our members and heartbeat so peers see `leave` at once, and log
+        our departure (`cluster_left`: no other broker reaped us)."""
         with trio.move_on_after(COMMAND_TIMEOUT_S, shield=True):
             try:
                 async with self._client() as redis:
                     await redis.delete([alive_key(self.broker_id)])
-                    await self._reap(redis, self.broker_id)
+                    networks = await self._reap(redis, self.broker_id)
+                _log.info("cluster_left", broker_id=self.broker_id, networks=networks)
             except* Exception as group:
                 _log.info("cluster_leave_failed", error=error_summary(group))
 

@@ -320,6 +320,8 @@ async def test_a_broker_stopped_while_connected_logs_no_outage(redis: RedisServe
 async def test_a_broker_that_stops_removes_its_members_at_once(
     nursery: trio.Nursery, redis: RedisServer
 ) -> None:
+    """Its members leave at once, and it logs its own departure (`cluster_left`), not a reap
+    of itself: `cluster_reaped` names only brokers found dead."""
     _, a_port = await start(nursery, redis, cluster_ttl=3600.0)  # no reaping in this test
     stopping = trio.CancelScope()
 
@@ -329,14 +331,19 @@ async def test_a_broker_that_stops_removes_its_members_at_once(
                 b, _ = await start(b_nursery, redis, cluster_ttl=3600.0)
                 task_status.started(b)
 
-    async with joined(url(a_port), ALICE, "net") as (alice, _):
-        b = await nursery.start(serve_b)
-        b_port = int(str(b.figures()["listen"]).rsplit(":", 1)[1])
-        async with joined(url(b_port), BOB, "net") as (bob, _):
-            await next_text(alice, joins(did(BOB)))
-            stopping.cancel()
-            assert (await drained_to_close(bob)).reason == "going_away"
-            await next_text(alice, left(did(BOB)))
+    with structlog.testing.capture_logs() as logs:
+        async with joined(url(a_port), ALICE, "net") as (alice, _):
+            b = await nursery.start(serve_b)
+            b_port = int(str(b.figures()["listen"]).rsplit(":", 1)[1])
+            async with joined(url(b_port), BOB, "net") as (bob, _):
+                await next_text(alice, joins(did(BOB)))
+                stopping.cancel()
+                assert (await drained_to_close(bob)).reason == "going_away"
+                await next_text(alice, left(did(BOB)))
+    b_id = b.health()["broker_id"]
+    assert [e for e in logs if e["event"] == "cluster_reaped"] == []
+    (left_log,) = [e for e in logs if e["event"] == "cluster_left"]
+    assert (left_log["broker_id"], left_log["networks"]) == (b_id, 1)
 
 
 async def test_members_joining_three_brokers_at_once_all_see_each_other(
