@@ -211,13 +211,14 @@ class ClusterLink:
     _connected_at: float | None = attrs.field(init=False, default=None)  # session began
 
     async def run(self) -> None:
-        """Connect, serve until Redis fails, then serve degraded for a backoff; forever. When
+        """Connect, serve until Redis fails, then serve degraded for a backoff; forever. A
+        failed attempt reports `starting` until Redis was first reached, `degraded` after. When
         cancelled (the broker stops) answer the commands still queued as in an outage and
         refuse further ones, so that nobody waits for an answer or for room in the queue
         (their waiters would only end with the broker's stop), and remove our members so that
         peers see `leave` at once (a refused Depart among them)."""
         try:
-            failures = 0
+            failures, state = 0, "starting"
             while True:
                 self._connected_at = None
                 try:
@@ -227,7 +228,9 @@ class ClusterLink:
                     if not _stopping():
                         error = error_summary(group)
                         _log.warning("cluster_degraded", url=redacted_url(self.url), error=error)
-                await self.events.send(StateChanged("degraded"))
+                if self._connected_at is not None:
+                    state = "degraded"  # Redis was reached: now it is lost
+                await self.events.send(StateChanged(state))
                 failures = 1 if self._lived() else failures + 1
                 delay = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2 ** min(failures - 1, 16))
                 await self._degraded_for(delay * random.uniform(0.5, 1.0))

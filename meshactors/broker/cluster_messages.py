@@ -78,9 +78,10 @@ class Forward:
 
 @attrs.frozen
 class StateChanged:
-    """The link reached Redis (`connected`) or lost it (`degraded`)."""
+    """The link reached Redis (`connected`), lost it (`degraded`), or failed to reach it
+    before it ever did (`starting`)."""
 
-    state: str  # connected | degraded
+    state: str  # starting (Redis not reached yet) | connected | degraded (Redis lost)
 
 
 @attrs.frozen

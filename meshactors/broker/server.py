@@ -234,7 +234,7 @@ class Broker:
             self.config.cluster_forward_queue
         )
         events, reported = trio.open_memory_channel[ClusterEvent](EVENT_QUEUE)
-        self._state = self._shown_state = "degraded"  # until Redis answers
+        self._state = self._shown_state = "starting"  # until Redis answers
         link = ClusterLink(
             url,
             self._broker_id,
@@ -248,7 +248,8 @@ class Broker:
         nursery.start_soon(self._follow_cluster, reported)
 
     async def reach_state(self, state: str) -> None:
-        """Wait until the cluster state is `state` (standalone, connected or degraded)."""
+        """Wait until the cluster state is `state` (standalone, starting, connected or
+        degraded)."""
         while self._shown_state != state:
             await self._state_changed.wait()
 

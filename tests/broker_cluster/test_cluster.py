@@ -167,6 +167,31 @@ async def test_health_of_a_standalone_broker(nursery: trio.Nursery) -> None:
     assert broker.figures()["health_requests"] == 1
 
 
+async def test_a_broker_that_never_reached_redis_is_starting_not_degraded(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    """A health check reads a broker as not ready until it first reached Redis, `starting`
+    (failed attempts included), where it said `degraded`, which is a lost Redis."""
+    await trio.to_thread.run_sync(redis.stop)
+    attempt_failed = trio.Event()
+
+    def note_failure(_: object, __: str, event: EventDict) -> EventDict:
+        if event["event"] == "cluster_degraded":
+            attempt_failed.set()
+        return event
+
+    with structlog.testing.capture_logs(processors=[note_failure]):
+        broker = Broker(BrokerConfig(), redis.url)
+        port = await nursery.start(broker.serve, "127.0.0.1", 0)
+        with trio.fail_after(WAIT_S):
+            await attempt_failed.wait()
+        assert (await get_health(port))["cluster"] == "starting"
+        await trio.to_thread.run_sync(redis.start)
+        await state_is(broker, "connected")
+        await trio.to_thread.run_sync(redis.stop)
+        await state_is(broker, "degraded")
+
+
 async def test_brokers_route_locally_through_a_redis_outage_and_resync_after(
     nursery: trio.Nursery, redis: RedisServer
 ) -> None:
