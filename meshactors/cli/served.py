@@ -39,8 +39,8 @@ MAX_STDERR_CHARS = 2000  # the tail of a failed command's stderr sent back as th
 # bytes kept of a command's stderr, read from a pipe as it writes (nothing on disk): enough to
 # decode the tail, a character being up to 4
 STDERR_TAIL_BYTES = 4 * MAX_STDERR_CHARS
-# seconds a failed command's stdout and stderr are read for once its group is killed: a
-# process that left the group (a new session) may hold either pipe open for ever
+# seconds a failed command's stderr is read for once its group is killed, and its stdout waited
+# on for more: a process that left the group (a new session) may hold either pipe open for ever
 PIPES_CLOSE_GRACE = 1.0
 # a command's stdout kept for one answer: its JSON, indented, may be a few times the compact
 # payload it decodes to, which the payload's own check (MAX_PAYLOAD_BYTES) then measures
@@ -164,42 +164,47 @@ class StderrTail:
 class CommandPipes:
     """A served command's pipes as its call reads them: its stderr's tail kept by a task of
     its own, which also waits for its exit. Once it exited with failure, what it left in its
-    group is killed and both pipes are read for PIPES_CLOSE_GRACE more at most: a process
-    that left the group may hold either open for ever, and the failure answers, not what such
-    a process writes. After an exit 0 its stdout is read to its end (or the call's deadline):
-    that is the answer, which what it left running may still be writing."""
+    group is killed, its stderr is read for PIPES_CLOSE_GRACE more at most, and its stdout as
+    long as more comes within PIPES_CLOSE_GRACE: a process that left the group may hold
+    either open for ever, and the failure answers, not what such a process writes; what the
+    command wrote is still read (a streamed answer's lines, however slowly its caller takes
+    them). After an exit 0 its stdout is read to its end (or the call's deadline): that is
+    the answer, which what it left running may still be writing."""
 
     process: trio.Process
     command: list[str]
     tail: StderrTail = attrs.field(factory=StderrTail)
     ended: trio.Event = attrs.field(factory=trio.Event)  # exited, and after a failure its grace
     failure: ServedCommandFailed | None = None  # set before `ended`, after a failed exit
-    grace_ends: float = math.inf  # when a failed command's pipes are read no more
+    exited_failing: bool = False  # a read of its stdout then waits PIPES_CLOSE_GRACE at most
     stdout_read: trio.CancelScope = attrs.field(factory=trio.CancelScope)  # the current read
     watching: trio.CancelScope = attrs.field(factory=trio.CancelScope)  # cancelled: call's end
 
     async def watch(self, stderr: trio.abc.ReceiveStream) -> None:
         """Keep the tail of `stderr` and wait for the command's exit; after a failed one, kill
-        its group, cut both reads at the grace's end, and note the failure with that tail."""
+        its group, bound the reads of both pipes by the grace, and note the failure with the
+        tail."""
         with self.watching:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.tail.collect, stderr)
                 status = await self.process.wait()
                 if status != 0:
                     await kill_group(self.process)  # what it left in its group: pipes close
-                    self.grace_ends = trio.current_time() + PIPES_CLOSE_GRACE
-                    self.stdout_read.deadline = self.grace_ends
-                    with trio.move_on_at(self.grace_ends):
+                    self.exited_failing = True
+                    grace_ends = trio.current_time() + PIPES_CLOSE_GRACE
+                    self.stdout_read.deadline = min(self.stdout_read.deadline, grace_ends)
+                    with trio.move_on_at(grace_ends):
                         await self.tail.closed.wait()
                     nursery.cancel_scope.cancel()
                     self.failure = command_failed(self.command, status, bytes(self.tail.kept))
                 self.ended.set()
 
     async def receive_output(self, max_bytes: int | None = None) -> bytes | bytearray:
-        """The next bytes of the command's stdout: b"" at its end, and once a failed
-        command's grace passed."""
+        """The next bytes of the command's stdout: b"" at its end, and when a command that
+        exited with failure wrote none for PIPES_CLOSE_GRACE."""
         assert self.process.stdout is not None
-        self.stdout_read = trio.CancelScope(deadline=self.grace_ends)
+        wait = PIPES_CLOSE_GRACE if self.exited_failing else math.inf
+        self.stdout_read = trio.CancelScope(deadline=trio.current_time() + wait)
         with self.stdout_read:
             return await self.process.stdout.receive_some(max_bytes)
         return b""

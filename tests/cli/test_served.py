@@ -23,6 +23,7 @@ from meshactors.cli.served import (
     KILL_WAIT_SECONDS,
     MAX_OUTPUT_BYTES,
     MAX_STDERR_CHARS,
+    PIPES_CLOSE_GRACE,
     STDERR_TAIL_BYTES,
     ServedCommandFailed,
     claim_lost,
@@ -357,3 +358,45 @@ async def test_a_failed_command_whose_pipe_a_leftover_holds_fails_with_its_statu
     finally:
         kill_leftover(pids[0] if pids else None)
     assert str(failed.value) == f"{program} exited 3: oops"
+
+
+LATE_LINES = 1000  # lines written once told: a few KiB, well within a pipe's buffer
+# writes a line and its pid to argv[1], then, once sent SIGUSR1, LATE_LINES more, and exits 3:
+# those stay in its stdout pipe until read
+WRITE_LINES_AND_FAIL = (
+    "import os, signal, sys\n"
+    "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n"
+    "print('first', flush=True)\n"
+    "with open(sys.argv[1], 'w') as fifo: fifo.write(f'{os.getpid()}\\n')\n"
+    "signal.sigwait({signal.SIGUSR1})\n"
+    f"for n in range({LATE_LINES}): print(n)\n"
+    "sys.exit(3)\n"
+)
+
+
+async def test_a_failed_command_s_lines_reach_a_caller_slower_than_the_grace(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """A streamed command exits 3 leaving lines its caller has not taken yet: each still
+    answers, however long after the exit the caller takes them. PIPES_CLOSE_GRACE bounds a
+    wait for more, not the reading of what the command wrote."""
+    mock_clock.rate = 1.0  # fail_after bounds the wait in real time; the caller's delay jumps
+    fifo = tmp_path / "pid.fifo"
+    os.mkfifo(fifo)
+    command = [sys.executable, "-c", WRITE_LINES_AND_FAIL, str(fifo)]
+    late: list[Any] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as readers:
+            chunks = stream_command(command, None, TIMEOUT, readers)
+            async with contextlib.aclosing(chunks):
+                assert await anext(chunks) == "first"
+                pid = await pid_written(fifo)
+                os.kill(pid, signal.SIGUSR1)
+                await exited(pid)
+                await trio.testing.wait_all_tasks_blocked()  # its exit seen, its group killed
+                mock_clock.jump(2 * PIPES_CLOSE_GRACE)  # the caller takes its time
+                with pytest.raises(ServedCommandFailed) as failed:
+                    async for chunk in chunks:
+                        late.append(chunk)
+    assert late == list(range(LATE_LINES))
+    assert str(failed.value) == f"{sys.executable} exited 3: (no stderr)"
