@@ -1,7 +1,8 @@
 """What `meshactors rpc serve` and `stream serve` share: the command taken from after `--`,
 serving until a stop, and commands that leave nothing running behind them; and running the
 command `rpc serve` serves, once per call, its stdout answering whole, or (with `--stream`)
-each line it writes answering as one chunk while it runs."""
+each line it writes answering as one chunk while it runs; the pipes of a command either
+serve runs (`command_running`), which end within a grace once it failed."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import sys
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 import trio
@@ -162,14 +163,15 @@ class StderrTail:
 
 @attrs.define(eq=False)
 class CommandPipes:
-    """A served command's pipes as its call reads them: its stderr's tail kept by a task of
-    its own, which also waits for its exit. Once it exited with failure, what it left in its
-    group is killed, its stderr is read for PIPES_CLOSE_GRACE more at most, and its stdout as
-    long as more comes within PIPES_CLOSE_GRACE: a process that left the group may hold
-    either open for ever, and the failure answers, not what such a process writes; what the
-    command wrote is still read (a streamed answer's lines, however slowly its caller takes
-    them). After an exit 0 its stdout is read to its end (or the call's deadline): that is
-    the answer, which what it left running may still be writing."""
+    """A served command's pipes as its call (or binary stream) reads them: its stderr's tail
+    kept by a task of its own, which also waits for its exit. Once it exited with failure,
+    what it left in its group is killed, its stderr is read for PIPES_CLOSE_GRACE more at
+    most, and its stdout as long as more comes within PIPES_CLOSE_GRACE: a process that left
+    the group may hold either open for ever, and the failure answers, not what such a process
+    writes; what the command wrote is still read (a streamed answer's lines, a stream's bytes,
+    however slowly the other end takes them). After an exit 0 its stdout is read to its end
+    (or the call's deadline, the stream's reset): that is the answer, which what it left
+    running may still be writing."""
 
     process: trio.Process
     command: list[str]
@@ -217,26 +219,36 @@ class CommandPipes:
 
 
 @contextlib.asynccontextmanager
+async def command_running(
+    command: list[str], stdin: int | IO[bytes], readers: trio.Nursery
+) -> AsyncIterator[CommandPipes]:
+    """`command` running with `stdin` (a file, or subprocess.PIPE), stdout and stderr pipes,
+    a task in `readers` keeping stderr's tail and watching for its exit, and its group killed
+    when the block ends, however it ends, and that task ended (a process that left the group
+    may hold stderr): what `rpc serve` and `stream serve` run a command in."""
+    pipe = subprocess.PIPE
+    process = await open_command(command, stdin=stdin, stdout=pipe, stderr=pipe)
+    assert process.stderr is not None
+    pipes = CommandPipes(process, command)
+    readers.start_soon(pipes.watch, process.stderr)
+    try:
+        yield pipes
+    finally:
+        pipes.watching.cancel()
+        await kill_group(process)
+
+
+@contextlib.asynccontextmanager
 async def _started(
     command: list[str], payload: Any, readers: trio.Nursery
 ) -> AsyncIterator[CommandPipes]:
-    """`command` running with `payload` as JSON on stdin (a file: no task of ours), stdout
-    and stderr pipes, a task in `readers` keeping stderr's tail and watching for its exit,
-    and its group killed when the block ends, however it ends, and that task ended (a
-    process that left the group may hold stderr)."""
+    """`command` running (`command_running`) with `payload` as JSON on stdin (a file: no task
+    of ours)."""
     with tempfile.TemporaryFile() as stdin:
         stdin.write(json.dumps(payload).encode())
         stdin.seek(0)
-        pipe = subprocess.PIPE
-        process = await open_command(command, stdin=stdin, stdout=pipe, stderr=pipe)
-        assert process.stderr is not None
-        pipes = CommandPipes(process, command)
-        readers.start_soon(pipes.watch, process.stderr)
-        try:
+        async with command_running(command, stdin, readers) as pipes:
             yield pipes
-        finally:
-            pipes.watching.cancel()
-            await kill_group(process)
 
 
 async def run_command(

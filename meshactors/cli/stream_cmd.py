@@ -21,10 +21,8 @@ from meshactors.cli.common import (
 )
 from meshactors.cli.devices import resolve_device
 from meshactors.cli.served import (
-    StderrTail,
-    command_failed,
-    kill_group,
-    open_command,
+    Receive,
+    command_running,
     serve_until_stopped,
     served_command,
 )
@@ -65,9 +63,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.set_defaults(run=run_serve)
 
 
-async def pump(source: trio.abc.ReceiveStream, stream: BinaryStream) -> None:
-    """Copy `source` into the stream until `source` ends."""
-    while data := await source.receive_some(COPY_BYTES):
+async def pump(receive: Receive, stream: BinaryStream) -> None:
+    """Copy a source (`receive` its next bytes) into the stream until it ends."""
+    while data := await receive(COPY_BYTES):
         await stream.send_all(data)
 
 
@@ -115,7 +113,7 @@ async def _send(args: argparse.Namespace, peer: str, method: str, timeout_ms: in
 async def _send_all(source: trio.abc.ReceiveStream, stream: BinaryStream) -> None:
     """Send stdin, then the end; a stream the daemon closed says why on the reading side."""
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await pump(source, stream)
+        await pump(source.receive_some, stream)
         await stream.send_eof()
 
 
@@ -144,35 +142,30 @@ async def _serve(args: argparse.Namespace, method: str, command: list[str]) -> N
 async def run_piped(command: list[str], stream: BinaryStream) -> None:
     """Run `command` with the stream's bytes on its stdin and its stdout into the stream; a
     failure raises with its exit status and stderr's tail (the stream is reset with it), as
-    does a reset of the stream while it runs, which kills it. Once it has exited and closed
-    its stdout, what it left running in its group is killed."""
-    pipe = subprocess.PIPE
-    process = await open_command(command, stdin=pipe, stdout=pipe, stderr=pipe)
-    assert process.stdin is not None and process.stdout is not None
-    assert process.stderr is not None
-    errors = StderrTail()
+    does a reset of the stream while it runs, which kills it. After an exit 0 its stdout is
+    copied to its end; after a failed one, as long as more comes within PIPES_CLOSE_GRACE
+    (`CommandPipes`): a process that left its group may hold stdout open for ever. Once it
+    has exited and its stdout ended, what it left running in its group is killed."""
     watching = trio.CancelScope()
 
-    async def feed() -> None:
+    async def feed(stdin: trio.abc.SendStream) -> None:
         """The stream's bytes into stdin; then, until the command is done, the stream read
         for its reset (the opener cancelled): a silent command would never see it."""
-        assert process.stdin is not None
         with watching:
-            async with process.stdin:
+            async with stdin:
                 with contextlib.suppress(trio.BrokenResourceError):  # the connection broke
-                    await drain(stream, process.stdin)  # False: it stopped reading, fine
+                    await drain(stream, stdin)  # False: it stopped reading, fine
             await stream.finish()  # raises (our end is not sent yet) unless cancelled first
 
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed)
-            nursery.start_soon(errors.collect, process.stderr)
-            await pump(process.stdout, stream)
-            status = await process.wait()
-            watching.cancel()
-            await kill_group(process)  # what it left running dies now, so its stderr closes
-    finally:
-        await kill_group(process)  # the command too, when this failed or was cancelled
-    if status != 0:  # before our end: the opener reads the failure, not a clean end
-        raise command_failed(command, status, bytes(errors.kept))
+    async with (
+        trio.open_nursery() as nursery,
+        command_running(command, subprocess.PIPE, nursery) as pipes,
+    ):
+        assert pipes.process.stdin is not None
+        nursery.start_soon(feed, pipes.process.stdin)
+        await pump(pipes.receive_output, stream)
+        failure = await pipes.exit_failure()
+        watching.cancel()
+    if failure is not None:  # before our end: the opener reads the failure, not a clean end
+        raise failure
     await stream.send_eof()

@@ -5,6 +5,7 @@ running when it exited dies as its call ends."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -35,9 +36,11 @@ from meshactors.cli.served import (
     served_command,
     stream_command,
 )
-from meshactors.client import EventStream
+from meshactors.cli.stream_cmd import run_piped
+from meshactors.client import BinaryStream, EventStream, MeshClient, StreamError
 from meshactors.network.payload import MAX_PAYLOAD_BYTES
 from meshactors.wire.pipe_frames import FrameParser, Reset, encode
+from tests.daemon_tree import serving
 from tests.support import exited, kill_leftover, pid_written, pids_written, sleeper
 
 DEEP = "[" * 5000  # deeper than the parser goes: RecursionError, not ValueError
@@ -307,7 +310,7 @@ async def test_a_failed_command_past_the_stderr_tail_fails_with_its_last_words(
 LEFTOVER_TIMEOUT = 20.0  # seconds the commands below may take: a bound, not a pause
 # starts `sleep` in a session of its own (out of the group a failure kills) holding the pipe
 # named by argv[2] (the other goes to /dev/null), writes its pid to argv[1], says why on
-# stderr and exits 3
+# stderr and exits with argv[3]
 LEAVE_A_PIPE_HELD = (
     "import os, subprocess, sys\n"
     "held = subprocess.Popen(\n"
@@ -318,21 +321,66 @@ LEAVE_A_PIPE_HELD = (
     ")\n"
     "with open(sys.argv[1], 'w') as fifo: fifo.write(f'{held.pid}\\n')\n"
     "os.write(2, b'oops')\n"
-    "sys.exit(3)\n"
+    "sys.exit(int(sys.argv[3]))\n"
 )
 # the same from `sh`, its `sleep` left in its group holding both pipes
 LEAVE_BOTH_PIPES_IN_THE_GROUP = 'sleep 1000 & echo $! > "$0"; printf oops >&2; exit 3'
+STREAM_NET = "lan"  # the network the streams below are opened in, to the daemon's own device
+UNREACHABLE = "ws://127.0.0.1:9/v1"  # its broker, which never answers: the daemon reaches itself
 
 
-@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+@contextlib.asynccontextmanager
+async def stream_to(command: list[str], home: Path) -> AsyncIterator[BinaryStream]:
+    """A binary stream to `command` as `stream serve` runs it (`run_piped`), through a real
+    daemon tree in `home` to its own device, the opener's end of data sent."""
+    async with serving(home) as daemon, MeshClient(daemon.paths.socket) as client:
+        await client.call("network_add", {"config": {"id": STREAM_NET, "brokers": [UNREACHABLE]}})
+        me = (await client.call("status"))["device_id"]
+        await client.serve_stream(STREAM_NET, "piped", functools.partial(run_piped, command))
+        async with await client.open_stream(STREAM_NET, me, "piped") as stream:
+            await stream.send_eof()
+            yield stream
+
+
+async def read_to_end(stream: BinaryStream) -> tuple[bytes, StreamError | None]:
+    """What the other end of `stream` sent, and the error it ended with, if any."""
+    received = bytearray()
+    try:
+        while data := await stream.receive_some():
+            received += data
+    except StreamError as error:
+        return bytes(received), error
+    return bytes(received), None
+
+
+async def failure_of(serve: str, command: list[str], home: Path, readers: trio.Nursery) -> str:
+    """The failure `command` ends in as `serve` runs it, having written no output: what
+    `rpc serve` answers the caller, or the reset the opener of a `stream serve` stream reads
+    (`remote_error`, as ever)."""
+    if serve == "stream serve":
+        async with stream_to(command, home) as stream:
+            received, error = await read_to_end(stream)
+        assert received == b"" and error is not None and error.code == "remote_error"
+        return error.message
+    with pytest.raises(ServedCommandFailed) as failed:
+        if serve == "rpc serve --stream":
+            chunks = stream_command(command, None, LEFTOVER_TIMEOUT, readers)
+            async with contextlib.aclosing(chunks):
+                assert [chunk async for chunk in chunks] == []
+        else:
+            await run_command(command, None, LEFTOVER_TIMEOUT, readers)
+    return str(failed.value)
+
+
+@pytest.mark.parametrize("serve", ["rpc serve", "rpc serve --stream", "stream serve"])
 @pytest.mark.parametrize("held", ["stderr", "stdout", "both, in its group"])
 async def test_a_failed_command_whose_pipe_a_leftover_holds_fails_with_its_status(
-    tmp_path: Path, held: str, streamed: bool
+    tmp_path: Path, held: str, serve: str
 ) -> None:
     """A command exits 3 leaving a process holding its stderr, its stdout or both: the call
-    fails with that status and what it wrote once the leftover in its group was killed, or
-    PIPES_CLOSE_GRACE passed for one outside it, where it used to wait out the timeout and say
-    the command ran too long."""
+    (or stream) fails with that status and what it wrote once the leftover in its group was
+    killed, or PIPES_CLOSE_GRACE passed for one outside it, where a call used to wait out the
+    timeout and say the command ran too long, and a stream to stay open until its reset."""
     fifo, pids = tmp_path / "pid.fifo", []
     os.mkfifo(fifo)
 
@@ -342,22 +390,35 @@ async def test_a_failed_command_whose_pipe_a_leftover_holds_fails_with_its_statu
     if held == "both, in its group":
         command, program = ["sh", "-c", LEAVE_BOTH_PIPES_IN_THE_GROUP, str(fifo)], "sh"
     else:
-        command = [sys.executable, "-c", LEAVE_A_PIPE_HELD, str(fifo), held]
+        command = [sys.executable, "-c", LEAVE_A_PIPE_HELD, str(fifo), held, "3"]
         program = sys.executable
     try:
         with trio.fail_after(LEFTOVER_TIMEOUT + 30):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(note_pid)
-                with pytest.raises(ServedCommandFailed) as failed:
-                    if streamed:
-                        chunks = stream_command(command, None, LEFTOVER_TIMEOUT, nursery)
-                        async with contextlib.aclosing(chunks):
-                            assert [chunk async for chunk in chunks] == []
-                    else:
-                        await run_command(command, None, LEFTOVER_TIMEOUT, nursery)
+                failure = await failure_of(serve, command, tmp_path, nursery)
     finally:
         kill_leftover(pids[0] if pids else None)
-    assert str(failed.value) == f"{program} exited 3: oops"
+    assert failure == f"{program} exited 3: oops"
+
+
+async def test_a_stream_whose_command_exits_0_ends_though_a_leftover_holds_its_stderr(
+    tmp_path: Path,
+) -> None:
+    """A command exits 0 leaving a process outside its group holding its stderr: its stdout
+    ended, the stream ends cleanly, where it used to wait for that stderr's end until the
+    opener reset it."""
+    fifo, pids = tmp_path / "pid.fifo", []
+    os.mkfifo(fifo)
+    command = [sys.executable, "-c", LEAVE_A_PIPE_HELD, str(fifo), "stderr", "0"]
+    try:
+        with trio.fail_after(30):
+            async with stream_to(command, tmp_path) as stream:
+                pids.append(await pid_written(fifo))
+                assert await read_to_end(stream) == (b"", None)
+                await stream.finish()
+    finally:
+        kill_leftover(pids[0] if pids else None)
 
 
 LATE_LINES = 1000  # lines written once told: a few KiB, well within a pipe's buffer
