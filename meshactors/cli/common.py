@@ -13,7 +13,7 @@ from typing import Any, NoReturn, TextIO
 
 import structlog
 
-from meshactors.client.errors import DeadlineExceeded
+from meshactors.client.errors import DaemonBusy, DeadlineExceeded
 from meshactors.client.mesh import DEFAULT_CALL_TIMEOUT
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
 from meshactors.hostguard import HOST_MISMATCH_EXIT_CODE
@@ -39,6 +39,8 @@ STATUS_TIMEOUT = 10.0  # seconds `daemon status`, `daemon version` and `inspect`
 EXIT_INTERRUPTED = 130  # SIGINT (128 + SIGINT) ended `rpc call` or `stream send` before its
 # answer's (stream's) end, or `daemon up --detach`'s wait (SIGTERM too)
 
+# what a failure to reach a daemon too busy to take a connection (DaemonBusy) adds: it runs
+BUSY_HINT = "it is running but takes no new connection now; try again once it has caught up"
 FAILED_EVENT = "command_failed"  # the event a failure is logged as where stderr is a JSON log
 ERROR_CODE_BY_EXIT = {  # the `code` of a failure the CLI itself detects, by its exit code
     EXIT_FAILURE: "failed",
@@ -201,6 +203,8 @@ def fail_with(exc: ClientError, context: str = "", said: str | None = None) -> N
         message = line = said
     elif isinstance(exc, DaemonNotRunning):
         message = line = f"{exc.message}; {exc.hint}"
+    elif isinstance(exc, DaemonBusy):
+        message = line = f"daemon busy: {exc.message}; {BUSY_HINT}"
     else:
         message, line = exc.message, f"{context}{exc.code}: {exc.message}"
     status = EXIT_BY_ERROR_CODE.get(exc.code, EXIT_FAILURE)
@@ -209,10 +213,11 @@ def fail_with(exc: ClientError, context: str = "", said: str | None = None) -> N
 
 def connect(args: argparse.Namespace, timeout: float = DEFAULT_CALL_TIMEOUT) -> SyncClient:
     """A connection to the running daemon (each call waiting `timeout` seconds at most), or
-    exit 5 saying none runs."""
+    exit 5 saying none runs, or exit 7 saying it is too busy to take one (`SyncClient.connect`
+    retried it for SYNC_CONNECT_TIMEOUT)."""
     try:
         return SyncClient.connect(paths_of(args).socket, timeout)
-    except DaemonNotRunning as exc:
+    except (DaemonNotRunning, DaemonBusy) as exc:
         fail_with(exc)
 
 

@@ -40,8 +40,13 @@ from meshactors.cli.common import (
     say,
 )
 from meshactors.cli.mesh import membership_note
-from meshactors.client.errors import ConnectionLost, DeadlineExceeded, SocketPathTooLong
-from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
+from meshactors.client.errors import (
+    ConnectionLost,
+    DaemonBusy,
+    DeadlineExceeded,
+    SocketPathTooLong,
+)
+from meshactors.client.sync import SYNC_CONNECT_TIMEOUT, ClientError, DaemonNotRunning, SyncClient
 from meshactors.control.supervisor import ActivationError, activated_socket
 from meshactors.daemon.broker_actor import parse_listen
 from meshactors.daemon.lock import AlreadyRunning, DaemonLock, SocketInUse, read_running_pid
@@ -415,12 +420,12 @@ def run_down(args: argparse.Namespace) -> int:
             # a subclass): it stays up, and says why; neither a wait nor a SIGTERM overrules it
             said = f"the daemon (pid {running[0]}) answered shutdown with {exc.code}: "
             fail_with(exc, said=f"{said}{exc.message}; it was not stopped")
-        # not told: it serves another socket, or none yet; or it did not answer (stopped, stuck)
-        told = not isinstance(exc, DaemonNotRunning | DeadlineExceeded)
-        if isinstance(exc, DeadlineExceeded):
+        # not told: it serves another socket, or none yet; or it did not answer (stopped,
+        # stuck), or took no connection (too busy: running, not "not running")
+        told = not isinstance(exc, DaemonNotRunning | DaemonBusy | DeadlineExceeded)
+        if isinstance(exc, DeadlineExceeded | DaemonBusy):
             say(
-                f"meshactors: the daemon (pid {running[0]}) did not answer shutdown within "
-                f"{DOWN_TIMEOUT:g} s: sending it SIGTERM",
+                f"meshactors: the daemon (pid {running[0]}) {_not_told(exc)}: sending it SIGTERM",
                 file=sys.stderr,
             )
     if running is not None and not (told and _wait_exit(paths, running[0], DOWN_TIMEOUT)):
@@ -445,8 +450,8 @@ def _not_stopped(socket: Path, exc: ClientError | OSError) -> NoReturn:
         fail(f"cannot ask {socket} to shut down: {exc.strerror or exc}; no daemon was stopped")
     if isinstance(exc, SocketPathTooLong):  # its size and the limit, as every command says
         fail_with(exc)
-    if isinstance(exc, DeadlineExceeded):
-        how = f"did not answer shutdown within {DOWN_TIMEOUT:g} s"
+    if isinstance(exc, DeadlineExceeded | DaemonBusy):
+        how = _not_told(exc)
     elif isinstance(exc, ConnectionLost):
         how = "closed the connection without answering shutdown"
     else:  # an error answer, or lines that are not frames
@@ -456,6 +461,14 @@ def _not_stopped(socket: Path, exc: ClientError | OSError) -> NoReturn:
         "it was not stopped"
     )
     fail_with(exc, said=said)
+
+
+def _not_told(exc: DeadlineExceeded | DaemonBusy) -> str:
+    """What kept `down`'s `shutdown` from a daemon that runs: no answer in time, or no room
+    for the connection (its listen queue full for all of SYNC_CONNECT_TIMEOUT)."""
+    if isinstance(exc, DaemonBusy):
+        return f"took no connection within {SYNC_CONNECT_TIMEOUT:g} s ({exc.reason})"
+    return f"did not answer shutdown within {DOWN_TIMEOUT:g} s"
 
 
 def _wait_exit(paths: Paths, pid: int, timeout: float) -> bool:

@@ -7,7 +7,7 @@ import contextlib
 import errno
 import itertools
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -57,24 +57,32 @@ STREAM_LEFT = "client_stream_left"
 @attrs.define
 class ConnectRetry:
     """The connect retry policy: tries spaced by a delay doubling from CONNECT_RETRY_FIRST to
-    CONNECT_RETRY_MAX, until `deadline` (trio time). One is shared by every try of a connect,
-    also those its caller makes again after a refusal (see `binary.switch`)."""
+    CONNECT_RETRY_MAX, until `deadline` (on `clock`: trio's, or the blocking SyncClient's
+    monotonic one). One is shared by every try of a connect, also those its caller makes
+    again after a refusal (see `binary.switch`)."""
 
     deadline: float
+    clock: Callable[[], float] = trio.current_time
     _delay: float = CONNECT_RETRY_FIRST
 
     @classmethod
-    def within(cls, timeout: float) -> ConnectRetry:
-        """Tries for `timeout` seconds from now."""
-        return cls(trio.current_time() + timeout)
+    def within(cls, timeout: float, clock: Callable[[], float] = trio.current_time) -> ConnectRetry:
+        """Tries for `timeout` seconds from now on `clock`."""
+        return cls(clock() + timeout, clock)
 
-    async def wait(self, failure: ClientError) -> None:
-        """Wait before the next try; raise `failure` (the last try's) once the deadline passed."""
-        remaining = self.deadline - trio.current_time()
+    def pause(self, failure: ClientError) -> float:
+        """The seconds to wait before the next try; raise `failure` (the last try's) once the
+        deadline passed."""
+        remaining = self.deadline - self.clock()
         if remaining <= 0:
             raise failure
-        await trio.sleep(min(self._delay, remaining))
+        pause = min(self._delay, remaining)
         self._delay = min(self._delay * 2, CONNECT_RETRY_MAX)
+        return pause
+
+    async def wait(self, failure: ClientError) -> None:
+        """Wait (under trio) before the next try, as `pause` says."""
+        await trio.sleep(self.pause(failure))
 
 
 async def connect_unix(path: Path, retry: ConnectRetry, first: bytes = b"") -> trio.SocketStream:
@@ -92,8 +100,8 @@ async def connect_unix(path: Path, retry: ConnectRetry, first: bytes = b"") -> t
             stream = await open_unix(path)
         except OSError as exc:
             reason = exc.strerror or str(exc)
-            if exc.errno == errno.EAGAIN:
-                failure: ClientError = DaemonBusy(path, QUEUE_FULL)
+            if (busy := queue_full(path, exc)) is not None:
+                failure: ClientError = busy
             elif exc.errno in RETRYABLE_ERRNOS:
                 failure = DaemonNotRunning(path, reason)
             else:
@@ -107,10 +115,16 @@ async def connect_unix(path: Path, retry: ConnectRetry, first: bytes = b"") -> t
 
 
 async def open_unix(path: Path) -> trio.SocketStream:
-    """Connect to the Unix socket at `path` without waiting: a full listen queue raises
-    EAGAIN (trio's `open_unix_socket` takes that for a connect under way, and hands back a
-    socket never connected), any other failure its OSError."""
+    """`connect_at_once` under trio: a full listen queue raises EAGAIN (trio's
+    `open_unix_socket` takes that for a connect under way, and hands back a socket never
+    connected), any other failure its OSError."""
     await trio.lowlevel.checkpoint()
+    return trio.SocketStream(trio.socket.from_stdlib_socket(connect_at_once(path)))
+
+
+def connect_at_once(path: Path) -> socket.socket:
+    """A socket connected to the Unix socket at `path` (non-blocking), never waiting: a full
+    listen queue raises EAGAIN (see `queue_full`), any other failure its OSError."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
@@ -118,7 +132,13 @@ async def open_unix(path: Path) -> trio.SocketStream:
     except BaseException:
         sock.close()
         raise
-    return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    return sock
+
+
+def queue_full(path: Path, exc: OSError) -> DaemonBusy | None:
+    """The DaemonBusy a connect's failure `exc` means, retried within the connect's bound:
+    the daemon at `path` has no room in its listen queue (EAGAIN); None for any other."""
+    return DaemonBusy(path, QUEUE_FULL) if exc.errno == errno.EAGAIN else None
 
 
 async def _send_first(stream: trio.SocketStream, first: bytes) -> ConnectionLost | None:

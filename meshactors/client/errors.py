@@ -67,6 +67,7 @@ class DaemonBusy(ClientError):
     def __init__(self, path: Path, reason: str) -> None:
         super().__init__("unavailable", f"the daemon on {path} takes no connection now ({reason})")
         self.path = path
+        self.reason = reason
 
 
 class ConnectionLost(ClientError):

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -15,11 +16,13 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
+from meshactors.client._conn import ConnectRetry, connect_at_once, queue_full
 from meshactors.client._frames import FrameDecoder, answer_data, encode_request, is_event
 from meshactors.client.errors import (
     ClientClosed,
     ClientError,
     ConnectionLost,
+    DaemonBusy,
     DaemonNotRunning,
     DeadlineExceeded,
     SocketPathTooLong,
@@ -27,10 +30,11 @@ from meshactors.client.errors import (
 from meshactors.client.mesh import DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, MeshClient
 from meshactors.client.networks import NetworkSync
 
-SYNC_CONNECT_TIMEOUT = 5.0  # seconds SyncClient waits to reach the socket (it does not retry)
+# seconds SyncClient retries a daemon whose listen queue is full (it retries nothing else)
+SYNC_CONNECT_TIMEOUT = 5.0
 RECEIVE_CHUNK = 64 * 1024  # bytes asked of the socket per read
 
-__all__ = ["ClientError", "DaemonNotRunning", "SyncClient", "SyncMeshClient"]
+__all__ = ["ClientError", "DaemonBusy", "DaemonNotRunning", "SyncClient", "SyncMeshClient"]
 
 T = TypeVar("T")
 
@@ -47,18 +51,29 @@ class SyncClient:
     _next_id: int = 1
 
     @classmethod
-    def connect(cls, path: Path, timeout: float = DEFAULT_CALL_TIMEOUT) -> SyncClient:
-        """Connect to the daemon's socket or raise DaemonNotRunning at once."""
+    def connect(
+        cls,
+        path: Path,
+        timeout: float = DEFAULT_CALL_TIMEOUT,
+        connect_timeout: float = SYNC_CONNECT_TIMEOUT,
+    ) -> SyncClient:
+        """Connect to the daemon's socket, or raise DaemonNotRunning at once when nothing
+        listens there; a daemon whose listen queue is full (running, but too busy to take the
+        connection) is retried with the connect backoff for `connect_timeout` seconds, then
+        DaemonBusy."""
         SocketPathTooLong.check(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(SYNC_CONNECT_TIMEOUT)
-        try:
-            sock.connect(str(path))
-        except OSError as exc:
-            sock.close()
-            raise DaemonNotRunning(path, exc.strerror or str(exc)) from None
-        sock.settimeout(timeout)
-        return cls(sock, timeout)
+        retry = ConnectRetry.within(connect_timeout, time.monotonic)
+        while True:
+            try:
+                sock = connect_at_once(path)
+            except OSError as exc:
+                busy = queue_full(path, exc)
+                if busy is None:
+                    raise DaemonNotRunning(path, exc.strerror or str(exc)) from None
+                time.sleep(retry.pause(busy))
+            else:
+                sock.settimeout(timeout)
+                return cls(sock, timeout)
 
     def call(self, op: str, **params: Any) -> Any:
         """Run one op and return its `data`; raises ClientError on an error answer."""
