@@ -74,11 +74,12 @@ class ChannelMessage:
 @attrs.frozen
 class ChannelGap:
     """Marker among a channel's messages: some may have been lost here, this channel's or not.
-    `reason` "lagged": the daemon or the client skipped `skipped` events of the connection;
-    "disconnected": the connection was lost, and what was sent until the subscription was
-    restored never arrives (`skipped` None: unknown); "unsubscribed": the daemon ended this
-    channel's subscription (its network was removed), and what was sent until it is
-    subscribed again never arrives."""
+    `reason` "lagged": the daemon or the client skipped `skipped` events of the connection,
+    or the channel's pump at the daemon `skipped` of this channel's messages (in its readers
+    alone); "disconnected": the connection was lost, and what was sent until the
+    subscription was restored never arrives (`skipped` None: unknown); "unsubscribed": the
+    daemon ended this channel's subscription (its network was removed), and what was sent
+    until it is subscribed again never arrives."""
 
     reason: str
     skipped: int | None = None
@@ -305,8 +306,8 @@ class MeshClient(Ops):
             self._displaced(Want(WantKind.CLAIM, item.get("network"), item.get("method")), item)  # type: ignore[arg-type]
         elif kind == "client_disconnected":
             self._streams.fail_all(ConnectionLost("the daemon went away mid-stream"))
-        elif kind == "lagged":  # the connection's: it cannot say whose events were skipped
-            self._channel_gap(ChannelGap("lagged", item.get("skipped")))
+        elif kind == "lagged":
+            self._lagged(item)
         self._events.publish(item)
 
     def _connection_lost(self) -> None:
@@ -538,6 +539,17 @@ class MeshClient(Ops):
         retained = frame.get("retained") is True
         for payload, data in contents:
             feed.message(ChannelMessage(network, sender, channel, payload, retained, data))
+
+    def _lagged(self, notice: dict[str, Any]) -> None:
+        """Mark a `lagged` notice's gap: a channel pump's, naming its network and channel, in
+        that channel alone (if subscribed here); the connection's (naming none, or not as
+        strings) in every channel, as it cannot say whose events were skipped."""
+        gap = ChannelGap("lagged", notice.get("skipped"))
+        network, channel = notice.get("network"), notice.get("channel")
+        if not (isinstance(network, str) and isinstance(channel, str)):
+            self._channel_gap(gap)
+        elif (feed := self._channels.get((network, channel))) is not None:
+            feed.gap(gap)
 
     def _channel_gap(self, gap: ChannelGap) -> None:
         """Mark the gap in every channel: a connection's loss or lag is any channel's."""

@@ -63,6 +63,60 @@ async def test_a_lagged_connection_marks_a_gap_in_every_channel(tmp_path: Path) 
                 ]
 
 
+async def test_a_pumps_lagged_marks_a_gap_in_its_channel_alone(tmp_path: Path) -> None:
+    """A pump's notice names its network and channel: the other channels' readers, and the
+    same channel's in another network, lost nothing."""
+    pump_lagged = {"kind": "lagged", "network": "lan", "channel": "news", "skipped": 3}
+    elsewhere = {**pump_lagged, "network": "other", "channel": "weather"}
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path) as client,
+    ):
+        session = await daemon.next_session()
+        async with (
+            client.subscribe("lan", "news") as news,
+            client.subscribe("lan", "weather") as weather,
+        ):
+            with trio.fail_after(WAIT):
+                await session.send_together(
+                    [
+                        inbound("news", 1),
+                        pump_lagged,
+                        elsewhere,
+                        inbound("news", 2),
+                        inbound("weather", "sun"),
+                    ]
+                )
+                assert [await news.__anext__() for _ in range(3)] == [
+                    ChannelMessage("lan", "peer", "news", 1),
+                    ChannelGap("lagged", 3),
+                    ChannelMessage("lan", "peer", "news", 2),
+                ]
+                assert await weather.__anext__() == ChannelMessage("lan", "peer", "weather", "sun")
+
+
+@pytest.mark.parametrize("names", [{}, {"channel": "news"}, {"network": ["lan"], "channel": "x"}])
+async def test_a_lagged_naming_no_channel_marks_a_gap_in_every_channel(
+    tmp_path: Path, names: dict[str, Any]
+) -> None:
+    """A notice that does not name one channel (the connection's, or a malformed one) may be
+    any channel's loss."""
+    async with (
+        fake_daemon(tmp_path / "daemon.sock") as daemon,
+        MeshClient(daemon.path) as client,
+    ):
+        session = await daemon.next_session()
+        async with client.subscribe("lan", "weather") as weather:
+            with trio.fail_after(WAIT):
+                await session.send_together(
+                    [{"kind": "lagged", "skipped": 3, **names}, inbound("weather", "sun")]
+                )
+                assert [await weather.__anext__() for _ in range(2)] == [
+                    ChannelGap("lagged", 3),
+                    ChannelMessage("lan", "peer", "weather", "sun"),
+                ]
+
+
 async def test_a_lost_connection_marks_a_gap_before_what_the_next_one_brings(
     tmp_path: Path,
 ) -> None:
