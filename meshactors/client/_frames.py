@@ -34,6 +34,16 @@ def events_told(frame: dict[str, Any]) -> int:
     return 1
 
 
+def lagged_channel(frame: dict[str, Any]) -> tuple[str, str] | None:
+    """The network and channel a `lagged` notice names: a channel pump's, whose loss is that
+    channel's alone; None for the connection's (naming none, or not as strings), whose
+    skipped events may be of any kind."""
+    network, channel = frame.get("network"), frame.get("channel")
+    if isinstance(network, str) and isinstance(channel, str):
+        return network, channel
+    return None
+
+
 @attrs.define
 class FrameDecoder:
     """Turns received bytes into decoded JSON objects, one per line, with a size cap."""

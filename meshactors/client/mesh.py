@@ -15,7 +15,7 @@ import trio
 
 from meshactors.actors import Broadcast, Lagged, Subscriber
 from meshactors.client._conn import STREAM_LEFT
-from meshactors.client._frames import events_told
+from meshactors.client._frames import events_told, lagged_channel
 from meshactors.client._ops import Data, Ops, params, payload_params, received
 from meshactors.client._serving import (
     Handler,
@@ -541,14 +541,14 @@ class MeshClient(Ops):
             feed.message(ChannelMessage(network, sender, channel, payload, retained, data))
 
     def _lagged(self, notice: dict[str, Any]) -> None:
-        """Mark a `lagged` notice's gap: a channel pump's, naming its network and channel, in
-        that channel alone (if subscribed here); the connection's (naming none, or not as
-        strings) in every channel, as it cannot say whose events were skipped."""
+        """Mark a `lagged` notice's gap: a channel pump's in its channel alone (if subscribed
+        here); the connection's in every channel, as it cannot say whose events were
+        skipped."""
         gap = ChannelGap("lagged", notice.get("skipped"))
-        network, channel = notice.get("network"), notice.get("channel")
-        if not (isinstance(network, str) and isinstance(channel, str)):
+        channel = lagged_channel(notice)
+        if channel is None:
             self._channel_gap(gap)
-        elif (feed := self._channels.get((network, channel))) is not None:
+        elif (feed := self._channels.get(channel)) is not None:
             feed.gap(gap)
 
     def _channel_gap(self, gap: ChannelGap) -> None:
@@ -624,7 +624,7 @@ class MeshClient(Ops):
         async for event in events:
             if shared.wants(event):
                 shared.apply(event)
-            elif event.get("kind") in RELIST_KINDS or event.get("kind") == "lagged":
+            elif event.get("kind") in RELIST_KINDS or _connection_lagged(event):
                 await self._relist(shared)
 
     async def _relist(self, shared: SharedState) -> None:
@@ -667,6 +667,12 @@ async def _let_finish(stream: BinaryStream) -> None:
             await stream.finish()
         except StreamError as failed:  # nobody left to raise it to
             log.info("stream %s failed after its handler returned: %s", stream.stream_id, failed)
+
+
+def _connection_lagged(event: dict[str, Any]) -> bool:
+    """Whether `event` is the connection's `lagged` (a state change may be among what it
+    skipped), not a channel pump's, which skipped that channel's messages alone."""
+    return event.get("kind") == "lagged" and lagged_channel(event) is None
 
 
 def _contents(frame: dict[str, Any]) -> list[tuple[Any, bytes | None]]:

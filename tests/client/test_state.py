@@ -117,6 +117,17 @@ async def test_events_the_daemon_dropped_list_the_map_again(tmp_path: Path) -> N
         assert session.ops.count("state_list") == 2
 
 
+async def test_a_channel_pumps_lagged_lists_nothing_again(tmp_path: Path) -> None:
+    """A pump's `lagged` names the channel whose messages it dropped: no state change was
+    among them, so the map is not listed again."""
+    pump_lagged = {"kind": "lagged", "network": "lan", "channel": "news", "skipped": 3}
+    async with fake_session(tmp_path) as (_, client, session), client.state("lan") as shared:
+        with trio.fail_after(WAIT):
+            await session.send_together([pump_lagged, changed("k", 1, "1.0")])
+            await shared.wait_until(lambda values: values.get("k") == 1)  # both followed
+        assert session.ops.count("state_list") == 1  # the block's own first listing
+
+
 async def test_a_relist_refused_ends_the_block_with_its_error_unwrapped(tmp_path: Path) -> None:
     async with fake_session(tmp_path) as (daemon, client, session):
         with trio.fail_after(WAIT), pytest.raises(ClientError) as ended:
