@@ -190,8 +190,9 @@ class Supervisor(Actor):
 
     async def start_child(self, spec: ChildSpec, *, replace: bool = False) -> None:
         """Add a child at runtime; returns once it is running, raises if it failed to start.
-        Under REST_FOR_ONE it also returns when an earlier sibling's run ended during the start:
-        the start is abandoned and the child kept, to start with that sibling's restart.
+        Under REST_FOR_ONE it also returns when an earlier sibling is down, or its run ended
+        during the start: the start is held back or abandoned and the child kept, to start
+        once that sibling has.
         A child of that name already there is refused (ValueError), or with `replace` stopped
         and forgotten first (an asker whose record of its children may lag this supervisor's)."""
         await self.inbox.ask(
@@ -329,15 +330,15 @@ class Supervisor(Actor):
     def _is_due(self, child: _Child, due: int) -> bool:
         """Whether that restart is the latest scheduled for the child, and the child still the
         one of its name: one an earlier sibling's crash or a failed start scheduled again since,
-        or of a child replaced or stopped, is stale. A retry keeps its numbers, so a later
-        sibling's own restart (its crash's backoff) stays the latest."""
+        or of a child replaced or stopped, is stale. A retry keeps its numbers, so any restart
+        scheduled for a child since stays the latest."""
         return self._running.get(child.spec.name) is child and child.due == due
 
     def _behind_a_sibling_down(self, child: _Child) -> bool:
         """Whether, under REST_FOR_ONE, an earlier sibling is down (its exit queued, its restart
-        pending): `child` starts only after it (a start that asks the sibling would hold this
-        loop, and so the sibling's restart), so it is tried again after a backoff, unless the
-        sibling's exit restarts it first."""
+        pending, or never started): `child` starts only after it (a start that asks the sibling
+        would hold this loop, and so the sibling's restart), so it is tried again after a
+        backoff, unless the sibling's exit restarts it first."""
         if self.strategy is Strategy.ONE_FOR_ONE:
             return False
         order = list(self._running.values())
@@ -382,16 +383,21 @@ class Supervisor(Actor):
 
     async def _add(self, spec: ChildSpec, node: Node, later: Sequence[ChildSpec] = ()) -> bool:
         """Register a new child and start it; forget it again if it failed to start. False when
-        the start was abandoned (`_launch`): the child, and `later` (registered unstarted),
-        start with the restart of the sibling whose run ended, or, if its exit restarts nothing
-        (it was stopped meanwhile), after `backoff_initial`."""
+        the start was held back (an earlier sibling is down, `_behind_a_sibling_down`) or
+        abandoned (`_launch`): the child, and `later` (registered unstarted), start with the
+        restart of the sibling whose run ended, or, if none restarts them (it was stopped
+        meanwhile, or its exit was handled already), after `backoff_initial`."""
         child = self._register(spec, node)
-        try:
-            started = await self._launch(child)
-        except ChildStartFailed:
-            del self._running[spec.name]
-            child.node.detach()
-            raise
+        if self._behind_a_sibling_down(child):
+            log.info("start held back: an earlier sibling is down", actor=child.node.path)
+            started = False
+        else:
+            try:
+                started = await self._launch(child)
+            except ChildStartFailed:
+                del self._running[spec.name]
+                child.node.detach()
+                raise
         if not started:
             waiting = [child, *(self._register(each, node) for each in later)]
             self._schedule(waiting, self.limits.backoff_initial)

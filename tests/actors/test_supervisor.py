@@ -172,15 +172,22 @@ async def test_a_rest_for_one_restart_starts_an_earlier_sibling_first_whatever_e
 @attrs.define(eq=False)
 class Answerer(Actor):
     """Answers each ask on its inbox, which outlives its restarts (as the store's does); a
-    `None` in the inbox crashes it, leaving the asks queued behind for its next run."""
+    `None` in the inbox crashes it, leaving the asks queued behind for its next run. Its run
+    `crashing` (none, unless told) crashes right after `started()`, with no checkpoint between:
+    before its supervisor's loop has moved on from its start."""
 
     kind: ClassVar[str] = "answerer"
     journal: Journal
+    crashing: int = 0
+    runs: int = 0
     inbox: Inbox[Reply[str] | None] = attrs.field(factory=Inbox)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.runs += 1
         self.journal.record("start answerer")
         task_status.started()
+        if self.runs == self.crashing:
+            raise RuntimeError("answerer crashed as it started")
         async for reply in self.inbox.receiver:
             if reply is None:
                 raise RuntimeError("answerer crashed on purpose")
@@ -247,6 +254,26 @@ async def test_a_first_start_is_abandoned_when_an_earlier_sibling_crashes_meanwh
         assert journal.events == ["start answerer", "start answerer", "start asker", "start tail"]
         restarts = {name: node.restarts for name, node in root.children.items()}
         assert restarts == {"answerer": 1, "asker": 0, "tail": 0}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_first_start_waits_for_an_earlier_sibling_that_crashed_as_it_started(
+    journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The store crashes right after its `started()`, before the supervisor's loop moves on: no
+    start was under way to abandon, so `events` was started, and its ask of the store held the
+    loop, and so the store's restart, till it timed out, failing the tree. It is held back, and
+    the store's restart starts both, in order, neither a restart of `events`."""
+    answerer = Answerer(journal, crashing=1)
+    asker = Asker(journal, answerer, crashing=0)
+    children = [ChildSpec("answerer", answerer), ChildSpec("asker", asker)]
+    sup = Supervisor(children=children, strategy=Strategy.REST_FOR_ONE, limits=FAST)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(PROMPT):
+            await nursery.start(run_root, sup, root)
+        assert journal.events == ["start answerer", "start answerer", "start asker"]
+        restarts = {name: node.restarts for name, node in root.children.items()}
+        assert restarts == {"answerer": 1, "asker": 0}
         nursery.cancel_scope.cancel()
 
 
