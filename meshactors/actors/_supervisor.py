@@ -131,6 +131,13 @@ class _RestartDue:
 _Control = SupervisorRequest | _ChildExited | _RestartDue
 
 
+def _no_run() -> trio.Event:
+    """The `done` of a child not started yet: no run of it to wait for."""
+    event = trio.Event()
+    event.set()
+    return event
+
+
 @attrs.define(eq=False)
 class _Child:
     """A supervisor's bookkeeping for one child across its restarts."""
@@ -142,12 +149,14 @@ class _Child:
     has_run: bool = False  # a start of it finished: its supervisor has started, and a
     # restart of it counts, only then
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    done: trio.Event = attrs.field(factory=trio.Event)
+    # Set while no run of it is going on, so also before its first start: a stop of a child
+    # added and never started (held back, or behind one abandoned) has nothing to wait for.
+    done: trio.Event = attrs.field(factory=_no_run)
     restart_times: deque[float] = attrs.field(factory=deque)  # its own window, when contained
 
     @property
     def running(self) -> bool:
-        return self.generation > 0 and not self.done.is_set()
+        return not self.done.is_set()
 
     @property
     def up(self) -> bool:

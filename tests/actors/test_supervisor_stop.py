@@ -1,6 +1,7 @@
 """A supervisor told to stop while it restarts a child still stops (it used to wait forever),
 the requests it had taken are dropped when it ends, not left to their deadline, and the exit
-of a child it stopped or replaced is not taken for the new child's; its queue stays bounded."""
+of a child it stopped or replaced is not taken for the new child's; its queue stays bounded.
+A child never started is stopped or replaced at once."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import ClassVar
 
 import attrs
 import pytest
+import structlog
 import trio
 import trio.testing
 
@@ -280,3 +282,32 @@ async def test_an_ask_a_sender_holds_for_a_full_queue_is_dropped_when_the_run_en
         tree.cancel()
         for stop in stops:
             await stop.wait_gone()
+
+
+@pytest.mark.parametrize("renewal", ["stopped", "replaced"])
+async def test_a_child_never_started_is_stopped_or_replaced_at_once(
+    renewal: str, journal: Journal, root: Node, autojump_clock: trio.testing.MockClock
+) -> None:
+    """t is added while x, before it under rest_for_one, waits out its restart: t is held back,
+    never started. A stop or a replace of t waited for a run that never was, for t's shutdown
+    budget and STOP_GRACE, holding the loop (and x's restart), and logged that t ignored its
+    shutdown timeout. Now it is forgotten at once, and x restarts after its backoff."""
+    x, t, new = ProbeActor("x", journal), ProbeActor("t", journal), ProbeActor("new", journal)
+    sup = Supervisor(children=[ChildSpec("x", x)], strategy=Strategy.REST_FOR_ONE, limits=FAST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        await x.inbox.sender.send("crash")
+        await journal.wait_count("stop x", 1)
+        with structlog.testing.capture_logs() as logs, trio.fail_after(PROMPT):
+            await sup.start_child(ChildSpec("t", t))  # held back behind x
+            if renewal == "stopped":
+                assert await sup.stop_child("t")
+            else:
+                await sup.start_child(ChildSpec("t", new), replace=True)
+            await journal.wait_count("start x", 2)
+            if renewal == "replaced":
+                await journal.wait_count("start new", 1)
+        assert "actor ignored its shutdown timeout" not in [e["event"] for e in logs]
+        after_x = ["start new"] if renewal == "replaced" else []
+        assert journal.events == ["start x", "stop x", "start x", *after_x]
+        nursery.cancel_scope.cancel()
