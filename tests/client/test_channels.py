@@ -36,7 +36,10 @@ def inbound(channel: str, payload: Any, **extra: Any) -> dict[str, Any]:
     }
 
 
-async def test_a_lagged_connection_marks_a_gap_in_every_channel(tmp_path: Path) -> None:
+async def read_news_and_weather(
+    tmp_path: Path, frames: list[dict[str, Any]], news_count: int, weather_count: int
+) -> tuple[list[Any], list[Any]]:
+    """What readers of `lan`'s news and weather get of `frames`, sent by a fake daemon."""
     async with (
         fake_daemon(tmp_path / "daemon.sock") as daemon,
         MeshClient(daemon.path) as client,
@@ -47,52 +50,11 @@ async def test_a_lagged_connection_marks_a_gap_in_every_channel(tmp_path: Path) 
             client.subscribe("lan", "weather") as weather,
         ):
             with trio.fail_after(WAIT):
-                await session.send(inbound("news", 1))
-                await session.send({"kind": "lagged", "skipped": 5544})
-                await session.send(inbound("news", 2))
-                await session.send(inbound("weather", "sun"))
-                seen = [await news.__anext__() for _ in range(3)]
-                assert seen == [
-                    ChannelMessage("lan", "peer", "news", 1),
-                    ChannelGap("lagged", 5544),
-                    ChannelMessage("lan", "peer", "news", 2),
-                ]
-                assert [await weather.__anext__() for _ in range(2)] == [
-                    ChannelGap("lagged", 5544),
-                    ChannelMessage("lan", "peer", "weather", "sun"),
-                ]
-
-
-async def test_a_pumps_lagged_marks_a_gap_in_its_channel_alone(tmp_path: Path) -> None:
-    """A pump's notice names its network and channel: the other channels' readers, and the
-    same channel's in another network, lost nothing."""
-    pump_lagged = {"kind": "lagged", "network": "lan", "channel": "news", "skipped": 3}
-    elsewhere = {**pump_lagged, "network": "other", "channel": "weather"}
-    async with (
-        fake_daemon(tmp_path / "daemon.sock") as daemon,
-        MeshClient(daemon.path) as client,
-    ):
-        session = await daemon.next_session()
-        async with (
-            client.subscribe("lan", "news") as news,
-            client.subscribe("lan", "weather") as weather,
-        ):
-            with trio.fail_after(WAIT):
-                await session.send_together(
-                    [
-                        inbound("news", 1),
-                        pump_lagged,
-                        elsewhere,
-                        inbound("news", 2),
-                        inbound("weather", "sun"),
-                    ]
+                await session.send_together(frames)
+                return (
+                    [await news.__anext__() for _ in range(news_count)],
+                    [await weather.__anext__() for _ in range(weather_count)],
                 )
-                assert [await news.__anext__() for _ in range(3)] == [
-                    ChannelMessage("lan", "peer", "news", 1),
-                    ChannelGap("lagged", 3),
-                    ChannelMessage("lan", "peer", "news", 2),
-                ]
-                assert await weather.__anext__() == ChannelMessage("lan", "peer", "weather", "sun")
 
 
 @pytest.mark.parametrize("names", [{}, {"channel": "news"}, {"network": ["lan"], "channel": "x"}])
@@ -100,21 +62,39 @@ async def test_a_lagged_naming_no_channel_marks_a_gap_in_every_channel(
     tmp_path: Path, names: dict[str, Any]
 ) -> None:
     """A notice that does not name one channel (the connection's, or a malformed one) may be
-    any channel's loss."""
-    async with (
-        fake_daemon(tmp_path / "daemon.sock") as daemon,
-        MeshClient(daemon.path) as client,
-    ):
-        session = await daemon.next_session()
-        async with client.subscribe("lan", "weather") as weather:
-            with trio.fail_after(WAIT):
-                await session.send_together(
-                    [{"kind": "lagged", "skipped": 3, **names}, inbound("weather", "sun")]
-                )
-                assert [await weather.__anext__() for _ in range(2)] == [
-                    ChannelGap("lagged", 3),
-                    ChannelMessage("lan", "peer", "weather", "sun"),
-                ]
+    any channel's loss: each reader gets the gap where it came."""
+    lagged = {"kind": "lagged", "skipped": 5544, **names}
+    frames = [inbound("news", 1), lagged, inbound("news", 2), inbound("weather", "sun")]
+    assert await read_news_and_weather(tmp_path, frames, 3, 2) == (
+        [
+            ChannelMessage("lan", "peer", "news", 1),
+            ChannelGap("lagged", 5544),
+            ChannelMessage("lan", "peer", "news", 2),
+        ],
+        [ChannelGap("lagged", 5544), ChannelMessage("lan", "peer", "weather", "sun")],
+    )
+
+
+async def test_a_pumps_lagged_marks_a_gap_in_its_channel_alone(tmp_path: Path) -> None:
+    """A pump's notice names its network and channel: the other channels' readers, and the
+    same channel's in another network, lost nothing."""
+    pump_lagged = {"kind": "lagged", "network": "lan", "channel": "news", "skipped": 3}
+    elsewhere = {**pump_lagged, "network": "other", "channel": "weather"}
+    frames = [
+        inbound("news", 1),
+        pump_lagged,
+        elsewhere,
+        inbound("news", 2),
+        inbound("weather", "sun"),
+    ]
+    assert await read_news_and_weather(tmp_path, frames, 3, 1) == (
+        [
+            ChannelMessage("lan", "peer", "news", 1),
+            ChannelGap("lagged", 3),
+            ChannelMessage("lan", "peer", "news", 2),
+        ],
+        [ChannelMessage("lan", "peer", "weather", "sun")],
+    )
 
 
 async def test_a_lost_connection_marks_a_gap_before_what_the_next_one_brings(
