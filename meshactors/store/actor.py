@@ -22,8 +22,10 @@ STORE_INBOX_CAPACITY = 256  # queued calls before callers wait
 STORE_TRIP_CALLS = 64  # queued calls run in one worker-thread trip and one transaction
 
 
-# SQLite primary result codes that mean the disk, not the request, is at fault
+# SQLite primary result codes that mean the disk, not the request, is at fault; a lock another
+# connection (an operator's `sqlite3` shell) held past the busy timeout is one too, for now
 _STORAGE_FAULTS = {
+    sqlite3.SQLITE_BUSY: "another process holds its lock past the busy timeout",
     sqlite3.SQLITE_FULL: "the disk is full",
     sqlite3.SQLITE_READONLY: "the database is read-only",
     sqlite3.SQLITE_IOERR: "an I/O error",
@@ -33,7 +35,9 @@ _STORAGE_FAULTS = {
 
 
 def storage_error(exc: sqlite3.Error, path: Path) -> Exception:
-    """An OpError(storage) naming the fault when SQLite says the storage failed, else `exc`."""
+    """An OpError(storage) naming the fault when SQLite says the storage failed (or stayed
+    locked past db.BUSY_TIMEOUT_MS), else `exc`: a client hears `storage`, never `internal`, and
+    the daemon's own writers wait for the disk as they do for a full one."""
     code = getattr(exc, "sqlite_errorcode", None)
     reason = None if code is None else _STORAGE_FAULTS.get(code & 0xFF)
     if reason is None:

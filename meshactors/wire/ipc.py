@@ -69,7 +69,7 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_REQUESTS = "too_many_requests"  # the connection's concurrent request cap
     INTERNAL = "internal"  # a bug: the daemon logged it
     UNAVAILABLE = "unavailable"  # the daemon is starting or stopping that part
-    STORAGE = "storage"  # the state database cannot be written (disk full, read-only, I/O)
+    STORAGE = "storage"  # the state database cannot be written (full, read-only, I/O, locked)
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     TIMEOUT = "timeout"

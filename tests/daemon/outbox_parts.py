@@ -41,9 +41,9 @@ def any_call(params: Mapping[str, Any], result: object) -> bool:
 @attrs.define(eq=False)
 class HeldStoreCall:
     """Stands in for a store function (`hold` puts it in place): each call runs and says so
-    (`called`, which a test may set anew); the first whose keyword arguments and result
-    `holds` picks says so too (`holding`) and then holds its answer in the store's thread until
-    `release`, as a slow store (a long fsync, a busy disk) or a stop's timing would."""
+    (`called`, which a test may set anew; returned or raised); the first whose keyword arguments
+    and result `holds` picks says so too (`holding`) and then holds its answer in the store's
+    thread until `release`, as a slow store (a long fsync, a busy disk) or a stop's timing would."""
 
     real: Callable[..., Any]
     holds: Callable[[Mapping[str, Any], Any], bool] = any_call
@@ -66,8 +66,10 @@ class HeldStoreCall:
         return held
 
     def __call__(self, conn: sqlite3.Connection, **params: Any) -> Any:
-        result = self.real(conn, **params)
-        trio.from_thread.run_sync(self.called.set)
+        try:
+            result = self.real(conn, **params)
+        finally:
+            trio.from_thread.run_sync(self.called.set)
         if not self._held and self.holds(params, result):
             self._held = True
             trio.from_thread.run_sync(self.holding.set)

@@ -1,0 +1,71 @@
+"""A state database another process keeps locked past the busy timeout (an operator's `sqlite3`
+shell in a write transaction) refuses the outbox's writes as a full disk does (`storage`): the
+outbox waits with its work, tries again every STORAGE_RETRY_S and warns once an interval,
+crashing nothing, and goes on once the lock is let go. A real second connection holds the
+lock on the real database file; the store's busy timeout is lowered so each refusal comes at
+once."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+import trio
+import trio.testing
+
+from meshactors.actors import ActorState, Node
+from meshactors.daemon.outbox import STORAGE_RETRY_S
+from meshactors.store import db as store_db
+from meshactors.store import outbox as outbox_db
+from tests.daemon.outbox_parts import HeldStoreCall, outbox_parts
+from tests.support import store_quiet
+
+LOCKED_BUSY_MS = 10  # the store's busy timeout here: a locked write is refused soon, not in 5 s
+LOCKED_WAIT = 10.0  # seconds (real) for each store call the test waits for
+LOCKED_RETRIES = 3  # refused attempts after the first, while the lock is held
+
+
+def _never(params: Mapping[str, Any], result: object) -> bool:
+    """Hold no call: the test only waits for each to be made."""
+    return False
+
+
+async def _tried(call: HeldStoreCall, node: Node) -> None:
+    """Wait for `call` to be made (and answered), then for what follows it to settle: the
+    outbox still runs, never restarted."""
+    with trio.fail_after(LOCKED_WAIT):
+        await call.called.wait()
+    call.called = trio.Event()
+    await trio.testing.wait_all_tasks_blocked()
+    assert (node.state, node.restarts) == (ActorState.RUNNING, 0)
+
+
+async def test_a_database_locked_past_the_busy_timeout_makes_the_outbox_wait_not_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
+) -> None:
+    monkeypatch.setattr(store_db, "BUSY_TIMEOUT_MS", LOCKED_BUSY_MS)
+    recovery = HeldStoreCall.hold(monkeypatch, outbox_db, "recover_inflight", _never)
+    async with outbox_parts(tmp_path) as parts:
+        shell = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+        with contextlib.closing(shell), structlog.testing.capture_logs() as logs:
+            shell.execute("BEGIN IMMEDIATE")  # an operator's shell holds the write lock
+            node = await parts.supervise_outbox()
+            await _tried(recovery, node)  # the start's recovery: refused
+            for _ in range(LOCKED_RETRIES):
+                mock_clock.jump(STORAGE_RETRY_S)
+                await _tried(recovery, node)  # refused again
+            shell.execute("ROLLBACK")
+            mock_clock.jump(STORAGE_RETRY_S)
+            await _tried(recovery, node)  # written
+            await store_quiet(parts.store, LOCKED_WAIT)
+        assert node.figures is not None
+        assert node.figures()["storage_refused"] == 1 + LOCKED_RETRIES
+        warnings = [e for e in logs if e["event"].startswith("the state database refuses writes")]
+        assert len(warnings) == 1  # once per STORAGE_LOG_INTERVAL_S, not once per attempt
+        assert "lock" in warnings[0]["error"]
+        assert (node.state, node.restarts) == (ActorState.RUNNING, 0)
