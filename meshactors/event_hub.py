@@ -233,7 +233,10 @@ class EventHub(Actor):
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.last_event_id = await self.store.call(
+        # Waits for the store however long it takes (its own work: a client's subscribe or
+        # replay asks the hub under a deadline of its own), so a slow store delays the start
+        # and never crashes the hub, which would restart every root child after it.
+        self.last_event_id = await self.store.background_call(
             functools.partial(event_log.resume_numbering, ahead=SPEND_AHEAD),
             what="resume event numbering",
         )
@@ -425,12 +428,11 @@ class EventHub(Actor):
                     # No deadline: a write the store has taken still happens after one runs
                     # out (a loop frozen past it), so only the store's own answer says whether
                     # it did. A stopped store drops the call unrun: ActorGone, events unlogged.
-                    await self.store.call(
+                    await self.store.background_call(
                         functools.partial(
                             event_log.append_batch, batch=events, spend_to=spend_to, lost=lost
                         ),
                         what="log events",
-                        timeout=math.inf,
                     )
                     if lost is not None:
                         self._lost_noted = lost

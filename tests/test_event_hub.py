@@ -1,7 +1,8 @@
 """The `events` actor's log: a write the store takes longer than its usual deadline to make
 (a disk that stalls, a loop frozen past the deadline) is still logged, and not counted as
-unlogged; a flush whose write a stop cuts off, or that a stop cuts off while it waits for
-room in a full log queue, is told so at once; what is still queued at a stop is logged, a
+unlogged, and a start whose store call takes as long starts, crashing nothing; a flush whose
+write a stop cuts off, or that a stop cuts off while it waits for room in a full log queue, is
+told so at once; what is still queued at a stop is logged, a
 full log queue and all; events a refused write or a full log queue loses are a gap to a
 replay, and the refusals are warned at most once an interval; the spent mark grows ahead of
 numbering, and events dropped unnumbered (a full inbox, no spent id left) are counted, those
@@ -24,10 +25,21 @@ import trio
 import trio.testing
 
 from meshactors import event_hub
-from meshactors.actors import ActorGone, ChildSpec, Node, Subscriber, Supervisor, run_root
+from meshactors.actors import (
+    ActorGone,
+    ActorState,
+    ChildSpec,
+    Node,
+    Strategy,
+    Subscriber,
+    Supervisor,
+    run_root,
+)
 from meshactors.event_hub import EventHub
+from meshactors.store import events as event_log
 from meshactors.store.actor import STORE_CALL_TIMEOUT, StoreActor
 from meshactors.store.events import Event
+from tests.daemon.outbox_parts import HELD_WAIT, HeldStoreCall, past_the_deadline
 from tests.support import publish, refuse_writes
 
 
@@ -47,6 +59,31 @@ async def test_a_log_write_slower_than_the_store_deadline_is_kept_and_counted_lo
         replayed = await hub.replay(0, 100)
         assert [event.data["n"] for event in replayed.events] == list(range(10))
         assert hub.figures()["unlogged"] == 0
+
+
+async def test_a_start_whose_store_call_outlives_the_store_deadline_crashes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
+) -> None:
+    """The start's numbering waits for the store however long it takes: given up, a first
+    start would fail the daemon, and a restart crash the hub again and restart every child of
+    the daemon's rest_for_one root after it."""
+    held = HeldStoreCall.hold(monkeypatch, event_log, "resume_numbering")
+    store = StoreActor(tmp_path / "state.db")
+    hub = EventHub(store)
+    tree = Supervisor(
+        children=[ChildSpec("store", store), ChildSpec("events", hub)],
+        strategy=Strategy.REST_FOR_ONE,
+    )
+    tree_node = Node(name="tree", kind="supervisor")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_root, tree, tree_node)
+        await past_the_deadline(held, mock_clock)  # the first start's numbering
+        with trio.fail_after(HELD_WAIT):
+            (event,) = await publish(hub, "tick", {"n": 0})  # the hub numbers: it started
+        events = tree_node.children["events"]
+        assert (events.state, events.restarts) == (ActorState.RUNNING, 0)
+        assert event.event_id == 1
+        nursery.cancel_scope.cancel()
 
 
 @attrs.define

@@ -54,15 +54,15 @@ commits a batch still takes the store's answer (a settled call, within the outbo
 timeout) and publishes the batch's events: after the restart the senders' redeliveries are
 answered `duplicate`, which publishes nothing.
 
-Waiting for the store: every store call the outbox makes (`_call_store`) waits for the store's
-answer however long it takes, with no STORE_CALL_TIMEOUT. Its only waiter is one of the
-outbox's own tasks: a client asks the outbox (`accept`, `tell_dead`) under STORE_CALL_TIMEOUT
-of its own and hears `timeout` past it, while the outbox goes on waiting. So a store slower
-than that (a long fsync, a big prune, a busy disk) delays the outbox's work, never crashes and
-restarts it, and no call the store commits late is given up (an accept's claim, a received
-batch's events). Such a wait ends with the store: a store that stops answers or drops
-(ActorGone) the calls it took, its next run answers those still queued (its inbox outlives
-restarts), and a crash of the store restarts the outbox after it (the daemon's root is
+Waiting for the store: every store call the outbox makes (`StoreActor.background_call`) waits
+for the store's answer however long it takes, with no STORE_CALL_TIMEOUT. Its only waiter is
+one of the outbox's own tasks: a client asks the outbox (`accept`, `tell_dead`) under
+STORE_CALL_TIMEOUT of its own and hears `timeout` past it, while the outbox goes on waiting. So
+a store slower than that (a long fsync, a big prune, a busy disk) delays the outbox's work,
+never crashes and restarts it, and no call the store commits late is given up (an accept's
+claim, a received batch's events). Such a wait ends with the store: a store that stops answers
+or drops (ActorGone) the calls it took, its next run answers those still queued (its inbox
+outlives restarts), and a crash of the store restarts the outbox after it (the daemon's root is
 rest_for_one), which ends the wait at once; a store stuck in its thread is the service
 manager's to end (the `notifier`'s watchdog probe goes unanswered).
 """
@@ -597,24 +597,16 @@ class Outbox(Actor):
         settle: bool = False,
         **params: Any,
     ) -> T:
-        """`fn(conn, **params, now_ms=…)` as a store call (`_call_store`), made again (the
+        """`fn(conn, **params, now_ms=…)` as a background store call, made again (the
         clock read again) while the disk refuses it (`_until_written`). With `settle`, for a
         call whose events only its answer tells: a stop for good that comes while the store
         runs it still returns what it committed (`ask`)."""
 
         async def attempt() -> T:
             call = functools.partial(fn, **params, now_ms=wall_ms())
-            return await self._call_store(call, what, settle=settle)
+            return await self.store.background_call(call, what=what, settle=settle)
 
         return await self._until_written(attempt, what, pause)
-
-    async def _call_store(
-        self, fn: Callable[[sqlite3.Connection], T], what: str, *, settle: bool = False
-    ) -> T:
-        """`fn(conn)` in the store, its answer waited for however long the store takes: the
-        outbox's own work, never a client's wait (module docstring, "Waiting for the store"),
-        so a slow store delays it and only the store's crash or restart ends the wait."""
-        return await self.store.call(fn, what=what, timeout=math.inf, settle=settle)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._inflight.clear()
@@ -718,9 +710,9 @@ class Outbox(Actor):
             # An accept the store has taken still commits after a deadline, and may claim
             # deliveries (inflight) that only this task sends, so only the store's answer
             # says what to send. The op asking is still answered in time (`accept`).
-            outcomes = await self._call_store(
+            outcomes = await self.store.background_call(
                 functools.partial(outbox_db.accept_many, requests=run.requests, room=room),
-                "accept sends",
+                what="accept sends",
             )
             claimed = [
                 delivery
@@ -767,8 +759,8 @@ class Outbox(Actor):
             if (due := claim.next_due_ms) is not None:
                 next_due = due if next_due is None else min(next_due, due)
         if not counted:  # no pass claimed: count in a store call of its own
-            self.stored_counts = await self._call_store(
-                outbox_db.delivery_counts, "count deliveries"
+            self.stored_counts = await self.store.background_call(
+                outbox_db.delivery_counts, what="count deliveries"
             )
         return next_due
 
@@ -784,9 +776,9 @@ class Outbox(Actor):
         windows = {peer: room for peer, room in windows.items() if room > 0}
         if not windows:
             return None
-        claim = await self._call_store(
+        claim = await self.store.background_call(
             functools.partial(claim_due, network=network_id, windows=windows, now_ms=wall_ms()),
-            "claim due deliveries",
+            what="claim due deliveries",
         )
         for delivery in claim.deliveries:
             self._inflight[network_id, delivery.recipient] += 1
@@ -969,9 +961,9 @@ class Outbox(Actor):
         did not take their events), EXPIRE_DELIVERIES at a time, until none is left or a
         batch's events were not all logged (`_tell_dead`): those stay untold for the next
         sweep, not published again and again by this one."""
-        while untold := await self._call_store(
+        while untold := await self.store.background_call(
             functools.partial(outbox_db.untold_deaths, limit=outbox_db.EXPIRE_DELIVERIES),
-            "read untold deaths",
+            what="read untold deaths",
         ):
             by_error: dict[str, list[outbox_db.DeliveryKey]] = collections.defaultdict(list)
             for key, error in untold:
@@ -998,8 +990,9 @@ class Outbox(Actor):
         if not deliveries:
             return True
         async with self._telling:
-            untold = await self._call_store(
-                functools.partial(outbox_db.still_untold, keys=deliveries), "read untold deaths"
+            untold = await self.store.background_call(
+                functools.partial(outbox_db.still_untold, keys=deliveries),
+                what="read untold deaths",
             )
             if not untold:
                 return True
