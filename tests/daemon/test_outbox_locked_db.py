@@ -22,6 +22,7 @@ from meshactors.actors import ActorState, Node
 from meshactors.daemon.outbox import STORAGE_RETRY_S
 from meshactors.store import db as store_db
 from meshactors.store import outbox as outbox_db
+from meshactors.store.actor import StoreActor
 from tests.daemon.outbox_parts import HeldStoreCall, outbox_parts
 from tests.support import store_quiet
 
@@ -35,13 +36,13 @@ def _never(params: Mapping[str, Any], result: object) -> bool:
     return False
 
 
-async def _tried(call: HeldStoreCall, node: Node) -> None:
-    """Wait for `call` to be made (and answered), then for what follows it to settle: the
-    outbox still runs, never restarted."""
+async def _tried(call: HeldStoreCall, store: StoreActor, node: Node) -> None:
+    """Wait for `call` to be made, then for the store to answer it and what follows to settle
+    (the outbox waits out its pause): the outbox still runs, never restarted."""
     with trio.fail_after(LOCKED_WAIT):
         await call.called.wait()
     call.called = trio.Event()
-    await trio.testing.wait_all_tasks_blocked()
+    await store_quiet(store, LOCKED_WAIT)  # answered: a store call after it is
     assert (node.state, node.restarts) == (ActorState.RUNNING, 0)
 
 
@@ -55,14 +56,13 @@ async def test_a_database_locked_past_the_busy_timeout_makes_the_outbox_wait_not
         with contextlib.closing(shell), structlog.testing.capture_logs() as logs:
             shell.execute("BEGIN IMMEDIATE")  # an operator's shell holds the write lock
             node = await parts.supervise_outbox()
-            await _tried(recovery, node)  # the start's recovery: refused
+            await _tried(recovery, parts.store, node)  # the start's recovery: refused
             for _ in range(LOCKED_RETRIES):
                 mock_clock.jump(STORAGE_RETRY_S)
-                await _tried(recovery, node)  # refused again
+                await _tried(recovery, parts.store, node)  # refused again
             shell.execute("ROLLBACK")
             mock_clock.jump(STORAGE_RETRY_S)
-            await _tried(recovery, node)  # written
-            await store_quiet(parts.store, LOCKED_WAIT)
+            await _tried(recovery, parts.store, node)  # written
         assert node.figures is not None
         assert node.figures()["storage_refused"] == 1 + LOCKED_RETRIES
         warnings = [e for e in logs if e["event"].startswith("the state database refuses writes")]
