@@ -3,9 +3,10 @@ the calls that queued up together in one trip to its worker thread and one trans
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -13,7 +14,7 @@ import attrs
 import trio
 
 from meshactors.actors import Actor, Inbox, Reply, cleanup_scope, take_queued
-from meshactors.store.db import open_database
+from meshactors.store import db
 from meshactors.wire.ipc import ErrorCode, OpError
 
 T = TypeVar("T")
@@ -106,7 +107,7 @@ class StoreActor(Actor):
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        conn = await trio.to_thread.run_sync(open_database, self.path)
+        conn = await trio.to_thread.run_sync(db.open_database, self.path)
         try:
             task_status.started()
             async for first in self.inbox.receiver:
@@ -147,8 +148,9 @@ def _run_calls(calls: list[StoreCall], conn: sqlite3.Connection) -> list[_Outcom
         return [_alone(calls[0], conn)]
     try:
         conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error:
-        return [_alone(call, conn) for call in calls]
+    except sqlite3.Error as exc:
+        with _lock_waited_for(conn, exc):
+            return [_alone(call, conn) for call in calls]
     outcomes: list[_Outcome] = []
     for index, call in enumerate(calls):
         outcomes.append(_in_savepoint(call, conn))
@@ -163,6 +165,22 @@ def _run_calls(calls: list[StoreCall], conn: sqlite3.Connection) -> list[_Outcom
             conn.execute("ROLLBACK")
         return [(None, exc)] * len(calls)
     return outcomes
+
+
+@contextlib.contextmanager
+def _lock_waited_for(conn: sqlite3.Connection, exc: sqlite3.Error) -> Iterator[None]:
+    """When `exc` says another process held the lock past the busy timeout, the rest of the
+    trip does not wait for it again (a writer is refused at once, `storage`; reads need no
+    lock in WAL): 64 calls waiting 5 s each would hold the store, and the watchdog's probe
+    queued behind them, for minutes."""
+    if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY:
+        yield
+        return
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {db.BUSY_TIMEOUT_MS}")
 
 
 def _alone(call: StoreCall, conn: sqlite3.Connection) -> _Outcome:

@@ -1,7 +1,8 @@
 """The store actor runs calls that queued up together in one worker-thread trip and one
 transaction, each with its own answer: a failing call fails alone and undoes only its own
 writes, the order of calls is kept, and nobody is told of a write SQLite rolled back; calls
-a store that stops took and never ran are dropped, so their askers hear it at once."""
+a store that stops took and never ran are dropped, so their askers hear it at once; a trip
+whose transaction another process's lock refused waits for that lock once, not per call."""
 
 from __future__ import annotations
 
@@ -17,13 +18,15 @@ import trio
 import trio.testing
 
 from meshactors.actors import ActorGone, Node, run_root
+from meshactors.store import db
 from meshactors.store import outbox as outbox_db
 from meshactors.store.actor import STORE_TRIP_CALLS, StoreActor
 from meshactors.store.db import open_database
 from meshactors.store.outbox import AcceptOutcome, SendError
-from meshactors.wire.ipc import OpError
+from meshactors.wire.ipc import ErrorCode, OpError
 
 WAIT = 10.0  # seconds the test may take
+LOCKED_BUSY_MS = 10  # the store's busy timeout while another process holds the lock
 
 
 def _insert(value: int) -> Callable[[sqlite3.Connection], int]:
@@ -90,16 +93,24 @@ async def test_a_storage_fault_in_a_trip_is_a_storage_error(tmp_path: Path) -> N
     assert refused.value.code == "storage"
 
 
+def _no_setup(conn: sqlite3.Connection) -> None:
+    """Nothing to do before the trip."""
+
+
 async def run_grouped(
-    tmp_path: Path, calls: list[Callable[[sqlite3.Connection], object]]
+    tmp_path: Path,
+    calls: list[Callable[[sqlite3.Connection], object]],
+    setup: Callable[[sqlite3.Connection], object] = _no_setup,
 ) -> tuple[list[object], list[str], list[str]]:
     """Run `calls` in one trip (queued behind a call that holds the worker thread until all
-    are queued): each call's result or error, the keys kept, and the statements SQLite ran."""
+    are queued, having run `setup` first): each call's result or error, the keys kept, and the
+    statements SQLite ran."""
     store = StoreActor(tmp_path / "state.db")
     release, statements = threading.Event(), []
     results: list[object] = [None] * len(calls)
 
     def hold(conn: sqlite3.Connection) -> None:
+        setup(conn)
         conn.set_trace_callback(statements.append)
         release.wait(WAIT)
 
@@ -242,3 +253,35 @@ async def test_calls_a_stopping_store_took_and_never_ran_are_dropped_at_once(
             for other in others:
                 limiter.release_on_behalf_of(other)
     assert [type(outcome) for outcome in outcomes] == [ActorGone, ActorGone]
+
+
+def _busy_timeout(conn: sqlite3.Connection) -> int:
+    """How long, in ms, the call's statements wait for another connection's lock."""
+    timeout: int = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    return timeout
+
+
+async def test_a_trip_another_process_s_lock_refuses_waits_for_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's `sqlite3` shell holds the write lock on the real database file: the trip's
+    transaction waits the busy timeout and is refused, and its calls, run alone, wait no more
+    (a writer refused at once, `storage`; a read answered): 64 calls waiting in turn would hold
+    the store for minutes. Later trips wait for the lock again."""
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", LOCKED_BUSY_MS)
+    open_database(tmp_path / "state.db").close()  # made before the shell opens it
+    shell = sqlite3.connect(tmp_path / "state.db", isolation_level=None, check_same_thread=False)
+
+    def lock(conn: sqlite3.Connection) -> None:
+        shell.execute("BEGIN IMMEDIATE")
+
+    with contextlib.closing(shell):
+        results, keys, _ = await run_grouped(
+            tmp_path, [_insert(1), _busy_timeout, _insert(2), _keys], setup=lock
+        )
+        shell.execute("ROLLBACK")
+    refused = [result for result in results[0::2] if isinstance(result, OpError)]
+    assert [error.code for error in refused] == [ErrorCode.STORAGE] * 2
+    assert results[1::2] == [0, []] and keys == []
+    results, keys, _ = await run_grouped(tmp_path, [_busy_timeout, _insert(3)])
+    assert (results, keys) == ([LOCKED_BUSY_MS, 3], ["k3"])
