@@ -4,7 +4,8 @@ unlogged, and a start whose store call takes as long starts, crashing nothing; a
 write a stop cuts off, or that a stop cuts off while it waits for room in a full log queue, is
 told so at once; what is still queued at a stop is logged, a
 full log queue and all; events a refused write or a full log queue loses are a gap to a
-replay, and the refusals are warned at most once an interval; the spent mark grows ahead of
+replay, and the refusals (a full disk, another process's lock) are warned at most once an
+interval; the spent mark grows ahead of
 numbering, and events dropped unnumbered (a full inbox, no spent id left) are counted, those
 for want of an id told by an `events_dropped` event where they were; `publish_logged` answers
 whether the log holds all its events."""
@@ -36,6 +37,7 @@ from meshactors.actors import (
     run_root,
 )
 from meshactors.event_hub import EventHub
+from meshactors.store import db as store_db
 from meshactors.store import events as event_log
 from meshactors.store.actor import STORE_CALL_TIMEOUT, StoreActor
 from meshactors.store.events import Event
@@ -341,6 +343,33 @@ async def test_events_a_refused_log_write_lost_are_a_replay_gap_warned_once_an_i
         assert not (await hub.replay(lost[-1].event_id, 100)).gap  # none lost after the last
     async with running_hub(tmp_path) as hub:  # the log recorded the loss: a restart keeps it
         assert (await hub.replay(kept.event_id, 100)).gap
+
+
+LOCKED_BUSY_MS = 10  # the store's busy timeout while another process holds the lock
+
+
+async def test_events_another_process_s_lock_lost_are_a_replay_gap_warned_as_a_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's `sqlite3` shell holds the write lock on the real database file past the
+    busy timeout: the log write is refused (`storage`) as on a full disk, its events lost to
+    the log and a gap to a replay, warned without a traceback (no bug), and the hub goes on."""
+    monkeypatch.setattr(store_db, "BUSY_TIMEOUT_MS", LOCKED_BUSY_MS)
+    async with running_hub(tmp_path) as hub:
+        shell = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+        with contextlib.closing(shell), structlog.testing.capture_logs() as logs:
+            shell.execute("BEGIN IMMEDIATE")
+            (lost,) = await publish(hub, "tick", {"n": 0})
+            assert await hub.flush() == lost.event_id
+            shell.execute("ROLLBACK")
+        (warning,) = [entry for entry in logs if entry["event"].startswith("could not log events")]
+        assert "lock" in warning["error"] and warning["exc_info"] is None
+        (after,) = await publish(hub, "tick", {"n": 1})
+        replayed = await hub.replay(0, 100)
+        assert (replayed.gap, [event.event_id for event in replayed.events]) == (
+            True,
+            [after.event_id],
+        )
 
 
 async def test_events_a_full_log_queue_lost_are_counted_and_a_replay_gap(
