@@ -8,10 +8,10 @@ burst its welcome announces (a broker closes a connection that exceeds them): pa
 records wait in the queue and leave together in the next message the rate allows. A message the
 broker does not take within LINK_SEND_TIMEOUT ends the connection, heard or not. When the
 connection drops, senders waiting on the queue fail with LinkDown and the link reconnects after
-a full-jitter exponential backoff, reset by a session that lasted SHORT_SESSION. What it sends
-and reads is the broker protocol of meshactors/wire/broker.py (the broker imports the same
-module); presence and undeliverable notices go to core as they decode, and one it cannot read
-is counted.
+a full-jitter exponential backoff, reset by a session that lasted SHORT_SESSION (sessions
+shorter in a row grow it, as failures do). What it sends and reads is the broker protocol of
+meshactors/wire/broker.py (the broker imports the same module); presence and undeliverable
+notices go to core as they decode, and one it cannot read is counted.
 """
 
 from __future__ import annotations
@@ -60,8 +60,10 @@ _Queued = tuple[bytes, bytes]  # (destination public key, sealed bytes) for the 
 BACKOFF_BASE = 0.25  # seconds: the first retry waits up to this long
 BACKOFF_CAP = 30.0  # seconds: no retry ever waits longer
 # seconds a session must last from its welcome to reset the backoff: one shorter (a broker that
-# welcomes and closes at once) counts as a failed attempt, so the backoff grows and the next
-# URL is tried, where the same broker would be retried at the first step for ever
+# welcomes and closes at once) counts as a failed attempt and the next URL is tried; the backoff
+# grows with such sessions in a row, where the same broker would be retried at the first step
+# for ever (a welcome still forgets the failures before it: one short session after an outage
+# waits as the first retry does)
 SHORT_SESSION = 10.0
 CONNECT_TIMEOUT = 10.0  # seconds for TCP, the TLS handshake (wss://) and the WebSocket upgrade
 WELCOME_TIMEOUT = 10.0  # seconds for our hello to leave and the broker's welcome to come back
@@ -215,7 +217,8 @@ class Link(Actor):
     last_error: LinkError | None = None  # why the link is not up, if it is not
     events: EventPublisher | None = None  # where `network_link_error` goes (none in unit tests)
     _reported: LinkError | None = None  # the error last logged and published
-    _attempt: int = 0
+    _attempt: int = 0  # failed attempts since the backoff was last reset: its exponent
+    _short_streak: int = 0  # sessions in a row that ended before SHORT_SESSION
     _next_url: int = 0
     inbox: Inbox[UseBrokers | Park] = attrs.field(factory=lambda: Inbox(LINK_INBOX))
     _parked: bool = False  # told to stay away (Park)
@@ -264,7 +267,7 @@ class Link(Actor):
     async def _connect_forever(self) -> None:
         """Connect to each broker in turn, with backoff between failed attempts, until parked.
         An attempt failed unless its session held SHORT_SESSION: one that held resets the
-        backoff."""
+        backoff, a shorter one sets it to the short sessions in a row before it."""
         while not self._parked:
             with trio.CancelScope() as self._cycle:
                 url = self.brokers[self._next_url % len(self.brokers)]
@@ -272,9 +275,13 @@ class Link(Actor):
                 await self._report()
                 welcomed_for = await self._connect_once(url)
                 held = welcomed_for is not None and welcomed_for >= SHORT_SESSION
-                if held:
-                    self._attempt = 0
-                else:
+                if welcomed_for is not None:  # a welcome ends an outage: the failures before
+                    # it are behind us, and only the short sessions in a row before this one
+                    # still grow the backoff (a broker that closes each at once is not retried
+                    # at the first step for ever)
+                    self._attempt = 0 if held else self._short_streak
+                    self._short_streak = 0 if held else self._short_streak + 1
+                if not held:
                     self.failures += 1
                 if not held or self._left_for_silence():
                     self._next_url += 1  # try the next broker in turn
@@ -307,7 +314,7 @@ class Link(Actor):
         else:
             self.brokers = list(message.brokers)
             self._next_url = 0
-            self._attempt = 0
+            self._attempt = self._short_streak = 0
 
     async def _report(self) -> None:
         """Tell core the state the link is in now."""

@@ -180,6 +180,43 @@ async def test_a_broker_that_closes_each_session_at_once_is_retried_with_growing
         nursery.cancel_scope.cancel()
 
 
+OUTAGE_REFUSALS = 8  # attempts a restarting broker refuses: the backoff's ceiling is at the cap
+BRIEF_SESSION = SHORT_SESSION / 5  # virtual seconds of the one short session after the outage
+
+
+async def test_one_short_session_after_an_outage_is_retried_at_the_first_step(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A welcome forgets the failures before it: a broker back from an outage that closes its
+    first session early (restarted again) is retried within BACKOFF_BASE, not at the backoff
+    its outage built up (up to BACKOFF_CAP)."""
+    requests = 0
+
+    async def restarting(request: WebSocketRequest) -> None:
+        nonlocal requests
+        requests += 1
+        if requests <= OUTAGE_REFUSALS:
+            await request.reject(503)
+            return
+        ws = await _welcomed(request)
+        if requests == OUTAGE_REFUSALS + 1:
+            await trio.sleep(BRIEF_SESSION)
+            await ws.aclose()
+            return
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        link, heard = await _link_to(nursery, restarting)
+        with trio.fail_after(BACKOFF_CAP * OUTAGE_REFUSALS):
+            await heard.up()
+            assert isinstance(await heard.events.receive(), LinkLost)
+            lost = trio.current_time()
+            await heard.up()
+        assert trio.current_time() - lost <= BACKOFF_BASE
+        assert (link.connects, link.failures) == (2, OUTAGE_REFUSALS + 1)
+        nursery.cancel_scope.cancel()
+
+
 Broker = Callable[[WebSocketRequest], Awaitable[None]]
 
 
