@@ -64,6 +64,10 @@ COMMAND_TIMEOUT_S: Final = 3.0  # one Redis command (or connect); longer is an o
 RECONNECT_FIRST_S: Final = 0.25  # first reconnect delay, doubled each failure...
 RECONNECT_MAX_S: Final = 8.0  # ...up to this, each drawn down by up to half (jitter)
 PUBLISH_MAX_BYTES: Final = 1 << 20  # envelopes joined into one publish (a larger one goes alone)
+# what `cluster_leave_failed` logs when our heartbeat was set again as we left (a renewal still
+# in flight when the broker stopped): the reap of our own members stopped, as it stops for any
+# broker found alive, and they leave once the heartbeat expires, reaped as a dead broker's
+LEFT_ALIVE: Final = "heartbeat set again while leaving: members reaped once it expires"
 # characters of the error `cluster_degraded` and `cluster_leave_failed` log: one short line
 MAX_CLUSTER_ERROR_CHARS: Final = 200
 _ADDRESS: Final = re.compile(r"(\[[^][]+\]|[^][:]+)(:[0-9]*)?")  # HOST[:PORT], IPv6 in [ ]
@@ -579,15 +583,20 @@ class ClusterLink:
 
     async def _leave(self) -> None:
         """On shutdown: remove our members and heartbeat so peers see `leave` at once, and log
-        our departure (`cluster_left`: no other broker reaped us)."""
-        with trio.move_on_after(COMMAND_TIMEOUT_S, shield=True):
-            try:
+        our departure (`cluster_left`: no other broker reaped us), or why it did not happen
+        (`cluster_leave_failed`: Redis not answering within COMMAND_TIMEOUT_S, or LEFT_ALIVE)."""
+        try:
+            with trio.CancelScope(shield=True), _step("leave"):
                 async with self._client() as redis:
                     await redis.delete([alive_key(self.broker_id)])
                     networks = await self._reap(redis, self.broker_id)
+        except* Exception as group:
+            _log.info("cluster_leave_failed", error=error_summary(group))
+        else:
+            if networks is None:
+                _log.info("cluster_leave_failed", error=LEFT_ALIVE)
+            else:
                 _log.info("cluster_left", broker_id=self.broker_id, networks=networks)
-            except* Exception as group:
-                _log.info("cluster_leave_failed", error=error_summary(group))
 
 
 def redis_client(url: str) -> "coredis.Redis[bytes]":

@@ -17,6 +17,8 @@ import trio
 from nacl.signing import SigningKey
 from structlog.typing import EventDict
 
+from meshactors.broker.cluster import COMMAND_TIMEOUT_S, LEFT_ALIVE, ClusterLink
+from meshactors.broker.cluster_messages import ClusterEvent, Control, Forward, StateChanged
 from meshactors.broker.cluster_wire import alive_key
 from meshactors.broker.limits import BrokerConfig
 from meshactors.broker.server import Broker
@@ -369,6 +371,82 @@ async def test_a_broker_that_stops_removes_its_members_at_once(
     assert [e for e in logs if e["event"] == "cluster_reaped"] == []
     (left_log,) = [e for e in logs if e["event"] == "cluster_left"]
     assert (left_log["broker_id"], left_log["networks"]) == (b_id, 1)
+
+
+async def test_a_broker_whose_leave_redis_holds_logs_that_it_failed(redis: RedisServer) -> None:
+    """A Redis that answers the leave's connection but holds its writes (CLIENT PAUSE WRITE;
+    as a reap of many networks outlasting its deadline) ends the leave at COMMAND_TIMEOUT_S,
+    logged as failed and naming the step, where the broker used to say nothing."""
+    with structlog.testing.capture_logs() as logs:
+        async with coredis.Redis.from_url(redis.url) as client:
+            try:
+                with trio.fail_after(COMMAND_TIMEOUT_S + WAIT_S):
+                    async with trio.open_nursery() as serving:
+                        await start(serving, redis)
+                        await client.client_pause(REDIS_PAUSE_MS, coredis.PureToken.WRITE)
+                        serving.cancel_scope.cancel()
+            finally:
+                await client.client_unpause()
+    assert [e for e in logs if e["event"] == "cluster_left"] == []
+    (failed,) = [e for e in logs if e["event"] == "cluster_leave_failed"]
+    assert (
+        failed["error"] == f"TooSlowError: leave: no answer from Redis within {COMMAND_TIMEOUT_S} s"
+    )
+
+
+LEAVING_ID = "0123456789abcdef"  # the broker id of a link whose delete of its heartbeat is lost
+STAND_IN_ID = "fedcba9876543210"  # the id whose heartbeat that delete removes instead (none)
+
+
+async def _losing_deletes_of(
+    key: bytes, redis: RedisServer, *, task_status: trio.TaskStatus[int]
+) -> None:
+    """A TCP proxy to `redis` on a free port (started with it) that turns each DEL of `key`
+    into a DEL of STAND_IN_ID's heartbeat: `key` stays set, as when a renewal in flight sets
+    it again right after the delete."""
+    delete = _resp(b"DEL", key)
+    stand_in = _resp(b"DEL", key.replace(LEAVING_ID.encode(), STAND_IN_ID.encode()))
+
+    async def relay(client: trio.SocketStream) -> None:
+        async with client, await trio.open_tcp_stream("127.0.0.1", redis.port) as upstream:
+
+            async def down() -> None:
+                async for data in upstream:
+                    await client.send_all(data)
+
+            async with trio.open_nursery() as pumps:
+                pumps.start_soon(down)
+                async for data in client:
+                    # coredis writes each command whole, in one write
+                    await upstream.send_all(stand_in if data == delete else data)
+                pumps.cancel_scope.cancel()
+
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with trio.open_nursery() as relays:
+        task_status.started(listener.socket.getsockname()[1])
+        await trio.serve_listeners(relay, [listener], handler_nursery=relays)
+
+
+async def test_a_broker_whose_heartbeat_is_set_again_as_it_leaves_says_its_leave_failed(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    """Its reap of its own members stops as any reap stops on a broker found alive: it logs
+    `cluster_leave_failed` saying so (LEFT_ALIVE), not `cluster_left` with no networks."""
+    port = await nursery.start(_losing_deletes_of, alive_key(LEAVING_ID).encode(), redis)
+    _, commands = trio.open_memory_channel[Control](2)
+    _, forwards = trio.open_memory_channel[Forward](2)
+    events, reported = trio.open_memory_channel[ClusterEvent](2)
+    proxied = f"redis://127.0.0.1:{port}/0"
+    link = ClusterLink(proxied, LEAVING_ID, 2.0, 3600.0, commands, forwards, events)
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as serving:
+            serving.start_soon(link.run)
+            with trio.fail_after(WAIT_S):
+                assert await reported.receive() == StateChanged("connected")
+            serving.cancel_scope.cancel()
+    assert [e for e in logs if e["event"] == "cluster_left"] == []
+    (failed,) = [e for e in logs if e["event"] == "cluster_leave_failed"]
+    assert failed["error"] == LEFT_ALIVE
 
 
 async def test_members_joining_three_brokers_at_once_all_see_each_other(
