@@ -136,10 +136,11 @@ async def kill_group(process: trio.Process) -> None:
     """SIGKILL every process in the command's group, itself if it still runs, and reap it:
     nothing it started outlives its call, its stream or the serve, even once it exited by
     itself. The group's id is the command's pid (a session of its own), and no new group can
-    take that id while a process of this one lives; with none left, killpg finds no one. The
+    take that id while a process of this one lives; with none left, killpg finds no one, or
+    (the id reused since the command was reaped) another user's group it may not signal. The
     wait is shielded but bounded: one that SIGKILL cannot end yet (stuck in the kernel) does not
     hold up its call's end or the serve's stop."""
-    with contextlib.suppress(ProcessLookupError):
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
     with trio.move_on_after(KILL_WAIT_SECONDS, shield=True):
         await process.wait()
@@ -181,6 +182,7 @@ class CommandPipes:
     exited_failing: bool = False  # a read of its stdout then waits PIPES_CLOSE_GRACE at most
     stdout_read: trio.CancelScope = attrs.field(factory=trio.CancelScope)  # the current read
     watching: trio.CancelScope = attrs.field(factory=trio.CancelScope)  # cancelled: call's end
+    group_killed: bool = False  # `end_group` ran: none of the group is left to kill
 
     async def watch(self, stderr: trio.abc.ReceiveStream) -> None:
         """Keep the tail of `stderr` and wait for the command's exit; after a failed one, kill
@@ -191,7 +193,7 @@ class CommandPipes:
                 nursery.start_soon(self.tail.collect, stderr)
                 status = await self.process.wait()
                 if status != 0:
-                    await kill_group(self.process)  # what it left in its group: pipes close
+                    await self.end_group()  # what it left in its group: pipes close
                     self.exited_failing = True
                     grace_ends = trio.current_time() + PIPES_CLOSE_GRACE
                     self.stdout_read.deadline = min(self.stdout_read.deadline, grace_ends)
@@ -200,6 +202,13 @@ class CommandPipes:
                     nursery.cancel_scope.cancel()
                     self.failure = command_failed(self.command, status, bytes(self.tail.kept))
                 self.ended.set()
+
+    async def end_group(self) -> None:
+        """`kill_group` the command's group, once: SIGKILL leaves none of it, and a second
+        killpg, later, could reach a group that took its id since the command was reaped."""
+        if not self.group_killed:
+            self.group_killed = True
+            await kill_group(self.process)
 
     async def receive_output(self, max_bytes: int | None = None) -> bytes | bytearray:
         """The next bytes of the command's stdout: b"" at its end, and when a command that
@@ -235,7 +244,7 @@ async def command_running(
         yield pipes
     finally:
         pipes.watching.cancel()
-        await kill_group(process)
+        await pipes.end_group()
 
 
 @contextlib.asynccontextmanager
