@@ -18,7 +18,7 @@ import attrs
 import structlog
 import trio
 
-from meshactors.actors import ActorGone, AskTimeout, Inbox
+from meshactors.actors import ActorGone, Inbox
 from meshactors.clock import wall_ms
 from meshactors.event_hub import EventHub
 from meshactors.identity import Identity
@@ -202,8 +202,9 @@ class Membership:
 
     async def load(self) -> None:
         """The genesis and facts from the state database, each verified again; a record that
-        fails is logged, counted (`bad_stored`) and left out."""
-        genesis_json, facts_json = await self.store.call(
+        fails is logged, counted (`bad_stored`) and left out. Core's start's own: its store
+        calls wait for the store however long it takes."""
+        genesis_json, facts_json = await self.store.background_call(
             functools.partial(log_db.load_log, network=self.network), what="load the log"
         )
         self.log, self.orphans, self.invite, self.refused = None, {}, None, None
@@ -232,7 +233,7 @@ class Membership:
         self._rows_before = dict(self.log.resolved.rows)
         if self.log.resolved.evicted(self.me):
             await self.link.send(Park())
-        settings = await self.store.call(
+        settings = await self.store.background_call(
             functools.partial(settings_db.get_settings, network=self.network),
             what="load the held invite",
         )
@@ -284,7 +285,7 @@ class Membership:
             raise OpError(ErrorCode.CONFLICT, f"{device} was evicted from {self.network}")
         if kind == "revoke" and resolved.role_of(device) != role:
             raise OpError(ErrorCode.CONFLICT, self._not_held(device, role))
-        digest = record_hash(await self._author(kind, device, role, None))
+        digest = record_hash(await self._author(kind, device, role, None, background=False))
         if digest in the_log.resolved.void:  # it names at most MAX_PARENTS of our heads
             raise OpError(
                 ErrorCode.CONFLICT,
@@ -302,9 +303,11 @@ class Membership:
             return f"{device[:SHORT_ID]} holds no role in {self.network}: nothing to revoke"
         return f"{device[:SHORT_ID]} holds {held}, not {role}: use --role {held}"
 
-    async def _author(self, kind: str, device: str, role: str, invite: Invite | None) -> Fact:
+    async def _author(
+        self, kind: str, device: str, role: str, invite: Invite | None, *, background: bool
+    ) -> Fact:
         """Sign, keep, apply and send a fact of ours; OpError conflict, and nothing kept, when
-        the log has no room for it."""
+        the log has no room for it. `background` (`_save`) for a grant of an invite."""
         the_log = self._closed_log()
         if self._no_room():
             raise OpError(ErrorCode.CONFLICT, f"{LOG_FULL} ({len(the_log.facts)} facts)")
@@ -323,7 +326,7 @@ class Membership:
             UNSIGNED,
         )
         fact = sign(self.identity, unsigned)
-        await self._save([fact])
+        await self._save([fact], background=background)
         self._take([fact], stored=True)
         await self._after_change()
         for peer in self.peers.handshaken():
@@ -499,7 +502,7 @@ class Membership:
         taken = self._take(facts, stored=False)
         if taken:
             try:
-                await self._save(taken)
+                await self._save(taken, background=True)
             except Exception as exc:  # they apply now; a member sends them again after a restart
                 self.dropped["unsaved"] += len(taken)
                 log.warning("facts not saved", network=self.network, error=str(exc))
@@ -681,7 +684,7 @@ class Membership:
         self.unanswered.pop(device_id, None)
         try:
             await self._redeem(device_id, invite)
-        except (ActorGone, AskTimeout, OpError) as exc:
+        except (ActorGone, OpError) as exc:
             self.dropped["unanswered"] += 1
             self._failed_at = trio.current_time()
             log.warning("invite not answered again", network=self.network, error=str(exc))
@@ -714,7 +717,7 @@ class Membership:
             await self.peers.send_control(device_id, InviteAnswer(False, reason))
             return
         if not resolved.is_member(device_id):
-            await self._author("grant", device_id, invite.role, invite)
+            await self._author("grant", device_id, invite.role, invite, background=True)
         await self.peers.send_control(device_id, InviteAnswer(True, ""))
 
     def _no_room(self) -> bool:
@@ -746,8 +749,12 @@ class Membership:
             return USED_UP
         return None
 
-    async def _save(self, facts: list[Fact]) -> None:
-        await self.store.call(
+    async def _save(self, facts: list[Fact], *, background: bool) -> None:
+        """Store facts: with `background` (a peer's facts, a grant of an invite: only core's
+        own work waits) for however long the store takes (`StoreActor.background_call`), else
+        (an op's fact: a client waits) under the store's deadline."""
+        call = self.store.background_call if background else self.store.call
+        await call(
             functools.partial(log_db.save_facts, network=self.network, facts=facts),
             what="save facts",
         )
@@ -756,15 +763,17 @@ class Membership:
         """Delete the stored facts the load screened out (see `_flooded`); when the store
         fails, they stay there and the next start screens them out again."""
         try:
-            await self.store.call(
+            await self.store.background_call(
                 functools.partial(log_db.drop_facts, network=self.network, digests=flood),
                 what="drop a stored flood",
             )
-        except (ActorGone, AskTimeout, OpError) as exc:
+        except (ActorGone, OpError) as exc:
             log.warning("stored flood not dropped", network=self.network, error=str(exc))
 
     async def _forget_invite(self) -> None:
-        await self.store.call(
+        """Forget the held invite once we are a member: core's own work, which waits for the
+        store however long it takes (`StoreActor.background_call`)."""
+        await self.store.background_call(
             functools.partial(log_db.forget_invite, network=self.network),
             what="forget the held invite",
         )

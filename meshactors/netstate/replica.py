@@ -195,7 +195,7 @@ class StateReplica:
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        entries = await self.store.call(
+        entries = await self.store.background_call(  # the start's own: it waits for the store
             functools.partial(load_state, network=self.network), what="load the state map"
         )
         self.map, self.clock, self._pulls, self._fruitless = StateMap(), HybridClock(), {}, {}

@@ -90,11 +90,13 @@ class NetworkManager(Supervisor):
     _networks: dict[str, Network] = attrs.field(factory=dict, init=False)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.role = await self.store.call(
+        # The start's store calls wait for the store however long it takes (nobody else waits
+        # for them): given up, a slow store would fail the start and restart every network.
+        self.role = await self.store.background_call(
             functools.partial(network_db.settle_role, declared=self.declared_role, roles=ROLES),
             what="settle the role",
         )
-        saved = await self.store.call(network_db.load_networks, what="load networks")
+        saved = await self.store.background_call(network_db.load_networks, what="load networks")
         previous, self._networks = self._networks, {}
         for network_id, raw in saved:
             try:

@@ -522,7 +522,7 @@ class Peers:
         concurrent saves and asks come in, the last advert reads the last save, so peers
         end with what profile_get answers."""
         capabilities, profile = self.capabilities, self.profile
-        await self._load_settings()
+        await self._load_settings(background=False)
         if self.capabilities != capabilities:
             caps = Caps(self.capabilities)
             await self._tell_handshaken(lambda _: caps)
@@ -541,12 +541,13 @@ class Peers:
     # -- core's run ---------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Roster, capabilities and profiles from the state database; a fresh peer table."""
-        entries = await self.store.call(
+        """Roster, capabilities and profiles from the state database; a fresh peer table. Its
+        store calls, core's start's own, wait for the store however long it takes."""
+        entries = await self.store.background_call(
             functools.partial(roster_db.roster, network=self.network), what="load roster"
         )
         self._roster, self._strangers, self._unsaved, self._unsaved_removals = {}, {}, {}, []
-        await self._load_settings()
+        await self._load_settings(background=True)
         self.hand_over_openers()
         self._peers, self._by_key, self._active, self._silent = {}, {}, set(), {}
         self._untold, self._untold_details, self._retell_at = {}, {}, DeadlineHeap()
@@ -566,12 +567,15 @@ class Peers:
                 peer.status = PeerStatus.OFFLINE
                 peer.role = entry.role
 
-    async def _load_settings(self) -> None:
-        """Our capabilities here and our profiles (this network's, the global one), as saved."""
-        mine = await self.store.call(
+    async def _load_settings(self, *, background: bool) -> None:
+        """Our capabilities here and our profiles (this network's, the global one), as saved;
+        `background` at core's start (`StoreActor.background_call`), not for an op's advert,
+        whose client waits (the store's deadline)."""
+        call = self.store.background_call if background else self.store.call
+        mine = await call(
             functools.partial(roster_db.get_settings, network=self.network), what="load settings"
         )
-        shared = await self.store.call(
+        shared = await call(
             functools.partial(roster_db.get_settings, network=roster_db.GLOBAL),
             what="load global settings",
         )

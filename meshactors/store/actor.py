@@ -91,8 +91,8 @@ class StoreActor(Actor):
         self, fn: Callable[[sqlite3.Connection], T], *, what: str, settle: bool = False
     ) -> T:
         """`call`, its answer waited for however long the store takes: for the daemon's own
-        background work (the outbox's, the event hub's), whose only waiter is one of its
-        caller's tasks, so a store slower than STORE_CALL_TIMEOUT delays that work and never
+        background work (the outbox's, the event hub's, a network's), whose only waiter is one
+        of its caller's tasks, so a store slower than STORE_CALL_TIMEOUT delays that work, never
         crashes its actor (and, the root being rest_for_one, those after it). Only the store's
         stop or crash ends the wait. A call answering a client keeps `call`'s deadline."""
         return await self.call(fn, what=what, timeout=math.inf, settle=settle)

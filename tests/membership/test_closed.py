@@ -179,7 +179,7 @@ async def test_a_member_cannot_grant_and_its_forced_fact_is_void_everywhere(mesh
     assert refused.value.code == "forbidden"
     network = member.network(CLOSED)
     rogue = functools.partial(
-        network.membership._author, "grant", stranger.device_id, "member", None
+        network.membership._author, "grant", stranger.device_id, "member", None, background=False
     )
     await network.ask_await("a rogue grant", rogue)
     await member.call("profile_set", display_name="after")  # frames arrive in order
@@ -261,7 +261,7 @@ async def test_a_strangers_own_facts_are_not_kept(mesh: Mesh) -> None:
     network = stranger.network(CLOSED)
     for _ in range(3):
         junk = functools.partial(
-            network.membership._author, "grant", stranger.device_id, "owner", None
+            network.membership._author, "grant", stranger.device_id, "owner", None, background=False
         )
         await network.ask_await("junk", junk)
     # an invite of its own making, refused by the owner after the facts (frames keep order)

@@ -12,7 +12,6 @@ import pytest
 import trio
 import trio.testing
 
-from meshactors.actors import AskTimeout
 from meshactors.clock import wall_ms
 from meshactors.membership.facts import (
     MAX_PARENTS,
@@ -64,7 +63,7 @@ async def author_unseen(daemon: Daemon, kind: str, device: str, parents: list[st
             "A" * SIG_CHARS,
         )
         made = sign(daemon.services.identity, unsigned)
-        await part._save([made])
+        await part._save([made], background=False)
         part._take([made], stored=True)
         await part._after_change()
         for peer in network.peers.handshaken():
@@ -147,13 +146,14 @@ async def test_an_invite_a_concurrent_grant_used_up_is_answered_again_and_refuse
 
 @attrs.define
 class UnsavingStore:
-    """Stands for a store actor that answers no call in time; counts the calls made."""
+    """Stands for a store actor that refuses every call of core's own work (a full disk:
+    `storage`); counts the calls made."""
 
     calls: int = 0
 
-    async def call(self, fn: Callable[..., Any], *, what: str) -> None:
+    async def background_call(self, fn: Callable[..., Any], *, what: str) -> None:
         self.calls += 1
-        raise AskTimeout(what, 1.0)
+        raise OpError(ErrorCode.STORAGE, f"{what}: the disk is full")
 
 
 async def test_an_invite_the_store_fails_to_answer_again_is_retried_and_the_core_stays_up(
