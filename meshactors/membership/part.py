@@ -72,7 +72,7 @@ MAX_ORPHANS = 256  # facts held while their parents are fetched; more are droppe
 MAX_VOID_PER_AUTHOR = 16  # void facts kept of one author that is not an owner or admin
 MAX_TTL_S = 30 * 24 * 3600  # an invite's longest life
 HEADS_INTERVAL = 60.0  # seconds between two sends of our heads to the members we see
-MAX_UNANSWERED = 64  # invites whose answer again the store failed, kept to try again
+MAX_UNANSWERED = 64  # invites whose answer the store failed, kept to try again
 REANSWER_BACKOFF = HEADS_INTERVAL  # seconds after a failed try before a kept one is tried again
 UNSIGNED = "A" * SIG_CHARS
 EXPIRED, USED_UP = "the invite expired", "the invite was used up"  # reasons of invite_refused
@@ -113,7 +113,7 @@ class Membership:
     dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
     accepted: int = 0  # facts taken from peers since start
     unanswered: dict[str, Invite] = attrs.field(factory=dict)  # to answer again, by device
-    _failed_at: float = -math.inf  # trio time the store last failed to answer one again
+    _failed_at: float = -math.inf  # trio time the store last failed to answer one
     _rows_before: dict[str, MemberRow] = attrs.field(factory=dict)  # as last published
 
     @property
@@ -392,7 +392,7 @@ class Membership:
             case LogFacts(genesis=genesis, facts=facts, more=more) if self._ours(genesis):
                 await self._on_facts(device_id, facts, more)
             case InviteRedeem(invite=invite):
-                await self._redeem(device_id, invite)
+                await self._answer_invite(device_id, invite)
             case InviteAnswer(accepted=False, reason=reason):
                 self._refused(device_id, reason)
             case InviteAnswer():
@@ -674,32 +674,34 @@ class Membership:
         invite = self.log.facts[row.fact].invite
         if invite is None or resolved.is_member(row.device):
             return
-        await self._reanswer(row.device, invite)
+        await self._answer_invite(row.device, invite)
 
-    async def _reanswer(self, device_id: str, invite: Invite) -> None:
-        """Answer a device's invite again. A new grant the store fails to save is not made
-        (counted as `unanswered`; the change that led here stands and is enforced all the
-        same): the invite is kept (up to MAX_UNANSWERED) to try again at a later heads a
-        member sends us (the device itself presents it no more: it was a member)."""
+    async def _answer_invite(self, device_id: str, invite: Invite) -> None:
+        """Answer a device's invite: one it presents, or one again whose grant turned void. A
+        grant the store fails to save is not made (counted as `unanswered`; a change that led
+        here stands and is enforced all the same, and the core stays up): the invite is kept
+        (up to MAX_UNANSWERED) to try again at a later heads a member sends us (a device that
+        was a member presents it no more; one that presents it does so again only at its next
+        handshake)."""
         self.unanswered.pop(device_id, None)
         try:
             await self._redeem(device_id, invite)
         except (ActorGone, OpError) as exc:
             self.dropped["unanswered"] += 1
             self._failed_at = trio.current_time()
-            log.warning("invite not answered again", network=self.network, error=str(exc))
+            log.warning("invite not answered", network=self.network, error=str(exc))
             if len(self.unanswered) < MAX_UNANSWERED:
                 self.unanswered[device_id] = invite
 
     async def _answer_unanswered(self) -> None:
-        """Try again one invite kept by `_reanswer` (the longest kept), of a device that is no
+        """Try again one invite kept by `_answer_invite` (the longest kept), of a device that is no
         member yet, and none for REANSWER_BACKOFF after the store failed one: heads come from
         any peer at will, and each try may wait a whole store call out in core's task."""
         assert self.log is not None
         for device_id in [d for d in self.unanswered if self.log.resolved.is_member(d)]:
             del self.unanswered[device_id]
         if self.unanswered and trio.current_time() >= self._failed_at + REANSWER_BACKOFF:
-            await self._reanswer(*next(iter(self.unanswered.items())))
+            await self._answer_invite(*next(iter(self.unanswered.items())))
 
     async def _redeem(self, device_id: str, invite: Invite) -> None:
         """Turn a presented invite into a grant, once, if we may; answer why not otherwise."""
@@ -772,11 +774,15 @@ class Membership:
 
     async def _forget_invite(self) -> None:
         """Forget the held invite once we are a member: core's own work, which waits for the
-        store however long it takes (`StoreActor.background_call`)."""
-        await self.store.background_call(
-            functools.partial(log_db.forget_invite, network=self.network),
-            what="forget the held invite",
-        )
+        store however long it takes (`StoreActor.background_call`). When the store fails, the
+        invite stays stored, which is harmless: a start loads no held invite of a member."""
+        try:
+            await self.store.background_call(
+                functools.partial(log_db.forget_invite, network=self.network),
+                what="forget the held invite",
+            )
+        except (ActorGone, OpError) as exc:
+            log.warning("held invite not forgotten", network=self.network, error=str(exc))
 
 
 def _flooded(the_log: MembershipLog) -> set[str]:

@@ -21,7 +21,7 @@ from meshactors.membership.facts import (
     sign,
     to_bootstrap,
 )
-from meshactors.membership.frames import LogFacts, LogHeads
+from meshactors.membership.frames import InviteRedeem, LogFacts, LogHeads
 from meshactors.membership.part import REANSWER_BACKOFF
 from meshactors.wire.ipc import ErrorCode, OpError
 from tests.membership.conftest import CLOSED, active, import_closed, members, team
@@ -210,6 +210,51 @@ async def test_an_invite_the_store_fails_to_answer_again_is_retried_and_the_core
         assert p.wire.sent["invite_answer"] == answered
     assert all(p.log(owner).resolved.role_of(y.device_id) == "member" for y in ys)
     assert part.figures()["to_answer"] == 0
+
+
+async def test_an_invite_presented_while_the_store_refuses_is_kept_and_the_core_stays_up(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Y presents its invite to owner O while O's store refuses every write (a full disk, a
+    lock held past the busy timeout: `storage`): the grant is not made, which is counted,
+    and the frame does not escape as an error that ends the core (Y presents it again at
+    each handshake). The invite is kept and granted at a later heads once the store saves."""
+    owner, y = device(), device()
+    the_log = new_log(owner)
+    ticket = invite(the_log, owner, expires_ms=wall_ms() + 3_600_000)
+    p = PartPair.of(the_log.genesis, owner, y, [], [])
+    part = p.part(owner)
+    part.store = UnsavingStore()  # type: ignore[assignment]
+    await part.on_frame(y.device_id, InviteRedeem(ticket))
+    assert part.dropped["unanswered"] == 1
+    assert p.wire.sent["invite_answer"] == 0  # nothing granted, so nothing told
+    assert part.figures()["to_answer"] == 1
+    part.store = Store()  # type: ignore[assignment]
+    mock_clock.jump(REANSWER_BACKOFF)
+    await part.on_frame(y.device_id, LogHeads(the_log.genesis_hash, p.log(y).heads()))
+    assert p.log(owner).resolved.role_of(y.device_id) == "member"
+    assert p.wire.sent["invite_answer"] == 1
+    assert part.figures()["to_answer"] == 0
+
+
+async def test_a_grant_taken_while_the_store_refuses_makes_a_member_and_the_core_stays_up() -> None:
+    """Y holds an invite when owner O's grant of it arrives while Y's store refuses every
+    write: the grant applies all the same (see `_on_facts`), and forgetting the held invite
+    fails too, without escaping as an error that ends the core (a start loads no held
+    invite of a member)."""
+    owner, y = device(), device()
+    the_log = new_log(owner)
+    ticket = invite(the_log, owner, expires_ms=wall_ms() + 3_600_000)
+    grant = fact(the_log, owner, "grant", y, "member", invite=ticket)
+    p = PartPair.of(the_log.genesis, owner, y, [], [])
+    part = p.part(y)
+    part.invite = ticket
+    part.store = failing = UnsavingStore()  # type: ignore[assignment]
+    await part.on_frame(owner.device_id, LogFacts(the_log.genesis_hash, [grant]))
+    assert failing.calls == 2  # the grant's save, then the held invite's forget
+    assert p.log(y).resolved.role_of(y.device_id) == "member"
+    assert part.invite is None
+    assert part.summary()["invite_pending"] is False
 
 
 @pytest.mark.parametrize(
