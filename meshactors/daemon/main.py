@@ -166,8 +166,13 @@ async def _run_tree(
     options: DaemonOptions,
     task_status: trio.TaskStatus[Services],
 ) -> None:
-    """Run the actor tree until `shutdown` rings, then stop it in reverse start order."""
+    """Run the actor tree until `shutdown` rings, then stop it in reverse start order. A ring
+    while the tree starts cancels the start, and a store call the start waits on with it
+    (`StoreActor.background_call` has no deadline), so a stop signal ends a stuck start."""
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            _stop_on_shutdown, services.shutdown, options.notifier, nursery.cancel_scope
+        )
         await nursery.start(run_root, root, tree)
         log.info(
             "daemon ready",
@@ -179,10 +184,15 @@ async def _run_tree(
             options.ready()
         options.notifier.ready(f"serving on {options.paths.socket}")
         task_status.started(services)
-        await services.shutdown.wait()
-        log.info("daemon stopping")
-        options.notifier.stopping("stopping")
-        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_shutdown(shutdown: Doorbell, notifier: Notifier, tree: trio.CancelScope) -> None:
+    """Wait for `shutdown`, then stop the tree: cancel `tree`, the scope its run and its start
+    share (its supervisor stops the children that run in reverse start order)."""
+    await shutdown.wait()
+    log.info("daemon stopping")
+    notifier.stopping("stopping")
+    tree.cancel()
 
 
 def _gave_up(escalation: SupervisorEscalation, notifier: Notifier) -> DaemonGaveUp:
