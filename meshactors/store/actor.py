@@ -93,8 +93,10 @@ class StoreActor(Actor):
         """`call`, its answer waited for however long the store takes: for the daemon's own
         background work (the outbox's, the event hub's, a network's), whose only waiter is one
         of its caller's tasks, so a store slower than STORE_CALL_TIMEOUT delays that work, never
-        crashes its actor (and, the root being rest_for_one, those after it). Only the store's
-        stop or crash ends the wait. A call answering a client keeps `call`'s deadline."""
+        crashes its actor (and, the root being rest_for_one, those after it). The store's stop or
+        crash ends the wait, and so does the caller's own cancellation (its actor's stop, the
+        daemon's shutdown, a start cancelled; with `settle`, a stop for good after the answer,
+        within its cleanup budget). A call answering a client keeps `call`'s deadline."""
         return await self.call(fn, what=what, timeout=math.inf, settle=settle)
 
     def figures(self) -> dict[str, object]:
