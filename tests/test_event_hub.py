@@ -4,11 +4,11 @@ unlogged, and a start whose store call takes as long starts, crashing nothing; a
 write a stop cuts off, or that a stop cuts off while it waits for room in a full log queue, is
 told so at once; what is still queued at a stop is logged, a
 full log queue and all; events a refused write or a full log queue loses are a gap to a
-replay, as are those of a write a stop cuts off (after a restart too), and the refusals (a
-full disk, another process's lock) are warned at most once an interval; the spent mark grows
-ahead of numbering, and events dropped unnumbered (a full inbox, no spent id left) are
-counted, those for want of an id told by an `events_dropped` event where they were;
-`publish_logged` answers whether the log holds all its events."""
+replay, and the refusals (a full disk, another process's lock) are warned at most once an
+interval; the spent mark grows ahead of
+numbering, and events dropped unnumbered (a full inbox, no spent id left) are counted, those
+for want of an id told by an `events_dropped` event where they were; `publish_logged` answers
+whether the log holds all its events."""
 
 from __future__ import annotations
 
