@@ -371,15 +371,11 @@ class EventHub(Actor):
             await self._write([first, *take_queued(self._log_queue, PERSIST_BATCH - 1)])
 
     async def _flush_queued(self) -> None:
-        """Write what the log queue holds (the writer is gone), then the newest id lost if
-        the log has not recorded it yet (a write cut off or refused last), so a replay after
-        the next start reports the hole; what the cleanup budget leaves unwritten is counted
-        unlogged, its flushes told the hub is gone."""
+        """Write what the log queue holds (the writer is gone); what the cleanup budget leaves
+        unwritten is counted unlogged, its flushes told the hub is gone."""
         try:
             while batch := take_queued(self._log_queue, PERSIST_BATCH):
                 await self._write(batch)
-            if self._lost_through > self._lost_noted:
-                await self._write([])
         finally:
             self._settle_untaken(take_queued(self._log_queue, PERSIST_QUEUE))
 
@@ -416,8 +412,7 @@ class EventHub(Actor):
         """Log a batch's events, the spent mark the hub asked for and the newest id lost since
         the last write (with what the hub handed over lost in it), then answer its flushes,
         `_Logged`s and spends; a write cut off (the hub stops) drops them, so their askers
-        hear at once, and counts its events lost: the store may not make it, and a gap a
-        replay reports that is not there is the safer error than one it hides."""
+        hear at once."""
         events = [item for item in batch if isinstance(item, Event)]
         spends = [item for item in batch if isinstance(item, _Spend)]
         lost_before = self._lost_through
@@ -444,10 +439,8 @@ class EventHub(Actor):
                     for spend in spends:
                         spend.marked.send_nowait(spend.upto)
                 written = True
-            except BaseException as exc:
+            except Exception as exc:
                 self._lose(_Lost.of(events))
-                if not isinstance(exc, Exception):
-                    raise  # cut off: the batch's items are dropped below
                 self._warn(exc)
                 written = False
             self._answer_logged(batch, lost_before, written)

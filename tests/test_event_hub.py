@@ -274,41 +274,6 @@ async def test_a_restart_never_reuses_an_id_sent_live_but_not_logged(
         ]
 
 
-async def test_a_log_write_a_stop_cuts_off_is_a_replay_gap_after_a_restart(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The hub stops while the store holds its write of an event: whether the store makes it
-    only its answer, cut off, would say, so the event counts as lost, and the stop's cleanup
-    logs the mark, so a replay across it after a restart reports the gap (one that is not
-    there, when the store made the write after all, is the safer error)."""
-    held = HeldStoreCall.hold(
-        monkeypatch, event_log, "append_batch", lambda params, _: bool(params["batch"])
-    )
-    store = StoreActor(tmp_path / "state.db")
-    hub = EventHub(store)
-    tree = Supervisor(children=[ChildSpec("store", store), ChildSpec("events", hub)])
-    stopping, stopped = trio.CancelScope(), trio.Event()
-
-    async def running(task_status: trio.TaskStatus[None]) -> None:
-        with stopping:
-            await run_root(tree, Node(name="tree", kind="supervisor"), task_status=task_status)
-        stopped.set()
-
-    async with trio.open_nursery() as nursery:
-        await nursery.start(running)
-        (cut,) = await publish(hub, "tick", {"n": 0})
-        with trio.fail_after(HELD_WAIT):
-            await held.holding.wait()  # its write is the store's, unanswered
-        stopping.cancel()
-        await trio.testing.wait_all_tasks_blocked()  # the stop's cleanup waits on the store
-        held.release.set()
-        with trio.fail_after(HELD_WAIT):
-            await stopped.wait()
-    async with running_hub(tmp_path) as restarted:
-        replayed = await restarted.replay(0, 100)
-    assert (replayed.gap, replayed.lost_through) == (True, cut.event_id)
-
-
 async def test_no_id_past_what_the_log_marks_spent_is_sent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
