@@ -27,6 +27,7 @@ from meshactors.clock import wall_ms
 from meshactors.store import events as event_log
 from meshactors.store.actor import StoreActor
 from meshactors.store.events import Event, SinceResult
+from meshactors.store.retry import StorageRetry
 from meshactors.wire.ipc import ErrorCode, OpError
 
 log = structlog.get_logger("meshactors.events")
@@ -160,6 +161,9 @@ class EventHub(Actor):
     _warnings: TokenBucket = attrs.field(
         factory=lambda: TokenBucket(1 / LOG_WARNING_INTERVAL_S, 1), init=False
     )
+    _storage: StorageRetry = attrs.field(
+        factory=lambda: StorageRetry("the event hub"), init=False
+    )  # the start's numbering, made again while the database refuses it
     # The newest id the log marks spent (no id past it is sent), and where the log writer
     # answers the hub's _Spend while one is out: the hub's task alone reads and writes both.
     _spent: int = 0
@@ -234,11 +238,17 @@ class EventHub(Actor):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # Waits for the store however long it takes (its own work: a client's subscribe or
-        # replay asks the hub under a deadline of its own), so a slow store delays the start
-        # and never crashes the hub, which would restart every root child after it.
-        self.last_event_id = await self.store.background_call(
-            functools.partial(event_log.resume_numbering, ahead=SPEND_AHEAD),
-            what="resume event numbering",
+        # replay asks the hub under a deadline of its own), and tries again every
+        # STORAGE_RETRY_S while the database refuses the spent mark's write (a full disk,
+        # another process's lock), so a slow or refusing store delays the start and never
+        # crashes the hub, which would restart every root child after it.
+        self.last_event_id = await self._storage.until_written(
+            functools.partial(
+                self.store.background_call,
+                functools.partial(event_log.resume_numbering, ahead=SPEND_AHEAD),
+                what="resume event numbering",
+            ),
+            "resume event numbering",
         )
         self._spent = self.last_event_id + SPEND_AHEAD
         self._marking = None  # a _Spend of an earlier run, if any, is no concern of this one

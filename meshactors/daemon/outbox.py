@@ -76,7 +76,7 @@ import itertools
 import json
 import math
 import sqlite3
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import attrs
@@ -94,7 +94,6 @@ from meshactors.actors import (
     ask,
     take_queued,
 )
-from meshactors.broker.limits import TokenBucket
 from meshactors.clock import wall_ms
 from meshactors.event_hub import EVENTS_DROPPED, EventHub
 from meshactors.network.manager import NetworkManager
@@ -120,6 +119,7 @@ from meshactors.store.events import Event
 from meshactors.store.inbox import InboxMessage
 from meshactors.store.outbox import AcceptOutcome, Delivery, SendRequest
 from meshactors.store.retention import Retention, prune_step
+from meshactors.store.retry import Pause, StorageRetry
 from meshactors.wire.ipc import ErrorCode, OpError
 from meshactors.wire.peer import Frame
 
@@ -130,7 +130,6 @@ log = structlog.get_logger("meshactors.outbox")
 
 T = TypeVar("T")
 M = TypeVar("M")
-_Pause = Callable[[float], Awaitable[object]]  # how a refused write waits its STORAGE_RETRY_S
 
 ACK_TIMEOUT_S = 30.0  # default seconds a sent msg waits for its msg_ack before it fails
 MAX_ACK_TIMEOUT_S = 86_400.0  # the longest `--ack-timeout`
@@ -151,10 +150,6 @@ MAX_ACCEPTING = ACCEPT_INBOX
 IDLE_POLL_S = 60.0  # longest sleep when nothing is due (wake-ups do the real work)
 SWEEP_INTERVAL_S = 60.0  # seconds between sweeps (untold deaths, TTL) and retention passes
 PRUNE_PAUSE_S = 0.1  # seconds between prune batches while a retention pass has work
-# A store call of the outbox's own loops that the state database refuses (`storage`: a full
-# disk, nothing written) is made again after this many seconds, the work it carries kept.
-STORAGE_RETRY_S = 5.0
-STORAGE_LOG_INTERVAL_S = 60.0  # at most one warning per this many seconds while it refuses
 RECEIVE_QUEUE = 4096  # incoming msg frames waiting to be stored; more are dropped (resent)
 RECEIVE_BATCH = MAX_ACKS  # incoming messages stored per store call (their acks fit one frame)
 ACK_QUEUE = 1024  # incoming ack frames (msg_ack or msg_acks) waiting; more are dropped (resent)
@@ -501,9 +496,7 @@ class Outbox(Actor):
     )
     counts: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     stored_counts: dict[str, int] = attrs.field(factory=dict, init=False)
-    _storage_warnings: TokenBucket = attrs.field(
-        factory=lambda: TokenBucket(1 / STORAGE_LOG_INTERVAL_S, 1), init=False
-    )
+    _storage: StorageRetry = attrs.field(factory=lambda: StorageRetry("the outbox"), init=False)
 
     def __attrs_post_init__(self) -> None:
         self._received = trio.open_memory_channel[_Received](RECEIVE_QUEUE)
@@ -559,54 +552,30 @@ class Outbox(Actor):
             "redue": self.counts["redue"],
             "backoffs_cut": self.counts["backoffs_cut"],
             "pruned": self.counts["pruned"],
-            "storage_refused": self.counts["storage_refused"],
+            "storage_refused": self._storage.refused,
             "received_queue": self._received[1].statistics().current_buffer_used,
             "accepting": MAX_ACCEPTING - self._accepting.value,
         }
-
-    async def _until_written(
-        self, attempt: Callable[[], Awaitable[T]], what: str, pause: _Pause = trio.sleep
-    ) -> T:
-        """What `attempt()` returns, attempted again every STORAGE_RETRY_S (`pause`d) while
-        the state database refuses its writes (`storage`: nothing of it was written), so a
-        full disk makes the outbox's loops wait with their work, not crash the actor (and,
-        crash after crash, the daemon); warned at most once per STORAGE_LOG_INTERVAL_S."""
-        while True:
-            try:
-                return await attempt()
-            except OpError as exc:
-                if exc.code is not ErrorCode.STORAGE:
-                    raise
-                self.counts["storage_refused"] += 1
-                if self._storage_warnings.take(trio.current_time()):
-                    log.warning(
-                        "the state database refuses writes: the outbox tries again",
-                        what=what,
-                        error=exc.message,
-                        refused=self.counts["storage_refused"],
-                        retry_s=STORAGE_RETRY_S,
-                    )
-            await pause(STORAGE_RETRY_S)
 
     async def _write(
         self,
         fn: Callable[..., T],
         what: str,
         *,
-        pause: _Pause = trio.sleep,
+        pause: Pause = trio.sleep,
         settle: bool = False,
         **params: Any,
     ) -> T:
-        """`fn(conn, **params, now_ms=…)` as a background store call, made again (the
-        clock read again) while the disk refuses it (`_until_written`). With `settle`, for a
-        call whose events only its answer tells: a stop for good that comes while the store
-        runs it still returns what it committed (`ask`)."""
+        """`fn(conn, **params, now_ms=…)` as a background store call, made again (the clock
+        read again) while the disk refuses it (`StorageRetry`). With `settle`, for a call whose
+        events only its answer tells: a stop for good that comes while the store runs it still
+        returns what it committed (`ask`)."""
 
         async def attempt() -> T:
             call = functools.partial(fn, **params, now_ms=wall_ms())
             return await self.store.background_call(call, what=what, settle=settle)
 
-        return await self._until_written(attempt, what, pause)
+        return await self._storage.until_written(attempt, what, pause)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._inflight.clear()
@@ -741,7 +710,7 @@ class Outbox(Actor):
     async def _drain(self, nursery: trio.Nursery) -> None:
         while True:
             self._doorbell.clear()
-            next_due = await self._until_written(
+            next_due = await self._storage.until_written(
                 functools.partial(self._pass_all, nursery), "claim due deliveries"
             )
             wait = IDLE_POLL_S if next_due is None else max(0.0, (next_due - wall_ms()) / 1000)
@@ -938,7 +907,7 @@ class Outbox(Actor):
         kill: Callable[..., outbox_db.Expired],
         error: str,
         what: str,
-        pause: _Pause = trio.sleep,
+        pause: Pause = trio.sleep,
     ) -> None:
         """Call `kill` (a store function making deliveries dead in bounded batches) until it
         has no more; each delivery that ends so is told like any other that gives up
@@ -976,7 +945,7 @@ class Outbox(Actor):
         self,
         deliveries: Sequence[outbox_db.DeliveryKey],
         error: str,
-        pause: _Pause = trio.sleep,
+        pause: Pause = trio.sleep,
     ) -> bool:
         """Tell each delivery that died (`message_dead` with `error`) and is not told yet, a
         batch (at most EXPIRE_DELIVERIES or MAX_RECIPIENTS) at a time, one caller at a time,
@@ -1018,7 +987,7 @@ class Outbox(Actor):
             # No deadline: it only paces, and waits no longer than the log's writes.
             await self.events.flush(timeout=math.inf)
 
-    async def _bury_evicted(self, network_id: str, pause: _Pause) -> None:
+    async def _bury_evicted(self, network_id: str, pause: Pause) -> None:
         """Make dead the deliveries of a network that can never go: to a device evicted from
         it, or all of them once this device is evicted (Membership.undeliverable)."""
         try:
@@ -1163,7 +1132,7 @@ class Outbox(Actor):
                 case _BuryEvicted(network=network_id):
                     await self._bury_evicted(network_id, work.gather)
 
-    async def _due_now(self, network_id: str, peers: Collection[str], pause: _Pause) -> None:
+    async def _due_now(self, network_id: str, peers: Collection[str], pause: Pause) -> None:
         """Peers are reachable again: what waits out a backoff for them goes now, not minutes
         later (the backoff is there for a peer that cannot be reached); one store call."""
         cut = await self._write(
@@ -1177,7 +1146,7 @@ class Outbox(Actor):
         if cut:
             self.poke()  # a pass that ran at the peer's return found them not due yet
 
-    async def _cut_active(self, network_id: str, pause: _Pause) -> None:
+    async def _cut_active(self, network_id: str, pause: Pause) -> None:
         """`_due_now` for the peers of a network active now, all in one store call: one whose
         `peer_active` this actor missed would otherwise wait out its backoff."""
         try:

@@ -1,7 +1,7 @@
 """A state database another process keeps locked past the busy timeout (an operator's `sqlite3`
-shell in a write transaction) refuses the outbox's writes as a full disk does (`storage`): the
-outbox waits with its work, tries again every STORAGE_RETRY_S and warns once an interval,
-crashing nothing, and goes on once the lock is let go. A real second connection holds the
+shell in a write transaction) refuses the outbox's writes, and the event hub's start's, as a
+full disk does (`storage`): each waits, tries again every STORAGE_RETRY_S and warns once an
+interval, crashing nothing, and goes on once the lock is let go. A real second connection holds the
 lock on the real database file; the store's busy timeout is lowered so each refusal comes at
 once."""
 
@@ -18,13 +18,15 @@ import structlog
 import trio
 import trio.testing
 
-from meshactors.actors import ActorState, Node
-from meshactors.daemon.outbox import STORAGE_RETRY_S
+from meshactors.actors import ActorState, ChildSpec, Node, Strategy, Supervisor, run_root
+from meshactors.event_hub import EventHub
 from meshactors.store import db as store_db
+from meshactors.store import events as event_log
 from meshactors.store import outbox as outbox_db
 from meshactors.store.actor import StoreActor
+from meshactors.store.retry import STORAGE_RETRY_S
 from tests.daemon.outbox_parts import HeldStoreCall, outbox_parts
-from tests.support import store_quiet
+from tests.support import publish, store_quiet
 
 LOCKED_BUSY_MS = 10  # the store's busy timeout here: a locked write is refused soon, not in 5 s
 LOCKED_WAIT = 10.0  # seconds (real) for each store call the test waits for
@@ -36,14 +38,16 @@ def _never(params: Mapping[str, Any], result: object) -> bool:
     return False
 
 
-async def _tried(call: HeldStoreCall, store: StoreActor, node: Node) -> None:
+async def _tried(
+    call: HeldStoreCall, store: StoreActor, node: Node, state: ActorState = ActorState.RUNNING
+) -> None:
     """Wait for `call` to be made, then for the store to answer it and what follows to settle
-    (the outbox waits out its pause): the outbox still runs, never restarted."""
+    (the actor waits out its pause): the actor is still in `state`, never restarted."""
     with trio.fail_after(LOCKED_WAIT):
         await call.called.wait()
     call.called = trio.Event()
     await store_quiet(store, LOCKED_WAIT)  # answered: a store call after it is
-    assert (node.state, node.restarts) == (ActorState.RUNNING, 0)
+    assert (node.state, node.restarts) == (state, 0)
 
 
 async def test_a_database_locked_past_the_busy_timeout_makes_the_outbox_wait_not_crash(
@@ -69,3 +73,43 @@ async def test_a_database_locked_past_the_busy_timeout_makes_the_outbox_wait_not
         assert len(warnings) == 1  # once per STORAGE_LOG_INTERVAL_S, not once per attempt
         assert "lock" in warnings[0]["error"]
         assert (node.state, node.restarts) == (ActorState.RUNNING, 0)
+
+
+async def test_a_database_locked_past_the_busy_timeout_makes_the_hub_s_start_wait_not_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
+) -> None:
+    """The start's numbering (a write: the spent mark) is refused while the lock is held:
+    the hub waits and starts once it is let go; a crash would restart it, and every child of
+    the daemon's rest_for_one root after it, until the daemon gave up."""
+    monkeypatch.setattr(store_db, "BUSY_TIMEOUT_MS", LOCKED_BUSY_MS)
+    numbering = HeldStoreCall.hold(monkeypatch, event_log, "resume_numbering", _never)
+    store = StoreActor(tmp_path / "state.db")
+    hub = EventHub(store)
+    tree = Supervisor(children=[ChildSpec("store", store)], strategy=Strategy.REST_FOR_ONE)
+    tree_node = Node(name="tree", kind="supervisor")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, tree, tree_node)  # the store makes the database
+        shell = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+        with contextlib.closing(shell), structlog.testing.capture_logs() as logs:
+            shell.execute("BEGIN IMMEDIATE")  # an operator's shell holds the write lock
+            # the hub as the root's last child (the start waits, well within ASK_TIMEOUT)
+            nursery.start_soon(tree.start_child, ChildSpec("events", hub))
+            with trio.fail_after(LOCKED_WAIT):
+                await numbering.called.wait()  # the start's numbering: refused
+            numbering.called = trio.Event()
+            await store_quiet(store, LOCKED_WAIT)
+            node = tree_node.children["events"]
+            assert (node.state, node.restarts) == (ActorState.STARTING, 0)
+            for _ in range(LOCKED_RETRIES):
+                mock_clock.jump(STORAGE_RETRY_S)
+                await _tried(numbering, store, node, ActorState.STARTING)  # refused again
+            shell.execute("ROLLBACK")
+            mock_clock.jump(STORAGE_RETRY_S)
+            await _tried(numbering, store, node)  # written: the hub runs
+            with trio.fail_after(LOCKED_WAIT):
+                (event,) = await publish(hub, "tick", {"n": 0})
+            assert event.event_id == 1
+            nursery.cancel_scope.cancel()
+    warnings = [e for e in logs if e["event"].startswith("the state database refuses writes")]
+    assert len(warnings) == 1  # once per STORAGE_LOG_INTERVAL_S, not once per attempt
+    assert "lock" in warnings[0]["error"] and "event hub" in warnings[0]["event"]

@@ -8,12 +8,12 @@ import trio.testing
 
 from meshactors.daemon.outbox import (
     PEER_WORK_QUEUE,
-    STORAGE_RETRY_S,
     _BuryEvicted,
     _DueNow,
     _PeerWork,
     _PeerWorkQueue,
 )
+from meshactors.store.retry import STORAGE_RETRY_S
 
 
 async def test_work_handed_over_during_a_wait_is_taken_once_each_oldest_first(

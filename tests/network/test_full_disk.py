@@ -14,8 +14,8 @@ import trio
 
 from meshactors.clock import wall_ms
 from meshactors.control import event_stream
-from meshactors.daemon import outbox as outbox_module
 from meshactors.store import outbox as outbox_store
+from meshactors.store import retry as store_retry
 from tests.membership.conftest import CLOSED, team
 from tests.network.conftest import NET, WAIT, Daemon, Mesh, active_pair
 from tests.network.test_delivery import delivered, inbox_of
@@ -34,14 +34,14 @@ async def refused(daemon: Daemon, times: int) -> None:
     having crashed meanwhile."""
     outbox = daemon.services.outbox
     with trio.fail_after(WAIT):
-        while outbox.counts["storage_refused"] < times:
+        while outbox._storage.refused < times:
             assert daemon.crashes() == {}
             await trio.sleep(FULL_DISK_POLL_S)
 
 
 @pytest.fixture(autouse=True)
 def quick_storage_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(outbox_module, "STORAGE_RETRY_S", FULL_DISK_RETRY_S)
+    monkeypatch.setattr(store_retry, "STORAGE_RETRY_S", FULL_DISK_RETRY_S)
 
 
 async def test_a_peer_back_while_the_disk_is_full_gets_everything_once_it_is_not(
@@ -86,7 +86,7 @@ async def test_acks_that_come_while_the_disk_is_full_are_recorded_once_it_is_not
     await refuse_writes(b.services.store, False)  # b stores and acks them; a cannot record the acks
     outbox = a.services.outbox
     with trio.fail_after(WAIT):
-        while not (outbox._recording and outbox.counts["storage_refused"]):
+        while not (outbox._recording and outbox._storage.refused):
             assert a.crashes() == {}
             await trio.sleep(FULL_DISK_POLL_S)
     await refuse_writes(a.services.store, False)
@@ -138,11 +138,11 @@ async def test_an_outbox_restarted_while_the_disk_is_full_waits_and_then_deliver
     assert {row["status"] for row in sent} == {"inflight"}
     await refuse_writes(a.services.store, True)
     outbox, node = a.services.outbox, a.services.tree.children["outbox"]
-    goal = outbox.counts["storage_refused"] + FULL_DISK_RECOVERY_REFUSALS
+    goal = outbox._storage.refused + FULL_DISK_RECOVERY_REFUSALS
     with structlog.testing.capture_logs() as logs:
         await a.call("debug_crash", path="daemon/outbox")  # its recovery at start is refused
         with trio.fail_after(WAIT):
-            while outbox.counts["storage_refused"] < goal:
+            while outbox._storage.refused < goal:
                 # Plain values only in asserts: a failing one naming a daemon object would
                 # have pytest print the whole daemon through it.
                 restarts = node.restarts
