@@ -13,7 +13,7 @@ from typing import Any, NoReturn, TextIO
 
 import structlog
 
-from meshactors.client.errors import DaemonBusy, DeadlineExceeded
+from meshactors.client.errors import ConnectFailed, DaemonBusy, DeadlineExceeded
 from meshactors.client.mesh import DEFAULT_CALL_TIMEOUT
 from meshactors.client.sync import ClientError, DaemonNotRunning, SyncClient
 from meshactors.hostguard import HOST_MISMATCH_EXIT_CODE
@@ -214,10 +214,10 @@ def fail_with(exc: ClientError, context: str = "", said: str | None = None) -> N
 def connect(args: argparse.Namespace, timeout: float = DEFAULT_CALL_TIMEOUT) -> SyncClient:
     """A connection to the running daemon (each call waiting `timeout` seconds at most), or
     exit 5 saying none runs, or exit 7 saying it is too busy to take one (`SyncClient.connect`
-    retried it for SYNC_CONNECT_TIMEOUT)."""
+    retried it for SYNC_CONNECT_TIMEOUT), or exit 1 saying the socket cannot be connected to."""
     try:
         return SyncClient.connect(paths_of(args).socket, timeout)
-    except (DaemonNotRunning, DaemonBusy) as exc:
+    except (DaemonNotRunning, DaemonBusy, ConnectFailed) as exc:
         fail_with(exc)
 
 

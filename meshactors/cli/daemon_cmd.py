@@ -41,6 +41,7 @@ from meshactors.cli.common import (
 )
 from meshactors.cli.mesh import membership_note
 from meshactors.client.errors import (
+    ConnectFailed,
     ConnectionLost,
     DaemonBusy,
     DeadlineExceeded,
@@ -421,9 +422,10 @@ def run_down(args: argparse.Namespace) -> int:
             said = f"the daemon (pid {running[0]}) answered shutdown with {exc.code}: "
             fail_with(exc, said=f"{said}{exc.message}; it was not stopped")
         # not told: it serves another socket, or none yet; or it did not answer (stopped,
-        # stuck), or took no connection (too busy: running, not "not running")
-        told = not isinstance(exc, DaemonNotRunning | DaemonBusy | DeadlineExceeded)
-        if isinstance(exc, DeadlineExceeded | DaemonBusy):
+        # stuck), or took no connection (too busy: running, not "not running"), or the socket
+        # could not be connected to (permission denied, ...)
+        told = not isinstance(exc, DaemonNotRunning | DaemonBusy | DeadlineExceeded | ConnectFailed)
+        if isinstance(exc, DeadlineExceeded | DaemonBusy | ConnectFailed):
             say(
                 f"meshactors: the daemon (pid {running[0]}) {_not_told(exc)}: sending it SIGTERM",
                 file=sys.stderr,
@@ -450,6 +452,8 @@ def _not_stopped(socket: Path, exc: ClientError | OSError) -> NoReturn:
         fail(f"cannot ask {socket} to shut down: {exc.strerror or exc}; no daemon was stopped")
     if isinstance(exc, SocketPathTooLong):  # its size and the limit, as every command says
         fail_with(exc)
+    if isinstance(exc, ConnectFailed):
+        fail_with(exc, said=f"{exc.message}; no pid file or state lock names a daemon to stop")
     if isinstance(exc, DeadlineExceeded | DaemonBusy):
         how = _not_told(exc)
     elif isinstance(exc, ConnectionLost):
@@ -463,11 +467,14 @@ def _not_stopped(socket: Path, exc: ClientError | OSError) -> NoReturn:
     fail_with(exc, said=said)
 
 
-def _not_told(exc: DeadlineExceeded | DaemonBusy) -> str:
-    """What kept `down`'s `shutdown` from a daemon that runs: no answer in time, or no room
-    for the connection (its listen queue full for all of SYNC_CONNECT_TIMEOUT)."""
+def _not_told(exc: DeadlineExceeded | DaemonBusy | ConnectFailed) -> str:
+    """What kept `down`'s `shutdown` from a daemon that runs: no answer in time, no room
+    for the connection (its listen queue full for all of SYNC_CONNECT_TIMEOUT), or a socket
+    that cannot be connected to."""
     if isinstance(exc, DaemonBusy):
         return f"took no connection within {SYNC_CONNECT_TIMEOUT:g} s ({exc.reason})"
+    if isinstance(exc, ConnectFailed):
+        return f"cannot be reached on {exc.path} ({exc.reason})"
     return f"did not answer shutdown within {DOWN_TIMEOUT:g} s"
 
 

@@ -8,6 +8,7 @@ from meshactors.client.binary import BinaryStream, StreamBroken, StreamError
 from meshactors.client.errors import (
     ClientClosed,
     ClientError,
+    ConnectFailed,
     ConnectionLost,
     DaemonBusy,
     DaemonNotRunning,
@@ -28,6 +29,7 @@ __all__ = [
     "ChannelMessage",
     "ClientClosed",
     "ClientError",
+    "ConnectFailed",
     "ConnectionLost",
     "DaemonBusy",
     "DaemonNotRunning",

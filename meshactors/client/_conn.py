@@ -25,6 +25,7 @@ from meshactors.client._frames import (
 )
 from meshactors.client.errors import (
     ClientError,
+    ConnectFailed,
     ConnectionLost,
     DaemonBusy,
     DaemonNotRunning,
@@ -99,13 +100,9 @@ async def connect_unix(path: Path, retry: ConnectRetry, first: bytes = b"") -> t
         try:
             stream = await open_unix(path)
         except OSError as exc:
-            reason = exc.strerror or str(exc)
-            if (busy := queue_full(path, exc)) is not None:
-                failure: ClientError = busy
-            elif exc.errno in RETRYABLE_ERRNOS:
-                failure = DaemonNotRunning(path, reason)
-            else:
-                raise ClientError("connect_failed", f"cannot connect to {path}: {reason}") from None
+            failure: ClientError = connect_failure(path, exc)
+            if isinstance(failure, ConnectFailed):
+                raise failure from None
         else:
             unsent = await _send_first(stream, first)
             if unsent is None:
@@ -124,7 +121,7 @@ async def open_unix(path: Path) -> trio.SocketStream:
 
 def connect_at_once(path: Path) -> socket.socket:
     """A socket connected to the Unix socket at `path` (non-blocking), never waiting: a full
-    listen queue raises EAGAIN (see `queue_full`), any other failure its OSError."""
+    listen queue raises EAGAIN (see `connect_failure`), any other failure its OSError."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
@@ -135,10 +132,16 @@ def connect_at_once(path: Path) -> socket.socket:
     return sock
 
 
-def queue_full(path: Path, exc: OSError) -> DaemonBusy | None:
-    """The DaemonBusy a connect's failure `exc` means, retried within the connect's bound:
-    the daemon at `path` has no room in its listen queue (EAGAIN); None for any other."""
-    return DaemonBusy(path, QUEUE_FULL) if exc.errno == errno.EAGAIN else None
+def connect_failure(path: Path, exc: OSError) -> DaemonBusy | DaemonNotRunning | ConnectFailed:
+    """What a connect's failure `exc` at `path` means, for both clients alike: DaemonBusy for
+    a daemon with no room in its listen queue (EAGAIN); DaemonNotRunning for no socket or no
+    one listening (RETRYABLE_ERRNOS); ConnectFailed for any other (EACCES, ENOTDIR, ...)."""
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EAGAIN:
+        return DaemonBusy(path, QUEUE_FULL)
+    if exc.errno in RETRYABLE_ERRNOS:
+        return DaemonNotRunning(path, reason)
+    return ConnectFailed(path, reason)
 
 
 async def _send_first(stream: trio.SocketStream, first: bytes) -> ConnectionLost | None:

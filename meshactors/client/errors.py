@@ -70,6 +70,16 @@ class DaemonBusy(ClientError):
         self.reason = reason
 
 
+class ConnectFailed(ClientError):
+    """Something is at the socket's path but it cannot be connected to (permission denied, not
+    a directory on the way, ...): not retried, and starting a daemon would not help."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__("connect_failed", f"cannot connect to {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 class ConnectionLost(ClientError):
     """The connection closed before the answer came; the op may or may not have run."""
 

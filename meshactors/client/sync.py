@@ -16,11 +16,12 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from meshactors.client._conn import ConnectRetry, connect_at_once, queue_full
+from meshactors.client._conn import ConnectRetry, connect_at_once, connect_failure
 from meshactors.client._frames import FrameDecoder, answer_data, encode_request, is_event
 from meshactors.client.errors import (
     ClientClosed,
     ClientError,
+    ConnectFailed,
     ConnectionLost,
     DaemonBusy,
     DaemonNotRunning,
@@ -34,7 +35,14 @@ from meshactors.client.networks import NetworkSync
 SYNC_CONNECT_TIMEOUT = 5.0
 RECEIVE_CHUNK = 64 * 1024  # bytes asked of the socket per read
 
-__all__ = ["ClientError", "DaemonBusy", "DaemonNotRunning", "SyncClient", "SyncMeshClient"]
+__all__ = [
+    "ClientError",
+    "ConnectFailed",
+    "DaemonBusy",
+    "DaemonNotRunning",
+    "SyncClient",
+    "SyncMeshClient",
+]
 
 T = TypeVar("T")
 
@@ -58,7 +66,8 @@ class SyncClient:
         connect_timeout: float = SYNC_CONNECT_TIMEOUT,
     ) -> SyncClient:
         """Connect to the daemon's socket, or raise DaemonNotRunning at once when nothing
-        listens there; a daemon whose listen queue is full (running, but too busy to take the
+        listens there (ConnectFailed when the path cannot be connected to: permission denied,
+        ...); a daemon whose listen queue is full (running, but too busy to take the
         connection) is retried with the connect backoff for `connect_timeout` seconds, then
         DaemonBusy."""
         SocketPathTooLong.check(path)
@@ -67,10 +76,10 @@ class SyncClient:
             try:
                 sock = connect_at_once(path)
             except OSError as exc:
-                busy = queue_full(path, exc)
-                if busy is None:
-                    raise DaemonNotRunning(path, exc.strerror or str(exc)) from None
-                time.sleep(retry.pause(busy))
+                failure = connect_failure(path, exc)
+                if not isinstance(failure, DaemonBusy):
+                    raise failure from None
+                time.sleep(retry.pause(failure))
             else:
                 sock.settimeout(timeout)
                 return cls(sock, timeout)
