@@ -132,8 +132,9 @@ def _no_upload_coding() -> HttpError:
 
 def query_pairs(query: str) -> tuple[tuple[str, str], ...]:
     """The `name=value` pairs of a query string, percent- and `+`-decoded (a name without `=`
-    has the value ""); `invalid_params` for more than MAX_QUERY_FIELDS, or naming a field
-    that is not UTF-8 once decoded."""
+    has the value ""); `invalid_params` for more than MAX_QUERY_FIELDS, a field with no name
+    (`?=x`: no params field could be named in the answer), or naming a field that is not
+    UTF-8 once decoded."""
     fields = [field for field in query.split("&") if field]
     if len(fields) > MAX_QUERY_FIELDS:
         raise OpError(
@@ -148,6 +149,8 @@ def query_pairs(query: str) -> tuple[tuple[str, str], ...]:
             raise OpError(
                 ErrorCode.INVALID_PARAMS, f"query field {name!r} is not UTF-8 once decoded"
             ) from None
+        if not pairs[-1][0]:
+            raise OpError(ErrorCode.INVALID_PARAMS, "a query field with no name")
     return tuple(pairs)
 
 

@@ -400,6 +400,8 @@ async def test_a_query_that_cannot_be_read_names_what_is_wrong(http: Connect) ->
     cases = [
         ("ok=1&bad%ff=1", "'bad%ff'"),
         ("x=%ff", "'x'"),
+        ("=x", "a query field with no name"),
+        ("ok=1&=", "a query field with no name"),
         (TOO_MANY_FIELDS, f"at most {MAX_QUERY_FIELDS}"),
     ]
     for query, told in cases:
