@@ -392,7 +392,7 @@ class Membership:
             case LogFacts(genesis=genesis, facts=facts, more=more) if self._ours(genesis):
                 await self._on_facts(device_id, facts, more)
             case InviteRedeem(invite=invite):
-                await self._answer_invite(device_id, invite)
+                await self._on_presented(device_id, invite)
             case InviteAnswer(accepted=False, reason=reason):
                 self._refused(device_id, reason)
             case InviteAnswer():
@@ -676,6 +676,15 @@ class Membership:
             return
         await self._answer_invite(row.device, invite)
 
+    async def _on_presented(self, device_id: str, invite: Invite) -> None:
+        """Answer an invite a device presents, or, for REANSWER_BACKOFF after the store failed
+        one, only keep it (see `_answer_unanswered`): a device presents it at each handshake,
+        and while the store refuses each answer would cost core's task a store call."""
+        if self._pausing():
+            self._keep(device_id, invite)
+        else:
+            await self._answer_invite(device_id, invite)
+
     async def _answer_invite(self, device_id: str, invite: Invite) -> None:
         """Answer a device's invite: one it presents, or one again whose grant turned void. A
         grant the store fails to save is not made (counted as `unanswered`; a change that led
@@ -690,8 +699,18 @@ class Membership:
             self.dropped["unanswered"] += 1
             self._failed_at = trio.current_time()
             log.warning("invite not answered", network=self.network, error=str(exc))
-            if len(self.unanswered) < MAX_UNANSWERED:
-                self.unanswered[device_id] = invite
+            self._keep(device_id, invite)
+
+    def _keep(self, device_id: str, invite: Invite) -> None:
+        """Keep a device's invite to answer at a later heads (its last one, in its place if
+        kept already); past MAX_UNANSWERED kept, a new device's is not kept."""
+        if device_id in self.unanswered or len(self.unanswered) < MAX_UNANSWERED:
+            self.unanswered[device_id] = invite
+
+    def _pausing(self) -> bool:
+        """Whether no kept or presented invite is tried now: the store failed one less than
+        REANSWER_BACKOFF ago."""
+        return trio.current_time() < self._failed_at + REANSWER_BACKOFF
 
     async def _answer_unanswered(self) -> None:
         """Try again one invite kept by `_answer_invite` (the longest kept), of a device that is no
@@ -700,7 +719,7 @@ class Membership:
         assert self.log is not None
         for device_id in [d for d in self.unanswered if self.log.resolved.is_member(d)]:
             del self.unanswered[device_id]
-        if self.unanswered and trio.current_time() >= self._failed_at + REANSWER_BACKOFF:
+        if self.unanswered and not self._pausing():
             await self._answer_invite(*next(iter(self.unanswered.items())))
 
     async def _redeem(self, device_id: str, invite: Invite) -> None:

@@ -237,6 +237,32 @@ async def test_an_invite_presented_while_the_store_refuses_is_kept_and_the_core_
     assert part.figures()["to_answer"] == 0
 
 
+async def test_an_invite_presented_again_within_the_backoff_is_kept_without_a_store_call(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Y presents its invite at each handshake; while O's store refuses, only the first
+    presentation within REANSWER_BACKOFF of a failure costs a store call: the others (Y's
+    again, Z's) are kept as the failed one is, and the next after the backoff is tried."""
+    owner, y, z = device(), device(), device()
+    the_log = new_log(owner)
+    ticket = invite(the_log, owner, expires_ms=wall_ms() + 3_600_000)
+    p = PartPair.of(the_log.genesis, owner, y, [], [])
+    part = p.part(owner)
+    part.store = failing = UnsavingStore()  # type: ignore[assignment]
+    await part.on_frame(y.device_id, InviteRedeem(ticket))
+    assert failing.calls == 1
+    for _ in range(3):
+        await part.on_frame(y.device_id, InviteRedeem(ticket))
+    await part.on_frame(z.device_id, InviteRedeem(ticket))
+    assert failing.calls == 1
+    assert part.dropped["unanswered"] == 1
+    assert part.figures()["to_answer"] == 2
+    mock_clock.jump(REANSWER_BACKOFF)
+    await part.on_frame(y.device_id, InviteRedeem(ticket))
+    assert failing.calls == 2
+    assert part.figures()["to_answer"] == 2
+
+
 async def test_a_grant_taken_while_the_store_refuses_makes_a_member_and_the_core_stays_up() -> None:
     """Y holds an invite when owner O's grant of it arrives while Y's store refuses every
     write: the grant applies all the same (see `_on_facts`), and forgetting the held invite
