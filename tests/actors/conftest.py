@@ -9,7 +9,10 @@ import attrs
 import pytest
 import trio
 
-from meshactors.actors import Actor, Inbox, Node, cleanup_scope
+from meshactors.actors import Actor, Inbox, Node, RestartLimits, cleanup_scope
+
+# the supervisor tests' restart limits: a short backoff the mock clock jumps, three restarts
+FAST = RestartLimits(intensity=3, period=10.0, backoff_initial=0.1, backoff_max=1.0)
 
 
 @attrs.define(eq=False)

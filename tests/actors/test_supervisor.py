@@ -27,9 +27,8 @@ from meshactors.actors import (
     current_node,
     run_root,
 )
-from tests.actors.conftest import Journal, ProbeActor
+from tests.actors.conftest import FAST, Journal, ProbeActor
 
-FAST = RestartLimits(intensity=3, period=10.0, backoff_initial=0.1, backoff_max=1.0)
 PROMPT = 5.0  # seconds (mock clock) for what waits on no ask; far below an ask's 30 s
 
 

@@ -10,10 +10,8 @@ import pytest
 import trio
 import trio.testing
 
-from meshactors.actors import ActorState, ChildSpec, Node, RestartLimits, Supervisor, run_root
-from tests.actors.conftest import Journal, ProbeActor
-
-FAST = RestartLimits(intensity=3, period=10.0, backoff_initial=0.1, backoff_max=1.0)
+from meshactors.actors import ActorState, ChildSpec, Node, Supervisor, run_root
+from tests.actors.conftest import FAST, Journal, ProbeActor
 
 
 @attrs.define(eq=False)

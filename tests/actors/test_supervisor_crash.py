@@ -13,14 +13,11 @@ from meshactors.actors import (
     DebugCrash,
     Node,
     Restart,
-    RestartLimits,
     Strategy,
     Supervisor,
     run_root,
 )
-from tests.actors.conftest import Journal, ProbeActor
-
-FAST = RestartLimits(intensity=3, period=10.0, backoff_initial=0.1, backoff_max=1.0)
+from tests.actors.conftest import FAST, Journal, ProbeActor
 
 
 async def test_a_crash_request_restarts_a_transient_child_as_a_crash_would(

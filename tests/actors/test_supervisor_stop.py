@@ -32,10 +32,9 @@ from meshactors.actors import (
     run_root,
 )
 from meshactors.actors._supervisor import CONTROL_QUEUE
-from tests.actors.conftest import Journal, ProbeActor
+from tests.actors.conftest import FAST, Journal, ProbeActor
 from tests.support import StartGate
 
-FAST = RestartLimits(intensity=3, period=10.0, backoff_initial=0.1, backoff_max=1.0)
 STOP_DEADLINE = 30.0  # seconds (mock clock) the tree may take to stop; far above every bound
 PROMPT = 5.0  # seconds an ask the supervisor dropped may take to end; far below ASK_TIMEOUT
 

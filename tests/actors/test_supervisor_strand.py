@@ -6,6 +6,7 @@ not break the loop. A child added while an earlier sibling is down waits for it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
 import attrs
@@ -19,15 +20,13 @@ from meshactors.actors import (
     Inbox,
     Node,
     Restart,
-    RestartLimits,
     Strategy,
     Supervisor,
     run_root,
 )
 from meshactors.actors._supervisor import STOP_GRACE
-from tests.actors.conftest import Journal, ProbeActor
+from tests.actors.conftest import FAST, Journal, ProbeActor
 
-STRAND_LIMITS = RestartLimits(intensity=3, period=10.0, backoff_initial=0.1, backoff_max=1.0)
 STRAND_DEADLINE = 100.0  # seconds (mock clock) for a restart; far above every backoff
 LINGER_BUDGET = 1.0  # the lingering child's shutdown timeout
 LINGER_PAST = 5.0  # seconds its first run's cleanup runs past that budget and STOP_GRACE
@@ -53,7 +52,24 @@ class DoneOnRestart(Actor):
 
 
 def rest_for_one(*children: ChildSpec) -> Supervisor:
-    return Supervisor(children=children, strategy=Strategy.REST_FOR_ONE, limits=STRAND_LIMITS)
+    return Supervisor(children=children, strategy=Strategy.REST_FOR_ONE, limits=FAST)
+
+
+async def wait_y_and_z_restarted(
+    journal: Journal,
+    root: Node,
+    sup: Supervisor,
+    provoke: Callable[[trio.Nursery], Awaitable[None]],
+) -> None:
+    """Run `sup`, `provoke` its children's ends, and wait until y and z, held back meanwhile,
+    have each started a second time (and y no more than that)."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup, root)
+        await provoke(nursery)
+        with trio.fail_after(STRAND_DEADLINE):
+            await journal.wait_count("start z", 2)
+        assert journal.events.count("start y") == 2
+        nursery.cancel_scope.cancel()
 
 
 async def test_an_abandoned_restart_is_tried_again_when_the_sibling_that_ended_is_stopped(
@@ -63,17 +79,15 @@ async def test_an_abandoned_restart_is_tried_again_when_the_sibling_that_ended_i
     x's exit stale: y and z were left restarting for good."""
     x, y, z = ProbeActor("x", journal), StartsOnGo(journal, trio.Event()), ProbeActor("z", journal)
     sup = rest_for_one(ChildSpec("x", x), ChildSpec("y", y), ChildSpec("z", z))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(run_root, sup, root)
+
+    async def crash_y_then_x_stopped(nursery: trio.Nursery) -> None:
         await y.inbox.sender.send("crash")
         await y.starting.wait()
         nursery.start_soon(sup.stop_child, "x")
         await trio.testing.wait_all_tasks_blocked()
         await x.inbox.sender.send("crash")
-        with trio.fail_after(STRAND_DEADLINE):
-            await journal.wait_count("start z", 2)
-        assert journal.events.count("start y") == 2
-        nursery.cancel_scope.cancel()
+
+    await wait_y_and_z_restarted(journal, root, sup, crash_y_then_x_stopped)
 
 
 async def test_a_restart_held_behind_a_transient_sibling_whose_work_is_done_goes_ahead(
@@ -85,13 +99,11 @@ async def test_a_restart_held_behind_a_transient_sibling_whose_work_is_done_goes
     sup = rest_for_one(
         ChildSpec("w", w, restart=Restart.TRANSIENT), ChildSpec("y", y), ChildSpec("z", z)
     )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(run_root, sup, root)
+
+    async def crash_w(_nursery: trio.Nursery) -> None:
         await w.inbox.sender.send("crash")
-        with trio.fail_after(STRAND_DEADLINE):
-            await journal.wait_count("start z", 2)
-        assert journal.events.count("start y") == 2
-        nursery.cancel_scope.cancel()
+
+    await wait_y_and_z_restarted(journal, root, sup, crash_w)
 
 
 async def test_a_restart_due_skips_a_temporary_child_forgotten_by_a_failed_start(
